@@ -1,0 +1,47 @@
+"""Cache keys: the primary key and Vary's secondary keys (RFC 9111 §2, §4.1)."""
+
+from __future__ import annotations
+
+import re
+
+from cacheproxy.http.fields import Headers, combined_value, split_list
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+_WS = re.compile(r"\s+")
+_COMMA_WS = re.compile(r"\s*,\s*")
+# Fields whose values compare case-insensitively, so "GZIP" and "gzip" share a variant.
+_CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
+
+
+def primary_key(scheme: str, host: str, target: str) -> str:
+    """§2: the key is the target URI (scheme, host, path and query)."""
+    host = host.lower()
+    if host.startswith("["):  # IPv6 literal: the port follows "]:"
+        name, _, port = host.partition("]")
+        name, port = name + "]", port.removeprefix(":")
+    else:
+        name, _, port = host.partition(":")
+    if port and _DEFAULT_PORTS.get(scheme) == port:
+        host = name
+    return f"{scheme}://{host}{target or '/'}"
+
+
+def vary_fields(vary: str | None) -> tuple[str, ...] | None:
+    """Lower-cased field names a response varies on; None for "Vary: *" (§4.1)."""
+    if not vary:
+        return ()
+    names = tuple(dict.fromkeys(n.lower() for n in split_list(vary)))
+    return None if "*" in names else names
+
+
+def normalise(name: str, value: str | None) -> str | None:
+    """§4.1: values may be normalised before matching (whitespace, case, list layout)."""
+    if value is None:
+        return None
+    value = _COMMA_WS.sub(",", _WS.sub(" ", value.strip()))
+    return value.lower() if name in _CASELESS else value
+
+
+def vary_values(fields: tuple[str, ...], headers: Headers) -> tuple[str | None, ...]:
+    """The request's normalised values for the fields (absent stays None, §4.1)."""
+    return tuple(normalise(f, combined_value(headers, f)) for f in fields)

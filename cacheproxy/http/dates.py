@@ -1,0 +1,55 @@
+"""HTTP-date parsing and formatting (RFC 9110 §5.6.7)."""
+
+from __future__ import annotations
+
+import calendar
+import re
+from email.utils import formatdate
+from functools import lru_cache
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*"
+_TIME = r"(\d{2}):(\d{2}):(\d{2})"
+# IMF-fixdate "Sun, 06 Nov 1994 08:49:37 GMT"; the space before GMT is optional
+# because real servers omit it (RFC 9110 §5.6.7: recipients parse leniently).
+_IMF = re.compile(rf"{_DAY},\s*(\d{{1,2}})[ -]([a-z]{{3}})[ -](\d{{4}})\s+{_TIME}\s*gmt", re.I)
+# obsolete RFC 850 form "Sunday, 06-Nov-94 08:49:37 GMT"
+_RFC850 = re.compile(rf"{_DAY},\s*(\d{{1,2}})-([a-z]{{3}})-(\d{{2}})\s+{_TIME}\s*gmt", re.I)
+# ANSI C asctime() form "Sun Nov  6 08:49:37 1994"
+_ASCTIME = re.compile(rf"{_DAY}\s+([a-z]{{3}})\s+(\d{{1,2}})\s+{_TIME}\s+(\d{{4}})", re.I)
+
+
+def _timestamp(year: int, month: str, day: int, hh: int, mm: int, ss: int) -> float | None:
+    mon = _MONTHS.get(month.lower())
+    if mon is None or not (1 <= day <= 31 and hh <= 23 and mm <= 59 and ss <= 60):
+        return None
+    try:
+        return float(calendar.timegm((year, mon, day, hh, mm, min(ss, 59), 0, 0, 0)))
+    except (ValueError, OverflowError):
+        return None
+
+
+@lru_cache(maxsize=4096)
+def parse_http_date(value: str | None) -> float | None:
+    """Seconds since the epoch, or None when the value is not an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if m := _IMF.fullmatch(value):
+        d, mon, y, hh, mm, ss = m.groups()
+        return _timestamp(int(y), mon, int(d), int(hh), int(mm), int(ss))
+    if m := _RFC850.fullmatch(value):
+        d, mon, yy, hh, mm, ss = m.groups()
+        # §5.6.7: a two-digit year more than 50 years in the future is in the past century.
+        year = 2000 + int(yy) if int(yy) < 70 else 1900 + int(yy)
+        return _timestamp(year, mon, int(d), int(hh), int(mm), int(ss))
+    if m := _ASCTIME.fullmatch(value):
+        mon, d, hh, mm, ss, y = m.groups()
+        return _timestamp(int(y), mon, int(d), int(hh), int(mm), int(ss))
+    return None
+
+
+def format_http_date(timestamp: float) -> str:
+    """IMF-fixdate, the form senders must generate (§5.6.7)."""
+    return formatdate(timestamp, usegmt=True)

@@ -1,0 +1,60 @@
+"""Field-level helpers: lists, hop-by-hop fields (RFC 9110 §5.6.1, §7.6.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+# §7.6.1: fields meaningful only for a single connection; never forwarded or stored.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate",
+})
+
+
+class Headers(Protocol):
+    """What the rules need of a header collection (multidict's CIMultiDict fits)."""
+
+    def get(self, key: str, default: None = None) -> str | None: ...
+    def getall(self, key: str, default: list[str]) -> list[str]: ...
+
+
+def split_list(value: str) -> list[str]:
+    """Members of a comma-separated list (§5.6.1), commas inside quoted strings kept."""
+    items: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = False
+    for ch in value:
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            items.append("".join(buf).strip())
+            buf = []
+            continue
+        buf.append(ch)
+    items.append("".join(buf).strip())
+    return [item for item in items if item]
+
+
+def combined_value(headers: Headers, name: str) -> str | None:
+    """All field lines of one name joined with ", " (§5.3), None when absent."""
+    values = headers.getall(name, [])
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
+def connection_options(values: Iterable[str]) -> frozenset[str]:
+    """Field names listed in Connection, which are hop-by-hop too (§7.6.1)."""
+    return frozenset(tok.lower() for value in values for tok in split_list(value))
+
+
+def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs minus hop-by-hop fields and the fields Connection names (§7.6.1)."""
+    pairs = list(pairs)
+    named = connection_options(v for k, v in pairs if k.lower() == "connection")
+    return [(k, v) for k, v in pairs if (lk := k.lower()) not in HOP_BY_HOP and lk not in named]

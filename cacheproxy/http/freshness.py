@@ -1,0 +1,64 @@
+"""Freshness and age (RFC 9111 §4.2)."""
+
+from __future__ import annotations
+
+from cacheproxy.http.cache_control import MAX_DELTA, ResponseDirectives
+
+# §4.2.2 / RFC 9110 §15.1: status codes that are heuristically cacheable.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+
+
+def parse_age(value: str | None) -> int:
+    """§5.1: Age is delta-seconds; an invalid value is ignored (taken as 0)."""
+    if not value:
+        return 0
+    first = value.split(",", 1)[0].strip()
+    if not first.isdigit() or not first.isascii():
+        return 0
+    return min(int(first), MAX_DELTA)
+
+
+def freshness_lifetime(
+    directives: ResponseDirectives,
+    *,
+    status: int,
+    date: float | None,
+    expires: str | None,
+    expires_at: float | None,
+    last_modified: float | None,
+    response_time: float,
+    shared: bool,
+    heuristic_fraction: float,
+    heuristic_max_age: float,
+) -> float:
+    """§4.2.1: the first of s-maxage (shared), max-age, Expires - Date, heuristic."""
+    if shared and directives.s_maxage is not None:
+        return float(directives.s_maxage)
+    if directives.max_age is not None:
+        return float(directives.max_age)
+    # §4.2.1: without Date, the time the response was received stands in.
+    date_value = date if date is not None else response_time
+    if expires is not None:
+        # §5.3: an invalid Expires (e.g. "0") means already expired.
+        if expires_at is None:
+            return 0.0
+        return max(0.0, expires_at - date_value)
+    # §4.2.2: heuristics only for heuristically cacheable statuses (or public).
+    if last_modified is None or not (status in HEURISTICALLY_CACHEABLE or directives.public):
+        return 0.0
+    return max(0.0, min((date_value - last_modified) * heuristic_fraction, heuristic_max_age))
+
+
+def corrected_initial_age(
+    *, age_value: int, date: float | None, request_time: float, response_time: float
+) -> float:
+    """§4.2.3: the age when the response arrived, from Age, Date and the delay."""
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    response_delay = max(0.0, response_time - request_time)
+    corrected_age_value = age_value + response_delay
+    return max(apparent_age, corrected_age_value)
+
+
+def current_age(initial_age: float, response_time: float, now: float) -> float:
+    """§4.2.3: corrected_initial_age + resident_time."""
+    return initial_age + max(0.0, now - response_time)

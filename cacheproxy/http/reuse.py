@@ -1,0 +1,86 @@
+"""May a stored response answer this request? (RFC 9111 §4, §4.2.4, §5.2; RFC 5861)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from cacheproxy.http.cache_control import RequestDirectives, ResponseDirectives
+from cacheproxy.http.freshness import current_age
+
+
+class Action(Enum):
+    SERVE = "serve"                      # fresh, or stale where the client allows it
+    SERVE_STALE_REVALIDATE = "swr"       # RFC 5861 §3: serve now, revalidate in the background
+    REVALIDATE = "revalidate"            # §4.3: ask the origin before reusing
+    UNUSABLE = "unusable"                # only-if-cached and nothing usable: 504 (§5.2.1.7)
+
+
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    action: Action
+    age: float
+    ttl: float        # freshness left; negative when stale (RFC 9211 §2.5)
+    forward: str      # RFC 9211 fwd reason when not served: "stale" or "request"
+
+
+def stale_forbidden(d: ResponseDirectives, shared: bool) -> bool:
+    """§4.2.4: must-revalidate, and for shared caches proxy-revalidate or s-maxage
+    (§5.2.2.2, §5.2.2.8, §5.2.2.10), forbid serving stale without validation."""
+    return d.must_revalidate or (shared and (d.proxy_revalidate or d.s_maxage is not None))
+
+
+def decide_reuse(
+    *,
+    lifetime: float,
+    initial_age: float,
+    response_time: float,
+    directives: ResponseDirectives,
+    request: RequestDirectives,
+    now: float,
+    shared: bool,
+) -> Reuse:
+    age = current_age(initial_age, response_time, now)
+    ttl = lifetime - age
+    action, forward = _action(ttl, age, directives, request, shared)
+    if action is Action.REVALIDATE and request.only_if_cached:
+        action = Action.UNUSABLE  # §5.2.1.7: the client refuses a forward
+    return Reuse(action, age, ttl, forward)
+
+
+def _action(
+    ttl: float, age: float, d: ResponseDirectives, req: RequestDirectives, shared: bool
+) -> tuple[Action, str]:
+    if d.no_cache:  # §5.2.2.4: always validate before reuse
+        return Action.REVALIDATE, "stale"
+    if req.no_cache:  # §5.2.1.4
+        return Action.REVALIDATE, "request"
+    # §5.2.1.1: max-age=0 (a browser reload) asks for validation.
+    if req.max_age is not None and (req.max_age == 0 or age > req.max_age):
+        return Action.REVALIDATE, "request"
+    if ttl > 0:  # §4.2: fresh when freshness_lifetime > current_age
+        if req.min_fresh is not None and ttl < req.min_fresh:  # §5.2.1.3
+            return Action.REVALIDATE, "request"
+        return Action.SERVE, ""
+    if not stale_forbidden(d, shared):
+        staleness = -ttl
+        if req.max_stale is not None and staleness <= req.max_stale:  # §5.2.1.2
+            return Action.SERVE, ""
+        swr = d.stale_while_revalidate
+        if swr is not None and staleness <= swr:  # RFC 5861 §3
+            return Action.SERVE_STALE_REVALIDATE, "stale"
+    return Action.REVALIDATE, "stale"
+
+
+def may_serve_stale_on_error(
+    *, ttl: float, directives: ResponseDirectives, request: RequestDirectives, shared: bool
+) -> bool:
+    """RFC 5861 §4: stale-if-error (response or request) covers an error or an
+    unreachable origin, unless stale is forbidden (§4.2.4)."""
+    if ttl > 0:
+        return True
+    if stale_forbidden(directives, shared):
+        return False
+    staleness = -ttl
+    windows = (directives.stale_if_error, request.stale_if_error, request.max_stale)
+    return any(w is not None and staleness <= w for w in windows)

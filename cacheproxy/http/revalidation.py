@@ -1,0 +1,51 @@
+"""Validating a stored response with the origin (RFC 9111 §3.2, §4.3)."""
+
+from __future__ import annotations
+
+from cacheproxy.http.fields import HOP_BY_HOP
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.http.validators import parse_etag
+
+# Conditional fields a client may send; a cache filling itself strips them and
+# answers the client's condition from the full response (§4.3.2).
+CLIENT_CONDITIONALS = frozenset(
+    {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"}
+)
+
+
+def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:
+    """§4.3.1: send the stored validators: the entity tag, and Last-Modified as a date."""
+    fields: list[tuple[str, str]] = []
+    if entry.etag:
+        fields.append(("If-None-Match", entry.etag))
+    if entry.last_modified:
+        fields.append(("If-Modified-Since", entry.last_modified))
+    return fields
+
+
+def has_validator(entry: CachedResponse) -> bool:
+    return bool(entry.etag or entry.last_modified)
+
+
+def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
+    """§4.3.4: does a 304 apply to this stored response?"""
+    new_tag = parse_etag(next((v for k, v in response if k.lower() == "etag"), None))
+    if new_tag is not None:
+        old = parse_etag(entry.etag)
+        return old is not None and old.opaque == new_tag.opaque and old.weak == new_tag.weak
+    new_lm = next((v for k, v in response if k.lower() == "last-modified"), None)
+    if new_lm is not None:
+        return new_lm == entry.last_modified
+    return True  # no validator in the 304: it applies to the one response we asked about
+
+
+def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """§3.2: fields of the 304 replace the stored ones, except hop-by-hop fields
+    and Content-Length; everything else the stored response had stays."""
+    updates = [
+        (k, v) for k, v in response
+        if (lk := k.lower()) not in HOP_BY_HOP and lk != "content-length"
+    ]
+    replaced = {k.lower() for k, _ in updates}
+    kept = [(k, v) for k, v in entry.header_pairs() if k.lower() not in replaced]
+    return kept + updates

@@ -1,0 +1,88 @@
+"""May this response be stored? (RFC 9111 §3, §3.5, §5.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cacheproxy.http.cache_control import RequestDirectives, ResponseDirectives
+from cacheproxy.http.freshness import HEURISTICALLY_CACHEABLE
+
+# Status codes whose semantics this cache understands (§5.2.2.3 must-understand).
+UNDERSTOOD_STATUS = HEURISTICALLY_CACHEABLE | frozenset({302, 303, 307})
+
+
+@dataclass(frozen=True, slots=True)
+class StorePolicy:
+    shared: bool = True
+    set_cookie: str = "bypass"  # "bypass": never store; "strip": store without Set-Cookie
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    storable: bool
+    reason: str  # why not (for Cache-Status detail and the log), "" when storable
+
+
+_YES = Verdict(True, "")
+
+
+def _no(reason: str) -> Verdict:
+    return Verdict(False, reason)
+
+
+def storability(
+    *,
+    method: str,
+    status: int,
+    request: RequestDirectives,
+    response: ResponseDirectives,
+    has_authorization: bool,
+    has_expires: bool,
+    has_set_cookie: bool,
+    vary_star: bool,
+    policy: StorePolicy,
+) -> Verdict:
+    """§3: all of these must hold for a cache to store a response."""
+    if method != "GET":  # §3: the method must be cacheable; HEAD is answered from GET
+        return _no("method")
+    if status < 200 or status in (206, 304):  # §3: final, and no partial content kept
+        return _no("status")
+    if response.must_understand:
+        # §5.2.2.3: must-understand overrides no-store for understood status codes only.
+        if status not in UNDERSTOOD_STATUS:
+            return _no("must-understand")
+    elif request.no_store or response.no_store:  # §5.2.1.5, §5.2.2.5
+        return _no("no-store")
+    if policy.shared and response.private:  # §5.2.2.7
+        return _no("private")
+    if policy.shared and has_authorization and not (
+        response.public or response.s_maxage is not None or response.must_revalidate
+    ):  # §3.5
+        return _no("authorization")
+    if vary_star:  # §4.1: "Vary: *" never matches, storing it is pointless
+        return _no("vary-star")
+    if policy.shared and has_set_cookie and policy.set_cookie == "bypass":
+        # A cookie is one client's; a shared cache never replays it (RFC 9111 §7.3).
+        return _no("set-cookie")
+    # §3: something must make it cacheable: explicit freshness, public, or a
+    # heuristically cacheable status (private is fine for a private cache).
+    if (
+        has_expires
+        or response.max_age is not None
+        or (policy.shared and response.s_maxage is not None)
+        or response.public
+        or (response.private and not policy.shared)
+        or status in HEURISTICALLY_CACHEABLE
+    ):
+        return _YES
+    return _no("status")
+
+
+def excluded_fields(response: ResponseDirectives, policy: StorePolicy) -> frozenset[str]:
+    """Fields left out of the stored copy (§3.1 and the policies above)."""
+    out: set[str] = set()
+    if policy.shared:
+        out.update(response.private_fields)  # §5.2.2.7 qualified private
+        if policy.set_cookie == "strip":
+            out.add("set-cookie")
+    return frozenset(out)

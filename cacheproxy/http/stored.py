@@ -1,0 +1,124 @@
+"""A stored response and how one is made (RFC 9111 §3, §4.2).
+
+The entry keeps the parsed directives and validators beside the header block
+and body, and its freshness figures precomputed, so the hit path does no
+re-parsing. Field names are interned: thousands of entries share them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
+from cacheproxy.http.dates import parse_http_date
+from cacheproxy.http.fields import HOP_BY_HOP, connection_options
+from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
+
+# Per-entry bookkeeping beyond body and fields (object, key, LRU links): counted
+# so that max_bytes bounds the process memory, not just the payload.
+ENTRY_OVERHEAD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Heuristics:
+    fraction: float = 0.1
+    max_age: float = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class CachedResponse:
+    key: str
+    vary: tuple[str, ...]                   # lower-cased field names from Vary
+    vary_values: tuple[str | None, ...]     # the request's normalised values for them
+    status: int
+    headers: tuple[str, ...]                # flat name, value, name, value ...
+    body: bytes
+    response_time: float
+    initial_age: float                      # §4.2.3 corrected_initial_age
+    lifetime: float                         # §4.2.1 freshness_lifetime
+    directives: ResponseDirectives
+    etag: str | None
+    last_modified: str | None
+    modified_at: float                      # Last-Modified, else Date, else receipt (§4.3.2)
+    size: int
+
+    def header_pairs(self) -> list[tuple[str, str]]:
+        h = self.headers
+        return [(h[i], h[i + 1]) for i in range(0, len(h), 2)]
+
+    def get(self, name: str) -> str | None:
+        """First value of a field (name compared case-insensitively)."""
+        h, name = self.headers, name.lower()
+        for i in range(0, len(h), 2):
+            if h[i].lower() == name:
+                return h[i + 1]
+        return None
+
+
+def first_value(pairs: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in pairs if k.lower() == name), None)
+
+
+def all_values(pairs: list[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in pairs if k.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tuple[str, ...]:
+    """§3.1: hop-by-hop fields and the ones Connection names are not stored."""
+    named = connection_options(v for k, v in pairs if k.lower() == "connection")
+    flat: list[str] = []
+    for k, v in pairs:
+        lk = k.lower()
+        # Age is recomputed on every reuse (§4.2.3), never replayed.
+        if lk in HOP_BY_HOP or lk in named or lk in excluded or lk == "age":
+            continue
+        flat += (sys.intern(str(k)), v)
+    return tuple(flat)
+
+
+def make_stored_response(
+    *,
+    key: str,
+    vary: tuple[str, ...],
+    vary_values: tuple[str | None, ...],
+    status: int,
+    pairs: list[tuple[str, str]],
+    body: bytes,
+    request_time: float,
+    response_time: float,
+    shared: bool,
+    heuristics: Heuristics,
+    excluded: frozenset[str] = frozenset(),
+) -> CachedResponse:
+    directives = parse_response_directives(all_values(pairs, "cache-control"))
+    date = parse_http_date(first_value(pairs, "date"))
+    expires = first_value(pairs, "expires")
+    last_modified = first_value(pairs, "last-modified")
+    lm_time = parse_http_date(last_modified)
+    headers = stored_fields(pairs, excluded)
+    return CachedResponse(
+        key=key,
+        vary=vary,
+        vary_values=vary_values,
+        status=status,
+        headers=headers,
+        body=body,
+        response_time=response_time,
+        initial_age=corrected_initial_age(
+            age_value=parse_age(first_value(pairs, "age")), date=date,
+            request_time=request_time, response_time=response_time,
+        ),
+        lifetime=freshness_lifetime(
+            directives, status=status, date=date, expires=expires,
+            expires_at=parse_http_date(expires), last_modified=lm_time,
+            response_time=response_time, shared=shared,
+            heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
+        ),
+        directives=directives,
+        etag=first_value(pairs, "etag"),
+        last_modified=last_modified,
+        modified_at=lm_time if lm_time is not None else (date or response_time),
+        size=len(body) + sum(len(x) for x in headers) + len(key) + ENTRY_OVERHEAD,
+    )

@@ -1,0 +1,55 @@
+"""Entity tags and their comparison (RFC 9110 §8.8.3, §13.1.1, §13.1.2)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from cacheproxy.http.fields import split_list
+
+
+class ETag(NamedTuple):
+    weak: bool
+    opaque: str  # the opaque-tag, quotes included
+
+
+def parse_etag(value: str | None) -> ETag | None:
+    """One entity-tag; an unquoted tag (seen in the wild) is taken as its own opaque-tag."""
+    if not value:
+        return None
+    value = value.strip()
+    weak = value[:2] in ("W/", "w/")
+    if weak:
+        value = value[2:].strip()
+    if not value or any(c in value for c in ", \t"):
+        return None
+    if value[0] != '"':
+        value = f'"{value}"'
+    elif len(value) < 2 or value[-1] != '"':
+        return None
+    return ETag(weak, value)
+
+
+def parse_etag_list(value: str) -> list[ETag] | None:
+    """If-None-Match / If-Match members (§13.1.1); None stands for "*"."""
+    if value.strip() == "*":
+        return None
+    return [tag for item in split_list(value) if (tag := parse_etag(item)) is not None]
+
+
+def weak_match(a: ETag, b: ETag) -> bool:
+    """§8.8.3.2: weak comparison ignores the weakness indicator."""
+    return a.opaque == b.opaque
+
+
+def strong_match(a: ETag, b: ETag) -> bool:
+    """§8.8.3.2: strong comparison needs both tags strong and equal."""
+    return not a.weak and not b.weak and a.opaque == b.opaque
+
+
+def none_match(if_none_match: str, etag: str | None) -> bool:
+    """True when If-None-Match's condition is false, i.e. the tag matches (§13.1.2)."""
+    tags = parse_etag_list(if_none_match)
+    if tags is None:
+        return True  # "*" matches any current representation
+    current = parse_etag(etag)
+    return current is not None and any(weak_match(current, t) for t in tags)

@@ -1,0 +1,1 @@
+"""The I/O around the rules: aiohttp server, upstream client, collapsing."""

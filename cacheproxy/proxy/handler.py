@@ -1,0 +1,320 @@
+"""The request handler: looks up the store, applies the decisions in
+cacheproxy.http, and drives the upstream exchange."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from yarl import URL
+
+from cacheproxy.config import Config
+from cacheproxy.http.cache_control import RequestDirectives, parse_request_directives
+from cacheproxy.http.cache_key import primary_key, vary_values
+from cacheproxy.http.fields import Headers, combined_value
+from cacheproxy.http.invalidation import invalidated_uris
+from cacheproxy.http.reuse import (
+    Action,
+    Reuse,
+    decide_reuse,
+    may_serve_stale_on_error,
+    stale_forbidden,
+)
+from cacheproxy.http.revalidation import conditional_fields, has_validator, merge_304, selects
+from cacheproxy.http.storability import StorePolicy
+from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response
+from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.exchange import Exchange, Fill
+from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
+from cacheproxy.proxy.outcome import Outcome
+from cacheproxy.proxy.respond import error_response, stored_response
+from cacheproxy.proxy.upstream import UpstreamError, make_session
+from cacheproxy.store import Store
+
+log = logging.getLogger("cacheproxy")
+
+
+def select_variant(variants: tuple[CachedResponse, ...], headers: Headers) -> CachedResponse | None:
+    """§4.1: the newest stored response whose Vary'd request fields match."""
+    for entry in variants:
+        if not entry.vary or vary_values(entry.vary, headers) == entry.vary_values:
+            return entry
+    return None
+
+
+class CacheProxy:
+    def __init__(self, config: Config, upstream: str, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.upstream = upstream.rstrip("/")
+        self.shared = config.cache.shared
+        self.cache_name = config.proxy.via
+        self.policy = StorePolicy(shared=self.shared, set_cookie=config.cache.set_cookie)
+        self.heuristics = Heuristics(
+            config.cache.heuristic_fraction, config.cache.heuristic_max_age
+        )
+        up = URL(self.upstream)
+        self.forward = ForwardPolicy(
+            via=config.proxy.via,
+            upstream_host=up.raw_authority.rpartition("@")[2],
+            pass_host=config.proxy.host_header == "pass",
+            x_forwarded_for=config.proxy.x_forwarded_for,
+            x_forwarded_proto=config.proxy.x_forwarded_proto,
+            x_forwarded_host=config.proxy.x_forwarded_host,
+        )
+        self.collapser = Collapser(config.cache.collapse_timeout) if config.cache.collapse else None
+        self.exchange: Exchange | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup_ctx: the pooled upstream session lives as long as the app."""
+        session = make_session(self.config.proxy)
+        self.exchange = Exchange(session, self.store, self.policy, self.heuristics,
+                                 self.config.cache.max_object_bytes, self.cache_name)
+        yield
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await session.close()
+
+    # -- entry point ------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        target = request.raw_path
+        if not target.startswith("/"):  # absolute-form (RFC 9112 §3.2.2): keep path and query
+            target = URL(target).raw_path_qs if target != "*" else target
+        key = primary_key(request.scheme, request.host, target)
+        outcome = Outcome()
+        try:
+            if request.method in ("GET", "HEAD") and "Range" not in request.headers:
+                return await self._cached(request, key, target, outcome, collapse=True)
+            outcome.status, outcome.fwd = "BYPASS", "method"
+            return await self._pass(request, key, target, outcome)
+        except UpstreamError as exc:
+            outcome.status = "ERROR"
+            return self._error(request, exc.status, exc.reason, outcome)
+        except Exception:  # a bug of ours: log it, answer briefly, keep serving
+            log.exception("internal error on %s %s", request.method, target)
+            outcome.status = "ERROR"
+            return self._error(request, 500, "internal proxy error", outcome)
+
+    # -- GET / HEAD --------------------------------------------------------
+
+    async def _cached(
+        self, request: web.Request, key: str, target: str, outcome: Outcome, *, collapse: bool
+    ) -> web.StreamResponse:
+        h = request.headers
+        req = parse_request_directives(combined_value(h, "Cache-Control"), h.get("Pragma"))
+        variants = await self.store.get(key)
+        entry = select_variant(variants, h)
+        if entry is None:
+            if req.only_if_cached:  # §5.2.1.7
+                outcome.detail = "only-if-cached"
+                return self._error(request, 504, "not in cache (only-if-cached)", outcome)
+            outcome.fwd = "vary-miss" if variants else "uri-miss"
+            reuse = None
+        else:
+            reuse = decide_reuse(
+                lifetime=entry.lifetime, initial_age=entry.initial_age,
+                response_time=entry.response_time, directives=entry.directives,
+                request=req, now=time.time(), shared=self.shared,
+            )
+            if reuse.action is Action.SERVE:
+                outcome.status = "HIT" if reuse.ttl > 0 else "STALE"
+                return self._serve(request, entry, reuse, outcome)
+            if reuse.action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
+                self._refresh_in_background(request, key, target, entry)
+                outcome.status, outcome.detail = "UPDATING", "stale-while-revalidate"
+                return self._serve(request, entry, reuse, outcome)
+            if reuse.action is Action.UNUSABLE:  # §5.2.1.7
+                outcome.detail = "only-if-cached"
+                return self._error(request, 504, "stale in cache (only-if-cached)", outcome)
+            outcome.fwd = reuse.forward
+        if collapse and self.collapser is not None and request.method == "GET":
+            return await self._collapsed(request, key, target, outcome, req, entry, reuse)
+        return await self._forward(request, key, target, outcome, req, entry, reuse)
+
+    def _serve(
+        self, request: web.Request, entry: CachedResponse, reuse: Reuse, outcome: Outcome
+    ) -> web.Response:
+        outcome.hit = outcome.fwd is None  # RFC 9211 §2.1: answered without going forward
+        outcome.from_cache = True
+        outcome.ttl = reuse.ttl
+        return stored_response(request, entry, reuse.age, outcome, self.cache_name,
+                               via_value(request.version, self.config.proxy.via))
+
+    async def _collapsed(
+        self, request: web.Request, key: str, target: str, outcome: Outcome,
+        req: RequestDirectives, entry: CachedResponse | None, reuse: Reuse | None,
+    ) -> web.StreamResponse:
+        """One upstream request per key at a time; the others wait, then look again."""
+        assert self.collapser is not None
+        leader = self.collapser.join(key)
+        if leader is not None:
+            await self.collapser.wait(leader)
+            outcome.collapsed = True
+            # Served from what the leader stored, or upstream alone when it stored nothing usable.
+            return await self._cached(request, key, target, outcome, collapse=False)
+        try:
+            return await self._forward(request, key, target, outcome, req, entry, reuse,
+                                       release=lambda: self.collapser.release(key))  # type: ignore[union-attr]
+        finally:
+            self.collapser.release(key)
+
+    async def _forward(
+        self, request: web.Request, key: str, target: str, outcome: Outcome,
+        req: RequestDirectives, entry: CachedResponse | None, reuse: Reuse | None,
+        release: object = None,
+    ) -> web.StreamResponse:
+        fill = Fill(key=key, request=req, request_headers=request.headers, release=release)  # type: ignore[arg-type]
+        if entry is not None and reuse is not None and has_validator(entry):
+            return await self._revalidate(request, target, outcome, fill, entry, reuse)
+        outcome.status = "EXPIRED" if entry is not None else "MISS"
+        return await self._fetch(request, target, outcome, fill)
+
+    async def _fetch(
+        self, request: web.Request, target: str, outcome: Outcome, fill: Fill
+    ) -> web.StreamResponse:
+        """A full request upstream; the response streams to the client and may be stored."""
+        assert self.exchange is not None
+        may_store = request.method == "GET" and not fill.request.no_store
+        fields = self._fields(request, strip_conditionals=may_store)
+        request_time = time.time()
+        resp = await self.exchange.send(request.method, self.upstream + target, fields, None)
+        return await self.exchange.relay(request, resp, outcome, fill if may_store else None,
+                                         request_time, self._via(request))
+
+    async def _revalidate(
+        self, request: web.Request, target: str, outcome: Outcome, fill: Fill,
+        entry: CachedResponse, reuse: Reuse,
+    ) -> web.StreamResponse:
+        """§4.3: ask the origin with our validators; a 304 freshens the stored response."""
+        assert self.exchange is not None
+        fields = self._fields(request, strip_conditionals=True, extra=conditional_fields(entry))
+        request_time = time.time()
+        try:
+            resp = await self.exchange.send("GET", self.upstream + target, fields, None)
+        except UpstreamError as exc:
+            return self._stale_on_error(request, entry, reuse, outcome, fill, exc.status, exc)
+        pairs = list(resp.headers.items())
+        if resp.status == 304 and selects(entry, pairs):
+            resp.release()
+            updated = self._updated(entry, pairs, request_time)
+            await self.store.put(updated)
+            fill.done()
+            outcome.status, outcome.fwd_status, outcome.stored = "REVALIDATED", 304, True
+            age = updated.initial_age + max(0.0, time.time() - updated.response_time)
+            return self._serve(request, updated, Reuse(Action.SERVE, age, updated.lifetime - age,
+                                                       ""), outcome)
+        if resp.status >= 500 and may_serve_stale_on_error(
+            ttl=reuse.ttl, directives=entry.directives, request=fill.request, shared=self.shared
+        ):  # RFC 5861 §4: the origin erred
+            resp.release()
+            return self._stale_on_error(request, entry, reuse, outcome, fill, resp.status, None)
+        outcome.status = "EXPIRED"
+        if resp.status == 304:  # a 304 for another representation: fetch it whole (§4.3.4)
+            resp.release()
+            return await self._fetch(request, target, outcome, fill)
+        return await self.exchange.relay(request, resp, outcome, fill, request_time,
+                                         self._via(request), replaces=entry)
+
+    def _stale_on_error(
+        self, request: web.Request, entry: CachedResponse, reuse: Reuse, outcome: Outcome,
+        fill: Fill, status: int, exc: UpstreamError | None,
+    ) -> web.StreamResponse:
+        fill.done()
+        outcome.fwd_status = status if exc is None else None
+        if may_serve_stale_on_error(ttl=reuse.ttl, directives=entry.directives,
+                                    request=fill.request, shared=self.shared):
+            outcome.status, outcome.detail = "STALE", "stale-if-error"
+            return self._serve(request, entry, reuse, outcome)
+        if exc is None:  # unreachable: only 5xx from the origin gets here with stale allowed
+            raise UpstreamError(502, "upstream error")
+        outcome.status = "ERROR"
+        if stale_forbidden(entry.directives, self.shared):
+            # §5.2.2.2: must-revalidate and no origin: 504, never the stale copy.
+            return self._error(request, 504, "upstream unavailable (must-revalidate)", outcome)
+        return self._error(request, exc.status, exc.reason, outcome)
+
+    def _updated(
+        self, entry: CachedResponse, pairs: list[tuple[str, str]], request_time: float
+    ) -> CachedResponse:
+        """§4.3.4: the stored response with the 304's fields and fresh timings."""
+        return make_stored_response(
+            key=entry.key, vary=entry.vary, vary_values=entry.vary_values, status=entry.status,
+            pairs=merge_304(entry, pairs), body=entry.body, request_time=request_time,
+            response_time=time.time(), shared=self.shared, heuristics=self.heuristics,
+        )
+
+    def _refresh_in_background(
+        self, request: web.Request, key: str, target: str, entry: CachedResponse
+    ) -> None:
+        """RFC 5861 §3: one background revalidation per key at a time."""
+        if self.collapser is not None and self.collapser.join(key) is not None:
+            return  # someone is already fetching this key
+        fields = self._fields(request, strip_conditionals=True, extra=conditional_fields(entry))
+        refresh = self._refresh(key, target, entry, fields, request.headers)
+        task = asyncio.get_running_loop().create_task(refresh)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(
+        self, key: str, target: str, entry: CachedResponse, fields: list[tuple[str, str]],
+        headers: Headers,
+    ) -> None:
+        assert self.exchange is not None
+        try:
+            request_time = time.time()
+            resp = await self.exchange.send("GET", self.upstream + target, fields, None)
+            pairs = list(resp.headers.items())
+            if resp.status == 304 and selects(entry, pairs):
+                resp.release()
+                await self.store.put(self._updated(entry, pairs, request_time))
+            else:
+                fill = Fill(key=key, request=RequestDirectives(), request_headers=headers)
+                await self.exchange.consume(resp, fill, request_time, replaces=entry)
+        except UpstreamError as exc:
+            log.info("background revalidation of %s failed: %s", key, exc.reason)
+        finally:
+            if self.collapser is not None:
+                self.collapser.release(key)
+
+    # -- other methods -----------------------------------------------------
+
+    async def _pass(
+        self, request: web.Request, key: str, target: str, outcome: Outcome
+    ) -> web.StreamResponse:
+        """Forward as is; a non-error answer to an unsafe method invalidates (§4.4)."""
+        assert self.exchange is not None
+        body = request.content if request.body_exists else None
+        fields = self._fields(request)
+        resp = await self.exchange.send(request.method, self.upstream + target, fields, body)
+        for uri in invalidated_uris(request.method, resp.status, key,
+                                    resp.headers.get("Location"),
+                                    resp.headers.get("Content-Location")):
+            await self.store.delete(uri)
+        return await self.exchange.relay(request, resp, outcome, None, time.time(),
+                                         self._via(request))
+
+    # -- helpers -------------------------------------------------------------
+
+    def _fields(
+        self, request: web.Request, *, strip_conditionals: bool = False,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> list[tuple[str, str]]:
+        return request_fields(
+            list(request.headers.items()), policy=self.forward, version=request.version,
+            client_ip=request.remote, scheme=request.scheme,
+            strip_conditionals=strip_conditionals, extra=extra,
+        )
+
+    def _via(self, request: web.Request) -> str:
+        return via_value(request.version, self.config.proxy.via)
+
+    def _error(
+        self, request: web.Request, status: int, message: str, outcome: Outcome
+    ) -> web.Response:
+        return error_response(status, message, outcome, self.cache_name, self._via(request))

@@ -1,0 +1,32 @@
+"""What happened to one request: the cache's account of it, shown to the client
+in Cache-Status / X-Cache and (later) written to the request log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cacheproxy.http.cache_status import cache_status
+
+
+@dataclass(slots=True)
+class Outcome:
+    # HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING, BYPASS, ERROR (nginx's words)
+    status: str = "MISS"
+    hit: bool = False            # answered from storage without going forward (RFC 9211 §2.1)
+    fwd: str | None = None       # RFC 9211 §2.2 forward reason
+    fwd_status: int | None = None
+    stored: bool = False
+    ttl: float | None = None
+    collapsed: bool = False
+    detail: str | None = None
+    from_cache: bool = False     # the body came from storage (X-Cache: HIT)
+
+    def cache_status(self, name: str) -> str:
+        return cache_status(
+            name, hit=self.hit, fwd=self.fwd, fwd_status=self.fwd_status, stored=self.stored,
+            ttl=self.ttl, collapsed=self.collapsed, detail=self.detail,
+        )
+
+    @property
+    def x_cache(self) -> str:
+        return "HIT" if self.from_cache else "MISS"

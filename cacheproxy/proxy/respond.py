@@ -1,0 +1,54 @@
+"""Responses the proxy makes itself: replays of stored responses and errors."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from cacheproxy.http.conditional import is_not_modified, not_modified_fields
+from cacheproxy.http.fields import combined_value
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.proxy.outcome import Outcome
+
+
+def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
+    """Fields the cache adds to every response it sends."""
+    headers.add("Via", via)  # RFC 9110 §7.6.3
+    headers.add("Cache-Status", outcome.cache_status(cache_name))  # RFC 9211: appended
+    headers["X-Cache"] = outcome.x_cache
+
+
+def stored_response(
+    request: web.Request,
+    entry: CachedResponse,
+    age: float,
+    outcome: Outcome,
+    cache_name: str,
+    via: str,
+) -> web.Response:
+    """Replay a stored response, or a 304 when the client's copy is current (§4.3.2)."""
+    h = request.headers
+    inm = combined_value(h, "If-None-Match")
+    ims = h.get("If-Modified-Since")
+    body: bytes | None = entry.body
+    status = entry.status
+    if (inm is not None or ims is not None) and is_not_modified(entry, request.method, inm, ims):
+        headers = CIMultiDict(not_modified_fields(entry))
+        status, body = 304, None
+    else:
+        headers = CIMultiDict(entry.header_pairs())
+    headers["Age"] = str(int(age))  # RFC 9111 §5.1: required when served from cache
+    mark(headers, outcome, cache_name, via)
+    if request.method == "HEAD":
+        body = None
+        headers.setdefault("Content-Length", str(len(entry.body)))
+    return web.Response(status=status, headers=headers, body=body)
+
+
+def error_response(
+    status: int, message: str, outcome: Outcome, cache_name: str, via: str
+) -> web.Response:
+    """A short plain-text answer for 502 / 504 and the like; never a traceback."""
+    headers: CIMultiDict[str] = CIMultiDict({"Cache-Control": "no-store"})
+    mark(headers, outcome, cache_name, via)
+    return web.Response(status=status, text=f"{status} {message}\n", headers=headers)

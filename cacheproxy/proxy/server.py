@@ -1,0 +1,83 @@
+"""Starting and stopping the proxy: the aiohttp application and its runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from cacheproxy.config import Config, parse_listen
+from cacheproxy.demo.origin import start_demo_origin
+from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.store import MemoryStore, Store
+
+log = logging.getLogger("cacheproxy")
+PROXY = web.AppKey("proxy", CacheProxy)
+
+
+def make_store(config: Config) -> Store:
+    return MemoryStore(config.cache.max_bytes)
+
+
+def make_app(config: Config, upstream: str, store: Store | None = None) -> web.Application:
+    """The proxy as an aiohttp application: one catch-all route, any method."""
+    proxy = CacheProxy(config, upstream, store if store is not None else make_store(config))
+    app = web.Application()
+    app[PROXY] = proxy
+    app.cleanup_ctx.append(proxy.context)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(config: Config) -> None:
+    """Run until cancelled. With no upstream, the bundled demo origin is started first."""
+    upstream = config.proxy.upstream
+    demo = None
+    if not upstream:
+        demo_host, demo_port = parse_listen(config.demo.listen)
+        demo, demo_port = await start_demo_origin(demo_host, demo_port)
+        upstream = _url(demo_host, demo_port)
+        log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
+    runner = web.AppRunner(make_app(config, upstream), access_log=None)
+    await runner.setup()
+    try:
+        host, port = parse_listen(config.proxy.listen)
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        log.info("cacheproxy listening on %s -> %s", _url(host, bound), upstream)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        if demo is not None:
+            await demo.cleanup()
+
+
+def run(config: Config) -> None:
+    """Blocking entry point for `cacheproxy serve`; SIGTERM and SIGINT stop it."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(config)
+
+    try:
+        import uvloop  # the faster loop when installed (pyproject: not on Windows)
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -1,0 +1,72 @@
+"""The embedded store: an LRU over cachetools, bounded by total bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachetools import LRUCache
+
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.store.base import StoreStats
+
+# Bounds the work a put does and the variants one URL can hold (Vary: User-Agent).
+MAX_VARIANTS = 32
+
+
+def _size(variants: tuple[CachedResponse, ...]) -> int:
+    return sum(v.size for v in variants)
+
+
+class _CountingLRU(LRUCache[str, tuple[CachedResponse, ...]]):
+    """Counts evictions and the responses (variants) held."""
+
+    evictions = 0
+    entries = 0
+
+    def popitem(self) -> Any:
+        key, variants = super().popitem()
+        self.evictions += 1
+        self.entries -= len(variants)
+        return key, variants
+
+
+class MemoryStore:
+    """Each key maps to a tuple of variants; the LRU's capacity is max_bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._lru = _CountingLRU(maxsize=max_bytes, getsizeof=_size)
+
+    async def get(self, key: str) -> tuple[CachedResponse, ...]:
+        return self._lru.get(key, ())
+
+    async def put(self, entry: CachedResponse) -> bool:
+        lru = self._lru
+        old = lru.pop(entry.key, ())
+        lru.entries -= len(old)
+        others = tuple(v for v in old if v.vary_values != entry.vary_values)
+        variants = (entry, *others[: MAX_VARIANTS - 1])
+        if _size(variants) > lru.maxsize:
+            return False
+        lru[entry.key] = variants
+        lru.entries += len(variants)
+        return True
+
+    async def delete(self, key: str) -> bool:
+        variants = self._lru.pop(key, None)
+        if variants is None:
+            return False
+        self._lru.entries -= len(variants)
+        return True
+
+    async def clear(self) -> None:
+        evictions = self._lru.evictions  # clear() pops items; that is not eviction
+        self._lru.clear()
+        self._lru.evictions, self._lru.entries = evictions, 0
+
+    def stats(self) -> StoreStats:
+        return StoreStats(
+            entries=self._lru.entries,
+            bytes=int(self._lru.currsize),
+            max_bytes=int(self._lru.maxsize),
+            evictions=self._lru.evictions,
+        )

@@ -104,9 +104,9 @@ class Exchange:
             response_time=time.time(), shared=self.policy.shared, heuristics=self.heuristics,
             excluded=excluded_fields(directives, self.policy),
         )
-        reusable = entry.lifetime > entry.initial_age or has_validator(entry) or (
+        reusable = entry.lifetime > 0 or has_validator(entry) or (
             directives.stale_if_error or directives.stale_while_revalidate)
-        if not reusable:  # never fresh and nothing to revalidate with: storing is waste
+        if not reusable:  # no freshness and nothing to revalidate with: storing is waste
             outcome.detail = "not-reusable"
             return None
         outcome.stored = True

@@ -23,7 +23,7 @@ from cacheproxy.http.reuse import (
     may_serve_stale_on_error,
     stale_forbidden,
 )
-from cacheproxy.http.revalidation import conditional_fields, has_validator, merge_304, selects
+from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response
 from cacheproxy.proxy.collapse import Collapser
@@ -91,7 +91,9 @@ class CacheProxy:
         try:
             if request.method in ("GET", "HEAD") and "Range" not in request.headers:
                 return await self._cached(request, key, target, outcome, collapse=True)
-            outcome.status, outcome.fwd = "BYPASS", "method"
+            # RFC 9211 §2.2: "method" for methods a cache cannot answer; ranges bypass it.
+            outcome.status = "BYPASS"
+            outcome.fwd = "bypass" if request.method in ("GET", "HEAD") else "method"
             return await self._pass(request, key, target, outcome)
         except UpstreamError as exc:
             outcome.status = "ERROR"
@@ -170,7 +172,7 @@ class CacheProxy:
         release: object = None,
     ) -> web.StreamResponse:
         fill = Fill(key=key, request=req, request_headers=request.headers, release=release)  # type: ignore[arg-type]
-        if entry is not None and reuse is not None and has_validator(entry):
+        if entry is not None and reuse is not None:
             return await self._revalidate(request, target, outcome, fill, entry, reuse)
         outcome.status = "EXPIRED" if entry is not None else "MISS"
         return await self._fetch(request, target, outcome, fill)
@@ -191,7 +193,8 @@ class CacheProxy:
         self, request: web.Request, target: str, outcome: Outcome, fill: Fill,
         entry: CachedResponse, reuse: Reuse,
     ) -> web.StreamResponse:
-        """§4.3: ask the origin with our validators; a 304 freshens the stored response."""
+        """§4.3: ask the origin (conditionally when we hold validators); a 304 freshens
+        the stored response, an error may be answered with it (RFC 5861 §4)."""
         assert self.exchange is not None
         fields = self._fields(request, strip_conditionals=True, extra=conditional_fields(entry))
         request_time = time.time()

@@ -23,9 +23,13 @@ def make_store(config: Config) -> Store:
     return MemoryStore(config.cache.max_bytes)
 
 
-def make_app(config: Config, upstream: str, store: Store | None = None) -> web.Application:
-    """The proxy as an aiohttp application: one catch-all route, any method."""
-    proxy = CacheProxy(config, upstream, store if store is not None else make_store(config))
+def make_app(
+    config: Config, upstream: str | None = None, store: Store | None = None
+) -> web.Application:
+    """The proxy as an aiohttp application: one catch-all route, any method.
+    upstream defaults to proxy.upstream (serve passes the demo origin's URL)."""
+    proxy = CacheProxy(config, upstream or config.proxy.upstream,
+                       store if store is not None else make_store(config))
     app = web.Application()
     app[PROXY] = proxy
     app.cleanup_ctx.append(proxy.context)

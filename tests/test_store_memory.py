@@ -1,0 +1,78 @@
+"""The in-memory LRU store: bounded by bytes, one entry per Vary variant."""
+
+from __future__ import annotations
+
+from cacheproxy.http.stored import ENTRY_OVERHEAD, CachedResponse, Heuristics, make_stored_response
+from cacheproxy.store import MemoryStore
+from cacheproxy.store.memory import MAX_VARIANTS
+
+
+def entry(key: str, body: bytes = b"x" * 1000,
+          vary: tuple[str, ...] = (), values: tuple[str | None, ...] = ()) -> CachedResponse:
+    return make_stored_response(
+        key=key, vary=vary, vary_values=values, status=200,
+        pairs=[("Cache-Control", "max-age=60")], body=body, request_time=0.0,
+        response_time=0.0, shared=True, heuristics=Heuristics(),
+    )
+
+
+async def test_get_put_delete_and_stats():
+    store = MemoryStore(max_bytes=1 << 20)
+    assert await store.get("k") == ()
+    e = entry("k")
+    assert await store.put(e)
+    assert await store.get("k") == (e,)
+    stats = store.stats()
+    assert stats.entries == 1 and stats.bytes == e.size and stats.max_bytes == 1 << 20
+    assert e.size >= len(e.body) + ENTRY_OVERHEAD  # bookkeeping counts toward the bound
+    assert await store.delete("k") and not await store.delete("k")
+    assert store.stats().entries == 0 and store.stats().bytes == 0
+
+
+async def test_total_bytes_stay_bounded_and_least_recent_goes_first():
+    one = entry("probe").size
+    store = MemoryStore(max_bytes=one * 3)
+    for key in ("a", "b", "c"):
+        await store.put(entry(key))
+    await store.get("a")  # a is now the most recently used
+    await store.put(entry("d"))
+    assert await store.get("b") == ()  # b was least recently used
+    assert await store.get("a") != () and await store.get("d") != ()
+    stats = store.stats()
+    assert stats.bytes <= stats.max_bytes and stats.entries == 3 and stats.evictions == 1
+
+
+async def test_an_entry_larger_than_the_store_is_refused():
+    store = MemoryStore(max_bytes=2000)
+    assert not await store.put(entry("big", b"x" * 5000))
+    assert await store.get("big") == () and store.stats().entries == 0
+
+
+async def test_variants_share_a_key_and_replace_their_own_kind():
+    store = MemoryStore(max_bytes=1 << 20)
+    en = entry("k", b"hello", ("accept-language",), ("en",))
+    fr = entry("k", b"bonjour", ("accept-language",), ("fr",))
+    en2 = entry("k", b"hi", ("accept-language",), ("en",))
+    for e in (en, fr, en2):
+        await store.put(e)
+    assert await store.get("k") == (en2, fr)  # newest first; en replaced by en2
+    assert store.stats().entries == 2
+
+
+async def test_variants_per_key_are_capped():
+    store = MemoryStore(max_bytes=1 << 22)
+    for i in range(MAX_VARIANTS + 5):
+        await store.put(entry("k", b"v", ("user-agent",), (f"agent{i}",)))
+    variants = await store.get("k")
+    assert len(variants) == MAX_VARIANTS
+    assert variants[0].vary_values == (f"agent{MAX_VARIANTS + 4}",)
+    assert store.stats().entries == MAX_VARIANTS
+
+
+async def test_clear_empties_without_counting_evictions():
+    store = MemoryStore(max_bytes=1 << 20)
+    for key in "abc":
+        await store.put(entry(key))
+    await store.clear()
+    stats = store.stats()
+    assert stats.entries == 0 and stats.bytes == 0 and stats.evictions == 0

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-
 from origin import parse_listen, run, serve
 
 # aiohttp computes these itself from the body; replaying them would duplicate them.

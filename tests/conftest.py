@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from support import proxy_config
 
-from cacheproxy.config import CacheConfig, Config, ProxyConfig
 from cacheproxy.proxy.server import PROXY, make_app
-
-
-def proxy_config(upstream: str, *, proxy: dict[str, Any] | None = None,
-                 cache: dict[str, Any] | None = None) -> Config:
-    """The default config pointed at upstream, with some settings changed."""
-    return Config(
-        proxy=dataclasses.replace(ProxyConfig(), upstream=upstream, **(proxy or {})),
-        cache=dataclasses.replace(CacheConfig(), **(cache or {})),
-    )
-
-
-def cache_status(resp: Any) -> str:
-    """The proxy's own Cache-Status member (the last one)."""
-    return resp.headers.getall("Cache-Status")[-1]
-
 
 ProxyFactory = Callable[..., Awaitable[TestClient]]
 

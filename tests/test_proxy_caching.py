@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
-from conftest import cache_status
 from faults import faulty_relay
+from support import cache_status
 
 Handler = Callable[[web.Request], web.Response]
 

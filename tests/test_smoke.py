@@ -1,7 +1,7 @@
 """A first end-to-end look: a miss is stored and the next request is a hit."""
 
 from aiohttp import web
-from conftest import cache_status
+from support import cache_status
 
 
 async def test_miss_then_hit(origin, proxy):

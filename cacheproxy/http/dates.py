@@ -25,6 +25,8 @@ def _timestamp(year: int, month: str, day: int, hh: int, mm: int, ss: int) -> fl
     if mon is None or not (1 <= day <= 31 and hh <= 23 and mm <= 59 and ss <= 60):
         return None
     try:
+        if day > calendar.monthrange(year, mon)[1]:  # "31 Feb" is no date, not 3 March
+            return None
         return float(calendar.timegm((year, mon, day, hh, mm, min(ss, 59), 0, 0, 0)))
     except (ValueError, OverflowError):
         return None

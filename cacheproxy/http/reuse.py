@@ -77,6 +77,8 @@ def may_serve_stale_on_error(
 ) -> bool:
     """RFC 5861 §4: stale-if-error (response or request) covers an error or an
     unreachable origin, unless stale is forbidden (§4.2.4)."""
+    if directives.no_cache:  # §5.2.2.4: never reused without successful validation
+        return False
     if ttl > 0:
         return True
     if stale_forbidden(directives, shared):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cacheproxy.http.fields import HOP_BY_HOP
+from cacheproxy.http.fields import HOP_BY_HOP, connection_options
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.validators import parse_etag
 
@@ -42,9 +42,10 @@ def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
 def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """§3.2: fields of the 304 replace the stored ones, except hop-by-hop fields
     and Content-Length; everything else the stored response had stays."""
+    named = connection_options(v for k, v in response if k.lower() == "connection")
     updates = [
         (k, v) for k, v in response
-        if (lk := k.lower()) not in HOP_BY_HOP and lk != "content-length"
+        if (lk := k.lower()) not in HOP_BY_HOP and lk not in named and lk != "content-length"
     ]
     replaced = {k.lower() for k, _ in updates}
     kept = [(k, v) for k, v in entry.header_pairs() if k.lower() not in replaced]

@@ -47,11 +47,13 @@ def storability(
         return _no("method")
     if status < 200 or status in (206, 304):  # §3: final, and no partial content kept
         return _no("status")
+    if request.no_store:  # §5.2.1.5: must-understand does not lift the request's no-store
+        return _no("no-store")
     if response.must_understand:
         # §5.2.2.3: must-understand overrides no-store for understood status codes only.
         if status not in UNDERSTOOD_STATUS:
             return _no("must-understand")
-    elif request.no_store or response.no_store:  # §5.2.1.5, §5.2.2.5
+    elif response.no_store:  # §5.2.2.5
         return _no("no-store")
     if policy.shared and response.private:  # §5.2.2.7
         return _no("private")

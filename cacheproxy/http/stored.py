@@ -97,6 +97,8 @@ def make_stored_response(
     expires = first_value(pairs, "expires")
     last_modified = first_value(pairs, "last-modified")
     lm_time = parse_http_date(last_modified)
+    # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).
+    modified_at = lm_time if lm_time is not None else date if date is not None else response_time
     headers = stored_fields(pairs, excluded)
     return CachedResponse(
         key=key,
@@ -119,6 +121,6 @@ def make_stored_response(
         directives=directives,
         etag=first_value(pairs, "etag"),
         last_modified=last_modified,
-        modified_at=lm_time if lm_time is not None else (date or response_time),
+        modified_at=modified_at,
         size=len(body) + sum(len(x) for x in headers) + len(key) + ENTRY_OVERHEAD,
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
-from cacheproxy.http.fields import split_list
+# §8.8.3: an entity-tag is no quoted-string (a backslash is a plain etagc),
+# so a list of them splits on the commas outside DQUOTE pairs (§5.6.1).
+_ETAG_MEMBER = re.compile(r'(?:[^,"]|"[^"]*(?:"|$))+')
 
 
 class ETag(NamedTuple):
@@ -20,9 +23,12 @@ def parse_etag(value: str | None) -> ETag | None:
     weak = value[:2] in ("W/", "w/")
     if weak:
         value = value[2:].strip()
-    if not value or any(c in value for c in ", \t"):
+    # §8.8.3: etagc excludes SP and HTAB but not ",", which only an unquoted tag can't hold.
+    if not value or any(c in value for c in " \t"):
         return None
     if value[0] != '"':
+        if "," in value:
+            return None
         value = f'"{value}"'
     elif len(value) < 2 or value[-1] != '"':
         return None
@@ -33,7 +39,8 @@ def parse_etag_list(value: str) -> list[ETag] | None:
     """If-None-Match / If-Match members (§13.1.1); None stands for "*"."""
     if value.strip() == "*":
         return None
-    return [tag for item in split_list(value) if (tag := parse_etag(item)) is not None]
+    members = _ETAG_MEMBER.findall(value)
+    return [tag for item in members if (tag := parse_etag(item)) is not None]
 
 
 def weak_match(a: ETag, b: ETag) -> bool:

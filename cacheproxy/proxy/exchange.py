@@ -27,6 +27,7 @@ from cacheproxy.http.stored import (
     first_value,
     make_stored_response,
 )
+from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.outcome import Outcome
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError, classify
@@ -58,6 +59,7 @@ class Exchange:
         self, session: aiohttp.ClientSession, store: Store, policy: StorePolicy,
         heuristics: Heuristics, max_object_bytes: int, cache_name: str,
     ) -> None:
+        # cache_name is also the Via pseudonym (proxy.via)
         self.session = session
         self.store = store
         self.policy = policy
@@ -77,15 +79,14 @@ class Exchange:
             raise classify(exc) from exc
 
     def plan(
-        self, method: str, resp: aiohttp.ClientResponse, fill: Fill, request_time: float,
-        outcome: Outcome,
+        self, method: str, status: int, pairs: list[tuple[str, str]], length: int | None,
+        fill: Fill, request_time: float, outcome: Outcome,
     ) -> CachedResponse | None:
         """§3: the entry to store once the body is in (body still empty), or None."""
-        pairs = list(resp.headers.items())
         directives = parse_response_directives(all_values(pairs, "cache-control"))
         vary = vary_fields(all_values(pairs, "vary"))
         verdict = storability(
-            method=method, status=resp.status, request=fill.request, response=directives,
+            method=method, status=status, request=fill.request, response=directives,
             has_authorization="Authorization" in fill.request_headers,  # type: ignore[operator]
             has_expires=first_value(pairs, "expires") is not None,
             has_set_cookie=first_value(pairs, "set-cookie") is not None,
@@ -94,13 +95,12 @@ class Exchange:
         if not verdict.storable or vary is None:
             outcome.detail = verdict.reason
             return None
-        length = resp.content_length
         if length is not None and length > self.max_object:
             outcome.detail = "too-big"
             return None
         entry = make_stored_response(
             key=fill.key, vary=vary, vary_values=vary_values(vary, fill.request_headers),
-            status=resp.status, pairs=pairs, body=b"", request_time=request_time,
+            status=status, pairs=pairs, body=b"", request_time=request_time,
             response_time=time.time(), shared=self.policy.shared, heuristics=self.heuristics,
             excluded=excluded_fields(directives, self.policy),
         )
@@ -113,27 +113,37 @@ class Exchange:
         outcome.ttl = entry.lifetime - entry.initial_age
         return entry
 
-    async def _put(self, entry: CachedResponse, chunks: list[bytes]) -> None:
-        body = b"".join(chunks)
+    async def put(self, entry: CachedResponse, body: bytes) -> None:
         await self.store.put(replace(entry, body=body, size=entry.size + len(body)))
+
+    def via(self, resp: aiohttp.ClientResponse) -> str:
+        """RFC 9110 §7.6.3: the protocol the response was received with."""
+        return via_value((resp.version.major, resp.version.minor), self.cache_name)
+
+    def _plan_response(
+        self, method: str, resp: aiohttp.ClientResponse, fill: Fill, request_time: float,
+        outcome: Outcome,
+    ) -> CachedResponse | None:
+        return self.plan(method, resp.status, list(resp.headers.items()), resp.content_length,
+                         fill, request_time, outcome)
 
     async def relay(
         self, request: web.Request, resp: aiohttp.ClientResponse, outcome: Outcome,
-        fill: Fill | None, request_time: float, via: str, replaces: CachedResponse | None = None,
+        fill: Fill | None, request_time: float, replaces: CachedResponse | None = None,
     ) -> web.StreamResponse:
         """Stream the upstream response to the client, keeping a copy to store."""
         outcome.fwd_status = resp.status
         entry = None
         if fill is not None:
-            entry = self.plan(request.method, resp, fill, request_time, outcome)
+            entry = self._plan_response(request.method, resp, fill, request_time, outcome)
             if entry is None:
                 fill.done()
                 if replaces is not None and resp.status == 200:
                     await self.store.delete(fill.key)  # the new representation is not storable
         if entry is not None and fill is not None and self._client_has_current(request, entry):
-            return await self._not_modified(request, resp, outcome, fill, entry, via)
+            return await self._not_modified(request, resp, outcome, fill, entry)
         headers = CIMultiDict(end_to_end(resp.headers.items()))
-        mark(headers, outcome, self.cache_name, via)
+        mark(headers, outcome, self.cache_name, self.via(resp))
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
         try:
             await out.prepare(request)
@@ -178,7 +188,7 @@ class Exchange:
                 return out
         resp.release()
         if entry is not None and chunks is not None:
-            await self._put(entry, chunks)
+            await self.put(entry, b"".join(chunks))
         if fill is not None:
             fill.done()
         await out.write_eof()
@@ -194,10 +204,10 @@ class Exchange:
 
     async def _not_modified(
         self, request: web.Request, resp: aiohttp.ClientResponse, outcome: Outcome, fill: Fill,
-        entry: CachedResponse, via: str,
+        entry: CachedResponse,
     ) -> web.StreamResponse:
         headers = CIMultiDict(not_modified_fields(entry))
-        mark(headers, outcome, self.cache_name, via)
+        mark(headers, outcome, self.cache_name, self.via(resp))
         out = web.Response(status=304, headers=headers)
         await self.consume(resp, fill, 0.0, planned=entry)
         return out
@@ -207,7 +217,7 @@ class Exchange:
         replaces: CachedResponse | None = None, planned: CachedResponse | None = None,
     ) -> None:
         """Read a response with no client waiting for it, and store it if allowed."""
-        entry = planned or self.plan("GET", resp, fill, request_time, Outcome())
+        entry = planned or self._plan_response("GET", resp, fill, request_time, Outcome())
         try:
             if entry is None:
                 if replaces is not None and resp.status == 200:
@@ -227,7 +237,7 @@ class Exchange:
                 resp.close()
                 raise classify(exc) from exc
             resp.release()
-            await self._put(entry, chunks)
+            await self.put(entry, b"".join(chunks))
         finally:
             fill.done()
 

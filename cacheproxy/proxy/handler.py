@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from aiohttp import web
 from yarl import URL
@@ -52,6 +53,8 @@ class CacheProxy:
         self.upstream = upstream.rstrip("/")
         self.shared = config.cache.shared
         self.cache_name = config.proxy.via
+        # Via on responses the cache makes itself (replays, errors): it speaks HTTP/1.1.
+        self.local_via = via_value((1, 1), config.proxy.via)
         self.policy = StorePolicy(shared=self.shared, set_cookie=config.cache.set_cookie)
         self.heuristics = Heuristics(
             config.cache.heuristic_fraction, config.cache.heuristic_max_age
@@ -84,12 +87,15 @@ class CacheProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         target = request.raw_path
+        if target == "*":  # asterisk-form (RFC 9112 §3.2.4)
+            return self._server_options(request)
         if not target.startswith("/"):  # absolute-form (RFC 9112 §3.2.2): keep path and query
-            target = URL(target).raw_path_qs if target != "*" else target
+            target = URL(target).raw_path_qs
         key = primary_key(request.scheme, request.host, target)
         outcome = Outcome()
         try:
-            if request.method in ("GET", "HEAD") and "Range" not in request.headers:
+            if (request.method in ("GET", "HEAD") and "Range" not in request.headers
+                    and not request.body_exists):  # a GET with a body is not ours to answer
                 return await self._cached(request, key, target, outcome, collapse=True)
             # RFC 9211 §2.2: "method" for methods a cache cannot answer; ranges bypass it.
             outcome.status = "BYPASS"
@@ -146,7 +152,7 @@ class CacheProxy:
         outcome.from_cache = True
         outcome.ttl = reuse.ttl
         return stored_response(request, entry, reuse.age, outcome, self.cache_name,
-                               via_value(request.version, self.config.proxy.via))
+                               self.local_via)
 
     async def _collapsed(
         self, request: web.Request, key: str, target: str, outcome: Outcome,
@@ -187,7 +193,7 @@ class CacheProxy:
         request_time = time.time()
         resp = await self.exchange.send(request.method, self.upstream + target, fields, None)
         return await self.exchange.relay(request, resp, outcome, fill if may_store else None,
-                                         request_time, self._via(request))
+                                         request_time)
 
     async def _revalidate(
         self, request: web.Request, target: str, outcome: Outcome, fill: Fill,
@@ -205,10 +211,8 @@ class CacheProxy:
         pairs = list(resp.headers.items())
         if resp.status == 304 and selects(entry, pairs):
             resp.release()
-            updated = self._updated(entry, pairs, request_time)
-            await self.store.put(updated)
-            fill.done()
-            outcome.status, outcome.fwd_status, outcome.stored = "REVALIDATED", 304, True
+            outcome.status, outcome.fwd_status = "REVALIDATED", 304
+            updated = await self._update_stored(entry, pairs, request_time, fill, outcome)
             age = updated.initial_age + max(0.0, time.time() - updated.response_time)
             return self._serve(request, updated, Reuse(Action.SERVE, age, updated.lifetime - age,
                                                        ""), outcome)
@@ -222,7 +226,7 @@ class CacheProxy:
             resp.release()
             return await self._fetch(request, target, outcome, fill)
         return await self.exchange.relay(request, resp, outcome, fill, request_time,
-                                         self._via(request), replaces=entry)
+                                         replaces=entry)
 
     def _stale_on_error(
         self, request: web.Request, entry: CachedResponse, reuse: Reuse, outcome: Outcome,
@@ -242,15 +246,29 @@ class CacheProxy:
             return self._error(request, 504, "upstream unavailable (must-revalidate)", outcome)
         return self._error(request, exc.status, exc.reason, outcome)
 
-    def _updated(
-        self, entry: CachedResponse, pairs: list[tuple[str, str]], request_time: float
+    async def _update_stored(
+        self, entry: CachedResponse, pairs: list[tuple[str, str]], request_time: float,
+        fill: Fill, outcome: Outcome,
     ) -> CachedResponse:
-        """§4.3.4: the stored response with the 304's fields and fresh timings."""
-        return make_stored_response(
+        """§4.3.4: the stored response takes the 304's fields (§3.2) and fresh timings.
+        The merged response is judged like a new one (§3): a 304 may bring Set-Cookie,
+        private fields or no-store. Returns what this client gets."""
+        assert self.exchange is not None
+        merged = merge_304(entry, pairs)
+        response_time = time.time()
+        view = make_stored_response(
             key=entry.key, vary=entry.vary, vary_values=entry.vary_values, status=entry.status,
-            pairs=merge_304(entry, pairs), body=entry.body, request_time=request_time,
-            response_time=time.time(), shared=self.shared, heuristics=self.heuristics,
+            pairs=merged, body=entry.body, request_time=request_time,
+            response_time=response_time, shared=self.shared, heuristics=self.heuristics,
         )
+        plan = self.exchange.plan("GET", entry.status, merged, len(entry.body), fill,
+                                  request_time, outcome)
+        if plan is not None:
+            await self.exchange.put(replace(plan, response_time=response_time), entry.body)
+        else:
+            await self.store.delete(entry.key)
+        fill.done()
+        return view
 
     def _refresh_in_background(
         self, request: web.Request, key: str, target: str, entry: CachedResponse
@@ -273,11 +291,11 @@ class CacheProxy:
             request_time = time.time()
             resp = await self.exchange.send("GET", self.upstream + target, fields, None)
             pairs = list(resp.headers.items())
+            fill = Fill(key=key, request=RequestDirectives(), request_headers=headers)
             if resp.status == 304 and selects(entry, pairs):
                 resp.release()
-                await self.store.put(self._updated(entry, pairs, request_time))
+                await self._update_stored(entry, pairs, request_time, fill, Outcome())
             else:
-                fill = Fill(key=key, request=RequestDirectives(), request_headers=headers)
                 await self.exchange.consume(resp, fill, request_time, replaces=entry)
         except UpstreamError as exc:
             log.info("background revalidation of %s failed: %s", key, exc.reason)
@@ -299,8 +317,17 @@ class CacheProxy:
                                     resp.headers.get("Location"),
                                     resp.headers.get("Content-Location")):
             await self.store.delete(uri)
-        return await self.exchange.relay(request, resp, outcome, None, time.time(),
-                                         self._via(request))
+        return await self.exchange.relay(request, resp, outcome, None, time.time())
+
+    def _server_options(self, request: web.Request) -> web.Response:
+        """RFC 9110 §9.3.7: "OPTIONS *" is about the server in general, and to the
+        client this proxy is the server; other methods cannot target "*"."""
+        outcome = Outcome(status="BYPASS")
+        if request.method != "OPTIONS":
+            return self._error(request, 400, "only OPTIONS may target *", outcome)
+        response = self._error(request, 200, "", outcome)
+        response.body = b""
+        return response
 
     # -- helpers -------------------------------------------------------------
 
@@ -314,10 +341,7 @@ class CacheProxy:
             strip_conditionals=strip_conditionals, extra=extra,
         )
 
-    def _via(self, request: web.Request) -> str:
-        return via_value(request.version, self.config.proxy.via)
-
     def _error(
         self, request: web.Request, status: int, message: str, outcome: Outcome
     ) -> web.Response:
-        return error_response(status, message, outcome, self.cache_name, self._via(request))
+        return error_response(status, message, outcome, self.cache_name, self.local_via)

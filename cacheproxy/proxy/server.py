@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
+from aiohttp import web, web_urldispatcher
 
 from cacheproxy.config import Config, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
@@ -17,6 +17,14 @@ from cacheproxy.store import MemoryStore, Store
 
 log = logging.getLogger("cacheproxy")
 PROXY = web.AppKey("proxy", CacheProxy)
+
+
+class AnyTarget(web_urldispatcher.DynamicResource):
+    """Matches every request target, "*" (asterisk-form) included, which path
+    patterns cannot (they must start with "/")."""
+
+    def _match(self, path: str) -> dict[str, str]:
+        return {}
 
 
 def make_store(config: Config) -> Store:
@@ -33,7 +41,9 @@ def make_app(
     app = web.Application()
     app[PROXY] = proxy
     app.cleanup_ctx.append(proxy.context)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    target = AnyTarget("/{tail:.*}")
+    app.router.register_resource(target)
+    target.add_route("*", proxy.handle)
     return app
 
 

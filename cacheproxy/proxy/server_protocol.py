@@ -1,0 +1,293 @@
+"""Accept every RFC 9110 method token while keeping llhttp's strictness on everything else.
+
+A proxy has to forward any method (RFC 9110 §9.1: ``method = token``). aiohttp's C parser
+(llhttp) knows a fixed list of methods and answers 400 to ``FOO / HTTP/1.1``; aiohttp's
+pure-Python parser takes any token but is much slower. So a connection starts on llhttp and
+switches to the Python parser for good when llhttp rejects a method that is a valid token.
+Nothing else llhttp rejects is let through: those rejections guard against request
+smuggling.
+
+Two things make that safe:
+
+* Replay from a message boundary only. llhttp raises on the bad method, but the bytes it
+  already consumed (a body, a pipelined request) are gone. Re-parsing the failing chunk from
+  its first byte could read body bytes as a request, which is request smuggling. So
+  ``_FallbackParser`` tracks the stream offset where llhttp's current message starts (using
+  the messages llhttp returned) and replays only from there. Where the offset is not known
+  for sure, it does not fall back, and the answer stays llhttp's 400.
+* Make the Python parser as strict as llhttp. It is already as strict or stricter on every
+  smuggling shape we tried (see tests/test_server_protocol.py) except four, which
+  ``_StrictPythonParser`` rejects itself: a Content-Length or chunk size that overflows 64
+  bits, ``Transfer-Encoding: chunked, chunked``, and versions other than 0.9/1.0/1.1/2.0.
+  It also keeps the method's case; aiohttp's parser upper-cases it, but methods are
+  case-sensitive (RFC 9110 §9.1).
+
+This relies on aiohttp internals: ``RequestHandler._parser`` and the constructor
+arguments that RequestHandler passes to its parser, ``Server._kwargs``,
+``AppRunner._make_server``, the Python parser's ``_lines``, ``_tail``, ``_upgraded`` and
+``_payload_parser`` (and that object's ``_chunk_size``), and the exceptions llhttp raises.
+``test_aiohttp_internals`` and ``test_llhttp_rejections_we_rely_on`` in
+tests/test_server_protocol.py fail loudly if any of these change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from aiohttp import hdrs, web
+from aiohttp.helpers import set_exception
+from aiohttp.http import HttpVersion, HttpVersion10, HttpVersion11
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    TransferEncodingError,
+)
+from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+__all__ = ["ProxyAppRunner"]
+
+_FeedResult = tuple[Sequence[tuple[Any, Any]], bool, bytes]
+
+# What llhttp accepts. Anything larger is rejected on the Python path too.
+_LLHTTP_VERSIONS: Final = frozenset(
+    {HttpVersion(0, 9), HttpVersion10, HttpVersion11, HttpVersion(2, 0)}
+)
+_MAX_CONTENT_LENGTH: Final = 2**64 - 2  # llhttp: overflow error; 2**64-1 is its "no length"
+_MAX_CHUNK_SIZE: Final = 2**63  # remaining bytes of the current chunk; llhttp limit is 2**64-1
+
+# Bytes remembered since llhttp's last message boundary. Past this, the offset is "unknown".
+_MAX_REPLAY: Final = 64 * 1024
+# llhttp skips CR and LF before a request line.
+_LEADING_NEWLINES: Final = re.compile(rb"[\r\n]*")
+# Bytes that can still start a request whose method is a token (RFC 9110 §5.6.2). Anything
+# else, such as a TLS ClientHello, gets a 400 at once instead of waiting for a line end.
+_REQUEST_START: Final = re.compile(rb"[\r\n]*[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?: |\Z)")
+
+
+def _is_method_rejection(exc: BadStatusLine) -> bool:
+    """llhttp rejected the method: unknown, or an RTSP-only one such as PLAY with HTTP/1.x."""
+    return isinstance(exc, BadHttpMethod) or "Invalid method for" in str(exc)
+
+
+class _StrictPythonParser(HttpRequestParserPy):
+    """aiohttp's Python request parser, made to reject what llhttp rejects, apart from
+    methods, and to reject a line that cannot start a request before it ends, as llhttp does.
+    """
+
+    def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
+        msg = super().parse_message(lines)
+        if msg.version not in _LLHTTP_VERSIONS:
+            raise BadStatusLine(lines[0].decode("latin-1"))
+        length = msg.headers.get(hdrs.CONTENT_LENGTH)
+        if (
+            length is not None
+            and length.isascii()
+            and length.isdigit()  # other values are rejected by the parser itself
+            and (len(length.lstrip("0")) > 20 or int(length) > _MAX_CONTENT_LENGTH)
+        ):
+            raise BadHttpMessage("Content-Length overflow")
+        codings = msg.headers.get(hdrs.TRANSFER_ENCODING, "").split(",")
+        if [c.strip(" \t").lower() for c in codings].count("chunked") > 1:
+            raise BadHttpMessage("Transfer-Encoding applies chunked more than once")
+        # The parser upper-cases the method; the first token of the line is the real one.
+        method = lines[0].split(b" ", 1)[0].decode("ascii")
+        return msg if method == msg.method else msg._replace(method=method)
+
+    def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> _FeedResult:
+        result = super().feed_data(data, *args, **kwargs)
+        if (
+            not self._lines  # else the request line is complete
+            and self._payload_parser is None
+            and not self._upgraded
+            and not _REQUEST_START.match(self._tail)  # the incomplete line
+        ):
+            raise BadHttpMethod(self._tail[:40].decode("latin-1"))
+        payload_parser = self._payload_parser
+        if payload_parser is not None and payload_parser._chunk_size > _MAX_CHUNK_SIZE:
+            exc = TransferEncodingError("Chunk size overflow")
+            set_exception(payload_parser.payload, exc)
+            raise exc
+        return result
+
+
+class _FallbackParser:
+    """Wraps llhttp. On a method it rejects, it switches to ``_StrictPythonParser``.
+
+    ``_state`` says where llhttp is in the byte stream, in the stream's terms (bytes that
+    llhttp keeps internally after a pause count as consumed):
+
+    * ``bytes``: at a message boundary, plus these bytes of the next message;
+    * ``int``: inside a Content-Length body with this many bytes still to come;
+    * ``None``: not known. A rejected method then stays a 400.
+    """
+
+    __slots__ = ("_end", "_in_flight", "_make_python", "_max_queue", "_open", "_parser",
+                 "_python", "_state")
+
+    def __init__(
+        self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int
+    ) -> None:
+        self._parser = c_parser
+        self._make_python = make_python
+        self._python: _StrictPythonParser | None = None
+        self._max_queue = max_queue
+        self._state: bytes | int | None = b""
+        self._open: Any = None  # payload of the last message while its body is incomplete
+        self._in_flight = 0  # mirrors llhttp's count of completed, unconsumed messages
+        self._end = b""  # the last 4 bytes fed
+
+    def __getattr__(self, name: str) -> Any:  # set_upgraded, pause_reading, feed_eof...
+        return getattr(self._python or self._parser, name)
+
+    def message_consumed(self) -> None:
+        if self._python is not None:
+            self._python.message_consumed()
+            return
+        if self._in_flight > 0:
+            self._in_flight -= 1
+        self._parser.message_consumed()
+
+    def feed_data(self, data: bytes) -> _FeedResult:
+        if self._python is not None:
+            return self._python.feed_data(data)
+        state = self._state
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except BadStatusLine as exc:
+            replay = self._replay(state, data)
+            if (
+                replay is None
+                or not _is_method_rejection(exc)
+                or not _REQUEST_START.match(replay)
+            ):
+                raise
+            self._python = self._make_python()
+            return self._python.feed_data(replay)
+        self._state = self._track(state, data, messages, upgraded)
+        return messages, upgraded, tail
+
+    def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:
+        """The bytes from the start of the message llhttp rejected, if known."""
+        if isinstance(state, bytes):
+            return state + data
+        if isinstance(state, int) and len(data) > state and self._open.is_eof():
+            return data[state:]  # the body ended inside data, then the rejected request
+        return None
+
+    def _track(
+        self,
+        state: bytes | int | None,
+        data: bytes,
+        messages: Sequence[tuple[Any, Any]],
+        upgraded: bool,
+    ) -> bytes | int | None:
+        self._end = data[-4:] if len(data) >= 4 else (self._end + data)[-4:]
+        # llhttp counts a message when it completes, and pauses (keeping the rest of the
+        # data) once the count reaches max_queue. Count the same way.
+        completed, previous = 0, self._open
+        if previous is not None and previous.is_eof():
+            completed, self._open = 1, None
+        for _, payload in messages:
+            if payload.is_eof():
+                completed += 1
+            else:
+                self._open = payload
+        self._in_flight += completed
+
+        if upgraded:
+            return None
+        if isinstance(state, int):
+            if len(data) < state:
+                return state - len(data)
+            if not previous.is_eof():
+                return None
+            state, data = b"", data[state:]  # the body ended; data[state:] is new
+        if isinstance(state, bytes):
+            if not messages:
+                return state + data if len(state) + len(data) <= _MAX_REPLAY else None
+            known = self._after_messages(state + data, messages)
+            if known is not None:
+                return known
+        # Otherwise it is known again after data that ends with an empty line, with every
+        # body complete and llhttp not paused. That empty line ends a header section, a
+        # chunked body or nothing, so no message can be under way at that point.
+        if self._open is None and self._end == b"\r\n\r\n" and self._in_flight < self._max_queue:
+            return b""
+        return None
+
+    def _after_messages(
+        self, buf: bytes, messages: Sequence[tuple[Any, Any]]
+    ) -> bytes | int | None:
+        """Find where the messages llhttp parsed from buf end.
+
+        buf starts at a message boundary. In llhttp's strict request mode, a header
+        section ends at the first CRLFCRLF after the request line: no field line can hold
+        a CR or LF, and obs-fold is rejected. A body then has Content-Length bytes.
+        """
+        pos = 0
+        for msg, _ in messages:
+            if msg.chunked or msg.upgrade or msg.version not in (HttpVersion10, HttpVersion11):
+                return None  # chunked: length unknown here; HTTP/0.9: no header section
+            pos = _LEADING_NEWLINES.match(buf, pos).end()  # type: ignore[union-attr]
+            if not buf.startswith(msg.method.encode("ascii") + b" ", pos):
+                return None
+            header_end = buf.find(b"\r\n\r\n", pos)
+            if header_end < 0:
+                return None
+            pos = header_end + 4 + int(msg.headers.get(hdrs.CONTENT_LENGTH) or 0)
+        if pos > len(buf):  # the last body is still arriving
+            return pos - len(buf) if self._open is not None else None
+        if self._open is not None:
+            return None
+        rest = buf[pos:]
+        return rest if len(rest) <= _MAX_REPLAY else None
+
+
+class _ProxyServer(web.Server):
+    """A web.Server whose connections use ``_FallbackParser`` (or, without the C
+    extension, ``_StrictPythonParser``)."""
+
+    __slots__ = ()
+
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        auto_decompress: bool = self._kwargs.get("auto_decompress", True)
+
+        def make_python() -> _StrictPythonParser:
+            # The same arguments as RequestHandler.__init__ gives its parser.
+            return _StrictPythonParser(
+                handler,
+                handler._loop,
+                handler._read_bufsize,
+                max_line_size=handler.max_line_size,
+                max_field_size=handler.max_field_size,
+                max_headers=handler.max_headers,
+                payload_exception=RequestPayloadError,
+                auto_decompress=auto_decompress,
+                max_msg_queue_size=handler._max_msg_queue_size,
+            )
+
+        parser: Any
+        if isinstance(handler._parser, HttpRequestParserPy):  # AIOHTTP_NO_EXTENSIONS=1
+            parser = make_python()
+        else:
+            parser = _FallbackParser(handler._parser, make_python, handler._max_msg_queue_size)
+        handler._parser = parser
+        return handler
+
+
+class ProxyAppRunner(web.AppRunner):
+    """web.AppRunner that serves any method token. Takes the same arguments."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Same object and settings; only __call__, which makes each connection's
+        # handler, changes. _ProxyServer adds no fields, so the layout is the same.
+        server.__class__ = _ProxyServer
+        return server

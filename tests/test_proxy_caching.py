@@ -453,3 +453,24 @@ async def test_collapse_wait_is_bounded(origin, proxy):
     assert not first.done()
     await first
     assert o.calls["r"] == 2
+
+
+async def test_s3_2_a_304_cannot_smuggle_set_cookie_or_no_store_into_storage(origin, proxy):
+    """§3.2 merges the 304's fields, but the merged response is judged like a new one (§3)."""
+    mode = {"304": {"ETag": '"v1"', "Set-Cookie": "sid=alice"}}
+
+    def handle(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers=mode["304"])
+        return web.Response(text="body", headers={"ETag": '"v1"', "Cache-Control": "no-cache"})
+    o = Origin(r=handle)
+    c = await start(origin, proxy, o, cache={"set_cookie": "strip"})
+    await c.get("/r")
+    alice = await c.get("/r")  # revalidated; the 304 set Alice's cookie
+    assert alice.headers["Set-Cookie"] == "sid=alice" and "fwd-status=304" in cache_status(alice)
+    mode["304"] = {"ETag": '"v1"'}
+    bob = await c.get("/r")
+    assert "Set-Cookie" not in bob.headers and "fwd-status=304" in cache_status(bob)
+    mode["304"] = {"ETag": '"v1"', "Cache-Control": "no-store"}
+    await c.get("/r")
+    assert c.app_proxy.store.stats().entries == 0  # the merged response says no-store

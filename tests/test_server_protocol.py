@@ -19,7 +19,7 @@ from unittest import mock
 import pytest
 from aiohttp import web, web_protocol
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, BadStatusLine
 from aiohttp.http_parser import HeadersParser, HttpPayloadParser, HttpRequestParserPy
 from aiohttp.streams import StreamReader
 
@@ -426,7 +426,9 @@ STATES: dict[str, tuple[list[bytes], bytes | int | None]] = {
     "body open, chunk ends with an empty line": ([CHUNKED_POST + POST_HEAD + b"\r\n\r\n"], None),
     "upgraded": ([WEBSOCKET], None),
     "queue full": ([request(b"GET /") * 40], request(b"GET /") * 8),
-    "too many empty lines": ([b"\r\n" * 40_000], None),
+    "many empty lines": ([b"\r\n" * 40_000], b""),
+    "too long a start of a request": (
+        [b"GET / HTTP/1.1\r\n" + (b"X-A: " + b"a" * 8000 + b"\r\n") * 9], None),
     # Not known, then llhttp pauses on a full queue and keeps the rest (a POST whose
     # body is to come) although the data ends with an empty line.
     "queue full, the rest kept": (
@@ -455,9 +457,10 @@ async def test_fallback_parser_state(case: str) -> None:
     for _ in range(40):
         parser.message_consumed()  # as the protocol does, freeing llhttp's queue
     parser.feed_data(b"")
-    if state is None:  # a method llhttp rejects is its 400 then
-        with pytest.raises(BadHttpMethod):
+    if state is None:  # whatever llhttp rejects next is its 400 then
+        with pytest.raises(BadHttpMessage):
             parser.feed_data(b"x" * 5 + b"FOO / HTTP/1.1\r\n")
+        assert parser._python is None
     else:  # and a fallback otherwise
         parser.feed_data(b"x" * state if isinstance(state, int) else b"")
         parser.feed_data(b"FOO / HTTP/1.1\r\n")

@@ -207,9 +207,10 @@ class _FallbackParser:
                 return None
             state, data = b"", data[state:]  # the body ended; data[state:] is new
         if isinstance(state, bytes):
-            if not messages:
-                return state + data if len(state) + len(data) <= _MAX_REPLAY else None
-            known = self._after_messages(state + data, messages)
+            if messages:
+                known = self._after_messages(state + data, messages)
+            else:
+                known = state + data if len(state) + len(data) <= _MAX_REPLAY else None
             if known is not None:
                 return known
         # Otherwise it is known again after data that ends with an empty line, with every

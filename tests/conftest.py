@@ -11,15 +11,25 @@ from aiohttp.test_utils import TestClient, TestServer
 from support import proxy_config
 
 from cacheproxy.proxy.server import PROXY, make_app
+from cacheproxy.proxy.server_protocol import ProxyAppRunner
 
 ProxyFactory = Callable[..., Awaitable[TestClient]]
 
 
+class ProxyTestServer(TestServer):
+    """A TestServer on the runner `cacheproxy serve` uses."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyAppRunner:
+        return ProxyAppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
-def origin(aiohttp_server: Any) -> Callable[[web.Application], Awaitable[TestServer]]:
-    """Start an aiohttp app as an origin on 127.0.0.1; returns its TestServer."""
+def origin(aiohttp_client: Any) -> Callable[[web.Application], Awaitable[TestServer]]:
+    """Start an aiohttp app as an origin on 127.0.0.1 (any method token accepted)."""
     async def start(app: web.Application) -> TestServer:
-        return await aiohttp_server(app, host="127.0.0.1")
+        server = ProxyTestServer(app, host="127.0.0.1")
+        await aiohttp_client(server)  # starts it, and closes it at teardown
+        return server
     return start
 
 
@@ -34,8 +44,9 @@ def proxy(aiohttp_server: Any, aiohttp_client: Any) -> ProxyFactory:
         url = str(upstream.make_url("")).rstrip("/") if isinstance(upstream, TestServer) \
             else upstream
         app = make_app(proxy_config(url, **sections))
-        server = await aiohttp_server(app, host="127.0.0.1")
-        client = await aiohttp_client(server, auto_decompress=False)
+        # aiohttp_client starts the server and closes it at teardown.
+        client = await aiohttp_client(ProxyTestServer(app, host="127.0.0.1"),
+                                      auto_decompress=False)
         client.app_proxy = app[PROXY]  # type: ignore[attr-defined]
         return client
     return start

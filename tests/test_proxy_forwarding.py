@@ -593,3 +593,14 @@ async def test_response_via_names_the_upstream_protocol_version(origin, proxy):
     assert status_of(answer) == 200
     assert rec.last.headers["Via"] == "1.0 cacheproxy"  # the request came in as HTTP/1.0
     assert b"\r\nVia: 1.1 cacheproxy\r\n" in answer  # the response came in as HTTP/1.1
+
+
+async def test_unknown_methods_are_forwarded(origin, proxy):
+    """RFC 9110 §9.1: any method token; llhttp does not know FOO (server_protocol.py)."""
+    rec, _, client = await recording_proxy(origin, proxy)
+    answer = await raw_request(
+        client, "FOO /thing HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+        b"abc")
+    assert status_of(answer) == 200
+    assert rec.last.method == "FOO" and rec.last.body == b"abc"
+    assert b"fwd=method" in answer

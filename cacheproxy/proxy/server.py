@@ -13,6 +13,7 @@ from aiohttp import web, web_urldispatcher
 from cacheproxy.config import Config, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
 from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.server_protocol import ProxyAppRunner
 from cacheproxy.store import MemoryStore, Store
 
 log = logging.getLogger("cacheproxy")
@@ -60,7 +61,8 @@ async def serve(config: Config) -> None:
         demo, demo_port = await start_demo_origin(demo_host, demo_port)
         upstream = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
-    runner = web.AppRunner(make_app(config, upstream), access_log=None)
+    # ProxyAppRunner: aiohttp's runner, but any method token is accepted (RFC 9110 §9.1).
+    runner = ProxyAppRunner(make_app(config, upstream), access_log=None)
     await runner.setup()
     try:
         host, port = parse_listen(config.proxy.listen)

@@ -20,7 +20,14 @@ Two things make that safe:
   ``_StrictPythonParser`` rejects itself: a Content-Length or chunk size that overflows 64
   bits, ``Transfer-Encoding: chunked, chunked``, and versions other than 0.9/1.0/1.1/2.0.
   It also keeps the method's case; aiohttp's parser upper-cases it, but methods are
-  case-sensitive (RFC 9110 §9.1).
+  case-sensitive (RFC 9110 §9.1). One difference stays: llhttp rejects Content-Length and
+  Transfer-Encoding in a chunked body's trailer section, and the Python parser drops them
+  like every other trailer field. Neither parser hands request trailers to the app, so
+  nothing here or upstream can take a message's length from them.
+
+Where the offset is not known: after a chunked body or an upgrade request that the same
+chunk follows with more bytes, until data again ends with an empty line. A method llhttp
+rejects in that window gets a 400, as it would without this module.
 
 This relies on aiohttp internals: ``RequestHandler._parser`` and the constructor
 arguments that RequestHandler passes to its parser, ``Server._kwargs``,
@@ -200,6 +207,11 @@ class _FallbackParser:
 
         if upgraded:
             return None
+        # Data that ends with an empty line, with every body complete and llhttp not
+        # paused, leaves llhttp between messages: that empty line ends a header section,
+        # a chunked body or nothing. This also finds the boundary again after "unknown".
+        if self._open is None and self._end == b"\r\n\r\n" and self._in_flight < self._max_queue:
+            return b""
         if isinstance(state, int):
             if len(data) < state:
                 return state - len(data)
@@ -208,16 +220,8 @@ class _FallbackParser:
             state, data = b"", data[state:]  # the body ended; data[state:] is new
         if isinstance(state, bytes):
             if messages:
-                known = self._after_messages(state + data, messages)
-            else:
-                known = state + data if len(state) + len(data) <= _MAX_REPLAY else None
-            if known is not None:
-                return known
-        # Otherwise it is known again after data that ends with an empty line, with every
-        # body complete and llhttp not paused. That empty line ends a header section, a
-        # chunked body or nothing, so no message can be under way at that point.
-        if self._open is None and self._end == b"\r\n\r\n" and self._in_flight < self._max_queue:
-            return b""
+                return self._after_messages(state + data, messages)
+            return state + data if len(state) + len(data) <= _MAX_REPLAY else None
         return None
 
     def _after_messages(
@@ -288,6 +292,8 @@ class ProxyAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
+        if type(server) is not web.Server:
+            raise TypeError(f"expected a plain web.Server, got {type(server)!r}")
         # Same object and settings; only __call__, which makes each connection's
         # handler, changes. _ProxyServer adds no fields, so the layout is the same.
         server.__class__ = _ProxyServer

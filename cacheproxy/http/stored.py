@@ -19,6 +19,9 @@ from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime,
 # so that max_bytes bounds the process memory, not just the payload.
 ENTRY_OVERHEAD = 512
 
+# Age is recomputed on every reuse (§4.2.3); X-Cache is this cache's own verdict.
+_REPLACED_ON_REUSE = frozenset({"age", "x-cache"})
+
 
 @dataclass(frozen=True, slots=True)
 class Heuristics:
@@ -71,8 +74,7 @@ def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tup
     flat: list[str] = []
     for k, v in pairs:
         lk = k.lower()
-        # Age is recomputed on every reuse (§4.2.3), never replayed.
-        if lk in HOP_BY_HOP or lk in named or lk in excluded or lk == "age":
+        if lk in HOP_BY_HOP or lk in named or lk in excluded or lk in _REPLACED_ON_REUSE:
             continue
         flat += (sys.intern(str(k)), v)
     return tuple(flat)

@@ -12,7 +12,8 @@ from cacheproxy.proxy.outcome import Outcome
 
 
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
-    """Fields the cache adds to every response it sends."""
+    """Fields the cache adds to every response it forwards or makes (stored_response
+    adds the same ones its own way)."""
     headers.add("Via", via)  # RFC 9110 §7.6.3
     headers.add("Cache-Status", outcome.cache_status(cache_name))  # RFC 9211: appended
     headers["X-Cache"] = outcome.x_cache
@@ -26,23 +27,32 @@ def stored_response(
     cache_name: str,
     via: str,
 ) -> web.Response:
-    """Replay a stored response, or a 304 when the client's copy is current (§4.3.2)."""
+    """Replay a stored response, or a 304 when the client's copy is current (§4.3.2).
+
+    The hit path: aiohttp copies the fields it is given into its own CIMultiDict,
+    so they are handed over as one plain list, built without a Python loop."""
     h = request.headers
-    inm = combined_value(h, "If-None-Match")
+    inm = combined_value(h, "If-None-Match") if "If-None-Match" in h else None
     ims = h.get("If-Modified-Since")
     body: bytes | None = entry.body
     status = entry.status
     if (inm is not None or ims is not None) and is_not_modified(entry, request.method, inm, ims):
-        headers = CIMultiDict(not_modified_fields(entry))
+        fields = not_modified_fields(entry)
         status, body = 304, None
     else:
-        headers = CIMultiDict(entry.header_pairs())
-    headers["Age"] = str(int(age))  # RFC 9111 §5.1: required when served from cache
-    mark(headers, outcome, cache_name, via)
+        flat = entry.headers
+        fields = list(zip(flat[::2], flat[1::2], strict=True))
+    fields += (
+        ("Age", str(int(age))),  # RFC 9111 §5.1: required when served from cache
+        ("Via", via),  # RFC 9110 §7.6.3
+        ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
+        ("X-Cache", outcome.x_cache),
+    )
     if request.method == "HEAD":
+        if status != 304 and entry.get("Content-Length") is None:
+            fields.append(("Content-Length", str(len(entry.body))))
         body = None
-        headers.setdefault("Content-Length", str(len(entry.body)))
-    return web.Response(status=status, headers=headers, body=body)
+    return web.Response(status=status, headers=fields, body=body)
 
 
 def error_response(

@@ -29,7 +29,6 @@ test: $(STAMP)
 ## bench: throughput and memory benchmarks (see README "Benchmarks")
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
-	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

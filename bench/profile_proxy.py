@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from harness import (
@@ -40,24 +38,23 @@ from harness import (
 )
 
 RATE = 1000  # py-spy samples per second
+_LINE = re.compile(r":\d+\)$")
 
 
 def serve_under_cprofile(out: str, argv: list[str]) -> int:
-    """Hidden mode: run `cacheproxy` under cProfile, dump the stats on SIGTERM."""
+    """Hidden mode: run `cacheproxy` under cProfile; the stats are written when it
+    stops (`cacheproxy serve` ends cleanly on SIGTERM)."""
     import cProfile
 
     from cacheproxy.cli import main
 
     prof = cProfile.Profile()
-
-    def dump(*_: object) -> None:
+    prof.enable()
+    try:
+        return main(argv)
+    finally:
         prof.disable()
         prof.dump_stats(out)
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, dump)
-    prof.enable()
-    return main(argv)
 
 
 def load_command(tool: str, url: str, seconds: int, cpu: int | None) -> list[str]:
@@ -81,7 +78,7 @@ def report_pyspy(folded: Path, requests: float, top: int) -> None:
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        frames = stack.split(";")
+        frames = [_LINE.sub(")", f) for f in stack.split(";")]  # per function, not line
         total += int(n)
         own[frames[-1]] += int(n)
         for f in set(frames):
@@ -91,10 +88,11 @@ def report_pyspy(folded: Path, requests: float, top: int) -> None:
         return n / RATE / requests * 1e6
 
     print(f"busy CPU per request: {us(total):.1f} µs (py-spy, {total} samples)")
-    print("\ninclusive µs/request (cacheproxy frames, and aiohttp's above 1 µs):")
+    print("\ninclusive µs/request (cacheproxy's functions, and aiohttp's above 1 µs):")
     for f, n in inclusive.most_common():
-        if ("cacheproxy/" in f and "cli.py" not in f and "server.py" not in f
-                and "<module>" not in f) or ("aiohttp/" in f and us(n) >= 1.0):
+        if us(n) < 0.2 or not ("cacheproxy/" in f or ("aiohttp/" in f and us(n) >= 1.0)):
+            continue
+        if not any(skip in f for skip in ("cli.py", "server.py", "<module>")):
             print(f"  {us(n):6.1f}  {f}")
     print(f"\nself µs/request, top {top}:")
     for f, n in own.most_common(top):
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = "wrk" if shutil.which("wrk") else "python"
     cpus = Cpus.plan()
     RESULTS.mkdir(exist_ok=True)
-    stats_file = Path(tempfile.mkstemp(prefix="proxy-", suffix=".prof", dir=RESULTS)[1])
+    stats_file = RESULTS / "profile.prof"  # and profile.folded for py-spy
 
     origin = start_origin(cpus.origin)
     port = free_port()

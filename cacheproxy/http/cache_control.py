@@ -138,4 +138,5 @@ def parse_request_directives(
 
 
 _EMPTY_RESPONSE = ResponseDirectives()
-_EMPTY_REQUEST = RequestDirectives()
+# A request without Cache-Control or Pragma: callers may test for it by identity.
+NO_REQUEST_DIRECTIVES = _EMPTY_REQUEST = RequestDirectives()

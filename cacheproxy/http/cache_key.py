@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from cacheproxy.http.fields import Headers, combined_value, split_list
 
@@ -15,6 +16,12 @@ _CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-la
 
 def primary_key(scheme: str, host: str, target: str) -> str:
     """§2: the key is the target URI (scheme, host, path and query)."""
+    return origin_of(scheme, host) + (target or "/")
+
+
+@lru_cache(maxsize=1024)
+def origin_of(scheme: str, host: str) -> str:
+    """scheme://host[:port], lower-cased, the scheme's default port left out."""
     host = host.lower()
     if host.startswith("["):  # IPv6 literal: the port follows "]:"
         name, _, port = host.partition("]")
@@ -23,7 +30,7 @@ def primary_key(scheme: str, host: str, target: str) -> str:
         name, _, port = host.partition(":")
     if port and _DEFAULT_PORTS.get(scheme) == port:
         host = name
-    return f"{scheme}://{host}{target or '/'}"
+    return f"{scheme}://{host}"
 
 
 def vary_fields(vary: str | None) -> tuple[str, ...] | None:

@@ -17,6 +17,9 @@ def cache_status(
     detail: str | None = None,
 ) -> str:
     """One member of the list: "name; hit" or "name; fwd=uri-miss; fwd-status=200; stored"."""
+    if hit and ttl is not None and not (fwd or stored or collapsed or detail) \
+            and math.isfinite(ttl):
+        return f"{name}; hit; ttl={math.floor(ttl)}"  # the common case, kept cheap
     parts = [name]
     if hit:
         parts.append("hit")  # §2.1

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
-from cacheproxy.http.cache_control import RequestDirectives, ResponseDirectives
+from cacheproxy.http.cache_control import (
+    NO_REQUEST_DIRECTIVES,
+    RequestDirectives,
+    ResponseDirectives,
+)
 from cacheproxy.http.freshness import current_age
 
 
@@ -16,8 +20,7 @@ class Action(Enum):
     UNUSABLE = "unusable"                # only-if-cached and nothing usable: 504 (§5.2.1.7)
 
 
-@dataclass(frozen=True, slots=True)
-class Reuse:
+class Reuse(NamedTuple):  # a NamedTuple: built on every cache hit, and cheaply
     action: Action
     age: float
     ttl: float        # freshness left; negative when stale (RFC 9211 §2.5)
@@ -42,6 +45,8 @@ def decide_reuse(
 ) -> Reuse:
     age = current_age(initial_age, response_time, now)
     ttl = lifetime - age
+    if ttl > 0 and not directives.no_cache and request is NO_REQUEST_DIRECTIVES:
+        return Reuse(Action.SERVE, age, ttl, "")  # fresh, and nothing asked: the common hit
     action, forward = _action(ttl, age, directives, request, shared)
     if action is Action.REVALIDATE and request.only_if_cached:
         action = Action.UNUSABLE  # §5.2.1.7: the client refuses a forward

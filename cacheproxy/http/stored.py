@@ -2,7 +2,8 @@
 
 The entry keeps the parsed directives and validators beside the header block
 and body, and its freshness figures precomputed, so the hit path does no
-re-parsing. Field names are interned: thousands of entries share them.
+re-parsing. Field names and short values are interned: thousands of entries
+share them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from cacheproxy.http.fields import HOP_BY_HOP, connection_options
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
 
 # Per-entry bookkeeping beyond body and fields (object, key, LRU links): counted
-# so that max_bytes bounds the process memory, not just the payload.
-ENTRY_OVERHEAD = 512
+# so that max_bytes bounds the process memory, not just the payload. Calibrated
+# with bench/memory.py (RSS per 1 KiB entry vs. what the store accounts).
+ENTRY_OVERHEAD = 768
 
+# Values up to this length are interned too: Content-Type, Cache-Control, Server...
+# repeat across entries, and interned strings die with the last entry using them.
+_INTERN_MAX = 128
 # Age is recomputed on every reuse (§4.2.3); X-Cache is this cache's own verdict.
 _REPLACED_ON_REUSE = frozenset({"age", "x-cache"})
 
@@ -29,7 +34,7 @@ class Heuristics:
     max_age: float = 86400.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CachedResponse:
     key: str
     vary: tuple[str, ...]                   # lower-cased field names from Vary
@@ -76,7 +81,7 @@ def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tup
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in named or lk in excluded or lk in _REPLACED_ON_REUSE:
             continue
-        flat += (sys.intern(str(k)), v)
+        flat += (sys.intern(str(k)), sys.intern(v) if len(v) <= _INTERN_MAX else v)
     return tuple(flat)
 
 

@@ -13,7 +13,11 @@ from aiohttp import web
 from yarl import URL
 
 from cacheproxy.config import Config
-from cacheproxy.http.cache_control import RequestDirectives, parse_request_directives
+from cacheproxy.http.cache_control import (
+    NO_REQUEST_DIRECTIVES,
+    RequestDirectives,
+    parse_request_directives,
+)
 from cacheproxy.http.cache_key import primary_key, vary_values
 from cacheproxy.http.fields import Headers, combined_value
 from cacheproxy.http.invalidation import invalidated_uris
@@ -31,7 +35,7 @@ from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.exchange import Exchange, Fill
 from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
 from cacheproxy.proxy.outcome import Outcome
-from cacheproxy.proxy.respond import error_response, stored_response
+from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.upstream import UpstreamError, make_session
 from cacheproxy.store import Store
 
@@ -55,6 +59,7 @@ class CacheProxy:
         self.cache_name = config.proxy.via
         # Via on responses the cache makes itself (replays, errors): it speaks HTTP/1.1.
         self.local_via = via_value((1, 1), config.proxy.via)
+        self.blocks = HeaderBlocks()
         self.policy = StorePolicy(shared=self.shared, set_cookie=config.cache.set_cookie)
         self.heuristics = Heuristics(
             config.cache.heuristic_fraction, config.cache.heuristic_max_age
@@ -115,7 +120,8 @@ class CacheProxy:
         self, request: web.Request, key: str, target: str, outcome: Outcome, *, collapse: bool
     ) -> web.StreamResponse:
         h = request.headers
-        req = parse_request_directives(combined_value(h, "Cache-Control"), h.get("Pragma"))
+        req = (parse_request_directives(combined_value(h, "Cache-Control"), h.get("Pragma"))
+               if "Cache-Control" in h or "Pragma" in h else NO_REQUEST_DIRECTIVES)
         variants = await self.store.get(key)
         entry = select_variant(variants, h)
         if entry is None:
@@ -132,7 +138,10 @@ class CacheProxy:
             )
             if reuse.action is Action.SERVE:
                 outcome.status = "HIT" if reuse.ttl > 0 else "STALE"
-                return self._serve(request, entry, reuse, outcome)
+                outcome.hit = outcome.from_cache = True  # RFC 9211 §2.1: not forwarded
+                outcome.ttl = reuse.ttl
+                return stored_response(request, entry, reuse.age, outcome, self.cache_name,
+                                       self.local_via, self.blocks)
             if reuse.action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
                 self._refresh_in_background(request, key, target, entry)
                 outcome.status, outcome.detail = "UPDATING", "stale-while-revalidate"
@@ -152,7 +161,7 @@ class CacheProxy:
         outcome.from_cache = True
         outcome.ttl = reuse.ttl
         return stored_response(request, entry, reuse.age, outcome, self.cache_name,
-                               self.local_via)
+                               self.local_via, self.blocks)
 
     async def _collapsed(
         self, request: web.Request, key: str, target: str, outcome: Outcome,

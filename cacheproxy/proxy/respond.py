@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
+
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.conditional import is_not_modified, not_modified_fields
 from cacheproxy.http.fields import combined_value
@@ -19,6 +21,29 @@ def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str)
     headers["X-Cache"] = outcome.x_cache
 
 
+class HeaderBlocks:
+    """Ready-made field blocks for recently replayed entries, bounded in number.
+
+    aiohttp copies the fields a response is given; copying a CIMultiDict is a
+    fast C copy, building one from pairs hashes every name again. Entries are
+    held weakly: an entry the store evicts is not kept alive here."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._blocks: dict[int, tuple[weakref.ref[CachedResponse], CIMultiDictProxy[str]]] = {}
+
+    def get(self, entry: CachedResponse) -> CIMultiDictProxy[str]:
+        found = self._blocks.get(id(entry))
+        if found is not None and found[0]() is entry:
+            return found[1]
+        flat = entry.headers
+        block = CIMultiDictProxy(CIMultiDict(zip(flat[::2], flat[1::2], strict=True)))
+        if len(self._blocks) >= self.size:
+            del self._blocks[next(iter(self._blocks))]  # the oldest goes
+        self._blocks[id(entry)] = (weakref.ref(entry), block)
+        return block
+
+
 def stored_response(
     request: web.Request,
     entry: CachedResponse,
@@ -26,33 +51,25 @@ def stored_response(
     outcome: Outcome,
     cache_name: str,
     via: str,
+    blocks: HeaderBlocks,
 ) -> web.Response:
-    """Replay a stored response, or a 304 when the client's copy is current (§4.3.2).
-
-    The hit path: aiohttp copies the fields it is given into its own CIMultiDict,
-    so they are handed over as one plain list, built without a Python loop."""
+    """Replay a stored response, or a 304 when the client's copy is current (§4.3.2)."""
     h = request.headers
     inm = combined_value(h, "If-None-Match") if "If-None-Match" in h else None
     ims = h.get("If-Modified-Since")
-    body: bytes | None = entry.body
-    status = entry.status
     if (inm is not None or ims is not None) and is_not_modified(entry, request.method, inm, ims):
-        fields = not_modified_fields(entry)
-        status, body = 304, None
+        response = web.Response(status=304, headers=not_modified_fields(entry))
     else:
-        flat = entry.headers
-        fields = list(zip(flat[::2], flat[1::2], strict=True))
-    fields += (
-        ("Age", str(int(age))),  # RFC 9111 §5.1: required when served from cache
-        ("Via", via),  # RFC 9110 §7.6.3
-        ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
-        ("X-Cache", outcome.x_cache),
-    )
-    if request.method == "HEAD":
-        if status != 304 and entry.get("Content-Length") is None:
-            fields.append(("Content-Length", str(len(entry.body))))
-        body = None
-    return web.Response(status=status, headers=fields, body=body)
+        body = None if request.method == "HEAD" else entry.body
+        response = web.Response(status=entry.status, headers=blocks.get(entry), body=body)
+        if body is None and "Content-Length" not in response.headers:
+            response.headers["Content-Length"] = str(len(entry.body))  # HEAD: the GET's length
+    fields = response.headers
+    fields.add("Age", str(int(age)))  # RFC 9111 §5.1: required when served from cache
+    fields.add("Via", via)  # RFC 9110 §7.6.3
+    fields.add("Cache-Status", outcome.cache_status(cache_name))  # RFC 9211: appended
+    fields.add("X-Cache", outcome.x_cache)
+    return response
 
 
 def error_response(

@@ -7,6 +7,7 @@ how these tests get stale entries without sleeping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 
@@ -474,3 +475,28 @@ async def test_s3_2_a_304_cannot_smuggle_set_cookie_or_no_store_into_storage(ori
     mode["304"] = {"ETag": '"v1"', "Cache-Control": "no-store"}
     await c.get("/r")
     assert c.app_proxy.store.stats().entries == 0  # the merged response says no-store
+
+
+async def test_uncacheable_urls_are_not_collapsed_again(origin, proxy):
+    """Hit-for-pass: once an answer was not storable, concurrent requests for the URL
+    go upstream side by side instead of queueing behind one leader."""
+    active = {"now": 0, "most": 0}
+    all_in = asyncio.Event()
+
+    async def personal(request: web.Request) -> web.Response:
+        active["now"] += 1
+        active["most"] = max(active["most"], active["now"])
+        if active["now"] == 5:
+            all_in.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), 1.0)
+        active["now"] -= 1
+        return web.Response(text="mine", headers={"Cache-Control": "no-store"})
+    o = Origin(r=personal)
+    c = await start(origin, proxy, o)
+    await c.get("/r")  # learns that /r is not storable
+    active["most"] = 0
+    responses = await asyncio.gather(*(c.get("/r") for _ in range(5)))
+    assert all(r.status == 200 for r in responses)
+    assert not any("collapsed" in cache_status(r) for r in responses)
+    assert active["most"] == 5  # all five reached the origin at once

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+# After an answer that was not stored, requests for the key skip collapsing for this
+# long (Varnish's hit-for-pass): waiting behind a leader only helps when its answer
+# can be shared, and a private or no-store URL would otherwise be served in waves.
+PASS_SECONDS = 30.0
+MAX_PASS_MARKS = 10_000
 
 
 class Collapser:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._pass: dict[str, float] = {}  # key -> until when requests skip collapsing
 
     def join(self, key: str) -> asyncio.Future[None] | None:
         """None makes the caller the leader (it must call release); else the leader's future."""
@@ -29,3 +37,21 @@ class Collapser:
         except TimeoutError:
             return False
         return True
+
+    def passes(self, key: str) -> bool:
+        """Was the last answer for key not storable, recently?"""
+        until = self._pass.get(key)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._pass[key]
+        return False
+
+    def mark_pass(self, key: str) -> None:
+        if len(self._pass) >= MAX_PASS_MARKS:
+            del self._pass[next(iter(self._pass))]  # the oldest goes
+        self._pass[key] = time.monotonic() + PASS_SECONDS
+
+    def unmark_pass(self, key: str) -> None:
+        self._pass.pop(key, None)

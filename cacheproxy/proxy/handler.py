@@ -150,7 +150,8 @@ class CacheProxy:
                 outcome.detail = "only-if-cached"
                 return self._error(request, 504, "stale in cache (only-if-cached)", outcome)
             outcome.fwd = reuse.forward
-        if collapse and self.collapser is not None and request.method == "GET":
+        if (collapse and self.collapser is not None and request.method == "GET"
+                and not self.collapser.passes(key)):
             return await self._collapsed(request, key, target, outcome, req, entry, reuse)
         return await self._forward(request, key, target, outcome, req, entry, reuse)
 
@@ -180,6 +181,10 @@ class CacheProxy:
                                        release=lambda: self.collapser.release(key))  # type: ignore[union-attr]
         finally:
             self.collapser.release(key)
+            if outcome.stored:
+                self.collapser.unmark_pass(key)
+            else:
+                self.collapser.mark_pass(key)
 
     async def _forward(
         self, request: web.Request, key: str, target: str, outcome: Outcome,

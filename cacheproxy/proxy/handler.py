@@ -117,7 +117,8 @@ class CacheProxy:
     # -- GET / HEAD --------------------------------------------------------
 
     async def _cached(
-        self, request: web.Request, key: str, target: str, outcome: Outcome, *, collapse: bool
+        self, request: web.Request, key: str, target: str, outcome: Outcome, *, collapse: bool,
+        validated_since: float | None = None,
     ) -> web.StreamResponse:
         h = request.headers
         req = (parse_request_directives(combined_value(h, "Cache-Control"), h.get("Pragma"))
@@ -136,6 +137,11 @@ class CacheProxy:
                 response_time=entry.response_time, directives=entry.directives,
                 request=req, now=time.time(), shared=self.shared,
             )
+            if (reuse.action is Action.REVALIDATE and validated_since is not None
+                    and entry.response_time >= validated_since):
+                # A collapsed waiter: the leader validated (or fetched) this response
+                # after our request arrived, which is as good as doing it for us.
+                reuse = reuse._replace(action=Action.SERVE)
             if reuse.action is Action.SERVE:
                 outcome.status = "HIT" if reuse.ttl > 0 else "STALE"
                 outcome.hit = outcome.from_cache = True  # RFC 9211 §2.1: not forwarded
@@ -172,10 +178,12 @@ class CacheProxy:
         assert self.collapser is not None
         leader = self.collapser.join(key)
         if leader is not None:
+            arrived = time.time()
             await self.collapser.wait(leader)
             outcome.collapsed = True
             # Served from what the leader stored, or upstream alone when it stored nothing usable.
-            return await self._cached(request, key, target, outcome, collapse=False)
+            return await self._cached(request, key, target, outcome, collapse=False,
+                                      validated_since=arrived)
         try:
             return await self._forward(request, key, target, outcome, req, entry, reuse,
                                        release=lambda: self.collapser.release(key))  # type: ignore[union-attr]

@@ -340,8 +340,10 @@ async def test_s5_2_1_2_max_stale_accepts_a_stale_response(origin, proxy):
 
 # -- §5.2.2 and RFC 5861: serving stale ---------------------------------------------------
 
-async def stale_setup(origin, proxy, cc: str):  # type: ignore[no-untyped-def]
-    """An entry that is stale on arrival, behind a relay that can cut the origin off."""
+@contextlib.asynccontextmanager
+async def stale_entry(origin, proxy, cc: str):  # type: ignore[no-untyped-def]
+    """An entry that is stale on arrival, behind a relay that can cut the origin off.
+    Yields (origin, proxy client, the origin's next status, relay)."""
     state = {"status": 200}
 
     def handle(request: web.Request) -> web.Response:
@@ -351,17 +353,16 @@ async def stale_setup(origin, proxy, cc: str):  # type: ignore[no-untyped-def]
                                      "Connection": "close"})
     o = Origin(r=handle)
     server = await origin(o.app)
-    relay_cm = faulty_relay(server.host, server.port)
-    relay = await relay_cm.__aenter__()
-    c = await proxy(f"http://127.0.0.1:{relay.port}", proxy={"connect_timeout": 0.5})
-    first = await c.get("/r")
-    assert "stored" in cache_status(first)
-    return o, c, state, relay, relay_cm
+    async with faulty_relay(server.host, server.port) as relay:
+        c = await proxy(f"http://127.0.0.1:{relay.port}", proxy={"connect_timeout": 0.5})
+        first = await c.get("/r")
+        assert "stored" in cache_status(first)
+        yield o, c, state, relay
 
 
 async def test_rfc5861_stale_if_error_on_5xx_and_on_unreachable(origin, proxy):
-    _o, c, state, relay, cm = await stale_setup(origin, proxy, "max-age=10, stale-if-error=600")
-    try:
+    cc = "max-age=10, stale-if-error=600"
+    async with stale_entry(origin, proxy, cc) as (_o, c, state, relay):
         state["status"] = 503
         resp = await c.get("/r")
         assert resp.status == 200 and await resp.text() == "status 200"
@@ -369,39 +370,30 @@ async def test_rfc5861_stale_if_error_on_5xx_and_on_unreachable(origin, proxy):
         relay.mode = "refuse"
         resp = await c.get("/r")
         assert resp.status == 200 and "stale-if-error" in cache_status(resp)
-    finally:
-        await cm.__aexit__(None, None, None)
 
 
 async def test_s5_2_2_2_must_revalidate_gives_504_not_stale(origin, proxy):
-    _o, c, _state, relay, cm = await stale_setup(
-        origin, proxy, "max-age=10, must-revalidate, stale-if-error=600")
-    try:
+    cc = "max-age=10, must-revalidate, stale-if-error=600"
+    async with stale_entry(origin, proxy, cc) as (_o, c, _state, relay):
         relay.mode = "refuse"
         resp = await c.get("/r")
         assert resp.status == 504 and "Traceback" not in await resp.text()
         stale_ok = await c.get("/r", headers={"Cache-Control": "max-stale=600"})
         assert stale_ok.status == 504  # §4.2.4: the client cannot override must-revalidate
-    finally:
-        await cm.__aexit__(None, None, None)
 
 
 async def test_stale_without_permission_is_not_served_on_error(origin, proxy):
-    _o, c, state, relay, cm = await stale_setup(origin, proxy, "max-age=10")
-    try:
+    async with stale_entry(origin, proxy, "max-age=10") as (_o, c, state, relay):
         state["status"] = 500
         resp = await c.get("/r")
         assert resp.status == 500  # §4.2.4: the origin's own answer, not the stale copy
         relay.mode = "refuse"
         assert (await c.get("/r")).status == 502
-    finally:
-        await cm.__aexit__(None, None, None)
 
 
 async def test_rfc5861_stale_while_revalidate_serves_then_refreshes(origin, proxy):
-    o, c, _state, _relay, cm = await stale_setup(
-        origin, proxy, "max-age=10, stale-while-revalidate=600")
-    try:
+    cc = "max-age=10, stale-while-revalidate=600"
+    async with stale_entry(origin, proxy, cc) as (o, c, _state, _relay):
         resp = await c.get("/r")
         assert resp.headers["X-Cache"] == "HIT"
         assert "stale-while-revalidate" in cache_status(resp)
@@ -410,8 +402,6 @@ async def test_rfc5861_stale_while_revalidate_serves_then_refreshes(origin, prox
                 break
             await asyncio.sleep(0.01)
         assert o.calls["r"] == 2
-    finally:
-        await cm.__aexit__(None, None, None)
 
 
 # -- request collapsing --------------------------------------------------------------------

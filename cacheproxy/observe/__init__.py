@@ -1,0 +1,1 @@
+"""What the cache did, made visible: request log, metrics, admin API, dashboard."""

@@ -1,0 +1,174 @@
+"""One request-log line: the record, its two formats, and reading it back.
+
+JSON Lines (the default) is for machines; the text format reads like nginx's
+"combined" log with the cache's fields appended as key=value. Both carry the
+same fields and `parse_line` reads either, so `cacheproxy logs` works on both.
+Sans I/O: no clock, no files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+
+# nginx's $upstream_cache_status words, plus DENIED for a policy refusal.
+CACHE_STATUSES = (
+    "HIT", "MISS", "EXPIRED", "STALE", "REVALIDATED", "UPDATING", "BYPASS", "ERROR", "DENIED",
+)
+# Answered from storage without the origin sending a body: what a hit ratio counts.
+HIT_STATUSES = frozenset({"HIT", "STALE", "REVALIDATED", "UPDATING"})
+
+
+@dataclass(slots=True)
+class LogRecord:
+    time: float                  # when the request arrived, seconds since the epoch
+    client: str                  # the client's address
+    method: str
+    host: str                    # the Host the client asked for
+    path: str                    # path and query, as requested
+    status: int                  # status sent to the client
+    cache: str                   # one of CACHE_STATUSES
+    bytes: int                   # body bytes sent to the client
+    total_ms: float              # from request to the last byte handed to the socket
+    age: int | None = None       # Age sent, when served from storage
+    ttl: int | None = None       # freshness left (negative when stale)
+    upstream_status: int | None = None
+    upstream_ms: float | None = None  # time to the upstream's response head
+    collapsed: bool = False      # waited for another request to the same URL
+    route: str = "default"
+    policy: str | None = None    # a CORS / Referer decision and its reason: "referer deny: ..."
+    protocol: str = "HTTP/1.1"
+    referer: str | None = None
+    user_agent: str | None = None
+    cache_status: str = ""       # the RFC 9211 Cache-Status member sent
+
+
+_FIELDS = tuple(f.name for f in fields(LogRecord))
+
+
+def iso_time(t: float) -> str:
+    """UTC with milliseconds: 2026-11-23T17:30:00.123Z (the text format keeps seconds)."""
+    ms = round(t * 1000)
+    seconds = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{seconds}.{ms % 1000:03d}Z"
+
+
+def to_json(record: LogRecord) -> str:
+    data = asdict(record)
+    data["time"] = iso_time(record.time)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _quote(value: str | None) -> str:
+    """nginx escapes '"' and '\\' (and control bytes) as \\xHH inside quoted fields."""
+    if value is None:
+        return '"-"'
+    return '"' + re.sub(r'["\\\x00-\x1f\x7f]', lambda m: f"\\x{ord(m.group()):02X}", value) + '"'
+
+
+def _dash(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def to_text(record: LogRecord) -> str:
+    """combined format + cache fields: `... "GET /a HTTP/1.1" 200 512 "ref" "ua" cache=HIT ...`"""
+    when = datetime.fromtimestamp(record.time, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
+    request = f"{record.method} {record.path} {record.protocol}"
+    extra = " ".join(
+        f"{name}={_quote(value) if name in _QUOTED else _dash(value)}"
+        for name in _TEXT_EXTRA for value in (getattr(record, name),)
+    )
+    return (f"{record.client} - - [{when}] {_quote(request)} {record.status} {record.bytes} "
+            f"{_quote(record.referer)} {_quote(record.user_agent)} {extra}")
+
+
+_TEXT_EXTRA = ("host", "cache", "age", "ttl", "upstream_status", "upstream_ms", "total_ms",
+               "collapsed", "route", "policy", "cache_status")
+_QUOTED = frozenset({"policy", "cache_status"})
+_TEXT = re.compile(
+    r'(?P<client>\S+) \S+ \S+ \[(?P<when>[^\]]+)\] "(?P<request>(?:[^"\\]|\\.)*)" '
+    r'(?P<status>\d{3}) (?P<bytes>\d+) "(?P<referer>(?:[^"\\]|\\.)*)" '
+    r'"(?P<user_agent>(?:[^"\\]|\\.)*)"(?P<extra>.*)'
+)
+_EXTRA = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_INTS = frozenset({"status", "bytes", "age", "ttl", "upstream_status"})
+_FLOATS = frozenset({"upstream_ms", "total_ms"})
+
+
+def _unquote(value: str) -> str | None:
+    """A field as written by to_text: "-" (quoted or not) is None; escapes are undone."""
+    if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+        value = value[1:-1]
+        if value == "-":
+            return None
+        return re.sub(r"\\x([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
+    return None if value == "-" else value
+
+
+def _from_text(line: str) -> LogRecord | None:
+    m = _TEXT.fullmatch(line)
+    if m is None:
+        return None
+    request = _unquote(f'"{m["request"]}"') or ""
+    method, _, rest = request.partition(" ")
+    path, _, protocol = rest.rpartition(" ")
+    when = datetime.strptime(m["when"], "%d/%b/%Y:%H:%M:%S %z").timestamp()
+    data: dict[str, object] = {
+        "time": when, "client": m["client"], "method": method, "path": path,
+        "protocol": protocol, "status": m["status"], "bytes": m["bytes"],
+        "referer": _unquote(f'"{m["referer"]}"'), "user_agent": _unquote(f'"{m["user_agent"]}"'),
+    }
+    for name, value in _EXTRA.findall(m["extra"]):
+        if name in _TEXT_EXTRA:
+            data[name] = _unquote(value)
+    return _build(data)
+
+
+def _from_json(line: str) -> LogRecord | None:
+    data = json.loads(line)
+    if not isinstance(data, dict) or not isinstance(data.get("time"), str):
+        return None
+    data["time"] = datetime.fromisoformat(data["time"].replace("Z", "+00:00")).timestamp()
+    return _build(data)
+
+
+def _build(data: dict[str, object]) -> LogRecord | None:
+    """A record from loosely typed fields; None when a required one is missing or wrong."""
+    out: dict[str, object] = {}
+    for name in _FIELDS:
+        if name not in data:
+            continue
+        value = data[name]
+        if name in _INTS and value is not None:
+            value = int(value)  # type: ignore[call-overload]
+        elif name in _FLOATS and value is not None:
+            value = float(value)  # type: ignore[arg-type]
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                return None
+        elif name == "collapsed":
+            value = value in (True, "1", "true")
+        out[name] = value
+    record = LogRecord(**out)  # type: ignore[arg-type]
+    if record.cache not in CACHE_STATUSES or not isinstance(record.path, str):
+        return None
+    return record
+
+
+def parse_line(line: str) -> LogRecord | None:
+    """A record from one line in either format, or None for a malformed line."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        return _from_json(line) if line.startswith("{") else _from_text(line)
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return None

@@ -178,6 +178,35 @@ class DemoConfig:
     listen: str = setting("127.0.0.1:8081", check=parse_listen)
 
 
+def _check_prefix(value: str) -> None:
+    if not (value.startswith("/") and value.endswith("/") and len(value) > 1):
+        raise ValueError(f"expected a path that starts and ends with '/', got {value!r}")
+    if any(c.isspace() or c in "?#" for c in value):
+        raise ValueError(f"a path prefix cannot contain spaces, '?' or '#', got {value!r}")
+
+
+def _check_metrics_path(value: str) -> None:
+    if value and (not value.startswith("/") or any(c.isspace() or c in "?#" for c in value)):
+        raise ValueError(f"expected an absolute path such as /metrics, or \"\", got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """[log]: the request log, one line per request."""
+
+    path: str = setting("")
+    format: str = setting("json", choices=("json", "text", "off"))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """[admin]: the admin API, /metrics and the dashboard, answered by the proxy itself."""
+
+    prefix: str = setting("/_cacheproxy/", check=_check_prefix)
+    token: str = setting("")
+    metrics_path: str = setting("/metrics", check=_check_metrics_path)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything, one section per table; config/cacheproxy.toml documents each key."""
@@ -185,6 +214,8 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
 
 def _check_across(config: Config) -> None:

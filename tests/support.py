@@ -6,16 +6,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cacheproxy.config import CacheConfig, Config, ProxyConfig
+from cacheproxy.config import Config
 
 
-def proxy_config(upstream: str, *, proxy: dict[str, Any] | None = None,
-                 cache: dict[str, Any] | None = None) -> Config:
-    """The default config pointed at upstream, with some settings changed."""
-    return Config(
-        proxy=dataclasses.replace(ProxyConfig(), upstream=upstream, **(proxy or {})),
-        cache=dataclasses.replace(CacheConfig(), **(cache or {})),
-    )
+def proxy_config(upstream: str, **sections: dict[str, Any]) -> Config:
+    """The default config pointed at upstream, with settings changed per section:
+    proxy_config(url, cache={"shared": False}, admin={"token": "t"})."""
+    config = Config()
+    changes = {name: dataclasses.replace(getattr(config, name), **values)
+               for name, values in sections.items()}
+    changes["proxy"] = dataclasses.replace(changes.get("proxy", config.proxy), upstream=upstream)
+    return dataclasses.replace(config, **changes)
 
 
 def cache_status(resp: Any) -> str:

@@ -68,15 +68,20 @@ class Exchange:
         self.cache_name = cache_name
 
     async def send(
-        self, method: str, url: str, fields: list[tuple[str, str]], body: object
+        self, method: str, url: str, fields: list[tuple[str, str]], body: object,
+        outcome: Outcome | None = None,
     ) -> aiohttp.ClientResponse:
+        started = time.monotonic()
         try:
-            return await self.session.request(
+            resp = await self.session.request(
                 method, URL(url, encoded=True), headers=CIMultiDict(fields), data=body,
                 allow_redirects=False,
             )
         except _UPSTREAM_ERRORS as exc:
             raise classify(exc) from exc
+        if outcome is not None:
+            outcome.upstream_ms = (time.monotonic() - started) * 1000
+        return resp
 
     def plan(
         self, method: str, status: int, pairs: list[tuple[str, str]], length: int | None,
@@ -181,6 +186,7 @@ class Exchange:
                         fill.done()
             try:
                 await out.write(chunk)
+                outcome.bytes_sent += len(chunk)
             except ConnectionError:  # the client went away
                 resp.close()
                 if fill is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from aiohttp import web
@@ -31,6 +31,7 @@ from cacheproxy.http.reuse import (
 from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response
+from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.exchange import Exchange, Fill
 from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
@@ -75,6 +76,9 @@ class CacheProxy:
         )
         self.collapser = Collapser(config.cache.collapse_timeout) if config.cache.collapse else None
         self.exchange: Exchange | None = None
+        # Set by the application (observe/): the request log and counters, and PURGE.
+        self.observer: Observer | None = None
+        self.purge: Callable[[web.Request, str, Outcome], Awaitable[web.Response]] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
@@ -91,13 +95,23 @@ class CacheProxy:
     # -- entry point ------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.time()
+        outcome = Outcome()
+        response = await self._respond(request, outcome)
+        if self.observer is not None:
+            self.observer.record(request, response, outcome, started, time.time())
+        return response
+
+    async def _respond(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         target = request.raw_path
         if target == "*":  # asterisk-form (RFC 9112 §3.2.4)
             return self._server_options(request)
         if not target.startswith("/"):  # absolute-form (RFC 9112 §3.2.2): keep path and query
             target = URL(target).raw_path_qs
         key = primary_key(request.scheme, request.host, target)
-        outcome = Outcome()
+        if request.method == "PURGE" and self.purge is not None:
+            outcome.status = "BYPASS"
+            return await self.purge(request, key, outcome)
         try:
             if (request.method in ("GET", "HEAD") and "Range" not in request.headers
                     and not request.body_exists):  # a GET with a body is not ours to answer
@@ -145,7 +159,7 @@ class CacheProxy:
             if reuse.action is Action.SERVE:
                 outcome.status = "HIT" if reuse.ttl > 0 else "STALE"
                 outcome.hit = outcome.from_cache = True  # RFC 9211 §2.1: not forwarded
-                outcome.ttl = reuse.ttl
+                outcome.ttl, outcome.age = reuse.ttl, reuse.age
                 return stored_response(request, entry, reuse.age, outcome, self.cache_name,
                                        self.local_via, self.blocks)
             if reuse.action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
@@ -166,7 +180,7 @@ class CacheProxy:
     ) -> web.Response:
         outcome.hit = outcome.fwd is None  # RFC 9211 §2.1: answered without going forward
         outcome.from_cache = True
-        outcome.ttl = reuse.ttl
+        outcome.ttl, outcome.age = reuse.ttl, reuse.age
         return stored_response(request, entry, reuse.age, outcome, self.cache_name,
                                self.local_via, self.blocks)
 
@@ -213,7 +227,8 @@ class CacheProxy:
         may_store = request.method == "GET" and not fill.request.no_store
         fields = self._fields(request, strip_conditionals=may_store)
         request_time = time.time()
-        resp = await self.exchange.send(request.method, self.upstream + target, fields, None)
+        resp = await self.exchange.send(request.method, self.upstream + target, fields, None,
+                                        outcome)
         return await self.exchange.relay(request, resp, outcome, fill if may_store else None,
                                          request_time)
 
@@ -227,7 +242,7 @@ class CacheProxy:
         fields = self._fields(request, strip_conditionals=True, extra=conditional_fields(entry))
         request_time = time.time()
         try:
-            resp = await self.exchange.send("GET", self.upstream + target, fields, None)
+            resp = await self.exchange.send("GET", self.upstream + target, fields, None, outcome)
         except UpstreamError as exc:
             return self._stale_on_error(request, entry, reuse, outcome, fill, exc.status, exc)
         pairs = list(resp.headers.items())
@@ -334,7 +349,8 @@ class CacheProxy:
         assert self.exchange is not None
         body = request.content if request.body_exists else None
         fields = self._fields(request)
-        resp = await self.exchange.send(request.method, self.upstream + target, fields, body)
+        resp = await self.exchange.send(request.method, self.upstream + target, fields, body,
+                                        outcome)
         for uri in invalidated_uris(request.method, resp.status, key,
                                     resp.headers.get("Location"),
                                     resp.headers.get("Content-Location")):

@@ -20,12 +20,19 @@ class Outcome:
     collapsed: bool = False
     detail: str | None = None
     from_cache: bool = False     # the body came from storage (X-Cache: HIT)
+    age: float | None = None     # Age sent with a stored response
+    upstream_ms: float | None = None  # time to the upstream's response head
+    bytes_sent: int = 0          # body bytes sent to the client
+    route: str = "default"
+    policy: str | None = None    # a CORS / Referer decision and its reason
+    cache_status_sent: str = ""  # the Cache-Status member as sent, for the log
 
     def cache_status(self, name: str) -> str:
-        return cache_status(
+        self.cache_status_sent = cache_status(
             name, hit=self.hit, fwd=self.fwd, fwd_status=self.fwd_status, stored=self.stored,
             ttl=self.ttl, collapsed=self.collapsed, detail=self.detail,
         )
+        return self.cache_status_sent
 
     @property
     def x_cache(self) -> str:

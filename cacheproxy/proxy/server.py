@@ -7,17 +7,21 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 
 from aiohttp import web, web_urldispatcher
 
 from cacheproxy.config import Config, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
+from cacheproxy.observe.admin import Admin
+from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
 from cacheproxy.store import MemoryStore, Store
 
 log = logging.getLogger("cacheproxy")
 PROXY = web.AppKey("proxy", CacheProxy)
+OBSERVER = web.AppKey("observer", Observer)
 
 
 class AnyTarget(web_urldispatcher.DynamicResource):
@@ -37,15 +41,24 @@ def make_app(
 ) -> web.Application:
     """The proxy as an aiohttp application: one catch-all route, any method.
     upstream defaults to proxy.upstream (serve passes the demo origin's URL)."""
-    proxy = CacheProxy(config, upstream or config.proxy.upstream,
-                       store if store is not None else make_store(config))
+    store = store if store is not None else make_store(config)
+    proxy = CacheProxy(config, upstream or config.proxy.upstream, store)
+    observer = Observer(config.log, time.time())
+    admin = Admin(config.admin, store, observer)
+    proxy.observer, proxy.purge = observer, admin.purge_method
     app = web.Application()
-    app[PROXY] = proxy
+    app[PROXY], app[OBSERVER] = proxy, observer
     app.cleanup_ctx.append(proxy.context)
+    app.on_cleanup.append(lambda _: _close(observer))
+    admin.routes(app)  # exact paths: the router tries them before the catch-all
     target = AnyTarget("/{tail:.*}")
     app.router.register_resource(target)
     target.add_route("*", proxy.handle)
     return app
+
+
+async def _close(observer: Observer) -> None:
+    observer.close()
 
 
 def _url(host: str, port: int) -> str:
@@ -70,6 +83,9 @@ async def serve(config: Config) -> None:
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info("cacheproxy listening on %s -> %s", _url(host, bound), upstream)
+        # SIGHUP: reopen the request log file (after logrotate moved it).
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP, runner.app[OBSERVER].reopen)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

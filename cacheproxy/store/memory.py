@@ -58,6 +58,21 @@ class MemoryStore:
         self._lru.entries -= len(variants)
         return True
 
+    async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        found: list[str] = []
+        for key in list(self._lru.keys()):
+            if key.startswith(prefix):
+                found.append(key)
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    async def delete_prefix(self, prefix: str) -> int:
+        doomed = await self.keys(prefix)
+        for key in doomed:
+            await self.delete(key)
+        return len(doomed)
+
     async def clear(self) -> None:
         evictions = self._lru.evictions  # clear() pops items; that is not eviction
         self._lru.clear()

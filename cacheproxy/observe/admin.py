@@ -1,0 +1,197 @@
+"""The admin API, /metrics, PURGE and the dashboard: answered by the proxy, never forwarded.
+
+Access: with [admin] token set, requests need `Authorization: Bearer <token>`
+(the dashboard page also takes ?token=, since a browser navigation cannot send
+a header); with no token, only loopback clients are answered."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from cacheproxy.config import AdminConfig
+from cacheproxy.http.cache_key import origin_of, primary_key
+from cacheproxy.observe.metrics import metrics_text
+from cacheproxy.observe.observer import Observer
+from cacheproxy.proxy.outcome import Outcome
+from cacheproxy.store import Store
+
+try:
+    VERSION = version("cacheproxy")
+except PackageNotFoundError:  # running from a source tree without installing
+    VERSION = "0+unknown"
+
+MAX_LISTED = 1000
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+class Admin:
+    def __init__(self, config: AdminConfig, store: Store, observer: Observer) -> None:
+        self.config = config
+        self.store = store
+        self.observer = observer
+        self._page: bytes | None = None
+
+    def routes(self, app: web.Application) -> None:
+        p = self.config.prefix
+        app.router.add_get(p + "stats", self.stats)
+        app.router.add_get(p + "entries", self.entries)
+        app.router.add_get(p + "entry", self.entry)
+        app.router.add_post(p + "purge", self.purge_api)
+        app.router.add_post(p + "clear", self.clear)
+        app.router.add_get(p + "dashboard", self.dashboard)
+        if self.config.metrics_path:
+            app.router.add_get(self.config.metrics_path, self.metrics)
+        # Anything else under the prefix is the proxy's too: never forwarded.
+        app.router.add_route("*", p + "{tail:.*}", self.unknown)
+
+    # -- access -------------------------------------------------------------
+
+    def denied(self, request: web.Request, allow_query_token: bool = False) -> web.Response | None:
+        """None when the request may use the admin API; else the refusal."""
+        token = self.config.token
+        if not token:
+            if _loopback(request.remote):
+                return None
+            return _json({"error": "admin API: loopback clients only (no [admin] token set)"}, 403)
+        given = request.headers.get("Authorization", "")
+        if allow_query_token and "token" in request.query:
+            given = "Bearer " + request.query["token"]
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return None
+        return _json({"error": "admin API: a valid bearer token is required"}, 401,
+                     {"WWW-Authenticate": 'Bearer realm="cacheproxy"'})
+
+    # -- endpoints ----------------------------------------------------------
+
+    async def stats(self, request: web.Request) -> web.Response:
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        store = self.store.stats()
+        store_info = {"backend": type(self.store).__name__.removesuffix("Store").lower(),
+                      "entries": store.entries, "bytes": store.bytes,
+                      "max_bytes": store.max_bytes, "evictions": store.evictions}
+        return _json(self.observer.stats.snapshot(time.time(), store_info, VERSION))
+
+    async def entries(self, request: web.Request) -> web.Response:
+        """GET entries?prefix=URL-prefix&limit=N: stored keys with their variants."""
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        prefix = self._key(request, request.query.get("prefix", ""), exact=False)
+        try:
+            limit = min(int(request.query.get("limit", "100")), MAX_LISTED)
+        except ValueError:
+            return _json({"error": "limit must be an integer"}, 400)
+        now = time.time()
+        keys = await self.store.keys(prefix, limit)
+        listed = [{"key": key, "variants": [_describe(v, now, False)
+                                            for v in await self.store.get(key)]}
+                  for key in keys]
+        return _json({"entries": [e for e in listed if e["variants"]], "limit": limit})
+
+    async def entry(self, request: web.Request) -> web.Response:
+        """GET entry?url=URL: one key's variants, with their stored fields."""
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        if "url" not in request.query:
+            return _json({"error": "give ?url=<the URL or path>"}, 400)
+        key = self._key(request, request.query["url"])
+        variants = await self.store.get(key)
+        if not variants:
+            return _json({"key": key, "error": "not in the cache"}, 404)
+        now = time.time()
+        return _json({"key": key, "variants": [_describe(v, now, True) for v in variants]})
+
+    async def purge_api(self, request: web.Request) -> web.Response:
+        """POST purge?url=URL (one URL, all variants) or purge?prefix=URL-prefix."""
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        if "url" in request.query:
+            key = self._key(request, request.query["url"])
+            purged = int(await self.store.delete(key))
+            return _json({"purged": purged, "key": key}, 200 if purged else 404)
+        if "prefix" in request.query:
+            prefix = self._key(request, request.query["prefix"], exact=False)
+            return _json({"purged": await self.store.delete_prefix(prefix), "prefix": prefix})
+        return _json({"error": "give ?url=<URL> or ?prefix=<URL prefix>"}, 400)
+
+    async def clear(self, request: web.Request) -> web.Response:
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        entries = self.store.stats().entries
+        await self.store.clear()
+        return _json({"cleared": entries})
+
+    async def purge_method(self, request: web.Request, key: str, outcome: Outcome) -> web.Response:
+        """The PURGE method on a URL (as Varnish and Squid take it): 200 or 404."""
+        if (refusal := self.denied(request)) is not None:
+            outcome.status = "DENIED"
+            return refusal
+        purged = await self.store.delete(key)
+        return _json({"purged": int(purged), "key": key}, 200 if purged else 404)
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        if (refusal := self.denied(request, allow_query_token=True)) is not None:
+            return refusal
+        if self._page is None:
+            self._page = resources.files("cacheproxy.observe").joinpath(
+                "dashboard.html").read_bytes()
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        body, content_type = metrics_text(self.observer.stats, self.store.stats())
+        return web.Response(body=body, headers={"Content-Type": content_type,
+                                                "Cache-Control": "no-store"})
+
+    async def unknown(self, request: web.Request) -> web.Response:
+        if (refusal := self.denied(request)) is not None:
+            return refusal
+        return _json({"error": f"no admin endpoint {request.path}",
+                      "endpoints": ["stats", "entries", "entry", "purge", "clear", "dashboard"]},
+                     404)
+
+    def _key(self, request: web.Request, url: str, exact: bool = True) -> str:
+        """A cache key from what an operator typed: a full URL, or a path on this host."""
+        if url.startswith(("http://", "https://")):
+            parsed = URL(url, encoded=True)
+            if exact:
+                return primary_key(parsed.scheme, parsed.raw_authority, parsed.raw_path_qs)
+            return origin_of(parsed.scheme, parsed.raw_authority) + url.split(
+                parsed.raw_authority, 1)[1]
+        base = origin_of(request.scheme, request.host)
+        return base + url if exact or url else ""
+
+
+def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
+    age = entry.initial_age + max(0.0, now - entry.response_time)
+    out: dict[str, Any] = {
+        "status": entry.status, "age": int(age), "ttl": int((entry.lifetime - age) // 1),
+        "size": entry.size, "body_bytes": len(entry.body), "etag": entry.etag,
+        "last_modified": entry.last_modified,
+        "vary": dict(zip(entry.vary, entry.vary_values, strict=True)),
+    }
+    if with_fields:
+        out["fields"] = entry.header_pairs()
+    return out
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.json_response(data, status=status, headers=headers)
+    response.headers["Cache-Control"] = "no-store"
+    return response

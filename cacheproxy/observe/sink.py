@@ -1,0 +1,85 @@
+"""Where log lines go: standard output or a file, written by a thread.
+
+The event loop only appends to a list; a batch is handed to the writer thread
+at most every FLUSH_SECONDS, so the loop never waits on a disk or a pipe.
+A file is reopened on SIGHUP (reopen()), which is what logrotate's default
+"create" mode expects: rename the file, signal, and the proxy starts a new one."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sys
+import threading
+from typing import TextIO
+
+FLUSH_SECONDS = 0.05
+_REOPEN = object()
+_STOP = object()
+
+
+class LogSink:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pending: list[str] = []
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._file: TextIO = self._open()
+        self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
+        self._thread.start()
+        self._scheduled = False
+
+    def _open(self) -> TextIO:
+        if not self.path:
+            return sys.stdout
+        return open(self.path, "a", encoding="utf-8", errors="replace")
+
+    def write(self, line: str) -> None:
+        self._pending.append(line)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Hand what is pending to the writer thread."""
+        self._scheduled = False
+        if self._pending:
+            self._queue.put("\n".join(self._pending) + "\n")
+            self._pending = []
+
+    def wait_written(self, timeout: float = 5.0) -> bool:
+        """Block until the writer thread has written what was flushed before the call.
+        Call flush() on the loop first; this may block, so run it in a thread."""
+        written = threading.Event()
+        self._queue.put(written)
+        return written.wait(timeout)
+
+    def reopen(self) -> None:
+        self.flush()
+        self._queue.put(_REOPEN)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush()
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    self._file.flush()
+                    if self._file is not sys.stdout:
+                        self._file.close()
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                if item is _REOPEN:
+                    if self._file is not sys.stdout:
+                        self._file.close()
+                        self._file = self._open()
+                    continue
+                self._file.write(item)  # type: ignore[arg-type]
+                self._file.flush()
+            except (OSError, ValueError) as exc:  # a full disk must not stop the proxy
+                print(f"cacheproxy: request log: {exc}", file=sys.stderr)

@@ -1,0 +1,86 @@
+"""Counters of what the cache did, for /metrics, the stats API and the dashboard.
+
+Plain integers updated once per request; Prometheus reads them at scrape time
+(metrics.py), so the request path pays no metrics-library cost."""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_left
+from collections import deque
+from typing import Any
+
+from cacheproxy.observe.record import CACHE_STATUSES, HIT_STATUSES, LogRecord, to_json
+
+SERIES_SECONDS = 10       # one dashboard bucket
+SERIES_BUCKETS = 60       # ten minutes of them
+RECENT_LINES = 50
+# Upstream latency buckets, seconds (Prometheus histogram "le" bounds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Stats:
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.requests = 0
+        self.by_cache = dict.fromkeys(CACHE_STATUSES, 0)
+        self.by_route_cache: dict[tuple[str, str], int] = {}
+        self.bytes_from_cache = 0
+        self.bytes_from_origin = 0
+        self.collapsed = 0
+        self.errors = 0
+        self.upstream_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.upstream_sum = 0.0
+        self.series: deque[list[int]] = deque(maxlen=SERIES_BUCKETS)  # [start, requests, hits]
+        self.recent: deque[LogRecord] = deque(maxlen=RECENT_LINES)
+
+    def add(self, r: LogRecord) -> None:
+        self.requests += 1
+        self.by_cache[r.cache] += 1
+        key = (r.route, r.cache)
+        self.by_route_cache[key] = self.by_route_cache.get(key, 0) + 1
+        hit = r.cache in HIT_STATUSES
+        if hit:
+            self.bytes_from_cache += r.bytes
+        else:
+            self.bytes_from_origin += r.bytes
+        if r.collapsed:
+            self.collapsed += 1
+        if r.cache == "ERROR":
+            self.errors += 1
+        if r.upstream_ms is not None:
+            seconds = r.upstream_ms / 1000
+            self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.upstream_sum += seconds
+        start = int(r.time) // SERIES_SECONDS * SERIES_SECONDS
+        series = self.series
+        if not series or series[-1][0] != start:
+            series.append([start, 0, 0])
+        bucket = series[-1]
+        bucket[1] += 1
+        bucket[2] += hit
+        self.recent.append(r)
+
+    def snapshot(self, now: float, store: dict[str, Any], version: str) -> dict[str, Any]:
+        """The JSON of GET <prefix>stats (the dashboard's source)."""
+        hits = sum(self.by_cache[s] for s in HIT_STATUSES)
+        sent = self.bytes_from_cache + self.bytes_from_origin
+        return {
+            "version": version,
+            "uptime_s": round(now - self.started, 3),
+            "requests": self.requests,
+            "by_cache": dict(self.by_cache),
+            "hit_ratio": hits / self.requests if self.requests else 0.0,
+            "byte_hit_ratio": self.bytes_from_cache / sent if sent else 0.0,
+            "bytes_from_cache": self.bytes_from_cache,
+            "bytes_from_origin": self.bytes_from_origin,
+            "collapsed": self.collapsed,
+            "errors": self.errors,
+            "store": store,
+            "series": [{"t": t, "requests": n, "hits": h} for t, n, h in self.series],
+            "recent": [_json_object(r) for r in self.recent],
+        }
+
+
+def _json_object(record: LogRecord) -> dict[str, Any]:
+    return json.loads(to_json(record))  # one definition of the JSON fields: to_json's

@@ -1,0 +1,215 @@
+"""The request log, the stats API, /metrics, the admin API and PURGE, through the proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+from support import cache_status
+
+from cacheproxy.config import AdminConfig
+from cacheproxy.observe.admin import Admin
+from cacheproxy.observe.record import parse_line
+from cacheproxy.proxy.server import OBSERVER
+
+
+def origin_app() -> web.Application:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"page {request.path}", headers={"Cache-Control": "max-age=60"})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text="origin's own metrics")
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/{tail:.*}", page)
+    return app
+
+
+async def read_log(client: Any, path: Path) -> list[str]:
+    """Lines written so far (the sink writes from a thread)."""
+    sink = client.server.app[OBSERVER].sink
+    sink.flush()
+    assert await asyncio.to_thread(sink.wait_written)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# -- the request log --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_one_log_line_per_request_with_the_cache_fields(origin, proxy, tmp_path, fmt):
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(origin_app()), log={"path": str(log), "format": fmt})
+    miss = await c.get("/a?x=1", headers={"Referer": "http://ref.example/", "User-Agent": "t/1"})
+    hit = await c.get("/a?x=1")
+    lines = await read_log(c, log)
+    assert len(lines) == 2
+    if fmt == "json":
+        assert json.loads(lines[0])["cache"] == "MISS"
+    else:
+        assert lines[0].startswith("127.0.0.1 - - [") and ' "GET /a?x=1 HTTP/1.1" 200 ' in lines[0]
+    first, second = (parse_line(line) for line in lines)
+    assert first is not None and second is not None
+    assert (first.method, first.path, first.status, first.cache) == ("GET", "/a?x=1", 200, "MISS")
+    assert first.upstream_status == 200 and first.upstream_ms is not None
+    assert first.bytes == len("page /a") and first.referer == "http://ref.example/"
+    assert first.user_agent == "t/1" and first.collapsed is False and first.route == "default"
+    assert first.cache_status == cache_status(miss)  # the log says what the client was told
+    assert second.cache == "HIT" and second.age == 0 and 58 <= second.ttl <= 60
+    assert second.upstream_status is None and second.cache_status == cache_status(hit)
+
+
+async def test_format_off_writes_nothing_but_still_counts(origin, proxy, tmp_path):
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(origin_app()), log={"path": str(log), "format": "off"})
+    await c.get("/a")
+    await asyncio.sleep(0.1)
+    assert not log.exists()
+    assert (await (await c.get("/_cacheproxy/stats")).json())["requests"] == 1
+
+
+async def test_reopen_starts_a_new_file_after_rotation(origin, proxy, tmp_path):
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(origin_app()), log={"path": str(log)})
+    await c.get("/before")
+    assert len(await read_log(c, log)) == 1
+    log.rename(tmp_path / "requests.log.1")  # what logrotate does, then SIGHUP
+    c.server.app[OBSERVER].reopen()
+    await c.get("/after")
+    lines = await read_log(c, log)
+    assert len(lines) == 1 and json.loads(lines[0])["path"] == "/after"
+    assert "/before" in (tmp_path / "requests.log.1").read_text()
+
+
+# -- stats, metrics -----------------------------------------------------------------------------
+
+async def test_stats_count_what_happened(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    for path in ("/a", "/a", "/a", "/b"):
+        await c.get(path)
+    stats = await (await c.get("/_cacheproxy/stats")).json()
+    assert stats["requests"] == 4
+    assert stats["by_cache"]["HIT"] == 2 and stats["by_cache"]["MISS"] == 2
+    assert stats["hit_ratio"] == 0.5
+    assert stats["bytes_from_cache"] == 2 * len("page /a")
+    assert stats["store"]["entries"] == 2 and stats["store"]["backend"] == "memory"
+    assert sum(b["requests"] for b in stats["series"]) == 4
+    assert [r["path"] for r in stats["recent"]] == ["/a", "/a", "/a", "/b"]
+
+
+async def test_metrics_in_prometheus_format(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    await c.get("/a")
+    await c.get("/a")
+    resp = await c.get("/metrics")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert 'cacheproxy_requests_total{cache="HIT",route="default"} 1.0' in text
+    assert 'cacheproxy_requests_total{cache="MISS",route="default"} 1.0' in text
+    assert f'cacheproxy_response_body_bytes_total{{source="cache"}} {len("page /a")}.0' in text
+    assert "cacheproxy_upstream_response_seconds_count 1.0" in text
+    assert "cacheproxy_store_entries 1.0" in text and "cacheproxy_store_evictions_total" in text
+
+
+async def test_metrics_path_can_be_given_back_to_the_origin(origin, proxy):
+    c = await proxy(await origin(origin_app()), admin={"metrics_path": ""})
+    assert await (await c.get("/metrics")).text() == "origin's own metrics"
+
+
+# -- the admin API -----------------------------------------------------------------------------
+
+async def test_purge_one_url_makes_the_next_request_a_miss(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    await c.get("/a")
+    assert (await c.get("/a")).headers["X-Cache"] == "HIT"
+    purged = await c.post("/_cacheproxy/purge", params={"url": "/a"})
+    assert purged.status == 200 and (await purged.json())["purged"] == 1
+    assert (await c.get("/a")).headers["X-Cache"] == "MISS"
+    again = await c.post("/_cacheproxy/purge", params={"url": str(c.make_url("/zzz"))})
+    assert again.status == 404
+
+
+async def test_purge_by_prefix_and_clear(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    for path in ("/img/1", "/img/2", "/css/1"):
+        await c.get(path)
+    resp = await c.post("/_cacheproxy/purge", params={"prefix": "/img/"})
+    assert (await resp.json())["purged"] == 2
+    assert (await c.get("/img/1")).headers["X-Cache"] == "MISS"
+    assert (await c.get("/css/1")).headers["X-Cache"] == "HIT"
+    cleared = await (await c.post("/_cacheproxy/clear")).json()
+    assert cleared["cleared"] == 2 and c.app_proxy.store.stats().entries == 0
+
+
+async def test_purge_method_on_a_url(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    await c.get("/a")
+    resp = await c.request("PURGE", "/a")
+    assert resp.status == 200 and (await resp.json())["purged"] == 1
+    assert (await c.request("PURGE", "/a")).status == 404
+    assert (await c.get("/a")).headers["X-Cache"] == "MISS"
+
+
+async def test_entries_list_and_inspect(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    await c.get("/a")
+    await c.get("/b")
+    listed = await (await c.get("/_cacheproxy/entries")).json()
+    keys = [e["key"] for e in listed["entries"]]
+    assert keys == [str(c.make_url("/a")), str(c.make_url("/b"))]
+    variant = listed["entries"][0]["variants"][0]
+    assert variant["status"] == 200 and variant["ttl"] > 50 and variant["size"] > 0
+    one = await (await c.get("/_cacheproxy/entry", params={"url": "/a"})).json()
+    assert ["Cache-Control", "max-age=60"] in one["variants"][0]["fields"]
+    assert (await c.get("/_cacheproxy/entry", params={"url": "/none"})).status == 404
+
+
+async def test_admin_paths_are_never_forwarded(origin, proxy):
+    c = await proxy(await origin(origin_app()))
+    resp = await c.get("/_cacheproxy/no-such-thing")
+    assert resp.status == 404 and "no admin endpoint" in (await resp.json())["error"]
+
+
+async def test_a_token_is_required_when_configured(origin, proxy):
+    c = await proxy(await origin(origin_app()), admin={"token": "s3cret"})
+    await c.get("/a")
+    for path in ("/_cacheproxy/stats", "/metrics", "/_cacheproxy/entries"):
+        assert (await c.get(path)).status == 401
+        assert (await c.get(path, headers={"Authorization": "Bearer wrong"})).status == 401
+        ok = await c.get(path, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status == 200
+    assert (await c.post("/_cacheproxy/clear")).status == 401
+    assert (await c.request("PURGE", "/a")).status == 401
+    assert (await c.get("/a")).headers["X-Cache"] == "HIT"  # nothing was purged
+    purged = await c.request("PURGE", "/a", headers={"Authorization": "Bearer s3cret"})
+    assert purged.status == 200
+
+
+class _Transport:
+    """Stands in for a socket: only the peer address is read."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.peer, 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(("peer", "token", "allowed"), [
+    ("127.0.0.1", "", True), ("::1", "", True), ("203.0.113.9", "", False),
+    ("203.0.113.9", "t", False),
+])
+def test_without_a_token_only_loopback_clients_are_answered(peer, token, allowed):
+    admin = Admin(AdminConfig(token=token), store=None, observer=None)  # type: ignore[arg-type]
+    request = make_mocked_request("GET", "/_cacheproxy/stats", transport=_Transport(peer))
+    refusal = admin.denied(request)
+    assert (refusal is None) is allowed
+    if not allowed:
+        assert refusal.status == (401 if token else 403)

@@ -92,3 +92,40 @@ def test_port_in_use_exits_1_with_one_line(tmp_path: Path):
               if line.startswith("cacheproxy:")]
     assert len(errors) == 1 and str(port) in errors[0]
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_sighup_reopens_the_log_file_after_rotation(tmp_path: Path):
+    port, log = free_port(), tmp_path / "requests.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path, env=clean_env(CACHEPROXY_DEMO_LISTEN="127.0.0.1:0",
+                                    CACHEPROXY_LOG_PATH=str(log)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+    def get(path: str) -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            while s.recv(65536):
+                pass
+
+    def wait_for(path: Path, text: str) -> None:
+        for _ in range(100):
+            if path.exists() and text in path.read_text():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never reached {path}")
+
+    try:
+        wait_listening(port, proc)
+        get("/before")
+        wait_for(log, '"/before"')
+        log.rename(tmp_path / "requests.log.1")
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+        get("/after")
+        wait_for(log, '"/after"')
+        assert '"/after"' not in (tmp_path / "requests.log.1").read_text()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0

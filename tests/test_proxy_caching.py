@@ -492,20 +492,36 @@ async def test_uncacheable_urls_are_not_collapsed_again(origin, proxy):
     assert active["most"] == 5  # all five reached the origin at once
 
 
-async def test_collapsed_waiters_share_the_leaders_revalidation(origin, proxy):
-    """A no-cache response must be validated before reuse (§5.2.2.4); a validation
-    that completed after a waiting request arrived serves that request too."""
+async def test_collapsed_reloads_share_one_validation(origin, proxy):
+    """Clients asking for validation themselves (max-age=0, a reload storm) are all
+    answered by a validation that completed after they arrived (§5.2.1.1)."""
     async def handle(request: web.Request) -> web.Response:
         await asyncio.sleep(0.2)
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers={"ETag": '"v1"'})
+        return web.Response(text="body", headers={"ETag": '"v1"', "Cache-Control": "max-age=60"})
+    o = Origin(r=handle)
+    c = await start(origin, proxy, o)
+    await c.get("/r")
+    reload = {"Cache-Control": "max-age=0"}
+    responses = await asyncio.gather(*(c.get("/r", headers=reload) for _ in range(8)))
+    assert [await r.text() for r in responses] == ["body"] * 8
+    assert o.calls["r"] == 2  # the first fetch and one validation for all eight
+    assert sum("collapsed" in cache_status(r) for r in responses) == 7
+
+
+async def test_no_cache_responses_are_validated_for_every_request(origin, proxy):
+    """§5.2.2.4: a no-cache response is validated for each request that reuses it;
+    another request's validation is not enough (it may carry other credentials)."""
+    async def handle(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.1)
         if request.headers.get("If-None-Match") == '"v1"':
             return web.Response(status=304, headers={"ETag": '"v1"'})
         return web.Response(text="body", headers={"ETag": '"v1"', "Cache-Control": "no-cache"})
     o = Origin(r=handle)
     c = await start(origin, proxy, o)
     await c.get("/r")
-    responses = await asyncio.gather(*(c.get("/r") for _ in range(8)))
-    assert [await r.text() for r in responses] == ["body"] * 8
-    assert o.calls["r"] == 2  # the first fetch and one revalidation for all eight
-    assert sum("collapsed" in cache_status(r) for r in responses) == 7
-    again = await c.get("/r")  # a later request is validated again
-    assert "fwd-status=304" in cache_status(again) and o.calls["r"] == 3
+    responses = await asyncio.gather(*(c.get("/r") for _ in range(5)))
+    assert [await r.text() for r in responses] == ["body"] * 5
+    assert o.calls["r"] == 6  # one validation each
+    assert all("fwd-status=304" in cache_status(r) for r in responses)

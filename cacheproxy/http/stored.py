@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
-from cacheproxy.http.dates import parse_http_date
+from cacheproxy.http.dates import format_http_date, parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, connection_options
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
 
@@ -73,6 +73,14 @@ def all_values(pairs: list[tuple[str, str]], name: str) -> str | None:
     return ", ".join(values) if values else None
 
 
+def with_date(pairs: list[tuple[str, str]], received_at: float) -> list[tuple[str, str]]:
+    """RFC 9110 §6.6.1: a cache storing a message without Date adds one, the time
+    it was received, so its age and a later 304 merge (§4.3.4) have a Date to use."""
+    if any(k.lower() == "date" for k, _ in pairs):
+        return pairs
+    return [*pairs, ("Date", format_http_date(received_at))]
+
+
 def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tuple[str, ...]:
     """§3.1: hop-by-hop fields and the ones Connection names are not stored."""
     named = connection_options(v for k, v in pairs if k.lower() == "connection")
@@ -99,6 +107,7 @@ def make_stored_response(
     heuristics: Heuristics,
     excluded: frozenset[str] = frozenset(),
 ) -> CachedResponse:
+    pairs = with_date(pairs, response_time)
     directives = parse_response_directives(all_values(pairs, "cache-control"))
     date = parse_http_date(first_value(pairs, "date"))
     expires = first_value(pairs, "expires")

@@ -174,7 +174,7 @@ class Admin:
                 return primary_key(parsed.scheme, parsed.raw_authority, parsed.raw_path_qs)
             return origin_of(parsed.scheme, parsed.raw_authority) + url.split(
                 parsed.raw_authority, 1)[1]
-        base = origin_of(request.scheme, request.host)
+        base = origin_of(request.scheme, request.headers.get("Host", ""))
         return base + url if exact or url else ""
 
 

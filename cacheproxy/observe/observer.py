@@ -28,7 +28,7 @@ class Observer:
         version = request.version
         record = LogRecord(
             time=started, client=request.remote or "-", method=request.method,
-            host=request.host, path=request.raw_path, status=response.status,
+            host=h.get("Host", "-"), path=request.raw_path, status=response.status,
             cache=outcome.status, bytes=outcome.bytes_sent,
             total_ms=round((finished - started) * 1000, 3),
             age=None if outcome.age is None else int(outcome.age),

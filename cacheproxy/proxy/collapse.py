@@ -18,16 +18,20 @@ class Collapser:
         self._inflight: dict[str, asyncio.Future[None]] = {}
         self._pass: dict[str, float] = {}  # key -> until when requests skip collapsing
 
-    def join(self, key: str) -> asyncio.Future[None] | None:
-        """None makes the caller the leader (it must call release); else the leader's future."""
+    def join(self, key: str) -> tuple[asyncio.Future[None], bool]:
+        """The key's in-flight future, and whether the caller is its leader (who must
+        release it with that same future)."""
         fut = self._inflight.get(key)
-        if fut is None:
-            self._inflight[key] = asyncio.get_running_loop().create_future()
-        return fut
+        if fut is not None:
+            return fut, False
+        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        return fut, True
 
-    def release(self, key: str) -> None:
-        fut = self._inflight.pop(key, None)
-        if fut is not None and not fut.done():
+    def release(self, key: str, fut: asyncio.Future[None]) -> None:
+        """Wake the waiters of this leader's future; a later leader's slot stays."""
+        if self._inflight.get(key) is fut:
+            del self._inflight[key]
+        if not fut.done():
             fut.set_result(None)
 
     async def wait(self, fut: asyncio.Future[None]) -> bool:

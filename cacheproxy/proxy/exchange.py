@@ -4,6 +4,7 @@ the body when it is complete and within the object-size limit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -135,12 +136,17 @@ class Exchange:
     async def relay(
         self, request: web.Request, resp: aiohttp.ClientResponse, outcome: Outcome,
         fill: Fill | None, request_time: float, replaces: CachedResponse | None = None,
+        upstream_method: str | None = None,
     ) -> web.StreamResponse:
-        """Stream the upstream response to the client, keeping a copy to store."""
+        """Stream the upstream response to the client, keeping a copy to store.
+        upstream_method: what was sent, when it differs (a HEAD revalidated with GET:
+        the body is stored but not sent, RFC 9110 §9.3.2)."""
         outcome.fwd_status = resp.status
+        send_body = request.method != "HEAD"
         entry = None
         if fill is not None:
-            entry = self._plan_response(request.method, resp, fill, request_time, outcome)
+            method = upstream_method or request.method
+            entry = self._plan_response(method, resp, fill, request_time, outcome)
             if entry is None:
                 fill.done()
                 if replaces is not None and resp.status == 200:
@@ -184,6 +190,8 @@ class Exchange:
                     outcome.stored = False
                     if fill is not None:
                         fill.done()
+            if not send_body:
+                continue
             try:
                 await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
@@ -197,7 +205,8 @@ class Exchange:
             await self.put(entry, b"".join(chunks))
         if fill is not None:
             fill.done()
-        await out.write_eof()
+        with contextlib.suppress(ConnectionError):  # the client left at the very end
+            await out.write_eof()
         return out
 
     def _client_has_current(self, request: web.Request, entry: CachedResponse) -> bool:
@@ -213,6 +222,10 @@ class Exchange:
         entry: CachedResponse,
     ) -> web.StreamResponse:
         headers = CIMultiDict(not_modified_fields(entry))
+        # The cookie is this client's even when the stored copy leaves it out ("strip").
+        for name, value in resp.headers.items():
+            if name.lower() == "set-cookie":
+                headers.add(name, value)
         mark(headers, outcome, self.cache_name, self.via(resp))
         out = web.Response(status=304, headers=headers)
         await self.consume(resp, fill, 0.0, planned=entry)

@@ -30,17 +30,41 @@ from cacheproxy.http.reuse import (
 )
 from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
 from cacheproxy.http.storability import StorePolicy
-from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response
+from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response, with_date
+from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.exchange import Exchange, Fill
 from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
+from cacheproxy.proxy.local import final_answer
 from cacheproxy.proxy.outcome import Outcome
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.upstream import UpstreamError, make_session
 from cacheproxy.store import Store
 
 log = logging.getLogger("cacheproxy")
+# Requests with these fields go to the origin as they are: a cache stores no partial
+# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (RFC 9111 §4.3.2).
+_BYPASS_FIELDS = frozenset({"Range", "If-Match", "If-Unmodified-Since", "If-Range"})
+# The authority of an absolute-form request, which replaces Host upstream (RFC 9112 §3.2.2).
+EFFECTIVE_HOST = web.RequestKey("cacheproxy.host", str)
+
+
+# Not-stored reasons that come from the response, not from one request: after one of
+# these the URL is not collapsed for a while (hit-for-pass, see collapse.py).
+PASS_REASONS = frozenset({"private", "no-store", "set-cookie", "vary-star", "too-big",
+                          "status", "not-reusable", "must-understand"})
+# RFC 5861 §4: the errors stale-if-error covers.
+STALE_IF_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
+
+def _shareable(entry: CachedResponse | None, reuse: Reuse | None) -> bool:
+    """Can a waiter use what the leader brings back? Not when the stored response must
+    be validated for each request (no-cache, or stale and never-stale), since the
+    leader's validation was not made for the waiter (§5.2.2.4, §4.2.4)."""
+    if entry is None or reuse is None or reuse.forward == "request":
+        return True
+    return not (entry.directives.no_cache or entry.lifetime <= 0)
 
 
 def select_variant(variants: tuple[CachedResponse, ...], headers: Headers) -> CachedResponse | None:
@@ -80,6 +104,7 @@ class CacheProxy:
         self.observer: Observer | None = None
         self.purge: Callable[[web.Request, str, Outcome], Awaitable[web.Response]] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._refreshing: set[str] = set()  # keys with a background refresh under way
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup_ctx: the pooled upstream session lives as long as the app."""
@@ -103,20 +128,34 @@ class CacheProxy:
         return response
 
     async def _respond(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
-        target = request.raw_path
-        if target == "*":  # asterisk-form (RFC 9112 §3.2.4)
-            return self._server_options(request)
-        if not target.startswith("/"):  # absolute-form (RFC 9112 §3.2.2): keep path and query
-            target = URL(target).raw_path_qs
-        key = primary_key(request.scheme, request.host, target)
+        h = request.headers
+        raw = request.raw_path
+        if raw == "*":  # asterisk-form (RFC 9112 §3.2.4)
+            return self._server_options(request, outcome)
+        host = h.get("Host")
+        if host is None and request.version < (1, 1):
+            host = self.forward.upstream_host  # HTTP/1.0 may omit Host
+        parsed = request_target(raw, host)
+        if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
+            outcome.status = "ERROR"
+            return self._error(request, 400, "invalid Host or request target", outcome)
+        target = parsed.path
+        if parsed.absolute:  # §3.2.2: the request line's authority replaces Host
+            request[EFFECTIVE_HOST] = parsed.authority
+        key = primary_key(request.scheme, parsed.authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
             return await self.purge(request, key, outcome)
+        hops = forwards_left(request.method, h.get("Max-Forwards"))
+        if hops == 0:  # RFC 9110 §7.6.2: the last hop answers itself
+            outcome.status = "BYPASS"
+            return final_answer(request, [("Via", self.local_via)])
         try:
-            if (request.method in ("GET", "HEAD") and "Range" not in request.headers
-                    and not request.body_exists):  # a GET with a body is not ours to answer
+            if (request.method in ("GET", "HEAD") and not request.body_exists
+                    and not _BYPASS_FIELDS.intersection(h.keys())):
                 return await self._cached(request, key, target, outcome, collapse=True)
-            # RFC 9211 §2.2: "method" for methods a cache cannot answer; ranges bypass it.
+            # RFC 9211 §2.2: "method" for methods a cache cannot answer; ranges, bodies
+            # and preconditions a cache cannot evaluate bypass it.
             outcome.status = "BYPASS"
             outcome.fwd = "bypass" if request.method in ("GET", "HEAD") else "method"
             return await self._pass(request, key, target, outcome)
@@ -151,19 +190,22 @@ class CacheProxy:
                 response_time=entry.response_time, directives=entry.directives,
                 request=req, now=time.time(), shared=self.shared,
             )
-            if (reuse.action is Action.REVALIDATE and validated_since is not None
-                    and entry.response_time >= validated_since):
-                # A collapsed waiter: the leader validated (or fetched) this response
-                # after our request arrived, which is as good as doing it for us.
+            if (reuse.action is Action.REVALIDATE and reuse.forward == "request"
+                    and validated_since is not None and entry.response_time >= validated_since):
+                # A collapsed waiter whose own request asked for validation (no-cache,
+                # max-age=0): the leader's, completed after it arrived, answers that.
+                # Never for a response that demands validation per request (§5.2.2.4).
                 reuse = reuse._replace(action=Action.SERVE)
             if reuse.action is Action.SERVE:
                 outcome.status = "HIT" if reuse.ttl > 0 else "STALE"
-                outcome.hit = outcome.from_cache = True  # RFC 9211 §2.1: not forwarded
+                outcome.from_cache = True
+                outcome.hit = outcome.fwd is None  # RFC 9211 §2.1: not forwarded
                 outcome.ttl, outcome.age = reuse.ttl, reuse.age
                 return stored_response(request, entry, reuse.age, outcome, self.cache_name,
                                        self.local_via, self.blocks)
             if reuse.action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
-                self._refresh_in_background(request, key, target, entry)
+                if not req.no_store:  # §5.2.1.5: nothing of a no-store exchange is stored
+                    self._refresh_in_background(request, key, target, entry)
                 outcome.status, outcome.detail = "UPDATING", "stale-while-revalidate"
                 return self._serve(request, entry, reuse, outcome)
             if reuse.action is Action.UNUSABLE:  # §5.2.1.7
@@ -171,7 +213,7 @@ class CacheProxy:
                 return self._error(request, 504, "stale in cache (only-if-cached)", outcome)
             outcome.fwd = reuse.forward
         if (collapse and self.collapser is not None and request.method == "GET"
-                and not self.collapser.passes(key)):
+                and not self.collapser.passes(key) and _shareable(entry, reuse)):
             return await self._collapsed(request, key, target, outcome, req, entry, reuse)
         return await self._forward(request, key, target, outcome, req, entry, reuse)
 
@@ -189,31 +231,33 @@ class CacheProxy:
         req: RequestDirectives, entry: CachedResponse | None, reuse: Reuse | None,
     ) -> web.StreamResponse:
         """One upstream request per key at a time; the others wait, then look again."""
-        assert self.collapser is not None
-        leader = self.collapser.join(key)
-        if leader is not None:
+        collapser = self.collapser
+        assert collapser is not None
+        fut, leading = collapser.join(key)
+        if not leading:
             arrived = time.time()
-            await self.collapser.wait(leader)
+            await collapser.wait(fut)
             outcome.collapsed = True
             # Served from what the leader stored, or upstream alone when it stored nothing usable.
             return await self._cached(request, key, target, outcome, collapse=False,
                                       validated_since=arrived)
         try:
             return await self._forward(request, key, target, outcome, req, entry, reuse,
-                                       release=lambda: self.collapser.release(key))  # type: ignore[union-attr]
+                                       release=lambda: collapser.release(key, fut))
         finally:
-            self.collapser.release(key)
+            collapser.release(key, fut)
             if outcome.stored:
-                self.collapser.unmark_pass(key)
-            else:
-                self.collapser.mark_pass(key)
+                collapser.unmark_pass(key)
+            elif (outcome.detail in PASS_REASONS and not req.no_store
+                  and "Authorization" not in request.headers):
+                collapser.mark_pass(key)  # the response itself is not storable
 
     async def _forward(
         self, request: web.Request, key: str, target: str, outcome: Outcome,
         req: RequestDirectives, entry: CachedResponse | None, reuse: Reuse | None,
-        release: object = None,
+        release: Callable[[], None] | None = None,
     ) -> web.StreamResponse:
-        fill = Fill(key=key, request=req, request_headers=request.headers, release=release)  # type: ignore[arg-type]
+        fill = Fill(key=key, request=req, request_headers=request.headers, release=release)
         if entry is not None and reuse is not None:
             return await self._revalidate(request, target, outcome, fill, entry, reuse)
         outcome.status = "EXPIRED" if entry is not None else "MISS"
@@ -225,6 +269,8 @@ class CacheProxy:
         """A full request upstream; the response streams to the client and may be stored."""
         assert self.exchange is not None
         may_store = request.method == "GET" and not fill.request.no_store
+        if not may_store:
+            fill.done()  # nothing will be stored: waiters need not wait for the body
         fields = self._fields(request, strip_conditionals=may_store)
         request_time = time.time()
         resp = await self.exchange.send(request.method, self.upstream + target, fields, None,
@@ -253,7 +299,7 @@ class CacheProxy:
             age = updated.initial_age + max(0.0, time.time() - updated.response_time)
             return self._serve(request, updated, Reuse(Action.SERVE, age, updated.lifetime - age,
                                                        ""), outcome)
-        if resp.status >= 500 and may_serve_stale_on_error(
+        if resp.status in STALE_IF_ERROR_STATUSES and may_serve_stale_on_error(
             ttl=reuse.ttl, directives=entry.directives, request=fill.request, shared=self.shared
         ):  # RFC 5861 §4: the origin erred
             resp.release()
@@ -262,8 +308,9 @@ class CacheProxy:
         if resp.status == 304:  # a 304 for another representation: fetch it whole (§4.3.4)
             resp.release()
             return await self._fetch(request, target, outcome, fill)
+        # Sent as GET even for a HEAD: the answer may be stored (relay sends no body to HEAD).
         return await self.exchange.relay(request, resp, outcome, fill, request_time,
-                                         replaces=entry)
+                                         replaces=entry, upstream_method="GET")
 
     def _stale_on_error(
         self, request: web.Request, entry: CachedResponse, reuse: Reuse, outcome: Outcome,
@@ -291,8 +338,8 @@ class CacheProxy:
         The merged response is judged like a new one (§3): a 304 may bring Set-Cookie,
         private fields or no-store. Returns what this client gets."""
         assert self.exchange is not None
-        merged = merge_304(entry, pairs)
         response_time = time.time()
+        merged = merge_304(entry, with_date(pairs, response_time))
         view = make_stored_response(
             key=entry.key, vary=entry.vary, vary_values=entry.vary_values, status=entry.status,
             pairs=merged, body=entry.body, request_time=request_time,
@@ -311,9 +358,13 @@ class CacheProxy:
         self, request: web.Request, key: str, target: str, entry: CachedResponse
     ) -> None:
         """RFC 5861 §3: one background revalidation per key at a time."""
-        if self.collapser is not None and self.collapser.join(key) is not None:
-            return  # someone is already fetching this key
-        fields = self._fields(request, strip_conditionals=True, extra=conditional_fields(entry))
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+        # The client's own cache directives were about its answer, not this refresh.
+        fields = [(k, v) for k, v in self._fields(
+            request, strip_conditionals=True, extra=conditional_fields(entry))
+            if k.lower() not in ("cache-control", "pragma")]
         refresh = self._refresh(key, target, entry, fields, request.headers)
         task = asyncio.get_running_loop().create_task(refresh)
         self._background.add(task)
@@ -336,9 +387,10 @@ class CacheProxy:
                 await self.exchange.consume(resp, fill, request_time, replaces=entry)
         except UpstreamError as exc:
             log.info("background revalidation of %s failed: %s", key, exc.reason)
+        except Exception:  # a bug of ours must not end as "Task exception was never retrieved"
+            log.exception("background revalidation of %s failed", key)
         finally:
-            if self.collapser is not None:
-                self.collapser.release(key)
+            self._refreshing.discard(key)
 
     # -- other methods -----------------------------------------------------
 
@@ -351,21 +403,23 @@ class CacheProxy:
         fields = self._fields(request)
         resp = await self.exchange.send(request.method, self.upstream + target, fields, body,
                                         outcome)
-        for uri in invalidated_uris(request.method, resp.status, key,
-                                    resp.headers.get("Location"),
-                                    resp.headers.get("Content-Location")):
-            await self.store.delete(uri)
+        try:
+            for uri in invalidated_uris(request.method, resp.status, key,
+                                        resp.headers.get("Location"),
+                                        resp.headers.get("Content-Location")):
+                await self.store.delete(uri)
+        except BaseException:
+            resp.close()
+            raise
         return await self.exchange.relay(request, resp, outcome, None, time.time())
 
-    def _server_options(self, request: web.Request) -> web.Response:
+    def _server_options(self, request: web.Request, outcome: Outcome) -> web.Response:
         """RFC 9110 §9.3.7: "OPTIONS *" is about the server in general, and to the
         client this proxy is the server; other methods cannot target "*"."""
-        outcome = Outcome(status="BYPASS")
+        outcome.status = "BYPASS"
         if request.method != "OPTIONS":
             return self._error(request, 400, "only OPTIONS may target *", outcome)
-        response = self._error(request, 200, "", outcome)
-        response.body = b""
-        return response
+        return final_answer(request, [("Via", self.local_via)])
 
     # -- helpers -------------------------------------------------------------
 
@@ -373,8 +427,16 @@ class CacheProxy:
         self, request: web.Request, *, strip_conditionals: bool = False,
         extra: list[tuple[str, str]] | None = None,
     ) -> list[tuple[str, str]]:
+        pairs = list(request.headers.items())
+        if EFFECTIVE_HOST in request:  # absolute-form: its authority is the Host (§3.2.2)
+            pairs = [(k, v) for k, v in pairs if k.lower() != "host"]
+            pairs.append(("Host", request[EFFECTIVE_HOST]))
+        hops = forwards_left(request.method, request.headers.get("Max-Forwards"))
+        if hops is not None:  # RFC 9110 §7.6.2: decrement on the way through
+            pairs = [(k, v) for k, v in pairs if k.lower() != "max-forwards"]
+            pairs.append(("Max-Forwards", str(hops - 1)))
         return request_fields(
-            list(request.headers.items()), policy=self.forward, version=request.version,
+            pairs, policy=self.forward, version=request.version,
             client_ip=request.remote, scheme=request.scheme,
             strip_conditionals=strip_conditionals, extra=extra,
         )

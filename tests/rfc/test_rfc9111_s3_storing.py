@@ -14,6 +14,7 @@ from cacheproxy.http.revalidation import merge_304
 from cacheproxy.http.storability import StorePolicy, Verdict, excluded_fields, storability
 
 T0 = 1_704_067_200.0  # Mon, 01 Jan 2024 00:00:00 GMT
+DATE = ("Date", "Mon, 01 Jan 2024 00:00:00 GMT")
 
 
 def verdict(
@@ -261,9 +262,9 @@ def test_s3_1_hop_by_hop_and_connection_named_fields_are_not_stored(stored) -> N
         ("Connection", "close, X-Hop"), ("X-Hop", "1"), ("Keep-Alive", "timeout=5"),
         ("Transfer-Encoding", "chunked"), ("Proxy-Authenticate", "Basic"), ("TE", "trailers"),
         ("Trailer", "X-T"), ("Upgrade", "h2c"), ("Content-Type", "text/plain"),
-        ("ETag", '"v1"'),
+        ("ETag", '"v1"'), DATE,
     ])
-    assert [name.lower() for name, _ in entry.header_pairs()] == ["content-type", "etag"]
+    assert [name.lower() for name, _ in entry.header_pairs()] == ["content-type", "etag", "date"]
 
 
 def test_s3_1_age_is_not_replayed_from_storage(stored) -> None:
@@ -274,8 +275,14 @@ def test_s3_1_age_is_not_replayed_from_storage(stored) -> None:
 
 
 def test_s3_1_field_names_keep_their_case_and_order(stored) -> None:
-    entry = stored([("X-B", "1"), ("x-a", "2"), ("X-B", "3")])
-    assert entry.header_pairs() == [("X-B", "1"), ("x-a", "2"), ("X-B", "3")]
+    entry = stored([("X-B", "1"), ("x-a", "2"), ("X-B", "3"), DATE])
+    assert entry.header_pairs() == [("X-B", "1"), ("x-a", "2"), ("X-B", "3"), DATE]
+
+
+def test_rfc9110_s6_6_1_a_message_without_date_is_stored_with_one(stored) -> None:
+    """RFC 9110 §6.6.1: a cache storing a message without Date adds the receipt time."""
+    entry = stored([("ETag", '"v1"')], response_time=T0 + 5)
+    assert entry.get("Date") == "Mon, 01 Jan 2024 00:00:05 GMT"
 
 
 def test_rfc9110_s7_6_1_end_to_end_drops_connection_options() -> None:
@@ -288,11 +295,11 @@ def test_rfc9110_s7_6_1_end_to_end_drops_connection_options() -> None:
 
 def test_s3_2_304_fields_replace_stored_ones_and_others_stay(stored) -> None:
     entry = stored([("Content-Type", "text/plain"), ("Cache-Control", "max-age=10"),
-                    ("ETag", '"v1"'), ("X-Old", "kept")])
+                    ("ETag", '"v1"'), ("X-Old", "kept"), DATE])
     merged = merge_304(entry, [("Cache-Control", "max-age=600"), ("ETag", '"v1"'),
                                ("X-New", "added")])
     assert dict(merged) == {
-        "Content-Type": "text/plain", "X-Old": "kept",
+        "Content-Type": "text/plain", "X-Old": "kept", "Date": DATE[1],
         "Cache-Control": "max-age=600", "ETag": '"v1"', "X-New": "added",
     }
 
@@ -307,12 +314,12 @@ def test_s3_2_content_length_of_the_304_is_not_taken(stored) -> None:
 def test_s3_2_hop_by_hop_fields_of_the_304_are_not_taken(stored) -> None:
     """§3.2 excepts the fields §3.1 does not store: hop-by-hop ones and those the
     304's own Connection names."""
-    entry = stored([("ETag", '"v1"')])
+    entry = stored([("ETag", '"v1"'), DATE])
     merged = merge_304(entry, [
         ("Connection", "keep-alive, X-Hop"), ("Keep-Alive", "timeout=5"), ("X-Hop", "1"),
         ("Transfer-Encoding", "chunked"), ("ETag", '"v1"'),
     ])
-    assert [k.lower() for k, _ in merged] == ["etag"]
+    assert [k.lower() for k, _ in merged] == ["date", "etag"]
 
 
 def test_s3_2_a_repeated_field_is_replaced_as_a_whole(stored) -> None:

@@ -1,0 +1,56 @@
+"""Which resource a request names, and whether it may go on (RFC 9112 §3.2, RFC 9110 §7.6.2)."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+# RFC 3986 §3.2.2-3.2.3: host = IP-literal / IPv4address / reg-name, then ":" port.
+# reg-name is unreserved / pct-encoded / sub-delims; anything else ("/", "?", "#",
+# "@", spaces) in a Host would make the cache key name another resource.
+_AUTHORITY = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?", re.ASCII)
+
+
+class Target(NamedTuple):
+    authority: str   # host[:port] the request is for
+    path: str        # path and query, origin-form
+    absolute: bool   # the request line carried the authority (absolute-form)
+
+
+def valid_authority(value: str) -> bool:
+    return _AUTHORITY.fullmatch(value) is not None
+
+
+def request_target(raw: str, host: str | None) -> Target | None:
+    """§3.2: the target's authority and path; None when the request must get 400.
+
+    In absolute-form the request line's authority wins and Host is ignored (§3.2.2);
+    otherwise Host names it (§3.2), and must be a valid authority (§3.2: 400)."""
+    if raw.startswith("/"):
+        if host is None or not valid_authority(host):
+            return None
+        return Target(host, raw, False)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    authority = parts.netloc.rpartition("@")[2]  # userinfo is not part of the key
+    if not valid_authority(authority):
+        return None
+    path = parts.path or "/"
+    return Target(authority, f"{path}?{parts.query}" if parts.query else path, True)
+
+
+def forwards_left(method: str, max_forwards: str | None) -> int | None:
+    """§7.6.2: for OPTIONS and TRACE, the Max-Forwards to send on; 0 means answer
+    here as the final recipient. None: the field does not apply (or is invalid)."""
+    if max_forwards is None or method not in ("OPTIONS", "TRACE"):
+        return None
+    value = max_forwards.strip()
+    if not value.isdigit() or not value.isascii():
+        return None
+    return int(value)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from cacheproxy.http.fields import Headers, combined_value, split_list
+
+if TYPE_CHECKING:
+    from cacheproxy.http.stored import CachedResponse
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _WS = re.compile(r"\s+")
@@ -52,3 +56,13 @@ def normalise(name: str, value: str | None) -> str | None:
 def vary_values(fields: tuple[str, ...], headers: Headers) -> tuple[str | None, ...]:
     """The request's normalised values for the fields (absent stays None, §4.1)."""
     return tuple(normalise(f, combined_value(headers, f)) for f in fields)
+
+
+def select_variant(
+    variants: tuple[CachedResponse, ...], headers: Headers
+) -> CachedResponse | None:
+    """§4.1: the newest stored response whose Vary'd request fields match."""
+    for entry in variants:
+        if not entry.vary or vary_values(entry.vary, headers) == entry.vary_values:
+            return entry
+    return None

@@ -12,6 +12,9 @@ from cacheproxy.http.cache_control import (
 )
 from cacheproxy.http.freshness import current_age
 
+# RFC 5861 §4: the error statuses stale-if-error covers.
+STALE_IF_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+
 
 class Action(Enum):
     SERVE = "serve"                      # fresh, or stale where the client allows it

@@ -18,10 +18,11 @@ from cacheproxy.http.cache_control import (
     RequestDirectives,
     parse_request_directives,
 )
-from cacheproxy.http.cache_key import primary_key, vary_values
+from cacheproxy.http.cache_key import primary_key, select_variant
 from cacheproxy.http.fields import Headers, combined_value
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import (
+    STALE_IF_ERROR_STATUSES,
     Action,
     Reuse,
     decide_reuse,
@@ -33,7 +34,7 @@ from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response, with_date
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.observer import Observer
-from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.collapse import PASS_REASONS, Collapser, shareable
 from cacheproxy.proxy.exchange import Exchange, Fill
 from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
 from cacheproxy.proxy.local import final_answer
@@ -48,31 +49,6 @@ log = logging.getLogger("cacheproxy")
 _BYPASS_FIELDS = frozenset({"Range", "If-Match", "If-Unmodified-Since", "If-Range"})
 # The authority of an absolute-form request, which replaces Host upstream (RFC 9112 §3.2.2).
 EFFECTIVE_HOST = web.RequestKey("cacheproxy.host", str)
-
-
-# Not-stored reasons that come from the response, not from one request: after one of
-# these the URL is not collapsed for a while (hit-for-pass, see collapse.py).
-PASS_REASONS = frozenset({"private", "no-store", "set-cookie", "vary-star", "too-big",
-                          "status", "not-reusable", "must-understand"})
-# RFC 5861 §4: the errors stale-if-error covers.
-STALE_IF_ERROR_STATUSES = frozenset({500, 502, 503, 504})
-
-
-def _shareable(entry: CachedResponse | None, reuse: Reuse | None) -> bool:
-    """Can a waiter use what the leader brings back? Not when the stored response must
-    be validated for each request (no-cache, or stale and never-stale), since the
-    leader's validation was not made for the waiter (§5.2.2.4, §4.2.4)."""
-    if entry is None or reuse is None or reuse.forward == "request":
-        return True
-    return not (entry.directives.no_cache or entry.lifetime <= 0)
-
-
-def select_variant(variants: tuple[CachedResponse, ...], headers: Headers) -> CachedResponse | None:
-    """§4.1: the newest stored response whose Vary'd request fields match."""
-    for entry in variants:
-        if not entry.vary or vary_values(entry.vary, headers) == entry.vary_values:
-            return entry
-    return None
 
 
 class CacheProxy:
@@ -213,7 +189,7 @@ class CacheProxy:
                 return self._error(request, 504, "stale in cache (only-if-cached)", outcome)
             outcome.fwd = reuse.forward
         if (collapse and self.collapser is not None and request.method == "GET"
-                and not self.collapser.passes(key) and _shareable(entry, reuse)):
+                and not self.collapser.passes(key) and shareable(entry, reuse)):
             return await self._collapsed(request, key, target, outcome, req, entry, reuse)
         return await self._forward(request, key, target, outcome, req, entry, reuse)
 
@@ -427,18 +403,12 @@ class CacheProxy:
         self, request: web.Request, *, strip_conditionals: bool = False,
         extra: list[tuple[str, str]] | None = None,
     ) -> list[tuple[str, str]]:
-        pairs = list(request.headers.items())
-        if EFFECTIVE_HOST in request:  # absolute-form: its authority is the Host (§3.2.2)
-            pairs = [(k, v) for k, v in pairs if k.lower() != "host"]
-            pairs.append(("Host", request[EFFECTIVE_HOST]))
-        hops = forwards_left(request.method, request.headers.get("Max-Forwards"))
-        if hops is not None:  # RFC 9110 §7.6.2: decrement on the way through
-            pairs = [(k, v) for k, v in pairs if k.lower() != "max-forwards"]
-            pairs.append(("Max-Forwards", str(hops - 1)))
         return request_fields(
-            pairs, policy=self.forward, version=request.version,
+            list(request.headers.items()), policy=self.forward, version=request.version,
             client_ip=request.remote, scheme=request.scheme,
             strip_conditionals=strip_conditionals, extra=extra,
+            host=request.get(EFFECTIVE_HOST),
+            max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
         )
 
     def _error(

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/cacheproxy serve $(ARGS)
 
+## system-deps: Debian packages the tests use (Chromium for the browser tests)
+system-deps:
+	@[ -x /usr/bin/chromium ] || { echo "installing chromium with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 ## test: lint, then the whole test suite (pytest exits 5 when it collects nothing)
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/ruff check cacheproxy tests bench
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc

@@ -1,8 +1,9 @@
 """The admin API, /metrics, PURGE and the dashboard: answered by the proxy, never forwarded.
 
-Access: with [admin] token set, requests need `Authorization: Bearer <token>`
-(the dashboard page also takes ?token=, since a browser navigation cannot send
-a header); with no token, only loopback clients are answered."""
+Access: with [admin] token set, requests need `Authorization: Bearer <token>`;
+with no token, only loopback clients are answered. The dashboard page itself is
+static and holds no figures, so anyone may load it: it reads ?token= from its own
+URL and sends it as that header on the stats calls, which are protected."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class Admin:
 
     # -- access -------------------------------------------------------------
 
-    def denied(self, request: web.Request, allow_query_token: bool = False) -> web.Response | None:
+    def denied(self, request: web.Request) -> web.Response | None:
         """None when the request may use the admin API; else the refusal."""
         token = self.config.token
         if not token:
@@ -68,8 +69,6 @@ class Admin:
                 return None
             return _json({"error": "admin API: loopback clients only (no [admin] token set)"}, 403)
         given = request.headers.get("Authorization", "")
-        if allow_query_token and "token" in request.query:
-            given = "Bearer " + request.query["token"]
         if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return None
         return _json({"error": "admin API: a valid bearer token is required"}, 401,
@@ -144,20 +143,17 @@ class Admin:
         return _json({"purged": int(purged), "key": key}, 200 if purged else 404)
 
     async def dashboard(self, request: web.Request) -> web.Response:
-        if (refusal := self.denied(request, allow_query_token=True)) is not None:
-            return refusal
         if self._page is None:
             self._page = resources.files("cacheproxy.observe").joinpath(
                 "dashboard.html").read_bytes()
         return web.Response(body=self._page, content_type="text/html", charset="utf-8",
-                            headers={"Cache-Control": "no-store"})
+                            headers=_PRIVATE)
 
     async def metrics(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
         body, content_type = metrics_text(self.observer.stats, self.store.stats())
-        return web.Response(body=body, headers={"Content-Type": content_type,
-                                                "Cache-Control": "no-store"})
+        return web.Response(body=body, headers={**_PRIVATE, "Content-Type": content_type})
 
     async def unknown(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
@@ -191,7 +187,10 @@ def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
     return out
 
 
+# Admin answers are nobody's to cache, and a token in the dashboard's URL must not
+# leave in a Referer (e.g. of the browser's favicon request, forwarded upstream).
+_PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.json_response(data, status=status, headers=headers)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return web.json_response(data, status=status, headers={**_PRIVATE, **(headers or {})})

@@ -1,15 +1,20 @@
-"""The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]`.
+"""The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]`
+and `cacheproxy logs [FILE|-] [filters] [--json] [--follow]`.
 
 Mistakes the user can fix are one line on stderr and an exit status, never a traceback:
 2 for a config or usage error, 1 when the server cannot run (e.g. the address is in use).
 """
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from cacheproxy.config import ConfigError, load_config
+from cacheproxy.observe.logread import View, follow, open_log, read_to_end
+from cacheproxy.observe.summary import Summary, make_filter
 
 PROG = "cacheproxy"
 
@@ -67,10 +72,98 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- the command --------------------------------------------------------------------------------
+# --- logs ---------------------------------------------------------------------------------------
+
+MAX_TOP = 1000                # well inside the sketches' 10 000 counters
+
+_LOGS_EPILOG = """\
+--status VALUE: three digits or a class (200, 404, 5xx) is the HTTP status sent to the
+client; a word is the cache status (HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING,
+BYPASS, ERROR, DENIED; any case). Repeat it or separate values with commas: values of one
+kind are alternatives, and when both kinds are given a request must match both
+(--status 5xx --status miss,expired: misses that ended in a 5xx).
+
+--since / --until: ISO 8601 (2026-11-23T17:00:00Z; 2026-11-23 is that day's midnight; no
+offset means UTC) or a duration ago (30s, 15m, 2h, 1d, 1w). since <= time < until.
+
+Hits are HIT, STALE, REVALIDATED and UPDATING (answered from storage); misses are MISS and
+EXPIRED. Bytes saved are the bytes served from storage. Latency percentiles are within 1 %;
+top URLs come from a bounded sketch whose possible undercount --json reports (0 = exact).
+--follow reads FILE from the start, then as it grows, reopening it when it is rotated or
+truncated (like tail -F); it redraws every second, or, when stdout is not a terminal,
+prints a report each second something was added (with --json, one object per line).
+Ctrl-C ends it.
+"""
+
+
+def _add_logs(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "logs",
+        help="summarise a request log",
+        description="Summarise a request log (JSON Lines or text, mixed is fine): hit ratios,\n"
+        "cache statuses, latency percentiles, top URLs by misses and by bytes from the\n"
+        "origin, bytes saved. Malformed lines are counted and skipped.",
+        epilog=_LOGS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("file", nargs="?", metavar="FILE",
+                        help="the log file; - or none reads stdin")
+    parser.add_argument("--since", metavar="TIME", help="only requests at or after TIME")
+    parser.add_argument("--until", metavar="TIME", help="only requests before TIME")
+    parser.add_argument("--host", help="only requests for this Host (exact, any case)")
+    parser.add_argument("--path", metavar="PREFIX", help="only paths starting with PREFIX")
+    parser.add_argument("--status", action="append", metavar="VALUE",
+                        help="only this HTTP or cache status (see below; repeatable)")
+    parser.add_argument("--top", type=int, default=10, metavar="N",
+                        help="how many top URLs to list (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--follow", action="store_true",
+                        help="keep reading as the file grows and show a live view")
+    parser.set_defaults(handler=_logs)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    if not 1 <= args.top <= MAX_TOP:
+        _error(f"logs: --top must be between 1 and {MAX_TOP}")
+        return 2
+    try:
+        keep = make_filter(since=args.since, until=args.until, host=args.host, path=args.path,
+                           status=args.status, now=time.time())
+    except ValueError as exc:
+        _error(f"logs: {exc}")
+        return 2
+    if args.file is None:
+        if sys.stdin.isatty():  # rather than wait silently for typed log lines
+            _error("logs: no FILE given and stdin is a terminal (name a log file, or - for stdin)")
+            return 2
+        args.file = "-"
+    try:
+        source = open_log(args.file)
+    except OSError as exc:
+        _error(f"logs: cannot open {args.file}: {exc.strerror or exc}")
+        return 2
+    summary = Summary(keep)
+    view = View(args, sys.stdout)
+    try:
+        if args.follow:
+            follow(source, summary, view)
+        else:
+            read_to_end(source, summary)
+            view.show(summary)
+    except KeyboardInterrupt:  # how --follow is meant to end
+        pass
+    except BrokenPipeError:  # `cacheproxy logs ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        _error(f"logs: cannot read {args.file}: {exc.strerror or exc}")
+        return 1
+    finally:
+        source.close()
+    return 0
+
 
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_serve,)
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_serve, _add_logs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,8 @@ CACHE_STATUSES = (
 )
 # Answered from storage without the origin sending a body: what a hit ratio counts.
 HIT_STATUSES = frozenset({"HIT", "STALE", "REVALIDATED", "UPDATING"})
+# The body came from the origin ("bytes from the origin"); ERROR and DENIED are the proxy's.
+ORIGIN_STATUSES = frozenset({"MISS", "EXPIRED", "BYPASS"})
 
 
 @dataclass(slots=True)
@@ -154,7 +156,10 @@ def _from_json(line: str) -> LogRecord | None:
     data = json.loads(line)
     if not isinstance(data, dict) or not isinstance(data.get("time"), str):
         return None
-    data["time"] = datetime.fromisoformat(data["time"].replace("Z", "+00:00")).timestamp()
+    when = datetime.fromisoformat(data["time"].replace("Z", "+00:00"))
+    if when.tzinfo is None:  # the log's times are UTC, offset or not
+        when = when.replace(tzinfo=UTC)
+    data["time"] = when.timestamp()
     return _build(data)
 
 
@@ -175,7 +180,9 @@ def _build(data: dict[str, object]) -> LogRecord | None:
             value = value in (True, "1", "true")
         out[name] = value
     record = LogRecord(**out)  # type: ignore[arg-type]
-    if record.cache not in CACHE_STATUSES or not isinstance(record.path, str):
+    if (record.cache not in CACHE_STATUSES or record.bytes < 0
+            or not all(isinstance(getattr(record, f), str)
+                       for f in ("path", "host", "method", "client"))):
         return None
     return record
 

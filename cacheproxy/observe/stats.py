@@ -10,7 +10,13 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any
 
-from cacheproxy.observe.record import CACHE_STATUSES, HIT_STATUSES, LogRecord, to_json
+from cacheproxy.observe.record import (
+    CACHE_STATUSES,
+    HIT_STATUSES,
+    ORIGIN_STATUSES,
+    LogRecord,
+    to_json,
+)
 
 SERIES_SECONDS = 10       # one dashboard bucket
 SERIES_BUCKETS = 60       # ten minutes of them
@@ -42,7 +48,7 @@ class Stats:
         hit = r.cache in HIT_STATUSES
         if hit:
             self.bytes_from_cache += r.bytes
-        else:
+        elif r.cache in ORIGIN_STATUSES:  # the proxy's own errors and refusals are neither
             self.bytes_from_origin += r.bytes
         if r.collapsed:
             self.collapsed += 1

@@ -174,11 +174,7 @@ class CacheProxy:
                 reuse = reuse._replace(action=Action.SERVE)
             if reuse.action is Action.SERVE:
                 outcome.status = "HIT" if reuse.ttl > 0 else "STALE"
-                outcome.from_cache = True
-                outcome.hit = outcome.fwd is None  # RFC 9211 §2.1: not forwarded
-                outcome.ttl, outcome.age = reuse.ttl, reuse.age
-                return stored_response(request, entry, reuse.age, outcome, self.cache_name,
-                                       self.local_via, self.blocks)
+                return self._serve(request, entry, reuse, outcome)
             if reuse.action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
                 if not req.no_store:  # §5.2.1.5: nothing of a no-store exchange is stored
                     self._refresh_in_background(request, key, target, entry)

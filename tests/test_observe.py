@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import cache_status
 
 from cacheproxy.config import AdminConfig
 from cacheproxy.observe.admin import Admin
-from cacheproxy.observe.record import parse_line
+from cacheproxy.observe.record import LogRecord, iso_time, parse_line, to_json, to_text
 from cacheproxy.proxy.server import OBSERVER
 
 
@@ -213,3 +216,30 @@ def test_without_a_token_only_loopback_clients_are_answered(peer, token, allowed
     assert (refusal is None) is allowed
     if not allowed:
         assert refusal.status == (401 if token else 403)
+
+
+# -- the record's formats -----------------------------------------------------------------------
+
+_text = st.text(max_size=40)
+_maybe = st.none() | _text
+
+
+@settings(max_examples=200, deadline=None)
+@given(path=_text, host=_text, ua=_maybe, referer=_maybe, policy=_maybe,
+       age=st.none() | st.integers(-10**6, 10**9), upstream_ms=st.none() | st.floats(0, 1e6),
+       collapsed=st.booleans(), when=st.floats(0, 4e9))
+def test_to_json_is_exactly_json_dumps_and_reads_back(path, host, ua, referer, policy, age,
+                                                      upstream_ms, collapsed, when):
+    record = LogRecord(time=when, client="127.0.0.1", method="GET", host=host, path=path,
+                       status=200, cache="HIT", bytes=1, total_ms=0.5, age=age, ttl=age,
+                       upstream_ms=upstream_ms, collapsed=collapsed, policy=policy,
+                       referer=referer, user_agent=ua, cache_status="cacheproxy; hit")
+    expected = {f.name: getattr(record, f.name) for f in dataclasses.fields(LogRecord)}
+    expected["time"] = iso_time(when)
+    line = to_json(record)
+    assert line == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
+    back = parse_line(line)
+    assert back is not None and dataclasses.replace(back, time=record.time) == record
+    assert abs(back.time - round(when * 1000) / 1000) < 1e-3
+    text_back = parse_line(to_text(record))
+    assert text_back is not None and text_back.path == path and text_back.user_agent == ua

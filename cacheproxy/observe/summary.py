@@ -29,13 +29,13 @@ from typing import Any
 from cacheproxy.observe.record import (
     CACHE_STATUSES,
     HIT_STATUSES,
+    ORIGIN_STATUSES,
     LogRecord,
     iso_time,
     parse_line,
 )
 
 MISS_STATUSES = frozenset({"MISS", "EXPIRED"})
-ORIGIN_STATUSES = frozenset({"MISS", "EXPIRED", "BYPASS"})  # the origin sent the body
 PERCENTILES = (50, 95, 99)
 TOP_COUNTERS = 10_000
 MAX_URL_KEY = 512  # longer host + path keys are cut, so the sketches stay bounded in bytes

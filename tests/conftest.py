@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from support import proxy_config
 
-from cacheproxy.proxy.server import PROXY, make_app
+from cacheproxy.proxy.server import OBSERVER, PROXY, make_app
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
 
 ProxyFactory = Callable[..., Awaitable[TestClient]]
@@ -20,6 +20,8 @@ class ProxyTestServer(TestServer):
     """A TestServer on the runner `cacheproxy serve` uses."""
 
     async def _make_runner(self, **kwargs: Any) -> ProxyAppRunner:
+        if OBSERVER in self.app:  # a proxy: its request log, as `cacheproxy serve` sets it
+            kwargs.update(self.app[OBSERVER].runner_args())
         return ProxyAppRunner(self.app, **kwargs)
 
 

@@ -243,3 +243,23 @@ def test_to_json_is_exactly_json_dumps_and_reads_back(path, host, ua, referer, p
     assert abs(back.time - round(when * 1000) / 1000) < 1e-3
     text_back = parse_line(to_text(record))
     assert text_back is not None and text_back.path == path and text_back.user_agent == ua
+
+
+async def test_requests_no_handler_answered_are_logged_too(origin, proxy, tmp_path):
+    """A request aiohttp's parser refuses (400) and the admin API's answers never reach
+    the proxy's handler; they are in the log all the same."""
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(origin_app()), log={"path": str(log)},
+                    admin={"token": "s3cret"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    await writer.drain()
+    status_line = (await reader.read(100)).split(b"\r\n", 1)[0]
+    assert status_line.split()[1] == b"400", status_line
+    writer.close()
+    assert (await c.get("/_cacheproxy/stats")).status == 401
+    records = [parse_line(line) for line in await read_log(c, log)]
+    assert [(r.status, r.cache) for r in records] == [(400, "ERROR"), (401, "DENIED")]
+    stats = await c.get("/_cacheproxy/stats", headers={"Authorization": "Bearer s3cret"})
+    by_cache = (await stats.json())["by_cache"]
+    assert by_cache["ERROR"] == 1 and by_cache["DENIED"] == 0  # admin calls are not traffic

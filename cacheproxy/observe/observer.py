@@ -1,8 +1,18 @@
-"""One place where a finished request becomes a log line, counters and metrics."""
+"""One place where a finished request becomes a log line, counters and metrics.
+
+It is aiohttp's access-log hook (called once the response has gone out), so every
+request is logged: those the proxy's handler answered (which leave their Outcome on
+the request), the admin API's, and those aiohttp's HTTP parser refused (400) before
+any handler ran."""
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from cacheproxy.config import LogConfig
 from cacheproxy.observe.record import LogRecord, to_json, to_text
@@ -10,16 +20,38 @@ from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.proxy.outcome import Outcome
 
+OUTCOME = web.RequestKey("cacheproxy.outcome", Outcome)
+
 
 class Observer:
-    def __init__(self, config: LogConfig, started: float) -> None:
+    def __init__(self, config: LogConfig, started: float,
+                 admin_paths: tuple[str, ...] = ()) -> None:
         self.stats = Stats(started)
+        self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
 
+    def runner_args(self) -> dict[str, Any]:
+        """What an AppRunner needs to call record() for every request."""
+        observer = self
+
+        class RequestLog(AbstractAccessLogger):
+            def log(self, request: Any, response: web.StreamResponse, duration: float) -> None:
+                outcome = request.get(OUTCOME)
+                if outcome is not None:
+                    observer.record(request, response, outcome, duration)
+                    return
+                # The admin API, or a request the HTTP parser refused.
+                admin = request.path.startswith(observer.admin_paths)
+                outcome = Outcome(status=_unhandled_status(request, response))
+                observer.record(request, response, outcome, duration, counted=not admin)
+
+        return {"access_log_class": RequestLog,
+                "access_log": logging.getLogger("cacheproxy.requests")}
+
     def record(
-        self, request: web.Request, response: web.StreamResponse, outcome: Outcome,
-        started: float, finished: float,
+        self, request: web.BaseRequest, response: web.StreamResponse, outcome: Outcome,
+        duration: float, counted: bool = True,
     ) -> None:
         if isinstance(response, web.Response):  # made here: the body is known
             body = response.body
@@ -27,10 +59,10 @@ class Observer:
         h = request.headers
         version = request.version
         record = LogRecord(
-            time=started, client=request.remote or "-", method=request.method,
+            time=time.time() - duration, client=request.remote or "-", method=request.method,
             host=h.get("Host", "-"), path=request.raw_path, status=response.status,
             cache=outcome.status, bytes=outcome.bytes_sent,
-            total_ms=round((finished - started) * 1000, 3),
+            total_ms=round(duration * 1000, 3),
             age=None if outcome.age is None else int(outcome.age),
             ttl=None if outcome.ttl is None else int(outcome.ttl // 1),
             upstream_status=outcome.fwd_status,
@@ -40,14 +72,21 @@ class Observer:
             referer=h.get("Referer"), user_agent=h.get("User-Agent"),
             cache_status=outcome.cache_status_sent,
         )
-        self.stats.add(record)
+        if counted:
+            self.stats.add(record)
         if self.sink is not None:
             self.sink.write(self.format(record))
 
-    def reopen(self) -> None:
+    def reopen(self) -> None:  # SIGHUP
         if self.sink is not None:
             self.sink.reopen()
 
     def close(self) -> None:
         if self.sink is not None:
             self.sink.close()
+
+
+def _unhandled_status(request: web.BaseRequest, response: web.StreamResponse) -> str:
+    if response.status in (401, 403):
+        return "DENIED"  # the admin API refused it
+    return "ERROR" if response.status >= 400 else "BYPASS"

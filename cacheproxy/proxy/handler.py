@@ -33,7 +33,7 @@ from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response, with_date
 from cacheproxy.http.target import forwards_left, request_target
-from cacheproxy.observe.observer import Observer
+from cacheproxy.observe.observer import OUTCOME
 from cacheproxy.proxy.collapse import PASS_REASONS, Collapser, shareable
 from cacheproxy.proxy.exchange import Exchange, Fill
 from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
@@ -76,8 +76,7 @@ class CacheProxy:
         )
         self.collapser = Collapser(config.cache.collapse_timeout) if config.cache.collapse else None
         self.exchange: Exchange | None = None
-        # Set by the application (observe/): the request log and counters, and PURGE.
-        self.observer: Observer | None = None
+        # Set by the application (observe/): PURGE.
         self.purge: Callable[[web.Request, str, Outcome], Awaitable[web.Response]] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._refreshing: set[str] = set()  # keys with a background refresh under way
@@ -96,12 +95,8 @@ class CacheProxy:
     # -- entry point ------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        started = time.time()
-        outcome = Outcome()
-        response = await self._respond(request, outcome)
-        if self.observer is not None:
-            self.observer.record(request, response, outcome, started, time.time())
-        return response
+        outcome = request[OUTCOME] = Outcome()  # the request log reads it once sent
+        return await self._respond(request, outcome)
 
     async def _respond(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         h = request.headers

@@ -43,9 +43,10 @@ def make_app(
     upstream defaults to proxy.upstream (serve passes the demo origin's URL)."""
     store = store if store is not None else make_store(config)
     proxy = CacheProxy(config, upstream or config.proxy.upstream, store)
-    observer = Observer(config.log, time.time())
+    admin_paths = (config.admin.prefix, *filter(None, [config.admin.metrics_path]))
+    observer = Observer(config.log, time.time(), admin_paths)
     admin = Admin(config.admin, store, observer)
-    proxy.observer, proxy.purge = observer, admin.purge_method
+    proxy.purge = admin.purge_method
     app = web.Application()
     app[PROXY], app[OBSERVER] = proxy, observer
     app.cleanup_ctx.append(proxy.context)
@@ -75,7 +76,8 @@ async def serve(config: Config) -> None:
         upstream = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     # ProxyAppRunner: aiohttp's runner, but any method token is accepted (RFC 9110 §9.1).
-    runner = ProxyAppRunner(make_app(config, upstream), access_log=None)
+    app = make_app(config, upstream)
+    runner = ProxyAppRunner(app, **app[OBSERVER].runner_args())
     await runner.setup()
     try:
         host, port = parse_listen(config.proxy.listen)

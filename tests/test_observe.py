@@ -205,17 +205,21 @@ class _Transport:
         return False
 
 
-@pytest.mark.parametrize(("peer", "token", "allowed"), [
-    ("127.0.0.1", "", True), ("::1", "", True), ("203.0.113.9", "", False),
-    ("203.0.113.9", "t", False),
+@pytest.mark.parametrize(("peer", "host", "token", "allowed"), [
+    ("127.0.0.1", "127.0.0.1:8080", "", True), ("::1", "[::1]:8080", "", True),
+    ("::ffff:127.0.0.1", "localhost:8080", "", True),
+    ("203.0.113.9", "127.0.0.1:8080", "", False),
+    ("127.0.0.1", "rebound.example:8080", "", False),  # DNS rebinding: a foreign name
+    ("203.0.113.9", "127.0.0.1:8080", "t", False),
 ])
-def test_without_a_token_only_loopback_clients_are_answered(peer, token, allowed):
+def test_without_a_token_only_loopback_clients_are_answered(peer, host, token, allowed):
     admin = Admin(AdminConfig(token=token), store=None, observer=None)  # type: ignore[arg-type]
-    request = make_mocked_request("GET", "/_cacheproxy/stats", transport=_Transport(peer))
+    request = make_mocked_request("GET", "/_cacheproxy/stats", headers={"Host": host},
+                                  transport=_Transport(peer))
     refusal = admin.denied(request)
     assert (refusal is None) is allowed
     if not allowed:
-        assert refusal.status == (401 if token else 403)
+        assert refusal is not None and refusal.status == (401 if token else 403)
 
 
 # -- the record's formats -----------------------------------------------------------------------

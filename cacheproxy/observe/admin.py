@@ -7,6 +7,7 @@ URL and sends it as that header on the stats calls, which are protected."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import time
@@ -34,9 +35,34 @@ MAX_LISTED = 1000
 
 def _loopback(address: str | None) -> bool:
     try:
-        return address is not None and ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address or "")
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 (Python 3.11 does not call it loopback)
+    return ip.is_loopback
+
+
+def _loopback_name(authority: str) -> bool:
+    """Is a Host a loopback name? A page on another site whose DNS name re-resolves to
+    127.0.0.1 (DNS rebinding) reaches a loopback socket, but not with such a Host."""
+    host = authority.rpartition("@")[2]
+    host = host[1:host.index("]")] if host.startswith("[") and "]" in host else \
+        host.rpartition(":")[0] if host.count(":") == 1 else host
+    return host.lower().rstrip(".") == "localhost" or _loopback(host)
+
+
+# Browsers say where a request comes from; the admin API only answers its own pages
+# and non-browser clients (curl, Prometheus), never a request another site triggered.
+_OWN_SITE = frozenset({"same-origin", "none"})
+
+
+def _target_authority(request: web.Request) -> str:
+    raw = request.raw_path
+    if not raw.startswith("/"):  # absolute-form: its authority replaces Host
+        with contextlib.suppress(ValueError):
+            return URL(raw, encoded=True).raw_authority
+    return request.headers.get("Host", "")
 
 
 class Admin:
@@ -63,13 +89,18 @@ class Admin:
 
     def denied(self, request: web.Request) -> web.Response | None:
         """None when the request may use the admin API; else the refusal."""
+        h = request.headers
+        if h.get("Sec-Fetch-Site", "none") not in _OWN_SITE or (
+                "Origin" in h and URL(h["Origin"]).raw_authority != _target_authority(request)):
+            return _json({"error": "admin API: cross-site requests are refused"}, 403)
         token = self.config.token
         if not token:
-            if _loopback(request.remote):
+            if _loopback(request.remote) and _loopback_name(_target_authority(request)):
                 return None
-            return _json({"error": "admin API: loopback clients only (no [admin] token set)"}, 403)
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _json({"error": "admin API: loopback clients only, by a loopback name "
+                                   "(no [admin] token set)"}, 403)
+        given = h.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(given, f"Bearer {token}".encode()):
             return None
         return _json({"error": "admin API: a valid bearer token is required"}, 401,
                      {"WWW-Authenticate": 'Bearer realm="cacheproxy"'})
@@ -89,11 +120,12 @@ class Admin:
         """GET entries?prefix=URL-prefix&limit=N: stored keys with their variants."""
         if (refusal := self.denied(request)) is not None:
             return refusal
-        prefix = self._key(request, request.query.get("prefix", ""), exact=False)
         try:
+            given = request.query.get("prefix", "")
+            prefix = self._key(request, given, exact=False) if given else ""  # "": all
             limit = min(int(request.query.get("limit", "100")), MAX_LISTED)
-        except ValueError:
-            return _json({"error": "limit must be an integer"}, 400)
+        except ValueError as exc:
+            return _json({"error": f"bad prefix or limit: {exc}"}, 400)
         now = time.time()
         keys = await self.store.keys(prefix, limit)
         listed = [{"key": key, "variants": [_describe(v, now, False)
@@ -105,9 +137,10 @@ class Admin:
         """GET entry?url=URL: one key's variants, with their stored fields."""
         if (refusal := self.denied(request)) is not None:
             return refusal
-        if "url" not in request.query:
-            return _json({"error": "give ?url=<the URL or path>"}, 400)
-        key = self._key(request, request.query["url"])
+        try:
+            key = self._key(request, request.query["url"])
+        except (KeyError, ValueError):
+            return _json({"error": "give ?url=<a URL, or a path starting with />"}, 400)
         variants = await self.store.get(key)
         if not variants:
             return _json({"key": key, "error": "not in the cache"}, 404)
@@ -118,14 +151,18 @@ class Admin:
         """POST purge?url=URL (one URL, all variants) or purge?prefix=URL-prefix."""
         if (refusal := self.denied(request)) is not None:
             return refusal
-        if "url" in request.query:
-            key = self._key(request, request.query["url"])
-            purged = int(await self.store.delete(key))
-            return _json({"purged": purged, "key": key}, 200 if purged else 404)
-        if "prefix" in request.query:
-            prefix = self._key(request, request.query["prefix"], exact=False)
-            return _json({"purged": await self.store.delete_prefix(prefix), "prefix": prefix})
-        return _json({"error": "give ?url=<URL> or ?prefix=<URL prefix>"}, 400)
+        try:
+            if "url" in request.query:
+                key = self._key(request, request.query["url"])
+                purged = int(await self.store.delete(key))
+                return _json({"purged": purged, "key": key}, 200 if purged else 404)
+            if "prefix" in request.query:  # "" is no prefix: "clear" empties everything
+                prefix = self._key(request, request.query["prefix"], exact=False)
+                return _json({"purged": await self.store.delete_prefix(prefix),
+                              "prefix": prefix})
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json({"error": "give ?url=<URL or /path> or ?prefix=<URL or /path prefix>"}, 400)
 
     async def clear(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
@@ -163,15 +200,19 @@ class Admin:
                      404)
 
     def _key(self, request: web.Request, url: str, exact: bool = True) -> str:
-        """A cache key from what an operator typed: a full URL, or a path on this host."""
+        """A cache key from what an operator typed: a full URL, or a path on this host.
+        Raises ValueError for what is neither."""
         if url.startswith(("http://", "https://")):
             parsed = URL(url, encoded=True)
+            if not parsed.raw_host:
+                raise ValueError(f"no host in {url!r}")
             if exact:
                 return primary_key(parsed.scheme, parsed.raw_authority, parsed.raw_path_qs)
             return origin_of(parsed.scheme, parsed.raw_authority) + url.split(
                 parsed.raw_authority, 1)[1]
-        base = origin_of(request.scheme, request.headers.get("Host", ""))
-        return base + url if exact or url else ""
+        if not url.startswith("/"):
+            raise ValueError(f"expected a URL or a path starting with '/', got {url!r}")
+        return origin_of(request.scheme, _target_authority(request)) + url
 
 
 def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:

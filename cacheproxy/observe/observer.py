@@ -44,6 +44,8 @@ class Observer:
                 # The admin API, or a request the HTTP parser refused.
                 admin = request.path.startswith(observer.admin_paths)
                 outcome = Outcome(status=_unhandled_status(request, response))
+                if admin:  # no query logged: a dashboard URL may carry a token
+                    outcome.route, outcome.target = "admin", request.path
                 observer.record(request, response, outcome, duration, counted=not admin)
 
         return {"access_log_class": RequestLog,
@@ -55,12 +57,15 @@ class Observer:
     ) -> None:
         if isinstance(response, web.Response):  # made here: the body is known
             body = response.body
-            outcome.bytes_sent = len(body) if isinstance(body, bytes) else 0
+            sent = isinstance(body, bytes) and request.method != "HEAD" \
+                and response.status not in (204, 304)
+            outcome.bytes_sent = len(body) if sent else 0  # type: ignore[arg-type]
         h = request.headers
         version = request.version
         record = LogRecord(
             time=time.time() - duration, client=request.remote or "-", method=request.method,
-            host=h.get("Host", "-"), path=request.raw_path, status=response.status,
+            host=outcome.host or h.get("Host", "-"), path=outcome.target or request.raw_path,
+            status=response.status,
             cache=outcome.status, bytes=outcome.bytes_sent,
             total_ms=round(duration * 1000, 3),
             age=None if outcome.age is None else int(outcome.age),

@@ -11,7 +11,7 @@ import asyncio
 import queue
 import sys
 import threading
-from typing import TextIO
+from typing import BinaryIO
 
 FLUSH_SECONDS = 0.05
 _REOPEN = object()
@@ -23,15 +23,17 @@ class LogSink:
         self.path = path
         self._pending: list[str] = []
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._file: TextIO = self._open()
+        self._file: BinaryIO = self._open()
         self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
         self._thread.start()
         self._scheduled = False
 
-    def _open(self) -> TextIO:
+    def _open(self) -> BinaryIO:
+        # Bytes, encoded here: a header byte that is not UTF-8 reaches us as a surrogate,
+        # which a strict text stream would refuse, losing the whole batch.
         if not self.path:
-            return sys.stdout
-        return open(self.path, "a", encoding="utf-8", errors="replace")
+            return sys.stdout.buffer
+        return open(self.path, "ab")
 
     def write(self, line: str) -> None:
         self._pending.append(line)
@@ -68,18 +70,19 @@ class LogSink:
             try:
                 if item is _STOP:
                     self._file.flush()
-                    if self._file is not sys.stdout:
+                    if self.path:
                         self._file.close()
                     return
                 if isinstance(item, threading.Event):
                     item.set()
                     continue
                 if item is _REOPEN:
-                    if self._file is not sys.stdout:
+                    if self.path:  # the new file first: if it cannot open, keep the old
+                        new = self._open()
                         self._file.close()
-                        self._file = self._open()
+                        self._file = new
                     continue
-                self._file.write(item)  # type: ignore[arg-type]
+                self._file.write(item.encode("utf-8", "backslashreplace"))  # type: ignore[attr-defined]
                 self._file.flush()
             except (OSError, ValueError) as exc:  # a full disk must not stop the proxy
                 print(f"cacheproxy: request log: {exc}", file=sys.stderr)

@@ -110,7 +110,8 @@ class CacheProxy:
         if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
             outcome.status = "ERROR"
             return self._error(request, 400, "invalid Host or request target", outcome)
-        target = parsed.path
+        target = outcome.target = parsed.path
+        outcome.host = parsed.authority
         if parsed.absolute:  # §3.2.2: the request line's authority replaces Host
             request[EFFECTIVE_HOST] = parsed.authority
         key = primary_key(request.scheme, parsed.authority, target)

@@ -26,6 +26,8 @@ class Outcome:
     route: str = "default"
     policy: str | None = None    # a CORS / Referer decision and its reason
     cache_status_sent: str = ""  # the Cache-Status member as sent, for the log
+    host: str | None = None      # the authority the request was for (absolute-form too)
+    target: str | None = None    # its path and query, origin-form
 
     def cache_status(self, name: str) -> str:
         self.cache_status_sent = cache_status(

@@ -10,6 +10,7 @@ import os
 import pty
 import queue
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cacheproxy.cli import main
-from cacheproxy.observe.logread import MAX_LINE, LineSplitter
+from cacheproxy.observe.logread import MAX_LINE, LineSplitter, _Tail
 from cacheproxy.observe.record import CACHE_STATUSES, LogRecord, to_json, to_text
 from cacheproxy.observe.summary import (
     FrequentItems,
@@ -104,7 +105,7 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[b
 
 def test_summary_numbers(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = run_json(capsys, str(log))
-    assert report["lines"] == {"read": 16, "malformed": 5, "filtered_out": 0}
+    assert report["lines"] == {"read": 16, "malformed": 5, "filtered_out": 0, "admin": 0}
     assert report["requests"] == 11
     assert report["period"] == {"first": "2026-11-23T17:00:00.000Z",
                                 "last": "2026-11-23T17:10:00.000Z", "seconds": 600.0}
@@ -157,6 +158,26 @@ def test_human_report(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for status in CACHE_STATUSES:
         assert any(line.startswith(status + " ") for line in out.splitlines())
     assert "  a.example/b" in out and "9.8 KiB" in out  # 10 000 bytes from the origin
+
+
+def test_admin_calls_are_logged_but_not_counted(log: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    admin = [rec(1, "BYPASS", "a.example", "/_cacheproxy/stats", 200, 500, 3.0),
+             rec(2, "DENIED", "a.example", "/metrics", 401, 50, 0.2)]
+    for r in admin:
+        r.route = "admin"
+    path = tmp_path / "with-admin.log"
+    path.write_bytes(log_bytes(RECORDS + admin))  # one JSON line and one text line
+    traffic, report = run_json(capsys, str(log)), run_json(capsys, str(path))
+    assert report["lines"] == {"read": 13, "malformed": 0, "filtered_out": 0, "admin": 2}
+    # Not requests, bytes, statuses, latency or top URLs: as if they were not there.
+    assert {k: v for k, v in report.items() if k != "lines"} == \
+        {k: v for k, v in traffic.items() if k != "lines"}
+    # Nor filtered out: they are skipped before the filters.
+    assert run_json(capsys, str(path), "--status", "bypass")["lines"] == \
+        {"read": 13, "malformed": 0, "filtered_out": 10, "admin": 2}
+    assert main(["logs", str(path)]) == 0
+    assert "(lines 13, malformed 0, filtered out 0, admin calls 2)" in capsys.readouterr().out
 
 
 def test_empty_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,7 +243,11 @@ def test_filter_values_parsed() -> None:
         parse_when("yesterday", now=0)
 
 
-@pytest.mark.parametrize("args", [["--status", "cached"], ["--since", "soon"], ["--top", "0"]])
+@pytest.mark.parametrize("args", [
+    ["--status", "cached"], ["--since", "soon"], ["--top", "0"],
+    ["--since", "9999-12-31T23:59:59-23:59"],  # parses, but past year 9999 in UTC
+    ["--until", "99999999999999w"],            # before year 1
+])
 def test_bad_option_is_one_line_exit_2(log: Path, capsys: pytest.CaptureFixture[str],
                                        args: list[str]) -> None:
     assert main(["logs", str(log), *args]) == 2
@@ -253,8 +278,42 @@ def test_ten_megabyte_line_is_malformed(tmp_path: Path,
         f.write(to_json(RECORDS[0]).encode() + b"\n" + b"z" * 10_000_000 + b"\n")
         f.write(to_text(RECORDS[1]).encode())  # and no newline at the end
     report = run_json(capsys, str(path))
-    assert report["lines"] == {"read": 3, "malformed": 1, "filtered_out": 0}
+    assert report["lines"] == {"read": 3, "malformed": 1, "filtered_out": 0, "admin": 0}
     assert report["requests"] == 2
+
+
+GOOD = json.loads(to_json(RECORDS[0]))
+
+
+@pytest.mark.parametrize("bad", [
+    json.dumps({**GOOD, "bytes": None}),
+    json.dumps({**GOOD, "status": True}),                     # a JSON boolean is no number
+    json.dumps({**GOOD, "bytes": 1.5}),
+    json.dumps({**GOOD, "bytes": 10**400}),                   # too big for human_bytes
+    json.dumps({**GOOD, "total_ms": "fast"}),
+    json.dumps({**GOOD, "time": "9999-12-31T23:59:59.9999Z"}),  # year 10000 in milliseconds
+    '{"a": ' + "[" * 50_000,                                  # deeper than json goes
+    re.sub(r"\[[^]]+\]", "[31/Dec/9999:23:59:59 -2359]", to_text(RECORDS[1])),
+], ids=["bytes-null", "status-bool", "bytes-fraction", "bytes-huge", "total_ms-word",
+        "time-rounds-out", "deep-json", "text-time-out"])
+def test_malformed_values_are_counted_not_a_crash(bad: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.log"
+    path.write_text(to_json(RECORDS[0]) + "\n" + bad + "\n")
+    report = run_json(capsys, str(path))
+    assert report["lines"]["malformed"] == 1 and report["requests"] == 1
+    assert main(["logs", str(path)]) == 0  # and the human view
+
+
+def test_first_and_last_writable_times_are_read(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "edges.log"
+    path.write_text(json.dumps({**GOOD, "time": "0001-01-01T00:00:00Z"}) + "\n"
+                    + json.dumps({**GOOD, "time": "9999-12-31T23:59:59.999Z"}) + "\n")
+    report = run_json(capsys, str(path))
+    assert report["lines"]["malformed"] == 0
+    assert report["period"]["first"].endswith("1-01-01T00:00:00.000Z")  # glibc: no 000 pad
+    assert report["period"]["last"] == "9999-12-31T23:59:59.999Z"
 
 
 def test_stdin(log: Path) -> None:
@@ -400,6 +459,40 @@ def test_follow_through_rotation_and_truncation_then_sigint(tmp_path: Path) -> N
     finally:
         child.kill()
         child.wait()
+
+
+def test_tail_reads_the_old_file_until_the_writer_moves_to_the_newest(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    append(path, [rec(0, "HIT", "t.example", "/1", 200, 1, 1.0)], "wb")
+    tail = _Tail(str(path), open(path, "rb", buffering=0))  # noqa: SIM115
+    seen: list[str] = []
+
+    def poll(times: int = 3) -> None:
+        for _ in range(times):
+            lines, ended = tail.read(0)
+            assert not ended
+            seen.extend(json.loads(x)["path"] for x in lines if x)
+    try:
+        poll()
+        old = path.rename(tmp_path / "access.log.1")
+        path.touch()  # logrotate's create; the proxy has not reopened yet
+        poll()
+        append(old, [rec(1, "HIT", "t.example", "/2", 200, 1, 1.0)])
+        poll()
+        with old.open("ab") as f:  # a last line with no newline yet
+            f.write(to_json(rec(2, "HIT", "t.example", "/3", 200, 1, 1.0)).encode())
+        poll()
+        path.unlink()
+        path.touch()  # replaced again before anything was written to it
+        poll()
+        append(path, [rec(3, "HIT", "t.example", "/4", 200, 1, 1.0)])  # after the reopen
+        poll()
+        append(tmp_path / "access.log.1", [rec(4, "HIT", "t.example", "/late", 200, 1, 1.0)])
+        poll()  # the old file is closed now: nothing is read from it any more
+    finally:
+        tail.close()
+    assert seen == ["/1", "/2", "/3", "/4"]
+    assert tail.new is None and tail.f.closed
 
 
 def test_follow_on_a_pipe_prints_a_report_per_interval(log: Path) -> None:

@@ -105,13 +105,17 @@ class View:
 
 
 class _Tail:
-    """Follows a file like tail -F: reads what is appended, and reopens the path when it
-    names another file (rotated: renamed and recreated) or shrinks (truncated)."""
+    """Follows a file like tail -F: reads what is appended, goes back to the start when the
+    file shrinks (truncated), and moves to the file the path names when that changes
+    (rotated: renamed and recreated), without losing what still lands in the old one."""
 
     def __init__(self, path: str, f: IO[bytes]) -> None:
         self.path, self.f = path, f
         self.splitter = LineSplitter()
         self.identity = self._identity(os.fstat(f.fileno()))
+        self.new: IO[bytes] | None = None  # the file now at the path, once rotated
+        self.new_identity: tuple[int, int] | None = None
+        self.draining = False  # the new file has data: the old one is read to its end
 
     @staticmethod
     def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -122,23 +126,50 @@ class _Tail:
         chunk = self.f.read(LOG_CHUNK)
         if chunk:
             return self.splitter.feed(chunk), False
-        # At the end of what is there: the old file is drained, so a switch loses nothing.
+        if self.draining:  # the old file's last lines are read: on to the new one
+            return self._switch(), False
+        # A new file at the path does not end the old one: the proxy writes on to the renamed
+        # file until its SIGHUP reopen (logrotate's create mode: rename, create, then HUP),
+        # so both stay open. Its writer finishes a batch in the old file before it opens the
+        # new one, so once the new file has data, the old one only has to be read to its end.
         try:
             st = os.stat(self.path)
         except FileNotFoundError:  # between the rename and the new file
             st = None
-        if st is not None and self._identity(st) != self.identity:
-            new = open(self.path, "rb", buffering=0)  # noqa: SIM115 (kept open while following)
-            self.f.close()
-            self.f, self.identity = new, self._identity(os.fstat(new.fileno()))
-            return self.splitter.flush(), False
-        if st is not None and st.st_size < self.f.tell():
-            self.f.seek(0)
-            return self.splitter.flush(), False
+        if st is not None and self._identity(st) == self.identity:
+            self._forget_new()  # (a new file that went away again)
+            if st.st_size < self.f.tell():  # truncated (copytruncate)
+                self.f.seek(0)
+                return self.splitter.flush(), False
+        elif st is not None and self._identity(st) != self.new_identity:
+            self._forget_new()
+            try:
+                self.new = open(self.path, "rb", buffering=0)  # noqa: SIM115 (see close)
+            except OSError:  # gone again, or not readable (yet): the old one is still read
+                pass
+            else:
+                self.new_identity = self._identity(os.fstat(self.new.fileno()))
+        if self.new is not None and os.fstat(self.new.fileno()).st_size > 0:
+            self.draining = True  # what reached the old file since the read above, then on
+            chunk = self.f.read(LOG_CHUNK)
+            return (self.splitter.feed(chunk) if chunk else self._switch()), False
         time.sleep(wait)
         return [], False
 
+    def _switch(self) -> list[bytes | None]:
+        assert self.new is not None and self.new_identity is not None
+        self.f.close()
+        self.f, self.identity = self.new, self.new_identity
+        self.new, self.new_identity, self.draining = None, None, False
+        return self.splitter.flush()  # the old file's unterminated last line, if any
+
+    def _forget_new(self) -> None:
+        if self.new is not None:
+            self.new.close()
+            self.new, self.new_identity = None, None
+
     def close(self) -> None:
+        self._forget_new()
         self.f.close()
 
 

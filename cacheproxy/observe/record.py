@@ -150,6 +150,10 @@ _TEXT = re.compile(
 _EXTRA = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 _INTS = frozenset({"status", "bytes", "age", "ttl", "upstream_status"})
 _FLOATS = frozenset({"upstream_ms", "total_ms"})
+_REQUIRED = frozenset({"status", "bytes", "total_ms"})  # numbers that may not be null / "-"
+# The instants iso_time can write (years 1..9999 UTC), in the milliseconds it rounds to.
+_FIRST_MS = round(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_LAST_MS = round(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
 
 
 def _unquote(value: str) -> str | None:
@@ -199,17 +203,27 @@ def _build(data: dict[str, object]) -> LogRecord | None:
         if name not in data:
             continue
         value = data[name]
-        if name in _INTS and value is not None:
-            value = int(value)  # type: ignore[call-overload]
-        elif name in _FLOATS and value is not None:
-            value = float(value)  # type: ignore[arg-type]
-            if not math.isfinite(value):  # type: ignore[arg-type]
+        if name in _INTS or name in _FLOATS:
+            if value is None:
+                if name in _REQUIRED:
+                    return None
+            elif isinstance(value, bool):  # JSON true/false: not a number here
                 return None
+            elif name in _INTS:
+                if isinstance(value, float) and not value.is_integer():
+                    return None
+                value = int(value)  # type: ignore[call-overload]
+            else:
+                value = float(value)  # type: ignore[arg-type]
+                if not math.isfinite(value):  # type: ignore[arg-type]
+                    return None
         elif name == "collapsed":
             value = value in (True, "1", "true")
         out[name] = value
     record = LogRecord(**out)  # type: ignore[arg-type]
-    if (record.cache not in CACHE_STATUSES or record.bytes < 0
+    # A time iso_time can write: an offset can carry one that parsed out of its range.
+    if (not _FIRST_MS <= round(record.time * 1000) <= _LAST_MS
+            or record.cache not in CACHE_STATUSES or not 0 <= record.bytes < 1 << 63
             or not all(isinstance(getattr(record, f), str)
                        for f in ("path", "host", "method", "client"))):
         return None
@@ -223,5 +237,5 @@ def parse_line(line: str) -> LogRecord | None:
         return None
     try:
         return _from_json(line) if line.startswith("{") else _from_text(line)
-    except (ValueError, TypeError, KeyError, OverflowError):
-        return None
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
+        return None  # RecursionError: JSON nested deeper than the parser goes

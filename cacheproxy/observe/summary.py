@@ -15,6 +15,8 @@ and `render` turns it into the terminal view. What is counted, and how:
 - the top URLs (host + path) by misses and by bytes from the origin come from a bounded
   frequent-items sketch (FrequentItems): 10 000 counters, each count low by at most
   total / 10 000, and exact while fewer than 20 000 distinct URLs have been seen.
+- admin API calls (route "admin": dashboard polls, scrapes, purges) are not traffic: as
+  in the stats API, they are left out, only counted apart (`lines.admin`).
 """
 
 from __future__ import annotations
@@ -143,22 +145,18 @@ class FrequentItems:
 
 class Summary:
     """The `cacheproxy logs` accumulator: `add_line` parses, filters and counts a line;
-    `add` takes a record that is already known to match."""
+    `add` takes a traffic record (not an admin call) already known to match."""
 
     def __init__(self, keep: RecordFilter | None = None,
                  top_counters: int = TOP_COUNTERS) -> None:
         self.keep = keep or RecordFilter()
-        self.lines = 0
-        self.malformed = 0
-        self.filtered_out = 0
-        self.requests = 0
+        self.lines = self.malformed = self.filtered_out = self.requests = 0
+        self.admin = 0  # admin API calls: logged, but not traffic
         self.first: float | None = None
         self.last: float | None = None
         self.by_cache = dict.fromkeys(CACHE_STATUSES, 0)
         self.by_class = dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx", "other"), 0)
-        self.bytes_cache = 0
-        self.bytes_origin = 0
-        self.bytes_other = 0
+        self.bytes_cache = self.bytes_origin = self.bytes_other = 0
         # "all" is their sum, made when reporting: one histogram update per record.
         self.latency = {name: LatencyHistogram() for name in ("hits", "misses", "other")}
         self.top_misses = FrequentItems(top_counters)
@@ -168,9 +166,10 @@ class Summary:
         """One line of the log; None stands for a line too long to read."""
         self.lines += 1
         record = None if line is None else parse_line(line)
-        # parse_line checks the fields the format needs; these two the summary relies on.
-        if record is None or not isinstance(record.host, str) or record.bytes < 0:
+        if record is None:  # parse_line checked every field the summary relies on
             self.malformed += 1
+        elif record.route == "admin":  # logged as an audit trail, not traffic
+            self.admin += 1
         elif self.keep.matches(record):
             self.add(record)
         else:
@@ -216,7 +215,7 @@ class Summary:
             },
             "filters": self.keep.describe(),
             "lines": {"read": self.lines, "malformed": self.malformed,
-                      "filtered_out": self.filtered_out},
+                      "filtered_out": self.filtered_out, "admin": self.admin},
             "requests": self.requests,
             "hit_ratio": {"requests": _ratio(hits, self.requests),
                           "bytes": _ratio(self.bytes_cache, sent)},
@@ -259,16 +258,17 @@ def parse_when(text: str, now: float) -> float:
     """A --since/--until value as epoch seconds: ISO 8601 (a date alone is its midnight; no
     offset means UTC, as the log's times are) or a duration ago: 30s, 15m, 2h, 1d, 1w."""
     text = text.strip()
-    if m := _DURATION.fullmatch(text):
-        return now - float(m[1]) * _UNIT_SECONDS[m[2]]
     try:
-        when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
-    except ValueError:
+        if m := _DURATION.fullmatch(text):
+            t = now - float(m[1]) * _UNIT_SECONDS[m[2]]
+        else:
+            when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+            t = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        iso_time(t)  # the report shows it: it must be within years 1..9999 UTC
+    except (ValueError, OverflowError):
         raise ValueError(f"not a time: {text!r} (use ISO 8601, e.g. 2026-11-23T17:00:00Z, "
                          "or a duration ago, e.g. 15m, 2h, 1d)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    return t
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,10 +406,11 @@ def _render_head(report: dict[str, Any]) -> list[str]:
                    f"{period['last'][:19].replace('T', ' ')} UTC  "
                    f"({human_duration(period['seconds'])})")
     ratio = report["hit_ratio"]
+    admin = f", admin calls {n:,}" if (n := counts["admin"]) else ""  # most logs have none
     return [
         f"{'period':<14}{covered}",
         f"{'requests':<14}{report['requests']:,}   (lines {counts['read']:,}, malformed "
-        f"{counts['malformed']:,}, filtered out {counts['filtered_out']:,})",
+        f"{counts['malformed']:,}, filtered out {counts['filtered_out']:,}{admin})",
         f"{'hit ratio':<14}{_pct(ratio['requests'])} of requests, "
         f"{_pct(ratio['bytes'])} of bytes",
         f"{'bytes sent':<14}{human_bytes(sent['sent'])}:  from cache "

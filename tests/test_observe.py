@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from support import cache_status
 
 from cacheproxy.config import AdminConfig
+from cacheproxy.observe import sink as sink_module
 from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.record import LogRecord, iso_time, parse_line, to_json, to_text
 from cacheproxy.proxy.server import OBSERVER
@@ -267,3 +269,29 @@ async def test_requests_no_handler_answered_are_logged_too(origin, proxy, tmp_pa
     stats = await c.get("/_cacheproxy/stats", headers={"Authorization": "Bearer s3cret"})
     by_cache = (await stats.json())["by_cache"]
     assert by_cache["ERROR"] == 1 and by_cache["DENIED"] == 0  # admin calls are not traffic
+
+
+async def test_a_stalled_writer_drops_lines_instead_of_growing(monkeypatch, tmp_path):
+    """The request log's memory stays bounded when its file or pipe stops draining."""
+    monkeypatch.setattr(sink_module, "MAX_BACKLOG", 3)
+    sink = sink_module.LogSink(str(tmp_path / "requests.log"))
+    stalled, released = threading.Event(), threading.Event()
+    write = sink._file.write  # stall the writer thread inside its first write
+
+    def slow_write(data: bytes) -> int:
+        stalled.set()
+        released.wait(5)
+        return write(data)
+    monkeypatch.setattr(sink._file, "write", slow_write)
+    sink.write("line 0")
+    sink.flush()
+    assert await asyncio.to_thread(stalled.wait, 5)
+    for n in range(1, 10):
+        sink.write(f"line {n}")
+        sink.flush()  # one batch per line
+    # One batch is being written (stalled), three wait; the other six were dropped.
+    assert sink.dropped == 6
+    released.set()
+    sink.close()
+    assert (tmp_path / "requests.log").read_text().splitlines() == [
+        f"line {n}" for n in range(4)]

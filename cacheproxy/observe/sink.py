@@ -14,6 +14,10 @@ import threading
 from typing import BinaryIO
 
 FLUSH_SECONDS = 0.05
+# Batches waiting for the writer, at most: about a minute at one batch per FLUSH_SECONDS.
+# A stalled stdout or disk must not grow the proxy's memory; past this, lines are dropped
+# (counted, and said on stderr).
+MAX_BACKLOG = 1200
 _REOPEN = object()
 _STOP = object()
 
@@ -27,6 +31,7 @@ class LogSink:
         self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
         self._thread.start()
         self._scheduled = False
+        self.dropped = 0  # lines lost because the writer could not keep up
 
     def _open(self) -> BinaryIO:
         # Bytes, encoded here: a header byte that is not UTF-8 reaches us as a surrogate,
@@ -44,9 +49,16 @@ class LogSink:
     def flush(self) -> None:
         """Hand what is pending to the writer thread."""
         self._scheduled = False
-        if self._pending:
+        if not self._pending:
+            return
+        if self._queue.qsize() >= MAX_BACKLOG:
+            if not self.dropped:
+                print("cacheproxy: request log: the writer is stalled; dropping lines",
+                      file=sys.stderr)
+            self.dropped += len(self._pending)
+        else:
             self._queue.put("\n".join(self._pending) + "\n")
-            self._pending = []
+        self._pending = []
 
     def wait_written(self, timeout: float = 5.0) -> bool:
         """Block until the writer thread has written what was flushed before the call.

@@ -99,6 +99,8 @@ def _quote(value: str | None) -> str:
     """nginx escapes '"' and '\\' (and control bytes) as \\xHH inside quoted fields."""
     if value is None:
         return '"-"'
+    if value == "-":
+        return '"\\x2D"'  # a real "-", told apart from "none" (nginx cannot)
     if _ESCAPE.search(value) is None:
         return f'"{value}"'
     return '"' + _ESCAPE.sub(lambda m: f"\\x{ord(m.group()):02X}", value) + '"'

@@ -111,13 +111,36 @@ async def test_s3_set_cookie_strip_mode_stores_without_the_cookie(origin, proxy)
 async def test_s3_head_is_answered_from_a_stored_get(origin, proxy):
     o = Origin(r=ok("x" * 100, **{"Cache-Control": "max-age=60"}))
     c = await start(origin, proxy, o)
-    miss = await c.head("/r")  # forwarded as HEAD, nothing to store
-    assert miss.headers["X-Cache"] == "MISS"
-    await c.get("/r")
+    miss = await c.head("/r")  # fetched upstream as GET and stored, answered without body
+    assert miss.headers["X-Cache"] == "MISS" and "stored" in cache_status(miss)
+    assert miss.headers["Content-Length"] == "100" and await miss.read() == b""
     head = await c.head("/r")
     assert head.headers["X-Cache"] == "HIT" and head.headers["Content-Length"] == "100"
     assert await head.read() == b""
-    assert [r.method for r in o.seen] == ["HEAD", "GET"]
+    get = await c.get("/r")
+    assert get.headers["X-Cache"] == "HIT" and await get.text() == "x" * 100
+    assert [r.method for r in o.seen] == ["GET"]
+
+
+async def test_head_of_something_too_big_to_store_does_not_read_its_body(origin, proxy):
+    sent = {"bytes": 0}
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+        resp.content_length = 64 * 1024 * 1024
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(1024):
+                await resp.write(b"x" * 65536)
+                sent["bytes"] += 65536
+        return resp
+    o = Origin(r=big)
+    c = await start(origin, proxy, o, cache={"max_object_bytes": 65536})
+    head = await c.head("/r")
+    assert head.status == 200 and await head.read() == b""
+    assert "detail=too-big" in cache_status(head)
+    await asyncio.sleep(0.2)
+    assert sent["bytes"] < 8 * 1024 * 1024  # the proxy hung up instead of reading 64 MiB
 
 
 async def test_range_requests_bypass_the_cache(origin, proxy):

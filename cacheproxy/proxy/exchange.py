@@ -165,7 +165,7 @@ class Exchange:
             return out
         chunks: list[bytes] | None = [] if entry is not None else None
         size = 0
-        while True:
+        while send_body or chunks is not None:  # a HEAD reads the body only to store it
             try:
                 chunk = await resp.content.readany()
             except _UPSTREAM_ERRORS as exc:
@@ -191,7 +191,7 @@ class Exchange:
                     if fill is not None:
                         fill.done()
             if not send_body:
-                continue
+                continue  # (and stops once nothing will be stored)
             try:
                 await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
@@ -200,7 +200,10 @@ class Exchange:
                 if fill is not None:
                     fill.done()
                 return out
-        resp.release()
+        if send_body or chunks is not None:
+            resp.release()
+        else:
+            resp.close()  # a HEAD with nothing to store: the rest of the body is not wanted
         if entry is not None and chunks is not None:
             await self.put(entry, b"".join(chunks))
         if fill is not None:

@@ -234,17 +234,19 @@ class CacheProxy:
     async def _fetch(
         self, request: web.Request, target: str, outcome: Outcome, fill: Fill
     ) -> web.StreamResponse:
-        """A full request upstream; the response streams to the client and may be stored."""
+        """A full request upstream; the response streams to the client and may be stored.
+        A HEAD is sent as GET so that its answer can be stored for both (as nginx does);
+        the HEAD client gets no body (relay)."""
         assert self.exchange is not None
-        may_store = request.method == "GET" and not fill.request.no_store
+        may_store = request.method in ("GET", "HEAD") and not fill.request.no_store
         if not may_store:
             fill.done()  # nothing will be stored: waiters need not wait for the body
+        method = "GET" if may_store else request.method
         fields = self._fields(request, strip_conditionals=may_store)
         request_time = time.time()
-        resp = await self.exchange.send(request.method, self.upstream + target, fields, None,
-                                        outcome)
+        resp = await self.exchange.send(method, self.upstream + target, fields, None, outcome)
         return await self.exchange.relay(request, resp, outcome, fill if may_store else None,
-                                         request_time)
+                                         request_time, upstream_method=method)
 
     async def _revalidate(
         self, request: web.Request, target: str, outcome: Outcome, fill: Fill,

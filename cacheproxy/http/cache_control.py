@@ -119,7 +119,7 @@ def parse_request_directives(
         # §5.4: without Cache-Control, "Pragma: no-cache" means Cache-Control: no-cache.
         if pragma and any(p.lower() == "no-cache" for p, _ in _pairs(pragma)):
             return RequestDirectives(no_cache=True)
-        return _EMPTY_REQUEST
+        return NO_REQUEST_DIRECTIVES
     d: dict[str, object] = {}
     for name, arg in _pairs(cache_control):
         key = name.replace("-", "_")
@@ -139,4 +139,4 @@ def parse_request_directives(
 
 _EMPTY_RESPONSE = ResponseDirectives()
 # A request without Cache-Control or Pragma: callers may test for it by identity.
-NO_REQUEST_DIRECTIVES = _EMPTY_REQUEST = RequestDirectives()
+NO_REQUEST_DIRECTIVES = RequestDirectives()

@@ -12,6 +12,9 @@ from cacheproxy.http.cache_control import (
 )
 from cacheproxy.http.freshness import current_age
 
+# Requests with these fields go to the origin as they are: a cache stores no partial
+# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (§4.3.2).
+BYPASS_FIELDS = frozenset({"Range", "If-Match", "If-Unmodified-Since", "If-Range"})
 # RFC 5861 §4: the error statuses stale-if-error covers.
 STALE_IF_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -94,3 +97,15 @@ def may_serve_stale_on_error(
     staleness = -ttl
     windows = (directives.stale_if_error, request.stale_if_error, request.max_stale)
     return any(w is not None and staleness <= w for w in windows)
+
+
+def shareable_validation(
+    *, no_cache: bool, lifetime: float, reuse: Reuse | None
+) -> bool:
+    """Can a request waiting on another's upstream request use its result? Yes for a
+    miss, or when the waiter itself asked for validation (§5.2.1.4, §5.2.1.1); not when
+    the stored response demands validation per request (no-cache, or never fresh):
+    another request's validation was not made for this one (§5.2.2.4, §4.2.4)."""
+    if reuse is None or reuse.forward == "request":
+        return True
+    return not (no_cache or lifetime <= 0)

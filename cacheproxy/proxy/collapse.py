@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cacheproxy.http.reuse import Reuse
-from cacheproxy.http.stored import CachedResponse
-
 # After an answer that was not stored, requests for the key skip collapsing for this
 # long (Varnish's hit-for-pass): waiting behind a leader only helps when its answer
 # can be shared, and a private or no-store URL would otherwise be served in waves.
@@ -16,18 +13,9 @@ MAX_PASS_MARKS = 10_000
 
 
 # Not-stored reasons that come from the response, not from one request: after one of
-# these the URL is not collapsed for a while (hit-for-pass, see collapse.py).
+# these the URL is not collapsed for a while (hit-for-pass).
 PASS_REASONS = frozenset({"private", "no-store", "set-cookie", "vary-star", "too-big",
                           "status", "not-reusable", "must-understand"})
-
-
-def shareable(entry: CachedResponse | None, reuse: Reuse | None) -> bool:
-    """Can a waiter use what the leader brings back? Not when the stored response must
-    be validated for each request (no-cache, or stale and never-stale), since the
-    leader's validation was not made for the waiter (§5.2.2.4, §4.2.4)."""
-    if entry is None or reuse is None or reuse.forward == "request":
-        return True
-    return not (entry.directives.no_cache or entry.lifetime <= 0)
 
 
 class Collapser:

@@ -22,11 +22,13 @@ from cacheproxy.http.cache_key import primary_key, select_variant
 from cacheproxy.http.fields import Headers, combined_value
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import (
+    BYPASS_FIELDS,
     STALE_IF_ERROR_STATUSES,
     Action,
     Reuse,
     decide_reuse,
     may_serve_stale_on_error,
+    shareable_validation,
     stale_forbidden,
 )
 from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
@@ -34,7 +36,7 @@ from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response, with_date
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.observer import OUTCOME
-from cacheproxy.proxy.collapse import PASS_REASONS, Collapser, shareable
+from cacheproxy.proxy.collapse import PASS_REASONS, Collapser
 from cacheproxy.proxy.exchange import Exchange, Fill
 from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
 from cacheproxy.proxy.local import final_answer
@@ -44,9 +46,6 @@ from cacheproxy.proxy.upstream import UpstreamError, make_session
 from cacheproxy.store import Store
 
 log = logging.getLogger("cacheproxy")
-# Requests with these fields go to the origin as they are: a cache stores no partial
-# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (RFC 9111 §4.3.2).
-_BYPASS_FIELDS = frozenset({"Range", "If-Match", "If-Unmodified-Since", "If-Range"})
 # The authority of an absolute-form request, which replaces Host upstream (RFC 9112 §3.2.2).
 EFFECTIVE_HOST = web.RequestKey("cacheproxy.host", str)
 
@@ -124,7 +123,7 @@ class CacheProxy:
             return final_answer(request, [("Via", self.local_via)])
         try:
             if (request.method in ("GET", "HEAD") and not request.body_exists
-                    and not _BYPASS_FIELDS.intersection(h.keys())):
+                    and not BYPASS_FIELDS.intersection(h.keys())):
                 return await self._cached(request, key, target, outcome, collapse=True)
             # RFC 9211 §2.2: "method" for methods a cache cannot answer; ranges, bodies
             # and preconditions a cache cannot evaluate bypass it.
@@ -181,7 +180,8 @@ class CacheProxy:
                 return self._error(request, 504, "stale in cache (only-if-cached)", outcome)
             outcome.fwd = reuse.forward
         if (collapse and self.collapser is not None and request.method == "GET"
-                and not self.collapser.passes(key) and shareable(entry, reuse)):
+                and not self.collapser.passes(key) and (entry is None or shareable_validation(
+                    no_cache=entry.directives.no_cache, lifetime=entry.lifetime, reuse=reuse))):
             return await self._collapsed(request, key, target, outcome, req, entry, reuse)
         return await self._forward(request, key, target, outcome, req, entry, reuse)
 

@@ -13,7 +13,13 @@ from cacheproxy.http.cache_control import (
     parse_request_directives,
     parse_response_directives,
 )
-from cacheproxy.http.reuse import Action, may_serve_stale_on_error, stale_forbidden
+from cacheproxy.http.reuse import (
+    Action,
+    Reuse,
+    may_serve_stale_on_error,
+    shareable_validation,
+    stale_forbidden,
+)
 
 T0 = 1_704_067_200.0  # Mon, 01 Jan 2024 00:00:00 GMT
 
@@ -346,3 +352,18 @@ def test_s5_2_2_4_no_cache_response_is_never_served_on_error() -> None:
     directives that prohibit stale responses)."""
     assert not error_ok("no-cache, max-age=600, stale-if-error=600", ttl=500)
     assert not error_ok("no-cache, stale-if-error=600", ttl=-1, request="max-stale")
+
+
+# -- §5.2.2.4 / §4.2.4: whose validation may a waiting request use? ------------------------------
+
+@pytest.mark.parametrize(("no_cache", "lifetime", "forward", "shareable"), [
+    (False, 60.0, None, True),        # a miss: the leader's stored answer serves everyone
+    (False, 60.0, "stale", True),     # stale, freshened by the leader's validation
+    (True, 60.0, "stale", False),     # no-cache: validated for each request (§5.2.2.4)
+    (False, 0.0, "stale", False),     # never fresh: the same
+    (True, 0.0, "request", True),     # the waiter asked for validation itself (§5.2.1.4)
+])
+def test_s5_2_2_4_a_waiter_shares_a_validation_only_when_it_may(
+        no_cache, lifetime, forward, shareable) -> None:
+    reuse = None if forward is None else Reuse(Action.REVALIDATE, 10.0, lifetime - 10, forward)
+    assert shareable_validation(no_cache=no_cache, lifetime=lifetime, reuse=reuse) is shareable

@@ -128,6 +128,16 @@ def _check_upstream(value: str) -> None:
         raise ValueError(f"expected an absolute http:// or https:// URL, got {value!r}")
 
 
+def _check_redis_url(value: str) -> None:
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc}): {value!r}") from None
+    if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.host):
+        raise ValueError(
+            f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {value!r}")
+
+
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 
 
@@ -160,7 +170,13 @@ class ProxyConfig:
 class CacheConfig:
     """[cache]: what is stored, how much, and for how long."""
 
-    store: str = setting("memory", choices=("memory",))
+    store: str = setting("memory", choices=("memory", "redis"))
+    redis_url: str = setting("redis://127.0.0.1:6379/0", check=_check_redis_url)
+    redis_prefix: str = setting("cacheproxy:")
+    redis_timeout: float = setting(0.5, gt=0)
+    redis_retry_interval: float = setting(2.0, gt=0)
+    memory_layer_bytes: int = setting(32 * MiB, size=True, ge=0)
+    memory_layer_ttl: float = setting(1.0, ge=0)
     shared: bool = setting(True)
     max_bytes: int = setting(256 * MiB, size=True, ge=1)
     max_object_bytes: int = setting(8 * MiB, size=True, ge=1)

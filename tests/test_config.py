@@ -386,7 +386,7 @@ def test_demo_and_proxy_cannot_share_an_address(tmp_path: Path) -> None:
     [
         ("proxy.host_header", "client"),
         ("proxy.host_header", "Upstream"),
-        ("cache.store", "redis"),
+        ("cache.store", "memcached"),
         ("cache.set_cookie", "keep"),
     ],
 )

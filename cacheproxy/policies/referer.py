@@ -1,0 +1,256 @@
+"""The Referer policy: hotlink protection on the way in, leak protection both ways.
+
+Hotlink protection follows nginx's valid_referers (ngx_http_referer_module): requests for the
+protected paths must come with a Referer that one entry accepts, or they get `on_invalid`;
+the decision is made before the cache lookup. Leak protection trims the Referer forwarded
+upstream (a session id in a URL must not travel on, as the seed notes warn) and sets a
+Referrer-Policy response field (W3C Referrer Policy §4.1) for the pages the origin serves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+from urllib.parse import unquote
+
+from cacheproxy.policies import host_matches, normalize_path, parse_host_pattern, parse_hostname
+from cacheproxy.policies import request_host as host_of
+
+if TYPE_CHECKING:
+    from cacheproxy.config import OnInvalid, RefererConfig
+
+Fields = list[tuple[str, str]]
+
+# W3C Referrer Policy §3: the policy tokens (the empty string is "no policy").
+REFERRER_POLICIES = frozenset({
+    "no-referrer", "no-referrer-when-downgrade", "same-origin", "origin", "strict-origin",
+    "origin-when-cross-origin", "strict-origin-when-cross-origin", "unsafe-url",
+})
+KEYWORDS = frozenset({"none", "blocked", "server_names"})
+_SCHEME = re.compile(r"https?://", re.IGNORECASE | re.ASCII)
+_HTTP_URL = re.compile(
+    r"(https?)://(?:[^/?#]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\[\]]+)(?::([0-9]*))?(?:[/?#]|$)",
+    re.IGNORECASE | re.ASCII,
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_FORBIDDEN_BODY = b"Forbidden: this resource cannot be linked from another site.\n"
+
+
+class HostRule(NamedTuple):
+    """A valid_referers host entry: "example.com", "*.example.com" or "www.example.*",
+    with an optional path prefix ("example.com/galleries/")."""
+
+    host: str  # lowercase; a leading "*." or trailing ".*" is the wildcard
+    path_prefix: str = ""
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host.startswith("*."):
+            ok = host_matches(self.host, host)
+        elif self.host.endswith(".*"):
+            ok = host.startswith(self.host[:-1]) and len(host) > len(self.host) - 1
+        else:
+            ok = host == self.host
+        return ok and path.startswith(self.path_prefix)
+
+
+RefererEntry = str | HostRule | re.Pattern[str]  # str: a keyword
+
+
+def parse_valid_referer(entry: str) -> RefererEntry:
+    """One valid_referers entry, as nginx reads it; ValueError says what is wrong."""
+    if entry in KEYWORDS:
+        return entry
+    if entry.lower() in KEYWORDS:  # a host named "None" is far less likely than a typo
+        raise ValueError(f"keywords are lowercase: write {entry.lower()!r}, got {entry!r}")
+    if entry.startswith("~"):
+        if len(entry) == 1:
+            raise ValueError("an empty regular expression: '~'")
+        try:  # nginx compiles these caseless and searches (not anchored)
+            return re.compile(entry[1:], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
+    host, slash, path = entry.partition("/")
+    if not host:
+        raise ValueError(f"a host is missing in {entry!r}")
+    try:
+        if host.endswith(".*") and "*" not in host[:-2]:
+            return HostRule(parse_hostname(host[:-2]) + ".*", slash + path)
+        return HostRule(parse_host_pattern(host), slash + path)
+    except ValueError as exc:
+        raise ValueError(
+            "expected none, blocked, server_names, a host (example.com, *.example.com, "
+            f"www.example.*) with an optional path (example.com/galleries/), or ~regex: {exc}"
+        ) from None
+
+
+def parse_referrer_policy(value: str) -> tuple[str, ...]:
+    """A Referrer-Policy value to send: "" (none) or a comma-separated list of W3C tokens
+    (§4.1: a browser takes the last one it knows, so older ones can come first as fallbacks)."""
+    tokens = tuple(token.strip() for token in value.split(",")) if value.strip() else ()
+    for token in tokens:
+        if token not in REFERRER_POLICIES:
+            raise ValueError(
+                f"unknown referrer policy {token!r}; expected one or more of "
+                f"{', '.join(sorted(REFERRER_POLICIES))} (comma-separated), or \"\" for none")
+    return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RefererPolicy:
+    """A compiled [referer] section."""
+
+    protect_paths: tuple[str, ...] = ()
+    allow_none: bool = True
+    allow_blocked: bool = True
+    allow_server_names: bool = True
+    hosts: tuple[HostRule, ...] = ()
+    patterns: tuple[re.Pattern[str], ...] = ()
+    on_invalid: OnInvalid | None = None  # None: a plain 403
+    policy: str = "strict-origin-when-cross-origin"  # "" sets no Referrer-Policy
+    policy_override: bool = False
+    upstream_referer: str = "keep"  # "keep", "origin" or "strip"
+    strip_params: frozenset[str] = frozenset(  # lowercase
+        {"gsid", "sid", "session", "sessionid", "token", "access_token"})
+
+    @classmethod
+    def from_config(cls, config: RefererConfig) -> RefererPolicy:
+        entries = [parse_valid_referer(e) for e in config.valid_referers]
+        return cls(
+            protect_paths=tuple(normalize_path(p) for p in config.protect_paths),
+            allow_none="none" in entries,
+            allow_blocked="blocked" in entries,
+            allow_server_names="server_names" in entries,
+            hosts=tuple(e for e in entries if isinstance(e, HostRule)),
+            patterns=tuple(e for e in entries if isinstance(e, re.Pattern)),
+            on_invalid=config.on_invalid,
+            policy=", ".join(parse_referrer_policy(config.policy)),
+            policy_override=config.policy_override,
+            upstream_referer=config.upstream_referer,
+            strip_params=frozenset(p.lower() for p in config.strip_params),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RefererDenial:
+    """What a request with an invalid Referer is answered; `reason` is for the log."""
+
+    status: int
+    fields: tuple[tuple[str, str], ...]
+    body: bytes
+    reason: str = "referer-invalid"
+
+
+def is_protected(policy: RefererPolicy, path: str) -> bool:
+    """Is the Referer checked for this path (one of protect_paths is a prefix of it)?"""
+    if not policy.protect_paths:
+        return False
+    normal = normalize_path(path)
+    return any(normal.startswith(prefix) for prefix in policy.protect_paths)
+
+
+def referer_valid(
+    policy: RefererPolicy, referer: str | None, request_host: str, route_host_pattern: str = ""
+) -> bool:
+    """nginx valid_referers: "none" accepts no Referer; "blocked" one that does not start with
+    http:// or https://; otherwise the host (port ignored) must match a host entry, with its
+    path prefix if it has one, or server_names (the Host asked for, and the route's host
+    pattern), or a ~regex searched caselessly in the text after the scheme."""
+    if referer is None:
+        return policy.allow_none
+    scheme = _SCHEME.match(referer)
+    if scheme is None:
+        return policy.allow_blocked
+    rest = referer[scheme.end():]
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    host = host_of(authority)
+    path = rest[len(authority):]
+    if any(rule.matches(host, path) for rule in policy.hosts):
+        return True
+    if policy.allow_server_names and host and (
+        host == host_of(request_host)
+        or (route_host_pattern and host_matches(route_host_pattern, host))
+    ):
+        return True
+    return any(pattern.search(rest) for pattern in policy.patterns)
+
+
+def denial(policy: RefererPolicy) -> RefererDenial:
+    """The answer on_invalid configures: 403, a 302 to a URL, or a 200 placeholder file. Each
+    says Cache-Control: no-store (RFC 9111 §5.2.2.5) so no cache keeps it for valid requests."""
+    answer = policy.on_invalid
+    if answer is None or answer.status == 403:
+        fields = (("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store"))
+        return RefererDenial(403, fields, _FORBIDDEN_BODY)
+    if answer.status == 302:
+        return RefererDenial(302, (("Location", answer.location), ("Cache-Control", "no-store")),
+                             b"")
+    fields = (("Content-Type", answer.content_type), ("Cache-Control", "no-store"))
+    return RefererDenial(200, fields, answer.body)
+
+
+def refusal(
+    policy: RefererPolicy,
+    path: str,
+    referer: str | None,
+    request_host: str,
+    route_host_pattern: str = "",
+) -> RefererDenial | None:
+    """The inbound gate, before the cache lookup: None lets the request on."""
+    if not is_protected(policy, path) or referer_valid(
+        policy, referer, request_host, route_host_pattern
+    ):
+        return None
+    return denial(policy)
+
+
+def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
+    """The Referer to send upstream (None: send none). The fragment is dropped (Fetch never
+    sends one); "origin" trims to scheme://host[:port]/ (W3C Referrer Policy §8.4, default port
+    omitted); "keep" leaves the URL byte-exact but for the strip_params query parameters."""
+    if referer is None or policy.upstream_referer == "strip":
+        return None
+    url = referer.split("#", 1)[0]
+    if policy.upstream_referer == "origin":
+        return _origin_of(url)
+    base, question, query = url.partition("?")
+    if not question or not policy.strip_params:
+        return url
+    kept = [part for part in query.split("&") if _param_name(part) not in policy.strip_params]
+    return f"{base}?{'&'.join(kept)}" if kept else base
+
+
+def _param_name(part: str) -> str:
+    return unquote(part.partition("=")[0]).lower()
+
+
+def _origin_of(url: str) -> str | None:
+    match = _HTTP_URL.match(url)
+    if match is None:
+        return None
+    scheme, host, port = match[1].lower(), match[2].lower(), match[3]
+    if port and int(port) > 65535:
+        return None
+    if not port or int(port) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}/"
+    return f"{scheme}://{host}:{int(port)}/"
+
+
+def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool) -> Fields:
+    """The Referrer-Policy field to add to a response (W3C Referrer Policy §4.1): none when
+    policy is "", or when the upstream set its own and policy_override is false."""
+    if not policy.policy or (upstream_has_policy and not policy.policy_override):
+        return []
+    return [("Referrer-Policy", policy.policy)]
+
+
+def with_referrer_policy(policy: RefererPolicy, pairs: Iterable[tuple[str, str]]) -> Fields:
+    """The outbound step: `pairs` with Referrer-Policy set as configured (the upstream's
+    replaced when policy_override is true, kept otherwise)."""
+    pairs = list(pairs)
+    upstream = any(k.lower() == "referrer-policy" for k, _ in pairs)
+    added = response_policy_fields(policy, upstream)
+    if added:
+        pairs = [(k, v) for k, v in pairs if k.lower() != "referrer-policy"]
+    return pairs + added

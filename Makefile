@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/cacheproxy serve $(ARGS)
 
-## system-deps: Debian packages the tests use (Chromium for the browser tests)
+## system-deps: Debian packages the tests use (Chromium for the browser tests, redis-server
+## for the shared store)
 system-deps:
-	@[ -x /usr/bin/chromium ] || { echo "installing chromium with apt-get"; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@missing=""; [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  if [ -n "$$missing" ]; then echo "installing$$missing with apt-get"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 ## test: lint, then the whole test suite (pytest exits 5 when it collects nothing)
 test: $(STAMP) system-deps

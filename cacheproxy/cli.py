@@ -1,5 +1,6 @@
-"""The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]`
-and `cacheproxy logs [FILE|-] [filters] [--json] [--follow]`.
+"""The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]
+[--workers N]`, `cacheproxy demo [--listen ...]` and
+`cacheproxy logs [FILE|-] [filters] [--json] [--follow]`.
 
 Mistakes the user can fix are one line on stderr and an exit status, never a traceback:
 2 for a config or usage error, 1 when the server cannot run (e.g. the address is in use).
@@ -52,17 +53,52 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--upstream", metavar="URL", help="origin URL, e.g. http://127.0.0.1:3000 (proxy.upstream)"
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (proxy.listen)")
+    parser.add_argument("--workers", metavar="N",
+                        help="processes sharing the port, for several cores (proxy.workers)")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides = {"proxy.upstream": args.upstream, "proxy.listen": args.listen}
+    overrides = {"proxy.upstream": args.upstream, "proxy.listen": args.listen,
+                 "proxy.workers": args.workers}
     try:
         config = load_config(args.config, overrides=overrides)
         # Imported only once the config is good: a mistake is reported before the server loads.
         from cacheproxy.proxy.server import run
 
-        run(config)
+        # SIGHUP reads the same sources again: the file, the environment, these flags.
+        run(config, reload=lambda: load_config(args.config, overrides=overrides))
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return 2
+    except OSError as exc:
+        _error(str(exc))
+        return 1
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run only the bundled demo origin",
+        description="Run the bundled demo origin (the one `serve` starts when no upstream is "
+        "given) on its own, e.g. as a compose service in front of which proxies run.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: config/cacheproxy.toml if it exists)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (demo.listen)")
+    parser.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config, overrides={"demo.listen": args.listen})
+        from cacheproxy.demo.origin import run_demo_origin
+
+        run_demo_origin(config.demo)
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return 2
@@ -163,7 +199,8 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_serve, _add_logs)
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_serve, _add_demo, _add_logs)
 
 
 def build_parser() -> argparse.ArgumentParser:

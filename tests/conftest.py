@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings
+from redis_server import RedisServer
 from support import proxy_config
 
 from cacheproxy.proxy.server import OBSERVER, PROXY, make_app
@@ -61,3 +62,19 @@ def proxy(aiohttp_server: Any, aiohttp_client: Any) -> ProxyFactory:
         client.app_proxy = app[PROXY]  # type: ignore[attr-defined]
         return client
     return start
+
+
+# --- Redis: a real redis-server per test (tests/redis_server.py) ---------------------------
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A running redis-server on a free port; fails (never skips) when it is not installed."""
+    try:
+        server = RedisServer()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -111,8 +111,8 @@ def test_help_exits_0(tmp_path: Path) -> None:
 def server_outcome(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, object]:
     outcome: dict[str, object] = {}
 
-    def run(config: Config) -> None:
-        outcome["config"] = config
+    def run(config: Config, reload: object = None) -> None:
+        outcome["config"], outcome["reload"] = config, reload
         if "raise" in outcome:
             raise outcome["raise"]  # type: ignore[misc]
 
@@ -132,6 +132,27 @@ def test_serve_passes_flags_as_overrides(server_outcome: dict[str, object]) -> N
     assert isinstance(config, Config)
     assert config.proxy.upstream == "http://127.0.0.1:3000"
     assert config.proxy.listen == "127.0.0.1:0"
+
+
+def test_serve_workers_flag_and_reload_reads_the_same_sources(
+    server_outcome: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["serve", "--workers", "3", "--upstream", "http://127.0.0.1:3000"]) == 0
+    config = server_outcome["config"]
+    assert isinstance(config, Config) and config.proxy.workers == 3
+    reload = server_outcome["reload"]
+    assert callable(reload)
+    monkeypatch.setenv("CACHEPROXY_PROXY_VIA", "edge-9")  # what SIGHUP would now read
+    again = reload()
+    assert again.proxy.via == "edge-9" and again.proxy.workers == 3
+    assert again.proxy.upstream == "http://127.0.0.1:3000"
+
+
+def test_serve_workers_must_be_a_count(
+    server_outcome: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--workers", "0"]) == 2
+    assert capsys.readouterr().err.startswith("cacheproxy: config error: proxy.workers: ")
 
 
 def test_serve_reports_os_error(

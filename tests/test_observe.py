@@ -160,12 +160,14 @@ async def test_purge_method_on_a_url(origin, proxy):
 
 
 async def test_entries_list_and_inspect(origin, proxy):
-    c = await proxy(await origin(origin_app()))
+    up = await origin(origin_app())
+    c = await proxy(up)
     await c.get("/a")
     await c.get("/b")
     listed = await (await c.get("/_cacheproxy/entries")).json()
     keys = [e["key"] for e in listed["entries"]]
-    assert keys == [str(c.make_url("/a")), str(c.make_url("/b"))]
+    # Keyed by the upstream URL (proxy.host_header = "upstream": every Host reaches it).
+    assert keys == [str(up.make_url("/a")), str(up.make_url("/b"))]
     variant = listed["entries"][0]["variants"][0]
     assert variant["status"] == 200 and variant["ttl"] > 50 and variant["size"] > 0
     one = await (await c.get("/_cacheproxy/entry", params={"url": "/a"})).json()

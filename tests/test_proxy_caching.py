@@ -548,3 +548,31 @@ async def test_no_cache_responses_are_validated_for_every_request(origin, proxy)
     assert [await r.text() for r in responses] == ["body"] * 5
     assert o.calls["r"] == 6  # one validation each
     assert all("fwd-status=304" in cache_status(r) for r in responses)
+
+
+# -- §2 the cache key ---------------------------------------------------------
+
+
+async def test_s2_the_key_names_the_upstream_so_every_host_shares_it(origin, proxy):
+    """host_header = upstream: whatever Host a client uses, the origin sees the same URL,
+    so the entry is one (replicas reached as localhost:8080 and :8082 share it)."""
+    o = Origin(r=ok(**{"Cache-Control": "max-age=60"}))
+    c = await start(origin, proxy, o)
+    first = await c.get("/r", headers={"Host": "a.example"})
+    second = await c.get("/r", headers={"Host": "b.example:8082"})
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert o.calls["r"] == 1
+
+
+async def test_s2_with_host_passed_each_host_has_its_own_entry(origin, proxy):
+    """host_header = pass: the origin sees the client's Host, which may select another
+    site, so the Host is part of the key."""
+    o = Origin(r=lambda request: web.Response(text=request.host,
+                                              headers={"Cache-Control": "max-age=60"}))
+    c = await proxy(await origin(o.app), proxy={"host_header": "pass"})
+    a = await c.get("/r", headers={"Host": "a.example"})
+    b = await c.get("/r", headers={"Host": "b.example"})
+    assert (await a.text(), await b.text()) == ("a.example", "b.example")
+    assert b.headers["X-Cache"] == "MISS" and o.calls["r"] == 2
+    again = await c.get("/r", headers={"Host": "A.EXAMPLE"})
+    assert again.headers["X-Cache"] == "HIT" and await again.text() == "a.example"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -13,18 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CACHEPROXY_")}
-    env.update(extra)
-    return env
+from processes import clean_env, free_port
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float = 10) -> None:

@@ -8,10 +8,13 @@ answers from its store, the origin's count does not move.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
 import json
+import logging
 import re
+import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 from aiohttp import web
+
+from cacheproxy.config import DemoConfig, parse_listen
 
 COUNTS = web.AppKey("demo_counts", Counter)
 LAST_MODIFIED = web.AppKey("demo_last_modified", datetime)
@@ -362,3 +367,27 @@ async def start_demo_origin(host: str, port: int) -> tuple[web.AppRunner, int]:
         await runner.cleanup()
         raise
     return runner, runner.addresses[0][1]
+
+
+def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = None) -> None:
+    """Blocking: `cacheproxy demo`, the demo origin alone (a compose service of its own)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    host, port = parse_listen(config.listen)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        runner, bound = await start_demo_origin(host, port)
+        logging.getLogger("cacheproxy").info("demo origin listening on %s:%s", host, bound)
+        if ready is not None:
+            ready(bound)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(main())

@@ -11,6 +11,8 @@ import contextlib
 import hmac
 import ipaddress
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -23,7 +25,7 @@ from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.observe.metrics import metrics_text
 from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.outcome import Outcome
-from cacheproxy.store import Store
+from cacheproxy.store import Store, StoreUnavailable
 
 try:
     VERSION = version("cacheproxy")
@@ -71,6 +73,13 @@ class Admin:
         self.store = store
         self.observer = observer
         self._page: bytes | None = None
+        # The proxy's own keying (scheme, Host, target) -> key; set by the application.
+        self.key_for: Callable[[str, str, str], str] | None = None
+
+    def reconfigure(self, config: AdminConfig) -> None:
+        """SIGHUP: a new token applies at once; the paths are routes, fixed at start."""
+        self.config = replace(config, prefix=self.config.prefix,
+                              metrics_path=self.config.metrics_path)
 
     def routes(self, app: web.Application) -> None:
         p = self.config.prefix
@@ -127,7 +136,10 @@ class Admin:
         except ValueError as exc:
             return _json({"error": f"bad prefix or limit: {exc}"}, 400)
         now = time.time()
-        keys = await self.store.keys(prefix, limit)
+        try:
+            keys = await self.store.keys(prefix, limit)
+        except StoreUnavailable as exc:
+            return _unavailable(exc)
         listed = [{"key": key, "variants": [_describe(v, now, False)
                                             for v in await self.store.get(key)]}
                   for key in keys]
@@ -142,6 +154,8 @@ class Admin:
         except (KeyError, ValueError):
             return _json({"error": "give ?url=<a URL, or a path starting with />"}, 400)
         variants = await self.store.get(key)
+        if not variants and not getattr(self.store, "available", True):
+            return _unavailable(StoreUnavailable("the shared store is unavailable"))
         if not variants:
             return _json({"key": key, "error": "not in the cache"}, 404)
         now = time.time()
@@ -162,13 +176,18 @@ class Admin:
                               "prefix": prefix})
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
+        except StoreUnavailable as exc:
+            return _unavailable(exc)
         return _json({"error": "give ?url=<URL or /path> or ?prefix=<URL or /path prefix>"}, 400)
 
     async def clear(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
         entries = self.store.stats().entries
-        await self.store.clear()
+        try:
+            await self.store.clear()
+        except StoreUnavailable as exc:
+            return _unavailable(exc)
         return _json({"cleared": entries})
 
     async def purge_method(self, request: web.Request, key: str, outcome: Outcome) -> web.Response:
@@ -176,7 +195,11 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             outcome.status = "DENIED"
             return refusal
-        purged = await self.store.delete(key)
+        try:
+            purged = await self.store.delete(key)
+        except StoreUnavailable as exc:
+            outcome.status = "ERROR"
+            return _unavailable(exc)
         return _json({"purged": int(purged), "key": key}, 200 if purged else 404)
 
     async def dashboard(self, request: web.Request) -> web.Response:
@@ -200,19 +223,23 @@ class Admin:
                      404)
 
     def _key(self, request: web.Request, url: str, exact: bool = True) -> str:
-        """A cache key from what an operator typed: a full URL, or a path on this host.
-        Raises ValueError for what is neither."""
+        """A cache key from what an operator typed: a full URL, or a path on this host,
+        keyed as the proxy keys a request for it (key_for: the route's upstream, unless
+        Host is passed). Raises ValueError for what is neither."""
         if url.startswith(("http://", "https://")):
             parsed = URL(url, encoded=True)
             if not parsed.raw_host:
                 raise ValueError(f"no host in {url!r}")
-            if exact:
-                return primary_key(parsed.scheme, parsed.raw_authority, parsed.raw_path_qs)
-            return origin_of(parsed.scheme, parsed.raw_authority) + url.split(
-                parsed.raw_authority, 1)[1]
-        if not url.startswith("/"):
+            scheme, authority = parsed.scheme, parsed.raw_authority
+            target = parsed.raw_path_qs if exact else url.split(authority, 1)[1] or "/"
+        elif url.startswith("/"):
+            scheme, authority, target = request.scheme, _target_authority(request), url
+        else:
             raise ValueError(f"expected a URL or a path starting with '/', got {url!r}")
-        return origin_of(request.scheme, _target_authority(request)) + url
+        if self.key_for is not None:
+            return self.key_for(scheme, authority, target)
+        return primary_key(scheme, authority, target) if exact else \
+            origin_of(scheme, authority) + target
 
 
 def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
@@ -231,6 +258,11 @@ def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
 # Admin answers are nobody's to cache, and a token in the dashboard's URL must not
 # leave in a Referer (e.g. of the browser's favicon request, forwarded upstream).
 _PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def _unavailable(exc: StoreUnavailable) -> web.Response:
+    """A purge or listing the shared store could not do: say so, never report it done."""
+    return _json({"error": f"store unavailable, try again: {exc}"}, 503, {"Retry-After": "2"})
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

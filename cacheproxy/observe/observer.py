@@ -8,6 +8,7 @@ any handler ran."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -81,6 +82,24 @@ class Observer:
             self.stats.add(record)
         if self.sink is not None:
             self.sink.write(self.format(record))
+
+    def reconfigure(self, config: LogConfig) -> None:
+        """SIGHUP with a changed [log]: a new sink when the path or format changed,
+        else the same file reopened (logrotate). Raises OSError, keeping the old
+        sink, when the new file cannot be opened."""
+        old = self.sink
+        if config.format == "off":
+            self.sink = None
+        elif old is None or old.path != config.path:
+            self.sink = LogSink(config.path)  # may raise: nothing changed yet
+        else:
+            old.reopen()
+            old = None
+        self.format = to_text if config.format == "text" else to_json
+        if old is not None:
+            old.flush()
+            # close() joins the writer thread: not on the loop.
+            threading.Thread(target=old.close, name="cacheproxy-log-close", daemon=True).start()
 
     def reopen(self) -> None:  # SIGHUP
         if self.sink is not None:

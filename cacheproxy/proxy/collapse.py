@@ -40,10 +40,11 @@ class Collapser:
         if not fut.done():
             fut.set_result(None)
 
-    async def wait(self, fut: asyncio.Future[None]) -> bool:
-        """Wait for the leader; False when the wait timed out."""
+    async def wait(self, fut: asyncio.Future[None], timeout: float | None = None) -> bool:
+        """Wait for the leader (timeout: the route's, else this collapser's); False when
+        the wait timed out."""
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.timeout)
+            await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
         except TimeoutError:
             return False
         return True

@@ -32,7 +32,7 @@ from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.outcome import Outcome
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError, classify
-from cacheproxy.store import Store
+from cacheproxy.store import Store, discard
 
 log = logging.getLogger("cacheproxy")
 
@@ -60,9 +60,15 @@ class Exchange:
         self, session: aiohttp.ClientSession, store: Store, policy: StorePolicy,
         heuristics: Heuristics, max_object_bytes: int, cache_name: str,
     ) -> None:
-        # cache_name is also the Via pseudonym (proxy.via)
         self.session = session
         self.store = store
+        self.reconfigure(policy, heuristics, max_object_bytes, cache_name)
+
+    def reconfigure(
+        self, policy: StorePolicy, heuristics: Heuristics, max_object_bytes: int,
+        cache_name: str,
+    ) -> None:
+        # cache_name is also the Via pseudonym (proxy.via)
         self.policy = policy
         self.heuristics = heuristics
         self.max_object = max_object_bytes
@@ -150,7 +156,7 @@ class Exchange:
             if entry is None:
                 fill.done()
                 if replaces is not None and resp.status == 200:
-                    await self.store.delete(fill.key)  # the new representation is not storable
+                    await discard(self.store, fill.key)  # the new representation is not storable
         if entry is not None and fill is not None and self._client_has_current(request, entry):
             return await self._not_modified(request, resp, outcome, fill, entry)
         headers = CIMultiDict(end_to_end(resp.headers.items()))
@@ -243,7 +249,7 @@ class Exchange:
         try:
             if entry is None:
                 if replaces is not None and resp.status == 200:
-                    await self.store.delete(fill.key)
+                    await discard(self.store, fill.key)
                 resp.close()
                 return
             chunks: list[bytes] = []

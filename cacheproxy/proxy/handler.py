@@ -9,8 +9,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
+import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from cacheproxy.config import Config
 from cacheproxy.http.cache_control import (
@@ -18,7 +18,7 @@ from cacheproxy.http.cache_control import (
     RequestDirectives,
     parse_request_directives,
 )
-from cacheproxy.http.cache_key import primary_key, select_variant
+from cacheproxy.http.cache_key import select_variant
 from cacheproxy.http.fields import Headers, combined_value
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import (
@@ -32,59 +32,65 @@ from cacheproxy.http.reuse import (
     stale_forbidden,
 )
 from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
-from cacheproxy.http.storability import StorePolicy
-from cacheproxy.http.stored import CachedResponse, Heuristics, make_stored_response, with_date
+from cacheproxy.http.stored import CachedResponse, make_stored_response, with_date
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.observer import OUTCOME
 from cacheproxy.proxy.collapse import PASS_REASONS, Collapser
-from cacheproxy.proxy.exchange import Exchange, Fill
-from cacheproxy.proxy.forwarding import ForwardPolicy, request_fields, via_value
+from cacheproxy.proxy.exchange import Fill
+from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
 from cacheproxy.proxy.outcome import Outcome
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
+from cacheproxy.proxy.routing import Plans, RoutePlan
 from cacheproxy.proxy.upstream import UpstreamError, make_session
-from cacheproxy.store import Store
+from cacheproxy.store import Store, discard
 
 log = logging.getLogger("cacheproxy")
 # The authority of an absolute-form request, which replaces Host upstream (RFC 9112 §3.2.2).
 EFFECTIVE_HOST = web.RequestKey("cacheproxy.host", str)
+PLAN = web.RequestKey("cacheproxy.plan", RoutePlan)  # the request's route, set first
 
 
 class CacheProxy:
     def __init__(self, config: Config, upstream: str, store: Store) -> None:
-        self.config = config
         self.store = store
-        self.upstream = upstream.rstrip("/")
-        self.shared = config.cache.shared
-        self.cache_name = config.proxy.via
-        # Via on responses the cache makes itself (replays, errors): it speaks HTTP/1.1.
-        self.local_via = via_value((1, 1), config.proxy.via)
+        self.default_upstream = upstream.rstrip("/")  # the demo origin's when none is set
         self.blocks = HeaderBlocks()
-        self.policy = StorePolicy(shared=self.shared, set_cookie=config.cache.set_cookie)
-        self.heuristics = Heuristics(
-            config.cache.heuristic_fraction, config.cache.heuristic_max_age
-        )
-        up = URL(self.upstream)
-        self.forward = ForwardPolicy(
-            via=config.proxy.via,
-            upstream_host=up.raw_authority.rpartition("@")[2],
-            pass_host=config.proxy.host_header == "pass",
-            x_forwarded_for=config.proxy.x_forwarded_for,
-            x_forwarded_proto=config.proxy.x_forwarded_proto,
-            x_forwarded_host=config.proxy.x_forwarded_host,
-        )
-        self.collapser = Collapser(config.cache.collapse_timeout) if config.cache.collapse else None
-        self.exchange: Exchange | None = None
+        self.collapser = Collapser(config.cache.collapse_timeout)
+        self.session: aiohttp.ClientSession | None = None
         # Set by the application (observe/): PURGE.
         self.purge: Callable[[web.Request, str, Outcome], Awaitable[web.Response]] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._refreshing: set[str] = set()  # keys with a background refresh under way
+        self.reconfigure(config)
+
+    def check_config(self, config: Config) -> None:
+        """Raise ConfigError if config cannot be applied (reload checks before it changes
+        anything): building the plans compiles every policy."""
+        Plans.build(config, self.default_upstream, None, self.store)
+
+    def reconfigure(self, config: Config) -> None:
+        """Derive what requests read from config; called at start and on reload (SIGHUP).
+        A request takes its route's plan once, when it starts, so one in flight finishes
+        by the config it began with."""
+        self.config = config
+        self.cache_name = config.proxy.via
+        # Via on responses the cache makes itself (replays, errors): it speaks HTTP/1.1.
+        self.local_via = via_value((1, 1), config.proxy.via)
+        self.plans = Plans.build(config, self.default_upstream, self.session, self.store)
+
+    def cache_key(self, scheme: str, authority: str, target: str) -> str:
+        """The key a request for target on authority (Host) is stored under (admin purge)."""
+        return self.plans.match(authority, target).cache_key(scheme, authority, target)
+
+    def upstreams(self) -> tuple[str, ...]:
+        """Every origin this proxy sends to (readiness checks)."""
+        return self.plans.upstreams()
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup_ctx: the pooled upstream session lives as long as the app."""
-        session = make_session(self.config.proxy)
-        self.exchange = Exchange(session, self.store, self.policy, self.heuristics,
-                                 self.config.cache.max_object_bytes, self.cache_name)
+        session = self.session = make_session(self.config.proxy)
+        self.reconfigure(self.config)  # the exchanges need the session
         yield
         for task in list(self._background):
             task.cancel()
@@ -104,7 +110,7 @@ class CacheProxy:
             return self._server_options(request, outcome)
         host = h.get("Host")
         if host is None and request.version < (1, 1):
-            host = self.forward.upstream_host  # HTTP/1.0 may omit Host
+            host = self.plans.default.forward.upstream_host  # HTTP/1.0 may omit Host
         parsed = request_target(raw, host)
         if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
             outcome.status = "ERROR"
@@ -113,7 +119,11 @@ class CacheProxy:
         outcome.host = parsed.authority
         if parsed.absolute:  # §3.2.2: the request line's authority replaces Host
             request[EFFECTIVE_HOST] = parsed.authority
-        key = primary_key(request.scheme, parsed.authority, target)
+        plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway
+        plan = request[PLAN] = plans.match(parsed.authority, target)
+        if plans.routed:
+            outcome.route = plan.route.name
+        key = plan.cache_key(request.scheme, parsed.authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
             return await self.purge(request, key, outcome)
@@ -145,6 +155,7 @@ class CacheProxy:
         validated_since: float | None = None,
     ) -> web.StreamResponse:
         h = request.headers
+        plan = request[PLAN]
         req = (parse_request_directives(combined_value(h, "Cache-Control"), h.get("Pragma"))
                if "Cache-Control" in h or "Pragma" in h else NO_REQUEST_DIRECTIVES)
         variants = await self.store.get(key)
@@ -159,7 +170,7 @@ class CacheProxy:
             reuse = decide_reuse(
                 lifetime=entry.lifetime, initial_age=entry.initial_age,
                 response_time=entry.response_time, directives=entry.directives,
-                request=req, now=time.time(), shared=self.shared,
+                request=req, now=time.time(), shared=plan.shared,
             )
             if (reuse.action is Action.REVALIDATE and reuse.forward == "request"
                     and validated_since is not None and entry.response_time >= validated_since):
@@ -179,7 +190,7 @@ class CacheProxy:
                 outcome.detail = "only-if-cached"
                 return self._error(request, 504, "stale in cache (only-if-cached)", outcome)
             outcome.fwd = reuse.forward
-        if (collapse and self.collapser is not None and request.method == "GET"
+        if (collapse and plan.route.cache.collapse and request.method == "GET"
                 and not self.collapser.passes(key) and (entry is None or shareable_validation(
                     no_cache=entry.directives.no_cache, lifetime=entry.lifetime, reuse=reuse))):
             return await self._collapsed(request, key, target, outcome, req, entry, reuse)
@@ -200,11 +211,10 @@ class CacheProxy:
     ) -> web.StreamResponse:
         """One upstream request per key at a time; the others wait, then look again."""
         collapser = self.collapser
-        assert collapser is not None
         fut, leading = collapser.join(key)
         if not leading:
             arrived = time.time()
-            await collapser.wait(fut)
+            await collapser.wait(fut, request[PLAN].route.cache.collapse_timeout)
             outcome.collapsed = True
             # Served from what the leader stored, or upstream alone when it stored nothing usable.
             return await self._cached(request, key, target, outcome, collapse=False,
@@ -237,15 +247,16 @@ class CacheProxy:
         """A full request upstream; the response streams to the client and may be stored.
         A HEAD is sent as GET so that its answer can be stored for both (as nginx does);
         the HEAD client gets no body (relay)."""
-        assert self.exchange is not None
+        plan = request[PLAN]
+        assert plan.exchange is not None
         may_store = request.method in ("GET", "HEAD") and not fill.request.no_store
         if not may_store:
             fill.done()  # nothing will be stored: waiters need not wait for the body
         method = "GET" if may_store else request.method
         fields = self._fields(request, strip_conditionals=may_store)
         request_time = time.time()
-        resp = await self.exchange.send(method, self.upstream + target, fields, None, outcome)
-        return await self.exchange.relay(request, resp, outcome, fill if may_store else None,
+        resp = await plan.exchange.send(method, plan.upstream + target, fields, None, outcome)
+        return await plan.exchange.relay(request, resp, outcome, fill if may_store else None,
                                          request_time, upstream_method=method)
 
     async def _revalidate(
@@ -254,23 +265,24 @@ class CacheProxy:
     ) -> web.StreamResponse:
         """§4.3: ask the origin (conditionally when we hold validators); a 304 freshens
         the stored response, an error may be answered with it (RFC 5861 §4)."""
-        assert self.exchange is not None
+        plan = request[PLAN]
+        assert plan.exchange is not None
         fields = self._fields(request, strip_conditionals=True, extra=conditional_fields(entry))
         request_time = time.time()
         try:
-            resp = await self.exchange.send("GET", self.upstream + target, fields, None, outcome)
+            resp = await plan.exchange.send("GET", plan.upstream + target, fields, None, outcome)
         except UpstreamError as exc:
             return self._stale_on_error(request, entry, reuse, outcome, fill, exc.status, exc)
         pairs = list(resp.headers.items())
         if resp.status == 304 and selects(entry, pairs):
             resp.release()
             outcome.status, outcome.fwd_status = "REVALIDATED", 304
-            updated = await self._update_stored(entry, pairs, request_time, fill, outcome)
+            updated = await self._update_stored(plan, entry, pairs, request_time, fill, outcome)
             age = updated.initial_age + max(0.0, time.time() - updated.response_time)
             return self._serve(request, updated, Reuse(Action.SERVE, age, updated.lifetime - age,
                                                        ""), outcome)
         if resp.status in STALE_IF_ERROR_STATUSES and may_serve_stale_on_error(
-            ttl=reuse.ttl, directives=entry.directives, request=fill.request, shared=self.shared
+            ttl=reuse.ttl, directives=entry.directives, request=fill.request, shared=plan.shared
         ):  # RFC 5861 §4: the origin erred
             resp.release()
             return self._stale_on_error(request, entry, reuse, outcome, fill, resp.status, None)
@@ -279,7 +291,7 @@ class CacheProxy:
             resp.release()
             return await self._fetch(request, target, outcome, fill)
         # Sent as GET even for a HEAD: the answer may be stored (relay sends no body to HEAD).
-        return await self.exchange.relay(request, resp, outcome, fill, request_time,
+        return await plan.exchange.relay(request, resp, outcome, fill, request_time,
                                          replaces=entry, upstream_method="GET")
 
     def _stale_on_error(
@@ -288,39 +300,41 @@ class CacheProxy:
     ) -> web.StreamResponse:
         fill.done()
         outcome.fwd_status = status if exc is None else None
+        shared = request[PLAN].shared
         if may_serve_stale_on_error(ttl=reuse.ttl, directives=entry.directives,
-                                    request=fill.request, shared=self.shared):
+                                    request=fill.request, shared=shared):
             outcome.status, outcome.detail = "STALE", "stale-if-error"
             return self._serve(request, entry, reuse, outcome)
         if exc is None:  # unreachable: only 5xx from the origin gets here with stale allowed
             raise UpstreamError(502, "upstream error")
         outcome.status = "ERROR"
-        if stale_forbidden(entry.directives, self.shared):
+        if stale_forbidden(entry.directives, shared):
             # §5.2.2.2: must-revalidate and no origin: 504, never the stale copy.
             return self._error(request, 504, "upstream unavailable (must-revalidate)", outcome)
         return self._error(request, exc.status, exc.reason, outcome)
 
     async def _update_stored(
-        self, entry: CachedResponse, pairs: list[tuple[str, str]], request_time: float,
-        fill: Fill, outcome: Outcome,
+        self, plan: RoutePlan, entry: CachedResponse, pairs: list[tuple[str, str]],
+        request_time: float, fill: Fill, outcome: Outcome,
     ) -> CachedResponse:
         """§4.3.4: the stored response takes the 304's fields (§3.2) and fresh timings.
         The merged response is judged like a new one (§3): a 304 may bring Set-Cookie,
         private fields or no-store. Returns what this client gets."""
-        assert self.exchange is not None
+        exchange = plan.exchange
+        assert exchange is not None
         response_time = time.time()
         merged = merge_304(entry, with_date(pairs, response_time))
         view = make_stored_response(
             key=entry.key, vary=entry.vary, vary_values=entry.vary_values, status=entry.status,
             pairs=merged, body=entry.body, request_time=request_time,
-            response_time=response_time, shared=self.shared, heuristics=self.heuristics,
+            response_time=response_time, shared=plan.shared, heuristics=plan.heuristics,
         )
-        plan = self.exchange.plan("GET", entry.status, merged, len(entry.body), fill,
-                                  request_time, outcome)
-        if plan is not None:
-            await self.exchange.put(replace(plan, response_time=response_time), entry.body)
+        store_plan = exchange.plan("GET", entry.status, merged, len(entry.body), fill,
+                                   request_time, outcome)
+        if store_plan is not None:
+            await exchange.put(replace(store_plan, response_time=response_time), entry.body)
         else:
-            await self.store.delete(entry.key)
+            await discard(self.store, entry.key)
         fill.done()
         return view
 
@@ -335,26 +349,27 @@ class CacheProxy:
         fields = [(k, v) for k, v in self._fields(
             request, strip_conditionals=True, extra=conditional_fields(entry))
             if k.lower() not in ("cache-control", "pragma")]
-        refresh = self._refresh(key, target, entry, fields, request.headers)
+        refresh = self._refresh(request[PLAN], key, target, entry, fields, request.headers)
         task = asyncio.get_running_loop().create_task(refresh)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _refresh(
-        self, key: str, target: str, entry: CachedResponse, fields: list[tuple[str, str]],
-        headers: Headers,
+        self, plan: RoutePlan, key: str, target: str, entry: CachedResponse,
+        fields: list[tuple[str, str]], headers: Headers,
     ) -> None:
-        assert self.exchange is not None
+        exchange = plan.exchange
+        assert exchange is not None
         try:
             request_time = time.time()
-            resp = await self.exchange.send("GET", self.upstream + target, fields, None)
+            resp = await exchange.send("GET", plan.upstream + target, fields, None)
             pairs = list(resp.headers.items())
             fill = Fill(key=key, request=RequestDirectives(), request_headers=headers)
             if resp.status == 304 and selects(entry, pairs):
                 resp.release()
-                await self._update_stored(entry, pairs, request_time, fill, Outcome())
+                await self._update_stored(plan, entry, pairs, request_time, fill, Outcome())
             else:
-                await self.exchange.consume(resp, fill, request_time, replaces=entry)
+                await exchange.consume(resp, fill, request_time, replaces=entry)
         except UpstreamError as exc:
             log.info("background revalidation of %s failed: %s", key, exc.reason)
         except Exception:  # a bug of ours must not end as "Task exception was never retrieved"
@@ -368,20 +383,21 @@ class CacheProxy:
         self, request: web.Request, key: str, target: str, outcome: Outcome
     ) -> web.StreamResponse:
         """Forward as is; a non-error answer to an unsafe method invalidates (§4.4)."""
-        assert self.exchange is not None
+        plan = request[PLAN]
+        assert plan.exchange is not None
         body = request.content if request.body_exists else None
         fields = self._fields(request)
-        resp = await self.exchange.send(request.method, self.upstream + target, fields, body,
+        resp = await plan.exchange.send(request.method, plan.upstream + target, fields, body,
                                         outcome)
         try:
             for uri in invalidated_uris(request.method, resp.status, key,
                                         resp.headers.get("Location"),
                                         resp.headers.get("Content-Location")):
-                await self.store.delete(uri)
+                await discard(self.store, uri)
         except BaseException:
             resp.close()
             raise
-        return await self.exchange.relay(request, resp, outcome, None, time.time())
+        return await plan.exchange.relay(request, resp, outcome, None, time.time())
 
     def _server_options(self, request: web.Request, outcome: Outcome) -> web.Response:
         """RFC 9110 §9.3.7: "OPTIONS *" is about the server in general, and to the
@@ -398,7 +414,7 @@ class CacheProxy:
         extra: list[tuple[str, str]] | None = None,
     ) -> list[tuple[str, str]]:
         return request_fields(
-            list(request.headers.items()), policy=self.forward, version=request.version,
+            list(request.headers.items()), policy=request[PLAN].forward, version=request.version,
             client_ip=request.remote, scheme=request.scheme,
             strip_conditionals=strip_conditionals, extra=extra,
             host=request.get(EFFECTIVE_HOST),

@@ -8,20 +8,24 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web, web_urldispatcher
 
-from cacheproxy.config import Config, parse_listen
+from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
 from cacheproxy.observe.admin import Admin
+from cacheproxy.observe.health import Health
 from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
-from cacheproxy.store import MemoryStore, Store
+from cacheproxy.store import Store, build_store
 
 log = logging.getLogger("cacheproxy")
 PROXY = web.AppKey("proxy", CacheProxy)
 OBSERVER = web.AppKey("observer", Observer)
+ADMIN = web.AppKey("admin", Admin)
+HEALTH = web.AppKey("health", Health)
 
 
 class AnyTarget(web_urldispatcher.DynamicResource):
@@ -32,30 +36,41 @@ class AnyTarget(web_urldispatcher.DynamicResource):
         return {}
 
 
-def make_store(config: Config) -> Store:
-    return MemoryStore(config.cache.max_bytes)
-
-
 def make_app(
     config: Config, upstream: str | None = None, store: Store | None = None
 ) -> web.Application:
     """The proxy as an aiohttp application: one catch-all route, any method.
     upstream defaults to proxy.upstream (serve passes the demo origin's URL)."""
-    store = store if store is not None else make_store(config)
+    store = store if store is not None else build_store(config.cache)
     proxy = CacheProxy(config, upstream or config.proxy.upstream, store)
     admin_paths = (config.admin.prefix, *filter(None, [config.admin.metrics_path]))
     observer = Observer(config.log, time.time(), admin_paths)
     admin = Admin(config.admin, store, observer)
     proxy.purge = admin.purge_method
+    admin.key_for = proxy.cache_key
+    health = Health(proxy.upstreams, getattr(store, "ping", None))
     app = web.Application()
-    app[PROXY], app[OBSERVER] = proxy, observer
+    app[PROXY], app[OBSERVER], app[ADMIN], app[HEALTH] = proxy, observer, admin, health
+    app.cleanup_ctx.append(_store_context(store))
     app.cleanup_ctx.append(proxy.context)
     app.on_cleanup.append(lambda _: _close(observer))
+    health.routes(app, config.admin.prefix)
     admin.routes(app)  # exact paths: the router tries them before the catch-all
     target = AnyTarget("/{tail:.*}")
     app.router.register_resource(target)
     target.add_route("*", proxy.handle)
     return app
+
+
+def _store_context(store: Store) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The store's connections (Redis) live as long as the app."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await store.start()
+        yield
+        await store.close()
+
+    return context
 
 
 async def _close(observer: Observer) -> None:
@@ -66,9 +81,15 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-async def serve(config: Config) -> None:
-    """Run until cancelled. With no upstream, the bundled demo origin is started first."""
-    upstream = config.proxy.upstream
+async def serve(
+    config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
+    port: int | None = None, upstream: str | None = None,
+) -> None:
+    """Run until cancelled, then stop gracefully (proxy.shutdown_timeout). With no upstream,
+    the bundled demo origin is started first. SIGHUP calls reload() for a new config and
+    applies it (see reconfigure). --workers processes pass reuse_port, the port the parent
+    resolved, and the demo origin's URL when it runs the demo."""
+    upstream = upstream or config.proxy.upstream
     demo = None
     if not upstream:
         demo_host, demo_port = parse_listen(config.demo.listen)
@@ -77,29 +98,94 @@ async def serve(config: Config) -> None:
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     # ProxyAppRunner: aiohttp's runner, but any method token is accepted (RFC 9110 §9.1).
     app = make_app(config, upstream)
-    runner = ProxyAppRunner(app, **app[OBSERVER].runner_args())
+    runner = ProxyAppRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
+                            **app[OBSERVER].runner_args())
     await runner.setup()
     try:
-        host, port = parse_listen(config.proxy.listen)
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        host, listen_port = parse_listen(config.proxy.listen)
+        port = listen_port if port is None else port
+        site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info("cacheproxy listening on %s -> %s", _url(host, bound), upstream)
-        # SIGHUP: reopen the request log file (after logrotate moved it).
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGHUP, runner.app[OBSERVER].reopen)
+        loop = asyncio.get_running_loop()
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reloader(app, reload))
+        else:  # at least reopen the request log file (after logrotate moved it)
+            loop.add_signal_handler(signal.SIGHUP, app[OBSERVER].reopen)
         await asyncio.Event().wait()
     finally:
+        # Stop accepting; requests in flight get shutdown_timeout seconds to finish.
+        app[HEALTH].draining = True
+        log.info("stopping: finishing requests in flight (at most %ss)",
+                 config.proxy.shutdown_timeout)
         await runner.cleanup()
         if demo is not None:
             await demo.cleanup()
 
 
-def run(config: Config) -> None:
-    """Blocking entry point for `cacheproxy serve`; SIGTERM and SIGINT stop it."""
+def _reloader(app: web.Application, reload: Callable[[], Config]) -> Callable[[], None]:
+    def on_sighup() -> None:
+        try:
+            new = reload()
+            reconfigure(app, new)
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return
+        log.info("configuration reloaded")
+
+    return on_sighup
+
+
+def reconfigure(app: web.Application, new: Config) -> None:
+    """Apply a new config to a running app, without dropping a connection: routes, policies,
+    forwarding, cache rules, log and admin token. What needs a restart (listen address, store,
+    workers, timeouts of the upstream pool, admin paths) is kept, with a warning."""
+    proxy = app[PROXY]
+    for key in restart_only_changes(proxy.config, new):
+        log.warning("reload: %s changed; it takes effect at the next restart", key)
+    proxy.check_config(new)  # raises ConfigError before anything changes
+    app[OBSERVER].reconfigure(new.log)  # raises OSError (a log file that cannot open) first
+    app[ADMIN].reconfigure(new.admin)
+    proxy.reconfigure(new)
+
+
+# Settings a running process cannot change: sockets, store, processes, the upstream pool.
+RESTART_ONLY = (
+    "proxy.listen", "proxy.workers", "proxy.connect_timeout", "proxy.read_timeout",
+    "proxy.max_connections", "proxy.shutdown_timeout",
+    "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
+    "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
+    "cache.memory_layer_ttl", "demo.listen", "admin.prefix", "admin.metrics_path",
+)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    changed = []
+    for key in RESTART_ONLY:
+        section, name = key.split(".")
+        if getattr(getattr(old, section), name) != getattr(getattr(new, section), name):
+            changed.append(key)
+    return changed
+
+
+def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """Blocking entry point for `cacheproxy serve`; SIGTERM and SIGINT stop it gracefully.
+    With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
+    if config.proxy.workers > 1:
+        from cacheproxy.proxy.workers import supervise
 
+        supervise(config, reload)
+        return
+    run_one(config, reload)
+
+
+def run_one(
+    config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
+    port: int | None = None, upstream: str | None = None,
+) -> None:
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -107,7 +193,7 @@ def run(config: Config) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(config)
+            await serve(config, reload, reuse_port=reuse_port, port=port, upstream=upstream)
 
     try:
         import uvloop  # the faster loop when installed (pyproject: not on Windows)

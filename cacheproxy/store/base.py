@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
 from cacheproxy.http.stored import CachedResponse
+
+
+class StoreUnavailable(Exception):
+    """A shared store cannot be reached. get and put never raise it (the request path
+    goes on uncached); delete, delete_prefix, clear and keys do, so that the admin API
+    answers 503 rather than report a purge that did not happen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +35,8 @@ class Store(Protocol):
         ...
 
     async def delete(self, key: str) -> bool:
-        """Forget every variant under key; True when something was removed."""
+        """Forget every variant under key; True when something was removed.
+        Raises StoreUnavailable (as do clear, keys and delete_prefix)."""
         ...
 
     async def clear(self) -> None: ...
@@ -42,3 +50,19 @@ class Store(Protocol):
         ...
 
     def stats(self) -> StoreStats: ...
+
+    async def start(self) -> None:
+        """Open connections; called once before the first request."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; called once after the last request."""
+        ...
+
+
+async def discard(store: Store, key: str) -> None:
+    """Forget key on the request path (§4.4 invalidation, a response no longer storable):
+    best effort. With the shared store down the request has already reached the origin and
+    must get its answer, not a 500; the store has logged the outage."""
+    with contextlib.suppress(StoreUnavailable):
+        await store.delete(key)

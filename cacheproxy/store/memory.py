@@ -78,6 +78,12 @@ class MemoryStore:
         self._lru.clear()
         self._lru.evictions, self._lru.entries = evictions, 0
 
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
     def stats(self) -> StoreStats:
         return StoreStats(
             entries=self._lru.entries,

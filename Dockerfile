@@ -1,0 +1,33 @@
+# cacheproxy: the caching proxy, or with `cacheproxy demo` the bundled demo origin.
+# Config comes from /app/config/cacheproxy.toml (mount ./config there) and from
+# CACHEPROXY_<SECTION>_<KEY> environment variables, which win over the file.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The package from this repository (its dependencies from PyPI, as pyproject.toml pins them).
+COPY pyproject.toml README.md ./
+COPY cacheproxy ./cacheproxy
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid 10001 cacheproxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app cacheproxy
+
+# Defaults for a container: listen on every interface (the file's default is loopback).
+COPY config ./config
+ENV CACHEPROXY_PROXY_LISTEN=0.0.0.0:8080 \
+    CACHEPROXY_DEMO_LISTEN=0.0.0.0:8081
+
+USER 10001:10001
+EXPOSE 8080
+
+# Liveness only: a replica whose Redis or origin is down still answers (see /readyz).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/_cacheproxy/healthz', timeout=2)"]
+
+# Exec form: cacheproxy is PID 1 and gets SIGTERM (graceful stop) and SIGHUP (reload).
+CMD ["cacheproxy", "serve"]

@@ -1,0 +1,93 @@
+"""What the handler needs per route, built once per config: the route's upstream and how
+requests are forwarded to it, its storing rules and its exchange (sharing the pooled session
+and the store with every other route)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from cacheproxy.config import Config
+from cacheproxy.http.cache_key import primary_key
+from cacheproxy.http.storability import StorePolicy
+from cacheproxy.http.stored import Heuristics
+from cacheproxy.policies.routes import Route, RouteTable
+from cacheproxy.proxy.exchange import Exchange
+from cacheproxy.proxy.forwarding import ForwardPolicy
+from cacheproxy.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    route: Route
+    upstream: str             # without a trailing "/": the target is appended
+    upstream_scheme: str
+    forward: ForwardPolicy
+    shared: bool
+    heuristics: Heuristics
+    exchange: Exchange | None  # None until the upstream session exists
+
+    def cache_key(self, scheme: str, authority: str, target: str) -> str:
+        """RFC 9111 §2: the primary key is the URI the response came from. With host_header
+        = upstream every Host a client uses reaches the same origin URL, so the key names the
+        upstream (nginx's default $proxy_host key): replicas reached by different names share
+        entries and no Host can split or poison them. With pass, the client's Host is what
+        the origin sees, so it is in the key."""
+        if self.forward.pass_host:
+            return primary_key(scheme, authority, target)
+        return primary_key(self.upstream_scheme, self.forward.upstream_host, target)
+
+
+def plan_route(route: Route, config: Config, default_upstream: str,
+               session: aiohttp.ClientSession | None, store: Store) -> RoutePlan:
+    upstream = (route.upstream or default_upstream).rstrip("/")
+    up = URL(upstream)
+    cache = route.cache
+    policy = StorePolicy(shared=cache.shared, set_cookie=cache.set_cookie)
+    heuristics = Heuristics(cache.heuristic_fraction, cache.heuristic_max_age)
+    exchange = None if session is None else Exchange(
+        session, store, policy, heuristics, cache.max_object_bytes, config.proxy.via)
+    return RoutePlan(
+        route=route,
+        upstream=upstream,
+        upstream_scheme=up.scheme,
+        forward=ForwardPolicy(
+            via=config.proxy.via,
+            upstream_host=up.raw_authority.rpartition("@")[2],
+            pass_host=config.proxy.host_header == "pass",
+            x_forwarded_for=config.proxy.x_forwarded_for,
+            x_forwarded_proto=config.proxy.x_forwarded_proto,
+            x_forwarded_host=config.proxy.x_forwarded_host,
+        ),
+        shared=cache.shared,
+        heuristics=heuristics,
+        exchange=exchange,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Plans:
+    """The route table and each route's plan, swapped whole on reload."""
+
+    table: RouteTable
+    by_name: dict[str, RoutePlan]
+    default: RoutePlan
+    routed: bool  # any [[routes]] at all: then the log names the route
+
+    @classmethod
+    def build(cls, config: Config, default_upstream: str,
+              session: aiohttp.ClientSession | None, store: Store) -> Plans:
+        table = RouteTable.from_config(config)
+        by_name = {r.name: plan_route(r, config, default_upstream, session, store)
+                   for r in (*table.routes, table.default)}
+        return cls(table, by_name, by_name[table.default.name], bool(table.routes))
+
+    def match(self, authority: str, target: str) -> RoutePlan:
+        if not self.routed:
+            return self.default
+        return self.by_name[self.table.match(authority, target).name]
+
+    def upstreams(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.upstream for p in self.by_name.values()))

@@ -1,0 +1,172 @@
+"""`--workers N`: N processes serving one port, for more than one core.
+
+Each worker is a whole proxy (its own event loop, upstream pool and, with the memory store,
+its own cache; with store = "redis" they share one) bound to the same port with SO_REUSEPORT,
+so the kernel spreads connections over them. This parent process does no HTTP: it holds the
+port (a bound socket that never listens, so port 0 resolves once for all), starts the demo
+origin when no upstream is set, passes SIGHUP on (each worker reloads its config) and SIGTERM
+(each finishes its requests in flight), and restarts a worker that dies unexpectedly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from cacheproxy.config import Config, parse_listen
+
+log = logging.getLogger("cacheproxy")
+
+# A worker that keeps dying at start (a port it cannot bind, a bug) is not restarted forever.
+MAX_QUICK_DEATHS = 5
+QUICK_DEATH_SECONDS = 2.0
+
+# fork: workers inherit the loaded config and its reload function (a closure) as they are.
+_mp = multiprocessing.get_context("fork")
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, never-listening SO_REUSEPORT socket: it fixes the port (0 picks one) while
+    the workers bind theirs beside it; only listening sockets get connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _worker(config: Config, reload: Callable[[], Config] | None, port: int,
+            upstream: str | None) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
+    from cacheproxy.proxy.server import run_one
+
+    run_one(config, reload, reuse_port=True, port=port, upstream=upstream)
+
+
+def _demo(config: Config, ready: Any) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    from cacheproxy.demo.origin import run_demo_origin
+
+    run_demo_origin(config.demo, ready=ready.send)
+
+
+class Supervisor:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None) -> None:
+        self.config = config
+        self.reload = reload
+        self.workers: list[BaseProcess] = []
+        self.started: dict[int, float] = {}
+        self.quick_deaths = 0
+        self.stopping = False
+        self.hangup = False
+
+    def run(self) -> int:
+        host, port = parse_listen(self.config.proxy.listen)
+        holder = reserve_port(host, port)
+        port = holder.getsockname()[1]
+        demo, upstream = self._start_demo()
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hup)
+        try:
+            for _ in range(self.config.proxy.workers):
+                self.workers.append(self._start(port, upstream))
+            log.info("%d workers on %s:%d (SO_REUSEPORT)", len(self.workers), host, port)
+            return self._watch(port, upstream)
+        finally:
+            self._stop_all(demo)
+            holder.close()
+
+    def _start_demo(self) -> tuple[BaseProcess | None, str | None]:
+        if self.config.proxy.upstream:
+            return None, None
+        receive, send = _mp.Pipe(duplex=False)
+        demo = _mp.Process(target=_demo, args=(self.config, send), name="cacheproxy-demo")
+        demo.start()
+        if not receive.poll(10):
+            demo.kill()
+            raise OSError("the demo origin did not start")
+        demo_host, _ = parse_listen(self.config.demo.listen)
+        demo_port = receive.recv()
+        host = f"[{demo_host}]" if ":" in demo_host else demo_host
+        return demo, f"http://{host}:{demo_port}"
+
+    def _start(self, port: int, upstream: str | None) -> BaseProcess:
+        worker = _mp.Process(target=_worker, args=(self.config, self.reload, port, upstream),
+                             name="cacheproxy-worker")
+        worker.start()
+        assert worker.pid is not None
+        self.started[worker.pid] = time.monotonic()
+        return worker
+
+    def _watch(self, port: int, upstream: str | None) -> int:
+        while not self.stopping:
+            if self.hangup:
+                self.hangup = False
+                for worker in self.workers:
+                    _signal(worker, signal.SIGHUP)
+            multiprocessing.connection.wait([w.sentinel for w in self.workers], timeout=0.5)
+            for i, worker in enumerate(self.workers):
+                if worker.is_alive() or self.stopping:
+                    continue
+                assert worker.pid is not None
+                lived = time.monotonic() - self.started.pop(worker.pid, 0.0)
+                log.error("worker %d exited with %s; starting another", worker.pid,
+                          worker.exitcode)
+                if lived < QUICK_DEATH_SECONDS:
+                    self.quick_deaths += 1
+                    if self.quick_deaths >= MAX_QUICK_DEATHS:
+                        log.error("workers keep dying at start; giving up")
+                        return 1
+                self.workers[i] = self._start(port, upstream)
+        return 0
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def _hup(self, signum: int, frame: object) -> None:
+        self.hangup = True
+
+    def _stop_all(self, demo: BaseProcess | None) -> None:
+        for worker in self.workers:
+            _signal(worker, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.proxy.shutdown_timeout + 5
+        for worker in self.workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+        if demo is not None:
+            _signal(demo, signal.SIGTERM)
+            demo.join(5)
+            if demo.is_alive():
+                demo.kill()
+
+
+def _signal(process: BaseProcess, sig: int) -> None:
+    if process.pid is not None and process.is_alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+
+
+def supervise(config: Config, reload: Callable[[], Config] | None) -> None:
+    code = Supervisor(config, reload).run()
+    if code:
+        sys.exit(code)

@@ -1,0 +1,181 @@
+"""A memory layer in front of Redis: hot entries answered without a round trip.
+
+The staleness bound: the front answers from its own copy only within `ttl` seconds
+(memory_layer_ttl) of fetching it from Redis or writing it there. So a replica may serve
+a copy up to ttl seconds older than Redis's (when another replica stored a newer one).
+Purges go to Redis, which publishes them on `{prefix}purge`; every replica's subscriber
+drops those keys from its front at once. A lost message (subscriber reconnecting, a
+purge racing a fill) still takes effect within ttl, and the front is cleared when the
+subscriber reconnects after an outage, since purges may have been missed.
+
+With Redis down the front goes on answering, but only within ttl of its last exchange
+with Redis (the bound holds), and it takes nothing new: requests go to the origin
+until Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from cachetools import TTLCache
+
+from cacheproxy.http.stored import ENTRY_OVERHEAD, CachedResponse
+from cacheproxy.store.base import StoreStats
+from cacheproxy.store.memory import MemoryStore
+from cacheproxy.store.redis import RedisStore
+
+log = logging.getLogger("cacheproxy.store")
+_LISTEN_WAIT = 1.0  # seconds per wait for a purge message (then wait again)
+
+
+class LayeredStore:
+    """front answers within ttl of its last exchange with back; back is the shared truth."""
+
+    def __init__(self, front: MemoryStore, back: RedisStore, ttl: float) -> None:
+        self.front, self.back, self.ttl = front, back, ttl
+        # Keys whose front copy is in step with Redis; each expires ttl seconds after the
+        # exchange. A key the front evicted may stay listed: the front then has nothing.
+        most = max(1, front.stats().max_bytes // ENTRY_OVERHEAD)
+        self._synced: TTLCache[str, bool] = TTLCache(maxsize=most, ttl=ttl)
+        # Bumped by every purge: a fill that saw it change may hold what was purged.
+        self._generation = 0
+        self._first_try = asyncio.Event()  # set once the first subscription attempt ends
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.back.available
+
+    async def ping(self) -> bool:
+        return await self.back.ping()
+
+    async def get(self, key: str) -> tuple[CachedResponse, ...]:
+        if self.ttl > 0 and key in self._synced:
+            variants = await self.front.get(key)
+            if variants:
+                return variants
+        generation = self._generation
+        variants = await self.back.get(key)  # () when Redis is down: then a miss too
+        if generation == self._generation:
+            await self._fill(key, variants)
+        return variants
+
+    async def put(self, entry: CachedResponse) -> bool:
+        generation = self._generation
+        held = await self.back.put_variant(entry)
+        # The front takes the key only when it then holds the same variants as Redis.
+        if held == 1 and generation == self._generation:
+            await self._fill(entry.key, (entry,))
+        else:  # its copy is older than what was just offered, stored or not
+            await self._forget(entry.key, bump=False)
+        return held > 0
+
+    async def delete(self, key: str) -> bool:
+        try:
+            return await self.back.delete(key)
+        finally:  # dropped even when Redis is down: it is never wrong to forget
+            await self._forget(key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        try:
+            return await self.back.delete_prefix(prefix)
+        finally:
+            self._generation += 1
+            await self.front.delete_prefix(prefix)
+
+    async def clear(self) -> None:
+        try:
+            await self.back.clear()
+        finally:
+            await self._forget_all()
+
+    async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        return await self.back.keys(prefix, limit)
+
+    def stats(self) -> StoreStats:
+        """Redis's figures: the shared cache."""
+        return self.back.stats()
+
+    async def start(self) -> None:
+        await self.back.start()
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+        # Purges heard from the first request on when Redis is up; never fails the start.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.back.timeout * 2):
+                await self._first_try.wait()
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        await self.back.close()
+
+    # -- the front -------------------------------------------------------------------
+
+    async def _fill(self, key: str, variants: tuple[CachedResponse, ...]) -> None:
+        await self._forget(key, bump=False)
+        if not variants or self.ttl <= 0:
+            return
+        for v in reversed(variants):  # oldest first: the front keeps them newest first
+            if not await self.front.put(v):  # too big for the front: all or nothing
+                await self.front.delete(key)
+                return
+        self._synced[key] = True
+
+    async def _forget(self, key: str, bump: bool = True) -> None:
+        if bump:
+            self._generation += 1
+        self._synced.pop(key, None)
+        await self.front.delete(key)
+
+    async def _forget_all(self) -> None:
+        self._generation += 1
+        self._synced.clear()
+        await self.front.clear()
+
+    async def _purged(self, message: bytes) -> None:
+        kind, arg = message[:1], message[1:].decode("utf-8", "surrogateescape")
+        if kind == b"d":
+            await self._forget(arg)
+        elif kind == b"p":
+            self._generation += 1
+            await self.front.delete_prefix(arg)
+        else:  # "c", or a kind this version does not know: forgetting all is always safe
+            await self._forget_all()
+
+    async def _missed_purges(self) -> None:
+        await self._forget_all()
+        log.info("purge channel subscribed again: memory layer cleared (purges may have "
+                 "been missed)")
+
+    async def _listen(self) -> None:
+        """Subscribe to the purge channel; after a failure, again every retry interval."""
+        missed = False
+        while True:
+            pubsub = self.back.subscriber()
+            try:
+                async with asyncio.timeout(self.back.timeout):
+                    await pubsub.subscribe(self.back.channel)
+                if missed:
+                    await self._missed_purges()
+                missed = False
+                self._first_try.set()
+                while True:
+                    reconnects = pubsub.reconnects
+                    message = await pubsub.get_message(timeout=_LISTEN_WAIT)
+                    if pubsub.reconnects != reconnects:
+                        await self._missed_purges()
+                    if message is not None and message["type"] == "message":
+                        await self._purged(message["data"])
+            except Exception as exc:  # Redis down: the store itself logs the outage
+                log.debug("purge channel lost: %r", exc)
+                missed = True
+                self._first_try.set()
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.back.timeout):
+                        await pubsub.aclose()
+            await asyncio.sleep(self.back.retry_interval)

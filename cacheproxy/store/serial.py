@@ -1,0 +1,136 @@
+"""A stored response as bytes, for a store outside the process (Redis).
+
+Layout: MAGIC + VERSION (1 byte) + header length (4 bytes, big-endian) + the header
+as JSON (ASCII) + the body, raw. No pickle: a shared store is only as trusted as
+everyone who can write to it, and decoding must not run code. The directives are not
+written: they are parsed again from the stored Cache-Control values, unless those do
+not give them back (Cache-Control itself named by Connection or private="...").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from dataclasses import fields
+from typing import Any
+
+from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
+from cacheproxy.http.stored import CachedResponse
+
+MAGIC = b"CPR"
+VERSION = 1
+_PREFIX = struct.Struct(">3sBI")
+_INTERN_MAX = 128  # as in http/stored.py: front-layer copies share repeated values
+_DEFAULTS = ResponseDirectives()
+
+
+def encode(entry: CachedResponse) -> bytes:
+    header: dict[str, Any] = {
+        "key": entry.key, "vary": entry.vary, "vary_values": entry.vary_values,
+        "status": entry.status, "headers": entry.headers,
+        "response_time": entry.response_time, "initial_age": entry.initial_age,
+        "lifetime": entry.lifetime, "etag": entry.etag, "last_modified": entry.last_modified,
+        "modified_at": entry.modified_at, "size": entry.size,
+    }
+    if _directives(entry.headers) != entry.directives:
+        header["directives"] = {f.name: getattr(entry.directives, f.name)
+                                for f in fields(ResponseDirectives)
+                                if getattr(entry.directives, f.name) != getattr(_DEFAULTS, f.name)}
+    # ensure_ascii: header values may hold lone surrogates (undecodable bytes, kept by
+    # surrogateescape), which UTF-8 cannot encode but \u escapes carry.
+    text = json.dumps(header, separators=(",", ":")).encode("ascii")
+    return _PREFIX.pack(MAGIC, VERSION, len(text)) + text + entry.body
+
+
+def decode(data: bytes) -> CachedResponse:
+    """The entry encode() wrote; ValueError for anything else (another version included)."""
+    if len(data) < _PREFIX.size:
+        raise ValueError(f"stored entry: {len(data)} bytes is too short for its prefix")
+    magic, version, length = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"stored entry: bad magic {magic!r}")
+    if version != VERSION:
+        raise ValueError(f"stored entry: format version {version}, this build reads {VERSION}")
+    end = _PREFIX.size + length
+    if len(data) < end:
+        raise ValueError(f"stored entry: truncated header ({len(data) - _PREFIX.size} of "
+                         f"{length} bytes)")
+    try:
+        h = json.loads(data[_PREFIX.size:end])
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"stored entry: header is not JSON ({exc})") from exc
+    try:
+        return _entry(h, bytes(data[end:]))
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"stored entry: malformed header ({type(exc).__name__}: {exc})") \
+            from exc
+
+
+def _entry(h: dict[str, Any], body: bytes) -> CachedResponse:
+    headers = tuple(_intern(_str(x)) for x in h["headers"])
+    if len(headers) % 2:
+        raise ValueError("stored entry: odd number of header items")
+    vary = tuple(_intern(_str(x)) for x in h["vary"])
+    vary_values = tuple(None if x is None else _str(x) for x in h["vary_values"])
+    if len(vary) != len(vary_values):
+        raise ValueError("stored entry: vary and vary_values differ in length")
+    directives = _given_directives(h["directives"]) if "directives" in h \
+        else _directives(headers)
+    return CachedResponse(
+        key=_str(h["key"]), vary=vary, vary_values=vary_values, status=_int(h["status"]),
+        headers=headers, body=body, response_time=_num(h["response_time"]),
+        initial_age=_num(h["initial_age"]), lifetime=_num(h["lifetime"]),
+        directives=directives, etag=_opt_str(h["etag"]),
+        last_modified=_opt_str(h["last_modified"]), modified_at=_num(h["modified_at"]),
+        size=_int(h["size"]),
+    )
+
+
+def _directives(headers: tuple[str, ...]) -> ResponseDirectives:
+    values = [headers[i + 1] for i in range(0, len(headers), 2)
+              if headers[i].lower() == "cache-control"]
+    return parse_response_directives(", ".join(values) if values else None)
+
+
+def _given_directives(d: dict[str, Any]) -> ResponseDirectives:
+    """Checked field by field: a wrong type here would fail later, on the hit path."""
+    values: dict[str, Any] = {}
+    for name, value in d.items():
+        default = getattr(_DEFAULTS, name)  # AttributeError: not a directive
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"stored entry: directive {name} is not a boolean")
+        elif name == "private_fields":
+            value = tuple(_str(x) for x in value)
+        elif value is not None:
+            value = _int(value)
+        values[name] = value
+    return ResponseDirectives(**values)
+
+
+def _str(x: Any) -> str:
+    if not isinstance(x, str):
+        raise ValueError(f"stored entry: expected a string, got {type(x).__name__}")
+    return x
+
+
+def _opt_str(x: Any) -> str | None:
+    return None if x is None else _str(x)
+
+
+def _int(x: Any) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise ValueError(f"stored entry: expected an integer, got {type(x).__name__}")
+    return x
+
+
+def _num(x: Any) -> float:
+    if not isinstance(x, int | float) or isinstance(x, bool) or math.isnan(x):
+        raise ValueError(f"stored entry: expected a number, got {x!r}")
+    return float(x)
+
+
+def _intern(s: str) -> str:
+    return sys.intern(s) if len(s) <= _INTERN_MAX else s

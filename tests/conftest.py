@@ -13,6 +13,7 @@ from hypothesis import settings
 from redis_server import RedisServer
 from support import proxy_config
 
+from cacheproxy.config import Config
 from cacheproxy.proxy.server import OBSERVER, PROXY, make_app
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
 
@@ -47,15 +48,20 @@ def origin(aiohttp_client: Any) -> Callable[[web.Application], Awaitable[TestSer
 
 @pytest.fixture
 def proxy(aiohttp_server: Any, aiohttp_client: Any) -> ProxyFactory:
-    """proxy(upstream, proxy={...}, cache={...}) -> a client of a running proxy.
+    """proxy(upstream, proxy={...}, cache={...}) -> a client of a running proxy; or
+    proxy(config) for a whole Config (routes need load_config's checks).
 
     upstream is a TestServer or a URL. The proxy listens on a real socket; the
     CacheProxy is at client.app_proxy for tests that inspect the store.
     """
-    async def start(upstream: TestServer | str, **sections: dict[str, Any]) -> TestClient:
-        url = str(upstream.make_url("")).rstrip("/") if isinstance(upstream, TestServer) \
-            else upstream
-        app = make_app(proxy_config(url, **sections))
+    async def start(upstream: TestServer | str | Config, **sections: dict[str, Any]
+                    ) -> TestClient:
+        if isinstance(upstream, Config):  # a whole config, e.g. load_config() of a TOML file
+            app = make_app(upstream)
+        else:
+            url = str(upstream.make_url("")).rstrip("/") if isinstance(upstream, TestServer) \
+                else upstream
+            app = make_app(proxy_config(url, **sections))
         # aiohttp_client starts the server and closes it at teardown.
         client = await aiohttp_client(ProxyTestServer(app, host="127.0.0.1"),
                                       auto_decompress=False)

@@ -59,20 +59,16 @@ class Exchange:
     def __init__(
         self, session: aiohttp.ClientSession, store: Store, policy: StorePolicy,
         heuristics: Heuristics, max_object_bytes: int, cache_name: str,
-    ) -> None:
-        self.session = session
-        self.store = store
-        self.reconfigure(policy, heuristics, max_object_bytes, cache_name)
-
-    def reconfigure(
-        self, policy: StorePolicy, heuristics: Heuristics, max_object_bytes: int,
-        cache_name: str,
+        strip_fields: frozenset[str] = frozenset(),
     ) -> None:
         # cache_name is also the Via pseudonym (proxy.via)
+        self.session = session
+        self.store = store
         self.policy = policy
         self.heuristics = heuristics
         self.max_object = max_object_bytes
         self.cache_name = cache_name
+        self.strip_fields = strip_fields  # lower-case names never stored (a policy adds them)
 
     async def send(
         self, method: str, url: str, fields: list[tuple[str, str]], body: object,
@@ -114,7 +110,7 @@ class Exchange:
             key=fill.key, vary=vary, vary_values=vary_values(vary, fill.request_headers),
             status=status, pairs=pairs, body=b"", request_time=request_time,
             response_time=time.time(), shared=self.policy.shared, heuristics=self.heuristics,
-            excluded=excluded_fields(directives, self.policy),
+            excluded=excluded_fields(directives, self.policy) | self.strip_fields,
         )
         reusable = entry.lifetime > 0 or has_validator(entry) or (
             directives.stale_if_error or directives.stale_while_revalidate)

@@ -40,15 +40,15 @@ from cacheproxy.proxy.exchange import Fill
 from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
 from cacheproxy.proxy.outcome import Outcome
+from cacheproxy.proxy.policy_steps import inbound, rewrites_referer, upstream_fields
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
-from cacheproxy.proxy.routing import Plans, RoutePlan
+from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
 from cacheproxy.proxy.upstream import UpstreamError, make_session
 from cacheproxy.store import Store, discard
 
 log = logging.getLogger("cacheproxy")
 # The authority of an absolute-form request, which replaces Host upstream (RFC 9112 §3.2.2).
 EFFECTIVE_HOST = web.RequestKey("cacheproxy.host", str)
-PLAN = web.RequestKey("cacheproxy.plan", RoutePlan)  # the request's route, set first
 
 
 class CacheProxy:
@@ -127,6 +127,10 @@ class CacheProxy:
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
             return await self.purge(request, key, outcome)
+        stopped = inbound(request, plan, outcome, target, parsed.authority, self.cache_name,
+                          self.local_via)  # hotlink gate, CORS preflight: before the cache
+        if stopped is not None:
+            return stopped
         hops = forwards_left(request.method, h.get("Max-Forwards"))
         if hops == 0:  # RFC 9110 §7.6.2: the last hop answers itself
             outcome.status = "BYPASS"
@@ -413,13 +417,15 @@ class CacheProxy:
         self, request: web.Request, *, strip_conditionals: bool = False,
         extra: list[tuple[str, str]] | None = None,
     ) -> list[tuple[str, str]]:
-        return request_fields(
-            list(request.headers.items()), policy=request[PLAN].forward, version=request.version,
+        plan = request[PLAN]
+        fields = request_fields(
+            list(request.headers.items()), policy=plan.forward, version=request.version,
             client_ip=request.remote, scheme=request.scheme,
             strip_conditionals=strip_conditionals, extra=extra,
             host=request.get(EFFECTIVE_HOST),
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
         )
+        return upstream_fields(fields, plan) if rewrites_referer(plan) else fields
 
     def _error(
         self, request: web.Request, status: int, message: str, outcome: Outcome

@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
 from yarl import URL
 
 from cacheproxy.config import Config
 from cacheproxy.http.cache_key import primary_key
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
+from cacheproxy.policies.cors import RESPONSE_FIELDS
 from cacheproxy.policies.routes import Route, RouteTable
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import ForwardPolicy
@@ -47,8 +49,12 @@ def plan_route(route: Route, config: Config, default_upstream: str,
     cache = route.cache
     policy = StorePolicy(shared=cache.shared, set_cookie=cache.set_cookie)
     heuristics = Heuristics(cache.heuristic_fraction, cache.heuristic_max_age)
+    # CORS "override": the proxy's grant replaces the upstream's on the way out, so the
+    # upstream's is not stored either (a stored response carries no grant).
+    strip = RESPONSE_FIELDS if route.cors.enabled and route.cors.override else frozenset()
     exchange = None if session is None else Exchange(
-        session, store, policy, heuristics, cache.max_object_bytes, config.proxy.via)
+        session, store, policy, heuristics, cache.max_object_bytes, config.proxy.via,
+        strip_fields=strip)
     return RoutePlan(
         route=route,
         upstream=upstream,
@@ -65,6 +71,9 @@ def plan_route(route: Route, config: Config, default_upstream: str,
         heuristics=heuristics,
         exchange=exchange,
     )
+
+
+PLAN = web.RequestKey("cacheproxy.plan", RoutePlan)  # the request's route, set first
 
 
 @dataclass(frozen=True, slots=True)

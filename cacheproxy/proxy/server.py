@@ -18,6 +18,7 @@ from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.health import Health
 from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.policy_steps import outbound
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
 from cacheproxy.store import Store, build_store
 
@@ -51,6 +52,7 @@ def make_app(
     health = Health(proxy.upstreams, getattr(store, "ping", None))
     app = web.Application()
     app[PROXY], app[OBSERVER], app[ADMIN], app[HEALTH] = proxy, observer, admin, health
+    app.on_response_prepare.append(outbound)  # CORS grant, Referrer-Policy: after the cache
     app.cleanup_ctx.append(_store_context(store))
     app.cleanup_ctx.append(proxy.context)
     app.on_cleanup.append(lambda _: _close(observer))
@@ -91,7 +93,8 @@ async def serve(
     resolved, and the demo origin's URL when it runs the demo."""
     upstream = upstream or config.proxy.upstream
     demo = None
-    if not upstream:
+    catch_all = any(not r.host and r.path_prefix == "/" for r in config.routes)
+    if not upstream and not catch_all:  # a catch-all route leaves proxy.upstream unused
         demo_host, demo_port = parse_listen(config.demo.listen)
         demo, demo_port = await start_demo_origin(demo_host, demo_port)
         upstream = _url(demo_host, demo_port)

@@ -1,0 +1,121 @@
+"""The CORS and Referer policies applied around the cache. `cacheproxy.policies` decides;
+this module applies its decisions to aiohttp requests and responses:
+
+- inbound, before the cache lookup: the hotlink gate (a refused request never sees a stored
+  asset) and CORS preflights, which the proxy answers itself;
+- towards the upstream: the Referer it may see (trimmed, stripped of secret parameters);
+- outbound, on every response of a proxied request as its head is sent (aiohttp's
+  on_response_prepare): the CORS grant for the request's Origin and Referrer-Policy. They
+  are never stored (override mode keeps the upstream's CORS fields out of the store too),
+  so a response fetched for origin A is never replayed to origin B with A's grant.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from cacheproxy.observe.observer import OUTCOME
+from cacheproxy.policies.cors import (
+    RESPONSE_FIELDS,
+    Denial,
+    actual_fields,
+    is_preflight,
+    merge_vary,
+    preflight,
+    varies_by_origin,
+)
+from cacheproxy.policies.referer import forwarded_referer, refusal
+from cacheproxy.proxy.outcome import Outcome
+from cacheproxy.proxy.respond import mark
+from cacheproxy.proxy.routing import PLAN, RoutePlan
+
+ANSWERED_HERE = web.RequestKey("cacheproxy.preflight", bool)  # carries its own CORS fields
+
+
+def inbound(
+    request: web.Request, plan: RoutePlan, outcome: Outcome, target: str, authority: str,
+    cache_name: str, via: str,
+) -> web.Response | None:
+    """The answer to a request the policies stop or answer themselves, else None."""
+    route = plan.route
+    h = request.headers
+    if route.referer.protect_paths:  # nginx valid_referers, before any cache lookup
+        denied = refusal(route.referer, target, h.get("Referer"), authority, route.host)
+        if denied is not None:
+            outcome.status = "DENIED"
+            outcome.policy = outcome.detail = denied.reason
+            headers = CIMultiDict(denied.fields)
+            mark(headers, outcome, cache_name, via)
+            return web.Response(status=denied.status, headers=headers, body=denied.body)
+    cors = route.cors
+    origin = h.get("Origin")
+    if cors.enabled and is_preflight(request.method, origin,
+                                     h.get("Access-Control-Request-Method")):
+        # Fetch §3.2.3: the proxy answers the preflight; the upstream never sees it.
+        assert origin is not None
+        answer = preflight(cors, origin, h["Access-Control-Request-Method"],
+                           h.get("Access-Control-Request-Headers"),
+                           h.get("Access-Control-Request-Private-Network") == "true")
+        request[ANSWERED_HERE] = True
+        if isinstance(answer, Denial):
+            outcome.status = "DENIED"
+            outcome.policy = outcome.detail = answer.reason
+            headers = CIMultiDict({"Cache-Control": "no-store", "Vary": "Origin"})
+            mark(headers, outcome, cache_name, via)
+            return web.Response(status=403, headers=headers,
+                                text=f"403 CORS preflight refused ({answer.reason})\n")
+        outcome.status, outcome.policy = "BYPASS", "cors-preflight"
+        headers = CIMultiDict(answer.fields)
+        mark(headers, outcome, cache_name, via)
+        return web.Response(status=204, headers=headers)
+    return None
+
+
+def upstream_fields(fields: list[tuple[str, str]], plan: RoutePlan) -> list[tuple[str, str]]:
+    """The Referer the upstream sees (keep, origin or strip; strip_params removed)."""
+    policy = plan.route.referer
+    out: list[tuple[str, str]] = []
+    for name, value in fields:
+        if name.lower() == "referer":
+            kept = forwarded_referer(policy, value)
+            if kept is None:
+                continue
+            value = kept
+        out.append((name, value))
+    return out
+
+
+def rewrites_referer(plan: RoutePlan) -> bool:
+    policy = plan.route.referer
+    return policy.upstream_referer != "keep" or bool(policy.strip_params)
+
+
+async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """aiohttp on_response_prepare: the CORS grant and Referrer-Policy, on the way out."""
+    plan = request.get(PLAN)
+    if plan is None:  # the admin API, or a request refused before routing
+        return
+    route = plan.route
+    headers = response.headers
+    cors = route.cors
+    if cors.enabled and not request.get(ANSWERED_HERE):
+        origin = request.headers.get("Origin")
+        upstream_cors = any(name in headers for name in RESPONSE_FIELDS)
+        if cors.override:
+            for name in RESPONSE_FIELDS:
+                headers.popall(name, None)
+        if cors.override or not upstream_cors:  # passthrough: the upstream's, if it sent any
+            grant = actual_fields(cors, origin)
+            headers.extend(grant)
+            if origin is not None and not grant:
+                outcome = request.get(OUTCOME)
+                if outcome is not None and outcome.policy is None:
+                    outcome.policy = "cors-origin"  # no grant: the browser withholds it
+            if varies_by_origin(cors, origin):
+                vary = merge_vary(headers.getall("Vary", ()))
+                headers.popall("Vary", None)
+                headers["Vary"] = vary
+    referer = route.referer
+    if referer.policy and (referer.policy_override or "Referrer-Policy" not in headers):
+        headers["Referrer-Policy"] = referer.policy  # W3C Referrer Policy §4.1

@@ -1,0 +1,199 @@
+"""The sections of the configuration, one frozen dataclass per TOML table, and the rules
+that involve more than one setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cacheproxy.config.values import (
+    ConfigError,
+    MiB,
+    OnInvalid,
+    _check_param_name,
+    _check_path_prefix,
+    _check_redis_url,
+    _check_token,
+    _check_tokens,
+    _check_upstream,
+    _each,
+    parse_listen,
+    parse_on_invalid,
+    setting,
+)
+from cacheproxy.policies.cors import parse_origin_entry
+from cacheproxy.policies.referer import parse_referrer_policy, parse_valid_referer
+
+# --- the configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """[proxy]: where the proxy listens and how it talks to the origin."""
+
+    listen: str = setting("127.0.0.1:8080", check=parse_listen)
+    upstream: str = setting("", check=_check_upstream)
+    host_header: str = setting("upstream", choices=("upstream", "pass"))
+    via: str = setting("cacheproxy", check=_check_token)
+    x_forwarded_for: bool = setting(True)
+    x_forwarded_proto: bool = setting(True)
+    x_forwarded_host: bool = setting(True)
+    connect_timeout: float = setting(5.0, gt=0)
+    read_timeout: float = setting(30.0, gt=0)
+    max_connections: int = setting(256, ge=1)
+    workers: int = setting(1, ge=1, le=256)
+    shutdown_timeout: float = setting(8.0, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """[cache]: what is stored, how much, and for how long."""
+
+    store: str = setting("memory", choices=("memory", "redis"))
+    redis_url: str = setting("redis://127.0.0.1:6379/0", check=_check_redis_url)
+    redis_prefix: str = setting("cacheproxy:")
+    redis_timeout: float = setting(0.5, gt=0)
+    redis_retry_interval: float = setting(2.0, gt=0)
+    memory_layer_bytes: int = setting(32 * MiB, size=True, ge=0)
+    memory_layer_ttl: float = setting(1.0, ge=0)
+    shared: bool = setting(True)
+    max_bytes: int = setting(256 * MiB, size=True, ge=1)
+    max_object_bytes: int = setting(8 * MiB, size=True, ge=1)
+    heuristic_fraction: float = setting(0.1, ge=0, le=1)
+    heuristic_max_age: float = setting(86400.0, ge=0)
+    set_cookie: str = setting("bypass", choices=("bypass", "strip"))
+    collapse: bool = setting(True)
+    collapse_timeout: float = setting(10.0, gt=0)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """[demo]: the bundled origin started when proxy.upstream is empty."""
+
+    listen: str = setting("127.0.0.1:8081", check=parse_listen)
+
+
+def _check_prefix(value: str) -> None:
+    if not (value.startswith("/") and value.endswith("/") and len(value) > 1):
+        raise ValueError(f"expected a path that starts and ends with '/', got {value!r}")
+    if any(c.isspace() or c in "?#" for c in value):
+        raise ValueError(f"a path prefix cannot contain spaces, '?' or '#', got {value!r}")
+
+
+def _check_metrics_path(value: str) -> None:
+    if value and (not value.startswith("/") or any(c.isspace() or c in "?#" for c in value)):
+        raise ValueError(f"expected an absolute path such as /metrics, or \"\", got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """[log]: the request log, one line per request."""
+
+    path: str = setting("")
+    format: str = setting("json", choices=("json", "text", "off"))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """[admin]: the admin API, /metrics and the dashboard, answered by the proxy itself."""
+
+    prefix: str = setting("/_cacheproxy/", check=_check_prefix)
+    token: str = setting("")
+    metrics_path: str = setting("/metrics", check=_check_metrics_path)
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    """[cors]: the CORS grant the proxy gives (Fetch standard §3.2); no origins, no CORS."""
+
+    allow_origins: tuple[str, ...] = setting((), check=_each(parse_origin_entry))
+    allow_methods: tuple[str, ...] = setting(("GET", "HEAD", "POST"), check=_check_tokens)
+    allow_headers: tuple[str, ...] = setting((), check=_check_tokens)
+    expose_headers: tuple[str, ...] = setting((), check=_check_tokens)
+    allow_credentials: bool = setting(False)
+    max_age: int = setting(600, ge=0)
+    allow_private_network: bool = setting(False)
+    mode: str = setting("override", choices=("override", "passthrough"))
+
+
+@dataclass(frozen=True, slots=True)
+class RefererConfig:
+    """[referer]: hotlink protection (nginx valid_referers) and Referer leak protection."""
+
+    protect_paths: tuple[str, ...] = setting((), check=_each(_check_path_prefix))
+    valid_referers: tuple[str, ...] = setting(
+        ("none", "blocked", "server_names"), check=_each(parse_valid_referer))
+    on_invalid: OnInvalid = setting(  # noqa: RUF009 -- a field; OnInvalid is frozen
+        OnInvalid("403", 403), parse=parse_on_invalid)
+    policy: str = setting("strict-origin-when-cross-origin", check=parse_referrer_policy)
+    policy_override: bool = setting(False)
+    upstream_referer: str = setting("keep", choices=("keep", "origin", "strip"))
+    strip_params: tuple[str, ...] = setting(
+        ("gsid", "sid", "session", "sessionid", "token", "access_token"),
+        check=_each(_check_param_name))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """One [[routes]] table. Its sections are the top-level ones with its own keys replaced."""
+
+    host: str = ""  # "" any host, "example.com", or "*.example.com"; lowercase, no port
+    path_prefix: str = "/"
+    upstream: str
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    referer: RefererConfig = field(default_factory=RefererConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything, one section per table; config/cacheproxy.toml documents each key."""
+
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    cors: CorsConfig = field(default_factory=CorsConfig)
+    referer: RefererConfig = field(default_factory=RefererConfig)
+    routes: tuple[RouteConfig, ...] = ()  # [[routes]]: in the file only, not a [section]
+
+
+def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig,
+                    prefix: str = "") -> None:
+    """Rules across settings of the sections a route can override; `prefix` "routes[1]."."""
+    if cache.max_object_bytes > cache.max_bytes:
+        raise ConfigError(
+            f"{prefix}cache.max_object_bytes",
+            f"must not exceed cache.max_bytes ({cache.max_bytes}), got {cache.max_object_bytes}",
+        )
+    if cors.allow_credentials and "*" in cors.allow_origins:
+        raise ConfigError(
+            f"{prefix}cors.allow_origins",
+            "'*' cannot go with allow_credentials = true: browsers refuse a credentialed "
+            "response whose Access-Control-Allow-Origin is '*' (Fetch standard §3.2.5); list "
+            f"the origins to trust instead, got {list(cors.allow_origins)!r}",
+        )
+    if cors.allow_credentials and "*" in cors.expose_headers:
+        raise ConfigError(
+            f"{prefix}cors.expose_headers",
+            "'*' cannot go with allow_credentials = true: browsers then read it as a header "
+            "named '*' (Fetch standard §3.2.3); list the header names",
+        )
+    if referer.protect_paths and not referer.valid_referers:
+        raise ConfigError(
+            f"{prefix}referer.valid_referers",
+            "is empty, so every request for referer.protect_paths would be refused",
+        )
+
+
+def _check_across(config: Config) -> None:
+    """Rules that involve more than one setting, checked once everything is merged."""
+    _check_sections(config.cache, config.cors, config.referer)
+    demo_address = parse_listen(config.demo.listen)
+    demo_runs = not config.proxy.upstream
+    if demo_runs and demo_address[1] != 0 and demo_address == parse_listen(config.proxy.listen):
+        raise ConfigError(
+            "demo.listen",
+            f"must differ from proxy.listen ({config.proxy.listen}): with no "
+            "proxy.upstream the demo origin listens beside the proxy",
+        )

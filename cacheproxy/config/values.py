@@ -1,0 +1,231 @@
+"""Reading one setting: the error type, the rule a field carries, and the parsers and
+checks of values (sizes, addresses, URLs, lists, origins, Referer rules)."""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from yarl import URL
+
+from cacheproxy.policies import normalize_path
+
+DEFAULT_PATH = Path("config/cacheproxy.toml")
+ENV_PREFIX = "CACHEPROXY_"
+KiB = 1024
+MiB = 1024 * KiB
+
+
+class ConfigError(Exception):
+    """A configuration mistake: `key` names where it is, `reason` says what is wrong."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one setting is read and checked; kept in its dataclass field's metadata."""
+
+    size: bool = False  # an int of bytes, also written as "64MiB"
+    choices: tuple[str, ...] = ()
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+    check: Callable[[Any], object] | None = None  # raises ValueError(reason)
+    parse: Callable[[Any], Any] | None = None  # converts the value instead of its type
+
+
+def setting(default: Any, **rule: Any) -> Any:
+    """A dataclass field for one setting; `rule` holds `Rule` arguments (size, choices, ...)."""
+    return field(default=default, metadata={"rule": Rule(**rule)})
+
+
+# --- value parsers ------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)", re.ASCII)
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+_SIZE_EXAMPLE = "a size such as 1048576, '64KiB', '8MiB' or '1GB'"
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like "512", "64KiB", "1.5 GiB" (1024s) or "10MB" (1000s)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"a size cannot be negative, got {value}")
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected {_SIZE_EXAMPLE}, got {value!r}")
+    text = value.strip()
+    if text.startswith("-"):
+        raise ValueError(f"a size cannot be negative, got {value!r}")
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"expected {_SIZE_EXAMPLE}, got {value!r}")
+    number, unit = match.groups()
+    multiplier = _SIZE_UNITS.get(unit.lower())
+    if multiplier is None:
+        raise ValueError(
+            f"unknown size unit {unit!r}; use B, KiB, MiB, GiB, TiB (powers of 1024) "
+            "or KB, MB, GB, TB (powers of 1000)"
+        )
+    size = Fraction(number) * multiplier  # exact, unlike float: "1.1MB" is 1100000
+    if size.denominator != 1:
+        raise ValueError(f"not a whole number of bytes: {value!r}")
+    return int(size)
+
+
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """(host, port) from "HOST:PORT" or "[IPv6]:PORT"; port 0 asks the OS for a free one."""
+    usage = f"expected HOST:PORT such as 127.0.0.1:8080 or [::1]:8080, got {value!r}"
+    if not isinstance(value, str):
+        raise ValueError(usage)
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(usage)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address needs brackets, as in [::1]:8080; got {value!r}")
+    if not host or any(c.isspace() or c in "[]/@" for c in host):
+        raise ValueError(usage)
+    if _PORT.fullmatch(port_text) is None or int(port_text) > 65535:
+        raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def _check_upstream(value: str) -> None:
+    if value == "":
+        return  # no origin given: the bundled demo origin is started instead
+    if any(c.isspace() for c in value):
+        raise ValueError(f"a URL cannot contain whitespace, got {value!r}")
+    try:
+        url = URL(value)
+        url.port  # noqa: B018 -- yarl checks the port range only when it is read
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc}): {value!r}") from None
+    # yarl refuses "http://:80" and calls "http://" relative: absolute here means it has a host.
+    if not url.is_absolute() or url.scheme not in ("http", "https"):
+        raise ValueError(f"expected an absolute http:// or https:// URL, got {value!r}")
+
+
+def _check_redis_url(value: str) -> None:
+    try:
+        url = URL(value)
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc}): {value!r}") from None
+    if url.scheme not in ("redis", "rediss", "unix") or (url.scheme != "unix" and not url.host):
+        raise ValueError(
+            f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {value!r}")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
+
+
+def _check_token(value: str) -> None:
+    # RFC 9110 §7.6.3: a Via pseudonym is a token (§5.6.2).
+    if _TOKEN.fullmatch(value) is None:
+        raise ValueError(f"expected a non-empty token (letters, digits, -._ ...), got {value!r}")
+
+
+def parse_list(value: object) -> tuple[str, ...]:
+    """A list setting: a TOML list of strings, or one string split on commas (how the
+    environment and flags give lists, and so `allow_headers = "*"` works in TOML too)."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        items = tuple(item.strip() for item in value)
+        if "" in items:
+            raise ValueError(f"an empty entry in {list(value)!r}")
+        return items
+    raise ValueError(f"expected a list of strings or a comma-separated string, got {value!r}")
+
+
+def _each(check: Callable[[str], object]) -> Callable[[tuple[str, ...]], None]:
+    def check_all(values: tuple[str, ...]) -> None:
+        for value in values:
+            check(value)
+
+    return check_all
+
+
+def _check_star_alone(values: tuple[str, ...]) -> None:
+    if "*" in values and len(values) > 1:
+        raise ValueError(f"'*' means every one and must be alone, got {list(values)!r}")
+
+
+def _check_tokens(values: tuple[str, ...]) -> None:
+    # RFC 9110 §9.1, §5.1: method and field names are tokens.
+    for value in values:
+        if _TOKEN.fullmatch(value) is None:
+            raise ValueError(f"expected a token (letters, digits, -._ ...), got {value!r}")
+    _check_star_alone(values)
+
+
+def _check_path_prefix(value: str) -> None:
+    if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+        raise ValueError(f"expected a path starting with '/', without spaces, '?' or '#', "
+                         f"got {value!r}")
+    if normalize_path(value) != value:  # requests are matched in this form
+        raise ValueError(f"write it as {normalize_path(value)!r}, got {value!r}")
+
+
+def _check_param_name(value: str) -> None:
+    if any(c.isspace() or c in "&=?#" for c in value):
+        raise ValueError(f"expected a query parameter name, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class OnInvalid:
+    """referer.on_invalid, read at load: "403", a URL to redirect to (302), or a placeholder
+    file answered 200 with its bytes and a Content-Type guessed from its extension."""
+
+    text: str  # as configured
+    status: int
+    location: str = ""
+    body: bytes = field(default=b"", repr=False)
+    content_type: str = ""
+
+    def __str__(self) -> str:
+        return self.text
+
+
+PLACEHOLDER_MAX_BYTES = 1 * MiB
+_ON_INVALID_USAGE = '"403", an http:// or https:// URL to redirect to, or a placeholder file'
+
+
+def parse_on_invalid(value: object) -> OnInvalid:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected {_ON_INVALID_USAGE}, got {value!r}")
+    text = value.strip()
+    if text == "403":
+        return OnInvalid(text, 403)
+    if re.fullmatch(r"[0-9]{3}", text):
+        raise ValueError(f"expected {_ON_INVALID_USAGE}; 403 is the only status, got {text!r}")
+    if re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", text) and not Path(text).exists():
+        _check_upstream(text)  # a Location: absolute http(s), no whitespace
+        return OnInvalid(text, 302, location=text)
+    try:  # read now: a missing file stops the start, not the first hotlink
+        with open(text, "rb") as file:
+            body = file.read(PLACEHOLDER_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"expected {_ON_INVALID_USAGE}; cannot read the file {text!r}: "
+                         f"{exc.strerror or exc}") from None
+    if len(body) > PLACEHOLDER_MAX_BYTES:
+        raise ValueError(f"the placeholder file {text!r} is over 1 MiB")
+    content_type = mimetypes.guess_type(text, strict=False)[0] or "application/octet-stream"
+    return OnInvalid(text, 200, body=body, content_type=content_type)

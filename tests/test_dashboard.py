@@ -13,7 +13,6 @@ A browser that cannot start fails these tests: they never skip.
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,16 +23,12 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from browser import chromium
+from playwright.async_api import Browser, Locator, Page, expect
 
 import cacheproxy.observe
 
 DASHBOARD = Path(cacheproxy.observe.__file__).with_name("dashboard.html")
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 POLL_MS = 2000
 
@@ -41,14 +36,8 @@ POLL_MS = 2000
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     """One Chromium per test: Playwright's async objects belong to the test's own loop."""
-    async with async_playwright() as p:
-        try:
-            b = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        except Exception as exc:  # a missing browser is a failure, never a skip
-            pytest.fail(f"Chromium did not start from {CHROMIUM} "
-                        f"(apt-get install chromium): {exc}", pytrace=False)
+    async with chromium() as b:
         yield b
-        await b.close()
 
 
 @dataclass

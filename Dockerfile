@@ -26,6 +26,7 @@ USER 10001:10001
 EXPOSE 8080
 
 # Liveness only: a replica whose Redis or origin is down still answers (see /readyz).
+# It asks port 8080 under /_cacheproxy/: override it if you change the port or admin.prefix.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/_cacheproxy/healthz', timeout=2)"]
 

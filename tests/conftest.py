@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import settings
+from processes import kill_leftovers
 from redis_server import RedisServer
 from support import proxy_config
 
@@ -25,6 +26,13 @@ settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes() -> Any:
+    """A `cacheproxy serve` a failed test did not stop is killed, with its workers."""
+    yield
+    kill_leftovers()
 
 
 class ProxyTestServer(TestServer):

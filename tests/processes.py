@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -23,6 +25,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_started: list[asyncio.subprocess.Process] = []
+
+
+def kill_leftovers() -> None:
+    """Kill what start_serve started and a test left running (it failed before its stop)."""
+    while _started:
+        proc = _started.pop()
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the process and any --workers children
+
+
 async def start_serve(
     *args: str, cwd: Path, env: dict[str, str] | None = None, port: int | None = None,
     seconds: float = 15,
@@ -33,7 +47,9 @@ async def start_serve(
         sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}", *args,
         cwd=cwd, env=env if env is not None else clean_env(),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # its own process group: kill_leftovers reaches its workers
     )
+    _started.append(proc)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.returncode is not None:
@@ -58,4 +74,4 @@ async def stop(proc: asyncio.subprocess.Process, timeout: float = 15) -> tuple[i
         proc.kill()
         _, err = await proc.communicate()
     assert proc.returncode is not None
-    return proc.returncode, err.decode(errors="replace")
+    return proc.returncode, (err or b"").decode(errors="replace")

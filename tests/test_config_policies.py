@@ -426,3 +426,18 @@ def test_routes_that_all_can_match(tmp_path: Path, routes: list[tuple[str, str]]
     config = load(tmp_path, "".join(route(h, p) for h, p in routes))
     assert [(r.host, r.path_prefix) for r in config.routes] == [
         (h.lower(), p) for h, p in routes]
+
+
+def test_an_empty_or_glob_redis_prefix_is_refused(tmp_path) -> None:
+    """clear and prefix purges act on the keys under it: "" would reach other data."""
+    from cacheproxy.config import ConfigError, load_config
+
+    for bad in ("", "cache*"):
+        path = tmp_path / "c.toml"
+        path.write_text(f'[cache]\nredis_prefix = "{bad}"\n')
+        try:
+            load_config(path, env={})
+        except ConfigError as exc:
+            assert exc.key == "cache.redis_prefix"
+        else:
+            raise AssertionError(f"{bad!r} was accepted")

@@ -166,8 +166,8 @@ async def test_entries_list_and_inspect(origin, proxy):
     await c.get("/b")
     listed = await (await c.get("/_cacheproxy/entries")).json()
     keys = [e["key"] for e in listed["entries"]]
-    # Keyed by the upstream URL (proxy.host_header = "upstream": every Host reaches it).
-    assert keys == [str(up.make_url("/a")), str(up.make_url("/b"))]
+    # Keyed by the client's URL: the origin sees its Host (X-Forwarded-Host, on by default).
+    assert keys == [str(c.make_url("/a")), str(c.make_url("/b"))]
     variant = listed["entries"][0]["variants"][0]
     assert variant["status"] == 200 and variant["ttl"] > 50 and variant["size"] > 0
     one = await (await c.get("/_cacheproxy/entry", params={"url": "/a"})).json()

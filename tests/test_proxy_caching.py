@@ -554,14 +554,27 @@ async def test_no_cache_responses_are_validated_for_every_request(origin, proxy)
 
 
 async def test_s2_the_key_names_the_upstream_so_every_host_shares_it(origin, proxy):
-    """host_header = upstream: whatever Host a client uses, the origin sees the same URL,
-    so the entry is one (replicas reached as localhost:8080 and :8082 share it)."""
+    """host_header = upstream and no X-Forwarded-Host: whatever Host a client uses, the
+    origin sees the same request, so the entry is one (replicas reached as localhost:8080
+    and :8082 share it)."""
     o = Origin(r=ok(**{"Cache-Control": "max-age=60"}))
-    c = await start(origin, proxy, o)
+    c = await proxy(await origin(o.app), proxy={"x_forwarded_host": False})
     first = await c.get("/r", headers={"Host": "a.example"})
     second = await c.get("/r", headers={"Host": "b.example:8082"})
     assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
     assert o.calls["r"] == 1
+
+
+async def test_s2_with_x_forwarded_host_each_host_has_its_own_entry(origin, proxy):
+    """The default sends X-Forwarded-Host, which an origin may build links from: the
+    client's Host is then in the key, so no Host's answer is served for another."""
+    o = Origin(r=lambda request: web.Response(text=request.headers["X-Forwarded-Host"],
+                                              headers={"Cache-Control": "max-age=60"}))
+    c = await start(origin, proxy, o)
+    a = await c.get("/r", headers={"Host": "a.example"})
+    b = await c.get("/r", headers={"Host": "b.example"})
+    assert (await a.text(), await b.text()) == ("a.example", "b.example")
+    assert b.headers["X-Cache"] == "MISS" and o.calls["r"] == 2
 
 
 async def test_s2_with_host_passed_each_host_has_its_own_entry(origin, proxy):

@@ -16,6 +16,11 @@ from test_proxy_caching import Origin, ok
 MAX_AGE = ok(**{"Cache-Control": "max-age=60"})
 
 
+# Two proxies on two ports are two Hosts: without X-Forwarded-Host the key is the upstream
+# URL, which they share (as the compose file's replicas do).
+SHARED_KEYS = {"x_forwarded_host": False}
+
+
 def redis_cache(server: RedisServer, **changes: Any) -> dict[str, Any]:
     return {"store": "redis", "redis_url": server.url, "redis_timeout": 0.2,
             "redis_retry_interval": 0.2, **changes}
@@ -39,8 +44,8 @@ async def until(client: TestClient, path: str, wanted: str, within: float) -> fl
 async def test_a_response_fetched_through_a_is_a_hit_on_b(origin, proxy, redis_server):
     o = Origin(a=MAX_AGE)
     up = await origin(o.app)
-    a = await proxy(up, cache=redis_cache(redis_server))
-    b = await proxy(up, cache=redis_cache(redis_server))
+    a = await proxy(up, proxy=SHARED_KEYS, cache=redis_cache(redis_server))
+    b = await proxy(up, proxy=SHARED_KEYS, cache=redis_cache(redis_server))
     assert await x_cache(a, "/a") == "MISS"
     assert await x_cache(b, "/a") == "HIT"
     assert await x_cache(b, "/a") == "HIT"  # from B's memory layer now
@@ -52,8 +57,8 @@ async def test_a_response_fetched_through_a_is_a_hit_on_b(origin, proxy, redis_s
 async def test_an_admin_purge_on_a_reaches_b(origin, proxy, redis_server):
     o = Origin(a=MAX_AGE)
     up = await origin(o.app)
-    a = await proxy(up, cache=redis_cache(redis_server))
-    b = await proxy(up, cache=redis_cache(redis_server, memory_layer_ttl=30))
+    a = await proxy(up, proxy=SHARED_KEYS, cache=redis_cache(redis_server))
+    b = await proxy(up, proxy=SHARED_KEYS, cache=redis_cache(redis_server, memory_layer_ttl=30))
     await x_cache(a, "/a")
     assert await x_cache(b, "/a") == "HIT"  # B's memory layer holds it for up to 30 s
     purged = await a.post("/_cacheproxy/purge", params={"url": str(up.make_url("/a"))})

@@ -11,6 +11,7 @@ from cacheproxy.config.values import (
     OnInvalid,
     _check_param_name,
     _check_path_prefix,
+    _check_redis_prefix,
     _check_redis_url,
     _check_token,
     _check_tokens,
@@ -50,7 +51,7 @@ class CacheConfig:
 
     store: str = setting("memory", choices=("memory", "redis"))
     redis_url: str = setting("redis://127.0.0.1:6379/0", check=_check_redis_url)
-    redis_prefix: str = setting("cacheproxy:")
+    redis_prefix: str = setting("cacheproxy:", check=_check_redis_prefix)
     redis_timeout: float = setting(0.5, gt=0)
     redis_retry_interval: float = setting(2.0, gt=0)
     memory_layer_bytes: int = setting(32 * MiB, size=True, ge=0)

@@ -136,6 +136,13 @@ def _check_redis_url(value: str) -> None:
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 
 
+def _check_redis_prefix(value: str) -> None:
+    # Purge and clear act on the keys under it: an empty prefix would reach other data.
+    if not value or any(c.isspace() or c in "*?[]" for c in value):
+        raise ValueError("expected a non-empty prefix without spaces or glob characters, "
+                         f"such as \"cacheproxy:\", got {value!r}")
+
+
 def _check_token(value: str) -> None:
     # RFC 9110 §7.6.3: a Via pseudonym is a token (§5.6.2).
     if _TOKEN.fullmatch(value) is None:

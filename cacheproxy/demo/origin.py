@@ -380,6 +380,8 @@ def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        # A --workers parent forks this with them blocked: handled from now on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         runner, bound = await start_demo_origin(host, port)
         logging.getLogger("cacheproxy").info("demo origin listening on %s:%s", host, bound)
         if ready is not None:

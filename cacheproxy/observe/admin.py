@@ -183,12 +183,11 @@ class Admin:
     async def clear(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
-        entries = self.store.stats().entries
         try:
-            await self.store.clear()
+            cleared = await self.store.clear()
         except StoreUnavailable as exc:
             return _unavailable(exc)
-        return _json({"cleared": entries})
+        return _json({"cleared": cleared})
 
     async def purge_method(self, request: web.Request, key: str, outcome: Outcome) -> web.Response:
         """The PURGE method on a URL (as Varnish and Squid take it): 200 or 404."""
@@ -231,7 +230,9 @@ class Admin:
             if not parsed.raw_host:
                 raise ValueError(f"no host in {url!r}")
             scheme, authority = parsed.scheme, parsed.raw_authority
-            target = parsed.raw_path_qs if exact else url.split(authority, 1)[1] or "/"
+            # A prefix is kept as typed after "scheme://authority" (yarl would normalise it).
+            target = parsed.raw_path_qs if exact else \
+                url[len(parsed.scheme) + 3 + len(authority):] or "/"
         elif url.startswith("/"):
             scheme, authority, target = request.scheme, _target_authority(request), url
         else:

@@ -18,7 +18,7 @@ from cacheproxy.http.cache_control import (
     RequestDirectives,
     parse_request_directives,
 )
-from cacheproxy.http.cache_key import select_variant
+from cacheproxy.http.cache_key import origin_of, primary_key, select_variant
 from cacheproxy.http.fields import Headers, combined_value
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import (
@@ -80,8 +80,12 @@ class CacheProxy:
         self.plans = Plans.build(config, self.default_upstream, self.session, self.store)
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
-        """The key a request for target on authority (Host) is stored under (admin purge)."""
-        return self.plans.match(authority, target).cache_key(scheme, authority, target)
+        """The key a request for target on authority (Host) is stored under (admin purge).
+        A URL on an upstream's origin is a key as the entries list shows it: kept as is."""
+        plans = self.plans
+        if origin_of(scheme, authority) in plans.stored_origins():
+            return primary_key(scheme, authority, target)
+        return plans.match(authority, target).cache_key(scheme, authority, target)
 
     def upstreams(self) -> tuple[str, ...]:
         """Every origin this proxy sends to (readiness checks)."""

@@ -11,7 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from cacheproxy.config import Config
-from cacheproxy.http.cache_key import primary_key
+from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.policies.cors import RESPONSE_FIELDS
@@ -26,20 +26,31 @@ class RoutePlan:
     route: Route
     upstream: str             # without a trailing "/": the target is appended
     upstream_scheme: str
+    upstream_path: str        # the upstream URL's path, without a trailing "/"
     forward: ForwardPolicy
     shared: bool
     heuristics: Heuristics
     exchange: Exchange | None  # None until the upstream session exists
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
-        """RFC 9111 §2: the primary key is the URI the response came from. With host_header
-        = upstream every Host a client uses reaches the same origin URL, so the key names the
-        upstream (nginx's default $proxy_host key): replicas reached by different names share
-        entries and no Host can split or poison them. With pass, the client's Host is what
-        the origin sees, so it is in the key."""
-        if self.forward.pass_host:
-            return primary_key(scheme, authority, target)
-        return primary_key(self.upstream_scheme, self.forward.upstream_host, target)
+        """RFC 9111 §2: the primary key is the URI of the response; here, everything the origin
+        sees that selects it. When the origin sees the client's Host (host_header = pass, or
+        X-Forwarded-Host, which an origin may build links from), that Host is in the key, as
+        the client's URL: one Host's answer is never another's. Otherwise every Host reaches
+        the same upstream URL, which is the key (nginx's $proxy_host key): replicas reached by
+        different names share entries. A private-cache route (shared = false) keys apart, so
+        what it may keep for one user never reaches a shared route's users."""
+        if self.client_host_seen:
+            key = primary_key(scheme, authority, target)
+        else:
+            key = primary_key(self.upstream_scheme, self.forward.upstream_host,
+                              self.upstream_path + target)
+        return key if self.shared or self.route.index is None else \
+            f"{key}#private:{self.route.name}"
+
+    @property
+    def client_host_seen(self) -> bool:
+        return self.forward.pass_host or self.forward.x_forwarded_host
 
 
 def plan_route(route: Route, config: Config, default_upstream: str,
@@ -59,6 +70,7 @@ def plan_route(route: Route, config: Config, default_upstream: str,
         route=route,
         upstream=upstream,
         upstream_scheme=up.scheme,
+        upstream_path=up.raw_path.rstrip("/"),
         forward=ForwardPolicy(
             via=config.proxy.via,
             upstream_host=up.raw_authority.rpartition("@")[2],
@@ -100,3 +112,8 @@ class Plans:
 
     def upstreams(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.upstream for p in self.by_name.values()))
+
+    def stored_origins(self) -> frozenset[str]:
+        """The origins of keys named after an upstream (admin: a listed key is taken as is)."""
+        return frozenset(origin_of(p.upstream_scheme, p.forward.upstream_host)
+                         for p in self.by_name.values() if not p.client_host_seen)

@@ -23,10 +23,12 @@ from cacheproxy.proxy.server_protocol import ProxyAppRunner
 from cacheproxy.store import Store, build_store
 
 log = logging.getLogger("cacheproxy")
+STOP_AND_RELOAD = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
 PROXY = web.AppKey("proxy", CacheProxy)
 OBSERVER = web.AppKey("observer", Observer)
 ADMIN = web.AppKey("admin", Admin)
 HEALTH = web.AppKey("health", Health)
+STARTED_WITH = web.AppKey("started_with", Config)
 
 
 class AnyTarget(web_urldispatcher.DynamicResource):
@@ -52,6 +54,7 @@ def make_app(
     health = Health(proxy.upstreams, getattr(store, "ping", None))
     app = web.Application()
     app[PROXY], app[OBSERVER], app[ADMIN], app[HEALTH] = proxy, observer, admin, health
+    app[STARTED_WITH] = config  # what restart-only settings stay at, whatever reloads say
     app.on_response_prepare.append(outbound)  # CORS grant, Referrer-Policy: after the cache
     app.cleanup_ctx.append(_store_context(store))
     app.cleanup_ctx.append(proxy.context)
@@ -116,6 +119,8 @@ async def serve(
             loop.add_signal_handler(signal.SIGHUP, _reloader(app, reload))
         else:  # at least reopen the request log file (after logrotate moved it)
             loop.add_signal_handler(signal.SIGHUP, app[OBSERVER].reopen)
+        # Held back since the start (run_one, or the fork of a worker): handled from now on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_AND_RELOAD)
         await asyncio.Event().wait()
     finally:
         # Stop accepting; requests in flight get shutdown_timeout seconds to finish.
@@ -145,7 +150,7 @@ def reconfigure(app: web.Application, new: Config) -> None:
     forwarding, cache rules, log and admin token. What needs a restart (listen address, store,
     workers, timeouts of the upstream pool, admin paths) is kept, with a warning."""
     proxy = app[PROXY]
-    for key in restart_only_changes(proxy.config, new):
+    for key in restart_only_changes(app[STARTED_WITH], new):
         log.warning("reload: %s changed; it takes effect at the next restart", key)
     proxy.check_config(new)  # raises ConfigError before anything changes
     app[OBSERVER].reconfigure(new.log)  # raises OSError (a log file that cannot open) first
@@ -189,6 +194,10 @@ def run_one(
     config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
     port: int | None = None, upstream: str | None = None,
 ) -> None:
+    # SIGHUP / SIGTERM before the loop handles them would kill the process (their default
+    # action): they wait, blocked, until serve() has its handlers in place.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_AND_RELOAD)
+
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from cacheproxy.config import Config, parse_listen
+from cacheproxy.config import Config, ConfigError, parse_listen
 
 log = logging.getLogger("cacheproxy")
 
@@ -35,10 +35,21 @@ QUICK_DEATH_SECONDS = 2.0
 _mp = multiprocessing.get_context("fork")
 
 
+# Held back while a process is forked, and in the new process until its event loop has
+# handlers for them: a SIGHUP or SIGTERM in between would otherwise kill it (default action).
+SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+
+
 def reserve_port(host: str, port: int) -> socket.socket:
     """A bound, never-listening SO_REUSEPORT socket: it fixes the port (0 picks one) while
-    the workers bind theirs beside it; only listening sockets get connections."""
+    the workers bind theirs beside it; only listening sockets get connections. A port that
+    anything else holds (another --workers instance too) is refused first: a socket without
+    SO_REUSEPORT cannot join theirs."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))  # OSError "Address already in use": exit 1, one line
+        port = probe.getsockname()[1]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -52,15 +63,15 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 def _worker(config: Config, reload: Callable[[], Config] | None, port: int,
             upstream: str | None) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
+    for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
+        signal.signal(sig, signal.SIG_DFL)
     from cacheproxy.proxy.server import run_one
 
     run_one(config, reload, reuse_port=True, port=port, upstream=upstream)
 
 
 def _demo(config: Config, ready: Any) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in SIGNALS:  # still blocked (fork); run_demo_origin unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
     from cacheproxy.demo.origin import run_demo_origin
 
@@ -85,21 +96,29 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._hup)
+        # A signal wakes the wait in _watch at once (Python retries an interrupted wait).
+        self._wakeup, wakeup_w = socket.socketpair()
+        self._wakeup.setblocking(False)
+        wakeup_w.setblocking(False)
+        signal.set_wakeup_fd(wakeup_w.fileno())
         try:
             for _ in range(self.config.proxy.workers):
                 self.workers.append(self._start(port, upstream))
             log.info("%d workers on %s:%d (SO_REUSEPORT)", len(self.workers), host, port)
             return self._watch(port, upstream)
         finally:
+            signal.set_wakeup_fd(-1)
             self._stop_all(demo)
             holder.close()
+            self._wakeup.close()
+            wakeup_w.close()
 
     def _start_demo(self) -> tuple[BaseProcess | None, str | None]:
         if self.config.proxy.upstream:
             return None, None
         receive, send = _mp.Pipe(duplex=False)
         demo = _mp.Process(target=_demo, args=(self.config, send), name="cacheproxy-demo")
-        demo.start()
+        _fork(demo)
         if not receive.poll(10):
             demo.kill()
             raise OSError("the demo origin did not start")
@@ -111,7 +130,7 @@ class Supervisor:
     def _start(self, port: int, upstream: str | None) -> BaseProcess:
         worker = _mp.Process(target=_worker, args=(self.config, self.reload, port, upstream),
                              name="cacheproxy-worker")
-        worker.start()
+        _fork(worker)
         assert worker.pid is not None
         self.started[worker.pid] = time.monotonic()
         return worker
@@ -120,9 +139,13 @@ class Supervisor:
         while not self.stopping:
             if self.hangup:
                 self.hangup = False
+                self._reload()
                 for worker in self.workers:
                     _signal(worker, signal.SIGHUP)
-            multiprocessing.connection.wait([w.sentinel for w in self.workers], timeout=0.5)
+            multiprocessing.connection.wait([*(w.sentinel for w in self.workers), self._wakeup],
+                                            timeout=1.0)
+            with contextlib.suppress(BlockingIOError):
+                self._wakeup.recv(512)
             for i, worker in enumerate(self.workers):
                 if worker.is_alive() or self.stopping:
                     continue
@@ -130,13 +153,25 @@ class Supervisor:
                 lived = time.monotonic() - self.started.pop(worker.pid, 0.0)
                 log.error("worker %d exited with %s; starting another", worker.pid,
                           worker.exitcode)
-                if lived < QUICK_DEATH_SECONDS:
+                if lived >= QUICK_DEATH_SECONDS:
+                    self.quick_deaths = 0  # it ran: not a start that keeps failing
+                else:
                     self.quick_deaths += 1
                     if self.quick_deaths >= MAX_QUICK_DEATHS:
                         log.error("workers keep dying at start; giving up")
                         return 1
                 self.workers[i] = self._start(port, upstream)
         return 0
+
+    def _reload(self) -> None:
+        """The config a worker started from now on gets: the one SIGHUP loads (each running
+        worker reloads its own and logs a refusal itself)."""
+        if self.reload is None:
+            return
+        try:
+            self.config = self.reload()
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, new workers keep the running configuration: %s", exc)
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -147,7 +182,7 @@ class Supervisor:
     def _stop_all(self, demo: BaseProcess | None) -> None:
         for worker in self.workers:
             _signal(worker, signal.SIGTERM)
-        deadline = time.monotonic() + self.config.proxy.shutdown_timeout + 5
+        deadline = time.monotonic() + self.config.proxy.shutdown_timeout + 1
         for worker in self.workers:
             worker.join(max(0.0, deadline - time.monotonic()))
             if worker.is_alive():
@@ -158,6 +193,15 @@ class Supervisor:
             demo.join(5)
             if demo.is_alive():
                 demo.kill()
+
+
+def _fork(process: BaseProcess) -> None:
+    """Start process with SIGNALS blocked, so they wait for its loop's handlers."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _signal(process: BaseProcess, sig: int) -> None:

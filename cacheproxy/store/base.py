@@ -39,7 +39,9 @@ class Store(Protocol):
         Raises StoreUnavailable (as do clear, keys and delete_prefix)."""
         ...
 
-    async def clear(self) -> None: ...
+    async def clear(self) -> int:
+        """Forget everything this cache stored; how many keys (URLs) went."""
+        ...
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         """Stored keys that start with prefix, at most limit of them."""

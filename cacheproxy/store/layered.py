@@ -85,9 +85,9 @@ class LayeredStore:
             self._generation += 1
             await self.front.delete_prefix(prefix)
 
-    async def clear(self) -> None:
+    async def clear(self) -> int:
         try:
-            await self.back.clear()
+            return await self.back.clear()
         finally:
             await self._forget_all()
 

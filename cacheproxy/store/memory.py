@@ -73,10 +73,12 @@ class MemoryStore:
             await self.delete(key)
         return len(doomed)
 
-    async def clear(self) -> None:
+    async def clear(self) -> int:
         evictions = self._lru.evictions  # clear() pops items; that is not eviction
+        keys = len(self._lru)
         self._lru.clear()
         self._lru.evictions, self._lru.entries = evictions, 0
+        return keys
 
     async def start(self) -> None:
         pass

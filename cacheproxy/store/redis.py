@@ -62,6 +62,9 @@ MIN_TTL = 1.0
 MAX_TTL = float(MAX_DELTA)
 # Connections per replica; at ~0.3 ms a round trip, far more than a proxy needs.
 POOL_CONNECTIONS = 64
+# Redis refuses a string over 512 MiB; the limit per response is max_object_bytes, which the
+# exchange applies per route (a route may allow more than [cache]).
+MAX_VALUE_BYTES = 512 * 1024 * 1024 - 64 * 1024
 STATS_INTERVAL = 5.0  # seconds between refreshes of stats() (INFO)
 _SCAN_COUNT = 1000
 _META = b"#"
@@ -202,7 +205,6 @@ class RedisStore:
         self.channel = prefix + b"purge"  # "d<key>", "p<prefix>" or "c", after each purge
         self.timeout = cache.redis_timeout
         self.retry_interval = cache.redis_retry_interval
-        self._max_object = cache.max_object_bytes
         pool = BlockingConnectionPool.from_url(
             cache.redis_url, max_connections=POOL_CONNECTIONS,
             timeout=None,  # a wait for a free connection counts toward redis_timeout
@@ -260,7 +262,7 @@ class RedisStore:
 
     async def put_variant(self, entry: CachedResponse) -> int:
         """put(), but tells how many variants the key holds afterwards (0: not stored)."""
-        if len(entry.body) > self._max_object:
+        if len(entry.body) > MAX_VALUE_BYTES:  # each route's max_object_bytes is the exchange's
             return 0
         now = time.time()
         expires_ms = int((now + entry_ttl(entry, now)) * 1000)
@@ -298,10 +300,11 @@ class RedisStore:
         await self._call(partial(self._redis.publish, self.channel, b"p" + _bytes(prefix)))
         return removed
 
-    async def clear(self) -> None:
-        """Everything under redis_prefix, and nothing else (never FLUSHDB)."""
-        await self._unlink_all(self._prefix)
+    async def clear(self) -> int:
+        """Every entry under redis_prefix, and nothing else (never FLUSHDB)."""
+        removed = await self._unlink_all(self._entries)
         await self._call(partial(self._redis.publish, self.channel, b"c"))
+        return removed
 
     def stats(self) -> StoreStats:
         """The figures of the last refresh (every STATS_INTERVAL s). entries counts the

@@ -59,8 +59,8 @@ def decode(data: bytes) -> CachedResponse:
                          f"{length} bytes)")
     try:
         h = json.loads(data[_PREFIX.size:end])
-    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-        raise ValueError(f"stored entry: header is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+        raise ValueError(f"stored entry: header is not JSON ({type(exc).__name__})") from exc
     try:
         return _entry(h, bytes(data[end:]))
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:

@@ -296,3 +296,26 @@ async def test_workers_restart_a_worker_that_dies(origin, tmp_path):
                 assert response.status == 200
     proc.terminate()
     assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_workers_with_the_redis_store_share_one_cache(origin, tmp_path, redis_server):
+    up, state = await counting_origin(origin)
+    env = clean_env(CACHEPROXY_CACHE_STORE="redis", CACHEPROXY_CACHE_REDIS_URL=redis_server.url)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path, env=env)
+    err = StderrLines(proc)
+    for _ in range(2):
+        await err.wait_for("listening on")
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/n") as first:
+        assert first.headers["X-Cache"] == "MISS"
+    await asyncio.sleep(0.2)  # stored in Redis once its body is in
+    caches = []
+    for _ in range(40):  # new connections: both workers answer some
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/n") as response:
+            caches.append(response.headers["X-Cache"])
+    assert set(caches) == {"HIT"} and state["hits"] == 1  # one origin fetch for both workers
+    proc.terminate()
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
+    assert "Traceback" not in await err.close()

@@ -223,14 +223,21 @@ async def test_passthrough_leaves_the_upstreams_cors_fields_alone(origin, proxy,
     assert stored.headers.getall("Access-Control-Allow-Origin") == ["https://own.example"]
 
 
-async def test_a_star_policy_without_credentials_answers_star_without_vary(
-        origin, proxy, tmp_path):
+async def test_a_star_policy_without_credentials_answers_star(origin, proxy, tmp_path):
+    """'*' refuses only "null" (never matched by a wildcard): that is still a dependence on
+    Origin, so Vary: Origin; with "null" granted too, the answer is one for all, no Vary."""
     site = Site("site")
     c = await start(origin, proxy, tmp_path,
                     '[proxy]\nupstream = "{site}"\n[cors]\nallow_origins = ["*"]\n', site=site)
     resp = await c.get("/s", headers={"Origin": "https://anyone.example"})
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
-    assert "Vary" not in resp.headers
+    assert resp.headers["Vary"] == "Origin"
+    null = await c.get("/s", headers={"Origin": "null"})
+    assert "Access-Control-Allow-Origin" not in null.headers
+    c = await start(origin, proxy, tmp_path, '[proxy]\nupstream = "{site}"\n[cors]\n'
+                    'allow_origins = ["*", "null"]\n', site=site)
+    resp = await c.get("/t", headers={"Origin": "https://anyone.example"})
+    assert resp.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in resp.headers
 
 
 async def test_no_cors_config_means_the_proxy_stays_out_of_it(origin, proxy, tmp_path):
@@ -339,3 +346,14 @@ async def test_secret_parameters_never_reach_the_upstream_in_a_referer(origin, p
                     'upstream_referer = "strip"\n', site=site)
     await c.get("/c", headers={"Referer": "https://mail.example/inbox"})
     assert site.referers[-1] is None
+
+
+async def test_a_same_origin_request_without_a_grant_is_not_logged_as_refused(
+        origin, proxy, tmp_path):
+    """Browsers send Origin on same-origin POSTs too; the page reads those without CORS."""
+    site = Site("site")
+    log = tmp_path / "requests.log"
+    c = await start(origin, proxy, tmp_path, CORS + f'[log]\npath = "{log}"\n', site=site)
+    await c.post("/form", headers={"Origin": "http://shop.example", "Host": "shop.example"})
+    await c.post("/form", headers={"Origin": "https://evil.example", "Host": "shop.example"})
+    assert [x["policy"] for x in await read_log(c)] == [None, "cors-origin"]

@@ -3,6 +3,7 @@ that involve more than one setting."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from cacheproxy.config.values import (
@@ -159,6 +160,17 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()  # [[routes]]: in the file only, not a [section]
 
 
+# Fetch "normalize a method": these are byte-upper-cased by browsers.
+_FETCH_NORMALISED = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
+_PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443")
+
+
+def _grants_anyone(entry: str) -> bool:
+    """Does a ~regex origin pattern match unrelated probe origins (a catch-all)?"""
+    pattern = re.compile(entry[1:])
+    return all(pattern.fullmatch(probe) for probe in _PROBES)
+
+
 def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig,
                     prefix: str = "") -> None:
     """Rules across settings of the sections a route can override; `prefix` "routes[1]."."""
@@ -173,6 +185,23 @@ def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig
             "'*' cannot go with allow_credentials = true: browsers refuse a credentialed "
             "response whose Access-Control-Allow-Origin is '*' (Fetch standard §3.2.5); list "
             f"the origins to trust instead, got {list(cors.allow_origins)!r}",
+        )
+    if cors.allow_credentials and any(
+            _grants_anyone(entry) for entry in cors.allow_origins if entry.startswith("~")):
+        raise ConfigError(
+            f"{prefix}cors.allow_origins",
+            "a pattern that matches any origin cannot go with allow_credentials = true: it "
+            "would grant every site your users' credentials, which is what '*' is refused "
+            "for; list the origins or write a narrower pattern",
+        )
+    lowercase = [m for m in cors.allow_methods
+                 if m.upper() in _FETCH_NORMALISED and m != m.upper()]
+    if lowercase:
+        raise ConfigError(
+            f"{prefix}cors.allow_methods",
+            f"write {', '.join(repr(m.upper()) for m in lowercase)}: browsers send these "
+            "methods upper-cased (Fetch: normalize a method), so the lower-case form never "
+            "matches",
         )
     if cors.allow_credentials and "*" in cors.expose_headers:
         raise ConfigError(

@@ -121,6 +121,9 @@ def _check_upstream(value: str) -> None:
     # yarl refuses "http://:80" and calls "http://" relative: absolute here means it has a host.
     if not url.is_absolute() or url.scheme not in ("http", "https"):
         raise ValueError(f"expected an absolute http:// or https:// URL, got {value!r}")
+    if url.raw_query_string or url.raw_fragment or "?" in value or "#" in value:
+        # The request's path and query are appended to it: they would land inside these.
+        raise ValueError(f"an upstream URL takes no query or fragment, got {value!r}")
 
 
 def _check_redis_url(value: str) -> None:

@@ -19,6 +19,7 @@ from cacheproxy.config import LogConfig
 from cacheproxy.observe.record import LogRecord, to_json, to_text
 from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
+from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.outcome import Outcome
 
 OUTCOME = web.RequestKey("cacheproxy.outcome", Outcome)
@@ -65,7 +66,8 @@ class Observer:
         version = request.version
         record = LogRecord(
             time=time.time() - duration, client=request.remote or "-", method=request.method,
-            host=outcome.host or h.get("Host", "-"), path=outcome.target or request.raw_path,
+            host=outcome.host or h.get("Host", "-"),
+            path=redact(outcome.target or request.raw_path, outcome.secrets) or "-",
             status=response.status,
             cache=outcome.status, bytes=outcome.bytes_sent,
             total_ms=round(duration * 1000, 3),
@@ -75,7 +77,7 @@ class Observer:
             upstream_ms=None if outcome.upstream_ms is None else round(outcome.upstream_ms, 3),
             collapsed=outcome.collapsed, route=outcome.route, policy=outcome.policy,
             protocol=f"HTTP/{version.major}.{version.minor}",
-            referer=h.get("Referer"), user_agent=h.get("User-Agent"),
+            referer=redact(h.get("Referer"), outcome.secrets), user_agent=h.get("User-Agent"),
             cache_status=outcome.cache_status_sent,
         )
         if counted:

@@ -8,6 +8,7 @@ patterns and the path form that prefixes are matched against.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 # RFC 3986 §3.2.2 reg-name restricted to what DNS and docker service names use, or an
 # IPv4 address; IPv6 literals are written in brackets. No port: a pattern names a host.
@@ -75,18 +76,16 @@ def host_pattern_covers(wider: str, narrower: str) -> bool:
     return narrower.endswith(wider[1:])  # "*.a.example.com" or "a.example.com"
 
 
-_UNRESERVED_ESCAPE = re.compile(r"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
-_ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 
 
 def normalize_path(path: str) -> str:
-    """The path a prefix is matched against, so "/%69mages/", "//images/" or "/x/../images/"
-    cannot slip past a "/images/" rule: query dropped, unreserved escapes decoded and other
-    escapes upper-cased (RFC 3986 §6.2.2.1-2), "//" merged (as nginx's merge_slashes), dot
-    segments removed (§5.2.4)."""
+    """The path a prefix is matched against, as nginx matches locations: query dropped,
+    every %XX decoded once (UTF-8; "%2F" too, since origins decode it to "/"), "//"
+    merged (merge_slashes) and dot segments removed (RFC 3986 §5.2.4). So "/%69mages/",
+    "/images%2Fa.png", "//images/" or "/x/../images/" cannot slip past a "/images/" rule,
+    and "/bilder/über/" matches the "/bilder/%C3%BCber/" a browser sends."""
     path = path.split("?", 1)[0].split("#", 1)[0]
-    path = _ESCAPE.sub(lambda m: m[0].upper(), path)
-    path = _UNRESERVED_ESCAPE.sub(lambda m: chr(int(m[1], 16)), path)
+    path = unquote(path, encoding="utf-8", errors="surrogateescape")
     out: list[str] = []
     segments = re.sub(r"/{2,}", "/", path).split("/")
     for i, segment in enumerate(segments):

@@ -276,8 +276,8 @@ def varies_by_origin(policy: CorsPolicy, origin: str | None) -> bool:
     differs from it."""
     if not policy.enabled:
         return False
-    if _static_star(policy):
-        return origin == "null" and not policy.null_origin
+    if _static_star(policy):  # "*" for all but a refused "null": that differs too
+        return not policy.null_origin
     return True
 
 

@@ -221,6 +221,18 @@ def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
     return f"{base}?{'&'.join(kept)}" if kept else base
 
 
+def redact(url: str | None, names: frozenset[str]) -> str | None:
+    """`url` with the values of the `names` query parameters replaced by REDACTED, for the
+    request log: a session id kept from the upstream must not sit in a log file either."""
+    if url is None or not names or "?" not in url:
+        return url
+    base, _, query = url.partition("?")
+    query, hash_, fragment = query.partition("#")
+    parts = [f"{part.partition('=')[0]}=REDACTED" if _param_name(part) in names else part
+             for part in query.split("&")]
+    return f"{base}?{'&'.join(parts)}{hash_}{fragment}"
+
+
 def _param_name(part: str) -> str:
     return unquote(part.partition("=")[0]).lower()
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from cacheproxy.config import Config
+from cacheproxy.config import Config, ConfigError
 from cacheproxy.http.cache_control import (
     NO_REQUEST_DIRECTIVES,
     RequestDirectives,
@@ -67,6 +67,10 @@ class CacheProxy:
     def check_config(self, config: Config) -> None:
         """Raise ConfigError if config cannot be applied (reload checks before it changes
         anything): building the plans compiles every policy."""
+        catch_all = any(not r.host and r.path_prefix == "/" for r in config.routes)
+        if not (config.proxy.upstream or self.default_upstream) and not catch_all:
+            raise ConfigError("proxy.upstream", "is needed: no route catches every request "
+                              "and no demo origin runs (it starts only with the process)")
         Plans.build(config, self.default_upstream, None, self.store)
 
     def reconfigure(self, config: Config) -> None:
@@ -127,6 +131,7 @@ class CacheProxy:
         plan = request[PLAN] = plans.match(parsed.authority, target)
         if plans.routed:
             outcome.route = plan.route.name
+        outcome.secrets = plan.route.referer.strip_params
         key = plan.cache_key(request.scheme, parsed.authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"

@@ -28,6 +28,7 @@ class Outcome:
     cache_status_sent: str = ""  # the Cache-Status member as sent, for the log
     host: str | None = None      # the authority the request was for (absolute-form too)
     target: str | None = None    # its path and query, origin-form
+    secrets: frozenset[str] = frozenset()  # query parameters the log shows as REDACTED
 
     def cache_status(self, name: str) -> str:
         self.cache_status_sent = cache_status(

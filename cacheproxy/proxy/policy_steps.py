@@ -108,7 +108,9 @@ async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> No
         if cors.override or not upstream_cors:  # passthrough: the upstream's, if it sent any
             grant = actual_fields(cors, origin)
             headers.extend(grant)
-            if origin is not None and not grant:
+            same_origin = origin is not None and \
+                origin.partition("://")[2].lower() == request.headers.get("Host", "").lower()
+            if origin is not None and not grant and not same_origin:
                 outcome = request.get(OUTCOME)
                 if outcome is not None and outcome.policy is None:
                     outcome.policy = "cors-origin"  # no grant: the browser withholds it

@@ -61,13 +61,23 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     overrides = {"proxy.upstream": args.upstream, "proxy.listen": args.listen,
                  "proxy.workers": args.workers}
-    try:
+
+    def serve() -> None:
         config = load_config(args.config, overrides=overrides)
         # Imported only once the config is good: a mistake is reported before the server loads.
         from cacheproxy.proxy.server import run
 
         # SIGHUP reads the same sources again: the file, the environment, these flags.
         run(config, reload=lambda: load_config(args.config, overrides=overrides))
+
+    return _run_server(serve)
+
+
+def _run_server(run: Callable[[], None]) -> int:
+    """Run a server until it stops: 0; a config mistake: 2; an OSError (a port in use): 1.
+    Each mistake is one line on stderr."""
+    try:
+        run()
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return 2
@@ -94,18 +104,13 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    try:
+    def demo() -> None:
         config = load_config(args.config, overrides={"demo.listen": args.listen})
         from cacheproxy.demo.origin import run_demo_origin
 
         run_demo_origin(config.demo)
-    except ConfigError as exc:
-        _error(f"config error: {exc}")
-        return 2
-    except OSError as exc:
-        _error(str(exc))
-        return 1
-    return 0
+
+    return _run_server(demo)
 
 
 # --- logs ---------------------------------------------------------------------------------------

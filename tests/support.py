@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
-from cacheproxy.config import Config
+from cacheproxy.config import Config, load_config
+from cacheproxy.proxy.server import OBSERVER
 
 
 def proxy_config(upstream: str, **sections: dict[str, Any]) -> Config:
@@ -47,3 +50,23 @@ async def raw_origin(answer: Callable[[bytes], bytes]) -> AsyncIterator[int]:
         yield server.sockets[0].getsockname()[1]
     finally:
         server.close()
+
+
+async def proxy_for_toml(origin: Any, proxy: Any, tmp_path: Path, toml: str,
+                         **sites: Any) -> Any:
+    """The proxy for a TOML config (loaded with every check a user's file gets) whose
+    {name} placeholders are the URLs of the sites' apps (objects with an .app), started
+    as origins."""
+    urls = {name: str((await origin(site.app)).make_url("")).rstrip("/")
+            for name, site in sites.items()}
+    path = tmp_path / "cacheproxy.toml"
+    path.write_text(toml.format(**urls))
+    return await proxy(load_config(path, env={}))
+
+
+async def read_json_log(client: Any) -> list[dict[str, Any]]:
+    """The request log's lines so far (its file), parsed: the sink writes from a thread."""
+    sink = client.server.app[OBSERVER].sink
+    sink.flush()
+    assert await asyncio.to_thread(sink.wait_written)
+    return [json.loads(line) for line in Path(sink.path).read_text().splitlines()]

@@ -6,17 +6,15 @@ checks a user's file does. The browser's side of the same rules is tests/test_br
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 from collections import Counter
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
+from support import proxy_for_toml as start
+from support import read_json_log as read_log
 
-from cacheproxy.config import Config, load_config
-from cacheproxy.proxy.server import OBSERVER, reconfigure
+from cacheproxy.config import Config
+from cacheproxy.proxy.server import reconfigure
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478"
@@ -43,22 +41,6 @@ class Site:
                                 headers={"Cache-Control": "public, max-age=60"})
         headers = {"Cache-Control": "public, max-age=60", "X-Site": self.name, **self.extra}
         return web.Response(text=f"{self.name} {request.path_qs}", headers=headers)
-
-
-async def start(origin: Any, proxy: Any, tmp_path: Path, toml: str, **sites: Site) -> Any:
-    """The proxy for a TOML config whose {name} placeholders are the sites' URLs."""
-    urls = {name: str((await origin(site.app)).make_url("")).rstrip("/")
-            for name, site in sites.items()}
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text(toml.format(**urls))
-    return await proxy(load_config(path, env={}))
-
-
-async def read_log(client: Any) -> list[dict[str, Any]]:
-    sink = client.server.app[OBSERVER].sink
-    sink.flush()
-    assert await asyncio.to_thread(sink.wait_written)
-    return [json.loads(line) for line in Path(sink.path).read_text().splitlines()]
 
 
 # -- routes -------------------------------------------------------------------------------------

@@ -159,6 +159,11 @@ class Config:
     referer: RefererConfig = field(default_factory=RefererConfig)
     routes: tuple[RouteConfig, ...] = ()  # [[routes]]: in the file only, not a [section]
 
+    @property
+    def catch_all_route(self) -> bool:
+        """Does a route take every request (any host, path "/")? proxy.upstream is unused."""
+        return any(not r.host and r.path_prefix == "/" for r in self.routes)
+
 
 # Fetch "normalize a method": these are byte-upper-cased by browsers.
 _FETCH_NORMALISED = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})

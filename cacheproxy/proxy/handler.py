@@ -67,8 +67,7 @@ class CacheProxy:
     def check_config(self, config: Config) -> None:
         """Raise ConfigError if config cannot be applied (reload checks before it changes
         anything): building the plans compiles every policy."""
-        catch_all = any(not r.host and r.path_prefix == "/" for r in config.routes)
-        if not (config.proxy.upstream or self.default_upstream) and not catch_all:
+        if not (config.proxy.upstream or self.default_upstream or config.catch_all_route):
             raise ConfigError("proxy.upstream", "is needed: no route catches every request "
                               "and no demo origin runs (it starts only with the process)")
         Plans.build(config, self.default_upstream, None, self.store)

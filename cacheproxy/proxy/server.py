@@ -96,8 +96,7 @@ async def serve(
     resolved, and the demo origin's URL when it runs the demo."""
     upstream = upstream or config.proxy.upstream
     demo = None
-    catch_all = any(not r.host and r.path_prefix == "/" for r in config.routes)
-    if not upstream and not catch_all:  # a catch-all route leaves proxy.upstream unused
+    if not upstream and not config.catch_all_route:  # then proxy.upstream is never used
         demo_host, demo_port = parse_listen(config.demo.listen)
         demo, demo_port = await start_demo_origin(demo_host, demo_port)
         upstream = _url(demo_host, demo_port)

@@ -313,16 +313,32 @@ def strip_upstream_cors(pairs: Iterable[tuple[str, str]]) -> Fields:
     return [(k, v) for k, v in pairs if k.lower() not in RESPONSE_FIELDS]
 
 
+class Outbound(NamedTuple):
+    """What the outbound step does to a response: drop the upstream's CORS fields, add
+    these, and merge Origin into Vary."""
+
+    strip_upstream: bool
+    add: Fields
+    vary: bool
+
+
+def outbound(policy: CorsPolicy, origin: str | None, upstream_has_cors: bool) -> Outbound | None:
+    """The decision for a non-preflight response (after the cache); None leaves it alone.
+    "override" replaces the upstream's CORS fields; "passthrough" leaves them untouched and
+    adds the proxy's grant only when the upstream sent no CORS field at all."""
+    if not policy.enabled or (not policy.override and upstream_has_cors):
+        return None
+    return Outbound(policy.override, actual_fields(policy, origin),
+                    varies_by_origin(policy, origin))
+
+
 def with_cors(policy: CorsPolicy, origin: str | None, pairs: Iterable[tuple[str, str]]) -> Fields:
-    """The outbound step for a non-preflight response (after the cache): `pairs` with the
-    policy applied. "override" replaces the upstream's CORS fields; "passthrough" leaves them
-    untouched and adds the proxy's grant only when the upstream sent no CORS field at all."""
+    """`pairs` with outbound()'s decision applied."""
     pairs = list(pairs)
-    if not policy.enabled:
+    step = outbound(policy, origin, any(k.lower() in RESPONSE_FIELDS for k, _ in pairs))
+    if step is None:
         return pairs
-    if policy.override:
+    if step.strip_upstream:
         pairs = strip_upstream_cors(pairs)
-    elif any(k.lower() in RESPONSE_FIELDS for k, _ in pairs):
-        return pairs
-    pairs += actual_fields(policy, origin)
-    return with_vary(pairs, "Origin") if varies_by_origin(policy, origin) else pairs
+    pairs += step.add
+    return with_vary(pairs, "Origin") if step.vary else pairs

@@ -16,16 +16,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cacheproxy.observe.observer import OUTCOME
-from cacheproxy.policies.cors import (
-    RESPONSE_FIELDS,
-    Denial,
-    actual_fields,
-    is_preflight,
-    merge_vary,
-    preflight,
-    varies_by_origin,
-)
-from cacheproxy.policies.referer import forwarded_referer, refusal
+from cacheproxy.policies.cors import RESPONSE_FIELDS, Denial, is_preflight, merge_vary, preflight
+from cacheproxy.policies.cors import outbound as cors_outbound
+from cacheproxy.policies.referer import forwarded_referer, refusal, response_policy_fields
 from cacheproxy.proxy.outcome import Outcome
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.routing import PLAN, RoutePlan
@@ -101,23 +94,26 @@ async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> No
     cors = route.cors
     if cors.enabled and not request.get(ANSWERED_HERE):
         origin = request.headers.get("Origin")
-        upstream_cors = any(name in headers for name in RESPONSE_FIELDS)
-        if cors.override:
-            for name in RESPONSE_FIELDS:
-                headers.popall(name, None)
-        if cors.override or not upstream_cors:  # passthrough: the upstream's, if it sent any
-            grant = actual_fields(cors, origin)
-            headers.extend(grant)
-            same_origin = origin is not None and \
-                origin.partition("://")[2].lower() == request.headers.get("Host", "").lower()
-            if origin is not None and not grant and not same_origin:
-                outcome = request.get(OUTCOME)
-                if outcome is not None and outcome.policy is None:
-                    outcome.policy = "cors-origin"  # no grant: the browser withholds it
-            if varies_by_origin(cors, origin):
+        step = cors_outbound(cors, origin, any(name in headers for name in RESPONSE_FIELDS))
+        if step is not None:
+            if step.strip_upstream:
+                for name in RESPONSE_FIELDS:
+                    headers.popall(name, None)
+            headers.extend(step.add)
+            if step.vary:
                 vary = merge_vary(headers.getall("Vary", ()))
                 headers.popall("Vary", None)
                 headers["Vary"] = vary
-    referer = route.referer
-    if referer.policy and (referer.policy_override or "Referrer-Policy" not in headers):
-        headers["Referrer-Policy"] = referer.policy  # W3C Referrer Policy §4.1
+            if origin is not None and not step.add and not _same_origin(origin, request):
+                outcome = request.get(OUTCOME)
+                if outcome is not None and outcome.policy is None:
+                    outcome.policy = "cors-origin"  # no grant: the browser withholds it
+    policy = response_policy_fields(route.referer, "Referrer-Policy" in headers)
+    if policy:  # W3C Referrer Policy §4.1: ours, where none was sent or when overriding
+        headers.popall("Referrer-Policy", None)
+        headers.extend(policy)
+
+
+def _same_origin(origin: str, request: web.BaseRequest) -> bool:
+    """Browsers send Origin on same-origin POSTs too; those need no grant."""
+    return origin.partition("://")[2].lower() == request.headers.get("Host", "").lower()

@@ -8,7 +8,6 @@ answers from its store, the origin's count does not move.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import html
 import json
@@ -24,6 +23,7 @@ from email.utils import format_datetime
 from aiohttp import web
 
 from cacheproxy.config import DemoConfig, parse_listen
+from cacheproxy.lifetime import run_until_stopped
 
 COUNTS = web.AppKey("demo_counts", Counter)
 LAST_MODIFIED = web.AppKey("demo_last_modified", datetime)
@@ -375,11 +375,6 @@ def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = No
     host, port = parse_listen(config.listen)
 
     async def main() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
         # A --workers parent forks this with them blocked: handled from now on.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         runner, bound = await start_demo_origin(host, port)
@@ -391,5 +386,4 @@ def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = No
         finally:
             await runner.cleanup()
 
-    with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(main())
+    run_until_stopped(main)

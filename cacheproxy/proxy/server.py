@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -14,6 +13,7 @@ from aiohttp import web, web_urldispatcher
 
 from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
+from cacheproxy.lifetime import run_until_stopped
 from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.health import Health
 from cacheproxy.observe.observer import Observer
@@ -197,18 +197,5 @@ def run_one(
     # action): they wait, blocked, until serve() has its handlers in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_AND_RELOAD)
 
-    async def main() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await serve(config, reload, reuse_port=reuse_port, port=port, upstream=upstream)
-
-    try:
-        import uvloop  # the faster loop when installed (pyproject: not on Windows)
-    except ImportError:
-        asyncio.run(main())
-    else:
-        uvloop.run(main())
+    run_until_stopped(lambda: serve(config, reload, reuse_port=reuse_port, port=port,
+                                    upstream=upstream))

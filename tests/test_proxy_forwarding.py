@@ -326,7 +326,9 @@ async def test_via_uses_the_configured_pseudonym(origin, proxy):
 
 
 async def test_x_forwarded_fields_and_host_rewrite(origin, proxy):
-    rec, server, client = await recording_proxy(origin, proxy)
+    """With proxy.trust_forwarded (behind a proxy of one's own) the chain is appended to."""
+    rec, server, client = await recording_proxy(origin, proxy,
+                                                proxy={"trust_forwarded": True})
     await client.get("/xf", headers=[("X-Forwarded-For", "203.0.113.9"),
                                      ("X-Forwarded-For", "198.51.100.2")])
     seen = rec.last.headers
@@ -351,7 +353,8 @@ async def test_host_passes_through_when_configured(origin, proxy):
 
 @pytest.mark.parametrize("off", ["x_forwarded_for", "x_forwarded_proto", "x_forwarded_host"])
 async def test_each_x_forwarded_field_can_be_turned_off(origin, proxy, off):
-    rec, _, client = await recording_proxy(origin, proxy, proxy={off: False})
+    rec, _, client = await recording_proxy(origin, proxy,
+                                           proxy={off: False, "trust_forwarded": True})
     await client.get("/xf", headers={"X-Forwarded-For": "203.0.113.9"})
     seen = rec.last.headers
     if off == "x_forwarded_for":  # not appended to; what the client sent is left alone

@@ -340,7 +340,7 @@ async def test_swr_refreshes_once_even_without_collapsing(origin, proxy):
     await asyncio.sleep(0.1)
     in_flight = len(calls) - 1
     release.set()
-    await until(lambda: not getattr(c.app_proxy, "_background", ()))
+    await until(lambda: not c.app_proxy.driver._background)
     assert in_flight == 1
 
 
@@ -453,7 +453,7 @@ async def test_swr_refresh_for_a_no_store_request_stores_nothing(origin, proxy):
     await c.get("/r")
     await c.get("/r", headers={"Cache-Control": "no-store"})  # stale: served, refresh starts
     await until(lambda: len(calls) == 2)
-    await until(lambda: not getattr(c.app_proxy, "_background", ()))
+    await until(lambda: not c.app_proxy.driver._background)
     if len(calls) > 1 and calls[1] is not None and "no-store" in calls[1]:
         # the refresh was the no-store request forwarded: its answer must not be stored
         later = await c.get("/r", headers={"Cache-Control": "only-if-cached, max-stale"})

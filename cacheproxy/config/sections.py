@@ -39,6 +39,7 @@ class ProxyConfig:
     x_forwarded_for: bool = setting(True)
     x_forwarded_proto: bool = setting(True)
     x_forwarded_host: bool = setting(True)
+    trust_forwarded: bool = setting(False)
     connect_timeout: float = setting(5.0, gt=0)
     read_timeout: float = setting(30.0, gt=0)
     max_connections: int = setting(256, ge=1)

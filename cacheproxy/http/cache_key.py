@@ -58,6 +58,15 @@ def vary_values(fields: tuple[str, ...], headers: Headers) -> tuple[str | None, 
     return tuple(normalise(f, combined_value(headers, f)) for f in fields)
 
 
+def variant_id(
+    entry: CachedResponse,
+) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+    """§4.1: a variant is told apart by the fields its response varies on and the request's
+    values for them; values alone would make ("fr",) for Accept-Language and ("fr",) for
+    a later Vary: Accept-Encoding one variant."""
+    return entry.vary, entry.vary_values
+
+
 def select_variant(
     variants: tuple[CachedResponse, ...], headers: Headers
 ) -> CachedResponse | None:

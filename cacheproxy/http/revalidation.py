@@ -36,7 +36,8 @@ def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
     new_lm = next((v for k, v in response if k.lower() == "last-modified"), None)
     if new_lm is not None:
         return new_lm == entry.last_modified
-    return True  # no validator in the 304: it applies to the one response we asked about
+    # No validator in the 304: it selects a stored response only if that lacks one too.
+    return not has_validator(entry)
 
 
 def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tuple[str, str]]:

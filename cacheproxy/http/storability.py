@@ -21,6 +21,9 @@ class StorePolicy:
 class Verdict:
     storable: bool
     reason: str  # why not (for Cache-Status detail and the log), "" when storable
+    # The reason is the request's (its method, no-store, Authorization): it says nothing
+    # about responses already stored for other requests (§5.2.1.5).
+    by_request: bool = False
 
 
 _YES = Verdict(True, "")
@@ -28,6 +31,10 @@ _YES = Verdict(True, "")
 
 def _no(reason: str) -> Verdict:
     return Verdict(False, reason)
+
+
+def _no_by_request(reason: str) -> Verdict:
+    return Verdict(False, reason, by_request=True)
 
 
 def storability(
@@ -44,11 +51,11 @@ def storability(
 ) -> Verdict:
     """§3: all of these must hold for a cache to store a response."""
     if method != "GET":  # §3: the method must be cacheable; HEAD is answered from GET
-        return _no("method")
+        return _no_by_request("method")
     if status < 200 or status in (206, 304):  # §3: final, and no partial content kept
         return _no("status")
     if request.no_store:  # §5.2.1.5: must-understand does not lift the request's no-store
-        return _no("no-store")
+        return _no_by_request("no-store")
     if response.must_understand:
         # §5.2.2.3: must-understand overrides no-store for understood status codes only.
         if status not in UNDERSTOOD_STATUS:
@@ -60,7 +67,7 @@ def storability(
     if policy.shared and has_authorization and not (
         response.public or response.s_maxage is not None or response.must_revalidate
     ):  # §3.5
-        return _no("authorization")
+        return _no_by_request("authorization")
     if vary_star:  # §4.1: "Vary: *" never matches, storing it is pointless
         return _no("vary-star")
     if policy.shared and has_set_cookie and policy.set_cookie == "bypass":

@@ -20,9 +20,7 @@ from cacheproxy.observe.record import LogRecord, to_json, to_text
 from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
-from cacheproxy.proxy.outcome import Outcome
-
-OUTCOME = web.RequestKey("cacheproxy.outcome", Outcome)
+from cacheproxy.proxy.outcome import OUTCOME, Outcome
 
 
 class Observer:
@@ -78,7 +76,7 @@ class Observer:
             collapsed=outcome.collapsed, route=outcome.route, policy=outcome.policy,
             protocol=f"HTTP/{version.major}.{version.minor}",
             referer=redact(h.get("Referer"), outcome.secrets), user_agent=h.get("User-Agent"),
-            cache_status=outcome.cache_status_sent,
+            cache_status=outcome.final_cache_status(),
         )
         if counted:
             self.stats.add(record)

@@ -7,8 +7,16 @@ from dataclasses import dataclass
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.revalidation import CLIENT_CONDITIONALS
 
-_FORWARDED = frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-                        "max-forwards"})
+# Fields this proxy sets itself on every upstream request.
+_OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
+
+
+def _forwarding_family(name: str) -> bool:
+    """What earlier proxies say about the client and its request (RFC 7239 Forwarded, the
+    X-Forwarded-* family, X-Real-IP). Any client can forge them, and origins build URLs
+    from them (X-Forwarded-Host, -Proto, -Prefix): untrusted, they would poison the
+    entry the answer is stored under, which does not key on them."""
+    return name == "forwarded" or name == "x-real-ip" or name.startswith("x-forwarded-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +27,7 @@ class ForwardPolicy:
     x_forwarded_for: bool
     x_forwarded_proto: bool
     x_forwarded_host: bool
+    trust_forwarded: bool = False  # keep the client's forwarding family (behind our proxy)
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -39,16 +48,20 @@ def request_fields(
     host: str | None = None,
     max_forwards: int | None = None,
 ) -> list[tuple[str, str]]:
-    """The request fields to send upstream. host: the authority of an absolute-form
-    request, which replaces Host (RFC 9112 §3.2.2); max_forwards: what the client
+    """The request fields to send upstream. host: the authority the request is for (the
+    cache key's), which the upstream Host is made from whatever the client's Connection
+    field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2); max_forwards: what the client
     sent, decremented here (RFC 9110 §7.6.2)."""
     fields = end_to_end(pairs)
     if host is None:
         host = next((v for k, v in fields if k.lower() == "host"), None)
-    prior_xff = [v for k, v in fields if k.lower() == "x-forwarded-for"]
+    trusted = policy.trust_forwarded
+    prior_xff = [v for k, v in fields if k.lower() == "x-forwarded-for"] if trusted else []
     prior_mf = [(k, v) for k, v in fields if k.lower() == "max-forwards"]
-    drop = _FORWARDED | (CLIENT_CONDITIONALS if strip_conditionals else frozenset())
-    out = [(k, v) for k, v in fields if k.lower() not in drop]
+    drop = _OWN | {"x-forwarded-for"} | (CLIENT_CONDITIONALS if strip_conditionals
+                                         else frozenset())
+    out = [(k, v) for k, v in fields if (lk := k.lower()) not in drop
+           and (trusted or not _forwarding_family(lk))]
     out.append(("Host", host if policy.pass_host and host else policy.upstream_host))
     if policy.x_forwarded_for and client_ip:
         out.append(("X-Forwarded-For", ", ".join([*prior_xff, client_ip])))

@@ -1,23 +1,46 @@
-"""What happened to one request: the cache's account of it, shown to the client
-in Cache-Status / X-Cache and (later) written to the request log."""
+"""What happened to one request: the cache's account of it, shown to the client in
+Cache-Status / X-Cache and written to the request log once the response went out.
+
+It is derived from the flow's decisions (the note_* functions below, the only places
+that set the cache verdict) and from what the I/O measured (timings, bytes, whether a
+store or a collapse wait really happened). Nothing reads it to choose a branch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from cacheproxy.http.cache_status import cache_status
+from cacheproxy.http.flow import (
+    Evict,
+    Failed,
+    Forward,
+    Keep,
+    Pass,
+    Refetch,
+    Refuse,
+    Serve,
+    ServeStale,
+    Store,
+    Update,
+)
+from cacheproxy.http.flow.decisions import Answered, Lookup
+
+# RFC 9211 §2.2 forward reasons that pass the cache by (nginx's BYPASS).
+_BYPASS = frozenset({"bypass", "method"})
 
 
 @dataclass(slots=True)
 class Outcome:
-    # HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING, BYPASS, ERROR (nginx's words)
+    # HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING, BYPASS, ERROR, DENIED (nginx's words)
     status: str = "MISS"
     hit: bool = False            # answered from storage without going forward (RFC 9211 §2.1)
     fwd: str | None = None       # RFC 9211 §2.2 forward reason
     fwd_status: int | None = None
-    stored: bool = False
+    stored: bool = False         # stored, or (in a header sent before the body) to be stored
     ttl: float | None = None
-    collapsed: bool = False
+    collapsed: bool = False      # answered by another request's upstream answer
     detail: str | None = None
     from_cache: bool = False     # the body came from storage (X-Cache: HIT)
     age: float | None = None     # Age sent with a stored response
@@ -25,18 +48,76 @@ class Outcome:
     bytes_sent: int = 0          # body bytes sent to the client
     route: str = "default"
     policy: str | None = None    # a CORS / Referer decision and its reason
-    cache_status_sent: str = ""  # the Cache-Status member as sent, for the log
+    cache_status_sent: str = ""  # the Cache-Status member as sent
+    cache_name: str = ""         # the name it was sent under
     host: str | None = None      # the authority the request was for (absolute-form too)
     target: str | None = None    # its path and query, origin-form
     secrets: frozenset[str] = frozenset()  # query parameters the log shows as REDACTED
 
     def cache_status(self, name: str) -> str:
-        self.cache_status_sent = cache_status(
+        self.cache_name = name
+        self.cache_status_sent = self._member(name)
+        return self.cache_status_sent
+
+    def final_cache_status(self) -> str:
+        """The member as the log shows it: what happened, which may differ from the header
+        sent before the body (a fill the client aborted is not "stored")."""
+        return self._member(self.cache_name) if self.cache_name else self.cache_status_sent
+
+    def _member(self, name: str) -> str:
+        return cache_status(
             name, hit=self.hit, fwd=self.fwd, fwd_status=self.fwd_status, stored=self.stored,
             ttl=self.ttl, collapsed=self.collapsed, detail=self.detail,
         )
-        return self.cache_status_sent
 
     @property
     def x_cache(self) -> str:
         return "HIT" if self.from_cache else "MISS"
+
+
+# The request's Outcome, for the request log (written once the response went out).
+OUTCOME = web.RequestKey("cacheproxy.outcome", Outcome)
+
+
+def note_served(o: Outcome, age: float, ttl: float) -> None:
+    """A stored response answers (RFC 9211 §2.1: a hit when nothing went forward)."""
+    o.hit = o.fwd is None
+    o.from_cache = True
+    o.age, o.ttl = age, ttl
+
+
+def note_lookup(o: Outcome, d: Lookup) -> None:
+    if isinstance(d, Serve):
+        o.status = "HIT" if d.ttl > 0 else "STALE"
+    elif isinstance(d, ServeStale):
+        o.status, o.detail = "UPDATING", d.detail
+    elif isinstance(d, Refuse):
+        o.detail = d.detail
+    elif isinstance(d, Forward):
+        o.fwd = d.reason
+        o.status = "BYPASS" if d.reason in _BYPASS else "EXPIRED" if d.stored else "MISS"
+
+
+def note_answered(o: Outcome, d: Answered) -> None:
+    if isinstance(d, Store):
+        o.stored = True
+        o.ttl = d.entry.lifetime - d.entry.initial_age
+    elif isinstance(d, Update):
+        o.status = "REVALIDATED"
+    elif isinstance(d, (Keep, Evict, Pass)):
+        o.detail = d.reason
+        if not isinstance(d, Pass) and d.serve is not None:
+            o.status = "REVALIDATED"
+    elif isinstance(d, Refetch):
+        o.status = "EXPIRED"
+    elif isinstance(d, ServeStale):
+        o.status, o.detail = "STALE", d.detail
+
+
+def note_failed(o: Outcome, d: Failed) -> None:
+    if isinstance(d, ServeStale):
+        o.status, o.detail = "STALE", d.detail
+    else:
+        o.status = "ERROR"
+        if d.detail is not None:
+            o.detail = d.detail

@@ -7,8 +7,7 @@ import weakref
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from cacheproxy.http.conditional import is_not_modified, not_modified_fields
-from cacheproxy.http.fields import combined_value
+from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.outcome import Outcome
 
@@ -52,13 +51,11 @@ def stored_response(
     cache_name: str,
     via: str,
     blocks: HeaderBlocks,
+    not_modified: NotModified | None,
 ) -> web.Response:
-    """Replay a stored response, or a 304 when the client's copy is current (§4.3.2)."""
-    h = request.headers
-    inm = combined_value(h, "If-None-Match") if "If-None-Match" in h else None
-    ims = h.get("If-Modified-Since")
-    if (inm is not None or ims is not None) and is_not_modified(entry, request.method, inm, ims):
-        response = web.Response(status=304, headers=not_modified_fields(entry))
+    """Replay a stored response, or the 304 the flow decided on (§4.3.2)."""
+    if not_modified is not None:
+        response = web.Response(status=304, headers=not_modified.fields)
     else:
         body = None if request.method == "HEAD" else entry.body
         response = web.Response(status=entry.status, headers=blocks.get(entry), body=body)

@@ -1,24 +1,22 @@
-"""What the handler needs per route, built once per config: the route's upstream and how
-requests are forwarded to it, its storing rules and its exchange (sharing the pooled session
-and the store with every other route)."""
+"""What the handler needs per route, built once per config: the route's upstream, how
+requests are forwarded to it, and its cache settings as the request flow reads them.
+Plain values: the pooled session and the store belong to the handler."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from cacheproxy.config import Config
 from cacheproxy.http.cache_key import origin_of, primary_key
+from cacheproxy.http.flow import CacheSettings
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.policies.cors import RESPONSE_FIELDS
 from cacheproxy.policies.routes import Route, RouteTable
-from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import ForwardPolicy
-from cacheproxy.store import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +26,7 @@ class RoutePlan:
     upstream_scheme: str
     upstream_path: str        # the upstream URL's path, without a trailing "/"
     forward: ForwardPolicy
-    shared: bool
-    heuristics: Heuristics
-    exchange: Exchange | None  # None until the upstream session exists
+    cache: CacheSettings
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """RFC 9111 §2: the primary key is the URI of the response; here, everything the origin
@@ -38,34 +34,28 @@ class RoutePlan:
         X-Forwarded-Host, which an origin may build links from), that Host is in the key, as
         the client's URL: one Host's answer is never another's. Otherwise every Host reaches
         the same upstream URL, which is the key (nginx's $proxy_host key): replicas reached by
-        different names share entries. A private-cache route (shared = false) keys apart, so
-        what it may keep for one user never reaches a shared route's users."""
+        different names share entries. A private-cache route (shared = false, the default
+        route too) keys apart, so what it may keep for one user never reaches a shared
+        route's users."""
         if self.client_host_seen:
             key = primary_key(scheme, authority, target)
         else:
             key = primary_key(self.upstream_scheme, self.forward.upstream_host,
                               self.upstream_path + target)
-        return key if self.shared or self.route.index is None else \
-            f"{key}#private:{self.route.name}"
+        return key if self.cache.shared else f"{key}#private:{self.route.name}"
 
     @property
     def client_host_seen(self) -> bool:
         return self.forward.pass_host or self.forward.x_forwarded_host
 
 
-def plan_route(route: Route, config: Config, default_upstream: str,
-               session: aiohttp.ClientSession | None, store: Store) -> RoutePlan:
+def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan:
     upstream = (route.upstream or default_upstream).rstrip("/")
     up = URL(upstream)
     cache = route.cache
-    policy = StorePolicy(shared=cache.shared, set_cookie=cache.set_cookie)
-    heuristics = Heuristics(cache.heuristic_fraction, cache.heuristic_max_age)
     # CORS "override": the proxy's grant replaces the upstream's on the way out, so the
     # upstream's is not stored either (a stored response carries no grant).
     strip = RESPONSE_FIELDS if route.cors.enabled and route.cors.override else frozenset()
-    exchange = None if session is None else Exchange(
-        session, store, policy, heuristics, cache.max_object_bytes, config.proxy.via,
-        strip_fields=strip)
     return RoutePlan(
         route=route,
         upstream=upstream,
@@ -78,10 +68,15 @@ def plan_route(route: Route, config: Config, default_upstream: str,
             x_forwarded_for=config.proxy.x_forwarded_for,
             x_forwarded_proto=config.proxy.x_forwarded_proto,
             x_forwarded_host=config.proxy.x_forwarded_host,
+            trust_forwarded=config.proxy.trust_forwarded,
         ),
-        shared=cache.shared,
-        heuristics=heuristics,
-        exchange=exchange,
+        cache=CacheSettings(
+            policy=StorePolicy(shared=cache.shared, set_cookie=cache.set_cookie),
+            heuristics=Heuristics(cache.heuristic_fraction, cache.heuristic_max_age),
+            max_object_bytes=cache.max_object_bytes,
+            collapse=cache.collapse,
+            excluded=strip,
+        ),
     )
 
 
@@ -98,10 +93,9 @@ class Plans:
     routed: bool  # any [[routes]] at all: then the log names the route
 
     @classmethod
-    def build(cls, config: Config, default_upstream: str,
-              session: aiohttp.ClientSession | None, store: Store) -> Plans:
+    def build(cls, config: Config, default_upstream: str) -> Plans:
         table = RouteTable.from_config(config)
-        by_name = {r.name: plan_route(r, config, default_upstream, session, store)
+        by_name = {r.name: plan_route(r, config, default_upstream)
                    for r in (*table.routes, table.default)}
         return cls(table, by_name, by_name[table.default.name], bool(table.routes))
 

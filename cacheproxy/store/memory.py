@@ -6,6 +6,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from cacheproxy.http.cache_key import variant_id
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats
 
@@ -40,13 +41,20 @@ class MemoryStore:
         return self._lru.get(key, ())
 
     async def put(self, entry: CachedResponse) -> bool:
+        """The newest variant first; older ones go when the key would pass MAX_VARIANTS or
+        the store's size. A response too big for the store is refused, and then what the
+        key held stays as it was."""
         lru = self._lru
-        old = lru.pop(entry.key, ())
-        lru.entries -= len(old)
-        others = tuple(v for v in old if v.vary_values != entry.vary_values)
-        variants = (entry, *others[: MAX_VARIANTS - 1])
-        if _size(variants) > lru.maxsize:
+        if entry.size > lru.maxsize:
             return False
+        old = lru.get(entry.key, ())
+        same = variant_id(entry)
+        variants = (entry, *(v for v in old if variant_id(v) != same))[:MAX_VARIANTS]
+        while _size(variants) > lru.maxsize:
+            variants = variants[:-1]
+        if old:
+            del lru[entry.key]
+            lru.entries -= len(old)
         lru[entry.key] = variants
         lru.entries += len(variants)
         return True

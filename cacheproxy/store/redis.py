@@ -3,7 +3,7 @@
 Layout: one hash per primary key, `{prefix}e:{key}`, with a field per Vary variant (the
 JSON of its Vary values) holding serial.encode(entry), and a field "#" with each
 variant's [response_time, expires_at_ms]. A put is one Lua script (one round trip): it
-replaces the variant with the same Vary values, drops expired ones, keeps the newest
+replaces the variant with the same Vary fields and values, drops expired ones, keeps the newest
 MAX_VARIANTS, and sets the key to expire with its longest-lived variant.
 
 Key TTL, per variant: max(freshness left + max(stale-while-revalidate, stale-if-error), 0),
@@ -47,6 +47,7 @@ from redis.exceptions import ResponseError
 
 from cacheproxy.config import CacheConfig
 from cacheproxy.http.cache_control import MAX_DELTA
+from cacheproxy.http.cache_key import variant_id
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats, StoreUnavailable
 from cacheproxy.store.memory import MAX_VARIANTS
@@ -131,7 +132,9 @@ def _glob_escape(b: bytes) -> bytes:
 
 
 def _variant_field(entry: CachedResponse) -> bytes:
-    return _bytes(json.dumps(entry.vary_values, separators=(",", ":")))
+    """The variant's identity: the fields it varies on and their values (RFC 9111 §4.1),
+    so responses for different Vary field sets never overwrite each other."""
+    return _bytes(json.dumps(variant_id(entry), separators=(",", ":")))
 
 
 def _describe(exc: BaseException) -> str:

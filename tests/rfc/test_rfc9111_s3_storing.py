@@ -50,7 +50,7 @@ def test_s3_get_with_explicit_freshness_is_stored() -> None:
 def test_s3_only_get_is_stored(method: str) -> None:
     """§3: only GET responses are kept (HEAD is answered from the GET; methods are
     case-sensitive, RFC 9110 §9.1, so "get" is an unknown method)."""
-    assert verdict("max-age=60, public", method=method) == Verdict(False, "method")
+    assert verdict("max-age=60, public", method=method) == Verdict(False, "method", by_request=True)
 
 
 # -- §3: the status code is final (and understood for 206/304) -------------
@@ -128,7 +128,8 @@ def test_s5_2_2_5_no_store_wins_over_public_and_private_cache() -> None:
 
 
 def test_s5_2_1_5_request_no_store_is_not_stored() -> None:
-    assert verdict("max-age=60", request_cc="no-store") == Verdict(False, "no-store")
+    assert verdict("max-age=60", request_cc="no-store") == Verdict(
+        False, "no-store", by_request=True)  # §5.2.1.5: says nothing of what is stored
 
 
 # -- §5.2.2.3 must-understand ----------------------------------------------
@@ -161,7 +162,7 @@ def test_s5_2_2_3_must_understand_does_not_override_the_requests_no_store() -> N
     """§5.2.1.5: the request's no-store forbids storing "any response to it";
     must-understand only concerns the response's own no-store."""
     assert verdict("must-understand, no-store, max-age=60", request_cc="no-store") == Verdict(
-        False, "no-store"
+        False, "no-store", by_request=True
     )
 
 
@@ -200,7 +201,7 @@ def test_s5_2_2_7_qualified_private_fields_are_left_out_of_the_stored_copy(store
 # -- §3.5 Storing responses to authenticated requests ----------------------
 
 def test_s3_5_authorization_without_permission_is_not_stored_by_a_shared_cache() -> None:
-    assert verdict("max-age=60", authorization=True) == Verdict(False, "authorization")
+    assert verdict("max-age=60", authorization=True) == Verdict(False, "authorization", True)
 
 
 @pytest.mark.parametrize("permission", ["public", "s-maxage=60", "must-revalidate, max-age=60"])
@@ -212,7 +213,7 @@ def test_s3_5_authorization_with_explicit_permission_is_stored(permission: str) 
 @pytest.mark.parametrize("not_permission", ["proxy-revalidate, max-age=60", "no-cache"])
 def test_s3_5_other_directives_do_not_permit(not_permission: str) -> None:
     """§3.5 names exactly three directives; proxy-revalidate is not one of them."""
-    assert verdict(not_permission, authorization=True) == Verdict(False, "authorization")
+    assert verdict(not_permission, authorization=True) == Verdict(False, "authorization", True)
 
 
 def test_s3_5_authorization_does_not_restrict_a_private_cache() -> None:

@@ -1,0 +1,31 @@
+"""The request's life as typed, sans-I/O steps (in the manner of h11's state machine
+and hishel's spec module): each step is a function from immutable inputs to a frozen
+decision; cacheproxy.proxy performs them. See decisions.py for the map."""
+
+from cacheproxy.http.flow.answer import answered
+from cacheproxy.http.flow.client import NotModified, client_answer
+from cacheproxy.http.flow.decisions import (
+    Answered,
+    Evict,
+    Failed,
+    Forward,
+    Keep,
+    Lookup,
+    Pass,
+    Refetch,
+    Refuse,
+    Serve,
+    ServeStale,
+    Store,
+    Update,
+)
+from cacheproxy.http.flow.facts import CacheSettings, RequestFacts, request_facts
+from cacheproxy.http.flow.failure import failed
+from cacheproxy.http.flow.lookup import background_refresh, bypass, lookup
+
+__all__ = [
+    "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Keep", "Lookup",
+    "NotModified", "Pass", "Refetch", "Refuse", "RequestFacts", "Serve", "ServeStale",
+    "Store", "Update", "answered", "background_refresh", "bypass", "client_answer", "failed",
+    "lookup", "request_facts",
+]

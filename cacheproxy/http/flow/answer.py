@@ -1,0 +1,154 @@
+"""Step 2: the upstream answered: what happens to the store, and what the client gets
+(RFC 9111 §3, §3.2, §4.3.3-§4.3.4, §4.4; RFC 5861 §4; RFC 9110 §7.6.1)."""
+
+from __future__ import annotations
+
+from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
+from cacheproxy.http.cache_key import vary_fields, vary_values
+from cacheproxy.http.flow.decisions import (
+    Answered,
+    Evict,
+    Forward,
+    Keep,
+    Pass,
+    Refetch,
+    Store,
+    Update,
+)
+from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
+from cacheproxy.http.flow.failure import stale_on_error
+from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris
+from cacheproxy.http.reuse import STALE_IF_ERROR_STATUSES
+from cacheproxy.http.revalidation import has_validator, merge_304, selects
+from cacheproxy.http.storability import Verdict, excluded_fields, storability
+from cacheproxy.http.stored import (
+    CachedResponse,
+    all_values,
+    first_value,
+    make_stored_response,
+    with_date,
+)
+
+Pairs = list[tuple[str, str]]
+
+
+def answered(
+    fwd: Forward,
+    *,
+    status: int,
+    fields: Pairs,
+    length: int | None,
+    req: RequestFacts,
+    route: CacheSettings,
+    key: str,
+    request_time: float,
+    response_time: float,
+) -> Answered:
+    """The upstream's answer (status, fields, Content-Length) to what fwd sent."""
+    stored = fwd.stored
+    if stored is not None and status == 304:
+        return _validated(fwd, stored, fields, req, route, request_time, response_time)
+    if stored is not None and status in STALE_IF_ERROR_STATUSES:
+        stale = stale_on_error(stored, req, route, response_time)  # RFC 5861 §4
+        if stale is not None:
+            return stale
+    if fwd.method not in SAFE_METHODS:  # §4.4: a non-error answer invalidates
+        keys = invalidated_uris(fwd.method, status, key, first_value(fields, "location"),
+                                first_value(fields, "content-location"))
+        return Evict(tuple(keys), "invalidated") if keys else Pass(None)
+    if not fwd.may_store:
+        if stored is None and fwd.reason in ("bypass", "method"):
+            return Pass(None)
+        return _not_stored(stored, status, Verdict(False, "no-store", by_request=True), req, key)
+    directives = parse_response_directives(all_values(fields, "cache-control"))
+    vary = vary_fields(all_values(fields, "vary"))
+    verdict = _storable(fwd.method, status, fields, directives, vary is None, req, route)
+    if not verdict.storable or vary is None:
+        return _not_stored(stored, status, verdict, req, key)
+    if req.nominated.intersection(vary):
+        # RFC 9110 §7.6.1: the client's Connection made a field it varies on hop-by-hop, so
+        # the origin did not see it: the answer was not made for this variant (§4.1).
+        return _not_stored(stored, status, Verdict(False, "connection-nominated", True), req,
+                           key)
+    if length is not None and length > route.max_object_bytes:
+        return _not_stored(stored, status, Verdict(False, "too-big"), req, key)
+    entry = make_stored_response(
+        key=key, vary=vary, vary_values=vary_values(vary, req.headers), status=status,
+        pairs=fields, body=b"", request_time=request_time, response_time=response_time,
+        shared=route.shared, heuristics=route.heuristics,
+        excluded=excluded_fields(directives, route.policy) | route.excluded,
+    )
+    if not _reusable(entry):
+        return _not_stored(stored, status, Verdict(False, "not-reusable"), req, key)
+    return Store(entry, replaces=stored)
+
+
+def _storable(
+    method: str, status: int, fields: Pairs, directives: ResponseDirectives, vary_star: bool,
+    req: RequestFacts, route: CacheSettings,
+) -> Verdict:
+    return storability(
+        method=method, status=status, request=req.directives, response=directives,
+        has_authorization=req.authorization,
+        has_expires=first_value(fields, "expires") is not None,
+        has_set_cookie=first_value(fields, "set-cookie") is not None,
+        vary_star=vary_star, policy=route.policy,
+    )
+
+
+def _reusable(entry: CachedResponse) -> bool:
+    """No freshness and nothing to revalidate with: storing it would be waste."""
+    d = entry.directives
+    return entry.lifetime > 0 or has_validator(entry) or bool(
+        d.stale_if_error or d.stale_while_revalidate)
+
+
+def _not_stored(
+    stored: CachedResponse | None, status: int, verdict: Verdict, req: RequestFacts, key: str,
+    serve: CachedResponse | None = None,
+) -> Keep | Evict | Pass:
+    """Only the response's own reasons may remove what is stored (§5.2.1.5: a request's
+    no-store "does not apply to the already stored response"): a new representation
+    (200) that may not be stored replaces the stored ones by removing them."""
+    reason = verdict.reason
+    # Hit-for-pass only when the reason holds for any request for the URL.
+    hit_for_pass = not (verdict.by_request or req.authorization or req.directives.no_store)
+    if stored is None:
+        return Pass(reason, hit_for_pass)
+    if not verdict.by_request and (status == 200 or serve is not None):
+        return Evict((key,), reason, serve, hit_for_pass)
+    return Keep(stored, reason, serve, hit_for_pass)
+
+
+def _validated(
+    fwd: Forward, stored: CachedResponse, fields: Pairs, req: RequestFacts,
+    route: CacheSettings, request_time: float, response_time: float,
+) -> Answered:
+    """§4.3.3-§4.3.4: a 304 freshens the stored response it selects; the merged response
+    is judged like a new one (§3): a 304 may bring Set-Cookie, private fields or no-store."""
+    if not selects(stored, fields):  # §4.3.4: a 304 for another representation
+        return Refetch(Forward(fwd.reason, "GET" if fwd.may_store else req.method,
+                               may_store=fwd.may_store))
+    merged = merge_304(stored, with_date(fields, response_time))  # §3.2
+    view = make_stored_response(
+        key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
+        status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
+        response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+    )
+    if not fwd.may_store:
+        return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
+    vary = vary_fields(all_values(merged, "vary"))
+    verdict = _storable("GET", stored.status, merged, view.directives, vary is None, req, route)
+    if not verdict.storable or vary is None:
+        return _not_stored(stored, 304, verdict, req, stored.key, view)
+    if len(stored.body) > route.max_object_bytes:
+        return _not_stored(stored, 304, Verdict(False, "too-big"), req, stored.key, view)
+    entry = make_stored_response(
+        key=stored.key, vary=vary, vary_values=vary_values(vary, req.headers),
+        status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
+        response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+        excluded=excluded_fields(view.directives, route.policy) | route.excluded,
+    )
+    if not _reusable(entry):
+        return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)
+    return Update(view, entry)

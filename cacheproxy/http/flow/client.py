@@ -1,0 +1,30 @@
+"""Step 3: what a conditional client gets from a response the cache holds
+(RFC 9111 §4.3.2; RFC 9110 §13.1.1, §13.1.3, §13.2.2, §15.4.5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cacheproxy.http.conditional import is_not_modified, not_modified_fields
+from cacheproxy.http.flow.decisions import Fields
+from cacheproxy.http.flow.facts import RequestFacts
+from cacheproxy.http.stored import CachedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """The client's copy is current: 304 with the fields a 200 would have had (§15.4.5)."""
+
+    fields: Fields
+
+
+def client_answer(entry: CachedResponse, req: RequestFacts) -> NotModified | None:
+    """§4.3.2: the client's If-None-Match / If-Modified-Since evaluated against entry;
+    None: the client gets the response whole (a HEAD without its body)."""
+    inm = req.if_none_match
+    ims = req.if_modified_since
+    if inm is None and ims is None:
+        return None
+    if not is_not_modified(entry, req.method, inm, ims):
+        return None
+    return NotModified(tuple(not_modified_fields(entry)))

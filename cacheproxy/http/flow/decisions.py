@@ -1,0 +1,144 @@
+"""The decisions of the request flow: frozen values the I/O performs, never makes.
+
+    lookup ──► Serve                      answer from storage (§4.2)
+           ├─► ServeStale(refresh=True)   stale-while-revalidate (RFC 5861 §3)
+           ├─► Refuse(504)                only-if-cached and nothing usable (§5.2.1.7)
+           └─► Forward ──► upstream answered ──► Store / Update / Keep / Evict / Pass
+                                             ├─► Refetch            (§4.3.4)
+                                             └─► ServeStale         (RFC 5861 §4)
+                       └─► upstream failed  ──► ServeStale / Refuse (RFC 5861 §4, §5.2.2.2)
+
+Each decision says what happens to the store and what the client gets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cacheproxy.http.stored import CachedResponse
+
+Fields = tuple[tuple[str, str], ...]
+
+
+# -- before going upstream ----------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """§4.2: a fresh stored response, or a stale one the client accepts (§5.2.1.2);
+    RFC 9211 §2.1 hit."""
+
+    entry: CachedResponse
+    age: float
+    ttl: float  # freshness left; negative when stale (RFC 9211 §2.5)
+
+
+@dataclass(frozen=True, slots=True)
+class ServeStale:
+    """RFC 5861: a stale response served without validation. refresh: revalidate it in
+    the background (§3 stale-while-revalidate); detail names the rule."""
+
+    entry: CachedResponse
+    age: float
+    ttl: float
+    refresh: bool
+    detail: str  # "stale-while-revalidate" or "stale-if-error"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """§4: ask the origin. reason is RFC 9211's fwd (uri-miss, vary-miss, stale, request,
+    bypass, method); stored, the response being validated (§4.3.1), with the validators
+    to send in conditional; may_store, whether the answer may be stored (§3, §5.2.1.5);
+    method, what goes upstream (a HEAD that may fill is sent as GET, RFC 9110 §9.3.2);
+    collapse, whether the request may share another's upstream request (§4 "collapsed")."""
+
+    reason: str
+    method: str
+    stored: CachedResponse | None = None
+    conditional: Fields = ()
+    may_store: bool = False
+    collapse: bool = False
+
+    @property
+    def strips_client_conditionals(self) -> bool:
+        """§4.3.2: a cache filling itself answers the client's conditions from the full
+        response, so they do not go upstream."""
+        return self.may_store or self.stored is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The cache answers with an error of its own (status, a one-line message)."""
+
+    status: int
+    message: str
+    detail: str | None = None  # RFC 9211 §2.8
+
+
+# -- after the upstream answered -----------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """§3: store the answer once its body is complete and within max_object_bytes;
+    the client gets the answer as it streams (or a 304, client_current)."""
+
+    entry: CachedResponse  # body empty: it is filled as it streams
+    replaces: CachedResponse | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """§4.3.4: a 304 selected the stored response; it takes the 304's fields (§3.2) and
+    fresh timings. The client gets view; the store gets entry (without the fields
+    this cache never stores)."""
+
+    view: CachedResponse
+    entry: CachedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """Nothing of this exchange is stored and what is stored stays: the reason is the
+    request's (§5.2.1.5 "does not apply to the already stored response", §3.5), or the
+    answer is no new representation (an error). serve: the validated response the
+    client gets (a 304 answered), else the upstream's answer is relayed. hit_for_pass
+    as for Pass."""
+
+    stored: CachedResponse
+    reason: str
+    serve: CachedResponse | None = None
+    hit_for_pass: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """The response says the stored responses under keys are outdated and it cannot
+    replace them (§4.4 invalidation; a new representation that may not be stored).
+    serve as for Keep."""
+
+    keys: tuple[str, ...]
+    reason: str
+    serve: CachedResponse | None = None
+    hit_for_pass: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Not stored, and nothing was stored; the answer is relayed. hit_for_pass: the
+    reason is the response's own, so waiting behind this URL's requests does not pay
+    (Varnish's hit-for-pass)."""
+
+    reason: str | None  # RFC 9211 §2.8 detail; None for a plain pass-through
+    hit_for_pass: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refetch:
+    """§4.3.4: a 304 that selects no stored response: ask again, unconditionally."""
+
+    forward: Forward
+
+
+Lookup = Serve | ServeStale | Forward | Refuse
+Answered = Store | Update | Keep | Evict | Pass | Refetch | ServeStale
+Failed = ServeStale | Refuse

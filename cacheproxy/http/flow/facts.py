@@ -1,0 +1,70 @@
+"""The immutable inputs of the request flow: what the request says, and the route's
+cache settings. Built once per request; every step reads them, none changes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cacheproxy.http.cache_control import RequestDirectives, parse_request_directives
+from cacheproxy.http.fields import Headers, combined_value, connection_options
+from cacheproxy.http.storability import StorePolicy
+from cacheproxy.http.stored import Heuristics
+
+# Requests with these fields go to the origin as they are: a cache stores no partial
+# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (§4.3.2).
+BYPASS_FIELDS = ("Range", "If-Match", "If-Unmodified-Since", "If-Range")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the flow needs of one client request (RFC 9111 §4, §5.2.1)."""
+
+    method: str
+    headers: Headers                # the client's fields as received (read-only)
+    directives: RequestDirectives   # §5.2.1
+    authorization: bool             # §3.5
+    has_body: bool
+    bypass: bool                    # carries a field only the origin can evaluate
+    nominated: frozenset[str]       # lower-case names the client's Connection lists (§7.6.1)
+
+    @property
+    def if_none_match(self) -> str | None:
+        return combined_value(self.headers, "If-None-Match")
+
+    @property
+    def if_modified_since(self) -> str | None:
+        return self.headers.get("If-Modified-Since")
+
+
+def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFacts:
+    cc = combined_value(headers, "Cache-Control")
+    pragma = headers.get("Pragma")
+    connection = headers.getall("Connection", [])
+    return RequestFacts(
+        method=method,
+        headers=headers,
+        directives=parse_request_directives(cc, pragma),  # §5.4: Pragma only without CC
+        authorization=headers.get("Authorization") is not None,
+        has_body=has_body,
+        bypass=any(headers.get(name) is not None for name in BYPASS_FIELDS),
+        nominated=connection_options(connection) if connection else frozenset(),
+    )
+
+
+_SHARED = StorePolicy()
+_HEURISTICS = Heuristics()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """A route's cache settings, as the flow reads them."""
+
+    policy: StorePolicy = _SHARED  # shared or private; what Set-Cookie does
+    heuristics: Heuristics = _HEURISTICS
+    max_object_bytes: int = 8 * 1024 * 1024
+    collapse: bool = True
+    excluded: frozenset[str] = frozenset()  # lower-case fields never stored (CORS override)
+
+    @property
+    def shared(self) -> bool:
+        return self.policy.shared

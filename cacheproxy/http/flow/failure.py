@@ -1,0 +1,40 @@
+"""Step 2b: the upstream could not answer, or answered with an error: is a stale copy
+the better answer? (RFC 5861 §4; RFC 9111 §4.2.4, §5.2.2.2)"""
+
+from __future__ import annotations
+
+from cacheproxy.http.flow.decisions import Failed, Forward, Refuse, ServeStale
+from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
+from cacheproxy.http.freshness import current_age
+from cacheproxy.http.reuse import may_serve_stale_on_error, stale_forbidden
+from cacheproxy.http.stored import CachedResponse
+
+
+def stale_on_error(
+    stored: CachedResponse, req: RequestFacts, route: CacheSettings, now: float
+) -> ServeStale | None:
+    """RFC 5861 §4: stale-if-error (response or request) lets the stored response answer
+    when the origin errs, unless stale is forbidden (§4.2.4)."""
+    age = current_age(stored.initial_age, stored.response_time, now)
+    ttl = stored.lifetime - age
+    if may_serve_stale_on_error(ttl=ttl, directives=stored.directives,
+                                request=req.directives, shared=route.shared):
+        return ServeStale(stored, age, ttl, refresh=False, detail="stale-if-error")
+    return None
+
+
+def failed(
+    fwd: Forward, *, status: int, message: str, req: RequestFacts, route: CacheSettings,
+    now: float,
+) -> Failed:
+    """The upstream failed (status: 502 unreachable or broken, 504 timed out)."""
+    stored = fwd.stored
+    if stored is None:
+        return Refuse(status, message)
+    stale = stale_on_error(stored, req, route, now)
+    if stale is not None:
+        return stale
+    if stale_forbidden(stored.directives, route.shared):
+        # §5.2.2.2: must-revalidate and no origin: 504, never the stale copy.
+        return Refuse(504, "upstream unavailable (must-revalidate)")
+    return Refuse(status, message)

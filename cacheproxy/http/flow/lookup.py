@@ -1,0 +1,89 @@
+"""Step 1: may a stored response answer the request, or must it go forward?
+(RFC 9111 §4, §4.2, §4.3.1, §5.2.1; RFC 5861 §3; RFC 9211 §2.2)"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
+from cacheproxy.http.cache_key import select_variant
+from cacheproxy.http.flow.decisions import Forward, Lookup, Refuse, Serve, ServeStale
+from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
+from cacheproxy.http.reuse import Action, decide_reuse, shareable_validation
+from cacheproxy.http.revalidation import conditional_fields
+from cacheproxy.http.stored import CachedResponse
+
+_ONLY_IF_CACHED = "only-if-cached"
+
+
+def bypass(req: RequestFacts) -> Forward | None:
+    """RFC 9211 §2.2: a method a cache cannot answer goes forward as "method"; a body,
+    a range or a precondition only the origin evaluates (§4.3.2) as "bypass". None: the
+    request may be answered from the cache (look it up)."""
+    if req.method not in ("GET", "HEAD"):
+        return Forward("method", req.method)
+    if req.has_body or req.bypass:
+        return Forward("bypass", req.method)
+    return None
+
+
+def lookup(
+    req: RequestFacts,
+    variants: tuple[CachedResponse, ...],
+    *,
+    now: float,
+    route: CacheSettings,
+    recently_passed: bool = False,
+    validated_since: float | None = None,
+) -> Lookup:
+    """§4: the stored variants under the request's key (newest first) against the request.
+
+    recently_passed: this key's last answer could not be stored (hit-for-pass), so the
+    request does not wait behind another's. validated_since: the request waited for
+    another request's upstream answer (collapsed) from this time on; its second look
+    does not collapse again."""
+    entry = select_variant(variants, req.headers)  # §4.1
+    may_store = not req.directives.no_store  # §5.2.1.5
+    may_collapse = (route.collapse and req.method == "GET" and not recently_passed
+                    and validated_since is None)
+    if entry is None:
+        if req.directives.only_if_cached:  # §5.2.1.7
+            return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
+        # RFC 9110 §9.3.2: a HEAD that may fill is sent as GET, so both can be answered.
+        return Forward("vary-miss" if variants else "uri-miss",
+                       "GET" if may_store else req.method,
+                       may_store=may_store, collapse=may_collapse)
+    reuse = decide_reuse(
+        lifetime=entry.lifetime, initial_age=entry.initial_age,
+        response_time=entry.response_time, directives=entry.directives,
+        request=req.directives, now=now, shared=route.shared,
+    )
+    action = reuse.action
+    if action is Action.SERVE:
+        return Serve(entry, reuse.age, reuse.ttl)
+    if (action is Action.REVALIDATE and reuse.forward == "request"
+            and validated_since is not None and entry.response_time >= validated_since):
+        # A collapsed waiter whose own request asked for validation (no-cache,
+        # max-age=0): the leader's, completed after it arrived, answers that.
+        # Never for a response that demands validation per request (§5.2.2.4).
+        return Serve(entry, reuse.age, reuse.ttl)
+    if action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
+        return ServeStale(entry, reuse.age, reuse.ttl, refresh=may_store,
+                          detail="stale-while-revalidate")
+    if action is Action.UNUSABLE:  # §5.2.1.7
+        return Refuse(504, "stale in cache (only-if-cached)", _ONLY_IF_CACHED)
+    shareable = shareable_validation(no_cache=entry.directives.no_cache,
+                                     lifetime=entry.lifetime, reuse=reuse)
+    # §4.3.1: validate with the stored validators; sent as GET even for a HEAD, so that
+    # a new representation can be stored (the HEAD client gets no body).
+    return Forward(reuse.forward, "GET", stored=entry,
+                   conditional=tuple(conditional_fields(entry)),
+                   may_store=may_store, collapse=may_collapse and shareable)
+
+
+def background_refresh(req: RequestFacts, entry: CachedResponse) -> tuple[RequestFacts, Forward]:
+    """RFC 5861 §3: the revalidation behind a stale-while-revalidate answer. The client's
+    own cache directives were about its answer, not about this refresh."""
+    facts = replace(req, method="GET", directives=NO_REQUEST_DIRECTIVES)
+    return facts, Forward("stale", "GET", stored=entry,
+                          conditional=tuple(conditional_fields(entry)), may_store=True)

@@ -1,0 +1,255 @@
+"""The request flow's driver: runs the steps of cacheproxy.http.flow in order and performs
+each decision (reply from storage, forward, store, update, evict, relay). Every branch
+here is on a decision type; the rules that choose them live in the flow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from cacheproxy.http.flow import (
+    Answered,
+    Evict,
+    Failed,
+    Forward,
+    Keep,
+    Pass,
+    Refetch,
+    Refuse,
+    RequestFacts,
+    Serve,
+    ServeStale,
+    Store,
+    Update,
+    answered,
+    background_refresh,
+    client_answer,
+    failed,
+    lookup,
+)
+from cacheproxy.http.freshness import current_age
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.exchange import Exchange
+from cacheproxy.proxy.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
+from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
+from cacheproxy.proxy.routing import RoutePlan
+from cacheproxy.proxy.upstream import UpstreamError
+from cacheproxy.store import Store as Storage
+from cacheproxy.store import discard
+
+log = logging.getLogger("cacheproxy")
+Fields = list[tuple[str, str]]
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    """One request as the driver carries it."""
+
+    request: web.Request
+    plan: RoutePlan
+    key: str
+    target: str
+    facts: RequestFacts
+    outcome: Outcome
+    # The fields to send upstream for a forward (hop-by-hop, forwarding, Referer policy).
+    fields: Callable[[Forward], Fields]
+
+
+class Driver:
+    def __init__(self, store: Storage, exchange: Exchange, collapser: Collapser) -> None:
+        self.store = store
+        self.exchange = exchange
+        self.collapser = collapser
+        self.blocks = HeaderBlocks()
+        self.cache_name = self.local_via = ""
+        self._background: set[asyncio.Task[None]] = set()
+        self._refreshing: set[str] = set()  # keys with a background refresh under way
+
+    def rename(self, cache_name: str, local_via: str) -> None:
+        """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
+        self.cache_name = self.exchange.cache_name = cache_name
+        self.local_via = local_via
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- step 1: lookup ----------------------------------------------------------
+
+    async def cached(self, ctx: Ctx, validated_since: float | None = None) -> web.StreamResponse:
+        variants = await self.store.get(ctx.key)
+        d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
+                   recently_passed=self.collapser.passes(ctx.key),
+                   validated_since=validated_since)
+        note_lookup(ctx.outcome, d)
+        if isinstance(d, Serve):
+            return self.reply(ctx, d.entry, d.age, d.ttl)
+        if isinstance(d, ServeStale):
+            if d.refresh:
+                self._refresh_in_background(ctx, d.entry)
+            return self.reply(ctx, d.entry, d.age, d.ttl)
+        if isinstance(d, Refuse):
+            return self.error(ctx, d.status, d.message)
+        if d.collapse:
+            return await self._collapsed(ctx, d)
+        return await self.forward(ctx, d)
+
+    async def _collapsed(self, ctx: Ctx, fwd: Forward) -> web.StreamResponse:
+        """One upstream request per key at a time; the others wait, then look again."""
+        collapser = self.collapser
+        fut, leading = collapser.join(ctx.key)
+        if not leading:
+            arrived = time.time()
+            # Collapsed only when the leader's answer came: a timed-out wait goes alone.
+            ctx.outcome.collapsed = await collapser.wait(
+                fut, ctx.plan.route.cache.collapse_timeout)
+            return await self.cached(ctx, validated_since=arrived)
+        try:
+            return await self.forward(ctx, fwd, release=lambda: collapser.release(ctx.key, fut))
+        finally:
+            collapser.release(ctx.key, fut)
+
+    # -- step 2: forward, then what the upstream said ----------------------------
+
+    async def forward(
+        self, ctx: Ctx, fwd: Forward, release: Callable[[], None] = _nothing
+    ) -> web.StreamResponse:
+        exchange = self.exchange
+        request, plan = ctx.request, ctx.plan
+        body = request.content if ctx.facts.has_body else None
+        request_time = time.time()
+        try:
+            resp = await exchange.send(fwd.method, plan.upstream + ctx.target, ctx.fields(fwd),
+                                       body, ctx.outcome)
+        except UpstreamError as exc:
+            release()
+            f = failed(fwd, status=exc.status, message=exc.reason, req=ctx.facts,
+                       route=plan.cache, now=time.time())
+            note_failed(ctx.outcome, f)
+            return self._failed(ctx, f)
+        try:
+            d = answered(fwd, status=resp.status, fields=list(resp.headers.items()),
+                         length=resp.content_length, req=ctx.facts, route=plan.cache,
+                         key=ctx.key, request_time=request_time, response_time=time.time())
+            self._remember(ctx, d)
+            note_answered(ctx.outcome, d)
+            return await self._perform(ctx, d, resp, release)
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _perform(
+        self, ctx: Ctx, d: Answered, resp: aiohttp.ClientResponse, release: Callable[[], None]
+    ) -> web.StreamResponse:
+        exchange = self.exchange
+        max_object = ctx.plan.cache.max_object_bytes
+        if isinstance(d, Store):
+            current = client_answer(d.entry, ctx.facts)  # the client's own validators
+            if current is not None:
+                return await exchange.not_modified(resp, ctx.outcome, current, d.entry,
+                                                   max_object, release)
+            return await exchange.relay(ctx.request, resp, ctx.outcome, d.entry, max_object,
+                                        release)
+        if isinstance(d, Refetch):  # §4.3.4: once, unconditionally
+            resp.release()
+            return await self.forward(ctx, d.forward, release)
+        if isinstance(d, Update):
+            resp.release()
+            ctx.outcome.stored = await self.store.put(d.entry)
+            release()
+            return self.reply_validated(ctx, d.view)
+        if isinstance(d, Evict):
+            for key in d.keys:
+                await discard(self.store, key)
+        if isinstance(d, ServeStale):
+            resp.release()
+            release()
+            return self.reply(ctx, d.entry, d.age, d.ttl)
+        serve = None if isinstance(d, Pass) else d.serve
+        if serve is not None:  # a 304 validated it: the client gets the merged response
+            resp.release()
+            release()
+            return self.reply_validated(ctx, serve)
+        return await exchange.relay(ctx.request, resp, ctx.outcome, None, max_object, release)
+
+    def _remember(self, ctx: Ctx, d: Answered) -> None:
+        """Hit-for-pass: after an answer that could not be stored for any request, the
+        URL's requests stop waiting behind each other for a while; a stored one ends it."""
+        if isinstance(d, (Store, Update)):
+            self.collapser.unmark_pass(ctx.key)
+        elif isinstance(d, (Keep, Evict, Pass)) and d.hit_for_pass:
+            self.collapser.mark_pass(ctx.key)
+
+    def _failed(self, ctx: Ctx, f: Failed) -> web.StreamResponse:
+        if isinstance(f, ServeStale):
+            return self.reply(ctx, f.entry, f.age, f.ttl)
+        return self.error(ctx, f.status, f.message)
+
+    # -- step 3: what the client gets --------------------------------------------
+
+    def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> web.Response:
+        note_served(ctx.outcome, age, ttl)
+        return stored_response(ctx.request, entry, age, ctx.outcome, self.cache_name,
+                               self.local_via, self.blocks, client_answer(entry, ctx.facts))
+
+    def reply_validated(self, ctx: Ctx, view: CachedResponse) -> web.Response:
+        age = current_age(view.initial_age, view.response_time, time.time())
+        return self.reply(ctx, view, age, view.lifetime - age)
+
+    def error(self, ctx: Ctx, status: int, message: str) -> web.Response:
+        return error_response(status, message, ctx.outcome, self.cache_name, self.local_via)
+
+    # -- RFC 5861 §3: the refresh behind stale-while-revalidate ------------------
+
+    def _refresh_in_background(self, ctx: Ctx, entry: CachedResponse) -> None:
+        """One background revalidation per key at a time."""
+        if ctx.key in self._refreshing:
+            return
+        self._refreshing.add(ctx.key)
+        facts, fwd = background_refresh(ctx.facts, entry)
+        # The client's own cache directives were about its answer, not this refresh.
+        fields = [(k, v) for k, v in ctx.fields(fwd)
+                  if k.lower() not in ("cache-control", "pragma")]
+        task = asyncio.get_running_loop().create_task(
+            self._refresh(ctx.plan, ctx.key, ctx.target, facts, fwd, fields))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(
+        self, plan: RoutePlan, key: str, target: str, facts: RequestFacts, fwd: Forward,
+        fields: Fields,
+    ) -> None:
+        exchange = self.exchange
+        try:
+            request_time = time.time()
+            resp = await exchange.send("GET", plan.upstream + target, fields, None)
+            d = answered(fwd, status=resp.status, fields=list(resp.headers.items()),
+                         length=resp.content_length, req=facts, route=plan.cache, key=key,
+                         request_time=request_time, response_time=time.time())
+            if isinstance(d, Store):
+                await exchange.consume(resp, d.entry, plan.cache.max_object_bytes)
+                return
+            resp.close()
+            if isinstance(d, Update):
+                await self.store.put(d.entry)
+            elif isinstance(d, Evict):
+                for doomed in d.keys:
+                    await discard(self.store, doomed)
+        except UpstreamError as exc:
+            log.info("background revalidation of %s failed: %s", key, exc.reason)
+        except Exception:  # a bug of ours must not end as "Task exception was never retrieved"
+            log.exception("background revalidation of %s failed", key)
+        finally:
+            self._refreshing.discard(key)

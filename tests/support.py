@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,13 @@ async def read_json_log(client: Any) -> list[dict[str, Any]]:
     sink.flush()
     assert await asyncio.to_thread(sink.wait_written)
     return [json.loads(line) for line in Path(sink.path).read_text().splitlines()]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll predicate until it holds (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import cache_status, proxy_config, proxy_for_toml, read_json_log
+from support import cache_status, proxy_config, proxy_for_toml, read_json_log, until
 
 from cacheproxy.proxy.server import OBSERVER, PROXY, make_app
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
@@ -48,15 +48,6 @@ async def raw_request(port: int, head: str) -> bytes:
 
 def status_of(answer: bytes) -> int:
     return int(answer.split(b" ", 2)[1])
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def single_route(handler: Callable[[web.Request], Any], path: str = "/{tail:.*}"

@@ -17,7 +17,7 @@ from email.utils import formatdate
 
 import pytest
 from aiohttp import web
-from support import cache_status, raw_origin
+from support import cache_status, raw_origin, until
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -43,15 +43,6 @@ async def raw_exchange(port: int, data: bytes, idle: float = 0.5) -> bytes:
 def split_response(data: bytes) -> tuple[bytes, bytes]:
     head, _, rest = data.partition(b"\r\n\r\n")
     return head, rest
-
-
-async def until(predicate, timeout: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 # -- 1. collapsing hands a waiter another user's response --------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from yarl import URL
 
+from cacheproxy.http.abnf import TOKEN_RE
 from cacheproxy.policies import normalize_path
 
 DEFAULT_PATH = Path("config/cacheproxy.toml")
@@ -136,9 +137,6 @@ def _check_redis_url(value: str) -> None:
             f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {value!r}")
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
-
-
 def _check_redis_prefix(value: str) -> None:
     # Purge and clear act on the keys under it: an empty prefix would reach other data.
     if not value or any(c.isspace() or c in "*?[]" for c in value):
@@ -148,7 +146,7 @@ def _check_redis_prefix(value: str) -> None:
 
 def _check_token(value: str) -> None:
     # RFC 9110 §7.6.3: a Via pseudonym is a token (§5.6.2).
-    if _TOKEN.fullmatch(value) is None:
+    if TOKEN_RE.fullmatch(value) is None:
         raise ValueError(f"expected a non-empty token (letters, digits, -._ ...), got {value!r}")
 
 
@@ -181,7 +179,7 @@ def _check_star_alone(values: tuple[str, ...]) -> None:
 def _check_tokens(values: tuple[str, ...]) -> None:
     # RFC 9110 §9.1, §5.1: method and field names are tokens.
     for value in values:
-        if _TOKEN.fullmatch(value) is None:
+        if TOKEN_RE.fullmatch(value) is None:
             raise ValueError(f"expected a token (letters, digits, -._ ...), got {value!r}")
     _check_star_alone(values)
 

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-# RFC 3986 §3.2.2-3.2.3: host = IP-literal / IPv4address / reg-name, then ":" port.
-# reg-name is unreserved / pct-encoded / sub-delims; anything else ("/", "?", "#",
-# "@", spaces) in a Host would make the cache key name another resource.
-_AUTHORITY = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?", re.ASCII)
+from cacheproxy.http.abnf import AUTHORITY_RE
 
 
 class Target(NamedTuple):
@@ -20,7 +15,9 @@ class Target(NamedTuple):
 
 
 def valid_authority(value: str) -> bool:
-    return _AUTHORITY.fullmatch(value) is not None
+    # RFC 3986 §3.2: anything else ("/", "?", "#", "@", spaces) in a Host would make the
+    # cache key name another resource.
+    return AUTHORITY_RE.fullmatch(value) is not None
 
 
 def request_target(raw: str, host: str | None) -> Target | None:

@@ -10,11 +10,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-# RFC 3986 §3.2.2 reg-name restricted to what DNS and docker service names use, or an
-# IPv4 address; IPv6 literals are written in brackets. No port: a pattern names a host.
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
-_IPV6 = re.compile(r"\[([0-9a-f:.]+)\]", re.ASCII)
+from cacheproxy.http.abnf import BRACKETED_IPV6_RE, HOSTNAME_RE
+
 _HOST_USAGE = "expected a host name such as example.com or *.example.com, without a port"
 
 
@@ -26,11 +23,11 @@ def parse_hostname(value: str) -> str:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise ValueError(f"not a valid international host name: {value!r}") from None
-    if (ipv6 := _IPV6.fullmatch(host)) is not None and ipv6[1].count(":") >= 2:
+    if (ipv6 := BRACKETED_IPV6_RE.fullmatch(host)) is not None and ipv6[1].count(":") >= 2:
         return ipv6[1]
     if ":" in host:
         raise ValueError(f"{_HOST_USAGE}; got {value!r}")
-    if _HOSTNAME.fullmatch(host) is None:
+    if HOSTNAME_RE.fullmatch(host) is None:
         raise ValueError(f"{_HOST_USAGE}; got {value!r}")
     return host
 

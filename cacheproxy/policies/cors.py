@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from cacheproxy.http.abnf import ORIGIN_RE, TOKEN_RE
 from cacheproxy.http.fields import split_list
 from cacheproxy.policies import parse_hostname
 
@@ -23,9 +24,6 @@ Fields = list[tuple[str, str]]
 
 # URL Standard: the special schemes' default ports, which an origin leaves out.
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
-_ORIGIN = re.compile(
-    r"([A-Za-z][A-Za-z0-9+.\-]*)://(\[[0-9A-Fa-f:.]+\]|[^/?#@:\[\]\s]+)(?::([0-9]{1,5}))?")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 # Fetch §2.2.1: methods a browser sends cross-origin without asking, so never refused here.
 SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
 # Fetch §3.2.3: the fields of a CORS response; "override" mode drops the upstream's.
@@ -65,7 +63,7 @@ OriginEntry = str | Origin | WildcardOrigin | re.Pattern[str]  # str: "*" or "nu
 def parse_origin(text: str) -> Origin | None:
     """The origin an Origin field names; None for "null" and for anything not an origin.
     Fetch compares origins as tuples: "https://A.com:443" is "https://a.com"."""
-    match = _ORIGIN.fullmatch(text)
+    match = ORIGIN_RE.fullmatch(text)
     if match is None or "*" in match[2]:
         return None
     try:
@@ -89,7 +87,7 @@ def parse_origin_entry(entry: str) -> OriginEntry:
             return re.compile(entry[1:])
         except re.error as exc:
             raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
-    match = _ORIGIN.fullmatch(entry)
+    match = ORIGIN_RE.fullmatch(entry)
     if match is None:
         raise ValueError(
             "expected an origin scheme://host[:port] with no path, such as "
@@ -111,7 +109,7 @@ def parse_origin_entry(entry: str) -> OriginEntry:
 def parse_header_names(value: str | None) -> list[str] | None:
     """Access-Control-Request-Headers as lowercase names; None when one is not a token."""
     names = [name.lower() for name in split_list(value or "")]
-    return names if all(_TOKEN.fullmatch(name) for name in names) else None
+    return names if all(TOKEN_RE.fullmatch(name) for name in names) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +214,7 @@ def preflight(
     if not allows_origin(policy, origin):
         return Denial("cors-origin", origin)
     method_ok = policy.any_method or request_method in policy.methods
-    if not _TOKEN.fullmatch(request_method) or not (
+    if not TOKEN_RE.fullmatch(request_method) or not (
         method_ok or request_method in SAFELISTED_METHODS
     ):
         return Denial("cors-method", request_method)

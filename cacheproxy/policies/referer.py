@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
+from cacheproxy.http.abnf import HTTP_URL_RE
 from cacheproxy.policies import host_matches, normalize_path, parse_host_pattern, parse_hostname
 from cacheproxy.policies import request_host as host_of
 
@@ -30,10 +31,6 @@ REFERRER_POLICIES = frozenset({
 })
 KEYWORDS = frozenset({"none", "blocked", "server_names"})
 _SCHEME = re.compile(r"https?://", re.IGNORECASE | re.ASCII)
-_HTTP_URL = re.compile(
-    r"(https?)://(?:[^/?#]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\[\]]+)(?::([0-9]*))?(?:[/?#]|$)",
-    re.IGNORECASE | re.ASCII,
-)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORBIDDEN_BODY = b"Forbidden: this resource cannot be linked from another site.\n"
 
@@ -238,7 +235,7 @@ def _param_name(part: str) -> str:
 
 
 def _origin_of(url: str) -> str | None:
-    match = _HTTP_URL.match(url)
+    match = HTTP_URL_RE.match(url)
     if match is None:
         return None
     scheme, host, port = match[1].lower(), match[2].lower(), match[3]

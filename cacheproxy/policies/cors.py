@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cacheproxy.http.abnf import ORIGIN_RE, TOKEN_RE
 from cacheproxy.http.fields import split_list
+from cacheproxy.http.origins import default_port, serialize_origin
 from cacheproxy.policies import parse_hostname
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
 Fields = list[tuple[str, str]]
 
-# URL Standard: the special schemes' default ports, which an origin leaves out.
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
 # Fetch §2.2.1: methods a browser sends cross-origin without asking, so never refused here.
 SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
 # Fetch §3.2.3: the fields of a CORS response; "override" mode drops the upstream's.
@@ -46,7 +45,7 @@ class Origin(NamedTuple):
 
     def serialize(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}" + ("" if self.port is None else f":{self.port}")
+        return serialize_origin(self.scheme, host, self.port)
 
 
 class WildcardOrigin(NamedTuple):
@@ -74,7 +73,7 @@ def parse_origin(text: str) -> Origin | None:
     port = None if match[3] is None else int(match[3])
     if port is not None and port > 65535:
         return None
-    return Origin(scheme, host, None if port == _DEFAULT_PORTS.get(scheme) else port)
+    return Origin(scheme, host, None if port == default_port(scheme) else port)
 
 
 def parse_origin_entry(entry: str) -> OriginEntry:

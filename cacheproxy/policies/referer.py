@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 from cacheproxy.http.abnf import HTTP_URL_RE
+from cacheproxy.http.origins import serialize_origin
 from cacheproxy.policies import host_matches, normalize_path, parse_host_pattern, parse_hostname
 from cacheproxy.policies import request_host as host_of
 
@@ -31,7 +32,6 @@ REFERRER_POLICIES = frozenset({
 })
 KEYWORDS = frozenset({"none", "blocked", "server_names"})
 _SCHEME = re.compile(r"https?://", re.IGNORECASE | re.ASCII)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORBIDDEN_BODY = b"Forbidden: this resource cannot be linked from another site.\n"
 
 
@@ -241,9 +241,7 @@ def _origin_of(url: str) -> str | None:
     scheme, host, port = match[1].lower(), match[2].lower(), match[3]
     if port and int(port) > 65535:
         return None
-    if not port or int(port) == _DEFAULT_PORTS[scheme]:
-        return f"{scheme}://{host}/"
-    return f"{scheme}://{host}:{int(port)}/"
+    return serialize_origin(scheme, host, int(port) if port else None) + "/"
 
 
 def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool) -> Fields:

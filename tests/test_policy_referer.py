@@ -10,15 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cacheproxy.config import OnInvalid, RefererConfig, parse_on_invalid
+from cacheproxy.config.entries import HostRule, parse_referrer_policy, parse_valid_referer
 from cacheproxy.policies.referer import (
-    HostRule,
     RefererDenial,
     RefererPolicy,
     denial,
     forwarded_referer,
     is_protected,
-    parse_referrer_policy,
-    parse_valid_referer,
     referer_valid,
     refusal,
     response_policy_fields,

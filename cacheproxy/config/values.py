@@ -13,8 +13,8 @@ from typing import Any
 
 from yarl import URL
 
+from cacheproxy.config.entries import normalize_path
 from cacheproxy.http.abnf import TOKEN_RE
-from cacheproxy.policies import normalize_path
 
 DEFAULT_PATH = Path("config/cacheproxy.toml")
 ENV_PREFIX = "CACHEPROXY_"

@@ -199,6 +199,14 @@ def test_origin_mode(referer: str, origin: str | None) -> None:
     assert forwarded_referer(policy(upstream_referer="origin"), referer) == origin
 
 
+def test_defect9_a_huge_port_in_the_referer_is_no_origin() -> None:
+    """Issue 9, defect 9: a port past 4,300 digits made int() raise (a 500)."""
+    origin_mode = policy(upstream_referer="origin")
+    assert forwarded_referer(origin_mode, "https://a.example:" + "9" * 5000 + "/") is None
+    assert forwarded_referer(origin_mode, "https://a.example:" + "0" * 5000 + "443/x") == (
+        "https://a.example/")
+
+
 def test_strip_mode_and_no_referer() -> None:
     assert forwarded_referer(policy(upstream_referer="strip"), SEED) is None
     assert forwarded_referer(policy(), None) is None

@@ -11,6 +11,22 @@ from __future__ import annotations
 import re
 from typing import Final
 
+# RFC 5234 Appendix B.1
+#   DIGIT = %x30-39
+# A number is sized by its significant digits before int() sees it: Python refuses strings
+# past 4300 digits (ValueError), so a header value could otherwise make a parser raise.
+
+
+def bounded_digits(text: str, cap: int) -> int | None:
+    """The value of `1*DIGIT`, or `cap` when it is `cap` or more; None when not 1*DIGIT."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > len(str(cap)):
+        return cap
+    return min(int(significant or "0"), cap)
+
+
 # RFC 9110 §5.6.2 Tokens
 #   token          = 1*tchar
 #   tchar          = "!" / "#" / "$" / "%" / "&" / "'" / "*"

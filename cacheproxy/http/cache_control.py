@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cacheproxy.http.abnf import QUOTED_PAIR_RE
+from cacheproxy.http.abnf import QUOTED_PAIR_RE, bounded_digits
 from cacheproxy.http.fields import split_list
 
 # §1.2.2: a delta-seconds too large to represent is taken as 2^31; it also
@@ -73,10 +73,8 @@ def _pairs(value: str) -> list[tuple[str, str | None]]:
 
 
 def _delta(arg: str | None) -> int | None:
-    """delta-seconds (§1.2.2): non-negative integer, capped at 2^31; else None."""
-    if arg is None or not arg.isdigit() or not arg.isascii():
-        return None
-    return min(int(arg), MAX_DELTA)
+    """delta-seconds (§1.2.2): non-negative integer, capped at 2^31 however long; else None."""
+    return None if arg is None else bounded_digits(arg, MAX_DELTA)
 
 
 @lru_cache(maxsize=2048)

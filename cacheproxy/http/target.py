@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from cacheproxy.http.abnf import AUTHORITY_RE
+from cacheproxy.http.abnf import AUTHORITY_RE, bounded_digits
+
+# §7.6.2 sets no ceiling on Max-Forwards; a bigger value is taken as 2^31, as RFC 9111 §1.2.2
+# takes a delta-seconds, so the one sent on (2^31 - 1) still fits a signed 32-bit field.
+MAX_FORWARDS = 2147483648
 
 
 class Target(NamedTuple):
@@ -47,7 +51,4 @@ def forwards_left(method: str, max_forwards: str | None) -> int | None:
     here as the final recipient. None: the field does not apply (or is invalid)."""
     if max_forwards is None or method not in ("OPTIONS", "TRACE"):
         return None
-    value = max_forwards.strip()
-    if not value.isdigit() or not value.isascii():
-        return None
-    return int(value)
+    return bounded_digits(max_forwards.strip(), MAX_FORWARDS)

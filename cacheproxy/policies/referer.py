@@ -22,7 +22,7 @@ from cacheproxy.config.entries import (
     parse_referrer_policy,
     parse_valid_referer,
 )
-from cacheproxy.http.abnf import HTTP_URL_RE
+from cacheproxy.http.abnf import HTTP_URL_RE, bounded_digits
 from cacheproxy.http.origins import serialize_origin
 from cacheproxy.policies import request_host as host_of
 
@@ -180,9 +180,10 @@ def _origin_of(url: str) -> str | None:
     if match is None:
         return None
     scheme, host, port = match[1].lower(), match[2].lower(), match[3]
-    if port and int(port) > 65535:
+    number = bounded_digits(port, 65536) if port else None
+    if number is not None and number > 65535:
         return None
-    return serialize_origin(scheme, host, int(port) if port else None) + "/"
+    return serialize_origin(scheme, host, number) + "/"
 
 
 def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool) -> Fields:

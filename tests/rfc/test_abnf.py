@@ -1,14 +1,22 @@
 """The shared grammar (cacheproxy/http/abnf.py) against the ABNF it quotes: RFC 9110 §5.6.2
 (token), RFC 3986 §3.2 (authority), RFC 6454 §7.1 (serialized origin), RFC 9110 §8.8.3
-(entity-tag lists)."""
+(entity-tag lists), RFC 5234 B.1 (DIGIT)."""
 
 from __future__ import annotations
 
 import string
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cacheproxy.http.abnf import AUTHORITY_RE, ETAG_LIST_MEMBER_RE, ORIGIN_RE, TOKEN_RE
+from cacheproxy.http.abnf import (
+    AUTHORITY_RE,
+    ETAG_LIST_MEMBER_RE,
+    ORIGIN_RE,
+    TOKEN_RE,
+    bounded_digits,
+)
 
 # RFC 9110 §5.6.2: tchar, spelled out as the RFC lists it.
 TCHARS = set("!#$%&'*+-.^_`|~") | set(string.digits) | set(string.ascii_letters)
@@ -43,3 +51,22 @@ def test_rfc6454_s7_1_origin_groups() -> None:
 
 def test_s8_8_3_list_splits_outside_quotes_only() -> None:
     assert ETAG_LIST_MEMBER_RE.findall('"a,b", W/"c", d') == ['"a,b"', ' W/"c"', " d"]
+
+
+# RFC 5234 B.1: 1*DIGIT, read without handing int() a string past its 4300-digit limit.
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=40),
+       st.integers(min_value=0, max_value=2**40))
+def test_bounded_digits_is_min_of_the_value_and_the_cap(text: str, cap: int) -> None:
+    assert bounded_digits(text, cap) == min(int(text), cap)
+
+
+# "\u0661" and "\u00b2" (Arabic-Indic one, superscript two) are digits to str.isdigit().
+@pytest.mark.parametrize("text", ["", " 1", "1 ", "-1", "+1", "1e3", "\u0661", "\u00b2"])
+def test_bounded_digits_refuses_what_is_not_1_digit(text: str) -> None:
+    assert bounded_digits(text, 100) is None
+
+
+def test_bounded_digits_never_converts_a_huge_string() -> None:
+    assert bounded_digits("9" * 100_000, 2**31) == 2**31
+    assert bounded_digits("0" * 100_000 + "12", 2**31) == 12

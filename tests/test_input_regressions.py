@@ -111,3 +111,37 @@ async def test_defect9_huge_port_in_a_referer_trimmed_to_its_origin(origin, prox
     assert resp.status == 200
     assert seen[0].headers.get("Referer") is None  # no origin in it: nothing sent on
     assert errors(caplog) == []
+
+
+# -- defect 10: unparsable Origin on the admin API and PURGE -----------------------------------
+
+BAD_ORIGINS = ["http://a:b", "http://[::1", "http://x:99999"]
+
+
+@pytest.mark.parametrize("bad_origin", BAD_ORIGINS)
+async def test_defect10_unparsable_origin_on_an_admin_call_is_403(
+        origin, proxy, caplog, bad_origin):
+    app, _ = counting_origin()
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    for method, path in (("GET", "/_cacheproxy/stats"), ("POST", "/_cacheproxy/clear"),
+                         ("POST", "/_cacheproxy/purge?url=/r")):
+        resp = await c.request(method, path, headers={"Origin": bad_origin})
+        assert resp.status == 403, (method, path)
+        body = await resp.text()
+        assert "Origin" in body and "\n" not in body.strip()
+    assert c.app_proxy.store.stats().entries == 1  # nothing was cleared or purged
+    assert (await c.get("/r")).headers["X-Cache"] == "HIT"  # and the proxy serves on
+    assert errors(caplog) == []
+
+
+@pytest.mark.parametrize("bad_origin", BAD_ORIGINS)
+async def test_defect10_unparsable_origin_on_purge_is_403(origin, proxy, caplog, bad_origin):
+    app, _ = counting_origin()
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    resp = await c.request("PURGE", "/r", headers={"Origin": bad_origin})
+    assert resp.status == 403
+    assert "Origin" in await resp.text()
+    assert (await c.get("/r")).headers["X-Cache"] == "HIT"  # not purged, still serving
+    assert errors(caplog) == []

@@ -14,7 +14,7 @@ from typing import Any
 from yarl import URL
 
 from cacheproxy.config.entries import normalize_path
-from cacheproxy.http.abnf import TOKEN_RE
+from cacheproxy.http.abnf import SCHEME, TOKEN_RE
 
 DEFAULT_PATH = Path("config/cacheproxy.toml")
 ENV_PREFIX = "CACHEPROXY_"
@@ -224,7 +224,7 @@ def parse_on_invalid(value: object) -> OnInvalid:
         return OnInvalid(text, 403)
     if re.fullmatch(r"[0-9]{3}", text):
         raise ValueError(f"expected {_ON_INVALID_USAGE}; 403 is the only status, got {text!r}")
-    if re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", text) and not Path(text).exists():
+    if re.match(f"{SCHEME}:", text) and not Path(text).exists():
         _check_upstream(text)  # a Location: absolute http(s), no whitespace
         return OnInvalid(text, 302, location=text)
     try:  # read now: a missing file stops the start, not the first hotlink

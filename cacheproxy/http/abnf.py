@@ -98,6 +98,9 @@ BRACKETED_IPV6_RE: Final = re.compile(r"\[([0-9a-f:.]+)\]", re.ASCII)
 # (If-Match, If-None-Match: #entity-tag, §5.6.1) splits on the commas outside DQUOTE pairs;
 # an unquoted member (seen in the wild) runs to the next comma.
 ETAG_LIST_MEMBER_RE: Final = re.compile(r'(?:[^,"]|"[^"]*(?:"|$))+')
+# One quoted entity-tag, its opaque-tag's content as the group; etagc loosened to any
+# character but DQUOTE.
+ENTITY_TAG_RE: Final = re.compile(r'(?:W/)?"([^"]*)"')
 
 # RFC 9110 §5.6.4
 #   quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cacheproxy.http.abnf import (
     AUTHORITY_RE,
+    ENTITY_TAG_RE,
     ETAG_LIST_MEMBER_RE,
     ORIGIN_RE,
     TOKEN_RE,
@@ -51,6 +52,11 @@ def test_rfc6454_s7_1_origin_groups() -> None:
 
 def test_s8_8_3_list_splits_outside_quotes_only() -> None:
     assert ETAG_LIST_MEMBER_RE.findall('"a,b", W/"c", d') == ['"a,b"', ' W/"c"', " d"]
+
+
+def test_s8_8_3_entity_tag_groups_the_opaque_tag() -> None:
+    assert ENTITY_TAG_RE.findall('W/"x", "y", z') == ["x", "y"]
+    assert ENTITY_TAG_RE.fullmatch('"unclosed') is None
 
 
 # RFC 5234 B.1: 1*DIGIT, read without handing int() a string past its 4300-digit limit.

@@ -7,18 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cacheproxy.config import CorsConfig
+from cacheproxy.config.entries import WildcardOrigin, parse_origin_entry
+from cacheproxy.http.origins import Origin, parse_origin
 from cacheproxy.policies.cors import (
     CorsPolicy,
     Denial,
     Grant,
-    Origin,
-    WildcardOrigin,
     actual_fields,
     allows_origin,
     is_preflight,
     merge_vary,
-    parse_origin,
-    parse_origin_entry,
     preflight,
     strip_upstream_cors,
     varies_by_origin,

@@ -10,15 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cacheproxy.config import OnInvalid, RefererConfig, parse_on_invalid
+from cacheproxy.config.entries import HostRule, parse_referrer_policy, parse_valid_referer
 from cacheproxy.policies.referer import (
-    HostRule,
     RefererDenial,
     RefererPolicy,
     denial,
     forwarded_referer,
     is_protected,
-    parse_referrer_policy,
-    parse_valid_referer,
     referer_valid,
     refusal,
     response_policy_fields,
@@ -199,6 +197,14 @@ def test_keep_is_byte_exact_otherwise() -> None:
 def test_origin_mode(referer: str, origin: str | None) -> None:
     """W3C Referrer Policy §8.4: the origin-only form, scheme://host[:port]/."""
     assert forwarded_referer(policy(upstream_referer="origin"), referer) == origin
+
+
+def test_defect9_a_huge_port_in_the_referer_is_no_origin() -> None:
+    """Issue 9, defect 9: a port past 4,300 digits made int() raise (a 500)."""
+    origin_mode = policy(upstream_referer="origin")
+    assert forwarded_referer(origin_mode, "https://a.example:" + "9" * 5000 + "/") is None
+    assert forwarded_referer(origin_mode, "https://a.example:" + "0" * 5000 + "443/x") == (
+        "https://a.example/")
 
 
 def test_strip_mode_and_no_referer() -> None:

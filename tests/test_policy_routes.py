@@ -8,13 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cacheproxy.config import Config, load_config
-from cacheproxy.policies import (
+from cacheproxy.config.entries import (
     host_matches,
     host_pattern_covers,
     normalize_path,
     parse_host_pattern,
-    request_host,
 )
+from cacheproxy.policies import request_host
 from cacheproxy.policies.cors import CorsPolicy, allows_origin
 from cacheproxy.policies.referer import RefererPolicy, referer_valid
 from cacheproxy.policies.routes import RouteTable

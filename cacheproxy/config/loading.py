@@ -14,6 +14,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, NamedTuple, get_type_hints
 
+from cacheproxy.config.entries import host_pattern_covers, parse_host_pattern
 from cacheproxy.config.sections import (
     CacheConfig,
     Config,
@@ -31,7 +32,6 @@ from cacheproxy.config.values import (
     parse_list,
     parse_size,
 )
-from cacheproxy.policies import host_pattern_covers, parse_host_pattern
 
 # --- loading ------------------------------------------------------------------------------------
 

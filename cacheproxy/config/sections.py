@@ -6,6 +6,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from cacheproxy.config.entries import (
+    parse_origin_entry,
+    parse_referrer_policy,
+    parse_valid_referer,
+)
 from cacheproxy.config.values import (
     ConfigError,
     MiB,
@@ -22,8 +27,6 @@ from cacheproxy.config.values import (
     parse_on_invalid,
     setting,
 )
-from cacheproxy.policies.cors import parse_origin_entry
-from cacheproxy.policies.referer import parse_referrer_policy, parse_valid_referer
 
 # --- the configuration --------------------------------------------------------------------------
 

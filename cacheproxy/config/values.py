@@ -13,7 +13,8 @@ from typing import Any
 
 from yarl import URL
 
-from cacheproxy.policies import normalize_path
+from cacheproxy.config.entries import normalize_path
+from cacheproxy.http.abnf import SCHEME, TOKEN_RE
 
 DEFAULT_PATH = Path("config/cacheproxy.toml")
 ENV_PREFIX = "CACHEPROXY_"
@@ -136,9 +137,6 @@ def _check_redis_url(value: str) -> None:
             f"expected redis://HOST:PORT/DB, rediss://... or unix:///path, got {value!r}")
 
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
-
-
 def _check_redis_prefix(value: str) -> None:
     # Purge and clear act on the keys under it: an empty prefix would reach other data.
     if not value or any(c.isspace() or c in "*?[]" for c in value):
@@ -148,7 +146,7 @@ def _check_redis_prefix(value: str) -> None:
 
 def _check_token(value: str) -> None:
     # RFC 9110 §7.6.3: a Via pseudonym is a token (§5.6.2).
-    if _TOKEN.fullmatch(value) is None:
+    if TOKEN_RE.fullmatch(value) is None:
         raise ValueError(f"expected a non-empty token (letters, digits, -._ ...), got {value!r}")
 
 
@@ -181,7 +179,7 @@ def _check_star_alone(values: tuple[str, ...]) -> None:
 def _check_tokens(values: tuple[str, ...]) -> None:
     # RFC 9110 §9.1, §5.1: method and field names are tokens.
     for value in values:
-        if _TOKEN.fullmatch(value) is None:
+        if TOKEN_RE.fullmatch(value) is None:
             raise ValueError(f"expected a token (letters, digits, -._ ...), got {value!r}")
     _check_star_alone(values)
 
@@ -226,7 +224,7 @@ def parse_on_invalid(value: object) -> OnInvalid:
         return OnInvalid(text, 403)
     if re.fullmatch(r"[0-9]{3}", text):
         raise ValueError(f"expected {_ON_INVALID_USAGE}; 403 is the only status, got {text!r}")
-    if re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:", text) and not Path(text).exists():
+    if re.match(f"{SCHEME}:", text) and not Path(text).exists():
         _check_upstream(text)  # a Location: absolute http(s), no whitespace
         return OnInvalid(text, 302, location=text)
     try:  # read now: a missing file stops the start, not the first hotlink

@@ -23,6 +23,7 @@ from email.utils import format_datetime
 from aiohttp import web
 
 from cacheproxy.config import DemoConfig, parse_listen
+from cacheproxy.http.abnf import ENTITY_TAG_RE
 from cacheproxy.lifetime import run_until_stopped
 
 COUNTS = web.AppKey("demo_counts", Counter)
@@ -34,7 +35,6 @@ MAX_BIG = 1 << 30
 CHUNK = 64 * 1024
 _BLOCK = b"cacheproxy-demo\n" * (CHUNK // 16)  # 16-byte pattern, so chunks join seamlessly
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_ETAG_RE = re.compile(r'(?:W/)?"([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,9 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     """If-None-Match evaluation: `*` or any listed tag, by weak comparison (RFC 9110 §13.1.2)."""
     if if_none_match.strip() == "*":
         return True
-    wanted = _ETAG_RE.fullmatch(etag)
+    wanted = ENTITY_TAG_RE.fullmatch(etag)
     # Weak comparison (§8.8.3.2): opaque-tags equal, W/ prefixes ignored.
-    return wanted is not None and wanted.group(1) in _ETAG_RE.findall(if_none_match)
+    return wanted is not None and wanted.group(1) in ENTITY_TAG_RE.findall(if_none_match)
 
 
 def is_not_modified(

@@ -6,16 +6,15 @@ string yields the same object, so stored entries share them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from cacheproxy.http.abnf import QUOTED_PAIR_RE, bounded_digits
 from cacheproxy.http.fields import split_list
 
 # §1.2.2: a delta-seconds too large to represent is taken as 2^31; it also
 # stands for "no limit" where a directive has no argument (max-stale).
 MAX_DELTA = 2147483648
-_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +67,14 @@ def _pairs(value: str) -> list[tuple[str, str | None]]:
         arg = arg.strip()
         # §5.2: recipients accept the quoted form even where a token is expected.
         if len(arg) >= 2 and arg[0] == arg[-1] == '"':
-            arg = _QUOTED_PAIR.sub(r"\1", arg[1:-1])  # RFC 9110 §5.6.4
+            arg = QUOTED_PAIR_RE.sub(r"\1", arg[1:-1])  # RFC 9110 §5.6.4
         out.append((name, arg))
     return out
 
 
 def _delta(arg: str | None) -> int | None:
-    """delta-seconds (§1.2.2): non-negative integer, capped at 2^31; else None."""
-    if arg is None or not arg.isdigit() or not arg.isascii():
-        return None
-    return min(int(arg), MAX_DELTA)
+    """delta-seconds (§1.2.2): non-negative integer, capped at 2^31 however long; else None."""
+    return None if arg is None else bounded_digits(arg, MAX_DELTA)
 
 
 @lru_cache(maxsize=2048)

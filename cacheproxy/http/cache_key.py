@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from cacheproxy.http.fields import Headers, combined_value, split_list
+from cacheproxy.http.origins import origin_of  # also imported from here by other modules
 
 if TYPE_CHECKING:
     from cacheproxy.http.stored import CachedResponse
 
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
 _WS = re.compile(r"\s+")
 _COMMA_WS = re.compile(r"\s*,\s*")
 # Fields whose values compare case-insensitively, so "GZIP" and "gzip" share a variant.
@@ -21,20 +20,6 @@ _CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-la
 def primary_key(scheme: str, host: str, target: str) -> str:
     """§2: the key is the target URI (scheme, host, path and query)."""
     return origin_of(scheme, host) + (target or "/")
-
-
-@lru_cache(maxsize=1024)
-def origin_of(scheme: str, host: str) -> str:
-    """scheme://host[:port], lower-cased, the scheme's default port left out."""
-    host = host.lower()
-    if host.startswith("["):  # IPv6 literal: the port follows "]:"
-        name, _, port = host.partition("]")
-        name, port = name + "]", port.removeprefix(":")
-    else:
-        name, _, port = host.partition(":")
-    if port and _DEFAULT_PORTS.get(scheme) == port:
-        host = name
-    return f"{scheme}://{host}"
 
 
 def vary_fields(vary: str | None) -> tuple[str, ...] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cacheproxy.http.abnf import bounded_digits
 from cacheproxy.http.cache_control import MAX_DELTA, ResponseDirectives
 
 # §4.2.2 / RFC 9110 §15.1: status codes that are heuristically cacheable.
@@ -9,13 +10,12 @@ HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405
 
 
 def parse_age(value: str | None) -> int:
-    """§5.1: Age is delta-seconds; an invalid value is ignored (taken as 0)."""
+    """§5.1: Age is delta-seconds (capped at 2^31, §1.2.2); an invalid value is ignored
+    (taken as 0)."""
     if not value:
         return 0
-    first = value.split(",", 1)[0].strip()
-    if not first.isdigit() or not first.isascii():
-        return 0
-    return min(int(first), MAX_DELTA)
+    age = bounded_digits(value.split(",", 1)[0].strip(), MAX_DELTA)
+    return 0 if age is None else age
 
 
 def freshness_lifetime(

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-# RFC 3986 §3.2.2-3.2.3: host = IP-literal / IPv4address / reg-name, then ":" port.
-# reg-name is unreserved / pct-encoded / sub-delims; anything else ("/", "?", "#",
-# "@", spaces) in a Host would make the cache key name another resource.
-_AUTHORITY = re.compile(
-    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?", re.ASCII)
+from cacheproxy.http.abnf import AUTHORITY_RE, bounded_digits
+
+# §7.6.2 sets no ceiling on Max-Forwards; a bigger value is taken as 2^31, as RFC 9111 §1.2.2
+# takes a delta-seconds, so the one sent on (2^31 - 1) still fits a signed 32-bit field.
+MAX_FORWARDS = 2147483648
 
 
 class Target(NamedTuple):
@@ -20,7 +19,9 @@ class Target(NamedTuple):
 
 
 def valid_authority(value: str) -> bool:
-    return _AUTHORITY.fullmatch(value) is not None
+    # RFC 3986 §3.2: anything else ("/", "?", "#", "@", spaces) in a Host would make the
+    # cache key name another resource.
+    return AUTHORITY_RE.fullmatch(value) is not None
 
 
 def request_target(raw: str, host: str | None) -> Target | None:
@@ -50,7 +51,4 @@ def forwards_left(method: str, max_forwards: str | None) -> int | None:
     here as the final recipient. None: the field does not apply (or is invalid)."""
     if max_forwards is None or method not in ("OPTIONS", "TRACE"):
         return None
-    value = max_forwards.strip()
-    if not value.isdigit() or not value.isascii():
-        return None
-    return int(value)
+    return bounded_digits(max_forwards.strip(), MAX_FORWARDS)

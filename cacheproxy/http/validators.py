@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
-# §8.8.3: an entity-tag is no quoted-string (a backslash is a plain etagc),
-# so a list of them splits on the commas outside DQUOTE pairs (§5.6.1).
-_ETAG_MEMBER = re.compile(r'(?:[^,"]|"[^"]*(?:"|$))+')
+from cacheproxy.http.abnf import ETAG_LIST_MEMBER_RE
 
 
 class ETag(NamedTuple):
@@ -39,7 +36,7 @@ def parse_etag_list(value: str) -> list[ETag] | None:
     """If-None-Match / If-Match members (§13.1.1); None stands for "*"."""
     if value.strip() == "*":
         return None
-    members = _ETAG_MEMBER.findall(value)
+    members = ETAG_LIST_MEMBER_RE.findall(value)
     return [tag for item in members if (tag := parse_etag(item)) is not None]
 
 

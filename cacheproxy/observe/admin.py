@@ -59,6 +59,15 @@ def _loopback_name(authority: str) -> bool:
 _OWN_SITE = frozenset({"same-origin", "none"})
 
 
+def _origin_authority(origin: str) -> str | None:
+    """The authority of an Origin field; None when it is no URL at all (yarl refuses a port
+    such as "b" or 99999, or an unclosed IPv6 literal)."""
+    try:
+        return URL(origin).raw_authority
+    except ValueError:
+        return None
+
+
 def _target_authority(request: web.Request) -> str:
     raw = request.raw_path
     if not raw.startswith("/"):  # absolute-form: its authority replaces Host
@@ -99,8 +108,13 @@ class Admin:
     def denied(self, request: web.Request) -> web.Response | None:
         """None when the request may use the admin API; else the refusal."""
         h = request.headers
+        origin = h.get("Origin")
+        origin_authority = None if origin is None else _origin_authority(origin)
+        if origin is not None and origin_authority is None:
+            # No browser sends that: whoever did is refused like a cross-site request.
+            return _json({"error": "admin API: an unparsable Origin is refused"}, 403)
         if h.get("Sec-Fetch-Site", "none") not in _OWN_SITE or (
-                "Origin" in h and URL(h["Origin"]).raw_authority != _target_authority(request)):
+                origin is not None and origin_authority != _target_authority(request)):
             return _json({"error": "admin API: cross-site requests are refused"}, 403)
         token = self.config.token
         if not token:

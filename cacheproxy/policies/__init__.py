@@ -1,49 +1,12 @@
 """Request and response policies applied around the cache: routes, CORS and Referer.
 
 Sans I/O like `cacheproxy.http`: each module compiles its config section once into a small
-frozen value and decides with plain functions. This module holds what they share: host
-patterns and the path form that prefixes are matched against.
+frozen value and decides with plain functions. This module holds what they share: the host a
+request names. How host patterns, path prefixes and the other entries are written (and what a
+host pattern matches) is the config's: `cacheproxy.config.entries`.
 """
 
 from __future__ import annotations
-
-import re
-from urllib.parse import unquote
-
-# RFC 3986 §3.2.2 reg-name restricted to what DNS and docker service names use, or an
-# IPv4 address; IPv6 literals are written in brackets. No port: a pattern names a host.
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
-_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
-_IPV6 = re.compile(r"\[([0-9a-f:.]+)\]", re.ASCII)
-_HOST_USAGE = "expected a host name such as example.com or *.example.com, without a port"
-
-
-def parse_hostname(value: str) -> str:
-    """A host name as compared: lowercase, IDNA (punycode) for non-ASCII, IPv6 unbracketed."""
-    host = value.strip().lower()
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise ValueError(f"not a valid international host name: {value!r}") from None
-    if (ipv6 := _IPV6.fullmatch(host)) is not None and ipv6[1].count(":") >= 2:
-        return ipv6[1]
-    if ":" in host:
-        raise ValueError(f"{_HOST_USAGE}; got {value!r}")
-    if _HOSTNAME.fullmatch(host) is None:
-        raise ValueError(f"{_HOST_USAGE}; got {value!r}")
-    return host
-
-
-def parse_host_pattern(value: str) -> str:
-    """"" (any host), an exact host, or "*.domain" (any subdomain of domain, not domain)."""
-    if value == "":
-        return ""
-    if value.startswith("*."):
-        return "*." + parse_hostname(value[2:])
-    if "*" in value:
-        raise ValueError(f"a wildcard is only allowed as a leading '*.', got {value!r}")
-    return parse_hostname(value)
 
 
 def request_host(authority: str) -> str:
@@ -56,49 +19,3 @@ def request_host(authority: str) -> str:
     if host.count(":") == 1:
         host = host.partition(":")[0]
     return host.removesuffix(".")
-
-
-def host_matches(pattern: str, host: str) -> bool:
-    """Does a parsed host pattern match a `request_host()`?"""
-    if pattern == "":
-        return True
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
-    return host == pattern
-
-
-def host_pattern_covers(wider: str, narrower: str) -> bool:
-    """Does every host `narrower` matches also match `wider` (both parsed patterns)?"""
-    if wider == "" or wider == narrower:
-        return True
-    if narrower == "" or not wider.startswith("*."):
-        return False
-    return narrower.endswith(wider[1:])  # "*.a.example.com" or "a.example.com"
-
-
-
-
-def normalize_path(path: str) -> str:
-    """The path a prefix is matched against, as nginx matches locations: query dropped,
-    every %XX decoded once (UTF-8; "%2F" too, since origins decode it to "/"), "//"
-    merged (merge_slashes) and dot segments removed (RFC 3986 §5.2.4). So "/%69mages/",
-    "/images%2Fa.png", "//images/" or "/x/../images/" cannot slip past a "/images/" rule,
-    and "/bilder/über/" matches the "/bilder/%C3%BCber/" a browser sends."""
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    path = unquote(path, encoding="utf-8", errors="surrogateescape")
-    out: list[str] = []
-    segments = re.sub(r"/{2,}", "/", path).split("/")
-    for i, segment in enumerate(segments):
-        last = i == len(segments) - 1
-        if segment == "..":
-            if len(out) > 1:
-                out.pop()
-            if last:
-                out.append("")
-        elif segment == ".":
-            if last:
-                out.append("")
-        else:
-            out.append(segment)
-    result = "/".join(out)
-    return result if result.startswith("/") else "/" + result

@@ -13,19 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from cacheproxy.config.entries import WildcardOrigin, parse_origin_entry
+from cacheproxy.http.abnf import TOKEN_RE
 from cacheproxy.http.fields import split_list
-from cacheproxy.policies import parse_hostname
+from cacheproxy.http.origins import Origin, parse_origin
 
 if TYPE_CHECKING:
     from cacheproxy.config import CorsConfig
 
 Fields = list[tuple[str, str]]
 
-# URL Standard: the special schemes' default ports, which an origin leaves out.
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443, "ftp": 21}
-_ORIGIN = re.compile(
-    r"([A-Za-z][A-Za-z0-9+.\-]*)://(\[[0-9A-Fa-f:.]+\]|[^/?#@:\[\]\s]+)(?::([0-9]{1,5}))?")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", re.ASCII)
 # Fetch §2.2.1: methods a browser sends cross-origin without asking, so never refused here.
 SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
 # Fetch §3.2.3: the fields of a CORS response; "override" mode drops the upstream's.
@@ -39,79 +36,10 @@ RESPONSE_FIELDS = frozenset({
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
 
-class Origin(NamedTuple):
-    """A tuple origin (HTML §7.5): scheme and host lowercase, a default port as None."""
-
-    scheme: str
-    host: str
-    port: int | None
-
-    def serialize(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}" + ("" if self.port is None else f":{self.port}")
-
-
-class WildcardOrigin(NamedTuple):
-    """scheme://*.domain[:port]: any subdomain of domain (not domain itself)."""
-
-    scheme: str
-    domain: str
-    port: int | None
-
-
-OriginEntry = str | Origin | WildcardOrigin | re.Pattern[str]  # str: "*" or "null"
-
-
-def parse_origin(text: str) -> Origin | None:
-    """The origin an Origin field names; None for "null" and for anything not an origin.
-    Fetch compares origins as tuples: "https://A.com:443" is "https://a.com"."""
-    match = _ORIGIN.fullmatch(text)
-    if match is None or "*" in match[2]:
-        return None
-    try:
-        host = parse_hostname(match[2])
-    except ValueError:
-        return None
-    scheme = match[1].lower()
-    port = None if match[3] is None else int(match[3])
-    if port is not None and port > 65535:
-        return None
-    return Origin(scheme, host, None if port == _DEFAULT_PORTS.get(scheme) else port)
-
-
-def parse_origin_entry(entry: str) -> OriginEntry:
-    """One allow_origins entry: "*", "null", an origin, "scheme://*.domain[:port]" or
-    "~regex" (matched against the whole serialized origin); ValueError says what is wrong."""
-    if entry in ("*", "null"):
-        return entry
-    if entry.startswith("~"):
-        try:
-            return re.compile(entry[1:])
-        except re.error as exc:
-            raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
-    match = _ORIGIN.fullmatch(entry)
-    if match is None:
-        raise ValueError(
-            "expected an origin scheme://host[:port] with no path, such as "
-            f"https://app.example.com, or '*', 'null', 'https://*.example.com', '~regex'; "
-            f"got {entry!r}")
-    if "*" not in match[2]:
-        origin = parse_origin(entry)
-        if origin is None:
-            raise ValueError(f"not a valid origin: {entry!r}")
-        return origin
-    if not match[2].startswith("*.") or "*" in match[2][2:]:
-        raise ValueError(f"a wildcard origin is written scheme://*.domain[:port], got {entry!r}")
-    base = parse_origin(entry.replace("*.", "", 1))
-    if base is None:
-        raise ValueError(f"not a valid origin: {entry!r}")
-    return WildcardOrigin(base.scheme, base.host, base.port)
-
-
 def parse_header_names(value: str | None) -> list[str] | None:
     """Access-Control-Request-Headers as lowercase names; None when one is not a token."""
     names = [name.lower() for name in split_list(value or "")]
-    return names if all(_TOKEN.fullmatch(name) for name in names) else None
+    return names if all(TOKEN_RE.fullmatch(name) for name in names) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +144,7 @@ def preflight(
     if not allows_origin(policy, origin):
         return Denial("cors-origin", origin)
     method_ok = policy.any_method or request_method in policy.methods
-    if not _TOKEN.fullmatch(request_method) or not (
+    if not TOKEN_RE.fullmatch(request_method) or not (
         method_ok or request_method in SAFELISTED_METHODS
     ):
         return Denial("cors-method", request_method)

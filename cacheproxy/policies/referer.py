@@ -12,10 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from cacheproxy.policies import host_matches, normalize_path, parse_host_pattern, parse_hostname
+from cacheproxy.config.entries import (
+    HostRule,
+    host_matches,
+    normalize_path,
+    parse_referrer_policy,
+    parse_valid_referer,
+)
+from cacheproxy.http.abnf import HTTP_URL_RE, bounded_digits
+from cacheproxy.http.origins import serialize_origin
 from cacheproxy.policies import request_host as host_of
 
 if TYPE_CHECKING:
@@ -23,78 +31,8 @@ if TYPE_CHECKING:
 
 Fields = list[tuple[str, str]]
 
-# W3C Referrer Policy §3: the policy tokens (the empty string is "no policy").
-REFERRER_POLICIES = frozenset({
-    "no-referrer", "no-referrer-when-downgrade", "same-origin", "origin", "strict-origin",
-    "origin-when-cross-origin", "strict-origin-when-cross-origin", "unsafe-url",
-})
-KEYWORDS = frozenset({"none", "blocked", "server_names"})
 _SCHEME = re.compile(r"https?://", re.IGNORECASE | re.ASCII)
-_HTTP_URL = re.compile(
-    r"(https?)://(?:[^/?#]*@)?(\[[0-9A-Fa-f:.]+\]|[^/?#:@\[\]]+)(?::([0-9]*))?(?:[/?#]|$)",
-    re.IGNORECASE | re.ASCII,
-)
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORBIDDEN_BODY = b"Forbidden: this resource cannot be linked from another site.\n"
-
-
-class HostRule(NamedTuple):
-    """A valid_referers host entry: "example.com", "*.example.com" or "www.example.*",
-    with an optional path prefix ("example.com/galleries/")."""
-
-    host: str  # lowercase; a leading "*." or trailing ".*" is the wildcard
-    path_prefix: str = ""
-
-    def matches(self, host: str, path: str) -> bool:
-        if self.host.startswith("*."):
-            ok = host_matches(self.host, host)
-        elif self.host.endswith(".*"):
-            ok = host.startswith(self.host[:-1]) and len(host) > len(self.host) - 1
-        else:
-            ok = host == self.host
-        return ok and path.startswith(self.path_prefix)
-
-
-RefererEntry = str | HostRule | re.Pattern[str]  # str: a keyword
-
-
-def parse_valid_referer(entry: str) -> RefererEntry:
-    """One valid_referers entry, as nginx reads it; ValueError says what is wrong."""
-    if entry in KEYWORDS:
-        return entry
-    if entry.lower() in KEYWORDS:  # a host named "None" is far less likely than a typo
-        raise ValueError(f"keywords are lowercase: write {entry.lower()!r}, got {entry!r}")
-    if entry.startswith("~"):
-        if len(entry) == 1:
-            raise ValueError("an empty regular expression: '~'")
-        try:  # nginx compiles these caseless and searches (not anchored)
-            return re.compile(entry[1:], re.IGNORECASE)
-        except re.error as exc:
-            raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
-    host, slash, path = entry.partition("/")
-    if not host:
-        raise ValueError(f"a host is missing in {entry!r}")
-    try:
-        if host.endswith(".*") and "*" not in host[:-2]:
-            return HostRule(parse_hostname(host[:-2]) + ".*", slash + path)
-        return HostRule(parse_host_pattern(host), slash + path)
-    except ValueError as exc:
-        raise ValueError(
-            "expected none, blocked, server_names, a host (example.com, *.example.com, "
-            f"www.example.*) with an optional path (example.com/galleries/), or ~regex: {exc}"
-        ) from None
-
-
-def parse_referrer_policy(value: str) -> tuple[str, ...]:
-    """A Referrer-Policy value to send: "" (none) or a comma-separated list of W3C tokens
-    (§4.1: a browser takes the last one it knows, so older ones can come first as fallbacks)."""
-    tokens = tuple(token.strip() for token in value.split(",")) if value.strip() else ()
-    for token in tokens:
-        if token not in REFERRER_POLICIES:
-            raise ValueError(
-                f"unknown referrer policy {token!r}; expected one or more of "
-                f"{', '.join(sorted(REFERRER_POLICIES))} (comma-separated), or \"\" for none")
-    return tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,15 +176,14 @@ def _param_name(part: str) -> str:
 
 
 def _origin_of(url: str) -> str | None:
-    match = _HTTP_URL.match(url)
+    match = HTTP_URL_RE.match(url)
     if match is None:
         return None
     scheme, host, port = match[1].lower(), match[2].lower(), match[3]
-    if port and int(port) > 65535:
+    number = bounded_digits(port, 65536) if port else None
+    if number is not None and number > 65535:
         return None
-    if not port or int(port) == _DEFAULT_PORTS[scheme]:
-        return f"{scheme}://{host}/"
-    return f"{scheme}://{host}:{int(port)}/"
+    return serialize_origin(scheme, host, number) + "/"
 
 
 def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool) -> Fields:

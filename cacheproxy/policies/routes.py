@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cacheproxy.policies import host_matches, normalize_path, request_host
+from cacheproxy.config.entries import host_matches, normalize_path
+from cacheproxy.policies import request_host
 from cacheproxy.policies.cors import CorsPolicy
 from cacheproxy.policies.referer import RefererPolicy
 

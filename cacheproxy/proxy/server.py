@@ -20,6 +20,7 @@ from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.policy_steps import outbound
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
+from cacheproxy.proxy.workers import supervise
 from cacheproxy.store import Store, build_store
 
 log = logging.getLogger("cacheproxy")
@@ -182,9 +183,7 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     if config.proxy.workers > 1:
-        from cacheproxy.proxy.workers import supervise
-
-        supervise(config, reload)
+        supervise(config, reload, run_one)
         return
     run_one(config, reload)
 

@@ -55,6 +55,8 @@ from aiohttp.http_exceptions import (
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
+from cacheproxy.http.abnf import TCHAR
+
 __all__ = ["ProxyAppRunner"]
 
 _FeedResult = tuple[Sequence[tuple[Any, Any]], bool, bytes]
@@ -72,7 +74,7 @@ _MAX_REPLAY: Final = 64 * 1024
 _LEADING_NEWLINES: Final = re.compile(rb"[\r\n]*")
 # Bytes that can still start a request whose method is a token (RFC 9110 §5.6.2). Anything
 # else, such as a TLS ClientHello, gets a 400 at once instead of waiting for a line end.
-_REQUEST_START: Final = re.compile(rb"[\r\n]*[!#$%&'*+\-.^_`|~0-9A-Za-z]*(?: |\Z)")
+_REQUEST_START: Final = re.compile(rb"[\r\n]*" + TCHAR.encode() + rb"*(?: |\Z)")
 
 
 def _is_method_rejection(exc: BadStatusLine) -> bool:

@@ -6,6 +6,9 @@ so the kernel spreads connections over them. This parent process does no HTTP: i
 port (a bound socket that never listens, so port 0 resolves once for all), starts the demo
 origin when no upstream is set, passes SIGHUP on (each worker reloads its config) and SIGTERM
 (each finishes its requests in flight), and restarts a worker that dies unexpectedly.
+
+What a worker runs is given to `supervise` (server.run_one): this module knows processes, not
+the proxy, so the server imports it and not the other way round.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 from cacheproxy.config import Config, ConfigError, parse_listen
 
@@ -38,6 +41,13 @@ _mp = multiprocessing.get_context("fork")
 # Held back while a process is forked, and in the new process until its event loop has
 # handlers for them: a SIGHUP or SIGTERM in between would otherwise kill it (default action).
 SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+
+
+class ServeOne(Protocol):
+    """One worker's whole life: a proxy on the reserved port until SIGTERM."""
+
+    def __call__(self, config: Config, reload: Callable[[], Config] | None, *,
+                 reuse_port: bool, port: int, upstream: str | None) -> None: ...
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -61,13 +71,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(config: Config, reload: Callable[[], Config] | None, port: int,
-            upstream: str | None) -> None:
+def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | None,
+            port: int, upstream: str | None) -> None:
     for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
-    from cacheproxy.proxy.server import run_one
-
-    run_one(config, reload, reuse_port=True, port=port, upstream=upstream)
+    serve_one(config, reload, reuse_port=True, port=port, upstream=upstream)
 
 
 def _demo(config: Config, ready: Any) -> None:
@@ -79,9 +87,11 @@ def _demo(config: Config, ready: Any) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config, reload: Callable[[], Config] | None) -> None:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None,
+                 serve_one: ServeOne) -> None:
         self.config = config
         self.reload = reload
+        self.serve_one = serve_one
         self.workers: list[BaseProcess] = []
         self.started: dict[int, float] = {}
         self.quick_deaths = 0
@@ -128,8 +138,9 @@ class Supervisor:
         return demo, f"http://{host}:{demo_port}"
 
     def _start(self, port: int, upstream: str | None) -> BaseProcess:
-        worker = _mp.Process(target=_worker, args=(self.config, self.reload, port, upstream),
-                             name="cacheproxy-worker")
+        worker = _mp.Process(
+            target=_worker, args=(self.serve_one, self.config, self.reload, port, upstream),
+            name="cacheproxy-worker")
         _fork(worker)
         assert worker.pid is not None
         self.started[worker.pid] = time.monotonic()
@@ -210,7 +221,8 @@ def _signal(process: BaseProcess, sig: int) -> None:
             os.kill(process.pid, sig)
 
 
-def supervise(config: Config, reload: Callable[[], Config] | None) -> None:
-    code = Supervisor(config, reload).run()
+def supervise(config: Config, reload: Callable[[], Config] | None, serve_one: ServeOne) -> None:
+    """Run `config.proxy.workers` processes of `serve_one` on one port until SIGTERM."""
+    code = Supervisor(config, reload, serve_one).run()
     if code:
         sys.exit(code)

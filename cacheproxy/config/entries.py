@@ -1,0 +1,186 @@
+"""The entries of [cors], [referer] and [[routes]] as they are written: host patterns, path
+prefixes, allowed origins, valid_referers and Referrer-Policy tokens.
+
+The config loader checks each entry with these parsers, so a mistake stops the start naming
+its key; the policies parse them again into the values they match with. Nothing here imports
+the policies: the dependency goes one way, policies -> config.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+from urllib.parse import unquote
+
+from cacheproxy.http.abnf import ORIGIN_RE
+from cacheproxy.http.origins import Origin, parse_hostname, parse_origin
+
+# --- host patterns and path prefixes ([[routes]] host and path_prefix, referer entries) ----
+
+
+def parse_host_pattern(value: str) -> str:
+    """"" (any host), an exact host, or "*.domain" (any subdomain of domain, not domain)."""
+    if value == "":
+        return ""
+    if value.startswith("*."):
+        return "*." + parse_hostname(value[2:])
+    if "*" in value:
+        raise ValueError(f"a wildcard is only allowed as a leading '*.', got {value!r}")
+    return parse_hostname(value)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Does a parsed host pattern match a `request_host()`?"""
+    if pattern == "":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+def host_pattern_covers(wider: str, narrower: str) -> bool:
+    """Does every host `narrower` matches also match `wider` (both parsed patterns)?"""
+    if wider == "" or wider == narrower:
+        return True
+    if narrower == "" or not wider.startswith("*."):
+        return False
+    return narrower.endswith(wider[1:])  # "*.a.example.com" or "a.example.com"
+
+
+def normalize_path(path: str) -> str:
+    """The path a prefix is matched against, as nginx matches locations: query dropped,
+    every %XX decoded once (UTF-8; "%2F" too, since origins decode it to "/"), "//"
+    merged (merge_slashes) and dot segments removed (RFC 3986 §5.2.4). So "/%69mages/",
+    "/images%2Fa.png", "//images/" or "/x/../images/" cannot slip past a "/images/" rule,
+    and "/bilder/über/" matches the "/bilder/%C3%BCber/" a browser sends."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    path = unquote(path, encoding="utf-8", errors="surrogateescape")
+    out: list[str] = []
+    segments = re.sub(r"/{2,}", "/", path).split("/")
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        elif segment == ".":
+            if last:
+                out.append("")
+        else:
+            out.append(segment)
+    result = "/".join(out)
+    return result if result.startswith("/") else "/" + result
+
+
+# --- [cors] allow_origins ------------------------------------------------------------------
+
+
+class WildcardOrigin(NamedTuple):
+    """scheme://*.domain[:port]: any subdomain of domain (not domain itself)."""
+
+    scheme: str
+    domain: str
+    port: int | None
+
+
+OriginEntry = str | Origin | WildcardOrigin | re.Pattern[str]  # str: "*" or "null"
+
+
+def parse_origin_entry(entry: str) -> OriginEntry:
+    """One allow_origins entry: "*", "null", an origin, "scheme://*.domain[:port]" or
+    "~regex" (matched against the whole serialized origin); ValueError says what is wrong."""
+    if entry in ("*", "null"):
+        return entry
+    if entry.startswith("~"):
+        try:
+            return re.compile(entry[1:])
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
+    match = ORIGIN_RE.fullmatch(entry)
+    if match is None:
+        raise ValueError(
+            "expected an origin scheme://host[:port] with no path, such as "
+            f"https://app.example.com, or '*', 'null', 'https://*.example.com', '~regex'; "
+            f"got {entry!r}")
+    if "*" not in match[2]:
+        origin = parse_origin(entry)
+        if origin is None:
+            raise ValueError(f"not a valid origin: {entry!r}")
+        return origin
+    if not match[2].startswith("*.") or "*" in match[2][2:]:
+        raise ValueError(f"a wildcard origin is written scheme://*.domain[:port], got {entry!r}")
+    base = parse_origin(entry.replace("*.", "", 1))
+    if base is None:
+        raise ValueError(f"not a valid origin: {entry!r}")
+    return WildcardOrigin(base.scheme, base.host, base.port)
+
+
+# --- [referer] valid_referers and policy -----------------------------------------------------
+
+# W3C Referrer Policy §3: the policy tokens (the empty string is "no policy").
+REFERRER_POLICIES = frozenset({
+    "no-referrer", "no-referrer-when-downgrade", "same-origin", "origin", "strict-origin",
+    "origin-when-cross-origin", "strict-origin-when-cross-origin", "unsafe-url",
+})
+# nginx valid_referers: the keywords beside host entries and ~regex.
+KEYWORDS = frozenset({"none", "blocked", "server_names"})
+
+
+class HostRule(NamedTuple):
+    """A valid_referers host entry: "example.com", "*.example.com" or "www.example.*",
+    with an optional path prefix ("example.com/galleries/")."""
+
+    host: str  # lowercase; a leading "*." or trailing ".*" is the wildcard
+    path_prefix: str = ""
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host.startswith("*."):
+            ok = host_matches(self.host, host)
+        elif self.host.endswith(".*"):
+            ok = host.startswith(self.host[:-1]) and len(host) > len(self.host) - 1
+        else:
+            ok = host == self.host
+        return ok and path.startswith(self.path_prefix)
+
+
+RefererEntry = str | HostRule | re.Pattern[str]  # str: a keyword
+
+
+def parse_valid_referer(entry: str) -> RefererEntry:
+    """One valid_referers entry, as nginx reads it; ValueError says what is wrong."""
+    if entry in KEYWORDS:
+        return entry
+    if entry.lower() in KEYWORDS:  # a host named "None" is far less likely than a typo
+        raise ValueError(f"keywords are lowercase: write {entry.lower()!r}, got {entry!r}")
+    if entry.startswith("~"):
+        if len(entry) == 1:
+            raise ValueError("an empty regular expression: '~'")
+        try:  # nginx compiles these caseless and searches (not anchored)
+            return re.compile(entry[1:], re.IGNORECASE)
+        except re.error as exc:
+            raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
+    host, slash, path = entry.partition("/")
+    if not host:
+        raise ValueError(f"a host is missing in {entry!r}")
+    try:
+        if host.endswith(".*") and "*" not in host[:-2]:
+            return HostRule(parse_hostname(host[:-2]) + ".*", slash + path)
+        return HostRule(parse_host_pattern(host), slash + path)
+    except ValueError as exc:
+        raise ValueError(
+            "expected none, blocked, server_names, a host (example.com, *.example.com, "
+            f"www.example.*) with an optional path (example.com/galleries/), or ~regex: {exc}"
+        ) from None
+
+
+def parse_referrer_policy(value: str) -> tuple[str, ...]:
+    """A Referrer-Policy value to send: "" (none) or a comma-separated list of W3C tokens
+    (§4.1: a browser takes the last one it knows, so older ones can come first as fallbacks)."""
+    tokens = tuple(token.strip() for token in value.split(",")) if value.strip() else ()
+    for token in tokens:
+        if token not in REFERRER_POLICIES:
+            raise ValueError(
+                f"unknown referrer policy {token!r}; expected one or more of "
+                f"{', '.join(sorted(REFERRER_POLICIES))} (comma-separated), or \"\" for none")
+    return tokens

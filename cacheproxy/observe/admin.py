@@ -24,7 +24,7 @@ from cacheproxy.config import AdminConfig
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.observe.metrics import metrics_text
 from cacheproxy.observe.observer import Observer
-from cacheproxy.proxy.outcome import Outcome
+from cacheproxy.observe.outcome import Outcome
 from cacheproxy.store import Store, StoreUnavailable
 
 try:

@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from cacheproxy.config import LogConfig
+from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.observe.record import LogRecord, to_json, to_text
 from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
-from cacheproxy.proxy.outcome import OUTCOME, Outcome
 
 
 class Observer:

@@ -35,9 +35,9 @@ from cacheproxy.http.flow import (
 )
 from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
+from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.exchange import Exchange
-from cacheproxy.proxy.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
 from cacheproxy.proxy.upstream import UpstreamError

@@ -20,8 +20,8 @@ from cacheproxy.config import ProxyConfig
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
+from cacheproxy.observe.outcome import Outcome
 from cacheproxy.proxy.forwarding import via_value
-from cacheproxy.proxy.outcome import Outcome
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError, classify, make_session
 from cacheproxy.store import Store

@@ -12,12 +12,12 @@ from cacheproxy.config import Config, ConfigError
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.target import forwards_left, request_target
+from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
-from cacheproxy.proxy.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.proxy.policy_steps import inbound, rewrites_referer, upstream_fields
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan

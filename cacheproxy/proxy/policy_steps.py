@@ -15,10 +15,10 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict
 
+from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.cors import RESPONSE_FIELDS, Denial, is_preflight, merge_vary, preflight
 from cacheproxy.policies.cors import outbound as cors_outbound
 from cacheproxy.policies.referer import forwarded_referer, refusal, response_policy_fields
-from cacheproxy.proxy.outcome import OUTCOME, Outcome
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 

@@ -9,7 +9,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
-from cacheproxy.proxy.outcome import Outcome
+from cacheproxy.observe.outcome import Outcome
 
 
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:

@@ -312,6 +312,23 @@ async def test_defect4_private_default_route_does_not_share_keys_with_shared_rou
     assert await bob.text() == "account of bob", cache_status(bob)
 
 
+async def test_defect4_a_fragment_in_the_target_cannot_name_a_private_key(
+        origin, proxy, tmp_path: Path):
+    """A private route's keys end in "#private:<route>"; a request-target never holds a
+    fragment (RFC 9112 §3.2, RFC 3986 §3.5), so "/account#private:default" through the
+    shared route is refused (400) instead of reading Alice's page."""
+    route, (alice_host, alice_path), (bob_host, _) = SHARED_ROUTES["by-host"]
+    c = await proxy_for_toml(origin, proxy, tmp_path, PRIVATE_DEFAULT % route,
+                             site=AccountSite())
+    alice = {"Host": alice_host, "Cookie": "sid=alice"}
+    await c.get(alice_path, headers=alice)
+    assert (await c.get(alice_path, headers=alice)).headers["X-Cache"] == "HIT"
+    answer = await raw_request(c.port, f"GET {alice_path}#private:default HTTP/1.1\r\n"
+                                       f"Host: {bob_host}\r\nCookie: sid=bob\r\n"
+                                       "Connection: close\r\n\r\n")
+    assert status_of(answer) == 400 and b"account of alice" not in answer
+
+
 # -- 5. a refused memory-store put removes the key's other variants ------------------------
 #
 # store/memory.py MemoryStore.put pops the key's variants first, then returns False when

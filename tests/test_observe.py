@@ -298,3 +298,19 @@ async def test_a_stalled_writer_drops_lines_instead_of_growing(monkeypatch, tmp_
     sink.close()
     assert (tmp_path / "requests.log").read_text().splitlines() == [
         f"line {n}" for n in range(4)]
+
+
+async def test_a_private_routes_listed_key_purges_as_listed(origin, proxy):
+    """cache.shared = false keys apart ("#private:default", issue 9 defect 4): the key the
+    entries list shows is the key a purge takes, and a path on this host finds it too."""
+    up = await origin(origin_app())
+    c = await proxy(up, cache={"shared": False})
+    for _ in range(2):
+        await c.get("/a")
+        listed = await (await c.get("/_cacheproxy/entries")).json()
+        [key] = [e["key"] for e in listed["entries"]]
+        assert key.endswith("/a#private:default")
+        purged = await c.post("/_cacheproxy/purge", params={"url": key})
+        assert purged.status == 200 and (await purged.json())["key"] == key
+        assert (await c.get("/a")).headers["X-Cache"] == "MISS"
+        assert (await c.request("PURGE", "/a")).status == 200

@@ -30,7 +30,9 @@ def request_target(raw: str, host: str | None) -> Target | None:
     In absolute-form the request line's authority wins and Host is ignored (§3.2.2);
     otherwise Host names it (§3.2), and must be a valid authority (§3.2: 400)."""
     if raw.startswith("/"):
-        if host is None or not valid_authority(host):
+        # origin-form = absolute-path [ "?" query ]: a "#" is no part of it (RFC 3986 §3.5),
+        # and kept it would let a target name another route's key ("…#private:…").
+        if host is None or not valid_authority(host) or "#" in raw:
             return None
         return Target(host, raw, False)
     try:

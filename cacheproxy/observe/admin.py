@@ -245,7 +245,9 @@ class Admin:
                 raise ValueError(f"no host in {url!r}")
             scheme, authority = parsed.scheme, parsed.raw_authority
             # A prefix is kept as typed after "scheme://authority" (yarl would normalise it).
-            target = parsed.raw_path_qs if exact else \
+            # A listed key of a private route ends in "#private:<route>": kept as listed.
+            fragment = f"#{parsed.raw_fragment}" if parsed.raw_fragment else ""
+            target = parsed.raw_path_qs + fragment if exact else \
                 url[len(parsed.scheme) + 3 + len(authority):] or "/"
         elif url.startswith("/"):
             scheme, authority, target = request.scheme, _target_authority(request), url

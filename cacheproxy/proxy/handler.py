@@ -60,8 +60,8 @@ class CacheProxy:
         """The key a request for target on authority (Host) is stored under (admin purge).
         A URL on an upstream's origin is a key as the entries list shows it: kept as is."""
         plans = self.plans
-        if origin_of(scheme, authority) in plans.stored_origins():
-            return primary_key(scheme, authority, target)
+        if origin_of(scheme, authority) in plans.stored_origins() or "#" in target:
+            return primary_key(scheme, authority, target)  # a listed key ("…#private:…")
         return plans.match(authority, target).cache_key(scheme, authority, target)
 
     def upstreams(self) -> tuple[str, ...]:

@@ -45,6 +45,7 @@ class ProxyConfig:
     trust_forwarded: bool = setting(False)
     connect_timeout: float = setting(5.0, gt=0)
     read_timeout: float = setting(30.0, gt=0)
+    upstream_keepalive_timeout: float = setting(4.0, gt=0)
     max_connections: int = setting(256, ge=1)
     workers: int = setting(1, ge=1, le=256)
     shutdown_timeout: float = setting(8.0, ge=0)

@@ -53,6 +53,7 @@ class Outcome:
     host: str | None = None      # the authority the request was for (absolute-form too)
     target: str | None = None    # its path and query, origin-form
     secrets: frozenset[str] = frozenset()  # query parameters the log shows as REDACTED
+    started: float = 0.0         # time.perf_counter() when the handler took the request
 
     def cache_status(self, name: str) -> str:
         self.cache_name = name

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 
 from cacheproxy.http.flow import (
@@ -37,7 +36,7 @@ from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.proxy.collapse import Collapser
-from cacheproxy.proxy.exchange import Exchange
+from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
 from cacheproxy.proxy.upstream import UpstreamError
@@ -138,6 +137,11 @@ class Driver:
             f = failed(fwd, status=exc.status, message=exc.reason, req=ctx.facts,
                        route=plan.cache, now=time.time())
             note_failed(ctx.outcome, f)
+            # One line per failure, naming the upstream, the request and the cause.
+            log.warning("upstream %s failed for %s %s: %s; answered %s", plan.upstream,
+                        fwd.method, ctx.target, exc.reason,
+                        "from storage (stale-if-error)" if isinstance(f, ServeStale)
+                        else f.status)
             return self._failed(ctx, f)
         try:
             d = answered(fwd, status=resp.status, fields=list(resp.headers.items()),
@@ -151,7 +155,7 @@ class Driver:
             raise
 
     async def _perform(
-        self, ctx: Ctx, d: Answered, resp: aiohttp.ClientResponse, release: Callable[[], None]
+        self, ctx: Ctx, d: Answered, resp: UpstreamResponse, release: Callable[[], None]
     ) -> web.StreamResponse:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes

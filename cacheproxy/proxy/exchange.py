@@ -1,19 +1,19 @@
-"""The upstream exchange's I/O: send a request on the pooled session, stream the answer
+"""The upstream exchange's I/O: send a request over the connection pool, stream the answer
 to the client, and store the body when the flow decided to (Store) and it arrives whole
 within the object-size limit. It performs decisions; it makes none."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Protocol
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from cacheproxy.config import ProxyConfig
@@ -22,13 +22,80 @@ from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.proxy.forwarding import via_value
+from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
 from cacheproxy.proxy.respond import mark
-from cacheproxy.proxy.upstream import UpstreamError, classify, make_session
+from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.store import Store
 
 log = logging.getLogger("cacheproxy")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_REPLAYABLE = 64 * 1024  # request bodies up to this size are kept for a second attempt
 
-_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+class Body(Protocol):
+    """A request body being received (aiohttp's StreamReader fits)."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class UpstreamResponse:
+    """The head of the upstream's answer, and its body as it arrives."""
+
+    __slots__ = ("_conn", "_done", "_pool", "_timeout", "content_length", "headers", "reason",
+                 "status", "version")
+
+    def __init__(self, pool: Pool, conn: Connection, read_timeout: float) -> None:
+        self._pool, self._conn, self._timeout, self._done = pool, conn, read_timeout, False
+        self.status = conn.status
+        self.reason = conn.reason
+        self.version = conn.version
+        self.headers = CIMultiDictProxy(CIMultiDict(conn.fields()))
+        length = self.headers.get("Content-Length")  # llhttp checked it is one number
+        self.content_length = int(length) if length is not None and length.isdigit() else None
+
+    async def readany(self) -> bytes:
+        """The next body bytes, b"" at the end; UpstreamError when the body broke off."""
+        return await self._conn.read_chunk(self._timeout)
+
+    def release(self) -> None:
+        """Done with it: the connection is pooled again if its answer was read whole."""
+        if not self._done:
+            self._done = True
+            self._pool.release(self._conn)
+
+    def close(self) -> None:
+        """Done with it before its end: the connection is closed."""
+        if not self._done:
+            self._conn.close()
+            self.release()
+
+
+def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunked: bool
+                  ) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
+    for name, value in fields:
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise UpstreamError(502, f"a field cannot be sent ({name!r})")
+        lines.append(f"{name}: {value}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("\r\n")
+    # Field values were decoded as UTF-8 with surrogateescape: the bytes go back as received.
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _framed(body: Body, chunked: bool) -> AsyncIterator[bytes]:
+    """RFC 9112 §7.1: a body of unknown length goes upstream chunked."""
+    async for data in body.iter_any():
+        if data:
+            yield b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
+    if chunked:
+        yield b"0\r\n\r\n"
 
 
 def _nothing() -> None:
@@ -38,45 +105,70 @@ def _nothing() -> None:
 class Exchange:
     """One per proxy: the pooled upstream session, the store and the Via pseudonym."""
 
-    session: aiohttp.ClientSession  # made by start(), inside the application's loop
-
     def __init__(self, config: ProxyConfig, store: Store) -> None:
         self.config = config
         self.store = store
         self.cache_name = config.via  # also the Via pseudonym (proxy.via)
+        self.read_timeout = config.read_timeout
+        self.pool = Pool(config.max_connections, config.connect_timeout,
+                         config.upstream_keepalive_timeout, ssl.create_default_context())
 
     async def start(self) -> None:
-        self.session = make_session(self.config)
+        pass
 
     async def close(self) -> None:
-        await self.session.close()
+        self.pool.close()
 
     async def send(
-        self, method: str, url: str, fields: list[tuple[str, str]], body: object,
+        self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
         outcome: Outcome | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
+        """Send the request and return the answer's head. A request that failed on a reused
+        connection before any byte of the answer came is sent once more on a new one, when
+        nothing of it was written or it is idempotent without a body (the origin may have
+        closed the idle connection just then)."""
         started = time.perf_counter()
-        try:
-            resp = await self.session.request(
-                method, URL(url, encoded=True), headers=CIMultiDict(fields), data=body,
-                allow_redirects=False,
-            )
-        except _UPSTREAM_ERRORS as exc:
-            raise classify(exc) from exc
+        parsed = URL(url, encoded=True)
+        scheme = parsed.scheme
+        origin = Origin(scheme, parsed.raw_host or "",
+                        parsed.explicit_port or _DEFAULT_PORTS.get(scheme, 80))
+        length = next((v for k, v in fields if k.lower() == "content-length"), None)
+        chunked = body is not None and length is None
+        head = _request_head(method, parsed.raw_path_qs or "/", fields, chunked)
+        # A small body of an idempotent request is read first, so it can be sent again.
+        kept: bytes | None = None
+        if (body is not None and method in IDEMPOTENT and length is not None
+                and length.isdigit() and int(length) <= _REPLAYABLE):
+            kept = await body.read()
+        replayable = body is None or kept is not None
+        for attempt in (1, 2):
+            conn = await self.pool.acquire(origin)
+            reused = conn.used
+            stream = None if body is None else _once(kept) if kept is not None \
+                else _framed(body, chunked)
+            try:
+                await conn.send(head, stream, method == "HEAD", self.read_timeout)
+            except UpstreamError:
+                self.pool.release(conn)
+                if attempt == 1 and reused and not conn.received_any and (
+                        not conn.written or (method in IDEMPOTENT and replayable)):
+                    continue  # the origin closed the pooled connection as it was used
+                raise
+            break
         if outcome is not None:
             outcome.upstream_ms = (time.perf_counter() - started) * 1000
-            outcome.fwd_status = resp.status
-        return resp
+            outcome.fwd_status = conn.status
+        return UpstreamResponse(self.pool, conn, self.read_timeout)
 
     async def put(self, entry: CachedResponse, body: bytes) -> bool:
         return await self.store.put(replace(entry, body=body, size=entry.size + len(body)))
 
-    def via(self, resp: aiohttp.ClientResponse) -> str:
+    def via(self, resp: UpstreamResponse) -> str:
         """RFC 9110 §7.6.3: the protocol the response was received with."""
-        return via_value((resp.version.major, resp.version.minor), self.cache_name)
+        return via_value(resp.version, self.cache_name)
 
     async def relay(
-        self, request: web.Request, resp: aiohttp.ClientResponse, outcome: Outcome,
+        self, request: web.Request, resp: UpstreamResponse, outcome: Outcome,
         store: CachedResponse | None, max_object: int, release: Callable[[], None] = _nothing,
     ) -> web.StreamResponse:
         """Stream the upstream response to the client; with store (the Store decision's
@@ -97,12 +189,12 @@ class Exchange:
         size = 0
         while send_body or chunks is not None:  # a HEAD reads the body only to store it
             try:
-                chunk = await resp.content.readany()
-            except _UPSTREAM_ERRORS as exc:
+                chunk = await resp.readany()
+            except UpstreamError as exc:
                 # The body broke off: store nothing, and end the client's message
                 # abnormally so it cannot mistake the truncated body for a whole one.
-                log.warning("upstream body for %s broke off: %s", request.path,
-                            classify(exc).reason)
+                log.warning("upstream body for %s %s broke off: %s", request.method,
+                            request.path, exc.reason)
                 outcome.status = "ERROR"
                 if request.transport is not None:
                     request.transport.close()
@@ -137,7 +229,7 @@ class Exchange:
 
     @staticmethod
     def _abandon(
-        resp: aiohttp.ClientResponse, outcome: Outcome, release: Callable[[], None],
+        resp: UpstreamResponse, outcome: Outcome, release: Callable[[], None],
         out: web.StreamResponse,
     ) -> web.StreamResponse:
         resp.close()
@@ -146,7 +238,7 @@ class Exchange:
         return out
 
     async def not_modified(
-        self, resp: aiohttp.ClientResponse, outcome: Outcome, answer: NotModified,
+        self, resp: UpstreamResponse, outcome: Outcome, answer: NotModified,
         store: CachedResponse, max_object: int, release: Callable[[], None],
     ) -> web.Response:
         """The client's own validators (stripped upstream) match what is being stored:
@@ -164,21 +256,21 @@ class Exchange:
         return web.Response(status=304, headers=headers)
 
     async def consume(
-        self, resp: aiohttp.ClientResponse, store: CachedResponse, max_object: int
+        self, resp: UpstreamResponse, store: CachedResponse, max_object: int
     ) -> bool:
         """Read a response no client is waiting for and store it; True once stored."""
         chunks: list[bytes] = []
         size = 0
         try:
-            while chunk := await resp.content.readany():
+            while chunk := await resp.readany():
                 size += len(chunk)
                 if size > max_object:
                     resp.close()
                     return False
                 chunks.append(chunk)
-        except _UPSTREAM_ERRORS as exc:
+        except UpstreamError:
             resp.close()
-            raise classify(exc) from exc
+            raise
         resp.release()
         return await self.put(store, b"".join(chunks))
 

@@ -4,6 +4,7 @@ before the cache, and hands the request to the flow's driver."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -78,7 +79,8 @@ class CacheProxy:
     # -- entry point ------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        outcome = request[OUTCOME] = Outcome()  # the request log reads it once sent
+        # The request log reads it once the response went out.
+        outcome = request[OUTCOME] = Outcome(started=time.perf_counter())
         try:
             return await self._respond(request, outcome)
         except UpstreamError as exc:  # the upstream failed mid-exchange (a refetch)

@@ -1,0 +1,439 @@
+"""The upstream connection pool: per-origin HTTP/1.1 keep-alive connections of our own,
+parsed by llhttp (httptools).
+
+What it guarantees, as nginx's upstream module does:
+- an idle connection is closed after proxy.upstream_keepalive_timeout (default 4 s,
+  below common origin defaults such as Node's 5 s), so the pool rarely offers one the
+  origin is closing;
+- a request that fails on a reused connection before any byte of the answer arrived is
+  sent again, once, on a fresh connection when it may be (an idempotent method with no
+  body, or nothing of it written: nginx's proxy_next_upstream rule);
+- a connection whose answer broke its framing (bytes past the end of a message, an
+  invalid length, a field name with whitespace before the colon, RFC 9112 §5.1) is
+  closed and never reused; such an answer is refused (502), never replayed;
+- waiting for a connection when proxy.max_connections are open has a deadline
+  (proxy.connect_timeout): then 503, never a stall;
+- the body is read with flow control: reading from the origin pauses while the client
+  has not taken what was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httptools
+
+from cacheproxy.proxy.upstream import UpstreamError
+
+# Methods that may be sent again after a failure (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+_HIGH_WATER = 256 * 1024  # body bytes buffered from the origin before reading pauses
+_LOW_WATER = 64 * 1024
+_MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
+
+
+def _refused(cause: str) -> UpstreamError:
+    return UpstreamError(502, cause)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+class Connection(asyncio.Protocol):
+    """One connection to an origin; one exchange at a time (no pipelining upstream)."""
+
+    def __init__(self, pool: Pool, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.reusable = True
+        self.used = False          # has carried an exchange (it is a reused one now)
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self._lost: BaseException | None = None
+        self._closed = False
+        self._writable: asyncio.Future[None] | None = None
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = False
+        self._fields: list[tuple[str, str]] = []
+        self._field_bytes = 0
+        self._headed = False       # the head is in: later field lines are trailers
+        self._reason = ""
+        self._head: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._complete = False
+        self._until_close = False
+        self._received = False     # any byte of the answer arrived
+        self._pump: asyncio.Task[None] | None = None
+        self.written = False       # any byte of the request was handed to the socket
+        self.status = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:  # nothing asked: an idle connection must stay silent
+            self._broken()
+            return
+        self._received = True
+        if self._complete:  # bytes past the end of the message (RFC 9112 §6.3)
+            self._broken()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(_refused("upgrade refused"))
+        except httptools.HttpParserError as exc:
+            if self._complete:  # the message ended; what followed did not parse
+                self._broken()
+            else:
+                self._fail(_refused(f"bad framing ({exc})"))
+
+    def eof_received(self) -> bool | None:
+        self.reusable = False
+        if self._until_close and self._head is not None and self._head.done():
+            self._complete = True  # RFC 9112 §6.3: the body ran to the close
+            self._wake()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.reusable = False
+        self.pool._forget(self)
+        if self._until_close and self._head is not None and self._head.done():
+            self._complete = True
+        elif not self._complete:
+            self._lost = _refused(
+                "connection reset" if exc or self._received else "closed before answering")
+            if self._head is not None and not self._head.done():
+                self._head.set_exception(self._lost)
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request: bytes past the message
+            raise httptools.HttpParserError("bytes past the end of the message")
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason.decode("utf-8", "surrogateescape")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headed:  # a trailer section: not passed on (nothing takes framing from it)
+            return
+        self._field_bytes += len(name) + len(value)
+        if self._field_bytes > _MAX_FIELD_BYTES:
+            raise httptools.HttpParserError("header section too large")
+        # Decoded as aiohttp decodes fields, so that the bytes go on unchanged.
+        self._fields.append((name.decode("utf-8", "surrogateescape"),
+                             value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # interim answers (100 Continue, 103) are not passed on
+            self._fields, self._field_bytes = [], 0
+            return
+        self._headed = True
+        self.status = status
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        names = {k.lower() for k, _ in self._fields}
+        self._until_close = not (self._head_only or status in (204, 304) or
+                                 "content-length" in names or "transfer-encoding" in names)
+        if self._until_close:
+            self.reusable = False
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        if self._head_only:
+            # The answer to HEAD has no body whatever its Content-Length says; llhttp cannot
+            # be told so, and the connection is not reused after it.
+            self._complete = True
+            self.reusable = False
+            self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._head_only:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:
+            return
+        self._complete = True
+        self._wake()
+
+    # -- the exchange -------------------------------------------------------------------
+
+    async def send(self, head: bytes, body: AsyncIterator[bytes] | None, head_only: bool,
+                   read_timeout: float) -> None:
+        """Write the request (the body streams on in the background) and wait for the
+        answer's head, at most read_timeout."""
+        loop = asyncio.get_running_loop()
+        self._reset_exchange()
+        self._head_only = head_only
+        self.used = True
+        head_future = self._head = loop.create_future()
+        transport = self.transport
+        if self._closed or transport is None or transport.is_closing():
+            raise _refused("closed before answering")
+        transport.write(head)
+        self.written = True
+        if body is not None:
+            self._pump = loop.create_task(self._send_body(body))
+        try:
+            async with asyncio.timeout(read_timeout):
+                await head_future
+        except TimeoutError:
+            self.close()
+            raise UpstreamError(504, "timeout waiting for the answer") from None
+        except BaseException:
+            self.close()
+            raise
+
+    async def _send_body(self, body: AsyncIterator[bytes]) -> None:
+        """Stream the request body (chunks already framed), pausing while the origin's
+        socket buffer is full."""
+        try:
+            async for chunk in body:
+                if self._writable is not None:
+                    await self._writable
+                if self._closed or self.transport is None or self.transport.is_closing():
+                    return
+                self.transport.write(chunk)
+        except Exception:  # the client's body broke off: this message cannot be completed
+            self.close()
+
+    @property
+    def received_any(self) -> bool:
+        return self._received
+
+    def fields(self) -> list[tuple[str, str]]:
+        return self._fields
+
+    @property
+    def reason(self) -> str:
+        return self._reason
+
+    @property
+    def version(self) -> tuple[int, int]:
+        major, _, minor = (self._parser.get_http_version() or "1.1").partition(".")
+        return int(major or 1), int(minor or 1)
+
+    async def read_chunk(self, read_timeout: float) -> bytes:
+        """The next body bytes; b"" at the end. Raises UpstreamError when it broke."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered < _LOW_WATER and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self._complete:
+                return b""
+            if self._lost is not None or self._closed:
+                raise self._lost or _refused("connection reset")
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await waiter
+            except TimeoutError:
+                self.close()
+                raise UpstreamError(504, "timeout reading the body") from None
+            finally:
+                self._waiter = None
+
+    def finished(self) -> bool:
+        """The answer was read whole and the request body sent whole."""
+        return self._complete and not self._chunks and (self._pump is None or self._pump.done())
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, failure: UpstreamError) -> None:
+        self._lost = failure
+        self.reusable = False
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(failure)
+        self._wake()
+        self.close()
+
+    def _broken(self) -> None:
+        """Bytes where none may be: the framing is off; never reuse (and never replay)."""
+        self.reusable = False
+        if self._complete:
+            self.close()
+        else:
+            self._fail(_refused("bad framing (bytes past the message)"))
+
+    def close(self) -> None:
+        self.reusable = False
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.transport is not None and not self._closed:
+            self.transport.close()
+
+
+class Pool:
+    """Idle connections per origin (most recently used first), at most `limit` open."""
+
+    def __init__(self, limit: int, connect_timeout: float, keepalive: float,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[Connection]] = {}
+        self._open: set[Connection] = set()
+        self._connecting = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def in_use(self) -> int:
+        return len(self._open) + self._connecting
+
+    async def acquire(self, origin: Origin) -> Connection:
+        """An idle connection to origin, or a new one; within connect_timeout (a wait for a
+        free connection ends in 503, a connect that takes too long in 504)."""
+        waiting = False
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                while True:
+                    conn = self._take_idle(origin)
+                    if conn is not None:
+                        return conn
+                    if self.in_use < self.limit:
+                        waiting = False
+                        return await self._connect(origin)
+                    if self._close_an_idle_one():
+                        continue
+                    waiting = True
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    finally:
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(waiter)
+        except TimeoutError:
+            if waiting:
+                raise UpstreamError(503, f"no upstream connection free within "
+                                         f"{self.connect_timeout}s ({self.limit} in use)"
+                                    ) from None
+            raise UpstreamError(504, "connect timeout") from None
+
+    def _take_idle(self, origin: Origin) -> Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.idle_timer is not None:
+                conn.idle_timer.cancel()
+                conn.idle_timer = None
+            if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+            conn.close()
+        return None
+
+    def _close_an_idle_one(self) -> bool:
+        """At the limit, an idle connection to another origin makes room."""
+        for conns in self._idle.values():
+            if conns:
+                conns.pop(0).close()
+                return True
+        return False
+
+    async def _connect(self, origin: Origin) -> Connection:
+        loop = asyncio.get_running_loop()
+        self._connecting += 1
+        try:
+            _, conn = await loop.create_connection(
+                lambda: Connection(self, origin), origin.host, origin.port,
+                ssl=self._ssl if origin.scheme == "https" else None,
+                server_hostname=origin.host if origin.scheme == "https" else None)
+        except socket.gaierror as exc:
+            raise _refused(f"DNS failure for {origin.host} ({exc.strerror})") from None
+        except ConnectionRefusedError:
+            raise _refused("connection refused") from None
+        except ssl.SSLError as exc:
+            raise _refused(f"TLS failure ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise _refused(f"connect failed ({exc.strerror or exc})") from None
+        finally:
+            self._connecting -= 1
+        self._open.add(conn)
+        return conn
+
+    def release(self, conn: Connection) -> None:
+        """After an exchange: back to the idle list when its answer was read whole and
+        its framing held, else closed."""
+        if conn.reusable and conn.finished() and not conn._closed:
+            loop = asyncio.get_running_loop()
+            conn.idle_timer = loop.call_later(self.keepalive, conn.close)
+            conn._head = None  # idle: any byte now is a framing error
+            self._idle.setdefault(conn.origin, []).append(conn)
+        else:
+            conn.close()
+        self._wake_one()
+
+    def _forget(self, conn: Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        for conn in list(self._open):
+            conn.close()

@@ -1,0 +1,314 @@
+"""The upstream connection pool against origins that misbehave the way real ones do
+(issue 10): idle keep-alive connections closed by the origin, bytes past a message, field
+names with whitespace before the colon, all connections busy; and the WARNING line each
+failure leaves. Origins are raw sockets on 127.0.0.1 scripted per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from support import cache_status
+
+# A connection's script: (request head, index of the request on its connection) -> bytes
+# to send, or None to close the connection without answering.
+Script = Callable[[bytes, int], Awaitable[bytes | None]]
+
+OK = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nhi"
+
+
+class RawOrigin:
+    """Counts connections and requests; each connection follows the script."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests = 0
+        self.port = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            index = 0
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                length = _content_length(head)
+                if length:
+                    await reader.readexactly(length)
+                answer = await self.script(head, index)
+                index += 1
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def raw_origin(script: Script) -> AsyncIterator[RawOrigin]:
+    origin = RawOrigin(script)
+    server = await asyncio.start_server(origin.serve, "127.0.0.1", 0)
+    origin.port = server.sockets[0].getsockname()[1]
+    try:
+        yield origin
+    finally:
+        server.close()
+
+
+def url(origin: RawOrigin) -> str:
+    return f"http://127.0.0.1:{origin.port}"
+
+
+def warnings_of(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and r.name == "cacheproxy"]
+
+
+# -- an origin that closes idle keep-alive connections ---------------------------------------
+
+async def test_an_origin_closing_idle_connections_at_its_timeout_gives_no_error(proxy):
+    """Node closes an idle keep-alive connection after 5 s. Here the origin closes after
+    0.3 s while the pool keeps connections for 10 s: requests at gaps around the origin's
+    timeout find a connection closed or being closed, and none may end in an error."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return OK
+
+    async def idle_closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           origin: RawOrigin) -> None:
+        origin.connections += 1
+        try:
+            while True:
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+                origin.requests += 1
+                writer.write(OK)
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    origin = RawOrigin(script)
+    server = await asyncio.start_server(lambda r, w: idle_closing(r, w, origin), "127.0.0.1", 0)
+    origin.port = server.sockets[0].getsockname()[1]
+    try:
+        c = await proxy(url(origin), proxy={"upstream_keepalive_timeout": 10.0})
+        statuses = []
+        for gap in (0.29, 0.3, 0.31, 0.28, 0.3, 0.32, 0.3, 0.295, 0.305, 0.3):
+            statuses.append((await c.get("/p")).status)
+            await asyncio.sleep(gap)
+        statuses.append((await c.get("/p")).status)
+        assert statuses == [200] * 11
+        assert origin.connections > 1  # idle connections were really closed under it
+    finally:
+        server.close()
+
+
+async def test_a_get_sent_as_the_origin_closes_is_sent_again_on_a_new_connection(
+        proxy, caplog):
+    """The race the idle timeout cannot rule out: the origin closes a pooled connection
+    just as a request goes out on it (nothing of an answer comes). A GET is idempotent:
+    the pool sends it once more, on a fresh connection (nginx's proxy_next_upstream)."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return OK if index == 0 else None  # a second request on a connection: closed
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        for _ in range(4):
+            resp = await c.get("/p")
+            assert resp.status == 200 and await resp.read() == b"hi"
+        assert origin.connections == 4 and origin.requests == 7
+        assert warnings_of(caplog) == []
+
+
+async def test_a_small_put_is_sent_again_but_a_post_is_not(proxy, caplog):
+    """PUT is idempotent and its body small enough to keep, so it is sent again; a POST
+    may have reached the origin and is not repeated: 502, one WARNING naming it."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return OK if index == 0 else None
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        assert (await c.put("/p", data=b"x" * 1000)).status == 200
+        put = await c.put("/p", data=b"x" * 1000)
+        assert put.status == 200 and await put.read() == b"hi"
+        post = await c.post("/p", data=b"form=1")
+        assert post.status == 502
+        assert "closed before answering" in await post.text()
+        [line] = warnings_of(caplog)
+        assert f"upstream {url(origin)} failed for POST /p: closed before answering" in line
+
+
+# -- framing -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("late", [False, True], ids=["same-packet", "while-idle"])
+async def test_bytes_past_the_message_close_the_connection(proxy, late):
+    """An answer that sends more than its Content-Length: the extra bytes must never be
+    read as the next answer's status line ("Bad status line" 502s, or worse, a smuggled
+    answer): the connection is closed, the next request gets a new one."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        if not late:
+            return OK + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+        asyncio.get_running_loop().call_later(0.05, lambda: None)
+        return OK
+
+    async def late_extra(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         origin: RawOrigin) -> None:
+        origin.connections += 1
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                origin.requests += 1
+                writer.write(OK)
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    origin = RawOrigin(script)
+    handler = (lambda r, w: late_extra(r, w, origin)) if late else origin.serve
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    origin.port = server.sockets[0].getsockname()[1]
+    try:
+        c = await proxy(url(origin))
+        for _ in range(3):
+            resp = await c.get("/p")
+            assert resp.status == 200 and await resp.read() == b"hi"
+            await asyncio.sleep(0.1)
+        assert origin.connections == 3  # none was reused after its extra bytes
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("field", [b"Transfer-Encoding : chunked", b"Content-Length :5",
+                                   b"X-Other\t: 1"])
+async def test_whitespace_before_the_colon_is_refused_never_replayed(proxy, caplog, field):
+    """RFC 9112 §5.1: "No whitespace is allowed between the field name and colon"; a proxy
+    MUST remove it or reject the message. Refused (502), not stored, not replayed."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        body = b"5\r\nhello\r\n0\r\n\r\n" if b"chunked" in field else b"hello"
+        extra = b"" if b"Length" in field else b"Content-Length: 5\r\n" \
+            if b"chunked" not in field else b""
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n" + field + b"\r\n"
+                + extra + b"\r\n" + body)
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        for _ in range(2):
+            resp = await c.get("/ws")
+            assert resp.status == 502, await resp.text()
+            assert "hello" not in await resp.text()
+        assert origin.requests == 2  # nothing was stored
+        assert all("bad framing" in line for line in warnings_of(caplog))
+        assert len(warnings_of(caplog)) == 2
+
+
+# -- every connection busy ---------------------------------------------------------------------
+
+async def test_a_new_miss_is_answered_within_connect_timeout_when_every_connection_is_held(
+        proxy, origin, caplog):
+    """Clients that never read a large answer hold their upstream connections (reading
+    from the origin pauses while the client does not take what was read). A new miss must
+    not wait for ever: 503 within proxy.connect_timeout, and the pool recovers once the
+    slow clients go."""
+    from aiohttp import web
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+        await resp.prepare(request)
+        chunk = b"x" * 65536
+        for _ in range(512):  # 32 MiB: more than loopback socket buffers hold
+            await resp.write(chunk)
+        return resp
+
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(text="small", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    app.router.add_get("/small", small)
+    up = await origin(app)
+    c = await proxy(up, proxy={"max_connections": 2, "connect_timeout": 0.5})
+    port = c.server.port
+    stalled = []
+    for _ in range(2):  # they ask and never read
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        stalled.append((reader, writer))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    resp = await c.get("/small")
+    waited = time.monotonic() - started
+    assert resp.status == 503 and waited < 2.0, (resp.status, waited)
+    assert "no upstream connection free" in await resp.text()
+    assert any("no upstream connection free" in line for line in warnings_of(caplog))
+    for _, writer in stalled:
+        writer.transport.abort()
+    await asyncio.sleep(0.3)
+    assert await (await c.get("/small")).text() == "small"
+
+
+# -- one WARNING line per cause ----------------------------------------------------------------
+
+async def test_each_failure_cause_is_one_warning_line(proxy, caplog):
+    """Every 502/504 the proxy makes logs one WARNING naming the upstream, method, path and
+    cause: refused, reset, timeout."""
+    async def reset(head: bytes, index: int) -> bytes | None:
+        return None  # closes at once
+
+    async def slow(head: bytes, index: int) -> bytes | None:
+        await asyncio.sleep(1.0)
+        return OK
+
+    async with raw_origin(reset) as resetting, raw_origin(slow) as slow_origin:
+        # A port nothing listens on: bind one, then free it.
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        dead = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        cases = [
+            (f"http://127.0.0.1:{dead}", {}, 502, "connection refused"),
+            (url(resetting), {}, 502, "closed before answering"),
+            (url(slow_origin), {"read_timeout": 0.2}, 504, "timeout waiting for the answer"),
+        ]
+        for upstream, settings, status, cause in cases:
+            caplog.clear()
+            c = await proxy(upstream, proxy=settings)
+            resp = await c.get("/why?x=1")
+            assert resp.status == status and "fwd=uri-miss" in cache_status(resp)
+            [line] = warnings_of(caplog)
+            assert line == (f"upstream {upstream} failed for GET /why?x=1: {cause}; "
+                            f"answered {status}")
+
+
+async def test_bytes_past_a_cacheable_message_are_not_stored(proxy):
+    """What is stored is the message as framed: two bytes, not the smuggled rest."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\n"
+                b"hiHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        first = await c.get("/c")
+        assert await first.read() == b"hi"
+        again = await c.get("/c")
+        assert again.headers["X-Cache"] == "HIT" and await again.read() == b"hi"

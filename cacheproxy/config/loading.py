@@ -173,7 +173,7 @@ _ROUTE_SECTIONS = ("cache", "cors", "referer")
 # One store serves every route, so its settings cannot differ per route.
 _STORE_WIDE = frozenset({
     "store", "redis_url", "redis_prefix", "redis_timeout", "redis_retry_interval",
-    "max_bytes", "memory_layer_bytes", "memory_layer_ttl",
+    "max_bytes", "memory_layer_bytes", "memory_layer_ttl", "fill_buffer_bytes",
 })
 
 

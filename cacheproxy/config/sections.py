@@ -65,6 +65,7 @@ class CacheConfig:
     shared: bool = setting(True)
     max_bytes: int = setting(256 * MiB, size=True, ge=1)
     max_object_bytes: int = setting(8 * MiB, size=True, ge=1)
+    fill_buffer_bytes: int = setting(64 * MiB, size=True, ge=0)
     heuristic_fraction: float = setting(0.1, ge=0, le=1)
     heuristic_max_age: float = setting(86400.0, ge=0)
     set_cookie: str = setting("bypass", choices=("bypass", "strip"))

@@ -21,6 +21,7 @@ from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
+from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
 from cacheproxy.proxy.respond import mark
@@ -105,11 +106,12 @@ def _nothing() -> None:
 class Exchange:
     """One per proxy: the pooled upstream session, the store and the Via pseudonym."""
 
-    def __init__(self, config: ProxyConfig, store: Store) -> None:
+    def __init__(self, config: ProxyConfig, store: Store, fill_buffer_bytes: int) -> None:
         self.config = config
         self.store = store
         self.cache_name = config.via  # also the Via pseudonym (proxy.via)
         self.read_timeout = config.read_timeout
+        self.budget = FillBudget(fill_buffer_bytes)
         self.pool = Pool(config.max_connections, config.connect_timeout,
                          config.upstream_keepalive_timeout, ssl.create_default_context())
 
@@ -175,7 +177,11 @@ class Exchange:
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
         the store is settled either way. A HEAD client gets no body (its request may
         have been sent as GET so that the answer could be stored, RFC 9110 §9.3.2)."""
-        if store is None:
+        fill = None if store is None else self.budget.fill(max_object, resp.content_length)
+        if fill is not None and fill.why_not:  # no room for what it announced
+            outcome.stored, outcome.detail = False, fill.why_not
+            fill = None
+        if fill is None:
             release()
         send_body = request.method != "HEAD"
         headers = CIMultiDict(end_to_end(resp.headers.items()))
@@ -184,10 +190,8 @@ class Exchange:
         try:
             await out.prepare(request)
         except ConnectionError:
-            return self._abandon(resp, outcome, release, out)
-        chunks: list[bytes] | None = [] if store is not None else None
-        size = 0
-        while send_body or chunks is not None:  # a HEAD reads the body only to store it
+            return self._abandon(resp, outcome, release, out, fill)
+        while send_body or fill is not None:  # a HEAD reads the body only to store it
             try:
                 chunk = await resp.readany()
             except UpstreamError as exc:
@@ -198,30 +202,26 @@ class Exchange:
                 outcome.status = "ERROR"
                 if request.transport is not None:
                     request.transport.close()
-                return self._abandon(resp, outcome, release, out)
+                return self._abandon(resp, outcome, release, out, fill)
             if not chunk:
                 break
-            if chunks is not None:
-                size += len(chunk)
-                if size <= max_object:
-                    chunks.append(chunk)
-                else:  # bigger than announced: stream on, store nothing
-                    chunks = None
-                    outcome.stored = False
-                    release()
+            if fill is not None and not fill.add(chunk):  # too big, or over the budget
+                outcome.stored, outcome.detail = False, fill.why_not
+                fill = None
+                release()
             if not send_body:
                 continue  # (and stops once nothing will be stored)
             try:
                 await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
             except ConnectionError:  # the client went away: the fill goes with it
-                return self._abandon(resp, outcome, release, out)
-        if send_body or chunks is not None:
+                return self._abandon(resp, outcome, release, out, fill)
+        if send_body or fill is not None:
             resp.release()
         else:
             resp.close()  # a HEAD with nothing to store: the rest of the body is not wanted
-        if store is not None and chunks is not None:
-            outcome.stored = await self.put(store, b"".join(chunks))
+        if store is not None and fill is not None:
+            outcome.stored = await self.put(store, fill.body())
         release()
         with contextlib.suppress(ConnectionError):  # the client left at the very end
             await out.write_eof()
@@ -230,8 +230,10 @@ class Exchange:
     @staticmethod
     def _abandon(
         resp: UpstreamResponse, outcome: Outcome, release: Callable[[], None],
-        out: web.StreamResponse,
+        out: web.StreamResponse, fill: Fill | None,
     ) -> web.StreamResponse:
+        if fill is not None:
+            fill.drop()
         resp.close()
         outcome.stored = False  # the log says what happened: nothing was stored
         release()
@@ -259,20 +261,21 @@ class Exchange:
         self, resp: UpstreamResponse, store: CachedResponse, max_object: int
     ) -> bool:
         """Read a response no client is waiting for and store it; True once stored."""
-        chunks: list[bytes] = []
-        size = 0
+        fill = self.budget.fill(max_object, resp.content_length)
         try:
-            while chunk := await resp.readany():
-                size += len(chunk)
-                if size > max_object:
-                    resp.close()
-                    return False
-                chunks.append(chunk)
+            while not fill.why_not and (chunk := await resp.readany()):
+                fill.add(chunk)
         except UpstreamError:
             resp.close()
             raise
+        finally:
+            if fill.why_not:
+                fill.drop()
+        if fill.why_not:
+            resp.close()
+            return False
         resp.release()
-        return await self.put(store, b"".join(chunks))
+        return await self.put(store, fill.body())
 
 
 __all__ = ["Exchange", "UpstreamError"]

@@ -32,7 +32,7 @@ class CacheProxy:
     def __init__(self, config: Config, upstream: str, store: Store) -> None:
         self.store = store
         self.default_upstream = upstream.rstrip("/")  # the demo origin's when none is set
-        self.exchange = Exchange(config.proxy, store)
+        self.exchange = Exchange(config.proxy, store, config.cache.fill_buffer_bytes)
         self.driver = Driver(store, self.exchange, Collapser(config.cache.collapse_timeout))
         # Set by the application (observe/): PURGE.
         self.purge: Callable[[web.Request, str, Outcome], Awaitable[web.Response]] | None = None

@@ -164,7 +164,8 @@ RESTART_ONLY = (
     "proxy.max_connections", "proxy.shutdown_timeout", "proxy.upstream_keepalive_timeout",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
     "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
-    "cache.memory_layer_ttl", "demo.listen", "admin.prefix", "admin.metrics_path",
+    "cache.memory_layer_ttl", "cache.fill_buffer_bytes", "demo.listen", "admin.prefix",
+    "admin.metrics_path",
 )
 
 

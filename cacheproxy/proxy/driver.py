@@ -245,7 +245,7 @@ class Driver:
             if isinstance(d, Store):
                 await exchange.consume(resp, d.entry, plan.cache.max_object_bytes)
                 return
-            resp.close()
+            resp.release()  # a 304 is whole: its connection goes back to the pool
             if isinstance(d, Update):
                 await self.store.put(d.entry)
             elif isinstance(d, Evict):

@@ -24,6 +24,10 @@ ENTRY_OVERHEAD = 768
 # Values up to this length are interned too: Content-Type, Cache-Control, Server...
 # repeat across entries, and interned strings die with the last entry using them.
 _INTERN_MAX = 128
+# Values that differ from one response to the next: interning them would only grow the
+# interpreter's table of interned strings (about 90 bytes an entry).
+_UNIQUE_VALUES = frozenset({"date", "expires", "last-modified", "etag", "content-length",
+                            "set-cookie", "content-md5", "content-range", "x-request-id"})
 # Age is recomputed on every reuse (§4.2.3); X-Cache is this cache's own verdict.
 _REPLACED_ON_REUSE = frozenset({"age", "x-cache"})
 
@@ -89,7 +93,8 @@ def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tup
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in named or lk in excluded or lk in _REPLACED_ON_REUSE:
             continue
-        flat += (sys.intern(str(k)), sys.intern(v) if len(v) <= _INTERN_MAX else v)
+        shared = len(v) <= _INTERN_MAX and lk not in _UNIQUE_VALUES
+        flat += (sys.intern(str(k)), sys.intern(v) if shared else v)
     return tuple(flat)
 
 

@@ -54,7 +54,8 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (proxy.listen)")
     parser.add_argument("--workers", metavar="N",
-                        help="processes sharing the port, for several cores (proxy.workers)")
+                        help="processes sharing the port, for several cores; auto: one per "
+                        "usable core (proxy.workers)")
     parser.set_defaults(handler=_serve)
 
 

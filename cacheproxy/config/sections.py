@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from cacheproxy.config.values import (
+    MAX_WORKERS,
     ConfigError,
     MiB,
     OnInvalid,
@@ -20,6 +21,7 @@ from cacheproxy.config.values import (
     _each,
     parse_listen,
     parse_on_invalid,
+    parse_workers,
     setting,
 )
 from cacheproxy.policies.cors import parse_origin_entry
@@ -43,7 +45,7 @@ class ProxyConfig:
     connect_timeout: float = setting(5.0, gt=0)
     read_timeout: float = setting(30.0, gt=0)
     max_connections: int = setting(256, ge=1)
-    workers: int = setting(1, ge=1, le=256)
+    workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from cacheproxy.config import ConfigError, load_config
+from cacheproxy.lifetime import StartError
 from cacheproxy.observe.logread import View, follow, open_log, read_to_end
 from cacheproxy.observe.summary import Summary, make_filter
 
@@ -82,6 +83,9 @@ def _run_server(run: Callable[[], None]) -> int:
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return 2
+    except StartError as exc:  # names the setting, its address and the cause
+        _error(str(exc))
+        return 1
     except OSError as exc:
         _error(str(exc))
         return 1

@@ -1,5 +1,6 @@
 """The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]
-[--workers N]`, `cacheproxy demo [--listen ...]` and
+[--workers N|auto] [--log-file FILE]`, `cacheproxy demo [--listen ...]`,
+`cacheproxy reload|stop [--config FILE]` (the process named by proxy.pid_file) and
 `cacheproxy logs [FILE|-] [filters] [--json] [--follow]`.
 
 Mistakes the user can fix are one line on stderr and an exit status, never a traceback:
@@ -8,11 +9,13 @@ Mistakes the user can fix are one line on stderr and an exit status, never a tra
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
+from cacheproxy import pidfile
 from cacheproxy.config import ConfigError, load_config
 from cacheproxy.lifetime import StartError
 from cacheproxy.observe.logread import View, follow, open_log, read_to_end
@@ -57,12 +60,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", metavar="N",
                         help="processes sharing the port, for several cores; auto: one per "
                         "usable core (proxy.workers)")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="write the request log to FILE instead of stdout (log.path)")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {"proxy.upstream": args.upstream, "proxy.listen": args.listen,
-                 "proxy.workers": args.workers}
+                 "proxy.workers": args.workers, "log.path": args.log_file}
 
     def serve() -> None:
         config = load_config(args.config, overrides=overrides)
@@ -116,6 +121,52 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo_origin(config.demo)
 
     return _run_server(demo)
+
+
+# --- reload and stop -----------------------------------------------------------------------------
+
+STOP_GRACE = 5.0  # seconds `stop` waits beyond proxy.shutdown_timeout before giving up
+
+
+def _add_control(commands: argparse._SubParsersAction) -> None:
+    for name, what in (("reload", "reload the running server's configuration (SIGHUP)"),
+                       ("stop", "stop the running server gracefully (SIGTERM) and wait")):
+        parser = commands.add_parser(
+            name, help=what,
+            description=f"{what[0].upper()}{what[1:]}: the server is the process named in "
+            "proxy.pid_file, read from the same config file and CACHEPROXY_* environment "
+            "serve was given" + (
+                "; the configuration is checked first, so a mistake is reported here and the "
+                "server keeps running the one it has." if name == "reload" else
+                "; it returns once that process has exited."))
+        parser.add_argument("--config", metavar="FILE",
+                            help="TOML config file (default: config/cacheproxy.toml if it exists)")
+        parser.set_defaults(handler=_control, signal=name)
+
+
+def _control(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)  # reload: the new config is checked before SIGHUP
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return 2
+    try:
+        pid = pidfile.running_server(config.proxy.pid_file)
+        if args.signal == "reload":
+            pidfile.send(pid, signal.SIGHUP)
+            print(f"{PROG}: reload: sent SIGHUP to pid {pid}; its log says "
+                  "\"configuration reloaded\" (or why it refused)")
+            return 0
+        pidfile.send(pid, signal.SIGTERM)
+        seconds = config.proxy.shutdown_timeout + STOP_GRACE
+        if not pidfile.wait_gone(pid, seconds):
+            _error(f"stop: pid {pid} is still running {seconds:g} s after SIGTERM")
+            return 1
+    except pidfile.ControlError as exc:
+        _error(f"{args.signal}: {exc}")
+        return 1
+    print(f"{PROG}: stop: pid {pid} has exited")
+    return 0
 
 
 # --- logs ---------------------------------------------------------------------------------------
@@ -210,7 +261,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_serve, _add_demo, _add_logs)
+    _add_serve, _add_demo, _add_control, _add_logs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,7 @@ class ProxyConfig:
     max_connections: int = setting(256, ge=1)
     workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
+    pid_file: str = setting("")  # "" none; else `cacheproxy reload` / `stop` find it there
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web, web_urldispatcher
 
+from cacheproxy import pidfile
 from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
 from cacheproxy.lifetime import DEMO_HINT, LISTEN_HINT, listen_error, run_until_stopped
@@ -179,7 +180,7 @@ def reconfigure(app: web.Application, new: Config) -> None:
 # Settings a running process cannot change: sockets, store, processes, the upstream pool.
 RESTART_ONLY = (
     "proxy.listen", "proxy.workers", "proxy.connect_timeout", "proxy.read_timeout",
-    "proxy.max_connections", "proxy.shutdown_timeout",
+    "proxy.max_connections", "proxy.shutdown_timeout", "proxy.pid_file",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
     "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
     "cache.memory_layer_ttl", "demo.listen", "admin.prefix", "admin.metrics_path",
@@ -200,12 +201,20 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    if config.proxy.workers > 1:
-        from cacheproxy.proxy.workers import supervise
+    # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).
+    pid_file = config.proxy.pid_file
+    if pid_file:
+        pidfile.claim(pid_file)
+    try:
+        if config.proxy.workers > 1:
+            from cacheproxy.proxy.workers import supervise
 
-        supervise(config, reload)
-        return
-    run_one(config, reload)
+            supervise(config, reload)
+            return
+        run_one(config, reload)
+    finally:
+        if pid_file:
+            pidfile.release(pid_file)
 
 
 def run_one(

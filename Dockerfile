@@ -10,10 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The package from this repository (its dependencies from PyPI, as pyproject.toml pins them).
-COPY pyproject.toml README.md ./
+# The package from this repository; its dependencies from PyPI at the versions
+# constraints.txt pins (pyproject.toml states only minimums; `make lock` refreshes the pins).
+COPY pyproject.toml README.md constraints.txt ./
 COPY cacheproxy ./cacheproxy
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && groupadd --system --gid 10001 cacheproxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app cacheproxy
 

@@ -10,15 +10,17 @@ Mistakes the user can fix are one line on stderr and an exit status, never a tra
 import argparse
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import IO
 
 from cacheproxy import pidfile
 from cacheproxy.config import ConfigError, load_config
 from cacheproxy.lifetime import StartError
-from cacheproxy.observe.logread import View, follow, open_log, read_to_end
+from cacheproxy.observe.logread import Progress, View, follow, open_log, read_to_end
 from cacheproxy.observe.summary import Summary, make_filter
 
 PROG = "cacheproxy"
@@ -241,11 +243,13 @@ def _logs(args: argparse.Namespace) -> int:
         return 2
     summary = Summary(keep)
     view = View(args, sys.stdout)
+    progress = Progress("stdin" if args.file == "-" else args.file, _size(source), sys.stderr)
     try:
         if args.follow:
             follow(source, summary, view)
         else:
-            read_to_end(source, summary)
+            read_to_end(source, summary, progress)
+            progress.close()
             view.show(summary)
     except KeyboardInterrupt:  # how --follow is meant to end
         pass
@@ -255,8 +259,15 @@ def _logs(args: argparse.Namespace) -> int:
         _error(f"logs: cannot read {args.file}: {exc.strerror or exc}")
         return 1
     finally:
+        progress.close()
         source.close()
     return 0
+
+
+def _size(source: IO[bytes]) -> int | None:
+    """A regular file's size (for the progress line's share and time left), else None."""
+    st = os.fstat(source.fileno())
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.

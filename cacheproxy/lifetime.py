@@ -1,10 +1,14 @@
-"""How a server process runs: its coroutine until SIGTERM or SIGINT, on uvloop when there."""
+"""How a server process runs: its coroutine until SIGTERM or SIGINT, on uvloop when there;
+and how a failure to start is said."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 
@@ -27,3 +31,33 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
         asyncio.run(cancellable())
     else:
         uvloop.run(cancellable())
+
+
+class StartError(Exception):
+    """The server cannot start, said in one line that names the setting, its value and the
+    cause (`cacheproxy` prints it and exits 1)."""
+
+
+_BIND_CAUSES = {
+    errno.EADDRINUSE: "address already in use (by another process, perhaps another "
+                      "cacheproxy)",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address",
+    errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+}
+
+
+LISTEN_HINT = "choose another with --listen HOST:PORT (proxy.listen)"
+DEMO_HINT = ("the demo origin starts because proxy.upstream is empty: give --upstream URL, "
+             "or set demo.listen")
+
+
+def listen_error(key: str, address: str, exc: OSError, hint: str = "") -> StartError:
+    """A bind or resolve failure of the `key` setting's `address`, as a StartError; `hint`
+    says what the user can change."""
+    host = address.rpartition(":")[0].strip("[]")
+    if isinstance(exc, socket.gaierror):
+        cause = f"cannot resolve the host {host!r} ({exc.strerror or exc})"
+    else:
+        cause = _BIND_CAUSES.get(exc.errno or 0) or (
+            os.strerror(exc.errno).lower() if exc.errno else str(exc))
+    return StartError(f"{key}: cannot listen on {address}: {cause}" + (f"; {hint}" if hint else ""))

@@ -11,6 +11,7 @@ import pytest
 
 from cacheproxy.cli import main
 from cacheproxy.config import Config
+from cacheproxy.config.values import usable_cores
 
 
 def run_cli(
@@ -146,6 +147,12 @@ def test_serve_workers_flag_and_reload_reads_the_same_sources(
     again = reload()
     assert again.proxy.via == "edge-9" and again.proxy.workers == 3
     assert again.proxy.upstream == "http://127.0.0.1:3000"
+
+
+def test_serve_workers_auto_is_the_usable_cores(server_outcome: dict[str, object]) -> None:
+    assert main(["serve", "--workers", "auto", "--upstream", "http://127.0.0.1:3000"]) == 0
+    config = server_outcome["config"]
+    assert isinstance(config, Config) and config.proxy.workers == usable_cores()
 
 
 def test_serve_workers_must_be_a_count(

@@ -110,6 +110,7 @@ class Topology:
         self.tmp = tmp
         self.ports: dict[tuple[str, int], int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.envs: dict[str, dict[str, str]] = {}
         for name, service in services.items():
             for port in self._container_ports(name, service):
                 self.ports[(name, port)] = free_port()
@@ -152,9 +153,17 @@ class Topology:
                                if k.startswith("CACHEPROXY_")})
             env.update({k: self.local(name, v) for k, v in
                         (service.get("environment") or {}).items() if v is not None})
+            if "CACHEPROXY_PROXY_PID_FILE" in env:  # each container has a /tmp of its own
+                env["CACHEPROXY_PROXY_PID_FILE"] = str(self.tmp / f"{name}.pid")
+            self.envs[name] = env
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 -- closed with the process
         self.procs[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
         log.close()
+
+    def exec(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`docker compose exec NAME cacheproxy ARGS...`: in the service's environment."""
+        return subprocess.run([sys.executable, "-m", "cacheproxy", *args], cwd=ROOT,
+                              env=self.envs[name], capture_output=True, text=True, timeout=20)
 
     def healthcheck(self, name: str) -> bool:
         test = self.services[name]["healthcheck"]["test"]
@@ -246,8 +255,18 @@ async def test_the_compose_topology_shares_hits_between_replicas(topology: Topol
             assert purge.status == 200 and (await purge.json())["purged"] == 1
         async with http.get(f"{b}/max-age") as after:
             assert after.headers["X-Cache"] == "MISS"
+    # `docker compose exec proxy-a cacheproxy reload`: the image's pid file names serve.
+    assert topology.exec("proxy-a", "reload").returncode == 0
+    for _ in range(100):
+        if "configuration reloaded" in topology.log("proxy-a"):
+            break
+        await asyncio.sleep(0.05)
+    assert "configuration reloaded" in topology.log("proxy-a")
+    stopped = topology.exec("proxy-b", "stop")  # `docker compose exec proxy-b cacheproxy stop`
+    assert stopped.returncode == 0, stopped.stderr
+    assert topology.procs["proxy-b"].wait(5) == 0
+    assert topology.stop("proxy-a") == 0  # SIGTERM, as `docker compose stop` sends
     for name in ("proxy-a", "proxy-b"):
-        assert topology.stop(name) == 0  # SIGTERM, as `docker compose stop` sends
         assert "Traceback" not in topology.log(name)
 
 

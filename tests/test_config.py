@@ -1,6 +1,7 @@
 """Loading and checking the configuration: defaults, file, environment, overrides."""
 
 import dataclasses
+import os
 import tomllib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from cacheproxy.config import (
     parse_listen,
     parse_size,
 )
+from cacheproxy.config.values import usable_cores
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "cacheproxy.toml"
 MiB = 1024 * 1024
@@ -487,3 +489,27 @@ def test_parse_listen_only_raises_value_error(text: str) -> None:
         return
     assert host
     assert 0 <= port <= 65535
+
+
+# --- proxy.workers = "auto" (issue 13, item 10) -------------------------------------------------
+
+
+def test_workers_auto_is_the_number_of_usable_cores(tmp_path: Path) -> None:
+    cores = usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    assert load_config(write(tmp_path, '[proxy]\nworkers = "auto"\n'), env={}).proxy.workers \
+        == cores
+    assert load_config(None, env={"CACHEPROXY_PROXY_WORKERS": "AUTO"}).proxy.workers == cores
+    assert load_config(None, env={}, overrides={"proxy.workers": "auto"}).proxy.workers == cores
+    assert load_config(None, env={"CACHEPROXY_PROXY_WORKERS": " 3 "}).proxy.workers == 3
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ('"many"', 'expected a number of processes or "auto", got \'many\''),
+    ("true", 'expected a number of processes or "auto", got True'),
+    ("0", "must be at least 1, got 0"),
+    ("257", "must be at most 256, got 257"),
+])
+def test_bad_workers(tmp_path: Path, value: str, reason: str) -> None:
+    error = load_error(tmp_path, f"[proxy]\nworkers = {value}\n")
+    assert (error.key, error.reason) == ("proxy.workers", reason)

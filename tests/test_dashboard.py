@@ -53,9 +53,14 @@ class Watched:
         return [m for m in self.console_errors if not any(a in m for a in allowed)]
 
 
-async def open_tab(browser: Browser, *, fake_clock: bool = False) -> Watched:
-    """A fresh context (own cookies, empty HTTP cache) at the size the page is designed for."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+async def open_tab(browser: Browser, *, fake_clock: bool = False,
+                   viewport: dict[str, int] = DESKTOP) -> Watched:
+    """A fresh context (own cookies, empty HTTP cache), by default at a laptop's size."""
+    context = await browser.new_context(viewport=viewport)
     page = await context.new_page()
     w = Watched(page)
     page.on("console", lambda m: m.type == "error" and w.console_errors.append(m.text))
@@ -359,3 +364,95 @@ async def test_a_token_in_the_url_never_reaches_the_origin(
     await expect(figure(w.page, "auth-error")).to_be_visible()  # a wrong token
     await w.page.wait_for_timeout(500)  # time for the browser's favicon request, if any
     assert all("token=" not in seen for seen in o.seen), o.seen
+
+
+# -- nothing cut off, on a laptop and on a phone (issue 13, item 7) ---------------
+
+# Every box on the page whose content is wider than the box itself (cut off, or spilling
+# over its neighbours), and whether the page scrolls sideways. Inline boxes have no width
+# of their own, and the chart's SVG internals are drawn to the SVG's size.
+OVERFLOWING = """() => {
+  const bad = [];
+  const where = (el) => `${el.tagName.toLowerCase()}.${el.className || el.dataset.testid || ""}`;
+  for (const el of document.querySelectorAll("header, header *, main, main *")) {
+    const display = getComputedStyle(el).display;
+    if (el.closest("svg") || ["inline", "none", "contents"].includes(display)) continue;
+    // wider than its box on the right (scrollWidth) ...
+    if (el.scrollWidth > el.clientWidth + 1) {
+      bad.push(`${where(el)}: ${el.scrollWidth} > ${el.clientWidth} ` +
+               el.textContent.slice(0, 40));
+    }
+    // ... or on either side (right-aligned text spills to the left, which scrollWidth misses)
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    const text = range.getBoundingClientRect(), box = el.getBoundingClientRect();
+    if (text.width && (text.left < box.left - 1 || text.right > box.right + 1)) {
+      bad.push(`${where(el)}: text ${text.left}..${text.right} outside ${box.left}..${box.right} ` +
+               el.textContent.slice(0, 40));
+    }
+  }
+  // the chart's axis labels keep a gap between them
+  const labels = [...document.querySelectorAll("#chart text")]
+    .map((t) => t.getBoundingClientRect());
+  labels.forEach((a, i) => labels.slice(i + 1).forEach((b) => {
+    const gap = 4;
+    if (a.left < b.right + gap && b.left < a.right + gap && a.top < b.bottom && b.top < a.bottom) {
+      bad.push(`chart labels touch at ${a.left},${a.top} and ${b.left},${b.top}`);
+    }
+  }));
+  if (document.documentElement.scrollWidth > window.innerWidth) {
+    bad.push(`page: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
+  }
+  return bad;
+}"""
+
+
+def crowded_stats() -> dict[str, Any]:
+    """The widest figures a busy proxy shows: long counts, big bodies, every cache status,
+    slow and sub-millisecond requests, an OPTIONS, a long URL; traffic 12 minutes ago."""
+    stats = sample_stats()
+    row = stats["recent"][0]
+    widths = [  # (method, cache, status, bytes, total_ms)
+        ("GET", "HIT", 200, 1_048_576, 0.0), ("OPTIONS", "REVALIDATED", 204, 9_999_999, 1.0),
+        ("GET", "MISS", 200, 123_456_789, 16.0), ("POST", "BYPASS", 201, 0, 2014.0),
+        ("GET", "UPDATING", 200, 512, 0.41), ("GET", "EXPIRED", 504, 7, 123_456.0),
+        ("DELETE", "DENIED", 403, 33, 9.999),
+    ]
+    stats["recent"] = [
+        {**row, "method": m, "cache": c, "status": st, "bytes": b, "total_ms": ms,
+         "time": f"2026-11-23T17:30:{10 + i}.123Z"} for i, (m, c, st, b, ms) in enumerate(widths)]
+    stats["recent"].append({**row, "path": "/assets/" + "very-long-file-name-" * 12 + ".js",
+                            "host": "static.assets.example-cdn-provider.com:8443"})
+    stats.update(requests=123_456_789, collapsed=9_999_999, errors=1_234_567,
+                 bytes_from_cache=1_048_576 * 1536, bytes_from_origin=1_048_576)
+    end = int(time.time()) // 10 * 10
+    stats["series"] = [{"t": end - 10 * i, "requests": 5 + i % 7, "hits": 3 + i % 4}
+                       for i in (95, 85, 72, 71, 40, 2, 1, 0)]  # 95: over 15 minutes ago
+    return stats
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1280x800", "390x844"])
+async def test_nothing_is_cut_off_at_either_size(
+        browser: Browser, origin: Any, tmp_path: Path, viewport: dict[str, int]) -> None:
+    stub, server = await start_stub(origin, "/_cacheproxy/")
+    stub.stats = crowded_stats()
+    w = await open_tab(browser, viewport=viewport)
+    page = w.page
+    await page.goto(str(server.make_url("/_cacheproxy/dashboard")))
+    await expect(page.get_by_test_id("log-row")).to_have_count(8)
+    # One rule for durations: under 10 ms two decimals, then whole ms.
+    await expect(page.get_by_test_id("log-ms")).to_have_text(
+        ["0.41", "10", "123,456", "0.41", "2,014", "16", "1.00", "0.00"])  # newest first
+    await expect(page.get_by_test_id("log-bytes")).to_have_text(
+        ["0", "33", "7", "512", "0", "118 MiB", "9,999,999", "1,048,576"])
+    await expect(figure(page, "requests-total")).to_have_text("123.5M")
+    assert await figure(page, "requests-total").get_attribute("title") == "123,456,789"
+    await expect(figure(page, "collapsed")).to_have_text("9,999,999")
+    # the last 15 minutes: every bucket but the one from 15 min 50 s ago
+    await expect(page.get_by_test_id("chart-bucket")).to_have_count(7)
+    assert await page.evaluate(OVERFLOWING) == []
+    minus = "\N{MINUS SIGN}"
+    label = f"{minus}15 min" if viewport is DESKTOP else f"{minus}15m"  # short on a phone
+    await expect(page.locator("#chart text", has_text=label)).to_have_count(1)
+    await shot(page, tmp_path / f"dashboard-{viewport['width']}.png")
+    assert not w.console_errors and not w.page_errors and not w.foreign_requests

@@ -4,6 +4,7 @@ rotation (a real subprocess)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -531,3 +532,56 @@ def test_follow_on_a_terminal_redraws_in_place(log: Path) -> None:
         child.kill()
         child.wait()
         os.close(primary)
+
+
+# --- progress while a big log is read (issue 13, item 6) -------------------------------------
+
+
+def big_log(tmp_path: Path) -> tuple[Path, int]:
+    """About 6 MiB: several chunks, so the progress line has something to show."""
+    path = tmp_path / "big.log"
+    records = RECORDS * 2000
+    path.write_bytes(log_bytes(records))
+    return path, len(records)
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_then_erased(tmp_path: Path) -> None:
+    path, count = big_log(tmp_path)
+    primary, secondary = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-m", "cacheproxy", "logs", str(path)],
+                             stdout=subprocess.PIPE, stderr=secondary, cwd=ROOT)
+    os.close(secondary)
+    seen: list[bytes] = []
+
+    def drain() -> None:  # a terminal's buffer is small: read it while the child writes
+        with contextlib.suppress(OSError):  # EIO once the child has closed its end
+            while chunk := os.read(primary, 65536):
+                seen.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        reader.join(10)
+        os.close(primary)
+    assert child.returncode == 0
+    err = b"".join(seen).decode()
+    updates = [u for u in err.split("\r") if u]
+    assert updates and updates[-1] == "\x1b[K"  # erased before the report
+    shown = updates[:-1]
+    assert shown and all(u.startswith(f"reading {path}: ") and u.endswith("\x1b[K")
+                         for u in shown), shown
+    assert re.search(r" of \d+\.\d MiB \(\d+%\), [\d,]+ lines, [\d.]+ [KMG]?i?B/s", shown[0])
+    assert "\n" not in err  # one line, rewritten in place
+    report = out.decode()
+    assert f"requests      {count:,} " in report and "\x1b" not in report
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(tmp_path: Path) -> None:
+    path, count = big_log(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "cacheproxy", "logs", str(path), "--json"],
+                            capture_output=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 0 and result.stderr == b""
+    assert json.loads(result.stdout)["requests"] == count

@@ -314,3 +314,21 @@ async def test_a_private_routes_listed_key_purges_as_listed(origin, proxy):
         assert purged.status == 200 and (await purged.json())["key"] == key
         assert (await c.get("/a")).headers["X-Cache"] == "MISS"
         assert (await c.request("PURGE", "/a")).status == 200
+
+
+def test_the_stats_series_covers_fifteen_minutes_in_bounded_memory() -> None:
+    """The dashboard's chart: one bucket per 10 s with traffic, the last 15 minutes' worth
+    kept (90 buckets), whatever the traffic before (issue 13, item 7)."""
+    from cacheproxy.observe.stats import SERIES_BUCKETS, SERIES_SECONDS, Stats
+
+    start = 1_800_000_000.0
+    stats = Stats(start)
+    for second in range(0, 20 * 60, 2):  # 20 minutes, a request every 2 s, every 3rd a hit
+        cache = "HIT" if second % 3 == 0 else "MISS"
+        stats.add(LogRecord(time=start + second, client="127.0.0.1", method="GET", host="h",
+                            path="/", status=200, cache=cache, bytes=1, total_ms=1.0))
+    series = stats.snapshot(start + 1200, {}, "x")["series"]
+    assert SERIES_BUCKETS * SERIES_SECONDS == 15 * 60 and len(series) == SERIES_BUCKETS
+    assert series[0]["t"] == start + 5 * 60 and series[-1]["t"] == start + 1190
+    assert all(b["requests"] == 5 for b in series)
+    assert sum(b["hits"] for b in series) == sum(1 for s in range(300, 1200, 2) if s % 3 == 0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from processes import clean_env, free_port
+from processes import clean_env, free_port, start_serve, stop
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float = 10) -> None:
@@ -117,3 +117,103 @@ def test_sighup_reopens_the_log_file_after_rotation(tmp_path: Path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+# --- start-up failures say which setting, which address and why (issue 13, item 2) ----------
+
+
+def run_serve(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cacheproxy", "serve", *args], cwd=tmp_path,
+                          env=clean_env(**env), capture_output=True, text=True, timeout=30)
+
+
+def held_port() -> socket.socket:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    return taken
+
+
+def the_only_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit 1 and exactly one line on stderr: no "stopping", no traceback, no log lines."""
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_demo_port_in_use_names_demo_listen(tmp_path: Path) -> None:
+    with held_port() as taken:
+        port = taken.getsockname()[1]
+        result = run_serve("--listen", f"127.0.0.1:{free_port()}", tmp_path=tmp_path,
+                           CACHEPROXY_DEMO_LISTEN=f"127.0.0.1:{port}")
+    assert the_only_line(result) == (
+        f"cacheproxy: demo.listen: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(by another process, perhaps another cacheproxy); the demo origin starts because "
+        "proxy.upstream is empty: give --upstream URL, or set demo.listen")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_proxy_port_in_use_names_proxy_listen(tmp_path: Path, workers: str) -> None:
+    with held_port() as taken:
+        port = taken.getsockname()[1]
+        result = run_serve("--listen", f"127.0.0.1:{port}", "--upstream", "http://127.0.0.1:9",
+                           "--workers", workers, tmp_path=tmp_path)
+    assert the_only_line(result) == (
+        f"cacheproxy: proxy.listen: cannot listen on 127.0.0.1:{port}: address already in use "
+        "(by another process, perhaps another cacheproxy); choose another with --listen "
+        "HOST:PORT (proxy.listen)")
+
+
+def test_demo_port_in_use_with_workers_names_demo_listen(tmp_path: Path) -> None:
+    with held_port() as taken:
+        port = taken.getsockname()[1]
+        result = run_serve("--listen", f"127.0.0.1:{free_port()}", "--workers", "2",
+                           tmp_path=tmp_path, CACHEPROXY_DEMO_LISTEN=f"127.0.0.1:{port}")
+    line = the_only_line(result)
+    assert line.startswith(f"cacheproxy: demo.listen: cannot listen on 127.0.0.1:{port}: "
+                           "address already in use")
+
+
+def test_a_host_that_does_not_resolve_names_the_key_and_the_host(tmp_path: Path) -> None:
+    result = run_serve("--listen", "nosuchhost.invalid:9100", "--upstream",
+                       "http://127.0.0.1:9", tmp_path=tmp_path)
+    line = the_only_line(result)
+    assert line.startswith("cacheproxy: proxy.listen: cannot listen on nosuchhost.invalid:9100: "
+                           "cannot resolve the host 'nosuchhost.invalid' (")
+
+
+async def test_an_unreachable_upstream_is_said_once_at_start_and_serving_goes_on(
+        tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    proc, port = await start_serve("--upstream", dead, cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            async with http.get("/_cacheproxy/healthz") as alive:
+                assert alive.status == 200
+            async with http.get("/anything") as answer:
+                assert answer.status == 502
+    finally:
+        code, err = await stop(proc)
+    assert code == 0
+    warnings = [line for line in err.splitlines() if " WARNING " in line]
+    # Once at start; then (issue 10) one line per request that got the 502.
+    assert len(warnings) == 2, err
+    assert f"upstream {dead} is not reachable: " in warnings[0]
+    assert "connection refused" in warnings[0] and "serving anyway" in warnings[0]
+    assert f"upstream {dead} failed for GET /anything: connection refused; answered 502" \
+        in warnings[1]
+
+
+async def test_log_file_flag_writes_the_request_log_there(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    proc, port = await start_serve("--upstream", "http://127.0.0.1:9", "--log-file", str(log),
+                                   cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/via-flag") as answer:
+            assert answer.status == 502
+    finally:
+        code, _ = await stop(proc)
+    assert code == 0
+    assert '"path":"/via-flag"' in log.read_text()

@@ -12,6 +12,7 @@ from cacheproxy.config.entries import (
     parse_valid_referer,
 )
 from cacheproxy.config.values import (
+    MAX_WORKERS,
     ConfigError,
     MiB,
     OnInvalid,
@@ -25,6 +26,7 @@ from cacheproxy.config.values import (
     _each,
     parse_listen,
     parse_on_invalid,
+    parse_workers,
     setting,
 )
 
@@ -47,8 +49,9 @@ class ProxyConfig:
     read_timeout: float = setting(30.0, gt=0)
     upstream_keepalive_timeout: float = setting(4.0, gt=0)
     max_connections: int = setting(256, ge=1)
-    workers: int = setting(1, ge=1, le=256)
+    workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
+    pid_file: str = setting("")  # "" none; else `cacheproxy reload` / `stop` find it there
 
 
 @dataclass(frozen=True, slots=True)

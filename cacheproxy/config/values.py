@@ -3,7 +3,9 @@ checks of values (sizes, addresses, URLs, lists, origins, Referer rules)."""
 
 from __future__ import annotations
 
+import math
 import mimetypes
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +109,37 @@ def parse_listen(value: str) -> tuple[str, int]:
     if _PORT.fullmatch(port_text) is None or int(port_text) > 65535:
         raise ValueError(f"port must be a number from 0 to 65535, got {port_text!r}")
     return host, int(port_text)
+
+
+MAX_WORKERS = 256
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as nginx's `worker_processes
+    auto`), fewer when a cgroup CPU quota (docker --cpus) allows less than that."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as file:  # cgroup v2: "QUOTA PERIOD" or "max ..."
+            quota, period = file.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def parse_workers(value: object) -> int:
+    """proxy.workers: a count, or "auto" for the number of usable cores."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return min(usable_cores(), MAX_WORKERS)
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value, re.ASCII):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f'expected a number of processes or "auto", got {value!r}')
+    return value
 
 
 def _check_upstream(value: str) -> None:

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from cacheproxy.config import DemoConfig, parse_listen
 from cacheproxy.http.abnf import ENTITY_TAG_RE
-from cacheproxy.lifetime import run_until_stopped
+from cacheproxy.lifetime import listen_error, run_until_stopped
 
 COUNTS = web.AppKey("demo_counts", Counter)
 LAST_MODIFIED = web.AppKey("demo_last_modified", datetime)
@@ -357,19 +357,25 @@ def make_demo_app() -> web.Application:
     return app
 
 
-async def start_demo_origin(host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve the demo origin on host:port (0 picks a free port); return the runner and port."""
+async def start_demo_origin(host: str, port: int, hint: str = "") -> tuple[web.AppRunner, int]:
+    """Serve the demo origin on host:port (0 picks a free port); return the runner and port.
+    An address it cannot listen on is a StartError naming demo.listen (with `hint`)."""
     runner = web.AppRunner(make_demo_app(), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise listen_error("demo.listen", address, exc, hint) from None
     except BaseException:
         await runner.cleanup()
         raise
     return runner, runner.addresses[0][1]
 
 
-def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = None) -> None:
+def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = None,
+                    hint: str = "") -> None:
     """Blocking: `cacheproxy demo`, the demo origin alone (a compose service of its own)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     host, port = parse_listen(config.listen)
@@ -377,7 +383,7 @@ def run_demo_origin(config: DemoConfig, ready: Callable[[int], None] | None = No
     async def main() -> None:
         # A --workers parent forks this with them blocked: handled from now on.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
-        runner, bound = await start_demo_origin(host, port)
+        runner, bound = await start_demo_origin(host, port, hint)
         logging.getLogger("cacheproxy").info("demo origin listening on %s:%s", host, bound)
         if ready is not None:
             ready(bound)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,18 +33,28 @@ _NO_STORE = {"Cache-Control": "no-store"}
 async def upstream_reachable(url: str, timeout: float = CHECK_TIMEOUT) -> bool:
     """A TCP connection to the upstream's host and port opens (TLS is not attempted:
     the connect is what tells "down" from "up")."""
+    return await upstream_problem(url, timeout) is None
+
+
+async def upstream_problem(url: str, timeout: float = CHECK_TIMEOUT) -> str | None:
+    """Why no TCP connection to the upstream opens (a refused connection, a name that does
+    not resolve, no answer in `timeout` seconds), or None when one does."""
     parsed = URL(url)
     host, port = parsed.host, parsed.port
     if host is None or port is None:
-        return False
+        return "the URL has no host or port"
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-    except (TimeoutError, OSError):
-        return False
+    except TimeoutError:
+        return f"no connection to {host}:{port} within {timeout:g} s"
+    except socket.gaierror as exc:
+        return f"cannot resolve the host {host!r} ({exc.strerror or exc})"
+    except OSError as exc:
+        return f"{host}:{port}: {os.strerror(exc.errno).lower() if exc.errno else exc}"
     writer.close()
     with contextlib.suppress(TimeoutError, OSError):
         await asyncio.wait_for(writer.wait_closed(), timeout)
-    return True
+    return None
 
 
 class Health:

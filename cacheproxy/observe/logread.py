@@ -12,11 +12,12 @@ import sys
 import time
 from typing import IO
 
-from cacheproxy.observe.summary import Summary, render
+from cacheproxy.observe.summary import Summary, human_bytes, human_duration, render
 
 LOG_CHUNK = 1 << 20           # bytes read at a time
 MAX_LINE = 64 * 1024          # a longer line is skipped as malformed (never held whole)
 FOLLOW_INTERVAL = 1.0         # seconds between two views in --follow
+PROGRESS_INTERVAL = 0.25      # seconds between two progress lines on a terminal
 
 
 class LineSplitter:
@@ -67,13 +68,56 @@ def open_log(name: str) -> IO[bytes]:
     return f
 
 
-def read_to_end(source: IO[bytes], summary: Summary) -> None:
+def read_to_end(source: IO[bytes], summary: Summary, progress: Progress | None = None) -> None:
     splitter = LineSplitter()
+    done = 0
     while chunk := source.read(LOG_CHUNK):
         for line in splitter.feed(chunk):
             summary.add_line(_decode(line))
+        done += len(chunk)
+        if progress is not None:
+            progress.update(done, summary.lines)
     for line in splitter.flush():
         summary.add_line(_decode(line))
+
+
+class Progress:
+    """One line on a terminal, rewritten in place while a log is read to its end (a 1 GiB
+    log takes about a minute): bytes read of the file's size, lines, speed and time left.
+    Nothing when `out` is not a terminal; erased before the report is printed."""
+
+    def __init__(self, name: str, total: int | None, out: IO[str]) -> None:
+        self.name, self.total, self.out = name, total, out
+        self.enabled = out.isatty()
+        self.started = time.monotonic()
+        self.next = self.started  # the first line right after the first chunk
+        self.shown = False
+
+    def update(self, done: int, lines: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now < self.next:
+            return
+        self.next = now + PROGRESS_INTERVAL
+        rate = done / max(now - self.started, 1e-3)
+        text = f"reading {self.name}: {human_bytes(done)}"
+        if self.total:
+            text += f" of {human_bytes(self.total)} ({min(done / self.total, 1):.0%})"
+        text += f", {lines:,} lines, {human_bytes(int(rate))}/s"
+        if self.total and rate > 0 and done < self.total:
+            text += f", about {human_duration((self.total - done) / rate + 0.5)} left"
+        try:  # the width of the terminal it goes to (0: unknown), so it never wraps
+            columns = os.get_terminal_size(self.out.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        self.out.write(f"\r{text[: columns - 1] if columns > 1 else text}\x1b[K")
+        self.out.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self.shown = False
 
 
 class View:

@@ -19,7 +19,7 @@ from cacheproxy.observe.record import (
 )
 
 SERIES_SECONDS = 10       # one dashboard bucket
-SERIES_BUCKETS = 60       # ten minutes of them
+SERIES_BUCKETS = 90       # fifteen minutes of them (at most 90 small lists in memory)
 RECENT_LINES = 50
 # Upstream latency buckets, seconds (Prometheus histogram "le" bounds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web, web_urldispatcher
 
+from cacheproxy import pidfile
 from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
-from cacheproxy.lifetime import run_until_stopped
+from cacheproxy.lifetime import DEMO_HINT, LISTEN_HINT, listen_error, run_until_stopped
 from cacheproxy.observe.admin import Admin
-from cacheproxy.observe.health import Health
+from cacheproxy.observe.health import Health, upstream_problem
 from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.policy_steps import outbound
@@ -99,7 +100,7 @@ async def serve(
     demo = None
     if not upstream and not config.catch_all_route:  # then proxy.upstream is never used
         demo_host, demo_port = parse_listen(config.demo.listen)
-        demo, demo_port = await start_demo_origin(demo_host, demo_port)
+        demo, demo_port = await start_demo_origin(demo_host, demo_port, DEMO_HINT)
         upstream = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     # ProxyAppRunner: aiohttp's runner, but any method token is accepted (RFC 9110 §9.1).
@@ -107,11 +108,19 @@ async def serve(
     runner = ProxyAppRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()
+    host, listen_port = parse_listen(config.proxy.listen)
+    port = listen_port if port is None else port
+    try:  # a port in use ends the start here, before anything says "stopping"
+        await web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None).start()
+    except BaseException as exc:
+        await runner.cleanup()
+        if demo is not None:
+            await demo.cleanup()
+        if isinstance(exc, OSError):
+            raise listen_error("proxy.listen", config.proxy.listen, exc, LISTEN_HINT) from None
+        raise
+    checking = asyncio.ensure_future(warn_unreachable(app[PROXY].upstreams()))
     try:
-        host, listen_port = parse_listen(config.proxy.listen)
-        port = listen_port if port is None else port
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_port=reuse_port or None)
-        await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info("cacheproxy listening on %s -> %s", _url(host, bound), upstream)
         loop = asyncio.get_running_loop()
@@ -123,6 +132,7 @@ async def serve(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_AND_RELOAD)
         await asyncio.Event().wait()
     finally:
+        checking.cancel()
         # Stop accepting; requests in flight get shutdown_timeout seconds to finish.
         app[HEALTH].draining = True
         log.info("stopping: finishing requests in flight (at most %ss)",
@@ -130,6 +140,16 @@ async def serve(
         await runner.cleanup()
         if demo is not None:
             await demo.cleanup()
+
+
+async def warn_unreachable(upstreams: tuple[str, ...]) -> None:
+    """Say once at start which upstream does not accept a connection (the proxy serves
+    anyway: requests to it get 502 until it does, and readyz reports it)."""
+    problems = await asyncio.gather(*(upstream_problem(url) for url in upstreams))
+    for url, problem in zip(upstreams, problems, strict=True):
+        if problem is not None:
+            log.warning("upstream %s is not reachable: %s; serving anyway (its requests get "
+                        "502 until it answers; readyz reports it)", url, problem)
 
 
 def _reloader(app: web.Application, reload: Callable[[], Config]) -> Callable[[], None]:
@@ -162,6 +182,7 @@ def reconfigure(app: web.Application, new: Config) -> None:
 RESTART_ONLY = (
     "proxy.listen", "proxy.workers", "proxy.connect_timeout", "proxy.read_timeout",
     "proxy.max_connections", "proxy.shutdown_timeout", "proxy.upstream_keepalive_timeout",
+    "proxy.pid_file",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
     "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
     "cache.memory_layer_ttl", "cache.fill_buffer_bytes", "demo.listen", "admin.prefix",
@@ -183,10 +204,18 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
-    if config.proxy.workers > 1:
-        supervise(config, reload, run_one)
-        return
-    run_one(config, reload)
+    # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).
+    pid_file = config.proxy.pid_file
+    if pid_file:
+        pidfile.claim(pid_file)
+    try:
+        if config.proxy.workers > 1:
+            supervise(config, reload, run_one)
+            return
+        run_one(config, reload)
+    finally:
+        if pid_file:
+            pidfile.release(pid_file)
 
 
 def run_one(

@@ -27,6 +27,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 from cacheproxy.config import Config, ConfigError, parse_listen
+from cacheproxy.lifetime import DEMO_HINT, LISTEN_HINT, StartError, listen_error
 
 log = logging.getLogger("cacheproxy")
 
@@ -83,7 +84,10 @@ def _demo(config: Config, ready: Any) -> None:
         signal.signal(sig, signal.SIG_DFL)
     from cacheproxy.demo.origin import run_demo_origin
 
-    run_demo_origin(config.demo, ready=ready.send)
+    try:
+        run_demo_origin(config.demo, ready=ready.send, hint=DEMO_HINT)
+    except StartError as exc:  # said by the parent, in one line
+        ready.send(exc)
 
 
 class Supervisor:
@@ -100,7 +104,11 @@ class Supervisor:
 
     def run(self) -> int:
         host, port = parse_listen(self.config.proxy.listen)
-        holder = reserve_port(host, port)
+        try:
+            holder = reserve_port(host, port)
+        except OSError as exc:
+            raise listen_error("proxy.listen", self.config.proxy.listen, exc,
+                               LISTEN_HINT) from None
         port = holder.getsockname()[1]
         demo, upstream = self._start_demo()
         signal.signal(signal.SIGTERM, self._stop)
@@ -134,6 +142,9 @@ class Supervisor:
             raise OSError("the demo origin did not start")
         demo_host, _ = parse_listen(self.config.demo.listen)
         demo_port = receive.recv()
+        if isinstance(demo_port, StartError):
+            demo.join(5)
+            raise demo_port
         host = f"[{demo_host}]" if ":" in demo_host else demo_host
         return demo, f"http://{host}:{demo_port}"
 

@@ -1,0 +1,122 @@
+"""proxy.pid_file: the running server's process id in a file, so that `cacheproxy reload`
+and `cacheproxy stop` signal that one process (as `nginx -s reload` does) rather than every
+process a `pgrep` pattern happens to match.
+
+`serve` writes the file at start (with --workers, the supervising parent's pid: it passes
+SIGHUP and SIGTERM on) and removes it at exit, unless another process has taken it over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from cacheproxy.lifetime import StartError
+
+KEY = "proxy.pid_file"
+
+
+class ControlError(Exception):
+    """`reload` or `stop` cannot signal the server; the message says why in one line."""
+
+
+def read_pid(path: str) -> int | None:
+    """The pid the file holds, or None when there is no file or no number in it."""
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def is_running(pid: int) -> bool:
+    """Is there a live process (not a zombie waiting for its parent) with this pid?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # "pid (comm) STATE ..."
+            return stat.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc: trust kill()
+        return True
+
+
+def _is_cacheproxy(pid: int) -> bool:
+    """A running pid that is a cacheproxy (a stale file's pid may belong to anything now)."""
+    if not is_running(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"cacheproxy" in cmdline.read()
+    except OSError:  # no /proc (not Linux), or not ours to read: assume it is
+        return True
+
+
+def claim(path: str) -> None:
+    """Write this process's pid to `path` (atomically: a reader never sees half a number).
+    A file naming another running cacheproxy is a StartError: two servers, one pid file."""
+    other = read_pid(path)
+    if other is not None and other != os.getpid() and _is_cacheproxy(other):
+        raise StartError(f"{KEY}: {path} names pid {other}, a cacheproxy that is running; "
+                         "stop it first (cacheproxy stop) or give this one another pid_file")
+    partial = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(partial, "w", encoding="ascii") as file:
+            file.write(f"{os.getpid()}\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise StartError(f"{KEY}: cannot write {path}: "
+                         f"{(exc.strerror or str(exc)).lower()}") from None
+
+
+def release(path: str) -> None:
+    """Remove the file at exit if it still names this process."""
+    if read_pid(path) == os.getpid():
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def running_server(path: str) -> int:
+    """The pid of the server that `path` names, or ControlError saying why there is none."""
+    if not path:
+        raise ControlError(f"{KEY} is not set, so serve wrote no pid file; set it (in the "
+                           "config file or CACHEPROXY_PROXY_PID_FILE) for serve and for this "
+                           "command")
+    if not Path(path).exists():
+        raise ControlError(f"{KEY}: {path} does not exist: is cacheproxy serve running with "
+                           "this configuration?")
+    pid = read_pid(path)
+    if pid is None:
+        raise ControlError(f"{KEY}: {path} holds no process id")
+    if not is_running(pid):
+        raise ControlError(f"{KEY}: {path} names pid {pid}, which is not running (the file "
+                           "is stale: the server did not exit cleanly)")
+    return pid
+
+
+def send(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise ControlError(f"pid {pid} exited before it could be sent {sig.name}") from None
+    except PermissionError:
+        raise ControlError(f"not allowed to signal pid {pid} (it runs as another user: "
+                           "run this command as that user)") from None
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    """Wait until pid has exited; False if it still runs after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while is_running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

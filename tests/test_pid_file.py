@@ -1,0 +1,143 @@
+"""proxy.pid_file with `cacheproxy reload` and `cacheproxy stop` (issue 13, item 4): a real
+`cacheproxy serve`, signalled through the file its config names, as `nginx -s reload`."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from processes import clean_env, start_serve, stop
+
+
+async def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """`cacheproxy ARGS...` without blocking the loop the test's origin runs on."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cacheproxy", *args, cwd=cwd, env=clean_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def via_origin(origin: object) -> str:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/", ok)
+    return str((await origin(app)).make_url("")).rstrip("/")  # type: ignore[operator]
+
+
+def write_config(path: Path, pid_file: Path, via: str, upstream: str) -> None:
+    path.write_text(f'[proxy]\npid_file = "{pid_file}"\nvia = "{via}"\n'
+                    f'upstream = "{upstream}"\n[log]\nformat = "off"\n')
+
+
+async def via_header(port: int) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/") as resp:
+        assert resp.status == 200
+        return resp.headers["Via"]
+
+
+async def test_reload_and_stop_signal_the_process_the_pid_file_names(origin, tmp_path):
+    upstream = await via_origin(origin)
+    config, pid_file = tmp_path / "cacheproxy.toml", tmp_path / "run" / "cacheproxy.pid"
+    pid_file.parent.mkdir()
+    write_config(config, pid_file, "before", upstream)
+    proc, port = await start_serve("--config", str(config), cwd=tmp_path)
+    assert pid_file.read_text() == f"{proc.pid}\n"  # written by the time it listens
+    assert await via_header(port) == "1.1 before"
+
+    write_config(config, pid_file, "after", upstream)
+    code, out, err = await cli("reload", "--config", str(config), cwd=tmp_path)
+    assert (code, err) == (0, "")
+    assert f"sent SIGHUP to pid {proc.pid}" in out
+    for _ in range(100):
+        if await via_header(port) == "1.1 after":
+            break
+        await asyncio.sleep(0.05)
+    assert await via_header(port) == "1.1 after"
+
+    code, out, err = await cli("stop", "--config", str(config), cwd=tmp_path)
+    assert (code, err) == (0, "")
+    assert out == f"cacheproxy: stop: pid {proc.pid} has exited\n"
+    assert await asyncio.wait_for(proc.wait(), 5) == 0
+    assert not pid_file.exists()
+    _, log = await stop(proc)
+    assert "configuration reloaded" in log and "Traceback" not in log
+
+
+async def test_reload_checks_the_config_first_and_leaves_the_server_alone(origin, tmp_path):
+    upstream = await via_origin(origin)
+    config, pid_file = tmp_path / "cacheproxy.toml", tmp_path / "cacheproxy.pid"
+    write_config(config, pid_file, "kept", upstream)
+    proc, port = await start_serve("--config", str(config), cwd=tmp_path)
+    config.write_text(config.read_text() + '[cache]\nmax_bytes = "lots"\n')
+    code, out, err = await cli("reload", "--config", str(config), cwd=tmp_path)
+    assert code == 2 and out == ""
+    assert err.startswith("cacheproxy: config error: cache.max_bytes: ")
+    assert await via_header(port) == "1.1 kept"
+    code, log = await stop(proc)
+    assert code == 0 and "reload" not in log  # it was never signalled
+    assert not pid_file.exists()
+
+
+async def test_with_workers_the_file_names_the_supervising_parent(origin, tmp_path):
+    upstream = await via_origin(origin)
+    config, pid_file = tmp_path / "cacheproxy.toml", tmp_path / "cacheproxy.pid"
+    write_config(config, pid_file, "w", upstream)
+    proc, port = await start_serve("--config", str(config), "--workers", "2", cwd=tmp_path)
+    assert pid_file.read_text() == f"{proc.pid}\n"
+    assert await via_header(port) == "1.1 w"
+    code, out, _ = await cli("stop", "--config", str(config), cwd=tmp_path)
+    assert code == 0 and f"pid {proc.pid} has exited" in out
+    assert await asyncio.wait_for(proc.wait(), 5) == 0
+    assert not pid_file.exists()
+
+
+async def test_a_second_server_with_the_same_pid_file_is_refused(origin, tmp_path):
+    upstream = await via_origin(origin)
+    config, pid_file = tmp_path / "cacheproxy.toml", tmp_path / "cacheproxy.pid"
+    write_config(config, pid_file, "first", upstream)
+    proc, _ = await start_serve("--config", str(config), cwd=tmp_path)
+    second = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cacheproxy", "serve", "--config", str(config), "--listen",
+        "127.0.0.1:0", cwd=tmp_path, env=clean_env(), stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(second.communicate(), 20)
+    assert second.returncode == 1
+    assert err.decode() == (
+        f"cacheproxy: proxy.pid_file: {pid_file} names pid {proc.pid}, a cacheproxy that is "
+        "running; stop it first (cacheproxy stop) or give this one another pid_file\n")
+    assert pid_file.read_text() == f"{proc.pid}\n"  # still the first one's
+    assert (await stop(proc))[0] == 0
+
+
+def test_reload_and_stop_say_why_there_is_nothing_to_signal(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cacheproxy", *args], cwd=tmp_path,
+                              env=clean_env(), capture_output=True, text=True, timeout=20)
+
+    no_key = run("reload")
+    assert no_key.returncode == 1 and no_key.stdout == ""
+    assert no_key.stderr.startswith("cacheproxy: reload: proxy.pid_file is not set, ")
+
+    pid_file = tmp_path / "cacheproxy.pid"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[proxy]\npid_file = "{pid_file}"\n')
+    missing = run("stop", "--config", str(config))
+    assert missing.returncode == 1
+    assert missing.stderr == (f"cacheproxy: stop: proxy.pid_file: {pid_file} does not exist: "
+                              "is cacheproxy serve running with this configuration?\n")
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pid_file.write_text(f"{gone.pid}\n")
+    stale = run("reload", "--config", str(config))
+    assert stale.returncode == 1
+    assert stale.stderr == (f"cacheproxy: reload: proxy.pid_file: {pid_file} names pid "
+                            f"{gone.pid}, which is not running (the file is stale: the server "
+                            "did not exit cleanly)\n")

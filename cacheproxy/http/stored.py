@@ -116,6 +116,8 @@ def make_stored_response(
     # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).
     modified_at = lm_time if lm_time is not None else date if date is not None else response_time
     headers = stored_fields(pairs, excluded)
+    # All Age lines, joined: more than one value makes it invalid, as any non-number does.
+    age_value = parse_age(all_values(pairs, "age"))
     return CachedResponse(
         key=key,
         vary=vary,
@@ -125,10 +127,12 @@ def make_stored_response(
         body=body,
         response_time=response_time,
         initial_age=corrected_initial_age(
-            age_value=parse_age(first_value(pairs, "age")), date=date,
+            age_value=age_value or 0, date=date,
             request_time=request_time, response_time=response_time,
         ),
-        lifetime=freshness_lifetime(
+        # §4.2.1: "consider responses that have invalid freshness information ... to be
+        # stale"; an invalid Age is such information (the suite's age-parse-* tests).
+        lifetime=0.0 if age_value is None else freshness_lifetime(
             directives, status=status, date=date, expires=expires,
             expires_at=parse_http_date(expires), last_modified=lm_time,
             response_time=response_time, shared=shared,

@@ -53,3 +53,43 @@ async def test_s5_1_a_valid_age_is_counted__freshness_max_age_age(origin, proxy)
     hit = await c.get("/r")
     assert hit.headers["X-Cache"] == "HIT" and 100 <= int(hit.headers["Age"]) <= 102
     assert calls["GET"] == 1
+
+
+# -- RFC 9111 §3.2 Updating stored header fields ---------------------------------------------
+
+def validating(first: Pairs, on_304: Pairs) -> tuple[web.Application, list[web.Request]]:
+    """An origin at /r: a 200 with first (stale at once: Age 5 > max-age=1, ETag "v1"),
+    then a 304 with on_304 to every request that carries If-None-Match."""
+    seen: list[web.Request] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request)
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers=CIMultiDict(
+                [("ETag", '"v1"'), ("Cache-Control", "max-age=60"), *on_304]))
+        return web.Response(body=b"stored", headers=CIMultiDict(
+            [("ETag", '"v1"'), ("Cache-Control", "max-age=1"), ("Age", "5"), *first]))
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    return app, seen
+
+
+@pytest.mark.parametrize(("name", "first", "second"), [
+    ("Content-Encoding", "aaa", "bbb"),
+    ("Content-MD5", "rL0Y20zC+Fzt72VPzMSk2A==", "N7UdGUp1E+RbVvZSTy1R8g=="),
+    ("Content-Range", "bytes 0-5/6", "bytes 0-9/10"),
+])
+async def test_s3_2_a_304_keeps_fields_the_content_depends_on__304_etag_update_response(
+    origin, proxy, name, first, second
+):
+    app, seen = validating([(name, first)], [(name, second), ("X-Updated", "yes")])
+    c = await proxy(await origin(app))
+    assert (await c.get("/r")).headers[name] == first
+    validated = await c.get("/r")  # stale: revalidated, the origin says 304
+    assert "fwd-status=304" in validated.headers["Cache-Status"]
+    assert validated.headers[name] == first and validated.headers["X-Updated"] == "yes"
+    assert await validated.read() == b"stored"
+    hit = await c.get("/r")  # freshened by the 304 (max-age=60)
+    assert hit.headers["X-Cache"] == "HIT" and hit.headers[name] == first
+    assert hit.headers["X-Updated"] == "yes" and len(seen) == 2

@@ -40,13 +40,20 @@ def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
     return not has_validator(entry)
 
 
+# §3.2: fields a 304 does not replace: the stored content depends on them (its coding,
+# digest, range; the length it has), whatever the 304 says.
+CONTENT_BOUND_FIELDS = frozenset(
+    {"content-length", "content-encoding", "content-md5", "content-range"})
+
+
 def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """§3.2: fields of the 304 replace the stored ones, except hop-by-hop fields
-    and Content-Length; everything else the stored response had stays."""
+    """§3.2: fields of the 304 replace the stored ones, except hop-by-hop fields and those
+    the stored content depends on (CONTENT_BOUND_FIELDS); everything else stays."""
     named = connection_options(v for k, v in response if k.lower() == "connection")
     updates = [
         (k, v) for k, v in response
-        if (lk := k.lower()) not in HOP_BY_HOP and lk not in named and lk != "content-length"
+        if (lk := k.lower()) not in HOP_BY_HOP and lk not in named
+        and lk not in CONTENT_BOUND_FIELDS
     ]
     replaced = {k.lower() for k, _ in updates}
     kept = [(k, v) for k, v in entry.header_pairs() if k.lower() not in replaced]

@@ -211,6 +211,9 @@ def test_config_error_message() -> None:
         ("cache.max_bytes = 1.5", "got 1.5"),
         ("cache.max_bytes = true", "got True"),
         ('cache.max_bytes = "lots"', "got 'lots'"),
+        ('cache.targeted_fields = ["Cache-Control"]', "stands in for, not one"),
+        ('cache.targeted_fields = ["CDN Cache"]', "got 'CDN Cache'"),
+        ('cache.targeted_fields = ["A", "a"]', "listed twice in ['A', 'a']"),
     ],
 )
 def test_file_type_errors(tmp_path: Path, line: str, reason: str) -> None:
@@ -487,3 +490,13 @@ def test_parse_listen_only_raises_value_error(text: str) -> None:
         return
     assert host
     assert 0 <= port <= 65535
+
+
+def test_targeted_fields_from_file_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[cache]\ntargeted_fields = ["Surrogate-Control"]\nstrip_targeted = true\n')
+    config = load_config(path, env={})
+    assert config.cache.targeted_fields == ("Surrogate-Control",)
+    assert config.cache.strip_targeted is True
+    config = load_config(path, env={"CACHEPROXY_CACHE_TARGETED_FIELDS": ""})
+    assert config.cache.targeted_fields == ()

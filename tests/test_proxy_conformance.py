@@ -93,3 +93,119 @@ async def test_s3_2_a_304_keeps_fields_the_content_depends_on__304_etag_update_r
     hit = await c.get("/r")  # freshened by the 304 (max-age=60)
     assert hit.headers["X-Cache"] == "HIT" and hit.headers[name] == first
     assert hit.headers["X-Updated"] == "yes" and len(seen) == 2
+
+
+# -- RFC 9213 targeted cache control; Surrogate-Control (W3C Edge Architecture 1.0) --------
+
+async def test_rfc9213_cdn_cache_control_gives_the_proxy_a_longer_lifetime(origin, proxy):
+    # Age 100: stale by Cache-Control (max-age=10), fresh by CDN-Cache-Control (600).
+    app, calls = counting(lambda n: [("Cache-Control", "public, max-age=10"),
+                                     ("CDN-Cache-Control", "max-age=600"), ("Age", "100")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    hit = await c.get("/r")
+    assert hit.headers["X-Cache"] == "HIT" and calls["GET"] == 1
+    # The client gets both as sent: the browser's lifetime, and the CDN's for a CDN in front.
+    assert hit.headers["Cache-Control"] == "public, max-age=10"
+    assert hit.headers["CDN-Cache-Control"] == "max-age=600"
+
+
+async def test_rfc9213_cdn_cache_control_no_store_wins_over_cache_control(origin, proxy):
+    app, calls = counting(lambda n: [("Cache-Control", "max-age=600"),
+                                     ("CDN-Cache-Control", "no-store")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    assert (await c.get("/r")).headers["X-Cache"] == "MISS" and calls["GET"] == 2
+
+
+async def test_rfc9213_strip_targeted_removes_cdn_cache_control(origin, proxy):
+    app, _ = counting(lambda n: [("Cache-Control", "max-age=10"),
+                                 ("CDN-Cache-Control", "max-age=600")])
+    c = await proxy(await origin(app), cache={"strip_targeted": True})
+    for _ in range(2):  # a miss and a hit
+        resp = await c.get("/r")
+        assert "CDN-Cache-Control" not in resp.headers
+        assert resp.headers["Cache-Control"] == "max-age=10"
+
+
+async def test_surrogate_control_is_followed_announced_and_removed__surrogate_fresh_cc_nostore(
+    origin, proxy
+):
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        capability = request.headers.get("Surrogate-Capability")
+        seen.append(capability)
+        device = (capability or "").partition("=")[0]
+        return web.Response(text="ok", headers={
+            "Cache-Control": "no-store", "Surrogate-Control": f"max-age=10000;{device}"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app), proxy={"via": "edge-1"})
+    miss = await c.get("/r")
+    hit = await c.get("/r")
+    assert seen == ['edge-1="Surrogate/1.0"']
+    assert (miss.headers["X-Cache"], hit.headers["X-Cache"]) == ("MISS", "HIT")
+    for resp in (miss, hit):
+        assert "Surrogate-Control" not in resp.headers
+        assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_surrogate_capability_appends_to_the_clients(origin, proxy):
+    seen: list[list[str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.getall("Surrogate-Capability", []))
+        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    await c.get("/r", headers={"Surrogate-Capability": 'cdn="Surrogate/1.0"'})
+    assert seen == [['cdn="Surrogate/1.0"', 'cacheproxy="Surrogate/1.0"']]
+
+
+async def test_surrogate_control_no_store_wins__surrogate_no_store_cc_fresh(origin, proxy):
+    app, calls = counting(lambda n: [("Cache-Control", "max-age=10000"),
+                                     ("Surrogate-Control", "no-store")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    assert (await c.get("/r")).headers["X-Cache"] == "MISS" and calls["GET"] == 2
+
+
+async def test_without_targeted_fields_surrogate_control_is_neither_followed_nor_removed(
+    origin, proxy
+):
+    app, calls = counting(lambda n: [("Cache-Control", "max-age=10000"),
+                                     ("Surrogate-Control", "no-store")])
+    c = await proxy(await origin(app), cache={"targeted_fields": ()})
+    await c.get("/r")
+    hit = await c.get("/r")
+    assert hit.headers["X-Cache"] == "HIT" and calls["GET"] == 1
+    assert hit.headers["Surrogate-Control"] == "no-store"
+
+
+async def test_surrogate_control_of_a_304_freshens_and_stays_out_of_the_answer(origin, proxy):
+    app, seen = validating([("Surrogate-Control", "max-age=1")],
+                           [("Surrogate-Control", "max-age=600")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    validated = await c.get("/r")
+    assert "fwd-status=304" in validated.headers["Cache-Status"]
+    hit = await c.get("/r")
+    # Fresh for the 304's Surrogate-Control max-age=600, not its Cache-Control max-age=60.
+    assert hit.headers["X-Cache"] == "HIT" and len(seen) == 2
+    assert int(hit.headers["Cache-Status"].rpartition("ttl=")[2]) > 500
+    for resp in (validated, hit):
+        assert "Surrogate-Control" not in resp.headers
+        assert resp.headers["Cache-Control"] == "max-age=60"
+
+
+async def test_rfc9213_the_demo_targeted_resource(origin, proxy):
+    from cacheproxy.demo.origin import make_demo_app
+    c = await proxy(await origin(make_demo_app()))
+    await c.get("/targeted")
+    hit = await c.get("/targeted")
+    assert hit.headers["X-Cache"] == "HIT" and hit.headers["Cache-Control"] == "public, max-age=10"
+    assert int(hit.headers["Cache-Status"].rpartition("ttl=")[2]) > 500  # CDN-Cache-Control's

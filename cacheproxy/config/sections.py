@@ -19,6 +19,7 @@ from cacheproxy.config.values import (
     _check_path_prefix,
     _check_redis_prefix,
     _check_redis_url,
+    _check_targeted_fields,
     _check_token,
     _check_tokens,
     _check_upstream,
@@ -70,6 +71,9 @@ class CacheConfig:
     set_cookie: str = setting("bypass", choices=("bypass", "strip"))
     collapse: bool = setting(True)
     collapse_timeout: float = setting(10.0, gt=0)
+    targeted_fields: tuple[str, ...] = setting(
+        ("CDN-Cache-Control", "Surrogate-Control"), check=_check_targeted_fields)
+    strip_targeted: bool = setting(False)
 
 
 @dataclass(frozen=True, slots=True)

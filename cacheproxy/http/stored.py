@@ -15,6 +15,7 @@ from cacheproxy.http.cache_control import ResponseDirectives, parse_response_dir
 from cacheproxy.http.dates import format_http_date, parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, connection_options
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
+from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 
 # Per-entry bookkeeping beyond body and fields (object, key, LRU links): counted
 # so that max_bytes bounds the process memory, not just the payload. Calibrated
@@ -106,11 +107,15 @@ def make_stored_response(
     shared: bool,
     heuristics: Heuristics,
     excluded: frozenset[str] = frozenset(),
+    targeting: Targeting = NO_TARGETING,
 ) -> CachedResponse:
     pairs = with_date(pairs, response_time)
-    directives = parse_response_directives(all_values(pairs, "cache-control"))
+    # RFC 9213 §2.2: a targeted field, when there is one for this cache, sets aside
+    # Cache-Control and Expires.
+    rules = governing(pairs, targeting)
+    directives = parse_response_directives(rules.cache_control)
     date = parse_http_date(first_value(pairs, "date"))
-    expires = first_value(pairs, "expires")
+    expires = first_value(pairs, "expires") if rules.expires_applies else None
     last_modified = first_value(pairs, "last-modified")
     lm_time = parse_http_date(last_modified)
     # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).

@@ -28,6 +28,8 @@ class ForwardPolicy:
     x_forwarded_proto: bool
     x_forwarded_host: bool
     trust_forwarded: bool = False  # keep the client's forwarding family (behind our proxy)
+    # Edge Architecture §3: this surrogate's Surrogate-Capability member, appended
+    surrogate_capability: str | None = None
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -76,6 +78,8 @@ def request_fields(
     else:
         out.extend(prior_mf)  # only OPTIONS and TRACE count it down
     out.append(("Via", via_value(version, policy.via)))
+    if policy.surrogate_capability:  # a member of its own: the list grows (RFC 9110 §5.3)
+        out.append(("Surrogate-Capability", policy.surrogate_capability))
     if extra:
         out.extend(extra)
     return out

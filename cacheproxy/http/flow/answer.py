@@ -28,6 +28,7 @@ from cacheproxy.http.stored import (
     make_stored_response,
     with_date,
 )
+from cacheproxy.http.targeted import governing
 
 Pairs = list[tuple[str, str]]
 
@@ -60,9 +61,8 @@ def answered(
         if stored is None and fwd.reason in ("bypass", "method"):
             return Pass(None)
         return _not_stored(stored, status, Verdict(False, "no-store", by_request=True), req, key)
-    directives = parse_response_directives(all_values(fields, "cache-control"))
     vary = vary_fields(all_values(fields, "vary"))
-    verdict = _storable(fwd.method, status, fields, directives, vary is None, req, route)
+    verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route)
     if not verdict.storable or vary is None:
         return _not_stored(stored, status, verdict, req, key)
     if req.nominated.intersection(vary):
@@ -77,6 +77,7 @@ def answered(
         pairs=fields, body=b"", request_time=request_time, response_time=response_time,
         shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(directives, route.policy) | route.excluded,
+        targeting=route.targeting,
     )
     if not _reusable(entry):
         return _not_stored(stored, status, Verdict(False, "not-reusable"), req, key)
@@ -84,16 +85,20 @@ def answered(
 
 
 def _storable(
-    method: str, status: int, fields: Pairs, directives: ResponseDirectives, vary_star: bool,
-    req: RequestFacts, route: CacheSettings,
-) -> Verdict:
+    method: str, status: int, fields: Pairs, vary_star: bool, req: RequestFacts,
+    route: CacheSettings,
+) -> tuple[Verdict, ResponseDirectives]:
+    """§3, with the directives this cache follows (RFC 9213 §2.2: a targeted field's,
+    which set Cache-Control and Expires aside)."""
+    rules = governing(fields, route.targeting)
+    directives = parse_response_directives(rules.cache_control)
+    has_expires = rules.expires_applies and first_value(fields, "expires") is not None
     return storability(
         method=method, status=status, request=req.directives, response=directives,
-        has_authorization=req.authorization,
-        has_expires=first_value(fields, "expires") is not None,
+        has_authorization=req.authorization, has_expires=has_expires,
         has_set_cookie=first_value(fields, "set-cookie") is not None,
         vary_star=vary_star, policy=route.policy,
-    )
+    ), directives
 
 
 def _reusable(entry: CachedResponse) -> bool:
@@ -134,11 +139,12 @@ def _validated(
         key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
         response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+        targeting=route.targeting,
     )
     if not fwd.may_store:
         return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
     vary = vary_fields(all_values(merged, "vary"))
-    verdict = _storable("GET", stored.status, merged, view.directives, vary is None, req, route)
+    verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route)
     if not verdict.storable or vary is None:
         return _not_stored(stored, 304, verdict, req, stored.key, view)
     if len(stored.body) > route.max_object_bytes:
@@ -148,6 +154,7 @@ def _validated(
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
         response_time=response_time, shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(view.directives, route.policy) | route.excluded,
+        targeting=route.targeting,
     )
     if not _reusable(entry):
         return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)

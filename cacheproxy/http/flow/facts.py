@@ -9,6 +9,7 @@ from cacheproxy.http.cache_control import RequestDirectives, parse_request_direc
 from cacheproxy.http.fields import Headers, combined_value, connection_options
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
+from cacheproxy.http.targeted import Targeting
 
 # Requests with these fields go to the origin as they are: a cache stores no partial
 # content, and If-Match / If-Unmodified-Since are the origin's to evaluate (§4.3.2).
@@ -53,6 +54,7 @@ def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFa
 
 _SHARED = StorePolicy()
 _HEURISTICS = Heuristics()
+_TARGETING = Targeting()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class CacheSettings:
     max_object_bytes: int = 8 * 1024 * 1024
     collapse: bool = True
     excluded: frozenset[str] = frozenset()  # lower-case fields never stored (CORS override)
+    targeting: Targeting = _TARGETING  # RFC 9213: the targeted fields this cache follows
 
     @property
     def shared(self) -> bool:

@@ -209,3 +209,47 @@ async def test_rfc9213_the_demo_targeted_resource(origin, proxy):
     hit = await c.get("/targeted")
     assert hit.headers["X-Cache"] == "HIT" and hit.headers["Cache-Control"] == "public, max-age=10"
     assert int(hit.headers["Cache-Status"].rpartition("ttl=")[2]) > 500  # CDN-Cache-Control's
+
+
+# -- RFC 9111 §4.3.5 Freshening responses with HEAD -----------------------------------------
+
+def head_origin(etag_on_head: str, get_cc: str) -> tuple[web.Application, list[str]]:
+    """/r: a GET gets a 200 (ETag "v1", Template-A 1, get_cc); a HEAD a 200 with
+    etag_on_head, Template-A 2 and max-age=1000."""
+    methods: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        methods.append(request.method)
+        if request.method == "HEAD":
+            return web.Response(headers={
+                "ETag": etag_on_head, "Template-A": "2", "Cache-Control": "max-age=1000"})
+        return web.Response(body=b"stored", headers={
+            "ETag": '"v1"', "Template-A": "1", "Cache-Control": get_cc})
+
+    app = web.Application()
+    app.router.add_route("*", "/r", handle)
+    return app, methods
+
+
+async def test_s4_3_5_a_head_sent_as_head_updates_the_stored_get__head_200_update(
+    origin, proxy
+):
+    app, methods = head_origin('"v1"', "max-age=0")  # stale at once
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    head = await c.head("/r", headers={"Range": "bytes=0-1"})  # not answerable here
+    assert head.status == 200 and head.headers["Template-A"] == "2"
+    hit = await c.get("/r")
+    assert hit.headers["X-Cache"] == "HIT" and hit.headers["Template-A"] == "2"
+    assert await hit.read() == b"stored" and methods == ["GET", "HEAD"]
+
+
+async def test_s4_3_5_a_head_for_another_representation_makes_the_stored_get_stale(
+    origin, proxy
+):
+    app, methods = head_origin('"v2"', "max-age=600")  # fresh: a hit but for the HEAD
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    await c.head("/r", headers={"Range": "bytes=0-1"})
+    again = await c.get("/r")
+    assert again.headers["X-Cache"] == "MISS" and methods == ["GET", "HEAD", "GET"]

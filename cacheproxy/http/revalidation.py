@@ -40,6 +40,24 @@ def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
     return not has_validator(entry)
 
 
+def head_matches(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
+    """§4.3.5: may a 200 to a HEAD update this stored GET response? Its validators (ETag,
+    Last-Modified) and Content-Length, where it has them, match the stored ones; with no
+    validator at all, only a stored response without one (as §4.3.4 selects)."""
+    etag = next((v for k, v in response if k.lower() == "etag"), None)
+    last_modified = next((v for k, v in response if k.lower() == "last-modified"), None)
+    length = next((v for k, v in response if k.lower() == "content-length"), None)
+    if length is not None and length.strip() != str(len(entry.body)):
+        return False
+    if etag is None and last_modified is None:
+        return not has_validator(entry)
+    if etag is not None:
+        new, old = parse_etag(etag), parse_etag(entry.etag)
+        if new is None or old is None or (new.opaque, new.weak) != (old.opaque, old.weak):
+            return False
+    return last_modified is None or last_modified == entry.last_modified
+
+
 # §3.2: fields a 304 does not replace: the stored content depends on them (its coding,
 # digest, range; the length it has), whatever the 304 says.
 CONTENT_BOUND_FIELDS = frozenset(

@@ -17,6 +17,7 @@ from cacheproxy.http.flow import (
     Evict,
     Failed,
     Forward,
+    Freshen,
     Keep,
     Pass,
     Refetch,
@@ -174,6 +175,8 @@ class Driver:
             ctx.outcome.stored = await self.store.put(d.entry)
             release()
             return self.reply_validated(ctx, d.view)
+        if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
+            await self.store.put(d.entry)
         if isinstance(d, Evict):
             for key in d.keys:
                 await discard(self.store, key)
@@ -181,7 +184,7 @@ class Driver:
             resp.release()
             release()
             return self.reply(ctx, d.entry, d.age, d.ttl)
-        serve = None if isinstance(d, Pass) else d.serve
+        serve = d.serve if isinstance(d, (Keep, Evict)) else None
         if serve is not None:  # a 304 validated it: the client gets the merged response
             resp.release()
             release()

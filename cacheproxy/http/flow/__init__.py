@@ -9,6 +9,7 @@ from cacheproxy.http.flow.decisions import (
     Evict,
     Failed,
     Forward,
+    Freshen,
     Keep,
     Lookup,
     Pass,
@@ -24,7 +25,7 @@ from cacheproxy.http.flow.failure import failed
 from cacheproxy.http.flow.lookup import background_refresh, bypass, lookup
 
 __all__ = [
-    "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Keep", "Lookup",
+    "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen", "Keep", "Lookup",
     "NotModified", "Pass", "Refetch", "Refuse", "RequestFacts", "Serve", "ServeStale",
     "Store", "Update", "answered", "background_refresh", "bypass", "client_answer", "failed",
     "lookup", "request_facts",

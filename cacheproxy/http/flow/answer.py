@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.cache_key import vary_fields, vary_values
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
     Forward,
+    Freshen,
     Keep,
     Pass,
     Refetch,
@@ -19,7 +22,7 @@ from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.flow.failure import stale_on_error
 from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris
 from cacheproxy.http.reuse import STALE_IF_ERROR_STATUSES
-from cacheproxy.http.revalidation import has_validator, merge_304, selects
+from cacheproxy.http.revalidation import has_validator, head_matches, merge_304, selects
 from cacheproxy.http.storability import Verdict, excluded_fields, storability
 from cacheproxy.http.stored import (
     CachedResponse,
@@ -47,6 +50,8 @@ def answered(
 ) -> Answered:
     """The upstream's answer (status, fields, Content-Length) to what fwd sent."""
     stored = fwd.stored
+    if fwd.head_of is not None and status == 200 and fwd.method == "HEAD":
+        return _head_answered(fwd.head_of, fields, req, route, request_time, response_time)
     if stored is not None and status == 304:
         return _validated(fwd, stored, fields, req, route, request_time, response_time)
     if stored is not None and status in STALE_IF_ERROR_STATUSES:
@@ -123,6 +128,33 @@ def _not_stored(
     if not verdict.by_request and (status == 200 or serve is not None):
         return Evict((key,), reason, serve, hit_for_pass)
     return Keep(stored, reason, serve, hit_for_pass)
+
+
+def _head_answered(
+    stored: CachedResponse, fields: Pairs, req: RequestFacts, route: CacheSettings,
+    request_time: float, response_time: float,
+) -> Freshen | Evict | Pass:
+    """§4.3.5: a 200 to a HEAD updates the stored GET response it could have chosen (its
+    fields as a 304's would, §3.2) when validators and Content-Length match; otherwise that
+    response is stale. The HEAD's answer goes to the client as it is."""
+    if req.directives.no_store:  # §5.2.1.5: no part of a response to it is stored
+        return Pass(None)
+    if not head_matches(stored, fields):
+        return Freshen(replace(stored, lifetime=0.0))
+    merged = merge_304(stored, with_date(fields, response_time))  # §3.2
+    vary = vary_fields(all_values(merged, "vary"))
+    verdict, directives = _storable("GET", stored.status, merged, vary is None, req, route)
+    if not verdict.storable or vary is None:
+        # The request's reason leaves it be; the response's (no-store, private, ...) evicts.
+        return Pass(verdict.reason) if verdict.by_request else Evict((stored.key,),
+                                                                      verdict.reason)
+    return Freshen(make_stored_response(
+        key=stored.key, vary=vary, vary_values=vary_values(vary, req.headers),
+        status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
+        response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+        excluded=excluded_fields(directives, route.policy) | route.excluded,
+        targeting=route.targeting,
+    ))
 
 
 def _validated(

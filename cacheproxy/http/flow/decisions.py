@@ -4,6 +4,7 @@
            ├─► ServeStale(refresh=True)   stale-while-revalidate (RFC 5861 §3)
            ├─► Refuse(504)                only-if-cached and nothing usable (§5.2.1.7)
            └─► Forward ──► upstream answered ──► Store / Update / Keep / Evict / Pass
+                                             ├─► Freshen            (§4.3.5, HEAD)
                                              ├─► Refetch            (§4.3.4)
                                              └─► ServeStale         (RFC 5861 §4)
                        └─► upstream failed  ──► ServeStale / Refuse (RFC 5861 §4, §5.2.2.2)
@@ -50,7 +51,8 @@ class Forward:
     bypass, method); stored, the response being validated (§4.3.1), with the validators
     to send in conditional; may_store, whether the answer may be stored (§3, §5.2.1.5);
     method, what goes upstream (a HEAD that may fill is sent as GET, RFC 9110 §9.3.2);
-    collapse, whether the request may share another's upstream request (§4 "collapsed")."""
+    collapse, whether the request may share another's upstream request (§4 "collapsed");
+    head_of, for a HEAD sent as HEAD, the stored GET response its 200 updates (§4.3.5)."""
 
     reason: str
     method: str
@@ -58,6 +60,7 @@ class Forward:
     conditional: Fields = ()
     may_store: bool = False
     collapse: bool = False
+    head_of: CachedResponse | None = None
 
     @property
     def strips_client_conditionals(self) -> bool:
@@ -93,6 +96,14 @@ class Update:
     this cache never stores)."""
 
     view: CachedResponse
+    entry: CachedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Freshen:
+    """§4.3.5: a 200 to a HEAD updated the stored GET response's fields and freshness, or
+    made it stale (entry, to store in its place); the HEAD's answer is relayed."""
+
     entry: CachedResponse
 
 
@@ -140,5 +151,5 @@ class Refetch:
 
 
 Lookup = Serve | ServeStale | Forward | Refuse
-Answered = Store | Update | Keep | Evict | Pass | Refetch | ServeStale
+Answered = Store | Update | Freshen | Keep | Evict | Pass | Refetch | ServeStale
 Failed = ServeStale | Refuse

@@ -18,11 +18,12 @@ _ONLY_IF_CACHED = "only-if-cached"
 
 def bypass(req: RequestFacts) -> Forward | None:
     """RFC 9211 §2.2: a method a cache cannot answer goes forward as "method"; a body,
-    a range or a precondition only the origin evaluates (§4.3.2) as "bypass". None: the
-    request may be answered from the cache (look it up)."""
+    a range or a precondition only the origin evaluates (§4.3.2) as "bypass". None: look
+    it up (a HEAD that goes forward as it is is looked up too: its 200 updates the stored
+    GET response, §4.3.5)."""
     if req.method not in ("GET", "HEAD"):
         return Forward("method", req.method)
-    if req.has_body or req.bypass:
+    if (req.has_body or req.bypass) and req.method != "HEAD":
         return Forward("bypass", req.method)
     return None
 
@@ -43,6 +44,8 @@ def lookup(
     another request's upstream answer (collapsed) from this time on; its second look
     does not collapse again."""
     entry = select_variant(variants, req.headers)  # §4.1
+    if req.has_body or req.bypass:  # a HEAD (bypass() sent the others on): as it is
+        return Forward("bypass", req.method, head_of=entry)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
                     and validated_since is None)

@@ -253,3 +253,45 @@ async def test_s4_3_5_a_head_for_another_representation_makes_the_stored_get_sta
     await c.head("/r", headers={"Range": "bytes=0-1"})
     again = await c.get("/r")
     assert again.headers["X-Cache"] == "MISS" and methods == ["GET", "HEAD", "GET"]
+
+
+# -- RFC 9110 §13.2 preconditions, evaluated by the cache (RFC 9111 §4.3.2) ----------------
+
+LAST_MODIFIED = "Sun, 31 Dec 2023 23:00:00 GMT"
+
+
+@pytest.mark.parametrize(("fields", "status"), [
+    ({"If-Match": '"v1"'}, 200), ({"If-Match": '"v2"'}, 412), ({"If-Match": "*"}, 200),
+    ({"If-Unmodified-Since": LAST_MODIFIED}, 200),
+    ({"If-Unmodified-Since": "Sat, 30 Dec 2023 00:00:00 GMT"}, 412),
+])
+async def test_s13_2_2_preconditions_on_a_fresh_response_are_answered_here(
+    origin, proxy, fields, status
+):
+    app, calls = counting(lambda n: [("Cache-Control", "max-age=600"), ("ETag", '"v1"'),
+                                     ("Last-Modified", LAST_MODIFIED)])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    for method in ("GET", "HEAD"):
+        resp = await c.request(method, "/r", headers=fields)
+        assert resp.status == status, method
+        assert "cacheproxy; hit" in resp.headers["Cache-Status"]
+    assert calls["GET"] == 1  # the origin saw the first request only
+
+
+async def test_s13_2_2_a_precondition_without_a_fresh_response_is_the_origins(origin, proxy):
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("If-Match"))
+        if request.headers.get("If-Match", '"v1"') != '"v1"':
+            return web.Response(status=412)
+        return web.Response(text="v1", headers={"ETag": '"v1"', "Cache-Control": "max-age=0"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    assert (await c.get("/r", headers={"If-Match": '"v2"'})).status == 412  # a miss
+    await c.get("/r")  # stored, stale at once
+    assert (await c.get("/r", headers={"If-Match": '"v2"'})).status == 412  # stale
+    assert seen == ['"v2"', None, '"v2"']

@@ -20,6 +20,7 @@ from cacheproxy.http.flow import (
     Freshen,
     Keep,
     Pass,
+    PreconditionFailed,
     Refetch,
     Refuse,
     RequestFacts,
@@ -102,6 +103,8 @@ class Driver:
             return self.reply(ctx, d.entry, d.age, d.ttl)
         if isinstance(d, Refuse):
             return self.error(ctx, d.status, d.message)
+        if isinstance(d, PreconditionFailed):  # RFC 9110 §13.2.2, from storage
+            return self.error(ctx, 412, "precondition failed")
         if d.collapse:
             return await self._collapsed(ctx, d)
         return await self.forward(ctx, d)

@@ -13,6 +13,7 @@ from cacheproxy.http.flow.decisions import (
     Keep,
     Lookup,
     Pass,
+    PreconditionFailed,
     Refetch,
     Refuse,
     Serve,
@@ -26,7 +27,8 @@ from cacheproxy.http.flow.lookup import background_refresh, bypass, lookup
 
 __all__ = [
     "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen", "Keep", "Lookup",
-    "NotModified", "Pass", "Refetch", "Refuse", "RequestFacts", "Serve", "ServeStale",
+    "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse", "RequestFacts", "Serve",
+    "ServeStale",
     "Store", "Update", "answered", "background_refresh", "bypass", "client_answer", "failed",
     "lookup", "request_facts",
 ]

@@ -3,6 +3,7 @@
     lookup ──► Serve                      answer from storage (§4.2)
            ├─► ServeStale(refresh=True)   stale-while-revalidate (RFC 5861 §3)
            ├─► Refuse(504)                only-if-cached and nothing usable (§5.2.1.7)
+           ├─► PreconditionFailed         If-Match / If-Unmodified-Since false (RFC 9110)
            └─► Forward ──► upstream answered ──► Store / Update / Keep / Evict / Pass
                                              ├─► Freshen            (§4.3.5, HEAD)
                                              ├─► Refetch            (§4.3.4)
@@ -43,6 +44,16 @@ class ServeStale:
     ttl: float
     refresh: bool
     detail: str  # "stale-while-revalidate" or "stale-if-error"
+
+
+@dataclass(frozen=True, slots=True)
+class PreconditionFailed:
+    """RFC 9110 §13.2.2: the client's If-Match / If-Unmodified-Since is false for the
+    stored response it would get: 412 from the cache (a hit, RFC 9211 §2.1)."""
+
+    entry: CachedResponse
+    age: float
+    ttl: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +161,6 @@ class Refetch:
     forward: Forward
 
 
-Lookup = Serve | ServeStale | Forward | Refuse
+Lookup = Serve | ServeStale | PreconditionFailed | Forward | Refuse
 Answered = Store | Update | Freshen | Keep | Evict | Pass | Refetch | ServeStale
 Failed = ServeStale | Refuse

@@ -12,8 +12,9 @@ from cacheproxy.http.stored import Heuristics
 from cacheproxy.http.targeted import Targeting
 
 # Requests with these fields go to the origin as they are: a cache stores no partial
-# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (§4.3.2).
-BYPASS_FIELDS = ("Range", "If-Match", "If-Unmodified-Since", "If-Range")
+# content. (If-Match / If-Unmodified-Since are evaluated against a fresh stored response,
+# RFC 9110 §13.2.2; without one they go to the origin too.)
+BYPASS_FIELDS = ("Range", "If-Range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,20 @@ class RequestFacts:
     @property
     def if_modified_since(self) -> str | None:
         return self.headers.get("If-Modified-Since")
+
+    @property
+    def if_match(self) -> str | None:
+        return combined_value(self.headers, "If-Match")
+
+    @property
+    def if_unmodified_since(self) -> str | None:
+        return self.headers.get("If-Unmodified-Since")
+
+    @property
+    def preconditioned(self) -> bool:
+        """RFC 9110 §13.1.1, §13.1.4: preconditions only a stored response, or the
+        origin, can evaluate."""
+        return "If-Match" in self.headers or "If-Unmodified-Since" in self.headers
 
 
 def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFacts:

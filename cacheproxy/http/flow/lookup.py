@@ -7,7 +7,15 @@ from dataclasses import replace
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
 from cacheproxy.http.cache_key import select_variant
-from cacheproxy.http.flow.decisions import Forward, Lookup, Refuse, Serve, ServeStale
+from cacheproxy.http.conditional import precondition_fails
+from cacheproxy.http.flow.decisions import (
+    Forward,
+    Lookup,
+    PreconditionFailed,
+    Refuse,
+    Serve,
+    ServeStale,
+)
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.reuse import Action, decide_reuse, shareable_validation
 from cacheproxy.http.revalidation import conditional_fields
@@ -43,6 +51,28 @@ def lookup(
     request does not wait behind another's. validated_since: the request waited for
     another request's upstream answer (collapsed) from this time on; its second look
     does not collapse again."""
+    d = _reuse_or_forward(req, variants, now, route, recently_passed, validated_since)
+    return _preconditions(req, d) if req.preconditioned else d
+
+
+def _preconditions(req: RequestFacts, d: Lookup) -> Lookup:
+    """RFC 9110 §13.2.2 (RFC 9111 §4.3.2): If-Match / If-Unmodified-Since are evaluated
+    against the stored response the client would get (412 when false); without one they
+    are the origin's: the request goes as it is and nothing is stored."""
+    if isinstance(d, Serve | ServeStale):
+        if precondition_fails(d.entry, req.if_match, req.if_unmodified_since):
+            return PreconditionFailed(d.entry, d.age, d.ttl)
+        return d
+    if isinstance(d, Forward):
+        head_of = (d.stored or d.head_of) if req.method == "HEAD" else None
+        return Forward("bypass", req.method, head_of=head_of)
+    return d
+
+
+def _reuse_or_forward(
+    req: RequestFacts, variants: tuple[CachedResponse, ...], now: float, route: CacheSettings,
+    recently_passed: bool, validated_since: float | None,
+) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
     if req.has_body or req.bypass:  # a HEAD (bypass() sent the others on): as it is
         return Forward("bypass", req.method, head_of=entry)

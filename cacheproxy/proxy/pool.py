@@ -168,9 +168,12 @@ class Connection(asyncio.Protocol):
         self.status = status
         if not self._parser.should_keep_alive():
             self.reusable = False
-        names = {k.lower() for k, _ in self._fields}
-        self._until_close = not (self._head_only or status in (204, 304) or
-                                 "content-length" in names or "transfer-encoding" in names)
+        codings = ",".join(v for k, v in self._fields if k.lower() == "transfer-encoding")
+        # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
+        # close, as does a message with neither it nor Content-Length.
+        chunked = codings.rpartition(",")[2].strip().lower() == "chunked"
+        length = not codings and any(k.lower() == "content-length" for k, _ in self._fields)
+        self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:
             self.reusable = False
         if self._head is not None and not self._head.done():

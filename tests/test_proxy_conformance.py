@@ -295,3 +295,64 @@ async def test_s13_2_2_a_precondition_without_a_fresh_response_is_the_origins(or
     await c.get("/r")  # stored, stale at once
     assert (await c.get("/r", headers={"If-Match": '"v2"'})).status == 412  # stale
     assert seen == ['"v2"', None, '"v2"']
+
+
+# -- RFC 9110 §14 Range requests from a stored complete response ---------------------------
+
+async def ranged_proxy(origin, proxy, **fields: str):  # type: ignore[no-untyped-def]
+    app, calls = counting(lambda n: [("Cache-Control", "max-age=3600"), ("ETag", '"v1"'),
+                                     ("Content-Type", "text/plain"), *fields.items()],
+                          body="0123456789")  # "0123456789 1": 12 bytes
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    return c, calls
+
+
+@pytest.mark.parametrize(("value", "content_range", "body"), [
+    ("bytes=0-1", "bytes 0-1/12", b"01"),
+    ("bytes=5-", "bytes 5-11/12", b"56789 1"),
+    ("bytes=-3", "bytes 9-11/12", b"9 1"),
+])
+async def test_s14_2_a_range_of_a_stored_response__partial_store_complete_reuse_partial(
+    origin, proxy, value, content_range, body
+):
+    c, calls = await ranged_proxy(origin, proxy)
+    resp = await c.get("/r", headers={"Range": value})
+    assert resp.status == 206 and resp.headers["X-Cache"] == "HIT"
+    assert resp.headers["Content-Range"] == content_range and await resp.read() == body
+    assert resp.headers["Content-Length"] == str(len(body)) and resp.headers["ETag"] == '"v1"'
+    assert calls["GET"] == 1
+
+
+async def test_s14_6_several_ranges_are_multipart_byteranges(origin, proxy):
+    c, _ = await ranged_proxy(origin, proxy)
+    resp = await c.get("/r", headers={"Range": "bytes=0-1, 4-5"})
+    assert resp.status == 206
+    content_type = resp.headers["Content-Type"]
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    boundary = content_type.partition("boundary=")[2]
+    body = await resp.read()
+    assert body.count(f"--{boundary}".encode()) == 3
+    assert b"Content-Range: bytes 0-1/12\r\n\r\n01" in body
+    assert b"Content-Range: bytes 4-5/12\r\n\r\n45" in body
+    assert b"Content-Type: text/plain" in body
+
+
+async def test_s15_5_17_an_unsatisfiable_range_is_416(origin, proxy):
+    c, calls = await ranged_proxy(origin, proxy)
+    resp = await c.get("/r", headers={"Range": "bytes=50-"})
+    assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */12"
+    assert await resp.read() == b"" and calls["GET"] == 1
+
+
+@pytest.mark.parametrize(("if_range", "status"), [('"v1"', 206), ('"v0"', 200)])
+async def test_s13_1_5_if_range(origin, proxy, if_range, status):
+    c, calls = await ranged_proxy(origin, proxy)
+    resp = await c.get("/r", headers={"Range": "bytes=0-1", "If-Range": if_range})
+    assert resp.status == status and resp.headers["X-Cache"] == "HIT" and calls["GET"] == 1
+
+
+async def test_s13_2_2_if_none_match_comes_before_the_range(origin, proxy):
+    c, _ = await ranged_proxy(origin, proxy)
+    resp = await c.get("/r", headers={"Range": "bytes=0-1", "If-None-Match": '"v1"'})
+    assert resp.status == 304

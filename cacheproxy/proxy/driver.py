@@ -33,6 +33,7 @@ from cacheproxy.http.flow import (
     client_answer,
     failed,
     lookup,
+    range_answer,
 )
 from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
@@ -211,8 +212,10 @@ class Driver:
 
     def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> web.Response:
         note_served(ctx.outcome, age, ttl)
+        facts = ctx.facts
         return stored_response(ctx.request, entry, age, ctx.outcome, self.cache_name,
-                               self.local_via, self.blocks, client_answer(entry, ctx.facts))
+                               self.local_via, self.blocks, client_answer(entry, facts),
+                               range_answer(entry, facts) if facts.bypass else None)
 
     def reply_validated(self, ctx: Ctx, view: CachedResponse) -> web.Response:
         age = current_age(view.initial_age, view.response_time, time.time())

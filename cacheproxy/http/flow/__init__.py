@@ -3,7 +3,7 @@ and hishel's spec module): each step is a function from immutable inputs to a fr
 decision; cacheproxy.proxy performs them. See decisions.py for the map."""
 
 from cacheproxy.http.flow.answer import answered
-from cacheproxy.http.flow.client import NotModified, client_answer
+from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
@@ -30,5 +30,5 @@ __all__ = [
     "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse", "RequestFacts", "Serve",
     "ServeStale",
     "Store", "Update", "answered", "background_refresh", "bypass", "client_answer", "failed",
-    "lookup", "request_facts",
+    "lookup", "range_answer", "request_facts",
 ]

@@ -11,9 +11,9 @@ from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.http.targeted import Targeting
 
-# Requests with these fields go to the origin as they are: a cache stores no partial
-# content. (If-Match / If-Unmodified-Since are evaluated against a fresh stored response,
-# RFC 9110 §13.2.2; without one they go to the origin too.)
+# Requests with these fields go to the origin as they are unless a stored response answers
+# them (RFC 9110 §14.2: a GET's range of a stored complete response): a cache stores no
+# partial content. (If-Match / If-Unmodified-Since likewise, RFC 9110 §13.2.2.)
 BYPASS_FIELDS = ("Range", "If-Range")
 
 
@@ -44,6 +44,14 @@ class RequestFacts:
     @property
     def if_unmodified_since(self) -> str | None:
         return self.headers.get("If-Unmodified-Since")
+
+    @property
+    def range(self) -> str | None:
+        return combined_value(self.headers, "Range") if self.bypass else None
+
+    @property
+    def if_range(self) -> str | None:
+        return self.headers.get("If-Range")
 
     @property
     def preconditioned(self) -> bool:

@@ -28,10 +28,10 @@ def bypass(req: RequestFacts) -> Forward | None:
     """RFC 9211 §2.2: a method a cache cannot answer goes forward as "method"; a body,
     a range or a precondition only the origin evaluates (§4.3.2) as "bypass". None: look
     it up (a HEAD that goes forward as it is is looked up too: its 200 updates the stored
-    GET response, §4.3.5)."""
+    GET response, §4.3.5; a GET's Range may be answered from a stored response)."""
     if req.method not in ("GET", "HEAD"):
         return Forward("method", req.method)
-    if (req.has_body or req.bypass) and req.method != "HEAD":
+    if req.has_body and req.method != "HEAD":
         return Forward("bypass", req.method)
     return None
 
@@ -52,7 +52,13 @@ def lookup(
     another request's upstream answer (collapsed) from this time on; its second look
     does not collapse again."""
     d = _reuse_or_forward(req, variants, now, route, recently_passed, validated_since)
-    return _preconditions(req, d) if req.preconditioned else d
+    if req.preconditioned:
+        d = _preconditions(req, d)
+    if req.bypass and isinstance(d, Forward):
+        # RFC 9110 §14.2: a range no stored response answers is the origin's; a cache
+        # stores no partial content.
+        return Forward("bypass", req.method, head_of=d.head_of)
+    return d
 
 
 def _preconditions(req: RequestFacts, d: Lookup) -> Lookup:
@@ -74,7 +80,7 @@ def _reuse_or_forward(
     recently_passed: bool, validated_since: float | None,
 ) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
-    if req.has_body or req.bypass:  # a HEAD (bypass() sent the others on): as it is
+    if req.has_body or (req.bypass and req.method == "HEAD"):  # as it is (§4.3.5)
         return Forward("bypass", req.method, head_of=entry)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed

@@ -21,10 +21,12 @@ run: $(STAMP)
 	$(BIN)/cacheproxy serve $(ARGS)
 
 ## system-deps: Debian packages the tests use (Chromium for the browser tests, redis-server
-## for the shared store)
+## for the shared store, node and npm for the public HTTP caching test suite)
 system-deps:
 	@missing=""; [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  command -v node >/dev/null || missing="$$missing nodejs"; \
+	  command -v npm >/dev/null || missing="$$missing npm"; \
 	  if [ -n "$$missing" ]; then echo "installing$$missing with apt-get"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 

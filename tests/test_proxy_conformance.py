@@ -356,3 +356,29 @@ async def test_s13_2_2_if_none_match_comes_before_the_range(origin, proxy):
     c, _ = await ranged_proxy(origin, proxy)
     resp = await c.get("/r", headers={"Range": "bytes=0-1", "If-None-Match": '"v1"'})
     assert resp.status == 304
+
+
+# -- RFC 9111 §4.4 invalidation of Location / Content-Location --------------------------------
+
+@pytest.mark.parametrize("shared", [True, False])  # a private cache keys apart ("#private:")
+async def test_s4_4_location_and_content_location_name_stored_entries(origin, proxy, shared):
+    calls: Counter[str] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        calls[request.method + " " + request.path] += 1
+        if request.method == "POST":
+            # An absolute URL as the client's Host names it (X-Forwarded-Host), upper-case.
+            client_host = request.headers["X-Forwarded-Host"].upper()
+            return web.Response(status=201, headers={
+                "Location": "/b", "Content-Location": f"HTTP://{client_host}/c"})
+        return web.Response(text=request.path, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", handle)
+    c = await proxy(await origin(app), cache={"shared": shared})
+    for path in ("/a", "/b", "/c"):
+        await c.get(path)
+    assert (await c.post("/a", data=b"x")).status == 201
+    for path in ("/a", "/b", "/c"):
+        assert (await c.get(path)).headers["X-Cache"] == "MISS", path
+    assert calls["GET /b"] == calls["GET /c"] == 2

@@ -382,3 +382,55 @@ async def test_s4_4_location_and_content_location_name_stored_entries(origin, pr
     for path in ("/a", "/b", "/c"):
         assert (await c.get(path)).headers["X-Cache"] == "MISS", path
     assert calls["GET /b"] == calls["GET /c"] == 2
+
+
+def range_origin(cache_control: str, chunked: bool = False
+                 ) -> tuple[web.Application, list[str | None]]:
+    """/r: "0123456789"; a Range is answered (206) by the origin itself."""
+    ranges: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        value = request.headers.get("Range")
+        ranges.append(value)
+        headers = {"Cache-Control": cache_control}
+        if value == "bytes=0-1":
+            headers["Content-Range"] = "bytes 0-1/10"
+            return web.Response(status=206, body=b"01", headers=headers)
+        if chunked:
+            resp = web.StreamResponse(headers=headers)
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            await resp.write(b"0123456789")
+            await resp.write_eof()
+            return resp
+        return web.Response(body=b"0123456789", headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    return app, ranges
+
+
+async def test_s14_2_a_range_miss_fills_the_cache_then_answers_from_it(origin, proxy):
+    app, ranges = range_origin("max-age=600")
+    c = await proxy(await origin(app))
+    first = await c.get("/r", headers={"Range": "bytes=0-1"})
+    assert first.status == 206 and first.headers["Content-Range"] == "bytes 0-1/10"
+    assert await first.read() == b"01" and "stored" in first.headers["Cache-Status"]
+    whole = await c.get("/r")
+    assert whole.headers["X-Cache"] == "HIT" and await whole.read() == b"0123456789"
+    assert ranges == [None]
+
+
+@pytest.mark.parametrize(("cache_control", "chunked", "sections"), [
+    ("no-store", False, {}),                          # not storable
+    ("max-age=600", False, {"max_object_bytes": 5}),  # too big to store
+    ("max-age=600", True, {}),                        # length unknown
+])
+async def test_s14_2_a_range_the_cache_will_not_store_is_the_origins(
+    origin, proxy, cache_control, chunked, sections
+):
+    app, ranges = range_origin(cache_control, chunked)
+    c = await proxy(await origin(app), cache=sections)
+    resp = await c.get("/r", headers={"Range": "bytes=0-1"})
+    assert resp.status == 206 and await resp.read() == b"01"
+    assert ranges == [None, "bytes=0-1"]  # asked whole first, then as the client asked

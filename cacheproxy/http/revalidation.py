@@ -7,10 +7,12 @@ from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.validators import parse_etag
 
 # Conditional fields a client may send; a cache filling itself strips them and
-# answers the client's condition from the full response (§4.3.2).
+# answers the client's condition from the full response (§4.3.2), and its Range too
+# (RFC 9110 §14.2: the part is cut from the whole representation it stores).
 CLIENT_CONDITIONALS = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"}
 )
+CLIENT_FILL_FIELDS = CLIENT_CONDITIONALS | {"range"}
 
 
 def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:

@@ -164,6 +164,14 @@ class Driver:
     ) -> web.StreamResponse:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes
+        if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
+            try:
+                whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
+            finally:
+                release()
+            if whole is None:
+                return self.error(ctx, 502, "response larger than announced")
+            return self.reply_validated(ctx, whole)
         if isinstance(d, Store):
             current = client_answer(d.entry, ctx.facts)  # the client's own validators
             if current is not None:

@@ -255,6 +255,31 @@ class Exchange:
         mark(headers, outcome, self.cache_name, self.via(resp))
         return web.Response(status=304, headers=headers)
 
+    async def fill(
+        self, resp: UpstreamResponse, entry: CachedResponse, max_object: int, outcome: Outcome
+    ) -> CachedResponse | None:
+        """Read the whole body (no client is sent it as it streams), store the entry with
+        it, and return that entry; None when the body outgrew max_object."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await resp.readany():
+                size += len(chunk)
+                if size > max_object:
+                    resp.close()
+                    outcome.stored = False
+                    return None
+                chunks.append(chunk)
+        except UpstreamError:
+            resp.close()
+            outcome.stored = False
+            raise
+        resp.release()
+        body = b"".join(chunks)
+        whole = replace(entry, body=body, size=entry.size + len(body))
+        outcome.stored = await self.store.put(whole)
+        return whole
+
     async def consume(
         self, resp: UpstreamResponse, store: CachedResponse, max_object: int
     ) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cacheproxy.http.fields import end_to_end
-from cacheproxy.http.revalidation import CLIENT_CONDITIONALS
+from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
 
 # Fields this proxy sets itself on every upstream request.
 _OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
@@ -60,7 +60,7 @@ def request_fields(
     trusted = policy.trust_forwarded
     prior_xff = [v for k, v in fields if k.lower() == "x-forwarded-for"] if trusted else []
     prior_mf = [(k, v) for k, v in fields if k.lower() == "max-forwards"]
-    drop = _OWN | {"x-forwarded-for"} | (CLIENT_CONDITIONALS if strip_conditionals
+    drop = _OWN | {"x-forwarded-for"} | (CLIENT_FILL_FIELDS if strip_conditionals
                                          else frozenset())
     out = [(k, v) for k, v in fields if (lk := k.lower()) not in drop
            and (trusted or not _forwarding_family(lk))]

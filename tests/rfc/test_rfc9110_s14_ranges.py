@@ -6,9 +6,9 @@ named after the suite's partial-* tests carry the id after the double underscore
 from __future__ import annotations
 
 import pytest
-from flow_support import ROUTE, T0, facts
+from flow_support import ROUTE, T0, answer, facts
 
-from cacheproxy.http.flow import Forward, Serve, lookup, range_answer
+from cacheproxy.http.flow import Forward, Pass, Refetch, Serve, Store, lookup, range_answer
 from cacheproxy.http.ranges import (
     MAX_RANGES,
     Partial,
@@ -119,7 +119,38 @@ def test_s14_2_several_ranges_of_a_coded_response_are_sent_whole(stored) -> None
     assert range_answer(entry, facts("GET", {"Range": "bytes=0-1"})) == Partial(((0, 1),), 11)
 
 
-def test_rfc9111_s3_3_a_range_a_stale_response_cannot_answer_goes_to_the_origin(stored) -> None:
+def test_s14_2_a_stale_response_is_validated_then_cut(stored) -> None:
     stale = stored({"Cache-Control": "max-age=1", "ETag": '"v1"'}, body=BODY)
-    req = facts("GET", {"Range": "bytes=0-1"})
-    assert lookup(req, (stale,), now=T0 + 5, route=ROUTE) == Forward("bypass", "GET")
+    d = lookup(facts("GET", {"Range": "bytes=0-1"}), (stale,), now=T0 + 5, route=ROUTE)
+    assert isinstance(d, Forward) and d.stored is stale and d.may_store
+    assert d.strips_client_conditionals  # the Range does not go upstream
+
+
+# -- answered(): the whole representation was asked for ----------------------------------
+
+MISS = Forward("uri-miss", "GET", may_store=True)
+RANGED = facts("GET", {"Range": "bytes=0-1"})
+
+
+def test_s14_2_a_stored_200_of_known_length_is_read_whole_then_cut() -> None:
+    d = answer(MISS, 200, {"Cache-Control": "max-age=60"}, req=RANGED, length=11)
+    assert isinstance(d, Store) and d.whole_first
+
+
+def test_s14_2_without_a_length_the_range_is_the_origins() -> None:
+    d = answer(MISS, 200, {"Cache-Control": "max-age=60"}, req=RANGED, length=None)
+    assert d == Refetch(Forward("bypass", "GET"))
+
+
+@pytest.mark.parametrize("fields", [{"Cache-Control": "no-store"}, {"Cache-Control": "private"}])
+def test_s14_2_a_200_not_stored_the_range_is_the_origins(fields) -> None:
+    assert answer(MISS, 200, fields, req=RANGED, length=11) == Refetch(Forward("bypass", "GET"))
+
+
+def test_s14_2_an_error_is_relayed_as_it_is() -> None:
+    assert answer(MISS, 404, {}, req=RANGED, length=3) == Pass("not-reusable", True)
+
+
+def test_s14_2_too_big_to_store_the_range_is_the_origins() -> None:
+    d = answer(MISS, 200, {"Cache-Control": "max-age=60"}, req=RANGED, length=10**10)
+    assert d == Refetch(Forward("bypass", "GET"))

@@ -49,9 +49,34 @@ def answered(
     response_time: float,
 ) -> Answered:
     """The upstream's answer (status, fields, Content-Length) to what fwd sent."""
-    stored = fwd.stored
     if fwd.head_of is not None and status == 200 and fwd.method == "HEAD":
         return _head_answered(fwd.head_of, fields, req, route, request_time, response_time)
+    d = _answered(fwd, status, fields, length, req, route, key, request_time, response_time)
+    if req.range is None or not fwd.strips_client_conditionals:
+        return d
+    return _for_a_range(d, status, length)
+
+
+def _for_a_range(d: Answered, status: int, length: int | None) -> Answered:
+    """RFC 9110 §14.2: the cache asked for the whole representation to answer a Range
+    from it. A 200 it stores is read whole first (its length known, so it fits), then
+    the range is cut from storage; one it will not store, or of unknown length, is
+    asked for again with the client's Range, as the origin's to answer."""
+    if isinstance(d, Store) and status == 200:
+        if length is None:
+            return Refetch(Forward("bypass", "GET"))
+        return replace(d, whole_first=True)
+    if isinstance(d, Pass | Keep) and status == 200 and (isinstance(d, Pass)
+                                                          or d.serve is None):
+        return Refetch(Forward("bypass", "GET"))
+    return d
+
+
+def _answered(
+    fwd: Forward, status: int, fields: Pairs, length: int | None, req: RequestFacts,
+    route: CacheSettings, key: str, request_time: float, response_time: float,
+) -> Answered:
+    stored = fwd.stored
     if stored is not None and status == 304:
         return _validated(fwd, stored, fields, req, route, request_time, response_time)
     if stored is not None and status in STALE_IF_ERROR_STATUSES:

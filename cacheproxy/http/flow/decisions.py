@@ -94,10 +94,13 @@ class Refuse:
 @dataclass(frozen=True, slots=True)
 class Store:
     """§3: store the answer once its body is complete and within max_object_bytes;
-    the client gets the answer as it streams (or a 304, client_current)."""
+    the client gets the answer as it streams (or a 304, client_current). whole_first:
+    the client's answer is cut from the whole stored response (its Range, RFC 9110
+    §14.2): read and store it first, then reply from storage."""
 
     entry: CachedResponse  # body empty: it is filled as it streams
     replaces: CachedResponse | None = None
+    whole_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)

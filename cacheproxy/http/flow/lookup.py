@@ -54,9 +54,10 @@ def lookup(
     d = _reuse_or_forward(req, variants, now, route, recently_passed, validated_since)
     if req.preconditioned:
         d = _preconditions(req, d)
-    if req.bypass and isinstance(d, Forward):
-        # RFC 9110 §14.2: a range no stored response answers is the origin's; a cache
-        # stores no partial content.
+    if req.bypass and isinstance(d, Forward) and not d.may_store:
+        # RFC 9110 §14.2: a range the cache will not answer is the origin's; a cache
+        # stores no partial content. (One that may fill fetches the whole representation
+        # and answers the range from it: answered() sends it on as it is otherwise.)
         return Forward("bypass", req.method, head_of=d.head_of)
     return d
 

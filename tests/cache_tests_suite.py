@@ -203,14 +203,16 @@ def run(test_id: str = "", log_path: Path | None = None,
         proxy_env.update(CACHEPROXY_LOG_PATH=str(log), CACHEPROXY_LOG_FORMAT="json",
                          PYTHONPATH=os.pathsep.join(
                              p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-        with running(["node", "-r", str(preload), "server/server.mjs"], cwd=package,
-                     env=server_env, stdout=subprocess.DEVNULL) as server:
+        # The proxy's own log lines (one WARNING per upstream failure, with its cause).
+        messages = open(log.with_name(log.name + ".stderr"), "wb")  # noqa: SIM115
+        with messages, running(["node", "-r", str(preload), "server/server.mjs"],
+                               cwd=package, env=server_env, stdout=subprocess.DEVNULL) as server:
             wait_for(server_port, server)
             with running([python, "-m", "cacheproxy", "serve", "--config", os.devnull,
                           "--listen", f"127.0.0.1:{proxy_port}",
                           "--upstream", f"http://127.0.0.1:{server_port}"],
                          cwd=work, env=proxy_env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL) as proxy:
+                         stderr=messages) as proxy:
                 wait_for(proxy_port, proxy)
                 client = subprocess.run(
                     ["node", "--no-warnings", "cli.mjs"], cwd=package,
@@ -234,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-required", type=int, default=0)
     parser.add_argument("--min-optimal", type=int, default=0)
     parser.add_argument("--results", type=Path, help="write the suite's results.json here")
-    parser.add_argument("--log", type=Path, help="keep the proxy's request log here")
+    parser.add_argument("--log", type=Path, help="keep the proxy's request log here "
+                        "(and its stderr beside it, as LOG.stderr)")
     args = parser.parse_args(argv)
     results, figures, output = run(args.id, args.log)
     if args.id:

@@ -47,10 +47,12 @@ logs: $(RUN_STAMP)
 	@$(BIN)/cacheproxy logs $(ARGS)
 
 ## system-deps: Debian packages the tests use (Chromium for the browser tests, redis-server
-## for the shared store)
+## for the shared store, node and npm for the public HTTP caching test suite)
 system-deps:
 	@missing=""; [ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  command -v node >/dev/null || missing="$$missing nodejs"; \
+	  command -v npm >/dev/null || missing="$$missing npm"; \
 	  if [ -n "$$missing" ]; then echo "installing$$missing with $(APT)" >&2; \
 	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing >/dev/null; fi
 

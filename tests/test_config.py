@@ -213,6 +213,9 @@ def test_config_error_message() -> None:
         ("cache.max_bytes = 1.5", "got 1.5"),
         ("cache.max_bytes = true", "got True"),
         ('cache.max_bytes = "lots"', "got 'lots'"),
+        ('cache.targeted_fields = ["Cache-Control"]', "stands in for, not one"),
+        ('cache.targeted_fields = ["CDN Cache"]', "got 'CDN Cache'"),
+        ('cache.targeted_fields = ["A", "a"]', "listed twice in ['A', 'a']"),
     ],
 )
 def test_file_type_errors(tmp_path: Path, line: str, reason: str) -> None:
@@ -513,3 +516,13 @@ def test_workers_auto_is_the_number_of_usable_cores(tmp_path: Path) -> None:
 def test_bad_workers(tmp_path: Path, value: str, reason: str) -> None:
     error = load_error(tmp_path, f"[proxy]\nworkers = {value}\n")
     assert (error.key, error.reason) == ("proxy.workers", reason)
+
+
+def test_targeted_fields_from_file_and_env(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[cache]\ntargeted_fields = ["Surrogate-Control"]\nstrip_targeted = true\n')
+    config = load_config(path, env={})
+    assert config.cache.targeted_fields == ("Surrogate-Control",)
+    assert config.cache.strip_targeted is True
+    config = load_config(path, env={"CACHEPROXY_CACHE_TARGETED_FIELDS": ""})
+    assert config.cache.targeted_fields == ()

@@ -64,6 +64,7 @@ async def test_expires_is_thirty_seconds_after_date(client: Client) -> None:
         ("/private", "private, max-age=60"),
         ("/no-store", "no-store"),
         ("/stale", "max-age=5, stale-while-revalidate=30, stale-if-error=300"),
+        ("/targeted", "public, max-age=10"),
         ("/echo", "no-store"),
     ],
 )

@@ -143,13 +143,17 @@ async def test_head_of_something_too_big_to_store_does_not_read_its_body(origin,
     assert sent["bytes"] < 8 * 1024 * 1024  # the proxy hung up instead of reading 64 MiB
 
 
-async def test_range_requests_bypass_the_cache(origin, proxy):
+async def test_a_range_miss_stores_the_whole_and_answers_the_part(origin, proxy):
+    """RFC 9110 §14.2 (more in tests/test_proxy_conformance.py)."""
     o = Origin(r=ok("0123456789", **{"Cache-Control": "max-age=60"}))
     c = await start(origin, proxy, o)
-    await c.get("/r")
     ranged = await c.get("/r", headers={"Range": "bytes=0-3"})
-    assert ranged.headers["X-Cache"] == "MISS" and "fwd=bypass" in cache_status(ranged)
-    assert o.calls["r"] == 2
+    assert ranged.status == 206 and await ranged.read() == b"0123"
+    assert "fwd=uri-miss" in cache_status(ranged) and "stored" in cache_status(ranged)
+    assert "Range" not in o.seen[0].headers  # the whole representation was asked for
+    again = await c.get("/r", headers={"Range": "bytes=4-"})
+    assert again.status == 206 and await again.read() == b"456789"
+    assert again.headers["X-Cache"] == "HIT" and o.calls["r"] == 1
 
 
 # -- §4.1 Vary -------------------------------------------------------------------
@@ -489,6 +493,9 @@ async def test_s3_2_a_304_cannot_smuggle_set_cookie_or_no_store_into_storage(ori
     bob = await c.get("/r")
     assert "Set-Cookie" not in bob.headers and "fwd-status=304" in cache_status(bob)
     mode["304"] = {"ETag": '"v1"', "Cache-Control": "no-store"}
+    await c.get("/r")  # with Alice's cookie: an answer made for her evicts nothing
+    assert c.app_proxy.store.stats().entries == 1
+    c.session.cookie_jar.clear()
     await c.get("/r")
     assert c.app_proxy.store.stats().entries == 0  # the merged response says no-store
 

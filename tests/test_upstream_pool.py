@@ -312,3 +312,33 @@ async def test_bytes_past_a_cacheable_message_are_not_stored(proxy):
         assert await first.read() == b"hi"
         again = await c.get("/c")
         assert again.headers["X-Cache"] == "HIT" and await again.read() == b"hi"
+
+
+# -- RFC 9112 §6.3: a Transfer-Encoding that does not end in chunked runs to the close --------
+
+@pytest.mark.parametrize("coding", ["TRANSFER-ENCODING-STORE-VALUE", "gzip", "chunked, gzip"])
+async def test_a_body_whose_coding_is_not_chunked_runs_to_the_close__headers_store_transfer_encoding(  # noqa: E501
+    proxy, coding
+):
+    served = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await reader.readuntil(b"\r\n\r\n")
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n"
+                     b"Transfer-Encoding: " + coding.encode() + b"\r\n\r\nthe whole body")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        c = await proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        first = await c.get("/r")
+        assert first.status == 200 and await first.read() == b"the whole body"
+        hit = await c.get("/r")  # stored whole, without the hop-by-hop field (RFC 9111 §3.1)
+        assert hit.headers["X-Cache"] == "HIT" and await hit.read() == b"the whole body"
+        assert coding not in hit.headers.getall("Transfer-Encoding", [])
+        assert served == 1
+    finally:
+        server.close()

@@ -20,6 +20,7 @@ from cacheproxy.config.values import (
     _check_path_prefix,
     _check_redis_prefix,
     _check_redis_url,
+    _check_targeted_fields,
     _check_token,
     _check_tokens,
     _check_upstream,
@@ -48,6 +49,7 @@ class ProxyConfig:
     connect_timeout: float = setting(5.0, gt=0)
     read_timeout: float = setting(30.0, gt=0)
     upstream_keepalive_timeout: float = setting(4.0, gt=0)
+    send_timeout: float = setting(60.0, gt=0)
     max_connections: int = setting(256, ge=1)
     workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
@@ -74,6 +76,9 @@ class CacheConfig:
     set_cookie: str = setting("bypass", choices=("bypass", "strip"))
     collapse: bool = setting(True)
     collapse_timeout: float = setting(10.0, gt=0)
+    targeted_fields: tuple[str, ...] = setting(
+        ("CDN-Cache-Control", "Surrogate-Control"), check=_check_targeted_fields)
+    strip_targeted: bool = setting(False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,6 +209,19 @@ def _check_star_alone(values: tuple[str, ...]) -> None:
         raise ValueError(f"'*' means every one and must be alone, got {list(values)!r}")
 
 
+def _check_targeted_fields(values: tuple[str, ...]) -> None:
+    # RFC 9213 §2: targeted fields are response field names (tokens), each once; the
+    # fields they stand in for cannot be one of them.
+    for value in values:
+        if TOKEN_RE.fullmatch(value) is None:
+            raise ValueError(f"expected field names such as \"CDN-Cache-Control\", got {value!r}")
+        if value.lower() in ("cache-control", "expires", "pragma"):
+            raise ValueError(f"{value} is what a targeted field stands in for, not one")
+    lowered = [v.lower() for v in values]
+    if len(set(lowered)) != len(lowered):
+        raise ValueError(f"a field is listed twice in {list(values)!r}")
+
+
 def _check_tokens(values: tuple[str, ...]) -> None:
     # RFC 9110 §9.1, §5.1: method and field names are tokens.
     for value in values:

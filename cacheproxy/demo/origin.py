@@ -64,6 +64,8 @@ RESOURCES = (
              "One stored variant per Accept-Language (§4.1)."),
     Resource("/stale", "max-age=5, stale-while-revalidate=30, stale-if-error=300",
              "Served stale while revalidating; stale if the origin fails (RFC 5861)."),
+    Resource("/targeted", "max-age=10 + CDN-Cache-Control: max-age=600",
+             "Fresh here for 10 minutes, in browsers for 10 s (RFC 9213 targeted fields)."),
     Resource("/set-cookie", "max-age=60 + Set-Cookie",
              "One client's Set-Cookie is never replayed to another (§7.3)."),
     Resource("/slow?ms=2000", "max-age=10 after a delay",
@@ -262,6 +264,14 @@ async def stale(request: web.Request) -> web.Response:
     )
 
 
+async def targeted(request: web.Request) -> web.Response:
+    # RFC 9213: CDN-Cache-Control is for caches acting for the origin (this proxy follows
+    # it); browsers only know Cache-Control.
+    headers = {"Cache-Control": "public, max-age=10", "CDN-Cache-Control": "max-age=600"}
+    body = (f"Generated at {http_date(now())}: the proxy keeps it 600 s, a browser 10 s.\n")
+    return web.Response(text=body, headers=headers)
+
+
 async def set_cookie(request: web.Request) -> web.Response:
     response = web.Response(
         text="This response sets a cookie.\n", headers={"Cache-Control": "max-age=60"}
@@ -348,6 +358,7 @@ def make_demo_app() -> web.Application:
     app.router.add_get("/no-store", no_store)
     app.router.add_get("/vary", vary)
     app.router.add_get("/stale", stale)
+    app.router.add_get("/targeted", targeted)
     app.router.add_get("/set-cookie", set_cookie)
     app.router.add_get("/slow", slow)
     app.router.add_get("/big", big)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.stored import CachedResponse
-from cacheproxy.http.validators import none_match
+from cacheproxy.http.validators import none_match, parse_etag, parse_etag_list, strong_match
 
 # RFC 9110 §15.4.5: the fields a 304 carries when a 200 would have had them.
 _NOT_MODIFIED_FIELDS = frozenset(
@@ -25,6 +25,28 @@ def is_not_modified(
         since = parse_http_date(if_modified_since)
         # §13.1.3: an invalid date is ignored; unmodified when not changed since.
         return since is not None and entry.modified_at <= since
+    return False
+
+
+def precondition_fails(
+    entry: CachedResponse, if_match: str | None, if_unmodified_since: str | None
+) -> bool:
+    """RFC 9110 §13.2.2 steps 1-2 against a stored response: True when If-Match (strong
+    comparison, §13.1.1) or, without it, If-Unmodified-Since (§13.1.4) is false: 412.
+    §13.2.1: only for a response that would be a 2xx."""
+    if not 200 <= entry.status < 300:
+        return False
+    if if_match is not None:
+        tags = parse_etag_list(if_match)
+        if tags is None:  # "*": there is a current representation
+            return False
+        current = parse_etag(entry.etag)
+        return current is None or not any(strong_match(current, t) for t in tags)
+    if if_unmodified_since is not None:
+        since = parse_http_date(if_unmodified_since)
+        modified = parse_http_date(entry.last_modified)
+        # §13.1.4: an invalid date, or no modification date, and the field is ignored.
+        return since is not None and modified is not None and modified > since
     return False
 
 

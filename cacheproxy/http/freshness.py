@@ -9,13 +9,13 @@ from cacheproxy.http.cache_control import MAX_DELTA, ResponseDirectives
 HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 
 
-def parse_age(value: str | None) -> int:
-    """§5.1: Age is delta-seconds (capped at 2^31, §1.2.2); an invalid value is ignored
-    (taken as 0)."""
-    if not value:
+def parse_age(value: str | None) -> int | None:
+    """§5.1: Age is one delta-seconds, capped at 2^31 (§1.2.2); absent is 0. None: invalid
+    (not 1*DIGIT: negative, a float, a parameter, a list or repeated lines joined by
+    commas), and the response is then stale (§4.2.1)."""
+    if value is None:
         return 0
-    age = bounded_digits(value.split(",", 1)[0].strip(), MAX_DELTA)
-    return 0 if age is None else age
+    return bounded_digits(value.strip(), MAX_DELTA)
 
 
 def freshness_lifetime(

@@ -7,10 +7,12 @@ from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.validators import parse_etag
 
 # Conditional fields a client may send; a cache filling itself strips them and
-# answers the client's condition from the full response (§4.3.2).
+# answers the client's condition from the full response (§4.3.2), and its Range too
+# (RFC 9110 §14.2: the part is cut from the whole representation it stores).
 CLIENT_CONDITIONALS = frozenset(
     {"if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "if-range"}
 )
+CLIENT_FILL_FIELDS = CLIENT_CONDITIONALS | {"range"}
 
 
 def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:
@@ -40,13 +42,38 @@ def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
     return not has_validator(entry)
 
 
+def head_matches(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
+    """§4.3.5: may a 200 to a HEAD update this stored GET response? Its validators (ETag,
+    Last-Modified) and Content-Length, where it has them, match the stored ones; with no
+    validator at all, only a stored response without one (as §4.3.4 selects)."""
+    etag = next((v for k, v in response if k.lower() == "etag"), None)
+    last_modified = next((v for k, v in response if k.lower() == "last-modified"), None)
+    length = next((v for k, v in response if k.lower() == "content-length"), None)
+    if length is not None and length.strip() != str(len(entry.body)):
+        return False
+    if etag is None and last_modified is None:
+        return not has_validator(entry)
+    if etag is not None:
+        new, old = parse_etag(etag), parse_etag(entry.etag)
+        if new is None or old is None or (new.opaque, new.weak) != (old.opaque, old.weak):
+            return False
+    return last_modified is None or last_modified == entry.last_modified
+
+
+# §3.2: fields a 304 does not replace: the stored content depends on them (its coding,
+# digest, range; the length it has), whatever the 304 says.
+CONTENT_BOUND_FIELDS = frozenset(
+    {"content-length", "content-encoding", "content-md5", "content-range"})
+
+
 def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """§3.2: fields of the 304 replace the stored ones, except hop-by-hop fields
-    and Content-Length; everything else the stored response had stays."""
+    """§3.2: fields of the 304 replace the stored ones, except hop-by-hop fields and those
+    the stored content depends on (CONTENT_BOUND_FIELDS); everything else stays."""
     named = connection_options(v for k, v in response if k.lower() == "connection")
     updates = [
         (k, v) for k, v in response
-        if (lk := k.lower()) not in HOP_BY_HOP and lk not in named and lk != "content-length"
+        if (lk := k.lower()) not in HOP_BY_HOP and lk not in named
+        and lk not in CONTENT_BOUND_FIELDS
     ]
     replaced = {k.lower() for k, _ in updates}
     kept = [(k, v) for k, v in entry.header_pairs() if k.lower() not in replaced]

@@ -15,6 +15,7 @@ from cacheproxy.http.cache_control import ResponseDirectives, parse_response_dir
 from cacheproxy.http.dates import format_http_date, parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, connection_options
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
+from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 
 # Per-entry bookkeeping beyond body and fields (object, key, LRU links): counted
 # so that max_bytes bounds the process memory, not just the payload. Calibrated
@@ -111,16 +112,22 @@ def make_stored_response(
     shared: bool,
     heuristics: Heuristics,
     excluded: frozenset[str] = frozenset(),
+    targeting: Targeting = NO_TARGETING,
 ) -> CachedResponse:
     pairs = with_date(pairs, response_time)
-    directives = parse_response_directives(all_values(pairs, "cache-control"))
+    # RFC 9213 §2.2: a targeted field, when there is one for this cache, sets aside
+    # Cache-Control and Expires.
+    rules = governing(pairs, targeting)
+    directives = parse_response_directives(rules.cache_control)
     date = parse_http_date(first_value(pairs, "date"))
-    expires = first_value(pairs, "expires")
+    expires = first_value(pairs, "expires") if rules.expires_applies else None
     last_modified = first_value(pairs, "last-modified")
     lm_time = parse_http_date(last_modified)
     # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).
     modified_at = lm_time if lm_time is not None else date if date is not None else response_time
     headers = stored_fields(pairs, excluded)
+    # All Age lines, joined: more than one value makes it invalid, as any non-number does.
+    age_value = parse_age(all_values(pairs, "age"))
     return CachedResponse(
         key=key,
         vary=vary,
@@ -130,10 +137,12 @@ def make_stored_response(
         body=body,
         response_time=response_time,
         initial_age=corrected_initial_age(
-            age_value=parse_age(first_value(pairs, "age")), date=date,
+            age_value=age_value or 0, date=date,
             request_time=request_time, response_time=response_time,
         ),
-        lifetime=freshness_lifetime(
+        # §4.2.1: "consider responses that have invalid freshness information ... to be
+        # stale"; an invalid Age is such information (the suite's age-parse-* tests).
+        lifetime=0.0 if age_value is None else freshness_lifetime(
             directives, status=status, date=date, expires=expires,
             expires_at=parse_http_date(expires), last_modified=lm_time,
             response_time=response_time, shared=shared,

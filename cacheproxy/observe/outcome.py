@@ -18,6 +18,7 @@ from cacheproxy.http.flow import (
     Forward,
     Keep,
     Pass,
+    PreconditionFailed,
     Refetch,
     Refuse,
     Serve,
@@ -94,6 +95,8 @@ def note_lookup(o: Outcome, d: Lookup) -> None:
         o.status, o.detail = "UPDATING", d.detail
     elif isinstance(d, Refuse):
         o.detail = d.detail
+    elif isinstance(d, PreconditionFailed):  # a 412 the stored response answered
+        o.status, o.hit, o.ttl = "HIT", True, d.ttl
     elif isinstance(d, Forward):
         o.fwd = d.reason
         o.status = "BYPASS" if d.reason in _BYPASS else "EXPIRED" if d.stored else "MISS"

@@ -17,8 +17,10 @@ from cacheproxy.http.flow import (
     Evict,
     Failed,
     Forward,
+    Freshen,
     Keep,
     Pass,
+    PreconditionFailed,
     Refetch,
     Refuse,
     RequestFacts,
@@ -31,6 +33,7 @@ from cacheproxy.http.flow import (
     client_answer,
     failed,
     lookup,
+    range_answer,
 )
 from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
@@ -101,6 +104,8 @@ class Driver:
             return self.reply(ctx, d.entry, d.age, d.ttl)
         if isinstance(d, Refuse):
             return self.error(ctx, d.status, d.message)
+        if isinstance(d, PreconditionFailed):  # RFC 9110 §13.2.2, from storage
+            return self.error(ctx, 412, "precondition failed")
         if d.collapse:
             return await self._collapsed(ctx, d)
         return await self.forward(ctx, d)
@@ -159,6 +164,14 @@ class Driver:
     ) -> web.StreamResponse:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes
+        if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
+            try:
+                whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
+            finally:
+                release()
+            if whole is None:
+                return self.error(ctx, 502, "response larger than announced")
+            return self.reply_validated(ctx, whole)
         if isinstance(d, Store):
             current = client_answer(d.entry, ctx.facts)  # the client's own validators
             if current is not None:
@@ -174,6 +187,8 @@ class Driver:
             ctx.outcome.stored = await self.store.put(d.entry)
             release()
             return self.reply_validated(ctx, d.view)
+        if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
+            await self.store.put(d.entry)
         if isinstance(d, Evict):
             for key in d.keys:
                 await discard(self.store, key)
@@ -181,7 +196,7 @@ class Driver:
             resp.release()
             release()
             return self.reply(ctx, d.entry, d.age, d.ttl)
-        serve = None if isinstance(d, Pass) else d.serve
+        serve = d.serve if isinstance(d, (Keep, Evict)) else None
         if serve is not None:  # a 304 validated it: the client gets the merged response
             resp.release()
             release()
@@ -205,8 +220,10 @@ class Driver:
 
     def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> web.Response:
         note_served(ctx.outcome, age, ttl)
+        facts = ctx.facts
         return stored_response(ctx.request, entry, age, ctx.outcome, self.cache_name,
-                               self.local_via, self.blocks, client_answer(entry, ctx.facts))
+                               self.local_via, self.blocks, client_answer(entry, facts),
+                               range_answer(entry, facts) if facts.bypass else None)
 
     def reply_validated(self, ctx: Ctx, view: CachedResponse) -> web.Response:
         age = current_age(view.initial_age, view.response_time, time.time())

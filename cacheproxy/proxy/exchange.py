@@ -4,6 +4,8 @@ within the object-size limit. It performs decisions; it makes none."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
 import logging
 import ssl
@@ -30,6 +32,7 @@ from cacheproxy.store import Store
 
 log = logging.getLogger("cacheproxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_WITH_CONTENT = frozenset({"POST", "PUT", "PATCH"})
 _REPLAYABLE = 64 * 1024  # request bodies up to this size are kept for a second attempt
 
 
@@ -86,6 +89,12 @@ def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunk
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
 
 
+def _basic(url: URL) -> str:
+    """RFC 7617: the upstream URL's user and password as Basic credentials."""
+    pair = f"{url.user or ''}:{url.password or ''}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
@@ -111,6 +120,7 @@ class Exchange:
         self.store = store
         self.cache_name = config.via  # also the Via pseudonym (proxy.via)
         self.read_timeout = config.read_timeout
+        self.send_timeout = config.send_timeout
         self.budget = FillBudget(fill_buffer_bytes)
         self.pool = Pool(config.max_connections, config.connect_timeout,
                          config.upstream_keepalive_timeout, ssl.create_default_context())
@@ -136,6 +146,13 @@ class Exchange:
                         parsed.explicit_port or _DEFAULT_PORTS.get(scheme, 80))
         length = next((v for k, v in fields if k.lower() == "content-length"), None)
         chunked = body is not None and length is None
+        if body is None and length is None and method in _WITH_CONTENT:
+            # RFC 9110 §8.6: a POST (PUT, PATCH) without content says so; servers such
+            # as IIS answer 411 to one that does not.
+            fields = [*fields, ("Content-Length", "0")]
+        if parsed.raw_user is not None:  # credentials in proxy.upstream / a route's URL
+            fields = [(k, v) for k, v in fields if k.lower() != "authorization"]
+            fields.append(("Authorization", _basic(parsed)))
         head = _request_head(method, parsed.raw_path_qs or "/", fields, chunked)
         # A small body of an idempotent request is read first, so it can be sent again.
         kept: bytes | None = None
@@ -150,10 +167,11 @@ class Exchange:
                 else _framed(body, chunked)
             try:
                 await conn.send(head, stream, method == "HEAD", self.read_timeout)
-            except UpstreamError:
+            except UpstreamError as exc:
                 self.pool.release(conn)
-                if attempt == 1 and reused and not conn.received_any and (
-                        not conn.written or (method in IDEMPOTENT and replayable)):
+                # Not after a timeout: a slow origin would get the request twice.
+                if attempt == 1 and reused and exc.status == 502 and not conn.received_any \
+                        and (not conn.written or (method in IDEMPOTENT and replayable)):
                     continue  # the origin closed the pooled connection as it was used
                 raise
             break
@@ -212,9 +230,16 @@ class Exchange:
             if not send_body:
                 continue  # (and stops once nothing will be stored)
             try:
-                await out.write(chunk)
+                async with asyncio.timeout(self.send_timeout):
+                    await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
             except ConnectionError:  # the client went away: the fill goes with it
+                return self._abandon(resp, outcome, release, out, fill)
+            except TimeoutError:  # the client stopped reading: it holds nothing longer
+                log.warning("client %s read nothing of %s %s for %gs: connection closed",
+                            request.remote, request.method, request.path, self.send_timeout)
+                if request.transport is not None:
+                    request.transport.close()
                 return self._abandon(resp, outcome, release, out, fill)
         if send_body or fill is not None:
             resp.release()
@@ -250,6 +275,7 @@ class Exchange:
         for name, value in resp.headers.items():
             if name.lower() == "set-cookie":
                 headers.add(name, value)
+        outcome.stored = False  # until it is: a body that breaks off stores nothing
         try:
             outcome.stored = await self.consume(resp, store, max_object)
         finally:
@@ -257,25 +283,43 @@ class Exchange:
         mark(headers, outcome, self.cache_name, self.via(resp))
         return web.Response(status=304, headers=headers)
 
+    async def fill(
+        self, resp: UpstreamResponse, entry: CachedResponse, max_object: int, outcome: Outcome
+    ) -> CachedResponse | None:
+        """Read the whole body (no client is sent it as it streams), store the entry with
+        it, and return that entry; None when the body did not fit."""
+        outcome.stored = False
+        body = await self.read_whole(resp, max_object)
+        if body is None:
+            return None
+        whole = replace(entry, body=body, size=entry.size + len(body))
+        outcome.stored = await self.store.put(whole)
+        return whole
+
     async def consume(
         self, resp: UpstreamResponse, store: CachedResponse, max_object: int
     ) -> bool:
         """Read a response no client is waiting for and store it; True once stored."""
+        body = await self.read_whole(resp, max_object)
+        return body is not None and await self.put(store, body)
+
+    async def read_whole(self, resp: UpstreamResponse, max_object: int) -> bytes | None:
+        """The whole body, within max_object and the fill budget; None (and the connection
+        closed) when it does not fit. The budget is given back however this ends."""
         fill = self.budget.fill(max_object, resp.content_length)
         try:
             while not fill.why_not and (chunk := await resp.readany()):
                 fill.add(chunk)
-        except UpstreamError:
+            if fill.why_not:
+                resp.close()
+                return None
+            resp.release()
+            return fill.body()
+        except BaseException:
             resp.close()
             raise
         finally:
-            if fill.why_not:
-                fill.drop()
-        if fill.why_not:
-            resp.close()
-            return False
-        resp.release()
-        return await self.put(store, fill.body())
+            fill.drop()  # nothing is held any more once body() took the chunks
 
 
 __all__ = ["Exchange", "UpstreamError"]

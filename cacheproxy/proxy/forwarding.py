@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cacheproxy.http.fields import end_to_end
-from cacheproxy.http.revalidation import CLIENT_CONDITIONALS
+from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
 
 # Fields this proxy sets itself on every upstream request.
 _OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
@@ -28,6 +28,8 @@ class ForwardPolicy:
     x_forwarded_proto: bool
     x_forwarded_host: bool
     trust_forwarded: bool = False  # keep the client's forwarding family (behind our proxy)
+    # Edge Architecture §3: this surrogate's Surrogate-Capability member, appended
+    surrogate_capability: str | None = None
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
@@ -58,7 +60,7 @@ def request_fields(
     trusted = policy.trust_forwarded
     prior_xff = [v for k, v in fields if k.lower() == "x-forwarded-for"] if trusted else []
     prior_mf = [(k, v) for k, v in fields if k.lower() == "max-forwards"]
-    drop = _OWN | {"x-forwarded-for"} | (CLIENT_CONDITIONALS if strip_conditionals
+    drop = _OWN | {"x-forwarded-for"} | (CLIENT_FILL_FIELDS if strip_conditionals
                                          else frozenset())
     out = [(k, v) for k, v in fields if (lk := k.lower()) not in drop
            and (trusted or not _forwarding_family(lk))]
@@ -76,6 +78,8 @@ def request_fields(
     else:
         out.extend(prior_mf)  # only OPTIONS and TRACE count it down
     out.append(("Via", via_value(version, policy.via)))
+    if policy.surrogate_capability:  # a member of its own: the list grows (RFC 9110 §5.3)
+        out.append(("Surrogate-Capability", policy.surrogate_capability))
     if extra:
         out.extend(extra)
     return out

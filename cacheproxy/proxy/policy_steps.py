@@ -84,12 +84,15 @@ def rewrites_referer(plan: RoutePlan) -> bool:
 
 
 async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """aiohttp on_response_prepare: the CORS grant and Referrer-Policy, on the way out."""
+    """aiohttp on_response_prepare: the CORS grant and Referrer-Policy, on the way out, and
+    the targeted fields this cache consumed removed."""
     plan = request.get(PLAN)
     if plan is None:  # the admin API, or a request refused before routing
         return
     route = plan.route
     headers = response.headers
+    for name in plan.removed:  # consumed by this cache (Surrogate-Control), RFC 9213 §2.2
+        headers.popall(name, None)
     cors = route.cors
     if cors.enabled and not request.get(ANSWERED_HERE):
         origin = request.headers.get("Origin")

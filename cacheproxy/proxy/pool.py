@@ -70,6 +70,9 @@ class Connection(asyncio.Protocol):
 
     def _reset_exchange(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
+        # RFC 9112 §2.2: a recipient MAY take a bare LF as a line end; origins that send
+        # one were answered before (aiohttp's client is lenient there too).
+        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._head_only = False
         self._fields: list[tuple[str, str]] = []
         self._field_bytes = 0
@@ -85,6 +88,8 @@ class Connection(asyncio.Protocol):
         self._received = False     # any byte of the answer arrived
         self._pump: asyncio.Task[None] | None = None
         self.written = False       # any byte of the request was handed to the socket
+        self._body_sent = 0
+        self._head_bytes = 0       # bytes received before the head was complete
         self.status = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -100,6 +105,8 @@ class Connection(asyncio.Protocol):
         if self._complete:  # bytes past the end of the message (RFC 9112 §6.3)
             self._broken()
             return
+        if not self._headed:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -109,6 +116,9 @@ class Connection(asyncio.Protocol):
                 self._broken()
             else:
                 self._fail(_refused(f"bad framing ({exc})"))
+        if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
+            # Still no whole head: llhttp builds a field up before on_header sees it.
+            self._fail(_refused("bad framing (header section too large)"))
 
     def eof_received(self) -> bool | None:
         self.reusable = False
@@ -121,8 +131,9 @@ class Connection(asyncio.Protocol):
         self._closed = True
         self.reusable = False
         self.pool._forget(self)
-        if self._until_close and self._head is not None and self._head.done():
-            self._complete = True
+        if (self._until_close and exc is None and self._head is not None
+                and self._head.done()):
+            self._complete = True  # a close, not a reset (RFC 9112 §6.3, RFC 9111 §3.3)
         elif not self._complete:
             self._lost = _refused(
                 "connection reset" if exc or self._received else "closed before answering")
@@ -168,9 +179,12 @@ class Connection(asyncio.Protocol):
         self.status = status
         if not self._parser.should_keep_alive():
             self.reusable = False
-        names = {k.lower() for k, _ in self._fields}
-        self._until_close = not (self._head_only or status in (204, 304) or
-                                 "content-length" in names or "transfer-encoding" in names)
+        codings = ",".join(v for k, v in self._fields if k.lower() == "transfer-encoding")
+        # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
+        # close, as does a message with neither it nor Content-Length.
+        chunked = codings.rpartition(",")[2].strip().lower() == "chunked"
+        length = not codings and any(k.lower() == "content-length" for k, _ in self._fields)
+        self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:
             self.reusable = False
         if self._head is not None and not self._head.done():
@@ -217,14 +231,32 @@ class Connection(asyncio.Protocol):
         if body is not None:
             self._pump = loop.create_task(self._send_body(body))
         try:
-            async with asyncio.timeout(read_timeout):
-                await head_future
-        except TimeoutError:
-            self.close()
-            raise UpstreamError(504, "timeout waiting for the answer") from None
+            await self._await_head(head_future, read_timeout)
         except BaseException:
             self.close()
             raise
+
+    async def _await_head(self, head: asyncio.Future[None], read_timeout: float) -> None:
+        """read_timeout counts from the last byte of the request: while the body still
+        goes out (a slow upload), the origin is not yet late (nginx's proxy_read_timeout
+        too starts once the request is sent)."""
+        while True:
+            pump = self._pump
+            if pump is None or pump.done():
+                try:
+                    async with asyncio.timeout(read_timeout):
+                        await head
+                except TimeoutError:
+                    raise UpstreamError(504, "timeout waiting for the answer") from None
+                return
+            sent = self._body_sent
+            await asyncio.wait((head, pump), timeout=read_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if head.done():
+                head.result()  # raises the failure it holds
+                return
+            if not pump.done() and self._body_sent == sent:  # no progress either way
+                raise UpstreamError(504, "timeout sending the request body")
 
     async def _send_body(self, body: AsyncIterator[bytes]) -> None:
         """Stream the request body (chunks already framed), pausing while the origin's
@@ -236,6 +268,7 @@ class Connection(asyncio.Protocol):
                 if self._closed or self.transport is None or self.transport.is_closing():
                     return
                 self.transport.write(chunk)
+                self._body_sent += len(chunk)
         except Exception:  # the client's body broke off: this message cannot be completed
             self.close()
 
@@ -353,6 +386,10 @@ class Pool:
                     self._waiters.append(waiter)
                     try:
                         await waiter
+                    except BaseException:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake_one()  # woken, but leaving: the turn passes on
+                        raise
                     finally:
                         with contextlib.suppress(ValueError):
                             self._waiters.remove(waiter)
@@ -379,7 +416,9 @@ class Pool:
         """At the limit, an idle connection to another origin makes room."""
         for conns in self._idle.values():
             if conns:
-                conns.pop(0).close()
+                conn = conns.pop(0)
+                self._open.discard(conn)  # gone now, not when connection_lost comes
+                conn.close()
                 return True
         return False
 

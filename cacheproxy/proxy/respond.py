@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import weakref
 
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.flow import NotModified
+from cacheproxy.http.ranges import Partial, Unsatisfiable, content_range, multipart_byteranges
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 
@@ -52,10 +54,14 @@ def stored_response(
     via: str,
     blocks: HeaderBlocks,
     not_modified: NotModified | None,
+    part: Partial | Unsatisfiable | None = None,
 ) -> web.Response:
-    """Replay a stored response, or the 304 the flow decided on (§4.3.2)."""
+    """Replay a stored response, the 304 the flow decided on (§4.3.2), or the part of it
+    a Range asked for (RFC 9110 §14.2)."""
     if not_modified is not None:
         response = web.Response(status=304, headers=not_modified.fields)
+    elif part is not None:
+        response = _ranged(entry, blocks.get(entry), part)
     else:
         body = None if request.method == "HEAD" else entry.body
         response = web.Response(status=entry.status, headers=blocks.get(entry), body=body)
@@ -67,6 +73,26 @@ def stored_response(
     fields.add("Cache-Status", outcome.cache_status(cache_name))  # RFC 9211: appended
     fields.add("X-Cache", outcome.x_cache)
     return response
+
+
+def _ranged(
+    entry: CachedResponse, block: CIMultiDictProxy[str], part: Partial | Unsatisfiable
+) -> web.Response:
+    """RFC 9110 §15.3.7 (206, one part or multipart/byteranges) and §15.5.17 (416)."""
+    headers = CIMultiDict(block)
+    headers.popall("Content-Length", None)
+    if isinstance(part, Unsatisfiable):
+        headers["Content-Range"] = f"bytes */{part.length}"
+        return web.Response(status=416, headers=headers)
+    if len(part.ranges) == 1:
+        first, last = part.ranges[0]
+        headers["Content-Range"] = content_range(first, last, part.length)
+        return web.Response(status=206, headers=headers, body=entry.body[first:last + 1])
+    boundary = secrets.token_hex(16)
+    content_type = headers.popall("Content-Type", [None])[0]
+    headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+    body = multipart_byteranges(entry.body, part, content_type, boundary)
+    return web.Response(status=206, headers=headers, body=body)
 
 
 def error_response(

@@ -14,6 +14,7 @@ from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import CacheSettings
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
+from cacheproxy.http.targeted import Targeting, downstream_removed, surrogate_capability
 from cacheproxy.policies.cors import RESPONSE_FIELDS
 from cacheproxy.policies.routes import Route, RouteTable
 from cacheproxy.proxy.forwarding import ForwardPolicy
@@ -27,6 +28,8 @@ class RoutePlan:
     upstream_path: str        # the upstream URL's path, without a trailing "/"
     forward: ForwardPolicy
     cache: CacheSettings
+    # Response fields this cache consumes and removes on the way out (Surrogate-Control)
+    removed: frozenset[str] = frozenset()
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """RFC 9111 §2: the primary key is the URI of the response; here, everything the origin
@@ -56,6 +59,7 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
     # CORS "override": the proxy's grant replaces the upstream's on the way out, so the
     # upstream's is not stored either (a stored response carries no grant).
     strip = RESPONSE_FIELDS if route.cors.enabled and route.cors.override else frozenset()
+    targeting = Targeting(tuple(f.lower() for f in cache.targeted_fields), config.proxy.via)
     return RoutePlan(
         route=route,
         upstream=upstream,
@@ -69,6 +73,7 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             x_forwarded_proto=config.proxy.x_forwarded_proto,
             x_forwarded_host=config.proxy.x_forwarded_host,
             trust_forwarded=config.proxy.trust_forwarded,
+            surrogate_capability=surrogate_capability(targeting),
         ),
         cache=CacheSettings(
             policy=StorePolicy(shared=cache.shared, set_cookie=cache.set_cookie),
@@ -76,7 +81,9 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             max_object_bytes=cache.max_object_bytes,
             collapse=cache.collapse,
             excluded=strip,
+            targeting=targeting,
         ),
+        removed=downstream_removed(targeting, cache.strip_targeted),
     )
 
 

@@ -214,3 +214,14 @@ def test_route_shared_false_stores_private() -> None:
                              route=private), Store)
     assert answer(MISS, 200, {"Cache-Control": "private, max-age=60"}) == Pass("private", True)
     assert ROUTE.shared
+
+
+def test_s3_5_an_answer_made_for_one_users_credentials_evicts_nothing(stored) -> None:
+    """A private answer to a request with Authorization or Cookie is that user's; the
+    shared entry stays (else any client could evict it)."""
+    old = stored({**FRESH, "ETag": '"v1"'})
+    for fields in ({"Authorization": "Basic eDp5", "Cache-Control": "max-age=0"},
+                   {"Cookie": "sid=alice"}):
+        d = answer(revalidating(old, reason="request"), 200, {"Cache-Control": "private"},
+                   req=facts("GET", fields))
+        assert d == Keep(old, "private")

@@ -26,9 +26,22 @@ def test_other_methods_go_forward_as_method(method: str) -> None:
     assert bypass(facts(method)) == Forward("method", method)
 
 
-@pytest.mark.parametrize("field", ["Range", "If-Match", "If-Unmodified-Since", "If-Range"])
-def test_s4_3_2_fields_only_the_origin_evaluates_bypass(field: str) -> None:
-    assert bypass(facts("GET", {field: "x"})) == Forward("bypass", "GET")
+@pytest.mark.parametrize("field", ["Range", "If-Range"])
+def test_rfc9110_s14_2_a_range_miss_fills_the_cache(field: str) -> None:
+    """The whole representation is fetched and the range cut from it (answered()); a
+    request that may not store passes its range to the origin."""
+    req = facts("GET", {field: "x"})
+    assert bypass(req) is None  # a stored response may answer it (RFC 9110 §14.2)
+    assert lookup(req, (), now=T0, route=ROUTE) == Forward(
+        "uri-miss", "GET", may_store=True, collapse=True)
+    no_store = facts("GET", {field: "x", "Cache-Control": "no-store"})
+    assert lookup(no_store, (), now=T0, route=ROUTE) == Forward("bypass", "GET")
+
+
+@pytest.mark.parametrize("field", ["If-Match", "If-Unmodified-Since", "Range"])
+def test_rfc9110_s13_2_preconditions_look_the_cache_up(field: str) -> None:
+    """Evaluated against a stored response (test_rfc9110_s13_2_preconditions.py)."""
+    assert bypass(facts("GET", {field: "x"})) is None
 
 
 def test_a_get_with_a_body_bypasses() -> None:

@@ -277,7 +277,7 @@ def test_s2_primary_key_never_raises(scheme: str, host: str, target: str) -> Non
 @given(st.none() | header_text)
 def test_s5_1_parse_age_is_a_bounded_delta(value: str | None) -> None:
     age = parse_age(value)
-    assert type(age) is int and 0 <= age <= MAX_DELTA
+    assert age is None or (type(age) is int and 0 <= age <= MAX_DELTA)
 
 
 date_values = st.one_of(

@@ -312,6 +312,36 @@ def test_s3_2_content_length_of_the_304_is_not_taken(stored) -> None:
     assert [v for k, v in merged if k.lower() == "content-length"] == ["4"]
 
 
+@pytest.mark.parametrize(("name", "stored_value", "new_value"), [
+    ("Content-Encoding", "gzip", "br"),
+    ("Content-MD5", "rL0Y20zC+Fzt72VPzMSk2A==", "N7UdGUp1E+RbVvZSTy1R8g=="),
+    ("Content-Range", "bytes 0-3/4", "bytes 0-9/10"),
+])
+def test_s3_2_fields_the_stored_content_depends_on_stay__304_etag_update_response(
+    stored, name: str, stored_value: str, new_value: str
+) -> None:
+    """§3.2: "Header fields that the cache's stored response depends upon" are not
+    replaced: the stored bytes keep their coding, digest and range (the suite's
+    304-etag-update-response-Content-Encoding, -Content-MD5, -Content-Range)."""
+    entry = stored([(name, stored_value), ("ETag", '"v1"'), DATE])
+    merged = merge_304(entry, [(name, new_value), ("ETag", '"v1"'), ("X-New", "1")])
+    assert [v for k, v in merged if k.lower() == name.lower()] == [stored_value]
+    assert ("X-New", "1") in merged
+
+
+@pytest.mark.parametrize(("name", "new_value"), [
+    ("Content-Type", "text/plain;charset=utf-8"), ("Content-Location", "/bar"),
+    ("Content-Security-Policy", "default-src 'self' cdn.example.com"),
+    ("X-Content-Foo", "b"), ("Content-Foo", "b"),
+])
+def test_s3_2_other_content_fields_are_updated__304_etag_update_response(
+    stored, name: str, new_value: str
+) -> None:
+    entry = stored([(name, "a"), ("ETag", '"v1"'), DATE])
+    merged = merge_304(entry, [(name, new_value), ("ETag", '"v1"')])
+    assert [v for k, v in merged if k.lower() == name.lower()] == [new_value]
+
+
 def test_s3_2_hop_by_hop_fields_of_the_304_are_not_taken(stored) -> None:
     """§3.2 excepts the fields §3.1 does not store: hop-by-hop ones and those the
     304's own Connection names."""

@@ -261,11 +261,13 @@ def test_s4_2_3_age_counts_against_max_age(stored, reuse) -> None:
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, 0), ("", 0), ("0", 0), ("30", 30), (" 30 ", 30), ("30, 40", 30), ("abc", 0),
-     ("-5", 0), ("1.5", 0), ("99999999999999999999", 2**31), ("\u0663", 0)],
+    [(None, 0), ("", None), ("0", 0), ("30", 30), (" 30 ", 30), ("30, 40", None),
+     ("abc", None), ("-5", None), ("1.5", None), ("99999999999999999999", 2**31),
+     ("\u0663", None)],
 )
-def test_s5_1_age_is_delta_seconds(value: str | None, expected: int) -> None:
-    """§5.1: Age is delta-seconds; invalid values are ignored; overflow gives 2^31."""
+def test_s5_1_age_is_delta_seconds(value: str | None, expected: int | None) -> None:
+    """§5.1: Age is delta-seconds; absent is 0, anything else invalid (None); overflow
+    gives 2^31."""
     assert parse_age(value) == expected
 
 

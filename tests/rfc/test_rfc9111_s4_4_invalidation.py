@@ -70,3 +70,17 @@ def test_s4_4_the_same_uri_is_listed_once() -> None:
 @pytest.mark.parametrize("bad", ["http://[::1", "http://[zz]/x", ""])
 def test_s4_4_unparsable_references_are_ignored(bad: str) -> None:
     assert invalidated_uris("DELETE", 200, TARGET, bad, bad) == [TARGET]
+
+
+def test_s4_4_derived_uris_are_written_as_keys_are() -> None:
+    """Scheme and host compare case-insensitively and the default port is the same origin
+    (RFC 6454 §4, RFC 9110 §4.2.3): the URI is written as primary_key writes a key."""
+    got = invalidated_uris("POST", 200, TARGET, "HTTP://EXAMPLE.com:80/items/2#frag", None)
+    assert got == [TARGET, "http://example.com/items/2"]
+
+
+def test_s4_4_a_private_routes_key_suffix_is_kept() -> None:
+    target = TARGET + "#private:app"
+    got = invalidated_uris("POST", 200, target, "/items/2", "/items/3?x=1")
+    assert got == [target, "http://example.com/items/2#private:app",
+                   "http://example.com/items/3?x=1#private:app"]

@@ -3,15 +3,17 @@ and hishel's spec module): each step is a function from immutable inputs to a fr
 decision; cacheproxy.proxy performs them. See decisions.py for the map."""
 
 from cacheproxy.http.flow.answer import answered
-from cacheproxy.http.flow.client import NotModified, client_answer
+from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
     Failed,
     Forward,
+    Freshen,
     Keep,
     Lookup,
     Pass,
+    PreconditionFailed,
     Refetch,
     Refuse,
     Serve,
@@ -24,8 +26,9 @@ from cacheproxy.http.flow.failure import failed
 from cacheproxy.http.flow.lookup import background_refresh, bypass, lookup
 
 __all__ = [
-    "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Keep", "Lookup",
-    "NotModified", "Pass", "Refetch", "Refuse", "RequestFacts", "Serve", "ServeStale",
+    "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen", "Keep", "Lookup",
+    "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse", "RequestFacts", "Serve",
+    "ServeStale",
     "Store", "Update", "answered", "background_refresh", "bypass", "client_answer", "failed",
-    "lookup", "request_facts",
+    "lookup", "range_answer", "request_facts",
 ]

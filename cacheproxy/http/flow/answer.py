@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.cache_key import vary_fields, vary_values
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
     Forward,
+    Freshen,
     Keep,
     Pass,
     Refetch,
@@ -19,7 +22,7 @@ from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.flow.failure import stale_on_error
 from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris
 from cacheproxy.http.reuse import STALE_IF_ERROR_STATUSES
-from cacheproxy.http.revalidation import has_validator, merge_304, selects
+from cacheproxy.http.revalidation import has_validator, head_matches, merge_304, selects
 from cacheproxy.http.storability import Verdict, excluded_fields, storability
 from cacheproxy.http.stored import (
     CachedResponse,
@@ -28,6 +31,7 @@ from cacheproxy.http.stored import (
     make_stored_response,
     with_date,
 )
+from cacheproxy.http.targeted import governing
 
 Pairs = list[tuple[str, str]]
 
@@ -45,6 +49,33 @@ def answered(
     response_time: float,
 ) -> Answered:
     """The upstream's answer (status, fields, Content-Length) to what fwd sent."""
+    if fwd.head_of is not None and status == 200 and fwd.method == "HEAD":
+        return _head_answered(fwd.head_of, fields, req, route, request_time, response_time)
+    d = _answered(fwd, status, fields, length, req, route, key, request_time, response_time)
+    if req.range is None or not fwd.strips_client_conditionals:
+        return d
+    return _for_a_range(d, status, length)
+
+
+def _for_a_range(d: Answered, status: int, length: int | None) -> Answered:
+    """RFC 9110 §14.2: the cache asked for the whole representation to answer a Range
+    from it. A 200 it stores is read whole first (its length known, so it fits), then
+    the range is cut from storage; one it will not store, or of unknown length, is
+    asked for again with the client's Range, as the origin's to answer."""
+    if isinstance(d, Store) and status == 200:
+        if length is None:
+            return Refetch(Forward("bypass", "GET"))
+        return replace(d, whole_first=True)
+    if isinstance(d, Pass | Keep) and status == 200 and (isinstance(d, Pass)
+                                                          or d.serve is None):
+        return Refetch(Forward("bypass", "GET"))
+    return d
+
+
+def _answered(
+    fwd: Forward, status: int, fields: Pairs, length: int | None, req: RequestFacts,
+    route: CacheSettings, key: str, request_time: float, response_time: float,
+) -> Answered:
     stored = fwd.stored
     if stored is not None and status == 304:
         return _validated(fwd, stored, fields, req, route, request_time, response_time)
@@ -60,9 +91,8 @@ def answered(
         if stored is None and fwd.reason in ("bypass", "method"):
             return Pass(None)
         return _not_stored(stored, status, Verdict(False, "no-store", by_request=True), req, key)
-    directives = parse_response_directives(all_values(fields, "cache-control"))
     vary = vary_fields(all_values(fields, "vary"))
-    verdict = _storable(fwd.method, status, fields, directives, vary is None, req, route)
+    verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route)
     if not verdict.storable or vary is None:
         return _not_stored(stored, status, verdict, req, key)
     if req.nominated.intersection(vary):
@@ -77,6 +107,7 @@ def answered(
         pairs=fields, body=b"", request_time=request_time, response_time=response_time,
         shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(directives, route.policy) | route.excluded,
+        targeting=route.targeting,
     )
     if not _reusable(entry):
         return _not_stored(stored, status, Verdict(False, "not-reusable"), req, key)
@@ -84,16 +115,20 @@ def answered(
 
 
 def _storable(
-    method: str, status: int, fields: Pairs, directives: ResponseDirectives, vary_star: bool,
-    req: RequestFacts, route: CacheSettings,
-) -> Verdict:
+    method: str, status: int, fields: Pairs, vary_star: bool, req: RequestFacts,
+    route: CacheSettings,
+) -> tuple[Verdict, ResponseDirectives]:
+    """§3, with the directives this cache follows (RFC 9213 §2.2: a targeted field's,
+    which set Cache-Control and Expires aside)."""
+    rules = governing(fields, route.targeting)
+    directives = parse_response_directives(rules.cache_control)
+    has_expires = rules.expires_applies and first_value(fields, "expires") is not None
     return storability(
         method=method, status=status, request=req.directives, response=directives,
-        has_authorization=req.authorization,
-        has_expires=first_value(fields, "expires") is not None,
+        has_authorization=req.authorization, has_expires=has_expires,
         has_set_cookie=first_value(fields, "set-cookie") is not None,
         vary_star=vary_star, policy=route.policy,
-    )
+    ), directives
 
 
 def _reusable(entry: CachedResponse) -> bool:
@@ -109,15 +144,45 @@ def _not_stored(
 ) -> Keep | Evict | Pass:
     """Only the response's own reasons may remove what is stored (§5.2.1.5: a request's
     no-store "does not apply to the already stored response"): a new representation
-    (200) that may not be stored replaces the stored ones by removing them."""
+    (200) that may not be stored replaces the stored ones by removing them. Not when the
+    request carried credentials: a private answer made for one user (§3.5) says nothing
+    of the shared one, and any client could otherwise evict it."""
     reason = verdict.reason
-    # Hit-for-pass only when the reason holds for any request for the URL.
-    hit_for_pass = not (verdict.by_request or req.authorization or req.directives.no_store)
+    # Only when the reason holds for any request for the URL.
+    anyones = not (verdict.by_request or req.credentials or req.directives.no_store)
+    hit_for_pass = anyones
     if stored is None:
         return Pass(reason, hit_for_pass)
-    if not verdict.by_request and (status == 200 or serve is not None):
+    if anyones and (status == 200 or serve is not None):
         return Evict((key,), reason, serve, hit_for_pass)
     return Keep(stored, reason, serve, hit_for_pass)
+
+
+def _head_answered(
+    stored: CachedResponse, fields: Pairs, req: RequestFacts, route: CacheSettings,
+    request_time: float, response_time: float,
+) -> Freshen | Evict | Pass:
+    """§4.3.5: a 200 to a HEAD updates the stored GET response it could have chosen (its
+    fields as a 304's would, §3.2) when validators and Content-Length match; otherwise that
+    response is stale. The HEAD's answer goes to the client as it is."""
+    if req.directives.no_store:  # §5.2.1.5: no part of a response to it is stored
+        return Pass(None)
+    if not head_matches(stored, fields):
+        return Freshen(replace(stored, lifetime=0.0))
+    merged = merge_304(stored, with_date(fields, response_time))  # §3.2
+    vary = vary_fields(all_values(merged, "vary"))
+    verdict, directives = _storable("GET", stored.status, merged, vary is None, req, route)
+    if not verdict.storable or vary is None:
+        # The request's reason leaves it be; the response's (no-store, private, ...) evicts.
+        return Pass(verdict.reason) if verdict.by_request else Evict((stored.key,),
+                                                                      verdict.reason)
+    return Freshen(make_stored_response(
+        key=stored.key, vary=vary, vary_values=vary_values(vary, req.headers),
+        status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
+        response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+        excluded=excluded_fields(directives, route.policy) | route.excluded,
+        targeting=route.targeting,
+    ))
 
 
 def _validated(
@@ -134,11 +199,12 @@ def _validated(
         key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
         response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+        targeting=route.targeting,
     )
     if not fwd.may_store:
         return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
     vary = vary_fields(all_values(merged, "vary"))
-    verdict = _storable("GET", stored.status, merged, view.directives, vary is None, req, route)
+    verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route)
     if not verdict.storable or vary is None:
         return _not_stored(stored, 304, verdict, req, stored.key, view)
     if len(stored.body) > route.max_object_bytes:
@@ -148,6 +214,7 @@ def _validated(
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
         response_time=response_time, shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(view.directives, route.policy) | route.excluded,
+        targeting=route.targeting,
     )
     if not _reusable(entry):
         return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cacheproxy.http.conditional import is_not_modified, not_modified_fields
 from cacheproxy.http.flow.decisions import Fields
 from cacheproxy.http.flow.facts import RequestFacts
+from cacheproxy.http.ranges import Partial, Unsatisfiable, if_range_holds, parse_ranges
 from cacheproxy.http.stored import CachedResponse
 
 
@@ -28,3 +29,20 @@ def client_answer(entry: CachedResponse, req: RequestFacts) -> NotModified | Non
     if not is_not_modified(entry, req.method, inm, ims):
         return None
     return NotModified(tuple(not_modified_fields(entry)))
+
+
+def range_answer(entry: CachedResponse, req: RequestFacts) -> Partial | Unsatisfiable | None:
+    """RFC 9110 §14.2: a GET's Range answered from a stored complete 200 (206, or 416),
+    after If-Range (§13.1.5); None: the whole response. Several ranges of a
+    content-coded response are not cut into parts (each part would lose its coding)."""
+    value = req.range
+    if value is None or req.method != "GET" or entry.status != 200:
+        return None
+    if_range = req.if_range
+    if if_range is not None and not if_range_holds(if_range, entry):
+        return None
+    answer = parse_ranges(value, len(entry.body))
+    if (isinstance(answer, Partial) and len(answer.ranges) > 1
+            and entry.get("Content-Encoding") is not None):
+        return None
+    return answer

@@ -3,7 +3,9 @@
     lookup ──► Serve                      answer from storage (§4.2)
            ├─► ServeStale(refresh=True)   stale-while-revalidate (RFC 5861 §3)
            ├─► Refuse(504)                only-if-cached and nothing usable (§5.2.1.7)
+           ├─► PreconditionFailed         If-Match / If-Unmodified-Since false (RFC 9110)
            └─► Forward ──► upstream answered ──► Store / Update / Keep / Evict / Pass
+                                             ├─► Freshen            (§4.3.5, HEAD)
                                              ├─► Refetch            (§4.3.4)
                                              └─► ServeStale         (RFC 5861 §4)
                        └─► upstream failed  ──► ServeStale / Refuse (RFC 5861 §4, §5.2.2.2)
@@ -45,12 +47,23 @@ class ServeStale:
 
 
 @dataclass(frozen=True, slots=True)
+class PreconditionFailed:
+    """RFC 9110 §13.2.2: the client's If-Match / If-Unmodified-Since is false for the
+    stored response it would get: 412 from the cache (a hit, RFC 9211 §2.1)."""
+
+    entry: CachedResponse
+    age: float
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class Forward:
     """§4: ask the origin. reason is RFC 9211's fwd (uri-miss, vary-miss, stale, request,
     bypass, method); stored, the response being validated (§4.3.1), with the validators
     to send in conditional; may_store, whether the answer may be stored (§3, §5.2.1.5);
     method, what goes upstream (a HEAD that may fill is sent as GET, RFC 9110 §9.3.2);
-    collapse, whether the request may share another's upstream request (§4 "collapsed")."""
+    collapse, whether the request may share another's upstream request (§4 "collapsed");
+    head_of, for a HEAD sent as HEAD, the stored GET response its 200 updates (§4.3.5)."""
 
     reason: str
     method: str
@@ -58,6 +71,7 @@ class Forward:
     conditional: Fields = ()
     may_store: bool = False
     collapse: bool = False
+    head_of: CachedResponse | None = None
 
     @property
     def strips_client_conditionals(self) -> bool:
@@ -80,10 +94,13 @@ class Refuse:
 @dataclass(frozen=True, slots=True)
 class Store:
     """§3: store the answer once its body is complete and within max_object_bytes;
-    the client gets the answer as it streams (or a 304, client_current)."""
+    the client gets the answer as it streams (or a 304, client_current). whole_first:
+    the client's answer is cut from the whole stored response (its Range, RFC 9110
+    §14.2): read and store it first, then reply from storage."""
 
     entry: CachedResponse  # body empty: it is filled as it streams
     replaces: CachedResponse | None = None
+    whole_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +110,14 @@ class Update:
     this cache never stores)."""
 
     view: CachedResponse
+    entry: CachedResponse
+
+
+@dataclass(frozen=True, slots=True)
+class Freshen:
+    """§4.3.5: a 200 to a HEAD updated the stored GET response's fields and freshness, or
+    made it stale (entry, to store in its place); the HEAD's answer is relayed."""
+
     entry: CachedResponse
 
 
@@ -139,6 +164,6 @@ class Refetch:
     forward: Forward
 
 
-Lookup = Serve | ServeStale | Forward | Refuse
-Answered = Store | Update | Keep | Evict | Pass | Refetch | ServeStale
+Lookup = Serve | ServeStale | PreconditionFailed | Forward | Refuse
+Answered = Store | Update | Freshen | Keep | Evict | Pass | Refetch | ServeStale
 Failed = ServeStale | Refuse

@@ -9,10 +9,12 @@ from cacheproxy.http.cache_control import RequestDirectives, parse_request_direc
 from cacheproxy.http.fields import Headers, combined_value, connection_options
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
+from cacheproxy.http.targeted import Targeting
 
-# Requests with these fields go to the origin as they are: a cache stores no partial
-# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (§4.3.2).
-BYPASS_FIELDS = ("Range", "If-Match", "If-Unmodified-Since", "If-Range")
+# Requests with these fields go to the origin as they are unless a stored response answers
+# them (RFC 9110 §14.2: a GET's range of a stored complete response): a cache stores no
+# partial content. (If-Match / If-Unmodified-Since likewise, RFC 9110 §13.2.2.)
+BYPASS_FIELDS = ("Range", "If-Range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,9 @@ class RequestFacts:
     headers: Headers                # the client's fields as received (read-only)
     directives: RequestDirectives   # §5.2.1
     authorization: bool             # §3.5
+    # Authorization or Cookie: the answer may be made for this user alone, so it says
+    # nothing about what other users are served (it never evicts, §3.5).
+    credentials: bool
     has_body: bool
     bypass: bool                    # carries a field only the origin can evaluate
     nominated: frozenset[str]       # lower-case names the client's Connection lists (§7.6.1)
@@ -35,6 +40,28 @@ class RequestFacts:
     def if_modified_since(self) -> str | None:
         return self.headers.get("If-Modified-Since")
 
+    @property
+    def if_match(self) -> str | None:
+        return combined_value(self.headers, "If-Match")
+
+    @property
+    def if_unmodified_since(self) -> str | None:
+        return self.headers.get("If-Unmodified-Since")
+
+    @property
+    def range(self) -> str | None:
+        return combined_value(self.headers, "Range") if self.bypass else None
+
+    @property
+    def if_range(self) -> str | None:
+        return self.headers.get("If-Range")
+
+    @property
+    def preconditioned(self) -> bool:
+        """RFC 9110 §13.1.1, §13.1.4: preconditions only a stored response, or the
+        origin, can evaluate."""
+        return "If-Match" in self.headers or "If-Unmodified-Since" in self.headers
+
 
 def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFacts:
     cc = combined_value(headers, "Cache-Control")
@@ -45,6 +72,8 @@ def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFa
         headers=headers,
         directives=parse_request_directives(cc, pragma),  # §5.4: Pragma only without CC
         authorization=headers.get("Authorization") is not None,
+        credentials=(headers.get("Authorization") is not None
+                     or headers.get("Cookie") is not None),
         has_body=has_body,
         bypass=any(headers.get(name) is not None for name in BYPASS_FIELDS),
         nominated=connection_options(connection) if connection else frozenset(),
@@ -53,6 +82,7 @@ def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFa
 
 _SHARED = StorePolicy()
 _HEURISTICS = Heuristics()
+_TARGETING = Targeting()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +94,7 @@ class CacheSettings:
     max_object_bytes: int = 8 * 1024 * 1024
     collapse: bool = True
     excluded: frozenset[str] = frozenset()  # lower-case fields never stored (CORS override)
+    targeting: Targeting = _TARGETING  # RFC 9213: the targeted fields this cache follows
 
     @property
     def shared(self) -> bool:

@@ -7,7 +7,15 @@ from dataclasses import replace
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
 from cacheproxy.http.cache_key import select_variant
-from cacheproxy.http.flow.decisions import Forward, Lookup, Refuse, Serve, ServeStale
+from cacheproxy.http.conditional import precondition_fails
+from cacheproxy.http.flow.decisions import (
+    Forward,
+    Lookup,
+    PreconditionFailed,
+    Refuse,
+    Serve,
+    ServeStale,
+)
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.reuse import Action, decide_reuse, shareable_validation
 from cacheproxy.http.revalidation import conditional_fields
@@ -18,11 +26,12 @@ _ONLY_IF_CACHED = "only-if-cached"
 
 def bypass(req: RequestFacts) -> Forward | None:
     """RFC 9211 §2.2: a method a cache cannot answer goes forward as "method"; a body,
-    a range or a precondition only the origin evaluates (§4.3.2) as "bypass". None: the
-    request may be answered from the cache (look it up)."""
+    a range or a precondition only the origin evaluates (§4.3.2) as "bypass". None: look
+    it up (a HEAD that goes forward as it is is looked up too: its 200 updates the stored
+    GET response, §4.3.5; a GET's Range may be answered from a stored response)."""
     if req.method not in ("GET", "HEAD"):
         return Forward("method", req.method)
-    if req.has_body or req.bypass:
+    if req.has_body and req.method != "HEAD":
         return Forward("bypass", req.method)
     return None
 
@@ -42,7 +51,38 @@ def lookup(
     request does not wait behind another's. validated_since: the request waited for
     another request's upstream answer (collapsed) from this time on; its second look
     does not collapse again."""
+    d = _reuse_or_forward(req, variants, now, route, recently_passed, validated_since)
+    if req.preconditioned:
+        d = _preconditions(req, d)
+    if req.bypass and isinstance(d, Forward) and not d.may_store:
+        # RFC 9110 §14.2: a range the cache will not answer is the origin's; a cache
+        # stores no partial content. (One that may fill fetches the whole representation
+        # and answers the range from it: answered() sends it on as it is otherwise.)
+        return Forward("bypass", req.method, head_of=d.head_of)
+    return d
+
+
+def _preconditions(req: RequestFacts, d: Lookup) -> Lookup:
+    """RFC 9110 §13.2.2 (RFC 9111 §4.3.2): If-Match / If-Unmodified-Since are evaluated
+    against the stored response the client would get (412 when false); without one they
+    are the origin's: the request goes as it is and nothing is stored."""
+    if isinstance(d, Serve | ServeStale):
+        if precondition_fails(d.entry, req.if_match, req.if_unmodified_since):
+            return PreconditionFailed(d.entry, d.age, d.ttl)
+        return d
+    if isinstance(d, Forward):
+        head_of = (d.stored or d.head_of) if req.method == "HEAD" else None
+        return Forward("bypass", req.method, head_of=head_of)
+    return d
+
+
+def _reuse_or_forward(
+    req: RequestFacts, variants: tuple[CachedResponse, ...], now: float, route: CacheSettings,
+    recently_passed: bool, validated_since: float | None,
+) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
+    if req.has_body or (req.bypass and req.method == "HEAD"):  # as it is (§4.3.5)
+        return Forward("bypass", req.method, head_of=entry)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
                     and validated_since is None)

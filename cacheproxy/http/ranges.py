@@ -1,0 +1,103 @@
+"""Range requests answered from a stored complete response (RFC 9110 §14, §13.1.5)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from cacheproxy.http.dates import parse_http_date
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.http.validators import parse_etag, strong_match
+
+# §14.2: a server MAY ignore a Range header field; more ranges than this (a way to make a
+# server send many small parts, §17.15) and the whole representation is sent instead.
+MAX_RANGES: Final = 32
+
+# RFC 9110 §14.1.1, §14.1.2
+#   ranges-specifier = range-unit "=" range-set
+#   range-set        = 1#range-spec
+#   range-spec       = int-range / suffix-range / other-range
+#   int-range        = first-pos "-" [ last-pos ]
+#   suffix-range     = "-" suffix-length
+_RANGE_SPEC_RE: Final = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """§15.3.7: 206 with these byte ranges (first, last inclusive) of length bytes."""
+
+    ranges: tuple[tuple[int, int], ...]
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsatisfiable:
+    """§15.5.17: 416, none of the ranges overlaps the length bytes there are."""
+
+    length: int
+
+
+def parse_ranges(value: str, length: int) -> Partial | Unsatisfiable | None:
+    """§14.2: the satisfiable ranges of a `bytes` Range for a representation of length
+    bytes; Unsatisfiable when there is none; None when the field is to be ignored (another
+    unit, invalid, or too many ranges): then the whole representation is the answer."""
+    unit, eq, range_set = value.partition("=")
+    if not eq or unit.strip().lower() != "bytes":
+        return None
+    specs = [s.strip() for s in range_set.split(",")]
+    specs = [s for s in specs if s]  # §5.6.1: empty list members are ignored
+    if not specs or len(specs) > MAX_RANGES:
+        return None
+    ranges: list[tuple[int, int]] = []
+    for spec in specs:
+        m = _RANGE_SPEC_RE.fullmatch(spec)
+        if m is None:
+            return None  # §14.1.1: one invalid range-spec makes the whole field invalid
+        first, last, suffix = m.groups()
+        if suffix is not None:
+            # §14.1.2: the last suffix-length bytes (all of them, if fewer).
+            size = int(suffix)
+            if size > 0 and length > 0:
+                ranges.append((max(0, length - size), length - 1))
+            continue
+        start = int(first)
+        end = int(last) if last else length - 1
+        if last and end < start:
+            return None  # §14.1.1: last-pos less than first-pos: invalid
+        if start < length:  # §14.1.1: satisfiable when first-pos < length
+            ranges.append((start, min(end, length - 1)))
+    return Partial(tuple(ranges), length) if ranges else Unsatisfiable(length)
+
+
+def if_range_holds(value: str, entry: CachedResponse) -> bool:
+    """§13.1.5: If-Range with an entity tag holds when it matches the stored one by strong
+    comparison; with a date, when it equals the stored Last-Modified exactly. Otherwise
+    the whole representation is sent (the client's copy is another one)."""
+    value = value.strip()
+    if value.startswith(('"', "W/", "w/")):
+        tag, current = parse_etag(value), parse_etag(entry.etag)
+        return tag is not None and current is not None and strong_match(tag, current)
+    date = parse_http_date(value)
+    return date is not None and date == parse_http_date(entry.last_modified)
+
+
+def content_range(first: int, last: int, length: int) -> str:
+    """§14.4: Content-Range of one part."""
+    return f"bytes {first}-{last}/{length}"
+
+
+def multipart_byteranges(
+    body: bytes, partial: Partial, content_type: str | None, boundary: str
+) -> bytes:
+    """§14.6: the parts of a multipart/byteranges body, each with its Content-Type and
+    Content-Range; boundary is the caller's (random, so no part contains it)."""
+    out: list[bytes] = []
+    for first, last in partial.ranges:
+        head = f"\r\n--{boundary}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        head += f"Content-Range: {content_range(first, last, partial.length)}\r\n\r\n"
+        out += (head.encode("latin-1", "replace"), body[first:last + 1])
+    out.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    return b"".join(out)

@@ -1,0 +1,429 @@
+"""cacheproxy side by side with nginx, Squid, bare aiohttp and the lean probe, in one run.
+
+    .venv/bin/python bench/peers.py [--quick] [--only nginx,squid,aiohttp,lean,cacheproxy,workers2]
+                                    [--duration 5] [--rounds 2] [--warmup 2]
+
+The table of issue 10 ("A lean data plane"), measured here: rows are the servers, columns
+the scenarios of run.py (hit 1 KiB, hit 32 KiB, revalidation, pass-through) and the p99
+latency of hits; then the ratios that the issue's targets name. All servers stand in front
+of the same bench/origin.py, each started as a child process on a free loopback port
+(peer_servers.py), the ones under test pinned to the same CPU, wrk (-t1 -c64) and the
+origin on the other. For each scenario the targets take turns, round after round
+(interleaved, so that drift on a shared machine hits all of them alike), and the best round
+of each counts.
+
+Before a target is measured it is checked to do what its cell claims: its answer has the
+origin's body, and the origin's /__stats counters move as the role says (a hit: not at all;
+a revalidation: one 304, never a 200; a pass-through: one 200 per request). The same check
+runs on the counters over every measured round. Any error status under load fails the cell.
+
+cacheproxy runs as `cacheproxy serve` with the default config (JSON request log on, into
+bench/results/cacheproxy.log), whatever serves the data plane: the harness talks HTTP only.
+Results go to bench/results/peers-<time>.json and peers-latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import peer_servers
+from harness import (
+    RESULTS,
+    ROOT,
+    Child,
+    Cpus,
+    cpu_seconds,
+    get,
+    get_json,
+    running,
+    start_ceiling,
+    start_origin,
+    start_proxy,
+)
+from run import SCENARIOS, CheckFailed, Load, Scenario, best, check_answer, environment, measure
+
+# What the origin must see while a target answers a scenario.
+HIT, REVAL, PASS, FORWARD, NONE = "hit", "reval", "pass", "forward", "none"
+LOAD_BOUND = 0.9  # wrk + origin CPU share on their CPU beyond which they set the pace
+ROLE_NOTE = {
+    HIT: "a hit: the origin sees no request",
+    REVAL: "revalidated: the origin answers 304s and never a 200",
+    PASS: "passed through: the origin answers a 200 per request",
+    FORWARD: "not revalidated: not stored, forwarded, the origin answers a 200 per request",
+    NONE: "answers from memory, no origin",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+
+
+ROWS = (
+    Row("nginx", "nginx proxy_cache"),
+    Row("squid", "Squid (accel, cache_mem)"),
+    Row("aiohttp", "bare aiohttp + uvloop (ceiling.py)"),
+    Row("lean", "lean probe (hit: bytes replay; pass: pooled relay)"),
+    Row("cacheproxy", "cacheproxy (default config, JSON log on)"),
+    Row("workers2", "cacheproxy --workers 2 (both CPUs, shared with wrk)"),
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    row: str
+    scenario: Scenario
+    child: Child
+    role: str
+
+
+# -- checks ----------------------------------------------------------------------------
+
+
+def origin_counts(origin: Child, path: str) -> tuple[int, int]:
+    stats = get_json(origin.port, "/__stats")
+    return stats.get(f"{path} 200", 0), stats.get(f"{path} 304", 0)
+
+
+def check_role(cell: Cell, n200: int, n304: int, requests: int) -> str:
+    """Raises unless the origin saw what the cell's role says; returns it as one line."""
+    name = f"{cell.row} {cell.scenario.name}"
+    if cell.role == HIT and n200 + n304:
+        raise CheckFailed(f"{name}: {n200 + n304} requests reached the origin during hits")
+    if cell.role == REVAL and (n200 or not n304):
+        raise CheckFailed(f"{name}: origin sent {n304} x 304, {n200} x 200 "
+                          f"for {requests} answers")
+    if cell.role in (PASS, FORWARD) and (n304 or n200 < requests):
+        raise CheckFailed(f"{name}: origin answered {n200} x 200, {n304} x 304 "
+                          f"for {requests} requests")
+    return f"origin: {n200} x 200, {n304} x 304 for {requests} answers"
+
+
+def prime(cell: Cell, origin: Child, reference: dict[str, bytes]) -> None:
+    """Store what a hit needs, then check one more answer against the role."""
+    path = cell.scenario.path
+    # A fresh connection each: with --workers 2 the kernel spreads them over both.
+    for _ in range(16 if cell.row == "workers2" else 1):
+        get(cell.child.port, path)
+    before = origin_counts(origin, path)
+    answer = get(cell.child.port, path)
+    after = origin_counts(origin, path)
+    if answer.status != 200 or answer.body != reference[path]:
+        raise CheckFailed(f"{cell.row} {cell.scenario.name}: status {answer.status}, "
+                          f"{len(answer.body)} bytes: not the origin's answer")
+    if cell.role != NONE:
+        check_role(cell, after[0] - before[0], after[1] - before[1], 1)
+    if cell.row == "cacheproxy":  # its own account of the same, as run.py checks it
+        check_answer(cell.scenario, answer)
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def plan(children: dict[str, Child], only: set[str]) -> list[Cell]:
+    """Which target answers which scenario, in what role."""
+    roles = {
+        "nginx": {"hit-1k": HIT, "hit-32k": HIT, "reval": FORWARD, "pass": PASS},
+        "squid": {"hit-1k": HIT, "hit-32k": HIT, "reval": REVAL, "pass": PASS},
+        "aiohttp": {"hit-1k": NONE, "hit-32k": NONE},
+        "lean": {"hit-1k": HIT, "hit-32k": HIT, "pass": PASS},
+        "cacheproxy": {"hit-1k": HIT, "hit-32k": HIT, "reval": REVAL, "pass": PASS},
+        "workers2": {"hit-1k": HIT},
+    }
+    child_key = {"lean": {"hit-1k": "lean-hit", "hit-32k": "lean-hit", "pass": "lean-pass"}}
+    cells = []
+    for s in SCENARIOS:
+        for row in ROWS:
+            role = roles[row.key].get(s.name)
+            if row.key in only and role is not None:
+                key = child_key.get(row.key, {}).get(s.name, row.key)
+                cells.append(Cell(row.key, s, children[key], role))
+    return cells
+
+
+def run_cells(cells: list[Cell], origin: Child, load: Load, rounds: int) -> dict:
+    """Per scenario, every target in turn, `rounds` times; the best round counts."""
+    results: dict[str, dict[str, dict]] = {}
+    for s in SCENARIOS:
+        these = [c for c in cells if c.scenario == s]
+        done: dict[str, list[dict]] = {c.row: [] for c in these}
+        failed: dict[str, str] = {}
+        for r in range(rounds):
+            # Rotate the order each round so that no target is always first after a change.
+            turn = r % max(1, len(these))
+            for cell in these[turn:] + these[:turn]:
+                if cell.row in failed:
+                    continue
+                try:
+                    if r == 0 and load.warmup:
+                        load.run(cell.child.url + s.path, load.warmup)
+                    before, origin_cpu = origin_counts(origin, s.path), cpu_seconds(origin.pid)
+                    m = measure(load, cell.child, s.path, warm=False)
+                    m["origin_busy"] = (cpu_seconds(origin.pid) - origin_cpu) \
+                        / (m["duration_us"] / 1e6)
+                    after = origin_counts(origin, s.path)
+                    n200, n304 = after[0] - before[0], after[1] - before[1]
+                    note = check_role(cell, n200, n304, m["requests"]) \
+                        if cell.role != NONE else ROLE_NOTE[NONE]
+                except (CheckFailed, RuntimeError) as exc:
+                    failed[cell.row] = str(exc)
+                    print(f"  {s.name} {cell.row}: FAILED: {exc}", file=sys.stderr)
+                    continue
+                done[cell.row].append({**m, "origin_200": n200, "origin_304": n304,
+                                       "check": note})
+                print(f"  {s.name} round {r + 1} {cell.row}: {m['rps']:,.0f} req/s, "
+                      f"p99 {m['latency_us']['p99'] / 1000:.2f} ms, "
+                      f"{m['cpu_us_per_req']:.0f} CPU us/req ({note})", file=sys.stderr)
+        results[s.name] = {}
+        for cell in these:
+            if cell.row in failed:
+                results[s.name][cell.row] = {"role": cell.role, "error": failed[cell.row]}
+            elif done[cell.row]:
+                top = best(done[cell.row])
+                results[s.name][cell.row] = {
+                    "role": cell.role, "rps": top["rps"], "latency_us": top["latency_us"],
+                    "cpu_us_per_req": top["min_cpu_us_per_req"],
+                    "rounds_rps": top["rounds_rps"], "rounds_cpu_us": top["rounds_cpu_us"],
+                    # CPU shares of wrk and the origin (their CPU: see Cpus) in that round.
+                    "client_busy": round(top["client_busy"], 2),
+                    "origin_busy": round(top["origin_busy"], 2),
+                    "origin_per_answer": [
+                        round((m["origin_200"] + m["origin_304"]) / max(1, m["requests"]), 3)
+                        for m in done[cell.row]],
+                    "checks": [m["check"] for m in done[cell.row]]}
+    return results
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def cell_text(results: dict, scenario: str, row: str, what: str = "rps") -> str:
+    m = results.get(scenario, {}).get(row)
+    if m is None:
+        return "-"
+    if "error" in m:
+        return "failed"
+    if what == "p99":
+        return f"{m['latency_us']['p99'] / 1000:.2f}"
+    if what == "cpu":
+        return f"{m['cpu_us_per_req']:.0f}"
+    marks = [mark for mark, on in (("¹", m["role"] == FORWARD), ("²", load_bound(m))) if on]
+    return f"{m['rps']:,.0f}" + (" " + "".join(marks) if marks else "")
+
+
+def load_bound(m: dict) -> bool:
+    """wrk and the origin, sharing one CPU, kept it (nearly) busy: the figure is theirs."""
+    return m["client_busy"] + m["origin_busy"] >= LOAD_BOUND
+
+
+def table(results: dict, rows: list[Row]) -> str:
+    lines = ["| req/s (best round) | hit 1 KiB | hit 32 KiB | revalidate | pass-through "
+             "| p99 ms hit 1 KiB | p99 ms hit 32 KiB |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        cells = [cell_text(results, s.name, row.key) for s in SCENARIOS]
+        p99 = [cell_text(results, s, row.key, "p99") for s in ("hit-1k", "hit-32k")]
+        lines.append(f"| {row.label} | " + " | ".join(cells + p99) + " |")
+    lines += ["", "| server CPU µs per answer (least of the rounds) | hit 1 KiB | hit 32 KiB "
+              "| revalidate | pass-through |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        cpu = [cell_text(results, s.name, row.key, "cpu") for s in SCENARIOS]
+        lines.append(f"| {row.label} | " + " | ".join(cpu) + " |")
+    measured = [m for by_row in results.values() for m in by_row.values() if "error" not in m]
+    if any(m["role"] == FORWARD for m in measured):
+        lines.append("\n¹ " + ROLE_NOTE[FORWARD] + " (nginx does not store a `no-cache` "
+                     "answer, so it never revalidates one).")
+    if any(load_bound(m) for m in measured):
+        lines.append(f"\n² wrk and the origin kept their CPU >= {LOAD_BOUND:.0%} busy: a lower "
+                     "bound, set by the load side rather than by this server.")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    label: str
+    num: tuple[str, str, str]  # scenario, row, "rps" or "p99"
+    den: tuple[str, str, str]
+    target: str  # e.g. ">= 1.0", "" for context only
+
+
+RATIOS = (
+    Ratio("cacheproxy hit 1 KiB / Squid", ("hit-1k", "cacheproxy", "rps"),
+          ("hit-1k", "squid", "rps"), ">= 1.0"),
+    Ratio("cacheproxy hit 1 KiB / bare aiohttp", ("hit-1k", "cacheproxy", "rps"),
+          ("hit-1k", "aiohttp", "rps"), ">= 1.3"),
+    Ratio("cacheproxy hit 32 KiB / nginx", ("hit-32k", "cacheproxy", "rps"),
+          ("hit-32k", "nginx", "rps"), ">= 0.8"),
+    Ratio("cacheproxy pass-through / Squid", ("pass", "cacheproxy", "rps"),
+          ("pass", "squid", "rps"), ">= 1.5"),
+    Ratio("cacheproxy revalidate / Squid", ("reval", "cacheproxy", "rps"),
+          ("reval", "squid", "rps"), ">= 1.5"),
+    Ratio("cacheproxy p99 hit 1 KiB / nginx", ("hit-1k", "cacheproxy", "p99"),
+          ("hit-1k", "nginx", "p99"), "<= 2.0"),
+    Ratio("cacheproxy p99 hit 32 KiB / nginx", ("hit-32k", "cacheproxy", "p99"),
+          ("hit-32k", "nginx", "p99"), "<= 2.0"),
+    Ratio("cacheproxy --workers 2 / 1 worker, hit 1 KiB", ("hit-1k", "workers2", "rps"),
+          ("hit-1k", "cacheproxy", "rps"), ">= 1.8"),
+    Ratio("cacheproxy hit 1 KiB / lean probe", ("hit-1k", "cacheproxy", "rps"),
+          ("hit-1k", "lean", "rps"), ""),
+    Ratio("cacheproxy pass-through / lean probe", ("pass", "cacheproxy", "rps"),
+          ("pass", "lean", "rps"), ""),
+)
+
+
+def value(results: dict, ref: tuple[str, str, str]) -> float | None:
+    scenario, row, what = ref
+    m = results.get(scenario, {}).get(row)
+    if m is None or "error" in m:
+        return None
+    return m["latency_us"]["p99"] if what == "p99" else m["rps"]
+
+
+def ratios(results: dict) -> list[dict]:
+    out = []
+    for r in RATIOS:
+        num, den = value(results, r.num), value(results, r.den)
+        if num is None or not den:
+            continue
+        x = num / den
+        if r.target:
+            op, bound = r.target.split()
+            reached = x >= float(bound) if op == ">=" else x <= float(bound)
+        else:
+            reached = None
+        out.append({"ratio": r.label, "value": round(x, 3), "target": r.target,
+                    "reached": reached, "num": num, "den": den})
+    return out
+
+
+def ratio_table(rs: list[dict]) -> str:
+    lines = ["| ratio (this run) | value | issue 10 target | |", "|---|---:|---|---|"]
+    for r in rs:
+        state = {True: "reached", False: "not reached", None: ""}[r["reached"]]
+        lines.append(f"| {r['ratio']} | {r['value']:.2f}x | {r['target'] or '(context)'} "
+                     f"| {state} |")
+    return "\n".join(lines)
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def start_all(origin: Child, cpus: Cpus, only: set[str], scratch: Path,
+              stack: list[Child]) -> dict[str, Child]:
+    """Start every selected target (cacheproxy always: its answers feed the ceiling)."""
+    children: dict[str, Child] = {}
+
+    def add(key: str, child: Child) -> None:
+        children[key] = child
+        stack.append(child)
+
+    add("cacheproxy", start_proxy(origin.url, cpu=cpus.server, name="cacheproxy"))
+    if "aiohttp" in only:
+        children["aiohttp"] = ceiling_from(children["cacheproxy"], cpus)
+        stack.append(children["aiohttp"])
+    if "nginx" in only:
+        add("nginx", peer_servers.start_nginx(origin, cpus.server, scratch))
+    if "squid" in only:
+        add("squid", peer_servers.start_squid(origin, cpus.server, scratch))
+    if "lean" in only:
+        add("lean-hit", peer_servers.start_lean_probe(origin, "hit", cpus.server))
+        add("lean-pass", peer_servers.start_lean_probe(origin, "pass", cpus.server))
+    if "workers2" in only:
+        add("workers2", start_proxy(origin.url, name="cacheproxy-workers2", workers=2))
+        time.sleep(1.0)  # both workers listening
+    return children
+
+
+def ceiling_from(proxy: Child, cpus: Cpus) -> Child:
+    """ceiling.py answering, from memory, the bytes cacheproxy answers for the hits."""
+    fixtures = {}
+    for s in SCENARIOS:
+        if s.kind == "hit":
+            get(proxy.port, s.path)
+            a = get(proxy.port, s.path)
+            fixtures[s.path] = {"status": a.status, "headers": a.headers,
+                                "body": base64.b64encode(a.body).decode()}
+    path = RESULTS / "peers-ceiling-fixtures.json"
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(fixtures, indent=1))
+    return start_ceiling(path, cpus.server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    keys = [r.key for r in ROWS]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measured round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of load before a target's first round")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s (+1 s warm-up)")
+    parser.add_argument("--only", default=",".join(keys),
+                        help=f"comma-separated rows among {','.join(keys)}")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 3, 1, 1
+    only = {k.strip() for k in args.only.split(",") if k.strip()}
+    if only - set(keys):
+        parser.error(f"unknown rows {sorted(only - set(keys))}; choose among {keys}")
+    problems = [f"Debian package {p} (apt-get install -y {p})"
+                for p in peer_servers.missing_tools() if p == "wrk" or p in only]
+    if "lean" in only and (missing := peer_servers.lean_probe_missing()):
+        problems.append(missing)
+    if problems:
+        print("missing: " + "; ".join(problems), file=sys.stderr)
+        return 2
+
+    cpus = Cpus.plan(not args.no_pin)
+    load = Load("wrk", args.duration, args.warmup, args.connections, 1, cpus.client)
+    rows = [r for r in ROWS if r.key in only]
+    started = time.monotonic()
+    print(f"wrk -t1 -c{args.connections}, {args.rounds} round(s) of {args.duration} s per "
+          f"target and scenario (+{args.warmup} s warm-up); {cpus.describe()}", file=sys.stderr)
+    stack: list[Child] = []
+    origin = start_origin(cpus.origin, engine="raw")
+    try:
+        with peer_servers.scratch() as scratch:
+            children = start_all(origin, cpus, only, scratch, stack)
+            with running(*stack):
+                reference = {s.path: get(origin.port, s.path).body for s in SCENARIOS}
+                cells = plan(children, only)
+                for cell in cells:
+                    prime(cell, origin, reference)
+                results = run_cells(cells, origin, load, args.rounds)
+    finally:
+        origin.stop()
+
+    rs = ratios(results)
+    print()
+    print(table(results, rows))
+    print()
+    print(ratio_table(rs))
+    env = {**environment(load, cpus), **peer_servers.versions(), "rounds": args.rounds,
+           "wrk": shutil.which("wrk")}
+    report = {"environment": env, "rows": [asdict(r) for r in rows], "results": results,
+              "ratios": rs, "seconds": round(time.monotonic() - started, 1),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for name in (f"peers-{stamp}.json", "peers-latest.json"):
+        (RESULTS / name).write_text(json.dumps(report, indent=2))
+    print(f"\n({report['seconds']:.0f} s; results in "
+          f"{RESULTS.relative_to(ROOT)}/peers-{stamp}.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except CheckFailed as exc:
+        print(f"check failed: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -198,6 +198,16 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time spent by everything on the machine (all CPUs, not idle), from /proc/stat.
+    Less the benchmark's own processes, it tells how busy the neighbours were."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already inside user / nice
+    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process and its live descendants, from /proc/PID/stat."""
     total = 0

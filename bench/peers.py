@@ -1,7 +1,7 @@
 """cacheproxy side by side with nginx, Squid, bare aiohttp and the lean probe, in one run.
 
     .venv/bin/python bench/peers.py [--quick] [--only nginx,squid,aiohttp,lean,cacheproxy,workers2]
-                                    [--duration 5] [--rounds 2] [--warmup 2]
+                                    [--duration 4] [--rounds 3] [--warmup 2]
 
 The table of issue 10 ("A lean data plane"), measured here: rows are the servers, columns
 the scenarios of run.py (hit 1 KiB, hit 32 KiB, revalidation, pass-through) and the p99
@@ -42,6 +42,7 @@ from harness import (
     cpu_seconds,
     get,
     get_json,
+    machine_cpu_seconds,
     running,
     start_ceiling,
     start_origin,
@@ -165,10 +166,15 @@ def run_cells(cells: list[Cell], origin: Child, load: Load, rounds: int) -> dict
                 try:
                     if r == 0 and load.warmup:
                         load.run(cell.child.url + s.path, load.warmup)
-                    before, origin_cpu = origin_counts(origin, s.path), cpu_seconds(origin.pid)
+                    before = origin_counts(origin, s.path)
+                    origin_cpu, all_cpu = cpu_seconds(origin.pid), machine_cpu_seconds()
                     m = measure(load, cell.child, s.path, warm=False)
-                    m["origin_busy"] = (cpu_seconds(origin.pid) - origin_cpu) \
-                        / (m["duration_us"] / 1e6)
+                    seconds = m["duration_us"] / 1e6
+                    m["origin_busy"] = (cpu_seconds(origin.pid) - origin_cpu) / seconds
+                    # CPUs' worth of work by anything but the server, wrk and the origin.
+                    m["others_busy"] = max(0.0, (machine_cpu_seconds() - all_cpu) / seconds
+                                           - m["cpu_busy"] - m["client_busy"]
+                                           - m["origin_busy"])
                     after = origin_counts(origin, s.path)
                     n200, n304 = after[0] - before[0], after[1] - before[1]
                     note = check_role(cell, n200, n304, m["requests"]) \
@@ -181,7 +187,8 @@ def run_cells(cells: list[Cell], origin: Child, load: Load, rounds: int) -> dict
                                        "check": note})
                 print(f"  {s.name} round {r + 1} {cell.row}: {m['rps']:,.0f} req/s, "
                       f"p99 {m['latency_us']['p99'] / 1000:.2f} ms, "
-                      f"{m['cpu_us_per_req']:.0f} CPU us/req ({note})", file=sys.stderr)
+                      f"{m['cpu_us_per_req']:.0f} CPU us/req, others busy "
+                      f"{m['others_busy']:.2f} CPU ({note})", file=sys.stderr)
         results[s.name] = {}
         for cell in these:
             if cell.row in failed:
@@ -195,6 +202,7 @@ def run_cells(cells: list[Cell], origin: Child, load: Load, rounds: int) -> dict
                     # CPU shares of wrk and the origin (their CPU: see Cpus) in that round.
                     "client_busy": round(top["client_busy"], 2),
                     "origin_busy": round(top["origin_busy"], 2),
+                    "others_busy": [round(m["others_busy"], 2) for m in done[cell.row]],
                     "origin_per_answer": [
                         round((m["origin_200"] + m["origin_304"]) / max(1, m["requests"]), 3)
                         for m in done[cell.row]],
@@ -313,6 +321,17 @@ def ratio_table(rs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def neighbours(results: dict) -> str:
+    """How busy the rest of the machine was while we measured (shared machines)."""
+    busy = sorted(x for by_row in results.values() for m in by_row.values()
+                  for x in m.get("others_busy", []))
+    if not busy:
+        return ""
+    return (f"Other processes on the machine used {busy[len(busy) // 2]:.2f} CPU (median "
+            f"over {len(busy)} measured rounds), {busy[-1]:.2f} at most: rounds taken "
+            "beside them are lower, which is why the best round counts.")
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -360,18 +379,18 @@ def ceiling_from(proxy: Child, cpus: Cpus) -> Child:
 def main(argv: list[str] | None = None) -> int:
     keys = [r.key for r in ROWS]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per measured round")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per scenario")
+    parser.add_argument("--duration", type=int, default=4, help="seconds per measured round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
     parser.add_argument("--warmup", type=int, default=2,
                         help="seconds of load before a target's first round")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--quick", action="store_true", help="1 round of 3 s (+1 s warm-up)")
+    parser.add_argument("--quick", action="store_true", help="2 rounds of 2 s (+1 s warm-up)")
     parser.add_argument("--only", default=",".join(keys),
                         help=f"comma-separated rows among {','.join(keys)}")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.rounds = 3, 1, 1
+        args.duration, args.warmup, args.rounds = 2, 1, 2
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     if only - set(keys):
         parser.error(f"unknown rows {sorted(only - set(keys))}; choose among {keys}")
@@ -408,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results, rows))
     print()
     print(ratio_table(rs))
+    print()
+    print(neighbours(results))
     env = {**environment(load, cpus), **peer_servers.versions(), "rounds": args.rounds,
            "wrk": shutil.which("wrk")}
     report = {"environment": env, "rows": [asdict(r) for r in rows], "results": results,

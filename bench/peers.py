@@ -48,34 +48,21 @@ from harness import (
     start_origin,
     start_proxy,
 )
-from run import SCENARIOS, CheckFailed, Load, Scenario, best, check_answer, environment, measure
-
-# What the origin must see while a target answers a scenario.
-HIT, REVAL, PASS, FORWARD, NONE = "hit", "reval", "pass", "forward", "none"
-LOAD_BOUND = 0.9  # wrk + origin CPU share on their CPU beyond which they set the pace
-ROLE_NOTE = {
-    HIT: "a hit: the origin sees no request",
-    REVAL: "revalidated: the origin answers 304s and never a 200",
-    PASS: "passed through: the origin answers a 200 per request",
-    FORWARD: "not revalidated: not stored, forwarded, the origin answers a 200 per request",
-    NONE: "answers from memory, no origin",
-}
-
-
-@dataclass(frozen=True)
-class Row:
-    key: str
-    label: str
-
-
-ROWS = (
-    Row("nginx", "nginx proxy_cache"),
-    Row("squid", "Squid (accel, cache_mem)"),
-    Row("aiohttp", "bare aiohttp + uvloop (ceiling.py)"),
-    Row("lean", "lean probe (hit: bytes replay; pass: pooled relay)"),
-    Row("cacheproxy", "cacheproxy (default config, JSON log on)"),
-    Row("workers2", "cacheproxy --workers 2 (both CPUs, shared with wrk)"),
+from peers_report import (
+    FORWARD,
+    HIT,
+    NONE,
+    PASS,
+    QUIET,
+    REVAL,
+    ROLE_NOTE,
+    ROWS,
+    neighbours,
+    ratio_table,
+    ratios,
+    table,
 )
+from run import SCENARIOS, CheckFailed, Load, Scenario, best, check_answer, environment, measure
 
 
 @dataclass(frozen=True)
@@ -92,6 +79,19 @@ class Cell:
 def origin_counts(origin: Child, path: str) -> tuple[int, int]:
     stats = get_json(origin.port, "/__stats")
     return stats.get(f"{path} 200", 0), stats.get(f"{path} 304", 0)
+
+
+def settled_counts(origin: Child, path: str, timeout: float = 3.0) -> tuple[int, int]:
+    """The counters once they stop moving: requests still in flight when wrk stopped
+    (up to 64) reach the origin late, and must count for the server that sent them."""
+    last, deadline = origin_counts(origin, path), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = origin_counts(origin, path)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def check_role(cell: Cell, n200: int, n304: int, requests: int) -> str:
@@ -150,186 +150,88 @@ def plan(children: dict[str, Child], only: set[str]) -> list[Cell]:
     return cells
 
 
-def run_cells(cells: list[Cell], origin: Child, load: Load, rounds: int) -> dict:
-    """Per scenario, every target in turn, `rounds` times; the best round counts."""
-    results: dict[str, dict[str, dict]] = {}
-    for s in SCENARIOS:
-        these = [c for c in cells if c.scenario == s]
-        done: dict[str, list[dict]] = {c.row: [] for c in these}
-        failed: dict[str, str] = {}
-        for r in range(rounds):
-            # Rotate the order each round so that no target is always first after a change.
-            turn = r % max(1, len(these))
-            for cell in these[turn:] + these[:turn]:
-                if cell.row in failed:
-                    continue
-                try:
-                    if r == 0 and load.warmup:
-                        load.run(cell.child.url + s.path, load.warmup)
-                    before = origin_counts(origin, s.path)
-                    origin_cpu, all_cpu = cpu_seconds(origin.pid), machine_cpu_seconds()
-                    m = measure(load, cell.child, s.path, warm=False)
-                    seconds = m["duration_us"] / 1e6
-                    m["origin_busy"] = (cpu_seconds(origin.pid) - origin_cpu) / seconds
-                    # CPUs' worth of work by anything but the server, wrk and the origin.
-                    m["others_busy"] = max(0.0, (machine_cpu_seconds() - all_cpu) / seconds
-                                           - m["cpu_busy"] - m["client_busy"]
-                                           - m["origin_busy"])
-                    after = origin_counts(origin, s.path)
-                    n200, n304 = after[0] - before[0], after[1] - before[1]
-                    note = check_role(cell, n200, n304, m["requests"]) \
-                        if cell.role != NONE else ROLE_NOTE[NONE]
-                except (CheckFailed, RuntimeError) as exc:
-                    failed[cell.row] = str(exc)
-                    print(f"  {s.name} {cell.row}: FAILED: {exc}", file=sys.stderr)
-                    continue
-                done[cell.row].append({**m, "origin_200": n200, "origin_304": n304,
-                                       "check": note})
-                print(f"  {s.name} round {r + 1} {cell.row}: {m['rps']:,.0f} req/s, "
-                      f"p99 {m['latency_us']['p99'] / 1000:.2f} ms, "
-                      f"{m['cpu_us_per_req']:.0f} CPU us/req, others busy "
-                      f"{m['others_busy']:.2f} CPU ({note})", file=sys.stderr)
-        results[s.name] = {}
+def one_round(cell: Cell, origin: Child, load: Load, warm: bool) -> dict:
+    """One measured round of one cell, checked against its role; raises if wrong."""
+    path = cell.scenario.path
+    if warm and load.warmup:
+        load.run(cell.child.url + path, load.warmup)
+    before = settled_counts(origin, path)
+    origin_cpu, all_cpu = cpu_seconds(origin.pid), machine_cpu_seconds()
+    m = measure(load, cell.child, path, warm=False)
+    seconds = m["duration_us"] / 1e6
+    m["origin_busy"] = (cpu_seconds(origin.pid) - origin_cpu) / seconds
+    # CPUs' worth of work by anything but the server, wrk and the origin.
+    m["others_busy"] = max(0.0, (machine_cpu_seconds() - all_cpu) / seconds
+                           - m["cpu_busy"] - m["client_busy"] - m["origin_busy"])
+    after = settled_counts(origin, path)
+    n200, n304 = after[0] - before[0], after[1] - before[1]
+    note = check_role(cell, n200, n304, m["requests"]) if cell.role != NONE \
+        else ROLE_NOTE[NONE]
+    return {**m, "origin_200": n200, "origin_304": n304, "check": note}
+
+
+def run_cells(cells: list[Cell], origin: Child, load: Load, rounds: int,
+              extra: int = 0) -> dict:
+    """Per scenario, every target in turn, `rounds` times; then up to `extra` more rounds
+    for the targets whose best round so far had busy neighbours. The best round counts."""
+    return {s.name: run_scenario([c for c in cells if c.scenario == s], origin, load,
+                                 rounds, extra) for s in SCENARIOS}
+
+
+def run_scenario(these: list[Cell], origin: Child, load: Load, rounds: int,
+                 extra: int) -> dict[str, dict]:
+    done: dict[str, list[dict]] = {c.row: [] for c in these}
+    failed: dict[str, str] = {}
+
+    def turn(cell: Cell, r: int) -> None:
+        if cell.row in failed:
+            return
+        name = f"{cell.scenario.name} round {r + 1} {cell.row}"
+        try:
+            m = one_round(cell, origin, load, warm=r == 0)
+        except (CheckFailed, RuntimeError) as exc:
+            failed[cell.row] = str(exc)
+            print(f"  {name}: FAILED: {exc}", file=sys.stderr)
+            return
+        done[cell.row].append(m)
+        print(f"  {name}: {m['rps']:,.0f} req/s, p99 {m['latency_us']['p99'] / 1000:.2f} ms, "
+              f"{m['cpu_us_per_req']:.0f} CPU us/req, others busy "
+              f"{m['others_busy']:.2f} CPU ({m['check']})", file=sys.stderr)
+
+    for r in range(rounds):
+        # Rotate the order each round so that no target is always first after a change.
+        k = r % max(1, len(these))
+        for cell in these[k:] + these[:k]:
+            turn(cell, r)
+    for r in range(rounds, rounds + extra):
         for cell in these:
-            if cell.row in failed:
-                results[s.name][cell.row] = {"role": cell.role, "error": failed[cell.row]}
-            elif done[cell.row]:
-                top = best(done[cell.row])
-                results[s.name][cell.row] = {
-                    "role": cell.role, "rps": top["rps"], "latency_us": top["latency_us"],
-                    "cpu_us_per_req": top["min_cpu_us_per_req"],
-                    "rounds_rps": top["rounds_rps"], "rounds_cpu_us": top["rounds_cpu_us"],
-                    # CPU shares of wrk and the origin (their CPU: see Cpus) in that round.
-                    "client_busy": round(top["client_busy"], 2),
-                    "origin_busy": round(top["origin_busy"], 2),
-                    "others_busy": [round(m["others_busy"], 2) for m in done[cell.row]],
-                    "origin_per_answer": [
-                        round((m["origin_200"] + m["origin_304"]) / max(1, m["requests"]), 3)
-                        for m in done[cell.row]],
-                    "checks": [m["check"] for m in done[cell.row]]}
-    return results
+            if done[cell.row] and noisy(max(done[cell.row], key=lambda m: m["rps"])):
+                turn(cell, r)
+    return {c.row: summarize(c, done[c.row], failed.get(c.row)) for c in these}
 
 
-# -- report ----------------------------------------------------------------------------
+def noisy(m: dict) -> bool:
+    return m["others_busy"] >= QUIET
 
 
-def cell_text(results: dict, scenario: str, row: str, what: str = "rps") -> str:
-    m = results.get(scenario, {}).get(row)
-    if m is None:
-        return "-"
-    if "error" in m:
-        return "failed"
-    if what == "p99":
-        return f"{m['latency_us']['p99'] / 1000:.2f}"
-    if what == "cpu":
-        return f"{m['cpu_us_per_req']:.0f}"
-    marks = [mark for mark, on in (("¹", m["role"] == FORWARD), ("²", load_bound(m))) if on]
-    return f"{m['rps']:,.0f}" + (" " + "".join(marks) if marks else "")
-
-
-def load_bound(m: dict) -> bool:
-    """wrk and the origin, sharing one CPU, kept it (nearly) busy: the figure is theirs."""
-    return m["client_busy"] + m["origin_busy"] >= LOAD_BOUND
-
-
-def table(results: dict, rows: list[Row]) -> str:
-    lines = ["| req/s (best round) | hit 1 KiB | hit 32 KiB | revalidate | pass-through "
-             "| p99 ms hit 1 KiB | p99 ms hit 32 KiB |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        cells = [cell_text(results, s.name, row.key) for s in SCENARIOS]
-        p99 = [cell_text(results, s, row.key, "p99") for s in ("hit-1k", "hit-32k")]
-        lines.append(f"| {row.label} | " + " | ".join(cells + p99) + " |")
-    lines += ["", "| server CPU µs per answer (least of the rounds) | hit 1 KiB | hit 32 KiB "
-              "| revalidate | pass-through |", "|---|---:|---:|---:|---:|"]
-    for row in rows:
-        cpu = [cell_text(results, s.name, row.key, "cpu") for s in SCENARIOS]
-        lines.append(f"| {row.label} | " + " | ".join(cpu) + " |")
-    measured = [m for by_row in results.values() for m in by_row.values() if "error" not in m]
-    if any(m["role"] == FORWARD for m in measured):
-        lines.append("\n¹ " + ROLE_NOTE[FORWARD] + " (nginx does not store a `no-cache` "
-                     "answer, so it never revalidates one).")
-    if any(load_bound(m) for m in measured):
-        lines.append(f"\n² wrk and the origin kept their CPU >= {LOAD_BOUND:.0%} busy: a lower "
-                     "bound, set by the load side rather than by this server.")
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class Ratio:
-    label: str
-    num: tuple[str, str, str]  # scenario, row, "rps" or "p99"
-    den: tuple[str, str, str]
-    target: str  # e.g. ">= 1.0", "" for context only
-
-
-RATIOS = (
-    Ratio("cacheproxy hit 1 KiB / Squid", ("hit-1k", "cacheproxy", "rps"),
-          ("hit-1k", "squid", "rps"), ">= 1.0"),
-    Ratio("cacheproxy hit 1 KiB / bare aiohttp", ("hit-1k", "cacheproxy", "rps"),
-          ("hit-1k", "aiohttp", "rps"), ">= 1.3"),
-    Ratio("cacheproxy hit 32 KiB / nginx", ("hit-32k", "cacheproxy", "rps"),
-          ("hit-32k", "nginx", "rps"), ">= 0.8"),
-    Ratio("cacheproxy pass-through / Squid", ("pass", "cacheproxy", "rps"),
-          ("pass", "squid", "rps"), ">= 1.5"),
-    Ratio("cacheproxy revalidate / Squid", ("reval", "cacheproxy", "rps"),
-          ("reval", "squid", "rps"), ">= 1.5"),
-    Ratio("cacheproxy p99 hit 1 KiB / nginx", ("hit-1k", "cacheproxy", "p99"),
-          ("hit-1k", "nginx", "p99"), "<= 2.0"),
-    Ratio("cacheproxy p99 hit 32 KiB / nginx", ("hit-32k", "cacheproxy", "p99"),
-          ("hit-32k", "nginx", "p99"), "<= 2.0"),
-    Ratio("cacheproxy --workers 2 / 1 worker, hit 1 KiB", ("hit-1k", "workers2", "rps"),
-          ("hit-1k", "cacheproxy", "rps"), ">= 1.8"),
-    Ratio("cacheproxy hit 1 KiB / lean probe", ("hit-1k", "cacheproxy", "rps"),
-          ("hit-1k", "lean", "rps"), ""),
-    Ratio("cacheproxy pass-through / lean probe", ("pass", "cacheproxy", "rps"),
-          ("pass", "lean", "rps"), ""),
-)
-
-
-def value(results: dict, ref: tuple[str, str, str]) -> float | None:
-    scenario, row, what = ref
-    m = results.get(scenario, {}).get(row)
-    if m is None or "error" in m:
-        return None
-    return m["latency_us"]["p99"] if what == "p99" else m["rps"]
-
-
-def ratios(results: dict) -> list[dict]:
-    out = []
-    for r in RATIOS:
-        num, den = value(results, r.num), value(results, r.den)
-        if num is None or not den:
-            continue
-        x = num / den
-        if r.target:
-            op, bound = r.target.split()
-            reached = x >= float(bound) if op == ">=" else x <= float(bound)
-        else:
-            reached = None
-        out.append({"ratio": r.label, "value": round(x, 3), "target": r.target,
-                    "reached": reached, "num": num, "den": den})
-    return out
-
-
-def ratio_table(rs: list[dict]) -> str:
-    lines = ["| ratio (this run) | value | issue 10 target | |", "|---|---:|---|---|"]
-    for r in rs:
-        state = {True: "reached", False: "not reached", None: ""}[r["reached"]]
-        lines.append(f"| {r['ratio']} | {r['value']:.2f}x | {r['target'] or '(context)'} "
-                     f"| {state} |")
-    return "\n".join(lines)
-
-
-def neighbours(results: dict) -> str:
-    """How busy the rest of the machine was while we measured (shared machines)."""
-    busy = sorted(x for by_row in results.values() for m in by_row.values()
-                  for x in m.get("others_busy", []))
-    if not busy:
-        return ""
-    return (f"Other processes on the machine used {busy[len(busy) // 2]:.2f} CPU (median "
-            f"over {len(busy)} measured rounds), {busy[-1]:.2f} at most: rounds taken "
-            "beside them are lower, which is why the best round counts.")
+def summarize(cell: Cell, rounds: list[dict], error: str | None) -> dict:
+    if error is not None or not rounds:
+        return {"role": cell.role, "error": error or "no round measured"}
+    top = best(rounds)
+    return {
+        "role": cell.role, "rps": top["rps"], "latency_us": top["latency_us"],
+        "cpu_us_per_req": top["min_cpu_us_per_req"],
+        "rounds_rps": top["rounds_rps"], "rounds_cpu_us": top["rounds_cpu_us"],
+        # CPU shares, in the best round, of wrk, the origin (on their own CPU) and of
+        # every other process on the machine (in CPUs).
+        "client_busy": round(top["client_busy"], 2),
+        "origin_busy": round(top["origin_busy"], 2),
+        "others_busy_best": round(top["others_busy"], 2),
+        "others_busy": [round(m["others_busy"], 2) for m in rounds],
+        "origin_per_answer": [
+            round((m["origin_200"] + m["origin_304"]) / max(1, m["requests"]), 3)
+            for m in rounds],
+        "checks": [m["check"] for m in rounds]}
 
 
 # -- main ------------------------------------------------------------------------------
@@ -381,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=4, help="seconds per measured round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
+    parser.add_argument("--extra-rounds", type=int, default=1,
+                        help=f"more rounds for targets whose best round so far ran beside "
+                             f"other processes using >= {QUIET} CPU")
     parser.add_argument("--warmup", type=int, default=2,
                         help="seconds of load before a target's first round")
     parser.add_argument("--connections", type=int, default=64)
@@ -390,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup, args.rounds = 2, 1, 2
+        args.duration, args.warmup, args.rounds, args.extra_rounds = 2, 1, 2, 0
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     if only - set(keys):
         parser.error(f"unknown rows {sorted(only - set(keys))}; choose among {keys}")
@@ -418,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells = plan(children, only)
                 for cell in cells:
                     prime(cell, origin, reference)
-                results = run_cells(cells, origin, load, args.rounds)
+                results = run_cells(cells, origin, load, args.rounds, args.extra_rounds)
     finally:
         origin.stop()
 
@@ -430,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(neighbours(results))
     env = {**environment(load, cpus), **peer_servers.versions(), "rounds": args.rounds,
+           "extra_rounds": args.extra_rounds,
            "wrk": shutil.which("wrk")}
     report = {"environment": env, "rows": [asdict(r) for r in rows], "results": results,
               "ratios": rs, "seconds": round(time.monotonic() - started, 1),

@@ -50,8 +50,13 @@ def cell_text(results: dict, scenario: str, row: str, what: str = "rps") -> str:
     if what == "cpu":
         return f"{m['cpu_us_per_req']:.0f}"
     marks = [mark for mark, on in (("¹", m["role"] == FORWARD), ("²", load_bound(m)),
-                                   ("³", m["others_busy_best"] >= QUIET)) if on]
+                                   ("³", disturbed(m))) if on]
     return f"{m['rps']:,.0f}" + (" " + "".join(marks) if marks else "")
+
+
+def disturbed(m: dict) -> bool:
+    """Every round of this cell ran beside busy neighbours."""
+    return min(m["others_busy"]) >= QUIET
 
 
 def load_bound(m: dict) -> bool:
@@ -79,9 +84,9 @@ def table(results: dict, rows: list[Row]) -> str:
     if any(load_bound(m) for m in measured):
         lines.append(f"\n² wrk and the origin kept their CPU >= {LOAD_BOUND:.0%} busy: a lower "
                      "bound, set by the load side rather than by this server.")
-    if any(m["others_busy_best"] >= QUIET for m in measured):
-        lines.append(f"\n³ even the best round ran beside other processes using >= {QUIET} "
-                     "CPU: likely low.")
+    if any(disturbed(m) for m in measured):
+        lines.append(f"\n³ every round of this cell ran beside other processes using >= "
+                     f"{QUIET} CPU: likely low.")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """cacheproxy side by side with nginx, Squid, bare aiohttp and the lean probe, in one run.
 
     .venv/bin/python bench/peers.py [--quick] [--only nginx,squid,aiohttp,lean,cacheproxy,workers2]
-                                    [--duration 4] [--rounds 3] [--warmup 2]
+                                    [--duration 4] [--rounds 3] [--extra-rounds 1] [--warmup 2]
 
 The table of issue 10 ("A lean data plane"), measured here: rows are the servers, columns
 the scenarios of run.py (hit 1 KiB, hit 32 KiB, revalidation, pass-through) and the p99
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -248,8 +247,7 @@ def start_all(origin: Child, cpus: Cpus, only: set[str], scratch: Path,
 
     add("cacheproxy", start_proxy(origin.url, cpu=cpus.server, name="cacheproxy"))
     if "aiohttp" in only:
-        children["aiohttp"] = ceiling_from(children["cacheproxy"], cpus)
-        stack.append(children["aiohttp"])
+        add("aiohttp", ceiling_from(children["cacheproxy"], cpus))
     if "nginx" in only:
         add("nginx", peer_servers.start_nginx(origin, cpus.server, scratch))
     if "squid" in only:
@@ -315,17 +313,17 @@ def main(argv: list[str] | None = None) -> int:
           f"target and scenario (+{args.warmup} s warm-up); {cpus.describe()}", file=sys.stderr)
     stack: list[Child] = []
     origin = start_origin(cpus.origin, engine="raw")
-    try:
-        with peer_servers.scratch() as scratch:
+    with peer_servers.scratch() as scratch, running(origin):
+        try:  # stops whatever started, even when a later start fails
             children = start_all(origin, cpus, only, scratch, stack)
-            with running(*stack):
-                reference = {s.path: get(origin.port, s.path).body for s in SCENARIOS}
-                cells = plan(children, only)
-                for cell in cells:
-                    prime(cell, origin, reference)
-                results = run_cells(cells, origin, load, args.rounds, args.extra_rounds)
-    finally:
-        origin.stop()
+            reference = {s.path: get(origin.port, s.path).body for s in SCENARIOS}
+            cells = plan(children, only)
+            for cell in cells:
+                prime(cell, origin, reference)
+            results = run_cells(cells, origin, load, args.rounds, args.extra_rounds)
+        finally:
+            for child in reversed(stack):
+                child.stop()
 
     rs = ratios(results)
     print()
@@ -335,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(neighbours(results))
     env = {**environment(load, cpus), **peer_servers.versions(), "rounds": args.rounds,
-           "extra_rounds": args.extra_rounds,
-           "wrk": shutil.which("wrk")}
+           "extra_rounds": args.extra_rounds}
     report = {"environment": env, "rows": [asdict(r) for r in rows], "results": results,
               "ratios": rs, "seconds": round(time.monotonic() - started, 1),
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
@@ -353,4 +350,7 @@ if __name__ == "__main__":
         sys.exit(main())
     except CheckFailed as exc:
         print(f"check failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as exc:  # a server that would not start, or died
+        print(f"failed: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -221,6 +221,7 @@ def summarize(cell: Cell, rounds: list[dict], error: str | None) -> dict:
         "role": cell.role, "rps": top["rps"], "latency_us": top["latency_us"],
         # Like req/s, latency only suffers from noise: the least p99 of the rounds.
         "p99_us": min(m["latency_us"]["p99"] for m in rounds),
+        "p50_us": min(m["latency_us"]["p50"] for m in rounds),
         "rounds_p99_us": [m["latency_us"]["p99"] for m in rounds],
         "cpu_us_per_req": top["min_cpu_us_per_req"],
         "rounds_rps": top["rounds_rps"], "rounds_cpu_us": top["rounds_cpu_us"],

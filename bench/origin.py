@@ -16,7 +16,7 @@ Routes (all GET):
                     it to prove that hits did not reach the origin)
 
 `--engine raw` answers the same routes (but /big) from origin_raw.py's bare asyncio
-Protocol instead: several times faster, for runs where the aiohttp origin would be the
+Protocol instead: two to three times faster, for runs where the aiohttp origin would be the
 bottleneck (bench/peers.py's pass-through and revalidation).
 
 It runs on uvloop with no access log, so it costs the proxy's benchmark as

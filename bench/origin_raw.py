@@ -5,7 +5,7 @@ On the two-core machines the benchmarks run on, the origin shares a CPU with wrk
 aiohttp origin then answers about 12,000 requests/s, below what nginx, Squid or a lean
 proxy forward, so pass-through and revalidation figures would measure the origin. This one
 answers the same routes with the same fields and bodies (and the same /__stats counters)
-from pre-encoded bytes, several times faster. Not here: /big (streaming; memory.py uses the
+from pre-encoded bytes, two to three times faster. Not here: /big (streaming; memory.py uses the
 aiohttp origin for it).
 """
 

@@ -121,19 +121,28 @@ def start(
     raise RuntimeError(f"{name} did not listen on {port} within {timeout:.0f}s")
 
 
-def start_origin(cpu: int | None = None) -> Child:
+def start_origin(cpu: int | None = None, engine: str = "aiohttp") -> Child:
+    """bench/origin.py; engine "raw" is its faster asyncio Protocol (no /big)."""
     port = free_port()
-    return start("origin", [PYTHON, str(BENCH / "origin.py"), "--listen", f"{HOST}:{port}"],
-                 port, cpu=cpu)
+    cmd = [PYTHON, str(BENCH / "origin.py"), "--listen", f"{HOST}:{port}", "--engine", engine]
+    return start("origin", cmd, port, cpu=cpu)
 
 
 def start_proxy(
     upstream: str, *, cpu: int | None = None, env: Mapping[str, str] | None = None,
-    name: str = "proxy",
+    name: str = "proxy", workers: int = 1,
 ) -> Child:
+    """`cacheproxy serve` with its default config (config/cacheproxy.toml: the JSON
+    request log on, to this child's log file) but for the upstream and the listener.
+
+    PYTHONPATH puts this checkout first, so a venv installed (editable) from another
+    checkout still runs the code beside this harness."""
     port = free_port()
     cmd = [*cacheproxy_command(), "serve", "--upstream", upstream, "--listen", f"{HOST}:{port}"]
-    return start(name, cmd, port, cpu=cpu, env=env)
+    if workers != 1:
+        cmd += ["--workers", str(workers)]
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return start(name, cmd, port, cpu=cpu, env={"PYTHONPATH": path, **(env or {})})
 
 
 def start_ceiling(fixtures: Path, cpu: int | None = None) -> Child:
@@ -169,6 +178,44 @@ def proc_status(pid: int) -> dict[str, int]:
 
 def rss(pid: int) -> int:
     return proc_status(pid)["VmRSS"]
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every live process below it (nginx's workers, cacheproxy's --workers),
+    found through each process's parent in /proc/*/stat."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), \
+                    open(f"/proc/{entry}/stat") as f:
+                parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    found, todo = [pid], [pid]
+    while todo:
+        of = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == of]
+        found += kids
+        todo += kids
+    return found
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time spent by everything on the machine (all CPUs, not idle), from /proc/stat.
+    Less the benchmark's own processes, it tells how busy the neighbours were."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # already inside user / nice
+    return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its live descendants, from /proc/PID/stat."""
+    total = 0
+    for p in descendants(pid):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # -- small HTTP checks -----------------------------------------------------

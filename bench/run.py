@@ -26,6 +26,7 @@ import base64
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from harness import (
     Answer,
     Child,
     Cpus,
+    cpu_seconds,
     get,
     get_json,
     pinned,
@@ -164,19 +166,20 @@ class Load:
         raise RuntimeError(f"{self.tool} gave no result:\n{out.stdout}\n{out.stderr}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (wrk runs as one)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def measure(load: Load, target: Child, path: str, warm: bool) -> dict:
     if warm and load.warmup:
         load.run(target.url + path, load.warmup)
-    cpu0 = cpu_seconds(target.pid)
+    cpu0, client0 = cpu_seconds(target.pid), _children_cpu()
     result = load.run(target.url + path, load.duration)
     cpu = cpu_seconds(target.pid) - cpu0
+    # The load generator's own CPU share: near 1.0 means it, not the server, set the pace.
+    result["client_busy"] = (_children_cpu() - client0) / (result["duration_us"] / 1e6)
     if target.proc.poll() is not None:
         raise RuntimeError(f"{target.name} died:\n{target.log_tail()}")
     errors = sum(result["errors"].values())

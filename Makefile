@@ -82,11 +82,10 @@ clean:
 ## nginx, squid and wrk when missing (and stops the services they start: the benchmark runs
 ## its own instances on free loopback ports) and httptools for the lean probe and origin.
 .PHONY: bench-peers
-bench-peers: $(STAMP)
+bench-peers: $(TEST_STAMP)
 	@missing=""; for p in nginx squid wrk; do \
 	  command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || missing="$$missing $$p"; done; \
-	  if [ -n "$$missing" ]; then echo "installing$$missing with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing \
+	  if [ -n "$$missing" ]; then echo "installing$$missing with $(APT)" >&2; \
+	  $(APT) update -qq && DEBIAN_FRONTEND=noninteractive $(APT) install -y -qq$$missing \
 	    >/dev/null && { service nginx stop; service squid stop; } >/dev/null 2>&1; true; fi
-	@$(BIN)/python -c "import httptools" 2>/dev/null || $(BIN)/pip install -q httptools
 	$(BIN)/python bench/peers.py $(ARGS)

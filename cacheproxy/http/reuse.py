@@ -12,9 +12,6 @@ from cacheproxy.http.cache_control import (
 )
 from cacheproxy.http.freshness import current_age
 
-# Requests with these fields go to the origin as they are: a cache stores no partial
-# content, and If-Match / If-Unmodified-Since are the origin's to evaluate (§4.3.2).
-BYPASS_FIELDS = frozenset({"Range", "If-Match", "If-Unmodified-Since", "If-Range"})
 # RFC 5861 §4: the error statuses stale-if-error covers.
 STALE_IF_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 

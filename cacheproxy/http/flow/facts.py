@@ -4,17 +4,13 @@ cache settings. Built once per request; every step reads them, none changes them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cacheproxy.http.cache_control import RequestDirectives, parse_request_directives
 from cacheproxy.http.fields import Headers, combined_value, connection_options
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.http.targeted import Targeting
-
-# Requests with these fields go to the origin as they are unless a stored response answers
-# them (RFC 9110 §14.2: a GET's range of a stored complete response): a cache stores no
-# partial content. (If-Match / If-Unmodified-Since likewise, RFC 9110 §13.2.2.)
-BYPASS_FIELDS = ("Range", "If-Range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +63,25 @@ def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFa
     cc = combined_value(headers, "Cache-Control")
     pragma = headers.get("Pragma")
     connection = headers.getall("Connection", [])
+    authorization = headers.get("Authorization") is not None
     return RequestFacts(
         method=method,
         headers=headers,
         directives=parse_request_directives(cc, pragma),  # §5.4: Pragma only without CC
-        authorization=headers.get("Authorization") is not None,
-        credentials=(headers.get("Authorization") is not None
-                     or headers.get("Cookie") is not None),
+        authorization=authorization,
+        credentials=authorization or headers.get("Cookie") is not None,
         has_body=has_body,
-        bypass=any(headers.get(name) is not None for name in BYPASS_FIELDS),
-        nominated=connection_options(connection) if connection else frozenset(),
+        # Range / If-Range go to the origin as they are unless a stored complete response
+        # answers them (RFC 9110 §14.2): a cache stores no partial content.
+        bypass=headers.get("Range") is not None or headers.get("If-Range") is not None,
+        nominated=_nominated(tuple(connection)) if connection else frozenset(),
     )
+
+
+@lru_cache(maxsize=256)
+def _nominated(values: tuple[str, ...]) -> frozenset[str]:
+    """Memoised: nearly every client sends one of a few values ("keep-alive", "close")."""
+    return connection_options(values)
 
 
 _SHARED = StorePolicy()

@@ -33,8 +33,8 @@ from cacheproxy.proxy.upstream import UpstreamError
 
 # Methods that may be sent again after a failure (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-_HIGH_WATER = 256 * 1024  # body bytes buffered from the origin before reading pauses
-_LOW_WATER = 64 * 1024
+_HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
+_LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -217,3 +218,20 @@ async def test_log_file_flag_writes_the_request_log_there(tmp_path: Path) -> Non
         code, _ = await stop(proc)
     assert code == 0
     assert '"path":"/via-flag"' in log.read_text()
+
+
+async def test_with_workers_an_unreachable_upstream_is_said_once(tmp_path: Path) -> None:
+    """--workers 2: the first worker says it; the second does not repeat it."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    proc, port = await start_serve("--upstream", dead, "--workers", "2", cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            for _ in range(3):
+                async with http.get("/_cacheproxy/healthz") as alive:
+                    assert alive.status == 200
+        await asyncio.sleep(1.0)  # both workers are up and have checked, or not
+    finally:
+        code, err = await stop(proc)
+    assert code == 0
+    said = [line for line in err.splitlines() if "is not reachable" in line]
+    assert len(said) == 1, err

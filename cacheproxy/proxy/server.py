@@ -90,7 +90,7 @@ def _url(host: str, port: int) -> str:
 
 async def serve(
     config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
-    port: int | None = None, upstream: str | None = None,
+    port: int | None = None, upstream: str | None = None, announce: bool = True,
 ) -> None:
     """Run until cancelled, then stop gracefully (proxy.shutdown_timeout). With no upstream,
     the bundled demo origin is started first. SIGHUP calls reload() for a new config and
@@ -119,7 +119,9 @@ async def serve(
         if isinstance(exc, OSError):
             raise listen_error("proxy.listen", config.proxy.listen, exc, LISTEN_HINT) from None
         raise
-    checking = asyncio.ensure_future(warn_unreachable(app[PROXY].upstreams()))
+    # Said once: with --workers, by the first worker only (announce).
+    checking = asyncio.ensure_future(
+        warn_unreachable(app[PROXY].upstreams() if announce else ()))
     try:
         bound = runner.addresses[0][1] if runner.addresses else port
         log.info("cacheproxy listening on %s -> %s", _url(host, bound), upstream)
@@ -221,11 +223,11 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
 
 def run_one(
     config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
-    port: int | None = None, upstream: str | None = None,
+    port: int | None = None, upstream: str | None = None, announce: bool = True,
 ) -> None:
     # SIGHUP / SIGTERM before the loop handles them would kill the process (their default
     # action): they wait, blocked, until serve() has its handlers in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_AND_RELOAD)
 
     run_until_stopped(lambda: serve(config, reload, reuse_port=reuse_port, port=port,
-                                    upstream=upstream))
+                                    upstream=upstream, announce=announce))

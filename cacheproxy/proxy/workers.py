@@ -48,7 +48,8 @@ class ServeOne(Protocol):
     """One worker's whole life: a proxy on the reserved port until SIGTERM."""
 
     def __call__(self, config: Config, reload: Callable[[], Config] | None, *,
-                 reuse_port: bool, port: int, upstream: str | None) -> None: ...
+                 reuse_port: bool, port: int, upstream: str | None,
+                 announce: bool) -> None: ...
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -73,10 +74,11 @@ def reserve_port(host: str, port: int) -> socket.socket:
 
 
 def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | None,
-            port: int, upstream: str | None) -> None:
+            port: int, upstream: str | None, announce: bool) -> None:
     for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
-    serve_one(config, reload, reuse_port=True, port=port, upstream=upstream)
+    serve_one(config, reload, reuse_port=True, port=port, upstream=upstream,
+              announce=announce)
 
 
 def _demo(config: Config, ready: Any) -> None:
@@ -121,7 +123,8 @@ class Supervisor:
         signal.set_wakeup_fd(wakeup_w.fileno())
         try:
             for _ in range(self.config.proxy.workers):
-                self.workers.append(self._start(port, upstream))
+                # The first says what is said once (an unreachable upstream).
+                self.workers.append(self._start(port, upstream, not self.workers))
             log.info("%d workers on %s:%d (SO_REUSEPORT)", len(self.workers), host, port)
             return self._watch(port, upstream)
         finally:
@@ -148,9 +151,10 @@ class Supervisor:
         host = f"[{demo_host}]" if ":" in demo_host else demo_host
         return demo, f"http://{host}:{demo_port}"
 
-    def _start(self, port: int, upstream: str | None) -> BaseProcess:
+    def _start(self, port: int, upstream: str | None, announce: bool = False) -> BaseProcess:
         worker = _mp.Process(
-            target=_worker, args=(self.serve_one, self.config, self.reload, port, upstream),
+            target=_worker,
+            args=(self.serve_one, self.config, self.reload, port, upstream, announce),
             name="cacheproxy-worker")
         _fork(worker)
         assert worker.pid is not None

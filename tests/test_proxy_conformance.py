@@ -425,6 +425,7 @@ async def test_s14_2_a_range_miss_fills_the_cache_then_answers_from_it(origin, p
     ("no-store", False, {}),                          # not storable
     ("max-age=600", False, {"max_object_bytes": 5}),  # too big to store
     ("max-age=600", True, {}),                        # length unknown
+    ("max-age=600", False, {"fill_buffer_bytes": 5}),  # no room to read it whole
 ])
 async def test_s14_2_a_range_the_cache_will_not_store_is_the_origins(
     origin, proxy, cache_control, chunked, sections

@@ -169,8 +169,9 @@ class Driver:
                 whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
             finally:
                 release()
-            if whole is None:
-                return self.error(ctx, 502, "response larger than announced")
+            if whole is None:  # too big after all, or no room in the fill budget:
+                # the origin answers the Range itself (RFC 9211 fwd=bypass).
+                return await self.forward(ctx, Forward("bypass", ctx.facts.method))
             return self.reply_validated(ctx, whole)
         if isinstance(d, Store):
             current = client_answer(d.entry, ctx.facts)  # the client's own validators

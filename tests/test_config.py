@@ -526,3 +526,12 @@ def test_targeted_fields_from_file_and_env(tmp_path: Path) -> None:
     assert config.cache.strip_targeted is True
     config = load_config(path, env={"CACHEPROXY_CACHE_TARGETED_FIELDS": ""})
     assert config.cache.targeted_fields == ()
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("nonsense", "expected HOST:PORT"), ("127.0.0.1:99999", "port must be a number")])
+def test_admin_listen_is_an_address_or_empty(value: str, reason: str) -> None:
+    assert load_config(None, env={}).admin.listen == ""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={"CACHEPROXY_ADMIN_LISTEN": value})
+    assert caught.value.key == "CACHEPROXY_ADMIN_LISTEN" and reason in caught.value.reason

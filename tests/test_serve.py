@@ -235,3 +235,41 @@ async def test_with_workers_an_unreachable_upstream_is_said_once(tmp_path: Path)
     assert code == 0
     said = [line for line in err.splitlines() if "is not reachable" in line]
     assert len(said) == 1, err
+
+
+async def test_admin_listen_puts_the_control_plane_on_its_own_address(tmp_path: Path) -> None:
+    """admin.listen (issue 10): the admin API, /metrics and the health checks answer on
+    their own address; on proxy.listen the same paths are proxied like any other."""
+    admin_port = free_port()
+    env = clean_env(CACHEPROXY_DEMO_LISTEN="127.0.0.1:0",
+                    CACHEPROXY_ADMIN_LISTEN=f"127.0.0.1:{admin_port}")
+    proc, port = await start_serve(cwd=tmp_path, env=env)  # in front of the demo origin
+    try:
+        async with aiohttp.ClientSession() as http:
+            admin = f"http://127.0.0.1:{admin_port}"
+            for path in ("/_cacheproxy/stats", "/_cacheproxy/healthz", "/metrics"):
+                async with http.get(admin + path) as answer:
+                    assert answer.status == 200, path
+            async with http.get(admin + "/max-age") as answer:
+                assert answer.status == 404  # nothing is proxied there
+            async with http.get(f"http://127.0.0.1:{port}/_cacheproxy/stats") as proxied:
+                assert proxied.headers["Cache-Status"].startswith("cacheproxy; fwd=")
+            async with http.get(f"http://127.0.0.1:{port}/max-age") as page:
+                assert page.status == 200 and "fwd=uri-miss" in page.headers["Cache-Status"]
+    finally:
+        code, err = await stop(proc)
+    assert code == 0, err
+    assert f"admin API, /metrics and health checks on http://127.0.0.1:{admin_port}" in err
+
+
+def test_admin_listen_in_use_names_the_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve("--listen", f"127.0.0.1:{free_port()}", "--upstream",
+                           "http://127.0.0.1:9", tmp_path=tmp_path,
+                           CACHEPROXY_ADMIN_LISTEN=f"127.0.0.1:{port}")
+    line = the_only_line(result)
+    assert line.startswith(f"cacheproxy: admin.listen: cannot listen on 127.0.0.1:{port}: "
+                           "address already in use"), line

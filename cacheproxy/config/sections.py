@@ -95,6 +95,11 @@ def _check_prefix(value: str) -> None:
         raise ValueError(f"a path prefix cannot contain spaces, '?' or '#', got {value!r}")
 
 
+def _check_admin_listen(value: str) -> None:
+    if value:
+        parse_listen(value)
+
+
 def _check_metrics_path(value: str) -> None:
     if value and (not value.startswith("/") or any(c.isspace() or c in "?#" for c in value)):
         raise ValueError(f"expected an absolute path such as /metrics, or \"\", got {value!r}")
@@ -115,6 +120,7 @@ class AdminConfig:
     prefix: str = setting("/_cacheproxy/", check=_check_prefix)
     token: str = setting("")
     metrics_path: str = setting("/metrics", check=_check_metrics_path)
+    listen: str = setting("", check=_check_admin_listen)  # "": on proxy.listen
 
 
 @dataclass(frozen=True, slots=True)

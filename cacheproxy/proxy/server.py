@@ -31,6 +31,7 @@ OBSERVER = web.AppKey("observer", Observer)
 ADMIN = web.AppKey("admin", Admin)
 HEALTH = web.AppKey("health", Health)
 STARTED_WITH = web.AppKey("started_with", Config)
+CONTROL = web.AppKey("control", web.Application)  # the admin app when admin.listen is set
 
 
 class AnyTarget(web_urldispatcher.DynamicResource):
@@ -61,8 +62,12 @@ def make_app(
     app.cleanup_ctx.append(_store_context(store))
     app.cleanup_ctx.append(proxy.context)
     app.on_cleanup.append(lambda _: _close(observer))
-    health.routes(app, config.admin.prefix)
-    admin.routes(app)  # exact paths: the router tries them before the catch-all
+    # The control plane: on the proxy's listener, or (admin.listen) an app of its own.
+    control = app
+    if config.admin.listen:
+        control = app[CONTROL] = web.Application()
+    health.routes(control, config.admin.prefix)
+    admin.routes(control)  # exact paths: the router tries them before the catch-all
     target = AnyTarget("/{tail:.*}")
     app.router.register_resource(target)
     target.add_route("*", proxy.handle)
@@ -119,6 +124,13 @@ async def serve(
         if isinstance(exc, OSError):
             raise listen_error("proxy.listen", config.proxy.listen, exc, LISTEN_HINT) from None
         raise
+    try:
+        control = await _start_control(app, config, reuse_port)
+    except BaseException:
+        await runner.cleanup()
+        if demo is not None:
+            await demo.cleanup()
+        raise
     # Said once: with --workers, by the first worker only (announce).
     checking = asyncio.ensure_future(
         warn_unreachable(app[PROXY].upstreams() if announce else ()))
@@ -139,9 +151,32 @@ async def serve(
         app[HEALTH].draining = True
         log.info("stopping: finishing requests in flight (at most %ss)",
                  config.proxy.shutdown_timeout)
+        if control is not None:
+            await control.cleanup()
         await runner.cleanup()
         if demo is not None:
             await demo.cleanup()
+
+
+async def _start_control(
+    app: web.Application, config: Config, reuse_port: bool
+) -> web.AppRunner | None:
+    """admin.listen: the admin API, /metrics, the dashboard and the health checks on an
+    address of their own (the proxy's listener then forwards every path)."""
+    if CONTROL not in app:
+        return None
+    runner = web.AppRunner(app[CONTROL], shutdown_timeout=config.proxy.shutdown_timeout,
+                           **app[OBSERVER].runner_args())
+    await runner.setup()
+    host, port = parse_listen(config.admin.listen)
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error("admin.listen", config.admin.listen, exc, "") from None
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("admin API, /metrics and health checks on %s", _url(host, bound))
+    return runner
 
 
 async def warn_unreachable(upstreams: tuple[str, ...]) -> None:
@@ -189,7 +224,7 @@ RESTART_ONLY = (
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
     "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
     "cache.memory_layer_ttl", "cache.fill_buffer_bytes", "demo.listen", "admin.prefix",
-    "admin.metrics_path",
+    "admin.metrics_path", "admin.listen",
 )
 
 

@@ -125,9 +125,6 @@ class Exchange:
         self.pool = Pool(config.max_connections, config.connect_timeout,
                          config.upstream_keepalive_timeout, ssl.create_default_context())
 
-    async def start(self) -> None:
-        pass
-
     async def close(self) -> None:
         self.pool.close()
 

@@ -70,8 +70,7 @@ class CacheProxy:
         return self.plans.upstreams()
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup_ctx: the pooled upstream session lives as long as the app."""
-        await self.exchange.start()
+        """aiohttp cleanup_ctx: the upstream pool's connections close with the app."""
         yield
         await self.driver.stop()
         await self.exchange.close()

@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from cacheproxy.http.flow import (
     Answered,
     Evict,
@@ -39,6 +37,7 @@ from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
@@ -58,7 +57,8 @@ def _nothing() -> None:
 class Ctx:
     """One request as the driver carries it."""
 
-    request: web.Request
+    request: ClientMessage
+    out: Downstream  # where a relayed response streams to
     plan: RoutePlan
     key: str
     target: str
@@ -90,7 +90,7 @@ class Driver:
 
     # -- step 1: lookup ----------------------------------------------------------
 
-    async def cached(self, ctx: Ctx, validated_since: float | None = None) -> web.StreamResponse:
+    async def cached(self, ctx: Ctx, validated_since: float | None = None) -> Answer | None:
         variants = await self.store.get(ctx.key)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
                    recently_passed=self.collapser.passes(ctx.key),
@@ -110,7 +110,7 @@ class Driver:
             return await self._collapsed(ctx, d)
         return await self.forward(ctx, d)
 
-    async def _collapsed(self, ctx: Ctx, fwd: Forward) -> web.StreamResponse:
+    async def _collapsed(self, ctx: Ctx, fwd: Forward) -> Answer | None:
         """One upstream request per key at a time; the others wait, then look again."""
         collapser = self.collapser
         fut, leading = collapser.join(ctx.key)
@@ -129,7 +129,7 @@ class Driver:
 
     async def forward(
         self, ctx: Ctx, fwd: Forward, release: Callable[[], None] = _nothing
-    ) -> web.StreamResponse:
+    ) -> Answer | None:
         exchange = self.exchange
         request, plan = ctx.request, ctx.plan
         body = request.content if ctx.facts.has_body else None
@@ -161,7 +161,7 @@ class Driver:
 
     async def _perform(
         self, ctx: Ctx, d: Answered, resp: UpstreamResponse, release: Callable[[], None]
-    ) -> web.StreamResponse:
+    ) -> Answer | None:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
@@ -178,8 +178,8 @@ class Driver:
             if current is not None:
                 return await exchange.not_modified(resp, ctx.outcome, current, d.entry,
                                                    max_object, release)
-            return await exchange.relay(ctx.request, resp, ctx.outcome, d.entry, max_object,
-                                        release)
+            return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, d.entry,
+                                        max_object, release)
         if isinstance(d, Refetch):  # §4.3.4: once, unconditionally
             resp.release()
             return await self.forward(ctx, d.forward, release)
@@ -202,7 +202,8 @@ class Driver:
             resp.release()
             release()
             return self.reply_validated(ctx, serve)
-        return await exchange.relay(ctx.request, resp, ctx.outcome, None, max_object, release)
+        return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
+                                    release)
 
     def _remember(self, ctx: Ctx, d: Answered) -> None:
         """Hit-for-pass: after an answer that could not be stored for any request, the
@@ -212,25 +213,25 @@ class Driver:
         elif isinstance(d, (Keep, Evict, Pass)) and d.hit_for_pass:
             self.collapser.mark_pass(ctx.key)
 
-    def _failed(self, ctx: Ctx, f: Failed) -> web.StreamResponse:
+    def _failed(self, ctx: Ctx, f: Failed) -> Answer:
         if isinstance(f, ServeStale):
             return self.reply(ctx, f.entry, f.age, f.ttl)
         return self.error(ctx, f.status, f.message)
 
     # -- step 3: what the client gets --------------------------------------------
 
-    def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> web.Response:
+    def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> Answer:
         note_served(ctx.outcome, age, ttl)
         facts = ctx.facts
-        return stored_response(ctx.request, entry, age, ctx.outcome, self.cache_name,
+        return stored_response(facts.method, entry, age, ctx.outcome, self.cache_name,
                                self.local_via, self.blocks, client_answer(entry, facts),
                                range_answer(entry, facts) if facts.bypass else None)
 
-    def reply_validated(self, ctx: Ctx, view: CachedResponse) -> web.Response:
+    def reply_validated(self, ctx: Ctx, view: CachedResponse) -> Answer:
         age = current_age(view.initial_age, view.response_time, time.time())
         return self.reply(ctx, view, age, view.lifetime - age)
 
-    def error(self, ctx: Ctx, status: int, message: str) -> web.Response:
+    def error(self, ctx: Ctx, status: int, message: str) -> Answer:
         return error_response(status, message, ctx.outcome, self.cache_name, self.local_via)
 
     # -- RFC 5861 §3: the refresh behind stale-while-revalidate ------------------

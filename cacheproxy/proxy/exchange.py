@@ -4,7 +4,6 @@ within the object-size limit. It performs decisions; it makes none."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
@@ -12,9 +11,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Protocol
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -23,6 +20,7 @@ from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
+from cacheproxy.proxy.downstream import Answer, Body, ClientMessage, Downstream
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
@@ -34,13 +32,6 @@ log = logging.getLogger("cacheproxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WITH_CONTENT = frozenset({"POST", "PUT", "PATCH"})
 _REPLAYABLE = 64 * 1024  # request bodies up to this size are kept for a second attempt
-
-
-class Body(Protocol):
-    """A request body being received (aiohttp's StreamReader fits)."""
-
-    def iter_any(self) -> AsyncIterator[bytes]: ...
-    async def read(self, n: int = -1) -> bytes: ...
 
 
 class UpstreamResponse:
@@ -185,9 +176,10 @@ class Exchange:
         return via_value(resp.version, self.cache_name)
 
     async def relay(
-        self, request: web.Request, resp: UpstreamResponse, outcome: Outcome,
-        store: CachedResponse | None, max_object: int, release: Callable[[], None] = _nothing,
-    ) -> web.StreamResponse:
+        self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
+        outcome: Outcome, store: CachedResponse | None, max_object: int,
+        release: Callable[[], None] = _nothing,
+    ) -> None:
         """Stream the upstream response to the client; with store (the Store decision's
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
         the store is settled either way. A HEAD client gets no body (its request may
@@ -201,11 +193,10 @@ class Exchange:
         send_body = request.method != "HEAD"
         headers = CIMultiDict(end_to_end(resp.headers.items()))
         mark(headers, outcome, self.cache_name, self.via(resp))
-        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
         try:
-            await out.prepare(request)
+            await out.start(resp.status, resp.reason, headers, not send_body)
         except ConnectionError:
-            return self._abandon(resp, outcome, release, out, fill)
+            return self._abandon(resp, outcome, release, fill)
         while send_body or fill is not None:  # a HEAD reads the body only to store it
             try:
                 chunk = await resp.readany()
@@ -215,9 +206,8 @@ class Exchange:
                 log.warning("upstream body for %s %s broke off: %s", request.method,
                             request.path, exc.reason)
                 outcome.status = "ERROR"
-                if request.transport is not None:
-                    request.transport.close()
-                return self._abandon(resp, outcome, release, out, fill)
+                out.abort()
+                return self._abandon(resp, outcome, release, fill)
             if not chunk:
                 break
             if fill is not None and not fill.add(chunk):  # too big, or over the budget
@@ -227,17 +217,15 @@ class Exchange:
             if not send_body:
                 continue  # (and stops once nothing will be stored)
             try:
-                async with asyncio.timeout(self.send_timeout):
-                    await out.write(chunk)
+                await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
             except ConnectionError:  # the client went away: the fill goes with it
-                return self._abandon(resp, outcome, release, out, fill)
+                return self._abandon(resp, outcome, release, fill)
             except TimeoutError:  # the client stopped reading: it holds nothing longer
                 log.warning("client %s read nothing of %s %s for %gs: connection closed",
                             request.remote, request.method, request.path, self.send_timeout)
-                if request.transport is not None:
-                    request.transport.close()
-                return self._abandon(resp, outcome, release, out, fill)
+                out.abort()
+                return self._abandon(resp, outcome, release, fill)
         if send_body or fill is not None:
             resp.release()
         else:
@@ -246,25 +234,23 @@ class Exchange:
             outcome.stored = await self.put(store, fill.body())
         release()
         with contextlib.suppress(ConnectionError):  # the client left at the very end
-            await out.write_eof()
-        return out
+            await out.finish()
 
     @staticmethod
     def _abandon(
         resp: UpstreamResponse, outcome: Outcome, release: Callable[[], None],
-        out: web.StreamResponse, fill: Fill | None,
-    ) -> web.StreamResponse:
+        fill: Fill | None,
+    ) -> None:
         if fill is not None:
             fill.drop()
         resp.close()
         outcome.stored = False  # the log says what happened: nothing was stored
         release()
-        return out
 
     async def not_modified(
         self, resp: UpstreamResponse, outcome: Outcome, answer: NotModified,
         store: CachedResponse, max_object: int, release: Callable[[], None],
-    ) -> web.Response:
+    ) -> Answer:
         """The client's own validators (stripped upstream) match what is being stored:
         304 (§4.3.2), once the body is in the store."""
         headers = CIMultiDict(answer.fields)
@@ -278,7 +264,7 @@ class Exchange:
         finally:
             release()
         mark(headers, outcome, self.cache_name, self.via(resp))
-        return web.Response(status=304, headers=headers)
+        return Answer(304, headers)
 
     async def fill(
         self, resp: UpstreamResponse, entry: CachedResponse, max_object: int, outcome: Outcome

@@ -15,6 +15,7 @@ from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
 from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
@@ -23,6 +24,7 @@ from cacheproxy.proxy.policy_steps import inbound, rewrites_referer, upstream_fi
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
 from cacheproxy.proxy.upstream import UpstreamError
+from cacheproxy.proxy.web_adapter import WebDownstream, answer_of, web_response
 from cacheproxy.store import Store
 
 log = logging.getLogger("cacheproxy")
@@ -77,20 +79,32 @@ class CacheProxy:
 
     # -- entry point ------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def serve(self, request: ClientMessage, out: Downstream, started: float
+                    ) -> Answer | None:
+        """The answer to request, or None when it was streamed through out."""
         # The request log reads it once the response went out.
-        outcome = request[OUTCOME] = Outcome(started=time.perf_counter())
+        outcome = request[OUTCOME] = Outcome(started=started)
         try:
-            return await self._respond(request, outcome)
+            return await self._respond(request, out, outcome)
         except UpstreamError as exc:  # the upstream failed mid-exchange (a refetch)
             outcome.status = "ERROR"
-            return self._error(request, exc.status, exc.reason, outcome)
+            return self._error(exc.status, exc.reason, outcome)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving
             log.exception("internal error on %s %s", request.method, request.raw_path)
             outcome.status = "ERROR"
-            return self._error(request, 500, "internal proxy error", outcome)
+            return self._error(500, "internal proxy error", outcome)
 
-    async def _respond(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The proxy as an aiohttp handler (PURGE, and apps that embed it)."""
+        out = WebDownstream(request, self.exchange.send_timeout)
+        answer = await self.serve(request, out, time.perf_counter())
+        if answer is None:
+            assert out.response is not None
+            return out.response
+        return web_response(answer)
+
+    async def _respond(self, request: ClientMessage, out: Downstream, outcome: Outcome
+                       ) -> Answer | None:
         h = request.headers
         raw = request.raw_path
         if raw == "*":  # asterisk-form (RFC 9112 §3.2.4)
@@ -101,7 +115,7 @@ class CacheProxy:
         parsed = request_target(raw, host)
         if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
             outcome.status = "ERROR"
-            return self._error(request, 400, "invalid Host or request target", outcome)
+            return self._error(400, "invalid Host or request target", outcome)
         target = outcome.target = parsed.path
         authority = outcome.host = parsed.authority
         plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway
@@ -112,7 +126,7 @@ class CacheProxy:
         key = plan.cache_key(request.scheme, authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
-            return await self.purge(request, key, outcome)
+            return answer_of(await self.purge(request, key, outcome))
         stopped = inbound(request, plan, outcome, target, authority, self.cache_name,
                           self.local_via)  # hotlink gate, CORS preflight: before the cache
         if stopped is not None:
@@ -122,7 +136,7 @@ class CacheProxy:
             outcome.status = "BYPASS"
             return final_answer(request, [("Via", self.local_via)])
         facts = request_facts(request.method, h, has_body=request.body_exists)
-        ctx = Ctx(request, plan, key, target, facts, outcome,
+        ctx = Ctx(request, out, plan, key, target, facts, outcome,
                   lambda fwd: self._fields(request, plan, authority, fwd))
         passing = bypass(facts)  # RFC 9211 §2.2: methods, bodies, ranges, preconditions
         if passing is None:
@@ -130,17 +144,17 @@ class CacheProxy:
         note_lookup(outcome, passing)
         return await self.driver.forward(ctx, passing)
 
-    def _server_options(self, request: web.Request, outcome: Outcome) -> web.Response:
+    def _server_options(self, request: ClientMessage, outcome: Outcome) -> Answer:
         """RFC 9110 §9.3.7: "OPTIONS *" is about the server in general, and to the
         client this proxy is the server; other methods cannot target "*"."""
         outcome.status = "BYPASS"
         if request.method != "OPTIONS":
-            return self._error(request, 400, "only OPTIONS may target *", outcome)
+            return self._error(400, "only OPTIONS may target *", outcome)
         return final_answer(request, [("Via", self.local_via)])
 
     # -- helpers -------------------------------------------------------------
 
-    def _fields(self, request: web.Request, plan: RoutePlan, authority: str, fwd: Forward
+    def _fields(self, request: ClientMessage, plan: RoutePlan, authority: str, fwd: Forward
                 ) -> Fields:
         """What goes upstream for fwd: the client's end-to-end fields (its conditionals
         replaced by ours when the cache fills or validates, §4.3.1-§4.3.2), the Host made
@@ -154,7 +168,5 @@ class CacheProxy:
         )
         return upstream_fields(fields, plan) if rewrites_referer(plan) else fields
 
-    def _error(
-        self, request: web.Request, status: int, message: str, outcome: Outcome
-    ) -> web.Response:
+    def _error(self, status: int, message: str, outcome: Outcome) -> Answer:
         return error_response(status, message, outcome, self.cache_name, self.local_via)

@@ -1,13 +1,12 @@
 """The CORS and Referer policies applied around the cache. `cacheproxy.policies` decides;
-this module applies its decisions to aiohttp requests and responses:
+this module applies its decisions to requests and responses:
 
 - inbound, before the cache lookup: the hotlink gate (a refused request never sees a stored
   asset) and CORS preflights, which the proxy answers itself;
 - towards the upstream: the Referer it may see (trimmed, stripped of secret parameters);
-- outbound, on every response of a proxied request as its head is sent (aiohttp's
-  on_response_prepare): the CORS grant for the request's Origin and Referrer-Policy. They
-  are never stored (override mode keeps the upstream's CORS fields out of the store too),
-  so a response fetched for origin A is never replayed to origin B with A's grant.
+- outbound, on every response of a proxied request as its head is sent: the CORS grant
+  for the request's Origin and Referrer-Policy. They are never stored (override mode keeps
+  the upstream's CORS fields out of the store too), so a response fetched for origin A is never replayed to origin B with A's grant.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.cors import RESPONSE_FIELDS, Denial, is_preflight, merge_vary, preflight
 from cacheproxy.policies.cors import outbound as cors_outbound
 from cacheproxy.policies.referer import forwarded_referer, refusal, response_policy_fields
+from cacheproxy.proxy.downstream import Answer, ClientMessage, text_answer
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 
@@ -26,9 +26,9 @@ ANSWERED_HERE = web.RequestKey("cacheproxy.preflight", bool)  # carries its own 
 
 
 def inbound(
-    request: web.Request, plan: RoutePlan, outcome: Outcome, target: str, authority: str,
+    request: ClientMessage, plan: RoutePlan, outcome: Outcome, target: str, authority: str,
     cache_name: str, via: str,
-) -> web.Response | None:
+) -> Answer | None:
     """The answer to a request the policies stop or answer themselves, else None."""
     route = plan.route
     h = request.headers
@@ -39,7 +39,7 @@ def inbound(
             outcome.policy = outcome.detail = denied.reason
             headers = CIMultiDict(denied.fields)
             mark(headers, outcome, cache_name, via)
-            return web.Response(status=denied.status, headers=headers, body=denied.body)
+            return Answer(denied.status, headers, denied.body)
     cors = route.cors
     origin = h.get("Origin")
     if cors.enabled and is_preflight(request.method, origin,
@@ -55,12 +55,11 @@ def inbound(
             outcome.policy = outcome.detail = answer.reason
             headers = CIMultiDict({"Cache-Control": "no-store", "Vary": "Origin"})
             mark(headers, outcome, cache_name, via)
-            return web.Response(status=403, headers=headers,
-                                text=f"403 CORS preflight refused ({answer.reason})\n")
+            return text_answer(403, f"403 CORS preflight refused ({answer.reason})\n", headers)
         outcome.status, outcome.policy = "BYPASS", "cors-preflight"
         headers = CIMultiDict(answer.fields)
         mark(headers, outcome, cache_name, via)
-        return web.Response(status=204, headers=headers)
+        return Answer(204, headers)
     return None
 
 
@@ -84,13 +83,17 @@ def rewrites_referer(plan: RoutePlan) -> bool:
 
 
 async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """aiohttp on_response_prepare: the CORS grant and Referrer-Policy, on the way out, and
-    the targeted fields this cache consumed removed."""
+    """aiohttp on_response_prepare (the proxy served by aiohttp.web): as outbound_fields."""
+    outbound_fields(request, response.headers)
+
+
+def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
+    """The CORS grant and Referrer-Policy, on the way out, and the targeted fields this
+    cache consumed removed."""
     plan = request.get(PLAN)
     if plan is None:  # the admin API, or a request refused before routing
         return
     route = plan.route
-    headers = response.headers
     for name in plan.removed:  # consumed by this cache (Surrogate-Control), RFC 9213 §2.2
         headers.popall(name, None)
     cors = route.cors
@@ -116,6 +119,6 @@ async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> No
         headers.extend(policy)
 
 
-def _same_origin(origin: str, request: web.BaseRequest) -> bool:
+def _same_origin(origin: str, request: ClientMessage) -> bool:
     """Browsers send Origin on same-origin POSTs too; those need no grant."""
     return origin.partition("://")[2].lower() == request.headers.get("Host", "").lower()

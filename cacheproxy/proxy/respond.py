@@ -5,13 +5,13 @@ from __future__ import annotations
 import secrets
 import weakref
 
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.ranges import Partial, Unsatisfiable, content_range, multipart_byteranges
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
+from cacheproxy.proxy.downstream import Answer, text_answer
 
 
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
@@ -25,8 +25,8 @@ def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str)
 class HeaderBlocks:
     """Ready-made field blocks for recently replayed entries, bounded in number.
 
-    aiohttp copies the fields a response is given; copying a CIMultiDict is a
-    fast C copy, building one from pairs hashes every name again. Entries are
+    Copying a CIMultiDict is a fast C copy; building one from pairs hashes every
+    name again. Entries are
     held weakly: an entry the store evicts is not kept alive here."""
 
     def __init__(self, size: int = 4096) -> None:
@@ -46,7 +46,7 @@ class HeaderBlocks:
 
 
 def stored_response(
-    request: web.Request,
+    method: str,
     entry: CachedResponse,
     age: float,
     outcome: Outcome,
@@ -55,17 +55,16 @@ def stored_response(
     blocks: HeaderBlocks,
     not_modified: NotModified | None,
     part: Partial | Unsatisfiable | None = None,
-) -> web.Response:
+) -> Answer:
     """Replay a stored response, the 304 the flow decided on (§4.3.2), or the part of it
     a Range asked for (RFC 9110 §14.2)."""
     if not_modified is not None:
-        response = web.Response(status=304, headers=not_modified.fields)
+        response = Answer(304, CIMultiDict(not_modified.fields))
     elif part is not None:
         response = _ranged(entry, blocks.get(entry), part)
     else:
-        body = None if request.method == "HEAD" else entry.body
-        response = web.Response(status=entry.status, headers=blocks.get(entry), body=body)
-        if body is None and "Content-Length" not in response.headers:
+        response = Answer(entry.status, CIMultiDict(blocks.get(entry)), entry.body)
+        if method == "HEAD" and "Content-Length" not in response.headers:
             response.headers["Content-Length"] = str(len(entry.body))  # HEAD: the GET's length
     fields = response.headers
     fields.add("Age", str(int(age)))  # RFC 9111 §5.1: required when served from cache
@@ -77,28 +76,28 @@ def stored_response(
 
 def _ranged(
     entry: CachedResponse, block: CIMultiDictProxy[str], part: Partial | Unsatisfiable
-) -> web.Response:
+) -> Answer:
     """RFC 9110 §15.3.7 (206, one part or multipart/byteranges) and §15.5.17 (416)."""
     headers = CIMultiDict(block)
     headers.popall("Content-Length", None)
     if isinstance(part, Unsatisfiable):
         headers["Content-Range"] = f"bytes */{part.length}"
-        return web.Response(status=416, headers=headers)
+        return Answer(416, headers)
     if len(part.ranges) == 1:
         first, last = part.ranges[0]
         headers["Content-Range"] = content_range(first, last, part.length)
-        return web.Response(status=206, headers=headers, body=entry.body[first:last + 1])
+        return Answer(206, headers, entry.body[first:last + 1])
     boundary = secrets.token_hex(16)
     content_type = headers.popall("Content-Type", [None])[0]
     headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
     body = multipart_byteranges(entry.body, part, content_type, boundary)
-    return web.Response(status=206, headers=headers, body=body)
+    return Answer(206, headers, body)
 
 
 def error_response(
     status: int, message: str, outcome: Outcome, cache_name: str, via: str
-) -> web.Response:
+) -> Answer:
     """A short plain-text answer for 502 / 504 and the like; never a traceback."""
     headers: CIMultiDict[str] = CIMultiDict({"Cache-Control": "no-store"})
     mark(headers, outcome, cache_name, via)
-    return web.Response(status=status, text=f"{status} {message}\n", headers=headers)
+    return text_answer(status, f"{status} {message}\n", headers)

@@ -1,0 +1,86 @@
+"""The client side as the driver sees it, whatever serves the connection.
+
+A request the proxy handles is a `ClientMessage` (the lean data plane's ClientRequest,
+or aiohttp's web.Request), and what goes back is either an `Answer`, a whole response
+the proxy made (a replay from storage, an error, a policy's refusal), or a stream sent
+through the request's `Downstream` (a relayed upstream response)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+
+class Body(Protocol):
+    """A request body being received (aiohttp's StreamReader fits)."""
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class Version(Protocol):
+    @property
+    def major(self) -> int: ...
+    @property
+    def minor(self) -> int: ...
+
+
+class ClientMessage(Protocol):
+    """What the proxy reads of a client's request. Keys (PLAN, OUTCOME, ...) are
+    per-request state, as aiohttp's web.Request holds them."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def raw_path(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def version(self) -> Any: ...
+    @property
+    def remote(self) -> str | None: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def body_exists(self) -> bool: ...
+    @property
+    def content(self) -> Any: ...
+    def get(self, key: Any, default: Any = None) -> Any: ...
+    def __getitem__(self, key: Any) -> Any: ...
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+
+class Downstream(Protocol):
+    """A response streamed to the client. start() and write() raise ConnectionError when
+    the client is gone; write() raises TimeoutError when the client read nothing for
+    proxy.send_timeout (the connection is then closed)."""
+
+    async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
+                    head_only: bool) -> None: ...
+    async def write(self, data: bytes) -> None: ...
+    async def finish(self) -> None: ...
+    def abort(self) -> None:
+        """End the response abnormally (close the connection): a body that broke off
+        must not look whole to the client (RFC 9112 §8)."""
+
+
+@dataclass(slots=True)
+class Answer:
+    """A whole response the proxy made. body is not sent for HEAD, 1xx, 204 and 304;
+    a HEAD answer keeps the Content-Length its headers give (the GET's)."""
+
+    status: int
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    body: bytes = b""
+    reason: str | None = None
+
+
+def text_answer(status: int, text: str, headers: CIMultiDict[str] | None = None) -> Answer:
+    headers = CIMultiDict() if headers is None else headers
+    headers["Content-Type"] = "text/plain; charset=utf-8"
+    return Answer(status, headers, text.encode())

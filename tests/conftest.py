@@ -15,6 +15,7 @@ from redis_server import RedisServer
 from support import proxy_config
 
 from cacheproxy.config import Config
+from cacheproxy.proxy.listener import LeanRunner
 from cacheproxy.proxy.server import OBSERVER, PROXY, make_app
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
 
@@ -38,9 +39,10 @@ def _no_leftover_processes() -> Any:
 class ProxyTestServer(TestServer):
     """A TestServer on the runner `cacheproxy serve` uses."""
 
-    async def _make_runner(self, **kwargs: Any) -> ProxyAppRunner:
-        if OBSERVER in self.app:  # a proxy: its request log, as `cacheproxy serve` sets it
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        if OBSERVER in self.app:  # a proxy: on the lean data plane, as `cacheproxy serve` runs
             kwargs.update(self.app[OBSERVER].runner_args())
+            return LeanRunner(self.app, **kwargs)
         return ProxyAppRunner(self.app, **kwargs)
 
 

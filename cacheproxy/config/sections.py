@@ -50,6 +50,9 @@ class ProxyConfig:
     read_timeout: float = setting(30.0, gt=0)
     upstream_keepalive_timeout: float = setting(4.0, gt=0)
     send_timeout: float = setting(60.0, gt=0)
+    client_header_timeout: float = setting(60.0, gt=0)
+    keepalive_timeout: float = setting(75.0, gt=0)
+    max_client_connections: int = setting(10_000, ge=1)
     max_connections: int = setting(256, ge=1)
     workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)

@@ -37,19 +37,23 @@ class Observer:
 
         class RequestLog(AbstractAccessLogger):
             def log(self, request: Any, response: web.StreamResponse, duration: float) -> None:
-                outcome = request.get(OUTCOME)
-                if outcome is not None:
-                    observer.record(request, response, outcome, duration)
-                    return
-                # The admin API, or a request the HTTP parser refused.
-                admin = request.path.startswith(observer.admin_paths)
-                outcome = Outcome(status=_unhandled_status(request, response))
-                if admin:  # no query logged: a dashboard URL may carry a token
-                    outcome.route, outcome.target = "admin", request.path
-                observer.record(request, response, outcome, duration, counted=not admin)
+                observer.log_request(request, response, duration)
 
         return {"access_log_class": RequestLog,
                 "access_log": logging.getLogger("cacheproxy.requests")}
+
+    def log_request(self, request: Any, response: web.StreamResponse, duration: float
+                    ) -> None:
+        outcome = request.get(OUTCOME)
+        if outcome is not None:
+            self.record(request, response, outcome, duration)
+            return
+        # The admin API, or a request the HTTP parser refused.
+        admin = request.path.startswith(self.admin_paths)
+        outcome = Outcome(status=_unhandled_status(request, response))
+        if admin:  # no query logged: a dashboard URL may carry a token
+            outcome.route, outcome.target = "admin", request.path
+        self.record(request, response, outcome, duration, counted=not admin)
 
     def record(
         self, request: web.BaseRequest, response: web.StreamResponse, outcome: Outcome,
@@ -112,7 +116,7 @@ class Observer:
             self.sink.close()
 
 
-def _unhandled_status(request: web.BaseRequest, response: web.StreamResponse) -> str:
+def _unhandled_status(request: Any, response: web.StreamResponse) -> str:
     if response.status in (401, 403):
         return "DENIED"  # the admin API refused it
     return "ERROR" if response.status >= 400 else "BYPASS"

@@ -6,7 +6,8 @@ this module applies its decisions to requests and responses:
 - towards the upstream: the Referer it may see (trimmed, stripped of secret parameters);
 - outbound, on every response of a proxied request as its head is sent: the CORS grant
   for the request's Origin and Referrer-Policy. They are never stored (override mode keeps
-  the upstream's CORS fields out of the store too), so a response fetched for origin A is never replayed to origin B with A's grant.
+  the upstream's CORS fields out of the store too), so a response fetched for origin A is never
+  replayed to origin B with A's grant.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.health import Health, upstream_problem
 from cacheproxy.observe.observer import Observer
 from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
-from cacheproxy.proxy.server_protocol import ProxyAppRunner
 from cacheproxy.proxy.workers import supervise
 from cacheproxy.store import Store, build_store
 
@@ -62,6 +62,9 @@ def make_app(
     app.cleanup_ctx.append(_store_context(store))
     app.cleanup_ctx.append(proxy.context)
     app.on_cleanup.append(lambda _: _close(observer))
+    separate = bool(config.admin.listen)
+    app[LEAN] = Plane(proxy, observer, () if separate else (config.admin.prefix,),
+                      "" if separate else config.admin.metrics_path)
     # The control plane: on the proxy's listener, or (admin.listen) an app of its own.
     control = app
     if config.admin.listen:
@@ -108,9 +111,9 @@ async def serve(
         demo, demo_port = await start_demo_origin(demo_host, demo_port, DEMO_HINT)
         upstream = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
-    # ProxyAppRunner: aiohttp's runner, but any method token is accepted (RFC 9110 §9.1).
+    # The lean data plane; the admin API is the aiohttp application's (listener.py).
     app = make_app(config, upstream)
-    runner = ProxyAppRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
+    runner = LeanRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()
     host, listen_port = parse_listen(config.proxy.listen)
@@ -218,7 +221,8 @@ def reconfigure(app: web.Application, new: Config) -> None:
 # Settings a running process cannot change: sockets, store, processes, the upstream pool.
 RESTART_ONLY = (
     "proxy.listen", "proxy.workers", "proxy.connect_timeout", "proxy.read_timeout",
-    "proxy.send_timeout",
+    "proxy.send_timeout", "proxy.client_header_timeout", "proxy.keepalive_timeout",
+    "proxy.max_client_connections",
     "proxy.max_connections", "proxy.shutdown_timeout", "proxy.upstream_keepalive_timeout",
     "proxy.pid_file",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",

@@ -1,0 +1,460 @@
+"""One client connection on the lean data plane: an asyncio Protocol that parses requests
+with llhttp (aiohttp's C parser, behind server_protocol's fallback for any method token),
+hands each to the proxy in order, and writes the answers itself.
+
+Why not aiohttp.web: per request it builds a web.Request, a StreamResponse, runs signals
+and the router, and serializes the head field by field; the proxy needs none of it.
+Requests for the control plane (admin API, /metrics, health checks, anything under
+admin.prefix) are still handed to the aiohttp application, as a web.Request made from
+the same parsed message (aiohttp's own Application._make_request and _handle).
+
+Timeouts, as nginx names them (RFC 9112 §9.5 lets a server close an idle connection):
+proxy.client_header_timeout bounds the whole request head, from its first byte (or the
+connection's start); proxy.keepalive_timeout bounds the idle time between requests;
+proxy.send_timeout the time a client may read nothing of a response (in write()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
+from aiohttp.http_writer import HttpVersion10, HttpVersion11, StreamWriter, _serialize_headers
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import ERROR, RequestPayloadError
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from cacheproxy.observe.observer import Observer
+from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
+
+log = logging.getLogger("cacheproxy")
+
+MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
+LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
+_NO_BODY = frozenset({204, 304})
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Date:
+    """The Date field (RFC 9110 §6.6.1), formatted once a second."""
+
+    second = -1
+    value = ""
+
+    @classmethod
+    def now(cls) -> str:
+        t = int(time.time())
+        if t != cls.second:
+            cls.second, cls.value = t, formatdate(t, usegmt=True)
+        return cls.value
+
+
+class Timeouts(Protocol):
+    @property
+    def header(self) -> float: ...
+    @property
+    def keepalive(self) -> float: ...
+    @property
+    def send(self) -> float: ...
+
+
+class Listener(Protocol):
+    """What a connection needs of its listener (proxy/listener.py)."""
+
+    loop: asyncio.AbstractEventLoop
+    app: web.Application
+    proxy: CacheProxy
+    observer: Observer
+
+    @property
+    def timeouts(self) -> Timeouts: ...
+    def admit(self, conn: ClientConnection) -> bool: ...
+    def forget(self, conn: ClientConnection) -> None: ...
+    def is_control(self, msg: RawRequestMessage) -> bool: ...
+    def remote(self, peername: Any) -> str | None: ...
+    def record(self, request: ClientRequest, status: int, sent: int, started: float
+               ) -> None: ...
+
+
+class ClientRequest:
+    """A parsed request, with what the driver reads of it (the names of aiohttp's
+    web.Request, so the proxy's code serves both) and per-request state by key."""
+
+    __slots__ = ("_msg", "_state", "content", "remote", "scheme")
+
+    def __init__(self, msg: RawRequestMessage, payload: StreamReader, remote: str | None,
+                 scheme: str) -> None:
+        self._msg, self.content, self.remote, self.scheme = msg, payload, remote, scheme
+        self._state: dict[Any, Any] = {}
+
+    @property
+    def method(self) -> str:
+        return self._msg.method
+
+    @property
+    def raw_path(self) -> str:
+        return self._msg.path
+
+    @property
+    def path(self) -> str:
+        return self._msg.url.path
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._msg.headers
+
+    @property
+    def version(self) -> Any:
+        return self._msg.version
+
+    @property
+    def body_exists(self) -> bool:
+        return self.content is not EMPTY_PAYLOAD
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._state[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._state[key] = value
+
+
+class ClientConnection(BaseProtocol):
+    """Requests are answered one at a time, in order (RFC 9112 §9.3.2: pipelining), by one
+    task per connection. The connection is also the Downstream of the request being
+    answered."""
+
+    def __init__(self, listener: Listener) -> None:
+        super().__init__(listener.loop)
+        self.listener = listener
+        self.peername: Any = None
+        self.sockname: Any = None
+        self.ssl_context = None
+        self.max_field_size = 8190
+        self.max_headers = 128
+        self._queue: deque[tuple[RawRequestMessage | HttpProcessingError, StreamReader]] \
+            = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_head = False  # the timer is client_header_timeout's
+        self._closing = False  # no request after the one being answered
+        self._upgraded = False
+        # The response being sent.
+        self._request: ClientRequest | None = None
+        self._chunked = False
+        self._keep_alive = True
+        self._sent = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self.listener.admit(self):  # proxy.max_client_connections: a clean close
+            transport.close()
+            return
+        self.peername = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        self.ssl_context = transport.get_extra_info("sslcontext")
+        loop = self._loop
+
+        def make_python() -> _StrictPythonParser:
+            return _StrictPythonParser(
+                self, loop, 2**16, max_line_size=8190, max_field_size=self.max_field_size,
+                max_headers=self.max_headers, payload_exception=RequestPayloadError,
+                auto_decompress=False, max_msg_queue_size=MAX_PIPELINED)
+
+        parser: Any
+        if HttpRequestParser is HttpRequestParserPy:  # AIOHTTP_NO_EXTENSIONS=1
+            parser = make_python()
+        else:
+            # auto_decompress off: a request body goes upstream as the client encoded it.
+            c_parser = HttpRequestParser(
+                self, loop, 2**16, max_line_size=8190, max_field_size=self.max_field_size,
+                max_headers=self.max_headers, payload_exception=RequestPayloadError,
+                auto_decompress=False, max_msg_queue_size=MAX_PIPELINED)
+            parser = _FallbackParser(c_parser, make_python, MAX_PIPELINED)
+        self._parser = parser
+        self._arm(self.listener.timeouts.header, head=True)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._upgraded or self._parser is None:
+            return
+        try:
+            messages, upgraded, _ = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
+            self._closing = True  # the stream cannot be trusted past a bad message
+        if upgraded:
+            # No protocol is switched to (the proxy does not answer 101): the upgrade
+            # request is answered, then the connection closes.
+            self._upgraded = True
+        if messages:
+            self._queue.extend(messages)
+            self._disarm()
+            if self._task is None:
+                self._task = self._loop.create_task(self._serve())
+            if len(self._queue) >= MAX_PIPELINED and not self._buffer_paused:
+                self._pause_reading_for_buffer()
+        elif data and self._task is None and not self._waiting_head:
+            # The first bytes of the next request: its head has client_header_timeout.
+            self._arm(self.listener.timeouts.header, head=True)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        self._disarm()
+        self._closing = True
+        parser, self._parser = self._parser, None
+        if parser is not None:
+            with contextlib.suppress(HttpProcessingError):
+                parser.feed_eof()
+        for _, payload in self._queue:
+            payload.set_exception(ConnectionResetError("client connection lost"))
+        self._queue.clear()
+        self.listener.forget(self)
+
+    # -- serving ------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        try:
+            while self._queue and self.transport is not None:
+                msg, payload = self._queue.popleft()
+                parser = self._parser
+                if parser is not None:
+                    parser.message_consumed()
+                    if self._buffer_paused and len(self._queue) <= MAX_PIPELINED // 2:
+                        self.data_received(b"")  # what the parser kept while paused
+                        if len(self._queue) < MAX_PIPELINED:
+                            self._resume_reading_for_buffer()
+                if isinstance(msg, HttpProcessingError):
+                    self._refuse(msg)
+                    return
+                if not await self._one(msg, payload):
+                    return
+        except Exception:  # a bug of ours: the connection goes, the process stays
+            log.exception("client connection failed")
+            self.close()
+        finally:
+            self._task = None
+        if self.transport is not None and not self._closing:
+            self._arm(self.listener.timeouts.keepalive, head=False)
+
+    async def _one(self, msg: RawRequestMessage, payload: StreamReader) -> bool:
+        """Answer one request; False when the connection is to close after it."""
+        started = time.perf_counter()
+        listener = self.listener
+        self._keep_alive = not msg.should_close and not self._closing and not self._upgraded
+        expect = msg.headers.get("Expect")
+        if expect is not None and msg.version >= HttpVersion11:
+            if expect.lower() != "100-continue":  # RFC 9110 §10.1.1
+                self._refuse(HttpProcessingError(code=417, message="unsupported Expect"))
+                return False
+            if payload is not EMPTY_PAYLOAD:
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+        if listener.is_control(msg):
+            keep = await self._via_app(msg, payload, started)
+        else:
+            request = ClientRequest(msg, payload, listener.remote(self.peername), "http")
+            self._request, self._sent, self._chunked = request, 0, False
+            answer = await listener.proxy.serve(request, self, started)
+            if answer is not None:
+                self._send_answer(request, answer)
+            listener.record(request, self._status, self._sent, started)
+            self._request = None
+            keep = self._keep_alive
+        if keep and not payload.is_eof():
+            keep = await self._linger(payload)
+        if not keep:
+            self.close()
+        return keep
+
+    async def _linger(self, payload: StreamReader) -> bool:
+        """Read and drop a request body nobody read, so the next request can be parsed."""
+        try:
+            async with asyncio.timeout(LINGER_SECONDS):
+                while not payload.is_eof():
+                    await payload.readany()
+        except (TimeoutError, ConnectionError, HttpProcessingError, RequestPayloadError):
+            return False
+        return True
+
+    async def _via_app(self, msg: RawRequestMessage, payload: StreamReader, started: float
+                       ) -> bool:
+        """The control plane: aiohttp's application answers, on this connection."""
+        app = self.listener.app
+        writer = StreamWriter(self, self._loop)
+        task = asyncio.current_task()
+        assert task is not None
+        request = app._make_request(msg, payload, self, writer, task)  # type: ignore[arg-type]
+        response: web.StreamResponse
+        try:
+            response = await app._handle(request)
+        except web.HTTPException as exc:
+            response = exc
+        except Exception:
+            log.exception("internal error on %s %s", msg.method, msg.path)
+            response = web.Response(status=500, text="500 internal error\n")
+        if not self._keep_alive:
+            response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return False
+        self.listener.observer.log_request(request, response, time.perf_counter() - started)
+        return bool(response.keep_alive) and self._keep_alive
+
+    def _refuse(self, exc: HttpProcessingError) -> None:
+        """A request the parser (or the Expect rule) refused: its answer, then a close."""
+        status = exc.code if 400 <= exc.code < 600 else 400
+        reason = _REASONS.get(status, "Bad Request")
+        body = f"{status} {reason}\n".encode()
+        self._write_head(HttpVersion11, status, reason, CIMultiDict({
+            "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
+            "Connection": "close", "Date": _Date.now()}))
+        if self.transport is not None:
+            self.transport.write(body)
+        self.listener.record(ClientRequest(ERROR, EMPTY_PAYLOAD, self.listener.remote(
+            self.peername), "http"), status, len(body), time.perf_counter())
+        log.debug("request refused: %s", exc.message)
+        self.close()
+
+    # -- writing a response (Downstream) -----------------------------------------
+
+    _status = 0
+
+    def _fields(self, request: ClientRequest, status: int, headers: CIMultiDict[str]) -> None:
+        """The fields every response gets here: the policies' (CORS, Referrer-Policy),
+        Date when the origin sent none (RFC 9110 §6.6.1), and the connection's fate."""
+        outbound_fields(request, headers)
+        if "Date" not in headers:
+            headers["Date"] = _Date.now()
+        headers.popall("Connection", None)
+        if not self._keep_alive:
+            headers["Connection"] = "close"
+        elif request.version == HttpVersion10:
+            headers["Connection"] = "keep-alive"  # HTTP/1.0 keep-alive, as asked
+        self._status = status
+
+    def _write_head(self, version: Any, status: int, reason: str | None,
+                    headers: CIMultiDict[str]) -> None:
+        if self.transport is None:
+            raise ConnectionResetError("client connection lost")
+        line = f"HTTP/{version.major}.{version.minor} {status} " \
+               f"{reason or _REASONS.get(status, '')}"
+        self.transport.write(_serialize_headers(line, headers))
+
+    def _send_answer(self, request: ClientRequest, answer: Answer) -> None:
+        headers = answer.headers
+        status = answer.status
+        body = answer.body
+        self._fields(request, status, headers)
+        if status < 200 or status == 204:  # RFC 9110 §8.6: no Content-Length
+            headers.popall("Content-Length", None)
+            body = b""
+        elif status == 304:
+            body = b""
+        elif request.method == "HEAD":
+            headers.setdefault("Content-Length", str(len(body)))
+            body = b""
+        else:
+            headers["Content-Length"] = str(len(body))
+        headers.popall("Transfer-Encoding", None)
+        try:
+            self._write_head(request.version, status, answer.reason, headers)
+        except ConnectionError:
+            return
+        if body and self.transport is not None:
+            self.transport.write(body)
+            self._sent = len(body)
+
+    async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
+                    head_only: bool) -> None:
+        request = self._request
+        assert request is not None
+        self._fields(request, status, headers)
+        self._chunked = False
+        headers.popall("Transfer-Encoding", None)
+        if status < 200 or status == 204:
+            headers.popall("Content-Length", None)
+        elif head_only or status in _NO_BODY or "Content-Length" in headers:
+            pass
+        elif request.version >= HttpVersion11:
+            headers["Transfer-Encoding"] = "chunked"  # RFC 9112 §7.1
+            self._chunked = True
+        else:  # an HTTP/1.0 client: the close ends the body (RFC 9112 §6.3)
+            self._keep_alive = False
+            headers["Connection"] = "close"
+        self._write_head(request.version, status, reason, headers)
+
+    async def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client connection lost")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        self._sent += len(data)
+        if self._paused:  # the client reads slower than the origin sends
+            async with asyncio.timeout(self.listener.timeouts.send):
+                await self._drain_helper()
+
+    async def finish(self) -> None:
+        if self._chunked and self.transport is not None:
+            self.transport.write(b"0\r\n\r\n")
+
+    def abort(self) -> None:
+        self._keep_alive = False
+        self.close()
+
+    # -- the connection's end ------------------------------------------------------
+
+    def close(self) -> None:
+        """Close once what was written is sent."""
+        self._closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_idle(self) -> None:
+        """Shutting down: close now if no request is being answered, else after it."""
+        self._closing = True
+        if self._task is None:
+            self.close()
+
+    @property
+    def busy(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def _arm(self, seconds: float, head: bool) -> None:
+        self._disarm()
+        self._waiting_head = head
+        self._timer = self._loop.call_later(seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._waiting_head = False
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._task is None:  # nothing being answered: a head too slow, or idle
+            self.close()
+
+
+ConnectionFactory = Callable[[], ClientConnection]

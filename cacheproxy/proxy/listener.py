@@ -1,0 +1,136 @@
+"""The proxy's listener on the lean data plane: the protocol factory asyncio serves it with
+(a ClientConnection per client), the client-side limits, graceful shutdown, and the
+runner that starts the aiohttp application (admin API, store, upstream pool) around it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+
+from cacheproxy.observe.observer import Observer
+from cacheproxy.observe.outcome import OUTCOME
+from cacheproxy.proxy.client_conn import ClientConnection, ClientRequest
+from cacheproxy.proxy.handler import CacheProxy
+
+# Set by make_app: what the listener serves with.
+LEAN = web.AppKey("lean", "Plane")
+
+
+@dataclass(frozen=True, slots=True)
+class Plane:
+    """The parts a listener needs, set on the application by make_app."""
+
+    proxy: CacheProxy
+    observer: Observer
+    control_paths: tuple[str, ...]  # served by the aiohttp application; () with admin.listen
+    metrics_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    header: float
+    keepalive: float
+    send: float
+
+
+class _Sent:
+    """What the request log reads of a response the lean plane wrote."""
+
+    __slots__ = ("status",)
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class Listener:
+    def __init__(self, app: web.Application, loop: asyncio.AbstractEventLoop) -> None:
+        plane = app[LEAN]
+        self.app = app
+        self.loop = loop
+        self.proxy = plane.proxy
+        self.observer = plane.observer
+        self._control = plane.control_paths
+        self._metrics = plane.metrics_path
+        self.connections: set[ClientConnection] = set()
+        self.requests_count = 0
+
+    @property
+    def timeouts(self) -> Timeouts:
+        config = self.proxy.config.proxy  # read per connection: a reload applies to new ones
+        return Timeouts(config.client_header_timeout, config.keepalive_timeout,
+                        config.send_timeout)
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self)
+
+    def admit(self, conn: ClientConnection) -> bool:
+        if len(self.connections) >= self.proxy.config.proxy.max_client_connections:
+            return False
+        self.connections.add(conn)
+        return True
+
+    def forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+
+    def is_control(self, msg: RawRequestMessage) -> bool:
+        if not self._control:
+            return False
+        path = msg.url.path
+        return path.startswith(self._control) or path == self._metrics
+
+    @staticmethod
+    def remote(peername: Any) -> str | None:
+        if isinstance(peername, (list, tuple)) and peername:
+            return str(peername[0])
+        return None
+
+    def record(self, request: ClientRequest, status: int, sent: int, started: float) -> None:
+        self.requests_count += 1
+        outcome = request.get(OUTCOME)
+        if outcome is not None:
+            outcome.bytes_sent = sent
+            self.observer.record(request, _Sent(status), outcome,  # type: ignore[arg-type]
+                                 time.perf_counter() - started)
+        else:  # refused by the parser
+            self.observer.log_request(request, _Sent(status),  # type: ignore[arg-type]
+                                      time.perf_counter() - started)
+
+    # -- what aiohttp's runner calls on its server -------------------------------------
+
+    def pre_shutdown(self) -> None:
+        for conn in list(self.connections):
+            conn.close_idle()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Requests being answered get timeout seconds to finish; then every connection
+        is closed."""
+        busy = [t for conn in self.connections if (t := conn.busy) is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout)
+        for conn in list(self.connections):
+            conn.close()
+            if conn.busy is not None:
+                conn.busy.cancel()
+        self.connections.clear()
+
+
+class LeanRunner(web.AppRunner):
+    """web.AppRunner whose server is the lean Listener: the application starts and stops
+    as with aiohttp (store, upstream pool, admin API), and sites (TCPSite, SockSite) serve
+    with the Listener as their protocol factory."""
+
+    __slots__ = ()
+
+    async def _make_server(self) -> Any:
+        loop = asyncio.get_running_loop()
+        app = self._app
+        app._set_loop(loop)
+        app.on_startup.freeze()
+        await app.startup()
+        app.freeze()
+        return Listener(app, loop)

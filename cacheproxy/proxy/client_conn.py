@@ -153,6 +153,7 @@ class ClientConnection(BaseProtocol):
             = deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
         self._upgraded = False
@@ -169,6 +170,7 @@ class ClientConnection(BaseProtocol):
         if not self.listener.admit(self):  # proxy.max_client_connections: a clean close
             transport.close()
             return
+        self._timeouts = self.listener.timeouts  # as configured when it connected
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
         self.ssl_context = transport.get_extra_info("sslcontext")
@@ -191,7 +193,7 @@ class ClientConnection(BaseProtocol):
                 auto_decompress=False, max_msg_queue_size=MAX_PIPELINED)
             parser = _FallbackParser(c_parser, make_python, MAX_PIPELINED)
         self._parser = parser
-        self._arm(self.listener.timeouts.header, head=True)
+        self._arm(self._timeouts.header, head=True)
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._upgraded or self._parser is None:
@@ -214,11 +216,14 @@ class ClientConnection(BaseProtocol):
                 self._pause_reading_for_buffer()
         elif data and self._task is None and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
-            self._arm(self.listener.timeouts.header, head=True)
+            self._arm(self._timeouts.header, head=True)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._closing = True
         parser, self._parser = self._parser, None
         if parser is not None:
@@ -253,7 +258,7 @@ class ClientConnection(BaseProtocol):
         finally:
             self._task = None
         if self.transport is not None and not self._closing:
-            self._arm(self.listener.timeouts.keepalive, head=False)
+            self._arm(self._timeouts.keepalive, head=False)
 
     async def _one(self, msg: RawRequestMessage, payload: StreamReader) -> bool:
         """Answer one request; False when the connection is to close after it."""
@@ -327,9 +332,7 @@ class ClientConnection(BaseProtocol):
         body = f"{status} {reason}\n".encode()
         self._write_head(HttpVersion11, status, reason, CIMultiDict({
             "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
-            "Connection": "close", "Date": _Date.now()}))
-        if self.transport is not None:
-            self.transport.write(body)
+            "Connection": "close", "Date": _Date.now()}), body)
         self.listener.record(ClientRequest(ERROR, EMPTY_PAYLOAD, self.listener.remote(
             self.peername), "http"), status, len(body), time.perf_counter())
         log.debug("request refused: %s", exc.message)
@@ -353,12 +356,14 @@ class ClientConnection(BaseProtocol):
         self._status = status
 
     def _write_head(self, version: Any, status: int, reason: str | None,
-                    headers: CIMultiDict[str]) -> None:
+                    headers: CIMultiDict[str], body: bytes = b"") -> None:
+        """The head, and with it a body that is all there (one write, one send)."""
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
         line = f"HTTP/{version.major}.{version.minor} {status} " \
                f"{reason or _REASONS.get(status, '')}"
-        self.transport.write(_serialize_headers(line, headers))
+        head = _serialize_headers(line, headers)
+        self.transport.write(head + body if body else head)
 
     def _send_answer(self, request: ClientRequest, answer: Answer) -> None:
         headers = answer.headers
@@ -377,12 +382,10 @@ class ClientConnection(BaseProtocol):
             headers["Content-Length"] = str(len(body))
         headers.popall("Transfer-Encoding", None)
         try:
-            self._write_head(request.version, status, answer.reason, headers)
+            self._write_head(request.version, status, answer.reason, headers, body)
         except ConnectionError:
             return
-        if body and self.transport is not None:
-            self.transport.write(body)
-            self._sent = len(body)
+        self._sent = len(body)
 
     async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
                     head_only: bool) -> None:
@@ -410,7 +413,7 @@ class ClientConnection(BaseProtocol):
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
         self._sent += len(data)
         if self._paused:  # the client reads slower than the origin sends
-            async with asyncio.timeout(self.listener.timeouts.send):
+            async with asyncio.timeout(self._timeouts.send):
                 await self._drain_helper()
 
     async def finish(self) -> None:
@@ -441,20 +444,30 @@ class ClientConnection(BaseProtocol):
         return self._task
 
     def _arm(self, seconds: float, head: bool) -> None:
-        self._disarm()
+        """Close the connection in seconds unless a request comes. One timer handle is
+        kept and moved lazily (setting a deadline per request costs nothing)."""
         self._waiting_head = head
-        self._timer = self._loop.call_later(seconds, self._timed_out)
+        deadline = self._deadline = self._loop.time() + seconds
+        timer = self._timer
+        if timer is not None and timer.when() > deadline:  # sooner than it would fire
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer = self._loop.call_at(deadline, self._timed_out)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
         self._waiting_head = False
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._task is None:  # nothing being answered: a head too slow, or idle
-            self.close()
+        deadline = self._deadline
+        if deadline is None or self._task is not None or self.transport is None:
+            return  # a request came (and its end arms the timer again)
+        if self._loop.time() < deadline:  # moved since: wait for the new deadline
+            self._timer = self._loop.call_at(deadline, self._timed_out)
+            return
+        self.close()  # a head too slow, or idle too long
 
 
 ConnectionFactory = Callable[[], ClientConnection]

@@ -1,0 +1,249 @@
+"""The lean data plane's client side (proxy/client_conn.py, listener.py), over raw sockets:
+client timeouts, the connection limit, pipelining, HTTP/1.0 keep-alive, Expect, chunked
+both ways, upgrades, unread bodies, and the control plane on the same connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+ORIGIN_SEEN: list[str] = []
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Raw:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, client) -> Raw:
+        return cls(*await asyncio.open_connection("127.0.0.1", client.port))
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def reply(self, head: bool = False) -> Reply:
+        return await asyncio.wait_for(self._reply(head), 5)
+
+    async def _reply(self, head: bool) -> Reply:
+        line = await self.reader.readline()
+        assert line, "connection closed before a response"
+        headers: dict[str, str] = {}
+        while (field := await self.reader.readline()) not in (b"\r\n", b""):
+            name, value = field.decode("latin-1").split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+        status = int(line.split()[1])
+        if head or status in (100, 204, 304):
+            return Reply(status, headers, b"")
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while (size := int((await self.reader.readline()).strip(), 16)) > 0:
+                body += await self.reader.readexactly(size)
+                await self.reader.readexactly(2)
+            assert await self.reader.readline() == b"\r\n"
+            return Reply(status, headers, body)
+        if "content-length" in headers:
+            return Reply(status, headers,
+                         await self.reader.readexactly(int(headers["content-length"])))
+        return Reply(status, headers, await self.reader.read())  # to the close
+
+    async def closed_within(self, seconds: float) -> bool:
+        try:
+            return await asyncio.wait_for(self.reader.read(), seconds) == b""
+        except TimeoutError:
+            return False
+        except ConnectionError:
+            return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def get(path: str, *fields: str, method: str = "GET", version: str = "1.1",
+        body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: example", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def start(proxy, origin, **proxy_settings):
+    async def anything(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        ORIGIN_SEEN.append(f"{request.method} {request.path_qs} {body!r}")
+        if request.path == "/stream":  # no length: chunked to an HTTP/1.1 client
+            resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+            await resp.prepare(request)
+            for part in (b"one,", b"two,", b"three"):
+                await resp.write(part)
+            await resp.write_eof()
+            return resp
+        return web.Response(body=f"{request.method} {request.path} {len(body)}".encode(),
+                            headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    ORIGIN_SEEN.clear()
+    return await proxy(await origin(app), proxy=proxy_settings)
+
+
+async def test_a_head_sent_too_slowly_is_cut_at_client_header_timeout(proxy, origin):
+    client = await start(proxy, origin, client_header_timeout=0.5)
+    conn = await Raw.open(client)
+    began = time.monotonic()
+    closed = False
+    for part in (b"GET / HTTP/1.1\r\n", b"Host: example\r\n", b"X-A: 1\r\n", b"X-B: 2\r\n"):
+        await conn.send(part)  # trickled: each byte resets nothing
+        if await conn.closed_within(0.2):
+            closed = True
+            break
+    closed = closed or await conn.closed_within(1.0)
+    assert closed and time.monotonic() - began < 1.5
+    assert ORIGIN_SEEN == []
+
+
+async def test_a_connection_that_sends_nothing_is_closed_at_client_header_timeout(
+        proxy, origin):
+    client = await start(proxy, origin, client_header_timeout=0.3, keepalive_timeout=30)
+    conn = await Raw.open(client)
+    assert await conn.closed_within(1.5)
+
+
+async def test_keepalive_timeout_closes_an_idle_connection_and_not_a_busy_one(proxy, origin):
+    client = await start(proxy, origin, keepalive_timeout=0.6, client_header_timeout=30)
+    conn = await Raw.open(client)
+    for _ in range(4):  # requests 0.3 s apart: never idle for 0.6 s
+        await conn.send(get("/a"))
+        assert (await conn.reply()).status == 200
+        assert not await conn.closed_within(0.3)
+    assert await conn.closed_within(1.5)
+
+
+async def test_max_client_connections_closes_the_connection_past_the_limit(proxy, origin):
+    client = await start(proxy, origin, max_client_connections=2)
+    first, second = await Raw.open(client), await Raw.open(client)
+    for conn in (first, second):
+        await conn.send(get("/a"))
+        assert (await conn.reply()).status == 200
+    third = await Raw.open(client)
+    assert await third.closed_within(2)
+    first.close()
+    await asyncio.sleep(0.2)
+    fourth = await Raw.open(client)  # room again
+    await fourth.send(get("/a"))
+    assert (await fourth.reply()).status == 200
+
+
+async def test_pipelined_requests_are_answered_in_order(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/one") + get("/two", "Content-Length: 3", method="POST", body=b"abc")
+                    + get("/three", method="HEAD"))
+    one, two, three = await conn.reply(), await conn.reply(), await conn.reply(head=True)
+    assert one.body == b"GET /one 0"
+    assert two.body == b"POST /two 3"
+    assert three.status == 200 and three.headers["content-length"] == str(len(b"GET /three 0"))
+    await conn.send(get("/four"))  # and the connection goes on
+    assert (await conn.reply()).body == b"GET /four 0"
+
+
+async def test_http_1_0_keep_alive_is_kept_when_asked_and_closed_otherwise(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/a", "Connection: keep-alive", version="1.0"))
+    reply = await conn.reply()
+    assert reply.status == 200 and reply.headers.get("connection") == "keep-alive"
+    await conn.send(get("/a", version="1.0"))  # no keep-alive: closed after the answer
+    assert (await conn.reply()).status == 200
+    assert await conn.closed_within(2)
+
+
+async def test_expect_100_continue_gets_100_before_the_body_is_sent(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/up", "Content-Length: 5", "Expect: 100-continue", method="PUT"))
+    interim = await conn.reply()
+    assert interim.status == 100
+    await conn.send(b"hello")
+    reply = await conn.reply()
+    assert reply.body == b"PUT /up 5"
+    await conn.send(get("/up", "Expect: teleport", method="GET"))
+    assert (await conn.reply()).status == 417  # RFC 9110 §10.1.1
+    assert await conn.closed_within(2)
+
+
+async def test_chunked_both_ways(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/in", "Transfer-Encoding: chunked", method="POST",
+                        body=b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"))
+    assert (await conn.reply()).body == b"POST /in 5"
+    await conn.send(get("/stream"))
+    reply = await conn.reply()
+    assert reply.headers["transfer-encoding"] == "chunked"
+    assert reply.body == b"one,two,three"
+    await conn.send(get("/stream", version="1.0"))  # no chunked for HTTP/1.0: to the close
+    reply = await conn.reply()
+    assert "transfer-encoding" not in reply.headers and reply.body == b"one,two,three"
+
+
+async def test_any_method_token_is_forwarded(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/x", method="FOO") + get("/y", method="M-SEARCH"))
+    assert (await conn.reply()).body == b"FOO /x 0"
+    assert (await conn.reply()).body == b"M-SEARCH /y 0"
+
+
+async def test_an_upgrade_request_is_answered_then_the_connection_closes(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/ws", "Connection: Upgrade", "Upgrade: websocket")
+                    + b"\x81\x05hello")  # what a client sends after an upgrade
+    reply = await conn.reply()
+    assert reply.status == 200 and reply.headers.get("connection") == "close"
+    assert await conn.closed_within(2)
+    assert ORIGIN_SEEN == ["GET /ws b''"]  # the frame bytes were never read as a request
+
+
+async def test_smuggling_shapes_are_refused_with_400_and_a_close(proxy, origin):
+    client = await start(proxy, origin)
+    for fields in (("Content-Length: 3", "Content-Length: 4"),
+                   ("Content-Length: 3", "Transfer-Encoding: chunked"),
+                   ("Transfer-Encoding: chunked, chunked",),
+                   ("Content-Length: +3",)):
+        conn = await Raw.open(client)
+        await conn.send(get("/s", *fields, method="POST", body=b"abc") + get("/after"))
+        reply = await conn.reply()
+        assert reply.status == 400, fields
+        assert await conn.closed_within(2), fields
+        conn.close()
+    assert ORIGIN_SEEN == []
+
+
+async def test_an_unread_body_is_drained_and_the_connection_goes_on(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    # Max-Forwards: 0 — the proxy answers OPTIONS itself and never reads the body.
+    await conn.send(get("/x", "Max-Forwards: 0", "Content-Length: 4", method="OPTIONS",
+                        body=b"abcd") + get("/next"))
+    assert (await conn.reply()).status == 200
+    assert (await conn.reply()).body == b"GET /next 0"
+
+
+async def test_the_control_plane_shares_a_keep_alive_connection(proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/a") + get("/_cacheproxy/healthz") + get("/a"))
+    first, health, again = await conn.reply(), await conn.reply(), await conn.reply()
+    assert first.body == again.body == b"GET /a 0"
+    assert again.headers["x-cache"] == "HIT"
+    assert health.status == 200 and b"alive" in health.body

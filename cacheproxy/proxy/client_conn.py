@@ -36,9 +36,11 @@ from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.observe.observer import Observer
-from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.downstream import Answer, Replay
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.replay import ReplayBlocks
+from cacheproxy.proxy.routing import PLAN
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 
 log = logging.getLogger("cacheproxy")
@@ -80,6 +82,7 @@ class Listener(Protocol):
     app: web.Application
     proxy: CacheProxy
     observer: Observer
+    replays: ReplayBlocks
 
     @property
     def timeouts(self) -> Timeouts: ...
@@ -366,7 +369,12 @@ class ClientConnection(BaseProtocol):
         self.transport.write(head + body if body else head)
 
     def _send_answer(self, request: ClientRequest, answer: Answer) -> None:
-        headers = answer.headers
+        replay = answer.replay
+        if replay is not None and request.method != "HEAD" \
+                and "Origin" not in request.headers:  # else the full path: a CORS grant
+            self._send_replay(request, answer, replay)
+            return
+        headers = answer.fields()
         status = answer.status
         body = answer.body
         self._fields(request, status, headers)
@@ -386,6 +394,29 @@ class ClientConnection(BaseProtocol):
         except ConnectionError:
             return
         self._sent = len(body)
+
+    def _send_replay(self, request: ClientRequest, answer: Answer, replay: Replay) -> None:
+        """A hit: the entry's encoded head (replay.py), the fields fresh for this request,
+        and the body, in one write."""
+        plan = request.get(PLAN)
+        head, dated = self.listener.replays.head(replay, plan, request.version)
+        lines = replay.fresh
+        fresh = "".join([f"{k}: {v}\r\n" for k, v in lines])
+        if fresh.count("\n") != len(lines) or fresh.count("\r") != len(lines):
+            raise ValueError("a control character in a response field")  # no injection
+        if not dated:
+            fresh += f"Date: {_Date.now()}\r\n"
+        if not self._keep_alive:
+            fresh += "Connection: close\r\n"
+        elif request.version == HttpVersion10:
+            fresh += "Connection: keep-alive\r\n"
+        self._status = answer.status
+        body = answer.body
+        transport = self.transport
+        if transport is not None:
+            transport.write(b"".join((head, fresh.encode("utf-8", "surrogateescape"),
+                                      b"\r\n", body)))
+            self._sent = len(body)
 
     async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
                     head_only: bool) -> None:

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from cacheproxy.http.stored import CachedResponse
+
 
 class Body(Protocol):
     """A request body being received (aiohttp's StreamReader fits)."""
@@ -69,15 +71,37 @@ class Downstream(Protocol):
         must not look whole to the client (RFC 9112 §8)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A stored response replayed whole: its stored fields (the same block for every
+    request) and the fields written fresh for this one (Age, Via, Cache-Status, X-Cache).
+    The lean plane sends the stored part as bytes it encoded once (proxy/replay.py)."""
+
+    entry: CachedResponse
+    block: CIMultiDictProxy[str]
+    fresh: tuple[tuple[str, str], ...]
+
+
 @dataclass(slots=True)
 class Answer:
     """A whole response the proxy made. body is not sent for HEAD, 1xx, 204 and 304;
-    a HEAD answer keeps the Content-Length its headers give (the GET's)."""
+    a HEAD answer keeps the Content-Length its headers give (the GET's). With replay,
+    headers stay empty until `fields()` makes them."""
 
     status: int
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     body: bytes = b""
     reason: str | None = None
+    replay: Replay | None = None
+
+    def fields(self) -> CIMultiDict[str]:
+        """The whole header section (a replay's stored block and fresh fields joined)."""
+        replay = self.replay
+        if replay is not None:
+            self.replay = None
+            self.headers = CIMultiDict(replay.block)
+            self.headers.extend(replay.fresh)
+        return self.headers
 
 
 def text_answer(status: int, text: str, headers: CIMultiDict[str] | None = None) -> Answer:

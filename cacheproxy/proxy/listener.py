@@ -16,6 +16,7 @@ from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.proxy.client_conn import ClientConnection, ClientRequest
 from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.replay import ReplayBlocks
 
 # Set by make_app: what the listener serves with.
 LEAN = web.AppKey("lean", "Plane")
@@ -57,6 +58,7 @@ class Listener:
         self._control = plane.control_paths
         self._metrics = plane.metrics_path
         self.connections: set[ClientConnection] = set()
+        self.replays = ReplayBlocks()
         self.requests_count = 0
 
     @property

@@ -11,7 +11,7 @@ from cacheproxy.http.flow import NotModified
 from cacheproxy.http.ranges import Partial, Unsatisfiable, content_range, multipart_byteranges
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
-from cacheproxy.proxy.downstream import Answer, text_answer
+from cacheproxy.proxy.downstream import Answer, Replay, text_answer
 
 
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
@@ -58,19 +58,22 @@ def stored_response(
 ) -> Answer:
     """Replay a stored response, the 304 the flow decided on (§4.3.2), or the part of it
     a Range asked for (RFC 9110 §14.2)."""
+    fresh = (("Age", str(int(age))),  # RFC 9111 §5.1: required when served from cache
+             ("Via", via),  # RFC 9110 §7.6.3
+             ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
+             ("X-Cache", outcome.x_cache))
     if not_modified is not None:
         response = Answer(304, CIMultiDict(not_modified.fields))
     elif part is not None:
         response = _ranged(entry, blocks.get(entry), part)
-    else:
+    elif method == "HEAD":
         response = Answer(entry.status, CIMultiDict(blocks.get(entry)), entry.body)
-        if method == "HEAD" and "Content-Length" not in response.headers:
+        if "Content-Length" not in response.headers:
             response.headers["Content-Length"] = str(len(entry.body))  # HEAD: the GET's length
-    fields = response.headers
-    fields.add("Age", str(int(age)))  # RFC 9111 §5.1: required when served from cache
-    fields.add("Via", via)  # RFC 9110 §7.6.3
-    fields.add("Cache-Status", outcome.cache_status(cache_name))  # RFC 9211: appended
-    fields.add("X-Cache", outcome.x_cache)
+    else:
+        return Answer(entry.status, body=entry.body, replay=Replay(entry, blocks.get(entry),
+                                                                   fresh))
+    response.headers.extend(fresh)
     return response
 
 

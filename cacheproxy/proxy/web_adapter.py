@@ -41,7 +41,7 @@ class WebDownstream:
 
 
 def web_response(answer: Answer) -> web.Response:
-    return web.Response(status=answer.status, reason=answer.reason, headers=answer.headers,
+    return web.Response(status=answer.status, reason=answer.reason, headers=answer.fields(),
                         body=answer.body or None)
 
 

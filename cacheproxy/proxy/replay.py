@@ -1,0 +1,75 @@
+"""Hits as bytes: the head of a stored response, encoded once per entry, route and HTTP
+version, so a replay writes its status line and stored fields without building them.
+
+What changes per request is written fresh after it: Age, Via, Cache-Status, X-Cache
+(downstream.Replay.fresh), Date when the origin sent none, and Connection. The route's
+outbound policies are applied to the block as they apply to a request without Origin
+(Referrer-Policy, the targeted fields removed, CORS override's Vary and stripped
+fields); a request with Origin gets its CORS grant on the full path instead."""
+
+from __future__ import annotations
+
+import weakref
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp.http_writer import _serialize_headers
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.proxy.downstream import Replay
+from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.routing import PLAN, RoutePlan
+
+_EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+class _WithoutOrigin:
+    """The request outbound_fields reads, for a block: the route's plan, no fields."""
+
+    __slots__ = ("_state",)
+    headers = _EMPTY
+
+    def __init__(self, plan: RoutePlan) -> None:
+        self._state = {PLAN: plan}
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._state.get(key, default)
+
+
+class ReplayBlocks:
+    """Encoded heads of recently replayed entries, bounded in number. Entries are held
+    weakly (one the store evicts is not kept alive here); a reload builds new plans,
+    and with them new blocks."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._blocks: dict[tuple[int, int, Any], tuple[weakref.ref[CachedResponse], bytes,
+                                                       bool]] = {}
+
+    def head(self, replay: Replay, plan: RoutePlan, version: Any) -> tuple[bytes, bool]:
+        """The status line and stored fields with CRLFs, without the blank line; and
+        whether the block has a Date."""
+        entry = replay.entry
+        key = (id(entry), id(plan), version)
+        found = self._blocks.get(key)
+        if found is not None and found[0]() is entry:
+            return found[1], found[2]
+        head, dated = self._encode(replay, plan, version)
+        if len(self._blocks) >= self.size:
+            del self._blocks[next(iter(self._blocks))]  # the oldest goes
+        self._blocks[key] = (weakref.ref(entry), head, dated)
+        return head, dated
+
+    @staticmethod
+    def _encode(replay: Replay, plan: RoutePlan, version: Any) -> tuple[bytes, bool]:
+        entry = replay.entry
+        headers = CIMultiDict(replay.block)
+        outbound_fields(_WithoutOrigin(plan), headers)  # type: ignore[arg-type]
+        headers.popall("Connection", None)
+        headers.popall("Transfer-Encoding", None)
+        headers["Content-Length"] = str(len(entry.body))
+        line = f"HTTP/{version.major}.{version.minor} {entry.status} " \
+               f"{_REASONS.get(entry.status, '')}"
+        return _serialize_headers(line, headers)[:-2], "Date" in headers

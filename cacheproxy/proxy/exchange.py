@@ -8,7 +8,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -29,6 +28,7 @@ from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.store import Store
+from cacheproxy.tls.upstream import upstream_ssl_context
 
 log = logging.getLogger("cacheproxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -123,7 +123,8 @@ class Exchange:
         self.send_timeout = config.send_timeout
         self.budget = FillBudget(fill_buffer_bytes)
         self.pool = Pool(config.max_connections, config.connect_timeout,
-                         config.upstream_keepalive_timeout, ssl.create_default_context())
+                         config.upstream_keepalive_timeout,
+                         upstream_ssl_context(config.upstream_ca_file))
 
     async def close(self) -> None:
         self.pool.close()

@@ -1,7 +1,8 @@
 """The `cacheproxy` command: `cacheproxy serve [--config FILE] [--upstream URL] [--listen ...]
 [--workers N|auto] [--log-file FILE]`, `cacheproxy demo [--listen ...]`,
-`cacheproxy reload|stop [--config FILE]` (the process named by proxy.pid_file) and
-`cacheproxy logs [FILE|-] [filters] [--json] [--follow]`.
+`cacheproxy reload|stop [--config FILE]` (the process named by proxy.pid_file),
+`cacheproxy logs [FILE|-] [filters] [--json] [--follow]` and `cacheproxy ca [--config FILE]`
+(the local CA of forward.intercept_tls).
 
 Mistakes the user can fix are one line on stderr and an exit status, never a traceback:
 2 for a config or usage error, 1 when the server cannot run (e.g. the address is in use).
@@ -270,9 +271,53 @@ def _size(source: IO[bytes]) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+# --- ca -----------------------------------------------------------------------------------------
+
+
+def _add_ca(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "ca",
+        help="create (if missing) and show the local CA of forward.intercept_tls",
+        description="Create the local certificate authority in forward.ca_dir if it is not "
+        "there yet, then print its certificate's path, SHA-256 fingerprint and SPKI hash "
+        "(what Chromium's --ignore-certificate-errors-spki-list takes), and how to make a "
+        "browser trust it.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: config/cacheproxy.toml if it exists)")
+    parser.set_defaults(handler=_ca)
+
+
+def _ca(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return 2
+    # Imported here: cryptography loads only for the command that needs it.
+    from cacheproxy.tls.ca import CAError, LocalCA, fingerprint_sha256, spki_sha256
+
+    try:
+        ca = LocalCA.load_or_create(config.forward.ca_path(os.environ))
+    except CAError as exc:
+        _error(f"ca: {exc}")
+        return 1
+    except OSError as exc:
+        _error(f"ca: {exc.filename or config.forward.ca_dir}: {exc.strerror or exc}")
+        return 1
+    spki = spki_sha256(ca.certificate)
+    print(f"certificate: {ca.cert_path}{' (created now)' if ca.created else ''}")
+    print(f"SHA-256 fingerprint: {fingerprint_sha256(ca.certificate)}")
+    print(f"SPKI hash: {spki}")
+    print("trust it: import the certificate as an authority in the browser's certificate "
+          "settings, or start Chromium with "
+          f"--ignore-certificate-errors-spki-list={spki} (and a --user-data-dir)")
+    return 0
+
+
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_serve, _add_demo, _add_control, _add_logs)
+    _add_serve, _add_demo, _add_control, _add_logs, _add_ca)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ the policies: the dependency goes one way, policies -> config.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import NamedTuple
 from urllib.parse import unquote
@@ -27,6 +28,26 @@ def parse_host_pattern(value: str) -> str:
     if "*" in value:
         raise ValueError(f"a wildcard is only allowed as a leading '*.', got {value!r}")
     return parse_hostname(value)
+
+
+def parse_forward_host(value: str) -> str:
+    """A [forward] allow_hosts / deny_hosts entry: "*" (every host), an exact host or IP
+    address, or "*.domain" (any subdomain of domain, not domain); IPv6 with or without
+    brackets. Lowercase and IDNA, as request hosts are compared."""
+    if value.strip() == "*":
+        return "*"
+    text = value.strip()
+    if not text:
+        raise ValueError("an empty host; write '*' for every host")
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text).compressed
+        except ValueError:
+            raise ValueError(f"expected a host, *.domain or '*', without a port; got {value!r}"
+                             ) from None
+    return parse_host_pattern(text)
 
 
 def host_matches(pattern: str, host: str) -> bool:

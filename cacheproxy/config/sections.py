@@ -4,7 +4,9 @@ that involve more than one setting."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cacheproxy.config.entries import (
     parse_origin_entry,
@@ -16,6 +18,7 @@ from cacheproxy.config.values import (
     ConfigError,
     MiB,
     OnInvalid,
+    _check_ca_file,
     _check_param_name,
     _check_path_prefix,
     _check_redis_prefix,
@@ -25,10 +28,14 @@ from cacheproxy.config.values import (
     _check_tokens,
     _check_upstream,
     _each,
+    is_loopback_host,
+    parse_host_patterns,
     parse_listen,
     parse_on_invalid,
+    parse_ports,
     parse_workers,
     setting,
+    user_data_dir,
 )
 
 # --- the configuration --------------------------------------------------------------------------
@@ -57,6 +64,8 @@ class ProxyConfig:
     workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
     pid_file: str = setting("")  # "" none; else `cacheproxy reload` / `stop` find it there
+    # A PEM bundle trusted beside the system CAs for https upstreams; "" the system's only.
+    upstream_ca_file: str = setting("", check=_check_ca_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +166,30 @@ class RefererConfig:
         check=_each(_check_param_name))
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """[forward]: a browser's proxy setting pointed at cacheproxy (absolute-form requests
+    and CONNECT), and the local CA that intercepts TLS."""
+
+    enabled: bool = setting(False)
+    allow_hosts: tuple[str, ...] = setting(("*",), parse=parse_host_patterns)
+    deny_hosts: tuple[str, ...] = setting((), parse=parse_host_patterns)  # wins over allow
+    connect_ports: tuple[int, ...] = setting((443,), parse=parse_ports)
+    intercept_tls: bool = setting(False)
+    ca_dir: str = setting("")  # "": ca_path() gives the user's data directory
+    open: bool = setting(False)  # a non-loopback listen with allow_hosts = ["*"]
+
+    def ca_path(self, env: Mapping[str, str]) -> Path:
+        """Where the CA lives: ca_dir ("~" is the user's home), or "" for
+        $XDG_DATA_HOME/cacheproxy (~/.local/share/cacheproxy)."""
+        if not self.ca_dir:
+            return user_data_dir(env) / "cacheproxy"
+        if self.ca_dir == "~" or self.ca_dir.startswith("~/"):
+            home = env.get("HOME") or str(Path.home())
+            return Path(home) / self.ca_dir[2:]
+        return Path(self.ca_dir)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouteConfig:
     """One [[routes]] table. Its sections are the top-level ones with its own keys replaced."""
@@ -180,6 +213,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     cors: CorsConfig = field(default_factory=CorsConfig)
     referer: RefererConfig = field(default_factory=RefererConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     routes: tuple[RouteConfig, ...] = ()  # [[routes]]: in the file only, not a [section]
 
     @property
@@ -254,4 +288,20 @@ def _check_across(config: Config) -> None:
             "demo.listen",
             f"must differ from proxy.listen ({config.proxy.listen}): with no "
             "proxy.upstream the demo origin listens beside the proxy",
+        )
+    _check_forward(config.forward, config.proxy.listen)
+
+
+def _check_forward(forward: ForwardConfig, listen: str) -> None:
+    """Nobody runs an open proxy by accident: reachable from other machines, forward mode
+    needs a narrower allow_hosts or an explicit forward.open = true."""
+    if not forward.enabled or forward.open or forward.allow_hosts != ("*",):
+        return
+    host, _ = parse_listen(listen)
+    if not is_loopback_host(host):
+        raise ConfigError(
+            "forward.allow_hosts",
+            f'is ["*"] and proxy.listen ({listen}) is reachable from other machines: anyone '
+            "there could use this proxy to reach any host (an open proxy). List the hosts "
+            "clients may reach, or set forward.open = true if that is what you want",
         )

@@ -3,11 +3,13 @@ checks of values (sizes, addresses, URLs, lists, origins, Referer rules)."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import mimetypes
 import os
 import re
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from yarl import URL
 
-from cacheproxy.config.entries import normalize_path
+from cacheproxy.config.entries import normalize_path, parse_forward_host
 from cacheproxy.http.abnf import SCHEME, TOKEN_RE
 
 DEFAULT_PATH = Path("config/cacheproxy.toml")
@@ -283,3 +285,68 @@ def parse_on_invalid(value: object) -> OnInvalid:
         raise ValueError(f"the placeholder file {text!r} is over 1 MiB")
     content_type = mimetypes.guess_type(text, strict=False)[0] or "application/octet-stream"
     return OnInvalid(text, 200, body=body, content_type=content_type)
+
+
+# --- [forward] and TLS --------------------------------------------------------------------------
+
+
+def parse_host_patterns(value: object) -> tuple[str, ...]:
+    """forward.allow_hosts / deny_hosts: a list of hosts, "*.domain" or "*", each kept in
+    the form requests are compared in (lowercase, IDNA, IPv6 unbracketed)."""
+    patterns = tuple(parse_forward_host(entry) for entry in parse_list(value))
+    _check_star_alone(patterns)
+    return patterns
+
+
+def parse_ports(value: object) -> tuple[int, ...]:
+    """forward.connect_ports: TCP ports, a TOML list of integers or "443, 8443"."""
+    if isinstance(value, str):
+        items: list[object] = list(parse_list(value))
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f"expected a list of ports such as [443, 8443], got {value!r}")
+    ports = []
+    for item in items:
+        if isinstance(item, str) and re.fullmatch(r"[0-9]{1,5}", item.strip(), re.ASCII):
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool) or not 1 <= item <= 65535:
+            raise ValueError(f"a port is a number from 1 to 65535, got {item!r}")
+        ports.append(item)
+    return tuple(dict.fromkeys(ports))  # each once, in the order written
+
+
+def _check_ca_file(value: str) -> None:
+    """proxy.upstream_ca_file: read now, so a missing or garbled bundle stops the start and
+    not the first https request."""
+    if value == "":
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=value)
+    except ssl.SSLError:  # an OSError too: caught first
+        raise ValueError(f"no PEM certificate in the CA file {value!r}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the CA file {value!r}: {exc.strerror or exc}") from None
+    if not context.get_ca_certs():
+        raise ValueError(f"no CA certificate in the file {value!r}")
+
+
+def user_data_dir(env: Mapping[str, str]) -> Path:
+    """$XDG_DATA_HOME, or ~/.local/share when it is unset or relative (XDG Base Directory
+    specification: a relative path there is invalid and ignored)."""
+    xdg = env.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg)
+    home = env.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "share"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Is a listen host reachable from this machine only (127.0.0.0/8, ::1, localhost)?"""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything

@@ -20,11 +20,13 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from cacheproxy.config import AdminConfig
+from cacheproxy.config import AdminConfig, ForwardConfig, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.observe.metrics import metrics_text
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import Outcome
+from cacheproxy.policies.pac import CONTENT_TYPE as PAC_TYPE
+from cacheproxy.policies.pac import pac_proxy_address, pac_script
 from cacheproxy.store import Store, StoreUnavailable
 
 try:
@@ -84,6 +86,12 @@ class Admin:
         self._page: bytes | None = None
         # The proxy's own keying (scheme, Host, target) -> key; set by the application.
         self.key_for: Callable[[str, str, str], str] | None = None
+        self._forward: tuple[ForwardConfig, str] | None = None  # set_forward()
+
+    def set_forward(self, forward: ForwardConfig, listen: str) -> None:
+        """What proxy.pac describes: [forward] and proxy.listen; the application sets it at
+        start and again on reload."""
+        self._forward = (forward, listen)
 
     def reconfigure(self, config: AdminConfig) -> None:
         """SIGHUP: a new token applies at once; the paths are routes, fixed at start."""
@@ -98,6 +106,7 @@ class Admin:
         app.router.add_post(p + "purge", self.purge_api)
         app.router.add_post(p + "clear", self.clear)
         app.router.add_get(p + "dashboard", self.dashboard)
+        app.router.add_get(p + "proxy.pac", self.pac)
         if self.config.metrics_path:
             app.router.add_get(self.config.metrics_path, self.metrics)
         # Anything else under the prefix is the proxy's too: never forwarded.
@@ -222,6 +231,26 @@ class Admin:
         return web.Response(body=self._page, content_type="text/html", charset="utf-8",
                             headers=_PRIVATE)
 
+    async def pac(self, request: web.Request) -> web.Response:
+        """The PAC file pointing a browser at this proxy (forward mode). Like the dashboard
+        page, anyone may load it: a browser fetches it without credentials, and it holds
+        nothing but the proxy's address and forward.allow_hosts / deny_hosts."""
+        if self._forward is None or not self._forward[0].enabled:
+            return _json({"error": "no proxy.pac: forward mode is off (forward.enabled)"}, 404)
+        forward, listen = self._forward
+        host, port = parse_listen(listen)
+        on_listener = not self.config.listen  # else served on admin.listen's own address
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        try:
+            address = pac_proxy_address(
+                host, port, _target_authority(request), on_listener=on_listener,
+                local_port=sockname[1] if on_listener and sockname else None)
+        except ValueError as exc:
+            return _json({"error": f"no proxy.pac: {exc}"}, 400)
+        body = pac_script(address, forward.allow_hosts, forward.deny_hosts)
+        return web.Response(body=body.encode("ascii"),  # json.dumps escapes the rest
+                            headers={**_PRIVATE, "Content-Type": PAC_TYPE})
+
     async def metrics(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
@@ -232,7 +261,8 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             return refusal
         return _json({"error": f"no admin endpoint {request.path}",
-                      "endpoints": ["stats", "entries", "entry", "purge", "clear", "dashboard"]},
+                      "endpoints": ["stats", "entries", "entry", "purge", "clear", "dashboard",
+                                    "proxy.pac"]},
                      404)
 
     def _key(self, request: web.Request, url: str, exact: bool = True) -> str:

@@ -1,4 +1,6 @@
-"""Request and response policies applied around the cache: routes, CORS and Referer.
+"""Request and response policies applied around the cache: routes, CORS and Referer; and
+forward mode's gate (`forward`: which hosts and ports a client may reach, loops) with the
+PAC file that describes it to browsers (`pac`).
 
 Sans I/O like `cacheproxy.http`: each module compiles its config section once into a small
 frozen value and decides with plain functions. This module holds what they share: the host a

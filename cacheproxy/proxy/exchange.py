@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -27,6 +26,7 @@ from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.store import Store
+from cacheproxy.tls.upstream import upstream_ssl_context
 
 log = logging.getLogger("cacheproxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -114,7 +114,8 @@ class Exchange:
         self.send_timeout = config.send_timeout
         self.budget = FillBudget(fill_buffer_bytes)
         self.pool = Pool(config.max_connections, config.connect_timeout,
-                         config.upstream_keepalive_timeout, ssl.create_default_context())
+                         config.upstream_keepalive_timeout,
+                         upstream_ssl_context(config.upstream_ca_file))
 
     async def close(self) -> None:
         self.pool.close()

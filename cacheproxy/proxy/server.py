@@ -224,11 +224,11 @@ RESTART_ONLY = (
     "proxy.send_timeout", "proxy.client_header_timeout", "proxy.keepalive_timeout",
     "proxy.max_client_connections",
     "proxy.max_connections", "proxy.shutdown_timeout", "proxy.upstream_keepalive_timeout",
-    "proxy.pid_file",
+    "proxy.pid_file", "proxy.upstream_ca_file",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
     "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
     "cache.memory_layer_ttl", "cache.fill_buffer_bytes", "demo.listen", "admin.prefix",
-    "admin.metrics_path", "admin.listen",
+    "admin.metrics_path", "admin.listen", "forward.ca_dir",
 )
 
 

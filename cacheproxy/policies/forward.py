@@ -1,0 +1,231 @@
+"""Forward mode's gate, sans I/O: which absolute-form targets and CONNECT authorities a
+client may reach ([forward] allow_hosts, deny_hosts, connect_ports), and which of them name
+this proxy's own listener, a request that would come back to it (a loop).
+
+The data plane asks before anything goes upstream, and answers a `Refused` with its status:
+
+    access = ForwardAccess.from_config(config.forward, listen_host, bound_port)
+    target_decision(access, "http", "example.com:8080")  # GET http://example.com:8080/x
+    connect_decision(access, "example.com:443")          # CONNECT example.com:443
+
+A host name that resolves to this machine is only seen once connected: the caller checks
+the peer address with `names_own_listener()` as well.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cacheproxy.config import ForwardConfig
+from cacheproxy.config.entries import host_matches
+
+# RFC 9110 §7.6.1 / RFC 9112 Appendix C.2.2: meant for this proxy, consumed here and never
+# forwarded; http.fields.HOP_BY_HOP holds them, which end_to_end() removes.
+CONSUMED_FIELDS = frozenset({"proxy-authorization", "proxy-connection"})
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*",
+                   re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    host: str  # as compared and to connect to: lowercase, IDNA, IPv4 dotted, IPv6 bare
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    status: int  # 400 not a valid target, 403 not allowed, 508 a loop (RFC 5842 §7.2)
+    reason: str  # one line, for the client and the log
+
+
+ForwardDecision = Allowed | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardAccess:
+    """[forward] compiled with the address the proxy listens on."""
+
+    allow_hosts: tuple[str, ...]
+    deny_hosts: tuple[str, ...]
+    connect_ports: frozenset[int]
+    own_port: int
+    own_hosts: frozenset[str]  # canonical hosts that reach the listener on own_port
+    own_loopback: bool  # every loopback address, localhost and 0.0.0.0 reach it too
+
+    @classmethod
+    def from_config(cls, forward: ForwardConfig, listen_host: str, listen_port: int,
+                    also: Iterable[str] = ()) -> ForwardAccess:
+        """`listen_port` as bound (proxy.listen's port 0 is known only then); `also`: other
+        names and addresses of this machine the caller knows (its host name, interfaces)."""
+        host = canonical_host(listen_host.strip("[]")) if listen_host not in _WILDCARDS \
+            else listen_host
+        own_loopback = host in _WILDCARDS or _is_loopback(host)
+        own = {host, *(canonical_host(name) for name in also)} - {""}
+        return cls(forward.allow_hosts, forward.deny_hosts, frozenset(forward.connect_ports),
+                   listen_port, frozenset(own), own_loopback)
+
+
+def canonical_host(host: str) -> str:
+    """The host as compared and connected to, or "" when it is none. IPv4 is read as a URL
+    parser (and getaddrinfo) reads it, so "0x7f.1" and "2130706433" are 127.0.0.1 and
+    cannot slip past a rule written for it (WHATWG URL, IPv4 parser)."""
+    name = host.strip().lower().removesuffix(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if ":" in name:
+        try:
+            address = ipaddress.IPv6Address(name)
+        except ValueError:
+            return ""
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else address.compressed
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return ""
+    if _NAME.fullmatch(name) is None or len(name) > 253:
+        return ""
+    if _ends_in_number(name):
+        return _ipv4(name)
+    return name
+
+
+def split_authority(authority: str) -> tuple[str, int | None] | None:
+    """(host, port) of "host", "host:port" or "[v6]:port" (port None when absent or empty,
+    RFC 3986 §3.2.3); None for userinfo, a bad port or no host at all."""
+    if "@" in authority or not authority:
+        return None  # RFC 9110 §4.2.4: userinfo in an http(s) URI is an error
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return None
+        host, rest = authority[:end + 1], authority[end + 1:]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:]
+    else:
+        host, _, port_text = authority.partition(":")
+    if not host:
+        return None
+    if not port_text:
+        return host, None
+    if _PORT.fullmatch(port_text) is None or not 0 < int(port_text) <= 65535:
+        return None
+    return host, int(port_text)
+
+
+def names_own_listener(access: ForwardAccess, host: str, port: int) -> bool:
+    """Would a connection to host:port reach this proxy's own listener?"""
+    if port != access.own_port:
+        return False
+    name = canonical_host(host)
+    if not name:
+        return False
+    if name in access.own_hosts:
+        return True
+    # Loopback names and addresses, and the unspecified ones (a connection to 0.0.0.0 or
+    # :: goes to this machine), reach a loopback or wildcard listener.
+    return access.own_loopback and (
+        name in _WILDCARDS or name == "localhost" or name.endswith(".localhost")
+        or _is_loopback(name))
+
+
+def host_refusal(access: ForwardAccess, host: str) -> Refused | None:
+    """403 when deny_hosts names the host (it wins) or allow_hosts does not; `host` is
+    canonical."""
+    if any(_matches(pattern, host) for pattern in access.deny_hosts):
+        return Refused(403, f"{host} is refused by this proxy (forward.deny_hosts)")
+    if not any(_matches(pattern, host) for pattern in access.allow_hosts):
+        return Refused(403, f"{host} is not among the hosts this proxy reaches "
+                            "(forward.allow_hosts)")
+    return None
+
+
+def target_decision(access: ForwardAccess, scheme: str, authority: str) -> ForwardDecision:
+    """An absolute-form request target's scheme and authority (RFC 9112 §3.2.2)."""
+    default_port = _DEFAULT_PORTS.get(scheme.lower())
+    if default_port is None:
+        return Refused(400, f"a proxy request must be for http:// or https://, not {scheme}:")
+    parts = split_authority(authority)
+    host = canonical_host(parts[0]) if parts else ""
+    if parts is None or not host:
+        # RFC 9110 §4.2.1: an http URI with an empty host is invalid and rejected.
+        return Refused(400, f"not a valid host and port: {authority!r}")
+    return _decide(access, host, parts[1] or default_port)
+
+
+def connect_decision(access: ForwardAccess, authority: str) -> ForwardDecision:
+    """A CONNECT request's authority-form target (RFC 9110 §9.3.6: host and port, both)."""
+    parts = split_authority(authority)
+    host = canonical_host(parts[0]) if parts else ""
+    if parts is None or not host or parts[1] is None:
+        return Refused(400, f"CONNECT takes host:port, got {authority!r}")
+    port = parts[1]
+    if names_own_listener(access, host, port):
+        return _loop(host, port)
+    if port not in access.connect_ports:
+        return Refused(403, f"CONNECT to port {port} is not allowed (forward.connect_ports)")
+    return host_refusal(access, host) or Allowed(host, port)
+
+
+def _decide(access: ForwardAccess, host: str, port: int) -> ForwardDecision:
+    if names_own_listener(access, host, port):
+        return _loop(host, port)
+    return host_refusal(access, host) or Allowed(host, port)
+
+
+def _loop(host: str, port: int) -> Refused:
+    shown = f"[{host}]" if ":" in host else host
+    return Refused(508, f"{shown}:{port} is this proxy itself; the request would loop")
+
+
+def _matches(pattern: str, host: str) -> bool:
+    return pattern == "*" or host_matches(pattern, host)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+# --- IPv4 as the WHATWG URL parser reads it -----------------------------------------------------
+
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+", re.ASCII)
+
+
+def _ends_in_number(name: str) -> bool:
+    last = name.split(".")[-1]
+    return _NUMBER.fullmatch(last) is not None
+
+
+def _ipv4(name: str) -> str:
+    """The dotted quad of a host ending in a number, "" when it is no IPv4 address (and so,
+    for a URL parser, no valid host)."""
+    parts = name.split(".")
+    if len(parts) > 4 or any(_NUMBER.fullmatch(part) is None for part in parts):
+        return ""
+    numbers = []
+    for part in parts:
+        if part[:2] in ("0x", "0X"):
+            numbers.append(int(part[2:] or "0", 16))
+        elif len(part) > 1 and part.startswith("0"):
+            if any(c in "89" for c in part):
+                return ""
+            numbers.append(int(part, 8))
+        else:
+            numbers.append(int(part))
+    *first, last = numbers
+    if any(n > 255 for n in first) or last >= 256 ** (5 - len(numbers)):
+        return ""
+    value = last + sum(n << (8 * (3 - i)) for i, n in enumerate(first))
+    return str(ipaddress.IPv4Address(value))

@@ -4,6 +4,7 @@ Pass, Refetch, ServeStale; who may evict (only the response's own reasons)."""
 
 from __future__ import annotations
 
+import pytest
 from flow_support import KEY, ROUTE, T0, answer, facts
 
 from cacheproxy.http.flow import (
@@ -91,6 +92,50 @@ def test_s4_4_unsafe_method_invalidates_the_uri_and_same_origin_locations() -> N
     d = answer(Forward("method", "POST"), 201, {"Location": "/new", "Content-Location":
                                                  "http://other.example/x"})
     assert d == Evict((KEY, "http://example.com/new"), "invalidated")
+
+
+def test_s9_3_3_a_post_answer_naming_its_uri_is_stored_after_invalidating__method_POST(
+        ) -> None:
+    """RFC 9110 §9.3.3: explicit freshness and Content-Location = the target URI make the
+    answer the URI's new representation, which later GETs get; §4.4 still invalidates
+    first (the URI's other variants, Location)."""
+    req = facts("POST", {"Content-Type": "text/plain", "Accept-Language": "fr"}, body=True)
+    d = answer(Forward("method", "POST"), 200, {**FRESH, "Content-Location": "/resource",
+                                                 "Location": "/other",
+                                                 "Vary": "Accept-Language"}, req=req)
+    assert isinstance(d, Store) and not d.whole_first
+    assert d.invalidates == (KEY, "http://example.com/other")
+    assert (d.entry.key, d.entry.status, d.entry.lifetime) == (KEY, 200, 60)
+    assert (d.entry.vary, d.entry.vary_values) == (("accept-language",), ("fr",))
+
+
+@pytest.mark.parametrize("fields", [
+    {**FRESH, "Content-Location": "/elsewhere"},          # another resource
+    {**FRESH, "Content-Location": "http://other.example/resource"},
+    {**FRESH},                                            # no Content-Location
+    {"Content-Location": "/resource"},                    # no explicit freshness
+    {**FRESH, "Content-Location": "/resource", "Set-Cookie": "a=1"},
+    {"Cache-Control": "max-age=60, private", "Content-Location": "/resource"},
+])
+def test_s9_3_3_other_post_answers_only_invalidate(fields: dict[str, str]) -> None:
+    d = answer(Forward("method", "POST"), 200, fields, req=facts("POST", body=True))
+    assert isinstance(d, Evict) and d.keys[0] == KEY and d.reason == "invalidated"
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+def test_s9_3_3_only_a_post_answer_may_be_stored(method: str) -> None:
+    """RFC 9110 §9.3.4: "Responses to the PUT method are not cacheable"; PATCH is not
+    defined as cacheable (RFC 5789 §2)."""
+    d = answer(Forward("method", method), 200, {**FRESH, "Content-Location": "/resource"},
+               req=facts(method, body=True))
+    assert d == Evict((KEY,), "invalidated")
+
+
+def test_s9_3_3_a_post_answer_with_request_no_store_is_not_stored() -> None:
+    req = facts("POST", {"Cache-Control": "no-store"}, body=True)
+    d = answer(Forward("method", "POST"), 200, {**FRESH, "Content-Location": "/resource"},
+               req=req)
+    assert d == Evict((KEY,), "invalidated")
 
 
 def test_s4_4_an_error_answer_to_an_unsafe_method_invalidates_nothing() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from support import read_json_log
 
 Pairs = list[tuple[str, str]]
 
@@ -435,6 +436,15 @@ async def test_s14_2_a_range_the_cache_will_not_store_is_the_origins(
     resp = await c.get("/r", headers={"Range": "bytes=0-1"})
     assert resp.status == 206 and await resp.read() == b"01"
     assert ranges == [None, "bytes=0-1"]  # asked whole first, then as the client asked
+
+
+async def test_a_range_miss_asked_again_is_logged_as_a_miss(origin, proxy, tmp_path):
+    """The second request (Refetch) keeps the lookup's word: MISS, not EXPIRED."""
+    app, ranges = range_origin("no-store")
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "log")})
+    assert (await c.get("/r", headers={"Range": "bytes=0-1"})).status == 206
+    [line] = await read_json_log(c)
+    assert line["cache"] == "MISS" and ranges == [None, "bytes=0-1"]
 
 
 # -- RFC 9110 §9.3.3 a stored POST response answers later GETs ------------------------------

@@ -212,6 +212,35 @@ def test_defect8_s4_3_4_a_304_without_validators_cannot_select_one_with_a_valida
         Forward("stale", "GET", may_store=True))
 
 
+@pytest.mark.parametrize("validators", [
+    {"ETag": '"abcd"'},                                   # cc-resp-must-revalidate-stale,
+    {"ETag": 'W/"abcdef"'},                               # conditional-etag-*-generate*,
+    {"Last-Modified": "Sun, 31 Dec 2023 23:00:00 GMT"},   # conditional-lm-stale
+], ids=["strong", "weak", "last-modified"])
+def test_s4_3_4_a_bare_304_selects_none_with_a_validator__cc_resp_must_revalidate_stale(
+        stored, validators: dict[str, str]) -> None:
+    """The suite's server answers the cache's conditional request with a 304 that carries
+    no validator (RFC 9110 §15.4.5 requires the ETag a 200 would have had); §4.3.4
+    identifies a stored response for such a 304 only when it "also lacks a validator"
+    (issue 9, defect 8): nothing is updated, the full response is asked for once, and the
+    suite counts that second request as a retry. Also conditional-etag-vary-headers and
+    cc-resp-no-cache-revalidate(-fresh). README, Limits."""
+    old = stored({**FRESH, **validators})
+    assert answer(revalidating(old), 304, {"Content-Type": "text/plain"}) == Refetch(
+        Forward("stale", "GET", may_store=True))
+
+
+def test_s4_3_4_a_304_with_another_strong_etag_updates_nothing__304_etag_update_response_ETag(
+        stored) -> None:
+    """§4.3.4: "If none of the stored responses contain at least one of the same strong
+    validators, then the cache MUST NOT use the new response to update any stored
+    responses". The suite's 304 names "ghijkl" for the stored "abcdef" and expects the
+    stored response freshened (and its ETag kept): the MUST NOT forbids it."""
+    old = stored({"Cache-Control": "max-age=2", "ETag": '"abcdef"'})
+    d = answer(revalidating(old), 304, {"Cache-Control": "max-age=2", "ETag": '"ghijkl"'})
+    assert d == Refetch(Forward("stale", "GET", may_store=True))
+
+
 def test_s4_3_4_a_304_without_validators_selects_one_without(stored) -> None:
     old = stored({"Cache-Control": "max-age=1"})
     assert isinstance(answer(revalidating(old), 304, {}), Update)

@@ -162,6 +162,20 @@ def count(results: dict[str, object], catalogue: dict[str, dict[str, object]]) -
     return figures
 
 
+def fyi_mark(test_id: str, results: dict[str, object],
+             catalogue: dict[str, dict[str, object]]) -> str:
+    """How cache-tests.fyi marks a result that is not a pass (lib/display.mjs
+    determineTestResult): a dependency that did not pass first, then setup and retry
+    failures, then a plain failure. Informative only: the figures count passes."""
+    for dependency in catalogue[test_id]["depends_on"]:  # type: ignore[attr-defined]
+        if results.get(dependency) is not True:
+            return f"dependency {dependency} not passed"
+    result = results.get(test_id)
+    if isinstance(result, list) and result and result[0] == "Setup":
+        return "retry" if result[1:2] == ["retry"] else "setup failed"
+    return "failed" if result is not None else "not run"
+
+
 def node_env(base: str, test_id: str = "") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("npm_", "CACHEPROXY_"))}
     env.update(npm_config_base=base, npm_package_config_base=base,
@@ -183,8 +197,8 @@ def proxy_log_errors(log: Path) -> int:
     return errors
 
 
-def run(test_id: str = "", log_path: Path | None = None,
-        python: str = sys.executable) -> tuple[dict[str, object], Figures, str]:
+def run(test_id: str = "", log_path: Path | None = None, python: str = sys.executable
+        ) -> tuple[dict[str, object], Figures, str, dict[str, dict[str, object]]]:
     """Run the suite (or one test, with its request/response dump) through a fresh proxy."""
     package = install(cache_dir())
     catalogue = json.loads(subprocess.run(
@@ -220,14 +234,14 @@ def run(test_id: str = "", log_path: Path | None = None,
                     capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
         errors = proxy_log_errors(log)
     if test_id:
-        return {}, Figures(upstream_errors=errors), client.stdout + client.stderr
+        return {}, Figures(upstream_errors=errors), client.stdout + client.stderr, catalogue
     try:
         results = json.loads(client.stdout)
     except ValueError as exc:
         raise RuntimeError(f"the suite's client printed no results: {client.stderr}") from exc
     figures = count(results, catalogue)
     figures.upstream_errors = errors
-    return results, figures, client.stderr
+    return results, figures, client.stderr, catalogue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,17 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, help="keep the proxy's request log here "
                         "(and its stderr beside it, as LOG.stderr)")
     args = parser.parse_args(argv)
-    results, figures, output = run(args.id, args.log)
+    results, figures, output, catalogue = run(args.id, args.log)
     if args.id:
         print(output)
         return 0
     if args.results:
         args.results.write_text(json.dumps(results, indent=2))
     print(figures.summary())
-    for test_id in figures.failed_required:
-        print(f"  required failed: {test_id}: {results.get(test_id)}")
-    for test_id in figures.failed_optimal:
-        print(f"  optimal failed:  {test_id}: {results.get(test_id)}")
+    for kind, failed in (("required", figures.failed_required),
+                         ("optimal ", figures.failed_optimal)):
+        for test_id in failed:
+            print(f"  {kind} failed: {test_id}: {results.get(test_id)} "
+                  f"[cache-tests.fyi: {fyi_mark(test_id, results, catalogue)}]")
     ok = (figures.required >= args.min_required and figures.optimal >= args.min_optimal
           and figures.unexpected_errors == 0)
     return 0 if ok else 1

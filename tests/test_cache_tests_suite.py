@@ -10,16 +10,16 @@ from __future__ import annotations
 import pytest
 from cache_tests_suite import run
 
-# Measured: required 155/165, optimal 80/95 (see the README). A bar a little under the
+# Measured: required 155/165, optimal 81/95 (see the README). A bar a little under the
 # figures would hide a regression of one test; these are the figures themselves.
 MIN_REQUIRED = 155
-MIN_OPTIMAL = 80
+MIN_OPTIMAL = 81
 
 
 @pytest.mark.cache_tests_suite
 @pytest.mark.timeout(600)  # npm install on first use (~15 s), then the run (~25 s)
 def test_http_cache_tests_suite() -> None:
-    results, figures, _ = run()
+    results, figures, _, _ = run()
     failed = "\n".join(f"{test_id}: {results.get(test_id)}"
                        for test_id in figures.failed_required + figures.failed_optimal)
     assert figures.required >= MIN_REQUIRED, f"{figures.summary()}\n{failed}"

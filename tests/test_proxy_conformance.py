@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from aiohttp import web
 from multidict import CIMultiDict
+from support import read_json_log
 
 Pairs = list[tuple[str, str]]
 
@@ -435,3 +436,79 @@ async def test_s14_2_a_range_the_cache_will_not_store_is_the_origins(
     resp = await c.get("/r", headers={"Range": "bytes=0-1"})
     assert resp.status == 206 and await resp.read() == b"01"
     assert ranges == [None, "bytes=0-1"]  # asked whole first, then as the client asked
+
+
+async def test_a_range_miss_asked_again_is_logged_as_a_miss(origin, proxy, tmp_path):
+    """The second request (Refetch) keeps the lookup's word: MISS, not EXPIRED."""
+    app, ranges = range_origin("no-store")
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "log")})
+    assert (await c.get("/r", headers={"Range": "bytes=0-1"})).status == 206
+    [line] = await read_json_log(c)
+    assert line["cache"] == "MISS" and ranges == [None, "bytes=0-1"]
+
+
+# -- RFC 9110 §9.3.3 a stored POST response answers later GETs ------------------------------
+
+def posting(answer: Callable[[web.Request], dict[str, str]]
+            ) -> tuple[web.Application, Counter[str]]:
+    """/p (and /p/other): a POST answered "posted", a GET "got", with the fields answer()
+    gives for the request."""
+    calls: Counter[str] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        calls[request.method + " " + request.path] += 1
+        text = "posted " + (await request.text()) if request.method == "POST" else "got"
+        return web.Response(text=text, headers=answer(request))
+
+    app = web.Application()
+    app.router.add_route("*", "/p", handle)
+    app.router.add_route("*", "/p/other", handle)
+    return app, calls
+
+
+async def test_s9_3_3_a_post_answer_naming_its_uri_answers_the_next_get__method_POST(
+        origin, proxy):
+    """Explicit freshness and Content-Location = the target URI (the suite sends the path)."""
+    app, calls = posting(lambda r: {"Cache-Control": "max-age=600", "Content-Location": "/p"}
+                         if r.method == "POST" else {"Cache-Control": "max-age=600"})
+    c = await proxy(await origin(app))
+    posted = await c.post("/p", data=b"12345", headers={"Content-Type": "text/plain"})
+    assert await posted.text() == "posted 12345"
+    assert "stored" in posted.headers["Cache-Status"]
+    got = await c.get("/p")
+    assert got.headers["X-Cache"] == "HIT" and await got.text() == "posted 12345"
+    head = await c.head("/p")
+    assert head.headers["X-Cache"] == "HIT"
+    assert calls == Counter({"POST /p": 1})
+
+
+async def test_s4_4_a_stored_post_answer_still_invalidates_the_other_variants(origin, proxy):
+    """§4.4 then RFC 9110 §9.3.3: the URI's stored variants go before the POST's answer is
+    stored as the new representation (for the POST's own variant)."""
+    app, calls = posting(lambda r: {"Cache-Control": "max-age=600", "Vary": "Accept-Language",
+                                    **({"Content-Location": "/p"} if r.method == "POST" else {})})
+    c = await proxy(await origin(app))
+    await c.get("/p", headers={"Accept-Language": "fr"})
+    await c.get("/p", headers={"Accept-Language": "de"})
+    await c.post("/p", data=b"x", headers={"Accept-Language": "de"})
+    fr = await c.get("/p", headers={"Accept-Language": "fr"})
+    assert fr.headers["X-Cache"] == "MISS" and await fr.text() == "got"
+    de = await c.get("/p", headers={"Accept-Language": "de"})
+    assert de.headers["X-Cache"] == "HIT" and await de.text() == "posted x"
+    assert calls["GET /p"] == 3
+
+
+@pytest.mark.parametrize("fields", [
+    {"Cache-Control": "max-age=600", "Content-Location": "/p/other"},
+    {"Cache-Control": "max-age=600"},
+    {"Content-Location": "/p", "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"},
+    {"Cache-Control": "max-age=600", "Content-Location": "/p", "Set-Cookie": "a=1"},
+], ids=["another-location", "no-location", "no-explicit-freshness", "set-cookie"])
+async def test_s9_3_3_other_post_answers_are_not_stored(origin, proxy, fields):
+    app, calls = posting(lambda r: fields if r.method == "POST"
+                         else {"Cache-Control": "max-age=600"})
+    c = await proxy(await origin(app))
+    await c.post("/p", data=b"x")
+    got = await c.get("/p")
+    assert got.headers["X-Cache"] == "MISS" and await got.text() == "got"
+    assert calls["GET /p"] == 1

@@ -19,25 +19,31 @@ def invalidated_uris(
     "#private:name"), so that they name the entries they mean."""
     if method in SAFE_METHODS or not 200 <= status < 400:
         return []
-    uri, hash_, suffix = target.partition("#")
-    suffix = hash_ + suffix
     uris = [target]
-    origin = _origin(uri)
     for ref in (location, content_location):
-        if not ref:
-            continue
-        try:
-            absolute = urljoin(uri, ref.strip()).partition("#")[0]
-            key_origin = _origin(absolute)
-        except ValueError:
-            continue
-        if key_origin is None or key_origin != origin:
-            continue
-        parts = urlsplit(absolute)
-        key = key_origin + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        if key + suffix not in uris:
-            uris.append(key + suffix)
+        key = same_origin_key(target, ref)
+        if key is not None and key not in uris:
+            uris.append(key)
     return uris
+
+
+def same_origin_key(target: str, ref: str | None) -> str | None:
+    """The cache key a URI reference (Location, Content-Location) names, resolved against
+    the key target (RFC 3986 §5); None when it is empty, unparsable or of another origin
+    (§4.4: "only if the host part is the same", a denial-of-service defence, §7.2)."""
+    if not ref:
+        return None
+    uri, hash_, suffix = target.partition("#")
+    try:
+        absolute = urljoin(uri, ref.strip()).partition("#")[0]
+        key_origin = _origin(absolute)
+    except ValueError:
+        return None
+    if key_origin is None or key_origin != _origin(uri):
+        return None
+    parts = urlsplit(absolute)
+    key = key_origin + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return key + hash_ + suffix
 
 
 def _origin(uri: str) -> str | None:

@@ -9,6 +9,11 @@ from cacheproxy.http.freshness import HEURISTICALLY_CACHEABLE
 
 # Status codes whose semantics this cache understands (§5.2.2.3 must-understand).
 UNDERSTOOD_STATUS = HEURISTICALLY_CACHEABLE | frozenset({302, 303, 307})
+# RFC 9110 §9.3.3, §8.7: a POST response "is only cacheable when [it includes] explicit
+# freshness information and a Content-Location header field that has the same value as
+# the POST's target URI"; it then holds the resource's new representation, which a later
+# GET may get: a 200 (or 203) is one, a 201 or 204 answers the POST alone.
+POST_STORED_STATUS = frozenset({200, 203})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +53,15 @@ def storability(
     has_set_cookie: bool,
     vary_star: bool,
     policy: StorePolicy,
+    names_target: bool = False,
 ) -> Verdict:
-    """§3: all of these must hold for a cache to store a response."""
-    if method != "GET":  # §3: the method must be cacheable; HEAD is answered from GET
+    """§3: all of these must hold for a cache to store a response. names_target: its
+    Content-Location is the request's target URI (what a POST response needs)."""
+    if method == "POST":  # RFC 9110 §9.3.3
+        if not (names_target and status in POST_STORED_STATUS and _explicit_freshness(
+                response, has_expires, policy.shared)):
+            return _no_by_request("method")
+    elif method != "GET":  # §3: the method must be cacheable; HEAD is answered from GET
         return _no_by_request("method")
     if status < 200 or status in (206, 304):  # §3: final, and no partial content kept
         return _no("status")
@@ -76,15 +87,20 @@ def storability(
     # §3: something must make it cacheable: explicit freshness, public, or a
     # heuristically cacheable status (private is fine for a private cache).
     if (
-        has_expires
-        or response.max_age is not None
-        or (policy.shared and response.s_maxage is not None)
+        _explicit_freshness(response, has_expires, policy.shared)
         or response.public
         or (response.private and not policy.shared)
         or status in HEURISTICALLY_CACHEABLE
     ):
         return _YES
     return _no("status")
+
+
+def _explicit_freshness(response: ResponseDirectives, has_expires: bool, shared: bool
+                        ) -> bool:
+    """§4.2.1: a freshness lifetime the origin gave, not a heuristic one."""
+    return (has_expires or response.max_age is not None
+            or (shared and response.s_maxage is not None))
 
 
 def excluded_fields(response: ResponseDirectives, policy: StorePolicy) -> frozenset[str]:

@@ -19,7 +19,6 @@ from cacheproxy.http.flow import (
     Keep,
     Pass,
     PreconditionFailed,
-    Refetch,
     Refuse,
     Serve,
     ServeStale,
@@ -103,6 +102,7 @@ def note_lookup(o: Outcome, d: Lookup) -> None:
 
 
 def note_answered(o: Outcome, d: Answered) -> None:
+    """(A Refetch keeps the lookup's word: MISS for a miss, EXPIRED for a stored one.)"""
     if isinstance(d, Store):
         o.stored = True
         o.ttl = d.entry.lifetime - d.entry.initial_age
@@ -112,8 +112,6 @@ def note_answered(o: Outcome, d: Answered) -> None:
         o.detail = d.reason
         if not isinstance(d, Pass) and d.serve is not None:
             o.status = "REVALIDATED"
-    elif isinstance(d, Refetch):
-        o.status = "EXPIRED"
     elif isinstance(d, ServeStale):
         o.status, o.detail = "STALE", d.detail
 

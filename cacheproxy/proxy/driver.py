@@ -164,6 +164,9 @@ class Driver:
     ) -> Answer | None:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes
+        if isinstance(d, Store):
+            for key in d.invalidates:  # §4.4, before a POST's answer is stored
+                await discard(self.store, key)
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
             try:
                 whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)

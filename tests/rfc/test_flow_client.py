@@ -52,3 +52,17 @@ def test_s15_4_5_last_modified_helps_when_there_is_no_etag(stored) -> None:
     entry = stored({"Cache-Control": "max-age=60", "Last-Modified": LM})
     d = client_answer(entry, facts("GET", {"If-Modified-Since": LM}))
     assert d is not None and ("Last-Modified", LM) in d.fields
+
+
+def test_s4_3_2_without_last_modified_the_date_is_the_modification_date__conditional_lm_fresh_no_lm(
+        stored) -> None:
+    """§4.3.2: "If a request contains an If-Modified-Since header field and the
+    Last-Modified header field is not present in a stored response, a cache SHOULD use the
+    stored response's Date field value". The suite stores a response with Date now and no
+    Last-Modified, then sends If-Modified-Since an hour earlier and expects 304; by the
+    Date it may have changed since (RFC 9110 §13.1.3): the client gets the response."""
+    entry = stored({"Cache-Control": "max-age=10000", "Date": "Mon, 01 Jan 2024 00:00:00 GMT"})
+    earlier = facts("GET", {"If-Modified-Since": "Sun, 31 Dec 2023 23:10:00 GMT"})
+    assert client_answer(entry, earlier) is None
+    same = facts("GET", {"If-Modified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"})
+    assert isinstance(client_answer(entry, same), NotModified)

@@ -70,3 +70,23 @@ def test_s5_2_2_8_proxy_revalidate_binds_shared_caches_only(stored) -> None:
 def test_s5_2_2_4_no_cache_is_never_served_without_validation(stored) -> None:
     entry = stored({"Cache-Control": "no-cache, stale-if-error=300"})
     assert isinstance(fail(Forward("stale", "GET", stored=entry), at=T0 + 1), Refuse)
+
+
+@pytest.mark.parametrize(("cc", "status"), [
+    ("max-age=2, must-revalidate", 504),   # stale-close-must-revalidate (§5.2.2.2)
+    ("max-age=2, proxy-revalidate", 504),  # stale-close-proxy-revalidate (§5.2.2.8)
+    ("max-age=2, s-maxage=2", 504),        # stale-close-s-maxage=2 (§5.2.2.10)
+    ("max-age=2, no-cache", 502),          # stale-close-no-cache (§5.2.2.4)
+    ("max-age=2", 502),                    # stale-close: no stale-if-error, no stale
+])
+def test_s4_2_4_the_origin_closing_is_an_error_without_stale_if_error__stale_close(
+        stored, cc: str, status: int) -> None:
+    """The suite's server drops the connection. Where stale is forbidden the error is an
+    RFC MUST ("if a cache is disconnected, the cache MUST generate an error response",
+    §5.2.2.2); the suite's stale-close-* then expect the origin's request counter in that
+    error, which no response made by a cache has. Without stale-if-error the stale copy is
+    not served either (§4.2.4 permits it when disconnected; this proxy serves stale only
+    where RFC 5861 allows, DESIGN.md)."""
+    entry = stored({"Cache-Control": cc})
+    d = fail(Forward("stale", "GET", stored=entry), at=T0 + 3)
+    assert isinstance(d, Refuse) and d.status == status

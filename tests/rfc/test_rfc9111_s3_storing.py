@@ -29,6 +29,7 @@ def verdict(
     vary_star: bool = False,
     shared: bool = True,
     set_cookie_policy: str = "bypass",
+    names_target: bool = False,
 ) -> Verdict:
     return storability(
         method=method, status=status,
@@ -36,6 +37,7 @@ def verdict(
         response=parse_response_directives(cache_control),
         has_authorization=authorization, has_expires=expires, has_set_cookie=set_cookie,
         vary_star=vary_star, policy=StorePolicy(shared=shared, set_cookie=set_cookie_policy),
+        names_target=names_target,
     )
 
 
@@ -51,6 +53,46 @@ def test_s3_only_get_is_stored(method: str) -> None:
     """§3: only GET responses are kept (HEAD is answered from the GET; methods are
     case-sensitive, RFC 9110 §9.1, so "get" is an unknown method)."""
     assert verdict("max-age=60, public", method=method) == Verdict(False, "method", by_request=True)
+
+
+# -- RFC 9110 §9.3.3: a POST response, with explicit freshness and its own URI --------
+
+@pytest.mark.parametrize("cache_control, expires", [
+    ("max-age=60", False), ("s-maxage=60", False), ("", True)])
+def test_s9_3_3_post_response_naming_its_target_with_explicit_freshness_is_stored__method_POST(
+        cache_control: str, expires: bool) -> None:
+    """RFC 9110 §9.3.3: "only cacheable when they include explicit freshness information
+    ... and a Content-Location header field that has the same value as the POST's target
+    URI"; §8.7: it is then the resource's new representation."""
+    got = verdict(cache_control, method="POST", expires=expires, names_target=True)
+    assert got == Verdict(True, "")
+
+
+@pytest.mark.parametrize("cache_control, names_target, status", [
+    ("max-age=60", False, 200),    # no Content-Location naming the target
+    ("public", True, 200),         # public alone is no freshness
+    ("", True, 200),               # a heuristic lifetime is not explicit
+    ("s-maxage=60", True, 200),    # (see below: a private cache ignores s-maxage)
+    ("max-age=60", True, 201),     # Created, No Content: the POST's own answer, not the
+    ("max-age=60", True, 204),     # representation a GET would get
+])
+def test_s9_3_3_other_post_responses_are_not_stored(
+        cache_control: str, names_target: bool, status: int) -> None:
+    shared = cache_control != "s-maxage=60"
+    got = verdict(cache_control, method="POST", names_target=names_target, status=status,
+                  shared=shared)
+    assert got == Verdict(False, "method", by_request=True)
+
+
+@pytest.mark.parametrize("why, kwargs", [
+    ("no-store", {"request_cc": "no-store"}),
+    ("set-cookie", {"set_cookie": True}),
+    ("authorization", {"authorization": True}),
+])
+def test_s9_3_3_a_post_response_meets_the_other_conditions_of_s3_too(
+        why: str, kwargs: dict) -> None:
+    got = verdict("max-age=60", method="POST", names_target=True, **kwargs)
+    assert not got.storable and got.reason == why
 
 
 # -- §3: the status code is final (and understood for 206/304) -------------

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from cacheproxy.http.cache_key import normalise, primary_key, vary_fields, vary_values
+from cacheproxy.http.cache_key import (
+    normalise,
+    primary_key,
+    select_variant,
+    vary_fields,
+    vary_values,
+)
 
 
 def request(*pairs: tuple[str, str]) -> CIMultiDict[str]:
@@ -106,6 +112,31 @@ def test_s4_1_member_order_is_significant() -> None:
     fields = ("accept-encoding",)
     assert vary_values(fields, request(("Accept-Encoding", "gzip, br"))) != vary_values(
         fields, request(("Accept-Encoding", "br, gzip")))
+
+
+def test_s4_1_accept_language_order_is_significant__vary_normalise_lang_order() -> None:
+    """§4.1 allows "reordering field values when order is not significant"; RFC 9110
+    §12.5.4: "some recipients treat the order in which language tags are listed as an
+    indication of descending priority, particularly for tags that are assigned equal
+    quality values" (so do Express's and Django's negotiation): "en, de" may be answered in
+    English and "de, en" in German, so they are different variants."""
+    fields = ("accept-language",)
+    assert vary_values(fields, request(("Accept-Language", "en, de"))) != vary_values(
+        fields, request(("Accept-Language", "de, en")))
+
+
+def test_s4_1_another_accept_language_does_not_select__vary_normalise_lang_select(
+        stored) -> None:
+    """§4.1: a stored response is used (without validation) only when the nominated fields
+    match, i.e. can be transformed into each other without changing their meaning. The
+    suite stores the German answer to "en, de" and expects it for "fr;q=0.5, de;q=1.0":
+    another request, which the cache would have to negotiate for the origin."""
+    entry = stored({"Cache-Control": "max-age=5000", "Vary": "Accept-Language",
+                    "Content-Language": "de"}, vary=("accept-language",), vary_values=(
+        normalise("accept-language", "en, de"),))
+    other = request(("Accept-Language", "fr;q=0.5, de;q=1.0"))
+    assert select_variant((entry,), other) is None
+    assert select_variant((entry,), request(("Accept-Language", "EN ,de"))) is entry
 
 
 @pytest.mark.parametrize("name", ["accept", "accept-charset", "accept-encoding",

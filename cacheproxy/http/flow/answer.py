@@ -20,7 +20,7 @@ from cacheproxy.http.flow.decisions import (
 )
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.flow.failure import stale_on_error
-from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris
+from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris, same_origin_key
 from cacheproxy.http.reuse import STALE_IF_ERROR_STATUSES
 from cacheproxy.http.revalidation import has_validator, head_matches, merge_304, selects
 from cacheproxy.http.storability import Verdict, excluded_fields, storability
@@ -84,15 +84,33 @@ def _answered(
         if stale is not None:
             return stale
     if fwd.method not in SAFE_METHODS:  # §4.4: a non-error answer invalidates
-        keys = invalidated_uris(fwd.method, status, key, first_value(fields, "location"),
-                                first_value(fields, "content-location"))
-        return Evict(tuple(keys), "invalidated") if keys else Pass(None)
+        content_location = first_value(fields, "content-location")
+        keys = tuple(invalidated_uris(fwd.method, status, key, first_value(fields, "location"),
+                                      content_location))
+        if fwd.method == "POST" and keys and same_origin_key(key, content_location) == key:
+            # RFC 9110 §9.3.3: the answer may be the URI's new representation, for GET.
+            d = _new_representation(fwd, None, status, fields, length, req, route, key,
+                                    request_time, response_time, names_target=True)
+            if isinstance(d, Store):
+                return replace(d, invalidates=keys)
+        return Evict(keys, "invalidated") if keys else Pass(None)
     if not fwd.may_store:
         if stored is None and fwd.reason in ("bypass", "method"):
             return Pass(None)
         return _not_stored(stored, status, Verdict(False, "no-store", by_request=True), req, key)
+    return _new_representation(fwd, stored, status, fields, length, req, route, key,
+                               request_time, response_time)
+
+
+def _new_representation(
+    fwd: Forward, stored: CachedResponse | None, status: int, fields: Pairs,
+    length: int | None, req: RequestFacts, route: CacheSettings, key: str,
+    request_time: float, response_time: float, *, names_target: bool = False,
+) -> Store | Keep | Evict | Pass:
+    """§3: a full response, stored when it may be (in place of stored, if any)."""
     vary = vary_fields(all_values(fields, "vary"))
-    verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route)
+    verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route,
+                                    names_target)
     if not verdict.storable or vary is None:
         return _not_stored(stored, status, verdict, req, key)
     if req.nominated.intersection(vary):
@@ -116,7 +134,7 @@ def _answered(
 
 def _storable(
     method: str, status: int, fields: Pairs, vary_star: bool, req: RequestFacts,
-    route: CacheSettings,
+    route: CacheSettings, names_target: bool = False,
 ) -> tuple[Verdict, ResponseDirectives]:
     """§3, with the directives this cache follows (RFC 9213 §2.2: a targeted field's,
     which set Cache-Control and Expires aside)."""
@@ -127,7 +145,7 @@ def _storable(
         method=method, status=status, request=req.directives, response=directives,
         has_authorization=req.authorization, has_expires=has_expires,
         has_set_cookie=first_value(fields, "set-cookie") is not None,
-        vary_star=vary_star, policy=route.policy,
+        vary_star=vary_star, policy=route.policy, names_target=names_target,
     ), directives
 
 

@@ -96,11 +96,14 @@ class Store:
     """§3: store the answer once its body is complete and within max_object_bytes;
     the client gets the answer as it streams (or a 304, client_current). whole_first:
     the client's answer is cut from the whole stored response (its Range, RFC 9110
-    §14.2): read and store it first, then reply from storage."""
+    §14.2): read and store it first, then reply from storage. invalidates: keys to
+    discard first (§4.4: a POST's answer that is stored as the new representation, RFC
+    9110 §9.3.3, still invalidates what was stored for the URI)."""
 
     entry: CachedResponse  # body empty: it is filled as it streams
     replaces: CachedResponse | None = None
     whole_first: bool = False
+    invalidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

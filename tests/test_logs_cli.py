@@ -111,7 +111,8 @@ def test_summary_numbers(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["period"] == {"first": "2026-11-23T17:00:00.000Z",
                                 "last": "2026-11-23T17:10:00.000Z", "seconds": 600.0}
     assert report["cache"] == {"HIT": 2, "MISS": 2, "EXPIRED": 1, "STALE": 1, "REVALIDATED": 1,
-                               "UPDATING": 1, "BYPASS": 1, "ERROR": 1, "DENIED": 1}
+                               "UPDATING": 1, "BYPASS": 1, "ERROR": 1, "DENIED": 1,
+                                "TUNNEL": 0}
     assert report["http_status"] == {"1xx": 0, "2xx": 9, "3xx": 0, "4xx": 1, "5xx": 1,
                                      "other": 0}
     # Hits: HIT x2, REVALIDATED, STALE, UPDATING = 5 requests, 6000 bytes from storage.

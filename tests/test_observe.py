@@ -244,6 +244,7 @@ def test_to_json_is_exactly_json_dumps_and_reads_back(path, host, ua, referer, p
                        referer=referer, user_agent=ua, cache_status="cacheproxy; hit")
     expected = {f.name: getattr(record, f.name) for f in dataclasses.fields(LogRecord)}
     expected["time"] = iso_time(when)
+    del expected["bytes_in"]  # written only on a tunnel's line
     line = to_json(record)
     assert line == json.dumps(expected, separators=(",", ":"), ensure_ascii=False)
     back = parse_line(line)

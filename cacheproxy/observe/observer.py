@@ -82,7 +82,7 @@ class Observer:
             collapsed=outcome.collapsed, route=outcome.route, policy=outcome.policy,
             protocol=f"HTTP/{version.major}.{version.minor}",
             referer=redact(h.get("Referer"), outcome.secrets), user_agent=h.get("User-Agent"),
-            cache_status=outcome.final_cache_status(),
+            cache_status=outcome.final_cache_status(), bytes_in=outcome.bytes_in,
         )
         if counted:
             self.stats.add(record)

@@ -33,7 +33,8 @@ _BYPASS = frozenset({"bypass", "method"})
 
 @dataclass(slots=True)
 class Outcome:
-    # HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING, BYPASS, ERROR, DENIED (nginx's words)
+    # HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING, BYPASS, ERROR, DENIED (nginx's words),
+    # TUNNEL (a CONNECT: bytes passed through, nothing cached)
     status: str = "MISS"
     hit: bool = False            # answered from storage without going forward (RFC 9211 §2.1)
     fwd: str | None = None       # RFC 9211 §2.2 forward reason
@@ -46,6 +47,7 @@ class Outcome:
     age: float | None = None     # Age sent with a stored response
     upstream_ms: float | None = None  # time to the upstream's response head
     bytes_sent: int = 0          # body bytes sent to the client
+    bytes_in: int | None = None  # bytes the client sent through a CONNECT tunnel
     route: str = "default"
     policy: str | None = None    # a CORS / Referer decision and its reason
     cache_status_sent: str = ""  # the Cache-Status member as sent

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -36,16 +37,21 @@ from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.observe.observer import Observer
+from cacheproxy.observe.outcome import OUTCOME, Outcome
+from cacheproxy.policies.forward import Allowed, Refused, connect_decision
 from cacheproxy.proxy.downstream import Answer, Replay
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.replay import ReplayBlocks
+from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routing import PLAN
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
+from cacheproxy.proxy.tunnel import TunnelEnd
 
 log = logging.getLogger("cacheproxy")
 
 MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
+MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 _NO_BODY = frozenset({204, 304})
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -92,17 +98,20 @@ class Listener(Protocol):
     def remote(self, peername: Any) -> str | None: ...
     def record(self, request: ClientRequest, status: int, sent: int, started: float
                ) -> None: ...
+    async def tls_context(self, host: str) -> ssl.SSLContext: ...
 
 
 class ClientRequest:
     """A parsed request, with what the driver reads of it (the names of aiohttp's
     web.Request, so the proxy's code serves both) and per-request state by key."""
 
-    __slots__ = ("_msg", "_state", "content", "remote", "scheme")
+    __slots__ = ("_msg", "_state", "content", "local_port", "remote", "scheme", "tunnel")
 
     def __init__(self, msg: RawRequestMessage, payload: StreamReader, remote: str | None,
-                 scheme: str) -> None:
+                 scheme: str, local_port: int = 0, tunnel: Allowed | None = None) -> None:
         self._msg, self.content, self.remote, self.scheme = msg, payload, remote, scheme
+        self.local_port = local_port
+        self.tunnel = tunnel  # the origin of the intercepted CONNECT this came through
         self._state: dict[Any, Any] = {}
 
     @property
@@ -160,6 +169,9 @@ class ClientConnection(BaseProtocol):
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
         self._upgraded = False
+        self._tail = b""  # bytes after an upgrade (CONNECT) request's head
+        self._tunnel: TunnelEnd | None = None  # a CONNECT spliced to its origin
+        self._origin: Allowed | None = None  # a CONNECT intercepted (forward.intercept_tls)
         # The response being sent.
         self._request: ClientRequest | None = None
         self._chunked = False
@@ -177,6 +189,10 @@ class ClientConnection(BaseProtocol):
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
         self.ssl_context = transport.get_extra_info("sslcontext")
+        self._parser = self._make_parser()
+        self._arm(self._timeouts.header, head=True)
+
+    def _make_parser(self) -> Any:
         loop = self._loop
 
         def make_python() -> _StrictPythonParser:
@@ -195,21 +211,28 @@ class ClientConnection(BaseProtocol):
                 max_headers=self.max_headers, payload_exception=RequestPayloadError,
                 auto_decompress=False, max_msg_queue_size=MAX_PIPELINED)
             parser = _FallbackParser(c_parser, make_python, MAX_PIPELINED)
-        self._parser = parser
-        self._arm(self._timeouts.header, head=True)
+        return parser
 
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._upgraded or self._parser is None:
+        if self._tunnel is not None:
+            self._tunnel.send(data)
+            return
+        if self._upgraded and not self._closing:
+            self._tail += data[:MAX_TAIL - len(self._tail)]  # a CONNECT's early bytes
+            return
+        if self._closing or self._parser is None:
             return
         try:
-            messages, upgraded, _ = self._parser.feed_data(data)
+            messages, upgraded, tail = self._parser.feed_data(data)
         except HttpProcessingError as exc:
             messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
             self._closing = True  # the stream cannot be trusted past a bad message
         if upgraded:
             # No protocol is switched to (the proxy does not answer 101): the upgrade
-            # request is answered, then the connection closes.
+            # request is answered, then the connection closes; a CONNECT's tunnel takes
+            # the bytes after it.
             self._upgraded = True
+            self._tail = tail[:MAX_TAIL]
         if messages:
             self._queue.extend(messages)
             self._disarm()
@@ -221,8 +244,26 @@ class ClientConnection(BaseProtocol):
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
 
+    def eof_received(self) -> bool:
+        if self._tunnel is not None:  # the client finished sending: half-close onwards
+            self._tunnel.client_eof()
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._tunnel is not None:
+            self._tunnel.pause()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._tunnel is not None:
+            self._tunnel.resume()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        if self._tunnel is not None:
+            self._tunnel.client_gone()
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()
@@ -275,10 +316,14 @@ class ClientConnection(BaseProtocol):
                 return False
             if payload is not EMPTY_PAYLOAD:
                 self.transport.write(_CONTINUE)  # type: ignore[union-attr]
-        if listener.is_control(msg):
+        if msg.method == "CONNECT":
+            return await self._connect(msg, started)
+        if listener.is_control(msg) and self._origin is None:
             keep = await self._via_app(msg, payload, started)
         else:
-            request = ClientRequest(msg, payload, listener.remote(self.peername), "http")
+            request = ClientRequest(msg, payload, listener.remote(self.peername),
+                                    "http" if self._origin is None else "https",
+                                    self._local_port(), self._origin)
             self._request, self._sent, self._chunked = request, 0, False
             answer = await listener.proxy.serve(request, self, started)
             if answer is not None:
@@ -291,6 +336,106 @@ class ClientConnection(BaseProtocol):
         if not keep:
             self.close()
         return keep
+
+    def _local_port(self) -> int:
+        sockname = self.sockname
+        return int(sockname[1]) if isinstance(sockname, (list, tuple)) else 0
+
+    async def _connect(self, msg: RawRequestMessage, started: float) -> bool:
+        """CONNECT (RFC 9110 §9.3.6), forward mode: a tunnel to the origin, or with
+        forward.intercept_tls, TLS ended here with the local CA's certificate for the host
+        and the requests inside served (and cached) as https ones."""
+        request = ClientRequest(msg, EMPTY_PAYLOAD, self.listener.remote(self.peername),
+                                "http", self._local_port())
+        outcome = request[OUTCOME] = Outcome(started=started, status="TUNNEL")
+        outcome.target = outcome.host = msg.path
+        self._request, self._keep_alive = request, False
+        proxy = self.listener.proxy
+        forward = proxy.config.forward
+        if not forward.enabled:
+            return self._refuse_connect(request, outcome, 405,
+                                        "CONNECT needs forward mode ([forward] enabled)")
+        d = connect_decision(proxy.forward_access(self._local_port()), msg.path)
+        if isinstance(d, Refused):
+            outcome.status = "DENIED"
+            outcome.policy = f"forward: {d.reason}"
+            return self._refuse_connect(request, outcome, d.status, d.reason)
+        if forward.intercept_tls:
+            return await self._intercept(request, outcome, d)
+        loop = self._loop
+        client = self.transport
+        assert client is not None
+        try:
+            async with asyncio.timeout(proxy.config.proxy.connect_timeout):
+                _, end = await loop.create_connection(lambda: TunnelEnd(client), d.host,
+                                                      d.port)
+        except (OSError, TimeoutError) as exc:
+            status = 504 if isinstance(exc, TimeoutError) else 502
+            reason = "timed out" if isinstance(exc, TimeoutError) else \
+                (exc.strerror or type(exc).__name__)
+            log.warning("CONNECT to %s failed: %s; answered %s", msg.path, reason, status)
+            outcome.status = "ERROR"
+            return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")
+        if self.transport is None:  # the client left meanwhile
+            end.client_gone()
+            return False
+        self._tunnel = end
+        self._status = 200
+        client.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        if self._tail:
+            end.send(self._tail)
+            self._tail = b""
+        self._disarm()
+        await end.closed
+        outcome.bytes_in = end.sent
+        self.listener.record(request, 200, end.received, started)
+        self.close()
+        return False
+
+    def _refuse_connect(self, request: ClientRequest, outcome: Outcome, status: int,
+                        reason: str) -> bool:
+        answer = error_response(status, reason, outcome, self.listener.proxy.cache_name,
+                                self.listener.proxy.local_via)
+        self._send_answer(request, answer)
+        self.listener.record(request, status, self._sent, outcome.started)
+        self._request = None
+        self.close()
+        return False
+
+    async def _intercept(self, request: ClientRequest, outcome: Outcome, d: Allowed
+                         ) -> bool:
+        """TLS with the client, as d.host, then HTTP inside (served by this connection)."""
+        try:
+            context = await self.listener.tls_context(d.host)
+        except Exception as exc:  # the CA cannot be made or read (forward.ca_dir)
+            log.error("CONNECT to %s: no certificate for interception: %s", d.host, exc)
+            outcome.status = "ERROR"
+            return self._refuse_connect(request, outcome, 502, "no certificate for the host")
+        transport = self.transport
+        if transport is None or self._tail:  # TLS bytes sent before the 200: not ours
+            self.close()
+            return False
+        transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        outcome.status, self._status = "TUNNEL", 200
+        outcome.policy = "intercepted"
+        self.listener.record(request, 200, 0, outcome.started)
+        self._request = None
+        try:
+            tls = await self._loop.start_tls(transport, self, context, server_side=True,
+                                             ssl_handshake_timeout=30)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.info("CONNECT to %s: the client's TLS handshake failed: %s", d.host, exc)
+            self.close()
+            return False
+        if tls is None:
+            return False
+        # A new stream: HTTP from its first byte, on the TLS transport.
+        self.transport = tls
+        self._origin = d
+        self._upgraded = self._closing = False
+        self._parser = self._make_parser()
+        self._arm(self._timeouts.header, head=True)
+        return True
 
     async def _linger(self, payload: StreamReader) -> bool:
         """Read and drop a request body nobody read, so the next request can be parsed."""

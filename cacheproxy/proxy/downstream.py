@@ -108,3 +108,13 @@ def text_answer(status: int, text: str, headers: CIMultiDict[str] | None = None)
     headers = CIMultiDict() if headers is None else headers
     headers["Content-Type"] = "text/plain; charset=utf-8"
     return Answer(status, headers, text.encode())
+
+
+def local_port(request: ClientMessage) -> int:
+    """The port the request came in on (the listener's, as bound)."""
+    port = getattr(request, "local_port", None)
+    if port is None:  # aiohttp's web.Request
+        transport = getattr(request, "transport", None)
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        port = sockname[1] if isinstance(sockname, (list, tuple)) and len(sockname) > 1 else 0
+    return int(port)

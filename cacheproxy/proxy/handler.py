@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from cacheproxy.config import Config, ConfigError
+from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
+from cacheproxy.policies.forward import Allowed, ForwardAccess, Refused, target_decision
 from cacheproxy.proxy.collapse import Collapser
-from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
+from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream, local_port
 from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
@@ -58,6 +59,7 @@ class CacheProxy:
         self.local_via = via_value((1, 1), config.proxy.via)
         self.driver.rename(self.cache_name, self.local_via)
         self.plans = Plans.build(config, self.default_upstream)
+        self._access: dict[int, ForwardAccess] = {}
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """The key a request for target on authority (Host) is stored under (admin purge).
@@ -66,6 +68,15 @@ class CacheProxy:
         if origin_of(scheme, authority) in plans.stored_origins() or "#" in target:
             return primary_key(scheme, authority, target)  # a listed key ("…#private:…")
         return plans.match(authority, target).cache_key(scheme, authority, target)
+
+    def forward_access(self, port: int) -> ForwardAccess:
+        """[forward] compiled with the port this request came in on (its listener)."""
+        access = self._access.get(port)
+        if access is None:
+            host = parse_listen(self.config.proxy.listen)[0]
+            access = self._access[port] = ForwardAccess.from_config(self.config.forward, host,
+                                                                    port)
+        return access
 
     def upstreams(self) -> tuple[str, ...]:
         """Every origin this proxy sends to (readiness checks)."""
@@ -119,11 +130,27 @@ class CacheProxy:
         target = outcome.target = parsed.path
         authority = outcome.host = parsed.authority
         plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway
-        plan = request[PLAN] = plans.match(authority, target)
+        scheme = request.scheme
+        tunnel: Allowed | None = getattr(request, "tunnel", None)
+        if tunnel is not None:  # inside an intercepted CONNECT: that origin, over TLS
+            plan = plans.forward_to("https", tunnel.host, tunnel.port)
+            authority = plan.forward.upstream_host
+        elif parsed.absolute and self.config.forward.enabled:
+            scheme = raw.partition(":")[0].lower()
+            d = target_decision(self.forward_access(local_port(request)), scheme, authority)
+            if isinstance(d, Refused):  # [forward] allow_hosts / deny_hosts, or a loop
+                outcome.status = "DENIED"
+                outcome.policy = f"forward: {d.reason}"
+                return self._error(d.status, d.reason, outcome)
+            plan = plans.forward_to(scheme, d.host, d.port)
+            authority = plan.forward.upstream_host
+        else:
+            plan = plans.match(authority, target)
+        request[PLAN] = plan
         if plans.routed:
             outcome.route = plan.route.name
         outcome.secrets = plan.route.referer.strip_params
-        key = plan.cache_key(request.scheme, authority, target)
+        key = plan.cache_key(scheme, authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
             return answer_of(await self.purge(request, key, outcome))

@@ -5,6 +5,8 @@ runner that starts the aiohttp application (admin API, store, upstream pool) aro
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +61,7 @@ class Listener:
         self._metrics = plane.metrics_path
         self.connections: set[ClientConnection] = set()
         self.replays = ReplayBlocks()
+        self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
         self.requests_count = 0
 
     @property
@@ -84,6 +87,15 @@ class Listener:
             return False
         path = msg.url.path
         return path.startswith(self._control) or path == self._metrics
+
+    async def tls_context(self, host: str) -> ssl.SSLContext:
+        """forward.intercept_tls: the server-side context for host, its certificate signed
+        by the local CA (made in forward.ca_dir on first use; leaves cached there)."""
+        if self._ca is None:
+            from cacheproxy.tls.ca import LocalCA  # cryptography: only when intercepting
+            directory = self.proxy.config.forward.ca_path(os.environ)
+            self._ca = await asyncio.to_thread(LocalCA.load_or_create, directory)
+        return self._ca.server_context(host)  # type: ignore[no-any-return]
 
     @staticmethod
     def remote(peername: Any) -> str | None:

@@ -4,7 +4,7 @@ Plain values: the pooled session and the store belong to the handler."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from aiohttp import web
 from yarl import URL
@@ -88,6 +88,7 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
 
 
 PLAN = web.RequestKey("cacheproxy.plan", RoutePlan)  # the request's route, set first
+MAX_FORWARDED_PLANS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +99,31 @@ class Plans:
     by_name: dict[str, RoutePlan]
     default: RoutePlan
     routed: bool  # any [[routes]] at all: then the log names the route
+    config: Config | None = None
+    # Forward mode: a plan per origin a client named, made on first use.
+    forwarded: dict[str, RoutePlan] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: Config, default_upstream: str) -> Plans:
         table = RouteTable.from_config(config)
         by_name = {r.name: plan_route(r, config, default_upstream)
                    for r in (*table.routes, table.default)}
-        return cls(table, by_name, by_name[table.default.name], bool(table.routes))
+        return cls(table, by_name, by_name[table.default.name], bool(table.routes), config)
+
+    def forward_to(self, scheme: str, host: str, port: int) -> RoutePlan:
+        """Forward mode: the plan for an origin a client named (absolute-form, or a CONNECT
+        tunnel's): the default route's rules, that origin as upstream, keyed by its URL."""
+        name = f"[{host}]" if ":" in host else host
+        default_port = 443 if scheme == "https" else 80
+        origin = f"{scheme}://{name}" if port == default_port else f"{scheme}://{name}:{port}"
+        plan = self.forwarded.get(origin)
+        if plan is None:
+            assert self.config is not None
+            if len(self.forwarded) >= MAX_FORWARDED_PLANS:
+                self.forwarded.clear()
+            route = replace(self.table.default, upstream=origin)
+            plan = self.forwarded[origin] = plan_route(route, self.config, origin)
+        return plan
 
     def match(self, authority: str, target: str) -> RoutePlan:
         if not self.routed:

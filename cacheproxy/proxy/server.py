@@ -52,6 +52,7 @@ def make_app(
     admin_paths = (config.admin.prefix, *filter(None, [config.admin.metrics_path]))
     observer = Observer(config.log, time.time(), admin_paths)
     admin = Admin(config.admin, store, observer)
+    admin.set_forward(config.forward, config.proxy.listen)  # proxy.pac
     proxy.purge = admin.purge_method
     admin.key_for = proxy.cache_key
     health = Health(proxy.upstreams, getattr(store, "ping", None))
@@ -215,6 +216,7 @@ def reconfigure(app: web.Application, new: Config) -> None:
     proxy.check_config(new)  # raises ConfigError before anything changes
     app[OBSERVER].reconfigure(new.log)  # raises OSError (a log file that cannot open) first
     app[ADMIN].reconfigure(new.admin)
+    app[ADMIN].set_forward(new.forward, new.proxy.listen)
     proxy.reconfigure(new)
 
 

@@ -1,0 +1,72 @@
+"""CONNECT without interception (RFC 9110 §9.3.6): after the 200, bytes go both ways
+untouched until either side closes. Each side's reading pauses while the other side's
+writing is paused, so a slow reader holds at most one socket buffer of the other's data."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class TunnelEnd(asyncio.Protocol):
+    """The origin's side of a tunnel; `client` is the client's transport."""
+
+    def __init__(self, client: asyncio.Transport) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.received = 0  # bytes from the origin, sent to the client
+        self.sent = 0  # bytes from the client, sent to the origin
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if not self.client.is_closing():
+            self.client.write(data)
+
+    def eof_received(self) -> bool:
+        # The origin finished sending: the client is told (half-close), and the tunnel
+        # stays open for what the client still sends.
+        if not self.client.is_closing() and self.client.can_write_eof():
+            self.client.write_eof()
+            return True
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.client.is_closing():
+            self.client.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # The origin's socket is full: stop reading the client until it drains.
+    def pause_writing(self) -> None:
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.client.is_closing():
+            self.client.resume_reading()
+
+    # -- called by the client's side ---------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        self.sent += len(data)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def client_eof(self) -> None:
+        if self.transport is not None and not self.transport.is_closing() \
+                and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def client_gone(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause(self) -> None:  # the client's socket is full
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()

@@ -246,8 +246,7 @@ class ClientConnection(BaseProtocol):
 
     def eof_received(self) -> bool:
         if self._tunnel is not None:  # the client finished sending: half-close onwards
-            self._tunnel.client_eof()
-            return True
+            return self._tunnel.client_eof()
         return False
 
     def pause_writing(self) -> None:
@@ -420,6 +419,11 @@ class ClientConnection(BaseProtocol):
         outcome.policy = "intercepted"
         self.listener.record(request, 200, 0, outcome.started)
         self._request = None
+        # A new stream: HTTP from its first byte, parsed as it arrives (even while
+        # start_tls returns); answered once the TLS transport is in place.
+        self._origin = d
+        self._upgraded = self._closing = False
+        self._parser = self._make_parser()
         try:
             tls = await self._loop.start_tls(transport, self, context, server_side=True,
                                              ssl_handshake_timeout=30)
@@ -429,11 +433,7 @@ class ClientConnection(BaseProtocol):
             return False
         if tls is None:
             return False
-        # A new stream: HTTP from its first byte, on the TLS transport.
         self.transport = tls
-        self._origin = d
-        self._upgraded = self._closing = False
-        self._parser = self._make_parser()
         self._arm(self._timeouts.header, head=True)
         return True
 

@@ -16,6 +16,7 @@ class TunnelEnd(asyncio.Protocol):
         self.received = 0  # bytes from the origin, sent to the client
         self.sent = 0  # bytes from the client, sent to the origin
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._origin_done = self._client_done = False  # each side sent its EOF
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -27,11 +28,13 @@ class TunnelEnd(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The origin finished sending: the client is told (half-close), and the tunnel
-        # stays open for what the client still sends.
-        if not self.client.is_closing() and self.client.can_write_eof():
-            self.client.write_eof()
-            return True
-        return False
+        # stays open for what the client still sends, until it finishes too.
+        self._origin_done = True
+        if self._client_done or self.client.is_closing() or not self.client.can_write_eof():
+            self.client.close()
+            return False
+        self.client.write_eof()
+        return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.client.is_closing():
@@ -54,10 +57,16 @@ class TunnelEnd(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    def client_eof(self) -> None:
-        if self.transport is not None and not self.transport.is_closing() \
-                and self.transport.can_write_eof():
-            self.transport.write_eof()
+    def client_eof(self) -> bool:
+        """The client finished sending; True while the tunnel stays open (half-close)."""
+        self._client_done = True
+        transport = self.transport
+        if self._origin_done or transport is None or transport.is_closing() \
+                or not transport.can_write_eof():
+            self.client_gone()
+            return False
+        transport.write_eof()
+        return True
 
     def client_gone(self) -> None:
         if self.transport is not None:

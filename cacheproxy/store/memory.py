@@ -14,21 +14,34 @@ from cacheproxy.store.base import StoreStats
 MAX_VARIANTS = 32
 
 
-def _size(variants: tuple[CachedResponse, ...]) -> int:
-    return sum(v.size for v in variants)
+# A key's value: its one response, or a tuple of variants (Vary). One response is held
+# without a tuple around it: most keys have one, and the tuple costs 48 bytes each.
+Held = CachedResponse | tuple[CachedResponse, ...]
 
 
-class _CountingLRU(LRUCache[str, tuple[CachedResponse, ...]]):
+def _variants(held: Held | None) -> tuple[CachedResponse, ...]:
+    if held is None:
+        return ()
+    return held if isinstance(held, tuple) else (held,)
+
+
+def _size(held: Held) -> int:
+    if isinstance(held, tuple):
+        return sum(v.size for v in held)
+    return held.size
+
+
+class _CountingLRU(LRUCache[str, Held]):
     """Counts evictions and the responses (variants) held."""
 
     evictions = 0
     entries = 0
 
     def popitem(self) -> Any:
-        key, variants = super().popitem()
+        key, held = super().popitem()
         self.evictions += 1
-        self.entries -= len(variants)
-        return key, variants
+        self.entries -= len(_variants(held))
+        return key, held
 
 
 class MemoryStore:
@@ -38,7 +51,7 @@ class MemoryStore:
         self._lru = _CountingLRU(maxsize=max_bytes, getsizeof=_size)
 
     async def get(self, key: str) -> tuple[CachedResponse, ...]:
-        return self._lru.get(key, ())
+        return _variants(self._lru.get(key))
 
     async def put(self, entry: CachedResponse) -> bool:
         """The newest variant first; older ones go when the key would pass MAX_VARIANTS or
@@ -47,7 +60,7 @@ class MemoryStore:
         lru = self._lru
         if entry.size > lru.maxsize:
             return False
-        old = lru.get(entry.key, ())
+        old = _variants(lru.get(entry.key))
         same = variant_id(entry)
         variants = (entry, *(v for v in old if variant_id(v) != same))[:MAX_VARIANTS]
         while _size(variants) > lru.maxsize:
@@ -55,15 +68,15 @@ class MemoryStore:
         if old:
             del lru[entry.key]
             lru.entries -= len(old)
-        lru[entry.key] = variants
+        lru[entry.key] = variants[0] if len(variants) == 1 else variants
         lru.entries += len(variants)
         return True
 
     async def delete(self, key: str) -> bool:
-        variants = self._lru.pop(key, None)
-        if variants is None:
+        held = self._lru.pop(key, None)
+        if held is None:
             return False
-        self._lru.entries -= len(variants)
+        self._lru.entries -= len(_variants(held))
         return True
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:

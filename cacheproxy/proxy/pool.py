@@ -53,6 +53,12 @@ class Origin:
         return f"{self.scheme}://{host}:{self.port}"
 
 
+def _expire(waiter: asyncio.Future[None], reason: str) -> None:
+    """A read timeout: the waiting coroutine gets a 504's UpstreamError."""
+    if not waiter.done():
+        waiter.set_exception(UpstreamError(504, reason))
+
+
 class Connection(asyncio.Protocol):
     """One connection to an origin; one exchange at a time (no pipelining upstream)."""
 
@@ -218,7 +224,7 @@ class Connection(asyncio.Protocol):
                    read_timeout: float) -> None:
         """Write the request (the body streams on in the background) and wait for the
         answer's head, at most read_timeout."""
-        loop = asyncio.get_running_loop()
+        loop = self.pool.loop()
         self._reset_exchange()
         self._head_only = head_only
         self.used = True
@@ -243,11 +249,14 @@ class Connection(asyncio.Protocol):
         while True:
             pump = self._pump
             if pump is None or pump.done():
+                # A timer, not asyncio.timeout(): that costs three get_running_loop()
+                # calls, each a getpid() system call on Python 3.11.
+                timer = self.pool.loop().call_later(read_timeout, _expire, head,
+                                                    "timeout waiting for the answer")
                 try:
-                    async with asyncio.timeout(read_timeout):
-                        await head
-                except TimeoutError:
-                    raise UpstreamError(504, "timeout waiting for the answer") from None
+                    await head
+                finally:
+                    timer.cancel()
                 return
             sent = self._body_sent
             await asyncio.wait((head, pump), timeout=read_timeout,
@@ -302,14 +311,16 @@ class Connection(asyncio.Protocol):
                 return b""
             if self._lost is not None or self._closed:
                 raise self._lost or _refused("connection reset")
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = self.pool.loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(read_timeout, _expire, waiter, "timeout reading the body")
             try:
-                async with asyncio.timeout(read_timeout):
-                    await waiter
-            except TimeoutError:
-                self.close()
-                raise UpstreamError(504, "timeout reading the body") from None
+                await waiter
+            except UpstreamError:  # only _expire fails the waiter: it timed out
+                self.close()  # the rest of the body is not waited for
+                raise
             finally:
+                timer.cancel()
                 self._waiter = None
 
     def finished(self) -> bool:
@@ -361,6 +372,14 @@ class Pool:
         self._open: set[Connection] = set()
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the pool runs on, found once."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     @property
     def in_use(self) -> int:
@@ -369,6 +388,9 @@ class Pool:
     async def acquire(self, origin: Origin) -> Connection:
         """An idle connection to origin, or a new one; within connect_timeout (a wait for a
         free connection ends in 503, a connect that takes too long in 504)."""
+        conn = self._take_idle(origin)  # the common case: no wait, no timer
+        if conn is not None:
+            return conn
         waiting = False
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -382,7 +404,7 @@ class Pool:
                     if self._close_an_idle_one():
                         continue
                     waiting = True
-                    waiter = asyncio.get_running_loop().create_future()
+                    waiter = self.loop().create_future()
                     self._waiters.append(waiter)
                     try:
                         await waiter
@@ -423,7 +445,7 @@ class Pool:
         return False
 
     async def _connect(self, origin: Origin) -> Connection:
-        loop = asyncio.get_running_loop()
+        loop = self.loop()
         self._connecting += 1
         try:
             _, conn = await loop.create_connection(
@@ -447,8 +469,7 @@ class Pool:
         """After an exchange: back to the idle list when its answer was read whole and
         its framing held, else closed."""
         if conn.reusable and conn.finished() and not conn._closed:
-            loop = asyncio.get_running_loop()
-            conn.idle_timer = loop.call_later(self.keepalive, conn.close)
+            conn.idle_timer = self.loop().call_later(self.keepalive, conn.close)
             conn._head = None  # idle: any byte now is a framing error
             self._idle.setdefault(conn.origin, []).append(conn)
         else:

@@ -12,6 +12,7 @@ A browser that cannot start fails these tests: they never skip.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
 from collections.abc import AsyncIterator
@@ -108,7 +109,7 @@ def sample_stats() -> dict[str, Any]:
     return {
         "version": "0.1.0", "uptime_s": 3725.0, "requests": 100,
         "by_cache": {"HIT": 60, "MISS": 30, "EXPIRED": 0, "STALE": 0, "REVALIDATED": 5,
-                     "UPDATING": 0, "BYPASS": 5, "ERROR": 0, "DENIED": 0},
+                     "UPDATING": 0, "BYPASS": 5, "ERROR": 0, "DENIED": 0, "TUNNEL": 0},
         "hit_ratio": 0.65, "byte_hit_ratio": 0.7,
         "bytes_from_cache": 123, "bytes_from_origin": 456,
         "collapsed": 3, "errors": 1,
@@ -118,6 +119,14 @@ def sample_stats() -> dict[str, Any]:
         "series": [{"t": t0 + 10 * i, "requests": 10, "hits": 6 + (i % 4)}
                    for i in (0, 1, 2, 5, 6, 7, 8)],
         "recent": recent,
+        # busiest first; with hosts_other they count every request
+        "hosts": [
+            {"host": "127.0.0.1:8080", "requests": 90, "bytes": 51_200, "bytes_in": 0,
+             "by_cache": {"HIT": 60, "MISS": 25, "REVALIDATED": 5}},
+            {"host": '"><img src=x onerror="window.__pwned=3">', "requests": 5, "bytes": 7,
+             "bytes_in": 0, "by_cache": {"MISS": 5}},
+        ],
+        "hosts_other": {"requests": 5, "bytes": 0, "bytes_in": 0, "by_cache": {"BYPASS": 5}},
     }
 
 
@@ -192,8 +201,23 @@ async def test_stub_every_figure_rendered_and_log_fields_escaped(
     await expect(newest.get_by_test_id("log-cache")).to_have_text("ERROR")
     await expect(newest.get_by_test_id("log-status")).to_have_text("502")
     await expect(rows.last.get_by_test_id("log-target")).to_have_text("127.0.0.1:8080/a/0")
+    # Hosts: busiest first, counts by cache status, then the rest summed
+    hosts = page.get_by_test_id("host-row")
+    await expect(hosts).to_have_count(2)
+    await expect(figure(page, "hosts-count")).to_have_text("2")
+    await expect(hosts.get_by_test_id("host-name")).to_have_text(
+        ["127.0.0.1:8080", '"><img src=x onerror="window.__pwned=3">'])
+    await expect(hosts.get_by_test_id("host-requests")).to_have_text(["90", "5"])
+    await expect(hosts.first.get_by_test_id("host-statuses")).to_have_text(
+        "HIT 60MISS 25REVALIDATED 5")  # in the order of the status bars
+    await expect(hosts.first.get_by_test_id("host-bytes")).to_have_text("50.0 KiB")
+    other = figure(page, "hosts-other")
+    await expect(other.get_by_test_id("host-name")).to_have_text("other hosts")
+    await expect(other.get_by_test_id("host-count-BYPASS")).to_have_text("BYPASS 5")
+
     assert await page.evaluate("window.__pwned") is None
-    injected = page.locator("#log-body img, #log-body script, #log-body b, svg[onload]")
+    injected = page.locator("#log-body img, #log-body script, #log-body b, svg[onload], "
+                            "#hosts-body img")
     assert await injected.count() == 0
 
     await expect(figure(page, "auth-error")).to_be_hidden()
@@ -326,6 +350,83 @@ async def test_dashboard_shows_what_went_through_the_proxy(
     assert len(o.seen) == 2, o.seen  # the page sent nothing through to the origin (no favicon)
 
 
+async def raw_exchange(port: int, data: bytes) -> bytes:
+    """data sent to the proxy as it is, and what comes back until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def test_dashboard_shows_forward_and_tunnel_traffic_by_host(
+        browser: Browser, origin: Any, proxy: Any) -> None:
+    o = Origin()
+    site = await origin(o.app)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    echo_port = echo_server.sockets[0].getsockname()[1]
+    try:
+        client = await proxy(site, forward={"enabled": True, "allow_hosts": ["localhost"],
+                                            "connect_ports": [echo_port]})
+        for _ in range(3):  # forward mode, absolute-form: MISS, HIT, HIT
+            got = await raw_exchange(client.port, (
+                f"GET http://localhost:{site.port}/cached HTTP/1.1\r\n"
+                f"Host: localhost:{site.port}\r\nConnection: close\r\n\r\n").encode())
+            assert got.startswith(b"HTTP/1.1 200")
+        got = await raw_exchange(client.port, b"GET http://elsewhere.test/ HTTP/1.1\r\n"
+                                              b"Host: elsewhere.test\r\nConnection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 403")  # not in allow_hosts
+        got = await raw_exchange(client.port, b"GET /fresh HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                              b"Connection: close\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200")  # reverse mode, beside it
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(f"CONNECT localhost:{echo_port} HTTP/1.1\r\nHost: localhost:{echo_port}"
+                     "\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.write(b"t" * 3000)
+        writer.write_eof()
+        assert len(await asyncio.wait_for(reader.read(), 5)) == 3000
+        writer.close()
+    finally:
+        echo_server.close()
+
+    w = await open_tab(browser)
+    page = w.page
+    await page.goto(str(client.make_url("/_cacheproxy/dashboard")))
+    await expect(figure(page, "requests-total")).to_have_text("6")  # once the tunnel closed
+    rows = page.get_by_test_id("host-row")
+    await expect(rows.get_by_test_id("host-name")).to_have_text(  # busiest first, then by name
+        [f"localhost:{site.port}", "127.0.0.1", "elsewhere.test", f"localhost:{echo_port}"])
+    await expect(rows.get_by_test_id("host-requests")).to_have_text(["3", "1", "1", "1"])
+    forward = rows.nth(0)
+    await expect(forward.get_by_test_id("host-count-HIT")).to_have_text("HIT 2")
+    await expect(forward.get_by_test_id("host-count-MISS")).to_have_text("MISS 1")
+    await expect(rows.nth(2).get_by_test_id("host-statuses")).to_have_text("DENIED 1")
+    tunnel = rows.nth(3)
+    await expect(tunnel.get_by_test_id("host-statuses")).to_have_text("TUNNEL 1")
+    await expect(tunnel.get_by_test_id("host-bytes")).to_have_text("2.93 KiB")
+    assert "3,000 from clients through tunnels" in (
+        await tunnel.get_by_test_id("host-bytes").get_attribute("title") or "")
+    await expect(figure(page, "hosts-other")).to_have_count(0)  # every host is listed
+    # A tunnel is no failure: the errors card stays at 0 and TUNNEL has a bar of its own.
+    await expect(figure(page, "errors")).to_have_text("0")
+    assert "bad" not in (await page.locator("#errors-card").get_attribute("class") or "")
+    await expect(figure(page, "status-count-TUNNEL")).to_have_text("1")
+    await expect(figure(page, "status-count-ERROR")).to_have_text("0")
+    # The log shows a CONNECT's host:port once.
+    connect = page.get_by_test_id("log-row").filter(has_text="CONNECT")
+    await expect(connect.get_by_test_id("log-target")).to_have_text(f"localhost:{echo_port}")
+    await expect(connect.get_by_test_id("log-cache")).to_have_text("TUNNEL")
+    assert not w.console_errors and not w.page_errors and not w.foreign_requests
+
+
 async def test_dashboard_with_a_token(browser: Browser, origin: Any, proxy: Any) -> None:
     o = Origin()
     client = await proxy(await origin(o.app), admin={"token": "s3cret"})
@@ -423,6 +524,16 @@ def crowded_stats() -> dict[str, Any]:
          "time": f"2026-11-23T17:30:{10 + i}.123Z"} for i, (m, c, st, b, ms) in enumerate(widths)]
     stats["recent"].append({**row, "path": "/assets/" + "very-long-file-name-" * 12 + ".js",
                             "host": "static.assets.example-cdn-provider.com:8443"})
+    every = {c: 1_234_567 for c in ("HIT", "MISS", "EXPIRED", "STALE", "REVALIDATED",
+                                     "UPDATING", "BYPASS", "ERROR", "DENIED", "TUNNEL")}
+    stats["hosts"] = [
+        {"host": "static.assets.example-cdn-provider.com:8443", "requests": 12_345_670,
+         "bytes": 1_048_576 * 1536, "bytes_in": 0, "by_cache": every},
+        {"host": "a-very-long-subdomain-name-" * 6 + ".example.com:443", "requests": 9_999_999,
+         "bytes": 123_456_789, "bytes_in": 987_654_321, "by_cache": {"TUNNEL": 9_999_999}},
+    ]
+    stats["hosts_other"] = {"requests": 101_111_120, "bytes": 5, "bytes_in": 0,
+                            "by_cache": {"MISS": 101_111_120}}
     stats.update(requests=123_456_789, collapsed=9_999_999, errors=1_234_567,
                  bytes_from_cache=1_048_576 * 1536, bytes_from_origin=1_048_576)
     end = int(time.time()) // 10 * 10

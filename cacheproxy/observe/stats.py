@@ -1,7 +1,8 @@
 """Counters of what the cache did, for /metrics, the stats API and the dashboard.
 
 Plain integers updated once per request; Prometheus reads them at scrape time
-(metrics.py), so the request path pays no metrics-library cost."""
+(metrics.py), so the request path pays no metrics-library cost. Counters by host are
+bounded (HostTable): a forward proxy sees as many hosts as its clients visit."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from cacheproxy.observe.record import (
 SERIES_SECONDS = 10       # one dashboard bucket
 SERIES_BUCKETS = 90       # fifteen minutes of them (at most 90 small lists in memory)
 RECENT_LINES = 50
+HOSTS_SHOWN = 20          # hosts the stats API lists, busiest first
+HOSTS_KEPT = 100          # hosts counted on their own; at twice as many, the rest are folded
+HOST_CHARS = 255          # a Host is counted under this much of it (a client sends anything)
 # Upstream latency buckets, seconds (Prometheus histogram "le" bounds).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -39,6 +43,7 @@ class Stats:
         self.upstream_sum = 0.0
         self.series: deque[list[int]] = deque(maxlen=SERIES_BUCKETS)  # [start, requests, hits]
         self.recent: deque[LogRecord] = deque(maxlen=RECENT_LINES)
+        self.hosts = HostTable()
 
     def add(self, r: LogRecord) -> None:
         self.requests += 1
@@ -66,11 +71,13 @@ class Stats:
         bucket[1] += 1
         bucket[2] += hit
         self.recent.append(r)
+        self.hosts.add(r)
 
     def snapshot(self, now: float, store: dict[str, Any], version: str) -> dict[str, Any]:
         """The JSON of GET <prefix>stats (the dashboard's source)."""
         hits = sum(self.by_cache[s] for s in HIT_STATUSES)
         sent = self.bytes_from_cache + self.bytes_from_origin
+        hosts, other = self.hosts.snapshot()
         return {
             "version": version,
             "uptime_s": round(now - self.started, 3),
@@ -85,7 +92,80 @@ class Stats:
             "store": store,
             "series": [{"t": t, "requests": n, "hits": h} for t, n, h in self.series],
             "recent": [_json_object(r) for r in self.recent],
+            "hosts": hosts,
+            "hosts_other": other,
         }
+
+
+class HostCount:
+    """One host's requests, body bytes sent (a tunnel's: from the origin), bytes a client
+    sent through tunnels, and requests by cache status (only those seen)."""
+
+    __slots__ = ("by_cache", "bytes", "bytes_in", "requests")
+
+    def __init__(self) -> None:
+        self.requests = self.bytes = self.bytes_in = 0
+        self.by_cache: dict[str, int] = {}
+
+    def merge(self, other: HostCount) -> None:
+        self.requests += other.requests
+        self.bytes += other.bytes
+        self.bytes_in += other.bytes_in
+        for cache, n in other.by_cache.items():
+            self.by_cache[cache] = self.by_cache.get(cache, 0) + n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "bytes": self.bytes, "bytes_in": self.bytes_in,
+                "by_cache": dict(self.by_cache)}
+
+
+class HostTable:
+    """Requests by the record's host: the Host a reverse-proxied request named, the
+    authority of an absolute-form (forward) request, the host:port of a CONNECT.
+
+    Bounded like a frequency sketch, cheaply: up to 2 * kept hosts are counted on their
+    own; when one more comes, the kept busiest stay and the others' counts are folded into
+    `other` (a host folded away counts again from zero if it comes back). So every request
+    is counted once, in a host's figures or in `other`, and the listed figures are exact
+    since the host was last (re)admitted."""
+
+    def __init__(self, kept: int = HOSTS_KEPT) -> None:
+        self.kept = kept
+        self.counts: dict[str, HostCount] = {}
+        self.other = HostCount()  # hosts folded away
+
+    def add(self, r: LogRecord) -> None:
+        host = r.host[:HOST_CHARS]
+        count = self.counts.get(host)
+        if count is None:
+            if len(self.counts) >= 2 * self.kept:
+                self._fold()
+            count = self.counts[host] = HostCount()
+        count.requests += 1
+        count.bytes += r.bytes
+        if r.bytes_in is not None:
+            count.bytes_in += r.bytes_in
+        count.by_cache[r.cache] = count.by_cache.get(r.cache, 0) + 1
+
+    def _fold(self) -> None:
+        ranked = self._ranked()
+        self.counts = dict(ranked[:self.kept])
+        for _, count in ranked[self.kept:]:
+            self.other.merge(count)
+
+    def _ranked(self) -> list[tuple[str, HostCount]]:
+        return sorted(self.counts.items(), key=lambda item: (-item[1].requests, item[0]))
+
+    def snapshot(self, shown: int = HOSTS_SHOWN) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The busiest `shown` hosts, and everything else summed (hosts not shown and
+        hosts folded away): together they count every request."""
+        ranked = self._ranked()
+        rest = HostCount()
+        rest.merge(self.other)
+        for _, count in ranked[shown:]:
+            rest.merge(count)
+        listed = [{"host": host, **count.to_json()} for host, count in ranked[:shown]]
+        return listed, rest.to_json()
 
 
 def _json_object(record: LogRecord) -> dict[str, Any]:

@@ -9,7 +9,7 @@ bytes are dropped, and, when create_connection returns, `self.transport is None`
 _connect return without a log line (the CONNECT is missing from the log and the stats).
 `printf 'CONNECT host:port HTTP/1.1\\r\\n\\r\\nhello' | nc -N proxy 8080` is such a client.
 
-Strict xfail until cacheproxy/proxy/client_conn.py handles it; remove the mark then.
+Now eof_received keeps such a connection open for writing until its tunnel is up.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from support import read_json_log
 
 
-@pytest.mark.xfail(strict=True, reason="client_conn: EOF before a CONNECT's 200 drops it")
 async def test_a_connect_half_closed_with_its_early_bytes_is_tunnelled_and_logged(
         proxy, origin, tmp_path: Path) -> None:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -170,6 +170,7 @@ class ClientConnection(BaseProtocol):
         self._closing = False  # no request after the one being answered
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
+        self._client_eof = False  # the client finished sending before its tunnel was up
         self._tunnel: TunnelEnd | None = None  # a CONNECT spliced to its origin
         self._origin: Allowed | None = None  # a CONNECT intercepted (forward.intercept_tls)
         # The response being sent.
@@ -247,6 +248,11 @@ class ClientConnection(BaseProtocol):
     def eof_received(self) -> bool:
         if self._tunnel is not None:  # the client finished sending: half-close onwards
             return self._tunnel.client_eof()
+        if self._upgraded and not self._closing:
+            # A CONNECT (or upgrade) still being answered: the client may have said all it
+            # had to say; the answer, and a tunnel's, still go back to it.
+            self._client_eof = True
+            return True
         return False
 
     def pause_writing(self) -> None:
@@ -377,6 +383,7 @@ class ClientConnection(BaseProtocol):
             return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")
         if self.transport is None:  # the client left meanwhile
             end.client_gone()
+            self.listener.record(request, 200, 0, started)
             return False
         self._tunnel = end
         self._status = 200
@@ -384,6 +391,8 @@ class ClientConnection(BaseProtocol):
         if self._tail:
             end.send(self._tail)
             self._tail = b""
+        if self._client_eof:  # what it sent before the 200 was all: half-close onwards
+            end.client_eof()
         self._disarm()
         await end.closed
         outcome.bytes_in = end.sent
@@ -411,7 +420,10 @@ class ClientConnection(BaseProtocol):
             outcome.status = "ERROR"
             return self._refuse_connect(request, outcome, 502, "no certificate for the host")
         transport = self.transport
-        if transport is None or self._tail:  # TLS bytes sent before the 200: not ours
+        if transport is None or self._tail or self._client_eof:  # TLS bytes sent before
+            outcome.status = "ERROR"  # the 200 (not ours to read), or the client left
+            self.listener.record(request, 499 if transport is None else 400, 0,
+                                 outcome.started)
             self.close()
             return False
         transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")

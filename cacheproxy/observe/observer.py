@@ -22,6 +22,8 @@ from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
 
+_PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}  # HttpVersion is a named tuple
+
 
 class Observer:
     def __init__(self, config: LogConfig, started: float,
@@ -44,45 +46,51 @@ class Observer:
 
     def log_request(self, request: Any, response: web.StreamResponse, duration: float
                     ) -> None:
+        """A request aiohttp's server answered (the admin API, or the proxy served as an
+        aiohttp handler)."""
         outcome = request.get(OUTCOME)
-        if outcome is not None:
-            self.record(request, response, outcome, duration)
-            return
-        # The admin API, or a request the HTTP parser refused.
-        admin = request.path.startswith(self.admin_paths)
-        outcome = Outcome(status=_unhandled_status(request, response))
-        if admin:  # no query logged: a dashboard URL may carry a token
-            outcome.route, outcome.target = "admin", request.path
-        self.record(request, response, outcome, duration, counted=not admin)
-
-    def record(
-        self, request: web.BaseRequest, response: web.StreamResponse, outcome: Outcome,
-        duration: float, counted: bool = True,
-    ) -> None:
-        if outcome.started:  # the loop clock counts whole milliseconds (uvloop): finer here
-            duration = time.perf_counter() - outcome.started
         if isinstance(response, web.Response):  # made here: the body is known
             body = response.body
             sent = isinstance(body, bytes) and request.method != "HEAD" \
                 and response.status not in (204, 304)
-            outcome.bytes_sent = len(body) if sent else 0  # type: ignore[arg-type]
+            if outcome is not None:
+                outcome.bytes_sent = len(body) if sent else 0  # type: ignore[arg-type]
+        if outcome is not None:
+            self.record(request, response.status, outcome, duration)
+            return
+        # The admin API, or a request the HTTP parser refused.
+        admin = request.path.startswith(self.admin_paths)
+        outcome = Outcome(status=_unhandled_status(request, response.status))
+        if admin:  # no query logged: a dashboard URL may carry a token
+            outcome.route, outcome.target = "admin", request.path
+        if isinstance(response, web.Response) and sent:
+            outcome.bytes_sent = len(body)  # type: ignore[arg-type]
+        self.record(request, response.status, outcome, duration, counted=not admin)
+
+    def record(
+        self, request: Any, status: int, outcome: Outcome, duration: float,
+        counted: bool = True,
+    ) -> None:
+        """One line for a finished request: its counters, and the log line."""
+        if outcome.started:  # the loop clock counts whole milliseconds (uvloop): finer here
+            duration = time.perf_counter() - outcome.started
         h = request.headers
         version = request.version
+        secrets = outcome.secrets
+        age, ttl, upstream_ms = outcome.age, outcome.ttl, outcome.upstream_ms
         record = LogRecord(
-            time=time.time() - duration, client=request.remote or "-", method=request.method,
-            host=outcome.host or h.get("Host", "-"),
-            path=redact(outcome.target or request.raw_path, outcome.secrets) or "-",
-            status=response.status,
-            cache=outcome.status, bytes=outcome.bytes_sent,
-            total_ms=round(duration * 1000, 3),
-            age=None if outcome.age is None else int(outcome.age),
-            ttl=None if outcome.ttl is None else int(outcome.ttl // 1),
-            upstream_status=outcome.fwd_status,
-            upstream_ms=None if outcome.upstream_ms is None else round(outcome.upstream_ms, 3),
-            collapsed=outcome.collapsed, route=outcome.route, policy=outcome.policy,
-            protocol=f"HTTP/{version.major}.{version.minor}",
-            referer=redact(h.get("Referer"), outcome.secrets), user_agent=h.get("User-Agent"),
-            cache_status=outcome.final_cache_status(), bytes_in=outcome.bytes_in,
+            time.time() - duration, request.remote or "-", request.method,
+            outcome.host or h.get("Host", "-"),
+            redact(outcome.target or request.raw_path, secrets) or "-",
+            status, outcome.status, outcome.bytes_sent, round(duration * 1000, 3),
+            None if age is None else int(age),
+            None if ttl is None else int(ttl // 1),
+            outcome.fwd_status,
+            None if upstream_ms is None else round(upstream_ms, 3),
+            outcome.collapsed, outcome.route, outcome.policy,
+            _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
+            redact(h.get("Referer"), secrets) if secrets else h.get("Referer"),
+            h.get("User-Agent"), outcome.final_cache_status(), outcome.bytes_in,
         )
         if counted:
             self.stats.add(record)
@@ -116,7 +124,7 @@ class Observer:
             self.sink.close()
 
 
-def _unhandled_status(request: Any, response: web.StreamResponse) -> str:
-    if response.status in (401, 403):
+def _unhandled_status(request: Any, status: int) -> str:
+    if status in (401, 403):
         return "DENIED"  # the admin API refused it
-    return "ERROR" if response.status >= 400 else "BYPASS"
+    return "ERROR" if status >= 400 else "BYPASS"

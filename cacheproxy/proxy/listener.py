@@ -108,8 +108,7 @@ class Listener:
         outcome = request.get(OUTCOME)
         if outcome is not None:
             outcome.bytes_sent = sent
-            self.observer.record(request, _Sent(status), outcome,  # type: ignore[arg-type]
-                                 time.perf_counter() - started)
+            self.observer.record(request, status, outcome, time.perf_counter() - started)
         else:  # refused by the parser
             self.observer.log_request(request, _Sent(status),  # type: ignore[arg-type]
                                       time.perf_counter() - started)

@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import OUTCOME, Outcome
-from cacheproxy.policies.forward import Allowed, Refused, connect_decision
+from cacheproxy.policies.forward import Allowed, Refused, connect_decision, names_own_listener
 from cacheproxy.proxy.downstream import Answer, Replay
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.policy_steps import outbound_fields
@@ -385,6 +385,14 @@ class ClientConnection(BaseProtocol):
             end.client_gone()
             self.listener.record(request, 200, 0, started)
             return False
+        peer = end.transport.get_extra_info("peername") if end.transport else None
+        if isinstance(peer, (list, tuple)) and names_own_listener(
+                proxy.forward_access(self._local_port()), str(peer[0]), int(peer[1])):
+            # A name that resolved to this proxy's own listener: a loop (RFC 5842 §7.2).
+            end.client_gone()
+            outcome.status = "DENIED"
+            outcome.policy = f"forward: {msg.path} reaches this proxy itself"
+            return self._refuse_connect(request, outcome, 508, "loop detected")
         self._tunnel = end
         self._status = 200
         client.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")

@@ -195,6 +195,30 @@ async def test_chunked_both_ways(proxy, origin):
     assert "transfer-encoding" not in reply.headers and reply.body == b"one,two,three"
 
 
+async def test_a_client_leaving_mid_upload_ends_the_upload_upstream_at_once(proxy, origin):
+    ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def upload(request: web.Request) -> web.Response:
+        try:
+            await request.read()
+            ended.set_result("whole")
+        except BaseException as exc:  # the proxy closed its connection: the body broke
+            ended.set_result(type(exc).__name__)  # off (aiohttp may cancel the handler)
+            raise
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/up", upload)
+    client = await proxy(await origin(app), proxy={"read_timeout": 30})
+    conn = await Raw.open(client)
+    await conn.send(get("/up", "Content-Length: 100000", method="POST", body=b"x" * 1000))
+    await asyncio.sleep(0.2)
+    conn.writer.transport.abort()  # gone, 99,000 bytes short
+    began = time.monotonic()
+    assert await asyncio.wait_for(ended, 5) != "whole"
+    assert time.monotonic() - began < 2  # not read_timeout (30 s) later
+
+
 async def test_any_method_token_is_forwarded(proxy, origin):
     client = await start(proxy, origin)
     conn = await Raw.open(client)

@@ -171,6 +171,7 @@ class ClientConnection(BaseProtocol):
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
         self._client_eof = False  # the client finished sending before its tunnel was up
+        self._payload: StreamReader | None = None  # the body of the request being answered
         self._tunnel: TunnelEnd | None = None  # a CONNECT spliced to its origin
         self._origin: Allowed | None = None  # a CONNECT intercepted (forward.intercept_tls)
         # The response being sent.
@@ -278,8 +279,12 @@ class ClientConnection(BaseProtocol):
         if parser is not None:
             with contextlib.suppress(HttpProcessingError):
                 parser.feed_eof()
+        lost = ConnectionResetError("client connection lost")
+        current = self._payload
+        if current is not None and not current.is_eof():  # a body cut off: its reader
+            current.set_exception(lost)  # (the upload upstream) ends now, not at a timeout
         for _, payload in self._queue:
-            payload.set_exception(ConnectionResetError("client connection lost"))
+            payload.set_exception(lost)
         self._queue.clear()
         self.listener.forget(self)
 
@@ -313,6 +318,7 @@ class ClientConnection(BaseProtocol):
         """Answer one request; False when the connection is to close after it."""
         started = time.perf_counter()
         listener = self.listener
+        self._payload = payload
         self._keep_alive = not msg.should_close and not self._closing and not self._upgraded
         expect = msg.headers.get("Expect")
         if expect is not None and msg.version >= HttpVersion11:

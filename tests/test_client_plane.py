@@ -219,6 +219,22 @@ async def test_a_client_leaving_mid_upload_ends_the_upload_upstream_at_once(prox
     assert time.monotonic() - began < 2  # not read_timeout (30 s) later
 
 
+async def test_a_failure_after_the_head_went_out_ends_the_connection_not_a_second_answer(
+        proxy, origin, monkeypatch, caplog):
+    client = await start(proxy, origin)
+
+    async def broken_put(entry):  # a bug of ours once the body was streamed
+        raise RuntimeError("store broke")
+
+    monkeypatch.setattr(client.app_proxy.exchange.store, "put", broken_put)
+    conn = await Raw.open(client)
+    await conn.send(get("/a") + get("/b"))
+    reply = await conn.reply()
+    assert (reply.status, reply.body) == (200, b"GET /a 0")
+    assert await conn.closed_within(2)  # and no "HTTP/1.1 500" after the body
+    assert "internal error on GET /a" in caplog.text
+
+
 async def test_any_method_token_is_forwarded(proxy, origin):
     client = await start(proxy, origin)
     conn = await Raw.open(client)

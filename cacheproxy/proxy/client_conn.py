@@ -172,6 +172,7 @@ class ClientConnection(BaseProtocol):
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
         self._client_eof = False  # the client finished sending before its tunnel was up
         self._payload: StreamReader | None = None  # the body of the request being answered
+        self._started = False  # its response head went out (start())
         self._tunnel: TunnelEnd | None = None  # a CONNECT spliced to its origin
         self._origin: Allowed | None = None  # a CONNECT intercepted (forward.intercept_tls)
         # The response being sent.
@@ -336,8 +337,13 @@ class ClientConnection(BaseProtocol):
                                     "http" if self._origin is None else "https",
                                     self._local_port(), self._origin)
             self._request, self._sent, self._chunked = request, 0, False
+            self._started = False
             answer = await listener.proxy.serve(request, self, started)
-            if answer is not None:
+            if answer is not None and self._started:
+                # An error after a streamed head went out (a bug of ours): no second
+                # answer can follow; the client sees the message end abnormally.
+                self._keep_alive = False
+            elif answer is not None:
                 self._send_answer(request, answer)
             listener.record(request, self._status, self._sent, started)
             self._request = None
@@ -593,6 +599,7 @@ class ClientConnection(BaseProtocol):
                     head_only: bool) -> None:
         request = self._request
         assert request is not None
+        self._started = True
         self._fields(request, status, headers)
         self._chunked = False
         headers.popall("Transfer-Encoding", None)

@@ -115,6 +115,17 @@ async def test_hosts_outside_allow_hosts_and_in_deny_hosts_are_refused(proxy, tw
     assert all(r["policy"].startswith("forward: ") for r in refused)
 
 
+async def test_admin_paths_on_another_host_are_that_hosts(proxy, two_origins):
+    upstream, other = two_origins
+    client = await proxy(upstream, forward={"enabled": True})
+    _, _, body = await forward_get(client.port,
+                                   f"http://localhost:{other.port}/_cacheproxy/stats")
+    assert body == b"other /_cacheproxy/stats"  # forwarded, not our admin API
+    status, _, body = await forward_get(client.port,
+                                        f"http://127.0.0.1:{client.port}/_cacheproxy/healthz")
+    assert status == 200 and b"alive" in body  # this proxy's own, named as itself
+
+
 async def test_a_request_naming_the_proxy_itself_is_a_loop(proxy, two_origins):
     upstream, _ = two_origins
     client = await proxy(upstream, forward={"enabled": True})

@@ -330,7 +330,7 @@ class ClientConnection(BaseProtocol):
                 self.transport.write(_CONTINUE)  # type: ignore[union-attr]
         if msg.method == "CONNECT":
             return await self._connect(msg, started)
-        if listener.is_control(msg) and self._origin is None:
+        if listener.is_control(msg) and self._origin is None and self._for_us(msg):
             keep = await self._via_app(msg, payload, started)
         else:
             request = ClientRequest(msg, payload, listener.remote(self.peername),
@@ -353,6 +353,17 @@ class ClientConnection(BaseProtocol):
         if not keep:
             self.close()
         return keep
+
+    def _for_us(self, msg: RawRequestMessage) -> bool:
+        """In forward mode an absolute-form request is for the host it names: the admin
+        paths are this proxy's only when that host is this proxy."""
+        proxy = self.listener.proxy
+        if msg.path.startswith("/") or not proxy.config.forward.enabled:
+            return True
+        url = msg.url
+        host = url.raw_host or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return names_own_listener(proxy.forward_access(self._local_port()), host, port)
 
     def _local_port(self) -> int:
         sockname = self.sockname

@@ -237,6 +237,10 @@ class ClientConnection(BaseProtocol):
             self._upgraded = True
             self._tail = tail[:MAX_TAIL]
         if messages:
+            if any(msg.upgrade for msg, _ in messages if not isinstance(msg, Exception)):
+                # An upgrade request (Connection: upgrade), body or not: llhttp stops at
+                # its end, and nothing after it is read as a request here either.
+                self._upgraded = True
             self._queue.extend(messages)
             self._disarm()
             if self._task is None:
@@ -320,7 +324,8 @@ class ClientConnection(BaseProtocol):
         started = time.perf_counter()
         listener = self.listener
         self._payload = payload
-        self._keep_alive = not msg.should_close and not self._closing and not self._upgraded
+        self._keep_alive = not (msg.should_close or self._closing or self._upgraded
+                                or msg.upgrade)
         expect = msg.headers.get("Expect")
         if expect is not None and msg.version >= HttpVersion11:
             if expect.lower() != "100-continue":  # RFC 9110 §10.1.1

@@ -105,34 +105,24 @@ class ClientRequest:
     """A parsed request, with what the driver reads of it (the names of aiohttp's
     web.Request, so the proxy's code serves both) and per-request state by key."""
 
-    __slots__ = ("_msg", "_state", "content", "local_port", "remote", "scheme", "tunnel")
+    __slots__ = ("_msg", "_state", "content", "headers", "local_port", "method", "raw_path",
+                 "remote", "scheme", "tunnel", "version")
 
     def __init__(self, msg: RawRequestMessage, payload: StreamReader, remote: str | None,
                  scheme: str, local_port: int = 0, tunnel: Allowed | None = None) -> None:
         self._msg, self.content, self.remote, self.scheme = msg, payload, remote, scheme
+        # Plain attributes, not properties: read many times per request.
+        self.method: str = msg.method
+        self.raw_path: str = msg.path
+        self.headers: CIMultiDictProxy[str] = msg.headers
+        self.version: Any = msg.version
         self.local_port = local_port
         self.tunnel = tunnel  # the origin of the intercepted CONNECT this came through
         self._state: dict[Any, Any] = {}
 
     @property
-    def method(self) -> str:
-        return self._msg.method
-
-    @property
-    def raw_path(self) -> str:
-        return self._msg.path
-
-    @property
     def path(self) -> str:
         return self._msg.url.path
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        return self._msg.headers
-
-    @property
-    def version(self) -> Any:
-        return self._msg.version
 
     @property
     def body_exists(self) -> bool:
@@ -158,6 +148,8 @@ class ClientConnection(BaseProtocol):
         self.listener = listener
         self.peername: Any = None
         self.sockname: Any = None
+        self._remote: str | None = None  # the client's address, for the log
+        self._port = 0  # the listener's port this connection came in on
         self.ssl_context = None
         self.max_field_size = 8190
         self.max_headers = 128
@@ -191,6 +183,8 @@ class ClientConnection(BaseProtocol):
         self._timeouts = self.listener.timeouts  # as configured when it connected
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
+        self._remote = self.listener.remote(self.peername)
+        self._port = self._local_port()
         self.ssl_context = transport.get_extra_info("sslcontext")
         self._parser = self._make_parser()
         self._arm(self._timeouts.header, head=True)
@@ -338,9 +332,9 @@ class ClientConnection(BaseProtocol):
         if listener.is_control(msg) and self._origin is None and self._for_us(msg):
             keep = await self._via_app(msg, payload, started)
         else:
-            request = ClientRequest(msg, payload, listener.remote(self.peername),
+            request = ClientRequest(msg, payload, self._remote,
                                     "http" if self._origin is None else "https",
-                                    self._local_port(), self._origin)
+                                    self._port, self._origin)
             self._request, self._sent, self._chunked = request, 0, False
             self._started = False
             answer = await listener.proxy.serve(request, self, started)

@@ -19,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
@@ -34,16 +33,13 @@ from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawReque
 from aiohttp.http_writer import HttpVersion10, HttpVersion11, StreamWriter, _serialize_headers
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
-from cacheproxy.observe.observer import Observer
-from cacheproxy.observe.outcome import OUTCOME, Outcome
-from cacheproxy.policies.forward import Allowed, Refused, connect_decision, names_own_listener
+from cacheproxy.policies.forward import Allowed
+from cacheproxy.proxy.client_request import ClientRequest, Listener
+from cacheproxy.proxy.connect import ConnectMethod
 from cacheproxy.proxy.downstream import Answer, Replay
-from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.policy_steps import outbound_fields
-from cacheproxy.proxy.replay import ReplayBlocks
-from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routing import PLAN
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
@@ -72,73 +68,7 @@ class _Date:
         return cls.value
 
 
-class Timeouts(Protocol):
-    @property
-    def header(self) -> float: ...
-    @property
-    def keepalive(self) -> float: ...
-    @property
-    def send(self) -> float: ...
-
-
-class Listener(Protocol):
-    """What a connection needs of its listener (proxy/listener.py)."""
-
-    loop: asyncio.AbstractEventLoop
-    app: web.Application
-    proxy: CacheProxy
-    observer: Observer
-    replays: ReplayBlocks
-
-    @property
-    def timeouts(self) -> Timeouts: ...
-    def admit(self, conn: ClientConnection) -> bool: ...
-    def forget(self, conn: ClientConnection) -> None: ...
-    def is_control(self, msg: RawRequestMessage) -> bool: ...
-    def remote(self, peername: Any) -> str | None: ...
-    def record(self, request: ClientRequest, status: int, sent: int, started: float
-               ) -> None: ...
-    async def tls_context(self, host: str) -> ssl.SSLContext: ...
-
-
-class ClientRequest:
-    """A parsed request, with what the driver reads of it (the names of aiohttp's
-    web.Request, so the proxy's code serves both) and per-request state by key."""
-
-    __slots__ = ("_msg", "_state", "content", "headers", "local_port", "method", "raw_path",
-                 "remote", "scheme", "tunnel", "version")
-
-    def __init__(self, msg: RawRequestMessage, payload: StreamReader, remote: str | None,
-                 scheme: str, local_port: int = 0, tunnel: Allowed | None = None) -> None:
-        self._msg, self.content, self.remote, self.scheme = msg, payload, remote, scheme
-        # Plain attributes, not properties: read many times per request.
-        self.method: str = msg.method
-        self.raw_path: str = msg.path
-        self.headers: CIMultiDictProxy[str] = msg.headers
-        self.version: Any = msg.version
-        self.local_port = local_port
-        self.tunnel = tunnel  # the origin of the intercepted CONNECT this came through
-        self._state: dict[Any, Any] = {}
-
-    @property
-    def path(self) -> str:
-        return self._msg.url.path
-
-    @property
-    def body_exists(self) -> bool:
-        return self.content is not EMPTY_PAYLOAD
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        return self._state.get(key, default)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self._state[key]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self._state[key] = value
-
-
-class ClientConnection(BaseProtocol):
+class ClientConnection(ConnectMethod, BaseProtocol):
     """Requests are answered one at a time, in order (RFC 9112 §9.3.2: pipelining), by one
     task per connection. The connection is also the Downstream of the request being
     answered."""
@@ -353,131 +283,9 @@ class ClientConnection(BaseProtocol):
             self.close()
         return keep
 
-    def _for_us(self, msg: RawRequestMessage) -> bool:
-        """In forward mode an absolute-form request is for the host it names: the admin
-        paths are this proxy's only when that host is this proxy."""
-        proxy = self.listener.proxy
-        if msg.path.startswith("/") or not proxy.config.forward.enabled:
-            return True
-        url = msg.url
-        host = url.raw_host or ""
-        port = url.port or (443 if url.scheme == "https" else 80)
-        return names_own_listener(proxy.forward_access(self._local_port()), host, port)
-
     def _local_port(self) -> int:
         sockname = self.sockname
         return int(sockname[1]) if isinstance(sockname, (list, tuple)) else 0
-
-    async def _connect(self, msg: RawRequestMessage, started: float) -> bool:
-        """CONNECT (RFC 9110 §9.3.6), forward mode: a tunnel to the origin, or with
-        forward.intercept_tls, TLS ended here with the local CA's certificate for the host
-        and the requests inside served (and cached) as https ones."""
-        request = ClientRequest(msg, EMPTY_PAYLOAD, self.listener.remote(self.peername),
-                                "http", self._local_port())
-        outcome = request[OUTCOME] = Outcome(started=started, status="TUNNEL")
-        outcome.target = outcome.host = msg.path
-        self._request, self._keep_alive = request, False
-        proxy = self.listener.proxy
-        forward = proxy.config.forward
-        if not forward.enabled:
-            return self._refuse_connect(request, outcome, 405,
-                                        "CONNECT needs forward mode ([forward] enabled)")
-        d = connect_decision(proxy.forward_access(self._local_port()), msg.path)
-        if isinstance(d, Refused):
-            outcome.status = "DENIED"
-            outcome.policy = f"forward: {d.reason}"
-            return self._refuse_connect(request, outcome, d.status, d.reason)
-        if forward.intercept_tls:
-            return await self._intercept(request, outcome, d)
-        loop = self._loop
-        client = self.transport
-        assert client is not None
-        try:
-            async with asyncio.timeout(proxy.config.proxy.connect_timeout):
-                _, end = await loop.create_connection(lambda: TunnelEnd(client), d.host,
-                                                      d.port)
-        except (OSError, TimeoutError) as exc:
-            status = 504 if isinstance(exc, TimeoutError) else 502
-            reason = "timed out" if isinstance(exc, TimeoutError) else \
-                (exc.strerror or type(exc).__name__)
-            log.warning("CONNECT to %s failed: %s; answered %s", msg.path, reason, status)
-            outcome.status = "ERROR"
-            return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")
-        if self.transport is None:  # the client left meanwhile
-            end.client_gone()
-            self.listener.record(request, 200, 0, started)
-            return False
-        peer = end.transport.get_extra_info("peername") if end.transport else None
-        if isinstance(peer, (list, tuple)) and names_own_listener(
-                proxy.forward_access(self._local_port()), str(peer[0]), int(peer[1])):
-            # A name that resolved to this proxy's own listener: a loop (RFC 5842 §7.2).
-            end.client_gone()
-            outcome.status = "DENIED"
-            outcome.policy = f"forward: {msg.path} reaches this proxy itself"
-            return self._refuse_connect(request, outcome, 508, "loop detected")
-        self._tunnel = end
-        self._status = 200
-        client.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        if self._tail:
-            end.send(self._tail)
-            self._tail = b""
-        if self._client_eof:  # what it sent before the 200 was all: half-close onwards
-            end.client_eof()
-        self._disarm()
-        await end.closed
-        outcome.bytes_in = end.sent
-        self.listener.record(request, 200, end.received, started)
-        self.close()
-        return False
-
-    def _refuse_connect(self, request: ClientRequest, outcome: Outcome, status: int,
-                        reason: str) -> bool:
-        answer = error_response(status, reason, outcome, self.listener.proxy.cache_name,
-                                self.listener.proxy.local_via)
-        self._send_answer(request, answer)
-        self.listener.record(request, status, self._sent, outcome.started)
-        self._request = None
-        self.close()
-        return False
-
-    async def _intercept(self, request: ClientRequest, outcome: Outcome, d: Allowed
-                         ) -> bool:
-        """TLS with the client, as d.host, then HTTP inside (served by this connection)."""
-        try:
-            context = await self.listener.tls_context(d.host)
-        except Exception as exc:  # the CA cannot be made or read (forward.ca_dir)
-            log.error("CONNECT to %s: no certificate for interception: %s", d.host, exc)
-            outcome.status = "ERROR"
-            return self._refuse_connect(request, outcome, 502, "no certificate for the host")
-        transport = self.transport
-        if transport is None or self._tail or self._client_eof:  # TLS bytes sent before
-            outcome.status = "ERROR"  # the 200 (not ours to read), or the client left
-            self.listener.record(request, 499 if transport is None else 400, 0,
-                                 outcome.started)
-            self.close()
-            return False
-        transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-        outcome.status, self._status = "TUNNEL", 200
-        outcome.policy = "intercepted"
-        self.listener.record(request, 200, 0, outcome.started)
-        self._request = None
-        # A new stream: HTTP from its first byte, parsed as it arrives (even while
-        # start_tls returns); answered once the TLS transport is in place.
-        self._origin = d
-        self._upgraded = self._closing = False
-        self._parser = self._make_parser()
-        try:
-            tls = await self._loop.start_tls(transport, self, context, server_side=True,
-                                             ssl_handshake_timeout=30)
-        except (OSError, TimeoutError, ConnectionError) as exc:
-            log.info("CONNECT to %s: the client's TLS handshake failed: %s", d.host, exc)
-            self.close()
-            return False
-        if tls is None:
-            return False
-        self.transport = tls
-        self._arm(self._timeouts.header, head=True)
-        return True
 
     async def _linger(self, payload: StreamReader) -> bool:
         """Read and drop a request body nobody read, so the next request can be parsed."""

@@ -16,7 +16,8 @@ from aiohttp.http_parser import RawRequestMessage
 
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import OUTCOME
-from cacheproxy.proxy.client_conn import ClientConnection, ClientRequest
+from cacheproxy.proxy.client_conn import ClientConnection
+from cacheproxy.proxy.client_request import ClientRequest
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.replay import ReplayBlocks
 

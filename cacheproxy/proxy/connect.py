@@ -1,0 +1,175 @@
+"""CONNECT on a client connection (RFC 9110 §9.3.6), forward mode: a byte tunnel to the
+origin ([forward] connect_ports, a 508 for one that reaches this proxy itself), or with
+forward.intercept_tls, TLS ended here with the local CA's certificate for the host and the
+requests inside served and cached as https ones. Also which absolute-form requests are
+this proxy's own (its admin paths). A mixin of ClientConnection (proxy/client_conn.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from cacheproxy.observe.outcome import OUTCOME, Outcome
+from cacheproxy.policies.forward import Allowed, Refused, connect_decision, names_own_listener
+from cacheproxy.proxy.client_request import ClientRequest, Listener
+from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.respond import error_response
+from cacheproxy.proxy.tunnel import TunnelEnd
+
+log = logging.getLogger("cacheproxy")
+ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+
+
+class ConnectMethod:
+    """The CONNECT part of ClientConnection; the attributes are the connection's."""
+
+    listener: Listener
+    transport: asyncio.Transport | None
+    peername: Any
+    _loop: asyncio.AbstractEventLoop
+    _tail: bytes
+    _client_eof: bool
+    _tunnel: TunnelEnd | None
+    _origin: Allowed | None
+    _request: ClientRequest | None
+    _keep_alive: bool
+    _status: int
+    _sent: int
+    _upgraded: bool
+    _closing: bool
+    _parser: Any
+    _timeouts: Any
+
+    if TYPE_CHECKING:  # the connection's own, declared for the type checker only
+        def close(self) -> None: ...
+        def _disarm(self) -> None: ...
+        def _arm(self, seconds: float, head: bool) -> None: ...
+        def _local_port(self) -> int: ...
+        def _make_parser(self) -> Any: ...
+        def _send_answer(self, request: ClientRequest, answer: Answer) -> None: ...
+
+    def _for_us(self, msg: RawRequestMessage) -> bool:
+        """In forward mode an absolute-form request is for the host it names: the admin
+        paths are this proxy's only when that host is this proxy."""
+        proxy = self.listener.proxy
+        if msg.path.startswith("/") or not proxy.config.forward.enabled:
+            return True
+        url = msg.url
+        host = url.raw_host or ""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        return names_own_listener(proxy.forward_access(self._local_port()), host, port)
+
+    async def _connect(self, msg: RawRequestMessage, started: float) -> bool:
+        """CONNECT (RFC 9110 §9.3.6), forward mode: a tunnel to the origin, or with
+        forward.intercept_tls, TLS ended here with the local CA's certificate for the host
+        and the requests inside served (and cached) as https ones."""
+        request = ClientRequest(msg, EMPTY_PAYLOAD, self.listener.remote(self.peername),
+                                "http", self._local_port())
+        outcome = request[OUTCOME] = Outcome(started=started, status="TUNNEL")
+        outcome.target = outcome.host = msg.path
+        self._request, self._keep_alive = request, False
+        proxy = self.listener.proxy
+        forward = proxy.config.forward
+        if not forward.enabled:
+            return self._refuse_connect(request, outcome, 405,
+                                        "CONNECT needs forward mode ([forward] enabled)")
+        d = connect_decision(proxy.forward_access(self._local_port()), msg.path)
+        if isinstance(d, Refused):
+            outcome.status = "DENIED"
+            outcome.policy = f"forward: {d.reason}"
+            return self._refuse_connect(request, outcome, d.status, d.reason)
+        if forward.intercept_tls:
+            return await self._intercept(request, outcome, d)
+        loop = self._loop
+        client = self.transport
+        assert client is not None
+        try:
+            async with asyncio.timeout(proxy.config.proxy.connect_timeout):
+                _, end = await loop.create_connection(lambda: TunnelEnd(client), d.host,
+                                                      d.port)
+        except (OSError, TimeoutError) as exc:
+            status = 504 if isinstance(exc, TimeoutError) else 502
+            reason = "timed out" if isinstance(exc, TimeoutError) else \
+                (exc.strerror or type(exc).__name__)
+            log.warning("CONNECT to %s failed: %s; answered %s", msg.path, reason, status)
+            outcome.status = "ERROR"
+            return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")
+        if self.transport is None:  # the client left meanwhile
+            end.client_gone()
+            self.listener.record(request, 200, 0, started)
+            return False
+        peer = end.transport.get_extra_info("peername") if end.transport else None
+        if isinstance(peer, (list, tuple)) and names_own_listener(
+                proxy.forward_access(self._local_port()), str(peer[0]), int(peer[1])):
+            # A name that resolved to this proxy's own listener: a loop (RFC 5842 §7.2).
+            end.client_gone()
+            outcome.status = "DENIED"
+            outcome.policy = f"forward: {msg.path} reaches this proxy itself"
+            return self._refuse_connect(request, outcome, 508, "loop detected")
+        self._tunnel = end
+        self._status = 200
+        client.write(ESTABLISHED)
+        if self._tail:
+            end.send(self._tail)
+            self._tail = b""
+        if self._client_eof:  # what it sent before the 200 was all: half-close onwards
+            end.client_eof()
+        self._disarm()
+        await end.closed
+        outcome.bytes_in = end.sent
+        self.listener.record(request, 200, end.received, started)
+        self.close()
+        return False
+
+    def _refuse_connect(self, request: ClientRequest, outcome: Outcome, status: int,
+                        reason: str) -> bool:
+        answer = error_response(status, reason, outcome, self.listener.proxy.cache_name,
+                                self.listener.proxy.local_via)
+        self._send_answer(request, answer)
+        self.listener.record(request, status, self._sent, outcome.started)
+        self._request = None
+        self.close()
+        return False
+
+    async def _intercept(self, request: ClientRequest, outcome: Outcome, d: Allowed
+                         ) -> bool:
+        """TLS with the client, as d.host, then HTTP inside (served by this connection)."""
+        try:
+            context = await self.listener.tls_context(d.host)
+        except Exception as exc:  # the CA cannot be made or read (forward.ca_dir)
+            log.error("CONNECT to %s: no certificate for interception: %s", d.host, exc)
+            outcome.status = "ERROR"
+            return self._refuse_connect(request, outcome, 502, "no certificate for the host")
+        transport = self.transport
+        if transport is None or self._tail or self._client_eof:  # TLS bytes sent before
+            outcome.status = "ERROR"  # the 200 (not ours to read), or the client left
+            self.listener.record(request, 499 if transport is None else 400, 0,
+                                 outcome.started)
+            self.close()
+            return False
+        transport.write(ESTABLISHED)
+        outcome.status, self._status = "TUNNEL", 200
+        outcome.policy = "intercepted"
+        self.listener.record(request, 200, 0, outcome.started)
+        self._request = None
+        # A new stream: HTTP from its first byte, parsed as it arrives (even while
+        # start_tls returns); answered once the TLS transport is in place.
+        self._origin = d
+        self._upgraded = self._closing = False
+        self._parser = self._make_parser()
+        try:
+            tls = await self._loop.start_tls(transport, self, context, server_side=True,
+                                             ssl_handshake_timeout=30)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            log.info("CONNECT to %s: the client's TLS handshake failed: %s", d.host, exc)
+            self.close()
+            return False
+        if tls is None:
+            return False
+        self.transport = tls
+        self._arm(self._timeouts.header, head=True)
+        return True

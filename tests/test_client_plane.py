@@ -9,6 +9,9 @@ import time
 from dataclasses import dataclass
 
 from aiohttp import web
+from support import proxy_config
+
+from cacheproxy.proxy.server import reconfigure  # what SIGHUP runs
 
 ORIGIN_SEEN: list[str] = []
 
@@ -302,3 +305,13 @@ async def test_the_control_plane_shares_a_keep_alive_connection(proxy, origin):
     assert first.body == again.body == b"GET /a 0"
     assert again.headers["x-cache"] == "HIT"
     assert health.status == 200 and b"alive" in health.body
+
+
+async def test_a_reload_applies_client_timeouts_to_new_connections(proxy, origin):
+    client = await start(proxy, origin, client_header_timeout=30)
+    old = await Raw.open(client)
+    url = client.app_proxy.default_upstream
+    reconfigure(client.server.app, proxy_config(url, proxy={"client_header_timeout": 0.3}))
+    new = await Raw.open(client)
+    assert await new.closed_within(1.5)  # the new setting
+    assert not await old.closed_within(0.2)  # the old connection keeps its own

@@ -223,8 +223,7 @@ def reconfigure(app: web.Application, new: Config) -> None:
 # Settings a running process cannot change: sockets, store, processes, the upstream pool.
 RESTART_ONLY = (
     "proxy.listen", "proxy.workers", "proxy.connect_timeout", "proxy.read_timeout",
-    "proxy.send_timeout", "proxy.client_header_timeout", "proxy.keepalive_timeout",
-    "proxy.max_client_connections",
+    "proxy.send_timeout",
     "proxy.max_connections", "proxy.shutdown_timeout", "proxy.upstream_keepalive_timeout",
     "proxy.pid_file", "proxy.upstream_ca_file",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",

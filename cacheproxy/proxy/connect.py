@@ -98,9 +98,9 @@ class ConnectMethod:
             log.warning("CONNECT to %s failed: %s; answered %s", msg.path, reason, status)
             outcome.status = "ERROR"
             return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")
-        if self.transport is None:  # the client left meanwhile
+        if self.transport is None:  # the client left meanwhile (nginx's 499)
             end.client_gone()
-            self.listener.record(request, 200, 0, started)
+            self.listener.record(request, 499, 0, started)
             return False
         peer = end.transport.get_extra_info("peername") if end.transport else None
         if isinstance(peer, (list, tuple)) and names_own_listener(

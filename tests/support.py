@@ -81,3 +81,16 @@ async def until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+async def echo_server(upper: bool = False) -> tuple[asyncio.AbstractServer, int]:
+    """A TCP server on 127.0.0.1 that sends back what it reads (upper-cased if asked),
+    for CONNECT tunnels; and its port. Close the server when done."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data.upper() if upper else data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]

@@ -261,15 +261,22 @@ async def test_an_upgrade_request_with_a_body_sends_that_body_and_no_more(proxy,
     """The body of an upgrade request is its body (Content-Length), never read as further
     requests, and goes upstream whole (no wait for bytes the origin would never get)."""
     client = await start(proxy, origin, read_timeout=3)
-    conn = await Raw.open(client)
-    await conn.send(get("/ws", "Connection: Upgrade", "Upgrade: h2c", "Content-Length: 5",
-                        method="POST", body=b"hello") + get("/smuggled"))
-    began = time.monotonic()
-    reply = await conn.reply()
-    assert time.monotonic() - began < 2
-    assert reply.body == b"POST /ws 5" and reply.headers["connection"] == "close"
-    assert await conn.closed_within(2)
-    assert ORIGIN_SEEN == ["POST /ws b'hello'"]
+    head = get("/ws", "Connection: Upgrade", "Upgrade: h2c", "Content-Length: 5",
+               method="POST")
+    for parts in ([head + b"hello" + get("/smuggled")],  # one segment
+                  [head + b"he", b"llo" + get("/smuggled")]):  # the body split
+        ORIGIN_SEEN.clear()
+        conn = await Raw.open(client)
+        for i, part in enumerate(parts):
+            if i:
+                await asyncio.sleep(0.1)
+            await conn.send(part)
+        began = time.monotonic()
+        reply = await conn.reply()
+        assert time.monotonic() - began < 2
+        assert reply.body == b"POST /ws 5" and reply.headers["connection"] == "close"
+        assert await conn.closed_within(2)
+        assert ORIGIN_SEEN == ["POST /ws b'hello'"]
 
 
 async def test_smuggling_shapes_are_refused_with_400_and_a_close(proxy, origin):

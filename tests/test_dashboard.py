@@ -26,6 +26,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from browser import chromium
 from playwright.async_api import Browser, Locator, Page, expect
+from support import echo_server
 
 import cacheproxy.observe
 
@@ -365,13 +366,7 @@ async def test_dashboard_shows_forward_and_tunnel_traffic_by_host(
     o = Origin()
     site = await origin(o.app)
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    echo_port = echo_server.sockets[0].getsockname()[1]
+    echo, echo_port = await echo_server()
     try:
         client = await proxy(site, forward={"enabled": True, "allow_hosts": ["localhost"],
                                             "connect_ports": [echo_port]})
@@ -395,7 +390,7 @@ async def test_dashboard_shows_forward_and_tunnel_traffic_by_host(
         assert len(await asyncio.wait_for(reader.read(), 5)) == 3000
         writer.close()
     finally:
-        echo_server.close()
+        echo.close()
 
     w = await open_tab(browser)
     page = w.page

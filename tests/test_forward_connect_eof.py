@@ -18,18 +18,12 @@ import asyncio
 from pathlib import Path
 
 from aiohttp import web
-from support import read_json_log
+from support import echo_server, read_json_log
 
 
 async def test_a_connect_half_closed_with_its_early_bytes_is_tunnelled_and_logged(
         proxy, origin, tmp_path: Path) -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data.upper())
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await echo_server(upper=True)
     try:
         client = await proxy(await origin(web.Application()),
                              forward={"enabled": True, "connect_ports": [port]},

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import read_json_log
+from support import echo_server, read_json_log
 
 from cacheproxy.tls.ca import LocalCA
 
@@ -135,21 +135,10 @@ async def test_a_request_naming_the_proxy_itself_is_a_loop(proxy, two_origins):
     assert upstream.app[SEEN] == []
 
 
-async def echo_server() -> tuple[asyncio.AbstractServer, int]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data.upper())
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def test_connect_tunnels_bytes_both_ways_and_logs_one_tunnel_line(proxy, two_origins,
                                                                         tmp_path: Path):
     upstream, _ = two_origins
-    server, port = await echo_server()
+    server, port = await echo_server(upper=True)
     try:
         client = await proxy(upstream, forward={"enabled": True, "connect_ports": [port]},
                              log={"path": str(tmp_path / "requests.log")})
@@ -182,7 +171,7 @@ async def test_connect_tunnels_bytes_both_ways_and_logs_one_tunnel_line(proxy, t
 
 async def test_connect_is_refused_off_its_ports_and_without_forward_mode(proxy, two_origins):
     upstream, _ = two_origins
-    server, port = await echo_server()
+    server, port = await echo_server(upper=True)
     try:
         off = await proxy(upstream)
         reader, writer = await raw(off.port, f"CONNECT localhost:{port} HTTP/1.1\r\n"

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from support import echo_server
 
 from cacheproxy.observe.record import CACHE_STATUSES, LogRecord
 from cacheproxy.observe.stats import HOST_CHARS, HOSTS_KEPT, HOSTS_SHOWN, Stats
@@ -87,13 +88,7 @@ async def test_forward_and_tunnel_traffic_is_counted_by_host_and_tunnels_are_no_
     app.router.add_get("/{tail:.*}", page)
     site = await origin(app)
 
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    echo_port = echo_server.sockets[0].getsockname()[1]
+    echo, echo_port = await echo_server()
     try:
         client = await proxy(site, forward={"enabled": True, "allow_hosts": ["localhost"],
                                             "connect_ports": [echo_port]})
@@ -141,5 +136,5 @@ async def test_forward_and_tunnel_traffic_is_counted_by_host_and_tunnels_are_no_
         assert 'cacheproxy_requests_total{cache="TUNNEL",route="default"} 1.0' in metrics
         assert 'cacheproxy_requests_total{cache="ERROR"' not in metrics
     finally:
-        echo_server.close()
+        echo.close()
 

@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +39,7 @@ from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
 from cacheproxy.proxy.downstream import Answer, Replay
 from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.replay import REASONS
 from cacheproxy.proxy.routing import PLAN
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
@@ -50,7 +50,6 @@ MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
 MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 _NO_BODY = frozenset({204, 304})
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -102,6 +101,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._chunked = False
         self._keep_alive = True
         self._sent = 0
+        self._status = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -114,31 +114,27 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
         self._remote = self.listener.remote(self.peername)
-        self._port = self._local_port()
+        sockname = self.sockname
+        self._port = int(sockname[1]) if isinstance(sockname, (list, tuple)) else 0
         self.ssl_context = transport.get_extra_info("sslcontext")
         self._parser = self._make_parser()
         self._arm(self._timeouts.header, head=True)
 
     def _make_parser(self) -> Any:
-        loop = self._loop
+        # aiohttp's limits (8190-byte lines and fields, 128 fields); auto_decompress off:
+        # a request body goes upstream as the client encoded it.
+        loop, options = self._loop, {
+            "max_line_size": 8190, "max_field_size": self.max_field_size,
+            "max_headers": self.max_headers, "payload_exception": RequestPayloadError,
+            "auto_decompress": False, "max_msg_queue_size": MAX_PIPELINED}
 
         def make_python() -> _StrictPythonParser:
-            return _StrictPythonParser(
-                self, loop, 2**16, max_line_size=8190, max_field_size=self.max_field_size,
-                max_headers=self.max_headers, payload_exception=RequestPayloadError,
-                auto_decompress=False, max_msg_queue_size=MAX_PIPELINED)
+            return _StrictPythonParser(self, loop, 2**16, **options)
 
-        parser: Any
         if HttpRequestParser is HttpRequestParserPy:  # AIOHTTP_NO_EXTENSIONS=1
-            parser = make_python()
-        else:
-            # auto_decompress off: a request body goes upstream as the client encoded it.
-            c_parser = HttpRequestParser(
-                self, loop, 2**16, max_line_size=8190, max_field_size=self.max_field_size,
-                max_headers=self.max_headers, payload_exception=RequestPayloadError,
-                auto_decompress=False, max_msg_queue_size=MAX_PIPELINED)
-            parser = _FallbackParser(c_parser, make_python, MAX_PIPELINED)
-        return parser
+            return make_python()
+        return _FallbackParser(HttpRequestParser(self, loop, 2**16, **options), make_python,
+                               MAX_PIPELINED)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -161,10 +157,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._upgraded = True
             self._tail = tail[:MAX_TAIL]
         if messages:
-            if any(msg.upgrade for msg, _ in messages if not isinstance(msg, Exception)):
-                # An upgrade request (Connection: upgrade), body or not: llhttp stops at
-                # its end, and nothing after it is read as a request here either.
-                self._upgraded = True
             self._queue.extend(messages)
             self._disarm()
             if self._task is None:
@@ -283,10 +275,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self.close()
         return keep
 
-    def _local_port(self) -> int:
-        sockname = self.sockname
-        return int(sockname[1]) if isinstance(sockname, (list, tuple)) else 0
-
     async def _linger(self, payload: StreamReader) -> bool:
         """Read and drop a request body nobody read, so the next request can be parsed."""
         try:
@@ -326,19 +314,25 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _refuse(self, exc: HttpProcessingError) -> None:
         """A request the parser (or the Expect rule) refused: its answer, then a close."""
         status = exc.code if 400 <= exc.code < 600 else 400
-        reason = _REASONS.get(status, "Bad Request")
+        reason = REASONS.get(status, "Bad Request")
         body = f"{status} {reason}\n".encode()
         self._write_head(HttpVersion11, status, reason, CIMultiDict({
             "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
             "Connection": "close", "Date": _Date.now()}), body)
-        self.listener.record(ClientRequest(ERROR, EMPTY_PAYLOAD, self.listener.remote(
-            self.peername), "http"), status, len(body), time.perf_counter())
+        self.listener.record(ClientRequest(ERROR, EMPTY_PAYLOAD, self._remote, "http"),
+                             status, len(body), time.perf_counter())
         log.debug("request refused: %s", exc.message)
         self.close()
 
     # -- writing a response (Downstream) -----------------------------------------
 
-    _status = 0
+    def _connection(self, request: ClientRequest) -> str | None:
+        """The Connection field the response says the connection's fate with: "close"
+        when it ends after this answer (RFC 9112 §9.6), "keep-alive" to an HTTP/1.0 client
+        that asked to keep it (RFC 9112 Appendix C.2.2), else none."""
+        if not self._keep_alive:
+            return "close"
+        return "keep-alive" if request.version == HttpVersion10 else None
 
     def _fields(self, request: ClientRequest, status: int, headers: CIMultiDict[str]) -> None:
         """The fields every response gets here: the policies' (CORS, Referrer-Policy),
@@ -347,10 +341,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if "Date" not in headers:
             headers["Date"] = _Date.now()
         headers.popall("Connection", None)
-        if not self._keep_alive:
-            headers["Connection"] = "close"
-        elif request.version == HttpVersion10:
-            headers["Connection"] = "keep-alive"  # HTTP/1.0 keep-alive, as asked
+        connection = self._connection(request)
+        if connection is not None:
+            headers["Connection"] = connection
         self._status = status
 
     def _write_head(self, version: Any, status: int, reason: str | None,
@@ -359,7 +352,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
         line = f"HTTP/{version.major}.{version.minor} {status} " \
-               f"{reason or _REASONS.get(status, '')}"
+               f"{reason or REASONS.get(status, '')}"
         head = _serialize_headers(line, headers)
         self.transport.write(head + body if body else head)
 
@@ -378,7 +371,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             body = b""
         elif status == 304:
             body = b""
-        elif request.method == "HEAD":
+        elif request.method == "HEAD":  # RFC 9110 §9.3.2: the GET's fields, no content
             headers.setdefault("Content-Length", str(len(body)))
             body = b""
         else:
@@ -401,10 +394,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             raise ValueError("a control character in a response field")  # no injection
         if not dated:
             fresh += f"Date: {_Date.now()}\r\n"
-        if not self._keep_alive:
-            fresh += "Connection: close\r\n"
-        elif request.version == HttpVersion10:
-            fresh += "Connection: keep-alive\r\n"
+        connection = self._connection(request)
+        if connection is not None:
+            fresh += f"Connection: {connection}\r\n"
         self._status = answer.status
         body = answer.body
         transport = self.transport

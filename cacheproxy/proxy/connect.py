@@ -29,7 +29,8 @@ class ConnectMethod:
 
     listener: Listener
     transport: asyncio.Transport | None
-    peername: Any
+    _remote: str | None
+    _port: int
     _loop: asyncio.AbstractEventLoop
     _tail: bytes
     _client_eof: bool
@@ -48,7 +49,6 @@ class ConnectMethod:
         def close(self) -> None: ...
         def _disarm(self) -> None: ...
         def _arm(self, seconds: float, head: bool) -> None: ...
-        def _local_port(self) -> int: ...
         def _make_parser(self) -> Any: ...
         def _send_answer(self, request: ClientRequest, answer: Answer) -> None: ...
 
@@ -61,14 +61,13 @@ class ConnectMethod:
         url = msg.url
         host = url.raw_host or ""
         port = url.port or (443 if url.scheme == "https" else 80)
-        return names_own_listener(proxy.forward_access(self._local_port()), host, port)
+        return names_own_listener(proxy.forward_access(self._port), host, port)
 
     async def _connect(self, msg: RawRequestMessage, started: float) -> bool:
         """CONNECT (RFC 9110 §9.3.6), forward mode: a tunnel to the origin, or with
         forward.intercept_tls, TLS ended here with the local CA's certificate for the host
         and the requests inside served (and cached) as https ones."""
-        request = ClientRequest(msg, EMPTY_PAYLOAD, self.listener.remote(self.peername),
-                                "http", self._local_port())
+        request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
         outcome = request[OUTCOME] = Outcome(started=started, status="TUNNEL")
         outcome.target = outcome.host = msg.path
         self._request, self._keep_alive = request, False
@@ -77,7 +76,7 @@ class ConnectMethod:
         if not forward.enabled:
             return self._refuse_connect(request, outcome, 405,
                                         "CONNECT needs forward mode ([forward] enabled)")
-        d = connect_decision(proxy.forward_access(self._local_port()), msg.path)
+        d = connect_decision(proxy.forward_access(self._port), msg.path)
         if isinstance(d, Refused):
             outcome.status = "DENIED"
             outcome.policy = f"forward: {d.reason}"
@@ -104,7 +103,7 @@ class ConnectMethod:
             return False
         peer = end.transport.get_extra_info("peername") if end.transport else None
         if isinstance(peer, (list, tuple)) and names_own_listener(
-                proxy.forward_access(self._local_port()), str(peer[0]), int(peer[1])):
+                proxy.forward_access(self._port), str(peer[0]), int(peer[1])):
             # A name that resolved to this proxy's own listener: a loop (RFC 5842 §7.2).
             end.client_gone()
             outcome.status = "DENIED"

@@ -9,20 +9,19 @@ fields); a request with Origin gets its CORS grant on the full path instead."""
 
 from __future__ import annotations
 
-import weakref
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.downstream import Replay
 from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.respond import EntryMemo
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
+REASONS = {s.value: s.phrase for s in HTTPStatus}  # status line reason phrases
 
 
 class _WithoutOrigin:
@@ -39,28 +38,17 @@ class _WithoutOrigin:
 
 
 class ReplayBlocks:
-    """Encoded heads of recently replayed entries, bounded in number. Entries are held
-    weakly (one the store evicts is not kept alive here); a reload builds new plans,
-    and with them new blocks."""
+    """Encoded heads of recently replayed entries, per route plan and HTTP version (a
+    reload builds new plans, and with them new heads)."""
 
     def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._blocks: dict[tuple[int, int, Any], tuple[weakref.ref[CachedResponse], bytes,
-                                                       bool]] = {}
+        self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool]] = EntryMemo(size)
 
     def head(self, replay: Replay, plan: RoutePlan, version: Any) -> tuple[bytes, bool]:
         """The status line and stored fields with CRLFs, without the blank line; and
         whether the block has a Date."""
-        entry = replay.entry
-        key = (id(entry), id(plan), version)
-        found = self._blocks.get(key)
-        if found is not None and found[0]() is entry:
-            return found[1], found[2]
-        head, dated = self._encode(replay, plan, version)
-        if len(self._blocks) >= self.size:
-            del self._blocks[next(iter(self._blocks))]  # the oldest goes
-        self._blocks[key] = (weakref.ref(entry), head, dated)
-        return head, dated
+        return self._memo.get(replay.entry, (id(plan), version),
+                              lambda: self._encode(replay, plan, version))
 
     @staticmethod
     def _encode(replay: Replay, plan: RoutePlan, version: Any) -> tuple[bytes, bool]:
@@ -71,5 +59,5 @@ class ReplayBlocks:
         headers.popall("Transfer-Encoding", None)
         headers["Content-Length"] = str(len(entry.body))
         line = f"HTTP/{version.major}.{version.minor} {entry.status} " \
-               f"{_REASONS.get(entry.status, '')}"
+               f"{REASONS.get(entry.status, '')}"
         return _serialize_headers(line, headers)[:-2], "Date" in headers

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 import weakref
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -12,6 +14,9 @@ from cacheproxy.http.ranges import Partial, Unsatisfiable, content_range, multip
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.proxy.downstream import Answer, Replay, text_answer
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
@@ -22,27 +27,41 @@ def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str)
     headers["X-Cache"] = outcome.x_cache
 
 
-class HeaderBlocks:
-    """Ready-made field blocks for recently replayed entries, bounded in number.
-
-    Copying a CIMultiDict is a fast C copy; building one from pairs hashes every
-    name again. Entries are
-    held weakly: an entry the store evicts is not kept alive here."""
+class EntryMemo(Generic[K, V]):
+    """Values made from recently replayed entries (and a key of the caller's), bounded in
+    number, the oldest going first. Entries are held weakly: one the store evicts is not
+    kept alive here, and a new entry at a reused id() is told apart."""
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._blocks: dict[int, tuple[weakref.ref[CachedResponse], CIMultiDictProxy[str]]] = {}
+        self._values: dict[tuple[int, K], tuple[weakref.ref[CachedResponse], V]] = {}
 
-    def get(self, entry: CachedResponse) -> CIMultiDictProxy[str]:
-        found = self._blocks.get(id(entry))
+    def get(self, entry: CachedResponse, key: K, make: Callable[[], V]) -> V:
+        memo_key = (id(entry), key)
+        found = self._values.get(memo_key)
         if found is not None and found[0]() is entry:
             return found[1]
-        flat = entry.headers
-        block = CIMultiDictProxy(CIMultiDict(zip(flat[::2], flat[1::2], strict=True)))
-        if len(self._blocks) >= self.size:
-            del self._blocks[next(iter(self._blocks))]  # the oldest goes
-        self._blocks[id(entry)] = (weakref.ref(entry), block)
-        return block
+        value = make()
+        if len(self._values) >= self.size:
+            del self._values[next(iter(self._values))]
+        self._values[memo_key] = (weakref.ref(entry), value)
+        return value
+
+
+class HeaderBlocks:
+    """Ready-made field blocks for recently replayed entries. Copying a CIMultiDict is a
+    fast C copy; building one from pairs hashes every name again."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._memo: EntryMemo[None, CIMultiDictProxy[str]] = EntryMemo(size)
+
+    def get(self, entry: CachedResponse) -> CIMultiDictProxy[str]:
+        return self._memo.get(entry, None, lambda: _block(entry))
+
+
+def _block(entry: CachedResponse) -> CIMultiDictProxy[str]:
+    flat = entry.headers
+    return CIMultiDictProxy(CIMultiDict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 def stored_response(

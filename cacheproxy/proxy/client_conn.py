@@ -34,6 +34,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
 
+from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
@@ -157,8 +158,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._upgraded = True
             self._tail = tail[:MAX_TAIL]
         if messages:
-            self._queue.extend(messages)
             self._disarm()
+            if self._task is None and not self._queue:
+                messages = self._quick(messages)
+                if not messages:
+                    if not self._closing:
+                        self._arm(self._timeouts.keepalive, head=False)
+                    return
+            self._queue.extend(messages)
             if self._task is None:
                 self._task = self._loop.create_task(self._serve())
             if len(self._queue) >= MAX_PIPELINED and not self._buffer_paused:
@@ -211,6 +218,42 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     # -- serving ------------------------------------------------------------------
 
+    def _quick(self, messages: list[Any]) -> list[Any]:
+        """Answer the leading requests a fresh stored response answers whole, here and
+        now; the rest, from the first that needs more, go to the task."""
+        for i, (msg, payload) in enumerate(messages):
+            if not self._quick_one(msg, payload):
+                return messages[i:]
+            if self._parser is not None:
+                self._parser.message_consumed()
+        return []
+
+    def _quick_one(self, msg: RawRequestMessage | HttpProcessingError, payload: StreamReader
+                   ) -> bool:
+        """Replay the stored response that answers msg whole (proxy/quick.py), if one
+        does: no task, no driver. False: msg needs the full path."""
+        listener = self.listener
+        if self._closing or self._upgraded or self._origin is not None \
+                or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError) \
+                or listener.is_control(msg):
+            return False
+        started = time.perf_counter()
+        quick = listener.quick
+        found = quick.hit(msg, started)
+        if found is None:
+            return False
+        entry, plan, outcome = found
+        self._keep_alive = not msg.should_close
+        request = ClientRequest(msg, payload, self._remote, "http", self._port)
+        request[PLAN] = plan
+        request[OUTCOME] = outcome
+        self._send_replay(request, entry.status, entry.body,
+                          Replay(entry, listener.blocks.get(entry), quick.fresh(entry, outcome)))
+        listener.record(request, self._status, self._sent, started)
+        if not self._keep_alive:
+            self.close()
+        return True
+
     async def _serve(self) -> None:
         try:
             while self._queue and self.transport is not None:
@@ -225,6 +268,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 if isinstance(msg, HttpProcessingError):
                     self._refuse(msg)
                     return
+                if self._quick_one(msg, payload):
+                    if self._closing:
+                        return
+                    continue
                 if not await self._one(msg, payload):
                     return
         except Exception:  # a bug of ours: the connection goes, the process stays
@@ -360,7 +407,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         replay = answer.replay
         if replay is not None and request.method != "HEAD" \
                 and "Origin" not in request.headers:  # else the full path: a CORS grant
-            self._send_replay(request, answer, replay)
+            self._send_replay(request, answer.status, answer.body, replay)
             return
         headers = answer.fields()
         status = answer.status
@@ -383,7 +430,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return
         self._sent = len(body)
 
-    def _send_replay(self, request: ClientRequest, answer: Answer, replay: Replay) -> None:
+    def _send_replay(self, request: ClientRequest, status: int, body: bytes, replay: Replay
+                     ) -> None:
         """A hit: the entry's encoded head (replay.py), the fields fresh for this request,
         and the body, in one write."""
         plan = request.get(PLAN)
@@ -397,8 +445,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         connection = self._connection(request)
         if connection is not None:
             fresh += f"Connection: {connection}\r\n"
-        self._status = answer.status
-        body = answer.body
+        self._status = status
+        self._sent = 0
         transport = self.transport
         if transport is not None:
             transport.write(b"".join((head, fresh.encode("utf-8", "surrogateescape"),

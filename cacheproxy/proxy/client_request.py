@@ -15,7 +15,9 @@ from multidict import CIMultiDictProxy
 from cacheproxy.observe.observer import Observer
 from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.quick import QuickHits
 from cacheproxy.proxy.replay import ReplayBlocks
+from cacheproxy.proxy.respond import HeaderBlocks
 
 
 class Timeouts(Protocol):
@@ -35,6 +37,8 @@ class Listener(Protocol):
     proxy: CacheProxy
     observer: Observer
     replays: ReplayBlocks
+    blocks: HeaderBlocks
+    quick: QuickHits
 
     @property
     def timeouts(self) -> Timeouts: ...

@@ -19,6 +19,7 @@ from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.proxy.client_conn import ClientConnection
 from cacheproxy.proxy.client_request import ClientRequest
 from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.proxy.quick import QuickHits
 from cacheproxy.proxy.replay import ReplayBlocks
 
 # Set by make_app: what the listener serves with.
@@ -62,6 +63,8 @@ class Listener:
         self._metrics = plane.metrics_path
         self.connections: set[ClientConnection] = set()
         self.replays = ReplayBlocks()
+        self.blocks = self.proxy.driver.blocks
+        self.quick = QuickHits(self.proxy)
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
         self.requests_count = 0
 

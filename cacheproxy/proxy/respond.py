@@ -64,6 +64,15 @@ def _block(entry: CachedResponse) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict(zip(flat[::2], flat[1::2], strict=True)))
 
 
+def fresh_fields(age: float, outcome: Outcome, cache_name: str, via: str
+                 ) -> tuple[tuple[str, str], ...]:
+    """The fields a replay of a stored response gets fresh for each request."""
+    return (("Age", str(int(age))),  # RFC 9111 §5.1: required when served from cache
+            ("Via", via),  # RFC 9110 §7.6.3
+            ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
+            ("X-Cache", outcome.x_cache))
+
+
 def stored_response(
     method: str,
     entry: CachedResponse,
@@ -77,10 +86,7 @@ def stored_response(
 ) -> Answer:
     """Replay a stored response, the 304 the flow decided on (§4.3.2), or the part of it
     a Range asked for (RFC 9110 §14.2)."""
-    fresh = (("Age", str(int(age))),  # RFC 9111 §5.1: required when served from cache
-             ("Via", via),  # RFC 9110 §7.6.3
-             ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
-             ("X-Cache", outcome.x_cache))
+    fresh = fresh_fields(age, outcome, cache_name, via)
     if not_modified is not None:
         response = Answer(304, CIMultiDict(not_modified.fields))
     elif part is not None:

@@ -62,6 +62,13 @@ class LayeredStore:
             await self._fill(key, variants)
         return variants
 
+    def peek(self, key: str) -> tuple[CachedResponse, ...] | None:
+        """What get() answers without I/O: the memory layer's copy while it is in step
+        with Redis; None when only Redis can say."""
+        if self.ttl > 0 and key in self._synced:
+            return self.front.peek(key) or None
+        return None
+
     async def put(self, entry: CachedResponse) -> bool:
         generation = self._generation
         held = await self.back.put_variant(entry)

@@ -53,6 +53,11 @@ class MemoryStore:
     async def get(self, key: str) -> tuple[CachedResponse, ...]:
         return _variants(self._lru.get(key))
 
+    def peek(self, key: str) -> tuple[CachedResponse, ...]:
+        """get() without a coroutine: a hit answered where it was parsed (proxy/quick.py).
+        It counts as a use (the LRU order), as get() does."""
+        return _variants(self._lru.get(key))
+
     async def put(self, entry: CachedResponse) -> bool:
         """The newest variant first; older ones go when the key would pass MAX_VARIANTS or
         the store's size. A response too big for the store is refused, and then what the

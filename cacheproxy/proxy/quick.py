@@ -1,0 +1,115 @@
+"""Hits answered where they were parsed: a GET that a fresh stored response answers whole
+is replayed by the connection itself, with no task, no driver and no Answer.
+
+The decision is still the flow's: the request's facts and `lookup` (RFC 9111 §4), and
+§4.3.2's `client_answer`, are the functions the driver calls. What this module decides
+is only whether a request needs anything the full path does beyond that lookup; if it
+might, it goes there, and the full path answers it as it always did:
+
+- not a GET (HEAD, PURGE, OPTIONS *), or with a body, an Upgrade or an Expect;
+- absolute-form or an intercepted CONNECT's request (forward mode's routing and gate);
+- an Origin (the CORS grant is made per request on the way out);
+- a route whose hotlink gate may refuse it (referer.protect_paths);
+- anything but a `Serve` decision: misses, validations, stale-while-revalidate, 412s,
+  Range (§14.2: parts are cut on the full path), 304s to the client's own validators;
+- a store that cannot answer without I/O (Redis without a synced memory layer).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp.http_parser import RawRequestMessage
+
+from cacheproxy.http.flow import Serve, client_answer, lookup, request_facts
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.http.target import request_target
+from cacheproxy.observe.outcome import Outcome, note_lookup, note_served
+from cacheproxy.proxy.respond import fresh_fields
+from cacheproxy.proxy.routing import Plans, RoutePlan
+
+if TYPE_CHECKING:
+    from cacheproxy.proxy.handler import CacheProxy
+
+MEMO_SIZE = 4096  # (Host, target) pairs whose route and key are kept
+
+
+class _Route:
+    """What a (Host, target) pair resolves to: the same for every request with them."""
+
+    __slots__ = ("authority", "key", "plan", "route_name", "target")
+
+    def __init__(self, plan: RoutePlan, key: str, authority: str, target: str,
+                 route_name: str) -> None:
+        self.plan, self.key, self.authority, self.target = plan, key, authority, target
+        self.route_name = route_name
+
+
+class QuickHits:
+    def __init__(self, proxy: CacheProxy) -> None:
+        self.proxy = proxy
+        self._plans: Plans | None = None
+        self._routes: dict[tuple[str, str], _Route | None] = {}
+
+    def hit(self, msg: RawRequestMessage, started: float
+            ) -> tuple[CachedResponse, RoutePlan, Outcome] | None:
+        """The stored response that answers msg whole, its route and its account; None:
+        the full path answers it."""
+        if msg.method != "GET" or msg.upgrade:
+            return None
+        h = msg.headers
+        if "Origin" in h or "Expect" in h:
+            return None
+        route = self._route(h.get("Host"), msg.path)
+        if route is None:
+            return None
+        peek = getattr(self.proxy.store, "peek", None)
+        variants = peek(route.key) if peek is not None else None
+        if not variants:
+            return None
+        plan = route.plan
+        facts = request_facts("GET", h, has_body=False)
+        if facts.bypass:  # Range / If-Range
+            return None
+        d = lookup(facts, variants, now=time.time(), route=plan.cache)
+        if type(d) is not Serve or client_answer(d.entry, facts) is not None:
+            return None
+        outcome = Outcome(started=started, host=route.authority, target=route.target,
+                          route=route.route_name, secrets=plan.route.referer.strip_params)
+        note_lookup(outcome, d)
+        note_served(outcome, d.age, d.ttl)
+        return d.entry, plan, outcome
+
+    def fresh(self, entry: CachedResponse, outcome: Outcome) -> tuple[tuple[str, str], ...]:
+        proxy = self.proxy
+        assert outcome.age is not None
+        return fresh_fields(outcome.age, outcome, proxy.cache_name, proxy.local_via)
+
+    def _route(self, host: str | None, raw: str) -> _Route | None:
+        """As CacheProxy._respond routes an origin-form request, memoised per config."""
+        if host is None:
+            return None
+        plans = self.proxy.plans
+        routes = self._routes
+        if plans is not self._plans:  # a reload: new plans, new keys
+            routes.clear()
+            self._plans = plans
+        memo = (host, raw)
+        try:
+            return routes[memo]
+        except KeyError:
+            pass
+        route = None
+        parsed = request_target(raw, host)
+        if parsed is not None and not parsed.absolute:
+            plan = plans.match(parsed.authority, parsed.path)
+            if not plan.route.referer.protect_paths:
+                route = _Route(plan, plan.cache_key("http", parsed.authority, parsed.path),
+                               parsed.authority, parsed.path,
+                               plan.route.name if plans.routed else "default")
+        if len(routes) >= MEMO_SIZE:
+            routes.clear()
+        routes[memo] = route
+        return route
+

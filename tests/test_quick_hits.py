@@ -1,0 +1,197 @@
+"""Hits answered where they are parsed (proxy/quick.py) say exactly what the full path
+says: the same status, fields, body and log line for every request shape, whether the
+quick path answers it or hands it on. Each request is sent twice to one proxy, with the
+quick path on and then off, and the two answers are compared."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+from aiohttp import web
+from support import proxy_config, read_json_log
+from test_client_plane import Raw
+
+from cacheproxy.proxy.quick import QuickHits
+from cacheproxy.proxy.server import reconfigure
+
+STAMP = formatdate(1_700_000_000, usegmt=True)
+BODY = b"0123456789" * 20
+
+
+def origin_app() -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        headers = {"ETag": '"v1"', "Last-Modified": STAMP, "Content-Type": "text/plain"}
+        headers["Cache-Control"] = {
+            "fresh": "max-age=600", "nocache": "no-cache", "shared": "s-maxage=600",
+            "swr": "max-age=0, stale-while-revalidate=600", "private": "private, max-age=600",
+            "mustrev": "max-age=600, must-revalidate",
+        }.get(name, "max-age=600")
+        if name == "vary":
+            headers["Vary"] = "Accept-Language"
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers=headers)
+        lang = request.headers.get("Accept-Language", "-").encode()
+        return web.Response(body=BODY + lang, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/{name}", answer)
+    return app
+
+
+RESOURCES = ("fresh", "nocache", "shared", "swr", "private", "mustrev", "vary")
+SHAPES: tuple[tuple[str, ...], ...] = (
+    (),
+    ("Cookie: a=1",),
+    ("Authorization: Basic dTpw",),
+    ("Cache-Control: no-cache",),
+    ("Cache-Control: max-age=0",),
+    ("Cache-Control: max-stale=1000",),
+    ("Cache-Control: min-fresh=100000",),
+    ("Cache-Control: only-if-cached",),
+    ("Pragma: no-cache",),
+    ('If-None-Match: "v1"',),
+    ('If-None-Match: "v2"',),
+    (f"If-Modified-Since: {STAMP}",),
+    ("If-Match: \"v9\"",),
+    ("Range: bytes=0-3",),
+    ('Range: bytes=0-3', 'If-Range: "v1"'),
+    ("Accept-Language: de",),
+    ("Origin: http://elsewhere.example",),
+    ("Referer: http://example/page?token=secret",),
+    ("Connection: close",),
+    ("Max-Forwards: 0",),
+)
+
+_VARYING = re.compile(rb"^(Age|Date): .*\r\n|ttl=-?\d+", re.MULTILINE | re.IGNORECASE)
+
+
+def request(path: str, fields: tuple[str, ...], method: str = "GET", version: str = "1.1"
+            ) -> bytes:
+    lines = [f"{method} {path} HTTP/{version}", "Host: example", "User-Agent: t", *fields]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def exchange(client: Any, data: bytes) -> bytes:
+    """The whole answer to one request on its own connection, as bytes, with what changes
+    from second to second taken out."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(data)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = re.search(rb"\r\nContent-Length: (\d+)", head)
+    body = b""
+    if length and not data.startswith(b"HEAD") and b" 304 " not in head[:13]:
+        body = await asyncio.wait_for(reader.readexactly(int(length[1])), 5)
+    writer.close()
+    # Sorted: a stale-while-revalidate refresh between the two may merge a 304 into the
+    # entry, which reorders its fields.
+    status, *fields = _VARYING.sub(b"", head).split(b"\r\n")
+    return b"\r\n".join([status, *sorted(fields)]) + body
+
+
+def _log_view(line: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in line.items() if k not in ("time", "total_ms", "age", "ttl")} \
+        | {"cache_status": re.sub(r"ttl=-?\d+", "", line["cache_status"])}
+
+
+@pytest.fixture
+def quick_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """switch(False) sends every request on the full path; switch(True) restores it.
+    taken counts the requests the quick path answered."""
+    real = QuickHits.hit
+    taken: list[str] = []
+
+    def counted(self: QuickHits, msg: Any, started: float) -> Any:
+        found = real(self, msg, started)
+        if found is not None:  # the path, and the names of the fields beyond ours
+            taken.append((msg.path, tuple(name for name in msg.headers
+                                          if name not in ("Host", "User-Agent"))))
+        return found
+
+    state = {"on": True}
+    monkeypatch.setattr(QuickHits, "hit", lambda self, msg, started:
+                        counted(self, msg, started) if state["on"] else None)
+
+    def switch(on: bool) -> None:
+        state["on"] = on
+
+    switch.taken = taken  # type: ignore[attr-defined]
+    return switch
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_every_request_shape_gets_the_full_paths_answer(
+        proxy: Any, origin: Any, quick_switch: Any, shared: bool) -> None:
+    client = await proxy(await origin(origin_app()), cache={"shared": shared})
+    for name in RESOURCES:
+        await exchange(client, request(f"/{name}", ()))  # stored (or not) first
+        for fields in SHAPES:
+            await exchange(client, request(f"/{name}", fields))  # what it stores, first
+            quick_switch(True)
+            quick = await exchange(client, request(f"/{name}", fields))
+            quick_switch(False)
+            full = await exchange(client, request(f"/{name}", fields))
+            assert quick == full, (name, fields)
+    taken = set(quick_switch.taken)
+    # A plain request for a fresh stored response is answered where it was parsed...
+    assert {("/fresh", ()), ("/vary", ()), ("/vary", ("Accept-Language",)),
+            ("/fresh", ("Cookie",)), ("/fresh", ("Connection",))} <= taken
+    # ... and so is a stale one the client accepts stale (max-stale): the flow decides.
+    assert ("/swr", ("Cache-Control",)) in taken
+    # What needs more than a lookup goes the full way.
+    assert not {("/nocache", ()), ("/fresh", ("If-Match",)), ("/fresh", ("Range",)),
+                ("/fresh", ("Origin",))} & taken
+
+
+async def test_log_lines_are_the_full_paths(proxy: Any, origin: Any, quick_switch: Any,
+                                            tmp_path: Any) -> None:
+    client = await proxy(await origin(origin_app()), log={"path": str(tmp_path / "log")})
+    await exchange(client, request("/fresh", ()))
+    shapes = ((), ("Referer: http://example/page?token=secret",), ("Cookie: a=1",))
+    for fields in shapes:
+        for on in (True, False):
+            quick_switch(on)
+            await exchange(client, request("/fresh", fields, version="1.0"))
+            await exchange(client, request("/fresh", fields))
+    lines = [_log_view(line) for line in await read_json_log(client)][1:]
+    assert len(lines) == 4 * len(shapes)
+    for i in range(0, len(lines), 4):
+        assert lines[i:i + 2] == lines[i + 2:i + 4]
+        assert lines[i]["cache"] == "HIT" and lines[i]["protocol"] == "HTTP/1.0"
+    assert len(quick_switch.taken) == 2 * len(shapes)
+
+
+async def test_pipelined_quick_and_full_answers_keep_their_order(
+        proxy: Any, origin: Any, quick_switch: Any) -> None:
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/fresh", ()))
+    conn = await Raw.open(client)
+    order = ("/fresh", "/nocache", "/fresh", "/fresh", "/vary", "/fresh")
+    await conn.send(b"".join(request(path, ()) for path in order))
+    for path in order:
+        reply = await conn.reply()
+        assert reply.status == 200
+        assert reply.body.startswith(BODY), path
+        assert ("max-age=600" if path != "/nocache" else "no-cache") \
+            in reply.headers["cache-control"]
+    conn.close()
+    assert [path for path, _ in quick_switch.taken].count("/fresh") == 4
+
+
+async def test_a_reload_reroutes_quick_hits(proxy: Any, origin: Any) -> None:
+    """The route memo belongs to one config: after a reload a (Host, target) is routed,
+    and keyed, by the new one."""
+    up = await origin(origin_app())
+    client = await proxy(up)
+    await exchange(client, request("/fresh", ()))
+    hit = await exchange(client, request("/fresh", ()))
+    assert b"X-Cache: HIT" in hit
+    url = str(up.make_url("")).rstrip("/")
+    config = proxy_config(url, cache={"shared": not client.app_proxy.config.cache.shared})
+    reconfigure(client.server.app, config)
+    # The other cache (shared or private) has its own keys: the first answer is a miss.
+    assert b"X-Cache: MISS" in await exchange(client, request("/fresh", ()))

@@ -34,14 +34,15 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
 
+from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
-from cacheproxy.proxy.downstream import Answer, Replay
+from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.replay import REASONS
-from cacheproxy.proxy.routing import PLAN
+from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
 
@@ -247,8 +248,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         request = ClientRequest(msg, payload, self._remote, "http", self._port)
         request[PLAN] = plan
         request[OUTCOME] = outcome
-        self._send_replay(request, entry.status, entry.body,
-                          Replay(entry, listener.blocks.get(entry), quick.fresh(entry, outcome)))
+        self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
         listener.record(request, self._status, self._sent, started)
         if not self._keep_alive:
             self.close()
@@ -373,13 +373,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     # -- writing a response (Downstream) -----------------------------------------
 
-    def _connection(self, request: ClientRequest) -> str | None:
+    def _connection(self, version: Any) -> str | None:
         """The Connection field the response says the connection's fate with: "close"
         when it ends after this answer (RFC 9112 §9.6), "keep-alive" to an HTTP/1.0 client
         that asked to keep it (RFC 9112 Appendix C.2.2), else none."""
         if not self._keep_alive:
             return "close"
-        return "keep-alive" if request.version == HttpVersion10 else None
+        return "keep-alive" if version == HttpVersion10 else None
 
     def _fields(self, request: ClientRequest, status: int, headers: CIMultiDict[str]) -> None:
         """The fields every response gets here: the policies' (CORS, Referrer-Policy),
@@ -388,7 +388,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if "Date" not in headers:
             headers["Date"] = _Date.now()
         headers.popall("Connection", None)
-        connection = self._connection(request)
+        connection = self._connection(request.version)
         if connection is not None:
             headers["Connection"] = connection
         self._status = status
@@ -407,7 +407,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         replay = answer.replay
         if replay is not None and request.method != "HEAD" \
                 and "Origin" not in request.headers:  # else the full path: a CORS grant
-            self._send_replay(request, answer.status, answer.body, replay)
+            self._send_replay(request.version, request.get(PLAN), replay.entry, replay.fresh)
             return
         headers = answer.fields()
         status = answer.status
@@ -430,25 +430,24 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return
         self._sent = len(body)
 
-    def _send_replay(self, request: ClientRequest, status: int, body: bytes, replay: Replay
-                     ) -> None:
-        """A hit: the entry's encoded head (replay.py), the fields fresh for this request,
-        and the body, in one write."""
-        plan = request.get(PLAN)
-        head, dated = self.listener.replays.head(replay, plan, request.version)
-        lines = replay.fresh
+    def _send_replay(self, version: Any, plan: RoutePlan, entry: CachedResponse,
+                     lines: tuple[tuple[str, str], ...]) -> None:
+        """A hit: the entry's encoded head (replay.py), the fields fresh for this request
+        (lines), and the body, in one write."""
+        head, dated = self.listener.replays.head(entry, plan, version)
         fresh = "".join([f"{k}: {v}\r\n" for k, v in lines])
         if fresh.count("\n") != len(lines) or fresh.count("\r") != len(lines):
             raise ValueError("a control character in a response field")  # no injection
         if not dated:
             fresh += f"Date: {_Date.now()}\r\n"
-        connection = self._connection(request)
+        connection = self._connection(version)
         if connection is not None:
             fresh += f"Connection: {connection}\r\n"
-        self._status = status
+        self._status = entry.status
         self._sent = 0
         transport = self.transport
         if transport is not None:
+            body = entry.body
             transport.write(b"".join((head, fresh.encode("utf-8", "surrogateescape"),
                                       b"\r\n", body)))
             self._sent = len(body)

@@ -17,7 +17,6 @@ from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.quick import QuickHits
 from cacheproxy.proxy.replay import ReplayBlocks
-from cacheproxy.proxy.respond import HeaderBlocks
 
 
 class Timeouts(Protocol):
@@ -37,7 +36,6 @@ class Listener(Protocol):
     proxy: CacheProxy
     observer: Observer
     replays: ReplayBlocks
-    blocks: HeaderBlocks
     quick: QuickHits
 
     @property

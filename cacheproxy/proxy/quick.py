@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp.http_parser import RawRequestMessage
 
-from cacheproxy.http.flow import Serve, client_answer, lookup, request_facts
+from cacheproxy.http.flow import (
+    DECISIVE_FIELDS,
+    Serve,
+    client_answer,
+    lookup,
+    request_facts,
+    serves_while_fresh,
+)
+from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
 from cacheproxy.observe.outcome import Outcome, note_lookup, note_served
@@ -69,6 +77,18 @@ class QuickHits:
         if not variants:
             return None
         plan = route.plan
+        if len(variants) == 1 and serves_while_fresh(variants[0]) \
+                and not any(name in h for name in DECISIVE_FIELDS):
+            # lookup() would Serve it while fresh, whatever else the request says.
+            entry = variants[0]
+            age = current_age(entry.initial_age, entry.response_time, time.time())
+            ttl = entry.lifetime - age
+            if ttl > 0:
+                outcome = Outcome(status="HIT", hit=True, from_cache=True, age=age, ttl=ttl,
+                                  started=started, host=route.authority, target=route.target,
+                                  route=route.route_name,
+                                  secrets=plan.route.referer.strip_params)
+                return entry, plan, outcome
         facts = request_facts("GET", h, has_body=False)
         if facts.bypass:  # Range / If-Range
             return None

@@ -15,9 +15,9 @@ from typing import Any
 from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from cacheproxy.proxy.downstream import Replay
+from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.policy_steps import outbound_fields
-from cacheproxy.proxy.respond import EntryMemo
+from cacheproxy.proxy.respond import EntryMemo, HeaderBlocks
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -41,19 +41,20 @@ class ReplayBlocks:
     """Encoded heads of recently replayed entries, per route plan and HTTP version (a
     reload builds new plans, and with them new heads)."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, blocks: HeaderBlocks, size: int = 4096) -> None:
+        self._blocks = blocks
         self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool]] = EntryMemo(size)
 
-    def head(self, replay: Replay, plan: RoutePlan, version: Any) -> tuple[bytes, bool]:
+    def head(self, entry: CachedResponse, plan: RoutePlan, version: Any
+             ) -> tuple[bytes, bool]:
         """The status line and stored fields with CRLFs, without the blank line; and
         whether the block has a Date."""
-        return self._memo.get(replay.entry, (id(plan), version),
-                              lambda: self._encode(replay, plan, version))
+        return self._memo.get(entry, (id(plan), version),
+                              lambda: self._encode(entry, plan, version))
 
-    @staticmethod
-    def _encode(replay: Replay, plan: RoutePlan, version: Any) -> tuple[bytes, bool]:
-        entry = replay.entry
-        headers = CIMultiDict(replay.block)
+    def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any
+                ) -> tuple[bytes, bool]:
+        headers = CIMultiDict(self._blocks.get(entry))
         outbound_fields(_WithoutOrigin(plan), headers)  # type: ignore[arg-type]
         headers.popall("Connection", None)
         headers.popall("Transfer-Encoding", None)

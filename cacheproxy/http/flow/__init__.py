@@ -23,12 +23,18 @@ from cacheproxy.http.flow.decisions import (
 )
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts, request_facts
 from cacheproxy.http.flow.failure import failed
-from cacheproxy.http.flow.lookup import background_refresh, bypass, lookup
+from cacheproxy.http.flow.lookup import (
+    DECISIVE_FIELDS,
+    background_refresh,
+    bypass,
+    lookup,
+    serves_while_fresh,
+)
 
 __all__ = [
-    "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen", "Keep", "Lookup",
-    "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse", "RequestFacts", "Serve",
-    "ServeStale",
-    "Store", "Update", "answered", "background_refresh", "bypass", "client_answer", "failed",
-    "lookup", "range_answer", "request_facts",
+    "DECISIVE_FIELDS", "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen",
+    "Keep", "Lookup", "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse",
+    "RequestFacts", "Serve", "ServeStale", "Store", "Update", "answered", "background_refresh",
+    "bypass", "client_answer", "failed", "lookup", "range_answer", "request_facts",
+    "serves_while_fresh",
 ]

@@ -121,6 +121,23 @@ def _reuse_or_forward(
                    may_store=may_store, collapse=may_collapse and shareable)
 
 
+# The request fields lookup() and client_answer() read, besides the ones a Vary names:
+# request_facts' directives (§5.2.1, Pragma §5.4), credentials (§3.5), preconditions and
+# validators (RFC 9110 §13) and ranges (§14.2).
+DECISIVE_FIELDS = ("Cache-Control", "Pragma", "Authorization", "Range", "If-Range",
+                   "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
+
+
+def serves_while_fresh(entry: CachedResponse) -> bool:
+    """Does lookup() Serve entry, for as long as it is fresh (§4.2: freshness_lifetime >
+    current_age), to a GET that carries none of DECISIVE_FIELDS, when entry is the only
+    response stored under the key? That is decide_reuse's first branch with nothing to
+    match across a Vary (§4.1): an entry without Vary that does not demand validation
+    (§5.2.2.4). Nothing else of the request counts then, so a caller may skip building
+    its facts (proxy/quick.py)."""
+    return not entry.vary and not entry.directives.no_cache
+
+
 def background_refresh(req: RequestFacts, entry: CachedResponse) -> tuple[RequestFacts, Forward]:
     """RFC 5861 §3: the revalidation behind a stale-while-revalidate answer. The client's
     own cache directives were about its answer, not about this refresh."""

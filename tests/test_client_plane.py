@@ -322,3 +322,28 @@ async def test_a_reload_applies_client_timeouts_to_new_connections(proxy, origin
     new = await Raw.open(client)
     assert await new.closed_within(1.5)  # the new setting
     assert not await old.closed_within(0.2)  # the old connection keeps its own
+
+
+async def test_a_streamed_head_is_not_held_back_waiting_for_the_body(proxy, origin):
+    """The head is corked only while body bytes are already at hand: an origin that sends
+    its head and then thinks has the head reach the client at once."""
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Cache-Control": "no-store"})
+        resp.content_length = 4
+        await resp.prepare(request)
+        await asyncio.sleep(1.0)
+        await resp.write(b"late")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    client = await proxy(await origin(app))
+    conn = await Raw.open(client)
+    began = time.monotonic()
+    await conn.send(get("/slow"))
+    line = await asyncio.wait_for(conn.reader.readline(), 5)
+    assert line.startswith(b"HTTP/1.1 200") and time.monotonic() - began < 0.5
+    reply_rest = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"Content-Length: 4" in reply_rest
+    assert await asyncio.wait_for(conn.reader.readexactly(4), 5) == b"late"
+    conn.close()

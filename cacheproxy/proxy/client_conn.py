@@ -101,6 +101,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # The response being sent.
         self._request: ClientRequest | None = None
         self._chunked = False
+        self._corked: bytes | None = None  # a streamed head, sent with the first body bytes
         self._keep_alive = True
         self._sent = 0
         self._status = 0
@@ -398,10 +399,15 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """The head, and with it a body that is all there (one write, one send)."""
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
+        head = self._head(version, status, reason, headers)
+        self.transport.write(head + body if body else head)
+
+    @staticmethod
+    def _head(version: Any, status: int, reason: str | None, headers: CIMultiDict[str]
+              ) -> bytes:
         line = f"HTTP/{version.major}.{version.minor} {status} " \
                f"{reason or REASONS.get(status, '')}"
-        head = _serialize_headers(line, headers)
-        self.transport.write(head + body if body else head)
+        return _serialize_headers(line, headers)
 
     def _send_answer(self, request: ClientRequest, answer: Answer) -> None:
         replay = answer.replay
@@ -470,21 +476,43 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         else:  # an HTTP/1.0 client: the close ends the body (RFC 9112 §6.3)
             self._keep_alive = False
             headers["Connection"] = "close"
-        self._write_head(request.version, status, reason, headers)
+        if self.transport is None:
+            raise ConnectionResetError("client connection lost")
+        # Corked: the head goes out with the first body bytes when they are already here
+        # (one send, one segment), or at the end of this loop iteration when they are not.
+        self._corked = self._head(request.version, status, reason, headers)
+        self._loop.call_soon(self._uncork)
 
     async def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client connection lost")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        framed = b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data
+        corked = self._corked
+        if corked is not None:
+            self._corked = None
+            framed = corked + framed
+        transport.write(framed)
         self._sent += len(data)
         if self._paused:  # the client reads slower than the origin sends
             async with asyncio.timeout(self._timeouts.send):
                 await self._drain_helper()
 
     async def finish(self) -> None:
-        if self._chunked and self.transport is not None:
-            self.transport.write(b"0\r\n\r\n")
+        tail = b"0\r\n\r\n" if self._chunked else b""
+        corked = self._corked
+        if corked is not None:
+            self._corked = None
+            tail = corked + tail
+        if tail and self.transport is not None:
+            self.transport.write(tail)
+
+    def _uncork(self) -> None:
+        corked = self._corked
+        if corked is not None:
+            self._corked = None
+            if self.transport is not None:
+                self.transport.write(corked)
 
     def abort(self) -> None:
         self._keep_alive = False
@@ -496,6 +524,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """Close once what was written is sent."""
         self._closing = True
         self._disarm()
+        self._uncork()
         if self.transport is not None:
             self.transport.close()
 

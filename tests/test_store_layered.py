@@ -161,3 +161,26 @@ async def test_too_big_for_the_front_is_read_from_redis(redis_server: RedisServe
         assert await store.get(big.key) == (big,)
     finally:
         await store.close()
+
+
+async def test_peek_answers_only_what_get_would_answer_without_redis(replicas: Replicas
+                                                                    ) -> None:
+    """peek() (a hit answered where it was parsed) is the memory layer's copy while it is
+    in step with Redis, and None (ask get()) otherwise: never an older answer than get's."""
+    a, b = await replicas(memory_layer_ttl=0.3)
+    old, new = make_entry(body=b"old"), make_entry(body=b"new")
+    assert b.peek(old.key) is None  # nothing synced: only Redis can say
+    await a.put(old)
+    assert b.peek(old.key) is None
+    assert await b.get(old.key) == (old,)
+    assert b.peek(old.key) == (old,)  # synced by that get
+    await a.put(new)
+    await eventually(lambda: _peek_is_none(b, old.key), within=0.6)  # the ttl ran out
+    assert await b.get(old.key) == (new,)
+    assert b.peek(old.key) == (new,)
+    await a.delete(old.key)  # a purge empties b's layer at once: peek then asks Redis
+    await eventually(lambda: _peek_is_none(b, old.key), within=0.5)
+
+
+async def _peek_is_none(store: LayeredStore, key: str) -> bool:
+    return store.peek(key) is None

@@ -56,16 +56,24 @@ class Outcome:
     target: str | None = None    # its path and query, origin-form
     secrets: frozenset[str] = frozenset()  # query parameters the log shows as REDACTED
     started: float = 0.0         # time.perf_counter() when the handler took the request
+    _sent_from: tuple[object, ...] = ()  # what cache_status_sent was made from
 
     def cache_status(self, name: str) -> str:
         self.cache_name = name
         self.cache_status_sent = self._member(name)
+        self._sent_from = self._inputs()
         return self.cache_status_sent
 
     def final_cache_status(self) -> str:
         """The member as the log shows it: what happened, which may differ from the header
         sent before the body (a fill the client aborted is not "stored")."""
-        return self._member(self.cache_name) if self.cache_name else self.cache_status_sent
+        if not self.cache_name or self._inputs() == self._sent_from:
+            return self.cache_status_sent  # nothing changed since it was sent
+        return self._member(self.cache_name)
+
+    def _inputs(self) -> tuple[object, ...]:
+        return (self.hit, self.fwd, self.fwd_status, self.stored, self.ttl, self.collapsed,
+                self.detail)
 
     def _member(self, name: str) -> str:
         return cache_status(

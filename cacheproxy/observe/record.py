@@ -69,25 +69,27 @@ def iso_time(t: float) -> str:
 _escape = json.encoder.encode_basestring  # C-accelerated; non-ASCII kept as is
 
 
-def _js(value: str | None) -> str:
-    return "null" if value is None else _escape(value)
-
-
 def _jn(value: float | None) -> str:
     return "null" if value is None else repr(value)
 
 
 def to_json(record: LogRecord) -> str:
     r = record
+    e = _escape  # fields that are never None; the others may be null (inlined: per line)
+    age, ttl, up, up_ms = r.age, r.ttl, r.upstream_status, r.upstream_ms
+    policy, referer, agent = r.policy, r.referer, r.user_agent
     line = (
-        f'{{"time":"{iso_time(r.time)}","client":{_js(r.client)},"method":{_js(r.method)},'
-        f'"host":{_js(r.host)},"path":{_js(r.path)},"status":{r.status},'
-        f'"cache":{_js(r.cache)},"bytes":{r.bytes},"total_ms":{_jn(r.total_ms)},'
-        f'"age":{_jn(r.age)},"ttl":{_jn(r.ttl)},"upstream_status":{_jn(r.upstream_status)},'
-        f'"upstream_ms":{_jn(r.upstream_ms)},"collapsed":{"true" if r.collapsed else "false"},'
-        f'"route":{_js(r.route)},"policy":{_js(r.policy)},"protocol":{_js(r.protocol)},'
-        f'"referer":{_js(r.referer)},"user_agent":{_js(r.user_agent)},'
-        f'"cache_status":{_js(r.cache_status)}'
+        f'{{"time":"{iso_time(r.time)}","client":{e(r.client)},"method":{e(r.method)},'
+        f'"host":{e(r.host)},"path":{e(r.path)},"status":{r.status},'
+        f'"cache":{e(r.cache)},"bytes":{r.bytes},"total_ms":{_jn(r.total_ms)},'
+        f'"age":{"null" if age is None else age},"ttl":{"null" if ttl is None else ttl},'
+        f'"upstream_status":{"null" if up is None else up},'
+        f'"upstream_ms":{"null" if up_ms is None else repr(up_ms)},'
+        f'"collapsed":{"true" if r.collapsed else "false"},'
+        f'"route":{e(r.route)},"policy":{"null" if policy is None else e(policy)},'
+        f'"protocol":{e(r.protocol)},"referer":{"null" if referer is None else e(referer)},'
+        f'"user_agent":{"null" if agent is None else e(agent)},'
+        f'"cache_status":{e(r.cache_status)}'
     )
     # A tunnel's line also says what the client sent through it.
     return f"{line}}}" if r.bytes_in is None else f'{line},"bytes_in":{r.bytes_in}}}'

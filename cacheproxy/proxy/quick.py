@@ -18,9 +18,11 @@ might, it goes there, and the full path answers it as it always did:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp.http_parser import RawRequestMessage
+from multidict import CIMultiDictProxy
 
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
@@ -43,6 +45,14 @@ if TYPE_CHECKING:
 MEMO_SIZE = 4096  # (Host, target) pairs whose route and key are kept
 
 
+def _plain(h: CIMultiDictProxy[str]) -> bool:
+    """None of the fields lookup() reads (but Vary'd ones) is in h."""
+    for name in DECISIVE_FIELDS:  # noqa: SIM110 (a loop: no generator per request)
+        if name in h:
+            return False
+    return True
+
+
 class _Route:
     """What a (Host, target) pair resolves to: the same for every request with them."""
 
@@ -59,6 +69,9 @@ class QuickHits:
         self.proxy = proxy
         self._plans: Plans | None = None
         self._routes: dict[tuple[str, str], _Route | None] = {}
+        # The store's answer without I/O (the store is kept across reloads).
+        self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
+            getattr(proxy.store, "peek", None)
 
     def hit(self, msg: RawRequestMessage, started: float
             ) -> tuple[CachedResponse, RoutePlan, Outcome] | None:
@@ -72,13 +85,12 @@ class QuickHits:
         route = self._route(h.get("Host"), msg.path)
         if route is None:
             return None
-        peek = getattr(self.proxy.store, "peek", None)
+        peek = self._peek
         variants = peek(route.key) if peek is not None else None
         if not variants:
             return None
         plan = route.plan
-        if len(variants) == 1 and serves_while_fresh(variants[0]) \
-                and not any(name in h for name in DECISIVE_FIELDS):
+        if len(variants) == 1 and serves_while_fresh(variants[0]) and _plain(h):
             # lookup() would Serve it while fresh, whatever else the request says.
             entry = variants[0]
             age = current_age(entry.initial_age, entry.response_time, time.time())

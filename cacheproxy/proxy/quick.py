@@ -29,13 +29,12 @@ from cacheproxy.http.flow import (
     Serve,
     client_answer,
     lookup,
+    plain_serve,
     request_facts,
-    serves_while_fresh,
 )
-from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
-from cacheproxy.observe.outcome import Outcome, note_lookup, note_served
+from cacheproxy.observe.outcome import Outcome, note_fresh_hit, note_lookup, note_served
 from cacheproxy.proxy.respond import fresh_fields
 from cacheproxy.proxy.routing import Plans, RoutePlan
 
@@ -90,28 +89,32 @@ class QuickHits:
         if not variants:
             return None
         plan = route.plan
-        if len(variants) == 1 and serves_while_fresh(variants[0]) and _plain(h):
-            # lookup() would Serve it while fresh, whatever else the request says.
+        if len(variants) == 1 and not variants[0].vary and _plain(h):
+            # lookup() would decide by freshness alone: plain_serve is its answer.
             entry = variants[0]
-            age = current_age(entry.initial_age, entry.response_time, time.time())
-            ttl = entry.lifetime - age
-            if ttl > 0:
-                outcome = Outcome(status="HIT", hit=True, from_cache=True, age=age, ttl=ttl,
-                                  started=started, host=route.authority, target=route.target,
-                                  route=route.route_name,
-                                  secrets=plan.route.referer.strip_params)
-                return entry, plan, outcome
+            served = plain_serve(entry, time.time())
+            if served is None:
+                return None
+            age, ttl = served
+            outcome = self._outcome(route, started)
+            note_fresh_hit(outcome, age, ttl)
+            return entry, plan, outcome
         facts = request_facts("GET", h, has_body=False)
         if facts.bypass:  # Range / If-Range
             return None
         d = lookup(facts, variants, now=time.time(), route=plan.cache)
         if type(d) is not Serve or client_answer(d.entry, facts) is not None:
             return None
-        outcome = Outcome(started=started, host=route.authority, target=route.target,
-                          route=route.route_name, secrets=plan.route.referer.strip_params)
+        outcome = self._outcome(route, started)
         note_lookup(outcome, d)
         note_served(outcome, d.age, d.ttl)
         return d.entry, plan, outcome
+
+    @staticmethod
+    def _outcome(route: _Route, started: float) -> Outcome:
+        """As CacheProxy._respond starts one for an origin-form request."""
+        return Outcome(started=started, host=route.authority, target=route.target,
+                       route=route.route_name, secrets=route.plan.route.referer.strip_params)
 
     def fresh(self, entry: CachedResponse, outcome: Outcome) -> tuple[tuple[str, str], ...]:
         proxy = self.proxy

@@ -28,13 +28,13 @@ from cacheproxy.http.flow.lookup import (
     background_refresh,
     bypass,
     lookup,
-    serves_while_fresh,
+    plain_serve,
 )
 
 __all__ = [
     "DECISIVE_FIELDS", "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen",
     "Keep", "Lookup", "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse",
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "answered", "background_refresh",
-    "bypass", "client_answer", "failed", "lookup", "range_answer", "request_facts",
-    "serves_while_fresh",
+    "bypass", "client_answer", "failed", "lookup", "plain_serve", "range_answer",
+    "request_facts",
 ]

@@ -227,13 +227,17 @@ def _validated(
         return _not_stored(stored, 304, verdict, req, stored.key, view)
     if len(stored.body) > route.max_object_bytes:
         return _not_stored(stored, 304, Verdict(False, "too-big"), req, stored.key, view)
-    entry = make_stored_response(
-        key=stored.key, vary=vary, vary_values=vary_values(vary, req.headers),
-        status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
-        response_time=response_time, shared=route.shared, heuristics=route.heuristics,
-        excluded=excluded_fields(view.directives, route.policy) | route.excluded,
-        targeting=route.targeting,
-    )
+    excluded = excluded_fields(view.directives, route.policy) | route.excluded
+    values = vary_values(vary, req.headers)
+    if not excluded and vary == stored.vary and values == stored.vary_values:
+        entry = view  # made from the very same inputs: the same response
+    else:
+        entry = make_stored_response(
+            key=stored.key, vary=vary, vary_values=values, status=stored.status,
+            pairs=merged, body=stored.body, request_time=request_time,
+            response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+            excluded=excluded, targeting=route.targeting,
+        )
     if not _reusable(entry):
         return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)
     return Update(view, entry)

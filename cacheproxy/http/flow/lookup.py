@@ -17,6 +17,7 @@ from cacheproxy.http.flow.decisions import (
     ServeStale,
 )
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
+from cacheproxy.http.freshness import current_age
 from cacheproxy.http.reuse import Action, decide_reuse, shareable_validation
 from cacheproxy.http.revalidation import conditional_fields
 from cacheproxy.http.stored import CachedResponse
@@ -128,14 +129,19 @@ DECISIVE_FIELDS = ("Cache-Control", "Pragma", "Authorization", "Range", "If-Rang
                    "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since")
 
 
-def serves_while_fresh(entry: CachedResponse) -> bool:
-    """Does lookup() Serve entry, for as long as it is fresh (§4.2: freshness_lifetime >
-    current_age), to a GET that carries none of DECISIVE_FIELDS, when entry is the only
-    response stored under the key? That is decide_reuse's first branch with nothing to
-    match across a Vary (§4.1): an entry without Vary that does not demand validation
-    (§5.2.2.4). Nothing else of the request counts then, so a caller may skip building
-    its facts (proxy/quick.py)."""
-    return not entry.vary and not entry.directives.no_cache
+def plain_serve(entry: CachedResponse, now: float) -> tuple[float, float] | None:
+    """What lookup() decides for a GET that carries none of DECISIVE_FIELDS when entry,
+    without Vary, is the only response stored under the key: Serve at (age, ttl) while
+    it is fresh (§4.2: freshness_lifetime > current_age) and does not demand validation
+    (§5.2.2.4: no-cache); else None, as lookup() then serves nothing as it is stored
+    (with no request directive, stale is never served without validation, §4.2.4: a
+    stale-while-revalidate answer is ServeStale). Nothing else of the request counts,
+    so a caller may skip building its facts (proxy/quick.py)."""
+    if entry.directives.no_cache:
+        return None
+    age = current_age(entry.initial_age, entry.response_time, now)
+    ttl = entry.lifetime - age
+    return (age, ttl) if ttl > 0 else None
 
 
 def background_refresh(req: RequestFacts, entry: CachedResponse) -> tuple[RequestFacts, Forward]:

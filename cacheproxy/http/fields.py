@@ -56,5 +56,10 @@ def connection_options(values: Iterable[str]) -> frozenset[str]:
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The pairs minus hop-by-hop fields and the fields Connection names (§7.6.1)."""
     pairs = list(pairs)
-    named = connection_options(v for k, v in pairs if k.lower() == "connection")
-    return [(k, v) for k, v in pairs if (lk := k.lower()) not in HOP_BY_HOP and lk not in named]
+    lowered = [k.lower() for k, _ in pairs]  # once per name: this runs on every exchange
+    if "connection" not in lowered:
+        return [p for p, lk in zip(pairs, lowered, strict=True) if lk not in HOP_BY_HOP]
+    named = connection_options(v for (_, v), lk in zip(pairs, lowered, strict=True)
+                               if lk == "connection")
+    return [p for p, lk in zip(pairs, lowered, strict=True)
+            if lk not in HOP_BY_HOP and lk not in named]

@@ -9,6 +9,8 @@ from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
 
 # Fields this proxy sets itself on every upstream request.
 _OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
+_DROP = _OWN | {"x-forwarded-for"}
+_DROP_FILLING = _DROP | CLIENT_FILL_FIELDS  # the cache's conditionals replace the client's
 
 
 def _forwarding_family(name: str) -> bool:
@@ -54,16 +56,25 @@ def request_fields(
     cache key's), which the upstream Host is made from whatever the client's Connection
     field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2); max_forwards: what the client
     sent, decremented here (RFC 9110 §7.6.2)."""
-    fields = end_to_end(pairs)
-    if host is None:
-        host = next((v for k, v in fields if k.lower() == "host"), None)
     trusted = policy.trust_forwarded
-    prior_xff = [v for k, v in fields if k.lower() == "x-forwarded-for"] if trusted else []
-    prior_mf = [(k, v) for k, v in fields if k.lower() == "max-forwards"]
-    drop = _OWN | {"x-forwarded-for"} | (CLIENT_FILL_FIELDS if strip_conditionals
-                                         else frozenset())
-    out = [(k, v) for k, v in fields if (lk := k.lower()) not in drop
-           and (trusted or not _forwarding_family(lk))]
+    drop = _DROP_FILLING if strip_conditionals else _DROP
+    client_host: str | None = None
+    prior_xff: list[str] = []
+    prior_mf: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = []
+    for k, v in end_to_end(pairs):  # one pass, each name lowered once: every miss runs it
+        lk = k.lower()
+        if lk in drop:
+            if lk == "host" and client_host is None:
+                client_host = v
+            elif lk == "x-forwarded-for" and trusted:
+                prior_xff.append(v)
+            elif lk == "max-forwards":
+                prior_mf.append((k, v))
+        elif trusted or not _forwarding_family(lk):
+            out.append((k, v))
+    if host is None:
+        host = client_host
     out.append(("Host", host if policy.pass_host and host else policy.upstream_host))
     if policy.x_forwarded_for and client_ip:
         out.append(("X-Forwarded-For", ", ".join([*prior_xff, client_ip])))

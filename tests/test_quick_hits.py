@@ -195,3 +195,56 @@ async def test_a_reload_reroutes_quick_hits(proxy: Any, origin: Any) -> None:
     reconfigure(client.server.app, config)
     # The other cache (shared or private) has its own keys: the first answer is a miss.
     assert b"X-Cache: MISS" in await exchange(client, request("/fresh", ()))
+
+
+async def _answers(conn: Raw, n: int) -> int:
+    answered = 0
+    try:
+        for _ in range(n):
+            assert (await asyncio.wait_for(conn.reply(), 2)).status == 200
+            answered += 1
+    except TimeoutError:
+        pass
+    return answered
+
+
+@pytest.mark.parametrize("quick", [True, False])
+@pytest.mark.parametrize("count", [33, 64, 100])
+async def test_more_pipelined_hits_than_the_parser_queues_are_all_answered(
+        proxy: Any, origin: Any, quick_switch: Any, quick: bool, count: int) -> None:
+    """The parser stops after 32 unanswered requests and keeps the rest: answering them
+    where they were parsed must feed it again (found by review: it stalled at 32)."""
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/fresh", ()))
+    quick_switch(quick)
+    conn = await Raw.open(client)
+    await conn.send(request("/fresh", ()) * count)  # one write, then only reading
+    assert await _answers(conn, count) == count
+    conn.close()
+
+
+@pytest.mark.parametrize("quick", [True, False])
+async def test_a_miss_among_many_pipelined_hits_does_not_stall_them(
+        proxy: Any, origin: Any, quick_switch: Any, quick: bool) -> None:
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/fresh", ()))
+    quick_switch(quick)
+    conn = await Raw.open(client)
+    await conn.send(request("/fresh", ()) + request("/other", ()) + request("/fresh", ()) * 60)
+    assert await _answers(conn, 62) == 62
+    conn.close()
+
+
+async def test_a_quick_path_failure_falls_back_to_the_full_path(
+        proxy: Any, origin: Any, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/fresh", ()))
+
+    def broken(self: QuickHits, msg: Any, started: float) -> None:
+        raise RuntimeError("quick path broke")
+
+    monkeypatch.setattr(QuickHits, "hit", broken)
+    answer = await exchange(client, request("/fresh", ()))
+    assert answer.startswith(b"HTTP/1.1 200") and b"X-Cache: HIT" in answer
+    assert "quick hit failed on GET /fresh" in caplog.text

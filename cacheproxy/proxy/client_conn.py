@@ -146,35 +146,48 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._upgraded and not self._closing:
             self._tail += data[:MAX_TAIL - len(self._tail)]  # a CONNECT's early bytes
             return
-        if self._closing or self._parser is None:
-            return
-        try:
-            messages, upgraded, tail = self._parser.feed_data(data)
-        except HttpProcessingError as exc:
-            messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
-            self._closing = True  # the stream cannot be trusted past a bad message
-        if upgraded:
-            # No protocol is switched to (the proxy does not answer 101): the upgrade
-            # request is answered, then the connection closes; a CONNECT's tunnel takes
-            # the bytes after it.
-            self._upgraded = True
-            self._tail = tail[:MAX_TAIL]
-        if messages:
+        answered_here = False
+        while not self._closing and self._parser is not None:
+            parser = self._parser
+            try:
+                messages, upgraded, tail = parser.feed_data(data)
+            except HttpProcessingError as exc:
+                messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
+                self._closing = True  # the stream cannot be trusted past a bad message
+            if upgraded:
+                # No protocol is switched to (the proxy does not answer 101): the upgrade
+                # request is answered, then the connection closes; a CONNECT's tunnel
+                # takes the bytes after it.
+                self._upgraded = True
+                self._tail = tail[:MAX_TAIL]
+            if not messages:
+                break
             self._disarm()
             if self._task is None and not self._queue:
                 messages = self._quick(messages)
-                if not messages:
-                    if not self._closing:
-                        self._arm(self._timeouts.keepalive, head=False)
-                    return
-            self._queue.extend(messages)
-            if self._task is None:
-                self._task = self._loop.create_task(self._serve())
-            if len(self._queue) >= MAX_PIPELINED and not self._buffer_paused:
-                self._pause_reading_for_buffer()
-        elif data and self._task is None and not self._waiting_head:
+                if not messages:  # all answered here
+                    answered_here = True
+                    if parser.holding:  # it stopped on a full queue: what it kept is next
+                        data = b""
+                        continue
+                    break
+            self._enqueue(messages)
+            return
+        if self._task is not None or self._closing or self.transport is None:
+            return
+        if answered_here:
+            self._arm(self._timeouts.keepalive, head=False)
+        elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
+
+    def _enqueue(self, messages: list[Any]) -> None:
+        """Requests for the task, in order; reading pauses while MAX_PIPELINED wait."""
+        self._queue.extend(messages)
+        if self._task is None:
+            self._task = self._loop.create_task(self._serve())
+        if len(self._queue) >= MAX_PIPELINED and not self._buffer_paused:
+            self._pause_reading_for_buffer()
 
     def eof_received(self) -> bool:
         if self._tunnel is not None:  # the client finished sending: half-close onwards
@@ -241,15 +254,22 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return False
         started = time.perf_counter()
         quick = listener.quick
-        found = quick.hit(msg, started)
-        if found is None:
+        keep_alive = self._keep_alive
+        try:
+            found = quick.hit(msg, started)
+            if found is None:
+                return False
+            entry, plan, outcome = found
+            self._keep_alive = not msg.should_close
+            # One write, at its end: if anything before it fails, nothing was sent.
+            self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
+        except Exception:  # a bug of ours: the full path answers (a 500 if it fails too)
+            log.exception("quick hit failed on %s %s", msg.method, msg.path)
+            self._keep_alive = keep_alive
             return False
-        entry, plan, outcome = found
-        self._keep_alive = not msg.should_close
         request = ClientRequest(msg, payload, self._remote, "http", self._port)
         request[PLAN] = plan
         request[OUTCOME] = outcome
-        self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
         listener.record(request, self._status, self._sent, started)
         if not self._keep_alive:
             self.close()
@@ -262,9 +282,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 parser = self._parser
                 if parser is not None:
                     parser.message_consumed()
-                    if self._buffer_paused and len(self._queue) <= MAX_PIPELINED // 2:
-                        self.data_received(b"")  # what the parser kept while paused
-                        if len(self._queue) < MAX_PIPELINED:
+                    if (self._buffer_paused or parser.holding) \
+                            and len(self._queue) <= MAX_PIPELINED // 2:
+                        self.data_received(b"")  # what the parser kept while its queue was full
+                        if self._buffer_paused and len(self._queue) < MAX_PIPELINED:
                             self._resume_reading_for_buffer()
                 if isinstance(msg, HttpProcessingError):
                     self._refuse(msg)

@@ -106,6 +106,12 @@ class _StrictPythonParser(HttpRequestParserPy):
         method = lines[0].split(b" ", 1)[0].decode("ascii")
         return msg if method == msg.method else msg._replace(method=method)
 
+    @property
+    def holding(self) -> bool:
+        """Bytes may wait in the parser (after a stop on a full message queue, or an
+        unfinished line): feeding it b"" again is then worth a try."""
+        return bool(self._tail)
+
     def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> _FeedResult:
         result = super().feed_data(data, *args, **kwargs)
         if (
@@ -134,8 +140,8 @@ class _FallbackParser:
     * ``None``: not known. A rejected method then stays a 400.
     """
 
-    __slots__ = ("_end", "_in_flight", "_make_python", "_max_queue", "_open", "_parser",
-                 "_python", "_state")
+    __slots__ = ("_end", "_held", "_in_flight", "_make_python", "_max_queue", "_open",
+                 "_parser", "_python", "_state")
 
     def __init__(
         self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int
@@ -147,6 +153,7 @@ class _FallbackParser:
         self._state: bytes | int | None = b""
         self._open: Any = None  # payload of the last message while its body is incomplete
         self._in_flight = 0  # mirrors llhttp's count of completed, unconsumed messages
+        self._held = False  # the last feed stopped on a full queue: bytes may wait
         self._end = b""  # the last 4 bytes fed
 
     def __getattr__(self, name: str) -> Any:  # set_upgraded, pause_reading, feed_eof...
@@ -159,6 +166,13 @@ class _FallbackParser:
         if self._in_flight > 0:
             self._in_flight -= 1
         self._parser.message_consumed()
+
+    @property
+    def holding(self) -> bool:
+        """llhttp stopped on a full message queue (between messages) at the end of the last
+        feed: what came after waits in it until messages are consumed and it is fed again
+        (feed_data(b""))."""
+        return self._python.holding if self._python is not None else self._held
 
     def feed_data(self, data: bytes) -> _FeedResult:
         if self._python is not None:
@@ -177,6 +191,7 @@ class _FallbackParser:
             self._python = self._make_python()
             return self._python.feed_data(replay)
         self._state = self._track(state, data, messages, upgraded)
+        self._held = self._in_flight >= self._max_queue
         return messages, upgraded, tail
 
     def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:

@@ -7,7 +7,7 @@ through the request's `Downstream` (a relayed upstream response)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,11 +74,12 @@ class Downstream(Protocol):
 @dataclass(frozen=True, slots=True)
 class Replay:
     """A stored response replayed whole: its stored fields (the same block for every
-    request) and the fields written fresh for this one (Age, Via, Cache-Status, X-Cache).
-    The lean plane sends the stored part as bytes it encoded once (proxy/replay.py)."""
+    request, made by block() when a writer needs them as fields) and the fields written
+    fresh for this one (Age, Via, Cache-Status, X-Cache). The lean plane sends the stored
+    part as bytes it encoded once (proxy/replay.py) and never asks for the block."""
 
     entry: CachedResponse
-    block: CIMultiDictProxy[str]
+    block: Callable[[CachedResponse], CIMultiDictProxy[str]]
     fresh: tuple[tuple[str, str], ...]
 
 
@@ -99,7 +100,7 @@ class Answer:
         replay = self.replay
         if replay is not None:
             self.replay = None
-            self.headers = CIMultiDict(replay.block)
+            self.headers = CIMultiDict(replay.block(replay.entry))
             self.headers.extend(replay.fresh)
         return self.headers
 

@@ -62,7 +62,7 @@ class Listener:
         self._control = plane.control_paths
         self._metrics = plane.metrics_path
         self.connections: set[ClientConnection] = set()
-        self.replays = ReplayBlocks(self.proxy.driver.blocks)
+        self.replays = ReplayBlocks()
         self.quick = QuickHits(self.proxy)
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
         self.requests_count = 0

@@ -17,7 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.policy_steps import outbound_fields
-from cacheproxy.proxy.respond import EntryMemo, HeaderBlocks
+from cacheproxy.proxy.respond import EntryMemo
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -41,8 +41,7 @@ class ReplayBlocks:
     """Encoded heads of recently replayed entries, per route plan and HTTP version (a
     reload builds new plans, and with them new heads)."""
 
-    def __init__(self, blocks: HeaderBlocks, size: int = 4096) -> None:
-        self._blocks = blocks
+    def __init__(self, size: int = 4096) -> None:
         self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool]] = EntryMemo(size)
 
     def head(self, entry: CachedResponse, plan: RoutePlan, version: Any
@@ -54,7 +53,8 @@ class ReplayBlocks:
 
     def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any
                 ) -> tuple[bytes, bool]:
-        headers = CIMultiDict(self._blocks.get(entry))
+        flat = entry.headers  # built here: an entry replayed once needs no block memo
+        headers = CIMultiDict(zip(flat[::2], flat[1::2], strict=True))
         outbound_fields(_WithoutOrigin(plan), headers)  # type: ignore[arg-type]
         headers.popall("Connection", None)
         headers.popall("Transfer-Encoding", None)

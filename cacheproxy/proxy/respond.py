@@ -96,7 +96,7 @@ def stored_response(
         if "Content-Length" not in response.headers:
             response.headers["Content-Length"] = str(len(entry.body))  # HEAD: the GET's length
     else:
-        return Answer(entry.status, body=entry.body, replay=Replay(entry, blocks.get(entry),
+        return Answer(entry.status, body=entry.body, replay=Replay(entry, blocks.get,
                                                                    fresh))
     response.headers.extend(fresh)
     return response

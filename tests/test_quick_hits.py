@@ -103,13 +103,15 @@ def quick_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
     """switch(False) sends every request on the full path; switch(True) restores it.
     taken counts the requests the quick path answered."""
     real = QuickHits.hit
-    taken: list[str] = []
+    taken: list[tuple[str, tuple[str, ...]]] = []
+    methods: list[str] = []
 
     def counted(self: QuickHits, msg: Any, started: float) -> Any:
         found = real(self, msg, started)
         if found is not None:  # the path, and the names of the fields beyond ours
             taken.append((msg.path, tuple(name for name in msg.headers
                                           if name not in ("Host", "User-Agent"))))
+            methods.append(msg.method)
         return found
 
     state = {"on": True}
@@ -120,6 +122,7 @@ def quick_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
         state["on"] = on
 
     switch.taken = taken  # type: ignore[attr-defined]
+    switch.methods = methods  # type: ignore[attr-defined]
     return switch
 
 
@@ -130,21 +133,26 @@ async def test_every_request_shape_gets_the_full_paths_answer(
     for name in RESOURCES:
         await exchange(client, request(f"/{name}", ()))  # stored (or not) first
         for fields in SHAPES:
-            await exchange(client, request(f"/{name}", fields))  # what it stores, first
-            quick_switch(True)
-            quick = await exchange(client, request(f"/{name}", fields))
-            quick_switch(False)
-            full = await exchange(client, request(f"/{name}", fields))
-            assert quick == full, (name, fields)
+            for method in ("GET", "HEAD"):
+                sent = request(f"/{name}", fields, method)
+                await exchange(client, sent)  # what it stores (or refreshes), first
+                quick_switch(True)
+                quick = await exchange(client, sent)
+                quick_switch(False)
+                full = await exchange(client, sent)
+                assert quick == full, (name, fields, method)
     taken = set(quick_switch.taken)
     # A plain request for a fresh stored response is answered where it was parsed...
     assert {("/fresh", ()), ("/vary", ()), ("/vary", ("Accept-Language",)),
             ("/fresh", ("Cookie",)), ("/fresh", ("Connection",))} <= taken
     # ... and so is a stale one the client accepts stale (max-stale): the flow decides.
     assert ("/swr", ("Cache-Control",)) in taken
+    # ... and what the driver's reply step makes of a Serve: a 304, a 206, a HEAD's head.
+    assert {("/fresh", ("If-None-Match",)), ("/fresh", ("Range",)),
+            ("/fresh", ("Range", "If-Range"))} <= taken
+    assert any(method == "HEAD" for method in quick_switch.methods)
     # What needs more than a lookup goes the full way.
-    assert not {("/nocache", ()), ("/fresh", ("If-Match",)), ("/fresh", ("Range",)),
-                ("/fresh", ("Origin",))} & taken
+    assert not {("/nocache", ()), ("/fresh", ("If-Match",)), ("/fresh", ("Origin",))} & taken
 
 
 async def test_log_lines_are_the_full_paths(proxy: Any, origin: Any, quick_switch: Any,

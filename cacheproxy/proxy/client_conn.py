@@ -259,17 +259,21 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             found = quick.hit(msg, started)
             if found is None:
                 return False
-            entry, plan, outcome = found
+            plan, outcome, entry, answer = found
             self._keep_alive = not msg.should_close
-            # One write, at its end: if anything before it fails, nothing was sent.
-            self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
+            self._sent = 0
+            request = ClientRequest(msg, payload, self._remote, "http", self._port)
+            request[PLAN] = plan
+            request[OUTCOME] = outcome
+            # One write, at the end of each: if anything before it fails, nothing was sent.
+            if answer is None:
+                self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
+            else:
+                self._send_answer(request, answer)
         except Exception:  # a bug of ours: the full path answers (a 500 if it fails too)
             log.exception("quick hit failed on %s %s", msg.method, msg.path)
             self._keep_alive = keep_alive
             return False
-        request = ClientRequest(msg, payload, self._remote, "http", self._port)
-        request[PLAN] = plan
-        request[OUTCOME] = outcome
         listener.record(request, self._status, self._sent, started)
         if not self._keep_alive:
             self.close()

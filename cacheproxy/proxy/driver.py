@@ -224,9 +224,15 @@ class Driver:
     # -- step 3: what the client gets --------------------------------------------
 
     def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> Answer:
-        note_served(ctx.outcome, age, ttl)
-        facts = ctx.facts
-        return stored_response(facts.method, entry, age, ctx.outcome, self.cache_name,
+        return self.served(ctx.facts, ctx.outcome, entry, age, ttl)
+
+    def served(self, facts: RequestFacts, outcome: Outcome, entry: CachedResponse,
+               age: float, ttl: float) -> Answer:
+        """What the client gets from storage: the whole response, a 304 to its own
+        validators (§4.3.2), or the part its Range asks for (RFC 9110 §14.2). Also what
+        a quick hit (proxy/quick.py) sends."""
+        note_served(outcome, age, ttl)
+        return stored_response(facts.method, entry, age, outcome, self.cache_name,
                                self.local_via, self.blocks, client_answer(entry, facts),
                                range_answer(entry, facts) if facts.bypass else None)
 

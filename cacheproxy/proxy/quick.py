@@ -1,17 +1,20 @@
-"""Hits answered where they were parsed: a GET that a fresh stored response answers whole
-is replayed by the connection itself, with no task, no driver and no Answer.
+"""Hits answered where they were parsed: a GET or HEAD that storage answers is answered
+by the connection itself, with no task and no driver run.
 
-The decision is still the flow's: the request's facts and `lookup` (RFC 9111 §4), and
-§4.3.2's `client_answer`, are the functions the driver calls. What this module decides
-is only whether a request needs anything the full path does beyond that lookup; if it
-might, it goes there, and the full path answers it as it always did:
+The decision is still the flow's: the request's facts and `lookup` (RFC 9111 §4) are the
+functions the driver calls, and the answer is the driver's reply step (Driver.served:
+the whole response, a 304 to the client's validators, a 206 or 416 for its Range, a
+HEAD's head). A GET without DECISIVE_FIELDS on a key holding one response without Vary
+is decided by `plain_serve`, lookup's exact answer for it, and replayed from the
+entry's encoded head without building an Answer. What this module decides is only
+whether a request needs anything the full path does beyond that; if it might, it goes
+there, and the full path answers it as it always did:
 
-- not a GET (HEAD, PURGE, OPTIONS *), or with a body, an Upgrade or an Expect;
+- not a GET or HEAD (PURGE, OPTIONS *), or with a body, an Upgrade or an Expect;
 - absolute-form or an intercepted CONNECT's request (forward mode's routing and gate);
 - an Origin (the CORS grant is made per request on the way out);
 - a route whose hotlink gate may refuse it (referer.protect_paths);
-- anything but a `Serve` decision: misses, validations, stale-while-revalidate, 412s,
-  Range (§14.2: parts are cut on the full path), 304s to the client's own validators;
+- anything but a `Serve` decision: misses, validations, stale-while-revalidate, 412s;
 - a store that cannot answer without I/O (Redis without a synced memory layer).
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy
@@ -27,14 +30,14 @@ from multidict import CIMultiDictProxy
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
     Serve,
-    client_answer,
     lookup,
     plain_serve,
     request_facts,
 )
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
-from cacheproxy.observe.outcome import Outcome, note_fresh_hit, note_lookup, note_served
+from cacheproxy.observe.outcome import Outcome, note_fresh_hit, note_lookup
+from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import fresh_fields
 from cacheproxy.proxy.routing import Plans, RoutePlan
 
@@ -63,6 +66,16 @@ class _Route:
         self.route_name = route_name
 
 
+class Quick(NamedTuple):
+    """A request storage answers: its route, its account, the entry, and the answer the
+    driver's reply step made (None: the entry's head and body, replayed as they are)."""
+
+    plan: RoutePlan
+    outcome: Outcome
+    entry: CachedResponse
+    answer: Answer | None
+
+
 class QuickHits:
     def __init__(self, proxy: CacheProxy) -> None:
         self.proxy = proxy
@@ -72,11 +85,11 @@ class QuickHits:
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
             getattr(proxy.store, "peek", None)
 
-    def hit(self, msg: RawRequestMessage, started: float
-            ) -> tuple[CachedResponse, RoutePlan, Outcome] | None:
-        """The stored response that answers msg whole, its route and its account; None:
-        the full path answers it."""
-        if msg.method != "GET" or msg.upgrade:
+    def hit(self, msg: RawRequestMessage, started: float) -> Quick | None:
+        """How storage answers msg, if it does without the origin; None: the full path
+        answers it."""
+        method = msg.method
+        if (method != "GET" and method != "HEAD") or msg.upgrade:
             return None
         h = msg.headers
         if "Origin" in h or "Expect" in h:
@@ -89,7 +102,7 @@ class QuickHits:
         if not variants:
             return None
         plan = route.plan
-        if len(variants) == 1 and not variants[0].vary and _plain(h):
+        if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h):
             # lookup() would decide by freshness alone: plain_serve is its answer.
             entry = variants[0]
             served = plain_serve(entry, time.time())
@@ -98,17 +111,16 @@ class QuickHits:
             age, ttl = served
             outcome = self._outcome(route, started)
             note_fresh_hit(outcome, age, ttl)
-            return entry, plan, outcome
-        facts = request_facts("GET", h, has_body=False)
-        if facts.bypass:  # Range / If-Range
-            return None
+            return Quick(plan, outcome, entry, None)
+        facts = request_facts(method, h, has_body=False)
         d = lookup(facts, variants, now=time.time(), route=plan.cache)
-        if type(d) is not Serve or client_answer(d.entry, facts) is not None:
+        if type(d) is not Serve:
             return None
         outcome = self._outcome(route, started)
         note_lookup(outcome, d)
-        note_served(outcome, d.age, d.ttl)
-        return d.entry, plan, outcome
+        # As the driver replies (Driver.reply): the whole response, a 304, a 206 or 416.
+        answer = self.proxy.driver.served(facts, outcome, d.entry, d.age, d.ttl)
+        return Quick(plan, outcome, d.entry, answer)
 
     @staticmethod
     def _outcome(route: _Route, started: float) -> Outcome:

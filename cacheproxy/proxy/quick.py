@@ -6,13 +6,13 @@ functions the driver calls, and the answer is the driver's reply step (Driver.se
 the whole response, a 304 to the client's validators, a 206 or 416 for its Range, a
 HEAD's head). A GET without DECISIVE_FIELDS on a key holding one response without Vary
 is decided by `plain_serve`, lookup's exact answer for it, and replayed from the
-entry's encoded head without building an Answer. What this module decides is only
-whether a request needs anything the full path does beyond that; if it might, it goes
-there, and the full path answers it as it always did:
+entry's encoded head without building an Answer (unless it has an Origin: a CORS grant
+is made per request, by the writer that sends an Answer's fields). What this module
+decides is only whether a request needs anything the full path does beyond that; if it
+might, it goes there, and the full path answers it as it always did:
 
 - not a GET or HEAD (PURGE, OPTIONS *), or with a body, an Upgrade or an Expect;
 - absolute-form or an intercepted CONNECT's request (forward mode's routing and gate);
-- an Origin (the CORS grant is made per request on the way out);
 - a route whose hotlink gate may refuse it (referer.protect_paths);
 - anything but a `Serve` decision: misses, validations, stale-while-revalidate, 412s;
 - a store that cannot answer without I/O (Redis without a synced memory layer).
@@ -92,7 +92,7 @@ class QuickHits:
         if (method != "GET" and method != "HEAD") or msg.upgrade:
             return None
         h = msg.headers
-        if "Origin" in h or "Expect" in h:
+        if "Expect" in h:
             return None
         route = self._route(h.get("Host"), msg.path)
         if route is None:
@@ -102,7 +102,8 @@ class QuickHits:
         if not variants:
             return None
         plan = route.plan
-        if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h):
+        if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h) \
+                and "Origin" not in h:  # (the CORS grant is made by the writer's fields)
             # lookup() would decide by freshness alone: plain_serve is its answer.
             entry = variants[0]
             served = plain_serve(entry, time.time())

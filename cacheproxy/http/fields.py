@@ -57,8 +57,6 @@ def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The pairs minus hop-by-hop fields and the fields Connection names (§7.6.1)."""
     pairs = list(pairs)
     lowered = [k.lower() for k, _ in pairs]  # once per name: this runs on every exchange
-    if "connection" not in lowered:
-        return [p for p, lk in zip(pairs, lowered, strict=True) if lk not in HOP_BY_HOP]
     named = connection_options(v for (_, v), lk in zip(pairs, lowered, strict=True)
                                if lk == "connection")
     return [p for p, lk in zip(pairs, lowered, strict=True)

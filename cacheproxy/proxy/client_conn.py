@@ -478,7 +478,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if connection is not None:
             fresh += f"Connection: {connection}\r\n"
         self._status = entry.status
-        self._sent = 0
         transport = self.transport
         if transport is not None:
             body = entry.body

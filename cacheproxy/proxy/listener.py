@@ -65,7 +65,6 @@ class Listener:
         self.replays = ReplayBlocks()
         self.quick = QuickHits(self.proxy)
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
-        self.requests_count = 0
 
     @property
     def timeouts(self) -> Timeouts:
@@ -107,7 +106,6 @@ class Listener:
         return None
 
     def record(self, request: ClientRequest, status: int, sent: int, started: float) -> None:
-        self.requests_count += 1
         outcome = request.get(OUTCOME)
         if outcome is not None:
             outcome.bytes_sent = sent

@@ -17,7 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.policy_steps import outbound_fields
-from cacheproxy.proxy.respond import EntryMemo
+from cacheproxy.proxy.respond import EntryMemo, entry_fields
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -53,8 +53,7 @@ class ReplayBlocks:
 
     def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any
                 ) -> tuple[bytes, bool]:
-        flat = entry.headers  # built here: an entry replayed once needs no block memo
-        headers = CIMultiDict(zip(flat[::2], flat[1::2], strict=True))
+        headers = entry_fields(entry)  # not the block memo: an entry replayed once needs none
         outbound_fields(_WithoutOrigin(plan), headers)  # type: ignore[arg-type]
         headers.popall("Connection", None)
         headers.popall("Transfer-Encoding", None)

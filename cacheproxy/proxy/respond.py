@@ -59,9 +59,14 @@ class HeaderBlocks:
         return self._memo.get(entry, None, lambda: _block(entry))
 
 
-def _block(entry: CachedResponse) -> CIMultiDictProxy[str]:
+def entry_fields(entry: CachedResponse) -> CIMultiDict[str]:
+    """The entry's stored fields as a new multidict."""
     flat = entry.headers
-    return CIMultiDictProxy(CIMultiDict(zip(flat[::2], flat[1::2], strict=True)))
+    return CIMultiDict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _block(entry: CachedResponse) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(entry_fields(entry))
 
 
 def fresh_fields(age: float, outcome: Outcome, cache_name: str, via: str

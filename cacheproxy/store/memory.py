@@ -51,7 +51,7 @@ class MemoryStore:
         self._lru = _CountingLRU(maxsize=max_bytes, getsizeof=_size)
 
     async def get(self, key: str) -> tuple[CachedResponse, ...]:
-        return _variants(self._lru.get(key))
+        return self.peek(key)
 
     def peek(self, key: str) -> tuple[CachedResponse, ...]:
         """get() without a coroutine: a hit answered where it was parsed (proxy/quick.py).

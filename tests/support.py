@@ -67,8 +67,9 @@ async def proxy_for_toml(origin: Any, proxy: Any, tmp_path: Path, toml: str,
 
 async def read_json_log(client: Any) -> list[dict[str, Any]]:
     """The request log's lines so far (its file), parsed: the sink writes from a thread."""
-    sink = client.server.app[OBSERVER].sink
-    sink.flush()
+    observer = client.server.app[OBSERVER]
+    observer.flush()  # what was recorded, to the writer thread
+    sink = observer.sink
     assert await asyncio.to_thread(sink.wait_written)
     return [json.loads(line) for line in Path(sink.path).read_text().splitlines()]
 

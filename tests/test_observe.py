@@ -37,8 +37,9 @@ def origin_app() -> web.Application:
 
 async def read_log(client: Any, path: Path) -> list[str]:
     """Lines written so far (the sink writes from a thread)."""
-    sink = client.server.app[OBSERVER].sink
-    sink.flush()
+    observer = client.server.app[OBSERVER]
+    observer.flush()  # what was recorded, to the writer thread
+    sink = observer.sink
     assert await asyncio.to_thread(sink.wait_written)
     return path.read_text().splitlines() if path.exists() else []
 

@@ -35,9 +35,10 @@ def origin_app() -> web.Application:
 
 
 async def read_log(client: Any, path: Path) -> list[str]:
-    sink = client.server.app[OBSERVER].sink
+    observer = client.server.app[OBSERVER]
     await asyncio.sleep(0.02)  # the access log runs once the response has gone out
-    sink.flush()
+    observer.flush()
+    sink = observer.sink
     assert await asyncio.to_thread(sink.wait_written)
     return path.read_text().splitlines() if path.exists() else []
 
@@ -156,9 +157,10 @@ async def test_a_non_utf8_header_does_not_lose_the_stdout_batch(origin, proxy, m
     await raw_request(c, b"GET /odd HTTP/1.1\r\nHost: a\r\nUser-Agent: x\xff\r\n"
                          b"Connection: close\r\n\r\n")
     await c.get("/last")
-    sink = c.server.app[OBSERVER].sink
+    observer = c.server.app[OBSERVER]
     await asyncio.sleep(0.02)
-    sink.flush()
+    observer.flush()
+    sink = observer.sink
     assert await asyncio.to_thread(sink.wait_written)
     paths = [json.loads(line)["path"] for line in out.getvalue().decode("utf-8", "replace")
              .splitlines()]

@@ -3,10 +3,17 @@
 It is aiohttp's access-log hook (called once the response has gone out), so every
 request is logged: those the proxy's handler answered (which leave their Outcome on
 the request), the admin API's, and those aiohttp's HTTP parser refused (400) before
-any handler ran."""
+any handler ran.
+
+A request's record is made when it ends; it is counted and formatted at the end of
+that event-loop iteration, together with the others that ended in it (settle). One
+tight loop over a batch costs about half of what the same work costs spread between
+the requests' I/O, where each one finds the CPU's caches cold (bench/README.md).
+Whatever reads the counters settles first, so they are never behind."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -22,16 +29,24 @@ from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
 
+log = logging.getLogger("cacheproxy")
 _PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}  # HttpVersion is a named tuple
 
 
 class Observer:
     def __init__(self, config: LogConfig, started: float,
                  admin_paths: tuple[str, ...] = ()) -> None:
-        self.stats = Stats(started)
+        self._stats = Stats(started)
+        self._pending: list[tuple[LogRecord, bool]] = []  # recorded, not yet settled
         self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
+
+    @property
+    def stats(self) -> Stats:
+        """The counters, with every request recorded so far in them."""
+        self.settle()
+        return self._stats
 
     def runner_args(self) -> dict[str, Any]:
         """What an AppRunner needs to call record() for every request."""
@@ -92,15 +107,40 @@ class Observer:
             redact(h.get("Referer"), secrets) if secrets else h.get("Referer"),
             h.get("User-Agent"), outcome.final_cache_status(), outcome.bytes_in,
         )
-        if counted:
-            self.stats.add(record)
-        if self.sink is not None:
-            self.sink.write(self.format(record))
+        pending = self._pending
+        if not pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.settle)
+            except RuntimeError:  # no loop (a caller outside the server): settle now
+                pending.append((record, counted))
+                self.settle()
+                return
+        pending.append((record, counted))
+
+    def settle(self) -> None:
+        """Count and write the records made since the last call, in order."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        add, sink, format = self._stats.add, self.sink, self.format
+        lines = []
+        for record, counted in pending:
+            try:
+                if counted:
+                    add(record)
+                if sink is not None:
+                    lines.append(format(record))
+            except Exception:  # a bug of ours loses this line, not the batch
+                log.exception("request log: a record could not be counted or written")
+        if lines:
+            sink.write_many(lines)  # type: ignore[union-attr]
 
     def reconfigure(self, config: LogConfig) -> None:
         """SIGHUP with a changed [log]: a new sink when the path or format changed,
         else the same file reopened (logrotate). Raises OSError, keeping the old
         sink, when the new file cannot be opened."""
+        self.settle()  # what was recorded goes where the old [log] said
         old = self.sink
         if config.format == "off":
             self.sink = None
@@ -116,10 +156,18 @@ class Observer:
             threading.Thread(target=old.close, name="cacheproxy-log-close", daemon=True).start()
 
     def reopen(self) -> None:  # SIGHUP
+        self.settle()
         if self.sink is not None:
             self.sink.reopen()
 
+    def flush(self) -> None:
+        """Hand every line recorded so far to the writer thread."""
+        self.settle()
+        if self.sink is not None:
+            self.sink.flush()
+
     def close(self) -> None:
+        self.settle()
         if self.sink is not None:
             self.sink.close()
 

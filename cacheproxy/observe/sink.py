@@ -41,10 +41,17 @@ class LogSink:
         return open(self.path, "ab")
 
     def write(self, line: str) -> None:
-        self._pending.append(line)
+        self.write_many([line])
+
+    def write_many(self, lines: list[str]) -> None:
+        self._pending += lines
         if not self._scheduled:
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no loop (closing): to the writer now
+                self.flush()
+                return
             self._scheduled = True
-            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
 
     def flush(self) -> None:
         """Hand what is pending to the writer thread."""

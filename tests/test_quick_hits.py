@@ -304,3 +304,61 @@ async def test_cors_grants_and_refusals_are_the_full_paths(
     granted = [path for path, names in quick_switch.taken if "Origin" in names]
     # All but a HEAD with a Range (lookup sends that to the origin as it is, §4.3.5).
     assert granted.count("/fresh") == len(origins) * (3 * 2 - 1)
+
+
+async def _head(client: Any, data: bytes) -> bytes:
+    """The head of the answer to one request on its own connection, as sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(data)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    return head
+
+
+async def test_a_plain_hits_head_is_remade_when_what_it_says_changes(
+        proxy: Any, origin: Any) -> None:
+    """A plain hit reuses the head made for the last one on its route only while it would
+    be the same: the same entry, HTTP version and Connection, Age and ttl in the same
+    seconds."""
+    version = {"n": 0}
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            version["n"] += 1
+            return web.Response(text="changed")
+        return web.Response(body=BODY, headers={"Cache-Control": "max-age=600",
+                                                "ETag": f'"v{version["n"]}"'})
+
+    app = web.Application()
+    app.router.add_route("*", "/page", answer)
+    client = await proxy(await origin(app))
+    await _head(client, request("/page", ()))  # stored
+    first = await _head(client, request("/page", ()))
+    assert b'ETag: "v0"' in first and b"X-Cache: HIT" in first
+    # A POST invalidates the entry (RFC 9111 §4.4). The next one stored, replayed in the
+    # same second (same Age and ttl), says its own fields, not the head made before.
+    posted = await _head(client, request("/page", ("Content-Length: 1",), "POST") + b"x")
+    assert posted.startswith(b"HTTP/1.1 200")
+    assert b"X-Cache: MISS" in await _head(client, request("/page", ()))
+    first = await _head(client, request("/page", ()))
+    assert b"X-Cache: HIT" in first and b'ETag: "v1"' in first
+    assert b"Connection" not in first
+    closing = await _head(client, request("/page", ("Connection: close",)))
+    assert b"\r\nConnection: close\r\n" in closing
+    old = await _head(client, request("/page", (), version="1.0"))
+    assert old.startswith(b"HTTP/1.0 200") and b"\r\nConnection: close\r\n" in old
+    kept = await _head(client, request("/page", ("Connection: keep-alive",), version="1.0"))
+    assert kept.startswith(b"HTTP/1.0 200") and b"\r\nConnection: keep-alive\r\n" in kept
+    again = await _head(client, request("/page", ()))
+    assert again.startswith(b"HTTP/1.1 200") and b"Connection" not in again
+
+    def seconds(head: bytes) -> tuple[int, int]:
+        age = re.search(rb"\r\nAge: (\d+)\r\n", head)
+        ttl = re.search(rb"; ttl=(-?\d+)", head)
+        assert age is not None and ttl is not None
+        return int(age[1]), int(ttl[1])
+
+    age, ttl = seconds(again)
+    await asyncio.sleep(1.1)
+    later = await _head(client, request("/page", ()))
+    assert seconds(later)[0] >= age + 1 and seconds(later)[1] <= ttl - 1

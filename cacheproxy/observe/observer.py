@@ -107,6 +107,28 @@ class Observer:
             redact(h.get("Referer"), secrets) if secrets else h.get("Referer"),
             h.get("User-Agent"), outcome.final_cache_status(), outcome.bytes_in,
         )
+        self._add(record, counted)
+
+    def record_hit(
+        self, msg: Any, remote: str | None, host: str, path: str, route: str,
+        secrets: frozenset[str], status: int, sent: int, age: float, ttl: float,
+        member: str, started: float,
+    ) -> None:
+        """The line record() writes for a fresh hit (the Outcome of note_served with
+        nothing forward), from its parts: the quick path's plain hits make no Outcome.
+        path is the target as logged (redacted)."""
+        duration = time.perf_counter() - started
+        h = msg.headers
+        version = msg.version
+        referer = h.get("Referer")
+        self._add(LogRecord(
+            time.time() - duration, remote or "-", msg.method, host, path, status, "HIT",
+            sent, round(duration * 1000, 3), int(age), int(ttl // 1), None, None, False,
+            route, None, _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
+            redact(referer, secrets) if secrets else referer, h.get("User-Agent"), member,
+            None), True)
+
+    def _add(self, record: LogRecord, counted: bool) -> None:
         pending = self._pending
         if not pending:
             try:

@@ -97,12 +97,6 @@ def note_served(o: Outcome, age: float, ttl: float) -> None:
     o.age, o.ttl = age, ttl
 
 
-def note_fresh_hit(o: Outcome, age: float, ttl: float) -> None:
-    """A fresh stored response answers, nothing went forward: what note_lookup and
-    note_served say of Serve(entry, age, ttl > 0), without building the decision."""
-    o.status, o.hit, o.from_cache, o.age, o.ttl = "HIT", True, True, age, ttl
-
-
 def note_lookup(o: Outcome, d: Lookup) -> None:
     if isinstance(d, Serve):
         o.status = "HIT" if d.ttl > 0 else "STALE"

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -41,6 +42,7 @@ from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.quick import Plain
 from cacheproxy.proxy.replay import REASONS
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
@@ -259,23 +261,33 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             found = quick.hit(msg, started)
             if found is None:
                 return False
-            plan, outcome, entry, answer = found
             self._keep_alive = not msg.should_close
             self._sent = 0
-            request = ClientRequest(msg, payload, self._remote, "http", self._port)
-            request[PLAN] = plan
-            request[OUTCOME] = outcome
             # One write, at the end of each: if anything before it fails, nothing was sent.
-            if answer is None:
-                self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
+            if type(found) is Plain:
+                member = self._send_plain(msg.version, found)
             else:
-                self._send_answer(request, answer)
+                plan, outcome, entry, answer = found
+                request = ClientRequest(msg, payload, self._remote, "http", self._port)
+                request[PLAN] = plan
+                request[OUTCOME] = outcome
+                if answer is None:
+                    self._send_replay(msg.version, plan, entry, quick.fresh(entry, outcome))
+                else:
+                    self._send_answer(request, answer)
         except Exception:  # a bug of ours: the full path answers (a 500 if it fails too)
             log.exception("quick hit failed on %s %s", msg.method, msg.path)
             self._keep_alive = keep_alive
             return False
         try:
-            listener.record(request, self._status, self._sent, started)
+            if type(found) is Plain:
+                route = found.route
+                listener.observer.record_hit(
+                    msg, self._remote, route.authority, route.logged, route.route_name,
+                    route.secrets, self._status, self._sent, found.age, found.ttl, member,
+                    started)
+            else:
+                listener.record(request, self._status, self._sent, started)
         except Exception:  # answered already: a bug of ours in the log loses one line only
             log.exception("request log failed on %s %s", msg.method, msg.path)
         if not self._keep_alive:
@@ -468,6 +480,30 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                      lines: tuple[tuple[str, str], ...]) -> None:
         """A hit: the entry's encoded head (replay.py), the fields fresh for this request
         (lines), and the body, in one write."""
+        head, _ = self._replay_head(version, plan, entry, lines)
+        self._write_replay(head, entry)
+
+    def _send_plain(self, version: Any, plain: Plain) -> str:
+        """A Plain hit (proxy/quick.py); its Cache-Status member. The head is the last
+        one made for its route when it would be the same: same entry, HTTP version and
+        Connection, Age and ttl in the same whole seconds."""
+        route, entry, age, ttl = plain
+        made = (version, int(age), ttl // 1, self._connection(version))
+        last = route.replayed
+        if last is not None and last[0]() is entry and last[1] == made:
+            head, member = last[2], last[3]
+        else:
+            member, lines = self.listener.quick.plain_fields(age, ttl)
+            head, dated = self._replay_head(version, route.plan, entry, lines)
+            # Without a stored Date, the head carries this second's: not kept.
+            route.replayed = (weakref.ref(entry), made, head, member) if dated else None
+        self._write_replay(head, entry)
+        return member
+
+    def _replay_head(self, version: Any, plan: RoutePlan, entry: CachedResponse,
+                     lines: tuple[tuple[str, str], ...]) -> tuple[bytes, bool]:
+        """The whole head of a replay, blank line included; and whether the stored head
+        had a Date (else one is written fresh)."""
         head, dated = self.listener.replays.head(entry, plan, version)
         fresh = "".join([f"{k}: {v}\r\n" for k, v in lines])
         if fresh.count("\n") != len(lines) or fresh.count("\r") != len(lines):
@@ -477,12 +513,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         connection = self._connection(version)
         if connection is not None:
             fresh += f"Connection: {connection}\r\n"
+        return head + fresh.encode("utf-8", "surrogateescape") + b"\r\n", dated
+
+    def _write_replay(self, head: bytes, entry: CachedResponse) -> None:
         self._status = entry.status
         transport = self.transport
         if transport is not None:
             body = entry.body
-            transport.write(b"".join((head, fresh.encode("utf-8", "surrogateescape"),
-                                      b"\r\n", body)))
+            transport.write(head + body)
             self._sent = len(body)
 
     async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],

@@ -21,12 +21,14 @@ might, it goes there, and the full path answers it as it always did:
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy
 
+from cacheproxy.http.cache_status import cache_status
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
     Serve,
@@ -36,7 +38,8 @@ from cacheproxy.http.flow import (
 )
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
-from cacheproxy.observe.outcome import Outcome, note_fresh_hit, note_lookup
+from cacheproxy.observe.outcome import Outcome, note_lookup
+from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import fresh_fields
 from cacheproxy.proxy.routing import Plans, RoutePlan
@@ -55,15 +58,32 @@ def _plain(h: CIMultiDictProxy[str]) -> bool:
     return True
 
 
-class _Route:
+class Route:
     """What a (Host, target) pair resolves to: the same for every request with them."""
 
-    __slots__ = ("authority", "key", "plan", "route_name", "target")
+    __slots__ = ("authority", "key", "logged", "plan", "replayed", "route_name", "secrets",
+                 "target")
 
     def __init__(self, plan: RoutePlan, key: str, authority: str, target: str,
                  route_name: str) -> None:
         self.plan, self.key, self.authority, self.target = plan, key, authority, target
         self.route_name = route_name
+        self.secrets = plan.route.referer.strip_params
+        self.logged = redact(target, self.secrets) or "-"  # the path as the log shows it
+        # The last plain hit's head, for the next one: the entry (weakly: the store may
+        # evict it), what else the head was made from, the head, its Cache-Status member.
+        self.replayed: tuple[weakref.ref[CachedResponse], tuple[object, ...], bytes, str] \
+            | None = None
+
+
+class Plain(NamedTuple):
+    """A GET plain_serve answers: the entry replayed as stored, with the fields of a
+    fresh hit at (age, ttl)."""
+
+    route: Route
+    entry: CachedResponse
+    age: float
+    ttl: float
 
 
 class Quick(NamedTuple):
@@ -80,12 +100,12 @@ class QuickHits:
     def __init__(self, proxy: CacheProxy) -> None:
         self.proxy = proxy
         self._plans: Plans | None = None
-        self._routes: dict[tuple[str, str], _Route | None] = {}
+        self._routes: dict[tuple[str, str], Route | None] = {}
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
             getattr(proxy.store, "peek", None)
 
-    def hit(self, msg: RawRequestMessage, started: float) -> Quick | None:
+    def hit(self, msg: RawRequestMessage, started: float) -> Quick | Plain | None:
         """How storage answers msg, if it does without the origin; None: the full path
         answers it."""
         method = msg.method
@@ -109,10 +129,7 @@ class QuickHits:
             served = plain_serve(entry, time.time())
             if served is None:
                 return None
-            age, ttl = served
-            outcome = self._outcome(route, started)
-            note_fresh_hit(outcome, age, ttl)
-            return Quick(plan, outcome, entry, None)
+            return Plain(route, entry, *served)
         facts = request_facts(method, h, has_body=False)
         d = lookup(facts, variants, now=time.time(), route=plan.cache)
         if type(d) is not Serve:
@@ -124,17 +141,25 @@ class QuickHits:
         return Quick(plan, outcome, d.entry, answer)
 
     @staticmethod
-    def _outcome(route: _Route, started: float) -> Outcome:
+    def _outcome(route: Route, started: float) -> Outcome:
         """As CacheProxy._respond starts one for an origin-form request."""
         return Outcome(started=started, host=route.authority, target=route.target,
-                       route=route.route_name, secrets=route.plan.route.referer.strip_params)
+                       route=route.route_name, secrets=route.secrets)
 
     def fresh(self, entry: CachedResponse, outcome: Outcome) -> tuple[tuple[str, str], ...]:
         proxy = self.proxy
         assert outcome.age is not None
         return fresh_fields(outcome.age, outcome, proxy.cache_name, proxy.local_via)
 
-    def _route(self, host: str | None, raw: str) -> _Route | None:
+    def plain_fields(self, age: float, ttl: float) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """A Plain hit's Cache-Status member and fresh fields: what fresh_fields makes of
+        the Outcome of a fresh hit (note_served: hit, from storage, nothing forward)."""
+        proxy = self.proxy
+        member = cache_status(proxy.cache_name, hit=True, ttl=ttl)
+        return member, (("Age", str(int(age))), ("Via", proxy.local_via),
+                        ("Cache-Status", member), ("X-Cache", "HIT"))
+
+    def _route(self, host: str | None, raw: str) -> Route | None:
         """As CacheProxy._respond routes an origin-form request, memoised per config."""
         if host is None:
             return None
@@ -153,7 +178,7 @@ class QuickHits:
         if parsed is not None and not parsed.absolute:
             plan = plans.match(parsed.authority, parsed.path)
             if not plan.route.referer.protect_paths:
-                route = _Route(plan, plan.cache_key("http", parsed.authority, parsed.path),
+                route = Route(plan, plan.cache_key("http", parsed.authority, parsed.path),
                                parsed.authority, parsed.path,
                                plan.route.name if plans.routed else "default")
         if len(routes) >= MEMO_SIZE:

@@ -21,6 +21,13 @@ class Headers(Protocol):
 
 def split_list(value: str) -> list[str]:
     """Members of a comma-separated list (§5.6.1), commas inside quoted strings kept."""
+    if '"' not in value:  # no quoted string: every comma separates (the usual case)
+        return [item for part in value.split(",") if (item := part.strip())]
+    return split_quoted(value)
+
+
+def split_quoted(value: str) -> list[str]:
+    """split_list, character by character: for lists with quoted strings."""
     items: list[str] = []
     buf: list[str] = []
     quoted = escaped = False

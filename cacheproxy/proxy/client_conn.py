@@ -107,6 +107,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._keep_alive = True
         self._sent = 0
         self._status = 0
+        self._declined: Any = None  # the request the quick path last handed on
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -240,6 +241,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         first that needs more, go to the task."""
         for i, (msg, payload) in enumerate(messages):
             if not self._quick_one(msg, payload):
+                self._declined = msg  # the task need not ask again
                 return messages[i:]
             if self._parser is not None:
                 self._parser.message_consumed()
@@ -309,7 +311,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 if isinstance(msg, HttpProcessingError):
                     self._refuse(msg)
                     return
-                if self._quick_one(msg, payload):
+                if msg is not self._declined and self._quick_one(msg, payload):
                     if self._closing:
                         return
                     continue

@@ -25,7 +25,7 @@ from cacheproxy.http.cache_key import normalise, primary_key, vary_fields
 from cacheproxy.http.cache_status import cache_status
 from cacheproxy.http.conditional import is_not_modified, not_modified_fields
 from cacheproxy.http.dates import format_http_date, parse_http_date
-from cacheproxy.http.fields import end_to_end, split_list
+from cacheproxy.http.fields import end_to_end, split_list, split_quoted
 from cacheproxy.http.freshness import parse_age
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import decide_reuse, may_serve_stale_on_error
@@ -179,6 +179,13 @@ def test_s5_6_1_split_list_never_returns_empty_or_padded_members(value: str) -> 
     for member in split_list(value):
         assert member
         assert member == member.strip()
+
+
+@FAST
+@given(st.text(alphabet=' ,\t\\a"b\u00a0', max_size=30) | st.text(max_size=60) | header_text)
+def test_s5_6_1_split_list_without_quotes_splits_as_the_character_loop(value: str) -> None:
+    """The shortcut for lists without a quoted string gives the full parser's members."""
+    assert split_list(value) == split_quoted(value)
 
 
 @FAST

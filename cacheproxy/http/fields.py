@@ -62,9 +62,16 @@ def connection_options(values: Iterable[str]) -> frozenset[str]:
 
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The pairs minus hop-by-hop fields and the fields Connection names (§7.6.1)."""
-    pairs = list(pairs)
-    lowered = [k.lower() for k, _ in pairs]  # once per name: this runs on every exchange
-    named = connection_options(v for (_, v), lk in zip(pairs, lowered, strict=True)
-                               if lk == "connection")
-    return [p for p, lk in zip(pairs, lowered, strict=True)
-            if lk not in HOP_BY_HOP and lk not in named]
+    kept: list[tuple[str, str, str]] = []
+    connection: list[str] = []
+    for k, v in pairs:  # one pass, each name lowered once: this runs on every exchange
+        lk = k.lower()
+        if lk in HOP_BY_HOP:
+            if lk == "connection":
+                connection.append(v)
+        else:
+            kept.append((k, v, lk))
+    if not connection:
+        return [(k, v) for k, v, _ in kept]
+    named = connection_options(connection)
+    return [(k, v) for k, v, lk in kept if lk not in named]

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from functools import lru_cache
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -32,6 +33,7 @@ log = logging.getLogger("cacheproxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WITH_CONTENT = frozenset({"POST", "PUT", "PATCH"})
 _REPLAYABLE = 64 * 1024  # request bodies up to this size are kept for a second attempt
+_MEMO_URL = 2048  # upstream URLs up to this long are parsed once (1,024 kept)
 
 
 class UpstreamResponse:
@@ -78,6 +80,18 @@ def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunk
     lines.append("\r\n")
     # Field values were decoded as UTF-8 with surrogateescape: the bytes go back as received.
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+
+
+@lru_cache(maxsize=1024)
+def _upstream_target(url: str) -> tuple[Origin, str, str | None]:
+    """Where a request for url goes, its request target, and the Basic credentials its
+    userinfo gives (None without any). Memoised: the same URLs come again and again."""
+    parsed = URL(url, encoded=True)
+    scheme = parsed.scheme
+    origin = Origin(scheme, parsed.raw_host or "",
+                    parsed.explicit_port or _DEFAULT_PORTS.get(scheme, 80))
+    credentials = None if parsed.raw_user is None else _basic(parsed)
+    return origin, parsed.raw_path_qs or "/", credentials
 
 
 def _basic(url: URL) -> str:
@@ -129,20 +143,18 @@ class Exchange:
         nothing of it was written or it is idempotent without a body (the origin may have
         closed the idle connection just then)."""
         started = time.perf_counter()
-        parsed = URL(url, encoded=True)
-        scheme = parsed.scheme
-        origin = Origin(scheme, parsed.raw_host or "",
-                        parsed.explicit_port or _DEFAULT_PORTS.get(scheme, 80))
+        origin, target, credentials = (_upstream_target if len(url) <= _MEMO_URL
+                                       else _upstream_target.__wrapped__)(url)
         length = next((v for k, v in fields if k.lower() == "content-length"), None)
         chunked = body is not None and length is None
         if body is None and length is None and method in _WITH_CONTENT:
             # RFC 9110 §8.6: a POST (PUT, PATCH) without content says so; servers such
             # as IIS answer 411 to one that does not.
             fields = [*fields, ("Content-Length", "0")]
-        if parsed.raw_user is not None:  # credentials in proxy.upstream / a route's URL
+        if credentials is not None:  # credentials in proxy.upstream / a route's URL
             fields = [(k, v) for k, v in fields if k.lower() != "authorization"]
-            fields.append(("Authorization", _basic(parsed)))
-        head = _request_head(method, parsed.raw_path_qs or "/", fields, chunked)
+            fields.append(("Authorization", credentials))
+        head = _request_head(method, target, fields, chunked)
         # A small body of an idempotent request is read first, so it can be sent again.
         kept: bytes | None = None
         if (body is not None and method in IDEMPOTENT and length is not None

@@ -25,7 +25,13 @@ from cacheproxy.http.cache_key import normalise, primary_key, vary_fields
 from cacheproxy.http.cache_status import cache_status
 from cacheproxy.http.conditional import is_not_modified, not_modified_fields
 from cacheproxy.http.dates import format_http_date, parse_http_date
-from cacheproxy.http.fields import end_to_end, split_list, split_quoted
+from cacheproxy.http.fields import (
+    HOP_BY_HOP,
+    connection_options,
+    end_to_end,
+    split_list,
+    split_quoted,
+)
 from cacheproxy.http.freshness import parse_age
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import decide_reuse, may_serve_stale_on_error
@@ -205,6 +211,23 @@ def test_rfc9110_s7_6_1_end_to_end_never_raises(pairs: list[tuple[str, str]]) ->
     kept = end_to_end(pairs)
     assert all(k.lower() not in ("connection", "keep-alive", "transfer-encoding")
                for k, _ in kept)
+
+
+hop_names = st.sampled_from(["Connection", "connection", "Keep-Alive", "TE", "X-Hop", "x-hop",
+                             "Upgrade", "X-Kept", "Transfer-Encoding"])
+
+
+@FAST
+@given(st.lists(st.tuples(hop_names | header_text,
+                          st.sampled_from(["x-hop", "X-Hop, close", "keep-alive", "x-kept,"])
+                          | header_text), max_size=8))
+def test_rfc9110_s7_6_1_end_to_end_drops_exactly_the_hop_by_hop_fields(
+        pairs: list[tuple[str, str]]) -> None:
+    """Every pair kept but the hop-by-hop ones and those any Connection line names,
+    wherever it stands, in order."""
+    named = connection_options(v for k, v in pairs if k.lower() == "connection")
+    assert end_to_end(pairs) == [(k, v) for k, v in pairs
+                                 if k.lower() not in HOP_BY_HOP and k.lower() not in named]
 
 
 # -- RFC 9111 §5.2 Cache-Control, §5.4 Pragma ----------------------------------------------

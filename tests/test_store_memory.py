@@ -76,3 +76,40 @@ async def test_clear_empties_without_counting_evictions():
     await store.clear()
     stats = store.stats()
     assert stats.entries == 0 and stats.bytes == 0 and stats.evictions == 0
+
+
+def test_entries_share_the_values_that_repeat_and_not_the_others():
+    """Date, Last-Modified, Content-Length and the freshness figures that repeat are one
+    object for every entry made from equal ones (memory per entry, bench/memory.py);
+    values unique to a response are not kept in the shared table."""
+    def made(n: int) -> CachedResponse:
+        pairs = [("Date", "Thu, 03 Dec 2026 03:00:00 GMT"),
+                 ("Last-Modified", "Sat, 01 Nov 2026 00:00:00 GMT"),
+                 ("Content-Length", "1000"), ("ETag", f'"item-{n}"'),
+                 ("Cache-Control", "max-age=60"), ("X-Long", "y" * 200)]
+        # Fresh string objects, as a parser makes them.
+        pairs = [(k.encode().decode(), v.encode().decode()) for k, v in pairs]
+        return make_stored_response(
+            key=f"k{n}", vary=(), vary_values=(), status=200, pairs=pairs, body=b"x",
+            request_time=1.7e9, response_time=1.7e9 + n, shared=True, heuristics=Heuristics())
+
+    a, b = made(1), made(2)
+    for i in range(0, len(a.headers), 2):
+        name = a.headers[i]
+        same = a.headers[i + 1] is b.headers[i + 1]
+        assert same == (name not in ("ETag", "X-Long")), name
+        assert a.headers[i + 1] == b.headers[i + 1] or name == "ETag"
+    assert a.last_modified is b.last_modified and a.last_modified is a.get("Last-Modified")
+    assert a.lifetime is b.lifetime and a.modified_at is b.modified_at
+    assert a.response_time != b.response_time
+
+
+def test_the_shared_table_is_bounded():
+    from cacheproxy.http import stored
+
+    same = stored._Same()
+    for n in range(stored._SAME_KEPT * 3):
+        assert same(f"value {n}") == f"value {n}"
+        assert len(same._seen) <= stored._SAME_KEPT
+    first = same(b"again".decode())
+    assert same(b"again".decode()) is first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.dates import format_http_date, parse_http_date
@@ -25,10 +26,37 @@ ENTRY_OVERHEAD = 768
 # Values up to this length are interned too: Content-Type, Cache-Control, Server...
 # repeat across entries, and interned strings die with the last entry using them.
 _INTERN_MAX = 128
-# Values that differ from one response to the next: interning them would only grow the
-# interpreter's table of interned strings (about 90 bytes an entry).
+_V = TypeVar("_V", str, float)
+# Values that may differ from one response to the next: interning them would only grow
+# the interpreter's table of interned strings (about 90 bytes an entry).
 _UNIQUE_VALUES = frozenset({"date", "expires", "last-modified", "etag", "content-length",
                             "set-cookie", "content-md5", "content-range", "x-request-id"})
+# Those of them that often repeat are shared through a bounded table instead (_same):
+# responses stored in the same second share a Date, those of one deployment a
+# Last-Modified, those of one size a Content-Length.
+_REPEATING = frozenset({"date", "expires", "last-modified", "content-length"})
+_SAME_KEPT = 4096  # values the table holds; then it starts again (entries keep theirs)
+
+
+class _Same:
+    """One object for equal values seen lately (strings, floats): entries made from
+    equal values share it, without an unbounded table."""
+
+    def __init__(self) -> None:
+        self._seen: dict[object, object] = {}
+
+    def __call__(self, value: _V) -> _V:
+        seen = self._seen
+        found = seen.get(value)
+        if found is not None:
+            return found  # type: ignore[return-value]
+        if len(seen) >= _SAME_KEPT:
+            seen.clear()
+        seen[value] = value
+        return value
+
+
+_same = _Same()
 # Age is recomputed on every reuse (§4.2.3); X-Cache is this cache's own verdict.
 _REPLACED_ON_REUSE = frozenset({"age", "x-cache"})
 
@@ -69,6 +97,10 @@ class CachedResponse:
         return None
 
 
+def _same_or_none(value: str | None) -> str | None:
+    return value if value is None or len(value) > _INTERN_MAX else _same(value)
+
+
 def first_value(pairs: list[tuple[str, str]], name: str) -> str | None:
     return next((v for k, v in pairs if k.lower() == name), None)
 
@@ -94,8 +126,12 @@ def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tup
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in named or lk in excluded or lk in _REPLACED_ON_REUSE:
             continue
-        shared = len(v) <= _INTERN_MAX and lk not in _UNIQUE_VALUES
-        flat += (sys.intern(str(k)), sys.intern(v) if shared else v)
+        short = len(v) <= _INTERN_MAX
+        if short and lk not in _UNIQUE_VALUES:
+            v = sys.intern(v)
+        elif short and lk in _REPEATING:
+            v = _same(v)
+        flat += (sys.intern(str(k)), v)
     return tuple(flat)
 
 
@@ -121,7 +157,7 @@ def make_stored_response(
     directives = parse_response_directives(rules.cache_control)
     date = parse_http_date(first_value(pairs, "date"))
     expires = first_value(pairs, "expires") if rules.expires_applies else None
-    last_modified = first_value(pairs, "last-modified")
+    last_modified = _same_or_none(first_value(pairs, "last-modified"))
     lm_time = parse_http_date(last_modified)
     # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).
     modified_at = lm_time if lm_time is not None else date if date is not None else response_time
@@ -136,21 +172,21 @@ def make_stored_response(
         headers=headers,
         body=body,
         response_time=response_time,
-        initial_age=corrected_initial_age(
+        initial_age=_same(float(corrected_initial_age(
             age_value=age_value or 0, date=date,
             request_time=request_time, response_time=response_time,
-        ),
+        ))),
         # §4.2.1: "consider responses that have invalid freshness information ... to be
         # stale"; an invalid Age is such information (the suite's age-parse-* tests).
-        lifetime=0.0 if age_value is None else freshness_lifetime(
+        lifetime=_same(0.0 if age_value is None else float(freshness_lifetime(
             directives, status=status, date=date, expires=expires,
             expires_at=parse_http_date(expires), last_modified=lm_time,
             response_time=response_time, shared=shared,
             heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
-        ),
+        ))),
         directives=directives,
         etag=first_value(pairs, "etag"),
         last_modified=last_modified,
-        modified_at=modified_at,
+        modified_at=_same(float(modified_at)),
         size=len(body) + sum(len(x) for x in headers) + len(key) + ENTRY_OVERHEAD,
     )

@@ -5,11 +5,13 @@ both ways, upgrades, unread bodies, and the control plane on the same connection
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
 from dataclasses import dataclass
 
 from aiohttp import web
-from support import proxy_config
+from support import proxy_config, until
 
 from cacheproxy.proxy.server import reconfigure  # what SIGHUP runs
 
@@ -347,3 +349,73 @@ async def test_a_streamed_head_is_not_held_back_waiting_for_the_body(proxy, orig
     assert b"Content-Length: 4" in reply_rest
     assert await asyncio.wait_for(conn.reader.readexactly(4), 5) == b"late"
     conn.close()
+
+
+# -- clients that read slowly, or not at all -------------------------------------------------
+
+BLOB = bytes(range(256)) * 256  # 64 KiB
+
+
+async def _blob_proxy(proxy, origin, **proxy_settings):
+    async def blob(request: web.Request) -> web.Response:
+        return web.Response(body=BLOB, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/blob", blob)
+    client = await proxy(await origin(app), proxy=proxy_settings)
+    await (await client.get("/blob")).read()  # stored
+    return client
+
+
+async def test_a_client_that_reads_none_of_its_pipelined_hits_gets_no_more_than_it_reads(
+        proxy, origin, caplog):
+    """Pipelined hits are answered no faster than the client reads them: one that sends
+    request after request and reads nothing makes the proxy stop reading it (its answers
+    do not pile up in memory), and it is closed at proxy.send_timeout."""
+    client = await _blob_proxy(proxy, origin, send_timeout=1.0)
+    listener = client.server.runner.server
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", client.port))
+    name = sock.getsockname()
+
+    def ours() -> list:
+        return [c for c in listener.connections if tuple(c.peername) == name]
+
+    burst = get("/blob") * 100
+    sent, held = 0, 0
+    try:
+        deadline = time.monotonic() + 0.8
+        while time.monotonic() < deadline and sent < 20_000:
+            with contextlib.suppress(BlockingIOError):
+                sent += sock.send(burst) // len(get("/blob"))
+            await asyncio.sleep(0.005)
+            for conn in ours():
+                if conn.transport is not None:
+                    held = max(held, conn.transport.get_write_buffer_size()
+                               + getattr(conn, "_out_bytes", 0))
+        assert sent > 200  # thousands of answers (64 KiB each) asked for, unread
+        assert held < 2 * 1024 * 1024, held  # a pause's worth, not sent * 64 KiB
+        # Closed at send_timeout: the proxy drops its unread answers.
+        assert await until(lambda: not ours(), timeout=3.0)
+        assert "read nothing for 1s: connection closed" in caplog.text
+    finally:
+        sock.close()
+
+
+async def test_pipelined_hits_to_a_slow_reader_all_arrive_in_order(proxy, origin):
+    """Reading stops while the client's answers wait, and starts again as it reads: every
+    pipelined request is answered, in order."""
+    client = await _blob_proxy(proxy, origin)
+    raw = await Raw.open(client)
+    n = 150
+    await raw.send(b"".join(get(f"/blob?n={i}" if i % 50 == 7 else "/blob") for i in range(n)))
+    await asyncio.sleep(0.3)  # the proxy fills what it can and pauses
+    for i in range(n):
+        reply = await raw.reply()
+        assert reply.status == 200 and reply.body == BLOB, i
+        if i % 10 == 0:
+            await asyncio.sleep(0.01)  # a slow reader
+    raw.close()

@@ -52,6 +52,7 @@ log = logging.getLogger("cacheproxy")
 
 MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
 MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200
+GATHER_BYTES = 256 * 1024  # quick answers held for the iteration's end, at most, per client
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 _NO_BODY = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -108,6 +109,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._sent = 0
         self._status = 0
         self._declined: Any = None  # the request the quick path last handed on
+        self._out: list[bytes] = []  # quick answers gathered for the iteration's end
+        self._out_bytes = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -170,8 +173,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 messages = self._quick(messages)
                 if not messages:  # all answered here
                     answered_here = True
-                    if parser.holding:  # it stopped on a full queue: what it kept is next
-                        data = b""
+                    if parser.holding and not self._paused:
+                        data = b""  # it stopped on a full queue: what it kept is next
                         continue
                     break
             self._enqueue(messages)
@@ -179,7 +182,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._task is not None or self._closing or self.transport is None:
             return
         if answered_here:
-            self._arm(self._timeouts.keepalive, head=False)
+            timeouts = self._timeouts
+            self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
         elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
@@ -206,11 +210,31 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         super().pause_writing()
         if self._tunnel is not None:
             self._tunnel.pause()
+            return
+        # A client that reads none of its answers gets no more of its requests read (else
+        # pipelined hits would pile up answers here without bound); without a request in
+        # hand, it has send_timeout to read again.
+        self._pause_transport_reading()
+        if self._task is None and not self._closing:
+            self._arm(self._timeouts.send, head=False)
 
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._tunnel is not None:
             self._tunnel.resume()
+            return
+        if not self._buffer_paused and not self._reading_paused:
+            self._resume_transport_reading()
+        if self._task is None and not self._closing and self.transport is not None:
+            self._arm(self._timeouts.keepalive, head=False)
+            parser = self._parser
+            if parser is not None and parser.holding:
+                self.data_received(b"")  # the requests read before the pause
+
+    def _resume_reading_for_buffer(self) -> None:
+        self._buffer_paused = False
+        if not self._reading_paused and not self._paused:  # (resume_writing resumes it)
+            self._resume_transport_reading()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
@@ -252,7 +276,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """Answer msg from storage (proxy/quick.py) if storage answers it: no task, no
         driver run. False: msg needs the full path."""
         listener = self.listener
-        if self._closing or self._upgraded or self._origin is not None \
+        if self._closing or self._upgraded or self._origin is not None or self._paused \
                 or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError) \
                 or listener.is_control(msg):
             return False
@@ -299,6 +323,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     async def _serve(self) -> None:
         try:
             while self._queue and self.transport is not None:
+                if self._paused and not await self._drained():
+                    return
                 msg, payload = self._queue.popleft()
                 parser = self._parser
                 if parser is not None:
@@ -325,8 +351,25 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self.transport is not None and not self._closing:
             self._arm(self._timeouts.keepalive, head=False)
 
+    async def _drained(self) -> bool:
+        """Wait until the client reads what was written (pipelined requests are answered
+        no faster than it reads), at most send_timeout; False: it is gone, or closed."""
+        try:
+            async with asyncio.timeout(self._timeouts.send):
+                await self._drain_helper()
+        except TimeoutError:
+            log.warning("client %s read nothing for %gs: connection closed", self._remote,
+                        self._timeouts.send)
+            self.abort_unread()
+            return False
+        except ConnectionError:
+            return False
+        return True
+
     async def _one(self, msg: RawRequestMessage, payload: StreamReader) -> bool:
         """Answer one request; False when the connection is to close after it."""
+        if self._out:  # the quick answers before it go first (aiohttp's writer, a tunnel)
+            self._flush_out()
         started = time.perf_counter()
         listener = self.listener
         self._payload = payload
@@ -338,7 +381,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._refuse(HttpProcessingError(code=417, message="unsupported Expect"))
                 return False
             if payload is not EMPTY_PAYLOAD:
-                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+                self._write(_CONTINUE)
         if msg.method == "CONNECT":
             return await self._connect(msg, started)
         if listener.is_control(msg) and self._origin is None and self._for_us(msg):
@@ -442,7 +485,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
         head = self._head(version, status, reason, headers)
-        self.transport.write(head + body if body else head)
+        self._write(head + body if body else head)
 
     @staticmethod
     def _head(version: Any, status: int, reason: str | None, headers: CIMultiDict[str]
@@ -519,11 +562,36 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def _write_replay(self, head: bytes, entry: CachedResponse) -> None:
         self._status = entry.status
+        if self.transport is not None:
+            body = entry.body
+            self._write(head + body)
+            self._sent = len(body)
+
+    def flush_out(self) -> None:
+        """Send the gathered answers (the listener calls it once per iteration)."""
+        if self._out:
+            self._flush_out()
+
+    def _flush_out(self) -> None:
+        out = self._out
+        self._out, self._out_bytes = [], 0
         transport = self.transport
         if transport is not None:
-            body = entry.body
-            transport.write(head + body)
-            self._sent = len(body)
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        """Every write to the client: gathered with the others made in this loop
+        iteration, and sent at its end (Listener.gather), or once GATHER_BYTES wait. One
+        burst of sends after one burst of work costs about a third less CPU per hit than
+        sends between the work (README, Benchmarks). Whatever else writes to the
+        transport (aiohttp's writer, a tunnel, TLS) sends these first (_one)."""
+        out = self._out
+        if not out:
+            self.listener.gather(self)
+        out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= GATHER_BYTES:  # (and the transport may pause writing)
+            self._flush_out()
 
     async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
                     head_only: bool) -> None:
@@ -559,7 +627,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if corked is not None:
             self._corked = None
             framed = corked + framed
-        transport.write(framed)
+        self._write(framed)
         self._sent += len(data)
         if self._paused:  # the client reads slower than the origin sends
             async with asyncio.timeout(self._timeouts.send):
@@ -572,14 +640,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._corked = None
             tail = corked + tail
         if tail and self.transport is not None:
-            self.transport.write(tail)
+            self._write(tail)
 
     def _uncork(self) -> None:
         corked = self._corked
         if corked is not None:
             self._corked = None
             if self.transport is not None:
-                self.transport.write(corked)
+                self._write(corked)
 
     def abort(self) -> None:
         self._keep_alive = False
@@ -593,7 +661,17 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._disarm()
         self._uncork()
         if self.transport is not None:
+            self.flush_out()
             self.transport.close()
+
+    def abort_unread(self) -> None:
+        """Close now, dropping what the client did not read (send_timeout): a close would
+        wait for it to read that first."""
+        self._closing = True
+        self._disarm()
+        self._out, self._out_bytes = [], 0
+        if self.transport is not None:
+            self.transport.abort()
 
     def close_idle(self) -> None:
         """Shutting down: close now if no request is being answered, else after it."""
@@ -628,6 +706,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return  # a request came (and its end arms the timer again)
         if self._loop.time() < deadline:  # moved since: wait for the new deadline
             self._timer = self._loop.call_at(deadline, self._timed_out)
+            return
+        if self._paused:  # its answers unread for send_timeout
+            log.warning("client %s read nothing for %gs: connection closed", self._remote,
+                        self._timeouts.send)
+            self.abort_unread()
             return
         self.close()  # a head too slow, or idle too long
 

@@ -64,6 +64,7 @@ class Listener:
         self.connections: set[ClientConnection] = set()
         self.replays = ReplayBlocks()
         self.quick = QuickHits(self.proxy)
+        self._gathered: list[ClientConnection] = []  # connections with answers to send
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
 
     @property
@@ -74,6 +75,17 @@ class Listener:
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def gather(self, conn: ClientConnection) -> None:
+        """conn has quick answers to send at the end of this loop iteration."""
+        if not self._gathered:
+            self.loop.call_soon(self._send_gathered)
+        self._gathered.append(conn)
+
+    def _send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        for conn in gathered:
+            conn.flush_out()
 
     def admit(self, conn: ClientConnection) -> bool:
         if len(self.connections) >= self.proxy.config.proxy.max_client_connections:

@@ -232,9 +232,11 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if self._closed or transport is None or transport.is_closing():
             raise _refused("closed before answering")
-        transport.write(head)
-        self.written = True
-        if body is not None:
+        if body is None:  # sent with the others at the end of the loop iteration
+            self.pool.gather(self, head)
+        else:
+            transport.write(head)
+            self.written = True
             self._pump = loop.create_task(self._send_body(body))
         try:
             await self._await_head(head_future, read_timeout)
@@ -323,6 +325,12 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
 
+    def send_gathered(self, head: bytes) -> None:
+        transport = self.transport
+        if not self._closed and transport is not None and not transport.is_closing():
+            transport.write(head)
+            self.written = True  # (not before: a request never written may go again)
+
     def finished(self) -> bool:
         """The answer was read whole and the request body sent whole."""
         return self._complete and not self._chunks and (self._pump is None or self._pump.done())
@@ -373,6 +381,19 @@ class Pool:
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._gathered: list[tuple[Connection, bytes]] = []
+
+    def gather(self, conn: Connection, head: bytes) -> None:
+        """A request head to send at the end of this loop iteration, with the others made
+        in it: as the client plane gathers its answers (client_conn._write)."""
+        if not self._gathered:
+            self.loop().call_soon(self._send_gathered)
+        self._gathered.append((conn, head))
+
+    def _send_gathered(self) -> None:
+        gathered, self._gathered = self._gathered, []
+        for conn, head in gathered:
+            conn.send_gathered(head)
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the pool runs on, found once."""

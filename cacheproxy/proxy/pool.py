@@ -75,10 +75,14 @@ class Connection(asyncio.Protocol):
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
-        # RFC 9112 §2.2: a recipient MAY take a bare LF as a line end; origins that send
-        # one were answered before (aiohttp's client is lenient there too).
-        self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        # One parser for the connection's answers, one after the other: llhttp starts the
+        # next message where the last one ended. (A connection is reused only after an
+        # answer that ended cleanly, so the parser is never in an error state here.)
+        if not self.used:
+            self._parser = httptools.HttpResponseParser(self)
+            # RFC 9112 §2.2: a recipient MAY take a bare LF as a line end; origins that
+            # send one were answered before (aiohttp's client is lenient there too).
+            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._head_only = False
         self._fields: list[tuple[str, str]] = []
         self._field_bytes = 0

@@ -316,6 +316,24 @@ async def test_the_control_plane_shares_a_keep_alive_connection(proxy, origin):
     assert health.status == 200 and b"alive" in health.body
 
 
+async def test_gathered_answers_go_out_before_the_control_planes(proxy, origin):
+    """Answers are gathered and sent at the end of the loop iteration, but the aiohttp
+    application writes to the socket itself: what was gathered before its answer goes
+    first."""
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/a"))
+    assert (await conn.reply()).body == b"GET /a 0"
+    for _ in range(3):
+        await conn.send(get("/b") + get("/a") + get("/_cacheproxy/healthz") + get("/a")
+                        + get("/_cacheproxy/healthz"))
+        replies = [await conn.reply() for _ in range(5)]
+        assert [r.body for r in replies] == [b"GET /b 0", b"GET /a 0", replies[2].body,
+                                             b"GET /a 0", replies[4].body]
+        assert b"alive" in replies[2].body and b"alive" in replies[4].body
+        assert replies[1].headers["x-cache"] == replies[3].headers["x-cache"] == "HIT"
+
+
 async def test_a_reload_applies_client_timeouts_to_new_connections(proxy, origin):
     client = await start(proxy, origin, client_header_timeout=30)
     old = await Raw.open(client)

@@ -52,7 +52,7 @@ log = logging.getLogger("cacheproxy")
 
 MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
 MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200
-GATHER_BYTES = 256 * 1024  # quick answers held for the iteration's end, at most, per client
+GATHER_BYTES = 64 * 1024  # bytes held for the iteration's end, at most, per client
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 _NO_BODY = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -576,7 +576,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         out = self._out
         self._out, self._out_bytes = [], 0
         transport = self.transport
-        if transport is not None:
+        if transport is not None and not transport.is_closing():  # (close() sent its own)
             transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _write(self, data: bytes) -> None:

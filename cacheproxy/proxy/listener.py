@@ -5,6 +5,7 @@ runner that starts the aiohttp application (admin API, store, upstream pool) aro
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import time
@@ -21,6 +22,8 @@ from cacheproxy.proxy.client_request import ClientRequest
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.quick import QuickHits
 from cacheproxy.proxy.replay import ReplayBlocks
+
+log = logging.getLogger("cacheproxy")
 
 # Set by make_app: what the listener serves with.
 LEAN = web.AppKey("lean", "Plane")
@@ -85,7 +88,11 @@ class Listener:
     def _send_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
         for conn in gathered:
-            conn.flush_out()
+            try:
+                conn.flush_out()
+            except Exception:  # a bug of ours loses that connection, not the others' answers
+                log.exception("sending to client %s failed", conn.peername)
+                conn.abort_unread()
 
     def admit(self, conn: ClientConnection) -> bool:
         if len(self.connections) >= self.proxy.config.proxy.max_client_connections:

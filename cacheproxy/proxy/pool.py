@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 from collections import deque
@@ -33,6 +34,7 @@ from cacheproxy.proxy.upstream import UpstreamError
 
 # Methods that may be sent again after a failure (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+log = logging.getLogger("cacheproxy")
 _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
 _LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
@@ -397,7 +399,11 @@ class Pool:
     def _send_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
         for conn, head in gathered:
-            conn.send_gathered(head)
+            try:
+                conn.send_gathered(head)
+            except Exception:  # (its exchange ends in a 502 when the connection goes)
+                log.exception("sending a request to %s failed", conn.origin)
+                conn.close()
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the pool runs on, found once."""

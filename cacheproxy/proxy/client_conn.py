@@ -564,7 +564,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._status = entry.status
         if self.transport is not None:
             body = entry.body
-            self._write(head + body)
+            self._write(head)
+            self._write(body)  # the stored bytes themselves: sent without a copy
             self._sent = len(body)
 
     def flush_out(self) -> None:
@@ -577,7 +578,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._out, self._out_bytes = [], 0
         transport = self.transport
         if transport is not None and not transport.is_closing():  # (close() sent its own)
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)  # one writev, no joined copy
 
     def _write(self, data: bytes) -> None:
         """Every write to the client: gathered with the others made in this loop

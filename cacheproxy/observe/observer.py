@@ -37,7 +37,7 @@ class Observer:
     def __init__(self, config: LogConfig, started: float,
                  admin_paths: tuple[str, ...] = ()) -> None:
         self._stats = Stats(started)
-        self._pending: list[tuple[LogRecord, bool]] = []  # recorded, not yet settled
+        self._pending: list[tuple[LogRecord | _HitParts, bool]] = []  # not yet settled
         self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
@@ -116,19 +116,12 @@ class Observer:
     ) -> None:
         """The line record() writes for a fresh hit (the Outcome of note_served with
         nothing forward), from its parts: the quick path's plain hits make no Outcome.
-        path is the target as logged (redacted)."""
-        duration = time.perf_counter() - started
-        h = msg.headers
-        version = msg.version
-        referer = h.get("Referer")
-        self._add(LogRecord(
-            time.time() - duration, remote or "-", msg.method, host, path, status, "HIT",
-            sent, round(duration * 1000, 3), int(age), int(ttl // 1), None, None, False,
-            route, None, _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
-            redact(referer, secrets) if secrets else referer, h.get("User-Agent"), member,
-            None), True)
+        path is the target as logged (redacted). The record itself is made with the
+        batch (settle): only the time the request ended is taken now."""
+        self._add((msg, remote, host, path, route, secrets, status, sent, age, ttl, member,
+                   started, time.perf_counter()), True)
 
-    def _add(self, record: LogRecord, counted: bool) -> None:
+    def _add(self, record: LogRecord | _HitParts, counted: bool) -> None:
         pending = self._pending
         if not pending:
             try:
@@ -147,8 +140,11 @@ class Observer:
         self._pending = []
         add, sink, format = self._stats.add, self.sink, self.format
         lines = []
+        wall, now = time.time(), time.perf_counter()
         for record, counted in pending:
             try:
+                if type(record) is tuple:
+                    record = _hit_record(record, wall, now)
                 if counted:
                     add(record)
                 if sink is not None:
@@ -192,6 +188,28 @@ class Observer:
         self.settle()
         if self.sink is not None:
             self.sink.close()
+
+
+# record_hit's parts: msg, remote, host, path, route, secrets, status, sent, age, ttl,
+# member, started, ended (time.perf_counter()).
+_HitParts = tuple[Any, ...]
+
+
+def _hit_record(parts: _HitParts, wall: float, now: float) -> LogRecord:
+    """record_hit's line, made at settle time: wall and now are time.time() and
+    time.perf_counter() read together then, so the request's start in wall-clock time is
+    wall - (now - started)."""
+    (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
+     ended) = parts
+    duration = ended - started
+    h = msg.headers
+    version = msg.version
+    referer = h.get("Referer")
+    return LogRecord(
+        wall - (now - started), remote or "-", msg.method, host, path, status, "HIT", sent,
+        round(duration * 1000, 3), int(age), int(ttl // 1), None, None, False, route, None,
+        _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
+        redact(referer, secrets) if secrets else referer, h.get("User-Agent"), member, None)
 
 
 def _unhandled_status(request: Any, status: int) -> str:

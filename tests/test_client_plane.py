@@ -437,3 +437,70 @@ async def test_pipelined_hits_to_a_slow_reader_all_arrive_in_order(proxy, origin
         if i % 10 == 0:
             await asyncio.sleep(0.01)  # a slow reader
     raw.close()
+
+
+async def test_a_slow_but_steady_reader_gets_a_whole_large_hit(proxy, origin):
+    """send_timeout bounds the time a client reads nothing (nginx's), not a whole answer:
+    a client that keeps reading large hits slowly gets all of them, however long it takes."""
+    big = bytes(range(256)) * (8 * 1024)  # 2 MiB
+
+    async def large(request: web.Request) -> web.Response:
+        return web.Response(body=big, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/big", large)
+    client = await proxy(await origin(app), proxy={"send_timeout": 1.0},
+                         cache={"max_object_bytes": 8 * 1024 * 1024})
+    listener = client.server.runner.server
+    primer = await Raw.open(client)
+    await primer.send(get("/big"))
+    assert (await primer.reply()).body == big  # stored
+    primer.close()
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", client.port))
+    name = sock.getsockname()
+    assert await until(lambda: any(tuple(c.peername) == name for c in listener.connections))
+    for conn in listener.connections:  # small kernel buffers: the proxy sees the progress
+        if tuple(conn.peername) == name:
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    await loop.sock_sendall(sock, get("/big") + get("/big"))  # two: the second one waits
+    got, began, whole = b"", time.monotonic(), None
+    try:
+        while whole is None and time.monotonic() - began < 20:
+            try:
+                chunk = sock.recv(16384)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                break
+            got += chunk or b""
+            first, _, rest = got.partition(b"\r\n\r\n")
+            second, _, body = rest[len(big):].partition(b"\r\n\r\n")
+            if len(body) >= len(big):
+                whole = (first, rest[:len(big)], second, body)
+            await asyncio.sleep(0.01)  # at most 1.6 MB/s: the pair takes seconds
+    finally:
+        sock.close()
+    assert whole is not None, f"{len(got)} bytes of {2 * len(big)} and two heads"
+    assert time.monotonic() - began > 2.0  # much longer than send_timeout
+    first, body1, second, body2 = whole
+    assert b"X-Cache: HIT" in first and body1 == big
+    assert second.startswith(b"HTTP/1.1 200") and body2 == big
+
+
+async def test_expect_100_continue_to_the_control_plane_gets_one_interim_answer(
+        proxy, origin):
+    """The control plane's handler (aiohttp's) sends its own 100 Continue: the proxy adds
+    none, which would arrive after the answer."""
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/_cacheproxy/healthz", "Content-Length: 5", "Expect: 100-continue"))
+    assert (await conn.reply()).status == 100
+    await conn.send(b"hello" + get("/a"))
+    health, after = await conn.reply(), await conn.reply()
+    assert health.status == 200 and b"alive" in health.body
+    assert after.status == 200 and after.body == b"GET /a 0"

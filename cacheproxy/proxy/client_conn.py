@@ -111,6 +111,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._declined: Any = None  # the request the quick path last handed on
         self._out: list[bytes] = []  # quick answers gathered for the iteration's end
         self._out_bytes = 0
+        self._unsent = 0  # bytes the transport held at the last look (send_timeout)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -353,18 +354,45 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     async def _drained(self) -> bool:
         """Wait until the client reads what was written (pipelined requests are answered
-        no faster than it reads), at most send_timeout; False: it is gone, or closed."""
+        no faster than it reads); False: it is gone, or was closed at send_timeout."""
         try:
-            async with asyncio.timeout(self._timeouts.send):
-                await self._drain_helper()
-        except TimeoutError:
-            log.warning("client %s read nothing for %gs: connection closed", self._remote,
-                        self._timeouts.send)
-            self.abort_unread()
-            return False
-        except ConnectionError:
+            await self._drain_or_time_out(say=True)
+        except (TimeoutError, ConnectionError):
             return False
         return True
+
+    async def _drain_or_time_out(self, say: bool) -> None:
+        """Wait until the transport takes writes again. Raises TimeoutError, having closed
+        the connection, when the client read nothing for send_timeout (nginx's
+        send_timeout: time without progress, not the whole transfer: a large answer to a
+        slow reader takes as long as it takes). say: log the WARNING here (a relay says
+        it itself, naming the request)."""
+        self._progressed()
+        while True:
+            try:
+                async with asyncio.timeout(self._timeouts.send):
+                    await self._drain_helper()
+                return
+            except TimeoutError:
+                if self.transport is not None and self._progressed():
+                    # The timeout cancelled the waiter _drain_helper keeps: a new one.
+                    waiter = self._drain_waiter
+                    if waiter is not None and waiter.done():
+                        self._drain_waiter = None
+                    continue
+                if say:
+                    log.warning("client %s read nothing for %gs: connection closed",
+                                self._remote, self._timeouts.send)
+                self.abort_unread()
+                raise
+
+    def _progressed(self) -> bool:
+        """Whether the client read some of what waits for it since the last look."""
+        transport = self.transport
+        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        progressed = unsent < self._unsent
+        self._unsent = unsent
+        return progressed
 
     async def _one(self, msg: RawRequestMessage, payload: StreamReader) -> bool:
         """Answer one request; False when the connection is to close after it."""
@@ -375,16 +403,18 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._payload = payload
         self._keep_alive = not (msg.should_close or self._closing or self._upgraded
                                 or msg.upgrade)
+        control = msg.method != "CONNECT" and listener.is_control(msg) \
+            and self._origin is None and self._for_us(msg)
         expect = msg.headers.get("Expect")
         if expect is not None and msg.version >= HttpVersion11:
             if expect.lower() != "100-continue":  # RFC 9110 §10.1.1
                 self._refuse(HttpProcessingError(code=417, message="unsupported Expect"))
                 return False
-            if payload is not EMPTY_PAYLOAD:
-                self._write(_CONTINUE)
+            if payload is not EMPTY_PAYLOAD and not control:  # (aiohttp's handler sends
+                self._write(_CONTINUE)  # the control plane's, itself)
         if msg.method == "CONNECT":
             return await self._connect(msg, started)
-        if listener.is_control(msg) and self._origin is None and self._for_us(msg):
+        if control:
             keep = await self._via_app(msg, payload, started)
         else:
             request = ClientRequest(msg, payload, self._remote,
@@ -582,6 +612,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 transport.write(out[0])
             else:
                 transport.writelines(out)  # one writev, no joined copy
+            if self._paused:  # what send_timeout measures progress against
+                self._unsent = transport.get_write_buffer_size()
 
     def _write(self, data: bytes) -> None:
         """Every write to the client: gathered with the others made in this loop
@@ -634,8 +666,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._write(framed)
         self._sent += len(data)
         if self._paused:  # the client reads slower than the origin sends
-            async with asyncio.timeout(self._timeouts.send):
-                await self._drain_helper()
+            await self._drain_or_time_out(say=False)
 
     async def finish(self) -> None:
         tail = b"0\r\n\r\n" if self._chunked else b""
@@ -711,7 +742,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._loop.time() < deadline:  # moved since: wait for the new deadline
             self._timer = self._loop.call_at(deadline, self._timed_out)
             return
-        if self._paused:  # its answers unread for send_timeout
+        if self._paused:  # waiting for the client to read its answers
+            if self._progressed():  # it reads, slowly: send_timeout counts from now
+                self._arm(self._timeouts.send, head=False)
+                return
             log.warning("client %s read nothing for %gs: connection closed", self._remote,
                         self._timeouts.send)
             self.abort_unread()

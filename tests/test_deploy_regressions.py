@@ -336,7 +336,7 @@ async def test_a_second_workers_instance_on_a_port_in_use_exits_1(tmp_path):
         "--workers", "2", "--upstream", "http://127.0.0.1:9", cwd=tmp_path, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        exited: int | None = await asyncio.wait_for(second.wait(), 1.0)
+        exited: int | None = await asyncio.wait_for(second.wait(), 5.0)  # (a slow start)
     except TimeoutError:
         exited = None  # still running beside the first
     finally:

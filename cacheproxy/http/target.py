@@ -18,10 +18,22 @@ class Target(NamedTuple):
     absolute: bool   # the request line carried the authority (absolute-form)
 
 
+_CHECKED: dict[str, bool] = {}  # authorities seen lately (a proxy sees a few, again and again)
+_CHECKED_KEPT, _CHECKED_CHARS = 1024, 255
+
+
 def valid_authority(value: str) -> bool:
     # RFC 3986 §3.2: anything else ("/", "?", "#", "@", spaces) in a Host would make the
     # cache key name another resource.
-    return AUTHORITY_RE.fullmatch(value) is not None
+    known = _CHECKED.get(value)
+    if known is not None:
+        return known
+    valid = AUTHORITY_RE.fullmatch(value) is not None
+    if len(value) <= _CHECKED_CHARS:
+        if len(_CHECKED) >= _CHECKED_KEPT:
+            _CHECKED.clear()
+        _CHECKED[value] = valid
+    return valid
 
 
 def request_target(raw: str, host: str | None) -> Target | None:

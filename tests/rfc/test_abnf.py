@@ -7,7 +7,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cacheproxy.http.abnf import (
@@ -76,3 +76,16 @@ def test_bounded_digits_refuses_what_is_not_1_digit(text: str) -> None:
 def test_bounded_digits_never_converts_a_huge_string() -> None:
     assert bounded_digits("9" * 100_000, 2**31) == 2**31
     assert bounded_digits("0" * 100_000 + "12", 2**31) == 12
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab.:[]/@?# %é019", max_size=12) | st.text(max_size=300))
+def test_rfc3986_s3_2_a_remembered_authority_check_answers_as_the_pattern(value: str) -> None:
+    """valid_authority keeps its answers for the Hosts it saw lately: the same answer as
+    the pattern, the first time and the next, and the table stays bounded."""
+    from cacheproxy.http import target
+
+    expected = AUTHORITY_RE.fullmatch(value) is not None
+    assert target.valid_authority(value) is expected
+    assert target.valid_authority(value) is expected
+    assert len(target._CHECKED) <= target._CHECKED_KEPT

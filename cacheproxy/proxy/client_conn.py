@@ -278,9 +278,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         driver run. False: msg needs the full path."""
         listener = self.listener
         if self._closing or self._upgraded or self._origin is not None or self._paused \
-                or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError) \
-                or listener.is_control(msg):
-            return False
+                or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError):
+            return False  # (and the control plane's requests: QuickHits declines them)
         started = time.perf_counter()
         quick = listener.quick
         keep_alive = self._keep_alive

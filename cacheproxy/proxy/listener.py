@@ -66,7 +66,7 @@ class Listener:
         self._metrics = plane.metrics_path
         self.connections: set[ClientConnection] = set()
         self.replays = ReplayBlocks()
-        self.quick = QuickHits(self.proxy)
+        self.quick = QuickHits(self.proxy, self.is_control)
         self._gathered: list[ClientConnection] = []  # connections with answers to send
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
 

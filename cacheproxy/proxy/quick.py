@@ -97,8 +97,10 @@ class Quick(NamedTuple):
 
 
 class QuickHits:
-    def __init__(self, proxy: CacheProxy) -> None:
+    def __init__(self, proxy: CacheProxy,
+                 control: Callable[[RawRequestMessage], bool] = lambda msg: False) -> None:
         self.proxy = proxy
+        self._control = control  # a request for the control plane (its target decides)
         self._plans: Plans | None = None
         self._routes: dict[tuple[str, str], Route | None] = {}
         # The store's answer without I/O (the store is kept across reloads).
@@ -114,7 +116,7 @@ class QuickHits:
         h = msg.headers
         if "Expect" in h:
             return None
-        route = self._route(h.get("Host"), msg.path)
+        route = self._route(h.get("Host"), msg.path, msg)
         if route is None:
             return None
         peek = self._peek
@@ -159,8 +161,10 @@ class QuickHits:
         return member, (("Age", str(int(age))), ("Via", proxy.local_via),
                         ("Cache-Status", member), ("X-Cache", "HIT"))
 
-    def _route(self, host: str | None, raw: str) -> Route | None:
-        """As CacheProxy._respond routes an origin-form request, memoised per config."""
+    def _route(self, host: str | None, raw: str, msg: RawRequestMessage) -> Route | None:
+        """As CacheProxy._respond routes an origin-form request, memoised per config;
+        None for a target the full path answers (the control plane's, a hotlink gate's,
+        one that is not origin-form)."""
         if host is None:
             return None
         plans = self.proxy.plans
@@ -175,7 +179,7 @@ class QuickHits:
             pass
         route = None
         parsed = request_target(raw, host)
-        if parsed is not None and not parsed.absolute:
+        if parsed is not None and not parsed.absolute and not self._control(msg):
             plan = plans.match(parsed.authority, parsed.path)
             if not plan.route.referer.protect_paths:
                 route = Route(plan, plan.cache_key("http", parsed.authority, parsed.path),

@@ -109,7 +109,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._sent = 0
         self._status = 0
         self._declined: Any = None  # the request the quick path last handed on
-        self._out: list[bytes] = []  # quick answers gathered for the iteration's end
+        self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
         self._unsent = 0  # bytes the transport held at the last look (send_timeout)
 
@@ -289,7 +289,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 return False
             self._keep_alive = not msg.should_close
             self._sent = 0
-            # One write, at the end of each: if anything before it fails, nothing was sent.
+            # The answer is written last: if anything before it fails, nothing was sent.
             if type(found) is Plain:
                 member = self._send_plain(msg.version, found)
             else:
@@ -553,7 +553,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _send_replay(self, version: Any, plan: RoutePlan, entry: CachedResponse,
                      lines: tuple[tuple[str, str], ...]) -> None:
         """A hit: the entry's encoded head (replay.py), the fields fresh for this request
-        (lines), and the body, in one write."""
+        (lines), and the body, sent together (with the iteration's other writes)."""
         head, _ = self._replay_head(version, plan, entry, lines)
         self._write_replay(head, entry)
 

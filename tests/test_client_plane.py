@@ -429,8 +429,10 @@ async def test_pipelined_hits_to_a_slow_reader_all_arrive_in_order(proxy, origin
     client = await _blob_proxy(proxy, origin)
     raw = await Raw.open(client)
     n = 150
-    await raw.send(b"".join(get(f"/blob?n={i}" if i % 50 == 7 else "/blob") for i in range(n)))
-    await asyncio.sleep(0.3)  # the proxy fills what it can and pauses
+    requests = [get(f"/blob?n={i}" if i % 50 == 7 else "/blob") for i in range(n)]
+    await raw.send(b"".join(requests[:100]))
+    await asyncio.sleep(0.3)  # the proxy fills what it can, and stops reading
+    await raw.send(b"".join(requests[100:]))  # read only once the client reads again
     for i in range(n):
         reply = await raw.reply()
         assert reply.status == 200 and reply.body == BLOB, i

@@ -8,7 +8,7 @@ any handler ran.
 A request's record is made when it ends; it is counted and formatted at the end of
 that event-loop iteration, together with the others that ended in it (settle). One
 tight loop over a batch costs about half of what the same work costs spread between
-the requests' I/O, where each one finds the CPU's caches cold (bench/README.md).
+the requests' I/O, where each one finds the CPU's caches cold (README, "The request log").
 Whatever reads the counters settles first, so they are never behind."""
 
 from __future__ import annotations

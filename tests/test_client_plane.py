@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -385,23 +386,25 @@ async def _blob_proxy(proxy, origin, **proxy_settings):
     return client
 
 
+async def _small_window_socket(client, rcvbuf: int) -> tuple[socket.socket, Callable[[], list]]:
+    """A non-blocking client socket with a small receive buffer (it reads what the test
+    lets it read), and what finds its connection on the proxy's listener."""
+    listener = client.server.runner.server
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
+    name = sock.getsockname()
+    return sock, lambda: [c for c in listener.connections if tuple(c.peername) == name]
+
+
 async def test_a_client_that_reads_none_of_its_pipelined_hits_gets_no_more_than_it_reads(
         proxy, origin, caplog):
     """Pipelined hits are answered no faster than the client reads them: one that sends
     request after request and reads nothing makes the proxy stop reading it (its answers
     do not pile up in memory), and it is closed at proxy.send_timeout."""
     client = await _blob_proxy(proxy, origin, send_timeout=1.0)
-    listener = client.server.runner.server
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", client.port))
-    name = sock.getsockname()
-
-    def ours() -> list:
-        return [c for c in listener.connections if tuple(c.peername) == name]
-
+    sock, ours = await _small_window_socket(client, 4096)
     burst = get("/blob") * 100
     sent, held = 0, 0
     try:
@@ -453,22 +456,16 @@ async def test_a_slow_but_steady_reader_gets_a_whole_large_hit(proxy, origin):
     app.router.add_get("/big", large)
     client = await proxy(await origin(app), proxy={"send_timeout": 1.0},
                          cache={"max_object_bytes": 8 * 1024 * 1024})
-    listener = client.server.runner.server
     primer = await Raw.open(client)
     await primer.send(get("/big"))
     assert (await primer.reply()).body == big  # stored
     primer.close()
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", client.port))
-    name = sock.getsockname()
-    assert await until(lambda: any(tuple(c.peername) == name for c in listener.connections))
-    for conn in listener.connections:  # small kernel buffers: the proxy sees the progress
-        if tuple(conn.peername) == name:
-            conn.transport.get_extra_info("socket").setsockopt(
-                socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    sock, ours = await _small_window_socket(client, 16384)
+    assert await until(lambda: bool(ours()))
+    for conn in ours():  # small kernel buffers: the proxy sees the progress
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
     await loop.sock_sendall(sock, get("/big") + get("/big"))  # two: the second one waits
     got, began, whole = b"", time.monotonic(), None
     try:

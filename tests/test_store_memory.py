@@ -107,9 +107,9 @@ def test_entries_share_the_values_that_repeat_and_not_the_others():
 def test_the_shared_table_is_bounded():
     from cacheproxy.http import stored
 
-    same = stored._Same()
+    same = stored._same
     for n in range(stored._SAME_KEPT * 3):
         assert same(f"value {n}") == f"value {n}"
-        assert len(same._seen) <= stored._SAME_KEPT
+        assert same.cache_info().currsize <= stored._SAME_KEPT
     first = same(b"again".decode())
     assert same(b"again".decode()) is first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeVar
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
@@ -35,28 +36,14 @@ _UNIQUE_VALUES = frozenset({"date", "expires", "last-modified", "etag", "content
 # responses stored in the same second share a Date, those of one deployment a
 # Last-Modified, those of one size a Content-Length.
 _REPEATING = frozenset({"date", "expires", "last-modified", "content-length"})
-_SAME_KEPT = 4096  # values the table holds; then it starts again (entries keep theirs)
+_SAME_KEPT = 4096  # values the table holds, the least recently seen going first
 
 
-class _Same:
-    """One object for equal values seen lately (strings, floats): entries made from
-    equal values share it, without an unbounded table."""
-
-    def __init__(self) -> None:
-        self._seen: dict[object, object] = {}
-
-    def __call__(self, value: _V) -> _V:
-        seen = self._seen
-        found = seen.get(value)
-        if found is not None:
-            return found  # type: ignore[return-value]
-        if len(seen) >= _SAME_KEPT:
-            seen.clear()
-        seen[value] = value
-        return value
-
-
-_same = _Same()
+@lru_cache(maxsize=_SAME_KEPT)
+def _same(value: _V) -> _V:
+    """One object for equal values seen lately (strings, floats): the cache hands back
+    the first one, so entries made from equal values share it."""
+    return value
 # Age is recomputed on every reuse (§4.2.3); X-Cache is this cache's own verdict.
 _REPLACED_ON_REUSE = frozenset({"age", "x-cache"})
 

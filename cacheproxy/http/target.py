@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -18,22 +19,20 @@ class Target(NamedTuple):
     absolute: bool   # the request line carried the authority (absolute-form)
 
 
-_CHECKED: dict[str, bool] = {}  # authorities seen lately (a proxy sees a few, again and again)
-_CHECKED_KEPT, _CHECKED_CHARS = 1024, 255
+_MEMO_CHARS = 255  # Hosts up to this long have their check remembered (a proxy sees a few)
 
 
 def valid_authority(value: str) -> bool:
+    return (_checked if len(value) <= _MEMO_CHARS else _authority)(value)
+
+
+def _authority(value: str) -> bool:
     # RFC 3986 §3.2: anything else ("/", "?", "#", "@", spaces) in a Host would make the
     # cache key name another resource.
-    known = _CHECKED.get(value)
-    if known is not None:
-        return known
-    valid = AUTHORITY_RE.fullmatch(value) is not None
-    if len(value) <= _CHECKED_CHARS:
-        if len(_CHECKED) >= _CHECKED_KEPT:
-            _CHECKED.clear()
-        _CHECKED[value] = valid
-    return valid
+    return AUTHORITY_RE.fullmatch(value) is not None
+
+
+_checked = lru_cache(maxsize=1024)(_authority)
 
 
 def request_target(raw: str, host: str | None) -> Target | None:

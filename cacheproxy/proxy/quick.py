@@ -151,15 +151,15 @@ class QuickHits:
     def fresh(self, entry: CachedResponse, outcome: Outcome) -> tuple[tuple[str, str], ...]:
         proxy = self.proxy
         assert outcome.age is not None
-        return fresh_fields(outcome.age, outcome, proxy.cache_name, proxy.local_via)
+        return fresh_fields(outcome.age, outcome.cache_status(proxy.cache_name),
+                            outcome.x_cache, proxy.local_via)
 
     def plain_fields(self, age: float, ttl: float) -> tuple[str, tuple[tuple[str, str], ...]]:
         """A Plain hit's Cache-Status member and fresh fields: what fresh_fields makes of
         the Outcome of a fresh hit (note_served: hit, from storage, nothing forward)."""
         proxy = self.proxy
         member = cache_status(proxy.cache_name, hit=True, ttl=ttl)
-        return member, (("Age", str(int(age))), ("Via", proxy.local_via),
-                        ("Cache-Status", member), ("X-Cache", "HIT"))
+        return member, fresh_fields(age, member, "HIT", proxy.local_via)
 
     def _route(self, host: str | None, raw: str, msg: RawRequestMessage) -> Route | None:
         """As CacheProxy._respond routes an origin-form request, memoised per config;

@@ -69,13 +69,14 @@ def _block(entry: CachedResponse) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(entry_fields(entry))
 
 
-def fresh_fields(age: float, outcome: Outcome, cache_name: str, via: str
+def fresh_fields(age: float, member: str, x_cache: str, via: str
                  ) -> tuple[tuple[str, str], ...]:
-    """The fields a replay of a stored response gets fresh for each request."""
+    """The fields a replay of a stored response gets fresh for each request; member is
+    its Cache-Status member (Outcome.cache_status)."""
     return (("Age", str(int(age))),  # RFC 9111 §5.1: required when served from cache
             ("Via", via),  # RFC 9110 §7.6.3
-            ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
-            ("X-Cache", outcome.x_cache))
+            ("Cache-Status", member),  # RFC 9211: appended
+            ("X-Cache", x_cache))
 
 
 def stored_response(
@@ -91,7 +92,7 @@ def stored_response(
 ) -> Answer:
     """Replay a stored response, the 304 the flow decided on (§4.3.2), or the part of it
     a Range asked for (RFC 9110 §14.2)."""
-    fresh = fresh_fields(age, outcome, cache_name, via)
+    fresh = fresh_fields(age, outcome.cache_status(cache_name), outcome.x_cache, via)
     if not_modified is not None:
         response = Answer(304, CIMultiDict(not_modified.fields))
     elif part is not None:

@@ -88,4 +88,4 @@ def test_rfc3986_s3_2_a_remembered_authority_check_answers_as_the_pattern(value:
     expected = AUTHORITY_RE.fullmatch(value) is not None
     assert target.valid_authority(value) is expected
     assert target.valid_authority(value) is expected
-    assert len(target._CHECKED) <= target._CHECKED_KEPT
+    assert target._checked.cache_info().currsize <= 1024

@@ -16,6 +16,7 @@ from support import proxy_config, proxy_for_toml, read_json_log
 from test_client_plane import Raw
 
 from cacheproxy.proxy.quick import QuickHits
+from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.server import reconfigure
 
 STAMP = formatdate(1_700_000_000, usegmt=True)
@@ -102,16 +103,21 @@ def _log_view(line: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def quick_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
     """switch(False) sends every request on the full path; switch(True) restores it.
-    taken counts the requests the quick path answered."""
+    taken counts the requests the quick path answered, planned those it sent forward."""
     real = QuickHits.hit
     taken: list[tuple[str, tuple[str, ...]]] = []
+    planned: list[tuple[str, tuple[str, ...]]] = []
     methods: list[str] = []
 
     def counted(self: QuickHits, msg: Any, started: float) -> Any:
         found = real(self, msg, started)
-        if found is not None:  # the path, and the names of the fields beyond ours
-            taken.append((msg.path, tuple(name for name in msg.headers
-                                          if name not in ("Host", "User-Agent"))))
+        # the path, and the names of the fields beyond ours
+        shape = (msg.path, tuple(name for name in msg.headers
+                                 if name not in ("Host", "User-Agent")))
+        if isinstance(found, Planned):
+            planned.append(shape)
+        elif found is not None:
+            taken.append(shape)
             methods.append(msg.method)
         return found
 
@@ -123,6 +129,7 @@ def quick_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
         state["on"] = on
 
     switch.taken = taken  # type: ignore[attr-defined]
+    switch.planned = planned  # type: ignore[attr-defined]
     switch.methods = methods  # type: ignore[attr-defined]
     return switch
 
@@ -153,8 +160,11 @@ async def test_every_request_shape_gets_the_full_paths_answer(
     assert {("/fresh", ("If-None-Match",)), ("/fresh", ("Range",)),
             ("/fresh", ("Range", "If-Range")), ("/fresh", ("Origin",))} <= taken
     assert any(method == "HEAD" for method in quick_switch.methods)
-    # What needs more than a lookup goes the full way.
+    # What needs more than a lookup goes the full way; what goes forward, as planned here
+    # (then by the quick forward when its answer comes whole: proxy/quick_forward.py).
     assert not {("/nocache", ()), ("/fresh", ("If-Match",))} & taken
+    assert {("/nocache", ()), ("/fresh", ("Cache-Control",)), ("/nocache", ("Cookie",))} \
+        <= set(quick_switch.planned)
 
 
 async def test_log_lines_are_the_full_paths(proxy: Any, origin: Any, quick_switch: Any,

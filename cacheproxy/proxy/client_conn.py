@@ -44,6 +44,7 @@ from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.quick import Plain
 from cacheproxy.proxy.replay import REASONS
+from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
@@ -109,6 +110,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._sent = 0
         self._status = 0
         self._declined: Any = None  # the request the quick path last handed on
+        self._planned: tuple[Any, Planned] | None = None  # and how it goes forward
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
         self._unsent = 0  # bytes the transport held at the last look (send_timeout)
@@ -287,6 +289,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             found = quick.hit(msg, started)
             if found is None:
                 return False
+            if type(found) is Planned:  # it goes forward: the full path's, as planned
+                self._planned = (msg, found)
+                return False
             self._keep_alive = not msg.should_close
             self._sent = 0
             # The answer is written last: if anything before it fails, nothing was sent.
@@ -421,7 +426,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                                     self._port, self._origin)
             self._request, self._sent, self._chunked = request, 0, False
             self._started = False
-            answer = await listener.proxy.serve(request, self, started)
+            planned, self._planned = self._planned, None
+            answer = await listener.proxy.serve(
+                request, self, started,
+                planned[1] if planned is not None and planned[0] is msg
+                and listener.quick.still(planned[1]) else None)
             if answer is not None and self._started:
                 # An error after a streamed head went out (a bug of ours): no second
                 # answer can follow; the client sees the message end abnormally.

@@ -106,6 +106,10 @@ class Driver:
             return self.error(ctx, d.status, d.message)
         if isinstance(d, PreconditionFailed):  # RFC 9110 §13.2.2, from storage
             return self.error(ctx, 412, "precondition failed")
+        return await self.forward_or_collapse(ctx, d)
+
+    async def forward_or_collapse(self, ctx: Ctx, d: Forward) -> Answer | None:
+        """Lookup said forward: alone, or collapsed with others for the key."""
         if d.collapse:
             return await self._collapsed(ctx, d)
         return await self.forward(ctx, d)
@@ -128,32 +132,52 @@ class Driver:
     # -- step 2: forward, then what the upstream said ----------------------------
 
     async def forward(
-        self, ctx: Ctx, fwd: Forward, release: Callable[[], None] = _nothing
+        self, ctx: Ctx, fwd: Forward, release: Callable[[], None] = _nothing,
+        retry: bool = True,
     ) -> Answer | None:
-        exchange = self.exchange
         request, plan = ctx.request, ctx.plan
         body = request.content if ctx.facts.has_body else None
         request_time = time.time()
         try:
-            resp = await exchange.send(fwd.method, plan.upstream + ctx.target, ctx.fields(fwd),
-                                       body, ctx.outcome)
+            resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
+                                            ctx.fields(fwd), body, ctx.outcome, retry)
         except UpstreamError as exc:
-            release()
-            f = failed(fwd, status=exc.status, message=exc.reason, req=ctx.facts,
-                       route=plan.cache, now=time.time())
-            note_failed(ctx.outcome, f)
-            # One line per failure, naming the upstream, the request and the cause.
-            log.warning("upstream %s failed for %s %s: %s; answered %s", plan.upstream,
-                        fwd.method, ctx.target, exc.reason,
-                        "from storage (stale-if-error)" if isinstance(f, ServeStale)
-                        else f.status)
-            return self._failed(ctx, f)
+            return self.upstream_failed(ctx, fwd, exc, release)
         try:
-            d = answered(fwd, status=resp.status, fields=list(resp.headers.items()),
-                         length=resp.content_length, req=ctx.facts, route=plan.cache,
-                         key=ctx.key, request_time=request_time, response_time=time.time())
-            self._remember(ctx, d)
-            note_answered(ctx.outcome, d)
+            d = self.decide(ctx, fwd, resp, request_time)
+        except BaseException:
+            resp.close()
+            raise
+        return await self.perform(ctx, d, resp, release)
+
+    def upstream_failed(self, ctx: Ctx, fwd: Forward, exc: UpstreamError,
+                        release: Callable[[], None] = _nothing) -> Answer:
+        """No answer came: an error of ours, or a stale response (RFC 5861 §4)."""
+        release()
+        plan = ctx.plan
+        f = failed(fwd, status=exc.status, message=exc.reason, req=ctx.facts,
+                   route=plan.cache, now=time.time())
+        note_failed(ctx.outcome, f)
+        # One line per failure, naming the upstream, the request and the cause.
+        log.warning("upstream %s failed for %s %s: %s; answered %s", plan.upstream,
+                    fwd.method, ctx.target, exc.reason,
+                    "from storage (stale-if-error)" if isinstance(f, ServeStale)
+                    else f.status)
+        return self._failed(ctx, f)
+
+    def decide(self, ctx: Ctx, fwd: Forward, resp: UpstreamResponse, request_time: float
+               ) -> Answered:
+        """What the upstream's answer (its head) to fwd means (the flow's answered)."""
+        d = answered(fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
+                     req=ctx.facts, route=ctx.plan.cache, key=ctx.key,
+                     request_time=request_time, response_time=time.time())
+        self._remember(ctx, d)
+        note_answered(ctx.outcome, d)
+        return d
+
+    async def perform(self, ctx: Ctx, d: Answered, resp: UpstreamResponse,
+                      release: Callable[[], None] = _nothing) -> Answer | None:
+        try:
             return await self._perform(ctx, d, resp, release)
         except BaseException:
             resp.close()
@@ -267,7 +291,7 @@ class Driver:
         try:
             request_time = time.time()
             resp = await exchange.send("GET", plan.upstream + target, fields, None)
-            d = answered(fwd, status=resp.status, fields=list(resp.headers.items()),
+            d = answered(fwd, status=resp.status, fields=resp.fields,
                          length=resp.content_length, req=facts, route=plan.cache, key=key,
                          request_time=request_time, response_time=time.time())
             if isinstance(d, Store):

@@ -39,17 +39,25 @@ _MEMO_URL = 2048  # upstream URLs up to this long are parsed once (1,024 kept)
 class UpstreamResponse:
     """The head of the upstream's answer, and its body as it arrives."""
 
-    __slots__ = ("_conn", "_done", "_pool", "_timeout", "content_length", "headers", "reason",
-                 "status", "version")
+    __slots__ = ("_conn", "_done", "_headers", "_pool", "_timeout", "content_length",
+                 "fields", "reason", "status", "version")
 
     def __init__(self, pool: Pool, conn: Connection, read_timeout: float) -> None:
         self._pool, self._conn, self._timeout, self._done = pool, conn, read_timeout, False
         self.status = conn.status
         self.reason = conn.reason
         self.version = conn.version
-        self.headers = CIMultiDictProxy(CIMultiDict(conn.fields()))
-        length = self.headers.get("Content-Length")  # llhttp checked it is one number
+        self.fields = conn.fields()  # as received, in order
+        self._headers: CIMultiDictProxy[str] | None = None
+        length = conn.content_length  # llhttp checked it is one number
         self.content_length = int(length) if length is not None and length.isdigit() else None
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        """The fields by name (made when first asked: a pass-through never asks)."""
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(CIMultiDict(self.fields))
+        return self._headers
 
     async def readany(self) -> bytes:
         """The next body bytes, b"" at the end; UpstreamError when the body broke off."""
@@ -134,34 +142,41 @@ class Exchange:
     async def close(self) -> None:
         self.pool.close()
 
-    async def send(
-        self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
-        outcome: Outcome | None = None,
-    ) -> UpstreamResponse:
-        """Send the request and return the answer's head. A request that failed on a reused
-        connection before any byte of the answer came is sent once more on a new one, when
-        nothing of it was written or it is idempotent without a body (the origin may have
-        closed the idle connection just then)."""
-        started = time.perf_counter()
+    @staticmethod
+    def request_head(method: str, url: str, fields: list[tuple[str, str]], body: bool
+                     ) -> tuple[Origin, bytes, str | None]:
+        """Where the request goes, its head, and the Content-Length it has (a body
+        without one goes chunked)."""
         origin, target, credentials = (_upstream_target if len(url) <= _MEMO_URL
                                        else _upstream_target.__wrapped__)(url)
         length = next((v for k, v in fields if k.lower() == "content-length"), None)
-        chunked = body is not None and length is None
-        if body is None and length is None and method in _WITH_CONTENT:
+        if not body and length is None and method in _WITH_CONTENT:
             # RFC 9110 §8.6: a POST (PUT, PATCH) without content says so; servers such
             # as IIS answer 411 to one that does not.
             fields = [*fields, ("Content-Length", "0")]
         if credentials is not None:  # credentials in proxy.upstream / a route's URL
             fields = [(k, v) for k, v in fields if k.lower() != "authorization"]
             fields.append(("Authorization", credentials))
-        head = _request_head(method, target, fields, chunked)
+        return origin, _request_head(method, target, fields, body and length is None), length
+
+    async def send(
+        self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
+        outcome: Outcome | None = None, retry: bool = True,
+    ) -> UpstreamResponse:
+        """Send the request and return the answer's head. A request that failed on a reused
+        connection before any byte of the answer came is sent once more on a new one, when
+        nothing of it was written or it is idempotent without a body (the origin may have
+        closed the idle connection just then). retry=False: this is that second time."""
+        started = time.perf_counter()
+        origin, head, length = self.request_head(method, url, fields, body is not None)
+        chunked = body is not None and length is None
         # A small body of an idempotent request is read first, so it can be sent again.
         kept: bytes | None = None
         if (body is not None and method in IDEMPOTENT and length is not None
                 and length.isdigit() and int(length) <= _REPLAYABLE):
             kept = await body.read()
         replayable = body is None or kept is not None
-        for attempt in (1, 2):
+        for attempt in (1, 2) if retry else (2,):
             conn = await self.pool.acquire(origin)
             reused = conn.used
             stream = None if body is None else _once(kept) if kept is not None \
@@ -180,6 +195,11 @@ class Exchange:
             outcome.upstream_ms = (time.perf_counter() - started) * 1000
             outcome.fwd_status = conn.status
         return UpstreamResponse(self.pool, conn, self.read_timeout)
+
+    def retries(self, method: str, conn: Connection, reused: bool, exc: UpstreamError) -> bool:
+        """Whether a body-less request that failed on conn goes once more (send's rule)."""
+        return reused and exc.status == 502 and not conn.received_any \
+            and (not conn.written or method in IDEMPOTENT)
 
     async def put(self, entry: CachedResponse, body: bytes) -> bool:
         return await self.store.put(replace(entry, body=body, size=entry.size + len(body)))
@@ -204,7 +224,7 @@ class Exchange:
         if fill is None:
             release()
         send_body = request.method != "HEAD"
-        headers = CIMultiDict(end_to_end(resp.headers.items()))
+        headers = CIMultiDict(end_to_end(resp.fields))
         mark(headers, outcome, self.cache_name, self.via(resp))
         try:
             await out.start(resp.status, resp.reason, headers, not send_body)
@@ -268,7 +288,7 @@ class Exchange:
         304 (§4.3.2), once the body is in the store."""
         headers = CIMultiDict(answer.fields)
         # The cookie is this client's even when the stored copy leaves it out ("strip").
-        for name, value in resp.headers.items():
+        for name, value in resp.fields:
             if name.lower() == "set-cookie":
                 headers.add(name, value)
         outcome.stored = False  # until it is: a body that breaks off stores nothing

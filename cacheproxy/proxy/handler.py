@@ -23,6 +23,7 @@ from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
 from cacheproxy.proxy.policy_steps import inbound, rewrites_referer, upstream_fields
 from cacheproxy.proxy.respond import error_response
+from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.proxy.web_adapter import WebDownstream, answer_of, web_response
@@ -90,13 +91,23 @@ class CacheProxy:
 
     # -- entry point ------------------------------------------------------
 
-    async def serve(self, request: ClientMessage, out: Downstream, started: float
-                    ) -> Answer | None:
-        """The answer to request, or None when it was streamed through out."""
+    async def serve(self, request: ClientMessage, out: Downstream, started: float,
+                    planned: Planned | None = None) -> Answer | None:
+        """The answer to request, or None when it was streamed through out. planned: the
+        quick path routed it and looked it up already (proxy/quick.py)."""
+        if planned is not None:
+            ctx = self.planned(request, out, planned, started)
+            return await self.guarded(ctx.request, ctx.outcome,
+                                      self.driver.forward_or_collapse(ctx, planned.forward))
         # The request log reads it once the response went out.
         outcome = request[OUTCOME] = Outcome(started=started)
+        return await self.guarded(request, outcome, self._respond(request, out, outcome))
+
+    async def guarded(self, request: ClientMessage, outcome: Outcome,
+                      step: Awaitable[Answer | None]) -> Answer | None:
+        """step's answer; an error answer (logged) when it fails."""
         try:
-            return await self._respond(request, out, outcome)
+            return await step
         except UpstreamError as exc:  # the upstream failed mid-exchange (a refetch)
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
@@ -170,6 +181,20 @@ class CacheProxy:
             return await self.driver.cached(ctx)
         note_lookup(outcome, passing)
         return await self.driver.forward(ctx, passing)
+
+    def planned(self, request: ClientMessage, out: Downstream, planned: Planned,
+                started: float) -> Ctx:
+        """An origin-form GET or HEAD the quick path routed (as _respond does) and looked
+        up, as the driver carries it on from its forward step."""
+        route, facts, fwd, _ = planned
+        plan = request[PLAN] = route.plan
+        outcome = request[OUTCOME] = Outcome(
+            started=started, host=route.authority, target=route.target,
+            route=route.route_name, secrets=route.secrets)
+        note_lookup(outcome, fwd)
+        authority = route.authority
+        return Ctx(request, out, plan, route.key, route.target, facts, outcome,
+                   lambda fwd: self._fields(request, plan, authority, fwd))
 
     def _server_options(self, request: ClientMessage, outcome: Outcome) -> Answer:
         """RFC 9110 §9.3.7: "OPTIONS *" is about the server in general, and to the

@@ -25,7 +25,7 @@ import logging
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httptools
@@ -99,7 +99,9 @@ class Connection(asyncio.Protocol):
         self._until_close = False
         self._received = False     # any byte of the answer arrived
         self._pump: asyncio.Task[None] | None = None
+        self._receiver: Callable[[], None] | None = None  # send_quick's
         self.written = False       # any byte of the request was handed to the socket
+        self.content_length: str | None = None  # the answer's (first) Content-Length
         self._body_sent = 0
         self._head_bytes = 0       # bytes received before the head was complete
         self.status = 0
@@ -131,6 +133,8 @@ class Connection(asyncio.Protocol):
         if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
             # Still no whole head: llhttp builds a field up before on_header sees it.
             self._fail(_refused("bad framing (header section too large)"))
+        if self._receiver is not None:
+            self._notify()
 
     def eof_received(self) -> bool | None:
         self.reusable = False
@@ -152,6 +156,8 @@ class Connection(asyncio.Protocol):
             if self._head is not None and not self._head.done():
                 self._head.set_exception(self._lost)
         self._wake()
+        if self._receiver is not None:
+            self._notify()
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
 
@@ -191,11 +197,19 @@ class Connection(asyncio.Protocol):
         self.status = status
         if not self._parser.should_keep_alive():
             self.reusable = False
-        codings = ",".join(v for k, v in self._fields if k.lower() == "transfer-encoding")
+        codings: list[str] = []
+        content_length = None
+        for k, v in self._fields:  # one pass, each name lowered once
+            lk = k.lower()
+            if lk == "transfer-encoding":
+                codings.append(v)
+            elif lk == "content-length" and content_length is None:
+                content_length = v
+        self.content_length = content_length
         # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
         # close, as does a message with neither it nor Content-Length.
-        chunked = codings.rpartition(",")[2].strip().lower() == "chunked"
-        length = not codings and any(k.lower() == "content-length" for k, _ in self._fields)
+        chunked = ",".join(codings).rpartition(",")[2].strip().lower() == "chunked"
+        length = not codings and content_length is not None
         self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:
             self.reusable = False
@@ -249,6 +263,52 @@ class Connection(asyncio.Protocol):
         except BaseException:
             self.close()
             raise
+
+    def send_quick(self, head: bytes, head_only: bool, receiver: Callable[[], None]) -> None:
+        """send() for a request without a body, the answer taken by callback: receiver is
+        called once, when the head is in (with what came of the body in the same read;
+        the body goes on as read_chunk gives it) or the exchange failed (head_failure)."""
+        self._reset_exchange()
+        self._head_only = head_only
+        self.used = True
+        self._head = self.pool.loop().create_future()
+        transport = self.transport
+        if self._closed or transport is None or transport.is_closing():
+            raise _refused("closed before answering")
+        self._receiver = receiver
+        self.pool.gather(self, head)
+
+    def _notify(self) -> None:
+        head = self._head
+        if head is not None and head.done():
+            receiver, self._receiver = self._receiver, None
+            assert receiver is not None
+            receiver()
+
+    def head_failure(self) -> UpstreamError | None:
+        """Why send_quick's exchange failed before the head came; None: the head is in."""
+        head = self._head
+        assert head is not None and head.done()
+        failure = head.exception()
+        if failure is None:
+            return None
+        return failure if isinstance(failure, UpstreamError) else _refused(str(failure))
+
+    def expire_quick(self, reason: str) -> None:
+        """send_quick's read_timeout passed before the head: 504, the connection closed."""
+        head = self._head
+        if self._receiver is not None and head is not None and not head.done():
+            _expire(head, reason)
+            self.close()
+            self._notify()
+
+    def forget_quick(self) -> None:
+        """Nobody takes send_quick's answer any more (the client left)."""
+        self._receiver = None
+        self.close()
+        head = self._head
+        if head is not None and head.done() and not head.cancelled():
+            head.exception()  # (retrieved: no "never retrieved" warning)
 
     async def _await_head(self, head: asyncio.Future[None], read_timeout: float) -> None:
         """read_timeout counts from the last byte of the request: while the body still
@@ -353,6 +413,8 @@ class Connection(asyncio.Protocol):
             self._head.set_exception(failure)
         self._wake()
         self.close()
+        if self._receiver is not None:
+            self._notify()
 
     def _broken(self) -> None:
         """Bytes where none may be: the framing is off; never reuse (and never replay)."""

@@ -16,12 +16,16 @@ might, it goes there, and the full path answers it as it always did:
 - a route whose hotlink gate may refuse it (referer.protect_paths);
 - anything but a `Serve` decision: misses, validations, stale-while-revalidate, 412s;
 - a store that cannot answer without I/O (Redis without a synced memory layer).
+
+A request lookup sends forward is still decided here once: its route, facts and
+`Forward` go to the full path with it (`Planned`), which then starts at the driver's
+forward step instead of routing and looking it up again, when storage still holds what
+the decision was made on.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -31,6 +35,7 @@ from multidict import CIMultiDictProxy
 from cacheproxy.http.cache_status import cache_status
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
+    Forward,
     Serve,
     lookup,
     plain_serve,
@@ -39,9 +44,9 @@ from cacheproxy.http.flow import (
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
 from cacheproxy.observe.outcome import Outcome, note_lookup
-from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import fresh_fields
+from cacheproxy.proxy.routed import Planned, Route
 from cacheproxy.proxy.routing import Plans, RoutePlan
 
 if TYPE_CHECKING:
@@ -56,24 +61,6 @@ def _plain(h: CIMultiDictProxy[str]) -> bool:
         if name in h:
             return False
     return True
-
-
-class Route:
-    """What a (Host, target) pair resolves to: the same for every request with them."""
-
-    __slots__ = ("authority", "key", "logged", "plan", "replayed", "route_name", "secrets",
-                 "target")
-
-    def __init__(self, plan: RoutePlan, key: str, authority: str, target: str,
-                 route_name: str) -> None:
-        self.plan, self.key, self.authority, self.target = plan, key, authority, target
-        self.route_name = route_name
-        self.secrets = plan.route.referer.strip_params
-        self.logged = redact(target, self.secrets) or "-"  # the path as the log shows it
-        # The last plain hit's head, for the next one: the entry (weakly: the store may
-        # evict it), what else the head was made from, the head, its Cache-Status member.
-        self.replayed: tuple[weakref.ref[CachedResponse], tuple[object, ...], bytes, str] \
-            | None = None
 
 
 class Plain(NamedTuple):
@@ -107,9 +94,9 @@ class QuickHits:
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
             getattr(proxy.store, "peek", None)
 
-    def hit(self, msg: RawRequestMessage, started: float) -> Quick | Plain | None:
-        """How storage answers msg, if it does without the origin; None: the full path
-        answers it."""
+    def hit(self, msg: RawRequestMessage, started: float) -> Quick | Plain | Planned | None:
+        """How storage answers msg, if it does without the origin; Planned: it goes
+        forward, as decided here; None: the full path decides."""
         method = msg.method
         if (method != "GET" and method != "HEAD") or msg.upgrade:
             return None
@@ -121,7 +108,7 @@ class QuickHits:
             return None
         peek = self._peek
         variants = peek(route.key) if peek is not None else None
-        if not variants:
+        if variants is None:  # only I/O can say (Redis without a synced memory layer)
             return None
         plan = route.plan
         if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h) \
@@ -129,11 +116,14 @@ class QuickHits:
             # lookup() would decide by freshness alone: plain_serve is its answer.
             entry = variants[0]
             served = plain_serve(entry, time.time())
-            if served is None:
-                return None
-            return Plain(route, entry, *served)
+            if served is not None:
+                return Plain(route, entry, *served)
         facts = request_facts(method, h, has_body=False)
-        d = lookup(facts, variants, now=time.time(), route=plan.cache)
+        # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
+        d = lookup(facts, variants, now=time.time(), route=plan.cache,
+                   recently_passed=self.proxy.driver.collapser.passes(route.key))
+        if type(d) is Forward:
+            return Planned(route, facts, d, variants)
         if type(d) is not Serve:
             return None
         outcome = self._outcome(route, started)
@@ -141,6 +131,16 @@ class QuickHits:
         # As the driver replies (Driver.reply): the whole response, a 304, a 206 or 416.
         answer = self.proxy.driver.served(facts, outcome, d.entry, d.age, d.ttl)
         return Quick(plan, outcome, d.entry, answer)
+
+    def still(self, planned: Planned) -> bool:
+        """Whether planned still holds: the same config, and storage holds the same
+        variants under its key (another request may have filled or evicted it since)."""
+        peek = self._peek
+        if peek is None or self.proxy.plans is not self._plans:
+            return False
+        now, then = peek(planned.route.key), planned.variants
+        return now is not None and len(now) == len(then) \
+            and all(a is b for a, b in zip(now, then, strict=True))
 
     @staticmethod
     def _outcome(route: Route, started: float) -> Outcome:

@@ -43,11 +43,13 @@ from cacheproxy.proxy.connect import ConnectMethod
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.quick import Plain
+from cacheproxy.proxy.quick_forward import QuickForward
 from cacheproxy.proxy.replay import REASONS
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
+from cacheproxy.proxy.upstream import UpstreamError
 
 log = logging.getLogger("cacheproxy")
 
@@ -111,6 +113,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._status = 0
         self._declined: Any = None  # the request the quick path last handed on
         self._planned: tuple[Any, Planned] | None = None  # and how it goes forward
+        self._relay: QuickForward | None = None  # a request sent by callback, under way
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
         self._unsent = 0  # bytes the transport held at the last look (send_timeout)
@@ -172,7 +175,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if not messages:
                 break
             self._disarm()
-            if self._task is None and not self._queue:
+            if self._task is None and not self._queue and self._relay is None:
                 messages = self._quick(messages)
                 if not messages:  # all answered here
                     answered_here = True
@@ -182,7 +185,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     break
             self._enqueue(messages)
             return
-        if self._task is not None or self._closing or self.transport is None:
+        if self._task is not None or self._closing or self.transport is None \
+                or self._relay is not None:
             return
         if answered_here:
             timeouts = self._timeouts
@@ -194,7 +198,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _enqueue(self, messages: list[Any]) -> None:
         """Requests for the task, in order; reading pauses while MAX_PIPELINED wait."""
         self._queue.extend(messages)
-        if self._task is None:
+        if self._task is None and self._relay is None:  # (a relay's end starts it)
             self._task = self._loop.create_task(self._serve())
         if len(self._queue) >= MAX_PIPELINED and not self._buffer_paused:
             self._pause_reading_for_buffer()
@@ -243,6 +247,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         super().connection_lost(exc)
         if self._tunnel is not None:
             self._tunnel.client_gone()
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.client_gone()
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()
@@ -280,7 +287,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         driver run. False: msg needs the full path."""
         listener = self.listener
         if self._closing or self._upgraded or self._origin is not None or self._paused \
-                or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError):
+                or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError) \
+                or self._relay is not None:
             return False  # (and the control plane's requests: QuickHits declines them)
         started = time.perf_counter()
         quick = listener.quick
@@ -289,7 +297,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             found = quick.hit(msg, started)
             if found is None:
                 return False
-            if type(found) is Planned:  # it goes forward: the full path's, as planned
+            if type(found) is Planned:  # it goes forward: by callback, or the full path
+                if self._forward(msg, found, started):
+                    return True
                 self._planned = (msg, found)
                 return False
             self._keep_alive = not msg.should_close
@@ -343,8 +353,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     self._refuse(msg)
                     return
                 if msg is not self._declined and self._quick_one(msg, payload):
-                    if self._closing:
-                        return
+                    if self._closing or self._relay is not None:
+                        return  # (a quick forward's end goes on with the queue)
                     continue
                 if not await self._one(msg, payload):
                     return
@@ -431,20 +441,133 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 request, self, started,
                 planned[1] if planned is not None and planned[0] is msg
                 and listener.quick.still(planned[1]) else None)
-            if answer is not None and self._started:
-                # An error after a streamed head went out (a bug of ours): no second
-                # answer can follow; the client sees the message end abnormally.
-                self._keep_alive = False
-            elif answer is not None:
-                self._send_answer(request, answer)
-            listener.record(request, self._status, self._sent, started)
-            self._request = None
+            self._answered(request, answer, started)
             keep = self._keep_alive
         if keep and not payload.is_eof():
             keep = await self._linger(payload)
         if not keep:
             self.close()
         return keep
+
+    def _answered(self, request: ClientRequest, answer: Answer | None, started: float
+                  ) -> None:
+        """The proxy's answer is in (None: it was streamed): sent, and logged."""
+        if answer is not None and self._started:
+            # An error after a streamed head went out (a bug of ours): no second
+            # answer can follow; the client sees the message end abnormally.
+            self._keep_alive = False
+        elif answer is not None:
+            self._send_answer(request, answer)
+        self.listener.record(request, self._status, self._sent, started)
+        self._request = None
+
+    # -- a request sent by callback (proxy/quick_forward.py) ------------------------
+
+    def _forward(self, msg: RawRequestMessage, planned: Planned, started: float) -> bool:
+        """Send planned's request on an idle connection to its origin, its answer taken
+        by callback; False: nothing was sent (the full path goes on, as planned)."""
+        fwd = planned.forward
+        if fwd.collapse:  # waiting behind another request for the key: the driver's
+            return False
+        proxy = self.listener.proxy
+        exchange = proxy.exchange
+        route = planned.route
+        url = route.plan.upstream + route.target
+        conn = exchange.pool.idle(exchange.origin_of(url))
+        if conn is None:  # connecting is the full path's (connect_timeout, its errors)
+            return False
+        request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
+        ctx = proxy.planned(request, self, planned, started)
+        relay = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
+        try:
+            _, head, _ = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)
+            relay.start(head, self._loop)
+        except UpstreamError:  # a field that cannot be sent, a connection closed meanwhile
+            exchange.pool.release(conn)  # (the full path answers, with its 502)
+            return False
+        self._keep_alive = not msg.should_close
+        self._request, self._sent, self._chunked, self._started = request, 0, False, False
+        self._relay = relay
+        return True
+
+    def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
+              head_only: bool) -> bytes:
+        """A relayed response's head (start() without the cork)."""
+        request = self._request
+        assert request is not None
+        self._started = True
+        self._fields(request, status, headers)
+        self._chunked = False
+        headers.popall("Transfer-Encoding", None)
+        if status < 200 or status == 204:
+            headers.popall("Content-Length", None)
+        elif head_only or status in _NO_BODY or "Content-Length" in headers:
+            pass
+        elif request.version >= HttpVersion11:
+            headers["Transfer-Encoding"] = "chunked"  # RFC 9112 §7.1
+            self._chunked = True
+        else:  # an HTTP/1.0 client: the close ends the body (RFC 9112 §6.3)
+            self._keep_alive = False
+            headers["Connection"] = "close"
+        if self.transport is None:
+            raise ConnectionResetError("client connection lost")
+        return self._head(request.version, status, reason, headers)
+
+    def send_whole(self, head: bytes, body: bytes) -> None:
+        """A relayed response whose body is all here: head and body, one send."""
+        self._write(head)
+        if self._chunked:
+            self._write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
+        elif body:
+            self._write(body)  # as read: no joined copy
+        self._sent = len(body)
+
+    def forwarded(self, answer: Answer | None) -> None:
+        """The quick forward ended here (None: its answer was sent)."""
+        relay, self._relay = self._relay, None
+        request = self._request
+        if relay is None or request is None:
+            return
+        self._answered(request, answer, relay.ctx.outcome.started)
+        self._next()
+
+    def hand_off(self, step: Any) -> None:
+        """The quick forward goes on in a task: the driver's step, then the queue."""
+        relay, self._relay = self._relay, None
+        assert relay is not None
+        self._task = self._loop.create_task(self._continued(step, relay.ctx.outcome.started))
+
+    async def _continued(self, step: Any, started: float) -> None:
+        request = self._request
+        assert request is not None
+        keep = False
+        try:
+            answer = await self.listener.proxy.guarded(request, request[OUTCOME], step)
+            self._answered(request, answer, started)
+            keep = self._keep_alive
+        except Exception:  # a bug of ours: the connection goes, the process stays
+            log.exception("client connection failed")
+        if keep and self.transport is not None and not self._closing:
+            await self._serve()  # (which ends the task, and arms the idle timer)
+            return
+        self._task = None
+        self.close()
+
+    def _next(self) -> None:
+        """After a quick forward: the requests read meanwhile, or the idle timer."""
+        if self.transport is None:
+            return
+        if not self._keep_alive:
+            self.close()
+        elif self._queue:
+            self._task = self._loop.create_task(self._serve())
+        elif self._closing:
+            self.close()
+        elif self._parser is not None and self._parser.holding and not self._paused:
+            self.data_received(b"")
+        else:
+            timeouts = self._timeouts
+            self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
 
     async def _linger(self, payload: StreamReader) -> bool:
         """Read and drop a request body nobody read, so the next request can be parsed."""
@@ -639,27 +762,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
                     head_only: bool) -> None:
-        request = self._request
-        assert request is not None
-        self._started = True
-        self._fields(request, status, headers)
-        self._chunked = False
-        headers.popall("Transfer-Encoding", None)
-        if status < 200 or status == 204:
-            headers.popall("Content-Length", None)
-        elif head_only or status in _NO_BODY or "Content-Length" in headers:
-            pass
-        elif request.version >= HttpVersion11:
-            headers["Transfer-Encoding"] = "chunked"  # RFC 9112 §7.1
-            self._chunked = True
-        else:  # an HTTP/1.0 client: the close ends the body (RFC 9112 §6.3)
-            self._keep_alive = False
-            headers["Connection"] = "close"
-        if self.transport is None:
-            raise ConnectionResetError("client connection lost")
         # Corked: the head goes out with the first body bytes when they are already here
         # (one send, one segment), or at the end of this loop iteration when they are not.
-        self._corked = self._head(request.version, status, reason, headers)
+        self._corked = self.begin(status, reason, headers, head_only)
         self._loop.call_soon(self._uncork)
 
     async def write(self, data: bytes) -> None:
@@ -719,12 +824,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def close_idle(self) -> None:
         """Shutting down: close now if no request is being answered, else after it."""
         self._closing = True
-        if self._task is None:
+        if self._task is None and self._relay is None:
             self.close()
 
     @property
-    def busy(self) -> asyncio.Task[None] | None:
-        return self._task
+    def busy(self) -> asyncio.Future[None] | None:
+        """What answers a request now: the connection's task, or a quick forward's end."""
+        return self._task if self._relay is None else self._relay.done
 
     def _arm(self, seconds: float, head: bool) -> None:
         """Close the connection in seconds unless a request comes. One timer handle is
@@ -745,7 +851,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _timed_out(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or self._task is not None or self.transport is None:
+        if deadline is None or self._task is not None or self.transport is None \
+                or self._relay is not None:
             return  # a request came (and its end arms the timer again)
         if self._loop.time() < deadline:  # moved since: wait for the new deadline
             self._timer = self._loop.call_at(deadline, self._timed_out)

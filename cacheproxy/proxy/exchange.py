@@ -143,6 +143,12 @@ class Exchange:
         self.pool.close()
 
     @staticmethod
+    def origin_of(url: str) -> Origin:
+        """Where a request for url goes."""
+        return (_upstream_target if len(url) <= _MEMO_URL else _upstream_target.__wrapped__)(
+            url)[0]
+
+    @staticmethod
     def request_head(method: str, url: str, fields: list[tuple[str, str]], body: bool
                      ) -> tuple[Origin, bytes, str | None]:
         """Where the request goes, its head, and the Content-Length it has (a body

@@ -112,9 +112,13 @@ class CacheProxy:
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving
-            log.exception("internal error on %s %s", request.method, request.raw_path)
-            outcome.status = "ERROR"
-            return self._error(500, "internal proxy error", outcome)
+            return self.internal_error(request, outcome)
+
+    def internal_error(self, request: ClientMessage, outcome: Outcome) -> Answer:
+        """A bug of ours (the exception being handled): logged, a brief 500."""
+        log.exception("internal error on %s %s", request.method, request.raw_path)
+        outcome.status = "ERROR"
+        return self._error(500, "internal proxy error", outcome)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The proxy as an aiohttp handler (PURGE, and apps that embed it)."""

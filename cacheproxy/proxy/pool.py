@@ -305,10 +305,10 @@ class Connection(asyncio.Protocol):
     def forget_quick(self) -> None:
         """Nobody takes send_quick's answer any more (the client left)."""
         self._receiver = None
-        self.close()
-        head = self._head
+        head, self._head = self._head, None  # (no failure is set on it for nobody)
         if head is not None and head.done() and not head.cancelled():
             head.exception()  # (retrieved: no "never retrieved" warning)
+        self.close()
 
     async def _await_head(self, head: asyncio.Future[None], read_timeout: float) -> None:
         """read_timeout counts from the last byte of the request: while the body still
@@ -390,6 +390,16 @@ class Connection(asyncio.Protocol):
             finally:
                 timer.cancel()
                 self._waiter = None
+
+    @property
+    def whole(self) -> bool:
+        """The answer is all here (read to its end, not yet taken)."""
+        return self._complete and self._pump is None and self._lost is None
+
+    def take_body(self) -> bytes:
+        """The whole body of an answer read whole (finished()), at once."""
+        chunks, self._chunks, self._buffered = self._chunks, deque(), 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def send_gathered(self, head: bytes) -> None:
         transport = self.transport
@@ -514,6 +524,10 @@ class Pool:
                                          f"{self.connect_timeout}s ({self.limit} in use)"
                                     ) from None
             raise UpstreamError(504, "connect timeout") from None
+
+    def idle(self, origin: Origin) -> Connection | None:
+        """An idle connection to origin, if one is open (no wait, no connect)."""
+        return self._take_idle(origin)
 
     def _take_idle(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)

@@ -1,0 +1,162 @@
+"""Misses answered by callback: a GET or HEAD the quick path planned forward (Planned) is
+sent on an idle pooled connection from where it was parsed, with no task, and when the
+origin's answer arrives whole and the flow passes it on unstored, the client gets it
+from the upstream connection's read callback.
+
+The decisions are the driver's own (Driver.decide: the flow's `answered`, hit-for-pass,
+the account), and so is every step but the simplest: at a fixed point, the rest is
+handed to a task that runs the driver from there, as the full path would have:
+
+- no idle connection to the origin: nothing is sent here; the full path connects;
+- a failure before the answer's head: driver.upstream_failed (an error, or a stale
+  response, RFC 5861 §4), or the one retry exchange.send allows (driver.forward with
+  retry=False: a reused connection the origin closed as it was used);
+- a decision other than Pass (or Keep with nothing to serve), or a body still on its way:
+  driver.perform with the answer, which stores, validates, streams with flow control.
+
+What is passed on here is what Exchange.relay sends for a Pass: the end-to-end fields,
+marked (Cache-Status, X-Cache, Via), then the body; a HEAD's head alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from multidict import CIMultiDict
+
+from cacheproxy.http.fields import end_to_end
+from cacheproxy.http.flow import Answered, Forward, Keep, Pass
+from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.driver import Ctx
+from cacheproxy.proxy.exchange import UpstreamResponse
+from cacheproxy.proxy.forwarding import via_value
+from cacheproxy.proxy.pool import Connection
+from cacheproxy.proxy.respond import mark
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from cacheproxy.proxy.handler import CacheProxy
+
+
+class Client(Protocol):
+    """What a quick forward needs of the client connection (proxy/client_conn.py)."""
+
+    def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
+              head_only: bool) -> bytes: ...
+    def send_whole(self, head: bytes, body: bytes) -> None: ...
+    def forwarded(self, answer: Answer | None) -> None: ...
+    def hand_off(self, step: Awaitable[Answer | None]) -> None: ...
+
+
+def passes_on(d: Answered) -> bool:
+    """A decision Exchange.relay performs as a plain relay: nothing stored, nothing
+    served from storage, nothing evicted."""
+    return type(d) is Pass or (type(d) is Keep and d.serve is None)
+
+
+class QuickForward:
+    """One request sent by callback; the client connection holds it while it is under
+    way (no other request of that connection is answered meanwhile)."""
+
+    __slots__ = ("_sent_at", "_timer", "client", "conn", "ctx", "done", "fwd", "proxy",
+                 "request_time", "reused")
+
+    def __init__(self, proxy: CacheProxy, client: Client, ctx: Ctx, fwd: Forward,
+                 conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self.proxy, self.client, self.ctx, self.fwd, self.conn = proxy, client, ctx, fwd, conn
+        self.reused = conn.used
+        self.done: asyncio.Future[None] = loop.create_future()  # for a graceful shutdown
+        self._timer: asyncio.TimerHandle | None = None
+        self._sent_at = 0.0
+        self.request_time = 0.0
+
+    def start(self, head: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Send head (gathered with the iteration's other requests); raises UpstreamError
+        when the connection was closed meanwhile (nothing sent: the full path goes on)."""
+        self.request_time = time.time()
+        self._sent_at = time.perf_counter()
+        conn = self.conn
+        conn.send_quick(head, self.fwd.method == "HEAD", self._arrived)
+        self._timer = loop.call_later(self.proxy.exchange.read_timeout, conn.expire_quick,
+                                      "timeout waiting for the answer")
+
+    def client_gone(self) -> None:
+        """The client left before its answer: the origin's is not read on."""
+        self._stop_timer()
+        self.conn.forget_quick()
+        self._settle()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _settle(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    # -- the upstream connection's callback --------------------------------------------
+
+    def _arrived(self) -> None:
+        """The head is in (or the exchange failed): answer, or hand the rest on."""
+        self._stop_timer()
+        ctx, client = self.ctx, self.client
+        try:
+            answer = self._answer()
+        except Exception:  # a bug of ours: a 500, as the full path's guard answers
+            self.conn.close()
+            answer = self.proxy.internal_error(ctx.request, ctx.outcome)
+        self._settle()
+        if answer is not _HANDED:
+            client.forwarded(answer)
+
+    def _answer(self) -> Any:  # Answer, None (sent), or _HANDED
+        conn, ctx, fwd = self.conn, self.ctx, self.fwd
+        proxy = self.proxy
+        driver, exchange = proxy.driver, proxy.exchange
+        failure = conn.head_failure()
+        if failure is not None:
+            exchange.pool.release(conn)  # (closed: a failed connection is not reused)
+            if exchange.retries(fwd.method, conn, self.reused, failure):
+                return self._hand_off(driver.forward(ctx, fwd, retry=False))
+            return driver.upstream_failed(ctx, fwd, failure)
+        outcome = ctx.outcome
+        outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000
+        outcome.fwd_status = conn.status
+        resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout)
+        try:
+            d = driver.decide(ctx, fwd, resp, self.request_time)
+        except BaseException:
+            resp.close()
+            raise
+        if not (passes_on(d) and conn.whole):
+            return self._hand_off(driver.perform(ctx, d, resp))
+        self._pass_on(resp)
+        return None
+
+    def _pass_on(self, resp: UpstreamResponse) -> None:
+        """Exchange.relay's Pass, with the whole body in hand: one write."""
+        ctx, client = self.ctx, self.client
+        send_body = ctx.request.method != "HEAD"
+        headers = CIMultiDict(end_to_end(resp.fields))
+        cache_name = self.proxy.exchange.cache_name
+        mark(headers, ctx.outcome, cache_name, via_value(resp.version, cache_name))
+        head = client.begin(resp.status, resp.reason, headers, not send_body)
+        body = self.conn.take_body() if send_body else b""
+        if send_body:
+            resp.release()
+        else:
+            resp.close()  # a HEAD: whatever its answer says, no body is read
+        client.send_whole(head, body)
+
+    def _hand_off(self, step: Awaitable[Answer | None]) -> object:
+        self.client.hand_off(step)
+        return _HANDED
+
+
+_HANDED: Any = object()  # _answer: the rest is a task's
+
+__all__ = ["Client", "QuickForward", "passes_on"]

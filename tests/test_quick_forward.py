@@ -1,0 +1,254 @@
+"""Misses sent by callback (proxy/quick_forward.py) say exactly what the full path says,
+and hand on to it where they should: answers that are not passed on as they are, bodies
+that do not arrive whole, failures before the head (with the one retry), timeouts, a
+client that leaves, pipelined requests behind one under way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+from support import read_json_log
+from test_client_plane import Raw
+from test_quick_hits import exchange, request
+from test_upstream_pool import OK, raw_origin, url, warnings_of
+
+from cacheproxy.proxy.client_conn import ClientConnection
+
+BIG = b"x" * (3 * 1024 * 1024)  # more than one read: handed to the driver's relay
+
+
+def origin_app() -> web.Application:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        cc = {"pass": "no-store", "private": "private, max-age=60", "nocache": "no-cache",
+              "fresh": "max-age=600", "big": "no-store"}.get(name, "no-store")
+        headers = {"Cache-Control": cc, "ETag": '"v1"', "X-Seen-Via": request.headers.get(
+            "Via", "-"), "Connection": "X-Hop", "X-Hop": "dropped"}
+        if request.headers.get("If-None-Match") == '"v1"' and name == "nocache":
+            return web.Response(status=304, headers=headers)
+        if name == "chunked":  # no Content-Length: chunked to HTTP/1.1, to the close to 1.0
+            resp = web.StreamResponse(headers=headers)
+            await resp.prepare(request)
+            await resp.write(b"part one, ")
+            await resp.write(b"part two")
+            await resp.write_eof()
+            return resp
+        if name == "gone":
+            return web.Response(status=404, text="no such thing", headers=headers)
+        body = BIG if name == "big" else f"{name} {request.headers.get('Cookie', '')}".encode()
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", answer)
+    return app
+
+
+@pytest.fixture
+def forward_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """switch(False) sends misses the task's way; sent counts the quick forwards."""
+    real = ClientConnection._forward
+    state = {"on": True, "sent": 0}
+
+    def counted(self: ClientConnection, msg: Any, planned: Any, started: float) -> bool:
+        if not state["on"]:
+            return False
+        sent = real(self, msg, planned, started)
+        state["sent"] += sent
+        return sent
+
+    monkeypatch.setattr(ClientConnection, "_forward", counted)
+
+    def switch(on: bool) -> None:
+        state["on"] = on
+
+    switch.state = state  # type: ignore[attr-defined]
+    return switch
+
+
+SHAPES = ((), ("Cookie: a=1",), ("Connection: close",), ("Referer: http://e/?token=s",),
+          ("Origin: http://elsewhere.example",))
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_every_miss_gets_the_full_paths_answer(proxy: Any, origin: Any,
+                                                     forward_switch: Any, version: str) -> None:
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/warm", ()))  # an idle connection to send on
+    for name in ("pass", "private", "nocache", "chunked", "gone"):
+        for fields in SHAPES:
+            for method in ("GET", "HEAD"):
+                sent = request(f"/{name}", fields, method, version)
+                await exchange(client, sent)  # what it stores, first
+                # An idle connection to send on (a HEAD's is not reused: pool.py).
+                await exchange(client, request("/warm", ()))
+                forward_switch(True)
+                before = forward_switch.state["sent"]
+                quick = await exchange(client, sent)
+                assert forward_switch.state["sent"] == before + 1, (name, fields, method)
+                forward_switch(False)
+                full = await exchange(client, sent)
+                assert quick == full, (name, fields, method, version)
+    # The hop-by-hop field the origin named is gone either way; Via says who relayed.
+    assert b"X-Hop" not in quick and b"Via: 1.1 cacheproxy" in quick
+
+
+async def test_a_chunked_answer_is_chunked_to_a_1_1_client_and_closes_a_1_0_one(
+        proxy: Any, origin: Any, forward_switch: Any) -> None:
+    client = await proxy(await origin(origin_app()))
+    for path in ("/chunked", "/pass"):  # known not to be stored: no request waits for one
+        await exchange(client, request(path, ()))
+    conn = await Raw.open(client)
+    await conn.send(request("/chunked", ()) + request("/pass", ()))
+    first, second = await conn.reply(), await conn.reply()
+    assert first.headers["transfer-encoding"] == "chunked"
+    assert first.body == b"part one, part two" and second.body == b"pass "
+    conn.close()
+    conn = await Raw.open(client)
+    await conn.send(request("/chunked", (), version="1.0"))
+    reply = await conn.reply()
+    assert reply.headers["connection"] == "close" and reply.body == b"part one, part two"
+    assert await conn.closed_within(2)
+    assert forward_switch.state["sent"] >= 2  # each /chunked (the /pass may find none idle)
+
+
+async def test_log_lines_are_the_full_paths(proxy: Any, origin: Any, forward_switch: Any,
+                                            tmp_path: Any) -> None:
+    client = await proxy(await origin(origin_app()), log={"path": str(tmp_path / "log")})
+    await exchange(client, request("/pass", ()))  # known not to be stored
+    for fields in SHAPES[:4]:
+        for on in (True, False):
+            forward_switch(on)
+            await exchange(client, request("/pass", fields))
+    lines = [{k: v for k, v in line.items() if k not in ("time", "total_ms", "upstream_ms")}
+             for line in await read_json_log(client)][1:]
+    assert len(lines) == 8
+    for i in range(0, 8, 2):
+        assert lines[i] == lines[i + 1]
+        assert lines[i]["cache"] == "MISS" and lines[i]["upstream_status"] == 200
+    assert lines[3]["path"] == "/pass"  # the Referer's secret is not the path's
+    assert forward_switch.state["sent"] == 4
+
+
+async def test_a_big_body_and_a_revalidation_are_handed_to_the_driver(
+        proxy: Any, origin: Any, forward_switch: Any) -> None:
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/big", ()))  # known not to be stored
+    resp = await client.get("/big")
+    assert resp.status == 200 and await resp.read() == BIG
+    await exchange(client, request("/nocache", ()))  # stored
+    conn = await Raw.open(client)
+    await conn.send(request("/nocache", ()) * 3)
+    for _ in range(3):  # each a 304 upstream: the stored body, revalidated
+        reply = await conn.reply()
+        assert reply.status == 200 and reply.body == b"nocache "
+        assert "fwd=stale; fwd-status=304" in reply.headers["cache-status"]
+    conn.close()
+    # (The first /big of this Host waits as a fill would: the full path's. Of the three
+    # pipelined revalidations, the one read while another was under way is the task's.)
+    assert forward_switch.state["sent"] >= 2
+
+
+async def test_pipelined_misses_and_hits_keep_their_order(proxy: Any, origin: Any,
+                                                          forward_switch: Any) -> None:
+    client = await proxy(await origin(origin_app()))
+    await exchange(client, request("/fresh", ()))
+    conn = await Raw.open(client)
+    order = ["/pass", "/fresh", "/pass", "/gone", "/fresh", "/big", "/pass", "/chunked"] * 3
+    await conn.send(b"".join(request(path, ()) for path in order))
+    for path in order:
+        reply = await conn.reply()
+        expected = BIG if path == "/big" else b"part one, part two" if path == "/chunked" \
+            else b"no such thing" if path == "/gone" else f"{path[1:]} ".encode()
+        assert reply.body == expected, path
+    conn.close()
+    assert forward_switch.state["sent"] >= 1
+
+
+def slow_after_first(seconds: float) -> Any:
+    """An origin script: /slow answers at once the first time (the proxy learns that it
+    is not stored, so no request waits behind another: hit-for-pass), then after
+    seconds."""
+    seen: list[bytes] = []
+
+    async def script(head: bytes, index: int) -> bytes | None:
+        if b"/slow" in head:
+            seen.append(head)
+            if len(seen) > 1:
+                await asyncio.sleep(seconds)
+        return OK
+
+    return script
+
+
+async def test_a_timeout_before_the_head_is_a_504_with_its_warning(
+        proxy: Any, caplog: Any, forward_switch: Any) -> None:
+    async with raw_origin(slow_after_first(1.0)) as origin:
+        c = await proxy(url(origin), proxy={"read_timeout": 0.2})
+        assert (await c.get("/slow?x=1")).status == 200  # and an idle connection
+        forward_switch.state["sent"] = 0
+        caplog.clear()
+        resp = await c.get("/slow?x=1")
+        assert resp.status == 504
+        assert warnings_of(caplog) == [
+            f"upstream {url(origin)} failed for GET /slow?x=1: timeout waiting for the "
+            "answer; answered 504"]
+        assert forward_switch.state["sent"] == 1
+        resp = await c.get("/fast")  # the timed-out connection is not reused
+        assert resp.status == 200 and await resp.read() == b"hi"
+
+
+async def test_a_reused_connection_closed_under_it_is_retried_once(
+        proxy: Any, caplog: Any, forward_switch: Any) -> None:
+    async def script(head: bytes, index: int) -> bytes | None:
+        return OK if index == 0 else None  # every second request on a connection: closed
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        for _ in range(4):
+            resp = await c.get("/p")
+            assert resp.status == 200 and await resp.read() == b"hi"
+        assert origin.connections == 4 and origin.requests == 7
+        assert forward_switch.state["sent"] == 3 and warnings_of(caplog) == []
+
+
+async def test_a_client_that_leaves_before_its_answer_frees_the_connection(
+        proxy: Any, forward_switch: Any, caplog: Any) -> None:
+    async with raw_origin(slow_after_first(0.5)) as origin:
+        c = await proxy(url(origin))
+        assert (await c.get("/slow")).status == 200
+        forward_switch.state["sent"] = 0
+        conn = await Raw.open(c)
+        await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
+        await asyncio.sleep(0.1)
+        assert forward_switch.state["sent"] == 1
+        conn.close()
+        await asyncio.sleep(0.6)
+        for _ in range(3):  # the proxy serves on; the abandoned answer was not reused
+            resp = await c.get("/fast")
+            assert resp.status == 200 and await resp.read() == b"hi"
+        # Nothing was answered to nobody: no error, and the origin's late answer was not
+        # read into a pooled connection (it was closed when the client left).
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_graceful_stop_waits_for_a_quick_forward(proxy: Any, forward_switch: Any
+                                                         ) -> None:
+    async with raw_origin(slow_after_first(0.3)) as origin:
+        c = await proxy(url(origin))
+        assert (await c.get("/slow")).status == 200
+        forward_switch.state["sent"] = 0
+        conn = await Raw.open(c)
+        await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
+        await asyncio.sleep(0.05)
+        assert forward_switch.state["sent"] == 1
+        listener = c.server.runner.server
+        stop = asyncio.ensure_future(listener.shutdown(5))
+        reply = await conn.reply()
+        assert reply.status == 200 and reply.body == b"hi"
+        await stop
+        conn.close()
+

@@ -175,6 +175,22 @@ class Driver:
         note_answered(ctx.outcome, d)
         return d
 
+    def validated_now(self, ctx: Ctx, d: Answered, resp: UpstreamResponse) -> Answer | None:
+        """_perform's answer to a 304 that validated the stored response, when nothing
+        in carrying it out waits: Keep serving the merged view, or Update with a store
+        that puts without I/O (the memory store's put_now). None: d is _perform's."""
+        if type(d) is Update:
+            put_now = getattr(self.store, "put_now", None)
+            if put_now is None:
+                return None
+            resp.release()
+            ctx.outcome.stored = put_now(d.entry)
+            return self.reply_validated(ctx, d.view)
+        if type(d) is Keep and d.serve is not None:
+            resp.release()
+            return self.reply_validated(ctx, d.serve)
+        return None
+
     async def perform(self, ctx: Ctx, d: Answered, resp: UpstreamResponse,
                       release: Callable[[], None] = _nothing) -> Answer | None:
         try:

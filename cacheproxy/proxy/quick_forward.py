@@ -12,7 +12,9 @@ handed to a task that runs the driver from there, as the full path would have:
   response, RFC 5861 §4), or the one retry exchange.send allows (driver.forward with
   retry=False: a reused connection the origin closed as it was used);
 - a decision other than Pass (or Keep with nothing to serve), or a body still on its way:
-  driver.perform with the answer, which stores, validates, streams with flow control.
+  driver.perform with the answer, which stores, validates, streams with flow control;
+  but a 304 that validated the stored response is answered here when nothing in it
+  waits (Driver.validated_now: Keep, or Update with the memory store's put_now).
 
 What is passed on here is what Exchange.relay sends for a Pass: the end-to-end fields,
 marked (Cache-Status, X-Cache, Via), then the body; a HEAD's head alone.
@@ -132,10 +134,13 @@ class QuickForward:
         except BaseException:
             resp.close()
             raise
-        if not (passes_on(d) and conn.whole):
-            return self._hand_off(driver.perform(ctx, d, resp))
-        self._pass_on(resp)
-        return None
+        if passes_on(d) and conn.whole:
+            self._pass_on(resp)
+            return None
+        answer = driver.validated_now(ctx, d, resp) if conn.whole else None
+        if answer is not None:  # a 304 (whole, no body) validated the stored response
+            return answer
+        return self._hand_off(driver.perform(ctx, d, resp))
 
     def _pass_on(self, resp: UpstreamResponse) -> None:
         """Exchange.relay's Pass, with the whole body in hand: one write."""

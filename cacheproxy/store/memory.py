@@ -62,6 +62,11 @@ class MemoryStore:
         """The newest variant first; older ones go when the key would pass MAX_VARIANTS or
         the store's size. A response too big for the store is refused, and then what the
         key held stays as it was."""
+        return self.put_now(entry)
+
+    def put_now(self, entry: CachedResponse) -> bool:
+        """put() without a coroutine: a revalidation answered where its 304 was read
+        (proxy/quick_forward.py)."""
         lru = self._lru
         if entry.size > lru.maxsize:
             return False

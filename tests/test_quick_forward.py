@@ -265,3 +265,31 @@ async def test_a_graceful_stop_waits_for_a_quick_forward(proxy: Any, forward_swi
         await stop
         conn.close()
 
+
+
+async def test_a_graceful_stop_waits_for_a_quick_forward_handed_to_a_task(
+        proxy: Any, forward_switch: Any) -> None:
+    """The head comes, the body only later: the task that relays it is waited for."""
+    seen: list[bytes] = []
+
+    async def script(head: bytes, index: int) -> bytes | None:
+        seen.append(head)
+        if len(seen) == 1:
+            return OK
+        await asyncio.sleep(0.2)
+        return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 4\r\n\r\nhi"
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        assert (await c.get("/p")).status == 200
+        conn = await Raw.open(c)
+        await conn.send(b"GET /p HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
+        await asyncio.sleep(0.1)  # sent by callback; nothing of the answer yet
+        assert forward_switch.state["sent"] == 1
+        listener = c.server.runner.server
+        stop = asyncio.ensure_future(listener.shutdown(0.6))
+        await asyncio.sleep(0.35)  # the head and "hi" came: handed off, waiting for the rest
+        assert not stop.done()  # still waiting, now for the task relaying the body
+        await stop  # at its timeout: the answer never ended, the connection is closed
+        data = await asyncio.wait_for(conn.reader.read(), 2)  # all of it, to the close
+        assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nhi")

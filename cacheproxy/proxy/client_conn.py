@@ -535,7 +535,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """The quick forward goes on in a task: the driver's step, then the queue."""
         relay, self._relay = self._relay, None
         assert relay is not None
-        self._task = self._loop.create_task(self._continued(step, relay.ctx.outcome.started))
+        task = self._task = self._loop.create_task(
+            self._continued(step, relay.ctx.outcome.started))
+        task.add_done_callback(lambda _: relay.settle())  # (a graceful stop waits for it)
 
     async def _continued(self, step: Any, started: float) -> None:
         request = self._request

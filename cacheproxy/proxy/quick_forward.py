@@ -89,14 +89,15 @@ class QuickForward:
         """The client left before its answer: the origin's is not read on."""
         self._stop_timer()
         self.conn.forget_quick()
-        self._settle()
+        self.settle()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _settle(self) -> None:
+    def settle(self) -> None:
+        """Done: a graceful stop waits no longer for this request."""
         if not self.done.done():
             self.done.set_result(None)
 
@@ -111,8 +112,8 @@ class QuickForward:
         except Exception:  # a bug of ours: a 500, as the full path's guard answers
             self.conn.close()
             answer = self.proxy.internal_error(ctx.request, ctx.outcome)
-        self._settle()
-        if answer is not _HANDED:
+        if answer is not _HANDED:  # (a handed-off one is done when its task is)
+            self.settle()
             client.forwarded(answer)
 
     def _answer(self) -> Any:  # Answer, None (sent), or _HANDED

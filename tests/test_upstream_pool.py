@@ -339,3 +339,34 @@ async def test_a_body_whose_coding_is_not_chunked_runs_to_the_close__headers_sto
         assert served == 1
     finally:
         server.close()
+
+
+async def test_an_idle_connection_closes_at_upstream_keepalive_timeout_and_not_while_used(
+        proxy):
+    """proxy.upstream_keepalive_timeout counts from a connection's last use: one used every
+    0.15 s stays open past the timeout (0.4 s), and closes once idle for that long."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return OK
+
+    origin = RawOrigin(script)
+    closed: list[float] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await origin.serve(reader, writer)  # until the proxy closes the connection
+        closed.append(time.monotonic())
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    origin.port = server.sockets[0].getsockname()[1]
+    try:
+        c = await proxy(url(origin), proxy={"upstream_keepalive_timeout": 0.4})
+        began = time.monotonic()
+        while time.monotonic() - began < 1.0:  # past two timeouts, never idle that long
+            resp = await c.get("/p")
+            assert resp.status == 200 and await resp.read() == b"hi"
+            last = time.monotonic()
+            await asyncio.sleep(0.15)
+        assert origin.connections == 1 and closed == []
+        await asyncio.sleep(0.8)
+        assert len(closed) == 1 and 0.3 < closed[0] - last < 0.7
+    finally:
+        server.close()

@@ -481,7 +481,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         relay = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
         try:
             _, head, _ = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)
-            relay.start(head, self._loop)
+            relay.start(head)
         except UpstreamError:  # a field that cannot be sent, a connection closed meanwhile
             exchange.pool.release(conn)  # (the full path answers, with its 502)
             return False

@@ -70,7 +70,12 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reusable = True
         self.used = False          # has carried an exchange (it is a reused one now)
+        # Timers are moved lazily (a deadline per use, one timer that looks at it when it
+        # fires): setting and cancelling a timer per request costs about 2 µs each.
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_until: float | None = None  # in the pool until then (keep-alive)
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._read_until = 0.0  # send_quick's head is due by then (read_timeout)
         self._lost: BaseException | None = None
         self._closed = False
         self._writable: asyncio.Future[None] | None = None
@@ -264,19 +269,36 @@ class Connection(asyncio.Protocol):
             self.close()
             raise
 
-    def send_quick(self, head: bytes, head_only: bool, receiver: Callable[[], None]) -> None:
+    def send_quick(self, head: bytes, head_only: bool, receiver: Callable[[], None],
+                   read_timeout: float) -> None:
         """send() for a request without a body, the answer taken by callback: receiver is
         called once, when the head is in (with what came of the body in the same read;
-        the body goes on as read_chunk gives it) or the exchange failed (head_failure)."""
+        the body goes on as read_chunk gives it) or the exchange failed (head_failure),
+        a 504 when no head came within read_timeout."""
         self._reset_exchange()
         self._head_only = head_only
         self.used = True
-        self._head = self.pool.loop().create_future()
+        loop = self.pool.loop()
+        self._head = loop.create_future()
         transport = self.transport
         if self._closed or transport is None or transport.is_closing():
             raise _refused("closed before answering")
         self._receiver = receiver
         self.pool.gather(self, head)
+        self._read_until = loop.time() + read_timeout
+        if self._read_timer is None:
+            self._read_timer = loop.call_at(self._read_until, self._read_check)
+
+    def _read_check(self) -> None:
+        self._read_timer = None
+        if self._receiver is None:  # answered (a later send_quick sets its own)
+            return
+        until = self._read_until
+        loop = self.pool.loop()
+        if loop.time() < until:  # a later exchange's deadline
+            self._read_timer = loop.call_at(until, self._read_check)
+            return
+        self._expire_quick("timeout waiting for the answer")
 
     def _notify(self) -> None:
         head = self._head
@@ -294,7 +316,7 @@ class Connection(asyncio.Protocol):
             return None
         return failure if isinstance(failure, UpstreamError) else _refused(str(failure))
 
-    def expire_quick(self, reason: str) -> None:
+    def _expire_quick(self, reason: str) -> None:
         """send_quick's read_timeout passed before the head: 504, the connection closed."""
         head = self._head
         if self._receiver is not None and head is not None and not head.done():
@@ -438,9 +460,10 @@ class Connection(asyncio.Protocol):
         self.reusable = False
         if self._pump is not None and not self._pump.done():
             self._pump.cancel()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        for timer in (self.idle_timer, self._read_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self._read_timer = None
         if self.transport is not None and not self._closed:
             self.transport.close()
 
@@ -533,9 +556,7 @@ class Pool:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.idle_timer is not None:
-                conn.idle_timer.cancel()
-                conn.idle_timer = None
+            conn.idle_until = None  # in use (its timer, if it fires meanwhile, does nothing)
             if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
                 return conn
             conn.close()
@@ -576,12 +597,27 @@ class Pool:
         """After an exchange: back to the idle list when its answer was read whole and
         its framing held, else closed."""
         if conn.reusable and conn.finished() and not conn._closed:
-            conn.idle_timer = self.loop().call_later(self.keepalive, conn.close)
+            loop = self.loop()
+            conn.idle_until = until = loop.time() + self.keepalive
+            if conn.idle_timer is None:
+                conn.idle_timer = loop.call_at(until, self._idle_check, conn)
             conn._head = None  # idle: any byte now is a framing error
             self._idle.setdefault(conn.origin, []).append(conn)
         else:
             conn.close()
         self._wake_one()
+
+    def _idle_check(self, conn: Connection) -> None:
+        """proxy.upstream_keepalive_timeout: an idle connection closes at its deadline."""
+        conn.idle_timer = None
+        until = conn.idle_until
+        if until is None:  # in use: its release sets a new deadline (and a timer)
+            return
+        loop = self.loop()
+        if loop.time() < until:  # used and released since: wait for the new deadline
+            conn.idle_timer = loop.call_at(until, self._idle_check, conn)
+            return
+        conn.close()
 
     def _forget(self, conn: Connection) -> None:
         self._open.discard(conn)

@@ -63,38 +63,29 @@ class QuickForward:
     """One request sent by callback; the client connection holds it while it is under
     way (no other request of that connection is answered meanwhile)."""
 
-    __slots__ = ("_sent_at", "_timer", "client", "conn", "ctx", "done", "fwd", "proxy",
-                 "request_time", "reused")
+    __slots__ = ("_sent_at", "client", "conn", "ctx", "done", "fwd", "proxy", "request_time",
+                 "reused")
 
     def __init__(self, proxy: CacheProxy, client: Client, ctx: Ctx, fwd: Forward,
                  conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy, self.client, self.ctx, self.fwd, self.conn = proxy, client, ctx, fwd, conn
         self.reused = conn.used
         self.done: asyncio.Future[None] = loop.create_future()  # for a graceful shutdown
-        self._timer: asyncio.TimerHandle | None = None
         self._sent_at = 0.0
         self.request_time = 0.0
 
-    def start(self, head: bytes, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, head: bytes) -> None:
         """Send head (gathered with the iteration's other requests); raises UpstreamError
         when the connection was closed meanwhile (nothing sent: the full path goes on)."""
         self.request_time = time.time()
         self._sent_at = time.perf_counter()
-        conn = self.conn
-        conn.send_quick(head, self.fwd.method == "HEAD", self._arrived)
-        self._timer = loop.call_later(self.proxy.exchange.read_timeout, conn.expire_quick,
-                                      "timeout waiting for the answer")
+        self.conn.send_quick(head, self.fwd.method == "HEAD", self._arrived,
+                             self.proxy.exchange.read_timeout)
 
     def client_gone(self) -> None:
         """The client left before its answer: the origin's is not read on."""
-        self._stop_timer()
         self.conn.forget_quick()
         self.settle()
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def settle(self) -> None:
         """Done: a graceful stop waits no longer for this request."""
@@ -105,7 +96,6 @@ class QuickForward:
 
     def _arrived(self) -> None:
         """The head is in (or the exchange failed): answer, or hand the rest on."""
-        self._stop_timer()
         ctx, client = self.ctx, self.client
         try:
             answer = self._answer()

@@ -60,8 +60,34 @@ def connection_options(values: Iterable[str]) -> frozenset[str]:
     return frozenset(tok.lower() for value in values for tok in split_list(value))
 
 
+class FieldList(list[tuple[str, str]]):
+    """A message's fields as received, in order, with their values by lower-cased name,
+    made once: the rules that look a field up by name (values_of) read that instead of
+    lowering every name again."""
+
+    __slots__ = ("by_name",)
+
+    def __init__(self, pairs: Iterable[tuple[str, str]],
+                 by_name: dict[str, list[str]] | None = None) -> None:
+        super().__init__(pairs)
+        if by_name is None:
+            by_name = {}
+            for k, v in self:
+                by_name.setdefault(k.lower(), []).append(v)
+        self.by_name = by_name  # (must hold every pair: the caller that passes it built it)
+
+
+def values_of(pairs: Iterable[tuple[str, str]], name: str) -> list[str]:
+    """The values of the fields named name (lower-case), in order."""
+    if type(pairs) is FieldList:
+        return pairs.by_name.get(name) or []
+    return [v for k, v in pairs if k.lower() == name]
+
+
 def end_to_end(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """The pairs minus hop-by-hop fields and the fields Connection names (§7.6.1)."""
+    if type(pairs) is FieldList and HOP_BY_HOP.isdisjoint(pairs.by_name):
+        return list(pairs)  # none to remove (no Connection field names any)
     kept: list[tuple[str, str, str]] = []
     connection: list[str] = []
     for k, v in pairs:  # one pass, each name lowered once: this runs on every exchange

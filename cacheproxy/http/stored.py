@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.dates import format_http_date, parse_http_date
-from cacheproxy.http.fields import HOP_BY_HOP, connection_options
+from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, values_of
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
 from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 
@@ -89,11 +89,14 @@ def _same_or_none(value: str | None) -> str | None:
 
 
 def first_value(pairs: list[tuple[str, str]], name: str) -> str | None:
+    if type(pairs) is FieldList:
+        values = pairs.by_name.get(name)
+        return values[0] if values else None
     return next((v for k, v in pairs if k.lower() == name), None)
 
 
 def all_values(pairs: list[tuple[str, str]], name: str) -> str | None:
-    values = [v for k, v in pairs if k.lower() == name]
+    values = values_of(pairs, name)
     return ", ".join(values) if values else None
 
 

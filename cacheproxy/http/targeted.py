@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from cacheproxy.http.fields import split_list
+from cacheproxy.http.fields import split_list, values_of
 
 SURROGATE_CONTROL: Final = "surrogate-control"
 # Edge Architecture §3: what a surrogate announces in Surrogate-Capability.
@@ -56,7 +56,7 @@ def governing(pairs: list[tuple[str, str]], targeting: Targeting) -> Governing:
     """RFC 9213 §2.2: "select the first (in target list order) field with a valid,
     non-empty value ... and ... ignore the Cache-Control and Expires header fields"."""
     for name in targeting.fields:
-        values = [v for k, v in pairs if k.lower() == name]
+        values = values_of(pairs, name)
         if not values:
             continue
         joined = ", ".join(values)
@@ -64,7 +64,7 @@ def governing(pairs: list[tuple[str, str]], targeting: Targeting) -> Governing:
                       else targeted_directives(joined))
         if directives:  # RFC 9213 §2.1: an empty or invalid field is ignored
             return Governing(directives, name)
-    cache_control = [v for k, v in pairs if k.lower() == "cache-control"]
+    cache_control = values_of(pairs, "cache-control")
     return Governing(", ".join(cache_control) if cache_control else None)
 
 

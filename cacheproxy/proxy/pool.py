@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import httptools
 
+from cacheproxy.http.fields import FieldList
 from cacheproxy.proxy.upstream import UpstreamError
 
 # Methods that may be sent again after a failure (RFC 9110 §9.2.2).
@@ -202,15 +203,18 @@ class Connection(asyncio.Protocol):
         self.status = status
         if not self._parser.should_keep_alive():
             self.reusable = False
-        codings: list[str] = []
-        content_length = None
-        for k, v in self._fields:  # one pass, each name lowered once
+        by_name: dict[str, list[str]] = {}
+        for k, v in self._fields:  # each name lowered once, for every rule that reads them
             lk = k.lower()
-            if lk == "transfer-encoding":
-                codings.append(v)
-            elif lk == "content-length" and content_length is None:
-                content_length = v
-        self.content_length = content_length
+            values = by_name.get(lk)
+            if values is None:
+                by_name[lk] = [v]
+            else:
+                values.append(v)
+        self._fields = FieldList(self._fields, by_name)
+        codings = by_name.get("transfer-encoding") or []
+        lengths = by_name.get("content-length")
+        content_length = self.content_length = lengths[0] if lengths else None
         # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
         # close, as does a message with neither it nor Content-Length.
         chunked = ",".join(codings).rpartition(",")[2].strip().lower() == "chunked"

@@ -27,16 +27,18 @@ from cacheproxy.http.conditional import is_not_modified, not_modified_fields
 from cacheproxy.http.dates import format_http_date, parse_http_date
 from cacheproxy.http.fields import (
     HOP_BY_HOP,
+    FieldList,
     connection_options,
     end_to_end,
     split_list,
     split_quoted,
+    values_of,
 )
 from cacheproxy.http.freshness import parse_age
 from cacheproxy.http.invalidation import invalidated_uris
 from cacheproxy.http.reuse import decide_reuse, may_serve_stale_on_error
 from cacheproxy.http.revalidation import conditional_fields, merge_304, selects
-from cacheproxy.http.stored import Heuristics, make_stored_response
+from cacheproxy.http.stored import Heuristics, all_values, first_value, make_stored_response
 from cacheproxy.http.validators import ETag, none_match, parse_etag, parse_etag_list
 
 FAST = settings(max_examples=150, deadline=None)
@@ -226,8 +228,25 @@ def test_rfc9110_s7_6_1_end_to_end_drops_exactly_the_hop_by_hop_fields(
     """Every pair kept but the hop-by-hop ones and those any Connection line names,
     wherever it stands, in order."""
     named = connection_options(v for k, v in pairs if k.lower() == "connection")
-    assert end_to_end(pairs) == [(k, v) for k, v in pairs
-                                 if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+    expected = [(k, v) for k, v in pairs if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+    assert end_to_end(pairs) == expected
+    assert end_to_end(FieldList(pairs)) == expected  # with its index (a received answer)
+
+
+@FAST
+@given(st.lists(st.tuples(hop_names | header_text | st.sampled_from(["Vary", "vary", "ETag"]),
+                          header_text), max_size=8),
+       st.sampled_from(["vary", "etag", "connection", "x-hop", "absent"]))
+def test_a_field_lists_index_answers_as_a_scan_does(pairs: list[tuple[str, str]], name: str
+                                                    ) -> None:
+    """FieldList (the pool's received answer) looks fields up by name as the scan of the
+    same pairs does: first_value, all_values, values_of."""
+    indexed = FieldList(pairs)
+    assert indexed == pairs
+    assert values_of(indexed, name) == values_of(pairs, name) \
+        == [v for k, v in pairs if k.lower() == name]
+    assert first_value(indexed, name) == first_value(pairs, name)
+    assert all_values(indexed, name) == all_values(pairs, name)
 
 
 # -- RFC 9111 §5.2 Cache-Control, §5.4 Pragma ----------------------------------------------

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cacheproxy.http.flow import (
     Answered,
@@ -53,9 +53,9 @@ def _nothing() -> None:
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Ctx:
-    """One request as the driver carries it."""
+class Ctx(NamedTuple):
+    """One request as the driver carries it (a NamedTuple: immutable, and made per
+    request at a third of a frozen dataclass's cost)."""
 
     request: ClientMessage
     out: Downstream  # where a relayed response streams to

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
+from cacheproxy.policies.referer import RefererPolicy, forwarded_referer
 
 # Fields this proxy sets itself on every upstream request.
 _OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
@@ -51,11 +52,14 @@ def request_fields(
     extra: list[tuple[str, str]] | None = None,
     host: str | None = None,
     max_forwards: int | None = None,
+    referer: RefererPolicy | None = None,
 ) -> list[tuple[str, str]]:
     """The request fields to send upstream. host: the authority the request is for (the
     cache key's), which the upstream Host is made from whatever the client's Connection
     field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2); max_forwards: what the client
-    sent, decremented here (RFC 9110 §7.6.2)."""
+    sent, decremented here (RFC 9110 §7.6.2); referer: the route's Referer policy when it
+    changes what the upstream sees of the client's Referer (trimmed, stripped of secret
+    parameters, or removed)."""
     trusted = policy.trust_forwarded
     drop = _DROP_FILLING if strip_conditionals else _DROP
     client_host: str | None = None
@@ -71,6 +75,10 @@ def request_fields(
                 prior_xff.append(v)
             elif lk == "max-forwards":
                 prior_mf.append((k, v))
+        elif lk == "referer" and referer is not None:
+            kept = forwarded_referer(referer, v)
+            if kept is not None:
+                out.append((k, kept))
         elif trusted or not _forwarding_family(lk):
             out.append((k, v))
     if host is None:

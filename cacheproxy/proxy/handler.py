@@ -21,7 +21,7 @@ from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
-from cacheproxy.proxy.policy_steps import inbound, rewrites_referer, upstream_fields
+from cacheproxy.proxy.policy_steps import inbound, rewrites_referer
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
@@ -215,14 +215,14 @@ class CacheProxy:
         """What goes upstream for fwd: the client's end-to-end fields (its conditionals
         replaced by ours when the cache fills or validates, §4.3.1-§4.3.2), the Host made
         from the authority the key names, and the route's Referer policy."""
-        fields = request_fields(
+        return request_fields(
             list(request.headers.items()), policy=plan.forward, version=request.version,
             client_ip=request.remote, scheme=request.scheme,
             strip_conditionals=fwd.strips_client_conditionals, extra=list(fwd.conditional),
             host=authority,
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
+            referer=plan.route.referer if rewrites_referer(plan) else None,
         )
-        return upstream_fields(fields, plan) if rewrites_referer(plan) else fields
 
     def _error(self, status: int, message: str, outcome: Outcome) -> Answer:
         return error_response(status, message, outcome, self.cache_name, self.local_via)

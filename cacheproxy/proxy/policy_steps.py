@@ -3,7 +3,9 @@ this module applies its decisions to requests and responses:
 
 - inbound, before the cache lookup: the hotlink gate (a refused request never sees a stored
   asset) and CORS preflights, which the proxy answers itself;
-- towards the upstream: the Referer it may see (trimmed, stripped of secret parameters);
+- towards the upstream: the Referer it may see (trimmed, stripped of secret parameters),
+  applied as the request's fields are made (forwarding.request_fields) when
+  rewrites_referer says the route changes it;
 - outbound, on every response of a proxied request as its head is sent: the CORS grant
   for the request's Origin and Referrer-Policy. They are never stored (override mode keeps
   the upstream's CORS fields out of the store too), so a response fetched for origin A is never
@@ -18,7 +20,7 @@ from multidict import CIMultiDict
 from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.cors import RESPONSE_FIELDS, Denial, is_preflight, merge_vary, preflight
 from cacheproxy.policies.cors import outbound as cors_outbound
-from cacheproxy.policies.referer import forwarded_referer, refusal, response_policy_fields
+from cacheproxy.policies.referer import refusal, response_policy_fields
 from cacheproxy.proxy.downstream import Answer, ClientMessage, text_answer
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.routing import PLAN, RoutePlan
@@ -62,20 +64,6 @@ def inbound(
         mark(headers, outcome, cache_name, via)
         return Answer(204, headers)
     return None
-
-
-def upstream_fields(fields: list[tuple[str, str]], plan: RoutePlan) -> list[tuple[str, str]]:
-    """The Referer the upstream sees (keep, origin or strip; strip_params removed)."""
-    policy = plan.route.referer
-    out: list[tuple[str, str]] = []
-    for name, value in fields:
-        if name.lower() == "referer":
-            kept = forwarded_referer(policy, value)
-            if kept is None:
-                continue
-            value = kept
-        out.append((name, value))
-    return out
 
 
 def rewrites_referer(plan: RoutePlan) -> bool:

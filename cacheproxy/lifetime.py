@@ -31,6 +31,10 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
         asyncio.run(cancellable())
     else:
         uvloop.run(cancellable())
+    # The loop is closed, its handlers gone, and the process about to exit cleanly: a
+    # second SIGTERM now (a supervisor or script repeating itself) would kill it with the
+    # signal's default action and turn a clean exit (0) into -15.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StartError(Exception):

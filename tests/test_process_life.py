@@ -6,6 +6,7 @@ test's own loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from typing import Any
@@ -319,3 +320,18 @@ async def test_workers_with_the_redis_store_share_one_cache(origin, tmp_path, re
     proc.terminate()
     assert await asyncio.wait_for(proc.wait(), 20) == 0
     assert "Traceback" not in await err.close()
+
+
+async def test_sigterm_repeated_while_it_stops_still_ends_in_a_clean_exit(origin, tmp_path):
+    """A supervisor (or a script) that sends SIGTERM again while the process stops must
+    not turn its clean exit (0) into a kill by the signal (-15)."""
+    up, _ = await counting_origin(origin, slow_seconds=0.1)
+    proc, _ = await start_serve("--upstream", str(up.make_url("")), cwd=tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    while proc.returncode is None:  # again and again, until it is gone
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 0.002)
+    code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err

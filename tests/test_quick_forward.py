@@ -228,24 +228,52 @@ async def test_a_reused_connection_closed_under_it_is_retried_once(
         assert forward_switch.state["sent"] == 3 and warnings_of(caplog) == []
 
 
-async def test_a_client_that_leaves_before_its_answer_frees_the_connection(
-        proxy: Any, forward_switch: Any, caplog: Any) -> None:
-    async with raw_origin(slow_after_first(0.5)) as origin:
-        c = await proxy(url(origin))
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+async def test_a_client_that_leaves_before_its_answer_is_logged_as_on_the_full_path(
+        proxy: Any, forward_switch: Any, caplog: Any, tmp_path: Any, quick: bool) -> None:
+    """The request is carried out as the full path's task carries it out (its answer
+    dropped, not pooled), and logged the same; nothing is logged as an error."""
+    async with raw_origin(slow_after_first(0.3)) as origin:
+        c = await proxy(url(origin), log={"path": str(tmp_path / "log")})
         assert (await c.get("/slow")).status == 200
         forward_switch.state["sent"] = 0
+        forward_switch(quick)
         conn = await Raw.open(c)
         await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
         await asyncio.sleep(0.1)
-        assert forward_switch.state["sent"] == 1
+        assert forward_switch.state["sent"] == int(quick)
         conn.close()
-        await asyncio.sleep(0.6)
-        for _ in range(3):  # the proxy serves on; the abandoned answer was not reused
+        await asyncio.sleep(0.5)  # its answer came meanwhile
+        forward_switch(True)
+        for _ in range(3):  # the proxy serves on
             resp = await c.get("/fast")
             assert resp.status == 200 and await resp.read() == b"hi"
-        # Nothing was answered to nobody: no error, and the origin's late answer was not
-        # read into a pooled connection (it was closed when the client left).
+        lines = [(line["path"], line["status"], line["cache"], line["upstream_status"])
+                 for line in await read_json_log(c)]
+        assert lines[:2] == [("/slow", 200, "MISS", 200)] * 2
         assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        # The abandoned answer's connection was closed, not pooled: a new one was opened.
+        assert origin.connections == 2
+
+
+async def test_a_whole_answer_over_the_read_high_water_leaves_its_connection_reading(
+        proxy: Any, forward_switch: Any, caplog: Any) -> None:
+    """100 KiB in one read pauses reading the origin (pool._HIGH_WATER, 64 KiB); taking
+    the body whole resumes it, or the next exchange on the pooled connection would wait
+    for an answer it never reads (a 504 at read_timeout)."""
+    body = b"y" * (100 * 1024)
+
+    async def script(head: bytes, index: int) -> bytes | None:
+        return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n%b" \
+            % (len(body), body)
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin), proxy={"read_timeout": 1.0})
+        for _ in range(5):
+            resp = await c.get("/big")
+            assert resp.status == 200 and await resp.read() == body
+        assert forward_switch.state["sent"] >= 3 and origin.connections == 1
+        assert warnings_of(caplog) == []
 
 
 async def test_a_graceful_stop_waits_for_a_quick_forward(proxy: Any, forward_switch: Any
@@ -293,3 +321,25 @@ async def test_a_graceful_stop_waits_for_a_quick_forward_handed_to_a_task(
         await stop  # at its timeout: the answer never ended, the connection is closed
         data = await asyncio.wait_for(conn.reader.read(), 2)  # all of it, to the close
         assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"\r\n\r\nhi")
+
+
+async def test_a_graceful_stop_answers_what_was_pipelined_behind_a_quick_forward(
+        proxy: Any, forward_switch: Any) -> None:
+    """As the full path's task would: the next request too, with Connection: close."""
+    async with raw_origin(slow_after_first(0.3)) as origin:
+        c = await proxy(url(origin))
+        assert (await c.get("/slow")).status == 200
+        forward_switch.state["sent"] = 0
+        conn = await Raw.open(c)
+        head = b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+        await conn.send(head % (b"slow", c.port) + head % (b"fast", c.port))
+        await asyncio.sleep(0.05)
+        assert forward_switch.state["sent"] == 1
+        listener = c.server.runner.server
+        listener.pre_shutdown()
+        stop = asyncio.ensure_future(listener.shutdown(5))
+        first, second = await conn.reply(), await conn.reply()
+        assert first.body == b"hi" and second.body == b"hi"
+        assert second.headers.get("connection") == "close"
+        await stop
+        conn.close()

@@ -247,10 +247,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         super().connection_lost(exc)
         if self._tunnel is not None:
             self._tunnel.client_gone()
-        relay, self._relay = self._relay, None
-        if relay is not None:
-            relay.client_gone()
-        self._disarm()
+        self._disarm()  # (a quick forward goes on: its answer is dropped, its line logged)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -485,6 +482,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         except UpstreamError:  # a field that cannot be sent, a connection closed meanwhile
             exchange.pool.release(conn)  # (the full path answers, with its 502)
             return False
+        except BaseException:  # a bug of ours (the full path answers): not a leak too
+            exchange.pool.release(conn)
+            raise
         self._keep_alive = not msg.should_close
         self._request, self._sent, self._chunked, self._started = request, 0, False, False
         self._relay = relay

@@ -142,9 +142,16 @@ class Listener:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Requests being answered get timeout seconds to finish; then every connection
         is closed."""
-        busy = [t for conn in self.connections if (t := conn.busy) is not None]
-        if busy:
-            await asyncio.wait(busy, timeout=timeout)
+        # In rounds: a quick forward's end may start a task for the requests pipelined
+        # behind it, and that task a quick forward.
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while busy := [t for conn in self.connections
+                       if (t := conn.busy) is not None and not t.done()]:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(busy, timeout=left)
         for conn in list(self.connections):
             conn.close()
             if conn.busy is not None:

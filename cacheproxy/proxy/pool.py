@@ -328,14 +328,6 @@ class Connection(asyncio.Protocol):
             self.close()
             self._notify()
 
-    def forget_quick(self) -> None:
-        """Nobody takes send_quick's answer any more (the client left)."""
-        self._receiver = None
-        head, self._head = self._head, None  # (no failure is set on it for nobody)
-        if head is not None and head.done() and not head.cancelled():
-            head.exception()  # (retrieved: no "never retrieved" warning)
-        self.close()
-
     async def _await_head(self, head: asyncio.Future[None], read_timeout: float) -> None:
         """read_timeout counts from the last byte of the request: while the body still
         goes out (a slow upload), the origin is not yet late (nginx's proxy_read_timeout
@@ -425,6 +417,9 @@ class Connection(asyncio.Protocol):
     def take_body(self) -> bytes:
         """The whole body of an answer read whole (finished()), at once."""
         chunks, self._chunks, self._buffered = self._chunks, deque(), 0
+        if self._paused and self.transport is not None:  # (over _HIGH_WATER in one read)
+            self._paused = False
+            self.transport.resume_reading()  # else the next exchange on it reads nothing
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def send_gathered(self, head: bytes) -> None:

@@ -82,11 +82,6 @@ class QuickForward:
         self.conn.send_quick(head, self.fwd.method == "HEAD", self._arrived,
                              self.proxy.exchange.read_timeout)
 
-    def client_gone(self) -> None:
-        """The client left before its answer: the origin's is not read on."""
-        self.conn.forget_quick()
-        self.settle()
-
     def settle(self) -> None:
         """Done: a graceful stop waits no longer for this request."""
         if not self.done.done():
@@ -108,7 +103,8 @@ class QuickForward:
 
     def _answer(self) -> Any:  # Answer, None (sent), or _HANDED
         conn, ctx, fwd = self.conn, self.ctx, self.fwd
-        proxy = self.proxy
+        proxy = self.proxy  # (a client that left still has its request carried out and
+        # logged, as the full path's task does: a 304 still updates the store)
         driver, exchange = proxy.driver, proxy.exchange
         failure = conn.head_failure()
         if failure is not None:
@@ -126,7 +122,11 @@ class QuickForward:
             resp.close()
             raise
         if passes_on(d) and conn.whole:
-            self._pass_on(resp)
+            try:
+                self._pass_on(resp)
+            except ConnectionError:  # the client left: as Exchange.relay abandons it
+                resp.close()
+                ctx.outcome.stored = False
             return None
         answer = driver.validated_now(ctx, d, resp) if conn.whole else None
         if answer is not None:  # a 304 (whole, no body) validated the stored response

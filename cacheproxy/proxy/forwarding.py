@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
@@ -35,6 +36,7 @@ class ForwardPolicy:
     surrogate_capability: str | None = None
 
 
+@lru_cache(maxsize=64)
 def via_value(version: tuple[int, int], pseudonym: str) -> str:
     """§7.6.3: protocol version (name omitted for HTTP) and the received-by pseudonym."""
     major, minor = version

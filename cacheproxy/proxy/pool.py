@@ -27,6 +27,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import httptools
 
@@ -39,6 +40,13 @@ log = logging.getLogger("cacheproxy")
 _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
 _LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
+
+
+@lru_cache(maxsize=8)
+def _version(text: str) -> tuple[int, int]:
+    """llhttp's "1.1" as (1, 1): made once (llhttp only knows a few)."""
+    major, _, minor = text.partition(".")
+    return int(major or 1), int(minor or 1)
 
 
 def _refused(cause: str) -> UpstreamError:
@@ -380,8 +388,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def version(self) -> tuple[int, int]:
-        major, _, minor = (self._parser.get_http_version() or "1.1").partition(".")
-        return int(major or 1), int(minor or 1)
+        return _version(self._parser.get_http_version() or "1.1")
 
     async def read_chunk(self, read_timeout: float) -> bytes:
         """The next body bytes; b"" at the end. Raises UpstreamError when it broke."""

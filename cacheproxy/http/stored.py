@@ -103,14 +103,14 @@ def all_values(pairs: list[tuple[str, str]], name: str) -> str | None:
 def with_date(pairs: list[tuple[str, str]], received_at: float) -> list[tuple[str, str]]:
     """RFC 9110 §6.6.1: a cache storing a message without Date adds one, the time
     it was received, so its age and a later 304 merge (§4.3.4) have a Date to use."""
-    if any(k.lower() == "date" for k, _ in pairs):
+    if values_of(pairs, "date"):
         return pairs
     return [*pairs, ("Date", format_http_date(received_at))]
 
 
 def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tuple[str, ...]:
     """§3.1: hop-by-hop fields and the ones Connection names are not stored."""
-    named = connection_options(v for k, v in pairs if k.lower() == "connection")
+    named = connection_options(values_of(pairs, "connection"))
     flat: list[str] = []
     for k, v in pairs:
         lk = k.lower()
@@ -178,5 +178,5 @@ def make_stored_response(
         etag=first_value(pairs, "etag"),
         last_modified=last_modified,
         modified_at=_same(float(modified_at)),
-        size=len(body) + sum(len(x) for x in headers) + len(key) + ENTRY_OVERHEAD,
+        size=len(body) + sum(map(len, headers)) + len(key) + ENTRY_OVERHEAD,
     )

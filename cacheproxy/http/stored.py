@@ -141,6 +141,8 @@ def make_stored_response(
     targeting: Targeting = NO_TARGETING,
 ) -> CachedResponse:
     pairs = with_date(pairs, response_time)
+    if type(pairs) is not FieldList:  # (looked up by name below some ten times)
+        pairs = FieldList(pairs)
     # RFC 9213 §2.2: a targeted field, when there is one for this cache, sets aside
     # Cache-Control and Expires.
     rules = governing(pairs, targeting)

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.cache_key import vary_fields, vary_values
+from cacheproxy.http.fields import FieldList
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
@@ -187,7 +188,8 @@ def _head_answered(
         return Pass(None)
     if not head_matches(stored, fields):
         return Freshen(replace(stored, lifetime=0.0))
-    merged = merge_304(stored, with_date(fields, response_time))  # §3.2
+    # §3.2; with its index by name: the rules below look fields up in it
+    merged = FieldList(merge_304(stored, with_date(fields, response_time)))
     vary = vary_fields(all_values(merged, "vary"))
     verdict, directives = _storable("GET", stored.status, merged, vary is None, req, route)
     if not verdict.storable or vary is None:
@@ -212,7 +214,8 @@ def _validated(
     if not selects(stored, fields):  # §4.3.4: a 304 for another representation
         return Refetch(Forward(fwd.reason, "GET" if fwd.may_store else req.method,
                                may_store=fwd.may_store))
-    merged = merge_304(stored, with_date(fields, response_time))  # §3.2
+    # §3.2; with its index by name: the rules below look fields up in it
+    merged = FieldList(merge_304(stored, with_date(fields, response_time)))
     view = make_stored_response(
         key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,

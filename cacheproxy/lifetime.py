@@ -22,8 +22,14 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await main()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await main()
+        finally:
+            # Stopped: SIGTERM is held from here on. The loop's handler goes with the
+            # loop, and the signal's default action would kill the process as it exits
+            # cleanly (-15) when a supervisor or script repeats it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
     try:
         import uvloop  # the faster loop when installed (pyproject: not on Windows)
@@ -31,10 +37,7 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
         asyncio.run(cancellable())
     else:
         uvloop.run(cancellable())
-    # The loop is closed, its handlers gone, and the process about to exit cleanly: a
-    # second SIGTERM now (a supervisor or script repeating itself) would kill it with the
-    # signal's default action and turn a clean exit (0) into -15.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (one held meanwhile is dropped)
 
 
 class StartError(Exception):

@@ -329,8 +329,8 @@ async def test_sigterm_repeated_while_it_stops_still_ends_in_a_clean_exit(origin
     proc, _ = await start_serve("--upstream", str(up.make_url("")), cwd=tmp_path)
     proc.send_signal(signal.SIGTERM)
     while proc.returncode is None:  # again and again, until it is gone
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # (os.kill: send_signal would reap
+            os.kill(proc.pid, signal.SIGTERM)  # it, ahead of asyncio's child watcher)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), 0.002)
     code, err = await stop(proc)

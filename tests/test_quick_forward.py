@@ -343,3 +343,28 @@ async def test_a_graceful_stop_answers_what_was_pipelined_behind_a_quick_forward
         assert second.headers.get("connection") == "close"
         await stop
         conn.close()
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+async def test_a_request_still_under_way_when_a_stop_runs_out_of_time_is_not_sent_again(
+        proxy: Any, forward_switch: Any, quick: bool) -> None:
+    """Past shutdown_timeout the request is dropped, as the full path's task is
+    cancelled: closing the pool then does not make it retry on a new connection."""
+    async with raw_origin(slow_after_first(3.0)) as origin:
+        c = await proxy(url(origin))
+        assert (await c.get("/slow")).status == 200
+        forward_switch.state["sent"] = 0
+        forward_switch(quick)
+        conn = await Raw.open(c)
+        await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
+        await asyncio.sleep(0.1)
+        assert forward_switch.state["sent"] == int(quick)
+        listener = c.server.runner.server
+        listener.pre_shutdown()
+        await listener.shutdown(0.2)  # runs out: the answer is 3 s away
+        pool = c.app_proxy.exchange.pool
+        pool.close()  # what the application's cleanup does next
+        await asyncio.sleep(0.3)
+        assert (origin.connections, origin.requests) == (1, 2)
+        assert not pool._open
+        conn.close()

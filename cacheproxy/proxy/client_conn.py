@@ -473,10 +473,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         conn = exchange.pool.idle(exchange.origin_of(url))
         if conn is None:  # connecting is the full path's (connect_timeout, its errors)
             return False
-        request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
-        ctx = proxy.planned(request, self, planned, started)
-        relay = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
         try:
+            request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
+            ctx = proxy.planned(request, self, planned, started)
+            relay = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
             _, head, _ = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)
             relay.start(head)
         except UpstreamError:  # a field that cannot be sent, a connection closed meanwhile
@@ -828,6 +828,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._closing = True
         if self._task is None and self._relay is None:
             self.close()
+
+    def stop(self) -> None:
+        """Shutting down, out of time: what answers a request now stops."""
+        if self._task is not None:
+            self._task.cancel()
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            relay.cancel()
 
     @property
     def busy(self) -> asyncio.Future[None] | None:

@@ -154,8 +154,7 @@ class Listener:
             await asyncio.wait(busy, timeout=left)
         for conn in list(self.connections):
             conn.close()
-            if conn.busy is not None:
-                conn.busy.cancel()
+            conn.stop()
         self.connections.clear()
 
 

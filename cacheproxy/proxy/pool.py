@@ -319,6 +319,14 @@ class Connection(asyncio.Protocol):
             assert receiver is not None
             receiver()
 
+    def forget_quick(self) -> None:
+        """Nobody takes send_quick's answer any more (stopped at shutdown): closed."""
+        self._receiver = None
+        head, self._head = self._head, None  # (no failure is set on it for nobody)
+        if head is not None and head.done() and not head.cancelled():
+            head.exception()  # (retrieved: no "never retrieved" warning)
+        self.close()
+
     def head_failure(self) -> UpstreamError | None:
         """Why send_quick's exchange failed before the head came; None: the head is in."""
         head = self._head
@@ -489,6 +497,7 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gathered: list[tuple[Connection, bytes]] = []
+        self._closed = False  # close(): no connection is made or lent any more
 
     def gather(self, conn: Connection, head: bytes) -> None:
         """A request head to send at the end of this loop iteration, with the others made
@@ -520,6 +529,8 @@ class Pool:
     async def acquire(self, origin: Origin) -> Connection:
         """An idle connection to origin, or a new one; within connect_timeout (a wait for a
         free connection ends in 503, a connect that takes too long in 504)."""
+        if self._closed:  # shutting down: a request still going on does not start again
+            raise UpstreamError(503, "the proxy is stopping")
         conn = self._take_idle(origin)  # the common case: no wait, no timer
         if conn is not None:
             return conn
@@ -556,7 +567,7 @@ class Pool:
 
     def idle(self, origin: Origin) -> Connection | None:
         """An idle connection to origin, if one is open (no wait, no connect)."""
-        return self._take_idle(origin)
+        return None if self._closed else self._take_idle(origin)
 
     def _take_idle(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
@@ -640,6 +651,7 @@ class Pool:
                 return
 
     def close(self) -> None:
+        self._closed = True
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()

@@ -82,6 +82,12 @@ class QuickForward:
         self.conn.send_quick(head, self.fwd.method == "HEAD", self._arrived,
                              self.proxy.exchange.read_timeout)
 
+    def cancel(self) -> None:
+        """Stopped (a graceful stop ran out of time): the answer is not waited for, and
+        the request is not sent again."""
+        self.conn.forget_quick()
+        self.settle()
+
     def settle(self) -> None:
         """Done: a graceful stop waits no longer for this request."""
         if not self.done.done():

@@ -133,14 +133,15 @@ class Driver:
 
     async def forward(
         self, ctx: Ctx, fwd: Forward, release: Callable[[], None] = _nothing,
-        retry: bool = True,
+        first_sent: float | None = None,
     ) -> Answer | None:
+        """first_sent: this is the one retry of a request first sent then (Exchange.send)."""
         request, plan = ctx.request, ctx.plan
         body = request.content if ctx.facts.has_body else None
         request_time = time.time()
         try:
             resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
-                                            ctx.fields(fwd), body, ctx.outcome, retry)
+                                            ctx.fields(fwd), body, ctx.outcome, first_sent)
         except UpstreamError as exc:
             return self.upstream_failed(ctx, fwd, exc, release)
         try:

@@ -167,13 +167,15 @@ class Exchange:
 
     async def send(
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
-        outcome: Outcome | None = None, retry: bool = True,
+        outcome: Outcome | None = None, first_sent: float | None = None,
     ) -> UpstreamResponse:
         """Send the request and return the answer's head. A request that failed on a reused
         connection before any byte of the answer came is sent once more on a new one, when
         nothing of it was written or it is idempotent without a body (the origin may have
-        closed the idle connection just then). retry=False: this is that second time."""
-        started = time.perf_counter()
+        closed the idle connection just then). first_sent: this is that second time, and
+        the first went out then (time.perf_counter(): upstream_ms counts from it)."""
+        retry = first_sent is None
+        started = time.perf_counter() if first_sent is None else first_sent
         origin, head, length = self.request_head(method, url, fields, body is not None)
         chunked = body is not None and length is None
         # A small body of an idempotent request is read first, so it can be sent again.

@@ -10,7 +10,7 @@ handed to a task that runs the driver from there, as the full path would have:
 - no idle connection to the origin: nothing is sent here; the full path connects;
 - a failure before the answer's head: driver.upstream_failed (an error, or a stale
   response, RFC 5861 §4), or the one retry exchange.send allows (driver.forward with
-  retry=False: a reused connection the origin closed as it was used);
+  first_sent: a reused connection the origin closed as it was used);
 - a decision other than Pass (or Keep with nothing to serve), or a body still on its way:
   driver.perform with the answer, which stores, validates, streams with flow control;
   but a 304 that validated the stored response is answered here when nothing in it
@@ -116,7 +116,7 @@ class QuickForward:
         if failure is not None:
             exchange.pool.release(conn)  # (closed: a failed connection is not reused)
             if exchange.retries(fwd.method, conn, self.reused, failure):
-                return self._hand_off(driver.forward(ctx, fwd, retry=False))
+                return self._hand_off(driver.forward(ctx, fwd, first_sent=self._sent_at))
             return driver.upstream_failed(ctx, fwd, failure)
         outcome = ctx.outcome
         outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000

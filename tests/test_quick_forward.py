@@ -368,3 +368,49 @@ async def test_a_request_still_under_way_when_a_stop_runs_out_of_time_is_not_sen
         assert (origin.connections, origin.requests) == (1, 2)
         assert not pool._open
         conn.close()
+
+
+async def test_a_graceful_stop_answers_what_was_pipelined_behind_a_handed_off_forward(
+        proxy: Any, forward_switch: Any) -> None:
+    """The same when the quick forward was handed to a task (its body came later)."""
+    slow_seen = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal slow_seen
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"/slow" in head:
+                    slow_seen += 1
+                    if slow_seen > 1:  # the head now, the body 0.3 s later
+                        writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+                                     b"Content-Length: 4\r\n\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.3)
+                        writer.write(b"slow")
+                        continue
+                writer.write(OK)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        c = await proxy(f"http://127.0.0.1:{port}")
+        assert (await c.get("/slow")).status == 200
+        forward_switch.state["sent"] = 0
+        conn = await Raw.open(c)
+        head = b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+        await conn.send(head % (b"slow", c.port) + head % (b"fast", c.port))
+        await asyncio.sleep(0.1)  # the head came, the body not: handed to a task
+        assert forward_switch.state["sent"] == 1
+        listener = c.server.runner.server
+        listener.pre_shutdown()
+        stop = asyncio.ensure_future(listener.shutdown(5))
+        first, second = await conn.reply(), await conn.reply()
+        assert first.body == b"slow" and second.body == b"hi"
+        assert second.headers.get("connection") == "close"
+        await stop
+        conn.close()
+    finally:
+        server.close()

@@ -549,8 +549,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             keep = self._keep_alive
         except Exception:  # a bug of ours: the connection goes, the process stays
             log.exception("client connection failed")
-        if keep and self.transport is not None and not self._closing:
-            await self._serve()  # (which ends the task, and arms the idle timer)
+        if keep and self.transport is not None:  # (closing: _one answers the next with
+            await self._serve()  # Connection: close; _serve ends the task, arms the timer)
             return
         self._task = None
         self.close()

@@ -15,6 +15,7 @@ from redis_server import RedisServer
 from support import proxy_config
 
 from cacheproxy.config import Config
+from cacheproxy.proxy.client_conn import ClientConnection
 from cacheproxy.proxy.listener import LeanRunner
 from cacheproxy.proxy.server import OBSERVER, PROXY, make_app
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
@@ -94,3 +95,27 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- quick forwards (proxy/quick_forward.py) ---------------------------------------------
+
+@pytest.fixture
+def forward_switch(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """switch(False) sends misses the task's way; sent counts the quick forwards."""
+    real = ClientConnection._forward
+    state = {"on": True, "sent": 0}
+
+    def counted(self: ClientConnection, msg: Any, planned: Any, started: float) -> bool:
+        if not state["on"]:
+            return False
+        sent = real(self, msg, planned, started)
+        state["sent"] += sent
+        return sent
+
+    monkeypatch.setattr(ClientConnection, "_forward", counted)
+
+    def switch(on: bool) -> None:
+        state["on"] = on
+
+    switch.state = state  # type: ignore[attr-defined]
+    return switch

@@ -121,7 +121,7 @@ async def test_an_origin_closing_idle_connections_at_its_timeout_gives_no_error(
 
 
 async def test_a_get_sent_as_the_origin_closes_is_sent_again_on_a_new_connection(
-        proxy, caplog):
+        proxy, caplog, forward_switch):
     """The race the idle timeout cannot rule out: the origin closes a pooled connection
     just as a request goes out on it (nothing of an answer comes). A GET is idempotent:
     the pool sends it once more, on a fresh connection (nginx's proxy_next_upstream)."""
@@ -135,6 +135,9 @@ async def test_a_get_sent_as_the_origin_closes_is_sent_again_on_a_new_connection
             assert resp.status == 200 and await resp.read() == b"hi"
         assert origin.connections == 4 and origin.requests == 7
         assert warnings_of(caplog) == []
+        # The three on a reused connection were sent by callback (proxy/quick_forward.py),
+        # and handed to the driver for their one retry.
+        assert forward_switch.state["sent"] == 3
 
 
 async def test_a_small_put_is_sent_again_but_a_post_is_not(proxy, caplog):

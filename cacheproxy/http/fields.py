@@ -67,14 +67,12 @@ class FieldList(list[tuple[str, str]]):
 
     __slots__ = ("by_name",)
 
-    def __init__(self, pairs: Iterable[tuple[str, str]],
-                 by_name: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         super().__init__(pairs)
-        if by_name is None:
-            by_name = {}
-            for k, v in self:
-                by_name.setdefault(k.lower(), []).append(v)
-        self.by_name = by_name  # (must hold every pair: the caller that passes it built it)
+        by_name: dict[str, list[str]] = {}
+        for k, v in self:
+            by_name.setdefault(k.lower(), []).append(v)
+        self.by_name = by_name
 
 
 def values_of(pairs: Iterable[tuple[str, str]], name: str) -> list[str]:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import lru_cache
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from cacheproxy.config import ProxyConfig
@@ -39,8 +39,8 @@ _MEMO_URL = 2048  # upstream URLs up to this long are parsed once (1,024 kept)
 class UpstreamResponse:
     """The head of the upstream's answer, and its body as it arrives."""
 
-    __slots__ = ("_conn", "_done", "_headers", "_pool", "_timeout", "content_length",
-                 "fields", "reason", "status", "version")
+    __slots__ = ("_conn", "_done", "_pool", "_timeout", "content_length", "fields", "reason",
+                 "status", "version")
 
     def __init__(self, pool: Pool, conn: Connection, read_timeout: float) -> None:
         self._pool, self._conn, self._timeout, self._done = pool, conn, read_timeout, False
@@ -48,16 +48,8 @@ class UpstreamResponse:
         self.reason = conn.reason
         self.version = conn.version
         self.fields = conn.fields()  # as received, in order
-        self._headers: CIMultiDictProxy[str] | None = None
         length = conn.content_length  # llhttp checked it is one number
         self.content_length = int(length) if length is not None and length.isdigit() else None
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        """The fields by name (made when first asked: a pass-through never asks)."""
-        if self._headers is None:
-            self._headers = CIMultiDictProxy(CIMultiDict(self.fields))
-        return self._headers
 
     async def readany(self) -> bytes:
         """The next body bytes, b"" at the end; UpstreamError when the body broke off."""
@@ -193,9 +185,7 @@ class Exchange:
                 await conn.send(head, stream, method == "HEAD", self.read_timeout)
             except UpstreamError as exc:
                 self.pool.release(conn)
-                # Not after a timeout: a slow origin would get the request twice.
-                if attempt == 1 and reused and exc.status == 502 and not conn.received_any \
-                        and (not conn.written or (method in IDEMPOTENT and replayable)):
+                if attempt == 1 and self.retries(method, conn, reused, exc, replayable):
                     continue  # the origin closed the pooled connection as it was used
                 raise
             break
@@ -204,10 +194,15 @@ class Exchange:
             outcome.fwd_status = conn.status
         return UpstreamResponse(self.pool, conn, self.read_timeout)
 
-    def retries(self, method: str, conn: Connection, reused: bool, exc: UpstreamError) -> bool:
-        """Whether a body-less request that failed on conn goes once more (send's rule)."""
+    @staticmethod
+    def retries(method: str, conn: Connection, reused: bool, exc: UpstreamError,
+                replayable: bool = True) -> bool:
+        """Whether a request that failed on conn goes once more: it was reused, nothing of
+        the answer came, and nothing of it was written or it may be sent again
+        (replayable: no body, or a small one kept). Not after a timeout (a 504): a slow
+        origin would get the request twice."""
         return reused and exc.status == 502 and not conn.received_any \
-            and (not conn.written or method in IDEMPOTENT)
+            and (not conn.written or (method in IDEMPOTENT and replayable))
 
     async def put(self, entry: CachedResponse, body: bytes) -> bool:
         return await self.store.put(replace(entry, body=body, size=entry.size + len(body)))

@@ -211,15 +211,8 @@ class Connection(asyncio.Protocol):
         self.status = status
         if not self._parser.should_keep_alive():
             self.reusable = False
-        by_name: dict[str, list[str]] = {}
-        for k, v in self._fields:  # each name lowered once, for every rule that reads them
-            lk = k.lower()
-            values = by_name.get(lk)
-            if values is None:
-                by_name[lk] = [v]
-            else:
-                values.append(v)
-        self._fields = FieldList(self._fields, by_name)
+        fields = self._fields = FieldList(self._fields)  # by name, for every rule after
+        by_name = fields.by_name
         codings = by_name.get("transfer-encoding") or []
         lengths = by_name.get("content-length")
         content_length = self.content_length = lengths[0] if lengths else None

@@ -74,6 +74,15 @@ class FieldList(list[tuple[str, str]]):
             by_name.setdefault(k.lower(), []).append(v)
         self.by_name = by_name
 
+    @classmethod
+    def indexed(cls, pairs: list[tuple[str, str]], by_name: dict[str, list[str]]
+                ) -> FieldList:
+        """pairs with their index already made (by_name, as __init__ would make it)."""
+        made = cls.__new__(cls)
+        list.extend(made, pairs)
+        made.by_name = by_name
+        return made
+
 
 def values_of(pairs: Iterable[tuple[str, str]], name: str) -> list[str]:
     """The values of the fields named name (lower-case), in order."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cacheproxy.http.fields import HOP_BY_HOP, connection_options
+from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.validators import parse_etag
 
@@ -78,3 +78,37 @@ def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tu
     replaced = {k.lower() for k, _ in updates}
     kept = [(k, v) for k, v in entry.header_pairs() if k.lower() not in replaced]
     return kept + updates
+
+
+def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
+    """When merging this 304 (its fields with a Date, by name) into the stored response
+    (§3.2, merge_304) would change nothing but the Date, the merged fields: the stored
+    ones in their order, the 304's Date in place of theirs. Else None. So for the common
+    304 that repeats the stored ETag, Cache-Control and the like, the stored response is
+    refreshed (stored.refreshed), not rebuilt."""
+    by_name = response.by_name
+    dates = by_name.get("date")
+    if dates is None or len(dates) != 1:
+        return None
+    date = dates[0]
+    h = entry.headers
+    pairs: list[tuple[str, str]] = []
+    stored: dict[str, list[str]] = {}
+    for i in range(0, len(h), 2):
+        name, value = h[i], h[i + 1]
+        lower = name.lower()
+        if lower == "date":
+            if lower in stored:
+                return None  # two Dates stored: the merge leaves one
+            value = date
+        pairs.append((name, value))
+        stored.setdefault(lower, []).append(value)
+    if "date" not in stored:
+        return None
+    named = connection_options(by_name.get("connection", ()))
+    for name, values in by_name.items():
+        if name in HOP_BY_HOP or name in named or name in CONTENT_BOUND_FIELDS:
+            continue  # (merge_304 leaves these out)
+        if stored.get(name) != values:
+            return None
+    return FieldList.indexed(pairs, stored)

@@ -143,6 +143,33 @@ def make_stored_response(
     pairs = with_date(pairs, response_time)
     if type(pairs) is not FieldList:  # (looked up by name below some ten times)
         pairs = FieldList(pairs)
+    return _made(key, vary, vary_values, status, pairs, stored_fields(pairs, excluded), body,
+                 request_time, response_time, shared, heuristics, targeting)
+
+
+def refreshed(
+    entry: CachedResponse, merged: FieldList, *, request_time: float, response_time: float,
+    shared: bool, heuristics: Heuristics, targeting: Targeting = NO_TARGETING,
+) -> CachedResponse:
+    """The stored response with the fields of a 304 that changed only its Date merged in
+    (revalidation.date_only): its age, freshness lifetime and modification time figured
+    again. The same as make_stored_response makes from merge_304's fields
+    (tests/rfc/test_refresh_rule.py), but for the order of fields of different names,
+    which carries no meaning (RFC 9110 §5.3): Date keeps its place."""
+    flat: list[str] = []
+    for k, v in merged:  # stored fields already: only the new Date is shared (_same)
+        flat += (k, _same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v)
+    headers = tuple(flat)
+    return _made(entry.key, entry.vary, entry.vary_values, entry.status, merged, headers,
+                 entry.body, request_time, response_time, shared, heuristics, targeting)
+
+
+def _made(
+    key: str, vary: tuple[str, ...], vary_values: tuple[str | None, ...], status: int,
+    pairs: FieldList, headers: tuple[str, ...], body: bytes, request_time: float,
+    response_time: float, shared: bool, heuristics: Heuristics, targeting: Targeting,
+) -> CachedResponse:
+    """The entry for these fields (pairs, with a Date) stored as headers."""
     # RFC 9213 §2.2: a targeted field, when there is one for this cache, sets aside
     # Cache-Control and Expires.
     rules = governing(pairs, targeting)
@@ -153,7 +180,6 @@ def make_stored_response(
     lm_time = parse_http_date(last_modified)
     # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).
     modified_at = lm_time if lm_time is not None else date if date is not None else response_time
-    headers = stored_fields(pairs, excluded)
     # All Age lines, joined: more than one value makes it invalid, as any non-number does.
     age_value = parse_age(all_values(pairs, "age"))
     return CachedResponse(

@@ -23,13 +23,20 @@ from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.flow.failure import stale_on_error
 from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris, same_origin_key
 from cacheproxy.http.reuse import STALE_IF_ERROR_STATUSES
-from cacheproxy.http.revalidation import has_validator, head_matches, merge_304, selects
+from cacheproxy.http.revalidation import (
+    date_only,
+    has_validator,
+    head_matches,
+    merge_304,
+    selects,
+)
 from cacheproxy.http.storability import Verdict, excluded_fields, storability
 from cacheproxy.http.stored import (
     CachedResponse,
     all_values,
     first_value,
     make_stored_response,
+    refreshed,
     with_date,
 )
 from cacheproxy.http.targeted import governing
@@ -214,14 +221,23 @@ def _validated(
     if not selects(stored, fields):  # §4.3.4: a 304 for another representation
         return Refetch(Forward(fwd.reason, "GET" if fwd.may_store else req.method,
                                may_store=fwd.may_store))
-    # §3.2; with its index by name: the rules below look fields up in it
-    merged = FieldList(merge_304(stored, with_date(fields, response_time)))
-    view = make_stored_response(
-        key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
-        status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
-        response_time=response_time, shared=route.shared, heuristics=route.heuristics,
-        targeting=route.targeting,
-    )
+    fields = with_date(fields, response_time)
+    if type(fields) is not FieldList:
+        fields = FieldList(fields)
+    merged = date_only(stored, fields)
+    if merged is not None:  # the common 304: only Date changes
+        view = refreshed(
+            stored, merged, request_time=request_time, response_time=response_time,
+            shared=route.shared, heuristics=route.heuristics, targeting=route.targeting)
+    else:
+        # §3.2; with its index by name: the rules below look fields up in it
+        merged = FieldList(merge_304(stored, fields))
+        view = make_stored_response(
+            key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
+            status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
+            response_time=response_time, shared=route.shared, heuristics=route.heuristics,
+            targeting=route.targeting,
+        )
     if not fwd.may_store:
         return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
     vary = vary_fields(all_values(merged, "vary"))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from cacheproxy.http.stored import ENTRY_OVERHEAD, CachedResponse, Heuristics, make_stored_response
 from cacheproxy.store import MemoryStore
 from cacheproxy.store.memory import MAX_VARIANTS
@@ -113,3 +118,57 @@ def test_the_shared_table_is_bounded():
         assert same.cache_info().currsize <= stored._SAME_KEPT
     first = same(b"again".decode())
     assert same(b"again".decode()) is first
+
+
+# Operations on a store against a model of it: an ordered dict of key -> variants, oldest
+# use first, bounded by the sum of the responses' sizes.
+_op = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from("abcdef"), st.sampled_from(("", "en", "fr")),
+              st.integers(0, 3000)),
+    st.tuples(st.just("get"), st.sampled_from("abcdef")),
+    st.tuples(st.just("delete"), st.sampled_from("abcdef")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_op, max_size=40), st.integers(3000, 12000))
+def test_the_store_keeps_its_byte_count_and_lru_order_as_a_model_does(
+        ops: list[tuple], max_bytes: int) -> None:
+    store = MemoryStore(max_bytes=max_bytes)
+    model: dict[str, tuple[CachedResponse, ...]] = {}
+    evictions = 0
+
+    def size(variants: tuple[CachedResponse, ...]) -> int:
+        return sum(v.size for v in variants)
+
+    for op in ops:
+        key = op[1]
+        if op[0] == "put":
+            vary = ("accept-language",) if op[2] else ()
+            e = entry(key, b"x" * op[3], vary, (op[2],) if op[2] else ())
+            stored = store.put_now(e)
+            if e.size > max_bytes:
+                assert not stored
+                continue
+            assert stored
+            old = model.pop(key, ())
+            variants = (e, *(v for v in old if v.vary_values != e.vary_values))
+            while size(variants) > max_bytes:
+                variants = variants[:-1]
+            while sum(map(size, model.values())) + size(variants) > max_bytes:
+                del model[next(iter(model))]  # the least recently used key goes
+                evictions += 1
+            model[key] = variants
+        elif op[0] == "get":
+            if key in model:
+                model[key] = model.pop(key)  # now the most recently used
+            assert store.peek(key) == model.get(key, ())
+        else:
+            assert asyncio.run(store.delete(key)) == (model.pop(key, None) is not None)
+        stats = store.stats()
+        assert stats.bytes == sum(map(size, model.values())) <= max_bytes
+        assert stats.entries == sum(map(len, model.values()))
+        assert stats.evictions == evictions
+    assert sorted(asyncio.run(store.keys())) == sorted(model)
+    for key, variants in model.items():  # (which were evicted: the gets above tell)
+        assert store.peek(key) == variants

@@ -48,7 +48,7 @@ def entries(draw: st.DrawFn) -> CachedResponse:
         directives=draw(st.just(parsed) | _directives),
         etag=draw(st.none() | st.text(max_size=20)),
         last_modified=draw(st.none() | st.text(max_size=30)),
-        modified_at=draw(_times), size=draw(st.integers(0, 2**40)),
+        modified_at=draw(_times),
     )
 
 

@@ -69,7 +69,13 @@ class CachedResponse:
     etag: str | None
     last_modified: str | None
     modified_at: float                      # Last-Modified, else Date, else receipt (§4.3.2)
-    size: int
+
+    @property
+    def size(self) -> int:
+        """What it counts for against cache.max_bytes: body, fields, key and the
+        bookkeeping beyond them (ENTRY_OVERHEAD). Figured when asked (on a put, an
+        eviction) rather than held: an int kept per entry costs 40 bytes."""
+        return len(self.body) + sum(map(len, self.headers)) + len(self.key) + ENTRY_OVERHEAD
 
     def header_pairs(self) -> list[tuple[str, str]]:
         h = self.headers
@@ -206,5 +212,4 @@ def _made(
         etag=first_value(pairs, "etag"),
         last_modified=last_modified,
         modified_at=_same(float(modified_at)),
-        size=len(body) + sum(map(len, headers)) + len(key) + ENTRY_OVERHEAD,
     )

@@ -205,7 +205,7 @@ class Exchange:
             and (not conn.written or (method in IDEMPOTENT and replayable))
 
     async def put(self, entry: CachedResponse, body: bytes) -> bool:
-        return await self.store.put(replace(entry, body=body, size=entry.size + len(body)))
+        return await self.store.put(replace(entry, body=body))
 
     def via(self, resp: UpstreamResponse) -> str:
         """RFC 9110 §7.6.3: the protocol the response was received with."""
@@ -311,7 +311,7 @@ class Exchange:
         body = await self.read_whole(resp, max_object)
         if body is None:
             return None
-        whole = replace(entry, body=body, size=entry.size + len(body))
+        whole = replace(entry, body=body)
         outcome.stored = await self.store.put(whole)
         return whole
 

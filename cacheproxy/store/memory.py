@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
 
 from cachetools import LRUCache
 
@@ -31,24 +31,21 @@ def _size(held: Held) -> int:
     return held.size
 
 
-class _CountingLRU(LRUCache[str, Held]):
-    """Counts evictions and the responses (variants) held."""
-
-    evictions = 0
-    entries = 0
-
-    def popitem(self) -> Any:
-        key, held = super().popitem()
-        self.evictions += 1
-        self.entries -= len(_variants(held))
-        return key, held
-
-
 class MemoryStore:
-    """Each key maps to a tuple of variants; the LRU's capacity is max_bytes."""
+    """Each key maps to its response or a tuple of variants, in cachetools' LRU order.
+
+    The bound in bytes is kept here, from each response's size (CachedResponse.size),
+    rather than by cachetools' getsizeof: with getsizeof, cachetools keeps a map of every
+    key's size beside its data, which cost some 80 bytes per entry of a store of 1 KiB
+    responses (README, Benchmarks: memory). Evicting is the same: the least recently used
+    keys go, before a put, until the new response fits."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._lru = _CountingLRU(maxsize=max_bytes, getsizeof=_size)
+        self._lru: LRUCache[str, Held] = LRUCache(maxsize=math.inf)  # (counts keys)
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries = 0  # the responses (variants) held
+        self._evictions = 0
 
     async def get(self, key: str) -> tuple[CachedResponse, ...]:
         return self.peek(key)
@@ -67,27 +64,41 @@ class MemoryStore:
     def put_now(self, entry: CachedResponse) -> bool:
         """put() without a coroutine: a revalidation answered where its 304 was read
         (proxy/quick_forward.py)."""
-        lru = self._lru
-        if entry.size > lru.maxsize:
+        max_bytes = self._max_bytes
+        if entry.size > max_bytes:
             return False
-        old = _variants(lru.get(entry.key))
+        lru, key = self._lru, entry.key
+        old = _variants(lru.get(key))
         same = variant_id(entry)
         variants = (entry, *(v for v in old if variant_id(v) != same))[:MAX_VARIANTS]
-        while _size(variants) > lru.maxsize:
+        size = _size(variants)
+        while size > max_bytes:
             variants = variants[:-1]
+            size = _size(variants)
         if old:
-            del lru[entry.key]
-            lru.entries -= len(old)
-        lru[entry.key] = variants[0] if len(variants) == 1 else variants
-        lru.entries += len(variants)
+            self._forget(key)
+        while self._bytes + size > max_bytes:  # (what is left is older than the put)
+            _, held = lru.popitem()
+            self._count_out(held)
+            self._evictions += 1
+        lru[key] = variants[0] if len(variants) == 1 else variants
+        self._bytes += size
+        self._entries += len(variants)
         return True
 
-    async def delete(self, key: str) -> bool:
+    def _forget(self, key: str) -> bool:
         held = self._lru.pop(key, None)
         if held is None:
             return False
-        self._lru.entries -= len(_variants(held))
+        self._count_out(held)
         return True
+
+    def _count_out(self, held: Held) -> None:
+        self._bytes -= _size(held)
+        self._entries -= len(_variants(held))
+
+    async def delete(self, key: str) -> bool:
+        return self._forget(key)
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         found: list[str] = []
@@ -105,10 +116,9 @@ class MemoryStore:
         return len(doomed)
 
     async def clear(self) -> int:
-        evictions = self._lru.evictions  # clear() pops items; that is not eviction
         keys = len(self._lru)
-        self._lru.clear()
-        self._lru.evictions, self._lru.entries = evictions, 0
+        self._lru.clear()  # (not evictions)
+        self._bytes = self._entries = 0
         return keys
 
     async def start(self) -> None:
@@ -118,9 +128,5 @@ class MemoryStore:
         pass
 
     def stats(self) -> StoreStats:
-        return StoreStats(
-            entries=self._lru.entries,
-            bytes=int(self._lru.currsize),
-            max_bytes=int(self._lru.maxsize),
-            evictions=self._lru.evictions,
-        )
+        return StoreStats(entries=self._entries, bytes=self._bytes,
+                          max_bytes=self._max_bytes, evictions=self._evictions)

@@ -32,6 +32,8 @@ def encode(entry: CachedResponse) -> bytes:
         "status": entry.status, "headers": entry.headers,
         "response_time": entry.response_time, "initial_age": entry.initial_age,
         "lifetime": entry.lifetime, "etag": entry.etag, "last_modified": entry.last_modified,
+        # size: figured from the rest when read (CachedResponse.size); still written, for
+        # readers of this format version that take it from here.
         "modified_at": entry.modified_at, "size": entry.size,
     }
     if _directives(entry.headers) != entry.directives:
@@ -84,7 +86,6 @@ def _entry(h: dict[str, Any], body: bytes) -> CachedResponse:
         initial_age=_num(h["initial_age"]), lifetime=_num(h["lifetime"]),
         directives=directives, etag=_opt_str(h["etag"]),
         last_modified=_opt_str(h["last_modified"]), modified_at=_num(h["modified_at"]),
-        size=_int(h["size"]),
     )
 
 

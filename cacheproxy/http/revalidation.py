@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options
-from cacheproxy.http.stored import CachedResponse
+from cacheproxy.http.stored import CachedResponse, first_value
 from cacheproxy.http.validators import parse_etag
 
 # Conditional fields a client may send; a cache filling itself strips them and
@@ -31,11 +31,14 @@ def has_validator(entry: CachedResponse) -> bool:
 
 def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
     """§4.3.4: does a 304 apply to this stored response?"""
-    new_tag = parse_etag(next((v for k, v in response if k.lower() == "etag"), None))
+    new_value = first_value(response, "etag")
+    new_tag = parse_etag(new_value)
     if new_tag is not None:
+        if new_value == entry.etag:  # the usual 304: the very tag stored
+            return True
         old = parse_etag(entry.etag)
         return old is not None and old.opaque == new_tag.opaque and old.weak == new_tag.weak
-    new_lm = next((v for k, v in response if k.lower() == "last-modified"), None)
+    new_lm = first_value(response, "last-modified")
     if new_lm is not None:
         return new_lm == entry.last_modified
     # No validator in the 304: it selects a stored response only if that lacks one too.

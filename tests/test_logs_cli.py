@@ -429,12 +429,19 @@ def append(path: Path, records: list[LogRecord], mode: str = "ab") -> None:
         f.write(log_bytes(records))
 
 
+def _ctrl_c_stops() -> None:
+    """In the child: SIGINT as a terminal gives it (the default action). A suite started
+    in the background (`.ci/run &` from a shell without job control) has it ignored, and
+    children inherit that: Ctrl-C would then not reach `logs --follow` either."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_follow_through_rotation_and_truncation_then_sigint(tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     append(path, [rec(0, "HIT", "f.example", "/before", 200, 10, 1.0)] * 2, "wb")
     child = subprocess.Popen(
         [sys.executable, "-m", "cacheproxy", "logs", str(path), "--follow", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, preexec_fn=_ctrl_c_stops)
     try:
         lines = Lines(child.stdout)
 
@@ -519,7 +526,8 @@ def test_follow_on_a_pipe_prints_a_report_per_interval(log: Path) -> None:
 def test_follow_on_a_terminal_redraws_in_place(log: Path) -> None:
     primary, secondary = pty.openpty()
     child = subprocess.Popen([sys.executable, "-m", "cacheproxy", "logs", str(log), "--follow"],
-                             stdout=secondary, stderr=subprocess.PIPE, cwd=ROOT)
+                             stdout=secondary, stderr=subprocess.PIPE, cwd=ROOT,
+                             preexec_fn=_ctrl_c_stops)
     os.close(secondary)
     try:
         seen, deadline = b"", time.monotonic() + 8

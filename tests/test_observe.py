@@ -236,13 +236,18 @@ _maybe = st.none() | _text
 @settings(max_examples=200, deadline=None)
 @given(path=_text, host=_text, ua=_maybe, referer=_maybe, policy=_maybe,
        age=st.none() | st.integers(-10**6, 10**9), upstream_ms=st.none() | st.floats(0, 1e6),
-       collapsed=st.booleans(), when=st.floats(0, 4e9))
+       collapsed=st.booleans(), when=st.floats(0, 4e9),
+       # Values to_json keeps escaped (a memo): repeated ones included, and long ones.
+       client=st.sampled_from(("127.0.0.1", "::1", "203.0.113.9")),
+       route=st.sampled_from(("default", "r\u00e9")) | _text,
+       member=st.sampled_from(("cacheproxy; hit", "\x7f")) | st.text(max_size=300))
 def test_to_json_is_exactly_json_dumps_and_reads_back(path, host, ua, referer, policy, age,
-                                                      upstream_ms, collapsed, when):
-    record = LogRecord(time=when, client="127.0.0.1", method="GET", host=host, path=path,
+                                                      upstream_ms, collapsed, when, client,
+                                                      route, member):
+    record = LogRecord(time=when, client=client, method="GET", host=host, path=path,
                        status=200, cache="HIT", bytes=1, total_ms=0.5, age=age, ttl=age,
-                       upstream_ms=upstream_ms, collapsed=collapsed, policy=policy,
-                       referer=referer, user_agent=ua, cache_status="cacheproxy; hit")
+                       upstream_ms=upstream_ms, collapsed=collapsed, route=route,
+                       policy=policy, referer=referer, user_agent=ua, cache_status=member)
     expected = {f.name: getattr(record, f.name) for f in dataclasses.fields(LogRecord)}
     expected["time"] = iso_time(when)
     del expected["bytes_in"]  # written only on a tunnel's line

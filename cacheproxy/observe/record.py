@@ -60,13 +60,38 @@ def _second(seconds: int, fmt: str) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime(fmt)
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")  # (read and set whole: threads)
+
+
 def iso_time(t: float) -> str:
-    """UTC with milliseconds: 2026-11-23T17:30:00.123Z (the text format keeps seconds)."""
-    ms = round(t * 1000)
-    return f"{_second(ms // 1000, '%Y-%m-%dT%H:%M:%S')}.{ms % 1000:03d}Z"
+    """UTC with milliseconds: 2026-11-23T17:30:00.123Z (the text format keeps seconds).
+    The log writes one per line, in order: the second's part is kept from the last."""
+    global _last_second
+    seconds, ms = divmod(round(t * 1000), 1000)
+    last = _last_second
+    if last[0] != seconds:
+        last = _last_second = (seconds, _second(seconds, "%Y-%m-%dT%H:%M:%S"))
+    return last[1] + _MILLIS[ms]
 
 
 _escape = json.encoder.encode_basestring  # C-accelerated; non-ASCII kept as is
+# Escaped forms of the values that repeat line after line (client, host, route, user
+# agent, Cache-Status member...): looked up rather than escaped again. Bounded in number
+# and in the length of a value kept (a client's long User-Agent is escaped each time).
+_ESCAPED: dict[str, str] = {}
+_ESCAPED_KEPT, _ESCAPED_LONGEST = 4096, 256
+
+
+def _e(value: str) -> str:
+    found = _ESCAPED.get(value)
+    if found is None:
+        found = _escape(value)
+        if len(value) <= _ESCAPED_LONGEST:
+            if len(_ESCAPED) >= _ESCAPED_KEPT:
+                _ESCAPED.clear()
+            _ESCAPED[value] = found
+    return found
 
 
 def _jn(value: float | None) -> str:
@@ -75,19 +100,22 @@ def _jn(value: float | None) -> str:
 
 def to_json(record: LogRecord) -> str:
     r = record
-    e = _escape  # fields that are never None; the others may be null (inlined: per line)
+    # Fields that are never None; the others may be null (inlined: per line). Path, referer
+    # and policy are escaped each time (mostly new); the others, looked up (_e).
+    e = _e
     age, ttl, up, up_ms = r.age, r.ttl, r.upstream_status, r.upstream_ms
     policy, referer, agent = r.policy, r.referer, r.user_agent
     line = (
         f'{{"time":"{iso_time(r.time)}","client":{e(r.client)},"method":{e(r.method)},'
-        f'"host":{e(r.host)},"path":{e(r.path)},"status":{r.status},'
+        f'"host":{e(r.host)},"path":{_escape(r.path)},"status":{r.status},'
         f'"cache":{e(r.cache)},"bytes":{r.bytes},"total_ms":{_jn(r.total_ms)},'
         f'"age":{"null" if age is None else age},"ttl":{"null" if ttl is None else ttl},'
         f'"upstream_status":{"null" if up is None else up},'
         f'"upstream_ms":{"null" if up_ms is None else repr(up_ms)},'
         f'"collapsed":{"true" if r.collapsed else "false"},'
-        f'"route":{e(r.route)},"policy":{"null" if policy is None else e(policy)},'
-        f'"protocol":{e(r.protocol)},"referer":{"null" if referer is None else e(referer)},'
+        f'"route":{e(r.route)},"policy":{"null" if policy is None else _escape(policy)},'
+        f'"protocol":{e(r.protocol)},'
+        f'"referer":{"null" if referer is None else _escape(referer)},'
         f'"user_agent":{"null" if agent is None else e(agent)},'
         f'"cache_status":{e(r.cache_status)}'
     )

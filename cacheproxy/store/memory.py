@@ -65,18 +65,22 @@ class MemoryStore:
         """put() without a coroutine: a revalidation answered where its 304 was read
         (proxy/quick_forward.py)."""
         max_bytes = self._max_bytes
-        if entry.size > max_bytes:
+        size = entry.size  # (figured when asked: once here)
+        if size > max_bytes:
             return False
         lru, key = self._lru, entry.key
-        old = _variants(lru.get(key))
-        same = variant_id(entry)
-        variants = (entry, *(v for v in old if variant_id(v) != same))[:MAX_VARIANTS]
-        size = _size(variants)
-        while size > max_bytes:
-            variants = variants[:-1]
-            size = _size(variants)
-        if old:
-            self._forget(key)
+        held = lru.pop(key, None)
+        variants: tuple[CachedResponse, ...] = (entry,)
+        if held is not None:
+            self._count_out(held)
+            if isinstance(held, tuple) or variant_id(held) != variant_id(entry):
+                same = variant_id(entry)
+                variants = (entry, *(v for v in _variants(held)
+                                     if variant_id(v) != same))[:MAX_VARIANTS]
+                size = _size(variants)
+                while size > max_bytes:
+                    variants = variants[:-1]
+                    size = _size(variants)
         while self._bytes + size > max_bytes:  # (what is left is older than the put)
             _, held = lru.popitem()
             self._count_out(held)

@@ -86,13 +86,14 @@ def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tu
 def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
     """When merging this 304 (its fields with a Date, by name) into the stored response
     (§3.2, merge_304) would change nothing but the Date, the merged fields: the stored
-    ones in their order, the 304's Date in place of theirs. Else None. So for the common
-    304 that repeats the stored ETag, Cache-Control and the like, the stored response is
-    refreshed (stored.refreshed), not rebuilt."""
+    ones in their order and spelling, the 304's Date in place of theirs. Else None. So
+    for the common 304 that repeats the stored ETag, Cache-Control and the like, the
+    stored response is refreshed (stored.refreshed), not rebuilt."""
     by_name = response.by_name
     dates = by_name.get("date")
-    if dates is None or len(dates) != 1:
-        return None
+    named = connection_options(by_name.get("connection", ()))
+    if dates is None or len(dates) != 1 or "date" in named:
+        return None  # (a Date the 304's Connection names is not merged: merge_304 keeps ours)
     date = dates[0]
     h = entry.headers
     pairs: list[tuple[str, str]] = []
@@ -108,7 +109,6 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
         stored.setdefault(lower, []).append(value)
     if "date" not in stored:
         return None
-    named = connection_options(by_name.get("connection", ()))
     for name, values in by_name.items():
         if name in HOP_BY_HOP or name in named or name in CONTENT_BOUND_FIELDS:
             continue  # (merge_304 leaves these out)

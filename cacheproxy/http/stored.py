@@ -19,11 +19,14 @@ from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, va
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
 from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 
-# Per-entry bookkeeping beyond body and fields (object, key, LRU links): counted
-# so that max_bytes bounds the process memory, not just the payload. Calibrated
-# with bench/memory.py: what the store accounts per 1 KiB entry stays a few percent
-# above the RSS each one costs (1,896 against 1,792 bytes on 2026-12-03).
-ENTRY_OVERHEAD = 640
+# Per-entry bookkeeping beyond body and fields (object, key, LRU links), and per stored
+# field line (its two slots in the field tuple, and a share of its value's string object:
+# a value of its own costs some 60 bytes beyond its characters, a shared one nothing):
+# counted so that max_bytes bounds the process memory, not just the payload. Calibrated
+# with bench/memory.py: what the store accounts per 1 KiB entry with 7 fields stays a
+# few percent above the RSS each one costs (1,896 against 1,793 bytes on 2026-12-03).
+ENTRY_OVERHEAD = 304
+FIELD_OVERHEAD = 48
 
 # Values up to this length are interned too: Content-Type, Cache-Control, Server...
 # repeat across entries, and interned strings die with the last entry using them.
@@ -74,9 +77,11 @@ class CachedResponse:
     @property
     def size(self) -> int:
         """What it counts for against cache.max_bytes: body, fields, key and the
-        bookkeeping beyond them (ENTRY_OVERHEAD). Figured when asked (on a put, an
-        eviction) rather than held: an int kept per entry costs 40 bytes."""
-        return len(self.body) + sum(map(len, self.headers)) + len(self.key) + ENTRY_OVERHEAD
+        bookkeeping beyond them (ENTRY_OVERHEAD, FIELD_OVERHEAD). Figured when asked (on
+        a put, an eviction) rather than held: an int kept per entry costs 40 bytes."""
+        h = self.headers
+        return len(self.body) + sum(map(len, h)) + len(self.key) + ENTRY_OVERHEAD \
+            + FIELD_OVERHEAD * (len(h) // 2)
 
     def header_pairs(self) -> list[tuple[str, str]]:
         h = self.headers
@@ -161,8 +166,9 @@ def refreshed(
     """The stored response with the fields of a 304 that changed only its Date merged in
     (revalidation.date_only): its age, freshness lifetime and modification time figured
     again. The same as make_stored_response makes from merge_304's fields
-    (tests/rfc/test_refresh_rule.py), but for the order of fields of different names,
-    which carries no meaning (RFC 9110 §5.3): Date keeps its place."""
+    (tests/rfc/test_refresh_rule.py), but for the order of fields of different names and
+    the case of names, which carry no meaning (RFC 9110 §5.3, §5.1): the stored fields
+    keep their place and spelling, the new Date that of the stored one."""
     flat: list[str] = []
     for k, v in merged:  # stored fields already: only the new Date is shared (_same)
         flat += (k, _same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v)

@@ -77,8 +77,9 @@ def iso_time(t: float) -> str:
 
 _escape = json.encoder.encode_basestring  # C-accelerated; non-ASCII kept as is
 # Escaped forms of the values that repeat line after line (client, host, route, user
-# agent, Cache-Status member...): looked up rather than escaped again. Bounded in number
-# and in the length of a value kept (a client's long User-Agent is escaped each time).
+# agent, Cache-Status member...): looked up rather than escaped again. Bounded: in number,
+# and to short ASCII values (one byte a character: at most about 2.5 MB held); a long or
+# non-ASCII User-Agent is escaped each time.
 _ESCAPED: dict[str, str] = {}
 _ESCAPED_KEPT, _ESCAPED_LONGEST = 4096, 256
 
@@ -87,7 +88,7 @@ def _e(value: str) -> str:
     found = _ESCAPED.get(value)
     if found is None:
         found = _escape(value)
-        if len(value) <= _ESCAPED_LONGEST:
+        if len(found) <= _ESCAPED_LONGEST and value.isascii():
             if len(_ESCAPED) >= _ESCAPED_KEPT:
                 _ESCAPED.clear()
             _ESCAPED[value] = found

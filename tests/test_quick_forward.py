@@ -192,6 +192,19 @@ async def test_a_timeout_before_the_head_is_a_504_with_its_warning(
         assert resp.status == 200 and await resp.read() == b"hi"
 
 
+async def _slow_request_under_way(c: Any, forward_switch: Any, quick: bool) -> Raw:
+    """/slow (its first answer primed) asked again on a new client connection, sent by
+    callback (quick) or by the full path, and under way: its answer not in yet."""
+    assert (await c.get("/slow")).status == 200
+    forward_switch.state["sent"] = 0
+    forward_switch(quick)
+    conn = await Raw.open(c)
+    await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
+    await asyncio.sleep(0.1)
+    assert forward_switch.state["sent"] == int(quick)
+    return conn
+
+
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
 async def test_a_client_that_leaves_before_its_answer_is_logged_as_on_the_full_path(
         proxy: Any, forward_switch: Any, caplog: Any, tmp_path: Any, quick: bool) -> None:
@@ -199,13 +212,7 @@ async def test_a_client_that_leaves_before_its_answer_is_logged_as_on_the_full_p
     dropped, not pooled), and logged the same; nothing is logged as an error."""
     async with raw_origin(slow_after_first(0.3)) as origin:
         c = await proxy(url(origin), log={"path": str(tmp_path / "log")})
-        assert (await c.get("/slow")).status == 200
-        forward_switch.state["sent"] = 0
-        forward_switch(quick)
-        conn = await Raw.open(c)
-        await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
-        await asyncio.sleep(0.1)
-        assert forward_switch.state["sent"] == int(quick)
+        conn = await _slow_request_under_way(c, forward_switch, quick)
         conn.close()
         await asyncio.sleep(0.5)  # its answer came meanwhile
         forward_switch(True)
@@ -322,13 +329,7 @@ async def test_a_request_still_under_way_when_a_stop_runs_out_of_time_is_not_sen
     cancelled: closing the pool then does not make it retry on a new connection."""
     async with raw_origin(slow_after_first(3.0)) as origin:
         c = await proxy(url(origin))
-        assert (await c.get("/slow")).status == 200
-        forward_switch.state["sent"] = 0
-        forward_switch(quick)
-        conn = await Raw.open(c)
-        await conn.send(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % c.port)
-        await asyncio.sleep(0.1)
-        assert forward_switch.state["sent"] == int(quick)
+        conn = await _slow_request_under_way(c, forward_switch, quick)
         listener = c.server.runner.server
         listener.pre_shutdown()
         await listener.shutdown(0.2)  # runs out: the answer is 3 s away

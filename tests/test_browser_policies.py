@@ -258,7 +258,7 @@ async def proxy_records(client: TestClient, path: str, count: int) -> list[LogRe
     when the response is done, which may be just after the browser has it)."""
     stats = client.server.app[OBSERVER].stats
     for _ in range(100):
-        found = [r for r in stats.recent if urlsplit(r.path).path == path]
+        found = [r for r in stats.recent_records() if urlsplit(r.path).path == path]
         if len(found) >= count:
             return found
         await asyncio.sleep(0.02)

@@ -7,10 +7,11 @@ import dataclasses
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion, web
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -259,6 +260,86 @@ def test_to_json_is_exactly_json_dumps_and_reads_back(path, host, ua, referer, p
     text_back = parse_line(to_text(record))
     assert text_back is not None and text_back.path == path
     assert text_back.host == host and text_back.user_agent == ua  # "-" too: it is escaped
+
+
+class _Clock:
+    """time.time() and time.perf_counter() for the observer: one wall time, and the
+    perf_counter readings in the order they are taken."""
+
+    def __init__(self, wall: float, ticks: list[float]) -> None:
+        self.wall, self._ticks = wall, iter(ticks)
+
+    def time(self) -> float:
+        return self.wall
+
+    def perf_counter(self) -> float:
+        return next(self._ticks)
+
+
+_few = st.sampled_from  # a few values each: lines of one shape repeat, others differ in one
+_hit = st.tuples(
+    _few(("GET", "HEAD")), _few((None, "127.0.0.1", "::1")),
+    _few(("a.example", "b.example:8080")) | _text, _few(("/x", "/y?q=1")) | _text,
+    _few(("default", "r\u00e9")), _few((frozenset(), frozenset({"token"}))),
+    _few((200, 404)), _few((0, 1024)), st.floats(0, 5), st.floats(-5, 3600),
+    _few(((1, 1), (1, 0))), _few((None, "https://a.example/?token=s&b=1")) | _text,
+    _few((None, "curl/8")) | _text, _few(("cacheproxy; hit; ttl=3", "c; hit")),
+    st.floats(0, 10), st.floats(0, 2))
+
+
+# Hits like a first one but for one field each: of the same shape (the time fields, an
+# equal value) or of a shape that differs from it in that field alone.
+_hits = st.tuples(_hit, st.lists(st.tuples(st.integers(0, 15), _hit), max_size=30)).map(
+    lambda t: [t[0], *(t[0][:i] + (other[i],) + t[0][i + 1:] for i, other in t[1])])
+
+
+@settings(max_examples=200, deadline=None)
+@given(hits=_hits, wall=st.floats(1e9, 4e9))
+def test_hit_lines_from_templates_are_the_records_lines(hits, wall):
+    """A fresh hit's line is made from a template (record.HitLines) and its counts by
+    Stats.add_hit: the same line, counts and recent records as from its LogRecord."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from cacheproxy.config import LogConfig
+    from cacheproxy.observe import observer as observer_module
+    from cacheproxy.observe.observer import Observer, _hit_record
+    from cacheproxy.observe.stats import Stats
+
+    now = 20.0  # perf_counter at settle time: after every hit ended
+    ticks = [started + took for *_, started, took in hits] + [now]
+    written: list[str] = []
+    observer = Observer(LogConfig(format="off"), 0.0)
+    observer.sink, observer.format = SimpleNamespace(write_many=written.extend), to_json
+    parts = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(observer_module, "time", _Clock(wall, ticks))
+
+        async def record_all() -> None:
+            for (method, remote, host, path, route, secrets, status, sent, age, ttl,
+                 version, referer, agent, member, started, _) in hits:
+                fields = CIMultiDict(Host=host)
+                for name, value in (("Referer", referer), ("User-Agent", agent)):
+                    if value is not None:
+                        fields[name] = value
+                msg = SimpleNamespace(method=method, version=HttpVersion(*version),
+                                      headers=CIMultiDictProxy(fields))
+                observer.record_hit(msg, remote, host, path, route, secrets, status, sent,
+                                    age, ttl, member, started)
+                parts.append(observer._pending[-1][0])
+            observer.settle()  # the batch, as at the loop iteration's end
+
+        asyncio.run(record_all())
+    records = [_hit_record(p, wall, now) for p in parts]
+    assert written == [to_json(r) for r in records]
+    expected = Stats(0.0)
+    for r in records:
+        expected.add(r)
+    got = observer.stats
+    assert got.recent_records() == expected.recent_records()
+    assert got.snapshot(0.0, {}, "v") == expected.snapshot(0.0, {}, "v")
+    assert [got.requests, got.by_route_cache, got.bytes_from_cache, list(got.series)] == \
+        [expected.requests, expected.by_route_cache, expected.bytes_from_cache,
+         list(expected.series)]
 
 
 async def test_requests_no_handler_answered_are_logged_too(origin, proxy, tmp_path):

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import threading
 import time
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from cacheproxy.config import LogConfig
 from cacheproxy.observe.outcome import OUTCOME, Outcome
-from cacheproxy.observe.record import LogRecord, to_json, to_text
+from cacheproxy.observe.record import HitLines, LogRecord, to_json, to_text
 from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
@@ -41,6 +42,7 @@ class Observer:
         self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
+        self._hit_lines = HitLines()
 
     @property
     def stats(self) -> Stats:
@@ -139,11 +141,17 @@ class Observer:
             return
         self._pending = []
         add, sink, format = self._stats.add, self.sink, self.format
-        lines = []
+        # A fresh hit's JSON line is made from a template (HitLines), and its record only
+        # if the stats API shows it; the text format is written from the record.
+        lean = sink is None or format is to_json
+        lines: list[str] = []
         wall, now = time.time(), time.perf_counter()
         for record, counted in pending:
             try:
-                if type(record) is tuple:
+                if type(record) is tuple:  # record_hit's parts
+                    if lean:
+                        self._settle_hit(record, counted, wall, now, lines)
+                        continue
                     record = _hit_record(record, wall, now)
                 if counted:
                     add(record)
@@ -153,6 +161,25 @@ class Observer:
                 log.exception("request log: a record could not be counted or written")
         if lines:
             sink.write_many(lines)  # type: ignore[union-attr]
+
+    def _settle_hit(self, parts: _HitParts, counted: bool, wall: float, now: float,
+                    lines: list[str]) -> None:
+        """What settle does with record_hit's parts: the same counts and line as with
+        _hit_record's record (tests/test_observe.py)."""
+        (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
+         ended) = parts
+        when = wall - (now - started)
+        if counted:
+            self._stats.add_hit(when, route, host, sent, partial(_hit_record, parts, wall, now))
+        if self.sink is not None:
+            h = msg.headers
+            # All that the line's fields but time, client and total_ms are made from.
+            shape = (msg.method, host, path, route, secrets, status, sent, int(age),
+                     int(ttl // 1), msg.version, h.get("Referer"), h.get("User-Agent"),
+                     member)
+            lines.append(self._hit_lines.line(
+                shape, when, remote or "-", round((ended - started) * 1000, 3),
+                _hit_record, parts, wall, now))
 
     def reconfigure(self, config: LogConfig) -> None:
         """SIGHUP with a changed [log]: a new sink when the path or format changed,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -101,16 +102,27 @@ def _jn(value: float | None) -> str:
 
 def to_json(record: LogRecord) -> str:
     r = record
-    # Fields that are never None; the others may be null (inlined: per line). Path, referer
-    # and policy are escaped each time (mostly new); the others, looked up (_e).
+    return f'{{"time":"{iso_time(r.time)}","client":{_e(r.client)},' \
+           f'{json_middle(r)}{_jn(r.total_ms)}{json_tail(r)}'
+
+
+# A line is written in three parts around the two fields that differ between lines of
+# the same request and answer (the client, the duration): HitLines keeps the other two.
+def json_middle(r: LogRecord) -> str:
+    """From "method" up to the value of "total_ms". Path is escaped each time (mostly
+    new); the others, looked up (_e)."""
+    e = _e
+    return (f'"method":{e(r.method)},"host":{e(r.host)},"path":{_escape(r.path)},'
+            f'"status":{r.status},"cache":{e(r.cache)},"bytes":{r.bytes},"total_ms":')
+
+
+def json_tail(r: LogRecord) -> str:
+    """After the value of "total_ms", to the end. Fields that may be null, inlined."""
     e = _e
     age, ttl, up, up_ms = r.age, r.ttl, r.upstream_status, r.upstream_ms
     policy, referer, agent = r.policy, r.referer, r.user_agent
-    line = (
-        f'{{"time":"{iso_time(r.time)}","client":{e(r.client)},"method":{e(r.method)},'
-        f'"host":{e(r.host)},"path":{_escape(r.path)},"status":{r.status},'
-        f'"cache":{e(r.cache)},"bytes":{r.bytes},"total_ms":{_jn(r.total_ms)},'
-        f'"age":{"null" if age is None else age},"ttl":{"null" if ttl is None else ttl},'
+    tail = (
+        f',"age":{"null" if age is None else age},"ttl":{"null" if ttl is None else ttl},'
         f'"upstream_status":{"null" if up is None else up},'
         f'"upstream_ms":{"null" if up_ms is None else repr(up_ms)},'
         f'"collapsed":{"true" if r.collapsed else "false"},'
@@ -121,7 +133,35 @@ def to_json(record: LogRecord) -> str:
         f'"cache_status":{e(r.cache_status)}'
     )
     # A tunnel's line also says what the client sent through it.
-    return f"{line}}}" if r.bytes_in is None else f'{line},"bytes_in":{r.bytes_in}}}'
+    return f"{tail}}}" if r.bytes_in is None else f'{tail},"bytes_in":{r.bytes_in}}}'
+
+
+class HitLines:
+    """JSON lines of fresh hits, from templates. Lines of the same URL, answer, Age, ttl
+    and client software differ only in time, client and duration: the rest of the line
+    (json_middle, json_tail) is kept per such shape, at most `kept` of them (a hot object
+    makes one a second; a template costs about 1 KB). to_json of the same record is the
+    same line (tests/test_observe.py)."""
+
+    def __init__(self, kept: int = 2048) -> None:
+        self._kept = kept
+        self._templates: dict[tuple[object, ...], tuple[str, str]] = {}
+
+    def line(self, shape: tuple[object, ...], when: float, client: str, total_ms: float,
+             record: Callable[..., LogRecord], *args: object) -> str:
+        """The line of a hit of this shape (a hashable tuple of all that the record's
+        fields but time, client and total_ms are made from); record(*args) makes the
+        record, when no template has the shape yet."""
+        templates = self._templates
+        found = templates.get(shape)
+        if found is None:
+            r = record(*args)
+            found = (json_middle(r), json_tail(r))
+            if len(templates) >= self._kept:
+                templates.clear()
+            templates[shape] = found
+        return f'{{"time":"{iso_time(when)}","client":{_e(client)},' \
+               f'{found[0]}{total_ms!r}{found[1]}'
 
 
 _ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')

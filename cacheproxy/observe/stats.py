@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from cacheproxy.observe.record import (
@@ -42,36 +43,58 @@ class Stats:
         self.upstream_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.upstream_sum = 0.0
         self.series: deque[list[int]] = deque(maxlen=SERIES_BUCKETS)  # [start, requests, hits]
-        self.recent: deque[LogRecord] = deque(maxlen=RECENT_LINES)
+        # The last records, or what makes one (add_hit): read them with recent_records().
+        self.recent: deque[LogRecord | Callable[[], LogRecord]] = deque(maxlen=RECENT_LINES)
         self.hosts = HostTable()
 
     def add(self, r: LogRecord) -> None:
         self.requests += 1
-        self.by_cache[r.cache] += 1
-        key = (r.route, r.cache)
+        cache = r.cache
+        self.by_cache[cache] += 1
+        key = (r.route, cache)
         self.by_route_cache[key] = self.by_route_cache.get(key, 0) + 1
-        hit = r.cache in HIT_STATUSES
+        hit = cache in HIT_STATUSES
         if hit:
             self.bytes_from_cache += r.bytes
-        elif r.cache in ORIGIN_STATUSES:  # the proxy's own errors and refusals are neither
+        elif cache in ORIGIN_STATUSES:  # the proxy's own errors and refusals are neither
             self.bytes_from_origin += r.bytes
         if r.collapsed:
             self.collapsed += 1
-        if r.cache == "ERROR":
+        if cache == "ERROR":
             self.errors += 1
         if r.upstream_ms is not None:
             seconds = r.upstream_ms / 1000
             self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.upstream_sum += seconds
-        start = int(r.time) // SERIES_SECONDS * SERIES_SECONDS
+        self._in_series(r.time, hit)
+        self.recent.append(r)
+        self.hosts.add(r.host, r.bytes, r.bytes_in, cache)
+
+    def add_hit(self, when: float, route: str, host: str, sent: int,
+                record: Callable[[], LogRecord]) -> None:
+        """add() of a fresh hit's record (cache HIT, nothing forward, not collapsed), from
+        what it counts: record() makes the record itself, if the stats API shows it."""
+        self.requests += 1
+        self.by_cache["HIT"] += 1
+        key = (route, "HIT")
+        self.by_route_cache[key] = self.by_route_cache.get(key, 0) + 1
+        self.bytes_from_cache += sent
+        self._in_series(when, True)
+        self.recent.append(record)
+        self.hosts.add(host, sent, None, "HIT")
+
+    def _in_series(self, when: float, hit: bool) -> None:
+        start = int(when) // SERIES_SECONDS * SERIES_SECONDS
         series = self.series
         if not series or series[-1][0] != start:
             series.append([start, 0, 0])
         bucket = series[-1]
         bucket[1] += 1
         bucket[2] += hit
-        self.recent.append(r)
-        self.hosts.add(r)
+
+    def recent_records(self) -> list[LogRecord]:
+        """The last RECENT_LINES records, oldest first."""
+        return [r if type(r) is LogRecord else r() for r in self.recent]  # type: ignore[operator]
 
     def snapshot(self, now: float, store: dict[str, Any], version: str) -> dict[str, Any]:
         """The JSON of GET <prefix>stats (the dashboard's source)."""
@@ -91,7 +114,7 @@ class Stats:
             "errors": self.errors,
             "store": store,
             "series": [{"t": t, "requests": n, "hits": h} for t, n, h in self.series],
-            "recent": [_json_object(r) for r in self.recent],
+            "recent": [_json_object(r) for r in self.recent_records()],
             "hosts": hosts,
             "hosts_other": other,
         }
@@ -134,18 +157,20 @@ class HostTable:
         self.counts: dict[str, HostCount] = {}
         self.other = HostCount()  # hosts folded away
 
-    def add(self, r: LogRecord) -> None:
-        host = r.host[:HOST_CHARS]
+    def add(self, host: str, sent: int, bytes_in: int | None, cache: str) -> None:
+        """A record's share: its host, body bytes sent, tunnel bytes in, cache status."""
+        host = host[:HOST_CHARS]
         count = self.counts.get(host)
         if count is None:
             if len(self.counts) >= 2 * self.kept:
                 self._fold()
             count = self.counts[host] = HostCount()
         count.requests += 1
-        count.bytes += r.bytes
-        if r.bytes_in is not None:
-            count.bytes_in += r.bytes_in
-        count.by_cache[r.cache] = count.by_cache.get(r.cache, 0) + 1
+        count.bytes += sent
+        if bytes_in is not None:
+            count.bytes_in += bytes_in
+        by_cache = count.by_cache
+        by_cache[cache] = by_cache.get(cache, 0) + 1
 
     def _fold(self) -> None:
         ranked = self._ranked()

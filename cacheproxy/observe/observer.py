@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.hdrs import REFERER, USER_AGENT
 
 from cacheproxy.config import LogConfig
 from cacheproxy.observe.outcome import OUTCOME, Outcome
@@ -175,7 +176,7 @@ class Observer:
             h = msg.headers
             # All that the line's fields but time, client and total_ms are made from.
             shape = (msg.method, host, path, route, secrets, status, sent, int(age),
-                     int(ttl // 1), msg.version, h.get("Referer"), h.get("User-Agent"),
+                     int(ttl // 1), msg.version, h.get(REFERER), h.get(USER_AGENT),
                      member)
             lines.append(self._hit_lines.line(
                 shape, when, remote or "-", round((ended - started) * 1000, 3),
@@ -231,12 +232,12 @@ def _hit_record(parts: _HitParts, wall: float, now: float) -> LogRecord:
     duration = ended - started
     h = msg.headers
     version = msg.version
-    referer = h.get("Referer")
+    referer = h.get(REFERER)
     return LogRecord(
         wall - (now - started), remote or "-", msg.method, host, path, status, "HIT", sent,
         round(duration * 1000, 3), int(age), int(ttl // 1), None, None, False, route, None,
         _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
-        redact(referer, secrets) if secrets else referer, h.get("User-Agent"), member, None)
+        redact(referer, secrets) if secrets else referer, h.get(USER_AGENT), member, None)
 
 
 def _unhandled_status(request: Any, status: int) -> str:

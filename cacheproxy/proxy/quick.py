@@ -29,8 +29,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from aiohttp import hdrs
 from aiohttp.http_parser import RawRequestMessage
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDictProxy, istr
 
 from cacheproxy.http.cache_status import cache_status
 from cacheproxy.http.flow import (
@@ -53,11 +54,14 @@ if TYPE_CHECKING:
     from cacheproxy.proxy.handler import CacheProxy
 
 MEMO_SIZE = 4096  # (Host, target) pairs whose route and key are kept
+# The names as istr: multidict looks an istr up without case-folding it first (about a
+# third of the time of a str, per lookup).
+_DECISIVE = tuple(istr(name) for name in DECISIVE_FIELDS)
 
 
 def _plain(h: CIMultiDictProxy[str]) -> bool:
     """None of the fields lookup() reads (but Vary'd ones) is in h."""
-    for name in DECISIVE_FIELDS:  # noqa: SIM110 (a loop: no generator per request)
+    for name in _DECISIVE:  # noqa: SIM110 (a loop: no generator per request)
         if name in h:
             return False
     return True
@@ -101,9 +105,9 @@ class QuickHits:
         if (method != "GET" and method != "HEAD") or msg.upgrade:
             return None
         h = msg.headers
-        if "Expect" in h:
+        if hdrs.EXPECT in h:
             return None
-        route = self._route(h.get("Host"), msg.path, msg)
+        route = self._route(h.get(hdrs.HOST), msg.path, msg)
         if route is None:
             return None
         peek = self._peek
@@ -112,7 +116,7 @@ class QuickHits:
             return None
         plan = route.plan
         if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h) \
-                and "Origin" not in h:  # (the CORS grant is made by the writer's fields)
+                and hdrs.ORIGIN not in h:  # (the CORS grant is made by the writer's fields)
             # lookup() would decide by freshness alone: plain_serve is its answer.
             entry = variants[0]
             served = plain_serve(entry, time.time())

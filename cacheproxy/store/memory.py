@@ -53,7 +53,11 @@ class MemoryStore:
     def peek(self, key: str) -> tuple[CachedResponse, ...]:
         """get() without a coroutine: a hit answered where it was parsed (proxy/quick.py).
         It counts as a use (the LRU order), as get() does."""
-        return _variants(self._lru.get(key))
+        try:  # (indexing: two of cachetools' Python calls on a hit where get() makes four)
+            held = self._lru[key]
+        except KeyError:
+            return ()
+        return held if isinstance(held, tuple) else (held,)
 
     async def put(self, entry: CachedResponse) -> bool:
         """The newest variant first; older ones go when the key would pass MAX_VARIANTS or

@@ -20,7 +20,14 @@ from support import cache_status
 from cacheproxy.config import AdminConfig
 from cacheproxy.observe import sink as sink_module
 from cacheproxy.observe.admin import Admin
-from cacheproxy.observe.record import LogRecord, iso_time, parse_line, to_json, to_text
+from cacheproxy.observe.record import (
+    HitLines,
+    LogRecord,
+    iso_time,
+    parse_line,
+    to_json,
+    to_text,
+)
 from cacheproxy.proxy.server import OBSERVER
 
 
@@ -290,7 +297,7 @@ _hit = st.tuples(
 # Hits like a first one but for one field each: of the same shape (the time fields, an
 # equal value) or of a shape that differs from it in that field alone.
 _hits = st.tuples(_hit, st.lists(st.tuples(st.integers(0, 15), _hit), max_size=30)).map(
-    lambda t: [t[0], *(t[0][:i] + (other[i],) + t[0][i + 1:] for i, other in t[1])])
+    lambda t: [t[0], *((*t[0][:i], other[i], *t[0][i + 1:]) for i, other in t[1])])
 
 
 @settings(max_examples=200, deadline=None)
@@ -340,6 +347,33 @@ def test_hit_lines_from_templates_are_the_records_lines(hits, wall):
     assert [got.requests, got.by_route_cache, got.bytes_from_cache, list(got.series)] == \
         [expected.requests, expected.by_route_cache, expected.bytes_from_cache,
          list(expected.series)]
+
+
+def test_hit_line_templates_are_bounded_in_number_and_length():
+    """A template is kept for a short line only, and at most `kept` of them: a line too
+    long for one is made from its record every time, and still right."""
+    lines = HitLines(kept=2, longest=600)
+    made: list[str] = []
+
+    def line(shape: str, agent: str) -> str:
+        r = LogRecord(time=1e9, client="::1", method="GET", host="a", path="/" + shape,
+                      status=200, cache="HIT", bytes=5, total_ms=0.25, age=1, ttl=9,
+                      user_agent=agent, cache_status="c; hit")
+
+        def record() -> LogRecord:
+            made.append(shape)
+            return r
+
+        out = lines.line((shape, agent), r.time, r.client, r.total_ms, record)
+        assert out == to_json(r)
+        return out
+
+    line("a", "curl"), line("a", "curl")
+    assert made == ["a"]  # kept
+    line("long", "x" * 600), line("long", "x" * 600)
+    assert made == ["a", "long", "long"]  # too long to keep
+    line("b", "curl"), line("c", "curl"), line("a", "curl")
+    assert made == ["a", "long", "long", "b", "c", "a"]  # a third shape: the table starts over
 
 
 async def test_requests_no_handler_answered_are_logged_too(origin, proxy, tmp_path):

@@ -139,12 +139,13 @@ def json_tail(r: LogRecord) -> str:
 class HitLines:
     """JSON lines of fresh hits, from templates. Lines of the same URL, answer, Age, ttl
     and client software differ only in time, client and duration: the rest of the line
-    (json_middle, json_tail) is kept per such shape, at most `kept` of them (a hot object
-    makes one a second; a template costs about 1 KB). to_json of the same record is the
-    same line (tests/test_observe.py)."""
+    (json_middle, json_tail) is kept per such shape (a hot object makes one a second).
+    Bounded: at most `kept` templates, of at most `longest` characters each (a long path,
+    Referer or User-Agent is written each time), so some 2 KB each with their shape and
+    about 5 MB in all. to_json of the same record is the same line (tests/test_observe.py)."""
 
-    def __init__(self, kept: int = 2048) -> None:
-        self._kept = kept
+    def __init__(self, kept: int = 2048, longest: int = 1024) -> None:
+        self._kept, self._longest = kept, longest
         self._templates: dict[tuple[object, ...], tuple[str, str]] = {}
 
     def line(self, shape: tuple[object, ...], when: float, client: str, total_ms: float,
@@ -157,9 +158,10 @@ class HitLines:
         if found is None:
             r = record(*args)
             found = (json_middle(r), json_tail(r))
-            if len(templates) >= self._kept:
-                templates.clear()
-            templates[shape] = found
+            if len(found[0]) + len(found[1]) <= self._longest:
+                if len(templates) >= self._kept:
+                    templates.clear()
+                templates[shape] = found
         return f'{{"time":"{iso_time(when)}","client":{_e(client)},' \
                f'{found[0]}{total_ms!r}{found[1]}'
 

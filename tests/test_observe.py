@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import threading
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -309,7 +311,7 @@ def test_hit_lines_from_templates_are_the_records_lines(hits, wall):
 
     from cacheproxy.config import LogConfig
     from cacheproxy.observe import observer as observer_module
-    from cacheproxy.observe.observer import Observer, _hit_record
+    from cacheproxy.observe.observer import Observer, _hit_fields, _hit_record
     from cacheproxy.observe.stats import Stats
 
     now = 20.0  # perf_counter at settle time: after every hit ended
@@ -336,7 +338,7 @@ def test_hit_lines_from_templates_are_the_records_lines(hits, wall):
             observer.settle()  # the batch, as at the loop iteration's end
 
         asyncio.run(record_all())
-    records = [_hit_record(p, wall, now) for p in parts]
+    records = [_hit_record(_hit_fields(p), wall, now) for p in parts]
     assert written == [to_json(r) for r in records]
     expected = Stats(0.0)
     for r in records:
@@ -347,6 +349,38 @@ def test_hit_lines_from_templates_are_the_records_lines(hits, wall):
     assert [got.requests, got.by_route_cache, got.bytes_from_cache, list(got.series)] == \
         [expected.requests, expected.by_route_cache, expected.bytes_from_cache,
          list(expected.series)]
+
+
+def test_a_hits_record_kept_for_the_stats_api_keeps_none_of_its_request():
+    """The stats API's recent records are made when read; what waits for that keeps the
+    fields a line shows, not the request (its Cookie, its other fields)."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from cacheproxy.config import LogConfig
+    from cacheproxy.observe.observer import Observer
+
+    class Msg:  # (weakly referenceable, as aiohttp's messages are not)
+        method, version = "GET", HttpVersion(1, 1)
+        headers = CIMultiDictProxy(CIMultiDict(
+            {"Cookie": "session=s3cret", "Referer": "https://a.example/?token=t&x=1",
+             "User-Agent": "curl/8"}))
+
+    msg = Msg()
+    observer = Observer(LogConfig(format="off"), 0.0)
+
+    async def hit(msg: Msg) -> None:
+        observer.record_hit(msg, "::1", "a.example", "/p", "default", frozenset({"token"}),
+                            200, 5, 1.5, 9.5, "c; hit", 1.0)
+        observer.settle()
+
+    asyncio.run(hit(msg))
+    gone = weakref.ref(msg)
+    del msg
+    gc.collect()
+    assert gone() is None
+    [record] = observer.stats.recent_records()
+    assert (record.referer, record.user_agent, record.age, record.ttl) == \
+        ("https://a.example/?token=REDACTED&x=1", "curl/8", 1, 9)
 
 
 def test_hit_line_templates_are_bounded_in_number_and_length():

@@ -121,6 +121,7 @@ def test_what_encode_did_not_write_is_refused(data: bytes, message: str) -> None
     {"status": "200"}, {"headers": ["a"]}, {"vary": ["x", "y"]}, {"response_time": None},
     {"directives": {"no_cache": 1}}, {"directives": {"max_age": "60"}},
     {"directives": {"bogus": True}}, {"etag": 5},
+    {"lifetime": float("inf")}, {"initial_age": float("-inf")}, {"response_time": float("nan")},
 ])
 def test_wrong_types_are_refused(change: dict[str, object]) -> None:
     data = encode(_real_entry())

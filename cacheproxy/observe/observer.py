@@ -153,7 +153,7 @@ class Observer:
                     if lean:
                         self._settle_hit(record, counted, wall, now, lines)
                         continue
-                    record = _hit_record(record, wall, now)
+                    record = _hit_record(_hit_fields(record), wall, now)
                 if counted:
                     add(record)
                 if sink is not None:
@@ -167,20 +167,17 @@ class Observer:
                     lines: list[str]) -> None:
         """What settle does with record_hit's parts: the same counts and line as with
         _hit_record's record (tests/test_observe.py)."""
-        (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
-         ended) = parts
+        fields = _hit_fields(parts)  # (what can fail, before anything is counted)
+        started, ended = fields[13], fields[14]
         when = wall - (now - started)
-        if counted:
-            self._stats.add_hit(when, route, host, sent, partial(_hit_record, parts, wall, now))
+        if counted:  # (the record, if asked for, from the fields: not from the request)
+            self._stats.add_hit(when, fields[6], fields[4], fields[8],
+                                partial(_hit_record, fields, wall, now))
         if self.sink is not None:
-            h = msg.headers
-            # All that the line's fields but time, client and total_ms are made from.
-            shape = (msg.method, host, path, route, secrets, status, sent, int(age),
-                     int(ttl // 1), msg.version, h.get(REFERER), h.get(USER_AGENT),
-                     member)
+            # fields[:12]: all that the line is made of but time, client and total_ms.
             lines.append(self._hit_lines.line(
-                shape, when, remote or "-", round((ended - started) * 1000, 3),
-                _hit_record, parts, wall, now))
+                fields[:12], when, fields[12], round((ended - started) * 1000, 3),
+                _hit_record, fields, wall, now))
 
     def reconfigure(self, config: LogConfig) -> None:
         """SIGHUP with a changed [log]: a new sink when the path or format changed,
@@ -221,23 +218,34 @@ class Observer:
 # record_hit's parts: msg, remote, host, path, route, secrets, status, sent, age, ttl,
 # member, started, ended (time.perf_counter()).
 _HitParts = tuple[Any, ...]
+# _hit_fields: method, version, referer (redacted), user agent, host, path, route, status,
+# sent, age, ttl (whole seconds), member, client, started, ended.
+_HitFields = tuple[Any, ...]
 
 
-def _hit_record(parts: _HitParts, wall: float, now: float) -> LogRecord:
+def _hit_fields(parts: _HitParts) -> _HitFields:
+    """What a hit's line is made of: record_hit's parts with the request replaced by what
+    the line reads of it (a record made later keeps no other field of the request)."""
+    (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
+     ended) = parts
+    h = msg.headers
+    referer = h.get(REFERER)
+    return (msg.method, msg.version, redact(referer, secrets) if secrets else referer,
+            h.get(USER_AGENT), host, path, route, status, sent, int(age), int(ttl // 1),
+            member, remote or "-", started, ended)
+
+
+def _hit_record(fields: _HitFields, wall: float, now: float) -> LogRecord:
     """record_hit's line, made at settle time: wall and now are time.time() and
     time.perf_counter() read together then, so the request's start in wall-clock time is
     wall - (now - started)."""
-    (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
-     ended) = parts
-    duration = ended - started
-    h = msg.headers
-    version = msg.version
-    referer = h.get(REFERER)
+    (method, version, referer, agent, host, path, route, status, sent, age, ttl, member,
+     client, started, ended) = fields
     return LogRecord(
-        wall - (now - started), remote or "-", msg.method, host, path, status, "HIT", sent,
-        round(duration * 1000, 3), int(age), int(ttl // 1), None, None, False, route, None,
-        _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
-        redact(referer, secrets) if secrets else referer, h.get(USER_AGENT), member, None)
+        wall - (now - started), client, method, host, path, status, "HIT", sent,
+        round((ended - started) * 1000, 3), age, ttl, None, None, False, route, None,
+        _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}", referer, agent,
+        member, None)
 
 
 def _unhandled_status(request: Any, status: int) -> str:

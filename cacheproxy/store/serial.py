@@ -128,8 +128,10 @@ def _int(x: Any) -> int:
 
 
 def _num(x: Any) -> float:
-    if not isinstance(x, int | float) or isinstance(x, bool) or math.isnan(x):
-        raise ValueError(f"stored entry: expected a number, got {x!r}")
+    # Finite: no response this build stores has an infinite time or age (delta-seconds are
+    # capped, RFC 9111 §1.2.2), and one read as such would be fresh forever.
+    if not isinstance(x, int | float) or isinstance(x, bool) or not math.isfinite(x):
+        raise ValueError(f"stored entry: expected a finite number, got {x!r}")
     return float(x)
 
 

@@ -27,7 +27,7 @@ from support import proxy_config
 
 from cacheproxy.proxy.listener import LeanRunner
 from cacheproxy.proxy.server import make_app
-from cacheproxy.proxy.server_protocol import ProxyAppRunner
+from cacheproxy.proxy.server_protocol import ProxyAppRunner, _FallbackParser
 
 HAS_C = web_protocol.HttpRequestParser is not HttpRequestParserPy
 needs_c = pytest.mark.skipif(not HAS_C, reason="aiohttp's C extension is not in use")
@@ -461,7 +461,7 @@ STATES: dict[str, tuple[list[bytes], bytes | int | None]] = {
 @needs_c
 @pytest.mark.parametrize("case", STATES)
 async def test_fallback_parser_state(case: str) -> None:
-    from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
+    from cacheproxy.proxy.server_protocol import _StrictPythonParser
 
     loop = asyncio.get_running_loop()
     protocol = mock.Mock()
@@ -513,6 +513,8 @@ async def test_aiohttp_internals() -> None:
     protocol_source = inspect.getsource(web_protocol) + inspect.getsource(BaseProtocol)
     calls = {word.split("(")[0] for word in protocol_source.split("self._parser.")[1:]}
     assert calls == {"feed_data", "message_consumed", "set_upgraded", "pause_reading"}
+    for name in (*calls, "feed_eof"):  # (and ClientConnection's feed_eof): passed on
+        assert callable(getattr(_FallbackParser, name, None)), name
 
     # Server keeps its handler kwargs; AppRunner builds it in _make_server.
     server = web.Server(mock.Mock())

@@ -200,8 +200,8 @@ class _FallbackParser:
                 raise
             self._python = self._make_python()
             return self._python.feed_data(replay)
-        # Nearly every feed: one whole request without a body, from a boundary. llhttp is
-        # then at the next one, as _track would find, without its walk.
+        # Nearly every feed: one whole request without a body, and no body left open before
+        # it. llhttp is then between messages, as _track would find, without its walk.
         if len(messages) == 1 and messages[0][1] is EMPTY_PAYLOAD and not upgraded \
                 and self._open is None and data[-4:] == _CRLFCRLF \
                 and self._in_flight + 1 < self._max_queue:

@@ -168,15 +168,15 @@ class Observer:
         """What settle does with record_hit's parts: the same counts and line as with
         _hit_record's record (tests/test_observe.py)."""
         fields = _hit_fields(parts)  # (what can fail, before anything is counted)
-        started, ended = fields[13], fields[14]
+        # shape: all that the line is made of but time, client and total_ms.
+        shape, (client, started, ended) = fields[:12], fields[12:]
+        host, route, sent = shape[4], shape[6], shape[8]
         when = wall - (now - started)
         if counted:  # (the record, if asked for, from the fields: not from the request)
-            self._stats.add_hit(when, fields[6], fields[4], fields[8],
-                                partial(_hit_record, fields, wall, now))
+            self._stats.add_hit(when, route, host, sent, partial(_hit_record, fields, wall, now))
         if self.sink is not None:
-            # fields[:12]: all that the line is made of but time, client and total_ms.
             lines.append(self._hit_lines.line(
-                fields[:12], when, fields[12], round((ended - started) * 1000, 3),
+                shape, when, client, round((ended - started) * 1000, 3),
                 _hit_record, fields, wall, now))
 
     def reconfigure(self, config: LogConfig) -> None:

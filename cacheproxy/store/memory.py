@@ -77,8 +77,8 @@ class MemoryStore:
         variants: tuple[CachedResponse, ...] = (entry,)
         if held is not None:
             self._count_out(held)
-            if isinstance(held, tuple) or variant_id(held) != variant_id(entry):
-                same = variant_id(entry)
+            same = variant_id(entry)
+            if isinstance(held, tuple) or variant_id(held) != same:
                 variants = (entry, *(v for v in _variants(held)
                                      if variant_id(v) != same))[:MAX_VARIANTS]
                 size = _size(variants)
@@ -94,19 +94,16 @@ class MemoryStore:
         self._entries += len(variants)
         return True
 
-    def _forget(self, key: str) -> bool:
-        held = self._lru.pop(key, None)
-        if held is None:
-            return False
-        self._count_out(held)
-        return True
-
     def _count_out(self, held: Held) -> None:
         self._bytes -= _size(held)
         self._entries -= len(_variants(held))
 
     async def delete(self, key: str) -> bool:
-        return self._forget(key)
+        held = self._lru.pop(key, None)
+        if held is None:
+            return False
+        self._count_out(held)
+        return True
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         found: list[str] = []

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -129,6 +130,12 @@ async def test_metrics_in_prometheus_format(origin, proxy):
     assert f'cacheproxy_response_body_bytes_total{{source="cache"}} {len("page /a")}.0' in text
     assert "cacheproxy_upstream_response_seconds_count 1.0" in text
     assert "cacheproxy_store_entries 1.0" in text and "cacheproxy_store_evictions_total" in text
+    full = re.compile(r'^python_gc_collections_total\{generation="2"\} (\d+)\.0$', re.M)
+    before = full.search(text)
+    assert before, text
+    gc.collect()  # a full collection: the standard GC counters count it
+    after = full.search(await (await c.get("/metrics")).text())
+    assert after and int(after[1]) > int(before[1])
 
 
 async def test_metrics_path_can_be_given_back_to_the_origin(origin, proxy):

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -63,4 +64,7 @@ class _Collector:
 def metrics_text(stats: Stats, store: StoreStats) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(stats, store))  # type: ignore[arg-type]
+    # python_gc_collections_total{generation="2"}: how often the collector stopped the
+    # process to walk every tracked object (what the store keeps untracked, untracked.py).
+    GCCollector(registry=registry)
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from support import cache_status
 
 from cacheproxy.config import AdminConfig
+from cacheproxy.observe import gc_pauses
 from cacheproxy.observe import sink as sink_module
 from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.record import (
@@ -131,11 +132,30 @@ async def test_metrics_in_prometheus_format(origin, proxy):
     assert "cacheproxy_upstream_response_seconds_count 1.0" in text
     assert "cacheproxy_store_entries 1.0" in text and "cacheproxy_store_evictions_total" in text
     full = re.compile(r'^python_gc_collections_total\{generation="2"\} (\d+)\.0$', re.M)
-    before = full.search(text)
-    assert before, text
-    gc.collect()  # a full collection: the standard GC counters count it
-    after = full.search(await (await c.get("/metrics")).text())
+    timed = re.compile(r'^cacheproxy_gc_pause_seconds_count\{generation="2"\} (\d+)\.0$', re.M)
+    longest = re.compile(r'^cacheproxy_gc_longest_pause_seconds\{generation="2"\} (\S+)$', re.M)
+    before, timed_before = full.search(text), timed.search(text)
+    assert before and timed_before and longest.search(text), text
+    gc.collect()  # a full collection: counted, and timed
+    text = await (await c.get("/metrics")).text()
+    after, timed_after, took = full.search(text), timed.search(text), longest.search(text)
     assert after and int(after[1]) > int(before[1])
+    assert timed_after and int(timed_after[1]) > int(timed_before[1])
+    assert took and float(took[1]) > 0
+
+
+def test_collector_pauses_fall_in_their_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([10.0, 10.03, 20.0, 22.0, 30.0, 30.00005])
+    monkeypatch.setattr(gc_pauses, "perf_counter", lambda: next(clock))
+    pauses = gc_pauses.GCPauses()
+    for generation in (2, 2, 0):
+        pauses("start", {"generation": generation})
+        pauses("stop", {"generation": generation, "collected": 0, "uncollectable": 0})
+    buckets = gc_pauses.BUCKETS
+    assert pauses.counts[2][buckets.index(0.05)] == 1  # 30 ms: in (25 ms, 50 ms]
+    assert pauses.counts[2][-1] == 1  # 2 s: past the last bound
+    assert pauses.counts[0][0] == 1 and sum(pauses.counts[1]) == 0
+    assert pauses.sums[2] == pytest.approx(2.03) and pauses.longest[2] == pytest.approx(2.0)
 
 
 async def test_metrics_path_can_be_given_back_to_the_origin(origin, proxy):

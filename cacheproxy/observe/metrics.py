@@ -14,6 +14,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from cacheproxy.observe.gc_pauses import BUCKETS as GC_BUCKETS
+from cacheproxy.observe.gc_pauses import PAUSES
 from cacheproxy.observe.stats import LATENCY_BUCKETS, Stats
 from cacheproxy.store.base import StoreStats
 
@@ -59,6 +61,26 @@ class _Collector:
                                 value=self.store.max_bytes)
         yield CounterMetricFamily("cacheproxy_store_evictions",
                                   "Responses evicted to make room", value=self.store.evictions)
+        yield from _gc_pauses()
+
+
+def _gc_pauses() -> Iterator[Metric]:
+    pauses = HistogramMetricFamily(
+        "cacheproxy_gc_pause_seconds",
+        "How long each collection of CPython's garbage collector stopped this process",
+        labels=["generation"])
+    longest = GaugeMetricFamily(
+        "cacheproxy_gc_longest_pause_seconds",
+        "The longest collector pause since this process started", labels=["generation"])
+    for generation, counts in enumerate(PAUSES.counts):
+        cumulative, buckets = 0, []
+        for bound, n in zip((*map(str, GC_BUCKETS), "+Inf"), counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        pauses.add_metric([str(generation)], buckets, PAUSES.sums[generation])
+        longest.add_metric([str(generation)], PAUSES.longest[generation])
+    yield pauses
+    yield longest
 
 
 def metrics_text(stats: Stats, store: StoreStats) -> tuple[bytes, str]:

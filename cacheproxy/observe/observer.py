@@ -25,6 +25,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.hdrs import REFERER, USER_AGENT
 
 from cacheproxy.config import LogConfig
+from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.observe.record import HitLines, LogRecord, to_json, to_text
 from cacheproxy.observe.sink import LogSink
@@ -44,6 +45,7 @@ class Observer:
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
         self._hit_lines = HitLines()
+        gc_pauses.install()  # for /metrics: this process's collector pauses
 
     @property
     def stats(self) -> Stats:

@@ -13,10 +13,12 @@ for it. Then, the store full and the load gone, the probe goes on for a few seco
 beside 100 requests a second (/item/<n> again: hits) that keep the collector's counts
 moving.
 
-Reported: the fill's rate; the probe's answers (p50, p99, p99.9, max, and how many took
-over 20 ms), during the fill and after it; and python_gc_collections_total from /metrics
-(full collections during the run). Run it from two checkouts to compare them (the
-harness runs the code beside it).
+Reported: the fill's rate; the full collections during the run
+(python_gc_collections_total) and how long they stopped the proxy, mean and longest, as
+it timed them itself (cacheproxy_gc_pause_seconds, cacheproxy_gc_longest_pause_seconds);
+the probe's answers (p50, p99, p99.9, max, and how many took over 20 ms), during the
+fill and after it. Run it from two checkouts to compare them (the harness runs the code
+beside it).
 """
 
 from __future__ import annotations
@@ -143,10 +145,19 @@ def main() -> int:
                 n += 1
                 time.sleep(0.01)
         full_after = metric(proxy.port, FULL)
+        paused = {
+            "count": metric(proxy.port, 'cacheproxy_gc_pause_seconds_count{generation="2"}'),
+            "seconds": metric(proxy.port, 'cacheproxy_gc_pause_seconds_sum{generation="2"}'),
+            "longest": metric(proxy.port, 'cacheproxy_gc_longest_pause_seconds{generation="2"}'),
+        }
         rss = int(Path(f"/proc/{proxy.pid}/status").read_text().split("VmRSS:")[1].split()[0])
     report = {
         "entries": int(stored), "fill_seconds": round(took, 1),
         "fill_per_second": round(stored / took), "full_collections": full_after - full_before,
+        # as the proxy timed them (gc.callbacks): every full collection since it started
+        "full_collection_ms": {
+            "mean": round(paused["seconds"] / max(1, paused["count"]) * 1000, 1),
+            "longest": round(paused["longest"] * 1000, 1)},
         "rss_mib": round(rss / 1024, 1), "cpus": cpus.describe(),
         "probe": {phase: summary(s) for phase, s in probe.by_phase.items()},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -263,6 +264,23 @@ async def test_admin_listen_puts_the_control_plane_on_its_own_address(tmp_path: 
         code, err = await stop(proc)
     assert code == 0, err
     assert f"admin API, /metrics and health checks on http://127.0.0.1:{admin_port}" in err
+
+
+async def test_serve_freezes_what_exists_at_start(tmp_path: Path) -> None:
+    """What exists once the proxy listens is kept out of the collector's walk (gc.freeze,
+    README "Garbage collection pauses"); the start's own collection is not a pause."""
+    env = clean_env(CACHEPROXY_DEMO_LISTEN="127.0.0.1:0")
+    proc, port = await start_serve(cwd=tmp_path, env=env)
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/metrics") as answer:
+            text = await answer.text()
+    finally:
+        code, err = await stop(proc)
+    assert code == 0, err
+    frozen = re.search(r"^cacheproxy_gc_frozen_objects (\d+)\.0$", text, re.M)
+    assert frozen and int(frozen[1]) > 10_000, text  # the modules alone are more
+    assert 'cacheproxy_gc_pause_seconds_count{generation="2"} 0.0' in text
 
 
 def test_admin_listen_in_use_names_the_key(tmp_path: Path) -> None:

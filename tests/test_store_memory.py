@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cacheproxy.http.cache_control import ResponseDirectives
 from cacheproxy.http.stored import ENTRY_OVERHEAD, CachedResponse, Heuristics, make_stored_response
 from cacheproxy.store import MemoryStore
 from cacheproxy.store.memory import MAX_VARIANTS
+from cacheproxy.store.serial import decode, encode
 
 
 def entry(key: str, body: bytes = b"x" * 1000,
@@ -172,3 +176,67 @@ def test_the_store_keeps_its_byte_count_and_lru_order_as_a_model_does(
     assert sorted(asyncio.run(store.keys())) == sorted(model)
     for key, variants in model.items():  # (which were evicted: the gets above tell)
         assert store.peek(key) == variants
+
+
+# -- kept out of the cyclic collector's walk (store/untracked.py) -------------------------
+
+async def test_what_the_store_holds_is_not_walked_by_the_collector_and_still_freed():
+    store = MemoryStore(max_bytes=1 << 20)
+    one, en, de = entry("one"), *(entry("v", vary=("accept-language",), values=(lang,))
+                                  for lang in ("en", "de"))
+    for e in (one, en, de):
+        assert await store.put(e)
+    held = store._lru["v"]
+    assert isinstance(held, tuple) and not gc.is_tracked(held)  # a key's variants
+    for e in (one, en, de):
+        assert not gc.is_tracked(e) and not gc.is_tracked(e.directives)
+    gc.collect()
+    assert await store.get("one") == (one,) and await store.get("v") == (de, en)
+
+    # Freed by reference counting alone once the store lets go: deleted, or replaced.
+    gone = weakref.ref(one)
+    variant = weakref.ref(en)
+    del one, en, de, held
+    gc.disable()
+    try:
+        assert await store.delete("one")
+        assert gone() is None
+        await store.put(entry("v", vary=("accept-language",), values=("en",)))  # replaced
+        assert variant() is None
+    finally:
+        gc.enable()
+
+
+_ATOMIC = (str, bytes, int, float, type(None))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fields=st.lists(st.tuples(st.sampled_from(["ETag", "Last-Modified", "Date", "X-Any",
+                                               "Content-Type", "Expires", "Age"]),
+                              st.text(max_size=40)), max_size=8),
+    cc=st.sampled_from(["max-age=60", "s-maxage=5, public", "no-cache=\"set-cookie\"",
+                        "private=\"x-a, x-b\", max-age=9", "stale-while-revalidate=30, max-age=1",
+                        "must-revalidate, proxy-revalidate, immutable, max-age=100"]),
+    vary=st.lists(st.sampled_from(["accept", "accept-language", "cookie"]), max_size=2),
+    through_redis=st.booleans(),
+)
+def test_a_stored_response_reaches_no_object_that_could_lead_back_to_it(
+        fields: list[tuple[str, str]], cc: str, vary: list[str], through_redis: bool) -> None:
+    """Why untracking is safe: from a response, as made from any answer or read back from
+    Redis, only immutable atoms, tuples and its frozen directives are reachable, so it
+    can be in no reference cycle the collector would have had to find."""
+    e = make_stored_response(
+        key="http://o/a", vary=tuple(vary), vary_values=tuple("v" for _ in vary), status=200,
+        pairs=[("Cache-Control", cc), *fields], body=b"b", request_time=1.0,
+        response_time=2.0, shared=True, heuristics=Heuristics())
+    if through_redis:
+        e = decode(encode(e))
+    seen, todo = set(), [e]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, _ATOMIC):
+            continue
+        seen.add(id(obj))
+        assert type(obj) in (CachedResponse, ResponseDirectives, tuple), type(obj)
+        todo += [r for r in gc.get_referents(obj) if not isinstance(r, type)]

@@ -10,8 +10,10 @@ cacheproxy_gc_pause_seconds and cacheproxy_gc_longest_pause_seconds.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from bisect import bisect_left
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any
 
@@ -49,3 +51,17 @@ def install() -> None:
     its own copy of the figures)."""
     if PAUSES not in gc.callbacks:
         gc.callbacks.append(PAUSES)
+
+
+@contextlib.contextmanager
+def untimed() -> Iterator[None]:
+    """Collections no request waits for (the one at start, before serving) are not
+    counted as pauses."""
+    installed = PAUSES in gc.callbacks
+    if installed:
+        gc.callbacks.remove(PAUSES)
+    try:
+        yield
+    finally:
+        if installed:
+            gc.callbacks.append(PAUSES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -81,6 +82,10 @@ def _gc_pauses() -> Iterator[Metric]:
         longest.add_metric([str(generation)], PAUSES.longest[generation])
     yield pauses
     yield longest
+    yield GaugeMetricFamily(
+        "cacheproxy_gc_frozen_objects",
+        "Objects made at start that the collector no longer walks (gc.freeze)",
+        value=gc.get_freeze_count())
 
 
 def metrics_text(stats: Stats, store: StoreStats) -> tuple[bytes, str]:

@@ -9,6 +9,7 @@ from cachetools import LRUCache
 from cacheproxy.http.cache_key import variant_id
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats
+from cacheproxy.store.untracked import untrack, untrack_map
 
 # Bounds the work a put does and the variants one URL can hold (Vary: User-Agent).
 MAX_VARIANTS = 32
@@ -42,6 +43,9 @@ class MemoryStore:
 
     def __init__(self, max_bytes: int) -> None:
         self._lru: LRUCache[str, Held] = LRUCache(maxsize=math.inf)  # (counts keys)
+        # cachetools' dict of what it holds (its LRU order, an OrderedDict, stays tracked
+        # and is frozen with the rest at start, server.py): see store/untracked.py.
+        self._held: dict[str, object] | None = getattr(self._lru, "_Cache__data", None)
         self._max_bytes = max_bytes
         self._bytes = 0
         self._entries = 0  # the responses (variants) held
@@ -89,7 +93,10 @@ class MemoryStore:
             _, held = lru.popitem()
             self._count_out(held)
             self._evictions += 1
-        lru[key] = variants[0] if len(variants) == 1 else variants
+        held = variants[0] if len(variants) == 1 else variants
+        untrack(held)  # never in a cycle: the collector need not walk it (untracked.py)
+        lru[key] = held
+        untrack_map(self._held)
         self._bytes += size
         self._entries += len(variants)
         return True

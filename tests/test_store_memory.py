@@ -190,6 +190,7 @@ async def test_what_the_store_holds_is_not_walked_by_the_collector_and_still_fre
     assert isinstance(held, tuple) and not gc.is_tracked(held)  # a key's variants
     for e in (one, en, de):
         assert not gc.is_tracked(e) and not gc.is_tracked(e.directives)
+    assert not gc.is_tracked(store._held)  # cachetools' dict of them, tracked on each set
     gc.collect()
     assert await store.get("one") == (one,) and await store.get("v") == (de, en)
 

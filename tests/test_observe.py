@@ -144,10 +144,10 @@ async def test_metrics_in_prometheus_format(origin, proxy):
     assert took and float(took[1]) > 0
 
 
-def test_collector_pauses_fall_in_their_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collector_pauses_fall_in_their_buckets() -> None:
     clock = iter([10.0, 10.03, 20.0, 22.0, 30.0, 30.00005])
-    monkeypatch.setattr(gc_pauses, "perf_counter", lambda: next(clock))
-    pauses = gc_pauses.GCPauses()
+    pauses = gc_pauses.GCPauses(clock=lambda: next(clock))
+    pauses("stop", {"generation": 1})  # a stop without its start is not a pause
     for generation in (2, 2, 0):
         pauses("start", {"generation": generation})
         pauses("stop", {"generation": generation, "collected": 0, "uncollectable": 0})
@@ -156,6 +156,16 @@ def test_collector_pauses_fall_in_their_buckets(monkeypatch: pytest.MonkeyPatch)
     assert pauses.counts[2][-1] == 1  # 2 s: past the last bound
     assert pauses.counts[0][0] == 1 and sum(pauses.counts[1]) == 0
     assert pauses.sums[2] == pytest.approx(2.03) and pauses.longest[2] == pytest.approx(2.0)
+
+
+def test_a_collection_no_request_waits_for_is_not_timed() -> None:
+    gc_pauses.install()
+    counted = sum(gc_pauses.PAUSES.counts[2])
+    with gc_pauses.untimed():
+        gc.collect()
+    assert sum(gc_pauses.PAUSES.counts[2]) == counted
+    gc.collect()
+    assert sum(gc_pauses.PAUSES.counts[2]) == counted + 1
 
 
 async def test_metrics_path_can_be_given_back_to_the_origin(origin, proxy):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -23,19 +23,23 @@ GENERATIONS = 3
 
 class GCPauses:
     """Per generation: a histogram of pauses (counts per bucket, the last for longer
-    ones), their sum and the longest, since the process started."""
+    ones), their sum and the longest, since the process started. clock: for tests."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = perf_counter) -> None:
         self.counts = [[0] * (len(BUCKETS) + 1) for _ in range(GENERATIONS)]
         self.sums = [0.0] * GENERATIONS
         self.longest = [0.0] * GENERATIONS
-        self._started = 0.0
+        self._clock = clock
+        self._started: float | None = None
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._started = perf_counter()
+            self._started = self._clock()
             return
-        took = perf_counter() - self._started
+        started, self._started = self._started, None
+        if started is None:  # installed while a collection ran: its start was not seen
+            return
+        took = self._clock() - started
         generation = info["generation"]
         self.counts[generation][bisect_left(BUCKETS, took)] += 1
         self.sums[generation] += took

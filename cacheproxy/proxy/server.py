@@ -119,6 +119,7 @@ async def serve(
     runner = LeanRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()
+    _freeze_the_start()
     host, listen_port = parse_listen(config.proxy.listen)
     port = listen_port if port is None else port
     try:  # a port in use ends the start here, before anything says "stopping"
@@ -148,16 +149,6 @@ async def serve(
             loop.add_signal_handler(signal.SIGHUP, _reloader(app, reload))
         else:  # at least reopen the request log file (after logrotate moved it)
             loop.add_signal_handler(signal.SIGHUP, app[OBSERVER].reopen)
-        # What exists now lives as long as the process (modules, configuration, the
-        # store's LRU order): the collector need not walk it again (gc.freeze), some
-        # 58,000 objects it took 30-70 ms to walk on the bench VM. A full collection
-        # then walks what came after: a few thousand objects, since stored responses
-        # and their dict are untracked (store/untracked.py; README, "Garbage collection
-        # pauses"). What a reload replaces is freed by reference counting, never left
-        # to the collector (tests/test_collector.py).
-        with gc_pauses.untimed():  # (before serving: no request waits for it)
-            gc.collect()
-            gc.freeze()
         # Held back since the start (run_one, or the fork of a worker): handled from now on.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_AND_RELOAD)
         await asyncio.Event().wait()
@@ -172,6 +163,20 @@ async def serve(
         await runner.cleanup()
         if demo is not None:
             await demo.cleanup()
+
+
+def _freeze_the_start() -> None:
+    """What exists once the proxy is set up lives as long as the process (modules,
+    configuration, the store's LRU order): the collector need not walk it again
+    (gc.freeze), some 58,000 objects it took 30-70 ms to walk on the bench VM. A full
+    collection then walks what came after: a few thousand objects, since stored
+    responses and their dict are untracked (store/untracked.py; README, "Garbage
+    collection pauses"). Before listening, so that no request waits for this one.
+    What a reload replaces is freed by reference counting, never left to the
+    collector (tests/test_collector.py)."""
+    with gc_pauses.untimed():
+        gc.collect()
+        gc.freeze()
 
 
 async def _start_control(

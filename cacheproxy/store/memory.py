@@ -9,7 +9,7 @@ from cachetools import LRUCache
 from cacheproxy.http.cache_key import variant_id
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats
-from cacheproxy.store.untracked import untrack, untrack_map
+from cacheproxy.store.untracked import untrack_container, untrack_response
 
 # Bounds the work a put does and the variants one URL can hold (Vary: User-Agent).
 MAX_VARIANTS = 32
@@ -93,10 +93,16 @@ class MemoryStore:
             _, held = lru.popitem()
             self._count_out(held)
             self._evictions += 1
-        held = variants[0] if len(variants) == 1 else variants
-        untrack(held)  # never in a cycle: the collector need not walk it (untracked.py)
-        lru[key] = held
-        untrack_map(self._held)
+        # Never in a cycle: the collector need not walk them (store/untracked.py). The
+        # older variants kept are untracked already.
+        untrack_response(entry)
+        if len(variants) == 1:
+            lru[key] = entry
+        else:
+            untrack_container(variants)
+            lru[key] = variants
+        if self._held is not None:
+            untrack_container(self._held)
         self._bytes += size
         self._entries += len(variants)
         return True

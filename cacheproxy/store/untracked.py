@@ -4,8 +4,9 @@ CPython's collector stops the process and walks every tracked object of the old
 generation in a full collection, and it runs one each time the objects that outlived
 the young collections have grown that generation by a quarter. Every stored response
 is such an object: while bench/gc_pause.py filled the store with 200,000 of them, the
-proxy stopped for 211 ms on average per full collection (453 ms the longest); with them
-and their dict untracked, and what exists at start frozen (proxy/server.py), 9.6 (16.3).
+proxy stopped for 156-211 ms on average per full collection (250-453 ms the longest);
+with them and their dict untracked, and what exists at start frozen (proxy/server.py),
+5.5-9.6 ms (11-16).
 
 A stored response cannot be part of a reference cycle: it is frozen, and holds only
 strings, bytes, numbers, tuples of strings, and its directives (frozen, of the same
@@ -17,7 +18,6 @@ on an object already untracked). Where ctypes cannot reach it, nothing changes.
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable
 
 from cacheproxy.http.stored import CachedResponse
@@ -25,9 +25,11 @@ from cacheproxy.http.stored import CachedResponse
 
 def _c_untrack() -> Callable[[object], None] | None:
     try:  # (a prototype of our own: pythonapi's shared one is left as it is)
+        import ctypes
+
         return ctypes.PYFUNCTYPE(None, ctypes.py_object)(  # type: ignore[no-any-return]
             ("PyObject_GC_UnTrack", ctypes.pythonapi))
-    except AttributeError:  # an interpreter that does not export the C API
+    except (ImportError, AttributeError):  # no ctypes, or no C API exported
         return None
 
 

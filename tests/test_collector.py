@@ -7,9 +7,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import weakref
 
+from processes import clean_env
 from support import proxy_for_toml as start
 from test_policies_proxy import ROUTES, Site
 
@@ -45,3 +51,38 @@ async def test_what_a_reload_replaces_needs_no_collector(origin, proxy, tmp_path
     assert found == 0  # nothing a reload let go of waited for the collector
     resp = await c.get("/m", headers={"Host": "api.example"})
     assert resp.headers["X-Site"] == "main"  # the reload took
+
+
+_SUPERVISED = """
+import gc, sys, time
+from cacheproxy.config import load_config
+from cacheproxy.proxy.workers import Supervisor
+
+def serve_one(config, reload, *, reuse_port, port, upstream, announce):
+    with open(sys.argv[1], "w") as out:  # what the worker found frozen, before anything
+        out.write(str(gc.get_freeze_count()))
+    time.sleep(60)
+
+config = load_config(None, env={"CACHEPROXY_PROXY_UPSTREAM": "http://127.0.0.1:9",
+                                "CACHEPROXY_PROXY_LISTEN": "127.0.0.1:0",
+                                "CACHEPROXY_PROXY_WORKERS": "1"})
+Supervisor(config, None, serve_one).run()
+"""
+
+
+def test_workers_start_with_what_they_inherit_frozen(tmp_path):
+    """--workers: the supervisor freezes what it has before forking, so that the workers'
+    collections leave those pages shared (README, "Garbage collection pauses")."""
+    found = tmp_path / "frozen"
+    proc = subprocess.Popen([sys.executable, "-c", _SUPERVISED, str(found)],
+                            env=clean_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (found.exists() and found.read_text()) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        assert int(found.read_text()) > 10_000  # the modules alone are more
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -14,6 +14,7 @@ the proxy, so the server imports it and not the other way round.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -73,6 +74,16 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _freeze_what_children_inherit() -> None:
+    """A forked child shares its parent's memory until it writes to a page, and a
+    collection writes to every object it walks: what the workers inherit is frozen
+    first, so their collections leave it shared (the gc module's advice for a fork
+    without exec). Measured with --workers 2: 14 MiB of private memory per worker instead
+    of 26 (README, "Garbage collection pauses")."""
+    gc.collect()
+    gc.freeze()
+
+
 def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | None,
             port: int, upstream: str | None, announce: bool) -> None:
     for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
@@ -112,6 +123,7 @@ class Supervisor:
             raise listen_error("proxy.listen", self.config.proxy.listen, exc,
                                LISTEN_HINT) from None
         port = holder.getsockname()[1]
+        _freeze_what_children_inherit()
         demo, upstream = self._start_demo()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)

@@ -1,6 +1,7 @@
 """What the proxy keeps out of the cyclic garbage collector's way (README, "Garbage
 collection pauses"): serve() freezes what exists at start, so nothing frozen may later
-become garbage that only the collector could free; and a reload replaces part of it."""
+become garbage that only the collector could free, and a reload replaces part of it;
+with --workers the supervisor freezes what the workers inherit."""
 
 from __future__ import annotations
 

@@ -214,7 +214,7 @@ async def test_many_concurrent_operations(redis_server: RedisServer) -> None:
 
 
 async def test_opening_connections_does_not_read_package_metadata(
-        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """redis-py >= 7.2 reads its version from disk for each new connection unless told
     who it is: 3-4 ms with the loop blocked, each, which a burst of misses multiplies."""
     import importlib.metadata
@@ -226,9 +226,14 @@ async def test_opening_connections_does_not_read_package_metadata(
         read.append(name)
         return real(name)
 
+    store = RedisStore(redis_cache(redis_server, redis_timeout=10))  # (latency: not tested)
+    await store.start()
     monkeypatch.setattr(importlib.metadata, "version", counted)
-    made = [make_entry(f"http://o/{i}", body=bytes([i])) for i in range(100)]
-    assert all(await asyncio.gather(*(store.put(e) for e in made)))
-    assert len(store._redis.connection_pool._in_use_connections) + len(
-        store._redis.connection_pool._available_connections) > 8  # many were opened
-    assert read == []
+    try:
+        made = [make_entry(f"http://o/{i}", body=bytes([i])) for i in range(100)]
+        assert all(await asyncio.gather(*(store.put(e) for e in made)))
+        pool = store._redis.connection_pool
+        assert len(pool._in_use_connections) + len(pool._available_connections) > 8
+    finally:
+        await store.close()
+    assert read == []  # (while many connections were opened)

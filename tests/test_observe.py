@@ -165,7 +165,7 @@ def test_a_collection_no_request_waits_for_is_not_timed() -> None:
         gc.collect()
     assert sum(gc_pauses.PAUSES.counts[2]) == counted
     gc.collect()
-    assert sum(gc_pauses.PAUSES.counts[2]) == counted + 1
+    assert sum(gc_pauses.PAUSES.counts[2]) > counted
 
 
 async def test_metrics_path_can_be_given_back_to_the_origin(origin, proxy):

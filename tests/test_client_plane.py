@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from aiohttp import web
 from support import proxy_config, until
 
@@ -191,7 +192,11 @@ async def test_chunked_both_ways(proxy, origin):
     conn = await Raw.open(client)
     await conn.send(get("/in", "Transfer-Encoding: chunked", method="POST",
                         body=b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"))
-    assert (await conn.reply()).body == b"POST /in 5"
+    reply = await conn.reply()
+    assert reply.body == b"POST /in 5"
+    assert reply.headers["connection"] == "close"  # a chunked request is the last one read
+    assert await conn.closed_within(2)
+    conn = await Raw.open(client)
     await conn.send(get("/stream"))
     reply = await conn.reply()
     assert reply.headers["transfer-encoding"] == "chunked"
@@ -199,6 +204,40 @@ async def test_chunked_both_ways(proxy, origin):
     await conn.send(get("/stream", version="1.0"))  # no chunked for HTTP/1.0: to the close
     reply = await conn.reply()
     assert "transfer-encoding" not in reply.headers and reply.body == b"one,two,three"
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one-send", "two-sends"])
+async def test_a_trailer_field_never_reaches_the_next_request(proxy, origin, together):
+    """aiohttp's C parser adds a chunked body's last trailer field to the next message on
+    the connection: the chunked request is the last one read (client_conn._read_last)."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append((request.path, request.headers.get("Cookie")))
+        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    client = await proxy(await origin(app))
+    conn = await Raw.open(client)
+    upload = get("/upload", "Transfer-Encoding: chunked", method="POST",
+                 body=b"5\r\nhello\r\n0\r\nCookie: session=planted\r\n\r\n")
+    if together:
+        await conn.send(upload + get("/account"))
+    else:
+        await conn.send(upload)
+        await asyncio.sleep(0.2)  # (its answer may be under way: the next is read later)
+        await conn.send(get("/account"))
+    reply = await conn.reply()
+    closed = await conn.closed_within(2)  # (or a second answer came, without the fix)
+    again = await Raw.open(client)
+    await again.send(get("/account"))
+    assert (await again.reply()).status == 200
+    assert all(cookie is None for _, cookie in seen), seen  # the trailer went nowhere
+    # How: the chunked request is answered with a close, and /account after it not read.
+    assert reply.status == 200 and reply.headers["connection"] == "close" and closed
+    assert seen == [("/upload", None), ("/account", None)]
 
 
 async def test_a_client_leaving_mid_upload_ends_the_upload_upstream_at_once(proxy, origin):

@@ -150,6 +150,13 @@ async def exchange(served: Served, *chunks: bytes) -> Response:
         conn.close()
 
 
+def last_after_chunked(served: Served) -> bool:
+    """On the proxy's plane a chunked request is the last one read on its connection
+    (client_conn._read_last: llhttp's wrapper would add its last trailer field to the
+    next request): answered with a close, and nothing after it is read."""
+    return served.port != served.origin_port
+
+
 async def assert_still_serving(served: Served) -> None:
     resp = await exchange(served, request(b"GET /alive"))
     assert (resp.status, resp.body) == (200, b"GET /alive\n")
@@ -174,10 +181,16 @@ async def test_unknown_method_then_get_on_the_same_connection(
     await conn.send(request(b"FOO /x?q=1", *fields, body=body))
     resp = await conn.response()
     assert (resp.status, resp.body) == (200, b"FOO /x?q=1\n" + echoed)
+    if framing == "chunked" and last_after_chunked(served):
+        assert resp.headers["connection"] == "close" and await conn.is_closed()
+        assert_python = False
+        conn = await Conn.open(served)
+    else:
+        assert_python = HAS_C
     await conn.send(request(b"GET /next"))
     resp = await conn.response()
     assert (resp.status, resp.body) == (200, b"GET /next\n")
-    if HAS_C:
+    if assert_python:
         assert resp.headers["x-parser"] == "python"  # the connection stays on it
     conn.close()
 
@@ -276,11 +289,14 @@ POSITIONS: dict[str, tuple[list[bytes], list[bytes]]] = {
 @pytest.mark.parametrize("position", POSITIONS)
 async def test_unknown_method_anywhere(served: Served, position: str) -> None:
     chunks, expected = POSITIONS[position]
+    cut = chunks[0] is CHUNKED_POST and last_after_chunked(served)
     conn = await Conn.open(served)
     await conn.send(*chunks)
-    for body in expected:
+    for body in expected[:1] if cut else expected:
         resp = await conn.response()
         assert (resp.status, resp.body) == (200, body)
+    if cut:
+        assert await conn.is_closed() and "FOO /foo" not in served.seen
     conn.close()
 
 
@@ -389,7 +405,10 @@ async def test_request_in_a_chunked_body_before_an_unknown_method(served: Served
     conn = await Conn.open(served)
     await conn.send(post[:split], post[split:] + FOO)
     assert (await conn.response()).body == b"POST /post\n" + SMUGGLED
-    assert (await conn.response()).status in (200, 400)
+    if last_after_chunked(served):
+        assert await conn.is_closed()
+    else:
+        assert (await conn.response()).status in (200, 400)
     assert "GET /smuggled" not in served.seen
     conn.close()
 
@@ -402,10 +421,15 @@ async def test_request_in_a_body_after_lost_track(served: Served) -> None:
     first = post.index(b"x\r\n\r\n") + 5
     second = post.index(SMUGGLED)
     conn = await Conn.open(served)
-    await conn.send(CHUNKED_POST + post[:first], post[first:second], post[second:] + FOO)
-    assert (await conn.response()).body == b"POST /post\nhello"
-    assert (await conn.response()).body == b"POST /post\n" + body
-    assert (await conn.response()).status in (200, 400)
+    if last_after_chunked(served):  # (the rest would be sent to a closed connection)
+        await conn.send(CHUNKED_POST + post[:first])
+        assert (await conn.response()).body == b"POST /post\nhello"
+        assert await conn.is_closed()
+    else:
+        await conn.send(CHUNKED_POST + post[:first], post[first:second], post[second:] + FOO)
+        assert (await conn.response()).body == b"POST /post\nhello"
+        assert (await conn.response()).body == b"POST /post\n" + body
+        assert (await conn.response()).status in (200, 400)
     assert "GET /smuggled" not in served.seen
     conn.close()
 

@@ -97,6 +97,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._deadline: float | None = None
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
+        self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
         self._client_eof = False  # the client finished sending before its tunnel was up
@@ -166,6 +167,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             except HttpProcessingError as exc:
                 messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
                 self._closing = True  # the stream cannot be trusted past a bad message
+            if messages and not self._closing:
+                messages = self._read_last(messages)
             if upgraded:
                 # No protocol is switched to (the proxy does not answer 101): the upgrade
                 # request is answered, then the connection closes; a CONNECT's tunnel
@@ -194,6 +197,22 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
+
+    def _read_last(self, messages: list[Any]) -> list[Any]:
+        """A chunked request is the last one read on its connection: it is answered with
+        Connection: close (RFC 9112 §9.6), and whatever follows it is not parsed into
+        requests. aiohttp's C parser (3.14) keeps the last trailer field of a chunked
+        body pending and adds it to the next message's header section: a field one
+        client put in its trailers would reach the origin in the next request on the
+        connection, maybe another client's behind a shared front proxy (RFC 9112 §7.1.2
+        lets a recipient drop trailers, never merge them into another message)."""
+        if self._last_read:
+            return []  # (the parser still reads the chunked body to its end)
+        for i, (msg, payload) in enumerate(messages):
+            if not isinstance(msg, HttpProcessingError) and msg.chunked:
+                self._last_read = True
+                return [*messages[:i], (msg._replace(should_close=True), payload)]
+        return messages
 
     def _enqueue(self, messages: list[Any]) -> None:
         """Requests for the task, in order; reading pauses while MAX_PIPELINED wait."""

@@ -22,8 +22,11 @@ Two things make that safe:
   It also keeps the method's case; aiohttp's parser upper-cases it, but methods are
   case-sensitive (RFC 9110 §9.1). One difference stays: llhttp rejects Content-Length and
   Transfer-Encoding in a chunked body's trailer section, and the Python parser drops them
-  like every other trailer field. Neither parser hands request trailers to the app, so
-  nothing here or upstream can take a message's length from them.
+  like every other trailer field. Neither parser hands request trailers to the app as
+  trailers, so nothing here or upstream can take a message's length from them; but
+  llhttp's wrapper adds a chunked body's last trailer field to the next message's
+  fields, which is why a chunked request is the last one read on its connection
+  (client_conn.ClientConnection._read_last).
 
 Where the offset is not known: after a chunked body or an upgrade request that the same
 chunk follows with more bytes, until data again ends with an empty line. A method llhttp

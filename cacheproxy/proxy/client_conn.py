@@ -663,11 +663,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def _write_head(self, version: Any, status: int, reason: str | None,
                     headers: CIMultiDict[str], body: bytes = b"") -> None:
-        """The head, and with it a body that is all there (one write, one send)."""
+        """The head, and with it a body that is all there (one send: gathered, not joined,
+        so a stored body is not copied per answer, whoever is slow to read it)."""
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
-        head = self._head(version, status, reason, headers)
-        self._write(head + body if body else head)
+        self._write(self._head(version, status, reason, headers), body)
 
     @staticmethod
     def _head(version: Any, status: int, reason: str | None, headers: CIMultiDict[str]

@@ -244,6 +244,24 @@ async def test_a_trailer_field_never_reaches_the_next_request(proxy, origin, tog
     assert seen == [("/upload", None), ("/account", None)]
 
 
+async def test_a_request_above_http_1_1_is_answered_as_http_1_1(proxy, origin):
+    """RFC 9110 §6.2: the highest version this server conforms to, not the request's
+    echoed ("HTTP/2.0 200 OK" in HTTP/1.1 syntax): on a miss, a hit and an error."""
+    client = await start(proxy, origin)
+    for request in (get("/v", version="2.0"), get("/v", version="2.0"),
+                    get("/v", "Expect: something-else", version="2.0")):
+        conn = await Raw.open(client)  # (llhttp reads 2.0 as not persistent by default)
+        await conn.send(request)
+        line = await asyncio.wait_for(conn.reader.readline(), 5)
+        assert line.startswith(b"HTTP/1.1 "), (request, line)
+        while (field := await conn.reader.readline()) not in (b"\r\n", b""):
+            if field.lower().startswith(b"content-length:"):
+                length = int(field.split(b":")[1])
+        await conn.reader.readexactly(length)
+        conn.close()
+    assert ORIGIN_SEEN == ["GET /v b''"]  # the second was a hit
+
+
 async def test_a_stored_body_is_sent_not_copied_on_the_full_path(proxy, origin, monkeypatch):
     """A hit the full path answers (a CORS request: its grant is made per request) hands
     the transport the stored body itself after the head, not the two joined: clients

@@ -30,7 +30,7 @@ from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
-from aiohttp.http_writer import HttpVersion10, HttpVersion11, StreamWriter, _serialize_headers
+from aiohttp.http_writer import HttpVersion10, HttpVersion11, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
@@ -50,6 +50,7 @@ from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.proxy.upstream import UpstreamError
+from cacheproxy.proxy.wire import encode_head
 
 log = logging.getLogger("cacheproxy")
 
@@ -199,19 +200,29 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._arm(self._timeouts.header, head=True)
 
     def _read_last(self, messages: list[Any]) -> list[Any]:
-        """A chunked request is the last one read on its connection: it is answered with
+        """The requests of messages that are answered, as they are answered.
+
+        A chunked request is the last one read on its connection: it is answered with
         Connection: close (RFC 9112 §9.6), and whatever follows it is not parsed into
         requests. aiohttp's C parser (3.14) keeps the last trailer field of a chunked
         body pending and adds it to the next message's header section: a field one
         client put in its trailers would reach the origin in the next request on the
         connection, maybe another client's behind a shared front proxy (RFC 9112 §7.1.2
-        lets a recipient drop trailers, never merge them into another message)."""
+        lets a recipient drop trailers, never merge them into another message).
+
+        A request line saying a version above 1.1 (llhttp takes "HTTP/2.0") is answered
+        as HTTP/1.1, the highest this server conforms to (RFC 9110 §6.2), not echoed."""
         if self._last_read:
             return []  # (the parser still reads the chunked body to its end)
         for i, (msg, payload) in enumerate(messages):
-            if not isinstance(msg, HttpProcessingError) and msg.chunked:
+            if isinstance(msg, HttpProcessingError):
+                continue
+            if msg.version > HttpVersion11:
+                messages = [*messages[:i], (msg._replace(version=HttpVersion11), payload),
+                            *messages[i + 1:]]
+            if msg.chunked:
                 self._last_read = True
-                return [*messages[:i], (msg._replace(should_close=True), payload)]
+                return [*messages[:i], (messages[i][0]._replace(should_close=True), payload)]
         return messages
 
     def _enqueue(self, messages: list[Any]) -> None:
@@ -674,7 +685,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
               ) -> bytes:
         line = f"HTTP/{version.major}.{version.minor} {status} " \
                f"{reason or REASONS.get(status, '')}"
-        return _serialize_headers(line, headers)
+        return encode_head(line, headers)
 
     def _send_answer(self, request: ClientRequest, answer: Answer) -> None:
         replay = answer.replay

@@ -372,3 +372,40 @@ async def test_a_plain_hits_head_is_remade_when_what_it_says_changes(
     await asyncio.sleep(1.1)
     later = await _head(client, request("/page", ()))
     assert seconds(later)[0] >= age + 1 and seconds(later)[1] <= ttl - 1
+
+
+async def test_memoised_heads_go_with_their_entries(proxy: Any, origin: Any) -> None:
+    """A hit's encoded head is memoised (proxy/replay.py, and a plain hit's whole head on
+    its route) but only while its entry is stored: a head repeats its entry's fields (up
+    to 128 KiB of them), so heads kept after the store evicted their entries would hold
+    memory cache.max_bytes does not bound. Checked on the objects: every head held
+    belongs to an entry still alive, the heads weigh no more than the store holds, and a
+    large head is not kept per route."""
+    async def answer(request: web.Request) -> web.Response:
+        pad = "p" * (20000 if request.match_info["name"].startswith("big") else 10)
+        return web.Response(body=b"b" * 100, headers={"Cache-Control": "max-age=600",
+                                                      "X-Pad": pad})
+
+    app = web.Application()
+    app.router.add_get("/{name}", answer)
+    client = await proxy(await origin(app), cache={"max_bytes": 128 * 1024,
+                                                   "max_object_bytes": 64 * 1024})
+    for i in range(40):  # each a miss (stored), then a hit (replayed): most evicted later
+        for name in (f"big{i}", f"small{i}"):
+            assert b"X-Cache: MISS" in await _head(client, request(f"/{name}", ()))
+            assert b"X-Cache: HIT" in await _head(client, request(f"/{name}", ()))
+    listener = client.server.runner.server
+    stats = client.app_proxy.store.stats()
+    assert stats.evictions > 0
+    records = list(listener.replays._memo._values.values())  # (entry ref, head, ...)
+    assert 0 < len(records) <= stats.entries
+    assert all(record[0]() is not None for record in records)  # the entry is stored
+    held = sum(len(record[1][0]) for record in records)
+    assert held == listener.replays.bytes <= stats.bytes
+    kept = [route.replayed for route in listener.quick._routes.values()
+            if route is not None and route.replayed is not None]
+    assert kept and all(ref() is not None for ref, _, _, _ in kept)
+    assert all(len(head) < 1000 for _, _, head, _ in kept)  # the big ones are not kept
+    # The next hit of a big entry is made again, the same.
+    again = await _head(client, request("/big39", ()))
+    assert b"X-Cache: HIT" in again and b"p" * 20000 in again

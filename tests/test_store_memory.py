@@ -19,6 +19,7 @@ from cacheproxy.http.stored import (
     make_stored_response,
     refreshed,
 )
+from cacheproxy.proxy.respond import EntryMemo
 from cacheproxy.store import MemoryStore
 from cacheproxy.store.memory import MAX_VARIANTS
 from cacheproxy.store.serial import decode, encode
@@ -258,3 +259,39 @@ def test_a_stored_response_reaches_no_object_that_could_lead_back_to_it(
         seen.add(id(obj))
         assert type(obj) in (CachedResponse, ResponseDirectives, tuple), type(obj)
         todo += [r for r in gc.get_referents(obj) if not isinstance(r, type)]
+
+
+# -- values memoised per entry (proxy/respond.py EntryMemo) follow the store ------------
+
+async def test_memoised_values_go_when_the_store_frees_their_entry() -> None:
+    """A value made from an entry (a hit's encoded head) goes the moment the store lets
+    the entry go, by reference counting alone; the values held stay within the memo's
+    bytes; and the memo itself, dropped, needs no collector (nothing of it is in a
+    cycle)."""
+    store = MemoryStore(max_bytes=3 * entry("k0").size)
+    memo: EntryMemo[None, bytes] = EntryMemo(size=100, max_bytes=2500, weigh=len)
+    gc.disable()
+    try:
+        for i in range(3):
+            await store.put(entry(f"k{i}"))
+            (held,) = store.peek(f"k{i}")
+            assert memo.keep(held, None, b"h" * 1000) == b"h" * 1000
+            assert memo.find(held, None) == b"h" * 1000
+            del held
+        assert len(memo) == 2 and memo.bytes == 2000  # the oldest went for the third
+        await store.put(entry("k3"))  # k0 evicted: nothing memoised for it
+        assert len(memo) == 2
+        await store.put(entry("k4"))  # k1 evicted: its value goes with it
+        assert len(memo) == 1 and memo.bytes == 1000
+        assert await store.delete("k2")
+        assert len(memo) == 0 and memo.bytes == 0
+        (held,) = store.peek("k3")
+        assert memo.keep(held, None, b"h" * 3000) and len(memo) == 0  # past the bound
+        memo.keep(held, None, b"h")
+        gone = weakref.ref(memo)
+        del memo
+        assert gone() is None
+        del held
+        await store.clear()  # (entries outliving the memo that held values of them)
+    finally:
+        gc.enable()

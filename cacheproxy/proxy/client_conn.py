@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -733,8 +732,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         else:
             member, lines = self.listener.quick.plain_fields(age, ttl)
             head, dated = self._replay_head(version, route.plan, entry, lines)
-            # Without a stored Date, the head carries this second's: not kept.
-            route.replayed = (weakref.ref(entry), made, head, member) if dated else None
+            if dated:
+                route.keep_replayed(entry, made, head, member)
+            else:  # without a stored Date, the head carries this second's: not kept
+                route.replayed = None
         self._write_replay(head, entry)
         return member
 

@@ -22,6 +22,9 @@ from cacheproxy.proxy.routing import PLAN, RoutePlan
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 REASONS = {s.value: s.phrase for s in HTTPStatus}  # status line reason phrases
+# What the memoised heads may hold together: 4096 heads of a few hundred bytes (the
+# usual) fit some times over; heads of many large field sections are made again instead.
+MAX_HEAD_BYTES = 8 * 1024 * 1024
 
 
 class _WithoutOrigin:
@@ -39,17 +42,32 @@ class _WithoutOrigin:
 
 class ReplayBlocks:
     """Encoded heads of recently replayed entries, per route plan and HTTP version (a
-    reload builds new plans, and with them new heads)."""
+    reload builds new plans, and with them new heads). A head goes when its entry is
+    freed (EntryMemo), and all of them together stay within max_bytes: a head carries
+    its entry's fields again, up to 128 KiB of them, in memory cache.max_bytes does not
+    count."""
 
-    def __init__(self, size: int = 4096) -> None:
-        self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool]] = EntryMemo(size)
+    def __init__(self, size: int = 4096, max_bytes: int = MAX_HEAD_BYTES) -> None:
+        self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool]] = EntryMemo(
+            size, max_bytes, _head_bytes)
+
+    @property
+    def bytes(self) -> int:
+        """What the heads held weigh (their encoded bytes)."""
+        return self._memo.bytes
+
+    def __len__(self) -> int:
+        return len(self._memo)
 
     def head(self, entry: CachedResponse, plan: RoutePlan, version: Any
              ) -> tuple[bytes, bool]:
         """The status line and stored fields with CRLFs, without the blank line; and
         whether the block has a Date."""
-        return self._memo.get(entry, (id(plan), version),
-                              lambda: self._encode(entry, plan, version))
+        key = (id(plan), version)
+        found = self._memo.find(entry, key)
+        if found is None:
+            found = self._memo.keep(entry, key, self._encode(entry, plan, version))
+        return found
 
     def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any
                 ) -> tuple[bytes, bool]:
@@ -61,3 +79,7 @@ class ReplayBlocks:
         line = f"HTTP/{version.major}.{version.minor} {entry.status} " \
                f"{REASONS.get(entry.status, '')}"
         return _serialize_headers(line, headers)[:-2], "Date" in headers
+
+
+def _head_bytes(value: tuple[bytes, bool]) -> int:
+    return len(value[0])

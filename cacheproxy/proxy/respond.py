@@ -17,6 +17,8 @@ from cacheproxy.proxy.downstream import Answer, Replay, text_answer
 
 K = TypeVar("K")
 V = TypeVar("V")
+# An EntryMemo's weak reference to an entry; its key is the memo key of the entry's value.
+_Ref = weakref.KeyedRef[tuple[int, K], CachedResponse]
 
 
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
@@ -29,34 +31,81 @@ def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str)
 
 class EntryMemo(Generic[K, V]):
     """Values made from recently replayed entries (and a key of the caller's), bounded in
-    number, the oldest going first. Entries are held weakly: one the store evicts is not
-    kept alive here, and a new entry at a reused id() is told apart."""
+    number and, given weigh, in bytes, the oldest going first. Entries are held weakly,
+    and a value goes the moment its entry is freed (the store evicted or replaced it): so
+    what the memo holds follows the store, and values that outlived their entry, up to
+    size of them, cannot hold memory that cache.max_bytes does not count (a head may carry
+    128 KiB of fields). A new entry at a reused id() is told apart as well."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int | None = None,
+                 weigh: Callable[[V], int] | None = None) -> None:
         self.size = size
-        self._values: dict[tuple[int, K], tuple[weakref.ref[CachedResponse], V]] = {}
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what weigh says the values held weigh
+        self._weigh = weigh
+        # memo key: the entry's reference (whose key is the memo key), value, its weight
+        self._values: dict[tuple[int, K], tuple[_Ref[K], V, int]] = {}
+        # Called as an entry dies, before its id() can be reused. It holds the memo weakly:
+        # memo -> record -> reference -> callback -> memo would be a cycle, left to the
+        # collector when a reload drops the memo (tests/test_collector.py). Entries are
+        # referred to by nothing here but weak references: they stay freed by reference
+        # counting alone, as the store untracks them from the collector (store/untracked.py).
+        memo = weakref.ref(self)
 
-    def get(self, entry: CachedResponse, key: K, make: Callable[[], V]) -> V:
-        memo_key = (id(entry), key)
-        found = self._values.get(memo_key)
+        def forget(ref: _Ref[K]) -> None:
+            held = memo()
+            if held is not None:
+                held._forget(ref)
+
+        self._callback = forget
+
+    def find(self, entry: CachedResponse, key: K) -> V | None:
+        """The value kept for entry and key, if one is."""
+        found = self._values.get((id(entry), key))
         if found is not None and found[0]() is entry:
             return found[1]
-        value = make()
-        if len(self._values) >= self.size:
-            del self._values[next(iter(self._values))]
-        self._values[memo_key] = (weakref.ref(entry), value)
+        return None
+
+    def keep(self, entry: CachedResponse, key: K, value: V) -> V:
+        """Keep value for entry and key (the oldest values going to make room); value."""
+        weight = 0 if self._weigh is None else self._weigh(value)
+        max_bytes = self.max_bytes
+        if max_bytes is not None and weight > max_bytes:
+            return value  # (it alone would pass the bound: made again when asked)
+        values = self._values
+        memo_key = (id(entry), key)
+        old = values.pop(memo_key, None)
+        if old is not None:
+            self.bytes -= old[2]
+        while values and (len(values) >= self.size
+                          or (max_bytes is not None and self.bytes + weight > max_bytes)):
+            self.bytes -= values.pop(next(iter(values)))[2]
+        values[memo_key] = (weakref.KeyedRef(entry, self._callback, memo_key), value, weight)
+        self.bytes += weight
         return value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def _forget(self, ref: _Ref[K]) -> None:
+        values = self._values
+        found = values.get(ref.key)
+        if found is not None and found[0] is ref:  # (not a later entry's record)
+            del values[ref.key]
+            self.bytes -= found[2]
 
 
 class HeaderBlocks:
     """Ready-made field blocks for recently replayed entries. Copying a CIMultiDict is a
-    fast C copy; building one from pairs hashes every name again."""
+    fast C copy; building one from pairs hashes every name again. (A block refers to its
+    entry's strings: it goes when the entry does, EntryMemo.)"""
 
     def __init__(self, size: int = 4096) -> None:
         self._memo: EntryMemo[None, CIMultiDictProxy[str]] = EntryMemo(size)
 
     def get(self, entry: CachedResponse) -> CIMultiDictProxy[str]:
-        return self._memo.get(entry, None, lambda: _block(entry))
+        found = self._memo.find(entry, None)
+        return self._memo.keep(entry, None, _block(entry)) if found is None else found
 
 
 def entry_fields(entry: CachedResponse) -> CIMultiDict[str]:

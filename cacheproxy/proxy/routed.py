@@ -12,12 +12,23 @@ from cacheproxy.http.stored import CachedResponse
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.routing import RoutePlan
 
+# The largest plain hit head a route keeps: a few times a usual one (a few hundred bytes).
+# A larger one is made again per hit, from its stored part encoded once (replay.py).
+PLAIN_HEAD_MAX = 8192
+
+
+def _forget_replayed(ref: weakref.KeyedRef[weakref.ref[Route], CachedResponse]) -> None:
+    """An entry a route kept the head of was freed: the head goes with it."""
+    route = ref.key()
+    if route is not None and route.replayed is not None and route.replayed[0] is ref:
+        route.replayed = None
+
 
 class Route:
     """What a (Host, target) pair resolves to: the same for every request with them."""
 
-    __slots__ = ("authority", "key", "logged", "plan", "replayed", "route_name", "secrets",
-                 "target")
+    __slots__ = ("__weakref__", "authority", "key", "logged", "plan", "replayed",
+                 "route_name", "secrets", "target")
 
     def __init__(self, plan: RoutePlan, key: str, authority: str, target: str,
                  route_name: str) -> None:
@@ -29,6 +40,19 @@ class Route:
         # evict it), what else the head was made from, the head, its Cache-Status member.
         self.replayed: tuple[weakref.ref[CachedResponse], tuple[object, ...], bytes, str] \
             | None = None
+
+    def keep_replayed(self, entry: CachedResponse, made: tuple[object, ...], head: bytes,
+                      member: str) -> None:
+        """Keep a plain hit's head for the next one. It goes when its entry is freed, and
+        a large one is not kept: up to MEMO_SIZE routes (quick.py) hold one each, and a
+        head repeats its entry's fields (up to 128 KiB of them), in memory cache.max_bytes
+        does not count; many Hosts may route to one entry. (The route is held weakly by
+        the reference: route -> reference -> route would be a cycle.)"""
+        if len(head) > PLAIN_HEAD_MAX:
+            self.replayed = None
+            return
+        ref = weakref.KeyedRef(entry, _forget_replayed, weakref.ref(self))
+        self.replayed = (ref, made, head, member)
 
 
 class Planned(NamedTuple):

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from support import proxy_config, proxy_for_toml, read_json_log
+from support import proxy_config, proxy_for_toml, raw_origin, read_json_log
 from test_client_plane import Raw
 
 from cacheproxy.proxy.quick import QuickHits
@@ -409,3 +409,28 @@ async def test_memoised_heads_go_with_their_entries(proxy: Any, origin: Any) -> 
     # The next hit of a big entry is made again, the same.
     again = await _head(client, request("/big39", ()))
     assert b"X-Cache: HIT" in again and b"p" * 20000 in again
+
+
+async def test_a_stored_204_is_replayed_without_content_length(proxy: Any) -> None:
+    """RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204. The hit says what
+    the miss said: no Content-Length, no content; and a 304 the cache answers a
+    conditional with carries none either (§8.6 allows it only as the 200's length)."""
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /empty "):
+            return (b"HTTP/1.1 204 No Content\r\nCache-Control: max-age=600\r\n"
+                    b"Content-Length: 0\r\n\r\n")  # (a non-conforming origin's)
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nETag: \"v1\"\r\n"
+                b"Content-Length: 3\r\n\r\nabc")
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        miss = await _head(client, request("/empty", ()))
+        assert miss.startswith(b"HTTP/1.1 204") and b"X-Cache: MISS" in miss
+        for shape in ((), ("Origin: http://elsewhere.example",)):  # quick, and full path
+            hit = await _head(client, request("/empty", shape))
+            assert hit.startswith(b"HTTP/1.1 204") and b"X-Cache: HIT" in hit
+            assert b"Content-Length" not in miss + hit
+        await _head(client, request("/page", ()))  # stored
+        not_modified = await _head(client, request("/page", ('If-None-Match: "v1"',)))
+        assert not_modified.startswith(b"HTTP/1.1 304") and b"X-Cache: HIT" in not_modified
+        assert b"Content-Length" not in not_modified

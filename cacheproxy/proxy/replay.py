@@ -75,7 +75,13 @@ class ReplayBlocks:
         outbound_fields(_WithoutOrigin(plan), headers)  # type: ignore[arg-type]
         headers.popall("Connection", None)
         headers.popall("Transfer-Encoding", None)
-        headers["Content-Length"] = str(len(entry.body))
+        status = entry.status
+        if status < 200 or status in (204, 304):
+            # RFC 9110 §8.6: never in a 1xx or 204; in a 304 only as the selected
+            # representation's length, which the stored body is not (none is stored).
+            headers.popall("Content-Length", None)
+        else:
+            headers["Content-Length"] = str(len(entry.body))
         line = f"HTTP/{version.major}.{version.minor} {entry.status} " \
                f"{REASONS.get(entry.status, '')}"
         return _serialize_headers(line, headers)[:-2], "Date" in headers

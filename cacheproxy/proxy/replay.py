@@ -12,13 +12,13 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.respond import EntryMemo, entry_fields
 from cacheproxy.proxy.routing import PLAN, RoutePlan
+from cacheproxy.proxy.wire import encode_head
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 REASONS = {s.value: s.phrase for s in HTTPStatus}  # status line reason phrases
@@ -84,7 +84,7 @@ class ReplayBlocks:
             headers["Content-Length"] = str(len(entry.body))
         line = f"HTTP/{version.major}.{version.minor} {entry.status} " \
                f"{REASONS.get(entry.status, '')}"
-        return _serialize_headers(line, headers)[:-2], "Date" in headers
+        return encode_head(line, headers)[:-2], "Date" in headers
 
 
 def _head_bytes(value: tuple[bytes, bool]) -> int:

@@ -53,6 +53,16 @@ def _refused(cause: str) -> UpstreamError:
     return UpstreamError(502, cause)
 
 
+def _cause(exc: httptools.HttpParserError) -> BaseException:
+    """What a parse failure says: ours when one of our callbacks refused the answer
+    (httptools raises "User callback error" with ours as its context)."""
+    ours = exc.__context__
+    if isinstance(exc, httptools.HttpParserCallbackError) and \
+            isinstance(ours, httptools.HttpParserError):
+        return ours
+    return exc
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     scheme: str
@@ -143,7 +153,7 @@ class Connection(asyncio.Protocol):
             if self._complete:  # the message ended; what followed did not parse
                 self._broken()
             else:
-                self._fail(_refused(f"bad framing ({exc})"))
+                self._fail(_refused(f"bad framing ({_cause(exc)})"))
         if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
             # Still no whole head: llhttp builds a field up before on_header sees it.
             self._fail(_refused("bad framing (header section too large)"))
@@ -204,7 +214,19 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200:  # interim answers (100 Continue, 103) are not passed on
+        if not 100 <= status <= 599:
+            # RFC 9110 §15: only the classes 1xx to 5xx are defined (RFC 9112 §4: three
+            # digits). llhttp takes "099" or "600": relayed, a "099" lost its body's
+            # framing (a status below 200 has none) and its body read as the next answer.
+            raise httptools.HttpParserError(f"status {status} is outside 100-599")
+        if status < 200:  # interim answers (100 Continue, 103) are not passed on
+            # RFC 9110 §15.2: a 1xx ends with its header section; §8.6, RFC 9112 §6.1: it
+            # has no Content-Length or Transfer-Encoding. llhttp reads a body after one
+            # that has (a 150, a 199), which would be taken for the final answer's.
+            if any(name.lower() == "transfer-encoding" or
+                   (name.lower() == "content-length" and value.strip() != "0")
+                   for name, value in self._fields):
+                raise httptools.HttpParserError(f"a {status} answer with content")
             self._fields, self._field_bytes = [], 0
             return
         self._headed = True

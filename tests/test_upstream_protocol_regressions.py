@@ -1,0 +1,105 @@
+"""What an origin's answer may hold that llhttp accepts and the proxy must not pass on as
+it is: a status outside 1xx-5xx, a 1xx with content, an endless trailer section, a
+reason phrase split over reads or holding control characters; and what the log says
+when a body breaks off. Each test failed before its fix. Origins are raw sockets on
+127.0.0.1 sending exact bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_client_plane import Raw
+from test_quick_hits import request
+from test_upstream_pool import OK, raw_origin, url, warnings_of
+
+# An answer hidden in a body: sent on as a body without its framing, it would be read as
+# the answer to the client's next request.
+EVIL = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Smuggled: yes\r\n\r\nSMUGGLED"
+
+
+def _path(head: bytes) -> bytes:
+    return head.split(b" ", 2)[1]
+
+
+# -- RFC 9110 §15: a status is 1xx to 5xx; RFC 9110 §15.2: a 1xx has no content ------------
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-forward"])
+@pytest.mark.parametrize(("status_line", "framing", "cause"), [
+    (b"099 Whatever", b"Content-Length: %d" % len(EVIL), "status 99 is outside 100-599"),
+    (b"000 Zero", b"Content-Length: %d" % len(EVIL), "status 0 is outside 100-599"),
+    (b"600 Beyond", b"Content-Length: %d" % len(EVIL), "status 600 is outside 100-599"),
+    (b"999 Beyond", b"Content-Length: %d" % len(EVIL), "status 999 is outside 100-599"),
+    (b"150 Interim", b"Content-Length: %d" % len(EVIL), "a 150 answer with content"),
+    (b"199 Interim", b"Transfer-Encoding: chunked", "a 199 answer with content"),
+], ids=["099", "000", "600", "999", "150-length", "199-chunked"])
+async def test_a_status_outside_1xx_to_5xx_or_a_1xx_with_content_is_refused(
+        proxy: Any, caplog: Any, forward_switch: Any, status_line: bytes, framing: bytes,
+        cause: str, quick: bool) -> None:
+    """llhttp takes "099" (or "600") with a Content-Length and reads the body; the proxy
+    took a status below 200 as bodiless, wrote the body unframed and kept the client's
+    connection: the body was the answer to the client's next request. And after a 1xx
+    other than 100, 102 and 103 llhttp reads a body, taken for the final answer's.
+    Either is bad framing: 502 with one WARNING, nothing stored, the upstream connection
+    closed, the client's next request answered as it should be."""
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(EVIL), EVIL) if b"chunked" in framing else EVIL
+
+    asked: list[bytes] = []
+
+    async def script(head: bytes, index: int) -> bytes | None:
+        asked.append(_path(head))
+        if asked[-1] == b"/bad" and asked.count(b"/bad") > 1:  # (the first: no-store,
+            # so that the key is hit-for-pass: not collapsed, sent by callback)
+            return (b"HTTP/1.1 " + status_line + b"\r\nCache-Control: max-age=60\r\n"
+                    + framing + b"\r\n\r\n" + body
+                    + b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5"
+                      b"\r\n\r\nfinal")
+        return OK
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        forward_switch(quick)
+        # The key (Host "example", as request() sends) is hit-for-pass: sent by callback.
+        assert await (await c.get("/bad", headers={"Host": "example"})).read() == b"hi"
+        for _ in range(2):
+            assert await (await c.get("/warm")).read() == b"hi"  # an idle connection
+            caplog.clear()
+            connections = origin.connections
+            raw = await Raw.open(c)
+            sent = forward_switch.state["sent"]
+            await raw.send(request("/bad", ()))
+            bad = await raw.reply()
+            assert bad.status == 502 and b"SMUGGLED" not in bad.body, bad
+            assert forward_switch.state["sent"] == sent + quick  # the path under test
+            await raw.send(request("/next", ()))
+            following = await raw.reply()
+            assert (following.status, following.body) == (200, b"hi"), following
+            assert "x-smuggled" not in following.headers
+            raw.writer.close()
+            [line] = warnings_of(caplog)
+            assert line == (f"upstream {url(origin)} failed for GET /bad: bad framing "
+                            f"({cause}); answered 502")
+            # The connection /bad came on was closed: /next needed a new one.
+            assert origin.connections == connections + 1
+        # Asked each time: nothing was stored.
+        assert asked.count(b"/bad") == 3
+
+
+async def test_interim_answers_without_content_still_come_before_the_final_one(
+        proxy: Any) -> None:
+    """100 Continue and 103 Early Hints (RFC 8297), even with a Content-Length of 0, are
+    passed over, and the final answer is relayed."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return (b"HTTP/1.1 100 Continue\r\n\r\n"
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
+                b"Content-Length: 0\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\n"
+                b"final")
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        for _ in range(2):
+            resp = await c.get("/i")
+            assert resp.status == 200 and await resp.read() == b"final"
+            assert "Link" not in resp.headers
+        assert origin.connections == 1

@@ -6,8 +6,11 @@ when a body breaks off. Each test failed before its fix. Origins are raw sockets
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
+import aiohttp
 import pytest
 from test_client_plane import Raw
 from test_quick_hits import request
@@ -103,3 +106,68 @@ async def test_interim_answers_without_content_still_come_before_the_final_one(
             assert resp.status == 200 and await resp.read() == b"final"
             assert "Link" not in resp.headers
         assert origin.connections == 1
+
+
+# -- RFC 9112 §7.1.2, RFC 9110 §5.4: the trailer section is bounded as the head is -----------
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-forward"])
+async def test_an_endless_trailer_section_breaks_the_body_off(
+        proxy: Any, caplog: Any, forward_switch: Any, quick: bool) -> None:
+    """Once the head was in, nothing bounded the trailer section of a chunked answer, and
+    llhttp builds a field's value by bytes += (quadratic): 96 MiB of one trailer field
+    took 180 MiB and stalled the loop for 6 s. Past the head's bound, the body broke
+    off: the client's message ends abnormally, nothing is stored, the connection is
+    closed (the origin cannot send the rest), one WARNING line."""
+    total = 16 * 1024 * 1024
+    sent: list[int] = []
+    asked: list[bytes] = []
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        done = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                asked.append(_path(head))
+                if asked[-1] != b"/t" or asked.count(b"/t") == 1:  # (the first /t:
+                    writer.write(OK)  # no-store, so that the next are sent by callback)
+                    continue
+                writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nX-Trailer: ")
+                block = b"a" * 65536
+                while done < total:
+                    writer.write(block)
+                    await writer.drain()
+                    done += len(block)
+                writer.write(b"\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            sent.append(done)
+            writer.close()
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    upstream = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        c = await proxy(upstream, proxy={"read_timeout": 30.0})
+        forward_switch(quick)
+        assert await (await c.get("/t")).read() == b"hi"
+        for first in (True, False):
+            assert await (await c.get("/warm")).read() == b"hi"  # an idle connection
+            caplog.clear()
+            before = forward_switch.state["sent"]
+            resp = await c.get("/t")
+            # (The second goes the full path: a storable answer ended hit-for-pass.)
+            assert resp.status == 200
+            assert forward_switch.state["sent"] == before + (quick and first)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+            assert warnings_of(caplog) == [
+                "upstream body for GET /t broke off: bad framing (trailer section too large)"]
+        # Asked each time (nothing stored); read no further than the bound and a few
+        # socket buffers.
+        assert asked.count(b"/t") == 3 and len(sent) >= 2, (asked, sent)
+        assert all(done < total // 2 for done in sent[:2]), sent
+        assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+    finally:
+        server.close()

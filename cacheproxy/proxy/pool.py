@@ -128,6 +128,7 @@ class Connection(asyncio.Protocol):
         self.content_length: str | None = None  # the answer's (first) Content-Length
         self._body_sent = 0
         self._head_bytes = 0       # bytes received before the head was complete
+        self._bare_bytes = 0       # bytes received since the last body byte (head in)
         self.status = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------
@@ -143,8 +144,12 @@ class Connection(asyncio.Protocol):
         if self._complete:  # bytes past the end of the message (RFC 9112 §6.3)
             self._broken()
             return
-        if not self._headed:
+        if self._lost is not None:  # failed (and closing): nothing more is parsed
+            return
+        headed = self._headed
+        if not headed:
             self._head_bytes += len(data)
+        buffered = self._buffered  # (only on_body changes it while the parser runs)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -157,6 +162,19 @@ class Connection(asyncio.Protocol):
         if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
             # Still no whole head: llhttp builds a field up before on_header sees it.
             self._fail(_refused("bad framing (header section too large)"))
+        elif headed and self._buffered == buffered and not self._complete \
+                and self._lost is None:
+            # A read with no body byte in it, once the head is in: chunk framing, or the
+            # trailer section after the last chunk (RFC 9112 §7.1.2), whose fields llhttp
+            # builds up as it does the head's (by bytes +=: quadratic) and on_header sees
+            # only whole. It is bounded as the head is (RFC 9110 §5.4: a recipient may
+            # refuse a section too large), counted from the last body byte; past that it
+            # is not parsed any more: the body broke off.
+            self._bare_bytes += len(data)
+            if self._bare_bytes > _MAX_FIELD_BYTES + 8192:
+                self._fail(_refused("bad framing (trailer section too large)"))
+        else:
+            self._bare_bytes = 0
         if self._receiver is not None:
             self._notify()
 

@@ -171,3 +171,62 @@ async def test_an_endless_trailer_section_breaks_the_body_off(
         assert not any(r.levelno >= logging.ERROR for r in caplog.records)
     finally:
         server.close()
+
+
+# -- the reason phrase (RFC 9112 §4) -----------------------------------------------------------
+
+def _reason_origin(parts: list[bytes | float]) -> Any:
+    """An origin answering /r with parts (bytes, or a pause between writes), others OK."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                for part in parts if _path(head) == b"/r" else [OK]:
+                    if isinstance(part, float):
+                        await asyncio.sleep(part)
+                    else:
+                        writer.write(part)
+                        await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+    return script
+
+
+async def _status_lines(proxy: Any, forward_switch: Any, quick: bool,
+                        parts: list[bytes | float]) -> list[tuple[bytes, bytes]]:
+    """The status line and body each of three GET /r get, on one client connection (the
+    first primes hit-for-pass: the next are sent by callback when quick)."""
+    server = await asyncio.start_server(_reason_origin(parts), "127.0.0.1", 0)
+    try:
+        c = await proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        forward_switch(quick)
+        raw = await Raw.open(c)
+        got = []
+        for i in range(3):
+            sent = forward_switch.state["sent"]
+            await raw.send(request("/r", ()))
+            line = await asyncio.wait_for(raw.reader.readline(), 5)
+            assert line, "connection closed before a response"
+            head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            got.append((line, await raw.reader.readexactly(length)))
+            assert forward_switch.state["sent"] == sent + (quick and i > 0)
+        raw.writer.close()
+        return got
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-forward"])
+async def test_a_reason_phrase_in_two_reads_reaches_the_client_whole(
+        proxy: Any, forward_switch: Any, quick: bool) -> None:
+    """llhttp calls on_status once per read the phrase spans: each call replaced the
+    last, and "404 Not " + "Found" reached the client as "404 Found". An interim answer's
+    phrase is not the final one's."""
+    parts: list[bytes | float] = [
+        b"HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 404 Not Re", 0.05,
+        b"ally Found\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nno"]
+    got = await _status_lines(proxy, forward_switch, quick, parts)
+    assert got == [(b"HTTP/1.1 404 Not Really Found\r\n", b"no")] * 3

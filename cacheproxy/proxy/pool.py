@@ -114,6 +114,7 @@ class Connection(asyncio.Protocol):
         self._field_bytes = 0
         self._headed = False       # the head is in: later field lines are trailers
         self._reason = ""
+        self._status_text = b""    # the reason phrase as received, in pieces
         self._head: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -216,9 +217,12 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self._complete:  # a second answer to one request: bytes past the message
             raise httptools.HttpParserError("bytes past the end of the message")
+        self._status_text = b""  # (a final answer's after an interim one's)
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason.decode("utf-8", "surrogateescape")
+        # llhttp gives the phrase in pieces when it comes in more than one read: joined.
+        # (Bounded with the rest of the head: data_received counts _head_bytes.)
+        self._status_text += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._headed:  # a trailer section: not passed on (nothing takes framing from it)
@@ -249,6 +253,7 @@ class Connection(asyncio.Protocol):
             return
         self._headed = True
         self.status = status
+        self._reason = self._status_text.decode("utf-8", "surrogateescape")
         if not self._parser.should_keep_alive():
             self.reusable = False
         fields = self._fields = FieldList(self._fields)  # by name, for every rule after

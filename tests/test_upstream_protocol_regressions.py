@@ -230,3 +230,25 @@ async def test_a_reason_phrase_in_two_reads_reaches_the_client_whole(
         b"ally Found\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nno"]
     got = await _status_lines(proxy, forward_switch, quick, parts)
     assert got == [(b"HTTP/1.1 404 Not Really Found\r\n", b"no")] * 3
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-forward"])
+@pytest.mark.parametrize(("sent", "relayed"), [
+    (b"200 O\x01K", b"200 OK"),
+    (b"200 bad\x7f", b"200 OK"),
+    (b"404 Not\x1bFound", b"404 Not Found"),
+    (b"599 \x00", b"599 "),  # no standard phrase: none
+    (b"200 O\tK fine", b"200 O\tK fine"),  # HTAB and SP are allowed
+], ids=["SOH", "DEL", "ESC", "no-phrase", "HTAB"])
+async def test_a_reason_phrase_with_a_control_character_is_replaced_by_the_standard_one(
+        proxy: Any, forward_switch: Any, caplog: Any, quick: bool, sent: bytes,
+        relayed: bytes) -> None:
+    """llhttp takes "200 O\\x01K"; the client side's serialiser refused it after the head
+    was marked started: the client's connection closed with no answer and an ERROR
+    traceback, on both paths. RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR /
+    obs-text ), and a client SHOULD ignore it: the standard phrase is sent instead."""
+    parts: list[bytes | float] = [
+        b"HTTP/1.1 " + sent + b"\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok"]
+    got = await _status_lines(proxy, forward_switch, quick, parts)
+    assert got == [(b"HTTP/1.1 " + relayed + b"\r\n", b"ok")] * 3
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from test_client_plane import Raw
+from test_pool_review_regressions import Scripted
 from test_quick_hits import request
 from test_upstream_pool import OK, raw_origin, url, warnings_of
 
@@ -163,7 +164,8 @@ async def test_an_endless_trailer_section_breaks_the_body_off(
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
             assert warnings_of(caplog) == [
-                "upstream body for GET /t broke off: bad framing (trailer section too large)"]
+                f"upstream {upstream} body for GET /t broke off: bad framing "
+                "(trailer section too large)"]
         # Asked each time (nothing stored); read no further than the bound and a few
         # socket buffers.
         assert asked.count(b"/t") == 3 and len(sent) >= 2, (asked, sent)
@@ -252,3 +254,27 @@ async def test_a_reason_phrase_with_a_control_character_is_replaced_by_the_stand
     got = await _status_lines(proxy, forward_switch, quick, parts)
     assert got == [(b"HTTP/1.1 " + relayed + b"\r\n", b"ok")] * 3
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+# -- the WARNING for a body that broke off ---------------------------------------------------
+
+@pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
+async def test_a_body_that_breaks_off_is_one_warning_naming_the_upstream_and_target(
+        proxy: Any, caplog: Any, reset: bool) -> None:
+    """The line said "upstream body for GET /doc broke off: connection reset": no
+    upstream (with routes, which origin failed was unknowable), the path without its
+    query, and "reset" for an origin that closed (FIN) mid-body. It names them as the
+    line for a failure before the head does, and says which way the connection ended."""
+    def script(head: bytes, index: int) -> bytes:
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
+
+    async with Scripted(script, reset=reset) as origin:
+        c = await proxy(origin.url)
+        resp = await c.get("/doc?x=1")
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        cause = "connection reset" if reset else "connection closed"
+        assert warnings_of(caplog) == [
+            f"upstream {origin.url} body for GET /doc?x=1 broke off: {cause}"]

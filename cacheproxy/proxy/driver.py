@@ -223,7 +223,8 @@ class Driver:
                 return await exchange.not_modified(resp, ctx.outcome, current, d.entry,
                                                    max_object, release)
             return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, d.entry,
-                                        max_object, release)
+                                        max_object, release, upstream=ctx.plan.upstream,
+                                        target=ctx.target)
         if isinstance(d, Refetch):  # §4.3.4: once, unconditionally
             resp.release()
             return await self.forward(ctx, d.forward, release)
@@ -247,7 +248,7 @@ class Driver:
             release()
             return self.reply_validated(ctx, serve)
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
-                                    release)
+                                    release, upstream=ctx.plan.upstream, target=ctx.target)
 
     def _remember(self, ctx: Ctx, d: Answered) -> None:
         """Hit-for-pass: after an answer that could not be stored for any request, the

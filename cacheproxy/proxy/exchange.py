@@ -214,12 +214,14 @@ class Exchange:
     async def relay(
         self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
         outcome: Outcome, store: CachedResponse | None, max_object: int,
-        release: Callable[[], None] = _nothing,
+        release: Callable[[], None] = _nothing, *, upstream: str, target: str,
     ) -> None:
         """Stream the upstream response to the client; with store (the Store decision's
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
         the store is settled either way. A HEAD client gets no body (its request may
-        have been sent as GET so that the answer could be stored, RFC 9110 §9.3.2)."""
+        have been sent as GET so that the answer could be stored, RFC 9110 §9.3.2).
+        upstream and target (with its query) name the request in the log, as the
+        driver's line for a failure before the head does."""
         fill = None if store is None else self.budget.fill(max_object, resp.content_length)
         if fill is not None and fill.why_not:  # no room for what it announced
             outcome.stored, outcome.detail = False, fill.why_not
@@ -239,8 +241,8 @@ class Exchange:
             except UpstreamError as exc:
                 # The body broke off: store nothing, and end the client's message
                 # abnormally so it cannot mistake the truncated body for a whole one.
-                log.warning("upstream body for %s %s broke off: %s", request.method,
-                            request.path, exc.reason)
+                log.warning("upstream %s body for %s %s broke off: %s", upstream,
+                            request.method, target, exc.reason)
                 outcome.status = "ERROR"
                 out.abort()
                 return self._abandon(resp, outcome, release, fill)

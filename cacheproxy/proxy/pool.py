@@ -198,8 +198,12 @@ class Connection(asyncio.Protocol):
                 and self._head.done()):
             self._complete = True  # a close, not a reset (RFC 9112 §6.3, RFC 9111 §3.3)
         elif not self._complete:
-            self._lost = _refused(
-                "connection reset" if exc or self._received else "closed before answering")
+            if self._lost is None:  # (else it failed first: that is the cause)
+                # A close (FIN) before the end of the answer is no reset (RST): the log
+                # says which, as the origin's side differs (a crash, a proxy's timeout).
+                self._lost = _refused("connection reset" if exc is not None
+                                      else "connection closed" if self._received
+                                      else "closed before answering")
             if self._head is not None and not self._head.done():
                 self._head.set_exception(self._lost)
         self._wake()

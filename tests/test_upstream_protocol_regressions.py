@@ -278,3 +278,38 @@ async def test_a_body_that_breaks_off_is_one_warning_naming_the_upstream_and_tar
         cause = "connection reset" if reset else "connection closed"
         assert warnings_of(caplog) == [
             f"upstream {origin.url} body for GET /doc?x=1 broke off: {cause}"]
+
+
+# -- forward mode: one idle list per origin ever used ----------------------------------------
+
+async def test_the_pool_forgets_an_origin_whose_connections_all_closed() -> None:
+    """In forward mode every site visited is an origin; Pool._idle kept a key (an empty
+    list) for each one after its connections closed, so it grew for ever. Connections
+    end by the keep-alive timeout, by the origin closing an idle one, or closed while in
+    use: once none is left, the origin's entry goes."""
+    from cacheproxy.proxy.pool import Origin, Pool
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    async with Scripted(lambda h, i: ok, keep=True) as kept, \
+            Scripted(lambda h, i: ok, keep=False) as closing, \
+            Scripted(lambda h, i: ok, keep=True) as held:
+        pool = Pool(10, 1.0, 0.2)
+        origins = [Origin("http", "127.0.0.1", s.port) for s in (kept, closing, held)]
+        try:
+            for origin in origins:
+                for _ in range(2):  # the second reuses the first's connection (kept)
+                    conn = await pool.acquire(origin)
+                    await conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, False, 1.0)
+                    while await conn.read_chunk(1.0):
+                        pass
+                    pool.release(conn)
+                    await asyncio.sleep(0.02)  # (closing: its close arrives)
+            in_use = pool.idle(origins[2])  # taken from its idle list, then closed
+            assert in_use is not None
+            assert set(pool._idle) <= set(origins) and origins[1] not in pool._idle
+            in_use.close()
+            await asyncio.sleep(0.5)  # past the keep-alive timeout of the kept one
+            assert pool._idle == {} and pool.in_use == 0
+        finally:
+            pool.close()
+            await asyncio.sleep(0.05)  # (the origins see their connections end)

@@ -690,10 +690,17 @@ class Pool:
         conn.close()
 
     def _forget(self, conn: Connection) -> None:
+        """conn closed: out of the pool; an origin with no idle connection left goes
+        too (in forward mode every site visited is an origin: kept, they would pile up).
+        Its connections in use come back with release()."""
         self._open.discard(conn)
-        idle = self._idle.get(conn.origin)
-        if idle and conn in idle:
-            idle.remove(conn)
+        origin = conn.origin
+        idle = self._idle.get(origin)
+        if idle is not None:
+            if conn in idle:
+                idle.remove(conn)
+            if not idle:
+                del self._idle[origin]
         self._wake_one()
 
     def _wake_one(self) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from support import proxy_config, proxy_for_toml, raw_origin, read_json_log
 from test_client_plane import Raw
 
@@ -434,3 +435,24 @@ async def test_a_stored_204_is_replayed_without_content_length(proxy: Any) -> No
         not_modified = await _head(client, request("/page", ('If-None-Match: "v1"',)))
         assert not_modified.startswith(b"HTTP/1.1 304") and b"X-Cache: HIT" in not_modified
         assert b"Content-Length" not in not_modified
+
+
+def test_a_head_made_under_one_plan_is_not_replayed_under_another_at_its_id(monkeypatch):
+    """A reload frees the old route plans, and a new one may be made at a freed one's id()
+    with other outbound policies (here the Referrer-Policy): the head kept for the old
+    plan is not replayed under the new one. (id() is made to collide, as it may.)"""
+    from test_store_memory import entry
+
+    from cacheproxy.proxy import replay
+    from cacheproxy.proxy.routing import Plans
+
+    def plan(policy: str) -> Any:
+        config = proxy_config("http://127.0.0.1:1", referer={"policy": policy})
+        return Plans.build(config, "http://127.0.0.1:1").default
+
+    monkeypatch.setattr(replay, "id", lambda obj: 0, raising=False)
+    blocks, stored = replay.ReplayBlocks(), entry("http://h/x")
+    before, _ = blocks.head(stored, plan("no-referrer"), HttpVersion11)
+    after, _ = blocks.head(stored, plan("same-origin"), HttpVersion11)
+    assert b"\r\nReferrer-Policy: no-referrer\r\n" in before + b"\r\n"
+    assert b"\r\nReferrer-Policy: same-origin\r\n" in after + b"\r\n"

@@ -48,7 +48,7 @@ class ReplayBlocks:
     count."""
 
     def __init__(self, size: int = 4096, max_bytes: int = MAX_HEAD_BYTES) -> None:
-        self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool]] = EntryMemo(
+        self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool, RoutePlan]] = EntryMemo(
             size, max_bytes, _head_bytes)
 
     @property
@@ -65,9 +65,11 @@ class ReplayBlocks:
         whether the block has a Date."""
         key = (id(plan), version)
         found = self._memo.find(entry, key)
-        if found is None:
-            found = self._memo.keep(entry, key, self._encode(entry, plan, version))
-        return found
+        # (The plan is kept with its head and compared: a reload frees the old plans, and
+        # a new one may be made at a freed one's id(), with other outbound policies.)
+        if found is None or found[2] is not plan:
+            found = self._memo.keep(entry, key, (*self._encode(entry, plan, version), plan))
+        return found[0], found[1]
 
     def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any
                 ) -> tuple[bytes, bool]:
@@ -87,5 +89,5 @@ class ReplayBlocks:
         return encode_head(line, headers)[:-2], "Date" in headers
 
 
-def _head_bytes(value: tuple[bytes, bool]) -> int:
+def _head_bytes(value: tuple[bytes, bool, RoutePlan]) -> int:
     return len(value[0])

@@ -598,3 +598,98 @@ async def test_expect_100_continue_to_the_control_plane_gets_one_interim_answer(
     health, after = await conn.reply(), await conn.reply()
     assert health.status == 200 and b"alive" in health.body
     assert after.status == 200 and after.body == b"GET /a 0"
+
+
+# -- proxy.client_body_timeout (nginx's client_body_timeout) --------------------------------
+
+
+async def _upload_origin(proxy, origin, log: dict[str, str] | None = None, **proxy_settings):
+    """A proxy in front of an origin whose /up reads the whole body; ended holds how each
+    upload ended there ("whole <n>", or the exception that broke it off)."""
+    ended: list[str] = []
+
+    async def upload(request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except BaseException as exc:  # the proxy closed its connection mid-body
+            ended.append(type(exc).__name__)
+            raise
+        ended.append(f"whole {len(body)}")
+        return web.Response(text=f"{request.method} {len(body)}",
+                            headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/up", upload)
+    sections = {"proxy": proxy_settings} if log is None else {"proxy": proxy_settings, "log": log}
+    client = await proxy(await origin(app), **sections)
+    return client, ended
+
+
+async def test_a_stalled_small_body_of_an_idempotent_request_gets_408(proxy, origin, caplog):
+    """A PUT (GET, DELETE, OPTIONS) body up to 64 KiB is read whole before it is sent (it
+    may be sent twice): a client that stops sending it gets 408 (RFC 9110 §15.5.9) at
+    client_body_timeout, and the connection closes (the rest is not waited for), where it
+    was held open for as long as the client liked, whatever the timeouts."""
+    client, ended = await _upload_origin(proxy, origin, client_body_timeout=0.5,
+                                         read_timeout=30)
+    for method in ("PUT", "GET", "DELETE"):
+        conn = await Raw.open(client)
+        began = time.monotonic()
+        await conn.send(get("/up", "Content-Length: 1000", method=method, body=b"a" * 10))
+        reply = await conn.reply()
+        assert reply.status == 408 and reply.headers["connection"] == "close"
+        assert 0.4 < time.monotonic() - began < 3
+        assert await conn.closed_within(2)
+        assert f"client 127.0.0.1 sent nothing of the body of {method} /up for 0.5s" \
+            in caplog.text
+    assert ended == []  # nothing went upstream: the body was never whole
+    assert "upstream" not in caplog.text
+
+
+async def test_a_stalled_streamed_body_gets_408_not_the_origins_504(proxy, origin, caplog):
+    """A POST (or a large PUT) streams its body upstream: when the client stops sending it,
+    it is the client's timeout (408), not a 504 blaming the origin at read_timeout; the
+    upstream exchange is abandoned, its connection closed (the origin holds a partial
+    body, it cannot be reused)."""
+    client, ended = await _upload_origin(proxy, origin, client_body_timeout=0.8,
+                                         read_timeout=0.3)
+    for done, (method, length) in enumerate((("POST", 1000), ("PUT", 100_000)), 1):
+        conn = await Raw.open(client)
+        await conn.send(get("/up", f"Content-Length: {length}", method=method,
+                            body=b"a" * 100))
+        reply = await conn.reply()
+        assert reply.status == 408 and reply.headers["connection"] == "close"
+        assert await conn.closed_within(2)
+        assert await until(lambda done=done: len(ended) == done)  # the upload ended there
+    assert len(ended) == 2 and "whole" not in " ".join(ended)  # both broke off upstream
+    assert "upstream" not in caplog.text and "504" not in caplog.text
+    conn = await Raw.open(client)  # and the next upload goes through (a new connection)
+    await conn.send(get("/up", "Content-Length: 3", method="POST", body=b"abc"))
+    assert (await conn.reply()).body == b"POST 3"
+
+
+async def test_client_body_timeout_is_between_reads_not_for_the_whole_body(proxy, origin):
+    """A slow but steady upload takes as long as it takes (nginx's client_body_timeout)."""
+    client, ended = await _upload_origin(proxy, origin, client_body_timeout=0.5)
+    for method in ("PUT", "POST"):
+        conn = await Raw.open(client)
+        await conn.send(get("/up", "Content-Length: 60", method=method))
+        for _ in range(6):  # 1.2 s in all, 0.2 s between parts
+            await asyncio.sleep(0.2)
+            await conn.send(b"x" * 10)
+        reply = await conn.reply()
+        assert (reply.status, reply.body) == (200, f"{method} 60".encode())
+    assert ended == ["whole 60", "whole 60"]
+
+
+async def test_a_reload_applies_client_body_timeout_to_new_connections(proxy, origin):
+    client, _ = await _upload_origin(proxy, origin, client_body_timeout=30)
+    old = await Raw.open(client)
+    url = client.app_proxy.default_upstream
+    reconfigure(client.server.app, proxy_config(url, proxy={"client_body_timeout": 0.3}))
+    new = await Raw.open(client)
+    for conn in (old, new):
+        await conn.send(get("/up", "Content-Length: 10", method="PUT", body=b"a"))
+    assert (await new.reply()).status == 408  # the new setting
+    assert not await old.closed_within(0.3)  # the old connection keeps its own
+

@@ -63,6 +63,7 @@ def test_defaults() -> None:
     assert config.proxy.upstream == ""
     assert config.cache.max_bytes == 256 * MiB
     assert config.cache.max_object_bytes == 8 * MiB
+    assert config.proxy.client_body_timeout == 60.0  # nginx's client_body_timeout
     assert config.demo == DemoConfig()
 
 
@@ -332,6 +333,8 @@ def test_good_upstream(url: str) -> None:
         ("[cache]\nmax_object_bytes = 0", "cache.max_object_bytes", "must be at least 1, got 0"),
         ("[proxy]\nconnect_timeout = 0", "proxy.connect_timeout", "must be greater than 0"),
         ("[proxy]\nread_timeout = -1.5", "proxy.read_timeout", "must be greater than 0"),
+        ("[proxy]\nclient_body_timeout = 0", "proxy.client_body_timeout",
+         "must be greater than 0"),
         ("[proxy]\nmax_connections = 0", "proxy.max_connections", "must be at least 1, got 0"),
         ("[cache]\nheuristic_fraction = 1.5", "cache.heuristic_fraction", "must be at most 1"),
         ("[cache]\nheuristic_fraction = -0.1", "cache.heuristic_fraction", "must be at least 0"),

@@ -58,6 +58,7 @@ class ProxyConfig:
     upstream_keepalive_timeout: float = setting(4.0, gt=0)
     send_timeout: float = setting(60.0, gt=0)
     client_header_timeout: float = setting(60.0, gt=0)
+    client_body_timeout: float = setting(60.0, gt=0)
     keepalive_timeout: float = setting(75.0, gt=0)
     max_client_connections: int = setting(10_000, ge=1)
     max_connections: int = setting(256, ge=1)

@@ -11,7 +11,9 @@ the same parsed message (aiohttp's own Application._make_request and _handle).
 Timeouts, as nginx names them (RFC 9112 §9.5 lets a server close an idle connection):
 proxy.client_header_timeout bounds the whole request head, from its first byte (or the
 connection's start); proxy.keepalive_timeout bounds the idle time between requests;
-proxy.send_timeout the time a client may read nothing of a response (in write()).
+proxy.send_timeout the time a client may read nothing of a response (in write());
+proxy.client_body_timeout the time a client may send nothing of a request body it started
+(each read of it, in exchange._timed; then 408, _body_failed).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
-from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.downstream import Answer, ClientBodyError
+from cacheproxy.proxy.handler import body_failed
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.quick import Plain
 from cacheproxy.proxy.quick_forward import QuickForward
@@ -460,13 +463,18 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             request = ClientRequest(msg, payload, self._remote,
                                     "http" if self._origin is None else "https",
                                     self._port, self._origin)
+            request.body_timeout = self._timeouts.body
             self._request, self._sent, self._chunked = request, 0, False
             self._started = False
             planned, self._planned = self._planned, None
-            answer = await listener.proxy.serve(
-                request, self, started,
-                planned[1] if planned is not None and planned[0] is msg
-                and listener.quick.still(planned[1]) else None)
+            try:
+                answer = await listener.proxy.serve(
+                    request, self, started,
+                    planned[1] if planned is not None and planned[0] is msg
+                    and listener.quick.still(planned[1]) else None)
+            except ClientBodyError as exc:
+                self._body_failed(request, exc, started)
+                return False
             self._answered(request, answer, started)
             keep = self._keep_alive
         if keep and not payload.is_eof():
@@ -486,6 +494,20 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._send_answer(request, answer)
         self.listener.record(request, self._status, self._sent, started)
         self._request = None
+
+    def _body_failed(self, request: ClientRequest, exc: ClientBodyError, started: float
+                     ) -> None:
+        """The request body stopped before its end. Stalled (proxy.client_body_timeout):
+        408 (RFC 9110 §15.5.9) when nothing of an answer went out yet, with Connection:
+        close, since the rest of the body is not waited for and the stream cannot be
+        parsed past it. Then the connection closes."""
+        body_failed(request, exc)
+        self._keep_alive = False
+        if not self._started:
+            self._send_answer(request, self.listener.proxy.body_timeout(request[OUTCOME]))
+        self.listener.record(request, self._status, self._sent, started)
+        self._request = None
+        self.close()
 
     # -- a request sent by callback (proxy/quick_forward.py) ------------------------
 

@@ -26,6 +26,8 @@ class Timeouts(Protocol):
     def keepalive(self) -> float: ...
     @property
     def send(self) -> float: ...
+    @property
+    def body(self) -> float: ...
 
 
 class Listener(Protocol):
@@ -54,8 +56,8 @@ class ClientRequest:
     """A parsed request, with what the driver reads of it (the names of aiohttp's
     web.Request, so the proxy's code serves both) and per-request state by key."""
 
-    __slots__ = ("_msg", "_state", "content", "headers", "local_port", "method", "raw_path",
-                 "remote", "scheme", "tunnel", "version")
+    __slots__ = ("_msg", "_state", "body_timeout", "content", "headers", "local_port",
+                 "method", "raw_path", "remote", "scheme", "tunnel", "version")
 
     def __init__(self, msg: RawRequestMessage, payload: StreamReader, remote: str | None,
                  scheme: str, local_port: int = 0, tunnel: Allowed | None = None) -> None:
@@ -67,6 +69,8 @@ class ClientRequest:
         self.version: Any = msg.version
         self.local_port = local_port
         self.tunnel = tunnel  # the origin of the intercepted CONNECT this came through
+        # proxy.client_body_timeout as the connection had it (None: the proxy's own).
+        self.body_timeout: float | None = None
         self._state: dict[Any, Any] = {}
 
     @property

@@ -20,7 +20,22 @@ class Body(Protocol):
     """A request body being received (aiohttp's StreamReader fits)."""
 
     def iter_any(self) -> AsyncIterator[bytes]: ...
+    async def readany(self) -> bytes: ...
     async def read(self, n: int = -1) -> bytes: ...
+
+
+class ClientBodyError(Exception):
+    """The client's request body stopped before its end: it stalled for
+    proxy.client_body_timeout (status 408, RFC 9110 §15.5.9). The client's failure,
+    never the origin's: no 502 or 504 blames the upstream for it, and no upstream
+    connection that carried part of the body is reused (the origin holds an incomplete
+    message)."""
+
+    def __init__(self, status: int, reason: str, timeout: float = 0.0) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.timeout = timeout  # (408) the client_body_timeout that passed
 
 
 class Version(Protocol):

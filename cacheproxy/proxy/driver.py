@@ -139,9 +139,10 @@ class Driver:
         request, plan = ctx.request, ctx.plan
         body = request.content if ctx.facts.has_body else None
         request_time = time.time()
-        try:
+        try:  # (a ClientBodyError is the client's: its connection answers it)
             resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
-                                            ctx.fields(fwd), body, ctx.outcome, first_sent)
+                                            ctx.fields(fwd), body, ctx.outcome, first_sent,
+                                            getattr(request, "body_timeout", None))
         except UpstreamError as exc:
             return self.upstream_failed(ctx, fwd, exc, release)
         try:

@@ -4,6 +4,7 @@ within the object-size limit. It performs decisions; it makes none."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -20,7 +21,7 @@ from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
-from cacheproxy.proxy.downstream import Answer, Body, ClientMessage, Downstream
+from cacheproxy.proxy.downstream import Answer, Body, ClientBodyError, ClientMessage, Downstream
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
@@ -104,11 +105,31 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _framed(body: Body, chunked: bool) -> AsyncIterator[bytes]:
+async def _timed(body: Body, timeout: float) -> AsyncIterator[bytes]:
+    """The client's body as it arrives, each read within timeout: nginx's
+    client_body_timeout bounds the wait between two successive reads, not the whole body
+    (a slow but steady upload takes as long as it takes). ClientBodyError when it stalls
+    (408): the client's failure, not the origin's."""
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                data = await body.readany()
+        except TimeoutError:
+            raise ClientBodyError(408, "the request body stalled", timeout) from None
+        if not data:
+            return
+        yield data
+
+
+async def _read_whole(body: Body, timeout: float) -> bytes:
+    """A small body, read whole before it is sent (it may be sent twice), by _timed."""
+    return b"".join([data async for data in _timed(body, timeout)])
+
+
+async def _framed(body: Body, chunked: bool, timeout: float) -> AsyncIterator[bytes]:
     """RFC 9112 §7.1: a body of unknown length goes upstream chunked."""
-    async for data in body.iter_any():
-        if data:
-            yield b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
+    async for data in _timed(body, timeout):
+        yield b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
     if chunked:
         yield b"0\r\n\r\n"
 
@@ -126,6 +147,9 @@ class Exchange:
         self.cache_name = config.via  # also the Via pseudonym (proxy.via)
         self.read_timeout = config.read_timeout
         self.send_timeout = config.send_timeout
+        # Requests that do not say their own (ClientRequest.body_timeout: the client
+        # connection's, as configured when it connected) get this one; a reload sets it.
+        self.client_body_timeout = config.client_body_timeout
         self.budget = FillBudget(fill_buffer_bytes)
         self.pool = Pool(config.max_connections, config.connect_timeout,
                          config.upstream_keepalive_timeout,
@@ -160,12 +184,17 @@ class Exchange:
     async def send(
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
         outcome: Outcome | None = None, first_sent: float | None = None,
+        body_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send the request and return the answer's head. A request that failed on a reused
         connection before any byte of the answer came is sent once more on a new one, when
         nothing of it was written or it is idempotent without a body (the origin may have
         closed the idle connection just then). first_sent: this is that second time, and
-        the first went out then (time.perf_counter(): upstream_ms counts from it)."""
+        the first went out then (time.perf_counter(): upstream_ms counts from it).
+        body_timeout: proxy.client_body_timeout for this request (else the exchange's).
+        Raises ClientBodyError when the client's body stalls or breaks off: the upstream
+        connection, if one carried part of it, is closed, never reused."""
+        timeout = self.client_body_timeout if body_timeout is None else body_timeout
         retry = first_sent is None
         started = time.perf_counter() if first_sent is None else first_sent
         origin, head, length = self.request_head(method, url, fields, body is not None)
@@ -174,15 +203,18 @@ class Exchange:
         kept: bytes | None = None
         if (body is not None and method in IDEMPOTENT and length is not None
                 and length.isdigit() and int(length) <= _REPLAYABLE):
-            kept = await body.read()
+            kept = await _read_whole(body, timeout)  # (nothing upstream started yet)
         replayable = body is None or kept is not None
         for attempt in (1, 2) if retry else (2,):
             conn = await self.pool.acquire(origin)
             reused = conn.used
             stream = None if body is None else _once(kept) if kept is not None \
-                else _framed(body, chunked)
+                else _framed(body, chunked, timeout)
             try:
                 await conn.send(head, stream, method == "HEAD", self.read_timeout)
+            except ClientBodyError:
+                self.pool.release(conn)  # (closed: the origin has an incomplete message)
+                raise
             except UpstreamError as exc:
                 self.pool.release(conn)
                 if attempt == 1 and self.retries(method, conn, reused, exc, replayable):
@@ -246,6 +278,12 @@ class Exchange:
                 outcome.status = "ERROR"
                 out.abort()
                 return self._abandon(resp, outcome, release, fill)
+            except ClientBodyError:
+                # The origin answered before the request body's end, then that body
+                # stalled or its client left: neither message can be completed.
+                out.abort()
+                self._abandon(resp, outcome, release, fill)
+                raise  # (the client connection says what happened, and logs it)
             if not chunk:
                 break
             if fill is not None and not fill.add(chunk):  # too big, or over the budget

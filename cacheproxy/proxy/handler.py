@@ -16,7 +16,13 @@ from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.policies.forward import Allowed, ForwardAccess, Refused, target_decision
 from cacheproxy.proxy.collapse import Collapser
-from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream, local_port
+from cacheproxy.proxy.downstream import (
+    Answer,
+    ClientBodyError,
+    ClientMessage,
+    Downstream,
+    local_port,
+)
 from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
@@ -59,6 +65,8 @@ class CacheProxy:
         # Via on responses the cache makes itself (replays, errors): it speaks HTTP/1.1.
         self.local_via = via_value((1, 1), config.proxy.via)
         self.driver.rename(self.cache_name, self.local_via)
+        # (the lean plane's connections carry their own, as configured when they came)
+        self.exchange.client_body_timeout = config.proxy.client_body_timeout
         self.plans = Plans.build(config, self.default_upstream)
         self._access: dict[int, ForwardAccess] = {}
 
@@ -108,6 +116,8 @@ class CacheProxy:
         """step's answer; an error answer (logged) when it fails."""
         try:
             return await step
+        except ClientBodyError:  # the client's body stalled: neither an error of ours
+            raise  # nor the origin's; its connection answers it (body_failed)
         except UpstreamError as exc:  # the upstream failed mid-exchange (a refetch)
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
@@ -123,7 +133,15 @@ class CacheProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The proxy as an aiohttp handler (PURGE, and apps that embed it)."""
         out = WebDownstream(request, self.exchange.send_timeout)
-        answer = await self.serve(request, out, time.perf_counter())
+        try:
+            answer = await self.serve(request, out, time.perf_counter())
+        except ClientBodyError as exc:
+            body_failed(request, exc)
+            if out.response is not None:  # its head went out; the relay closed it
+                return out.response
+            response = web_response(self.body_timeout(request[OUTCOME]))
+            response.force_close()  # the rest of the body is not waited for
+            return response
         if answer is None:
             assert out.response is not None
             return out.response
@@ -226,3 +244,14 @@ class CacheProxy:
 
     def _error(self, status: int, message: str, outcome: Outcome) -> Answer:
         return error_response(status, message, outcome, self.cache_name, self.local_via)
+
+    def body_timeout(self, outcome: Outcome) -> Answer:
+        """The answer to a request whose body stalled (RFC 9110 §15.5.9)."""
+        return self._error(408, "request timeout", outcome)
+
+
+def body_failed(request: ClientMessage, exc: ClientBodyError) -> None:
+    """The one log line for a request body that stalled (408): a WARNING naming the
+    client and the request; never an ERROR, never an upstream's failure."""
+    log.warning("client %s sent nothing of the body of %s %s for %gs: 408, connection "
+                "closed", request.remote, request.method, request.path, exc.timeout)

@@ -44,6 +44,7 @@ class Timeouts:
     header: float
     keepalive: float
     send: float
+    body: float
 
 
 class _Sent:
@@ -74,7 +75,7 @@ class Listener:
     def timeouts(self) -> Timeouts:
         config = self.proxy.config.proxy  # read per connection: a reload applies to new ones
         return Timeouts(config.client_header_timeout, config.keepalive_timeout,
-                        config.send_timeout)
+                        config.send_timeout, config.client_body_timeout)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)

@@ -33,6 +33,7 @@ from http import HTTPStatus
 import httptools
 
 from cacheproxy.http.fields import FieldList
+from cacheproxy.proxy.downstream import ClientBodyError
 from cacheproxy.proxy.upstream import UpstreamError
 
 # Methods that may be sent again after a failure (RFC 9110 §9.2.2).
@@ -131,7 +132,7 @@ class Connection(asyncio.Protocol):
         self._receiver: Callable[[], None] | None = None  # send_quick's
         self.written = False       # any byte of the request was handed to the socket
         self.content_length: str | None = None  # the answer's (first) Content-Length
-        self._body_sent = 0
+        self._blocked_since: float | None = None  # the origin takes no body bytes since
         self._head_bytes = 0       # bytes received before the head was complete
         self._bare_bytes = 0       # bytes received since the last body byte (head in)
         self.status = 0
@@ -194,7 +195,9 @@ class Connection(asyncio.Protocol):
         self._closed = True
         self.reusable = False
         self.pool._forget(self)
-        if (self._until_close and exc is None and self._head is not None
+        if isinstance(self._lost, ClientBodyError):
+            pass  # closed here, the request body unfinished: that failure stays the cause
+        elif (self._until_close and exc is None and self._head is not None
                 and self._head.done()):
             self._complete = True  # a close, not a reset (RFC 9112 §6.3, RFC 9111 §3.3)
         elif not self._complete:
@@ -400,7 +403,10 @@ class Connection(asyncio.Protocol):
     async def _await_head(self, head: asyncio.Future[None], read_timeout: float) -> None:
         """read_timeout counts from the last byte of the request: while the body still
         goes out (a slow upload), the origin is not yet late (nginx's proxy_read_timeout
-        too starts once the request is sent)."""
+        too starts once the request is sent). While it goes out, the origin is late (504)
+        only when it took none of it for read_timeout; a client that stops sending it is
+        the body's own timeout's (proxy.client_body_timeout: 408, not the origin's 504)."""
+        loop = self.pool.loop()
         while True:
             pump = self._pump
             if pump is None or pump.done():
@@ -413,28 +419,47 @@ class Connection(asyncio.Protocol):
                 finally:
                     timer.cancel()
                 return
-            sent = self._body_sent
-            await asyncio.wait((head, pump), timeout=read_timeout,
+            blocked = self._blocked_since
+            wait = read_timeout if blocked is None else blocked + read_timeout - loop.time()
+            if wait <= 0:  # the origin's socket took nothing for read_timeout
+                raise UpstreamError(504, "timeout sending the request body")
+            await asyncio.wait((head, pump), timeout=wait,
                                return_when=asyncio.FIRST_COMPLETED)
             if head.done():
                 head.result()  # raises the failure it holds
                 return
-            if not pump.done() and self._body_sent == sent:  # no progress either way
-                raise UpstreamError(504, "timeout sending the request body")
 
     async def _send_body(self, body: AsyncIterator[bytes]) -> None:
         """Stream the request body (chunks already framed), pausing while the origin's
         socket buffer is full."""
         try:
             async for chunk in body:
-                if self._writable is not None:
-                    await self._writable
+                writable = self._writable
+                if writable is not None and not writable.done():
+                    self._blocked_since = self.pool.loop().time()  # (_await_head's 504)
+                    try:
+                        await writable
+                    finally:
+                        self._blocked_since = None
                 if self._closed or self.transport is None or self.transport.is_closing():
                     return
                 self.transport.write(chunk)
-                self._body_sent += len(chunk)
+        except ClientBodyError as exc:  # it stalled, or its client left: the exchange
+            self._client_failed(exc)  # fails with the client's failure, not a 502
         except Exception:  # the client's body broke off: this message cannot be completed
             self.close()
+
+    def _client_failed(self, failure: ClientBodyError) -> None:
+        """The request body will not be completed: whoever waits for the answer's head, or
+        reads its body, gets failure; the connection is closed (RFC 9112 §9.6: the origin
+        holds an incomplete message, and the connection cannot carry another)."""
+        self._lost = failure
+        self.reusable = False
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(failure)
+        self._wake()
+        self.close()
 
     @property
     def received_any(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
-from support import proxy_config, until
+from support import proxy_config, read_json_log, until
 
 from cacheproxy.proxy.client_conn import ClientConnection
 from cacheproxy.proxy.server import (
@@ -693,3 +694,23 @@ async def test_a_reload_applies_client_body_timeout_to_new_connections(proxy, or
     assert (await new.reply()).status == 408  # the new setting
     assert not await old.closed_within(0.3)  # the old connection keeps its own
 
+
+async def test_a_client_leaving_mid_upload_is_a_client_abort_499_not_an_error(
+        proxy, origin, caplog, tmp_path):
+    """A client that disconnects mid-body: no internal error (it was one, with a
+    traceback and a 500, for a small idempotent body read whole first), no WARNING that
+    blames the origin (it was one, with a 502, for a streamed body); the request log says
+    499, nginx's "client closed request", and the upload upstream ends."""
+    client, ended = await _upload_origin(proxy, origin, log={"path": str(tmp_path / "log")})
+    for method, length in (("PUT", 1000), ("POST", 1000), ("PUT", 100_000)):
+        conn = await Raw.open(client)
+        await conn.send(get("/up", f"Content-Length: {length}", method=method,
+                            body=b"a" * 10))
+        await asyncio.sleep(0.2)
+        conn.writer.transport.abort()  # gone, mid-body
+    await asyncio.sleep(0.3)
+    lines = [(line["method"], line["status"]) for line in await read_json_log(client)]
+    assert lines == [("PUT", 499), ("POST", 499), ("PUT", 499)]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "whole" not in " ".join(ended)  # what reached the origin broke off there
+    assert client.app_proxy.exchange.pool.in_use == 0  # and no connection is kept for it

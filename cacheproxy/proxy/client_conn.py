@@ -500,11 +500,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """The request body stopped before its end. Stalled (proxy.client_body_timeout):
         408 (RFC 9110 §15.5.9) when nothing of an answer went out yet, with Connection:
         close, since the rest of the body is not waited for and the stream cannot be
-        parsed past it. Then the connection closes."""
+        parsed past it. The client left: its line says 499 (nginx's "client closed
+        request"), not an error of ours nor the origin's. Then the connection closes."""
         body_failed(request, exc)
         self._keep_alive = False
-        if not self._started:
+        if exc.status == 408 and not self._started:
             self._send_answer(request, self.listener.proxy.body_timeout(request[OUTCOME]))
+        elif exc.status == 499:
+            self._status = 499
         self.listener.record(request, self._status, self._sent, started)
         self._request = None
         self.close()

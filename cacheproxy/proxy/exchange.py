@@ -109,13 +109,15 @@ async def _timed(body: Body, timeout: float) -> AsyncIterator[bytes]:
     """The client's body as it arrives, each read within timeout: nginx's
     client_body_timeout bounds the wait between two successive reads, not the whole body
     (a slow but steady upload takes as long as it takes). ClientBodyError when it stalls
-    (408): the client's failure, not the origin's."""
+    (408) or the client leaves mid-body (499): the client's failure, not the origin's."""
     while True:
         try:
             async with asyncio.timeout(timeout):
                 data = await body.readany()
         except TimeoutError:
             raise ClientBodyError(408, "the request body stalled", timeout) from None
+        except ConnectionError:
+            raise ClientBodyError(499, "the client left mid-body") from None
         if not data:
             return
         yield data

@@ -116,8 +116,8 @@ class CacheProxy:
         """step's answer; an error answer (logged) when it fails."""
         try:
             return await step
-        except ClientBodyError:  # the client's body stalled: neither an error of ours
-            raise  # nor the origin's; its connection answers it (body_failed)
+        except ClientBodyError:  # the client's body stalled or it left: neither an error
+            raise  # of ours nor the origin's; its connection answers it (body_failed)
         except UpstreamError as exc:  # the upstream failed mid-exchange (a refetch)
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
@@ -139,7 +139,8 @@ class CacheProxy:
             body_failed(request, exc)
             if out.response is not None:  # its head went out; the relay closed it
                 return out.response
-            response = web_response(self.body_timeout(request[OUTCOME]))
+            response = web_response(self.body_timeout(request[OUTCOME])) \
+                if exc.status == 408 else web.Response(status=499)  # (nobody reads it)
             response.force_close()  # the rest of the body is not waited for
             return response
         if answer is None:
@@ -251,7 +252,12 @@ class CacheProxy:
 
 
 def body_failed(request: ClientMessage, exc: ClientBodyError) -> None:
-    """The one log line for a request body that stalled (408): a WARNING naming the
-    client and the request; never an ERROR, never an upstream's failure."""
-    log.warning("client %s sent nothing of the body of %s %s for %gs: 408, connection "
-                "closed", request.remote, request.method, request.path, exc.timeout)
+    """The one log line for a request body that stopped before its end: a WARNING for a
+    client that stalled (408), INFO for one that left (499, as nginx logs its "client
+    prematurely closed connection"); never an ERROR, never an upstream's failure."""
+    if exc.status == 408:
+        log.warning("client %s sent nothing of the body of %s %s for %gs: 408, connection "
+                    "closed", request.remote, request.method, request.path, exc.timeout)
+    else:
+        log.info("client %s left before the end of the body of %s %s", request.remote,
+                 request.method, request.path)

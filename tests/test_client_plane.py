@@ -17,6 +17,7 @@ from aiohttp import web
 from support import proxy_config, read_json_log, until
 
 from cacheproxy.proxy.client_conn import ClientConnection
+from cacheproxy.proxy.quick_forward import QuickForward
 from cacheproxy.proxy.server import (
     OBSERVER,
     reconfigure,  # what SIGHUP runs
@@ -714,3 +715,81 @@ async def test_a_client_leaving_mid_upload_is_a_client_abort_499_not_an_error(
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "whole" not in " ".join(ended)  # what reached the origin broke off there
     assert client.app_proxy.exchange.pool.in_use == 0  # and no connection is kept for it
+
+
+# -- a relayed body that breaks off (RFC 9112 §8) --------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _breaking_origin():
+    """An origin whose /doc answer (chunked, no length) breaks off after 400 bytes: the
+    connection is reset mid-body. Anything else: a whole "ok". Yields its URL."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b" /doc " not in head:
+                    writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+                                 b"Content-Length: 2\r\n\r\nok")
+                    await writer.drain()
+                    continue
+                writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n190\r\n" + b"a" * 400 + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.transport.abort()  # the origin dies mid-body
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def _fetch_to_the_end(client, request: bytes) -> tuple[bytes, str]:
+    """What a client gets for request until the connection ends, and how it ended."""
+    conn = await Raw.open(client)
+    await conn.send(request)
+    data = b""
+    try:
+        while chunk := await asyncio.wait_for(conn.reader.read(65536), 5):
+            data += chunk
+    except ConnectionResetError:
+        return data, "reset"
+    finally:
+        conn.close()
+    return data, "close"
+
+
+async def test_a_body_that_breaks_off_ends_a_close_delimited_answer_with_a_reset(
+        proxy, monkeypatch):
+    """To an HTTP/1.0 client an answer without Content-Length is delimited by the close
+    (RFC 9112 §6.3): a FIN after 400 bytes of a broken body looked like its whole end.
+    It ends with a reset (§8: the client must be able to tell it is incomplete), on the
+    full path and on a quick forward handed to it alike. An HTTP/1.1 client's chunked
+    answer lacks its last chunk: a close says enough, as before."""
+    quick: list[bytes] = []
+    start = QuickForward.start
+
+    def counted(self: QuickForward, head: bytes) -> None:
+        quick.append(head)
+        start(self, head)
+
+    monkeypatch.setattr(QuickForward, "start", counted)
+    async with _breaking_origin() as url:
+        client = await proxy(url)
+        data, end = await _fetch_to_the_end(client, get("/doc", version="1.0"))
+        assert quick == []  # no idle connection to the origin yet: the full path
+        assert data.startswith(b"HTTP/1.0 200") and b"Content-Length" not in data
+        assert end == "reset"
+        assert (await _fetch_to_the_end(client, get("/ok", "Connection: close")))[0] \
+            .endswith(b"ok")  # a connection to the origin left idle in the pool
+        data, end = await _fetch_to_the_end(client, get("/doc", version="1.0"))
+        assert len(quick) == 1  # sent by callback (proxy/quick_forward.py), then relayed
+        assert data.startswith(b"HTTP/1.0 200") and end == "reset"
+        data, end = await _fetch_to_the_end(client, get("/doc"))
+        assert data.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in data
+        assert not data.endswith(b"0\r\n\r\n") and end == "close"  # no last chunk

@@ -41,7 +41,7 @@ from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
-from cacheproxy.proxy.downstream import Answer, ClientBodyError
+from cacheproxy.proxy.downstream import Answer, ClientBodyError, reset
 from cacheproxy.proxy.handler import body_failed
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.quick import Plain
@@ -111,6 +111,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # The response being sent.
         self._request: ClientRequest | None = None
         self._chunked = False
+        self._close_delimited = False  # its body ends with the connection (HTTP/1.0)
         self._corked: bytes | None = None  # a streamed head, sent with the first body bytes
         self._keep_alive = True
         self._sent = 0
@@ -551,7 +552,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         assert request is not None
         self._started = True
         self._fields(request, status, headers)
-        self._chunked = False
+        self._chunked = self._close_delimited = False
         headers.popall("Transfer-Encoding", None)
         if status < 200 or status == 204:
             headers.popall("Content-Length", None)
@@ -562,6 +563,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._chunked = True
         else:  # an HTTP/1.0 client: the close ends the body (RFC 9112 §6.3)
             self._keep_alive = False
+            self._close_delimited = True
             headers["Connection"] = "close"
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
@@ -858,8 +860,21 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._write(corked)
 
     def abort(self) -> None:
+        """The response cannot be completed. Chunked, it lacks its last chunk; with a
+        Content-Length, bytes: a close (FIN) after what was sent tells the client. A
+        body delimited by the close would look whole after a FIN: it ends with a reset,
+        the one signal such a client can tell (RFC 9112 §6.3, §8)."""
         self._keep_alive = False
-        self.close()
+        if not self._close_delimited:
+            self.close()
+            return
+        self._closing = True
+        self._disarm()
+        self._uncork()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.flush_out()  # what was sent before the break, then the reset
+            reset(transport)
 
     # -- the connection's end ------------------------------------------------------
 

@@ -7,6 +7,10 @@ through the request's `Downstream` (a relayed upstream response)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,7 +87,20 @@ class Downstream(Protocol):
     async def finish(self) -> None: ...
     def abort(self) -> None:
         """End the response abnormally (close the connection): a body that broke off
-        must not look whole to the client (RFC 9112 §8)."""
+        must not look whole to the client (RFC 9112 §8). A body delimited by the close
+        (RFC 9112 §6.3) ends with a reset (reset()): a FIN would look like its end."""
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close transport with a reset (RST), not a FIN, dropping what it holds unsent: for a
+    response whose body is delimited by the close (an HTTP/1.0 client, no Content-Length,
+    RFC 9112 §6.3), the one way to tell the client the message is incomplete (§8).
+    SO_LINGER 0 first: uvloop's abort() alone closes with a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):  # (gone, or not TCP)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import asyncio
 from aiohttp import web
 from multidict import CIMultiDict
 
-from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.downstream import Answer, reset
 
 
 class WebDownstream:
@@ -36,8 +36,16 @@ class WebDownstream:
         await self.response.write_eof()
 
     def abort(self) -> None:
-        if self.request.transport is not None:
-            self.request.transport.close()
+        transport, response = self.request.transport, self.response
+        if transport is None:
+            return
+        # (aiohttp chunks an answer of unknown length to HTTP/1.1 by itself, in prepare())
+        framed = response is None or response.content_length is not None \
+            or "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+        if framed:
+            transport.close()
+        else:  # delimited by the close: a FIN would say it is whole (RFC 9112 §6.3, §8)
+            reset(transport)
 
 
 def web_response(answer: Answer) -> web.Response:

@@ -460,6 +460,30 @@ async def test_collapsed_waiters_never_get_a_private_answer(origin, proxy):
     assert o.calls["r"] == 5
 
 
+async def test_a_fill_goes_on_when_the_client_that_led_it_leaves(origin, proxy):
+    """The first client of a collapsed miss gives up before the answer comes: what is being
+    stored is still read and stored, and those waiting behind it get it, one request to
+    the origin in all (it used to be dropped with its client, and every waiter went to
+    the origin itself)."""
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(body=b"h" * 100_000, headers={"Cache-Control": "max-age=60"})
+    o = Origin(r=slow)
+    c = await start(origin, proxy, o)
+    _, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+    writer.write(f"GET /r HTTP/1.1\r\nHost: 127.0.0.1:{c.server.port}\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    waiters = [asyncio.ensure_future(c.get("/r")) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    writer.transport.abort()  # the leader leaves before the head came
+    responses = await asyncio.gather(*waiters)
+    assert [len(await r.read()) for r in responses] == [100_000] * 5
+    assert all("collapsed" in cache_status(r) for r in responses)
+    assert o.calls["r"] == 1
+    assert "hit" in cache_status(await c.get("/r"))  # stored
+
+
 async def test_collapse_wait_is_bounded(origin, proxy):
     async def very_slow(request: web.Request) -> web.Response:
         await asyncio.sleep(0.6 if o.calls["r"] == 1 else 0)

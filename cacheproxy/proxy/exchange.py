@@ -265,10 +265,13 @@ class Exchange:
         send_body = request.method != "HEAD"
         headers = CIMultiDict(end_to_end(resp.fields))
         mark(headers, outcome, self.cache_name, self.via(resp))
+        gone = False  # the client left: a fill goes on without it (below)
         try:
             await out.start(resp.status, resp.reason, headers, not send_body)
         except ConnectionError:
-            return self._abandon(resp, outcome, release, fill)
+            if fill is None:
+                return self._abandon(resp, outcome, release, fill)
+            send_body, gone = False, True
         while send_body or fill is not None:  # a HEAD reads the body only to store it
             try:
                 chunk = await resp.readany()
@@ -297,8 +300,13 @@ class Exchange:
             try:
                 await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
-            except ConnectionError:  # the client went away: the fill goes with it
-                return self._abandon(resp, outcome, release, fill)
+            except ConnectionError:
+                # The client went away. What is being stored is still read to its end and
+                # stored, as Varnish's fetch goes on without its client: requests collapsed
+                # behind this one wait for it, and would all go to the origin otherwise.
+                if fill is None:
+                    return self._abandon(resp, outcome, release, fill)
+                send_body, gone = False, True
             except TimeoutError:  # the client stopped reading: it holds nothing longer
                 log.warning("client %s read nothing of %s %s for %gs: connection closed",
                             request.remote, request.method, request.path, self.send_timeout)
@@ -311,8 +319,9 @@ class Exchange:
         if store is not None and fill is not None:
             outcome.stored = await self.put(store, fill.body())
         release()
-        with contextlib.suppress(ConnectionError):  # the client left at the very end
-            await out.finish()
+        if not gone:
+            with contextlib.suppress(ConnectionError):  # the client left at the very end
+                await out.finish()
 
     @staticmethod
     def _abandon(

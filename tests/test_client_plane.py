@@ -246,6 +246,27 @@ async def test_a_trailer_field_never_reaches_the_next_request(proxy, origin, tog
     assert seen == [("/upload", None), ("/account", None)]
 
 
+@pytest.mark.parametrize("first", [
+    get("/a", "Connection: close"),
+    get("/a", version="1.0"),
+    get("/a", "Connection: close", "Content-Length: 3", method="POST", body=b"abc"),
+    get("/x") + get("/a", "Connection: close"),
+], ids=["close", "http-1.0", "close-with-body", "second-of-two"])
+async def test_what_follows_a_close_in_the_same_packet_is_not_read(proxy, origin, first):
+    """RFC 9112 §9.6: the request that says close is answered, then the connection
+    closes, and nothing after it is processed. llhttp refuses the whole packet ("Data
+    after Connection: close"), dropping the requests it had completed: they were a 400."""
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(first + get("/b") + get("/c", version="1.0"))
+    replies = [await conn.reply() for _ in range(first.count(b" HTTP/"))]
+    assert [r.status for r in replies] == [200] * len(replies)
+    assert replies[-1].body.startswith((b"GET /a", b"POST /a 3"))
+    assert replies[-1].headers.get("connection", "close") == "close"
+    assert await conn.closed_within(2)
+    assert not any(" /b " in seen or " /c " in seen for seen in ORIGIN_SEEN), ORIGIN_SEEN
+
+
 async def test_a_request_above_http_1_1_is_answered_as_http_1_1(proxy, origin):
     """RFC 9110 §6.2: the highest version this server conforms to, not the request's
     echoed ("HTTP/2.0 200 OK" in HTTP/1.1 syntax): on a miss, a hit and an error."""

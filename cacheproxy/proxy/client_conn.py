@@ -153,8 +153,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
         if HttpRequestParser is HttpRequestParserPy:  # AIOHTTP_NO_EXTENSIONS=1
             return make_python()
-        return _FallbackParser(HttpRequestParser(self, loop, 2**16, **options), make_python,
-                               MAX_PIPELINED)
+
+        def make_c() -> Any:
+            return HttpRequestParser(self, loop, 2**16, **options)
+
+        return _FallbackParser(make_c(), make_python, MAX_PIPELINED, make_c)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:

@@ -65,6 +65,7 @@ __all__ = ["ProxyAppRunner"]
 
 _FeedResult = tuple[Sequence[tuple[Any, Any]], bool, bytes]
 _CRLFCRLF: Final = b"\r\n\r\n"
+_DATA_AFTER_CLOSE: Final = "Data after `Connection: close`"  # llhttp's reason
 
 # What llhttp accepts. Anything larger is rejected on the Python path too.
 _LLHTTP_VERSIONS: Final = frozenset(
@@ -145,14 +146,16 @@ class _FallbackParser:
     * ``None``: not known. A rejected method then stays a 400.
     """
 
-    __slots__ = ("_end", "_held", "_in_flight", "_make_python", "_max_queue", "_open",
-                 "_parser", "_python", "_state")
+    __slots__ = ("_end", "_held", "_in_flight", "_make_c", "_make_python", "_max_queue",
+                 "_open", "_parser", "_python", "_state")
 
     def __init__(
-        self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int
+        self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int,
+        make_c: Callable[[], Any] | None = None,
     ) -> None:
         self._parser = c_parser
         self._make_python = make_python
+        self._make_c = make_c  # a new llhttp, for _until_close
         self._python: _StrictPythonParser | None = None
         self._max_queue = max_queue
         self._state: bytes | int | None = b""
@@ -203,6 +206,11 @@ class _FallbackParser:
                 raise
             self._python = self._make_python()
             return self._python.feed_data(replay)
+        except BadHttpMessage as exc:
+            closing = self._until_close(exc, self._replay(state, data))
+            if closing is None:
+                raise
+            return closing, False, b""
         # Nearly every feed: one whole request without a body, and no body left open before
         # it. llhttp is then between messages, as _track would find, without its walk.
         if len(messages) == 1 and messages[0][1] is EMPTY_PAYLOAD and not upgraded \
@@ -214,6 +222,45 @@ class _FallbackParser:
         self._state = self._track(state, data, messages, upgraded)
         self._held = self._in_flight >= self._max_queue
         return messages, upgraded, tail
+
+    def _until_close(self, exc: BadHttpMessage, replay: bytes | None
+                     ) -> list[tuple[Any, Any]] | None:
+        """llhttp refuses data after a request with Connection: close (or an HTTP/1.0 one
+        without keep-alive) and drops the messages it completed in the same feed: the
+        client's valid request would get a 400. RFC 9112 §9.6: that request is answered
+        (then the connection closes), and what follows it is not processed. So the
+        requests up to it are parsed again from their first byte by a new llhttp, one at
+        a time, and nothing after it is fed. None (the 400 stands) where that cannot be
+        done for sure: a chunked body, an upgrade, a body not all here."""
+        if replay is None or self._make_c is None \
+                or not str(exc.message).startswith(_DATA_AFTER_CLOSE):
+            return None
+        parser = self._make_c()
+        found: list[tuple[Any, Any]] = []
+        pos = _LEADING_NEWLINES.match(replay).end()  # type: ignore[union-attr]
+        while True:
+            # In llhttp's strict mode a header section ends at the first CRLFCRLF.
+            end = replay.find(_CRLFCRLF, pos)
+            if end < 0:
+                return None
+            end += 4
+            messages, upgraded, _ = parser.feed_data(replay[pos:end])
+            if upgraded or len(messages) != 1:
+                return None
+            msg, payload = messages[0]
+            if payload is not EMPTY_PAYLOAD:
+                length = msg.headers.get(hdrs.CONTENT_LENGTH)
+                if msg.chunked or length is None or end + int(length) > len(replay):
+                    return None
+                if parser.feed_data(replay[end:end + int(length)])[0]:
+                    return None
+                end += int(length)
+            found.append((msg, payload))
+            if msg.should_close:  # the last one read: a new feed meets llhttp's refusal
+                self._parser, self._state, self._open = parser, None, None
+                self._in_flight, self._held = len(found), False
+                return found
+            pos = end
 
     def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:
         """The bytes from the start of the message llhttp rejected, if known."""

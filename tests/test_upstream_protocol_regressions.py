@@ -294,6 +294,23 @@ async def test_a_body_that_breaks_off_is_one_warning_naming_the_upstream_and_tar
             f"upstream {origin.url} body for GET /doc?x=1 broke off: {cause}"]
 
 
+async def test_a_body_stored_first_that_breaks_off_is_a_502_and_one_warning(
+        proxy: Any, caplog: Any) -> None:
+    """A Range miss stores the whole representation first, then cuts the range from it
+    (RFC 9110 §14.2): when that body breaks off, the client's 502 comes with the one
+    WARNING line every 502 has, naming the upstream, the request and the cause."""
+    def script(head: bytes, index: int) -> bytes:
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
+
+    async with Scripted(script, reset=False) as origin:
+        c = await proxy(origin.url)
+        resp = await c.get("/doc?x=1", headers={"Range": "bytes=0-9"})
+        assert resp.status == 502
+        assert warnings_of(caplog) == [
+            f"upstream {origin.url} failed for GET /doc?x=1: connection closed; answered 502"]
+
+
 # -- forward mode: one idle list per origin ever used ----------------------------------------
 
 async def test_the_pool_forgets_an_origin_whose_connections_all_closed() -> None:

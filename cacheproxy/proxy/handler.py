@@ -118,7 +118,13 @@ class CacheProxy:
             return await step
         except ClientBodyError:  # the client's body stalled or it left: neither an error
             raise  # of ours nor the origin's; its connection answers it (body_failed)
-        except UpstreamError as exc:  # the upstream failed mid-exchange (a refetch)
+        except UpstreamError as exc:  # the upstream failed mid-exchange (a body being
+            # stored first, a refetch): one line, as the driver's for a failure before
+            # the head, naming the upstream, the request and the cause
+            plan = request.get(PLAN)
+            log.warning("upstream %s failed for %s %s: %s; answered %s",
+                        plan.upstream if plan is not None else "-", request.method,
+                        request.raw_path, exc.reason, exc.status)
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving

@@ -257,7 +257,10 @@ async def test_broken_body_is_incomplete_and_not_stored(relay, proxy, mode, path
     assert await third.read() == BODY
 
 
-async def test_client_going_away_mid_body_stores_nothing(origin, proxy):
+async def test_client_going_away_mid_body_stores_the_whole_body_or_nothing(origin, proxy):
+    """The client leaves mid-body: the response being stored is still read to its end
+    and stored whole (those collapsed behind it wait for it), never what the client got
+    of it."""
     release, finished = asyncio.Event(), asyncio.Event()
 
     async def slow(request: web.Request) -> web.StreamResponse:
@@ -285,7 +288,9 @@ async def test_client_going_away_mid_body_stores_nothing(origin, proxy):
     release.set()
     await asyncio.wait_for(finished.wait(), TIMEOUT)
     await asyncio.sleep(0.05)
-    assert entries(client) == 0
+    assert entries(client) == 1
+    stored = await client.get("/slow", headers={"Host": "site.test"})
+    assert stored.headers["X-Cache"] == "HIT" and await stored.read() == BODY
     await assert_still_serving(client)
 
 

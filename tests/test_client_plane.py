@@ -267,6 +267,36 @@ async def test_what_follows_a_close_in_the_same_packet_is_not_read(proxy, origin
     assert not any(" /b " in seen or " /c " in seen for seen in ORIGIN_SEEN), ORIGIN_SEEN
 
 
+async def test_requests_up_to_a_close_at_the_pipelining_limit_are_all_answered(
+        proxy, origin):
+    """31 requests and one saying close, then one more, in one packet: llhttp hands back
+    32 (its queue's limit, the close's included) and meets the one after later. Those 32
+    are answered, the one after is not read (it was a 400 that cut the queue short)."""
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    pipeline = b"".join(get(f"/p{i}", "Cache-Control: no-cache") for i in range(31))
+    await conn.send(pipeline + get("/a", "Connection: close") + get("/after"))
+    replies = [await conn.reply() for _ in range(32)]
+    assert [r.status for r in replies] == [200] * 32
+    assert replies[-1].body == b"GET /a 0" and replies[-1].headers["connection"] == "close"
+    assert await conn.closed_within(2)
+    assert not any("/after" in seen for seen in ORIGIN_SEEN)
+
+
+async def test_nothing_after_a_close_whose_body_ends_in_a_later_packet_is_read(
+        proxy, origin):
+    client = await start(proxy, origin)
+    conn = await Raw.open(client)
+    await conn.send(get("/a", "Connection: close", "Content-Length: 10", method="POST")
+                    + b"12345")
+    await asyncio.sleep(0.2)
+    await conn.send(b"67890" + get("/after", "Connection: close"))
+    reply = await conn.reply()
+    assert (reply.status, reply.body) == (200, b"POST /a 10")
+    assert await conn.closed_within(2)
+    assert not any("/after" in seen for seen in ORIGIN_SEEN)
+
+
 async def test_a_request_above_http_1_1_is_answered_as_http_1_1(proxy, origin):
     """RFC 9110 §6.2: the highest version this server conforms to, not the request's
     echoed ("HTTP/2.0 200 OK" in HTTP/1.1 syntax): on a miss, a hit and an error."""

@@ -311,6 +311,26 @@ async def test_a_body_stored_first_that_breaks_off_is_a_502_and_one_warning(
             f"upstream {origin.url} failed for GET /doc?x=1: connection closed; answered 502"]
 
 
+async def test_a_warning_line_shows_secret_parameters_redacted(proxy: Any, caplog: Any
+                                                               ) -> None:
+    """The WARNING lines name the request as the request log does: the values of
+    referer.strip_params (token, sid, ...) REDACTED, not in stderr's logs."""
+    def script(head: bytes, index: int) -> bytes:
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
+
+    async with Scripted(script, reset=False) as origin:
+        c = await proxy(origin.url)
+        resp = await c.get("/doc?token=s3cret&x=1")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+        assert (await c.get("/doc?token=s3cret&y=1", headers={"Range": "bytes=0-9"})
+                ).status == 502
+    lines = warnings_of(caplog)
+    assert len(lines) == 2 and not any("s3cret" in line for line in lines), lines
+    assert all("token=REDACTED" in line for line in lines), lines
+
+
 # -- forward mode: one idle list per origin ever used ----------------------------------------
 
 async def test_the_pool_forgets_an_origin_whose_connections_all_closed() -> None:
@@ -344,3 +364,17 @@ async def test_the_pool_forgets_an_origin_whose_connections_all_closed() -> None
         finally:
             pool.close()
             await asyncio.sleep(0.05)  # (the origins see their connections end)
+
+
+def test_a_reason_phrase_with_obs_text_is_encoded_as_received() -> None:
+    """RFC 9112 §4 allows obs-text in a reason phrase; pool.py decodes it with
+    surrogateescape, and the head goes back with the byte (aiohttp's serialiser, the fast
+    path for ASCII heads, would drop it)."""
+    from multidict import CIMultiDict
+
+    from cacheproxy.proxy.wire import encode_head
+
+    line = "HTTP/1.1 200 " + b"Ok\xe9".decode("utf-8", "surrogateescape")
+    assert encode_head(line, CIMultiDict({"A": "b"})) == b"HTTP/1.1 200 Ok\xe9\r\nA: b\r\n\r\n"
+    with pytest.raises(ValueError):
+        encode_head("HTTP/1.1 200 Ok\xe9", CIMultiDict({"A": "b\r\nInjected: 1"}))

@@ -36,6 +36,7 @@ from cacheproxy.http.flow import (
 from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
+from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
@@ -162,7 +163,7 @@ class Driver:
         note_failed(ctx.outcome, f)
         # One line per failure, naming the upstream, the request and the cause.
         log.warning("upstream %s failed for %s %s: %s; answered %s", plan.upstream,
-                    fwd.method, ctx.target, exc.reason,
+                    fwd.method, redact(ctx.target, ctx.outcome.secrets), exc.reason,
                     "from storage (stale-if-error)" if isinstance(f, ServeStale)
                     else f.status)
         return self._failed(ctx, f)

@@ -21,6 +21,7 @@ from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
+from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.downstream import Answer, Body, ClientBodyError, ClientMessage, Downstream
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
@@ -279,7 +280,7 @@ class Exchange:
                 # The body broke off: store nothing, and end the client's message
                 # abnormally so it cannot mistake the truncated body for a whole one.
                 log.warning("upstream %s body for %s %s broke off: %s", upstream,
-                            request.method, target, exc.reason)
+                            request.method, redact(target, outcome.secrets), exc.reason)
                 outcome.status = "ERROR"
                 out.abort()
                 return self._abandon(resp, outcome, release, fill)

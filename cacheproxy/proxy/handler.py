@@ -15,6 +15,7 @@ from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.policies.forward import Allowed, ForwardAccess, Refused, target_decision
+from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.downstream import (
     Answer,
@@ -124,7 +125,7 @@ class CacheProxy:
             plan = request.get(PLAN)
             log.warning("upstream %s failed for %s %s: %s; answered %s",
                         plan.upstream if plan is not None else "-", request.method,
-                        request.raw_path, exc.reason, exc.status)
+                        redact(request.raw_path, outcome.secrets), exc.reason, exc.status)
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving

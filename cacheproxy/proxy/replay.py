@@ -65,8 +65,9 @@ class ReplayBlocks:
         whether the block has a Date."""
         key = (id(plan), version)
         found = self._memo.find(entry, key)
-        # (The plan is kept with its head and compared: a reload frees the old plans, and
-        # a new one may be made at a freed one's id(), with other outbound policies.)
+        # (The plan is held with its head, so no new plan, with other outbound policies,
+        # is made at its id() while the head is kept; compared all the same, as the key
+        # is only its id().)
         if found is None or found[2] is not plan:
             found = self._memo.keep(entry, key, (*self._encode(entry, plan, version), plan))
         return found[0], found[1]

@@ -146,8 +146,8 @@ class _FallbackParser:
     * ``None``: not known. A rejected method then stays a 400.
     """
 
-    __slots__ = ("_end", "_held", "_in_flight", "_make_c", "_make_python", "_max_queue",
-                 "_open", "_parser", "_python", "_state")
+    __slots__ = ("_closed", "_end", "_held", "_in_flight", "_make_c", "_make_python",
+                 "_max_queue", "_open", "_parser", "_python", "_state")
 
     def __init__(
         self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int,
@@ -156,6 +156,7 @@ class _FallbackParser:
         self._parser = c_parser
         self._make_python = make_python
         self._make_c = make_c  # a new llhttp, for _until_close
+        self._closed = False  # a request with Connection: close was handed back
         self._python: _StrictPythonParser | None = None
         self._max_queue = max_queue
         self._state: bytes | int | None = b""
@@ -207,6 +208,8 @@ class _FallbackParser:
             self._python = self._make_python()
             return self._python.feed_data(replay)
         except BadHttpMessage as exc:
+            if self._closed and str(exc.message).startswith(_DATA_AFTER_CLOSE):
+                return [], False, b""  # the close was handed back: nothing after it is read
             closing = self._until_close(exc, self._replay(state, data))
             if closing is None:
                 raise
@@ -218,9 +221,13 @@ class _FallbackParser:
                 and self._in_flight + 1 < self._max_queue:
             self._in_flight += 1
             self._end, self._state, self._held = _CRLFCRLF, b"", False
+            if messages[0][0].should_close:
+                self._closed = True
             return messages, upgraded, tail
         self._state = self._track(state, data, messages, upgraded)
         self._held = self._in_flight >= self._max_queue
+        if messages and messages[-1][0].should_close:
+            self._closed = True
         return messages, upgraded, tail
 
     def _until_close(self, exc: BadHttpMessage, replay: bytes | None
@@ -258,7 +265,7 @@ class _FallbackParser:
             found.append((msg, payload))
             if msg.should_close:  # the last one read: a new feed meets llhttp's refusal
                 self._parser, self._state, self._open = parser, None, None
-                self._in_flight, self._held = len(found), False
+                self._in_flight, self._held, self._closed = len(found), False, True
                 return found
             pos = end
 

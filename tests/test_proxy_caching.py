@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import Callable
 
@@ -480,6 +481,34 @@ async def test_a_fill_goes_on_when_the_client_that_led_it_leaves(origin, proxy):
     responses = await asyncio.gather(*waiters)
     assert [len(await r.read()) for r in responses] == [100_000] * 5
     assert all("collapsed" in cache_status(r) for r in responses)
+    assert o.calls["r"] == 1
+    assert "hit" in cache_status(await c.get("/r"))  # stored
+
+
+async def test_a_fill_goes_on_when_the_client_that_led_it_stops_reading(origin, proxy):
+    """The first client of a collapsed miss reads nothing: at send_timeout its connection
+    is closed, and what is being stored is still read and stored for those waiting."""
+    big = b"b" * (6 * 1024 * 1024)
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return web.Response(body=big, headers={"Cache-Control": "max-age=60"})
+    o = Origin(r=slow)
+    c = await proxy(await origin(o.app), proxy={"send_timeout": 0.5})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", c.server.port))
+        await loop.sock_sendall(
+            sock, f"GET /r HTTP/1.1\r\nHost: 127.0.0.1:{c.server.port}\r\n\r\n".encode())
+        await asyncio.sleep(0.1)
+        waiters = [asyncio.ensure_future(c.get("/r")) for _ in range(3)]
+        responses = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+        assert [len(await r.read()) for r in responses] == [len(big)] * 3
+    finally:
+        sock.close()
     assert o.calls["r"] == 1
     assert "hit" in cache_status(await c.get("/r"))  # stored
 

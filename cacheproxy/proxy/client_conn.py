@@ -876,8 +876,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._uncork()
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            self.flush_out()  # what was sent before the break, then the reset
-            reset(transport)
+            self.flush_out()  # (handed to the kernel; what it still holds unsent, the reset
+            reset(transport)  # drops: a message cut short either way)
 
     # -- the connection's end ------------------------------------------------------
 

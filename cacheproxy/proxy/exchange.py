@@ -312,7 +312,9 @@ class Exchange:
                 log.warning("client %s read nothing of %s %s for %gs: connection closed",
                             request.remote, request.method, request.path, self.send_timeout)
                 out.abort()
-                return self._abandon(resp, outcome, release, fill)
+                if fill is None:  # (what is being stored goes on, as for a client gone)
+                    return self._abandon(resp, outcome, release, fill)
+                send_body, gone = False, True
         if send_body or fill is not None:
             resp.release()
         else:

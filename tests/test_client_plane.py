@@ -721,6 +721,32 @@ async def test_a_stalled_streamed_body_gets_408_not_the_origins_504(proxy, origi
     assert (await conn.reply()).body == b"POST 3"
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT"])
+async def test_a_chunked_body_that_breaks_its_framing_gets_400_at_once(
+        proxy, origin, caplog, method):
+    """A chunk size that is no number, mid-body: no more of the body can come, so the
+    client gets 400 now (nginx's answer), not a 408 at client_body_timeout, nor a 502
+    blaming the origin; the upload upstream is abandoned (streamed, POST) or never sent
+    (read first, PUT), and the connection closes."""
+    caplog.set_level(logging.INFO, logger="cacheproxy")
+    client, ended = await _upload_origin(proxy, origin, client_body_timeout=30,
+                                         read_timeout=30)
+    conn = await Raw.open(client)
+    began = time.monotonic()
+    await conn.send(get("/up", "Transfer-Encoding: chunked", method=method,
+                        body=b"5\r\nhello\r\n"))
+    await asyncio.sleep(0.2)
+    await conn.send(b"ZZ\r\nbroken\r\n")
+    reply = await conn.reply()
+    assert reply.status == 400 and reply.headers["connection"] == "close"
+    assert time.monotonic() - began < 3
+    assert await conn.closed_within(2)
+    assert "whole" not in " ".join(ended)
+    assert "upstream" not in caplog.text and "ERROR" not in caplog.text
+    assert f"client 127.0.0.1 sent a body that broke its framing in {method} /up: 400" \
+        in caplog.text
+
+
 async def test_client_body_timeout_is_between_reads_not_for_the_whole_body(proxy, origin):
     """A slow but steady upload takes as long as it takes (nginx's client_body_timeout)."""
     client, ended = await _upload_origin(proxy, origin, client_body_timeout=0.5)

@@ -174,6 +174,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             except HttpProcessingError as exc:
                 messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
                 self._closing = True  # the stream cannot be trusted past a bad message
+                # A body under way broke its framing: no more of it comes, and whoever
+                # reads it (an upload upstream) learns it now (400), not at a timeout.
+                for payload in (self._payload, *(p for _, p in self._queue)):
+                    if payload is not None and not payload.is_eof():
+                        payload.set_exception(exc)
             if messages and not self._closing:
                 messages = self._read_last(messages)
             if upgraded:
@@ -508,8 +513,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         request"), not an error of ours nor the origin's. Then the connection closes."""
         body_failed(request, exc)
         self._keep_alive = False
-        if exc.status == 408 and not self._started:
-            self._send_answer(request, self.listener.proxy.body_timeout(request[OUTCOME]))
+        if exc.status in (400, 408) and not self._started:
+            self._send_answer(request, self.listener.proxy.body_failed_answer(
+                request[OUTCOME], exc.status))
         elif exc.status == 499:
             self._status = 499
         self.listener.record(request, self._status, self._sent, started)

@@ -30,8 +30,9 @@ class Body(Protocol):
 
 class ClientBodyError(Exception):
     """The client's request body stopped before its end: it stalled for
-    proxy.client_body_timeout (status 408, RFC 9110 §15.5.9), or the client left (499,
-    nginx's "client closed request"). The client's failure, never the origin's: no
+    proxy.client_body_timeout (status 408, RFC 9110 §15.5.9), its framing broke (400: a
+    chunk size that is no number, say), or the client left (499, nginx's "client closed
+    request"). The client's failure, never the origin's: no
     502 or 504 blames the upstream for it, and no upstream connection that carried part
     of the body is reused (the origin holds an incomplete message)."""
 

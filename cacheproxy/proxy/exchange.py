@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import lru_cache
 
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -119,6 +120,8 @@ async def _timed(body: Body, timeout: float) -> AsyncIterator[bytes]:
             raise ClientBodyError(408, "the request body stalled", timeout) from None
         except ConnectionError:
             raise ClientBodyError(499, "the client left mid-body") from None
+        except HttpProcessingError:  # (set by the client connection's parser)
+            raise ClientBodyError(400, "the request body broke its framing") from None
         if not data:
             return
         yield data

@@ -146,8 +146,8 @@ class CacheProxy:
             body_failed(request, exc)
             if out.response is not None:  # its head went out; the relay closed it
                 return out.response
-            response = web_response(self.body_timeout(request[OUTCOME])) \
-                if exc.status == 408 else web.Response(status=499)  # (nobody reads it)
+            response = web_response(self.body_failed_answer(request[OUTCOME], exc.status)) \
+                if exc.status in (400, 408) else web.Response(status=499)  # (nobody reads)
             response.force_close()  # the rest of the body is not waited for
             return response
         if answer is None:
@@ -253,9 +253,12 @@ class CacheProxy:
     def _error(self, status: int, message: str, outcome: Outcome) -> Answer:
         return error_response(status, message, outcome, self.cache_name, self.local_via)
 
-    def body_timeout(self, outcome: Outcome) -> Answer:
-        """The answer to a request whose body stalled (RFC 9110 §15.5.9)."""
-        return self._error(408, "request timeout", outcome)
+    def body_failed_answer(self, outcome: Outcome, status: int) -> Answer:
+        """The answer to a request whose body stalled (408, RFC 9110 §15.5.9) or broke its
+        framing (400, RFC 9112 §7.1)."""
+        if status == 408:
+            return self._error(408, "request timeout", outcome)
+        return self._error(400, "bad request body", outcome)
 
 
 def body_failed(request: ClientMessage, exc: ClientBodyError) -> None:
@@ -265,6 +268,9 @@ def body_failed(request: ClientMessage, exc: ClientBodyError) -> None:
     if exc.status == 408:
         log.warning("client %s sent nothing of the body of %s %s for %gs: 408, connection "
                     "closed", request.remote, request.method, request.path, exc.timeout)
+    elif exc.status == 400:
+        log.info("client %s sent a body that broke its framing in %s %s: 400",
+                 request.remote, request.method, request.path)
     else:
         log.info("client %s left before the end of the body of %s %s", request.remote,
                  request.method, request.path)

@@ -1,6 +1,5 @@
 """Regression tests from a second reader's review of the cache core: each one showed a
 defect (fixed since), mostly about what one user could get of another's response.
-The one still marked xfail is a limitation of aiohttp, listed in the README.
 
 Every test talks to a real origin on 127.0.0.1 through a running proxy (fixtures in
 tests/conftest.py). Where a test needs bytes on the wire (HEAD bodies, odd Host fields),

@@ -111,7 +111,8 @@ async def _timed(body: Body, timeout: float) -> AsyncIterator[bytes]:
     """The client's body as it arrives, each read within timeout: nginx's
     client_body_timeout bounds the wait between two successive reads, not the whole body
     (a slow but steady upload takes as long as it takes). ClientBodyError when it stalls
-    (408) or the client leaves mid-body (499): the client's failure, not the origin's."""
+    (408), breaks its framing (400) or its client leaves mid-body (499): the client's
+    failure, not the origin's."""
     while True:
         try:
             async with asyncio.timeout(timeout):

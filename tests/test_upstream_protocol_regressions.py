@@ -272,6 +272,12 @@ async def test_a_reason_phrase_with_a_control_character_is_replaced_by_the_stand
 
 # -- the WARNING for a body that broke off ---------------------------------------------------
 
+def _cut_short(head: bytes, index: int) -> bytes:
+    """An answer whose body stops at 400 of its 1000 bytes (the origin then closes)."""
+    return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
+
+
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
 async def test_a_body_that_breaks_off_is_one_warning_naming_the_upstream_and_target(
         proxy: Any, caplog: Any, reset: bool) -> None:
@@ -279,11 +285,7 @@ async def test_a_body_that_breaks_off_is_one_warning_naming_the_upstream_and_tar
     upstream (with routes, which origin failed was unknowable), the path without its
     query, and "reset" for an origin that closed (FIN) mid-body. It names them as the
     line for a failure before the head does, and says which way the connection ended."""
-    def script(head: bytes, index: int) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
-                b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
-
-    async with Scripted(script, reset=reset) as origin:
+    async with Scripted(_cut_short, reset=reset) as origin:
         c = await proxy(origin.url)
         resp = await c.get("/doc?x=1")
         assert resp.status == 200
@@ -299,11 +301,7 @@ async def test_a_body_stored_first_that_breaks_off_is_a_502_and_one_warning(
     """A Range miss stores the whole representation first, then cuts the range from it
     (RFC 9110 §14.2): when that body breaks off, the client's 502 comes with the one
     WARNING line every 502 has, naming the upstream, the request and the cause."""
-    def script(head: bytes, index: int) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
-                b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
-
-    async with Scripted(script, reset=False) as origin:
+    async with Scripted(_cut_short, reset=False) as origin:
         c = await proxy(origin.url)
         resp = await c.get("/doc?x=1", headers={"Range": "bytes=0-9"})
         assert resp.status == 502
@@ -315,11 +313,7 @@ async def test_a_warning_line_shows_secret_parameters_redacted(proxy: Any, caplo
                                                                ) -> None:
     """The WARNING lines name the request as the request log does: the values of
     referer.strip_params (token, sid, ...) REDACTED, not in stderr's logs."""
-    def script(head: bytes, index: int) -> bytes:
-        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
-                b"Content-Length: 1000\r\n\r\n" + b"a" * 400)
-
-    async with Scripted(script, reset=False) as origin:
+    async with Scripted(_cut_short, reset=False) as origin:
         c = await proxy(origin.url)
         resp = await c.get("/doc?token=s3cret&x=1")
         with pytest.raises(aiohttp.ClientPayloadError):

@@ -37,6 +37,13 @@ TCHAR: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 TOKEN: Final = rf"{TCHAR}+"
 TOKEN_RE: Final = re.compile(TOKEN, re.ASCII)
 
+# RFC 9112 §4 Status Line
+#   reason-phrase  = 1*( HTAB / SP / VCHAR / obs-text )
+#   obs-text       = %x80-FF
+# On bytes, and empty allowed: a status line may end after its code's space. llhttp takes
+# any byte but CR and LF in it; the rest of the control characters are refused here.
+REASON_PHRASE_RE: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
 # RFC 3986 §3.1, §3.2.2, §3.2.3
 #   scheme      = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
 #   host        = IP-literal / IPv4address / reg-name

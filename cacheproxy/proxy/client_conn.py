@@ -46,13 +46,12 @@ from cacheproxy.proxy.handler import body_failed
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.quick import Plain
 from cacheproxy.proxy.quick_forward import QuickForward
-from cacheproxy.proxy.replay import REASONS
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.proxy.upstream import UpstreamError
-from cacheproxy.proxy.wire import encode_head
+from cacheproxy.proxy.wire import REASONS, encode_head
 
 log = logging.getLogger("cacheproxy")
 

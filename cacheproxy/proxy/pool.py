@@ -28,13 +28,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from http import HTTPStatus
 
 import httptools
 
+from cacheproxy.http.abnf import REASON_PHRASE_RE
 from cacheproxy.http.fields import FieldList
 from cacheproxy.proxy.downstream import ClientBodyError
 from cacheproxy.proxy.upstream import UpstreamError
+from cacheproxy.proxy.wire import REASONS
 
 # Methods that may be sent again after a failure (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -42,9 +43,6 @@ log = logging.getLogger("cacheproxy")
 _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
 _LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
-# What a reason phrase may not hold: CTLs but HTAB, and DEL (RFC 9112 §4, RFC 5234 B.1).
-_NOT_REASON = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
-_PHRASES = {s.value: s.phrase for s in HTTPStatus}  # standard reason phrases
 
 
 @lru_cache(maxsize=8)
@@ -268,13 +266,13 @@ class Connection(asyncio.Protocol):
         self._headed = True
         self.status = status
         text = self._status_text
-        if len(text.translate(None, _NOT_REASON)) == len(text):
+        if REASON_PHRASE_RE.fullmatch(text):
             self._reason = text.decode("utf-8", "surrogateescape")
         else:
             # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ), and a client
             # SHOULD ignore it. llhttp takes control characters in it, which no client may
             # be sent (the serialiser refuses them): the standard phrase stands instead.
-            self._reason = _PHRASES.get(status, "")
+            self._reason = REASONS.get(status, "")
         if not self._parser.should_keep_alive():
             self.reusable = False
         fields = self._fields = FieldList(self._fields)  # by name, for every rule after

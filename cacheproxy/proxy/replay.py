@@ -9,7 +9,6 @@ fields); a request with Origin gets its CORS grant on the full path instead."""
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -18,10 +17,9 @@ from cacheproxy.http.stored import CachedResponse
 from cacheproxy.proxy.policy_steps import outbound_fields
 from cacheproxy.proxy.respond import EntryMemo, entry_fields
 from cacheproxy.proxy.routing import PLAN, RoutePlan
-from cacheproxy.proxy.wire import encode_head
+from cacheproxy.proxy.wire import REASONS, encode_head
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-REASONS = {s.value: s.phrase for s in HTTPStatus}  # status line reason phrases
 # What the memoised heads may hold together: 4096 heads of a few hundred bytes (the
 # usual) fit some times over; heads of many large field sections are made again instead.
 MAX_HEAD_BYTES = 8 * 1024 * 1024

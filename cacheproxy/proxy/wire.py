@@ -3,10 +3,13 @@ empty line)."""
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 Fields = CIMultiDict[str] | CIMultiDictProxy[str]
+REASONS = {s.value: s.phrase for s in HTTPStatus}  # the standard reason phrases
 
 
 def encode_head(start_line: str, fields: Fields) -> bytes:

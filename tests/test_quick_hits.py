@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion10, HttpVersion11
 from support import proxy_config, proxy_for_toml, raw_origin, read_json_log
 from test_client_plane import Raw
 
@@ -456,3 +456,40 @@ def test_a_head_made_under_one_plan_is_not_replayed_under_another_at_its_id(monk
     after, _ = blocks.head(stored, plan("same-origin"), HttpVersion11)
     assert b"\r\nReferrer-Policy: no-referrer\r\n" in before + b"\r\n"
     assert b"\r\nReferrer-Policy: same-origin\r\n" in after + b"\r\n"
+
+
+def test_an_entry_refreshed_with_the_stored_fields_reuses_the_last_encoded_head(
+        monkeypatch: Any) -> None:
+    """A URL revalidated on every request (no-cache) gets a new entry per 304, holding
+    the stored field tuple when the 304 repeated them (stored.refreshed): its head is
+    encoded once. What else goes into a head (status, body length, plan, version) makes
+    it again when it differs."""
+    import dataclasses
+
+    from test_store_memory import entry
+
+    from cacheproxy.proxy import replay
+    from cacheproxy.proxy.routing import Plans
+
+    config = proxy_config("http://127.0.0.1:1")
+    plan = Plans.build(config, "http://127.0.0.1:1").default
+    other = Plans.build(config, "http://127.0.0.1:1").default
+    blocks, stored = replay.ReplayBlocks(), entry("http://h/x")
+    encoded: list[int] = []
+    real = blocks._encode
+    monkeypatch.setattr(blocks, "_encode",
+                        lambda e, p, v: encoded.append(e.status) or real(e, p, v))
+    head, _ = blocks.head(stored, plan, HttpVersion11)
+    refreshed = dataclasses.replace(stored, response_time=5.0)  # the same tuple
+    assert blocks.head(refreshed, plan, HttpVersion11)[0] == head and len(encoded) == 1
+    for changed, again in (
+            ((dataclasses.replace(stored, status=404), plan, HttpVersion11), b" 404 "),
+            ((dataclasses.replace(stored, body=b"y" * 7), plan, HttpVersion11),
+             b"Content-Length: 7"),
+            ((dataclasses.replace(stored, headers=tuple(stored.headers)), other,
+              HttpVersion10), b"HTTP/1.0 200"),
+            ((dataclasses.replace(stored, headers=(*stored.headers, "X-A", "1")), plan,
+              HttpVersion11), b"X-A: 1")):
+        before = len(encoded)
+        made, _ = blocks.head(*changed)
+        assert len(encoded) == before + 1 and again in made

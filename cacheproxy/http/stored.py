@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from typing import TypeVar
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
@@ -169,10 +170,14 @@ def refreshed(
     (tests/rfc/test_refresh_rule.py), but for the order of fields of different names and
     the case of names, which carry no meaning (RFC 9110 §5.3, §5.1): the stored fields
     keep their place and spelling, the new Date that of the stored one."""
-    flat: list[str] = []
-    for k, v in merged:  # stored fields already: only the new Date is shared (_same)
-        flat += (k, _same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v)
-    headers = tuple(flat)
+    headers = entry.headers
+    if tuple(chain.from_iterable(merged)) != headers:
+        # (else the 304's Date is the stored one: the stored tuple itself, so the head
+        # replay.py encoded from it serves the refreshed entry too)
+        flat: list[str] = []
+        for k, v in merged:  # stored fields already: only the new Date is shared (_same)
+            flat += (k, _same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v)
+        headers = tuple(flat)
     return _made(entry.key, entry.vary, entry.vary_values, entry.status, merged, headers,
                  entry.body, request_time, response_time, shared, heuristics, targeting)
 

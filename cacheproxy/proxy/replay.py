@@ -48,6 +48,10 @@ class ReplayBlocks:
     def __init__(self, size: int = 4096, max_bytes: int = MAX_HEAD_BYTES) -> None:
         self._memo: EntryMemo[tuple[int, Any], tuple[bytes, bool, RoutePlan]] = EntryMemo(
             size, max_bytes, _head_bytes)
+        # The last head encoded, with what it was made from: an entry refreshed by a 304
+        # that repeated the stored fields (stored.refreshed) holds the very same field
+        # tuple, so a URL revalidated on every request is encoded once, not per request.
+        self._last: tuple[tuple[str, ...], int, int, RoutePlan, Any, bytes, bool] | None = None
 
     @property
     def bytes(self) -> int:
@@ -67,7 +71,15 @@ class ReplayBlocks:
         # is made at its id() while the head is kept; compared all the same, as the key
         # is only its id().)
         if found is None or found[2] is not plan:
-            found = self._memo.keep(entry, key, (*self._encode(entry, plan, version), plan))
+            last = self._last
+            if last is not None and last[0] is entry.headers and last[1] == entry.status \
+                    and last[2] == len(entry.body) and last[3] is plan and last[4] == version:
+                made = last[5], last[6]
+            else:
+                made = self._encode(entry, plan, version)
+                self._last = (entry.headers, entry.status, len(entry.body), plan, version,
+                              *made)
+            found = self._memo.keep(entry, key, (*made, plan))
         return found[0], found[1]
 
     def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any

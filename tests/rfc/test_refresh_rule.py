@@ -141,6 +141,25 @@ def test_a_304_repeating_stored_fields_changes_only_the_date_and_the_figures() -
     assert entry.body is stored.body and entry.directives == stored.directives
 
 
+def test_a_304_repeating_the_stored_date_too_keeps_the_stored_field_tuple() -> None:
+    """A 304 in the same second as the stored response changes no field at all: the
+    refreshed entry holds the stored tuple itself (so replay.py's last head serves it),
+    with its age figured again; a new Date makes a new tuple."""
+    stored = _stored([("Cache-Control", "no-cache")], shared=True, dated=True)
+    same = date_only(stored, _304(("Date", DATE0), ("ETag", ETAG)))
+    assert same is not None
+    entry = refreshed(stored, same, request_time=T0 + 2, response_time=T0 + 3,
+                      shared=True, heuristics=Heuristics())
+    assert entry.headers is stored.headers and entry is not stored
+    assert entry.response_time == T0 + 3 and entry.initial_age == 3.0  # Date is T0
+    later = date_only(stored, _304(("Date", DATE1), ("ETag", ETAG)))
+    assert later is not None
+    moved = refreshed(stored, later, request_time=T0 + 300, response_time=T0 + 300,
+                      shared=True, heuristics=Heuristics())
+    assert moved.headers is not stored.headers and moved.get("date") == DATE1
+    assert moved.headers[:2] == stored.headers[:2]  # (ETag first, as stored)
+
+
 @pytest.mark.parametrize("pairs", [
     (("Date", DATE1), ("ETag", ETAG), ("Cache-Control", "max-age=120")),  # a new value
     (("Date", DATE1), ("ETag", ETAG), ("X-New", "1")),  # a field not stored

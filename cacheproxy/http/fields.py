@@ -6,9 +6,12 @@ from collections.abc import Iterable
 from typing import Protocol
 
 # §7.6.1: fields meaningful only for a single connection; never forwarded or stored.
+# The Proxy-* authentication fields are for the next hop alone (§11.7.1, §11.7.3, §11.7.4);
+# RFC 9111 §3.1 names all three as fields a cache MUST NOT store.
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate",
+    "proxy-authentication-info",
 })
 
 

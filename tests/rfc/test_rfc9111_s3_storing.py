@@ -310,6 +310,18 @@ def test_s3_1_hop_by_hop_and_connection_named_fields_are_not_stored(stored) -> N
     assert [name.lower() for name, _ in entry.header_pairs()] == ["content-type", "etag", "date"]
 
 
+def test_s3_1_proxy_authentication_fields_are_not_stored(stored) -> None:
+    """§3.1: Proxy-Authenticate, Proxy-Authentication-Info and Proxy-Authorization are
+    specific to the proxy that received them: a cache MUST NOT store them (a later
+    client would be replayed the first one's nextnonce)."""
+    entry = stored([
+        ("Proxy-Authenticate", 'Basic realm="x"'),
+        ("Proxy-Authentication-Info", 'nextnonce="for-the-first-client"'),
+        ("Proxy-Authorization", "Basic eDp5"), ("Content-Type", "text/plain"), DATE,
+    ])
+    assert [name.lower() for name, _ in entry.header_pairs()] == ["content-type", "date"]
+
+
 def test_s3_1_age_is_not_replayed_from_storage(stored) -> None:
     """§4.2.3: Age is folded into the initial age and recomputed on each reuse."""
     entry = stored([("Age", "30"), ("Cache-Control", "max-age=60")])

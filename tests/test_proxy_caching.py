@@ -305,6 +305,33 @@ async def test_s4_3_2_client_validators_on_a_miss_are_answered_by_the_cache(orig
     assert full.headers["X-Cache"] == "HIT" and await full.text() == "body"
 
 
+async def test_s4_3_2_a_miss_that_cannot_fill_gets_the_origins_304(origin, proxy):
+    """The client's validators go to the origin when the cache could not fill anyway:
+    after a private answer (hit-for-pass), and with Authorization. The first private
+    request still tries to fill (its 200 is passed on); the quick path (the next ones)
+    and the full path decide alike."""
+    def page(request: web.Request) -> web.Response:
+        fields = {"ETag": '"p1"', "Cache-Control": "private, max-age=60"}
+        if request.headers.get("If-None-Match") == '"p1"':
+            return web.Response(status=304, headers=fields)
+        return web.Response(text="private page", headers=fields)
+
+    o = Origin(account=page, api=page)
+    c = await start(origin, proxy, o)
+    first = await c.get("/account", headers={"If-None-Match": '"p1"'})
+    assert first.status == 200 and "detail=private" in cache_status(first)
+    for _ in range(2):
+        again = await c.get("/account", headers={"If-None-Match": '"p1"'})
+        assert again.status == 304 and await again.read() == b""
+        assert again.headers["ETag"] == '"p1"' and "fwd=bypass" in cache_status(again)
+        authorized = await c.get("/api", headers={"If-None-Match": '"p1"',
+                                                  "Authorization": "Bearer x"})
+        assert authorized.status == 304 and authorized.headers["X-Cache"] == "MISS"
+    assert [r.headers.get("If-None-Match") for r in o.seen] == [None] + ['"p1"'] * 4
+    full = await c.get("/account")  # without a validator, it still tries to fill
+    assert full.status == 200 and await full.text() == "private page"
+
+
 # -- §4.4 invalidation -------------------------------------------------------------------
 
 async def test_s4_4_unsafe_methods_invalidate_target_and_location(origin, proxy):

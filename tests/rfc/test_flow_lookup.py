@@ -78,6 +78,26 @@ def test_s5_2_1_5_no_store_miss_sends_the_method_and_stores_nothing() -> None:
     assert not d.strips_client_conditionals
 
 
+@pytest.mark.parametrize("conditional", [{"If-None-Match": '"a"'},
+                                         {"If-Modified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}])
+def test_s4_3_2_a_miss_that_cannot_fill_sends_the_clients_conditionals(conditional) -> None:
+    """The client's validators are stripped only so that the cache can fill from a full
+    answer. After an answer no one could store (hit-for-pass), or with Authorization
+    (§3.5: seldom storable), they go to the origin, whose 304 the client then gets
+    (Varnish's pass); without a conditional the request still tries to fill."""
+    for req, passed in ((facts("GET", conditional), True),
+                        (facts("GET", {**conditional, "Authorization": "Bearer x"}), False),
+                        (facts("HEAD", {**conditional, "Authorization": "Bearer x"}), True)):
+        d = lookup(req, (), now=T0, route=ROUTE, recently_passed=passed)
+        assert d == Forward("bypass", req.method) and not d.strips_client_conditionals
+    d = lookup(facts("GET", conditional), (), now=T0, route=ROUTE)  # no reason: it fills
+    assert d.may_store and d.strips_client_conditionals
+    d = lookup(facts("GET"), (), now=T0, route=ROUTE, recently_passed=True)
+    assert d == Forward("uri-miss", "GET", may_store=True)
+    d = lookup(facts("GET", {"Authorization": "Bearer x"}), (), now=T0, route=ROUTE)
+    assert d.may_store  # (public, s-maxage or must-revalidate make it storable, §3.5)
+
+
 def test_s5_2_1_7_only_if_cached_miss_is_504() -> None:
     d = lookup(facts("GET", {"Cache-Control": "only-if-cached"}), (), now=T0, route=ROUTE)
     assert isinstance(d, Refuse) and d.status == 504 and d.detail == "only-if-cached"

@@ -43,3 +43,24 @@ async def test_a_connect_half_closed_with_its_early_bytes_is_tunnelled_and_logge
         assert [(r["cache"], r["bytes"], r["bytes_in"]) for r in lines] == [("TUNNEL", 5, 5)]
     finally:
         server.close()
+
+
+async def test_early_bytes_past_max_tail_wait_for_the_tunnel_and_none_is_dropped(
+        proxy, origin) -> None:
+    """More than MAX_TAIL (64 KiB) sent right behind the CONNECT, before its 200: the
+    client is no longer read until the tunnel takes them, and every byte goes through
+    (the bytes past 64 KiB used to be dropped, the tunnel carrying a stream cut short)."""
+    server, port = await echo_server()
+    try:
+        client = await proxy(await origin(web.Application()),
+                             forward={"enabled": True, "connect_ports": [port]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        sent = bytes(range(256)) * 1600  # 400 KiB
+        writer.write(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
+                     .encode() + sent)
+        writer.write_eof()
+        got = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert got == b"HTTP/1.1 200 Connection Established\r\n\r\n" + sent
+    finally:
+        server.close()

@@ -56,7 +56,7 @@ from cacheproxy.proxy.wire import REASONS, encode_head
 log = logging.getLogger("cacheproxy")
 
 MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
-MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200
+MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200 is read on
 GATHER_BYTES = 64 * 1024  # bytes held for the iteration's end, at most, per client
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 _NO_BODY = frozenset({204, 304})
@@ -163,7 +163,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._tunnel.send(data)
             return
         if self._upgraded and not self._closing:
-            self._tail += data[:MAX_TAIL - len(self._tail)]  # a CONNECT's early bytes
+            self._keep_early(data)
             return
         answered_here = False
         while not self._closing and self._parser is not None:
@@ -185,7 +185,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 # request is answered, then the connection closes; a CONNECT's tunnel
                 # takes the bytes after it.
                 self._upgraded = True
-                self._tail = tail[:MAX_TAIL]
+                self._keep_early(tail)
             if not messages:
                 break
             self._disarm()
@@ -208,6 +208,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
+
+    def _keep_early(self, data: bytes) -> None:
+        """Bytes after an upgrade request's head (a CONNECT's, sent before its 200): all kept
+        for the tunnel, none dropped; past MAX_TAIL the client is not read until the tunnel
+        has taken them (connect.py)."""
+        self._tail += data
+        if len(self._tail) >= MAX_TAIL and not self._buffer_paused:
+            self._pause_reading_for_buffer()
 
     def _read_last(self, messages: list[Any]) -> list[Any]:
         """The requests of messages that are answered, as they are answered.

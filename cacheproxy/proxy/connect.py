@@ -34,6 +34,7 @@ class ConnectMethod:
     _loop: asyncio.AbstractEventLoop
     _tail: bytes
     _client_eof: bool
+    _buffer_paused: bool
     _tunnel: TunnelEnd | None
     _origin: Allowed | None
     _request: ClientRequest | None
@@ -50,6 +51,7 @@ class ConnectMethod:
         def _disarm(self) -> None: ...
         def _arm(self, seconds: float, head: bool) -> None: ...
         def _make_parser(self) -> Any: ...
+        def _resume_reading_for_buffer(self) -> None: ...
         def _send_answer(self, request: ClientRequest, answer: Answer) -> None: ...
 
     def _for_us(self, msg: RawRequestMessage) -> bool:
@@ -115,6 +117,8 @@ class ConnectMethod:
         if self._tail:
             end.send(self._tail)
             self._tail = b""
+        if self._buffer_paused:  # it sent MAX_TAIL early (_keep_early): read on
+            self._resume_reading_for_buffer()
         if self._client_eof:  # what it sent before the 200 was all: half-close onwards
             end.client_eof()
         self._disarm()

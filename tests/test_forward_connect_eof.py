@@ -64,3 +64,27 @@ async def test_early_bytes_past_max_tail_wait_for_the_tunnel_and_none_is_dropped
         assert got == b"HTTP/1.1 200 Connection Established\r\n\r\n" + sent
     finally:
         server.close()
+
+
+async def test_a_tunnel_still_open_when_a_stop_runs_out_of_time_is_logged(
+        proxy, origin) -> None:
+    """A tunnel is one line, written when it closes: also when a graceful stop closes it
+    (shutdown_timeout passed), before the application's cleanup closes the log. The task
+    waiting on the tunnel used to be cancelled without a line, after the log had closed."""
+    server, port = await echo_server()
+    try:
+        client = await proxy(await origin(web.Application()),
+                             forward={"enabled": True, "connect_ports": [port]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
+                     "hello".encode())
+        assert await asyncio.wait_for(reader.readexactly(44), 5) \
+            == b"HTTP/1.1 200 Connection Established\r\n\r\nhello"
+        listener = client.server.runner.server
+        listener.pre_shutdown()
+        await listener.shutdown(0.2)  # the tunnel is still open: out of time
+        stats = listener.observer.stats
+        assert stats.by_cache["TUNNEL"] == 1
+        writer.close()
+    finally:
+        server.close()

@@ -122,9 +122,12 @@ class ConnectMethod:
         if self._client_eof:  # what it sent before the 200 was all: half-close onwards
             end.client_eof()
         self._disarm()
-        await end.closed
-        outcome.bytes_in = end.sent
-        self.listener.record(request, 200, end.received, started)
+        try:
+            await end.closed
+        finally:  # a stop out of time cancels the wait: the tunnel still gets its line
+            end.client_gone()
+            outcome.bytes_in = end.sent
+            self.listener.record(request, 200, end.received, started)
         self.close()
         return False
 

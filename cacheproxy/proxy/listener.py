@@ -153,10 +153,13 @@ class Listener:
             if left is not None and left <= 0:
                 break
             await asyncio.wait(busy, timeout=left)
+        stopped = [t for conn in self.connections if (t := conn.busy) is not None]
         for conn in list(self.connections):
             conn.close()
             conn.stop()
         self.connections.clear()
+        if stopped:  # what they were doing ends now, its line written (a tunnel's too),
+            await asyncio.wait(stopped, timeout=1.0)  # before the application's cleanup
 
 
 class LeanRunner(web.AppRunner):

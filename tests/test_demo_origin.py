@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -294,6 +296,24 @@ async def test_echo(client: Client, method: str) -> None:
     names = [name for name, _ in report["headers"]]
     assert ["X-First", "1"] in report["headers"]
     assert names.index("X-First") < names.index("X-Second")
+
+
+async def test_echo_with_a_body_cut_short_logs_no_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A body that stops before its Content-Length (the proxy abandons an upload when its
+    client leaves or stalls) is no error of the demo origin's: it used to log ERROR and a
+    traceback on the proxy's stderr (serve runs the demo in the same process)."""
+    runner, port = await start_demo_origin("127.0.0.1", 0)
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        await asyncio.sleep(0.2)
+    finally:
+        await runner.cleanup()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # --- The index ---------------------------------------------------------------------------

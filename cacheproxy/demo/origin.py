@@ -320,8 +320,11 @@ def asset_handler(content_type: str, text: str) -> Handler:
 
 async def echo(request: web.Request) -> web.Response:
     length = 0
-    async for chunk in request.content.iter_any():  # counted, not buffered
-        length += len(chunk)
+    try:
+        async for chunk in request.content.iter_any():  # counted, not buffered
+            length += len(chunk)
+    except ConnectionError:  # the body was cut short (a proxy abandoning an upload): not
+        return web.Response(status=400, text="request body cut short\n")  # an error here
     report = {
         "method": request.method,
         "path_qs": request.path_qs,

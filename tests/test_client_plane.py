@@ -140,7 +140,8 @@ async def test_keepalive_timeout_closes_an_idle_connection_and_not_a_busy_one(pr
     assert await conn.closed_within(1.5)
 
 
-async def test_max_client_connections_closes_the_connection_past_the_limit(proxy, origin):
+async def test_max_client_connections_closes_the_connection_past_the_limit(
+        proxy, origin, caplog):
     client = await start(proxy, origin, max_client_connections=2)
     first, second = await Raw.open(client), await Raw.open(client)
     for conn in (first, second):
@@ -148,6 +149,11 @@ async def test_max_client_connections_closes_the_connection_past_the_limit(proxy
         assert (await conn.reply()).status == 200
     third = await Raw.open(client)
     assert await third.closed_within(2)
+    extra = await Raw.open(client)  # said once, not once per connection
+    assert await extra.closed_within(2)
+    said = [r.getMessage() for r in caplog.records if "max_client_connections" in r.getMessage()]
+    assert said == ["1 client connection(s) closed as they arrived: 2 are open, the most "
+                    "proxy.max_client_connections allows"]
     first.close()
     await asyncio.sleep(0.2)
     fourth = await Raw.open(client)  # room again

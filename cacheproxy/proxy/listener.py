@@ -25,6 +25,9 @@ from cacheproxy.proxy.replay import ReplayBlocks
 
 log = logging.getLogger("cacheproxy")
 
+# Connections closed at proxy.max_client_connections are said at most this often.
+REFUSED_SAY_SECONDS = 60.0
+
 # Set by make_app: what the listener serves with.
 LEAN = web.AppKey("lean", "Plane")
 
@@ -70,6 +73,8 @@ class Listener:
         self.quick = QuickHits(self.proxy, self.is_control)
         self._gathered: list[ClientConnection] = []  # connections with answers to send
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
+        self._refused = 0  # connections closed at the limit since the last line saying so
+        self._refused_said = -REFUSED_SAY_SECONDS
 
     @property
     def timeouts(self) -> Timeouts:
@@ -96,7 +101,15 @@ class Listener:
                 conn.abort_unread()
 
     def admit(self, conn: ClientConnection) -> bool:
-        if len(self.connections) >= self.proxy.config.proxy.max_client_connections:
+        limit = self.proxy.config.proxy.max_client_connections
+        if len(self.connections) >= limit:
+            self._refused += 1
+            now = self.loop.time()
+            if now - self._refused_said >= REFUSED_SAY_SECONDS:  # said, not for each one
+                log.warning("%d client connection(s) closed as they arrived: %d are open, "
+                            "the most proxy.max_client_connections allows", self._refused,
+                            limit)
+                self._refused, self._refused_said = 0, now
             return False
         self.connections.add(conn)
         return True

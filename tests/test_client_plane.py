@@ -499,6 +499,17 @@ async def test_a_reload_applies_client_timeouts_to_new_connections(proxy, origin
     assert not await old.closed_within(0.2)  # the old connection keeps its own
 
 
+async def test_send_timeout_is_restart_only_on_the_lean_plane_too(proxy, origin):
+    """A reload says proxy.send_timeout takes effect at the next restart (RESTART_ONLY);
+    new connections used to take the new value anyway, while the WARNING line named the
+    old one (the exchange's)."""
+    client = await start(proxy, origin, send_timeout=60)
+    url = client.app_proxy.default_upstream
+    reconfigure(client.server.app, proxy_config(url, proxy={"send_timeout": 0.5}))
+    listener = client.server.runner.server
+    assert listener.timeouts.send == 60 == client.app_proxy.exchange.send_timeout
+
+
 async def test_a_streamed_head_is_not_held_back_waiting_for_the_body(proxy, origin):
     """The head is corked only while body bytes are already at hand: an origin that sends
     its head and then thinks has the head reach the client at once."""

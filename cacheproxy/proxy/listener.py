@@ -79,8 +79,9 @@ class Listener:
     @property
     def timeouts(self) -> Timeouts:
         config = self.proxy.config.proxy  # read per connection: a reload applies to new ones
+        # (send_timeout is restart-only, server.RESTART_ONLY: the exchange's, from the start)
         return Timeouts(config.client_header_timeout, config.keepalive_timeout,
-                        config.send_timeout, config.client_body_timeout)
+                        self.proxy.exchange.send_timeout, config.client_body_timeout)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)

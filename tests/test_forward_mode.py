@@ -250,6 +250,21 @@ async def test_intercepted_connect_caches_https_by_its_url(proxy, two_origins, h
     assert f"https://localhost:{server.port}/secret?a=1" in keys
 
 
+async def test_an_intercepted_connect_with_bytes_before_its_200_is_answered_400(
+        proxy, two_origins, tmp_path: Path):
+    """TLS bytes sent before the 200 are not the proxy's to read: the client is told 400
+    (it used to get a bare close while the log said 400)."""
+    upstream, _ = two_origins
+    client = await proxy(upstream, forward={"enabled": True, "intercept_tls": True,
+                                            "connect_ports": [443],
+                                            "ca_dir": str(tmp_path / "proxy-ca")})
+    reader, writer = await raw(client.port, b"CONNECT example.com:443 HTTP/1.1\r\n"
+                               b"Host: example.com:443\r\n\r\n\x16\x03\x01\x00\x05hello")
+    status, _, _ = await head_and_body(reader)
+    assert status == 400
+    writer.close()
+
+
 async def test_without_the_origin_ca_an_intercepted_request_is_a_502(
         proxy, two_origins, https_origin, tmp_path: Path):
     upstream, _ = two_origins

@@ -151,12 +151,15 @@ class ConnectMethod:
             outcome.status = "ERROR"
             return self._refuse_connect(request, outcome, 502, "no certificate for the host")
         transport = self.transport
-        if transport is None or self._tail or self._client_eof:  # TLS bytes sent before
-            outcome.status = "ERROR"  # the 200 (not ours to read), or the client left
-            self.listener.record(request, 499 if transport is None else 400, 0,
-                                 outcome.started)
+        if transport is None:  # the client left
+            outcome.status = "ERROR"
+            self.listener.record(request, 499, 0, outcome.started)
             self.close()
             return False
+        if self._tail or self._client_eof:  # TLS bytes sent before the 200 (not ours to
+            outcome.status = "ERROR"  # read), or its end: no handshake can follow; told so
+            return self._refuse_connect(request, outcome, 400, "bytes came before the 200 "
+                                        "of an intercepted CONNECT")
         transport.write(ESTABLISHED)
         outcome.status, self._status = "TUNNEL", 200
         outcome.policy = "intercepted"

@@ -178,6 +178,7 @@ async def test_connect_is_refused_off_its_ports_and_without_forward_mode(proxy, 
                                    f"Host: localhost:{port}\r\n\r\n".encode())
         status, headers, _ = await head_and_body(reader)
         assert status == 405 and "cacheproxy" in headers["via"]
+        assert headers["allow"] == ""  # RFC 9110 §15.5.6: a MUST; none, by configuration
         writer.close()
         on = await proxy(upstream, forward={"enabled": True})  # connect_ports = [443]
         reader, writer = await raw(on.port, f"CONNECT localhost:{port} HTTP/1.1\r\n"

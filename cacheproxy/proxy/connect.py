@@ -135,6 +135,8 @@ class ConnectMethod:
                         reason: str) -> bool:
         answer = error_response(status, reason, outcome, self.listener.proxy.cache_name,
                                 self.listener.proxy.local_via)
+        if status == 405:  # RFC 9110 §15.5.6, §10.2.1: empty, disabled by configuration
+            answer.headers["Allow"] = ""
         self._send_answer(request, answer)
         self.listener.record(request, status, self._sent, outcome.started)
         self._request = None

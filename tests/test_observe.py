@@ -229,6 +229,18 @@ async def test_admin_paths_are_never_forwarded(origin, proxy):
     assert resp.status == 404 and "no admin endpoint" in (await resp.json())["error"]
 
 
+async def test_an_admin_endpoint_asked_with_another_method_is_a_405_naming_its_own(
+        origin, proxy):
+    """RFC 9110 §15.5.6: `curl .../purge?url=/a` without -X POST used to be told that
+    no such endpoint existed (404)."""
+    c = await proxy(await origin(origin_app()))
+    resp = await c.get("/_cacheproxy/purge", params={"url": "/a"})
+    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    assert "takes POST" in (await resp.json())["error"]
+    resp = await c.post("/_cacheproxy/healthz")
+    assert resp.status == 405 and resp.headers["Allow"] == "GET, HEAD"
+
+
 async def test_a_token_is_required_when_configured(origin, proxy):
     c = await proxy(await origin(origin_app()), admin={"token": "s3cret"})
     await c.get("/a")

@@ -260,6 +260,12 @@ class Admin:
     async def unknown(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
+        allowed = sorted({route.method for resource in request.app.router.resources()
+                          if isinstance(resource, web.PlainResource)
+                          and resource.canonical == request.path for route in resource})
+        if allowed:  # an endpoint, another method (RFC 9110 §15.5.6: 405, with Allow)
+            return _json({"error": f"{request.path} takes {', '.join(allowed)}, not "
+                                   f"{request.method}"}, 405, {"Allow": ", ".join(allowed)})
         return _json({"error": f"no admin endpoint {request.path}",
                       "endpoints": ["stats", "entries", "entry", "purge", "clear", "dashboard",
                                     "proxy.pac"]},

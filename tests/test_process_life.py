@@ -142,6 +142,27 @@ async def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(origi
     assert "finishing requests in flight" in err
 
 
+async def test_with_admin_listen_readyz_answers_503_while_the_proxy_drains(origin, tmp_path):
+    """README: readyz answers 503 while it drains. admin.listen used to close before the
+    drain began, so a probe got a refused connection instead."""
+    up, state = await counting_origin(origin, slow_seconds=2.0)
+    admin = free_port()
+    env = clean_env(CACHEPROXY_ADMIN_LISTEN=f"127.0.0.1:{admin}")
+    proc, port = await start_serve("--upstream", str(up.make_url("")), cwd=tmp_path, env=env)
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow"))
+        await asyncio.wait_for(state["started"].wait(), 10)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        ready = await http.get(f"http://127.0.0.1:{admin}/_cacheproxy/readyz")
+        assert ready.status == 503 and (await ready.json())["draining"] is True
+        response = await asyncio.wait_for(slow, 10)
+        assert response.status == 200
+        await response.read()
+    code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err
+
+
 async def test_sigterm_does_not_wait_longer_than_shutdown_timeout(origin, tmp_path):
     up, state = await counting_origin(origin, slow_seconds=30)
     env = clean_env(CACHEPROXY_PROXY_SHUTDOWN_TIMEOUT="0.5")

@@ -158,11 +158,23 @@ async def serve(
         app[HEALTH].draining = True
         log.info("stopping: finishing requests in flight (at most %ss)",
                  config.proxy.shutdown_timeout)
-        if control is not None:
+        if control is not None:  # admin.listen answers while the proxy drains (readyz
+            await _drain(runner, config.proxy.shutdown_timeout)  # 503), then goes
             await control.cleanup()
         await runner.cleanup()
         if demo is not None:
             await demo.cleanup()
+
+
+async def _drain(runner: LeanRunner, timeout: float) -> None:
+    """What runner.cleanup() does first: stop listening, let requests in flight finish
+    (timeout), close the connections; its application (store, log) stays up."""
+    for site in list(runner.sites):
+        await site.stop()
+    listener = runner.server
+    if listener is not None:
+        listener.pre_shutdown()
+        await listener.shutdown(timeout)
 
 
 def _freeze_the_start() -> None:

@@ -267,7 +267,7 @@ async def test_intercepted_https_page_is_cached_and_hits_on_a_new_navigation(
         assert secure.paths() == list(ASSETS)  # once each, over verified TLS
         entries = await (await client.get("/_cacheproxy/entries")).json()
         keys = {e["key"] for e in entries["entries"]}
-        assert {f"https://{authority}{path}" for path in ASSETS} <= keys
+        assert {f"https://{authority}{path}#forward" for path in ASSETS} <= keys
 
 
 async def test_without_trusting_the_proxy_ca_an_intercepted_page_does_not_load(

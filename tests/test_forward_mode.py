@@ -84,7 +84,41 @@ async def test_absolute_form_goes_to_the_origin_it_names_and_is_cached_by_its_ur
     assert await resp.text() == "upstream /page"
     keys = {e["key"] for e in (await (await client.get("/_cacheproxy/entries")).json())
             ["entries"]}
-    assert f"http://localhost:{other.port}/page?x=1" in keys
+    assert f"http://localhost:{other.port}/page?x=1#forward" in keys
+
+
+async def test_forward_and_reverse_entries_never_answer_for_each_other(proxy, two_origins):
+    """An origin-form request with a Host naming another site is answered by the
+    upstream and, with X-Forwarded-Host on, keyed by the client's URL: a forward request
+    for that very URL must not get it (nor the other way round). Forward entries are
+    keyed apart ("#forward"), listed so, and purged by their listed key."""
+    upstream, other = two_origins
+    client = await proxy(upstream, forward={"enabled": True})
+    site = f"127.0.0.1:{other.port}"
+    forged = await client.get("/page", headers={"Host": site})  # reverse mode, any Host
+    assert await forged.text() == "upstream /page" and forged.headers["X-Cache"] == "MISS"
+    status, headers, body = await forward_get(client.port, f"http://{site}/page")
+    assert (status, body, headers["x-cache"]) == (200, b"other /page", "MISS")
+    # The other way: a forward fetch first, then a reverse request with that Host.
+    status, headers, body = await forward_get(client.port, f"http://{site}/b")
+    assert (body, headers["x-cache"]) == (b"other /b", "MISS")
+    reverse = await client.get("/b", headers={"Host": site})
+    assert await reverse.text() == "upstream /b" and reverse.headers["X-Cache"] == "MISS"
+    for path, text in (("/page", b"other /page"), ("/b", b"other /b")):  # each kept apart
+        status, headers, body = await forward_get(client.port, f"http://{site}{path}")
+        assert (body, headers["x-cache"]) == (text, "HIT")
+        again = await client.get(path, headers={"Host": site})
+        assert await again.text() == f"upstream {path}" and again.headers["X-Cache"] == "HIT"
+    keys = {e["key"] for e in (await (await client.get("/_cacheproxy/entries")).json())
+            ["entries"]}
+    assert {f"http://{site}/page", f"http://{site}/page#forward"} <= keys
+    purged = await client.post("/_cacheproxy/purge",
+                               params={"url": f"http://{site}/page#forward"})
+    assert purged.status == 200
+    _, headers, _ = await forward_get(client.port, f"http://{site}/page")
+    assert headers["x-cache"] == "MISS"
+    again = await client.get("/page", headers={"Host": site})
+    assert again.headers["X-Cache"] == "HIT"  # the reverse entry stayed
 
 
 async def test_absolute_form_without_forward_mode_keeps_going_to_the_upstream(
@@ -248,7 +282,7 @@ async def test_intercepted_connect_caches_https_by_its_url(proxy, two_origins, h
     assert server.app[SEEN] == [f"GET /secret?a=1 host=localhost:{server.port}"]
     keys = {e["key"] for e in (await (await client.get("/_cacheproxy/entries")).json())
             ["entries"]}
-    assert f"https://localhost:{server.port}/secret?a=1" in keys
+    assert f"https://localhost:{server.port}/secret?a=1#forward" in keys
 
 
 async def test_an_intercepted_connect_with_bytes_before_its_200_is_answered_400(

@@ -30,6 +30,8 @@ class RoutePlan:
     cache: CacheSettings
     # Response fields this cache consumes and removes on the way out (Surrogate-Control)
     removed: frozenset[str] = frozenset()
+    # Forward mode's plan for an origin a client named (Plans.forward_to)
+    forwarded: bool = False
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """RFC 9111 §2: the primary key is the URI of the response; here, everything the origin
@@ -39,12 +41,16 @@ class RoutePlan:
         the same upstream URL, which is the key (nginx's $proxy_host key): replicas reached by
         different names share entries. A private-cache route (shared = false, the default
         route too) keys apart, so what it may keep for one user never reaches a shared
-        route's users."""
+        route's users. Forward mode's entries ("#forward": the answers of the origin a
+        client named) are keyed apart from reverse mode's, whose key may name the same
+        URL for the upstream's answer to a Host any client may send."""
         if self.client_host_seen:
             key = primary_key(scheme, authority, target)
         else:
             key = primary_key(self.upstream_scheme, self.forward.upstream_host,
                               self.upstream_path + target)
+        if self.forwarded:
+            key += "#forward"
         return key if self.cache.shared else f"{key}#private:{self.route.name}"
 
     @property
@@ -122,7 +128,8 @@ class Plans:
             if len(self.forwarded) >= MAX_FORWARDED_PLANS:
                 self.forwarded.clear()
             route = replace(self.table.default, upstream=origin)
-            plan = self.forwarded[origin] = plan_route(route, self.config, origin)
+            plan = self.forwarded[origin] = replace(plan_route(route, self.config, origin),
+                                                    forwarded=True)
         return plan
 
     def match(self, authority: str, target: str) -> RoutePlan:

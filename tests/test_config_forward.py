@@ -65,10 +65,16 @@ def test_every_key_from_the_environment(tmp_path: Path) -> None:
         "CACHEPROXY_FORWARD_INTERCEPT_TLS": "true",
         "CACHEPROXY_FORWARD_CA_DIR": "/var/lib/cacheproxy",
         "CACHEPROXY_FORWARD_OPEN": "1",
+        "CACHEPROXY_FORWARD_TUNNEL_IDLE_TIMEOUT": "90",
     }).forward
     assert forward == ForwardConfig(True, ("example.com", "*.example.net"),
                                     ("bad.example.net",), (443, 8443), True,
-                                    "/var/lib/cacheproxy", True)
+                                    "/var/lib/cacheproxy", True, 90.0)
+
+
+def test_tunnel_idle_timeout_must_be_positive(tmp_path: Path) -> None:
+    assert error(tmp_path, "[forward]\ntunnel_idle_timeout = 0\n").key == \
+        "forward.tunnel_idle_timeout"
 
 
 def test_empty_connect_ports_allow_no_tunnel(tmp_path: Path) -> None:

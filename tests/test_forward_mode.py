@@ -6,6 +6,7 @@ proxy.upstream_ca_file; the proxy's local CA trusted by the test client)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from pathlib import Path
@@ -199,6 +200,45 @@ async def test_connect_tunnels_bytes_both_ways_and_logs_one_tunnel_line(proxy, t
         assert tunnel["bytes"] == tunnel["bytes_in"] == 200_012
         stats = await (await client.get("/_cacheproxy/stats")).json()
         assert stats["by_cache"].get("ERROR", 0) == 0
+    finally:
+        server.close()
+
+
+async def test_an_idle_tunnel_is_closed_at_tunnel_idle_timeout(proxy, two_origins, tmp_path,
+                                                               caplog):
+    """A tunnel carrying no byte either way for forward.tunnel_idle_timeout is closed on
+    both sides (a client gone without a FIN would hold both sockets for good), logged as
+    a tunnel; one that keeps carrying bytes is not, however long it lasts."""
+    caplog.set_level(logging.INFO, logger="cacheproxy")
+    upstream, _ = two_origins
+    server, port = await echo_server(upper=True)
+    try:
+        client = await proxy(upstream, forward={"enabled": True, "connect_ports": [port],
+                                                "tunnel_idle_timeout": 0.6},
+                             log={"path": str(tmp_path / "requests.log")})
+        head = f"CONNECT localhost:{port} HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n"
+        busy_r, busy_w = await raw(client.port, head.encode())
+        idle_r, idle_w = await raw(client.port, head.encode())
+        for reader in (busy_r, idle_r):
+            assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+                b"HTTP/1.1 200")
+        for _ in range(6):  # 1.2 s in all, a byte every 0.2 s
+            busy_w.write(b"a")
+            assert await asyncio.wait_for(busy_r.readexactly(1), 5) == b"A"
+            await asyncio.sleep(0.2)
+        assert await asyncio.wait_for(idle_r.read(), 5) == b""  # closed by the proxy
+        busy_w.write(b"b")  # the busy one is still open
+        assert await asyncio.wait_for(busy_r.readexactly(1), 5) == b"B"
+        busy_w.close()
+        idle_w.close()
+        for _ in range(50):
+            lines = [r for r in await read_json_log(client) if r["method"] == "CONNECT"]
+            if len(lines) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(r["bytes"] for r in lines) == [0, 7]
+        assert all((r["cache"], r["status"]) == ("TUNNEL", 200) for r in lines)
+        assert any("tunnel_idle_timeout" in r.getMessage() for r in caplog.records)
     finally:
         server.close()
 

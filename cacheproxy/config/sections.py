@@ -179,6 +179,7 @@ class ForwardConfig:
     intercept_tls: bool = setting(False)
     ca_dir: str = setting("")  # "": ca_path() gives the user's data directory
     open: bool = setting(False)  # a non-loopback listen with allow_hosts = ["*"]
+    tunnel_idle_timeout: float = setting(600.0, gt=0)  # a tunnel carrying no byte
 
     def ca_path(self, env: Mapping[str, str]) -> Path:
         """Where the CA lives: ca_dir ("~" is the user's home), or "" for

@@ -90,8 +90,8 @@ class ConnectMethod:
         assert client is not None
         try:
             async with asyncio.timeout(proxy.config.proxy.connect_timeout):
-                _, end = await loop.create_connection(lambda: TunnelEnd(client), d.host,
-                                                      d.port)
+                _, end = await loop.create_connection(
+                    lambda: TunnelEnd(client, forward.tunnel_idle_timeout), d.host, d.port)
         except (OSError, TimeoutError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
             reason = "timed out" if isinstance(exc, TimeoutError) else \
@@ -128,6 +128,9 @@ class ConnectMethod:
             end.client_gone()
             outcome.bytes_in = end.sent
             self.listener.record(request, 200, end.received, started)
+        if end.idled:
+            log.info("CONNECT tunnel to %s closed: no byte either way for %ss "
+                     "(forward.tunnel_idle_timeout)", msg.path, forward.tunnel_idle_timeout)
         self.close()
         return False
 

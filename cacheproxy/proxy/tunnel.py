@@ -10,18 +10,40 @@ import asyncio
 class TunnelEnd(asyncio.Protocol):
     """The origin's side of a tunnel; `client` is the client's transport."""
 
-    def __init__(self, client: asyncio.Transport) -> None:
+    def __init__(self, client: asyncio.Transport, idle_timeout: float = 600.0) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.received = 0  # bytes from the origin, sent to the client
         self.sent = 0  # bytes from the client, sent to the origin
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.idled = False  # closed for forward.tunnel_idle_timeout
+        loop = self._loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = loop.create_future()
         self._origin_done = self._client_done = False  # each side sent its EOF
+        # A tunnel with no byte either way for this long is closed: a client that
+        # vanished without a FIN would otherwise hold both sockets for good. One timer,
+        # looked at when it fires (no re-arming per read).
+        self._idle_timeout = idle_timeout
+        self._moved = 0.0  # when a byte last went either way
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._moved = self._loop.time()
+        self._timer = self._loop.call_later(self._idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        left = self._moved + self._idle_timeout - self._loop.time()
+        if left > 0:
+            self._timer = self._loop.call_later(left, self._check_idle)
+            return
+        self._timer = None
+        self.idled = True
+        self.client.abort()  # (what either side still holds unsent is of no use now)
+        if self.transport is not None:
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        self._moved = self._loop.time()
         self.received += len(data)
         if not self.client.is_closing():
             self.client.write(data)
@@ -37,6 +59,9 @@ class TunnelEnd(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.client.is_closing():
             self.client.close()
         if not self.closed.done():
@@ -53,6 +78,7 @@ class TunnelEnd(asyncio.Protocol):
     # -- called by the client's side ---------------------------------------------------
 
     def send(self, data: bytes) -> None:
+        self._moved = self._loop.time()
         self.sent += len(data)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)

@@ -37,7 +37,13 @@ def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
         if new_value == entry.etag:  # the usual 304: the very tag stored
             return True
         old = parse_etag(entry.etag)
-        return old is not None and old.opaque == new_tag.opaque and old.weak == new_tag.weak
+        if old is None or old.opaque != new_tag.opaque:
+            return False
+        # A strong validator selects the same strong one only; a weak one selects the
+        # stored response it "corresponds" to, by weak comparison (RFC 9110 §8.8.3.2): a
+        # 304 whose tag a compressing origin weakened (W/"v1" for a stored "v1") still
+        # validates, as the If-None-Match it answers matched by weak comparison too.
+        return new_tag.weak or not old.weak
     new_lm = first_value(response, "last-modified")
     if new_lm is not None:
         return new_lm == entry.last_modified

@@ -207,6 +207,14 @@ def test_s4_3_4_weak_validator_selects_the_same_weak_tag(stored) -> None:
     assert not selects(stored({"ETag": 'W/"v1"'}), [("ETag", 'W/"v2"')])
 
 
+def test_s4_3_4_weak_validator_selects_the_stored_tag_it_corresponds_to(stored) -> None:
+    """§4.3.4: a weak validator selects the stored response it corresponds to, by weak
+    comparison (RFC 9110 §8.8.3.2): an origin that weakens its tag when it compresses
+    answers the cache's If-None-Match: "v1" with a 304 carrying W/"v1"."""
+    assert selects(stored({"ETag": '"v1"'}), [("ETag", 'W/"v1"')])
+    assert not selects(stored({"ETag": '"v1"'}), [("ETag", 'W/"v2"')])
+
+
 def test_s4_3_4_etag_in_304_but_none_stored_selects_nothing(stored) -> None:
     assert not selects(stored({"Last-Modified": LM}), [("ETag", '"v1"')])
 

@@ -172,6 +172,18 @@ async def test_absolute_form_target_is_forwarded_as_origin_form(origin, proxy):
     assert rec.last.raw_path == "/a%2Fb?x=1&x=2"
 
 
+@pytest.mark.parametrize("target", ["http://user:pw@site.test/a", "http://evil@site.test/",
+                                    "https://@site.test/"])
+async def test_userinfo_in_an_absolute_form_target_is_a_400(origin, proxy, target):
+    """RFC 9110 §4.2.4: a recipient SHOULD treat userinfo in an http(s) URI as an error
+    (it makes a URI look like another site's); it is neither dropped nor forwarded."""
+    rec, _, client = await recording_proxy(origin, proxy)
+    answer = await raw_request(client, f"GET {target} HTTP/1.1\r\nHost: site.test\r\n"
+                                       "Connection: close\r\n\r\n")
+    assert status_of(answer) == 400
+    assert rec.seen == []
+
+
 async def test_unknown_and_repeated_fields_pass_both_ways(origin, proxy):
     rec, _, client = await recording_proxy(origin, proxy)
     rec.headers = [("X-Origin-Thing", "o1"), ("X-Rep", "first"), ("X-Rep", "second"),

@@ -52,7 +52,9 @@ def request_target(raw: str, host: str | None) -> Target | None:
         return None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         return None
-    authority = parts.netloc.rpartition("@")[2]  # userinfo is not part of the key
+    authority = parts.netloc
+    # RFC 9110 §4.2.4: userinfo in an http(s) URI is an error (it is used to make a
+    # URI look like another site's); valid_authority refuses the "@" it would leave.
     if not valid_authority(authority):
         return None
     path = parts.path or "/"

@@ -87,23 +87,37 @@ async def test_a_status_below_100_or_a_1xx_with_content_is_refused(
         assert asked.count(b"/bad") == 3
 
 
-async def test_interim_answers_without_content_still_come_before_the_final_one(
-        proxy: Any) -> None:
-    """100 Continue and 103 Early Hints (RFC 8297), even with a Content-Length of 0, are
-    passed over, and the final answer is relayed."""
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-forward"])
+async def test_interim_answers_are_forwarded_before_the_final_one(
+        proxy: Any, forward_switch: Any, quick: bool) -> None:
+    """RFC 9110 §15.2: a proxy MUST forward 1xx answers (103 Early Hints, RFC 8297), with
+    their end-to-end fields and Via, no Content-Length (§8.6); but the 100 Continue it
+    answered itself, and to an HTTP/1.0 client none (it knows no 1xx)."""
     async def script(head: bytes, index: int) -> bytes | None:
         return (b"HTTP/1.1 100 Continue\r\n\r\n"
                 b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n"
-                b"Content-Length: 0\r\n\r\n"
+                b"Connection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n"
                 b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\n"
                 b"final")
 
     async with raw_origin(script) as origin:
         c = await proxy(url(origin))
-        for _ in range(2):
-            resp = await c.get("/i")
-            assert resp.status == 200 and await resp.read() == b"final"
-            assert "Link" not in resp.headers
+        forward_switch(quick)
+        assert await (await c.get("/i", headers={"Host": "example"})).read() == b"final"
+        for version, hints in (("1.1", True), ("1.0", False), ("1.1", True)):
+            raw = await Raw.open(c)
+            sent = forward_switch.state["sent"]
+            await raw.send(request("/i", (), version=version))
+            if hints:
+                early = await raw.reply(head=True)
+                assert early.status == 103, early
+                assert early.headers["link"] == "</s.css>; rel=preload"
+                assert "cacheproxy" in early.headers["via"]
+                assert not {"content-length", "x-hop", "connection"} & set(early.headers)
+            final = await raw.reply()
+            assert (final.status, final.body) == (200, b"final"), final
+            assert forward_switch.state["sent"] == sent + quick  # the path under test
+            raw.writer.close()
         assert origin.connections == 1
 
 
@@ -226,6 +240,9 @@ async def _status_lines(proxy: Any, forward_switch: Any, quick: bool,
             line = await asyncio.wait_for(raw.reader.readline(), 5)
             assert line, "connection closed before a response"
             head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
+            while line.startswith(b"HTTP/1.1 1"):  # an interim answer, passed on: the next
+                line = await asyncio.wait_for(raw.reader.readline(), 5)
+                head = await asyncio.wait_for(raw.reader.readuntil(b"\r\n\r\n"), 5)
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             got.append((line, await raw.reader.readexactly(length)))
             assert forward_switch.state["sent"] == sent + (quick and i > 0)

@@ -36,6 +36,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
 
+from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.policies.forward import Allowed
@@ -584,6 +585,19 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
         return self._head(request.version, status, reason, headers)
+
+    def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
+        """An interim (1xx) answer from the origin, before the final one (103 Early Hints):
+        RFC 9110 §15.2, a proxy MUST forward it; with its end-to-end fields and Via, to an
+        HTTP/1.1 client only (§15.2: never to HTTP/1.0, which has no 1xx)."""
+        request = self._request
+        if request is None or self._started or self.transport is None \
+                or request.version < HttpVersion11:
+            return
+        headers = CIMultiDict(end_to_end(fields))
+        headers.popall("Content-Length", None)  # (§8.6: none in a 1xx)
+        headers.add("Via", self.listener.proxy.local_via)
+        self._write(encode_head(f"HTTP/1.1 {status} {reason}", headers))
 
     def send_whole(self, head: bytes, body: bytes) -> None:
         """A relayed response whose body is all here: head and body, one send."""

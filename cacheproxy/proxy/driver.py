@@ -143,7 +143,8 @@ class Driver:
         try:  # (a ClientBodyError is the client's: its connection answers it)
             resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
                                             ctx.fields(fwd), body, ctx.outcome, first_sent,
-                                            getattr(request, "body_timeout", None))
+                                            getattr(request, "body_timeout", None),
+                                            ctx.out.interim)
         except UpstreamError as exc:
             return self.upstream_failed(ctx, fwd, exc, release)
         try:

@@ -26,7 +26,7 @@ from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.downstream import Answer, Body, ClientBodyError, ClientMessage, Downstream
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
-from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Origin, Pool
+from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Interim, Origin, Pool
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.store import Store
@@ -191,7 +191,7 @@ class Exchange:
     async def send(
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
         outcome: Outcome | None = None, first_sent: float | None = None,
-        body_timeout: float | None = None,
+        body_timeout: float | None = None, interim: Interim | None = None,
     ) -> UpstreamResponse:
         """Send the request and return the answer's head. A request that failed on a reused
         connection before any byte of the answer came is sent once more on a new one, when
@@ -199,6 +199,7 @@ class Exchange:
         closed the idle connection just then). first_sent: this is that second time, and
         the first went out then (time.perf_counter(): upstream_ms counts from it).
         body_timeout: proxy.client_body_timeout for this request (else the exchange's).
+        interim: where the 1xx answers before the final one go (the client's, Downstream).
         Raises ClientBodyError when the client's body stalls or breaks off: the upstream
         connection, if one carried part of it, is closed, never reused."""
         timeout = self.client_body_timeout if body_timeout is None else body_timeout
@@ -218,7 +219,7 @@ class Exchange:
             stream = None if body is None else _once(kept) if kept is not None \
                 else _framed(body, chunked, timeout)
             try:
-                await conn.send(head, stream, method == "HEAD", self.read_timeout)
+                await conn.send(head, stream, method == "HEAD", self.read_timeout, interim)
             except ClientBodyError:
                 self.pool.release(conn)  # (closed: the origin has an incomplete message)
                 raise

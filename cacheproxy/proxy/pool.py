@@ -40,6 +40,8 @@ from cacheproxy.proxy.wire import REASONS
 # Methods that may be sent again after a failure (RFC 9110 §9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 log = logging.getLogger("cacheproxy")
+# Where an interim (1xx) answer goes: its status, reason phrase and fields.
+Interim = Callable[[int, str, list[tuple[str, str]]], None]
 _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
 _LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
@@ -113,6 +115,7 @@ class Connection(asyncio.Protocol):
             # send one were answered before (aiohttp's client is lenient there too).
             self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._head_only = False
+        self._interim: Interim | None = None  # where 1xx answers go (send's interim)
         self._fields: list[tuple[str, str]] = []
         self._field_bytes = 0
         self._headed = False       # the head is in: later field lines are trailers
@@ -261,6 +264,14 @@ class Connection(asyncio.Protocol):
                    (name.lower() == "content-length" and value.strip() != "0")
                    for name, value in self._fields):
                 raise httptools.HttpParserError(f"a {status} answer with content")
+            if self._interim is not None and status != 100:
+                # RFC 9110 §15.2: a proxy MUST forward 1xx answers (103 Early Hints, 102)
+                # but those it asked for itself: the client got its 100 Continue from
+                # the proxy already (client_conn), and a 101 is an upgrade, not this.
+                text = self._status_text
+                self._interim(status, text.decode("utf-8", "surrogateescape")
+                              if REASON_PHRASE_RE.fullmatch(text) else REASONS.get(status, ""),
+                              self._fields)
             self._fields, self._field_bytes = [], 0
             return
         self._headed = True
@@ -315,12 +326,14 @@ class Connection(asyncio.Protocol):
     # -- the exchange -------------------------------------------------------------------
 
     async def send(self, head: bytes, body: AsyncIterator[bytes] | None, head_only: bool,
-                   read_timeout: float) -> None:
+                   read_timeout: float, interim: Interim | None = None) -> None:
         """Write the request (the body streams on in the background) and wait for the
-        answer's head, at most read_timeout."""
+        answer's head, at most read_timeout. interim: where the 1xx answers before it go
+        (status, reason, fields), for the client."""
         loop = self.pool.loop()
         self._reset_exchange()
         self._head_only = head_only
+        self._interim = interim
         self.used = True
         head_future = self._head = loop.create_future()
         transport = self.transport
@@ -339,13 +352,14 @@ class Connection(asyncio.Protocol):
             raise
 
     def send_quick(self, head: bytes, head_only: bool, receiver: Callable[[], None],
-                   read_timeout: float) -> None:
+                   read_timeout: float, interim: Interim | None = None) -> None:
         """send() for a request without a body, the answer taken by callback: receiver is
         called once, when the head is in (with what came of the body in the same read;
         the body goes on as read_chunk gives it) or the exchange failed (head_failure),
         a 504 when no head came within read_timeout."""
         self._reset_exchange()
         self._head_only = head_only
+        self._interim = interim
         self.used = True
         loop = self.pool.loop()
         self._head = loop.create_future()

@@ -49,6 +49,7 @@ class Client(Protocol):
     def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
               head_only: bool) -> bytes: ...
     def send_whole(self, head: bytes, body: bytes) -> None: ...
+    def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None: ...
     def forwarded(self, answer: Answer | None) -> None: ...
     def hand_off(self, step: Awaitable[Answer | None]) -> None: ...
 
@@ -80,7 +81,7 @@ class QuickForward:
         self.request_time = time.time()
         self._sent_at = time.perf_counter()
         self.conn.send_quick(head, self.fwd.method == "HEAD", self._arrived,
-                             self.proxy.exchange.read_timeout)
+                             self.proxy.exchange.read_timeout, self.client.interim)
 
     def cancel(self) -> None:
         """Stopped (a graceful stop ran out of time): the answer is not waited for, and

@@ -35,6 +35,9 @@ class WebDownstream:
         assert self.response is not None
         await self.response.write_eof()
 
+    def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
+        """Not passed on: aiohttp's response has no way to send a 1xx before itself."""
+
     def abort(self) -> None:
         transport, response = self.request.transport, self.response
         if transport is None:

@@ -344,6 +344,10 @@ async def test_s15_5_17_an_unsatisfiable_range_is_416(origin, proxy):
     resp = await c.get("/r", headers={"Range": "bytes=50-"})
     assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */12"
     assert await resp.read() == b"" and calls["GET"] == 1
+    # Not the stored 200's freshness and validators: a cache further on would store the
+    # 416 under the URL (RFC 9111 §3) and could answer requests without a Range with it.
+    assert not {"Cache-Control", "Expires", "ETag", "Content-Type"} & set(resp.headers)
+    assert resp.headers["X-Cache"] == "HIT" and "Age" in resp.headers
 
 
 @pytest.mark.parametrize(("if_range", "status"), [('"v1"', 206), ('"v0"', 200)])

@@ -157,6 +157,10 @@ def stored_response(
     return response
 
 
+_NOT_ON_416 = ("Cache-Control", "Expires", "Pragma", "ETag", "Last-Modified", "Content-Type",
+               "Content-Encoding")
+
+
 def _ranged(
     entry: CachedResponse, block: CIMultiDictProxy[str], part: Partial | Unsatisfiable
 ) -> Answer:
@@ -164,6 +168,12 @@ def _ranged(
     headers = CIMultiDict(block)
     headers.popall("Content-Length", None)
     if isinstance(part, Unsatisfiable):
+        # Not the stored response's freshness and validators: they would make the 416
+        # storable for caches further on (RFC 9111 §3), which key on the URL alone and
+        # could serve it to requests without a Range; a 416 is not heuristically
+        # cacheable (RFC 9110 §15.1), so without them it is not stored.
+        for name in _NOT_ON_416:
+            headers.popall(name, None)
         headers["Content-Range"] = f"bytes */{part.length}"
         return Answer(416, headers)
     if len(part.ranges) == 1:

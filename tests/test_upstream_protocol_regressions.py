@@ -121,6 +121,25 @@ async def test_interim_answers_are_forwarded_before_the_final_one(
         assert origin.connections == 1
 
 
+async def test_only_the_first_eight_interim_answers_are_passed_on(proxy: Any) -> None:
+    """An origin that sends 1xx answers without end would fill the buffer of a client that
+    does not read them: the first 8 go on, the rest are read and dropped."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n" * 50
+                + b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok")
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        raw = await Raw.open(c)
+        await raw.send(request("/i", ()))
+        statuses = []
+        while not statuses or statuses[-1] == 103:
+            statuses.append((await raw.reply(head=True)).status)
+        assert statuses == [103] * 8 + [200]
+        assert await asyncio.wait_for(raw.reader.readexactly(2), 5) == b"ok"
+        raw.writer.close()
+
+
 @pytest.mark.parametrize("status", [600, 999])
 async def test_a_status_from_600_to_999_is_relayed_as_it_is(proxy: Any, status: int) -> None:
     """RFC 9110 §15: invalid, but in use (the public cache test suite sends 999), and to

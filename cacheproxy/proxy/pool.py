@@ -45,6 +45,7 @@ Interim = Callable[[int, str, list[tuple[str, str]]], None]
 _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
 _LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
+_MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
 
 
 @lru_cache(maxsize=8)
@@ -116,6 +117,7 @@ class Connection(asyncio.Protocol):
             self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._head_only = False
         self._interim: Interim | None = None  # where 1xx answers go (send's interim)
+        self._interims = 0  # 1xx answers read before the final one
         self._fields: list[tuple[str, str]] = []
         self._field_bytes = 0
         self._headed = False       # the head is in: later field lines are trailers
@@ -264,10 +266,14 @@ class Connection(asyncio.Protocol):
                    (name.lower() == "content-length" and value.strip() != "0")
                    for name, value in self._fields):
                 raise httptools.HttpParserError(f"a {status} answer with content")
-            if self._interim is not None and status != 100:
+            self._interims += 1
+            if self._interim is not None and status != 100 \
+                    and self._interims <= _MAX_INTERIM:
                 # RFC 9110 §15.2: a proxy MUST forward 1xx answers (103 Early Hints, 102)
                 # but those it asked for itself: the client got its 100 Continue from
                 # the proxy already (client_conn), and a 101 is an upgrade, not this.
+                # (Only the first few: an origin sending them without end would fill
+                # the buffer of a client that does not read.)
                 text = self._status_text
                 self._interim(status, text.decode("utf-8", "surrogateescape")
                               if REASON_PHRASE_RE.fullmatch(text) else REASONS.get(status, ""),

@@ -14,6 +14,10 @@ UNDERSTOOD_STATUS = HEURISTICALLY_CACHEABLE | frozenset({302, 303, 307})
 # the POST's target URI"; it then holds the resource's new representation, which a later
 # GET may get: a 200 (or 203) is one, a 201 or 204 answers the POST alone.
 POST_STORED_STATUS = frozenset({200, 203})
+# RFC 6585 §3-§6: "Responses with the 428 [429, 431, 511] status code MUST NOT be stored
+# by a cache", whatever freshness they carry: each answers one client's request (its
+# rate, its headers, its network login), and replayed it would refuse every client.
+NEVER_STORED_STATUS = frozenset({428, 429, 431, 511})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ def storability(
     elif method != "GET":  # §3: the method must be cacheable; HEAD is answered from GET
         return _no_by_request("method")
     if status < 200 or status in (206, 304):  # §3: final, and no partial content kept
+        return _no("status")
+    if status in NEVER_STORED_STATUS:  # RFC 6585 §3-§6
         return _no("status")
     if request.no_store:  # §5.2.1.5: must-understand does not lift the request's no-store
         return _no_by_request("no-store")

@@ -109,6 +109,17 @@ def test_s3_partial_and_not_modified_are_not_stored_as_responses(status: int) ->
     assert verdict("max-age=60", status=status) == Verdict(False, "status")
 
 
+@pytest.mark.parametrize("status", [428, 429, 431, 511])
+@pytest.mark.parametrize("cache_control", ["max-age=60", "public, s-maxage=60",
+                                           "max-age=60, must-understand"])
+def test_rfc6585_statuses_that_must_not_be_stored_are_not(status: int, cache_control: str
+                                                          ) -> None:
+    """RFC 6585 §3-§6: "Responses with the 429 status code MUST NOT be stored by a cache"
+    (so for 428, 431 and 511), explicit freshness or not."""
+    assert verdict(cache_control, status=status) == Verdict(False, "status")
+    assert verdict("", status=status, expires=True) == Verdict(False, "status")
+
+
 # -- §3: something must make the response cacheable ------------------------
 
 @pytest.mark.parametrize("status", sorted(HEURISTICALLY_CACHEABLE - {206}))

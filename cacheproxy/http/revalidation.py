@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options
 from cacheproxy.http.stored import CachedResponse, first_value
 from cacheproxy.http.validators import parse_etag
@@ -20,13 +21,20 @@ def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:
     fields: list[tuple[str, str]] = []
     if entry.etag:
         fields.append(("If-None-Match", entry.etag))
-    if entry.last_modified:
+    if entry.last_modified and _last_modified_date(entry):
         fields.append(("If-Modified-Since", entry.last_modified))
     return fields
 
 
+def _last_modified_date(entry: CachedResponse) -> bool:
+    """§4.3.1 validates with "the timestamp given in a Last-Modified header field": one
+    that is no HTTP-date is no validator, and as If-Modified-Since it would be a field
+    no sender may generate (RFC 9110 §5.6.7) that the origin ignores (§13.1.3)."""
+    return parse_http_date(entry.last_modified) is not None
+
+
 def has_validator(entry: CachedResponse) -> bool:
-    return bool(entry.etag or entry.last_modified)
+    return bool(entry.etag) or _last_modified_date(entry)
 
 
 def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:

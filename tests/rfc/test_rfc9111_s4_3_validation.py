@@ -46,6 +46,18 @@ def test_s4_3_1_no_validator_no_conditional(stored) -> None:
     assert not has_validator(entry)
 
 
+@pytest.mark.parametrize("value", ["not a date", "0", "", "Mon, 32 Jan 2024 00:00:00 GMT"])
+def test_s4_3_1_a_last_modified_that_is_no_date_is_no_validator(stored, value: str) -> None:
+    """§4.3.1: the validator is "the timestamp given in a Last-Modified header field";
+    RFC 9110 §13.1.3 has the origin ignore an If-Modified-Since that is no HTTP-date, so
+    none is sent, and the response counts as having no validator."""
+    entry = stored({"Date": DATE_T0, "Last-Modified": value})
+    assert conditional_fields(entry) == []
+    assert not has_validator(entry)
+    entry = stored({"Date": DATE_T0, "ETag": '"v1"', "Last-Modified": value})
+    assert conditional_fields(entry) == [("If-None-Match", '"v1"')]
+
+
 def test_s4_3_1_seed_unquoted_etag_is_sent_back_as_received(stored) -> None:
     entry = stored({"Etag": "7936caeeaf6aee6ff8834b381618b513",
                     "Last-Modified": "Tue, 19 Aug 2008 06:49:35GMT"})

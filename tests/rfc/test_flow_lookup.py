@@ -92,6 +92,21 @@ def test_s4_3_2_a_miss_that_cannot_fill_sends_the_clients_conditionals(condition
         assert d == Forward("bypass", req.method) and not d.strips_client_conditionals
     d = lookup(facts("GET", conditional), (), now=T0, route=ROUTE)  # no reason: it fills
     assert d.may_store and d.strips_client_conditionals
+
+
+@pytest.mark.parametrize("fields", [{"Range": "bytes=0-99"},
+                                    {"Range": "bytes=0-99", "If-Range": '"a"'}])
+def test_rfc9110_s14_2_a_miss_that_cannot_fill_sends_the_clients_range(fields) -> None:
+    """The Range is left out upstream only so that the cache can fill from the whole
+    representation and cut the part from it. After an answer no one could store
+    (hit-for-pass), or with Authorization, it goes to the origin as it is: one request,
+    not a whole GET abandoned once seen unstorable and then the Range again."""
+    for req, passed in ((facts("GET", fields), True),
+                        (facts("GET", {**fields, "Authorization": "Bearer x"}), False)):
+        d = lookup(req, (), now=T0, route=ROUTE, recently_passed=passed)
+        assert d == Forward("bypass", "GET") and not d.strips_client_conditionals
+    d = lookup(facts("GET", fields), (), now=T0, route=ROUTE)  # no reason: it fills
+    assert d.may_store and d.strips_client_conditionals
     d = lookup(facts("GET"), (), now=T0, route=ROUTE, recently_passed=True)
     assert d == Forward("uri-miss", "GET", may_store=True)
     d = lookup(facts("GET", {"Authorization": "Bearer x"}), (), now=T0, route=ROUTE)

@@ -91,12 +91,14 @@ def _reuse_or_forward(
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
         if (recently_passed or req.authorization) and (
-                req.if_none_match is not None or req.if_modified_since is not None):
-            # §4.3.2 strips the client's conditionals only so that the cache can fill
-            # from a full answer. When it most likely cannot (the key's last answer was
-            # not storable for anyone, or the request carries Authorization, §3.5), the
-            # request goes as it is (Varnish's pass) and the origin's 304 reaches the
-            # client, instead of a full answer the cache would only pass on.
+                req.if_none_match is not None or req.if_modified_since is not None
+                or req.bypass):
+            # §4.3.2 strips the client's conditionals, and RFC 9110 §14.2 its Range, only
+            # so that the cache can fill from a full answer. When it most likely cannot
+            # (the key's last answer was not storable for anyone, or the request carries
+            # Authorization, §3.5), the request goes as it is (Varnish's pass) and the
+            # origin's 304 or 206 reaches the client, instead of a full answer the cache
+            # would only pass on, or abandon to ask again with the Range.
             return Forward("bypass", req.method)
         # RFC 9110 §9.3.2: a HEAD that may fill is sent as GET, so both can be answered.
         return Forward("vary-miss" if variants else "uri-miss",

@@ -461,6 +461,41 @@ async def test_an_unread_body_is_drained_and_the_connection_goes_on(proxy, origi
     assert (await conn.reply()).body == b"GET /next 0"
 
 
+async def test_a_close_while_the_client_still_sends_its_body_lingers(proxy, origin,
+                                                                      monkeypatch):
+    """RFC 9112 §9.6: answered without its body read (here the proxy answers OPTIONS
+    itself) and closing (Connection: close) while the client still uploads, the proxy
+    half-closes and reads on: a close with bytes unread sends a reset, and the client
+    lost the answer to it ("connection reset"). The lingering ends when the client
+    closes, or after CLOSE_LINGER_SECONDS."""
+    from cacheproxy.proxy import client_conn
+
+    monkeypatch.setattr(client_conn, "CLOSE_LINGER_SECONDS", 0.5)
+    client = await start(proxy, origin)
+    size = 64 << 20
+    for stops in (True, False):
+        conn = await Raw.open(client)
+        await conn.send(get("/x", "Max-Forwards: 0", f"Content-Length: {size}",
+                            "Connection: close", method="OPTIONS"))
+
+        async def upload(conn: Raw = conn) -> None:
+            with contextlib.suppress(ConnectionError):
+                for _ in range(size // 65536):
+                    conn.writer.write(b"a" * 65536)
+                    await conn.writer.drain()
+
+        sending = asyncio.create_task(upload())
+        await asyncio.sleep(0.2)  # (well into the upload when the answer comes)
+        reply = await conn.reply()
+        assert reply.status == 200 and reply.headers["connection"] == "close"
+        if stops:  # the client stops and closes its side: so does the proxy
+            sending.cancel()
+            conn.writer.write_eof()
+        assert await conn.closed_within(3)  # else at CLOSE_LINGER_SECONDS, uploading still
+        sending.cancel()
+        conn.close()
+
+
 async def test_the_control_plane_shares_a_keep_alive_connection(proxy, origin):
     client = await start(proxy, origin)
     conn = await Raw.open(client)

@@ -60,6 +60,11 @@ MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
 MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200 is read on
 GATHER_BYTES = 64 * 1024  # bytes held for the iteration's end, at most, per client
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
+# A connection closed while its client may still be sending (a request body not read to
+# its end) is half-closed, and what comes is read and dropped this long at most (nginx's
+# lingering_timeout): closed with bytes unread, it would send a reset, which may make the
+# client drop the answer before reading it (RFC 9112 §9.6).
+CLOSE_LINGER_SECONDS = 5.0
 _NO_BODY = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -97,6 +102,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             = deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._lingering: asyncio.TimerHandle | None = None  # a lingering close's end (close)
         self._deadline: float | None = None
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
@@ -294,6 +300,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        if self._lingering is not None:
+            self._lingering.cancel()
         if self._tunnel is not None:
             self._tunnel.client_gone()
         self._disarm()  # (a quick forward goes on: its answer is dropped, its line logged)
@@ -909,13 +917,27 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     # -- the connection's end ------------------------------------------------------
 
     def close(self) -> None:
-        """Close once what was written is sent."""
+        """Close once what was written is sent; with a lingering close when the client may
+        still be sending its request's body (CLOSE_LINGER_SECONDS)."""
         self._closing = True
         self._disarm()
         self._uncork()
-        if self.transport is not None:
-            self.flush_out()
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        self.flush_out()
+        payload = self._payload
+        if payload is None or payload.is_eof() or self._lingering is not None \
+                or not transport.can_write_eof():
+            transport.close()
+            return
+        # RFC 9112 §9.6: the answer, then a half-close (FIN), then what the client still
+        # sends read and dropped (data_received drops it once closing) until it closes
+        # too (eof_received) or the time is up.
+        transport.write_eof()
+        self._buffer_paused = self._reading_paused = False
+        self._resume_transport_reading()
+        self._lingering = self._loop.call_later(CLOSE_LINGER_SECONDS, transport.close)
 
     def abort_unread(self) -> None:
         """Close now, dropping what the client did not read (send_timeout): a close would

@@ -341,6 +341,26 @@ async def test_a_request_still_under_way_when_a_stop_runs_out_of_time_is_not_sen
         conn.close()
 
 
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+async def test_a_request_a_stop_ran_out_of_time_for_gets_a_503_and_its_log_line(
+        proxy: Any, forward_switch: Any, tmp_path: Any, quick: bool) -> None:
+    """README: one line per request. Past shutdown_timeout the cancelled task (or the
+    dropped quick forward) wrote none, and its client saw a bare close: nothing in the
+    log said a request was cut off by the stop."""
+    async with raw_origin(slow_after_first(3.0)) as origin:
+        c = await proxy(url(origin), log={"path": str(tmp_path / "log")})
+        conn = await _slow_request_under_way(c, forward_switch, quick)
+        listener = c.server.runner.server
+        listener.pre_shutdown()
+        await listener.shutdown(0.2)  # runs out: the answer is 3 s away
+        reply = await conn.reply()
+        assert reply.status == 503 and reply.headers.get("connection") == "close"
+        lines = [(line["path"], line["status"], line["cache"])
+                 for line in await read_json_log(c)]
+        assert lines == [("/slow", 200, "MISS"), ("/slow", 503, "ERROR")]
+        conn.close()
+
+
 async def test_a_graceful_stop_answers_what_was_pipelined_behind_a_handed_off_forward(
         proxy: Any, forward_switch: Any) -> None:
     """The same when the quick forward was handed to a task (its body came later)."""

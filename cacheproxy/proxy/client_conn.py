@@ -511,6 +511,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _answered(self, request: ClientRequest, answer: Answer | None, started: float
                   ) -> None:
         """The proxy's answer is in (None: it was streamed): sent, and logged."""
+        if request is not self._request:
+            return  # a graceful stop ran out of time meanwhile: stop() logged it
         if answer is not None and self._started:
             # An error after a streamed head went out (a bug of ours): no second
             # answer can follow; the client sees the message end abnormally.
@@ -955,12 +957,23 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self.close()
 
     def stop(self) -> None:
-        """Shutting down, out of time: what answers a request now stops."""
+        """Shutting down, out of time: what answers a request now stops. Its line is
+        written here (the cancelled task writes none): a 503 with Connection: close when
+        nothing of its answer went out yet (RFC 9110 §15.6.4), else what was sent."""
         if self._task is not None:
             self._task.cancel()
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.cancel()
+        request, self._request = self._request, None
+        if request is None:
+            return
+        outcome = request.get(OUTCOME)
+        if outcome is not None and not self._started and self.transport is not None \
+                and not self.transport.is_closing():
+            self._keep_alive = False
+            self._send_answer(request, self.listener.proxy.stopped_answer(outcome))
+        self.listener.record(request, self._status, self._sent, time.perf_counter())
 
     @property
     def busy(self) -> asyncio.Future[None] | None:

@@ -41,6 +41,7 @@ class ConnectMethod:
     _keep_alive: bool
     _status: int
     _sent: int
+    _started: bool
     _upgraded: bool
     _closing: bool
     _parser: Any
@@ -72,7 +73,7 @@ class ConnectMethod:
         request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
         outcome = request[OUTCOME] = Outcome(started=started, status="TUNNEL")
         outcome.target = outcome.host = msg.path
-        self._request, self._keep_alive = request, False
+        self._request, self._keep_alive, self._started = request, False, False
         proxy = self.listener.proxy
         forward = proxy.config.forward
         if not forward.enabled:
@@ -113,6 +114,7 @@ class ConnectMethod:
             return self._refuse_connect(request, outcome, 508, "loop detected")
         self._tunnel = end
         self._status = 200
+        self._request = None  # its line is the tunnel's own (below), at a stop too
         client.write(ESTABLISHED)
         if self._tail:
             end.send(self._tail)

@@ -260,6 +260,12 @@ class CacheProxy:
             return self._error(408, "request timeout", outcome)
         return self._error(400, "bad request body", outcome)
 
+    def stopped_answer(self, outcome: Outcome) -> Answer:
+        """The answer to a request still unanswered when a graceful stop ran out of
+        proxy.shutdown_timeout (RFC 9110 §15.6.4: unavailable for now, try again)."""
+        outcome.status = "ERROR"
+        return self._error(503, "shutting down", outcome)
+
 
 def body_failed(request: ClientMessage, exc: ClientBodyError) -> None:
     """The one log line for a request body that stopped before its end: a WARNING for a

@@ -169,8 +169,8 @@ class Listener:
             await asyncio.wait(busy, timeout=left)
         stopped = [t for conn in self.connections if (t := conn.busy) is not None]
         for conn in list(self.connections):
+            conn.stop()  # (first: its 503 goes out before the close)
             conn.close()
-            conn.stop()
         self.connections.clear()
         if stopped:  # what they were doing ends now, its line written (a tunnel's too),
             await asyncio.wait(stopped, timeout=1.0)  # before the application's cleanup

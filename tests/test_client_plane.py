@@ -451,6 +451,26 @@ async def test_smuggling_shapes_are_refused_with_400_and_a_close(proxy, origin):
     assert ORIGIN_SEEN == []
 
 
+async def test_a_refused_request_is_logged_with_the_bytes_sent_and_what_was_read(
+        proxy, origin, tmp_path):
+    """The parser's 400 and the Expect rule's 417 send a short body; their lines said
+    bytes 0, and the 417's (whose request line was read whole) UNKNOWN /."""
+    client, _ = await _upload_origin(proxy, origin, log={"path": str(tmp_path / "log")})
+    sizes = []
+    for request in (get("/s", "Content-Length: 3", "Content-Length: 4", method="POST",
+                        body=b"abc"),
+                    get("/up", "Expect: teleport", method="PUT")):
+        conn = await Raw.open(client)
+        await conn.send(request)
+        sizes.append(len((await conn.reply()).body))
+        conn.close()
+    lines = [(line["method"], line["path"], line["status"], line["cache"], line["bytes"])
+             for line in await read_json_log(client)]
+    assert lines == [("UNKNOWN", "/", 400, "ERROR", sizes[0]),
+                     ("PUT", "/up", 417, "ERROR", sizes[1])]
+    assert all(sizes)
+
+
 async def test_an_unread_body_is_drained_and_the_connection_goes_on(proxy, origin):
     client = await start(proxy, origin)
     conn = await Raw.open(client)

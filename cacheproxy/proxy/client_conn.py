@@ -476,7 +476,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         expect = msg.headers.get("Expect")
         if expect is not None and msg.version >= HttpVersion11:
             if expect.lower() != "100-continue":  # RFC 9110 §10.1.1
-                self._refuse(HttpProcessingError(code=417, message="unsupported Expect"))
+                self._refuse(HttpProcessingError(code=417, message="unsupported Expect"), msg)
                 return False
             if payload is not EMPTY_PAYLOAD and not control:  # (aiohttp's handler sends
                 self._write(_CONTINUE)  # the control plane's, itself)
@@ -703,15 +703,16 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self.listener.observer.log_request(request, response, time.perf_counter() - started)
         return bool(response.keep_alive) and self._keep_alive
 
-    def _refuse(self, exc: HttpProcessingError) -> None:
-        """A request the parser (or the Expect rule) refused: its answer, then a close."""
+    def _refuse(self, exc: HttpProcessingError, msg: RawRequestMessage = ERROR) -> None:
+        """A request the parser (or the Expect rule, which read msg) refused: its answer,
+        then a close."""
         status = exc.code if 400 <= exc.code < 600 else 400
         reason = REASONS.get(status, "Bad Request")
         body = f"{status} {reason}\n".encode()
         self._write_head(HttpVersion11, status, reason, CIMultiDict({
             "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
             "Connection": "close", "Date": _Date.now()}), body)
-        self.listener.record(ClientRequest(ERROR, EMPTY_PAYLOAD, self._remote, "http"),
+        self.listener.record(ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http"),
                              status, len(body), time.perf_counter())
         log.debug("request refused: %s", exc.message)
         self.close()

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from cacheproxy.observe.observer import Observer
-from cacheproxy.observe.outcome import OUTCOME
+from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.proxy.client_conn import ClientConnection
 from cacheproxy.proxy.client_request import ClientRequest
 from cacheproxy.proxy.handler import CacheProxy
@@ -48,15 +48,6 @@ class Timeouts:
     keepalive: float
     send: float
     body: float
-
-
-class _Sent:
-    """What the request log reads of a response the lean plane wrote."""
-
-    __slots__ = ("status",)
-
-    def __init__(self, status: int) -> None:
-        self.status = status
 
 
 class Listener:
@@ -144,9 +135,9 @@ class Listener:
         if outcome is not None:
             outcome.bytes_sent = sent
             self.observer.record(request, status, outcome, time.perf_counter() - started)
-        else:  # refused by the parser
-            self.observer.log_request(request, _Sent(status),  # type: ignore[arg-type]
-                                      time.perf_counter() - started)
+        else:  # refused before the cache (by the parser, the Expect rule): an error
+            self.observer.record(request, status, Outcome(status="ERROR", bytes_sent=sent),
+                                 time.perf_counter() - started)
 
     # -- what aiohttp's runner calls on its server -------------------------------------
 

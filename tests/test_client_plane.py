@@ -88,7 +88,7 @@ def get(path: str, *fields: str, method: str = "GET", version: str = "1.1",
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def start(proxy, origin, **proxy_settings):
+async def start(proxy, origin, log_path=None, **proxy_settings):
     async def anything(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         ORIGIN_SEEN.append(f"{request.method} {request.path_qs} {body!r}")
@@ -105,7 +105,8 @@ async def start(proxy, origin, **proxy_settings):
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", anything)
     ORIGIN_SEEN.clear()
-    return await proxy(await origin(app), proxy=proxy_settings)
+    sections = {"log": {"path": str(log_path)}} if log_path is not None else {}
+    return await proxy(await origin(app), proxy=proxy_settings, **sections)
 
 
 async def test_a_head_sent_too_slowly_is_cut_at_client_header_timeout(proxy, origin):
@@ -271,6 +272,31 @@ async def test_what_follows_a_close_in_the_same_packet_is_not_read(proxy, origin
     assert replies[-1].headers.get("connection", "close") == "close"
     assert await conn.closed_within(2)
     assert not any(" /b " in seen or " /c " in seen for seen in ORIGIN_SEEN), ORIGIN_SEEN
+
+
+@pytest.mark.parametrize("bad", [
+    get("/bad", "Content-Length: 1", "Content-Length: 2"),
+    get("/bad", "Transfer-Encoding: chunked", "Content-Length: 3") + b"abc",
+    b"GET /bad HTTP/1.1\r\nHost: example\r\nX: a\x00b\r\n\r\n",
+], ids=["two-lengths", "te-and-cl", "nul"])
+async def test_requests_before_a_malformed_one_in_the_same_packet_are_answered(
+        proxy, origin, bad, tmp_path):
+    """llhttp refuses the packet at the malformed request and drops the ones it had
+    completed before it: they got no answer and no log line, where sent apart they are
+    answered. Now they are, in order, then the malformed one's 400 and the close; what
+    comes after it is not read."""
+    client = await start(proxy, origin, tmp_path / "log")
+    conn = await Raw.open(client)
+    await conn.send(get("/one") + get("/two", "Content-Length: 2", method="POST", body=b"hi")
+                    + bad + get("/after"))
+    replies = [await conn.reply() for _ in range(3)]
+    assert [(r.status, r.body) for r in replies[:2]] == [(200, b"GET /one 0"),
+                                                          (200, b"POST /two 2")]
+    assert replies[2].status == 400 and replies[2].headers["connection"] == "close"
+    assert await conn.closed_within(2)
+    assert not any("/bad" in seen or "/after" in seen for seen in ORIGIN_SEEN), ORIGIN_SEEN
+    lines = [(r["path"], r["status"]) for r in await read_json_log(client)]
+    assert lines[:2] == [("/one", 200), ("/two", 200)] and lines[2][1] == 400
 
 
 async def test_requests_up_to_a_close_at_the_pipelining_limit_are_all_answered(

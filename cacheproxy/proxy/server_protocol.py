@@ -233,15 +233,17 @@ class _FallbackParser:
     def _until_close(self, exc: BadHttpMessage, replay: bytes | None
                      ) -> list[tuple[Any, Any]] | None:
         """llhttp refuses data after a request with Connection: close (or an HTTP/1.0 one
-        without keep-alive) and drops the messages it completed in the same feed: the
-        client's valid request would get a 400. RFC 9112 §9.6: that request is answered
-        (then the connection closes), and what follows it is not processed. So the
-        requests up to it are parsed again from their first byte by a new llhttp, one at
-        a time, and nothing after it is fed. None (the 400 stands) where that cannot be
-        done for sure: a chunked body, an upgrade, a body not all here."""
-        if replay is None or self._make_c is None \
-                or not str(exc.message).startswith(_DATA_AFTER_CLOSE):
+        without keep-alive), or a malformed request, and drops the messages it completed
+        in the same feed: the client's valid requests would get no answer. RFC 9112 §9.6:
+        a request with close is answered (then the connection closes), and what follows
+        it is not processed. So the requests up to it, or up to the malformed one, are
+        parsed again from their first byte by a new llhttp, one at a time, and nothing
+        after is fed; the malformed one is handed back as its error (a 400). None (the
+        400 stands for all) where that cannot be done for sure: a chunked body, an
+        upgrade, a body not all here."""
+        if replay is None or self._make_c is None:
             return None
+        after_close = str(exc.message).startswith(_DATA_AFTER_CLOSE)
         parser = self._make_c()
         found: list[tuple[Any, Any]] = []
         pos = _LEADING_NEWLINES.match(replay).end()  # type: ignore[union-attr]
@@ -251,7 +253,19 @@ class _FallbackParser:
             if end < 0:
                 return None
             end += 4
-            messages, upgraded, _ = parser.feed_data(replay[pos:end])
+            try:
+                messages, upgraded, _ = parser.feed_data(replay[pos:end])
+            except BadHttpMessage as bad:
+                if after_close or not found:
+                    return None
+                # Requests before a malformed one in the same feed: llhttp dropped them
+                # with it, where fed apart they are answered. They are, in order; then the
+                # malformed one's 400, and nothing after it is read (the connection
+                # closes after a 400).
+                found.append((bad, EMPTY_PAYLOAD))
+                self._parser, self._state, self._open = parser, None, None
+                self._in_flight, self._held, self._closed = len(found) - 1, False, True
+                return found
             if upgraded or len(messages) != 1:
                 return None
             msg, payload = messages[0]

@@ -146,8 +146,8 @@ class _FallbackParser:
     * ``None``: not known. A rejected method then stays a 400.
     """
 
-    __slots__ = ("_closed", "_end", "_held", "_in_flight", "_make_c", "_make_python",
-                 "_max_queue", "_open", "_parser", "_python", "_state")
+    __slots__ = ("_closed", "_end", "_failed", "_held", "_in_flight", "_make_c",
+                 "_make_python", "_max_queue", "_open", "_parser", "_python", "_state")
 
     def __init__(
         self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int,
@@ -157,6 +157,7 @@ class _FallbackParser:
         self._make_python = make_python
         self._make_c = make_c  # a new llhttp, for _until_close
         self._closed = False  # a request with Connection: close was handed back
+        self._failed = False  # a malformed request was handed back (as its error)
         self._python: _StrictPythonParser | None = None
         self._max_queue = max_queue
         self._state: bytes | int | None = b""
@@ -194,6 +195,8 @@ class _FallbackParser:
     def feed_data(self, data: bytes) -> _FeedResult:
         if self._python is not None:
             return self._python.feed_data(data)
+        if self._failed:  # nothing after a malformed request is read
+            return [], False, b""
         state = self._state
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
@@ -265,6 +268,7 @@ class _FallbackParser:
                 found.append((bad, EMPTY_PAYLOAD))
                 self._parser, self._state, self._open = parser, None, None
                 self._in_flight, self._held, self._closed = len(found) - 1, False, True
+                self._failed = True
                 return found
             if upgraded or len(messages) != 1:
                 return None

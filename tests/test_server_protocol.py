@@ -511,6 +511,31 @@ async def test_fallback_parser_state(case: str) -> None:
         assert parser._python is not None
 
 
+@needs_c
+async def test_fallback_parser_hands_back_requests_before_a_malformed_one_then_reads_none(
+        ) -> None:
+    """The requests before a malformed one in a feed come back, then its error; whatever
+    is fed after that gives nothing (the connection closes after the 400), not a second
+    error."""
+    from cacheproxy.proxy.server_protocol import _StrictPythonParser
+
+    loop = asyncio.get_running_loop()
+    protocol = mock.Mock()
+
+    def make_c() -> web_protocol.HttpRequestParser:
+        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=32)
+
+    parser = _FallbackParser(make_c(), lambda: _StrictPythonParser(protocol, loop, 2**16),
+                             max_queue=32, make_c=make_c)
+    messages, _, _ = parser.feed_data(
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"GET /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [m.path for m, _ in messages[:1]] == ["/one"]
+    assert isinstance(messages[1][0], BadHttpMessage) and len(messages) == 2
+    assert parser.feed_data(b"GET /later HTTP/1.1\r\nHost: a\r\n\r\n") == ([], False, b"")
+
+
 # --- Assumptions about aiohttp internals -------------------------------------------------
 
 

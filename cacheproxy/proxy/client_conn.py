@@ -489,7 +489,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                                     "http" if self._origin is None else "https",
                                     self._port, self._origin)
             request.body_timeout = self._timeouts.body
-            self._request, self._sent, self._chunked = request, 0, False
+            self._request, self._sent, self._chunked, self._status = request, 0, False, 0
             self._started = False
             planned, self._planned = self._planned, None
             try:
@@ -519,8 +519,15 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._keep_alive = False
         elif answer is not None:
             self._send_answer(request, answer)
-        self.listener.record(request, self._status, self._sent, started)
+        self.listener.record(request, self._logged_status(), self._sent, started)
         self._request = None
+
+    def _logged_status(self) -> int:
+        """The status of the answer written; 499 when none was, the client gone first
+        (nginx's "client closed request"), not that of an answer it never got."""
+        if self._status == 0 and self.transport is None:
+            self._status = 499
+        return self._status
 
     def _body_failed(self, request: ClientRequest, exc: ClientBodyError, started: float
                      ) -> None:
@@ -569,6 +576,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             raise
         self._keep_alive = not msg.should_close
         self._request, self._sent, self._chunked, self._started = request, 0, False, False
+        self._status = 0
         self._relay = relay
         return True
 
@@ -594,6 +602,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             headers["Connection"] = "close"
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
+        self._status = status  # (the status logged is that of an answer that went out)
         return self._head(request.version, status, reason, headers)
 
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
@@ -737,7 +746,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         connection = self._connection(request.version)
         if connection is not None:
             headers["Connection"] = connection
-        self._status = status
 
     def _write_head(self, version: Any, status: int, reason: str | None,
                     headers: CIMultiDict[str], body: bytes = b"") -> None:
@@ -745,6 +753,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         so a stored body is not copied per answer, whoever is slow to read it)."""
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
+        self._status = status
         self._write(self._head(version, status, reason, headers), body)
 
     @staticmethod
@@ -823,8 +832,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         return head + fresh.encode("utf-8", "surrogateescape") + b"\r\n", dated
 
     def _write_replay(self, head: bytes, entry: CachedResponse) -> None:
-        self._status = entry.status
         if self.transport is not None:
+            self._status = entry.status
             body = entry.body
             self._write(head, body)  # the stored bytes themselves: sent without a copy
             self._sent = len(body)
@@ -974,7 +983,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 and not self.transport.is_closing():
             self._keep_alive = False
             self._send_answer(request, self.listener.proxy.stopped_answer(outcome))
-        self.listener.record(request, self._status, self._sent, time.perf_counter())
+        self.listener.record(request, self._logged_status(), self._sent, time.perf_counter())
 
     @property
     def busy(self) -> asyncio.Future[None] | None:

@@ -140,6 +140,26 @@ async def test_only_the_first_eight_interim_answers_are_passed_on(proxy: Any) ->
         raw.writer.close()
 
 
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-forward"])
+async def test_an_origins_101_is_not_passed_on_as_an_interim_answer(
+        proxy: Any, forward_switch: Any, quick: bool) -> None:
+    """A 101 is an upgrade the proxy refuses (502), not an interim answer to forward: a
+    client sent "101 Switching Protocols" before the 502 would take what follows for the
+    new protocol's bytes."""
+    async def script(head: bytes, index: int) -> bytes | None:
+        return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\n"
+                b"Connection: upgrade\r\n\r\nnot http")
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        forward_switch(quick)
+        raw = await Raw.open(c)
+        await raw.send(request("/up", ()))
+        reply = await raw.reply()
+        assert reply.status == 502, reply
+        raw.writer.close()
+
+
 @pytest.mark.parametrize("status", [600, 999])
 async def test_a_status_from_600_to_999_is_relayed_as_it_is(proxy: Any, status: int) -> None:
     """RFC 9110 §15: invalid, but in use (the public cache test suite sends 999), and to

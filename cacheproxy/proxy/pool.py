@@ -267,7 +267,7 @@ class Connection(asyncio.Protocol):
                    for name, value in self._fields):
                 raise httptools.HttpParserError(f"a {status} answer with content")
             self._interims += 1
-            if self._interim is not None and status != 100 \
+            if self._interim is not None and status not in (100, 101) \
                     and self._interims <= _MAX_INTERIM:
                 # RFC 9110 §15.2: a proxy MUST forward 1xx answers (103 Early Hints, 102)
                 # but those it asked for itself: the client got its 100 Continue from

@@ -544,6 +544,37 @@ async def test_a_close_while_the_client_still_sends_its_body_lingers(proxy, orig
         conn.close()
 
 
+async def test_a_stop_out_of_time_resets_a_body_delimited_by_the_close(proxy, origin):
+    """RFC 9112 §6.3, §8: an HTTP/1.0 client's body without Content-Length ends with the
+    connection; a graceful stop out of time closed it with a FIN, so the client took the
+    part it had for the whole body. It ends with a reset, as abort() ends one."""
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Cache-Control": "no-store"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(100):
+            await response.write(b"x" * 1000)
+            await asyncio.sleep(0.05)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    client = await proxy(await origin(app))
+    conn = await Raw.open(client)
+    await conn.send(get("/slow", version="1.0"))
+    head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"Content-Length" not in head and b"chunked" not in head
+    await asyncio.sleep(0.2)
+    listener = client.server.runner.server
+    listener.pre_shutdown()
+    await listener.shutdown(0.1)
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(5):
+            while await conn.reader.read(65536):
+                pass
+    conn.close()
+
+
 async def test_the_control_plane_shares_a_keep_alive_connection(proxy, origin):
     client = await start(proxy, origin)
     conn = await Raw.open(client)

@@ -969,7 +969,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def stop(self) -> None:
         """Shutting down, out of time: what answers a request now stops. Its line is
         written here (the cancelled task writes none): a 503 with Connection: close when
-        nothing of its answer went out yet (RFC 9110 §15.6.4), else what was sent."""
+        nothing of its answer went out yet (RFC 9110 §15.6.4), else what was sent; a body
+        delimited by the close ends with a reset (abort), as any other cut short."""
         if self._task is not None:
             self._task.cancel()
         relay, self._relay = self._relay, None
@@ -983,6 +984,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 and not self.transport.is_closing():
             self._keep_alive = False
             self._send_answer(request, self.listener.proxy.stopped_answer(outcome))
+        elif self._started and self._close_delimited:
+            self.abort()  # a body cut short, which the close (a FIN) would make look whole
         self.listener.record(request, self._logged_status(), self._sent, time.perf_counter())
 
     @property

@@ -705,6 +705,34 @@ async def test_a_client_that_reads_none_of_its_pipelined_hits_gets_no_more_than_
         sock.close()
 
 
+async def test_a_client_that_reads_nothing_of_an_answer_before_a_close_is_dropped(
+        proxy, origin, caplog):
+    """Connection: close, a large answer, and nothing read: the close waited for the
+    client to read it, for as long as the client kept its socket (send_timeout was not
+    armed on a closing connection). It is closed at send_timeout, as a keep-alive one."""
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB
+
+    async def large(request: web.Request) -> web.Response:
+        return web.Response(body=big, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/big", large)
+    client = await proxy(await origin(app), proxy={"send_timeout": 0.5},
+                         cache={"max_object_bytes": 8 * 1024 * 1024})
+    primer = await Raw.open(client)
+    await primer.send(get("/big"))
+    assert (await primer.reply()).body == big  # stored
+    primer.close()
+    sock, ours = await _small_window_socket(client, 4096)
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, get("/big", "Connection: close"))
+        assert await until(lambda: bool(ours()))
+        assert await until(lambda: not ours(), timeout=3.0)
+        assert "read nothing for 0.5s: connection closed" in caplog.text
+    finally:
+        sock.close()
+
+
 async def test_pipelined_hits_to_a_slow_reader_all_arrive_in_order(proxy, origin):
     """Reading stops while the client's answers wait, and starts again as it reads: every
     pipelined request is answered, in order."""

@@ -103,6 +103,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._lingering: asyncio.TimerHandle | None = None  # a lingering close's end (close)
+        self._unsent_watch: asyncio.TimerHandle | None = None  # a close's send_timeout
         self._deadline: float | None = None
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
@@ -302,6 +303,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         super().connection_lost(exc)
         if self._lingering is not None:
             self._lingering.cancel()
+        if self._unsent_watch is not None:
+            self._unsent_watch.cancel()
         if self._tunnel is not None:
             self._tunnel.client_gone()
         self._disarm()  # (a quick forward goes on: its answer is dropped, its line logged)
@@ -938,6 +941,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if transport is None:
             return
         self.flush_out()
+        if self._unsent_watch is None and transport.get_write_buffer_size():
+            # A close waits for the client to read what is left, without end: it has
+            # send_timeout to read some of it each time, as before the close.
+            self._progressed()
+            self._unsent_watch = self._loop.call_later(self._timeouts.send,
+                                                       self._watch_unsent)
         payload = self._payload
         if payload is None or payload.is_eof() or self._lingering is not None \
                 or not transport.can_write_eof():
@@ -950,6 +959,19 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._buffer_paused = self._reading_paused = False
         self._resume_transport_reading()
         self._lingering = self._loop.call_later(CLOSE_LINGER_SECONDS, transport.close)
+
+    def _watch_unsent(self) -> None:
+        """A closed connection whose client reads none of what is left: aborted."""
+        self._unsent_watch = None
+        if self.transport is None or not self.transport.get_write_buffer_size():
+            return
+        if self._progressed():
+            self._unsent_watch = self._loop.call_later(self._timeouts.send,
+                                                       self._watch_unsent)
+            return
+        log.warning("client %s read nothing for %gs: connection closed", self._remote,
+                    self._timeouts.send)
+        self.abort_unread()
 
     def abort_unread(self) -> None:
         """Close now, dropping what the client did not read (send_timeout): a close would

@@ -57,13 +57,14 @@ from cacheproxy.proxy.wire import REASONS, encode_head
 log = logging.getLogger("cacheproxy")
 
 MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
-MAX_TAIL = 64 * 1024  # bytes a client may send after CONNECT before its 200 is read on
+MAX_TAIL = 64 * 1024  # CONNECT bytes before its 200: past this, the client is not read
 GATHER_BYTES = 64 * 1024  # bytes held for the iteration's end, at most, per client
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 # A connection closed while its client may still be sending (a request body not read to
 # its end) is half-closed, and what comes is read and dropped this long at most (nginx's
 # lingering_timeout): closed with bytes unread, it would send a reset, which may make the
-# client drop the answer before reading it (RFC 9112 §9.6).
+# client drop the answer before reading it (RFC 9112 §9.6). Plain TCP only: a TLS
+# transport cannot half-close here, and closes at once.
 CLOSE_LINGER_SECONDS = 5.0
 _NO_BODY = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

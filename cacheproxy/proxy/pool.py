@@ -258,7 +258,7 @@ class Connection(asyncio.Protocol):
             # a 5xx: it is framed as any final answer, and relayed as it is, as nginx and
             # Varnish do.
             raise httptools.HttpParserError(f"status {status} is below 100")
-        if status < 200:  # interim answers (100 Continue, 103) are not passed on
+        if status < 200:  # interim answers: 103 and the like passed on (below), no body
             # RFC 9110 §15.2: a 1xx ends with its header section; §8.6, RFC 9112 §6.1: it
             # has no Content-Length or Transfer-Encoding. llhttp reads a body after one
             # that has (a 150, a 199), which would be taken for the final answer's.

@@ -128,7 +128,9 @@ async def test_key_ttl(store: RedisStore, raw: Redis, cc: str, extra: tuple[tupl
                        seconds: float) -> None:
     await store.put(make_entry(cc=cc, extra=extra))
     ttl = await raw.pttl(b"cacheproxy:e:http://o/a") / 1000
-    assert seconds - 1 < ttl <= seconds
+    # (the Date the cache adds is whole seconds, so the entry is up to 1 s old when made,
+    # plus what passes until pttl: 58.999 for 60 was seen once)
+    assert seconds - 2 < ttl <= seconds
 
 
 async def test_the_key_lives_as_long_as_its_longest_lived_variant(

@@ -85,6 +85,7 @@ def test_empty_connect_ports_allow_no_tunnel(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("line", "key", "reason"), [
     ('allow_hosts = ["exa*mple.com"]', "forward.allow_hosts", "wildcard"),
+    ('allow_hosts = ["*.ex\\"ample.org"]', "forward.allow_hosts", "'*.ex\"ample.org'"),
     ('allow_hosts = ["example.com:8080"]', "forward.allow_hosts", "without a port"),
     ('allow_hosts = ["*", "example.com"]', "forward.allow_hosts", "must be alone"),
     ('allow_hosts = [""]', "forward.allow_hosts", "empty"),

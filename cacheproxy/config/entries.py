@@ -24,7 +24,10 @@ def parse_host_pattern(value: str) -> str:
     if value == "":
         return ""
     if value.startswith("*."):
-        return "*." + parse_hostname(value[2:])
+        try:
+            return "*." + parse_hostname(value[2:])
+        except ValueError:  # (its message would name the domain alone, without the "*.")
+            raise ValueError(f"expected a host name after '*.', got {value!r}") from None
     if "*" in value:
         raise ValueError(f"a wildcard is only allowed as a leading '*.', got {value!r}")
     return parse_hostname(value)

@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -705,24 +706,31 @@ async def test_a_client_that_reads_none_of_its_pipelined_hits_gets_no_more_than_
         sock.close()
 
 
-async def test_a_client_that_reads_nothing_of_an_answer_before_a_close_is_dropped(
-        proxy, origin, caplog):
-    """Connection: close, a large answer, and nothing read: the close waited for the
-    client to read it, for as long as the client kept its socket (send_timeout was not
-    armed on a closing connection). It is closed at send_timeout, as a keep-alive one."""
-    big = bytes(range(256)) * (16 * 1024)  # 4 MiB
+async def _stored_big(proxy, origin, blocks: int, send_timeout: float
+                      ) -> tuple[Any, bytes]:
+    """A proxy with send_timeout, and /big (blocks of 256 bytes) stored in it."""
+    big = bytes(range(256)) * blocks
 
     async def large(request: web.Request) -> web.Response:
         return web.Response(body=big, headers={"Cache-Control": "max-age=600"})
 
     app = web.Application()
     app.router.add_get("/big", large)
-    client = await proxy(await origin(app), proxy={"send_timeout": 0.5},
+    client = await proxy(await origin(app), proxy={"send_timeout": send_timeout},
                          cache={"max_object_bytes": 8 * 1024 * 1024})
     primer = await Raw.open(client)
     await primer.send(get("/big"))
     assert (await primer.reply()).body == big  # stored
     primer.close()
+    return client, big
+
+
+async def test_a_client_that_reads_nothing_of_an_answer_before_a_close_is_dropped(
+        proxy, origin, caplog):
+    """Connection: close, a large answer, and nothing read: the close waited for the
+    client to read it, for as long as the client kept its socket (send_timeout was not
+    armed on a closing connection). It is closed at send_timeout, as a keep-alive one."""
+    client, _ = await _stored_big(proxy, origin, 16 * 1024, send_timeout=0.5)  # 4 MiB
     sock, ours = await _small_window_socket(client, 4096)
     try:
         await asyncio.get_running_loop().sock_sendall(sock, get("/big", "Connection: close"))
@@ -754,19 +762,7 @@ async def test_pipelined_hits_to_a_slow_reader_all_arrive_in_order(proxy, origin
 async def test_a_slow_but_steady_reader_gets_a_whole_large_hit(proxy, origin):
     """send_timeout bounds the time a client reads nothing (nginx's), not a whole answer:
     a client that keeps reading large hits slowly gets all of them, however long it takes."""
-    big = bytes(range(256)) * (8 * 1024)  # 2 MiB
-
-    async def large(request: web.Request) -> web.Response:
-        return web.Response(body=big, headers={"Cache-Control": "max-age=600"})
-
-    app = web.Application()
-    app.router.add_get("/big", large)
-    client = await proxy(await origin(app), proxy={"send_timeout": 1.0},
-                         cache={"max_object_bytes": 8 * 1024 * 1024})
-    primer = await Raw.open(client)
-    await primer.send(get("/big"))
-    assert (await primer.reply()).body == big  # stored
-    primer.close()
+    client, big = await _stored_big(proxy, origin, 8 * 1024, send_timeout=1.0)  # 2 MiB
     loop = asyncio.get_running_loop()
     sock, ours = await _small_window_socket(client, 16384)
     assert await until(lambda: bool(ours()))

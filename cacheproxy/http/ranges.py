@@ -21,6 +21,13 @@ MAX_RANGES: Final = 32
 #   int-range        = first-pos "-" [ last-pos ]
 #   suffix-range     = "-" suffix-length
 _RANGE_SPEC_RE: Final = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)", re.ASCII)
+# Fields of the stored 200 a 416 made from it does not carry: its freshness and
+# validators would make the 416 storable (RFC 9111 §3) for caches further on, which key on
+# the URL alone and could answer requests without a Range with it; a 416 is not
+# heuristically cacheable (RFC 9110 §15.1), so without them it is not stored. Nor the
+# content's fields: a 416 has none of it (RFC 9110 §15.5.17).
+NOT_ON_416: Final = ("Cache-Control", "Expires", "Pragma", "ETag", "Last-Modified",
+                     "Content-Type", "Content-Encoding")
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,22 +274,12 @@ class Connection(asyncio.Protocol):
                 # the proxy already (client_conn), and a 101 is an upgrade, not this.
                 # (Only the first few: an origin sending them without end would fill
                 # the buffer of a client that does not read.)
-                text = self._status_text
-                self._interim(status, text.decode("utf-8", "surrogateescape")
-                              if REASON_PHRASE_RE.fullmatch(text) else REASONS.get(status, ""),
-                              self._fields)
+                self._interim(status, self._phrase(status), self._fields)
             self._fields, self._field_bytes = [], 0
             return
         self._headed = True
         self.status = status
-        text = self._status_text
-        if REASON_PHRASE_RE.fullmatch(text):
-            self._reason = text.decode("utf-8", "surrogateescape")
-        else:
-            # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ), and a client
-            # SHOULD ignore it. llhttp takes control characters in it, which no client may
-            # be sent (the serialiser refuses them): the standard phrase stands instead.
-            self._reason = REASONS.get(status, "")
+        self._reason = self._phrase(status)
         if not self._parser.should_keep_alive():
             self.reusable = False
         fields = self._fields = FieldList(self._fields)  # by name, for every rule after
@@ -312,6 +302,16 @@ class Connection(asyncio.Protocol):
             self._complete = True
             self.reusable = False
             self._wake()
+
+    def _phrase(self, status: int) -> str:
+        """The reason phrase received, as relayed. RFC 9112 §4: reason-phrase = *( HTAB /
+        SP / VCHAR / obs-text ), and a client SHOULD ignore it. llhttp takes control
+        characters in it, which no client may be sent (the serialiser refuses them): the
+        standard phrase stands instead."""
+        text = self._status_text
+        if REASON_PHRASE_RE.fullmatch(text):
+            return text.decode("utf-8", "surrogateescape")
+        return REASONS.get(status, "")
 
     def on_body(self, body: bytes) -> None:
         if self._head_only:

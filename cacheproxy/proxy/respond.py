@@ -10,7 +10,13 @@ from typing import Generic, TypeVar
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from cacheproxy.http.flow import NotModified
-from cacheproxy.http.ranges import Partial, Unsatisfiable, content_range, multipart_byteranges
+from cacheproxy.http.ranges import (
+    NOT_ON_416,
+    Partial,
+    Unsatisfiable,
+    content_range,
+    multipart_byteranges,
+)
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.proxy.downstream import Answer, Replay, text_answer
@@ -157,10 +163,6 @@ def stored_response(
     return response
 
 
-_NOT_ON_416 = ("Cache-Control", "Expires", "Pragma", "ETag", "Last-Modified", "Content-Type",
-               "Content-Encoding")
-
-
 def _ranged(
     entry: CachedResponse, block: CIMultiDictProxy[str], part: Partial | Unsatisfiable
 ) -> Answer:
@@ -168,11 +170,7 @@ def _ranged(
     headers = CIMultiDict(block)
     headers.popall("Content-Length", None)
     if isinstance(part, Unsatisfiable):
-        # Not the stored response's freshness and validators: they would make the 416
-        # storable for caches further on (RFC 9111 §3), which key on the URL alone and
-        # could serve it to requests without a Range; a 416 is not heuristically
-        # cacheable (RFC 9110 §15.1), so without them it is not stored.
-        for name in _NOT_ON_416:
+        for name in NOT_ON_416:  # (http/ranges.py: why)
             headers.popall(name, None)
         headers["Content-Range"] = f"bytes */{part.length}"
         return Answer(416, headers)

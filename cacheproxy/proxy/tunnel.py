@@ -10,7 +10,7 @@ import asyncio
 class TunnelEnd(asyncio.Protocol):
     """The origin's side of a tunnel; `client` is the client's transport."""
 
-    def __init__(self, client: asyncio.Transport, idle_timeout: float = 600.0) -> None:
+    def __init__(self, client: asyncio.Transport, idle_timeout: float) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.received = 0  # bytes from the origin, sent to the client

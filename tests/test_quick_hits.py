@@ -464,7 +464,6 @@ def test_an_entry_refreshed_with_the_stored_fields_reuses_the_last_encoded_head(
     the stored field tuple when the 304 repeated them (stored.refreshed): its head is
     encoded once. What else goes into a head (status, body length, plan, version) makes
     it again when it differs."""
-    import dataclasses
 
     from test_store_memory import entry
 
@@ -480,15 +479,15 @@ def test_an_entry_refreshed_with_the_stored_fields_reuses_the_last_encoded_head(
     monkeypatch.setattr(blocks, "_encode",
                         lambda e, p, v: encoded.append(e.status) or real(e, p, v))
     head, _ = blocks.head(stored, plan, HttpVersion11)
-    refreshed = dataclasses.replace(stored, response_time=5.0)  # the same tuple
+    refreshed = stored.replace(response_time=5.0)  # the same tuple
     assert blocks.head(refreshed, plan, HttpVersion11)[0] == head and len(encoded) == 1
     for changed, again in (
-            ((dataclasses.replace(stored, status=404), plan, HttpVersion11), b" 404 "),
-            ((dataclasses.replace(stored, body=b"y" * 7), plan, HttpVersion11),
+            ((stored.replace(status=404), plan, HttpVersion11), b" 404 "),
+            ((stored.replace(body=b"y" * 7), plan, HttpVersion11),
              b"Content-Length: 7"),
-            ((dataclasses.replace(stored, headers=tuple(stored.headers)), other,
+            ((stored.replace(headers=tuple(stored.headers)), other,
               HttpVersion10), b"HTTP/1.0 200"),
-            ((dataclasses.replace(stored, headers=(*stored.headers, "X-A", "1")), plan,
+            ((stored.replace(headers=(*stored.headers, "X-A", "1")), plan,
               HttpVersion11), b"X-A: 1")):
         before = len(encoded)
         made, _ = blocks.head(*changed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import weakref
 
@@ -100,7 +99,9 @@ def test_entries_share_the_values_that_repeat_and_not_the_others():
     """Date, Last-Modified, Content-Length and the freshness figures that repeat are one
     object for every entry made from equal ones (memory per entry, bench/memory.py);
     values unique to a response are not kept in the shared table."""
-    def made(n: int) -> CachedResponse:
+    date = 1796266800.0  # Thu, 03 Dec 2026 03:00:00 GMT
+
+    def made(n: int, request_time: float = date + 0.25) -> CachedResponse:
         pairs = [("Date", "Thu, 03 Dec 2026 03:00:00 GMT"),
                  ("Last-Modified", "Sat, 01 Nov 2026 00:00:00 GMT"),
                  ("Content-Length", "1000"), ("ETag", f'"item-{n}"'),
@@ -109,7 +110,8 @@ def test_entries_share_the_values_that_repeat_and_not_the_others():
         pairs = [(k.encode().decode(), v.encode().decode()) for k, v in pairs]
         return make_stored_response(
             key=f"k{n}", vary=(), vary_values=(), status=200, pairs=pairs, body=b"x",
-            request_time=1.7e9, response_time=1.7e9 + n, shared=True, heuristics=Heuristics())
+            request_time=request_time, response_time=request_time + 0.01 * n, shared=True,
+            heuristics=Heuristics())
 
     a, b = made(1), made(2)
     for i in range(0, len(a.headers), 2):
@@ -118,8 +120,15 @@ def test_entries_share_the_values_that_repeat_and_not_the_others():
         assert same == (name not in ("ETag", "X-Long")), name
         assert a.headers[i + 1] == b.headers[i + 1] or name == "ETag"
     assert a.last_modified is b.last_modified and a.last_modified is a.get("Last-Modified")
-    assert a.lifetime is b.lifetime and a.modified_at is b.modified_at
-    assert a.response_time != b.response_time
+    assert a.lifetime is b.lifetime and a.modified_at == b.modified_at
+    # One tuple of names for the entries with the same fields in the same order.
+    assert a.names is b.names and a.values is not b.values
+    # Born at their Date (received after it, without Age): one whole-second object.
+    assert a.born == date and a.born is b.born
+    # A request sent before the Date's second (a clock ahead): born when it was sent,
+    # a time of its own, not kept in the shared table.
+    c = made(3, request_time=date - 0.5)
+    assert c.born == date - 0.5 and c.born is not made(4, request_time=date - 0.5).born
 
 
 def test_the_shared_table_is_bounded():
@@ -187,6 +196,40 @@ def test_the_store_keeps_its_byte_count_and_lru_order_as_a_model_does(
         assert store.peek(key) == variants
 
 
+def test_eviction_takes_exactly_the_least_recently_used_across_its_walks(monkeypatch) -> None:
+    """Eviction takes its candidates from walks of the dict's front (store/memory.py
+    _FRONT keys at a time); keys used, put again or deleted after a walk are struck off,
+    so the order evicted stays the model's exact LRU order over thousands of operations
+    with walks of 5 keys."""
+    import random
+
+    import cacheproxy.store.memory as memory
+
+    monkeypatch.setattr(memory, "_FRONT", 5)
+    one = entry("k000").size
+    store = MemoryStore(max_bytes=one * 40)
+    model: dict[str, None] = {}
+    rnd = random.Random(7)
+    evicted = 0
+    for _ in range(6000):
+        key, op = f"k{rnd.randrange(120):03d}", rnd.random()
+        if op < 0.45:
+            assert store.put_now(entry(key))
+            model.pop(key, None)
+            while len(model) >= 40:
+                del model[next(iter(model))]
+                evicted += 1
+            model[key] = None
+        elif op < 0.9:
+            assert bool(store.peek(key)) == (key in model)
+            if key in model:
+                model[key] = model.pop(key)
+        else:
+            assert asyncio.run(store.delete(key)) == (model.pop(key, 0) is None)
+        assert list(store._held) == list(model)
+    assert store.stats().evictions == evicted > 1000
+
+
 # -- kept out of the cyclic collector's walk (store/untracked.py) -------------------------
 
 async def test_what_the_store_holds_is_not_walked_by_the_collector_and_still_freed():
@@ -195,14 +238,15 @@ async def test_what_the_store_holds_is_not_walked_by_the_collector_and_still_fre
                                   for lang in ("en", "de"))
     for e in (one, en, de):
         assert await store.put(e)
-    held = store._lru["v"]
+    held = store._held["v"]
     assert isinstance(held, tuple) and not gc.is_tracked(held)  # a key's variants
     for e in (one, en, de):
         assert not gc.is_tracked(e) and not gc.is_tracked(e.directives)
-    # cachetools' dict of them (CPython tracks it again on each set), found where it is
-    assert store._held is not None and store._held is vars(store._lru)["_Cache__data"]
+    # The dict of them: CPython tracks it again on each set, a hit's included (its LRU
+    # order); each collection untracks it before it walks anything.
+    assert store.peek("one") == (one,) and gc.is_tracked(store._held)
+    gc.collect(0)
     assert not gc.is_tracked(store._held)
-    gc.collect()
     assert await store.get("one") == (one,) and await store.get("v") == (de, en)
 
     # Freed by reference counting alone once the store lets go: deleted, or replaced.
@@ -250,7 +294,7 @@ def test_a_stored_response_reaches_no_object_that_could_lead_back_to_it(
         e = refreshed(e, merged, request_time=3.0, response_time=4.0, shared=True,
                       heuristics=Heuristics())
     elif made == "replaced":
-        e = dataclasses.replace(e, body=bytes(bytearray(b"new")))
+        e = e.replace(body=bytes(bytearray(b"new")))
     seen, todo = set(), [e]
     while todo:
         obj = todo.pop()

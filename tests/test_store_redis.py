@@ -28,7 +28,7 @@ def make_entry(key: str = "http://o/a", body: bytes = b"body", *, cc: str = "max
         key=key, vary=vary, vary_values=values, status=200,
         pairs=[("Content-Type", "text/plain"), ("Cache-Control", cc), *extra], body=b"",
         request_time=now, response_time=now, shared=True, heuristics=Heuristics())
-    return replace(entry, body=body)
+    return entry.replace(body=body)
 
 
 def redis_cache(server: RedisServer, **changes: Any) -> CacheConfig:

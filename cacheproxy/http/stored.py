@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.dates import format_http_date, parse_http_date
@@ -20,14 +20,16 @@ from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, va
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
 from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 
-# Per-entry bookkeeping beyond body and fields (object, key, LRU links), and per stored
-# field line (its two slots in the field tuple, and a share of its value's string object:
-# a value of its own costs some 60 bytes beyond its characters, a shared one nothing):
-# counted so that max_bytes bounds the process memory, not just the payload. Calibrated
-# with bench/memory.py: what the store accounts per 1 KiB entry with 7 fields stays a
-# few percent above the RSS each one costs (1,896 against 1,793 bytes on 2026-12-03).
-ENTRY_OVERHEAD = 304
-FIELD_OVERHEAD = 48
+# Per-entry bookkeeping beyond body and fields (the entry object, the headers of the key
+# and body objects, the values' tuple, the store's dict slot), and per stored field line
+# (its value's slot; a value of its own costs some 50 bytes beyond its characters, while
+# names and the values that repeat are shared and cost nothing, yet are counted by their
+# length): counted so that max_bytes bounds the process memory, not just the payload.
+# Calibrated with bench/memory.py: what the store accounts per 1 KiB entry with 7 fields
+# stays a few percent above the RSS each one costs (1,606 against 1,515 bytes on
+# 2026-12-03, after entries held their names apart and the LRU order went into one dict).
+ENTRY_OVERHEAD = 240
+FIELD_OVERHEAD = 16
 
 # Values up to this length are interned too: Content-Type, Cache-Control, Server...
 # repeat across entries, and interned strings die with the last entry using them.
@@ -59,46 +61,172 @@ class Heuristics:
     max_age: float = 86400.0
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)
+_REPLACEABLE = frozenset({"key", "vary", "vary_values", "status", "headers", "body",
+                          "response_time", "initial_age", "lifetime", "directives"})
+# A response without Vary: its (names, values).
+_NO_VARY: tuple[tuple[str, ...], tuple[str | None, ...]] = ((), ())
+
+
 class CachedResponse:
+    """A stored response, immutable, in as few objects as it can be (README, memory per
+    entry): its field names and values in two tuples, the names' tuple shared by every
+    entry of the same shape of fields (_shape); its age as the one time it was born.
+
+    The age: §4.2.3's current_age is corrected_initial_age + (now - response_time), which
+    is now - born with born = response_time - corrected_initial_age; only born is kept
+    (age()). Made with an initial_age and a response_time (the constructor), read back
+    as born and 0.0: the same age at any time.
+    Without Age, born is the earlier of Date and the request's time: mostly the Date, a
+    whole second that the entries stored in that second share (_same).
+
+    Derived when asked, since a slot costs 8 bytes on every entry: the validators
+    (etag, last_modified: the first stored ETag and Last-Modified) and modified_at (the
+    §4.3.2 modification time: Last-Modified, else Date, else born)."""
+
+    __slots__ = ("__weakref__", "_vary", "body", "born", "directives", "key", "lifetime",
+                 "names", "status", "values")
     key: str
-    vary: tuple[str, ...]                   # lower-cased field names from Vary
-    vary_values: tuple[str | None, ...]     # the request's normalised values for them
     status: int
-    headers: tuple[str, ...]                # flat name, value, name, value ...
+    names: tuple[str, ...]          # the stored field names, in order (shared: _shape)
+    values: tuple[str, ...]         # their values
     body: bytes
-    response_time: float
-    initial_age: float                      # §4.2.3 corrected_initial_age
-    lifetime: float                         # §4.2.1 freshness_lifetime
+    born: float                     # response_time - corrected_initial_age (§4.2.3)
+    lifetime: float                 # §4.2.1 freshness_lifetime
     directives: ResponseDirectives
-    etag: str | None
-    last_modified: str | None
-    modified_at: float                      # Last-Modified, else Date, else receipt (§4.3.2)
+    _vary: tuple[tuple[str, ...], tuple[str | None, ...]]
+
+    def __init__(
+        self, *, key: str, vary: tuple[str, ...], vary_values: tuple[str | None, ...],
+        status: int, headers: tuple[str, ...], body: bytes, response_time: float,
+        initial_age: float, lifetime: float, directives: ResponseDirectives,
+        etag: str | None = None, last_modified: str | None = None,
+        modified_at: float | None = None,
+    ) -> None:
+        """headers: flat name, value, name, value ... etag, last_modified and
+        modified_at are taken from headers (accepted for callers that pass them)."""
+        self._fill(key, status, headers[::2], headers[1::2], body,
+                   response_time - initial_age, lifetime, directives, vary, vary_values)
+
+    def _fill(self, key: str, status: int, names: tuple[str, ...], values: tuple[str, ...],
+              body: bytes, born: float, lifetime: float, directives: ResponseDirectives,
+              vary: tuple[str, ...], vary_values: tuple[str | None, ...]) -> None:
+        setter = object.__setattr__
+        setter(self, "key", key)
+        setter(self, "status", status)
+        setter(self, "names", _shape(names))
+        setter(self, "values", values)
+        setter(self, "body", body)
+        setter(self, "born", _same(born) if born.is_integer() else born)
+        setter(self, "lifetime", lifetime)
+        setter(self, "directives", directives)
+        setter(self, "_vary", (vary, vary_values) if vary else _NO_VARY)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"CachedResponse is immutable: {name}")
+
+    __delattr__ = __setattr__  # type: ignore[assignment]
+
+    def _slots(self) -> tuple[object, ...]:
+        return (self.key, self.status, self.names, self.values, self.body, self.born,
+                self.lifetime, self.directives, self._vary)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not CachedResponse:
+            return NotImplemented
+        return self is other or self._slots() == other._slots()
+
+    def __hash__(self) -> int:
+        return hash(self._slots())
+
+    def __repr__(self) -> str:
+        return (f"CachedResponse(key={self.key!r}, status={self.status}, "
+                f"headers={self.header_pairs()!r}, body={len(self.body)} bytes, "
+                f"born={self.born!r}, lifetime={self.lifetime!r})")
+
+    def replace(self, **changes: Any) -> CachedResponse:
+        """A copy with changes, by the constructor's names. The field tuples are kept
+        unless headers changes (so replay.py's last head serves a copy with a new body,
+        lifetime or age too)."""
+        unknown = changes.keys() - _REPLACEABLE
+        if unknown:
+            raise TypeError(f"CachedResponse.replace: unknown {sorted(unknown)}")
+        get = changes.get
+        names, values = self.names, self.values
+        if "headers" in changes:
+            names, values = changes["headers"][::2], changes["headers"][1::2]
+        born = self.born
+        if "response_time" in changes or "initial_age" in changes:
+            born = get("response_time", born) - get("initial_age", 0.0)
+        copy = CachedResponse.__new__(CachedResponse)
+        copy._fill(get("key", self.key), get("status", self.status), names, values,
+                   get("body", self.body), born, get("lifetime", self.lifetime),
+                   get("directives", self.directives), get("vary", self.vary),
+                   get("vary_values", self.vary_values))
+        return copy
+
+    def age(self, now: float) -> float:
+        """§4.2.3 current_age at now: corrected_initial_age + resident_time."""
+        return now - self.born if now > self.born else 0.0
+
+    @property
+    def vary(self) -> tuple[str, ...]:
+        """Lower-cased field names from Vary."""
+        return self._vary[0]
+
+    @property
+    def vary_values(self) -> tuple[str | None, ...]:
+        """The request's normalised values for them."""
+        return self._vary[1]
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        """The stored fields, flat: name, value, name, value ..."""
+        return tuple(chain.from_iterable(zip(self.names, self.values, strict=True)))
+
+    @property
+    def etag(self) -> str | None:
+        return self.get("etag")
+
+    @property
+    def last_modified(self) -> str | None:
+        return self.get("last-modified")
+
+    @property
+    def modified_at(self) -> float:
+        """§4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0
+        counts)."""
+        for name in ("last-modified", "date"):
+            when = parse_http_date(self.get(name))
+            if when is not None:
+                return when
+        return self.born
 
     @property
     def size(self) -> int:
         """What it counts for against cache.max_bytes: body, fields, key and the
         bookkeeping beyond them (ENTRY_OVERHEAD, FIELD_OVERHEAD). Figured when asked (on
         a put, an eviction) rather than held: an int kept per entry costs 40 bytes."""
-        h = self.headers
-        return len(self.body) + sum(map(len, h)) + len(self.key) + ENTRY_OVERHEAD \
-            + FIELD_OVERHEAD * (len(h) // 2)
+        names = self.names
+        return len(self.body) + sum(map(len, names)) + sum(map(len, self.values)) \
+            + len(self.key) + ENTRY_OVERHEAD + FIELD_OVERHEAD * len(names)
 
     def header_pairs(self) -> list[tuple[str, str]]:
-        h = self.headers
-        return [(h[i], h[i + 1]) for i in range(0, len(h), 2)]
+        return list(zip(self.names, self.values, strict=True))
 
     def get(self, name: str) -> str | None:
         """First value of a field (name compared case-insensitively)."""
-        h, name = self.headers, name.lower()
-        for i in range(0, len(h), 2):
-            if h[i].lower() == name:
-                return h[i + 1]
+        name = name.lower()
+        for i, stored in enumerate(self.names):
+            if stored.lower() == name:
+                return self.values[i]
         return None
 
 
-def _same_or_none(value: str | None) -> str | None:
-    return value if value is None or len(value) > _INTERN_MAX else _same(value)
+@lru_cache(maxsize=_SAME_KEPT)
+def _shape(names: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple for the field names of all entries with the same fields in the same
+    order (the responses of one origin mostly have): 8 bytes a name saved per entry."""
+    return names
 
 
 def first_value(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -156,7 +284,8 @@ def make_stored_response(
     pairs = with_date(pairs, response_time)
     if type(pairs) is not FieldList:  # (looked up by name below some ten times)
         pairs = FieldList(pairs)
-    return _made(key, vary, vary_values, status, pairs, stored_fields(pairs, excluded), body,
+    flat = stored_fields(pairs, excluded)
+    return _made(key, vary, vary_values, status, pairs, flat[::2], flat[1::2], body,
                  request_time, response_time, shared, heuristics, targeting)
 
 
@@ -170,58 +299,47 @@ def refreshed(
     (tests/rfc/test_refresh_rule.py), but for the order of fields of different names and
     the case of names, which carry no meaning (RFC 9110 §5.3, §5.1): the stored fields
     keep their place and spelling, the new Date that of the stored one."""
-    headers = entry.headers
-    if tuple(chain.from_iterable(merged)) != headers:
-        # (else the 304's Date is the stored one: the stored tuple itself, so the head
-        # replay.py encoded from it serves the refreshed entry too)
-        flat: list[str] = []
-        for k, v in merged:  # stored fields already: only the new Date is shared (_same)
-            flat += (k, _same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v)
-        headers = tuple(flat)
-    return _made(entry.key, entry.vary, entry.vary_values, entry.status, merged, headers,
-                 entry.body, request_time, response_time, shared, heuristics, targeting)
+    names, values = entry.names, entry.values
+    if tuple(k for k, _ in merged) != names or tuple(v for _, v in merged) != values:
+        # (else the 304's Date is the stored one: the stored tuples themselves, so the
+        # head replay.py encoded from them serves the refreshed entry too)
+        names = tuple(k for k, _ in merged)
+        # stored fields already: only the new Date is shared (_same)
+        values = tuple(_same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v
+                       for k, v in merged)
+    return _made(entry.key, entry.vary, entry.vary_values, entry.status, merged, names,
+                 values, entry.body, request_time, response_time, shared, heuristics,
+                 targeting)
 
 
 def _made(
     key: str, vary: tuple[str, ...], vary_values: tuple[str | None, ...], status: int,
-    pairs: FieldList, headers: tuple[str, ...], body: bytes, request_time: float,
-    response_time: float, shared: bool, heuristics: Heuristics, targeting: Targeting,
+    pairs: FieldList, names: tuple[str, ...], values: tuple[str, ...], body: bytes,
+    request_time: float, response_time: float, shared: bool, heuristics: Heuristics,
+    targeting: Targeting,
 ) -> CachedResponse:
-    """The entry for these fields (pairs, with a Date) stored as headers."""
+    """The entry for these fields (pairs, with a Date) stored as names and values."""
     # RFC 9213 §2.2: a targeted field, when there is one for this cache, sets aside
     # Cache-Control and Expires.
     rules = governing(pairs, targeting)
     directives = parse_response_directives(rules.cache_control)
     date = parse_http_date(first_value(pairs, "date"))
     expires = first_value(pairs, "expires") if rules.expires_applies else None
-    last_modified = _same_or_none(first_value(pairs, "last-modified"))
-    lm_time = parse_http_date(last_modified)
-    # §4.3.2: Last-Modified, else Date, else the time of receipt (a Date of 0.0 counts).
-    modified_at = lm_time if lm_time is not None else date if date is not None else response_time
+    lm_time = parse_http_date(first_value(pairs, "last-modified"))
     # All Age lines, joined: more than one value makes it invalid, as any non-number does.
     age_value = parse_age(all_values(pairs, "age"))
-    return CachedResponse(
-        key=key,
-        vary=vary,
-        vary_values=vary_values,
-        status=status,
-        headers=headers,
-        body=body,
-        response_time=response_time,
-        initial_age=_same(float(corrected_initial_age(
-            age_value=age_value or 0, date=date,
-            request_time=request_time, response_time=response_time,
-        ))),
-        # §4.2.1: "consider responses that have invalid freshness information ... to be
-        # stale"; an invalid Age is such information (the suite's age-parse-* tests).
-        lifetime=_same(0.0 if age_value is None else float(freshness_lifetime(
-            directives, status=status, date=date, expires=expires,
-            expires_at=parse_http_date(expires), last_modified=lm_time,
-            response_time=response_time, shared=shared,
-            heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
-        ))),
-        directives=directives,
-        etag=first_value(pairs, "etag"),
-        last_modified=last_modified,
-        modified_at=_same(float(modified_at)),
-    )
+    initial_age = corrected_initial_age(
+        age_value=age_value or 0, date=date, request_time=request_time,
+        response_time=response_time)
+    # §4.2.1: "consider responses that have invalid freshness information ... to be
+    # stale"; an invalid Age is such information (the suite's age-parse-* tests).
+    lifetime = 0.0 if age_value is None else float(freshness_lifetime(
+        directives, status=status, date=date, expires=expires,
+        expires_at=parse_http_date(expires), last_modified=lm_time,
+        response_time=response_time, shared=shared,
+        heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
+    ))
+    entry = CachedResponse.__new__(CachedResponse)
+    entry._fill(key, status, names, values, body, response_time - float(initial_age),
+                _same(lifetime), directives, vary, vary_values)
+    return entry

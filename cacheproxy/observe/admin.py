@@ -296,7 +296,7 @@ class Admin:
 
 
 def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
-    age = entry.initial_age + max(0.0, now - entry.response_time)
+    age = entry.age(now)
     out: dict[str, Any] = {
         "status": entry.status, "age": int(age), "ttl": int((entry.lifetime - age) // 1),
         "size": entry.size, "body_bytes": len(entry.body), "etag": entry.etag,

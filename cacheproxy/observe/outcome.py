@@ -111,11 +111,11 @@ def note_lookup(o: Outcome, d: Lookup) -> None:
         o.status = "BYPASS" if d.reason in _BYPASS else "EXPIRED" if d.stored else "MISS"
 
 
-def note_answered(o: Outcome, d: Answered) -> None:
+def note_answered(o: Outcome, d: Answered, now: float) -> None:
     """(A Refetch keeps the lookup's word: MISS for a miss, EXPIRED for a stored one.)"""
     if isinstance(d, Store):
         o.stored = True
-        o.ttl = d.entry.lifetime - d.entry.initial_age
+        o.ttl = d.entry.lifetime - d.entry.age(now)
     elif isinstance(d, Update):
         o.status = "REVALIDATED"
     elif isinstance(d, (Keep, Evict, Pass)):

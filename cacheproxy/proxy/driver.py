@@ -26,6 +26,7 @@ from cacheproxy.http.flow import (
     ServeStale,
     Store,
     Update,
+    Waited,
     answered,
     background_refresh,
     client_answer,
@@ -33,7 +34,6 @@ from cacheproxy.http.flow import (
     lookup,
     range_answer,
 )
-from cacheproxy.http.freshness import current_age
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
@@ -91,11 +91,11 @@ class Driver:
 
     # -- step 1: lookup ----------------------------------------------------------
 
-    async def cached(self, ctx: Ctx, validated_since: float | None = None) -> Answer | None:
+    async def cached(self, ctx: Ctx, waited: Waited | None = None) -> Answer | None:
         variants = await self.store.get(ctx.key)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
                    recently_passed=self.collapser.passes(ctx.key),
-                   validated_since=validated_since)
+                   waited=waited)
         note_lookup(ctx.outcome, d)
         if isinstance(d, Serve):
             return self.reply(ctx, d.entry, d.age, d.ttl)
@@ -120,11 +120,10 @@ class Driver:
         collapser = self.collapser
         fut, leading = collapser.join(ctx.key)
         if not leading:
-            arrived = time.time()
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
             ctx.outcome.collapsed = await collapser.wait(
                 fut, ctx.plan.route.cache.collapse_timeout)
-            return await self.cached(ctx, validated_since=arrived)
+            return await self.cached(ctx, waited=Waited(fwd.stored))
         try:
             return await self.forward(ctx, fwd, release=lambda: collapser.release(ctx.key, fut))
         finally:
@@ -172,11 +171,12 @@ class Driver:
     def decide(self, ctx: Ctx, fwd: Forward, resp: UpstreamResponse, request_time: float
                ) -> Answered:
         """What the upstream's answer (its head) to fwd means (the flow's answered)."""
+        now = time.time()
         d = answered(fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
                      req=ctx.facts, route=ctx.plan.cache, key=ctx.key,
-                     request_time=request_time, response_time=time.time())
+                     request_time=request_time, response_time=now)
         self._remember(ctx, d)
-        note_answered(ctx.outcome, d)
+        note_answered(ctx.outcome, d, now)
         return d
 
     def validated_now(self, ctx: Ctx, d: Answered, resp: UpstreamResponse) -> Answer | None:
@@ -282,7 +282,7 @@ class Driver:
                                range_answer(entry, facts) if facts.bypass else None)
 
     def reply_validated(self, ctx: Ctx, view: CachedResponse) -> Answer:
-        age = current_age(view.initial_age, view.response_time, time.time())
+        age = view.age(time.time())
         return self.reply(ctx, view, age, view.lifetime - age)
 
     def error(self, ctx: Ctx, status: int, message: str) -> Answer:

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from functools import lru_cache
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -245,7 +244,7 @@ class Exchange:
             and (not conn.written or (method in IDEMPOTENT and replayable))
 
     async def put(self, entry: CachedResponse, body: bytes) -> bool:
-        return await self.store.put(replace(entry, body=body))
+        return await self.store.put(entry.replace(body=body))
 
     def via(self, resp: UpstreamResponse) -> str:
         """RFC 9110 §7.6.3: the protocol the response was received with."""
@@ -370,7 +369,7 @@ class Exchange:
         body = await self.read_whole(resp, max_object)
         if body is None:
             return None
-        whole = replace(entry, body=body)
+        whole = entry.replace(body=body)
         outcome.stored = await self.store.put(whole)
         return whole
 

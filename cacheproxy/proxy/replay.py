@@ -51,7 +51,8 @@ class ReplayBlocks:
         # The last head encoded, with what it was made from: an entry refreshed by a 304
         # that repeated the stored fields (stored.refreshed) holds the very same field
         # tuple, so a URL revalidated on every request is encoded once, not per request.
-        self._last: tuple[tuple[str, ...], int, int, RoutePlan, Any, bytes, bool] | None = None
+        self._last: tuple[tuple[str, ...], tuple[str, ...], int, int, RoutePlan, Any, bytes,
+                          bool] | None = None
 
     @property
     def bytes(self) -> int:
@@ -72,13 +73,14 @@ class ReplayBlocks:
         # is only its id().)
         if found is None or found[2] is not plan:
             last = self._last
-            if last is not None and last[0] is entry.headers and last[1] == entry.status \
-                    and last[2] == len(entry.body) and last[3] is plan and last[4] == version:
-                made = last[5], last[6]
+            if last is not None and last[0] is entry.values and last[1] is entry.names \
+                    and last[2] == entry.status and last[3] == len(entry.body) \
+                    and last[4] is plan and last[5] == version:
+                made = last[6], last[7]
             else:
                 made = self._encode(entry, plan, version)
-                self._last = (entry.headers, entry.status, len(entry.body), plan, version,
-                              *made)
+                self._last = (entry.values, entry.names, entry.status, len(entry.body), plan,
+                              version, *made)
             found = self._memo.keep(entry, key, (*made, plan))
         return found[0], found[1]
 

@@ -116,8 +116,7 @@ class HeaderBlocks:
 
 def entry_fields(entry: CachedResponse) -> CIMultiDict[str]:
     """The entry's stored fields as a new multidict."""
-    flat = entry.headers
-    return CIMultiDict(zip(flat[::2], flat[1::2], strict=True))
+    return CIMultiDict(zip(entry.names, entry.values, strict=True))
 
 
 def _block(entry: CachedResponse) -> CIMultiDictProxy[str]:

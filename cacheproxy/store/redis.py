@@ -76,7 +76,7 @@ STATS_INTERVAL = 5.0  # seconds between refreshes of stats() (INFO)
 _SCAN_COUNT = 1000
 _META = b"#"
 
-# KEYS[1]: the entry hash. ARGV: field, encoded entry, response_time, expires_at_ms,
+# KEYS[1]: the entry hash. ARGV: field, encoded entry, born (its age), expires_at_ms,
 # now_ms, max_variants. Returns how many variants the hash holds afterwards.
 _PUT = """
 local meta = {}
@@ -116,7 +116,7 @@ return math.min(#live, tonumber(ARGV[6]))
 def entry_ttl(entry: CachedResponse, now: float) -> float:
     """Seconds from now that Redis keeps entry (the formula is in the module docstring)."""
     d = entry.directives
-    left = entry.lifetime - (entry.initial_age + max(0.0, now - entry.response_time))
+    left = entry.lifetime - entry.age(now)
     ttl = max(left + max(d.stale_while_revalidate or 0, d.stale_if_error or 0), 0.0)
     if entry.etag is not None or entry.last_modified is not None:
         ttl += REVALIDATION_GRACE
@@ -277,7 +277,7 @@ class RedisStore:
         if bad:  # a miss now; the next put overwrites them anyway
             with contextlib.suppress(StoreUnavailable):
                 await self._call(partial(self._redis.hdel, name, *bad))
-        variants.sort(key=lambda v: v.response_time, reverse=True)
+        variants.sort(key=lambda v: v.born, reverse=True)
         return tuple(variants)
 
     async def put(self, entry: CachedResponse) -> bool:
@@ -289,7 +289,7 @@ class RedisStore:
             return 0
         now = time.time()
         expires_ms = int((now + entry_ttl(entry, now)) * 1000)
-        args = [_variant_field(entry), encode(entry), repr(entry.response_time), expires_ms,
+        args = [_variant_field(entry), encode(entry), repr(entry.born), expires_ms,
                 int(now * 1000), MAX_VARIANTS]
         try:
             held = await self._call(partial(

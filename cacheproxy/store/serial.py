@@ -30,7 +30,7 @@ def encode(entry: CachedResponse) -> bytes:
     header: dict[str, Any] = {
         "key": entry.key, "vary": entry.vary, "vary_values": entry.vary_values,
         "status": entry.status, "headers": entry.headers,
-        "response_time": entry.response_time, "initial_age": entry.initial_age,
+        "response_time": entry.born, "initial_age": 0.0,  # (the same age: born)
         "lifetime": entry.lifetime, "etag": entry.etag, "last_modified": entry.last_modified,
         # size: figured from the rest when read (CachedResponse.size); still written, for
         # readers of this format version that take it from here.

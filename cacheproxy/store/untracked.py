@@ -18,7 +18,10 @@ on an object already untracked). Where ctypes cannot reach it, nothing changes.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from cacheproxy.http.stored import CachedResponse
 
@@ -44,11 +47,36 @@ def untrack_response(entry: CachedResponse) -> None:
         _UNTRACK(entry.directives)
 
 
-def untrack_container(held: tuple[CachedResponse, ...] | dict[str, object]) -> None:
+def untrack_container(held: tuple[CachedResponse, ...] | dict[str, Any]) -> None:
     """A tuple of stored responses (a key's variants: the collector never untracks a
-    tuple of objects of a collected type), or the dict that holds them (cachetools'
-    own), after each set: CPython tracks a dict again whenever an object of a collected
-    type is set in it. Neither has a cycle: their items are strings and untracked
-    responses. (Walking that dict alone took 8-10 ms per full collection at 200,000.)"""
+    tuple of objects of a collected type), or the dict that holds them. Neither has a
+    cycle: their items are strings and untracked responses."""
     if _UNTRACK is not None:
         _UNTRACK(held)
+
+
+class _Holder(Protocol):
+    _held: dict[str, Any]
+
+
+# The stores whose dict is untracked before each collection (keep_untracked).
+_HOLDERS: weakref.WeakSet[_Holder] = weakref.WeakSet()
+
+
+def _untrack_held(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        for holder in list(_HOLDERS):
+            untrack_container(holder._held)
+
+
+def keep_untracked(holder: _Holder) -> None:
+    """holder's dict of stored responses is untracked at the start of every collection,
+    young ones included: CPython tracks a dict again whenever an object of a collected
+    type is set in it, and the memory store sets one on every hit (its LRU order), so
+    untracking after each set would cost a C call per hit. (Walking that dict took 8-10
+    ms per full collection at 200,000 entries.)"""
+    if _UNTRACK is None:
+        return
+    _HOLDERS.add(holder)
+    if _untrack_held not in gc.callbacks:
+        gc.callbacks.append(_untrack_held)

@@ -61,8 +61,8 @@ def reuse_of(
     shared: bool = True,
 ) -> Reuse:
     return decide_reuse(
-        lifetime=entry.lifetime, initial_age=entry.initial_age,
-        response_time=entry.response_time, directives=entry.directives,
+        lifetime=entry.lifetime, initial_age=0.0, response_time=entry.born,
+        directives=entry.directives,
         request=parse_request_directives(cache_control, pragma), now=now, shared=shared,
     )
 

@@ -194,7 +194,7 @@ def test_s4_3_4_a_selecting_304_updates_with_its_fields(stored) -> None:
                                         "X-A": "new"}, at=T0 + 5)
     assert isinstance(d, Update)
     assert d.view.get("X-A") == "new" and d.view.lifetime == 99 and d.view.body == b"body"
-    assert d.entry.get("X-A") == "new" and d.entry.response_time == T0 + 5
+    assert d.entry.get("X-A") == "new" and d.entry.born == T0 + 5  # its Date
 
 
 def test_s3_2_the_stored_copy_keeps_out_what_the_view_shows_this_client(stored) -> None:

@@ -13,6 +13,7 @@ from cacheproxy.http.flow import (
     Refuse,
     Serve,
     ServeStale,
+    Waited,
     background_refresh,
     bypass,
     lookup,
@@ -192,14 +193,18 @@ def test_hit_for_pass_and_route_setting_turn_collapsing_off() -> None:
 
 
 def test_collapsed_waiter_asking_validation_takes_the_leaders_answer(stored) -> None:
-    """max-age=0 from a waiter: the response the leader stored after the waiter arrived
-    was validated after its request was made."""
+    """max-age=0 from a waiter: a response stored after the waiter's first look (the
+    leader's) was validated after its request was made."""
+    old = stored({"Cache-Control": "max-age=60"}, request_time=T0, response_time=T0)
     entry = stored({"Cache-Control": "max-age=60"}, request_time=T0 + 1, response_time=T0 + 1)
     req = facts("GET", {"Cache-Control": "max-age=0"})
-    assert lookup(req, (entry,), now=T0 + 2, route=ROUTE, validated_since=T0) == \
-        Serve(entry, 1.0, 59.0)
-    # Stored before it arrived: validate, alone (a second look never collapses again).
-    d = lookup(req, (entry,), now=T0 + 2, route=ROUTE, validated_since=T0 + 1.5)
+    d = lookup(req, (old,), now=T0 + 1, route=ROUTE)
+    assert isinstance(d, Forward) and d.stored is old and d.collapse
+    for seen in (old, None):  # it had found another, or none
+        assert lookup(req, (entry,), now=T0 + 2, route=ROUTE, waited=Waited(seen)) == \
+            Serve(entry, 1.0, 59.0)
+    # The one it had found, still: validate, alone (a second look never collapses again).
+    d = lookup(req, (entry,), now=T0 + 2, route=ROUTE, waited=Waited(entry))
     assert isinstance(d, Forward) and d.reason == "request" and not d.collapse
 
 

@@ -55,7 +55,7 @@ def test_s4_3_5_a_matching_200_updates_fields_and_freshness__head_200_update(sto
                 ("Content-Length", "4")], req=facts("HEAD", {"Range": "bytes=0-1"}), at=T0 + 10)
     assert isinstance(d, Freshen)
     new = d.entry
-    assert new.body == b"body" and new.lifetime == 1000 and new.response_time == T0 + 10
+    assert new.body == b"body" and new.lifetime == 1000 and new.born == T0 + 10
     assert new.get("Template-A") == "2" and new.get("X-Kept") == "yes"  # head-200-retain
     assert new.get("Content-Length") is None or new.get("Content-Length") == "4"
 
@@ -65,8 +65,8 @@ def test_s4_3_5_a_mismatching_200_makes_the_stored_response_stale(stored) -> Non
     d = answer(Forward("bypass", "HEAD", head_of=entry), 200, [("ETag", '"v2"')],
                req=facts("HEAD", {"Range": "bytes=0-1"}))
     assert isinstance(d, Freshen) and d.entry.lifetime == 0
-    reuse = decide_reuse(lifetime=d.entry.lifetime, initial_age=d.entry.initial_age,
-                         response_time=d.entry.response_time, directives=d.entry.directives,
+    reuse = decide_reuse(lifetime=d.entry.lifetime, initial_age=0.0,
+                         response_time=d.entry.born, directives=d.entry.directives,
                          request=facts().directives, now=T0, shared=True)
     assert reuse.action is Action.REVALIDATE
 

@@ -25,6 +25,7 @@ from cacheproxy.http.flow.facts import CacheSettings, RequestFacts, request_fact
 from cacheproxy.http.flow.failure import failed
 from cacheproxy.http.flow.lookup import (
     DECISIVE_FIELDS,
+    Waited,
     background_refresh,
     bypass,
     lookup,
@@ -34,7 +35,7 @@ from cacheproxy.http.flow.lookup import (
 __all__ = [
     "DECISIVE_FIELDS", "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen",
     "Keep", "Lookup", "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse",
-    "RequestFacts", "Serve", "ServeStale", "Store", "Update", "answered", "background_refresh",
-    "bypass", "client_answer", "failed", "lookup", "plain_serve", "range_answer",
-    "request_facts",
+    "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
+    "background_refresh", "bypass", "client_answer", "failed", "lookup", "plain_serve",
+    "range_answer", "request_facts",
 ]

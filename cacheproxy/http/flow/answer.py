@@ -194,7 +194,7 @@ def _head_answered(
     if req.directives.no_store:  # §5.2.1.5: no part of a response to it is stored
         return Pass(None)
     if not head_matches(stored, fields):
-        return Freshen(replace(stored, lifetime=0.0))
+        return Freshen(stored.replace(lifetime=0.0))
     # §3.2; with its index by name: the rules below look fields up in it
     merged = FieldList(merge_304(stored, with_date(fields, response_time)))
     vary = vary_fields(all_values(merged, "vary"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from cacheproxy.http.flow.decisions import Failed, Forward, Refuse, ServeStale
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
-from cacheproxy.http.freshness import current_age
 from cacheproxy.http.reuse import may_serve_stale_on_error, stale_forbidden
 from cacheproxy.http.stored import CachedResponse
 
@@ -15,7 +14,7 @@ def stale_on_error(
 ) -> ServeStale | None:
     """RFC 5861 §4: stale-if-error (response or request) lets the stored response answer
     when the origin errs, unless stale is forbidden (§4.2.4)."""
-    age = current_age(stored.initial_age, stored.response_time, now)
+    age = stored.age(now)
     ttl = stored.lifetime - age
     if may_serve_stale_on_error(ttl=ttl, directives=stored.directives,
                                 request=req.directives, shared=route.shared):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
 from cacheproxy.http.cache_key import select_variant
@@ -17,12 +17,19 @@ from cacheproxy.http.flow.decisions import (
     ServeStale,
 )
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
-from cacheproxy.http.freshness import current_age
 from cacheproxy.http.reuse import Action, decide_reuse, shareable_validation
 from cacheproxy.http.revalidation import conditional_fields
 from cacheproxy.http.stored import CachedResponse
 
 _ONLY_IF_CACHED = "only-if-cached"
+
+
+@dataclass(frozen=True, slots=True)
+class Waited:
+    """The request waited for another's upstream answer (collapsed); seen: the stored
+    response its first look had found, or None."""
+
+    seen: CachedResponse | None
 
 
 def bypass(req: RequestFacts) -> Forward | None:
@@ -44,15 +51,14 @@ def lookup(
     now: float,
     route: CacheSettings,
     recently_passed: bool = False,
-    validated_since: float | None = None,
+    waited: Waited | None = None,
 ) -> Lookup:
     """§4: the stored variants under the request's key (newest first) against the request.
 
     recently_passed: this key's last answer could not be stored (hit-for-pass), so the
-    request does not wait behind another's. validated_since: the request waited for
-    another request's upstream answer (collapsed) from this time on; its second look
-    does not collapse again."""
-    d = _reuse_or_forward(req, variants, now, route, recently_passed, validated_since)
+    request does not wait behind another's. waited: this is the second look of a request
+    that waited for another's upstream answer (collapsed); it does not collapse again."""
+    d = _reuse_or_forward(req, variants, now, route, recently_passed, waited)
     if req.preconditioned:
         d = _preconditions(req, d)
     if req.bypass and isinstance(d, Forward) and not d.may_store:
@@ -79,14 +85,14 @@ def _preconditions(req: RequestFacts, d: Lookup) -> Lookup:
 
 def _reuse_or_forward(
     req: RequestFacts, variants: tuple[CachedResponse, ...], now: float, route: CacheSettings,
-    recently_passed: bool, validated_since: float | None,
+    recently_passed: bool, waited: Waited | None,
 ) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
     if req.has_body or (req.bypass and req.method == "HEAD"):  # as it is (§4.3.5)
         return Forward("bypass", req.method, head_of=entry)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
-                    and validated_since is None)
+                    and waited is None)
     if entry is None:
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
@@ -105,17 +111,18 @@ def _reuse_or_forward(
                        "GET" if may_store else req.method,
                        may_store=may_store, collapse=may_collapse)
     reuse = decide_reuse(
-        lifetime=entry.lifetime, initial_age=entry.initial_age,
-        response_time=entry.response_time, directives=entry.directives,
+        lifetime=entry.lifetime, initial_age=0.0, response_time=entry.born,
+        directives=entry.directives,
         request=req.directives, now=now, shared=route.shared,
     )
     action = reuse.action
     if action is Action.SERVE:
         return Serve(entry, reuse.age, reuse.ttl)
     if (action is Action.REVALIDATE and reuse.forward == "request"
-            and validated_since is not None and entry.response_time >= validated_since):
+            and waited is not None and entry is not waited.seen):
         # A collapsed waiter whose own request asked for validation (no-cache,
-        # max-age=0): the leader's, completed after it arrived, answers that.
+        # max-age=0): a response stored after its first look (the leader's, validated
+        # after the waiter's request was made) answers that.
         # Never for a response that demands validation per request (§5.2.2.4).
         return Serve(entry, reuse.age, reuse.ttl)
     if action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
@@ -149,7 +156,7 @@ def plain_serve(entry: CachedResponse, now: float) -> tuple[float, float] | None
     so a caller may skip building its facts (proxy/quick.py)."""
     if entry.directives.no_cache:
         return None
-    age = current_age(entry.initial_age, entry.response_time, now)
+    age = entry.age(now)
     ttl = entry.lifetime - age
     return (age, ttl) if ttl > 0 else None
 

@@ -215,11 +215,18 @@ class CachedResponse:
 
     def get(self, name: str) -> str | None:
         """First value of a field (name compared case-insensitively)."""
-        name = name.lower()
-        for i, stored in enumerate(self.names):
-            if stored.lower() == name:
-                return self.values[i]
-        return None
+        i = _first_of(self.names).get(name.lower())
+        return None if i is None else self.values[i]
+
+
+@lru_cache(maxsize=256)
+def _first_of(names: tuple[str, ...]) -> dict[str, int]:
+    """Where each field name (lower-cased) is first, for the entries of one shape: the
+    validators are read from the fields on each revalidation (get)."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        first.setdefault(name.lower(), i)
+    return first
 
 
 @lru_cache(maxsize=_SAME_KEPT)

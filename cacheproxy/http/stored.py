@@ -116,6 +116,7 @@ class CachedResponse:
         setter(self, "names", _shape(names))
         setter(self, "values", values)
         setter(self, "body", body)
+        born = float(born)  # (an int has no is_integer before 3.12)
         setter(self, "born", _same(born) if born.is_integer() else born)
         setter(self, "lifetime", lifetime)
         setter(self, "directives", directives)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import time
 from email.utils import formatdate
 from functools import lru_cache
 
@@ -44,24 +43,13 @@ def parse_http_date(value: str | None) -> float | None:
         return _timestamp(int(y), mon, int(d), int(hh), int(mm), int(ss))
     if m := _RFC850.fullmatch(value):
         d, mon, yy, hh, mm, ss = m.groups()
-        return _timestamp(_full_year(int(yy)), mon, int(d), int(hh), int(mm), int(ss))
+        # §5.6.7: a two-digit year more than 50 years in the future is in the past century.
+        year = 2000 + int(yy) if int(yy) < 70 else 1900 + int(yy)
+        return _timestamp(year, mon, int(d), int(hh), int(mm), int(ss))
     if m := _ASCTIME.fullmatch(value):
         mon, d, hh, mm, ss, y = m.groups()
         return _timestamp(int(y), mon, int(d), int(hh), int(mm), int(ss))
     return None
-
-
-def _full_year(yy: int) -> int:
-    """§5.6.7: a two-digit year that appears to be more than 50 years in the future is the
-    most recent past year with the same last two digits (in 2026: "76" is 2076, "77"
-    1977), rather than a fixed pivot."""
-    now = _current_year()
-    year = now - now % 100 + yy
-    return year - 100 if year > now + 50 else year
-
-
-def _current_year() -> int:
-    return time.gmtime().tm_year
 
 
 def format_http_date(timestamp: float) -> str:

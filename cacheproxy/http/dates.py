@@ -43,7 +43,10 @@ def parse_http_date(value: str | None) -> float | None:
         return _timestamp(int(y), mon, int(d), int(hh), int(mm), int(ss))
     if m := _RFC850.fullmatch(value):
         d, mon, yy, hh, mm, ss = m.groups()
-        # §5.6.7: a two-digit year more than 50 years in the future is in the past century.
+        # §5.6.7 reads a two-digit year more than 50 years in the future as the past
+        # century's; until 2020 that was this pivot at 70. Kept as nginx, Squid, curl and
+        # Python's email.utils keep it: "Thu, 01-Jan-70 00:00:00 GMT" is how many servers
+        # say "already expired", which the rule from 2026 on would read as 2070.
         year = 2000 + int(yy) if int(yy) < 70 else 1900 + int(yy)
         return _timestamp(year, mon, int(d), int(hh), int(mm), int(ss))
     if m := _ASCTIME.fullmatch(value):

@@ -57,6 +57,7 @@ def test_s5_6_7_seed_form_without_space_before_gmt() -> None:
     ("00", 946684800.0),    # 2000
     ("05", 1104537600.0),   # 2005
     ("30", 1893456000.0),   # 2030
+    ("70", 0.0),            # 1970: "01-Jan-70", the idiom for "already expired"
 ])
 def test_s5_6_7_two_digit_years(yy: str, year_start: float) -> None:
     """§5.6.7: a two-digit year more than 50 years in the future is in the past

@@ -79,9 +79,14 @@ class CachedResponse:
     Without Age, born is the earlier of Date and the request's time: mostly the Date, a
     whole second that the entries stored in that second share (_same).
 
+    (A clock set back makes the age smaller than the Age received, by as much: nothing
+    else of it is kept.)
+
     Derived when asked, since a slot costs 8 bytes on every entry: the validators
-    (etag, last_modified: the first stored ETag and Last-Modified) and modified_at (the
-    §4.3.2 modification time: Last-Modified, else Date, else born)."""
+    (etag, last_modified: the first stored ETag and Last-Modified; one the origin named
+    private or no-cache, not stored, is no validator) and modified_at (the §4.3.2
+    modification time: Last-Modified, else Date, which every stored response has, valid:
+    with_date)."""
 
     __slots__ = ("__weakref__", "_vary", "body", "born", "directives", "key", "lifetime",
                  "names", "status", "values")
@@ -156,8 +161,11 @@ class CachedResponse:
         if "headers" in changes:
             names, values = changes["headers"][::2], changes["headers"][1::2]
         born = self.born
-        if "response_time" in changes or "initial_age" in changes:
-            born = get("response_time", born) - get("initial_age", 0.0)
+        timed = ("response_time" in changes) + ("initial_age" in changes)
+        if timed == 1:  # (the other is not held: born is their difference)
+            raise TypeError("CachedResponse.replace: response_time and initial_age together")
+        if timed:
+            born = changes["response_time"] - changes["initial_age"]
         copy = CachedResponse.__new__(CachedResponse)
         copy._fill(get("key", self.key), get("status", self.status), names, values,
                    get("body", self.body), born, get("lifetime", self.lifetime),
@@ -251,9 +259,15 @@ def all_values(pairs: list[tuple[str, str]], name: str) -> str | None:
 
 def with_date(pairs: list[tuple[str, str]], received_at: float) -> list[tuple[str, str]]:
     """RFC 9110 §6.6.1: a cache storing a message without Date adds one, the time
-    it was received, so its age and a later 304 merge (§4.3.4) have a Date to use."""
-    if values_of(pairs, "date"):
+    it was received, so its age and a later 304 merge (§4.3.4) have a Date to use; and
+    one with an invalid Date ("MAY replace the field value with the time that response
+    was received") gets that instead, so that the stored Date is always a date (§4.3.2's
+    modification time falls back to it: CachedResponse.modified_at)."""
+    dates = values_of(pairs, "date")
+    if dates and parse_http_date(dates[0]) is not None:
         return pairs
+    if dates:
+        pairs = [(k, v) for k, v in pairs if k.lower() != "date"]
     return [*pairs, ("Date", format_http_date(received_at))]
 
 

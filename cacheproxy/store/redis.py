@@ -76,8 +76,9 @@ STATS_INTERVAL = 5.0  # seconds between refreshes of stats() (INFO)
 _SCAN_COUNT = 1000
 _META = b"#"
 
-# KEYS[1]: the entry hash. ARGV: field, encoded entry, born (its age), expires_at_ms,
-# now_ms, max_variants. Returns how many variants the hash holds afterwards.
+# KEYS[1]: the entry hash. ARGV: field, encoded entry, put time (the variants put last
+# stay), expires_at_ms, now_ms, max_variants. Returns how many variants the hash holds
+# afterwards.
 _PUT = """
 local meta = {}
 local raw = redis.call('HGET', KEYS[1], '#')
@@ -289,7 +290,7 @@ class RedisStore:
             return 0
         now = time.time()
         expires_ms = int((now + entry_ttl(entry, now)) * 1000)
-        args = [_variant_field(entry), encode(entry), repr(entry.born), expires_ms,
+        args = [_variant_field(entry), encode(entry), repr(now), expires_ms,
                 int(now * 1000), MAX_VARIANTS]
         try:
             held = await self._call(partial(

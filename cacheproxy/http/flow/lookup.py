@@ -119,10 +119,11 @@ def _reuse_or_forward(
     if action is Action.SERVE:
         return Serve(entry, reuse.age, reuse.ttl)
     if (action is Action.REVALIDATE and reuse.forward == "request"
-            and waited is not None and entry is not waited.seen):
+            and waited is not None and entry != waited.seen):
         # A collapsed waiter whose own request asked for validation (no-cache,
         # max-age=0): a response stored after its first look (the leader's, validated
-        # after the waiter's request was made) answers that.
+        # after the waiter's request was made) answers that. Compared by value: the
+        # Redis store reads a new object of the same response on every look.
         # Never for a response that demands validation per request (§5.2.2.4).
         return Serve(entry, reuse.age, reuse.ttl)
     if action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cacheproxy.http.stored import CachedResponse
 
 # After an answer that was not stored, requests for the key skip collapsing for this
 # long (Varnish's hit-for-pass): waiting behind a leader only helps when its answer
@@ -18,13 +23,30 @@ PASS_REASONS = frozenset({"private", "no-store", "set-cookie", "vary-star", "too
                           "status", "not-reusable", "must-understand"})
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An answer stored for a key while its leader was in flight: when it arrived
+    (time.monotonic()), and what tells the stored response apart (born and values,
+    compared by value: the Redis store reads a new object on each look)."""
+
+    at: float
+    born: float
+    values: tuple[str, ...]
+
+    def since(self, when: float) -> tuple[float, tuple[str, ...]] | None:
+        """(born, values) when the answer arrived at or after when, else None."""
+        return (self.born, self.values) if self.at >= when else None
+
+
 class Collapser:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._inflight: dict[str, asyncio.Future[None]] = {}
+        self._inflight: dict[str, asyncio.Future[Stored | None]] = {}
         self._pass: dict[str, float] = {}  # key -> until when requests skip collapsing
+        # key -> what was stored for it while its leader was in flight (note_stored)
+        self._stored: dict[str, Stored] = {}
 
-    def join(self, key: str) -> tuple[asyncio.Future[None], bool]:
+    def join(self, key: str) -> tuple[asyncio.Future[Stored | None], bool]:
         """The key's in-flight future, and whether the caller is its leader (who must
         release it with that same future)."""
         fut = self._inflight.get(key)
@@ -33,14 +55,25 @@ class Collapser:
         fut = self._inflight[key] = asyncio.get_running_loop().create_future()
         return fut, True
 
-    def release(self, key: str, fut: asyncio.Future[None]) -> None:
-        """Wake the waiters of this leader's future; a later leader's slot stays."""
+    def release(self, key: str, fut: asyncio.Future[Stored | None]) -> None:
+        """Wake the waiters of this leader's future, with what was stored for the key
+        while it was in flight; a later leader's slot stays."""
         if self._inflight.get(key) is fut:
             del self._inflight[key]
+            stored = self._stored.pop(key, None)
+        else:
+            stored = None
         if not fut.done():
-            fut.set_result(None)
+            fut.set_result(stored)
 
-    async def wait(self, fut: asyncio.Future[None], timeout: float | None = None) -> bool:
+    def note_stored(self, key: str, entry: CachedResponse) -> None:
+        """An answer for key, received now, is stored (or validated the stored one),
+        while requests may be waiting for it."""
+        if key in self._inflight:
+            self._stored[key] = Stored(time.monotonic(), entry.born, entry.values)
+
+    async def wait(self, fut: asyncio.Future[Stored | None], timeout: float | None = None
+                   ) -> bool:
         """Wait for the leader (timeout: the route's, else this collapser's); False when
         the wait timed out."""
         try:

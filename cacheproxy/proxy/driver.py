@@ -120,10 +120,12 @@ class Driver:
         collapser = self.collapser
         fut, leading = collapser.join(ctx.key)
         if not leading:
+            arrived = time.monotonic()
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
             ctx.outcome.collapsed = await collapser.wait(
                 fut, ctx.plan.route.cache.collapse_timeout)
-            return await self.cached(ctx, waited=Waited(fwd.stored))
+            stored = fut.result() if fut.done() and not fut.cancelled() else None
+            return await self.cached(ctx, waited=Waited(stored and stored.since(arrived)))
         try:
             return await self.forward(ctx, fwd, release=lambda: collapser.release(ctx.key, fut))
         finally:
@@ -258,6 +260,7 @@ class Driver:
         URL's requests stop waiting behind each other for a while; a stored one ends it."""
         if isinstance(d, (Store, Update)):
             self.collapser.unmark_pass(ctx.key)
+            self.collapser.note_stored(ctx.key, d.entry)
         elif isinstance(d, (Keep, Evict, Pass)) and d.hit_for_pass:
             self.collapser.mark_pass(ctx.key)
 

@@ -26,10 +26,11 @@ _ONLY_IF_CACHED = "only-if-cached"
 
 @dataclass(frozen=True, slots=True)
 class Waited:
-    """The request waited for another's upstream answer (collapsed); seen: the stored
-    response its first look had found, or None."""
+    """The request waited for another's upstream answer (collapsed). stored: (born,
+    values) of a response stored from an answer that arrived after it began to wait,
+    if one was (proxy/collapse.py Stored)."""
 
-    seen: CachedResponse | None
+    stored: tuple[float, tuple[str, ...]] | None
 
 
 def bypass(req: RequestFacts) -> Forward | None:
@@ -119,11 +120,11 @@ def _reuse_or_forward(
     if action is Action.SERVE:
         return Serve(entry, reuse.age, reuse.ttl)
     if (action is Action.REVALIDATE and reuse.forward == "request"
-            and waited is not None and entry != waited.seen):
+            and waited is not None and waited.stored == (entry.born, entry.values)):
         # A collapsed waiter whose own request asked for validation (no-cache,
-        # max-age=0): a response stored after its first look (the leader's, validated
-        # after the waiter's request was made) answers that. Compared by value: the
-        # Redis store reads a new object of the same response on every look.
+        # max-age=0): the response stored from an answer that came after it began to
+        # wait (the leader's, validated after the waiter's request was made) answers
+        # that. Compared by value: the Redis store reads a new object on every look.
         # Never for a response that demands validation per request (§5.2.2.4).
         return Serve(entry, reuse.age, reuse.ttl)
     if action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3

@@ -316,7 +316,42 @@ async def test_bytes_past_a_cacheable_message_are_not_stored(proxy):
 
 # -- RFC 9112 §6.3: a Transfer-Encoding that does not end in chunked runs to the close --------
 
-@pytest.mark.parametrize("coding", ["TRANSFER-ENCODING-STORE-VALUE", "gzip", "chunked, gzip"])
+@pytest.mark.parametrize("coding", ["gzip", "chunked, gzip", "gzip, chunked", "x-gzip",
+                                    "deflate, chunked", "chunked, chunked"])
+async def test_a_coding_the_proxy_cannot_take_off_is_a_502_and_not_stored(proxy, coding):
+    """RFC 9112 §7: a recipient that takes a transfer coding off decodes it. The proxy
+    decodes chunked alone: a gzip (or deflate, br...) transfer coding would reach the
+    client, and the store, as content with its coding lost; chunked twice is invalid
+    (§7.1). 502, as nginx answers "unknown Transfer-Encoding"; the next request asks
+    again."""
+    import gzip as gz
+
+    served = 0
+    coded = gz.compress(b"the whole body")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        await reader.readuntil(b"\r\n\r\n")
+        served += 1
+        body = coded if "chunked" not in coding.rsplit(",", 1)[-1] \
+            else b"%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded)
+        writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\n"
+                     b"Transfer-Encoding: " + coding.encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        c = await proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        for _ in range(2):
+            resp = await c.get("/r")
+            assert resp.status == 502 and coded not in await resp.read()
+        assert served == 2  # nothing stored
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("coding", ["TRANSFER-ENCODING-STORE-VALUE", "x-unknown, y-unknown"])
 async def test_a_body_whose_coding_is_not_chunked_runs_to_the_close__headers_store_transfer_encoding(  # noqa: E501
     proxy, coding
 ):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
 from aiohttp.http_writer import HttpVersion10, HttpVersion11, StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -82,6 +83,19 @@ class _Date:
         if t != cls.second:
             cls.second, cls.value = t, formatdate(t, usegmt=True)
         return cls.value
+
+
+# The start of a request line (the Python parser's) or of a request-target (llhttp's:
+# origin-form, absolute-form, asterisk-form), as a LineTooLong names the line it stopped
+# in: a header field's name is a token without "/" or ":", and its value rarely starts so.
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ |/|\*|https?://", re.I)
+
+
+def _too_long(exc: LineTooLong) -> int:
+    """RFC 9112 §3: a request-target longer than the server parses MUST get a 414; a
+    header field too large gets 431 (RFC 6585 §5), as nginx answers 414 and 400."""
+    line = exc.args[0] if exc.args and isinstance(exc.args[0], bytes | bytearray) else b""
+    return 414 if _REQUEST_LINE.match(line) else 431
 
 
 class ClientConnection(ConnectMethod, BaseProtocol):
@@ -238,15 +252,31 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         lets a recipient drop trailers, never merge them into another message).
 
         A request line saying a version above 1.1 (llhttp takes "HTTP/2.0") is answered
-        as HTTP/1.1, the highest this server conforms to (RFC 9110 §6.2), not echoed."""
+        as HTTP/1.1, the highest this server conforms to (RFC 9110 §6.2), not echoed; one
+        without a version (HTTP/0.9, whose answers have no status line) gets a 505. A
+        transfer coding other than chunked alone gets a 501 (RFC 9112 §6.1: the proxy
+        decodes none, and would pass the coded bytes on as the content)."""
         if self._last_read:
             return []  # (the parser still reads the chunked body to its end)
         for i, (msg, payload) in enumerate(messages):
             if isinstance(msg, HttpProcessingError):
                 continue
+            refused = None
             if msg.version > HttpVersion11:
                 messages = [*messages[:i], (msg._replace(version=HttpVersion11), payload),
                             *messages[i + 1:]]
+            elif msg.version < HttpVersion10:
+                refused = HttpProcessingError(code=505, message="HTTP/0.9 request")
+            if msg.chunked and refused is None:
+                codings = msg.headers.getall("Transfer-Encoding", ())
+                if len(codings) != 1 or codings[0].strip(" \t").lower() != "chunked":
+                    refused = HttpProcessingError(
+                        code=501, message=f"transfer coding {', '.join(codings)!r}")
+            if refused is not None:
+                refused.request = msg  # type: ignore[attr-defined]  # (logged: _refuse)
+                self._last_read = True
+                self._closing = True
+                return [*messages[:i], (refused, EMPTY_PAYLOAD)]
             if msg.chunked:
                 self._last_read = True
                 return [*messages[:i], (messages[i][0]._replace(should_close=True), payload)]
@@ -408,7 +438,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         if self._buffer_paused and len(self._queue) < MAX_PIPELINED:
                             self._resume_reading_for_buffer()
                 if isinstance(msg, HttpProcessingError):
-                    self._refuse(msg)
+                    self._refuse(msg, getattr(msg, "request", ERROR))
                     return
                 if msg is not self._declined and self._quick_one(msg, payload):
                     if self._closing or self._relay is not None:
@@ -720,6 +750,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """A request the parser (or the Expect rule, which read msg) refused: its answer,
         then a close."""
         status = exc.code if 400 <= exc.code < 600 else 400
+        if isinstance(exc, LineTooLong):
+            status = _too_long(exc)
         reason = REASONS.get(status, "Bad Request")
         body = f"{status} {reason}\n".encode()
         self._write_head(HttpVersion11, status, reason, CIMultiDict({

@@ -13,6 +13,7 @@ from cacheproxy.policies.referer import RefererPolicy, forwarded_referer
 _OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
 _DROP = _OWN | {"x-forwarded-for"}
 _DROP_FILLING = _DROP | CLIENT_FILL_FIELDS  # the cache's conditionals replace the client's
+_EXPECT = frozenset({"expect"})
 
 
 def _forwarding_family(name: str) -> bool:
@@ -55,15 +56,22 @@ def request_fields(
     host: str | None = None,
     max_forwards: int | None = None,
     referer: RefererPolicy | None = None,
+    content: bool = True,
 ) -> list[tuple[str, str]]:
     """The request fields to send upstream. host: the authority the request is for (the
     cache key's), which the upstream Host is made from whatever the client's Connection
     field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2); max_forwards: what the client
     sent, decremented here (RFC 9110 §7.6.2); referer: the route's Referer policy when it
     changes what the upstream sees of the client's Referer (trimmed, stripped of secret
-    parameters, or removed)."""
+    parameters, or removed); content: whether the request has content (a body).
+
+    Expect goes on only with content from an HTTP/1.1 client: RFC 9110 §10.1.1, "A
+    client MUST NOT generate a 100-continue expectation in a request that does not
+    include content", and a server MUST ignore one from HTTP/1.0."""
     trusted = policy.trust_forwarded
     drop = _DROP_FILLING if strip_conditionals else _DROP
+    if not content or version < (1, 1):
+        drop = drop | _EXPECT
     client_host: str | None = None
     prior_xff: list[str] = []
     prior_mf: list[tuple[str, str]] = []

@@ -248,6 +248,7 @@ class CacheProxy:
             host=authority,
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
             referer=plan.route.referer if rewrites_referer(plan) else None,
+            content=request.body_exists,
         )
 
     def _error(self, status: int, message: str, outcome: Outcome) -> Answer:

@@ -86,6 +86,12 @@ def _expire(waiter: asyncio.Future[None], reason: str) -> None:
         waiter.set_exception(UpstreamError(504, reason))
 
 
+# The codings that change the content (RFC 9110 §8.4.1, the IANA registry; br and zstd
+# are registered as content codings, and seen as transfer codings): applied as a transfer
+# coding, this proxy cannot take them off (it decodes chunked alone).
+_CONTENT_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compress", "br",
+                              "zstd"})
+
 class Connection(asyncio.Protocol):
     """One connection to an origin; one exchange at a time (no pipelining upstream)."""
 
@@ -277,6 +283,11 @@ class Connection(asyncio.Protocol):
                 self._interim(status, self._phrase(status), self._fields)
             self._fields, self._field_bytes = [], 0
             return
+        if self._parser.get_http_version() not in ("1.1", "1.0"):
+            # RFC 9112 §4: an HTTP/1.x status line. llhttp takes "HTTP/2.0", which has no
+            # such framing (RFC 9113): its length cannot be trusted (as "HTTP/1.2").
+            raise httptools.HttpParserError(
+                f"status line of HTTP/{self._parser.get_http_version()}")
         self._headed = True
         self.status = status
         self._reason = self._phrase(status)
@@ -285,11 +296,22 @@ class Connection(asyncio.Protocol):
         fields = self._fields = FieldList(self._fields)  # by name, for every rule after
         by_name = fields.by_name
         codings = by_name.get("transfer-encoding") or []
+        named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
+            if codings else []
+        if named.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(named):
+            # RFC 9112 §7: a recipient that takes a transfer coding off decodes it; this
+            # one decodes chunked alone. Relayed, "gzip, chunked" lost its gzip and was
+            # stored as the content; chunked twice is invalid (§7.1). A 502, as nginx's
+            # "unknown Transfer-Encoding". (A token that names no coding is taken to
+            # leave the content as it is: the public suite's headers-store-Transfer-
+            # Encoding stores such an answer, its field left out.)
+            raise httptools.HttpParserError(
+                f"transfer coding {', '.join(codings)!r} (only chunked is decoded)")
         lengths = by_name.get("content-length")
         content_length = self.content_length = lengths[0] if lengths else None
         # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
         # close, as does a message with neither it nor Content-Length.
-        chunked = ",".join(codings).rpartition(",")[2].strip().lower() == "chunked"
+        chunked = bool(named) and named[-1] == "chunked"
         length = not codings and content_length is not None
         self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:

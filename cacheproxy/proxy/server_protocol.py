@@ -80,6 +80,7 @@ _MAX_REPLAY: Final = 64 * 1024
 _LEADING_NEWLINES: Final = re.compile(rb"[\r\n]*")
 # Bytes that can still start a request whose method is a token (RFC 9110 §5.6.2). Anything
 # else, such as a TLS ClientHello, gets a 400 at once instead of waiting for a line end.
+_NOT_IN_TARGET: Final = re.compile(rb"[^\x21-\x7e]")
 _REQUEST_START: Final = re.compile(rb"[\r\n]*" + TCHAR.encode() + rb"*(?: |\Z)")
 
 
@@ -97,6 +98,11 @@ class _StrictPythonParser(HttpRequestParserPy):
         msg = super().parse_message(lines)
         if msg.version not in _LLHTTP_VERSIONS:
             raise BadStatusLine(lines[0].decode("latin-1"))
+        parts = lines[0].split(b" ")
+        if len(parts) > 1 and _NOT_IN_TARGET.search(parts[1]):
+            # RFC 9112 §3.2, RFC 3986: a target is visible ASCII; llhttp refuses raw bytes
+            # 0x80-0xFF, which this parser took and sent upstream as they were.
+            raise BadStatusLine(lines[0][:100].decode("latin-1"))
         length = msg.headers.get(hdrs.CONTENT_LENGTH)
         if (
             length is not None

@@ -91,6 +91,10 @@ class _Date:
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ |/|\*|https?://", re.I)
 
 
+# Loop iterations a lingering read waits for a cancelled upload to leave the body's reader
+# (_linger): one is enough for a task cancelled in the iteration before.
+_MAX_YIELDS = 8
+
 def _too_long(exc: LineTooLong) -> int:
     """RFC 9112 §3: a request-target longer than the server parses MUST get a 414; a
     header field too large gets 431 (RFC 6585 §5), as nginx answers 414 and 400."""
@@ -711,7 +715,16 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
 
     async def _linger(self, payload: StreamReader) -> bool:
-        """Read and drop a request body nobody read, so the next request can be parsed."""
+        """Read and drop a request body nobody read, so the next request can be parsed.
+
+        An upload cut short by an early answer (a 413 relayed while the body still went
+        out) may still be waiting in readany(), its task cancelled: until that task has
+        run its cancellation, a second reader raises RuntimeError, or has its waiter
+        cleared by the first one's end and sleeps to the timeout. So it goes first."""
+        for _ in range(_MAX_YIELDS):
+            if getattr(payload, "_waiter", None) is None:
+                break
+            await asyncio.sleep(0)
         try:
             async with asyncio.timeout(LINGER_SECONDS):
                 while not payload.is_eof():

@@ -106,7 +106,9 @@ class Connection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_until: float | None = None  # in the pool until then (keep-alive)
         self._read_timer: asyncio.TimerHandle | None = None
-        self._read_until = 0.0  # send_quick's head is due by then (read_timeout)
+        self._read_until = 0.0  # the head is due by then (read_timeout after the last byte)
+        self._read_timeout = 0.0
+        self._head_timer: asyncio.TimerHandle | None = None  # send()'s (_head_check)
         self._lost: BaseException | None = None
         self._closed = False
         self._writable: asyncio.Future[None] | None = None
@@ -164,6 +166,9 @@ class Connection(asyncio.Protocol):
         headed = self._headed
         if not headed:
             self._head_bytes += len(data)
+            # proxy.read_timeout is the time between two reads (nginx's
+            # proxy_read_timeout), for a head that trickles in as for a body.
+            self._read_until = self.pool.loop().time() + self._read_timeout
         buffered = self._buffered  # (only on_body changes it while the parser runs)
         try:
             self._parser.feed_data(data)
@@ -376,6 +381,10 @@ class Connection(asyncio.Protocol):
         try:
             await self._await_head(head_future, read_timeout)
         except BaseException:
+            if not head_future.done():
+                head_future.cancel()  # (else closing fails it: an exception never read)
+            elif not head_future.cancelled():
+                head_future.exception()
             self.close()
             raise
 
@@ -396,6 +405,7 @@ class Connection(asyncio.Protocol):
             raise _refused("closed before answering")
         self._receiver = receiver
         self.pool.gather(self, head)
+        self._read_timeout = read_timeout
         self._read_until = loop.time() + read_timeout
         if self._read_timer is None:
             self._read_timer = loop.call_at(self._read_until, self._read_check)
@@ -410,6 +420,17 @@ class Connection(asyncio.Protocol):
             self._read_timer = loop.call_at(until, self._read_check)
             return
         self._expire_quick("timeout waiting for the answer")
+
+    def _head_check(self, head: asyncio.Future[None]) -> None:
+        """send()'s head timer: a 504 once read_timeout passed since the last read."""
+        loop = self.pool.loop()
+        if head.done():
+            return
+        if loop.time() < self._read_until:
+            self._head_timer = loop.call_at(self._read_until, self._head_check, head)
+            return
+        self._head_timer = None
+        _expire(head, "timeout waiting for the answer")
 
     def _notify(self) -> None:
         head = self._head
@@ -454,13 +475,17 @@ class Connection(asyncio.Protocol):
             pump = self._pump
             if pump is None or pump.done():
                 # A timer, not asyncio.timeout(): that costs three get_running_loop()
-                # calls, each a getpid() system call on Python 3.11.
-                timer = self.pool.loop().call_later(read_timeout, _expire, head,
-                                                    "timeout waiting for the answer")
+                # calls, each a getpid() system call on Python 3.11. It moves on with each
+                # read of the head (data_received: read_timeout is between two reads).
+                self._read_timeout = read_timeout
+                self._read_until = loop.time() + read_timeout
+                self._head_timer = loop.call_at(self._read_until, self._head_check, head)
                 try:
                     await head
                 finally:
-                    timer.cancel()
+                    if self._head_timer is not None:
+                        self._head_timer.cancel()
+                        self._head_timer = None
                 return
             blocked = self._blocked_since
             wait = read_timeout if blocked is None else blocked + read_timeout - loop.time()
@@ -599,8 +624,16 @@ class Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self._read_timer = None
-        if self.transport is not None and not self._closed:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None and not self._closed:
+            if transport.get_write_buffer_size():
+                # Request bytes the origin never took: close() would wait for them to
+                # drain, which an origin that stopped reading never lets happen, and the
+                # socket and its pool slot would be held for as long as it keeps it.
+                # Dropped, as nginx's close(2) drops them (a reset).
+                transport.abort()
+            else:
+                transport.close()
 
 
 class Pool:

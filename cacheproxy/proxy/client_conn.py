@@ -85,21 +85,35 @@ class _Date:
         return cls.value
 
 
-# The start of a request line (the Python parser's) or of a request-target (llhttp's:
-# origin-form, absolute-form, asterisk-form), as a LineTooLong names the line it stopped
-# in: a header field's name is a token without "/" or ":", and its value rarely starts so.
-_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ |/|\*|https?://", re.I)
-
-
 # Loop iterations a lingering read waits for a cancelled upload to leave the body's reader
 # (_linger): one is enough for a task cancelled in the iteration before.
 _MAX_YIELDS = 8
+# Bytes of a request head kept to find where a line too long began: the parser stops at
+# 8,190 bytes of a line, so that line began at most that far back, plus the lines before.
+_HEAD_WINDOW = 64 * 1024
+_REQUEST_LINE_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+
 
 def _too_long(exc: LineTooLong) -> int:
     """RFC 9112 §3: a request-target longer than the server parses MUST get a 414; a
-    header field too large gets 431 (RFC 6585 §5), as nginx answers 414 and 400."""
-    line = exc.args[0] if exc.args and isinstance(exc.args[0], bytes | bytearray) else b""
-    return 414 if _REQUEST_LINE.match(line) else 431
+    header field too large gets 431 (RFC 6585 §5), where nginx answers 414 and 400.
+
+    Which line it was: aiohttp names the first 100 bytes of the line (the Python parser)
+    or of the target, field name or value (llhttp), not which one; those bytes are found
+    in what was read of the head (data_received keeps it), and the line is the request
+    line when nothing but a method and a space is before them on their line (a field
+    line has its name and a colon there)."""
+    named = exc.args[0] if exc.args and isinstance(exc.args[0], bytes | bytearray) else b""
+    named = bytes(named).removesuffix(b"...")[:48]
+    window: bytes = getattr(exc, "window", b"")
+    at = window.rfind(named) if named else -1
+    if at < 0:
+        return 431
+    start = window.rfind(b"\n", 0, at) + 1
+    before = window[start:at]
+    if before == b"":  # the Python parser names the whole line
+        return 414 if _REQUEST_LINE_START.match(named) else 431
+    return 414 if _REQUEST_LINE_START.fullmatch(before) else 431
 
 
 class ClientConnection(ConnectMethod, BaseProtocol):
@@ -129,6 +143,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
+        # What was read since the parser last gave a whole request, that one's read
+        # included (bounded: _HEAD_WINDOW): where a line too long began (_too_long).
+        self._unparsed: list[bytes] = []
+        self._unparsed_bytes = 0
         self._client_eof = False  # the client finished sending before its tunnel was up
         self._payload: StreamReader | None = None  # the body of the request being answered
         self._started = False  # its response head went out (start())
@@ -198,6 +216,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             try:
                 messages, upgraded, tail = parser.feed_data(data)
             except HttpProcessingError as exc:
+                if isinstance(exc, LineTooLong):
+                    exc.window = b"".join((*self._unparsed, data))  # type: ignore[attr-defined]
                 messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
                 self._closing = True  # the stream cannot be trusted past a bad message
                 # A body under way broke its framing: no more of it comes, and whoever
@@ -205,6 +225,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 for payload in (self._payload, *(p for _, p in self._queue)):
                     if payload is not None and not payload.is_eof():
                         payload.set_exception(exc)
+            if messages:
+                self._unparsed, self._unparsed_bytes = [data], len(data)
+            elif data:
+                self._keep_unparsed(data)
             if messages and not self._closing:
                 messages = self._read_last(messages)
             if upgraded:
@@ -235,6 +259,15 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
+
+    def _keep_unparsed(self, data: bytes) -> None:
+        """A read that completed no request: kept (by reference) while the head it is
+        part of may still end in a line too long; the oldest go past _HEAD_WINDOW."""
+        unparsed = self._unparsed
+        unparsed.append(data)
+        self._unparsed_bytes += len(data)
+        while self._unparsed_bytes > _HEAD_WINDOW and len(unparsed) > 1:
+            self._unparsed_bytes -= len(unparsed.pop(0))
 
     def _keep_early(self, data: bytes) -> None:
         """Bytes after an upgrade request's head (a CONNECT's, sent before its 200): all kept
@@ -277,10 +310,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     refused = HttpProcessingError(
                         code=501, message=f"transfer coding {', '.join(codings)!r}")
             if refused is not None:
+                # (Nothing after it is parsed; the requests before it are answered, then
+                # it is, with its body still coming read and dropped before the close.)
                 refused.request = msg  # type: ignore[attr-defined]  # (logged: _refuse)
                 self._last_read = True
-                self._closing = True
-                return [*messages[:i], (refused, EMPTY_PAYLOAD)]
+                return [*messages[:i], (refused, payload)]
             if msg.chunked:
                 self._last_read = True
                 return [*messages[:i], (messages[i][0]._replace(should_close=True), payload)]
@@ -442,6 +476,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         if self._buffer_paused and len(self._queue) < MAX_PIPELINED:
                             self._resume_reading_for_buffer()
                 if isinstance(msg, HttpProcessingError):
+                    self._payload = payload  # (a body still coming: a lingering close)
                     self._refuse(msg, getattr(msg, "request", ERROR))
                     return
                 if msg is not self._declined and self._quick_one(msg, payload):

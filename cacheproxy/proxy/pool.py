@@ -303,7 +303,10 @@ class Connection(asyncio.Protocol):
         codings = by_name.get("transfer-encoding") or []
         named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
             if codings else []
-        if named.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(named):
+        if (named.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(named)) \
+                and not (self._head_only or status in (204, 304)):
+            # (An answer with no content may name the coding the content would have had,
+            # RFC 9112 §6.1: a 304, an answer to HEAD.)
             # RFC 9112 §7: a recipient that takes a transfer coding off decodes it; this
             # one decodes chunked alone. Relayed, "gzip, chunked" lost its gzip and was
             # stored as the content; chunked twice is invalid (§7.1). A 502, as nginx's

@@ -143,9 +143,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
-        # What was read since the parser last gave a whole request, that one's read
-        # included (bounded: _HEAD_WINDOW): where a line too long began (_too_long).
-        self._unparsed: list[bytes] = []
+        # The read in which the parser last gave a whole request, and those since (while
+        # a head is incomplete; bounded: _HEAD_WINDOW): where a line too long began.
+        self._seen = b""
+        self._unparsed: list[bytes] | None = None
         self._unparsed_bytes = 0
         self._client_eof = False  # the client finished sending before its tunnel was up
         self._payload: StreamReader | None = None  # the body of the request being answered
@@ -217,7 +218,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 messages, upgraded, tail = parser.feed_data(data)
             except HttpProcessingError as exc:
                 if isinstance(exc, LineTooLong):
-                    exc.window = b"".join((*self._unparsed, data))  # type: ignore[attr-defined]
+                    exc.window = b"".join(  # type: ignore[attr-defined]
+                        (self._seen, *(self._unparsed or ()), data))
                 messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
                 self._closing = True  # the stream cannot be trusted past a bad message
                 # A body under way broke its framing: no more of it comes, and whoever
@@ -226,7 +228,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     if payload is not None and not payload.is_eof():
                         payload.set_exception(exc)
             if messages:
-                self._unparsed, self._unparsed_bytes = [data], len(data)
+                self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
             if messages and not self._closing:
@@ -264,6 +266,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """A read that completed no request: kept (by reference) while the head it is
         part of may still end in a line too long; the oldest go past _HEAD_WINDOW."""
         unparsed = self._unparsed
+        if unparsed is None:
+            unparsed = self._unparsed = []
+            self._unparsed_bytes = 0
         unparsed.append(data)
         self._unparsed_bytes += len(data)
         while self._unparsed_bytes > _HEAD_WINDOW and len(unparsed) > 1:

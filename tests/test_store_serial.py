@@ -45,9 +45,6 @@ def entries(draw: st.DrawFn) -> CachedResponse:
         # Usually what the fields say; sometimes not (Cache-Control left out of the stored
         # fields by Connection or private="cache-control"): both must come back.
         directives=draw(st.just(parsed) | _directives),
-        etag=draw(st.none() | st.text(max_size=20)),
-        last_modified=draw(st.none() | st.text(max_size=30)),
-        modified_at=draw(_times),
     )
 
 

@@ -109,11 +109,9 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
     if dates is None or len(dates) != 1 or "date" in named:
         return None  # (a Date the 304's Connection names is not merged: merge_304 keeps ours)
     date = dates[0]
-    h = entry.headers
     pairs: list[tuple[str, str]] = []
     stored: dict[str, list[str]] = {}
-    for i in range(0, len(h), 2):
-        name, value = h[i], h[i + 1]
+    for name, value in zip(entry.names, entry.values, strict=True):
         lower = name.lower()
         if lower == "date":
             if lower in stored:

@@ -104,11 +104,8 @@ class CachedResponse:
         self, *, key: str, vary: tuple[str, ...], vary_values: tuple[str | None, ...],
         status: int, headers: tuple[str, ...], body: bytes, response_time: float,
         initial_age: float, lifetime: float, directives: ResponseDirectives,
-        etag: str | None = None, last_modified: str | None = None,
-        modified_at: float | None = None,
     ) -> None:
-        """headers: flat name, value, name, value ... etag, last_modified and
-        modified_at are taken from headers (accepted for callers that pass them)."""
+        """headers: flat name, value, name, value ..."""
         self._fill(key, status, headers[::2], headers[1::2], body,
                    response_time - initial_age, lifetime, directives, vary, vary_values)
 

@@ -76,7 +76,9 @@ class MemoryStore:
         except KeyError:
             return ()
         held_by_key[key] = held  # (now the most recently used)
-        self._unused.discard(key)
+        unused = self._unused
+        if unused:  # (empty until the store first evicts)
+            unused.discard(key)
         return held if isinstance(held, tuple) else (held,)
 
     async def put(self, entry: CachedResponse) -> bool:

@@ -27,16 +27,17 @@ _DEFAULTS = ResponseDirectives()
 
 
 def encode(entry: CachedResponse) -> bytes:
+    headers = entry.headers  # (made from the entry's names and values: once)
     header: dict[str, Any] = {
         "key": entry.key, "vary": entry.vary, "vary_values": entry.vary_values,
-        "status": entry.status, "headers": entry.headers,
+        "status": entry.status, "headers": headers,
         "response_time": entry.born, "initial_age": 0.0,  # (the same age: born)
         "lifetime": entry.lifetime, "etag": entry.etag, "last_modified": entry.last_modified,
         # size: figured from the rest when read (CachedResponse.size); still written, for
         # readers of this format version that take it from here.
         "modified_at": entry.modified_at, "size": entry.size,
     }
-    if _directives(entry.headers) != entry.directives:
+    if _directives(headers) != entry.directives:
         header["directives"] = {f.name: getattr(entry.directives, f.name)
                                 for f in fields(ResponseDirectives)
                                 if getattr(entry.directives, f.name) != getattr(_DEFAULTS, f.name)}
@@ -71,6 +72,10 @@ def decode(data: bytes) -> CachedResponse:
 
 
 def _entry(h: dict[str, Any], body: bytes) -> CachedResponse:
+    # Written for readers of this format that take them from here; this one reads them
+    # from the fields, but refuses an entry whose copies are of the wrong type all the
+    # same (a damaged or foreign entry).
+    _opt_str(h["etag"]), _opt_str(h["last_modified"]), _num(h["modified_at"])
     headers = tuple(_intern(_str(x)) for x in h["headers"])
     if len(headers) % 2:
         raise ValueError("stored entry: odd number of header items")
@@ -84,8 +89,7 @@ def _entry(h: dict[str, Any], body: bytes) -> CachedResponse:
         key=_str(h["key"]), vary=vary, vary_values=vary_values, status=_int(h["status"]),
         headers=headers, body=body, response_time=_num(h["response_time"]),
         initial_age=_num(h["initial_age"]), lifetime=_num(h["lifetime"]),
-        directives=directives, etag=_opt_str(h["etag"]),
-        last_modified=_opt_str(h["last_modified"]), modified_at=_num(h["modified_at"]),
+        directives=directives,
     )
 
 

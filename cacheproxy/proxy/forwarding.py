@@ -16,12 +16,19 @@ _DROP_FILLING = _DROP | CLIENT_FILL_FIELDS  # the cache's conditionals replace t
 _EXPECT = frozenset({"expect"})
 
 
+# Other names frameworks read the scheme from, as X-Forwarded-Proto: Tornado's xheaders
+# (X-Scheme, read before X-Forwarded-Proto), CodeIgniter's is_https() (Front-End-Https).
+_SCHEME_FIELDS = frozenset({"x-scheme", "front-end-https"})
+
+
 def _forwarding_family(name: str) -> bool:
     """What earlier proxies say about the client and its request (RFC 7239 Forwarded, the
-    X-Forwarded-* family, X-Real-IP). Any client can forge them, and origins build URLs
-    from them (X-Forwarded-Host, -Proto, -Prefix): untrusted, they would poison the
-    entry the answer is stored under, which does not key on them."""
-    return name == "forwarded" or name == "x-real-ip" or name.startswith("x-forwarded-")
+    X-Forwarded-* family, X-Real-IP, and the scheme fields above). Any client can forge
+    them, and origins build URLs from them (X-Forwarded-Host, -Proto, -Prefix, X-Scheme):
+    untrusted, they would poison the entry the answer is stored under, which does not key
+    on them."""
+    return (name == "forwarded" or name == "x-real-ip" or name.startswith("x-forwarded-")
+            or name in _SCHEME_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

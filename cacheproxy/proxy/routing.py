@@ -58,6 +58,10 @@ class RoutePlan:
         return self.forward.pass_host or self.forward.x_forwarded_host
 
 
+# X-Forwarded-For goes upstream with the client's address, which no key holds.
+_REWRITTEN = frozenset({"x-forwarded-for"})
+
+
 def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan:
     upstream = (route.upstream or default_upstream).rstrip("/")
     up = URL(upstream)
@@ -87,6 +91,7 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             max_object_bytes=cache.max_object_bytes,
             collapse=cache.collapse,
             excluded=strip,
+            rewritten=_REWRITTEN if config.proxy.x_forwarded_for else frozenset(),
             targeting=targeting,
         ),
         removed=downstream_removed(targeting, cache.strip_targeted),

@@ -126,6 +126,8 @@ def _new_representation(
         # the origin did not see it: the answer was not made for this variant (§4.1).
         return _not_stored(stored, status, Verdict(False, "connection-nominated", True), req,
                            key)
+    if route.rewritten.intersection(vary):
+        return _not_stored(stored, status, _VARY_FORWARDED, req, key)
     if length is not None and length > route.max_object_bytes:
         return _not_stored(stored, status, Verdict(False, "too-big"), req, key)
     entry = make_stored_response(
@@ -138,6 +140,12 @@ def _new_representation(
     if not _reusable(entry):
         return _not_stored(stored, status, Verdict(False, "not-reusable"), req, key)
     return Store(entry, replaces=stored)
+
+
+# §4.1: the answer varies on a field this proxy writes for each client (X-Forwarded-For:
+# its address), which the request's own fields cannot match: no stored response would
+# be selected for the client it was made for alone (Varnish keys it on the rewritten value).
+_VARY_FORWARDED = Verdict(False, "vary-forwarded")
 
 
 def _storable(
@@ -199,6 +207,8 @@ def _head_answered(
     merged = FieldList(merge_304(stored, with_date(fields, response_time)))
     vary = vary_fields(all_values(merged, "vary"))
     verdict, directives = _storable("GET", stored.status, merged, vary is None, req, route)
+    if verdict.storable and vary is not None and route.rewritten.intersection(vary):
+        verdict = _VARY_FORWARDED
     if not verdict.storable or vary is None:
         # The request's reason leaves it be; the response's (no-store, private, ...) evicts.
         return Pass(verdict.reason) if verdict.by_request else Evict((stored.key,),
@@ -242,6 +252,8 @@ def _validated(
         return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
     vary = vary_fields(all_values(merged, "vary"))
     verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route)
+    if verdict.storable and vary is not None and route.rewritten.intersection(vary):
+        verdict = _VARY_FORWARDED
     if not verdict.storable or vary is None:
         return _not_stored(stored, 304, verdict, req, stored.key, view)
     if len(stored.body) > route.max_object_bytes:

@@ -99,6 +99,9 @@ class CacheSettings:
     collapse: bool = True
     excluded: frozenset[str] = frozenset()  # lower-case fields never stored (CORS override)
     targeting: Targeting = _TARGETING  # RFC 9213: the targeted fields this cache follows
+    # Lower-case request fields the proxy writes upstream from what no key holds (the
+    # client's address in X-Forwarded-For): an answer varying on one is not stored.
+    rewritten: frozenset[str] = frozenset()
 
     @property
     def shared(self) -> bool:

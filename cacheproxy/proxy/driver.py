@@ -327,9 +327,11 @@ class Driver:
             elif isinstance(d, Evict):
                 for doomed in d.keys:
                     await discard(self.store, doomed)
-        except UpstreamError as exc:
-            log.info("background revalidation of %s failed: %s", key, exc.reason)
+        except UpstreamError as exc:  # (the key's session ids redacted, as in every log line)
+            log.info("background revalidation of %s failed: %s",
+                     redact(key, plan.route.referer.strip_params), exc.reason)
         except Exception:  # a bug of ours must not end as "Task exception was never retrieved"
-            log.exception("background revalidation of %s failed", key)
+            log.exception("background revalidation of %s failed",
+                          redact(key, plan.route.referer.strip_params))
         finally:
             self._refreshing.discard(key)

@@ -17,12 +17,6 @@ PASS_SECONDS = 30.0
 MAX_PASS_MARKS = 10_000
 
 
-# Not-stored reasons that come from the response, not from one request: after one of
-# these the URL is not collapsed for a while (hit-for-pass).
-PASS_REASONS = frozenset({"private", "no-store", "set-cookie", "vary-star", "too-big",
-                          "status", "not-reusable", "must-understand"})
-
-
 @dataclass(frozen=True, slots=True)
 class Stored:
     """An answer stored for a key while its leader was in flight: when it arrived

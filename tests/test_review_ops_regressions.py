@@ -1,0 +1,90 @@
+"""An operator's review (install, configure, run, reload, monitor): what the README promises
+an operator, checked on a real `cacheproxy` process where it takes one. Each test names the
+behaviour expected and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from processes import clean_env, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cacheproxy(*args: str, cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 30, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cacheproxy", *args], cwd=cwd, capture_output=True,
+        timeout=timeout, input=stdin,
+        env={**clean_env(PYTHONPATH=str(REPO)), **(env or {})})
+
+
+# --- reload / stop and the pid file ------------------------------------------------------------
+
+
+def test_reload_does_not_signal_a_process_that_is_not_cacheproxy(tmp_path):
+    """A pid file left behind by a server that died (SIGKILL, OOM, a power cut) may name a
+    pid the system has since given to another program. README: with "a stale file they say
+    so in one line and exit 1". `reload` must not send SIGHUP (whose default action
+    terminates) to that program: `serve` already refuses to treat such a pid as a running
+    cacheproxy (pidfile.claim), `reload` and `stop` must too."""
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file = tmp_path / "cacheproxy.pid"
+        pid_file.write_text(f"{other.pid}\n")
+        done = cacheproxy("reload", cwd=tmp_path,
+                          env={"CACHEPROXY_PROXY_PID_FILE": str(pid_file)})
+        time.sleep(0.2)
+        assert other.poll() is None, "reload killed an unrelated process with SIGHUP"
+        assert done.returncode == 1
+        assert done.stderr.decode().count("\n") == 1
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("command", ["reload", "stop"])
+def test_a_pid_file_that_is_a_directory_is_one_line_not_a_traceback(tmp_path, command):
+    """CLI: "Mistakes the user can fix are one line on stderr and an exit status, never a
+    traceback". proxy.pid_file naming a directory (a typo: "/run/cacheproxy/") made
+    `reload` and `stop` print a traceback (IsADirectoryError from reading it)."""
+    done = cacheproxy(command, cwd=tmp_path, env={"CACHEPROXY_PROXY_PID_FILE": str(tmp_path)})
+    err = done.stderr.decode()
+    assert done.returncode == 1
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and "proxy.pid_file" in err
+
+
+# --- start errors -------------------------------------------------------------------------------
+
+
+def test_a_log_file_that_cannot_be_opened_names_log_path(tmp_path):
+    """DESIGN: "Config mistakes stop the start with a message naming the key". A log.path
+    in a directory that does not exist stopped the start with `cacheproxy: [Errno 2] No
+    such file or directory: '...'`, naming no setting (proxy.pid_file's does)."""
+    done = cacheproxy("serve", "--listen", f"127.0.0.1:{free_port()}", "--upstream",
+                      "http://127.0.0.1:9", "--log-file", str(tmp_path / "no" / "x.log"),
+                      cwd=tmp_path)
+    err = done.stderr.decode()
+    assert done.returncode == 1
+    assert err.startswith("cacheproxy: log.path:") and err.count("\n") == 1, err
+
+
+def test_workers_that_cannot_start_say_why_in_a_few_lines(tmp_path):
+    """With --workers, a start error a worker meets (a log.path it cannot open, an
+    admin.listen address in use) printed a full traceback from every worker the supervisor
+    started and restarted (some 200 lines) before "workers keep dying at start; giving up".
+    It should say the reason as one line, as a single process does, with exit status 1,
+    and not restart workers that cannot start."""
+    done = cacheproxy("serve", "--listen", f"127.0.0.1:{free_port()}", "--upstream",
+                      "http://127.0.0.1:9", "--workers", "2",
+                      "--log-file", str(tmp_path / "no" / "x.log"), cwd=tmp_path)
+    err = done.stderr.decode()
+    assert done.returncode == 1
+    assert "Traceback" not in err, err
+    assert "log.path" in err
+    assert len(err.splitlines()) <= 6, err

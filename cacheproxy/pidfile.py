@@ -24,7 +24,8 @@ class ControlError(Exception):
 
 
 def read_pid(path: str) -> int | None:
-    """The pid the file holds, or None when there is no file or no number in it."""
+    """The pid the file holds, or None when there is no file or no number in it. Any other
+    failure to read it (a directory, no permission) is an OSError, said by the caller."""
     try:
         text = Path(path).read_text(encoding="ascii", errors="replace").strip()
     except (FileNotFoundError, NotADirectoryError):
@@ -61,7 +62,10 @@ def _is_cacheproxy(pid: int) -> bool:
 def claim(path: str) -> None:
     """Write this process's pid to `path` (atomically: a reader never sees half a number).
     A file naming another running cacheproxy is a StartError: two servers, one pid file."""
-    other = read_pid(path)
+    try:
+        other = read_pid(path)
+    except OSError as exc:
+        raise StartError(f"{KEY}: cannot read {path}: {_reason(exc)}") from None
     if other is not None and other != os.getpid() and _is_cacheproxy(other):
         raise StartError(f"{KEY}: {path} names pid {other}, a cacheproxy that is running; "
                          "stop it first (cacheproxy stop) or give this one another pid_file")
@@ -73,8 +77,11 @@ def claim(path: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(partial)
-        raise StartError(f"{KEY}: cannot write {path}: "
-                         f"{(exc.strerror or str(exc)).lower()}") from None
+        raise StartError(f"{KEY}: cannot write {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
 
 
 def release(path: str) -> None:
@@ -93,12 +100,21 @@ def running_server(path: str) -> int:
     if not Path(path).exists():
         raise ControlError(f"{KEY}: {path} does not exist: is cacheproxy serve running with "
                            "this configuration?")
-    pid = read_pid(path)
+    try:
+        pid = read_pid(path)
+    except OSError as exc:
+        raise ControlError(f"{KEY}: cannot read {path}: {_reason(exc)}") from None
     if pid is None:
         raise ControlError(f"{KEY}: {path} holds no process id")
     if not is_running(pid):
         raise ControlError(f"{KEY}: {path} names pid {pid}, which is not running (the file "
                            "is stale: the server did not exit cleanly)")
+    # A stale file's pid may have been given to another program since: never signal that
+    # (SIGHUP's and SIGTERM's default action ends it), as claim() never takes it for ours.
+    if not _is_cacheproxy(pid):
+        raise ControlError(f"{KEY}: {path} names pid {pid}, which is not a cacheproxy (the "
+                           "file is stale: the server did not exit cleanly, and the pid "
+                           "was reused)")
     return pid
 
 

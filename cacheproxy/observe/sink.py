@@ -22,6 +22,10 @@ _REOPEN = object()
 _STOP = object()
 
 
+class LogFileError(OSError):
+    """log.path cannot be opened; the message names the setting, the file and the cause."""
+
+
 class LogSink:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -38,7 +42,11 @@ class LogSink:
         # which a strict text stream would refuse, losing the whole batch.
         if not self.path:
             return sys.stdout.buffer
-        return open(self.path, "ab")
+        try:
+            return open(self.path, "ab")
+        except OSError as exc:
+            raise LogFileError(f"log.path: cannot open {self.path}: "
+                               f"{(exc.strerror or str(exc)).lower()}") from None
 
     def write(self, line: str) -> None:
         self.write_many([line])

@@ -15,11 +15,18 @@ from aiohttp import web, web_urldispatcher
 from cacheproxy import pidfile
 from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
-from cacheproxy.lifetime import DEMO_HINT, LISTEN_HINT, listen_error, run_until_stopped
+from cacheproxy.lifetime import (
+    DEMO_HINT,
+    LISTEN_HINT,
+    StartError,
+    listen_error,
+    run_until_stopped,
+)
 from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.health import Health, upstream_problem
 from cacheproxy.observe.observer import Observer
+from cacheproxy.observe.sink import LogFileError
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
@@ -115,7 +122,12 @@ async def serve(
         upstream = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     # The lean data plane; the admin API is the aiohttp application's (listener.py).
-    app = make_app(config, upstream)
+    try:
+        app = make_app(config, upstream)
+    except LogFileError as exc:  # one line naming log.path (a worker's too), exit 1
+        if demo is not None:
+            await demo.cleanup()
+        raise StartError(str(exc)) from None
     runner = LeanRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()

@@ -35,6 +35,10 @@ log = logging.getLogger("cacheproxy")
 # A worker that keeps dying at start (a port it cannot bind, a bug) is not restarted forever.
 MAX_QUICK_DEATHS = 5
 QUICK_DEATH_SECONDS = 2.0
+# A worker's exit status when it cannot start (a StartError: admin.listen in use, a log.path
+# it cannot open), after saying why in one line: every other one would fail the same way, so
+# the supervisor stops, as a single process that cannot start does (exit 1).
+START_FAILED = 3
 
 # fork: workers inherit the loaded config and its reload function (a closure) as they are.
 _mp = multiprocessing.get_context("fork")
@@ -88,8 +92,12 @@ def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | 
             port: int, upstream: str | None, announce: bool) -> None:
     for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
-    serve_one(config, reload, reuse_port=True, port=port, upstream=upstream,
-              announce=announce)
+    try:
+        serve_one(config, reload, reuse_port=True, port=port, upstream=upstream,
+                  announce=announce)
+    except StartError as exc:  # one line, as `cacheproxy serve` says it, not a traceback
+        print(f"cacheproxy: {' '.join(str(exc).splitlines())}", file=sys.stderr, flush=True)
+        sys.exit(START_FAILED)
 
 
 def _demo(config: Config, ready: Any) -> None:
@@ -189,6 +197,9 @@ class Supervisor:
                     continue
                 assert worker.pid is not None
                 lived = time.monotonic() - self.started.pop(worker.pid, 0.0)
+                if worker.exitcode == START_FAILED:  # it said why
+                    log.error("a worker could not start; stopping")
+                    return 1
                 log.error("worker %d exited with %s; starting another", worker.pid,
                           worker.exitcode)
                 if lived >= QUICK_DEATH_SECONDS:

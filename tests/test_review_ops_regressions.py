@@ -4,6 +4,8 @@ behaviour expected and why."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import subprocess
 import sys
 import time
@@ -88,3 +90,26 @@ def test_workers_that_cannot_start_say_why_in_a_few_lines(tmp_path):
     assert "Traceback" not in err, err
     assert "log.path" in err
     assert len(err.splitlines()) <= 6, err
+
+
+# --- cacheproxy logs ----------------------------------------------------------------------------
+
+LINE = ('{"time":"2026-11-23T17:32:24.676Z","client":"127.0.0.1","method":"GET",'
+        '"host":"127.0.0.1:8080","path":"/max-age","status":200,"cache":"HIT","bytes":66,'
+        '"total_ms":0.167,"age":0,"ttl":59,"upstream_status":null,"upstream_ms":null,'
+        '"collapsed":false,"route":"default","policy":null,"protocol":"HTTP/1.1",'
+        '"referer":null,"user_agent":"curl/7.88.1","cache_status":"cacheproxy; hit; ttl=59"}\n')
+
+
+def test_logs_reads_a_log_rotated_with_compress(tmp_path):
+    """logrotate's `compress` leaves access.log.2.gz beside access.log.1; `cacheproxy logs
+    access.log.2.gz` reported "requests 0 (lines 3, malformed 3)", a silently wrong summary
+    (the gzip bytes read as text). It should read the compressed log (as zgrep, GoAccess and
+    lnav do), or at least refuse it saying so; here it reads it."""
+    rotated = tmp_path / "access.log.2.gz"
+    rotated.write_bytes(gzip.compress((LINE * 5).encode()))
+    done = cacheproxy("logs", "--json", str(rotated), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["requests"] == 5
+    assert report["lines"]["malformed"] == 0

@@ -14,6 +14,7 @@ import signal
 import stat
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO
@@ -21,7 +22,14 @@ from typing import IO
 from cacheproxy import pidfile
 from cacheproxy.config import ConfigError, load_config
 from cacheproxy.lifetime import StartError
-from cacheproxy.observe.logread import Progress, View, follow, open_log, read_to_end
+from cacheproxy.observe.logread import (
+    Progress,
+    View,
+    compressed,
+    follow,
+    open_log,
+    read_to_end,
+)
 from cacheproxy.observe.summary import Summary, make_filter
 
 PROG = "cacheproxy"
@@ -242,6 +250,10 @@ def _logs(args: argparse.Namespace) -> int:
     except OSError as exc:
         _error(f"logs: cannot open {args.file}: {exc.strerror or exc}")
         return 2
+    if args.follow and compressed(source):
+        source.close()
+        _error(f"logs: {args.file} is gzip-compressed: it does not grow; leave out --follow")
+        return 2
     summary = Summary(keep)
     view = View(args, sys.stdout)
     progress = Progress("stdin" if args.file == "-" else args.file, _size(source), sys.stderr)
@@ -256,8 +268,11 @@ def _logs(args: argparse.Namespace) -> int:
         pass
     except BrokenPipeError:  # `cacheproxy logs ... | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError as exc:
+    except OSError as exc:  # gzip.BadGzipFile too
         _error(f"logs: cannot read {args.file}: {exc.strerror or exc}")
+        return 1
+    except (EOFError, zlib.error) as exc:  # a .gz cut short (still being compressed?)
+        _error(f"logs: cannot read {args.file}: damaged gzip data: {exc}")
         return 1
     finally:
         progress.close()
@@ -266,7 +281,10 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _size(source: IO[bytes]) -> int | None:
-    """A regular file's size (for the progress line's share and time left), else None."""
+    """A regular file's size (for the progress line's share and time left), else None
+    (also for a compressed one: what is read is more than its size)."""
+    if compressed(source):
+        return None
     st = os.fstat(source.fileno())
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 

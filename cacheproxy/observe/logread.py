@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import select
@@ -65,7 +66,18 @@ def open_log(name: str) -> IO[bytes]:
     if os.path.isdir(name):  # Linux lets a directory be opened; reading it is the error
         f.close()
         raise IsADirectoryError(21, "Is a directory", name)
+    if os.path.isfile(name) and os.pread(f.fileno(), 2, 0) == GZIP_MAGIC:
+        # A log logrotate compressed (access.log.2.gz): read as zcat would give it.
+        f.close()
+        return gzip.open(name, "rb")  # type: ignore[return-value]
     return f
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def compressed(source: IO[bytes]) -> bool:
+    return isinstance(source, gzip.GzipFile)
 
 
 def read_to_end(source: IO[bytes], summary: Summary, progress: Progress | None = None) -> None:

@@ -113,3 +113,18 @@ def test_logs_reads_a_log_rotated_with_compress(tmp_path):
     report = json.loads(done.stdout)
     assert report["requests"] == 5
     assert report["lines"]["malformed"] == 0
+
+
+# --- admin API ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+async def test_admin_token_scheme_is_case_insensitive(proxy, scheme):
+    """RFC 9110 §11.1: the authentication scheme is a case-insensitive token, so
+    `Authorization: bearer s3cret` carries the token as `Bearer s3cret` does (some clients
+    and scrapers write the scheme in lower case). It got 401."""
+    client = await proxy("http://127.0.0.1:9", admin={"token": "s3cret"})
+    resp = await client.get("/_cacheproxy/stats", headers={"Authorization": f"{scheme} s3cret"})
+    assert resp.status == 200
+    wrong = await client.get("/_cacheproxy/stats", headers={"Authorization": f"{scheme} nope"})
+    assert wrong.status == 401

@@ -131,8 +131,10 @@ class Admin:
                 return None
             return _json({"error": "admin API: loopback clients only, by a loopback name "
                                    "(no [admin] token set)"}, 403)
-        given = h.get("Authorization", "").encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(given, f"Bearer {token}".encode()):
+        scheme, _, given = h.get("Authorization", "").partition(" ")
+        # RFC 9110 §11.1: the scheme is case-insensitive; the token is compared in constant time.
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+                given.encode("utf-8", "surrogateescape"), token.encode()):
             return None
         return _json({"error": "admin API: a valid bearer token is required"}, 401,
                      {"WWW-Authenticate": 'Bearer realm="cacheproxy"'})

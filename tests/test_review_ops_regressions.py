@@ -4,8 +4,11 @@ behaviour expected and why."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,3 +131,58 @@ async def test_admin_token_scheme_is_case_insensitive(proxy, scheme):
     assert resp.status == 200
     wrong = await client.get("/_cacheproxy/stats", headers={"Authorization": f"{scheme} nope"})
     assert wrong.status == 401
+
+
+# --- --workers ----------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path):
+    """With --workers, a supervisor killed by SIGKILL (`kill -9` of the pid file's pid, an
+    OOM kill, a service manager's stop timeout that signals the main pid only) left its
+    workers running as orphans: they kept the port, so the next `cacheproxy serve` failed
+    with "address already in use" and nothing supervised them any more. Workers should
+    stop (gracefully) when their supervisor is gone, as gunicorn's do."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}",
+         "--upstream", "http://127.0.0.1:9", "--workers", "2"],
+        cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO), CACHEPROXY_LOG_FORMAT="off",
+                                    CACHEPROXY_PROXY_SHUTDOWN_TIMEOUT="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) == 2
+        time.sleep(1)  # serving
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, workers)), "workers outlived their supervisor"
+    finally:  # its own process group: the supervisor and any orphaned worker
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ the proxy, so the server imports it and not the other way round.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing
@@ -88,10 +89,26 @@ def _freeze_what_children_inherit() -> None:
     gc.freeze()
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _stop_with_parent(parent: int) -> None:
+    """SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL: orphaned
+    workers would hold the port, unsupervised, and the next start would find it in use.
+    Linux only (prctl); elsewhere they outlive it as before."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before prctl: stop all the same
+
+
 def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | None,
-            port: int, upstream: str | None, announce: bool) -> None:
+            port: int, upstream: str | None, announce: bool, parent: int) -> None:
     for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
+    _stop_with_parent(parent)
     try:
         serve_one(config, reload, reuse_port=True, port=port, upstream=upstream,
                   announce=announce)
@@ -100,9 +117,10 @@ def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | 
         sys.exit(START_FAILED)
 
 
-def _demo(config: Config, ready: Any) -> None:
+def _demo(config: Config, ready: Any, parent: int) -> None:
     for sig in SIGNALS:  # still blocked (fork); run_demo_origin unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
+    _stop_with_parent(parent)
     from cacheproxy.demo.origin import run_demo_origin
 
     try:
@@ -158,7 +176,8 @@ class Supervisor:
         if self.config.proxy.upstream:
             return None, None
         receive, send = _mp.Pipe(duplex=False)
-        demo = _mp.Process(target=_demo, args=(self.config, send), name="cacheproxy-demo")
+        demo = _mp.Process(target=_demo, args=(self.config, send, os.getpid()),
+                           name="cacheproxy-demo")
         _fork(demo)
         if not receive.poll(10):
             demo.kill()
@@ -174,7 +193,8 @@ class Supervisor:
     def _start(self, port: int, upstream: str | None, announce: bool = False) -> BaseProcess:
         worker = _mp.Process(
             target=_worker,
-            args=(self.serve_one, self.config, self.reload, port, upstream, announce),
+            args=(self.serve_one, self.config, self.reload, port, upstream, announce,
+                  os.getpid()),
             name="cacheproxy-worker")
         _fork(worker)
         assert worker.pid is not None

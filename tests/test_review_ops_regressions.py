@@ -186,3 +186,42 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path):
     finally:  # its own process group: the supervisor and any orphaned worker
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- the request log ----------------------------------------------------------------------------
+
+
+def test_a_log_that_cannot_be_written_is_said_once_not_per_batch(tmp_path):
+    """When the request log cannot be written (its pipe's reader is gone, e.g. `cacheproxy
+    serve | head`, or the disk is full), the proxy serves on (right), but wrote one stderr
+    line per batch of log lines (up to 20 a second: 72,000 an hour into the journal or
+    docker's log, often on that same full disk). Said once, then at most once a minute
+    with the count of lines lost, as the stalled-writer case is."""
+    import urllib.request
+
+    port = free_port()
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}",
+         "--upstream", "http://127.0.0.1:9"],
+        cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO)), stdout=write_end,
+        stderr=subprocess.PIPE)
+    os.close(write_end)
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_cacheproxy/healthz")
+                break
+            except OSError:
+                time.sleep(0.05)
+        os.close(read_end)  # the reader goes away
+        for i in range(15):
+            with contextlib.suppress(OSError):  # 502: no origin; the log line is the point
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/{i}")
+            time.sleep(0.07)  # a batch each
+        assert proc.poll() is None  # it serves on
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    complaints = [line for line in err.decode().splitlines() if "request log" in line]
+    assert 1 <= len(complaints) <= 2, complaints

@@ -11,6 +11,7 @@ import asyncio
 import queue
 import sys
 import threading
+import time
 from typing import BinaryIO
 
 FLUSH_SECONDS = 0.05
@@ -18,6 +19,7 @@ FLUSH_SECONDS = 0.05
 # A stalled stdout or disk must not grow the proxy's memory; past this, lines are dropped
 # (counted, and said on stderr).
 MAX_BACKLOG = 1200
+WRITE_ERROR_INTERVAL = 60.0  # seconds between two stderr lines about a log it cannot write
 _REOPEN = object()
 _STOP = object()
 
@@ -32,10 +34,12 @@ class LogSink:
         self._pending: list[str] = []
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._file: BinaryIO = self._open()
-        self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
-        self._thread.start()
         self._scheduled = False
         self.dropped = 0  # lines lost because the writer could not keep up
+        self._lost = 0  # lines the writer could not write (a full disk, a closed pipe)
+        self._said: float | None = None  # when it last said so
+        self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
+        self._thread.start()
 
     def _open(self) -> BinaryIO:
         # Bytes, encoded here: a header byte that is not UTF-8 reaches us as a surrogate,
@@ -96,9 +100,7 @@ class LogSink:
             item = self._queue.get()
             try:
                 if item is _STOP:
-                    self._file.flush()
-                    if self.path:
-                        self._file.close()
+                    self._close()
                     return
                 if isinstance(item, threading.Event):
                     item.set()
@@ -111,5 +113,30 @@ class LogSink:
                     continue
                 self._file.write(item.encode("utf-8", "backslashreplace"))  # type: ignore[attr-defined]
                 self._file.flush()
+                if self._lost:
+                    print(f"cacheproxy: request log: written again ({self._lost} lines lost)",
+                          file=sys.stderr)
+                    self._lost, self._said = 0, None
             except (OSError, ValueError) as exc:  # a full disk must not stop the proxy
-                print(f"cacheproxy: request log: {exc}", file=sys.stderr)
+                if isinstance(item, str):
+                    self._write_failed(exc, item.count("\n"))
+                else:
+                    print(f"cacheproxy: request log: {exc}", file=sys.stderr)
+
+    def _close(self) -> None:
+        try:
+            self._file.flush()
+            if self.path:
+                self._file.close()
+        except (OSError, ValueError) as exc:  # stopping all the same
+            print(f"cacheproxy: request log: {exc}", file=sys.stderr)
+
+    def _write_failed(self, exc: Exception, lines: int) -> None:
+        """Said once, then at most once a WRITE_ERROR_INTERVAL with the lines lost since:
+        one line per batch would flood stderr (often the journal on that same full disk)."""
+        self._lost += lines
+        now = time.monotonic()
+        if self._said is None or now - self._said >= WRITE_ERROR_INTERVAL:
+            print(f"cacheproxy: request log: {exc} ({self._lost} lines lost so far; said "
+                  f"again at most every {WRITE_ERROR_INTERVAL:g} s)", file=sys.stderr)
+            self._said = now

@@ -225,3 +225,39 @@ def test_a_log_that_cannot_be_written_is_said_once_not_per_batch(tmp_path):
         _, err = proc.communicate(timeout=20)
     complaints = [line for line in err.decode().splitlines() if "request log" in line]
     assert 1 <= len(complaints) <= 2, complaints
+
+
+# --- proxy.upstream and proxy.listen as written ------------------------------------------------
+
+
+def test_upstream_password_is_not_written_to_the_log(tmp_path):
+    """An upstream URL with userinfo (http://user:secret@host) is sent as Basic credentials
+    to the origin (proxy/exchange.py), but the start logged the URL whole ("listening on
+    ... -> http://user:secret@...", and the unreachable-upstream warning): a password in
+    the process log (journald, docker logs), as redis_url's would not be. The log should
+    show the URL with its password masked."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}",
+         "--upstream", "http://user:s3cretpw@127.0.0.1:9"],
+        cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO), CACHEPROXY_LOG_FORMAT="off"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.5)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    text = err.decode()
+    assert "listening on" in text
+    assert "s3cretpw" not in text, text
+
+
+def test_listen_with_a_scheme_says_so(tmp_path):
+    """`--listen http://127.0.0.1:8080` (an easy slip beside --upstream's URL) was refused
+    with "an IPv6 address needs brackets", which sends the operator the wrong way. The
+    message should say a listen address takes no scheme."""
+    done = cacheproxy("serve", "--listen", "http://127.0.0.1:8080", "--upstream",
+                      "http://127.0.0.1:9", cwd=tmp_path)
+    err = done.stderr.decode()
+    assert done.returncode == 2
+    assert "IPv6" not in err and "scheme" in err, err

@@ -162,6 +162,18 @@ def _check_upstream(value: str) -> None:
         raise ValueError(f"an upstream URL takes no query or fragment, got {value!r}")
 
 
+def masked_url(url: str) -> str:
+    """url as logs show it: a password in its userinfo (sent upstream as Basic
+    credentials) replaced by "***", so the process log never holds it."""
+    if "@" not in url:
+        return url
+    try:
+        parsed = URL(url)
+        return str(parsed.with_password("***")) if parsed.password else url
+    except ValueError:
+        return url
+
+
 def _check_redis_url(value: str) -> None:
     try:
         url = URL(value)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from cacheproxy.config import masked_url
 from cacheproxy.http.flow import (
     Answered,
     Evict,
@@ -164,7 +165,7 @@ class Driver:
                    route=plan.cache, now=time.time())
         note_failed(ctx.outcome, f)
         # One line per failure, naming the upstream, the request and the cause.
-        log.warning("upstream %s failed for %s %s: %s; answered %s", plan.upstream,
+        log.warning("upstream %s failed for %s %s: %s; answered %s", masked_url(plan.upstream),
                     fwd.method, redact(ctx.target, ctx.outcome.secrets), exc.reason,
                     "from storage (stale-if-error)" if isinstance(f, ServeStale)
                     else f.status)

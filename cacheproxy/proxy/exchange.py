@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
-from cacheproxy.config import ProxyConfig
+from cacheproxy.config import ProxyConfig, masked_url
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
@@ -283,7 +283,7 @@ class Exchange:
             except UpstreamError as exc:
                 # The body broke off: store nothing, and end the client's message
                 # abnormally so it cannot mistake the truncated body for a whole one.
-                log.warning("upstream %s body for %s %s broke off: %s", upstream,
+                log.warning("upstream %s body for %s %s broke off: %s", masked_url(upstream),
                             request.method, redact(target, outcome.secrets), exc.reason)
                 outcome.status = "ERROR"
                 out.abort()

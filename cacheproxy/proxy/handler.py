@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from cacheproxy.config import Config, ConfigError, parse_listen
+from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.target import forwards_left, request_target
@@ -124,7 +124,7 @@ class CacheProxy:
             # the head, naming the upstream, the request and the cause
             plan = request.get(PLAN)
             log.warning("upstream %s failed for %s %s: %s; answered %s",
-                        plan.upstream if plan is not None else "-", request.method,
+                        masked_url(plan.upstream) if plan is not None else "-", request.method,
                         redact(request.raw_path, outcome.secrets), exc.reason, exc.status)
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)

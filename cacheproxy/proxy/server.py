@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web, web_urldispatcher
 
 from cacheproxy import pidfile
-from cacheproxy.config import Config, ConfigError, parse_listen
+from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.demo.origin import start_demo_origin
 from cacheproxy.lifetime import (
     DEMO_HINT,
@@ -155,7 +155,7 @@ async def serve(
         warn_unreachable(app[PROXY].upstreams() if announce else ()))
     try:
         bound = runner.addresses[0][1] if runner.addresses else port
-        log.info("cacheproxy listening on %s -> %s", _url(host, bound), upstream)
+        log.info("cacheproxy listening on %s -> %s", _url(host, bound), masked_url(upstream))
         loop = asyncio.get_running_loop()
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, _reloader(app, reload))
@@ -231,7 +231,7 @@ async def warn_unreachable(upstreams: tuple[str, ...]) -> None:
     for url, problem in zip(upstreams, problems, strict=True):
         if problem is not None:
             log.warning("upstream %s is not reachable: %s; serving anyway (its requests get "
-                        "502 until it answers; readyz reports it)", url, problem)
+                        "502 until it answers; readyz reports it)", masked_url(url), problem)
 
 
 def _reloader(app: web.Application, reload: Callable[[], Config]) -> Callable[[], None]:

@@ -99,6 +99,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     usage = f"expected HOST:PORT such as 127.0.0.1:8080 or [::1]:8080, got {value!r}"
     if not isinstance(value, str):
         raise ValueError(usage)
+    if "://" in value:  # a URL, as --upstream takes: say that, not "IPv6 needs brackets"
+        raise ValueError(f"expected HOST:PORT without a scheme, such as 127.0.0.1:8080; "
+                         f"got {value!r}")
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
         raise ValueError(usage)

@@ -510,6 +510,27 @@ def test_workers_auto_is_the_number_of_usable_cores(tmp_path: Path) -> None:
     assert load_config(None, env={"CACHEPROXY_PROXY_WORKERS": " 3 "}).proxy.workers == 3
 
 
+@pytest.mark.parametrize(("files", "allowed"), [
+    ({"cpu.max": "150000 100000\n"}, 2),                          # cgroup v2, 1.5 CPUs
+    ({"cpu.max": "max 100000\n"}, None),                          # v2, no quota
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "250000\n",
+      "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 3),           # v1, Docker's mount name
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, none
+    ({}, None),                                                    # no cgroup files at all
+])
+def test_workers_auto_follows_a_cgroup_cpu_quota_v1_or_v2(
+        tmp_path: Path, files: dict[str, str], allowed: int | None) -> None:
+    """docker run --cpus sets a quota in cgroup v2's cpu.max or, on a v1 host, in
+    cpu.cfs_quota_us / cpu.cfs_period_us: "auto" starts no more workers than it allows."""
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cores = len(os.sched_getaffinity(0))
+    expected = cores if allowed is None else max(1, min(cores, allowed))
+    assert usable_cores(str(tmp_path)) == expected
+
+
 @pytest.mark.parametrize(("value", "reason"), [
     ('"many"', 'expected a number of processes or "auto", got \'many\''),
     ("true", 'expected a number of processes or "auto", got True'),

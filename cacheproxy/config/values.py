@@ -119,21 +119,39 @@ def parse_listen(value: str) -> tuple[str, int]:
 MAX_WORKERS = 256
 
 
-def usable_cores() -> int:
+def usable_cores(cgroup: str = "/sys/fs/cgroup") -> int:
     """The cores this process may run on (its CPU affinity, as nginx's `worker_processes
     auto`), fewer when a cgroup CPU quota (docker --cpus) allows less than that."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _cpu_quota(cgroup: str) -> float | None:
+    """The CPUs a cgroup quota allows (quota / period), None without one: cgroup v2's
+    cpu.max ("QUOTA PERIOD", or "max PERIOD"), else cgroup v1's cpu.cfs_quota_us (-1: none)
+    and cpu.cfs_period_us, where Docker on a v1 host puts them."""
     try:
-        with open("/sys/fs/cgroup/cpu.max") as file:  # cgroup v2: "QUOTA PERIOD" or "max ..."
+        with open(os.path.join(cgroup, "cpu.max")) as file:
             quota, period = file.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, math.ceil(int(quota) / int(period)))
+        return None if quota == "max" else int(quota) / int(period)
     except (OSError, ValueError):
         pass
-    return max(1, cores)
+    for controller in ("cpu", "cpu,cpuacct"):
+        try:
+            with open(os.path.join(cgroup, controller, "cpu.cfs_quota_us")) as file:
+                quota_us = int(file.read())
+            with open(os.path.join(cgroup, controller, "cpu.cfs_period_us")) as file:
+                period_us = int(file.read())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
 
 
 def parse_workers(value: object) -> int:

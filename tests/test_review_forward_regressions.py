@@ -1,0 +1,220 @@
+"""A reviewer's findings on forward mode (absolute-form requests, CONNECT, interception).
+
+Each test failed on the code it was written against (commit fb8f70f); its docstring says
+what happened, what should happen and why. Real servers on 127.0.0.1, as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from support import read_json_log
+from test_forward_mode import forward_get, head_and_body, origin_app, raw
+
+from cacheproxy.config import Config
+from cacheproxy.policies.forward import ForwardAccess, Refused, target_decision
+from cacheproxy.proxy.server import CONTROL
+from cacheproxy.tls.ca import LocalCA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def admin_listener(proxy, origin):
+    """A proxy with admin.listen on a port of its own, that listener started as
+    `cacheproxy serve` starts it (proxy/server.py, _start_control)."""
+    upstream = await origin(origin_app("upstream"))
+    port = free_port()
+    client = await proxy(upstream, admin={"listen": f"127.0.0.1:{port}"},
+                         forward={"enabled": True, "allow_hosts": ["localhost", "127.0.0.1"],
+                                  "connect_ports": [443, port]})
+    runner = web.AppRunner(client.server.app[CONTROL])
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield client, port
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_admin_listener_is_not_reached_through_forward_mode(admin_listener):
+    """admin.listen puts the admin API on an address of its own; with no token it answers
+    loopback clients only. A forward request for http://localhost:<admin port>/ reached
+    it from the proxy itself, a loopback client, so any client of the proxy (one on the
+    LAN too, with proxy.listen = 0.0.0.0 and the README's allow_hosts = ["localhost"])
+    could list the entries (every user's URLs) and POST .../clear without a token: it got
+    the stats JSON and {"cleared": 0}. The admin listener is this proxy itself, as its
+    own listener is: 508 Loop Detected (README "Who may go where"), as for the proxy's
+    port; Squid refuses such requests by default (`http_access deny to_localhost`)."""
+    client, port = admin_listener
+    for host in ("localhost", "127.0.0.1"):
+        status, _, body = await forward_get(client.port,
+                                            f"http://{host}:{port}/_cacheproxy/stats")
+        assert status == 508 and b"by_cache" not in body, (host, status, body)
+    reader, writer = await raw(client.port, f"POST http://localhost:{port}/_cacheproxy/clear "
+                               f"HTTP/1.1\r\nHost: localhost:{port}\r\nContent-Length: 0\r\n"
+                               "Connection: close\r\n\r\n".encode())
+    status, _, body = await head_and_body(reader)
+    writer.close()
+    assert status == 508 and b"cleared" not in body, (status, body)
+    # CONNECT to it (connect_ports names the port) is refused the same way.
+    reader, writer = await raw(client.port, f"CONNECT localhost:{port} HTTP/1.1\r\n"
+                               f"Host: localhost:{port}\r\n\r\n".encode())
+    status, _, _ = await head_and_body(reader)
+    writer.close()
+    assert status == 508
+
+
+def test_the_admin_listener_counts_as_the_proxy_itself_in_the_gate() -> None:
+    """The same, sans I/O: ForwardAccess knows the other listeners of the process."""
+    access = ForwardAccess.from_config(Config().forward, "127.0.0.1", 8080,
+                                       other_listeners=[("127.0.0.1", 9090)])
+    decision = target_decision(access, "http", "localhost:9090")
+    assert isinstance(decision, Refused) and decision.status == 508
+    assert not isinstance(target_decision(access, "http", "localhost:9091"), Refused)
+
+
+async def test_a_forwarded_site_gets_no_cors_grant_of_the_reverse_route(proxy, origin):
+    """[cors] is written for the reverse upstream's pages (a dev app's API). Forward mode
+    applied it to every site a client named: a credentialed GET of another site's page
+    (a bank's account page, Cache-Control: private, a Cookie) came back with
+    Access-Control-Allow-Origin: http://app.test and -Allow-Credentials: true, so a
+    script on app.test could read, through the proxy, any site the user is logged in to
+    (the Fetch standard's CORS check is the only thing that stops it); in "override" mode
+    a site's own grant was also removed. A forward proxy (Squid, or any browser's own
+    network stack) never makes CORS grants for the sites it relays. Not fixed here: the
+    README ("with every caching rule and policy of reverse mode") says this is meant, so
+    it needs a decision (no CORS/Referer gate for forward plans, or a [forward] section
+    of their own)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="account of the logged-in user",
+                            headers={"Cache-Control": "private"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    bank = await origin(app)
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True},
+                         cors={"allow_origins": ["http://app.test"], "allow_credentials": True})
+    status, headers, body = await forward_get(
+        client.port, f"http://localhost:{bank.port}/account", "Origin: http://app.test",
+        "Cookie: session=1")
+    assert (status, body) == (200, b"account of the logged-in user")
+    assert "access-control-allow-origin" not in headers, headers
+    assert "access-control-allow-credentials" not in headers, headers
+
+
+@pytest.fixture
+async def https_site(origin, tmp_path: Path):
+    """An https origin on 127.0.0.1 (certificate for "localhost" from a CA of its own) that
+    records the X-Forwarded-Proto and Host of each request."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("X-Forwarded-Proto")))
+        return web.Response(text=f"secure {request.path}",
+                            headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server(ssl=site_ca.server_context("localhost"))
+    try:
+        yield server, str(site_ca.cert_path), seen
+    finally:
+        await server.close()
+
+
+async def _intercepted(client, ca_dir: Path, port: int
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await raw(client.port, f"CONNECT localhost:{port} HTTP/1.1\r\n"
+                               f"Host: localhost:{port}\r\n\r\n".encode())
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+        b"HTTP/1.1 200")
+    await writer.start_tls(ssl.create_default_context(cafile=str(ca_dir / "ca-cert.pem")),
+                           server_hostname="localhost")
+    return reader, writer
+
+
+async def test_x_forwarded_proto_is_the_scheme_of_the_url_stored(proxy, origin, https_site,
+                                                                 tmp_path: Path):
+    """`GET https://site/x` sent to the proxy in plain text (curl -x, an HTTP/1.1 client
+    told to use a proxy for https without CONNECT) is fetched over TLS and stored under
+    the https://site/x key, the key an intercepted CONNECT's request for the same URL
+    uses; but the origin was told X-Forwarded-Proto: http (the client's leg), where the
+    intercepted request tells it https. Origins build links and redirects from that
+    field (Django's SECURE_PROXY_SSL_HEADER, Rails' force_ssl: a 301 to https://site/x,
+    stored under https://site/x itself), so one client's plain request could store an
+    answer made for http under the https URL that every intercepted client is then
+    served. README "Which resource": the key is everything the origin sees that selects
+    the response; so the field must say the scheme of the key: https."""
+    server, site_ca, seen = https_site
+    upstream = await origin(origin_app("upstream"))
+    ca_dir = tmp_path / "proxy-ca"
+    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
+                         forward={"enabled": True, "intercept_tls": True,
+                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)})
+    status, _, body = await forward_get(client.port, f"https://localhost:{server.port}/plain")
+    assert (status, body) == (200, b"secure /plain")
+    reader, writer = await _intercepted(client, ca_dir, server.port)
+    writer.write(f"GET /tunnel HTTP/1.1\r\nHost: localhost:{server.port}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    status, _, body = await head_and_body(reader)
+    writer.close()
+    assert (status, body) == (200, b"secure /tunnel")
+    assert seen == [("/plain", "https"), ("/tunnel", "https")]
+
+
+async def test_an_intercepted_requests_log_line_names_the_host_it_went_to(
+        proxy, origin, https_site, tmp_path: Path):
+    """Inside an intercepted CONNECT to localhost:<site>, a request whose Host (or
+    absolute-form target) names some other authority still goes to the tunnel's origin
+    and is stored under its https key (rightly); but its log line's `host` was the
+    client's Host, `localhost:<other port>` or `127.0.0.1:<proxy port>`, so the log,
+    the dashboard's Hosts table and `cacheproxy logs` put it under a site it never
+    reached. README "What the log shows": a forward request's line names the host it
+    was for."""
+    server, site_ca, _ = https_site
+    upstream = await origin(origin_app("upstream"))
+    ca_dir = tmp_path / "proxy-ca"
+    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
+                         forward={"enabled": True, "intercept_tls": True,
+                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)},
+                         log={"path": str(tmp_path / "requests.log")})
+    reader, writer = await _intercepted(client, ca_dir, server.port)
+    writer.write(f"GET /a HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n\r\n".encode())
+    assert (await head_and_body(reader))[2] == b"secure /a"
+    writer.write(f"GET http://127.0.0.1:{client.port}/b HTTP/1.1\r\nHost: x\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    assert (await head_and_body(reader))[2] == b"secure /b"
+    writer.close()
+    lines = [r for r in await read_json_log(client) if r["method"] == "GET"]
+    assert [(r["host"], r["path"]) for r in lines] == [
+        (f"localhost:{server.port}", "/a"), (f"localhost:{server.port}", "/b")]
+
+
+def test_absolute_form_to_a_port_squid_calls_unsafe_is_refused() -> None:
+    """forward.connect_ports limits CONNECT, but an absolute-form request went to any port
+    of an allowed host: `POST http://mail.example:25/` with a body of SMTP commands
+    is relayed (cross-protocol: the origin reads the request's lines as its own
+    protocol's), as are :22, :110, :143 ... Squid's default configuration refuses them
+    (`http_access deny !Safe_ports`: 80, 21, 443, 70, 210, 280, 488, 591, 777 and
+    1025-65535). Not fixed here: which ports is a config decision (a forward.http_ports,
+    or Squid's list as the default)."""
+    access = ForwardAccess.from_config(Config().forward, "127.0.0.1", 8080)
+    for port in (25, 22, 110, 143):
+        decision = target_decision(access, "http", f"mail.example:{port}")
+        assert isinstance(decision, Refused) and decision.status == 403, port
+    for port in (80, 443, 8081):
+        assert not isinstance(target_decision(access, "http", f"site.example:{port}"),
+                              Refused), port

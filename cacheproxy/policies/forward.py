@@ -58,18 +58,31 @@ class ForwardAccess:
     own_port: int
     own_hosts: frozenset[str]  # canonical hosts that reach the listener on own_port
     own_loopback: bool  # every loopback address, localhost and 0.0.0.0 reach it too
+    # This process's other listeners (admin.listen): (port, hosts, loopback) as above. A
+    # request sent there would come from this proxy, a loopback client, and so pass the
+    # admin API's "loopback clients only" rule for whoever sent it through the proxy.
+    others: tuple[tuple[int, frozenset[str], bool], ...] = ()
 
     @classmethod
     def from_config(cls, forward: ForwardConfig, listen_host: str, listen_port: int,
-                    also: Iterable[str] = ()) -> ForwardAccess:
+                    also: Iterable[str] = (),
+                    other_listeners: Iterable[tuple[str, int]] = ()) -> ForwardAccess:
         """`listen_port` as bound (proxy.listen's port 0 is known only then); `also`: other
-        names and addresses of this machine the caller knows (its host name, interfaces)."""
-        host = canonical_host(listen_host.strip("[]")) if listen_host not in _WILDCARDS \
-            else listen_host
-        own_loopback = host in _WILDCARDS or _is_loopback(host)
-        own = {host, *(canonical_host(name) for name in also)} - {""}
+        names and addresses of this machine the caller knows (its host name, interfaces);
+        `other_listeners`: (host, port) of this process's other listeners (admin.listen)."""
+        also = tuple(also)
+        port, own, own_loopback = _listener(listen_host, listen_port, also)
+        others = tuple(_listener(h, p, also) for h, p in other_listeners if p)
         return cls(forward.allow_hosts, forward.deny_hosts, frozenset(forward.connect_ports),
-                   listen_port, frozenset(own), own_loopback)
+                   port, own, own_loopback, others)
+
+
+def _listener(listen_host: str, port: int, also: tuple[str, ...]
+              ) -> tuple[int, frozenset[str], bool]:
+    host = canonical_host(listen_host.strip("[]")) if listen_host not in _WILDCARDS \
+        else listen_host
+    own = {host, *(canonical_host(name) for name in also)} - {""}
+    return port, frozenset(own), host in _WILDCARDS or _is_loopback(host)
 
 
 def canonical_host(host: str) -> str:
@@ -123,19 +136,23 @@ def split_authority(authority: str) -> tuple[str, int | None] | None:
 
 
 def names_own_listener(access: ForwardAccess, host: str, port: int) -> bool:
-    """Would a connection to host:port reach this proxy's own listener?"""
-    if port != access.own_port:
-        return False
-    name = canonical_host(host)
-    if not name:
-        return False
-    if name in access.own_hosts:
-        return True
-    # Loopback names and addresses, and the unspecified ones (a connection to 0.0.0.0 or
-    # :: goes to this machine), reach a loopback or wildcard listener.
-    return access.own_loopback and (
-        name in _WILDCARDS or name == "localhost" or name.endswith(".localhost")
-        or _is_loopback(name))
+    """Would a connection to host:port reach one of this proxy's own listeners?"""
+    listeners = ((access.own_port, access.own_hosts, access.own_loopback), *access.others)
+    name = ""
+    for own_port, own_hosts, own_loopback in listeners:
+        if port != own_port:
+            continue
+        name = name or canonical_host(host)
+        if not name:
+            return False
+        if name in own_hosts:
+            return True
+        # Loopback names and addresses, and the unspecified ones (a connection to 0.0.0.0
+        # or :: goes to this machine), reach a loopback or wildcard listener.
+        if own_loopback and (name in _WILDCARDS or name == "localhost"
+                             or name.endswith(".localhost") or _is_loopback(name)):
+            return True
+    return False
 
 
 def host_refusal(access: ForwardAccess, host: str) -> Refused | None:

@@ -84,8 +84,10 @@ class CacheProxy:
         access = self._access.get(port)
         if access is None:
             host = parse_listen(self.config.proxy.listen)[0]
-            access = self._access[port] = ForwardAccess.from_config(self.config.forward, host,
-                                                                    port)
+            admin = self.config.admin.listen  # the control plane: never reached through us
+            access = self._access[port] = ForwardAccess.from_config(
+                self.config.forward, host, port,
+                other_listeners=[parse_listen(admin)] if admin else ())
         return access
 
     def upstreams(self) -> tuple[str, ...]:

@@ -207,7 +207,7 @@ class CacheProxy:
             return final_answer(request, [("Via", self.local_via)])
         facts = request_facts(request.method, h, has_body=request.body_exists)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
-                  lambda fwd: self._fields(request, plan, authority, fwd))
+                  lambda fwd: self._fields(request, plan, authority, fwd, scheme))
         passing = bypass(facts)  # RFC 9211 §2.2: methods, bodies, ranges, preconditions
         if passing is None:
             return await self.driver.cached(ctx)
@@ -238,14 +238,16 @@ class CacheProxy:
 
     # -- helpers -------------------------------------------------------------
 
-    def _fields(self, request: ClientMessage, plan: RoutePlan, authority: str, fwd: Forward
-                ) -> Fields:
+    def _fields(self, request: ClientMessage, plan: RoutePlan, authority: str, fwd: Forward,
+                scheme: str | None = None) -> Fields:
         """What goes upstream for fwd: the client's end-to-end fields (its conditionals
-        replaced by ours when the cache fills or validates, §4.3.1-§4.3.2), the Host made
-        from the authority the key names, and the route's Referer policy."""
+        replaced by ours when the cache fills or validates, §4.3.1-§4.3.2), the Host and
+        X-Forwarded-Proto made from the authority and scheme the key names (`GET https://…`
+        sent in plain text is stored under the https URL: the origin is told https), and
+        the route's Referer policy."""
         return request_fields(
             list(request.headers.items()), policy=plan.forward, version=request.version,
-            client_ip=request.remote, scheme=request.scheme,
+            client_ip=request.remote, scheme=scheme or request.scheme,
             strip_conditionals=fwd.strips_client_conditionals, extra=list(fwd.conditional),
             host=authority,
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),

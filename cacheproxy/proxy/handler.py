@@ -177,7 +177,7 @@ class CacheProxy:
         tunnel: Allowed | None = getattr(request, "tunnel", None)
         if tunnel is not None:  # inside an intercepted CONNECT: that origin, over TLS
             plan = plans.forward_to("https", tunnel.host, tunnel.port)
-            authority = plan.forward.upstream_host
+            authority = outcome.host = plan.forward.upstream_host  # (not the client's Host)
         elif parsed.absolute and self.config.forward.enabled:
             scheme = raw.partition(":")[0].lower()
             d = target_decision(self.forward_access(local_port(request)), scheme, authority)

@@ -6,6 +6,7 @@ what happened, what should happen and why. Real servers on 127.0.0.1, as elsewhe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import ssl
 from pathlib import Path
@@ -17,7 +18,7 @@ from support import read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
 
 from cacheproxy.config import Config
-from cacheproxy.policies.forward import ForwardAccess, Refused, target_decision
+from cacheproxy.policies.forward import ForwardAccess, Refused, connect_decision, target_decision
 from cacheproxy.proxy.server import CONTROL
 from cacheproxy.tls.ca import LocalCA
 
@@ -218,3 +219,39 @@ def test_absolute_form_to_a_port_squid_calls_unsafe_is_refused() -> None:
     for port in (80, 443, 8081):
         assert not isinstance(target_decision(access, "http", f"site.example:{port}"),
                               Refused), port
+
+
+async def test_the_unspecified_address_does_not_slip_past_deny_hosts(proxy, origin):
+    """deny_hosts = ["127.0.0.1", "localhost"] is how an operator keeps clients off this
+    machine's own services. `CONNECT 0.0.0.0:<port>` and `GET http://0.0.0.0:<port>/`
+    went through: Linux connects a socket to 0.0.0.0 to the local host, so they reached
+    a service bound to 127.0.0.1 (the "0.0.0.0 day" that Chromium and Firefox now block).
+    RFC 1122 §3.2.1.3 and RFC 4291 §2.5.2: the unspecified address is never a destination;
+    it is refused (unless it names this proxy itself: 508, as before)."""
+    service = await origin(origin_app("internal"))
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True,
+                                            "deny_hosts": ["127.0.0.1", "localhost", "::1"],
+                                            "connect_ports": [service.port]})
+    status, _, body = await forward_get(client.port, f"http://0.0.0.0:{service.port}/admin")
+    assert status in (400, 403) and b"internal" not in body, (status, body)
+    reader, writer = await raw(client.port, f"CONNECT 0.0.0.0:{service.port} HTTP/1.1\r\n"
+                               f"Host: 0.0.0.0:{service.port}\r\n\r\n".encode())
+    status, _, _ = await head_and_body(reader)
+    writer.close()
+    assert status in (400, 403), status
+    status, _, _ = await forward_get(client.port, f"http://0.0.0.0:{client.port}/")
+    assert status == 508  # this proxy itself, still
+
+
+def test_an_ipv6_zone_id_does_not_slip_past_deny_hosts() -> None:
+    """`CONNECT [::1%1]:443` was Allowed with deny_hosts = ["::1"]: canonical_host kept the
+    zone ("::1%1"), which no rule names, and getaddrinfo connects it to ::1. A zone ID
+    (RFC 6874) only means something on the client's own machine, and RFC 9110 §4.2's
+    authority (RFC 3986 §3.2.2 IP-literal) has none: 400, as an absolute-form target
+    with one already gets."""
+    forward = dataclasses.replace(Config().forward, deny_hosts=("::1",), connect_ports=(443,))
+    access = ForwardAccess.from_config(forward, "127.0.0.1", 8080)
+    for authority in ("[::1%1]:443", "[::1%lo]:443", "[::1%25lo]:443", "[fe80::1%1]:443"):
+        decision = connect_decision(access, authority)
+        assert isinstance(decision, Refused) and decision.status in (400, 403), authority

@@ -93,6 +93,8 @@ def canonical_host(host: str) -> str:
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
     if ":" in name:
+        if "%" in name:  # a zone (RFC 6874): no part of an http authority, and "::1%1"
+            return ""  # would slip past a rule for ::1 while getaddrinfo connects to it
         try:
             address = ipaddress.IPv6Address(name)
         except ValueError:
@@ -190,13 +192,21 @@ def connect_decision(access: ForwardAccess, authority: str) -> ForwardDecision:
         return _loop(host, port)
     if port not in access.connect_ports:
         return Refused(403, f"CONNECT to port {port} is not allowed (forward.connect_ports)")
-    return host_refusal(access, host) or Allowed(host, port)
+    return _unspecified(host) or host_refusal(access, host) or Allowed(host, port)
 
 
 def _decide(access: ForwardAccess, host: str, port: int) -> ForwardDecision:
     if names_own_listener(access, host, port):
         return _loop(host, port)
-    return host_refusal(access, host) or Allowed(host, port)
+    return _unspecified(host) or host_refusal(access, host) or Allowed(host, port)
+
+
+def _unspecified(host: str) -> Refused | None:
+    """RFC 1122 §3.2.1.3, RFC 4291 §2.5.2: 0.0.0.0 and :: are never a destination. Linux
+    connects them to this machine, past a deny_hosts rule for 127.0.0.1 or ::1."""
+    if host in ("0.0.0.0", "::"):
+        return Refused(400, f"{host} is no destination address")
+    return None
 
 
 def _loop(host: str, port: int) -> Refused:

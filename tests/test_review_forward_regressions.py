@@ -255,3 +255,21 @@ def test_an_ipv6_zone_id_does_not_slip_past_deny_hosts() -> None:
     for authority in ("[::1%1]:443", "[::1%lo]:443", "[::1%25lo]:443", "[fe80::1%1]:443"):
         decision = connect_decision(access, authority)
         assert isinstance(decision, Refused) and decision.status in (400, 403), authority
+
+
+async def test_a_forward_requests_log_host_is_the_host_it_went_to(proxy, origin, tmp_path):
+    """`GET http://LOCALHOST.:<port>/x` and `GET http://localhost:<port>/x` go to the same
+    origin and share one entry (the key is canonical), but their log lines said
+    `LOCALHOST.:<port>` and `localhost:<port>`: the dashboard's Hosts table and
+    `cacheproxy logs` counted one site as two (and a client could fill the table with
+    spellings of one host). The line names the host as it was reached, as the key does."""
+    site = await origin(origin_app("site"))
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True},
+                         log={"path": str(tmp_path / "requests.log")})
+    for host in ("LOCALHOST.", "localhost", "LocalHost"):
+        status, _, _ = await forward_get(client.port, f"http://{host}:{site.port}/x")
+        assert status == 200
+    lines = [r for r in await read_json_log(client) if r["method"] == "GET"]
+    assert [r["host"] for r in lines] == [f"localhost:{site.port}"] * 3
+    assert [r["cache"] for r in lines] == ["MISS", "HIT", "HIT"]

@@ -186,7 +186,7 @@ class CacheProxy:
                 outcome.policy = f"forward: {d.reason}"
                 return self._error(d.status, d.reason, outcome)
             plan = plans.forward_to(scheme, d.host, d.port)
-            authority = plan.forward.upstream_host
+            authority = outcome.host = plan.forward.upstream_host  # as keyed: one spelling
         else:
             plan = plans.match(authority, target)
         request[PLAN] = plan

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,40 @@ async def test_a_name_for_a_denied_address_does_not_slip_past_deny_hosts(proxy, 
     status, _, _ = await head_and_body(reader)
     writer.close()
     assert status == 403
+
+
+async def test_a_descriptor_limit_below_max_client_connections_is_said_at_start(tmp_path):
+    """Each client connection takes a descriptor, and a CONNECT tunnel (or a miss) one
+    more to its origin. Started with `ulimit -n 256` and the default
+    max_client_connections (10,000), the proxy said nothing; with 400 clients opening
+    tunnels, 216 were accepted and closed at once (libuv's EMFILE handling: the client
+    reads EOF) and 122 got 502 "Too many open files", and no line ever named the cause
+    or the setting. nginx warns at start: "worker_connections exceed open file resource
+    limit". Expected: one WARNING at start naming proxy.max_client_connections and the
+    limit (or the soft limit raised towards the hard one)."""
+    import resource
+
+    from processes import clean_env, free_port, stop
+
+    port = free_port()
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}",
+        "--upstream", "http://127.0.0.1:9", cwd=tmp_path,
+        env=clean_env(CACHEPROXY_FORWARD_ENABLED="true"), preexec_fn=low_limit,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)
+    try:
+        for _ in range(150):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+    finally:
+        _, err = await stop(proc)
+    assert "max_client_connections" in err and "256" in err, err

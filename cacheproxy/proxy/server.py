@@ -121,6 +121,7 @@ async def serve(
         demo, demo_port = await start_demo_origin(demo_host, demo_port, DEMO_HINT)
         upstream = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
+    descriptor_room(config.proxy.max_client_connections, say=announce)
     # The lean data plane; the admin API is the aiohttp application's (listener.py).
     try:
         app = make_app(config, upstream)
@@ -222,6 +223,32 @@ async def _start_control(
     bound = runner.addresses[0][1] if runner.addresses else port
     log.info("admin API, /metrics and health checks on %s", _url(host, bound))
     return runner
+
+
+def descriptor_room(max_client_connections: int, say: bool = True) -> None:
+    """A client connection takes a descriptor, and its tunnel (CONNECT) or upstream
+    connection one more: the soft RLIMIT_NOFILE is raised towards the hard one as far as
+    that needs. A limit below max_client_connections itself is said once, naming the
+    setting, as nginx says "worker_connections exceed open file resource limit" (past
+    the limit, libuv accepts and closes new connections, and nothing else says so)."""
+    import resource
+
+    want = 2 * max_client_connections + 64  # (+ the store, the log, the listeners)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < max_client_connections and say:
+        log.warning("the open file limit (ulimit -n) is %d, below proxy.max_client_connections"
+                    " (%d; a tunnel or a miss takes two): past it new connections are closed "
+                    "as they arrive. Raise the limit or lower proxy.max_client_connections",
+                    soft, max_client_connections)
 
 
 async def warn_unreachable(upstreams: tuple[str, ...]) -> None:

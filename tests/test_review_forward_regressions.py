@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import socket
 import ssl
 import sys
@@ -339,3 +340,25 @@ async def test_a_descriptor_limit_below_max_client_connections_is_said_at_start(
     finally:
         _, err = await stop(proc)
     assert "max_client_connections" in err and "256" in err, err
+
+
+async def test_a_host_with_a_label_over_63_octets_is_a_400_not_a_crash(proxy, origin, caplog):
+    """A DNS label has at most 63 octets (RFC 1035 §2.3.4); the gate let
+    `aaaa…(64).invalid` through, and getaddrinfo's IDNA encoding then raised UnicodeError
+    ("label empty or too long"), no OSError: `GET http://<it>/` got a 500 "internal proxy
+    error" with a traceback in the log, and `CONNECT <it>:443` a bare close with an ERROR
+    "client connection failed" and its traceback. A bad input is an answer, not a crash
+    (DESIGN.md): 400, as for any other invalid host. (Nothing is looked up: the name is
+    refused before any resolver is asked.)"""
+    caplog.set_level(logging.INFO, logger="cacheproxy")
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True, "allow_hosts": ["*.invalid"]})
+    name = "a" * 64 + ".invalid"
+    status, _, _ = await forward_get(client.port, f"http://{name}/")
+    assert status == 400
+    reader, writer = await raw(client.port, f"CONNECT {name}:443 HTTP/1.1\r\n"
+                               f"Host: {name}:443\r\n\r\n".encode())
+    line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    assert line.startswith(b"HTTP/1.1 400"), line
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]

@@ -106,7 +106,10 @@ def canonical_host(host: str) -> str:
             name = name.encode("idna").decode("ascii")
         except UnicodeError:
             return ""
-    if _NAME.fullmatch(name) is None or len(name) > 253:
+    # RFC 1035 §2.3.4: a label of 63 octets at most (getaddrinfo's IDNA step raises
+    # UnicodeError, no OSError, for a longer one).
+    if _NAME.fullmatch(name) is None or len(name) > 253 \
+            or any(len(label) > 63 for label in name.split(".")):
         return ""
     if _ends_in_number(name):
         return _ipv4(name)

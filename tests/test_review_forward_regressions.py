@@ -13,6 +13,7 @@ import ssl
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -362,3 +363,22 @@ async def test_a_host_with_a_label_over_63_octets_is_a_400_not_a_crash(proxy, or
     writer.close()
     assert line.startswith(b"HTTP/1.1 400"), line
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+
+
+async def test_the_pac_file_sends_the_admin_listeners_pages_direct(admin_listener):
+    """With admin.listen, the PAC file is served there, but it sent only proxy.listen's
+    pages DIRECT: the dashboard at the admin address went to the proxy whenever
+    allow_hosts covers that host. Now that the proxy refuses to reach its own admin
+    listener (508, above), the PAC must send those pages DIRECT, as README says of the
+    proxy's own pages ("the proxy's own pages go DIRECT")."""
+    from test_forward_pac import find_proxy
+
+    _, port = admin_listener
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/_cacheproxy/proxy.pac") as resp:
+        assert resp.status == 200
+        script = await resp.text()
+    answers = find_proxy(script, [f"http://127.0.0.1:{port}/_cacheproxy/dashboard",
+                                  "http://localhost:1/page"])
+    assert answers[0] == "DIRECT", answers
+    assert answers[1].startswith("PROXY "), answers

@@ -249,7 +249,8 @@ class Admin:
                 local_port=sockname[1] if on_listener and sockname else None)
         except ValueError as exc:
             return _json({"error": f"no proxy.pac: {exc}"}, 400)
-        body = pac_script(address, forward.allow_hosts, forward.deny_hosts)
+        body = pac_script(address, forward.allow_hosts, forward.deny_hosts,
+                          None if on_listener else _target_authority(request))
         return web.Response(body=body.encode("ascii"),  # json.dumps escapes the rest
                             headers={**_PRIVATE, "Content-Type": PAC_TYPE})
 

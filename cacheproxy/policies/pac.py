@@ -67,12 +67,15 @@ def pac_proxy_address(listen_host: str, listen_port: int, host_field: str, *,
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def pac_script(proxy: str, allow_hosts: tuple[str, ...], deny_hosts: tuple[str, ...]) -> str:
+def pac_script(proxy: str, allow_hosts: tuple[str, ...], deny_hosts: tuple[str, ...],
+               admin: str | None = None) -> str:
     """The PAC file for a proxy at `proxy` (host:port). JSON literals are JavaScript ones,
-    so the patterns go in quoted whatever they hold."""
-    host = proxy.rpartition(":")[0]
-    own = [f"http://{proxy}/".lower()]
-    if proxy.endswith(":80"):
-        own.append(f"http://{host}/".lower())
+    so the patterns go in quoted whatever they hold. `admin`: admin.listen's host:port as
+    the browser reached it, whose pages go DIRECT too (the proxy never reaches it: 508)."""
+    own = []
+    for address in (proxy, admin) if admin else (proxy,):
+        own.append(f"http://{address}/".lower())
+        if address.endswith(":80"):
+            own.append(f"http://{address.rpartition(':')[0]}/".lower())
     return _SCRIPT.format(proxy=json.dumps(f"PROXY {proxy}"), allow=json.dumps(allow_hosts),
                           deny=json.dumps(deny_hosts), own=json.dumps(own))

@@ -382,3 +382,32 @@ async def test_the_pac_file_sends_the_admin_listeners_pages_direct(admin_listene
                                   "http://localhost:1/page"])
     assert answers[0] == "DIRECT", answers
     assert answers[1].startswith("PROXY "), answers
+
+
+async def test_a_reload_that_refuses_a_host_applies_inside_open_intercepted_tunnels(
+        proxy, origin, https_site, tmp_path: Path):
+    """The gate ran once, at CONNECT: after a reload (SIGHUP) that put the host in
+    deny_hosts, or turned forward mode off, each request inside an intercepted tunnel
+    opened before it still went to the origin and was stored (a busy client keeps such a
+    connection open for good). Plain absolute-form requests are checked one by one, and
+    Squid applies http_access to each request of a bumped (intercepted) connection: each
+    request inside is checked against the config in force, 403 once refused."""
+    server, site_ca, seen = https_site
+    upstream = await origin(origin_app("upstream"))
+    ca_dir = tmp_path / "proxy-ca"
+    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
+                         forward={"enabled": True, "intercept_tls": True,
+                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)})
+    reader, writer = await _intercepted(client, ca_dir, server.port)
+    writer.write(f"GET /before HTTP/1.1\r\nHost: localhost:{server.port}\r\n\r\n".encode())
+    assert (await head_and_body(reader))[0] == 200
+    cacheproxy = client.app_proxy
+    config = cacheproxy.config
+    cacheproxy.reconfigure(dataclasses.replace(
+        config, forward=dataclasses.replace(config.forward, deny_hosts=("localhost",))))
+    writer.write(f"GET /after HTTP/1.1\r\nHost: localhost:{server.port}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    status, _, _ = await head_and_body(reader)
+    writer.close()
+    assert status == 403
+    assert [path for path, _ in seen] == ["/before"]

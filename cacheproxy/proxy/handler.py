@@ -14,7 +14,13 @@ from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
-from cacheproxy.policies.forward import Allowed, ForwardAccess, Refused, target_decision
+from cacheproxy.policies.forward import (
+    Allowed,
+    ForwardAccess,
+    Refused,
+    connect_decision,
+    target_decision,
+)
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Collapser
 from cacheproxy.proxy.downstream import (
@@ -176,6 +182,11 @@ class CacheProxy:
         scheme = request.scheme
         tunnel: Allowed | None = getattr(request, "tunnel", None)
         if tunnel is not None:  # inside an intercepted CONNECT: that origin, over TLS
+            refused = self._tunnel_refused(tunnel, local_port(request))
+            if refused is not None:  # the config in force now (a reload since the CONNECT)
+                outcome.status = "DENIED"
+                outcome.policy = f"forward: {refused.reason}"
+                return self._error(refused.status, refused.reason, outcome)
             plan = plans.forward_to("https", tunnel.host, tunnel.port)
             authority = outcome.host = plan.forward.upstream_host  # (not the client's Host)
         elif parsed.absolute and self.config.forward.enabled:
@@ -227,6 +238,16 @@ class CacheProxy:
         authority = route.authority
         return Ctx(request, out, plan, route.key, route.target, facts, outcome,
                    lambda fwd: self._fields(request, plan, authority, fwd))
+
+    def _tunnel_refused(self, tunnel: Allowed, port: int) -> Refused | None:
+        """A request inside an intercepted CONNECT is checked as its CONNECT was, by the
+        config in force: a reload that refuses the host (or ends forward mode) applies to
+        tunnels already open, as Squid's http_access does to each bumped request."""
+        if not self.config.forward.enabled:
+            return Refused(403, "forward mode is off ([forward] enabled)")
+        host = f"[{tunnel.host}]" if ":" in tunnel.host else tunnel.host
+        d = connect_decision(self.forward_access(port), f"{host}:{tunnel.port}")
+        return d if isinstance(d, Refused) else None
 
     def _server_options(self, request: ClientMessage, outcome: Outcome) -> Answer:
         """RFC 9110 §9.3.7: "OPTIONS *" is about the server in general, and to the

@@ -411,3 +411,28 @@ async def test_a_reload_that_refuses_a_host_applies_inside_open_intercepted_tunn
     writer.close()
     assert status == 403
     assert [path for path, _ in seen] == ["/before"]
+
+
+async def test_a_tunnels_log_host_is_the_host_it_went_to(proxy, origin, tmp_path):
+    """As for absolute-form requests: `CONNECT LOCALHOST.:<port>` and `CONNECT
+    localhost:<port>` open tunnels to the same place, but their lines said
+    `LOCALHOST.:<port>` and `localhost:<port>`, two rows of the Hosts table. The line's
+    host is the authority as connected to (`path` keeps what the client wrote)."""
+    service = await origin(origin_app("tls-ish"))
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True, "connect_ports": [service.port]},
+                         log={"path": str(tmp_path / "requests.log")})
+    for host in ("LOCALHOST.", "localhost"):
+        reader, writer = await raw(client.port, f"CONNECT {host}:{service.port} HTTP/1.1\r\n"
+                                   f"Host: {host}:{service.port}\r\n\r\n".encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.close()
+    lines: list[dict[str, object]] = []
+    for _ in range(100):
+        lines = [r for r in await read_json_log(client) if r["method"] == "CONNECT"]
+        if len(lines) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(str(r["host"]) for r in lines) == [f"localhost:{service.port}"] * 2
+    assert sorted(str(r["path"]) for r in lines) == [f"LOCALHOST.:{service.port}",
+                                                    f"localhost:{service.port}"]

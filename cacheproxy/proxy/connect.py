@@ -84,6 +84,8 @@ class ConnectMethod:
             outcome.status = "DENIED"
             outcome.policy = f"forward: {d.reason}"
             return self._refuse_connect(request, outcome, d.status, d.reason)
+        # As reached (the Hosts table's row); `path` keeps what the client wrote.
+        outcome.host = f"[{d.host}]:{d.port}" if ":" in d.host else f"{d.host}:{d.port}"
         if forward.intercept_tls:
             return await self._intercept(request, outcome, d)
         loop = self._loop

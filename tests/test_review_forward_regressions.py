@@ -436,3 +436,20 @@ async def test_a_tunnels_log_host_is_the_host_it_went_to(proxy, origin, tmp_path
     assert sorted(str(r["host"]) for r in lines) == [f"localhost:{service.port}"] * 2
     assert sorted(str(r["path"]) for r in lines) == [f"LOCALHOST.:{service.port}",
                                                     f"localhost:{service.port}"]
+
+
+def test_an_international_deny_rule_names_the_host_browsers_ask_for() -> None:
+    """deny_hosts = ["straße.de"] was kept as "strasse.de" (Python's "idna" codec is IDNA
+    2003, which maps ß to ss), but browsers (UTS #46 non-transitional, as the WHATWG URL
+    standard says) ask for xn--strae-oqa.de, another domain: the rule refused a host
+    nobody asked for and let the one it names through. The same for ς, and the zero-width
+    joiners. Patterns are made as browsers make hosts (IDNA 2008 with UTS #46)."""
+    from cacheproxy.config.values import parse_host_patterns
+
+    assert parse_host_patterns(["straße.de", "*.faß.de"]) == ("xn--strae-oqa.de",
+                                                              "*.xn--fa-hia.de")
+    forward = dataclasses.replace(Config().forward,
+                                  deny_hosts=parse_host_patterns(["straße.de"]))
+    access = ForwardAccess.from_config(forward, "127.0.0.1", 8080)
+    decision = target_decision(access, "http", "xn--strae-oqa.de")
+    assert isinstance(decision, Refused) and decision.status == 403

@@ -8,6 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Final, NamedTuple
 
+import idna
+
 from cacheproxy.http.abnf import BRACKETED_IPV6_RE, HOSTNAME_RE, ORIGIN_RE
 
 # URL Standard §4.1 (special schemes): their default ports, which an origin leaves out.
@@ -45,12 +47,30 @@ def origin_of(scheme: str, host: str) -> str:
 _HOST_USAGE = "expected a host name such as example.com or *.example.com, without a port"
 
 
+def idna_ascii(name: str) -> str:
+    """A host name with non-ASCII labels as browsers send it (the WHATWG URL standard:
+    UTS #46, non-transitional): "straße.de" is xn--strae-oqa.de, where Python's "idna"
+    codec (IDNA 2003) makes it strasse.de, another domain. A label the idna package's
+    stricter IDNA 2008 check refuses (a symbol) is encoded by the codec, whose answer is
+    the same for every label without ß, ς or a joiner. UnicodeError: not a host name."""
+    labels = []
+    for label in name.split("."):
+        if label.isascii():
+            labels.append(label.lower())
+            continue
+        try:
+            labels.append(idna.encode(label, uts46=True, transitional=False).decode("ascii"))
+        except idna.IDNAError:
+            labels.append(label.lower().encode("idna").decode("ascii"))
+    return ".".join(labels)
+
+
 def parse_hostname(value: str) -> str:
     """A host name as compared: lowercase, IDNA (punycode) for non-ASCII, IPv6 unbracketed."""
     host = value.strip().lower()
     if not host.isascii():
         try:
-            host = host.encode("idna").decode("ascii")
+            host = idna_ascii(host)
         except UnicodeError:
             raise ValueError(f"not a valid international host name: {value!r}") from None
     if (ipv6 := BRACKETED_IPV6_RE.fullmatch(host)) is not None and ipv6[1].count(":") >= 2:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from cacheproxy.config import ForwardConfig
 from cacheproxy.config.entries import host_matches
+from cacheproxy.http.origins import idna_ascii
 
 # RFC 9110 §7.6.1 / RFC 9112 Appendix C.2.2: meant for this proxy, consumed here and never
 # forwarded; http.fields.HOP_BY_HOP holds them, which end_to_end() removes.
@@ -103,7 +104,7 @@ def canonical_host(host: str) -> str:
         return str(mapped) if mapped is not None else address.compressed
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
+            name = idna_ascii(name)  # as browsers (and the config's patterns) make it
         except UnicodeError:
             return ""
     # RFC 1035 §2.3.4: a label of 63 octets at most (getaddrinfo's IDNA step raises

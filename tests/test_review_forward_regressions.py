@@ -453,3 +453,34 @@ def test_an_international_deny_rule_names_the_host_browsers_ask_for() -> None:
     access = ForwardAccess.from_config(forward, "127.0.0.1", 8080)
     decision = target_decision(access, "http", "xn--strae-oqa.de")
     assert isinstance(decision, Refused) and decision.status == 403
+
+
+async def test_a_forwarded_site_s_cdn_directives_are_not_this_caches(proxy, origin):
+    """cache.targeted_fields (CDN-Cache-Control, Surrogate-Control) let the origin behind
+    a reverse proxy speak to it as its CDN or surrogate. Forward mode applied them to
+    every site a client named, and announced itself to each as a surrogate
+    (Surrogate-Capability): a site answering `Cache-Control: private, no-store` with
+    `CDN-Cache-Control: max-age=600` (its CDN keys, and purges, what it caches) had
+    Alice's page stored and served to Bob, a HIT, for ten minutes. A forward proxy is
+    none of the sites' CDNs: RFC 9213 §2 targets CDN-Cache-Control at "caches that are
+    part of a CDN" serving that origin, and Edge Architecture §1 Surrogate-Control at
+    gateways operated for it. Forward plans follow Cache-Control alone."""
+    seen: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Surrogate-Capability"))
+        return web.Response(text=f"page of {request.headers.get('Cookie')}",
+                            headers={"Cache-Control": "private, no-store",
+                                     "CDN-Cache-Control": "max-age=600",
+                                     "Surrogate-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    site = await origin(app)
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True})
+    url = f"http://localhost:{site.port}/me"
+    _, _, alice = await forward_get(client.port, url, "Cookie: user=alice")
+    _, headers, bob = await forward_get(client.port, url, "Cookie: user=bob")
+    assert (alice, bob) == (b"page of user=alice", b"page of user=bob"), headers
+    assert seen == [None, None]

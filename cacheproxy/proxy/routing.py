@@ -123,7 +123,8 @@ class Plans:
 
     def forward_to(self, scheme: str, host: str, port: int) -> RoutePlan:
         """Forward mode: the plan for an origin a client named (absolute-form, or a CONNECT
-        tunnel's): the default route's rules, that origin as upstream, keyed by its URL."""
+        tunnel's): the default route's rules but its targeted fields, that origin as
+        upstream, keyed by its URL."""
         name = f"[{host}]" if ":" in host else host
         default_port = 443 if scheme == "https" else 80
         origin = f"{scheme}://{name}" if port == default_port else f"{scheme}://{name}:{port}"
@@ -132,7 +133,12 @@ class Plans:
             assert self.config is not None
             if len(self.forwarded) >= MAX_FORWARDED_PLANS:
                 self.forwarded.clear()
-            route = replace(self.table.default, upstream=origin)
+            # Not the site's CDN nor its surrogate (RFC 9213 §2, Edge Architecture §1):
+            # its CDN-Cache-Control / Surrogate-Control speak to the caches it runs, which
+            # it keys and purges; here Cache-Control alone applies, and none is announced.
+            default = self.table.default
+            route = replace(default, upstream=origin,
+                            cache=replace(default.cache, targeted_fields=()))
             plan = self.forwarded[origin] = replace(plan_route(route, self.config, origin),
                                                     forwarded=True)
         return plan

@@ -484,3 +484,22 @@ async def test_a_forwarded_site_s_cdn_directives_are_not_this_caches(proxy, orig
     _, headers, bob = await forward_get(client.port, url, "Cookie: user=bob")
     assert (alice, bob) == (b"page of user=alice", b"page of user=bob"), headers
     assert seen == [None, None]
+
+
+async def test_an_absolute_form_request_for_a_name_of_this_proxy_is_a_loop(proxy, origin):
+    """`CONNECT <name>:<proxy port>` for a name that resolves to the proxy is a 508 (the
+    peer address is checked once connected), but `GET http://<name>:<proxy port>/x` was
+    sent to the proxy itself, arrived there in origin-form, was answered by the *reverse*
+    upstream, and that answer was stored as http://<name>:<port>/x#forward: a forward
+    client got another site's page as this URL's. (README "Limits" says such a request
+    "loops until the upstream pool is full"; it does not, it takes one hop.) Expected:
+    508 as for CONNECT, e.g. by the peer address of the upstream connection, or by this
+    proxy's own Via pseudonym arriving back (Squid's forwarding-loop check). Not fixed.
+    (Needs this machine's host name to resolve to 127.0.0.1, as on the review machine.)"""
+    name = socket.gethostname()
+    if socket.gethostbyname(name) != "127.0.0.1":
+        pytest.fail(f"this test needs the host name {name!r} to resolve to 127.0.0.1")
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True})
+    status, _, body = await forward_get(client.port, f"http://{name}:{client.port}/x")
+    assert status == 508 and b"upstream" not in body, (status, body)

@@ -559,3 +559,20 @@ def test_admin_listen_is_an_address_or_empty(value: str, reason: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, env={"CACHEPROXY_ADMIN_LISTEN": value})
     assert caught.value.key == "CACHEPROXY_ADMIN_LISTEN" and reason in caught.value.reason
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[80, "8000-8099"]', ((80, 80), (8000, 8099))),
+    ('"443, 1025 - 65535"', ((443, 443), (1025, 65535))),
+])
+def test_forward_http_ports_takes_ports_and_ranges(tmp_path: Path, text: str,
+                                                   expected: tuple[tuple[int, int], ...]) -> None:
+    config = load_config(write(tmp_path, f"[forward]\nhttp_ports = {text}\n"), env={})
+    assert config.forward.http_ports == expected
+
+
+@pytest.mark.parametrize("text", ['["100-10"]', "[0]", '["80-70000"]', "[true]", '"x"', "80"])
+def test_forward_http_ports_refuses_what_is_no_port_range(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[forward]\nhttp_ports = {text}\n"), env={})
+    assert "forward.http_ports" in str(info.value)

@@ -20,8 +20,14 @@ from aiohttp.test_utils import TestServer
 from support import read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
 
-from cacheproxy.config import Config
-from cacheproxy.policies.forward import ForwardAccess, Refused, connect_decision, target_decision
+from cacheproxy.config import Config, ForwardConfig
+from cacheproxy.policies.forward import (
+    ForwardAccess,
+    Refused,
+    address_refusal,
+    connect_decision,
+    target_decision,
+)
 from cacheproxy.proxy.server import CONTROL
 from cacheproxy.tls.ca import LocalCA
 
@@ -279,31 +285,43 @@ async def test_a_forward_requests_log_host_is_the_host_it_went_to(proxy, origin,
 
 
 async def test_a_name_for_a_denied_address_does_not_slip_past_deny_hosts(proxy, origin):
-    """deny_hosts = ["127.0.0.1", "localhost", "::1"] is matched against the name the
-    client wrote, never against the address connected to: any name that resolves to
-    127.0.0.1 (this machine's own host name, /etc/hosts entries, public DNS names such as
-    *.localtest.me, or a rebinding domain) reached a service on 127.0.0.1, both as
-    `GET http://<name>:<port>/` and `CONNECT <name>:<port>`. Squid's `dst` ACLs (and its
-    default `to_localhost` rule) are checked on the resolved address. A rule naming an
-    IP address should be checked against the peer address once connected (as the CONNECT
-    loop check already does for this proxy's own listener). Not fixed here: absolute-form
-    requests connect in the upstream pool, which has no such hook yet.
-    (Needs this machine's host name to resolve to 127.0.0.1, as on the review machine.)"""
-    name = socket.gethostname()
-    if socket.gethostbyname(name) != "127.0.0.1":
-        pytest.fail(f"this test needs the host name {name!r} to resolve to 127.0.0.1")
+    """deny_hosts = ["127.0.0.1"] was matched against the name the client wrote, never
+    against the address connected to: any name that resolves to 127.0.0.1 (localhost,
+    this machine's host name, /etc/hosts entries, public names such as *.localtest.me, a
+    rebinding domain) reached a service on 127.0.0.1, as `GET http://<name>:<port>/` and
+    as `CONNECT <name>:<port>`. Squid's `dst` rules are checked on the resolved address;
+    so are they now, before connecting (and the address vetted is the one connected to)."""
     service = await origin(origin_app("internal"))
     upstream = await origin(origin_app("upstream"))
-    client = await proxy(upstream, forward={"enabled": True,
-                                            "deny_hosts": ["127.0.0.1", "localhost", "::1"],
+    client = await proxy(upstream, forward={"enabled": True, "deny_hosts": ["127.0.0.1"],
                                             "connect_ports": [service.port]})
-    status, _, body = await forward_get(client.port, f"http://{name}:{service.port}/admin")
+    status, _, body = await forward_get(client.port, f"http://localhost:{service.port}/admin")
     assert status == 403 and b"internal" not in body, (status, body)
-    reader, writer = await raw(client.port, f"CONNECT {name}:{service.port} HTTP/1.1\r\n"
-                               f"Host: {name}:{service.port}\r\n\r\n".encode())
+    assert b"resolves to 127.0.0.1" in body
+    reader, writer = await raw(client.port, f"CONNECT localhost:{service.port} HTTP/1.1\r\n"
+                               f"Host: localhost:{service.port}\r\n\r\n".encode())
     status, _, _ = await head_and_body(reader)
     writer.close()
     assert status == 403
+    # Not denied: the same name reaches it (the check is on the address, not any name).
+    open_client = await proxy(upstream, forward={"enabled": True, "deny_hosts": ["10.0.0.1"]})
+    status, _, body = await forward_get(open_client.port,
+                                        f"http://localhost:{service.port}/admin")
+    assert (status, body) == (200, b"internal /admin")
+
+
+def test_an_address_of_this_proxy_is_a_loop_whatever_name_reached_it() -> None:
+    """A name that resolves to an address of the proxy's own listener (on its port) is a
+    loop (508), and a name for 0.0.0.0 or :: (a DNS blocklist's answer, which Linux
+    connects to this machine) is refused; other addresses pass."""
+    access = ForwardAccess.from_config(ForwardConfig(enabled=True), "127.0.0.1", 8080)
+    loop = address_refusal(access, "vm", "127.0.0.1", 8080)
+    assert loop is not None and loop.status == 508
+    assert address_refusal(access, "vm", "127.0.1.1", 8080).status == 508  # (127/8)
+    assert address_refusal(access, "vm", "127.0.0.1", 8081) is None  # another port
+    assert address_refusal(access, "ads.example", "0.0.0.0", 80).status == 403
+    assert address_refusal(access, "ads.example", "::", 80).status == 403
+    assert address_refusal(access, "example.com", "93.184.216.34", 80) is None
 
 
 async def test_a_descriptor_limit_below_max_client_connections_is_said_at_start(tmp_path):
@@ -487,18 +505,20 @@ async def test_a_forwarded_site_s_cdn_directives_are_not_this_caches(proxy, orig
 
 
 async def test_an_absolute_form_request_for_a_name_of_this_proxy_is_a_loop(proxy, origin):
-    """`CONNECT <name>:<proxy port>` for a name that resolves to the proxy is a 508 (the
-    peer address is checked once connected), but `GET http://<name>:<proxy port>/x` was
-    sent to the proxy itself, arrived there in origin-form, was answered by the *reverse*
-    upstream, and that answer was stored as http://<name>:<port>/x#forward: a forward
-    client got another site's page as this URL's. (README "Limits" says such a request
-    "loops until the upstream pool is full"; it does not, it takes one hop.) Expected:
-    508 as for CONNECT, e.g. by the peer address of the upstream connection, or by this
-    proxy's own Via pseudonym arriving back (Squid's forwarding-loop check). Not fixed.
-    (Needs this machine's host name to resolve to 127.0.0.1, as on the review machine.)"""
+    """`GET http://<name>:<proxy port>/x` for a name that resolves to the proxy was sent to
+    the proxy itself, arrived there in origin-form, was answered by the *reverse* upstream,
+    and that answer was stored as http://<name>:<port>/x#forward. Now the name's address
+    is checked before connecting: 508, as for CONNECT. (The machine's host name is such a
+    name where it resolves to a loopback address, as Debian's /etc/hosts makes it.)"""
     name = socket.gethostname()
-    if socket.gethostbyname(name) != "127.0.0.1":
-        pytest.fail(f"this test needs the host name {name!r} to resolve to 127.0.0.1")
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = ""
+    if not address.startswith("127."):
+        pytest.skip(f"the host name {name!r} does not resolve to a loopback address here "
+                    "(test_an_address_of_this_proxy_is_a_loop_whatever_name_reached_it "
+                    "covers the rule)")
     upstream = await origin(origin_app("upstream"))
     client = await proxy(upstream, forward={"enabled": True})
     status, _, body = await forward_get(client.port, f"http://{name}:{client.port}/x")

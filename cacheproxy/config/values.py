@@ -349,6 +349,34 @@ def parse_ports(value: object) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ports))  # each once, in the order written
 
 
+def parse_port_ranges(value: object) -> tuple[tuple[int, int], ...]:
+    """forward.http_ports: TCP ports and ranges, a TOML list of integers and "FIRST-LAST"
+    strings, or one string "80, 443, 1025-65535"; as (first, last) pairs."""
+    if isinstance(value, str):
+        items: list[object] = list(parse_list(value))
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ValueError(f'expected a list of ports and ranges such as [80, 443, "1025-65535"]'
+                         f", got {value!r}")
+    ranges = []
+    for item in items:
+        text = item.strip() if isinstance(item, str) else None
+        found = re.fullmatch(r"([0-9]{1,5})(?:\s*-\s*([0-9]{1,5}))?", text or "", re.ASCII)
+        if found is not None:
+            first, last = int(found[1]), int(found[2] or found[1])
+        elif isinstance(item, int) and not isinstance(item, bool):
+            first = last = item
+        else:
+            raise ValueError(f'a port is a number from 1 to 65535, a range "FIRST-LAST", '
+                             f"got {item!r}")
+        if not 1 <= first <= last <= 65535:
+            raise ValueError(f"a port is a number from 1 to 65535 (a range, first to last), "
+                             f"got {item!r}")
+        ranges.append((first, last))
+    return tuple(dict.fromkeys(ranges))
+
+
 def _check_ca_file(value: str) -> None:
     """proxy.upstream_ca_file: read now, so a missing or garbled bundle stops the start and
     not the first https request."""

@@ -63,6 +63,8 @@ class ForwardAccess:
     # request sent there would come from this proxy, a loopback client, and so pass the
     # admin API's "loopback clients only" rule for whoever sent it through the proxy.
     others: tuple[tuple[int, frozenset[str], bool], ...] = ()
+    # Where absolute-form requests may go (forward.http_ports): (first, last) ranges.
+    http_ports: tuple[tuple[int, int], ...] = ((1, 65535),)
 
     @classmethod
     def from_config(cls, forward: ForwardConfig, listen_host: str, listen_port: int,
@@ -75,7 +77,7 @@ class ForwardAccess:
         port, own, own_loopback = _listener(listen_host, listen_port, also)
         others = tuple(_listener(h, p, also) for h, p in other_listeners if p)
         return cls(forward.allow_hosts, forward.deny_hosts, frozenset(forward.connect_ports),
-                   port, own, own_loopback, others)
+                   port, own, own_loopback, others, forward.http_ports)
 
 
 def _listener(listen_host: str, port: int, also: tuple[str, ...]
@@ -172,6 +174,24 @@ def host_refusal(access: ForwardAccess, host: str) -> Refused | None:
     return None
 
 
+def address_refusal(access: ForwardAccess, name: str, address: str, port: int
+                    ) -> Refused | None:
+    """What a name a client wrote resolved to, before it is connected to (Squid's `dst`
+    rules, checked on addresses): deny_hosts naming the address refuses it (403), and an
+    address of this proxy's own listeners is a loop (508), as when written. The name
+    passed the gate already; allow_hosts is about names, not what they resolve to. A name
+    for 0.0.0.0 or :: (a DNS blocklist's answer) would reach this machine: refused too."""
+    host = canonical_host(address)
+    if not host or host in ("0.0.0.0", "::"):
+        return Refused(403, f"{name} resolves to {address}, no destination")
+    if names_own_listener(access, host, port):
+        return _loop(name, port)
+    if any(_matches(pattern, host) for pattern in access.deny_hosts):
+        return Refused(403, f"{name} resolves to {host}, refused by this proxy "
+                            "(forward.deny_hosts)")
+    return None
+
+
 def target_decision(access: ForwardAccess, scheme: str, authority: str) -> ForwardDecision:
     """An absolute-form request target's scheme and authority (RFC 9112 §3.2.2)."""
     default_port = _DEFAULT_PORTS.get(scheme.lower())
@@ -202,6 +222,10 @@ def connect_decision(access: ForwardAccess, authority: str) -> ForwardDecision:
 def _decide(access: ForwardAccess, host: str, port: int) -> ForwardDecision:
     if names_own_listener(access, host, port):
         return _loop(host, port)
+    if not any(first <= port <= last for first, last in access.http_ports):
+        # Squid's `http_access deny !Safe_ports`: the request's lines would be read as
+        # another protocol's commands (an SMTP server on :25 takes a POST body's lines).
+        return Refused(403, f"port {port} is not allowed (forward.http_ports)")
     return _unspecified(host) or host_refusal(access, host) or Allowed(host, port)
 
 

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from cacheproxy.observe.outcome import OUTCOME, Outcome
-from cacheproxy.policies.forward import Allowed, Refused, connect_decision, names_own_listener
+from cacheproxy.policies.forward import (
+    Allowed,
+    Refused,
+    address_refusal,
+    connect_decision,
+    names_own_listener,
+)
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import error_response
@@ -91,10 +98,31 @@ class ConnectMethod:
         loop = self._loop
         client = self.transport
         assert client is not None
+        access = proxy.forward_access(self._port)
         try:
             async with asyncio.timeout(proxy.config.proxy.connect_timeout):
-                _, end = await loop.create_connection(
-                    lambda: TunnelEnd(client, forward.tunnel_idle_timeout), d.host, d.port)
+                # Vetted by address (deny_hosts, this proxy's own listeners: a loop), then
+                # connected to by those addresses, not by the name looked up again.
+                infos = await loop.getaddrinfo(d.host, d.port, type=socket.SOCK_STREAM)
+                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                for address in addresses:
+                    refused = address_refusal(access, d.host, address, d.port)
+                    if refused is not None:
+                        outcome.status = "DENIED"
+                        outcome.policy = f"forward: {refused.reason}"
+                        return self._refuse_connect(request, outcome, refused.status,
+                                                    refused.reason)
+                for i, address in enumerate(addresses):
+                    try:
+                        _, end = await loop.create_connection(
+                            lambda: TunnelEnd(client, forward.tunnel_idle_timeout), address,
+                            d.port)
+                        break
+                    except OSError:
+                        if i == len(addresses) - 1:
+                            raise
+                else:
+                    raise OSError("no address")
         except (OSError, TimeoutError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
             reason = "timed out" if isinstance(exc, TimeoutError) else \
@@ -106,14 +134,6 @@ class ConnectMethod:
             end.client_gone()
             self.listener.record(request, 499, 0, started)
             return False
-        peer = end.transport.get_extra_info("peername") if end.transport else None
-        if isinstance(peer, (list, tuple)) and names_own_listener(
-                proxy.forward_access(self._port), str(peer[0]), int(peer[1])):
-            # A name that resolved to this proxy's own listener: a loop (RFC 5842 §7.2).
-            end.client_gone()
-            outcome.status = "DENIED"
-            outcome.policy = f"forward: {msg.path} reaches this proxy itself"
-            return self._refuse_connect(request, outcome, 508, "loop detected")
         self._tunnel = end
         self._status = 200
         self._request = None  # its line is the tunnel's own (below), at a stop too

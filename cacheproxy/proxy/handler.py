@@ -18,6 +18,7 @@ from cacheproxy.policies.forward import (
     Allowed,
     ForwardAccess,
     Refused,
+    address_refusal,
     connect_decision,
     target_decision,
 )
@@ -35,6 +36,7 @@ from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
 from cacheproxy.proxy.policy_steps import inbound, rewrites_referer
+from cacheproxy.proxy.pool import Origin
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
@@ -76,6 +78,9 @@ class CacheProxy:
         self.exchange.client_body_timeout = config.proxy.client_body_timeout
         self.plans = Plans.build(config, self.default_upstream)
         self._access: dict[int, ForwardAccess] = {}
+        # Where routes send: what a forward client names elsewhere is vetted by address.
+        self._routed = frozenset(self.exchange.origin_of(url) for url in self.plans.upstreams())
+        self.exchange.pool.vet = self._vet if config.forward.enabled else None
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """The key a request for target on authority (Host) is stored under (admin purge).
@@ -95,6 +100,23 @@ class CacheProxy:
                 self.config.forward, host, port,
                 other_listeners=[parse_listen(admin)] if admin else ())
         return access
+
+    def _vet(self, origin: Origin) -> Callable[[str], UpstreamError | None] | None:
+        """The pool's check of what an origin a forward client named resolves to
+        (address_refusal), by the config in force and every listener requests came in on;
+        None for the routes' own upstreams (the operator's, not a client's choice)."""
+        if origin in self._routed:
+            return None
+        accesses = tuple(self._access.values()) or (self.forward_access(0),)
+        name = f"[{origin.host}]" if ":" in origin.host else origin.host
+
+        def check(address: str) -> UpstreamError | None:
+            for access in accesses:
+                refused = address_refusal(access, name, address, origin.port)
+                if refused is not None:
+                    return UpstreamError(refused.status, refused.reason)
+            return None
+        return check
 
     def upstreams(self) -> tuple[str, ...]:
         """Every origin this proxy sends to (readiness checks)."""

@@ -655,6 +655,11 @@ class Pool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gathered: list[tuple[Connection, bytes]] = []
         self._closed = False  # close(): no connection is made or lent any more
+        # Forward mode (CacheProxy.vet): for an origin a client named, what its name may
+        # resolve to. Connected to by the addresses vetted, not by the name again: a second
+        # lookup could answer another address (DNS rebinding) past the check.
+        self.vet: Callable[[Origin], Callable[[str], UpstreamError | None] | None] | None \
+            = None
 
     def gather(self, conn: Connection, head: bytes) -> None:
         """A request head to send at the end of this loop iteration, with the others made
@@ -750,10 +755,18 @@ class Pool:
         loop = self.loop()
         self._connecting += 1
         try:
-            _, conn = await loop.create_connection(
-                lambda: Connection(self, origin), origin.host, origin.port,
-                ssl=self._ssl if origin.scheme == "https" else None,
-                server_hostname=origin.host if origin.scheme == "https" else None)
+            check = self.vet(origin) if self.vet is not None else None
+            hosts = [origin.host] if check is None else await self._vetted(origin, check)
+            for i, host in enumerate(hosts):  # (the vetted addresses in turn)
+                try:
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(self, origin), host, origin.port,
+                        ssl=self._ssl if origin.scheme == "https" else None,
+                        server_hostname=origin.host if origin.scheme == "https" else None)
+                    break
+                except OSError:
+                    if i == len(hosts) - 1:
+                        raise
         except socket.gaierror as exc:
             raise _refused(f"DNS failure for {origin.host} ({exc.strerror})") from None
         except ConnectionRefusedError:
@@ -766,6 +779,20 @@ class Pool:
             self._connecting -= 1
         self._open.add(conn)
         return conn
+
+    async def _vetted(self, origin: Origin, check: Callable[[str], UpstreamError | None]
+                      ) -> list[str]:
+        """origin's addresses, each passed by check (any refused: that refusal)."""
+        infos = await self.loop().getaddrinfo(origin.host, origin.port,
+                                              type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for address in addresses:
+            refused = check(address)
+            if refused is not None:
+                raise refused
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "no address")
+        return addresses
 
     def release(self, conn: Connection) -> None:
         """After an exchange: back to the idle list when its answer was read whole and

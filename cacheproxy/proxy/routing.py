@@ -15,7 +15,7 @@ from cacheproxy.http.flow import CacheSettings
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.http.targeted import Targeting, downstream_removed, surrogate_capability
-from cacheproxy.policies.cors import RESPONSE_FIELDS
+from cacheproxy.policies.cors import RESPONSE_FIELDS, CorsPolicy
 from cacheproxy.policies.routes import Route, RouteTable
 from cacheproxy.proxy.forwarding import ForwardPolicy
 
@@ -136,9 +136,16 @@ class Plans:
             # Not the site's CDN nor its surrogate (RFC 9213 §2, Edge Architecture §1):
             # its CDN-Cache-Control / Surrogate-Control speak to the caches it runs, which
             # it keys and purges; here Cache-Control alone applies, and none is announced.
+            # Nor its operator: [cors] grants and the hotlink gate are written for the
+            # reverse upstream's pages. Made for every site, a grant to one origin (with
+            # credentials) would let its scripts read any site the user is logged in to;
+            # a forward proxy (Squid) makes none. The Referer's privacy rules (strip_params,
+            # upstream_referer, Referrer-Policy) are the user's, and stay.
             default = self.table.default
             route = replace(default, upstream=origin,
-                            cache=replace(default.cache, targeted_fields=()))
+                            cache=replace(default.cache, targeted_fields=()),
+                            cors=CorsPolicy(),
+                            referer=replace(default.referer, protect_paths=()))
             plan = self.forwarded[origin] = replace(plan_route(route, self.config, origin),
                                                     forwarded=True)
         return plan

@@ -1,0 +1,150 @@
+"""An RFC 9110 / RFC 9111 conformance review's findings, each through the running proxy (a
+real aiohttp origin on 127.0.0.1, the proxy in front). Each test names the section and
+quotes the requirement it checks."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from email.utils import formatdate
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+BODY = b"hello world"
+
+
+def imf(timestamp: float) -> str:
+    return formatdate(timestamp, usegmt=True)
+
+
+def static(fields: list[tuple[str, str]]) -> tuple[web.Application, Counter[str]]:
+    """An origin at /r answering every GET with BODY and fields; calls counts them."""
+    calls: Counter[str] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        calls[request.method] += 1
+        return web.Response(body=BODY, headers=CIMultiDict(fields))
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    return app, calls
+
+
+# -- RFC 9110 §13.1.5 If-Range, §8.8.2.2 weak and strong Last-Modified -----------------------
+
+async def test_s13_1_5_if_range_with_a_weak_last_modified_date_gets_the_whole_response(
+    origin, proxy
+) -> None:
+    """RFC 9110 §13.1.5, evaluating If-Range: "1. If the HTTP-date validator provided is not
+    a strong validator in the sense defined by Section 8.8.2.2, the condition is false."
+    §8.8.2.2: a Last-Modified compared by an intermediate cache to the one of its entry is
+    strong only when "that cache entry includes a Date value which is at least one second
+    after the Last-Modified value" (two versions made in the same second share it). Here the
+    stored Date equals Last-Modified: the date is weak, the condition false, and the client
+    must get the whole 200, not a 206 that it would splice onto a part of another version."""
+    now = imf(time.time())
+    app, calls = static([("Date", now), ("Last-Modified", now),
+                         ("Cache-Control", "max-age=60")])
+    c = await proxy(await origin(app))
+    assert (await c.get("/r")).status == 200
+    resp = await c.get("/r", headers={"Range": "bytes=0-3", "If-Range": now})
+    assert resp.headers["X-Cache"] == "HIT"
+    assert resp.status == 200 and await resp.read() == BODY
+    assert calls["GET"] == 1
+
+
+async def test_s13_1_5_if_range_with_a_strong_last_modified_date_still_gets_the_part(
+    origin, proxy
+) -> None:
+    """The other side of the rule above: a Date a second or more after Last-Modified makes
+    the date strong, and an If-Range equal to it holds (206)."""
+    t = time.time()
+    app, _ = static([("Date", imf(t)), ("Last-Modified", imf(t - 3600)),
+                     ("Cache-Control", "max-age=60")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    resp = await c.get("/r", headers={"Range": "bytes=0-3", "If-Range": imf(t - 3600)})
+    assert resp.status == 206 and await resp.read() == b"hell"
+
+
+# -- RFC 9110 §13.1.3, §13.1.4: a date precondition that is a list is ignored ----------------
+
+async def test_s13_1_3_if_modified_since_in_two_field_lines_is_ignored(origin, proxy) -> None:
+    """RFC 9110 §13.1.3: "A recipient MUST ignore the If-Modified-Since header field if the
+    received field value is not a valid HTTP-date, the field value has more than one member,
+    or if the request method is neither GET nor HEAD." Two field lines make one field value
+    of two members (§5.3): the field is ignored, and the stored 200 is the answer, not a
+    304 taken from the first line alone."""
+    t = time.time()
+    app, _ = static([("Date", imf(t)), ("Last-Modified", imf(t - 3600)),
+                     ("Cache-Control", "max-age=60")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    resp = await c.get("/r", headers=CIMultiDict([("If-Modified-Since", imf(t)),
+                                                  ("If-Modified-Since", imf(t - 7200))]))
+    assert resp.headers["X-Cache"] == "HIT"
+    assert resp.status == 200 and await resp.read() == BODY
+
+
+async def test_s13_1_4_if_unmodified_since_in_two_field_lines_is_ignored(origin, proxy) -> None:
+    """RFC 9110 §13.1.4: "A recipient MUST ignore the If-Unmodified-Since header field if the
+    received field value is not a valid HTTP-date (including when the field value appears
+    to be a list of dates)." Two field lines are such a list: no 412 from the first."""
+    t = time.time()
+    app, _ = static([("Date", imf(t)), ("Last-Modified", imf(t - 3600)),
+                     ("Cache-Control", "max-age=60")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    resp = await c.get("/r", headers=CIMultiDict([("If-Unmodified-Since", imf(t - 7200)),
+                                                  ("If-Unmodified-Since", imf(t))]))
+    assert resp.status == 200 and await resp.read() == BODY
+
+
+async def test_s13_1_5_if_range_in_two_field_lines_is_false(origin, proxy) -> None:
+    """RFC 9110 §13.1.5: If-Range = entity-tag / HTTP-date, one value; two field lines make a
+    value that is neither (§5.3), and the evaluation ends in "3. Otherwise, the condition is
+    false": the whole representation, not the part the first line alone would allow."""
+    t = time.time()
+    app, _ = static([("Date", imf(t)), ("ETag", '"v1"'), ("Cache-Control", "max-age=60")])
+    c = await proxy(await origin(app))
+    await c.get("/r")
+    resp = await c.get("/r", headers=CIMultiDict([("Range", "bytes=0-3"), ("If-Range", '"v1"'),
+                                                  ("If-Range", '"v0"')]))
+    assert resp.status == 200 and await resp.read() == BODY
+
+
+# -- RFC 9111 §4.3.4 Freshening stored responses upon validation -----------------------------
+
+async def test_s4_3_4_a_304_freshens_every_stored_response_with_its_strong_validator(
+    origin, proxy
+) -> None:
+    """RFC 9111 §4.3.4: "If the new response contains a strong validator ..., then that
+    strong validator identifies the selected representations for update. All the stored
+    responses with the same strong validator are identified for update. ... For each stored
+    response identified, the cache MUST update its header fields with the header fields
+    provided in the 304 (Not Modified) response, as per Section 3.2." Two variants (Vary:
+    Accept-Language) carry the same strong ETag; the 304 that validates one (max-age=60)
+    freshens the other too, which is then served without asking the origin again."""
+    calls: Counter[str] = Counter()
+
+    async def handle(request: web.Request) -> web.Response:
+        calls[request.headers.get("If-None-Match", "full")] += 1
+        if request.headers.get("If-None-Match") == '"v1"':
+            return web.Response(status=304, headers={"ETag": '"v1"',
+                                                     "Cache-Control": "max-age=60"})
+        return web.Response(body=BODY, headers={"ETag": '"v1"', "Age": "5",
+                                                "Cache-Control": "max-age=1",
+                                                "Vary": "Accept-Language"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    for lang in ("en", "fr"):  # both stored, both stale at once (Age 5 > max-age=1)
+        assert (await c.get("/r", headers={"Accept-Language": lang})).status == 200
+    validated = await c.get("/r", headers={"Accept-Language": "en"})
+    assert validated.status == 200 and calls['"v1"'] == 1
+    other = await c.get("/r", headers={"Accept-Language": "fr"})
+    assert other.status == 200 and await other.read() == BODY
+    assert other.headers["X-Cache"] == "HIT"
+    assert calls == {"full": 2, '"v1"': 1}, "the other variant was validated again"

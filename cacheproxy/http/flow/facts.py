@@ -32,9 +32,12 @@ class RequestFacts:
     def if_none_match(self) -> str | None:
         return combined_value(self.headers, "If-None-Match")
 
+    # The date preconditions and If-Range are single values: every field line counts, so
+    # that two lines make the list RFC 9110 §13.1.3, §13.1.4 and §13.1.5 say to ignore (or
+    # take as false), not a first line that holds alone (§5.3).
     @property
     def if_modified_since(self) -> str | None:
-        return self.headers.get("If-Modified-Since")
+        return combined_value(self.headers, "If-Modified-Since")
 
     @property
     def if_match(self) -> str | None:
@@ -42,7 +45,7 @@ class RequestFacts:
 
     @property
     def if_unmodified_since(self) -> str | None:
-        return self.headers.get("If-Unmodified-Since")
+        return combined_value(self.headers, "If-Unmodified-Since")
 
     @property
     def range(self) -> str | None:
@@ -50,7 +53,7 @@ class RequestFacts:
 
     @property
     def if_range(self) -> str | None:
-        return self.headers.get("If-Range")
+        return combined_value(self.headers, "If-Range")
 
     @property
     def preconditioned(self) -> bool:

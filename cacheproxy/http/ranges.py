@@ -86,7 +86,14 @@ def if_range_holds(value: str, entry: CachedResponse) -> bool:
         tag, current = parse_etag(value), parse_etag(entry.etag)
         return tag is not None and current is not None and strong_match(tag, current)
     date = parse_http_date(value)
-    return date is not None and date == parse_http_date(entry.last_modified)
+    last_modified = parse_http_date(entry.last_modified)
+    if date is None or date != last_modified:
+        return False
+    # §13.1.5: a date that is no strong validator makes the condition false; §8.8.2.2: a
+    # cache holds Last-Modified strong when its entry's Date is at least a second later
+    # (two versions made within that second would share it).
+    stored_date = parse_http_date(entry.get("date"))
+    return stored_date is not None and stored_date >= date + 1
 
 
 def content_range(first: int, last: int, length: int) -> str:

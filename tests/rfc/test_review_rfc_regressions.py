@@ -4,10 +4,12 @@ quotes the requirement it checks."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from email.utils import formatdate
 
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -148,3 +150,49 @@ async def test_s4_3_4_a_304_freshens_every_stored_response_with_its_strong_valid
     assert other.status == 200 and await other.read() == BODY
     assert other.headers["X-Cache"] == "HIT"
     assert calls == {"full": 2, '"v1"': 1}, "the other variant was validated again"
+
+
+# -- RFC 9213 §3: CDN-Cache-Control is for caches acting for the origin, not forward proxies --
+
+async def forward_get(port: int, url: str, *fields: str) -> tuple[bytes, bytes]:
+    """A forward-mode (absolute-form) GET through the proxy: (head, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    host = url.split("/")[2]
+    lines = [f"GET {url} HTTP/1.1", f"Host: {host}", *fields, "Connection: close"]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("targeted", [("CDN-Cache-Control", "max-age=600"),
+                                      ("Surrogate-Control", "max-age=600")])
+async def test_forward_mode_keeps_a_private_answer_whatever_cdn_cache_control_says(
+    origin, proxy, targeted: tuple[str, str]
+) -> None:
+    """RFC 9213 §3: CDN-Cache-Control "applies to caches that are part of a distributed
+    network that operate on behalf of an origin server (commonly called a content delivery
+    network or CDN)"; Surrogate-Control (W3C Edge Architecture) likewise targets surrogates
+    the origin's owner operates. As a browser's forward proxy, cacheproxy acts for the
+    clients, not for the sites they visit: neither field targets it, and Cache-Control
+    binds it as the shared cache it is. RFC 9111 §5.2.2.7: "a shared cache MUST NOT store
+    the response" that says private; §5.2.2.5 no-store: "a cache MUST NOT store any part
+    of either the immediate request or the response". A site's per-user page (a cookie
+    session) marked private and no-store, with a CDN lifetime for its own CDN, was stored
+    and served to the next user of the proxy."""
+    async def page(request: web.Request) -> web.Response:
+        fields = {"Cache-Control": "private, no-store", targeted[0]: targeted[1]}
+        return web.Response(text=f"page of {request.headers.get('Cookie')}", headers=fields)
+
+    app = web.Application()
+    app.router.add_get("/me", page)
+    site = await origin(app)
+    client = await proxy(await origin(web.Application()), forward={"enabled": True})
+    url = f"http://localhost:{site.port}/me"
+    _, alice = await forward_get(client.port, url, "Cookie: session=alice")
+    _, bob = await forward_get(client.port, url, "Cookie: session=bob")
+    assert alice == b"page of session=alice"
+    assert bob == b"page of session=bob", "one user's private page served to another"

@@ -192,6 +192,8 @@ class Driver:
                 return None
             resp.release()
             ctx.outcome.stored = put_now(d.entry)
+            for other in d.others:  # (§4.3.4: the variants with its strong tag)
+                put_now(other)
             return self.reply_validated(ctx, d.view)
         if type(d) is Keep and d.serve is not None:
             resp.release()
@@ -237,6 +239,8 @@ class Driver:
         if isinstance(d, Update):
             resp.release()
             ctx.outcome.stored = await self.store.put(d.entry)
+            for other in d.others:  # (§4.3.4: the variants with its strong tag)
+                await self.store.put(other)
             release()
             return self.reply_validated(ctx, d.view)
         if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
@@ -324,7 +328,8 @@ class Driver:
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
             if isinstance(d, Update):
-                await self.store.put(d.entry)
+                for entry in (d.entry, *d.others):
+                    await self.store.put(entry)
             elif isinstance(d, Evict):
                 for doomed in d.keys:
                     await discard(self.store, doomed)

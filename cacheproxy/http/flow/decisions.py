@@ -72,6 +72,9 @@ class Forward:
     may_store: bool = False
     collapse: bool = False
     head_of: CachedResponse | None = None
+    # §4.3.4: the other stored responses with stored's strong entity tag (variants a
+    # 304 carrying that tag updates too).
+    siblings: tuple[CachedResponse, ...] = ()
 
     @property
     def strips_client_conditionals(self) -> bool:
@@ -114,6 +117,9 @@ class Update:
 
     view: CachedResponse
     entry: CachedResponse
+    # §4.3.4: "all the stored responses with the same strong validator are identified for
+    # update": the other variants with the 304's strong entity tag, updated too.
+    others: tuple[CachedResponse, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,18 @@ def _reuse_or_forward(
     # a new representation can be stored (the HEAD client gets no body).
     return Forward(reuse.forward, "GET", stored=entry,
                    conditional=tuple(conditional_fields(entry)),
-                   may_store=may_store, collapse=may_collapse and shareable)
+                   may_store=may_store, collapse=may_collapse and shareable,
+                   siblings=_siblings(entry, variants))
+
+
+def _siblings(entry: CachedResponse, variants: tuple[CachedResponse, ...]
+              ) -> tuple[CachedResponse, ...]:
+    """§4.3.4: the other variants with entry's strong entity tag (a 304 with that tag
+    updates every one of them)."""
+    tag = entry.etag
+    if len(variants) < 2 or not tag or tag.startswith("W/"):
+        return ()
+    return tuple(v for v in variants if v is not entry and v.etag == tag)
 
 
 # The request fields lookup() and client_answer() read, besides the ones a Vary names:

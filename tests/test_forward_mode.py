@@ -134,12 +134,13 @@ async def test_absolute_form_without_forward_mode_keeps_going_to_the_upstream(
 async def test_hosts_outside_allow_hosts_and_in_deny_hosts_are_refused(proxy, two_origins,
                                                                        tmp_path: Path):
     upstream, other = two_origins
-    client = await proxy(upstream, forward={"enabled": True, "allow_hosts": ["localhost"],
-                                            "deny_hosts": ["127.0.0.1"]},
+    client = await proxy(upstream, forward={"enabled": True,
+                                            "allow_hosts": ["localhost", "127.0.0.2"],
+                                            "deny_hosts": ["127.0.0.2"]},
                          log={"path": str(tmp_path / "requests.log")})
-    status, _, _ = await forward_get(client.port, f"http://127.0.0.1:{other.port}/p")
-    assert status == 403  # deny wins
     status, _, _ = await forward_get(client.port, f"http://127.0.0.2:{other.port}/p")
+    assert status == 403  # deny wins
+    status, _, _ = await forward_get(client.port, f"http://127.0.0.3:{other.port}/p")
     assert status == 403  # not allowed
     status, _, _ = await forward_get(client.port, f"http://localhost:{other.port}/p")
     assert status == 200

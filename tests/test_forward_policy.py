@@ -40,7 +40,10 @@ def test_every_host_by_default() -> None:
 
 def test_allow_hosts_patterns() -> None:
     gate = access(allow_hosts=("example.com", "*.example.org", "10.0.0.7"))
-    assert isinstance(target_decision(gate, "http", "example.com:81"), Allowed)
+    assert isinstance(target_decision(gate, "http", "example.com:8081"), Allowed)
+    # (forward.http_ports, Squid's Safe_ports by default: 81 is none of them)
+    assert target_decision(gate, "http", "example.com:81") == Refused(
+        403, "port 81 is not allowed (forward.http_ports)")
     assert isinstance(target_decision(gate, "http", "cdn.example.org"), Allowed)
     assert isinstance(target_decision(gate, "http", "a.b.example.org"), Allowed)
     assert isinstance(target_decision(gate, "http", "10.0.0.7"), Allowed)

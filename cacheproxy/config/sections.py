@@ -177,16 +177,16 @@ class ForwardConfig:
     allow_hosts: tuple[str, ...] = setting(("*",), parse=parse_host_patterns)
     deny_hosts: tuple[str, ...] = setting((), parse=parse_host_patterns)  # wins over allow
     connect_ports: tuple[int, ...] = setting((443,), parse=parse_ports)
+    intercept_tls: bool = setting(False)
+    ca_dir: str = setting("")  # "": ca_path() gives the user's data directory
+    open: bool = setting(False)  # a non-loopback listen with allow_hosts = ["*"]
+    tunnel_idle_timeout: float = setting(600.0, gt=0)  # a tunnel carrying no byte
     # Where absolute-form requests may go: Squid's Safe_ports but for the schemes this
     # proxy does not speak (ftp, gopher, wais); an HTTP request to :25 or :22 would be
     # read as that protocol's commands (cross-protocol).
     http_ports: tuple[tuple[int, int], ...] = setting(
         ((80, 80), (280, 280), (443, 443), (488, 488), (591, 591), (777, 777),
          (1025, 65535)), parse=parse_port_ranges)
-    intercept_tls: bool = setting(False)
-    ca_dir: str = setting("")  # "": ca_path() gives the user's data directory
-    open: bool = setting(False)  # a non-loopback listen with allow_hosts = ["*"]
-    tunnel_idle_timeout: float = setting(600.0, gt=0)  # a tunnel carrying no byte
 
     def ca_path(self, env: Mapping[str, str]) -> Path:
         """Where the CA lives: ca_dir ("~" is the user's home), or "" for

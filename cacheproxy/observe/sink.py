@@ -3,12 +3,21 @@
 The event loop only appends to a list; a batch is handed to the writer thread
 at most every FLUSH_SECONDS, so the loop never waits on a disk or a pipe.
 A file is reopened on SIGHUP (reopen()), which is what logrotate's default
-"create" mode expects: rename the file, signal, and the proxy starts a new one."""
+"create" mode expects: rename the file, signal, and the proxy starts a new one.
+
+With --workers, every worker writes to the same standard output. A file is opened with
+O_APPEND, where each write lands whole; a pipe (the docker default) takes a write whole
+only up to PIPE_BUF bytes, so there a batch is written in pieces of whole lines no longer
+than that, and two workers' lines never cut into each other (one line longer than
+PIPE_BUF, rare, may still be)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
+import select
+import stat
 import sys
 import threading
 import time
@@ -34,6 +43,7 @@ class LogSink:
         self._pending: list[str] = []
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._file: BinaryIO = self._open()
+        self._whole_lines = _shared_pipe(self._file)
         self._scheduled = False
         self.dropped = 0  # lines lost because the writer could not keep up
         self._lost = 0  # lines the writer could not write (a full disk, a closed pipe)
@@ -110,9 +120,12 @@ class LogSink:
                         new = self._open()
                         self._file.close()
                         self._file = new
+                        self._whole_lines = _shared_pipe(new)
                     continue
-                self._file.write(item.encode("utf-8", "backslashreplace"))  # type: ignore[attr-defined]
-                self._file.flush()
+                data = item.encode("utf-8", "backslashreplace")  # type: ignore[attr-defined]
+                for piece in _pieces(data) if self._whole_lines else (data,):
+                    self._file.write(piece)
+                    self._file.flush()
                 if self._lost:
                     print(f"cacheproxy: request log: written again ({self._lost} lines lost)",
                           file=sys.stderr)
@@ -140,3 +153,26 @@ class LogSink:
             print(f"cacheproxy: request log: {exc} ({self._lost} lines lost so far; said "
                   f"again at most every {WRITE_ERROR_INTERVAL:g} s)", file=sys.stderr)
             self._said = now
+
+
+def _shared_pipe(file: BinaryIO) -> bool:
+    """Is file something other than a regular file (a pipe, a FIFO, a terminal), where
+    writes longer than PIPE_BUF may be interleaved with other processes' writes?"""
+    try:
+        return not stat.S_ISREG(os.fstat(file.fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor (a test's stand-in): take care
+        return True
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    """data cut at line ends into pieces of at most PIPE_BUF bytes (a longer line alone)."""
+    if len(data) <= select.PIPE_BUF:
+        return [data]
+    pieces, start, end = [], 0, len(data)
+    while start < end:
+        stop = data.rfind(b"\n", start, start + select.PIPE_BUF) + 1
+        if stop <= start:  # one line longer than PIPE_BUF
+            stop = data.find(b"\n", start) + 1 or end
+        pieces.append(data[start:stop])
+        start = stop
+    return pieces

@@ -57,7 +57,7 @@ from cacheproxy.http.cache_key import variant_id
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats, StoreUnavailable
 from cacheproxy.store.memory import MAX_VARIANTS
-from cacheproxy.store.serial import decode, encode
+from cacheproxy.store.serial import check_servable, decode, encode
 
 log = logging.getLogger("cacheproxy.store")
 T = TypeVar("T")
@@ -271,10 +271,13 @@ class RedisStore:
             if field == _META:
                 continue
             try:
-                variants.append(decode(data))
+                entry = decode(data)
+                check_servable(entry)  # (well-typed is not enough: damaged or foreign)
             except ValueError as exc:
                 log.warning("dropping an unreadable entry for %s: %s", key, exc)
                 bad.append(field)
+            else:
+                variants.append(entry)
         if bad:  # a miss now; the next put overwrites them anyway
             with contextlib.suppress(StoreUnavailable):
                 await self._call(partial(self._redis.hdel, name, *bad))

@@ -16,6 +16,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from cacheproxy.http.abnf import TOKEN_RE
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.stored import CachedResponse
 
@@ -69,6 +70,23 @@ def decode(data: bytes) -> CachedResponse:
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise ValueError(f"stored entry: malformed header ({type(exc).__name__}: {exc})") \
             from exc
+
+
+def check_servable(entry: CachedResponse) -> None:
+    """ValueError unless entry is one the cache could have stored and can replay: a final
+    status it stores (RFC 9111 §3: not 1xx, 206 or 304; three digits), field names that are
+    tokens (RFC 9110 §5.1) and values without CR, LF or NUL (§5.5). decode() gives back
+    whatever encode() was given; a record read from a shared store is checked here too, so
+    that a damaged or foreign one that happens to be well-typed is a miss, never a malformed
+    answer (an invalid status line, a split field) on the hit path."""
+    status = entry.status
+    if not 200 <= status <= 999 or status in (206, 304):
+        raise ValueError(f"stored entry: status {status} is not one the cache stores")
+    names, values = entry.names, "".join(entry.values)
+    if not all(names) or TOKEN_RE.fullmatch("".join(names)) is None:
+        raise ValueError("stored entry: a field name is not a token")
+    if "\r" in values or "\n" in values or "\0" in values:
+        raise ValueError("stored entry: a field value holds CR, LF or NUL")
 
 
 def _entry(h: dict[str, Any], body: bytes) -> CachedResponse:

@@ -90,8 +90,12 @@ meta[ARGV[1]] = {tonumber(ARGV[3]), tonumber(ARGV[4])}
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local now, live = tonumber(ARGV[5]), {}
 for field, m in pairs(meta) do
-  local valid = type(m) == 'table' and tonumber(m[1]) and tonumber(m[2])
-  if field == ARGV[1] or (valid and m[2] > now and redis.call('HEXISTS', KEYS[1], field) == 1)
+  -- numbers only from here on: a damaged list ("1" for 1) must not fail the script
+  -- halfway, after the HSET above (a script's writes are not undone).
+  local put_at = type(m) == 'table' and type(m[1]) == 'number' and m[1]
+  local expires_at = put_at and type(m[2]) == 'number' and m[2]
+  if field == ARGV[1] or (expires_at and expires_at > now
+                          and redis.call('HEXISTS', KEYS[1], field) == 1)
   then
     live[#live + 1] = field
   else

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -310,6 +311,19 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     return changed
 
 
+def keep_restart_only(running: Config, new: Config) -> Config:
+    """new, with running's values of the settings that take effect at the next restart: what
+    a worker the supervisor starts after a reload runs, so that it shares the store (and
+    the rest of RESTART_ONLY) with the workers still running, as the reload said."""
+    kept: dict[str, dict[str, object]] = {}
+    for key in restart_only_changes(running, new):
+        section, name = key.split(".")
+        kept.setdefault(section, {})[name] = getattr(getattr(running, section), name)
+    return dataclasses.replace(new, **{
+        section: dataclasses.replace(getattr(new, section), **values)
+        for section, values in kept.items()})
+
+
 def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Blocking entry point for `cacheproxy serve`; SIGTERM and SIGINT stop it gracefully.
     With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
@@ -321,7 +335,7 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
         pidfile.claim(pid_file)
     try:
         if config.proxy.workers > 1:
-            supervise(config, reload, run_one)
+            supervise(config, reload, run_one, keep_restart_only)
             return
         run_one(config, reload)
     finally:

@@ -129,12 +129,18 @@ def _demo(config: Config, ready: Any, parent: int) -> None:
         ready.send(exc)
 
 
+# (running, reloaded) -> what a worker started from now on runs: the reloaded config with
+# the running one's settings that a reload does not change (server.keep_restart_only).
+Settle = Callable[[Config, Config], Config]
+
+
 class Supervisor:
     def __init__(self, config: Config, reload: Callable[[], Config] | None,
-                 serve_one: ServeOne) -> None:
+                 serve_one: ServeOne, settle: Settle | None = None) -> None:
         self.config = config
         self.reload = reload
         self.serve_one = serve_one
+        self.settle = settle
         self.workers: list[BaseProcess] = []
         self.started: dict[int, float] = {}
         self.quick_deaths = 0
@@ -234,11 +240,14 @@ class Supervisor:
 
     def _reload(self) -> None:
         """The config a worker started from now on gets: the one SIGHUP loads (each running
-        worker reloads its own and logs a refusal itself)."""
+        worker reloads its own and logs a refusal itself), but with the running settings
+        that take effect at the next restart: a worker restarted after a crash must share
+        the store and the rest with the workers still running."""
         if self.reload is None:
             return
         try:
-            self.config = self.reload()
+            new = self.reload()
+            self.config = new if self.settle is None else self.settle(self.config, new)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, new workers keep the running configuration: %s", exc)
 
@@ -279,8 +288,9 @@ def _signal(process: BaseProcess, sig: int) -> None:
             os.kill(process.pid, sig)
 
 
-def supervise(config: Config, reload: Callable[[], Config] | None, serve_one: ServeOne) -> None:
+def supervise(config: Config, reload: Callable[[], Config] | None, serve_one: ServeOne,
+              settle: Settle | None = None) -> None:
     """Run `config.proxy.workers` processes of `serve_one` on one port until SIGTERM."""
-    code = Supervisor(config, reload, serve_one).run()
+    code = Supervisor(config, reload, serve_one, settle).run()
     if code:
         sys.exit(code)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from redis_server import RedisServer
@@ -142,3 +143,32 @@ async def test_a_refused_command_is_not_an_outage(
         await raw.config_set("maxmemory", 0)
         await raw.aclose()
     assert await store.put(make_entry())
+
+
+@pytest.mark.parametrize("password", [None, "wrong"])
+async def test_a_wrong_or_missing_redis_password_says_where_to_look(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture,
+        password: str | None) -> None:
+    """A Redis with requirepass and a URL without its password (or with another) is an
+    outage like any (served uncached, readyz down), but the line says what to check:
+    redis-py's words for it (NOAUTH, HELLO "must be called with the client already
+    authenticated", "invalid username-password pair") name no setting."""
+    import redis
+
+    admin = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    admin.config_set("requirepass", "s3cret")
+    admin.close()
+    caplog.set_level(logging.INFO, "cacheproxy.store")
+    url = redis_server.url if password is None else \
+        redis_server.url.replace("redis://", f"redis://:{password}@")
+    store = RedisStore(replace(redis_cache(redis_server, redis_timeout=TIMEOUT,
+                                           redis_retry_interval=RETRY), redis_url=url))
+    try:
+        await store.start()
+        await store.get("http://o/a")
+        lines = outage_lines(caplog)
+        assert lines and lines[0].startswith("redis store unavailable (")
+        assert "; check the password in cache.redis_url" in lines[0], lines
+        assert "wrong" not in " ".join(lines)  # (the password itself is never written)
+    finally:
+        await store.close()

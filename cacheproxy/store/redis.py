@@ -44,7 +44,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, ResponseError
 
 try:  # redis-py >= 7.2
     from redis import DriverInfo
@@ -149,7 +149,14 @@ def _variant_field(entry: CachedResponse) -> bytes:
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    message = str(exc)
+    if isinstance(exc, AuthenticationError) or (isinstance(exc, ResponseError) and (
+            message.startswith("NOAUTH") or "authenticated" in message)):
+        # (a password missing from the URL comes back as NOAUTH, or HELLO's "must be
+        # called with the client already authenticated")
+        text += "; check the password in cache.redis_url"
+    return text
 
 
 class _Health:

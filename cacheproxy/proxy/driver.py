@@ -43,7 +43,7 @@ from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
-from cacheproxy.proxy.upstream import UpstreamError
+from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.store import Store as Storage
 from cacheproxy.store import discard
 
@@ -147,6 +147,10 @@ class Driver:
                                             ctx.fields(fwd), body, ctx.outcome, first_sent,
                                             getattr(request, "body_timeout", None),
                                             ctx.out.interim)
+        except Refusal as exc:  # forward mode: refused by the address its name resolved to
+            release()
+            ctx.outcome.status, ctx.outcome.policy = "DENIED", f"forward: {exc.reason}"
+            return self.error(ctx, exc.status, exc.reason)
         except UpstreamError as exc:
             return self.upstream_failed(ctx, fwd, exc, release)
         try:

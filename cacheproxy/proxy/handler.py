@@ -40,7 +40,7 @@ from cacheproxy.proxy.pool import Origin
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
-from cacheproxy.proxy.upstream import UpstreamError
+from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.proxy.web_adapter import WebDownstream, answer_of, web_response
 from cacheproxy.store import Store
 
@@ -114,7 +114,7 @@ class CacheProxy:
             for access in accesses:
                 refused = address_refusal(access, name, address, origin.port)
                 if refused is not None:
-                    return UpstreamError(refused.status, refused.reason)
+                    return Refusal(refused.status, refused.reason)
             return None
         return check
 
@@ -149,6 +149,8 @@ class CacheProxy:
             return await step
         except ClientBodyError:  # the client's body stalled or it left: neither an error
             raise  # of ours nor the origin's; its connection answers it (body_failed)
+        except Refusal as exc:  # (a refetch's origin, refused by its address: no failure)
+            return self.refused(exc, outcome)
         except UpstreamError as exc:  # the upstream failed mid-exchange (a body being
             # stored first, a refetch): one line, as the driver's for a failure before
             # the head, naming the upstream, the request and the cause
@@ -160,6 +162,13 @@ class CacheProxy:
             return self._error(exc.status, exc.reason, outcome)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving
             return self.internal_error(request, outcome)
+
+    def refused(self, exc: Refusal, outcome: Outcome) -> Answer:
+        """A forward destination refused by what its name resolved to: DENIED, with the
+        reason as policy, as a name refused as written (no upstream failed)."""
+        outcome.status = "DENIED"
+        outcome.policy = f"forward: {exc.reason}"
+        return self._error(exc.status, exc.reason, outcome)
 
     def internal_error(self, request: ClientMessage, outcome: Outcome) -> Answer:
         """A bug of ours (the exception being handled): logged, a brief 500."""

@@ -59,6 +59,12 @@ def _refused(cause: str) -> UpstreamError:
     return UpstreamError(502, cause)
 
 
+def _still_vetted(conn: Connection, check: Callable[[str], UpstreamError | None]) -> bool:
+    """Does the address conn is connected to pass check (the config in force)?"""
+    peer = conn.transport.get_extra_info("peername") if conn.transport is not None else None
+    return isinstance(peer, (list, tuple)) and check(str(peer[0])) is None
+
+
 def _cause(exc: httptools.HttpParserError) -> BaseException:
     """What a parse failure says: ours when one of our callbacks refused the answer
     (httptools raises "User callback error" with ours as its context)."""
@@ -733,10 +739,16 @@ class Pool:
 
     def _take_idle(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
+        if not idle:
+            return None
+        # Vetted again by the address it is connected to: a reload may refuse it since
+        # (deny_hosts), and a kept-alive connection would carry the next request there.
+        check = self.vet(origin) if self.vet is not None else None
         while idle:
             conn = idle.pop()
             conn.idle_until = None  # in use (its timer, if it fires meanwhile, does nothing)
-            if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
+            if conn.reusable and conn.transport is not None and not conn.transport.is_closing() \
+                    and (check is None or _still_vetted(conn, check)):
                 return conn
             conn.close()
         return None

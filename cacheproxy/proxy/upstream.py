@@ -12,3 +12,10 @@ class UpstreamError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class Refusal(UpstreamError):
+    """Not a failure of the upstream: forward mode refused the origin once its name was
+    resolved (deny_hosts naming the address, a loop; CacheProxy._vet). The client gets the
+    refusal, the log says DENIED with the reason as policy, as for a name refused as
+    written; no stale copy stands in for it (stale-if-error is for an origin that failed)."""

@@ -163,6 +163,14 @@ def names_own_listener(access: ForwardAccess, host: str, port: int) -> bool:
     return False
 
 
+def listens_everywhere(access: ForwardAccess, port: int) -> bool:
+    """Is one of this proxy's listeners on port bound to 0.0.0.0 or :: (every address of
+    this machine reaches it, its LAN ones too, which no name or config here lists)?"""
+    listeners = ((access.own_port, access.own_hosts), *((p, h) for p, h, _ in access.others))
+    return any(own_port == port and not own_hosts.isdisjoint(_WILDCARDS)
+               for own_port, own_hosts in listeners)
+
+
 def host_refusal(access: ForwardAccess, host: str) -> Refused | None:
     """403 when deny_hosts names the host (it wins) or allow_hosts does not; `host` is
     canonical."""
@@ -174,17 +182,19 @@ def host_refusal(access: ForwardAccess, host: str) -> Refused | None:
     return None
 
 
-def address_refusal(access: ForwardAccess, name: str, address: str, port: int
-                    ) -> Refused | None:
+def address_refusal(access: ForwardAccess, name: str, address: str, port: int,
+                    local: bool = False) -> Refused | None:
     """What a name a client wrote resolved to, before it is connected to (Squid's `dst`
     rules, checked on addresses): deny_hosts naming the address refuses it (403), and an
     address of this proxy's own listeners is a loop (508), as when written. The name
     passed the gate already; allow_hosts is about names, not what they resolve to. A name
-    for 0.0.0.0 or :: (a DNS blocklist's answer) would reach this machine: refused too."""
+    for 0.0.0.0 or :: (a DNS blocklist's answer) would reach this machine: refused too.
+    `local`: the address is one of this machine's (the caller finds out, see
+    `listens_everywhere`), which a listener on 0.0.0.0 or :: is reached by."""
     host = canonical_host(address)
     if not host or host in ("0.0.0.0", "::"):
         return Refused(403, f"{name} resolves to {address}, no destination")
-    if names_own_listener(access, host, port):
+    if names_own_listener(access, host, port) or (local and listens_everywhere(access, port)):
         return _loop(name, port)
     if any(_matches(pattern, host) for pattern in access.deny_hosts):
         return Refused(403, f"{name} resolves to {host}, refused by this proxy "

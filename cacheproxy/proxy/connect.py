@@ -18,11 +18,11 @@ from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.forward import (
     Allowed,
     Refused,
-    address_refusal,
     connect_decision,
     names_own_listener,
 )
 from cacheproxy.proxy.client_request import ClientRequest, Listener
+from cacheproxy.proxy.destinations import address_refused
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.tunnel import TunnelEnd
@@ -106,7 +106,7 @@ class ConnectMethod:
                 infos = await loop.getaddrinfo(d.host, d.port, type=socket.SOCK_STREAM)
                 addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
                 for address in addresses:
-                    refused = address_refusal(access, d.host, address, d.port)
+                    refused = address_refused(access, d.host, address, d.port)
                     if refused is not None:
                         outcome.status = "DENIED"
                         outcome.policy = f"forward: {refused.reason}"

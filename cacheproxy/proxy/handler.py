@@ -18,12 +18,12 @@ from cacheproxy.policies.forward import (
     Allowed,
     ForwardAccess,
     Refused,
-    address_refusal,
     connect_decision,
     target_decision,
 )
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.destinations import address_refused
 from cacheproxy.proxy.downstream import (
     Answer,
     ClientBodyError,
@@ -112,7 +112,7 @@ class CacheProxy:
 
         def check(address: str) -> UpstreamError | None:
             for access in accesses:
-                refused = address_refusal(access, name, address, origin.port)
+                refused = address_refused(access, name, address, origin.port)
                 if refused is not None:
                     return Refusal(refused.status, refused.reason)
             return None

@@ -8,8 +8,9 @@ The data plane asks before anything goes upstream, and answers a `Refused` with 
     target_decision(access, "http", "example.com:8080")  # GET http://example.com:8080/x
     connect_decision(access, "example.com:443")          # CONNECT example.com:443
 
-A host name that resolves to this machine is only seen once connected: the caller checks
-the peer address with `names_own_listener()` as well.
+What a host name resolves to is checked by the caller before it connects, with
+`address_refusal()` (deny_hosts naming the address, an address of this proxy: a loop), and
+connected to by the addresses checked.
 """
 
 from __future__ import annotations

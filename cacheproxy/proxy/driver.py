@@ -55,6 +55,15 @@ def _nothing() -> None:
     pass
 
 
+def _still_held(others: tuple[tuple[CachedResponse, CachedResponse], ...],
+                held: tuple[CachedResponse, ...] | None) -> list[CachedResponse]:
+    """The freshened variants whose stored one (as read at lookup) the store still holds,
+    compared by value (the Redis store reads new objects): one stored since, from a newer
+    answer, is not replaced by an older response freshened."""
+    now = {(v.vary_values, v.born, v.values) for v in held or ()}
+    return [new for was, new in others if (was.vary_values, was.born, was.values) in now]
+
+
 class Ctx(NamedTuple):
     """One request as the driver carries it (a NamedTuple: immutable, and made per
     request at a third of a frozen dataclass's cost)."""
@@ -192,12 +201,14 @@ class Driver:
         that puts without I/O (the memory store's put_now). None: d is _perform's."""
         if type(d) is Update:
             put_now = getattr(self.store, "put_now", None)
-            if put_now is None:
+            peek = getattr(self.store, "peek", None)  # (the memory store's: reads now)
+            if put_now is None or (d.others and peek is None):
                 return None
             resp.release()
             ctx.outcome.stored = put_now(d.entry)
-            for other in d.others:  # (§4.3.4: the variants with its strong tag)
-                put_now(other)
+            if d.others:  # (§4.3.4: the variants with its strong tag)
+                for entry in _still_held(d.others, peek(ctx.key)):
+                    put_now(entry)
             return self.reply_validated(ctx, d.view)
         if type(d) is Keep and d.serve is not None:
             resp.release()
@@ -243,8 +254,7 @@ class Driver:
         if isinstance(d, Update):
             resp.release()
             ctx.outcome.stored = await self.store.put(d.entry)
-            for other in d.others:  # (§4.3.4: the variants with its strong tag)
-                await self.store.put(other)
+            await self._put_others(ctx.key, d)
             release()
             return self.reply_validated(ctx, d.view)
         if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
@@ -263,6 +273,12 @@ class Driver:
             return self.reply_validated(ctx, serve)
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
                                     release, upstream=ctx.plan.upstream, target=ctx.target)
+
+    async def _put_others(self, key: str, d: Update) -> None:
+        """§4.3.4: the other variants the 304's strong tag freshened, where still held."""
+        if d.others:
+            for entry in _still_held(d.others, await self.store.get(key)):
+                await self.store.put(entry)
 
     def _remember(self, ctx: Ctx, d: Answered) -> None:
         """Hit-for-pass: after an answer that could not be stored for any request, the
@@ -332,8 +348,8 @@ class Driver:
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
             if isinstance(d, Update):
-                for entry in (d.entry, *d.others):
-                    await self.store.put(entry)
+                await self.store.put(d.entry)
+                await self._put_others(key, d)
             elif isinstance(d, Evict):
                 for doomed in d.keys:
                     await discard(self.store, doomed)

@@ -152,6 +152,43 @@ async def test_s4_3_4_a_304_freshens_every_stored_response_with_its_strong_valid
     assert calls == {"full": 2, '"v1"': 1}, "the other variant was validated again"
 
 
+async def test_s4_3_4_a_304_does_not_put_back_a_variant_stored_anew_meanwhile(
+    origin, proxy
+) -> None:
+    """The variants a 304's strong tag freshens are the ones read when the validation
+    began. One stored anew while the 304 was on its way (a newer answer, another tag) is
+    the newer representation: the freshened older one must not replace it (RFC 9111 §4.3.4
+    updates the stored responses that have the tag, and the newer one has not)."""
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        lang = request.headers.get("Accept-Language")
+        if request.headers.get("If-None-Match") == '"v1"' and lang == "en":
+            await release.wait()  # the 304 for en waits until fr is stored anew
+            return web.Response(status=304, headers={"ETag": '"v1"',
+                                                     "Cache-Control": "max-age=60"})
+        version = "v2" if request.headers.get("If-None-Match") else "v1"
+        return web.Response(text=f"{lang} {version}", headers={
+            "ETag": f'"{version}"', "Age": "5", "Cache-Control": "max-age=1" if
+            version == "v1" else "max-age=60", "Vary": "Accept-Language"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app), cache={"collapse": False})  # (fr goes at once)
+    for lang in ("en", "fr"):  # both stored with "v1", both stale (Age 5 > max-age=1)
+        assert await (await c.get("/r", headers={"Accept-Language": lang})).text() \
+            == f"{lang} v1"
+    validating = asyncio.ensure_future(c.get("/r", headers={"Accept-Language": "en"}))
+    await asyncio.sleep(0.1)  # its lookup read fr ("v1") as a sibling
+    newer = await c.get("/r", headers={"Accept-Language": "fr"})  # fr: "v2" stored
+    assert await newer.text() == "fr v2"
+    release.set()
+    assert (await validating).status == 200
+    again = await c.get("/r", headers={"Accept-Language": "fr"})
+    assert await again.text() == "fr v2", "the freshened older variant replaced the newer"
+    assert again.headers["X-Cache"] == "HIT"
+
+
 # -- RFC 9213 §3: CDN-Cache-Control is for caches acting for the origin, not forward proxies --
 
 async def forward_get(port: int, url: str, *fields: str) -> tuple[bytes, bytes]:

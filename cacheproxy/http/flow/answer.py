@@ -276,10 +276,10 @@ def _validated(
         return Update(view, entry)
     # §4.3.4: the 304's strong entity tag identifies every stored response that has it.
     others = tuple(
-        make_stored_response(
+        (other, make_stored_response(
             key=other.key, vary=other.vary, vary_values=other.vary_values,
             status=other.status, pairs=FieldList(merge_304(other, fields)), body=other.body,
             request_time=request_time, response_time=response_time, shared=route.shared,
-            heuristics=route.heuristics, excluded=excluded, targeting=route.targeting)
+            heuristics=route.heuristics, excluded=excluded, targeting=route.targeting))
         for other in fwd.siblings if other.etag == tag)
     return Update(view, entry, others)

@@ -118,8 +118,10 @@ class Update:
     view: CachedResponse
     entry: CachedResponse
     # §4.3.4: "all the stored responses with the same strong validator are identified for
-    # update": the other variants with the 304's strong entity tag, updated too.
-    others: tuple[CachedResponse, ...] = ()
+    # update": the other variants with the 304's strong entity tag, as (the stored one as
+    # read, freshened): put only where the store still holds the one read (a newer answer
+    # stored for that variant meanwhile is not replaced by an older freshened one).
+    others: tuple[tuple[CachedResponse, CachedResponse], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

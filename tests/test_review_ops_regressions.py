@@ -121,11 +121,12 @@ def test_logs_reads_a_log_rotated_with_compress(tmp_path):
 # --- admin API ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer "])
 async def test_admin_token_scheme_is_case_insensitive(proxy, scheme):
     """RFC 9110 §11.1: the authentication scheme is a case-insensitive token, so
     `Authorization: bearer s3cret` carries the token as `Bearer s3cret` does (some clients
-    and scrapers write the scheme in lower case). It got 401."""
+    and scrapers write the scheme in lower case). It got 401. §11.4: credentials =
+    auth-scheme [ 1*SP ...]: more than one space after it too."""
     client = await proxy("http://127.0.0.1:9", admin={"token": "s3cret"})
     resp = await client.get("/_cacheproxy/stats", headers={"Authorization": f"{scheme} s3cret"})
     assert resp.status == 200

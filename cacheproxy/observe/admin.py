@@ -132,6 +132,7 @@ class Admin:
             return _json({"error": "admin API: loopback clients only, by a loopback name "
                                    "(no [admin] token set)"}, 403)
         scheme, _, given = h.get("Authorization", "").partition(" ")
+        given = given.lstrip(" ")  # (RFC 9110 §11.4: 1*SP after the scheme)
         # RFC 9110 §11.1: the scheme is case-insensitive; the token is compared in constant time.
         if scheme.lower() == "bearer" and hmac.compare_digest(
                 given.encode("utf-8", "surrogateescape"), token.encode()):

@@ -171,8 +171,8 @@ async def test_workers_logging_to_a_pipe_keep_one_json_object_per_line(
         origin: Any, tmp_path: Path) -> None:
     """README: the request log is JSON Lines, on standard output by default ("the docker
     default", where stdout is a pipe to the log driver), and --workers N processes share
-    that stdout. Each worker wrote a whole batch of lines (50 ms of requests, often tens of
-    KiB) in one write(); a write to a pipe is atomic only up to PIPE_BUF (4 KiB), so when
+    that stdout. Each worker wrote a whole batch of lines (FLUSH_SECONDS of requests, often
+    tens of KiB) in one write(); a write to a pipe is atomic only up to PIPE_BUF (4 KiB), so when
     the reader lagged (the pipe full) batches of two workers were cut into each other, in
     the middle of lines: with three workers under load and a slow reader, about one line in
     twenty was broken, and `cacheproxy logs` or any JSON reader lost them. Every line read

@@ -1,0 +1,90 @@
+"""Regressions found reviewing the CORS and Referer policies (review-cors).
+
+Each test says what is expected and why, with the section of the standard it follows.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from browser import chromium
+from support import proxy_for_toml as start
+from support import read_json_log
+
+
+class Reflecting:
+    """An origin whose CORS grant reflects the request's Origin, without Vary: Origin (a
+    common upstream mistake passthrough mode must not turn into a shared-cache one)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.referers: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        self.referers.append(request.headers.get("Referer"))
+        headers = {"Cache-Control": "public, max-age=60"}
+        if request.path == "/page":
+            return web.Response(text="<!doctype html><title>p</title>", content_type="text/html")
+        if "Origin" in request.headers:
+            headers["Access-Control-Allow-Origin"] = request.headers["Origin"]
+        return web.Response(text="data", headers=headers)
+
+
+PASSTHROUGH = """
+[proxy]
+upstream = "{up}"
+[cors]
+allow_origins = ["https://a.example", "https://b.example", "{pages}"]
+mode = "passthrough"
+"""
+
+
+async def test_passthrough_does_not_replay_one_origins_upstream_grant_to_another(
+        origin, proxy, tmp_path):
+    """Fetch standard §3.2 ("CORS protocol and HTTP caches"): a response whose
+    Access-Control-Allow-Origin names the requesting origin depends on Origin, so a cache
+    must not hand it to a request from another origin. In passthrough mode the upstream's
+    grant is kept, and stored: a stored `Access-Control-Allow-Origin: https://a.example`
+    must not be what https://b.example (which the upstream and [cors] both grant) gets
+    from storage, and what goes out must say `Vary: Origin` so no cache further on reuses
+    it either."""
+    up = Reflecting()
+    c = await start(origin, proxy, tmp_path,
+                    PASSTHROUGH.replace("{pages}", "https://c.example"), up=up)
+    first = await c.get("/r", headers={"Origin": "https://a.example"})
+    assert first.headers["Access-Control-Allow-Origin"] == "https://a.example"
+    assert "origin" in first.headers.get("Vary", "").lower()
+    second = await c.get("/r", headers={"Origin": "https://b.example"})
+    assert second.headers.getall("Access-Control-Allow-Origin") == ["https://b.example"]
+    assert "origin" in second.headers.get("Vary", "").lower()
+    plain = await c.get("/r")
+    assert "https://a.example" not in plain.headers.getall("Access-Control-Allow-Origin", [])
+
+
+async def test_passthrough_grant_for_one_page_origin_does_not_block_another_in_chromium(
+        origin, proxy, tmp_path):
+    """The same in Chromium: a page on http://127.0.0.1:P fetches a resource (the upstream
+    grants it, the response is stored), then a page on http://localhost:P, also granted,
+    fetches it. Fetch §3.2.5 (CORS check): the browser refuses a response whose
+    Access-Control-Allow-Origin is not its own origin, so a replayed grant for the first
+    page makes the second page's fetch fail ("blocked by CORS policy")."""
+    up = Reflecting()
+    pages = await origin(up.app)  # the pages' origins: 127.0.0.1:P and localhost:P
+    port = pages.port
+    toml = PASSTHROUGH.replace(
+        '"{pages}"', f'"http://127.0.0.1:{port}", "http://localhost:{port}"')
+    c = await start(origin, proxy, tmp_path, toml, up=up)
+    url = f"http://127.0.0.1:{c.port}/shared"
+    results = []
+    async with chromium() as browser:
+        for host in ("127.0.0.1", "localhost"):
+            context = await browser.new_context()
+            page = await context.new_page()
+            await page.goto(f"http://{host}:{port}/page")
+            results.append(await page.evaluate(
+                "async (u) => { try { const r = await fetch(u); return await r.text(); }"
+                " catch (e) { return String(e); } }", url))
+            await context.close()
+    assert results == ["data", "data"]

@@ -250,12 +250,18 @@ class Outbound(NamedTuple):
     vary: bool
 
 
-def outbound(policy: CorsPolicy, origin: str | None, upstream_has_cors: bool) -> Outbound | None:
+def outbound(policy: CorsPolicy, origin: str | None, upstream_has_cors: bool,
+             upstream_grant_names_origin: bool = False) -> Outbound | None:
     """The decision for a non-preflight response (after the cache); None leaves it alone.
     "override" replaces the upstream's CORS fields; "passthrough" leaves them untouched and
-    adds the proxy's grant only when the upstream sent no CORS field at all."""
-    if not policy.enabled or (not policy.override and upstream_has_cors):
+    adds the proxy's grant only when the upstream sent no CORS field at all (and Vary: Origin
+    when the upstream's Access-Control-Allow-Origin names an origin)."""
+    if not policy.enabled:
         return None
+    if not policy.override and upstream_has_cors:
+        # The upstream's grant passes untouched; one naming an origin varies on it (Fetch
+        # §3.2, CORS protocol and HTTP caches), which a cache further on must be told.
+        return Outbound(False, [], upstream_grant_names_origin)
     return Outbound(policy.override, actual_fields(policy, origin),
                     varies_by_origin(policy, origin))
 
@@ -263,7 +269,9 @@ def outbound(policy: CorsPolicy, origin: str | None, upstream_has_cors: bool) ->
 def with_cors(policy: CorsPolicy, origin: str | None, pairs: Iterable[tuple[str, str]]) -> Fields:
     """`pairs` with outbound()'s decision applied."""
     pairs = list(pairs)
-    step = outbound(policy, origin, any(k.lower() in RESPONSE_FIELDS for k, _ in pairs))
+    grant = [v for k, v in pairs if k.lower() == "access-control-allow-origin"]
+    step = outbound(policy, origin, any(k.lower() in RESPONSE_FIELDS for k, _ in pairs),
+                    any(v.strip() != "*" for v in grant))
     if step is None:
         return pairs
     if step.strip_upstream:

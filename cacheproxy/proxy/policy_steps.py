@@ -88,7 +88,9 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
     cors = route.cors
     if cors.enabled and not request.get(ANSWERED_HERE):
         origin = request.headers.get("Origin")
-        step = cors_outbound(cors, origin, any(name in headers for name in RESPONSE_FIELDS))
+        grant = headers.getall("Access-Control-Allow-Origin", ())
+        step = cors_outbound(cors, origin, any(name in headers for name in RESPONSE_FIELDS),
+                             any(value.strip() != "*" for value in grant))
         if step is not None:
             if step.strip_upstream:
                 for name in RESPONSE_FIELDS:

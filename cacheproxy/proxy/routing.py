@@ -91,6 +91,7 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             max_object_bytes=cache.max_object_bytes,
             collapse=cache.collapse,
             excluded=strip,
+            grant_varies=route.cors.enabled and not route.cors.override,
             rewritten=_REWRITTEN if config.proxy.x_forwarded_for else frozenset(),
             targeting=targeting,
         ),

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.cache_key import vary_fields, vary_values
-from cacheproxy.http.fields import FieldList
+from cacheproxy.http.fields import FieldList, values_of
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
@@ -57,12 +57,27 @@ def answered(
     response_time: float,
 ) -> Answered:
     """The upstream's answer (status, fields, Content-Length) to what fwd sent."""
+    if route.grant_varies:
+        fields = grant_varies(fields)
     if fwd.head_of is not None and status == 200 and fwd.method == "HEAD":
         return _head_answered(fwd.head_of, fields, req, route, request_time, response_time)
     d = _answered(fwd, status, fields, length, req, route, key, request_time, response_time)
     if req.range is None or not fwd.strips_client_conditionals:
         return d
     return _for_a_range(d, status, length)
+
+
+def grant_varies(fields: Pairs) -> Pairs:
+    """Fetch §3.2 (CORS protocol and HTTP caches): a kept Access-Control-Allow-Origin that
+    names an origin was made for the request's Origin, so the response varies on it, said
+    or not: one origin's grant is then never selected for another's request."""
+    grant = values_of(fields, "access-control-allow-origin")
+    if not grant or all(v.strip() == "*" for v in grant):
+        return fields
+    vary = [m.strip().lower() for v in values_of(fields, "vary") for m in v.split(",")]
+    if "origin" in vary or "*" in vary:
+        return fields
+    return [*fields, ("Vary", "Origin")]
 
 
 def _for_a_range(d: Answered, status: int, length: int | None) -> Answered:

@@ -152,23 +152,52 @@ def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
     url = referer.split("#", 1)[0]
     if policy.upstream_referer == "origin":
         return _origin_of(url)
+    url = _USERINFO.sub(r"\1", url, count=1)  # §8.3: never a username or password
     base, question, query = url.partition("?")
     if not question or not policy.strip_params:
         return url
-    kept = [part for part in query.split("&") if _param_name(part) not in policy.strip_params]
-    return f"{base}?{'&'.join(kept)}" if kept else base
+    kept = _without(query, policy.strip_params)
+    return f"{base}?{kept}" if kept else base
 
 
 def redact(url: str | None, names: frozenset[str]) -> str | None:
     """`url` with the values of the `names` query parameters replaced by REDACTED, for the
     request log: a session id kept from the upstream must not sit in a log file either."""
-    if url is None or not names or "?" not in url:
+    if url is None or not names or ("?" not in url and "#" not in url):
         return url
-    base, _, query = url.partition("?")
-    query, hash_, fragment = query.partition("#")
-    parts = [f"{part.partition('=')[0]}=REDACTED" if _param_name(part) in names else part
-             for part in query.split("&")]
-    return f"{base}?{'&'.join(parts)}{hash_}{fragment}"
+    rest, hash_, fragment = url.partition("#")
+    base, question, query = rest.partition("?")
+    if question:
+        query = _redacted(query, names)
+    # A fragment may hold parameters too (OAuth's #access_token=..., RFC 6749 §4.2.2).
+    return f"{base}{question}{query}{hash_}{_redacted(fragment, names)}"
+
+
+# Parameters are split on "&" and on ";" (HTML 4.01 §B.2.2; Perl's CGI, Rack before 3.0):
+# a secret after either separator is one to some server.
+_SEPARATORS = re.compile(r"([&;])")
+_USERINFO = re.compile(r"^(https?://)[^/?#]*@", re.IGNORECASE | re.ASCII)
+
+
+def _without(query: str, names: frozenset[str]) -> str:
+    """`query` without the `names` parameters, the rest byte for byte with its separators."""
+    pieces = _SEPARATORS.split(query)
+    out: list[str] = []
+    for i in range(0, len(pieces), 2):
+        if _param_name(pieces[i]) in names:
+            continue
+        if out:
+            out.append(pieces[i - 1])
+        out.append(pieces[i])
+    return "".join(out)
+
+
+def _redacted(query: str, names: frozenset[str]) -> str:
+    pieces = _SEPARATORS.split(query)
+    for i in range(0, len(pieces), 2):
+        if _param_name(pieces[i]) in names:
+            pieces[i] = f"{pieces[i].partition('=')[0]}=REDACTED"
+    return "".join(pieces)
 
 
 def _param_name(part: str) -> str:

@@ -155,3 +155,30 @@ async def test_forwarded_referer_drops_userinfo(origin, proxy, tmp_path):
     sent, _ = await _referer_round(
         origin, proxy, tmp_path, "http://user:SECRET@site.example/page?a=1")
     assert sent == "http://site.example/page?a=1"
+
+
+def test_null_origin_with_credentials_is_refused_at_start(tmp_path):
+    """Any page can send `Origin: null`: a sandboxed iframe (`<iframe sandbox=
+    "allow-scripts" srcdoc=...>`, HTML §7.1 opaque origins) on any site does. Granting
+    "null" with credentials therefore hands every site a credentialed read, the very
+    reason `*` and a catch-all `~regex` are refused with allow_credentials (Fetch §3.2.5).
+    Reviewed in headless Chromium: a sandboxed iframe on http://localhost:P read a
+    `credentials: "include"` response through the proxy configured so. The start must
+    stop, naming the key, for the top-level section and a route's."""
+    import pytest
+
+    from cacheproxy.config import load_config
+    from cacheproxy.config.values import ConfigError
+
+    path = tmp_path / "cacheproxy.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[cors]\n'
+                    'allow_origins = ["https://app.example", "null"]\nallow_credentials = true\n')
+    with pytest.raises(ConfigError) as top:
+        load_config(path, env={})
+    assert top.value.key == "cors.allow_origins"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[[routes]]\nhost = "a.example"\n'
+                    'upstream = "http://127.0.0.1:9"\n[routes.cors]\nallow_origins = ["null"]\n'
+                    'allow_credentials = true\n')
+    with pytest.raises(ConfigError) as routed:
+        load_config(path, env={})
+    assert routed.value.key == "routes[0].cors.allow_origins"

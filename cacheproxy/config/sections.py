@@ -265,6 +265,13 @@ def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig
             "would grant every site your users' credentials, which is what '*' is refused "
             "for; list the origins or write a narrower pattern",
         )
+    if cors.allow_credentials and "null" in cors.allow_origins:
+        raise ConfigError(
+            f"{prefix}cors.allow_origins",
+            "'null' cannot go with allow_credentials = true: any site can send Origin: null "
+            "(a sandboxed iframe does), so it would grant every site your users' "
+            "credentials, which is what '*' is refused for",
+        )
     lowercase = [m for m in cors.allow_methods
                  if m.upper() in _FETCH_NORMALISED and m != m.upper()]
     if lowercase:

@@ -57,8 +57,6 @@ def answered(
     response_time: float,
 ) -> Answered:
     """The upstream's answer (status, fields, Content-Length) to what fwd sent."""
-    if route.grant_varies:
-        fields = grant_varies(fields)
     if fwd.head_of is not None and status == 200 and fwd.method == "HEAD":
         return _head_answered(fwd.head_of, fields, req, route, request_time, response_time)
     d = _answered(fwd, status, fields, length, req, route, key, request_time, response_time)
@@ -70,14 +68,27 @@ def answered(
 def grant_varies(fields: Pairs) -> Pairs:
     """Fetch §3.2 (CORS protocol and HTTP caches): a kept Access-Control-Allow-Origin that
     names an origin was made for the request's Origin, so the response varies on it, said
-    or not: one origin's grant is then never selected for another's request."""
+    or not: one origin's grant is then never selected for another's request. Applied to
+    what is stored (a 304's or a HEAD's fields merged first, §3.2: their Vary, or its
+    absence, must not stand for the stored one). A FieldList stays one, index and all."""
     grant = values_of(fields, "access-control-allow-origin")
     if not grant or all(v.strip() == "*" for v in grant):
         return fields
     vary = [m.strip().lower() for v in values_of(fields, "vary") for m in v.split(",")]
     if "origin" in vary or "*" in vary:
         return fields
+    if type(fields) is FieldList:
+        by_name = dict(fields.by_name)
+        by_name["vary"] = [*by_name.get("vary", ()), "Origin"]
+        return FieldList.indexed([*fields, ("Vary", "Origin")], by_name)
     return [*fields, ("Vary", "Origin")]
+
+
+def _merged(stored: CachedResponse, fields: Pairs, route: CacheSettings) -> FieldList:
+    """§3.2: a 304's fields merged into a stored response (with Vary: Origin for a grant
+    that names an origin, in CORS passthrough)."""
+    merged = FieldList(merge_304(stored, fields))
+    return grant_varies(merged) if route.grant_varies else merged  # type: ignore[return-value]
 
 
 def _for_a_range(d: Answered, status: int, length: int | None) -> Answered:
@@ -131,6 +142,8 @@ def _new_representation(
     request_time: float, response_time: float, *, names_target: bool = False,
 ) -> Store | Keep | Evict | Pass:
     """§3: a full response, stored when it may be (in place of stored, if any)."""
+    if route.grant_varies:
+        fields = grant_varies(fields)
     vary = vary_fields(all_values(fields, "vary"))
     verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route,
                                     names_target)
@@ -219,7 +232,7 @@ def _head_answered(
     if not head_matches(stored, fields):
         return Freshen(stored.replace(lifetime=0.0))
     # §3.2; with its index by name: the rules below look fields up in it
-    merged = FieldList(merge_304(stored, with_date(fields, response_time)))
+    merged = _merged(stored, with_date(fields, response_time), route)
     vary = vary_fields(all_values(merged, "vary"))
     verdict, directives = _storable("GET", stored.status, merged, vary is None, req, route)
     if verdict.storable and vary is not None and route.rewritten.intersection(vary):
@@ -250,13 +263,15 @@ def _validated(
     if type(fields) is not FieldList:
         fields = FieldList(fields)
     merged = date_only(stored, fields)
+    if merged is not None and route.grant_varies and grant_varies(merged) is not merged:
+        merged = None  # (a stored grant without Vary: Origin: not only Date changes)
     if merged is not None:  # the common 304: only Date changes
         view = refreshed(
             stored, merged, request_time=request_time, response_time=response_time,
             shared=route.shared, heuristics=route.heuristics, targeting=route.targeting)
     else:
         # §3.2; with its index by name: the rules below look fields up in it
-        merged = FieldList(merge_304(stored, fields))
+        merged = _merged(stored, fields, route)
         view = make_stored_response(
             key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
             status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
@@ -293,7 +308,7 @@ def _validated(
     others = tuple(
         (other, make_stored_response(
             key=other.key, vary=other.vary, vary_values=other.vary_values,
-            status=other.status, pairs=FieldList(merge_304(other, fields)), body=other.body,
+            status=other.status, pairs=_merged(other, fields, route), body=other.body,
             request_time=request_time, response_time=response_time, shared=route.shared,
             heuristics=route.heuristics, excluded=excluded, targeting=route.targeting))
         for other in fwd.siblings if other.etag == tag)

@@ -84,3 +84,29 @@ async def test_passthrough_304_without_a_grant_keeps_vary_origin(origin, proxy, 
     assert again.status == 200
     other = await c.get("/r", headers={**B, **GZIP}, auto_decompress=False)
     assert other.headers.getall("Access-Control-Allow-Origin", []) != ["https://a.example"]
+
+
+class Recording:
+    """An origin that keeps the Referer it was sent."""
+
+    def __init__(self) -> None:
+        self.referers: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.referers.append(request.headers.get("Referer"))
+        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+
+
+async def test_userinfo_is_dropped_upstream_with_no_strip_params(origin, proxy, tmp_path):
+    """W3C Referrer Policy §8.3: a referrer never carries a username or password, and the
+    README says a `user:password@` in the Referer is dropped upstream. That holds whatever
+    `strip_params` lists: with `strip_params = []` and the default `upstream_referer =
+    "keep"` the password must not reach the upstream either."""
+    up = Recording()
+    c = await start(origin, proxy, tmp_path,
+                    '[proxy]\nupstream = "{up}"\n[referer]\nstrip_params = []\n', up=up)
+    resp = await c.get("/x", headers={"Referer": "http://user:SECRET@site.example/page?a=1"})
+    assert resp.status == 200
+    assert up.referers[-1] == "http://site.example/page?a=1"

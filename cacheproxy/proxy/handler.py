@@ -35,7 +35,7 @@ from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
 from cacheproxy.proxy.forwarding import request_fields, via_value
 from cacheproxy.proxy.local import final_answer
-from cacheproxy.proxy.policy_steps import inbound, rewrites_referer
+from cacheproxy.proxy.policy_steps import inbound
 from cacheproxy.proxy.pool import Origin
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routed import Planned
@@ -303,7 +303,8 @@ class CacheProxy:
             strip_conditionals=fwd.strips_client_conditionals, extra=list(fwd.conditional),
             host=authority,
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
-            referer=plan.route.referer if rewrites_referer(plan) else None,
+            # (every route: a user:password@ and a fragment go whatever strip_params holds)
+            referer=plan.route.referer,
             content=request.body_exists,
         )
 

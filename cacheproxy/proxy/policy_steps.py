@@ -4,8 +4,8 @@ this module applies its decisions to requests and responses:
 - inbound, before the cache lookup: the hotlink gate (a refused request never sees a stored
   asset) and CORS preflights, which the proxy answers itself;
 - towards the upstream: the Referer it may see (trimmed, stripped of secret parameters),
-  applied as the request's fields are made (forwarding.request_fields) when
-  rewrites_referer says the route changes it;
+  applied as the request's fields are made (forwarding.request_fields), on every route:
+  a user:password@ and a fragment are dropped whatever strip_params holds;
 - outbound, on every response of a proxied request as its head is sent: the CORS grant
   for the request's Origin and Referrer-Policy. They are never stored (override mode keeps
   the upstream's CORS fields out of the store too), so a response fetched for origin A is never
@@ -64,11 +64,6 @@ def inbound(
         mark(headers, outcome, cache_name, via)
         return Answer(204, headers)
     return None
-
-
-def rewrites_referer(plan: RoutePlan) -> bool:
-    policy = plan.route.referer
-    return policy.upstream_referer != "keep" or bool(policy.strip_params)
 
 
 async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> None:

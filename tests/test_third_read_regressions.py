@@ -10,6 +10,7 @@ import gzip
 
 from aiohttp import web
 from support import proxy_for_toml as start
+from support import read_json_log
 
 
 class Revalidated:
@@ -110,3 +111,32 @@ async def test_userinfo_is_dropped_upstream_with_no_strip_params(origin, proxy, 
     resp = await c.get("/x", headers={"Referer": "http://user:SECRET@site.example/page?a=1"})
     assert resp.status == 200
     assert up.referers[-1] == "http://site.example/page?a=1"
+
+
+class Granting:
+    """An origin that grants the request's Origin (and says Vary: Origin itself)."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_get("/g", self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        headers = {"Cache-Control": "no-store", "Vary": "Origin"}
+        if "Origin" in request.headers:
+            headers["Access-Control-Allow-Origin"] = request.headers["Origin"]
+        return web.Response(text="ok", headers=headers)
+
+
+async def test_passthrough_upstream_grant_is_not_logged_as_no_grant(origin, proxy, tmp_path):
+    """README ("CORS and Referer policies"): `policy: cors-origin` in the request log means
+    a request from an origin that gets no grant. In passthrough mode a request the
+    upstream granted (`Access-Control-Allow-Origin` naming its Origin, passed on untouched)
+    got a grant: its line must not say cors-origin, as it did not before Vary: Origin was
+    added for such grants."""
+    toml = PASSTHROUGH.replace('"{up}"\n', '"{up}"\n[log]\npath = "LOG"\n', 1)
+    c = await start(origin, proxy, tmp_path, toml.replace("LOG", str(tmp_path / "log.json")),
+                    up=Granting())
+    resp = await c.get("/g", headers=A)
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://a.example"
+    lines = await read_json_log(c)
+    assert lines[-1]["policy"] is None

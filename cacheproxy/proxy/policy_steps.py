@@ -84,7 +84,8 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
     if cors.enabled and not request.get(ANSWERED_HERE):
         origin = request.headers.get("Origin")
         grant = headers.getall("Access-Control-Allow-Origin", ())
-        step = cors_outbound(cors, origin, any(name in headers for name in RESPONSE_FIELDS),
+        upstream_has_cors = any(name in headers for name in RESPONSE_FIELDS)
+        step = cors_outbound(cors, origin, upstream_has_cors,
                              any(value.strip() != "*" for value in grant))
         if step is not None:
             if step.strip_upstream:
@@ -95,7 +96,10 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
                 vary = merge_vary(headers.getall("Vary", ()))
                 headers.popall("Vary", None)
                 headers["Vary"] = vary
-            if origin is not None and not step.add and not _same_origin(origin, request):
+            # (passthrough with the upstream's own CORS fields: its answer, not a refusal)
+            passed = upstream_has_cors and not cors.override
+            if origin is not None and not step.add and not passed \
+                    and not _same_origin(origin, request):
                 outcome = request.get(OUTCOME)
                 if outcome is not None and outcome.policy is None:
                     outcome.policy = "cors-origin"  # no grant: the browser withholds it

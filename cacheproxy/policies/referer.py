@@ -146,7 +146,8 @@ def refusal(
 def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
     """The Referer to send upstream (None: send none). The fragment is dropped (Fetch never
     sends one); "origin" trims to scheme://host[:port]/ (W3C Referrer Policy §8.4, default port
-    omitted); "keep" leaves the URL byte-exact but for the strip_params query parameters."""
+    omitted); "keep" leaves the URL byte-exact but for a user:password@ (§8.3) and the
+    strip_params query parameters."""
     if referer is None or policy.upstream_referer == "strip":
         return None
     url = referer.split("#", 1)[0]
@@ -157,6 +158,8 @@ def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
     if not question or not policy.strip_params:
         return url
     kept = _without(query, policy.strip_params)
+    if kept == query:  # nothing stripped: as sent (an empty "?" too)
+        return url
     return f"{base}?{kept}" if kept else base
 
 

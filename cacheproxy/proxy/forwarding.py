@@ -68,9 +68,10 @@ def request_fields(
     """The request fields to send upstream. host: the authority the request is for (the
     cache key's), which the upstream Host is made from whatever the client's Connection
     field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2); max_forwards: what the client
-    sent, decremented here (RFC 9110 §7.6.2); referer: the route's Referer policy when it
-    changes what the upstream sees of the client's Referer (trimmed, stripped of secret
-    parameters, or removed); content: whether the request has content (a body).
+    sent, decremented here (RFC 9110 §7.6.2); referer: the route's Referer policy, which
+    decides what the upstream sees of the client's Referer (no fragment or userinfo ever,
+    trimmed, stripped of secret parameters, or removed); content: whether the request has
+    content (a body).
 
     Expect goes on only with content from an HTTP/1.1 client: RFC 9110 §10.1.1, "A
     client MUST NOT generate a 100-continue expectation in a request that does not

@@ -123,6 +123,19 @@ async def test_a_forwarded_site_gets_no_cors_grant_of_the_reverse_route(proxy, o
     assert "access-control-allow-credentials" not in headers, headers
 
 
+async def intercepting_proxy(proxy, origin, https_site, tmp_path: Path, **sections):
+    """A proxy intercepting TLS for the https_site, its CA in tmp_path/proxy-ca; the
+    client, and the CA's folder."""
+    server, site_ca, _ = https_site
+    upstream = await origin(origin_app("upstream"))
+    ca_dir = tmp_path / "proxy-ca"
+    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
+                         forward={"enabled": True, "intercept_tls": True,
+                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)},
+                         **sections)
+    return client, ca_dir, upstream
+
+
 @pytest.fixture
 async def https_site(origin, tmp_path: Path):
     """An https origin on 127.0.0.1 (certificate for "localhost" from a CA of its own) that
@@ -168,12 +181,8 @@ async def test_x_forwarded_proto_is_the_scheme_of_the_url_stored(proxy, origin, 
     answer made for http under the https URL that every intercepted client is then
     served. README "Which resource": the key is everything the origin sees that selects
     the response; so the field must say the scheme of the key: https."""
-    server, site_ca, seen = https_site
-    upstream = await origin(origin_app("upstream"))
-    ca_dir = tmp_path / "proxy-ca"
-    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
-                         forward={"enabled": True, "intercept_tls": True,
-                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)})
+    server, _, seen = https_site
+    client, ca_dir, _ = await intercepting_proxy(proxy, origin, https_site, tmp_path)
     status, _, body = await forward_get(client.port, f"https://localhost:{server.port}/plain")
     assert (status, body) == (200, b"secure /plain")
     reader, writer = await _intercepted(client, ca_dir, server.port)
@@ -194,13 +203,9 @@ async def test_an_intercepted_requests_log_line_names_the_host_it_went_to(
     the dashboard's Hosts table and `cacheproxy logs` put it under a site it never
     reached. README "What the log shows": a forward request's line names the host it
     was for."""
-    server, site_ca, _ = https_site
-    upstream = await origin(origin_app("upstream"))
-    ca_dir = tmp_path / "proxy-ca"
-    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
-                         forward={"enabled": True, "intercept_tls": True,
-                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)},
-                         log={"path": str(tmp_path / "requests.log")})
+    server = https_site[0]
+    client, ca_dir, upstream = await intercepting_proxy(
+        proxy, origin, https_site, tmp_path, log={"path": str(tmp_path / "requests.log")})
     reader, writer = await _intercepted(client, ca_dir, server.port)
     writer.write(f"GET /a HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n\r\n".encode())
     assert (await head_and_body(reader))[2] == b"secure /a"
@@ -410,12 +415,8 @@ async def test_a_reload_that_refuses_a_host_applies_inside_open_intercepted_tunn
     connection open for good). Plain absolute-form requests are checked one by one, and
     Squid applies http_access to each request of a bumped (intercepted) connection: each
     request inside is checked against the config in force, 403 once refused."""
-    server, site_ca, seen = https_site
-    upstream = await origin(origin_app("upstream"))
-    ca_dir = tmp_path / "proxy-ca"
-    client = await proxy(upstream, proxy={"upstream_ca_file": site_ca},
-                         forward={"enabled": True, "intercept_tls": True,
-                                  "connect_ports": [server.port], "ca_dir": str(ca_dir)})
+    server, _, seen = https_site
+    client, ca_dir, _ = await intercepting_proxy(proxy, origin, https_site, tmp_path)
     reader, writer = await _intercepted(client, ca_dir, server.port)
     writer.write(f"GET /before HTTP/1.1\r\nHost: localhost:{server.port}\r\n\r\n".encode())
     assert (await head_and_body(reader))[0] == 200

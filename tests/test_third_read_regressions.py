@@ -11,6 +11,7 @@ import gzip
 from aiohttp import web
 from support import proxy_for_toml as start
 from support import read_json_log
+from test_review_cors_regressions import Recording
 
 
 class Revalidated:
@@ -85,19 +86,6 @@ async def test_passthrough_304_without_a_grant_keeps_vary_origin(origin, proxy, 
     assert again.status == 200
     other = await c.get("/r", headers={**B, **GZIP}, auto_decompress=False)
     assert other.headers.getall("Access-Control-Allow-Origin", []) != ["https://a.example"]
-
-
-class Recording:
-    """An origin that keeps the Referer it was sent."""
-
-    def __init__(self) -> None:
-        self.referers: list[str | None] = []
-        self.app = web.Application()
-        self.app.router.add_route("*", "/{tail:.*}", self.answer)
-
-    async def answer(self, request: web.Request) -> web.Response:
-        self.referers.append(request.headers.get("Referer"))
-        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
 
 
 async def test_userinfo_is_dropped_upstream_with_no_strip_params(origin, proxy, tmp_path):

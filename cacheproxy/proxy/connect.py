@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.http_parser import RawRequestMessage
@@ -22,7 +21,7 @@ from cacheproxy.policies.forward import (
     names_own_listener,
 )
 from cacheproxy.proxy.client_request import ClientRequest, Listener
-from cacheproxy.proxy.destinations import address_refused
+from cacheproxy.proxy.destinations import address_refused, connect_first, resolved
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.tunnel import TunnelEnd
@@ -103,8 +102,7 @@ class ConnectMethod:
             async with asyncio.timeout(proxy.config.proxy.connect_timeout):
                 # Vetted by address (deny_hosts, this proxy's own listeners: a loop), then
                 # connected to by those addresses, not by the name looked up again.
-                infos = await loop.getaddrinfo(d.host, d.port, type=socket.SOCK_STREAM)
-                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                addresses = await resolved(loop, d.host, d.port)
                 for address in addresses:
                     refused = address_refused(access, d.host, address, d.port)
                     if refused is not None:
@@ -112,17 +110,9 @@ class ConnectMethod:
                         outcome.policy = f"forward: {refused.reason}"
                         return self._refuse_connect(request, outcome, refused.status,
                                                     refused.reason)
-                for i, address in enumerate(addresses):
-                    try:
-                        _, end = await loop.create_connection(
-                            lambda: TunnelEnd(client, forward.tunnel_idle_timeout), address,
-                            d.port)
-                        break
-                    except OSError:
-                        if i == len(addresses) - 1:
-                            raise
-                else:
-                    raise OSError("no address")
+                _, end = await connect_first(
+                    loop, lambda: TunnelEnd(client, forward.tunnel_idle_timeout), addresses,
+                    d.port)
         except (OSError, TimeoutError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
             reason = "timed out" if isinstance(exc, TimeoutError) else \

@@ -5,7 +5,10 @@ which neither the config nor any name lists."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cacheproxy.policies.forward import (
     ForwardAccess,
@@ -13,6 +16,8 @@ from cacheproxy.policies.forward import (
     address_refusal,
     listens_everywhere,
 )
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 def address_refused(access: ForwardAccess, name: str, address: str, port: int
@@ -33,3 +38,25 @@ def this_machine(address: str) -> bool:
     except OSError:
         return False
     return True
+
+
+async def resolved(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[str]:
+    """host's addresses, each once, in the resolver's order (socket.gaierror: none)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, "no address")
+    return addresses
+
+
+async def connect_first(loop: asyncio.AbstractEventLoop, factory: Callable[[], P],
+                        addresses: list[str], port: int, **options: Any
+                        ) -> tuple[asyncio.BaseTransport, P]:
+    """A connection to the first of addresses that takes one (vetted addresses: connected
+    to as they are, not by a name looked up again); the last one's OSError if none does."""
+    for address in addresses[:-1]:
+        try:
+            return await loop.create_connection(factory, address, port, **options)
+        except OSError:
+            continue
+    return await loop.create_connection(factory, addresses[-1], port, **options)

@@ -32,6 +32,7 @@ from cacheproxy.http.flow import (
     background_refresh,
     client_answer,
     failed,
+    freshened_still_held,
     lookup,
     range_answer,
 )
@@ -53,15 +54,6 @@ Fields = list[tuple[str, str]]
 
 def _nothing() -> None:
     pass
-
-
-def _still_held(others: tuple[tuple[CachedResponse, CachedResponse], ...],
-                held: tuple[CachedResponse, ...] | None) -> list[CachedResponse]:
-    """The freshened variants whose stored one (as read at lookup) the store still holds,
-    compared by value (the Redis store reads new objects): one stored since, from a newer
-    answer, is not replaced by an older response freshened."""
-    now = {(v.vary_values, v.born, v.values) for v in held or ()}
-    return [new for was, new in others if (was.vary_values, was.born, was.values) in now]
 
 
 class Ctx(NamedTuple):
@@ -207,7 +199,7 @@ class Driver:
             resp.release()
             ctx.outcome.stored = put_now(d.entry)
             if d.others:  # (§4.3.4: the variants with its strong tag)
-                for entry in _still_held(d.others, peek(ctx.key)):
+                for entry in freshened_still_held(d, peek(ctx.key)):
                     put_now(entry)
             return self.reply_validated(ctx, d.view)
         if type(d) is Keep and d.serve is not None:
@@ -277,7 +269,7 @@ class Driver:
     async def _put_others(self, key: str, d: Update) -> None:
         """§4.3.4: the other variants the 304's strong tag freshened, where still held."""
         if d.others:
-            for entry in _still_held(d.others, await self.store.get(key)):
+            for entry in freshened_still_held(d, await self.store.get(key)):
                 await self.store.put(entry)
 
     def _remember(self, ctx: Ctx, d: Answered) -> None:

@@ -33,6 +33,7 @@ import httptools
 
 from cacheproxy.http.abnf import REASON_PHRASE_RE
 from cacheproxy.http.fields import FieldList
+from cacheproxy.proxy.destinations import connect_first, resolved
 from cacheproxy.proxy.downstream import ClientBodyError
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.proxy.wire import REASONS
@@ -769,16 +770,10 @@ class Pool:
         try:
             check = self.vet(origin) if self.vet is not None else None
             hosts = [origin.host] if check is None else await self._vetted(origin, check)
-            for i, host in enumerate(hosts):  # (the vetted addresses in turn)
-                try:
-                    _, conn = await loop.create_connection(
-                        lambda: Connection(self, origin), host, origin.port,
-                        ssl=self._ssl if origin.scheme == "https" else None,
-                        server_hostname=origin.host if origin.scheme == "https" else None)
-                    break
-                except OSError:
-                    if i == len(hosts) - 1:
-                        raise
+            _, conn = await connect_first(
+                loop, lambda: Connection(self, origin), hosts, origin.port,
+                ssl=self._ssl if origin.scheme == "https" else None,
+                server_hostname=origin.host if origin.scheme == "https" else None)
         except socket.gaierror as exc:
             raise _refused(f"DNS failure for {origin.host} ({exc.strerror})") from None
         except ConnectionRefusedError:
@@ -795,15 +790,11 @@ class Pool:
     async def _vetted(self, origin: Origin, check: Callable[[str], UpstreamError | None]
                       ) -> list[str]:
         """origin's addresses, each passed by check (any refused: that refusal)."""
-        infos = await self.loop().getaddrinfo(origin.host, origin.port,
-                                              type=socket.SOCK_STREAM)
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        addresses = await resolved(self.loop(), origin.host, origin.port)
         for address in addresses:
             refused = check(address)
             if refused is not None:
                 raise refused
-        if not addresses:
-            raise socket.gaierror(socket.EAI_NONAME, "no address")
         return addresses
 
     def release(self, conn: Connection) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import resource
 import signal
 import sys
 import time
@@ -232,8 +233,6 @@ def descriptor_room(max_client_connections: int, say: bool = True) -> None:
     that needs. A limit below max_client_connections itself is said once, naming the
     setting, as nginx says "worker_connections exceed open file resource limit" (past
     the limit, libuv accepts and closes new connections, and nothing else says so)."""
-    import resource
-
     want = 2 * max_client_connections + 64  # (+ the store, the log, the listeners)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= want:

@@ -2,7 +2,7 @@
 and hishel's spec module): each step is a function from immutable inputs to a frozen
 decision; cacheproxy.proxy performs them. See decisions.py for the map."""
 
-from cacheproxy.http.flow.answer import answered
+from cacheproxy.http.flow.answer import answered, freshened_still_held
 from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
     Answered,
@@ -36,6 +36,7 @@ __all__ = [
     "DECISIVE_FIELDS", "Answered", "CacheSettings", "Evict", "Failed", "Forward", "Freshen",
     "Keep", "Lookup", "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse",
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
-    "background_refresh", "bypass", "client_answer", "failed", "lookup", "plain_serve",
+    "background_refresh", "bypass", "client_answer", "failed", "freshened_still_held",
+    "lookup", "plain_serve",
     "range_answer", "request_facts",
 ]

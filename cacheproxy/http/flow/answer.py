@@ -91,6 +91,16 @@ def _merged(stored: CachedResponse, fields: Pairs, route: CacheSettings) -> Fiel
     return grant_varies(merged) if route.grant_varies else merged  # type: ignore[return-value]
 
 
+def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None
+                         ) -> list[CachedResponse]:
+    """§4.3.4: of the variants d's 304 freshened (d.others), those to store: where the
+    store still holds the variant as read at lookup (compared by value: the Redis store
+    reads new objects). One stored since, from a newer answer, has not the 304's tag to
+    be identified by: an older response freshened must not replace it."""
+    now = {(v.vary_values, v.born, v.values) for v in held or ()}
+    return [new for was, new in d.others if (was.vary_values, was.born, was.values) in now]
+
+
 def _for_a_range(d: Answered, status: int, length: int | None) -> Answered:
     """RFC 9110 §14.2: the cache asked for the whole representation to answer a Range
     from it. A 200 it stores is read whole first (its length known, so it fits), then

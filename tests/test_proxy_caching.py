@@ -556,6 +556,33 @@ async def test_collapse_wait_is_bounded(origin, proxy):
     assert o.calls["r"] == 2
 
 
+async def test_waiters_of_a_leader_that_got_no_answer_try_again_one_at_a_time(origin, proxy):
+    """The leader's connection breaks before its answer: its waiters do not all go
+    upstream at once (a herd on an origin that just failed); one tries again and the
+    others wait for it, as behind nginx's proxy_cache_lock or Varnish's waiting list."""
+    async def slow_first(request: web.Request) -> web.Response:
+        if o.calls["r"] == 1:
+            await asyncio.sleep(0.4)
+        return web.Response(text="ok", headers={"Cache-Control": "max-age=60"})
+    o = Origin(r=slow_first)
+    server = await origin(o.app)
+    async with faulty_relay(server.host, server.port) as relay:
+        c = await proxy(f"http://127.0.0.1:{relay.port}")
+        relay.mode, relay.reset_after_bytes = "reset_after", 0  # the leader's connection
+        leader = asyncio.ensure_future(c.get("/r"))
+        for _ in range(100):
+            if relay.connections:
+                break
+            await asyncio.sleep(0.01)
+        relay.mode = "pass"
+        waiters = [asyncio.ensure_future(c.get("/r")) for _ in range(4)]
+        assert (await leader).status == 502
+        answers = await asyncio.gather(*waiters)
+    assert [r.status for r in answers] == [200] * 4
+    assert o.calls["r"] == 2  # the leader's try, and one more
+    assert sum("collapsed" in cache_status(r) for r in answers) == 3
+
+
 async def test_s3_2_a_304_cannot_smuggle_set_cookie_or_no_store_into_storage(origin, proxy):
     """§3.2 merges the 304's fields, but the merged response is judged like a new one (§3)."""
     mode = {"304": {"ETag": '"v1"', "Set-Cookie": "sid=alice"}}

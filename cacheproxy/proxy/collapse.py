@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from cacheproxy.http.stored import CachedResponse
@@ -32,15 +32,35 @@ class Stored:
         return (self.born, self.values) if self.at >= when else None
 
 
+class _LeaderFailed:
+    """The leader got no answer from upstream (refused, reset, timed out) and nothing
+    was stored for its key meanwhile."""
+
+    __slots__ = ()
+
+
+# Its waiters do not all go upstream at once (a herd on an origin that just failed): one
+# of them leads the next try and the others wait again, within their own collapse
+# timeout, as behind nginx's proxy_cache_lock or in Varnish's waiting list.
+LEADER_FAILED: Final = _LeaderFailed()
+Result = Stored | _LeaderFailed | None
+
+
+class Release(Protocol):
+    """Ends a collapse leader's turn (Collapser.release); failed: no answer came."""
+
+    def __call__(self, failed: bool = False) -> None: ...
+
+
 class Collapser:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._inflight: dict[str, asyncio.Future[Stored | None]] = {}
+        self._inflight: dict[str, asyncio.Future[Result]] = {}
         self._pass: dict[str, float] = {}  # key -> until when requests skip collapsing
         # key -> what was stored for it while its leader was in flight (note_stored)
         self._stored: dict[str, Stored] = {}
 
-    def join(self, key: str) -> tuple[asyncio.Future[Stored | None], bool]:
+    def join(self, key: str) -> tuple[asyncio.Future[Result], bool]:
         """The key's in-flight future, and whether the caller is its leader (who must
         release it with that same future)."""
         fut = self._inflight.get(key)
@@ -49,16 +69,16 @@ class Collapser:
         fut = self._inflight[key] = asyncio.get_running_loop().create_future()
         return fut, True
 
-    def release(self, key: str, fut: asyncio.Future[Stored | None]) -> None:
+    def release(self, key: str, fut: asyncio.Future[Result], failed: bool = False) -> None:
         """Wake the waiters of this leader's future, with what was stored for the key
-        while it was in flight; a later leader's slot stays."""
+        while it was in flight, else LEADER_FAILED when it failed; a later leader's slot
+        stays."""
+        stored: Result = None
         if self._inflight.get(key) is fut:
             del self._inflight[key]
             stored = self._stored.pop(key, None)
-        else:
-            stored = None
         if not fut.done():
-            fut.set_result(stored)
+            fut.set_result(LEADER_FAILED if failed and stored is None else stored)
 
     def note_stored(self, key: str, entry: CachedResponse) -> None:
         """An answer for key, received now, is stored (or validated the stored one),
@@ -66,7 +86,7 @@ class Collapser:
         if key in self._inflight:
             self._stored[key] = Stored(time.monotonic(), entry.born, entry.values)
 
-    async def wait(self, fut: asyncio.Future[Stored | None], timeout: float | None = None
+    async def wait(self, fut: asyncio.Future[Result], timeout: float | None = None
                    ) -> bool:
         """Wait for the leader (timeout: the route's, else this collapser's); False when
         the wait timed out."""

@@ -39,7 +39,7 @@ from cacheproxy.http.flow import (
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
-from cacheproxy.proxy.collapse import Collapser
+from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Stored
 from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
@@ -52,7 +52,7 @@ log = logging.getLogger("cacheproxy")
 Fields = list[tuple[str, str]]
 
 
-def _nothing() -> None:
+def _nothing(failed: bool = False) -> None:
     pass
 
 
@@ -121,22 +121,39 @@ class Driver:
         """One upstream request per key at a time; the others wait, then look again."""
         collapser = self.collapser
         fut, leading = collapser.join(ctx.key)
-        if not leading:
-            arrived = time.monotonic()
+        if leading:
+            return await self._lead(ctx, fwd, fut)
+        arrived = time.monotonic()
+        deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)
+        while True:
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
-            ctx.outcome.collapsed = await collapser.wait(
-                fut, ctx.plan.route.cache.collapse_timeout)
-            stored = fut.result() if fut.done() and not fut.cancelled() else None
-            return await self.cached(ctx, waited=Waited(stored and stored.since(arrived)))
+            done = await collapser.wait(fut, deadline - time.monotonic())
+            result = fut.result() if fut.done() and not fut.cancelled() else None
+            if not done or result is not LEADER_FAILED or time.monotonic() >= deadline:
+                break
+            # The leader got no answer: one waiter tries again, the others wait for it.
+            fut, leading = collapser.join(ctx.key)
+            if leading:
+                return await self._lead(ctx, fwd, fut)
+        ctx.outcome.collapsed = done
+        stored = result if isinstance(result, Stored) else None
+        return await self.cached(ctx, waited=Waited(stored and stored.since(arrived)))
+
+    async def _lead(self, ctx: Ctx, fwd: Forward, fut: asyncio.Future[Result]) -> Answer | None:
+        collapser = self.collapser
         try:
-            return await self.forward(ctx, fwd, release=lambda: collapser.release(ctx.key, fut))
-        finally:
-            collapser.release(ctx.key, fut)
+            answer = await self.forward(
+                ctx, fwd, release=lambda failed=False: collapser.release(ctx.key, fut, failed))
+        except BaseException:  # (cancelled with its client, say): no answer for the others
+            collapser.release(ctx.key, fut, failed=True)
+            raise
+        collapser.release(ctx.key, fut)
+        return answer
 
     # -- step 2: forward, then what the upstream said ----------------------------
 
     async def forward(
-        self, ctx: Ctx, fwd: Forward, release: Callable[[], None] = _nothing,
+        self, ctx: Ctx, fwd: Forward, release: Release = _nothing,
         first_sent: float | None = None,
     ) -> Answer | None:
         """first_sent: this is the one retry of a request first sent then (Exchange.send)."""
@@ -162,9 +179,9 @@ class Driver:
         return await self.perform(ctx, d, resp, release)
 
     def upstream_failed(self, ctx: Ctx, fwd: Forward, exc: UpstreamError,
-                        release: Callable[[], None] = _nothing) -> Answer:
+                        release: Release = _nothing) -> Answer:
         """No answer came: an error of ours, or a stale response (RFC 5861 §4)."""
-        release()
+        release(failed=True)
         plan = ctx.plan
         f = failed(fwd, status=exc.status, message=exc.reason, req=ctx.facts,
                    route=plan.cache, now=time.time())
@@ -208,7 +225,7 @@ class Driver:
         return None
 
     async def perform(self, ctx: Ctx, d: Answered, resp: UpstreamResponse,
-                      release: Callable[[], None] = _nothing) -> Answer | None:
+                      release: Release = _nothing) -> Answer | None:
         try:
             return await self._perform(ctx, d, resp, release)
         except BaseException:
@@ -216,7 +233,7 @@ class Driver:
             raise
 
     async def _perform(
-        self, ctx: Ctx, d: Answered, resp: UpstreamResponse, release: Callable[[], None]
+        self, ctx: Ctx, d: Answered, resp: UpstreamResponse, release: Release
     ) -> Answer | None:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes

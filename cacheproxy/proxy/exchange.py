@@ -9,7 +9,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from functools import lru_cache
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -22,6 +22,7 @@ from cacheproxy.http.flow import NotModified
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.referer import redact
+from cacheproxy.proxy.collapse import Release
 from cacheproxy.proxy.downstream import Answer, Body, ClientBodyError, ClientMessage, Downstream
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
@@ -140,7 +141,7 @@ async def _framed(body: Body, chunked: bool, timeout: float) -> AsyncIterator[by
         yield b"0\r\n\r\n"
 
 
-def _nothing() -> None:
+def _nothing(failed: bool = False) -> None:
     pass
 
 
@@ -253,7 +254,7 @@ class Exchange:
     async def relay(
         self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
         outcome: Outcome, store: CachedResponse | None, max_object: int,
-        release: Callable[[], None] = _nothing, *, upstream: str, target: str,
+        release: Release = _nothing, *, upstream: str, target: str,
     ) -> None:
         """Stream the upstream response to the client; with store (the Store decision's
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
@@ -287,7 +288,7 @@ class Exchange:
                             request.method, redact(target, outcome.secrets), exc.reason)
                 outcome.status = "ERROR"
                 out.abort()
-                return self._abandon(resp, outcome, release, fill)
+                return self._abandon(resp, outcome, release, fill, failed=True)
             except ClientBodyError:
                 # The origin answered before the request body's end, then that body
                 # stalled or its client left: neither message can be completed.
@@ -332,18 +333,18 @@ class Exchange:
 
     @staticmethod
     def _abandon(
-        resp: UpstreamResponse, outcome: Outcome, release: Callable[[], None],
-        fill: Fill | None,
+        resp: UpstreamResponse, outcome: Outcome, release: Release,
+        fill: Fill | None, failed: bool = False,
     ) -> None:
         if fill is not None:
             fill.drop()
         resp.close()
         outcome.stored = False  # the log says what happened: nothing was stored
-        release()
+        release(failed)
 
     async def not_modified(
         self, resp: UpstreamResponse, outcome: Outcome, answer: NotModified,
-        store: CachedResponse, max_object: int, release: Callable[[], None],
+        store: CachedResponse, max_object: int, release: Release,
     ) -> Answer:
         """The client's own validators (stripped upstream) match what is being stored:
         304 (§4.3.2), once the body is in the store."""

@@ -76,6 +76,11 @@ def _action(
             return Action.SERVE, ""
         swr = d.stale_while_revalidate
         if swr is not None and staleness <= swr:  # RFC 5861 §3
+            if req.max_stale is not None or req.min_fresh is not None:
+                # The client said how stale (§5.2.1.2) or how fresh (§5.2.1.3) an
+                # answer it takes; this one is not: the origin's leave to serve it stale
+                # does not override that (§4.2.4: stale only where permitted).
+                return Action.REVALIDATE, "request"
             return Action.SERVE_STALE_REVALIDATE, "stale"
     return Action.REVALIDATE, "stale"
 

@@ -303,6 +303,17 @@ def test_rfc5861_s3_max_stale_within_bound_serves_without_revalidating(stored, r
     assert reuse(entry, T0 + 70, "max-stale=20").action is Action.SERVE
 
 
+@pytest.mark.parametrize("cc", ["max-stale=0", "max-stale=5", "min-fresh=1"])
+def test_rfc5861_s3_a_client_bound_on_staleness_is_not_overridden(stored, reuse, cc) -> None:
+    """§5.2.1.2/§5.2.1.3: a client that says how stale (max-stale=N) or how fresh
+    (min-fresh) an answer it takes is not sent one 10 s stale because the origin allowed
+    stale-while-revalidate; the cache validates for it (§4.2.4: stale only where permitted)."""
+    entry = stored({"Cache-Control": "max-age=60, stale-while-revalidate=600"})
+    r = reuse(entry, T0 + 70, cc)
+    assert (r.action, r.forward) == (Action.REVALIDATE, "request")
+    assert reuse(entry, T0 + 70).action is Action.SERVE_STALE_REVALIDATE  # no bound said
+
+
 # -- RFC 5861 §4 stale-if-error ---------------------------------------------------
 
 def error_ok(cc: str, ttl: float, request: str | None = None, *, shared: bool = True) -> bool:

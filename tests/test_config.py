@@ -576,3 +576,14 @@ def test_forward_http_ports_refuses_what_is_no_port_range(tmp_path: Path, text: 
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, f"[forward]\nhttp_ports = {text}\n"), env={})
     assert "forward.http_ports" in str(info.value)
+
+
+@pytest.mark.parametrize("path", ["/_cacheproxy/stats", "/_cacheproxy/metrics"])
+def test_metrics_path_under_the_admin_prefix_is_refused(tmp_path: Path, path: str) -> None:
+    """The admin API answers every path under admin.prefix: /metrics there was silently
+    shadowed by an admin endpoint (the stats JSON) or by the admin API's 404."""
+    error = load_error(tmp_path, f'[admin]\nmetrics_path = "{path}"\n')
+    assert error.key == "admin.metrics_path" and "admin.prefix" in str(error)
+    moved = load_config(write(tmp_path, f'[admin]\nprefix = "/ops/"\nmetrics_path = "{path}"\n'),
+                        env={})
+    assert moved.admin.metrics_path == path

@@ -306,6 +306,15 @@ def _check_across(config: Config) -> None:
             "proxy.upstream the demo origin listens beside the proxy",
         )
     _check_forward(config.forward, config.proxy.listen)
+    admin = config.admin
+    if admin.metrics_path.startswith(admin.prefix):
+        # The admin API answers every path under its prefix (its own names first, then
+        # a 404): /metrics there would be shadowed, or shadow one of them.
+        raise ConfigError(
+            "admin.metrics_path",
+            f"{admin.metrics_path!r} is under admin.prefix ({admin.prefix!r}), whose paths "
+            "are the admin API's: choose a path outside it",
+        )
 
 
 def _check_forward(forward: ForwardConfig, listen: str) -> None:

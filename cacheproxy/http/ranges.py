@@ -74,7 +74,14 @@ def parse_ranges(value: str, length: int) -> Partial | Unsatisfiable | None:
             return None  # §14.1.1: last-pos less than first-pos: invalid
         if start < length:  # §14.1.1: satisfiable when first-pos < length
             ranges.append((start, min(end, length - 1)))
-    return Partial(tuple(ranges), length) if ranges else Unsatisfiable(length)
+    if not ranges:
+        return Unsatisfiable(length)
+    if sum(last - first + 1 for first, last in ranges) > length:
+        # §14.2, §17.15: overlapping ranges that add up to more than the representation
+        # (bytes=0-,0-,...: 32 copies of it) amplify the answer; the whole one is sent
+        # instead, as nginx does (Apache's CVE-2011-3192 was this).
+        return None
+    return Partial(tuple(ranges), length)
 
 
 def if_range_holds(value: str, entry: CachedResponse) -> bool:

@@ -55,6 +55,20 @@ def test_s14_2_an_invalid_or_excessive_range_is_ignored(value: str) -> None:
     assert parse_ranges(value, len(BODY)) is None
 
 
+@pytest.mark.parametrize("value", [
+    "bytes=0-,0-", "bytes=0-10, -11", "bytes=" + ",".join(["0-"] * MAX_RANGES),
+    "bytes=0-9, 2-5",  # 10 + 4 bytes of 11
+])
+def test_s14_2_ranges_adding_up_to_more_than_the_representation_are_ignored(value: str) -> None:
+    """§14.2, §17.15: overlapping ranges must not multiply the answer (32 copies of the
+    body in one 206); the whole representation goes instead, as nginx sends it."""
+    assert parse_ranges(value, len(BODY)) is None
+
+
+def test_s14_2_overlapping_ranges_within_the_length_are_served() -> None:
+    assert parse_ranges("bytes=0-3, 2-5", len(BODY)) == Partial(((0, 3), (2, 5)), 11)
+
+
 def test_s14_4_content_range() -> None:
     assert content_range(0, 1, 11) == "bytes 0-1/11"
 

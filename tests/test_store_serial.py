@@ -24,7 +24,9 @@ _directives = st.builds(
     ResponseDirectives, max_age=_seconds, s_maxage=_seconds, public=st.booleans(),
     private=st.booleans(), private_fields=st.lists(st.text(max_size=8), max_size=2).map(tuple),
     no_cache=st.booleans(), stale_while_revalidate=_seconds, stale_if_error=_seconds)
-_times = st.floats(allow_nan=False, allow_infinity=False)
+# Bounded: born is response_time - initial_age, and two finite floats near the limits
+# give an infinite one (stored times are seconds since 1970, ages capped, §1.2.2).
+_times = st.floats(-1e15, 1e15, allow_nan=False, allow_infinity=False)
 
 
 @st.composite

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import resource
 import signal
 import sys
@@ -282,6 +283,9 @@ def reconfigure(app: web.Application, new: Config) -> None:
     for key in restart_only_changes(app[STARTED_WITH], new):
         log.warning("reload: %s changed; it takes effect at the next restart", key)
     proxy.check_config(new)  # raises ConfigError before anything changes
+    # (forward.ca_dir takes effect at a restart: the CA checked is the one in use)
+    check_local_ca(dataclasses.replace(new, forward=dataclasses.replace(
+        new.forward, ca_dir=app[STARTED_WITH].forward.ca_dir)))
     app[OBSERVER].reconfigure(new.log)  # raises OSError (a log file that cannot open) first
     app[ADMIN].reconfigure(new.admin)
     app[ADMIN].set_forward(new.forward, new.proxy.listen)
@@ -323,9 +327,30 @@ def keep_restart_only(running: Config, new: Config) -> Config:
         for section, values in kept.items()})
 
 
+def check_local_ca(config: Config) -> None:
+    """forward.intercept_tls: the local CA is read (made, the first time) now, so one that
+    cannot be used (a key others can read, a garbled or expired file) stops the start, as a
+    bad proxy.upstream_ca_file does, and not every CONNECT after a healthy-looking start.
+    Made here, before any worker, it is made once."""
+    forward = config.forward
+    if not (forward.enabled and forward.intercept_tls):
+        return
+    from cacheproxy.tls.ca import CAError, LocalCA  # cryptography: only when intercepting
+
+    directory = forward.ca_path(os.environ)
+    try:
+        LocalCA.load_or_create(directory)
+    except CAError as exc:
+        raise ConfigError("forward.ca_dir", str(exc)) from None
+    except OSError as exc:
+        raise ConfigError("forward.ca_dir", f"{exc.filename or directory}: "
+                                            f"{exc.strerror or exc}") from None
+
+
 def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Blocking entry point for `cacheproxy serve`; SIGTERM and SIGINT stop it gracefully.
     With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
+    check_local_ca(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).

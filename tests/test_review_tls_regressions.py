@@ -1,0 +1,58 @@
+"""A reviewer's findings on forward mode's CONNECT tunnels and TLS interception (the local
+CA, the intercepted tunnel, the `cacheproxy ca` command).
+
+Each test failed on the code it was written against (commit 1694657); its docstring says
+what happened, what should happen and why, and how severe it is. Real servers and
+processes on 127.0.0.1, as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from processes import clean_env, free_port
+
+from cacheproxy.tls.ca import KEY_FILE, LocalCA
+
+
+async def serve_exit(env: dict[str, str], cwd: Path, seconds: float = 10
+                     ) -> tuple[int | None, str]:
+    """`cacheproxy serve` on a free port: its exit status and stderr if it stops within
+    `seconds`, else (None, "") once it was killed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{free_port()}",
+        "--upstream", f"http://127.0.0.1:{free_port()}", cwd=cwd, env=clean_env(**env),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), seconds)
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        return None, ""
+    return proc.returncode, err.decode(errors="replace")
+
+
+async def test_a_ca_that_cannot_be_used_stops_the_start_naming_forward_ca_dir(
+        tmp_path: Path) -> None:
+    """With forward.intercept_tls on, the local CA was first read at the first CONNECT: a
+    CA directory whose key others can read (or a garbled, expired or half-deleted CA) let
+    `cacheproxy serve` start and report ready, and then every https request through it got
+    a 502 ("no certificate for the host") with one ERROR line per CONNECT, the CA read
+    again each time. proxy.upstream_ca_file, the other TLS file, is checked at start, and
+    DESIGN.md says config mistakes stop the start with a message naming the key: `serve`
+    should refuse to start, exit 2, and name forward.ca_dir and the file, as
+    `cacheproxy ca` does. Severity: medium (a proxy that looks healthy fails every https
+    request; the operator learns it only from the first browser)."""
+    ca_dir = tmp_path / "ca"
+    LocalCA.load_or_create(ca_dir)
+    os.chmod(ca_dir / KEY_FILE, 0o644)
+    status, err = await serve_exit({"CACHEPROXY_FORWARD_ENABLED": "true",
+                                    "CACHEPROXY_FORWARD_INTERCEPT_TLS": "true",
+                                    "CACHEPROXY_FORWARD_CA_DIR": str(ca_dir)}, tmp_path)
+    assert status == 2, "serve started with a CA it cannot use"
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("cacheproxy: config error: forward.ca_dir: "), err
+    assert str(ca_dir / KEY_FILE) in lines[-1]
+    assert "Traceback" not in err

@@ -8,6 +8,7 @@ processes on 127.0.0.1, as elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import sys
 from pathlib import Path
@@ -56,3 +57,21 @@ async def test_a_ca_that_cannot_be_used_stops_the_start_naming_forward_ca_dir(
     assert lines[-1].startswith("cacheproxy: config error: forward.ca_dir: "), err
     assert str(ca_dir / KEY_FILE) in lines[-1]
     assert "Traceback" not in err
+
+
+def test_a_leaf_is_valid_no_more_than_398_days_counted_as_browsers_count(tmp_path: Path
+                                                                         ) -> None:
+    """A leaf ran from now - 1 day (BACKDATE) to now + 397 days: 398 days between the two
+    dates, and RFC 5280 §4.1.2.5 (and the CA/Browser Forum Baseline Requirements §6.3.2,
+    whose limit the code's own comment cites) count the validity period from notBefore
+    through notAfter *inclusive*: 398 days and one second, over the 398-day limit that
+    Apple's and Chromium's verifiers enforce for public CAs (README says "valid 397
+    days"). Counted inclusively it must be at most 398 days (397, as the README says, with
+    the backdating inside it). Severity: low (the limit is enforced for publicly trusted
+    roots; a user-added CA is exempt today, and a policy change would break every host)."""
+    ca = LocalCA.load_or_create(tmp_path / "ca")
+    leaf = ca.leaf("example.com")
+    inclusive = leaf.not_valid_after_utc - leaf.not_valid_before_utc \
+        + datetime.timedelta(seconds=1)
+    assert inclusive <= datetime.timedelta(days=398)
+    assert inclusive <= datetime.timedelta(days=397, seconds=1)  # README: valid 397 days

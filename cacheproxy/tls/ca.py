@@ -42,9 +42,10 @@ LEAF_KEY_FILE = "leaf-key.pem"
 LEAVES = 1024  # hosts whose certificate and context are kept
 
 CA_LIFETIME = datetime.timedelta(days=3650)
-# CA/Browser Forum Baseline Requirements §6.3.2 (398 days): the most some clients accept
-# for a server certificate even from a private CA (Apple's do), less a day for BACKDATE.
-LEAF_LIFETIME = datetime.timedelta(days=397)
+# CA/Browser Forum Baseline Requirements §6.3.2: a server certificate is valid 398 days at
+# most (397 advised), counted from notBefore through notAfter inclusive (RFC 5280
+# §4.1.2.5); Apple's and Chromium's verifiers enforce it. 397 days with BACKDATE in them.
+LEAF_LIFETIME = datetime.timedelta(days=396)
 BACKDATE = datetime.timedelta(days=1)  # a client whose clock is behind accepts it too
 RENEW_BEFORE = datetime.timedelta(days=1)  # a cached leaf this close to expiry is redone
 

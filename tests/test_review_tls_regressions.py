@@ -10,9 +10,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from processes import clean_env, free_port
 
 from cacheproxy.tls.ca import KEY_FILE, LocalCA
@@ -75,3 +80,44 @@ def test_a_leaf_is_valid_no_more_than_398_days_counted_as_browsers_count(tmp_pat
         + datetime.timedelta(seconds=1)
     assert inclusive <= datetime.timedelta(days=398)
     assert inclusive <= datetime.timedelta(days=397, seconds=1)  # README: valid 397 days
+
+
+def _own_ca(directory: Path, key: rsa.RSAPrivateKey) -> None:
+    """A CA of the user's own in `directory`, with `key` (the loader takes an ECDSA or RSA
+    key and its CA certificate found there)."""
+    directory.mkdir()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "my own CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .sign(key, hashes.SHA256()))
+    (directory / "ca-cert.pem").write_bytes(certificate.public_bytes(
+        serialization.Encoding.PEM))
+    fd = os.open(directory / KEY_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(key.private_bytes(serialization.Encoding.PEM,
+                                     serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+
+
+def test_a_ca_key_too_small_to_sign_with_is_refused_by_cacheproxy_ca(tmp_path: Path
+                                                                     ) -> None:
+    """`cacheproxy ca` accepted a CA whose key is RSA-1024 (openssl req -newkey rsa:1024,
+    or an old company CA) and printed its fingerprint as usable; but OpenSSL's default
+    security level (2: RSA 2048 bits at least) refuses it, so every intercepted CONNECT then
+    failed (SSLError CA_KEY_TOO_SMALL when the leaf's context is made: 502 "no certificate
+    for the host"), and a browser would refuse such a chain too (Chromium, like the CA/B
+    Forum BR §6.1.5, wants RSA 2048 or more). The command that checks the CA should refuse
+    it in one line naming the file and the size, exit 1. Severity: low."""
+    ca_dir = tmp_path / "ca"
+    _own_ca(ca_dir, rsa.generate_private_key(public_exponent=65537, key_size=1024))
+    result = subprocess.run([sys.executable, "-m", "cacheproxy", "ca"], cwd=tmp_path,
+                            env=clean_env(CACHEPROXY_FORWARD_CA_DIR=str(ca_dir)),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cacheproxy: ca: {ca_dir / KEY_FILE}: ")
+    assert "1024" in lines[0]

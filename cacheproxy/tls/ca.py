@@ -48,6 +48,8 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 LEAF_LIFETIME = datetime.timedelta(days=396)
 BACKDATE = datetime.timedelta(days=1)  # a client whose clock is behind accepts it too
 RENEW_BEFORE = datetime.timedelta(days=1)  # a cached leaf this close to expiry is redone
+# CA/B Forum BR §6.1.5 and OpenSSL's default security level 2 (112-bit security).
+MIN_RSA_BITS, MIN_EC_BITS = 2048, 256
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -274,6 +276,11 @@ def _load_ca(key_path: Path, cert_path: Path,
     key = _read_key(key_path)
     if not isinstance(key, SigningKey):
         raise CAError(key_path, "the CA key must be ECDSA or RSA")
+    if key.key_size < (MIN_RSA_BITS if isinstance(key, rsa.RSAPrivateKey) else MIN_EC_BITS):
+        # OpenSSL's default security level, and browsers, refuse a chain signed with it
+        raise CAError(key_path, f"a {key.key_size}-bit {_type_name(key)} key is too small to "
+                                f"sign with (at least {MIN_RSA_BITS}-bit RSA or "
+                                f"{MIN_EC_BITS}-bit ECDSA); remove both files to make a new CA")
     try:
         certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except ValueError as exc:
@@ -290,6 +297,10 @@ def _load_ca(key_path: Path, cert_path: Path,
         raise CAError(cert_path, f"the CA expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
                                  "; remove both files to make a new one (and trust it again)")
     return key, certificate
+
+
+def _type_name(key: SigningKey) -> str:
+    return "RSA" if isinstance(key, rsa.RSAPrivateKey) else "ECDSA"
 
 
 def _load_or_create_leaf_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -121,3 +121,42 @@ def test_a_ca_key_too_small_to_sign_with_is_refused_by_cacheproxy_ca(tmp_path: P
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"cacheproxy: ca: {ca_dir / KEY_FILE}: ")
     assert "1024" in lines[0]
+
+
+def _read_only(directory: Path, command: str) -> subprocess.CompletedProcess[str]:
+    """`command` (sh) run with `directory` read-only: chmod for a user, or, for root (whom
+    modes do not stop), a read-only bind mount in a mount namespace of its own (the
+    directory stays writable for everyone else)."""
+    if os.geteuid() != 0:
+        directory.chmod(0o500)
+        argv = ["sh", "-c", command]
+    else:
+        argv = ["unshare", "-m", "sh", "-c",
+                f"mount --bind -o ro '{directory}' '{directory}' && {command}"]
+    try:
+        return subprocess.run(argv, env=clean_env(CACHEPROXY_FORWARD_CA_DIR=str(directory)),
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        directory.chmod(0o700)
+
+
+def test_a_ca_in_a_read_only_directory_is_used(tmp_path: Path) -> None:
+    """A complete CA (key, certificate, leaf key) in a directory the proxy may not write
+    (a Kubernetes secret or a compose volume mounted `:ro`, the README's ./config mount,
+    a CA made by `cacheproxy ca` as another user) could not be used at all: every load
+    opened `.lock` for writing first ("Read-only file system": `cacheproxy ca` exit 1,
+    every intercepted CONNECT a 502), and each new host's certificate chain went through
+    a temporary file written in that directory. Nothing needs writing when the files are
+    there; mitmproxy and Squid's ssl-bump read an existing CA from wherever it is.
+    Severity: medium (interception cannot be deployed with its CA as a read-only secret)."""
+    ca_dir = tmp_path / "ca"
+    made = LocalCA.load_or_create(ca_dir)
+    check = (f"{sys.executable} -c \"from cacheproxy.tls.ca import LocalCA; "
+             f"LocalCA.load_or_create('{ca_dir}').server_context('example.com'); "
+             "print('context made')\"")
+    shown = _read_only(ca_dir, f"{sys.executable} -m cacheproxy ca")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == f"certificate: {made.cert_path}"
+    used = _read_only(ca_dir, check)
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.strip() == "context made"

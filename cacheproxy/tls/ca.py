@@ -135,8 +135,12 @@ class LocalCA:
         except OSError as exc:
             raise CAError(directory, f"cannot create the directory: {exc.strerror or exc}"
                           ) from None
-        with _locked(directory):  # two workers starting at once make one CA, not two
-            key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+        key_path, cert_path = directory / KEY_FILE, directory / CERT_FILE
+        files = (key_path, cert_path, directory / LEAF_KEY_FILE)
+        # Two workers starting at once make one CA, not two. A CA that is all there is only
+        # read (each file was renamed into place whole): its directory may be read-only.
+        whole = all(path.exists() for path in files)
+        with contextlib.nullcontext() if whole else _locked(directory):
             created = not key_path.exists() and not cert_path.exists()
             if created:
                 key = ec.generate_private_key(ec.SECP256R1())
@@ -207,8 +211,8 @@ class LocalCA:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["http/1.1"])  # what the proxy speaks inside the tunnel
         # ssl loads certificates from files only: the chain (public) goes through a
-        # short-lived file beside the leaf key.
-        fd, chain_file = tempfile.mkstemp(prefix=".chain-", suffix=".pem", dir=self.directory)
+        # short-lived file in the temporary directory (the CA's may be read-only).
+        fd, chain_file = tempfile.mkstemp(prefix="cacheproxy-chain-", suffix=".pem")
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(chain_pem)

@@ -14,13 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from processes import clean_env, free_port
 
-from cacheproxy.tls.ca import KEY_FILE, LocalCA
+from cacheproxy.tls.ca import KEY_FILE, CAError, LocalCA
 
 
 async def serve_exit(env: dict[str, str], cwd: Path, seconds: float = 10
@@ -82,18 +83,22 @@ def test_a_leaf_is_valid_no_more_than_398_days_counted_as_browsers_count(tmp_pat
     assert inclusive <= datetime.timedelta(days=397, seconds=1)  # README: valid 397 days
 
 
-def _own_ca(directory: Path, key: rsa.RSAPrivateKey) -> None:
+def _own_ca(directory: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, *,
+            key_usage: x509.KeyUsage | None = None,
+            starts: datetime.timedelta = datetime.timedelta(days=-1)) -> None:
     """A CA of the user's own in `directory`, with `key` (the loader takes an ECDSA or RSA
-    key and its CA certificate found there)."""
+    key and its CA certificate found there), valid from now + `starts`."""
     directory.mkdir()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "my own CA")])
     now = datetime.datetime.now(datetime.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=30))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                   .sign(key, hashes.SHA256()))
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now + starts)
+               .not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True))
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, critical=True)
+    certificate = builder.sign(key, hashes.SHA256())
     (directory / "ca-cert.pem").write_bytes(certificate.public_bytes(
         serialization.Encoding.PEM))
     fd = os.open(directory / KEY_FILE, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -160,3 +165,26 @@ def test_a_ca_in_a_read_only_directory_is_used(tmp_path: Path) -> None:
     used = _read_only(ca_dir, check)
     assert used.returncode == 0, used.stderr
     assert used.stdout.strip() == "context made"
+
+
+@pytest.mark.parametrize("problem", ["keyUsage without keyCertSign", "not valid yet"])
+def test_a_ca_certificate_clients_refuse_as_an_issuer_is_refused_when_loaded(
+        tmp_path: Path, problem: str) -> None:
+    """The loader checks that the CA certificate says CA:TRUE and has not expired, but took
+    one whose keyUsage leaves out keyCertSign (RFC 5280 §4.2.1.3: its key may then not
+    verify certificate signatures; OpenSSL says "invalid CA certificate") and one whose
+    notBefore is still to come (made on a machine whose clock runs ahead): `cacheproxy ca`
+    printed it as good, and every client then refused every intercepted host. Both should
+    be refused in one line naming ca-cert.pem, as an expired CA is. Severity: low."""
+    ca_dir = tmp_path / "ca"
+    key = ec.generate_private_key(ec.SECP256R1())
+    if problem == "not valid yet":
+        _own_ca(ca_dir, key, starts=datetime.timedelta(days=3))
+    else:
+        _own_ca(ca_dir, key, key_usage=x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=False,
+            crl_sign=False, encipher_only=False, decipher_only=False))
+    with pytest.raises(CAError) as refused:
+        LocalCA.load_or_create(ca_dir)
+    assert refused.value.path == ca_dir / "ca-cert.pem"

@@ -297,6 +297,18 @@ def _load_ca(key_path: Path, cert_path: Path,
         is_ca = False
     if not is_ca:
         raise CAError(cert_path, "not a CA certificate (basicConstraints CA:TRUE)")
+    try:
+        usage: x509.KeyUsage | None = certificate.extensions.get_extension_for_class(
+            x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None  # (none: the key's use is not restricted)
+    if usage is not None and not usage.key_cert_sign:  # RFC 5280 §4.2.1.3
+        raise CAError(cert_path, "its keyUsage leaves out keyCertSign: clients refuse the "
+                                 "certificates it signs")
+    if certificate.not_valid_before_utc > now:  # made by a clock ahead (or this one behind)
+        raise CAError(cert_path, "the CA is valid only from "
+                                 f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check "
+                                 "this machine's clock, or remove both files to make a new one")
     if certificate.not_valid_after_utc <= now:
         raise CAError(cert_path, f"the CA expired on {certificate.not_valid_after_utc:%Y-%m-%d}"
                                  "; remove both files to make a new one (and trust it again)")

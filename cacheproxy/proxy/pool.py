@@ -66,6 +66,21 @@ def _still_vetted(conn: Connection, check: Callable[[str], UpstreamError | None]
     return isinstance(peer, (list, tuple)) and check(str(peer[0])) is None
 
 
+def _closed_cleanly(transport: asyncio.Transport | None) -> bool:
+    """Did the origin end the connection cleanly? RFC 9112 §9.8: over TLS, a body run to
+    the close is complete only when the close_notify alert came before the TCP close; one
+    without it may be a truncation (an attacker's FIN, a crash), and must not be stored
+    or relayed as whole. (SSLObject.read gives b"" only once close_notify was read;
+    uvloop calls no eof_received for a TCP close without it, asyncio does.)"""
+    tls = transport.get_extra_info("ssl_object") if transport is not None else None
+    if tls is None:
+        return True
+    try:
+        return tls.read(1) == b""
+    except (ssl.SSLError, ValueError):
+        return False
+
+
 def _cause(exc: httptools.HttpParserError) -> BaseException:
     """What a parse failure says: ours when one of our callbacks refused the answer
     (httptools raises "User callback error" with ours as its context)."""
@@ -118,6 +133,7 @@ class Connection(asyncio.Protocol):
         self._head_timer: asyncio.TimerHandle | None = None  # send()'s (_head_check)
         self._lost: BaseException | None = None
         self._closed = False
+        self._tls = False  # over TLS: a close ends a body only after close_notify
         self._writable: asyncio.Future[None] | None = None
         self._reset_exchange()
 
@@ -159,6 +175,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:  # nothing asked: an idle connection must stay silent
@@ -207,8 +224,9 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.reusable = False
-        if self._until_close and self._head is not None and self._head.done():
-            self._complete = True  # RFC 9112 §6.3: the body ran to the close
+        if self._until_close and self._head is not None and self._head.done() \
+                and _closed_cleanly(self.transport):
+            self._complete = True  # RFC 9112 §6.3 (§9.8 over TLS): the body ran to the close
             self._wake()
         return None
 
@@ -218,14 +236,16 @@ class Connection(asyncio.Protocol):
         self.pool._forget(self)
         if isinstance(self._lost, ClientBodyError):
             pass  # closed here, the request body unfinished: that failure stays the cause
-        elif (self._until_close and exc is None and self._head is not None
-                and self._head.done()):
+        elif (self._until_close and exc is None and not self._tls
+                and self._head is not None and self._head.done()):
             self._complete = True  # a close, not a reset (RFC 9112 §6.3, RFC 9111 §3.3)
         elif not self._complete:
             if self._lost is None:  # (else it failed first: that is the cause)
                 # A close (FIN) before the end of the answer is no reset (RST): the log
                 # says which, as the origin's side differs (a crash, a proxy's timeout).
                 self._lost = _refused("connection reset" if exc is not None
+                                      else "closed without TLS close_notify"
+                                      if self._tls and self._until_close
                                       else "connection closed" if self._received
                                       else "closed before answering")
             if self._head is not None and not self._head.done():

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from processes import clean_env, start_serve, stop
 
 from cacheproxy.tls.ca import LocalCA
@@ -126,3 +127,35 @@ async def test_a_tls_body_run_to_a_clean_close_is_still_stored(tmp_path):
         await stop(proc)
         server.close()
     assert b"X-Cache: HIT" in second and second.endswith(b"a" * 50) and answered[0] == 1
+
+
+# -- the store's bound: what a variant holds of the request ------------------------------------
+
+
+async def test_max_bytes_counts_the_vary_values_a_variant_keeps(proxy, origin):
+    """Each stored variant keeps the request's values of the fields its response varies on
+    (RFC 9111 §4.1: to match later requests), but CachedResponse.size left them out: with
+    cache.max_bytes = 256 KiB, 100 requests whose Vary'd field was 8 lines of 8 KB (well
+    within the proxy's limits on a request head) made the store hold 6.4 MB of them while
+    it accounted 51 KB and evicted nothing. Any client can do this wherever an origin
+    varies on a request field (Cookie, User-Agent, Accept-Language...): cache.max_bytes,
+    which "bounds the process memory", is passed 25 times and more. Severity: medium."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=b"x", headers={"Cache-Control": "max-age=600",
+                                                "Vary": "X-Pad"})
+
+    app = web.Application()
+    app.router.add_get("/{n}", page)
+    max_bytes = 256 * 1024
+    client = await proxy(await origin(app), cache={"max_bytes": max_bytes})
+    for n in range(100):
+        resp = await client.get(f"/{n}", headers=[("X-Pad", f"{n:08d}" + "p" * 8000)] * 8)
+        assert resp.status == 200
+        await resp.read()
+    store = client.app_proxy.store
+    held = [entry for key in await store.keys() for entry in await store.get(key)]
+    kept = sum(len(value or "") for entry in held for value in entry.vary_values)
+    assert kept <= max_bytes, (
+        f"{kept} bytes of Vary values held in a {max_bytes}-byte store "
+        f"(accounted: {store.stats().bytes})")
+    assert store.stats().bytes <= max_bytes

@@ -209,12 +209,15 @@ class CachedResponse:
 
     @property
     def size(self) -> int:
-        """What it counts for against cache.max_bytes: body, fields, key and the
-        bookkeeping beyond them (ENTRY_OVERHEAD, FIELD_OVERHEAD). Figured when asked (on
-        a put, an eviction) rather than held: an int kept per entry costs 40 bytes."""
+        """What it counts for against cache.max_bytes: body, fields, key, the request's
+        values for its Vary fields (held to match variants, §4.1: a client chooses them,
+        up to a whole header section) and the bookkeeping beyond them (ENTRY_OVERHEAD,
+        FIELD_OVERHEAD). Figured when asked (on a put, an eviction) rather than held: an
+        int kept per entry costs 40 bytes."""
         names = self.names
         return len(self.body) + sum(map(len, names)) + sum(map(len, self.values)) \
-            + len(self.key) + ENTRY_OVERHEAD + FIELD_OVERHEAD * len(names)
+            + len(self.key) + ENTRY_OVERHEAD + FIELD_OVERHEAD * len(names) \
+            + sum(len(v) for v in self._vary[1] if v is not None)
 
     def header_pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.names, self.values, strict=True))

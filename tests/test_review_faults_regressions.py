@@ -8,9 +8,10 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
-from processes import clean_env, start_serve, stop
+from processes import clean_env, free_port, start_serve, stop
 
 from cacheproxy.tls.ca import LocalCA
 
@@ -159,3 +160,36 @@ async def test_max_bytes_counts_the_vary_values_a_variant_keeps(proxy, origin):
         f"{kept} bytes of Vary values held in a {max_bytes}-byte store "
         f"(accounted: {store.stats().bytes})")
     assert store.stats().bytes <= max_bytes
+
+
+# -- standard error as a pipe nobody drains ------------------------------------------------------
+
+
+async def test_a_stderr_pipe_nobody_reads_does_not_stop_the_proxy(tmp_path):
+    """Diagnostic lines went to stderr through logging's StreamHandler, written on the
+    event loop. With stderr a pipe nobody drains (a stalled log driver or supervisor,
+    `serve 2>&1 | stalled`), the pipe is full at 64 KiB and the next WARNING blocked the
+    loop: after 602 misses against a dead origin (one "upstream ... failed" line each)
+    the proxy answered nothing more, health checks included, until someone read stderr.
+    A client chooses how fast that comes (long URLs make long lines). The request log is
+    written by a thread so that "a slow disk or pipe never stalls requests" (README);
+    stderr must not undo that. Severity: medium (every client stalls at once)."""
+    dead = free_port()  # nothing listens there: each request is a 502 and a WARNING
+    proc, port = await start_serve(
+        "--upstream", f"http://127.0.0.1:{dead}", cwd=tmp_path,
+        env=clean_env(CACHEPROXY_LOG_FORMAT="off"))  # (stderr: a pipe read only at stop)
+    answered = 0
+    try:
+        timeout = aiohttp.ClientTimeout(total=3)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for n in range(1500):
+                async with session.get(f"http://127.0.0.1:{port}/{n}?{'q' * 200}") as resp:
+                    assert resp.status == 502
+                    answered += 1
+            async with session.get(f"http://127.0.0.1:{port}/_cacheproxy/healthz") as resp:
+                assert resp.status == 200
+    except TimeoutError:
+        pytest.fail(f"the proxy stopped answering after {answered} requests")
+    finally:
+        _, err = await stop(proc)
+    assert err.count("answered 502") == 1500  # every line written once stderr was read

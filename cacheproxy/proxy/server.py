@@ -27,6 +27,7 @@ from cacheproxy.lifetime import (
 )
 from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.admin import Admin
+from cacheproxy.observe.diagnostics import StderrHandler
 from cacheproxy.observe.health import Health, upstream_problem
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.sink import LogFileError
@@ -351,8 +352,9 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     """Blocking entry point for `cacheproxy serve`; SIGTERM and SIGINT stop it gracefully.
     With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
     check_local_ca(config)
+    # Never blocking the event loop on a stderr pipe nobody drains (observe/diagnostics.py).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+                        handlers=[StderrHandler(sys.stderr)])
     # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).
     pid_file = config.proxy.pid_file
     if pid_file:

@@ -115,6 +115,8 @@ def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | 
     except StartError as exc:  # one line, as `cacheproxy serve` says it, not a traceback
         print(f"cacheproxy: {' '.join(str(exc).splitlines())}", file=sys.stderr, flush=True)
         sys.exit(START_FAILED)
+    finally:
+        logging.shutdown()  # (multiprocessing ends with os._exit: lines still queued go)
 
 
 def _demo(config: Config, ready: Any, parent: int) -> None:

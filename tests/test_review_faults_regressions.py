@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from processes import clean_env, free_port, start_serve, stop
+from test_pool_review_regressions import Scripted
 
 from cacheproxy.tls.ca import LocalCA
 
@@ -193,3 +194,179 @@ async def test_a_stderr_pipe_nobody_reads_does_not_stop_the_proxy(tmp_path):
     finally:
         _, err = await stop(proc)
     assert err.count("answered 502") == 1500  # every line written once stderr was read
+
+
+def test_lines_for_a_stalled_stderr_pipe_are_bounded_and_their_loss_said(monkeypatch):
+    """The fix's bound: what a pipe nobody drains does not take is queued up to
+    MAX_QUEUED lines (a thread writes them), the rest dropped and counted, and the count
+    said once the pipe takes lines again; no emit blocks meanwhile."""
+    import logging
+    import os
+    import time
+
+    from cacheproxy.observe import diagnostics
+
+    monkeypatch.setattr(diagnostics, "MAX_QUEUED", 100)
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream, os.fdopen(read_end, "rb") as drain:
+        handler = diagnostics.StderrHandler(stream)
+        record = logging.LogRecord("cacheproxy", logging.WARNING, __file__, 1,
+                                   "upstream failed: " + "x" * 200, None, None)
+        started = time.monotonic()
+        for _ in range(2000):  # ~440 KB: the pipe takes 64 KiB
+            handler.emit(record)
+        assert time.monotonic() - started < 2  # (a blocking write would never return)
+        assert handler.dropped > 0
+        os.set_blocking(read_end, False)
+        got = b""
+        deadline = time.monotonic() + 5
+        while b"log lines dropped" not in got and time.monotonic() < deadline:
+            try:
+                got += drain.read() or b""
+            except BlockingIOError:
+                time.sleep(0.01)
+        lines = got.splitlines()
+        assert lines[-1].startswith(b"cacheproxy: stderr was stalled:"), lines[-1]
+        assert len(lines) - 1 + int(lines[-1].split()[4]) == 2000  # written + dropped
+
+
+# -- collapsed requests behind a fill that broke off ------------------------------------------
+
+
+async def test_waiters_behind_a_fill_that_broke_off_do_not_all_go_upstream(proxy):
+    """Requests collapsed behind a miss whose body broke off (the origin closed mid-body)
+    found nothing stored and all went to the origin at once (lookup never collapses a
+    request that waited): five clients made five upstream requests to an origin that had
+    just failed, the herd collapsing exists to prevent. nginx (proxy_cache_lock) and
+    Varnish (the waiting list's rush) let the waiters look again and one of them fetch
+    it, the others waiting for that. A non-storable answer is another matter: it marks
+    the URL hit-for-pass (README), and its waiters go alone as before. Severity: low."""
+    def script(head: bytes, index: int) -> list:
+        if index == 0:  # 10 of 100 bytes, a pause for the others to collapse, the close
+            return [b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                    b"Content-Length: 100\r\n\r\n" + b"b" * 10, 0.3]
+        return [b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                b"Content-Length: 4\r\n\r\nfull", 0.2]
+
+    async with Scripted(script) as origin:
+        client = await proxy(origin.url)
+
+        async def get() -> bytes | None:
+            try:
+                resp = await client.get("/herd")
+                return await resp.read()
+            except aiohttp.ClientPayloadError:
+                return None
+
+        first = asyncio.ensure_future(get())
+        await asyncio.sleep(0.1)  # the leader is in flight
+        others = await asyncio.gather(*[get() for _ in range(4)])
+        assert await first is None  # the leader's client saw its body cut
+        assert others == [b"full"] * 4
+        assert len(origin.requests) == 2, f"{len(origin.requests)} upstream requests"
+
+
+async def test_waiters_behind_a_fill_given_up_for_its_size_still_go_at_once(proxy, origin):
+    """The control: a fill given up because the body outgrew cache.max_object_bytes
+    (chunked, no length to refuse it by) is no failure; its waiters go upstream at once,
+    as before, rather than wait behind a second leader whose fill would be given up too."""
+    started: list[float] = []
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        started.append(asyncio.get_running_loop().time())
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+        await resp.prepare(request)
+        for _ in range(8):
+            await resp.write(b"x" * 1024)
+            await asyncio.sleep(0.1)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    client = await proxy(await origin(app), cache={"max_object_bytes": 2048})
+
+    async def get() -> int:
+        resp = await client.get("/big")
+        return len(await resp.read())
+
+    first = asyncio.ensure_future(get())
+    await asyncio.sleep(0.05)  # the leader is in flight, its fill not yet given up
+    assert await asyncio.gather(first, *[get() for _ in range(3)]) == [8192] * 4
+    assert len(started) == 4
+    # The three waiters were woken when the fill was given up (~0.2 s), all at once.
+    assert max(started[1:]) - min(started[1:]) < 0.1, started
+
+
+# -- the Redis store: what one lookup reads --------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="RedisStore.get reads the whole hash (HGETALL): "
+                   "choosing the variant in Redis needs the request's Vary values in the "
+                   "Store protocol's get, a change of the store's interface and layout")
+async def test_a_hit_on_one_variant_does_not_read_every_variant_from_redis(
+        origin, proxy, redis_server):
+    """With the Redis store a lookup reads every variant of the URL, bodies included
+    (HGETALL of its hash), and decodes them all, to serve one. A client that sends a few
+    values of a field the origin varies on (Accept-Language, User-Agent, a custom one)
+    fills the URL's 32 variants; from then on each request for the URL, a hit on a
+    1 MiB variant here, reads 16 MiB from Redis (up to 32 x cache.max_object_bytes =
+    256 MiB by default), held in the process once per concurrent request. Seen: with 32
+    variants of 1 MiB each hit took ~57 ms (32 MiB read and decoded on the event loop).
+    The time grows with the bytes toward cache.redis_timeout (0.5 s), past which a read
+    counts as Redis down for every URL (README "When Redis is down or slow"). nginx
+    keys the variant in its cache key and reads that one. Severity: medium (memory and
+    time per request scale with what clients chose)."""
+    from redis.asyncio import Redis
+
+    body = b"z" * (1 << 20)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Cache-Control": "max-age=600",
+                                                "Vary": "Accept-Language"})
+
+    app = web.Application()
+    app.router.add_get("/page", page)
+    client = await proxy(await origin(app), cache={
+        "store": "redis", "redis_url": redis_server.url, "memory_layer_bytes": 0})
+    for n in range(16):
+        resp = await client.get("/page", headers={"Accept-Language": f"x-{n}"})
+        assert resp.status == 200 and len(await resp.read()) == len(body)
+    redis = Redis.from_url(redis_server.url)
+    try:
+        before = (await redis.info("stats"))["total_net_output_bytes"]
+        hit = await client.get("/page", headers={"Accept-Language": "x-3"})
+        assert hit.headers["X-Cache"] == "HIT" and await hit.read() == body
+        read = (await redis.info("stats"))["total_net_output_bytes"] - before
+    finally:
+        await redis.aclose()
+    assert read < 2 * len(body), f"{read} bytes read from Redis to serve {len(body)}"
+
+
+# -- the size of a request head ------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="aiohttp's parsers bound each field (8190 bytes) and "
+                   "their number (128), not the section; a bound on the whole head needs "
+                   "the client connection to count head bytes apart from body bytes")
+async def test_a_request_head_of_a_megabyte_is_refused(origin, proxy):
+    """A request head of 120 fields of 8,000 bytes (960 KB) was accepted, held and
+    forwarded: only each field's size (8,190) and their number (128) are bounded, so
+    each of proxy.max_client_connections (10,000) connections may hold about 1 MB of head
+    for up to client_header_timeout (60 s). nginx refuses a head past its
+    large_client_header_buffers (4 x 8 KB), Varnish past http_req_size (32 KB), Squid
+    past request_header_max_size (64 KB); RFC 9110 §5.4 lets a server refuse a section
+    larger than it wishes to process, with a 4xx (431, RFC 6585 §5). Severity: low."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="a")
+
+    app = web.Application()
+    app.router.add_get("/a", page)
+    client = await proxy(await origin(app))
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    fields = "".join(f"X-{n}: {'v' * 8000}\r\n" for n in range(120))
+    writer.write(f"GET /a HTTP/1.1\r\nHost: a\r\n{fields}Connection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 431 Request Header Fields Too Large",
+                                           b"HTTP/1.1 400 Bad Request"), answer[:100]

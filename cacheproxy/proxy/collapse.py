@@ -33,8 +33,8 @@ class Stored:
 
 
 class _LeaderFailed:
-    """The leader got no answer from upstream (refused, reset, timed out) and nothing
-    was stored for its key meanwhile."""
+    """The leader got no whole answer from upstream (refused, reset, timed out, its body
+    cut short)."""
 
     __slots__ = ()
 
@@ -70,15 +70,15 @@ class Collapser:
         return fut, True
 
     def release(self, key: str, fut: asyncio.Future[Result], failed: bool = False) -> None:
-        """Wake the waiters of this leader's future, with what was stored for the key
-        while it was in flight, else LEADER_FAILED when it failed; a later leader's slot
-        stays."""
+        """Wake the waiters of this leader's future: LEADER_FAILED when it got no whole
+        answer (even one it had begun to store: its body broke off), else what was stored
+        for the key while it was in flight; a later leader's slot stays."""
         stored: Result = None
         if self._inflight.get(key) is fut:
             del self._inflight[key]
             stored = self._stored.pop(key, None)
         if not fut.done():
-            fut.set_result(LEADER_FAILED if failed and stored is None else stored)
+            fut.set_result(LEADER_FAILED if failed else stored)
 
     def note_stored(self, key: str, entry: CachedResponse) -> None:
         """An answer for key, received now, is stored (or validated the stored one),

@@ -91,6 +91,11 @@ _MAX_YIELDS = 8
 # Bytes of a request head kept to find where a line too long began: the parser stops at
 # 8,190 bytes of a line, so that line began at most that far back, plus the lines before.
 _HEAD_WINDOW = 64 * 1024
+# Most bytes of one request head, request line included (Squid's request_header_max_size;
+# nginx's large_client_header_buffers 4 x 8k, Varnish's http_req_size 32k): aiohttp's parsers
+# bound each field (8,190 bytes) and their number, so about 1 MB per connection otherwise.
+# RFC 9110 §5.4: a server may refuse a larger section (431, RFC 6585 §5).
+MAX_HEAD_BYTES = 64 * 1024
 _REQUEST_LINE_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
 
 
@@ -114,6 +119,11 @@ def _too_long(exc: LineTooLong) -> int:
     if before == b"":  # the Python parser names the whole line
         return 414 if _REQUEST_LINE_START.match(named) else 431
     return 414 if _REQUEST_LINE_START.fullmatch(before) else 431
+
+
+def _head_too_large() -> HttpProcessingError:
+    return HttpProcessingError(
+        code=431, message=f"request header section over {MAX_HEAD_BYTES} bytes")
 
 
 class ClientConnection(ConnectMethod, BaseProtocol):
@@ -148,6 +158,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._seen = b""
         self._unparsed: list[bytes] | None = None
         self._unparsed_bytes = 0
+        self._head_bytes = 0  # read since the last whole request, outside any body
+        self._head_refused = False  # a request head refused before its end (may still come)
         self._client_eof = False  # the client finished sending before its tunnel was up
         self._payload: StreamReader | None = None  # the body of the request being answered
         self._started = False  # its response head went out (start())
@@ -228,9 +240,19 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     if payload is not None and not payload.is_eof():
                         payload.set_exception(exc)
             if messages:
+                if self._head_bytes + len(data) > MAX_HEAD_BYTES:  # (rare: then measured)
+                    messages = self._heads_within(messages)
+                self._head_bytes = 0
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
+                if parser.in_body or parser.holding:
+                    self._head_bytes = 0
+                else:
+                    self._head_bytes += len(data)
+                    if self._head_bytes > MAX_HEAD_BYTES:
+                        messages = [(_head_too_large(), EMPTY_PAYLOAD)]
+                        self._closing = True
             if messages and not self._closing:
                 messages = self._read_last(messages)
             if upgraded:
@@ -261,6 +283,18 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
+
+    def _heads_within(self, messages: list[Any]) -> list[Any]:
+        """The messages up to the first whose head is over MAX_HEAD_BYTES, then that one
+        as a 431 (the connection closes after it: nothing further is read)."""
+        for i, (msg, _) in enumerate(messages):
+            if isinstance(msg, HttpProcessingError):
+                break
+            size = len(msg.path) + sum(len(k) + len(v) + 4 for k, v in msg.raw_headers)
+            if size > MAX_HEAD_BYTES:
+                self._closing = True
+                return [*messages[:i], (_head_too_large(), EMPTY_PAYLOAD)]
+        return messages
 
     def _keep_unparsed(self, data: bytes) -> None:
         """A read that completed no request: kept (by reference) while the head it is
@@ -813,6 +847,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self.listener.record(ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http"),
                              status, len(body), time.perf_counter())
         log.debug("request refused: %s", exc.message)
+        self._head_refused = True  # (refused as it came: the rest of it may be on its way)
         self.close()
 
     # -- writing a response (Downstream) -----------------------------------------
@@ -1019,7 +1054,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def close(self) -> None:
         """Close once what was written is sent; with a lingering close when the client may
-        still be sending its request's body (CLOSE_LINGER_SECONDS)."""
+        still be sending its request's body or a head refused (CLOSE_LINGER_SECONDS)."""
         self._closing = True
         self._disarm()
         self._uncork()
@@ -1034,8 +1069,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._unsent_watch = self._loop.call_later(self._timeouts.send,
                                                        self._watch_unsent)
         payload = self._payload
-        if payload is None or payload.is_eof() or self._lingering is not None \
-                or not transport.can_write_eof():
+        sending = self._head_refused or (payload is not None and not payload.is_eof())
+        if not sending or self._lingering is not None or not transport.can_write_eof():
             transport.close()
             return
         # RFC 9112 §9.6: the answer, then a half-close (FIN), then what the client still

@@ -124,6 +124,11 @@ class _StrictPythonParser(HttpRequestParserPy):
         unfinished line): feeding it b"" again is then worth a try."""
         return bool(self._tail)
 
+    @property
+    def in_body(self) -> bool:
+        """The bytes fed last went to a request body (not yet whole)."""
+        return self._payload_parser is not None
+
     def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> _FeedResult:
         result = super().feed_data(data, *args, **kwargs)
         if (
@@ -197,6 +202,13 @@ class _FallbackParser:
         feed: what came after waits in it until messages are consumed and it is fed again
         (feed_data(b""))."""
         return self._python.holding if self._python is not None else self._held
+
+    @property
+    def in_body(self) -> bool:
+        """The bytes fed last went to a request body (not yet whole)."""
+        if self._python is not None:
+            return self._python.in_body
+        return self._open is not None and not self._open.is_eof()
 
     def feed_data(self, data: bytes) -> _FeedResult:
         if self._python is not None:

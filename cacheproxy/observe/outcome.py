@@ -102,8 +102,8 @@ def note_lookup(o: Outcome, d: Lookup) -> None:
         o.status = "HIT" if d.ttl > 0 else "STALE"
     elif isinstance(d, ServeStale):
         o.status, o.detail = "UPDATING", d.detail
-    elif isinstance(d, Refuse):
-        o.detail = d.detail
+    elif isinstance(d, Refuse):  # the cache's own 504 (only-if-cached): nothing went upstream
+        o.status, o.detail = "ERROR", d.detail
     elif isinstance(d, PreconditionFailed):  # a 412 the stored response answered
         o.status, o.hit, o.ttl = "HIT", True, d.ttl
     elif isinstance(d, Forward):

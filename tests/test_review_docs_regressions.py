@@ -1,0 +1,52 @@
+"""A documentation review: what README.md promises, checked against the running proxy.
+Each test names the README's words, what the proxy did instead, why it matters and how
+much (high / medium / low)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from cacheproxy.proxy.server import OBSERVER
+
+
+def origin_app() -> web.Application:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"page {request.path}", headers={"Cache-Control": "max-age=60"})
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    return app
+
+
+async def log_records(client: Any, path: Path) -> list[dict[str, Any]]:
+    observer = client.server.app[OBSERVER]
+    await asyncio.sleep(0.02)  # the request log is written once the response has gone out
+    observer.flush()
+    assert await asyncio.to_thread(observer.sink.wait_written)
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_only_if_cached_504_is_logged_as_the_proxys_own_error(origin, proxy, tmp_path):
+    """README, the request log's `cache` field: "`ERROR` (502/504/400 made by the proxy)";
+    `MISS` is a response fetched and not stored, whose body counts as "bytes from the
+    origin" (stats, `cacheproxy_response_body_bytes_total{source="origin"}`, `cacheproxy
+    logs`). A request with `Cache-Control: only-if-cached` and nothing stored gets the
+    proxy's own 504 (RFC 9111 §5.2.1.7) without any request upstream, yet it was logged
+    `"cache": "MISS"`: its error text was counted as bytes from the origin, the request
+    as a miss in the hit ratio and miss latency, and `cacheproxy_errors_total` did not
+    move, unlike the same 504 under must-revalidate (logged ERROR). Severity: low
+    (misleading figures for operators)."""
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(origin_app()), log={"path": str(log)})
+    resp = await c.get("/nothing", headers={"Cache-Control": "only-if-cached"})
+    assert resp.status == 504
+    await resp.read()
+    [record] = await log_records(c, log)
+    assert record["upstream_status"] is None  # nothing went upstream
+    assert record["cache"] == "ERROR"
+    stats = await (await c.get("/_cacheproxy/stats")).json()
+    assert (stats["errors"], stats["bytes_from_origin"]) == (1, 0)

@@ -50,3 +50,27 @@ async def test_only_if_cached_504_is_logged_as_the_proxys_own_error(origin, prox
     assert record["cache"] == "ERROR"
     stats = await (await c.get("/_cacheproxy/stats")).json()
     assert (stats["errors"], stats["bytes_from_origin"]) == (1, 0)
+
+
+async def test_metrics_path_is_never_forwarded_whatever_the_method(origin, proxy):
+    """README: `admin.metrics_path` is the Prometheus endpoint, and `""` "turns it off and
+    forwards that path to the origin"; an admin endpoint "asked with another method gets
+    **405** with `Allow`". Only GET and HEAD of /metrics were the proxy's: a POST, PUT or
+    DELETE of /metrics went to the origin (and, as an unsafe method, invalidated what the
+    cache held for it), so one path was answered by two different servers depending on
+    the method. nginx's stub_status answers 405 to anything but GET and HEAD. Severity:
+    low (a surprise for an origin that serves /metrics of its own, and for operators)."""
+    seen: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append(request.method)
+        return web.Response(text="origin's own")
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    c = await proxy(await origin(app))
+    for method in ("POST", "PUT", "DELETE"):
+        resp = await c.request(method, "/metrics")
+        assert resp.status == 405, method
+        assert resp.headers["Allow"] == "GET, HEAD"
+    assert seen == []
+    assert (await c.get("/metrics")).status == 200

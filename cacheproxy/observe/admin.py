@@ -109,6 +109,9 @@ class Admin:
         app.router.add_get(p + "proxy.pac", self.pac)
         if self.config.metrics_path:
             app.router.add_get(self.config.metrics_path, self.metrics)
+            # Its other methods are the proxy's too (405), never the origin's: one path,
+            # one server (nginx's stub_status answers 405 likewise).
+            app.router.add_route("*", self.config.metrics_path, self.unknown)
         # Anything else under the prefix is the proxy's too: never forwarded.
         app.router.add_route("*", p + "{tail:.*}", self.unknown)
 
@@ -266,7 +269,8 @@ class Admin:
             return refusal
         allowed = sorted({route.method for resource in request.app.router.resources()
                           if isinstance(resource, web.PlainResource)
-                          and resource.canonical == request.path for route in resource})
+                          and resource.canonical == request.path for route in resource
+                          if route.method != "*"})
         if allowed:  # an endpoint, another method (RFC 9110 §15.5.6: 405, with Allow)
             return _json({"error": f"{request.path} takes {', '.join(allowed)}, not "
                                    f"{request.method}"}, 405, {"Allow": ", ".join(allowed)})

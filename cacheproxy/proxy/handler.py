@@ -313,7 +313,9 @@ class CacheProxy:
 
     def body_failed_answer(self, outcome: Outcome, status: int) -> Answer:
         """The answer to a request whose body stalled (408, RFC 9110 §15.5.9) or broke its
-        framing (400, RFC 9112 §7.1)."""
+        framing (400, RFC 9112 §7.1). Logged ERROR: an answer of the proxy's own, as the
+        400 of a malformed head is, never one from the origin."""
+        outcome.status = "ERROR"
         if status == 408:
             return self._error(408, "request timeout", outcome)
         return self._error(400, "bad request body", outcome)

@@ -187,7 +187,7 @@ MAX_TOP = 1000                # well inside the sketches' 10 000 counters
 _LOGS_EPILOG = """\
 --status VALUE: three digits or a class (200, 404, 5xx) is the HTTP status sent to the
 client; a word is the cache status (HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING,
-BYPASS, ERROR, DENIED; any case). Repeat it or separate values with commas: values of one
+BYPASS, ERROR, DENIED, TUNNEL; any case). Repeat it or separate values with commas: values of one
 kind are alternatives, and when both kinds are given a request must match both
 (--status 5xx --status miss,expired: misses that ended in a 5xx).
 

@@ -1015,13 +1015,13 @@ async def test_a_body_that_breaks_off_ends_a_close_delimited_answer_with_a_reset
         client = await proxy(url)
         data, end = await _fetch_to_the_end(client, get("/doc", version="1.0"))
         assert quick == []  # no idle connection to the origin yet: the full path
-        assert data.startswith(b"HTTP/1.0 200") and b"Content-Length" not in data
+        assert data.startswith(b"HTTP/1.1 200") and b"Content-Length" not in data
         assert end == "reset"
         assert (await _fetch_to_the_end(client, get("/ok", "Connection: close")))[0] \
             .endswith(b"ok")  # a connection to the origin left idle in the pool
         data, end = await _fetch_to_the_end(client, get("/doc", version="1.0"))
         assert len(quick) == 1  # sent by callback (proxy/quick_forward.py), then relayed
-        assert data.startswith(b"HTTP/1.0 200") and end == "reset"
+        assert data.startswith(b"HTTP/1.1 200") and end == "reset"
         data, end = await _fetch_to_the_end(client, get("/doc"))
         assert data.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding: chunked" in data
         assert not data.endswith(b"0\r\n\r\n") and end == "close"  # no last chunk

@@ -357,9 +357,9 @@ async def test_a_plain_hits_head_is_remade_when_what_it_says_changes(
     closing = await _head(client, request("/page", ("Connection: close",)))
     assert b"\r\nConnection: close\r\n" in closing
     old = await _head(client, request("/page", (), version="1.0"))
-    assert old.startswith(b"HTTP/1.0 200") and b"\r\nConnection: close\r\n" in old
+    assert old.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in old
     kept = await _head(client, request("/page", ("Connection: keep-alive",), version="1.0"))
-    assert kept.startswith(b"HTTP/1.0 200") and b"\r\nConnection: keep-alive\r\n" in kept
+    assert kept.startswith(b"HTTP/1.1 200") and b"\r\nConnection: keep-alive\r\n" in kept
     again = await _head(client, request("/page", ()))
     assert again.startswith(b"HTTP/1.1 200") and b"Connection" not in again
 
@@ -486,7 +486,7 @@ def test_an_entry_refreshed_with_the_stored_fields_reuses_the_last_encoded_head(
             ((stored.replace(body=b"y" * 7), plan, HttpVersion11),
              b"Content-Length: 7"),
             ((stored.replace(headers=tuple(stored.headers)), other,
-              HttpVersion10), b"HTTP/1.0 200"),
+              HttpVersion10), b"HTTP/1.1 200"),
             ((stored.replace(headers=(*stored.headers, "X-A", "1")), plan,
               HttpVersion11), b"X-A: 1")):
         before = len(encoded)

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from cacheproxy.proxy.server import OBSERVER
@@ -116,9 +115,6 @@ async def test_a_stalled_or_broken_request_body_is_logged_as_the_proxys_error(
     assert (stats["errors"], stats["bytes_from_origin"]) == (2, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="the status line echoes the request's HTTP/1.0 on "
-                   "both planes (client_conn._head, replay._encode, aiohttp's control "
-                   "plane), which tests of the 1.0 framing assert; not changed here")
 async def test_an_http_1_0_request_is_answered_with_the_servers_own_version(origin, proxy):
     """README (Client connections): a request saying a version above 1.1 "is answered as
     `HTTP/1.1`, the highest version this server conforms to (RFC 9110 §6.2)". §6.2 says

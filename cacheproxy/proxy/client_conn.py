@@ -121,6 +121,17 @@ def _too_long(exc: LineTooLong) -> int:
     return 414 if _REQUEST_LINE_START.fullmatch(before) else 431
 
 
+class _Http11Writer(StreamWriter):
+    """aiohttp's writer, whose status line names this server's version, HTTP/1.1, to an
+    HTTP/1.0 request too (RFC 9110 §6.2), as the data plane's do; aiohttp frames the
+    answer by the request's version all the same."""
+
+    async def write_headers(self, status_line: str, *args: Any, **kwargs: Any) -> None:
+        if status_line.startswith("HTTP/1.0 "):
+            status_line = "HTTP/1.1 " + status_line[9:]
+        await super().write_headers(status_line, *args, **kwargs)
+
+
 def _head_too_large() -> HttpProcessingError:
     return HttpProcessingError(
         code=431, message=f"request header section over {MAX_HEAD_BYTES} bytes")
@@ -811,7 +822,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                        ) -> bool:
         """The control plane: aiohttp's application answers, on this connection."""
         app = self.listener.app
-        writer = StreamWriter(self, self._loop)
+        writer = _Http11Writer(self, self._loop)
         task = asyncio.current_task()
         assert task is not None
         request = app._make_request(msg, payload, self, writer, task)  # type: ignore[arg-type]
@@ -883,8 +894,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     @staticmethod
     def _head(version: Any, status: int, reason: str | None, headers: CIMultiDict[str]
               ) -> bytes:
-        line = f"HTTP/{version.major}.{version.minor} {status} " \
-               f"{reason or REASONS.get(status, '')}"
+        # RFC 9110 §6.2: the server's own version, HTTP/1.1, to an HTTP/1.0 request too
+        # (its framing stays 1.0's: version decides that).
+        line = f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}"
         return encode_head(line, headers)
 
     def _send_answer(self, request: ClientRequest, answer: Answer) -> None:

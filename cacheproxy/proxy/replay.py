@@ -97,8 +97,7 @@ class ReplayBlocks:
             headers.popall("Content-Length", None)
         else:
             headers["Content-Length"] = str(len(entry.body))
-        line = f"HTTP/{version.major}.{version.minor} {entry.status} " \
-               f"{REASONS.get(entry.status, '')}"
+        line = f"HTTP/1.1 {entry.status} {REASONS.get(entry.status, '')}"  # RFC 9110 §6.2
         return encode_head(line, headers)[:-2], "Date" in headers
 
 

@@ -333,25 +333,39 @@ class Driver:
             return
         self._refreshing.add(ctx.key)
         facts, fwd = background_refresh(ctx.facts, entry)
-        # The client's own cache directives were about its answer, not this refresh.
+        # The client's own cache directives were about its answer, not this refresh. Made
+        # now, while the request is at hand: the validators' fields, and those of the
+        # unconditional request a 304 for another representation calls for (§4.3.4).
         fields = [(k, v) for k, v in ctx.fields(fwd)
                   if k.lower() not in ("cache-control", "pragma")]
+        validators = {k.lower() for k, _ in fwd.conditional}
+        plain = [(k, v) for k, v in fields if k.lower() not in validators]
         task = asyncio.get_running_loop().create_task(
-            self._refresh(ctx.plan, ctx.key, ctx.target, facts, fwd, fields))
+            self._refresh(ctx.plan, ctx.key, ctx.target, facts, fwd, fields, plain))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _refresh(
         self, plan: RoutePlan, key: str, target: str, facts: RequestFacts, fwd: Forward,
-        fields: Fields,
+        fields: Fields, plain: Fields,
     ) -> None:
         exchange = self.exchange
-        try:
+
+        async def ask(fwd: Forward) -> tuple[UpstreamResponse, Answered]:
             request_time = time.time()
-            resp = await exchange.send("GET", plan.upstream + target, fields, None)
-            d = answered(fwd, status=resp.status, fields=resp.fields,
-                         length=resp.content_length, req=facts, route=plan.cache, key=key,
-                         request_time=request_time, response_time=time.time())
+            sent = fields if fwd.conditional else plain
+            resp = await exchange.send("GET", plan.upstream + target, sent, None)
+            return resp, answered(
+                fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
+                req=facts, route=plan.cache, key=key, request_time=request_time,
+                response_time=time.time())
+        try:
+            resp, d = await ask(fwd)
+            if isinstance(d, Refetch) and resp.status == 304:
+                # §4.3.4: a 304 for another representation: once more, unconditionally, as
+                # in the foreground (not the refetch of a Range, which no client awaits).
+                resp.release()
+                resp, d = await ask(d.forward)
             if isinstance(d, Store):
                 await exchange.consume(resp, d.entry, plan.cache.max_object_bytes)
                 return

@@ -1,0 +1,69 @@
+"""Findings of a differential review of unusual origin responses (review-diffresp): the
+same answers sent through cacheproxy, Squid 5.7 (accel) and nginx 1.22 (proxy_cache) from
+one scripted origin, what each client got compared on the miss and on the next request.
+Each test fails on the code it was written against (5e47b2b) and says what is expected,
+why (RFC section, or what the peers do) and how severe it is. Origins and the proxy run
+on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from support import until
+
+LAST_MODIFIED = "Mon, 01 Jan 2024 00:00:00 GMT"
+
+
+class SplitBrain:
+    """An origin behind which two backends answer: the tag of the first response ("a") is
+    not the other's ("b"), and the other evaluates If-Modified-Since only (RFC 9110
+    §13.2.2 puts If-None-Match first; many frameworks and static servers do not), so a
+    conditional request gets a 304 that carries the other tag. An unconditional request
+    gets the other's 200."""
+
+    def __init__(self, first_cc: str) -> None:
+        self.first_cc = first_cc
+        self.seen: list[dict[str, str]] = []
+        self.app = web.Application()
+        self.app.router.add_get("/r", self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.seen.append(dict(request.headers))
+        if len(self.seen) == 1:
+            return web.Response(text="one", headers={
+                "Cache-Control": self.first_cc, "ETag": '"a"', "Last-Modified": LAST_MODIFIED,
+                "Age": "5"})
+        headers = {"Cache-Control": "max-age=60", "ETag": '"b"',
+                   "Last-Modified": LAST_MODIFIED}
+        if request.headers.get("If-Modified-Since") == LAST_MODIFIED:
+            return web.Response(status=304, headers=headers)
+        return web.Response(text="two", headers=headers)
+
+
+async def test_background_refresh_follows_a_304_for_another_representation(
+        origin: Any, proxy: Any) -> None:
+    """RFC 9111 §4.3.4: a 304 whose strong ETag is not the stored one's does not select
+    the stored response, and "the cache MUST NOT use the new response to update any stored
+    responses". In the foreground the proxy then asks once more without conditions and
+    stores the full answer (driver.py Refetch). The stale-while-revalidate refresh (RFC
+    5861 §3, driver._refresh) drops that decision: nothing is fetched nor stored, so the
+    stale response keeps being served for the whole stale-while-revalidate window (a day,
+    with the common `stale-while-revalidate=86400`) although the origin has a newer one,
+    and every request in that window sends the origin one more conditional request (seen
+    through the proxy: 4 requests, 4 upstream requests, the first body each time). nginx
+    1.22 with proxy_cache_background_update refreshes once and stops asking (it takes any
+    304). Severity: medium (stale content pinned, origin load as if nothing were cached)."""
+    up = SplitBrain("max-age=1, stale-while-revalidate=600")
+    c = await proxy(await origin(up.app))
+    first = await c.get("/r")
+    assert await first.text() == "one"
+    stale = await c.get("/r")  # served stale, refreshed in the background
+    assert await stale.text() == "one"
+    assert "stale-while-revalidate" in stale.headers["Cache-Status"]
+    await until(lambda: not c.app_proxy.driver._background)
+    after = await c.get("/r")
+    assert await after.text() == "two"
+    assert after.headers["X-Cache"] == "HIT"
+    # the refresh: the conditional request, then the full one (as the foreground does)
+    assert len(up.seen) == 3 and "If-None-Match" not in up.seen[2]

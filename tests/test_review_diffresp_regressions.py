@@ -67,3 +67,30 @@ async def test_background_refresh_follows_a_304_for_another_representation(
     assert after.headers["X-Cache"] == "HIT"
     # the refresh: the conditional request, then the full one (as the foreground does)
     assert len(up.seen) == 3 and "If-None-Match" not in up.seen[2]
+
+
+async def test_private_naming_no_field_keeps_the_whole_response_private(
+        origin: Any, proxy: Any) -> None:
+    """RFC 9111 §5.2.2.7: `private` keeps a response out of shared caches; its qualified
+    form `private="F"` only the fields it names. `private=" "` and `private=","` name no
+    field, and `private=""` is already read as unqualified (the whole response private),
+    but these two were read as a qualified form with nothing in it: the response was
+    stored and served to every client from the shared cache. Squid 5.7 and nginx 1.22
+    store neither. Severity: low (an odd value, but the unsafe direction: a response
+    the origin marked private is shared)."""
+    calls: list[int] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(1)
+        value = request.query["v"]
+        return web.Response(text=f"for user {len(calls)}",
+                            headers={"Cache-Control": f"max-age=60, private={value}"})
+    app = web.Application()
+    app.router.add_get("/r", answer)
+    c = await proxy(await origin(app))
+    for value in ('" "', '","', '""'):
+        await c.get("/r", params={"v": value})
+        other = await c.get("/r", params={"v": value})
+        assert other.headers["X-Cache"] == "MISS", value
+        assert "detail=private" in other.headers["Cache-Status"], value
+    assert len(calls) == 6

@@ -96,9 +96,10 @@ def parse_response_directives(value: str | None) -> ResponseDirectives:
             if seconds is not None:
                 d[key] = seconds
         elif name == "private":
-            if arg:  # §5.2.2.7 qualified form: only those fields are private
-                private_fields.extend(f.strip().lower() for f in arg.split(",") if f.strip())
-            else:
+            named = [f.strip().lower() for f in (arg or "").split(",") if f.strip()]
+            if named:  # §5.2.2.7 qualified form: only those fields are private
+                private_fields.extend(named)
+            else:  # unqualified, or a qualified form naming no field (" ", ","): all of it
                 d["private"] = True
         elif name in ("public", "no-cache", "no-store", "must-revalidate",
                       "proxy-revalidate", "must-understand", "immutable"):

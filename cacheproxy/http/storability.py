@@ -18,6 +18,10 @@ POST_STORED_STATUS = frozenset({200, 203})
 # by a cache", whatever freshness they carry: each answers one client's request (its
 # rate, its headers, its network login), and replayed it would refuse every client.
 NEVER_STORED_STATUS = frozenset({428, 429, 431, 511})
+# §5.2.2.7 lets a shared cache store a response without the fields a qualified private
+# names; not one whose content cannot be read without them (its coding, RFC 9110 §8.4;
+# the part it is, §14.4): replayed without them, it would be served undecodable.
+CONTENT_READ_WITH = frozenset({"content-encoding", "content-range"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,8 @@ def storability(
             return _no("must-understand")
     elif response.no_store:  # §5.2.2.5
         return _no("no-store")
-    if policy.shared and response.private:  # §5.2.2.7
+    if policy.shared and (response.private  # §5.2.2.7
+                          or CONTENT_READ_WITH.intersection(response.private_fields)):
         return _no("private")
     if policy.shared and has_authorization and not (
         response.public or response.s_maxage is not None or response.must_revalidate

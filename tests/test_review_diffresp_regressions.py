@@ -7,6 +7,7 @@ on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from typing import Any
 
@@ -120,3 +121,48 @@ async def test_private_content_encoding_is_not_replayed_without_its_coding(
     assert await again.read() == body
     assert again.headers.get("Content-Encoding") == "gzip"
     assert again.headers["X-Cache"] == "MISS"
+
+
+async def test_http10_answer_with_transfer_encoding_closes_its_connection(
+        origin: Any, proxy: Any) -> None:
+    """RFC 9112 §6.1: "A server or client that receives an HTTP/1.0 message containing a
+    Transfer-Encoding header field MUST treat the message as if the framing is faulty,
+    even if a Content-Length is present, and close the connection after processing the
+    message. The message sender might have retained a portion of the message, in buffer,
+    that could be misinterpreted by further use of the connection." The proxy decoded the
+    chunks and put the connection back in its pool (Squid 5.7 too); the next request went
+    on it. nginx 1.22 closes it. Severity: low (a desync guard the RFC makes a MUST)."""
+    connections: list[list[bytes]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads: list[bytes] = []
+        connections.append(heads)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                heads.append(head)
+                if head.startswith(b"GET /old "):
+                    writer.write(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n"
+                                 b"Cache-Control: no-store\r\nTransfer-Encoding: chunked\r\n"
+                                 b"\r\n5\r\nhello\r\n0\r\n\r\n")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+                                 b"Content-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        c = await proxy(f"http://127.0.0.1:{port}")
+        old = await c.get("/old")
+        assert old.status == 200 and await old.read() == b"hello"
+        after = await c.get("/next")
+        assert await after.read() == b"ok"
+        used = [[h.split(b" ")[1] for h in heads] for heads in connections]
+        assert [b"/old"] in used and [b"/next"] in used, used
+    finally:
+        server.close()

@@ -342,6 +342,11 @@ class Connection(asyncio.Protocol):
             # Encoding stores such an answer, its field left out.)
             raise httptools.HttpParserError(
                 f"transfer coding {', '.join(codings)!r} (only chunked is decoded)")
+        if codings and self._parser.get_http_version() == "1.0":
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+            # and its connection is closed after it (the sender may have held part of it
+            # back, to be misread as the next answer), as nginx does.
+            self.reusable = False
         lengths = by_name.get("content-length")
         content_length = self.content_length = lengths[0] if lengths else None
         # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the

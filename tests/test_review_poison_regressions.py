@@ -1,0 +1,40 @@
+"""A review of the cache as an attacker sees it: web cache poisoning (Kettle's "Practical
+Web Cache Poisoning", "Web Cache Entanglement") and web cache deception, written against
+5e47b2b. Each test failed on that code and names the rule it holds the proxy to. Real
+origins and clients on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from test_proxy_caching import Origin, start
+
+
+async def test_a_head_with_a_body_does_not_rewrite_the_stored_get_response(
+        origin: Any, proxy: Any) -> None:
+    """A HEAD carrying content went to the origin as it is (bypass) and its 200 updated
+    the stored GET response's fields (RFC 9111 §4.3.5), though the content is no part of
+    the cache key: the same "fat GET" Kettle's Web Cache Entanglement poisons with (Rack,
+    and frameworks built on it, read parameters from any request's body). A GET with a
+    body is never stored for that reason (bypass); a HEAD with one rewrote the headers
+    every later GET hit carries (here a `Link` preload naming the attacker's script).
+    RFC 9110 §9.3.2: content in a HEAD has no defined semantics. Severity: medium (needs
+    an origin that reads a HEAD's body; any client can then set the page's headers)."""
+    async def page(req: web.Request) -> web.Response:
+        body = await req.text()  # parameters from the body, as Rack's params do
+        theme = body.removeprefix("theme=") if body.startswith("theme=") else "/app.js"
+        return web.Response(text="page", headers={
+            "Cache-Control": "max-age=60", "ETag": '"v1"',
+            "Link": f"<{theme}>; rel=preload; as=script"})
+
+    o = Origin(r=page)
+    c = await start(origin, proxy, o)
+    first = await c.get("/r")
+    assert first.headers["Link"] == "</app.js>; rel=preload; as=script"
+    attack = await c.request("HEAD", "/r", data=b"theme=//evil.example/x.js",
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert attack.status == 200
+    victim = await c.get("/r")
+    assert victim.headers["X-Cache"] == "HIT"
+    assert victim.headers["Link"] == "</app.js>; rel=preload; as=script"

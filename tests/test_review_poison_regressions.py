@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp import web
 from test_proxy_caching import Origin, start
 
@@ -38,3 +39,33 @@ async def test_a_head_with_a_body_does_not_rewrite_the_stored_get_response(
     victim = await c.get("/r")
     assert victim.headers["X-Cache"] == "HIT"
     assert victim.headers["Link"] == "</app.js>; rel=preload; as=script"
+
+
+@pytest.mark.parametrize("spelling", ["shop.example:80", "SHOP.example"])
+@pytest.mark.parametrize("settings", [{}, {"host_header": "pass", "x_forwarded_host": False}])
+async def test_a_host_spelling_the_key_normalises_is_sent_upstream_as_keyed(
+        origin: Any, proxy: Any, spelling: str, settings: dict[str, Any]) -> None:
+    """The key takes the client's Host lower-cased and without the scheme's default port
+    (RFC 9110 §4.2.3: the same URI), but X-Forwarded-Host (and Host, with host_header =
+    "pass") went upstream as the client spelled it. An origin that redirects every other
+    spelling to its canonical name (a common "canonical host" rule, comparing the name
+    exactly) answered the attacker's `Host: shop.example:80` with a 301 to
+    http://shop.example/r, which the cache stored under http://shop.example/r: every user
+    of the page was then sent round a redirect loop (a cache-poisoned denial of service,
+    CPDoS, Nguyen et al. 2019). nginx's `$host`, which X-Forwarded-Host and the cache key
+    are usually both made from there, is lower-cased and without the port (checked with
+    nginx 1.22: `Host: SHOP.example:80` gives `shop.example`). Severity: medium (any
+    client, any URL, for as long as the origin lets the redirect be kept)."""
+    def page(req: web.Request) -> web.Response:
+        host = req.headers.get("X-Forwarded-Host", req.headers["Host"])
+        if host != "shop.example":
+            raise web.HTTPMovedPermanently("http://shop.example" + req.path_qs,
+                                           headers={"Cache-Control": "max-age=3600"})
+        return web.Response(text="page", headers={"Cache-Control": "max-age=60"})
+
+    o = Origin(r=page)
+    c = await proxy(await origin(o.app), proxy=settings)
+    await c.get("/r", headers={"Host": spelling}, allow_redirects=False)
+    victim = await c.get("/r", headers={"Host": "shop.example"}, allow_redirects=False)
+    assert victim.status == 200, victim.headers.get("Location")
+    assert await victim.text() == "page"

@@ -44,6 +44,14 @@ def origin_of(scheme: str, host: str) -> str:
     return f"{scheme}://{host}"
 
 
+def keyed_authority(scheme: str, host: str) -> str:
+    """The authority as the cache key names it (origin_of's, without the scheme): what
+    goes upstream as Host or X-Forwarded-Host, so that the answer stored under the key
+    was made for the spelling every request sharing that key is sent with (RFC 9110
+    §4.2.3: "SHOP.example:80" and "shop.example" are one URI; an origin need not agree)."""
+    return origin_of(scheme, host)[len(scheme) + 3:]
+
+
 _HOST_USAGE = "expected a host name such as example.com or *.example.com, without a port"
 
 

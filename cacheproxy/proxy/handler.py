@@ -12,6 +12,7 @@ from aiohttp import web
 from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
+from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.policies.forward import (
@@ -297,11 +298,12 @@ class CacheProxy:
         X-Forwarded-Proto made from the authority and scheme the key names (`GET https://…`
         sent in plain text is stored under the https URL: the origin is told https), and
         the route's Referer policy."""
+        scheme = scheme or request.scheme
         return request_fields(
             list(request.headers.items()), policy=plan.forward, version=request.version,
-            client_ip=request.remote, scheme=scheme or request.scheme,
+            client_ip=request.remote, scheme=scheme,
             strip_conditionals=fwd.strips_client_conditionals, extra=list(fwd.conditional),
-            host=authority,
+            host=keyed_authority(scheme, authority),
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
             # (every route: a user:password@ and a fragment go whatever strip_params holds)
             referer=plan.route.referer,

@@ -69,3 +69,29 @@ async def test_a_host_spelling_the_key_normalises_is_sent_upstream_as_keyed(
     victim = await c.get("/r", headers={"Host": "shop.example"}, allow_redirects=False)
     assert victim.status == 200, victim.headers.get("Location")
     assert await victim.text() == "page"
+
+
+@pytest.mark.parametrize("surrogate", ['content="ESI/1.0"', "no-store-remote"])
+async def test_a_surrogate_control_without_caching_directives_keeps_a_private_page_private(
+        origin: Any, proxy: Any, surrogate: str) -> None:
+    """`Surrogate-Control: content="ESI/1.0"` asks a surrogate to process ESI markup
+    (Edge Architecture 1.0 §2.2.4), and `no-store-remote` speaks to remote surrogates
+    only (§2.2.2): neither says how long this cache may keep the response. Taken as
+    "something for this cache" (cache.targeted_fields, on by default), either one set
+    the response's `Cache-Control: private, no-store` aside, and the page was stored
+    for a day by heuristic freshness and served to the next user: Alice's account to
+    anyone. Symfony's and Drupal's ESI support send that field on exactly such pages.
+    Severity: high (a private response shared, with the default config, no attacker
+    effort beyond asking for the URL)."""
+    def page(req: web.Request) -> web.Response:
+        return web.Response(text="account of " + req.headers.get("Cookie", "nobody"), headers={
+            "Cache-Control": "private, no-store", "Surrogate-Control": surrogate,
+            "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT", "ETag": '"v1"'})
+
+    o = Origin(account=page)
+    c = await start(origin, proxy, o)
+    alice = await c.get("/account", headers={"Cookie": "sid=alice"})
+    assert await alice.text() == "account of sid=alice"
+    other = await c.get("/account")
+    assert await other.text() == "account of nobody"
+    assert o.calls["account"] == 2

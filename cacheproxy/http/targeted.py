@@ -144,11 +144,18 @@ def _split_dictionary(value: str) -> list[tuple[str, str | None]] | None:
 #                       [ ";" device-token ]
 # A directive with a device token is for that surrogate only.
 
+# §2.2.4 content asks for processing (ESI), §2.2.2 no-store-remote speaks to remote
+# surrogates: neither says how this cache may store the response, so alone they leave
+# Cache-Control in force (its private or no-store too).
+_NOT_CACHING = frozenset({"content", "no-store-remote"})
+
+
 def surrogate_directives(value: str, device: str) -> str | None:
     """The directives for this surrogate (untargeted, or targeted at device) as
-    Cache-Control directives; None when none is for it. max-age's "+N" (how long the
-    surrogate may keep it past that) is not taken."""
+    Cache-Control directives; None when none is for it, or none but _NOT_CACHING.
+    max-age's "+N" (how long the surrogate may keep it past that) is not taken."""
     out: list[str] = []
+    caching = False  # a directive about storing or freshness here, not only _NOT_CACHING
     for member in split_list(value):
         directive, _, target = member.partition(";")
         if target and target.strip().lower() != device.lower():
@@ -160,4 +167,5 @@ def surrogate_directives(value: str, device: str) -> str | None:
         if name == "max-age" and eq:
             arg = arg.partition("+")[0]
         out.append(f"{name}={arg}" if eq else name)
-    return ", ".join(out) if out else None
+        caching = caching or name not in _NOT_CACHING
+    return ", ".join(out) if caching else None

@@ -95,3 +95,30 @@ async def test_a_surrogate_control_without_caching_directives_keeps_a_private_pa
     other = await c.get("/account")
     assert await other.text() == "account of nobody"
     assert o.calls["account"] == 2
+
+
+async def test_a_client_cannot_claim_a_surrogate_capability_for_the_page_everyone_gets(
+        origin: Any, proxy: Any) -> None:
+    """Surrogate-Capability is how surrogates tell the origin what they can do (Edge
+    Architecture 1.0 §2.1: each appends its own); the proxy appends `cacheproxy=
+    "Surrogate/1.0"`, but passed a client's own field along with it. An origin that
+    renders fragments as ESI includes when a surrogate says it processes ESI (Symfony's
+    `render_esi`, `Esi::hasSurrogateCapability`) then answered one client's forged
+    `Surrogate-Capability: x="ESI/1.0"` with raw `<esi:include>` markup, which this cache
+    does not process, stored it, and gave every user a page with its fragment missing
+    (Kettle's unkeyed-header poisoning; Symfony's Varnish setup overwrites the field
+    for that reason). Dropped like the forwarding fields unless proxy.trust_forwarded.
+    Severity: medium (any client, any page built with ESI fragments)."""
+    def page(req: web.Request) -> web.Response:
+        esi = "ESI/1.0" in ",".join(req.headers.getall("Surrogate-Capability", []))
+        body = '<esi:include src="/_fragment/cart"/>' if esi else "<div>cart: 0 items</div>"
+        headers = {"Cache-Control": "public, max-age=60"}
+        if esi:  # (kept a minute by surrogates, processed by them, as Fastly setups say)
+            headers["Surrogate-Control"] = 'content="ESI/1.0", max-age=60'
+        return web.Response(text=body, headers=headers)
+
+    o = Origin(r=page)
+    c = await start(origin, proxy, o)
+    await c.get("/r", headers={"Surrogate-Capability": 'x="ESI/1.0"'})
+    victim = await c.get("/r")
+    assert await victim.text() == "<div>cart: 0 items</div>"

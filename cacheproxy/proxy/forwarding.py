@@ -17,18 +17,20 @@ _EXPECT = frozenset({"expect"})
 
 
 # Other names frameworks read the scheme from, as X-Forwarded-Proto: Tornado's xheaders
-# (X-Scheme, read before X-Forwarded-Proto), CodeIgniter's is_https() (Front-End-Https).
-_SCHEME_FIELDS = frozenset({"x-scheme", "front-end-https"})
+# (X-Scheme, read before X-Forwarded-Proto), CodeIgniter's is_https() (Front-End-Https);
+# and what surrogates say they can do (Edge Architecture §2.1): an origin told ESI is
+# processed sends ESI markup (Symfony's render_esi), which this cache stores unprocessed.
+_OTHER_FIELDS = frozenset({"x-scheme", "front-end-https", "surrogate-capability"})
 
 
 def _forwarding_family(name: str) -> bool:
     """What earlier proxies say about the client and its request (RFC 7239 Forwarded, the
-    X-Forwarded-* family, X-Real-IP, and the scheme fields above). Any client can forge
+    X-Forwarded-* family, X-Real-IP, and the fields above). Any client can forge
     them, and origins build URLs from them (X-Forwarded-Host, -Proto, -Prefix, X-Scheme):
     untrusted, they would poison the entry the answer is stored under, which does not key
     on them."""
     return (name == "forwarded" or name == "x-real-ip" or name.startswith("x-forwarded-")
-            or name in _SCHEME_FIELDS)
+            or name in _OTHER_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -122,3 +122,29 @@ async def test_a_client_cannot_claim_a_surrogate_capability_for_the_page_everyon
     await c.get("/r", headers={"Surrogate-Capability": 'x="ESI/1.0"'})
     victim = await c.get("/r")
     assert await victim.text() == "<div>cart: 0 items</div>"
+
+
+async def test_an_upstream_grant_naming_an_origin_varies_on_origin_with_cors_off(
+        origin: Any, proxy: Any) -> None:
+    """With no [cors] of the proxy's (the default), the upstream's own
+    Access-Control-Allow-Origin is stored as it came. An origin that echoes an allowed
+    Origin without `Vary: Origin` (the commonest CORS setup, and Kettle's classic cached
+    reflection) then had the first requester's grant replayed to every other origin's
+    page: one visit from https://a.example made the resource unreadable from
+    https://b.example for its lifetime (or an attacker's allowed origin, once, for all).
+    In `passthrough` mode the proxy already stores such a grant with `Vary: Origin` (Fetch
+    §3.2, CORS protocol and HTTP caches); with CORS off it did not. Severity: low-medium
+    (any client, any CORS resource whose origin reflects)."""
+    allowed = {"https://a.example", "https://b.example"}
+
+    def api(req: web.Request) -> web.Response:
+        headers = {"Cache-Control": "max-age=60"}
+        if req.headers.get("Origin") in allowed:
+            headers["Access-Control-Allow-Origin"] = req.headers["Origin"]
+        return web.Response(text="{}", headers=headers)
+
+    o = Origin(r=api)
+    c = await start(origin, proxy, o)
+    await c.get("/r", headers={"Origin": "https://a.example"})
+    other = await c.get("/r", headers={"Origin": "https://b.example"})
+    assert other.headers.get("Access-Control-Allow-Origin") == "https://b.example"

@@ -91,7 +91,9 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             max_object_bytes=cache.max_object_bytes,
             collapse=cache.collapse,
             excluded=strip,
-            grant_varies=route.cors.enabled and not route.cors.override,
+            # The upstream's grant is stored whenever the proxy does not replace it
+            # (CORS off, or passthrough): one naming an origin varies on Origin.
+            grant_varies=not strip,
             rewritten=_REWRITTEN if config.proxy.x_forwarded_for else frozenset(),
             targeting=targeting,
         ),

@@ -94,7 +94,10 @@ def _upstream_target(url: str) -> tuple[Origin, str, str | None]:
     origin = Origin(scheme, parsed.raw_host or "",
                     parsed.explicit_port or _DEFAULT_PORTS.get(scheme, 80))
     credentials = None if parsed.raw_user is None else _basic(parsed)
-    return origin, parsed.raw_path_qs or "/", credentials
+    target = parsed.raw_path_qs or "/"
+    if url.endswith("?") and not parsed.raw_query_string:
+        target += "?"  # yarl drops an empty query, which the key keeps (RFC 3986 §6.2.3)
+    return origin, target, credentials
 
 
 def _basic(url: URL) -> str:

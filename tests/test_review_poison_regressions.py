@@ -5,7 +5,9 @@ origins and clients on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
@@ -166,3 +168,34 @@ async def test_an_empty_query_goes_upstream_as_keyed(origin: Any, proxy: Any) ->
     assert sent.endswith(b"\r\n\r\n/r?"), sent
     plain = await exchange(port, b"GET /r HTTP/1.1\r\nHost: shop\r\n\r\n", idle=0.3)
     assert plain.endswith(b"\r\n\r\n/r"), plain
+
+
+@pytest.mark.parametrize("target", ["/../admin", "/x/../../admin", "/%2e%2e/admin",
+                                    "/.%2E/admin", "/x/..%2F..%2Fadmin", "/..\\admin",
+                                    "/..;x/admin"])
+async def test_dot_segments_cannot_climb_out_of_the_upstream_path(
+        origin: Any, proxy: Any, target: str) -> None:
+    """An upstream URL may carry a path (`http://api:8000/v2`); the request's path is
+    appended to it. A target whose dot segments climb above the root went up as
+    `/v2/../admin`, which the origin resolves to `/admin` (RFC 3986 §5.2.4; %2E and %2F
+    are decoded first by most servers): outside the prefix the operator exposed, and
+    stored under a key (`/../admin`) naming no such resource. nginx answers such a target
+    400 before anything is proxied (checked with nginx 1.22, for each target here but the
+    last two: IIS reads "\\" as "/", Tomcat "..;x" as "..", which nginx does not).
+    Severity: medium (any client reaches any path of an upstream published under a
+    prefix; the cache key and the upstream request name different resources)."""
+    seen: list[str] = []
+
+    async def anything(req: web.Request) -> web.Response:
+        seen.append(req.raw_path)
+        return web.Response(text="ok", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    server = await origin(app)
+    c = await proxy(str(server.make_url("/v2")).rstrip("/"))
+    answer = await exchange(c.server.port, f"GET {target} HTTP/1.1\r\nHost: shop\r\n\r\n"
+                            .encode(), idle=0.3)
+    resolved = [posixpath.normpath(unquote(p)) for p in seen]
+    assert all(p == "/v2" or p.startswith("/v2/") for p in resolved), (seen, answer)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer

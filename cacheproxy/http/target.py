@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cacheproxy.http.abnf import AUTHORITY_RE, bounded_digits
 
@@ -35,15 +35,37 @@ def _authority(value: str) -> bool:
 _checked = lru_cache(maxsize=1024)(_authority)
 
 
+def climbs_above_root(path: str) -> bool:
+    """RFC 3986 §5.2.4: do the path's dot segments (with %XX decoded once, as origins and
+    route matching decode "%2E" and "%2F") go above the root? Appended to an upstream
+    URL's path ("/v2" + "/../admin"), such a path leaves it; nginx answers it 400."""
+    path = path.partition("?")[0]
+    if ".." not in path and "%" not in path:  # (nearly every target)
+        return False
+    depth = 0
+    # IIS takes "\\" for "/", Tomcat "..;x" for "..": counted so too, the check refuses
+    # more, never less.
+    for segment in unquote(path, errors="surrogateescape").replace("\\", "/").split("/"):
+        segment = segment.partition(";")[0]
+        if segment == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif segment not in ("", "."):
+            depth += 1
+    return False
+
+
 def request_target(raw: str, host: str | None) -> Target | None:
     """§3.2: the target's authority and path; None when the request must get 400.
 
     In absolute-form the request line's authority wins and Host is ignored (§3.2.2);
-    otherwise Host names it (§3.2), and must be a valid authority (§3.2: 400)."""
+    otherwise Host names it (§3.2), and must be a valid authority (§3.2: 400). A path
+    whose dot segments climb above the root is refused too (climbs_above_root)."""
     if raw.startswith("/"):
         # origin-form = absolute-path [ "?" query ]: a "#" is no part of it (RFC 3986 §3.5),
         # and kept it would let a target name another route's key ("…#private:…").
-        if host is None or not valid_authority(host) or "#" in raw:
+        if host is None or not valid_authority(host) or "#" in raw or climbs_above_root(raw):
             return None
         return Target(host, raw, False)
     try:
@@ -58,6 +80,8 @@ def request_target(raw: str, host: str | None) -> Target | None:
     if not valid_authority(authority):
         return None
     path = parts.path or "/"
+    if climbs_above_root(path):
+        return None
     return Target(authority, f"{path}?{parts.query}" if parts.query else path, True)
 
 

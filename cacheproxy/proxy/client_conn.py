@@ -342,7 +342,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         as HTTP/1.1, the highest this server conforms to (RFC 9110 §6.2), not echoed; one
         without a version (HTTP/0.9, whose answers have no status line) gets a 505. A
         transfer coding other than chunked alone gets a 501 (RFC 9112 §6.1: the proxy
-        decodes none, and would pass the coded bytes on as the content)."""
+        decodes none, and would pass the coded bytes on as the content), a
+        Transfer-Encoding without chunked (an empty one) a 400 (§6.3)."""
         if self._last_read:
             return []  # (the parser still reads the chunked body to its end)
         for i, (msg, payload) in enumerate(messages):
@@ -359,6 +360,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 if len(codings) != 1 or codings[0].strip(" \t").lower() != "chunked":
                     refused = HttpProcessingError(
                         code=501, message=f"transfer coding {', '.join(codings)!r}")
+            elif refused is None and "Transfer-Encoding" in msg.headers:
+                # RFC 9112 §6.3 (4): present, and chunked not its final coding (llhttp lets
+                # an empty one through beside a Content-Length): the length is unknown.
+                refused = HttpProcessingError(
+                    code=400, message="Transfer-Encoding without chunked")
             if refused is not None:
                 # (Nothing after it is parsed; the requests before it are answered, then
                 # it is, with its body still coming read and dropped before the close.)

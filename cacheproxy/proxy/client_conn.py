@@ -37,7 +37,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
 
-from cacheproxy.http.fields import end_to_end
+from cacheproxy.http.fields import connection_options, end_to_end
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import OUTCOME
 from cacheproxy.policies.forward import Allowed
@@ -336,7 +336,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         body pending and adds it to the next message's header section: a field one
         client put in its trailers would reach the origin in the next request on the
         connection, maybe another client's behind a shared front proxy (RFC 9112 §7.1.2
-        lets a recipient drop trailers, never merge them into another message).
+        lets a recipient drop trailers, never merge them into another message). So is an
+        HTTP/1.0 request whose Connection says close beside keep-alive (§9.6).
 
         A request line saying a version above 1.1 (llhttp takes "HTTP/2.0") is answered
         as HTTP/1.1, the highest this server conforms to (RFC 9110 §6.2), not echoed; one
@@ -371,7 +372,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 refused.request = msg  # type: ignore[attr-defined]  # (logged: _refuse)
                 self._last_read = True
                 return [*messages[:i], (refused, payload)]
-            if msg.chunked:
+            if msg.chunked or (not msg.should_close and msg.version < HttpVersion11
+                               and "close" in connection_options(
+                                   msg.headers.getall("Connection", ()))):
+                # RFC 9112 §9.3, §9.6: "close" ends the connection whatever else Connection
+                # names (llhttp lets an HTTP/1.0 "keep-alive" win over it).
                 self._last_read = True
                 return [*messages[:i], (messages[i][0]._replace(should_close=True), payload)]
         return messages

@@ -199,3 +199,46 @@ async def test_dot_segments_cannot_climb_out_of_the_upstream_path(
     resolved = [posixpath.normpath(unquote(p)) for p in seen]
     assert all(p == "/v2" or p.startswith("/v2/") for p in resolved), (seen, answer)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
+
+
+@pytest.mark.parametrize("field", ["X-Original-URL", "X-Rewrite-URL"])
+async def test_a_rewritten_path_field_cannot_store_another_page_under_the_url(
+        origin: Any, proxy: Any, field: str) -> None:
+    """Symfony and Zend serve the path in X-Original-URL / X-Rewrite-URL (set by an IIS
+    front proxy that rewrote the URL) instead of the request's. Passed from any client,
+    `GET /r` with `X-Original-URL: /admin` stored the admin page under /r for everyone
+    (Kettle's unkeyed-header poisoning). Dropped like the forwarding fields unless
+    proxy.trust_forwarded."""
+    def page(req: web.Request) -> web.Response:
+        path = req.headers.get(field) or req.path
+        return web.Response(text=f"page {path}", headers={"Cache-Control": "max-age=60"})
+
+    o = Origin(r=page)
+    c = await start(origin, proxy, o)
+    await c.get("/r", headers={field: "/admin"})
+    assert await (await c.get("/r")).text() == "page /r"
+    trusted = await proxy(await origin(o.app), proxy={"trust_forwarded": True})
+    assert await (await trusted.get("/r", headers={field: "/x"})).text() == "page /x"
+
+
+async def test_a_method_override_cannot_store_its_answer_under_a_get(
+        origin: Any, proxy: Any) -> None:
+    """Frameworks honour X-HTTP-Method-Override (and X-HTTP-Method, X-Method-Override):
+    a GET carrying `DELETE` was answered as a DELETE (here a 404 with max-age, as an
+    error page often has) and stored under the URL: every user got the 404 (the "HTTP
+    Method Override" cache-poisoned DoS, Nguyen et al., CCS 2019). Not sent with a
+    request whose answer may be stored; a POST still carries it."""
+    def page(req: web.Request) -> web.Response:
+        method = req.headers.get("X-HTTP-Method-Override", req.method)
+        if method != req.method:
+            return web.Response(status=404, text=f"no {method}",
+                                headers={"Cache-Control": "max-age=60"})
+        return web.Response(text="page", headers={"Cache-Control": "max-age=60"})
+
+    o = Origin(r=page)
+    c = await start(origin, proxy, o)
+    await c.get("/r", headers={"X-HTTP-Method-Override": "DELETE"})
+    victim = await c.get("/r")
+    assert victim.status == 200 and await victim.text() == "page"
+    tunnelled = await c.post("/r", headers={"X-HTTP-Method-Override": "PUT"})
+    assert tunnelled.status == 404 and await tunnelled.text() == "no PUT"

@@ -12,15 +12,23 @@ from cacheproxy.policies.referer import RefererPolicy, forwarded_referer
 # Fields this proxy sets itself on every upstream request.
 _OWN = frozenset({"host", "x-forwarded-proto", "x-forwarded-host", "max-forwards"})
 _DROP = _OWN | {"x-forwarded-for"}
-_DROP_FILLING = _DROP | CLIENT_FILL_FIELDS  # the cache's conditionals replace the client's
+# A request whose answer may be stored: the cache's conditionals replace the client's; and
+# no method override goes with it, which frameworks honour (Symfony, Rails, Express's
+# method-override): a GET sent as a DELETE or POST has its error stored under the URL for
+# everyone (the "HTTP Method Override" cache-poisoned DoS, Nguyen et al., CCS 2019).
+_METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+_DROP_FILLING = _DROP | CLIENT_FILL_FIELDS | _METHOD_OVERRIDES
 _EXPECT = frozenset({"expect"})
 
 
 # Other names frameworks read the scheme from, as X-Forwarded-Proto: Tornado's xheaders
 # (X-Scheme, read before X-Forwarded-Proto), CodeIgniter's is_https() (Front-End-Https);
-# and what surrogates say they can do (Edge Architecture §2.1): an origin told ESI is
-# processed sends ESI markup (Symfony's render_esi), which this cache stores unprocessed.
-_OTHER_FIELDS = frozenset({"x-scheme", "front-end-https", "surrogate-capability"})
+# what surrogates say they can do (Edge Architecture §2.1): an origin told ESI is
+# processed sends ESI markup (Symfony's render_esi), which this cache stores unprocessed;
+# and the path a front proxy rewrote from (IIS's X-Original-URL, X-Rewrite-URL), which
+# Symfony and Zend serve instead of the request's: /admin stored under /.
+_OTHER_FIELDS = frozenset({"x-scheme", "front-end-https", "surrogate-capability",
+                           "x-original-url", "x-rewrite-url"})
 
 
 def _forwarding_family(name: str) -> bool:

@@ -127,7 +127,7 @@ class Driver:
         deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)
         while True:
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
-            done = await collapser.wait(fut, deadline - time.monotonic())
+            done = await collapser.wait(fut, max(deadline - time.monotonic(), 1e-3))
             result = fut.result() if fut.done() and not fut.cancelled() else None
             if not done or result is not LEADER_FAILED or time.monotonic() >= deadline:
                 break

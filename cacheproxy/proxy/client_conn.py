@@ -28,7 +28,7 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
@@ -361,7 +361,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 if len(codings) != 1 or codings[0].strip(" \t").lower() != "chunked":
                     refused = HttpProcessingError(
                         code=501, message=f"transfer coding {', '.join(codings)!r}")
-            elif refused is None and "Transfer-Encoding" in msg.headers:
+            elif refused is None and hdrs.TRANSFER_ENCODING in msg.headers:  # (an istr: no folding)
                 # RFC 9112 §6.3 (4): present, and chunked not its final coding (llhttp lets
                 # an empty one through beside a Content-Length): the length is unknown.
                 refused = HttpProcessingError(

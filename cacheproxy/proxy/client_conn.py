@@ -137,6 +137,16 @@ def _head_too_large() -> HttpProcessingError:
         code=431, message=f"request header section over {MAX_HEAD_BYTES} bytes")
 
 
+def _begun_head(data: bytes, messages: list[Any], parser: Any) -> int:
+    """Bytes of data after the last whole request, when they can only be the head of the
+    next one (that request had no body): they count against MAX_HEAD_BYTES with the reads
+    that follow, or a pipelined request would carry a head of any size past the bound."""
+    if messages[-1][1] is not EMPTY_PAYLOAD or parser.in_body or parser.holding:
+        return 0
+    end = data.rfind(b"\r\n\r\n")  # (at the very end on nearly every read)
+    return len(data) - end - 4 if end >= 0 else 0
+
+
 class ClientConnection(ConnectMethod, BaseProtocol):
     """Requests are answered one at a time, in order (RFC 9112 §9.3.2: pipelining), by one
     task per connection. The connection is also the Downstream of the request being
@@ -253,7 +263,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if messages:
                 if self._head_bytes + len(data) > MAX_HEAD_BYTES:  # (rare: then measured)
                     messages = self._heads_within(messages)
-                self._head_bytes = 0
+                self._head_bytes = _begun_head(data, messages, parser)
+                if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
+                    messages = [*messages, (_head_too_large(), EMPTY_PAYLOAD)]
+                    self._closing = True
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)

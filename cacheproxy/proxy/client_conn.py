@@ -260,13 +260,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 for payload in (self._payload, *(p for _, p in self._queue)):
                     if payload is not None and not payload.is_eof():
                         payload.set_exception(exc)
+            over = False  # a head over MAX_HEAD_BYTES after these messages: a 431, the last
             if messages:
                 if self._head_bytes + len(data) > MAX_HEAD_BYTES:  # (rare: then measured)
-                    messages = self._heads_within(messages)
-                self._head_bytes = _begun_head(data, messages, parser)
+                    messages, over = self._heads_within(messages)
+                self._head_bytes = 0 if over else _begun_head(data, messages, parser)
                 if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
-                    messages = [*messages, (_head_too_large(), EMPTY_PAYLOAD)]
-                    self._closing = True
+                    messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
@@ -278,7 +278,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         messages = [(_head_too_large(), EMPTY_PAYLOAD)]
                         self._closing = True
             if messages and not self._closing:
-                messages = self._read_last(messages)
+                messages = self._read_last(messages)  # (the requests before a 431 too)
+            if over:
+                self._closing = True  # nothing after the refused head is read
             if upgraded:
                 # No protocol is switched to (the proxy does not answer 101): the upgrade
                 # request is answered, then the connection closes; a CONNECT's tunnel
@@ -308,17 +310,17 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
 
-    def _heads_within(self, messages: list[Any]) -> list[Any]:
+    @staticmethod
+    def _heads_within(messages: list[Any]) -> tuple[list[Any], bool]:
         """The messages up to the first whose head is over MAX_HEAD_BYTES, then that one
-        as a 431 (the connection closes after it: nothing further is read)."""
+        as a 431, and True (the connection closes after it: nothing further is read)."""
         for i, (msg, _) in enumerate(messages):
             if isinstance(msg, HttpProcessingError):
                 break
             size = len(msg.path) + sum(len(k) + len(v) + 4 for k, v in msg.raw_headers)
             if size > MAX_HEAD_BYTES:
-                self._closing = True
-                return [*messages[:i], (_head_too_large(), EMPTY_PAYLOAD)]
-        return messages
+                return [*messages[:i], (_head_too_large(), EMPTY_PAYLOAD)], True
+        return messages, False
 
     def _keep_unparsed(self, data: bytes) -> None:
         """A read that completed no request: kept (by reference) while the head it is

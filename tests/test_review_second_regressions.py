@@ -66,3 +66,34 @@ async def test_requests_before_an_oversized_head_are_still_checked(origin, proxy
     answer = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+
+
+# -- HTTP/1.1 status lines to HTTP/1.0 clients (b567549) ------------------------------------
+
+
+async def _exchange_10(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    return answer
+
+
+async def test_the_control_plane_says_close_to_an_http10_client_it_answers_as_11(
+        origin, proxy):
+    """Since b567549 the control plane's status line says HTTP/1.1 to an HTTP/1.0
+    request, but aiohttp still frames it as 1.0, where close is the default and goes
+    unsaid: 'HTTP/1.1 200 OK' without 'Connection: close', then the close. A client
+    reads persistence from the version it received (RFC 9112 §9.3: HTTP/1.1 persists
+    unless 'close' is sent); the data plane says 'Connection: close' in that case, and so
+    does nginx ('HTTP/1.1 200 OK ... Connection: close' to a GET / HTTP/1.0, run here).
+    Severity: low (a client may reuse a connection the proxy is closing)."""
+    client = await _counting_origin(origin, proxy)
+    for target in (b"/_cacheproxy/healthz", b"/metrics", b"/_cacheproxy/nothing"):
+        answer = await _exchange_10(client.server.port,
+                                    b"GET " + target + b" HTTP/1.0\r\nHost: a\r\n\r\n")
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 "), head
+        assert b"\r\nconnection: close" in head, (target, head)
+    data_plane = await _exchange_10(client.server.port, b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n")
+    assert b"\r\nConnection: close" in data_plane.split(b"\r\n\r\n", 1)[0]

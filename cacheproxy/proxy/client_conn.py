@@ -126,10 +126,15 @@ class _Http11Writer(StreamWriter):
     HTTP/1.0 request too (RFC 9110 §6.2), as the data plane's do; aiohttp frames the
     answer by the request's version all the same."""
 
-    async def write_headers(self, status_line: str, *args: Any, **kwargs: Any) -> None:
+    async def write_headers(self, status_line: str, headers: Any, *args: Any, **kwargs: Any
+                            ) -> None:
         if status_line.startswith("HTTP/1.0 "):
             status_line = "HTTP/1.1 " + status_line[9:]
-        await super().write_headers(status_line, *args, **kwargs)
+            # aiohttp leaves 1.0's default, close, unsaid; said as 1.1 it must be said
+            # (RFC 9112 §9.3: the client reads persistence from the version it got).
+            if "Connection" not in headers:
+                headers["Connection"] = "close"
+        await super().write_headers(status_line, headers, *args, **kwargs)
 
 
 def _head_too_large() -> HttpProcessingError:

@@ -42,10 +42,10 @@ async def test_a_head_begun_in_the_read_that_ended_a_request_is_bounded_too(orig
     writer.write(b"\r\n")
     answer = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()
-    # The request before it is answered; the oversized one is not served (as a head over
-    # the bound in the same read as whole requests already is: _heads_within).
+    # The request before it is answered; the oversized one is refused, not served.
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:100]
-    assert answer.count(b"HTTP/1.1 ") == 1 or b"HTTP/1.1 431 " in answer, answer[:400]
+    assert answer.count(b"HTTP/1.1 200 OK") == 1, answer[:400]
+    assert b"HTTP/1.1 431 " in answer, answer[:400]
 
 
 async def test_requests_before_an_oversized_head_are_still_checked(origin, proxy):
@@ -97,3 +97,22 @@ async def test_the_control_plane_says_close_to_an_http10_client_it_answers_as_11
         assert b"\r\nconnection: close" in head, (target, head)
     data_plane = await _exchange_10(client.server.port, b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n")
     assert b"\r\nConnection: close" in data_plane.split(b"\r\n\r\n", 1)[0]
+
+
+async def test_a_head_over_the_bound_behind_pipelined_requests_gets_its_431(origin, proxy):
+    """README: a head over 64 KiB gets 431 as soon as it passes that. Behind a request
+    read in the same feed it got none: the bound set _closing, so the request before it
+    was answered with Connection: close and the connection closed with the 431 still
+    queued (the client learns nothing of why its second request went unanswered). nginx
+    answers the first, then its 400 'Request Header Or Cookie Too Large'. Severity: low."""
+    client = await _counting_origin(origin, proxy)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    fields = "".join(f"X-{n}: {'v' * 8000}\r\n" for n in range(9))  # ~72 KB
+    writer.write(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+                 + f"GET /a HTTP/1.1\r\nHost: a\r\n{fields}\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK"), answer[:300]
+    assert b"Connection: close" not in first, first
+    assert b"HTTP/1.1 431 " in rest, answer[:600]

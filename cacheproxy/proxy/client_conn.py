@@ -186,6 +186,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._unparsed_bytes = 0
         self._head_bytes = 0  # read since the last whole request, outside any body
         self._head_refused = False  # a request head refused before its end (may still come)
+        # A head over MAX_HEAD_BYTES queued as a 431 behind the requests read before it:
+        # those are answered as usual, and nothing the client sends after it is read.
+        self._head_over = False
         self._client_eof = False  # the client finished sending before its tunnel was up
         self._payload: StreamReader | None = None  # the body of the request being answered
         self._started = False  # its response head went out (start())
@@ -249,6 +252,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._upgraded and not self._closing:
             self._keep_early(data)
             return
+        if self._head_over:
+            return  # (dropped: the 431 queued ends the connection)
         answered_here = False
         while not self._closing and self._parser is not None:
             parser = self._parser
@@ -285,7 +290,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if messages and not self._closing:
                 messages = self._read_last(messages)  # (the requests before a 431 too)
             if over:
-                self._closing = True  # nothing after the refused head is read
+                self._head_over = True  # nothing after the refused head is read
             if upgraded:
                 # No protocol is switched to (the proxy does not answer 101): the upgrade
                 # request is answered, then the connection closes; a CONNECT's tunnel

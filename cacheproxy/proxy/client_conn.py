@@ -146,9 +146,10 @@ def _begun_head(data: bytes, messages: list[Any], parser: Any) -> int:
     """Bytes of data after the last whole request, when they can only be the head of the
     next one (that request had no body): they count against MAX_HEAD_BYTES with the reads
     that follow, or a pipelined request would carry a head of any size past the bound."""
-    if messages[-1][1] is not EMPTY_PAYLOAD or parser.in_body or parser.holding:
+    if data.endswith(b"\r\n\r\n") or messages[-1][1] is not EMPTY_PAYLOAD \
+            or parser.in_body or parser.holding:  # (the first: nearly every read)
         return 0
-    end = data.rfind(b"\r\n\r\n")  # (at the very end on nearly every read)
+    end = data.rfind(b"\r\n\r\n")
     return len(data) - end - 4 if end >= 0 else 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from processes import clean_env, free_port, start_serve, stop
 
 TIMEOUT = 5.0
 
@@ -116,3 +117,28 @@ async def test_a_head_over_the_bound_behind_pipelined_requests_gets_its_431(orig
     assert first.startswith(b"HTTP/1.1 200 OK"), answer[:300]
     assert b"Connection: close" not in first, first
     assert b"HTTP/1.1 431 " in rest, answer[:600]
+
+
+async def test_admin_listen_says_http11_to_http10_requests_too(origin, tmp_path):
+    """b567549 made every status line say HTTP/1.1, the server's version, to HTTP/1.0
+    requests (README: 'An HTTP/1.0 request's status line says HTTP/1.1 too, as nginx and
+    Squid answer'), on proxy.listen's data and control planes; with admin.listen set, the
+    admin API, /metrics and the health checks are served by aiohttp's own server there,
+    which still answers 'HTTP/1.0 200 OK'. One server, two versions (RFC 9110 §6.2: the
+    server's own version is sent). Severity: low."""
+    admin = free_port()
+    env = clean_env(CACHEPROXY_ADMIN_LISTEN=f"127.0.0.1:{admin}")
+    proc, _ = await start_serve("--upstream", "http://127.0.0.1:9", cwd=tmp_path, env=env)
+    try:
+        for _ in range(100):
+            try:
+                answer = await _exchange_10(
+                    admin, b"GET /_cacheproxy/healthz HTTP/1.0\r\nHost: a\r\n\r\n")
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        head = answer.split(b"\r\n\r\n", 1)[0]
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        assert b"\r\nConnection: close" in head, head
+    finally:
+        await stop(proc)

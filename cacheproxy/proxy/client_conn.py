@@ -32,7 +32,7 @@ from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
-from aiohttp.http_writer import HttpVersion10, HttpVersion11, StreamWriter
+from aiohttp.http_writer import HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
@@ -53,7 +53,7 @@ from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
 from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.proxy.upstream import UpstreamError
-from cacheproxy.proxy.wire import REASONS, encode_head
+from cacheproxy.proxy.wire import REASONS, Http11Writer, encode_head
 
 log = logging.getLogger("cacheproxy")
 
@@ -119,22 +119,6 @@ def _too_long(exc: LineTooLong) -> int:
     if before == b"":  # the Python parser names the whole line
         return 414 if _REQUEST_LINE_START.match(named) else 431
     return 414 if _REQUEST_LINE_START.fullmatch(before) else 431
-
-
-class _Http11Writer(StreamWriter):
-    """aiohttp's writer, whose status line names this server's version, HTTP/1.1, to an
-    HTTP/1.0 request too (RFC 9110 §6.2), as the data plane's do; aiohttp frames the
-    answer by the request's version all the same."""
-
-    async def write_headers(self, status_line: str, headers: Any, *args: Any, **kwargs: Any
-                            ) -> None:
-        if status_line.startswith("HTTP/1.0 "):
-            status_line = "HTTP/1.1 " + status_line[9:]
-            # aiohttp leaves 1.0's default, close, unsaid; said as 1.1 it must be said
-            # (RFC 9112 §9.3: the client reads persistence from the version it got).
-            if "Connection" not in headers:
-                headers["Connection"] = "close"
-        await super().write_headers(status_line, headers, *args, **kwargs)
 
 
 def _head_too_large() -> HttpProcessingError:
@@ -859,7 +843,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                        ) -> bool:
         """The control plane: aiohttp's application answers, on this connection."""
         app = self.listener.app
-        writer = _Http11Writer(self, self._loop)
+        writer = Http11Writer(self, self._loop)
         task = asyncio.current_task()
         assert task is not None
         request = app._make_request(msg, payload, self, writer, task)  # type: ignore[arg-type]

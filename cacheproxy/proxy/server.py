@@ -34,6 +34,7 @@ from cacheproxy.observe.sink import LogFileError
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
+from cacheproxy.proxy.wire import ControlRunner
 from cacheproxy.proxy.workers import supervise
 from cacheproxy.store import Store, build_store
 
@@ -215,7 +216,7 @@ async def _start_control(
     address of their own (the proxy's listener then forwards every path)."""
     if CONTROL not in app:
         return None
-    runner = web.AppRunner(app[CONTROL], shutdown_timeout=config.proxy.shutdown_timeout,
+    runner = ControlRunner(app[CONTROL], shutdown_timeout=config.proxy.shutdown_timeout,
                            **app[OBSERVER].runner_args())
     await runner.setup()
     host, port = parse_listen(config.admin.listen)

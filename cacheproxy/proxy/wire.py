@@ -4,8 +4,10 @@ empty line)."""
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
-from aiohttp.http_writer import _serialize_headers
+from aiohttp import web
+from aiohttp.http_writer import StreamWriter, _serialize_headers
 from multidict import CIMultiDict, CIMultiDictProxy
 
 Fields = CIMultiDict[str] | CIMultiDictProxy[str]
@@ -28,3 +30,36 @@ def encode_head(start_line: str, fields: Fields) -> bytes:
     if text.count("\n") != ends or text.count("\r") != ends:
         raise ValueError("a CR or LF in a response field")
     return text.encode("utf-8", "surrogateescape")
+
+
+class Http11Writer(StreamWriter):
+    """aiohttp's writer, whose status line names this server's version, HTTP/1.1, to an
+    HTTP/1.0 request too (RFC 9110 §6.2), as the data plane's do; aiohttp frames the
+    answer by the request's version all the same. The control plane's, on proxy.listen
+    (client_conn) and on admin.listen (ControlRunner)."""
+
+    async def write_headers(self, status_line: str, headers: Any, *args: Any, **kwargs: Any
+                            ) -> None:
+        if status_line.startswith("HTTP/1.0 "):
+            status_line = "HTTP/1.1 " + status_line[9:]
+            # aiohttp leaves 1.0's default, close, unsaid; said as 1.1 it must be said
+            # (RFC 9112 §9.3: the client reads persistence from the version it got).
+            if "Connection" not in headers:
+                headers["Connection"] = "close"
+        await super().write_headers(status_line, headers, *args, **kwargs)
+
+
+class ControlRunner(web.AppRunner):
+    """web.AppRunner (admin.listen's) whose answers are written by Http11Writer."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        make = server.request_factory
+
+        def request_factory(message: Any, payload: Any, protocol: Any, writer: Any,
+                            task: Any) -> web.BaseRequest:
+            writer.__class__ = Http11Writer  # (a subclass adding no field: same layout)
+            return make(message, payload, protocol, writer, task)
+
+        server.request_factory = request_factory
+        return server

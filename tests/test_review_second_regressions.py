@@ -142,3 +142,27 @@ async def test_admin_listen_says_http11_to_http10_requests_too(origin, tmp_path)
         assert b"\r\nConnection: close" in head, head
     finally:
         await stop(proc)
+
+
+# -- the 400 of a target refused before the cache (21354df, dc8940d) ------------------------
+
+
+async def test_a_target_refused_before_the_cache_carries_no_cache_status(origin, proxy):
+    """README (dc8940d): 'Those refused before the cache (400, 414, 431, ...) carry
+    neither' Cache-Status nor X-Cache. The 400 the handler makes for a target whose dot
+    segments climb above the root (new in 21354df), an invalid Host or userinfo in the
+    target carried 'Cache-Status: cacheproxy' and 'X-Cache: MISS': no lookup was made,
+    and a MISS says the origin was asked, where the request log says ERROR. The parser's
+    400s (an empty Transfer-Encoding) carry neither. Severity: low."""
+    client = await _counting_origin(origin, proxy)
+    for request in (b"GET /../a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                    b"GET /a/%2e%2e/%2e%2e/a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                    b"GET /a HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n",
+                    b"GET http://u@a/a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+        writer.close()
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 400 "), head
+        assert b"\r\ncache-status:" not in head and b"\r\nx-cache:" not in head, head

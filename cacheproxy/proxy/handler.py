@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
@@ -31,6 +32,7 @@ from cacheproxy.proxy.downstream import (
     ClientMessage,
     Downstream,
     local_port,
+    text_answer,
 )
 from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
@@ -207,7 +209,10 @@ class CacheProxy:
         parsed = request_target(raw, host)
         if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
             outcome.status = "ERROR"
-            return self._error(400, "invalid Host or request target", outcome)
+            # Refused before the cache, as the parser's 400s: no Cache-Status, no X-Cache
+            # (README), since no lookup was made and nothing was forwarded.
+            return text_answer(400, "400 invalid Host or request target\n",
+                               CIMultiDict({"Cache-Control": "no-store"}))
         target = outcome.target = parsed.path
         authority = outcome.host = parsed.authority
         plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway

@@ -243,8 +243,10 @@ class Driver:
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
             try:
                 whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
-            finally:
-                release()
+            except BaseException:  # its body broke off: no whole answer for the waiters
+                release(failed=True)
+                raise
+            release()  # (stored, or given up for its size: no failure)
             if whole is None:  # too big after all, or no room in the fill budget:
                 # the origin answers the Range itself (RFC 9211 fwd=bypass).
                 return await self.forward(ctx, Forward("bypass", ctx.facts.method))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
 from processes import clean_env, free_port, start_serve, stop
 
@@ -171,23 +172,26 @@ async def test_a_target_refused_before_the_cache_carries_no_cache_status(origin,
 # -- collapsing behind a leader that got no whole answer (bc3fde7, 29d0cbc) ---------------
 
 
-async def test_waiters_behind_a_range_leader_whose_fill_broke_off_go_one_at_a_time(
-        origin, proxy):
-    """A Range miss fills the whole response first (Driver._perform's whole_first) and
-    releases its waiters in a `finally` with failed=False. When that fill breaks off
-    (the origin's connection cut mid-body), the waiters are woken as if it had stored
-    (note_stored ran at the decision), find nothing, and all go upstream at once: the
-    herd bc3fde7 keeps from every other failed leader (README: 'When the request they
-    wait for gets no whole answer (... its body cut short), they do not all go upstream
-    at once: one tries again and the others wait for it'). nginx's proxy_cache_lock holds
-    them likewise. Severity: medium (an origin that just failed gets every waiter)."""
+@pytest.mark.parametrize("leader", [{"Range": "bytes=0-9"}, {"If-None-Match": '"v1"'}])
+async def test_waiters_behind_a_leader_whose_fill_broke_off_go_one_at_a_time(
+        origin, proxy, leader):
+    """A Range miss fills the whole response first (Driver._perform's whole_first), and a
+    miss whose own validators match the answer is sent a 304 once the body is stored
+    (Exchange.not_modified): both release their waiters in a `finally` with failed=False.
+    When that fill breaks off (the origin's connection cut mid-body), the waiters are
+    woken as if it had stored (note_stored ran at the decision), find nothing, and all
+    go upstream at once: the herd bc3fde7 keeps from every other failed leader (README:
+    'When the request they wait for gets no whole answer (... its body cut short), they
+    do not all go upstream at once: one tries again and the others wait for it'). nginx's
+    proxy_cache_lock holds them likewise. Severity: medium (an origin that just failed
+    gets every waiter)."""
     calls = [0]
 
     async def page(request: web.Request) -> web.StreamResponse:
         calls[0] += 1
+        fields = {"Cache-Control": "max-age=60", "ETag": '"v1"'}
         if calls[0] == 1:  # the leader's: half the body, then the connection cut
-            resp = web.StreamResponse(headers={"Cache-Control": "max-age=60",
-                                               "Content-Length": "20000"})
+            resp = web.StreamResponse(headers={**fields, "Content-Length": "20000"})
             await resp.prepare(request)
             await resp.write(b"a" * 10000)
             await asyncio.sleep(0.4)
@@ -195,20 +199,19 @@ async def test_waiters_behind_a_range_leader_whose_fill_broke_off_go_one_at_a_ti
             request.transport.abort()
             return resp
         await asyncio.sleep(0.1)
-        return web.Response(body=b"b" * 20000, headers={"Cache-Control": "max-age=60"})
+        return web.Response(body=b"b" * 20000, headers=fields)
 
     app = web.Application()
     app.router.add_get("/r", page)
     client = await proxy(await origin(app))
-    leader = asyncio.ensure_future(client.get("/r", headers={"Range": "bytes=0-9"}))
+    first = asyncio.ensure_future(client.get("/r", headers=leader))
     for _ in range(100):
         if calls[0]:
             break
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     waiters = [asyncio.ensure_future(client.get("/r")) for _ in range(4)]
-    first = await leader
-    await first.read()
+    await (await first).read()
     answers = await asyncio.gather(*waiters)
     assert [r.status for r in answers] == [200] * 4
     assert calls[0] == 2, calls  # the leader's try, and one more

@@ -359,8 +359,10 @@ class Exchange:
         outcome.stored = False  # until it is: a body that breaks off stores nothing
         try:
             outcome.stored = await self.consume(resp, store, max_object)
-        finally:
-            release()
+        except BaseException:  # its body broke off: no whole answer for the waiters
+            release(failed=True)
+            raise
+        release()  # (stored, or given up for its size: no failure)
         mark(headers, outcome, self.cache_name, self.via(resp))
         return Answer(304, headers)
 

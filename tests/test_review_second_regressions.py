@@ -215,3 +215,34 @@ async def test_waiters_behind_a_leader_whose_fill_broke_off_go_one_at_a_time(
     answers = await asyncio.gather(*waiters)
     assert [r.status for r in answers] == [200] * 4
     assert calls[0] == 2, calls  # the leader's try, and one more
+
+
+# -- CORS off: an upstream grant naming an origin varies on it (4074a9e) -----------------
+
+
+async def test_with_cors_off_a_grant_naming_an_origin_is_sent_with_vary_origin_on_a_miss(
+        origin, proxy):
+    """README: with CORS off 'an upstream grant that names an origin is stored and sent
+    with Vary: Origin'. 4074a9e adds it to what is stored, so hits carry it, but the
+    miss that stores it (and any answer passed on unstored) goes out without it, where
+    passthrough mode adds it on the way out too (policies/cors.outbound: 'which a cache
+    further on must be told'). The browser's cache, or a CDN in front, then keeps
+    https://a.example's grant without Vary and replays it to https://b.example (Fetch
+    §3.2, CORS protocol and HTTP caches): the poisoning the commit fixed, one hop
+    further on. Severity: medium."""
+    async def page(request: web.Request) -> web.Response:
+        fields = {"Cache-Control": request.query.get("cc", "max-age=60")}
+        if "Origin" in request.headers:  # an origin that echoes Origin without Vary
+            fields["Access-Control-Allow-Origin"] = request.headers["Origin"]
+        return web.Response(text="data", headers=fields)
+
+    app = web.Application()
+    app.router.add_get("/a", page)
+    client = await proxy(await origin(app))
+    for query in ("", "?cc=no-store"):  # stored on its way, and passed on unstored
+        miss = await client.get("/a" + query, headers={"Origin": "https://a.example"})
+        assert miss.headers.get("X-Cache") == "MISS"
+        assert miss.headers["Access-Control-Allow-Origin"] == "https://a.example"
+        assert "origin" in miss.headers.get("Vary", "").lower(), (query, dict(miss.headers))
+    hit = await client.get("/a", headers={"Origin": "https://a.example"})
+    assert hit.headers.get("X-Cache") == "HIT" and "Origin" in hit.headers.get("Vary", "")

@@ -93,9 +93,7 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
                     headers.popall(name, None)
             headers.extend(step.add)
             if step.vary:
-                vary = merge_vary(headers.getall("Vary", ()))
-                headers.popall("Vary", None)
-                headers["Vary"] = vary
+                _vary_on_origin(headers)
             # (passthrough with the upstream's own CORS fields: its answer, not a refusal)
             passed = upstream_has_cors and not cors.override
             if origin is not None and not step.add and not passed \
@@ -103,10 +101,22 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
                 outcome = request.get(OUTCOME)
                 if outcome is not None and outcome.policy is None:
                     outcome.policy = "cors-origin"  # no grant: the browser withholds it
+    elif not cors.enabled and "Access-Control-Allow-Origin" in headers \
+            and any(v.strip() != "*" for v in headers.getall("Access-Control-Allow-Origin")):
+        # CORS off: the upstream's grant goes on as it is, and one naming an origin varies
+        # on it (Fetch §3.2), as when it is stored (grant_varies): a cache further on, the
+        # browser's too, must not replay it to another origin (README).
+        _vary_on_origin(headers)
     policy = response_policy_fields(route.referer, "Referrer-Policy" in headers)
     if policy:  # W3C Referrer Policy §4.1: ours, where none was sent or when overriding
         headers.popall("Referrer-Policy", None)
         headers.extend(policy)
+
+
+def _vary_on_origin(headers: CIMultiDict[str]) -> None:
+    vary = merge_vary(headers.getall("Vary", ()))
+    headers.popall("Vary", None)
+    headers["Vary"] = vary
 
 
 def _same_origin(origin: str, request: ClientMessage) -> bool:

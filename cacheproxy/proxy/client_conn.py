@@ -259,7 +259,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if messages:
                 if self._head_bytes + len(data) > MAX_HEAD_BYTES:  # (rare: then measured)
                     messages, over = self._heads_within(messages)
-                self._head_bytes = 0 if over else _begun_head(data, messages, parser)
+                self._head_bytes = 0 if over or upgraded \
+                    else _begun_head(data, messages, parser)  # (after an upgrade: a tunnel's)
                 if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
                     messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)

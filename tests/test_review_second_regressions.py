@@ -246,3 +246,34 @@ async def test_with_cors_off_a_grant_naming_an_origin_is_sent_with_vary_origin_o
         assert "origin" in miss.headers.get("Vary", "").lower(), (query, dict(miss.headers))
     hit = await client.get("/a", headers={"Origin": "https://a.example"})
     assert hit.headers.get("X-Cache") == "HIT" and "Origin" in hit.headers.get("Vary", "")
+
+
+# -- dot segments as the origins read them (21354df) ----------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/x/../images/a.png",  # (the control: refused today)
+                                  "/x/..;/images/a.png", "/x/..;jsessionid=1/images/a.png",
+                                  "/x/..%5Cimages/a.png"])
+async def test_hotlink_protection_reads_dot_segments_as_the_refusal_does(
+        origin, proxy, path):
+    """21354df refuses a target climbing above the root counting '..;x' as '..' (Tomcat)
+    and '\\' as '/' (IIS), 'the check refuses more, never less'. The path that routes
+    and referer.protect_paths match against (config.entries.normalize_path) does not:
+    '/x/..;/images/a.png' is outside '/images/' to the hotlink gate, and Tomcat serves
+    it as /images/a.png (the '..;' path-parameter traversal, Orange Tsai, Black Hat
+    2018), so a foreign page hotlinks what '/x/../images/a.png' is refused. The same
+    spelling reaches another route's upstream. Severity: medium (a policy bypass on
+    Tomcat or IIS origins)."""
+    async def image(request: web.Request) -> web.Response:
+        return web.Response(body=b"png", content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", image)
+    client = await proxy(await origin(app), referer={
+        "protect_paths": ["/images/"], "valid_referers": ["none", "server_names"]})
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: a\r\nReferer: https://evil.example/\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]

@@ -74,21 +74,26 @@ def host_pattern_covers(wider: str, narrower: str) -> bool:
 def normalize_path(path: str) -> str:
     """The path a prefix is matched against, as nginx matches locations: query dropped,
     every %XX decoded once (UTF-8; "%2F" too, since origins decode it to "/"), "//"
-    merged (merge_slashes) and dot segments removed (RFC 3986 §5.2.4). So "/%69mages/",
-    "/images%2Fa.png", "//images/" or "/x/../images/" cannot slip past a "/images/" rule,
+    merged (merge_slashes) and dot segments removed (RFC 3986 §5.2.4; "\\" and "..;x" read as
+    IIS and Tomcat read them). So "/%69mages/", "/images%2Fa.png", "//images/",
+    "/x/../images/" or "/x/..;/images/" cannot slip past a "/images/" rule,
     and "/bilder/über/" matches the "/bilder/%C3%BCber/" a browser sends."""
     path = path.split("?", 1)[0].split("#", 1)[0]
     path = unquote(path, encoding="utf-8", errors="surrogateescape")
+    # As http/target.climbs_above_root reads them: IIS takes "\" for "/", Tomcat "..;x"
+    # for ".." (the path-parameter traversal): "/x/..;/images/" is under "/images/".
+    path = path.replace("\\", "/")
     out: list[str] = []
     segments = re.sub(r"/{2,}", "/", path).split("/")
     for i, segment in enumerate(segments):
         last = i == len(segments) - 1
-        if segment == "..":
+        dots = segment.partition(";")[0] if ";" in segment else segment
+        if dots == "..":
             if len(out) > 1:
                 out.pop()
             if last:
                 out.append("")
-        elif segment == ".":
+        elif dots == ".":
             if last:
                 out.append("")
         else:

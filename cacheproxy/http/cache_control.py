@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
 from cacheproxy.http.abnf import QUOTED_PAIR_RE, bounded_digits
 from cacheproxy.http.fields import split_list
@@ -75,6 +76,14 @@ def _pairs(value: str) -> list[tuple[str, str | None]]:
 def _delta(arg: str | None) -> int | None:
     """delta-seconds (§1.2.2): non-negative integer, capped at 2^31 however long; else None."""
     return None if arg is None else bounded_digits(arg, MAX_DELTA)
+
+
+# The response directives this cache acts on (parse_response_directives); any other is
+# ignored (§5.2.3).
+RESPONSE_DIRECTIVES: Final = frozenset({
+    "max-age", "s-maxage", "stale-while-revalidate", "stale-if-error", "private", "public",
+    "no-cache", "no-store", "must-revalidate", "proxy-revalidate", "must-understand",
+    "immutable"})
 
 
 @lru_cache(maxsize=2048)

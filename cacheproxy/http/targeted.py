@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from cacheproxy.http.cache_control import RESPONSE_DIRECTIVES
 from cacheproxy.http.fields import split_list, values_of
 
 SURROGATE_CONTROL: Final = "surrogate-control"
@@ -145,17 +146,18 @@ def _split_dictionary(value: str) -> list[tuple[str, str | None]] | None:
 # A directive with a device token is for that surrogate only.
 
 # §2.2.4 content asks for processing (ESI), §2.2.2 no-store-remote speaks to remote
-# surrogates: neither says how this cache may store the response, so alone they leave
-# Cache-Control in force (its private or no-store too).
-_NOT_CACHING = frozenset({"content", "no-store-remote"})
+# surrogates, and an extension this cache does not know is ignored (RFC 9111 §5.2.3):
+# none says how this cache may store the response, so alone they leave Cache-Control in
+# force (its private or no-store too). Only the directives it acts on set it aside.
+_CACHING: Final = RESPONSE_DIRECTIVES
 
 
 def surrogate_directives(value: str, device: str) -> str | None:
     """The directives for this surrogate (untargeted, or targeted at device) as
-    Cache-Control directives; None when none is for it, or none but _NOT_CACHING.
+    Cache-Control directives; None when none is for it, or none of _CACHING.
     max-age's "+N" (how long the surrogate may keep it past that) is not taken."""
     out: list[str] = []
-    caching = False  # a directive about storing or freshness here, not only _NOT_CACHING
+    caching = False  # a directive about storing or freshness here (_CACHING)
     for member in split_list(value):
         directive, _, target = member.partition(";")
         if target and target.strip().lower() != device.lower():
@@ -167,5 +169,5 @@ def surrogate_directives(value: str, device: str) -> str | None:
         if name == "max-age" and eq:
             arg = arg.partition("+")[0]
         out.append(f"{name}={arg}" if eq else name)
-        caching = caching or name not in _NOT_CACHING
+        caching = caching or name in _CACHING
     return ", ".join(out) if caching else None

@@ -310,3 +310,45 @@ async def test_a_surrogate_control_of_unknown_extensions_keeps_a_private_page_pr
     other = await client.get("/account")
     assert await other.text() == "account of nobody"
     assert calls[0] == 2
+
+
+async def test_waiters_behind_a_failed_leader_get_the_stale_if_error_answer_it_got(
+        origin, proxy):
+    """A stored response with stale-if-error, an origin that fails each request after
+    0.3 s: the leader's revalidation fails and it is answered stale (RFC 5861 §4). Since
+    bc3fde7 its waiters do not take that failure as theirs: one by one each tries the
+    failing origin again, behind the previous one, so 4 requests are answered at 0.6,
+    0.9, 1.2 and 1.5 s (each after its own failed try; before bc3fde7, all at 0.9 s),
+    with as many upstream attempts as before. The leader's failure is the cache's error
+    too: the stored response usable on error answers the waiters at once, as Varnish's
+    grace and nginx's proxy_cache_use_stale do. Severity: low (latency that grows with
+    the waiters while the origin is down, within collapse_timeout)."""
+    calls = [0]
+    down = [False]
+
+    async def page(request: web.Request) -> web.Response:
+        calls[0] += 1
+        if down[0]:  # fails after 0.3 s: the connection reset
+            await asyncio.sleep(0.3)
+            assert request.transport is not None
+            request.transport.abort()
+            await asyncio.sleep(1)
+        return web.Response(text="v1", headers={
+            "Cache-Control": "max-age=1, stale-if-error=600", "ETag": '"1"'})
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    client = await proxy(await origin(app))
+    assert (await client.get("/r")).status == 200
+    await asyncio.sleep(1.2)
+    down[0], calls[0] = True, 0
+
+    async def one() -> tuple[int, str]:
+        resp = await client.get("/r")
+        assert await resp.text() == "v1"
+        return resp.status, resp.headers.get("Cache-Status", "")
+
+    answers = await asyncio.gather(*[one() for _ in range(4)])
+    assert all(status == 200 and "stale-if-error" in cs for status, cs in answers), answers
+    assert sum("collapsed" in cs for _, cs in answers) == 3, answers
+    assert calls[0] <= 2, calls  # the leader's try (and the pool's one retry), no more

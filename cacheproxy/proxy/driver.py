@@ -35,6 +35,7 @@ from cacheproxy.http.flow import (
     freshened_still_held,
     lookup,
     range_answer,
+    stale_on_error,
 )
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
@@ -131,6 +132,15 @@ class Driver:
             result = fut.result() if fut.done() and not fut.cancelled() else None
             if not done or result is not LEADER_FAILED or time.monotonic() >= deadline:
                 break
+            # RFC 5861 §4: the leader's failure is the cache's error too: a stored response
+            # usable on error answers the waiter now, as it answered the leader, instead of
+            # each waiter trying the failing origin in turn.
+            stale = stale_on_error(fwd.stored, ctx.facts, ctx.plan.cache, time.time()) \
+                if fwd.stored is not None else None
+            if stale is not None:
+                ctx.outcome.collapsed = True
+                note_failed(ctx.outcome, stale)
+                return self._failed(ctx, stale)
             # The leader got no answer: one waiter tries again, the others wait for it.
             fut, leading = collapser.join(ctx.key)
             if leading:

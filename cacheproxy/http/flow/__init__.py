@@ -22,7 +22,7 @@ from cacheproxy.http.flow.decisions import (
     Update,
 )
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts, request_facts
-from cacheproxy.http.flow.failure import failed
+from cacheproxy.http.flow.failure import failed, stale_on_error
 from cacheproxy.http.flow.lookup import (
     DECISIVE_FIELDS,
     Waited,
@@ -38,5 +38,5 @@ __all__ = [
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
     "background_refresh", "bypass", "client_answer", "failed", "freshened_still_held",
     "lookup", "plain_serve",
-    "range_answer", "request_facts",
+    "range_answer", "request_facts", "stale_on_error",
 ]

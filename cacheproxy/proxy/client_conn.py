@@ -131,7 +131,7 @@ def _begun_head(data: bytes, messages: list[Any], parser: Any) -> int:
     next one (that request had no body): they count against MAX_HEAD_BYTES with the reads
     that follow, or a pipelined request would carry a head of any size past the bound."""
     if data.endswith(b"\r\n\r\n") or messages[-1][1] is not EMPTY_PAYLOAD \
-            or parser.in_body or parser.holding:  # (the first: nearly every read)
+            or parser.in_body or parser.queue_full:  # (the first: nearly every read)
         return 0
     end = data.rfind(b"\r\n\r\n")
     return len(data) - end - 4 if end >= 0 else 0
@@ -266,7 +266,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
-                if parser.in_body or parser.holding:
+                if parser.in_body or parser.queue_full:  # (not a head's bytes)
                     self._head_bytes = 0
                 else:
                     self._head_bytes += len(data)

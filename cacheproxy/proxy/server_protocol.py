@@ -129,6 +129,13 @@ class _StrictPythonParser(HttpRequestParserPy):
         """The bytes fed last went to a request body (not yet whole)."""
         return self._payload_parser is not None
 
+    @property
+    def queue_full(self) -> bool:
+        """It stopped on a full message queue: what it holds waits to be parsed (unlike
+        the unfinished line `holding` reports too, which is a head's)."""
+        size = self._max_msg_queue_size
+        return bool(size) and self._msg_in_flight >= size
+
     def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> _FeedResult:
         result = super().feed_data(data, *args, **kwargs)
         if (
@@ -209,6 +216,11 @@ class _FallbackParser:
         if self._python is not None:
             return self._python.in_body
         return self._open is not None and not self._open.is_eof()
+
+    @property
+    def queue_full(self) -> bool:
+        """It stopped on a full message queue (llhttp: `holding`)."""
+        return self._python.queue_full if self._python is not None else self._held
 
     def feed_data(self, data: bytes) -> _FeedResult:
         if self._python is not None:

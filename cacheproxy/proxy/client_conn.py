@@ -874,9 +874,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             status = _too_long(exc)
         reason = REASONS.get(status, "Bad Request")
         body = f"{status} {reason}\n".encode()
+        # no-store, as every error of ours: a cache in front must not keep an answer to one
+        # client's malformed head for the URL (414 and 501 are even heuristically
+        # cacheable, RFC 9110 §15.1; the CPDoS attacks rely on it).
         self._write_head(HttpVersion11, status, reason, CIMultiDict({
             "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
-            "Connection": "close", "Date": _Date.now()}), body)
+            "Cache-Control": "no-store", "Connection": "close", "Date": _Date.now()}), body)
         self.listener.record(ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http"),
                              status, len(body), time.perf_counter())
         log.debug("request refused: %s", exc.message)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from aiohttp import web
 from test_hostile_http_regressions import exchange, status_of
 
@@ -65,7 +64,6 @@ async def test_refusals_of_a_request_head_are_never_stored_downstream(
         assert fields.get("cache-control") == "no-store", (status, fields)
 
 
-@pytest.mark.xfail(strict=True, reason="a refused HEAD gets the text body")
 async def test_a_refused_head_request_gets_no_content(origin: Any, proxy: Any) -> None:
     """A HEAD the proxy refuses once it read the head (an Expect it does not support: 417)
     gets its 417 with the text body after the head. RFC 9110 §9.3.2: the server "MUST NOT

@@ -879,9 +879,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # cacheable, RFC 9110 §15.1; the CPDoS attacks rely on it).
         self._write_head(HttpVersion11, status, reason, CIMultiDict({
             "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
-            "Cache-Control": "no-store", "Connection": "close", "Date": _Date.now()}), body)
+            "Cache-Control": "no-store", "Connection": "close", "Date": _Date.now()}),
+            b"" if msg.method == "HEAD" else body)  # RFC 9110 §9.3.2: no content to HEAD
         self.listener.record(ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http"),
-                             status, len(body), time.perf_counter())
+                             status, 0 if msg.method == "HEAD" else len(body),
+                             time.perf_counter())
         log.debug("request refused: %s", exc.message)
         self._head_refused = True  # (refused as it came: the rest of it may be on its way)
         self.close()

@@ -37,6 +37,7 @@ from cacheproxy.http.flow import (
     range_answer,
     stale_on_error,
 )
+from cacheproxy.http.ranges import Partial
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
@@ -251,6 +252,16 @@ class Driver:
             for key in d.invalidates:  # §4.4, before a POST's answer is stored
                 await discard(self.store, key)
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
+            length = resp.content_length
+            part = None if length is None or not exchange.budget.admits(length) \
+                else range_answer(d.entry, ctx.facts, length)
+            if isinstance(part, Partial) and len(part.ranges) == 1:
+                # One range: cut from the whole as it streams (stored once complete), so
+                # a media element's first `bytes=0-` starts before the file has arrived.
+                return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome,
+                                            d.entry, max_object, release,
+                                            upstream=ctx.plan.upstream, target=ctx.target,
+                                            part=part)
             try:
                 whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
             except BaseException:  # its body broke off: no whole answer for the waiters

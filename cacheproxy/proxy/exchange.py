@@ -19,6 +19,7 @@ from yarl import URL
 from cacheproxy.config import ProxyConfig, masked_url
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
+from cacheproxy.http.ranges import Partial, content_range
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.referer import redact
@@ -258,13 +259,16 @@ class Exchange:
         self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
         outcome: Outcome, store: CachedResponse | None, max_object: int,
         release: Release = _nothing, *, upstream: str, target: str,
+        part: Partial | None = None,
     ) -> None:
         """Stream the upstream response to the client; with store (the Store decision's
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
         the store is settled either way. A HEAD client gets no body (its request may
         have been sent as GET so that the answer could be stored, RFC 9110 §9.3.2).
         upstream and target (with its query) name the request in the log, as the
-        driver's line for a failure before the head does."""
+        driver's line for a failure before the head does. part: the one range of the
+        (whole, known-length) 200 the client asked for, sent as a 206 (RFC 9110 §15.3.7)
+        as the body streams."""
         fill = None if store is None else self.budget.fill(max_object, resp.content_length)
         if fill is not None and fill.why_not:  # no room for what it announced
             outcome.stored, outcome.detail = False, fill.why_not
@@ -273,10 +277,21 @@ class Exchange:
             release()
         send_body = request.method != "HEAD"
         headers = CIMultiDict(end_to_end(resp.fields))
+        status, reason = resp.status, resp.reason
+        window = None  # (the part's first byte, and the one after its last)
+        if part is not None:
+            first, last = part.ranges[0]
+            window = (first, last + 1)
+            status, reason = 206, "Partial Content"
+            headers.popall("Content-Length", None)
+            headers["Content-Range"] = content_range(first, last, part.length)
+            headers["Content-Length"] = str(last + 1 - first)
         mark(headers, outcome, self.cache_name, self.via(resp))
         gone = False  # the client left: a fill goes on without it (below)
+        answered = False  # the client's part was sent whole (the rest is only stored)
+        offset = 0  # of the whole body read so far (a part is cut from it)
         try:
-            await out.start(resp.status, resp.reason, headers, not send_body)
+            await out.start(status, reason, headers, not send_body)
         except ConnectionError:
             if fill is None:
                 return self._abandon(resp, outcome, release, fill)
@@ -289,8 +304,9 @@ class Exchange:
                 # abnormally so it cannot mistake the truncated body for a whole one.
                 log.warning("upstream %s body for %s %s broke off: %s", masked_url(upstream),
                             request.method, redact(target, outcome.secrets), exc.reason)
-                outcome.status = "ERROR"
-                out.abort()
+                if not answered:
+                    outcome.status = "ERROR"
+                    out.abort()
                 return self._abandon(resp, outcome, release, fill, failed=True)
             except ClientBodyError:
                 # The origin answered before the request body's end, then that body
@@ -306,9 +322,20 @@ class Exchange:
                 release()
             if not send_body:
                 continue  # (and stops once nothing will be stored)
+            if window is not None:
+                start, end = window
+                whole, offset = offset, offset + len(chunk)
+                chunk = chunk[max(start - whole, 0):max(end - whole, 0)]
+                if not chunk:
+                    continue
             try:
                 await out.write(chunk)
                 outcome.bytes_sent += len(chunk)
+                if window is not None and offset >= window[1]:
+                    # The part is whole: the client's answer ends now (a body breaking
+                    # off later only costs the copy being stored); the rest is stored.
+                    send_body, answered = False, True
+                    await out.finish()
             except ConnectionError:
                 # The client went away. What is being stored is still read to its end and
                 # stored, as Varnish's fetch goes on without its client: requests collapsed
@@ -330,7 +357,7 @@ class Exchange:
         if store is not None and fill is not None:
             outcome.stored = await self.put(store, fill.body())
         release()
-        if not gone:
+        if not gone and not answered:
             with contextlib.suppress(ConnectionError):  # the client left at the very end
                 await out.finish()
 

@@ -12,6 +12,10 @@ class FillBudget:
         self.limit = limit
         self.held = 0
 
+    def admits(self, announced: int) -> bool:
+        """Whether a body of that announced length fits beside those being filled now."""
+        return self.held + announced <= self.limit
+
     def fill(self, max_object: int, announced: int | None) -> Fill:
         """A new fill; its why_not is set at once when what the origin announced (the
         Content-Length) cannot fit."""

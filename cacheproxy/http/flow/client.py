@@ -31,17 +31,19 @@ def client_answer(entry: CachedResponse, req: RequestFacts) -> NotModified | Non
     return NotModified(tuple(not_modified_fields(entry)))
 
 
-def range_answer(entry: CachedResponse, req: RequestFacts) -> Partial | Unsatisfiable | None:
+def range_answer(entry: CachedResponse, req: RequestFacts, length: int | None = None
+                 ) -> Partial | Unsatisfiable | None:
     """RFC 9110 §14.2: a GET's Range answered from a stored complete 200 (206, or 416),
     after If-Range (§13.1.5); None: the whole response. Several ranges of a
-    content-coded response are not cut into parts (each part would lose its coding)."""
+    content-coded response are not cut into parts (each part would lose its coding).
+    length: the representation's, when entry's body is still on its way (a miss)."""
     value = req.range
     if value is None or req.method != "GET" or entry.status != 200:
         return None
     if_range = req.if_range
     if if_range is not None and not if_range_holds(if_range, entry):
         return None
-    answer = parse_ranges(value, len(entry.body))
+    answer = parse_ranges(value, len(entry.body) if length is None else length)
     if (isinstance(answer, Partial) and len(answer.ranges) > 1
             and entry.get("Content-Encoding") is not None):
         return None

@@ -253,7 +253,10 @@ class Driver:
                 await discard(self.store, key)
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
             length = resp.content_length
+            # The client's own If-None-Match / If-Modified-Since come before its Range
+            # (RFC 9110 §13.2.2): a 304, answered once the whole is stored (below).
             part = None if length is None or not exchange.budget.admits(length) \
+                or client_answer(d.entry, ctx.facts) is not None \
                 else range_answer(d.entry, ctx.facts, length)
             if isinstance(part, Partial) and len(part.ranges) == 1:
                 # One range: cut from the whole as it streams (stored once complete), so

@@ -170,6 +170,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._unparsed: list[bytes] | None = None
         self._unparsed_bytes = 0
         self._head_bytes = 0  # read since the last whole request, outside any body
+        # A body ended in a read that may hold the next head's start (_begun_head cannot
+        # tell where the body ended): the next head is measured whole once it is read.
+        self._measure_next = False
         self._head_refused = False  # a request head refused before its end (may still come)
         # A head over MAX_HEAD_BYTES queued as a 431 behind the requests read before it:
         # those are answered as usual, and nothing the client sends after it is read.
@@ -257,10 +260,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         payload.set_exception(exc)
             over = False  # a head over MAX_HEAD_BYTES after these messages: a 431, the last
             if messages:
-                if self._head_bytes + len(data) > MAX_HEAD_BYTES:  # (rare: then measured)
+                if self._head_bytes + len(data) > MAX_HEAD_BYTES \
+                        or self._measure_next:  # (rare: then measured)
                     messages, over = self._heads_within(messages)
                 self._head_bytes = 0 if over or upgraded \
                     else _begun_head(data, messages, parser)  # (after an upgrade: a tunnel's)
+                self._measure_next = not (over or upgraded) \
+                    and messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body
                 if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
                     messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)

@@ -170,8 +170,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._unparsed: list[bytes] | None = None
         self._unparsed_bytes = 0
         self._head_bytes = 0  # read since the last whole request, outside any body
-        # A body ended in a read that may hold the next head's start (_begun_head cannot
-        # tell where the body ended): the next head is measured whole once it is read.
+        # Bytes of the next head may have gone uncounted: read with the end of a body
+        # (_begun_head cannot tell where the body ended), or held by the parser on a full
+        # message queue. The next head is measured whole once it is read.
         self._measure_next = False
         self._head_refused = False  # a request head refused before its end (may still come)
         # A head over MAX_HEAD_BYTES queued as a 431 behind the requests read before it:
@@ -265,8 +266,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     messages, over = self._heads_within(messages)
                 self._head_bytes = 0 if over or upgraded \
                     else _begun_head(data, messages, parser)  # (after an upgrade: a tunnel's)
-                self._measure_next = not (over or upgraded) \
-                    and messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body
+                self._measure_next = not (over or upgraded) and (
+                    not data or parser.queue_full  # (bytes held: a feed of them, b"")
+                    or (messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body))
                 if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
                     messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
@@ -274,6 +276,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._keep_unparsed(data)
                 if parser.in_body or parser.queue_full:  # (not a head's bytes)
                     self._head_bytes = 0
+                    self._measure_next = self._measure_next or parser.queue_full
                 else:
                     self._head_bytes += len(data)
                     if self._head_bytes > MAX_HEAD_BYTES:

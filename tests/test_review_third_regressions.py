@@ -128,3 +128,43 @@ async def test_a_head_held_behind_a_full_pipeline_is_bounded(origin: Any, proxy:
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"200"] * 40 + [b"431"], statuses[-3:]
     assert "/big" not in seen
+
+
+async def test_waiters_behind_a_leader_answered_stale_on_a_5xx_are_answered_stale(
+        origin: Any, proxy: Any) -> None:
+    """6b67761 answers the waiters behind a leader that got no answer (LEADER_FAILED) with
+    the stored response usable on error, as the leader was. A leader that got a 5xx (here
+    a 503 after 0.3 s) and was answered stale-if-error (RFC 5861 §4: 500, 502, 503, 504)
+    released its waiters as if it had succeeded: each looked again, found the same stale
+    response and went to the failing origin, all at once (4 requests to the origin for 4
+    clients, the waiters answered at 0.6 s instead of 0.3 s): the herd on an origin that
+    just failed that LEADER_FAILED exists to avoid. Varnish's grace and nginx's
+    proxy_cache_use_stale (with proxy_cache_background_update / lock) serve the waiters
+    the stale copy. Severity: low (load on a failing origin, latency, within
+    collapse_timeout)."""
+    calls = [0]
+    down = [False]
+
+    async def page(request: web.Request) -> web.Response:
+        calls[0] += 1
+        if down[0]:
+            await asyncio.sleep(0.3)
+            return web.Response(status=503, text="down", headers={"Cache-Control": "no-store"})
+        return web.Response(text="v1", headers={
+            "Cache-Control": "max-age=1, stale-if-error=600", "ETag": '"1"'})
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    client = await proxy(await origin(app))
+    assert (await client.get("/r")).status == 200
+    await asyncio.sleep(1.2)
+    down[0], calls[0] = True, 0
+
+    async def one() -> tuple[int, str, str]:
+        resp = await client.get("/r")
+        return resp.status, await resp.text(), resp.headers.get("Cache-Status", "")
+
+    answers = await asyncio.gather(*[one() for _ in range(4)])
+    assert all(a[:2] == (200, "v1") and "stale-if-error" in a[2] for a in answers), answers
+    assert sum("collapsed" in cs for _, _, cs in answers) == 3, answers
+    assert calls[0] == 1, calls

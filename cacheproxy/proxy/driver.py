@@ -297,9 +297,11 @@ class Driver:
         if isinstance(d, Evict):
             for key in d.keys:
                 await discard(self.store, key)
-        if isinstance(d, ServeStale):
+        if isinstance(d, ServeStale):  # a 5xx answered by the stored response (RFC 5861 §4)
             resp.release()
-            release()
+            # The origin erred: its waiters are released as behind a leader that got no
+            # answer, so they are answered stale as it was, not sent to the origin at once.
+            release(failed=True)
             return self.reply(ctx, d.entry, d.age, d.ttl)
         serve = d.serve if isinstance(d, (Keep, Evict)) else None
         if serve is not None:  # a 304 validated it: the client gets the merged response

@@ -47,6 +47,10 @@ _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pa
 _LOW_WATER = 16 * 1024
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
+# How long a TLS connection we close waits for the origin's close_notify after ours
+# (asyncio's and uvloop's default: 30 s). nginx sends its own and closes at once; an
+# origin that stopped reading (the read timeout's) never answers one.
+_TLS_SHUTDOWN_TIMEOUT = 1.0
 
 
 @lru_cache(maxsize=8)
@@ -660,7 +664,9 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
         self.idle_timer = self._read_timer = None
         transport = self.transport
-        if transport is not None and not self._closed:
+        # (Once closing, not again: asyncio's TLS transport forgets its protocol on a
+        # second close() and fails on a third call.)
+        if transport is not None and not self._closed and not transport.is_closing():
             if transport.get_write_buffer_size():
                 # Request bytes the origin never took: close() would wait for them to
                 # drain, which an origin that stopped reading never lets happen, and the
@@ -669,6 +675,8 @@ class Connection(asyncio.Protocol):
                 transport.abort()
             else:
                 transport.close()
+            if self._tls:  # its close_notify exchange may take _TLS_SHUTDOWN_TIMEOUT:
+                self.pool._closing(self)  # the slot is free now, as nginx's would be
 
 
 class Pool:
@@ -797,8 +805,9 @@ class Pool:
             hosts = [origin.host] if check is None else await self._vetted(origin, check)
             _, conn = await connect_first(
                 loop, lambda: Connection(self, origin), hosts, origin.port,
-                ssl=self._ssl if origin.scheme == "https" else None,
-                server_hostname=origin.host if origin.scheme == "https" else None)
+                **({"ssl": self._ssl, "server_hostname": origin.host,
+                    "ssl_shutdown_timeout": _TLS_SHUTDOWN_TIMEOUT}
+                   if origin.scheme == "https" else {}))
         except socket.gaierror as exc:
             raise _refused(f"DNS failure for {origin.host} ({exc.strerror})") from None
         except ConnectionRefusedError:
@@ -847,6 +856,12 @@ class Pool:
             conn.idle_timer = loop.call_at(until, self._idle_check, conn)
             return
         conn.close()
+
+    def _closing(self, conn: Connection) -> None:
+        """conn is closing (a TLS shutdown under way): no longer counted against limit."""
+        if conn in self._open:
+            self._open.discard(conn)
+            self._wake_one()
 
     def _forget(self, conn: Connection) -> None:
         """conn closed: out of the pool; an origin with no idle connection left goes

@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from processes import clean_env, start_serve, stop
 
 from cacheproxy.tls.ca import LocalCA
@@ -93,3 +95,55 @@ async def test_a_tls_connection_closed_after_a_read_timeout_frees_its_pool_slot_
     assert status == 200 and body == "ok", (
         f"the closed TLS connection still held the only pool slot: {status} {body!r} "
         f"after {took:.1f}s")
+
+
+# -- a certificate refused: the WARNING says which check failed ---------------------------------
+
+
+async def _tls_site(ctx) -> tuple[web.AppRunner, int]:
+    """An aiohttp origin over TLS (ctx) on 127.0.0.1: "hi" at every path."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="hi")
+
+    app = web.Application()
+    app.router.add_get("/{path:.*}", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("case", ["unknown-issuer", "name-mismatch"])
+async def test_a_refused_origin_certificate_is_logged_with_the_check_that_failed(
+        proxy, tmp_path, caplog, case):
+    """An https origin whose certificate is refused got a 502 (right: no plaintext
+    fallback, no unverified answer) whose WARNING said only "TLS failure
+    (CERTIFICATE_VERIFY_FAILED)", whatever the check that failed: an issuer not trusted
+    (a private CA not in proxy.upstream_ca_file), a certificate for another name (an
+    upstream given by IP address whose certificate names only its DNS name, the common
+    mistake), or one expired all read the same, and the operator has to reproduce the
+    handshake with openssl s_client to learn which. nginx logs "upstream SSL certificate
+    verify error: (19:self-signed certificate in certificate chain)" or "upstream SSL
+    certificate does not match "127.0.0.1"". OpenSSL's verify message is at hand
+    (SSLCertVerificationError.verify_message). Severity: low (diagnosis only)."""
+    caplog.set_level(logging.WARNING, logger="cacheproxy")
+    ca = LocalCA.load_or_create(tmp_path / "ca")
+    if case == "unknown-issuer":
+        runner, port = await _tls_site(ca.server_context("127.0.0.1"))
+        client = await proxy(f"https://127.0.0.1:{port}")  # the CA is not trusted
+        expected = "self-signed certificate in certificate chain"  # (it sends the CA)
+    else:
+        runner, port = await _tls_site(ca.server_context("localhost"))
+        client = await proxy(f"https://127.0.0.1:{port}",
+                             proxy={"upstream_ca_file": str(ca.cert_path)})
+        expected = "IP address mismatch"  # "..., certificate is not valid for '127.0.0.1'"
+    try:
+        resp = await client.get("/page")
+        body = await resp.text()
+    finally:
+        await runner.cleanup()
+    assert resp.status == 502 and "TLS" in body
+    warnings = [r.getMessage() for r in caplog.records if "failed for GET /page" in r.getMessage()]
+    assert len(warnings) == 1
+    assert expected in warnings[0], f"the WARNING does not say which check failed: {warnings}"

@@ -812,6 +812,9 @@ class Pool:
             raise _refused(f"DNS failure for {origin.host} ({exc.strerror})") from None
         except ConnectionRefusedError:
             raise _refused("connection refused") from None
+        except ssl.SSLCertVerificationError as exc:  # which check failed, as nginx says
+            raise _refused(f"TLS failure (certificate verify failed: "
+                           f"{exc.verify_message or exc.reason})") from None
         except ssl.SSLError as exc:
             raise _refused(f"TLS failure ({exc.reason or exc})") from None
         except OSError as exc:

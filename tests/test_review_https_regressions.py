@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -114,7 +115,7 @@ async def _tls_site(ctx) -> tuple[web.AppRunner, int]:
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("case", ["unknown-issuer", "name-mismatch"])
+@pytest.mark.parametrize("case", ["unknown-issuer", "name-mismatch", "expired"])
 async def test_a_refused_origin_certificate_is_logged_with_the_check_that_failed(
         proxy, tmp_path, caplog, case):
     """An https origin whose certificate is refused got a 502 (right: no plaintext
@@ -133,6 +134,12 @@ async def test_a_refused_origin_certificate_is_logged_with_the_check_that_failed
         runner, port = await _tls_site(ca.server_context("127.0.0.1"))
         client = await proxy(f"https://127.0.0.1:{port}")  # the CA is not trusted
         expected = "self-signed certificate in certificate chain"  # (it sends the CA)
+    elif case == "expired":  # a leaf made two years ago (valid 398 days)
+        then = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=730)
+        runner, port = await _tls_site(ca.server_context("127.0.0.1", now=then))
+        client = await proxy(f"https://127.0.0.1:{port}",
+                             proxy={"upstream_ca_file": str(ca.cert_path)})
+        expected = "certificate has expired"
     else:
         runner, port = await _tls_site(ca.server_context("localhost"))
         client = await proxy(f"https://127.0.0.1:{port}",

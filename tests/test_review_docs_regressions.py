@@ -10,24 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from cacheproxy.proxy.server import OBSERVER
-
-
-def origin_app() -> web.Application:
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=f"page {request.path}", headers={"Cache-Control": "max-age=60"})
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", page)
-    return app
+from test_observe_regressions import origin_app, read_log
 
 
 async def log_records(client: Any, path: Path) -> list[dict[str, Any]]:
-    observer = client.server.app[OBSERVER]
-    await asyncio.sleep(0.02)  # the request log is written once the response has gone out
-    observer.flush()
-    assert await asyncio.to_thread(observer.sink.wait_written)
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in await read_log(client, path)]
 
 
 async def test_only_if_cached_504_is_logged_as_the_proxys_own_error(origin, proxy, tmp_path):

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from test_hostile_http_regressions import exchange
+from test_review_second_regressions import stale_waiters
 
 BODY = bytes(range(256)) * 64  # 16 KiB
 
@@ -142,29 +143,10 @@ async def test_waiters_behind_a_leader_answered_stale_on_a_5xx_are_answered_stal
     proxy_cache_use_stale (with proxy_cache_background_update / lock) serve the waiters
     the stale copy. Severity: low (load on a failing origin, latency, within
     collapse_timeout)."""
-    calls = [0]
-    down = [False]
+    async def unavailable(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="down", headers={"Cache-Control": "no-store"})
 
-    async def page(request: web.Request) -> web.Response:
-        calls[0] += 1
-        if down[0]:
-            await asyncio.sleep(0.3)
-            return web.Response(status=503, text="down", headers={"Cache-Control": "no-store"})
-        return web.Response(text="v1", headers={
-            "Cache-Control": "max-age=1, stale-if-error=600", "ETag": '"1"'})
-
-    app = web.Application()
-    app.router.add_get("/r", page)
-    client = await proxy(await origin(app))
-    assert (await client.get("/r")).status == 200
-    await asyncio.sleep(1.2)
-    down[0], calls[0] = True, 0
-
-    async def one() -> tuple[int, str, str]:
-        resp = await client.get("/r")
-        return resp.status, await resp.text(), resp.headers.get("Cache-Status", "")
-
-    answers = await asyncio.gather(*[one() for _ in range(4)])
+    answers, calls = await stale_waiters(origin, proxy, unavailable)
     assert all(a[:2] == (200, "v1") and "stale-if-error" in a[2] for a in answers), answers
     assert sum("collapsed" in cs for _, _, cs in answers) == 3, answers
-    assert calls[0] == 1, calls
+    assert calls == 1, calls

@@ -37,7 +37,6 @@ from cacheproxy.http.flow import (
     range_answer,
     stale_on_error,
 )
-from cacheproxy.http.ranges import Partial
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
@@ -252,15 +251,8 @@ class Driver:
             for key in d.invalidates:  # §4.4, before a POST's answer is stored
                 await discard(self.store, key)
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
-            length = resp.content_length
-            # The client's own If-None-Match / If-Modified-Since come before its Range
-            # (RFC 9110 §13.2.2): a 304, answered once the whole is stored (below).
-            part = None if length is None or not exchange.budget.admits(length) \
-                or client_answer(d.entry, ctx.facts) is not None \
-                else range_answer(d.entry, ctx.facts, length)
-            if isinstance(part, Partial) and len(part.ranges) == 1:
-                # One range: cut from the whole as it streams (stored once complete), so
-                # a media element's first `bytes=0-` starts before the file has arrived.
+            part, length = d.part, resp.content_length
+            if part is not None and length is not None and exchange.budget.admits(length):
                 return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome,
                                             d.entry, max_object, release,
                                             upstream=ctx.plan.upstream, target=ctx.target,

@@ -8,6 +8,7 @@ from dataclasses import replace
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.cache_key import vary_fields, vary_values
 from cacheproxy.http.fields import FieldList, values_of
+from cacheproxy.http.flow.client import client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
     Answered,
     Evict,
@@ -22,6 +23,7 @@ from cacheproxy.http.flow.decisions import (
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
 from cacheproxy.http.flow.failure import stale_on_error
 from cacheproxy.http.invalidation import SAFE_METHODS, invalidated_uris, same_origin_key
+from cacheproxy.http.ranges import Partial
 from cacheproxy.http.reuse import STALE_IF_ERROR_STATUSES
 from cacheproxy.http.revalidation import (
     date_only,
@@ -62,7 +64,7 @@ def answered(
     d = _answered(fwd, status, fields, length, req, route, key, request_time, response_time)
     if req.range is None or not fwd.strips_client_conditionals:
         return d
-    return _for_a_range(d, status, length)
+    return _for_a_range(d, status, length, req)
 
 
 def grant_varies(fields: Pairs) -> Pairs:
@@ -101,15 +103,23 @@ def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None
     return [new for was, new in d.others if (was.vary_values, was.born, was.values) in now]
 
 
-def _for_a_range(d: Answered, status: int, length: int | None) -> Answered:
+def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts
+                 ) -> Answered:
     """RFC 9110 §14.2: the cache asked for the whole representation to answer a Range
     from it. A 200 it stores is read whole first (its length known, so it fits), then
-    the range is cut from storage; one it will not store, or of unknown length, is
-    asked for again with the client's Range, as the origin's to answer."""
+    the range is cut from storage, or one range from the stream as it comes (Store.part:
+    a media element's first `bytes=0-` starts before the file has arrived); one it will
+    not store, or of unknown length, is asked for again with the client's Range, as the
+    origin's to answer."""
     if isinstance(d, Store) and status == 200:
         if length is None:
             return Refetch(Forward("bypass", "GET"))
-        return replace(d, whole_first=True)
+        part = None
+        if client_answer(d.entry, req) is None:  # (§13.2.2: a 304 comes before a 206)
+            answer = range_answer(d.entry, req, length)
+            if isinstance(answer, Partial) and len(answer.ranges) == 1:
+                part = answer
+        return replace(d, whole_first=True, part=part)
     if isinstance(d, Pass | Keep) and status == 200 and (isinstance(d, Pass)
                                                           or d.serve is None):
         return Refetch(Forward("bypass", "GET"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cacheproxy.http.ranges import Partial
 from cacheproxy.http.stored import CachedResponse
 
 Fields = tuple[tuple[str, str], ...]
@@ -99,14 +100,18 @@ class Store:
     """§3: store the answer once its body is complete and within max_object_bytes;
     the client gets the answer as it streams (or a 304, client_current). whole_first:
     the client's answer is cut from the whole stored response (its Range, RFC 9110
-    §14.2): read and store it first, then reply from storage. invalidates: keys to
-    discard first (§4.4: a POST's answer that is stored as the new representation, RFC
-    9110 §9.3.3, still invalidates what was stored for the URI)."""
+    §14.2): read and store it first, then reply from storage; but part, when the Range is
+    one range of it and the client's own validators ask for no 304 (§13.2.2), is sent as
+    a 206 cut from the whole as it streams (stored once complete, where the fill budget
+    takes it). invalidates: keys to discard first (§4.4: a POST's answer that is stored
+    as the new representation, RFC 9110 §9.3.3, still invalidates what was stored for
+    the URI)."""
 
     entry: CachedResponse  # body empty: it is filled as it streams
     replaces: CachedResponse | None = None
     whole_first: bool = False
     invalidates: tuple[str, ...] = ()
+    part: Partial | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,8 +76,10 @@ def report_pyspy(folded: Path, requests: float, top: int) -> None:
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in folded.read_text().splitlines():
+    for line in folded.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
+        if not n.isdigit():  # py-spy now and then samples a torn frame name with a newline
+            continue
         frames = [_LINE.sub(")", f) for f in stack.split(";")]  # per function, not line
         total += int(n)
         own[frames[-1]] += int(n)

@@ -38,12 +38,6 @@ async def test_overlapping_ranges_of_a_stored_response_do_not_multiply_it(
     assert resp.status == 200 and len(body) == size, (resp.status, len(body))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed: lookup() sends a HEAD with Range to the origin on purpose, as the way a "
-    "HEAD goes as HEAD and its 200 updates the stored GET (RFC 9111 §4.3.5); "
-    "test_proxy_conformance's §4.3.5 tests and test_quick_hits rely on it. Ignoring a "
-    "HEAD's Range in request_facts (bypass only when method != HEAD) makes this pass and "
-    "needs those tests to send their HEAD as HEAD another way"))
 async def test_a_head_with_range_is_answered_from_the_stored_response(
         origin: Any, proxy: Any) -> None:
     """A HEAD carrying `Range` (download managers and media players probe with one) went

@@ -75,8 +75,11 @@ def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFa
         credentials=authorization or headers.get("Cookie") is not None,
         has_body=has_body,
         # Range / If-Range go to the origin as they are unless a stored complete response
-        # answers them (RFC 9110 §14.2): a cache stores no partial content.
-        bypass=headers.get("Range") is not None or headers.get("If-Range") is not None,
+        # answers them (RFC 9110 §14.2): a cache stores no partial content. Range is
+        # defined for GET only: any other method ignores it (§14.2), and If-Range with it
+        # (§13.1.5), so a HEAD with Range is any other HEAD.
+        bypass=method == "GET" and (headers.get("Range") is not None
+                                    or headers.get("If-Range") is not None),
         nominated=_nominated(tuple(connection)) if connection else frozenset(),
     )
 

@@ -91,8 +91,6 @@ def _reuse_or_forward(
     entry = select_variant(variants, req.headers)  # §4.1
     if req.has_body:  # RFC 9110 §9.3.2: content no key holds; its answer updates nothing
         return Forward("bypass", req.method)
-    if req.bypass and req.method == "HEAD":  # as it is (§4.3.5)
-        return Forward("bypass", req.method, head_of=entry)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
                     and waited is None)

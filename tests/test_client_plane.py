@@ -483,7 +483,7 @@ async def test_smuggling_shapes_are_refused_with_400_and_a_close(proxy, origin):
 async def test_a_refused_request_is_logged_with_the_bytes_sent_and_what_was_read(
         proxy, origin, tmp_path):
     """The parser's 400 and the Expect rule's 417 send a short body; their lines said
-    bytes 0, and the 417's (whose request line was read whole) UNKNOWN /."""
+    bytes 0, and both (whose request lines were read whole) UNKNOWN /."""
     client, _ = await _upload_origin(proxy, origin, log={"path": str(tmp_path / "log")})
     sizes = []
     for request in (get("/s", "Content-Length: 3", "Content-Length: 4", method="POST",
@@ -495,7 +495,7 @@ async def test_a_refused_request_is_logged_with_the_bytes_sent_and_what_was_read
         conn.close()
     lines = [(line["method"], line["path"], line["status"], line["cache"], line["bytes"])
              for line in await read_json_log(client)]
-    assert lines == [("UNKNOWN", "/", 400, "ERROR", sizes[0]),
+    assert lines == [("POST", "/s", 400, "ERROR", sizes[0]),
                      ("PUT", "/up", 417, "ERROR", sizes[1])]
     assert all(sizes)
 

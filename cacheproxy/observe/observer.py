@@ -33,7 +33,9 @@ from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
 
 log = logging.getLogger("cacheproxy")
-_PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}  # HttpVersion is a named tuple
+# HttpVersion is a named tuple; 0.0 is a refused head's whose request line was not read
+# whole (proxy/client_conn.py _UNREAD).
+_PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0", (0, 0): "-"}
 
 
 class Observer:

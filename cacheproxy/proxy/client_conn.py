@@ -32,7 +32,7 @@ from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
-from aiohttp.http_writer import HttpVersion10, HttpVersion11
+from aiohttp.http_writer import HttpVersion, HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestPayloadError
 from multidict import CIMultiDict
@@ -119,6 +119,26 @@ def _too_long(exc: LineTooLong) -> int:
     if before == b"":  # the Python parser names the whole line
         return 414 if _REQUEST_LINE_START.match(named) else 431
     return 414 if _REQUEST_LINE_START.fullmatch(before) else 431
+
+
+# A request line as the log shows a refused head's (RFC 9112 §3; leading empty lines are
+# ignored, §2.2).
+_REQUEST_LINE = re.compile(
+    rb"[\r\n]*([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])\r?\n")
+# A head refused before its request line was read whole: "-" for each (nginx's "-"),
+# protocol included (observer: HTTP/0.0 is logged as "-").
+_UNREAD = ERROR._replace(method="-", path="-", version=HttpVersion(0, 0))
+
+
+def _refused_request(head: bytes | None) -> RawRequestMessage:
+    """What the log shows of a request whose head the parser refused (nginx logs the
+    request line it read for a 400/414/431): its method, target and version when the
+    line was read whole, else "-"."""
+    m = _REQUEST_LINE.match(head) if head else None
+    if m is None:
+        return _UNREAD
+    return ERROR._replace(method=m[1].decode(), path=m[2].decode(),
+                          version=HttpVersion(int(m[3]), int(m[4])))
 
 
 def _head_too_large() -> HttpProcessingError:
@@ -249,6 +269,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             try:
                 messages, upgraded, tail = parser.feed_data(data)
             except HttpProcessingError as exc:
+                if isinstance(parser, _FallbackParser):
+                    exc.head = parser.rejected(data)  # type: ignore[attr-defined]
                 if isinstance(exc, LineTooLong):
                     exc.window = b"".join(  # type: ignore[attr-defined]
                         (self._seen, *(self._unparsed or ()), data))
@@ -324,7 +346,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 break
             size = len(msg.path) + sum(len(k) + len(v) + 4 for k, v in msg.raw_headers)
             if size > MAX_HEAD_BYTES:
-                return [*messages[:i], (_head_too_large(), EMPTY_PAYLOAD)], True
+                refused = _head_too_large()
+                refused.request = msg  # type: ignore[attr-defined]  # (logged: _refuse)
+                return [*messages[:i], (refused, EMPTY_PAYLOAD)], True
         return messages, False
 
     def _keep_unparsed(self, data: bytes) -> None:
@@ -558,7 +582,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                             self._resume_reading_for_buffer()
                 if isinstance(msg, HttpProcessingError):
                     self._payload = payload  # (a body still coming: a lingering close)
-                    self._refuse(msg, getattr(msg, "request", ERROR))
+                    self._refuse(msg, getattr(msg, "request", None)
+                                 or _refused_request(getattr(msg, "head", None)))
                     return
                 if msg is not self._declined and self._quick_one(msg, payload):
                     if self._closing or self._relay is not None:
@@ -890,7 +915,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             "Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
             "Cache-Control": "no-store", "Connection": "close", "Date": _Date.now()}),
             b"" if msg.method == "HEAD" else body)  # RFC 9110 §9.3.2: no content to HEAD
-        self.listener.record(ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http"),
+        # Logged without its query: the route, which names the query parameters the log
+        # redacts (referer.strip_params), is not chosen for a refused request.
+        logged = msg._replace(path=msg.path.partition("?")[0]) if "?" in msg.path else msg
+        self.listener.record(ClientRequest(logged, EMPTY_PAYLOAD, self._remote, "http"),
                              status, 0 if msg.method == "HEAD" else len(body),
                              time.perf_counter())
         log.debug("request refused: %s", exc.message)

@@ -295,6 +295,7 @@ class _FallbackParser:
                 # with it, where fed apart they are answered. They are, in order; then the
                 # malformed one's 400, and nothing after it is read (the connection
                 # closes after a 400).
+                bad.head = replay[pos:end]  # type: ignore[attr-defined]  # (for the log)
                 found.append((bad, EMPTY_PAYLOAD))
                 self._parser, self._state, self._open = parser, None, None
                 self._in_flight, self._held, self._closed = len(found) - 1, False, True
@@ -316,6 +317,11 @@ class _FallbackParser:
                 self._in_flight, self._held, self._closed = len(found), False, True
                 return found
             pos = end
+
+    def rejected(self, data: bytes) -> bytes | None:
+        """After feed_data(data) raised: the bytes from the start of the message llhttp
+        refused, when where it starts is known (the log shows its request line)."""
+        return None if self._python is not None else self._replay(self._state, data)
 
     def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:
         """The bytes from the start of the message llhttp rejected, if known."""

@@ -11,13 +11,15 @@ _MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 _DAY = r"(?:mon|tue|wed|thu|fri|sat|sun)[a-z]*"
 _TIME = r"(\d{2}):(\d{2}):(\d{2})"
+# ASCII: the grammar's DIGIT and whitespace are ASCII (RFC 5234 B.1), not any Unicode digit.
+_FLAGS = re.IGNORECASE | re.ASCII
 # IMF-fixdate "Sun, 06 Nov 1994 08:49:37 GMT"; the space before GMT is optional
 # because real servers omit it (RFC 9110 §5.6.7: recipients parse leniently).
-_IMF = re.compile(rf"{_DAY},\s*(\d{{1,2}})[ -]([a-z]{{3}})[ -](\d{{4}})\s+{_TIME}\s*gmt", re.I)
+_IMF = re.compile(rf"{_DAY},\s*(\d{{1,2}})[ -]([a-z]{{3}})[ -](\d{{4}})\s+{_TIME}\s*gmt", _FLAGS)
 # obsolete RFC 850 form "Sunday, 06-Nov-94 08:49:37 GMT"
-_RFC850 = re.compile(rf"{_DAY},\s*(\d{{1,2}})-([a-z]{{3}})-(\d{{2}})\s+{_TIME}\s*gmt", re.I)
+_RFC850 = re.compile(rf"{_DAY},\s*(\d{{1,2}})-([a-z]{{3}})-(\d{{2}})\s+{_TIME}\s*gmt", _FLAGS)
 # ANSI C asctime() form "Sun Nov  6 08:49:37 1994"
-_ASCTIME = re.compile(rf"{_DAY}\s+([a-z]{{3}})\s+(\d{{1,2}})\s+{_TIME}\s+(\d{{4}})", re.I)
+_ASCTIME = re.compile(rf"{_DAY}\s+([a-z]{{3}})\s+(\d{{1,2}})\s+{_TIME}\s+(\d{{4}})", _FLAGS)
 
 
 def _timestamp(year: int, month: str, day: int, hh: int, mm: int, ss: int) -> float | None:

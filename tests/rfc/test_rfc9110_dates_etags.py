@@ -83,6 +83,8 @@ def test_s5_6_7_two_digit_years(yy: str, year_start: float) -> None:
     "Sun, 06 Nov 1994 8:49:37 GMT",           # one-digit hour
     "Sun, 06 Nov 1994 08:49:37 GMT, Mon, 07 Nov 1994 08:49:37 GMT",
     "\u0000",
+    "Sun, \u0660\u0666 Nov 1994 08:49:37 GMT",  # Arabic-Indic digits: DIGIT is ASCII (RFC 5234)
+    "Sun,\u200306 Nov 1994 08:49:37 GMT",     # an em space: whitespace is SP / HTAB
 ])
 def test_s5_6_7_garbage_is_not_a_date(value: str | None) -> None:
     assert parse_http_date(value) is None

@@ -221,13 +221,14 @@ class Driver:
         if type(d) is Update:
             put_now = getattr(self.store, "put_now", None)
             peek = getattr(self.store, "peek", None)  # (the memory store's: reads now)
-            if put_now is None or (d.others and peek is None):
+            if put_now is None or peek is None:
                 return None
             resp.release()
-            ctx.outcome.stored = put_now(d.entry)
-            if d.others:  # (§4.3.4: the variants with its strong tag)
-                for entry in freshened_still_held(d, peek(ctx.key)):
-                    put_now(entry)
+            stored = False
+            for entry in freshened_still_held(d, peek(ctx.key)):  # (as _put_validated)
+                put = put_now(entry)
+                stored = put if entry is d.entry else stored
+            ctx.outcome.stored = stored
             return self.reply_validated(ctx, d.view)
         if type(d) is Keep and d.serve is not None:
             resp.release()
@@ -280,8 +281,7 @@ class Driver:
             return await self.forward(ctx, d.forward, release)
         if isinstance(d, Update):
             resp.release()
-            ctx.outcome.stored = await self.store.put(d.entry)
-            await self._put_others(ctx.key, d)
+            ctx.outcome.stored = await self._put_validated(ctx.key, d)
             release()
             return self.reply_validated(ctx, d.view)
         if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
@@ -303,11 +303,16 @@ class Driver:
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
                                     release, upstream=ctx.plan.upstream, target=ctx.target)
 
-    async def _put_others(self, key: str, d: Update) -> None:
-        """§4.3.4: the other variants the 304's strong tag freshened, where still held."""
-        if d.others:
-            for entry in freshened_still_held(d, await self.store.get(key)):
-                await self.store.put(entry)
+    async def _put_validated(self, key: str, d: Update) -> bool:
+        """§4.3.4: the responses the 304 freshened (the one validated, the other variants
+        with its strong tag), each where the store still holds it as read at lookup: a
+        304 that comes late must not put an older response back over a newer one stored
+        meanwhile. Whether the one validated was stored."""
+        stored = False
+        for entry in freshened_still_held(d, await self.store.get(key)):
+            put = await self.store.put(entry)
+            stored = put if entry is d.entry else stored
+        return stored
 
     def _remember(self, ctx: Ctx, d: Answered) -> None:
         """Hit-for-pass: after an answer that could not be stored for any request, the
@@ -391,8 +396,7 @@ class Driver:
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
             if isinstance(d, Update):
-                await self.store.put(d.entry)
-                await self._put_others(key, d)
+                await self._put_validated(key, d)
             elif isinstance(d, Evict):
                 for doomed in d.keys:
                     await discard(self.store, doomed)

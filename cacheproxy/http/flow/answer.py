@@ -95,12 +95,14 @@ def _merged(stored: CachedResponse, fields: Pairs, route: CacheSettings) -> Fiel
 
 def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None
                          ) -> list[CachedResponse]:
-    """§4.3.4: of the variants d's 304 freshened (d.others), those to store: where the
-    store still holds the variant as read at lookup (compared by value: the Redis store
-    reads new objects). One stored since, from a newer answer, has not the 304's tag to
-    be identified by: an older response freshened must not replace it."""
+    """§4.3.4: of the responses d's 304 freshened (the one validated, then d.others),
+    those to store: where the store still holds the response as read at lookup (compared
+    by value: the Redis store reads new objects). One stored since, from a newer answer,
+    has not the 304's validator to be selected by: an older response freshened must not
+    replace it; nor come back after an invalidation or a purge removed it."""
     now = {(v.vary_values, v.born, v.values) for v in held or ()}
-    return [new for was, new in d.others if (was.vary_values, was.born, was.values) in now]
+    return [new for was, new in ((d.stored, d.entry), *d.others)
+            if (was.vary_values, was.born, was.values) in now]
 
 
 def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts
@@ -323,7 +325,7 @@ def _validated(
         return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)
     tag = first_value(fields, "etag")
     if not fwd.siblings or tag is None or tag.startswith("W/"):
-        return Update(view, entry)
+        return Update(view, entry, stored)
     # §4.3.4: the 304's strong entity tag identifies every stored response that has it.
     others = tuple(
         (other, make_stored_response(
@@ -332,4 +334,4 @@ def _validated(
             request_time=request_time, response_time=response_time, shared=route.shared,
             heuristics=route.heuristics, excluded=excluded, targeting=route.targeting))
         for other in fwd.siblings if other.etag == tag)
-    return Update(view, entry, others)
+    return Update(view, entry, stored, others)

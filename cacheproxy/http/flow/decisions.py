@@ -118,10 +118,13 @@ class Store:
 class Update:
     """§4.3.4: a 304 selected the stored response; it takes the 304's fields (§3.2) and
     fresh timings. The client gets view; the store gets entry (without the fields
-    this cache never stores)."""
+    this cache never stores), in place of stored, the response as read at lookup: only
+    where the store still holds that one (a newer answer stored meanwhile has not the
+    304's validator to be selected by)."""
 
     view: CachedResponse
     entry: CachedResponse
+    stored: CachedResponse
     # §4.3.4: "all the stored responses with the same strong validator are identified for
     # update": the other variants with the 304's strong entity tag, as (the stored one as
     # read, freshened): put only where the store still holds the one read (a newer answer

@@ -69,3 +69,63 @@ async def test_a_late_304_does_not_put_back_an_older_response_over_a_newer_200(
     assert (await validating).status == 200
     after = await c.get("/r")
     assert await after.text() == "body v2", "the late 304 put the older v1 back over v2"
+
+
+# -- RFC 9111 §4.4: an invalidation (or a purge) during a fill of the same URL ---------------
+
+def _slow_fill_app(state: dict[str, Any], hold: asyncio.Event, started: asyncio.Event
+                   ) -> web.Application:
+    """GET /r: the current version, fresh for 60 s; the first GET sends half its body,
+    then waits for hold. POST /r (and the DELETE of a purge-less origin) changes it."""
+    async def get(request: web.Request) -> web.StreamResponse:
+        body = f"body {state['version']}".encode() * 100
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=60",
+                                           "Content-Length": str(len(body))})
+        await resp.prepare(request)
+        state["gets"] += 1
+        if state["gets"] == 1:
+            await resp.write(body[:300])
+            started.set()
+            await hold.wait()
+            await resp.write(body[300:])
+        else:
+            await resp.write(body)
+        await resp.write_eof()
+        return resp
+
+    async def post(request: web.Request) -> web.Response:
+        state["version"] = "v2"
+        return web.Response(text="changed")
+
+    app = web.Application()
+    app.router.add_get("/r", get)
+    app.router.add_post("/r", post)
+    return app
+
+
+async def test_a_fill_under_way_does_not_store_what_an_unsafe_request_invalidated(
+        origin: Any, proxy: Any) -> None:
+    """A GET miss is being filled (its answer's body still coming) when a POST to the same
+    URL succeeds: the proxy invalidates the URL (RFC 9111 §4.4), but nothing is stored
+    yet, and the fill then completes and stores the representation from before the POST.
+    Every later GET gets that pre-POST body as a fresh HIT for its whole max-age, though
+    the cache saw the POST change it: §4.4's invalidation is lost exactly when it races a
+    fill. The answer being filled was made before the invalidating request reached the
+    origin; stored after the invalidation, it undoes it (nginx and Varnish do not
+    invalidate on POST at all, so the README's §4.4 row is this proxy's own promise).
+    Severity: medium (a stale representation served to everyone for max-age after a
+    write the cache saw)."""
+    state: dict[str, Any] = {"version": "v1", "gets": 0}
+    hold, started = asyncio.Event(), asyncio.Event()
+    c = await proxy(await origin(_slow_fill_app(state, hold, started)))
+    filling = asyncio.ensure_future(c.get("/r"))
+    await asyncio.wait_for(started.wait(), 5)
+    posted = await c.post("/r", data=b"new")
+    assert posted.status == 200 and state["version"] == "v2"
+    hold.set()
+    first = await filling
+    assert await first.read() == b"body v1" * 100  # (its own answer: made before the POST)
+    after = await c.get("/r")
+    assert await after.read() == b"body v2" * 100, \
+        f"the pre-POST body was stored after the invalidation ({after.headers['X-Cache']})"
+

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from cacheproxy.config import masked_url
 from cacheproxy.http.flow import (
+    INVALIDATED,
     Answered,
     Evict,
     Failed,
@@ -248,9 +249,9 @@ class Driver:
     ) -> Answer | None:
         exchange = self.exchange
         max_object = ctx.plan.cache.max_object_bytes
-        if isinstance(d, Store):
-            for key in d.invalidates:  # §4.4, before a POST's answer is stored
-                await discard(self.store, key)
+        if isinstance(d, Store) and d.invalidates:  # §4.4, before a POST's answer is stored
+            # (which counts as sent after its own invalidation: the new representation)
+            resp.sent = await self._invalidate(d.invalidates)
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
             part, length = d.part, resp.content_length
             if part is not None and length is not None and exchange.budget.admits(length):
@@ -287,8 +288,11 @@ class Driver:
         if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
             await self.store.put(d.entry)
         if isinstance(d, Evict):
-            for key in d.keys:
-                await discard(self.store, key)
+            if d.reason == INVALIDATED:  # §4.4: fills under way do not store either
+                await self._invalidate(d.keys)
+            else:
+                for key in d.keys:
+                    await discard(self.store, key)
         if isinstance(d, ServeStale):  # a 5xx answered by the stored response (RFC 5861 §4)
             resp.release()
             # The origin erred: its waiters are released as behind a leader that got no
@@ -313,6 +317,16 @@ class Driver:
             put = await self.store.put(entry)
             stored = put if entry is d.entry else stored
         return stored
+
+    async def _invalidate(self, keys: tuple[str, ...]) -> float:
+        """§4.4: forget keys, and (marked first) what fills of them sent before now would
+        store (Exchange.put); when that was."""
+        now = time.perf_counter()
+        for key in keys:
+            self.exchange.invalidations.key(key, now)
+        for key in keys:
+            await discard(self.store, key)
+        return now
 
     def _remember(self, ctx: Ctx, d: Answered) -> None:
         """Hit-for-pass: after an answer that could not be stored for any request, the

@@ -27,6 +27,7 @@ from cacheproxy.proxy.collapse import Release
 from cacheproxy.proxy.downstream import Answer, Body, ClientBodyError, ClientMessage, Downstream
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
+from cacheproxy.proxy.invalidations import Invalidations
 from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Interim, Origin, Pool
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.upstream import UpstreamError
@@ -44,10 +45,14 @@ class UpstreamResponse:
     """The head of the upstream's answer, and its body as it arrives."""
 
     __slots__ = ("_conn", "_done", "_pool", "_timeout", "content_length", "fields", "reason",
-                 "status", "version")
+                 "sent", "status", "version")
 
-    def __init__(self, pool: Pool, conn: Connection, read_timeout: float) -> None:
+    def __init__(self, pool: Pool, conn: Connection, read_timeout: float, sent: float
+                 ) -> None:
         self._pool, self._conn, self._timeout, self._done = pool, conn, read_timeout, False
+        # When its request was first sent (time.perf_counter()): an invalidation or purge
+        # of its key since then means it is not stored (proxy/invalidations.py).
+        self.sent = sent
         self.status = conn.status
         self.reason = conn.reason
         self.version = conn.version
@@ -162,6 +167,7 @@ class Exchange:
         # connection's, as configured when it connected) get this one; a reload sets it.
         self.client_body_timeout = config.client_body_timeout
         self.budget = FillBudget(fill_buffer_bytes)
+        self.invalidations = Invalidations()
         self.pool = Pool(config.max_connections, config.connect_timeout,
                          config.upstream_keepalive_timeout,
                          upstream_ssl_context(config.upstream_ca_file))
@@ -236,7 +242,7 @@ class Exchange:
         if outcome is not None:
             outcome.upstream_ms = (time.perf_counter() - started) * 1000
             outcome.fwd_status = conn.status
-        return UpstreamResponse(self.pool, conn, self.read_timeout)
+        return UpstreamResponse(self.pool, conn, self.read_timeout, started)
 
     @staticmethod
     def retries(method: str, conn: Connection, reused: bool, exc: UpstreamError,
@@ -248,8 +254,13 @@ class Exchange:
         return reused and exc.status == 502 and not conn.received_any \
             and (not conn.written or (method in IDEMPOTENT and replayable))
 
-    async def put(self, entry: CachedResponse, body: bytes) -> bool:
-        return await self.store.put(entry.replace(body=body))
+    async def put(self, entry: CachedResponse, resp: UpstreamResponse) -> bool:
+        """Store entry (its body filled), unless its key was invalidated (§4.4) or purged since
+        resp's request was sent: the answer predates that, and would be served as fresh
+        after it."""
+        if self.invalidations.since(entry.key, resp.sent):
+            return False
+        return await self.store.put(entry)
 
     def via(self, resp: UpstreamResponse) -> str:
         """RFC 9110 §7.6.3: the protocol the response was received with."""
@@ -355,7 +366,7 @@ class Exchange:
         else:
             resp.close()  # a HEAD with nothing to store: the rest of the body is not wanted
         if store is not None and fill is not None:
-            outcome.stored = await self.put(store, fill.body())
+            outcome.stored = await self.put(store.replace(body=fill.body()), resp)
         release()
         if not gone and not answered:
             with contextlib.suppress(ConnectionError):  # the client left at the very end
@@ -403,7 +414,7 @@ class Exchange:
         if body is None:
             return None
         whole = entry.replace(body=body)
-        outcome.stored = await self.store.put(whole)
+        outcome.stored = await self.put(whole, resp)
         return whole
 
     async def consume(
@@ -411,7 +422,7 @@ class Exchange:
     ) -> bool:
         """Read a response no client is waiting for and store it; True once stored."""
         body = await self.read_whole(resp, max_object)
-        return body is not None and await self.put(store, body)
+        return body is not None and await self.put(store.replace(body=body), resp)
 
     async def read_whole(self, resp: UpstreamResponse, max_object: int) -> bytes | None:
         """The whole body, within max_object and the fill budget; None (and the connection

@@ -122,7 +122,7 @@ class QuickForward:
         outcome = ctx.outcome
         outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000
         outcome.fwd_status = conn.status
-        resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout)
+        resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout, self._sent_at)
         try:
             d = driver.decide(ctx, fwd, resp, self.request_time)
         except BaseException:

@@ -154,6 +154,10 @@ class Keep:
     hit_for_pass: bool = False
 
 
+# Evict's reason for §4.4's invalidation by an unsafe method's answer.
+INVALIDATED = "invalidated"
+
+
 @dataclass(frozen=True, slots=True)
 class Evict:
     """The response says the stored responses under keys are outdated and it cannot

@@ -1,0 +1,51 @@
+"""When keys were last invalidated or purged, so that a fill under way then does not store
+its answer after (RFC 9111 §4.4; the admin API's purge and clear).
+
+A fill's answer was made by the origin before the request that invalidated the URL (an
+unsafe method's 2xx, §4.4) or before the operator's purge; stored after them, it would be
+served as fresh for its whole lifetime, as if neither had happened. Each fill therefore
+carries the time its request was sent (UpstreamResponse.sent), and is not stored when its
+key was invalidated since. Times are time.perf_counter() (as the exchange's). Per
+process, as collapsing is: a fill in another worker or replica does not see these marks.
+"""
+
+from __future__ import annotations
+
+# Bounds: beyond them the oldest mark goes, and every fill sent before it counts as
+# invalidated (the floor): a rare fill refused, never an invalidation forgotten.
+MAX_KEYS = 10_000
+MAX_PREFIXES = 64
+
+
+class Invalidations:
+    def __init__(self) -> None:
+        self._keys: dict[str, float] = {}  # key -> when it was last invalidated
+        self._prefixes: dict[str, float] = {}  # a purged prefix -> when
+        self._floor = 0.0  # everything sent before this counts as invalidated
+
+    def key(self, key: str, now: float) -> None:
+        self._keys.pop(key, None)  # (the newest last: the dict's order is the marks')
+        self._keys[key] = now
+        if len(self._keys) > MAX_KEYS:
+            self._raise_floor(self._keys.pop(next(iter(self._keys))))
+
+    def prefix(self, prefix: str, now: float) -> None:
+        self._prefixes.pop(prefix, None)
+        self._prefixes[prefix] = now
+        if len(self._prefixes) > MAX_PREFIXES:
+            self._raise_floor(self._prefixes.pop(next(iter(self._prefixes))))
+
+    def everything(self, now: float) -> None:
+        """The whole cache was cleared: no mark older than now matters any more."""
+        self._keys.clear()
+        self._prefixes.clear()
+        self._floor = now
+
+    def since(self, key: str, sent: float) -> bool:
+        """Whether key was invalidated after a request for it was sent at sent."""
+        if sent < self._floor or sent < self._keys.get(key, sent):
+            return True
+        return any(sent < at and key.startswith(p) for p, at in self._prefixes.items())
+
+    def _raise_floor(self, at: float) -> None:
+        self._floor = max(self._floor, at)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from yarl import URL
@@ -78,6 +78,15 @@ def _target_authority(request: web.Request) -> str:
     return request.headers.get("Host", "")
 
 
+class PurgeMarks(Protocol):
+    """Where a purge is noted before the store forgets it, so that a fill under way of
+    what it removes does not store its older answer after (proxy/invalidations.py)."""
+
+    def key(self, key: str, now: float) -> None: ...
+    def prefix(self, prefix: str, now: float) -> None: ...
+    def everything(self, now: float) -> None: ...
+
+
 class Admin:
     def __init__(self, config: AdminConfig, store: Store, observer: Observer) -> None:
         self.config = config
@@ -87,6 +96,7 @@ class Admin:
         # The proxy's own keying (scheme, Host, target) -> key; set by the application.
         self.key_for: Callable[[str, str, str], str] | None = None
         self._forward: tuple[ForwardConfig, str] | None = None  # set_forward()
+        self.marks: PurgeMarks | None = None  # set by the application
 
     def set_forward(self, forward: ForwardConfig, listen: str) -> None:
         """What proxy.pac describes: [forward] and proxy.listen; the application sets it at
@@ -197,10 +207,14 @@ class Admin:
         try:
             if "url" in request.query:
                 key = self._key(request, request.query["url"])
+                if self.marks is not None:
+                    self.marks.key(key, time.perf_counter())
                 purged = int(await self.store.delete(key))
                 return _json({"purged": purged, "key": key}, 200 if purged else 404)
             if "prefix" in request.query:  # "" is no prefix: "clear" empties everything
                 prefix = self._key(request, request.query["prefix"], exact=False)
+                if self.marks is not None:
+                    self.marks.prefix(prefix, time.perf_counter())
                 return _json({"purged": await self.store.delete_prefix(prefix),
                               "prefix": prefix})
         except ValueError as exc:
@@ -212,6 +226,8 @@ class Admin:
     async def clear(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
+        if self.marks is not None:
+            self.marks.everything(time.perf_counter())
         try:
             cleared = await self.store.clear()
         except StoreUnavailable as exc:
@@ -223,6 +239,8 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             outcome.status = "DENIED"
             return refusal
+        if self.marks is not None:
+            self.marks.key(key, time.perf_counter())
         try:
             purged = await self.store.delete(key)
         except StoreUnavailable as exc:

@@ -69,6 +69,7 @@ def make_app(
     admin.set_forward(config.forward, config.proxy.listen)  # proxy.pac
     proxy.purge = admin.purge_method
     admin.key_for = proxy.cache_key
+    admin.marks = proxy.exchange.invalidations
     health = Health(proxy.upstreams, getattr(store, "ping", None))
     app = web.Application()
     app[PROXY], app[OBSERVER], app[ADMIN], app[HEALTH] = proxy, observer, admin, health

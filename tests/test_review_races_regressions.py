@@ -153,3 +153,47 @@ async def test_a_fill_under_way_does_not_store_what_a_purge_removed(
     after = await c.get("/r")
     assert await after.read() == b"body v2" * 100, \
         f"the pre-purge body was stored after the purge ({after.headers['X-Cache']})"
+
+
+# -- README "Concurrent misses?": one upstream request per key, under Vary too --------------
+
+async def test_waiters_for_another_variant_do_not_all_go_upstream_at_once(
+        origin: Any, proxy: Any) -> None:
+    """Four requests with Accept-Language: fr wait behind a leader (en) for a URL not yet
+    stored; its answer says Vary: Accept-Language, so it answers none of them. Each then
+    looked again and went upstream on its own, all at once: four identical requests for
+    the fr variant where one would do. README ("Concurrent misses?"): "one upstream
+    request per key; the others wait ... the others do not all go upstream at once: one
+    tries again and the rest wait for it, still within collapse_timeout from their
+    arrival (nginx's proxy_cache_lock)" (said of a leader that failed; a leader whose
+    answer is another variant's is the same case for its waiters). A cold or expired
+    popular URL that varies (Accept-Encoding, Accept-Language) meets exactly this: one
+    herd per variant behind the first request. Severity: medium (origin load the
+    collapsing exists to prevent; answers stay right)."""
+    seen: list[str] = []
+    hold, started = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        lang = request.headers.get("Accept-Language", "")
+        seen.append(lang)
+        if lang == "en":
+            started.set()
+            await hold.wait()
+        await asyncio.sleep(0.05)  # (an origin's own time: the other waiters come by)
+        return web.Response(text=f"in {lang}", headers={
+            "Cache-Control": "max-age=60", "Vary": "Accept-Language"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    leader = asyncio.ensure_future(c.get("/r", headers={"Accept-Language": "en"}))
+    await asyncio.wait_for(started.wait(), 5)
+    waiters = [asyncio.ensure_future(c.get("/r", headers={"Accept-Language": "fr"}))
+               for _ in range(4)]
+    await until(lambda: len(c.app_proxy.driver.collapser._inflight) == 1)
+    await asyncio.sleep(0.1)  # (the four are waiting behind en)
+    hold.set()
+    assert await (await leader).text() == "in en"
+    for waiter in waiters:
+        assert await (await waiter).text() == "in fr"
+    assert seen.count("fr") == 1, f"{seen.count('fr')} upstream requests for fr, not 1"

@@ -95,7 +95,9 @@ class Driver:
 
     # -- step 1: lookup ----------------------------------------------------------
 
-    async def cached(self, ctx: Ctx, waited: Waited | None = None) -> Answer | None:
+    async def cached(self, ctx: Ctx, waited: Waited | None = None,
+                     deadline: float | None = None) -> Answer | None:
+        """deadline: a collapsed waiter's (time.monotonic()), when it may wait again."""
         variants = await self.store.get(ctx.key)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
                    recently_passed=self.collapser.passes(ctx.key),
@@ -111,22 +113,26 @@ class Driver:
             return self.error(ctx, d.status, d.message)
         if isinstance(d, PreconditionFailed):  # RFC 9110 §13.2.2, from storage
             return self.error(ctx, 412, "precondition failed")
-        return await self.forward_or_collapse(ctx, d)
+        return await self.forward_or_collapse(ctx, d, deadline)
 
-    async def forward_or_collapse(self, ctx: Ctx, d: Forward) -> Answer | None:
+    async def forward_or_collapse(self, ctx: Ctx, d: Forward, deadline: float | None = None
+                                  ) -> Answer | None:
         """Lookup said forward: alone, or collapsed with others for the key."""
         if d.collapse:
-            return await self._collapsed(ctx, d)
+            return await self._collapsed(ctx, d, deadline)
         return await self.forward(ctx, d)
 
-    async def _collapsed(self, ctx: Ctx, fwd: Forward) -> Answer | None:
-        """One upstream request per key at a time; the others wait, then look again."""
+    async def _collapsed(self, ctx: Ctx, fwd: Forward, deadline: float | None = None
+                         ) -> Answer | None:
+        """One upstream request per key at a time; the others wait, then look again.
+        deadline: a waiter's, from its first wait (it waits again for its own variant)."""
         collapser = self.collapser
         fut, leading = collapser.join(ctx.key)
         if leading:
             return await self._lead(ctx, fwd, fut)
         arrived = time.monotonic()
-        deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)
+        if deadline is None:
+            deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)
         while True:
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
             done = await collapser.wait(fut, max(deadline - time.monotonic(), 1e-3))
@@ -148,7 +154,9 @@ class Driver:
                 return await self._lead(ctx, fwd, fut)
         ctx.outcome.collapsed = done
         stored = result if isinstance(result, Stored) else None
-        return await self.cached(ctx, waited=Waited(stored and stored.since(arrived)))
+        again = done and time.monotonic() < deadline
+        return await self.cached(ctx, Waited(stored and stored.since(arrived), again),
+                                 deadline)
 
     async def _lead(self, ctx: Ctx, fwd: Forward, fut: asyncio.Future[Result]) -> Answer | None:
         collapser = self.collapser

@@ -28,9 +28,14 @@ _ONLY_IF_CACHED = "only-if-cached"
 class Waited:
     """The request waited for another's upstream answer (collapsed). stored: (born,
     values) of a response stored from an answer that arrived after it began to wait,
-    if one was (proxy/collapse.py Stored)."""
+    if one was (proxy/collapse.py Stored). again: its wait was answered with time left
+    to wait once more: a miss for its variant (the answer waited for was stored for
+    another variant, under Vary) waits behind the next request for the key, rather
+    than go upstream beside every other waiter for that variant (README "Concurrent
+    misses?")."""
 
     stored: tuple[float, tuple[str, ...]] | None
+    again: bool = False
 
 
 def bypass(req: RequestFacts) -> Forward | None:
@@ -58,7 +63,8 @@ def lookup(
 
     recently_passed: this key's last answer could not be stored (hit-for-pass), so the
     request does not wait behind another's. waited: this is the second look of a request
-    that waited for another's upstream answer (collapsed); it does not collapse again."""
+    that waited for another's upstream answer (collapsed); it does not collapse again,
+    but for a miss of its own variant while it has time left (Waited.again)."""
     d = _reuse_or_forward(req, variants, now, route, recently_passed, waited)
     if req.preconditioned:
         d = _preconditions(req, d)
@@ -93,7 +99,7 @@ def _reuse_or_forward(
         return Forward("bypass", req.method)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
-                    and waited is None)
+                    and (waited is None or (waited.again and entry is None and bool(variants))))
     if entry is None:
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)

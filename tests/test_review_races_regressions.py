@@ -197,3 +197,45 @@ async def test_waiters_for_another_variant_do_not_all_go_upstream_at_once(
     for waiter in waiters:
         assert await (await waiter).text() == "in fr"
     assert seen.count("fr") == 1, f"{seen.count('fr')} upstream requests for fr, not 1"
+
+
+# -- RFC 9111 §4.3.5: a HEAD's 200 freshens the stored response it selects, as now stored --
+
+async def test_a_late_head_answer_does_not_put_back_an_older_response_over_a_newer_200(
+        origin: Any, proxy: Any) -> None:
+    """A HEAD the cache sends on as HEAD (here with a Range) is answered 200 with the
+    stored response's ETag ("v1") and length, but slowly; meanwhile a reload (no-cache)
+    fetches and stores the new representation ("v2"). When the HEAD's answer arrives,
+    the proxy freshens the "v1" response it read at lookup and puts it in place of the
+    stored "v2" (Freshen was put unconditionally): every client then gets the old body as
+    a fresh HIT for its max-age. RFC 9111 §4.3.5 updates the stored response the HEAD's
+    validators select; "v2" has another ETag and is not selected (the rule §4.3.4 states
+    for 304s, which the proxy applies to them since this review's first fix). Severity:
+    low (needs a HEAD sent on as HEAD racing a new fill of the same variant), but the
+    outdated body is served to everyone for max-age."""
+    state = {"version": "v1"}
+    hold, held = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = f"body {state['version']}"
+        headers = {"ETag": f'"{state["version"]}"', "Cache-Control": "max-age=60",
+                   "Content-Length": str(len(body))}
+        if request.method == "HEAD":  # answered for v1, sent late; the origin changes
+            state["version"] = "v2"
+            held.set()
+            await hold.wait()
+            return web.Response(headers=headers)
+        return web.Response(body=body.encode(), headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/r", handle)
+    c = await proxy(await origin(app))
+    assert await (await c.get("/r")).text() == "body v1"
+    head = asyncio.ensure_future(c.head("/r", headers={"Range": "bytes=0-1"}))
+    await asyncio.wait_for(held.wait(), 5)
+    newer = await c.get("/r", headers={"Cache-Control": "no-cache"})
+    assert await newer.text() == "body v2"
+    hold.set()
+    assert (await head).status == 200
+    after = await c.get("/r")
+    assert await after.text() == "body v2", "the late HEAD put the older v1 back over v2"

@@ -37,6 +37,7 @@ from cacheproxy.http.flow import (
     lookup,
     range_answer,
     stale_on_error,
+    still_held,
 )
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
@@ -293,8 +294,8 @@ class Driver:
             ctx.outcome.stored = await self._put_validated(ctx.key, d)
             release()
             return self.reply_validated(ctx, d.view)
-        if isinstance(d, Freshen):  # §4.3.5: the HEAD's answer goes on as it is
-            await self.store.put(d.entry)
+        if isinstance(d, Freshen) and still_held(d.stored, await self.store.get(ctx.key)):
+            await self.store.put(d.entry)  # §4.3.5: the HEAD's answer goes on as it is
         if isinstance(d, Evict):
             if d.reason == INVALIDATED:  # §4.4: fills under way do not store either
                 await self._invalidate(d.keys)

@@ -2,7 +2,7 @@
 and hishel's spec module): each step is a function from immutable inputs to a frozen
 decision; cacheproxy.proxy performs them. See decisions.py for the map."""
 
-from cacheproxy.http.flow.answer import answered, freshened_still_held
+from cacheproxy.http.flow.answer import answered, freshened_still_held, still_held
 from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
     INVALIDATED,
@@ -40,5 +40,5 @@ __all__ = [
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
     "background_refresh", "bypass", "client_answer", "failed", "freshened_still_held",
     "lookup", "plain_serve",
-    "range_answer", "request_facts", "stale_on_error",
+    "range_answer", "request_facts", "stale_on_error", "still_held",
 ]

@@ -94,6 +94,15 @@ def _merged(stored: CachedResponse, fields: Pairs, route: CacheSettings) -> Fiel
     return grant_varies(merged) if route.grant_varies else merged  # type: ignore[return-value]
 
 
+def still_held(was: CachedResponse, held: tuple[CachedResponse, ...] | None) -> bool:
+    """Whether the store still holds was, as read at lookup (compared by value: the Redis
+    store reads new objects): a response a 304 or a HEAD's 200 freshens (§4.3.4, §4.3.5)
+    is put only then. One stored since, from a newer answer, has not their validator to
+    be selected by; one removed since (an invalidation, a purge) must not come back."""
+    return any((v.vary_values, v.born, v.values) == (was.vary_values, was.born, was.values)
+               for v in held or ())
+
+
 def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None
                          ) -> list[CachedResponse]:
     """§4.3.4: of the responses d's 304 freshened (the one validated, then d.others),
@@ -253,7 +262,7 @@ def _head_answered(
     if req.directives.no_store:  # §5.2.1.5: no part of a response to it is stored
         return Pass(None)
     if not head_matches(stored, fields):
-        return Freshen(stored.replace(lifetime=0.0))
+        return Freshen(stored.replace(lifetime=0.0), stored)
     # §3.2; with its index by name: the rules below look fields up in it
     merged = _merged(stored, with_date(fields, response_time), route)
     vary = vary_fields(all_values(merged, "vary"))
@@ -270,7 +279,7 @@ def _head_answered(
         response_time=response_time, shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(directives, route.policy) | route.excluded,
         targeting=route.targeting,
-    ))
+    ), stored)
 
 
 def _validated(

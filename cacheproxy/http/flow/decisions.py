@@ -135,9 +135,11 @@ class Update:
 @dataclass(frozen=True, slots=True)
 class Freshen:
     """§4.3.5: a 200 to a HEAD updated the stored GET response's fields and freshness, or
-    made it stale (entry, to store in its place); the HEAD's answer is relayed."""
+    made it stale (entry, to store in place of stored, the response as read at lookup:
+    only where the store still holds that one); the HEAD's answer is relayed."""
 
     entry: CachedResponse
+    stored: CachedResponse
 
 
 @dataclass(frozen=True, slots=True)

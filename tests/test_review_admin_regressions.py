@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from browser import chromium
+from processes import free_port
+
+from cacheproxy.proxy.server import STARTED_WITH, _start_control
 
 # -- the admin API from a web page ----------------------------------------------------------------
 
@@ -62,3 +66,33 @@ async def test_a_page_served_through_the_proxy_cannot_purge_the_cache(origin: An
         statuses = await page.evaluate("window.__done")
     assert statuses == [403, 403, 403], statuses
     assert c.app_proxy.store.stats().entries == 1
+
+
+# -- admin.listen ---------------------------------------------------------------------------------
+
+async def test_requests_to_admin_listen_are_never_counted_as_the_proxys_traffic(
+        origin: Any, proxy: Any) -> None:
+    """With admin.listen set, a path of no endpoint there (a scanner's GET /, /x) got
+    aiohttp's 404 and was counted as the proxy's traffic: `cache=ERROR route=default` in
+    the log, in the stats API's requests and by_cache, and in /metrics'
+    cacheproxy_requests_total{cache="ERROR"} and cacheproxy_errors_total, lowering the hit
+    ratio. Anyone who can open a connection to the admin address (no token needed for a
+    404) moves the operator's error alerts; the admin calls themselves are not traffic
+    (README, The request log). Severity: low."""
+    port = free_port()
+    c = await proxy(await origin(app_with_a_page()), admin={"listen": f"127.0.0.1:{port}"})
+    runner = await _start_control(c.server.app, c.server.app[STARTED_WITH], False)
+    assert runner is not None
+    try:
+        async with aiohttp.ClientSession() as s:
+            for path in ("/", "/wp-login.php", "/x", "/_cacheproxy/nothing"):
+                async with s.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    assert resp.status == 404
+            async with s.get(f"http://127.0.0.1:{port}/_cacheproxy/stats") as resp:
+                stats = await resp.json()
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                metrics = await resp.text()
+    finally:
+        await runner.cleanup()
+    assert stats["requests"] == 0 and stats["by_cache"]["ERROR"] == 0, stats["by_cache"]
+    assert "cacheproxy_errors_total 0.0" in metrics

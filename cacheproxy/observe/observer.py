@@ -55,21 +55,22 @@ class Observer:
         self.settle()
         return self._stats
 
-    def runner_args(self) -> dict[str, Any]:
-        """What an AppRunner needs to call record() for every request."""
+    def runner_args(self, control: bool = False) -> dict[str, Any]:
+        """What an AppRunner needs to call record() for every request. control: admin.listen's
+        runner, where every request is an admin call (none is the proxy's traffic)."""
         observer = self
 
         class RequestLog(AbstractAccessLogger):
             def log(self, request: Any, response: web.StreamResponse, duration: float) -> None:
-                observer.log_request(request, response, duration)
+                observer.log_request(request, response, duration, control)
 
         return {"access_log_class": RequestLog,
                 "access_log": logging.getLogger("cacheproxy.requests")}
 
-    def log_request(self, request: Any, response: web.StreamResponse, duration: float
-                    ) -> None:
+    def log_request(self, request: Any, response: web.StreamResponse, duration: float,
+                    control: bool = False) -> None:
         """A request aiohttp's server answered (the admin API, or the proxy served as an
-        aiohttp handler)."""
+        aiohttp handler). control: it came to admin.listen."""
         outcome = request.get(OUTCOME)
         if isinstance(response, web.Response):  # made here: the body is known
             body = response.body
@@ -81,7 +82,9 @@ class Observer:
             self.record(request, response.status, outcome, duration)
             return
         # The admin API, or a request the HTTP parser refused.
-        admin = request.path.startswith(self.admin_paths)
+        # On admin.listen a path of no endpoint (a scanner's) is not traffic either: counted,
+        # its 404s would show in the proxy's errors and hit ratio.
+        admin = control or request.path.startswith(self.admin_paths)
         outcome = Outcome(status=_unhandled_status(request, response.status))
         if admin:  # no query logged: a dashboard URL may carry a token
             outcome.route, outcome.target = "admin", request.path

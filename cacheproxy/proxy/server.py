@@ -218,7 +218,7 @@ async def _start_control(
     if CONTROL not in app:
         return None
     runner = ControlRunner(app[CONTROL], shutdown_timeout=config.proxy.shutdown_timeout,
-                           **app[OBSERVER].runner_args())
+                           **app[OBSERVER].runner_args(control=True))
     await runner.setup()
     host, port = parse_listen(config.admin.listen)
     try:

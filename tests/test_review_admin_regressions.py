@@ -5,13 +5,17 @@ terminal. Each test showed a defect."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from browser import chromium
 from processes import free_port
+from test_observe_regressions import read_log
 
+from cacheproxy.observe.record import parse_line
 from cacheproxy.proxy.server import STARTED_WITH, _start_control
 
 # -- the admin API from a web page ----------------------------------------------------------------
@@ -96,3 +100,35 @@ async def test_requests_to_admin_listen_are_never_counted_as_the_proxys_traffic(
         await runner.cleanup()
     assert stats["requests"] == 0 and stats["by_cache"]["ERROR"] == 0, stats["by_cache"]
     assert "cacheproxy_errors_total 0.0" in metrics
+
+
+# -- the request log in a terminal ----------------------------------------------------------------
+
+C1 = [chr(c) for c in range(0x80, 0xA0)]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_c1_control_characters_from_a_client_are_escaped_in_the_log(
+        origin: Any, proxy: Any, tmp_path: Any, fmt: str) -> None:
+    """A User-Agent or Referer may carry obs-text (RFC 9110 §5.5), which the proxy reads as
+    UTF-8: U+009B is CSI (a terminal that honours C1 controls takes `\\u009b2J` as
+    ESC [ 2J, clear the screen, and `\\u009d...` as an OSC title) and U+0085 is NEL, a
+    line break for Unicode-aware readers. Both formats wrote them raw, where they escape
+    C0 controls: the text format's _quote says "control bytes" and escapes only
+    U+0000-U+001F and DEL; nginx's default log escaping writes every byte from 0x7F up
+    as \\xHH. An operator who watches the log (`tail -f`, `docker compose logs -f`: JSON
+    on stdout is the Docker default) gets the client's sequences sent to the terminal.
+    Severity: low."""
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(app_with_a_page()), log={"path": str(log), "format": fmt})
+    agent = "curl/8 \u009b2J\u009b31mred\u009d0;title\u009c"
+    referer = "http://a.example/\u0085next-line"
+    reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+    writer.write(b"GET /cached HTTP/1.1\r\nHost: a\r\nUser-Agent: " + agent.encode()
+                 + b"\r\nReferer: " + referer.encode() + b"\r\nConnection: close\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    [line] = await read_log(c, log)
+    assert not [ch for ch in line if ch in C1], repr(line)
+    record = parse_line(line)
+    assert record is not None and (record.user_agent, record.referer) == (agent, referer)

@@ -76,7 +76,21 @@ def iso_time(t: float) -> str:
     return last[1] + _MILLIS[ms]
 
 
-_escape = json.encoder.encode_basestring  # C-accelerated; non-ASCII kept as is
+_encode = json.encoder.encode_basestring  # C-accelerated; non-ASCII kept as is
+# C1 controls (U+0080-U+009F) are control characters too: a terminal that shows the log
+# (`tail -f`, `docker logs`) takes U+009B as CSI, as it takes ESC [. A client puts them in
+# User-Agent, Referer (obs-text, RFC 9110 §5.5) or a refused Host.
+_C1 = re.compile("[\x80-\x9f]")
+
+
+def _escape(value: str) -> str:
+    """A JSON string; C1 controls written \\u0085, the same value (RFC 8259 §7)."""
+    out = _encode(value)
+    if value.isascii() or _C1.search(out) is None:
+        return out
+    return _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
+
+
 # Escaped forms of the values that repeat line after line (client, host, route, user
 # agent, Cache-Status member...): looked up rather than escaped again. Bounded: in number,
 # and to short ASCII values (one byte a character: at most about 2.5 MB held); a long or
@@ -166,7 +180,7 @@ class HitLines:
                f'{found[0]}{total_ms!r}{found[1]}'
 
 
-_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
+_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')  # C0, DEL and C1 controls
 
 
 def _quote(value: str | None) -> str:

@@ -150,6 +150,8 @@ class MemoryStore:
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         found: list[str] = []
+        if limit is not None and limit <= 0:  # as RedisStore: none (entries?limit=0)
+            return found
         for key in list(self._held):
             if key.startswith(prefix):
                 found.append(key)

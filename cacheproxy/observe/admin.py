@@ -127,9 +127,9 @@ class Admin:
 
     # -- access -------------------------------------------------------------
 
-    def denied(self, request: web.Request, changes: bool = False) -> web.Response | None:
-        """None when the request may use the admin API; else the refusal. changes: a purge
-        or clear, which no page may ask for (the dashboard only reads)."""
+    def denied(self, request: web.Request, pages: bool = False) -> web.Response | None:
+        """None when the request may use the admin API; else the refusal. pages: the
+        dashboard's page may ask it (stats); the rest is for curl and Prometheus."""
         h = request.headers
         origin = h.get("Origin")
         origin_authority = None if origin is None else _origin_authority(origin)
@@ -139,11 +139,13 @@ class Admin:
         if h.get("Sec-Fetch-Site", "none") not in _OWN_SITE or (
                 origin is not None and origin_authority != _target_authority(request)):
             return _json({"error": "admin API: cross-site requests are refused"}, 403)
-        if changes and (origin is not None or "Sec-Fetch-Site" in h):
+        if not pages and (origin is not None or h.get("Sec-Fetch-Site", "none") != "none"):
             # On proxy.listen every page the origin serves is same-origin with the API, so
-            # a browser's "same-origin" does not mean the dashboard: a change asked by any
-            # page (fetch and forms send Origin on POST) is refused; curl sends neither.
-            return _json({"error": "admin API: purges from a web page are refused"}, 403)
+            # a browser's "same-origin" does not mean the dashboard: what the dashboard does
+            # not ask for is refused to every page (fetch and forms send Origin on POST);
+            # curl sends neither, an address typed in the browser "none".
+            return _json({"error": "admin API: only the dashboard's stats are answered "
+                                   "to a web page"}, 403)
         token = self.config.token
         if not token:
             if _loopback(request.remote) and _loopback_name(_target_authority(request)):
@@ -162,7 +164,7 @@ class Admin:
     # -- endpoints ----------------------------------------------------------
 
     async def stats(self, request: web.Request) -> web.Response:
-        if (refusal := self.denied(request)) is not None:
+        if (refusal := self.denied(request, pages=True)) is not None:
             return refusal
         store = self.store.stats()
         store_info = {"backend": type(self.store).__name__.removesuffix("Store").lower(),
@@ -208,7 +210,7 @@ class Admin:
 
     async def purge_api(self, request: web.Request) -> web.Response:
         """POST purge?url=URL (one URL, all variants) or purge?prefix=URL-prefix."""
-        if (refusal := self.denied(request, changes=True)) is not None:
+        if (refusal := self.denied(request)) is not None:
             return refusal
         try:
             if "url" in request.query:
@@ -230,7 +232,7 @@ class Admin:
         return _json({"error": "give ?url=<URL or /path> or ?prefix=<URL or /path prefix>"}, 400)
 
     async def clear(self, request: web.Request) -> web.Response:
-        if (refusal := self.denied(request, changes=True)) is not None:
+        if (refusal := self.denied(request)) is not None:
             return refusal
         if self.marks is not None:
             self.marks.everything(time.perf_counter())
@@ -242,7 +244,7 @@ class Admin:
 
     async def purge_method(self, request: web.Request, key: str, outcome: Outcome) -> web.Response:
         """The PURGE method on a URL (as Varnish and Squid take it): 200 or 404."""
-        if (refusal := self.denied(request, changes=True)) is not None:
+        if (refusal := self.denied(request)) is not None:
             outcome.status = "DENIED"
             return refusal
         if self.marks is not None:
@@ -289,7 +291,7 @@ class Admin:
         return web.Response(body=body, headers={**_PRIVATE, "Content-Type": content_type})
 
     async def unknown(self, request: web.Request) -> web.Response:
-        if (refusal := self.denied(request)) is not None:
+        if (refusal := self.denied(request, pages=True)) is not None:
             return refusal
         allowed = sorted({route.method for resource in request.app.router.resources()
                           if isinstance(resource, web.PlainResource)

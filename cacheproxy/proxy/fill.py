@@ -4,6 +4,11 @@ that many large concurrent misses stream through instead of exhausting memory.""
 
 from __future__ import annotations
 
+# Pieces of a body shorter than this are gathered into one buffer before they are kept:
+# a chunked answer of one-byte chunks would otherwise hold a bytes object (some 40 bytes)
+# and a list slot per byte, 8 MiB of content taking hundreds of MB beside the budget.
+_GATHER = 16 * 1024
+
 
 class FillBudget:
     """Bytes held by the bodies being filled, all together."""
@@ -29,11 +34,12 @@ class FillBudget:
 
 
 class Fill:
-    __slots__ = ("_budget", "_chunks", "max_object", "size", "why_not")
+    __slots__ = ("_budget", "_chunks", "_small", "max_object", "size", "why_not")
 
     def __init__(self, budget: FillBudget, max_object: int) -> None:
         self._budget = budget
         self._chunks: list[bytes] = []
+        self._small = bytearray()  # short pieces not yet kept as one (_GATHER)
         self.max_object = max_object
         self.size = 0
         self.why_not = ""  # "too-big" or "fill-budget" once the fill is given up
@@ -46,7 +52,13 @@ class Fill:
         elif self._budget.held + n > self._budget.limit:
             self.why_not = "fill-budget"
         else:
-            self._chunks.append(chunk)
+            if n < _GATHER:
+                self._small += chunk
+                if len(self._small) >= _GATHER:
+                    self._keep_small()
+            else:
+                self._keep_small()  # (first: the body stays in order)
+                self._chunks.append(chunk)
             self.size += n
             self._budget.held += n
             return True
@@ -56,6 +68,7 @@ class Fill:
     def body(self) -> bytes:
         """The whole body, once; the chunks are let go before anything awaits, so a fill
         never holds its body twice while the store takes it."""
+        self._keep_small()
         body = b"".join(self._chunks)
         self.drop()
         return body
@@ -63,4 +76,10 @@ class Fill:
     def drop(self) -> None:
         self._budget.held -= self.size
         self._chunks.clear()
+        self._small.clear()
         self.size = 0
+
+    def _keep_small(self) -> None:
+        if self._small:
+            self._chunks.append(bytes(self._small))
+            self._small.clear()

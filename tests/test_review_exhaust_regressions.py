@@ -1,0 +1,141 @@
+"""Defects found reviewing what one client or one origin can make the proxy hold: each
+test failed before its fix. They measure a real `cacheproxy serve` process's resident
+memory (VmHWM, its peak, and VmRSS in /proc), with bounds far from both sides."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from processes import clean_env, start_serve, stop
+
+from cacheproxy.proxy.fill import Fill, FillBudget
+
+MiB = 1024 * 1024
+
+
+def _status_kib(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name} for {pid}")
+
+
+def _peak(pid: int) -> int:
+    """Bytes: the most the process ever had resident."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def _resident(pid: int) -> int:
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _origin(answer: Answer) -> tuple[asyncio.AbstractServer, int]:
+    """A raw origin on 127.0.0.1: answer(request head, writer) writes each answer."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await answer(await reader.readuntil(b"\r\n\r\n"), writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
+    """served(origin_port) -> (process, port) of `cacheproxy serve` in front of it."""
+    procs = []
+
+    async def start(origin_port: int) -> tuple[asyncio.subprocess.Process, int]:
+        proc, port = await start_serve(
+            "--upstream", f"http://127.0.0.1:{origin_port}", cwd=tmp_path,
+            env=clean_env(CACHEPROXY_LOG_FORMAT="off"))
+        procs.append(proc)
+        return proc, port
+
+    yield start
+    for proc in procs:
+        await stop(proc)
+
+
+async def _get(port: int, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"
+                 .encode())
+    data = await asyncio.wait_for(reader.read(), 60)
+    writer.close()
+    return data
+
+
+def _tiny_chunks(count: int, cache_control: bytes) -> Answer:
+    """An answer whose body is count chunks of two bytes each (what an app writing a
+    stream item by item sends, or a hostile site in forward mode)."""
+    block = b"2\r\nab\r\n" * 10_000
+
+    async def answer(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: " + cache_control
+                     + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(count // 10_000):
+            writer.write(block)
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+    return answer
+
+
+# -- a body in tiny chunks is held at a hundred times its size -----------------------------
+
+
+async def test_a_body_of_tiny_chunks_being_stored_is_held_at_about_its_size(served):
+    """A storable chunked answer of 1,000,000 two-byte chunks (2 MB of content) made the
+    proxy's resident memory peak 135 MB higher (3,000,000 chunks: 407 MB): the fill kept
+    each chunk as its own bytes object in a list, some 135 bytes of memory per 2 bytes of
+    content, while `cache.fill_buffer_bytes` counted only the content. With the defaults
+    (`max_object_bytes` 8 MiB, `fill_buffer_bytes` 64 MiB) eight concurrent misses of such
+    bodies may hold several GB: any site does it in forward mode, and an app that writes
+    a stream item by item (Node's res.write per row) does it in front of an origin.
+    nginx and Squid read the body into fixed-size buffers whatever its chunking.
+    Severity: high (memory far past the documented bound, from one request)."""
+    server, origin_port = await _origin(_tiny_chunks(1_000_000, b"max-age=60"))
+    try:
+        proc, port = await served(origin_port)
+        before = _peak(proc.pid)
+        first = await _get(port, "/stream")
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        assert b"stored" in first.split(b"\r\n\r\n")[0]
+        grew = _peak(proc.pid) - before
+        second = await _get(port, "/stream")
+        assert b"X-Cache: HIT" in second
+        assert second.split(b"\r\n\r\n", 1)[1] == b"ab" * 1_000_000
+        assert grew < 40 * MiB, f"peak resident memory grew {grew // MiB} MiB"
+    finally:
+        server.close()
+
+
+def test_a_fill_holds_tiny_pieces_as_few_objects() -> None:
+    """The same, for pieces read one at a time (an origin sending one chunk per
+    packet): a Fill keeps 200,000 pieces of two bytes in well under 4 MB (it took 12 MB
+    in a list of bytes objects), and gives the body back whole and in order."""
+    fill = Fill(FillBudget(64 * MiB), 8 * MiB)
+    tracemalloc.start()
+    try:
+        for i in range(200_000):
+            assert fill.add(b"%02d" % (i % 100))  # (a new object each, as read)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * MiB, f"{held // 1024} KiB held for 400 KB of content"
+    assert fill.add(b"L" * 100_000)  # a large piece after small ones keeps its place
+    assert fill.add(b"e")
+    expected = b"".join(b"%02d" % (i % 100) for i in range(200_000))
+    assert fill.body() == expected + b"L" * 100_000 + b"e"

@@ -5,6 +5,7 @@ memory (VmHWM, its peak, and VmRSS in /proc), with bounds far from both sides.""
 from __future__ import annotations
 
 import asyncio
+import socket
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -139,3 +140,37 @@ def test_a_fill_holds_tiny_pieces_as_few_objects() -> None:
     assert fill.add(b"e")
     expected = b"".join(b"%02d" % (i % 100) for i in range(200_000))
     assert fill.body() == expected + b"L" * 100_000 + b"e"
+
+
+# -- an origin's read-ahead in tiny chunks ----------------------------------------------------
+
+
+async def test_clients_that_do_not_read_a_stream_of_tiny_chunks_hold_little(served):
+    """Reading from the origin pauses once 64 KiB of body wait for a slow client, but
+    that was counted in content bytes: of two-byte chunks, 32,000 bytes objects were
+    queued per connection, and each was relayed as a chunk of its own (7 bytes sent per
+    2 of content: 21 MB for a 6 MB body). 16 clients that read nothing of such an answer
+    (not stored: `no-store`) made the proxy hold 56 MB more, some 3.5 MB each where
+    64 KiB is meant; `proxy.max_connections` (256) of them, 900 MB. nginx reads into
+    `proxy_buffers` of fixed size whatever the chunking. Severity: medium."""
+    server, origin_port = await _origin(_tiny_chunks(3_000_000, b"no-store"))
+    socks = []
+    try:
+        proc, port = await served(origin_port)
+        await asyncio.sleep(0.3)
+        before = _resident(proc.pid)
+        for i in range(16):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            sock.send(f"GET /feed/{i} HTTP/1.1\r\nHost: site.test\r\n\r\n".encode())
+            socks.append(sock)
+        await asyncio.sleep(3)
+        assert all(sock.recv(100).startswith(b"HTTP/1.1 200") for sock in socks)
+        grew = _resident(proc.pid) - before
+        assert grew < 16 * MiB, f"resident memory grew {grew // MiB} MiB for 16 clients"
+    finally:
+        for sock in socks:
+            sock.close()
+        server.close()

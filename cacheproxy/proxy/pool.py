@@ -45,6 +45,10 @@ log = logging.getLogger("cacheproxy")
 Interim = Callable[[int, str, list[tuple[str, str]]], None]
 _HIGH_WATER = 64 * 1024  # body bytes buffered from the origin before reading pauses
 _LOW_WATER = 16 * 1024
+# Body pieces shorter than this join the one before them while both wait to be read: a
+# chunked answer of one-byte chunks would otherwise queue a bytes object (some 40 bytes)
+# per byte up to _HIGH_WATER, and be relayed as as many chunks.
+_MERGE = 4096
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
@@ -382,7 +386,11 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self._head_only:
             return
-        self._chunks.append(body)
+        chunks = self._chunks
+        if chunks and len(body) < _MERGE and len(chunks[-1]) < _MERGE:
+            chunks[-1] += body
+        else:
+            chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True

@@ -174,3 +174,44 @@ async def test_clients_that_do_not_read_a_stream_of_tiny_chunks_hold_little(serv
         for sock in socks:
             sock.close()
         server.close()
+
+
+# -- bookkeeping of URLs a client chooses ----------------------------------------------------
+
+
+async def _no_store(head: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx")
+    await writer.drain()
+
+
+async def test_long_urls_a_client_sends_do_not_fill_the_proxys_bookkeeping(served):
+    """One client sent 6,000 requests with distinct 8 KiB targets and 6.7 KB Hosts (each
+    within the 8,190-byte line and 64 KiB head bounds) for answers that may not be stored
+    (`no-store`, as any personalised page): the proxy's resident memory grew 130 MiB and
+    stayed so, though nothing was stored (20 MiB now). The hit-for-pass marks (10,000
+    keys at most; 103 MiB with only them unbounded) and the quick path's route memo
+    (4,096 Hosts, targets and keys; 130 MiB with only it unbounded) were bounded in
+    count, not in size, and cache.max_bytes counts neither (with 10,000 requests of 8 KiB
+    targets and a short Host: 101 MB). Varnish keeps its hit-for-pass objects in its storage, under
+    its size bound. Severity: medium (hundreds of MB past max_bytes from one client in
+    a few seconds, held until other URLs push them out)."""
+    server, origin_port = await _origin(_no_store)
+    labels = ".".join(["b" * 60] * 110)
+    try:
+        proc, port = await served(origin_port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.3)
+        before = _resident(proc.pid)
+        for start in range(0, 6000, 16):
+            writer.write(b"".join(
+                f"GET /u/{i:06d}/{'a' * 8000} HTTP/1.1\r\nHost: h{i}.{labels}\r\n\r\n"
+                .encode() for i in range(start, start + 16)))
+            for _ in range(16):
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                await reader.readexactly(1)
+        grew = _resident(proc.pid) - before
+        writer.close()
+        assert grew < 48 * MiB, f"resident memory grew {grew // MiB} MiB, nothing stored"
+    finally:
+        server.close()

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 # can be shared, and a private or no-store URL would otherwise be served in waves.
 PASS_SECONDS = 30.0
 MAX_PASS_MARKS = 10_000
+# ...and so many characters of their keys at most: a client chooses a key's length (a
+# target and a Host of 8 KiB each), and 10,000 such keys would hold 160 MB, counted
+# nowhere (the store's max_bytes counts the keys it holds).
+MAX_PASS_CHARS = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class Collapser:
         self.timeout = timeout
         self._inflight: dict[str, asyncio.Future[Result]] = {}
         self._pass: dict[str, float] = {}  # key -> until when requests skip collapsing
+        self._pass_chars = 0  # the length of the keys in _pass, together
         # key -> what was stored for it while its leader was in flight (note_stored)
         self._stored: dict[str, Stored] = {}
 
@@ -103,13 +108,18 @@ class Collapser:
             return False
         if until > time.monotonic():
             return True
-        del self._pass[key]
+        self.unmark_pass(key)
         return False
 
     def mark_pass(self, key: str) -> None:
-        if len(self._pass) >= MAX_PASS_MARKS:
-            del self._pass[next(iter(self._pass))]  # the oldest goes
-        self._pass[key] = time.monotonic() + PASS_SECONDS
+        marks = self._pass
+        if key not in marks:
+            self._pass_chars += len(key)
+            while marks and (len(marks) >= MAX_PASS_MARKS
+                             or self._pass_chars > MAX_PASS_CHARS):
+                self.unmark_pass(next(iter(marks)))  # the oldest goes
+        marks[key] = time.monotonic() + PASS_SECONDS
 
     def unmark_pass(self, key: str) -> None:
-        self._pass.pop(key, None)
+        if self._pass.pop(key, None) is not None:
+            self._pass_chars -= len(key)

@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from cacheproxy.proxy.handler import CacheProxy
 
 MEMO_SIZE = 4096  # (Host, target) pairs whose route and key are kept
+# ...holding so many characters at most (the Hosts, targets and keys): a client chooses
+# their length, and 4,096 of 8 KiB Hosts and targets would hold some 150 MB.
+MEMO_CHARS = 2 * 1024 * 1024
 # The names as istr: multidict looks an istr up without case-folding it first (about a
 # third of the time of a str, per lookup).
 _DECISIVE = tuple(istr(name) for name in DECISIVE_FIELDS)
@@ -94,6 +97,7 @@ class QuickHits:
         self._control = control  # a request for the control plane (its target decides)
         self._plans: Plans | None = None
         self._routes: dict[tuple[str, str], Route | None] = {}
+        self._memo_chars = 0  # held by _routes (MEMO_CHARS)
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
             getattr(proxy.store, "peek", None)
@@ -175,6 +179,7 @@ class QuickHits:
         routes = self._routes
         if plans is not self._plans:  # a reload: new plans, new keys
             routes.clear()
+            self._memo_chars = 0
             self._plans = plans
         memo = (host, raw)
         try:
@@ -189,8 +194,12 @@ class QuickHits:
                 route = Route(plan, plan.cache_key("http", parsed.authority, parsed.path),
                                parsed.authority, parsed.path,
                                plan.route.name if plans.routed else "default")
-        if len(routes) >= MEMO_SIZE:
+        chars = len(host) + len(raw) + (0 if route is None else len(route.key)
+                                         + len(route.authority) + len(route.target))
+        if len(routes) >= MEMO_SIZE or self._memo_chars + chars > MEMO_CHARS:
             routes.clear()
+            self._memo_chars = 0
         routes[memo] = route
+        self._memo_chars += chars
         return route
 

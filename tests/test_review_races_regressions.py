@@ -232,7 +232,8 @@ async def test_a_late_head_answer_does_not_put_back_an_older_response_over_a_new
     app.router.add_route("*", "/r", handle)
     c = await proxy(await origin(app))
     assert await (await c.get("/r")).text() == "body v1"
-    head = asyncio.ensure_future(c.head("/r", headers={"If-Match": '"v1"', "Cache-Control": "max-age=0"}))
+    head = asyncio.ensure_future(
+        c.head("/r", headers={"If-Match": '"v1"', "Cache-Control": "max-age=0"}))
     await asyncio.wait_for(held.wait(), 5)
     newer = await c.get("/r", headers={"Cache-Control": "no-cache"})
     assert await newer.text() == "body v2"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cacheproxy.http.dates import parse_http_date
-from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options
+from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, split_list
 from cacheproxy.http.stored import CachedResponse, first_value
 from cacheproxy.http.validators import parse_etag
 
@@ -94,7 +94,28 @@ def merge_304(entry: CachedResponse, response: list[tuple[str, str]]) -> list[tu
     ]
     replaced = {k.lower() for k, _ in updates}
     kept = [(k, v) for k, v in entry.header_pairs() if k.lower() not in replaced]
+    if "vary" in replaced:
+        updates = _vary_kept(entry, updates)
     return kept + updates
+
+
+def _vary_kept(entry: CachedResponse, updates: list[tuple[str, str]]
+               ) -> list[tuple[str, str]]:
+    """§3.2: the stored content was negotiated on the fields its Vary names, and a 304 has
+    no content to say otherwise: its Vary may add fields, never drop one (RFC 9110 §15.4.5
+    says it repeats the 200's; Express's 304s leave out the Accept-Encoding its
+    compression adds), else a gzip body would be selected for clients that cannot decode
+    it (§4.1). The stored names the 304 left out follow its Vary, on a line of their own."""
+    named = {n.lower() for k, v in updates if k.lower() == "vary" for n in split_list(v)}
+    missing: dict[str, str] = {}
+    for k, v in entry.header_pairs():
+        if k.lower() == "vary":
+            for name in split_list(v):
+                if name.lower() not in named:
+                    missing.setdefault(name.lower(), name)
+    if not missing or "*" in named:
+        return updates
+    return [*updates, ("Vary", ", ".join(missing.values()))]
 
 
 def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:

@@ -1,0 +1,91 @@
+"""Findings of a review of content negotiation, content codings and Vary (review-vary):
+an origin that compresses per Accept-Encoding (aiohttp's enable_compression) or negotiates
+on other fields, the proxy in front, both on 127.0.0.1; where in doubt compared with
+nginx 1.22 (proxy_cache) and Squid 5.7 (accel) in front of the same origin. Each test
+failed on the code it was written against (1916a5a) and says what is expected, why (RFC
+section, or what the peers do) and how severe it is."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+BODY = b"negotiated text, long enough for a compressing origin to bother with it. " * 8
+
+
+class Compressing:
+    """An origin that gzips for clients that accept it (aiohttp's enable_compression) and
+    answers its own If-None-Match with a 304 whose fields a test chooses. Counts the full
+    answers it sends, by the request's Accept-Encoding."""
+
+    def __init__(self, vary: str, vary_on_304: str | None) -> None:
+        self.vary, self.vary_on_304 = vary, vary_on_304
+        self.full: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_get("/r", self.answer)
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        headers = {"Cache-Control": "max-age=60", "ETag": '"v1"', "Vary": self.vary}
+        if request.headers.get("If-None-Match") == '"v1"':
+            if self.vary_on_304 is None:
+                del headers["Vary"]
+            else:
+                headers["Vary"] = self.vary_on_304
+            return web.Response(status=304, headers=headers)
+        self.full.append(request.headers.get("Accept-Encoding"))
+        resp = web.Response(body=BODY, headers=headers, content_type="text/plain")
+        resp.enable_compression()
+        return resp
+
+
+async def _get(client: Any, path: str, *fields: str) -> tuple[str, bytes]:
+    """A GET with exactly these fields (no Accept-Encoding unless given): the head, the body."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"GET {path} HTTP/1.1", "Host: example.test", "Connection: close", *fields]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+def _field(head: str, name: str) -> str | None:
+    """The field's lines, joined (RFC 9110 §5.3); None when absent."""
+    values = [v.strip() for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:])
+              if k.strip().lower() == name.lower()]
+    return ", ".join(values) if values else None
+
+
+# -- 1. a 304 whose Vary names fewer fields re-keys the stored coded body ----------------
+
+
+async def test_a_304_naming_fewer_vary_fields_does_not_widen_the_stored_variant(origin, proxy):
+    """The 200s say `Vary: Origin, Accept-Encoding`; the origin's 304 says `Vary: Origin`
+    only. Read from their source (not run here), that is what Express sends with
+    `compression` and `cors({origin: ...})`: cors sets Vary: Origin on every answer,
+    compression adds Accept-Encoding only when the Content-Type is compressible, and
+    Express's res.send takes Content-Type off a 304. The proxy merged the 304's Vary over
+    the stored one (RFC 9111 §3.2) and re-keyed the stored gzip body on Origin alone, so a
+    client without Accept-Encoding (curl) was then served gzip it cannot decode, from
+    storage, until the entry went. RFC 9110 §15.4.5 says the 304 should repeat the 200's
+    Vary, but §3.2 lets a cache keep the fields its stored response depends on to keep it
+    whole, and the content was negotiated on the stored Vary's fields: a 304 carries no
+    content to say otherwise. nginx and Squid, in front of the same origin, keep
+    `Vary: Origin, Accept-Encoding` after the 304 and fetch identity for curl.
+    Severity: high (an undecodable body, or another language's, from a shared cache, to
+    every client of the other variants, behind a popular origin stack)."""
+    up = Compressing("Origin, Accept-Encoding", vary_on_304="Origin")
+    c = await proxy(await origin(up.app))
+    head, body = await _get(c, "/r", "Accept-Encoding: gzip")
+    assert _field(head, "Content-Encoding") == "gzip"
+    # A reload: the proxy revalidates its gzip variant, the origin answers 304.
+    head, _ = await _get(c, "/r", "Accept-Encoding: gzip", "Cache-Control: no-cache")
+    assert "fwd-status=304" in (_field(head, "Cache-Status") or ""), head
+    assert _field(head, "Vary") is not None and "accept-encoding" in _field(head, "Vary").lower()
+
+    head, body = await _get(c, "/r")  # curl: no Accept-Encoding
+    assert _field(head, "Content-Encoding") is None, head
+    assert body == BODY
+    assert up.full == ["gzip", None]

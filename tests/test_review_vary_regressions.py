@@ -89,3 +89,29 @@ async def test_a_304_naming_fewer_vary_fields_does_not_widen_the_stored_variant(
     assert _field(head, "Content-Encoding") is None, head
     assert body == BODY
     assert up.full == ["gzip", None]
+
+
+# -- 2. whitespace around ";" splits variants the README says are normalised ---------------
+
+
+async def test_whitespace_around_parameters_does_not_split_variants(origin, proxy):
+    """README (What is the key?): Vary adds the request's values "normalised (whitespace,
+    case for Accept*)". Whitespace around commas was taken out, not around the ";" before
+    a parameter: `en-US,en;q=0.9` (Chromium) and `en-US, en; q=0.9` (the same preference,
+    RFC 9110 §12.4.2 and §5.6.6: `weight = OWS ";" OWS "q=" qvalue`) were two variants,
+    each fetched from the origin and stored. Severity: low (needless misses and storage,
+    never a wrong answer)."""
+    seen: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Language"))
+        return web.Response(text="en", headers={"Cache-Control": "max-age=60",
+                                                "Vary": "Accept-Language"})
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    c = await proxy(await origin(app))
+    for spelling in ("en-US,en;q=0.9", "en-US, en; q=0.9", "en-US ,en ; q=0.9"):
+        head, body = await _get(c, "/r", f"Accept-Language: {spelling}")
+        assert body == b"en"
+    assert seen == ["en-US,en;q=0.9"], head

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 _WS = re.compile(r"\s+")
 _COMMA_WS = re.compile(r"\s*,\s*")
+# RFC 9110 §5.6.6, §12.4.2: OWS around the ";" before a parameter (a weight) is optional.
+_SEMICOLON_WS = re.compile(r"\s*;\s*")
 # Fields whose values compare case-insensitively, so "GZIP" and "gzip" share a variant.
 _CASELESS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language"})
 
@@ -35,7 +37,10 @@ def normalise(name: str, value: str | None) -> str | None:
     if value is None:
         return None
     value = _COMMA_WS.sub(",", _WS.sub(" ", value.strip()))
-    return value.lower() if name in _CASELESS else value
+    if name not in _CASELESS:
+        return value
+    # (parameters only in the negotiation fields: elsewhere a ";" may be the value's own)
+    return _SEMICOLON_WS.sub(";", value).lower() if ";" in value else value.lower()
 
 
 def vary_values(fields: tuple[str, ...], headers: Headers) -> tuple[str | None, ...]:

@@ -115,3 +115,43 @@ async def test_whitespace_around_parameters_does_not_split_variants(origin, prox
         head, body = await _get(c, "/r", f"Accept-Language: {spelling}")
         assert body == b"en"
     assert seen == ["en-US,en;q=0.9"], head
+
+
+# -- 3. waiters for another variant all go upstream at once ---------------------------------
+
+
+async def test_waiters_for_another_variant_do_not_all_go_upstream_at_once(origin, proxy):
+    """Concurrent misses for one URL collapse behind one upstream request (README:
+    Concurrent misses?, nginx's proxy_cache_lock). A browser's miss (gzip) leads; four
+    clients without Accept-Encoding arrive meanwhile and wait for it. Its answer is
+    stored, but it is not their variant (Vary: Accept-Encoding, RFC 9111 §4.1): the four
+    then went upstream together, four requests for one identity response, where one of
+    them should lead again and the others wait for it (as waiters behind a leader that got
+    no answer already do). nginx 1.22 (proxy_cache_lock) in front of the same origin
+    sends one identity request: after a Vary mismatch it looks up the variant's own key,
+    and its lock holds there too (Squid 5.7's collapsed_forwarding lets the four go, as
+    the proxy did). On a cold cache (a start, a purge, a deploy) every variant but the
+    first herds onto the origin, after waiting for the first for nothing.
+    Severity: low (origin load on a cold cache; answers are right)."""
+    full: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        full.append(request.headers.get("Accept-Encoding"))
+        await asyncio.sleep(0.3)
+        resp = web.Response(body=BODY, content_type="text/plain", headers={
+            "Cache-Control": "max-age=60", "Vary": "Accept-Encoding"})
+        resp.enable_compression()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    c = await proxy(await origin(app))
+    leader = asyncio.ensure_future(_get(c, "/r", "Accept-Encoding: gzip"))
+    await asyncio.sleep(0.1)
+    waiters = [asyncio.ensure_future(_get(c, "/r")) for _ in range(4)]
+    await asyncio.gather(leader, *waiters)
+    assert _field(leader.result()[0], "Content-Encoding") == "gzip"
+    for w in waiters:
+        head, body = w.result()
+        assert _field(head, "Content-Encoding") is None and body == BODY, head
+    assert full == ["gzip", None]

@@ -155,7 +155,9 @@ class Driver:
                 return await self._lead(ctx, fwd, fut)
         ctx.outcome.collapsed = done
         stored = result if isinstance(result, Stored) else None
-        again = done and time.monotonic() < deadline
+        # (its leader stored an answer: lookup has it wait again when that was another
+        # variant, RFC 9111 §4.1)
+        again = stored is not None and time.monotonic() < deadline
         return await self.cached(ctx, Waited(stored and stored.since(arrived), again),
                                  deadline)
 

@@ -28,8 +28,8 @@ _ONLY_IF_CACHED = "only-if-cached"
 class Waited:
     """The request waited for another's upstream answer (collapsed). stored: (born,
     values) of a response stored from an answer that arrived after it began to wait,
-    if one was (proxy/collapse.py Stored). again: its wait was answered with time left
-    to wait once more: a miss for its variant (the answer waited for was stored for
+    if one was (proxy/collapse.py Stored). again: the answer it waited for was stored,
+    with time left to wait once more: a miss for its variant (the answer waited for was stored for
     another variant, under Vary) waits behind the next request for the key, rather
     than go upstream beside every other waiter for that variant (README "Concurrent
     misses?")."""

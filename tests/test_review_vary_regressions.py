@@ -8,6 +8,7 @@ section, or what the peers do) and how severe it is."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from typing import Any
 
 from aiohttp import web
@@ -155,3 +156,50 @@ async def test_waiters_for_another_variant_do_not_all_go_upstream_at_once(origin
         head, body = w.result()
         assert _field(head, "Content-Encoding") is None and body == BODY, head
     assert full == ["gzip", None]
+
+
+# -- 4. one background refresh per URL, not per variant ------------------------------------
+
+
+async def test_stale_while_revalidate_refreshes_each_variant_served_stale(origin, proxy):
+    """RFC 5861 §3: a response served stale under stale-while-revalidate is revalidated in
+    the background. The proxy ran one background refresh per URL at a time: the gzip and
+    identity variants (Vary: Accept-Encoding) both stale, a browser's request started the
+    gzip variant's refresh, and a request for the identity variant while it ran was
+    served stale with no refresh of its own, so the identity variant stayed stale (and
+    was served stale again) until another request came after the first refresh ended; a
+    rarely asked variant could leave its window that way and then cost a client a
+    blocking revalidation. Severity: low (staleness within what the origin allowed)."""
+    asked: list[tuple[str | None, str | None]] = []
+
+    async def page(request: web.Request) -> web.Response:
+        asked.append((request.headers.get("Accept-Encoding"),
+                      request.headers.get("If-None-Match")))
+        if request.headers.get("If-None-Match"):
+            await asyncio.sleep(0.3)  # a slow revalidation: the refreshes overlap
+        gz = request.headers.get("Accept-Encoding") == "gzip"
+        tag = '"gz"' if gz else '"id"'
+        headers = {"Cache-Control": "max-age=3, stale-while-revalidate=60", "ETag": tag,
+                   "Vary": "Accept-Encoding"}
+        if request.headers.get("If-None-Match") == tag:
+            return web.Response(status=304, headers=headers)
+        if gz:
+            headers["Content-Encoding"] = "gzip"
+            return web.Response(body=gzip.compress(BODY), headers=headers)
+        return web.Response(body=BODY, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    c = await proxy(await origin(app))
+    await _get(c, "/r", "Accept-Encoding: gzip")
+    await _get(c, "/r")
+    await asyncio.sleep(3.1)  # both stale, within stale-while-revalidate
+    head, _ = await _get(c, "/r", "Accept-Encoding: gzip")
+    assert "stale-while-revalidate" in (_field(head, "Cache-Status") or ""), head
+    head, _ = await _get(c, "/r")
+    assert "stale-while-revalidate" in (_field(head, "Cache-Status") or ""), head
+    await asyncio.sleep(0.6)  # both refreshes done
+    assert sorted(asked[2:], key=str) == [("gzip", '"gz"'), (None, '"id"')], asked
+    head, _ = await _get(c, "/r")
+    assert "hit; ttl=" in (_field(head, "Cache-Status") or "") \
+        and "stale" not in (_field(head, "Cache-Status") or ""), head

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from cacheproxy.config import masked_url
+from cacheproxy.http.cache_key import variant_id
 from cacheproxy.http.flow import (
     INVALIDATED,
     Answered,
@@ -51,6 +52,9 @@ from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.store import Store as Storage
 from cacheproxy.store import discard
 
+# A Vary variant: the fields its response varies on and the request's values (§4.1).
+Variant = tuple[tuple[str, ...], tuple[str | None, ...]]
+
 log = logging.getLogger("cacheproxy")
 Fields = list[tuple[str, str]]
 
@@ -82,7 +86,9 @@ class Driver:
         self.blocks = HeaderBlocks()
         self.cache_name = self.local_via = ""
         self._background: set[asyncio.Task[None]] = set()
-        self._refreshing: set[str] = set()  # keys with a background refresh under way
+        # (key, variant) with a background refresh under way: each Vary variant is
+        # revalidated with its own request fields (RFC 9111 §4.1, RFC 5861 §3)
+        self._refreshing: set[tuple[str, Variant]] = set()
 
     def rename(self, cache_name: str, local_via: str) -> None:
         """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
@@ -378,10 +384,11 @@ class Driver:
     # -- RFC 5861 §3: the refresh behind stale-while-revalidate ------------------
 
     def _refresh_in_background(self, ctx: Ctx, entry: CachedResponse) -> None:
-        """One background revalidation per key at a time."""
-        if ctx.key in self._refreshing:
+        """One background revalidation per variant at a time."""
+        refreshing = (ctx.key, variant_id(entry))
+        if refreshing in self._refreshing:
             return
-        self._refreshing.add(ctx.key)
+        self._refreshing.add(refreshing)
         facts, fwd = background_refresh(ctx.facts, entry)
         # The client's own cache directives were about its answer, not this refresh. Made
         # now, while the request is at hand: the validators' fields, and those of the
@@ -391,15 +398,16 @@ class Driver:
         validators = {k.lower() for k, _ in fwd.conditional}
         plain = [(k, v) for k, v in fields if k.lower() not in validators]
         task = asyncio.get_running_loop().create_task(
-            self._refresh(ctx.plan, ctx.key, ctx.target, facts, fwd, fields, plain))
+            self._refresh(ctx.plan, refreshing, ctx.target, facts, fwd, fields, plain))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def _refresh(
-        self, plan: RoutePlan, key: str, target: str, facts: RequestFacts, fwd: Forward,
-        fields: Fields, plain: Fields,
+        self, plan: RoutePlan, refreshing: tuple[str, Variant], target: str,
+        facts: RequestFacts, fwd: Forward, fields: Fields, plain: Fields,
     ) -> None:
         exchange = self.exchange
+        key = refreshing[0]
 
         async def ask(fwd: Forward) -> tuple[UpstreamResponse, Answered]:
             request_time = time.time()
@@ -432,4 +440,4 @@ class Driver:
             log.exception("background revalidation of %s failed",
                           redact(key, plan.route.referer.strip_params))
         finally:
-            self._refreshing.discard(key)
+            self._refreshing.discard(refreshing)

@@ -203,3 +203,40 @@ async def test_stale_while_revalidate_refreshes_each_variant_served_stale(origin
     head, _ = await _get(c, "/r")
     assert "hit; ttl=" in (_field(head, "Cache-Status") or "") \
         and "stale" not in (_field(head, "Cache-Status") or ""), head
+
+
+# -- 5. hit-for-pass marks the URL, not the variant whose answer could not be stored -------
+
+
+async def test_an_unstorable_variant_does_not_stop_the_others_collapsing(origin, proxy):
+    """Hit-for-pass (README: Concurrent misses?, Varnish's): after an answer that could
+    not be stored for anyone, the URL's requests stop waiting behind each other for 30 s,
+    and a conditional or Range miss goes to the origin as it is. The mark was the URL's,
+    whatever the answer's Vary: one identity answer too big for max_object_bytes (curl, a
+    monitoring probe, on a large compressible file whose gzip fits) and the browsers' gzip
+    misses herded onto the origin uncollapsed, their conditional misses were passed on
+    (304s relayed, the gzip variant never filled) for as long as such probes kept coming.
+    Varnish's hit-for-miss object varies like the answer it was made from (RFC 9111 §4.1;
+    read from its cache_fetch.c, not run here: Vary instructions are made for every object
+    that is not private, uncacheable ones too): only the identity requests would pass.
+    Severity: low (origin load, hit rate)."""
+    full: list[str | None] = []
+
+    async def page(request: web.Request) -> web.StreamResponse:
+        full.append(request.headers.get("Accept-Encoding"))
+        await asyncio.sleep(0.3)
+        resp = web.Response(body=BODY * 3, content_type="text/plain", headers={
+            "Cache-Control": "max-age=60", "Vary": "Accept-Encoding"})
+        resp.enable_compression()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    c = await proxy(await origin(app), cache={"max_object_bytes": 1000})
+    head, body = await _get(c, "/r")  # identity: 1.7 kB, too big for the store
+    assert body == BODY * 3 and "too-big" in (_field(head, "Cache-Status") or ""), head
+    browsers = [asyncio.ensure_future(_get(c, "/r", "Accept-Encoding: gzip")) for _ in range(4)]
+    await asyncio.gather(*browsers)
+    for b in browsers:
+        assert _field(b.result()[0], "Content-Encoding") == "gzip"
+    assert full == [None, "gzip"]

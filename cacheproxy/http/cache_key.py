@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from cacheproxy.http.fields import Headers, combined_value, split_list
+from cacheproxy.http.fields import Headers, combined_value, split_list, values_of
 from cacheproxy.http.origins import origin_of  # also imported from here by other modules
 
 if TYPE_CHECKING:
@@ -55,6 +55,25 @@ def variant_id(
     values for them; values alone would make ("fr",) for Accept-Language and ("fr",) for
     a later Vary: Accept-Encoding one variant."""
     return entry.vary, entry.vary_values
+
+
+# A variant's identity: the fields its response varies on, the request's values for them.
+Variant = tuple[tuple[str, ...], tuple[str | None, ...]]
+
+
+def answered_variant(fields: list[tuple[str, str]], headers: Headers) -> Variant | None:
+    """§4.1: the requests an answer stands for: its Vary fields and this request's values
+    for them; None for Vary: * (every request). What a hit-for-pass mark is kept for, as
+    Varnish's hit-for-pass object varies like the answer it was made from."""
+    vary = vary_fields(", ".join(values_of(fields, "vary")))
+    return None if vary is None else (vary, vary_values(vary, headers))
+
+
+def in_variant(variant: Variant | None, headers: Headers) -> bool:
+    """Does the request belong to variant (None: every request does)?"""
+    if variant is None or not variant[0]:
+        return True
+    return vary_values(variant[0], headers) == variant[1]
 
 
 def select_variant(

@@ -7,7 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
+from cacheproxy.http.cache_key import Variant, in_variant
+
 if TYPE_CHECKING:
+    from cacheproxy.http.fields import Headers
     from cacheproxy.http.stored import CachedResponse
 
 # After an answer that was not stored, requests for the key skip collapsing for this
@@ -15,10 +18,18 @@ if TYPE_CHECKING:
 # can be shared, and a private or no-store URL would otherwise be served in waves.
 PASS_SECONDS = 30.0
 MAX_PASS_MARKS = 10_000
-# ...and so many characters of their keys at most: a client chooses a key's length (a
-# target and a Host of 8 KiB each), and 10,000 such keys would hold 160 MB, counted
-# nowhere (the store's max_bytes counts the keys it holds).
+# ...and so many characters of their keys and variants at most: a client chooses a key's
+# length (a target and a Host of 8 KiB each) and the values of the fields a response
+# varies on, and 10,000 such marks would hold 160 MB or more, counted nowhere (the
+# store's max_bytes counts the keys it holds).
 MAX_PASS_CHARS = 2 * 1024 * 1024
+
+
+def _chars(key: str, variant: Variant | None) -> int:
+    """What a hit-for-pass mark holds, in characters."""
+    if variant is None:
+        return len(key)
+    return len(key) + sum(map(len, variant[0])) + sum(len(v or "") for v in variant[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +71,9 @@ class Collapser:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._inflight: dict[str, asyncio.Future[Result]] = {}
-        self._pass: dict[str, float] = {}  # key -> until when requests skip collapsing
-        self._pass_chars = 0  # the length of the keys in _pass, together
+        # key -> until when its requests skip collapsing, and which of them (§4.1)
+        self._pass: dict[str, tuple[float, Variant | None]] = {}
+        self._pass_chars = 0  # the characters _pass holds (keys and variants), together
         # key -> what was stored for it while its leader was in flight (note_stored)
         self._stored: dict[str, Stored] = {}
 
@@ -101,25 +113,38 @@ class Collapser:
             return False
         return True
 
-    def passes(self, key: str) -> bool:
-        """Was the last answer for key not storable, recently?"""
-        until = self._pass.get(key)
-        if until is None:
+    def passes(self, key: str, headers: Headers | None = None) -> bool:
+        """Was the last answer for key not storable, recently, for a request like this
+        one (of the variant that answer was for; headers None: any request)?"""
+        mark = self._pass.get(key)
+        if mark is None:
             return False
-        if until > time.monotonic():
-            return True
-        self.unmark_pass(key)
-        return False
+        until, variant = mark
+        if until <= time.monotonic():
+            self._drop_pass(key)
+            return False
+        return headers is None or in_variant(variant, headers)
 
-    def mark_pass(self, key: str) -> None:
+    def mark_pass(self, key: str, variant: Variant | None = None) -> None:
+        """variant: the requests the unstorable answer stands for (answered_variant)."""
         marks = self._pass
-        if key not in marks:
-            self._pass_chars += len(key)
-            while marks and (len(marks) >= MAX_PASS_MARKS
-                             or self._pass_chars > MAX_PASS_CHARS):
-                self.unmark_pass(next(iter(marks)))  # the oldest goes
-        marks[key] = time.monotonic() + PASS_SECONDS
+        self._drop_pass(key)
+        self._pass_chars += _chars(key, variant)
+        while marks and (len(marks) >= MAX_PASS_MARKS or self._pass_chars > MAX_PASS_CHARS):
+            self._drop_pass(next(iter(marks)))  # the oldest goes
+        marks[key] = (time.monotonic() + PASS_SECONDS, variant)
 
-    def unmark_pass(self, key: str) -> None:
-        if self._pass.pop(key, None) is not None:
-            self._pass_chars -= len(key)
+    def unmark_pass(self, key: str, stored: CachedResponse | None = None) -> None:
+        """An answer was stored (stored): the mark goes when that is of its variant."""
+        mark = self._pass.get(key)
+        if mark is None:
+            return
+        variant = mark[1]
+        if stored is None or variant is None or not variant[0] \
+                or variant == (stored.vary, stored.vary_values):
+            self._drop_pass(key)
+
+    def _drop_pass(self, key: str) -> None:
+        mark = self._pass.pop(key, None)
+        if mark is not None:
+            self._pass_chars -= _chars(key, mark[1])

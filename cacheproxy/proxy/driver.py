@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from cacheproxy.config import masked_url
-from cacheproxy.http.cache_key import variant_id
+from cacheproxy.http.cache_key import Variant, answered_variant, variant_id
 from cacheproxy.http.flow import (
     INVALIDATED,
     Answered,
@@ -51,9 +51,6 @@ from cacheproxy.proxy.routing import RoutePlan
 from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.store import Store as Storage
 from cacheproxy.store import discard
-
-# A Vary variant: the fields its response varies on and the request's values (§4.1).
-Variant = tuple[tuple[str, ...], tuple[str | None, ...]]
 
 log = logging.getLogger("cacheproxy")
 Fields = list[tuple[str, str]]
@@ -107,7 +104,7 @@ class Driver:
         """deadline: a collapsed waiter's (time.monotonic()), when it may wait again."""
         variants = await self.store.get(ctx.key)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
-                   recently_passed=self.collapser.passes(ctx.key),
+                   recently_passed=self.collapser.passes(ctx.key, ctx.facts.headers),
                    waited=waited)
         note_lookup(ctx.outcome, d)
         if isinstance(d, Serve):
@@ -228,7 +225,7 @@ class Driver:
         d = answered(fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
                      req=ctx.facts, route=ctx.plan.cache, key=ctx.key,
                      request_time=request_time, response_time=now)
-        self._remember(ctx, d)
+        self._remember(ctx, d, resp.fields)
         note_answered(ctx.outcome, d, now)
         return d
 
@@ -345,14 +342,15 @@ class Driver:
             await discard(self.store, key)
         return now
 
-    def _remember(self, ctx: Ctx, d: Answered) -> None:
+    def _remember(self, ctx: Ctx, d: Answered, fields: Fields) -> None:
         """Hit-for-pass: after an answer that could not be stored for any request, the
-        URL's requests stop waiting behind each other for a while; a stored one ends it."""
+        requests of its variant (RFC 9111 §4.1) stop waiting behind each other for a
+        while; one stored for them ends it."""
         if isinstance(d, (Store, Update)):
-            self.collapser.unmark_pass(ctx.key)
+            self.collapser.unmark_pass(ctx.key, d.entry)
             self.collapser.note_stored(ctx.key, d.entry)
         elif isinstance(d, (Keep, Evict, Pass)) and d.hit_for_pass:
-            self.collapser.mark_pass(ctx.key)
+            self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.headers))
 
     def _failed(self, ctx: Ctx, f: Failed) -> Answer:
         if isinstance(f, ServeStale):

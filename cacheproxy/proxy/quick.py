@@ -129,7 +129,7 @@ class QuickHits:
         facts = request_facts(method, h, has_body=False)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
         d = lookup(facts, variants, now=time.time(), route=plan.cache,
-                   recently_passed=self.proxy.driver.collapser.passes(route.key))
+                   recently_passed=self.proxy.driver.collapser.passes(route.key, h))
         if type(d) is Forward:
             return Planned(route, facts, d, variants)
         if type(d) is not Serve:

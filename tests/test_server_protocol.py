@@ -371,7 +371,10 @@ async def test_smuggling_shape_is_400(
         await conn.send(request(b"FOO /first"))
         assert (await conn.response()).body == b"FOO /first\n"
     await conn.send(smuggling_request(shape, method))
-    assert (await conn.response()).status == 400
+    # (RFC 9110 §15.6.6: the proxy answers a major version it does not implement with a
+    # 505; aiohttp.web, which serves the admin address and the demo origin, with a 400.)
+    proxied = served.port != served.origin_port
+    assert (await conn.response()).status == (505 if shape == "HTTP/3.0" and proxied else 400)
     assert await conn.is_closed()
     conn.close()
     assert "/s" not in " ".join(served.seen)

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy, RawRequestMessage
 from aiohttp.http_writer import HttpVersion, HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -269,7 +269,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             try:
                 messages, upgraded, tail = parser.feed_data(data)
             except HttpProcessingError as exc:
-                if isinstance(parser, _FallbackParser):
+                if isinstance(parser, _FallbackParser) and getattr(exc, "head", None) is None:
                     exc.head = parser.rejected(data)  # type: ignore[attr-defined]
                 if isinstance(exc, LineTooLong):
                     exc.window = b"".join(  # type: ignore[attr-defined]
@@ -906,6 +906,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         status = exc.code if 400 <= exc.code < 600 else 400
         if isinstance(exc, LineTooLong):
             status = _too_long(exc)
+        elif isinstance(exc, BadStatusLine) and "Invalid HTTP version" in str(exc) \
+                and msg.method != "-" and msg.version.major != 1:
+            # A request line read whole whose version llhttp refused: a major version not
+            # implemented gets 505 (RFC 9110 §15.6.6; llhttp says 400), as nginx and Squid
+            # answer HTTP/3.0. (A higher 1.x minor stays a 400: see README Limits.)
+            status = 505
         reason = REASONS.get(status, "Bad Request")
         body = f"{status} {reason}\n".encode()
         # no-store, as every error of ours: a cache in front must not keep an answer to one

@@ -97,7 +97,9 @@ class _StrictPythonParser(HttpRequestParserPy):
     def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
         msg = super().parse_message(lines)
         if msg.version not in _LLHTTP_VERSIONS:
-            raise BadStatusLine(lines[0].decode("latin-1"))
+            exc = BadStatusLine(lines[0].decode("latin-1"), "Invalid HTTP version")
+            exc.head = lines[0] + b"\r\n"  # type: ignore[attr-defined]  # (as llhttp's: logged)
+            raise exc
         parts = lines[0].split(b" ")
         if len(parts) > 1 and _NOT_IN_TARGET.search(parts[1]):
             # RFC 9112 §3.2, RFC 3986: a target is visible ASCII; llhttp refuses raw bytes

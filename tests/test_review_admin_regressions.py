@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from browser import chromium
-from processes import free_port
+from processes import free_port, start_serve, stop
 from test_observe_regressions import read_log
 
 from cacheproxy.observe.record import parse_line
@@ -119,9 +119,6 @@ async def test_a_page_served_through_the_proxy_cannot_list_the_cache(origin: Any
         assert "Zq81-secret" not in got[path][1] and "cacheproxy_" not in got[path][1]
 
 
-@pytest.mark.xfail(strict=True, reason="the dashboard itself reads stats from the page's "
-                   "origin, which on proxy.listen is every proxied page's too: only "
-                   "admin.listen (another origin) or a token tells them apart")
 async def test_a_page_served_through_the_proxy_cannot_read_other_clients_requests(
         origin: Any, proxy: Any) -> None:
     """`stats` (which the dashboard polls) holds the last 50 log lines: other clients'
@@ -211,3 +208,88 @@ async def test_c1_control_characters_from_a_client_are_escaped_in_the_log(
     assert not [ch for ch in line if ch in C1], repr(line)
     record = parse_line(line)
     assert record is not None and (record.user_agent, record.referer) == (agent, referer)
+
+
+FRAMES = """<!doctype html><title>an app's page</title>
+<iframe id="f" src="/_cacheproxy/dashboard"></iframe><script>
+(async () => {
+  const html = await (await fetch("/_cacheproxy/dashboard")).text();
+  const key = (html.match(/name="cacheproxy-page-key" content="([^"]*)"/) || [])[1];
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  let framed = null;
+  try { framed = document.getElementById("f").contentDocument.title; }
+  catch (e) { framed = "denied"; }
+  window.__done = {key, framed};
+})();
+</script>"""
+
+
+async def test_the_dashboards_key_is_out_of_a_proxied_pages_reach(origin: Any,
+                                                                 proxy: Any) -> None:
+    """What makes the dashboard's stats calls tell it from other pages of the proxy's
+    origin: the page key goes only into a dashboard the user opened (Sec-Fetch-Site
+    `none`); a proxied page that fetches the dashboard gets it without the key, and one
+    that frames it gets nothing (frame-ancestors 'none'). Opened and reloaded from the
+    address bar, the dashboard shows figures; its token form works without reloading."""
+    async def frames(request: web.Request) -> web.Response:
+        return web.Response(text=FRAMES, content_type="text/html")
+
+    app = app_with_a_page()
+    app.router.add_get("/frames", frames)
+    c = await proxy(await origin(app))
+    assert (await c.get("/cached")).status == 200
+    async with chromium() as browser:
+        tab = await browser.new_page()
+        await tab.goto(str(c.make_url("/frames")))
+        await tab.wait_for_function("window.__done !== undefined", timeout=10_000)
+        got = await tab.evaluate("window.__done")
+        assert got["key"] == "" and got["framed"] != "cacheproxy dashboard", got
+        dash = await browser.new_page()
+        for _ in range(2):  # opened, then reloaded by the user
+            await dash.goto(str(c.make_url("/_cacheproxy/dashboard")))
+            await dash.get_by_test_id("requests-total").wait_for(timeout=10_000)
+            assert await dash.get_by_test_id("auth-error").is_hidden()
+            await dash.reload()
+
+
+async def test_the_dashboards_token_form_needs_no_reload(origin: Any, proxy: Any) -> None:
+    """A token typed into the dashboard's form starts its stats calls again in the page
+    (a reload by the page's own script would be a same-origin navigation, answered without
+    the page key)."""
+    c = await proxy(await origin(app_with_a_page()), admin={"token": "s3cret"})
+    async with chromium() as browser:
+        dash = await browser.new_page()
+        await dash.goto(str(c.make_url("/_cacheproxy/dashboard")))
+        await dash.get_by_test_id("auth-error").wait_for(timeout=10_000)
+        await dash.fill("[data-testid=token-form] input", "s3cret")
+        await dash.click("[data-testid=token-form] button")
+        await dash.get_by_test_id("requests-total").wait_for(timeout=10_000)
+        assert await dash.get_by_test_id("auth-error").is_hidden()
+        assert dash.url.endswith("#token=s3cret")
+
+
+async def test_every_worker_knows_the_dashboards_key(tmp_path: Any) -> None:
+    """With --workers, the dashboard's stats calls reach any worker (the kernel spreads
+    connections over them): the key one worker gave the page is every worker's."""
+    proc, port = await start_serve("--workers", "2", "--upstream", "http://127.0.0.1:9",
+                                   cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}/_cacheproxy/"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base + "dashboard",
+                                   headers={"Sec-Fetch-Site": "none"}) as resp:
+                page = await resp.text()
+            key = page.split('name="cacheproxy-page-key" content="')[1].split('"')[0]
+            assert len(key) >= 24
+            page_call = {"Sec-Fetch-Site": "same-origin", "X-Cacheproxy-Page": key}
+            statuses = set()
+            for _ in range(40):  # a new connection each: both workers answer some
+                async with aiohttp.ClientSession() as one, one.get(
+                        base + "stats", headers=page_call) as resp:
+                    statuses.add(resp.status)
+            async with session.get(base + "stats",
+                                   headers={"Sec-Fetch-Site": "same-origin"}) as resp:
+                assert resp.status == 403
+        assert statuses == {200}, statuses
+    finally:
+        await stop(proc)

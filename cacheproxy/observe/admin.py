@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from yarl import URL
@@ -59,6 +60,14 @@ def _loopback_name(authority: str) -> bool:
 # Browsers say where a request comes from; the admin API only answers its own pages
 # and non-browser clients (curl, Prometheus), never a request another site triggered.
 _OWN_SITE = frozenset({"same-origin", "none"})
+# The dashboard's page key. On proxy.listen every page the origin serves through the proxy
+# is same-origin with the dashboard, so "same-origin" does not tell the dashboard's stats
+# calls from a proxied page's script: the dashboard is given this key only when the user
+# opened it (typed, bookmarked, reloaded: Sec-Fetch-Site "none"), never to a fetch, frame or
+# window a page opens ("same-origin"), and sends it with its stats calls. Made at import,
+# before --workers forks, so that every worker knows it.
+_PAGE_KEY: Final = secrets.token_urlsafe(24)
+_KEY_SLOT = b'<meta name="cacheproxy-page-key" content="">'
 
 
 def _origin_authority(origin: str) -> str | None:
@@ -166,6 +175,15 @@ class Admin:
     async def stats(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request, pages=True)) is not None:
             return refusal
+        h = request.headers
+        if (h.get("Origin") is not None or h.get("Sec-Fetch-Site", "none") != "none") \
+                and not hmac.compare_digest(h.get("X-Cacheproxy-Page", "").encode(
+                    "utf-8", "surrogateescape"), _PAGE_KEY.encode()):
+            # A page's request without the dashboard's key: another page of the proxy's
+            # origin (its last log lines are other clients' requests), or the dashboard
+            # opened by a page rather than by the user.
+            return _json({"error": "admin API: stats are answered to a web page only when "
+                                   "it is the dashboard opened from the address bar"}, 403)
         store = self.store.stats()
         store_info = {"backend": type(self.store).__name__.removesuffix("Store").lower(),
                       "entries": store.entries, "bytes": store.bytes,
@@ -260,8 +278,11 @@ class Admin:
         if self._page is None:
             self._page = resources.files("cacheproxy.observe").joinpath(
                 "dashboard.html").read_bytes()
-        return web.Response(body=self._page, content_type="text/html", charset="utf-8",
-                            headers=_PRIVATE)
+        page = self._page
+        if request.headers.get("Sec-Fetch-Site", "none") == "none":
+            page = page.replace(_KEY_SLOT, _KEY_SLOT[:-2] + _PAGE_KEY.encode() + b'">', 1)
+        return web.Response(body=page, content_type="text/html", charset="utf-8",
+                            headers=_PAGE_HEADERS)
 
     async def pac(self, request: web.Request) -> web.Response:
         """The PAC file pointing a browser at this proxy (forward mode). Like the dashboard
@@ -345,6 +366,11 @@ def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
 # Admin answers are nobody's to cache, and a token in the dashboard's URL must not
 # leave in a Referer (e.g. of the browser's favicon request, forwarded upstream).
 _PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# The dashboard is never framed (a proxied page's frame of it gets no key either; this keeps
+# clickjacking out too): frame-ancestors works only as a header, X-Frame-Options for older
+# browsers.
+_PAGE_HEADERS = {**_PRIVATE, "Content-Security-Policy": "frame-ancestors 'none'",
+                 "X-Frame-Options": "DENY"}
 
 
 def _unavailable(exc: StoreUnavailable) -> web.Response:

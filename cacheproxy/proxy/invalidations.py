@@ -15,19 +15,28 @@ from __future__ import annotations
 # invalidated (the floor): a rare fill refused, never an invalidation forgotten.
 MAX_KEYS = 10_000
 MAX_PREFIXES = 64
+# ...and so many characters of keys at most: a client chooses a key's length (a target and
+# a Host of 8 KiB each) and invalidates as many as it POSTs to; 10,000 such keys would
+# hold 160 MB, counted nowhere (as the hit-for-pass marks, proxy/collapse.py).
+MAX_KEY_CHARS = 2 * 1024 * 1024
 
 
 class Invalidations:
     def __init__(self) -> None:
         self._keys: dict[str, float] = {}  # key -> when it was last invalidated
+        self._key_chars = 0  # the length of the keys in _keys, together
         self._prefixes: dict[str, float] = {}  # a purged prefix -> when
         self._floor = 0.0  # everything sent before this counts as invalidated
 
     def key(self, key: str, now: float) -> None:
-        self._keys.pop(key, None)  # (the newest last: the dict's order is the marks')
-        self._keys[key] = now
-        if len(self._keys) > MAX_KEYS:
-            self._raise_floor(self._keys.pop(next(iter(self._keys))))
+        keys = self._keys
+        if keys.pop(key, None) is None:  # (the newest last: the dict's order is the marks')
+            self._key_chars += len(key)
+        keys[key] = now
+        while len(keys) > MAX_KEYS or (self._key_chars > MAX_KEY_CHARS and len(keys) > 1):
+            oldest = next(iter(keys))
+            self._key_chars -= len(oldest)
+            self._raise_floor(keys.pop(oldest))
 
     def prefix(self, prefix: str, now: float) -> None:
         self._prefixes.pop(prefix, None)
@@ -38,6 +47,7 @@ class Invalidations:
     def everything(self, now: float) -> None:
         """The whole cache was cleared: no mark older than now matters any more."""
         self._keys.clear()
+        self._key_chars = 0
         self._prefixes.clear()
         self._floor = now
 

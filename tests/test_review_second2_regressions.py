@@ -6,10 +6,13 @@ strict xfail where it is not fixed). Real `cacheproxy serve` processes and origi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from processes import clean_env, start_serve, stop
 
 MiB = 1024 * 1024
@@ -89,3 +92,61 @@ async def test_long_urls_a_client_posts_to_do_not_fill_the_invalidation_marks(se
         assert grew < 48 * MiB, f"resident memory grew {grew // MiB} MiB, nothing stored"
     finally:
         server.close()
+
+
+# -- hit-for-pass per variant: one mark per URL, the last variant's -------------------------
+
+
+async def _get(client: Any, path: str, *fields: str) -> tuple[str, bytes]:
+    """A GET with exactly these fields: the head, the body."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"GET {path} HTTP/1.1", "Host: example.test", "Connection: close", *fields]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), body
+
+
+def _field(head: str, name: str) -> str | None:
+    values = [v.strip() for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:])
+              if k.strip().lower() == name.lower()]
+    return ", ".join(values) if values else None
+
+
+async def test_hit_for_pass_of_one_variant_outlives_another_variants_mark(origin, proxy):
+    """160d549 keeps hit-for-pass for the variant of the answer that could not be stored
+    (as Varnish's hit-for-pass objects vary), but in one mark per URL: a mark for another
+    variant replaces it. A large download behind `gzip_vary on` whose identity and gzip
+    answers are both over max_object_bytes: curl's identity request marks the identity
+    variant, a browser's gzip request then replaces that mark with the gzip variant's, and
+    identity requests collapse behind each other again, each waiting for the one before
+    to get its (unstorable) answer: served in waves, what hit-for-pass is there to stop
+    (README: Concurrent misses?). Before 160d549 the mark was the URL's and they did not
+    wait; Varnish holds one hit-for-pass object per variant. Severity: low (latency of
+    unstorable URLs with more than one variant; answers are right)."""
+    arrived: list[float] = []
+    big = bytes(range(256)) * 12  # 3 KiB, incompressible enough: over max_object_bytes
+
+    async def page(request: web.Request) -> web.Response:
+        arrived.append(time.monotonic())
+        await asyncio.sleep(0.4)
+        headers = {"Cache-Control": "max-age=60", "Vary": "Accept-Encoding",
+                   "Content-Type": "application/octet-stream"}
+        if request.headers.get("Accept-Encoding") == "gzip":
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=big, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/big", page)
+    c = await proxy(await origin(app), cache={"max_object_bytes": 1000})
+    head, _ = await _get(c, "/big")  # curl: identity, too big (hit-for-pass, identity)
+    assert "too-big" in (_field(head, "Cache-Status") or ""), head
+    head, _ = await _get(c, "/big", "Accept-Encoding: gzip")  # a browser: gzip, too big
+    assert "too-big" in (_field(head, "Cache-Status") or ""), head
+    arrived.clear()
+    probes = [asyncio.ensure_future(_get(c, "/big")) for _ in range(3)]
+    await asyncio.gather(*probes)
+    assert len(arrived) == 3
+    assert max(arrived) - min(arrived) < 0.2, \
+        f"identity requests reached the origin {max(arrived) - min(arrived):.2f} s apart"

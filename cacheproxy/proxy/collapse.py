@@ -25,11 +25,17 @@ MAX_PASS_MARKS = 10_000
 MAX_PASS_CHARS = 2 * 1024 * 1024
 
 
-def _chars(key: str, variant: Variant | None) -> int:
-    """What a hit-for-pass mark holds, in characters."""
+# ...and so many variants' marks per key (the newest): one for each variant whose answer
+# could not be stored (identity and gzip both too big), as Varnish keeps a hit-for-pass
+# object per variant; a mark for one variant must not end another's.
+MAX_VARIANT_MARKS = 8
+
+
+def _chars(variant: Variant | None) -> int:
+    """What a hit-for-pass mark holds besides its key, in characters."""
     if variant is None:
-        return len(key)
-    return len(key) + sum(map(len, variant[0])) + sum(len(v or "") for v in variant[1])
+        return 0
+    return sum(map(len, variant[0])) + sum(len(v or "") for v in variant[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +77,9 @@ class Collapser:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._inflight: dict[str, asyncio.Future[Result]] = {}
-        # key -> until when its requests skip collapsing, and which of them (§4.1)
-        self._pass: dict[str, tuple[float, Variant | None]] = {}
+        # key -> the variants whose requests skip collapsing (§4.1), each until when
+        self._pass: dict[str, dict[Variant | None, float]] = {}
+        self._pass_count = 0  # the variants' marks in _pass, together
         self._pass_chars = 0  # the characters _pass holds (keys and variants), together
         # key -> what was stored for it while its leader was in flight (note_stored)
         self._stored: dict[str, Stored] = {}
@@ -114,37 +121,63 @@ class Collapser:
         return True
 
     def passes(self, key: str, headers: Headers | None = None) -> bool:
-        """Was the last answer for key not storable, recently, for a request like this
-        one (of the variant that answer was for; headers None: any request)?"""
-        mark = self._pass.get(key)
-        if mark is None:
+        """Was an answer for key not storable, recently, for a request like this one (of
+        the variant that answer was for; headers None: any request)?"""
+        marks = self._pass.get(key)
+        if marks is None:
             return False
-        until, variant = mark
-        if until <= time.monotonic():
-            self._drop_pass(key)
+        now = time.monotonic()
+        for variant in [v for v, until in marks.items() if until <= now]:
+            self._drop_mark(key, variant)
+        if key not in self._pass:
             return False
-        return headers is None or in_variant(variant, headers)
+        return headers is None or any(in_variant(v, headers) for v in marks)
 
     def mark_pass(self, key: str, variant: Variant | None = None) -> None:
         """variant: the requests the unstorable answer stands for (answered_variant)."""
-        marks = self._pass
-        self._drop_pass(key)
-        self._pass_chars += _chars(key, variant)
-        while marks and (len(marks) >= MAX_PASS_MARKS or self._pass_chars > MAX_PASS_CHARS):
-            self._drop_pass(next(iter(marks)))  # the oldest goes
-        marks[key] = (time.monotonic() + PASS_SECONDS, variant)
+        marks = self._pass.pop(key, None)  # (put back last: the newest key)
+        if marks is None:
+            marks = {}
+            self._pass_chars += len(key)
+        elif marks.pop(variant, None) is not None:  # (put back last: the newest variant)
+            self._pass_count -= 1
+            self._pass_chars -= _chars(variant)
+        self._pass[key] = marks
+        marks[variant] = time.monotonic() + PASS_SECONDS
+        self._pass_count += 1
+        self._pass_chars += _chars(variant)
+        if len(marks) > MAX_VARIANT_MARKS:
+            self._drop_mark(key, next(iter(marks)))
+        while len(self._pass) > 1 and (self._pass_count > MAX_PASS_MARKS
+                                       or self._pass_chars > MAX_PASS_CHARS):
+            self._drop_key(next(iter(self._pass)))  # the oldest goes
 
     def unmark_pass(self, key: str, stored: CachedResponse | None = None) -> None:
-        """An answer was stored (stored): the mark goes when that is of its variant."""
-        mark = self._pass.get(key)
-        if mark is None:
+        """An answer was stored (stored): the marks go that are of its variant (or of
+        every request)."""
+        marks = self._pass.get(key)
+        if marks is None:
             return
-        variant = mark[1]
-        if stored is None or variant is None or not variant[0] \
-                or variant == (stored.vary, stored.vary_values):
-            self._drop_pass(key)
+        if stored is None:
+            self._drop_key(key)
+            return
+        for variant in [v for v in marks if v is None or not v[0]
+                        or v == (stored.vary, stored.vary_values)]:
+            self._drop_mark(key, variant)
 
-    def _drop_pass(self, key: str) -> None:
-        mark = self._pass.pop(key, None)
-        if mark is not None:
-            self._pass_chars -= _chars(key, mark[1])
+    def _drop_mark(self, key: str, variant: Variant | None) -> None:
+        marks = self._pass.get(key)
+        if marks is None or variant not in marks:
+            return
+        del marks[variant]
+        self._pass_count -= 1
+        self._pass_chars -= _chars(variant)
+        if not marks:
+            del self._pass[key]
+            self._pass_chars -= len(key)
+
+    def _drop_key(self, key: str) -> None:
+        marks = self._pass.pop(key, None)
+        if marks is not None:
+            self._pass_count -= len(marks)
+            self._pass_chars -= len(key) + sum(map(_chars, marks))

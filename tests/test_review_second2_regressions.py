@@ -150,3 +150,36 @@ async def test_hit_for_pass_of_one_variant_outlives_another_variants_mark(origin
     assert len(arrived) == 3
     assert max(arrived) - min(arrived) < 0.2, \
         f"identity requests reached the origin {max(arrived) - min(arrived):.2f} s apart"
+
+
+# -- a 304 naming fewer Vary fields: the stored rest kept, in another order -----------------
+
+
+async def test_a_304_naming_fewer_vary_fields_does_not_store_the_variant_twice(origin, proxy):
+    """0aab4f5 keeps the stored Vary fields a 304 leaves out (RFC 9111 §3.2), appended
+    after the 304's own: a stored `Vary: Origin, Accept-Encoding` revalidated by a 304
+    saying `Vary: Accept-Encoding` became `Accept-Encoding, Origin`. A variant is told
+    apart by its Vary fields in order (variant_id), so the freshened response was put as
+    a new variant beside the stale one it freshened: two stored copies of one variant for
+    the same requests (memory, and one of the 32 variant slots, per revalidated variant),
+    where §4.3.4 has the 304 update the stored response it selected. The HEAD path
+    (§4.3.5) merges the same way and gets the same fix (not run here). Severity: low."""
+    async def page(request: web.Request) -> web.Response:
+        headers = {"Cache-Control": "max-age=1", "ETag": '"v1"',
+                   "Vary": "Origin, Accept-Encoding"}
+        if request.headers.get("If-None-Match") == '"v1"':
+            headers["Vary"] = "Accept-Encoding"
+            return web.Response(status=304, headers=headers)
+        return web.Response(text="body", headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/r", page)
+    c = await proxy(await origin(app))
+    head, _ = await _get(c, "/r", "Accept-Encoding: gzip")
+    assert "stored" in (_field(head, "Cache-Status") or ""), head
+    await asyncio.sleep(1.1)
+    head, _ = await _get(c, "/r", "Accept-Encoding: gzip")
+    assert "fwd-status=304; stored" in (_field(head, "Cache-Status") or ""), head
+    head, body = await _get(c, "/r", "Accept-Encoding: gzip")
+    assert "hit" in (_field(head, "Cache-Status") or "") and body == b"body", head
+    assert c.app_proxy.store.stats().entries == 1

@@ -94,6 +94,18 @@ def _merged(stored: CachedResponse, fields: Pairs, route: CacheSettings) -> Fiel
     return grant_varies(merged) if route.grant_varies else merged  # type: ignore[return-value]
 
 
+def _in_stored_order(vary: tuple[str, ...] | None, stored: CachedResponse
+                     ) -> tuple[str, ...] | None:
+    """§4.1: the fields a 304's (or a HEAD's) merged Vary names, in the stored response's
+    order when they are the same fields: a variant is told apart by its fields and their
+    values (variant_id, in order), and the same fields in another order (a 304 naming
+    fewer, the stored rest kept after them: revalidation._vary_kept) would store a second
+    copy of the one variant beside the first."""
+    if vary is not None and vary != stored.vary and frozenset(vary) == frozenset(stored.vary):
+        return stored.vary
+    return vary
+
+
 def still_held(was: CachedResponse, held: tuple[CachedResponse, ...] | None) -> bool:
     """Whether the store still holds was, as read at lookup (compared by value: the Redis
     store reads new objects): a response a 304 or a HEAD's 200 freshens (§4.3.4, §4.3.5)
@@ -265,7 +277,7 @@ def _head_answered(
         return Freshen(stored.replace(lifetime=0.0), stored)
     # §3.2; with its index by name: the rules below look fields up in it
     merged = _merged(stored, with_date(fields, response_time), route)
-    vary = vary_fields(all_values(merged, "vary"))
+    vary = _in_stored_order(vary_fields(all_values(merged, "vary")), stored)
     verdict, directives = _storable("GET", stored.status, merged, vary is None, req, route)
     if verdict.storable and vary is not None and route.rewritten.intersection(vary):
         verdict = _VARY_FORWARDED
@@ -312,7 +324,7 @@ def _validated(
         )
     if not fwd.may_store:
         return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
-    vary = vary_fields(all_values(merged, "vary"))
+    vary = _in_stored_order(vary_fields(all_values(merged, "vary")), stored)
     verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route)
     if verdict.storable and vary is not None and route.rewritten.intersection(vary):
         verdict = _VARY_FORWARDED

@@ -123,8 +123,9 @@ async def test_hit_for_pass_of_one_variant_outlives_another_variants_mark(origin
     identity requests collapse behind each other again, each waiting for the one before
     to get its (unstorable) answer: served in waves, what hit-for-pass is there to stop
     (README: Concurrent misses?). Before 160d549 the mark was the URL's and they did not
-    wait; Varnish holds one hit-for-pass object per variant. Severity: low (latency of
-    unstorable URLs with more than one variant; answers are right)."""
+    wait; Varnish keeps its hit-for-pass objects as objects of the URL, one per variant
+    (read from its design, not run here). Severity: low (latency of unstorable URLs with
+    more than one variant; answers are right)."""
     arrived: list[float] = []
     big = bytes(range(256)) * 12  # 3 KiB, incompressible enough: over max_object_bytes
 

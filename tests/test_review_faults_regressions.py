@@ -301,9 +301,6 @@ async def test_waiters_behind_a_fill_given_up_for_its_size_still_go_at_once(prox
 # -- the Redis store: what one lookup reads --------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="RedisStore.get reads the whole hash (HGETALL): "
-                   "choosing the variant in Redis needs the request's Vary values in the "
-                   "Store protocol's get, a change of the store's interface and layout")
 async def test_a_hit_on_one_variant_does_not_read_every_variant_from_redis(
         origin, proxy, redis_server):
     """With the Redis store a lookup reads every variant of the URL, bodies included

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from cacheproxy.http.fields import Headers, combined_value, split_list, values_of
@@ -84,3 +85,24 @@ def select_variant(
         if not entry.vary or vary_values(entry.vary, headers) == entry.vary_values:
             return entry
     return None
+
+
+class Selectable(tuple["CachedResponse", ...]):
+    """A store's read for one request (Store.get with its headers): the responses under the
+    key, newest first, with every one the request may select (§4.1) among them. unread:
+    how many other variants the key holds, left unread because the request's values for
+    their Vary'd fields are not theirs: they cannot be selected for it (§4.1), nor be in
+    the "initial set" its 304 would update (§4.3.4)."""
+
+    unread: int
+
+    def __new__(cls, variants: Iterable[CachedResponse], unread: int = 0) -> Selectable:
+        made = super().__new__(cls, variants)
+        made.unread = unread
+        return made
+
+
+def holds_any(variants: tuple[CachedResponse, ...]) -> bool:
+    """Does the key hold a response at all, selectable or not? (RFC 9211 §2.2: a miss is
+    then a vary-miss, not a uri-miss.)"""
+    return bool(variants) or (isinstance(variants, Selectable) and variants.unread > 0)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from cacheproxy.config import masked_url
 from cacheproxy.http.cache_key import Variant, answered_variant, variant_id
+from cacheproxy.http.fields import Headers
 from cacheproxy.http.flow import (
     INVALIDATED,
     Answered,
@@ -102,7 +103,7 @@ class Driver:
     async def cached(self, ctx: Ctx, waited: Waited | None = None,
                      deadline: float | None = None) -> Answer | None:
         """deadline: a collapsed waiter's (time.monotonic()), when it may wait again."""
-        variants = await self.store.get(ctx.key)
+        variants = await self.store.get(ctx.key, ctx.facts.headers)  # (those it may select)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
                    recently_passed=self.collapser.passes(ctx.key, ctx.facts.headers),
                    waited=waited)
@@ -296,10 +297,11 @@ class Driver:
             return await self.forward(ctx, d.forward, release)
         if isinstance(d, Update):
             resp.release()
-            ctx.outcome.stored = await self._put_validated(ctx.key, d)
+            ctx.outcome.stored = await self._put_validated(ctx.key, d, ctx.facts.headers)
             release()
             return self.reply_validated(ctx, d.view)
-        if isinstance(d, Freshen) and still_held(d.stored, await self.store.get(ctx.key)):
+        if isinstance(d, Freshen) and still_held(
+                d.stored, await self.store.get(ctx.key, ctx.facts.headers)):
             await self.store.put(d.entry)  # §4.3.5: the HEAD's answer goes on as it is
         if isinstance(d, Evict):
             if d.reason == INVALIDATED:  # §4.4: fills under way do not store either
@@ -321,13 +323,14 @@ class Driver:
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
                                     release, upstream=ctx.plan.upstream, target=ctx.target)
 
-    async def _put_validated(self, key: str, d: Update) -> bool:
+    async def _put_validated(self, key: str, d: Update, headers: Headers) -> bool:
         """§4.3.4: the responses the 304 freshened (the one validated, the other variants
         with its strong tag), each where the store still holds it as read at lookup: a
         304 that comes late must not put an older response back over a newer one stored
-        meanwhile. Whether the one validated was stored."""
+        meanwhile. Whether the one validated was stored. headers: the request's (the
+        store reads what it may select for it, as at lookup)."""
         stored = False
-        for entry in freshened_still_held(d, await self.store.get(key)):
+        for entry in freshened_still_held(d, await self.store.get(key, headers)):
             put = await self.store.put(entry)
             stored = put if entry is d.entry else stored
         return stored
@@ -427,7 +430,7 @@ class Driver:
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
             if isinstance(d, Update):
-                await self._put_validated(key, d)
+                await self._put_validated(key, d, facts.headers)
             elif isinstance(d, Evict):
                 for doomed in d.keys:
                     await discard(self.store, doomed)

@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from cacheproxy.http.fields import Headers
 from cacheproxy.http.stored import CachedResponse
 
 
@@ -26,8 +27,13 @@ class StoreStats:
 class Store(Protocol):
     """Responses by primary key; a key holds one response per Vary variant (§4.1)."""
 
-    async def get(self, key: str) -> tuple[CachedResponse, ...]:
-        """The variants stored under key, newest first; () when none."""
+    async def get(self, key: str, headers: Headers | None = None
+                  ) -> tuple[CachedResponse, ...]:
+        """The variants stored under key, newest first; () when none. With the headers
+        of a request, a store may leave out the variants whose Vary'd request fields
+        that request does not match (RFC 9111 §4.1: they cannot be selected for it; nor
+        are they in the "initial set" its 304 updates, §4.3.4), and then answers a
+        cache_key.Selectable, which says how many it left out."""
         ...
 
     async def put(self, entry: CachedResponse) -> bool:

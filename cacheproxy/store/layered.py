@@ -21,6 +21,7 @@ import logging
 
 from cachetools import TTLCache
 
+from cacheproxy.http.fields import Headers
 from cacheproxy.http.stored import ENTRY_OVERHEAD, CachedResponse
 from cacheproxy.store.base import StoreStats
 from cacheproxy.store.memory import MemoryStore
@@ -51,7 +52,10 @@ class LayeredStore:
     async def ping(self) -> bool:
         return await self.back.ping()
 
-    async def get(self, key: str) -> tuple[CachedResponse, ...]:
+    async def get(self, key: str, headers: Headers | None = None
+                  ) -> tuple[CachedResponse, ...]:
+        """Every variant, headers or not: the front's copy of a key stands for all of it,
+        so it is filled from a whole read of Redis."""
         if self.ttl > 0 and key in self._synced:
             variants = await self.front.get(key)
             if variants:

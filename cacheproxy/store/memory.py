@@ -18,6 +18,7 @@ from collections import deque
 from itertools import islice
 
 from cacheproxy.http.cache_key import variant_id
+from cacheproxy.http.fields import Headers
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats
 from cacheproxy.store.untracked import keep_untracked, untrack_container, untrack_response
@@ -64,8 +65,9 @@ class MemoryStore:
         self._evictions = 0
         keep_untracked(self)
 
-    async def get(self, key: str) -> tuple[CachedResponse, ...]:
-        return self.peek(key)
+    async def get(self, key: str, headers: Headers | None = None
+                  ) -> tuple[CachedResponse, ...]:
+        return self.peek(key)  # (every variant: in memory, reading costs nothing)
 
     def peek(self, key: str) -> tuple[CachedResponse, ...]:
         """get() without a coroutine: a hit answered where it was parsed (proxy/quick.py).

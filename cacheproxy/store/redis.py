@@ -6,6 +6,11 @@ variant's [response_time, expires_at_ms]. A put is one Lua script (one round tri
 replaces the variant with the same Vary fields and values, drops expired ones, keeps the newest
 MAX_VARIANTS, and sets the key to expire with its longest-lived variant.
 
+A lookup reads only the variants the request may select (RFC 9111 §4.1): one Lua script
+answers the whole hash when it holds at most one variant (the common key: one round trip),
+else its field names; of those, the ones whose Vary values are the request's are read
+with HMGET (a second round trip). Other variants' bodies never leave Redis.
+
 Key TTL, per variant: max(freshness left + max(stale-while-revalidate, stale-if-error), 0),
 plus REVALIDATION_GRACE when the response has a validator (ETag or Last-Modified), at
 least MIN_TTL. Past that an entry is not fresh, past its RFC 5861 windows, and has
@@ -53,7 +58,8 @@ except ImportError:  # older: the version is read once, when redis-py is importe
 
 from cacheproxy.config import CacheConfig
 from cacheproxy.http.cache_control import MAX_DELTA
-from cacheproxy.http.cache_key import variant_id
+from cacheproxy.http.cache_key import Selectable, in_variant, variant_id
+from cacheproxy.http.fields import Headers
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats, StoreUnavailable
 from cacheproxy.store.memory import MAX_VARIANTS
@@ -118,6 +124,15 @@ return math.min(#live, tonumber(ARGV[6]))
 """
 
 
+# KEYS[1]: the entry hash. Returns {1, HGETALL} when it holds at most one variant, else
+# {0, HKEYS}: the caller then reads the variants it may select.
+_LOOK = """
+local variants = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '#')
+if variants <= 1 then return {1, redis.call('HGETALL', KEYS[1])} end
+return {0, redis.call('HKEYS', KEYS[1])}
+"""
+
+
 def entry_ttl(entry: CachedResponse, now: float) -> float:
     """Seconds from now that Redis keeps entry (the formula is in the module docstring)."""
     d = entry.directives
@@ -146,6 +161,21 @@ def _variant_field(entry: CachedResponse) -> bytes:
     """The variant's identity: the fields it varies on and their values (RFC 9111 §4.1),
     so responses for different Vary field sets never overwrite each other."""
     return _bytes(json.dumps(variant_id(entry), separators=(",", ":")))
+
+
+def _selectable(field: bytes, headers: Headers) -> bool:
+    """§4.1: may the request select the variant stored under field (its Vary fields and
+    values, _variant_field)? A field that does not parse as one is read: its entry then
+    decides (and a damaged one is dropped)."""
+    try:
+        names, values = json.loads(field)
+    except (ValueError, TypeError):
+        return True
+    if not (isinstance(names, list) and isinstance(values, list)
+            and all(isinstance(n, str) for n in names)
+            and all(v is None or isinstance(v, str) for v in values)):
+        return True
+    return in_variant((tuple(names), tuple(values)), headers)
 
 
 def _describe(exc: BaseException) -> str:
@@ -250,6 +280,7 @@ class RedisStore:
         self._redis = Redis.from_pool(pool)
         self._db = int(self._redis.connection_pool.connection_kwargs.get("db", 0))
         self._put_script = self._redis.register_script(_PUT)
+        self._look_script = self._redis.register_script(_LOOK)
         self._health = _Health(cache.redis_retry_interval)
         self._refused_logged_at = -math.inf
         self._stats = StoreStats(entries=0, bytes=0, max_bytes=cache.max_bytes, evictions=0)
@@ -271,14 +302,42 @@ class RedisStore:
 
     # -- the Store protocol ------------------------------------------------------------
 
-    async def get(self, key: str) -> tuple[CachedResponse, ...]:
+    async def get(self, key: str, headers: Headers | None = None
+                  ) -> tuple[CachedResponse, ...]:
+        """Every variant; with a request's headers, a Selectable: the variants it may
+        select (all of them when the key holds one) and how many others were left unread."""
         name = self._entries + _bytes(key)
         try:
-            fields: dict[bytes, bytes] = await self._call(partial(self._redis.hgetall, name))
+            if headers is None:
+                whole: dict[bytes, bytes] = await self._call(partial(self._redis.hgetall, name))
+                fields, unread = list(whole.items()), 0
+            else:
+                fields, unread = await self._read_selectable(name, headers)
         except StoreUnavailable:
             return ()
+        variants = await self._decoded(key, name, fields)
+        return variants if headers is None else Selectable(variants, unread)
+
+    async def _read_selectable(self, name: bytes, headers: Headers
+                               ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """The (field, data) of the variants the request may select, and how many others
+        the hash holds. One round trip when it holds at most one variant, else two."""
+        whole, found = await self._call(partial(self._look_script, keys=[name]))
+        if whole:
+            return list(zip(found[::2], found[1::2], strict=True)), 0
+        wanted = [f for f in found if f != _META and _selectable(f, headers)]
+        unread = len(found) - len(wanted) - (_META in found)
+        if not wanted:
+            return [], unread
+        data = await self._call(partial(self._redis.hmget, name, wanted))
+        # (None: removed since the look, by a put that dropped it or a purge)
+        return [(f, d) for f, d in zip(wanted, data, strict=True) if d is not None], unread
+
+    async def _decoded(self, key: str, name: bytes, fields: list[tuple[bytes, bytes]]
+                       ) -> tuple[CachedResponse, ...]:
+        """The entries of the variant fields read, newest first; damaged ones dropped."""
         variants, bad = [], []
-        for field, data in fields.items():
+        for field, data in fields:
             if field == _META:
                 continue
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
-from cacheproxy.http.cache_key import select_variant
+from cacheproxy.http.cache_key import holds_any, select_variant
 from cacheproxy.http.conditional import precondition_fails
 from cacheproxy.http.flow.decisions import (
     Forward,
@@ -59,7 +59,8 @@ def lookup(
     recently_passed: bool = False,
     waited: Waited | None = None,
 ) -> Lookup:
-    """§4: the stored variants under the request's key (newest first) against the request.
+    """§4: the stored variants under the request's key (newest first) against the request:
+    all of them, or a Selectable (those the request may select, and how many others).
 
     recently_passed: this key's last answer could not be stored (hit-for-pass), so the
     request does not wait behind another's. waited: this is the second look of a request
@@ -95,11 +96,12 @@ def _reuse_or_forward(
     recently_passed: bool, waited: Waited | None,
 ) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
+    held = holds_any(variants)  # (a store may leave out the variants it cannot select)
     if req.has_body:  # RFC 9110 §9.3.2: content no key holds; its answer updates nothing
         return Forward("bypass", req.method)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
-                    and (waited is None or (waited.again and entry is None and bool(variants))))
+                    and (waited is None or (waited.again and entry is None and held)))
     if entry is None:
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
@@ -114,7 +116,7 @@ def _reuse_or_forward(
             # would only pass on, or abandon to ask again with the Range.
             return Forward("bypass", req.method)
         # RFC 9110 §9.3.2: a HEAD that may fill is sent as GET, so both can be answered.
-        return Forward("vary-miss" if variants else "uri-miss",
+        return Forward("vary-miss" if held else "uri-miss",
                        "GET" if may_store else req.method,
                        may_store=may_store, collapse=may_collapse)
     reuse = decide_reuse(

@@ -234,14 +234,16 @@ class _FallbackParser:
             messages, upgraded, tail = self._parser.feed_data(data)
         except BadStatusLine as exc:
             replay = self._replay(state, data)
-            if (
-                replay is None
-                or not _is_method_rejection(exc)
-                or not _REQUEST_START.match(replay)
-            ):
+            if replay is not None and _is_method_rejection(exc) \
+                    and _REQUEST_START.match(replay):
+                self._python = self._make_python()
+                return self._python.feed_data(replay)
+            # Another request line refused (a version, a byte in the method): the requests
+            # before it in the same feed are still answered, as for any malformed request.
+            closing = self._until_close(exc, replay)
+            if closing is None:
                 raise
-            self._python = self._make_python()
-            return self._python.feed_data(replay)
+            return closing, False, b""
         except BadHttpMessage as exc:
             if self._closed and str(exc.message).startswith(_DATA_AFTER_CLOSE):
                 return [], False, b""  # the close was handed back: nothing after it is read
@@ -322,8 +324,23 @@ class _FallbackParser:
 
     def rejected(self, data: bytes) -> bytes | None:
         """After feed_data(data) raised: the bytes from the start of the message llhttp
-        refused, when where it starts is known (the log shows its request line)."""
-        return None if self._python is not None else self._replay(self._state, data)
+        refused, when where it starts is known for sure (the log shows its request line).
+        They may begin with a message before it (one _until_close could not answer): then
+        their first head, fed alone, is a whole request, and None is the answer."""
+        replay = None if self._python is not None else self._replay(self._state, data)
+        if replay is None:
+            return None
+        pos = _LEADING_NEWLINES.match(replay).end()  # type: ignore[union-attr]
+        end = replay.find(_CRLFCRLF, pos)
+        if end < 0 or end + 4 == len(replay):
+            return replay  # no head, or its own only
+        if self._make_c is None:
+            return None
+        try:
+            self._make_c().feed_data(replay[:end + 4])
+        except BadHttpMessage:
+            return replay  # the first head is the one refused
+        return None
 
     def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:
         """The bytes from the start of the message llhttp rejected, if known."""

@@ -128,3 +128,33 @@ def test_wrong_types_are_refused(change: dict[str, object]) -> None:
     text = json.dumps(header).encode()
     with pytest.raises(ValueError, match="stored entry"):
         decode(data[:4] + struct.pack(">I", len(text)) + text + data[8 + length:])
+
+
+def test_a_header_nested_to_the_recursion_limit_runs_no_collection_there(monkeypatch) -> None:
+    """A damaged record whose JSON header nests 100,000 deep takes json to the recursion
+    limit; a garbage collection there ran the gc callbacks (the memory store's untracking,
+    the pause timer) with no stack left, and their RecursionError went to
+    sys.unraisablehook ("Exception ignored in ...", a flaky test failure under pytest). The
+    record is still refused (ValueError), with no collection while its header is parsed."""
+    import gc
+    import sys
+
+    def needs_stack(depth: int = 20) -> int:
+        return depth if depth == 0 else needs_stack(depth - 1)
+
+    def callback(phase: str, info: dict) -> None:  # type: ignore[type-arg]
+        needs_stack()
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    header = b"[" * 100_000
+    threshold = gc.get_threshold()
+    gc.callbacks.append(callback)
+    gc.set_threshold(1)
+    try:
+        with pytest.raises(ValueError):
+            decode(b"CPR\x01" + len(header).to_bytes(4, "big") + header)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(callback)
+    assert unraisable == []

@@ -9,6 +9,7 @@ not give them back (Cache-Control itself named by Connection or private="...").
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import struct
@@ -61,10 +62,18 @@ def decode(data: bytes) -> CachedResponse:
     if len(data) < end:
         raise ValueError(f"stored entry: truncated header ({len(data) - _PREFIX.size} of "
                          f"{length} bytes)")
+    # No collection while the header is parsed: a damaged one nested thousands deep takes
+    # json to the recursion limit, and a collection there runs the gc callbacks
+    # (store/untracked.py, observe/gc_pauses.py) with no stack left for them.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         h = json.loads(data[_PREFIX.size:end])
     except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
         raise ValueError(f"stored entry: header is not JSON ({type(exc).__name__})") from exc
+    finally:
+        if collecting:
+            gc.enable()
     try:
         return _entry(h, bytes(data[end:]))
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:

@@ -65,8 +65,14 @@ _HOLDERS: weakref.WeakSet[_Holder] = weakref.WeakSet()
 
 def _untrack_held(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
-        for holder in list(_HOLDERS):
-            untrack_container(holder._held)
+        try:
+            for holder in list(_HOLDERS):
+                untrack_container(holder._held)
+        except Exception:
+            # (A collection that started at the recursion limit: no stack left for the C
+            # call. This collection walks the dict; the next one untracks it. A callback
+            # must not raise: its error would only be printed as unraisable.)
+            pass
 
 
 def keep_untracked(holder: _Holder) -> None:

@@ -11,6 +11,10 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 
+# Signals that would end the process by their default action once the loop that handled
+# them is gone: a stopping process ignores them (nginx goes on quitting when a HUP comes).
+_HELD_AT_EXIT = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
 
 def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
     """Run main() until SIGTERM or SIGINT cancels it; its `finally` blocks do the stopping.
@@ -26,10 +30,11 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await main()
         finally:
-            # Stopped: SIGTERM is held from here on. The loop's handler goes with the
-            # loop, and the signal's default action would kill the process as it exits
-            # cleanly (-15) when a supervisor or script repeats it.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            # Stopped: SIGTERM, SIGINT and SIGHUP are held from here on. The loop's
+            # handlers go with the loop, and their default action would kill the process
+            # as it exits cleanly (-15, -2, -1) when a supervisor repeats SIGTERM, a user
+            # presses Ctrl-C again, or a reload (logrotate) lands during the stop.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_AT_EXIT)
 
     try:
         import uvloop  # the faster loop when installed (pyproject: not on Windows)
@@ -37,7 +42,8 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
         asyncio.run(cancellable())
     else:
         uvloop.run(cancellable())
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (one held meanwhile is dropped)
+    for sig in _HELD_AT_EXIT:  # (one held meanwhile is dropped)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class StartError(Exception):

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 from aiohttp import web
-from processes import start_serve, stop
+from processes import clean_env, start_serve, stop
 
 
 async def _origin(origin: object, slow: float = 1.0) -> tuple[str, asyncio.Event]:
@@ -64,3 +64,35 @@ async def test_a_reload_or_interrupt_while_it_stops_still_ends_in_a_clean_exit(
     assert code == 0, f"exit status {code} (killed by {signal.Signals(-code).name})" \
         if code < 0 else f"exit status {code}"
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["full-path", "quick-forward"])
+async def test_the_answer_to_a_request_in_flight_at_sigterm_says_connection_close(
+        origin, tmp_path, warm):
+    """SIGTERM while a keep-alive client's request is at the origin: its answer went out
+    without `Connection: close`, and the proxy closed the connection right after it. The
+    client, told the connection stays open, sends its next request on it (here a POST)
+    and gets a reset: a request it cannot know was not processed, and that it must not
+    retry by itself when it is not idempotent (RFC 9112 §9.3.1). RFC 9112 §9.6: a server
+    that is going to close says `close` in the response. nginx (`nginx -s quit`, tried:
+    1.22) answers the request in flight with `Connection: close`. Severity: medium (every
+    rolling restart drops such follow-up requests)."""
+    up, arrived = await _origin(origin)
+    env = clean_env(CACHEPROXY_PROXY_SHUTDOWN_TIMEOUT="5")
+    proc, port = await start_serve("--upstream", up, cwd=tmp_path, env=env)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if warm:  # an idle pooled connection: the miss is sent by callback (quick forward)
+            writer.write(b"GET /fast HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await _head(reader))[":status"] == "200"
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await asyncio.wait_for(arrived.wait(), 10)
+        proc.send_signal(signal.SIGTERM)
+        fields = await _head(reader)
+        assert fields[":status"] == "200"
+        assert fields.get("connection") == "close", \
+            "the connection closes after this answer, and the answer does not say so"
+        writer.close()
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err

@@ -181,6 +181,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._deadline: float | None = None
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
+        self._stopping = False  # a graceful stop: the connection closes after its answers
         self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
@@ -890,7 +891,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         except Exception:
             log.exception("internal error on %s %s", msg.method, msg.path)
             response = web.Response(status=500, text="500 internal error\n")
-        if not self._keep_alive:
+        if self._closes_after():
             response.force_close()
         try:
             await response.prepare(request)
@@ -937,9 +938,18 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """The Connection field the response says the connection's fate with: "close"
         when it ends after this answer (RFC 9112 §9.6), "keep-alive" to an HTTP/1.0 client
         that asked to keep it (RFC 9112 Appendix C.2.2), else none."""
-        if not self._keep_alive:
+        if self._closes_after():
             return "close"
         return "keep-alive" if version == HttpVersion10 else None
+
+    def _closes_after(self) -> bool:
+        """Whether the connection closes after the answer being sent. In a graceful stop
+        the last answer it gives (none pipelined behind) says so too, as nginx's does at
+        a quit: a client told it stays open would send its next request on it, and get
+        a reset for a request it cannot know was not processed (RFC 9112 §9.6, §9.3.1)."""
+        if self._stopping and not self._queue:
+            self._keep_alive = False
+        return not self._keep_alive
 
     def _fields(self, request: ClientRequest, status: int, headers: CIMultiDict[str]) -> None:
         """The fields every response gets here: the policies' (CORS, Referrer-Policy),
@@ -1187,7 +1197,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def close_idle(self) -> None:
         """Shutting down: close now if no request is being answered, else after it."""
-        self._closing = True
+        self._closing = self._stopping = True
         if self._task is None and self._relay is None:
             self.close()
 

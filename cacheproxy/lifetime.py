@@ -24,8 +24,19 @@ def run_until_stopped(main: Callable[[], Awaitable[None]]) -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
+        stopping = False
+
+        def stop() -> None:
+            # Once: a second cancel would land in main()'s graceful stop and cut the
+            # requests it drains (SIGTERM repeated; with --workers, a group's SIGTERM or
+            # Ctrl-C and then the supervisor's own reach each worker twice).
+            nonlocal stopping
+            if not stopping:
+                stopping = True
+                task.cancel()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop)
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await main()

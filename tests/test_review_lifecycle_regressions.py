@@ -137,3 +137,52 @@ async def test_a_request_whose_head_is_arriving_at_sigterm_is_answered(
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["SIGTERM twice", "SIGINT then SIGTERM", "workers: group"])
+async def test_a_stop_signal_repeated_during_the_drain_lets_requests_in_flight_finish(
+        origin, tmp_path, how):
+    """A second SIGTERM (or a SIGINT then a SIGTERM) while the process drains cut every
+    request in flight at once: the connection closed with no answer, no 503, where the
+    README says "a SIGTERM repeated meanwhile changes nothing". The loop's handler
+    cancelled the serving task again, and this time the cancel landed in its drain. With
+    --workers it happens on every stop that signals the whole group: systemd's default
+    KillMode=control-group sends SIGTERM to every process of the service, Ctrl-C in a
+    terminal SIGINT to every process of the foreground group, and the supervisor then
+    passes its own SIGTERM on: each worker gets two. Severity: high (with --workers under
+    systemd, every stop or restart drops all requests in flight)."""
+    up, arrived = await _origin(origin, slow=1.0)
+    env = clean_env(CACHEPROXY_PROXY_SHUTDOWN_TIMEOUT="5")
+    workers = ("--workers", "2") if how.startswith("workers") else ()
+    proc, port = await start_serve("--upstream", up, *workers, cwd=tmp_path, env=env)
+    try:
+        if workers:
+            await asyncio.sleep(1.0)  # (both workers listening)
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        for _, writer in streams:
+            writer.write(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await asyncio.wait_for(arrived.wait(), 10)
+        await asyncio.sleep(0.2)
+        if how == "SIGTERM twice":
+            sent = [(proc.pid, signal.SIGTERM), (proc.pid, signal.SIGTERM)]
+        elif how == "SIGINT then SIGTERM":
+            sent = [(proc.pid, signal.SIGINT), (proc.pid, signal.SIGTERM)]
+        else:  # systemd's stop: SIGTERM to the group (parent and workers)
+            sent = [(-proc.pid, signal.SIGTERM)]
+        for pid, sig in sent:
+            if pid < 0:
+                os.killpg(-pid, sig)
+            else:
+                os.kill(pid, sig)
+            await asyncio.sleep(0.2)
+        statuses = []
+        for reader, writer in streams:
+            try:
+                statuses.append((await _head(reader))[":status"])
+            except (asyncio.IncompleteReadError, ConnectionError):
+                statuses.append("closed without an answer")
+            writer.close()
+        assert statuses == ["200"] * 4
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err

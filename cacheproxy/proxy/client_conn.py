@@ -182,6 +182,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
         self._stopping = False  # a graceful stop: the connection closes after its answers
+        # A graceful stop came while a request's head was arriving: it is read and answered
+        # (then the connection closes); done once it is, or the connection is (busy).
+        self._head_awaited: asyncio.Future[None] | None = None
         self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
@@ -307,6 +310,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         self._closing = True
             if messages and not self._closing:
                 messages = self._read_last(messages)  # (the requests before a 431 too)
+            if messages and self._stopping:  # (the head a graceful stop waited for)
+                self._closing = True  # nothing after these is read
+                self._loop.call_soon(self._head_came)  # (once they are under way: busy)
             if over:
                 self._head_over = True  # nothing after the refused head is read
             if upgraded:
@@ -487,6 +493,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._timer.cancel()
             self._timer = None
         self._closing = True
+        self._head_came()
         parser, self._parser = self._parser, None
         if parser is not None:
             with contextlib.suppress(HttpProcessingError):
@@ -1148,6 +1155,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """Close once what was written is sent; with a lingering close when the client may
         still be sending its request's body or a head refused (CLOSE_LINGER_SECONDS)."""
         self._closing = True
+        self._head_came()
         self._disarm()
         self._uncork()
         transport = self.transport
@@ -1196,10 +1204,24 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self.transport.abort()
 
     def close_idle(self) -> None:
-        """Shutting down: close now if no request is being answered, else after it."""
-        self._closing = self._stopping = True
+        """Shutting down: close now if no request is being answered, else after it. A
+        request whose head is arriving is read and answered first, as nginx does at a
+        quit: its client cannot tell a close then from a request lost (RFC 9112 §9.3.1)."""
+        self._stopping = True
         if self._task is None and self._relay is None:
+            if self._head_bytes > 0 and not self._head_over and self.transport is not None:
+                self._head_awaited = self._loop.create_future()
+                return  # (data_received stops reading after it; the drain waits: busy)
+            self._closing = True
             self.close()
+            return
+        self._closing = True
+
+    def _head_came(self) -> None:
+        """The head awaited at a graceful stop came (or the connection went)."""
+        awaited, self._head_awaited = self._head_awaited, None
+        if awaited is not None and not awaited.done():
+            awaited.set_result(None)
 
     def stop(self) -> None:
         """Shutting down, out of time: what answers a request now stops. Its line is
@@ -1225,8 +1247,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     @property
     def busy(self) -> asyncio.Future[None] | None:
-        """What answers a request now: the connection's task, or a quick forward's end."""
-        return self._task if self._relay is None else self._relay.done
+        """What answers a request now: the connection's task, or a quick forward's end (or,
+        in a graceful stop, the head of a request still arriving)."""
+        if self._relay is not None:
+            return self._relay.done
+        return self._task if self._task is not None else self._head_awaited
 
     def _arm(self, seconds: float, head: bool) -> None:
         """Close the connection in seconds unless a request comes. One timer handle is

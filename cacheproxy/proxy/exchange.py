@@ -142,6 +142,17 @@ async def _read_whole(body: Body, timeout: float) -> bytes:
     return b"".join([data async for data in _timed(body, timeout)])
 
 
+async def _read_upto(body: Body, timeout: float, limit: int) -> bytes | None:
+    """A body read whole, by _timed; None once it passes limit bytes (the rest unread)."""
+    parts, size = [], 0
+    async for data in _timed(body, timeout):
+        size += len(data)
+        if size > limit:
+            return None
+        parts.append(data)
+    return b"".join(parts)
+
+
 async def _framed(body: Body, chunked: bool, timeout: float) -> AsyncIterator[bytes]:
     """RFC 9112 §7.1: a body of unknown length goes upstream chunked."""
     async for data in _timed(body, timeout):
@@ -219,7 +230,19 @@ class Exchange:
         chunked = body is not None and length is None
         # A small body of an idempotent request is read first, so it can be sent again.
         kept: bytes | None = None
-        if (body is not None and method in IDEMPOTENT and length is not None
+        if chunked and self.pool.speaks_http10(origin):
+            # RFC 9112 §6.1: no Transfer-Encoding to a server not known to handle HTTP/1.1
+            # (its last answer said HTTP/1.0: it would read no body, or take the chunks
+            # for one). Sent with its length, as nginx does; Squid's 411 past 64 KB.
+            assert body is not None
+            kept = await _read_upto(body, timeout, _REPLAYABLE)
+            if kept is None:
+                raise UpstreamError(411, "a chunked request body over 64 KiB cannot go to"
+                                         " an HTTP/1.0 origin")
+            origin, head, length = self.request_head(
+                method, url, [*fields, ("Content-Length", str(len(kept)))], True)
+            chunked = False
+        elif (body is not None and method in IDEMPOTENT and length is not None
                 and length.isdigit() and int(length) <= _REPLAYABLE):
             kept = await _read_whole(body, timeout)  # (nothing upstream started yet)
         replayable = body is None or kept is not None

@@ -51,6 +51,7 @@ _LOW_WATER = 16 * 1024
 _MERGE = 4096
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
+_HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
 # (asyncio's and uvloop's default: 30 s). nginx sends its own and closes at once; an
 # origin that stopped reading (the read timeout's) never answers one.
@@ -330,6 +331,7 @@ class Connection(asyncio.Protocol):
                 f"status line of HTTP/{self._parser.get_http_version()}")
         self._headed = True
         self.status = status
+        self.pool.heard(self.origin, self._parser.get_http_version())
         self._reason = self._phrase(status)
         if not self._parser.should_keep_alive():
             self.reusable = False
@@ -708,6 +710,24 @@ class Pool:
         # lookup could answer another address (DNS rebinding) past the check.
         self.vet: Callable[[Origin], Callable[[str], UpstreamError | None] | None] | None \
             = None
+        # Origins whose last answer said HTTP/1.0: RFC 9112 §6.1, no chunked request goes
+        # to a server not known to handle HTTP/1.1 (Exchange.send). Bounded: forward mode
+        # names origins without end.
+        self._http10: dict[Origin, None] = {}
+
+    def heard(self, origin: Origin, version: str) -> None:
+        """origin's final answer came in HTTP/version."""
+        http10 = self._http10
+        if version == "1.0":
+            if len(http10) >= _HTTP10_ORIGINS:
+                del http10[next(iter(http10))]
+            http10[origin] = None
+        elif http10:
+            http10.pop(origin, None)
+
+    def speaks_http10(self, origin: Origin) -> bool:
+        """Whether origin's last answer said HTTP/1.0."""
+        return origin in self._http10
 
     def gather(self, conn: Connection, head: bytes) -> None:
         """A request head to send at the end of this loop iteration, with the others made

@@ -127,23 +127,29 @@ class Collapser:
         if marks is None:
             return False
         now = time.monotonic()
+        for variant, until in marks.items():  # (nearly always one)
+            if until > now and (headers is None or in_variant(variant, headers)):
+                return True
         for variant in [v for v, until in marks.items() if until <= now]:
             self._drop_mark(key, variant)
-        if key not in self._pass:
-            return False
-        return headers is None or any(in_variant(v, headers) for v in marks)
+        return False
 
     def mark_pass(self, key: str, variant: Variant | None = None) -> None:
         """variant: the requests the unstorable answer stands for (answered_variant)."""
+        until = time.monotonic() + PASS_SECONDS
+        marks = self._pass.get(key)
+        if marks is not None and variant in marks:
+            # Marked again (a URL passed per request): the time moves, not its place in
+            # the order, so "oldest" is the oldest marked first; it costs a pass-through
+            # nothing more to keep.
+            marks[variant] = until
+            return
         marks = self._pass.pop(key, None)  # (put back last: the newest key)
         if marks is None:
             marks = {}
             self._pass_chars += len(key)
-        elif marks.pop(variant, None) is not None:  # (put back last: the newest variant)
-            self._pass_count -= 1
-            self._pass_chars -= _chars(variant)
         self._pass[key] = marks
-        marks[variant] = time.monotonic() + PASS_SECONDS
+        marks[variant] = until
         self._pass_count += 1
         self._pass_chars += _chars(variant)
         if len(marks) > MAX_VARIANT_MARKS:

@@ -66,8 +66,14 @@ def answered_variant(fields: list[tuple[str, str]], headers: Headers) -> Variant
     """§4.1: the requests an answer stands for: its Vary fields and this request's values
     for them; None for Vary: * (every request). What a hit-for-pass mark is kept for, as
     Varnish's hit-for-pass object varies like the answer it was made from."""
-    vary = vary_fields(", ".join(values_of(fields, "vary")))
+    named = values_of(fields, "vary")
+    if not named:
+        return _EVERY_REQUEST  # (nearly every answer: no Vary)
+    vary = vary_fields(", ".join(named))
     return None if vary is None else (vary, vary_values(vary, headers))
+
+
+_EVERY_REQUEST: Variant = ((), ())  # an answer without Vary stands for every request
 
 
 def in_variant(variant: Variant | None, headers: Headers) -> bool:

@@ -945,7 +945,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """The Connection field the response says the connection's fate with: "close"
         when it ends after this answer (RFC 9112 §9.6), "keep-alive" to an HTTP/1.0 client
         that asked to keep it (RFC 9112 Appendix C.2.2), else none."""
-        if self._closes_after():
+        if self._stopping and not self._queue:  # (inlined _closes_after: every answer)
+            self._keep_alive = False
+        if not self._keep_alive:
             return "close"
         return "keep-alive" if version == HttpVersion10 else None
 

@@ -331,7 +331,9 @@ class Connection(asyncio.Protocol):
                 f"status line of HTTP/{self._parser.get_http_version()}")
         self._headed = True
         self.status = status
-        self.pool.heard(self.origin, self._parser.get_http_version())
+        version = self._parser.get_http_version()
+        if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
+            self.pool.heard(self.origin, version)
         self._reason = self._phrase(status)
         if not self._parser.should_keep_alive():
             self.reusable = False
@@ -713,11 +715,11 @@ class Pool:
         # Origins whose last answer said HTTP/1.0: RFC 9112 §6.1, no chunked request goes
         # to a server not known to handle HTTP/1.1 (Exchange.send). Bounded: forward mode
         # names origins without end.
-        self._http10: dict[Origin, None] = {}
+        self.http10: dict[Origin, None] = {}
 
     def heard(self, origin: Origin, version: str) -> None:
         """origin's final answer came in HTTP/version."""
-        http10 = self._http10
+        http10 = self.http10
         if version == "1.0":
             if len(http10) >= _HTTP10_ORIGINS:
                 del http10[next(iter(http10))]
@@ -727,7 +729,7 @@ class Pool:
 
     def speaks_http10(self, origin: Origin) -> bool:
         """Whether origin's last answer said HTTP/1.0."""
-        return origin in self._http10
+        return origin in self.http10
 
     def gather(self, conn: Connection, head: bytes) -> None:
         """A request head to send at the end of this loop iteration, with the others made

@@ -4,10 +4,13 @@ that many large concurrent misses stream through instead of exhausting memory.""
 
 from __future__ import annotations
 
-# Pieces of a body shorter than this are gathered into one buffer before they are kept:
-# a chunked answer of one-byte chunks would otherwise hold a bytes object (some 40 bytes)
-# and a list slot per byte, 8 MiB of content taking hundreds of MB beside the budget.
+# Pieces of a body shorter than this are joined, up to this size or _GATHER_PIECES of
+# them, before they are kept: a chunked answer of one-byte chunks would otherwise hold a
+# bytes object (some 40 bytes) and a list slot per byte, 8 MiB of content taking hundreds
+# of MB beside the budget. A body of one piece (most small answers) is kept as it came:
+# no copy, and no short-lived buffer between the long-lived bodies of the store.
 _GATHER = 16 * 1024
+_GATHER_PIECES = 256
 
 
 class FillBudget:
@@ -34,12 +37,14 @@ class FillBudget:
 
 
 class Fill:
-    __slots__ = ("_budget", "_chunks", "_small", "max_object", "size", "why_not")
+    __slots__ = ("_budget", "_chunks", "_small", "_small_size", "max_object", "size",
+                 "why_not")
 
     def __init__(self, budget: FillBudget, max_object: int) -> None:
         self._budget = budget
         self._chunks: list[bytes] = []
-        self._small = bytearray()  # short pieces not yet kept as one (_GATHER)
+        self._small: list[bytes] = []  # short pieces not yet kept as one (_GATHER)
+        self._small_size = 0
         self.max_object = max_object
         self.size = 0
         self.why_not = ""  # "too-big" or "fill-budget" once the fill is given up
@@ -53,8 +58,10 @@ class Fill:
             self.why_not = "fill-budget"
         else:
             if n < _GATHER:
-                self._small += chunk
-                if len(self._small) >= _GATHER:
+                small = self._small
+                small.append(chunk)
+                self._small_size += n
+                if self._small_size >= _GATHER or len(small) >= _GATHER_PIECES:
                     self._keep_small()
             else:
                 self._keep_small()  # (first: the body stays in order)
@@ -77,9 +84,11 @@ class Fill:
         self._budget.held -= self.size
         self._chunks.clear()
         self._small.clear()
+        self._small_size = 0
         self.size = 0
 
     def _keep_small(self) -> None:
         if self._small:
-            self._chunks.append(bytes(self._small))
+            self._chunks.append(b"".join(self._small))  # (one piece: itself, not a copy)
             self._small.clear()
+            self._small_size = 0

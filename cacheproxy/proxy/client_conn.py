@@ -182,6 +182,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._waiting_head = False  # the timer is client_header_timeout's
         self._closing = False  # no request after the one being answered
         self._stopping = False  # a graceful stop: the connection closes after its answers
+        self._broken = False  # a message was malformed: nothing more is parsed
         # A graceful stop came while a request's head was arriving: it is read and answered
         # (then the connection closes); done once it is, or the connection is (busy).
         self._head_awaited: asyncio.Future[None] | None = None
@@ -268,7 +269,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._head_over:
             return  # (dropped: the 431 queued ends the connection)
         answered_here = False
-        while not self._closing and self._parser is not None:
+        while self._parser is not None and (not self._closing or self._body_at_stop()):
             parser = self._parser
             try:
                 messages, upgraded, tail = parser.feed_data(data)
@@ -280,6 +281,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         (self._seen, *(self._unparsed or ()), data))
                 messages, upgraded = [(exc, EMPTY_PAYLOAD)], False
                 self._closing = True  # the stream cannot be trusted past a bad message
+                self._broken = True
                 # A body under way broke its framing: no more of it comes, and whoever
                 # reads it (an upload upstream) learns it now (400), not at a timeout.
                 for payload in (self._payload, *(p for _, p in self._queue)):
@@ -1218,6 +1220,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self.close()
             return
         self._closing = True
+
+    def _body_at_stop(self) -> bool:
+        """In a graceful stop (closing) the body of a request read before is still read
+        to its end: that request is answered within proxy.shutdown_timeout, as nginx -s
+        quit reads it (the upload would stall, then get a 503)."""
+        parser = self._parser
+        return self._stopping and not self._broken and parser is not None \
+            and parser.in_body
 
     def _head_came(self) -> None:
         """The head awaited at a graceful stop came (or the connection went)."""

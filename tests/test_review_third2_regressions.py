@@ -98,3 +98,45 @@ async def test_a_body_still_uploading_at_sigterm_is_read_to_its_end(origin, tmp_
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err
+
+
+async def test_a_url_passed_on_every_request_keeps_its_hit_for_pass_mark(origin, proxy):
+    """eee3fac refreshes a hit-for-pass mark in place (its time moves, not its place in the
+    order), and the marks are bounded (2 MiB of keys, 10,000 marks) by dropping the one
+    marked first. So the URL passed on every request, marked first and refreshed a
+    moment ago, is the first mark dropped once other unstorable URLs (a few hundred long
+    ones: tracking queries) fill the bound, while marks nobody asked for again stay.
+    Its concurrent requests then collapse behind one another again: served in waves, the
+    very thing the marks exist to prevent (Varnish's hit-for-pass objects are LRU, and
+    before eee3fac a mark marked again moved to the end). Severity: low (a hot uncacheable
+    URL loses its mark for one wave whenever 2 MiB of other marks were made since it was
+    first marked)."""
+    delay = {"hot": 0.0}
+    inflight = {"now": 0, "most": 0}
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.match_info["name"] == "hot":
+            inflight["now"] += 1
+            inflight["most"] = max(inflight["most"], inflight["now"])
+            await asyncio.sleep(delay["hot"])
+            inflight["now"] -= 1
+        return web.Response(text="x", headers={"Cache-Control": "private"})
+
+    app = web.Application()
+    app.router.add_route("GET", "/{name}", answer)
+    client = await proxy(await origin(app))
+    assert (await client.get("/hot")).status == 200  # marked (private: not storable)
+    hot = next(iter(client.app_proxy.driver.collapser._pass))
+    long = "q" * 7000
+    for i in range(400):  # 400 unstorable 7 KB URLs: 2.8 MB of marks, past the 2 MiB bound
+        assert (await client.get(f"/filler?{i}={long}")).status == 200
+        if hot not in client.app_proxy.driver.collapser._pass:
+            break  # (the moment its mark went: a burst now shows what that costs)
+        if i % 10 == 0:
+            assert (await client.get("/hot")).status == 200  # the hot URL, passed again
+    delay["hot"] = 0.4
+    inflight["most"] = 0
+    answers = await asyncio.gather(*(client.get("/hot") for _ in range(4)))
+    assert [r.status for r in answers] == [200] * 4
+    assert inflight["most"] == 4, \
+        f"the hot URL's requests collapsed ({inflight['most']} at the origin at once)"

@@ -80,6 +80,9 @@ class Collapser:
         # key -> the variants whose requests skip collapsing (§4.1), each until when
         self._pass: dict[str, dict[Variant | None, float]] = {}
         self._pass_count = 0  # the variants' marks in _pass, together
+        # key -> its newest mark's time when it took its place in _pass's order: a key
+        # marked again since (in place) gets a second chance at the bound (mark_pass)
+        self._placed: dict[str, float] = {}
         self._pass_chars = 0  # the characters _pass holds (keys and variants), together
         # key -> what was stored for it while its leader was in flight (note_stored)
         self._stored: dict[str, Stored] = {}
@@ -140,8 +143,8 @@ class Collapser:
         marks = self._pass.get(key)
         if marks is not None and variant in marks:
             # Marked again (a URL passed per request): the time moves, not its place in
-            # the order, so "oldest" is the oldest marked first; it costs a pass-through
-            # nothing more to keep.
+            # the order (it costs a pass-through nothing more to keep); the bound gives
+            # it a second chance for it (_least_recent).
             marks[variant] = until
             return
         marks = self._pass.pop(key, None)  # (put back last: the newest key)
@@ -149,6 +152,7 @@ class Collapser:
             marks = {}
             self._pass_chars += len(key)
         self._pass[key] = marks
+        self._placed[key] = until
         marks[variant] = until
         self._pass_count += 1
         self._pass_chars += _chars(variant)
@@ -156,7 +160,24 @@ class Collapser:
             self._drop_mark(key, next(iter(marks)))
         while len(self._pass) > 1 and (self._pass_count > MAX_PASS_MARKS
                                        or self._pass_chars > MAX_PASS_CHARS):
-            self._drop_key(next(iter(self._pass)))  # the oldest goes
+            self._drop_key(self._least_recent())
+
+    def _least_recent(self) -> str:
+        """The key whose marks were marked least recently: the oldest in the order, once
+        those marked again in place since they took their place have moved to the end
+        (a second chance, as a CLOCK cache gives): a URL passed on every request is not
+        the first mark to go because it was the first marked."""
+        order, placed = self._pass, self._placed
+        moved = None
+        for _ in range(len(order) - 1):  # (not as far as the newest: the one just marked)
+            oldest = next(iter(order))
+            newest = max(order[oldest].values())
+            if newest <= placed[oldest]:
+                return oldest
+            order[oldest] = order.pop(oldest)  # marked again: to the end
+            placed[oldest] = newest
+            moved = moved or oldest
+        return moved or next(iter(order))  # (all marked again: the first of them)
 
     def unmark_pass(self, key: str, stored: CachedResponse | None = None) -> None:
         """An answer was stored (stored): the marks go that are of its variant (or of
@@ -180,10 +201,12 @@ class Collapser:
         self._pass_chars -= _chars(variant)
         if not marks:
             del self._pass[key]
+            del self._placed[key]
             self._pass_chars -= len(key)
 
     def _drop_key(self, key: str) -> None:
         marks = self._pass.pop(key, None)
         if marks is not None:
+            del self._placed[key]
             self._pass_count -= len(marks)
             self._pass_chars -= len(key) + sum(map(_chars, marks))

@@ -155,6 +155,24 @@ class _StrictPythonParser(HttpRequestParserPy):
         return result
 
 
+def _chunked_end(parser: Any, payload: Any, data: bytes, pos: int) -> int | None:
+    """Feed parser a chunked body from data[pos:], a line at a time (chunk data may hold
+    line ends: fed in pieces, it is still read whole), up to its end; where it ends, or
+    None when it does not end in data or is malformed."""
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        end = len(data) if end < 0 else end + 1
+        try:
+            if parser.feed_data(data[pos:end])[0]:
+                return None  # (a message after it: not at a line's end)
+        except BadHttpMessage:
+            return None
+        pos = end
+        if payload.is_eof():
+            return pos
+    return None
+
+
 class _FallbackParser:
     """Wraps llhttp. On a method it rejects, it switches to ``_StrictPythonParser``.
 
@@ -236,8 +254,18 @@ class _FallbackParser:
             replay = self._replay(state, data)
             if replay is not None and _is_method_rejection(exc) \
                     and _REQUEST_START.match(replay):
-                self._python = self._make_python()
-                return self._python.feed_data(replay)
+                python = self._make_python()
+                try:
+                    result = python.feed_data(replay)
+                except BadHttpMessage as refused:
+                    # Not a method llhttp lacks but a malformed request line (a byte in the
+                    # method) after whole requests: those are answered first, as below.
+                    closing = self._until_close(refused, replay)
+                    if closing is None:
+                        raise
+                    return closing, False, b""
+                self._python = python
+                return result
             # Another request line refused (a version, a byte in the method): the requests
             # before it in the same feed are still answered, as for any malformed request.
             closing = self._until_close(exc, replay)
@@ -283,8 +311,10 @@ class _FallbackParser:
         after_close = str(exc.message).startswith(_DATA_AFTER_CLOSE)
         parser = self._make_c()
         found: list[tuple[Any, Any]] = []
-        pos = _LEADING_NEWLINES.match(replay).end()  # type: ignore[union-attr]
+        pos = 0
         while True:
+            # (RFC 9112 §2.2: empty lines before a request line are ignored, llhttp's too)
+            pos = _LEADING_NEWLINES.match(replay, pos).end()  # type: ignore[union-attr]
             # In llhttp's strict mode a header section ends at the first CRLFCRLF.
             end = replay.find(_CRLFCRLF, pos)
             if end < 0:
@@ -308,9 +338,20 @@ class _FallbackParser:
             if upgraded or len(messages) != 1:
                 return None
             msg, payload = messages[0]
+            if msg.chunked:
+                # The last request read on its connection (ClientConnection._read_last):
+                # its body is fed a line at a time to where it ends, and nothing after it.
+                end = _chunked_end(parser, payload, replay, end)
+                if end is None:
+                    return None
+                found.append((msg, payload))
+                self._parser, self._state, self._open = parser, None, None
+                self._in_flight, self._held, self._closed = len(found), False, True
+                self._failed = True  # (nothing after it is read)
+                return found
             if payload is not EMPTY_PAYLOAD:
                 length = msg.headers.get(hdrs.CONTENT_LENGTH)
-                if msg.chunked or length is None or end + int(length) > len(replay):
+                if length is None or end + int(length) > len(replay):
                     return None
                 if parser.feed_data(replay[end:end + int(length)])[0]:
                     return None

@@ -72,7 +72,9 @@ async def test_a_body_arriving_after_sigterm_is_read_for_the_request_the_stop_wa
     assert code == 0 and "Traceback" not in err
 
 
-async def test_a_body_still_uploading_at_sigterm_is_read_to_its_end(origin, tmp_path):
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_body_still_uploading_at_sigterm_is_read_to_its_end(
+        origin, tmp_path, framing):
     """A POST whose head was in before SIGTERM and whose body is still on its way: the
     stop (close_idle) marks the connection closing, and data_received then feeds the
     parser nothing more, so the rest of the body is never read; the upload stalls until
@@ -84,12 +86,17 @@ async def test_a_body_still_uploading_at_sigterm_is_read_to_its_end(origin, tmp_
     proc, port = await start_serve("--upstream", up, cwd=tmp_path, env=env)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 8\r\n\r\nhalf")
+        if framing == "chunked":
+            first, rest = b"Transfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n", \
+                b"4\r\ndone\r\n0\r\n\r\n"
+        else:
+            first, rest = b"Content-Length: 8\r\n\r\nhalf", b"done"
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n" + first)
         await asyncio.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.3)
         with contextlib.suppress(ConnectionError):
-            writer.write(b"done")
+            writer.write(rest)
         try:
             fields, body = await _answer(reader)
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -199,3 +199,32 @@ async def test_requests_pipelined_before_a_refused_request_line_are_answered(
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err
+
+
+async def test_posts_to_long_urls_do_not_stop_other_urls_being_stored(origin, proxy):
+    """6a9d55f bounds the §4.4 invalidation marks in characters (2 MiB of keys) as well as
+    in count, and a mark pushed out raises the floor: every fill whose request was sent
+    before that mark is then refused, whatever its URL. A client chooses how long the URLs
+    it POSTs to are: at 16 KB a key, 128 POSTs now push a mark out (10,000 before), so one
+    client POSTing to long URLs keeps the floor a fraction of a second behind now, and no
+    answer that takes longer than that is stored for anyone: the cache is off for slow
+    URLs, a denial of service of the cache the README's "a rare fill refused" does not
+    foresee. Severity: medium (one client, a few hundred small requests a second)."""
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+        await asyncio.sleep(1.0)
+        return web.Response(text="slow", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", answer)
+    client = await proxy(await origin(app))
+    fill = asyncio.ensure_future(client.get("/slow"))
+    await asyncio.sleep(0.2)  # (its request is at the origin)
+    long = "p" * 7000
+    for i in range(400):  # another client's POSTs: 400 invalidations of 7 KB URLs
+        assert (await client.post(f"/post?{i}={long}", data=b"x")).status == 200
+    assert (await fill).status == 200
+    again = await client.get("/slow")
+    assert "hit" in again.headers.get("Cache-Status", ""), \
+        "the slow URL's answer was not stored: other URLs' invalidations refused it"

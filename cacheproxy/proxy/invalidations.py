@@ -11,14 +11,22 @@ process, as collapsing is: a fill in another worker or replica does not see thes
 
 from __future__ import annotations
 
+from array import array
+
 # Bounds: beyond them the oldest mark goes, and every fill sent before it counts as
-# invalidated (the floor): a rare fill refused, never an invalidation forgotten.
+# invalidated (the floor; for a key's mark, the floor of its share of the keys,
+# KEY_FLOORS): a rare fill refused, never an invalidation forgotten.
 MAX_KEYS = 10_000
 MAX_PREFIXES = 64
 # ...and so many characters of keys at most: a client chooses a key's length (a target and
 # a Host of 8 KiB each) and invalidates as many as it POSTs to; 10,000 such keys would
 # hold 160 MB, counted nowhere (as the hit-for-pass marks, proxy/collapse.py).
 MAX_KEY_CHARS = 2 * 1024 * 1024
+# A key's mark that goes raises the floor of its share of the keys only (one of so many, by
+# the key's hash), not every key's: a client that POSTs to long URLs pushes a mark out per
+# POST once 128 of 16 KB are held, and one floor for all would refuse every fill slower
+# than its last few hundred POSTs, whatever its URL (the cache off for slow answers).
+KEY_FLOORS = 4096
 
 
 class Invalidations:
@@ -27,6 +35,9 @@ class Invalidations:
         self._key_chars = 0  # the length of the keys in _keys, together
         self._prefixes: dict[str, float] = {}  # a purged prefix -> when
         self._floor = 0.0  # everything sent before this counts as invalidated
+        # ...and, of the keys whose hash is i (modulo KEY_FLOORS), what was sent before
+        # _key_floors[i]: the marks of such keys that went (KEY_FLOORS)
+        self._key_floors = array("d", bytes(8 * KEY_FLOORS))
 
     def key(self, key: str, now: float) -> None:
         keys = self._keys
@@ -36,7 +47,9 @@ class Invalidations:
         while len(keys) > MAX_KEYS or (self._key_chars > MAX_KEY_CHARS and len(keys) > 1):
             oldest = next(iter(keys))
             self._key_chars -= len(oldest)
-            self._raise_floor(keys.pop(oldest))
+            at, floors = keys.pop(oldest), self._key_floors
+            slot = hash(oldest) % KEY_FLOORS
+            floors[slot] = max(floors[slot], at)
 
     def prefix(self, prefix: str, now: float) -> None:
         self._prefixes.pop(prefix, None)
@@ -53,7 +66,8 @@ class Invalidations:
 
     def since(self, key: str, sent: float) -> bool:
         """Whether key was invalidated after a request for it was sent at sent."""
-        if sent < self._floor or sent < self._keys.get(key, sent):
+        if sent < self._floor or sent < self._keys.get(key, sent) \
+                or sent < self._key_floors[hash(key) % KEY_FLOORS]:
             return True
         return any(sent < at and key.startswith(p) for p, at in self._prefixes.items())
 

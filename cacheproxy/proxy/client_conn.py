@@ -1213,7 +1213,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         quit: its client cannot tell a close then from a request lost (RFC 9112 §9.3.1)."""
         self._stopping = True
         if self._task is None and self._relay is None:
-            if self._head_bytes > 0 and not self._head_over and self.transport is not None:
+            # (_head_bytes misses a head whose first bytes came with the end of a body:
+            # the parser knows where that body ended.)
+            begun = self._head_bytes > 0 or (self._parser is not None
+                                             and self._parser.head_begun)
+            if begun and not self._head_over and self.transport is not None:
                 self._head_awaited = self._loop.create_future()
                 return  # (data_received stops reading after it; the drain waits: busy)
             self._closing = True

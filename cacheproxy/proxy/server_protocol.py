@@ -132,6 +132,12 @@ class _StrictPythonParser(HttpRequestParserPy):
         return self._payload_parser is not None
 
     @property
+    def head_begun(self) -> bool:
+        """Bytes of a request head not yet whole were read (outside any body)."""
+        return self._payload_parser is None and bool(
+            self._lines or self._tail.lstrip(b"\r\n"))
+
+    @property
     def queue_full(self) -> bool:
         """It stopped on a full message queue: what it holds waits to be parsed (unlike
         the unfinished line `holding` reports too, which is a head's)."""
@@ -236,6 +242,15 @@ class _FallbackParser:
         if self._python is not None:
             return self._python.in_body
         return self._open is not None and not self._open.is_eof()
+
+    @property
+    def head_begun(self) -> bool:
+        """Bytes of a request head not yet whole were read, after the last whole message
+        (its body too): in `_state`, when where that message ended is known."""
+        if self._python is not None:
+            return self._python.head_begun
+        state = self._state
+        return isinstance(state, bytes) and bool(state.lstrip(b"\r\n"))
 
     @property
     def queue_full(self) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from aiohttp import web
 from processes import clean_env, start_serve, stop
 from test_review_lifecycle_regressions import _head, _origin
 
@@ -38,3 +39,48 @@ async def test_a_head_arriving_after_a_body_at_sigterm_is_answered(origin, tmp_p
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err
+
+
+async def _post_long_urls(port: int, count: int) -> None:
+    """count POSTs to distinct 8 KB targets (each answered 2xx: an invalidation, §4.4)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for i in range(count):
+        target = f"/comment?{i:05d}" + "x" * 8000
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+                     .encode())
+        await writer.drain()
+        await reader.readuntil(b"ok")
+    writer.close()
+
+
+async def test_posts_to_long_urls_do_not_keep_other_urls_from_being_stored(origin, proxy):
+    """README: "An answer being fetched when its URL is invalidated or purged is then not
+    stored"; the marks of invalidated URLs are "bounded in characters as well as in count
+    (2 MiB each)". Past that bound the oldest mark went and raised a floor for every key:
+    any fill sent before that mark's time was not stored, whatever its URL. A client that
+    POSTs to 300 distinct 8 KB URLs (2.4 MB; each a 2xx from an origin that ignores the
+    query: an invalidation) while /page is being fetched kept /page from being stored,
+    though nothing invalidated it; kept up, it turns the cache off for everyone (every
+    fill refused, every request a miss on the origin). Squid and nginx keep no such marks;
+    Varnish's bans test the object they ban only. Severity: medium (one client, a few MB
+    a second, no admin access). The evicted marks now raise a time per bucket of keys (by
+    hash), so that an evicted key's own fill is still refused."""
+    async def answer(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            return web.Response(text="ok")
+        await asyncio.sleep(0.5)
+        return web.Response(text="page", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    c = await proxy(await origin(app))
+    for invalidated in (False, True):
+        path = f"/page{int(invalidated)}"
+        fill = asyncio.ensure_future(c.get(path))
+        await asyncio.sleep(0.1)
+        if invalidated:  # its own mark, then pushed out by the others: still refused
+            assert (await c.post(path)).status == 200
+        await _post_long_urls(c.server.port, 300)
+        assert (await fill).status == 200
+        stored = await c.get(path, headers={"Cache-Control": "only-if-cached"})
+        assert stored.status == (504 if invalidated else 200), path

@@ -84,3 +84,29 @@ async def test_posts_to_long_urls_do_not_keep_other_urls_from_being_stored(origi
         assert (await fill).status == 200
         stored = await c.get(path, headers={"Cache-Control": "only-if-cached"})
         assert stored.status == (504 if invalidated else 200), path
+
+
+async def test_bytes_that_are_no_utf8_read_back_from_the_text_log(origin, proxy, tmp_path):
+    """README, the text log: quoted values escape `"`, `\\`, control characters as
+    `\\xHH` ..., "so every line reads back exactly". A User-Agent or Referer may carry
+    obs-text bytes that are no UTF-8 (RFC 9110 §5.5; the proxy reads them with
+    surrogateescape, and the JSON log writes them `\\udcff`): the text format left them to
+    the sink's backslashreplace, which wrote the six characters `\\udcff`, and read back
+    (`cacheproxy logs`, LogRecord) they were those six characters, not the byte: a
+    User-Agent `A<FF><9B>[2J` came back as `A\\udcff\\udc9b[2J`. They are now written
+    `\\uDCFF` (not `\\xFF`, which reads back as the character U+00FF) and read back as
+    the JSON log's. Severity: low (a log summary of odd clients shows other strings)."""
+    from test_observe_regressions import origin_app, read_log
+
+    from cacheproxy.observe.record import parse_line
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(origin_app()), log={"path": str(log), "format": "text"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+    writer.write(b"GET /i HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                 b"User-Agent: A\xff\x9b[2J \xc2\x9b\r\nReferer: http://x/\xc3\r\n\r\n")
+    assert (await reader.read()).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    [line] = await read_log(c, log)
+    record = parse_line(line)
+    assert record is not None
+    assert (record.user_agent, record.referer) == ("A\udcff\udc9b[2J \u009b", "http://x/\udcc3")

@@ -180,7 +180,16 @@ class HitLines:
                f'{found[0]}{total_ms!r}{found[1]}'
 
 
-_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f]')  # C0, DEL and C1 controls
+# C0, DEL and C1 controls; and the bytes that were no UTF-8 (obs-text, read with
+# surrogateescape as U+DC80-U+DCFF), written \uDCHH: a \xHH would read back as the C1
+# or Latin-1 character, and written raw (the sink's backslashreplace) they read back as
+# the six characters.
+_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\ud800-\udfff]')
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}"
 
 
 def _quote(value: str | None) -> str:
@@ -191,7 +200,7 @@ def _quote(value: str | None) -> str:
         return '"\\x2D"'  # a real "-", told apart from "none" (nginx cannot)
     if _ESCAPE.search(value) is None:
         return f'"{value}"'
-    return '"' + _ESCAPE.sub(lambda m: f"\\x{ord(m.group()):02X}", value) + '"'
+    return '"' + _ESCAPE.sub(_escaped, value) + '"'
 
 
 _BARE = re.compile(r'[!#-\[\]-~]+')  # printable ASCII without space, '"' or '\\'
@@ -247,13 +256,16 @@ _FIRST_MS = round(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _LAST_MS = round(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
 
 
+_UNESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})|\\u([0-9A-Fa-f]{4})")
+
+
 def _unquote(value: str) -> str | None:
     """A field as written by to_text: "-" (quoted or not) is None; escapes are undone."""
     if value.startswith('"') and value.endswith('"') and len(value) >= 2:
         value = value[1:-1]
         if value == "-":
             return None
-        return re.sub(r"\\x([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
+        return _UNESCAPE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
     return None if value == "-" else value
 
 

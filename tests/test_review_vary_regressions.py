@@ -46,7 +46,7 @@ async def _get(client: Any, path: str, *fields: str) -> tuple[str, bytes]:
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     lines = [f"GET {path} HTTP/1.1", "Host: example.test", "Connection: close", *fields]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(reader.read(), 5)
+    data = await asyncio.wait_for(reader.read(), 10)
     writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return head.decode("latin-1"), body

@@ -900,7 +900,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         except Exception:
             log.exception("internal error on %s %s", msg.method, msg.path)
             response = web.Response(status=500, text="500 internal error\n")
-        if self._closes_after():
+        if self._connection(msg.version) == "close":
             response.force_close()
         try:
             await response.prepare(request)
@@ -946,21 +946,15 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _connection(self, version: Any) -> str | None:
         """The Connection field the response says the connection's fate with: "close"
         when it ends after this answer (RFC 9112 §9.6), "keep-alive" to an HTTP/1.0 client
-        that asked to keep it (RFC 9112 Appendix C.2.2), else none."""
-        if self._stopping and not self._queue:  # (inlined _closes_after: every answer)
+        that asked to keep it (RFC 9112 Appendix C.2.2), else none. In a graceful stop
+        the last answer it gives (none pipelined behind) says close too, as nginx's does
+        at a quit: a client told it stays open would send its next request on it, and get
+        a reset for a request it cannot know was not processed (RFC 9112 §9.6, §9.3.1)."""
+        if self._stopping and not self._queue:
             self._keep_alive = False
         if not self._keep_alive:
             return "close"
         return "keep-alive" if version == HttpVersion10 else None
-
-    def _closes_after(self) -> bool:
-        """Whether the connection closes after the answer being sent. In a graceful stop
-        the last answer it gives (none pipelined behind) says so too, as nginx's does at
-        a quit: a client told it stays open would send its next request on it, and get
-        a reset for a request it cannot know was not processed (RFC 9112 §9.6, §9.3.1)."""
-        if self._stopping and not self._queue:
-            self._keep_alive = False
-        return not self._keep_alive
 
     def _fields(self, request: ClientRequest, status: int, headers: CIMultiDict[str]) -> None:
         """The fields every response gets here: the policies' (CORS, Referrer-Policy),

@@ -14,7 +14,6 @@ from cacheproxy.config import masked_url
 from cacheproxy.http.cache_key import Variant, answered_variant, variant_id
 from cacheproxy.http.fields import Headers
 from cacheproxy.http.flow import (
-    INVALIDATED,
     Answered,
     Evict,
     Failed,
@@ -304,7 +303,7 @@ class Driver:
                 d.stored, await self.store.get(ctx.key, ctx.facts.headers)):
             await self.store.put(d.entry)  # §4.3.5: the HEAD's answer goes on as it is
         if isinstance(d, Evict):
-            if d.reason == INVALIDATED:  # §4.4: fills under way do not store either
+            if d.invalidation:  # §4.4: fills under way do not store either
                 await self._invalidate(d.keys)
             else:
                 for key in d.keys:

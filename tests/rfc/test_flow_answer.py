@@ -91,7 +91,7 @@ def test_bypass_and_method_forwards_pass_plainly() -> None:
 def test_s4_4_unsafe_method_invalidates_the_uri_and_same_origin_locations() -> None:
     d = answer(Forward("method", "POST"), 201, {"Location": "/new", "Content-Location":
                                                  "http://other.example/x"})
-    assert d == Evict((KEY, "http://example.com/new"), "invalidated")
+    assert d == Evict((KEY, "http://example.com/new"), "invalidated", invalidation=True)
 
 
 def test_s9_3_3_a_post_answer_naming_its_uri_is_stored_after_invalidating__method_POST(
@@ -128,14 +128,14 @@ def test_s9_3_3_only_a_post_answer_may_be_stored(method: str) -> None:
     defined as cacheable (RFC 5789 §2)."""
     d = answer(Forward("method", method), 200, {**FRESH, "Content-Location": "/resource"},
                req=facts(method, body=True))
-    assert d == Evict((KEY,), "invalidated")
+    assert d == Evict((KEY,), "invalidated", invalidation=True)
 
 
 def test_s9_3_3_a_post_answer_with_request_no_store_is_not_stored() -> None:
     req = facts("POST", {"Cache-Control": "no-store"}, body=True)
     d = answer(Forward("method", "POST"), 200, {**FRESH, "Content-Location": "/resource"},
                req=req)
-    assert d == Evict((KEY,), "invalidated")
+    assert d == Evict((KEY,), "invalidated", invalidation=True)
 
 
 def test_s4_4_an_error_answer_to_an_unsafe_method_invalidates_nothing() -> None:

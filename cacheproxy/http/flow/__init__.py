@@ -5,7 +5,6 @@ decision; cacheproxy.proxy performs them. See decisions.py for the map."""
 from cacheproxy.http.flow.answer import answered, freshened_still_held, still_held
 from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
-    INVALIDATED,
     Answered,
     Evict,
     Failed,
@@ -34,7 +33,7 @@ from cacheproxy.http.flow.lookup import (
 )
 
 __all__ = [
-    "DECISIVE_FIELDS", "INVALIDATED", "Answered", "CacheSettings", "Evict", "Failed",
+    "DECISIVE_FIELDS", "Answered", "CacheSettings", "Evict", "Failed",
     "Forward", "Freshen",
     "Keep", "Lookup", "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse",
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",

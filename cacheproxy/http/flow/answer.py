@@ -10,7 +10,6 @@ from cacheproxy.http.cache_key import vary_fields, vary_values
 from cacheproxy.http.fields import FieldList, values_of
 from cacheproxy.http.flow.client import client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
-    INVALIDATED,
     Answered,
     Evict,
     Forward,
@@ -171,7 +170,7 @@ def _answered(
                                     request_time, response_time, names_target=True)
             if isinstance(d, Store):
                 return replace(d, invalidates=keys)
-        return Evict(keys, INVALIDATED) if keys else Pass(None)
+        return Evict(keys, "invalidated", invalidation=True) if keys else Pass(None)
     if not fwd.may_store:
         if stored is None and fwd.reason in ("bypass", "method"):
             return Pass(None)

@@ -156,20 +156,18 @@ class Keep:
     hit_for_pass: bool = False
 
 
-# Evict's reason for §4.4's invalidation by an unsafe method's answer.
-INVALIDATED = "invalidated"
-
-
 @dataclass(frozen=True, slots=True)
 class Evict:
     """The response says the stored responses under keys are outdated and it cannot
     replace them (§4.4 invalidation; a new representation that may not be stored).
-    serve as for Keep."""
+    serve as for Keep. invalidation: §4.4, an unsafe method's answer invalidated keys, so
+    an answer for them fetched before it is not stored after it either."""
 
     keys: tuple[str, ...]
     reason: str
     serve: CachedResponse | None = None
     hit_for_pass: bool = False
+    invalidation: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,10 +341,30 @@ RAW_SMUGGLING: dict[str, bytes] = {
     "bare LF line endings": b"METHOD /s HTTP/1.1\nHost: example\n\n",
     "bare LF ending the header section": b"METHOD /s HTTP/1.1\r\nHost: example\r\n\n",
     "missing Host": b"METHOD /s HTTP/1.1\r\n\r\n",
-    "HTTP/1.2": b"METHOD /s HTTP/1.2\r\nHost: example\r\n\r\n",
     "HTTP/3.0": b"METHOD /s HTTP/3.0\r\nHost: example\r\n\r\n",
     "control character in the target": b"METHOD /s\x01 HTTP/1.1\r\nHost: example\r\n\r\n",
 }
+
+
+@pytest.mark.parametrize(
+    ("method", "where"), [(b"POST", "fresh"), (b"FOO", "fresh"), (b"POST", "after fallback")])
+async def test_a_higher_minor_version_is_served_as_1_1(
+    served: Served, method: bytes, where: str
+) -> None:
+    """Not a smuggling shape: RFC 9110 §2.5, a recipient SHOULD process a message of a
+    higher minor version as the highest minor of that major it conforms to (nginx and
+    Squid answer HTTP/1.2 as 1.1). llhttp refuses it; _FallbackParser rewrites the digit
+    and the Python parser reads it as 1.1 (both parsers, each plane). It keeps 1.1's
+    keep-alive: a second request on the connection is answered."""
+    conn = await Conn.open(served)
+    if where == "after fallback":
+        await conn.send(request(b"FOO /first"))
+        assert (await conn.response()).body == b"FOO /first\n"
+    await conn.send(method + b" /s HTTP/1.2\r\nHost: example\r\n\r\n")
+    assert (await conn.response()).body == method + b" /s\n"
+    await conn.send(request(b"GET /after"))
+    assert (await conn.response()).body == b"GET /after\n"
+    conn.close()
 
 
 def smuggling_request(name: str, method: bytes) -> bytes:

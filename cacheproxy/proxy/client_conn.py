@@ -920,7 +920,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 and msg.method != "-" and msg.version.major != 1:
             # A request line read whole whose version llhttp refused: a major version not
             # implemented gets 505 (RFC 9110 §15.6.6; llhttp says 400), as nginx and Squid
-            # answer HTTP/3.0. (A higher 1.x minor stays a 400: see README Limits.)
+            # answer HTTP/3.0. (A higher 1.x minor is read as 1.1: _until_close.)
             status = 505
         reason = REASONS.get(status, "Bad Request")
         body = f"{status} {reason}\n".encode()

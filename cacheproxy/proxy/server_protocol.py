@@ -66,6 +66,9 @@ __all__ = ["ProxyAppRunner"]
 _FeedResult = tuple[Sequence[tuple[Any, Any]], bool, bytes]
 _CRLFCRLF: Final = b"\r\n\r\n"
 _DATA_AFTER_CLOSE: Final = "Data after `Connection: close`"  # llhttp's reason
+_INVALID_VERSION: Final = "Invalid HTTP version"  # llhttp's reason
+# A request line saying HTTP/1.x, x above 1 (llhttp reads one digit): group 1 is x.
+_HIGHER_MINOR: Final = re.compile(rb"[\r\n]*[^ \r\n]+ [^ \r\n]+ HTTP/1\.([2-9])\r\n")
 
 # What llhttp accepts. Anything larger is rejected on the Python path too.
 _LLHTTP_VERSIONS: Final = frozenset(
@@ -96,6 +99,10 @@ class _StrictPythonParser(HttpRequestParserPy):
 
     def parse_message(self, lines: list[bytes]) -> RawRequestMessage:
         msg = super().parse_message(lines)
+        if msg.version.major == 1 and msg.version.minor > 1:
+            # RFC 9110 §2.5: read as the highest 1.x this server conforms to, as the
+            # llhttp path does (_until_close)
+            msg = msg._replace(version=HttpVersion11)
         if msg.version not in _LLHTTP_VERSIONS:
             exc = BadStatusLine(lines[0].decode("latin-1"), "Invalid HTTP version")
             exc.head = lines[0] + b"\r\n"  # type: ignore[attr-defined]  # (as llhttp's: logged)
@@ -190,16 +197,21 @@ class _FallbackParser:
     * ``None``: not known. A rejected method then stays a 400.
     """
 
-    __slots__ = ("_closed", "_end", "_failed", "_held", "_in_flight", "_make_c",
-                 "_make_python", "_max_queue", "_open", "_parser", "_python", "_state")
+    __slots__ = ("_answers_first", "_closed", "_end", "_failed", "_held", "_in_flight",
+                 "_make_c", "_make_python", "_max_queue", "_open", "_parser", "_python",
+                 "_state")
 
     def __init__(
         self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int,
-        make_c: Callable[[], Any] | None = None,
+        make_c: Callable[[], Any] | None = None, answers_first: bool = True,
     ) -> None:
         self._parser = c_parser
         self._make_python = make_python
         self._make_c = make_c  # a new llhttp, for _until_close
+        # _until_close may hand back a refused request as its error, in the list of
+        # messages, and end reading at a chunked one (ClientConnection's rules); not for
+        # aiohttp's RequestHandler, which takes neither.
+        self._answers_first = answers_first
         self._closed = False  # a request with Connection: close was handed back
         self._failed = False  # a malformed request was handed back (as its error)
         self._python: _StrictPythonParser | None = None
@@ -278,7 +290,7 @@ class _FallbackParser:
                     closing = self._until_close(refused, replay)
                     if closing is None:
                         raise
-                    return closing, False, b""
+                    return closing
                 self._python = python
                 return result
             # Another request line refused (a version, a byte in the method): the requests
@@ -286,14 +298,14 @@ class _FallbackParser:
             closing = self._until_close(exc, replay)
             if closing is None:
                 raise
-            return closing, False, b""
+            return closing
         except BadHttpMessage as exc:
             if self._closed and str(exc.message).startswith(_DATA_AFTER_CLOSE):
                 return [], False, b""  # the close was handed back: nothing after it is read
             closing = self._until_close(exc, self._replay(state, data))
             if closing is None:
                 raise
-            return closing, False, b""
+            return closing
         # Nearly every feed: one whole request without a body, and no body left open before
         # it. llhttp is then between messages, as _track would find, without its walk.
         if len(messages) == 1 and messages[0][1] is EMPTY_PAYLOAD and not upgraded \
@@ -310,8 +322,7 @@ class _FallbackParser:
             self._closed = True
         return messages, upgraded, tail
 
-    def _until_close(self, exc: BadHttpMessage, replay: bytes | None
-                     ) -> list[tuple[Any, Any]] | None:
+    def _until_close(self, exc: BadHttpMessage, replay: bytes | None) -> _FeedResult | None:
         """llhttp refuses data after a request with Connection: close (or an HTTP/1.0 one
         without keep-alive), or a malformed request, and drops the messages it completed
         in the same feed: the client's valid requests would get no answer. RFC 9112 §9.6:
@@ -320,62 +331,83 @@ class _FallbackParser:
         parsed again from their first byte by a new llhttp, one at a time, and nothing
         after is fed; the malformed one is handed back as its error (a 400). None (the
         400 stands for all) where that cannot be done for sure: a chunked body, an
-        upgrade, a body not all here."""
+        upgrade, a body not all here.
+
+        A request line llhttp refused for its version `HTTP/1.x`, x above 1, is read as
+        HTTP/1.1 instead: RFC 9110 §2.5, a recipient SHOULD process a higher minor version
+        of a major version it implements as the highest minor it conforms to (nginx and
+        Squid do). The walk rewrites the digit of each such request line it meets (the
+        head may not be whole yet), and where it would give up, the rewritten bytes are
+        fed again from their first byte to a new llhttp."""
         if replay is None or self._make_c is None:
             return None
         after_close = str(exc.message).startswith(_DATA_AFTER_CLOSE)
         parser = self._make_c()
         found: list[tuple[Any, Any]] = []
         pos = 0
+        rewritten: bytearray | None = None  # (in place: one copy, however many lines)
+
+        def given_up() -> _FeedResult | None:
+            if rewritten is None:
+                return None
+            self._parser, self._state, self._open = self._make_c(), b"", None  # type: ignore[misc]
+            self._in_flight, self._held = 0, False
+            return self.feed_data(bytes(rewritten))
+
         while True:
             # (RFC 9112 §2.2: empty lines before a request line are ignored, llhttp's too)
             pos = _LEADING_NEWLINES.match(replay, pos).end()  # type: ignore[union-attr]
+            higher = _HIGHER_MINOR.match(replay, pos)
+            if higher is not None:
+                if rewritten is None:
+                    replay = rewritten = bytearray(replay)
+                rewritten[higher.start(1)] = 0x31  # "1"
             # In llhttp's strict mode a header section ends at the first CRLFCRLF.
             end = replay.find(_CRLFCRLF, pos)
             if end < 0:
-                return None
+                return given_up()
             end += 4
             try:
-                messages, upgraded, _ = parser.feed_data(replay[pos:end])
+                messages, upgraded, _ = parser.feed_data(bytes(replay[pos:end]))
             except BadHttpMessage as bad:
-                if after_close or not found:
-                    return None
+                if after_close or not found or not self._answers_first:
+                    return given_up()
                 # Requests before a malformed one in the same feed: llhttp dropped them
                 # with it, where fed apart they are answered. They are, in order; then the
                 # malformed one's 400, and nothing after it is read (the connection
                 # closes after a 400).
-                bad.head = replay[pos:end]  # type: ignore[attr-defined]  # (for the log)
+                bad.head = bytes(replay[pos:end])  # type: ignore[attr-defined]  # (for the log)
                 found.append((bad, EMPTY_PAYLOAD))
                 self._parser, self._state, self._open = parser, None, None
                 self._in_flight, self._held, self._closed = len(found) - 1, False, True
                 self._failed = True
-                return found
+                return found, False, b""
             if upgraded or len(messages) != 1:
-                return None
+                return given_up()
             msg, payload = messages[0]
             if msg.chunked:
                 # The last request read on its connection (ClientConnection._read_last):
                 # its body is fed a line at a time to where it ends, and nothing after it.
-                end = _chunked_end(parser, payload, replay, end)
+                end = _chunked_end(parser, payload, replay, end) if self._answers_first else None
                 if end is None:
-                    return None
+                    return given_up()
                 found.append((msg, payload))
                 self._parser, self._state, self._open = parser, None, None
                 self._in_flight, self._held, self._closed = len(found), False, True
                 self._failed = True  # (nothing after it is read)
-                return found
+                return found, False, b""
             if payload is not EMPTY_PAYLOAD:
                 length = msg.headers.get(hdrs.CONTENT_LENGTH)
                 if length is None or end + int(length) > len(replay):
-                    return None
-                if parser.feed_data(replay[end:end + int(length)])[0]:
-                    return None
+                    return given_up()
+                if parser.feed_data(bytes(replay[end:end + int(length)]))[0]:
+                    return given_up()
                 end += int(length)
             found.append((msg, payload))
             if msg.should_close:  # the last one read: a new feed meets llhttp's refusal
                 self._parser, self._state, self._open = parser, None, None
                 self._in_flight, self._held, self._closed = len(found), False, True
-                return found
+                return found, False, b""
             pos = end
 
     def rejected(self, data: bytes) -> bytes | None:
@@ -483,9 +515,9 @@ class _ProxyServer(web.Server):
         handler = super().__call__()
         auto_decompress: bool = self._kwargs.get("auto_decompress", True)
 
-        def make_python() -> _StrictPythonParser:
+        def make(kind: Any) -> Any:
             # The same arguments as RequestHandler.__init__ gives its parser.
-            return _StrictPythonParser(
+            return kind(
                 handler,
                 handler._loop,
                 handler._read_bufsize,
@@ -497,11 +529,16 @@ class _ProxyServer(web.Server):
                 max_msg_queue_size=handler._max_msg_queue_size,
             )
 
+        def make_python() -> _StrictPythonParser:
+            return make(_StrictPythonParser)  # type: ignore[no-any-return]
+
         parser: Any
         if isinstance(handler._parser, HttpRequestParserPy):  # AIOHTTP_NO_EXTENSIONS=1
             parser = make_python()
         else:
-            parser = _FallbackParser(handler._parser, make_python, handler._max_msg_queue_size)
+            c_parser = type(handler._parser)
+            parser = _FallbackParser(handler._parser, make_python, handler._max_msg_queue_size,
+                                     lambda: make(c_parser), answers_first=False)
         handler._parser = parser
         return handler
 

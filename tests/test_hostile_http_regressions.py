@@ -166,7 +166,7 @@ async def test_an_origin_status_line_saying_http_2_0_is_refused_not_stored(proxy
     """An origin on an HTTP/1.1 connection answering `HTTP/2.0 200 OK` (llhttp takes it):
     relayed, stored, and `Via: 2.0 cacheproxy` claims HTTP/2 was received. HTTP/2 has no
     such text framing (RFC 9113); it is an invalid HTTP/1.x status line (RFC 9112 §4),
-    whose framing cannot be trusted: 502, as the proxy answers `HTTP/1.2`."""
+    whose framing cannot be trusted: 502."""
     def script(head: bytes) -> bytes:
         return b"HTTP/2.0 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello"
 
@@ -174,6 +174,27 @@ async def test_an_origin_status_line_saying_http_2_0_is_refused_not_stored(proxy
         port = await start(proxy, origin)
         answer = await exchange(port, b"GET /h2 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(answer) == b"HTTP/1.1 502 Bad Gateway"
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.9"])
+async def test_an_origin_status_line_of_a_higher_1_x_minor_is_read_as_1_1(proxy, version):
+    """RFC 9110 §2.5: a message of a major version the recipient implements and a higher
+    minor version SHOULD be processed as the highest minor it conforms to (1.1); nginx
+    relays `HTTP/1.2 200 OK` from its upstream. llhttp refuses it, and the proxy answered
+    502. Read as 1.1: relayed, stored (a hit next), its connection kept for the next
+    request (two answers on one connection)."""
+    def script(head: bytes) -> bytes:
+        return (b"HTTP/" + version + b" 200 OK\r\nCache-Control: max-age=60\r\n"
+                b"Content-Length: 5\r\n\r\nhello")
+
+    async with recording_origin(script) as origin:
+        port = await start(proxy, origin)
+        for path in (b"/a", b"/b", b"/a"):
+            answer = await exchange(port, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert status_of(answer) == b"HTTP/1.1 200 OK" and answer.endswith(b"hello")
+            assert b"\r\nVia: 1.1 " in answer, answer
+        assert b"X-Cache: HIT" in answer, answer
+        assert len(origin.received) == 1 and origin.received[0].count(b"GET ") == 2
 
 
 # -- status codes ------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Final
 
 import httptools
 
@@ -56,6 +57,10 @@ _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # (asyncio's and uvloop's default: 30 s). nginx sends its own and closes at once; an
 # origin that stopped reading (the read timeout's) never answers one.
 _TLS_SHUTDOWN_TIMEOUT = 1.0
+
+
+# The minor digit and the space after it of a status line "HTTP/1.x " read as 1.1.
+_HIGHER_MINORS: Final = frozenset(b"%d " % x for x in range(2, 10))
 
 
 @lru_cache(maxsize=8)
@@ -198,6 +203,11 @@ class Connection(asyncio.Protocol):
             return
         headed = self._headed
         if not headed:
+            if not self._head_bytes and data[7:9] in _HIGHER_MINORS \
+                    and data.startswith(b"HTTP/1."):
+                # RFC 9110 §2.5: an HTTP/1.x status line, x above 1, is read as 1.1 (the
+                # highest minor this proxy conforms to), as nginx does; llhttp refuses it.
+                data = b"HTTP/1.1" + data[8:]
             self._head_bytes += len(data)
             # proxy.read_timeout is the time between two reads (nginx's
             # proxy_read_timeout), for a head that trickles in as for a body.
@@ -326,7 +336,7 @@ class Connection(asyncio.Protocol):
             return
         if self._parser.get_http_version() not in ("1.1", "1.0"):
             # RFC 9112 §4: an HTTP/1.x status line. llhttp takes "HTTP/2.0", which has no
-            # such framing (RFC 9113): its length cannot be trusted (as "HTTP/1.2").
+            # such framing (RFC 9113): its length cannot be trusted.
             raise httptools.HttpParserError(
                 f"status line of HTTP/{self._parser.get_http_version()}")
         self._headed = True

@@ -64,7 +64,7 @@ class RequestFacts:
 
 def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFacts:
     cc = combined_value(headers, "Cache-Control")
-    pragma = headers.get("Pragma")
+    pragma = combined_value(headers, "Pragma")  # RFC 9110 §5.3: every line, as one list
     connection = headers.getall("Connection", [])
     authorization = headers.get("Authorization") is not None
     return RequestFacts(

@@ -67,8 +67,9 @@ _FeedResult = tuple[Sequence[tuple[Any, Any]], bool, bytes]
 _CRLFCRLF: Final = b"\r\n\r\n"
 _DATA_AFTER_CLOSE: Final = "Data after `Connection: close`"  # llhttp's reason
 _INVALID_VERSION: Final = "Invalid HTTP version"  # llhttp's reason
-# A request line saying HTTP/1.x, x above 1 (llhttp reads one digit): group 1 is x.
-_HIGHER_MINOR: Final = re.compile(rb"[\r\n]*[^ \r\n]+ [^ \r\n]+ HTTP/1\.([2-9])\r\n")
+# A request line saying HTTP/1.x, x above 1 (llhttp reads one digit, and refuses it at
+# once: the bytes may end there): group 1 is x.
+_HIGHER_MINOR: Final = re.compile(rb"[\r\n]*[^ \r\n]+ [^ \r\n]+ HTTP/1\.([2-9])(?:\r|\Z)")
 
 # What llhttp accepts. Anything larger is rejected on the Python path too.
 _LLHTTP_VERSIONS: Final = frozenset(
@@ -362,15 +363,19 @@ class _FallbackParser:
                 if rewritten is None:
                     replay = rewritten = bytearray(replay)
                 rewritten[higher.start(1)] = 0x31  # "1"
-            # In llhttp's strict mode a header section ends at the first CRLFCRLF.
+            # In llhttp's strict mode a header section ends at the first CRLFCRLF. A head
+            # not whole yet is fed too: when llhttp refused it, the requests before it
+            # are answered as for a whole one.
             end = replay.find(_CRLFCRLF, pos)
-            if end < 0:
-                return given_up()
-            end += 4
+            whole = end >= 0
+            end = end + 4 if whole else len(replay)
             try:
                 messages, upgraded, _ = parser.feed_data(bytes(replay[pos:end]))
             except BadHttpMessage as bad:
-                if after_close or not found or not self._answers_first:
+                # (After a rewrite, the bytes fed again meet this head as any feed would:
+                # an unknown method goes to the Python parser, a malformed head gets its
+                # 400 after the requests before it.)
+                if rewritten is not None or after_close or not found or not self._answers_first:
                     return given_up()
                 # Requests before a malformed one in the same feed: llhttp dropped them
                 # with it, where fed apart they are answered. They are, in order; then the
@@ -382,7 +387,7 @@ class _FallbackParser:
                 self._in_flight, self._held, self._closed = len(found) - 1, False, True
                 self._failed = True
                 return found, False, b""
-            if upgraded or len(messages) != 1:
+            if not whole or upgraded or len(messages) != 1:
                 return given_up()
             msg, payload = messages[0]
             if msg.chunked:

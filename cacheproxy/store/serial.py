@@ -38,6 +38,7 @@ def encode(entry: CachedResponse) -> bytes:
         # size: figured from the rest when read (CachedResponse.size); still written, for
         # readers of this format version that take it from here.
         "modified_at": entry.modified_at, "size": entry.size,
+        "body_bytes": len(entry.body),  # a record cut short is told from a whole one
     }
     if _directives(headers) != entry.directives:
         header["directives"] = {f.name: getattr(entry.directives, f.name)
@@ -74,8 +75,12 @@ def decode(data: bytes) -> CachedResponse:
     finally:
         if collecting:
             gc.enable()
+    body = bytes(data[end:])
+    if isinstance(h, dict) and h.get("body_bytes", len(body)) != len(body):
+        raise ValueError(f"stored entry: body of {len(body)} bytes, "
+                         f"{h['body_bytes']!r} were written")
     try:
-        return _entry(h, bytes(data[end:]))
+        return _entry(h, body)
     except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise ValueError(f"stored entry: malformed header ({type(exc).__name__}: {exc})") \
             from exc
@@ -96,6 +101,17 @@ def check_servable(entry: CachedResponse) -> None:
         raise ValueError("stored entry: a field name is not a token")
     if "\r" in values or "\n" in values or "\0" in values:
         raise ValueError("stored entry: a field value holds CR, LF or NUL")
+    # A body cut short (a record without body_bytes, written before it was) would go out
+    # whole-looking, its Content-Length made from it: the stored field must agree
+    # (RFC 9111 §3.1: only a complete response is reused as one).
+    length = len(entry.body)
+    for name, value in zip(names, entry.values, strict=True):
+        if name.lower() != "content-length":
+            continue
+        given = [v.strip() for v in value.split(",")]
+        if any(v.isascii() and v.isdigit() and int(v) != length for v in given):
+            raise ValueError(f"stored entry: Content-Length {value} for a body of "
+                             f"{length} bytes")
 
 
 def _entry(h: dict[str, Any], body: bytes) -> CachedResponse:

@@ -1,0 +1,49 @@
+"""A review of the Redis store and --workers under faults (a Redis killed, hung, full,
+read-only or holding damaged records): each test showed a defect against a real
+redis-server, real aiohttp origins and the real proxy on 127.0.0.1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis_server import RedisServer
+
+BODY = b"0123456789" * 1000
+
+
+# -- serial.py: a record cut short ------------------------------------------------------------
+
+
+async def test_a_truncated_record_is_a_miss_not_a_short_body(
+        origin: Any, proxy: Any, redis_server: RedisServer) -> None:
+    """README (The Redis store): "a record from another version or a damaged one is treated
+    as a miss and deleted". A record is its header then the raw body, and nothing checked
+    the body's length when it was read: a value cut short (a damaged or half-written record,
+    another program's write) was served as a HIT with the shorter body, and with a
+    Content-Length made from that body (proxy/replay.py), so the client could not even see
+    that the answer was cut: 5,000 of the 10,000 bytes the origin sent, as a complete 200.
+    The record already carries what the body's length must be (its Content-Length field, and
+    the size written beside it). A shared cache must not hand out a different body than the
+    origin's (RFC 9111 §3: only a complete response is stored and reused). Severity: high
+    (a wrong body served as complete, to every client, for the entry's lifetime)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=BODY, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/a", page)
+    c = await proxy(await origin(app), cache={"store": "redis", "redis_url": redis_server.url,
+                                              "memory_layer_bytes": 0})
+    assert await (await c.get("/a")).read() == BODY
+    raw = Redis.from_url(redis_server.url)
+    try:
+        [name] = await raw.keys("cacheproxy:e:*")
+        [(field, record)] = [(f, v) for f, v in (await raw.hgetall(name)).items() if f != b"#"]
+        await raw.hset(name, field, record[:-5000])  # the body cut in half
+        resp = await c.get("/a")
+        assert resp.status == 200
+        assert await resp.read() == BODY
+        assert resp.headers["X-Cache"] == "MISS"
+    finally:
+        await raw.aclose()

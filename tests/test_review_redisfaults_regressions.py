@@ -13,6 +13,23 @@ from redis_server import RedisServer
 BODY = b"0123456789" * 1000
 
 
+def _versioned_origin(state: dict[str, int]) -> web.Application:
+    """GET /x answers "v<N>" (max-age=600, an ETag); a POST makes N one more."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"v{state['version']}",
+                            headers={"Cache-Control": "max-age=600",
+                                     "ETag": f'"{state["version"]}"'})
+
+    async def change(request: web.Request) -> web.Response:
+        state["version"] += 1
+        return web.Response(text="changed")
+
+    app = web.Application()
+    app.router.add_get("/{name}", page)
+    app.router.add_post("/{name}", change)
+    return app
+
+
 # -- serial.py: a record cut short ------------------------------------------------------------
 
 
@@ -46,4 +63,40 @@ async def test_a_truncated_record_is_a_miss_not_a_short_body(
         assert await resp.read() == BODY
         assert resp.headers["X-Cache"] == "MISS"
     finally:
+        await raw.aclose()
+
+
+# -- Redis at maxmemory under noeviction --------------------------------------------------------
+
+
+async def test_an_invalidation_by_post_holds_when_redis_is_full_under_noeviction(
+        origin: Any, proxy: Any, redis_server: RedisServer) -> None:
+    """RFC 9111 §4.4: a cache MUST invalidate the target URI after a successful unsafe
+    request. The store's delete sent UNLINK and the purge message's PUBLISH in a MULTI
+    transaction; Redis at maxmemory with noeviction refuses every command queued in a MULTI
+    (its OOM rule for transactions), though it runs UNLINK and PUBLISH alone (they are not
+    refused under OOM: they are how memory is freed). So with Redis full, a POST's
+    invalidation was lost silently (the driver ignores a failed delete, which it takes for an
+    outage) and the pre-POST response went on being served as a fresh HIT for its whole
+    max-age, by every replica; and the admin API's purge of a URL answered 503, the purge an
+    operator reaches for when Redis is full. Severity: medium (stale content past an
+    invalidation, in a state the README names: noeviction at maxmemory)."""
+    state = {"version": 1}
+    c = await proxy(await origin(_versioned_origin(state)),
+                    cache={"store": "redis", "redis_url": redis_server.url})
+    assert await (await c.get("/a")).text() == "v1"
+    assert await (await c.get("/b")).text() == "v1"
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await raw.set("filler", b"x" * 2_000_000)
+        await raw.config_set("maxmemory-policy", "noeviction")
+        await raw.config_set("maxmemory", "1mb")  # full: writes now get OOM errors
+        assert (await c.post("/a")).status == 200
+        resp = await c.get("/a")
+        assert await resp.text() == "v2", resp.headers.get("X-Cache")
+        purged = await c.post("/_cacheproxy/purge", params={"url": "/b"})
+        assert purged.status == 200, await purged.text()
+        assert (await purged.json())["purged"] == 1
+    finally:
+        await raw.config_set("maxmemory", "0")
         await raw.aclose()

@@ -374,7 +374,10 @@ class RedisStore:
 
     async def delete(self, key: str) -> bool:
         async def unlink() -> Any:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            # One round trip, no MULTI: Redis at maxmemory under noeviction refuses every
+            # command queued in a transaction, but runs UNLINK and PUBLISH alone (they free
+            # memory), and an invalidation (RFC 9111 §4.4) or a purge must hold then too.
+            async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.unlink(self._entries + _bytes(key))
                 pipe.publish(self.channel, b"d" + _bytes(key))
                 return (await pipe.execute())[0]

@@ -4,11 +4,15 @@ redis-server, real aiohttp origins and the real proxy on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
-from redis_server import RedisServer
+from redis_server import RedisServer, _pong
 
 BODY = b"0123456789" * 1000
 
@@ -100,3 +104,68 @@ async def test_an_invalidation_by_post_holds_when_redis_is_full_under_noeviction
     finally:
         await raw.config_set("maxmemory", "0")
         await raw.aclose()
+
+
+# -- an invalidation while Redis does not answer ----------------------------------------------
+
+
+class _PersistentRedis(RedisServer):
+    """redis-server with an append-only file fsynced per write: a restart keeps its data."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__()
+        self.directory = directory
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _pong(self.port):
+            assert self.process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+async def test_an_invalidation_while_redis_is_down_holds_once_it_is_back(
+        origin: Any, proxy: Any, tmp_path: Path) -> None:
+    """RFC 9111 §4.4: after a successful unsafe request the cache MUST invalidate the target
+    URI. With Redis down for a moment (a crash and restart with its data: AOF, RDB, a
+    failover to a replica; a network blip), the POST reached the origin, the store's UNLINK
+    failed and the driver dropped the failure (store/base.discard: best effort, the client
+    must get its answer). Once Redis was back, the response from before the POST was still
+    in it and was served as a fresh HIT for the rest of its max-age (10 minutes here), by
+    this proxy and by every replica: the invalidation never happened. The proxy knows which
+    invalidations it could not make; it must make them when Redis is back, before the key
+    is served again (nginx and Squid invalidate in a store they own, so the question does
+    not arise there). Severity: medium (stale content past an invalidation, after any short
+    Redis outage)."""
+    redis = _PersistentRedis(tmp_path)
+    redis.start()
+    try:
+        state = {"version": 1}
+        up = await origin(_versioned_origin(state))
+        cache = {"store": "redis", "redis_url": redis.url, "redis_timeout": 0.2,
+                 "redis_retry_interval": 0.2}
+        # (two replicas: keyed by the upstream, not by each one's Host)
+        c = await proxy(up, cache=cache, proxy={"x_forwarded_host": False})
+        other = await proxy(up, cache=cache, proxy={"x_forwarded_host": False})
+        assert await (await c.get("/a")).text() == "v1"
+        raw = Redis.from_url(redis.url)
+        try:  # (the fill is stored once its body is in, after the client has it)
+            async with asyncio.timeout(3):
+                while not await raw.keys("cacheproxy:e:*"):
+                    await asyncio.sleep(0.01)
+        finally:
+            await raw.aclose()
+        redis.stop()  # SIGKILL; the entry is in its append-only file
+        assert (await c.post("/a")).status == 200  # the origin now has v2
+        redis.start()  # with its data
+        await asyncio.sleep(0.6)  # past the retry interval: Redis is asked again
+        for client in (other, c, other):  # the other replica never saw the POST
+            resp = await client.get("/a")
+            assert await resp.text() == "v2", resp.headers.get("X-Cache")
+    finally:
+        redis.stop()

@@ -28,7 +28,10 @@ redis_retry_interval, then one operation probes (the stats task probes too, so c
 resumes with no traffic), with at most one log line per interval until it answers.
 get and put never raise: a miss, and "not stored", send the request to the origin
 uncached. delete, delete_prefix, clear and keys raise StoreUnavailable, so that a purge
-is never reported done when it was not. An error reply (OOM under noeviction) fails
+is never reported done when it was not. A key whose delete failed (an invalidation, RFC
+9111 §4.4, that the request path cannot wait for) is deleted once Redis answers: before
+the key is read or written again here, and by the probe loop, so other replicas stop
+serving it within a retry interval of Redis's return. An error reply (OOM under noeviction) fails
 that one call and leaves the store up: Redis answered.
 """
 
@@ -80,6 +83,9 @@ POOL_CONNECTIONS = 64
 MAX_VALUE_BYTES = 512 * 1024 * 1024 - 64 * 1024
 STATS_INTERVAL = 5.0  # seconds between refreshes of stats() (INFO)
 _SCAN_COUNT = 1000
+# The keys of failed deletes kept for when Redis is back, in characters (a client chooses
+# a key's length, and POSTs as often as it likes): past it the oldest are given up, logged.
+MAX_UNDONE_CHARS = 2 * 1024 * 1024
 _META = b"#"
 
 # KEYS[1]: the entry hash. ARGV: field, encoded entry, put time (the variants put last
@@ -287,6 +293,8 @@ class RedisStore:
         self._default_max = cache.max_bytes
         self._checked_memory = False
         self._refresher: asyncio.Task[None] | None = None
+        self._undone: dict[str, None] = {}  # keys whose delete failed, oldest first
+        self._undone_chars = 0
 
     @property
     def available(self) -> bool:
@@ -307,6 +315,8 @@ class RedisStore:
         """Every variant; with a request's headers, a Selectable: the variants it may
         select (all of them when the key holds one) and how many others were left unread."""
         name = self._entries + _bytes(key)
+        if key in self._undone and not await self._redo(key):
+            return ()  # what an invalidation removed must not be served again
         try:
             if headers is None:
                 whole: dict[bytes, bytes] = await self._call(partial(self._redis.hgetall, name))
@@ -361,6 +371,8 @@ class RedisStore:
         """put(), but tells how many variants the key holds afterwards (0: not stored)."""
         if len(entry.body) > MAX_VALUE_BYTES:  # each route's max_object_bytes is the exchange's
             return 0
+        if entry.key in self._undone and not await self._redo(entry.key):
+            return 0  # (a put adds one variant: the others the delete removed would stay)
         now = time.time()
         expires_ms = int((now + entry_ttl(entry, now)) * 1000)
         args = [_variant_field(entry), encode(entry), repr(now), expires_ms,
@@ -381,7 +393,14 @@ class RedisStore:
                 pipe.unlink(self._entries + _bytes(key))
                 pipe.publish(self.channel, b"d" + _bytes(key))
                 return (await pipe.execute())[0]
-        return bool(await self._call(unlink))
+        try:
+            deleted = bool(await self._call(unlink))
+        except StoreUnavailable:
+            self._undo_later(key)
+            raise
+        if self._undone.pop(key, 0) is None:
+            self._undone_chars -= len(key)
+        return deleted
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
         found: dict[str, None] = {}  # SCAN may return a key twice
@@ -429,6 +448,33 @@ class RedisStore:
     def subscriber(self) -> PurgeSubscriber:
         """A connection of its own for the purge channel."""
         return PurgeSubscriber(self._redis.connection_pool, ignore_subscribe_messages=True)
+
+    # -- deletes that failed -------------------------------------------------------------
+
+    def _undo_later(self, key: str) -> None:
+        if key in self._undone:
+            return
+        self._undone[key] = None
+        self._undone_chars += len(key)
+        while self._undone_chars > MAX_UNDONE_CHARS and len(self._undone) > 1:
+            oldest = next(iter(self._undone))
+            del self._undone[oldest]
+            self._undone_chars -= len(oldest)
+            log.warning("redis store: a failed invalidation of %.200s is given up (too many "
+                        "kept while redis is unavailable)", oldest)
+
+    async def _redo(self, key: str) -> bool:
+        """Delete key now, after its delete failed; whether that was done."""
+        try:
+            await self.delete(key)
+        except StoreUnavailable:
+            return False
+        return True
+
+    async def _redo_all(self) -> None:
+        for key in list(self._undone):
+            if key in self._undone and not await self._redo(key):
+                return
 
     # -- calls -------------------------------------------------------------------------
 
@@ -493,6 +539,8 @@ class RedisStore:
                 refreshed = time.monotonic()
                 with contextlib.suppress(StoreUnavailable):
                     await self._refresh_stats(probe=True)
+            if self._undone and self.available:  # for the replicas that read these keys
+                await self._redo_all()
 
     async def _refresh_stats(self, probe: bool = False) -> None:
         info = await self._call(partial(self._redis.info, "memory", "stats", "keyspace"),

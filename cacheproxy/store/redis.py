@@ -92,6 +92,10 @@ _META = b"#"
 # stay), expires_at_ms, now_ms, max_variants. Returns how many variants the hash holds
 # afterwards.
 _PUT = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])  -- not ours (another program, another layout): replaced
+end
 local meta = {}
 local raw = redis.call('HGET', KEYS[1], '#')
 if raw then

@@ -197,3 +197,43 @@ async def test_a_key_of_another_type_is_replaced_by_the_next_fill(
         assert (await c.get("/a")).headers["X-Cache"] == "HIT"
     finally:
         await raw.aclose()
+
+
+# -- a server that is not Redis ---------------------------------------------------------------
+
+
+async def test_a_server_that_only_looks_like_redis_costs_caching_not_a_500(
+        origin: Any, proxy: Any) -> None:
+    """README (The Redis store): when Redis is down or not itself, "requests go straight to
+    the origin, uncached (no 5xx is caused by the store)". A server on cache.redis_url that
+    speaks RESP but is not Redis (here one that answers +OK to every command: another
+    RESP service on the port, a misbehaving Redis-compatible proxy) gave replies of another
+    shape than the commands', and the store read them outside its guard ("too many values
+    to unpack", "'int' object is not subscriptable"): every request got a 500 with the
+    traceback in the log, for as long as it was configured so. A reply of the wrong shape
+    must count as a failed call, like a protocol error. Severity: medium (every request a
+    500; a misconfiguration, but exactly the one readyz and the retry logic are for)."""
+    async def resp_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(b"+OK\r\n" * max(1, data.count(b"*")))  # one per command
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(resp_server, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        state = {"version": 1}
+        for layer in (0, 1 << 20):
+            c = await proxy(await origin(_versioned_origin(state)),
+                            cache={"store": "redis", "redis_url": f"redis://127.0.0.1:{port}/0",
+                                   "memory_layer_bytes": layer})
+            for _ in range(2):
+                resp = await c.get("/a")
+                assert resp.status == 200, await resp.text()
+                assert await resp.text() == "v1"
+    finally:
+        server.close()

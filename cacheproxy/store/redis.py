@@ -188,6 +188,22 @@ def _selectable(field: bytes, headers: Headers) -> bool:
     return in_variant((tuple(names), tuple(values)), headers)
 
 
+def _strings(found: Any) -> list[bytes]:
+    """A list of bytes, as Redis answers; TypeError for what no Redis answers (a server
+    that only looks like one): in a call, that is an outage like a protocol error."""
+    if not (isinstance(found, list) and all(isinstance(x, bytes) for x in found)):
+        raise TypeError(f"not a Redis answer: {found!r:.80}")
+    return found
+
+
+def _pairs(whole: Any) -> list[tuple[bytes, bytes]]:
+    """A hash's (field, value) pairs, checked as _strings."""
+    if not isinstance(whole, dict):
+        raise TypeError(f"not a Redis answer: {whole!r:.80}")
+    _strings([*whole, *whole.values()])
+    return list(whole.items())
+
+
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     message = str(exc)
@@ -323,8 +339,7 @@ class RedisStore:
             return ()  # what an invalidation removed must not be served again
         try:
             if headers is None:
-                whole: dict[bytes, bytes] = await self._call(partial(self._redis.hgetall, name))
-                fields, unread = list(whole.items()), 0
+                fields, unread = await self._call(partial(self._read_all, name)), 0
             else:
                 fields, unread = await self._read_selectable(name, headers)
         except StoreUnavailable:
@@ -332,20 +347,33 @@ class RedisStore:
         variants = await self._decoded(key, name, fields)
         return variants if headers is None else Selectable(variants, unread)
 
+    async def _read_all(self, name: bytes) -> list[tuple[bytes, bytes]]:
+        return _pairs(await self._redis.hgetall(name))
+
     async def _read_selectable(self, name: bytes, headers: Headers
                                ) -> tuple[list[tuple[bytes, bytes]], int]:
         """The (field, data) of the variants the request may select, and how many others
         the hash holds. One round trip when it holds at most one variant, else two."""
-        whole, found = await self._call(partial(self._look_script, keys=[name]))
+        async def look() -> tuple[bool, list[Any]]:
+            whole, found = await self._look_script(keys=[name])
+            if whole:  # (field, value) pairs
+                return True, list(zip(found[::2], _strings(found)[1::2], strict=True))
+            return False, _strings(found)
+
+        whole, found = await self._call(look)
         if whole:
-            return list(zip(found[::2], found[1::2], strict=True)), 0
+            return found, 0
         wanted = [f for f in found if f != _META and _selectable(f, headers)]
         unread = len(found) - len(wanted) - (_META in found)
         if not wanted:
             return [], unread
-        data = await self._call(partial(self._redis.hmget, name, wanted))
-        # (None: removed since the look, by a put that dropped it or a purge)
-        return [(f, d) for f, d in zip(wanted, data, strict=True) if d is not None], unread
+
+        async def read() -> list[tuple[bytes, bytes]]:
+            data = await self._redis.hmget(name, wanted)
+            # (None: removed since the look, by a put that dropped it or a purge)
+            return _pairs({f: d for f, d in zip(wanted, data, strict=True) if d is not None})
+
+        return await self._call(read), unread
 
     async def _decoded(self, key: str, name: bytes, fields: list[tuple[bytes, bytes]]
                        ) -> tuple[CachedResponse, ...]:
@@ -381,12 +409,16 @@ class RedisStore:
         expires_ms = int((now + entry_ttl(entry, now)) * 1000)
         args = [_variant_field(entry), encode(entry), repr(now), expires_ms,
                 int(now * 1000), MAX_VARIANTS]
+        async def put() -> int:
+            held = await self._put_script(keys=[self._entries + _bytes(entry.key)], args=args)
+            if not isinstance(held, int):
+                raise TypeError(f"the put script answered {held!r}")
+            return held
+
         try:
-            held = await self._call(partial(
-                self._put_script, keys=[self._entries + _bytes(entry.key)], args=args))
+            return await self._call(put)
         except StoreUnavailable:
             return 0
-        return int(held)
 
     async def delete(self, key: str) -> bool:
         async def unlink() -> Any:

@@ -237,3 +237,38 @@ async def test_a_server_that_only_looks_like_redis_costs_caching_not_a_500(
                 assert await resp.text() == "v1"
     finally:
         server.close()
+
+
+# -- a record under another URL's key ----------------------------------------------------------
+
+
+async def test_a_record_for_another_url_is_not_served_for_this_one(
+        origin: Any, proxy: Any, redis_server: RedisServer) -> None:
+    """A record names the key it was stored for, and the hash it lies in is named after that
+    key; nothing compared the two when it was read. A record found under /a's hash that was
+    stored for /b (copied or renamed by an operator's script or another program, a
+    migration of redis_prefix gone wrong) was served for /a, /b's body as a HIT: a wrong
+    body, the one thing a cache must never do (RFC 9111 §4: a stored response is reused
+    only for a request whose target URI matches the key). Such a record is foreign or
+    damaged, and the README's rule for those applies: a miss, and deleted. Severity: low
+    (it takes a record moved by hand or by another program; the answer is then wrong)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=f"page {request.path}", headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/{name}", page)
+    c = await proxy(await origin(app), cache={"store": "redis", "redis_url": redis_server.url,
+                                              "memory_layer_bytes": 0})
+    assert await (await c.get("/b")).text() == "page /b"
+    key_a = c.app_proxy.cache_key("http", f"127.0.0.1:{c.server.port}", "/a")
+    key_b = c.app_proxy.cache_key("http", f"127.0.0.1:{c.server.port}", "/b")
+    raw = Redis.from_url(redis_server.url)
+    try:
+        async with asyncio.timeout(3):  # (stored once the body is in)
+            while not await raw.exists(f"cacheproxy:e:{key_b}"):
+                await asyncio.sleep(0.01)
+        await raw.copy(f"cacheproxy:e:{key_b}", f"cacheproxy:e:{key_a}")
+        resp = await c.get("/a")
+        assert await resp.text() == "page /a", resp.headers["X-Cache"]
+    finally:
+        await raw.aclose()

@@ -385,6 +385,8 @@ class RedisStore:
             try:
                 entry = decode(data)
                 check_servable(entry)  # (well-typed is not enough: damaged or foreign)
+                if entry.key != key:  # copied or renamed from another URL's hash
+                    raise ValueError(f"stored entry: it is for {entry.key[:200]!r}")
             except ValueError as exc:
                 log.warning("dropping an unreadable entry for %s: %s", key, exc)
                 bad.append(field)

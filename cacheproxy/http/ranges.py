@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from cacheproxy.http.abnf import bounded_digits
 from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.validators import parse_etag, strong_match
@@ -13,6 +14,9 @@ from cacheproxy.http.validators import parse_etag, strong_match
 # §14.2: a server MAY ignore a Range header field; more ranges than this (a way to make a
 # server send many small parts, §17.15) and the whole representation is sent instead.
 MAX_RANGES: Final = 32
+# Positions at or past this are past the end of any representation (which stays far below
+# it): a number of thousands of digits is read as this, not refused by int() (abnf.py).
+_FAR: Final = 2**63
 
 # RFC 9110 §14.1.1, §14.1.2
 #   ranges-specifier = range-unit "=" range-set
@@ -64,12 +68,12 @@ def parse_ranges(value: str, length: int) -> Partial | Unsatisfiable | None:
         first, last, suffix = m.groups()
         if suffix is not None:
             # §14.1.2: the last suffix-length bytes (all of them, if fewer).
-            size = int(suffix)
+            size = _number(suffix)
             if size > 0 and length > 0:
                 ranges.append((max(0, length - size), length - 1))
             continue
-        start = int(first)
-        end = int(last) if last else length - 1
+        start = _number(first)
+        end = _number(last) if last else length - 1
         if last and end < start:
             return None  # §14.1.1: last-pos less than first-pos: invalid
         if start < length:  # §14.1.1: satisfiable when first-pos < length
@@ -82,6 +86,11 @@ def parse_ranges(value: str, length: int) -> Partial | Unsatisfiable | None:
         # instead, as nginx does (Apache's CVE-2011-3192 was this).
         return None
     return Partial(tuple(ranges), length)
+
+
+def _number(digits: str) -> int:
+    """§14.1.1: a first-pos, last-pos or suffix-length (1*DIGIT, matched already)."""
+    return bounded_digits(digits, _FAR) or 0
 
 
 def if_range_holds(value: str, entry: CachedResponse) -> bool:

@@ -1,0 +1,42 @@
+"""Findings of a review of Range, conditional and HEAD requests answered from storage
+(review-ranges): the RFC 9110 §13/§14 and RFC 9111 §3.3, §4.3.2, §4.3.5 rules, with nginx
+1.22 (proxy_cache, slice off) on loopback where the RFC leaves a choice. Each test failed
+on the code it was written against (c3d2749) and says what the RFCs or nginx do
+instead. Real origins and clients on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from test_proxy_caching import Origin, start
+
+
+def stored_origin(body: bytes = b"0123456789", **headers: str) -> Origin:
+    return Origin(r=lambda req: web.Response(
+        body=body, headers={"Cache-Control": "max-age=600", "ETag": '"v1"', **headers}))
+
+
+async def test_a_range_with_thousands_of_digits_is_no_500(origin: Any, proxy: Any) -> None:
+    """`Range: bytes=0-999...9` (5,000 digits; the head may hold 64 KiB) was answered 500
+    with a traceback in the log, on a hit and on a miss alike: parse_ranges called int()
+    on the digits, and Python refuses strings of more than 4,300 digits (ValueError). One
+    small request per traceback floods the log, and a media client with an absurd range
+    gets an error instead of its bytes. RFC 9110 §14.1.1: a last-pos past the end means
+    the end (206), a first-pos past it is unsatisfiable (416), and a suffix longer than
+    the representation is all of it (206 / 416 / 206). nginx's parser checks for overflow
+    and answers 416; never a 500. The design's rule: "a bad input is an answer, not a
+    crash". Severity: medium."""
+    o = stored_origin()
+    c = await start(origin, proxy, o)
+    digits = "9" * 5000
+    resp = await c.get("/r", headers={"Range": f"bytes=-{digits}"})  # a miss
+    assert resp.status == 206, resp.status
+    assert resp.headers["Content-Range"] == "bytes 0-9/10"
+    assert await resp.read() == b"0123456789"
+    resp = await c.get("/r", headers={"Range": f"bytes=2-{digits}"})  # a hit
+    assert resp.status == 206 and resp.headers["Content-Range"] == "bytes 2-9/10"
+    assert await resp.read() == b"23456789"
+    resp = await c.get("/r", headers={"Range": f"bytes={digits}-"})
+    assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */10"
+    assert o.calls["r"] == 1

@@ -40,3 +40,25 @@ async def test_a_range_with_thousands_of_digits_is_no_500(origin: Any, proxy: An
     resp = await c.get("/r", headers={"Range": f"bytes={digits}-"})
     assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */10"
     assert o.calls["r"] == 1
+
+
+async def test_a_suffix_range_of_an_empty_representation_is_no_416(
+        origin: Any, proxy: Any) -> None:
+    """`Range: bytes=-5` on a stored 200 with `Content-Length: 0` was answered 416
+    (`Content-Range: bytes */0`), on the miss that stored it and on hits after. RFC 9110
+    §14.1.1: "If the selected representation has zero length, the only satisfiable form
+    of range-spec is a suffix-range with a non-zero suffix-length", so 416 (§15.5.17: no
+    range satisfiable) is wrong; as no Content-Range can name zero bytes, the whole,
+    empty, 200 is the answer, which nginx sends (for every Range on an empty body). A
+    client that takes the 416 to mean the resource shrank starts over or fails (download
+    managers resume with a suffix). `bytes=0-` stays a 416, as §14.1.1 says. Severity:
+    low."""
+    o = stored_origin(b"")
+    c = await start(origin, proxy, o)
+    for _ in ("miss", "hit"):
+        resp = await c.get("/r", headers={"Range": "bytes=-5"})
+        assert resp.status == 200, resp.status
+        assert "Content-Range" not in resp.headers and await resp.read() == b""
+    resp = await c.get("/r", headers={"Range": "bytes=0-"})
+    assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */0"
+    assert o.calls["r"] == 1

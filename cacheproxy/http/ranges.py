@@ -69,7 +69,13 @@ def parse_ranges(value: str, length: int) -> Partial | Unsatisfiable | None:
         if suffix is not None:
             # §14.1.2: the last suffix-length bytes (all of them, if fewer).
             size = _number(suffix)
-            if size > 0 and length > 0:
+            if size > 0 and length == 0:
+                # §14.1.1: "If the selected representation has zero length, the only
+                # satisfiable form of range-spec is a suffix-range with a non-zero
+                # suffix-length": satisfiable, so no 416; its part, all of nothing, has
+                # no Content-Range (§14.4), so the whole (empty) 200 goes, as nginx's.
+                return None
+            if size > 0:
                 ranges.append((max(0, length - size), length - 1))
             continue
         start = _number(first)

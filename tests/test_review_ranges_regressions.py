@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp import web
 from test_proxy_caching import Origin, start
 
@@ -62,3 +63,35 @@ async def test_a_suffix_range_of_an_empty_representation_is_no_416(
     resp = await c.get("/r", headers={"Range": "bytes=0-"})
     assert resp.status == 416 and resp.headers["Content-Range"] == "bytes */0"
     assert o.calls["r"] == 1
+
+
+@pytest.mark.parametrize(("cache_control", "size"), [
+    ("no-store", 5),      # not storable for anyone
+    ("private", 5),
+    ("max-age=600", 11),  # over max_object_bytes
+])
+async def test_range_requests_to_an_unstorable_url_go_to_the_origin_once_each(
+        origin: Any, proxy: Any, cache_control: str, size: int) -> None:
+    """Every `Range` request for a URL whose answers cannot be stored (no-store, private,
+    or over max_object_bytes: a video file, where a media element sends nothing but Range
+    requests, `bytes=0-` then one per seek) cost two origin requests, forever: the whole
+    representation first (read up to its head, its connection then closed), then the
+    request again with its Range. The README says a URL "whose last answer was not
+    storable for anyone (hit-for-pass) ... sends its Range as it is at once", and so it
+    did after a plain GET; but the Range miss's answer was turned into the Refetch
+    before the driver looked for hit-for-pass, so it was never marked. Varnish's
+    hit-for-pass after the first answer, and nginx with proxy_cache, send such a request
+    once. Severity: medium (twice the origin requests, and a closed origin connection,
+    per seek in every unstorable media file)."""
+    seen: list[str | None] = []
+
+    def answer(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Range"))
+        return web.Response(body=b"x" * size, headers={"Cache-Control": cache_control})
+
+    c = await start(origin, proxy, Origin(r=answer), cache={"max_object_bytes": 10})
+    for first in range(3):
+        resp = await c.get("/r", headers={"Range": f"bytes={first}-"})
+        assert resp.status == 200 and len(await resp.read()) == size  # (origin: no ranges)
+    # The first asked whole (it might have been storable), then as the client asked.
+    assert seen == [None, "bytes=0-", "bytes=1-", "bytes=2-"], seen

@@ -351,7 +351,7 @@ class Driver:
         if isinstance(d, (Store, Update)):
             self.collapser.unmark_pass(ctx.key, d.entry)
             self.collapser.note_stored(ctx.key, d.entry)
-        elif isinstance(d, (Keep, Evict, Pass)) and d.hit_for_pass:
+        elif isinstance(d, (Keep, Evict, Pass, Refetch)) and d.hit_for_pass:
             self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.headers))
 
     def _failed(self, ctx: Ctx, f: Failed) -> Answer:

@@ -158,7 +158,9 @@ def test_s14_2_without_a_length_the_range_is_the_origins() -> None:
 
 @pytest.mark.parametrize("fields", [{"Cache-Control": "no-store"}, {"Cache-Control": "private"}])
 def test_s14_2_a_200_not_stored_the_range_is_the_origins(fields) -> None:
-    assert answer(MISS, 200, fields, req=RANGED, length=11) == Refetch(Forward("bypass", "GET"))
+    """(hit-for-pass: the URL's next Range goes to the origin as it is at once)"""
+    assert answer(MISS, 200, fields, req=RANGED, length=11) == Refetch(
+        Forward("bypass", "GET"), hit_for_pass=True)
 
 
 def test_s14_2_an_error_is_relayed_as_it_is() -> None:
@@ -167,4 +169,4 @@ def test_s14_2_an_error_is_relayed_as_it_is() -> None:
 
 def test_s14_2_too_big_to_store_the_range_is_the_origins() -> None:
     d = answer(MISS, 200, {"Cache-Control": "max-age=60"}, req=RANGED, length=10**10)
-    assert d == Refetch(Forward("bypass", "GET"))
+    assert d == Refetch(Forward("bypass", "GET"), hit_for_pass=True)

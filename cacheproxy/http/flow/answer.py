@@ -145,7 +145,8 @@ def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts
         return replace(d, whole_first=True, part=part)
     if isinstance(d, Pass | Keep) and status == 200 and (isinstance(d, Pass)
                                                           or d.serve is None):
-        return Refetch(Forward("bypass", "GET"))
+        # (its hit-for-pass kept: the URL's next Range goes as it is at once)
+        return Refetch(Forward("bypass", "GET"), hit_for_pass=d.hit_for_pass)
     return d
 
 

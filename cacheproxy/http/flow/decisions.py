@@ -182,9 +182,12 @@ class Pass:
 
 @dataclass(frozen=True, slots=True)
 class Refetch:
-    """§4.3.4: a 304 that selects no stored response: ask again, unconditionally."""
+    """§4.3.4: a 304 that selects no stored response: ask again, unconditionally; or the
+    whole representation asked for a Range that cannot be stored: ask again with the
+    Range (RFC 9110 §14.2). hit_for_pass as for Pass (the whole answer's reason)."""
 
     forward: Forward
+    hit_for_pass: bool = False
 
 
 Lookup = Serve | ServeStale | PreconditionFailed | Forward | Refuse

@@ -6,6 +6,8 @@ instead. Real origins and clients on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -95,3 +97,61 @@ async def test_range_requests_to_an_unstorable_url_go_to_the_origin_once_each(
         assert resp.status == 200 and len(await resp.read()) == size  # (origin: no ranges)
     # The first asked whole (it might have been storable), then as the client asked.
     assert seen == [None, "bytes=0-", "bytes=1-", "bytes=2-"], seen
+
+
+@pytest.mark.parametrize("fields", [
+    b"Range: bytes=100-\r\nIf-Range: \"v0\"\r\n",  # a seek after the file changed
+    b"Range: items=0-1\r\n",                       # a unit the cache ignores
+    b"Range: bytes=5-2\r\n",                       # an invalid range-spec: ignored
+])
+async def test_a_range_miss_answered_whole_streams(origin: Any, proxy: Any,
+                                                   fields: bytes) -> None:
+    """On a Range miss the proxy asks for the whole representation to store it. When the
+    answer to the client is that whole 200 anyway (If-Range names another version, as a
+    media element's seek does after the file changed; a unit other than bytes; an
+    invalid range), the proxy still read the whole body into storage before sending the
+    client a byte (whole_first without a part): the client waited for the last byte of
+    up to max_object_bytes (8 MiB) to reach the proxy, where the same miss without Range
+    streams at once. DESIGN: "the first byte reaches the client before the last byte
+    leaves the origin"; nginx's proxy_cache streams the 200 it sends for such a request.
+    Severity: low (latency only; nothing wrong is served)."""
+    first_half = asyncio.Event()
+    go_on = asyncio.Event()
+    half = 64 * 1024
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Cache-Control": "max-age=600", "ETag": '"v1"'})
+        resp.content_length = 2 * half
+        await resp.prepare(request)
+        await resp.write(b"a" * half)
+        first_half.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(go_on.wait(), 5)
+        await resp.write(b"b" * half)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v", media)
+    client = await proxy(await origin(app))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(b"GET /v HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                     % (client.server.port, fields))
+        await asyncio.wait_for(first_half.wait(), 5)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1)
+        except TimeoutError:
+            head = b""
+        streamed = bool(head)
+        go_on.set()
+        if not head:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        body = await asyncio.wait_for(reader.readexactly(2 * half), 10)
+    finally:
+        go_on.set()
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert body == b"a" * half + b"b" * half
+    assert streamed, "the 200 head came only once the origin had sent the whole body"
+    again = await client.get("/v", headers={"Range": "bytes=0-1"})  # stored whole
+    assert again.status == 206 and again.headers["X-Cache"] == "HIT"

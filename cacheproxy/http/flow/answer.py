@@ -140,6 +140,10 @@ def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts
         part = None
         if client_answer(d.entry, req) is None:  # (§13.2.2: a 304 comes before a 206)
             answer = range_answer(d.entry, req, length)
+            if answer is None:
+                # The whole 200 is the client's answer (an If-Range that does not hold,
+                # a Range ignored): it streams as any miss's does.
+                return d
             if isinstance(answer, Partial) and len(answer.ranges) == 1:
                 part = answer
         return replace(d, whole_first=True, part=part)

@@ -155,3 +155,28 @@ async def test_a_range_miss_answered_whole_streams(origin: Any, proxy: Any,
     assert streamed, "the 200 head came only once the origin had sent the whole body"
     again = await client.get("/v", headers={"Range": "bytes=0-1"})  # stored whole
     assert again.status == 206 and again.headers["X-Cache"] == "HIT"
+
+
+@pytest.mark.parametrize("value", ["bytes=0-1", "bytes=0-1, 4-5", "bytes=50-"])
+async def test_a_part_made_from_storage_carries_no_digest_of_the_whole(
+        origin: Any, proxy: Any, value: str) -> None:
+    """A 206 (or 416) the cache cut from a stored 200 kept the 200's `Content-Digest` and
+    `Content-MD5`, digests of the 200's content, on a message whose content is the part
+    (or nothing). RFC 9530 §2: Content-Digest is computed over the message's content, and
+    its Appendix B example of a 206 carries the digest of the partial content (with
+    `Repr-Digest` for the whole representation); Content-MD5 (RFC 1864; RFC 2616 §14.15)
+    likewise covers the body sent. A client that checks them (download tools verifying
+    integrity) rejects every range the cache serves as corrupt and fetches again. Both
+    misses (the part streamed as the whole is stored) and hits did it; nginx does too.
+    Repr-Digest, of the whole representation, stays. Severity: low."""
+    o = stored_origin(**{"Content-Digest": "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:",
+                         "Content-MD5": "eB5eJF1ptWaXm4bijSPyxw==",
+                         "Repr-Digest": "sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:"})
+    c = await start(origin, proxy, o)
+    for _ in ("miss", "hit"):
+        resp = await c.get("/r", headers={"Range": value})
+        assert resp.status in (206, 416)
+        assert "Content-Digest" not in resp.headers and "Content-MD5" not in resp.headers
+        assert resp.status == 416 or "Repr-Digest" in resp.headers
+    whole = await c.get("/r")
+    assert whole.headers["X-Cache"] == "HIT" and "Content-Digest" in whole.headers

@@ -30,8 +30,12 @@ _RANGE_SPEC_RE: Final = re.compile(r"([0-9]+)-([0-9]*)|-([0-9]+)", re.ASCII)
 # the URL alone and could answer requests without a Range with it; a 416 is not
 # heuristically cacheable (RFC 9110 §15.1), so without them it is not stored. Nor the
 # content's fields: a 416 has none of it (RFC 9110 §15.5.17).
+# Digests of the stored 200's content: a part the cache cuts from it has other content
+# (RFC 9530 §2, and its Appendix B's 206; Content-MD5, RFC 1864). Repr-Digest, of the
+# whole representation, holds for a part too.
+NOT_ON_PART: Final = ("Content-Digest", "Content-MD5")
 NOT_ON_416: Final = ("Cache-Control", "Expires", "Pragma", "ETag", "Last-Modified",
-                     "Content-Type", "Content-Encoding")
+                     "Content-Type", "Content-Encoding", *NOT_ON_PART)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from yarl import URL
 from cacheproxy.config import ProxyConfig, masked_url
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
-from cacheproxy.http.ranges import Partial, content_range
+from cacheproxy.http.ranges import NOT_ON_PART, Partial, content_range
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.referer import redact
@@ -317,7 +317,8 @@ class Exchange:
             first, last = part.ranges[0]
             window = (first, last + 1)
             status, reason = 206, "Partial Content"
-            headers.popall("Content-Length", None)
+            for name in ("Content-Length", *NOT_ON_PART):
+                headers.popall(name, None)
             headers["Content-Range"] = content_range(first, last, part.length)
             headers["Content-Length"] = str(last + 1 - first)
         mark(headers, outcome, self.cache_name, self.via(resp))

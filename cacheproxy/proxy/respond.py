@@ -12,6 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.ranges import (
     NOT_ON_416,
+    NOT_ON_PART,
     Partial,
     Unsatisfiable,
     content_range,
@@ -173,6 +174,8 @@ def _ranged(
             headers.popall(name, None)
         headers["Content-Range"] = f"bytes */{part.length}"
         return Answer(416, headers)
+    for name in NOT_ON_PART:  # (http/ranges.py: why)
+        headers.popall(name, None)
     if len(part.ranges) == 1:
         first, last = part.ranges[0]
         headers["Content-Range"] = content_range(first, last, part.length)

@@ -37,6 +37,7 @@ from cacheproxy.http.flow import (
     freshened_still_held,
     lookup,
     range_answer,
+    range_behind_fill,
     stale_on_error,
     still_held,
 )
@@ -134,6 +135,9 @@ class Driver:
         fut, leading = collapser.join(ctx.key)
         if leading:
             return await self._lead(ctx, fwd, fut)
+        if (alone := range_behind_fill(ctx.facts)) is not None:
+            note_lookup(ctx.outcome, alone)  # (RFC 9211 fwd=bypass)
+            return await self.forward(ctx, alone)
         arrived = time.monotonic()
         if deadline is None:
             deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)

@@ -30,6 +30,7 @@ from cacheproxy.http.flow.lookup import (
     bypass,
     lookup,
     plain_serve,
+    range_behind_fill,
 )
 
 __all__ = [
@@ -39,5 +40,5 @@ __all__ = [
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
     "background_refresh", "bypass", "client_answer", "failed", "freshened_still_held",
     "lookup", "plain_serve",
-    "range_answer", "request_facts", "stale_on_error", "still_held",
+    "range_answer", "range_behind_fill", "request_facts", "stale_on_error", "still_held",
 ]

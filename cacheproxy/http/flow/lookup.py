@@ -77,6 +77,18 @@ def lookup(
     return d
 
 
+def range_behind_fill(req: RequestFacts) -> Forward | None:
+    """A Range that would wait for another request's fetch of the key: it goes to the
+    origin as it is (RFC 9110 §14.2 lets a cache pass a range on; the fetch in flight
+    stores the whole). Waiting held it until the whole representation had come, or for
+    collapse_timeout and then a fetch of it all again from byte 0: a media element's
+    seek, or a second viewer's first bytes, stalled for seconds on a large file (Squid
+    sends the Range on as it is; Varnish answers it as the object streams). None: wait."""
+    if req.range is None:
+        return None
+    return Forward("bypass", req.method)
+
+
 def _preconditions(req: RequestFacts, d: Lookup) -> Lookup:
     """RFC 9110 §13.2.2 (RFC 9111 §4.3.2): If-Match / If-Unmodified-Since are evaluated
     against the stored response the client would get (412 when false); without one they

@@ -16,10 +16,13 @@ MEDIA = bytes((i * 7) & 0xFF for i in range(640 * 1024))
 CHUNK = 32 * 1024
 
 
-def slow_media_origin(pause: float) -> web.Application:
+def slow_media_origin(pause: float, seen: list[str | None] | None = None) -> web.Application:
     """A static media server, as nginx serves a file: it honours one Range itself, and
-    sends 32 KiB every `pause` seconds (a large file over a slow link)."""
+    sends 32 KiB every `pause` seconds (a large file over a slow link). seen: the Range
+    of each request it gets (None: none)."""
     async def media(request: web.Request) -> web.StreamResponse:
+        if seen is not None:
+            seen.append(request.headers.get("Range"))
         first, last, status = 0, len(MEDIA) - 1, 200
         headers = {"Cache-Control": "public, max-age=60", "ETag": '"m1"',
                    "Accept-Ranges": "bytes", "Content-Type": "audio/wav"}
@@ -79,3 +82,28 @@ async def test_a_seek_during_the_first_load_of_a_media_file_does_not_wait_for_al
     # The origin needs 0.8 s for the seek's two chunks; the whole file takes 8 s.
     assert took < 3, f"the seek waited {took:.1f} s"
     assert second_viewer < 3, f"a second viewer waited {second_viewer:.1f} s for a byte"
+
+
+async def test_ranges_of_a_media_file_too_big_to_store_go_to_the_origin_at_once(
+        origin: Any, proxy: Any) -> None:
+    """A video above `max_object_bytes` (8 MiB by default: most videos): every Range a
+    media element sends (its first `bytes=0-`, each seek) made two origin requests, a GET
+    of the whole file, abandoned once its head showed the file too big to store (its
+    connection closed, as nothing of the body is read), then the Range itself. The
+    README says a URL whose last answer was not storable for anyone (hit-for-pass) sends
+    its Range as it is at once; the too-big verdict became a refetch that never marked
+    the URL, so each seek paid an extra round trip and a connection, and the origin
+    began sending the whole file each time. In Chromium an <audio> above the limit made
+    4 origin requests for 2 ranges. Severity: low (latency and origin load per seek)."""
+    seen: list[str | None] = []
+    up = await origin(slow_media_origin(pause=0.0, seen=seen))
+    client = await proxy(up, cache={"max_object_bytes": 128 * 1024})
+    url = f"http://127.0.0.1:{client.port}/media.wav"
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.get(url, headers={"Range": "bytes=0-"}) as first:
+            assert first.status == 206 and await first.read() == MEDIA
+        assert seen == [None, "bytes=0-"]  # (the first learns the file is too big)
+        offset = len(MEDIA) - CHUNK
+        async with session.get(url, headers={"Range": f"bytes={offset}-"}) as seek:
+            assert seek.status == 206 and await seek.read() == MEDIA[offset:]
+    assert seen[2:] == [f"bytes={offset}-"], seen

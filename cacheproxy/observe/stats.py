@@ -38,6 +38,7 @@ class Stats:
         self.by_route_cache: dict[tuple[str, str], int] = {}
         self.bytes_from_cache = 0
         self.bytes_from_origin = 0
+        self.bytes_other = 0  # ERROR and DENIED answers': in the byte hit ratio's whole only
         self.collapsed = 0
         self.errors = 0
         self.upstream_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
@@ -58,6 +59,8 @@ class Stats:
             self.bytes_from_cache += r.bytes
         elif cache in ORIGIN_STATUSES:  # the proxy's own errors and refusals are neither
             self.bytes_from_origin += r.bytes
+        else:
+            self.bytes_other += r.bytes
         if r.collapsed:
             self.collapsed += 1
         if cache == "ERROR":
@@ -99,7 +102,9 @@ class Stats:
     def snapshot(self, now: float, store: dict[str, Any], version: str) -> dict[str, Any]:
         """The JSON of GET <prefix>stats (the dashboard's source)."""
         hits = sum(self.by_cache[s] for s in HIT_STATUSES)
-        sent = self.bytes_from_cache + self.bytes_from_origin
+        # Of all body bytes sent, as `cacheproxy logs` reports it (summary.py) and as
+        # hit_ratio counts every request: not of the hits' and misses' bytes alone.
+        sent = self.bytes_from_cache + self.bytes_from_origin + self.bytes_other
         hosts, other = self.hosts.snapshot()
         return {
             "version": version,

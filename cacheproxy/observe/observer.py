@@ -131,6 +131,12 @@ class Observer:
         self._add((msg, remote, host, path, route, secrets, status, sent, age, ttl, member,
                    started, time.perf_counter()), True)
 
+    def upstream_answered(self, upstream_ms: float) -> None:
+        """A request sent upstream on no client's behalf (a stale-while-revalidate
+        refresh, RFC 5861 §3): no log line of its own, but the origin answered it, so
+        its time counts among the upstream responses (/metrics)."""
+        self._stats.add_upstream(upstream_ms)
+
     def _add(self, record: LogRecord | _HitParts, counted: bool) -> None:
         pending = self._pending
         if not pending:

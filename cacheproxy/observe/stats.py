@@ -66,12 +66,16 @@ class Stats:
         if cache == "ERROR":
             self.errors += 1
         if r.upstream_ms is not None:
-            seconds = r.upstream_ms / 1000
-            self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-            self.upstream_sum += seconds
+            self.add_upstream(r.upstream_ms)
         self._in_series(r.time, hit)
         self.recent.append(r)
         self.hosts.add(r.host, r.bytes, r.bytes_in, cache)
+
+    def add_upstream(self, upstream_ms: float) -> None:
+        """One response head from upstream, in the histogram of their times."""
+        seconds = upstream_ms / 1000
+        self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.upstream_sum += seconds
 
     def add_hit(self, when: float, route: str, host: str, sent: int,
                 record: Callable[[], LogRecord]) -> None:

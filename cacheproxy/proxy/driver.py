@@ -61,6 +61,10 @@ def _nothing(failed: bool = False) -> None:
     pass
 
 
+def _unheard(upstream_ms: float) -> None:
+    pass
+
+
 class Ctx(NamedTuple):
     """One request as the driver carries it (a NamedTuple: immutable, and made per
     request at a third of a frozen dataclass's cost)."""
@@ -87,6 +91,9 @@ class Driver:
         # (key, variant) with a background refresh under way: each Vary variant is
         # revalidated with its own request fields (RFC 9111 §4.1, RFC 5861 §3)
         self._refreshing: set[tuple[str, Variant]] = set()
+        # Set by the application (observe/): the response time of a request no client's
+        # log line carries (a background refresh), for cacheproxy_upstream_response_seconds.
+        self.upstream_answered: Callable[[float], None] = _unheard
 
     def rename(self, cache_name: str, local_via: str) -> None:
         """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
@@ -416,7 +423,10 @@ class Driver:
         async def ask(fwd: Forward) -> tuple[UpstreamResponse, Answered]:
             request_time = time.time()
             sent = fields if fwd.conditional else plain
-            resp = await exchange.send("GET", plan.upstream + target, sent, None)
+            timed = Outcome()
+            resp = await exchange.send("GET", plan.upstream + target, sent, None, timed)
+            if timed.upstream_ms is not None:
+                self.upstream_answered(timed.upstream_ms)
             return resp, answered(
                 fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
                 req=facts, route=plan.cache, key=key, request_time=request_time,

@@ -68,6 +68,7 @@ def make_app(
     admin = Admin(config.admin, store, observer)
     admin.set_forward(config.forward, config.proxy.listen)  # proxy.pac
     proxy.purge = admin.purge_method
+    proxy.driver.upstream_answered = observer.upstream_answered
     admin.key_for = proxy.cache_key
     admin.marks = proxy.exchange.invalidations
     health = Health(proxy.upstreams, getattr(store, "ping", None))

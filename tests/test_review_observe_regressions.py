@@ -153,3 +153,27 @@ async def test_a_hit_the_client_left_logs_the_bytes_it_was_sent_not_the_whole_bo
     stats = await (await c.get("/_cacheproxy/stats")).json()
     assert stats["bytes_from_cache"] < size // 2
 
+
+
+async def test_a_connect_refused_in_reverse_mode_is_no_tunnel_in_the_log_or_counters(
+        origin, proxy, tmp_path):
+    """A CONNECT to a reverse proxy (forward mode off: 405) opened no tunnel, yet its log
+    line said `cache: TUNNEL` and it was counted as one in
+    `cacheproxy_requests_total{cache="TUNNEL"}` and the stats' by_cache: README's TUNNEL is
+    "a CONNECT in forward mode: bytes passed through". Internet scanners probe every HTTP
+    server with CONNECT to find open proxies, so a reverse proxy's dashboard showed tunnels
+    it never opened, and its errors counter missed the refusals. The 405 is the proxy's
+    own answer: ERROR, as its 400/417/501 are (a CONNECT refused by forward mode's
+    access rules is DENIED). Severity: low."""
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(_counted_origin({})), log={"path": str(log)})
+    reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+    writer.write(b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    [line] = await read_json_log(c)
+    assert (line["method"], line["status"], line["cache"]) == ("CONNECT", 405, "ERROR")
+    stats = await (await c.get("/_cacheproxy/stats")).json()
+    assert (stats["by_cache"]["TUNNEL"], stats["by_cache"]["ERROR"], stats["errors"]) \
+        == (0, 1, 1)

@@ -82,7 +82,8 @@ class ConnectMethod:
         self._request, self._keep_alive, self._started = request, False, False
         proxy = self.listener.proxy
         forward = proxy.config.forward
-        if not forward.enabled:
+        if not forward.enabled:  # no tunnel: the proxy's own refusal, as its 501 is
+            outcome.status = "ERROR"
             return self._refuse_connect(request, outcome, 405,
                                         "CONNECT needs forward mode ([forward] enabled)")
         d = connect_decision(proxy.forward_access(self._port), msg.path)

@@ -393,8 +393,16 @@ class _FallbackParser:
             if msg.chunked:
                 # The last request read on its connection (ClientConnection._read_last):
                 # its body is fed a line at a time to where it ends, and nothing after it.
-                end = _chunked_end(parser, payload, replay, end) if self._answers_first else None
+                end = _chunked_end(parser, payload, replay, end)
                 if end is None:
+                    return given_up()
+                if not self._answers_first and not msg.should_close:
+                    # aiohttp's RequestHandler reads on after a chunked request: so does
+                    # the walk, to the higher minors after it (else all got a 400)
+                    found.append((msg, payload))
+                    pos = end
+                    continue
+                if not self._answers_first:
                     return given_up()
                 found.append((msg, payload))
                 self._parser, self._state, self._open = parser, None, None

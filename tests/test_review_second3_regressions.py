@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -75,3 +76,44 @@ async def test_app_runner_reads_an_http_1_2_request_after_a_chunked_one(echo_app
     answers = await _answers(echo_app, data, 2)
     assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 2, answers
     assert answers[0].endswith(b"POST /a\nhello") and answers[1].endswith(b"GET /b\n")
+
+
+# -- 2. A Range behind a revalidation loses stale-if-error --------------------------------
+
+
+async def test_a_range_behind_a_failing_revalidation_is_answered_stale_if_error(
+        aiohttp_server, proxy) -> None:
+    """58c1844 sends a Range that would wait behind another request's fetch of the key to
+    the origin as it is (range_behind_fill: Forward("bypass")). That Forward drops the
+    lookup's stored response, so when the fetch in flight is the revalidation of a stale
+    response allowed on error (RFC 5861 §4 `stale-if-error`) and the origin fails, the
+    Range gets the origin's 503 while the request it would have waited for (and the
+    same Range alone, which leads the revalidation itself) gets the stored response.
+    Before 58c1844 the waiter got it too (Driver._collapsed: stale_on_error on the
+    leader's failure). nginx (proxy_cache_use_stale error, with proxy_cache_lock) and
+    Squid serve the stale copy to the waiting Range as well. Severity: medium (the outage
+    stale-if-error is there for: a video player's seek or resume gets the error)."""
+    failing = False
+
+    async def handler(request: web.Request) -> web.Response:
+        if failing:
+            await asyncio.sleep(0.5)  # (the revalidation is in flight a while)
+            return web.Response(status=503, text="down")
+        return web.Response(body=b"0123456789", headers={
+            "Cache-Control": "max-age=1, stale-if-error=300", "ETag": '"v1"'})
+
+    app = web.Application()
+    app.router.add_get("/v", handler)
+    c = await proxy(await aiohttp_server(app))
+    assert (await c.get("/v")).status == 200
+    await asyncio.sleep(1.5)  # stale now, within stale-if-error
+    failing = True
+
+    async def ranged() -> Any:
+        await asyncio.sleep(0.1)  # behind the revalidation
+        return await c.get("/v", headers={"Range": "bytes=0-3"})
+
+    whole, part = await asyncio.gather(c.get("/v"), ranged())
+    assert whole.status == 200 and await whole.read() == b"0123456789"
+    assert part.status in (200, 206), (part.status, part.headers)
+    assert (await part.read()) in (b"0123", b"0123456789")

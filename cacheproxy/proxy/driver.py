@@ -142,7 +142,7 @@ class Driver:
         fut, leading = collapser.join(ctx.key)
         if leading:
             return await self._lead(ctx, fwd, fut)
-        if (alone := range_behind_fill(ctx.facts)) is not None:
+        if (alone := range_behind_fill(ctx.facts, fwd)) is not None:
             note_lookup(ctx.outcome, alone)  # (RFC 9211 fwd=bypass)
             return await self.forward(ctx, alone)
         arrived = time.monotonic()

@@ -77,14 +77,19 @@ def lookup(
     return d
 
 
-def range_behind_fill(req: RequestFacts) -> Forward | None:
+def range_behind_fill(req: RequestFacts, fwd: Forward) -> Forward | None:
     """A Range that would wait for another request's fetch of the key: it goes to the
     origin as it is (RFC 9110 §14.2 lets a cache pass a range on; the fetch in flight
     stores the whole). Waiting held it until the whole representation had come, or for
     collapse_timeout and then a fetch of it all again from byte 0: a media element's
     seek, or a second viewer's first bytes, stalled for seconds on a large file (Squid
-    sends the Range on as it is; Varnish answers it as the object streams). None: wait."""
-    if req.range is None:
+    sends the Range on as it is; Varnish answers it as the object streams). None: wait.
+
+    Not when the fetch validates a stored response (fwd.stored): the Range waits for it
+    (mostly a 304), and on the origin's failure gets the stored response where
+    stale-if-error allows (RFC 5861 §4), as the request it waited for does; a bypass
+    would relay the origin's error."""
+    if req.range is None or fwd.stored is not None:
         return None
     return Forward("bypass", req.method)
 

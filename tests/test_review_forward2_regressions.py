@@ -1,0 +1,79 @@
+"""A second reviewer's findings on forward mode, as an attacker or a hostile network would
+use it (absolute-form requests, CONNECT, interception).
+
+Each test failed on the code it was written against (commit c3d2749); its docstring says
+what happened, what should happen and why. Real servers on 127.0.0.1, as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from test_forward_mode import forward_get, origin_app
+
+SLOW_SUFFIX = ".slow.localhost"
+
+
+@pytest.fixture
+def slow_dns(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Names under .slow.localhost take this long to fail to resolve, as a name whose
+    authoritative server never answers does (the stub resolver's timeout, 5 s by default
+    per try); every other name resolves as the system resolves it. The lookup runs where
+    the event loop runs getaddrinfo (its thread pool), so it occupies a thread meanwhile,
+    as a real slow lookup does."""
+    delay = 3.0
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(host, str) and host.endswith(SLOW_SUFFIX):
+            time.sleep(delay)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return delay
+
+
+@pytest.mark.xfail(strict=True, reason="lookups share the event loop's few resolver "
+                   "threads: needs a resolver of its own (async DNS, as Squid and nginx "
+                   "have), not a small fix")
+async def test_slow_lookups_of_some_names_do_not_stall_every_other_request(
+        proxy, origin, slow_dns):
+    """Every name forward mode is asked for is looked up with getaddrinfo in the event
+    loop's thread pool (uvloop: libuv's 4 threads; asyncio: min(32, cores + 4)), and so
+    is the reverse upstream's name for each new connection. A client, or any web page the
+    browser opens through the proxy (`<img src=http://r1.attacker.example/>` ...), that
+    names a few hosts whose DNS answers slowly (its own nameserver, which never answers)
+    fills those threads, and every other lookup waits behind them: a request for a site
+    that resolves at once (here `localhost`, from /etc/hosts) and the reverse upstream's
+    own new connections take as long as the queue, and past proxy.connect_timeout they are
+    504s. Seen with `cacheproxy serve` on this machine, whose resolver answers no DNS:
+    40 requests for names that fail to resolve in 5 s made a request for
+    `http://localhost:<port>/` take 4 s. Squid (its own asynchronous DNS client, `dns_timeout`)
+    and nginx (`resolver`) do not hold a thread per lookup, so one slow name delays only
+    the requests for it. Severity: medium (anyone who can make the browser fetch a few
+    URLs stalls the proxy for every user, reverse mode included)."""
+    upstream = await origin(origin_app("upstream"))
+    other = await origin(origin_app("other"))
+    client = await proxy(f"http://localhost:{upstream.port}",
+                         forward={"enabled": True,
+                                  "allow_hosts": ["localhost", f"*{SLOW_SUFFIX}"]})
+    slow = [asyncio.create_task(forward_get(client.port, f"http://n{i}{SLOW_SUFFIX}/"))
+            for i in range(40)]
+    await asyncio.sleep(0.5)  # (they are being looked up)
+    try:
+        started = time.perf_counter()
+        status, _, body = await forward_get(client.port, f"http://localhost:{other.port}/a")
+        forward_took = time.perf_counter() - started
+        started = time.perf_counter()
+        resp = await client.get("/b")  # the reverse upstream, named "localhost" too
+        reverse_body = await resp.read()
+        reverse_took = time.perf_counter() - started
+    finally:
+        results = await asyncio.gather(*slow, return_exceptions=True)
+    assert (status, body) == (200, b"other /a")
+    assert (resp.status, reverse_body) == (200, b"upstream /b")
+    assert all(not isinstance(r, BaseException) and r[0] in (502, 504) for r in results)
+    assert forward_took < 1.0 and reverse_took < 1.0, (forward_took, reverse_took)

@@ -11,7 +11,8 @@ import socket
 import time
 
 import pytest
-from test_forward_mode import forward_get, origin_app
+from support import raw_origin
+from test_forward_mode import forward_get, head_and_body, origin_app, raw
 
 SLOW_SUFFIX = ".slow.localhost"
 
@@ -77,3 +78,30 @@ async def test_slow_lookups_of_some_names_do_not_stall_every_other_request(
     assert (resp.status, reverse_body) == (200, b"upstream /b")
     assert all(not isinstance(r, BaseException) and r[0] in (502, 504) for r in results)
     assert forward_took < 1.0 and reverse_took < 1.0, (forward_took, reverse_took)
+
+
+async def test_an_options_request_for_a_whole_server_goes_on_as_options_asterisk(proxy, origin):
+    """`OPTIONS http://site:port HTTP/1.1` (absolute-form, empty path, no query) asks about
+    the site's server as a whole; RFC 9112 §3.2.4: "the last proxy on the request chain
+    MUST send a request-target of "*" when it forwards the request to the indicated origin
+    server". The proxy sent `OPTIONS / HTTP/1.1`, a question about the root resource,
+    whose answer (its Allow, a CORS policy of "/") may differ from the server's.
+    Severity: low."""
+    lines: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        lines.append(head.split(b"\r\n", 1)[0])
+        return b"HTTP/1.1 200 OK\r\nAllow: GET\r\nContent-Length: 0\r\n\r\n"
+
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward={"enabled": True})
+    async with raw_origin(answer) as port:
+        for target in (f"http://localhost:{port}", f"http://localhost:{port}/",
+                       f"http://localhost:{port}?x=1"):
+            reader, writer = await raw(client.port, (
+                f"OPTIONS {target} HTTP/1.1\r\nHost: localhost:{port}\r\n"
+                "Connection: close\r\n\r\n").encode())
+            status, _, _ = await head_and_body(reader)
+            writer.close()
+            assert status == 200
+    assert lines == [b"OPTIONS * HTTP/1.1", b"OPTIONS / HTTP/1.1", b"OPTIONS /?x=1 HTTP/1.1"]

@@ -85,6 +85,17 @@ def request_target(raw: str, host: str | None) -> Target | None:
     return Target(authority, f"{path}?{parts.query}" if parts.query else path, True)
 
 
+def asks_whole_server(method: str, raw: str) -> bool:
+    """§3.2.4: an OPTIONS whose absolute-form URI has an empty path and no query asks about
+    the server as a whole; the last proxy sends it on as "OPTIONS *"."""
+    if method != "OPTIONS" or raw.startswith("/") or "?" in raw:
+        return False
+    try:
+        return urlsplit(raw).path == ""
+    except ValueError:
+        return False
+
+
 def forwards_left(method: str, max_forwards: str | None) -> int | None:
     """§7.6.2: for OPTIONS and TRACE, the Max-Forwards to send on; 0 means answer
     here as the final recipient. None: the field does not apply (or is invalid)."""

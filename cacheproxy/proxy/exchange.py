@@ -95,12 +95,14 @@ def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunk
 def _upstream_target(url: str) -> tuple[Origin, str, str | None]:
     """Where a request for url goes, its request target, and the Basic credentials its
     userinfo gives (None without any). Memoised: the same URLs come again and again."""
-    parsed = URL(url, encoded=True)
+    # "OPTIONS *" forwarded (RFC 9112 §3.2.4) comes as the origin's URL and "*": no path.
+    asterisk = url.endswith("*") and "/" not in url.partition("://")[2]
+    parsed = URL(url[:-1] if asterisk else url, encoded=True)
     scheme = parsed.scheme
     origin = Origin(scheme, parsed.raw_host or "",
                     parsed.explicit_port or _DEFAULT_PORTS.get(scheme, 80))
     credentials = None if parsed.raw_user is None else _basic(parsed)
-    target = parsed.raw_path_qs or "/"
+    target = "*" if asterisk else parsed.raw_path_qs or "/"
     if url.endswith("?") and not parsed.raw_query_string:
         target += "?"  # yarl drops an empty query, which the key keeps (RFC 3986 §6.2.3)
     return origin, target, credentials

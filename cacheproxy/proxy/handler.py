@@ -14,7 +14,7 @@ from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.origins import keyed_authority
-from cacheproxy.http.target import forwards_left, request_target
+from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.policies.forward import (
     Allowed,
@@ -235,6 +235,8 @@ class CacheProxy:
                 return self._error(d.status, d.reason, outcome)
             plan = plans.forward_to(scheme, d.host, d.port)
             authority = outcome.host = plan.forward.upstream_host  # as keyed: one spelling
+            if asks_whole_server(request.method, raw):  # RFC 9112 §3.2.4: sent on as "*"
+                target = outcome.target = "*"
         else:
             plan = plans.match(authority, target)
         request[PLAN] = plan

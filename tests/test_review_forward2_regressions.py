@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 
 import pytest
-from support import raw_origin
+from support import raw_origin, read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
 
 SLOW_SUFFIX = ".slow.localhost"
@@ -105,3 +106,27 @@ async def test_an_options_request_for_a_whole_server_goes_on_as_options_asterisk
             writer.close()
             assert status == 200
     assert lines == [b"OPTIONS * HTTP/1.1", b"OPTIONS / HTTP/1.1", b"OPTIONS /?x=1 HTTP/1.1"]
+
+
+async def test_a_connect_whose_client_left_before_the_answer_is_logged_499(
+        proxy, origin, slow_dns, tmp_path):
+    """A client that sends `CONNECT` and leaves (its connection reset) while the proxy is
+    still looking the host up (or connecting) was never answered; its line said 502 (the
+    lookup failed after it left), where the tunnel that succeeds after the client left
+    says 499, as nginx logs a
+    request whose client closed the connection before its answer. The log, the dashboard's
+    error count and `cacheproxy logs` then count an upstream error that no client saw.
+    Severity: low."""
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, log={"path": str(tmp_path / "requests.log")},
+                         forward={"enabled": True, "allow_hosts": [f"*{SLOW_SUFFIX}"]})
+    _, writer = await raw(client.port, f"CONNECT gone{SLOW_SUFFIX}:443 HTTP/1.1\r\n"
+                                       f"Host: gone{SLOW_SUFFIX}:443\r\n\r\n".encode())
+    await asyncio.sleep(0.3)
+    # Gone (a reset, as a closed tab's socket): a FIN alone may be a half-close.
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+    writer.close()
+    await asyncio.sleep(slow_dns + 0.5)  # the lookup fails after the client left
+    lines = [r for r in await read_json_log(client) if r["method"] == "CONNECT"]
+    assert [(r["status"], r["cache"]) for r in lines] == [(499, "TUNNEL")]

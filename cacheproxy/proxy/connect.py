@@ -118,6 +118,11 @@ class ConnectMethod:
             status = 504 if isinstance(exc, TimeoutError) else 502
             reason = "timed out" if isinstance(exc, TimeoutError) else \
                 (exc.strerror or type(exc).__name__)
+            if self.transport is None:  # the client left before any answer (nginx's 499)
+                log.info("CONNECT to %s failed after its client left: %s", msg.path, reason)
+                self.listener.record(request, 499, 0, started)
+                self._request = None
+                return False
             log.warning("CONNECT to %s failed: %s; answered %s", msg.path, reason, status)
             outcome.status = "ERROR"
             return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")

@@ -14,6 +14,9 @@ import time
 import pytest
 from support import raw_origin, read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
+from test_review_forward_regressions import _intercepted
+
+from cacheproxy.tls.ca import LocalCA
 
 SLOW_SUFFIX = ".slow.localhost"
 
@@ -163,3 +166,42 @@ async def test_an_intercepted_connect_that_carries_no_tls_is_not_cut(proxy, orig
     finally:
         writer.close()
     assert (status, body) == (200, b"plain /socket")
+
+
+async def test_options_asterisk_inside_an_intercepted_tunnel_is_the_origins_to_answer(
+        proxy, origin, tmp_path):
+    """Inside an intercepted CONNECT the client believes it speaks to the origin, so its
+    `OPTIONS * HTTP/1.1` (RFC 9110 §9.3.7: about the server in general) is the origin's
+    question; the proxy answered it itself (its own Allow list, no request upstream), so
+    the client learnt the proxy's methods as the site's. Squid's ssl_bump, and any
+    proxy that forwards the requests of a bumped tunnel, send it on to the origin as
+    "OPTIONS *" (RFC 9112 §3.2.4). Severity: low."""
+    lines: list[bytes] = []
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines.append(head.split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 200 OK\r\nAllow: GET, OPTIONS\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    site = await asyncio.start_server(serve, "127.0.0.1", 0,
+                                      ssl=site_ca.server_context("localhost"))
+    port = site.sockets[0].getsockname()[1]
+    upstream = await origin(origin_app("upstream"))
+    ca_dir = tmp_path / "proxy-ca"
+    client = await proxy(upstream, proxy={"upstream_ca_file": str(site_ca.cert_path)},
+                         forward={"enabled": True, "intercept_tls": True,
+                                  "connect_ports": [port], "ca_dir": str(ca_dir)})
+    try:
+        reader, writer = await _intercepted(client, ca_dir, port)
+        writer.write(f"OPTIONS * HTTP/1.1\r\nHost: localhost:{port}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        status, headers, _ = await head_and_body(reader)
+        writer.close()
+    finally:
+        site.close()
+    assert lines == [b"OPTIONS * HTTP/1.1"]
+    assert (status, headers.get("allow")) == (200, "GET, OPTIONS")

@@ -201,23 +201,25 @@ class CacheProxy:
                        ) -> Answer | None:
         h = request.headers
         raw = request.raw_path
-        if raw == "*":  # asterisk-form (RFC 9112 §3.2.4)
+        tunnel: Allowed | None = getattr(request, "tunnel", None)
+        if raw == "*" and (tunnel is None or request.method != "OPTIONS"):
+            # Asterisk-form (RFC 9112 §3.2.4) asks this server; inside an intercepted
+            # CONNECT it asks the origin the client believes it talks to, which answers.
             return self._server_options(request, outcome)
         host = h.get("Host")
         if host is None and request.version < (1, 1):
             host = self.plans.default.forward.upstream_host  # HTTP/1.0 may omit Host
-        parsed = request_target(raw, host)
+        parsed = request_target("/" if raw == "*" else raw, host)  # ("*": Host checked)
         if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
             outcome.status = "ERROR"
             # Refused before the cache, as the parser's 400s: no Cache-Status, no X-Cache
             # (README), since no lookup was made and nothing was forwarded.
             return text_answer(400, "400 invalid Host or request target\n",
                                CIMultiDict({"Cache-Control": "no-store"}))
-        target = outcome.target = parsed.path
+        target = outcome.target = "*" if raw == "*" else parsed.path
         authority = outcome.host = parsed.authority
         plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway
         scheme = request.scheme
-        tunnel: Allowed | None = getattr(request, "tunnel", None)
         if tunnel is not None:  # inside an intercepted CONNECT: that origin, over TLS
             refused = self._tunnel_refused(tunnel, local_port(request))
             if refused is not None:  # the config in force now (a reload since the CONNECT)

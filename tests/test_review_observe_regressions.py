@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 
 import pytest
 from aiohttp import web
@@ -102,9 +103,6 @@ async def test_a_background_refresh_is_counted_among_the_upstream_responses(orig
     assert count == sum(counts.values()) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="a hit's line is written when its body is handed to "
-                   "the transport, not once it has gone out: needs the record deferred until "
-                   "the write buffer drains or the connection is lost")
 async def test_a_hit_the_client_left_logs_the_bytes_it_was_sent_not_the_whole_body(
         origin, proxy, tmp_path):
     """A large stored response (a video, a download) served as a hit to a client that
@@ -152,6 +150,55 @@ async def test_a_hit_the_client_left_logs_the_bytes_it_was_sent_not_the_whole_bo
     assert lines[1]["bytes"] < size // 2, lines[1]
     stats = await (await c.get("/_cacheproxy/stats")).json()
     assert stats["bytes_from_cache"] < size // 2
+
+
+async def test_a_big_hit_read_slowly_to_its_end_logs_all_of_it_once_it_went_out(
+        origin, proxy, tmp_path):
+    """The other side of the deferred line (client_conn.LOG_WHEN_OUT_BYTES): a large hit
+    the client reads whole, slowly, and pipelined behind it a small hit, is logged with
+    every byte of its body (not what had left the buffer at some earlier look), its
+    total_ms the time it took to go out (nginx's $request_time ends at the last byte
+    sent), each line once; the small hit behind it is logged at once."""
+    size = 6 * 1024 * 1024
+    app = web.Application()
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"b" * size, headers={"Cache-Control": "max-age=60"})
+
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(body=b"s", headers={"Cache-Control": "max-age=60"})
+    app.router.add_get("/big", big)
+    app.router.add_get("/small", small)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "requests.log")},
+                    cache={"max_object_bytes": 8 * 1024 * 1024})
+    port = c.server.port
+    for path in ("/big", "/small"):
+        await _get(port, path)  # stored
+
+    def slow_reader() -> int:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.connect(("127.0.0.1", port))
+        host = f"Host: 127.0.0.1:{port}\r\n".encode()  # (as _get sent: the same key)
+        s.sendall(b"GET /big HTTP/1.1\r\n" + host + b"\r\nGET /small HTTP/1.1\r\n" + host
+                  + b"Connection: close\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+            if len(got) < size // 2:
+                time.sleep(0.01)  # half a second or more for the first half
+        s.close()
+        return len(got)
+    received = await asyncio.to_thread(slow_reader)
+    assert received > size
+    for _ in range(50):  # (the big one's line comes once its last bytes left)
+        if len(logged := await read_json_log(c)) == 4:
+            break
+        await asyncio.sleep(0.1)
+    lines = [(line["path"], line["cache"], line["bytes"], line["total_ms"])
+             for line in logged[2:]]
+    assert sorted(line[:3] for line in lines) == [("/big", "HIT", size), ("/small", "HIT", 1)]
+    big = next(line for line in lines if line[0] == "/big")
+    assert big[3] > 300, lines  # it took that long to go out (was ~2 ms)
 
 
 

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
+from functools import partial
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -60,6 +61,13 @@ log = logging.getLogger("cacheproxy")
 MAX_PIPELINED = 32  # parsed requests waiting their turn; then reading pauses
 MAX_TAIL = 64 * 1024  # CONNECT bytes before its 200: past this, the client is not read
 GATHER_BYTES = 64 * 1024  # bytes held for the iteration's end, at most, per client
+# An answer's body over this still in the transport's buffer when the answer is done (a
+# large hit is handed over whole) has its line written once it has gone out or the client
+# left, with the bytes that went (nginx's $body_bytes_sent): a download abandoned after
+# 100 KB is not logged, nor counted as bytes from the cache, as its whole size. Smaller
+# ones are logged at once (the socket's buffers take them).
+LOG_WHEN_OUT_BYTES = 256 * 1024
+UNLOGGED_CHECK_SECONDS = 0.25  # how often the bytes gone out of such an answer are looked at
 LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (aiohttp's)
 # A connection closed while its client may still be sending (a request body not read to
 # its end) is half-closed, and what comes is read and dropped this long at most (nginx's
@@ -97,6 +105,14 @@ _HEAD_WINDOW = 64 * 1024
 # RFC 9110 §5.4: a server may refuse a larger section (431, RFC 6585 §5).
 MAX_HEAD_BYTES = 64 * 1024
 _REQUEST_LINE_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ ")
+
+
+def _plain_line(record_hit: Callable[..., None], msg: Any, remote: str | None, route: Any,
+                status: int, found: Plain, member: str, started: float, *, sent: int
+                ) -> None:
+    """A plain quick hit's line, written once its body went out (_log_when_out)."""
+    record_hit(msg, remote, route.authority, route.logged, route.route_name, route.secrets,
+               status, sent, found.age, found.ttl, member, started)
 
 
 def _too_long(exc: LineTooLong) -> int:
@@ -222,6 +238,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
         self._unsent = 0  # bytes the transport held at the last look (send_timeout)
+        self._handed = 0  # bytes handed to the transport by _flush_out, in all
+        self._gone = 0  # of those, how many had left its buffer at the last look
+        # Lines of big answers not all out (LOG_WHEN_OUT_BYTES): where each body ends in
+        # _handed, its size, and what writes the line given the bytes that went.
+        self._unlogged: list[tuple[int, int, Callable[[int], None]]] = []
+        self._unlogged_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -471,6 +493,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return
         if not self._buffer_paused and not self._reading_paused:
             self._resume_transport_reading()
+        if self._unlogged:
+            self._gone = self._handed - self.transport.get_write_buffer_size()  # type: ignore[union-attr]
         if self._task is None and not self._closing and self.transport is not None:
             self._arm(self._timeouts.keepalive, head=False)
             parser = self._parser
@@ -484,6 +508,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        if self._unlogged:  # (what went is what had gone at the last look)
+            if self._unlogged_timer is not None:
+                self._unlogged_timer.cancel()
+            self._log_gone(lost=True)
         if self._lingering is not None:
             self._lingering.cancel()
         if self._unsent_watch is not None:
@@ -564,11 +592,15 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         try:
             if type(found) is Plain:
                 route = found.route
-                listener.observer.record_hit(
-                    msg, self._remote, route.authority, route.logged, route.route_name,
-                    route.secrets, self._status, self._sent, found.age, found.ttl, member,
-                    started)
-            else:
+                if self._sent <= LOG_WHEN_OUT_BYTES or not self._log_when_out(partial(
+                        _plain_line, listener.observer.record_hit, msg, self._remote, route,
+                        self._status, found, member, started)):
+                    listener.observer.record_hit(
+                        msg, self._remote, route.authority, route.logged, route.route_name,
+                        route.secrets, self._status, self._sent, found.age, found.ttl,
+                        member, started)
+            elif self._sent <= LOG_WHEN_OUT_BYTES or not self._log_when_out(partial(
+                    listener.record, request, self._status, started=started)):
                 listener.record(request, self._status, self._sent, started)
         except Exception:  # answered already: a bug of ours in the log loses one line only
             log.exception("request log failed on %s %s", msg.method, msg.path)
@@ -708,8 +740,50 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._keep_alive = False
         elif answer is not None:
             self._send_answer(request, answer)
-        self.listener.record(request, self._logged_status(), self._sent, started)
+        status = self._logged_status()
+        if self._sent <= LOG_WHEN_OUT_BYTES or not self._log_when_out(partial(
+                self.listener.record, request, status, started=started)):
+            self.listener.record(request, status, self._sent, started)
         self._request = None
+
+    def _log_when_out(self, line: Callable[..., None]) -> bool:
+        """The answer just written (self._sent body bytes) is not all out of the
+        transport's buffer: line(sent=bytes that went) is called once it is, or when the
+        client is gone (LOG_WHEN_OUT_BYTES); True. False: nothing waits, log it now."""
+        transport = self.transport
+        if transport is None:
+            return False
+        self.flush_out()
+        unsent = transport.get_write_buffer_size()
+        if not unsent:
+            return False
+        self._gone = self._handed - unsent
+        self._unlogged.append((self._handed, self._sent, line))
+        if self._unlogged_timer is None:
+            self._unlogged_timer = self._loop.call_later(UNLOGGED_CHECK_SECONDS,
+                                                         self._log_gone)
+        return True
+
+    def _log_gone(self, lost: bool = False) -> None:
+        """Write the lines of the big answers now out of the buffer (all of them, with
+        what went, when the connection is lost or the proxy stops)."""
+        self._unlogged_timer = None
+        transport = self.transport
+        if not lost and transport is not None:
+            self._gone = self._handed - transport.get_write_buffer_size()
+        unlogged, gone = self._unlogged, self._gone
+        while unlogged:
+            end, size, line = unlogged[0]
+            if gone < end and not lost:
+                break
+            del unlogged[0]
+            try:
+                line(sent=max(0, size - max(0, end - gone)))
+            except Exception:  # a bug of ours in the log loses one line only
+                log.exception("request log failed")
+        if unlogged and not lost:
+            self._unlogged_timer = self._loop.call_later(UNLOGGED_CHECK_SECONDS,
+                                                         self._log_gone)
 
     def _logged_status(self) -> int:
         """The status of the answer written; 499 when none was, the client gone first
@@ -1066,6 +1140,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def _flush_out(self) -> None:
         out = self._out
+        self._handed += self._out_bytes
         self._out, self._out_bytes = [], 0
         transport = self.transport
         if transport is not None and not transport.is_closing():  # (close() sent its own)
@@ -1243,6 +1318,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.cancel()
+        if self._unlogged:  # what went so far: the application's cleanup comes next
+            if self._unlogged_timer is not None:
+                self._unlogged_timer.cancel()
+            self._log_gone(lost=True)
         request, self._request = self._request, None
         if request is None:
             return

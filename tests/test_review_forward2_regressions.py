@@ -10,6 +10,7 @@ import asyncio
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from support import raw_origin, read_json_log
@@ -18,62 +19,78 @@ from test_review_forward_regressions import _intercepted
 
 from cacheproxy.tls.ca import LocalCA
 
-SLOW_SUFFIX = ".slow.localhost"
+SLOW_SUFFIX = ".slow.example"
+
+
+class Nameserver(asyncio.DatagramProtocol):
+    """A DNS server on 127.0.0.1 (RFC 1035 over UDP): names under .slow.example get no
+    answer ever, as from an authoritative server that never answers; any other name
+    resolves to 127.0.0.1 (A) and has no AAAA. It counts the questions it got."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
+        question, labels, i = data[12:end], [], 0
+        while question[i]:
+            labels.append(question[i + 1:i + 1 + question[i]].decode())
+            i += question[i] + 1
+        name, qtype = ".".join(labels), struct.unpack("!H", question[-4:-2])[0]
+        self.asked.append(name)
+        if name.endswith(SLOW_SUFFIX):
+            return
+        answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("127.0.0.1")
+                  if qtype == 1 else b"")
+        self.transport.sendto(  # type: ignore[attr-defined]
+            data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
+            + question + answer, addr)
 
 
 @pytest.fixture
-def slow_dns(monkeypatch: pytest.MonkeyPatch) -> float:
-    """Names under .slow.localhost take this long to fail to resolve, as a name whose
-    authoritative server never answers does (the stub resolver's timeout, 5 s by default
-    per try); every other name resolves as the system resolves it. The lookup runs where
-    the event loop runs getaddrinfo (its thread pool), so it occupies a thread meanwhile,
-    as a real slow lookup does."""
-    delay = 3.0
-    real = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if isinstance(host, str) and host.endswith(SLOW_SUFFIX):
-            time.sleep(delay)
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    return delay
+async def nameserver() -> AsyncIterator[tuple[Nameserver, int]]:
+    transport, server = await asyncio.get_running_loop().create_datagram_endpoint(
+        Nameserver, local_addr=("127.0.0.1", 0))
+    yield server, transport.get_extra_info("sockname")[1]
+    transport.close()
 
 
-@pytest.mark.xfail(strict=True, reason="lookups share the event loop's few resolver "
-                   "threads: needs a resolver of its own (async DNS, as Squid and nginx "
-                   "have), not a small fix")
 async def test_slow_lookups_of_some_names_do_not_stall_every_other_request(
-        proxy, origin, slow_dns):
-    """Every name forward mode is asked for is looked up with getaddrinfo in the event
+        proxy, origin, nameserver):
+    """Every name forward mode was asked for was looked up with getaddrinfo in the event
     loop's thread pool (uvloop: libuv's 4 threads; asyncio: min(32, cores + 4)), and so
-    is the reverse upstream's name for each new connection. A client, or any web page the
+    was the reverse upstream's name for each new connection. A client, or any web page the
     browser opens through the proxy (`<img src=http://r1.attacker.example/>` ...), that
     names a few hosts whose DNS answers slowly (its own nameserver, which never answers)
-    fills those threads, and every other lookup waits behind them: a request for a site
-    that resolves at once (here `localhost`, from /etc/hosts) and the reverse upstream's
-    own new connections take as long as the queue, and past proxy.connect_timeout they are
-    504s. Seen with `cacheproxy serve` on this machine, whose resolver answers no DNS:
-    40 requests for names that fail to resolve in 5 s made a request for
-    `http://localhost:<port>/` take 4 s. Squid (its own asynchronous DNS client, `dns_timeout`)
-    and nginx (`resolver`) do not hold a thread per lookup, so one slow name delays only
-    the requests for it. Severity: medium (anyone who can make the browser fetch a few
-    URLs stalls the proxy for every user, reverse mode included)."""
+    filled those threads, and every other lookup waited behind them: a request for a site
+    that resolves at once and the reverse upstream's own new connections took as long as
+    the queue, and past proxy.connect_timeout they were 504s. Seen with `cacheproxy serve`
+    on this machine, whose resolver answers no DNS: 40 requests for names that fail to
+    resolve in 5 s made a request for `http://localhost:<port>/` take 4 s. Squid (its own
+    asynchronous DNS client, `dns_timeout`) and nginx (`resolver`) do not hold a thread
+    per lookup, so one slow name delays only the requests for it; forward mode's lookups
+    are now c-ares's, here against a real DNS server on loopback (forward.resolver).
+    Severity: medium (anyone who can make the browser fetch a few URLs stalled the proxy
+    for every user, reverse mode included)."""
+    server, port = nameserver
     upstream = await origin(origin_app("upstream"))
     other = await origin(origin_app("other"))
-    client = await proxy(f"http://localhost:{upstream.port}",
-                         forward={"enabled": True,
-                                  "allow_hosts": ["localhost", f"*{SLOW_SUFFIX}"]})
+    client = await proxy(f"http://localhost:{upstream.port}", proxy={"connect_timeout": 2},
+                         forward={"enabled": True, "resolver": [f"127.0.0.1:{port}"],
+                                  "allow_hosts": ["*.fast.example", f"*{SLOW_SUFFIX}"]})
     slow = [asyncio.create_task(forward_get(client.port, f"http://n{i}{SLOW_SUFFIX}/"))
             for i in range(40)]
     await asyncio.sleep(0.5)  # (they are being looked up)
     try:
         started = time.perf_counter()
-        status, _, body = await forward_get(client.port, f"http://localhost:{other.port}/a")
+        status, _, body = await forward_get(
+            client.port, f"http://site.fast.example:{other.port}/a")
         forward_took = time.perf_counter() - started
         started = time.perf_counter()
-        resp = await client.get("/b")  # the reverse upstream, named "localhost" too
+        resp = await client.get("/b")  # the reverse upstream, named "localhost"
         reverse_body = await resp.read()
         reverse_took = time.perf_counter() - started
     finally:
@@ -82,6 +99,7 @@ async def test_slow_lookups_of_some_names_do_not_stall_every_other_request(
     assert (resp.status, reverse_body) == (200, b"upstream /b")
     assert all(not isinstance(r, BaseException) and r[0] in (502, 504) for r in results)
     assert forward_took < 1.0 and reverse_took < 1.0, (forward_took, reverse_took)
+    assert "site.fast.example" in server.asked and f"n0{SLOW_SUFFIX}" in server.asked
 
 
 async def test_an_options_request_for_a_whole_server_goes_on_as_options_asterisk(proxy, origin):
@@ -112,7 +130,7 @@ async def test_an_options_request_for_a_whole_server_goes_on_as_options_asterisk
 
 
 async def test_a_connect_whose_client_left_before_the_answer_is_logged_499(
-        proxy, origin, slow_dns, tmp_path):
+        proxy, origin, nameserver, tmp_path):
     """A client that sends `CONNECT` and leaves (its connection reset) while the proxy is
     still looking the host up (or connecting) was never answered; its line said 502 (the
     lookup failed after it left), where the tunnel that succeeds after the client left
@@ -121,8 +139,11 @@ async def test_a_connect_whose_client_left_before_the_answer_is_logged_499(
     error count and `cacheproxy logs` then count an upstream error that no client saw.
     Severity: low."""
     upstream = await origin(origin_app("upstream"))
+    _, port = nameserver
     client = await proxy(upstream, log={"path": str(tmp_path / "requests.log")},
-                         forward={"enabled": True, "allow_hosts": [f"*{SLOW_SUFFIX}"]})
+                         proxy={"connect_timeout": 1},
+                         forward={"enabled": True, "allow_hosts": [f"*{SLOW_SUFFIX}"],
+                                  "resolver": [f"127.0.0.1:{port}"]})
     _, writer = await raw(client.port, f"CONNECT gone{SLOW_SUFFIX}:443 HTTP/1.1\r\n"
                                        f"Host: gone{SLOW_SUFFIX}:443\r\n\r\n".encode())
     await asyncio.sleep(0.3)
@@ -130,7 +151,7 @@ async def test_a_connect_whose_client_left_before_the_answer_is_logged_499(
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                struct.pack("ii", 1, 0))
     writer.close()
-    await asyncio.sleep(slow_dns + 0.5)  # the lookup fails after the client left
+    await asyncio.sleep(1.5)  # the lookup fails (connect_timeout) after the client left
     lines = [r for r in await read_json_log(client) if r["method"] == "CONNECT"]
     assert [(r["status"], r["cache"]) for r in lines] == [(499, "TUNNEL")]
 

@@ -31,6 +31,7 @@ from cacheproxy.config.values import (
     is_loopback_host,
     parse_host_patterns,
     parse_listen,
+    parse_nameservers,
     parse_on_invalid,
     parse_port_ranges,
     parse_ports,
@@ -181,6 +182,9 @@ class ForwardConfig:
     ca_dir: str = setting("")  # "": ca_path() gives the user's data directory
     open: bool = setting(False)  # a non-loopback listen with allow_hosts = ["*"]
     tunnel_idle_timeout: float = setting(600.0, gt=0)  # a tunnel carrying no byte
+    # The DNS servers forward mode's lookups go to (its own asynchronous client, as
+    # Squid's dns_nameservers and nginx's resolver); empty: those of /etc/resolv.conf.
+    resolver: tuple[str, ...] = setting((), parse=parse_nameservers)
     # Where absolute-form requests may go: Squid's Safe_ports but for the schemes this
     # proxy does not speak (ftp, gopher, wais); an HTTP request to :25 or :22 would be
     # read as that protocol's commands (cross-protocol).

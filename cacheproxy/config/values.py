@@ -331,6 +331,31 @@ def parse_host_patterns(value: object) -> tuple[str, ...]:
     return patterns
 
 
+def parse_nameservers(value: object) -> tuple[str, ...]:
+    """forward.resolver: DNS servers as "IP" or "IP:port" ("[v6]:port"), a TOML list or
+    "a, b"; each kept as "IP" or "IP:port", as c-ares takes them."""
+    servers = []
+    for entry in parse_list(value):
+        text = entry.strip()
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]{1,5}))?|([0-9.]+)(?::([0-9]{1,5}))?"
+                             r"|([0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)", text, re.ASCII)
+        if match is None:
+            raise ValueError(f"expected an IP address, with a port if not 53, such as "
+                             f'"127.0.0.1:5353" or "[::1]:53", got {text!r}')
+        address = match[1] or match[3] or match[5]
+        port = match[2] or match[4]
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is no IP address (a DNS server is given by its "
+                             f"address, not a name)") from None
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise ValueError(f"port {port} of {text!r} is not 1-65535")
+        shown = f"[{ip}]" if ip.version == 6 and port else str(ip)
+        servers.append(f"{shown}:{int(port)}" if port else shown)
+    return tuple(servers)
+
+
 def parse_ports(value: object) -> tuple[int, ...]:
     """forward.connect_ports: TCP ports, a TOML list of integers or "443, 8443"."""
     if isinstance(value, str):

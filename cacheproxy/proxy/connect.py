@@ -21,7 +21,7 @@ from cacheproxy.policies.forward import (
     names_own_listener,
 )
 from cacheproxy.proxy.client_request import ClientRequest, Listener
-from cacheproxy.proxy.destinations import address_refused, connect_first, resolved
+from cacheproxy.proxy.destinations import address_refused, connect_first
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.tunnel import TunnelEnd
@@ -103,7 +103,7 @@ class ConnectMethod:
             async with asyncio.timeout(proxy.config.proxy.connect_timeout):
                 # Vetted by address (deny_hosts, this proxy's own listeners: a loop), then
                 # connected to by those addresses, not by the name looked up again.
-                addresses = await resolved(loop, d.host, d.port)
+                addresses = await proxy.lookups.addresses(d.host, d.port)
                 for address in addresses:
                     refused = address_refused(access, d.host, address, d.port)
                     if refused is not None:

@@ -1,14 +1,20 @@
-"""Forward mode's check of what a name resolved to, with the one fact the sans-I/O rule
-(policies/forward.py, address_refusal) cannot know: whether an address is this machine's.
-A listener on 0.0.0.0 or :: is reached by every address of the machine, its LAN ones too,
-which neither the config nor any name lists."""
+"""Forward mode's lookups, and its check of what a name resolved to, with the one fact
+the sans-I/O rule (policies/forward.py, address_refusal) cannot know: whether an address
+is this machine's. A listener on 0.0.0.0 or :: is reached by every address of the
+machine, its LAN ones too, which neither the config nor any name lists."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+try:  # c-ares: lookups on the event loop, as Squid's and nginx's own DNS clients
+    import aiodns
+except ImportError:  # pragma: no cover  (a dependency; without it, the loop's resolver)
+    aiodns = None
 
 from cacheproxy.policies.forward import (
     ForwardAccess,
@@ -38,6 +44,72 @@ def this_machine(address: str) -> bool:
     except OSError:
         return False
     return True
+
+
+class Lookups:
+    """The names forward clients ask for, looked up by c-ares (aiodns) on the event loop,
+    not by getaddrinfo in the loop's few resolver threads (uvloop: libuv's 4): a page that
+    names a few hosts whose DNS never answers held every thread, and every other lookup,
+    the routes' upstreams' included, waited behind them (504s past connect_timeout). Here
+    a slow name delays only the requests for it. c-ares reads /etc/hosts, then asks the
+    servers of /etc/resolv.conf, or forward.resolver's (as Squid's dns_nameservers); it
+    knows no other name service of nsswitch.conf (mDNS, LDAP), as Squid's client does
+    not. The routes' own upstreams, which the operator names, keep the system's lookup."""
+
+    def __init__(self, servers: tuple[str, ...] = (), timeout: float = 5.0) -> None:
+        self.servers = servers
+        self.timeout = timeout
+        self._resolver: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._retired: list[Any] = []  # replaced by a reload, closed with the app
+
+    def configure(self, servers: tuple[str, ...], timeout: float) -> None:
+        """A reload's settings: the next lookup makes a resolver with them (those under
+        way finish on the one they began on)."""
+        if (servers, timeout) != (self.servers, self.timeout):
+            self.servers, self.timeout = servers, timeout
+            if self._resolver is not None:
+                self._retired.append(self._resolver)
+                self._resolver = None
+
+    async def close(self) -> None:
+        """With the application: c-ares's lookups still under way are cancelled (their
+        answers would come from its thread to a loop that is gone)."""
+        resolvers, self._retired = [*self._retired, self._resolver], []
+        self._resolver = None
+        for resolver in resolvers:
+            if resolver is not None:
+                await resolver.close()
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """host's addresses, each once, in the resolver's order (socket.gaierror: none)."""
+        loop = asyncio.get_running_loop()
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return [host]  # (an address: nothing to look up)
+        if aiodns is None:
+            return await resolved(loop, host, port)
+        if self._resolver is None or self._loop is not loop:
+            # Two tries of half the time each (a datagram lost), within connect_timeout.
+            self._resolver = aiodns.DNSResolver(
+                nameservers=list(self.servers) or None, loop=loop,
+                timeout=max(0.5, self.timeout / 2), tries=2)
+            self._loop = loop
+        try:
+            result = await self._resolver.getaddrinfo(host, port=port,
+                                                      type=socket.SOCK_STREAM)
+        except aiodns.error.DNSError as exc:
+            message = exc.args[1] if len(exc.args) > 1 else "DNS lookup failed"
+            raise socket.gaierror(socket.EAI_NONAME, str(message)) from None
+        addresses = list(dict.fromkeys(
+            node.addr[0].decode("ascii") if isinstance(node.addr[0], bytes)
+            else str(node.addr[0]) for node in result.nodes))
+        if not addresses:
+            raise socket.gaierror(socket.EAI_NONAME, "no address")
+        return addresses
 
 
 async def resolved(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[str]:

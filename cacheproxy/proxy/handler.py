@@ -25,7 +25,7 @@ from cacheproxy.policies.forward import (
 )
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Collapser
-from cacheproxy.proxy.destinations import address_refused
+from cacheproxy.proxy.destinations import Lookups, address_refused
 from cacheproxy.proxy.downstream import (
     Answer,
     ClientBodyError,
@@ -84,6 +84,11 @@ class CacheProxy:
         # Where routes send: what a forward client names elsewhere is vetted by address.
         self._routed = frozenset(self.exchange.origin_of(url) for url in self.plans.upstreams())
         self.exchange.pool.vet = self._vet if config.forward.enabled else None
+        # Forward clients' names: c-ares, not the loop's resolver threads (destinations).
+        if not hasattr(self, "lookups"):
+            self.lookups = Lookups()
+        self.lookups.configure(config.forward.resolver, config.proxy.connect_timeout)
+        self.exchange.pool.lookups = self.lookups
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """The key a request for target on authority (Host) is stored under (admin purge).
@@ -130,6 +135,7 @@ class CacheProxy:
         yield
         await self.driver.stop()
         await self.exchange.close()
+        await self.lookups.close()
 
     # -- entry point ------------------------------------------------------
 

@@ -34,7 +34,7 @@ import httptools
 
 from cacheproxy.http.abnf import REASON_PHRASE_RE
 from cacheproxy.http.fields import FieldList
-from cacheproxy.proxy.destinations import connect_first, resolved
+from cacheproxy.proxy.destinations import Lookups, connect_first, resolved
 from cacheproxy.proxy.downstream import ClientBodyError
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.proxy.wire import REASONS
@@ -722,6 +722,7 @@ class Pool:
         # lookup could answer another address (DNS rebinding) past the check.
         self.vet: Callable[[Origin], Callable[[str], UpstreamError | None] | None] | None \
             = None
+        self.lookups: Lookups | None = None  # and how its names are looked up
         # Origins whose last answer said HTTP/1.0: RFC 9112 §6.1, no chunked request goes
         # to a server not known to handle HTTP/1.1 (Exchange.send). Bounded: forward mode
         # names origins without end.
@@ -867,7 +868,9 @@ class Pool:
     async def _vetted(self, origin: Origin, check: Callable[[str], UpstreamError | None]
                       ) -> list[str]:
         """origin's addresses, each passed by check (any refused: that refusal)."""
-        addresses = await resolved(self.loop(), origin.host, origin.port)
+        addresses = await (self.lookups.addresses(origin.host, origin.port)
+                           if self.lookups is not None
+                           else resolved(self.loop(), origin.host, origin.port))
         for address in addresses:
             refused = check(address)
             if refused is not None:

@@ -46,6 +46,9 @@ def this_machine(address: str) -> bool:
     return True
 
 
+MIN_TRY_SECONDS = 0.25  # c-ares's shortest timeout of a try (its MIN_TIMEOUT_MS)
+
+
 class Lookups:
     """The names forward clients ask for, looked up by c-ares (aiodns) on the event loop,
     not by getaddrinfo in the loop's few resolver threads (uvloop: libuv's 4): a page that
@@ -93,10 +96,9 @@ class Lookups:
         if aiodns is None:
             return await resolved(loop, host, port)
         if self._resolver is None or self._loop is not loop:
-            # Two tries of half the time each (a datagram lost), within connect_timeout.
             self._resolver = aiodns.DNSResolver(
                 nameservers=list(self.servers) or None, loop=loop,
-                timeout=max(0.5, self.timeout / 2), tries=2)
+                timeout=max(0.5, self.timeout / 2), tries=_tries(self.timeout))
             self._loop = loop
         try:
             result = await self._resolver.getaddrinfo(host, port=port,
@@ -110,6 +112,20 @@ class Lookups:
         if not addresses:
             raise socket.gaierror(socket.EAI_NONAME, "no address")
         return addresses
+
+
+def _tries(seconds: float) -> int:
+    """Tries enough for a lookup to last `seconds` (connect_timeout ends it, a 504). c-ares
+    gives a try not the timeout it is given once a server has answered a few questions,
+    but five times its average latency, 250 ms at least, doubled per retry (c-ares 1.34,
+    ares_metrics.c): two tries gave up after 0.75 s on a name a recursive resolver answers
+    in a second, where glibc waits 5 s a try, Squid's dns_timeout and nginx's
+    resolver_timeout 30 s."""
+    tries, total = 1, MIN_TRY_SECONDS
+    while total < seconds:
+        tries += 1
+        total += MIN_TRY_SECONDS * 2 ** (tries - 1)
+    return max(2, tries)
 
 
 async def resolved(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[str]:

@@ -6,6 +6,7 @@ code it was written against (9b5aa53)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import struct
@@ -13,9 +14,10 @@ import struct
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import read_json_log
+from support import proxy_config, read_json_log
 from test_forward_mode import forward_get, origin_app
 
+from cacheproxy.proxy.server import reconfigure
 from cacheproxy.tls.ca import LocalCA
 
 
@@ -148,3 +150,46 @@ async def test_a_name_a_recursive_resolver_answers_in_a_second_and_a_half_is_not
     finally:
         transport.close()
     assert (status, body) == (200, b"site /a")
+
+
+async def test_reloads_that_change_the_lookups_leave_no_resolver_behind(proxy, origin):
+    """Each reload (SIGHUP) whose proxy.connect_timeout or forward.resolver differs made
+    Lookups retire its c-ares resolver and make another at the next lookup; the retired
+    ones were closed only when the application stopped. Each is a pycares channel with
+    its own event thread, an inotify instance (resolv.conf watched) and its sockets: a
+    deployment that reloads a changed config often (a config manager's SIGHUP, a
+    connect_timeout tuned) gains a thread per such reload for the life of the process,
+    and past fs.inotify.max_user_instances (128 for the user by default) no resolver can
+    watch resolv.conf. A resolver a reload replaced is done with once the lookups it
+    began are (within connect_timeout). Severity: low (reloads are rare)."""
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        SlowRecursor, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+    try:
+        site = await origin(origin_app("site"))
+        url = str(site.make_url("")).rstrip("/")
+        forward = {"enabled": True, "resolver": [f"127.0.0.1:{port}"],
+                   "allow_hosts": ["*.example"]}
+        client = await proxy(site, proxy={"connect_timeout": 3}, forward=forward)
+        assert (await forward_get(client.port, f"http://w.example:{site.port}/"))[0] == 200
+        before = threads()
+        for i in range(12):
+            reconfigure(client.server.app, proxy_config(
+                url, proxy={"connect_timeout": 4 + i}, forward=forward))
+            status, _, _ = await forward_get(client.port, f"http://w{i}.example:{site.port}/")
+            assert status == 200
+        await asyncio.sleep(0.2)
+        after = threads()
+        # A lookup under way when its resolver is replaced still ends on it, answered.
+        cold = asyncio.create_task(forward_get(client.port, f"http://cold.example:{site.port}/"))
+        await asyncio.sleep(0.3)
+        reconfigure(client.server.app, proxy_config(
+            url, proxy={"connect_timeout": 5}, forward=forward))
+        assert (await forward_get(client.port, f"http://w.example:{site.port}/"))[0] == 200
+        assert (await cold)[0] == 200
+    finally:
+        transport.close()
+    assert after - before <= 2, (before, after)

@@ -64,16 +64,30 @@ class Lookups:
         self.timeout = timeout
         self._resolver: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._retired: list[Any] = []  # replaced by a reload, closed with the app
+        # Replaced by a reload: each closed once the lookups it began are done (a
+        # pycares channel holds a thread, an inotify watch and sockets), or with the app.
+        self._retired: list[Any] = []
+        self._flying: dict[Any, int] = {}  # resolver: its lookups under way
 
     def configure(self, servers: tuple[str, ...], timeout: float) -> None:
         """A reload's settings: the next lookup makes a resolver with them (those under
         way finish on the one they began on)."""
         if (servers, timeout) != (self.servers, self.timeout):
             self.servers, self.timeout = servers, timeout
-            if self._resolver is not None:
-                self._retired.append(self._resolver)
-                self._resolver = None
+            self._retire()
+
+    def _retire(self) -> None:
+        if self._resolver is not None:
+            self._retired.append(self._resolver)
+            self._resolver = None
+
+    async def _close_idle(self) -> None:
+        """The retired resolvers no lookup uses any more, closed."""
+        idle = [r for r in self._retired if r not in self._flying]
+        if idle:
+            self._retired = [r for r in self._retired if r in self._flying]
+            for resolver in idle:
+                await resolver.close()
 
     async def close(self) -> None:
         """With the application: c-ares's lookups still under way are cancelled (their
@@ -95,17 +109,26 @@ class Lookups:
             return [host]  # (an address: nothing to look up)
         if aiodns is None:
             return await resolved(loop, host, port)
+        if self._retired:
+            await self._close_idle()
         if self._resolver is None or self._loop is not loop:
+            self._retire()
             self._resolver = aiodns.DNSResolver(
                 nameservers=list(self.servers) or None, loop=loop,
                 timeout=max(0.5, self.timeout / 2), tries=_tries(self.timeout))
             self._loop = loop
+        resolver = self._resolver
+        self._flying[resolver] = self._flying.get(resolver, 0) + 1
         try:
-            result = await self._resolver.getaddrinfo(host, port=port,
-                                                      type=socket.SOCK_STREAM)
+            result = await resolver.getaddrinfo(host, port=port, type=socket.SOCK_STREAM)
         except aiodns.error.DNSError as exc:
             message = exc.args[1] if len(exc.args) > 1 else "DNS lookup failed"
             raise socket.gaierror(socket.EAI_NONAME, str(message)) from None
+        finally:
+            if (left := self._flying.pop(resolver) - 1) > 0:
+                self._flying[resolver] = left
+            elif resolver is not self._resolver and self._retired:
+                await self._close_idle()
         addresses = list(dict.fromkeys(
             node.addr[0].decode("ascii") if isinstance(node.addr[0], bytes)
             else str(node.addr[0]) for node in result.nodes))

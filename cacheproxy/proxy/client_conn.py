@@ -162,6 +162,20 @@ def _head_too_large() -> HttpProcessingError:
         code=431, message=f"request header section over {MAX_HEAD_BYTES} bytes")
 
 
+def _upgrade_alone(messages: list[Any], data: bytes) -> RawRequestMessage | None:
+    """The last of messages when it is an upgrade request the parser did not switch for
+    (`Upgrade: h2c`, as Java's HttpClient and `curl --http2` send on every new http://
+    connection), without a body, and it ended the read: RFC 9110 §7.8 lets a server ignore
+    Upgrade and go on with HTTP/1.1 on the connection, as nginx does. llhttp pauses at the
+    end of any upgrade request and aiohttp's wrapper drops the bytes after it in the same
+    read, so a request followed by more bytes there still ends its connection."""
+    msg, payload = messages[-1]
+    if isinstance(msg, HttpProcessingError) or not msg.upgrade \
+            or payload is not EMPTY_PAYLOAD or not data.endswith(b"\r\n\r\n"):
+        return None
+    return msg
+
+
 def _begun_head(data: bytes, messages: list[Any], parser: Any) -> int:
     """Bytes of data after the last whole request, when they can only be the head of the
     next one (that request had no body): they count against MAX_HEAD_BYTES with the reads
@@ -205,6 +219,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
+        # An upgrade request not taken (h2c) that ended its read: nothing after it was
+        # dropped, and the connection goes on after its answer (_upgrade_alone).
+        self._upgrade_alone: RawRequestMessage | None = None
         # The read in which the parser last gave a whole request, and those since (while
         # a head is incomplete; bounded: _HEAD_WINDOW): where a line too long began.
         self._seen = b""
@@ -345,6 +362,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 # takes the bytes after it.
                 self._upgraded = True
                 self._keep_early(tail)
+            elif messages:
+                self._upgrade_alone = _upgrade_alone(messages, data)
             if not messages:
                 break
             self._disarm()
@@ -691,7 +710,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         listener = self.listener
         self._payload = payload
         self._keep_alive = not (msg.should_close or self._closing or self._upgraded
-                                or msg.upgrade)
+                                or (msg.upgrade and msg is not self._upgrade_alone))
         control = msg.method != "CONNECT" and listener.is_control(msg) \
             and self._origin is None and self._for_us(msg)
         expect = msg.headers.get("Expect")

@@ -362,8 +362,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 # takes the bytes after it.
                 self._upgraded = True
                 self._keep_early(tail)
-            elif messages:
-                self._upgrade_alone = _upgrade_alone(messages, data)
+            elif messages and getattr(messages[-1][0], "upgrade", False):  # (rare: no call
+                self._upgrade_alone = _upgrade_alone(messages, data)  # on every read)
             if not messages:
                 break
             self._disarm()

@@ -93,11 +93,41 @@ class Stats:
     def _in_series(self, when: float, hit: bool) -> None:
         start = int(when) // SERIES_SECONDS * SERIES_SECONDS
         series = self.series
-        if not series or series[-1][0] != start:
-            series.append([start, 0, 0])
-        bucket = series[-1]
+        if series and series[-1][0] == start:
+            bucket: list[int] | None = series[-1]
+        elif not series or series[-1][0] < start:
+            bucket = [start, 0, 0]
+            series.append(bucket)
+        else:
+            bucket = self._earlier_bucket(start)
+            if bucket is None:
+                return
         bucket[1] += 1
         bucket[2] += hit
+
+    def _earlier_bucket(self, start: int) -> list[int] | None:
+        """The bucket of a request that began before the newest one (it ended after later
+        ones began: a slow download, a tunnel), in its place: a bucket appended after the
+        newest would split one time in two (the chart draws one over the other) and push
+        real history out of the bound. Older than every bucket kept: None (the counters
+        have it)."""
+        series = self.series
+        for i in range(len(series) - 1, -1, -1):
+            t = series[i][0]
+            if t == start:
+                return series[i]
+            if t < start:
+                if len(series) == series.maxlen:
+                    series.popleft()
+                    i -= 1
+                bucket = [start, 0, 0]
+                series.insert(i + 1, bucket)
+                return bucket
+        if len(series) == series.maxlen:
+            return None
+        bucket = [start, 0, 0]
+        series.appendleft(bucket)
+        return bucket
 
     def recent_records(self) -> list[LogRecord]:
         """The last RECENT_LINES records, oldest first."""

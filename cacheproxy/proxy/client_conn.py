@@ -261,6 +261,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # _handed, its size, and what writes the line given the bytes that went.
         self._unlogged: list[tuple[int, int, Callable[[int], None]]] = []
         self._unlogged_timer: asyncio.TimerHandle | None = None
+        self._dropped = False  # the transport was aborted: what it held never went
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -527,10 +528,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
-        if self._unlogged:  # (what went is what had gone at the last look)
+        if self._unlogged:
             if self._unlogged_timer is not None:
                 self._unlogged_timer.cancel()
-            self._log_gone(lost=True)
+            if exc is None and not self._dropped:  # a close: it sent all it held first
+                self._gone = self._handed
+            self._log_gone(lost=True)  # (else what had gone at the last look)
         if self._lingering is not None:
             self._lingering.cancel()
         if self._unsent_watch is not None:
@@ -1239,7 +1242,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             self.flush_out()  # (handed to the kernel; what it still holds unsent, the reset
-            reset(transport)  # drops: a message cut short either way)
+            self._dropped = True  # drops: a message cut short either way)
+            reset(transport)
 
     # -- the connection's end ------------------------------------------------------
 
@@ -1293,6 +1297,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._disarm()
         self._out, self._out_bytes = [], 0
         if self.transport is not None:
+            self._dropped = True
             self.transport.abort()
 
     def close_idle(self) -> None:

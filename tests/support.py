@@ -32,15 +32,20 @@ def cache_status(resp: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def raw_origin(answer: Callable[[bytes], bytes]) -> AsyncIterator[int]:
+async def raw_origin(answer: Callable[[bytes], bytes | list[bytes]]) -> AsyncIterator[int]:
     """An origin on 127.0.0.1 that sends bytes of the test's choosing (what aiohttp would
     tidy or refuse): answer(request head) gives each response on a keep-alive
-    connection. Yields the port."""
+    connection, or a list of pieces written 0.05 s apart (reads the proxy gets apart).
+    Yields the port."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                writer.write(answer(await reader.readuntil(b"\r\n\r\n")))
-                await writer.drain()
+                pieces = answer(await reader.readuntil(b"\r\n\r\n"))
+                for i, piece in enumerate([pieces] if isinstance(pieces, bytes) else pieces):
+                    if i:
+                        await asyncio.sleep(0.05)
+                    writer.write(piece)
+                    await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

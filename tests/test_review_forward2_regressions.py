@@ -34,20 +34,26 @@ class Nameserver(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
-        question, labels, i = data[12:end], [], 0
-        while question[i]:
-            labels.append(question[i + 1:i + 1 + question[i]].decode())
-            i += question[i] + 1
-        name, qtype = ".".join(labels), struct.unpack("!H", question[-4:-2])[0]
+        name, reply = loopback_answer(data)
         self.asked.append(name)
-        if name.endswith(SLOW_SUFFIX):
-            return
-        answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("127.0.0.1")
-                  if qtype == 1 else b"")
-        self.transport.sendto(  # type: ignore[attr-defined]
-            data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
-            + question + answer, addr)
+        if not name.endswith(SLOW_SUFFIX):
+            self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
+
+
+def loopback_answer(query: bytes) -> tuple[str, bytes]:
+    """The name a DNS query (RFC 1035 §4.1) asks about, and the reply that resolves it to
+    127.0.0.1 (an A record; an AAAA question gets no answer record)."""
+    end = query.index(b"\x00", 12) + 5  # the question: its name, type and class
+    question, labels, i = query[12:end], [], 0
+    while question[i]:
+        labels.append(question[i + 1:i + 1 + question[i]].decode())
+        i += question[i] + 1
+    qtype = struct.unpack("!H", question[-4:-2])[0]
+    answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("127.0.0.1")
+              if qtype == 1 else b"")
+    return ".".join(labels), (query[:2] + b"\x81\x80"
+                              + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
+                              + question + answer)
 
 
 @pytest.fixture

@@ -103,6 +103,17 @@ async def test_a_background_refresh_is_counted_among_the_upstream_responses(orig
     assert count == sum(counts.values()) == 3
 
 
+def video_app(size: int) -> web.Application:
+    """An origin of one large cacheable body at /video (a video, a download)."""
+    blob = b"v" * size
+
+    async def video(request: web.Request) -> web.Response:
+        return web.Response(body=blob, headers={"Cache-Control": "max-age=60"})
+    app = web.Application()
+    app.router.add_get("/video", video)
+    return app
+
+
 async def test_a_hit_the_client_left_logs_the_bytes_it_was_sent_not_the_whole_body(
         origin, proxy, tmp_path):
     """A large stored response (a video, a download) served as a hit to a client that
@@ -118,14 +129,8 @@ async def test_a_hit_the_client_left_logs_the_bytes_it_was_sent_not_the_whole_bo
     the whole. Severity: medium (bytes served and saved, the figures people size a cache
     by, overstated by the full size of every aborted large hit)."""
     size = 24 * 1024 * 1024
-    blob = b"v" * size
-
-    async def video(request: web.Request) -> web.Response:
-        return web.Response(body=blob, headers={"Cache-Control": "max-age=60"})
-    app = web.Application()
-    app.router.add_get("/video", video)
     log = tmp_path / "requests.log"
-    c = await proxy(await origin(app), log={"path": str(log)},
+    c = await proxy(await origin(video_app(size)), log={"path": str(log)},
                     cache={"max_object_bytes": 32 * 1024 * 1024})
     port = c.server.port
     _, body = await _get(port, "/video")  # the miss stores it

@@ -84,6 +84,29 @@ async def test_a_refused_head_request_gets_no_content(origin: Any, proxy: Any) -
     assert rest == b"", rest
 
 
+def paused_media(path: str, half: int, headers: dict[str, str]
+                 ) -> tuple[web.Application, asyncio.Event, asyncio.Event]:
+    """An origin of a 2 * half byte body at path that sends its first half, sets the
+    first event, and sends the rest once the test sets the second (or after 5 s)."""
+    first_half = asyncio.Event()  # the origin sent half of the body
+    go_on = asyncio.Event()  # the test lets it send the rest
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = 2 * half
+        await resp.prepare(request)
+        await resp.write(b"a" * half)
+        first_half.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(go_on.wait(), 5)
+        await resp.write(b"b" * half)
+        return resp
+
+    app = web.Application()
+    app.router.add_get(path, media)
+    return app, first_half, go_on
+
+
 async def test_a_media_elements_first_range_request_streams_on_a_miss(
         origin: Any, proxy: Any) -> None:
     """A <video>/<audio> element's first request is always `Range: bytes=0-` (seen from
@@ -100,25 +123,10 @@ async def test_a_media_elements_first_range_request_streams_on_a_miss(
     (range_offset_limit 0) passes the Range on. One range of a known-length 200 can be
     cut as the body streams, while the whole is stored. Severity: medium (latency a user
     sees on every cold media play; nothing wrong is served)."""
-    first_half = asyncio.Event()  # the origin sent half of the body
-    go_on = asyncio.Event()  # the test lets it send the rest
     half = 256 * 1024
-
-    async def media(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={
-            "Cache-Control": "max-age=600", "ETag": '"v1"', "Content-Type": "video/mp4",
-            "Accept-Ranges": "bytes"})
-        resp.content_length = 2 * half
-        await resp.prepare(request)
-        await resp.write(b"a" * half)
-        first_half.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(go_on.wait(), 5)
-        await resp.write(b"b" * half)
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/v.mp4", media)
+    app, first_half, go_on = paused_media("/v.mp4", half, {
+        "Cache-Control": "max-age=600", "ETag": '"v1"', "Content-Type": "video/mp4",
+        "Accept-Ranges": "bytes"})
     client = await proxy(await origin(app))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
     try:

@@ -7,12 +7,12 @@ instead. Real origins and clients on 127.0.0.1 only."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 import pytest
 from aiohttp import web
 from test_proxy_caching import Origin, start
+from test_review_own_regressions import paused_media
 
 
 def stored_origin(body: bytes = b"0123456789", **headers: str) -> Origin:
@@ -115,23 +115,9 @@ async def test_a_range_miss_answered_whole_streams(origin: Any, proxy: Any,
     streams at once. DESIGN: "the first byte reaches the client before the last byte
     leaves the origin"; nginx's proxy_cache streams the 200 it sends for such a request.
     Severity: low (latency only; nothing wrong is served)."""
-    first_half = asyncio.Event()
-    go_on = asyncio.Event()
     half = 64 * 1024
-
-    async def media(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Cache-Control": "max-age=600", "ETag": '"v1"'})
-        resp.content_length = 2 * half
-        await resp.prepare(request)
-        await resp.write(b"a" * half)
-        first_half.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(go_on.wait(), 5)
-        await resp.write(b"b" * half)
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/v", media)
+    app, first_half, go_on = paused_media(
+        "/v", half, {"Cache-Control": "max-age=600", "ETag": '"v1"'})
     client = await proxy(await origin(app))
     reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
     try:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from support import raw_origin
 
 from cacheproxy.proxy.server_protocol import ProxyAppRunner
 
@@ -122,26 +123,6 @@ async def test_a_range_behind_a_failing_revalidation_is_answered_stale_if_error(
 # -- 3. pool.py: an origin's HTTP/1.2 status line read as 1.1 only as the first read's ----
 
 
-async def _pieces_origin(pieces: list[bytes]) -> tuple[asyncio.AbstractServer, int]:
-    """An origin that answers each request head with pieces, written 0.05 s apart."""
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                for i, piece in enumerate(pieces):
-                    if i:
-                        await asyncio.sleep(0.05)
-                    writer.write(piece)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 @pytest.mark.xfail(strict=True, reason="pool.py rewrites the minor digit only at the start of "
                    "an answer's first read: a status line split there, or after a 1xx, is not")
 @pytest.mark.parametrize("pieces", [
@@ -159,10 +140,7 @@ async def test_an_origin_http_1_2_status_line_is_read_as_1_1_in_any_read(proxy, 
     reaches llhttp as 1.2 and the client gets a 502. nginx parses the status line
     incrementally and takes HTTP/1.2 wherever it is. Severity: low (origins that label
     their answers HTTP/1.2 are rare; those are the ones the fix is for)."""
-    server, port = await _pieces_origin(pieces)
-    try:
+    async with raw_origin(lambda head: pieces) as port:
         c = await proxy(f"http://127.0.0.1:{port}")
         resp = await c.get("/p")
         assert resp.status == 200 and await resp.read() == b"hello"
-    finally:
-        server.close()

@@ -16,6 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import proxy_config, read_json_log
 from test_forward_mode import forward_get, origin_app
+from test_review_forward2_regressions import loopback_answer
+from test_review_observe_regressions import video_app
 
 from cacheproxy.proxy.server import reconfigure
 from cacheproxy.tls.ca import LocalCA
@@ -38,12 +40,7 @@ async def test_a_big_intercepted_hit_the_client_left_logs_the_bytes_it_was_sent(
     TLS should count too, and a hit read to its end still log every byte. Severity: medium (as
     observe's finding: bytes served overstated by every aborted large https hit)."""
     size = 24 * 1024 * 1024
-    blob = b"v" * size
-
-    async def video(request: web.Request) -> web.Response:
-        return web.Response(body=blob, headers={"Cache-Control": "max-age=60"})
-    app = web.Application()
-    app.router.add_get("/video", video)
+    app = video_app(size)
     site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
     site = TestServer(app, host="127.0.0.1")
     await site.start_server(ssl=site_ca.server_context("localhost"))
@@ -104,18 +101,9 @@ class SlowRecursor(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
-        question, labels, i = data[12:end], [], 0
-        while question[i]:
-            labels.append(question[i + 1:i + 1 + question[i]].decode())
-            i += question[i] + 1
-        qtype = struct.unpack("!H", question[-4:-2])[0]
-        answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("127.0.0.1")
-                  if qtype == 1 else b"")
-        reply = (data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
-                 + question + answer)
+        name, reply = loopback_answer(data)
         send = self.transport.sendto  # type: ignore[attr-defined]
-        if labels[0].startswith("cold"):
+        if name.startswith("cold"):
             asyncio.get_running_loop().call_later(self.DELAY, send, reply, addr)
         else:
             send(reply, addr)

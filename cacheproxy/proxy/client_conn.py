@@ -529,8 +529,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
         if self._unlogged:
-            if self._unlogged_timer is not None:
-                self._unlogged_timer.cancel()
             if exc is None and not self._dropped:  # a close: it sent all it held first
                 self._gone = self._handed
             self._log_gone(lost=True)  # (else what had gone at the last look)
@@ -789,7 +787,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _log_gone(self, lost: bool = False) -> None:
         """Write the lines of the big answers now out of the buffer (all of them, with
         what went, when the connection is lost or the proxy stops)."""
-        self._unlogged_timer = None
+        timer, self._unlogged_timer = self._unlogged_timer, None
+        if lost and timer is not None:
+            timer.cancel()
         transport = self.transport
         if not lost and transport is not None:
             self._gone = self._handed - transport.get_write_buffer_size()
@@ -1343,8 +1343,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if relay is not None:
             relay.cancel()
         if self._unlogged:  # what went so far: the application's cleanup comes next
-            if self._unlogged_timer is not None:
-                self._unlogged_timer.cancel()
             self._log_gone(lost=True)
         request, self._request = self._request, None
         if request is None:

@@ -28,7 +28,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
 
 import httptools
 
@@ -57,10 +56,6 @@ _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # (asyncio's and uvloop's default: 30 s). nginx sends its own and closes at once; an
 # origin that stopped reading (the read timeout's) never answers one.
 _TLS_SHUTDOWN_TIMEOUT = 1.0
-
-
-# The minor digit and the space after it of a status line "HTTP/1.x " read as 1.1.
-_HIGHER_MINORS: Final = frozenset(b"%d " % x for x in range(2, 10))
 
 
 @lru_cache(maxsize=8)
@@ -203,8 +198,8 @@ class Connection(asyncio.Protocol):
             return
         headed = self._headed
         if not headed:
-            if not self._head_bytes and data[7:9] in _HIGHER_MINORS \
-                    and data.startswith(b"HTTP/1."):
+            if not self._head_bytes and len(data) > 8 and 0x31 < data[7] <= 0x39 \
+                    and data[8] == 0x20 and data.startswith(b"HTTP/1."):  # (no slice made)
                 # RFC 9110 §2.5: an HTTP/1.x status line, x above 1, is read as 1.1 (the
                 # highest minor this proxy conforms to), as nginx does; llhttp refuses it.
                 data = b"HTTP/1.1" + data[8:]

@@ -123,8 +123,6 @@ async def test_a_range_behind_a_failing_revalidation_is_answered_stale_if_error(
 # -- 3. pool.py: an origin's HTTP/1.2 status line read as 1.1 only as the first read's ----
 
 
-@pytest.mark.xfail(strict=True, reason="pool.py rewrites the minor digit only at the start of "
-                   "an answer's first read: a status line split there, or after a 1xx, is not")
 @pytest.mark.parametrize("pieces", [
     pytest.param([b"HTTP/1", b".2 200 OK\r\nContent-Length: 5\r\n\r\nhello"], id="split"),
     pytest.param([b"HTTP/1.2 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n",

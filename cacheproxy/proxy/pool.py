@@ -33,6 +33,7 @@ import httptools
 
 from cacheproxy.http.abnf import REASON_PHRASE_RE
 from cacheproxy.http.fields import FieldList
+from cacheproxy.http.status_line import DONE, START, read_as_1_1
 from cacheproxy.proxy.destinations import Lookups, connect_first, resolved
 from cacheproxy.proxy.downstream import ClientBodyError
 from cacheproxy.proxy.upstream import UpstreamError
@@ -158,6 +159,7 @@ class Connection(asyncio.Protocol):
         self._head_only = False
         self._interim: Interim | None = None  # where 1xx answers go (send's interim)
         self._interims = 0  # 1xx answers read before the final one
+        self._line = START  # where a status line may begin (http/status_line.py)
         self._fields: list[tuple[str, str]] = []
         self._field_bytes = 0
         self._headed = False       # the head is in: later field lines are trailers
@@ -198,11 +200,18 @@ class Connection(asyncio.Protocol):
             return
         headed = self._headed
         if not headed:
-            if not self._head_bytes and len(data) > 8 and 0x31 < data[7] <= 0x39 \
-                    and data[8] == 0x20 and data.startswith(b"HTTP/1."):  # (no slice made)
+            line = self._line
+            if line >= 0:  # a status line may begin, or is under way, in this read
                 # RFC 9110 §2.5: an HTTP/1.x status line, x above 1, is read as 1.1 (the
                 # highest minor this proxy conforms to), as nginx does; llhttp refuses it.
-                data = b"HTTP/1.1" + data[8:]
+                if not line and len(data) > 9 and data[8] == 0x20 and data[9] != 0x31:
+                    # The common case, with no copy: a read that begins with a whole
+                    # final status line (a space at [8] is only there in "HTTP/x.y SSS").
+                    if 0x31 < data[7] <= 0x39 and data.startswith(b"HTTP/1."):
+                        data = b"HTTP/1.1" + data[8:]
+                    self._line = DONE
+                else:  # split, or an interim answer (1xx): after its end, another
+                    data, self._line = read_as_1_1(data, line)
             self._head_bytes += len(data)
             # proxy.read_timeout is the time between two reads (nginx's
             # proxy_read_timeout), for a head that trickles in as for a body.

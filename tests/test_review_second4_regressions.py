@@ -150,23 +150,29 @@ async def test_reloads_that_change_the_lookups_leave_no_resolver_behind(proxy, o
     and past fs.inotify.max_user_instances (128 for the user by default) no resolver can
     watch resolv.conf. A resolver a reload replaced is done with once the lookups it
     began are (within connect_timeout). Severity: low (reloads are rare)."""
-    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-        SlowRecursor, local_addr=("127.0.0.1", 0))
-    port = transport.get_extra_info("sockname")[1]
+    # Two recursors to switch between: proxy.connect_timeout, which the lookups also
+    # take, is restart-only (a reload keeps the running value), so forward.resolver is
+    # what a reload changes here.
+    loop = asyncio.get_running_loop()
+    transports = [(await loop.create_datagram_endpoint(
+        SlowRecursor, local_addr=("127.0.0.1", 0)))[0] for _ in range(2)]
+    ports = [t.get_extra_info("sockname")[1] for t in transports]
+
+    def forward(i: int) -> dict[str, object]:
+        return {"enabled": True, "resolver": [f"127.0.0.1:{ports[i % 2]}"],
+                "allow_hosts": ["*.example"]}
 
     def threads() -> int:
         return len(os.listdir("/proc/self/task"))
     try:
         site = await origin(origin_app("site"))
         url = str(site.make_url("")).rstrip("/")
-        forward = {"enabled": True, "resolver": [f"127.0.0.1:{port}"],
-                   "allow_hosts": ["*.example"]}
-        client = await proxy(site, proxy={"connect_timeout": 3}, forward=forward)
+        client = await proxy(site, proxy={"connect_timeout": 10}, forward=forward(0))
         assert (await forward_get(client.port, f"http://w.example:{site.port}/"))[0] == 200
         before = threads()
         for i in range(12):
             reconfigure(client.server.app, proxy_config(
-                url, proxy={"connect_timeout": 4 + i}, forward=forward))
+                url, proxy={"connect_timeout": 10}, forward=forward(i + 1)))
             status, _, _ = await forward_get(client.port, f"http://w{i}.example:{site.port}/")
             assert status == 200
         await asyncio.sleep(0.2)
@@ -175,9 +181,10 @@ async def test_reloads_that_change_the_lookups_leave_no_resolver_behind(proxy, o
         cold = asyncio.create_task(forward_get(client.port, f"http://cold.example:{site.port}/"))
         await asyncio.sleep(0.3)
         reconfigure(client.server.app, proxy_config(
-            url, proxy={"connect_timeout": 5}, forward=forward))
+            url, proxy={"connect_timeout": 10}, forward=forward(1)))
         assert (await forward_get(client.port, f"http://w.example:{site.port}/"))[0] == 200
         assert (await cold)[0] == 200
     finally:
-        transport.close()
+        for transport in transports:
+            transport.close()
     assert after - before <= 2, (before, after)

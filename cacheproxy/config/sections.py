@@ -309,7 +309,7 @@ def _check_across(config: Config) -> None:
             f"must differ from proxy.listen ({config.proxy.listen}): with no "
             "proxy.upstream the demo origin listens beside the proxy",
         )
-    _check_forward(config.forward, config.proxy.listen)
+    check_forward(config.forward, config.proxy.listen)
     admin = config.admin
     if admin.metrics_path.startswith(admin.prefix):
         # The admin API answers every path under its prefix (its own names first, then
@@ -321,7 +321,7 @@ def _check_across(config: Config) -> None:
         )
 
 
-def _check_forward(forward: ForwardConfig, listen: str) -> None:
+def check_forward(forward: ForwardConfig, listen: str) -> None:
     """Nobody runs an open proxy by accident: reachable from other machines, forward mode
     needs a narrower allow_hosts or an explicit forward.open = true."""
     if not forward.enabled or forward.open or forward.allow_hosts != ("*",):

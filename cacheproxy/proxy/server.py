@@ -17,6 +17,7 @@ from aiohttp import web, web_urldispatcher
 
 from cacheproxy import pidfile
 from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
+from cacheproxy.config.sections import check_forward
 from cacheproxy.demo.origin import start_demo_origin
 from cacheproxy.lifetime import (
     DEMO_HINT,
@@ -286,10 +287,13 @@ def reconfigure(app: web.Application, new: Config) -> None:
     proxy = app[PROXY]
     for key in restart_only_changes(app[STARTED_WITH], new):
         log.warning("reload: %s changed; it takes effect at the next restart", key)
-    proxy.check_config(new)  # raises ConfigError before anything changes
-    # (forward.ca_dir takes effect at a restart: the CA checked is the one in use)
-    check_local_ca(dataclasses.replace(new, forward=dataclasses.replace(
-        new.forward, ca_dir=app[STARTED_WITH].forward.ca_dir)))
+    # What runs from now on: the running values of what takes effect at a restart, so that
+    # nothing reads the new ones early (proxy.pac naming an address nobody listens on, a
+    # CA made in the new forward.ca_dir), and checked as a whole (ConfigError, before
+    # anything changes): forward.allow_hosts ["*"] is refused on the listen in use.
+    new = keep_restart_only(app[STARTED_WITH], new)
+    proxy.check_config(new)
+    check_local_ca(new)
     app[OBSERVER].reconfigure(new.log)  # raises OSError (a log file that cannot open) first
     app[ADMIN].reconfigure(new.admin)
     app[ADMIN].set_forward(new.forward, new.proxy.listen)
@@ -326,9 +330,14 @@ def keep_restart_only(running: Config, new: Config) -> Config:
     for key in restart_only_changes(running, new):
         section, name = key.split(".")
         kept.setdefault(section, {})[name] = getattr(getattr(running, section), name)
-    return dataclasses.replace(new, **{
+    settled = dataclasses.replace(new, **{
         section: dataclasses.replace(getattr(new, section), **values)
         for section, values in kept.items()})
+    # load_config checked forward.allow_hosts against the new proxy.listen (loopback: ["*"]
+    # allowed); the one in use may reach other machines, and an open proxy is never made
+    # by accident (ConfigError: the reload is refused).
+    check_forward(settled.forward, settled.proxy.listen)
+    return settled
 
 
 def check_local_ca(config: Config) -> None:

@@ -19,6 +19,7 @@ from cacheproxy.config.values import (
     MiB,
     OnInvalid,
     _check_ca_file,
+    _check_file_path,
     _check_param_name,
     _check_path_prefix,
     _check_redis_prefix,
@@ -66,7 +67,8 @@ class ProxyConfig:
     max_connections: int = setting(256, ge=1)
     workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
-    pid_file: str = setting("")  # "" none; else `cacheproxy reload` / `stop` find it there
+    # "" none; else `cacheproxy reload` / `stop` find it there
+    pid_file: str = setting("", check=_check_file_path)
     # A PEM bundle trusted beside the system CAs for https upstreams; "" the system's only.
     upstream_ca_file: str = setting("", check=_check_ca_file)
 
@@ -124,7 +126,7 @@ def _check_metrics_path(value: str) -> None:
 class LogConfig:
     """[log]: the request log, one line per request."""
 
-    path: str = setting("")
+    path: str = setting("", check=_check_file_path)
     format: str = setting("json", choices=("json", "text", "off"))
 
 
@@ -179,7 +181,7 @@ class ForwardConfig:
     deny_hosts: tuple[str, ...] = setting((), parse=parse_host_patterns)  # wins over allow
     connect_ports: tuple[int, ...] = setting((443,), parse=parse_ports)
     intercept_tls: bool = setting(False)
-    ca_dir: str = setting("")  # "": ca_path() gives the user's data directory
+    ca_dir: str = setting("", check=_check_file_path)  # "": ca_path(), the user data dir
     open: bool = setting(False)  # a non-loopback listen with allow_hosts = ["*"]
     tunnel_idle_timeout: float = setting(600.0, gt=0)  # a tunnel carrying no byte
     # The DNS servers forward mode's lookups go to (its own asynchronous client, as

@@ -273,6 +273,13 @@ def _check_path_prefix(value: str) -> None:
         raise ValueError(f"write it as {normalize_path(value)!r}, got {value!r}")
 
 
+def _check_file_path(value: str) -> None:
+    # No system call takes a NUL (a TOML "\u0000"): open() would raise a ValueError, a
+    # traceback at start, rather than a mistake naming the key.
+    if "\0" in value:
+        raise ValueError(f"a file name cannot contain a NUL character, got {value!r}")
+
+
 def _check_param_name(value: str) -> None:
     if any(c.isspace() or c in "&=?#" for c in value):
         raise ValueError(f"expected a query parameter name, got {value!r}")

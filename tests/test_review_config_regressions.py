@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from processes import clean_env, free_port
 
 from cacheproxy.config import ConfigError, load_config
@@ -263,3 +264,31 @@ async def test_a_nul_in_a_file_path_setting_is_a_config_error_naming_the_key(
             assert exc.key == key
         else:
             raise AssertionError(f"{key}: no ConfigError")
+
+
+async def test_a_reload_that_empties_proxy_upstream_is_refused_not_ignored(
+        origin, tmp_path: Path) -> None:
+    """README: proxy.upstream "empty = demo origin", and SIGHUP reloads the configuration.
+    The demo origin starts only with the process, and the reload check was meant to
+    refuse an empty upstream then ("is needed: ... no demo origin runs"), but it compared
+    with the upstream the process started with, never empty: a reload that removed
+    proxy.upstream logged "configuration reloaded" and went on sending every request to the
+    old origin, so the operator was told the file was applied while it was not. Now the
+    reload is refused naming proxy.upstream, and the running origin stays. Low."""
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text="origin", headers={"Cache-Control": "no-store"})
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    up = await origin(app)
+    port = free_port()
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = "{up.make_url("")}"\n')
+    served = await Served.start(config, port)
+    config.write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = ""\n')
+    line = await served.reload()
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{port}/x") as response:
+        status, text = response.status, await response.text()
+    await served.stop()
+    assert (status, text) == (200, "origin")
+    assert "reload refused" in line and "proxy.upstream" in line, line

@@ -54,6 +54,9 @@ class CacheProxy:
     def __init__(self, config: Config, upstream: str, store: Store) -> None:
         self.store = store
         self.default_upstream = upstream.rstrip("/")  # the demo origin's when none is set
+        # The demo origin runs only when the start had no proxy.upstream: a reload may then
+        # leave it empty; otherwise an empty one is refused (nothing would follow it).
+        self.demo_upstream = "" if config.proxy.upstream else self.default_upstream
         self.exchange = Exchange(config.proxy, store, config.cache.fill_buffer_bytes)
         self.driver = Driver(store, self.exchange, Collapser(config.cache.collapse_timeout))
         # Set by the application (observe/): PURGE.
@@ -63,7 +66,7 @@ class CacheProxy:
     def check_config(self, config: Config) -> None:
         """Raise ConfigError if config cannot be applied (reload checks before it changes
         anything): building the plans compiles every policy."""
-        if not (config.proxy.upstream or self.default_upstream or config.catch_all_route):
+        if not (config.proxy.upstream or self.demo_upstream or config.catch_all_route):
             raise ConfigError("proxy.upstream", "is needed: no route catches every request "
                               "and no demo origin runs (it starts only with the process)")
         Plans.build(config, self.default_upstream)

@@ -292,3 +292,29 @@ async def test_a_reload_that_empties_proxy_upstream_is_refused_not_ignored(
     await served.stop()
     assert (status, text) == (200, "origin")
     assert "reload refused" in line and "proxy.upstream" in line, line
+
+
+async def test_admin_listen_on_the_proxy_listen_address_is_a_config_error(
+        tmp_path: Path) -> None:
+    """README: admin.listen is "an address of its own" for the admin API; set, "every path
+    on proxy.listen is proxied". Set to proxy.listen's own address, it was accepted: with
+    one process the start failed with "address already in use (by another process, perhaps
+    another cacheproxy)" (exit 1, pointing away from the mistake), and with --workers both
+    listeners bound it with SO_REUSEPORT and the kernel spread connections over them at
+    random: a proxied request answered 404 by the admin app, an admin request
+    (/_cacheproxy/stats) forwarded to the origin. Now it stops the start as a config error
+    naming admin.listen (exit 2), as demo.listen on proxy.listen does. Medium."""
+    port = free_port()
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = "http://127.0.0.1:9"\n'
+                      f'workers = 2\n[admin]\nlisten = "127.0.0.1:{port}"\n')
+    code, err = await _serve_once(config)
+    assert code == 2 and "config error: admin.listen: must differ from proxy.listen" in err, err
+    config.write_text(f'[proxy]\nlisten = "0.0.0.0:{port}"\nupstream = "http://127.0.0.1:9"\n'
+                      f'[admin]\nlisten = "127.0.0.1:{port}"\n')
+    try:
+        load_config(config, env={})
+    except ConfigError as exc:
+        assert exc.key == "admin.listen"
+    else:
+        raise AssertionError("admin.listen on 0.0.0.0's port accepted")

@@ -313,6 +313,10 @@ def _check_across(config: Config) -> None:
         )
     check_forward(config.forward, config.proxy.listen)
     admin = config.admin
+    if admin.listen:
+        _check_admin_apart(admin.listen, config.proxy.listen, "proxy.listen")
+        if demo_runs:
+            _check_admin_apart(admin.listen, config.demo.listen, "demo.listen")
     if admin.metrics_path.startswith(admin.prefix):
         # The admin API answers every path under its prefix (its own names first, then
         # a 404): /metrics there would be shadowed, or shadow one of them.
@@ -320,6 +324,23 @@ def _check_across(config: Config) -> None:
             "admin.metrics_path",
             f"{admin.metrics_path!r} is under admin.prefix ({admin.prefix!r}), whose paths "
             "are the admin API's: choose a path outside it",
+        )
+
+
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "*"})
+
+
+def _check_admin_apart(admin_listen: str, other: str, name: str) -> None:
+    """admin.listen on the address of another listener: with --workers both bind it with
+    SO_REUSEPORT, and the kernel spreads connections over the admin API and the proxy at
+    random (admin paths forwarded upstream, proxied ones answered 404); with one process
+    the start fails as if another program held it. A wildcard host covers every address."""
+    (host, port), (other_host, other_port) = parse_listen(admin_listen), parse_listen(other)
+    if port != 0 and port == other_port and (
+            host == other_host or host in _ANY_ADDRESS or other_host in _ANY_ADDRESS):
+        raise ConfigError(
+            "admin.listen",
+            f"must differ from {name} ({other}): the admin API needs an address of its own",
         )
 
 

@@ -318,3 +318,42 @@ async def test_admin_listen_on_the_proxy_listen_address_is_a_config_error(
         assert exc.key == "admin.listen"
     else:
         raise AssertionError("admin.listen on 0.0.0.0's port accepted")
+
+
+async def test_an_admin_token_no_request_can_carry_is_a_config_error(tmp_path: Path) -> None:
+    """README: admin.token is the bearer token the admin API, /metrics and PURGE require
+    ("Prefer the environment: CACHEPROXY_ADMIN_TOKEN"). A token read from a secret file
+    keeps its trailing newline (a Kubernetes secret from --from-file, `$(cat f; echo)`),
+    and a field value can never end with one (RFC 9110 §5.5: its trailing whitespace is
+    not part of it): the proxy started, and every request, with the right token too, got
+    401, with nothing saying why; purge and metrics were out of reach. Now such a token
+    stops the start naming admin.token (or the variable), without echoing the secret.
+    Medium (an operator locked out of purge on a shared cache, silently)."""
+    port = free_port()
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\nupstream = "http://127.0.0.1:9"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cacheproxy", "serve", "--config", str(config),
+        cwd=tmp_path, env=clean_env(CACHEPROXY_ADMIN_TOKEN="s3cret\n"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True)
+    served = Served(proc)
+    for _ in range(300):
+        if proc.returncode is not None:
+            break
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    status = None
+    if proc.returncode is None:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://127.0.0.1:{port}/_cacheproxy/stats",
+                headers={"Authorization": "Bearer s3cret"}) as response:
+            status = response.status
+    err = await served.stop()
+    assert status is None, f"started, and the right token got {status}"
+    assert proc.returncode == 2 and "config error: CACHEPROXY_ADMIN_TOKEN:" in err, err
+    assert "s3cret" not in err

@@ -117,6 +117,16 @@ def _check_admin_listen(value: str) -> None:
         parse_listen(value)
 
 
+def _check_admin_token(value: str) -> None:
+    # Sent as "Authorization: Bearer TOKEN" (RFC 6750 §2.1): a field value loses its
+    # leading and trailing whitespace and holds no control character (RFC 9110 §5.5), so
+    # such a token, e.g. a secret file's trailing newline, could never match. The value
+    # itself is a secret: not repeated in the message.
+    if value != value.strip() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("a bearer token cannot begin or end with whitespace or hold a "
+                         "control character (a newline kept from a secret file?)")
+
+
 def _check_metrics_path(value: str) -> None:
     if value and (not value.startswith("/") or any(c.isspace() or c in "?#" for c in value)):
         raise ValueError(f"expected an absolute path such as /metrics, or \"\", got {value!r}")
@@ -135,7 +145,7 @@ class AdminConfig:
     """[admin]: the admin API, /metrics and the dashboard, answered by the proxy itself."""
 
     prefix: str = setting("/_cacheproxy/", check=_check_prefix)
-    token: str = setting("")
+    token: str = setting("", check=_check_admin_token)
     metrics_path: str = setting("/metrics", check=_check_metrics_path)
     listen: str = setting("", check=_check_admin_listen)  # "": on proxy.listen
 

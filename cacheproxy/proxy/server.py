@@ -122,12 +122,13 @@ async def serve(
     the bundled demo origin is started first. SIGHUP calls reload() for a new config and
     applies it (see reconfigure). --workers processes pass reuse_port, the port the parent
     resolved, and the demo origin's URL when it runs the demo."""
+    demo_url = upstream or ""  # the supervisor's demo origin (--workers), when it runs one
     upstream = upstream or config.proxy.upstream
     demo = None
     if not upstream and not config.catch_all_route:  # then proxy.upstream is never used
         demo_host, demo_port = parse_listen(config.demo.listen)
         demo, demo_port = await start_demo_origin(demo_host, demo_port, DEMO_HINT)
-        upstream = _url(demo_host, demo_port)
+        upstream = demo_url = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     descriptor_room(config.proxy.max_client_connections, say=announce)
     # The lean data plane; the admin API is the aiohttp application's (listener.py).
@@ -137,6 +138,9 @@ async def serve(
         if demo is not None:
             await demo.cleanup()
         raise StartError(str(exc)) from None
+    # A reload may empty proxy.upstream only while a demo origin runs (a worker restarted
+    # after a reload that set proxy.upstream still has the supervisor's).
+    app[PROXY].demo_upstream = demo_url.rstrip("/")
     runner = LeanRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()

@@ -65,6 +65,9 @@ class ProxyConfig:
     keepalive_timeout: float = setting(75.0, gt=0)
     max_client_connections: int = setting(10_000, ge=1)
     max_connections: int = setting(256, ge=1)
+    # WebSocket handshakes passed to the origin, its 101 made a tunnel (proxy/upgrade.py).
+    websocket: bool = setting(True)
+    websocket_idle_timeout: float = setting(600.0, gt=0)  # a WebSocket carrying no byte
     workers: int = setting(1, parse=parse_workers, ge=1, le=MAX_WORKERS)  # or "auto"
     shutdown_timeout: float = setting(8.0, ge=0)
     # "" none; else `cacheproxy reload` / `stop` find it there

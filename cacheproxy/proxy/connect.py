@@ -1,8 +1,9 @@
 """CONNECT on a client connection (RFC 9110 §9.3.6), forward mode: a byte tunnel to the
 origin ([forward] connect_ports, a 508 for one that reaches this proxy itself), or with
 forward.intercept_tls, TLS ended here with the local CA's certificate for the host and the
-requests inside served and cached as https ones. Also which absolute-form requests are
-this proxy's own (its admin paths). A mixin of ClientConnection (proxy/client_conn.py)."""
+requests inside served and cached as https ones. The same tunnel carries a WebSocket once
+its origin answered 101. Also which absolute-form requests are this proxy's own (its
+admin paths). A mixin of ClientConnection (proxy/client_conn.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
+from multidict import CIMultiDict
 
 from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.forward import (
@@ -50,6 +52,7 @@ class ConnectMethod:
     _started: bool
     _upgraded: bool
     _closing: bool
+    _stopping: bool
     _parser: Any
     _timeouts: Any
 
@@ -60,6 +63,9 @@ class ConnectMethod:
         def _make_parser(self) -> Any: ...
         def _resume_reading_for_buffer(self) -> None: ...
         def _send_answer(self, request: ClientRequest, answer: Answer) -> None: ...
+        def _write_head(self, version: Any, status: int, reason: str | None,
+                        headers: CIMultiDict[str], body: bytes = b"") -> None: ...
+        def _flush_out(self) -> None: ...
 
     def _for_us(self, msg: RawRequestMessage) -> bool:
         """In forward mode an absolute-form request is for the host it names: the admin
@@ -130,18 +136,10 @@ class ConnectMethod:
             end.client_gone()
             self.listener.record(request, 499, 0, started)
             return False
-        self._tunnel = end
         self._status = 200
         self._request = None  # its line is the tunnel's own (below), at a stop too
         client.write(ESTABLISHED)
-        if self._tail:
-            end.send(self._tail)
-            self._tail = b""
-        if self._buffer_paused:  # it sent MAX_TAIL early (_keep_early): read on
-            self._resume_reading_for_buffer()
-        if self._client_eof:  # what it sent before the 200 was all: half-close onwards
-            end.client_eof()
-        self._disarm()
+        self._splice(end)
         try:
             await end.closed
         finally:  # a stop out of time cancels the wait: the tunnel still gets its line
@@ -153,6 +151,68 @@ class ConnectMethod:
                      "(forward.tunnel_idle_timeout)", msg.path, forward.tunnel_idle_timeout)
         self.close()
         return False
+
+    def _splice(self, end: TunnelEnd) -> None:
+        """The client's bytes go to end from now on, those sent early first."""
+        self._tunnel = end
+        if self._tail:
+            end.send(self._tail)
+            self._tail = b""
+        if self._buffer_paused:  # it sent MAX_TAIL early (_keep_early): read on
+            self._resume_reading_for_buffer()
+        if self._client_eof:  # what it sent before the answer was all: half-close onwards
+            end.client_eof()
+        self._disarm()
+
+    # -- WebSocket (proxy/driver.py's upgrade) -----------------------------------------
+
+    def switchable(self) -> bool:
+        """The request being answered may become a WebSocket here: the parser stopped
+        after it (aiohttp's stops at an `Upgrade: websocket` request, keeping what follows
+        for a tunnel), and the connection is not being closed or stopped."""
+        return self._upgraded and not self._closing and not self._stopping \
+            and self._tunnel is None and self.transport is not None
+
+    async def switch(self, reason: str, headers: CIMultiDict[str],
+                     origin: tuple[asyncio.Transport, bytes], idle_timeout: float) -> None:
+        """The origin's 101 goes to the client (RFC 9110 §15.2.2: with the upgrade
+        connection option and Upgrade), then bytes go both ways untouched as through a
+        CONNECT tunnel, until either side closes or none moves for idle_timeout
+        (proxy.websocket_idle_timeout). One log line, written at the end: 101, the bytes
+        each way, the time the WebSocket lasted."""
+        request = self._request
+        assert request is not None
+        transport, early = origin
+        client = self.transport
+        outcome = request[OUTCOME]
+        if client is None:  # the client left meanwhile (nginx's 499)
+            transport.close()
+            self._status = 499
+            return
+        headers.popall("Connection", None)
+        headers.popall("Upgrade", None)
+        headers["Upgrade"] = "websocket"
+        headers["Connection"] = "upgrade"
+        self._started = True
+        self._write_head(request.version, 101, reason, headers)
+        self._flush_out()  # (the tunnel writes to the transport itself from now on)
+        end = TunnelEnd(client, idle_timeout)
+        transport.set_protocol(end)
+        end.connection_made(transport)
+        if early:
+            end.data_received(early)
+        transport.resume_reading()
+        self._splice(end)
+        try:
+            await end.closed
+        finally:  # a stop out of time cancels the wait: the line is still written
+            end.client_gone()
+            outcome.bytes_in = end.sent
+            self.listener.record(request, 101, end.received, outcome.started)
+            self._request = None
+        if end.idled:
+            log.info("WebSocket to %s closed: no byte either way for %ss "
+                     "(proxy.websocket_idle_timeout)", request.path, idle_timeout)
 
     def _refuse_connect(self, request: ClientRequest, outcome: Outcome, status: int,
                         reason: str) -> bool:

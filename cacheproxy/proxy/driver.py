@@ -10,9 +10,11 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+from multidict import CIMultiDict
+
 from cacheproxy.config import masked_url
 from cacheproxy.http.cache_key import Variant, answered_variant, variant_id
-from cacheproxy.http.fields import Headers
+from cacheproxy.http.fields import Headers, end_to_end
 from cacheproxy.http.flow import (
     Answered,
     Evict,
@@ -42,6 +44,7 @@ from cacheproxy.http.flow import (
     still_held,
 )
 from cacheproxy.http.stored import CachedResponse
+from cacheproxy.http.upgrade import refused_switch
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Stored
@@ -213,6 +216,45 @@ class Driver:
             resp.close()
             raise
         return await self.perform(ctx, d, resp, release)
+
+    async def upgrade(self, ctx: Ctx, key: str, idle_timeout: float) -> Answer | None:
+        """A WebSocket opening handshake (http/upgrade.py) goes to the origin with its
+        Upgrade, past the cache (RFC 9211 fwd=bypass: nothing is looked up or stored).
+        The origin's 101 that answers key makes the connection a tunnel (ctx.out's
+        switch) for as long as the WebSocket lasts; any other answer is relayed as a
+        pass-through's, and the client's connection closes after it."""
+        fwd = Forward("bypass", ctx.facts.method)
+        note_lookup(ctx.outcome, fwd)
+        fields = [*ctx.fields(fwd), ("Connection", "upgrade"), ("Upgrade", "websocket")]
+        request_time = time.time()
+        try:
+            resp = await self.exchange.send(fwd.method, ctx.plan.upstream + ctx.target,
+                                            fields, None, ctx.outcome,
+                                            interim=ctx.out.interim, upgrade=True)
+        except Refusal as exc:
+            ctx.outcome.status, ctx.outcome.policy = "DENIED", f"forward: {exc.reason}"
+            return self.error(ctx, exc.status, exc.reason)
+        except UpstreamError as exc:
+            return self.upstream_failed(ctx, fwd, exc)
+        if resp.status != 101:
+            try:
+                d = self.decide(ctx, fwd, resp, request_time)
+            except BaseException:
+                resp.close()
+                raise
+            return await self.perform(ctx, d, resp)
+        refused = refused_switch(key, resp.fields)
+        detached = None if refused else resp.detach()
+        if detached is None:
+            resp.close()
+            return self.upstream_failed(ctx, fwd, UpstreamError(
+                502, refused or "connection closed after its 101"))
+        ctx.outcome.status = "TUNNEL"
+        headers = CIMultiDict(end_to_end(resp.fields))
+        headers.add("Via", self.exchange.via(resp))
+        await ctx.out.switch(resp.reason, headers, detached,  # type: ignore[attr-defined]
+                             idle_timeout)
+        return None
 
     def upstream_failed(self, ctx: Ctx, fwd: Forward, exc: UpstreamError,
                         release: Release = _nothing) -> Answer:

@@ -76,6 +76,12 @@ class UpstreamResponse:
             self._conn.close()
             self.release()
 
+    def detach(self) -> tuple[asyncio.Transport, bytes] | None:
+        """A 101's connection and the bytes read after it, for a tunnel: out of the pool
+        for good (Connection.detach); None when it closed meanwhile."""
+        self._done = True
+        return self._conn.detach()
+
 
 def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunked: bool
                   ) -> bytes:
@@ -215,6 +221,7 @@ class Exchange:
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
         outcome: Outcome | None = None, first_sent: float | None = None,
         body_timeout: float | None = None, interim: Interim | None = None,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         """Send the request and return the answer's head. A request that failed on a reused
         connection before any byte of the answer came is sent once more on a new one, when
@@ -223,6 +230,7 @@ class Exchange:
         the first went out then (time.perf_counter(): upstream_ms counts from it).
         body_timeout: proxy.client_body_timeout for this request (else the exchange's).
         interim: where the 1xx answers before the final one go (the client's, Downstream).
+        upgrade: the request asks to switch protocols; a 101 is its answer (detach()).
         Raises ClientBodyError when the client's body stalls or breaks off: the upstream
         connection, if one carried part of it, is closed, never reused."""
         timeout = self.client_body_timeout if body_timeout is None else body_timeout
@@ -254,7 +262,8 @@ class Exchange:
             stream = None if body is None else _once(kept) if kept is not None \
                 else _framed(body, chunked, timeout)
             try:
-                await conn.send(head, stream, method == "HEAD", self.read_timeout, interim)
+                await conn.send(head, stream, method == "HEAD", self.read_timeout, interim,
+                                upgrade)
             except ClientBodyError:
                 self.pool.release(conn)  # (closed: the origin has an incomplete message)
                 raise

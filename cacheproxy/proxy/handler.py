@@ -15,6 +15,7 @@ from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
+from cacheproxy.http.upgrade import websocket_key
 from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.policies.forward import (
     Allowed,
@@ -269,6 +270,11 @@ class CacheProxy:
         facts = request_facts(request.method, h, has_body=request.body_exists)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
                   lambda fwd: self._fields(request, plan, authority, fwd, scheme))
+        if "Upgrade" in h and self.config.proxy.websocket:  # (rare: one look per request)
+            key = _websocket_key(request, out)
+            if key is not None:
+                return await self.driver.upgrade(ctx, key,
+                                                 self.config.proxy.websocket_idle_timeout)
         passing = bypass(facts)  # RFC 9211 §2.2: methods, bodies, ranges, preconditions
         if passing is None:
             return await self.driver.cached(ctx)
@@ -345,6 +351,18 @@ class CacheProxy:
         proxy.shutdown_timeout (RFC 9110 §15.6.4: unavailable for now, try again)."""
         outcome.status = "ERROR"
         return self._error(503, "shutting down", outcome)
+
+
+def _websocket_key(request: ClientMessage, out: Downstream) -> str | None:
+    """The key of a WebSocket opening handshake that out can switch to a tunnel for (the
+    lean plane's connections can; the aiohttp runner's cannot: there the Upgrade goes no
+    further, as any hop-by-hop field), else None."""
+    switchable = getattr(out, "switchable", None)
+    if switchable is None or not switchable():
+        return None
+    h = request.headers
+    return websocket_key(request.method, request.version, h,
+                         h.getall("Sec-WebSocket-Key", ()), request.body_exists)
 
 
 def body_failed(request: ClientMessage, exc: ClientBodyError) -> None:

@@ -157,6 +157,8 @@ class Connection(asyncio.Protocol):
             # send one were answered before (aiohttp's client is lenient there too).
             self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._head_only = False
+        self._switching = False  # a 101 is this exchange's final answer (send's upgrade)
+        self._early = b""  # after that 101: the new protocol's bytes, until detach()
         self._interim: Interim | None = None  # where 1xx answers go (send's interim)
         self._interims = 0  # 1xx answers read before the final one
         self._line = START  # where a status line may begin (http/status_line.py)
@@ -192,6 +194,9 @@ class Connection(asyncio.Protocol):
         if self._head is None:  # nothing asked: an idle connection must stay silent
             self._broken()
             return
+        if self._switching and self._headed:  # the new protocol's (read paused: a read
+            self._early += data  # in flight at most)
+            return
         self._received = True
         if self._complete:  # bytes past the end of the message (RFC 9112 §6.3)
             self._broken()
@@ -219,8 +224,11 @@ class Connection(asyncio.Protocol):
         buffered = self._buffered  # (only on_body changes it while the parser runs)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(_refused("upgrade refused"))
+        except httptools.HttpParserUpgrade as exc:
+            if self._switching and self._headed:  # the 101 asked for: the rest is the new
+                self._early = data[exc.args[0]:]  # protocol's, kept for detach()
+            else:
+                self._fail(_refused("upgrade refused"))
         except httptools.HttpParserError as exc:
             if self._complete:  # the message ended; what followed did not parse
                 self._broken()
@@ -319,6 +327,9 @@ class Connection(asyncio.Protocol):
             # a 5xx: it is framed as any final answer, and relayed as it is, as nginx and
             # Varnish do.
             raise httptools.HttpParserError(f"status {status} is below 100")
+        if status == 101 and self._switching:  # the switch asked for: the final answer
+            self._switched()
+            return
         if status < 200:  # interim answers: 103 and the like passed on (below), no body
             # RFC 9110 §15.2: a 1xx ends with its header section; §8.6, RFC 9112 §6.1: it
             # has no Content-Length or Transfer-Encoding. llhttp reads a body after one
@@ -391,6 +402,38 @@ class Connection(asyncio.Protocol):
             self.reusable = False
             self._wake()
 
+    def _switched(self) -> None:
+        """A 101 to a request that asked to upgrade (RFC 9110 §15.2.2): the head is in;
+        the connection ends with it as an HTTP one, and what follows is read once a
+        tunnel takes it (detach): until then reading pauses."""
+        self._headed = True
+        self.status = 101
+        self.reusable = False
+        self._reason = self._phrase(101)
+        self._fields = FieldList(self._fields)
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def detach(self) -> tuple[asyncio.Transport, bytes] | None:
+        """After a 101 asked for: the connection leaves the pool (it no longer counts
+        against proxy.max_connections: a WebSocket may last for hours) with the bytes
+        read after the 101; reading stays paused for whoever takes the transport. None:
+        it closed meanwhile."""
+        transport = self.transport
+        self.reusable = False
+        for timer in (self.idle_timer, self._read_timer, self._head_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self._read_timer = self._head_timer = None
+        self.pool._forget(self)
+        if transport is None or self._closed or transport.is_closing():
+            return None
+        self._closed = True  # (its end is the tunnel's: never this exchange's again)
+        early, self._early = self._early, b""
+        return transport, early
+
     def _phrase(self, status: int) -> str:
         """The reason phrase received, as relayed. RFC 9112 §4: reason-phrase = *( HTAB /
         SP / VCHAR / obs-text ), and a client SHOULD ignore it. llhttp takes control
@@ -424,13 +467,16 @@ class Connection(asyncio.Protocol):
     # -- the exchange -------------------------------------------------------------------
 
     async def send(self, head: bytes, body: AsyncIterator[bytes] | None, head_only: bool,
-                   read_timeout: float, interim: Interim | None = None) -> None:
+                   read_timeout: float, interim: Interim | None = None,
+                   upgrade: bool = False) -> None:
         """Write the request (the body streams on in the background) and wait for the
         answer's head, at most read_timeout. interim: where the 1xx answers before it go
-        (status, reason, fields), for the client."""
+        (status, reason, fields), for the client. upgrade: the request asks to switch
+        protocols; a 101 is its final answer (then detach())."""
         loop = self.pool.loop()
         self._reset_exchange()
         self._head_only = head_only
+        self._switching = upgrade
         self._interim = interim
         self.used = True
         head_future = self._head = loop.create_future()

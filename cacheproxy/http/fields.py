@@ -50,6 +50,24 @@ def split_quoted(value: str) -> list[str]:
     return [item for item in items if item]
 
 
+# RFC 9110 §7.6.3: Via is there "for avoiding request loops". A request whose Via names this
+# proxy this many times is going round one; a chain of instances that share a pseudonym
+# (the default `cacheproxy`) is shorter than this.
+LOOP_HOPS = 8
+
+
+def loops_back(via: Iterable[str], pseudonym: str) -> bool:
+    """Whether the Via values name pseudonym (received-by, §7.6.3) LOOP_HOPS times."""
+    name = pseudonym.lower()
+    seen = 0
+    for value in via:
+        for member in value.split(","):  # (a comma in a comment splits it: no received-by)
+            parts = member.split(None, 2)
+            if len(parts) > 1 and parts[1].lower() == name:
+                seen += 1
+    return seen >= LOOP_HOPS
+
+
 def combined_value(headers: Headers, name: str) -> str | None:
     """All field lines of one name joined with ", " (§5.3), None when absent."""
     values = headers.getall(name, [])

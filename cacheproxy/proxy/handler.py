@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 
 from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
+from cacheproxy.http.fields import LOOP_HOPS, loops_back
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
@@ -267,6 +268,10 @@ class CacheProxy:
         if hops == 0:  # RFC 9110 §7.6.2: the last hop answers itself
             outcome.status = "BYPASS"
             return final_answer(request, [("Via", self.local_via)])
+        if "Via" in h and loops_back(h.getall("Via"), self.cache_name):
+            outcome.status = "ERROR"  # RFC 5842 §7.2, as forward mode answers a loop
+            return self._error(508, "loop detected: the request passed this proxy "
+                               f"{LOOP_HOPS} times (Via)", outcome)
         facts = request_facts(request.method, h, has_body=request.body_exists)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
                   lambda fwd: self._fields(request, plan, authority, fwd, scheme))

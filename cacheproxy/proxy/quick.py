@@ -34,6 +34,7 @@ from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy, istr
 
 from cacheproxy.http.cache_status import cache_status
+from cacheproxy.http.fields import loops_back
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
     Forward,
@@ -131,6 +132,8 @@ class QuickHits:
         d = lookup(facts, variants, now=time.time(), route=plan.cache,
                    recently_passed=self.proxy.driver.collapser.passes(route.key, h))
         if type(d) is Forward:
+            if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), self.proxy.cache_name):
+                return None  # going round a loop: the full path refuses it (508)
             return Planned(route, facts, d, variants)
         if type(d) is not Serve:
             return None

@@ -1,0 +1,103 @@
+"""Defects found reviewing the proxy in a chain of caches (a cache in front of it, another
+behind it, two `cacheproxy serve` processes in a row): each test failed before its fix (or
+is marked xfail, strict, with the reason it stays)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from processes import clean_env, free_port, start_serve, stop
+
+TIMEOUT = aiohttp.ClientTimeout(total=20)
+
+
+async def _counting_origin(origin: object, headers: dict[str, str]
+                           ) -> tuple[str, list[web.Request]]:
+    """An origin answering every request with headers; the requests it saw."""
+    seen: list[web.Request] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request)
+        return web.Response(text=f"n={len(seen)}", headers=headers)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    server = await origin(app)  # type: ignore[operator]
+    return str(server.make_url("")).rstrip("/"), seen
+
+
+async def _raw(port: int, request: bytes) -> tuple[int, list[tuple[str, str]]]:
+    """The status and fields of the answer to request (bytes as sent): read raw, since an
+    answer that went round a loop carries more fields than aiohttp's client accepts."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)).decode("latin-1")
+    finally:
+        writer.close()
+    status, *lines = head.strip().split("\r\n")
+    return int(status.split()[1]), [(k.strip().lower(), v.strip()) for k, _, v in
+                                     (line.partition(":") for line in lines)]
+
+
+# -- Via: a chain that loops back into the proxy ends ------------------------------------
+
+
+async def test_a_reverse_chain_that_loops_back_into_the_proxy_ends_with_508(tmp_path: Path
+                                                                           ) -> None:
+    """A proxy whose upstream leads back to itself (`proxy.upstream` set to its own
+    address, or two proxies pointed at each other) forwarded each request to itself again
+    and again: nothing in the request told it the request had already passed it. A POST
+    (never collapsed) went round until every one of `proxy.max_connections` was taken,
+    each hop a client connection and an upstream one, and only then got a 503; meanwhile
+    every other request to that upstream found the pool full. RFC 9110 §7.6.3: Via is
+    there "for avoiding request loops"; Squid refuses a request whose Via already names
+    it ("Forwarding loop detected"), and RFC 5842 §7.2 gives 508 (Loop Detected), the
+    status forward mode already answers for a target that is the proxy itself. Two
+    instances in a row under the same default pseudonym (`cacheproxy`) are a chain, not a
+    loop: a request that names this proxy's pseudonym a few times more than any real chain
+    would is. Severity: medium (a misconfiguration turns one request into a pool-wide
+    outage instead of a clear error)."""
+    port = free_port()
+    env = clean_env(CACHEPROXY_PROXY_MAX_CONNECTIONS="64", CACHEPROXY_PROXY_CONNECT_TIMEOUT="2")
+    proc, _ = await start_serve("--upstream", f"http://127.0.0.1:{port}", cwd=tmp_path,
+                                env=env, port=port)
+    try:
+        began = time.monotonic()
+        status, fields = await _raw(port, b"POST /loop HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                          b"Content-Length: 1\r\n\r\nx")
+        vias = [v for k, v in fields if k == "via"]
+        assert status == 508, f"got {status} after {time.monotonic() - began:.1f}s, " \
+                              f"{len(vias)} hops"
+        assert len(vias) <= 16, f"{len(vias)} hops before it ended"
+    finally:
+        await stop(proc)
+
+
+async def test_two_instances_under_the_default_pseudonym_are_a_chain_not_a_loop(
+        origin: object, tmp_path: Path) -> None:
+    """(The guard of the loop check above: a forward-mode or reverse `cacheproxy` in front
+    of another one, both named `cacheproxy`, still answers, and each adds its member.)"""
+    up, seen = await _counting_origin(origin, {"Cache-Control": "max-age=60"})
+    inner, inner_port = await start_serve("--upstream", up, cwd=tmp_path)
+    outer, outer_port = await start_serve("--upstream", f"http://127.0.0.1:{inner_port}",
+                                          cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
+            for _ in range(2):
+                async with s.post(f"http://127.0.0.1:{outer_port}/p", data=b"x") as r:
+                    assert r.status == 200
+                async with s.get(f"http://127.0.0.1:{outer_port}/g") as r:
+                    assert r.status == 200
+                    members = r.headers.getall("Cache-Status")
+            assert members[0].startswith("cacheproxy; fwd=uri-miss")  # the inner's, stored
+            assert members[-1].startswith("cacheproxy; hit")
+        assert [r.method for r in seen] == ["POST", "GET", "POST"]
+        assert seen[0].headers.getall("Via") == ["1.1 cacheproxy", "1.1 cacheproxy"]
+    finally:
+        await stop(outer)
+        await stop(inner)

@@ -101,3 +101,51 @@ async def test_two_instances_under_the_default_pseudonym_are_a_chain_not_a_loop(
     finally:
         await stop(outer)
         await stop(inner)
+
+
+# -- Cache-Status: `collapsed` only when the response was reused ---------------------------
+
+
+async def test_a_waiter_that_had_to_go_upstream_itself_is_not_reported_collapsed(
+        origin: object, proxy: object) -> None:
+    """Behind another cache, a response often comes already older than its max-age (the
+    inner cache's `Age` is counted, RFC 9111 §4.2.3): stored, it is stale on arrival, so
+    requests that waited for it (collapsed) cannot be served it and each sends a request
+    of its own. Their Cache-Status still said `collapsed`, which RFC 9211 §2.6 defines as
+    "the response was successfully reused"; "if not, a new request had to be made", which
+    is `collapsed=?0`. Someone reading the header (or comparing it with the inner cache's
+    log) is told one upstream request served them all when each made its own. Severity:
+    low (a diagnostic field that misstates what happened)."""
+    arrived = asyncio.Event()
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if len(seen) == 1:
+            arrived.set()
+            await release.wait()
+        return web.Response(text="old", headers={"Cache-Control": "max-age=60",
+                                                 "Age": "100"})  # an inner cache's Age
+
+    app = web.Application()
+    app.router.add_get("/old", answer)
+    client = await proxy(await origin(app))  # type: ignore[operator]
+
+    async def get() -> tuple[int, str]:
+        async with client.get("/old") as r:  # type: ignore[attr-defined]
+            await r.read()
+            return r.status, r.headers.getall("Cache-Status")[-1]
+
+    leader = asyncio.create_task(get())
+    await asyncio.wait_for(arrived.wait(), 5)
+    waiters = [asyncio.create_task(get()) for _ in range(2)]
+    await asyncio.sleep(0.2)  # (they are waiting behind the leader)
+    release.set()
+    answers = [await leader] + [await w for w in waiters]
+    assert len(seen) == 3  # the stale-on-arrival answer served no one but its own request
+    for status, member in answers[1:]:
+        assert status == 200
+        assert "fwd-status=200" in member  # each made a request of its own...
+        assert "collapsed=?0" in member, member  # ...so it was not reused (§2.6)
+

@@ -41,7 +41,8 @@ class Outcome:
     fwd_status: int | None = None
     stored: bool = False         # stored, or (in a header sent before the body) to be stored
     ttl: float | None = None
-    collapsed: bool = False      # answered by another request's upstream answer
+    collapsed: bool = False      # waited for another request's upstream answer
+    went_on: bool = False        # ...and then sent one of its own (RFC 9211 §2.6: not reused)
     detail: str | None = None
     from_cache: bool = False     # the body came from storage (X-Cache: HIT)
     age: float | None = None     # Age sent with a stored response
@@ -73,12 +74,13 @@ class Outcome:
 
     def _inputs(self) -> tuple[object, ...]:
         return (self.hit, self.fwd, self.fwd_status, self.stored, self.ttl, self.collapsed,
-                self.detail)
+                self.went_on, self.detail)
 
     def _member(self, name: str) -> str:
         return cache_status(
             name, hit=self.hit, fwd=self.fwd, fwd_status=self.fwd_status, stored=self.stored,
-            ttl=self.ttl, collapsed=self.collapsed, detail=self.detail,
+            ttl=self.ttl, collapsed=(not self.went_on) if self.collapsed else None,
+            detail=self.detail,
         )
 
     @property

@@ -197,6 +197,8 @@ class Driver:
     ) -> Answer | None:
         """first_sent: this is the one retry of a request first sent then (Exchange.send)."""
         request, plan = ctx.request, ctx.plan
+        if ctx.outcome.collapsed:  # it waited, and what came did not answer it (§2.6)
+            ctx.outcome.went_on = True
         body = request.content if ctx.facts.has_body else None
         request_time = time.time()
         try:  # (a ClientBodyError is the client's: its connection answers it)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from processes import clean_env, free_port, start_serve, stop
 
@@ -149,3 +150,39 @@ async def test_a_waiter_that_had_to_go_upstream_itself_is_not_reported_collapsed
         assert "fwd-status=200" in member  # each made a request of its own...
         assert "collapsed=?0" in member, member  # ...so it was not reused (§2.6)
 
+
+# -- trust_forwarded: what the front proxy says of the client's scheme reaches the origin --
+
+
+@pytest.mark.xfail(strict=True, reason="keeping the front's X-Forwarded-Proto needs the key "
+                   "(both paths, the quick path's memo too) to take the scheme from it, or an "
+                   "answer built for https is stored for http clients; not a small change")
+async def test_trusted_front_x_forwarded_proto_reaches_the_origin_and_keys_the_answer(
+        origin: object, proxy: object) -> None:
+    """Behind a TLS-terminating front proxy (nginx with `proxy_set_header
+    X-Forwarded-Proto $scheme`, another cacheproxy), with `proxy.trust_forwarded = true`,
+    which the README says keeps "the client's own ... X-Forwarded-*", the front's
+    `X-Forwarded-Proto: https` never reaches the origin: the proxy drops it and writes its
+    own (`http`, the scheme of its hop), or, with `x_forwarded_proto = false`, sends none.
+    The application is told the client used http: Django's SECURE_SSL_REDIRECT, Rails'
+    force_ssl or Express's `req.secure` redirect to https again and again (a redirect loop),
+    or build http:// links into pages served over https (mixed content). Keeping it needs
+    the cache key to follow it too: otherwise an answer made for an http client (that very
+    redirect, heuristically cacheable as a 301) is stored under the URL and replayed to the
+    https clients. Severity: medium (the documented setting for a chain does not do what
+    it says, and the symptom, a redirect loop, is a site down)."""
+    seen: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        proto = request.headers.get("X-Forwarded-Proto")
+        seen.append(proto)
+        return web.Response(text=f"built for {proto}", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/page", answer)
+    client = await proxy(await origin(app), proxy={"trust_forwarded": True})  # type: ignore[operator]
+    async with client.get("/page", headers={"X-Forwarded-Proto": "https"}) as r:  # type: ignore[attr-defined]
+        assert await r.text() == "built for https"
+    async with client.get("/page", headers={"X-Forwarded-Proto": "http"}) as r:  # type: ignore[attr-defined]
+        assert await r.text() == "built for http"  # (not the https client's answer)
+    assert seen == ["https", "http"]

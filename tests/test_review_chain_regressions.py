@@ -141,7 +141,7 @@ async def test_a_waiter_that_had_to_go_upstream_itself_is_not_reported_collapsed
     leader = asyncio.create_task(get())
     await asyncio.wait_for(arrived.wait(), 5)
     waiters = [asyncio.create_task(get()) for _ in range(2)]
-    await asyncio.sleep(0.2)  # (they are waiting behind the leader)
+    await asyncio.sleep(0.5)  # (they are waiting behind the leader)
     release.set()
     answers = [await leader] + [await w for w in waiters]
     assert len(seen) == 3  # the stale-on-arrival answer served no one but its own request

@@ -75,6 +75,12 @@ async def test_a_reverse_chain_that_loops_back_into_the_proxy_ends_with_508(tmp_
         assert status == 508, f"got {status} after {time.monotonic() - began:.1f}s, " \
                               f"{len(vias)} hops"
         assert len(vias) <= 16, f"{len(vias)} hops before it ended"
+        # A GET, which collapses: each hop waited behind its own earlier one (the same
+        # key, this process) for collapse_timeout, some 80 s in all before the 508.
+        began = time.monotonic()
+        status, _ = await _raw(port, b"GET /loop HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status == 508 and time.monotonic() - began < 5, \
+            f"got {status} after {time.monotonic() - began:.1f}s"
     finally:
         await stop(proc)
 

@@ -56,8 +56,8 @@ def split_quoted(value: str) -> list[str]:
 LOOP_HOPS = 8
 
 
-def loops_back(via: Iterable[str], pseudonym: str) -> bool:
-    """Whether the Via values name pseudonym (received-by, §7.6.3) LOOP_HOPS times."""
+def times_via(via: Iterable[str], pseudonym: str) -> int:
+    """How many times the Via values name pseudonym (received-by, §7.6.3)."""
     name = pseudonym.lower()
     seen = 0
     for value in via:
@@ -65,7 +65,12 @@ def loops_back(via: Iterable[str], pseudonym: str) -> bool:
             parts = member.split(None, 2)
             if len(parts) > 1 and parts[1].lower() == name:
                 seen += 1
-    return seen >= LOOP_HOPS
+    return seen
+
+
+def loops_back(via: Iterable[str], pseudonym: str) -> bool:
+    """Whether the Via values name pseudonym LOOP_HOPS times: a loop."""
+    return times_via(via, pseudonym) >= LOOP_HOPS
 
 
 def combined_value(headers: Headers, name: str) -> str | None:

@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 
 from cacheproxy.config import masked_url
 from cacheproxy.http.cache_key import Variant, answered_variant, variant_id
-from cacheproxy.http.fields import Headers, end_to_end
+from cacheproxy.http.fields import Headers, end_to_end, times_via
 from cacheproxy.http.flow import (
     Answered,
     Evict,
@@ -132,8 +132,13 @@ class Driver:
 
     async def forward_or_collapse(self, ctx: Ctx, d: Forward, deadline: float | None = None
                                   ) -> Answer | None:
-        """Lookup said forward: alone, or collapsed with others for the key."""
-        if d.collapse:
+        """Lookup said forward: alone, or collapsed with others for the key. A request
+        that came through this proxy's pseudonym before (Via) goes alone: in a loop back
+        into this process it would wait for its own earlier hop, which waits for it, each
+        hop for collapse_timeout, before the loop's 508 (handler); in a chain of
+        instances the front one collapsed it already."""
+        if d.collapse and not ("Via" in ctx.facts.headers and times_via(
+                ctx.facts.headers.getall("Via"), self.cache_name)):
             return await self._collapsed(ctx, d, deadline)
         return await self.forward(ctx, d)
 

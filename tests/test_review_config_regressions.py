@@ -13,7 +13,6 @@ import tomllib
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
 from processes import clean_env, free_port
 
@@ -53,9 +52,6 @@ def test_readme_config_table_names_every_key_with_its_default() -> None:
         assert converted == getattr(getattr(defaults, section), key), name
 
 
-@pytest.mark.xfail(strict=True, reason="README's restart-only list omits admin.listen, "
-                   "cache.fill_buffer_bytes, proxy.send_timeout, proxy.shutdown_timeout and "
-                   "proxy.pid_file; the fix is README's (reviewers do not edit it)")
 def test_readme_restart_only_list_matches_what_a_reload_keeps() -> None:
     """README, SIGHUP: "Settings that hold sockets, processes or the store (`proxy.listen`,
     `proxy.workers`, the upstream pool's timeouts and size, `proxy.upstream_ca_file`,

@@ -18,6 +18,7 @@ from aiohttp import web
 from browser import chromium
 from support import read_json_log
 
+from cacheproxy.demo.origin import make_demo_app
 from cacheproxy.http.upgrade import accept_value, refused_switch, websocket_key
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -348,3 +349,19 @@ async def test_chromium_opens_a_websocket_through_the_proxy(proxy: Any, origin: 
             setTimeout(() => reject(new Error("timeout")), 5000);
         })""", str(client.make_url("/ws")).replace("http://", "ws://"))
         assert got == "echo:from chromium"
+
+
+async def test_the_demo_origins_websocket_echo_through_the_proxy(proxy: Any, origin: Any
+                                                                 ) -> None:
+    """README's example: the bundled demo origin's /ws, through the proxy; a plain GET of
+    /ws is a page, never stored."""
+    client = await proxy(await origin(make_demo_app()))
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(client.make_url("/ws")) as ws:
+            await ws.send_str("hi")
+            assert await ws.receive_str(timeout=5) == "hi"
+            await ws.send_bytes(b"\x00\x01")
+            assert await ws.receive_bytes(timeout=5) == b"\x00\x01"
+        async with session.get(client.make_url("/ws")) as resp:
+            assert resp.status == 200 and "WebSocket" in await resp.text()
+            assert resp.headers["Cache-Control"] == "no-store"

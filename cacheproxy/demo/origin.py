@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from cacheproxy.config import DemoConfig, parse_listen
 from cacheproxy.http.abnf import ENTITY_TAG_RE
@@ -78,6 +78,8 @@ RESOURCES = (
     Resource("/assets/logo.svg", IMMUTABLE + " + ETag", "As above."),
     Resource("/echo", "no-store, any method",
              "Never stored; shows what the proxy forwarded to the origin."),
+    Resource("/ws", "a WebSocket (GET with Upgrade: websocket)",
+             "Passed through past the cache; each message is sent back (RFC 6455)."),
 )
 # fmt: on
 
@@ -347,6 +349,22 @@ async def _count_served(request: web.Request, response: web.StreamResponse) -> N
     response.headers["X-Origin-Count"] = str(counts[request.path])
 
 
+async def websocket_echo(request: web.Request) -> web.StreamResponse:
+    """A WebSocket that sends each message back (the proxy passes it through); a plain
+    GET gets a page saying so."""
+    ws = web.WebSocketResponse()
+    if not ws.can_prepare(request).ok:
+        return web.Response(text="a WebSocket echo: connect with ws://\n",
+                            headers={"Cache-Control": "no-store"})
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type == WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
 def make_demo_app() -> web.Application:
     app = web.Application()
     app[COUNTS] = Counter()
@@ -368,6 +386,7 @@ def make_demo_app() -> web.Application:
     for name, (content_type, text) in ASSETS.items():
         app.router.add_get(f"/assets/{name}", asset_handler(content_type, text))
     app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/ws", websocket_echo)
     return app
 
 

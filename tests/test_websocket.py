@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from browser import chromium
+from processes import clean_env, start_serve, stop
 from support import read_json_log
 
 from cacheproxy.demo.origin import make_demo_app
@@ -365,3 +367,26 @@ async def test_the_demo_origins_websocket_echo_through_the_proxy(proxy: Any, ori
         async with session.get(client.make_url("/ws")) as resp:
             assert resp.status == 200 and "WebSocket" in await resp.text()
             assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_a_stop_with_websockets_open_logs_each_once(origin: Any, tmp_path: Any) -> None:
+    """SIGTERM with a WebSocket open: the graceful stop waits proxy.shutdown_timeout for it
+    (as for a CONNECT tunnel), then closes it; its log line is written once, not once by
+    the stop and again by the tunnel's end."""
+    server = await origin(echo_app())
+    log = tmp_path / "requests.log"
+    proc, port = await start_serve(
+        "--upstream", str(server.make_url("")).rstrip("/"), "--log-file", str(log),
+        cwd=tmp_path, env=clean_env(CACHEPROXY_PROXY_SHUTDOWN_TIMEOUT="0.5"))
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+        await ws.send_str("a")
+        assert await ws.receive_str(timeout=5) == "echo:a"
+        code, _ = await stop(proc)
+        assert code == 0
+        msg = await ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                            aiohttp.WSMsgType.ERROR)
+        await ws.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(line["path"], line["status"]) for line in lines] == [("/ws", 101)], lines

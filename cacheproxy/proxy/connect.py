@@ -203,13 +203,13 @@ class ConnectMethod:
             end.data_received(early)
         transport.resume_reading()
         self._splice(end)
+        self._request = None  # its line is the WebSocket's own (below), at a stop too
         try:
             await end.closed
-        finally:  # a stop out of time cancels the wait: the line is still written
+        finally:  # a stop out of time cancels the wait: the line is still written, once
             end.client_gone()
             outcome.bytes_in = end.sent
             self.listener.record(request, 101, end.received, outcome.started)
-            self._request = None
         if end.idled:
             log.info("WebSocket to %s closed: no byte either way for %ss "
                      "(proxy.websocket_idle_timeout)", request.path, idle_timeout)

@@ -162,8 +162,6 @@ async def test_a_connect_whose_client_left_before_the_answer_is_logged_499(
     assert [(r["status"], r["cache"]) for r in lines] == [(499, "TUNNEL")]
 
 
-@pytest.mark.xfail(strict=True, reason="start_tls takes no bytes already read: telling TLS "
-                   "from plain bytes needs a peek before the handshake, not a small fix")
 async def test_an_intercepted_connect_that_carries_no_tls_is_not_cut(proxy, origin, tmp_path):
     """Browsers open every WebSocket through an HTTP proxy with CONNECT (RFC 6455 §4.1),
     `ws://` ones too, whose tunnel then carries plain HTTP (`GET /socket` with `Upgrade:

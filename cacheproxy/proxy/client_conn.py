@@ -241,6 +241,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._started = False  # its response head went out (start())
         self._tunnel: TunnelEnd | None = None  # a CONNECT spliced to its origin
         self._origin: Allowed | None = None  # a CONNECT intercepted (forward.intercept_tls)
+        self._origin_tls = True  # its client spoke TLS (else plain HTTP: http:// requests)
         # The response being sent.
         self._request: ClientRequest | None = None
         self._chunked = False
@@ -727,7 +728,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             keep = await self._via_app(msg, payload, started)
         else:
             request = ClientRequest(msg, payload, self._remote,
-                                    "http" if self._origin is None else "https",
+                                    "https" if self._origin is not None
+                                    and self._origin_tls else "http",
                                     self._port, self._origin)
             request.body_timeout = self._timeouts.body
             self._request, self._sent, self._chunked, self._status = request, 0, False, 0

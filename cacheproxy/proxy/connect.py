@@ -1,9 +1,11 @@
 """CONNECT on a client connection (RFC 9110 §9.3.6), forward mode: a byte tunnel to the
 origin ([forward] connect_ports, a 508 for one that reaches this proxy itself), or with
 forward.intercept_tls, TLS ended here with the local CA's certificate for the host and the
-requests inside served and cached as https ones. The same tunnel carries a WebSocket once
-its origin answered 101. Also which absolute-form requests are this proxy's own (its
-admin paths). A mixin of ClientConnection (proxy/client_conn.py)."""
+requests inside served and cached as https ones (a client that speaks plain HTTP in it is
+served as http, one that speaks neither gets the byte tunnel: told from its first bytes).
+The same tunnel carries a WebSocket once its origin answered 101. Also which
+absolute-form requests are this proxy's own (its admin paths). A mixin of
+ClientConnection (proxy/client_conn.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from multidict import CIMultiDict
 
+from cacheproxy.http.first_bytes import PEEK_BYTES, Spoken, spoken
 from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.forward import (
     Allowed,
@@ -25,6 +28,7 @@ from cacheproxy.policies.forward import (
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.destinations import address_refused, connect_first
 from cacheproxy.proxy.downstream import Answer
+from cacheproxy.proxy.peek import peek
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.tunnel import TunnelEnd
 
@@ -45,6 +49,7 @@ class ConnectMethod:
     _buffer_paused: bool
     _tunnel: TunnelEnd | None
     _origin: Allowed | None
+    _origin_tls: bool
     _request: ClientRequest | None
     _keep_alive: bool
     _status: int
@@ -66,6 +71,8 @@ class ConnectMethod:
         def _write_head(self, version: Any, status: int, reason: str | None,
                         headers: CIMultiDict[str], body: bytes = b"") -> None: ...
         def _flush_out(self) -> None: ...
+        def _pause_transport_reading(self) -> None: ...
+        def _resume_transport_reading(self) -> None: ...
 
     def _for_us(self, msg: RawRequestMessage) -> bool:
         """In forward mode an absolute-form request is for the host it names: the admin
@@ -101,7 +108,22 @@ class ConnectMethod:
         outcome.host = f"[{d.host}]:{d.port}" if ":" in d.host else f"{d.host}:{d.port}"
         if forward.intercept_tls:
             return await self._intercept(request, outcome, d)
-        loop = self._loop
+        end = await self._reach(request, outcome, d, answered=False)
+        if end is None:
+            return False
+        self._status = 200
+        self._request = None  # its line is the tunnel's own (below), at a stop too
+        self.transport.write(ESTABLISHED)  # type: ignore[union-attr]  # (_reach: still there)
+        await self._carry(request, outcome, end)
+        return False
+
+    async def _reach(self, request: ClientRequest, outcome: Outcome, d: Allowed,
+                     answered: bool) -> TunnelEnd | None:
+        """The connection to d for a tunnel (None: refused or failed, answered and logged).
+        answered: its 200 went out already (an intercepted CONNECT carrying neither TLS nor
+        HTTP): a failure can only close the connection, its line saying why."""
+        proxy = self.listener.proxy
+        forward = proxy.config.forward
         client = self.transport
         assert client is not None
         access = proxy.forward_access(self._port)
@@ -115,42 +137,59 @@ class ConnectMethod:
                     if refused is not None:
                         outcome.status = "DENIED"
                         outcome.policy = f"forward: {refused.reason}"
-                        return self._refuse_connect(request, outcome, refused.status,
-                                                    refused.reason)
+                        self._unreached(request, outcome, refused.status, refused.reason,
+                                        answered)
+                        return None
                 _, end = await connect_first(
-                    loop, lambda: TunnelEnd(client, forward.tunnel_idle_timeout), addresses,
-                    d.port)
+                    self._loop, lambda: TunnelEnd(client, forward.tunnel_idle_timeout),
+                    addresses, d.port)
         except (OSError, TimeoutError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
             reason = "timed out" if isinstance(exc, TimeoutError) else \
                 (exc.strerror or type(exc).__name__)
             if self.transport is None:  # the client left before any answer (nginx's 499)
-                log.info("CONNECT to %s failed after its client left: %s", msg.path, reason)
-                self.listener.record(request, 499, 0, started)
+                log.info("CONNECT to %s failed after its client left: %s", outcome.target,
+                         reason)
+                self.listener.record(request, 499, 0, outcome.started)
                 self._request = None
-                return False
-            log.warning("CONNECT to %s failed: %s; answered %s", msg.path, reason, status)
+                return None
+            log.warning("CONNECT to %s failed: %s; answered %s", outcome.target, reason,
+                        status)
             outcome.status = "ERROR"
-            return self._refuse_connect(request, outcome, status, f"CONNECT failed: {reason}")
+            self._unreached(request, outcome, status, f"CONNECT failed: {reason}", answered)
+            return None
         if self.transport is None:  # the client left meanwhile (nginx's 499)
             end.client_gone()
-            self.listener.record(request, 499, 0, started)
-            return False
-        self._status = 200
-        self._request = None  # its line is the tunnel's own (below), at a stop too
-        client.write(ESTABLISHED)
+            self.listener.record(request, 499, 0, outcome.started)
+            self._request = None
+            return None
+        return end
+
+    def _unreached(self, request: ClientRequest, outcome: Outcome, status: int,
+                   reason: str, answered: bool) -> None:
+        if not answered:
+            self._refuse_connect(request, outcome, status, reason)
+            return
+        log.info("CONNECT to %s closed after its 200: %s", outcome.target, reason)
+        self.listener.record(request, status, 0, outcome.started)
+        self._request = None
+        self.close()
+
+    async def _carry(self, request: ClientRequest, outcome: Outcome, end: TunnelEnd
+                     ) -> None:
+        """Bytes both ways through end until either side closes; the tunnel's line then."""
         self._splice(end)
         try:
             await end.closed
         finally:  # a stop out of time cancels the wait: the tunnel still gets its line
             end.client_gone()
             outcome.bytes_in = end.sent
-            self.listener.record(request, 200, end.received, started)
+            self.listener.record(request, 200, end.received, outcome.started)
         if end.idled:
             log.info("CONNECT tunnel to %s closed: no byte either way for %ss "
-                     "(forward.tunnel_idle_timeout)", msg.path, forward.tunnel_idle_timeout)
+                     "(forward.tunnel_idle_timeout)", outcome.target,
+                     self.listener.proxy.config.forward.tunnel_idle_timeout)
         self.close()
-        return False
 
     def _splice(self, end: TunnelEnd) -> None:
         """The client's bytes go to end from now on, those sent early first."""
@@ -228,7 +267,9 @@ class ConnectMethod:
 
     async def _intercept(self, request: ClientRequest, outcome: Outcome, d: Allowed
                          ) -> bool:
-        """TLS with the client, as d.host, then HTTP inside (served by this connection)."""
+        """After the 200, what the client speaks decides (_first_spoken): TLS with it, as
+        d.host, then HTTP inside (served by this connection, as https); plain HTTP served
+        as it is (as http); anything else tunnelled to d untouched."""
         try:
             context = await self.listener.tls_context(d.host)
         except Exception as exc:  # the CA cannot be made or read (forward.ca_dir)
@@ -247,14 +288,29 @@ class ConnectMethod:
                                         "of an intercepted CONNECT")
         transport.write(ESTABLISHED)
         outcome.status, self._status = "TUNNEL", 200
+        self._request = None  # its line is written below, at a stop too
+        try:
+            spoken = await self._first_spoken(transport)
+        except asyncio.CancelledError:  # a stop out of time
+            self.listener.record(request, 200, 0, outcome.started)
+            raise
+        if spoken is None or self.transport is None:
+            # Nothing within client_header_timeout, or the client left.
+            self.listener.record(request, 200, 0, outcome.started)
+            self.close()
+            return False
+        if spoken == "other":
+            return await self._tunnel_as_is(request, outcome, d)
         outcome.policy = "intercepted"
         self.listener.record(request, 200, 0, outcome.started)
-        self._request = None
         # A new stream: HTTP from its first byte, parsed as it arrives (even while
         # start_tls returns); answered once the TLS transport is in place.
-        self._origin = d
+        self._origin, self._origin_tls = d, spoken == "tls"
         self._upgraded = self._closing = False
         self._parser = self._make_parser()
+        if spoken == "http":  # requests keyed http://host:port/..., as forward ones are
+            self._resume_transport_reading()
+            return True
         try:
             tls = await self._loop.start_tls(transport, self, context, server_side=True,
                                              ssl_handshake_timeout=30)
@@ -267,3 +323,38 @@ class ConnectMethod:
         self.transport = tls
         self._arm(self._timeouts.header, head=True)
         return True
+
+    async def _tunnel_as_is(self, request: ClientRequest, outcome: Outcome, d: Allowed
+                            ) -> bool:
+        """Neither TLS nor HTTP in an intercepted tunnel (SSH, a database's protocol to a
+        port in connect_ports): its bytes go to the origin untouched, as without
+        interception (Squid's `on_unsupported_protocol tunnel`), vetted by address
+        first as any CONNECT is."""
+        try:
+            end = await self._reach(request, outcome, d, answered=True)
+        except asyncio.CancelledError:  # a stop out of time
+            self.listener.record(request, 200, 0, outcome.started)
+            raise
+        if end is not None:
+            self._resume_transport_reading()  # (the bytes peeked go first)
+            await self._carry(request, outcome, end)
+        return False
+
+    async def _first_spoken(self, transport: asyncio.Transport) -> Spoken | None:
+        """What the client speaks in its intercepted tunnel, from its first bytes, left
+        unread (proxy/peek.py); None when it sent too little to tell within
+        client_header_timeout, or left. Its reading stays paused: the caller resumes it,
+        or start_tls does.
+
+        Plain HTTP is served here as forward-mode http requests are (policies apply, and
+        the cache, under http://host:port/ keys; a ws:// WebSocket, which browsers open
+        through a CONNECT, goes through the proxy's upgrade path as a wss:// one does
+        through TLS); bytes that are neither TLS nor an HTTP request line are tunnelled
+        raw to the origin: another protocol to an allowed port still works, as through a
+        CONNECT without interception."""
+        if transport.get_extra_info("sslcontext") is not None:
+            return "tls"  # (a CONNECT inside an intercepted tunnel: its bytes are TLS's)
+        self._pause_transport_reading()
+        head = await peek(transport, PEEK_BYTES, lambda b: spoken(b) is not None,
+                          self._timeouts.header)
+        return spoken(head)

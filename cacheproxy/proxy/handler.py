@@ -231,13 +231,14 @@ class CacheProxy:
         authority = outcome.host = parsed.authority
         plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway
         scheme = request.scheme
-        if tunnel is not None:  # inside an intercepted CONNECT: that origin, over TLS
+        if tunnel is not None:  # inside an intercepted CONNECT: that origin (https, or
+            # http for a client that spoke plain HTTP in it: connect.py)
             refused = self._tunnel_refused(tunnel, local_port(request))
             if refused is not None:  # the config in force now (a reload since the CONNECT)
                 outcome.status = "DENIED"
                 outcome.policy = f"forward: {refused.reason}"
                 return self._error(refused.status, refused.reason, outcome)
-            plan = plans.forward_to("https", tunnel.host, tunnel.port)
+            plan = plans.forward_to(scheme, tunnel.host, tunnel.port)
             authority = outcome.host = plan.forward.upstream_host  # (not the client's Host)
         elif parsed.absolute and self.config.forward.enabled:
             scheme = raw.partition(":")[0].lower()

@@ -1,0 +1,56 @@
+"""The first bytes a client sends on its connection, looked at without reading them
+(MSG_PEEK): an intercepted CONNECT (connect.py) needs them to tell TLS from plain bytes
+before it starts the handshake, and loop.start_tls (asyncio's, uvloop's) takes no bytes
+already read. They stay in the kernel for whoever reads the connection next: the TLS
+handshake, the HTTP parser, or a tunnel to the origin.
+
+The transport's own reading is paused meanwhile; readiness is watched on a duplicate of
+its socket (a loop refuses a reader on a descriptor its transport holds), removed from
+the poller before the duplicate is closed (uvloop does so at remove_reader)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+# A client whose first bytes do not yet say what it speaks: looked at again this often.
+RETRY_SECONDS = 0.01
+
+
+async def peek(transport: asyncio.Transport, size: int, enough: Callable[[bytes], bool],
+               timeout: float) -> bytes:
+    """Up to size bytes the client sent, unread, once enough(those bytes) is true; b"" if
+    it closed or reset the connection first; what came so far (maybe b"") if timeout
+    seconds passed. The transport's reading must be paused (the caller resumes it)."""
+    loop = asyncio.get_running_loop()
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return b""
+    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    fd = sock.fileno()
+    head = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_reader(fd, lambda f=ready: f.done() or f.set_result(None))
+                try:
+                    await ready
+                finally:
+                    loop.remove_reader(fd)
+                try:
+                    head = sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue  # (woken with nothing to read)
+                except OSError:  # a reset: nothing will come
+                    return b""
+                if not head or enough(head):
+                    return head  # (b"": the client closed its side)
+                # The bytes stay readable: a reader would be woken at once, again and again.
+                await asyncio.sleep(RETRY_SECONDS)
+    except TimeoutError:
+        return head
+    finally:
+        sock.close()

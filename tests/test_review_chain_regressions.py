@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 from aiohttp import web
 from processes import clean_env, free_port, start_serve, stop
 
@@ -160,9 +159,6 @@ async def test_a_waiter_that_had_to_go_upstream_itself_is_not_reported_collapsed
 # -- trust_forwarded: what the front proxy says of the client's scheme reaches the origin --
 
 
-@pytest.mark.xfail(strict=True, reason="keeping the front's X-Forwarded-Proto needs the key "
-                   "(both paths, the quick path's memo too) to take the scheme from it, or an "
-                   "answer built for https is stored for http clients; not a small change")
 async def test_trusted_front_x_forwarded_proto_reaches_the_origin_and_keys_the_answer(
         origin: object, proxy: object) -> None:
     """Behind a TLS-terminating front proxy (nginx with `proxy_set_header

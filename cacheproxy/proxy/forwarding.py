@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from cacheproxy.http.fields import end_to_end
+from cacheproxy.http.front_scheme import x_forwarded_proto
 from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
 from cacheproxy.policies.referer import RefererPolicy, forwarded_referer
 
@@ -49,7 +50,8 @@ class ForwardPolicy:
     x_forwarded_for: bool
     x_forwarded_proto: bool
     x_forwarded_host: bool
-    trust_forwarded: bool = False  # keep the client's forwarding family (behind our proxy)
+    # keep the client's forwarding family (behind our proxy); its scheme is the request's
+    trust_forwarded: bool = False
     # Edge Architecture §3: this surrogate's Surrogate-Capability member, appended
     surrogate_capability: str | None = None
 
@@ -81,7 +83,8 @@ def request_fields(
     sent, decremented here (RFC 9110 §7.6.2); referer: the route's Referer policy, which
     decides what the upstream sees of the client's Referer (no fragment or userinfo ever,
     trimmed, stripped of secret parameters, or removed); content: whether the request has
-    content (a body).
+    content (a body); scheme: the one the request is for, as the key names it (this hop's,
+    or a trusted front proxy's, http/front_scheme.py), sent as X-Forwarded-Proto.
 
     Expect goes on only with content from an HTTP/1.1 client: RFC 9110 §10.1.1, "A
     client MUST NOT generate a 100-continue expectation in a request that does not
@@ -92,6 +95,7 @@ def request_fields(
         drop = drop | _EXPECT
     client_host: str | None = None
     prior_xff: list[str] = []
+    prior_proto: list[str] = []
     prior_mf: list[tuple[str, str]] = []
     out: list[tuple[str, str]] = []
     for k, v in end_to_end(pairs):  # one pass, each name lowered once: every miss runs it
@@ -101,6 +105,8 @@ def request_fields(
                 client_host = v
             elif lk == "x-forwarded-for" and trusted:
                 prior_xff.append(v)
+            elif lk == "x-forwarded-proto" and trusted:
+                prior_proto.append(v)
             elif lk == "max-forwards":
                 prior_mf.append((k, v))
         elif lk == "referer" and referer is not None:
@@ -116,7 +122,9 @@ def request_fields(
         out.append(("X-Forwarded-For", ", ".join([*prior_xff, client_ip])))
     elif prior_xff:
         out.extend(("X-Forwarded-For", v) for v in prior_xff)
-    if policy.x_forwarded_proto:
+    # The scheme the key names, one value: this hop's, or what the trusted front said (then
+    # kept when this proxy adds none of its own); never a member the key did not take.
+    if policy.x_forwarded_proto or (prior_proto and x_forwarded_proto(prior_proto) == scheme):
         out.append(("X-Forwarded-Proto", scheme))
     if policy.x_forwarded_host and host:
         out.append(("X-Forwarded-Host", host))

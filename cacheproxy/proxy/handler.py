@@ -14,6 +14,7 @@ from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.fields import LOOP_HOPS, loops_back
 from cacheproxy.http.flow import Forward, bypass, request_facts
+from cacheproxy.http.front_scheme import front_scheme
 from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
 from cacheproxy.http.upgrade import websocket_key
@@ -253,6 +254,8 @@ class CacheProxy:
                 target = outcome.target = "*"
         else:
             plan = plans.match(authority, target)
+            if plan.forward.trust_forwarded:  # behind a TLS terminator of one's own: the
+                scheme = front_scheme(h) or scheme  # scheme it says is the request's
         request[PLAN] = plan
         if plans.routed:
             outcome.route = plan.route.name
@@ -298,8 +301,9 @@ class CacheProxy:
             route=route.route_name, secrets=route.secrets)
         note_lookup(outcome, fwd)
         authority = route.authority
+        scheme = route.scheme
         return Ctx(request, out, plan, route.key, route.target, facts, outcome,
-                   lambda fwd: self._fields(request, plan, authority, fwd))
+                   lambda fwd: self._fields(request, plan, authority, fwd, scheme))
 
     def _tunnel_refused(self, tunnel: Allowed, port: int) -> Refused | None:
         """A request inside an intercepted CONNECT is checked as its CONNECT was, by the

@@ -43,6 +43,7 @@ from cacheproxy.http.flow import (
     plain_serve,
     request_facts,
 )
+from cacheproxy.http.front_scheme import front_scheme
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
 from cacheproxy.observe.outcome import Outcome, note_lookup
@@ -97,7 +98,8 @@ class QuickHits:
         self.proxy = proxy
         self._control = control  # a request for the control plane (its target decides)
         self._plans: Plans | None = None
-        self._routes: dict[tuple[str, str], Route | None] = {}
+        self._routes: dict[tuple[str, ...], Route | None] = {}
+        self._trusted = False  # proxy.trust_forwarded, as the plans were made with
         self._memo_chars = 0  # held by _routes (MEMO_CHARS)
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
@@ -184,7 +186,14 @@ class QuickHits:
             routes.clear()
             self._memo_chars = 0
             self._plans = plans
-        memo = (host, raw)
+            self._trusted = plans.default.forward.trust_forwarded
+        scheme = "http"
+        memo: tuple[str, ...] = (host, raw)
+        # A trusted front proxy's https is the request's scheme, as _respond takes it: its
+        # key is another (and its fields say https); http, or no word, is this hop's.
+        if self._trusted and front_scheme(msg.headers) == "https":
+            scheme = "https"
+            memo = (host, raw, scheme)
         try:
             return routes[memo]
         except KeyError:
@@ -194,9 +203,9 @@ class QuickHits:
         if parsed is not None and not parsed.absolute and not self._control(msg):
             plan = plans.match(parsed.authority, parsed.path)
             if not plan.route.referer.protect_paths:
-                route = Route(plan, plan.cache_key("http", parsed.authority, parsed.path),
+                route = Route(plan, plan.cache_key(scheme, parsed.authority, parsed.path),
                                parsed.authority, parsed.path,
-                               plan.route.name if plans.routed else "default")
+                               plan.route.name if plans.routed else "default", scheme)
         chars = len(host) + len(raw) + (0 if route is None else len(route.key)
                                          + len(route.authority) + len(route.target))
         if len(routes) >= MEMO_SIZE or self._memo_chars + chars > MEMO_CHARS:

@@ -25,14 +25,16 @@ def _forget_replayed(ref: weakref.KeyedRef[weakref.ref[Route], CachedResponse]) 
 
 
 class Route:
-    """What a (Host, target) pair resolves to: the same for every request with them."""
+    """What a (Host, target) pair resolves to (and the scheme, when a trusted front proxy
+    says https): the same for every request with them."""
 
     __slots__ = ("__weakref__", "authority", "key", "logged", "plan", "replayed",
-                 "route_name", "secrets", "target")
+                 "route_name", "scheme", "secrets", "target")
 
     def __init__(self, plan: RoutePlan, key: str, authority: str, target: str,
-                 route_name: str) -> None:
+                 route_name: str, scheme: str = "http") -> None:
         self.plan, self.key, self.authority, self.target = plan, key, authority, target
+        self.scheme = scheme  # the one the key names (a trusted front proxy's https)
         self.route_name = route_name
         self.secrets = plan.route.referer.strip_params
         self.logged = redact(target, self.secrets) or "-"  # the path as the log shows it

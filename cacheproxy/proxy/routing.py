@@ -43,12 +43,17 @@ class RoutePlan:
         route too) keys apart, so what it may keep for one user never reaches a shared
         route's users. Forward mode's entries ("#forward": the answers of the origin a
         client named) are keyed apart from reverse mode's, whose key may name the same
-        URL for the upstream's answer to a Host any client may send."""
+        URL for the upstream's answer to a Host any client may send. scheme: the one the
+        request is for, which the origin is told (X-Forwarded-Proto): this hop's, or the
+        one a trusted front proxy says (http/front_scheme.py); an https client's answer
+        (no redirect to https, https links) is never an http client's, nor the reverse."""
         if self.client_host_seen:
             key = primary_key(scheme, authority, target)
         else:
             key = primary_key(self.upstream_scheme, self.forward.upstream_host,
                               self.upstream_path + target)
+            if scheme == "https" and not self.forwarded:  # (the listener speaks no TLS:
+                key += "#https"  # only a trusted front says https; forward mode's is the URL's)
         if self.forwarded:
             key += "#forward"
         return key if self.cache.shared else f"{key}#private:{self.route.name}"

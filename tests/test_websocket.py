@@ -91,12 +91,13 @@ async def scripted_origin(answer: Callable[[bytes], bytes], then_echo: bool = Fa
         server.close()
 
 
-def switching(head: bytes, accept: str | None = None, upgrade: str = "websocket") -> bytes:
+def switching(head: bytes, accept: str | None = None, upgrade: str = "websocket",
+              extra: str = "") -> bytes:
     key = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
                if line.lower().startswith(b"sec-websocket-key:"))
     return (f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: {upgrade}\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept or accept_value(key)}\r\n"
-            "\r\n").encode()
+            f"{extra}\r\n").encode()
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
@@ -227,13 +228,14 @@ async def test_bytes_the_origin_sends_with_its_101_reach_the_client(proxy: Any) 
     """A server may send its first frame in the same segment as the 101 (nothing waits
     for the client): those bytes are the tunnel's, not the end of an HTTP answer."""
     frame = b"\x81\x05hello"
-    async with scripted_origin(lambda head: switching(head) + frame, then_echo=True) \
-            as (port, _):
+    async with scripted_origin(lambda head: switching(head, extra="Content-Length: 0\r\n")
+                               + frame, then_echo=True) as (port, _):
         client = await proxy(f"http://127.0.0.1:{port}")
         reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
         writer.write(handshake())
         status, fields = await read_head(reader)
         assert status == 101 and fields["sec-websocket-accept"] == accept_value(KEY)
+        assert "content-length" not in fields  # (RFC 9110 §8.6: none in a 1xx)
         assert await asyncio.wait_for(reader.readexactly(len(frame)), 5) == frame
         writer.write(b"\x82\x03abc")  # (echoed by the origin: the tunnel goes both ways)
         assert await asyncio.wait_for(reader.readexactly(5), 5) == b"\x82\x03abc"

@@ -230,6 +230,7 @@ class ConnectMethod:
             return
         headers.popall("Connection", None)
         headers.popall("Upgrade", None)
+        headers.popall("Content-Length", None)  # (RFC 9110 §8.6: none in a 1xx)
         headers["Upgrade"] = "websocket"
         headers["Connection"] = "upgrade"
         self._started = True

@@ -342,7 +342,10 @@ class Admin:
             # A prefix is kept as typed after "scheme://authority" (yarl would normalise it).
             # A listed key of a private route ends in "#private:<route>": kept as listed.
             fragment = f"#{parsed.raw_fragment}" if parsed.raw_fragment else ""
-            target = parsed.raw_path_qs + fragment if exact else \
+            # yarl drops an empty query's "?", which the key keeps: "/q?" is not "/q"
+            # (RFC 3986 §6.2.3), and the request for it was stored under "/q?".
+            empty_query = not parsed.raw_query_string and "?" in url.partition("#")[0]
+            target = parsed.raw_path_qs + ("?" if empty_query else "") + fragment if exact else \
                 url[len(parsed.scheme) + 3 + len(authority):] or "/"
         elif url.startswith("/"):
             scheme, authority, target = request.scheme, _target_authority(request), url

@@ -1,0 +1,78 @@
+"""Findings of a review of the cache key (review-keys): how two requests that differ in
+spelling (percent-encoding, dot segments, empty query, Host case and port, absolute-form,
+methods, Vary) share an entry or not, on the quick path (proxy/quick.py) and the full one
+(proxy/handler.py), and how PURGE and the admin purge find an entry. Real proxy in front
+of an aiohttp origin that echoes what it was asked, both on 127.0.0.1. Each test failed
+on the code it was written against (44c1706) and says what is expected, why (RFC section,
+or what nginx / Varnish do) and how severe it is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+SEEN = web.AppKey("seen", list)
+
+
+def echo_app() -> web.Application:
+    """An origin whose every answer names the request it was made for (so a wrong hit
+    shows) and may be stored for a minute."""
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        body = json.dumps({"n": len(seen), "method": request.method, "raw": request.raw_path,
+                           "xfh": request.headers.get("X-Forwarded-Host")})
+        return web.Response(text=body, content_type="application/json",
+                            headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app[SEEN] = seen
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+async def raw_get(client: Any, target: str, *fields: str, method: str = "GET",
+                  host: str = "example.test") -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly this target and these fields, on a connection of its own:
+    the status, the fields (lower-cased names), the body."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close", *fields]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *field_lines = head.decode("latin-1").split("\r\n")
+    fields_out = {}
+    for line in field_lines:
+        name, _, value = line.partition(":")
+        fields_out[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), fields_out, body
+
+
+# -- 1. the admin purge of a URL with an empty query purges another URL ------------------
+
+
+async def test_admin_purge_of_a_url_with_an_empty_query_purges_that_url(origin, proxy):
+    """`/q?` and `/q` are two keys (the proxy keeps the raw target, as nginx's
+    `$request_uri` and Varnish's `req.url` do; RFC 3986 §6.2.3: a normaliser "should not
+    remove delimiters when their associated component is empty"), and the entries list
+    shows `http://host/q?`. Purged by that listed URL (`purge?url=http://host/q?`), the
+    admin API parsed it with yarl, whose raw_path_qs drops an empty query, so it purged
+    `http://host/q` instead, and the entry meant stayed: a wrong entry removed, and the
+    one the operator wanted gone still served (the answer says "purged": 1 all the same).
+    PURGE /q? (the method) keys it right. Severity: medium (a purge that silently misses,
+    and takes a neighbour instead)."""
+    c = await proxy(await origin(echo_app()))
+    for target in ("/q?", "/q"):
+        await raw_get(c, target, host=f"127.0.0.1:{c.server.port}")
+    listed = await (await c.get("/_cacheproxy/entries")).json()
+    [key] = [e["key"] for e in listed["entries"] if e["key"].endswith("/q?")]
+    purged = await c.post("/_cacheproxy/purge", params={"url": key})
+    assert (await purged.json())["key"] == key
+    host = f"127.0.0.1:{c.server.port}"
+    assert (await raw_get(c, "/q?", host=host))[1]["x-cache"] == "MISS"
+    assert (await raw_get(c, "/q", host=host))[1]["x-cache"] == "HIT"  # not the one meant

@@ -76,3 +76,23 @@ async def test_admin_purge_of_a_url_with_an_empty_query_purges_that_url(origin, 
     host = f"127.0.0.1:{c.server.port}"
     assert (await raw_get(c, "/q?", host=host))[1]["x-cache"] == "MISS"
     assert (await raw_get(c, "/q", host=host))[1]["x-cache"] == "HIT"  # not the one meant
+
+
+# -- 2. a prefix purge finds nothing in a private cache or a private route ---------------
+
+
+async def test_prefix_purge_finds_the_entries_of_a_private_cache(origin, proxy):
+    """With `cache.shared = false` every key ends in `#private:default` (keyed apart from
+    shared routes'). `purge?prefix=/img/` made the prefix `http://host/img/#private:default`,
+    the key suffix glued to the prefix, which no key starts with: it answered
+    {"purged": 0} and left every entry under /img/. The same prefix purges them in a shared
+    cache (tests/test_observe.py), and the README offers it for any cache ("purge by
+    prefix"). A purge by prefix is how an operator drops a deploy's old assets (Varnish's
+    ban on req.url ~ ^/img/). Severity: medium (a purge that silently does nothing)."""
+    c = await proxy(await origin(echo_app()), cache={"shared": False})
+    for path in ("/img/1", "/img/2", "/css/1"):
+        await c.get(path)
+    resp = await c.post("/_cacheproxy/purge", params={"prefix": "/img/"})
+    assert (await resp.json())["purged"] == 2
+    assert (await c.get("/img/1")).headers["X-Cache"] == "MISS"
+    assert (await c.get("/css/1")).headers["X-Cache"] == "HIT"

@@ -352,7 +352,10 @@ class Admin:
         else:
             raise ValueError(f"expected a URL or a path starting with '/', got {url!r}")
         if self.key_for is not None:
-            return self.key_for(scheme, authority, target)
+            key = self.key_for(scheme, authority, target)
+            # A route's suffix ("#private:<route>", "#forward") ends a whole URL's key: glued
+            # to a prefix, it would name no key at all. (One typed with its "#" is kept.)
+            return key if exact or "#" in target else key.partition("#")[0]
         return primary_key(scheme, authority, target) if exact else \
             origin_of(scheme, authority) + target
 

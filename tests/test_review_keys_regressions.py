@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import proxy_for_toml
+
+from cacheproxy.proxy.quick import QuickHits
 
 SEEN = web.AppKey("seen", list)
 
@@ -96,3 +103,111 @@ async def test_prefix_purge_finds_the_entries_of_a_private_cache(origin, proxy):
     assert (await resp.json())["purged"] == 2
     assert (await c.get("/img/1")).headers["X-Cache"] == "MISS"
     assert (await c.get("/css/1")).headers["X-Cache"] == "HIT"
+
+
+# -- the quick path and the full path key alike (a property, not a defect) ---------------
+
+ROUTED = """
+[proxy]
+upstream = "{site}"
+x_forwarded_host = %s
+host_header = "%s"
+
+[[routes]]
+host = "*.example.test"
+upstream = "{site}/v2"
+
+[[routes]]
+path_prefix = "/private/"
+upstream = "{site}"
+[routes.cache]
+shared = false
+"""
+HOSTS = ("example.test", "EXAMPLE.test", "example.test:80", "example.test.", "a.example.test",
+         "A.Example.Test:80", "a.example.test:8080", "127.0.0.1", "[::1]", "[::1]:80",
+         "ex%41mple.test", "example.test:")
+SEGMENTS = ("a", "A", "~", "%7E", "%7e", "%2F", "%2f", "%41", ".", "..", "", ";p=1", "private",
+            "%70rivate", "v2", "%zz", "a+b", "%20")
+QUERIES = (None, "", "a=1&b=2", "b=2&a=1", "x=a+b", "x=a%20b", "a=1&a=2")
+
+
+@st.composite
+def targets(draw: Any) -> str:
+    path = "/" + "/".join(draw(st.lists(st.sampled_from(SEGMENTS), max_size=4)))
+    query = draw(st.sampled_from(QUERIES))
+    return path if query is None else f"{path}?{query}"
+
+
+@pytest.mark.parametrize("client_host_seen", [True, False])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(host=st.sampled_from(HOSTS), target=targets())
+async def test_the_quick_path_and_the_full_path_key_a_request_alike(
+        origin, proxy, tmp_path: Path, quick_only: Any, client_host_seen: bool,
+        host: str, target: str) -> None:
+    """proxy/quick.py routes and keys origin-form GETs itself (memoised per (Host, target))
+    where handler.py's _respond does it for the rest: for any Host and target spelling
+    (case, default port, trailing dot, percent-encodings, dot segments, empty query,
+    parameter order; routes by host, by path prefix, a private one; the key naming the
+    client's URL, or the upstream's as nginx's $proxy_host), what one path stores under a
+    key the other finds: the same answer, the same keys in the store, a HIT either way.
+    Checked both ways: filled by the full path then asked on the quick one, and filled by
+    the quick path (its Planned forward) then asked on the full one."""
+    c = await _routed_proxy(origin, proxy, tmp_path, client_host_seen)
+    store = c.app_proxy.store
+    results = {}
+    for first in (False, True):  # False: the full path fills, True: the quick one
+        await store.clear()
+        quick_only(first)
+        status, _, body = await raw_get(c, target, host=host)
+        keys = sorted(await store.keys())
+        quick_only(not first)
+        status2, fields2, body2 = await raw_get(c, target, host=host)
+        assert (status2, body2) == (status, body)
+        assert sorted(await store.keys()) == keys  # no second entry under another key
+        if keys:
+            assert fields2["x-cache"] == "HIT", (first, keys, fields2)
+        results[first] = (status, _unnumbered(body), keys)
+    assert results[False] == results[True]
+
+
+def _unnumbered(body: bytes) -> Any:
+    """The echo's answer without its count (each fill is a new upstream request)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body  # (the proxy's own 400)
+    answer.pop("n")
+    return answer
+
+
+_PROXIES: dict[tuple[int, bool], Any] = {}
+
+
+async def _routed_proxy(origin: Any, proxy: Any, tmp_path: Path, seen: bool) -> Any:
+    """One proxy per test (hypothesis runs many examples under one set of fixtures)."""
+    made = _PROXIES.get((id(proxy), seen))
+    if made is None:
+        _PROXIES.clear()
+        toml = ROUTED % (str(seen).lower(), "upstream")
+        made = _PROXIES[(id(proxy), seen)] = await proxy_for_toml(
+            origin, proxy, tmp_path, toml, site=Echo())
+    return made
+
+
+class Echo:
+    def __init__(self) -> None:
+        self.app = echo_app()
+
+
+@pytest.fixture
+def quick_only(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """quick_only(False) sends every request the full path's way (QuickHits declines)."""
+    real = QuickHits.hit
+    state = {"on": True}
+    monkeypatch.setattr(QuickHits, "hit", lambda self, msg, started:
+                        real(self, msg, started) if state["on"] else None)
+
+    def switch(on: bool) -> None:
+        state["on"] = on
+    return switch

@@ -211,3 +211,26 @@ def quick_only(monkeypatch: pytest.MonkeyPatch) -> Any:
     def switch(on: bool) -> None:
         state["on"] = on
     return switch
+
+
+# -- 3. absolute-form: an empty query is dropped on the way upstream ---------------------
+
+
+async def test_absolute_form_keeps_an_empty_query_upstream_and_in_the_key(origin, proxy):
+    """`GET http://host/e? HTTP/1.1` (forward mode: a browser's proxy request) went to the
+    origin as `GET /e`, and was stored under, and served for, `http://host/e`: urlsplit
+    gives an empty query for both, and request_target wrote the "?" only for a non-empty
+    one. RFC 9110 §7.7: "A proxy MUST NOT modify the "absolute-path" and "query" parts of
+    the received target URI when forwarding it to the next inbound server" (only an empty
+    path becomes "/"); RFC 3986 §6.2.3: "/e?" and "/e" are not equivalent unless the scheme
+    says so, which http's does not. The origin-form `GET /e?` goes on as sent, under a
+    key of its own (as nginx's $request_uri keeps it). Squid forwards "/e?" too.
+    Severity: low (a changed request to the origin; two URLs sharing one entry, which
+    origins seldom tell apart)."""
+    up = await origin(echo_app())
+    c = await proxy(up, forward={"enabled": True})
+    url = f"http://127.0.0.1:{up.port}/e"
+    _, fields, body = await raw_get(c, url + "?", host=f"127.0.0.1:{up.port}")
+    assert json.loads(body)["raw"] == "/e?"
+    _, fields, body = await raw_get(c, url, host=f"127.0.0.1:{up.port}")
+    assert fields["x-cache"] == "MISS" and json.loads(body)["raw"] == "/e"

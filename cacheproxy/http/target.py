@@ -82,7 +82,11 @@ def request_target(raw: str, host: str | None) -> Target | None:
     path = parts.path or "/"
     if climbs_above_root(path):
         return None
-    return Target(authority, f"{path}?{parts.query}" if parts.query else path, True)
+    # RFC 9110 §7.7: the query goes on as received, an empty one too ("/e?" is not "/e",
+    # RFC 3986 §6.2.3), which urlsplit gives as "" like none at all.
+    if parts.query or "?" in raw.partition("#")[0]:
+        path = f"{path}?{parts.query}"
+    return Target(authority, path, True)
 
 
 def asks_whole_server(method: str, raw: str) -> bool:

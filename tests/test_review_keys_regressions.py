@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import proxy_for_toml
 
+from cacheproxy.config import load_config
 from cacheproxy.proxy.quick import QuickHits
 
 SEEN = web.AppKey("seen", list)
@@ -234,3 +235,65 @@ async def test_absolute_form_keeps_an_empty_query_upstream_and_in_the_key(origin
     assert json.loads(body)["raw"] == "/e?"
     _, fields, body = await raw_get(c, url, host=f"127.0.0.1:{up.port}")
     assert fields["x-cache"] == "MISS" and json.loads(body)["raw"] == "/e"
+
+
+# -- 4. routes to one upstream with different credentials share its entries ---------------
+
+CREDENTIALED_ROUTES = """
+[proxy]
+upstream = "{site}"
+x_forwarded_host = false
+
+[[routes]]
+host = "alice.example"
+upstream = "{alice}"
+
+[[routes]]
+host = "bob.example"
+upstream = "{bob}"
+"""
+
+
+class WhoAmI:
+    """An API that answers for the account its Basic credentials name, for a minute."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_get("/me", self.me)
+
+    @staticmethod
+    async def me(request: web.Request) -> web.Response:
+        return web.Response(text=f"account of {request.headers.get('Authorization', '-')}",
+                            headers={"Cache-Control": "max-age=60"})
+
+
+async def test_routes_to_one_upstream_with_other_credentials_do_not_share_entries(
+        origin, proxy, tmp_path: Path):
+    """README: "The cache key is everything the origin sees that selects the response";
+    with x_forwarded_host = false (and host_header = upstream) it is the URL fetched
+    upstream, nginx's $proxy_host key. A route's upstream may carry `user:password@`,
+    "sent as Basic credentials on every request" — the origin sees them, and answers the
+    account they name — but the key dropped the userinfo (ForwardPolicy.upstream_host),
+    so two routes to one API with two accounts (a tenant per Host) had one key: Bob's
+    clients got Alice's account from the cache. The proxy's own credentials are not the
+    client's Authorization, so RFC 9111 §3.5 did not stop the store either. Severity: high
+    (one account's answers served to another route's users)."""
+    api = WhoAmI()
+    up = str((await origin(api.app)).make_url("")).rstrip("/")
+    path = tmp_path / "cacheproxy.toml"
+    path.write_text(CREDENTIALED_ROUTES.format(
+        site=up, alice=up.replace("http://", "http://alice:a-secret@"),
+        bob=up.replace("http://", "http://bob:b-secret@")))
+    c = await proxy(load_config(path, env={}))
+    alice = await c.get("/me", headers={"Host": "alice.example"})
+    assert await alice.text() == "account of Basic YWxpY2U6YS1zZWNyZXQ="
+    bob = await c.get("/me", headers={"Host": "bob.example"})
+    assert await bob.text() == "account of Basic Ym9iOmItc2VjcmV0", bob.headers["X-Cache"]
+    listed = await (await c.get("/_cacheproxy/entries",
+                                headers={"Host": f"127.0.0.1:{c.server.port}"})).json()
+    keys = [e["key"] for e in listed["entries"]]
+    assert len(keys) == 2 and not any("secret" in key for key in keys)  # no password shown
+    for key in keys:  # and each purges as listed
+        purged = await c.post("/_cacheproxy/purge", params={"url": key},
+                              headers={"Host": f"127.0.0.1:{c.server.port}"})
+        assert purged.status == 200, key

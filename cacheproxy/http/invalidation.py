@@ -42,7 +42,12 @@ def same_origin_key(target: str, ref: str | None) -> str | None:
     if key_origin is None or key_origin != _origin(uri):
         return None
     parts = urlsplit(absolute)
-    key = key_origin + (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Written after the key's own origin: a key named after an upstream URL with
+    # credentials holds their user ("http://alice@api/..."), which the origin's
+    # Location does not.
+    base = urlsplit(uri)
+    key = f"{base.scheme}://{base.netloc}" + (parts.path or "/") \
+        + (f"?{parts.query}" if parts.query else "")
     return key + hash_ + suffix
 
 

@@ -11,7 +11,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
-from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.http.fields import LOOP_HOPS, loops_back
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.front_scheme import front_scheme
@@ -45,7 +44,7 @@ from cacheproxy.proxy.policy_steps import inbound
 from cacheproxy.proxy.pool import Origin
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routed import Planned
-from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan
+from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan, keyed_origin
 from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.proxy.web_adapter import WebDownstream, answer_of, web_response
 from cacheproxy.store import Store
@@ -100,8 +99,10 @@ class CacheProxy:
         """The key a request for target on authority (Host) is stored under (admin purge).
         A URL on an upstream's origin is a key as the entries list shows it: kept as is."""
         plans = self.plans
-        if origin_of(scheme, authority) in plans.stored_origins() or "#" in target:
-            return primary_key(scheme, authority, target)  # a listed key ("…#private:…")
+        user, _, host = authority.rpartition("@")  # (a route's credentials' user, as listed)
+        origin = keyed_origin(scheme, host, user or None)
+        if origin in plans.stored_origins() or "#" in target:
+            return origin + (target or "/")  # a listed key ("…#private:…")
         return plans.match(authority, target).cache_key(scheme, authority, target)
 
     def forward_access(self, port: int) -> ForwardAccess:

@@ -32,6 +32,9 @@ class RoutePlan:
     removed: frozenset[str] = frozenset()
     # Forward mode's plan for an origin a client named (Plans.forward_to)
     forwarded: bool = False
+    # The upstream's origin as a key names it: with the user its URL's credentials name
+    # ("http://alice@api"), since the origin answers for that account (never the password)
+    key_origin: str = ""
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """RFC 9111 §2: the primary key is the URI of the response; here, everything the origin
@@ -50,8 +53,7 @@ class RoutePlan:
         if self.client_host_seen:
             key = primary_key(scheme, authority, target)
         else:
-            key = primary_key(self.upstream_scheme, self.forward.upstream_host,
-                              self.upstream_path + target)
+            key = self.key_origin + self.upstream_path + target
             if scheme == "https" and not self.forwarded:  # (the listener speaks no TLS:
                 key += "#https"  # only a trusted front says https; forward mode's is the URL's)
         if self.forwarded:
@@ -75,14 +77,16 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
     # upstream's is not stored either (a stored response carries no grant).
     strip = RESPONSE_FIELDS if route.cors.enabled and route.cors.override else frozenset()
     targeting = Targeting(tuple(f.lower() for f in cache.targeted_fields), config.proxy.via)
+    upstream_host = up.raw_authority.rpartition("@")[2]
     return RoutePlan(
         route=route,
         upstream=upstream,
+        key_origin=keyed_origin(up.scheme, upstream_host, up.raw_user),
         upstream_scheme=up.scheme,
         upstream_path=up.raw_path.rstrip("/"),
         forward=ForwardPolicy(
             via=config.proxy.via,
-            upstream_host=up.raw_authority.rpartition("@")[2],
+            upstream_host=upstream_host,
             pass_host=config.proxy.host_header == "pass",
             x_forwarded_for=config.proxy.x_forwarded_for,
             x_forwarded_proto=config.proxy.x_forwarded_proto,
@@ -104,6 +108,14 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
         ),
         removed=downstream_removed(targeting, cache.strip_targeted),
     )
+
+
+def keyed_origin(scheme: str, host: str, user: str | None) -> str:
+    """The origin of the keys named after an upstream URL: origin_of's, with the user of
+    the credentials the URL carries (sent as Basic on every request), so that two routes
+    to one API as two accounts never share an answer. Not the password: keys are listed."""
+    origin = origin_of(scheme, host)
+    return f"{scheme}://{user}@{origin[len(scheme) + 3:]}" if user else origin
 
 
 PLAN = web.RequestKey("cacheproxy.plan", RoutePlan)  # the request's route, set first
@@ -168,5 +180,4 @@ class Plans:
 
     def stored_origins(self) -> frozenset[str]:
         """The origins of keys named after an upstream (admin: a listed key is taken as is)."""
-        return frozenset(origin_of(p.upstream_scheme, p.forward.upstream_host)
-                         for p in self.by_name.values() if not p.client_host_seen)
+        return frozenset(p.key_origin for p in self.by_name.values() if not p.client_host_seen)

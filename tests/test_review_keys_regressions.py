@@ -297,3 +297,22 @@ async def test_routes_to_one_upstream_with_other_credentials_do_not_share_entrie
         purged = await c.post("/_cacheproxy/purge", params={"url": key},
                               headers={"Host": f"127.0.0.1:{c.server.port}"})
         assert purged.status == 200, key
+
+
+# -- 5. an empty port is the default port ---------------------------------------------------
+
+
+async def test_a_host_with_an_empty_port_shares_the_default_ports_entry(origin, proxy):
+    """`Host: example.test:` (a port delimiter with no port) names the same origin as
+    `example.test` and `example.test:80`: RFC 3986 §6.2.3, "the port component [...] should
+    be normalized" when empty or the default, and RFC 9110 §4.2.3 names ":80" and "" alike
+    for http. The key dropped ":80" but kept the bare ":", so the request was a miss under
+    a key of its own and X-Forwarded-Host went upstream as "example.test:", a spelling the
+    origin may not know (Django's ALLOWED_HOSTS check refuses it). Severity: low (a miss,
+    and an odd X-Forwarded-Host, not a wrong answer)."""
+    c = await proxy(await origin(echo_app()))
+    await raw_get(c, "/p", host="example.test")
+    status, fields, body = await raw_get(c, "/p", host="example.test:")
+    assert status == 200 and fields["x-cache"] == "HIT"
+    status, fields, body = await raw_get(c, "/p2", host="example.test:")
+    assert json.loads(body)["xfh"] == "example.test"

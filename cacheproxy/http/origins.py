@@ -32,15 +32,15 @@ def serialize_origin(scheme: str, host: str, port: int | None) -> str:
 @lru_cache(maxsize=1024)
 def origin_of(scheme: str, host: str) -> str:
     """scheme://host[:port] of a request's authority (Host), lower-cased, the scheme's
-    default port left out; any other port is kept as written."""
+    default port (or an empty one) left out; any other port is kept as written."""
     host = host.lower()
     if host.startswith("["):  # IPv6 literal: the port follows "]:"
         name, _, port = host.partition("]")
         name, port = name + "]", port.removeprefix(":")
     else:
         name, _, port = host.partition(":")
-    if port and port == str(default_port(scheme)):
-        host = name
+    if not port or port == str(default_port(scheme)):
+        host = name  # (RFC 3986 §6.2.3: an empty port is the default one, "host:" is "host")
     return f"{scheme}://{host}"
 
 

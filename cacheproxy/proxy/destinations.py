@@ -160,14 +160,62 @@ async def resolved(loop: asyncio.AbstractEventLoop, host: str, port: int) -> lis
     return addresses
 
 
+# RFC 8305 §5: the Connection Attempt Delay, its recommended value: the next address is
+# tried when the one before has neither connected nor failed by then.
+ATTEMPT_DELAY = 0.25
+
+
+def interleaved(addresses: list[str]) -> list[str]:
+    """RFC 8305 §4: the addresses with their families alternating, the first address's
+    family first, each family in the resolver's order (IPv6 then IPv4 then IPv6 ...)."""
+    first_v6 = ":" in addresses[0]
+    same = [a for a in addresses if (":" in a) == first_v6]
+    other = [a for a in addresses if (":" in a) != first_v6]
+    mixed = [a for pair in zip(same, other, strict=False) for a in pair]
+    rest = same[len(other):] if len(same) > len(other) else other[len(same):]
+    return mixed + rest
+
+
 async def connect_first(loop: asyncio.AbstractEventLoop, factory: Callable[[], P],
                         addresses: list[str], port: int, **options: Any
                         ) -> tuple[asyncio.BaseTransport, P]:
     """A connection to the first of addresses that takes one (vetted addresses: connected
-    to as they are, not by a name looked up again); the last one's OSError if none does."""
-    for address in addresses[:-1]:
-        try:
-            return await loop.create_connection(factory, address, port, **options)
-        except OSError:
-            continue
-    return await loop.create_connection(factory, addresses[-1], port, **options)
+    to as they are, not by a name looked up again); the last failure's OSError if none
+    does. Happy Eyeballs (RFC 8305 §5): an address that neither answers nor fails within
+    ATTEMPT_DELAY (an IPv6 route that drops packets) does not hold the next one back for
+    the whole connect timeout; the attempts overlap and the first connected wins."""
+    if len(addresses) == 1:
+        return await loop.create_connection(factory, addresses[0], port, **options)
+    waiting = interleaved(addresses)
+    attempts: set[asyncio.Task[tuple[asyncio.BaseTransport, P]]] = set()
+    failure: OSError | None = None
+    try:
+        while waiting or attempts:
+            if waiting:
+                attempts.add(loop.create_task(
+                    loop.create_connection(factory, waiting.pop(0), port, **options)))
+            done, attempts = await asyncio.wait(
+                attempts, timeout=ATTEMPT_DELAY if waiting else None,
+                return_when=asyncio.FIRST_COMPLETED)
+            connected = [t.result() for t in done if t.exception() is None]
+            for task in done:
+                if (exc := task.exception()) is not None:
+                    if not isinstance(exc, OSError):
+                        raise exc
+                    failure = exc  # §5: a failure starts the next attempt at once
+            if connected:
+                for transport, _ in connected[1:]:
+                    transport.close()
+                return connected[0]
+        assert failure is not None
+        raise failure
+    finally:
+        for task in attempts:  # the others, still connecting: never used
+            task.cancel()
+            task.add_done_callback(_close_late)
+
+
+def _close_late(task: asyncio.Task[tuple[asyncio.BaseTransport, Any]]) -> None:
+    """A losing attempt that connected all the same: closed, not leaked."""
+    if not task.cancelled() and task.exception() is None:
+        task.result()[0].close()

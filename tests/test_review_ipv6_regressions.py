@@ -1,0 +1,106 @@
+"""Defects found reviewing cacheproxy over IPv6: listeners on [::1] and [::], origins on
+::1, v6 literals in Host, in absolute-form targets and in CONNECT, names with AAAA records.
+
+Each test failed on the code it was written against (commit 44c1706), or is marked xfail
+(strict) with the reason it stays; its docstring says what was wrong, why it matters and
+how much. Real servers on the loopback addresses (127.0.0.1 and ::1), as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Iterator
+
+from test_forward_mode import forward_get, origin_app
+
+# --- a DNS server on loopback that answers A and AAAA as told -----------------------------------
+
+
+class Nameserver(asyncio.DatagramProtocol):
+    """A DNS server on 127.0.0.1 (RFC 1035 over UDP): every name has the A record `a` and
+    the AAAA record `aaaa` (RFC 3596), each when not None."""
+
+    def __init__(self, a: str | None, aaaa: str | None) -> None:
+        self.a, self.aaaa = a, aaaa
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
+        question = data[12:end]
+        qtype = struct.unpack("!H", question[-4:-2])[0]
+        answer = b""
+        if qtype == 1 and self.a:
+            answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
+                      + socket.inet_pton(socket.AF_INET, self.a))
+        elif qtype == 28 and self.aaaa:
+            answer = (b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 60, 16)
+                      + socket.inet_pton(socket.AF_INET6, self.aaaa))
+        self.transport.sendto(  # type: ignore[attr-defined]
+            data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
+            + question + answer, addr)
+
+
+@contextlib.asynccontextmanager
+async def nameserver(a: str | None, aaaa: str | None) -> AsyncIterator[int]:
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: Nameserver(a, aaaa), local_addr=("127.0.0.1", 0))
+    try:
+        yield transport.get_extra_info("sockname")[1]
+    finally:
+        transport.close()
+
+
+@contextlib.contextmanager
+def blackhole_v6(port: int) -> Iterator[None]:
+    """[::1]:port takes no connection and refuses none: a listener whose accept queue is
+    full, so the kernel drops each new SYN (as a firewall that drops, or an IPv6 route that
+    leads nowhere, the common broken-IPv6 network). 127.0.0.1:port is left free."""
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    held: list[socket.socket] = []
+    try:
+        listener.bind(("::1", port))
+        listener.listen(0)
+        for _ in range(2):  # fill the queue (backlog 0 takes one)
+            filler = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("::1", port))
+            held.append(filler)
+        time.sleep(0.1)
+        yield
+    finally:
+        for sock in (*held, listener):
+            sock.close()
+
+
+# --- forward mode: a name with A and AAAA, the AAAA unreachable ----------------------------------
+
+
+async def test_a_name_whose_ipv6_address_drops_connections_is_reached_over_ipv4(proxy, origin):
+    """Forward mode connected to a name's addresses one after the other, each attempt
+    allowed the whole of proxy.connect_timeout (connect_first), and the AAAA address comes
+    first (c-ares sorts by RFC 6724). On a network whose IPv6 leads nowhere (a route that
+    drops packets, a firewall that drops SYNs: common on home and hotel networks), every
+    dual-stack site answered 504 after connect_timeout, though its IPv4 address answers at
+    once. RFC 8305 (Happy Eyeballs v2) §5: start the next address after 250 ms without
+    waiting for the first to fail; browsers, curl, Squid (happy_eyeballs_connect_timeout)
+    and Python's own create_connection(happy_eyeballs_delay) do. Severity: medium (forward
+    mode unusable for dual-stack sites on such networks; reverse mode's upstream is the
+    operator's choice)."""
+    site = await origin(origin_app("site"))  # on 127.0.0.1
+    async with nameserver("127.0.0.1", "::1") as dns:
+        client = await proxy(f"http://127.0.0.1:{site.port}", proxy={"connect_timeout": 3.0},
+                             forward={"enabled": True, "resolver": [f"127.0.0.1:{dns}"],
+                                      "allow_hosts": ["dual.example"]})
+        with blackhole_v6(site.port):
+            started = time.monotonic()
+            status, _, body = await forward_get(client.port, f"http://dual.example:{site.port}/a")
+            took = time.monotonic() - started
+    assert (status, body) == (200, b"site /a"), (status, body, took)
+    assert took < 1.5, took

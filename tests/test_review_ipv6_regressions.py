@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Iterator
 
 from test_forward_mode import forward_get, origin_app
 
+from cacheproxy.config import load_config
+
 # --- a DNS server on loopback that answers A and AAAA as told -----------------------------------
 
 
@@ -104,3 +106,27 @@ async def test_a_name_whose_ipv6_address_drops_connections_is_reached_over_ipv4(
             took = time.monotonic() - started
     assert (status, body) == (200, b"site /a"), (status, body, took)
     assert took < 1.5, took
+
+
+# --- forward.deny_hosts written as an IPv4-mapped IPv6 address ---------------------------------
+
+
+async def test_a_deny_hosts_entry_written_as_an_ipv4_mapped_address_refuses_it(
+        proxy, origin, tmp_path):
+    """forward.deny_hosts = ["::ffff:127.0.0.1"] was kept as "::ffff:7f00:1", while the
+    request's host is compared as canonical_host() makes it, which reads an IPv4-mapped
+    address as the IPv4 address it is ("127.0.0.1", so that "[::ffff:127.0.0.1]" cannot
+    slip past a rule for 127.0.0.1). The entry could then match nothing: neither
+    http://[::ffff:127.0.0.1]:PORT/ nor http://127.0.0.1:PORT/ was refused, and the
+    operator's deny rule was silently void (the start said nothing). RFC 4291 §2.5.5.2:
+    the mapped form is the IPv4 address; Squid's dst ACLs match a mapped address against
+    its IPv4 form. Severity: low (an unusual way to write the address, but a deny rule that
+    does nothing is unsafe, and allow_hosts written so refused what it names)."""
+    site = await origin(origin_app("site"))
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f'[proxy]\nupstream = "http://127.0.0.1:{site.port}"\n'
+                      '[forward]\nenabled = true\ndeny_hosts = ["::ffff:127.0.0.1"]\n')
+    client = await proxy(load_config(config, env={}))
+    for url in (f"http://[::ffff:127.0.0.1]:{site.port}/a", f"http://127.0.0.1:{site.port}/b"):
+        status, _, body = await forward_get(client.port, url)
+        assert status == 403, (url, status, body)

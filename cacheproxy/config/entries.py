@@ -46,10 +46,14 @@ def parse_forward_host(value: str) -> str:
         text = text[1:-1]
     if ":" in text:
         try:
-            return ipaddress.IPv6Address(text).compressed
+            address = ipaddress.IPv6Address(text)
         except ValueError:
             raise ValueError(f"expected a host, *.domain or '*', without a port; got {value!r}"
                              ) from None
+        # RFC 4291 §2.5.5.2: "::ffff:10.0.0.1" is 10.0.0.1, as request hosts are compared
+        # (policies.forward.canonical_host); kept mapped, the entry would match nothing.
+        mapped = address.ipv4_mapped
+        return str(mapped) if mapped is not None else address.compressed
     return parse_host_pattern(text)
 
 

@@ -11,9 +11,14 @@ import asyncio
 import contextlib
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import pytest
+from processes import clean_env
 from test_forward_mode import forward_get, origin_app
 
 from cacheproxy.config import load_config
@@ -130,3 +135,27 @@ async def test_a_deny_hosts_entry_written_as_an_ipv4_mapped_address_refuses_it(
     for url in (f"http://[::ffff:127.0.0.1]:{site.port}/a", f"http://127.0.0.1:{site.port}/b"):
         status, _, body = await forward_get(client.port, url)
         assert status == 403, (url, status, body)
+
+
+# --- proxy.listen: brackets hold an IPv6 address -----------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["[localhost]:0", "[127.0.0.1]:0"])
+def test_a_listen_address_in_brackets_that_is_no_ipv6_address_is_a_config_error(
+        tmp_path: Path, listen: str) -> None:
+    """`--listen [localhost]:8080` (or "[127.0.0.1]:8080") was taken: the brackets were
+    stripped and the proxy listened on localhost. RFC 3986 §3.2.2: brackets enclose an
+    IPv6 (or IPvFuture) literal and nothing else; nginx stops at `listen [localhost]:8080`
+    ("invalid IPv6 address"). Writing a name or an IPv4 address in brackets is a mistake
+    (a half-edited "[::1]:8080"?) that the start should name, as it names "::1:8080"
+    without brackets, rather than guess. Severity: low (config validation)."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "cacheproxy", "serve", "--listen", listen,
+             "--upstream", "http://127.0.0.1:9"],
+            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=8)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"--listen {listen} was taken: the proxy started and served")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("cacheproxy: config error: proxy.listen: "), result.stderr
+    assert "IPv6" in result.stderr, result.stderr

@@ -107,6 +107,10 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(usage)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        # RFC 3986 §3.2.2: brackets hold an IPv6 literal, not a name or an IPv4 address.
+        if host and ":" not in host:
+            raise ValueError(f"brackets hold an IPv6 address, as in [::1]:8080; "
+                             f"write a name or an IPv4 address without them: got {value!r}")
     elif ":" in host:
         raise ValueError(f"an IPv6 address needs brackets, as in [::1]:8080; got {value!r}")
     if not host or any(c.isspace() or c in "[]/@" for c in host):

@@ -5,6 +5,7 @@ gives them."""
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from typing import Final, NamedTuple
 
@@ -82,12 +83,22 @@ def parse_hostname(value: str) -> str:
         except UnicodeError:
             raise ValueError(f"not a valid international host name: {value!r}") from None
     if (ipv6 := BRACKETED_IPV6_RE.fullmatch(host)) is not None and ipv6[1].count(":") >= 2:
-        return ipv6[1]
+        return ipv6_text(ipv6[1])
     if ":" in host:
         raise ValueError(f"{_HOST_USAGE}; got {value!r}")
     if HOSTNAME_RE.fullmatch(host) is None:
         raise ValueError(f"{_HOST_USAGE}; got {value!r}")
     return host
+
+
+def ipv6_text(address: str) -> str:
+    """An IPv6 address as compared: RFC 5952's compressed form, which browsers send (the
+    URL Standard serializes it so); "0:0::1" and "::1" are one address (RFC 4291 §2.2).
+    Text that is no address is returned as it is."""
+    try:
+        return ipaddress.IPv6Address(address).compressed
+    except ValueError:
+        return address
 
 
 class Origin(NamedTuple):

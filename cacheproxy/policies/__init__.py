@@ -10,6 +10,8 @@ host pattern matches) is the config's: `cacheproxy.config.entries`.
 
 from __future__ import annotations
 
+from cacheproxy.http.origins import ipv6_text
+
 
 def request_host(authority: str) -> str:
     """The host of a Host field or URL authority: lowercase, without userinfo, port, IPv6
@@ -17,7 +19,7 @@ def request_host(authority: str) -> str:
     host = authority.strip().rpartition("@")[2].lower()
     if host.startswith("["):
         end = host.find("]")
-        return host[1:end] if end > 0 else host
+        return ipv6_text(host[1:end]) if end > 0 else host
     if host.count(":") == 1:
         host = host.partition(":")[0]
     return host.removesuffix(".")

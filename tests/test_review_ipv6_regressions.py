@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import struct
 import subprocess
@@ -183,3 +184,80 @@ async def test_a_route_for_an_ipv6_literal_matches_every_spelling_of_that_addres
     client = await proxy(load_config(config, env={}))
     resp = await client.get("/a", headers={"Host": f"{sent}:8080"})
     assert (resp.status, await resp.text()) == (200, "routed /a")
+
+
+# --- the loop check on a [::] listener: this machine's link-local addresses ---------------------
+
+
+def link_local_address() -> str | None:
+    """One of this machine's IPv6 link-local addresses (fe80::/10, on an interface such as
+    eth0), without its zone, as a client writes it in a URL; None when it has none."""
+    try:
+        rows = Path("/proc/net/if_inet6").read_text().split()
+    except OSError:
+        return None
+    for hex_address in rows[::6]:
+        if hex_address.startswith("fe8"):
+            return str(ipaddress.IPv6Address(bytes.fromhex(hex_address)))
+    return None
+
+
+@contextlib.asynccontextmanager
+async def serve_v6(listen: str, port: int, env: dict[str, str]) -> AsyncIterator[None]:
+    """`cacheproxy serve --listen LISTEN`, once [::1]:port takes connections."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cacheproxy", "serve", "--listen", listen,
+        env=clean_env(**env), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(300):
+            if proc.returncode is not None:
+                raise AssertionError((await proc.stderr.read()).decode())  # type: ignore[union-attr]
+            try:
+                _, writer = await asyncio.open_connection("::1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            break
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+async def test_a_request_for_this_machines_link_local_address_on_a_wildcard_listener_is_a_loop(
+        origin):
+    """With proxy.listen = "[::]:PORT", forward mode refuses (508) a request naming any
+    address of this machine on that port, its LAN ones too (README, forward mode): each
+    address is asked "is it this machine's?" by binding a socket to it. An IPv6
+    link-local address (fe80::/10, which every interface with IPv6 has) cannot be bound
+    without its zone (EINVAL), so it was taken for another machine's, and
+    `GET http://[fe80::...]:PORT/` was connected to, by the kernel to this very listener:
+    the request came back in, and went on to the reverse upstream as if a client on the
+    LAN had sent it (logged twice, one MISS from client fe80::...). RFC 5842 §7.2 (508);
+    Squid refuses a request to its own addresses (forwarding loop). Severity: low (one
+    extra hop, not a loop without end: the second hop is origin-form; the admin API still
+    refuses a client that is not loopback)."""
+    address = link_local_address()
+    if address is None:
+        pytest.skip("this machine has no IPv6 link-local address")
+    site = await origin(origin_app("site"))
+    port = free_port_v6()
+    async with serve_v6(f"[::]:{port}", port, {
+            "CACHEPROXY_PROXY_UPSTREAM": f"http://127.0.0.1:{site.port}",
+            "CACHEPROXY_FORWARD_ENABLED": "true", "CACHEPROXY_FORWARD_ALLOW_HOSTS": address}):
+        reader, writer = await asyncio.open_connection("::1", port)
+        writer.write(f"GET http://[{address}]:{port}/a HTTP/1.1\r\nHost: [{address}]:{port}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        body = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 508 "), head + body
+
+
+def free_port_v6() -> int:
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::", 0))
+        return s.getsockname()[1]

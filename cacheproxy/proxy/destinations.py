@@ -37,10 +37,21 @@ def address_refused(access: ForwardAccess, name: str, address: str, port: int
 def this_machine(address: str) -> bool:
     """Is address one of this machine's? Only a local address can be bound to (the kernel
     answers EADDRNOTAVAIL otherwise): one system call, no lookup, nothing sent."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    if ":" not in address:
+        return _bindable(socket.AF_INET, (address, 0))
+    if not ipaddress.IPv6Address(address).is_link_local:
+        return _bindable(socket.AF_INET6, (address, 0))
+    # RFC 4007 §6: a link-local address is bound only with its zone (EINVAL without one),
+    # while a connection to it without one reaches this machine all the same: each
+    # interface is asked.
+    return any(_bindable(socket.AF_INET6, (address, 0, 0, index))
+               for index, _ in socket.if_nameindex())
+
+
+def _bindable(family: socket.AddressFamily, address: tuple[Any, ...]) -> bool:
     try:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((address, 0))
+            probe.bind(address)
     except OSError:
         return False
     return True

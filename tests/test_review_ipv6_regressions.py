@@ -240,6 +240,13 @@ async def test_a_request_for_this_machines_link_local_address_on_a_wildcard_list
     Squid refuses a request to its own addresses (forwarding loop). Severity: low (one
     extra hop, not a loop without end: the second hop is origin-form; the admin API still
     refuses a client that is not loopback)."""
+    head, body, _, _ = await _link_local_request(origin)
+    assert head.startswith(b"HTTP/1.1 508 "), head + body
+
+
+async def _link_local_request(origin) -> tuple[bytes, bytes, str, int]:
+    """GET http://[this machine's link-local address]:PORT/a through a proxy on [::]:PORT:
+    the answer's head and body, the address and the port."""
     address = link_local_address()
     if address is None:
         pytest.skip("this machine has no IPv6 link-local address")
@@ -254,7 +261,18 @@ async def test_a_request_for_this_machines_link_local_address_on_a_wildcard_list
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         body = await asyncio.wait_for(reader.read(), 5)
         writer.close()
+    return head, body, address, port
+
+
+async def test_a_loop_through_an_ipv6_address_is_named_with_one_pair_of_brackets(origin):
+    """A request refused because the address its IPv6 literal names is this machine's
+    (508) said "[[fe80::...]]:PORT is this proxy itself": the pool's check is given the
+    host already bracketed for its messages, and the loop message bracketed it again. The
+    client and the log line (policy) read an address that is no address. RFC 3986
+    §3.2.2: one pair. Severity: low (a message)."""
+    head, body, address, port = await _link_local_request(origin)
     assert head.startswith(b"HTTP/1.1 508 "), head + body
+    assert f" [{address}]:{port} is this proxy itself".encode() in b" " + body, body
 
 
 def free_port_v6() -> int:

@@ -249,7 +249,8 @@ def _unspecified(host: str) -> Refused | None:
 
 
 def _loop(host: str, port: int) -> Refused:
-    shown = f"[{host}]" if ":" in host else host
+    """`host` canonical, or a name as the caller shows it (an IPv6 literal bracketed)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return Refused(508, f"{shown}:{port} is this proxy itself; the request would loop")
 
 

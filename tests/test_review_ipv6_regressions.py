@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from processes import clean_env
 from test_forward_mode import forward_get, origin_app
+from test_forward_pac import find_proxy
 
 from cacheproxy.config import load_config
 
@@ -279,3 +280,30 @@ def free_port_v6() -> int:
     with socket.socket(socket.AF_INET6) as s:
         s.bind(("::", 0))
         return s.getsockname()[1]
+
+
+# --- the PAC file of a listener written in a long IPv6 form ---------------------------------------
+
+
+async def test_the_pac_file_of_a_listener_written_long_sends_its_own_pages_direct(origin):
+    """proxy.listen = "[0:0::1]:PORT" (the long form of ::1) made a PAC file whose list of
+    the proxy's own pages held "http://[0:0::1]:PORT/", compared as text with the URL the
+    browser passes, which is always compressed ("http://[::1]:PORT/...", the URL Standard's
+    IPv6 serializer). The dashboard and admin API then went through the proxy to itself,
+    and got 508 (its loop check knows [::1] is itself). RFC 5952 §4: the compressed form
+    is the one to write. Severity: low (a long spelling; the dashboard unreachable with
+    the PAC in use)."""
+    site = await origin(origin_app("site"))
+    port = free_port_v6()
+    async with serve_v6(f"[0:0::1]:{port}", port, {
+            "CACHEPROXY_PROXY_UPSTREAM": f"http://127.0.0.1:{site.port}",
+            "CACHEPROXY_FORWARD_ENABLED": "true"}):
+        reader, writer = await asyncio.open_connection("::1", port)
+        writer.write(f"GET /_cacheproxy/proxy.pac HTTP/1.1\r\nHost: [::1]:{port}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    head, _, script = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200 "), head
+    assert find_proxy(script, [f"http://[::1]:{port}/_cacheproxy/",
+                               "http://example.com/"]) == ["DIRECT", f"PROXY [::1]:{port}"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+from cacheproxy.http.origins import ipv6_text
 from cacheproxy.policies.forward import canonical_host, split_authority
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
@@ -53,9 +54,9 @@ def pac_proxy_address(listen_host: str, listen_port: int, host_field: str, *,
     field's port too (a port mapped by docker differs from the one listened on).
     `local_port`: the port bound (proxy.listen's port 0). ValueError without a usable host."""
     port = listen_port or local_port or 0
-    if listen_host not in _WILDCARDS:
-        host = listen_host.strip("[]")
-    else:
+    # RFC 5952: an IPv6 address compressed, as the URLs the browser compares are.
+    host = ipv6_text(listen_host.strip("[]"))
+    if host in _WILDCARDS:  # ("0:0::0" too)
         parts = split_authority(host_field.strip())
         host = canonical_host(parts[0]) if parts else ""
         if parts is None or not host:

@@ -24,6 +24,8 @@ from test_forward_mode import forward_get, origin_app
 from test_forward_pac import find_proxy
 
 from cacheproxy.config import load_config
+from cacheproxy.proxy.destinations import _close_late
+from cacheproxy.proxy.tunnel import TunnelEnd
 
 # --- a DNS server on loopback that answers A and AAAA as told -----------------------------------
 
@@ -307,3 +309,25 @@ async def test_the_pac_file_of_a_listener_written_long_sends_its_own_pages_direc
     assert head.startswith("HTTP/1.1 200 "), head
     assert find_proxy(script, [f"http://[::1]:{port}/_cacheproxy/",
                                "http://example.com/"]) == ["DIRECT", f"PROXY [::1]:{port}"]
+
+
+async def test_a_losing_attempt_is_closed_without_its_protocol_hearing_of_it():
+    """Happy Eyeballs' losers (connect_first) are closed, but a loser's protocol must not
+    act on it: a CONNECT tunnel's end (TunnelEnd) closes its client when its connection
+    is lost, which would end the tunnel the winning attempt carries."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, client_w = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    try:
+        task = loop.create_task(loop.create_connection(
+            lambda: TunnelEnd(client_w.transport, 60), "127.0.0.1", port))
+        transport, end = await task
+        _close_late(task)
+        await asyncio.sleep(0.05)
+        assert transport.is_closing()
+        assert not client_w.transport.is_closing()  # the client's connection goes on
+        assert not end.closed.done()
+    finally:
+        client_w.close()
+        server.close()

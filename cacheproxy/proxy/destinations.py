@@ -216,7 +216,7 @@ async def connect_first(loop: asyncio.AbstractEventLoop, factory: Callable[[], P
                     failure = exc  # §5: a failure starts the next attempt at once
             if connected:
                 for transport, _ in connected[1:]:
-                    transport.close()
+                    _drop(transport)
                 return connected[0]
         assert failure is not None
         raise failure
@@ -229,4 +229,12 @@ async def connect_first(loop: asyncio.AbstractEventLoop, factory: Callable[[], P
 def _close_late(task: asyncio.Task[tuple[asyncio.BaseTransport, Any]]) -> None:
     """A losing attempt that connected all the same: closed, not leaked."""
     if not task.cancelled() and task.exception() is None:
-        task.result()[0].close()
+        _drop(task.result()[0])
+
+
+def _drop(transport: asyncio.BaseTransport) -> None:
+    """Close a losing attempt's connection without its protocol hearing of it: a tunnel's
+    end (TunnelEnd) closes its client when its connection is lost, which would end the
+    CONNECT the winning attempt carries."""
+    transport.set_protocol(asyncio.Protocol())
+    transport.close()

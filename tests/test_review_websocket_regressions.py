@@ -34,3 +34,23 @@ async def test_a_websocket_open_at_a_graceful_stop_is_logged_once(
     assert (lines[0]["status"], lines[0]["cache"]) == (101, "TUNNEL")
     assert lines[0]["bytes_in"] == 6  # the tunnel's own line, with its bytes
     writer.close()
+
+
+async def test_a_handshake_whose_connection_field_has_two_lines_is_passed_on(
+        proxy: Any, origin: Any) -> None:
+    """RFC 9110 §5.3: field lines of one name are one comma-separated list, the same
+    whether sent as one line or several, and §7.6.1 reads Connection's options from all
+    of them. `Connection: keep-alive` then `Connection: Upgrade` (a client's or a front
+    proxy's way of adding an option) was not taken for a handshake: only the first line
+    was looked at, so the origin got the GET without its Upgrade and answered 400, while
+    `Upgrade: websocket` then `Upgrade: h2c` was taken for one (the second line
+    unseen). HAProxy reads every Connection line. Low: most clients send one line."""
+    seen: list[str] = []
+    client = await proxy(await origin(echo_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(handshake().replace(b"Connection: Upgrade",
+                                     b"Connection: keep-alive\r\nConnection: Upgrade"))
+    status, fields = await read_head(reader)
+    writer.close()
+    assert status == 101 and fields["upgrade"].lower() == "websocket"
+    assert seen == ["GET /ws upgrade=websocket"]

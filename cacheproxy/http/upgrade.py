@@ -26,6 +26,7 @@ def websocket_key(method: str, version: tuple[int, int], fields: Mapping[str, st
     HTTP/1.1 or later, `Upgrade: websocket`, the `upgrade` connection option, one key),
     else None: the request goes on as any other, its Upgrade removed as a hop-by-hop
     field (RFC 9110 §7.8: a server may ignore it; one received in HTTP/1.0 it must).
+    fields: Upgrade and Connection, each with all its lines joined (RFC 9110 §5.3);
     all_values: every Sec-WebSocket-Key field line's value."""
     if method != "GET" or version < (1, 1) or has_body:
         return None

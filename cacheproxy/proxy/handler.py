@@ -372,7 +372,10 @@ def _websocket_key(request: ClientMessage, out: Downstream) -> str | None:
     if switchable is None or not switchable():
         return None
     h = request.headers
-    return websocket_key(request.method, request.version, h,
+    # RFC 9110 §5.3: several lines of a field are one list (`Connection: keep-alive` then
+    # `Connection: Upgrade`), read whole as §7.6.1 reads Connection.
+    joined = {name: ", ".join(h.getall(name, ())) for name in ("Upgrade", "Connection")}
+    return websocket_key(request.method, request.version, joined,
                          h.getall("Sec-WebSocket-Key", ()), request.body_exists)
 
 

@@ -54,3 +54,26 @@ async def test_a_handshake_whose_connection_field_has_two_lines_is_passed_on(
     writer.close()
     assert status == 101 and fields["upgrade"].lower() == "websocket"
     assert seen == ["GET /ws upgrade=websocket"]
+
+
+async def test_a_handshake_pipelined_behind_a_request_is_answered_after_it(
+        proxy: Any, origin: Any) -> None:
+    """README: requests on a connection are answered in order (RFC 9112 §9.3.2). A GET
+    and a WebSocket handshake sent together: the GET was answered with Connection: close
+    and the connection closed, the handshake never answered nor sent on (the parser stops
+    at an upgrade request, and every request queued before it was answered as if it were
+    the last). nginx answers the GET, then switches. Low: browsers do not pipeline, but
+    a client that does loses its WebSocket without an answer."""
+    seen: list[str] = []
+    client = await proxy(await origin(echo_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /page HTTP/1.1\r\nHost: example\r\n\r\n" + handshake())
+    status, fields = await read_head(reader)
+    assert status == 200 and fields.get("connection") != "close"
+    assert await reader.readexactly(int(fields["content-length"])) == b"GET /page"
+    status, fields = await read_head(reader)
+    assert status == 101 and fields["upgrade"].lower() == "websocket"
+    writer.write(b"\x81\x82\x00\x00\x00\x00hi")  # a masked text frame
+    assert await asyncio.wait_for(reader.readexactly(9), 5) == b"\x81\x07echo:hi"
+    writer.close()
+    assert seen == ["GET /page upgrade=None", "GET /ws upgrade=websocket"]

@@ -711,7 +711,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         started = time.perf_counter()
         listener = self.listener
         self._payload = payload
-        self._keep_alive = not (msg.should_close or self._closing or self._upgraded
+        # (The parser stopped at an upgrade request, the last queued: those before it are
+        # answered as usual, in order, RFC 9112 §9.3.2.)
+        self._keep_alive = not (msg.should_close or self._closing
+                                or (self._upgraded and not self._queue)
                                 or (msg.upgrade and msg is not self._upgrade_alone))
         control = msg.method != "CONNECT" and listener.is_control(msg) \
             and self._origin is None and self._for_us(msg)

@@ -5,10 +5,11 @@ fix (or is marked xfail, strict, with the reason it stays)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from support import read_json_log
-from test_websocket import echo_app, handshake, read_head
+from test_websocket import echo_app, handshake, read_head, switching
 
 
 async def test_a_websocket_open_at_a_graceful_stop_is_logged_once(
@@ -77,3 +78,50 @@ async def test_a_handshake_pipelined_behind_a_request_is_answered_after_it(
     assert await asyncio.wait_for(reader.readexactly(9), 5) == b"\x81\x07echo:hi"
     writer.close()
     assert seen == ["GET /page upgrade=None", "GET /ws upgrade=websocket"]
+
+
+async def test_a_big_first_message_with_the_101_leaves_the_client_heard(proxy: Any) -> None:
+    """An origin that sends its first message with its 101 (a snapshot of the state, as
+    dashboards and games do), to a client whose socket does not take it all at once (a
+    slow network: a new connection's send buffer starts at 16 KiB): the bytes were
+    written to the client before the tunnel was in place, so the client's socket filling
+    up paused the client's own reading, as for a pipelined HTTP answer, and nothing
+    resumed it (the tunnel's resume_writing resumes the origin only). The WebSocket went
+    one-way for good: the client's messages, pongs and close frame never reached the
+    origin. Medium: a silent hang on real networks, seen on loopback with a small send
+    buffer."""
+    first = b"\x82\x7f" + (200_000).to_bytes(8, "big") + b"b" * 200_000
+    heard = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(switching(head) + first)
+        data = await reader.read(100)
+        writer.write(b"echo:" + data)
+        await writer.drain()
+        heard.set()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = await proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=1 << 20)
+    try:
+        writer.transport.pause_reading()  # it reads nothing for a while
+        for _ in range(100):
+            if client.server.runner.server.connections:
+                break
+            await asyncio.sleep(0.01)
+        for conn in client.server.runner.server.connections:  # a slow network's buffer
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.write(handshake())
+        await asyncio.sleep(0.5)
+        writer.transport.resume_reading()
+        status, _ = await read_head(reader)
+        assert status == 101
+        assert await asyncio.wait_for(reader.readexactly(len(first)), 5) == first
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(9), 5) == b"echo:ping"
+    finally:
+        writer.transport.abort()
+        server.close()

@@ -239,10 +239,15 @@ class ConnectMethod:
         end = TunnelEnd(client, idle_timeout)
         transport.set_protocol(end)
         end.connection_made(transport)
+        # The tunnel first, then the origin's bytes sent with its 101: a client slow to
+        # take them pauses the origin's reading (the tunnel's flow control), not its own
+        # for good (the connection's, which nothing resumes once it is a tunnel).
+        self._splice(end)
+        transport.resume_reading()
         if early:
             end.data_received(early)
-        transport.resume_reading()
-        self._splice(end)
+        if self._paused:  # the client's socket was full already: the origin waits
+            end.pause()
         self._request = None  # its line is the WebSocket's own (below), at a stop too
         try:
             await end.closed

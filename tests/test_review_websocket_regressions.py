@@ -8,7 +8,7 @@ import asyncio
 import socket
 from typing import Any
 
-from support import read_json_log
+from support import raw_origin, read_json_log
 from test_websocket import echo_app, handshake, read_head, switching
 
 
@@ -125,3 +125,22 @@ async def test_a_big_first_message_with_the_101_leaves_the_client_heard(proxy: A
     finally:
         writer.transport.abort()
         server.close()
+
+
+async def test_a_refused_handshake_gets_its_whole_answer(proxy: Any) -> None:
+    """An origin that does not switch (a 404, a 401 or 403 page, an app's index.html for
+    an unknown path) answers as to any GET, and that answer is relayed (RFC 9110 §7.8).
+    When its body came in a read after its head (a streamed or chunked answer, or one
+    over a socket buffer), the bytes were kept as the new protocol's, as after a 101:
+    the client got the head, then nothing until proxy.read_timeout (60 s), then a close
+    with the body missing. nginx relays such an answer whole. Medium: every refused
+    WebSocket whose refusal is streamed hangs for a minute and ends truncated."""
+    async with raw_origin(lambda head: [
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n", b"not found"]) as port:
+        client = await proxy(f"http://127.0.0.1:{port}", proxy={"read_timeout": 3})
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(handshake())
+        status, fields = await read_head(reader)
+        assert status == 404 and fields["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 2) == b"not found"
+        writer.close()

@@ -354,6 +354,9 @@ class Connection(asyncio.Protocol):
             # such framing (RFC 9113): its length cannot be trusted.
             raise httptools.HttpParserError(
                 f"status line of HTTP/{self._parser.get_http_version()}")
+        # A final answer but a 101 to an upgrade asked for: the origin declined it (RFC
+        # 9110 §7.8), and its body is read as any answer's, not kept for a tunnel.
+        self._switching = False
         self._headed = True
         self.status = status
         version = self._parser.get_http_version()

@@ -11,6 +11,8 @@ from typing import Any
 from support import raw_origin, read_json_log
 from test_websocket import echo_app, handshake, read_head, switching
 
+from cacheproxy.tls.ca import LocalCA
+
 
 async def test_a_websocket_open_at_a_graceful_stop_is_logged_once(
         proxy: Any, origin: Any, tmp_path: Any) -> None:
@@ -144,3 +146,42 @@ async def test_a_refused_handshake_gets_its_whole_answer(proxy: Any) -> None:
         assert status == 404 and fields["connection"] == "close"
         assert await asyncio.wait_for(reader.read(), 2) == b"not found"
         writer.close()
+
+
+async def test_a_wss_origin_that_closes_right_after_its_101_is_relayed(
+        proxy: Any, tmp_path: Any) -> None:
+    """An origin that accepts a WebSocket and at once sends a close frame (an app
+    refusing a token or a full room with close code 4001 or 1008, as many do after the
+    handshake) and closes: over http the client got the 101 and the close frame; over
+    https (a wss upstream, proxy.upstream_ca_file) a 502 "connection closed after its
+    101", since the TLS layer took the close_notify while the connection's reading was
+    paused for the tunnel, and a connection closing was not handed over, its bytes with
+    it. The client lost the close code and reason its app reads, and the log said ERROR
+    for the origin's good answer. nginx relays them. Medium."""
+    ca = LocalCA.load_or_create(tmp_path / "ca")
+    close_frame = b"\x88\x0e\x0f\xa1unauthorized"  # 4001 "unauthorized"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(switching(head) + close_frame)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0,
+                                        ssl=ca.server_context("127.0.0.1"))
+    try:
+        client = await proxy(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                             proxy={"upstream_ca_file": str(ca.cert_path)},
+                             log={"path": str(tmp_path / "r.log")})
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(handshake())
+        status, _ = await read_head(reader)
+        assert status == 101
+        assert await asyncio.wait_for(reader.read(), 3) == close_frame
+        writer.close()
+        await asyncio.sleep(0.2)
+        lines = await read_json_log(client)
+        assert [(line["status"], line["cache"], line["bytes"]) for line in lines] \
+            == [(101, "TUNNEL", len(close_frame))]
+    finally:
+        server.close()

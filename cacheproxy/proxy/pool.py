@@ -423,7 +423,10 @@ class Connection(asyncio.Protocol):
         """After a 101 asked for: the connection leaves the pool (it no longer counts
         against proxy.max_connections: a WebSocket may last for hours) with the bytes
         read after the 101; reading stays paused for whoever takes the transport. None:
-        it closed meanwhile."""
+        it closed meanwhile. One closing is handed over all the same (an origin that
+        sent a close frame and closed at once, whose TLS layer took the close_notify
+        while reading was paused): its bytes are the client's, and its connection_lost
+        is the taker's."""
         transport = self.transport
         self.reusable = False
         for timer in (self.idle_timer, self._read_timer, self._head_timer):
@@ -431,7 +434,7 @@ class Connection(asyncio.Protocol):
                 timer.cancel()
         self.idle_timer = self._read_timer = self._head_timer = None
         self.pool._forget(self)
-        if transport is None or self._closed or transport.is_closing():
+        if transport is None or self._closed:
             return None
         self._closed = True  # (its end is the tunnel's: never this exchange's again)
         early, self._early = self._early, b""

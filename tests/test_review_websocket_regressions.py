@@ -5,9 +5,12 @@ fix (or is marked xfail, strict, with the reason it stays)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from support import raw_origin, read_json_log
 from test_websocket import echo_app, handshake, read_head, switching
 
@@ -185,3 +188,32 @@ async def test_a_wss_origin_that_closes_right_after_its_101_is_relayed(
             == [(101, "TUNNEL", len(close_frame))]
     finally:
         server.close()
+
+
+async def test_a_wss_websocket_the_origin_closes_logs_no_warning(
+        proxy: Any, tmp_path: Any, caplog: Any) -> None:
+    """Over an https upstream, each WebSocket the origin closed (the usual end: it
+    answers the client's close frame, then closes) wrote "WARNING returning true from
+    eof_received() has no effect when using ssl" to the proxy's log: the tunnel kept the
+    connection half-open after the origin's end, which a TLS transport cannot do (it
+    closes anyway). A WARNING for every good WebSocket buries the real ones. Low."""
+    ca = LocalCA.load_or_create(tmp_path / "ca")
+    runner = web.AppRunner(echo_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.server_context("127.0.0.1"))
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        client = await proxy(f"https://127.0.0.1:{port}",
+                             proxy={"upstream_ca_file": str(ca.cert_path)})
+        with caplog.at_level(logging.WARNING):
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(client.make_url("/ws")) as ws:
+                await ws.send_str("x")
+                assert await ws.receive_str(timeout=5) == "echo:x"
+                await ws.close()
+                assert ws.close_code == 1000
+            await asyncio.sleep(0.3)
+        assert "eof_received" not in caplog.text
+    finally:
+        await runner.cleanup()

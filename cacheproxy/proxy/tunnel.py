@@ -52,7 +52,11 @@ class TunnelEnd(asyncio.Protocol):
         # The origin finished sending: the client is told (half-close), and the tunnel
         # stays open for what the client still sends, until it finishes too.
         self._origin_done = True
-        if self._client_done or self.client.is_closing() or not self.client.can_write_eof():
+        # Over TLS (a WebSocket's wss origin) the origin's side closes at its end whatever
+        # this returns (asyncio warns at True): no half-close, the client's side closes too.
+        if self._client_done or self.client.is_closing() or not self.client.can_write_eof() \
+                or (self.transport is not None
+                    and self.transport.get_extra_info("ssl_object") is not None):
             self.client.close()
             return False
         self.client.write_eof()

@@ -19,12 +19,14 @@ PEEK_BYTES = 8192
 # (0x0300 to 0x0304 are accepted, as clients of SSL 3.0 to TLS 1.3 wrote there).
 _HANDSHAKE = 0x16
 # RFC 9112 §3: method SP request-target SP HTTP-version CRLF (empty lines before it are
-# ignored, §2.2); the target is any visible characters here, the parser judges it.
+# ignored, §2.2); the target is any visible characters here, the parser judges it. Only
+# HTTP/1.x: HTTP/2's prior-knowledge preface (`PRI * HTTP/2.0`, RFC 9113 §3.4; plaintext
+# gRPC behind a proxy) looks like a request line, but the HTTP/1 parser cannot serve it.
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
-_REQUEST_LINE = re.compile(rb"[\r\n]*" + _TOKEN + rb"+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r?\n")
+_REQUEST_LINE = re.compile(rb"[\r\n]*" + _TOKEN + rb"+ [\x21-\x7e]+ HTTP/1\.[0-9]\r?\n")
 # A request line cut short: what could still become one with the bytes still to come.
 _BEGUN_LINE = re.compile(
-    rb"[\r\n]*" + _TOKEN + rb"*(?: [\x21-\x7e]*(?: H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]"
+    rb"[\r\n]*" + _TOKEN + rb"*(?: [\x21-\x7e]*(?: H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[0-9]"
     rb"\r?)?)?)?)?)?)?)?)?)?")
 
 

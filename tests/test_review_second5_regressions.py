@@ -1,0 +1,46 @@
+"""Review (second5): a second reader of the merges since 4ae8f52 (the peek of an
+intercepted CONNECT, WebSocket, a trusted front's scheme, keys and purges, status lines,
+Happy Eyeballs). Each test failed on the code it was written against (8f4ba5c), against
+real servers on 127.0.0.1: aiohttp origins and the proxy in front, as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from support import echo_server
+from test_forward_mode import origin_app
+from test_review_peek_regressions import connected, intercepting
+
+from cacheproxy.http.first_bytes import spoken
+
+# RFC 9113 §3.4: the connection preface of HTTP/2 with prior knowledge, then a SETTINGS frame.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+async def test_h2c_prior_knowledge_in_an_intercepted_connect_is_tunnelled(
+        proxy: Any, origin: Any, tmp_path: Path) -> None:
+    """HTTP/2 with prior knowledge (RFC 9113 §3.3) begins with the preface
+    `PRI * HTTP/2.0`, which the peek (http/first_bytes.py) took for an HTTP/1 request
+    line (any HTTP/d.d matched): the connection went to the HTTP/1.1 parser, which cannot
+    serve it, so the client got an error instead of its origin. A gRPC client without TLS
+    behind HTTPS_PROXY (grpc-go, grpc-java) opens exactly this: a CONNECT, then h2c. It
+    is no protocol this proxy serves, so, as the commit says for "anything else", it
+    must be tunnelled untouched (Squid's on_unsupported_protocol tunnel). Severity:
+    medium (every plaintext gRPC/h2c client breaks once interception is on)."""
+    assert spoken(H2_PREFACE) == "other"
+    server, port = await echo_server(upper=True)
+    upstream = await origin(origin_app("upstream"))
+    client = await proxy(upstream, forward=intercepting(port, tmp_path))
+    try:
+        reader, writer = await connected(client.port, port)
+        writer.write(H2_PREFACE + H2_SETTINGS)
+        await writer.drain()
+        sent = H2_PREFACE + H2_SETTINGS
+        got = await asyncio.wait_for(reader.readexactly(len(sent)), 5)
+        writer.close()
+    finally:
+        server.close()
+    assert got == sent.upper()

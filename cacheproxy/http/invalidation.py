@@ -46,8 +46,11 @@ def same_origin_key(target: str, ref: str | None) -> str | None:
     # credentials holds their user ("http://alice@api/..."), which the origin's
     # Location does not.
     base = urlsplit(uri)
-    key = f"{base.scheme}://{base.netloc}" + (parts.path or "/") \
-        + (f"?{parts.query}" if parts.query else "")
+    # An empty query stays one ("/e?" is not "/e", RFC 3986 §6.2.3), as keys keep it;
+    # urlsplit (and urljoin) give "" for it and for none alike.
+    empty_query = not parts.query and "?" in ref.partition("#")[0]
+    query = f"?{parts.query}" if parts.query or empty_query else ""
+    key = f"{base.scheme}://{base.netloc}" + (parts.path or "/") + query
     return key + hash_ + suffix
 
 

@@ -16,6 +16,8 @@ from test_review_keys_regressions import raw_get
 from test_review_peek_regressions import connected, intercepting
 
 from cacheproxy.http.first_bytes import spoken
+from cacheproxy.proxy.destinations import _close_late
+from cacheproxy.proxy.tunnel import TunnelEnd
 
 # RFC 9113 §3.4: the connection preface of HTTP/2 with prior knowledge, then a SETTINGS frame.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -81,3 +83,29 @@ async def test_location_with_an_empty_query_invalidates_that_url(origin: Any, pr
     assert made[0] == 201
     after = await raw_get(c, "/e?", host=host)
     assert (after[1]["x-cache"], after[2] != first[2]) == ("MISS", True)
+
+
+async def test_a_losing_tunnel_attempt_leaves_no_idle_timer_that_aborts_the_client() -> None:
+    """Happy Eyeballs (connect_first, 8d74db9) drops a losing attempt that connected all
+    the same without its protocol hearing of it (53a09ad: a CONNECT's TunnelEnd closed
+    its client at connection_lost). But the loser's TunnelEnd had already armed its idle
+    timer in connection_made, and nothing cancelled it: forward.tunnel_idle_timeout after
+    the connect it fired, found no byte moved on its (dropped) connection and aborted
+    `client`, the winning tunnel's client, busy or not. A dual-stack site whose two
+    addresses answer about together (RTT over the 250 ms attempt delay) had its
+    CONNECT cut at the idle timeout. Severity: low (a timing window; a cut tunnel)."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, client_w = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    try:
+        task = loop.create_task(loop.create_connection(
+            lambda: TunnelEnd(client_w.transport, 0.3), "127.0.0.1", port))
+        transport, _ = await task
+        _close_late(task)
+        await asyncio.sleep(0.8)  # past the loser's idle timeout
+        assert transport.is_closing()
+        assert not client_w.transport.is_closing()  # the winner's client goes on
+    finally:
+        client_w.close()
+        server.close()

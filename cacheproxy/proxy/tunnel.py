@@ -32,6 +32,11 @@ class TunnelEnd(asyncio.Protocol):
         self._timer = self._loop.call_later(self._idle_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
+        if self.transport is not None and self.transport.get_protocol() is not self:
+            # A Happy Eyeballs loser dropped (destinations._drop): its connection is no
+            # tunnel, and the client is the winner's to keep.
+            self._timer = None
+            return
         left = self._moved + self._idle_timeout - self._loop.time()
         if left > 0:
             self._timer = self._loop.call_later(left, self._check_idle)

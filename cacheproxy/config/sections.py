@@ -3,7 +3,9 @@ that involve more than one setting."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,12 +351,27 @@ def _check_admin_apart(admin_listen: str, other: str, name: str) -> None:
     random (admin paths forwarded upstream, proxied ones answered 404); with one process
     the start fails as if another program held it. A wildcard host covers every address."""
     (host, port), (other_host, other_port) = parse_listen(admin_listen), parse_listen(other)
-    if port != 0 and port == other_port and (
-            host == other_host or host in _ANY_ADDRESS or other_host in _ANY_ADDRESS):
+    if port == 0 or port != other_port:
+        return
+    if host == other_host or host in _ANY_ADDRESS or other_host in _ANY_ADDRESS \
+            or _bound(host, port) & _bound(other_host, port):
         raise ConfigError(
             "admin.listen",
             f"must differ from {name} ({other}): the admin API needs an address of its own",
         )
+
+
+def _bound(host: str, port: int) -> frozenset[str]:
+    """The addresses a listener on host binds, as the server's bind resolves it (a name:
+    each address it resolves to, "localhost" 127.0.0.1 and ::1; an IPv6 address in any
+    spelling, RFC 5952's); none when it cannot be told (the bind then says why)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return frozenset()
+    return frozenset(str(ipaddress.ip_address(str(info[4][0]).partition("%")[0]))
+                     for info in infos)
 
 
 def check_forward(forward: ForwardConfig, listen: str) -> None:

@@ -6,16 +6,18 @@ real servers on 127.0.0.1: aiohttp origins and the proxy in front, as elsewhere.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from processes import free_port
-from support import echo_server
+from support import echo_server, raw_origin
 from test_forward_mode import origin_app
 from test_review_keys_regressions import raw_get
 from test_review_peek_regressions import connected, intercepting
+from test_websocket import handshake
 
 from cacheproxy.config import ConfigError, load_config
 from cacheproxy.http.first_bytes import spoken
@@ -147,3 +149,32 @@ def test_admin_listen_on_proxy_listen_spelled_otherwise_is_a_config_error(
                       f'upstream = "http://127.0.0.1:9"\n'
                       f'[admin]\nlisten = "127.0.0.1:{port}"\n')
     assert load_config(config, env={}).admin.listen == f"127.0.0.1:{port}"
+
+
+async def test_a_refused_websocket_handshake_gets_the_origins_whole_answer(proxy: Any
+                                                                          ) -> None:
+    """An origin that does not switch (a page that ignores the Upgrade, RFC 9110 §7.8; a
+    403 from an auth check; a 426) answers as any request, and its answer is relayed
+    (a55e768). But pool.Connection kept every read after the head of an exchange that
+    asked to upgrade for the tunnel (`_switching and _headed`: the 101's new protocol),
+    whatever the status: a body that came in a later read than the head never reached
+    the parser, and the client waited until proxy.read_timeout for an answer cut short.
+    Only a 101 ends the HTTP exchange (RFC 9110 §15.2.2); after any other final answer
+    the bytes are its body. Severity: medium (every WebSocket handshake refused with a
+    page bigger than one read, or sent in two writes, hangs)."""
+    body = b"<h1>Forbidden</h1>" + b"." * 100_000
+    pieces = [b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/html\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body), body]
+    async with raw_origin(lambda head: pieces) as port:
+        client = await proxy(f"http://127.0.0.1:{port}", proxy={"read_timeout": 5})
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        try:
+            writer.write(handshake())
+            started = time.monotonic()
+            data = await asyncio.wait_for(reader.read(), 10)  # (it closes after the answer)
+        finally:
+            writer.close()
+    head, _, got = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert (len(got), got == body) == (len(body), True)
+    assert time.monotonic() - started < 2

@@ -194,10 +194,8 @@ class Connection(asyncio.Protocol):
         if self._head is None:  # nothing asked: an idle connection must stay silent
             self._broken()
             return
-        if self._switching and self._headed and self.status == 101:
-            # The new protocol's (read paused: a read in flight at most). Only after a 101:
-            # after any other final answer the bytes are its body (RFC 9110 §15.2.2).
-            self._early += data
+        if self._switching and self._headed:  # the new protocol's (read paused: a read
+            self._early += data  # in flight at most)
             return
         self._received = True
         if self._complete:  # bytes past the end of the message (RFC 9112 §6.3)
@@ -227,9 +225,8 @@ class Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            if self._switching and self._headed and self.status == 101:
-                # The 101 asked for: the rest is the new protocol's, kept for detach().
-                self._early = data[exc.args[0]:]
+            if self._switching and self._headed:  # the 101 asked for: the rest is the new
+                self._early = data[exc.args[0]:]  # protocol's, kept for detach()
             else:
                 self._fail(_refused("upgrade refused"))
         except httptools.HttpParserError as exc:

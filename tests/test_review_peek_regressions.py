@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ from support import echo_server, read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
 from test_websocket import echo_app, handshake
 
-from cacheproxy.http.first_bytes import spoken
+from cacheproxy.http.first_bytes import PEEK_BYTES, spoken
+from cacheproxy.proxy.peek import peek
 from cacheproxy.tls.ca import LocalCA
 
 
@@ -334,3 +336,72 @@ async def tls_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
                  % (len(body), body))
     await writer.drain()
     writer.close()
+
+
+async def _peeking(client_sends: list[bytes], timeout: float, gap: float = 0.0
+                   ) -> tuple[bytes, int, float, int]:
+    """peek() on a real accepted connection whose client sends client_sends (gap seconds
+    apart; b"" closes its side): what it returned, how often it looked (enough's calls),
+    how long it took, and the socket's low-water mark afterwards."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.Transport] = loop.create_future()
+
+    class Side(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.pause_reading()  # (as connect.py does before peeking)
+            accepted.set_result(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    transport = await accepted
+    looks = 0
+
+    def enough(head: bytes) -> bool:
+        nonlocal looks
+        looks += 1
+        return spoken(head) is not None
+
+    async def send() -> None:
+        for i, data in enumerate(client_sends):
+            if i:
+                await asyncio.sleep(gap)
+            if data:
+                writer.write(data)
+            else:
+                writer.write_eof()
+
+    sender = asyncio.ensure_future(send())
+    began = time.monotonic()
+    try:
+        head = await peek(transport, PEEK_BYTES, enough, timeout)
+        took = time.monotonic() - began
+        lowat = transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET,
+                                                              socket.SO_RCVLOWAT)
+    finally:
+        await sender
+        writer.close()
+        transport.close()
+        server.close()
+    return head, looks, took, lowat
+
+
+async def test_a_client_stalled_mid_request_line_does_not_keep_the_peek_busy():
+    """A client that sends "GET" after the 200 of an intercepted CONNECT and nothing more
+    (a slowloris): the bytes peeked stay readable, so the poller woke at once for them,
+    and the peek looked again every 10 ms for all of client_header_timeout: a wake-up
+    and a recv per 10 ms per such connection (a thousand of them: a core busy, with
+    proxy.max_client_connections at 10,000). The socket's low-water mark makes only a
+    new byte wake it. Severity: low (forward mode with intercept_tls; a local proxy)."""
+    head, looks, took, lowat = await _peeking([b"GET"], timeout=1.0)
+    assert head == b"GET" and took >= 0.9
+    assert looks <= 3, f"{looks} looks in {took:.1f} s"
+    assert lowat == 1  # the transport reads from the first byte again
+
+
+async def test_the_peek_still_sees_the_rest_of_a_line_and_a_close_at_once():
+    head, _, took, lowat = await _peeking(
+        [b"GET / HT", b"TP/1.1\r\nHost: x\r\n\r\n"], timeout=5.0, gap=0.2)
+    assert spoken(head) == "http" and took < 1.0 and lowat == 1
+    head, _, took, lowat = await _peeking([b"GE", b""], timeout=5.0, gap=0.2)
+    assert head == b"GE" and took < 1.0 and lowat == 1  # closed: not held to the timeout

@@ -6,11 +6,18 @@ handshake, the HTTP parser, or a tunnel to the origin.
 
 The transport's own reading is paused meanwhile; readiness is watched on a duplicate of
 its socket (a loop refuses a reader on a descriptor its transport holds), removed from
-the poller before the duplicate is closed (uvloop does so at remove_reader)."""
+the poller before the duplicate is closed (uvloop does so at remove_reader). Bytes
+peeked stay readable, so a client that sent part of a request line would wake the
+poller at once, again and again: the socket's low-water mark (SO_RCVLOWAT, which epoll
+and kqueue honour for TCP) is raised past what came, so only a new byte, the client's
+close or an error wakes it; it is 1 again before the transport reads. (Without it, a
+client that sent "GET" and nothing more cost a wake-up every RETRY_SECONDS for all of
+client_header_timeout: a thousand of them, a core.)"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import Callable
@@ -31,6 +38,7 @@ async def peek(transport: asyncio.Transport, size: int, enough: Callable[[bytes]
     sock = socket.socket(fileno=os.dup(raw.fileno()))
     fd = sock.fileno()
     head = b""
+    lowat = 1  # the socket's low-water mark as set here (shared with the transport's)
     try:
         async with asyncio.timeout(timeout):
             while True:
@@ -41,16 +49,25 @@ async def peek(transport: asyncio.Transport, size: int, enough: Callable[[bytes]
                 finally:
                     loop.remove_reader(fd)
                 try:
-                    head = sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                    seen = sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     continue  # (woken with nothing to read)
                 except OSError:  # a reset: nothing will come
                     return b""
-                if not head or enough(head):
+                if lowat > 1 and len(seen) <= len(head):
+                    return seen  # woken below the mark: the client closed its side
+                head = seen
+                if not head or enough(head) or len(head) >= size:
                     return head  # (b"": the client closed its side)
-                # The bytes stay readable: a reader would be woken at once, again and again.
-                await asyncio.sleep(RETRY_SECONDS)
+                try:  # wake for a new byte only (the ones here stay readable)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(head) + 1)
+                    lowat = len(head) + 1
+                except OSError:  # (no low-water mark here: look again in a while)
+                    await asyncio.sleep(RETRY_SECONDS)
     except TimeoutError:
         return head
     finally:
+        if lowat > 1:
+            with contextlib.suppress(OSError):  # (the transport reads from 1 byte again)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         sock.close()

@@ -36,8 +36,10 @@ def origin_of(scheme: str, host: str) -> str:
     default port (or an empty one) left out; any other port is kept as written."""
     host = host.lower()
     if host.startswith("["):  # IPv6 literal: the port follows "]:"
-        name, _, port = host.partition("]")
-        name, port = name + "]", port.removeprefix(":")
+        name, _, after = host.partition("]")
+        # One address, one key: RFC 5952's form, as browsers send it ("[0:0::1]" is "[::1]").
+        name = f"[{ipv6_text(name[1:])}]"
+        host, port = name + after, after.removeprefix(":")
     else:
         name, _, port = host.partition(":")
     if not port or port == str(default_port(scheme)):

@@ -1,0 +1,82 @@
+"""Findings of a review of today's README sections against what the code does (review-docs3):
+the cache key's spelling rules, proxy.listen with IPv6 and admin.listen's overlap check,
+proxy.trust_forwarded's scheme in the key and the admin purge, the WebSocket handshake's
+Cache-Status. Real proxy in front of an aiohttp origin, both on 127.0.0.1. The tests of a
+defect failed on the code they were written against (0d960eb); those that pin behaviour
+the README words differently say which sentence to change."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+SEEN = web.AppKey("seen", list)
+
+
+def echo_app() -> web.Application:
+    """An origin whose every answer names the request it was made for (its n, the
+    X-Forwarded-* fields it got) and may be stored for a minute; /ws is a WebSocket echo."""
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        if request.path == "/ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str(msg.data)
+            return ws
+        seen.append(request.raw_path)
+        body = json.dumps({"n": len(seen), "raw": request.raw_path,
+                           "xfh": request.headers.get("X-Forwarded-Host"),
+                           "xfp": request.headers.getall("X-Forwarded-Proto", []),
+                           "forwarded": request.headers.get("Forwarded")})
+        return web.Response(text=body, content_type="application/json",
+                            headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app[SEEN] = seen
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+async def raw_get(client: Any, target: str, *fields: str, host: str = "example.test"
+                  ) -> tuple[int, dict[str, str], bytes]:
+    """One GET with exactly this target, Host and fields, on a connection of its own."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close", *fields]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *field_lines = head.decode("latin-1").split("\r\n")
+    out = {}
+    for line in field_lines:
+        name, _, value = line.partition(":")
+        out[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), out, body
+
+
+# -- 1. an IPv6 literal in Host is keyed as written, not compressed ---------------------------
+
+
+async def test_an_ipv6_literal_host_is_keyed_and_forwarded_in_its_compressed_form(
+        origin: Any, proxy: Any) -> None:
+    """README, "Which resource": the Host in the key and in X-Forwarded-Host is "lower-cased
+    and without the scheme's default port, an empty port too (`host:`), and an IPv6 literal
+    in its compressed form". The last was not done: `Host: [0:0::1]:8080` was keyed (and
+    sent upstream as X-Forwarded-Host) as written, so it missed the entry `[::1]:8080`
+    filled, one address under two keys (RFC 4291 §2.2 / RFC 5952: one address; RFC 3986
+    §6.2.2.1 case, §6.2.3 port normalisation; browsers send the compressed form). Routes,
+    CORS and the PAC file already compare the compressed form (0e2f08a, 055ddcb).
+    Severity: low (a miss and a second copy, and an X-Forwarded-Host spelling the origin
+    may not list; never another site's answer)."""
+    c = await proxy(await origin(echo_app()))
+    status, fields, _ = await raw_get(c, "/p", host="[::1]:8080")
+    assert status == 200 and fields["x-cache"] == "MISS"
+    status, fields, _ = await raw_get(c, "/p", host="[0:0::1]:8080")
+    assert status == 200 and fields["x-cache"] == "HIT", fields
+    _, _, body = await raw_get(c, "/q", host="[0:0:0::1]:8080")
+    assert json.loads(body)["xfh"] == "[::1]:8080"

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from cacheproxy.config import load_config
 
 SEEN = web.AppKey("seen", list)
 
@@ -80,3 +83,37 @@ async def test_an_ipv6_literal_host_is_keyed_and_forwarded_in_its_compressed_for
     assert status == 200 and fields["x-cache"] == "HIT", fields
     _, _, body = await raw_get(c, "/q", host="[0:0:0::1]:8080")
     assert json.loads(body)["xfh"] == "[::1]:8080"
+
+
+# -- 2. admin.listen beside an IPv6-only [::] listener ---------------------------------------
+
+
+def test_admin_listen_on_an_ipv4_address_beside_an_ipv6_only_wildcard_is_accepted(
+        tmp_path: Path) -> None:
+    """README: `"[::]:8080"` listens on IPv6 only (as nginx's `listen [::]:8080`), and
+    admin.listen is a config error only on "the same address as proxy.listen ..., however
+    spelled (`localhost` and `127.0.0.1`, a wildcard covering it)". [::] covers no IPv4
+    address (the proxy binds it with IPV6_V6ONLY: 127.0.0.1 on the same port binds
+    beside it), yet proxy.listen = "[::]:P" with admin.listen = "127.0.0.1:P" stopped the
+    start ("must differ from proxy.listen"): "::" was taken as covering every address.
+    The ones that do overlap stay refused. Severity: low (a valid layout refused at start,
+    with a message that contradicts the README)."""
+    empty = tmp_path / "cacheproxy.toml"
+    empty.write_text("")
+
+    def check(listen: str, admin: str) -> str | None:
+        try:
+            load_config(empty, env={}, overrides={
+                "proxy.listen": listen, "admin.listen": admin,
+                "proxy.upstream": "http://127.0.0.1:9"})
+        except Exception as exc:  # ConfigError
+            return str(exc)
+        return None
+
+    assert check("[::]:18080", "127.0.0.1:18080") is None
+    assert check("0.0.0.0:18080", "[::1]:18080") is None
+    for listen, admin in [("[::]:18080", "[::1]:18080"), ("0.0.0.0:18080", "127.0.0.1:18080"),
+                          ("127.0.0.1:18080", "localhost:18080"),
+                          ("[0:0::0]:18080", "[::1]:18080")]:
+        refused = check(listen, admin)
+        assert refused is not None and refused.startswith("admin.listen"), (listen, admin)

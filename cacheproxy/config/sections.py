@@ -342,23 +342,30 @@ def _check_across(config: Config) -> None:
         )
 
 
-_ANY_ADDRESS = frozenset({"0.0.0.0", "::", "*"})
-
-
 def _check_admin_apart(admin_listen: str, other: str, name: str) -> None:
     """admin.listen on the address of another listener: with --workers both bind it with
     SO_REUSEPORT, and the kernel spreads connections over the admin API and the proxy at
     random (admin paths forwarded upstream, proxied ones answered 404); with one process
-    the start fails as if another program held it. A wildcard host covers every address."""
+    the start fails as if another program held it. A wildcard host covers every address of
+    its family: a listener on [::] is IPv6-only (IPV6_V6ONLY, as the proxy binds it), so
+    127.0.0.1:8080 beside [::]:8080 is an address of its own, as 0.0.0.0 is beside [::1]."""
     (host, port), (other_host, other_port) = parse_listen(admin_listen), parse_listen(other)
     if port == 0 or port != other_port:
         return
-    if host == other_host or host in _ANY_ADDRESS or other_host in _ANY_ADDRESS \
-            or _bound(host, port) & _bound(other_host, port):
+    mine, theirs = _bound(host, port), _bound(other_host, port)
+    if host == other_host or "*" in (host, other_host) or mine & theirs \
+            or _covers(mine, theirs) or _covers(theirs, mine):
         raise ConfigError(
             "admin.listen",
             f"must differ from {name} ({other}): the admin API needs an address of its own",
         )
+
+
+def _covers(wildcards: frozenset[str], addresses: frozenset[str]) -> bool:
+    """Whether a wildcard among the first listener's addresses binds one of the second's:
+    0.0.0.0 every IPv4 address, :: every IPv6 one (and no IPv4: IPV6_V6ONLY)."""
+    return ("0.0.0.0" in wildcards and any(":" not in a for a in addresses)) \
+        or ("::" in wildcards and any(":" in a for a in addresses))
 
 
 def _bound(host: str, port: int) -> frozenset[str]:

@@ -117,3 +117,32 @@ def test_admin_listen_on_an_ipv4_address_beside_an_ipv6_only_wildcard_is_accepte
                           ("[0:0::0]:18080", "[::1]:18080")]:
         refused = check(listen, admin)
         assert refused is not None and refused.startswith("admin.listen"), (listen, admin)
+
+
+# -- 3. behind a trusted TLS front, the admin purge of a path misses the https entry -----------
+
+
+async def test_a_path_purge_reaches_the_entries_a_trusted_front_keyed_https(
+        origin: Any, proxy: Any) -> None:
+    """With proxy.trust_forwarded = true the front's scheme is part of the key
+    (`https://host/...`), which is what every entry is keyed by behind a TLS terminator.
+    README, admin API: `purge?url=/max-age` purges "one URL (all variants)", `purge?prefix=`
+    by prefix, and "URLs may be given in full or as a path on the proxy's host". A path
+    was keyed with the listener's own scheme (http) only: the purge answered 404 and the
+    prefix purge {"purged": 0} while https clients went on getting the old page until it
+    expired. An operator purging after a deploy types a path (Varnish's and nginx's purges
+    are by path too). Severity: medium (a purge that silently does not happen)."""
+    c = await proxy(await origin(echo_app()), proxy={"trust_forwarded": True})
+    https = "X-Forwarded-Proto: https"
+    host = f"{c.server.host}:{c.server.port}"  # the purge's path is on the proxy's host
+    for path in ("/a/one", "/a/two"):
+        await raw_get(c, path, https, host=host)
+        _, fields, _ = await raw_get(c, path, https, host=host)
+        assert fields["x-cache"] == "HIT"
+    r = await c.post("/_cacheproxy/purge", params={"url": "/a/one"})
+    assert r.status == 200, await r.text()
+    r = await c.post("/_cacheproxy/purge", params={"prefix": "/a/"})
+    assert (await r.json())["purged"] == 1
+    for path in ("/a/one", "/a/two"):
+        _, fields, _ = await raw_get(c, path, https, host=host)
+        assert fields["x-cache"] == "MISS", path

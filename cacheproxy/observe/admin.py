@@ -232,17 +232,21 @@ class Admin:
             return refusal
         try:
             if "url" in request.query:
-                key = self._key(request, request.query["url"])
-                if self.marks is not None:
-                    self.marks.key(key, time.perf_counter())
-                purged = int(await self.store.delete(key))
-                return _json({"purged": purged, "key": key}, 200 if purged else 404)
+                keys = self._keys(request, request.query["url"])
+                purged = 0
+                for key in keys:
+                    if self.marks is not None:
+                        self.marks.key(key, time.perf_counter())
+                    purged += int(await self.store.delete(key))
+                return _json({"purged": purged, "key": keys[0]}, 200 if purged else 404)
             if "prefix" in request.query:  # "" is no prefix: "clear" empties everything
-                prefix = self._key(request, request.query["prefix"], exact=False)
-                if self.marks is not None:
-                    self.marks.prefix(prefix, time.perf_counter())
-                return _json({"purged": await self.store.delete_prefix(prefix),
-                              "prefix": prefix})
+                prefixes = self._keys(request, request.query["prefix"], exact=False)
+                purged = 0
+                for prefix in prefixes:
+                    if self.marks is not None:
+                        self.marks.prefix(prefix, time.perf_counter())
+                    purged += await self.store.delete_prefix(prefix)
+                return _json({"purged": purged, "prefix": prefixes[0]})
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
         except StoreUnavailable as exc:
@@ -330,7 +334,19 @@ class Admin:
                                     "proxy.pac"]},
                      404)
 
-    def _key(self, request: web.Request, url: str, exact: bool = True) -> str:
+    def _keys(self, request: web.Request, url: str, exact: bool = True) -> list[str]:
+        """The keys a purge of what an operator typed covers: a full URL's one; a path's
+        under both schemes, since behind a trusted TLS front (proxy.trust_forwarded) the
+        entries of https clients are keyed https (RFC 9111 §2: the target URI), and the
+        operator's path names the resource whatever scheme its clients used."""
+        first = self._key(request, url, exact)
+        if not url.startswith("/"):
+            return [first]
+        other = self._key(request, url, exact, "https" if request.scheme == "http" else "http")
+        return [first] if other == first else [first, other]
+
+    def _key(self, request: web.Request, url: str, exact: bool = True,
+             scheme: str | None = None) -> str:
         """A cache key from what an operator typed: a full URL, or a path on this host,
         keyed as the proxy keys a request for it (key_for: the route's upstream, unless
         Host is passed). Raises ValueError for what is neither."""
@@ -348,7 +364,7 @@ class Admin:
             target = parsed.raw_path_qs + ("?" if empty_query else "") + fragment if exact else \
                 url[len(parsed.scheme) + 3 + len(authority):] or "/"
         elif url.startswith("/"):
-            scheme, authority, target = request.scheme, _target_authority(request), url
+            scheme, authority, target = scheme or request.scheme, _target_authority(request), url
         else:
             raise ValueError(f"expected a URL or a path starting with '/', got {url!r}")
         if self.key_for is not None:

@@ -8,6 +8,8 @@ the README words differently say which sentence to change."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -146,3 +148,34 @@ async def test_a_path_purge_reaches_the_entries_a_trusted_front_keyed_https(
     for path in ("/a/one", "/a/two"):
         _, fields, _ = await raw_get(c, path, https, host=host)
         assert fields["x-cache"] == "MISS", path
+
+
+# -- 4. README: the 101 of a WebSocket carries no Cache-Status --------------------------------
+
+
+async def test_a_websocket_101_carries_no_cache_status_but_a_refused_handshake_does(
+        origin: Any, proxy: Any) -> None:
+    """Pins what the code does; README's WebSocket section should be reworded. It says a
+    handshake goes on "past the cache (`Cache-Status: cacheproxy; fwd=bypass`: nothing is
+    looked up or stored)", but the 101 the client gets has no Cache-Status (and its log
+    line's cache_status is ""): only an answer other than 101 (relayed as a pass-through)
+    says `fwd=bypass`. Suggested: "past the cache (nothing is looked up or stored; an
+    answer other than 101 says `Cache-Status: cacheproxy; fwd=bypass`)". Severity: low
+    (documentation)."""
+    c = await proxy(await origin(echo_app()))
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    accept = base64.b64encode(hashlib.sha1(
+        (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+    reader, writer = await asyncio.open_connection(c.server.host, c.server.port)
+    writer.write((f"GET /ws HTTP/1.1\r\nHost: example.test\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 101 ") and accept.encode() in head
+    assert b"cache-status" not in head.lower()
+    # A handshake the origin does not switch for: relayed, and says it bypassed the cache.
+    status, fields, _ = await raw_get(c, "/plain", "Upgrade: websocket",
+                                      "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                                      "Sec-WebSocket-Version: 13")
+    assert status == 200 and fields["cache-status"].startswith("cacheproxy; fwd=bypass")

@@ -179,3 +179,30 @@ async def test_a_websocket_101_carries_no_cache_status_but_a_refused_handshake_d
                                       "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
                                       "Sec-WebSocket-Version: 13")
     assert status == 200 and fields["cache-status"].startswith("cacheproxy; fwd=bypass")
+
+
+# -- 5. README: Forwarded proto= alone is not turned into X-Forwarded-Proto --------------------
+
+
+async def test_a_trusted_forwarded_proto_is_keyed_but_sent_as_x_forwarded_proto_only_if_on(
+        origin: Any, proxy: Any) -> None:
+    """Pins what the code does; README's proxy.trust_forwarded row should be narrowed. It
+    says the front's scheme (X-Forwarded-Proto's last member, "else proto= of the last
+    Forwarded element") is "sent upstream as the one X-Forwarded-Proto value (even with
+    x_forwarded_proto = false)". With x_forwarded_proto = false and a front that sends
+    only `Forwarded: proto=https`, no X-Forwarded-Proto goes upstream (the trusted
+    Forwarded field itself does, unchanged); the key is https's as documented. The "even
+    with x_forwarded_proto = false" holds for a front's X-Forwarded-Proto only.
+    Suggested: "sent upstream as the one X-Forwarded-Proto value (with x_forwarded_proto =
+    false, only when the front sent X-Forwarded-Proto; its Forwarded goes on as it is)".
+    Severity: low (documentation)."""
+    c = await proxy(await origin(echo_app()),
+                    proxy={"trust_forwarded": True, "x_forwarded_proto": False})
+    _, _, body = await raw_get(c, "/f", "Forwarded: for=1.2.3.4;proto=https")
+    seen = json.loads(body)
+    assert seen["xfp"] == [] and seen["forwarded"] == "for=1.2.3.4;proto=https"
+    _, _, body = await raw_get(c, "/x", "X-Forwarded-Proto: https")
+    assert json.loads(body)["xfp"] == ["https"]
+    r = await c.get("/_cacheproxy/entries")
+    keys = [e["key"] for e in (await r.json())["entries"]]
+    assert "https://example.test/f" in keys, keys

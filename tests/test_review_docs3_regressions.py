@@ -141,6 +141,10 @@ async def test_a_path_purge_reaches_the_entries_a_trusted_front_keyed_https(
         await raw_get(c, path, https, host=host)
         _, fields, _ = await raw_get(c, path, https, host=host)
         assert fields["x-cache"] == "HIT"
+    # entries?prefix=/a/ lists them as a purge of the path finds them (both schemes)
+    r = await c.get("/_cacheproxy/entries", params={"prefix": "/a/"})
+    assert sorted(e["key"] for e in (await r.json())["entries"]) == \
+        [f"https://{host}/a/one", f"https://{host}/a/two"]
     r = await c.post("/_cacheproxy/purge", params={"url": "/a/one"})
     assert r.status == 200, await r.text()
     r = await c.post("/_cacheproxy/purge", params={"prefix": "/a/"})

@@ -196,13 +196,18 @@ class Admin:
             return refusal
         try:
             given = request.query.get("prefix", "")
-            prefix = self._key(request, given, exact=False) if given else ""  # "": all
+            # "": all; a path: both schemes' keys, as a purge of it (_keys)
+            prefixes = self._keys(request, given, exact=False) if given else [""]
             limit = min(int(request.query.get("limit", "100")), MAX_LISTED)
         except ValueError as exc:
             return _json({"error": f"bad prefix or limit: {exc}"}, 400)
         now = time.time()
         try:
-            keys = await self.store.keys(prefix, limit)
+            keys: list[str] = []
+            for prefix in prefixes:
+                keys += await self.store.keys(prefix, limit - len(keys))
+                if len(keys) >= limit:
+                    break
         except StoreUnavailable as exc:
             return _unavailable(exc)
         listed = [{"key": key, "variants": [_describe(v, now, False)

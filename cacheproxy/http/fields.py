@@ -29,8 +29,9 @@ def split_list(value: str) -> list[str]:
     return split_quoted(value)
 
 
-def split_quoted(value: str) -> list[str]:
-    """split_list, character by character: for lists with quoted strings."""
+def split_quoted(value: str, sep: str = ",") -> list[str]:
+    """split_list, character by character: for lists with quoted strings (sep: the
+    separator outside them, "," for a list, ";" for RFC 7239's pairs)."""
     items: list[str] = []
     buf: list[str] = []
     quoted = escaped = False
@@ -41,7 +42,7 @@ def split_quoted(value: str) -> list[str]:
             escaped = True
         elif ch == '"':
             quoted = not quoted
-        elif ch == "," and not quoted:
+        elif ch == sep and not quoted:
             items.append("".join(buf).strip())
             buf = []
             continue

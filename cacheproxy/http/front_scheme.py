@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import re
 
-from cacheproxy.http.fields import Headers, split_list
+from cacheproxy.http.fields import Headers, split_list, split_quoted
 
 SCHEMES = frozenset({"http", "https"})
 # RFC 7239 §4: forwarded-pair = token "=" value; value = token / quoted-string.
-_PAIR = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*;?')
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def x_forwarded_proto(values: list[str]) -> str | None:
@@ -38,9 +38,13 @@ def forwarded_proto(values: list[str]) -> str | None:
     elements = split_list(", ".join(values))
     if not elements:
         return None
-    for match in _PAIR.finditer(elements[-1]):
-        if match[1].lower() == "proto":
-            value = match[2].strip()
+    # RFC 7239 §4: forwarded-element = [ forwarded-pair ] *( ";" [ forwarded-pair ] ),
+    # split once and each pair read by itself: a regular expression searched through the
+    # element took O(n²) on a long run of token characters (1.4 s of CPU for 8 KB).
+    for pair in split_quoted(elements[-1], ";"):
+        name, eq, value = pair.partition("=")
+        if eq and _TOKEN.fullmatch(name.strip()) and name.strip().lower() == "proto":
+            value = value.strip()
             if value[:1] == '"':  # a quoted-string (RFC 9110 §5.6.4); unclosed: none
                 if len(value) < 2 or value[-1] != '"':
                     return None

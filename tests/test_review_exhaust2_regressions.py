@@ -7,10 +7,16 @@ The bounds asserted are counts, or times with a wide margin (ten times) either w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from test_review_peek_regressions import connected, raw
+from test_websocket import handshake, read_head, switching
 
 from cacheproxy.http.front_scheme import forwarded_proto
 
@@ -57,3 +63,116 @@ async def test_a_long_forwarded_element_costs_no_quadratic_time(proxy: Any, orig
     assert took < 0.3, f"{took:.2f} s for one request"
     resp = await client.get("/b", headers={"Forwarded": "for=x;proto=https"})
     assert await resp.text() == "https"
+
+
+# --- a tunnel whose client reads nothing ---------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def flooding_origin() -> AsyncIterator[tuple[int, asyncio.Future[float]]]:
+    """An origin that answers a WebSocket handshake with its 101, then sends without end
+    (as fast as it is read) and reads what comes; yields its port and a future set to the
+    time its connection ended."""
+    ended: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def drain_reader() -> None:
+            while await reader.read(65536):
+                pass
+        reading: asyncio.Task[None] | None = None
+        try:
+            writer.write(switching(await reader.readuntil(b"\r\n\r\n")))
+            reading = asyncio.ensure_future(drain_reader())
+            while not reading.done():
+                writer.write(b"\x82\x7e\xff\xff" + bytes(65535))  # binary frames
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if not ended.done():
+                ended.set_result(time.monotonic())
+            if reading is not None:
+                reading.cancel()
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], ended
+    finally:
+        server.close()
+
+
+async def test_a_websocket_whose_client_reads_nothing_is_closed_at_send_timeout(
+        proxy: Any, caplog: Any) -> None:
+    """A WebSocket (or CONNECT) tunnel whose client stops reading while the origin has
+    more to send: the proxy holds what it read for it (up to a read plus the transport's
+    high-water mark, some 300 KB per tunnel), the origin waits, and the tunnel was closed
+    only when no byte moved either way for proxy.websocket_idle_timeout (600 s), which
+    any byte from the client, one every few minutes, kept off for good. So a client
+    holds proxy memory and both sockets for as long as it likes, reading nothing:
+    10,000 such clients (proxy.max_client_connections) hold some 3 GB. An HTTP answer's
+    client that reads nothing is closed at proxy.send_timeout (60 s without progress);
+    nginx closes an upgraded connection the same way (ngx_http_upstream_process_upgraded
+    arms send_timeout on a stalled write to the client). Now the tunnel does too: its
+    client has send_timeout to read some of what waits, whatever it sends meanwhile.
+    Severity: medium (memory and descriptors held without bound by any client that can
+    open a WebSocket, which needs no credentials behind most applications' handshake)."""
+    async with flooding_origin() as (port, ended):
+        client = await proxy(f"http://127.0.0.1:{port}",
+                             proxy={"send_timeout": 0.5, "websocket_idle_timeout": 30.0})
+        reader, writer = await raw(client.port, handshake())
+        status, _ = await read_head(reader)
+        assert status == 101
+        began = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="cacheproxy"):
+            for _ in range(20):  # a byte now and then (a masked frame's first byte), read none
+                if ended.done():
+                    break
+                writer.write(b"\x82")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        writer.close()
+        assert ended.done(), "the tunnel still open after 4 s, its client reading nothing"
+        assert ended.result() - began < 3.0
+    assert "read nothing" in caplog.text
+
+
+async def test_a_websocket_whose_client_reads_slowly_stays_open(proxy: Any) -> None:
+    """The other side of the above: send_timeout is time without progress (nginx's), so
+    a client that reads, however slowly, keeps its WebSocket."""
+    async with flooding_origin() as (port, ended):
+        client = await proxy(f"http://127.0.0.1:{port}",
+                             proxy={"send_timeout": 0.5, "websocket_idle_timeout": 30.0})
+        reader, writer = await raw(client.port, handshake())
+        status, _ = await read_head(reader)
+        assert status == 101
+        got = 0
+        for _ in range(20):  # 2 s, four times send_timeout: 512 KB each 0.1 s (the
+            await asyncio.sleep(0.1)  # kernel's buffers, megabytes, are taken first)
+            for _ in range(8):
+                got += len(await asyncio.wait_for(reader.read(65536), 5))
+        assert not ended.done() and got > 0
+        writer.close()
+
+
+async def test_a_connect_tunnel_whose_client_reads_nothing_is_closed_at_send_timeout(
+        proxy: Any, origin: Any) -> None:
+    """The same for a CONNECT tunnel (forward mode), which forward.tunnel_idle_timeout
+    (600 s) alone closed, and only once neither side sent a byte. Severity: medium, as
+    above."""
+    async with flooding_origin() as (port, ended):
+        client = await proxy(await origin(scheme_app()),
+                             proxy={"send_timeout": 0.5},
+                             forward={"enabled": True, "connect_ports": [port]})
+        _, writer = await connected(client.port, port)
+        writer.write(handshake())  # (the far end's cue to send without end)
+        began = time.monotonic()
+        for _ in range(20):
+            if ended.done():
+                break
+            writer.write(b"x")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        writer.close()
+        assert ended.done(), "the tunnel still open after 4 s, its client reading nothing"
+        assert ended.result() - began < 3.0

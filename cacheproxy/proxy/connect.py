@@ -141,7 +141,8 @@ class ConnectMethod:
                                         answered)
                         return None
                 _, end = await connect_first(
-                    self._loop, lambda: TunnelEnd(client, forward.tunnel_idle_timeout),
+                    self._loop, lambda: TunnelEnd(client, forward.tunnel_idle_timeout,
+                                                   self._timeouts.send),
                     addresses, d.port)
         except (OSError, TimeoutError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
@@ -189,7 +190,13 @@ class ConnectMethod:
             log.info("CONNECT tunnel to %s closed: no byte either way for %ss "
                      "(forward.tunnel_idle_timeout)", outcome.target,
                      self.listener.proxy.config.forward.tunnel_idle_timeout)
+        self._stalled_out(end, f"CONNECT tunnel to {outcome.target}")
         self.close()
+
+    def _stalled_out(self, end: TunnelEnd, what: str) -> None:
+        if end.stalled_out:  # (proxy.send_timeout, as for an HTTP answer's client)
+            log.warning("client %s read nothing for %gs: %s closed", self._remote,
+                        self._timeouts.send, what)
 
     def _splice(self, end: TunnelEnd) -> None:
         """The client's bytes go to end from now on, those sent early first."""
@@ -236,7 +243,7 @@ class ConnectMethod:
         self._started = True
         self._write_head(request.version, 101, reason, headers)
         self._flush_out()  # (the tunnel writes to the transport itself from now on)
-        end = TunnelEnd(client, idle_timeout)
+        end = TunnelEnd(client, idle_timeout, self._timeouts.send)
         transport.set_protocol(end)
         end.connection_made(transport)
         # The tunnel first, then the origin's bytes sent with its 101: a client slow to
@@ -258,6 +265,7 @@ class ConnectMethod:
         if end.idled:
             log.info("WebSocket to %s closed: no byte either way for %ss "
                      "(proxy.websocket_idle_timeout)", request.path, idle_timeout)
+        self._stalled_out(end, f"WebSocket to {request.path}")
 
     def _refuse_connect(self, request: ClientRequest, outcome: Outcome, status: int,
                         reason: str) -> bool:

@@ -1,6 +1,8 @@
 """CONNECT without interception (RFC 9110 §9.3.6): after the 200, bytes go both ways
 untouched until either side closes. Each side's reading pauses while the other side's
-writing is paused, so a slow reader holds at most one socket buffer of the other's data."""
+writing is paused, so a slow reader holds at most one socket buffer of the other's data;
+a client that reads none of it for send_timeout is closed (as nginx closes an upgraded
+connection at send_timeout), however many bytes it sends meanwhile."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import asyncio
 class TunnelEnd(asyncio.Protocol):
     """The origin's side of a tunnel; `client` is the client's transport."""
 
-    def __init__(self, client: asyncio.Transport, idle_timeout: float) -> None:
+    def __init__(self, client: asyncio.Transport, idle_timeout: float,
+                 send_timeout: float | None = None) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.received = 0  # bytes from the origin, sent to the client
@@ -25,6 +28,15 @@ class TunnelEnd(asyncio.Protocol):
         self._idle_timeout = idle_timeout
         self._moved = 0.0  # when a byte last went either way
         self._timer: asyncio.TimerHandle | None = None
+        # The client's socket full (pause): it has send_timeout to read some of what
+        # waits. Its own bytes keep the idle timer off, so without this a client that
+        # reads nothing held what was read for it (a read and a high-water mark, some
+        # 300 KB) and both sockets for as long as it sent a byte now and then.
+        self._send_timeout = send_timeout
+        self._stalled = False
+        self._gone = 0  # bytes the client's transport had handed on at the last look
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self.stalled_out = False  # closed for send_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -68,9 +80,10 @@ class TunnelEnd(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stall_timer = None
         if not self.client.is_closing():
             self.client.close()
         if not self.closed.done():
@@ -110,7 +123,33 @@ class TunnelEnd(asyncio.Protocol):
     def pause(self) -> None:  # the client's socket is full
         if self.transport is not None:
             self.transport.pause_reading()
+        self._stalled = True
+        if self._send_timeout is not None and self._stall_timer is None:
+            self._gone = self._handed_on()
+            self._stall_timer = self._loop.call_later(self._send_timeout,
+                                                      self._check_stalled)
 
     def resume(self) -> None:
+        self._stalled = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _handed_on(self) -> int:
+        """Bytes for the client its transport has handed to the kernel (read, or on
+        their way): what progress is measured by, as client_conn's send_timeout does."""
+        return self.received - self.client.get_write_buffer_size()
+
+    def _check_stalled(self) -> None:
+        self._stall_timer = None
+        if not self._stalled or self._send_timeout is None or self.transport is None \
+                or self.transport.get_protocol() is not self or self.client.is_closing():
+            return  # (it read enough to resume, or the tunnel is ending)
+        gone = self._handed_on()
+        if gone > self._gone:  # it reads, slowly: send_timeout counts from now
+            self._gone = gone
+            self._stall_timer = self._loop.call_later(self._send_timeout,
+                                                      self._check_stalled)
+            return
+        self.stalled_out = True
+        self.client.abort()  # (what it did not read is dropped, as for an HTTP answer)
+        self.transport.abort()

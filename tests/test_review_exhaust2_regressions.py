@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import web
+from support import until
 from test_review_peek_regressions import connected, raw
 from test_websocket import handshake, read_head, switching
 
@@ -176,3 +180,102 @@ async def test_a_connect_tunnel_whose_client_reads_nothing_is_closed_at_send_tim
         writer.close()
         assert ended.done(), "the tunnel still open after 4 s, its client reading nothing"
         assert ended.result() - began < 3.0
+
+
+# --- Happy Eyeballs: a name with many addresses, none answering ---------------------------------
+
+
+class ManyAddresses(asyncio.DatagramProtocol):
+    """A DNS server on 127.0.0.1 (RFC 1035 over UDP) answering every name with the A
+    records of addresses (AAAA: none)."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
+        question = data[12:end]
+        qtype = struct.unpack("!H", question[-4:-2])[0]
+        records = self.addresses if qtype == 1 else []
+        answer = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
+                          + socket.inet_aton(a) for a in records)
+        self.transport.sendto(  # type: ignore[attr-defined]
+            data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, len(records), 0, 0)
+            + question + answer, addr)
+
+
+@contextlib.contextmanager
+def dropping_syns() -> Iterator[int]:
+    """A port on every loopback address (127.0.0.0/8) that takes no connection and refuses
+    none: a listener whose accept queue is full, so the kernel drops each new SYN (a host
+    that is down, a firewall that drops). Yields the port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held: list[socket.socket] = []
+    try:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(2):  # fill the queue (backlog 0 takes one)
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            held.append(filler)
+        time.sleep(0.1)
+        yield port
+    finally:
+        for sock in (*held, listener):
+            sock.close()
+
+
+def connecting_to(port: int) -> int:
+    """How many sockets of this machine are connecting to port (SYN sent, no answer)."""
+    out = subprocess.run(["ss", "-Htn", "state", "syn-sent", f"dport = :{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
+async def test_a_name_with_many_silent_addresses_gets_a_bounded_number_of_attempts(
+        proxy: Any, origin: Any) -> None:
+    """Happy Eyeballs (connect_first, RFC 8305 §5) started the next of a name's addresses
+    every 250 ms and kept every attempt before it going: a name whose 25 addresses take
+    no connection (hosts that are down, a firewall that drops, or a DNS answer made for
+    it: any client in forward mode names the host) held twelve sockets for one CONNECT
+    over a 3 s proxy.connect_timeout, twenty over the default 5 s, a SYN sent to each
+    address and resent. Descriptors and the kernel's half-open connections grow with
+    the number of addresses times the clients (10,000 per process), and the proxy
+    sprays SYNs at addresses a client chose. curl caps its concurrent attempts at 6
+    (cf-ip-happy, closing the oldest first); Squid bounds the attempts per request
+    (forward_max_tries 25) and offers happy_eyeballs_connect_limit. Now at most 6
+    attempts are under way at once: the oldest is given up for the next. Severity: low
+    (forward mode; bounded per request by connect_timeout, but 20 times what one
+    connection should cost)."""
+    addresses = [f"127.1.0.{i}" for i in range(1, 26)]
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: ManyAddresses(addresses), local_addr=("127.0.0.1", 0))
+    dns = transport.get_extra_info("sockname")[1]
+    try:
+        with dropping_syns() as port:
+            client = await proxy(await origin(scheme_app()), proxy={"connect_timeout": 3.0},
+                                 forward={"enabled": True, "connect_ports": [port],
+                                          "resolver": [f"127.0.0.1:{dns}"],
+                                          "allow_hosts": ["many.example"]})
+            before = connecting_to(port)  # (the filler the queue had no room for)
+            reader, writer = await raw(client.port, f"CONNECT many.example:{port} HTTP/1.1"
+                                       f"\r\nHost: many.example:{port}\r\n\r\n".encode())
+            answered = asyncio.ensure_future(read_head(reader))
+            most = 0
+            while not answered.done():
+                most = max(most, connecting_to(port) - before)
+                await asyncio.sleep(0.05)
+            status, _ = answered.result()
+            writer.close()
+            assert await until(lambda: connecting_to(port) == before)  # (none left)
+    finally:
+        transport.close()
+    assert status == 504
+    assert most >= 4  # (the attempts overlap: Happy Eyeballs is still there)
+    assert most <= 6, f"{most} attempts at once for one CONNECT"

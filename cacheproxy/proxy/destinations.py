@@ -174,6 +174,10 @@ async def resolved(loop: asyncio.AbstractEventLoop, host: str, port: int) -> lis
 # RFC 8305 §5: the Connection Attempt Delay, its recommended value: the next address is
 # tried when the one before has neither connected nor failed by then.
 ATTEMPT_DELAY = 0.25
+# At most this many attempts under way at once, the oldest given up for the next (curl's
+# cf-ip-happy limit): every attempt kept until connect_timeout held a socket per 250 ms,
+# twenty for a name whose many addresses drop SYNs (any name a forward client asks for).
+MAX_ATTEMPTS = 6
 
 
 def interleaved(addresses: list[str]) -> list[str]:
@@ -194,20 +198,28 @@ async def connect_first(loop: asyncio.AbstractEventLoop, factory: Callable[[], P
     to as they are, not by a name looked up again); the last failure's OSError if none
     does. Happy Eyeballs (RFC 8305 §5): an address that neither answers nor fails within
     ATTEMPT_DELAY (an IPv6 route that drops packets) does not hold the next one back for
-    the whole connect timeout; the attempts overlap and the first connected wins."""
+    the whole connect timeout; the attempts overlap (MAX_ATTEMPTS at most) and the first
+    connected wins."""
     if len(addresses) == 1:
         return await loop.create_connection(factory, addresses[0], port, **options)
     waiting = interleaved(addresses)
-    attempts: set[asyncio.Task[tuple[asyncio.BaseTransport, P]]] = set()
+    # (A dict: the attempts in the order they began, the oldest first.)
+    attempts: dict[asyncio.Task[tuple[asyncio.BaseTransport, P]], None] = {}
     failure: OSError | None = None
     try:
         while waiting or attempts:
             if waiting:
-                attempts.add(loop.create_task(
-                    loop.create_connection(factory, waiting.pop(0), port, **options)))
-            done, attempts = await asyncio.wait(
+                if len(attempts) >= MAX_ATTEMPTS:
+                    oldest = next(iter(attempts))
+                    del attempts[oldest]
+                    _give_up(oldest)
+                attempts[loop.create_task(
+                    loop.create_connection(factory, waiting.pop(0), port, **options))] = None
+            done, _ = await asyncio.wait(
                 attempts, timeout=ATTEMPT_DELAY if waiting else None,
                 return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                del attempts[task]
             connected = [t.result() for t in done if t.exception() is None]
             for task in done:
                 if (exc := task.exception()) is not None:
@@ -222,8 +234,12 @@ async def connect_first(loop: asyncio.AbstractEventLoop, factory: Callable[[], P
         raise failure
     finally:
         for task in attempts:  # the others, still connecting: never used
-            task.cancel()
-            task.add_done_callback(_close_late)
+            _give_up(task)
+
+
+def _give_up(task: asyncio.Task[tuple[asyncio.BaseTransport, Any]]) -> None:
+    task.cancel()
+    task.add_done_callback(_close_late)
 
 
 def _close_late(task: asyncio.Task[tuple[asyncio.BaseTransport, Any]]) -> None:

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import socket
+import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,71 @@ async def echo_server(upper: bool = False) -> tuple[asyncio.AbstractServer, int]
 
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+def dns_reply(query: bytes, a: tuple[str, ...] = (), aaaa: tuple[str, ...] = ()
+              ) -> tuple[str, bytes]:
+    """The name a DNS query (RFC 1035 §4.1) asks about, and the reply that resolves it to
+    the A records `a` (an A question) or the AAAA records `aaaa` (RFC 3596), none for any
+    other type: what the test nameservers on loopback answer."""
+    end = query.index(b"\x00", 12) + 5  # the question: its name, type and class
+    question, labels, i = query[12:end], [], 0
+    while question[i]:
+        labels.append(question[i + 1:i + 1 + question[i]].decode())
+        i += question[i] + 1
+    qtype = struct.unpack("!H", question[-4:-2])[0]
+    family, rtype, size, records = (socket.AF_INET, 1, 4, a) if qtype == 1 else \
+        (socket.AF_INET6, 28, 16, aaaa) if qtype == 28 else (socket.AF_INET, 1, 4, ())
+    answer = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, size)
+                      + socket.inet_pton(family, address) for address in records)
+    return ".".join(labels), (query[:2] + b"\x81\x80"
+                              + struct.pack("!HHHH", 1, len(records), 0, 0)
+                              + question + answer)
+
+
+async def raw_get(client: Any, target: str, *fields: str, method: str = "GET",
+                  host: str = "example.test") -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly this target, Host and fields (as aiohttp's client would
+    not write them), on a connection of its own: the status, the fields (lower-cased
+    names), the body."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close", *fields]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *field_lines = head.decode("latin-1").split("\r\n")
+    fields_out = {}
+    for line in field_lines:
+        name, _, value = line.partition(":")
+        fields_out[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), fields_out, body
+
+
+@contextlib.contextmanager
+def dropping_syns(host: str = "0.0.0.0", port: int = 0, reach: str = "127.0.0.1"
+                  ) -> Iterator[int]:
+    """A port on host that takes no connection and refuses none: a listener whose accept
+    queue is full (filled through reach), so the kernel drops each new SYN, as from a
+    host that is down, a firewall that drops, or an IPv6 route that leads nowhere (an
+    IPv6 host is bound IPv6-only: the IPv4 port stays free). Yields the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    held: list[socket.socket] = []
+    try:
+        listener.bind((host, port))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(2):  # fill the queue (backlog 0 takes one)
+            filler = socket.socket(family, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect((reach, port))
+            held.append(filler)
+        time.sleep(0.1)
+        yield port
+    finally:
+        for sock in (*held, listener):
+            sock.close()

@@ -14,55 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from support import raw_get
+from test_review_keys_regressions import echo_app
 
 from cacheproxy.config import load_config
-
-SEEN = web.AppKey("seen", list)
-
-
-def echo_app() -> web.Application:
-    """An origin whose every answer names the request it was made for (its n, the
-    X-Forwarded-* fields it got) and may be stored for a minute; /ws is a WebSocket echo."""
-    seen: list[str] = []
-
-    async def echo(request: web.Request) -> web.StreamResponse:
-        if request.path == "/ws":
-            ws = web.WebSocketResponse()
-            await ws.prepare(request)
-            async for msg in ws:
-                await ws.send_str(msg.data)
-            return ws
-        seen.append(request.raw_path)
-        body = json.dumps({"n": len(seen), "raw": request.raw_path,
-                           "xfh": request.headers.get("X-Forwarded-Host"),
-                           "xfp": request.headers.getall("X-Forwarded-Proto", []),
-                           "forwarded": request.headers.get("Forwarded")})
-        return web.Response(text=body, content_type="application/json",
-                            headers={"Cache-Control": "max-age=60"})
-
-    app = web.Application()
-    app[SEEN] = seen
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-async def raw_get(client: Any, target: str, *fields: str, host: str = "example.test"
-                  ) -> tuple[int, dict[str, str], bytes]:
-    """One GET with exactly this target, Host and fields, on a connection of its own."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Connection: close", *fields]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *field_lines = head.decode("latin-1").split("\r\n")
-    out = {}
-    for line in field_lines:
-        name, _, value = line.partition(":")
-        out[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), out, body
-
 
 # -- 1. an IPv6 literal in Host is keyed as written, not compressed ---------------------------
 

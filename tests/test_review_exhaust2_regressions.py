@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from support import until
+from support import dns_reply, dropping_syns, until
 from test_review_peek_regressions import connected, raw
 from test_websocket import handshake, read_head, switching
 
@@ -196,39 +194,8 @@ class ManyAddresses(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
-        question = data[12:end]
-        qtype = struct.unpack("!H", question[-4:-2])[0]
-        records = self.addresses if qtype == 1 else []
-        answer = b"".join(b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
-                          + socket.inet_aton(a) for a in records)
-        self.transport.sendto(  # type: ignore[attr-defined]
-            data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, len(records), 0, 0)
-            + question + answer, addr)
-
-
-@contextlib.contextmanager
-def dropping_syns() -> Iterator[int]:
-    """A port on every loopback address (127.0.0.0/8) that takes no connection and refuses
-    none: a listener whose accept queue is full, so the kernel drops each new SYN (a host
-    that is down, a firewall that drops). Yields the port."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    held: list[socket.socket] = []
-    try:
-        listener.bind(("0.0.0.0", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(2):  # fill the queue (backlog 0 takes one)
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            held.append(filler)
-        time.sleep(0.1)
-        yield port
-    finally:
-        for sock in (*held, listener):
-            sock.close()
+        _, reply = dns_reply(data, a=tuple(self.addresses))
+        self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
 
 def connecting_to(port: int) -> int:

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from support import raw_origin, read_json_log
+from support import dns_reply, raw_origin, read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
 from test_review_forward_regressions import _intercepted
 
@@ -41,19 +41,9 @@ class Nameserver(asyncio.DatagramProtocol):
 
 
 def loopback_answer(query: bytes) -> tuple[str, bytes]:
-    """The name a DNS query (RFC 1035 §4.1) asks about, and the reply that resolves it to
-    127.0.0.1 (an A record; an AAAA question gets no answer record)."""
-    end = query.index(b"\x00", 12) + 5  # the question: its name, type and class
-    question, labels, i = query[12:end], [], 0
-    while question[i]:
-        labels.append(question[i + 1:i + 1 + question[i]].decode())
-        i += question[i] + 1
-    qtype = struct.unpack("!H", question[-4:-2])[0]
-    answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("127.0.0.1")
-              if qtype == 1 else b"")
-    return ".".join(labels), (query[:2] + b"\x81\x80"
-                              + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
-                              + question + answer)
+    """The name a DNS query asks about, and the reply that resolves it to 127.0.0.1 (an A
+    record; an AAAA question gets no answer record)."""
+    return dns_reply(query, a=("127.0.0.1",))
 
 
 @pytest.fixture

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from processes import clean_env
+from support import dns_reply, dropping_syns
 from test_forward_mode import forward_get, origin_app
 from test_forward_pac import find_proxy
 
@@ -41,19 +41,9 @@ class Nameserver(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        end = data.index(b"\x00", 12) + 5  # the question: its name, type and class
-        question = data[12:end]
-        qtype = struct.unpack("!H", question[-4:-2])[0]
-        answer = b""
-        if qtype == 1 and self.a:
-            answer = (b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4)
-                      + socket.inet_pton(socket.AF_INET, self.a))
-        elif qtype == 28 and self.aaaa:
-            answer = (b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 60, 16)
-                      + socket.inet_pton(socket.AF_INET6, self.aaaa))
-        self.transport.sendto(  # type: ignore[attr-defined]
-            data[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1 if answer else 0, 0, 0)
-            + question + answer, addr)
+        _, reply = dns_reply(data, a=(self.a,) if self.a else (),
+                             aaaa=(self.aaaa,) if self.aaaa else ())
+        self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
 
 @contextlib.asynccontextmanager
@@ -64,30 +54,6 @@ async def nameserver(a: str | None, aaaa: str | None) -> AsyncIterator[int]:
         yield transport.get_extra_info("sockname")[1]
     finally:
         transport.close()
-
-
-@contextlib.contextmanager
-def blackhole_v6(port: int) -> Iterator[None]:
-    """[::1]:port takes no connection and refuses none: a listener whose accept queue is
-    full, so the kernel drops each new SYN (as a firewall that drops, or an IPv6 route that
-    leads nowhere, the common broken-IPv6 network). 127.0.0.1:port is left free."""
-    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    held: list[socket.socket] = []
-    try:
-        listener.bind(("::1", port))
-        listener.listen(0)
-        for _ in range(2):  # fill the queue (backlog 0 takes one)
-            filler = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("::1", port))
-            held.append(filler)
-        time.sleep(0.1)
-        yield
-    finally:
-        for sock in (*held, listener):
-            sock.close()
 
 
 # --- forward mode: a name with A and AAAA, the AAAA unreachable ----------------------------------
@@ -109,7 +75,7 @@ async def test_a_name_whose_ipv6_address_drops_connections_is_reached_over_ipv4(
         client = await proxy(f"http://127.0.0.1:{site.port}", proxy={"connect_timeout": 3.0},
                              forward={"enabled": True, "resolver": [f"127.0.0.1:{dns}"],
                                       "allow_hosts": ["dual.example"]})
-        with blackhole_v6(site.port):
+        with dropping_syns("::1", site.port, "::1"):
             started = time.monotonic()
             status, _, body = await forward_get(client.port, f"http://dual.example:{site.port}/a")
             took = time.monotonic() - started
@@ -311,23 +277,33 @@ async def test_the_pac_file_of_a_listener_written_long_sends_its_own_pages_direc
                                "http://example.com/"]) == ["DIRECT", f"PROXY [::1]:{port}"]
 
 
-async def test_a_losing_attempt_is_closed_without_its_protocol_hearing_of_it():
-    """Happy Eyeballs' losers (connect_first) are closed, but a loser's protocol must not
-    act on it: a CONNECT tunnel's end (TunnelEnd) closes its client when its connection
-    is lost, which would end the tunnel the winning attempt carries."""
+@contextlib.asynccontextmanager
+async def dropped_loser(idle_timeout: float
+                        ) -> AsyncIterator[tuple[asyncio.Transport, TunnelEnd, asyncio.Transport]]:
+    """A Happy Eyeballs loser as connect_first drops it (_close_late): a TunnelEnd whose
+    connection connected, for the client of another (winning) tunnel. Yields the
+    loser's transport, its TunnelEnd and that client's transport."""
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     _, client_w = await asyncio.open_connection("127.0.0.1", port)
     loop = asyncio.get_running_loop()
     try:
         task = loop.create_task(loop.create_connection(
-            lambda: TunnelEnd(client_w.transport, 60), "127.0.0.1", port))
+            lambda: TunnelEnd(client_w.transport, idle_timeout), "127.0.0.1", port))
         transport, end = await task
         _close_late(task)
-        await asyncio.sleep(0.05)
-        assert transport.is_closing()
-        assert not client_w.transport.is_closing()  # the client's connection goes on
-        assert not end.closed.done()
+        yield transport, end, client_w.transport  # type: ignore[misc]
     finally:
         client_w.close()
         server.close()
+
+
+async def test_a_losing_attempt_is_closed_without_its_protocol_hearing_of_it():
+    """Happy Eyeballs' losers (connect_first) are closed, but a loser's protocol must not
+    act on it: a CONNECT tunnel's end (TunnelEnd) closes its client when its connection
+    is lost, which would end the tunnel the winning attempt carries."""
+    async with dropped_loser(60) as (transport, end, client):
+        await asyncio.sleep(0.05)
+        assert transport.is_closing()
+        assert not client.is_closing()  # the client's connection goes on
+        assert not end.closed.done()

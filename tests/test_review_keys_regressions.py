@@ -8,7 +8,6 @@ or what nginx / Varnish do) and how severe it is."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import proxy_for_toml
+from support import proxy_for_toml, raw_get
 
 from cacheproxy.config import load_config
 from cacheproxy.proxy.quick import QuickHits
@@ -27,13 +26,22 @@ SEEN = web.AppKey("seen", list)
 
 def echo_app() -> web.Application:
     """An origin whose every answer names the request it was made for (so a wrong hit
-    shows) and may be stored for a minute."""
+    shows: its target and the forwarding fields it got) and may be stored for a minute;
+    /ws is a WebSocket echo."""
     seen: list[str] = []
 
-    async def echo(request: web.Request) -> web.Response:
+    async def echo(request: web.Request) -> web.StreamResponse:
+        if request.path == "/ws":
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str(msg.data)
+            return ws
         seen.append(request.raw_path)
         body = json.dumps({"n": len(seen), "method": request.method, "raw": request.raw_path,
-                           "xfh": request.headers.get("X-Forwarded-Host")})
+                           "xfh": request.headers.get("X-Forwarded-Host"),
+                           "xfp": request.headers.getall("X-Forwarded-Proto", []),
+                           "forwarded": request.headers.get("Forwarded")})
         return web.Response(text=body, content_type="application/json",
                             headers={"Cache-Control": "max-age=60"})
 
@@ -42,23 +50,6 @@ def echo_app() -> web.Application:
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
-
-async def raw_get(client: Any, target: str, *fields: str, method: str = "GET",
-                  host: str = "example.test") -> tuple[int, dict[str, str], bytes]:
-    """One request with exactly this target and these fields, on a connection of its own:
-    the status, the fields (lower-cased names), the body."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Connection: close", *fields]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *field_lines = head.decode("latin-1").split("\r\n")
-    fields_out = {}
-    for line in field_lines:
-        name, _, value = line.partition(":")
-        fields_out[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), fields_out, body
 
 
 # -- 1. the admin purge of a URL with an empty query purges another URL ------------------

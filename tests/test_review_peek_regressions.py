@@ -20,7 +20,7 @@ from browser import chromium
 from processes import start_serve, stop
 from support import echo_server, read_json_log
 from test_forward_mode import forward_get, head_and_body, origin_app, raw
-from test_websocket import echo_app, handshake
+from test_websocket import browser_echo, echo_app, handshake
 
 from cacheproxy.http.first_bytes import PEEK_BYTES, spoken
 from cacheproxy.proxy.peek import peek
@@ -217,13 +217,7 @@ async def test_chromium_opens_a_ws_websocket_with_interception_on(
                         "--proxy-bypass-list=<-loopback>") as browser:
         tab = await browser.new_page()
         await tab.goto(f"http://localhost:{site.port}/index.html")
-        got = await tab.evaluate("""url => new Promise((resolve, reject) => {
-            const ws = new WebSocket(url);
-            ws.onopen = () => ws.send("from chromium");
-            ws.onmessage = e => { resolve(e.data); ws.close(); };
-            ws.onerror = () => reject(new Error("websocket error"));
-            setTimeout(() => reject(new Error("timeout")), 5000);
-        })""", f"ws://localhost:{site.port}/ws")
+        got = await browser_echo(tab, f"ws://localhost:{site.port}/ws")
     assert got == "echo:from chromium"
 
 

@@ -13,16 +13,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from processes import free_port
-from support import echo_server, raw_origin
+from support import echo_server, raw_get, raw_origin
 from test_forward_mode import origin_app
-from test_review_keys_regressions import raw_get
+from test_review_ipv6_regressions import dropped_loser
 from test_review_peek_regressions import connected, intercepting
 from test_websocket import handshake
 
 from cacheproxy.config import ConfigError, load_config
 from cacheproxy.http.first_bytes import spoken
-from cacheproxy.proxy.destinations import _close_late
-from cacheproxy.proxy.tunnel import TunnelEnd
 
 # RFC 9113 §3.4: the connection preface of HTTP/2 with prior knowledge, then a SETTINGS frame.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -99,21 +97,10 @@ async def test_a_losing_tunnel_attempt_leaves_no_idle_timer_that_aborts_the_clie
     `client`, the winning tunnel's client, busy or not. A dual-stack site whose two
     addresses answer about together (RTT over the 250 ms attempt delay) had its
     CONNECT cut at the idle timeout. Severity: low (a timing window; a cut tunnel)."""
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    _, client_w = await asyncio.open_connection("127.0.0.1", port)
-    loop = asyncio.get_running_loop()
-    try:
-        task = loop.create_task(loop.create_connection(
-            lambda: TunnelEnd(client_w.transport, 0.3), "127.0.0.1", port))
-        transport, _ = await task
-        _close_late(task)
+    async with dropped_loser(0.3) as (transport, _, client):
         await asyncio.sleep(0.8)  # past the loser's idle timeout
         assert transport.is_closing()
-        assert not client_w.transport.is_closing()  # the winner's client goes on
-    finally:
-        client_w.close()
-        server.close()
+        assert not client.is_closing()  # the winner's client goes on
 
 
 @pytest.mark.parametrize("proxy_host,admin_host", [

@@ -11,54 +11,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_upstream_pool import RawOrigin, raw_origin
 
 # A connection's script: (request head, index of the request on its connection) -> the
 # answer's pieces, each written 0.05 s after the one before (reads the proxy gets apart).
 Script = Callable[[bytes, int], list[bytes]]
 
 
-class PiecesOrigin:
-    """Counts connections; each keep-alive connection answers by the script."""
+def pieces_origin(script: Script) -> contextlib.AbstractAsyncContextManager[RawOrigin]:
+    """An origin that counts its connections; each keep-alive connection answers by the
+    script (test_upstream_pool's RawOrigin, which writes a list's pieces apart)."""
+    async def run(head: bytes, index: int) -> list[bytes]:
+        return script(head, index)
 
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.port = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            index = 0
-            while True:
-                pieces = self.script(await reader.readuntil(b"\r\n\r\n"), index)
-                index += 1
-                for i, piece in enumerate(pieces):
-                    if i:
-                        await asyncio.sleep(0.05)
-                    writer.write(piece)
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-@contextlib.asynccontextmanager
-async def pieces_origin(script: Script) -> AsyncIterator[PiecesOrigin]:
-    origin = PiecesOrigin(script)
-    server = await asyncio.start_server(origin.serve, "127.0.0.1", 0)
-    origin.port = server.sockets[0].getsockname()[1]
-    try:
-        yield origin
-    finally:
-        server.close()
+    return raw_origin(run)
 
 
 async def _raw_get(port: int, path: str) -> bytes:

@@ -118,6 +118,17 @@ async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
         return True
 
 
+async def browser_echo(tab: Any, url: str) -> str:
+    """What a page's WebSocket to url gets back for "from chromium" (Playwright's tab)."""
+    return await tab.evaluate("""url => new Promise((resolve, reject) => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => ws.send("from chromium");
+        ws.onmessage = e => { resolve(e.data); ws.close(); };
+        ws.onerror = () => reject(new Error("websocket error"));
+        setTimeout(() => reject(new Error("timeout")), 5000);
+    })""", url)
+
+
 # -- the rules, sans I/O ------------------------------------------------------------------
 
 def test_the_accept_value_is_rfc_6455s_example() -> None:
@@ -345,13 +356,7 @@ async def test_chromium_opens_a_websocket_through_the_proxy(proxy: Any, origin: 
     async with chromium() as browser:
         tab = await browser.new_page()
         await tab.goto(str(client.make_url("/index.html")))
-        got = await tab.evaluate("""url => new Promise((resolve, reject) => {
-            const ws = new WebSocket(url);
-            ws.onopen = () => ws.send("from chromium");
-            ws.onmessage = e => { resolve(e.data); ws.close(); };
-            ws.onerror = () => reject(new Error("websocket error"));
-            setTimeout(() => reject(new Error("timeout")), 5000);
-        })""", str(client.make_url("/ws")).replace("http://", "ws://"))
+        got = await browser_echo(tab, str(client.make_url("/ws")).replace("http://", "ws://"))
         assert got == "echo:from chromium"
 
 

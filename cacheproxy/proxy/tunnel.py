@@ -28,12 +28,11 @@ class TunnelEnd(asyncio.Protocol):
         self._idle_timeout = idle_timeout
         self._moved = 0.0  # when a byte last went either way
         self._timer: asyncio.TimerHandle | None = None
-        # The client's socket full (pause): it has send_timeout to read some of what
-        # waits. Its own bytes keep the idle timer off, so without this a client that
-        # reads nothing held what was read for it (a read and a high-water mark, some
-        # 300 KB) and both sockets for as long as it sent a byte now and then.
+        # Bytes waiting for the client (its socket full): it has send_timeout to read
+        # some of them. Its own bytes keep the idle timer off, so without this a client
+        # that reads nothing held what was read for it (a read and a high-water mark,
+        # some 300 KB) and both sockets for as long as it sent a byte now and then.
         self._send_timeout = send_timeout
-        self._stalled = False
         self._gone = 0  # bytes the client's transport had handed on at the last look
         self._stall_timer: asyncio.TimerHandle | None = None
         self.stalled_out = False  # closed for send_timeout
@@ -62,8 +61,15 @@ class TunnelEnd(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._moved = self._loop.time()
         self.received += len(data)
-        if not self.client.is_closing():
-            self.client.write(data)
+        client = self.client
+        if not client.is_closing():
+            client.write(data)
+            # Some of it waits (the client's socket is full): send_timeout runs from now,
+            # below the high-water mark too (nginx arms it on any write to the client that
+            # did not complete), or a client reading nothing held up to 64 KB for good.
+            if self._stall_timer is None and self._send_timeout is not None \
+                    and client.get_write_buffer_size():
+                self._watch_client(self._send_timeout)
 
     def eof_received(self) -> bool:
         # The origin finished sending: the client is told (half-close), and the tunnel
@@ -123,16 +129,17 @@ class TunnelEnd(asyncio.Protocol):
     def pause(self) -> None:  # the client's socket is full
         if self.transport is not None:
             self.transport.pause_reading()
-        self._stalled = True
         if self._send_timeout is not None and self._stall_timer is None:
-            self._gone = self._handed_on()
-            self._stall_timer = self._loop.call_later(self._send_timeout,
-                                                      self._check_stalled)
+            self._watch_client(self._send_timeout)
 
     def resume(self) -> None:
-        self._stalled = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _watch_client(self, send_timeout: float) -> None:
+        """Bytes wait for the client: it has send_timeout to read some of them."""
+        self._gone = self._handed_on()
+        self._stall_timer = self._loop.call_later(send_timeout, self._check_stalled)
 
     def _handed_on(self) -> int:
         """Bytes for the client its transport has handed to the kernel (read, or on
@@ -141,9 +148,10 @@ class TunnelEnd(asyncio.Protocol):
 
     def _check_stalled(self) -> None:
         self._stall_timer = None
-        if not self._stalled or self._send_timeout is None or self.transport is None \
-                or self.transport.get_protocol() is not self or self.client.is_closing():
-            return  # (it read enough to resume, or the tunnel is ending)
+        if not self.client.get_write_buffer_size() or self._send_timeout is None \
+                or self.transport is None or self.transport.get_protocol() is not self \
+                or self.client.is_closing():
+            return  # (it read all that waited, or the tunnel is ending)
         gone = self._handed_on()
         if gone > self._gone:  # it reads, slowly: send_timeout counts from now
             self._gone = gone

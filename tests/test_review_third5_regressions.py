@@ -1,0 +1,77 @@
+"""Review (third5): a third reader of the merges after 8f4ba5c (WebSocket review fixes,
+second5's, the peek's SO_RCVLOWAT, docs3's, exhaust2's), looking for where they meet
+badly and the edges each misses. Each test failed on the code it was written against
+(266dd8f), or is marked xfail (strict) with the reason it stays; real servers on
+127.0.0.1 as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from typing import Any
+
+from test_websocket import handshake, switching
+
+# --- a tunnel's client that reads nothing, with less than a high-water mark waiting -------------
+
+
+async def test_a_websocket_client_reading_nothing_is_closed_below_the_high_water_mark(
+        proxy: Any) -> None:
+    """e67dab1 closes a tunnel's client that reads nothing at proxy.send_timeout, but
+    its timer was armed only when the client's transport paused writing, i.e. when more
+    than its high-water mark (64 KB) waited. An origin that sent a message a little
+    bigger than the kernel's buffers take (here 50 KB: 37 KB left in the transport) and
+    then waited for an answer never made it pause: a client that read nothing and sent
+    a byte now and then (keeping websocket_idle_timeout off) held the tunnel, both
+    sockets and what waited for it for good, while README says a tunnel's client is
+    closed at send_timeout "whatever it sends meanwhile". nginx arms send_timeout on any
+    write to the client that did not complete (ngx_http_upstream_process_upgraded),
+    whatever its size. Now any bytes left waiting start the timer. Severity: low (up to
+    64 KB and two sockets per client, where e67dab1 meant to bound them in time)."""
+    ended: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")  # its 101, then one 50,000-byte
+            writer.write(switching(head) + b"\x82\x7e\xc3\x50" + bytes(50_000))  # frame
+            await writer.drain()
+            while await reader.read(65536):  # then waits for the client's answer
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if not ended.done():
+                ended.set_result(time.monotonic())
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    client = await proxy(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                         proxy={"send_timeout": 0.5, "websocket_idle_timeout": 30.0})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (a small window: the
+    sock.connect(("127.0.0.1", client.port))  # kernel takes some 16 KB of the 50 KB)
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    try:
+        for _ in range(100):
+            if client.server.runner.server.connections:
+                break
+            await asyncio.sleep(0.01)
+        for conn in client.server.runner.server.connections:
+            conn.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        writer.transport.pause_reading()  # it reads nothing from now on
+        writer.write(handshake())
+        began = time.monotonic()
+        for _ in range(20):  # a byte now and then (a masked frame's first byte)
+            if ended.done():
+                break
+            writer.write(b"\x82")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        assert ended.done(), "the tunnel still open after 4 s, its client reading nothing"
+        assert ended.result() - began < 3.0
+    finally:
+        writer.transport.abort()
+        server.close()

@@ -11,6 +11,8 @@ import socket
 import time
 from typing import Any
 
+from test_review_docs3_regressions import echo_app as echo_app3
+from test_review_docs3_regressions import raw_get
 from test_websocket import handshake, switching
 
 # --- a tunnel's client that reads nothing, with less than a high-water mark waiting -------------
@@ -75,3 +77,30 @@ async def test_a_websocket_client_reading_nothing_is_closed_below_the_high_water
     finally:
         writer.transport.abort()
         server.close()
+
+
+# --- behind a trusted TLS front: a path names both schemes' entries -----------------------------
+
+
+async def test_the_purge_method_reaches_the_entries_a_trusted_front_keyed_https(
+        origin: Any, proxy: Any) -> None:
+    """ea9e3c6 made the admin API's purge of a path (purge?url=/p, purge?prefix=/a/)
+    cover the entries keyed https behind a trusted TLS front (proxy.trust_forwarded),
+    since the operator's path names the resource whatever scheme its clients used; the
+    PURGE method, which README offers beside it "as in Varnish and Squid", was left out:
+    `curl -X PURGE http://proxy:8080/p` (a deploy script talking to the proxy, not
+    through the front) purged the http key alone and answered 404, while every https
+    client went on getting the old page until it expired. Varnish's PURGE reaches both
+    (its hash is the URL and Host, no scheme). Severity: medium, as ea9e3c6's (a purge
+    that does not happen for the clients behind the front)."""
+    c = await proxy(await origin(echo_app3()), proxy={"trust_forwarded": True})
+    https = "X-Forwarded-Proto: https"
+    host = f"{c.server.host}:{c.server.port}"
+    await raw_get(c, "/p", https, host=host)
+    _, fields, _ = await raw_get(c, "/p", https, host=host)
+    assert fields["x-cache"] == "HIT"
+    r = await c.request("PURGE", "/p")  # the operator's, straight to the proxy
+    assert r.status == 200, await r.text()
+    _, fields, _ = await raw_get(c, "/p", https, host=host)
+    assert fields["x-cache"] == "MISS"
+

@@ -269,19 +269,24 @@ class Admin:
             return _unavailable(exc)
         return _json({"cleared": cleared})
 
-    async def purge_method(self, request: web.Request, key: str, outcome: Outcome) -> web.Response:
-        """The PURGE method on a URL (as Varnish and Squid take it): 200 or 404."""
+    async def purge_method(self, request: web.Request, keys: list[str], outcome: Outcome
+                           ) -> web.Response:
+        """The PURGE method on a URL (as Varnish and Squid take it): 200 or 404. keys: the
+        URL's, the first as the request was keyed (behind a trusted front, the other
+        scheme's too)."""
         if (refusal := self.denied(request)) is not None:
             outcome.status = "DENIED"
             return refusal
-        if self.marks is not None:
-            self.marks.key(key, time.perf_counter())
+        purged = 0
         try:
-            purged = await self.store.delete(key)
+            for key in keys:
+                if self.marks is not None:
+                    self.marks.key(key, time.perf_counter())
+                purged += int(await self.store.delete(key))
         except StoreUnavailable as exc:
             outcome.status = "ERROR"
             return _unavailable(exc)
-        return _json({"purged": int(purged), "key": key}, 200 if purged else 404)
+        return _json({"purged": purged, "key": keys[0]}, 200 if purged else 404)
 
     async def dashboard(self, request: web.Request) -> web.Response:
         if self._page is None:

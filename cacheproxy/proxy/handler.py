@@ -62,7 +62,8 @@ class CacheProxy:
         self.exchange = Exchange(config.proxy, store, config.cache.fill_buffer_bytes)
         self.driver = Driver(store, self.exchange, Collapser(config.cache.collapse_timeout))
         # Set by the application (observe/): PURGE.
-        self.purge: Callable[[web.Request, str, Outcome], Awaitable[web.Response]] | None = None
+        self.purge: Callable[[web.Request, list[str], Outcome], Awaitable[web.Response]] \
+            | None = None
         self.reconfigure(config)
 
     def check_config(self, config: Config) -> None:
@@ -264,7 +265,15 @@ class CacheProxy:
         key = plan.cache_key(scheme, authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
-            return answer_of(await self.purge(request, key, outcome))
+            keys = [key]
+            if plan.forward.trust_forwarded and not plan.forwarded:
+                # Behind a trusted TLS front both schemes' entries exist for the URL: the
+                # purge covers both, as the admin API's purge of a path does (Varnish's
+                # PURGE too: its hash has no scheme), wherever the PURGE came in.
+                other = plan.cache_key("https" if scheme == "http" else "http",
+                                       authority, target)
+                keys += [other] if other != key else []
+            return answer_of(await self.purge(request, keys, outcome))
         stopped = inbound(request, plan, outcome, target, authority, self.cache_name,
                           self.local_via)  # hotlink gate, CORS preflight: before the cache
         if stopped is not None:

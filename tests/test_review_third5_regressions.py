@@ -104,3 +104,20 @@ async def test_the_purge_method_reaches_the_entries_a_trusted_front_keyed_https(
     _, fields, _ = await raw_get(c, "/p", https, host=host)
     assert fields["x-cache"] == "MISS"
 
+
+async def test_the_entry_of_a_path_is_found_when_a_trusted_front_keyed_it_https(
+        origin: Any, proxy: Any) -> None:
+    """96a09ee made entries?prefix=/a/ list both schemes' keys "as a purge of the path
+    finds them"; entry?url=/a/one (README: "one URL's variants with their stored
+    fields") still looked under the listener's scheme only: behind a trusted TLS front it
+    answered 404 "not in the cache" for the page the listing just showed and a purge of
+    the same path purges. Severity: low (a wrong answer to the operator, nothing served
+    wrongly)."""
+    c = await proxy(await origin(echo_app3()), proxy={"trust_forwarded": True})
+    host = f"{c.server.host}:{c.server.port}"
+    await raw_get(c, "/a/one", "X-Forwarded-Proto: https", host=host)
+    r = await c.get("/_cacheproxy/entries", params={"prefix": "/a/"})
+    assert [e["key"] for e in (await r.json())["entries"]] == [f"https://{host}/a/one"]
+    r = await c.get("/_cacheproxy/entry", params={"url": "/a/one"})
+    assert r.status == 200, await r.text()
+    assert (await r.json())["key"] == f"https://{host}/a/one"

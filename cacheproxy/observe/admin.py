@@ -220,10 +220,13 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             return refusal
         try:
-            key = self._key(request, request.query["url"])
+            keys = self._keys(request, request.query["url"])  # (a path: both schemes')
         except (KeyError, ValueError):
             return _json({"error": "give ?url=<a URL, or a path starting with />"}, 400)
-        variants = await self.store.get(key)
+        for key in keys:  # the first stored, as entries?prefix= lists them
+            if variants := await self.store.get(key):
+                break
+        key = keys[0] if not variants else key
         if not variants and not getattr(self.store, "available", True):
             return _unavailable(StoreUnavailable("the shared store is unavailable"))
         if not variants:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from processes import start_serve, stop
 from test_review_docs3_regressions import echo_app as echo_app3
 from test_review_docs3_regressions import raw_get
 from test_websocket import handshake, switching
@@ -121,3 +124,75 @@ async def test_the_entry_of_a_path_is_found_when_a_trusted_front_keyed_it_https(
     r = await c.get("/_cacheproxy/entry", params={"url": "/a/one"})
     assert r.status == 200, await r.text()
     assert (await r.json())["key"] == f"https://{host}/a/one"
+
+
+# --- CONNECT to a server that speaks first ------------------------------------------------------
+
+
+def greeting_server() -> tuple[socket.socket, int]:
+    """A server in a thread of its own (as a real one answers, not in the test's loop) that
+    greets each connection at once, as SSH, SMTP, FTP and MySQL servers do."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(100)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            threading.Thread(target=lambda c=conn: (c.recv(100), c.close()),
+                             daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+async def test_a_connect_to_a_server_that_speaks_first_gets_its_200_first(
+        origin: Any, tmp_path: Path) -> None:
+    """A CONNECT tunnel's TunnelEnd wrote what the origin sent to the client as soon as
+    it came, from connection_made on, while the 200 Connection Established was written
+    only once connect_first had handed the connection back, some loop turns later. A
+    server that speaks first (SSH's banner, SMTP's 220, FTP, MySQL's greeting) sends at
+    once: on uvloop (`cacheproxy serve`) its greeting reached the client before the 200
+    in about half of the CONNECTs here, so the client read `SSH-2.0-...` where it
+    expects the proxy's status line (a CONNECT client, `nc -X connect` under ssh's
+    ProxyCommand, curl's --proxytunnel, reads the 200 before the tunnel's bytes). RFC
+    9110 §9.3.6: the tunnel starts after the 2xx. (A greeting followed at once by the
+    origin's close came before the 200 too.) What the origin sends before the client's
+    side takes the tunnel now waits for it, the origin's reading paused. Severity:
+    medium (server-first protocols through a CONNECT, on ports an operator put in
+    forward.connect_ports, fail at random)."""
+    listener, port = greeting_server()
+    site = await origin(echo_app3())
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f"""
+[proxy]
+upstream = "http://127.0.0.1:{site.port}"
+[log]
+format = "off"
+[forward]
+enabled = true
+connect_ports = [{port}]
+""")
+    proc, proxy_port = await start_serve("--config", str(config), cwd=tmp_path)
+    firsts = []
+    try:
+        for host in ["127.0.0.1", "localhost"] * 20:  # (localhost: Happy Eyeballs too)
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+            writer.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+                         .encode())
+            firsts.append(await asyncio.wait_for(reader.readuntil(b"\r\n"), 5))
+            if firsts[-1].startswith(b"HTTP/1.1 200"):
+                assert await asyncio.wait_for(reader.readline(), 5) == b"\r\n"
+                assert await asyncio.wait_for(reader.readline(), 5) \
+                    == b"SSH-2.0-OpenSSH_9.6\r\n"  # (the greeting, after the 200)
+            writer.close()
+    finally:
+        listener.close()
+        code, err = await stop(proc)
+    assert [f for f in firsts if not f.startswith(b"HTTP/1.1 200")] == []
+    assert (code, "Traceback" in err) == (0, False), err
+

@@ -199,8 +199,10 @@ class ConnectMethod:
                         self._timeouts.send, what)
 
     def _splice(self, end: TunnelEnd) -> None:
-        """The client's bytes go to end from now on, those sent early first."""
+        """The client's bytes go to end from now on, those sent early first (and the
+        origin's to the client, after the answer written before)."""
         self._tunnel = end
+        end.take()
         if self._tail:
             end.send(self._tail)
             self._tail = b""

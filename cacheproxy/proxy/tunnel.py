@@ -36,6 +36,13 @@ class TunnelEnd(asyncio.Protocol):
         self._gone = 0  # bytes the client's transport had handed on at the last look
         self._stall_timer: asyncio.TimerHandle | None = None
         self.stalled_out = False  # closed for send_timeout
+        # The client's side takes the tunnel (take) once its answer is written (a
+        # CONNECT's 200, a WebSocket's 101): what the origin sends before (a server-first
+        # protocol's greeting: SSH, SMTP) waits until then, its reading paused, or it
+        # would reach the client before that answer. An attempt never taken (a Happy
+        # Eyeballs loser, however it ends) leaves the client alone.
+        self._taken = False
+        self._early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -43,7 +50,8 @@ class TunnelEnd(asyncio.Protocol):
         self._timer = self._loop.call_later(self._idle_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
-        if self.transport is not None and self.transport.get_protocol() is not self:
+        if not self._taken or (self.transport is not None
+                               and self.transport.get_protocol() is not self):
             # A Happy Eyeballs loser dropped (destinations._drop): its connection is no
             # tunnel, and the client is the winner's to keep.
             self._timer = None
@@ -61,6 +69,14 @@ class TunnelEnd(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._moved = self._loop.time()
         self.received += len(data)
+        if not self._taken:  # (before the client's answer: kept for take)
+            self._early.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._to_client(data)
+
+    def _to_client(self, data: bytes) -> None:
         client = self.client
         if not client.is_closing():
             client.write(data)
@@ -75,6 +91,11 @@ class TunnelEnd(asyncio.Protocol):
         # The origin finished sending: the client is told (half-close), and the tunnel
         # stays open for what the client still sends, until it finishes too.
         self._origin_done = True
+        if not self._taken:
+            return True  # (the client is told at take, after its answer)
+        return self._origin_eof()
+
+    def _origin_eof(self) -> bool:
         # Over TLS (a WebSocket's wss origin) the origin's side closes at its end whatever
         # this returns (asyncio warns at True): no half-close, the client's side closes too.
         if self._client_done or self.client.is_closing() or not self.client.can_write_eof() \
@@ -90,8 +111,8 @@ class TunnelEnd(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._timer = self._stall_timer = None
-        if not self.client.is_closing():
-            self.client.close()
+        if self._taken and not self.client.is_closing():
+            self.client.close()  # (not taken: the client's side closes it, or the winner's)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -104,6 +125,20 @@ class TunnelEnd(asyncio.Protocol):
             self.client.resume_reading()
 
     # -- called by the client's side ---------------------------------------------------
+
+    def take(self) -> None:
+        """The client's answer is written: the tunnel carries bytes both ways from now
+        on, what the origin sent meanwhile first (and its end, if it came)."""
+        self._taken = True
+        early, self._early = self._early, []
+        for data in early:
+            self._to_client(data)
+        transport = self.transport
+        if self._origin_done and not self.closed.done():
+            if not self._origin_eof() and transport is not None:
+                transport.close()
+        elif early and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def send(self, data: bytes) -> None:
         self._moved = self._loop.time()

@@ -7,6 +7,7 @@ badly and the edges each misses. Each test failed on the code it was written aga
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -17,6 +18,9 @@ from processes import start_serve, stop
 from test_review_docs3_regressions import echo_app as echo_app3
 from test_review_docs3_regressions import raw_get
 from test_websocket import handshake, switching
+
+from cacheproxy.proxy.destinations import _give_up
+from cacheproxy.proxy.tunnel import TunnelEnd
 
 # --- a tunnel's client that reads nothing, with less than a high-water mark waiting -------------
 
@@ -196,3 +200,36 @@ connect_ports = [{port}]
     assert [f for f in firsts if not f.startswith(b"HTTP/1.1 200")] == []
     assert (code, "Traceback" in err) == (0, False), err
 
+
+async def test_an_attempt_given_up_once_connected_leaves_the_winners_client_alone() -> None:
+    """c99f649 and 53a09ad keep a Happy Eyeballs loser's TunnelEnd from closing the
+    winning tunnel's client when the loser is dropped after it connected (_close_late,
+    _drop: its protocol swapped first). One window was left: an attempt given up
+    (_give_up: the winner's turn, or MAX_ATTEMPTS's oldest, 0df514a) after its connection
+    was made but before create_connection handed it back. The cancel then reaches
+    create_connection's `await waiter`, which closes the transport with the TunnelEnd
+    still its protocol: its connection_lost closed `client`, the CONNECT's client, as
+    the winner's tunnel started (two addresses of a dual-stack name answering in the
+    same loop turn). Now a TunnelEnd the client's side never took leaves the client
+    alone, however its connection ends. Severity: low (a timing window; a cut tunnel)."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, client_w = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    attempts: list[asyncio.Task[Any]] = []
+
+    class GivenUpLate(TunnelEnd):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            loop.call_soon(_give_up, attempts[0])  # connected, not yet handed back
+
+    try:
+        attempts.append(loop.create_task(loop.create_connection(
+            lambda: GivenUpLate(client_w.transport, 30.0), "127.0.0.1", port)))
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempts[0]
+        await asyncio.sleep(0.1)
+        assert not client_w.transport.is_closing()  # the winner's client goes on
+    finally:
+        client_w.close()
+        server.close()

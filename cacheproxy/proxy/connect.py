@@ -333,8 +333,13 @@ class ConnectMethod:
         except (OSError, TimeoutError, ConnectionError) as exc:
             log.info("CONNECT to %s: the client's TLS handshake failed: %s", d.host, exc)
             self.close()
+            # start_tls closed the socket under its own TLS protocol: this one is never
+            # told (connection_lost), and would stay among the listener's connections
+            # (proxy.max_client_connections) with all it holds, for good.
+            self.connection_lost(exc)
             return False
         if tls is None:
+            self.connection_lost(None)  # (the same: closed under start_tls)
             return False
         self.transport = tls
         self._arm(self._timeouts.header, head=True)

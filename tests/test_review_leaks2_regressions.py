@@ -1,0 +1,89 @@
+"""Review (leaks2): the socket-holding code of WebSocket pass-through, the intercepted
+CONNECT's peek and Happy Eyeballs, run for minutes under mixed traffic through a real
+`cacheproxy serve` (1 process, then --workers 2) and watched (descriptors by type,
+threads, RSS, asyncio tasks, live objects by type, the pool's counters, the log): what it
+showed, as tests against a real proxy in front of servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import socket
+import ssl
+import struct
+from pathlib import Path
+from typing import Any
+
+from test_forward_mode import origin_app, raw
+from test_review_peek_regressions import connected, intercepting
+
+from cacheproxy.proxy.client_conn import ClientConnection
+from cacheproxy.tls.ca import LocalCA
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a reset (RST), as a client that crashed or was killed."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def live_connections() -> int:
+    """The client connections this process still holds (ClientConnection objects)."""
+    gc.collect()
+    return sum(isinstance(o, ClientConnection) for o in gc.get_objects())
+
+
+async def test_an_intercepted_tls_handshake_that_fails_frees_its_connection(
+        proxy: Any, origin: Any, tmp_path: Path) -> None:
+    """An intercepted CONNECT whose client's TLS handshake failed on the proxy's side (a
+    client that reset or closed mid-ClientHello, a TLS 1.2 client that does not trust the
+    local CA and says so with an alert, one with no version or cipher in common, one that
+    stalls until the 30 s handshake timeout) stayed among the listener's open connections
+    for good: loop.start_tls had put its TLS protocol in front of the connection, so when
+    the handshake failed and the socket closed, ClientConnection.connection_lost never
+    ran, and nothing else took it out of Listener.connections. Seen in a soak of
+    `cacheproxy serve` (uvloop): a ClientConnection, its parser, payload and transport
+    object left per such CONNECT (32 after some 50 CONNECTs reset in or after the
+    handshake), their descriptors closed. Each counts against
+    proxy.max_client_connections (10,000 per process): after that many failed handshakes
+    (clients without the CA installed, apps that pin certificates, scanners) the process
+    closes every new connection as it arrives, for good, and its memory grows meanwhile.
+    nginx and Squid free a connection whose handshake failed. Severity: high (an
+    intercepting proxy stops serving anyone, in ordinary use, until restarted)."""
+    server = await origin(origin_app("secure"))
+    client = await proxy(f"http://127.0.0.1:{server.port}",
+                         proxy={"max_client_connections": 8},
+                         forward=intercepting(server.port, tmp_path))
+    LocalCA.load_or_create(tmp_path / "proxy-ca")
+    untrusting = ssl.create_default_context()  # the system CAs only: not the local CA
+    untrusting.maximum_version = ssl.TLSVersion.TLSv1_2  # (its alert ends the handshake)
+    before = live_connections()
+    refused = 0
+    for i in range(20):  # more than max_client_connections
+        try:
+            reader, writer = await connected(client.port, server.port)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            refused += 1  # closed as it arrived: max_client_connections are open
+            continue
+        if i % 2:
+            writer.write(b"\x16\x03\x01\x00")  # a ClientHello begun, then a reset
+            await asyncio.sleep(0.02)
+            reset(writer)
+        else:
+            with contextlib.suppress(ssl.SSLError):  # it refuses the certificate: an alert
+                await writer.start_tls(untrusting, server_hostname="localhost")
+            writer.close()
+    await asyncio.sleep(0.3)
+    left = live_connections() - before
+    # A client now is still served (not closed at max_client_connections).
+    reader, writer = await raw(client.port, f"GET http://localhost:{server.port}/x HTTP/1.1"
+                               f"\r\nHost: localhost:{server.port}\r\n"
+                               "Connection: close\r\n\r\n".encode())
+    answer = b""
+    with contextlib.suppress(ConnectionError):
+        answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert (refused, answer[:12], answer[-9:]) == (0, b"HTTP/1.1 200", b"secure /x")
+    assert left <= 1, f"{left} connections held after their handshakes failed"

@@ -12,6 +12,7 @@ import gc
 import socket
 import ssl
 import struct
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from test_forward_mode import origin_app, raw
 from test_review_peek_regressions import connected, intercepting
 
 from cacheproxy.proxy.client_conn import ClientConnection
+from cacheproxy.proxy.destinations import _close_late
+from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.tls.ca import LocalCA
 
 
@@ -87,3 +90,37 @@ async def test_an_intercepted_tls_handshake_that_fails_frees_its_connection(
     writer.close()
     assert (refused, answer[:12], answer[-9:]) == (0, b"HTTP/1.1 200", b"secure /x")
     assert left <= 1, f"{left} connections held after their handshakes failed"
+
+
+async def test_a_happy_eyeballs_loser_that_connected_holds_nothing_until_the_idle_timeout(
+        ) -> None:
+    """A Happy Eyeballs attempt that connected but lost (connect_first's _drop: two that
+    connected in one turn of the loop, or one whose cancel came too late, _close_late) is
+    closed without its protocol hearing (c99f649), but a CONNECT's TunnelEnd had armed its
+    idle timer at connection_made, and nothing cancelled it: the loop kept the TunnelEnd,
+    and through it the client's transport and ClientConnection (its parser, buffers, the
+    request), for forward.tunnel_idle_timeout (600 s) after the tunnel ended, when the
+    timer at last found the connection was not its own. One per such loser: a client
+    fetching from a dual-stack site whose IPv6 is slow piles them up for ten minutes at a
+    time. Severity: low (bounded by the timeout; the race is rare)."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, client_w = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    ends: list[weakref.ref[TunnelEnd]] = []
+    try:
+        for _ in range(5):
+            task = loop.create_task(loop.create_connection(
+                lambda: TunnelEnd(client_w.transport, 600.0, 60.0), "127.0.0.1", port))
+            transport, end = await task
+            ends.append(weakref.ref(end))
+            del end
+            _close_late(task)  # the loser, closed
+            del task, transport
+        await asyncio.sleep(0.1)
+        gc.collect()
+        assert not client_w.transport.is_closing()  # (the winner's client goes on)
+        assert [e for e in ends if e() is not None] == [], "losers kept by their timers"
+    finally:
+        client_w.close()
+        server.close()

@@ -251,6 +251,12 @@ def _close_late(task: asyncio.Task[tuple[asyncio.BaseTransport, Any]]) -> None:
 def _drop(transport: asyncio.BaseTransport) -> None:
     """Close a losing attempt's connection without its protocol hearing of it: a tunnel's
     end (TunnelEnd) closes its client when its connection is lost, which would end the
-    CONNECT the winning attempt carries."""
+    CONNECT the winning attempt carries. A protocol with timers of its own (a TunnelEnd's
+    idle timer, armed at connection_made) is told to stand them down: the loop would
+    keep it, and the winner's client it refers to, until they fired."""
+    protocol = transport.get_protocol()
     transport.set_protocol(asyncio.Protocol())
     transport.close()
+    stand_down = getattr(protocol, "stand_down", None)
+    if stand_down is not None:
+        stand_down()

@@ -66,6 +66,15 @@ class TunnelEnd(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def stand_down(self) -> None:
+        """A Happy Eyeballs loser (destinations._drop): its connection is no tunnel. Its
+        timers go now, not at tunnel_idle_timeout, so the loop no longer holds it (and the
+        client's transport, the winner's) once the tunnel ends."""
+        for timer in (self._timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._stall_timer = None
+
     def data_received(self, data: bytes) -> None:
         self._moved = self._loop.time()
         self.received += len(data)

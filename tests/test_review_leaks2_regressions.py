@@ -16,8 +16,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from support import until
 from test_forward_mode import origin_app, raw
 from test_review_peek_regressions import connected, intercepting
+from test_websocket import handshake, switching
 
 from cacheproxy.proxy.client_conn import ClientConnection
 from cacheproxy.proxy.destinations import _close_late
@@ -123,4 +125,52 @@ async def test_a_happy_eyeballs_loser_that_connected_holds_nothing_until_the_idl
         assert [e for e in ends if e() is not None] == [], "losers kept by their timers"
     finally:
         client_w.close()
+        server.close()
+
+
+async def test_a_tunnel_whose_client_left_does_not_wait_the_idle_timeout_for_its_origin(
+        proxy: Any) -> None:
+    """A WebSocket (or CONNECT) whose origin reads nothing of what the client sent: the
+    origin's socket full, the tunnel paused the client's reading (its flow control), and
+    nothing else watched that side: the client's leaving, even by a reset, is not seen
+    while its reading is paused, so the origin's socket, the client's, the tunnel's
+    objects and up to a high-water mark of unsent bytes stayed until
+    websocket_idle_timeout (or forward.tunnel_idle_timeout), 600 s by default, and the
+    WebSocket's log line was written only then; a client that left while bytes still
+    waited for such an origin likewise (its graceful close never completes). Seen by hand
+    after the soak (an origin stuck on its own upstream). nginx gives an upgraded
+    connection's upstream proxy_send_timeout (60 s) to take some of what waits; the
+    client's side here has send_timeout (e67dab1), the origin's now too. Severity: low
+    (bounded by the idle timeout; needs an origin that stops reading)."""
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.write(switching(head))
+        await done.wait()  # and reads nothing more
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await proxy(f"http://127.0.0.1:{port}",
+                         proxy={"websocket_idle_timeout": 30.0, "send_timeout": 1.0})
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(handshake())
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 101")
+        frame = b"\x82\x7f" + (65536).to_bytes(8, "big") + b"\0\0\0\0" + b"x" * 65536
+        for _ in range(100):  # more than the origin's socket and the proxy's buffer take
+            writer.write(frame)
+        await asyncio.sleep(0.5)
+        reset(writer)
+
+        def open_ends() -> list[TunnelEnd]:
+            return [o for o in gc.get_objects()
+                    if isinstance(o, TunnelEnd) and not o.closed.done()]
+        assert open_ends()
+        assert await until(lambda: not open_ends(), timeout=4.0), \
+            "the origin's side still open after the client left"
+    finally:
+        done.set()
         server.close()

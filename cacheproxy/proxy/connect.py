@@ -197,6 +197,9 @@ class ConnectMethod:
         if end.stalled_out:  # (proxy.send_timeout, as for an HTTP answer's client)
             log.warning("client %s read nothing for %gs: %s closed", self._remote,
                         self._timeouts.send, what)
+        elif end.origin_stalled:  # (the same for the origin: nginx's proxy_send_timeout)
+            log.warning("the origin read nothing for %gs: %s closed", self._timeouts.send,
+                        what)
 
     def _splice(self, end: TunnelEnd) -> None:
         """The client's bytes go to end from now on, those sent early first (and the

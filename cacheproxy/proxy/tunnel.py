@@ -2,7 +2,8 @@
 untouched until either side closes. Each side's reading pauses while the other side's
 writing is paused, so a slow reader holds at most one socket buffer of the other's data;
 a client that reads none of it for send_timeout is closed (as nginx closes an upgraded
-connection at send_timeout), however many bytes it sends meanwhile."""
+connection at send_timeout), however many bytes it sends meanwhile; an origin that takes
+none of what the client sent for send_timeout too (nginx's proxy_send_timeout)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class TunnelEnd(asyncio.Protocol):
         # Eyeballs loser, however it ends) leaves the client alone.
         self._taken = False
         self._early: list[bytes] = []
+        # The same for the origin's side: what the client sent waits for it (_watch_origin).
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._undrained = 0  # bytes the origin's transport had handed on at the last look
+        self.origin_stalled = False  # closed for send_timeout, the origin reading nothing
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -70,10 +75,10 @@ class TunnelEnd(asyncio.Protocol):
         """A Happy Eyeballs loser (destinations._drop): its connection is no tunnel. Its
         timers go now, not at tunnel_idle_timeout, so the loop no longer holds it (and the
         client's transport, the winner's) once the tunnel ends."""
-        for timer in (self._timer, self._stall_timer):
+        for timer in (self._timer, self._stall_timer, self._drain_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._stall_timer = None
+        self._timer = self._stall_timer = self._drain_timer = None
 
     def data_received(self, data: bytes) -> None:
         self._moved = self._loop.time()
@@ -116,10 +121,10 @@ class TunnelEnd(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        for timer in (self._timer, self._stall_timer):
+        for timer in (self._timer, self._stall_timer, self._drain_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._stall_timer = None
+        self._timer = self._stall_timer = self._drain_timer = None
         if self._taken and not self.client.is_closing():
             self.client.close()  # (not taken: the client's side closes it, or the winner's)
         if not self.closed.done():
@@ -128,6 +133,7 @@ class TunnelEnd(asyncio.Protocol):
     # The origin's socket is full: stop reading the client until it drains.
     def pause_writing(self) -> None:
         self.client.pause_reading()
+        self._watch_origin()
 
     def resume_writing(self) -> None:
         if not self.client.is_closing():
@@ -167,8 +173,13 @@ class TunnelEnd(asyncio.Protocol):
         return True
 
     def client_gone(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        pending = self._origin_buffered()
+        transport.close()  # (what the client sent last still goes first)
+        if pending:
+            self._watch_origin()
 
     def pause(self) -> None:  # the client's socket is full
         if self.transport is not None:
@@ -205,3 +216,41 @@ class TunnelEnd(asyncio.Protocol):
         self.stalled_out = True
         self.client.abort()  # (what it did not read is dropped, as for an HTTP answer)
         self.transport.abort()
+
+    def _watch_origin(self) -> None:
+        """What the client sent waits for the origin (its socket full, or the client gone):
+        the origin has send_timeout to take some of it each time, as the client has for
+        its side. With the client's reading paused meanwhile, nothing else would end a
+        tunnel whose origin reads nothing before the idle timeout (600 s), not even the
+        client's leaving, which a paused read does not see (nginx: proxy_send_timeout)."""
+        if self._send_timeout is not None and self._drain_timer is None:
+            self._undrained = self._origin_took()
+            self._drain_timer = self._loop.call_later(self._send_timeout,
+                                                      self._check_drained)
+
+    def _origin_buffered(self) -> int:
+        if self.transport is None:
+            return 0
+        try:
+            return self.transport.get_write_buffer_size()
+        except AttributeError:  # (asyncio's TLS transport once closed twice: nothing left)
+            return 0
+
+    def _origin_took(self) -> int:
+        return self.sent - self._origin_buffered()
+
+    def _check_drained(self) -> None:
+        self._drain_timer = None
+        transport = self.transport
+        if self._send_timeout is None or transport is None \
+                or transport.get_protocol() is not self or not self._origin_buffered():
+            return  # (it took all there was, or the tunnel is ending)
+        took = self._origin_took()
+        if took > self._undrained:  # it reads, slowly: send_timeout counts from now
+            self._undrained = took
+            self._drain_timer = self._loop.call_later(self._send_timeout,
+                                                      self._check_drained)
+            return
+        self.origin_stalled = True
+        self.client.abort()
+        transport.abort()

@@ -42,21 +42,22 @@ def live_connections() -> int:
 
 async def test_an_intercepted_tls_handshake_that_fails_frees_its_connection(
         proxy: Any, origin: Any, tmp_path: Path) -> None:
-    """An intercepted CONNECT whose client's TLS handshake failed on the proxy's side (a
-    client that reset or closed mid-ClientHello, a TLS 1.2 client that does not trust the
-    local CA and says so with an alert, one with no version or cipher in common, one that
-    stalls until the 30 s handshake timeout) stayed among the listener's open connections
-    for good: loop.start_tls had put its TLS protocol in front of the connection, so when
-    the handshake failed and the socket closed, ClientConnection.connection_lost never
-    ran, and nothing else took it out of Listener.connections. Seen in a soak of
+    """An intercepted CONNECT whose client reset its connection during the TLS handshake
+    (a client that crashed or was killed, a browser dropping a preconnect, a scanner, a
+    mobile network) stayed among the listener's open connections for good:
+    loop.start_tls had put its TLS protocol in front of the connection, so when the
+    handshake failed on the reset and the socket closed, ClientConnection.connection_lost
+    never ran, and nothing else took it out of Listener.connections. Seen in a soak of
     `cacheproxy serve` (uvloop): a ClientConnection, its parser, payload and transport
-    object left per such CONNECT (32 after some 50 CONNECTs reset in or after the
-    handshake), their descriptors closed. Each counts against
-    proxy.max_client_connections (10,000 per process): after that many failed handshakes
-    (clients without the CA installed, apps that pin certificates, scanners) the process
-    closes every new connection as it arrives, for good, and its memory grows meanwhile.
-    nginx and Squid free a connection whose handshake failed. Severity: high (an
-    intercepting proxy stops serving anyone, in ordinary use, until restarted)."""
+    object left per such CONNECT (32 after some 50 CONNECTs reset in or just after the
+    handshake), their descriptors closed; here (asyncio) one per reset mid-ClientHello.
+    A handshake ended by the client's alert (a TLS 1.2 client that does not trust the
+    local CA, the other half of the loop) or by its FIN was freed: the control. Each
+    leaked one counts against proxy.max_client_connections (10,000 per process): after
+    that many such resets the process closes every new connection as it arrives, for
+    good, and its memory grows meanwhile. nginx and Squid free a connection whose
+    handshake failed. Severity: high (an intercepting proxy, in long ordinary use, ends
+    up serving no one until restarted)."""
     server = await origin(origin_app("secure"))
     client = await proxy(f"http://127.0.0.1:{server.port}",
                          proxy={"max_client_connections": 8},
@@ -77,7 +78,8 @@ async def test_an_intercepted_tls_handshake_that_fails_frees_its_connection(
             await asyncio.sleep(0.02)
             reset(writer)
         else:
-            with contextlib.suppress(ssl.SSLError):  # it refuses the certificate: an alert
+            # It refuses the certificate with an alert (the control: freed before too).
+            with contextlib.suppress(ssl.SSLError):
                 await writer.start_tls(untrusting, server_hostname="localhost")
             writer.close()
     await asyncio.sleep(0.3)

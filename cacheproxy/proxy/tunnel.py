@@ -44,6 +44,7 @@ class TunnelEnd(asyncio.Protocol):
         # Eyeballs loser, however it ends) leaves the client alone.
         self._taken = False
         self._early: list[bytes] = []
+        self._client_full = False  # the client's transport paused writing (pause, resume)
         # The same for the origin's side: what the client sent waits for it (_watch_origin).
         self._drain_timer: asyncio.TimerHandle | None = None
         self._undrained = 0  # bytes the origin's transport had handed on at the last look
@@ -152,7 +153,11 @@ class TunnelEnd(asyncio.Protocol):
         if self._origin_done and not self.closed.done():
             if not self._origin_eof() and transport is not None:
                 transport.close()
-        elif early and transport is not None and not transport.is_closing():
+        elif early and transport is not None and not transport.is_closing() \
+                and not self._client_full:
+            # (Early bytes past the client's high-water mark paused it, and the origin's
+            # reading with it: resumed now, the origin's bytes would pile up for the
+            # client without bound, its transport paused already. resume() does it.)
             transport.resume_reading()
 
     def send(self, data: bytes) -> None:
@@ -182,12 +187,14 @@ class TunnelEnd(asyncio.Protocol):
             self._watch_origin()
 
     def pause(self) -> None:  # the client's socket is full
+        self._client_full = True
         if self.transport is not None:
             self.transport.pause_reading()
         if self._send_timeout is not None and self._stall_timer is None:
             self._watch_client(self._send_timeout)
 
     def resume(self) -> None:
+        self._client_full = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 

@@ -109,3 +109,78 @@ async def test_early_bytes_over_the_high_water_mark_keep_the_origins_flow_contro
         raw.close()
         origin.close()
         silent.close()
+
+
+async def test_a_client_early_past_max_tail_is_read_again_when_the_origin_spoke_first(
+        proxy: Any, origin: Any, monkeypatch: Any) -> None:
+    """A CONNECT client that sent more than MAX_TAIL (64 KB) behind its request is not
+    read until the tunnel takes those bytes (_keep_early's hold, _buffer_paused); _splice
+    then lifts the hold, but only `if not self._paused`, leaving it to resume_writing.
+    take() runs first, and writes what the origin sent before the 200 (f6376f1): past the
+    client's high-water mark that pauses the client's writing, so the hold stays, and
+    resume_writing, once the connection is a tunnel, resumes the origin's reading only.
+    Nothing ever reads the client again: what it sends after (here once it has read the
+    origin's greeting) never reaches the origin, whose answer never comes, until
+    tunnel_idle_timeout. Needs an origin that speaks first with more than the client's
+    socket takes, and the client's bytes before the 200 (a pipelining client; the
+    origin's greeting comes before take in about half of the CONNECTs, third5): forced
+    here by making connect_first slow to hand the connection back and the client's
+    socket buffers small. Severity: low (a rare combination; a tunnel stuck one way)."""
+    from aiohttp import web
+
+    from cacheproxy.proxy import connect as connect_mod
+
+    greeting = b"G" * 200_000
+    got = bytearray()
+    origins: list[asyncio.StreamWriter] = []
+    marker = b"--the client's second message--"
+
+    async def origin_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        origins.append(writer)
+        writer.write(greeting)
+        with contextlib.suppress(ConnectionError):
+            while chunk := await reader.read(65536):
+                got.extend(chunk)
+        writer.close()
+
+    tcp = await asyncio.start_server(origin_conn, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    real = connect_mod.connect_first
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        made = await real(*args, **kwargs)
+        end = made[1]
+        sock = end.client.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await _wait(lambda: end.received > 64 * 1024)  # the greeting came before the 200
+        return made
+
+    monkeypatch.setattr(connect_mod, "connect_first", slow)
+    client = None
+    try:
+        client = await proxy(await origin(web.Application()),
+                             forward={"enabled": True, "connect_ports": [port]})
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", client.port))
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+        early = b"e" * 400_000
+        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                     .encode() + early)
+        head = b"HTTP/1.1 200 Connection Established\r\n\r\n"
+        assert await asyncio.wait_for(reader.readexactly(len(head) + len(greeting)), 5) \
+            == head + greeting
+        writer.write(marker)
+        with contextlib.suppress(AssertionError):
+            await _wait(lambda: got.endswith(marker), 2)
+        assert bytes(got[-len(marker):]) == marker, (len(got), len(early))
+    finally:
+        for w in origins:
+            w.close()
+        tcp.close()
+        if client is not None:  # (a client not read sees no close: no wait at the teardown)
+            for conn in list(client.server.runner.server.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+

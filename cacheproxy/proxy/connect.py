@@ -66,7 +66,6 @@ class ConnectMethod:
         def _disarm(self) -> None: ...
         def _arm(self, seconds: float, head: bool) -> None: ...
         def _make_parser(self) -> Any: ...
-        def _resume_reading_for_buffer(self) -> None: ...
         def _send_answer(self, request: ClientRequest, answer: Answer) -> None: ...
         def _write_head(self, version: Any, status: int, reason: str | None,
                         headers: CIMultiDict[str], body: bytes = b"") -> None: ...
@@ -205,12 +204,18 @@ class ConnectMethod:
         """The client's bytes go to end from now on, those sent early first (and the
         origin's to the client, after the answer written before)."""
         self._tunnel = end
+        # The connection's own holds on the client's reading end here (MAX_TAIL sent
+        # early, _keep_early; a pause_writing before the tunnel), whatever its writing:
+        # from now on a client slow to read pauses the origin's reading (TunnelEnd.pause),
+        # and resume_writing resumes that one, not the client's. Left to it, a client
+        # whose writing take() paused (the origin's early bytes) was never read again.
+        # (Before the tail goes: the origin's full socket may pause the client again.)
+        self._buffer_paused = False
+        self._resume_transport_reading()
         end.take()
         if self._tail:
             end.send(self._tail)
             self._tail = b""
-        if self._buffer_paused:  # it sent MAX_TAIL early (_keep_early): read on
-            self._resume_reading_for_buffer()
         if self._client_eof:  # what it sent before the answer was all: half-close onwards
             end.client_eof()
         self._disarm()

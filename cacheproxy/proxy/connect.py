@@ -184,7 +184,7 @@ class ConnectMethod:
         finally:  # a stop out of time cancels the wait: the tunnel still gets its line
             end.client_gone()
             outcome.bytes_in = end.sent
-            self.listener.record(request, 200, end.received, outcome.started)
+            self.listener.record(request, 200, end.received - end.dropped, outcome.started)
         if end.idled:
             log.info("CONNECT tunnel to %s closed: no byte either way for %ss "
                      "(forward.tunnel_idle_timeout)", outcome.target,
@@ -271,7 +271,8 @@ class ConnectMethod:
         finally:  # a stop out of time cancels the wait: the line is still written, once
             end.client_gone()
             outcome.bytes_in = end.sent
-            self.listener.record(request, 101, end.received, outcome.started)
+            self.listener.record(request, 101, end.received - end.dropped,
+                                 outcome.started)
         if end.idled:
             log.info("WebSocket to %s closed: no byte either way for %ss "
                      "(proxy.websocket_idle_timeout)", request.path, idle_timeout)

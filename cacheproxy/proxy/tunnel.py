@@ -18,6 +18,10 @@ class TunnelEnd(asyncio.Protocol):
         self.client = client
         self.transport: asyncio.Transport | None = None
         self.received = 0  # bytes from the origin, sent to the client
+        # Of those, what the client never got: left in its transport when the tunnel
+        # aborted it (a timeout); the line gives the bytes that went, as an HTTP
+        # answer's cut short does (client_conn's _log_gone, nginx's $bytes_sent).
+        self.dropped = 0
         self.sent = 0  # bytes from the client, sent to the origin
         self.idled = False  # closed for forward.tunnel_idle_timeout
         loop = self._loop = asyncio.get_running_loop()
@@ -68,9 +72,14 @@ class TunnelEnd(asyncio.Protocol):
             return
         self._timer = None
         self.idled = True
-        self.client.abort()  # (what either side still holds unsent is of no use now)
+        self._abort_client()  # (what either side still holds unsent is of no use now)
         if self.transport is not None:
             self.transport.abort()
+
+    def _abort_client(self) -> None:
+        if not self.client.is_closing():
+            self.dropped = self.client.get_write_buffer_size()
+        self.client.abort()
 
     def stand_down(self) -> None:
         """A Happy Eyeballs loser (destinations._drop): its connection is no tunnel. Its
@@ -221,7 +230,7 @@ class TunnelEnd(asyncio.Protocol):
                                                       self._check_stalled)
             return
         self.stalled_out = True
-        self.client.abort()  # (what it did not read is dropped, as for an HTTP answer)
+        self._abort_client()  # (what it did not read is dropped, as for an HTTP answer)
         self.transport.abort()
 
     def _watch_origin(self) -> None:
@@ -259,5 +268,5 @@ class TunnelEnd(asyncio.Protocol):
                                                       self._check_drained)
             return
         self.origin_stalled = True
-        self.client.abort()
+        self._abort_client()
         transport.abort()

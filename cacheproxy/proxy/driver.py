@@ -116,7 +116,7 @@ class Driver:
         variants = await self.store.get(ctx.key, ctx.facts.headers)  # (those it may select)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
                    recently_passed=self.collapser.passes(ctx.key, ctx.facts.headers),
-                   waited=waited)
+                   waited=waited, passed_here=self._passed_here(ctx.facts.headers))
         note_lookup(ctx.outcome, d)
         if isinstance(d, Serve):
             return self.reply(ctx, d.entry, d.age, d.ttl)
@@ -130,15 +130,14 @@ class Driver:
             return self.error(ctx, 412, "precondition failed")
         return await self.forward_or_collapse(ctx, d, deadline)
 
+    def _passed_here(self, headers: Headers) -> bool:
+        """The request's Via names this cache (lookup's passed_here)."""
+        return "Via" in headers and times_via(headers.getall("Via"), self.cache_name) > 0
+
     async def forward_or_collapse(self, ctx: Ctx, d: Forward, deadline: float | None = None
                                   ) -> Answer | None:
-        """Lookup said forward: alone, or collapsed with others for the key. A request
-        that came through this proxy's pseudonym before (Via) goes alone: in a loop back
-        into this process it would wait for its own earlier hop, which waits for it, each
-        hop for collapse_timeout, before the loop's 508 (handler); in a chain of
-        instances the front one collapsed it already."""
-        if d.collapse and not ("Via" in ctx.facts.headers and times_via(
-                ctx.facts.headers.getall("Via"), self.cache_name)):
+        """Lookup said forward: alone, or collapsed with others for the key."""
+        if d.collapse:
             return await self._collapsed(ctx, d, deadline)
         return await self.forward(ctx, d)
 

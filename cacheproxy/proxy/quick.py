@@ -34,7 +34,7 @@ from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy, istr
 
 from cacheproxy.http.cache_status import cache_status
-from cacheproxy.http.fields import loops_back
+from cacheproxy.http.fields import times_via
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
     Forward,
@@ -134,8 +134,10 @@ class QuickHits:
         d = lookup(facts, variants, now=time.time(), route=plan.cache,
                    recently_passed=self.proxy.driver.collapser.passes(route.key, h))
         if type(d) is Forward:
-            if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), self.proxy.cache_name):
-                return None  # going round a loop: the full path refuses it (508)
+            if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
+                # It came through this cache before: the full path decides (lookup's
+                # passed_here: no collapse; at LOOP_HOPS, a loop's 508).
+                return None
             return Planned(route, facts, d, variants)
         if type(d) is not Serve:
             return None

@@ -192,6 +192,14 @@ def test_hit_for_pass_and_route_setting_turn_collapsing_off() -> None:
     assert not lookup(facts(), (), now=T0, route=CacheSettings(collapse=False)).collapse
 
 
+def test_rfc9110_s7_6_3_a_request_that_came_through_this_cache_does_not_collapse() -> None:
+    """Its Via names this cache: in a loop back into the process it would wait for its
+    own earlier hop; it still may be stored."""
+    assert lookup(facts(), (), now=T0, route=ROUTE).collapse
+    d = lookup(facts(), (), now=T0, route=ROUTE, passed_here=True)
+    assert not d.collapse and d.may_store
+
+
 def test_collapsed_waiter_asking_validation_takes_the_leaders_answer(stored) -> None:
     """max-age=0 from a waiter: the response stored from the leader's answer, which came
     after the waiter began to wait, was validated after its request was made."""

@@ -58,6 +58,7 @@ def lookup(
     route: CacheSettings,
     recently_passed: bool = False,
     waited: Waited | None = None,
+    passed_here: bool = False,
 ) -> Lookup:
     """§4: the stored variants under the request's key (newest first) against the request:
     all of them, or a Selectable (those the request may select, and how many others).
@@ -65,8 +66,12 @@ def lookup(
     recently_passed: this key's last answer could not be stored (hit-for-pass), so the
     request does not wait behind another's. waited: this is the second look of a request
     that waited for another's upstream answer (collapsed); it does not collapse again,
-    but for a miss of its own variant while it has time left (Waited.again)."""
-    d = _reuse_or_forward(req, variants, now, route, recently_passed, waited)
+    but for a miss of its own variant while it has time left (Waited.again).
+    passed_here: the request came through this cache before (its Via names it, RFC 9110
+    §7.6.3), so it does not collapse either: in a loop back into this process it would
+    wait for its own earlier hop, which waits for it (each hop for collapse_timeout,
+    before the loop's 508); in a chain of instances the front one collapsed it already."""
+    d = _reuse_or_forward(req, variants, now, route, recently_passed, waited, passed_here)
     if req.preconditioned:
         d = _preconditions(req, d)
     if req.bypass and isinstance(d, Forward) and not d.may_store:
@@ -110,7 +115,7 @@ def _preconditions(req: RequestFacts, d: Lookup) -> Lookup:
 
 def _reuse_or_forward(
     req: RequestFacts, variants: tuple[CachedResponse, ...], now: float, route: CacheSettings,
-    recently_passed: bool, waited: Waited | None,
+    recently_passed: bool, waited: Waited | None, passed_here: bool = False,
 ) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
     held = holds_any(variants)  # (a store may leave out the variants it cannot select)
@@ -118,6 +123,7 @@ def _reuse_or_forward(
         return Forward("bypass", req.method)
     may_store = not req.directives.no_store  # §5.2.1.5
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
+                    and not passed_here
                     and (waited is None or (waited.again and entry is None and held)))
     if entry is None:
         if req.directives.only_if_cached:  # §5.2.1.7

@@ -54,6 +54,27 @@ def same_origin_key(target: str, ref: str | None) -> str | None:
     return key + hash_ + suffix
 
 
+def as_derived_from(keys: list[str] | tuple[str, ...], key: str, twin: str) -> list[str]:
+    """The keys invalidated_uris derived from key (its target, Location, Content-Location),
+    as derived from twin, the same URL's key under the other scheme: behind a trusted TLS
+    front both hold an entry of the one resource the unsafe request changed (§4.4)."""
+    base, suffix = _base_and_suffix(key)
+    twin_base, twin_suffix = _base_and_suffix(twin)
+    derived = []
+    for k in keys:
+        uri, hash_, rest = k.partition("#")
+        if hash_ + rest == suffix and uri.startswith(base):
+            derived.append(twin_base + uri[len(base):] + twin_suffix)
+    return derived
+
+
+def _base_and_suffix(key: str) -> tuple[str, str]:
+    """A key's "scheme://authority" and its own suffix ("#https", "#private:name")."""
+    uri, hash_, suffix = key.partition("#")
+    parts = urlsplit(uri)
+    return f"{parts.scheme}://{parts.netloc}", hash_ + suffix
+
+
 def _origin(uri: str) -> str | None:
     """The origin a URI's key starts with (RFC 6454 §4), as primary_key writes it."""
     parts = urlsplit(uri)

@@ -43,6 +43,7 @@ from cacheproxy.http.flow import (
     stale_on_error,
     still_held,
 )
+from cacheproxy.http.invalidation import as_derived_from
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.upgrade import refused_switch
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
@@ -81,6 +82,8 @@ class Ctx(NamedTuple):
     outcome: Outcome
     # The fields to send upstream for a forward (hop-by-hop, forwarding, Referer policy).
     fields: Callable[[Forward], Fields]
+    # The URL's key under the other scheme, behind a trusted TLS front (RoutePlan.scheme_twin)
+    twin: str | None = None
 
 
 class Driver:
@@ -324,7 +327,7 @@ class Driver:
         max_object = ctx.plan.cache.max_object_bytes
         if isinstance(d, Store) and d.invalidates:  # §4.4, before a POST's answer is stored
             # (which counts as sent after its own invalidation: the new representation)
-            resp.sent = await self._invalidate(d.invalidates)
+            resp.sent = await self._invalidate(ctx, d.invalidates)
         if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
             part, length = d.part, resp.content_length
             if part is not None and length is not None and exchange.budget.admits(length):
@@ -363,7 +366,7 @@ class Driver:
             await self.store.put(d.entry)  # §4.3.5: the HEAD's answer goes on as it is
         if isinstance(d, Evict):
             if d.invalidation:  # §4.4: fills under way do not store either
-                await self._invalidate(d.keys)
+                await self._invalidate(ctx, d.keys)
             else:
                 for key in d.keys:
                     await discard(self.store, key)
@@ -393,9 +396,13 @@ class Driver:
             stored = put if entry is d.entry else stored
         return stored
 
-    async def _invalidate(self, keys: tuple[str, ...]) -> float:
+    async def _invalidate(self, ctx: Ctx, keys: tuple[str, ...]) -> float:
         """§4.4: forget keys, and (marked first) what fills of them sent before now would
-        store (Exchange.put); when that was."""
+        store (Exchange.put); when that was. Behind a trusted TLS front, the other scheme's
+        keys of the same URLs too: the change was to the resource, whichever scheme the
+        front terminated (as a purge of a path removes both)."""
+        if ctx.twin is not None:
+            keys = (*keys, *as_derived_from(keys, ctx.key, ctx.twin))
         now = time.perf_counter()
         for key in keys:
             self.exchange.invalidations.key(key, now)

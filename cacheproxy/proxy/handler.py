@@ -14,6 +14,7 @@ from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
 from cacheproxy.http.fields import LOOP_HOPS, loops_back
 from cacheproxy.http.flow import Forward, bypass, request_facts
 from cacheproxy.http.front_scheme import front_scheme
+from cacheproxy.http.invalidation import SAFE_METHODS
 from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
 from cacheproxy.http.upgrade import websocket_key
@@ -263,17 +264,16 @@ class CacheProxy:
             outcome.route = plan.route.name
         outcome.secrets = plan.route.referer.strip_params
         key = plan.cache_key(scheme, authority, target)
+        # Behind a trusted TLS front both schemes' entries exist for the URL: a purge and
+        # an invalidation cover both, as the admin API's purge of a path does (Varnish's
+        # PURGE too: its hash has no scheme), wherever the request came in. (Safe methods
+        # remove nothing: their hits are not kept waiting for a second key.)
+        twin = None if request.method in SAFE_METHODS else \
+            plan.scheme_twin(scheme, authority, target)
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
-            keys = [key]
-            if plan.forward.trust_forwarded and not plan.forwarded:
-                # Behind a trusted TLS front both schemes' entries exist for the URL: the
-                # purge covers both, as the admin API's purge of a path does (Varnish's
-                # PURGE too: its hash has no scheme), wherever the PURGE came in.
-                other = plan.cache_key("https" if scheme == "http" else "http",
-                                       authority, target)
-                keys += [other] if other != key else []
-            return answer_of(await self.purge(request, keys, outcome))
+            return answer_of(await self.purge(request, [key] if twin is None else [key, twin],
+                                              outcome))
         stopped = inbound(request, plan, outcome, target, authority, self.cache_name,
                           self.local_via)  # hotlink gate, CORS preflight: before the cache
         if stopped is not None:
@@ -288,7 +288,7 @@ class CacheProxy:
                                f"{LOOP_HOPS} times (Via)", outcome)
         facts = request_facts(request.method, h, has_body=request.body_exists)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
-                  lambda fwd: self._fields(request, plan, authority, fwd, scheme))
+                  lambda fwd: self._fields(request, plan, authority, fwd, scheme), twin)
         if "Upgrade" in h and self.config.proxy.websocket:  # (rare: one look per request)
             key = _websocket_key(request, out)
             if key is not None:

@@ -60,6 +60,15 @@ class RoutePlan:
             key += "#forward"
         return key if self.cache.shared else f"{key}#private:{self.route.name}"
 
+    def scheme_twin(self, scheme: str, authority: str, target: str) -> str | None:
+        """The URL's key under the other scheme, when it may hold an entry: behind a trusted
+        TLS front (proxy.trust_forwarded) one URL has an http clients' and an https
+        clients' entry, and what removes one (a purge, an invalidation) removes both."""
+        if not self.forward.trust_forwarded or self.forwarded:
+            return None
+        twin = self.cache_key("https" if scheme == "http" else "http", authority, target)
+        return None if twin == self.cache_key(scheme, authority, target) else twin
+
     @property
     def client_host_seen(self) -> bool:
         return self.forward.pass_host or self.forward.x_forwarded_host

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis_server import RedisServer
 from support import raw_get
 from test_store_redis import make_entry
+from yarl import URL
 
 from cacheproxy.config import load_config
 from cacheproxy.http.invalidation import as_derived_from, invalidated_uris
@@ -49,12 +50,11 @@ def _redis(server: RedisServer, **changes: Any) -> dict[str, Any]:
             "redis_retry_interval": 0.2, "memory_layer_ttl": 30.0, **changes}
 
 
-async def _get(client: Any, target: str, *fields: str, method: str = "GET"
-               ) -> tuple[int, str | None, int]:
+async def _get(client: Any, target: str, *fields: str, method: str = "GET",
+               host: str = "shop.example") -> tuple[int, str | None, int]:
     """(status, X-Cache, the origin's count) of one request with exactly this target, for
     one Host whichever replica it reaches."""
-    status, head, body = await raw_get(client, target, *fields, method=method,
-                                       host="shop.example")
+    status, head, body = await raw_get(client, target, *fields, method=method, host=host)
     return status, head.get("x-cache"), json.loads(body)["n"]
 
 
@@ -185,3 +185,40 @@ upstream = "{up.replace("http://", "http://alice:a-secret@")}"
     assert await alice.text() == "account of Basic YWxpY2U6YS1zZWNyZXQ="
     anonymous = await c.get("/me", headers={"Host": "site.example"})
     assert await anonymous.text() == "account of -", anonymous.headers["X-Cache"]
+
+
+# -- 3. the admin API decodes a percent-encoded URL into one no request can have -----------
+
+
+async def test_the_admin_api_finds_a_percent_encoded_url_as_the_entries_list_shows_it(
+        origin: Any, proxy: Any, redis_server: RedisServer) -> None:
+    """Keys keep a target byte for byte (`/caf%C3%A9`, `/c++`), and the entries list shows
+    them so. Given to entry?url=, purge?url= or purge?prefix= as shown (README: "URLs may
+    be given in full or as a path"), the query's decoding made them `/café` and `/c  `:
+    keys no request can have (a target holds no raw non-ASCII or space, RFC 9112 §3.2,
+    RFC 3986 §2.1), so entry and purge answered 404 and a prefix purge `{"purged": 0}`
+    with 200, while the entry stayed in Redis and in every replica's memory layer. nginx's
+    proxy_cache_purge and Varnish's PURGE take the URL as the request spelt it, as this
+    proxy's PURGE method does. A value whose decoded form can name no key is taken as
+    typed; one that decodes to a possible key (`%2F`) is decoded, as any query value.
+    Severity: low (the operator's purge silently does nothing for such URLs)."""
+    c = await proxy(await origin(_counting_origin()), cache=_redis(redis_server))
+    host = f"127.0.0.1:{c.server.port}"
+    admin = f"http://{host}/_cacheproxy/"
+    for target in ("/caf%C3%A9", "/c++", "/a%20b"):
+        status, x_cache, _ = await _get(c, target, host=host)
+        assert (status, x_cache) == (200, "MISS")
+
+    async def call(method: str, query: str) -> tuple[int, Any]:
+        url = URL(admin + query, encoded=True)  # as curl sends what was typed
+        async with c.session.request(method, url) as resp:
+            return resp.status, await resp.json()
+
+    status, listed = await call("GET", "entries?prefix=/caf%C3%A9")
+    assert [e["key"] for e in listed["entries"]] == [f"http://{host}/caf%C3%A9"]
+    assert (await call("GET", "entry?url=/caf%C3%A9"))[0] == 200
+    assert (await call("GET", f"entry?url=http://{host}/c++"))[0] == 200
+    assert (await call("POST", "purge?url=/c++"))[0] == 200
+    assert (await call("POST", "purge?prefix=/caf%C3%A9"))[1]["purged"] == 1
+    assert (await call("POST", "purge?url=/a%2520b"))[0] == 200  # (encoded: still decoded)
+    assert await _redis_keys(redis_server) == []

@@ -195,7 +195,7 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             return refusal
         try:
-            given = request.query.get("prefix", "")
+            given = _typed(request, "prefix") if "prefix" in request.query else ""
             # "": all; a path: both schemes' keys, as a purge of it (_keys)
             prefixes = self._keys(request, given, exact=False) if given else [""]
             limit = min(int(request.query.get("limit", "100")), MAX_LISTED)
@@ -220,7 +220,7 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             return refusal
         try:
-            keys = self._keys(request, request.query["url"])  # (a path: both schemes')
+            keys = self._keys(request, _typed(request, "url"))  # (a path: both schemes')
         except (KeyError, ValueError):
             return _json({"error": "give ?url=<a URL, or a path starting with />"}, 400)
         for key in keys:  # the first stored, as entries?prefix= lists them
@@ -240,7 +240,7 @@ class Admin:
             return refusal
         try:
             if "url" in request.query:
-                keys = self._keys(request, request.query["url"])
+                keys = self._keys(request, _typed(request, "url"))
                 purged = 0
                 for key in keys:
                     if self.marks is not None:
@@ -248,7 +248,7 @@ class Admin:
                     purged += int(await self.store.delete(key))
                 return _json({"purged": purged, "key": keys[0]}, 200 if purged else 404)
             if "prefix" in request.query:  # "" is no prefix: "clear" empties everything
-                prefixes = self._keys(request, request.query["prefix"], exact=False)
+                prefixes = self._keys(request, _typed(request, "prefix"), exact=False)
                 purged = 0
                 for prefix in prefixes:
                     if self.marks is not None:
@@ -387,6 +387,22 @@ class Admin:
             return key if exact or "#" in target else key.partition("#")[0]
         return primary_key(scheme, authority, target) if exact else \
             origin_of(scheme, authority) + target
+
+
+def _typed(request: web.Request, name: str) -> str:
+    """Query parameter name (url, prefix) as the operator meant it: decoded, as any query
+    value, unless the decoded value can name no key: a request target holds no raw
+    non-ASCII, space or control character (RFC 9112 §3.2), so "/caf%C3%A9" or "/c++"
+    pasted from the entries list is that URL's own spelling, and is taken as typed.
+    KeyError when it is absent."""
+    value = request.query[name]
+    if all("!" <= c <= "~" for c in value):
+        return value
+    for pair in request.rel_url.raw_query_string.split("&"):
+        given, _, typed = pair.partition("=")
+        if given == name and all("!" <= c <= "~" for c in typed):
+            return typed
+    return value
 
 
 def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:

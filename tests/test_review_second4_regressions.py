@@ -11,7 +11,6 @@ import socket
 import ssl
 import struct
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import proxy_config, read_json_log
@@ -23,10 +22,6 @@ from cacheproxy.proxy.server import reconfigure
 from cacheproxy.tls.ca import LocalCA
 
 
-@pytest.mark.xfail(strict=True, reason="the TLS transport's buffer is empty once TLS encrypted "
-                   "the body: the TCP transport under it holds it, and it tells the "
-                   "application nothing when it drains (counting its buffer alone logs a "
-                   "hit read whole and closed within a look as partly sent)")
 async def test_a_big_intercepted_hit_the_client_left_logs_the_bytes_it_was_sent(
         origin, proxy, tmp_path):
     """The deferred line of a big answer (client_conn.LOG_WHEN_OUT_BYTES, 877e8db) looked

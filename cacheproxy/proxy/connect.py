@@ -31,6 +31,7 @@ from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.peek import peek
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.tunnel import TunnelEnd
+from cacheproxy.proxy.under_tls import watch_under_tls
 
 log = logging.getLogger("cacheproxy")
 ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
@@ -48,6 +49,7 @@ class ConnectMethod:
     _client_eof: bool
     _buffer_paused: bool
     _tunnel: TunnelEnd | None
+    _below: asyncio.Transport | None
     _origin: Allowed | None
     _origin_tls: bool
     _request: ClientRequest | None
@@ -72,6 +74,7 @@ class ConnectMethod:
         def _flush_out(self) -> None: ...
         def _pause_transport_reading(self) -> None: ...
         def _resume_transport_reading(self) -> None: ...
+        def drained_below(self) -> None: ...
 
     def _for_us(self, msg: RawRequestMessage) -> bool:
         """In forward mode an absolute-form request is for the host it names: the admin
@@ -351,6 +354,10 @@ class ConnectMethod:
             self.connection_lost(None)  # (the same: closed under start_tls)
             return False
         self.transport = tls
+        # What leaves the TCP transport under TLS is what went (a big hit's deferred line,
+        # client_conn's _log_when_out), as nginx's $bytes_sent over TLS counts.
+        if watch_under_tls(transport, self.drained_below):
+            self._below = transport
         self._arm(self._timeouts.header, head=True)
         return True
 

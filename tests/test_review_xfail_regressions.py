@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import struct
+import time
 from pathlib import Path
 
 from aiohttp.test_utils import TestServer
@@ -94,3 +95,85 @@ ca_dir = "{ca_dir}"
     assert lines[1]["bytes"] < SIZE // 2, lines[1]
     assert lines[2]["bytes"] == SIZE, lines[2]
     assert (code, "Traceback" in err) == (0, False), err
+
+
+async def test_a_wss_websocket_aborted_at_send_timeout_logs_the_bytes_that_went(
+        origin, proxy, tmp_path, monkeypatch):
+    """A WebSocket inside an intercepted CONNECT (wss://, as browsers open one through a
+    forward proxy) whose client reads nothing is aborted at send_timeout, and its line
+    gives the bytes that went: all the origin sent less what the abort dropped (8cd81cd,
+    as an HTTP answer cut short, nginx's $bytes_sent). The dropped bytes were the TLS
+    transport's buffer alone; what TLS had already encrypted into the TCP transport under
+    it (the remainder of a write the socket did not take) was dropped too and logged as
+    sent. Severity: low (a stalled wss client's bytes over-counted by up to a write)."""
+    from aiohttp import web
+    from support import read_json_log, until
+
+    from cacheproxy.proxy import tunnel as tunnel_mod
+
+    async def flood(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for _ in range(64):  # (paused by the proxy's flow control long before the end)
+            await ws.send_bytes(b"w" * (1 << 20))
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", flood)
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server(ssl=site_ca.server_context("localhost"))
+    ca_dir = tmp_path / "proxy-ca"
+    truth: list[tuple[int, int, int]] = []  # (from the origin, in TLS's buffer, in TCP's)
+    real = tunnel_mod.TunnelEnd._abort_client
+
+    def abort_client(self: tunnel_mod.TunnelEnd) -> None:
+        if not self.client.is_closing():
+            tcp = self.client._ssl_protocol._transport  # type: ignore[attr-defined]
+            truth.append((self.received, self.client.get_write_buffer_size(),
+                          tcp.get_write_buffer_size()))
+        real(self)
+
+    monkeypatch.setattr(tunnel_mod.TunnelEnd, "_abort_client", abort_client)
+    c = await proxy(await origin(web.Application()), log={"path": str(tmp_path / "r.log")},
+                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 0.5},
+                    forward={"enabled": True, "intercept_tls": True,
+                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    port, target = c.server.port, site.port
+
+    def open_and_stall() -> bytes:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
+                  "\r\n".encode())
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += s.recv(1)
+        t = ssl.create_default_context(cafile=str(ca_dir / "ca-cert.pem")).wrap_socket(
+            s, server_hostname="localhost")
+        t.sendall(f"GET /ws HTTP/1.1\r\nHost: localhost:{target}\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())
+        answer = t.recv(200)  # (the 101, perhaps with the first frame's bytes)
+        time.sleep(2)  # then reads nothing: the proxy gives up on it at send_timeout
+        t.close()
+        return answer
+
+    try:
+        answer = await asyncio.to_thread(open_and_stall)
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        assert await until(lambda: bool(truth), 5)
+        lines: list[dict[str, object]] = []
+        for _ in range(100):
+            lines = [r for r in await read_json_log(c) if r["path"] == "/ws"]
+            if lines:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await site.close()
+    (received, in_tls, in_tcp), = truth
+    assert in_tcp > 0, truth
+    assert [(r["status"], r["bytes"]) for r in lines] == [(101, received - in_tls - in_tcp)], \
+        truth

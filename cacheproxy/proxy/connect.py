@@ -144,7 +144,7 @@ class ConnectMethod:
                         return None
                 _, end = await connect_first(
                     self._loop, lambda: TunnelEnd(client, forward.tunnel_idle_timeout,
-                                                   self._timeouts.send),
+                                                   self._timeouts.send, self._below),
                     addresses, d.port)
         except (OSError, TimeoutError) as exc:
             status = 504 if isinstance(exc, TimeoutError) else 502
@@ -256,7 +256,7 @@ class ConnectMethod:
         self._started = True
         self._write_head(request.version, 101, reason, headers)
         self._flush_out()  # (the tunnel writes to the transport itself from now on)
-        end = TunnelEnd(client, idle_timeout, self._timeouts.send)
+        end = TunnelEnd(client, idle_timeout, self._timeouts.send, self._below)
         transport.set_protocol(end)
         end.connection_made(transport)
         # The tunnel first, then the origin's bytes sent with its 101: a client slow to

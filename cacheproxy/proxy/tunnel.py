@@ -14,8 +14,12 @@ class TunnelEnd(asyncio.Protocol):
     """The origin's side of a tunnel; `client` is the client's transport."""
 
     def __init__(self, client: asyncio.Transport, idle_timeout: float,
-                 send_timeout: float | None = None) -> None:
+                 send_timeout: float | None = None,
+                 below: asyncio.Transport | None = None) -> None:
         self.client = client
+        # Under an intercepted TLS client (a wss:// WebSocket), the TCP transport TLS
+        # writes into (proxy/under_tls.py): what waits there has not gone either.
+        self._below = below
         self.transport: asyncio.Transport | None = None
         self.received = 0  # bytes from the origin, sent to the client
         # Of those, what the client never got: left in its transport when the tunnel
@@ -78,7 +82,7 @@ class TunnelEnd(asyncio.Protocol):
 
     def _abort_client(self) -> None:
         if not self.client.is_closing():
-            self.dropped = self.client.get_write_buffer_size()
+            self.dropped = self._client_unsent()
         self.client.abort()
 
     def stand_down(self) -> None:
@@ -108,7 +112,7 @@ class TunnelEnd(asyncio.Protocol):
             # below the high-water mark too (nginx arms it on any write to the client that
             # did not complete), or a client reading nothing held up to 64 KB for good.
             if self._stall_timer is None and self._send_timeout is not None \
-                    and client.get_write_buffer_size():
+                    and self._client_unsent():
                 self._watch_client(self._send_timeout)
 
     def eof_received(self) -> bool:
@@ -215,11 +219,17 @@ class TunnelEnd(asyncio.Protocol):
     def _handed_on(self) -> int:
         """Bytes for the client its transport has handed to the kernel (read, or on
         their way): what progress is measured by, as client_conn's send_timeout does."""
-        return self.received - self.client.get_write_buffer_size()
+        return self.received - self._client_unsent()
+
+    def _client_unsent(self) -> int:
+        """Bytes for the client in its transport's buffer, and in the TCP one under it."""
+        unsent = self.client.get_write_buffer_size()
+        below = self._below
+        return unsent if below is None else unsent + below.get_write_buffer_size()
 
     def _check_stalled(self) -> None:
         self._stall_timer = None
-        if not self.client.get_write_buffer_size() or self._send_timeout is None \
+        if not self._client_unsent() or self._send_timeout is None \
                 or self.transport is None or self.transport.get_protocol() is not self \
                 or self.client.is_closing():
             return  # (it read all that waited, or the tunnel is ending)

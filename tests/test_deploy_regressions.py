@@ -233,7 +233,7 @@ redis_url = "{redis_server.url}"
     raw = Redis.from_url(redis_server.url)
     try:
         key = c.server.app[PROXY].cache_key("http", f"127.0.0.1:{c.server.port}", "/a")
-        await raw.hset(f"cacheproxy:e:{key}", "[]",
+        await raw.hset(f"cacheproxy:e2:{key}", "[]",
                        b"CPR\x01" + len(header).to_bytes(4, "big") + header)
     finally:
         await raw.aclose()

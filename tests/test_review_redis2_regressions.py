@@ -131,11 +131,6 @@ def test_the_other_schemes_keys_of_an_invalidation_keep_each_keys_own_suffix() -
 # -- 2. an entry Redis kept from before the user was keyed ---------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Redis entries carry no keying generation: telling a pre-a22bc7f entry from a current "
-    "one needs a new key namespace or record VERSION, so that an upgrade starts from an "
-    "empty shared cache (and old and new replicas stop sharing during a rolling one): a "
-    "maintainers' decision"))
 async def test_an_entry_stored_before_the_user_was_keyed_is_not_served_to_another_route(
         origin: Any, proxy: Any, redis_server: RedisServer, tmp_path: Path) -> None:
     """a22bc7f put the user of a route's upstream credentials in keys named after the
@@ -146,11 +141,13 @@ async def test_an_entry_stored_before_the_user_was_keyed_is_not_served_to_anothe
     to the same upstream with no credentials (the default route of the keys review's
     config). Its clients are served Alice's account until the entry expires. A record
     written before the key change cannot be told from one written after (same layout,
-    same VERSION, its key field matches). nginx's and Varnish's caches are per process
-    and start empty on an upgrade; a shared cache whose key spelling changes needs its
-    old entries out of reach. Severity: low (a window of max-age after an upgrade, and only
-    with an anonymous route to an API another route reaches with credentials; but then one
-    account's answers go to anonymous clients)."""
+    same VERSION, its key field matches), so entries now live under a keys generation
+    (`cacheproxy:e2:`, store/redis.py KEYS_GENERATION) that this build alone reads.
+    nginx's and Varnish's caches are per process and start empty on an upgrade; a shared
+    cache whose key spelling changes needs its old entries out of reach. Severity: low (a
+    window of max-age after an upgrade, and only with an anonymous route to an API another
+    route reaches with credentials; but then one account's answers go to anonymous
+    clients)."""
     async def me(request: web.Request) -> web.Response:
         return web.Response(text=f"account of {request.headers.get('Authorization', '-')}",
                             headers={"Cache-Control": "max-age=60"})
@@ -171,7 +168,8 @@ host = "alice.example"
 upstream = "{up.replace("http://", "http://alice:a-secret@")}"
 """)
     # What the proxy before a22bc7f stored for Alice's route: her answer, keyed without
-    # her user (the record layout and its VERSION are the same since).
+    # her user, under the namespace of that build (the record layout and VERSION are the
+    # same since).
     old_key = f"{up}/me"
     alices = make_entry(old_key, b"account of Basic YWxpY2U6YS1zZWNyZXQ=")
     raw = Redis.from_url(redis_server.url)

@@ -84,7 +84,7 @@ async def test_a_stored_record_the_cache_could_not_have_written_is_a_miss(
         "last_modified": None, "modified_at": 0.0, "size": 10, **change}
     raw = Redis.from_url(redis_server.url)
     try:
-        await raw.hset(f"cacheproxy:e:{key}", "[[],[]]", _record(header, b"0123456789"))
+        await raw.hset(f"cacheproxy:e2:{key}", "[[],[]]", _record(header, b"0123456789"))
     finally:
         await raw.aclose()
     resp = await c.get("/a")
@@ -107,7 +107,7 @@ async def test_a_damaged_variant_list_does_not_make_puts_fail_half_done(
     store = RedisStore(redis_cache(redis_server))
     raw = Redis.from_url(redis_server.url)
     try:
-        name = b"cacheproxy:e:" + b"http://x/a"
+        name = b"cacheproxy:e2:" + b"http://x/a"
         await raw.hset(name, mapping={"#": '{"old":["1","99999999999999"]}', "old": "x"})
         assert await store.put(make_entry(key="http://x/a"))
         assert await raw.ttl(name) > 0

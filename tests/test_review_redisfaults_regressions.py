@@ -59,7 +59,7 @@ async def test_a_truncated_record_is_a_miss_not_a_short_body(
     assert await (await c.get("/a")).read() == BODY
     raw = Redis.from_url(redis_server.url)
     try:
-        [name] = await raw.keys("cacheproxy:e:*")
+        [name] = await raw.keys("cacheproxy:e2:*")
         [(field, record)] = [(f, v) for f, v in (await raw.hgetall(name)).items() if f != b"#"]
         await raw.hset(name, field, record[:-5000])  # the body cut in half
         resp = await c.get("/a")
@@ -156,7 +156,7 @@ async def test_an_invalidation_while_redis_is_down_holds_once_it_is_back(
         raw = Redis.from_url(redis.url)
         try:  # (the fill is stored once its body is in, after the client has it)
             async with asyncio.timeout(3):
-                while not await raw.keys("cacheproxy:e:*"):
+                while not await raw.keys("cacheproxy:e2:*"):
                     await asyncio.sleep(0.01)
         finally:
             await raw.aclose()
@@ -189,10 +189,10 @@ async def test_a_key_of_another_type_is_replaced_by_the_next_fill(
     key = c.app_proxy.cache_key("http", f"127.0.0.1:{c.server.port}", "/a")
     raw = Redis.from_url(redis_server.url)
     try:
-        await raw.set(f"cacheproxy:e:{key}", b"not a hash")
+        await raw.set(f"cacheproxy:e2:{key}", b"not a hash")
         assert (await c.get("/a")).headers["X-Cache"] == "MISS"
         async with asyncio.timeout(3):  # (stored once the body is in)
-            while await raw.type(f"cacheproxy:e:{key}") != b"hash":
+            while await raw.type(f"cacheproxy:e2:{key}") != b"hash":
                 await asyncio.sleep(0.01)
         assert (await c.get("/a")).headers["X-Cache"] == "HIT"
     finally:
@@ -265,9 +265,9 @@ async def test_a_record_for_another_url_is_not_served_for_this_one(
     raw = Redis.from_url(redis_server.url)
     try:
         async with asyncio.timeout(3):  # (stored once the body is in)
-            while not await raw.exists(f"cacheproxy:e:{key_b}"):
+            while not await raw.exists(f"cacheproxy:e2:{key_b}"):
                 await asyncio.sleep(0.01)
-        await raw.copy(f"cacheproxy:e:{key_b}", f"cacheproxy:e:{key_a}")
+        await raw.copy(f"cacheproxy:e2:{key_b}", f"cacheproxy:e2:{key_a}")
         resp = await c.get("/a")
         assert await resp.text() == "page /a", resp.headers["X-Cache"]
     finally:

@@ -127,7 +127,7 @@ async def test_the_store_leaves_max_object_bytes_to_each_route(store: RedisStore
 async def test_key_ttl(store: RedisStore, raw: Redis, cc: str, extra: tuple[tuple[str, str]],
                        seconds: float) -> None:
     await store.put(make_entry(cc=cc, extra=extra))
-    ttl = await raw.pttl(b"cacheproxy:e:http://o/a") / 1000
+    ttl = await raw.pttl(b"cacheproxy:e2:http://o/a") / 1000
     # (the Date the cache adds is whole seconds, so the entry is up to 1 s old when made,
     # plus what passes until pttl: 58.999 for 60 was seen once)
     assert seconds - 2 < ttl <= seconds
@@ -137,7 +137,7 @@ async def test_the_key_lives_as_long_as_its_longest_lived_variant(
         store: RedisStore, raw: Redis) -> None:
     await store.put(make_entry(cc="max-age=600", vary=("x-a",), values=("1",)))
     await store.put(make_entry(cc="max-age=60", vary=("x-a",), values=("2",)))
-    assert 599 < await raw.pttl(b"cacheproxy:e:http://o/a") / 1000 <= 600
+    assert 599 < await raw.pttl(b"cacheproxy:e2:http://o/a") / 1000 <= 600
     # A variant past its own TTL (here the 1 s minimum) is dropped by the next put.
     old = make_entry(cc="max-age=10", vary=("x-a",), values=("old",), at=time.time() - 100)
     await store.put(old)
@@ -175,10 +175,10 @@ async def test_purges_are_published(store: RedisStore, raw: Redis) -> None:
 
 async def test_an_unreadable_entry_is_a_miss_and_goes(store: RedisStore, raw: Redis) -> None:
     await store.put(make_entry(vary=("x-a",), values=("1",)))
-    await raw.hset(b"cacheproxy:e:http://o/a", b'["2"]', b"CPR\x09garbage")
+    await raw.hset(b"cacheproxy:e2:http://o/a", b'["2"]', b"CPR\x09garbage")
     variants = await store.get("http://o/a")
     assert [v.vary_values for v in variants] == [("1",)]
-    assert not await raw.hexists(b"cacheproxy:e:http://o/a", b'["2"]')
+    assert not await raw.hexists(b"cacheproxy:e2:http://o/a", b'["2"]')
 
 
 async def test_stats(store: RedisStore, raw: Redis) -> None:

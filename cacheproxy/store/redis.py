@@ -285,13 +285,22 @@ def _driver_info() -> dict[str, Any]:
     return {"driver_info": DriverInfo().add_upstream_driver("cacheproxy", ours)}
 
 
+# Entries live under <redis_prefix>e<generation>:<key>. The generation changes with the
+# spelling of cache keys: under an older spelling a key can name another route's answers
+# (before a22bc7f, a route to an API as user alice stored under `http://api/me`, today
+# the key of a route to it without credentials), and Redis outlives the proxies. A new
+# build reads none of them (an upgrade starts from an empty shared cache, and old and new
+# replicas of a rolling one share nothing); they go with their TTLs.
+KEYS_GENERATION = b"2"
+
+
 class RedisStore:
     """The Store protocol over redis.asyncio; see the module docstring."""
 
     def __init__(self, cache: CacheConfig) -> None:
         prefix = _bytes(cache.redis_prefix)
         self._prefix = prefix
-        self._entries = prefix + b"e:"
+        self._entries = prefix + b"e" + KEYS_GENERATION + b":"
         self.channel = prefix + b"purge"  # "d<key>", "p<prefix>" or "c", after each purge
         self.timeout = cache.redis_timeout
         self.retry_interval = cache.redis_retry_interval

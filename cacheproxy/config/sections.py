@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cacheproxy.config.entries import (
+    WildcardOrigin,
     parse_origin_entry,
     parse_referrer_policy,
     parse_valid_referer,
@@ -254,13 +255,24 @@ class Config:
 
 # Fetch "normalize a method": these are byte-upper-cased by browsers.
 _FETCH_NORMALISED = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
+# RFC 6761 §6.4: no site is ever named under .invalid, so a pattern matching one of these
+# is anchored to no domain of the operator's ("~https://.*" matches every https site).
 _PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443")
+# RFC 6761 §6.2-§6.4, RFC 6762 §3, ICANN's .internal: single labels that name no public
+# sites, so "*.localhost" or "*.internal" is a developer's or a company's own wildcard.
+_PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "internal"})
 
 
 def _grants_anyone(entry: str) -> bool:
-    """Does a ~regex origin pattern match unrelated probe origins (a catch-all)?"""
-    pattern = re.compile(entry[1:])
-    return all(pattern.fullmatch(probe) for probe in _PROBES)
+    """Does an allow_origins entry grant sites nobody listed: a ~regex matching one of the
+    unrelated probe origins (a catch-all), or a wildcard over a public top-level domain
+    (https://*.com)?"""
+    if entry.startswith("~"):
+        pattern = re.compile(entry[1:])
+        return any(pattern.fullmatch(probe) for probe in _PROBES)
+    wildcard = parse_origin_entry(entry)
+    return isinstance(wildcard, WildcardOrigin) and "." not in wildcard.domain \
+        and wildcard.domain not in _PRIVATE_TLDS
 
 
 def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig,
@@ -278,13 +290,14 @@ def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig
             "response whose Access-Control-Allow-Origin is '*' (Fetch standard §3.2.5); list "
             f"the origins to trust instead, got {list(cors.allow_origins)!r}",
         )
-    if cors.allow_credentials and any(
-            _grants_anyone(entry) for entry in cors.allow_origins if entry.startswith("~")):
+    if cors.allow_credentials and any(_grants_anyone(e) for e in cors.allow_origins
+                                      if e not in ("*", "null")):
         raise ConfigError(
             f"{prefix}cors.allow_origins",
-            "a pattern that matches any origin cannot go with allow_credentials = true: it "
-            "would grant every site your users' credentials, which is what '*' is refused "
-            "for; list the origins or write a narrower pattern",
+            "a pattern that matches any origin (such as '~https://.*') or a wildcard over a "
+            "top-level domain (such as 'https://*.com') cannot go with allow_credentials = "
+            "true: it would grant every such site your users' credentials, which is what '*' "
+            "is refused for; list the origins or write a narrower pattern",
         )
     if cors.allow_credentials and "null" in cors.allow_origins:
         raise ConfigError(

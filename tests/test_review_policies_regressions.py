@@ -1,0 +1,65 @@
+"""Regressions found reviewing the CORS and Referer policies as a security reviewer reads them
+(review-policies): the Fetch standard's CORS protocol, the W3C Referrer Policy, and what
+nginx, Squid and Varnish do.
+
+Each test says what is expected and why, with the section of the standard it follows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from cacheproxy.config import load_config
+from cacheproxy.config.values import ConfigError
+
+
+class Recording:
+    """An origin that keeps the Referer of each request and answers a cacheable text."""
+
+    def __init__(self) -> None:
+        self.referers: list[str | None] = []
+        self.app = web.Application()
+        self.app.router.add_route("*", "/{tail:.*}", self.answer)
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.referers.append(request.headers.get("Referer"))
+        return web.Response(text="ok", headers={"Cache-Control": "public, max-age=60"})
+
+
+def _load(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "cacheproxy.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n' + body)
+    load_config(path, env={})
+
+
+@pytest.mark.parametrize("entry", ["~https://.*", "~https://.+", "https://*.com"])
+def test_a_credentialed_grant_to_every_https_site_is_refused_at_start(tmp_path, entry):
+    """`allow_credentials = true` with `*` is refused at start (Fetch §3.2.5), and so,
+    README says, is "a ~regex that matches any origin". The check only refused a pattern
+    that matched both an https and an http probe origin: `~https://.*` (or `.+`) matches
+    every https site, which is every site an attacker would use, and passed; so did the
+    wildcard `https://*.com`, which covers every .com site. Either hands any such page a
+    credentialed read of the user's responses through the proxy (the proxy echoes the
+    requesting Origin with Access-Control-Allow-Credentials: true). The start must stop,
+    naming the key, for the top-level section and a route's. Severity: medium (a guard
+    the README promises, missed for the most common catch-all spelling)."""
+    with pytest.raises(ConfigError) as top:
+        _load(tmp_path, f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
+    assert top.value.key == "cors.allow_origins"
+    with pytest.raises(ConfigError) as routed:
+        _load(tmp_path, '[[routes]]\nhost = "a.example"\nupstream = "http://127.0.0.1:9"\n'
+                        f'[routes.cors]\nallow_origins = ["{entry}"]\n'
+                        'allow_credentials = true\n')
+    assert routed.value.key == "routes[0].cors.allow_origins"
+
+
+@pytest.mark.parametrize("entry", [
+    "~https://pr-[0-9]+\\\\.preview\\\\.example", "https://*.partner.example",
+    "http://*.localhost:3000", "~https?://(app|admin)\\\\.example\\\\.com"])
+def test_narrow_credentialed_grants_still_start(tmp_path, entry):
+    """The other side of the check above: patterns and wildcards anchored to the operator's
+    own domains (and *.localhost, the loopback names of RFC 6761 §6.3) still load."""
+    _load(tmp_path, f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')

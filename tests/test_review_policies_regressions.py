@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from support import proxy_for_toml as start
+from support import read_json_log
 
 from cacheproxy.config import load_config
 from cacheproxy.config.values import ConfigError
@@ -63,3 +65,40 @@ def test_narrow_credentialed_grants_still_start(tmp_path, entry):
     """The other side of the check above: patterns and wildcards anchored to the operator's
     own domains (and *.localhost, the loopback names of RFC 6761 §6.3) still load."""
     _load(tmp_path, f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
+
+
+LOGGED = """
+[proxy]
+upstream = "{up}"
+[referer]
+strip_params = ["sid", "jsessionid"]
+[log]
+path = "LOG"
+"""
+
+
+async def _logged_proxy(origin, proxy, tmp_path, up):
+    toml = LOGGED.replace("LOG", str(tmp_path / "access.log"))
+    return await start(origin, proxy, tmp_path, toml, up=up)
+
+
+async def test_the_request_log_does_not_keep_a_password_from_the_referer(
+        origin, proxy, tmp_path):
+    """W3C Referrer Policy §8.3 (and Fetch's "strip url for use as a referrer"): a
+    Referer never carries a username or password, and the proxy drops a `user:password@`
+    from the Referer it forwards upstream for that reason. The request log wrote the same
+    Referer as it came, password and all (`"referer": "https://alice:hunter2@..."`), on
+    misses and on hits, where anyone who reads the log or the files it is shipped to sees
+    it; the log already hides strip_params values for the same reason. Browsers never
+    send one, so it comes from scripts and crawlers (curl -e). Severity: low."""
+    up = Recording()
+    c = await _logged_proxy(origin, proxy, tmp_path, up)
+    referer = "https://alice:hunter2@good.example/page"
+    for _ in range(2):  # a miss, then a hit (each path writes its own line)
+        assert (await c.get("/r", headers={"Referer": referer})).status == 200
+    assert up.referers == ["https://good.example/page"]  # what the upstream saw
+    lines = [line for line in await read_json_log(c) if line["path"] == "/r"]
+    assert [line["cache"] for line in lines] == ["MISS", "HIT"]
+    for line in lines:
+        assert "hunter2" not in line["referer"], line
+        assert line["referer"].endswith("good.example/page")

@@ -114,7 +114,7 @@ class Observer:
             None if upstream_ms is None else round(upstream_ms, 3),
             outcome.collapsed, outcome.route, outcome.policy,
             _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
-            redact(h.get("Referer"), secrets) if secrets else h.get("Referer"),
+            redact(h.get("Referer"), secrets),
             h.get("User-Agent"), outcome.final_cache_status(), outcome.bytes_in,
         )
         self._add(record, counted)
@@ -243,7 +243,7 @@ def _hit_fields(parts: _HitParts) -> _HitFields:
      ended) = parts
     h = msg.headers
     referer = h.get(REFERER)
-    return (msg.method, msg.version, redact(referer, secrets) if secrets else referer,
+    return (msg.method, msg.version, redact(referer, secrets),
             h.get(USER_AGENT), host, path, route, status, sent, int(age), int(ttl // 1),
             member, remote or "-", started, ended)
 

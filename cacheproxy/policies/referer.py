@@ -164,9 +164,15 @@ def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
 
 
 def redact(url: str | None, names: frozenset[str]) -> str | None:
-    """`url` with the values of the `names` query parameters replaced by REDACTED, for the
-    request log: a session id kept from the upstream must not sit in a log file either."""
-    if url is None or not names or ("?" not in url and "#" not in url):
+    """`url` as the request log writes it: the values of the `names` query parameters
+    replaced by REDACTED (a session id kept from the upstream must not sit in a log file
+    either), and a user:password@ by REDACTED@ (§8.3: no Referer carries one, and none
+    goes upstream; a client that sent one must not find its password in the log)."""
+    if url is None:
+        return None
+    if "@" in url:
+        url = _USERINFO.sub(r"\1REDACTED@", url, count=1)
+    if not names or ("?" not in url and "#" not in url):
         return url
     rest, hash_, fragment = url.partition("#")
     base, question, query = rest.partition("?")

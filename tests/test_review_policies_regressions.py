@@ -102,3 +102,28 @@ async def test_the_request_log_does_not_keep_a_password_from_the_referer(
     for line in lines:
         assert "hunter2" not in line["referer"], line
         assert line["referer"].endswith("good.example/page")
+
+
+async def test_a_session_id_in_a_path_parameter_is_stripped_like_one_in_the_query(
+        origin, proxy, tmp_path):
+    """Servlet containers (Tomcat, Jetty) put the session id in the URL as a path parameter,
+    `/cart;jsessionid=ABC123?x=1` (RFC 3986 §3.3: ";" inside a segment), the textbook
+    session id that leaks through Referer (OWASP, CWE-598). With "jsessionid" in
+    referer.strip_params, the proxy removed it from a Referer's query (`?jsessionid=`,
+    `&jsessionid=`, `;jsessionid=` after "?") but forwarded `;jsessionid=ABC123` in the path
+    to the upstream untouched, and wrote it in the request log, in the Referer and in the
+    request's own target alike. Expected: gone from the forwarded Referer (the rest byte for
+    byte), and REDACTED in the log. Severity: medium (a configured secret sent on)."""
+    up = Recording()
+    c = await _logged_proxy(origin, proxy, tmp_path, up)
+    referer = "https://shop.example/cart;jsessionid=ABC123;v=2?x=1&sid=S1"
+    assert (await c.get("/r", headers={"Referer": referer})).status == 200
+    assert up.referers == ["https://shop.example/cart;v=2?x=1"]
+    assert (await c.get("/p;jsessionid=XYZ789?y=1")).status == 200
+    lines = await read_json_log(c)
+    text = "\n".join(f"{line['path']} {line['referer']}" for line in lines)
+    for secret in ("ABC123", "XYZ789", "S1"):
+        assert secret not in text, text
+    assert lines[0]["referer"] == \
+        "https://shop.example/cart;jsessionid=REDACTED;v=2?x=1&sid=REDACTED"
+    assert lines[1]["path"] == "/p;jsessionid=REDACTED?y=1"

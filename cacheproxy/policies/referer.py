@@ -147,20 +147,21 @@ def forwarded_referer(policy: RefererPolicy, referer: str | None) -> str | None:
     """The Referer to send upstream (None: send none). The fragment is dropped (Fetch never
     sends one); "origin" trims to scheme://host[:port]/ (W3C Referrer Policy §8.4, default port
     omitted); "keep" leaves the URL byte-exact but for a user:password@ (§8.3) and the
-    strip_params query parameters."""
+    strip_params parameters, in the query and in the path (";jsessionid=")."""
     if referer is None or policy.upstream_referer == "strip":
         return None
     url = referer.split("#", 1)[0]
     if policy.upstream_referer == "origin":
         return _origin_of(url)
     url = _USERINFO.sub(r"\1", url, count=1)  # §8.3: never a username or password
+    if not policy.strip_params:
+        return url
     base, question, query = url.partition("?")
-    if not question or not policy.strip_params:
-        return url
-    kept = _without(query, policy.strip_params)
-    if kept == query:  # nothing stripped: as sent (an empty "?" too)
-        return url
-    return f"{base}?{kept}" if kept else base
+    path = _path_without(base, policy.strip_params)
+    kept = _without(query, policy.strip_params) if question else query
+    if kept == query:  # none stripped from the query: it stays as sent (an empty "?" too)
+        return f"{path}{question}{query}"
+    return f"{path}?{kept}" if kept else path
 
 
 def redact(url: str | None, names: frozenset[str]) -> str | None:
@@ -172,10 +173,11 @@ def redact(url: str | None, names: frozenset[str]) -> str | None:
         return None
     if "@" in url:
         url = _USERINFO.sub(r"\1REDACTED@", url, count=1)
-    if not names or ("?" not in url and "#" not in url):
+    if not names or ("?" not in url and "#" not in url and ";" not in url):
         return url
     rest, hash_, fragment = url.partition("#")
     base, question, query = rest.partition("?")
+    base = _path_redacted(base, names)
     if question:
         query = _redacted(query, names)
     # A fragment may hold parameters too (OAuth's #access_token=..., RFC 6749 §4.2.2).
@@ -186,6 +188,23 @@ def redact(url: str | None, names: frozenset[str]) -> str | None:
 # a secret after either separator is one to some server.
 _SEPARATORS = re.compile(r"([&;])")
 _USERINFO = re.compile(r"^(https?://)[^/?#]*@", re.IGNORECASE | re.ASCII)
+# RFC 3986 §3.3: a segment's ";name=value" parameters, where servlet containers keep the
+# session id (Tomcat's "/cart;jsessionid=..."): a secret there is one as in the query.
+_PATH_PARAM = re.compile(r";([^;/?#=]*)(=[^;/?#]*)?")
+
+
+def _path_without(base: str, names: frozenset[str]) -> str:
+    """`base` (the URL before its query) without the `names` path parameters."""
+    if ";" not in base:
+        return base
+    return _PATH_PARAM.sub(lambda m: "" if _param_name(m[1]) in names else m[0], base)
+
+
+def _path_redacted(base: str, names: frozenset[str]) -> str:
+    if ";" not in base:
+        return base
+    return _PATH_PARAM.sub(
+        lambda m: f";{m[1]}=REDACTED" if _param_name(m[1]) in names else m[0], base)
 
 
 def _without(query: str, names: frozenset[str]) -> str:

@@ -227,6 +227,7 @@ class CacheProxy:
         parsed = request_target("/" if raw == "*" else raw, host)  # ("*": Host checked)
         if parsed is None:  # RFC 9112 §3.2: a missing or invalid Host is a 400
             outcome.status = "ERROR"
+            outcome.secrets = self.plans.secrets  # no route chosen: any route's redacted
             # Refused before the cache, as the parser's 400s: no Cache-Status, no X-Cache
             # (README), since no lookup was made and nothing was forwarded.
             return text_answer(400, "400 invalid Host or request target\n",
@@ -234,6 +235,7 @@ class CacheProxy:
         target = outcome.target = "*" if raw == "*" else parsed.path
         authority = outcome.host = parsed.authority
         plans = self.plans  # read once: a reload (SIGHUP) does not change a request midway
+        outcome.secrets = plans.secrets  # (for a refusal before the route is chosen)
         scheme = request.scheme
         if tunnel is not None:  # inside an intercepted CONNECT: that origin (https, or
             # http for a client that spoke plain HTTP in it: connect.py)

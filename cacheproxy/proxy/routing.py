@@ -142,13 +142,18 @@ class Plans:
     config: Config | None = None
     # Forward mode: a plan per origin a client named, made on first use.
     forwarded: dict[str, RoutePlan] = field(default_factory=dict)
+    # Every route's referer.strip_params: what the log redacts in a request refused before
+    # its route is chosen.
+    secrets: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, config: Config, default_upstream: str) -> Plans:
         table = RouteTable.from_config(config)
         by_name = {r.name: plan_route(r, config, default_upstream)
                    for r in (*table.routes, table.default)}
-        return cls(table, by_name, by_name[table.default.name], bool(table.routes), config)
+        secrets = frozenset().union(*(p.route.referer.strip_params for p in by_name.values()))
+        return cls(table, by_name, by_name[table.default.name], bool(table.routes), config,
+                   secrets=secrets)
 
     def forward_to(self, scheme: str, host: str, port: int) -> RoutePlan:
         """Forward mode: the plan for an origin a client named (absolute-form, or a CONNECT

@@ -160,6 +160,26 @@ REFERRER_POLICIES = frozenset({
 KEYWORDS = frozenset({"none", "blocked", "server_names"})
 
 
+# RFC 6761 §6.4: no site is ever named under .invalid, so a pattern matching one of these
+# is anchored to no domain of the operator's ("~https://.*" matches every https site).
+_PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443")
+# RFC 6761 §6.2-§6.4, RFC 6762 §3, ICANN's .internal: single labels that name no public
+# sites, so "*.localhost" or "*.internal" is a developer's or a company's own wildcard.
+_PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "internal"})
+
+
+def grants_anyone(entry: str) -> bool:
+    """Does an allow_origins entry grant sites nobody listed: a ~regex matching one of the
+    unrelated probe origins (a catch-all), or a wildcard over a public top-level domain
+    (https://*.com)?"""
+    if entry.startswith("~"):
+        pattern = re.compile(entry[1:])
+        return any(pattern.fullmatch(probe) for probe in _PROBES)
+    wildcard = parse_origin_entry(entry)
+    return isinstance(wildcard, WildcardOrigin) and "." not in wildcard.domain \
+        and wildcard.domain not in _PRIVATE_TLDS
+
+
 class HostRule(NamedTuple):
     """A valid_referers host entry: "example.com", "*.example.com" or "www.example.*",
     with an optional path prefix ("example.com/galleries/")."""

@@ -4,14 +4,13 @@ that involve more than one setting."""
 from __future__ import annotations
 
 import ipaddress
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cacheproxy.config.entries import (
-    WildcardOrigin,
+    grants_anyone,
     parse_origin_entry,
     parse_referrer_policy,
     parse_valid_referer,
@@ -255,26 +254,6 @@ class Config:
 
 # Fetch "normalize a method": these are byte-upper-cased by browsers.
 _FETCH_NORMALISED = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
-# RFC 6761 §6.4: no site is ever named under .invalid, so a pattern matching one of these
-# is anchored to no domain of the operator's ("~https://.*" matches every https site).
-_PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443")
-# RFC 6761 §6.2-§6.4, RFC 6762 §3, ICANN's .internal: single labels that name no public
-# sites, so "*.localhost" or "*.internal" is a developer's or a company's own wildcard.
-_PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "internal"})
-
-
-def _grants_anyone(entry: str) -> bool:
-    """Does an allow_origins entry grant sites nobody listed: a ~regex matching one of the
-    unrelated probe origins (a catch-all), or a wildcard over a public top-level domain
-    (https://*.com)?"""
-    if entry.startswith("~"):
-        pattern = re.compile(entry[1:])
-        return any(pattern.fullmatch(probe) for probe in _PROBES)
-    wildcard = parse_origin_entry(entry)
-    return isinstance(wildcard, WildcardOrigin) and "." not in wildcard.domain \
-        and wildcard.domain not in _PRIVATE_TLDS
-
-
 def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig,
                     prefix: str = "") -> None:
     """Rules across settings of the sections a route can override; `prefix` "routes[1]."."""
@@ -290,7 +269,7 @@ def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig
             "response whose Access-Control-Allow-Origin is '*' (Fetch standard §3.2.5); list "
             f"the origins to trust instead, got {list(cors.allow_origins)!r}",
         )
-    if cors.allow_credentials and any(_grants_anyone(e) for e in cors.allow_origins
+    if cors.allow_credentials and any(grants_anyone(e) for e in cors.allow_origins
                                       if e not in ("*", "null")):
         raise ConfigError(
             f"{prefix}cors.allow_origins",

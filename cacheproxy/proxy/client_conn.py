@@ -168,10 +168,16 @@ def _upgrade_alone(messages: list[Any], data: bytes) -> RawRequestMessage | None
     connection), without a body, and it ended the read: RFC 9110 §7.8 lets a server ignore
     Upgrade and go on with HTTP/1.1 on the connection, as nginx does. llhttp pauses at the
     end of any upgrade request and aiohttp's wrapper drops the bytes after it in the same
-    read, so a request followed by more bytes there still ends its connection."""
-    msg, payload = messages[-1]
+    read, so a request followed by more bytes there still ends its connection. Nothing
+    followed when the read holds one CRLFCRLF per request in it, the last at its end: the
+    requests have no body (a head holds no CRLFCRLF but its end), and a request after the
+    upgrade one, dropped, would add one (a read that merely ends with CRLFCRLF may end
+    with that request's head)."""
+    msg = messages[-1][0]
     if isinstance(msg, HttpProcessingError) or not msg.upgrade \
-            or payload is not EMPTY_PAYLOAD or not data.endswith(b"\r\n\r\n"):
+            or not data.endswith(b"\r\n\r\n") \
+            or any(p is not EMPTY_PAYLOAD for _, p in messages) \
+            or data.count(b"\r\n\r\n") != len(messages):
         return None
     return msg
 

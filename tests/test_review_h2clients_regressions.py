@@ -1,0 +1,101 @@
+"""Findings of the h2clients review (review-h2clients): HTTP/2-era clients and newer request
+shapes against this HTTP/1.1 proxy (the h2c Upgrade of `curl --http2` and Java's HttpClient,
+HTTP/2's connection preface, ALPN inside an intercepted CONNECT), compared with nginx 1.22
+and Squid 5.7 in front of the same origin. Each test talks to the real proxy on 127.0.0.1,
+failed on the code it was written against (or is marked xfail, strict, with the reason it
+stays), and says what is wrong, why it matters and how severe it is."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+
+def _path_app(seen: list[str]) -> web.Application:
+    async def handle(request: web.Request) -> web.Response:
+        upgrade = request.headers.get("Upgrade", "-")
+        seen.append(f"{request.method} {request.path} upgrade={upgrade}")
+        return web.Response(text=f"at {request.path}", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{p}", handle)
+    return app
+
+
+async def _answers(reader: asyncio.StreamReader, timeout: float) -> list[tuple[int, str, bytes]]:
+    """The responses (Content-Length framed) read until the proxy closes or timeout seconds
+    pass with nothing more: (status, Connection field, body) each."""
+    got: list[tuple[int, str, bytes]] = []
+    while True:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except TimeoutError:
+            return got
+        if not line:
+            return got
+        fields: dict[str, str] = {}
+        while (field := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b""):
+            name, value = field.decode("latin-1").split(":", 1)
+            fields[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(fields.get("content-length", "0")))
+        got.append((int(line.split()[1]), fields.get("connection", ""), body))
+
+
+_H2C = (b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n")
+
+
+async def test_a_request_pipelined_behind_an_h2c_upgrade_is_answered_or_the_connection_closes(
+        origin: Any, proxy: Any) -> None:
+    """An `Upgrade: h2c` request (as `curl --http2` and Java's HttpClient send) followed in
+    the same read by another request: llhttp pauses at the end of the upgrade request and
+    aiohttp's wrapper drops the bytes after it, so the second request is lost. The proxy
+    then answered the first one without `Connection: close` and kept the connection open:
+    the client waited for an answer that never came, until proxy.keepalive_timeout (75 s).
+    The rule that keeps an h2c connection alive (_upgrade_alone, "an upgrade request that
+    ended its read") looked only at whether the read ended with CRLFCRLF, which the
+    request after it does as well. README: "a request followed by more bytes there still
+    ends its connection". RFC 9112 §9.3.2: a server answers pipelined requests in order;
+    nginx and Squid answer both. Severity: low to medium (a client that pipelines behind
+    an h2c upgrade, or a front proxy multiplexing clients on one connection, hangs for 75 s
+    and loses its request; no wrong answer is given)."""
+    seen: list[str] = []
+    client = await proxy(await origin(_path_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"GET /one HTTP/1.1\r\nHost: site.test\r\n" + _H2C + b"\r\n"
+                     b"GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        got = await _answers(reader, 3)
+    finally:
+        writer.close()
+    assert got, "no answer"
+    assert got[0][:1] == (200,) and got[0][2] == b"at /one"
+    # Either both are answered (nginx, Squid) or the first says close and the connection
+    # ends (the proxy's documented way): never an open connection holding a lost request.
+    assert [body for _, _, body in got] == [b"at /one", b"at /two"] \
+        or (len(got) == 1 and got[0][1].lower() == "close"), got
+
+
+async def test_an_h2c_upgrade_pipelined_behind_a_request_still_keeps_its_connection(
+        origin: Any, proxy: Any) -> None:
+    """The other side of the test above: a request, then an `Upgrade: h2c` one ending the
+    read (nothing dropped after it), keeps the connection as a lone h2c request does
+    (RFC 9110 §7.8; test_review_clients_regressions): both answered, no close, and the
+    next request is answered on it. Severity: low (guards the fix above)."""
+    seen: list[str] = []
+    client = await proxy(await origin(_path_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"GET /zero HTTP/1.1\r\nHost: site.test\r\n\r\n"
+                     b"GET /one HTTP/1.1\r\nHost: site.test\r\n" + _H2C + b"\r\n")
+        got = await _answers(reader, 1)
+        assert [(status, body) for status, _, body in got] == [(200, b"at /zero"),
+                                                               (200, b"at /one")]
+        assert all(conn.lower() != "close" for _, conn, _ in got), got
+        writer.write(b"GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        assert [body for _, _, body in await _answers(reader, 1)] == [b"at /two"]
+    finally:
+        writer.close()
+    assert seen == ["GET /zero upgrade=-", "GET /one upgrade=-", "GET /two upgrade=-"]

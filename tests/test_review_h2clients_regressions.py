@@ -99,3 +99,31 @@ async def test_an_h2c_upgrade_pipelined_behind_a_request_still_keeps_its_connect
     finally:
         writer.close()
     assert seen == ["GET /zero upgrade=-", "GET /one upgrade=-", "GET /two upgrade=-"]
+
+
+# RFC 9113 §3.4: HTTP/2's connection preface, then an empty SETTINGS frame.
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+async def test_a_request_before_http2_s_preface_in_one_read_is_answered(
+        origin: Any, proxy: Any) -> None:
+    """README ("Errors"): requests pipelined before a malformed one are answered first, then
+    the malformed one gets its 400 and the connection closes. HTTP/2's connection preface
+    (`PRI * HTTP/2.0`, RFC 9113 §3.4) after a request in the same read got the 400 alone:
+    the request before it was dropped, never sent upstream nor answered. llhttp drops the
+    messages of a feed it refuses, and the walk that parses them again one head at a time
+    (_FallbackParser._until_close) gave up on the preface's first head, after which llhttp
+    gives no message and no error (it waits for the preface's "SM"). nginx and Squid
+    answer the request, then refuse the preface (400, 505). Severity: low (a client that
+    switches to HTTP/2 mid-connection is broken anyway; the request lost was valid)."""
+    seen: list[str] = []
+    client = await proxy(await origin(_path_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"GET /first HTTP/1.1\r\nHost: site.test\r\n\r\n" + _PREFACE)
+        got = await _answers(reader, 3)
+    finally:
+        writer.close()
+    assert [(status, body) for status, _, body in got][:1] == [(200, b"at /first")], got
+    assert [status for status, _, _ in got] == [200, 400] and got[1][1] == "close", got
+    assert seen == ["GET /first upgrade=-"]

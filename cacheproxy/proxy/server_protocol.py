@@ -371,6 +371,11 @@ class _FallbackParser:
             end = end + 4 if whole else len(replay)
             try:
                 messages, upgraded, _ = parser.feed_data(bytes(replay[pos:end]))
+                if whole and not messages and not upgraded:
+                    # A whole head that gives no message: HTTP/2's preface (`PRI *
+                    # HTTP/2.0`, RFC 9113 §3.4), after which llhttp waits for its "SM" to
+                    # refuse it. Refused here, after the requests before it.
+                    raise BadHttpMessage("HTTP/2 connection preface")
             except BadHttpMessage as bad:
                 # (After a rewrite, the bytes fed again meet this head as any feed would:
                 # an unknown method goes to the Python parser, a malformed head gets its

@@ -127,3 +127,28 @@ async def test_a_request_before_http2_s_preface_in_one_read_is_answered(
     assert [(status, body) for status, _, body in got][:1] == [(200, b"at /first")], got
     assert [status for status, _, _ in got] == [200, 400] and got[1][1] == "close", got
     assert seen == ["GET /first upgrade=-"]
+
+
+async def test_http2_s_preface_is_logged_with_its_request_line(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """README (The request log): a request the parser refused is logged "with the request
+    line the parser read", "-" only when the line was not read whole, as nginx does. HTTP/2's
+    preface (what `curl --http2-prior-knowledge` or a gRPC client sends to an HTTP/1.1
+    port) was logged with method, path and protocol "-": where the refused head begins was
+    judged by feeding its first head alone to llhttp, which then neither refuses it nor
+    gives a message (it waits for "SM"), and that was taken for a whole request before the
+    refused one. nginx logs `"PRI * HTTP/2.0" 400`. Severity: low (an operator looking for
+    HTTP/2 clients misconfigured against the proxy finds anonymous 400s)."""
+    from support import read_json_log
+
+    client = await proxy(await origin(_path_app([])), log={"path": str(tmp_path / "r.log")})
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(_PREFACE)
+        got = await _answers(reader, 3)
+    finally:
+        writer.close()
+    assert [(status, conn) for status, conn, _ in got] == [(400, "close")]
+    lines = await read_json_log(client)
+    assert [(line["method"], line["path"], line["protocol"], line["status"])
+            for line in lines] == [("PRI", "*", "HTTP/2.0", 400)], lines

@@ -443,10 +443,11 @@ class _FallbackParser:
         if self._make_c is None:
             return None
         try:
-            self._make_c().feed_data(replay[:end + 4])
+            messages, upgraded, _ = self._make_c().feed_data(replay[:end + 4])
         except BadHttpMessage:
             return replay  # the first head is the one refused
-        return None
+        # No message nor refusal: HTTP/2's preface (RFC 9113 §3.4), refused at its "SM".
+        return replay if not messages and not upgraded else None
 
     def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:
         """The bytes from the start of the message llhttp rejected, if known."""

@@ -8,6 +8,7 @@ stays), and says what is wrong, why it matters and how severe it is."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from aiohttp import web
@@ -152,3 +153,86 @@ async def test_http2_s_preface_is_logged_with_its_request_line(
     lines = await read_json_log(client)
     assert [(line["method"], line["path"], line["protocol"], line["status"])
             for line in lines] == [("PRI", "*", "HTTP/2.0", 400)], lines
+
+
+async def test_tls_offering_only_h2_in_an_intercepted_connect_reaches_its_origin(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """With forward.intercept_tls, a TLS client whose ALPN offers only `h2` (gRPC over
+    TLS behind HTTPS_PROXY: grpc-go and grpc-java offer `h2` alone) got a TLS session with
+    the proxy with no protocol selected, then the proxy's HTTP/1.1 `400` to its HTTP/2
+    preface: the call failed. RFC 7301 §3.2: a server that supports none of the protocols
+    offered "SHALL respond with a fatal no_application_protocol alert" (nginx 1.22 does,
+    checked here; Python's ssl cannot: it goes on without ALPN). A protocol the proxy
+    does not speak is tunnelled to the site untouched, as the README says of the
+    plaintext HTTP/2 preface and of non-TLS bytes (Squid's on_unsupported_protocol
+    tunnel): the ClientHello's ALPN says so before the handshake, in the bytes the peek
+    already looks at. Expected: the client reaches the origin (its certificate, `h2`
+    selected), or at least an alert; never a session that says nothing and then 400s.
+    Severity: medium (every gRPC-over-TLS client breaks once interception is on)."""
+    import ssl
+
+    from test_review_peek_regressions import connected, intercepting
+
+    from cacheproxy.tls.ca import LocalCA
+
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+    site_context = site_ca.server_context("localhost")
+    site_context.set_alpn_protocols(["h2", "http/1.1"])  # an HTTP/2 site, as gRPC's are
+
+    async def site(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.write(f"site chose {chosen}".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(site, "127.0.0.1", 0, ssl=site_context)
+    port = server.sockets[0].getsockname()[1]
+    forward = intercepting(port, tmp_path)
+    client = await proxy(await origin(_path_app([])), forward=forward)
+    proxy_ca = LocalCA.load_or_create(forward["ca_dir"])
+    context = ssl.create_default_context(cafile=str(site_ca.cert_path))
+    context.load_verify_locations(cafile=str(proxy_ca.cert_path))  # interception trusted
+    context.set_alpn_protocols(["h2"])
+    try:
+        reader, writer = await connected(client.port, port)
+        try:
+            await writer.start_tls(context, server_hostname="localhost")
+        except ssl.SSLError as exc:
+            assert "NO_APPLICATION_PROTOCOL" in str(exc).upper().replace(" ", "_"), exc
+            return
+        selected = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        writer.write(_PREFACE)  # what an HTTP/2 client sends first
+        got = await asyncio.wait_for(reader.read(100), 5)
+        writer.close()
+    finally:
+        server.close()
+    assert (selected, got) == ("h2", b"site chose h2")
+
+
+def test_the_peek_reads_a_client_hello_s_alpn() -> None:
+    """The rule of the test above, sans I/O, on ClientHellos Python's ssl writes: TLS is
+    intercepted when its ALPN offers HTTP/1.x or nothing, tunnelled ("other") when it
+    offers only protocols the proxy does not speak; a record not whole yet is waited for
+    (its ALPN extension comes last). Severity: medium (see above)."""
+    import ssl
+
+    from cacheproxy.http.first_bytes import offered_protocols, spoken
+
+    def client_hello(alpn: list[str] | None) -> bytes:
+        context = ssl.create_default_context()
+        if alpn is not None:
+            context.set_alpn_protocols(alpn)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_hostname="example.com")
+        with contextlib.suppress(ssl.SSLWantReadError):  # (it waits for the server)
+            tls.do_handshake()
+        return outgoing.read()
+
+    for alpn, expected in ((None, "tls"), (["http/1.1"], "tls"), (["h2", "http/1.1"], "tls"),
+                           (["h2"], "other"), (["grpc-exp", "h2"], "other")):
+        hello = client_hello(alpn)
+        assert spoken(hello) == expected, alpn
+        assert offered_protocols(hello[5:]) == (
+            None if alpn is None else [name.encode() for name in alpn])
+        assert spoken(hello[:-1]) is None and spoken(hello[:4]) is None
+    assert offered_protocols(b"\x01\x00\x00\xff" + b"\x03\x03") is None  # cut short

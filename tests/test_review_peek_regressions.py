@@ -62,7 +62,9 @@ async def connect_lines(client: Any) -> list[dict[str, Any]]:
 def test_first_bytes_tell_tls_from_http_from_anything_else() -> None:
     """The peek's rule, sans I/O: a TLS record of type handshake (RFC 8446 §5.1), an HTTP
     request line (RFC 9112 §3), else another protocol; too few bytes to tell: wait."""
-    assert spoken(b"\x16\x03\x01\x02\x00\x01") == "tls"
+    # (A ClientHello's record is awaited whole: its ALPN decides, test_review_h2clients.)
+    assert spoken(b"\x16\x03\x01\x00\x02\x01\x00") == "tls"
+    assert spoken(b"\x16\x03\x01\x02\x00\x01") is None
     assert spoken(b"\x16\x03") is None and spoken(b"") is None
     assert spoken(b"\x16\x05\x00") == "other"
     assert spoken(b"GET /socket HTTP/1.1\r\nHost: x\r\n\r\n") == "http"

@@ -236,3 +236,24 @@ def test_the_peek_reads_a_client_hello_s_alpn() -> None:
             None if alpn is None else [name.encode() for name in alpn])
         assert spoken(hello[:-1]) is None and spoken(hello[:4]) is None
     assert offered_protocols(b"\x01\x00\x00\xff" + b"\x03\x03") is None  # cut short
+
+
+async def test_http2_s_preface_cut_before_its_sm_is_refused_at_once(
+        origin: Any, proxy: Any) -> None:
+    """HTTP/2's preface is `PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n` (RFC 9113 §3.4). Its first
+    18 bytes alone, a whole "head" (a TCP segment cut there, or a client that waits), got
+    no answer: llhttp waits for the "SM" before it refuses the preface, and the proxy's
+    tracking of the stream took the empty line for the end of a message, so nothing was
+    refused and the connection sat until proxy.client_header_timeout (60 s), then closed
+    without a word. nginx and Squid answer this line at once (400, 505). The proxy knows
+    enough to refuse it: no HTTP/1.x request is written `PRI * HTTP/2.0`. Severity: low
+    (HTTP/2 clients write the 24-byte preface in one go; one cut short waits a minute
+    for its 400)."""
+    client = await proxy(await origin(_path_app([])))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(_PREFACE[:18])
+        got = await _answers(reader, 2)
+    finally:
+        writer.close()
+    assert [(status, conn) for status, conn, _ in got] == [(400, "close")]

@@ -82,6 +82,9 @@ _MAX_CHUNK_SIZE: Final = 2**63  # remaining bytes of the current chunk; llhttp l
 _MAX_REPLAY: Final = 64 * 1024
 # llhttp skips CR and LF before a request line.
 _LEADING_NEWLINES: Final = re.compile(rb"[\r\n]*")
+# HTTP/2's preface (RFC 9113 §3.4) up to its "SM", where llhttp waits to refuse it: no
+# HTTP/1.x request begins so, and its empty line ends no message.
+_PREFACE_BEGUN: Final = re.compile(rb"[\r\n]*PRI \* HTTP/2\.0\r\n\r\n(?:S(?:M\r?\n?\r?)?)?")
 # Bytes that can still start a request whose method is a token (RFC 9110 §5.6.2). Anything
 # else, such as a TLS ClientHello, gets a 400 at once instead of waiting for a line end.
 _NOT_IN_TARGET: Final = re.compile(rb"[^\x21-\x7e]")
@@ -317,6 +320,9 @@ class _FallbackParser:
             if messages[0][0].should_close:
                 self._closed = True
             return messages, upgraded, tail
+        if not messages and isinstance(state, bytes) and len(state) + len(data) <= 64 \
+                and _PREFACE_BEGUN.fullmatch(state + data):  # (rare: a short head begun)
+            raise BadHttpMessage("HTTP/2 connection preface")  # (the log shows its line)
         self._state = self._track(state, data, messages, upgraded)
         self._held = self._in_flight >= self._max_queue
         if messages and messages[-1][0].should_close:

@@ -257,3 +257,35 @@ async def test_http2_s_preface_cut_before_its_sm_is_refused_at_once(
     finally:
         writer.close()
     assert [(status, conn) for status, conn, _ in got] == [(400, "close")]
+
+
+async def test_http2_settings_never_reaches_the_origin(origin: Any, proxy: Any) -> None:
+    """`HTTP2-Settings` is a connection-specific field (RFC 9113 §3.2.1; RFC 7540 §3.2.1),
+    meaningful only beside the `Upgrade: h2c` of the same hop, which the proxy always
+    removes (it never switches). It was removed only when the client's Connection named
+    it: `Connection: Upgrade` alone, or no Connection at all (clients and hand-written
+    scripts that forget the option RFC 9113 requires), sent it on to the origin, now
+    without its Upgrade. RFC 9110 §7.6.1: intermediaries SHOULD remove fields "known to
+    require removal before forwarding, whether or not they appear as a
+    connection-option" (it names Upgrade and TE among them; HTTP2-Settings is the same
+    kind). nginx 1.22 and Squid 5.7 forward it (checked), as this proxy did. Severity:
+    low (an origin that speaks h2c sees a settings field for a connection it is not on;
+    the harm is small, the rule is the README's "hop-by-hop fields are removed")."""
+    heard: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        heard.append(request.headers.get("HTTP2-Settings"))
+        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/{p}", handle)
+    client = await proxy(await origin(app))
+    for connection in (b"Connection: Upgrade\r\n", b""):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        try:
+            writer.write(b"GET /s HTTP/1.1\r\nHost: site.test\r\n" + connection
+                         + b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+            assert [status for status, _, _ in await _answers(reader, 1)] == [200]
+        finally:
+            writer.close()
+    assert heard == [None, None]

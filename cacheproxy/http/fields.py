@@ -7,11 +7,13 @@ from typing import Protocol
 
 # §7.6.1: fields meaningful only for a single connection; never forwarded or stored.
 # The Proxy-* authentication fields are for the next hop alone (§11.7.1, §11.7.3, §11.7.4);
-# RFC 9111 §3.1 names all three as fields a cache MUST NOT store.
+# RFC 9111 §3.1 names all three as fields a cache MUST NOT store. HTTP2-Settings goes with
+# an h2c Upgrade of the same hop (RFC 9113 §3.2.1: connection-specific), named or not in
+# Connection (§7.6.1: removed "whether or not they appear as a connection-option").
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer",
     "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate",
-    "proxy-authentication-info",
+    "proxy-authentication-info", "http2-settings",
 })
 
 

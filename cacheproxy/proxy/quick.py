@@ -13,6 +13,7 @@ might, it goes there, and the full path answers it as it always did:
 
 - not a GET or HEAD (PURGE, OPTIONS *), or with a body, an Upgrade or an Expect;
 - absolute-form or an intercepted CONNECT's request (forward mode's routing and gate);
+- a request whose Via says it went round a loop (the full path's 508, hit or not);
 - a route whose hotlink gate may refuse it (referer.protect_paths);
 - anything but a `Serve` decision: misses, validations, stale-while-revalidate, 412s;
 - a store that cannot answer without I/O (Redis without a synced memory layer).
@@ -34,7 +35,7 @@ from aiohttp.http_parser import RawRequestMessage
 from multidict import CIMultiDictProxy, istr
 
 from cacheproxy.http.cache_status import cache_status
-from cacheproxy.http.fields import times_via
+from cacheproxy.http.fields import loops_back, times_via
 from cacheproxy.http.flow import (
     DECISIVE_FIELDS,
     Forward,
@@ -114,6 +115,8 @@ class QuickHits:
         h = msg.headers
         if hdrs.EXPECT in h:
             return None
+        if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), self.proxy.cache_name):
+            return None  # a loop: the full path's 508 (RFC 5842 §7.2), hit or not
         route = self._route(h.get(hdrs.HOST), msg.path, msg)
         if route is None:
             return None

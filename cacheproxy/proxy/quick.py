@@ -126,8 +126,11 @@ class QuickHits:
             return None
         plan = route.plan
         if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h) \
-                and hdrs.ORIGIN not in h:  # (the CORS grant is made by the writer's fields)
-            # lookup() would decide by freshness alone: plain_serve is its answer.
+                and hdrs.ORIGIN not in h \
+                and variants[0].get("content-encoding") is None:
+            # lookup() would decide by freshness alone: plain_serve is its answer. (The
+            # CORS grant is made by the writer's fields; a coded response by the client's
+            # Accept-Encoding, lookup's coding_refused.)
             entry = variants[0]
             served = plain_serve(entry, time.time())
             if served is not None:

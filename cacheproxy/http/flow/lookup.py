@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
 from cacheproxy.http.cache_key import holds_any, select_variant
+from cacheproxy.http.codings import coding_refused
 from cacheproxy.http.conditional import precondition_fails
 from cacheproxy.http.flow.decisions import (
     Forward,
@@ -118,13 +119,23 @@ def _reuse_or_forward(
     recently_passed: bool, waited: Waited | None, passed_here: bool = False,
 ) -> Lookup:
     entry = select_variant(variants, req.headers)  # §4.1
+    refused = entry is not None and coding_refused(entry, req.headers)
+    if refused:
+        # RFC 9110 §12.5.3: a coded response stored without Vary: Accept-Encoding is not
+        # reused for a client that does not take its coding; the origin answers it
+        # (Varnish never hands gzip to one; nginx's proxy_cache does).
+        entry = None
     held = holds_any(variants)  # (a store may leave out the variants it cannot select)
     if req.has_body:  # RFC 9110 §9.3.2: content no key holds; its answer updates nothing
         return Forward("bypass", req.method)
     may_store = not req.directives.no_store  # §5.2.1.5
+    # A waiter still refused what the key holds does not wait again: an origin that codes
+    # whatever the request says (pre-compressed files) stores a coded answer each time,
+    # and its refusing waiters would go one after the other, each behind the last.
     may_collapse = (route.collapse and req.method == "GET" and not recently_passed
                     and not passed_here
-                    and (waited is None or (waited.again and entry is None and held)))
+                    and (waited is None
+                         or (waited.again and entry is None and held and not refused)))
     if entry is None:
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
@@ -139,7 +150,8 @@ def _reuse_or_forward(
             # would only pass on, or abandon to ask again with the Range.
             return Forward("bypass", req.method)
         # RFC 9110 §9.3.2: a HEAD that may fill is sent as GET, so both can be answered.
-        return Forward("vary-miss" if held else "uri-miss",
+        # (RFC 9211 §2.2: a response refused for its coding matched URI and Vary: "miss".)
+        return Forward("miss" if refused else "vary-miss" if held else "uri-miss",
                        "GET" if may_store else req.method,
                        may_store=may_store, collapse=may_collapse)
     reuse = decide_reuse(
@@ -192,7 +204,8 @@ DECISIVE_FIELDS = ("Cache-Control", "Pragma", "Authorization", "Range", "If-Rang
 
 def plain_serve(entry: CachedResponse, now: float) -> tuple[float, float] | None:
     """What lookup() decides for a GET that carries none of DECISIVE_FIELDS when entry,
-    without Vary, is the only response stored under the key: Serve at (age, ttl) while
+    without Vary nor Content-Encoding (whose acceptance the request's Accept-Encoding
+    decides, codings.py), is the only response stored under the key: Serve at (age, ttl) while
     it is fresh (§4.2: freshness_lifetime > current_age) and does not demand validation
     (§5.2.2.4: no-cache); else None, as lookup() then serves nothing as it is stored
     (with no request directive, stale is never served without validation, §4.2.4: a

@@ -15,7 +15,7 @@ import zlib
 
 import pytest
 from aiohttp import web
-from support import raw_get
+from support import raw_get, raw_origin
 
 from cacheproxy.http.codings import accepts
 
@@ -143,3 +143,40 @@ def test_the_accept_encoding_reading_behind_it(accept_encoding, codings, taken):
     case-insensitive, §8.4.1, §12.4.2; a coding neither listed nor covered by `*` is not
     acceptable)."""
     assert accepts(accept_encoding, codings) is taken
+
+
+# -- 2. a transfer coding with a parameter is relayed and stored as the content -------------
+
+
+@pytest.mark.parametrize("coding", [
+    "gzip;level=9, chunked",
+    "GZIP ; level=9 , chunked",
+    'x-gzip;note="a, b", chunked',  # (a comma inside a quoted parameter value)
+])
+async def test_a_transfer_coding_with_parameters_is_not_relayed_as_the_content(proxy, coding):
+    """RFC 9112 §7: `transfer-coding = token *( OWS ";" OWS transfer-parameter )`. The
+    proxy refuses (502, README "Upstream failures") a Transfer-Encoding naming a coding
+    it cannot take off (it decodes chunked alone); but it compared each whole list
+    member with the coding names, so `gzip;level=9, chunked` named no coding it knew:
+    the chunked framing came off, the gzip did not, and the gzip bytes were relayed, and
+    stored, as the content itself, without any Content-Encoding: every later client got
+    undecodable bytes as identity from the cache. (nginx 1.22's proxy_cache, run here in
+    front of such an origin, does the same, for `gzip, chunked` too: it looks for
+    "chunked" alone; RFC 9112 §7 has a recipient decode every coding or refuse.)
+    Severity: low (transfer codings with parameters are rare; the content served from
+    the cache is corrupt when one comes)."""
+    served = 0
+    coded = gzip.compress(BODY)
+
+    def answer(head: bytes) -> bytes:
+        nonlocal served
+        served += 1
+        return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=3600\r\nTransfer-Encoding: "
+                + coding.encode() + b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded))
+
+    async with raw_origin(answer) as port:
+        c = await proxy(f"http://127.0.0.1:{port}")
+        for _ in range(2):
+            status, _, body = await raw_get(c, "/r")
+            assert status == 502 and coded not in body
+        assert served == 2  # nothing stored

@@ -66,3 +66,11 @@ def coding_refused(entry: CachedResponse, headers: Headers) -> bool:
                if name.lower() == "content-encoding"
                for c in map(_coding, split_list(value)) if c in NEGOTIATED]
     return not accepts(combined_value(headers, "Accept-Encoding"), codings)
+
+
+def transfer_coding_names(values: list[str]) -> list[str]:
+    """RFC 9112 §7: the coding names a Transfer-Encoding lists, lower-cased, without
+    their parameters (`transfer-coding = token *( OWS ";" OWS transfer-parameter )`,
+    a parameter's quoted value may hold a comma)."""
+    return [member.partition(";")[0].rstrip(" \t").lower()
+            for member in split_list(", ".join(values))]

@@ -32,6 +32,7 @@ from functools import lru_cache
 import httptools
 
 from cacheproxy.http.abnf import REASON_PHRASE_RE
+from cacheproxy.http.codings import transfer_coding_names
 from cacheproxy.http.fields import FieldList
 from cacheproxy.http.status_line import DONE, START, read_as_1_1
 from cacheproxy.proxy.destinations import Lookups, connect_first, resolved
@@ -370,7 +371,8 @@ class Connection(asyncio.Protocol):
         codings = by_name.get("transfer-encoding") or []
         named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
             if codings else []
-        if (named.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(named)) \
+        if (named.count("chunked") > 1 or (codings and not _CONTENT_CODINGS.isdisjoint(
+                transfer_coding_names(codings)))) \
                 and not (self._head_only or status in (204, 304)):
             # (An answer with no content may name the coding the content would have had,
             # RFC 9112 §6.1: a 304, an answer to HEAD.)
@@ -379,7 +381,8 @@ class Connection(asyncio.Protocol):
             # stored as the content; chunked twice is invalid (§7.1). A 502, as nginx's
             # "unknown Transfer-Encoding". (A token that names no coding is taken to
             # leave the content as it is: the public suite's headers-store-Transfer-
-            # Encoding stores such an answer, its field left out.)
+            # Encoding stores such an answer, its field left out.) A coding is known by its
+            # name, whatever its parameters (§7: "gzip;level=9, chunked" is gzip).
             raise httptools.HttpParserError(
                 f"transfer coding {', '.join(codings)!r} (only chunked is decoded)")
         if codings and self._parser.get_http_version() == "1.0":

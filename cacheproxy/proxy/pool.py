@@ -371,8 +371,9 @@ class Connection(asyncio.Protocol):
         codings = by_name.get("transfer-encoding") or []
         named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
             if codings else []
-        if (named.count("chunked") > 1 or (codings and not _CONTENT_CODINGS.isdisjoint(
-                transfer_coding_names(codings)))) \
+        names = transfer_coding_names(codings) if codings else named
+        if (names.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(names)
+                or names.count("chunked") != named.count("chunked")) \
                 and not (self._head_only or status in (204, 304)):
             # (An answer with no content may name the coding the content would have had,
             # RFC 9112 §6.1: a 304, an answer to HEAD.)
@@ -382,7 +383,9 @@ class Connection(asyncio.Protocol):
             # "unknown Transfer-Encoding". (A token that names no coding is taken to
             # leave the content as it is: the public suite's headers-store-Transfer-
             # Encoding stores such an answer, its field left out.) A coding is known by its
-            # name, whatever its parameters (§7: "gzip;level=9, chunked" is gzip).
+            # name, whatever its parameters (§7: "gzip;level=9, chunked" is gzip); chunked
+            # with one ("chunked;x=1") is not framed by llhttp, which would relay its
+            # chunk framing as the content.
             raise httptools.HttpParserError(
                 f"transfer coding {', '.join(codings)!r} (only chunked is decoded)")
         if codings and self._parser.get_http_version() == "1.0":

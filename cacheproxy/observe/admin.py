@@ -195,18 +195,22 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             return refusal
         try:
-            given = _typed(request, "prefix") if "prefix" in request.query else ""
+            readings = _readings(request, "prefix") if "prefix" in request.query else [""]
             # "": all; a path: both schemes' keys, as a purge of it (_keys)
-            prefixes = self._keys(request, given, exact=False) if given else [""]
+            each = [self._keys(request, given, exact=False) if given else [""]
+                    for given in readings]
             limit = min(int(request.query.get("limit", "100")), MAX_LISTED)
         except ValueError as exc:
             return _json({"error": f"bad prefix or limit: {exc}"}, 400)
         now = time.time()
         try:
             keys: list[str] = []
-            for prefix in prefixes:
-                keys += await self.store.keys(prefix, limit - len(keys))
-                if len(keys) >= limit:
+            for prefixes in each:  # (the first reading that lists any)
+                for prefix in prefixes:
+                    keys += await self.store.keys(prefix, limit - len(keys))
+                    if len(keys) >= limit:
+                        break
+                if keys:
                     break
         except StoreUnavailable as exc:
             return _unavailable(exc)
@@ -220,7 +224,8 @@ class Admin:
         if (refusal := self.denied(request)) is not None:
             return refusal
         try:
-            keys = self._keys(request, _typed(request, "url"))  # (a path: both schemes')
+            keys = [key for given in _readings(request, "url")  # (a path: both schemes')
+                    for key in self._keys(request, given)]
         except (KeyError, ValueError):
             return _json({"error": "give ?url=<a URL, or a path starting with />"}, 400)
         for key in keys:  # the first stored, as entries?prefix= lists them
@@ -240,20 +245,27 @@ class Admin:
             return refusal
         try:
             if "url" in request.query:
-                keys = self._keys(request, _typed(request, "url"))
+                each = [self._keys(request, given) for given in _readings(request, "url")]
                 purged = 0
-                for key in keys:
-                    if self.marks is not None:
-                        self.marks.key(key, time.perf_counter())
-                    purged += int(await self.store.delete(key))
+                for keys in each:  # (the first reading that names a stored key)
+                    for key in keys:
+                        if self.marks is not None:
+                            self.marks.key(key, time.perf_counter())
+                        purged += int(await self.store.delete(key))
+                    if purged:
+                        break
                 return _json({"purged": purged, "key": keys[0]}, 200 if purged else 404)
             if "prefix" in request.query:  # "" is no prefix: "clear" empties everything
-                prefixes = self._keys(request, _typed(request, "prefix"), exact=False)
+                each = [self._keys(request, given, exact=False)
+                        for given in _readings(request, "prefix")]
                 purged = 0
-                for prefix in prefixes:
-                    if self.marks is not None:
-                        self.marks.prefix(prefix, time.perf_counter())
-                    purged += await self.store.delete_prefix(prefix)
+                for prefixes in each:
+                    for prefix in prefixes:
+                        if self.marks is not None:
+                            self.marks.prefix(prefix, time.perf_counter())
+                        purged += await self.store.delete_prefix(prefix)
+                    if purged:
+                        break
                 return _json({"purged": purged, "prefix": prefixes[0]})
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
@@ -389,20 +401,21 @@ class Admin:
             origin_of(scheme, authority) + target
 
 
-def _typed(request: web.Request, name: str) -> str:
-    """Query parameter name (url, prefix) as the operator meant it: decoded, as any query
-    value, unless the decoded value can name no key: a request target holds no raw
-    non-ASCII, space or control character (RFC 9112 §3.2), so "/caf%C3%A9" or "/c++"
-    pasted from the entries list is that URL's own spelling, and is taken as typed.
-    KeyError when it is absent."""
+def _readings(request: web.Request, name: str) -> list[str]:
+    """Query parameter name (url, prefix) as the operator may have meant it: decoded, as
+    any query value, and as typed. A request target holds no raw non-ASCII, space or
+    control character (RFC 9112 §3.2), so a decoded "/caf%C3%A9" or "/c++" can name no
+    key: such a value is only taken as typed. One whose decoded form can name a key is
+    ambiguous: "/a%2Fb" or "/100%25" pasted from the entries list names that key (keys
+    keep a target byte for byte), typed to mean "/a/b" it names another; the decoded
+    reading comes first, as before, the typed one next. KeyError when it is absent."""
     value = request.query[name]
-    if all("!" <= c <= "~" for c in value):
-        return value
-    for pair in request.rel_url.raw_query_string.split("&"):
-        given, _, typed = pair.partition("=")
-        if given == name and all("!" <= c <= "~" for c in typed):
-            return typed
-    return value
+    typed = [t for given, _, t in (pair.partition("=") for pair in
+                                   request.rel_url.raw_query_string.split("&"))
+             if given == name and all("!" <= c <= "~" for c in t)]
+    if not all("!" <= c <= "~" for c in value):
+        return typed[:1] or [value]
+    return [value] + [t for t in typed[:1] if t != value]
 
 
 def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:

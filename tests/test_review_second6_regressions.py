@@ -7,8 +7,11 @@ is a check of the new parser, not a defect."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import struct
+import time
 from typing import Any
 
 from aiohttp import web
@@ -145,3 +148,54 @@ async def test_the_admin_api_purges_a_listed_url_holding_an_encoded_slash_or_per
         assert (await call("POST", f"purge?url={listed[0]}"))[0] == 200, target
         status, head, body = await raw_get(c, target, host=host)
         assert (status, head.get("x-cache"), json.loads(body)["n"]) == (200, "MISS", first + 1)
+
+
+# -- send_timeout after an answer written by the full path ---------------------------------
+
+
+def _stall(port: int, target: str, host: str, wait: float, close: bool = False) -> int:
+    """GET target (keep-alive, unless close), read nothing for wait seconds, then read on
+    to the end of the connection (or 5 s without a byte): the bytes read."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    close_it = "Connection: close\r\n" if close else ""
+    s.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{close_it}\r\n".encode())
+    got = len(s.recv(100))
+    time.sleep(wait)
+    s.settimeout(5)
+    try:
+        while chunk := s.recv(1 << 20):
+            got += len(chunk)
+    except OSError:
+        pass
+    s.close()
+    return got
+
+
+async def test_a_forward_hit_its_client_reads_nothing_of_is_closed_at_send_timeout(
+        origin, proxy, caplog):
+    """An answer written by a task (not a quick hit: forward mode's absolute-form
+    requests, an intercepted CONNECT's, anything the quick path declines) whose client
+    reads none of it: the connection is paused, but the end of _serve armed
+    keepalive_timeout whatever the pause, so the client was closed only after 75 s (here
+    30 s), not at send_timeout, and its unread answer held meanwhile. The quick path and
+    a pause with no task arm send_timeout (README: "after proxy.send_timeout without
+    reading it is closed and its unread answers dropped", nginx's send_timeout).
+    Severity: low (a non-reading client holds its answer keepalive_timeout instead of
+    send_timeout)."""
+    import logging
+
+    from test_review_observe_regressions import video_app
+
+    size = 24 * 1024 * 1024
+    site = await origin(video_app(size))
+    c = await proxy(site, cache={"max_object_bytes": 32 * 1024 * 1024},
+                    proxy={"send_timeout": 1.0, "keepalive_timeout": 30.0},
+                    forward={"enabled": True})
+    url, host = f"http://127.0.0.1:{site.port}/video", f"127.0.0.1:{site.port}"
+    assert await asyncio.to_thread(_stall, c.server.port, url, host, 0, True) > size  # MISS
+    with caplog.at_level(logging.WARNING, logger="cacheproxy"):
+        got = await asyncio.to_thread(_stall, c.server.port, url, host, 3.0)
+    assert got < size // 2, got
+    assert any("read nothing" in r.getMessage() for r in caplog.records)

@@ -669,7 +669,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         finally:
             self._task = None
         if self.transport is not None and not self._closing:
-            self._arm(self._timeouts.keepalive, head=False)
+            # (an answer the client has not read yet: send_timeout, as a quick hit's)
+            timeouts = self._timeouts
+            self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
 
     async def _drained(self) -> bool:
         """Wait until the client reads what was written (pipelined requests are answered

@@ -272,6 +272,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # Under an intercepted TLS connection, the TCP transport TLS writes into, where
         # its bytes wait once encrypted (proxy/under_tls.py): counted as unsent too.
         self._below: asyncio.Transport | None = None
+        # Who holds this connection's writes: its transport (pause_writing), the TCP
+        # transport under TLS (paused_below); paused (BaseProtocol._paused) while either does.
+        self._held_tls = self._held_below = False
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -505,6 +508,29 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         return False
 
     def pause_writing(self) -> None:
+        self._held_tls = True
+        if not self._held_below:  # (else paused already, on the TCP transport's account)
+            self._writes_held()
+
+    def resume_writing(self) -> None:
+        self._held_tls = False
+        if not self._held_below:
+            self._writes_freed()
+
+    def paused_below(self) -> None:
+        """The TCP transport under TLS holds what the socket did not take (under_tls.py):
+        TLS hands it all it encrypted at once (a big hit whole), so the TLS transport's
+        own buffer is empty and would never pause this connection. Paused as a full
+        transport pauses it: no more requests read, send_timeout armed (not for a tunnel:
+        TunnelEnd watches the TCP transport itself)."""
+        if self._held_below or self._tunnel is not None or self.transport is None \
+                or self.transport.get_protocol() is not self:
+            return
+        self._held_below = True
+        if not self._held_tls:
+            self._writes_held()
+
+    def _writes_held(self) -> None:
         super().pause_writing()
         if self._tunnel is not None:
             self._tunnel.pause()
@@ -516,7 +542,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._task is None and not self._closing:
             self._arm(self._timeouts.send, head=False)
 
-    def resume_writing(self) -> None:
+    def _writes_freed(self) -> None:
         super().resume_writing()
         if self._tunnel is not None:
             self._tunnel.resume()
@@ -709,8 +735,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def _progressed(self) -> bool:
         """Whether the client read some of what waits for it since the last look."""
-        transport = self.transport
-        unsent = transport.get_write_buffer_size() if transport is not None else 0
+        unsent = self._unsent_bytes()  # (under TLS, the TCP transport's too)
         progressed = unsent < self._unsent
         self._unsent = unsent
         return progressed
@@ -835,9 +860,16 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def drained_below(self) -> None:
         """The TCP transport under TLS has emptied its buffer (proxy/under_tls.py): what
         went is looked at now, not at the next look, which a client that read it all and
-        closed at once (a reset) would not wait for."""
+        closed at once (a reset) would not wait for; a pause on its account ends, unless
+        TLS handed it more meanwhile (paused again)."""
         if self._unlogged and self.transport is not None:
             self._gone = self._handed - self._unsent_bytes()
+        below = self._below
+        if self._held_below and (below is None or not below.get_write_buffer_size()):
+            self._held_below = False
+            if not self._held_tls and self.transport is not None \
+                    and self.transport.get_protocol() is self:
+                self._writes_freed()
 
     def _logged_status(self) -> int:
         """The status of the answer written; 499 when none was, the client gone first
@@ -1203,7 +1235,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             else:
                 transport.writelines(out)  # one writev, no joined copy
             if self._paused:  # what send_timeout measures progress against
-                self._unsent = transport.get_write_buffer_size()
+                self._unsent = self._unsent_bytes()
 
     def _write(self, data: bytes, more: bytes = b"") -> None:
         """Every write to the client: gathered with the others made in this loop
@@ -1290,7 +1322,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if transport is None:
             return
         self.flush_out()
-        if self._unsent_watch is None and transport.get_write_buffer_size():
+        if self._unsent_watch is None and self._unsent_bytes():
             # A close waits for the client to read what is left, without end: it has
             # send_timeout to read some of it each time, as before the close.
             self._progressed()
@@ -1312,7 +1344,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _watch_unsent(self) -> None:
         """A closed connection whose client reads none of what is left: aborted."""
         self._unsent_watch = None
-        if self.transport is None or not self.transport.get_write_buffer_size():
+        if self.transport is None or not self._unsent_bytes():
             return
         if self._progressed():
             self._unsent_watch = self._loop.call_later(self._timeouts.send,

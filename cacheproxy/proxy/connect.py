@@ -50,6 +50,7 @@ class ConnectMethod:
     _buffer_paused: bool
     _tunnel: TunnelEnd | None
     _below: asyncio.Transport | None
+    _held_tls: bool
     _origin: Allowed | None
     _origin_tls: bool
     _request: ClientRequest | None
@@ -75,6 +76,7 @@ class ConnectMethod:
         def _pause_transport_reading(self) -> None: ...
         def _resume_transport_reading(self) -> None: ...
         def drained_below(self) -> None: ...
+        def paused_below(self) -> None: ...
 
     def _for_us(self, msg: RawRequestMessage) -> bool:
         """In forward mode an absolute-form request is for the host it names: the admin
@@ -266,8 +268,9 @@ class ConnectMethod:
         transport.resume_reading()
         if early:
             end.data_received(early)
-        if self._paused:  # the client's socket was full already: the origin waits
-            end.pause()
+        if self._held_tls:  # the client's socket was full already: the origin waits
+            end.pause()  # (TLS's own pause: it resumes end. The TCP transport's under it
+            # resumes nothing once end is TLS's protocol: end watches it itself.)
         self._request = None  # its line is the WebSocket's own (below), at a stop too
         try:
             await end.closed
@@ -356,7 +359,7 @@ class ConnectMethod:
         self.transport = tls
         # What leaves the TCP transport under TLS is what went (a big hit's deferred line,
         # client_conn's _log_when_out), as nginx's $bytes_sent over TLS counts.
-        if watch_under_tls(transport, self.drained_below):
+        if watch_under_tls(transport, self.drained_below, self.paused_below):
             self._below = transport
         self._arm(self._timeouts.header, head=True)
         return True

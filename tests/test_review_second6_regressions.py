@@ -288,3 +288,46 @@ def _intercepted_get(port: int, target: int, ca_file: str) -> int:
         got += len(chunk)
     t.close()
     return got
+
+
+async def test_the_same_stalled_intercepted_client_on_uvloop(tmp_path):
+    """The test above through `cacheproxy serve`, on uvloop's own SSL transport (which
+    hands the TCP transport all it encrypted the same way): 25,166,141 bytes read after
+    the stall before the fix, the whole answer, and no WARNING. Severity: low."""
+    from aiohttp.test_utils import TestServer
+    from processes import start_serve, stop
+    from test_review_observe_regressions import video_app
+
+    from cacheproxy.tls.ca import LocalCA
+
+    size = 24 * 1024 * 1024
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+    site = TestServer(video_app(size), host="127.0.0.1")
+    await site.start_server(ssl=site_ca.server_context("localhost"))
+    ca_dir = tmp_path / "proxy-ca"
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f"""
+[proxy]
+upstream = "http://127.0.0.1:9"
+upstream_ca_file = "{site_ca.cert_path}"
+send_timeout = 1.0
+keepalive_timeout = 30.0
+[cache]
+max_object_bytes = {32 * 1024 * 1024}
+[forward]
+enabled = true
+intercept_tls = true
+connect_ports = [{site.port}]
+ca_dir = "{ca_dir}"
+""")
+    proc, port = await start_serve("--config", str(config), cwd=tmp_path)
+    ca_file = str(ca_dir / "ca-cert.pem")
+    try:
+        await asyncio.to_thread(_intercepted_get, port, site.port, ca_file)  # (the miss)
+        got = await asyncio.to_thread(_intercepted_stall, port, site.port, ca_file,
+                                      "/video", 3.0)
+    finally:
+        await site.close()
+        code, err = await stop(proc)
+    assert got < size // 2, got
+    assert ("read nothing" in err, code, "Traceback" in err) == (True, 0, False), err

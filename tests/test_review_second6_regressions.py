@@ -331,3 +331,37 @@ ca_dir = "{ca_dir}"
         code, err = await stop(proc)
     assert got < size // 2, got
     assert ("read nothing" in err, code, "Traceback" in err) == (True, 0, False), err
+
+
+# -- h2c: an upgrade request read across a CRLFCRLF ---------------------------------------
+
+
+async def test_a_request_behind_an_h2c_upgrade_is_not_lost_when_a_head_ended_across_reads(
+        origin: Any, proxy: Any) -> None:
+    """682131c: a request after an `Upgrade: h2c` one in the same read is dropped by
+    llhttp's pause, so the connection must close after the answers; _upgrade_alone tells
+    "nothing followed" by one CRLFCRLF per request in the read. A head whose CRLFCRLF
+    straddles two reads (the first ends in "\\r\\n\\r", the second begins with "\\n")
+    completes a request without a CRLFCRLF in this read, so the request dropped after the
+    upgrade makes the count right again: it was neither answered nor was the connection
+    closed, and the client waited keepalive_timeout (75 s). RFC 9112 §9.3.2; nginx and
+    Squid answer all three. Severity: low (a client that splits a head there and
+    pipelines behind an h2c upgrade)."""
+    from test_review_h2clients_regressions import _H2C, _answers, _path_app
+
+    seen: list[str] = []
+    client = await proxy(await origin(_path_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"GET /zero HTTP/1.1\r\nHost: site.test\r\n\r")
+        await writer.drain()
+        await asyncio.sleep(0.3)  # (a read of its own)
+        writer.write(b"\nGET /one HTTP/1.1\r\nHost: site.test\r\n" + _H2C + b"\r\n"
+                     b"GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        got = await _answers(reader, 2)
+    finally:
+        writer.close()
+    bodies = [body for _, _, body in got]
+    closed = bool(got) and got[-1][1].lower() == "close"
+    # Either every request answered, or those answered and the connection closed.
+    assert bodies == [b"at /zero", b"at /one", b"at /two"] or closed, got

@@ -172,7 +172,9 @@ def _upgrade_alone(messages: list[Any], data: bytes) -> RawRequestMessage | None
     followed when the read holds one CRLFCRLF per request in it, the last at its end: the
     requests have no body (a head holds no CRLFCRLF but its end), and a request after the
     upgrade one, dropped, would add one (a read that merely ends with CRLFCRLF may end
-    with that request's head)."""
+    with that request's head). data begins with the last 3 bytes read before it: a head
+    whose CRLFCRLF straddles two reads ends in this one too, and a dropped request behind
+    the upgrade must not make up for its missing CRLFCRLF."""
     msg = messages[-1][0]
     if isinstance(msg, HttpProcessingError) or not msg.upgrade \
             or not data.endswith(b"\r\n\r\n") \
@@ -352,6 +354,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     or (messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body))
                 if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
                     messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
+                seen, unparsed = self._seen, self._unparsed  # (before this read: h2c's)
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
@@ -377,7 +380,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._upgraded = True
                 self._keep_early(tail)
             elif messages and getattr(messages[-1][0], "upgrade", False):  # (rare: no call
-                self._upgrade_alone = _upgrade_alone(messages, data)  # on every read)
+                before = b"".join((seen[-3:], *(p[-3:] for p in unparsed or ())))[-3:]
+                self._upgrade_alone = _upgrade_alone(messages, before + data)  # every read)
             if not messages:
                 break
             self._disarm()

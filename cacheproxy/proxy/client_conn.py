@@ -850,6 +850,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._unlogged_timer = self._loop.call_later(UNLOGGED_CHECK_SECONDS,
                                                          self._log_gone)
 
+    @property
+    def unsent(self) -> int:
+        """Bytes written to the client that have not left for the kernel (a stop waits)."""
+        return self._unsent_bytes()
+
     def _unsent_bytes(self) -> int:
         """Bytes handed to the transport that have not left for the kernel: its buffer's,
         and under TLS the TCP transport's (ciphertext: a TLS record's 22 bytes of framing

@@ -25,6 +25,8 @@ from cacheproxy.proxy.replay import ReplayBlocks
 
 log = logging.getLogger("cacheproxy")
 
+# A graceful stop looks this often whether the answers written have left (shutdown).
+DRAIN_LOOK = 0.05
 # Connections closed at proxy.max_client_connections are said at most this often.
 REFUSED_SAY_SECONDS = 60.0
 
@@ -158,6 +160,15 @@ class Listener:
             if left is not None and left <= 0:
                 break
             await asyncio.wait(busy, timeout=left)
+        # Answers written whole that have not left their transports (a big hit to a slow
+        # client, its ciphertext under TLS too) get what is left of timeout to go, as
+        # nginx's workers finish sending before they exit: the loop's end dropped them,
+        # and a download in progress was cut at the stop however near its end.
+        while any(conn.busy is None and conn.unsent for conn in self.connections):
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.sleep(DRAIN_LOOK if left is None else min(DRAIN_LOOK, left))
         stopped = [t for conn in self.connections if (t := conn.busy) is not None]
         for conn in list(self.connections):
             conn.stop()  # (first: its 503 goes out before the close)

@@ -447,3 +447,59 @@ def raw_head(port: int) -> dict[str, str]:
             data += chunk
     lines = data.decode("latin-1").split("\r\n")[1:]
     return {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines) if v}
+
+
+# -- the keys generation during a rolling upgrade ------------------------------------------
+
+
+async def test_an_invalidation_or_purge_on_a_new_replica_reaches_what_old_replicas_read(
+        origin: Any, proxy: Any, redis_server: Any) -> None:
+    """c0088ef moved entries to `<redis_prefix>e2:`; replicas of the release before read
+    and write `<redis_prefix>e:` (README: during a rolling upgrade old and new replicas
+    share no entries). They do share the origin: a POST a new replica forwards changes the
+    resource, and its invalidation (RFC 9111 §4.4), an operator's purge?url=, a prefix
+    purge or a clear removed only the e2: entry, so the old replicas, still behind the
+    same load balancer, went on serving the state before the write (their memory layers
+    drop the key on the purge channel's message, then read the e: entry again from
+    Redis) for the entry's lifetime. Deleting is always safe: the new build now removes
+    the same keys under e: too. (What an old replica deletes can only be fixed in the old
+    release.) Severity: low (the window of a rolling upgrade, but a write or a purge that
+    silently does not hold on part of the fleet)."""
+    from redis.asyncio import Redis
+    from test_store_redis import make_entry
+
+    from cacheproxy.store.serial import encode
+
+    c = await proxy(await origin(_counting_origin()),
+                    cache={"store": "redis", "redis_url": redis_server.url,
+                           "redis_timeout": 0.5, "redis_retry_interval": 0.2})
+    host = f"127.0.0.1:{c.server.port}"
+    admin = f"http://{host}/_cacheproxy/"
+    raw = Redis.from_url(redis_server.url)
+
+    async def old_replica_stores(path: str) -> str:
+        """What a replica of the release before stores for path (its namespace): the key."""
+        status, _, _ = await raw_get(c, path, host=host)
+        assert status == 200
+        (name,) = [n for n in await raw.keys("cacheproxy:e2:*") if n.endswith(path.encode())]
+        key = name.decode().removeprefix("cacheproxy:e2:")
+        await raw.hset(f"cacheproxy:e:{key}", "[[],[]]", encode(make_entry(key, b"before")))
+        await raw.expire(f"cacheproxy:e:{key}", 60)
+        return key
+
+    try:
+        key = await old_replica_stores("/page")
+        status, _, _ = await raw_get(c, "/page", method="POST", host=host)  # §4.4
+        assert status == 200
+        after_post = await raw.exists(f"cacheproxy:e:{key}")
+        key = await old_replica_stores("/other")
+        async with c.session.post(URL(admin + "purge?url=/other", encoded=True)) as resp:
+            assert resp.status == 200
+        after_purge = await raw.exists(f"cacheproxy:e:{key}")
+        await old_replica_stores("/third")
+        async with c.session.post(admin + "clear") as resp:
+            assert resp.status == 200
+        after_clear = await raw.keys("cacheproxy:e:*")
+    finally:
+        await raw.aclose()
+    assert (after_post, after_purge, after_clear) == (0, 0, [])

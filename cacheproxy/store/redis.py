@@ -292,6 +292,11 @@ def _driver_info() -> dict[str, Any]:
 # build reads none of them (an upgrade starts from an empty shared cache, and old and new
 # replicas of a rolling one share nothing); they go with their TTLs.
 KEYS_GENERATION = b"2"
+# The generation before, under <redis_prefix>e:<key>, which replicas of the release before
+# read during a rolling upgrade: a delete, a purge or a clear here removes its entries of
+# the same keys too, so that an invalidation (RFC 9111 §4.4) or an operator's purge that
+# reaches a new replica also holds on the old ones (which never read this generation).
+_RETIRED = b"e:"
 
 
 class RedisStore:
@@ -301,6 +306,7 @@ class RedisStore:
         prefix = _bytes(cache.redis_prefix)
         self._prefix = prefix
         self._entries = prefix + b"e" + KEYS_GENERATION + b":"
+        self._retired = prefix + _RETIRED
         self.channel = prefix + b"purge"  # "d<key>", "p<prefix>" or "c", after each purge
         self.timeout = cache.redis_timeout
         self.retry_interval = cache.redis_retry_interval
@@ -438,6 +444,7 @@ class RedisStore:
             # memory), and an invalidation (RFC 9111 §4.4) or a purge must hold then too.
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.unlink(self._entries + _bytes(key))
+                pipe.unlink(self._retired + _bytes(key))  # (what old replicas read)
                 pipe.publish(self.channel, b"d" + _bytes(key))
                 return (await pipe.execute())[0]
         try:
@@ -463,12 +470,14 @@ class RedisStore:
 
     async def delete_prefix(self, prefix: str) -> int:
         removed = await self._unlink_all(self._entries + _bytes(prefix))
+        await self._unlink_all(self._retired + _bytes(prefix))  # (what old replicas read)
         await self._call(partial(self._redis.publish, self.channel, b"p" + _bytes(prefix)))
         return removed
 
     async def clear(self) -> int:
         """Every entry under redis_prefix, and nothing else (never FLUSHDB)."""
         removed = await self._unlink_all(self._entries)
+        await self._unlink_all(self._retired)  # (what old replicas read)
         await self._call(partial(self._redis.publish, self.channel, b"c"))
         return removed
 

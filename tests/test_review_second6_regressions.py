@@ -15,6 +15,7 @@ import struct
 import time
 from typing import Any
 
+import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -503,3 +504,29 @@ async def test_an_invalidation_or_purge_on_a_new_replica_reaches_what_old_replic
     finally:
         await raw.aclose()
     assert (after_post, after_purge, after_clear) == (0, 0, [])
+
+
+# -- CORS: a credentialed regex over a top-level domain -----------------------------------
+
+
+@pytest.mark.parametrize("entry", ["~https://.*\\\\.com", "~https://[a-z0-9-]+\\\\.(com|net)",
+                                   "~https?://.+\\\\.io"])
+def test_a_credentialed_regex_over_a_public_top_level_domain_is_refused_at_start(
+        tmp_path, entry):
+    """88e94fe refuses `https://*.com` with allow_credentials (a wildcard over a public
+    top-level domain: every .com site gets a credentialed read of the user's responses)
+    but its regex spelling `~https://.*\\.com` passed: grants_anyone tries a ~regex only
+    on names under .invalid, which such a pattern does not match. The same grant, refused
+    in one spelling and not the other (Fetch §3.2.5: credentials are never for anyone).
+    A ~regex is now also tried on a name nobody listed right under each public top-level
+    domain it names; narrow patterns (tests/test_review_policies_regressions.py) still
+    start. Severity: medium (the guard README promises, missed for an obvious spelling)."""
+    from cacheproxy.config import load_config
+    from cacheproxy.config.values import ConfigError
+
+    path = tmp_path / "cacheproxy.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n'
+                    f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={})
+    assert refused.value.key == "cors.allow_origins"

@@ -168,13 +168,22 @@ _PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443")
 _PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "internal"})
 
 
+# The labels a ~regex names ("com" in "~https://.*\\.com"): the top-level domains it may
+# be a wildcard over.
+_LABEL = re.compile(r"[a-z][a-z0-9-]{1,62}")
+
+
 def grants_anyone(entry: str) -> bool:
     """Does an allow_origins entry grant sites nobody listed: a ~regex matching one of the
-    unrelated probe origins (a catch-all), or a wildcard over a public top-level domain
-    (https://*.com)?"""
+    unrelated probe origins (a catch-all) or a name nobody listed right under a public
+    top-level domain it names ("~https://.*\\.com", the regex spelling of https://*.com),
+    or a wildcard over a public top-level domain (https://*.com)?"""
     if entry.startswith("~"):
         pattern = re.compile(entry[1:])
-        return any(pattern.fullmatch(probe) for probe in _PROBES)
+        tlds = set(_LABEL.findall(entry[1:].lower())) - _PRIVATE_TLDS - {"http", "https"}
+        return any(pattern.fullmatch(probe) for probe in _PROBES) or any(
+            pattern.fullmatch(f"{scheme}://cacheproxy-probe.{tld}")
+            for tld in tlds for scheme in ("https", "http"))
     wildcard = parse_origin_entry(entry)
     return isinstance(wildcard, WildcardOrigin) and "." not in wildcard.domain \
         and wildcard.domain not in _PRIVATE_TLDS

@@ -530,3 +530,30 @@ def test_a_credentialed_regex_over_a_public_top_level_domain_is_refused_at_start
     with pytest.raises(ConfigError) as refused:
         load_config(path, env={})
     assert refused.value.key == "cors.allow_origins"
+
+
+# -- the request log: a head the parser refuses --------------------------------------------
+
+
+async def test_a_head_the_parser_refuses_is_logged_with_its_secrets_redacted(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """8d26e83 made a path parameter named in strip_params (`/cart;jsessionid=...`) a
+    secret the log redacts, and c97426d redacts every route's names in a request refused
+    before its route is chosen, "in its target and its Referer". A head the parser
+    refuses (a 400 for a malformed field line, as a client or a scanner sends) is logged
+    by another path, which only drops the target's query: the path parameter went to the
+    log in clear, and so did the Referer's `?sid=` (no names at all to redact). Severity:
+    low (a malformed request's session ids, in the log file)."""
+    from support import read_json_log
+    from test_review_policies_regressions import LOGGED, Recording, start
+
+    toml = LOGGED.replace("LOG", str(tmp_path / "access.log"))
+    c = await start(origin, proxy, tmp_path, toml, up=Recording())
+    status, _, _ = await raw_get(c, "/cart;jsessionid=SECRET1?x=1",
+                                 "Referer: https://site.example/inbox?sid=SECRET2",
+                                 "Bad Field Line", host="127.0.0.1")
+    assert status == 400
+    [line] = await read_json_log(c)
+    assert line["status"] == 400
+    assert "SECRET1" not in line["path"], line
+    assert "SECRET2" not in (line["referer"] or ""), line

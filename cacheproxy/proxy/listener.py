@@ -137,9 +137,11 @@ class Listener:
         if outcome is not None:
             outcome.bytes_sent = sent
             self.observer.record(request, status, outcome, time.perf_counter() - started)
-        else:  # refused before the cache (by the parser, the Expect rule): an error
-            self.observer.record(request, status, Outcome(status="ERROR", bytes_sent=sent),
-                                 time.perf_counter() - started)
+        else:  # refused before the cache (by the parser, the Expect rule): an error,
+            # with every route's strip_params redacted (none was chosen: handler.py's own
+            # refusals before routing do the same), in its path parameters and Referer
+            outcome = Outcome(status="ERROR", bytes_sent=sent, secrets=self.proxy.plans.secrets)
+            self.observer.record(request, status, outcome, time.perf_counter() - started)
 
     # -- what aiohttp's runner calls on its server -------------------------------------
 

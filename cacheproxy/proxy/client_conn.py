@@ -277,6 +277,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # Who holds this connection's writes: its transport (pause_writing), the TCP
         # transport under TLS (paused_below); paused (BaseProtocol._paused) while either does.
         self._held_tls = self._held_below = False
+        self._close_drained = False  # close() waits for the TCP transport under TLS
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -873,6 +874,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         TLS handed it more meanwhile (paused again)."""
         if self._unlogged and self.transport is not None:
             self._gone = self._handed - self._unsent_bytes()
+        if self._close_drained and self.transport is not None and not self._unsent_bytes():
+            self._close_drained = False
+            self.transport.close()  # (close() waited for this: TLS's shutdown now)
+            return
         below = self._below
         if self._held_below and (below is None or not below.get_write_buffer_size()):
             self._held_below = False
@@ -1339,6 +1344,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                                                        self._watch_unsent)
         payload = self._payload
         sending = self._head_refused or (payload is not None and not payload.is_eof())
+        if self._below is not None and self._unsent_bytes():
+            # TLS's close starts its shutdown, and after its timeout (30 s) it drops the
+            # TCP transport with what the client has not read yet: a slow download with
+            # Connection: close cut short. Closed once that has gone (drained_below); the
+            # unsent watch above aborts a client that reads none of it.
+            self._close_drained = True
+            return
         if not sending or self._lingering is not None or not transport.can_write_eof():
             transport.close()
             return

@@ -629,3 +629,27 @@ async def test_an_intercepted_slow_download_with_connection_close_is_not_cut_at_
     finally:
         await site.close()
     assert got == size, got
+
+
+@pytest.mark.parametrize("entry", ["~https://\\\\[.*\\\\]",
+                                   "~https?://\\\\d+\\\\.\\\\d+\\\\.\\\\d+\\\\.\\\\d+(:\\\\d+)?"])
+def test_a_credentialed_regex_over_every_address_literal_is_refused_at_start(tmp_path, entry):
+    """The same check for origins named by an address (`https://[2001:db8::1]`,
+    `https://192.0.2.1`): a ~regex matching any IPv6 or IPv4 literal grants a
+    credentialed read to every site served from an address, which anyone can set up, and
+    passed (it matches no name under .invalid). Documentation addresses (RFC 5737, RFC
+    3849: no site's) are probes now; `~http://127\\.0\\.0\\.1:\\d+` and the like still start.
+    Severity: low (a pattern written for a developer's machines, widened by mistake)."""
+    from cacheproxy.config import load_config
+    from cacheproxy.config.values import ConfigError
+
+    path = tmp_path / "cacheproxy.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n'
+                    f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={})
+    assert refused.value.key == "cors.allow_origins"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[cors]\n'
+                    'allow_origins = ["~http://127\\\\.0\\\\.0\\\\.1:\\\\d+"]\n'
+                    'allow_credentials = true\n')
+    load_config(path, env={})  # (a narrow one starts)

@@ -162,7 +162,11 @@ KEYWORDS = frozenset({"none", "blocked", "server_names"})
 
 # RFC 6761 §6.4: no site is ever named under .invalid, so a pattern matching one of these
 # is anchored to no domain of the operator's ("~https://.*" matches every https site).
-_PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443")
+_PROBES = ("https://example.invalid", "http://a.b.c.example.invalid:8443",
+           # RFC 5737 §3, RFC 3849: documentation addresses, no site's: a pattern matching
+           # them matches any address literal ("~https://\\[.*\\]"), which anyone can serve.
+           "https://192.0.2.1", "http://192.0.2.1:8443", "https://[2001:db8::1]",
+           "http://[2001:db8::1]:8443")
 # RFC 6761 §6.2-§6.4, RFC 6762 §3, ICANN's .internal: single labels that name no public
 # sites, so "*.localhost" or "*.internal" is a developer's or a company's own wildcard.
 _PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "internal"})

@@ -261,6 +261,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._declined: Any = None  # the request the quick path last handed on
         self._planned: tuple[Any, Planned] | None = None  # and how it goes forward
         self._relay: QuickForward | None = None  # a request sent by callback, under way
+        self._on_gone: Callable[[], None] | None = None  # a relay waiting (watch_gone)
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
         self._unsent = 0  # bytes the transport held at the last look (send_timeout)
@@ -579,6 +580,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._unsent_watch.cancel()
         if self._tunnel is not None:
             self._tunnel.client_gone()
+        gone, self._on_gone = self._on_gone, None
+        if gone is not None:
+            gone()  # a relay waiting on the origin stops now (and frees it)
         self._disarm()  # (a quick forward goes on: its answer is dropped, its line logged)
         if self._timer is not None:
             self._timer.cancel()
@@ -980,6 +984,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         headers.popall("Content-Length", None)  # (§8.6: none in a 1xx)
         headers.add("Via", self.listener.proxy.local_via)
         self._write(encode_head(f"HTTP/1.1 {status} {reason}", headers))
+
+    def watch_gone(self, gone: Callable[[], None] | None) -> None:
+        self._on_gone = gone
 
     def send_whole(self, head: bytes, body: bytes) -> None:
         """A relayed response whose body is all here: head and body, one send."""

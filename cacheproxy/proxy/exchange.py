@@ -24,7 +24,14 @@ from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Release
-from cacheproxy.proxy.downstream import Answer, Body, ClientBodyError, ClientMessage, Downstream
+from cacheproxy.proxy.downstream import (
+    Answer,
+    Body,
+    ClientBodyError,
+    ClientGone,
+    ClientMessage,
+    Downstream,
+)
 from cacheproxy.proxy.fill import Fill, FillBudget
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.invalidations import Invalidations
@@ -69,6 +76,10 @@ class UpstreamResponse:
         if not self._done:
             self._done = True
             self._pool.release(self._conn)
+
+    def interrupt(self, exc: BaseException) -> None:
+        """A readany waiting for the origin raises exc now."""
+        self._conn.interrupt(exc)
 
     def close(self) -> None:
         """Done with it before its end: the connection is closed."""
@@ -306,6 +317,20 @@ class Exchange:
         release: Release = _nothing, *, upstream: str, target: str,
         part: Partial | None = None,
     ) -> None:
+        """_relay, told at once when the client leaves (a quiet stream's next byte may be
+        minutes away: nginx closes the upstream then too)."""
+        out.watch_gone(lambda: resp.interrupt(ClientGone("client connection lost")))
+        try:
+            await self._relay(out, request, resp, outcome, store, max_object, release,
+                              upstream=upstream, target=target, part=part)
+        finally:
+            out.watch_gone(None)
+
+    async def _relay(
+        self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
+        outcome: Outcome, store: CachedResponse | None, max_object: int,
+        release: Release, *, upstream: str, target: str, part: Partial | None,
+    ) -> None:
         """Stream the upstream response to the client; with store (the Store decision's
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
         the store is settled either way. A HEAD client gets no body (its request may
@@ -345,6 +370,11 @@ class Exchange:
         while send_body or fill is not None:  # a HEAD reads the body only to store it
             try:
                 chunk = await resp.readany()
+            except ClientGone:  # (what is being stored goes on, as for a client gone below)
+                if fill is None:
+                    return self._abandon(resp, outcome, release, fill)
+                send_body, gone = False, True
+                continue
             except UpstreamError as exc:
                 # The body broke off: store nothing, and end the client's message
                 # abnormally so it cannot mistake the truncated body for a whole one.

@@ -716,6 +716,13 @@ class Connection(asyncio.Protocol):
         """The answer was read whole and the request body sent whole."""
         return self._complete and not self._chunks and (self._pump is None or self._pump.done())
 
+    def interrupt(self, exc: BaseException) -> None:
+        """A read_chunk waiting for the origin raises exc now (its client left); what
+        was read stays, for a read_chunk after it."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():

@@ -6,6 +6,7 @@ and an Answer becomes a web.Response. `cacheproxy serve` runs the lean data plan
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -37,6 +38,10 @@ class WebDownstream:
 
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
         """Not passed on: aiohttp's response has no way to send a 1xx before itself."""
+
+    def watch_gone(self, gone: Callable[[], None] | None) -> None:
+        """Not watched: aiohttp's server tells a handler of a lost client at its next
+        write."""
 
     def abort(self) -> None:
         transport, response = self.request.transport, self.response

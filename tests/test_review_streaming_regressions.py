@@ -1,0 +1,157 @@
+"""A reviewer's findings on streamed answers (Server-Sent Events, long polls, bodies sent a
+piece at a time) through the proxy: reverse mode, forward mode, an intercepted CONNECT.
+
+Each test failed on the code it was written against (commit 326ba27); its docstring says
+what happened, what should happen and why. Real servers on 127.0.0.1, as elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from support import read_json_log, until
+from test_forward_mode import raw
+from test_review_forward_regressions import _intercepted
+
+from cacheproxy.tls.ca import LocalCA
+
+EVENT = b"id: 1\ndata: hello\n\n"
+
+
+def sse_app() -> tuple[web.Application, dict[str, Any]]:
+    """An aiohttp origin whose /events sends one event, then nothing (a quiet stream: the
+    next event, or the heartbeat, is far off), watching its connection: `closed` holds
+    when (time.monotonic()) it saw the proxy's side of it close. A request with X-End
+    gets its stream ended after the event."""
+    state: dict[str, Any] = {"started": [], "closed": []}
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(EVENT)
+        state["started"].append(request.headers.get("Last-Event-ID"))
+        deadline = time.monotonic() + (0 if "X-End" in request.headers else 20)
+        while time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                state["closed"].append(time.monotonic())
+                break
+            await asyncio.sleep(0.01)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/events", events)
+    return app, state
+
+
+@contextlib.asynccontextmanager
+async def sse_origin(tls: LocalCA | None = None
+                     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """sse_app() served by aiohttp's AppRunner on a TCP site (whose connections, unlike
+    aiohttp.test_utils.TestServer's, show a handler the peer's close), over https with a
+    certificate for localhost from tls: its URL, its state."""
+    app, state = sse_app()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0,
+                       ssl_context=tls.server_context("localhost") if tls else None)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http{'s' if tls else ''}://localhost:{port}", state
+    finally:
+        await runner.cleanup()
+
+
+async def _read_event(reader: asyncio.StreamReader) -> None:
+    """Read the head and the first event (what a client shows before it leaves)."""
+    got = b""
+    while b"data: hello" not in got:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data, got
+        got += data
+
+
+async def _leave_and_watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           state: dict[str, Any]) -> float:
+    """The client leaves after the first event; how long the origin's connection stayed
+    open after that (or 99 when it was still open 3 s later)."""
+    await _read_event(reader)
+    left = time.monotonic()
+    writer.close()
+    if not await until(lambda: bool(state["closed"]), timeout=3):
+        return 99.0
+    return state["closed"][0] - left
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full-path", "quick-path"])
+async def test_a_client_that_leaves_a_quiet_stream_frees_its_upstream_connection_at_once(
+        proxy, forward_switch, caplog, tmp_path: Path, quick: bool):
+    """A client that closes its connection while the stream it reads is quiet (an SSE
+    page closed, an EventSource.close(), a long poll given up) was not noticed until the
+    origin's next byte: the relay waited on the upstream read alone, and learnt of the
+    client only from a failed write. An origin that sends an event a minute (or a
+    heartbeat every 30 s) kept the connection, and whatever it holds per subscriber, for
+    that long; an origin that sends nothing more held it until proxy.read_timeout (30 s),
+    which then wrote a WARNING blaming the origin ("body ... broke off: timeout reading
+    the body") and logged the request as cache ERROR. nginx sees the client's close at
+    once ("client prematurely closed connection, so upstream connection is closed too",
+    seen with nginx 1.22 here: its origin saw the close within 1 ms; cacheproxy's after
+    30 s). Severity: medium (origin resources held by clients long gone; a false
+    origin-failure warning and ERROR line for every SSE tab closed)."""
+    async with sse_origin() as (url, state):
+        client = await proxy(url, log={"path": str(tmp_path / "r.log")})
+        await _leave_quiet_stream(client, state, forward_switch, caplog, quick)
+
+
+async def _leave_quiet_stream(client: Any, state: dict[str, Any], forward_switch: Any,
+                              caplog: Any, quick: bool) -> None:
+    if quick:  # an idle pooled connection and a URL marked pass: the quick forward
+        reader, writer = await raw(
+            client.port, b"GET /events HTTP/1.1\r\nHost: x\r\nX-End: 1\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(65536), 5)).endswith(b"0\r\n\r\n")
+        writer.close()
+        state["closed"].clear()
+    forward_switch.state["sent"] = 0
+    reader, writer = await raw(client.port, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    with caplog.at_level(logging.WARNING):
+        held = await _leave_and_watch(reader, writer, state)
+        assert held < 1.0, f"the origin's connection stayed open {held:.1f} s"
+        lines = await read_json_log(client)
+        assert [(line["path"], line["status"], line["cache"], line["bytes"])
+                for line in lines][quick:] == [("/events", 200, "MISS", len(EVENT))]
+    assert "broke off" not in caplog.text
+    assert forward_switch.state["sent"] == quick  # (the path the test meant)
+
+
+@pytest.mark.parametrize("mode", ["forward", "intercepted"])
+async def test_a_client_that_leaves_a_quiet_stream_frees_it_in_forward_mode_too(
+        proxy, tmp_path: Path, mode: str):
+    """The same as above for a forward proxy's client: an absolute-form request, and a
+    request inside an intercepted CONNECT (forward.intercept_tls) to an https origin: the
+    origin's connection was held until its next byte or read_timeout. Severity: medium."""
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca") if mode == "intercepted" else None
+    async with sse_origin(site_ca) as (url, state):
+        port = int(url.rsplit(":", 1)[1])
+        ca_dir = tmp_path / "proxy-ca"
+        client = await proxy("http://127.0.0.1:9", log={"path": str(tmp_path / "r.log")},
+                             proxy={"upstream_ca_file": str(site_ca.cert_path) if site_ca
+                                    else ""},
+                             forward={"enabled": True, "intercept_tls": bool(site_ca),
+                                      "allow_hosts": ["localhost"], "connect_ports": [port],
+                                      "ca_dir": str(ca_dir)})
+        if site_ca:
+            reader, writer = await _intercepted(client, ca_dir, port)
+            writer.write(f"GET /events HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode())
+        else:
+            reader, writer = await raw(client.port, f"GET {url}/events HTTP/1.1\r\n"
+                                       f"Host: localhost:{port}\r\n\r\n".encode())
+        held = await _leave_and_watch(reader, writer, state)
+        assert held < 1.0, f"the origin's connection stayed open {held:.1f} s"

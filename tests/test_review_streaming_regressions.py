@@ -155,3 +155,62 @@ async def test_a_client_that_leaves_a_quiet_stream_frees_it_in_forward_mode_too(
                                        f"Host: localhost:{port}\r\n\r\n".encode())
         held = await _leave_and_watch(reader, writer, state)
         assert held < 1.0, f"the origin's connection stayed open {held:.1f} s"
+
+
+def long_poll_app() -> tuple[web.Application, dict[str, Any]]:
+    """An aiohttp origin whose /poll answers after 20 s (a long poll with nothing new),
+    unless its connection closes first: `closed` holds when it saw that."""
+    state: dict[str, Any] = {"started": 0, "closed": []}
+
+    async def poll(request: web.Request) -> web.Response:
+        await request.read()
+        state["started"] += 1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                state["closed"].append(time.monotonic())
+                break
+            await asyncio.sleep(0.01)
+        return web.Response(text="[]")
+
+    app = web.Application()
+    app.router.add_route("*", "/poll", poll)
+    return app, state
+
+
+@pytest.mark.parametrize("request_head", [
+    "POST /poll HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    "GET /poll HTTP/1.1\r\nHost: x\r\nCache-Control: no-store\r\n\r\n",
+], ids=["POST", "GET-no-store"])
+async def test_a_client_that_leaves_a_long_poll_nothing_can_store_frees_it_at_once(
+        proxy, tmp_path: Path, request_head: str):
+    """A long poll (CometD/Bayeux and GraphQL clients poll with POST; a GET with
+    `Cache-Control: no-store`) whose client leaves before the origin answers: the proxy
+    kept the upstream request open until the origin answered (here 20 s; up to
+    proxy.read_timeout, 30 s, then a 504 WARNING blaming the origin), although nothing of
+    the answer could be stored or serve anyone else. nginx closes the upstream connection
+    at once and logs 499 (seen with nginx 1.22 here, "client prematurely closed
+    connection, so upstream connection is closed too", for a location without
+    proxy_cache; with proxy_cache it keeps a cacheable GET's fetch, as cacheproxy does for
+    a miss it may store). Severity: low (an origin's poll slot held for one poll period
+    per departed client)."""
+    app, state = long_poll_app()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
+        _, writer = await raw(client.port, request_head.encode())
+        assert await until(lambda: state["started"] == 1)
+        left = time.monotonic()
+        writer.close()
+        assert await until(lambda: bool(state["closed"]), timeout=3), \
+            "the origin's connection was still open 3 s after its client left"
+        assert state["closed"][0] - left < 1.0
+        lines = await read_json_log(client)
+        assert [(line["path"], line["status"]) for line in lines] == [("/poll", 499)]
+    finally:
+        await runner.cleanup()

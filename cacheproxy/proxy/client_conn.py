@@ -580,9 +580,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._unsent_watch.cancel()
         if self._tunnel is not None:
             self._tunnel.client_gone()
-        gone, self._on_gone = self._on_gone, None
-        if gone is not None:
-            gone()  # a relay waiting on the origin stops now (and frees it)
         self._disarm()  # (a quick forward goes on: its answer is dropped, its line logged)
         if self._timer is not None:
             self._timer.cancel()
@@ -595,8 +592,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 parser.feed_eof()
         lost = ConnectionResetError("client connection lost")
         current = self._payload
+        gone, self._on_gone = self._on_gone, None
         if current is not None and not current.is_eof():  # a body cut off: its reader
             current.set_exception(lost)  # (the upload upstream) ends now, not at a timeout
+        elif gone is not None:  # an exchange waiting on the origin stops now, freeing it
+            gone()
         for _, payload in self._queue:
             payload.set_exception(lost)
         self._queue.clear()

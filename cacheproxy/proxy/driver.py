@@ -43,13 +43,13 @@ from cacheproxy.http.flow import (
     stale_on_error,
     still_held,
 )
-from cacheproxy.http.invalidation import as_derived_from
+from cacheproxy.http.invalidation import SAFE_METHODS, as_derived_from
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.upgrade import refused_switch
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Stored
-from cacheproxy.proxy.downstream import Answer, ClientMessage, Downstream
+from cacheproxy.proxy.downstream import Answer, ClientGone, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
@@ -208,11 +208,21 @@ class Driver:
             ctx.outcome.went_on = True
         body = request.content if ctx.facts.has_body else None
         request_time = time.time()
+        # An answer nothing will store or validate is for its client alone: when it
+        # leaves first (a long poll given up), the origin is let go at once, as nginx
+        # does (a miss that may be stored is fetched on, for the requests after it).
+        alone = not fwd.may_store and fwd.stored is None
         try:  # (a ClientBodyError is the client's: its connection answers it)
             resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
                                             ctx.fields(fwd), body, ctx.outcome, first_sent,
                                             getattr(request, "body_timeout", None),
-                                            ctx.out.interim)
+                                            ctx.out.interim,
+                                            watch=ctx.out.watch_gone if alone else None)
+        except ClientGone:  # (logged 499: no answer was written)
+            release(failed=True)
+            if fwd.method not in SAFE_METHODS:  # §4.4: the origin may have acted on it
+                await self._invalidate(ctx, (ctx.key,))
+            return None
         except Refusal as exc:  # forward mode: refused by the address its name resolved to
             release()
             ctx.outcome.status, ctx.outcome.policy = "DENIED", f"forward: {exc.reason}"

@@ -9,8 +9,8 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from functools import lru_cache
+from collections.abc import AsyncIterator, Callable
+from functools import lru_cache, partial
 
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
@@ -44,6 +44,8 @@ from cacheproxy.tls.upstream import upstream_ssl_context
 log = logging.getLogger("cacheproxy")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _WITH_CONTENT = frozenset({"POST", "PUT", "PATCH"})
+# Downstream.watch_gone: what to call when the client leaves (None: nothing).
+Watch = Callable[[Callable[[], None] | None], None]
 _REPLAYABLE = 64 * 1024  # request bodies up to this size are kept for a second attempt
 _MEMO_URL = 2048  # upstream URLs up to this long are parsed once (1,024 kept)
 
@@ -232,7 +234,7 @@ class Exchange:
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
         outcome: Outcome | None = None, first_sent: float | None = None,
         body_timeout: float | None = None, interim: Interim | None = None,
-        upgrade: bool = False,
+        upgrade: bool = False, watch: Watch | None = None,
     ) -> UpstreamResponse:
         """Send the request and return the answer's head. A request that failed on a reused
         connection before any byte of the answer came is sent once more on a new one, when
@@ -242,6 +244,8 @@ class Exchange:
         body_timeout: proxy.client_body_timeout for this request (else the exchange's).
         interim: where the 1xx answers before the final one go (the client's, Downstream).
         upgrade: the request asks to switch protocols; a 101 is its answer (detach()).
+        watch: the client's Downstream.watch_gone, for a request the proxy gives up when
+        its client leaves before the answer (ClientGone; the connection is closed).
         Raises ClientBodyError when the client's body stalls or breaks off: the upstream
         connection, if one carried part of it, is closed, never reused."""
         timeout = self.client_body_timeout if body_timeout is None else body_timeout
@@ -272,10 +276,12 @@ class Exchange:
             reused = conn.used
             stream = None if body is None else _once(kept) if kept is not None \
                 else _framed(body, chunked, timeout)
+            if watch is not None:
+                watch(partial(conn.interrupt, ClientGone("client connection lost")))
             try:
                 await conn.send(head, stream, method == "HEAD", self.read_timeout, interim,
                                 upgrade)
-            except ClientBodyError:
+            except (ClientBodyError, ClientGone):
                 self.pool.release(conn)  # (closed: the origin has an incomplete message)
                 raise
             except UpstreamError as exc:
@@ -283,6 +289,9 @@ class Exchange:
                 if attempt == 1 and self.retries(method, conn, reused, exc, replayable):
                     continue  # the origin closed the pooled connection as it was used
                 raise
+            finally:
+                if watch is not None:
+                    watch(None)
             break
         if outcome is not None:
             outcome.upstream_ms = (time.perf_counter() - started) * 1000
@@ -319,7 +328,7 @@ class Exchange:
     ) -> None:
         """_relay, told at once when the client leaves (a quiet stream's next byte may be
         minutes away: nginx closes the upstream then too)."""
-        out.watch_gone(lambda: resp.interrupt(ClientGone("client connection lost")))
+        out.watch_gone(partial(resp.interrupt, ClientGone("client connection lost")))
         try:
             await self._relay(out, request, resp, outcome, store, max_object, release,
                               upstream=upstream, target=target, part=part)

@@ -717,8 +717,11 @@ class Connection(asyncio.Protocol):
         return self._complete and not self._chunks and (self._pump is None or self._pump.done())
 
     def interrupt(self, exc: BaseException) -> None:
-        """A read_chunk waiting for the origin raises exc now (its client left); what
-        was read stays, for a read_chunk after it."""
+        """A send() or read_chunk waiting for the origin raises exc now (its client
+        left); send() closes the connection, read_chunk keeps what was read."""
+        head = self._head
+        if head is not None and not head.done() and self._receiver is None:
+            head.set_exception(exc)  # (send_quick's head is its receiver's to take)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)

@@ -20,6 +20,7 @@ from support import read_json_log, until
 from test_forward_mode import raw
 from test_review_forward_regressions import _intercepted
 
+from cacheproxy.http.storability import is_event_stream
 from cacheproxy.tls.ca import LocalCA
 
 EVENT = b"id: 1\ndata: hello\n\n"
@@ -214,3 +215,73 @@ async def test_a_client_that_leaves_a_long_poll_nothing_can_store_frees_it_at_on
         assert [(line["path"], line["status"]) for line in lines] == [("/poll", 499)]
     finally:
         await runner.cleanup()
+
+
+def validated_sse_app() -> web.Application:
+    """An origin whose /live is an event stream that runs for 5 s (an event each 0.1 s)
+    with a validator or a date (`?v=etag`, `?v=lm`) and no Cache-Control, as a handler
+    behind a framework that adds an ETag or Last-Modified to what it serves may send."""
+    async def live(request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Type": "text/event-stream; charset=utf-8"}
+        if request.query["v"] == "etag":
+            headers["ETag"] = '"feed-1"'
+        else:
+            headers["Last-Modified"] = "Mon, 01 Jan 2024 00:00:00 GMT"
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        for i in range(50):
+            await resp.write(f"id: {i}\ndata: {time.monotonic()}\n\n".encode())
+            await asyncio.sleep(0.1)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/live", live)
+    return app
+
+
+async def _subscribe(port: int, target: str) -> tuple[asyncio.StreamWriter, bytes]:
+    """An EventSource's request, as Chromium sends it (Cache-Control: no-cache, HTML
+    §9.2.3); its connection and its head, once it came (3 s at most)."""
+    reader, writer = await raw(port, f"GET {target} HTTP/1.1\r\nHost: x\r\n"
+                               "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
+                               "Pragma: no-cache\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    return writer, head
+
+
+@pytest.mark.parametrize("validator", ["etag", "lm"])
+async def test_an_event_stream_is_never_filled_so_a_second_subscriber_waits_for_nothing(
+        proxy, origin, validator: str):
+    """An event stream (text/event-stream) that carries an ETag or a Last-Modified and no
+    Cache-Control was filled to be stored (§3: storable; a validator, or heuristic
+    freshness from Last-Modified: a day): a second subscriber to the same URL (a second
+    tab, another user), arriving while the first stream ran, waited behind that fill,
+    which never ends for a live stream, for cache.collapse_timeout (10 s) before it got a
+    stream of its own; a client that left did not free the origin (a fill is read on to
+    its end); and a stream that did end within max_object_bytes was replayed, old events
+    and all, as a HIT for a day. An event stream is live and never whole (HTML "Server-sent
+    events" §9.2: user agents send Cache-Control: no-cache on its requests "to bypass any
+    caches"): it is not stored, so each subscriber gets its own stream at once. nginx with
+    proxy_cache and proxy_cache_lock on (seen with 1.22 here) gives the second its stream
+    at once. Severity: medium (a 10 s stall per subscriber for such origins)."""
+    client = await proxy(await origin(validated_sse_app()))
+    target = f"/live?v={validator}"
+    first, head1 = await _subscribe(client.port, target)
+    started = time.monotonic()
+    try:
+        second, head2 = await _subscribe(client.port, target)
+    except TimeoutError:
+        pytest.fail("the second subscriber got no stream within 3 s")
+    assert time.monotonic() - started < 1.0
+    assert b"stored" not in head1 and b"stored" not in head2
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize(("content_type", "stream"), [
+    ("text/event-stream", True), ("Text/Event-Stream ; charset=utf-8", True),
+    ("text/event-streams", False), ("text/plain", False), (None, False),
+])
+def test_what_counts_as_an_event_stream(content_type: str | None, stream: bool) -> None:
+    """The media type alone, case-insensitively, its parameters aside (RFC 9110 §8.3.1)."""
+    assert is_event_stream(content_type) is stream

@@ -107,6 +107,16 @@ def storability(
     return _no("status")
 
 
+def is_event_stream(content_type: str | None) -> bool:
+    """An event stream (HTML "Server-sent events" §9.2, text/event-stream): live, never
+    whole, its requests sent with Cache-Control: no-cache "to bypass any caches" (§9.2.3).
+    Stored, it would only be filled without end while other subscribers waited for it
+    (§4's collapsing), or replayed with old events; a cache MAY decline to store (§3)."""
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "text/event-stream"
+
+
 def _explicit_freshness(response: ResponseDirectives, has_expires: bool, shared: bool
                         ) -> bool:
     """§4.2.1: a freshness lifetime the origin gave, not a heuristic one."""

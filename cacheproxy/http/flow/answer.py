@@ -32,7 +32,12 @@ from cacheproxy.http.revalidation import (
     merge_304,
     selects,
 )
-from cacheproxy.http.storability import Verdict, excluded_fields, storability
+from cacheproxy.http.storability import (
+    Verdict,
+    excluded_fields,
+    is_event_stream,
+    storability,
+)
 from cacheproxy.http.stored import (
     CachedResponse,
     all_values,
@@ -195,6 +200,8 @@ def _new_representation(
     vary = vary_fields(all_values(fields, "vary"))
     verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route,
                                     names_target)
+    if verdict.storable and is_event_stream(first_value(fields, "content-type")):
+        verdict = _EVENT_STREAM
     if not verdict.storable or vary is None:
         return _not_stored(stored, status, verdict, req, key)
     if req.nominated.intersection(vary):
@@ -222,6 +229,7 @@ def _new_representation(
 # its address), which the request's own fields cannot match: no stored response would
 # be selected for the client it was made for alone (Varnish keys it on the rewritten value).
 _VARY_FORWARDED = Verdict(False, "vary-forwarded")
+_EVENT_STREAM = Verdict(False, "event-stream")  # (is_event_stream)
 
 
 def _storable(

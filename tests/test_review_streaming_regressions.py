@@ -130,6 +130,7 @@ async def _leave_quiet_stream(client: Any, state: dict[str, Any], forward_switch
                 for line in lines][quick:] == [("/events", 200, "MISS", len(EVENT))]
     assert "broke off" not in caplog.text
     assert forward_switch.state["sent"] == quick  # (the path the test meant)
+    assert client.app_proxy.exchange.pool.in_use == 0  # its slot is free again
 
 
 @pytest.mark.parametrize("mode", ["forward", "intercepted"])
@@ -213,6 +214,7 @@ async def test_a_client_that_leaves_a_long_poll_nothing_can_store_frees_it_at_on
         assert state["closed"][0] - left < 1.0
         lines = await read_json_log(client)
         assert [(line["path"], line["status"]) for line in lines] == [("/poll", 499)]
+        assert client.app_proxy.exchange.pool.in_use == 0
     finally:
         await runner.cleanup()
 

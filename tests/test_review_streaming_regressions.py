@@ -160,14 +160,15 @@ async def test_a_client_that_leaves_a_quiet_stream_frees_it_in_forward_mode_too(
 
 
 def long_poll_app() -> tuple[web.Application, dict[str, Any]]:
-    """An aiohttp origin whose /poll answers after 20 s (a long poll with nothing new),
-    unless its connection closes first: `closed` holds when it saw that."""
+    """An aiohttp origin whose /poll answers after 20 s (`?after=` seconds) (a long poll
+    with nothing new), unless its connection closes first: `closed` holds when it saw
+    that."""
     state: dict[str, Any] = {"started": 0, "closed": []}
 
     async def poll(request: web.Request) -> web.Response:
         await request.read()
         state["started"] += 1
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + float(request.query.get("after", 20))
         while time.monotonic() < deadline:
             transport = request.transport
             if transport is None or transport.is_closing():
@@ -287,3 +288,36 @@ async def test_an_event_stream_is_never_filled_so_a_second_subscriber_waits_for_
 def test_what_counts_as_an_event_stream(content_type: str | None, stream: bool) -> None:
     """The media type alone, case-insensitively, its parameters aside (RFC 9110 §8.3.1)."""
     assert is_event_stream(content_type) is stream
+
+
+async def test_a_collapsed_waiter_whose_client_left_is_not_sent_upstream(proxy, tmp_path: Path):
+    """Two clients long-poll one URL (a first miss: the second waits behind the first, as
+    README's collapsing says); the second leaves while it waits. When the first's answer
+    came and could not be stored, the waiter went upstream itself all the same, for a
+    client long gone: the origin got a second long poll nobody would read (held for its
+    whole period: a miss that may be stored is fetched on), and the line said 499 some
+    20 s later. A waiter whose client left goes no further: its line says 499 (collapsed)
+    when its wait ends. Severity: low (one wasted origin request per departed waiter)."""
+    app, state = long_poll_app()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
+        head = b"GET /poll?after=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        first_reader, first = await raw(client.port, head)
+        assert await until(lambda: state["started"] == 1)
+        _, second = await raw(client.port, head)
+        await asyncio.sleep(0.2)  # (it waits behind the first)
+        second.close()
+        assert (await asyncio.wait_for(first_reader.read(65536), 5)).endswith(b"[]")
+        first.close()
+        await asyncio.sleep(0.5)
+        assert state["started"] == 1, "the departed waiter's request went upstream"
+        lines = await read_json_log(client)
+        assert sorted((line["status"], line["collapsed"]) for line in lines) == [
+            (200, False), (499, True)]
+    finally:
+        await runner.cleanup()

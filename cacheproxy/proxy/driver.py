@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from multidict import CIMultiDict
@@ -160,7 +161,15 @@ class Driver:
             deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)
         while True:
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
-            done = await collapser.wait(fut, max(deadline - time.monotonic(), 1e-3))
+            left: list[bool] = []  # its client left meanwhile (Downstream.watch_gone)
+            ctx.out.watch_gone(partial(left.append, True))
+            try:
+                done = await collapser.wait(fut, max(deadline - time.monotonic(), 1e-3))
+            finally:
+                ctx.out.watch_gone(None)
+            if left:  # nothing goes upstream for it, nor is looked up (logged 499)
+                ctx.outcome.collapsed = True
+                return None
             result = fut.result() if fut.done() and not fut.cancelled() else None
             if not done or result is not LEADER_FAILED or time.monotonic() >= deadline:
                 break

@@ -20,7 +20,8 @@ from cacheproxy.config import ProxyConfig, masked_url
 from cacheproxy.http.fields import end_to_end
 from cacheproxy.http.flow import NotModified
 from cacheproxy.http.ranges import NOT_ON_PART, Partial, content_range
-from cacheproxy.http.stored import CachedResponse
+from cacheproxy.http.storability import is_event_stream
+from cacheproxy.http.stored import CachedResponse, first_value
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import Release
@@ -82,6 +83,11 @@ class UpstreamResponse:
     def interrupt(self, exc: BaseException) -> None:
         """A readany waiting for the origin raises exc now."""
         self._conn.interrupt(exc)
+
+    def unbounded(self) -> None:
+        """It may last for hours: its connection counts against max_connections no more
+        (Pool.unbounded)."""
+        self._pool.unbounded(self._conn)
 
     def close(self) -> None:
         """Done with it before its end: the connection is closed."""
@@ -348,6 +354,9 @@ class Exchange:
         driver's line for a failure before the head does. part: the one range of the
         (whole, known-length) 200 the client asked for, sent as a 206 (RFC 9110 §15.3.7)
         as the body streams."""
+        if resp.content_length is None and is_event_stream(first_value(resp.fields,
+                                                                       "content-type")):
+            resp.unbounded()  # (an event stream: live for as long as its client stays)
         fill = None if store is None else self.budget.fill(max_object, resp.content_length)
         if fill is not None and fill.why_not:  # no room for what it announced
             outcome.stored, outcome.detail = False, fill.why_not

@@ -784,6 +784,9 @@ class Pool:
         self._ssl = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
         self._open: set[Connection] = set()
+        # Connections carrying an answer that may last for hours (unbounded()): open, but
+        # not counted against limit.
+        self._streams: set[Connection] = set()
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -949,9 +952,23 @@ class Pool:
                 raise refused
         return addresses
 
+    def unbounded(self, conn: Connection) -> None:
+        """conn carries an answer that may last for hours (an event stream): it counts
+        against limit no more, as a WebSocket's (Connection.detach), so that open streams
+        never keep other requests from the origin; it is closed at its end (release)."""
+        if conn in self._open:
+            self._open.discard(conn)
+            self._streams.add(conn)
+            self._wake_one()
+
     def release(self, conn: Connection) -> None:
         """After an exchange: back to the idle list when its answer was read whole and
         its framing held, else closed."""
+        if conn in self._streams:  # (pooled again, it would count past the limit)
+            self._streams.discard(conn)
+            conn.close()
+            self._wake_one()
+            return
         if conn.reusable and conn.finished() and not conn._closed:
             loop = self.loop()
             conn.idle_until = until = loop.time() + self.keepalive
@@ -986,6 +1003,7 @@ class Pool:
         too (in forward mode every site visited is an origin: kept, they would pile up).
         Its connections in use come back with release()."""
         self._open.discard(conn)
+        self._streams.discard(conn)
         origin = conn.origin
         idle = self._idle.get(origin)
         if idle is not None:
@@ -1008,5 +1026,5 @@ class Pool:
             for conn in conns:
                 conn.close()
         self._idle.clear()
-        for conn in list(self._open):
+        for conn in [*self._open, *self._streams]:
             conn.close()

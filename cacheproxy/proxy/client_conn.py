@@ -986,6 +986,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._write(encode_head(f"HTTP/1.1 {status} {reason}", headers))
 
     def watch_gone(self, gone: Callable[[], None] | None) -> None:
+        if gone is not None and self.transport is None and self._closing:
+            gone()  # lost already (during the lookup, a wait for a connection): now
+            return
         self._on_gone = gone
 
     def send_whole(self, head: bytes, body: bytes) -> None:

@@ -94,9 +94,10 @@ class Downstream(Protocol):
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
         """A 1xx the origin sent before its answer (RFC 9110 §15.2: forwarded)."""
     def watch_gone(self, gone: Callable[[], None] | None) -> None:
-        """Call gone() when the client's connection is lost (None: no more), so that a
-        relay waiting on a quiet origin (an event stream, a long poll) stops at once,
-        not at the origin's next byte or read_timeout, as nginx does."""
+        """Call gone() when the client's connection is lost (None: no more), at once when
+        it is lost already, so that a relay waiting on a quiet origin (an event stream, a
+        long poll) stops at once, not at the origin's next byte or read_timeout, as nginx
+        does."""
     def abort(self) -> None:
         """End the response abnormally (close the connection): a body that broke off
         must not look whole to the client (RFC 9112 §8). A body delimited by the close

@@ -278,7 +278,7 @@ class Exchange:
             kept = await _read_whole(body, timeout)  # (nothing upstream started yet)
         replayable = body is None or kept is not None
         for attempt in (1, 2) if retry else (2,):
-            conn = await self.pool.acquire(origin)
+            conn = await self._acquire(origin, watch)
             reused = conn.used
             stream = None if body is None else _once(kept) if kept is not None \
                 else _framed(body, chunked, timeout)
@@ -303,6 +303,22 @@ class Exchange:
             outcome.upstream_ms = (time.perf_counter() - started) * 1000
             outcome.fwd_status = conn.status
         return UpstreamResponse(self.pool, conn, self.read_timeout, started)
+
+    async def _acquire(self, origin: Origin, watch: Watch | None) -> Connection:
+        """pool.acquire; with watch, ClientGone when the client left before a connection
+        was found (all in use, a connect under way): nothing is sent for it."""
+        if watch is None:
+            return await self.pool.acquire(origin)
+        left: list[bool] = []
+        watch(partial(left.append, True))  # (told at once if it left already)
+        try:
+            conn = await self.pool.acquire(origin)
+        finally:
+            watch(None)
+        if left:
+            self.pool.release(conn)  # (unused: idle again, or closed if never used)
+            raise ClientGone("client connection lost")
+        return conn
 
     @staticmethod
     def retries(method: str, conn: Connection, reused: bool, exc: UpstreamError,

@@ -1,0 +1,93 @@
+"""A third reader's findings on the client-gone watch, event streams and graceful stop
+(commits f92cc61 .. 8e3a7aa, 36d2174, aff82f5, 84a5d8b). Real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from support import read_json_log, until
+from test_forward_mode import raw
+
+
+def _app() -> tuple[web.Application, dict[str, Any]]:
+    """/events: an event stream whose head comes after ?delay= seconds, then one event,
+    then nothing for 20 s. /poll: a long poll answered after ?after= seconds (20).
+    Each watches its connection: `closed` holds when it saw the proxy's side close."""
+    state: dict[str, Any] = {"started": 0, "closed": [], "heads": 0}
+
+    async def watch(request: web.Request, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                state["closed"].append(time.monotonic())
+                return
+            await asyncio.sleep(0.01)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        state["started"] += 1
+        await asyncio.sleep(float(request.query.get("delay", 0)))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        state["heads"] += 1
+        await resp.write(b"data: hello\n\n")
+        await watch(request, 20)
+        return resp
+
+    async def poll(request: web.Request) -> web.Response:
+        await request.read()
+        state["started"] += 1
+        await watch(request, float(request.query.get("after", 20)))
+        return web.Response(text="[]", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/events", events)
+    app.router.add_route("*", "/poll", poll)
+    return app, state
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_a_long_poll_whose_client_left_while_it_waited_for_a_connection_is_not_sent(
+        proxy, tmp_path: Path):
+    """A POST long poll (nothing of its answer can be stored) whose client leaves while
+    the request waits for an upstream connection (every one of proxy.max_connections in
+    use; or a connect under way) was sent to the origin all the same once one was free:
+    013b750's watch is put on the connection only once one is found, and the client's
+    loss before that is told to nobody. The origin got a POST from a client long gone,
+    acted on it, and held the poll for its whole period (20 s here; up to read_timeout)
+    on the connection the other requests were waiting for. nginx watches the client from
+    the start of the request ("client prematurely closed connection" while connecting
+    upstream: 499, nothing sent). Severity: low (one unwanted unsafe request and one
+    upstream connection held a poll period, per client that gave up under load)."""
+    app, state = _app()
+    runner, port = await _serve(app)
+    try:
+        client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")},
+                             proxy={"max_connections": 1, "connect_timeout": 5})
+        post = b"POST /poll?after=%s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        first_reader, first = await raw(client.port, post % b"1")
+        assert await until(lambda: state["started"] == 1)
+        _, second = await raw(client.port, post % b"20")
+        await asyncio.sleep(0.3)  # (waiting for the one connection)
+        second.close()
+        assert (await asyncio.wait_for(first_reader.read(65536), 5)).endswith(b"[]")
+        first.close()
+        await asyncio.sleep(0.5)
+        assert state["started"] == 1, "the departed client's POST went to the origin"
+        lines = await read_json_log(client)
+        assert sorted((line["path"], line["status"]) for line in lines) == [
+            ("/poll?after=1", 200), ("/poll?after=20", 499)]
+        assert client.app_proxy.exchange.pool.in_use <= 1  # (the first's, idle)
+    finally:
+        await runner.cleanup()

@@ -91,3 +91,53 @@ async def test_a_long_poll_whose_client_left_while_it_waited_for_a_connection_is
         assert client.app_proxy.exchange.pool.in_use <= 1  # (the first's, idle)
     finally:
         await runner.cleanup()
+
+
+async def test_a_no_store_long_poll_on_the_quick_path_is_given_up_when_its_client_leaves(
+        proxy, forward_switch, tmp_path: Path):
+    """013b750 gives up a long poll whose answer nothing would store (README: "a POST, a
+    no-store GET") when its client leaves, on the full path only. After the first poll
+    of a URL whose answers are `no-store` (hit-for-pass: the next ones wait behind no
+    other) with an idle upstream connection, a GET sent with `Cache-Control: no-store`
+    goes by the quick forward (proxy/quick_forward.py), which nothing tells of the
+    client's loss: the origin held the poll its whole period (20 s here; up to
+    read_timeout, then a 504 WARNING blaming it) on a connection nobody would read, and
+    the line came then. nginx closes the upstream connection at once, 499. Severity: low
+    (the same as 013b750's: one origin poll slot per departed client)."""
+    state: dict[str, Any] = {"started": 0, "closed": []}
+
+    async def poll(request: web.Request) -> web.Response:
+        state["started"] += 1
+        deadline = time.monotonic() + float(request.headers.get("X-After", 20))
+        while time.monotonic() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                state["closed"].append(time.monotonic())
+                break
+            await asyncio.sleep(0.01)
+        return web.Response(text="[]", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/poll", poll)
+    runner, port = await _serve(app)
+    try:
+        client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
+        reader, writer = await raw(client.port, b"GET /poll HTTP/1.1\r\nHost: x\r\n"
+                                                b"X-After: 0\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(65536), 3)).endswith(b"[]")
+        writer.close()
+        forward_switch.state["sent"] = 0
+        _, writer = await raw(client.port, b"GET /poll HTTP/1.1\r\nHost: x\r\n"
+                                           b"Cache-Control: no-store\r\n\r\n")
+        assert await until(lambda: state["started"] == 2)
+        left = time.monotonic()
+        writer.close()
+        assert await until(lambda: bool(state["closed"]), timeout=3), \
+            "the origin's connection was still open 3 s after its client left"
+        assert state["closed"][0] - left < 1.0
+        assert forward_switch.state["sent"] == 1  # (the path the test meant)
+        lines = await read_json_log(client)
+        assert [(line["path"], line["status"]) for line in lines] == [
+            ("/poll", 200), ("/poll", 499)]
+        assert client.app_proxy.exchange.pool.in_use == 0
+    finally:
+        await runner.cleanup()

@@ -600,6 +600,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         for _, payload in self._queue:
             payload.set_exception(lost)
         self._queue.clear()
+        relay = self._relay  # (under way: its head has not come, the callback takes it)
+        if relay is not None and relay.alone:  # the origin is let go now, as the full
+            relay.cancel()  # path's watch does (Driver.forward); logged 499
+            self.forwarded(None)
         self.listener.forget(self)
 
     # -- serving ------------------------------------------------------------------

@@ -175,6 +175,10 @@ _PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "
 # The labels a ~regex names ("com" in "~https://.*\\.com"): the top-level domains it may
 # be a wildcard over.
 _LABEL = re.compile(r"[a-z][a-z0-9-]{1,62}")
+# Names of sites nobody listed, in the shapes a site's name takes (letters alone, with a
+# digit, with a hyphen, short and long): "~https://[a-z]+\\.com" matches every .com site
+# whose name is letters, though not one with a hyphen.
+_SITE_NAMES = ("probe", "cacheproxyprobe", "probe1", "cacheproxy-probe", "a")
 
 
 def grants_anyone(entry: str) -> bool:
@@ -186,8 +190,8 @@ def grants_anyone(entry: str) -> bool:
         pattern = re.compile(entry[1:])
         tlds = set(_LABEL.findall(entry[1:].lower())) - _PRIVATE_TLDS - {"http", "https"}
         return any(pattern.fullmatch(probe) for probe in _PROBES) or any(
-            pattern.fullmatch(f"{scheme}://cacheproxy-probe.{tld}")
-            for tld in tlds for scheme in ("https", "http"))
+            pattern.fullmatch(f"{scheme}://{name}.{tld}")
+            for tld in tlds for scheme in ("https", "http") for name in _SITE_NAMES)
     wildcard = parse_origin_entry(entry)
     return isinstance(wildcard, WildcardOrigin) and "." not in wildcard.domain \
         and wildcard.domain not in _PRIVATE_TLDS

@@ -1447,13 +1447,18 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if request is None:
             return
         outcome = request.get(OUTCOME)
+        sent = self._sent
+        if self._started:  # what our buffers still hold goes nowhere: the process ends
+            # (its line gives the bytes that went, as _log_gone's, nginx's $body_bytes_sent)
+            sent = max(0, sent - self._out_bytes - self._unsent_bytes())
         if outcome is not None and not self._started and self.transport is not None \
                 and not self.transport.is_closing():
             self._keep_alive = False
             self._send_answer(request, self.listener.proxy.stopped_answer(outcome))
+            sent = self._sent
         elif self._started and self._close_delimited:
             self.abort()  # a body cut short, which the close (a FIN) would make look whole
-        self.listener.record(request, self._logged_status(), self._sent, time.perf_counter())
+        self.listener.record(request, self._logged_status(), sent, time.perf_counter())
 
     @property
     def busy(self) -> asyncio.Future[None] | None:

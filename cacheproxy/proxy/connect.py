@@ -186,6 +186,9 @@ class ConnectMethod:
         self._splice(end)
         try:
             await end.closed
+        except asyncio.CancelledError:  # a stop out of time (stop()): the line gives what
+            end.cut()  # went, not what the client's transport held when the process ended
+            raise
         finally:  # a stop out of time cancels the wait: the tunnel still gets its line
             end.client_gone()
             outcome.bytes_in = end.sent
@@ -274,6 +277,9 @@ class ConnectMethod:
         self._request = None  # its line is the WebSocket's own (below), at a stop too
         try:
             await end.closed
+        except asyncio.CancelledError:  # a stop out of time: as a tunnel's (_carry)
+            end.cut()
+            raise
         finally:  # a stop out of time cancels the wait: the line is still written, once
             end.client_gone()
             outcome.bytes_in = end.sent

@@ -80,6 +80,12 @@ class TunnelEnd(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def cut(self) -> None:
+        """A graceful stop out of time: what the client's transport still holds never goes
+        (the process ends), so it is dropped now and not counted as sent."""
+        self.dropped = self._client_unsent()
+        self.client.abort()
+
     def _abort_client(self) -> None:
         if not self.client.is_closing():
             self.dropped = self._client_unsent()

@@ -601,8 +601,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             payload.set_exception(lost)
         self._queue.clear()
         relay = self._relay  # (under way: its head has not come, the callback takes it)
-        if relay is not None and relay.alone:  # the origin is let go now, as the full
-            relay.cancel()  # path's watch does (Driver.forward); logged 499
+        if relay is not None and relay.fwd.for_client_alone:  # the origin is let go now,
+            relay.cancel()  # as the full path's watch does (Driver.forward); logged 499
             self.forwarded(None)
         self.listener.forget(self)
 

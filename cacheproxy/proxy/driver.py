@@ -217,10 +217,10 @@ class Driver:
             ctx.outcome.went_on = True
         body = request.content if ctx.facts.has_body else None
         request_time = time.time()
-        # An answer nothing will store or validate is for its client alone: when it
-        # leaves first (a long poll given up), the origin is let go at once, as nginx
-        # does (a miss that may be stored is fetched on, for the requests after it).
-        alone = not fwd.may_store and fwd.stored is None
+        # An answer for its client alone: when it leaves first (a long poll given up),
+        # the origin is let go at once, as nginx does (a miss that may be stored is
+        # fetched on, for the requests after it).
+        alone = fwd.for_client_alone
         try:  # (a ClientBodyError is the client's: its connection answers it)
             resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
                                             ctx.fields(fwd), body, ctx.outcome, first_sent,

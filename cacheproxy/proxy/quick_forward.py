@@ -89,12 +89,6 @@ class QuickForward:
         self.conn.forget_quick()
         self.settle()
 
-    @property
-    def alone(self) -> bool:
-        """Its answer is for its client alone (nothing will store or validate with it):
-        given up when the client leaves before it came, as Driver.forward's watch does."""
-        return not self.fwd.may_store and self.fwd.stored is None
-
     def settle(self) -> None:
         """Done: a graceful stop waits no longer for this request."""
         if not self.done.done():

@@ -83,6 +83,12 @@ class Forward:
         response, so they do not go upstream."""
         return self.may_store or self.stored is not None
 
+    @property
+    def for_client_alone(self) -> bool:
+        """Nothing will store the answer or validate with it (§3, §4.3.3): it is for its
+        client alone, so the request may be given up when that client leaves first."""
+        return not self.may_store and self.stored is None
+
 
 @dataclass(frozen=True, slots=True)
 class Refuse:

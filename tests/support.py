@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -170,3 +171,39 @@ def dropping_syns(host: str = "0.0.0.0", port: int = 0, reach: str = "127.0.0.1"
     finally:
         for sock in (*held, listener):
             sock.close()
+
+
+def intercepted_tls(port: int, target: int, ca_file: str | Path,
+                    rcvbuf: int | None = None) -> ssl.SSLSocket:
+    """A client's TLS socket inside an intercepted CONNECT (forward.intercept_tls) to
+    localhost:target through the proxy on port, its certificate checked against the proxy's
+    CA; rcvbuf: a small receive buffer, set before connecting, so the proxy's writes back
+    up."""
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
+              "\r\n".encode())
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += s.recv(1)
+    return ssl.create_default_context(cafile=str(ca_file)).wrap_socket(
+        s, server_hostname="localhost")
+
+
+def intercepted_get(port: int, target: int, ca_file: str | Path, leave_after: int | None) -> int:
+    """GET /video through an intercepted CONNECT to localhost:target, reading leave_after
+    bytes (None: to the end), then a reset; the bytes read."""
+    t = intercepted_tls(port, target, ca_file, rcvbuf=16384)
+    t.sendall(f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\n"
+              "Connection: close\r\n\r\n".encode())
+    got = 0
+    while leave_after is None or got < leave_after:
+        chunk = t.recv(65536)
+        if not chunk:
+            break
+        got += len(chunk)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    t.close()  # a reset: the client is gone
+    return got

@@ -91,16 +91,17 @@ async def test_passthrough_grant_for_one_page_origin_does_not_block_another_in_c
 
 
 class Recording:
-    """An origin that keeps the Referer it was sent."""
+    """An origin that keeps the Referer it was sent, and answers "ok" with cache_control."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_control: str = "no-store") -> None:
         self.referers: list[str | None] = []
+        self.cache_control = cache_control
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self.answer)
 
     async def answer(self, request: web.Request) -> web.Response:
         self.referers.append(request.headers.get("Referer"))
-        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+        return web.Response(text="ok", headers={"Cache-Control": self.cache_control})
 
 
 LOGGED = """

@@ -7,15 +7,12 @@ pin behaviour the README words differently say which sentence to change."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_review_h2clients_regressions import _H2C, _answers, _path_app
-
-from cacheproxy.config import load_config
-from cacheproxy.config.values import ConfigError
+from test_review_h2clients_regressions import behind_h2c
+from test_review_policies_regressions import credentialed, refused_with_credentials
 
 # -- 1. CORS: a credentialed regex over a top-level domain without a hyphen in its class -----
 
@@ -34,16 +31,8 @@ def test_a_credentialed_regex_over_com_names_without_hyphens_is_refused_at_start
     answers (Fetch §3.2.5). It is now tried on names of several shapes (letters alone, a
     digit, a hyphen, short and long). Severity: medium (the guard README promises, missed
     for a common spelling of the same catch-all)."""
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n'
-                    f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
-    with pytest.raises(ConfigError) as refused:
-        load_config(path, env={})
-    assert refused.value.key == "cors.allow_origins"
-    # One company's own names stay allowed.
-    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[cors]\nallow_origins = '
-                    '["~https://[a-z]+\\\\.mycompany\\\\.com"]\nallow_credentials = true\n')
-    load_config(path, env={})
+    assert refused_with_credentials(tmp_path, entry) == "cors.allow_origins"
+    credentialed(tmp_path, "~https://[a-z]+\\\\.mycompany\\\\.com")  # (one company's own names)
 
 
 # -- 2. h2c with a request behind it in the same read ------------------------------------------
@@ -64,14 +53,6 @@ async def test_a_request_behind_an_h2c_upgrade_in_one_read_is_answered_too(
     9112 §9.3.1). nginx and Squid answer both (RFC 9112 §9.3.2). Severity: low (no client
     known pipelines behind an h2c upgrade; nothing is answered wrongly, the README
     promises more than is done)."""
-    seen: list[str] = []
-    client = await proxy(await origin(_path_app(seen)))
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        writer.write(b"GET /one HTTP/1.1\r\nHost: site.test\r\n" + _H2C + b"\r\n"
-                     b"GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        got = await _answers(reader, 3)
-    finally:
-        writer.close()
+    got, seen = await behind_h2c(origin, proxy)
     assert [body for _, _, body in got] == [b"at /one", b"at /two"], got
     assert seen == ["GET /one upgrade=-", "GET /two upgrade=-"]

@@ -48,6 +48,20 @@ _H2C = (b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
         b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n")
 
 
+async def behind_h2c(origin: Any, proxy: Any) -> tuple[list[tuple[int, str, bytes]], list[str]]:
+    """GET /one with Upgrade: h2c and GET /two behind it, in one write: the answers read
+    (within 3 s) and the requests the origin saw."""
+    seen: list[str] = []
+    client = await proxy(await origin(_path_app(seen)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(b"GET /one HTTP/1.1\r\nHost: site.test\r\n" + _H2C + b"\r\n"
+                     b"GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        return await _answers(reader, 3), seen
+    finally:
+        writer.close()
+
+
 async def test_a_request_pipelined_behind_an_h2c_upgrade_is_answered_or_the_connection_closes(
         origin: Any, proxy: Any) -> None:
     """An `Upgrade: h2c` request (as `curl --http2` and Java's HttpClient send) followed in
@@ -62,15 +76,7 @@ async def test_a_request_pipelined_behind_an_h2c_upgrade_is_answered_or_the_conn
     nginx and Squid answer both. Severity: low to medium (a client that pipelines behind
     an h2c upgrade, or a front proxy multiplexing clients on one connection, hangs for 75 s
     and loses its request; no wrong answer is given)."""
-    seen: list[str] = []
-    client = await proxy(await origin(_path_app(seen)))
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        writer.write(b"GET /one HTTP/1.1\r\nHost: site.test\r\n" + _H2C + b"\r\n"
-                     b"GET /two HTTP/1.1\r\nHost: site.test\r\n\r\n")
-        got = await _answers(reader, 3)
-    finally:
-        writer.close()
+    got, _ = await behind_h2c(origin, proxy)
     assert got, "no answer"
     assert got[0][:1] == (200,) and got[0][2] == b"at /one"
     # Either both are answered (nginx, Squid) or the first says close and the connection

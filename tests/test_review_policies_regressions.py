@@ -10,31 +10,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 from support import proxy_for_toml as start
 from support import raw_get, read_json_log
+from test_review_cors_regressions import Recording
 
 from cacheproxy.config import load_config
 from cacheproxy.config.values import ConfigError
-
-
-class Recording:
-    """An origin that keeps the Referer of each request and answers a cacheable text."""
-
-    def __init__(self) -> None:
-        self.referers: list[str | None] = []
-        self.app = web.Application()
-        self.app.router.add_route("*", "/{tail:.*}", self.answer)
-
-    async def answer(self, request: web.Request) -> web.Response:
-        self.referers.append(request.headers.get("Referer"))
-        return web.Response(text="ok", headers={"Cache-Control": "public, max-age=60"})
 
 
 def _load(tmp_path: Path, body: str) -> None:
     path = tmp_path / "cacheproxy.toml"
     path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n' + body)
     load_config(path, env={})
+
+
+def credentialed(tmp_path: Path, entry: str) -> None:
+    """Start-up's load of a config granting the allow_origins entry with credentials."""
+    _load(tmp_path, f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
+
+
+def refused_with_credentials(tmp_path: Path, entry: str) -> str:
+    """The key a config granting entry with credentials is refused for (ConfigError)."""
+    with pytest.raises(ConfigError) as refused:
+        credentialed(tmp_path, entry)
+    return refused.value.key
 
 
 @pytest.mark.parametrize("entry", ["~https://.*", "~https://.+", "https://*.com"])
@@ -48,9 +47,7 @@ def test_a_credentialed_grant_to_every_https_site_is_refused_at_start(tmp_path, 
     requesting Origin with Access-Control-Allow-Credentials: true). The start must stop,
     naming the key, for the top-level section and a route's. Severity: medium (a guard
     the README promises, missed for the most common catch-all spelling)."""
-    with pytest.raises(ConfigError) as top:
-        _load(tmp_path, f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
-    assert top.value.key == "cors.allow_origins"
+    assert refused_with_credentials(tmp_path, entry) == "cors.allow_origins"
     with pytest.raises(ConfigError) as routed:
         _load(tmp_path, '[[routes]]\nhost = "a.example"\nupstream = "http://127.0.0.1:9"\n'
                         f'[routes.cors]\nallow_origins = ["{entry}"]\n'
@@ -64,7 +61,7 @@ def test_a_credentialed_grant_to_every_https_site_is_refused_at_start(tmp_path, 
 def test_narrow_credentialed_grants_still_start(tmp_path, entry):
     """The other side of the check above: patterns and wildcards anchored to the operator's
     own domains (and *.localhost, the loopback names of RFC 6761 §6.3) still load."""
-    _load(tmp_path, f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
+    credentialed(tmp_path, entry)
 
 
 LOGGED = """
@@ -91,7 +88,7 @@ async def test_the_request_log_does_not_keep_a_password_from_the_referer(
     misses and on hits, where anyone who reads the log or the files it is shipped to sees
     it; the log already hides strip_params values for the same reason. Browsers never
     send one, so it comes from scripts and crawlers (curl -e). Severity: low."""
-    up = Recording()
+    up = Recording("public, max-age=60")
     c = await _logged_proxy(origin, proxy, tmp_path, up)
     referer = "https://alice:hunter2@good.example/page"
     for _ in range(2):  # a miss, then a hit (each path writes its own line)
@@ -114,7 +111,7 @@ async def test_a_session_id_in_a_path_parameter_is_stripped_like_one_in_the_quer
     to the upstream untouched, and wrote it in the request log, in the Referer and in the
     request's own target alike. Expected: gone from the forwarded Referer (the rest byte for
     byte), and REDACTED in the log. Severity: medium (a configured secret sent on)."""
-    up = Recording()
+    up = Recording("public, max-age=60")
     c = await _logged_proxy(origin, proxy, tmp_path, up)
     referer = "https://shop.example/cart;jsessionid=ABC123;v=2?x=1&sid=S1"
     assert (await c.get("/r", headers={"Referer": referer})).status == 200
@@ -143,7 +140,7 @@ async def test_a_request_refused_before_routing_is_logged_with_its_secrets_redac
     the parser's own 400s drop the query. The names of every route apply when none was
     chosen. Severity: low (a malformed request's secrets, in the log file)."""
     toml = (LOGGED + forward).replace("LOG", str(tmp_path / "access.log"))
-    c = await start(origin, proxy, tmp_path, toml, up=Recording())
+    c = await start(origin, proxy, tmp_path, toml, up=Recording("public, max-age=60"))
     status, _, _ = await raw_get(c, target, "Referer: https://site.example/inbox?sid=SECRET",
                                  host="127.0.0.1")
     assert status == (403 if forward else 400)

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import ssl
-import struct
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import proxy_config, read_json_log
+from support import intercepted_get, proxy_config, read_json_log
 from test_forward_mode import forward_get, origin_app
 from test_review_forward2_regressions import loopback_answer
 from test_review_observe_regressions import video_app
@@ -49,27 +46,7 @@ async def test_a_big_intercepted_hit_the_client_left_logs_the_bytes_it_was_sent(
     port, target = c.server.port, site.port
 
     def fetch(leave_after: int | None) -> int:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
-                  "\r\n".encode())
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += s.recv(1)
-        context = ssl.create_default_context(cafile=str(ca_dir / "ca-cert.pem"))
-        t = context.wrap_socket(s, server_hostname="localhost")
-        t.sendall(f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\n"
-                  "Connection: close\r\n\r\n".encode())
-        got = 0
-        while leave_after is None or got < leave_after:
-            chunk = t.recv(65536)
-            if not chunk:
-                break
-            got += len(chunk)
-        t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        t.close()  # a reset: the client is gone
-        return got
+        return intercepted_get(port, target, ca_dir / "ca-cert.pem", leave_after)
     try:
         assert await asyncio.to_thread(fetch, None) > size  # the miss stores it
         assert await asyncio.to_thread(fetch, 100_000) < 200_000

@@ -19,7 +19,8 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import raw_get
+from support import intercepted_tls, raw_get
+from test_review_policies_regressions import credentialed, refused_with_credentials
 from yarl import URL
 
 from cacheproxy.http.first_bytes import PEEK_BYTES, offered_protocols, spoken
@@ -209,15 +210,7 @@ async def test_a_forward_hit_its_client_reads_nothing_of_is_closed_at_send_timeo
 def _intercepted_stall(port: int, target: int, ca_file: str, path: str, wait: float) -> int:
     """GET path through an intercepted CONNECT, keep-alive, read nothing for wait seconds,
     then read on to the end of the connection (or 5 s without a byte): the bytes read."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
-              "\r\n".encode())
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += s.recv(1)
-    t = ssl.create_default_context(cafile=ca_file).wrap_socket(s, server_hostname="localhost")
+    t = intercepted_tls(port, target, ca_file, rcvbuf=4096)
     t.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost:{target}\r\n\r\n".encode())
     got = len(t.recv(100))  # (the head: the answer has begun)
     time.sleep(wait)  # reads nothing meanwhile
@@ -275,13 +268,7 @@ async def test_an_intercepted_client_reading_nothing_of_a_big_hit_is_closed_at_s
 
 
 def _intercepted_get(port: int, target: int, ca_file: str) -> int:
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
-              "\r\n".encode())
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += s.recv(1)
-    t = ssl.create_default_context(cafile=ca_file).wrap_socket(s, server_hostname="localhost")
+    t = intercepted_tls(port, target, ca_file)
     t.sendall(f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\nConnection: close\r\n"
               "\r\n".encode())
     got = 0
@@ -521,15 +508,7 @@ def test_a_credentialed_regex_over_a_public_top_level_domain_is_refused_at_start
     A ~regex is now also tried on a name nobody listed right under each public top-level
     domain it names; narrow patterns (tests/test_review_policies_regressions.py) still
     start. Severity: medium (the guard README promises, missed for an obvious spelling)."""
-    from cacheproxy.config import load_config
-    from cacheproxy.config.values import ConfigError
-
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n'
-                    f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
-    with pytest.raises(ConfigError) as refused:
-        load_config(path, env={})
-    assert refused.value.key == "cors.allow_origins"
+    assert refused_with_credentials(tmp_path, entry) == "cors.allow_origins"
 
 
 # -- the request log: a head the parser refuses --------------------------------------------
@@ -565,14 +544,7 @@ async def test_a_head_the_parser_refuses_is_logged_with_its_secrets_redacted(
 def _intercepted_slow_close(port: int, target: int, ca_file: str, size: int) -> int:
     """GET /video with Connection: close through an intercepted CONNECT, read at about
     2 MB/s: the body bytes read before the end."""
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
-              "\r\n".encode())
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += s.recv(1)
-    t = ssl.create_default_context(cafile=ca_file).wrap_socket(s, server_hostname="localhost")
+    t = intercepted_tls(port, target, ca_file, rcvbuf=65536)
     t.sendall(f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\nConnection: close\r\n"
               "\r\n".encode())
     t.settimeout(15)
@@ -640,16 +612,5 @@ def test_a_credentialed_regex_over_every_address_literal_is_refused_at_start(tmp
     passed (it matches no name under .invalid). Documentation addresses (RFC 5737, RFC
     3849: no site's) are probes now; `~http://127\\.0\\.0\\.1:\\d+` and the like still start.
     Severity: low (a pattern written for a developer's machines, widened by mistake)."""
-    from cacheproxy.config import load_config
-    from cacheproxy.config.values import ConfigError
-
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n'
-                    f'[cors]\nallow_origins = ["{entry}"]\nallow_credentials = true\n')
-    with pytest.raises(ConfigError) as refused:
-        load_config(path, env={})
-    assert refused.value.key == "cors.allow_origins"
-    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[cors]\n'
-                    'allow_origins = ["~http://127\\\\.0\\\\.0\\\\.1:\\\\d+"]\n'
-                    'allow_credentials = true\n')
-    load_config(path, env={})  # (a narrow one starts)
+    assert refused_with_credentials(tmp_path, entry) == "cors.allow_origins"
+    credentialed(tmp_path, "~http://127\\\\.0\\\\.0\\\\.1:\\\\d+")  # (a narrow one starts)

@@ -57,22 +57,29 @@ def sse_app() -> tuple[web.Application, dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def sse_origin(tls: LocalCA | None = None
-                     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """sse_app() served by aiohttp's AppRunner on a TCP site (whose connections, unlike
+async def served(app: web.Application, tls: LocalCA | None = None) -> AsyncIterator[int]:
+    """app served by aiohttp's AppRunner on a TCP site (whose connections, unlike
     aiohttp.test_utils.TestServer's, show a handler the peer's close), over https with a
-    certificate for localhost from tls: its URL, its state."""
-    app, state = sse_app()
+    certificate for localhost from tls: its port."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0,
                        ssl_context=tls.server_context("localhost") if tls else None)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http{'s' if tls else ''}://localhost:{port}", state
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def sse_origin(tls: LocalCA | None = None
+                     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """sse_app() served (served()), over https with a certificate for localhost from tls:
+    its URL, its state."""
+    app, state = sse_app()
+    async with served(app, tls) as port:
+        yield f"http{'s' if tls else ''}://localhost:{port}", state
 
 
 async def _read_event(reader: asyncio.StreamReader) -> None:
@@ -204,12 +211,7 @@ async def test_a_client_that_leaves_a_long_poll_nothing_can_store_frees_it_at_on
     a miss it may store). Severity: low (an origin's poll slot held for one poll period
     per departed client)."""
     app, state = long_poll_app()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with served(app) as port:
         client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
         _, writer = await raw(client.port, request_head.encode())
         assert await until(lambda: state["started"] == 1)
@@ -221,8 +223,6 @@ async def test_a_client_that_leaves_a_long_poll_nothing_can_store_frees_it_at_on
         lines = await read_json_log(client)
         assert [(line["path"], line["status"]) for line in lines] == [("/poll", 499)]
         assert client.app_proxy.exchange.pool.in_use == 0
-    finally:
-        await runner.cleanup()
 
 
 def validated_sse_app() -> web.Application:
@@ -304,12 +304,7 @@ async def test_a_collapsed_waiter_whose_client_left_is_not_sent_upstream(proxy, 
     20 s later. A waiter whose client left goes no further: its line says 499 (collapsed)
     when its wait ends. Severity: low (one wasted origin request per departed waiter)."""
     app, state = long_poll_app()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with served(app) as port:
         client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
         head = b"GET /poll?after=1 HTTP/1.1\r\nHost: x\r\n\r\n"
         first_reader, first = await raw(client.port, head)
@@ -324,8 +319,6 @@ async def test_a_collapsed_waiter_whose_client_left_is_not_sent_upstream(proxy, 
         lines = await read_json_log(client)
         assert sorted((line["status"], line["collapsed"]) for line in lines) == [
             (200, False), (499, True)]
-    finally:
-        await runner.cleanup()
 
 
 async def test_open_event_streams_do_not_use_up_the_upstream_connections(

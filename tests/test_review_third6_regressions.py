@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from support import read_json_log, until
 from test_forward_mode import raw
+from test_review_streaming_regressions import served
 
 
 def _app() -> tuple[web.Application, dict[str, Any]]:
@@ -50,14 +51,6 @@ def _app() -> tuple[web.Application, dict[str, Any]]:
     return app, state
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-
 async def test_a_long_poll_whose_client_left_while_it_waited_for_a_connection_is_not_sent(
         proxy, tmp_path: Path):
     """A POST long poll (nothing of its answer can be stored) whose client leaves while
@@ -71,8 +64,7 @@ async def test_a_long_poll_whose_client_left_while_it_waited_for_a_connection_is
     upstream: 499, nothing sent). Severity: low (one unwanted unsafe request and one
     upstream connection held a poll period, per client that gave up under load)."""
     app, state = _app()
-    runner, port = await _serve(app)
-    try:
+    async with served(app) as port:
         client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")},
                              proxy={"max_connections": 1, "connect_timeout": 5})
         post = b"POST /poll?after=%s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
@@ -89,8 +81,6 @@ async def test_a_long_poll_whose_client_left_while_it_waited_for_a_connection_is
         assert sorted((line["path"], line["status"]) for line in lines) == [
             ("/poll?after=1", 200), ("/poll?after=20", 499)]
         assert client.app_proxy.exchange.pool.in_use <= 1  # (the first's, idle)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_no_store_long_poll_on_the_quick_path_is_given_up_when_its_client_leaves(
@@ -118,8 +108,7 @@ async def test_a_no_store_long_poll_on_the_quick_path_is_given_up_when_its_clien
 
     app = web.Application()
     app.router.add_get("/poll", poll)
-    runner, port = await _serve(app)
-    try:
+    async with served(app) as port:
         client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
         reader, writer = await raw(client.port, b"GET /poll HTTP/1.1\r\nHost: x\r\n"
                                                 b"X-After: 0\r\n\r\n")
@@ -139,5 +128,3 @@ async def test_a_no_store_long_poll_on_the_quick_path_is_given_up_when_its_clien
         assert [(line["path"], line["status"]) for line in lines] == [
             ("/poll", 200), ("/poll", 499)]
         assert client.app_proxy.exchange.pool.in_use == 0
-    finally:
-        await runner.cleanup()

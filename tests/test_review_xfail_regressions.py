@@ -7,45 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import ssl
-import struct
 import time
-from pathlib import Path
 
 from aiohttp.test_utils import TestServer
 from processes import start_serve, stop
+from support import intercepted_get, intercepted_tls
 from test_review_observe_regressions import video_app
 
 from cacheproxy.tls.ca import LocalCA
 
 SIZE = 24 * 1024 * 1024
-
-
-def intercepted_get(port: int, target: int, ca_file: Path, leave_after: int | None) -> int:
-    """GET /video through an intercepted CONNECT to localhost:target, reading leave_after
-    bytes (None: to the end), then a reset; the bytes read."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    s.connect(("127.0.0.1", port))
-    s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
-              "\r\n".encode())
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        head += s.recv(1)
-    t = ssl.create_default_context(cafile=str(ca_file)).wrap_socket(
-        s, server_hostname="localhost")
-    t.sendall(f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\n"
-              "Connection: close\r\n\r\n".encode())
-    got = 0
-    while leave_after is None or got < leave_after:
-        chunk = t.recv(65536)
-        if not chunk:
-            break
-        got += len(chunk)
-    t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    t.close()  # a reset: the client is gone
-    return got
 
 
 async def test_a_big_intercepted_hit_the_client_left_logs_what_went_on_uvloop(tmp_path):
@@ -143,16 +114,7 @@ async def test_a_wss_websocket_aborted_at_send_timeout_logs_the_bytes_that_went(
     port, target = c.server.port, site.port
 
     def open_and_stall() -> bytes:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"CONNECT localhost:{target} HTTP/1.1\r\nHost: localhost:{target}\r\n"
-                  "\r\n".encode())
-        head = b""
-        while not head.endswith(b"\r\n\r\n"):
-            head += s.recv(1)
-        t = ssl.create_default_context(cafile=str(ca_dir / "ca-cert.pem")).wrap_socket(
-            s, server_hostname="localhost")
+        t = intercepted_tls(port, target, str(ca_dir / "ca-cert.pem"), rcvbuf=4096)
         t.sendall(f"GET /ws HTTP/1.1\r\nHost: localhost:{target}\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())

@@ -168,8 +168,11 @@ def _control(args: argparse.Namespace) -> int:
             print(f"{PROG}: reload: sent SIGHUP to pid {pid}; its log says "
                   "\"configuration reloaded\" (or why it refused)")
             return 0
+        # The server drains for the shutdown_timeout it started with (restart-only), which
+        # the file now read may have changed; its own pid file says which.
+        running = pidfile.running_shutdown_timeout(config.proxy.pid_file, pid)
         pidfile.send(pid, signal.SIGTERM)
-        seconds = config.proxy.shutdown_timeout + STOP_GRACE
+        seconds = (config.proxy.shutdown_timeout if running is None else running) + STOP_GRACE
         if not pidfile.wait_gone(pid, seconds):
             _error(f"stop: pid {pid} is still running {seconds:g} s after SIGTERM")
             return 1

@@ -4,11 +4,17 @@ process a `pgrep` pattern happens to match.
 
 `serve` writes the file at start (with --workers, the supervising parent's pid: it passes
 SIGHUP and SIGTERM on) and removes it at exit, unless another process has taken it over.
+
+Beside it, `<pid_file>.json` says how long that server drains at a stop: its
+`proxy.shutdown_timeout` is a restart-only setting, so the config file `stop` reads may hold
+a value the running server does not use. The pid file itself stays a bare pid, which
+`kill $(cat ...)`, systemd's PIDFile= and monitoring tools read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -59,9 +65,15 @@ def _is_cacheproxy(pid: int) -> bool:
         return True
 
 
-def claim(path: str) -> None:
-    """Write this process's pid to `path` (atomically: a reader never sees half a number).
-    A file naming another running cacheproxy is a StartError: two servers, one pid file."""
+def running_file(path: str) -> str:
+    """The file beside the pid file that says what `stop` needs of the running server."""
+    return f"{path}.json"
+
+
+def claim(path: str, shutdown_timeout: float) -> None:
+    """Write this process's pid to `path` (atomically: a reader never sees half a number),
+    and its shutdown_timeout beside it. A file naming another running cacheproxy is a
+    StartError: two servers, one pid file."""
     try:
         other = read_pid(path)
     except OSError as exc:
@@ -69,10 +81,16 @@ def claim(path: str) -> None:
     if other is not None and other != os.getpid() and _is_cacheproxy(other):
         raise StartError(f"{KEY}: {path} names pid {other}, a cacheproxy that is running; "
                          "stop it first (cacheproxy stop) or give this one another pid_file")
+    running = json.dumps({"pid": os.getpid(), "shutdown_timeout": shutdown_timeout})
+    _write(running_file(path), f"{running}\n")  # first: a stop reading the pid finds it
+    _write(path, f"{os.getpid()}\n")
+
+
+def _write(path: str, text: str) -> None:
     partial = f"{path}.{os.getpid()}.tmp"
     try:
         with open(partial, "w", encoding="ascii") as file:
-            file.write(f"{os.getpid()}\n")
+            file.write(text)
         os.replace(partial, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -89,6 +107,25 @@ def release(path: str) -> None:
     if read_pid(path) == os.getpid():
         with contextlib.suppress(OSError):
             os.unlink(path)
+    if running_shutdown_timeout(path, os.getpid()) is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(running_file(path))
+
+
+def running_shutdown_timeout(path: str, pid: int) -> float | None:
+    """The shutdown_timeout the server `pid` started with, or None when the file beside
+    `path` is missing, unreadable, or another process's (a server of an older version, or
+    one that did not exit cleanly)."""
+    try:
+        said = json.loads(Path(running_file(path)).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(said, dict) or said.get("pid") != pid:
+        return None
+    seconds = said.get("shutdown_timeout")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        return None
+    return float(seconds)
 
 
 def running_server(path: str) -> int:

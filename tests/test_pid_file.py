@@ -4,13 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from processes import clean_env, start_serve, stop
+
+from cacheproxy import pidfile
 
 
 async def cli(*args: str, cwd: Path) -> tuple[int, str, str]:
@@ -50,6 +55,9 @@ async def test_reload_and_stop_signal_the_process_the_pid_file_names(origin, tmp
     write_config(config, pid_file, "before", upstream)
     proc, port = await start_serve("--config", str(config), cwd=tmp_path)
     assert pid_file.read_text() == f"{proc.pid}\n"  # written by the time it listens
+    # Beside it, what `stop` needs of this server (its shutdown_timeout is restart-only).
+    running = Path(f"{pid_file}.json")
+    assert json.loads(running.read_text()) == {"pid": proc.pid, "shutdown_timeout": 8.0}
     assert await via_header(port) == "1.1 before"
 
     write_config(config, pid_file, "after", upstream)
@@ -66,7 +74,7 @@ async def test_reload_and_stop_signal_the_process_the_pid_file_names(origin, tmp
     assert (code, err) == (0, "")
     assert out == f"cacheproxy: stop: pid {proc.pid} has exited\n"
     assert await asyncio.wait_for(proc.wait(), 5) == 0
-    assert not pid_file.exists()
+    assert not pid_file.exists() and not running.exists()
     _, log = await stop(proc)
     assert "configuration reloaded" in log and "Traceback" not in log
 
@@ -92,6 +100,7 @@ async def test_with_workers_the_file_names_the_supervising_parent(origin, tmp_pa
     write_config(config, pid_file, "w", upstream)
     proc, port = await start_serve("--config", str(config), "--workers", "2", cwd=tmp_path)
     assert pid_file.read_text() == f"{proc.pid}\n"
+    assert pidfile.running_shutdown_timeout(str(pid_file), proc.pid) == 8.0
     assert await via_header(port) == "1.1 w"
     code, out, _ = await cli("stop", "--config", str(config), cwd=tmp_path)
     assert code == 0 and f"pid {proc.pid} has exited" in out
@@ -141,3 +150,25 @@ def test_reload_and_stop_say_why_there_is_nothing_to_signal(tmp_path: Path) -> N
     assert stale.stderr == (f"cacheproxy: reload: proxy.pid_file: {pid_file} names pid "
                             f"{gone.pid}, which is not running (the file is stale: the server "
                             "did not exit cleanly)\n")
+
+
+@pytest.mark.parametrize("said", [
+    '{"pid": OTHER, "shutdown_timeout": 30}',   # an earlier server's, not cleaned up
+    '{"pid": PID, "shutdown_timeout": -1}', '{"pid": PID, "shutdown_timeout": true}',
+    '{"pid": PID}', '[PID, 30]', 'PID 30', ''])
+def test_stop_uses_the_running_shutdown_timeout_only_from_this_servers_own_file(
+        tmp_path: Path, said: str) -> None:
+    """`stop` waits for the shutdown_timeout the running server started with, read from
+    `<pid_file>.json`; a file naming another pid (left by a server that did not exit
+    cleanly) or not saying a number of seconds is not trusted: the config file's value
+    is used, as before the file existed (a server of an older version writes none)."""
+    pid_file = tmp_path / "cacheproxy.pid"
+    own = pidfile.running_file(str(pid_file))
+    Path(own).write_text(said.replace("OTHER", str(os.getpid() + 1))
+                         .replace("PID", str(os.getpid())))
+    assert pidfile.running_shutdown_timeout(str(pid_file), os.getpid()) is None
+    pidfile.claim(str(pid_file), 2.5)
+    assert pidfile.running_shutdown_timeout(str(pid_file), os.getpid()) == 2.5
+    assert pid_file.read_text() == f"{os.getpid()}\n"  # still a bare pid
+    pidfile.release(str(pid_file))
+    assert not pid_file.exists() and not Path(own).exists()

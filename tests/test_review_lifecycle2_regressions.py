@@ -13,7 +13,6 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from processes import clean_env, start_serve, stop
 
@@ -182,9 +181,6 @@ def _quiet_stream_app() -> web.Application:
     return app
 
 
-@pytest.mark.xfail(strict=True, reason="`stop` knows only the file's shutdown_timeout; the "
-                   "running one needs a channel from the server (not the pid file, which "
-                   "other tools read as a bare pid)")
 async def test_cacheproxy_stop_waits_for_the_running_shutdown_timeout(tmp_path: Path) -> None:
     """`cacheproxy stop` waits proxy.shutdown_timeout + 5 s for the server to exit, reading
     shutdown_timeout from the config file now; but the server drains with the value it
@@ -193,7 +189,8 @@ async def test_cacheproxy_stop_waits_for_the_running_shutdown_timeout(tmp_path: 
     open gets `stop: pid N is still running 6 s after SIGTERM` and exit 1 while the server
     is draining as it should (it exits 0 two seconds later); a deploy script's
     `cacheproxy stop && cacheproxy serve` fails there. README: `stop` returns once the
-    process has exited (exit 0). Severity: low."""
+    process has exited (exit 0). Severity: low. Now the server writes the shutdown_timeout
+    it runs with beside its pid file (`<pid_file>.json`), and `stop` waits for that one."""
     async with _site(_quiet_stream_app()) as origin_port:
         config = tmp_path / "cacheproxy.toml"
         settings = (f'[proxy]\nupstream = "http://127.0.0.1:{origin_port}"\n'

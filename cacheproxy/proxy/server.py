@@ -374,7 +374,7 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).
     pid_file = config.proxy.pid_file
     if pid_file:
-        pidfile.claim(pid_file)
+        pidfile.claim(pid_file, config.proxy.shutdown_timeout)
     try:
         if config.proxy.workers > 1:
             supervise(config, reload, run_one, keep_restart_only)

@@ -13,6 +13,7 @@ import re
 from typing import NamedTuple
 from urllib.parse import unquote
 
+from cacheproxy.config.public_suffixes import public_suffixes
 from cacheproxy.http.abnf import ORIGIN_RE
 from cacheproxy.http.origins import Origin, parse_hostname, parse_origin
 
@@ -175,26 +176,71 @@ _PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "
 # The labels a ~regex names ("com" in "~https://.*\\.com"): the top-level domains it may
 # be a wildcard over.
 _LABEL = re.compile(r"[a-z][a-z0-9-]{1,62}")
+# Its words and dotted names ("co", "uk", "github.io" in "~https://.*\\.(co\\.uk|github\\.io)"),
+# for the public suffixes of several labels it may be a wildcard over.
+_WORD = re.compile(r"[a-z0-9-]+")
+_DOTTED = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)+")
 # Names of sites nobody listed, in the shapes a site's name takes (letters alone, with a
 # digit, with a hyphen, short and long): "~https://[a-z]+\\.com" matches every .com site
 # whose name is letters, though not one with a hyphen.
 _SITE_NAMES = ("probe", "cacheproxyprobe", "probe1", "cacheproxy-probe", "a")
 
 
-def grants_anyone(entry: str) -> bool:
-    """Does an allow_origins entry grant sites nobody listed: a ~regex matching one of the
-    unrelated probe origins (a catch-all) or a name nobody listed right under a public
-    top-level domain it names ("~https://.*\\.com", the regex spelling of https://*.com),
-    or a wildcard over a public top-level domain (https://*.com)?"""
+def grants_anyone(entry: str) -> str | None:
+    """Why an allow_origins entry grants sites nobody listed, or None: a ~regex matching
+    one of the unrelated probe origins (a catch-all) or a site nobody listed right under a
+    public suffix it names ("~https://.*\\.com", "~https://.*\\.github\\.io"), or a
+    wildcard over a public suffix or over a domain with public suffixes under it
+    (https://*.com, https://*.co.uk, https://*.github.io, https://*.amazonaws.com)."""
     if entry.startswith("~"):
-        pattern = re.compile(entry[1:])
-        tlds = set(_LABEL.findall(entry[1:].lower())) - _PRIVATE_TLDS - {"http", "https"}
-        return any(pattern.fullmatch(probe) for probe in _PROBES) or any(
-            pattern.fullmatch(f"{scheme}://{name}.{tld}")
-            for tld in tlds for scheme in ("https", "http") for name in _SITE_NAMES)
+        return _regex_grants_anyone(entry[1:])
     wildcard = parse_origin_entry(entry)
-    return isinstance(wildcard, WildcardOrigin) and "." not in wildcard.domain \
-        and wildcard.domain not in _PRIVATE_TLDS
+    if not isinstance(wildcard, WildcardOrigin) or wildcard.domain in _PRIVATE_TLDS:
+        return None
+    if "." not in wildcard.domain:
+        return f"it matches every site under the top-level domain {wildcard.domain}"
+    suffixes = public_suffixes()
+    if (suffix := suffixes.public(wildcard.domain)) is not None:
+        return f"it matches every site under {suffix.describe()}"
+    if beneath := suffixes.beneath(wildcard.domain):
+        return (f"it matches every site under {beneath[0].describe()}, which lies under "
+                f"{wildcard.domain}")
+    return None
+
+
+def _regex_grants_anyone(text: str) -> str | None:
+    pattern = re.compile(text)
+    for probe in _PROBES:
+        if pattern.fullmatch(probe):
+            return (f"it matches {probe}, a name no site has (RFC 6761 §6.4) or a "
+                    "documentation address: it matches any origin")
+    lowered = text.lower()
+    tlds = set(_LABEL.findall(lowered)) - _PRIVATE_TLDS - {"http", "https"}
+    if (probe := _site_under(pattern, sorted(tlds))) is not None:
+        return f"it matches {probe}, a site under the top-level domain {probe.rpartition('.')[2]}"
+    words = lowered.replace("\\.", ".")
+    suffixes = public_suffixes()
+    candidates = suffixes.named_by(set(_WORD.findall(words)))
+    for dotted in _DOTTED.findall(words):  # and every suffix under a domain it names
+        labels = dotted.split(".")
+        for i in range(len(labels) - 1):
+            candidates += suffixes.beneath(".".join(labels[i:]))
+    for suffix in candidates:
+        if (probe := _site_under(pattern, [suffix.name])) is not None:
+            return f"it matches {probe}, a site under {suffix.describe()}"
+    return None
+
+
+def _site_under(pattern: re.Pattern[str], suffixes: list[str]) -> str | None:
+    """The first origin of a site nobody listed, right under one of `suffixes` (a rule's
+    "*" label standing for a name too), that `pattern` matches."""
+    for suffix in suffixes:
+        for scheme in ("https", "http"):
+            for name in _SITE_NAMES:
+                probe = f"{scheme}://{name}.{suffix.replace('*', name)}"
+                if pattern.fullmatch(probe):
+                    return probe
+    return None
 
 
 class HostRule(NamedTuple):

@@ -269,15 +269,15 @@ def _check_sections(cache: CacheConfig, cors: CorsConfig, referer: RefererConfig
             "response whose Access-Control-Allow-Origin is '*' (Fetch standard §3.2.5); list "
             f"the origins to trust instead, got {list(cors.allow_origins)!r}",
         )
-    if cors.allow_credentials and any(grants_anyone(e) for e in cors.allow_origins
-                                      if e not in ("*", "null")):
-        raise ConfigError(
-            f"{prefix}cors.allow_origins",
-            "a pattern that matches any origin (such as '~https://.*') or a wildcard over a "
-            "top-level domain (such as 'https://*.com') cannot go with allow_credentials = "
-            "true: it would grant every such site your users' credentials, which is what '*' "
-            "is refused for; list the origins or write a narrower pattern",
-        )
+    for entry in cors.allow_origins if cors.allow_credentials else ():
+        if entry not in ("*", "null") and (why := grants_anyone(entry)) is not None:
+            raise ConfigError(
+                f"{prefix}cors.allow_origins",
+                f"{entry!r} cannot go with allow_credentials = true: {why}, so it would grant "
+                "every such site your users' credentials, which is what '*' is refused for "
+                "(Fetch standard §3.2.5); list the origins or write a narrower pattern "
+                "(one company's own name, such as 'https://*.mycompany.co.uk')",
+            )
     if cors.allow_credentials and "null" in cors.allow_origins:
         raise ConfigError(
             f"{prefix}cors.allow_origins",

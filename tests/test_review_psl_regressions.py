@@ -94,3 +94,21 @@ def test_serve_refuses_a_credentialed_github_io_wildcard_in_one_line(tmp_path: P
     assert_config_error(result, "routes[0].cors.allow_origins")
     assert "'https://*.github.io'" in result.stderr
     assert "public suffix" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("entry", ["~https://[a-z]+\\\\.co\\\\.[a-z]{2}",
+                                   "~https://[\\\\w-]+\\\\.[a-z]+\\\\.uk",
+                                   "~https://.+\\\\.github\\\\.[a-z]+"])
+def test_a_credentialed_regex_naming_one_label_of_a_public_suffix_is_refused(
+        tmp_path: Path, entry: str) -> None:
+    """A regex whose other labels are a class, `~https://[a-z]+\\.co\\.[a-z]{2}` (every
+    co.uk, co.jp, co.nz ... site) or `~https://[\\w-]+\\.[a-z]+\\.uk`, names only one
+    label of the suffixes it covers; tried only on suffixes whose every label it names,
+    it started with credentials and granted them all (Fetch §3.2.5). It is now tried on a
+    site under every public suffix sharing a label with it (a few thousand at most, a few
+    ms at start). Severity: medium (the same grant as `*.co.uk`, in another spelling)."""
+    with pytest.raises(ConfigError) as refused:
+        credentialed(tmp_path, entry)
+    assert refused.value.key == "cors.allow_origins"
+    assert "public suffix" in str(refused.value), refused.value
+

@@ -177,7 +177,8 @@ _PRIVATE_TLDS = frozenset({"localhost", "test", "invalid", "example", "local", "
 # be a wildcard over.
 _LABEL = re.compile(r"[a-z][a-z0-9-]{1,62}")
 # Its words and dotted names ("co", "uk", "github.io" in "~https://.*\\.(co\\.uk|github\\.io)"),
-# for the public suffixes of several labels it may be a wildcard over.
+# for the public suffixes of several labels it may be a wildcard over: those sharing a label
+# with it, and those under a domain it names ("amazonaws.com").
 _WORD = re.compile(r"[a-z0-9-]+")
 _DOTTED = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)+")
 # Names of sites nobody listed, in the shapes a site's name takes (letters alone, with a
@@ -220,7 +221,7 @@ def _regex_grants_anyone(text: str) -> str | None:
         return f"it matches {probe}, a site under the top-level domain {probe.rpartition('.')[2]}"
     words = lowered.replace("\\.", ".")
     suffixes = public_suffixes()
-    candidates = suffixes.named_by(set(_WORD.findall(words)))
+    candidates = suffixes.sharing_a_label(set(_WORD.findall(words)))
     for dotted in _DOTTED.findall(words):  # and every suffix under a domain it names
         labels = dotted.split(".")
         for i in range(len(labels) - 1):

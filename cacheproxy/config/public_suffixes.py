@@ -85,11 +85,13 @@ class PublicSuffixes:
         s3.amazonaws.com, *.compute.amazonaws.com, ...); a rule's "*" stays in its name."""
         return [self._suffix(rule) for rule in self._above.get(_unicode(domain), ())]
 
-    def named_by(self, words: set[str]) -> list[Suffix]:
-        """The rules of two labels or more whose every label is one of `words` (a ~regex's):
-        the multi-label public suffixes it may be a wildcard over."""
+    def sharing_a_label(self, words: set[str]) -> list[Suffix]:
+        """The rules of two labels or more with a label among `words` (a ~regex's): the
+        multi-label public suffixes it may be a wildcard over, even with its other labels
+        a class ("co" in "~https://[a-z]+\\.co\\.[a-z]{2}"). At most about 2,000 (for
+        "jp"), tried in a few ms."""
         words = words | {_unicode(word) for word in words if word.startswith("xn--")}
-        return [self._suffix(rule) for rule, labels in self._multi if labels <= words]
+        return [self._suffix(rule) for rule, labels in self._multi if labels & words]
 
     def _suffix(self, rule: str) -> Suffix:
         return Suffix(rule if rule.isascii() else idna_ascii(rule), self._section[rule])

@@ -38,6 +38,7 @@ from cacheproxy.http.flow import (
     client_answer,
     failed,
     freshened_still_held,
+    in_background,
     lookup,
     range_answer,
     range_behind_fill,
@@ -493,6 +494,7 @@ class Driver:
     ) -> None:
         exchange = self.exchange
         key = refreshing[0]
+        stored = fwd.stored  # (what the refresh validates: a 5xx leaves it be)
 
         async def ask(fwd: Forward) -> tuple[UpstreamResponse, Answered]:
             request_time = time.time()
@@ -501,10 +503,10 @@ class Driver:
             resp = await exchange.send("GET", plan.upstream + target, sent, None, timed)
             if timed.upstream_ms is not None:
                 self.upstream_answered(timed.upstream_ms)
-            return resp, answered(
+            return resp, in_background(answered(
                 fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
                 req=facts, route=plan.cache, key=key, request_time=request_time,
-                response_time=time.time())
+                response_time=time.time()), resp.status, stored)
         try:
             resp, d = await ask(fwd)
             if isinstance(d, Refetch) and resp.status == 304:

@@ -2,7 +2,12 @@
 and hishel's spec module): each step is a function from immutable inputs to a frozen
 decision; cacheproxy.proxy performs them. See decisions.py for the map."""
 
-from cacheproxy.http.flow.answer import answered, freshened_still_held, still_held
+from cacheproxy.http.flow.answer import (
+    answered,
+    freshened_still_held,
+    in_background,
+    still_held,
+)
 from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
     Answered,
@@ -39,6 +44,6 @@ __all__ = [
     "Keep", "Lookup", "NotModified", "Pass", "PreconditionFailed", "Refetch", "Refuse",
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
     "background_refresh", "bypass", "client_answer", "failed", "freshened_still_held",
-    "lookup", "plain_serve",
+    "in_background", "lookup", "plain_serve",
     "range_answer", "range_behind_fill", "request_facts", "stale_on_error", "still_held",
 ]

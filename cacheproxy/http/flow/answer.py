@@ -72,6 +72,17 @@ def answered(
     return _for_a_range(d, status, length, req)
 
 
+def in_background(d: Answered, status: int, stored: CachedResponse | None) -> Answered:
+    """What the answer to a background refresh (RFC 5861 §3), which no client waits for,
+    does to the store: as any answer's (d), but a 5xx is taken "as if the server failed
+    to respond" (RFC 9111 §4.3.3): the stored response stays, and the clients of the
+    stale-while-revalidate window go on getting it, whatever freshness the error page
+    carries (Varnish's VCL abandons a background fetch's 5xx)."""
+    if status >= 500 and isinstance(d, Store):
+        return Pass("status") if stored is None else Keep(stored, "status")
+    return d
+
+
 def grant_varies(fields: Pairs) -> Pairs:
     """Fetch §3.2 (CORS protocol and HTTP caches): a kept Access-Control-Allow-Origin that
     names an origin was made for the request's Origin, so the response varies on it, said

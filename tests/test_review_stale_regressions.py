@@ -8,8 +8,10 @@ fix (or is marked xfail, strict, with the reason it stays)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 from aiohttp import web
 from support import cache_status, until
 
@@ -35,7 +37,7 @@ class Flaky:
 
 
 async def test_background_refresh_5xx_does_not_replace_the_stored_response(
-        origin: Any, proxy: Any) -> None:
+        origin: Any, proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
     """RFC 5861 §3 / RFC 9111 §4.3.3: a stale-while-revalidate refresh that got a 5xx
     carrying freshness of its own (`Cache-Control: max-age=100` on every answer, as an
     `add_header ... always` or a framework middleware sets it) stored that error page in
@@ -46,6 +48,7 @@ async def test_background_refresh_5xx_does_not_replace_the_stored_response(
     background refresh that keeps the stored response (Varnish's VCL abandons a
     background fetch's 5xx: `if (beresp.status >= 500 && bereq.is_bgfetch) { return
     (abandon); }`). Severity: medium (one origin hiccup serves errors from the cache)."""
+    caplog.set_level(logging.INFO, logger="cacheproxy")
     up = Flaky("max-age=1, stale-while-revalidate=600")
     c = await proxy(await origin(up.app))
     assert await (await c.get("/r")).text() == "good"
@@ -54,6 +57,7 @@ async def test_background_refresh_5xx_does_not_replace_the_stored_response(
     assert await stale.text() == "good"
     assert "detail=stale-while-revalidate" in cache_status(stale)
     assert await until(lambda: up.calls == 2 and not c.app_proxy.driver._background)
+    assert "background revalidation of" in caplog.text and "answered 503" in caplog.text
     after = await c.get("/r")
     assert after.status == 200 and await after.text() == "good"
     assert "detail=stale-while-revalidate" in cache_status(after)

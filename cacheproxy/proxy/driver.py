@@ -518,6 +518,9 @@ class Driver:
                 await exchange.consume(resp, d.entry, plan.cache.max_object_bytes)
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
+            if resp.status >= 500:  # (as an UpstreamError is: the stored response stays)
+                log.info("background revalidation of %s failed: the origin answered %d",
+                         redact(key, plan.route.referer.strip_params), resp.status)
             if isinstance(d, Update):
                 await self._put_validated(key, d, facts.headers)
             elif isinstance(d, Evict):

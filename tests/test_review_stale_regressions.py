@@ -9,11 +9,14 @@ fix (or is marked xfail, strict, with the reason it stays)."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pytest
 from aiohttp import web
 from support import cache_status, until
+
+from cacheproxy.http.dates import format_http_date
 
 
 class Flaky:
@@ -68,3 +71,39 @@ async def test_background_refresh_5xx_does_not_replace_the_stored_response(
     assert await until(lambda: up.calls == 4 and not c.app_proxy.driver._background)
     fresh = await c.get("/r")
     assert await fresh.text() == "good" and cache_status(fresh).startswith("cacheproxy; hit")
+
+
+async def test_an_origin_clock_behind_ours_is_named_in_a_warning(
+        origin: Any, proxy: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """RFC 9111 §4.2.3: a response is at least as old as its Date says (apparent_age),
+    so an origin whose clock is 10 minutes behind sends `max-age=60` responses that arrive
+    stale: each was stored (`stored; ttl=-541`) and never served fresh, every request went
+    to the origin (EXPIRED), and nothing said why: the operator saw a hit ratio of zero.
+    Squid computes the age the same way (within 24 h); Varnish and nginx ignore Date for
+    max-age, so an operator coming from them looks for the cause in vain. Now one WARNING
+    per origin (at most every 10 minutes) names the origin, the lag and a URL, and says
+    to synchronise the clocks; the age stays as §4.2.3 computes it. An origin in step,
+    or a response made stale by its Age (an upstream cache), is no clock's fault and gets
+    no warning. Severity: low (diagnosis: the behaviour is the RFC's)."""
+    caplog.set_level(logging.INFO, logger="cacheproxy")
+    lag = {"/behind": -600.0, "/in-step": 0.0, "/aged": 0.0}
+
+    async def answer(request: web.Request) -> web.Response:
+        fields = {"Cache-Control": "max-age=60", "ETag": '"v1"',
+                  "Date": format_http_date(time.time() + lag[request.path])}
+        if request.path == "/aged":
+            fields["Age"] = "100"
+        return web.Response(text="page", headers=fields)
+    app = web.Application()
+    for path in lag:
+        app.router.add_get(path, answer)
+    c = await proxy(await origin(app))
+    for path in ("/in-step", "/aged", "/behind", "/behind"):
+        await (await c.get(path)).read()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "behind this host's clock" in warnings[0] and "/behind" in warnings[0]
+    assert "synchronise the clocks" in warnings[0]
+    # the age is still §4.2.3's: the response from the lagging origin is stale
+    again = await c.get("/behind")
+    assert "fwd=stale" in cache_status(again)

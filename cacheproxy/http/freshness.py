@@ -59,6 +59,23 @@ def corrected_initial_age(
     return max(apparent_age, corrected_age_value)
 
 
+def stale_by_date(
+    *, lifetime: float, date: float | None, age_value: int, request_time: float,
+    response_time: float,
+) -> float:
+    """§4.2.3: when a response arrived stale only because its Date is older than its Age
+    and the response delay say (apparent_age above corrected_age_value: the clock that
+    wrote Date is behind this one), by how many seconds; else 0. (Varnish and nginx
+    leave Date out of the age of a response with max-age; §4.2.3 and Squid do not.)"""
+    if date is None:
+        return 0.0
+    corrected_age_value = age_value + max(0.0, response_time - request_time)
+    apparent_age = response_time - date
+    if lifetime <= corrected_age_value or apparent_age < lifetime:
+        return 0.0
+    return apparent_age - corrected_age_value
+
+
 def current_age(initial_age: float, response_time: float, now: float) -> float:
     """§4.2.3: corrected_initial_age + resident_time."""
     return initial_age + max(0.0, now - response_time)

@@ -48,6 +48,7 @@ from cacheproxy.http.flow import (
 from cacheproxy.http.invalidation import SAFE_METHODS, as_derived_from
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.upgrade import refused_switch
+from cacheproxy.observe.clock_skew import ClockSkew
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Stored
@@ -102,6 +103,7 @@ class Driver:
         # Set by the application (observe/): the response time of a request no client's
         # log line carries (a background refresh), for cacheproxy_upstream_response_seconds.
         self.upstream_answered: Callable[[float], None] = _unheard
+        self.clock_skew = ClockSkew()  # (a WARNING when an origin's Date lags ours)
 
     def rename(self, cache_name: str, local_via: str) -> None:
         """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
@@ -307,6 +309,12 @@ class Driver:
         d = answered(fwd, status=resp.status, fields=resp.fields, length=resp.content_length,
                      req=ctx.facts, route=ctx.plan.cache, key=ctx.key,
                      request_time=request_time, response_time=now)
+        if type(d) is Store or type(d) is Update:
+            entry = d.entry
+            if entry.born + entry.lifetime <= now:  # stale on arrival (rare): a clock?
+                self.clock_skew.arrived_stale(
+                    ctx.plan.upstream, redact(ctx.key, ctx.plan.route.referer.strip_params),
+                    entry, resp.fields, request_time, now)
         self._remember(ctx, d, resp.fields)
         note_answered(ctx.outcome, d, now)
         return d

@@ -11,6 +11,7 @@ from cacheproxy.http.freshness import (
     current_age,
     freshness_lifetime,
     parse_age,
+    stale_by_date,
 )
 from cacheproxy.http.reuse import Action
 from cacheproxy.http.stored import Heuristics
@@ -233,6 +234,22 @@ def test_s4_2_3_date_in_the_future_gives_no_negative_apparent_age() -> None:
     """§4.2.3: apparent_age = max(0, response_time - date_value) (clock skew)."""
     assert corrected_initial_age(age_value=0, date=T0 + 50, request_time=T0,
                                  response_time=T0 + 2) == 2
+
+
+@pytest.mark.parametrize(("lifetime", "date", "age", "lag"), [
+    (60.0, T0 - 600, 0, 600.0),   # fresh by Age and delay (2), stale by Date: the clock
+    (60.0, T0 - 30, 0, 0.0),      # Date behind, but not enough to make it stale
+    (60.0, T0 - 600, 100, 0.0),   # stale by its Age already: no clock's fault
+    (60.0, T0 + 600, 0, 0.0),     # Date ahead: apparent_age 0
+    (60.0, None, 0, 0.0),         # no Date
+    (0.0, T0 - 600, 0, 0.0),      # never fresh anyway
+])
+def test_s4_2_3_stale_by_date_alone(lifetime: float, date: float | None, age: int,
+                                    lag: float) -> None:
+    """§4.2.3: how far behind the clock that wrote Date is, when apparent_age alone made
+    the response stale on arrival (request at T0, answer at T0 + 2)."""
+    assert stale_by_date(lifetime=lifetime, date=date, age_value=age, request_time=T0,
+                         response_time=T0 + 2) == lag
 
 
 def test_s4_2_3_missing_date_leaves_age_and_delay() -> None:

@@ -445,12 +445,14 @@ async def test_an_upgrade_request_is_answered_then_the_connection_closes(proxy, 
 
 async def test_an_upgrade_request_with_a_body_sends_that_body_and_no_more(proxy, origin):
     """The body of an upgrade request is its body (Content-Length), never read as further
-    requests, and goes upstream whole (no wait for bytes the origin would never get)."""
+    requests, and goes upstream whole (no wait for bytes the origin would never get). The
+    request after it is the next request (RFC 9112 §9.3.2), answered on the same
+    connection: an h2c upgrade is not switched to, and HTTP/1.1 goes on (RFC 9110 §7.8)."""
     client = await start(proxy, origin, read_timeout=3)
     head = get("/ws", "Connection: Upgrade", "Upgrade: h2c", "Content-Length: 5",
                method="POST")
-    for parts in ([head + b"hello" + get("/smuggled")],  # one segment
-                  [head + b"he", b"llo" + get("/smuggled")]):  # the body split
+    for n, parts in enumerate(([head + b"hello" + get("/next0")],  # one segment
+                               [head + b"he", b"llo" + get("/next1")])):  # the body split
         ORIGIN_SEEN.clear()
         conn = await Raw.open(client)
         for i, part in enumerate(parts):
@@ -460,9 +462,11 @@ async def test_an_upgrade_request_with_a_body_sends_that_body_and_no_more(proxy,
         began = time.monotonic()
         reply = await conn.reply()
         assert time.monotonic() - began < 2
-        assert reply.body == b"POST /ws 5" and reply.headers["connection"] == "close"
-        assert await conn.closed_within(2)
-        assert ORIGIN_SEEN == ["POST /ws b'hello'"]
+        assert reply.body == b"POST /ws 5" and "connection" not in reply.headers
+        assert (await conn.reply()).body == f"GET /next{n} 0".encode()
+        expected = ["POST /ws b'hello'", f"GET /next{n} b''"]
+        assert expected == ORIGIN_SEEN
+        conn.close()
 
 
 async def test_smuggling_shapes_are_refused_with_400_and_a_close(proxy, origin):

@@ -38,11 +38,6 @@ def test_a_credentialed_regex_over_com_names_without_hyphens_is_refused_at_start
 # -- 2. h2c with a request behind it in the same read ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the request after an h2c upgrade one in the same read "
-                   "is dropped by llhttp's pause (aiohttp's wrapper does not return the bytes "
-                   "after it); the proxy answers the upgrade request with Connection: close "
-                   "only. README's sentence says both are answered: fix the wording, or "
-                   "recover those bytes (ClientConnection.data_received)")
 async def test_a_request_behind_an_h2c_upgrade_in_one_read_is_answered_too(
         origin: Any, proxy: Any) -> None:
     """README, Errors: an `Upgrade: h2c` request "goes on in HTTP/1.1 on the same

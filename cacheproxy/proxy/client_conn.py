@@ -162,28 +162,6 @@ def _head_too_large() -> HttpProcessingError:
         code=431, message=f"request header section over {MAX_HEAD_BYTES} bytes")
 
 
-def _upgrade_alone(messages: list[Any], data: bytes) -> RawRequestMessage | None:
-    """The last of messages when it is an upgrade request the parser did not switch for
-    (`Upgrade: h2c`, as Java's HttpClient and `curl --http2` send on every new http://
-    connection), without a body, and it ended the read: RFC 9110 §7.8 lets a server ignore
-    Upgrade and go on with HTTP/1.1 on the connection, as nginx does. llhttp pauses at the
-    end of any upgrade request and aiohttp's wrapper drops the bytes after it in the same
-    read, so a request followed by more bytes there still ends its connection. Nothing
-    followed when the read holds one CRLFCRLF per request in it, the last at its end: the
-    requests have no body (a head holds no CRLFCRLF but its end), and a request after the
-    upgrade one, dropped, would add one (a read that merely ends with CRLFCRLF may end
-    with that request's head). data begins with the last 3 bytes read before it: a head
-    whose CRLFCRLF straddles two reads ends in this one too, and a dropped request behind
-    the upgrade must not make up for its missing CRLFCRLF."""
-    msg = messages[-1][0]
-    if isinstance(msg, HttpProcessingError) or not msg.upgrade \
-            or not data.endswith(b"\r\n\r\n") \
-            or any(p is not EMPTY_PAYLOAD for _, p in messages) \
-            or data.count(b"\r\n\r\n") != len(messages):
-        return None
-    return msg
-
-
 def _begun_head(data: bytes, messages: list[Any], parser: Any) -> int:
     """Bytes of data after the last whole request, when they can only be the head of the
     next one (that request had no body): they count against MAX_HEAD_BYTES with the reads
@@ -227,9 +205,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._last_read = False  # a chunked request was read: none after it is (_read_last)
         self._upgraded = False
         self._tail = b""  # bytes after an upgrade (CONNECT) request's head
-        # An upgrade request not taken (h2c) that ended its read: nothing after it was
-        # dropped, and the connection goes on after its answer (_upgrade_alone).
-        self._upgrade_alone: RawRequestMessage | None = None
         # The read in which the parser last gave a whole request, and those since (while
         # a head is incomplete; bounded: _HEAD_WINDOW): where a line too long began.
         self._seen = b""
@@ -356,7 +331,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     or (messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body))
                 if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
                     messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
-                seen, unparsed = self._seen, self._unparsed  # (before this read: h2c's)
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
@@ -381,9 +355,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 # takes the bytes after it.
                 self._upgraded = True
                 self._keep_early(tail)
-            elif messages and getattr(messages[-1][0], "upgrade", False):  # (rare: no call
-                before = b"".join((seen[-3:], *(p[-3:] for p in unparsed or ())))[-3:]
-                self._upgrade_alone = _upgrade_alone(messages, before + data)  # every read)
             if not messages:
                 break
             self._disarm()
@@ -760,11 +731,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         started = time.perf_counter()
         listener = self.listener
         self._payload = payload
-        # (The parser stopped at an upgrade request, the last queued: those before it are
-        # answered as usual, in order, RFC 9112 §9.3.2.)
+        # (The parser stopped at an upgrade request it switched for, the last queued: those
+        # before it are answered as usual, in order, RFC 9112 §9.3.2. One it did not switch
+        # for, h2c, is a request as any other, RFC 9110 §7.8: the parser reads on after it,
+        # or says close where it cannot, server_protocol._FallbackParser._after_upgrade.)
         self._keep_alive = not (msg.should_close or self._closing
-                                or (self._upgraded and not self._queue)
-                                or (msg.upgrade and msg is not self._upgrade_alone))
+                                or (self._upgraded and not self._queue))
         control = msg.method != "CONNECT" and listener.is_control(msg) \
             and self._origin is None and self._for_us(msg)
         expect = msg.headers.get("Expect")

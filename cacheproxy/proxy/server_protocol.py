@@ -28,9 +28,12 @@ Two things make that safe:
   fields, which is why a chunked request is the last one read on its connection
   (client_conn.ClientConnection._read_last).
 
-Where the offset is not known: after a chunked body or an upgrade request that the same
-chunk follows with more bytes, until data again ends with an empty line. A method llhttp
-rejects in that window gets a 400, as it would without this module.
+Where the offset is not known: after a chunked body that the same chunk follows with more
+bytes, until data again ends with an empty line, or after an upgrade request aiohttp switches
+for (WebSocket, CONNECT: what follows is the tunnel's). A method llhttp rejects in that
+window gets a 400, as it would without this module. An upgrade request it does not switch
+for (h2c) is a request like any other: llhttp pauses after it, and the bytes after it are fed
+again (``_FallbackParser._after_upgrade``).
 
 This relies on aiohttp internals: ``RequestHandler._parser`` and the constructor
 arguments that RequestHandler passes to its parser, ``Server._kwargs``,
@@ -53,6 +56,7 @@ from aiohttp.http_exceptions import (
     BadHttpMessage,
     BadHttpMethod,
     BadStatusLine,
+    HttpProcessingError,
     TransferEncodingError,
 )
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
@@ -203,7 +207,7 @@ class _FallbackParser:
 
     __slots__ = ("_answers_first", "_closed", "_end", "_failed", "_held", "_in_flight",
                  "_make_c", "_make_python", "_max_queue", "_open", "_parser", "_python",
-                 "_state")
+                 "_state", "_upgrade_due", "_upgrading")
 
     def __init__(
         self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int,
@@ -217,7 +221,9 @@ class _FallbackParser:
         # aiohttp's RequestHandler, which takes neither.
         self._answers_first = answers_first
         self._closed = False  # a request with Connection: close was handed back
-        self._failed = False  # a malformed request was handed back (as its error)
+        # Nothing after the last request handed back is read: it was malformed (handed
+        # back as its error), or what followed it was lost (_after_upgrade).
+        self._failed = False
         self._python: _StrictPythonParser | None = None
         self._max_queue = max_queue
         self._state: bytes | int | None = b""
@@ -225,6 +231,12 @@ class _FallbackParser:
         self._in_flight = 0  # mirrors llhttp's count of completed, unconsumed messages
         self._held = False  # the last feed stopped on a full queue: bytes may wait
         self._end = b""  # the last 4 bytes fed
+        # An upgrade request not switched to (h2c) whose body is still arriving: (message,
+        # payload). llhttp pauses at its end (_after_upgrade).
+        self._upgrading: tuple[Any, Any] | None = None
+        # llhttp pauses at the first byte of the next feed: an upgrade request ended as its
+        # message queue filled (_after_upgrade).
+        self._upgrade_due = False
 
     # The rest of the parsers' interface, passed on. (Not by __getattr__: a class with one
     # loses CPython's fast attribute paths, which cost about 1 µs a request here.)
@@ -276,7 +288,7 @@ class _FallbackParser:
     def feed_data(self, data: bytes) -> _FeedResult:
         if self._python is not None:
             return self._python.feed_data(data)
-        if self._failed:  # nothing after a malformed request is read
+        if self._failed:  # nothing after a malformed request (or lost bytes) is read
             return [], False, b""
         state = self._state
         try:
@@ -311,23 +323,91 @@ class _FallbackParser:
                 raise
             return closing
         # Nearly every feed: one whole request without a body, and no body left open before
-        # it. llhttp is then between messages, as _track would find, without its walk.
+        # it, nor an upgrade (_after_upgrade). llhttp is then between messages, as _track
+        # would find, without its walk.
         if len(messages) == 1 and messages[0][1] is EMPTY_PAYLOAD and not upgraded \
                 and self._open is None and data[-4:] == _CRLFCRLF \
-                and self._in_flight + 1 < self._max_queue:
+                and self._in_flight + 1 < self._max_queue and not messages[0][0].upgrade:
             self._in_flight += 1
             self._end, self._state, self._held = _CRLFCRLF, b"", False
             if messages[0][0].should_close:
                 self._closed = True
             return messages, upgraded, tail
+        if self._upgrade_due:  # (it paused at this feed's first byte: all of it dropped)
+            self._upgrade_due = False
+            return self._feed_again([], state + data)  # type: ignore[operator]  # (bytes)
         if not messages and isinstance(state, bytes) and len(state) + len(data) <= 64 \
                 and _PREFACE_BEGUN.fullmatch(state + data):  # (rare: a short head begun)
             raise BadHttpMessage("HTTP/2 connection preface")  # (the log shows its line)
-        self._state = self._track(state, data, messages, upgraded)
+        upgrading = self._upgrading
+        if upgraded:
+            paused = False
+        elif upgrading is not None:  # (rare) its body ended here: llhttp paused there
+            paused = upgrading[1].is_eof()
+        else:  # (rare: any upgrade request llhttp returned; the last, since it paused)
+            paused = bool(messages) and messages[-1][0].upgrade
+        self._state = self._track(state, data, messages, upgraded, paused)
         self._held = self._in_flight >= self._max_queue
         if messages and messages[-1][0].should_close:
             self._closed = True
+        if paused:
+            return self._after_upgrade(messages)
         return messages, upgraded, tail
+
+    def _after_upgrade(self, messages: Sequence[tuple[Any, Any]]) -> _FeedResult:
+        """llhttp pauses at the end of an upgrade request (with its body) that aiohttp does
+        not switch for (`Upgrade: h2c`: answered in HTTP/1.1, and the connection goes on,
+        RFC 9110 §7.8), and aiohttp's wrapper drops the bytes after it in the same feed.
+        Those are requests pipelined behind it (RFC 9112 §9.3.2), so they are fed again,
+        llhttp resuming between messages. They are `_state`, as _track found them after
+        the upgrade request; where that is not known (after a chunked body, or where the
+        stream's offset was lost before it) the upgrade request is answered with close,
+        and nothing after it is read (RFC 9112 §9.6; the client sends the rest again on
+        a new connection, §9.3.1).
+        Likewise for one with close itself. Called with llhttp's messages of the feed when
+        the upgrade request, or its body, ended in it (then it is the last of them)."""
+        found = list(messages)
+        upgrading, self._upgrading = self._upgrading, None
+        if upgrading is None and not found[-1][1].is_eof():  # its body is still arriving
+            if not isinstance(self._state, int):
+                found[-1] = (found[-1][0]._replace(should_close=True), found[-1][1])
+                self._closed = True  # (its end will not be found: nothing after is read)
+            self._upgrading = found[-1]
+            return found, False, b""
+        msg = found[-1][0] if upgrading is None else upgrading[0]
+        rest = self._state
+        if not isinstance(rest, bytes) or msg.should_close:
+            if not msg.should_close and found:  # (else handed back before, marked then)
+                found[-1] = (msg._replace(should_close=True), found[-1][1])
+            self._state, self._closed, self._failed = None, True, True
+            return found, False, b""
+        if self._held:  # the queue filled at its end: llhttp keeps rest for its next feed,
+            self._upgrade_due = True  # where it pauses at once and drops it
+            return found, False, b""
+        return self._feed_again(found, rest)
+
+    def _feed_again(self, found: list[tuple[Any, Any]], rest: bytes) -> _FeedResult:
+        """The requests found, then those of rest, which llhttp dropped after an upgrade
+        request: rest is fed again from a message boundary."""
+        self._state = b""
+        if not rest:
+            return found, False, b""
+        try:
+            more, upgraded, tail = self.feed_data(rest)
+        except HttpProcessingError as exc:
+            if getattr(exc, "head", None) is None:
+                exc.head = self.rejected(rest)  # type: ignore[attr-defined]  # (the log's)
+            if not found:
+                raise
+            # The requests before a malformed one are answered, then its 400 (as
+            # _until_close hands them back); for aiohttp's RequestHandler, which takes no
+            # error among them, the upgrade request says close instead.
+            self._state, self._closed, self._failed = None, True, True
+            if self._answers_first:
+                return [*found, (exc, EMPTY_PAYLOAD)], False, b""
+            found[-1] = (found[-1][0]._replace(should_close=True), found[-1][1])
+            return found, False, b""
+        return [*found, *more], upgraded, tail
 
     def _until_close(self, exc: BadHttpMessage, replay: bytes | None) -> _FeedResult | None:
         """llhttp refuses data after a request with Connection: close (or an HTTP/1.0 one
@@ -469,6 +549,7 @@ class _FallbackParser:
         data: bytes,
         messages: Sequence[tuple[Any, Any]],
         upgraded: bool,
+        paused: bool = False,
     ) -> bytes | int | None:
         self._end = data[-4:] if len(data) >= 4 else (self._end + data)[-4:]
         # llhttp counts a message when it completes, and pauses (keeping the rest of the
@@ -488,7 +569,9 @@ class _FallbackParser:
         # Data that ends with an empty line, with every body complete and llhttp not
         # paused, leaves llhttp between messages: that empty line ends a header section,
         # a chunked body or nothing. This also finds the boundary again after "unknown".
-        if self._open is None and self._end == b"\r\n\r\n" and self._in_flight < self._max_queue:
+        # (Not after an upgrade request: llhttp paused there, and dropped what followed.)
+        if self._open is None and self._end == b"\r\n\r\n" and self._in_flight < self._max_queue \
+                and not paused:
             return b""
         if isinstance(state, int):
             if len(data) < state:
@@ -498,22 +581,25 @@ class _FallbackParser:
             state, data = b"", data[state:]  # the body ended; data[state:] is new
         if isinstance(state, bytes):
             if messages:
-                return self._after_messages(state + data, messages)
-            return state + data if len(state) + len(data) <= _MAX_REPLAY else None
+                return self._after_messages(state + data, messages, paused)
+            # (After an upgrade request, what follows is fed again at once, whatever its size.)
+            return state + data if len(state) + len(data) <= _MAX_REPLAY or paused else None
         return None
 
     def _after_messages(
-        self, buf: bytes, messages: Sequence[tuple[Any, Any]]
+        self, buf: bytes, messages: Sequence[tuple[Any, Any]], paused: bool = False
     ) -> bytes | int | None:
         """Find where the messages llhttp parsed from buf end.
 
         buf starts at a message boundary. In llhttp's strict request mode, a header
         section ends at the first CRLFCRLF after the request line: no field line can hold
-        a CR or LF, and obs-fold is rejected. A body then has Content-Length bytes.
+        a CR or LF, and obs-fold is rejected. A body then has Content-Length bytes. After
+        an upgrade request (the last: llhttp pauses there), what follows is the bytes it
+        dropped (_after_upgrade).
         """
         pos = 0
         for msg, _ in messages:
-            if msg.chunked or msg.upgrade or msg.version not in (HttpVersion10, HttpVersion11):
+            if msg.chunked or msg.version not in (HttpVersion10, HttpVersion11):
                 return None  # chunked: length unknown here; HTTP/0.9: no header section
             pos = _LEADING_NEWLINES.match(buf, pos).end()  # type: ignore[union-attr]
             if not buf.startswith(msg.method.encode("ascii") + b" ", pos):
@@ -527,7 +613,7 @@ class _FallbackParser:
         if self._open is not None:
             return None
         rest = buf[pos:]
-        return rest if len(rest) <= _MAX_REPLAY else None
+        return rest if len(rest) <= _MAX_REPLAY or paused else None
 
 
 class _ProxyServer(web.Server):

@@ -363,3 +363,21 @@ async def test_a_control_plane_request_with_h2c_and_one_behind_are_both_answered
     assert metrics.status == 200 and b"cacheproxy" in metrics.body
     assert (two.body, three.body) == (b"GET /two", b"GET /three")
     assert seen == ["GET /two", "GET /three"]
+
+
+@needs_c
+async def test_llhttp_pauses_after_an_h2c_request_we_rely_on() -> None:
+    """What _FallbackParser._after_upgrade relies on (server_protocol's docstring): aiohttp's
+    llhttp wrapper reads an h2c upgrade request's body (Content-Length or chunked), drops
+    the rest of the feed, and parses the next feed as new messages. If this fails, read
+    _after_upgrade again against aiohttp. Severity: guard."""
+    loop = asyncio.get_running_loop()
+    after = _get("/after")
+    for body_fields, body in (((), b""), (("Content-Length: 5",), b"hello"),
+                              (("Transfer-Encoding: chunked",), b"5\r\nhello\r\n0\r\n\r\n")):
+        parser = web_protocol.HttpRequestParser(mock.Mock(_reading_paused=False), loop, 2**16)
+        messages, upgraded, tail = parser.feed_data(
+            _h2c("/up", *body_fields, method="POST", body=body) + after)
+        assert [(m.path, m.upgrade, p.is_eof()) for m, p in messages] == [("/up", True, True)]
+        assert (upgraded, tail) == (False, b"")  # (the request after it: dropped)
+        assert [m.path for m, _ in parser.feed_data(after)[0]] == ["/after"]

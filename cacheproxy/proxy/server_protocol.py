@@ -38,9 +38,12 @@ again (``_FallbackParser._after_upgrade``).
 This relies on aiohttp internals: ``RequestHandler._parser`` and the constructor
 arguments that RequestHandler passes to its parser, ``Server._kwargs``,
 ``AppRunner._make_server``, the Python parser's ``_lines``, ``_tail``, ``_upgraded`` and
-``_payload_parser`` (and that object's ``_chunk_size``), and the exceptions llhttp raises.
+``_payload_parser`` (and that object's ``_chunk_size``), and the exceptions llhttp raises;
+and that llhttp, at the end of an upgrade request aiohttp does not switch for, has read its
+body, drops the rest of the feed, and parses the next feed as new messages.
 ``test_aiohttp_internals`` and ``test_llhttp_rejections_we_rely_on`` in
-tests/test_server_protocol.py fail loudly if any of these change.
+tests/test_server_protocol.py, and ``test_llhttp_pauses_after_an_h2c_request_we_rely_on``
+in tests/test_review_h2cpipe_regressions.py, fail loudly if any of these change.
 """
 
 from __future__ import annotations
@@ -598,9 +601,12 @@ class _FallbackParser:
         dropped (_after_upgrade).
         """
         pos = 0
-        for msg, _ in messages:
+        for msg, payload in messages:
             if msg.chunked or msg.version not in (HttpVersion10, HttpVersion11):
                 return None  # chunked: length unknown here; HTTP/0.9: no header section
+            if msg.upgrade and (payload is EMPTY_PAYLOAD) \
+                    != (int(msg.headers.get(hdrs.CONTENT_LENGTH) or 0) == 0):
+                return None  # (an llhttp that would not read an upgrade request's body)
             pos = _LEADING_NEWLINES.match(buf, pos).end()  # type: ignore[union-attr]
             if not buf.startswith(msg.method.encode("ascii") + b" ", pos):
                 return None

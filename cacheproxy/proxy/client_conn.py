@@ -126,7 +126,9 @@ def _too_long(exc: LineTooLong) -> int:
     line has its name and a colon there)."""
     named = exc.args[0] if exc.args and isinstance(exc.args[0], bytes | bytearray) else b""
     named = bytes(named).removesuffix(b"...")[:48]
-    window: bytes = getattr(exc, "window", b"")
+    # (A head refused behind whole requests of the same read, handed back among them by
+    # the parser, carries its own bytes from its first: its head, server_protocol.)
+    window: bytes = getattr(exc, "window", None) or getattr(exc, "head", None) or b""
     at = window.rfind(named) if named else -1
     if at < 0:
         return 431

@@ -52,6 +52,7 @@ from cacheproxy.proxy.quick_forward import QuickForward
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
+from cacheproxy.proxy.tls_slices import TLS_SLICE, Slices
 from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.proxy.wire import REASONS, Http11Writer, encode_head
@@ -256,6 +257,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # transport under TLS (paused_below); paused (BaseProtocol._paused) while either does.
         self._held_tls = self._held_below = False
         self._close_drained = False  # close() waits for the TCP transport under TLS
+        # Under TLS, a big write's bytes not handed to TLS yet (proxy/tls_slices.py).
+        self._slices = Slices()
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -543,9 +546,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        never = self._slices.size  # (not handed to TLS: never went; the body let go)
+        self._slices.clear()
         if self._unlogged:
             if exc is None and not self._dropped:  # a close: it sent all it held first
-                self._gone = self._handed
+                self._gone = self._handed - never
             self._log_gone(lost=True)  # (else what had gone at the last look)
         if self._lingering is not None:
             self._lingering.cancel()
@@ -847,13 +852,17 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return 0
         below = self._below
         unsent = transport.get_write_buffer_size()
-        return unsent if below is None else unsent + below.get_write_buffer_size()
+        return unsent if below is None \
+            else unsent + below.get_write_buffer_size() + self._slices.size
 
     def drained_below(self) -> None:
         """The TCP transport under TLS has emptied its buffer (proxy/under_tls.py): what
         went is looked at now, not at the next look, which a client that read it all and
         closed at once (a reset) would not wait for; a pause on its account ends, unless
-        TLS handed it more meanwhile (paused again)."""
+        TLS handed it more meanwhile (paused again). The next slices of a big write go
+        first (tls_slices.py)."""
+        if self._slices:
+            self._feed_tls()
         if self._unlogged and self.transport is not None:
             self._gone = self._handed - self._unsent_bytes()
         if self._close_drained and self.transport is not None and not self._unsent_bytes():
@@ -1227,17 +1236,36 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._flush_out()
 
     def _flush_out(self) -> None:
-        out = self._out
-        self._handed += self._out_bytes
+        out, size = self._out, self._out_bytes
+        self._handed += size
         self._out, self._out_bytes = [], 0
         transport = self.transport
         if transport is not None and not transport.is_closing():  # (close() sent its own)
-            if len(out) == 1:
+            if self._below is not None and (size > TLS_SLICE or self._slices):
+                self._slices.add(out)  # (behind what waits already: in order)
+                self._feed_tls()
+            elif len(out) == 1:
                 transport.write(out[0])
             else:
                 transport.writelines(out)  # one writev, no joined copy
             if self._paused:  # what send_timeout measures progress against
                 self._unsent = self._unsent_bytes()
+
+    def _feed_tls(self) -> None:
+        """Hand TLS the next slices of what waits (tls_slices.py) while the TCP transport
+        under it has sent all it held: a slow client has about a slice of ciphertext
+        waiting, not the whole body. Stops once that transport holds bytes, so it has
+        paused this connection (paused_below) and drained_below comes back for more; or
+        once it is closing: a write that failed (the client reset) empties its buffer and
+        drops what comes after, and tells TLS an iteration later, so the rest of a body
+        would be encrypted for nothing and, seen as sent, logged as sent."""
+        transport, below, slices = self.transport, self._below, self._slices
+        while slices and below is not None and transport is not None \
+                and not transport.is_closing() and not below.is_closing() \
+                and not below.get_write_buffer_size():
+            transport.writelines(slices.take())
+        if self._paused:  # what send_timeout measures progress against
+            self._unsent = self._unsent_bytes()
 
     def _write(self, data: bytes, more: bytes = b"") -> None:
         """Every write to the client: gathered with the others made in this loop
@@ -1369,6 +1397,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._closing = True
         self._disarm()
         self._out, self._out_bytes = [], 0
+        self._slices.clear()
         if self.transport is not None:
             self._dropped = True
             self.transport.abort()

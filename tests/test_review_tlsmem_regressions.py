@@ -1,0 +1,202 @@
+"""Review "tlsmem": memory per slow client of a big answer under intercepted TLS
+(forward.intercept_tls, issue 10). What was looked at: a hit written to a TLS client (the
+stored body, handed to TLS whole), a miss filled and streamed, a pass-through and an upload
+under TLS, and what a sliced write must keep: send_timeout, the request log's bytes, a
+graceful stop's drain. Real servers on 127.0.0.1: an https origin, the proxy in process
+(asyncio's sslproto) and through `cacheproxy serve` (uvloop's), TLS clients in threads
+with small receive buffers; bodies are random bytes, hash-checked."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from processes import start_serve, stop
+from support import intercepted_tls, read_json_log, until
+
+from cacheproxy.proxy.tls_slices import TLS_SLICE, Slices
+from cacheproxy.tls.ca import LocalCA
+
+SIZE = 16 * 1024 * 1024
+BODY = random.Random(10).randbytes(SIZE)
+DIGEST = hashlib.sha256(BODY).hexdigest()
+
+
+def _site_app() -> web.Application:
+    async def video(request: web.Request) -> web.Response:
+        return web.Response(body=BODY, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/video", video)
+    return app
+
+
+async def _https_site(tmp_path: Path) -> tuple[TestServer, LocalCA]:
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+    site = TestServer(_site_app(), host="127.0.0.1")
+    await site.start_server(ssl=site_ca.server_context("localhost"))
+    return site, site_ca
+
+
+def _get(port: int, target: int, ca_file: str, go: threading.Event | None = None,
+         stalled: threading.Event | None = None) -> tuple[str, int]:
+    """GET /video through an intercepted CONNECT (Connection: close): the first bytes of
+    the answer, then (stalled set) nothing until go is set, then all of it to the end;
+    the body's sha256 (or what went wrong) and the bytes read."""
+    t = intercepted_tls(port, target, ca_file, rcvbuf=16384)
+    t.sendall(f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\nConnection: close\r\n"
+              "\r\n".encode())
+    data = bytearray(t.recv(1000))
+    if stalled is not None:
+        stalled.set()
+    if go is not None:
+        go.wait(30)
+    t.settimeout(10)
+    try:
+        while chunk := t.recv(1 << 20):
+            data += chunk
+    except (OSError, ssl.SSLError) as exc:  # (cut: a reset)
+        t.close()
+        return f"cut: {exc!r}", len(data)
+    t.close()
+    _, _, body = bytes(data).partition(b"\r\n\r\n")
+    return hashlib.sha256(body).hexdigest(), len(body)
+
+
+def test_slices_are_views_in_order_and_count_what_waits() -> None:
+    """The sans-I/O part: what is taken comes out in order, a slice at most, views of the
+    bytes given (no copy of a stored body), and size counts what still waits."""
+    body = bytes(range(256)) * 4096  # 1 MiB
+    slices = Slices()
+    slices.add([b"head", body])
+    out = bytearray()
+    while slices:
+        taken = slices.take(TLS_SLICE)
+        assert sum(len(p) for p in taken) <= TLS_SLICE
+        assert all(p.obj is body for p in taken if isinstance(p, memoryview))
+        for p in taken:
+            out += p
+        assert slices.size == len(body) + 4 - len(out)
+    assert bytes(out) == b"head" + body
+
+
+async def test_a_slow_intercepted_client_of_a_big_hit_holds_a_slice_not_the_body(
+        origin, proxy, tmp_path):
+    """A hit's body (in memory already, in the store) was written to an intercepted TLS
+    client whole, and TLS encrypts all it is given at once: a client reading slowly, or
+    not at all, had the whole body's ciphertext waiting in the TCP transport's buffer
+    (measured through `cacheproxy serve`: +100 MB RSS per slow client of a 50 MB hit, 8
+    such clients +550 MB), where a plain TCP client costs a reference to the stored bytes.
+    nginx SSL_writes its output a buffer at a time as the socket takes it. Now a big write
+    goes to TLS a slice (256 KiB) at a time, each once the TCP transport has emptied: the
+    ciphertext held stays under a few slices, the rest waits as views of the stored body;
+    every byte still arrives, and the line counts them all. Failed before the fix (16 MiB
+    of ciphertext held). Severity: high (a few slow https downloads of a big cached file
+    exhaust the proxy's memory; issue 10)."""
+    site, site_ca = await _https_site(tmp_path)
+    ca_dir = tmp_path / "proxy-ca"
+    c = await proxy(await origin(web.Application()), log={"path": str(tmp_path / "r.log")},
+                    cache={"max_object_bytes": 32 * 1024 * 1024},
+                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 30.0},
+                    forward={"enabled": True, "intercept_tls": True,
+                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    listener = c.server.runner.server
+    go, stalled = threading.Event(), threading.Event()
+    try:
+        assert await asyncio.to_thread(_get, port, site.port, ca_file) == (DIGEST, SIZE)
+        slow = asyncio.create_task(asyncio.to_thread(_get, port, site.port, ca_file, go,
+                                                     stalled))
+        try:
+            assert await until(stalled.is_set, 10)
+            def paused() -> list[Any]:  # (its writes held: the client's socket is full)
+                return [conn for conn in listener.connections
+                        if conn._below is not None and conn._paused]
+
+            assert await until(lambda: bool(paused()), 10)
+            conn, = paused()
+            ciphertext = conn.transport.get_write_buffer_size() \
+                + conn._below.get_write_buffer_size()
+            waiting = conn.unsent
+        finally:
+            go.set()
+        assert await slow == (DIGEST, SIZE)
+        lines = [r for r in await read_json_log(c) if r["path"] == "/video"]
+    finally:
+        await site.close()
+    assert ciphertext <= 2 * TLS_SLICE, ciphertext
+    assert waiting > SIZE // 2, waiting  # (counted as unsent: send_timeout, the log, a stop)
+    assert [(r["cache"], r["bytes"]) for r in lines] == [("MISS", SIZE), ("HIT", SIZE)], lines
+
+
+def _vm_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_slow_intercepted_clients_of_a_big_hit_on_uvloop_and_a_graceful_stop(tmp_path):
+    """The same through `cacheproxy serve` (uvloop's SSL transport, which encrypted a
+    whole hit at once the same way): three clients of a 16 MiB hit that read nothing
+    after the head added about 3 x 32 MiB to the proxy's resident memory before the fix
+    (the ciphertext, and its copy out of the BIO), now a few slices: measured once all
+    three have their heads, by which time TLS had encrypted a whole body before the fix
+    (no timing involved). Then SIGTERM while they still wait: the graceful stop gives
+    written answers what is left of proxy.shutdown_timeout (the slices count as unsent),
+    every byte arrives, hash-checked, each line counts them all, and the exit is clean.
+    Severity: high (issue 10, as above)."""
+    site, site_ca = await _https_site(tmp_path)
+    ca_dir = tmp_path / "proxy-ca"
+    log = tmp_path / "requests.log"
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f"""
+[proxy]
+upstream = "http://127.0.0.1:9"
+upstream_ca_file = "{site_ca.cert_path}"
+send_timeout = 30.0
+shutdown_timeout = 20.0
+[cache]
+max_object_bytes = {32 * 1024 * 1024}
+[log]
+path = "{log}"
+[forward]
+enabled = true
+intercept_tls = true
+connect_ports = [{site.port}]
+ca_dir = "{ca_dir}"
+""")
+    proc, port = await start_serve("--config", str(config), cwd=tmp_path)
+    ca_file = str(ca_dir / "ca-cert.pem")
+    go = threading.Event()
+    stalled = [threading.Event() for _ in range(3)]
+    try:
+        assert await asyncio.to_thread(_get, port, site.port, ca_file) == (DIGEST, SIZE)
+        before = _vm_rss_kib(proc.pid)
+        slow = [asyncio.create_task(asyncio.to_thread(_get, port, site.port, ca_file, go, s))
+                for s in stalled]
+        try:
+            assert await until(lambda: all(s.is_set() for s in stalled), 15)
+            grown = _vm_rss_kib(proc.pid) - before
+            proc.terminate()  # a graceful stop while all three wait
+        finally:
+            go.set()
+        results = await asyncio.gather(*slow)
+    finally:
+        await site.close()
+        code, err = await stop(proc, timeout=30)
+    assert results == [(DIGEST, SIZE)] * 3, results
+    assert grown * 1024 < SIZE, f"{grown} KiB more resident with three slow clients"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["cache"], r["bytes"]) for r in lines if r["path"] == "/video") \
+        == [("HIT", SIZE)] * 3 + [("MISS", SIZE)], lines
+    assert (code, "Traceback" in err) == (0, False), err
+

@@ -822,7 +822,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         timer, self._unlogged_timer = self._unlogged_timer, None
         if lost and timer is not None:
             timer.cancel()
-        if not lost and self.transport is not None:
+        if not lost and self.transport is not None and not self._dropped:
+            # (aborted: the transport has emptied its buffer without sending it, and says
+            # so an iteration later, connection_lost: what went is what went before)
             self._gone = self._handed - self._unsent_bytes()
         unlogged, gone = self._unlogged, self._gone
         while unlogged:

@@ -12,7 +12,9 @@ socket did not take (paused): TLS keeps what is written while it is paused, but 
 all it encrypted when it was not (a big hit whole, 22 MB of 24 here), so the TLS
 transport's own buffer is empty and never pauses the connection; the TCP transport's
 pause is then the connection's too (its send_timeout, no more requests read). The
-connection counts what is in both buffers as unsent."""
+connection counts what is in both buffers as unsent. Each drain is also when it hands
+TLS the next slice of a big write (proxy/tls_slices.py): a slow client has about a
+slice of ciphertext waiting here, not a whole body."""
 
 from __future__ import annotations
 

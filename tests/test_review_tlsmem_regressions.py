@@ -36,6 +36,9 @@ def _site_app() -> web.Application:
     async def video(request: web.Request) -> web.Response:
         return web.Response(body=BODY, headers={"Cache-Control": "max-age=600"})
 
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(body=b"after the big one", headers={"Cache-Control": "max-age=600"})
+
     async def passed(request: web.Request) -> web.Response:
         return web.Response(body=BODY, headers={"Cache-Control": "no-store"})
 
@@ -43,6 +46,7 @@ def _site_app() -> web.Application:
     app.router.add_get("/video", video)
     app.router.add_get("/fresh", video)
     app.router.add_get("/pass", passed)
+    app.router.add_get("/small", small)
     return app
 
 
@@ -338,3 +342,57 @@ async def test_a_slow_intercepted_client_of_a_big_miss_or_pass_holds_little_and_
         await site.close()
     assert ciphertext <= 2 * TLS_SLICE, ciphertext
     assert handed < SIZE // 2, handed
+
+
+def _pipelined(port: int, target: int, ca_file: str, go: threading.Event,
+               stalled: threading.Event) -> bytes:
+    """GET /video and GET /small (Connection: close) in one write through an intercepted
+    CONNECT; reads the first bytes, nothing until go, then all to the end."""
+    t = intercepted_tls(port, target, ca_file, rcvbuf=16384)
+    t.sendall((f"GET /video HTTP/1.1\r\nHost: localhost:{target}\r\n\r\n"
+               f"GET /small HTTP/1.1\r\nHost: localhost:{target}\r\n"
+               "Connection: close\r\n\r\n").encode())
+    data = bytearray(t.recv(1000))
+    stalled.set()
+    go.wait(30)
+    t.settimeout(10)
+    while chunk := t.recv(1 << 20):
+        data += chunk
+    t.close()
+    return bytes(data)
+
+
+async def test_an_answer_pipelined_behind_a_sliced_hit_comes_after_all_of_it(
+        origin, proxy, tmp_path):
+    """While a big hit waits in slices, the next pipelined answer must not be written
+    before them (RFC 9112 §9.3.2: answers in the order of the requests): the connection
+    stays paused until the last slice is in TLS, and the next request waits for that. Both
+    bodies arrive whole and in order, the second after every byte of the first. A guard
+    for the slicing (it holds because what waits counts for the pause). Severity: high
+    were it broken (a corrupted response stream)."""
+    site, site_ca = await _https_site(tmp_path)
+    ca_dir = tmp_path / "proxy-ca"
+    c = await proxy(await origin(web.Application()),
+                    cache={"max_object_bytes": 32 * 1024 * 1024},
+                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 30.0},
+                    forward={"enabled": True, "intercept_tls": True,
+                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    go, stalled = threading.Event(), threading.Event()
+    try:
+        assert await asyncio.to_thread(_get, port, site.port, ca_file) == (DIGEST, SIZE)
+        task = asyncio.create_task(asyncio.to_thread(_pipelined, port, site.port, ca_file,
+                                                     go, stalled))
+        try:
+            assert await until(stalled.is_set, 10)
+        finally:
+            go.set()
+        data = await task
+    finally:
+        await site.close()
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert hashlib.sha256(rest[:SIZE]).hexdigest() == DIGEST
+    second_head, _, second = rest[SIZE:].partition(b"\r\n\r\n")
+    assert second_head.startswith(b"HTTP/1.1 200"), second_head[:200]
+    assert second == b"after the big one", second[:200]

@@ -68,7 +68,7 @@ import gc, sys, time
 from cacheproxy.config import load_config
 from cacheproxy.proxy.workers import Supervisor
 
-def serve_one(config, reload, *, reuse_port, port, upstream, announce):
+def serve_one(config, reload, *, reuse_port, port, upstream, announce, siblings):
     with open(sys.argv[1], "w") as out:  # what the worker found frozen, before anything
         out.write(str(gc.get_freeze_count()))
     time.sleep(60)

@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +36,7 @@ from cacheproxy.observe.sink import LogFileError
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
+from cacheproxy.proxy.siblings import hear_siblings, shared_forgetting
 from cacheproxy.proxy.wire import ControlRunner
 from cacheproxy.proxy.workers import supervise
 from cacheproxy.store import Store, build_store
@@ -117,11 +119,13 @@ def _url(host: str, port: int) -> str:
 async def serve(
     config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
     port: int | None = None, upstream: str | None = None, announce: bool = True,
+    siblings: socket.socket | None = None,
 ) -> None:
     """Run until cancelled, then stop gracefully (proxy.shutdown_timeout). With no upstream,
     the bundled demo origin is started first. SIGHUP calls reload() for a new config and
     applies it (see reconfigure). --workers processes pass reuse_port, the port the parent
-    resolved, and the demo origin's URL when it runs the demo."""
+    resolved, the demo origin's URL when it runs the demo, and their channel to the other
+    workers (siblings: what one's memory store forgets, all forget)."""
     demo_url = upstream or ""  # the supervisor's demo origin (--workers), when it runs one
     upstream = upstream or config.proxy.upstream
     demo = None
@@ -132,8 +136,9 @@ async def serve(
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     descriptor_room(config.proxy.max_client_connections, say=announce)
     # The lean data plane; the admin API is the aiohttp application's (listener.py).
+    store, channel = shared_forgetting(config, siblings)
     try:
-        app = make_app(config, upstream)
+        app = make_app(config, upstream, store)
     except LogFileError as exc:  # one line naming log.path (a worker's too), exit 1
         if demo is not None:
             await demo.cleanup()
@@ -141,6 +146,8 @@ async def serve(
     # A reload may empty proxy.upstream only while a demo origin runs (a worker restarted
     # after a reload that set proxy.upstream still has the supervisor's).
     app[PROXY].demo_upstream = demo_url.rstrip("/")
+    if channel is not None:
+        hear_siblings(channel, store, app[PROXY].exchange.invalidations)
     runner = LeanRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()
@@ -388,10 +395,11 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
 def run_one(
     config: Config, reload: Callable[[], Config] | None = None, *, reuse_port: bool = False,
     port: int | None = None, upstream: str | None = None, announce: bool = True,
+    siblings: socket.socket | None = None,
 ) -> None:
     # SIGHUP / SIGTERM before the loop handles them would kill the process (their default
     # action): they wait, blocked, until serve() has its handlers in place.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_AND_RELOAD)
 
     run_until_stopped(lambda: serve(config, reload, reuse_port=reuse_port, port=port,
-                                    upstream=upstream, announce=announce))
+                                    upstream=upstream, announce=announce, siblings=siblings))

@@ -5,7 +5,9 @@ its own cache; with store = "redis" they share one) bound to the same port with 
 so the kernel spreads connections over them. This parent process does no HTTP: it holds the
 port (a bound socket that never listens, so port 0 resolves once for all), starts the demo
 origin when no upstream is set, passes SIGHUP on (each worker reloads its config) and SIGTERM
-(each finishes its requests in flight), and restarts a worker that dies unexpectedly.
+(each finishes its requests in flight), restarts a worker that dies unexpectedly, and passes
+on what one worker's memory store forgets (a purge, an invalidation) to the others
+(proxy/siblings.py).
 
 What a worker runs is given to `supervise` (server.run_one): this module knows processes, not
 the proxy, so the server imports it and not the other way round.
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 
 from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.lifetime import DEMO_HINT, LISTEN_HINT, StartError, listen_error
+from cacheproxy.proxy.siblings import Relay
 
 log = logging.getLogger("cacheproxy")
 
@@ -55,7 +58,7 @@ class ServeOne(Protocol):
 
     def __call__(self, config: Config, reload: Callable[[], Config] | None, *,
                  reuse_port: bool, port: int, upstream: str | None,
-                 announce: bool) -> None: ...
+                 announce: bool, siblings: socket.socket | None) -> None: ...
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -105,13 +108,15 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def _worker(serve_one: ServeOne, config: Config, reload: Callable[[], Config] | None,
-            port: int, upstream: str | None, announce: bool, parent: int) -> None:
+            port: int, upstream: str | None, announce: bool, parent: int,
+            siblings: socket.socket, relay: Relay) -> None:
     for sig in SIGNALS:  # still blocked (fork); serve() unblocks them once handled
         signal.signal(sig, signal.SIG_DFL)
     _stop_with_parent(parent)
+    relay.close_all()  # (the supervisor's ends, inherited)
     try:
         serve_one(config, reload, reuse_port=True, port=port, upstream=upstream,
-                  announce=announce)
+                  announce=announce, siblings=siblings)
     except StartError as exc:  # one line, as `cacheproxy serve` says it, not a traceback
         print(f"cacheproxy: {' '.join(str(exc).splitlines())}", file=sys.stderr, flush=True)
         sys.exit(START_FAILED)
@@ -148,6 +153,7 @@ class Supervisor:
         self.quick_deaths = 0
         self.stopping = False
         self.hangup = False
+        self.relay = Relay(config.proxy.workers)
 
     def run(self) -> int:
         host, port = parse_listen(self.config.proxy.listen)
@@ -168,14 +174,15 @@ class Supervisor:
         wakeup_w.setblocking(False)
         signal.set_wakeup_fd(wakeup_w.fileno())
         try:
-            for _ in range(self.config.proxy.workers):
+            for slot in range(self.config.proxy.workers):
                 # The first says what is said once (an unreachable upstream).
-                self.workers.append(self._start(port, upstream, not self.workers))
+                self.workers.append(self._start(slot, port, upstream, not self.workers))
             log.info("%d workers on %s:%d (SO_REUSEPORT)", len(self.workers), host, port)
             return self._watch(port, upstream)
         finally:
             signal.set_wakeup_fd(-1)
             self._stop_all(demo)
+            self.relay.close_all()
             holder.close()
             self._wakeup.close()
             wakeup_w.close()
@@ -198,13 +205,18 @@ class Supervisor:
         host = f"[{demo_host}]" if ":" in demo_host else demo_host
         return demo, f"http://{host}:{demo_port}"
 
-    def _start(self, port: int, upstream: str | None, announce: bool = False) -> BaseProcess:
+    def _start(self, slot: int, port: int, upstream: str | None,
+               announce: bool = False) -> BaseProcess:
+        siblings = self.relay.open(slot)
         worker = _mp.Process(
             target=_worker,
             args=(self.serve_one, self.config, self.reload, port, upstream, announce,
-                  os.getpid()),
+                  os.getpid(), siblings, self.relay),
             name="cacheproxy-worker")
-        _fork(worker)
+        try:
+            _fork(worker)
+        finally:
+            siblings.close()  # (the worker's end, now in the worker)
         assert worker.pid is not None
         self.started[worker.pid] = time.monotonic()
         return worker
@@ -216,10 +228,12 @@ class Supervisor:
                 self._reload()
                 for worker in self.workers:
                     _signal(worker, signal.SIGHUP)
-            multiprocessing.connection.wait([*(w.sentinel for w in self.workers), self._wakeup],
-                                            timeout=1.0)
+            multiprocessing.connection.wait(
+                [*(w.sentinel for w in self.workers), self._wakeup, *self.relay.waitables()],
+                timeout=1.0)
             with contextlib.suppress(BlockingIOError):
                 self._wakeup.recv(512)
+            self.relay.pass_on()
             for i, worker in enumerate(self.workers):
                 if worker.is_alive() or self.stopping:
                     continue
@@ -237,7 +251,7 @@ class Supervisor:
                     if self.quick_deaths >= MAX_QUICK_DEATHS:
                         log.error("workers keep dying at start; giving up")
                         return 1
-                self.workers[i] = self._start(port, upstream)
+                self.workers[i] = self._start(i, port, upstream)
         return 0
 
     def _reload(self) -> None:

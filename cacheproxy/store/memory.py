@@ -143,6 +143,10 @@ class MemoryStore:
         self._entries -= len(_variants(held))
 
     async def delete(self, key: str) -> bool:
+        return self.forget(key)
+
+    def forget(self, key: str) -> bool:
+        """delete() without a coroutine (a sibling worker's purge: store/siblings.py)."""
         held = self._held.pop(key, None)
         if held is None:
             return False
@@ -151,6 +155,9 @@ class MemoryStore:
         return True
 
     async def keys(self, prefix: str = "", limit: int | None = None) -> list[str]:
+        return self.keys_now(prefix, limit)
+
+    def keys_now(self, prefix: str = "", limit: int | None = None) -> list[str]:
         found: list[str] = []
         if limit is not None and limit <= 0:  # as RedisStore: none (entries?limit=0)
             return found
@@ -162,12 +169,18 @@ class MemoryStore:
         return found
 
     async def delete_prefix(self, prefix: str) -> int:
-        doomed = await self.keys(prefix)
+        return self.forget_prefix(prefix)
+
+    def forget_prefix(self, prefix: str) -> int:
+        doomed = self.keys_now(prefix)
         for key in doomed:
-            await self.delete(key)
+            self.forget(key)
         return len(doomed)
 
     async def clear(self) -> int:
+        return self.forget_all()
+
+    def forget_all(self) -> int:
         keys = len(self._held)
         self._held.clear()  # (not evictions)
         self._front.clear()

@@ -1,0 +1,154 @@
+"""Review of `cacheproxy serve --workers N` as operators use it: what each worker caches
+and what reaches every worker (purges, clears, invalidations), a worker killed and
+restarted, the parent's relaying, /metrics and the admin API with N workers. Each test runs
+the real `cacheproxy serve --workers 2` in front of an aiohttp origin of the test's own;
+the kernel (SO_REUSEPORT) picks the worker of each new connection, so the tests open a new
+connection per request until both workers have answered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from processes import start_serve, stop
+
+# New connections tried before concluding that a worker never answers as expected: two
+# workers, each picked with probability 1/2: missing one in 200 is a 2**-199 event.
+TRIES = 200
+
+
+async def versioned_origin(origin: Any) -> tuple[Any, dict[str, int]]:
+    """Any path, GET: "v<n>" fresh for 10 minutes, n counting the origin's answers; POST:
+    204 (an unsafe method's success: RFC 9111 §4.4 invalidates the URL)."""
+    state = {"n": 0}
+
+    async def get(request: web.Request) -> web.Response:
+        state["n"] += 1
+        return web.Response(text=f"v{state['n']}", headers={"Cache-Control": "max-age=600"})
+
+    async def post(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", get)
+    app.router.add_post("/{tail:.*}", post)
+    return await origin(app), state
+
+
+async def fresh_get(base: str, path: str) -> tuple[str, str]:
+    """GET on a connection of its own (the kernel picks the worker): (X-Cache, body)."""
+    async with aiohttp.ClientSession() as http, http.get(base + path) as resp:
+        assert resp.status == 200
+        return resp.headers["X-Cache"], await resp.text()
+
+
+async def both_workers_store(base: str, path: str) -> set[str]:
+    """Requests until two misses were seen (each worker fetched and stored path once);
+    the versions they stored."""
+    stored: set[str] = set()
+    for _ in range(TRIES):
+        cache, body = await fresh_get(base, path)
+        if cache == "MISS":
+            stored.add(body)
+        if len(stored) == 2:
+            return stored
+    raise AssertionError(f"only {stored} stored: did both workers answer?")
+
+
+async def both_workers_fetch_again(base: str, path: str, old: set[str]) -> list[str]:
+    """After a purge: requests until each worker has fetched path again (two new versions
+    seen). Every body seen, in order; fails if a worker goes on serving an old one."""
+    seen: list[str] = []
+    for _ in range(TRIES):
+        _, body = await fresh_get(base, path)
+        seen.append(body)
+        if len(set(seen) - old) == 2:
+            return seen
+    raise AssertionError(f"a worker still serves what was purged: {seen[-20:]}")
+
+
+async def _forget(base: str, how: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        if how == "purge?url":
+            req = http.post(base + "/_cacheproxy/purge?url=/page")
+        elif how == "purge?prefix":
+            req = http.post(base + "/_cacheproxy/purge?prefix=/pa")
+        elif how == "clear":
+            req = http.post(base + "/_cacheproxy/clear")
+        elif how == "PURGE":
+            req = http.request("PURGE", base + "/page")
+        else:  # RFC 9111 §4.4: a POST's 2xx invalidates the URL
+            req = http.post(base + "/page", data=b"x")
+        async with req as resp:
+            assert resp.status in (200, 204), (how, resp.status, await resp.text())
+
+
+@pytest.mark.parametrize("how", ["purge?url", "purge?prefix", "clear", "PURGE", "POST"])
+async def test_a_purge_or_invalidation_reaches_every_workers_memory_store(
+        origin: Any, tmp_path: Any, how: str) -> None:
+    """With --workers N and the memory store (the default), each worker caches on its own,
+    and a purge, a clear, a PURGE or an invalidation by an unsafe method (RFC 9111 §4.4)
+    acted only on the worker whose connection it came on. What a user saw: after
+    `curl -X POST .../_cacheproxy/purge?url=/page` answered {"purged": 1}, the other
+    workers went on serving the purged page (X-Cache: HIT, the old body) for its whole
+    freshness lifetime, about one request in two with --workers 2; after a POST that
+    changed /page, half the clients kept reading the old one. nginx's workers share one
+    cache zone (a purge is every worker's); our Redis store publishes its purges to every
+    process. Now each worker tells the others what its memory store forgets, through the
+    supervisor. Severity: high (an operator's purge silently half done)."""
+    up, _ = await versioned_origin(origin)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        old = await both_workers_store(base, "/page")
+        await _forget(base, how)
+        seen = await both_workers_fetch_again(base, "/page", old)
+        for _ in range(20):  # and none of them answers the old one again
+            seen.append((await fresh_get(base, "/page"))[1])
+        assert not old & set(seen[-20:]), seen
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err
+
+
+def _workers_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(p) for p in children.read().split()]
+
+
+async def test_a_restarted_worker_still_hears_and_tells_purges(
+        origin: Any, tmp_path: Any) -> None:
+    """The channel between workers survives a worker's death: one killed by SIGKILL (an
+    OOM kill) is restarted with a channel of its own, so the purges it answers reach the
+    other and the other's reach it. Severity: high, as the test above (each restart would
+    otherwise leave one worker out of every purge)."""
+    up, _ = await versioned_origin(origin)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            now = _workers_of(proc.pid)
+            if len(now) == 2 and workers[0] not in now:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the killed worker was not restarted")
+        # (the new one listens once it answers: both_workers_store sees two misses)
+        old = await both_workers_store(base, "/page")
+        await _forget(base, "purge?url")
+        await both_workers_fetch_again(base, "/page", old)
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err

@@ -12,7 +12,7 @@ import hmac
 import ipaddress
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
@@ -23,7 +23,7 @@ from yarl import URL
 
 from cacheproxy.config import AdminConfig, ForwardConfig, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
-from cacheproxy.observe.metrics import metrics_text
+from cacheproxy.observe.metrics import Counts, counts_of, metrics_text, summed
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.pac import CONTENT_TYPE as PAC_TYPE
@@ -106,6 +106,9 @@ class Admin:
         self.key_for: Callable[[str, str, str], str] | None = None
         self._forward: tuple[ForwardConfig, str] | None = None  # set_forward()
         self.marks: PurgeMarks | None = None  # set by the application
+        # --workers: the other workers' Counts, and whether they share the store (Redis)
+        self.siblings: Callable[[], Awaitable[list[Counts]]] | None = None
+        self.shared_store = False
 
     def set_forward(self, forward: ForwardConfig, listen: str) -> None:
         """What proxy.pac describes: [forward] and proxy.listen; the application sets it at
@@ -341,7 +344,10 @@ class Admin:
     async def metrics(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
-        body, content_type = metrics_text(self.observer.stats, self.store.stats())
+        counts = counts_of(self.observer.stats, self.store.stats())
+        if self.siblings is not None:  # the server's figures, not this worker's alone
+            counts = summed(counts, await self.siblings(), self.shared_store)
+        body, content_type = metrics_text(counts)
         return web.Response(body=body, headers={**_PRIVATE, "Content-Type": content_type})
 
     async def unknown(self, request: web.Request) -> web.Response:

@@ -1,13 +1,21 @@
-"""/metrics in the Prometheus text format, read from Stats at scrape time."""
+"""/metrics in the Prometheus text format, read from Stats at scrape time.
+
+With --workers, what each worker counts is a Counts; the worker a scrape reaches asks the
+others for theirs (proxy/siblings.py) and sums them (summed), so that the counters are the
+server's, as nginx's stub_status and varnishstat count, not one worker's: a scrape that
+reached either worker at random saw a counter go down and up at every switch (a reset, to
+Prometheus: rate() read phantom traffic)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,13 +29,89 @@ from cacheproxy.observe.stats import LATENCY_BUCKETS, Stats
 from cacheproxy.store.base import StoreStats
 
 
+@dataclass
+class Counts:
+    """What /metrics shows of one process, or of several summed."""
+
+    by_route_cache: dict[tuple[str, str], int]
+    bytes_from_cache: int
+    bytes_from_origin: int
+    collapsed: int
+    errors: int
+    upstream_counts: list[int]
+    upstream_sum: float
+    store: list[int]  # StoreStats: entries, bytes, max_bytes, evictions
+    gc_counts: list[list[int]]  # the collector's pauses (gc_pauses.PAUSES)
+    gc_sums: list[float]
+    gc_longest: list[float]
+    gc_frozen: int
+    python_gc: list[list[int]]  # gc.get_stats(): collections, collected, uncollectable
+    processes: int = 1
+
+
+def counts_of(stats: Stats, store: StoreStats) -> Counts:
+    """This process's figures."""
+    return Counts(
+        dict(stats.by_route_cache), stats.bytes_from_cache, stats.bytes_from_origin,
+        stats.collapsed, stats.errors, list(stats.upstream_counts), stats.upstream_sum,
+        [store.entries, store.bytes, store.max_bytes, store.evictions],
+        [list(c) for c in PAUSES.counts], list(PAUSES.sums), list(PAUSES.longest),
+        gc.get_freeze_count(),
+        [[g["collections"], g["collected"], g["uncollectable"]] for g in gc.get_stats()])
+
+
+def counts_json(counts: Counts) -> bytes:
+    fields = dataclasses.asdict(counts)
+    fields["by_route_cache"] = [[*k, n] for k, n in counts.by_route_cache.items()]
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def counts_from_json(data: bytes) -> Counts | None:
+    """A sibling's Counts; None when it cannot be read (another version's)."""
+    try:
+        fields = json.loads(data)
+        fields["by_route_cache"] = {(r, c): n for r, c, n in fields["by_route_cache"]}
+        return Counts(**fields)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _add(a: list, b: list) -> list:  # type: ignore[type-arg]
+    return [_add(x, y) if isinstance(x, list) else x + y for x, y in zip(a, b, strict=False)]
+
+
+def summed(own: Counts, others: list[Counts], shared_store: bool) -> Counts:
+    """The server's figures: every worker's counters added; the store's gauges added too
+    (each worker's own memory store), unless the store is shared (Redis: each worker
+    reports the same figures); the longest pause, the longest of all."""
+    total = dataclasses.replace(own, by_route_cache=dict(own.by_route_cache))
+    for other in others:
+        for key, n in other.by_route_cache.items():
+            total.by_route_cache[key] = total.by_route_cache.get(key, 0) + n
+        total.bytes_from_cache += other.bytes_from_cache
+        total.bytes_from_origin += other.bytes_from_origin
+        total.collapsed += other.collapsed
+        total.errors += other.errors
+        total.upstream_counts = _add(total.upstream_counts, other.upstream_counts)
+        total.upstream_sum += other.upstream_sum
+        if not shared_store:
+            total.store = _add(total.store, other.store)
+        total.gc_counts = _add(total.gc_counts, other.gc_counts)
+        total.gc_sums = _add(total.gc_sums, other.gc_sums)
+        total.gc_longest = [max(x, y) for x, y in zip(total.gc_longest, other.gc_longest,
+                                                        strict=False)]
+        total.gc_frozen += other.gc_frozen
+        total.python_gc = _add(total.python_gc, other.python_gc)
+        total.processes += other.processes
+    return total
+
+
 class _Collector:
-    def __init__(self, stats: Stats, store: StoreStats) -> None:
-        self.stats = stats
-        self.store = store
+    def __init__(self, counts: Counts) -> None:
+        self.counts = counts
 
     def collect(self) -> Iterator[Metric]:
-        s = self.stats
+        s = self.counts
         requests = CounterMetricFamily(
             "cacheproxy_requests", "Requests answered, by cache status and route",
             labels=["cache", "route"])
@@ -46,26 +130,36 @@ class _Collector:
         yield CounterMetricFamily("cacheproxy_errors",
                                   "Requests answered with an error of the proxy's (502, 504, ...)",
                                   value=s.errors)
-        cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, LATENCY_BUCKETS), "+Inf"), s.upstream_counts, strict=True):
-            cumulative += n
-            buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
             "cacheproxy_upstream_response_seconds",
             "Time from sending a request upstream to its response head",
-            buckets=buckets, sum_value=s.upstream_sum)
-        yield GaugeMetricFamily("cacheproxy_store_entries", "Responses stored",
-                                value=self.store.entries)
+            buckets=_cumulative(LATENCY_BUCKETS, s.upstream_counts), sum_value=s.upstream_sum)
+        entries, held, max_bytes, evictions = s.store
+        yield GaugeMetricFamily("cacheproxy_store_entries", "Responses stored", value=entries)
         yield GaugeMetricFamily("cacheproxy_store_bytes", "Bytes the store holds (accounted)",
-                                value=self.store.bytes)
+                                value=held)
         yield GaugeMetricFamily("cacheproxy_store_max_bytes", "The store's capacity",
-                                value=self.store.max_bytes)
+                                value=max_bytes)
         yield CounterMetricFamily("cacheproxy_store_evictions",
-                                  "Responses evicted to make room", value=self.store.evictions)
-        yield from _gc_pauses()
+                                  "Responses evicted to make room", value=evictions)
+        yield GaugeMetricFamily(
+            "cacheproxy_processes_counted",
+            "Processes whose figures these are (--workers: each worker that answered)",
+            value=s.processes)
+        yield from _gc_pauses(s)
+        yield from _python_gc(s)
 
 
-def _gc_pauses() -> Iterator[Metric]:
+def _cumulative(bounds: tuple[float, ...] | list[float], counts: list[int]
+                ) -> list[tuple[str, float]]:
+    cumulative, buckets = 0, []
+    for bound, n in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        cumulative += n
+        buckets.append((bound, cumulative))
+    return buckets
+
+
+def _gc_pauses(s: Counts) -> Iterator[Metric]:
     pauses = HistogramMetricFamily(
         "cacheproxy_gc_pause_seconds",
         "How long each collection of CPython's garbage collector stopped this process",
@@ -73,25 +167,40 @@ def _gc_pauses() -> Iterator[Metric]:
     longest = GaugeMetricFamily(
         "cacheproxy_gc_longest_pause_seconds",
         "The longest collector pause since this process started", labels=["generation"])
-    for generation, counts in enumerate(PAUSES.counts):
-        cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, GC_BUCKETS), "+Inf"), counts, strict=True):
-            cumulative += n
-            buckets.append((bound, cumulative))
-        pauses.add_metric([str(generation)], buckets, PAUSES.sums[generation])
-        longest.add_metric([str(generation)], PAUSES.longest[generation])
+    for generation, counts in enumerate(s.gc_counts):
+        pauses.add_metric([str(generation)], _cumulative(GC_BUCKETS, counts),
+                          s.gc_sums[generation])
+        longest.add_metric([str(generation)], s.gc_longest[generation])
     yield pauses
     yield longest
     yield GaugeMetricFamily(
         "cacheproxy_gc_frozen_objects",
         "Objects made at start that the collector no longer walks (gc.freeze)",
-        value=gc.get_freeze_count())
+        value=s.gc_frozen)
 
 
-def metrics_text(stats: Stats, store: StoreStats) -> tuple[bytes, str]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(stats, store))  # type: ignore[arg-type]
+def _python_gc(s: Counts) -> Iterator[Metric]:
+    """prometheus_client's GCCollector's families, from Counts (summed over workers)."""
+    collected = CounterMetricFamily("python_gc_objects_collected",
+                                    "Objects collected during gc", labels=["generation"])
+    uncollectable = CounterMetricFamily("python_gc_objects_uncollectable",
+                                        "Uncollectable objects found during GC",
+                                        labels=["generation"])
     # python_gc_collections_total{generation="2"}: how often the collector stopped the
     # process to walk every tracked object (what the store keeps untracked, untracked.py).
-    GCCollector(registry=registry)
+    collections = CounterMetricFamily("python_gc_collections",
+                                      "Number of times this generation was collected",
+                                      labels=["generation"])
+    for generation, (runs, found, stuck) in enumerate(s.python_gc):
+        collected.add_metric([str(generation)], found)
+        uncollectable.add_metric([str(generation)], stuck)
+        collections.add_metric([str(generation)], runs)
+    yield collected
+    yield uncollectable
+    yield collections
+
+
+def metrics_text(counts: Counts) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(counts))  # type: ignore[arg-type]
     return generate_latest(registry), CONTENT_TYPE_LATEST

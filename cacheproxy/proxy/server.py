@@ -31,12 +31,13 @@ from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.admin import Admin
 from cacheproxy.observe.diagnostics import StderrHandler
 from cacheproxy.observe.health import Health, upstream_problem
+from cacheproxy.observe.metrics import counts_of
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.sink import LogFileError
 from cacheproxy.proxy.handler import CacheProxy
 from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
-from cacheproxy.proxy.siblings import hear_siblings, shared_forgetting
+from cacheproxy.proxy.siblings import Siblings
 from cacheproxy.proxy.wire import ControlRunner
 from cacheproxy.proxy.workers import supervise
 from cacheproxy.store import Store, build_store
@@ -125,7 +126,7 @@ async def serve(
     the bundled demo origin is started first. SIGHUP calls reload() for a new config and
     applies it (see reconfigure). --workers processes pass reuse_port, the port the parent
     resolved, the demo origin's URL when it runs the demo, and their channel to the other
-    workers (siblings: what one's memory store forgets, all forget)."""
+    workers (siblings: what one's memory store forgets all forget; /metrics sums them)."""
     demo_url = upstream or ""  # the supervisor's demo origin (--workers), when it runs one
     upstream = upstream or config.proxy.upstream
     demo = None
@@ -136,7 +137,8 @@ async def serve(
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     descriptor_room(config.proxy.max_client_connections, say=announce)
     # The lean data plane; the admin API is the aiohttp application's (listener.py).
-    store, channel = shared_forgetting(config, siblings)
+    others = Siblings(siblings, config.proxy.workers) if siblings is not None else None
+    store = others.memory_store(config) if others is not None else None
     try:
         app = make_app(config, upstream, store)
     except LogFileError as exc:  # one line naming log.path (a worker's too), exit 1
@@ -146,8 +148,8 @@ async def serve(
     # A reload may empty proxy.upstream only while a demo origin runs (a worker restarted
     # after a reload that set proxy.upstream still has the supervisor's).
     app[PROXY].demo_upstream = demo_url.rstrip("/")
-    if channel is not None:
-        hear_siblings(channel, store, app[PROXY].exchange.invalidations)
+    if others is not None:
+        _join(app, others, config)
     runner = LeanRunner(app, shutdown_timeout=config.proxy.shutdown_timeout,
                             **app[OBSERVER].runner_args())
     await runner.setup()
@@ -196,6 +198,16 @@ async def serve(
         await runner.cleanup()
         if demo is not None:
             await demo.cleanup()
+
+
+def _join(app: web.Application, others: Siblings, config: Config) -> None:
+    """--workers: hear the other workers (proxy/siblings.py), and sum their counters into
+    /metrics (the Redis store's figures are every worker's already: not summed)."""
+    admin, observer = app[ADMIN], app[OBSERVER]
+    others.listen(app[PROXY].exchange.invalidations,
+                  lambda: counts_of(observer.stats, admin.store.stats()))
+    admin.siblings = others.counters
+    admin.shared_store = config.cache.store == "redis"
 
 
 async def _drain(runner: LeanRunner, timeout: float) -> None:

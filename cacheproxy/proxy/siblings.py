@@ -1,25 +1,37 @@
-"""How what one worker forgets reaches the others (--workers with the memory store; the
-messages are store/siblings.py's).
+"""What the workers of --workers tell each other: what one's memory store forgets (the
+messages are store/siblings.py's), and their counters for a scrape of /metrics (ASK, then
+one ANSWER from each other worker, summed by observe/metrics.py).
 
 Each worker has a datagram socketpair with the supervisor, made before it is forked (so no
 other process can write to it, as a named socket would let any local user); the supervisor
 passes every message from one worker on to all the others (Relay). Nothing blocks on
 either side: a message that finds no room in a socket's buffer (a worker too busy to read
 hundreds of them) becomes a "forget everything" owed to that worker and sent once there is
-room: a cache emptied, never a purge lost.
+room: a cache emptied, never a purge lost. An ASK or an ANSWER that finds no room is
+dropped: the scrape sums what came (cacheproxy_processes_counted says how many).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Callable
 
 from cacheproxy.config import Config
+from cacheproxy.observe.metrics import Counts, counts_from_json, counts_json
 from cacheproxy.proxy.invalidations import Invalidations
-from cacheproxy.store import Store
 from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, SiblingsMemoryStore
+
+# ASK + id: "your counters, please", which the supervisor passes on as ASK + the asker's
+# slot (one byte: at most 256 workers) + id; ANSWER + slot + id + Counts goes to that slot
+# alone, as ANSWER + id + Counts.
+ASK, ANSWER = b"?", b"="
+ASK_ID = 8  # bytes
+# How long a scrape waits for the other workers' counters (a busy worker answers within
+# milliseconds; one that is restarting never does).
+GATHER_SECONDS = 0.5
 
 # A longer message (a key of a quarter MiB: request heads are smaller) is sent as "forget
 # everything" instead; it also bounds what one recv() allocates.
@@ -53,6 +65,10 @@ class Channel:
     def tell(self, message: bytes) -> None:
         if self._owed or not _send(self.end, message):
             self._owe()
+
+    def say(self, message: bytes) -> None:
+        """An ASK or an ANSWER: sent now or never (nothing is owed for it)."""
+        _send(self.end, message)
 
     def _owe(self) -> None:
         if not self._owed:
@@ -124,9 +140,21 @@ class Relay:
                 except OSError:  # (not seen): its worker's restart opens a new channel
                     self.close(slot)
                     break
+                kind = message[:1]
+                if kind == ANSWER:  # to the one that asked, alone
+                    dest = message[1] if len(message) > 1 else len(self.ends)
+                    to = self.ends[dest] if dest < len(self.ends) else None
+                    if to is not None:
+                        _send(to, ANSWER + message[2:])
+                    continue
+                if kind == ASK:
+                    message = ASK + bytes([slot]) + message[1:]
                 for other, to in enumerate(self.ends):
-                    if other != slot and to is not None and (
-                            other in self.owed or not _send(to, message)):
+                    if other == slot or to is None:
+                        continue
+                    if kind == ASK:
+                        _send(to, message)
+                    elif other in self.owed or not _send(to, message):
                         self.owed.add(other)
         for slot in list(self.owed):
             end = self.ends[slot]
@@ -134,31 +162,76 @@ class Relay:
                 self.owed.discard(slot)
 
 
-def shared_forgetting(config: Config, siblings: socket.socket | None
-                      ) -> tuple[Store | None, Channel | None]:
-    """With --workers and the memory store, a store that tells the other workers what it
-    forgets (store/siblings.py); the Redis store tells them through Redis itself."""
-    if siblings is None or config.cache.store == "redis":
-        if siblings is not None:
-            siblings.close()
-        return None, None
-    channel = Channel(siblings)
-    return SiblingsMemoryStore(config.cache.max_bytes, channel.tell), channel
+class Siblings:
+    """A worker's side: its memory store's forgetting told and heard (with the memory
+    store), and its counters given and gathered for /metrics."""
 
+    def __init__(self, end: socket.socket, workers: int) -> None:
+        self.channel = Channel(end)
+        self.others = workers - 1
+        self.counts: Callable[[], bytes] = lambda: b"{}"  # this worker's, as JSON (listen)
+        self.store: SiblingsMemoryStore | None = None
+        self.marks: Invalidations | None = None
+        self._asks: dict[bytes, tuple[list[bytes], asyncio.Future[None]]] = {}
+        self._next = 0
 
-def hear_siblings(channel: Channel, store: Store | None, marks: Invalidations) -> None:
-    """Forget what another worker forgot, and (as for our own purges and invalidations)
-    keep a fill under way here from storing what it fetched before (invalidations.py)."""
-    assert isinstance(store, SiblingsMemoryStore)
+    def memory_store(self, config: Config) -> SiblingsMemoryStore | None:
+        """With the memory store, one that tells the other workers what it forgets
+        (store/siblings.py); the Redis store tells them through Redis itself."""
+        if config.cache.store == "redis":
+            return None
+        self.store = SiblingsMemoryStore(config.cache.max_bytes, self.channel.tell)
+        return self.store
 
-    def heard(message: bytes) -> None:
-        kind, arg = store.heard(message)
+    def listen(self, marks: Invalidations, counts: Callable[[], Counts]) -> None:
+        self.marks = marks
+        self.counts = lambda: counts_json(counts())
+        self.channel.listen(self.heard)
+
+    async def counters(self) -> list[Counts]:
+        """The other workers' Counts (observe/metrics.py), those that answer in time."""
+        return [c for c in map(counts_from_json, await self.gather()) if c is not None]
+
+    def heard(self, message: bytes) -> None:
+        kind = message[:1]
+        if kind == ASK:  # ASK + slot + id
+            self.channel.say(ANSWER + message[1:2 + ASK_ID] + self.counts())
+        elif kind == ANSWER:  # ANSWER + id + Counts
+            waiting = self._asks.get(message[1:1 + ASK_ID])
+            if waiting is not None:
+                answers, done = waiting
+                answers.append(message[1 + ASK_ID:])
+                if len(answers) >= self.others and not done.done():
+                    done.set_result(None)
+        elif self.store is not None and self.marks is not None:
+            self._forget(message)
+
+    def _forget(self, message: bytes) -> None:
+        """Forget what another worker forgot, and (as for our own purges and invalidations)
+        keep a fill under way here from storing what it fetched before (invalidations.py)."""
+        assert self.store is not None and self.marks is not None
+        kind, arg = self.store.heard(message)
         now = time.perf_counter()
         if kind == FORGET_KEY:
-            marks.key(arg, now)
+            self.marks.key(arg, now)
         elif kind == FORGET_PREFIX:
-            marks.prefix(arg, now)
+            self.marks.prefix(arg, now)
         else:
-            marks.everything(now)
+            self.marks.everything(now)
 
-    channel.listen(heard)
+    async def gather(self) -> list[bytes]:
+        """The other workers' counters: those that answer within GATHER_SECONDS."""
+        if self.others < 1:
+            return []
+        self._next += 1
+        ask_id = self._next.to_bytes(ASK_ID, "big")
+        answers: list[bytes] = []
+        done = asyncio.get_running_loop().create_future()
+        self._asks[ask_id] = (answers, done)
+        try:
+            self.channel.say(ASK + ask_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done, GATHER_SECONDS)
+        finally:
+            del self._asks[ask_id]
+        return answers

@@ -17,6 +17,21 @@ from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import Any
 
+# gc.get_freeze_count() walks the frozen objects (60,000+: 1-6 ms, seen, with the event
+# loop stopped): counted once when the process freezes them (frozen()), read by /metrics.
+_frozen: list[int] = []
+
+
+def freeze() -> None:
+    """gc.freeze(), and the count of what is frozen kept for /metrics."""
+    gc.freeze()
+    _frozen[:] = [gc.get_freeze_count()]
+
+
+def frozen() -> int:
+    return _frozen[0] if _frozen else gc.get_freeze_count()
+
+
 BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 GENERATIONS = 3
 

@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.gc_pauses import BUCKETS as GC_BUCKETS
 from cacheproxy.observe.gc_pauses import PAUSES
 from cacheproxy.observe.stats import LATENCY_BUCKETS, Stats
@@ -56,7 +57,7 @@ def counts_of(stats: Stats, store: StoreStats) -> Counts:
         stats.collapsed, stats.errors, list(stats.upstream_counts), stats.upstream_sum,
         [store.entries, store.bytes, store.max_bytes, store.evictions],
         [list(c) for c in PAUSES.counts], list(PAUSES.sums), list(PAUSES.longest),
-        gc.get_freeze_count(),
+        gc_pauses.frozen(),
         [[g["collections"], g["collected"], g["uncollectable"]] for g in gc.get_stats()])
 
 

@@ -232,7 +232,7 @@ def _freeze_the_start() -> None:
     collector (tests/test_collector.py)."""
     with gc_pauses.untimed():
         gc.collect()
-        gc.freeze()
+        gc_pauses.freeze()
 
 
 async def _start_control(

@@ -52,6 +52,7 @@ _LOW_WATER = 16 * 1024
 # per byte up to _HIGH_WATER, and be relayed as as many chunks.
 _MERGE = 4096
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
+_FRAMING = (b"content-length", b"transfer-encoding")  # fields llhttp frames by, even in trailers
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
 _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
@@ -157,6 +158,9 @@ class Connection(asyncio.Protocol):
             # RFC 9112 §2.2: a recipient MAY take a bare LF as a line end; origins that
             # send one were answered before (aiohttp's client is lenient there too).
             self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        elif self._lenient:  # the last answer's trailer leniency (on_headers_complete)
+            self._parser.set_dangerous_leniencies(lenient_chunked_length=False)
+        self._lenient = False
         self._head_only = False
         self._switching = False  # a 101 is this exchange's final answer (send's upgrade)
         self._early = b""  # after that 101: the new protocol's bytes, until detach()
@@ -310,6 +314,11 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._headed:  # a trailer section: not passed on (nothing takes framing from it)
+            if len(name) in (14, 17) and name.lower() in _FRAMING:
+                # RFC 9110 §6.5.1: no framing from a trailer; but llhttp takes it into the
+                # message's flags (a Transfer-Encoding: gzip one makes it read the next
+                # answer as data after a close): the connection is not reused.
+                self.reusable = False
             return
         self._field_bytes += len(name) + len(value)
         if self._field_bytes > _MAX_FIELD_BYTES:
@@ -398,6 +407,13 @@ class Connection(asyncio.Protocol):
         # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
         # close, as does a message with neither it nor Content-Length.
         chunked = bool(named) and named[-1] == "chunked"
+        if chunked and not self._head_only:
+            # The head's Content-Length beside chunked was refused before this callback;
+            # what llhttp would still refuse is one in the trailer section, which RFC 9110
+            # §6.5.1 says to ignore (nginx does): a whole body broke off for it.
+            # (_reset_exchange sets it back for the next answer on the connection.)
+            self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
+            self._lenient = True
         length = not codings and content_length is not None
         self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:

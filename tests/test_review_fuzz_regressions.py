@@ -12,6 +12,7 @@ raw sockets on 127.0.0.1 sending exact bytes."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from support import cache_status, raw_origin
@@ -61,3 +62,30 @@ async def test_a_transfer_encoding_in_a_trailer_section_does_not_fail_the_next_r
         assert first.status == 200 and await first.read() == b"hello"
         second = await client.get("/b")
         assert second.status == 200 and await second.read() == b"ok"
+
+
+async def test_a_head_whose_fill_breaks_off_keeps_its_connection(proxy: Any) -> None:
+    """What was wrong: a HEAD is filled with a GET upstream (to store the answer); when
+    that body broke off, the client's connection was closed as for a truncated body,
+    though the client's answer (a head alone) had gone out whole. What a user saw: the
+    requests pipelined after the HEAD were never answered (the connection closed after
+    the HEAD's answer, with no `Connection: close`), and a keep-alive client's next
+    request raced the close. RFC 9112 §9.3.2/§9.6 (a server closing a persistent
+    connection should say so; nothing here needed closing). Severity: low."""
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /a "):
+            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")  # broken
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n"
+                     b"Connection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        heads = data.split(b"HTTP/1.1 ")[1:]
+        assert [h[:3] for h in heads] == [b"200", b"200"], data
+        assert data.endswith(b"\r\n\r\nok")
+        assert b"connection: close" not in heads[0].lower()

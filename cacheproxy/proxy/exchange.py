@@ -414,6 +414,14 @@ class Exchange:
                 # abnormally so it cannot mistake the truncated body for a whole one.
                 log.warning("upstream %s body for %s %s broke off: %s", masked_url(upstream),
                             request.method, redact(target, outcome.secrets), exc.reason)
+                if request.method == "HEAD" and not gone:
+                    # Only the fill broke: the client's answer, a head, went whole; its
+                    # connection goes on (closed, it dropped the requests pipelined
+                    # after the HEAD, and raced the client's next one).
+                    self._abandon(resp, outcome, release, fill, failed=True)
+                    with contextlib.suppress(ConnectionError):
+                        await out.finish()
+                    return None
                 if not answered:
                     outcome.status = "ERROR"
                     out.abort()

@@ -36,6 +36,17 @@ def stale_forbidden(d: ResponseDirectives, shared: bool) -> bool:
     return d.must_revalidate or (shared and (d.proxy_revalidate or d.s_maxage is not None))
 
 
+def stale_forbidden_by(d: ResponseDirectives, shared: bool) -> str | None:
+    """The directive that forbids serving stale (stale_forbidden), by name; None: none."""
+    if d.must_revalidate:  # §5.2.2.2
+        return "must-revalidate"
+    if shared and d.proxy_revalidate:  # §5.2.2.8
+        return "proxy-revalidate"
+    if shared and d.s_maxage is not None:  # §5.2.2.10
+        return "s-maxage"
+    return None
+
+
 def decide_reuse(
     *,
     lifetime: float,

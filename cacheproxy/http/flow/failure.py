@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from cacheproxy.http.flow.decisions import Failed, Forward, Refuse, ServeStale
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
-from cacheproxy.http.reuse import may_serve_stale_on_error, stale_forbidden
+from cacheproxy.http.reuse import may_serve_stale_on_error, stale_forbidden_by
 from cacheproxy.http.stored import CachedResponse
 
 
@@ -33,7 +33,9 @@ def failed(
     stale = stale_on_error(stored, req, route, now)
     if stale is not None:
         return stale
-    if stale_forbidden(stored.directives, route.shared):
-        # §5.2.2.2: must-revalidate and no origin: 504, never the stale copy.
-        return Refuse(504, "upstream unavailable (must-revalidate)")
+    forbidden = stale_forbidden_by(stored.directives, route.shared)
+    if forbidden is not None:
+        # §5.2.2.2 (§5.2.2.8, §5.2.2.10): no origin, and the directive that forbids stale
+        # named in the text and in Cache-Status (RFC 9211 §2.8): 504, never the stale copy.
+        return Refuse(504, f"upstream unavailable ({forbidden})", forbidden)
     return Refuse(status, message)

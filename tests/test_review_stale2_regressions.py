@@ -9,10 +9,12 @@ before its fix."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support import cache_status
+from aiohttp import web
+from support import cache_status, read_json_log
 from test_proxy_caching import stale_entry
 
 from cacheproxy.proxy.collapse import Collapser
@@ -53,3 +55,36 @@ async def test_the_504_for_stale_forbidden_names_the_directive(
         assert resp.status == 504
         assert f"({directive})" in await resp.text()
         assert f"detail={directive}" in cache_status(resp)
+
+
+async def test_a_fresh_response_served_on_an_origin_error_is_not_called_stale(
+        origin: Any, proxy: Any, tmp_path: Path) -> None:
+    """A client reloads (`Cache-Control: no-cache`, or `max-age=0`) a URL whose stored
+    response is fresh and has no stale-if-error; the origin answers 503, and the cache
+    answers with the fresh stored response (§5.2.1.4: no-cache is the client's
+    preference; the response is fresh, §4.2). It was labelled
+    `detail=stale-if-error` in Cache-Status and `STALE` in the log, though it is neither
+    stale nor under stale-if-error: an operator counting stale answers (or a client
+    reading RFC 9211) was told wrong. Now `fwd=request; fwd-status=503; ttl=N;
+    detail=fresh-on-error` and `HIT` in the log. Severity: low (labels)."""
+    state = {"fail": False}
+
+    async def handle(request: web.Request) -> web.Response:
+        if state["fail"]:
+            return web.Response(status=503, text="origin error")
+        return web.Response(text="good", headers={"Cache-Control": "max-age=100",
+                                                  "ETag": '"v1"'})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "r.log")})
+    assert "stored" in cache_status(await c.get("/r"))
+    state["fail"] = True
+    for reload in ("no-cache", "max-age=0"):
+        resp = await c.get("/r", headers={"Cache-Control": reload})
+        assert resp.status == 200 and await resp.text() == "good"
+        status = cache_status(resp)
+        assert "stale-if-error" not in status, status
+        assert "fwd-status=503" in status and "detail=fresh-on-error" in status, status
+    lines = await read_json_log(c)
+    assert [line["cache"] for line in lines] == ["MISS", "HIT", "HIT"]

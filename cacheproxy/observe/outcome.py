@@ -125,12 +125,18 @@ def note_answered(o: Outcome, d: Answered, now: float) -> None:
         if not isinstance(d, Pass) and d.serve is not None:
             o.status = "REVALIDATED"
     elif isinstance(d, ServeStale):
-        o.status, o.detail = "STALE", d.detail
+        o.status, o.detail = _on_error(d), d.detail
+
+
+def _on_error(d: ServeStale) -> str:
+    """A stored response answered for an origin that erred: STALE, or HIT when it is
+    fresh (a reload the origin failed: nothing stale was served)."""
+    return "HIT" if d.ttl > 0 else "STALE"
 
 
 def note_failed(o: Outcome, d: Failed) -> None:
     if isinstance(d, ServeStale):
-        o.status, o.detail = "STALE", d.detail
+        o.status, o.detail = _on_error(d), d.detail
     else:
         o.status = "ERROR"
         if d.detail is not None:

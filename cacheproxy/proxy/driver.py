@@ -298,7 +298,7 @@ class Driver:
         # One line per failure, naming the upstream, the request and the cause.
         log.warning("upstream %s failed for %s %s: %s; answered %s", masked_url(plan.upstream),
                     fwd.method, redact(ctx.target, ctx.outcome.secrets), exc.reason,
-                    "from storage (stale-if-error)" if isinstance(f, ServeStale)
+                    f"from storage ({f.detail})" if isinstance(f, ServeStale)
                     else f.status)
         return self._failed(ctx, f)
 

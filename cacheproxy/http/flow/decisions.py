@@ -38,13 +38,14 @@ class Serve:
 @dataclass(frozen=True, slots=True)
 class ServeStale:
     """RFC 5861: a stale response served without validation. refresh: revalidate it in
-    the background (§3 stale-while-revalidate); detail names the rule."""
+    the background (§3 stale-while-revalidate); detail names the rule. On an origin's
+    error (§4) also a fresh one the client asked to have validated (ttl > 0)."""
 
     entry: CachedResponse
     age: float
     ttl: float
     refresh: bool
-    detail: str  # "stale-while-revalidate" or "stale-if-error"
+    detail: str  # "stale-while-revalidate", "stale-if-error" or "fresh-on-error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,15 @@ def stale_on_error(
     stored: CachedResponse, req: RequestFacts, route: CacheSettings, now: float
 ) -> ServeStale | None:
     """RFC 5861 §4: stale-if-error (response or request) lets the stored response answer
-    when the origin errs, unless stale is forbidden (§4.2.4)."""
+    when the origin errs, unless stale is forbidden (§4.2.4). A fresh one (validated at
+    the client's asking, §5.2.1.4, which is a preference) answers too, and says so: it is
+    neither stale nor under stale-if-error (RFC 9211 §2.8 detail "fresh-on-error")."""
     age = stored.age(now)
     ttl = stored.lifetime - age
     if may_serve_stale_on_error(ttl=ttl, directives=stored.directives,
                                 request=req.directives, shared=route.shared):
-        return ServeStale(stored, age, ttl, refresh=False, detail="stale-if-error")
+        return ServeStale(stored, age, ttl, refresh=False,
+                          detail="fresh-on-error" if ttl > 0 else "stale-if-error")
     return None
 
 

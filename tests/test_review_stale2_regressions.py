@@ -9,12 +9,14 @@ before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from support import cache_status, read_json_log
+from support import cache_status, read_json_log, until
+from test_forward_mode import raw
 from test_proxy_caching import stale_entry
 
 from cacheproxy.proxy.collapse import Collapser
@@ -88,3 +90,45 @@ async def test_a_fresh_response_served_on_an_origin_error_is_not_called_stale(
         assert "fwd-status=503" in status and "detail=fresh-on-error" in status, status
     lines = await read_json_log(c)
     assert [line["cache"] for line in lines] == ["MISS", "HIT", "HIT"]
+
+
+async def test_a_collapsed_waiter_whose_client_left_is_freed_at_once(
+        origin: Any, proxy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request waits behind another's fetch of the same URL (collapsed); its client
+    leaves. The waiter went on waiting until the leader's answer came or collapse_timeout
+    (10 s) passed, holding its task and its connection's state all that while, although
+    it would never be sent anything (it is not sent upstream since the streaming review).
+    It now ends when its client goes, as the pass-through of a long poll does
+    (Downstream.watch_gone); nginx drops a request waiting on proxy_cache_lock when its
+    client closes. Its line says 499, collapsed, at once. Severity: low (a task and its
+    state held up to collapse_timeout per departed client)."""
+    waits = count_waits(monkeypatch)
+    hold, held = asyncio.Event(), asyncio.Event()
+    calls = []
+
+    async def handle(request: web.Request) -> web.Response:
+        calls.append(1)
+        held.set()
+        await hold.wait()
+        return web.Response(text="page", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "r.log")})
+    head = b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n"
+    first_reader, first = await raw(c.port, head)
+    await asyncio.wait_for(held.wait(), 5)
+    _, second = await raw(c.port, head)
+    assert await until(lambda: waits["in"] == 1)
+    second.close()
+    try:
+        assert await until(lambda: waits["out"] == 1), \
+            "the waiter whose client left still waited for its leader"
+    finally:
+        hold.set()
+    assert (await asyncio.wait_for(first_reader.read(65536), 5)).endswith(b"page")
+    first.close()
+    lines = await read_json_log(c)
+    assert sorted((line["status"], line["collapsed"]) for line in lines) == [
+        (200, False), (499, True)]
+    assert len(calls) == 1

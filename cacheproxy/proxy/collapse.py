@@ -113,15 +113,16 @@ class Collapser:
         if key in self._inflight:
             self._stored[key] = Stored(time.monotonic(), entry.born, entry.values)
 
-    async def wait(self, fut: asyncio.Future[Result], timeout: float | None = None
-                   ) -> bool:
-        """Wait for the leader (timeout: the route's, else this collapser's); False when
-        the wait timed out."""
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout or self.timeout)
-        except TimeoutError:
-            return False
-        return True
+    async def wait(self, fut: asyncio.Future[Result], timeout: float | None = None,
+                   gone: asyncio.Future[None] | None = None) -> bool:
+        """Wait for the leader (timeout: the route's, else this collapser's), or until
+        gone is done (the waiter's client left: nothing will be sent to it, so it waits
+        no longer, as nginx drops a request waiting on proxy_cache_lock); False when the
+        leader's answer did not come. fut is never cancelled: others wait for it too."""
+        waited = (fut,) if gone is None else (fut, gone)
+        await asyncio.wait(waited, timeout=timeout or self.timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+        return fut.done()
 
     def passes(self, key: str, headers: Headers | None = None) -> bool:
         """Was an answer for key not storable, recently, for a request like this one (of

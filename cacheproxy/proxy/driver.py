@@ -72,6 +72,11 @@ def _unheard(upstream_ms: float) -> None:
     pass
 
 
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Ctx(NamedTuple):
     """One request as the driver carries it (a NamedTuple: immutable, and made per
     request at a third of a frozen dataclass's cost)."""
@@ -164,13 +169,14 @@ class Driver:
             deadline = arrived + (ctx.plan.route.cache.collapse_timeout or collapser.timeout)
         while True:
             # Collapsed only when the leader's answer came: a timed-out wait goes alone.
-            left: list[bool] = []  # its client left meanwhile (Downstream.watch_gone)
-            ctx.out.watch_gone(partial(left.append, True))
+            # Its client leaving ends the wait at once (Downstream.watch_gone).
+            left: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ctx.out.watch_gone(partial(_settle, left))
             try:
-                done = await collapser.wait(fut, max(deadline - time.monotonic(), 1e-3))
+                done = await collapser.wait(fut, max(deadline - time.monotonic(), 1e-3), left)
             finally:
                 ctx.out.watch_gone(None)
-            if left:  # nothing goes upstream for it, nor is looked up (logged 499)
+            if left.done():  # nothing goes upstream for it, nor is looked up (logged 499)
                 ctx.outcome.collapsed = True
                 return None
             result = fut.result() if fut.done() and not fut.cancelled() else None

@@ -10,6 +10,7 @@ before its fix."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from support import cache_status, read_json_log, until
 from test_forward_mode import raw
 from test_proxy_caching import stale_entry
 
+from cacheproxy.http.dates import format_http_date
 from cacheproxy.proxy.collapse import Collapser
 
 
@@ -35,6 +37,52 @@ def count_waits(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             counts["out"] += 1
     monkeypatch.setattr(Collapser, "wait", wait)
     return counts
+
+
+async def test_a_slow_background_refresh_does_not_overwrite_a_newer_foreground_answer(
+        origin: Any, proxy: Any) -> None:
+    """RFC 5861 §3: a stale-while-revalidate answer starts a background refresh; the
+    origin is slow to answer it (200 "v2"). Meanwhile a client reloads (`Cache-Control:
+    no-cache`) and its answer, "v3", is stored. When the refresh's 200 came, it was stored
+    over "v3" unconditionally: every client then got the older "v2" as a fresh hit for its
+    max-age, though a newer response had been stored. A 304 that comes late was already
+    checked ("still the one we revalidated", §4.3.4); the refresh's 200 now is too: it is
+    stored where the store still holds the response it refreshed (or nothing, or one older
+    by Date: RFC 9111 §4, the most recent response by Date is the one to use). Severity:
+    low (needs a slow refresh and a reload meanwhile), but the older body is served to
+    everyone for max-age."""
+    calls: list[str] = []
+    hold, held = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        calls.append(request.headers.get("Cache-Control", ""))
+        date = format_http_date(time.time())  # (when the request came: the page is made)
+        if len(calls) == 1:
+            return web.Response(text="v1", headers={
+                "Cache-Control": "max-age=1, stale-while-revalidate=600", "Age": "5",
+                "ETag": '"v1"'})
+        if len(calls) == 2:  # the background refresh: slow
+            held.set()
+            await hold.wait()
+            return web.Response(text="v2", headers={
+                "Cache-Control": "max-age=100", "ETag": '"v2"', "Date": date})
+        return web.Response(text="v3", headers={
+            "Cache-Control": "max-age=100", "ETag": '"v3"', "Date": date})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    assert await (await c.get("/r")).text() == "v1"
+    stale = await c.get("/r")
+    assert await stale.text() == "v1" and "stale-while-revalidate" in cache_status(stale)
+    await asyncio.wait_for(held.wait(), 5)
+    reload = await c.get("/r", headers={"Cache-Control": "no-cache"})
+    assert await reload.text() == "v3" and "stored" in cache_status(reload)
+    hold.set()
+    assert await until(lambda: not c.app_proxy.driver._background)
+    after = await c.get("/r")
+    assert await after.text() == "v3", "the late background 200 replaced the newer answer"
+    assert cache_status(after).startswith("cacheproxy; hit")
 
 
 @pytest.mark.parametrize(("cc", "directive"), [

@@ -42,6 +42,7 @@ from cacheproxy.http.flow import (
     lookup,
     range_answer,
     range_behind_fill,
+    refresh_may_store,
     stale_on_error,
     still_held,
 )
@@ -529,7 +530,11 @@ class Driver:
                 resp.release()
                 resp, d = await ask(d.forward)
             if isinstance(d, Store):
-                await exchange.consume(resp, d.entry, plan.cache.max_object_bytes)
+                body = await exchange.read_whole(resp, plan.cache.max_object_bytes)
+                # (a newer answer stored meanwhile, by a reload, stays: RFC 9111 §4)
+                if body is not None and stored is not None and refresh_may_store(
+                        stored, d.entry, await self.store.get(key, facts.headers)):
+                    await exchange.put(d.entry.replace(body=body), resp)
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
             if resp.status >= 500:  # (as an UpstreamError is: the stored response stays)

@@ -4,6 +4,8 @@ Pass, Refetch, ServeStale; who may evict (only the response's own reasons)."""
 
 from __future__ import annotations
 
+from email.utils import formatdate
+
 import pytest
 from flow_support import KEY, ROUTE, T0, answer, facts
 
@@ -17,8 +19,10 @@ from cacheproxy.http.flow import (
     ServeStale,
     Store,
     Update,
+    refresh_may_store,
 )
 from cacheproxy.http.storability import StorePolicy
+from cacheproxy.http.stored import CachedResponse
 
 MISS = Forward("uri-miss", "GET", may_store=True, collapse=True)
 FRESH = {"Cache-Control": "max-age=60"}
@@ -299,3 +303,22 @@ def test_s3_5_an_answer_made_for_one_users_credentials_evicts_nothing(stored) ->
         d = answer(revalidating(old, reason="request"), 200, {"Cache-Control": "private"},
                    req=facts("GET", fields))
         assert d == Keep(old, "private")
+
+
+# -- RFC 5861 §3: a background refresh's new response, once whole ------------------------
+
+def test_rfc5861_s3_a_refresh_stores_over_what_it_refreshed_never_over_a_newer_one(
+        stored) -> None:
+    """Stored where the store still holds the response refreshed, nothing of its variant,
+    or only older ones by Date (§4); not over one stored meanwhile with a later or equal
+    Date (a reload's answer)."""
+    def at(t: float, tag: str) -> CachedResponse:
+        return stored({**FRESH, "ETag": f'"{tag}"', "Date": formatdate(t, usegmt=True)},
+                      response_time=t)
+
+    refreshed, new = at(T0, "v1"), at(T0 + 10, "v2")
+    assert refresh_may_store(refreshed, new, (refreshed,))
+    assert refresh_may_store(refreshed, new, ())
+    assert refresh_may_store(refreshed, new, (at(T0 + 5, "other"),))
+    assert not refresh_may_store(refreshed, new, (at(T0 + 10, "v3"),))
+    assert not refresh_may_store(refreshed, new, (at(T0 + 11, "v3"),))

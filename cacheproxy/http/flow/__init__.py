@@ -6,6 +6,7 @@ from cacheproxy.http.flow.answer import (
     answered,
     freshened_still_held,
     in_background,
+    refresh_may_store,
     still_held,
 )
 from cacheproxy.http.flow.client import NotModified, client_answer, range_answer
@@ -45,5 +46,6 @@ __all__ = [
     "RequestFacts", "Serve", "ServeStale", "Store", "Update", "Waited", "answered",
     "background_refresh", "bypass", "client_answer", "failed", "freshened_still_held",
     "in_background", "lookup", "plain_serve",
-    "range_answer", "range_behind_fill", "request_facts", "stale_on_error", "still_held",
+    "range_answer", "range_behind_fill", "refresh_may_store", "request_facts",
+    "stale_on_error", "still_held",
 ]

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.cache_key import vary_fields, vary_values
+from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.fields import FieldList, values_of
 from cacheproxy.http.flow.client import client_answer, range_answer
 from cacheproxy.http.flow.decisions import (
@@ -128,6 +129,21 @@ def still_held(was: CachedResponse, held: tuple[CachedResponse, ...] | None) -> 
     be selected by; one removed since (an invalidation, a purge) must not come back."""
     return any((v.vary_values, v.born, v.values) == (was.vary_values, was.born, was.values)
                for v in held or ())
+
+
+def refresh_may_store(refreshed: CachedResponse, new: CachedResponse,
+                      held: tuple[CachedResponse, ...] | None) -> bool:
+    """RFC 5861 §3: a background refresh's new response (whole, its body come) replaces
+    the response it refreshed only where the store still holds that one, or holds none of
+    the new one's variant (§4.1), or only ones older by Date (§4: of several, the most
+    recent by Date is the one to use). A response stored meanwhile from a foreground
+    request sent after the refresh (a reload) is not overwritten by the refresh's older
+    answer, as a 304 that comes late does not (freshened_still_held)."""
+    if still_held(refreshed, held):
+        return True
+    date = parse_http_date(new.get("date")) or 0.0
+    return all((parse_http_date(v.get("date")) or 0.0) < date for v in held or ()
+               if (v.vary, v.vary_values) == (new.vary, new.vary_values))
 
 
 def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None

@@ -39,6 +39,58 @@ def count_waits(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return counts
 
 
+async def test_waiters_behind_a_revalidation_answered_5xx_do_not_all_go_upstream_at_once(
+        origin: Any, proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stale response (no stale-if-error) is revalidated for 8 concurrent requests: one
+    goes upstream, 7 wait behind it. The origin, failing, answers 503. The 503 (not
+    storable: no freshness of its own) marked the URL hit-for-pass for 30 s (`detail=status`)
+    and released the 7 waiters as after an answer that simply was not stored: they all
+    went upstream at once (8 concurrent requests made 8 upstream requests, 7 of them side
+    by side), and every request for the next 30 s skipped collapsing: a herd on the origin
+    exactly while it fails. nginx's proxy_cache_lock passes the waiters on one at a time
+    once the lock is released without a cached answer; a 503 with no freshness may not be
+    shared with the waiters (RFC 9111 §4: only a stored or storable response satisfies
+    collapsed requests), so they now go one at a time, as behind a leader that got no
+    answer at all, and a 5xx (the origin's state, not the URL's) marks no hit-for-pass.
+    Severity: medium (origin load multiplied while it is failing)."""
+    waits = count_waits(monkeypatch)
+    state: dict[str, Any] = {"fail": False, "calls": 0, "now": 0, "most": 0}
+    hold, held = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        if not state["fail"]:
+            return web.Response(text="good", headers={
+                "Cache-Control": "max-age=1", "Age": "5", "ETag": '"v1"'})
+        state["calls"] += 1
+        state["now"] += 1
+        state["most"] = max(state["most"], state["now"])
+        try:
+            if state["calls"] == 1:
+                held.set()
+                await hold.wait()
+            await asyncio.sleep(0)  # (an origin's own time: another request may come by)
+            return web.Response(status=503, text="origin error")
+        finally:
+            state["now"] -= 1
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    assert "stored" in cache_status(await c.get("/r"))
+    state["fail"] = True
+    leader = asyncio.ensure_future(c.get("/r"))
+    await asyncio.wait_for(held.wait(), 5)
+    waiters = [asyncio.ensure_future(c.get("/r")) for _ in range(7)]
+    assert await until(lambda: waits["in"] == 7)
+    hold.set()
+    answers = [await leader, *await asyncio.gather(*waiters)]
+    assert [r.status for r in answers] == [503] * 8
+    assert state["most"] == 1, \
+        f"{state['most']} of {state['calls']} upstream requests side by side"
+    assert state["calls"] == 8  # (each its own 503: one not storable is not shared, §4)
+    assert not c.app_proxy.driver.collapser._pass, "a 503 marked the URL hit-for-pass"
+
+
 async def test_a_slow_background_refresh_does_not_overwrite_a_newer_foreground_answer(
         origin: Any, proxy: Any) -> None:
     """RFC 5861 §3: a stale-while-revalidate answer starts a background refresh; the

@@ -73,6 +73,12 @@ def _unheard(upstream_ms: float) -> None:
     pass
 
 
+def _as_failed(release: Release) -> Release:
+    """release, for a leader whose answer was the origin's error (Pass.erred): its waiters
+    are released as behind a leader that got no answer."""
+    return lambda failed=False: release(failed=True)
+
+
 def _settle(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -416,6 +422,8 @@ class Driver:
             resp.release()
             release()
             return self.reply_validated(ctx, serve)
+        if isinstance(d, (Keep, Pass)) and d.erred:  # (its waiters go on one at a time)
+            release = _as_failed(release)
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
                                     release, upstream=ctx.plan.upstream, target=ctx.target)
 

@@ -286,6 +286,19 @@ def test_rfc5861_s4_past_the_window_the_error_is_relayed(stored) -> None:
     assert isinstance(answer(revalidating(old), 503, at=T0 + 100), Keep)
 
 
+@pytest.mark.parametrize("fields", [{}, {"Cache-Control": "no-store"}])
+def test_s4_an_origin_error_is_not_shared_and_marks_no_hit_for_pass(stored, fields) -> None:
+    """§4: a 5xx that may not be stored answers no collapsed request; it is the origin's
+    state, not the URL's: erred (its waiters go one at a time), no hit-for-pass."""
+    old = stored({**FRESH, "ETag": '"v1"'})
+    kept = answer(revalidating(old), 503, fields, at=T0 + 100)
+    missed = answer(MISS, 500, fields)
+    assert isinstance(kept, Keep) and isinstance(missed, Pass)
+    assert kept.erred and missed.erred
+    assert not kept.hit_for_pass and not missed.hit_for_pass
+    assert not answer(MISS, 404, {"Cache-Control": "no-store"}).erred
+
+
 def test_route_shared_false_stores_private() -> None:
     private = CacheSettings(policy=StorePolicy(shared=False))
     assert isinstance(answer(MISS, 200, {"Cache-Control": "private, max-age=60"},

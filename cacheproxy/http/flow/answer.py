@@ -295,12 +295,13 @@ def _not_stored(
     reason = verdict.reason
     # Only when the reason holds for any request for the URL.
     anyones = not (verdict.by_request or req.credentials or req.directives.no_store)
-    hit_for_pass = anyones
+    erred = status >= 500  # the origin's state, not the URL's (Pass.erred)
+    hit_for_pass = anyones and not erred
     if stored is None:
-        return Pass(reason, hit_for_pass)
+        return Pass(reason, hit_for_pass, erred)
     if anyones and (status == 200 or serve is not None):
         return Evict((key,), reason, serve, hit_for_pass)
-    return Keep(stored, reason, serve, hit_for_pass)
+    return Keep(stored, reason, serve, hit_for_pass, erred)
 
 
 def _head_answered(

@@ -155,12 +155,13 @@ class Keep:
     request's (§5.2.1.5 "does not apply to the already stored response", §3.5), or the
     answer is no new representation (an error). serve: the validated response the
     client gets (a 304 answered), else the upstream's answer is relayed. hit_for_pass
-    as for Pass."""
+    and erred as for Pass."""
 
     stored: CachedResponse
     reason: str
     serve: CachedResponse | None = None
     hit_for_pass: bool = False
+    erred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +182,15 @@ class Evict:
 class Pass:
     """Not stored, and nothing was stored; the answer is relayed. hit_for_pass: the
     reason is the response's own, so waiting behind this URL's requests does not pay
-    (Varnish's hit-for-pass)."""
+    (Varnish's hit-for-pass). erred: the answer is the origin's error (5xx), which may
+    not be shared (§4: only a storable response answers collapsed requests) and says
+    nothing lasting of the URL: no hit-for-pass, and the requests waiting behind it go
+    on one at a time, as behind a request that got no answer (nginx's proxy_cache_lock),
+    not all at once to an origin that is failing."""
 
     reason: str | None  # RFC 9211 §2.8 detail; None for a plain pass-through
     hit_for_pass: bool = False
+    erred: bool = False
 
 
 @dataclass(frozen=True, slots=True)

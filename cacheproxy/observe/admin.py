@@ -29,6 +29,7 @@ from cacheproxy.observe.outcome import Outcome
 from cacheproxy.policies.pac import CONTENT_TYPE as PAC_TYPE
 from cacheproxy.policies.pac import pac_proxy_address, pac_script
 from cacheproxy.store import Store, StoreUnavailable
+from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX
 
 try:
     VERSION = version("cacheproxy")
@@ -96,6 +97,14 @@ class PurgeMarks(Protocol):
     def everything(self, now: float) -> None: ...
 
 
+class Workers(Protocol):
+    """--workers: the other workers, asked through the supervisor (proxy/siblings.py)."""
+
+    others: int
+
+    def ask(self, question: bytes = b"") -> Awaitable[list[bytes]]: ...
+
+
 class Admin:
     def __init__(self, config: AdminConfig, store: Store, observer: Observer) -> None:
         self.config = config
@@ -109,6 +118,7 @@ class Admin:
         # --workers: the other workers' Counts, and whether they share the store (Redis)
         self.siblings: Callable[[], Awaitable[list[Counts]]] | None = None
         self.shared_store = False
+        self.workers: Workers | None = None  # --workers: the others, to ask (purge, stats)
 
     def set_forward(self, forward: ForwardConfig, listen: str) -> None:
         """What proxy.pac describes: [forward] and proxy.listen; the application sets it at
@@ -250,26 +260,29 @@ class Admin:
             if "url" in request.query:
                 each = [self._keys(request, given) for given in _readings(request, "url")]
                 purged = 0
+                counted = self._counted()
                 for keys in each:  # (the first reading that names a stored key)
                     for key in keys:
-                        if self.marks is not None:
-                            self.marks.key(key, time.perf_counter())
-                        purged += int(await self.store.delete(key))
+                        purged += await self._delete(key, counted)
                     if purged:
                         break
-                return _json({"purged": purged, "key": keys[0]}, 200 if purged else 404)
+                return _json({"purged": purged, "key": keys[0], **counted},
+                             200 if purged else 404)
             if "prefix" in request.query:  # "" is no prefix: "clear" empties everything
                 each = [self._keys(request, given, exact=False)
                         for given in _readings(request, "prefix")]
                 purged = 0
+                counted = self._counted()
                 for prefixes in each:
                     for prefix in prefixes:
                         if self.marks is not None:
                             self.marks.prefix(prefix, time.perf_counter())
-                        purged += await self.store.delete_prefix(prefix)
+                        purged += await self._everywhere(
+                            FORGET_PREFIX + _bytes(prefix),
+                            lambda p=prefix: self.store.delete_prefix(p), counted)
                     if purged:
                         break
-                return _json({"purged": purged, "prefix": prefixes[0]})
+                return _json({"purged": purged, "prefix": prefixes[0], **counted})
         except ValueError as exc:
             return _json({"error": str(exc)}, 400)
         except StoreUnavailable as exc:
@@ -281,11 +294,12 @@ class Admin:
             return refusal
         if self.marks is not None:
             self.marks.everything(time.perf_counter())
+        counted = self._counted()
         try:
-            cleared = await self.store.clear()
+            cleared = await self._everywhere(FORGET_ALL, self.store.clear, counted)
         except StoreUnavailable as exc:
             return _unavailable(exc)
-        return _json({"cleared": cleared})
+        return _json({"cleared": cleared, **counted})
 
     async def purge_method(self, request: web.Request, keys: list[str], outcome: Outcome
                            ) -> web.Response:
@@ -296,15 +310,58 @@ class Admin:
             outcome.status = "DENIED"
             return refusal
         purged = 0
+        counted = self._counted()
         try:
             for key in keys:
-                if self.marks is not None:
-                    self.marks.key(key, time.perf_counter())
-                purged += int(await self.store.delete(key))
+                purged += await self._delete(key, counted)
         except StoreUnavailable as exc:
             outcome.status = "ERROR"
             return _unavailable(exc)
-        return _json({"purged": purged, "key": keys[0]}, 200 if purged else 404)
+        return _json({"purged": purged, "key": keys[0], **counted}, 200 if purged else 404)
+
+    # -- a purge's count, the server's ---------------------------------------
+
+    def _asking(self) -> Workers | None:
+        """The other workers to ask what a purge dropped: with --workers and the memory
+        store (each worker's own); Redis is one store, whose count is the whole answer."""
+        return None if self.shared_store else self.workers
+
+    def _counted(self) -> dict[str, int]:
+        """What an answer adds with --workers and the memory store: how many processes
+        its count is of (updated by _everywhere: the fewest any step heard), of how many."""
+        workers = self._asking()
+        if workers is None:
+            return {}
+        return {"processes_counted": workers.others + 1, "workers": workers.others + 1}
+
+    async def _delete(self, key: str, counted: dict[str, int]) -> int:
+        if self.marks is not None:
+            self.marks.key(key, time.perf_counter())
+        return await self._everywhere(FORGET_KEY + _bytes(key),
+                                      lambda: self._deleted(key), counted)
+
+    async def _deleted(self, key: str) -> int:
+        return int(await self.store.delete(key))
+
+    async def _everywhere(self, question: bytes, here: Callable[[], Awaitable[int]],
+                          counted: dict[str, int]) -> int:
+        """here() (this worker's store), plus what each other worker dropped of the same
+        (with --workers and the memory store): a purge's answer is the server's, as with
+        one process or one Redis store; a worker that holds the page while the answering
+        one does not made `purge?url=` say 404 when it did purge. Asked before here()
+        runs, so the others drop it on the question, before the telling that follows
+        (store/siblings.py) finds it gone. A worker that does not answer within
+        siblings.GATHER_SECONDS still forgets it (the telling), uncounted."""
+        workers = self._asking()
+        if workers is None:
+            return await here()
+        asked = workers.ask(question)
+        try:
+            n = await here()
+        finally:
+            answers = [int(a) for a in await asked if a.isdigit()]
+        counted["processes_counted"] = min(counted["processes_counted"], 1 + len(answers))
+        return n + sum(answers)
 
     async def dashboard(self, request: web.Request) -> web.Response:
         if self._page is None:
@@ -405,6 +462,10 @@ class Admin:
             return key if exact or "#" in target else key.partition("#")[0]
         return primary_key(scheme, authority, target) if exact else \
             origin_of(scheme, authority) + target
+
+
+def _bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")  # keys from raw request targets
 
 
 def _readings(request: web.Request, name: str) -> list[str]:

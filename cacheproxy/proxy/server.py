@@ -207,6 +207,7 @@ def _join(app: web.Application, others: Siblings, config: Config) -> None:
     others.listen(app[PROXY].exchange.invalidations,
                   lambda: counts_of(observer.stats, admin.store.stats()))
     admin.siblings = others.counters
+    admin.workers = others
     admin.shared_store = config.cache.store == "redis"
 
 

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from cacheproxy.config import Config
 from cacheproxy.observe.metrics import Counts, counts_from_json, counts_json
@@ -26,8 +26,13 @@ from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, Sib
 
 # ASK + id: "your counters, please", which the supervisor passes on as ASK + the asker's
 # slot (one byte: at most 256 workers) + id; ANSWER + slot + id + Counts goes to that slot
-# alone, as ANSWER + id + Counts.
+# alone, as ANSWER + id + Counts. ASK + id + a question asks something else (QUESTIONS):
+# the supervisor passes it on the same way (it reads no further than the kind).
 ASK, ANSWER = b"?", b"="
+# The questions after the id: none (Counts), a forget message of store/siblings.py ("forget
+# this and say how many entries you dropped": a purge's count is the server's, not the
+# answering worker's), STATS (the stats API's snapshot, merged by observe/stats.py).
+STATS = b"s"
 ASK_ID = 8  # bytes
 # How long a scrape waits for the other workers' counters (a busy worker answers within
 # milliseconds; one that is restarting never does).
@@ -67,8 +72,10 @@ class Channel:
             self._owe()
 
     def say(self, message: bytes) -> None:
-        """An ASK or an ANSWER: sent now or never (nothing is owed for it)."""
-        _send(self.end, message)
+        """An ASK or an ANSWER: sent now or never (nothing is owed for it). Never one too
+        long: _send would make it "forget everything", which empties every worker's cache."""
+        if len(message) <= MAX_MESSAGE:
+            _send(self.end, message)
 
     def _owe(self) -> None:
         if not self._owed:
@@ -170,6 +177,7 @@ class Siblings:
         self.channel = Channel(end)
         self.others = workers - 1
         self.counts: Callable[[], bytes] = lambda: b"{}"  # this worker's, as JSON (listen)
+        self.stats: Callable[[], bytes] = lambda: b"{}"  # its stats snapshot, as JSON
         self.store: SiblingsMemoryStore | None = None
         self.marks: Invalidations | None = None
         self._asks: dict[bytes, tuple[list[bytes], asyncio.Future[None]]] = {}
@@ -194,8 +202,9 @@ class Siblings:
 
     def heard(self, message: bytes) -> None:
         kind = message[:1]
-        if kind == ASK:  # ASK + slot + id
-            self.channel.say(ANSWER + message[1:2 + ASK_ID] + self.counts())
+        if kind == ASK:  # ASK + slot + id + question
+            answer = self.answer(message[2 + ASK_ID:])
+            self.channel.say(ANSWER + message[1:2 + ASK_ID] + answer)
         elif kind == ANSWER:  # ANSWER + id + Counts
             waiting = self._asks.get(message[1:1 + ASK_ID])
             if waiting is not None:
@@ -206,32 +215,62 @@ class Siblings:
         elif self.store is not None and self.marks is not None:
             self._forget(message)
 
-    def _forget(self, message: bytes) -> None:
+    def answer(self, question: bytes) -> bytes:
+        """What this worker answers an ASK: its Counts, its stats, or (a forget message:
+        a purge) the entries it dropped, in ASCII digits; b"" to a question it cannot
+        answer (another version's, or a forget without a memory store)."""
+        if not question:
+            return self.counts()
+        if question == STATS:
+            return self.stats()
+        if question[:1] in (FORGET_KEY, FORGET_PREFIX, FORGET_ALL) \
+                and self.store is not None and self.marks is not None:
+            return b"%d" % self._forget(question)
+        return b""
+
+    def _forget(self, message: bytes) -> int:
         """Forget what another worker forgot, and (as for our own purges and invalidations)
-        keep a fill under way here from storing what it fetched before (invalidations.py)."""
+        keep a fill under way here from storing what it fetched before (invalidations.py).
+        The entries dropped here."""
         assert self.store is not None and self.marks is not None
-        kind, arg = self.store.heard(message)
         now = time.perf_counter()
+        # Marked first, as the answering worker marks before it deletes (admin.py).
+        kind, arg = message[:1], message[1:].decode("utf-8", "surrogateescape")
         if kind == FORGET_KEY:
             self.marks.key(arg, now)
         elif kind == FORGET_PREFIX:
             self.marks.prefix(arg, now)
         else:
             self.marks.everything(now)
+        return self.store.forgotten(message)
 
     async def gather(self) -> list[bytes]:
         """The other workers' counters: those that answer within GATHER_SECONDS."""
+        return await self.ask()
+
+    def ask(self, question: bytes = b"") -> Awaitable[list[bytes]]:
+        """Ask the other workers now (before anything this worker tells them next: a purge
+        asks, then deletes here, whose telling the others then find done); await what
+        answers within GATHER_SECONDS. Await it always (it holds its place until then)."""
         if self.others < 1:
-            return []
+            return _none()
         self._next += 1
         ask_id = self._next.to_bytes(ASK_ID, "big")
         answers: list[bytes] = []
         done = asyncio.get_running_loop().create_future()
         self._asks[ask_id] = (answers, done)
+        self.channel.say(ASK + ask_id + question)
+        return self._answers(ask_id, answers, done)
+
+    async def _answers(self, ask_id: bytes, answers: list[bytes],
+                       done: asyncio.Future[None]) -> list[bytes]:
         try:
-            self.channel.say(ASK + ask_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done, GATHER_SECONDS)
         finally:
             del self._asks[ask_id]
         return answers
+
+
+async def _none() -> list[bytes]:
+    return []

@@ -47,12 +47,16 @@ class SiblingsMemoryStore(MemoryStore):
 
     def heard(self, message: bytes) -> tuple[bytes, str]:
         """A sibling's message, done here; what it was (kind, key or prefix)."""
+        self.forgotten(message)
+        kind, arg = message[:1], message[1:].decode("utf-8", "surrogateescape")
+        return (kind if kind in (FORGET_KEY, FORGET_PREFIX) else FORGET_ALL), arg
+
+    def forgotten(self, message: bytes) -> int:
+        """A sibling's message, done here: the entries it dropped (a purge's answer)."""
         kind, arg = message[:1], message[1:].decode("utf-8", "surrogateescape")
         if kind == FORGET_KEY:
-            self.forget(arg)
-        elif kind == FORGET_PREFIX:
-            self.forget_prefix(arg)
-        else:  # "c", or a kind this version does not know: forgetting all is always safe
-            kind = FORGET_ALL
-            self.forget_all()
-        return kind, arg
+            return int(self.forget(arg))
+        if kind == FORGET_PREFIX:
+            return self.forget_prefix(arg)
+        # "c", or a kind this version does not know: forgetting all is always safe
+        return self.forget_all()

@@ -60,3 +60,39 @@ async def test_a_purge_counts_what_every_worker_dropped(origin: Any, tmp_path: A
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err, err
+
+
+async def test_stats_are_the_servers_not_one_workers(origin: Any, tmp_path: Any) -> None:
+    """With --workers N, `stats` (and the dashboard, which reads it every 2 s) showed the
+    figures of the worker its connection reached: requests, hit ratio, store fill, the
+    chart and the last log lines jumped between workers at every refresh (seen with
+    --workers 2: requests 17, 23, 17, 17, 23, ...), and an operator could not tell why.
+    nginx's stub_status and varnishstat count for the whole server, as our /metrics
+    does since the first review. Now the worker a stats call reaches asks the others for
+    their snapshots and merges them: counters and the store's figures added (each worker's
+    own memory store), the chart's buckets by time, the last log lines of all in time
+    order, hosts by name; "processes_counted" and "workers" say whose figures they are.
+    Severity: medium (the dashboard was unreadable with N > 1)."""
+    up, _ = await versioned_origin(origin)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        misses = 0
+        for i in range(40):  # new connections: both workers answer some
+            cache, _ = await fresh_get(base, f"/s{i % 4}")
+            misses += cache == "MISS"
+        for _ in range(ROUNDS // 2):  # whichever worker answers: the same figures
+            status, s = await _admin(base, "GET", "/_cacheproxy/stats")
+            assert status == 200 and s["processes_counted"] == s["workers"] == 2, s
+            assert s["requests"] == 40 and s["by_cache"]["MISS"] == misses, s
+            assert s["hit_ratio"] == (40 - misses) / 40, s
+            assert s["store"]["entries"] == misses, s  # each worker's own store, added
+            assert sum(b["requests"] for b in s["series"]) == 40, s["series"]
+            assert sum(h["requests"] for h in s["hosts"]) + s["hosts_other"]["requests"] \
+                == 40, s
+            times = [r["time"] for r in s["recent"]]
+            assert len(times) == 40 and times == sorted(times), times
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err

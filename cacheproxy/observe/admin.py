@@ -26,6 +26,7 @@ from cacheproxy.http.cache_key import origin_of, primary_key
 from cacheproxy.observe.metrics import Counts, counts_of, metrics_text, summed
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import Outcome
+from cacheproxy.observe.stats_merged import STATS, merged, read_answer, worker_answer
 from cacheproxy.policies.pac import CONTENT_TYPE as PAC_TYPE
 from cacheproxy.policies.pac import pac_proxy_address, pac_script
 from cacheproxy.store import Store, StoreUnavailable
@@ -197,11 +198,26 @@ class Admin:
             # opened by a page rather than by the user.
             return _json({"error": "admin API: stats are answered to a web page only when "
                                    "it is the dashboard opened from the address bar"}, 403)
+        own = self.snapshot()
+        if self.workers is None:
+            return _json({**own, "processes_counted": 1, "workers": 1})
+        # --workers: the server's figures, not those of the worker this call reached (the
+        # dashboard's numbers jumped between workers at every refresh).
+        asked = await self.workers.ask(STATS)
+        others = [a for a in map(read_answer, asked) if a is not None]
+        return _json(merged((own, self.observer.stats.bytes_other), others,
+                            self.shared_store, self.workers.others + 1))
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's stats (a worker's answer to another's STATS: stats_json)."""
         store = self.store.stats()
         store_info = {"backend": type(self.store).__name__.removesuffix("Store").lower(),
                       "entries": store.entries, "bytes": store.bytes,
                       "max_bytes": store.max_bytes, "evictions": store.evictions}
-        return _json(self.observer.stats.snapshot(time.time(), store_info, VERSION))
+        return self.observer.stats.snapshot(time.time(), store_info, VERSION)
+
+    def stats_json(self) -> bytes:
+        return worker_answer(self.snapshot(), self.observer.stats.bytes_other)
 
     async def entries(self, request: web.Request) -> web.Response:
         """GET entries?prefix=URL-prefix&limit=N: stored keys with their variants."""

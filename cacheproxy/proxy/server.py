@@ -208,6 +208,7 @@ def _join(app: web.Application, others: Siblings, config: Config) -> None:
                   lambda: counts_of(observer.stats, admin.store.stats()))
     admin.siblings = others.counters
     admin.workers = others
+    others.stats = admin.stats_json
     admin.shared_store = config.cache.store == "redis"
 
 

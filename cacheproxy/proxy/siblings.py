@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from cacheproxy.config import Config
 from cacheproxy.observe.metrics import Counts, counts_from_json, counts_json
+from cacheproxy.observe.stats_merged import STATS
 from cacheproxy.proxy.invalidations import Invalidations
 from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, SiblingsMemoryStore
 
@@ -31,8 +32,7 @@ from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, Sib
 ASK, ANSWER = b"?", b"="
 # The questions after the id: none (Counts), a forget message of store/siblings.py ("forget
 # this and say how many entries you dropped": a purge's count is the server's, not the
-# answering worker's), STATS (the stats API's snapshot, merged by observe/stats.py).
-STATS = b"s"
+# answering worker's), STATS (the stats API's snapshot, merged by observe/stats_merged.py).
 ASK_ID = 8  # bytes
 # How long a scrape waits for the other workers' counters (a busy worker answers within
 # milliseconds; one that is restarting never does).

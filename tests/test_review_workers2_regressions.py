@@ -8,11 +8,20 @@ request on new connections until either worker could have answered it."""
 
 from __future__ import annotations
 
+import re
+import signal
 from typing import Any
 
 import aiohttp
 from processes import start_serve, stop
-from test_review_workers_regressions import both_workers_store, fresh_get, versioned_origin
+from support import until
+from test_process_life import StderrLines
+from test_review_workers_regressions import (
+    _workers_of,
+    both_workers_store,
+    fresh_get,
+    versioned_origin,
+)
 
 ROUNDS = 20  # a check that holds whichever worker answers: the old code passed 2**-20
 
@@ -96,3 +105,42 @@ async def test_stats_are_the_servers_not_one_workers(origin: Any, tmp_path: Any)
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err, err
+
+
+async def test_a_refused_reload_is_said_once_and_each_line_names_its_process(
+        origin: Any, tmp_path: Any) -> None:
+    """With --workers N a config mistake on SIGHUP was logged N + 1 times (the supervisor's
+    "reload refused" and then each worker's, read from the same file), and no line said
+    which process wrote it: an operator reading the log could not tell one mistake from
+    three, nor which worker a line was about ("worker 1234 exited" named a pid no line
+    carried). nginx's error log puts the pid in every line. Now the supervisor, whose
+    checks the workers' include, signals no worker when it refuses a reload (one line
+    speaks for all), and with --workers every line carries its process's pid.
+    Severity: low (the log misled; the server behaved)."""
+    up, _ = await versioned_origin(origin)
+    config = tmp_path / "cacheproxy.toml"
+    good = f'[proxy]\nupstream = "{up.make_url("")}"\n'
+    config.write_text(good)
+    proc, _ = await start_serve("--config", str(config), "--workers", "2", cwd=tmp_path)
+    err = StderrLines(proc)
+    try:
+        for _ in range(2):  # both workers listening
+            await err.wait_for("listening on")
+        config.write_text(good + '[cache]\nmax_object_bytes = "lots"\n')
+        proc.send_signal(signal.SIGHUP)
+        refused = await err.wait_for("reload refused")
+        assert "cache.max_object_bytes" in refused and f"[{proc.pid}]" in refused, refused
+        config.write_text(good)  # fixed: the next SIGHUP reaches the workers
+        proc.send_signal(signal.SIGHUP)
+        assert await until(lambda: sum("configuration reloaded" in line
+                                       for line in err.lines) == 2, 10), err.lines
+        reloaded = [line for line in err.lines if "configuration reloaded" in line]
+        pids = {int(m.group(1)) for line in reloaded
+                if (m := re.search(r" \[(\d+)\] ", line)) is not None}
+        assert pids == set(_workers_of(proc.pid)), (reloaded, _workers_of(proc.pid))
+    finally:
+        proc.terminate()
+        code = await proc.wait()
+        text = await err.close()
+    assert sum("reload refused" in line for line in text.splitlines()) == 1, text
+    assert code == 0 and "Traceback" not in text, text

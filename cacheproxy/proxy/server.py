@@ -390,7 +390,12 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
     With proxy.workers > 1 the processes are started and watched by cacheproxy.proxy.workers."""
     check_local_ca(config)
     # Never blocking the event loop on a stderr pipe nobody drains (observe/diagnostics.py).
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+    # With --workers, each line says which process wrote it (as nginx's error log does):
+    # the supervisor's and each worker's lines otherwise read alike (a worker's error, a
+    # restart's "worker 1234 exited" then named a pid no line carried).
+    pid = " [%(process)d]" if config.proxy.workers > 1 else ""
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s{pid} %(message)s",
                         handlers=[StderrHandler(sys.stderr)])
     # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).
     pid_file = config.proxy.pid_file

@@ -225,9 +225,9 @@ class Supervisor:
         while not self.stopping:
             if self.hangup:
                 self.hangup = False
-                self._reload()
-                for worker in self.workers:
-                    _signal(worker, signal.SIGHUP)
+                if self._reload():
+                    for worker in self.workers:
+                        _signal(worker, signal.SIGHUP)
             multiprocessing.connection.wait(
                 [*(w.sentinel for w in self.workers), self._wakeup, *self.relay.waitables()],
                 timeout=1.0)
@@ -254,18 +254,24 @@ class Supervisor:
                 self.workers[i] = self._start(i, port, upstream)
         return 0
 
-    def _reload(self) -> None:
+    def _reload(self) -> bool:
         """The config a worker started from now on gets: the one SIGHUP loads (each running
-        worker reloads its own and logs a refusal itself), but with the running settings
+        worker then reloads its own and logs what it finds), but with the running settings
         that take effect at the next restart: a worker restarted after a crash must share
-        the store and the rest with the workers still running."""
+        the store and the rest with the workers still running. False when it is refused:
+        the workers, whose checks include these (server.reconfigure), would refuse the same
+        file for the same reason, each in a line of its own (N + 1 lines for one mistake);
+        they are not signalled, and this one line speaks for all."""
         if self.reload is None:
-            return
+            return True  # (SIGHUP still reopens each worker's request log)
         try:
             new = self.reload()
             self.config = new if self.settle is None else self.settle(self.config, new)
         except (ConfigError, OSError) as exc:
-            log.error("reload refused, new workers keep the running configuration: %s", exc)
+            log.error("reload refused, the running configuration stays (every worker's): %s",
+                      exc)
+            return False
+        return True
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True

@@ -8,12 +8,14 @@ request on new connections until either worker could have answered it."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import signal
 from typing import Any
 
 import aiohttp
-from processes import start_serve, stop
+from processes import clean_env, free_port, start_serve, stop
 from support import until
 from test_process_life import StderrLines
 from test_review_workers_regressions import (
@@ -143,4 +145,50 @@ async def test_a_refused_reload_is_said_once_and_each_line_names_its_process(
         code = await proc.wait()
         text = await err.close()
     assert sum("reload refused" in line for line in text.splitlines()) == 1, text
+    assert code == 0 and "Traceback" not in text, text
+
+
+async def _get_status(base: str, path: str) -> int | None:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(base + path) as resp:
+            await resp.read()
+            return resp.status
+    except aiohttp.ClientError:
+        return None
+
+
+async def test_the_demo_origin_is_started_again_when_it_dies(tmp_path: Any) -> None:
+    """With --workers N and no upstream, the supervisor runs the demo origin in a process
+    of its own, and never looked at it again: when it died (killed, OOM-killed), every
+    request not in a cache got 502 until the whole server was restarted, while healthz
+    said alive. What a user saw: the quickstart's pages answering 502 Bad Gateway for
+    good. The supervisor restarts a dead worker; now it restarts the demo origin too, on
+    the port it had, at most once a second, and says so. Severity: low (the demo origin is
+    for trying the proxy out), but the fix is what a supervisor is for."""
+    demo_port = free_port()
+    env = clean_env(CACHEPROXY_DEMO_LISTEN=f"127.0.0.1:{demo_port}")
+    proc, port = await start_serve("--workers", "2", cwd=tmp_path, env=env)
+    err = StderrLines(proc)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        line = await err.wait_for("demo origin listening on")
+        match = re.search(r" \[(\d+)\] ", line)
+        assert match is not None, line
+        demo = int(match.group(1))
+        assert demo in _workers_of(proc.pid) and demo != proc.pid, line
+        assert await _get_status(base, "/echo?before") == 200
+        os.kill(demo, signal.SIGKILL)
+        for n in range(300):  # (restarted within a second or two: 15 s at most; a new
+            if await _get_status(base, f"/echo?after{n}") == 200:  # URL: from the origin)
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"502 still after 300 requests: {''.join(err.lines)}")
+        assert demo not in _workers_of(proc.pid)
+        said = await err.wait_for("the demo origin (pid")
+        assert f"(pid {demo}) exited with -9; starting another" in said, said
+    finally:
+        proc.terminate()
+        code = await proc.wait()
+        text = await err.close()
     assert code == 0 and "Traceback" not in text, text

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -43,6 +44,8 @@ QUICK_DEATH_SECONDS = 2.0
 # it cannot open), after saying why in one line: every other one would fail the same way, so
 # the supervisor stops, as a single process that cannot start does (exit 1).
 START_FAILED = 3
+# A demo origin that died is started again, at most this often (seconds).
+DEMO_RESTART_SECONDS = 1.0
 
 # fork: workers inherit the loaded config and its reload function (a closure) as they are.
 _mp = multiprocessing.get_context("fork")
@@ -154,6 +157,10 @@ class Supervisor:
         self.stopping = False
         self.hangup = False
         self.relay = Relay(config.proxy.workers)
+        self.demo: BaseProcess | None = None  # the demo origin, when no upstream is set
+        self.demo_listen = ""  # where it listens (its port, once bound: kept on restart)
+        self.demo_due = 0.0  # when a dead demo origin may be started again (monotonic)
+        self.demo_said = False  # its death is said (once: then each failed restart)
 
     def run(self) -> int:
         host, port = parse_listen(self.config.proxy.listen)
@@ -164,7 +171,7 @@ class Supervisor:
                                LISTEN_HINT) from None
         port = holder.getsockname()[1]
         _freeze_what_children_inherit()
-        demo, upstream = self._start_demo()
+        self.demo, upstream = self._start_demo()
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._hup)
@@ -181,7 +188,7 @@ class Supervisor:
             return self._watch(port, upstream)
         finally:
             signal.set_wakeup_fd(-1)
-            self._stop_all(demo)
+            self._stop_all(self.demo)
             self.relay.close_all()
             holder.close()
             self._wakeup.close()
@@ -191,11 +198,17 @@ class Supervisor:
         if self.config.proxy.upstream:
             return None, None
         receive, send = _mp.Pipe(duplex=False)
-        demo = _mp.Process(target=_demo, args=(self.config, send, os.getpid()),
+        config = self.config
+        if self.demo_listen:  # a restart: where the workers send their requests
+            config = dataclasses.replace(config, demo=dataclasses.replace(
+                config.demo, listen=self.demo_listen))
+        self.demo_due = time.monotonic() + DEMO_RESTART_SECONDS
+        demo = _mp.Process(target=_demo, args=(config, send, os.getpid()),
                            name="cacheproxy-demo")
         _fork(demo)
         if not receive.poll(10):
             demo.kill()
+            demo.join()  # (reaped: the supervisor may go on, and start it again)
             raise OSError("the demo origin did not start")
         demo_host, _ = parse_listen(self.config.demo.listen)
         demo_port = receive.recv()
@@ -203,7 +216,28 @@ class Supervisor:
             demo.join(5)
             raise demo_port
         host = f"[{demo_host}]" if ":" in demo_host else demo_host
+        self.demo_listen = f"{host}:{demo_port}"
         return demo, f"http://{host}:{demo_port}"
+
+    def _keep_demo(self) -> None:
+        """The demo origin, started again when it died (killed, OOM): every worker sends
+        its requests there, and without it answered 502 until the server restarted. On
+        the same address (the port it had, even when demo.listen says 0); at most once a
+        second (DEMO_RESTART_SECONDS), and while it cannot start, said each time."""
+        demo = self.demo
+        if demo is None or demo.is_alive() or time.monotonic() < self.demo_due:
+            return
+        if not self.demo_said:
+            log.error("the demo origin (pid %s) exited with %s; starting another", demo.pid,
+                      demo.exitcode)
+            self.demo_said = True
+        try:
+            self.demo, _ = self._start_demo()
+        except (StartError, OSError) as exc:
+            log.error("the demo origin could not start again (%s); its requests get 502 "
+                      "until it does; trying again in %ss", exc, DEMO_RESTART_SECONDS)
+            return  # (self.demo: the dead one, tried again when due)
+        self.demo_said = False
 
     def _start(self, slot: int, port: int, upstream: str | None,
                announce: bool = False) -> BaseProcess:
@@ -228,12 +262,16 @@ class Supervisor:
                 if self._reload():
                     for worker in self.workers:
                         _signal(worker, signal.SIGHUP)
+            demo = [self.demo.sentinel] if self.demo is not None and self.demo.is_alive() \
+                else []
             multiprocessing.connection.wait(
-                [*(w.sentinel for w in self.workers), self._wakeup, *self.relay.waitables()],
-                timeout=1.0)
+                [*(w.sentinel for w in self.workers), self._wakeup, *self.relay.waitables(),
+                 *demo], timeout=1.0)
             with contextlib.suppress(BlockingIOError):
                 self._wakeup.recv(512)
             self.relay.pass_on()
+            if not self.stopping:
+                self._keep_demo()
             for i, worker in enumerate(self.workers):
                 if worker.is_alive() or self.stopping:
                     continue

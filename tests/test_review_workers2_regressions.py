@@ -192,3 +192,39 @@ async def test_the_demo_origin_is_started_again_when_it_dies(tmp_path: Any) -> N
         code = await proc.wait()
         text = await err.close()
     assert code == 0 and "Traceback" not in text, text
+
+
+async def test_entries_and_entry_list_what_every_worker_holds(
+        origin: Any, tmp_path: Any) -> None:
+    """With --workers N and the memory store, `entry?url=` and `entries` read the store of
+    the worker their connection reached: `entry?url=/page` answered 404 "not in the
+    cache" about one time in two with --workers 2 while the other worker served /page as a
+    hit, and the listing changed at every call. An operator checking whether a page is
+    cached got a coin toss. Now the worker asked asks the others to list the same from
+    their stores and merges them: a key once, with every worker's variants, each naming
+    the worker (pid) that holds it; "processes_counted" of "workers" as for a purge.
+    Severity: medium (the admin API's answers were wrong half the time)."""
+    up, _ = await versioned_origin(origin)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert (await fresh_get(base, "/page"))[0] == "MISS"  # held by one worker only
+        for _ in range(ROUNDS):
+            status, body = await _admin(base, "GET", "/_cacheproxy/entry?url=/page")
+            assert status == 200 and len(body["variants"]) == 1, body
+            assert body["processes_counted"] == body["workers"] == 2, body
+            assert "fields" in body["variants"][0], body
+            status, body = await _admin(base, "GET", "/_cacheproxy/entries?prefix=/")
+            assert status == 200 and [e["key"] for e in body["entries"]] == [
+                f"{base}/page"], body
+        await _admin(base, "POST", "/_cacheproxy/clear")
+        workers = set(_workers_of(proc.pid))
+        await both_workers_store(base, "/page")
+        status, body = await _admin(base, "GET", "/_cacheproxy/entry?url=/page")
+        assert {v["pid"] for v in body["variants"]} == workers, (body, workers)
+        status, body = await _admin(base, "GET", "/_cacheproxy/entries?limit=5")
+        assert len(body["entries"]) == 1 and len(body["entries"][0]["variants"]) == 2, body
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import json
+import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +25,7 @@ from yarl import URL
 
 from cacheproxy.config import AdminConfig, ForwardConfig, parse_listen
 from cacheproxy.http.cache_key import origin_of, primary_key
+from cacheproxy.observe import listing
 from cacheproxy.observe.metrics import Counts, counts_of, metrics_text, summed
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import Outcome
@@ -30,6 +33,7 @@ from cacheproxy.observe.stats_merged import STATS, merged, read_answer, worker_a
 from cacheproxy.policies.pac import CONTENT_TYPE as PAC_TYPE
 from cacheproxy.policies.pac import pac_proxy_address, pac_script
 from cacheproxy.store import Store, StoreUnavailable
+from cacheproxy.store.memory import MemoryStore
 from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX
 
 try:
@@ -231,6 +235,8 @@ class Admin:
             limit = min(int(request.query.get("limit", "100")), MAX_LISTED)
         except ValueError as exc:
             return _json({"error": f"bad prefix or limit: {exc}"}, 400)
+        if self._asking() is not None:  # --workers: every worker's store
+            return _json(await self._everyones(each, limit, False))
         now = time.time()
         try:
             keys: list[str] = []
@@ -257,6 +263,13 @@ class Admin:
                     for key in self._keys(request, given)]
         except (KeyError, ValueError):
             return _json({"error": "give ?url=<a URL, or a path starting with />"}, 400)
+        if self._asking() is not None:  # --workers: every worker's store
+            found = await self._everyones([keys], len(keys), True, with_fields=True)
+            held = {e["key"]: e["variants"] for e in found.pop("entries")}
+            key = next((k for k in keys if k in held), keys[0])
+            if key not in held:
+                return _json({"key": key, "error": "not in the cache", **found}, 404)
+            return _json({"key": key, "variants": held[key], **found})
         for key in keys:  # the first stored, as entries?prefix= lists them
             if variants := await self.store.get(key):
                 break
@@ -334,6 +347,36 @@ class Admin:
             outcome.status = "ERROR"
             return _unavailable(exc)
         return _json({"purged": purged, "key": keys[0], **counted}, 200 if purged else 404)
+
+    # -- --workers: what every worker holds ----------------------------------
+
+    async def _everyones(self, each: list[list[str]], limit: int, exact: bool,
+                         with_fields: bool = False) -> dict[str, Any]:
+        """entries / entry with --workers and the memory store: every worker's store
+        (observe/listing.py), asked of the others, merged with this one's."""
+        assert self.workers is not None and isinstance(self.store, MemoryStore)
+        asked = self.workers.ask(listing.question(each, limit, exact))
+        own = listing.listed_now(self.store, each, limit, exact, self._describer(with_fields),
+                                 time.time(), os.getpid())
+        entries, counted, incomplete = listing.merged(own, await asked, limit)
+        return {"entries": entries, "limit": limit, "processes_counted": counted,
+                "workers": self.workers.others + 1, **({"incomplete": True} if incomplete
+                                                       else {})}
+
+    @staticmethod
+    def _describer(with_fields: bool) -> listing.Describe:
+        return lambda entry, now: _describe(entry, now, with_fields)
+
+    def listing_json(self, asked: bytes) -> bytes:
+        """Another worker's LIST question (listing.py), answered from this one's store."""
+        if not isinstance(self.store, MemoryStore):
+            return b""
+        try:
+            with_fields = bool(json.loads(asked).get("exact"))
+        except (ValueError, AttributeError):
+            return b""
+        return listing.answer(self.store, asked, self._describer(with_fields), time.time(),
+                              os.getpid())
 
     # -- a purge's count, the server's ---------------------------------------
 

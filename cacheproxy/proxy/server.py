@@ -209,6 +209,7 @@ def _join(app: web.Application, others: Siblings, config: Config) -> None:
     admin.siblings = others.counters
     admin.workers = others
     others.stats = admin.stats_json
+    others.listing = admin.listing_json
     admin.shared_store = config.cache.store == "redis"
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from cacheproxy.config import Config
+from cacheproxy.observe.listing import LIST
 from cacheproxy.observe.metrics import Counts, counts_from_json, counts_json
 from cacheproxy.observe.stats_merged import STATS
 from cacheproxy.proxy.invalidations import Invalidations
@@ -32,7 +33,8 @@ from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, Sib
 ASK, ANSWER = b"?", b"="
 # The questions after the id: none (Counts), a forget message of store/siblings.py ("forget
 # this and say how many entries you dropped": a purge's count is the server's, not the
-# answering worker's), STATS (the stats API's snapshot, merged by observe/stats_merged.py).
+# answering worker's), STATS (the stats API's snapshot, merged by observe/stats_merged.py),
+# LIST + JSON (entries / entry from its store, merged by observe/listing.py).
 ASK_ID = 8  # bytes
 # How long a scrape waits for the other workers' counters (a busy worker answers within
 # milliseconds; one that is restarting never does).
@@ -178,6 +180,7 @@ class Siblings:
         self.others = workers - 1
         self.counts: Callable[[], bytes] = lambda: b"{}"  # this worker's, as JSON (listen)
         self.stats: Callable[[], bytes] = lambda: b"{}"  # its stats snapshot, as JSON
+        self.listing: Callable[[bytes], bytes] = lambda asked: b""  # LIST's answer
         self.store: SiblingsMemoryStore | None = None
         self.marks: Invalidations | None = None
         self._asks: dict[bytes, tuple[list[bytes], asyncio.Future[None]]] = {}
@@ -223,6 +226,8 @@ class Siblings:
             return self.counts()
         if question == STATS:
             return self.stats()
+        if question[:1] == LIST:
+            return self.listing(question[1:])
         if question[:1] in (FORGET_KEY, FORGET_PREFIX, FORGET_ALL) \
                 and self.store is not None and self.marks is not None:
             return b"%d" % self._forget(question)

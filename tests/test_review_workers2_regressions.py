@@ -25,6 +25,8 @@ from test_review_workers_regressions import (
     versioned_origin,
 )
 
+from cacheproxy.proxy.siblings import ASK, MAX_MESSAGE, Channel, Relay
+
 ROUNDS = 20  # a check that holds whichever worker answers: the old code passed 2**-20
 
 
@@ -228,3 +230,29 @@ async def test_entries_and_entry_list_what_every_worker_holds(
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err, err
+
+
+def test_an_ask_too_long_for_the_channel_is_dropped_not_turned_into_a_clear() -> None:
+    """A message longer than the channel takes (MAX_MESSAGE) is sent as "forget
+    everything": right for a purge (never lost), wrong for a question or an answer, which
+    the supervisor then passed to every worker as a clear: every worker's cache emptied
+    by a stats call or a purge of a very long URL. Now a question or an answer that long
+    is not sent (the asker counts what answered: processes_counted says so). Severity:
+    low (latent: the first review's questions were short; this review's carry keys and
+    snapshots, kept under 128 KiB)."""
+    relay = Relay(2)
+    ends = [relay.open(0), relay.open(1)]
+    try:
+        ends[1].setblocking(False)
+        for size in (MAX_MESSAGE, MAX_MESSAGE + 1):
+            Channel(ends[0]).say(ASK + b"\0" * 8 + b"x" * (size - 9))
+            relay.pass_on()
+            try:
+                heard = ends[1].recv(MAX_MESSAGE + 1)
+            except BlockingIOError:
+                heard = None
+            assert heard is None, (size, heard[:20])
+    finally:
+        relay.close_all()
+        for end in ends:
+            end.close()

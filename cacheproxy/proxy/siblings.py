@@ -75,8 +75,9 @@ class Channel:
 
     def say(self, message: bytes) -> None:
         """An ASK or an ANSWER: sent now or never (nothing is owed for it). Never one too
-        long: _send would make it "forget everything", which empties every worker's cache."""
-        if len(message) <= MAX_MESSAGE:
+        long: _send would make it "forget everything", which empties every worker's cache
+        (an ASK gains a byte at the supervisor: the asker's slot)."""
+        if len(message) < MAX_MESSAGE:
             _send(self.end, message)
 
     def _owe(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -57,11 +58,35 @@ async def start_serve(
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
-            return proc, port
         except OSError:
             await asyncio.sleep(0.05)
+            continue
+        # With --workers N, the first worker listening is not all of them: a test spreading
+        # connections over the workers would find them all on that one.
+        while _listeners(port) < _workers_asked(args) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return proc, port
     proc.kill()
     raise AssertionError("serve did not start listening")
+
+
+def _workers_asked(args: tuple[str, ...]) -> int:
+    """N of a `--workers N` in args (1 without, or for "auto")."""
+    for flag, value in itertools.pairwise(args):
+        if flag == "--workers" and value.isdigit():
+            return int(value)
+    return 1
+
+
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:port (each worker's own, SO_REUSEPORT), from
+    /proc/net/tcp (state 0A is LISTEN); no /proc: as many as asked, not waited for."""
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return 1 << 16
+    local = f"0100007F:{port:04X}"
+    return sum(1 for row in table if row.split()[1] == local and row.split()[3] == "0A")
 
 
 async def stop(proc: asyncio.subprocess.Process, timeout: float = 15) -> tuple[int, str]:

@@ -1,20 +1,24 @@
 """What the workers of --workers tell each other: what one's memory store forgets (the
 messages are store/siblings.py's), and their counters for a scrape of /metrics (ASK, then
-one ANSWER from each other worker, summed by observe/metrics.py).
+one COUNTED from each other worker, summed by observe/metrics.py; every worker hears every
+COUNTED and keeps each other worker's last, for one that does not answer in time).
 
 Each worker has a datagram socketpair with the supervisor, made before it is forked (so no
 other process can write to it, as a named socket would let any local user); the supervisor
 passes every message from one worker on to all the others (Relay). Nothing blocks on
 either side: a message that finds no room in a socket's buffer (a worker too busy to read
 hundreds of them) becomes a "forget everything" owed to that worker and sent once there is
-room: a cache emptied, never a purge lost. An ASK or an ANSWER that finds no room is
-dropped: the scrape sums what came (cacheproxy_processes_counted says how many).
+room: a cache emptied, never a purge lost. An ASK or an answer that finds no room is
+dropped: the scrape sums what came, and the last figures of those that did not
+(cacheproxy_processes_counted says how many answered).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -27,10 +31,18 @@ from cacheproxy.proxy.invalidations import Invalidations
 from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, SiblingsMemoryStore
 
 # ASK + id: "your counters, please", which the supervisor passes on as ASK + the asker's
-# slot (one byte: at most 256 workers) + id; ANSWER + slot + id + Counts goes to that slot
-# alone, as ANSWER + id + Counts. ASK + id + a question asks something else (QUESTIONS):
-# the supervisor passes it on the same way (it reads no further than the kind).
+# slot (one byte: at most 256 workers) + id; the answer is a COUNTED (below). ASK + id + a
+# question asks something else (QUESTIONS), answered by ANSWER + slot + id + answer, which
+# goes to that slot alone, as ANSWER + id + answer (the supervisor reads no further than
+# the kind and the slot).
 ASK, ANSWER = b"?", b"="
+# COUNTED + slot + id + Counts: the answer to a question for counters, which the supervisor
+# passes on to every other worker with the answering worker's slot, not only to the asker:
+# each worker keeps every other's last (Siblings._last), so that a worker that does not
+# answer a scrape in time (busy, stopped, restarting) is summed at its last figures. A
+# counter that went down for one scrape is a reset to Prometheus (rate() reads phantom
+# traffic); prometheus_client's multiprocess mode keeps every process's figures alike.
+COUNTED = b"#"
 # The questions after the id: none (Counts), a forget message of store/siblings.py ("forget
 # this and say how many entries you dropped": a purge's count is the server's, not the
 # answering worker's), STATS (the stats API's snapshot, merged by observe/stats_merged.py),
@@ -157,12 +169,12 @@ class Relay:
                     if to is not None:
                         _send(to, ANSWER + message[2:])
                     continue
-                if kind == ASK:
-                    message = ASK + bytes([slot]) + message[1:]
+                if kind in (ASK, COUNTED):  # (a COUNTED: its asker's slot, replaced)
+                    message = kind + bytes([slot]) + message[1 + (kind == COUNTED):]
                 for other, to in enumerate(self.ends):
                     if other == slot or to is None:
                         continue
-                    if kind == ASK:
+                    if kind in (ASK, COUNTED):
                         _send(to, message)
                     elif other in self.owed or not _send(to, message):
                         self.owed.add(other)
@@ -184,8 +196,8 @@ class Siblings:
         self.listing: Callable[[bytes], bytes] = lambda asked: b""  # LIST's answer
         self.store: SiblingsMemoryStore | None = None
         self.marks: Invalidations | None = None
-        self._asks: dict[bytes, tuple[list[bytes], asyncio.Future[None]]] = {}
-        self._next = 0
+        self._asks: dict[bytes, tuple[list[bytes], set[int], asyncio.Future[None]]] = {}
+        self._last: dict[int, bytes] = {}  # each other worker's last Counts, by its slot
 
     def memory_store(self, config: Config) -> SiblingsMemoryStore | None:
         """With the memory store, one that tells the other workers what it forgets
@@ -201,21 +213,32 @@ class Siblings:
         self.channel.listen(self.heard)
 
     async def counters(self) -> list[Counts]:
-        """The other workers' Counts (observe/metrics.py), those that answer in time."""
-        return [c for c in map(counts_from_json, await self.gather()) if c is not None]
+        """The other workers' Counts (observe/metrics.py): those that answer in time, and
+        the last answer of each that does not, counted as no process answering
+        (processes=0): its counters stay in the sum, which never goes down but at a
+        worker's restart."""
+        answered: set[int] = set()
+        found = [c for c in map(counts_from_json, await self._ask(b"", answered))
+                 if c is not None]
+        for slot, data in self._last.items():
+            if slot not in answered and (last := counts_from_json(data)) is not None:
+                found.append(dataclasses.replace(last, processes=0))
+        return found
 
     def heard(self, message: bytes) -> None:
         kind = message[:1]
         if kind == ASK:  # ASK + slot + id + question
-            answer = self.answer(message[2 + ASK_ID:])
-            self.channel.say(ANSWER + message[1:2 + ASK_ID] + answer)
-        elif kind == ANSWER:  # ANSWER + id + Counts
-            waiting = self._asks.get(message[1:1 + ASK_ID])
-            if waiting is not None:
-                answers, done = waiting
-                answers.append(message[1 + ASK_ID:])
-                if len(answers) >= self.others and not done.done():
-                    done.set_result(None)
+            head, question = message[1:2 + ASK_ID], message[2 + ASK_ID:]
+            if question:
+                self.channel.say(ANSWER + head + self.answer(question))
+            else:
+                self.channel.say(COUNTED + head + self.counts())
+        elif kind == ANSWER:  # ANSWER + id + answer
+            self._answered(message[1:1 + ASK_ID], message[1 + ASK_ID:], None)
+        elif kind == COUNTED and len(message) > 1 + ASK_ID:  # COUNTED + slot + id + Counts
+            slot, counts = message[1], message[2 + ASK_ID:]
+            self._last[slot] = counts  # (also an answer to another worker's scrape)
+            self._answered(message[2:2 + ASK_ID], counts, slot)
         elif self.store is not None and self.marks is not None:
             self._forget(message)
 
@@ -250,6 +273,16 @@ class Siblings:
             self.marks.everything(now)
         return self.store.forgotten(message)
 
+    def _answered(self, ask_id: bytes, answer: bytes, slot: int | None) -> None:
+        waiting = self._asks.get(ask_id)
+        if waiting is not None:
+            answers, slots, done = waiting
+            answers.append(answer)
+            if slot is not None:
+                slots.add(slot)
+            if len(answers) >= self.others and not done.done():
+                done.set_result(None)
+
     async def gather(self) -> list[bytes]:
         """The other workers' counters: those that answer within GATHER_SECONDS."""
         return await self.ask()
@@ -258,13 +291,17 @@ class Siblings:
         """Ask the other workers now (before anything this worker tells them next: a purge
         asks, then deletes here, whose telling the others then find done); await what
         answers within GATHER_SECONDS. Await it always (it holds its place until then)."""
+        return self._ask(question, set())
+
+    def _ask(self, question: bytes, slots: set[int]) -> Awaitable[list[bytes]]:
+        """ask(), and the slots of the workers whose counters answered, into `slots`."""
         if self.others < 1:
             return _none()
-        self._next += 1
-        ask_id = self._next.to_bytes(ASK_ID, "big")
+        # Random: a worker restarted in a slot takes no answer to its predecessor's ask.
+        ask_id = os.urandom(ASK_ID)
         answers: list[bytes] = []
         done = asyncio.get_running_loop().create_future()
-        self._asks[ask_id] = (answers, done)
+        self._asks[ask_id] = (answers, slots, done)
         self.channel.say(ASK + ask_id + question)
         return self._answers(ask_id, answers, done)
 

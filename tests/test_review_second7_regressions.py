@@ -1,0 +1,69 @@
+"""Second reading (second7) of this session's merges: `cacheproxy stop` and the
+`<pid_file>.json` sidecar (with --workers, two servers, read-only places), the Public Suffix
+List check of credentialed CORS catch-alls (IDN, upper case, trailing dot, ports, `*.`
+alone), the clock-lag WARNING, requests pipelined behind `Upgrade: h2c` (Content-Length 0,
+HEAD, `Expect: 100-continue`, HTTP/1.0, a CONNECT or a WebSocket handshake behind it, cuts),
+TLS slices, and with --workers the relay of purges between the workers' memory stores
+(a POST storm) and /metrics summed over the workers (a worker stopped, restarted). Real
+`cacheproxy serve` processes in front of aiohttp origins on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import aiohttp
+from processes import start_serve, stop
+from test_review_workers_regressions import _scrape, _workers_of, fresh_get, versioned_origin
+
+
+def _requests(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("cacheproxy_requests_total{"))
+
+
+async def _scrape_within(base: str, seconds: float) -> dict[str, float] | None:
+    """/metrics, or None when no answer came in time (the worker reached is stopped)."""
+    try:
+        return await asyncio.wait_for(_scrape(base), seconds)
+    except (TimeoutError, aiohttp.ClientError):
+        return None
+
+
+async def test_metrics_keep_a_worker_that_does_not_answer_in_time_at_its_last_figures(
+        origin: Any, tmp_path: Any) -> None:
+    """With --workers, the worker a scrape reaches sums the counters of the workers that
+    answer within 0.5 s; one that did not (busy in a long pause, stopped, restarting) was
+    left out of the sum. What an operator saw: cacheproxy_requests_total 40, then 23 while
+    a worker was held up, then 40 again: to Prometheus a counter reset and a jump, so
+    rate() and increase() read phantom traffic (here 23 requests that never happened, at
+    every such scrape) and alerts on error rates fired. A counter must not go down (the
+    OpenMetrics counter type); prometheus_client's multiprocess mode keeps the figures of a
+    process it cannot read for the same reason. Now every worker keeps each other worker's
+    last answer (answers go to every worker, not only the asker) and sums it for one that
+    does not answer in time; cacheproxy_processes_counted still says how many answered.
+    Severity: medium (spurious rates and alerts with --workers whenever a worker is slow)."""
+    up, _ = await versioned_origin(origin)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    workers = _workers_of(proc.pid)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for i in range(40):
+            await fresh_get(base, f"/n{i % 4}")
+        for _ in range(20):  # each worker asks (and hears the other's figures): 2**-19
+            metrics = await _scrape(base)
+            assert _requests(metrics) == 40 and metrics["cacheproxy_processes_counted"] == 2
+        os.kill(workers[0], signal.SIGSTOP)
+        answered = []
+        for _ in range(40):  # scrapes reaching the stopped worker wait; the other answers
+            if (metrics := await _scrape_within(base, 1.5)) is not None:
+                answered.append((_requests(metrics), metrics["cacheproxy_processes_counted"]))
+                if len(answered) == 3:
+                    break
+        assert answered == [(40, 1)] * 3, answered
+    finally:
+        os.kill(workers[0], signal.SIGCONT)
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err

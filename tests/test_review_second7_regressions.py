@@ -18,6 +18,9 @@ import aiohttp
 from processes import start_serve, stop
 from test_review_workers_regressions import _scrape, _workers_of, fresh_get, versioned_origin
 
+from cacheproxy.proxy.siblings import MAX_MESSAGE, Relay
+from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY
+
 
 def _requests(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("cacheproxy_requests_total{"))
@@ -67,3 +70,45 @@ async def test_metrics_keep_a_worker_that_does_not_answer_in_time_at_its_last_fi
         os.kill(workers[0], signal.SIGCONT)
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err, err
+
+
+def test_the_supervisor_wakes_for_room_to_send_an_owed_clear() -> None:
+    """A worker too busy to read its channel (a long pause, SIGSTOP, a CPU-starved host)
+    while another answered a purge storm is owed a "forget everything" once its channel has
+    room again. The supervisor waited only for channels to read (and its 1 s timeout), so
+    the clear went at its next wake-up. What a user saw (--workers 2, a worker stopped
+    during 3,000 purges, the last of /page, then resumed): the resumed worker served the
+    purged /page (X-Cache: HIT, the old body) to every request for 0.95 s, though the purge
+    had answered 200; with the fix, not once in two runs and once 2 ms after in a third (its
+    own requests read before its channel). README: "never a purge lost". nginx's workers
+    share one cache zone: a purge there is at once everyone's. Now the supervisor waits for
+    room in a channel owed a clear as it waits for messages (Relay.wait), so the clear goes
+    as soon as the worker has read some of what waited. Severity: low-medium (a window of
+    up to a second of serving purged content after a stall)."""
+    relay = Relay(2)
+    ends = [relay.open(0), relay.open(1)]
+    try:
+        ends[1].setblocking(False)
+        sent = 0
+        while 1 not in relay.owed:  # worker 0 purges until worker 1's channel is full
+            ends[0].send(FORGET_KEY + b"http://app/%d" % sent)
+            sent += 1
+            relay.pass_on()
+            assert sent < 100_000
+        assert relay.wait([], 0) == []  # no room yet: nothing to do
+        while True:  # worker 1 reads again
+            try:
+                ends[1].recv(MAX_MESSAGE)
+            except BlockingIOError:
+                break
+        owed = relay.ends[1]
+        assert owed is not None
+        # The supervisor wakes for the room (were it not woken, this waits 30 s for nothing
+        # and finds nothing ready), and the clear goes.
+        assert relay.wait([], 30.0) == [owed.fileno()]
+        relay.pass_on()
+        assert ends[1].recv(MAX_MESSAGE) == FORGET_ALL and 1 not in relay.owed
+    finally:
+        relay.close_all()
+        for end in ends:
+            end.close()

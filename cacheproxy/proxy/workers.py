@@ -21,7 +21,6 @@ import dataclasses
 import gc
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
@@ -264,9 +263,8 @@ class Supervisor:
                         _signal(worker, signal.SIGHUP)
             demo = [self.demo.sentinel] if self.demo is not None and self.demo.is_alive() \
                 else []
-            multiprocessing.connection.wait(
-                [*(w.sentinel for w in self.workers), self._wakeup, *self.relay.waitables(),
-                 *demo], timeout=1.0)
+            self.relay.wait([*(w.sentinel for w in self.workers), self._wakeup, *demo],
+                            timeout=1.0)
             with contextlib.suppress(BlockingIOError):
                 self._wakeup.recv(512)
             self.relay.pass_on()

@@ -173,6 +173,22 @@ def dropping_syns(host: str = "0.0.0.0", port: int = 0, reach: str = "127.0.0.1"
             sock.close()
 
 
+def intercepting_config(tmp_path: Path, site_port: int, site_ca_cert: str | Path,
+                        proxy: str = "", log: Path | None = None) -> tuple[Path, Path]:
+    """A config file for `cacheproxy serve` intercepting CONNECTs to an https site on
+    localhost:site_port (whose CA is site_ca_cert), bodies up to 32 MiB stored; `proxy`:
+    more [proxy] lines. (The file, the proxy CA's certificate file.)"""
+    ca_dir = tmp_path / "proxy-ca"
+    logged = f'[log]\npath = "{log}"\n' if log is not None else ""
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(
+        f'[proxy]\nupstream = "http://127.0.0.1:9"\nupstream_ca_file = "{site_ca_cert}"\n'
+        f"{proxy}[cache]\nmax_object_bytes = {32 * 1024 * 1024}\n{logged}"
+        f'[forward]\nenabled = true\nintercept_tls = true\nconnect_ports = [{site_port}]\n'
+        f'ca_dir = "{ca_dir}"\n')
+    return config, ca_dir / "ca-cert.pem"
+
+
 def intercepted_tls(port: int, target: int, ca_file: str | Path,
                     rcvbuf: int | None = None) -> ssl.SSLSocket:
     """A client's TLS socket inside an intercepted CONNECT (forward.intercept_tls) to

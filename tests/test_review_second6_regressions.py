@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import intercepted_tls, raw_get
+from support import intercepted_tls, intercepting_config, raw_get
 from test_review_policies_regressions import credentialed, refused_with_credentials
 from yarl import URL
 
@@ -292,24 +292,9 @@ async def test_the_same_stalled_intercepted_client_on_uvloop(tmp_path):
     site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
     site = TestServer(video_app(size), host="127.0.0.1")
     await site.start_server(ssl=site_ca.server_context("localhost"))
-    ca_dir = tmp_path / "proxy-ca"
-    config = tmp_path / "cacheproxy.toml"
-    config.write_text(f"""
-[proxy]
-upstream = "http://127.0.0.1:9"
-upstream_ca_file = "{site_ca.cert_path}"
-send_timeout = 1.0
-keepalive_timeout = 30.0
-[cache]
-max_object_bytes = {32 * 1024 * 1024}
-[forward]
-enabled = true
-intercept_tls = true
-connect_ports = [{site.port}]
-ca_dir = "{ca_dir}"
-""")
+    config, ca_file = intercepting_config(tmp_path, site.port, site_ca.cert_path,
+                                          proxy="send_timeout = 1.0\nkeepalive_timeout = 30.0\n")
     proc, port = await start_serve("--config", str(config), cwd=tmp_path)
-    ca_file = str(ca_dir / "ca-cert.pem")
     try:
         await asyncio.to_thread(_intercepted_get, port, site.port, ca_file)  # (the miss)
         got = await asyncio.to_thread(_intercepted_stall, port, site.port, ca_file,

@@ -16,10 +16,16 @@ from typing import Any
 
 import aiohttp
 from processes import start_serve, stop
-from test_review_workers_regressions import _scrape, _workers_of, fresh_get, versioned_origin
+from test_review_workers_regressions import (
+    _scrape,
+    _workers_of,
+    fill_until_owed,
+    fresh_get,
+    versioned_origin,
+)
 
 from cacheproxy.proxy.siblings import MAX_MESSAGE, Relay
-from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY
+from cacheproxy.store.siblings import FORGET_ALL
 
 
 def _requests(metrics: dict[str, float]) -> float:
@@ -88,13 +94,7 @@ def test_the_supervisor_wakes_for_room_to_send_an_owed_clear() -> None:
     relay = Relay(2)
     ends = [relay.open(0), relay.open(1)]
     try:
-        ends[1].setblocking(False)
-        sent = 0
-        while 1 not in relay.owed:  # worker 0 purges until worker 1's channel is full
-            ends[0].send(FORGET_KEY + b"http://app/%d" % sent)
-            sent += 1
-            relay.pass_on()
-            assert sent < 100_000
+        fill_until_owed(relay, ends)
         assert relay.wait([], 0) == []  # no room yet: nothing to do
         while True:  # worker 1 reads again
             try:

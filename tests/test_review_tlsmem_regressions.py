@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from processes import start_serve, stop
-from support import intercepted_tls, read_json_log, until
+from support import intercepted_tls, intercepting_config, read_json_log, until
 
 from cacheproxy.proxy.tls_slices import TLS_SLICE, Slices
 from cacheproxy.tls.ca import LocalCA
@@ -55,6 +55,34 @@ async def _https_site(tmp_path: Path) -> tuple[TestServer, LocalCA]:
     site = TestServer(_site_app(), host="127.0.0.1")
     await site.start_server(ssl=site_ca.server_context("localhost"))
     return site, site_ca
+
+
+async def _intercepting(origin: Any, proxy: Any, tmp_path: Path, *, send_timeout: float = 30.0,
+                        log: bool = True) -> tuple[Any, TestServer, int, str]:
+    """The https site, and the proxy in forward mode intercepting CONNECTs to it (bodies up
+    to 32 MiB stored): (its client, the site, the proxy's port, the proxy CA's file)."""
+    site, site_ca = await _https_site(tmp_path)
+    ca_dir = tmp_path / "proxy-ca"
+    logged = {"log": {"path": str(tmp_path / "r.log")}} if log else {}
+    c = await proxy(await origin(web.Application()), **logged,
+                    cache={"max_object_bytes": 32 * 1024 * 1024},
+                    proxy={"upstream_ca_file": str(site_ca.cert_path),
+                           "send_timeout": send_timeout},
+                    forward={"enabled": True, "intercept_tls": True,
+                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    return c, site, c.server.port, str(ca_dir / "ca-cert.pem")
+
+
+async def _paused_tls(listener: Any) -> tuple[Any, int]:
+    """The one intercepted connection whose writes are held (its client's socket is full),
+    once there is one, and the ciphertext it holds (TLS's buffer and the TCP one under)."""
+    def paused() -> list[Any]:
+        return [conn for conn in listener.connections
+                if conn._below is not None and conn._paused]
+
+    assert await until(lambda: bool(paused()), 10)
+    conn, = paused()
+    return conn, conn.transport.get_write_buffer_size() + conn._below.get_write_buffer_size()
 
 
 def _get(port: int, target: int, ca_file: str, go: threading.Event | None = None,
@@ -112,14 +140,7 @@ async def test_a_slow_intercepted_client_of_a_big_hit_holds_a_slice_not_the_body
     every byte still arrives, and the line counts them all. Failed before the fix (16 MiB
     of ciphertext held). Severity: high (a few slow https downloads of a big cached file
     exhaust the proxy's memory; issue 10)."""
-    site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()), log={"path": str(tmp_path / "r.log")},
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 30.0},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    c, site, port, ca_file = await _intercepting(origin, proxy, tmp_path)
     listener = c.server.runner.server
     go, stalled = threading.Event(), threading.Event()
     try:
@@ -128,14 +149,7 @@ async def test_a_slow_intercepted_client_of_a_big_hit_holds_a_slice_not_the_body
                                                      stalled))
         try:
             assert await until(stalled.is_set, 10)
-            def paused() -> list[Any]:  # (its writes held: the client's socket is full)
-                return [conn for conn in listener.connections
-                        if conn._below is not None and conn._paused]
-
-            assert await until(lambda: bool(paused()), 10)
-            conn, = paused()
-            ciphertext = conn.transport.get_write_buffer_size() \
-                + conn._below.get_write_buffer_size()
+            conn, ciphertext = await _paused_tls(listener)
             waiting = conn.unsent
         finally:
             go.set()
@@ -155,14 +169,7 @@ async def test_a_stalled_intercepted_client_of_a_big_hit_is_still_cut_at_send_ti
     bytes that went, not the whole body, and its slices let go. A guard for the fix above
     (the slices count as unsent, so progress is measured over them). Severity: medium
     (were it lost: a stalled client held forever)."""
-    site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()), log={"path": str(tmp_path / "r.log")},
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 0.5},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    c, site, port, ca_file = await _intercepting(origin, proxy, tmp_path, send_timeout=0.5)
     listener = c.server.runner.server
     go, stalled = threading.Event(), threading.Event()
     try:
@@ -205,27 +212,11 @@ async def test_slow_intercepted_clients_of_a_big_hit_on_uvloop_and_a_graceful_st
     every byte arrives, hash-checked, each line counts them all, and the exit is clean.
     Severity: high (issue 10, as above)."""
     site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
     log = tmp_path / "requests.log"
-    config = tmp_path / "cacheproxy.toml"
-    config.write_text(f"""
-[proxy]
-upstream = "http://127.0.0.1:9"
-upstream_ca_file = "{site_ca.cert_path}"
-send_timeout = 30.0
-shutdown_timeout = 20.0
-[cache]
-max_object_bytes = {32 * 1024 * 1024}
-[log]
-path = "{log}"
-[forward]
-enabled = true
-intercept_tls = true
-connect_ports = [{site.port}]
-ca_dir = "{ca_dir}"
-""")
+    config, ca_path = intercepting_config(tmp_path, site.port, site_ca.cert_path, log=log,
+                                          proxy="send_timeout = 30.0\nshutdown_timeout = 20.0\n")
     proc, port = await start_serve("--config", str(config), cwd=tmp_path)
-    ca_file = str(ca_dir / "ca-cert.pem")
+    ca_file = str(ca_path)
     go = threading.Event()
     stalled = [threading.Event() for _ in range(3)]
     try:
@@ -263,14 +254,7 @@ async def test_an_answer_aborted_at_send_timeout_logs_what_went_when_a_look_come
     Now a look after an abort keeps what had gone before it (nginx's $body_bytes_sent: what
     the kernel took). Failed before the fix. Severity: low (bytes from the cache overstated
     by each big hit cut at send_timeout, now and then)."""
-    site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()), log={"path": str(tmp_path / "r.log")},
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 30.0},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    c, site, port, ca_file = await _intercepting(origin, proxy, tmp_path)
     listener = c.server.runner.server
     go, stalled = threading.Event(), threading.Event()
     try:
@@ -310,29 +294,14 @@ async def test_a_slow_intercepted_client_of_a_big_miss_or_pass_holds_little_and_
     stalls); every byte arrives. Passed before the fix too (measured through `cacheproxy
     serve`: 4 such clients of a 50 MB answer added 10-25 MB): a guard, so that slicing
     stays a hit's matter. Severity: none found (guard)."""
-    site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()),
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 30.0},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    c, site, port, ca_file = await _intercepting(origin, proxy, tmp_path, log=False)
     listener = c.server.runner.server
     go, stalled = threading.Event(), threading.Event()
     slow = asyncio.create_task(asyncio.to_thread(_get, port, site.port, ca_file, go, stalled,
                                                  path))
     try:
         assert await until(stalled.is_set, 10)
-
-        def paused() -> list[Any]:
-            return [conn for conn in listener.connections
-                    if conn._below is not None and conn._paused]
-
-        assert await until(lambda: bool(paused()), 10)
-        conn, = paused()
-        ciphertext = conn.transport.get_write_buffer_size() \
-            + conn._below.get_write_buffer_size()
+        conn, ciphertext = await _paused_tls(listener)
         handed = conn._handed
     finally:
         go.set()
@@ -370,14 +339,7 @@ async def test_an_answer_pipelined_behind_a_sliced_hit_comes_after_all_of_it(
     bodies arrive whole and in order, the second after every byte of the first. A guard
     for the slicing (it holds because what waits counts for the pause). Severity: high
     were it broken (a corrupted response stream)."""
-    site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()),
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 30.0},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    port, ca_file = c.server.port, str(ca_dir / "ca-cert.pem")
+    _, site, port, ca_file = await _intercepting(origin, proxy, tmp_path, log=False)
     go, stalled = threading.Event(), threading.Event()
     try:
         assert await asyncio.to_thread(_get, port, site.port, ca_file) == (DIGEST, SIZE)

@@ -44,6 +44,29 @@ async def versioned_origin(origin: Any) -> tuple[Any, dict[str, int]]:
     return await origin(app), state
 
 
+def fill_until_owed(relay: Relay, ends: list[Any]) -> int:
+    """Worker 0 (its end ends[0]) purges until worker 1's channel is full, so that a clear
+    is owed to it; the purges sent."""
+    ends[1].setblocking(False)
+    sent = 0
+    while 1 not in relay.owed:
+        ends[0].send(FORGET_KEY + b"http://app/%d" % sent)
+        sent += 1
+        relay.pass_on()
+        assert sent < 100_000
+    return sent
+
+
+async def spread_misses(base: str, prefix: str, requests: int = 40) -> int:
+    """GETs of four paths, each on a connection of its own (the kernel spreads them over
+    the workers); the misses among them (each worker fetches each path once)."""
+    misses = 0
+    for i in range(requests):
+        cache, _ = await fresh_get(base, f"{prefix}{i % 4}")
+        misses += cache == "MISS"
+    return misses
+
+
 async def fresh_get(base: str, path: str) -> tuple[str, str]:
     """GET on a connection of its own (the kernel picks the worker): (X-Cache, body)."""
     async with aiohttp.ClientSession() as http, http.get(base + path) as resp:
@@ -165,13 +188,7 @@ def test_a_full_channel_owes_a_worker_a_clear_never_loses_a_purge() -> None:
     relay = Relay(2)
     ends = [relay.open(0), relay.open(1)]
     try:
-        ends[1].setblocking(False)
-        sent = 0
-        while 1 not in relay.owed:  # worker 0 purges until worker 1's channel is full
-            ends[0].send(FORGET_KEY + b"http://app/%d" % sent)
-            sent += 1
-            relay.pass_on()
-            assert sent < 100_000
+        sent = fill_until_owed(relay, ends)
         ends[0].send(FORGET_KEY + b"http://app/last")  # also owed: no room
         relay.pass_on()
         heard = []
@@ -213,10 +230,7 @@ async def test_metrics_count_for_every_worker(origin: Any, tmp_path: Any) -> Non
                                    cwd=tmp_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        misses = 0
-        for i in range(40):  # new connections: both workers answer some (all 40 on one
-            cache, _ = await fresh_get(base, f"/n{i % 4}")  # of two: 2**-39)
-            misses += cache == "MISS"
+        misses = await spread_misses(base, "/n")  # (all 40 on one of two: 2**-39)
         assert misses > 4  # /n0../n3 fetched by each worker that answered them
         for _ in range(20):  # whichever worker answers the scrape: the server's figures
             metrics = await _scrape(base)

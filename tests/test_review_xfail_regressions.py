@@ -11,7 +11,7 @@ import time
 
 from aiohttp.test_utils import TestServer
 from processes import start_serve, stop
-from support import intercepted_get, intercepted_tls
+from support import intercepted_get, intercepted_tls, intercepting_config
 from test_review_observe_regressions import video_app
 
 from cacheproxy.tls.ca import LocalCA
@@ -32,25 +32,9 @@ async def test_a_big_intercepted_hit_the_client_left_logs_what_went_on_uvloop(tm
     site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
     site = TestServer(video_app(SIZE), host="127.0.0.1")
     await site.start_server(ssl=site_ca.server_context("localhost"))
-    ca_dir = tmp_path / "proxy-ca"
     log = tmp_path / "requests.log"
-    config = tmp_path / "cacheproxy.toml"
-    config.write_text(f"""
-[proxy]
-upstream = "http://127.0.0.1:9"
-upstream_ca_file = "{site_ca.cert_path}"
-[cache]
-max_object_bytes = {32 * 1024 * 1024}
-[log]
-path = "{log}"
-[forward]
-enabled = true
-intercept_tls = true
-connect_ports = [{site.port}]
-ca_dir = "{ca_dir}"
-""")
+    config, ca_file = intercepting_config(tmp_path, site.port, site_ca.cert_path, log=log)
     proc, port = await start_serve("--config", str(config), cwd=tmp_path)
-    ca_file = ca_dir / "ca-cert.pem"
     try:
         assert await asyncio.to_thread(intercepted_get, port, site.port, ca_file, None) > SIZE
         assert await asyncio.to_thread(intercepted_get, port, site.port, ca_file,

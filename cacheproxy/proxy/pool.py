@@ -52,7 +52,11 @@ _LOW_WATER = 16 * 1024
 # per byte up to _HIGH_WATER, and be relayed as as many chunks.
 _MERGE = 4096
 _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
-_FRAMING = (b"content-length", b"transfer-encoding")  # fields llhttp frames by, even in trailers
+# Fields llhttp frames by or keeps the connection by, even in a trailer section (a
+# `Connection: close` there makes it refuse the connection's next answer).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection",
+                      b"proxy-connection", b"upgrade"))
+_FRAMING_LENGTHS = frozenset(map(len, _FRAMING))
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
 _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
@@ -314,9 +318,10 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._headed:  # a trailer section: not passed on (nothing takes framing from it)
-            if len(name) in (14, 17) and name.lower() in _FRAMING:
-                # RFC 9110 §6.5.1: no framing from a trailer; but llhttp takes it into the
-                # message's flags (a Transfer-Encoding: gzip one makes it read the next
+            if len(name) in _FRAMING_LENGTHS and name.lower() in _FRAMING:
+                # RFC 9110 §6.5.1: no framing (nor connection options, §7.6.1) from a
+                # trailer; but llhttp takes them into the message's flags (a
+                # Transfer-Encoding: gzip or a Connection: close makes it read the next
                 # answer as data after a close): the connection is not reused.
                 self.reusable = False
             return

@@ -77,6 +77,17 @@ def counts_from_json(data: bytes) -> Counts | None:
         return None
 
 
+def retired(data: bytes) -> Counts | None:
+    """A dead worker's last Counts, as its successor adds them (proxy/siblings.py RETIRED):
+    its counters, not its gauges (its memory store and frozen objects went with it), and
+    no process."""
+    counts = counts_from_json(data)
+    if counts is None or len(counts.store) != 4:
+        return None
+    return dataclasses.replace(counts, store=[0, 0, 0, counts.store[3]], gc_frozen=0,
+                               processes=0)
+
+
 def _add(a: list, b: list) -> list:  # type: ignore[type-arg]
     return [_add(x, y) if isinstance(x, list) else x + y for x, y in zip(a, b, strict=False)]
 

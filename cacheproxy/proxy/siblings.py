@@ -1,7 +1,8 @@
 """What the workers of --workers tell each other: what one's memory store forgets (the
 messages are store/siblings.py's), and their counters for a scrape of /metrics (ASK, then
 one COUNTED from each other worker, summed by observe/metrics.py; every worker hears every
-COUNTED and keeps each other worker's last, for one that does not answer in time).
+COUNTED and keeps each other worker's last, for one that does not answer in time; a worker
+restarted in a slot is handed its predecessor's last, RETIRED).
 
 Each worker has a datagram socketpair with the supervisor, made before it is forked (so no
 other process can write to it, as a named socket would let any local user); the supervisor
@@ -28,7 +29,7 @@ from typing import Any
 
 from cacheproxy.config import Config
 from cacheproxy.observe.listing import LIST
-from cacheproxy.observe.metrics import Counts, counts_from_json, counts_json
+from cacheproxy.observe.metrics import Counts, counts_from_json, counts_json, retired, summed
 from cacheproxy.observe.stats_merged import STATS
 from cacheproxy.proxy.invalidations import Invalidations
 from cacheproxy.store.siblings import FORGET_ALL, FORGET_KEY, FORGET_PREFIX, SiblingsMemoryStore
@@ -46,6 +47,15 @@ ASK, ANSWER = b"?", b"="
 # counter that went down for one scrape is a reset to Prometheus (rate() reads phantom
 # traffic); prometheus_client's multiprocess mode keeps every process's figures alike.
 COUNTED = b"#"
+# RETIRED + Counts: the supervisor's first message to a worker restarted in a slot, the last
+# COUNTED its predecessor sent: the restarted worker counts it as a retired process's
+# figures (counters only: its store went with it), in its own answers and scrapes. Without
+# it the sum went down at a restart by the predecessor's figures, and Prometheus, for which
+# a reset goes to zero, read the lower sum as that much new traffic (as prometheus_client's
+# multiprocess mode keeps a dead process's counters, so do we). A worker a scrape reaches
+# also tells its own figures (a COUNTED for no question), so that what the others and the
+# supervisor keep of it is never older than what a scrape showed.
+RETIRED = b"+"
 # The questions after the id: none (Counts), a forget message of store/siblings.py ("forget
 # this and say how many entries you dropped": a purge's count is the server's, not the
 # answering worker's), STATS (the stats API's snapshot, merged by observe/stats_merged.py),
@@ -137,12 +147,15 @@ class Relay:
     def __init__(self, slots: int) -> None:
         self.ends: list[socket.socket | None] = [None] * slots
         self.owed: set[int] = set()
+        self.counted: list[bytes | None] = [None] * slots  # each slot's last Counts
 
     def open(self, slot: int) -> socket.socket:
         """A new channel for the worker (re)started in slot: its end, to give it."""
         self.close(slot)
         ours, theirs = pair()
         self.ends[slot] = ours
+        if (last := self.counted[slot]) is not None:  # a restart: its predecessor's figures
+            _send(ours, RETIRED + last)  # (the first message on an empty socket: room)
         return theirs
 
     def close(self, slot: int) -> None:
@@ -196,6 +209,8 @@ class Relay:
                     continue
                 if kind in (ASK, COUNTED):  # (a COUNTED: its asker's slot, replaced)
                     message = kind + bytes([slot]) + message[1 + (kind == COUNTED):]
+                if kind == COUNTED and len(message) > 2 + ASK_ID:
+                    self.counted[slot] = message[2 + ASK_ID:]
                 for other, to in enumerate(self.ends):
                     if other == slot or to is None:
                         continue
@@ -223,6 +238,7 @@ class Siblings:
         self.marks: Invalidations | None = None
         self._asks: dict[bytes, tuple[list[bytes], set[int], asyncio.Future[None]]] = {}
         self._last: dict[int, bytes] = {}  # each other worker's last Counts, by its slot
+        self._retired: Counts | None = None  # its predecessors' in its slot (RETIRED)
 
     def memory_store(self, config: Config) -> SiblingsMemoryStore | None:
         """With the memory store, one that tells the other workers what it forgets
@@ -234,17 +250,26 @@ class Siblings:
 
     def listen(self, marks: Invalidations, counts: Callable[[], Counts]) -> None:
         self.marks = marks
-        self.counts = lambda: counts_json(counts())
+        self.counts = lambda: counts_json(self._with_retired(counts()))
         self.channel.listen(self.heard)
+
+    def _with_retired(self, own: Counts) -> Counts:
+        if self._retired is None:
+            return own
+        return summed(own, [self._retired], shared_store=self.store is None)  # (Redis: once)
 
     async def counters(self) -> list[Counts]:
         """The other workers' Counts (observe/metrics.py): those that answer in time, and
         the last answer of each that does not, counted as no process answering
-        (processes=0): its counters stay in the sum, which never goes down but at a
-        worker's restart."""
+        (processes=0): its counters stay in the sum, which never goes down, not even at a
+        worker's restart (RETIRED)."""
         answered: set[int] = set()
+        if self.others >= 1:  # this worker's figures, as the scrape shows them (RETIRED)
+            self.channel.say(COUNTED + bytes(1 + ASK_ID) + self.counts())
         found = [c for c in map(counts_from_json, await self._ask(b"", answered))
                  if c is not None]
+        if self._retired is not None:
+            found.append(self._retired)
         for slot, data in self._last.items():
             if slot not in answered and (last := counts_from_json(data)) is not None:
                 found.append(dataclasses.replace(last, processes=0))
@@ -260,6 +285,8 @@ class Siblings:
                 self.channel.say(COUNTED + head + self.counts())
         elif kind == ANSWER:  # ANSWER + id + answer
             self._answered(message[1:1 + ASK_ID], message[1 + ASK_ID:], None)
+        elif kind == RETIRED:
+            self._retired = retired(message[1:])
         elif kind == COUNTED and len(message) > 1 + ASK_ID:  # COUNTED + slot + id + Counts
             slot, counts = message[1], message[2 + ASK_ID:]
             self._last[slot] = counts  # (also an answer to another worker's scrape)

@@ -11,7 +11,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,22 @@ def cache_status(resp: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def raw_origin(answer: Callable[[bytes], bytes | list[bytes]]) -> AsyncIterator[int]:
+async def raw_origin(answer: Callable[[bytes], bytes | Sequence[bytes | None]],
+                     connections: list[int] | None = None) -> AsyncIterator[int]:
     """An origin on 127.0.0.1 that sends bytes of the test's choosing (what aiohttp would
     tidy or refuse): answer(request head) gives each response on a keep-alive
-    connection, or a list of pieces written 0.05 s apart (reads the proxy gets apart).
-    Yields the port."""
+    connection, or a list of pieces written 0.05 s apart (reads the proxy gets apart; a
+    None piece closes the connection there). connections, if given, gets a 1 appended
+    per connection accepted. Yields the port."""
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if connections is not None:
+            connections.append(1)
         try:
             while True:
                 pieces = answer(await reader.readuntil(b"\r\n\r\n"))
                 for i, piece in enumerate([pieces] if isinstance(pieces, bytes) else pieces):
+                    if piece is None:
+                        return
                     if i:
                         await asyncio.sleep(0.05)
                     writer.write(piece)

@@ -35,8 +35,10 @@ from cacheproxy.http.abnf import REASON_PHRASE_RE
 from cacheproxy.http.codings import transfer_coding_names
 from cacheproxy.http.fields import FieldList
 from cacheproxy.http.status_line import DONE, START, read_as_1_1
+from cacheproxy.http.trailer_section import refused_trailer_framing, section_bytes
 from cacheproxy.proxy.destinations import Lookups, connect_first, resolved
 from cacheproxy.proxy.downstream import ClientBodyError
+from cacheproxy.proxy.trailer_skip import TrailerSkip
 from cacheproxy.proxy.upstream import UpstreamError
 from cacheproxy.proxy.wire import REASONS
 
@@ -241,6 +243,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._complete:  # the message ended; what followed did not parse
                 self._broken()
+            elif self._lenient and self._headed and refused_trailer_framing(str(exc)):
+                self._skip_trailer(data)  # (_lenient: a chunked answer's body under way)
             else:
                 self._fail(_refused(f"bad framing ({_cause(exc)})"))
         if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
@@ -261,6 +265,19 @@ class Connection(asyncio.Protocol):
             self._bare_bytes = 0
         if self._receiver is not None:
             self._notify()
+
+    def _skip_trailer(self, data: bytes) -> None:
+        """llhttp refused a Content-Length in the trailer section: RFC 9110 §6.5.1 says to
+        ignore it (nginx does); the section's end is found without llhttp from here on
+        (http/trailer_section.py), and the connection is not reused after it."""
+        self.reusable = False
+        skip = TrailerSkip(self, self._parser.get_status_code(),
+                           self._parser.get_http_version())
+        self._parser = skip  # type: ignore[assignment]
+        try:
+            skip.feed_data(section_bytes(data))
+        except httptools.HttpParserError:
+            self._broken()  # complete, and bytes past it
 
     def eof_received(self) -> bool | None:
         self.reusable = False

@@ -16,7 +16,6 @@ import os
 from typing import Any
 from unittest import mock
 
-import pytest
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import given, settings
@@ -410,18 +409,15 @@ async def test_a_target_too_long_behind_requests_of_its_read_gets_414_not_431(
 # -- found on the way, not fixed -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="aiohttp's Python parser (which a connection switches "
-                   "to at a method llhttp lacks) raises 'Data after Connection: close' for the "
-                   "whole feed, losing the requests it parsed in it; _StrictPythonParser cannot "
-                   "get them back without re-implementing its feed_data loop")
 async def test_requests_before_close_on_the_python_parser_are_answered(
         origin: Any, proxy: Any) -> None:
     """A request with a method llhttp does not know (the connection goes on with aiohttp's
     Python parser, server_protocol), then one with `Connection: close`, then another, in
     one read: the first two should be answered, the second with close, and the third not
-    read (RFC 9112 §9.6), as on llhttp (_until_close). The whole read gets one 400. Found
-    by the property test above (shapes "unknown method" and "h2c close"). Severity: low
-    (an unknown method, a close and more bytes in one read)."""
+    read (RFC 9112 §9.6), as on llhttp (_until_close). The whole read got one 400 (fixed
+    by review-trailers: _StrictPythonParser._until_close). Found by the property test
+    above (shapes "unknown method" and "h2c close"). Severity: low (an unknown method, a
+    close and more bytes in one read)."""
     seen: list[str] = []
     conn = await _open(origin, proxy, _recording(seen))
     try:

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import itertools
 from typing import Any
+from unittest import mock
 
 import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import cache_status, raw_origin
+from test_review_h2cpipe_regressions import _get, _open, _recording
 
 from cacheproxy.http.trailer_section import refused_trailer_framing, section_bytes
+from cacheproxy.proxy.server_protocol import _StrictPythonParser
 from cacheproxy.proxy.trailer_skip import TrailerSkip
 
 _HEAD = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n"
@@ -241,3 +244,89 @@ def test_the_trailer_recovery_ends_the_message_exactly_at_its_end(
         answer.read(data)
     assert (answer.complete, answer.past, answer.failed) == (True, False, False)
     assert bytes(answer.body) == b"".join(chunks)
+
+
+# -- client side: Connection: close on aiohttp's Python parser -----------------------------
+
+async def test_requests_up_to_close_on_the_python_parser_are_answered_and_none_after(
+        origin: Any, proxy: Any) -> None:
+    """What was wrong: on a connection moved to aiohttp's Python parser (a method llhttp
+    does not know), a read holding requests, one with `Connection: close`, then more
+    bytes got one 400 for all (aiohttp's "Data after `Connection: close`" loses the
+    requests parsed in the feed). What a user saw: requests a client pipelined were
+    refused. RFC 9112 §9.6: the close request is answered, nothing after it processed
+    (as llhttp's path did, _FallbackParser._until_close). Severity: low."""
+    seen: list[str] = []
+    conn = await _open(origin, proxy, _recording(seen))
+    try:
+        await conn.send(_get("/zero", method="PURGEX") + _get("/one", "Connection: close")
+                        + _get("/two"))
+        first = await conn.reply()
+        second = await conn.reply()
+        assert await conn.closed_within(5)
+    finally:
+        conn.close()
+    assert (first.status, first.body) == (200, b"PURGEX /zero")
+    assert (second.body, second.headers.get("connection")) == (b"GET /one", "close")
+    assert seen == ["PURGEX /zero", "GET /one"]
+
+
+async def test_bodies_up_to_close_on_the_python_parser_are_read_as_bodies(
+        origin: Any, proxy: Any) -> None:
+    """Smuggling guard for the fix: requests with Content-Length bodies that hold a
+    request's bytes (and the close request with a body too) are read again by their
+    lengths: the origin gets each body as a body, never the request inside it, and
+    nothing after the close. Severity of what it guards: high (request smuggling)."""
+    hidden = _get("/smuggled")
+    seen: list[str] = []
+    conn = await _open(origin, proxy, _recording(seen))
+    try:
+        await conn.send(
+            _get("/zero", f"Content-Length: {len(hidden)}", method="PURGEX", body=hidden)
+            + _get("/one", "Content-Length: 2", "Connection: close", method="POST",
+                   body=b"hi")
+            + _get("/two"))
+        first = await conn.reply()
+        second = await conn.reply()
+        assert await conn.closed_within(5)
+    finally:
+        conn.close()
+    assert first.status == 200 and second.headers.get("connection") == "close"
+    assert seen == [f"PURGEX /zero {hidden.decode()}".strip(), "POST /one hi"]
+
+
+async def test_a_chunked_request_before_close_on_the_python_parser_still_gets_400(
+        origin: Any, proxy: Any) -> None:
+    """Where the walk cannot be sure (a chunked body before the close), the read still
+    gets one 400 and the connection closes, as the README's Limits say for llhttp's
+    path; nothing of it reaches the origin. Guards the fix. Severity: low."""
+    seen: list[str] = []
+    conn = await _open(origin, proxy, _recording(seen))
+    try:
+        await conn.send(_get("/zero", method="PURGEX")
+                        + _get("/one", "Transfer-Encoding: chunked", "Connection: close",
+                               method="POST", body=b"2\r\nhi\r\n0\r\n\r\n")
+                        + _get("/two"))
+        first = await conn.reply()
+        assert await conn.closed_within(5)
+    finally:
+        conn.close()
+    assert first.status == 400
+    assert "GET /two" not in seen
+
+
+async def test_the_python_parser_walk_takes_a_head_begun_in_an_earlier_feed() -> None:
+    """The parser alone (as with AIOHTTP_NO_EXTENSIONS=1, where no llhttp is in front):
+    a request line begun in one feed, whole with a close request and more in the next:
+    both requests come back, the bytes after the close are not parsed, and the parser
+    still counts the two as in flight (its pipelining limit). Guards the fix."""
+    import asyncio
+
+    parser = _StrictPythonParser(mock.Mock(), asyncio.get_running_loop(), 2**16,
+                                 max_msg_queue_size=8)
+    assert parser.feed_data(b"PURGEX /a HT")[0] == []
+    messages, upgraded, tail = parser.feed_data(
+        b"TP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [m.path for m, _ in messages] == ["/a", "/b"] and not upgraded and tail == b""
+    assert messages[1][0].should_close and parser._msg_in_flight == 2

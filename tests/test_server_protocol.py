@@ -609,6 +609,13 @@ async def test_aiohttp_internals() -> None:
     python_parser.feed_data(b"st: example\r\nTransfer-Encoding: chunked\r\n\r\nPO")
     assert isinstance(python_parser._payload_parser, HttpPayloadParser)
     assert python_parser._upgraded is False
+    # What _StrictPythonParser._until_close puts back, and the refusal it undoes (the
+    # whole feed refused, the requests parsed before the close in it lost).
+    for name in ("_payload_has_more_data", "_pending_upgrade", "_msg_in_flight"):
+        assert hasattr(python_parser, name), name
+    with pytest.raises(BadHttpMessage, match="Data after `Connection: close`"):
+        HttpRequestParserPy(mock.Mock(), loop, 2**16).feed_data(
+            request(b"GET /a") + request(b"GET /b", b"Connection: close") + request(b"GET /"))
 
 
 @needs_c

@@ -37,8 +37,11 @@ again (``_FallbackParser._after_upgrade``).
 
 This relies on aiohttp internals: ``RequestHandler._parser`` and the constructor
 arguments that RequestHandler passes to its parser, ``Server._kwargs``,
-``AppRunner._make_server``, the Python parser's ``_lines``, ``_tail``, ``_upgraded`` and
-``_payload_parser`` (and that object's ``_chunk_size``), and the exceptions llhttp raises;
+``AppRunner._make_server``, the Python parser's ``_lines``, ``_tail``, ``_upgraded``,
+``_msg_in_flight``, ``_payload_has_more_data``, ``_pending_upgrade`` and
+``_payload_parser`` (and that object's ``_chunk_size``), the Python parser's refusal of a
+whole feed with data after a close request (``_StrictPythonParser._until_close``), and
+the exceptions llhttp raises;
 and that llhttp, at the end of an upgrade request aiohttp does not switch for, has read its
 body, drops the rest of the feed, and parses the next feed as new messages.
 ``test_aiohttp_internals`` and ``test_llhttp_rejections_we_rely_on`` in
@@ -163,7 +166,19 @@ class _StrictPythonParser(HttpRequestParserPy):
         return bool(size) and self._msg_in_flight >= size
 
     def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> _FeedResult:
-        result = super().feed_data(data, *args, **kwargs)
+        # Between messages (a head's first bytes may wait in _tail): where a refusal of
+        # data after close can be undone (_until_close). A few attribute reads a feed.
+        between = self._payload_parser is None and not self._lines and not self._upgraded
+        held, in_flight = self._tail, self._msg_in_flight
+        try:
+            result = super().feed_data(data, *args, **kwargs)
+        except BadHttpMessage as exc:
+            if not (between and str(exc.message).startswith(_DATA_AFTER_CLOSE)):
+                raise
+            found = self._until_close(held + data, in_flight)
+            if found is None:
+                raise
+            return found, False, b""
         if (
             not self._lines  # else the request line is complete
             and self._payload_parser is None
@@ -177,6 +192,49 @@ class _StrictPythonParser(HttpRequestParserPy):
             set_exception(payload_parser.payload, exc)
             raise exc
         return result
+
+    def _until_close(self, data: bytes, in_flight: int) -> list[tuple[Any, Any]] | None:
+        """aiohttp's parser refuses a feed with bytes after a request with Connection:
+        close, and loses the requests it parsed in it (their answers were due: RFC 9112
+        §9.6 only says nothing after the close is processed). data, from a message
+        boundary, is parsed again one request at a time up to the one with close, as
+        _FallbackParser._until_close does for llhttp; the parser is as the failed feed
+        found it (its state put back: nothing of it was handed out). None (the refusal
+        stands, a 400) where that cannot be done for sure: a chunked body, an upgrade, a
+        message that is not one whole head or body where the walk expects it."""
+        self._lines.clear()
+        self._tail, self._payload_parser, self._upgraded = b"", None, False
+        self._payload_has_more_data = self._pending_upgrade = False
+        self._msg_in_flight = in_flight
+        found: list[tuple[Any, Any]] = []
+        pos = 0
+        while True:
+            while data.startswith(b"\r\n", pos):  # (empty lines before a request line)
+                pos += 2
+            end = data.find(_CRLFCRLF, pos)
+            if end < 0:
+                return None
+            end += 4
+            try:
+                messages, upgraded, _ = super().feed_data(data[pos:end])
+            except BadHttpMessage:  # (parsed whole before: not expected)
+                return None
+            if upgraded or len(messages) != 1 or self._tail or self._lines:
+                return None
+            msg, payload = messages[0]
+            if msg.chunked or msg.upgrade:
+                return None
+            if self._payload_parser is not None:  # a Content-Length body, all in data
+                length = int(msg.headers.get(hdrs.CONTENT_LENGTH) or 0)
+                if end + length > len(data):
+                    return None
+                if super().feed_data(data[end:end + length])[0] or not payload.is_eof():
+                    return None
+                end += length
+            found.append((msg, payload))
+            if msg.should_close:  # (what follows it is not read: the connection closes)
+                return found
+            pos = end
 
 
 def _chunked_end(parser: Any, payload: Any, data: bytes, pos: int) -> int | None:

@@ -9,9 +9,10 @@ connection after it (never reused). A property test drives llhttp and the recove
 bytes the recovery looks for, random trailers and random read splits.
 
 Client side: a connection moved to aiohttp's Python parser (a method llhttp does not
-know) whose read holds requests, then one with `Connection: close`, then more bytes: the
-requests up to the close are answered, nothing after it is read (RFC 9112 §9.6), and a
-body that hides a request is not read as one (smuggling).
+know) whose read holds requests, then one with `Connection: close` (or a malformed one),
+then more bytes: the requests up to the close are answered (before the malformed one's
+400), nothing after it is read (RFC 9112 §9.6), and a body that hides a request is not
+read as one (smuggling).
 
 Real proxy in front of origins on 127.0.0.1 (raw sockets sending exact bytes, aiohttp
 apps). Each test of a defect failed before its fix (on 8dd581e)."""
@@ -331,3 +332,49 @@ async def test_the_python_parser_walk_takes_a_head_begun_in_an_earlier_feed() ->
         b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n")
     assert [m.path for m, _ in messages] == ["/a", "/b"] and not upgraded and tail == b""
     assert messages[1][0].should_close and parser._msg_in_flight == 2
+
+
+async def test_requests_before_a_malformed_one_on_the_python_parser_are_answered(
+        origin: Any, proxy: Any) -> None:
+    """What was wrong: on a connection moved to aiohttp's Python parser, a read holding
+    a request and then a malformed one (two Content-Lengths) got one 400 for all: the
+    parser refuses the whole feed. What a user saw: the request before the bad one
+    unanswered. llhttp's path answers it, then the 400 (README, Limits); so does this
+    one now, and nothing after the malformed request reaches the origin. RFC 9112
+    §9.3.2 (pipelined requests are answered in order). Severity: low."""
+    seen: list[str] = []
+    conn = await _open(origin, proxy, _recording(seen))
+    try:
+        await conn.send(_get("/zero", method="PURGEX")
+                        + _get("/bad", "Content-Length: 1", "Content-Length: 2")
+                        + _get("/two"))
+        first = await conn.reply()
+        second = await conn.reply()
+        assert await conn.closed_within(5)
+    finally:
+        conn.close()
+    assert (first.status, first.body) == (200, b"PURGEX /zero")
+    assert second.status == 400 and second.headers.get("connection") == "close"
+    assert seen == ["PURGEX /zero"]
+
+
+async def test_the_python_parser_walk_hands_back_an_error_only_where_it_is_taken() -> None:
+    """The parser alone: with answers_first (ClientConnection's) the request before a
+    malformed one comes back, then the malformed one as its error, and nothing is read
+    after; without it (aiohttp's RequestHandler, which takes no error among requests)
+    the feed is refused as before. Guards the fix."""
+    import asyncio
+
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    feed = (b"PURGEX /a HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /b HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    loop = asyncio.get_running_loop()
+    taking = _StrictPythonParser(mock.Mock(), loop, 2**16, max_msg_queue_size=8)
+    taking.answers_first = True
+    messages, _, _ = taking.feed_data(feed)
+    assert messages[0][0].path == "/a" and isinstance(messages[1][0], BadHttpMessage)
+    assert taking.feed_data(b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n") == ([], False, b"")
+    refusing = _StrictPythonParser(mock.Mock(), loop, 2**16, max_msg_queue_size=8)
+    with pytest.raises(BadHttpMessage):
+        refusing.feed_data(feed)

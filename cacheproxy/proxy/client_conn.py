@@ -286,7 +286,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             "auto_decompress": False, "max_msg_queue_size": MAX_PIPELINED}
 
         def make_python() -> _StrictPythonParser:
-            return _StrictPythonParser(self, loop, 2**16, **options)
+            parser = _StrictPythonParser(self, loop, 2**16, **options)
+            parser.answers_first = True  # (requests before a malformed one, then its 400)
+            return parser
 
         if HttpRequestParser is HttpRequestParserPy:  # AIOHTTP_NO_EXTENSIONS=1
             return make_python()

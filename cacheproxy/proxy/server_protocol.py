@@ -40,7 +40,8 @@ arguments that RequestHandler passes to its parser, ``Server._kwargs``,
 ``AppRunner._make_server``, the Python parser's ``_lines``, ``_tail``, ``_upgraded``,
 ``_msg_in_flight``, ``_payload_has_more_data``, ``_pending_upgrade`` and
 ``_payload_parser`` (and that object's ``_chunk_size``), the Python parser's refusal of a
-whole feed with data after a close request (``_StrictPythonParser._until_close``), and
+whole feed with data after a close request or a malformed request
+(``_StrictPythonParser._one_at_a_time``), and
 the exceptions llhttp raises;
 and that llhttp, at the end of an upgrade request aiohttp does not switch for, has read its
 body, drops the rest of the feed, and parses the next feed as new messages.
@@ -63,6 +64,7 @@ from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
     HttpProcessingError,
+    LineTooLong,
     TransferEncodingError,
 )
 from aiohttp.http_parser import HttpRequestParserPy, RawRequestMessage
@@ -165,17 +167,27 @@ class _StrictPythonParser(HttpRequestParserPy):
         size = self._max_msg_queue_size
         return bool(size) and self._msg_in_flight >= size
 
+    # Requests before a malformed one in a feed may be handed back, then its error (as
+    # _FallbackParser's answers_first): ClientConnection takes them, aiohttp's
+    # RequestHandler does not.
+    answers_first = False
+    _failed = False  # a malformed request was handed back: nothing after it is read
+
     def feed_data(self, data: bytes, *args: Any, **kwargs: Any) -> _FeedResult:
+        if self._failed:
+            return [], False, b""
         # Between messages (a head's first bytes may wait in _tail): where a refusal of
-        # data after close can be undone (_until_close). A few attribute reads a feed.
+        # the feed can be undone (_one_at_a_time). A few attribute reads a feed.
         between = self._payload_parser is None and not self._lines and not self._upgraded
         held, in_flight = self._tail, self._msg_in_flight
         try:
             result = super().feed_data(data, *args, **kwargs)
         except BadHttpMessage as exc:
-            if not (between and str(exc.message).startswith(_DATA_AFTER_CLOSE)):
+            after_close = str(exc.message).startswith(_DATA_AFTER_CLOSE)
+            if not between or isinstance(exc, LineTooLong) \
+                    or not (after_close or self.answers_first):
                 raise
-            found = self._until_close(held + data, in_flight)
+            found = self._one_at_a_time(held + data, in_flight, after_close)
             if found is None:
                 raise
             return found, False, b""
@@ -193,15 +205,19 @@ class _StrictPythonParser(HttpRequestParserPy):
             raise exc
         return result
 
-    def _until_close(self, data: bytes, in_flight: int) -> list[tuple[Any, Any]] | None:
-        """aiohttp's parser refuses a feed with bytes after a request with Connection:
-        close, and loses the requests it parsed in it (their answers were due: RFC 9112
-        §9.6 only says nothing after the close is processed). data, from a message
-        boundary, is parsed again one request at a time up to the one with close, as
-        _FallbackParser._until_close does for llhttp; the parser is as the failed feed
-        found it (its state put back: nothing of it was handed out). None (the refusal
-        stands, a 400) where that cannot be done for sure: a chunked body, an upgrade, a
-        message that is not one whole head or body where the walk expects it."""
+    def _one_at_a_time(self, data: bytes, in_flight: int, after_close: bool
+                       ) -> list[tuple[Any, Any]] | None:
+        """aiohttp's parser refuses a whole feed for bytes after a request with
+        Connection: close, or for a malformed request, and loses the requests it parsed
+        in it: their answers were due (RFC 9112 §9.6 only says nothing after the close
+        is processed; a malformed request's 400 ends the connection after them). data,
+        from a message boundary, is parsed again one request at a time, as
+        _FallbackParser._until_close does for llhttp, up to the one with close, or up to
+        the malformed one, handed back as its error (answers_first); nothing after is
+        read. The parser's state is put back first (nothing of the failed feed was
+        handed out). None (the refusal stands, a 400) where that cannot be done for
+        sure: a chunked body, an upgrade, a request that is not one whole head and
+        body where the walk expects it."""
         self._lines.clear()
         self._tail, self._payload_parser, self._upgraded = b"", None, False
         self._payload_has_more_data = self._pending_upgrade = False
@@ -212,13 +228,16 @@ class _StrictPythonParser(HttpRequestParserPy):
             while data.startswith(b"\r\n", pos):  # (empty lines before a request line)
                 pos += 2
             end = data.find(_CRLFCRLF, pos)
-            if end < 0:
-                return None
-            end += 4
+            end = len(data) if end < 0 else end + 4  # (a head not whole: may be refused)
             try:
                 messages, upgraded, _ = super().feed_data(data[pos:end])
-            except BadHttpMessage:  # (parsed whole before: not expected)
-                return None
+            except BadHttpMessage as bad:
+                if after_close or not found or isinstance(bad, LineTooLong):
+                    return None  # (the close's walk meets none: parsed whole before)
+                if getattr(bad, "head", None) is None:
+                    bad.head = data[pos:end]  # type: ignore[attr-defined]  # (the log's)
+                self._failed = True
+                return [*found, (bad, EMPTY_PAYLOAD)]
             if upgraded or len(messages) != 1 or self._tail or self._lines:
                 return None
             msg, payload = messages[0]

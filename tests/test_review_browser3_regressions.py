@@ -10,14 +10,23 @@ below, each with the test that failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
 from browser import chromium
 from playwright.async_api import Page, expect
 from processes import clean_env, start_serve, stop
+from support import until
+from test_browser_policies import HOSTS_ON_LOOPBACK, Tabs, Upstream, base, pages_app
+
+from cacheproxy.tls.ca import LocalCA, spki_sha256
 
 DASHBOARD = "/_cacheproxy/dashboard"
 
@@ -105,4 +114,224 @@ async def test_a_dashboard_refused_after_a_restart_without_a_token_says_to_reloa
             await expect(_figure(page, "live-state")).to_have_text("live · every 2 s")
         finally:
             code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err
+
+
+# --- what held: browser coverage of this session's changes (no fix needed) ----------------
+
+
+async def test_a_credentialed_fetch_is_granted_to_a_wildcard_origin_and_not_to_lookalikes(
+        origin: Any, proxy: Any, tmp_path: Path) -> None:
+    """Held (no browser test covered a wildcard with credentials): `allow_origins =
+    ["https://*.mycompany.test:PORT"]` with `allow_credentials = true` grants a
+    `credentials: "include"` fetch from https://app.mycompany.test:PORT and a deeper
+    subdomain (the origin itself echoed, `-Allow-Credentials: true`, `Vary: Origin`), and
+    Chromium refuses it to the apex, a name that only ends the same, the same name under
+    another name, and http (Fetch §3.2.5; README "CORS")."""
+    upstream = Upstream()
+    up = await origin(upstream.app)
+    ca = LocalCA.load_or_create(tmp_path / "pages-ca")
+    pages = TestServer(pages_app(), host="127.0.0.1")  # one certificate: the SPKI covers all
+    await pages.start_server(ssl=ca.server_context("app.mycompany.test"))
+    plain = await origin(pages_app())
+    port = pages.port
+    client = await proxy(up, cors={"allow_origins": (f"https://*.mycompany.test:{port}",),
+                                   "allow_credentials": True})
+    api = base(client) + "/api/private"
+    granted = [f"https://app.mycompany.test:{port}", f"https://a.b.mycompany.test:{port}"]
+    refused = [f"https://mycompany.test:{port}", f"https://evilmycompany.test:{port}",
+               f"https://app.mycompany.test.evil.test:{port}",
+               f"http://app.mycompany.test:{plain.port}"]
+    try:
+        async with chromium(HOSTS_ON_LOOPBACK, "--ignore-certificate-errors-spki-list="
+                            + spki_sha256(ca.certificate)) as browser:
+            tabs = Tabs(browser)
+            for page_origin in granted:
+                tab = await tabs.open(page_origin + "/")
+                got = await tab.fetch(api, {"credentials": "include"})
+                assert got.get("status") == 200, (page_origin, got, tab.console)
+                head = await tab.response_for("/api/private").all_headers()
+                assert head["access-control-allow-origin"] == page_origin
+                assert head["access-control-allow-credentials"] == "true"
+                assert "Origin" in [v.strip() for v in head["vary"].split(",")]
+            for page_origin in refused:
+                tab = await tabs.open(page_origin + "/")
+                got = await tab.fetch(api, {"credentials": "include"})
+                assert got == {"error": "TypeError: Failed to fetch"}, (page_origin, got)
+                assert await tab.wait_cors_error(), (page_origin, tab.console)
+    finally:
+        await pages.close()
+
+
+LIVE_PAGE = """<!doctype html><title>live</title><script>
+window.events = []; window.echo = []; window.polls = [];
+new EventSource("/events").onmessage = (e) => events.push(e.data);
+const ws = new WebSocket("ws://" + location.host + "/ws");
+ws.onopen = () => ws.send("hello"); ws.onmessage = (e) => echo.push(e.data);
+setInterval(async () => {
+  const started = performance.now();
+  const r = await fetch("/version");
+  polls.push([started, await r.text()]);
+}, 50);
+</script>"""
+
+
+def _live_origin() -> tuple[web.Application, list[int]]:
+    """A page with an EventSource, a WebSocket and a poll of /version, which a shared
+    cache may keep a minute and a browser must revalidate (`max-age=0, s-maxage=60`)."""
+    version = [1]
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=LIVE_PAGE, content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    async def current(request: web.Request) -> web.Response:
+        etag = f'"v{version[0]}"'
+        fields = {"Cache-Control": "max-age=0, s-maxage=60", "ETag": etag}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=fields)
+        return web.Response(text=f"v{version[0]}", headers=fields)
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(600):  # a minute at most; the test's page leaves long before
+            await resp.write(f"data: e{i}\n\n".encode())
+            await asyncio.sleep(0.1)
+        return resp
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(message.data.upper())
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/version", current)
+    app.router.add_get("/events", events)
+    app.router.add_get("/ws", echo)
+    return app, version
+
+
+async def test_a_page_with_a_stream_and_a_websocket_sees_each_purge_with_two_workers(
+        origin: Any, tmp_path: Path) -> None:
+    """Held: with `--workers 2` (memory store, each worker its own), a page holding an
+    EventSource and a WebSocket through the proxy, and polling a URL the proxy keeps a
+    minute, gets the new version on every poll that starts after a purge's answer, on
+    whichever worker its connection reached (the purge reaches the others through the
+    supervisor before it answers; README "Scaling on one machine", "Admin API")."""
+    app, version = _live_origin()
+    up = await origin(app)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with chromium() as browser:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(base_url + "/")
+            await page.wait_for_function("echo.length == 1 && events.length >= 3")
+            for n in range(2, 8):  # the purge reaching the other worker: 63 times in 64
+                await page.wait_for_function(f"polls.some(p => p[1] == 'v{n - 1}')")
+                version[0] = n
+                async with aiohttp.ClientSession() as http, http.post(
+                        base_url + "/_cacheproxy/purge?url=/version") as resp:
+                    assert resp.status == 200, await resp.text()
+                    assert (await resp.json())["processes_counted"] == 2
+                purged_at = await page.evaluate("performance.now()")
+                await page.wait_for_function(f"polls.filter(p => p[0] > {purged_at}).length >= 3")
+                after = await page.evaluate(f"polls.filter(p => p[0] > {purged_at})")
+                assert {text for _, text in after} == {f"v{n}"}, after
+            assert await page.evaluate("echo") == ["HELLO"]
+            assert await page.evaluate("events.length") >= 3
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err
+
+
+BIG = 32 * 1024 * 1024
+
+
+async def test_an_intercepted_download_arrives_whole_twice_and_a_cancelled_one_logs_its_bytes(
+        tmp_path: Path) -> None:
+    """Held: Chromium through `cacheproxy serve` with `forward.intercept_tls`, the proxy's
+    CA trusted by its SPKI hash, fetching a 32 MiB storable file from a local https origin:
+    a MISS then a HIT (written to TLS in 256 KiB slices, proxy/tls_slices.py), both whole
+    by their SHA-256; a third fetch read 8 MiB and cancelled is logged as a HIT with the
+    bytes that went, not the whole size (README "The request log")."""
+    body = os.urandom(BIG)
+    origin_ca = LocalCA.load_or_create(tmp_path / "origin-ca")
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html><title>p</title>", content_type="text/html",
+                            headers={"Cache-Control": "no-store"})
+
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/octet-stream",
+                            headers={"Cache-Control": "max-age=600", "ETag": '"b1"'})
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/big", big)
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server(ssl=origin_ca.server_context("localhost"))
+    ca_dir, log = tmp_path / "proxy-ca", tmp_path / "requests.log"
+    spki = spki_sha256(LocalCA.load_or_create(ca_dir).certificate)
+    config = tmp_path / "cacheproxy.toml"
+    config.write_text(f"""
+[proxy]
+upstream = "http://127.0.0.1:9"
+upstream_ca_file = "{origin_ca.cert_path}"
+[cache]
+max_object_bytes = {2 * BIG}
+[forward]
+enabled = true
+allow_hosts = ["localhost"]
+connect_ports = [{site.port}]
+intercept_tls = true
+ca_dir = "{ca_dir}"
+[log]
+path = "{log}"
+""")
+    proc, port = await start_serve("--config", str(config), cwd=tmp_path)
+    digest = """async () => { const r = await fetch("/big");
+        const d = await crypto.subtle.digest("SHA-256", await r.arrayBuffer());
+        return [r.headers.get("x-cache"), [...new Uint8Array(d)]
+                .map((x) => x.toString(16).padStart(2, "0")).join("")]; }"""
+    cancel = """async () => { const reader = (await fetch("/big")).body.getReader();
+        let n = 0;
+        while (n < 8 * 1024 * 1024) { const {value, done} = await reader.read();
+                                      if (done) break; n += value.length; }
+        await reader.cancel(); return n; }"""
+    want = hashlib.sha256(body).hexdigest()
+    try:
+        async with chromium(f"--proxy-server=http://127.0.0.1:{port}",
+                            "--proxy-bypass-list=<-loopback>",
+                            f"--ignore-certificate-errors-spki-list={spki}") as browser:
+            for expected in ("MISS", "HIT"):
+                context = await browser.new_context()  # an empty browser cache each time
+                tab = await context.new_page()
+                await tab.goto(f"https://localhost:{site.port}/")
+                assert await tab.evaluate(digest) == [expected, want]
+                await context.close()
+            context = await browser.new_context()
+            tab = await context.new_page()
+            await tab.goto(f"https://localhost:{site.port}/")
+            assert await tab.evaluate(cancel) >= 8 * 1024 * 1024
+            await context.close()
+
+        def big_lines() -> list[dict[str, Any]]:
+            lines = [json.loads(line) for line in log.read_text().splitlines()]
+            return [r for r in lines if r["path"] == "/big"]
+
+        assert await until(lambda: len(big_lines()) == 3, timeout=10), big_lines()
+        (miss, hit, cancelled) = big_lines()
+        assert (miss["cache"], miss["status"], miss["bytes"]) == ("MISS", 200, BIG)
+        assert (hit["cache"], hit["status"], hit["bytes"]) == ("HIT", 200, BIG)
+        assert cancelled["cache"] == "HIT" and 8 * 1024 * 1024 <= cancelled["bytes"] < BIG
+    finally:
+        code, err = await stop(proc)
+        await site.close()
     assert code == 0 and "Traceback" not in err, err

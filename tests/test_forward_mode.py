@@ -162,13 +162,21 @@ async def test_admin_paths_on_another_host_are_that_hosts(proxy, two_origins):
     assert status == 200 and b"alive" in body  # this proxy's own, named as itself
 
 
-async def test_a_request_naming_the_proxy_itself_is_a_loop(proxy, two_origins):
+async def test_a_request_naming_the_proxy_itself_is_its_own_site_not_a_loop(
+        proxy, two_origins):
+    """Named as itself (its address, a loopback name), the proxy is the origin server:
+    the request is the site behind it, as in origin-form with that Host, never forwarded
+    back to itself (review-browser3; was a 508, which kept a browser using the proxy from
+    opening that site). 0.0.0.0 names no server: still 508."""
     upstream, _ = two_origins
     client = await proxy(upstream, forward={"enabled": True})
     for host in ("127.0.0.1", "localhost", "127.1"):
-        status, _, _ = await forward_get(client.port, f"http://{host}:{client.port}/p")
-        assert status == 508, host
-    assert upstream.app[SEEN] == []
+        status, _, body = await forward_get(client.port, f"http://{host}:{client.port}/p")
+        assert (status, body) == (200, b"upstream /p"), host
+    assert [line.split(" host=")[0] for line in upstream.app[SEEN]] == ["GET /p"] * 3
+    status, _, _ = await forward_get(client.port, f"http://0.0.0.0:{client.port}/p")
+    assert status == 508
+    assert len(upstream.app[SEEN]) == 3
 
 
 async def test_connect_tunnels_bytes_both_ways_and_logs_one_tunnel_line(proxy, two_origins,

@@ -164,6 +164,22 @@ def names_own_listener(access: ForwardAccess, host: str, port: int) -> bool:
     return False
 
 
+def names_this_server(access: ForwardAccess, scheme: str, authority: str) -> bool:
+    """Does an absolute-form http target name the listener it came in on, by one of its
+    own hosts or a loopback name? Then the proxy is that URI's origin server (RFC 9112
+    §3.2.2: a server accepts the absolute form) and answers it as the origin-form request
+    with that Host: the site behind it, not a forward request to itself (508). 0.0.0.0 and
+    ::, a name that only resolves to it (known after a lookup) and admin.listen stay 508."""
+    parts = split_authority(authority) if scheme == "http" else None
+    if parts is None or (parts[1] or 80) != access.own_port:
+        return False
+    name = canonical_host(parts[0])
+    if not name or name in _WILDCARDS:
+        return False
+    return name in access.own_hosts or (access.own_loopback and (
+        name == "localhost" or name.endswith(".localhost") or _is_loopback(name)))
+
+
 def listens_everywhere(access: ForwardAccess, port: int) -> bool:
     """Is one of this proxy's listeners on port bound to 0.0.0.0 or :: (every address of
     this machine reaches it, its LAN ones too, which no name or config here lists)?"""

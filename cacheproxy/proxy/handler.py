@@ -22,8 +22,10 @@ from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
 from cacheproxy.policies.forward import (
     Allowed,
     ForwardAccess,
+    ForwardDecision,
     Refused,
     connect_decision,
+    names_this_server,
     target_decision,
 )
 from cacheproxy.policies.referer import redact
@@ -117,6 +119,20 @@ class CacheProxy:
                 self.config.forward, host, port,
                 other_listeners=[parse_listen(admin)] if admin else ())
         return access
+
+    def _forward_target(self, request: ClientMessage, raw: str, authority: str
+                        ) -> ForwardDecision | None:
+        """Forward mode's decision on an absolute-form target; None when it names this
+        listener itself over http (policies/forward.py names_this_server): the request is
+        then this server's own, routed as in origin-form (a browser whose proxy is this
+        one opening the site behind it at the proxy's address)."""
+        scheme = raw.partition(":")[0].lower()
+        access = self.forward_access(local_port(request))
+        d = target_decision(access, scheme, authority)
+        if isinstance(d, Refused) and d.status == 508 \
+                and names_this_server(access, scheme, authority):
+            return None
+        return d
 
     def _vet(self, origin: Origin) -> Callable[[str], UpstreamError | None] | None:
         """The pool's check of what an origin a forward client named resolves to
@@ -246,9 +262,9 @@ class CacheProxy:
                 return self._error(refused.status, refused.reason, outcome)
             plan = plans.forward_to(scheme, tunnel.host, tunnel.port)
             authority = outcome.host = plan.forward.upstream_host  # (not the client's Host)
-        elif parsed.absolute and self.config.forward.enabled:
+        elif parsed.absolute and self.config.forward.enabled \
+                and (d := self._forward_target(request, raw, authority)) is not None:
             scheme = raw.partition(":")[0].lower()
-            d = target_decision(self.forward_access(local_port(request)), scheme, authority)
             if isinstance(d, Refused):  # [forward] allow_hosts / deny_hosts, or a loop
                 outcome.status = "DENIED"
                 outcome.policy = f"forward: {d.reason}"

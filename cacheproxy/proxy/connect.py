@@ -24,6 +24,7 @@ from cacheproxy.policies.forward import (
     Refused,
     connect_decision,
     names_own_listener,
+    names_this_server,
 )
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.destinations import address_refused, connect_first
@@ -103,7 +104,11 @@ class ConnectMethod:
             outcome.status = "ERROR"
             return self._refuse_connect(request, outcome, 405,
                                         "CONNECT needs forward mode ([forward] enabled)")
-        d = connect_decision(proxy.forward_access(self._port), msg.path)
+        access = proxy.forward_access(self._port)
+        d = connect_decision(access, msg.path)
+        if isinstance(d, Refused) and d.status == 508 \
+                and names_this_server(access, "http", msg.path):
+            return self._serve_inside(request, outcome)
         if isinstance(d, Refused):
             outcome.status = "DENIED"
             outcome.policy = f"forward: {d.reason}"
@@ -301,6 +306,26 @@ class ConnectMethod:
         self._request = None
         self.close()
         return False
+
+    def _serve_inside(self, request: ClientRequest, outcome: Outcome) -> bool:
+        """CONNECT naming this listener itself: how a browser using this proxy opens
+        ws://127.0.0.1:PORT/ (RFC 6455 §4.1) to the site behind it. Nothing to reach, no
+        loop: what the client sends after the 200 is for this server, read by a new
+        parser and served as any connection's requests are (a WebSocket's upgrade too)."""
+        transport = self.transport
+        if transport is None or self._tail or self._client_eof:  # (as _intercept's)
+            outcome.status = "ERROR"
+            return self._refuse_connect(request, outcome, 400, "bytes came before the 200 "
+                                        "of a CONNECT to this proxy itself")
+        transport.write(ESTABLISHED)
+        outcome.status, outcome.policy, self._status = "TUNNEL", "this proxy itself", 200
+        self.listener.record(request, 200, 0, outcome.started)
+        self._request = None
+        self._upgraded = self._closing = False
+        self._parser = self._make_parser()
+        self._resume_transport_reading()
+        self._arm(self._timeouts.header, head=True)
+        return True
 
     async def _intercept(self, request: ClientRequest, outcome: Outcome, d: Allowed
                          ) -> bool:

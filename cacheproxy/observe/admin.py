@@ -12,12 +12,13 @@ import hmac
 import ipaddress
 import json
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 from yarl import URL
@@ -28,7 +29,6 @@ from cacheproxy.observe import listing
 from cacheproxy.observe.metrics import Counts, counts_of, metrics_text, summed
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.outcome import Outcome
-from cacheproxy.observe.page_key import page_key
 from cacheproxy.observe.stats_merged import STATS, merged, read_answer, worker_answer
 from cacheproxy.policies.pac import CONTENT_TYPE as PAC_TYPE
 from cacheproxy.policies.pac import pac_proxy_address, pac_script
@@ -66,7 +66,16 @@ def _loopback_name(authority: str) -> bool:
 # Browsers say where a request comes from; the admin API only answers its own pages
 # and non-browser clients (curl, Prometheus), never a request another site triggered.
 _OWN_SITE = frozenset({"same-origin", "none"})
-# The dashboard's page key goes here (observe/page_key.py says why).
+# The dashboard's page key. On proxy.listen every page the origin serves through the proxy
+# is same-origin with the dashboard, so "same-origin" does not tell the dashboard's stats
+# calls from a proxied page's script: the dashboard is given this key only when the user
+# opened it (typed, bookmarked, reloaded: Sec-Fetch-Site "none"), never to a fetch, frame or
+# window a page opens ("same-origin"), and sends it with its stats calls. Made at import,
+# before --workers forks, so that every worker knows it (a worker restarted too). Random at
+# each start, never derived from admin.token: anyone may load the page and read the key,
+# and a key made from the token would let them try tokens offline. A dashboard left open
+# over a restart is refused with reason "page-key" and says to reload it.
+_PAGE_KEY: Final = secrets.token_urlsafe(24)
 _KEY_SLOT = b'<meta name="cacheproxy-page-key" content="">'
 
 
@@ -110,7 +119,6 @@ class Admin:
         self.store = store
         self.observer = observer
         self._page: bytes | None = None
-        self._page_key = page_key(config.token)
         # The proxy's own keying (scheme, Host, target) -> key; set by the application.
         self.key_for: Callable[[str, str, str], str] | None = None
         self._forward: tuple[ForwardConfig, str] | None = None  # set_forward()
@@ -129,7 +137,6 @@ class Admin:
         """SIGHUP: a new token applies at once; the paths are routes, fixed at start."""
         self.config = replace(config, prefix=self.config.prefix,
                               metrics_path=self.config.metrics_path)
-        self._page_key = page_key(config.token)  # (an open dashboard needs the new token)
 
     def routes(self, app: web.Application) -> None:
         p = self.config.prefix
@@ -192,7 +199,7 @@ class Admin:
         h = request.headers
         if (h.get("Origin") is not None or h.get("Sec-Fetch-Site", "none") != "none") \
                 and not hmac.compare_digest(h.get("X-Cacheproxy-Page", "").encode(
-                    "utf-8", "surrogateescape"), self._page_key.encode()):
+                    "utf-8", "surrogateescape"), _PAGE_KEY.encode()):
             # A page's request without the dashboard's key: another page of the proxy's
             # origin (its last log lines are other clients' requests), or the dashboard
             # opened by a page rather than by the user.
@@ -430,8 +437,7 @@ class Admin:
         # hands the answer to the worker, a proxied site's script on the single listener.
         if h.get("Sec-Fetch-Site", "none") == "none" \
                 and "Service-Worker-Navigation-Preload" not in h:
-            key = self._page_key.encode()
-            page = page.replace(_KEY_SLOT, _KEY_SLOT[:-2] + key + b'">', 1)
+            page = page.replace(_KEY_SLOT, _KEY_SLOT[:-2] + _PAGE_KEY.encode() + b'">', 1)
         return web.Response(body=page, content_type="text/html", charset="utf-8",
                             headers=_PAGE_HEADERS)
 

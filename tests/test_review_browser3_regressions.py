@@ -1,12 +1,13 @@
 """Review browser3: this session's changes as real browsers meet them. Headless Chromium
-(tests/browser.py) against a real `cacheproxy serve`: the dashboard with `--workers 2`
-(merged figures, a token in `#token=`, a worker killed and restarted, the whole server
-restarted under an open dashboard), forward mode with TLS interception (a 40 MB download
-twice, miss then hit, whole by its hash, and one cancelled half-way), an `EventSource` and
-a WebSocket page with `--workers 2` and a purge while the page polls a cached URL, and
+(tests/browser.py) against a real `cacheproxy serve` (or the proxy fixture): the dashboard
+with `--workers 2` (merged figures, a token in `#token=`, a worker killed and restarted,
+the whole server restarted under an open dashboard), forward mode with TLS interception
+(a big download twice, miss then hit, whole by its hash, and one cancelled part-way), the
+site behind the proxy opened from a browser using it as its proxy, an `EventSource` and a
+WebSocket page with `--workers 2` and a purge while the page polls a cached URL, and
 credentialed CORS grants for an exact origin and a `https://*.mycompany.test:PORT`
-wildcard. What held needed no test beyond those already in the suite; what did not is
-below, each with the test that failed before its fix."""
+wildcard. First the defects, each with the test that failed before its fix; then, under
+"what held", browser tests of what worked and had none."""
 
 from __future__ import annotations
 
@@ -181,9 +182,10 @@ async def test_a_credentialed_fetch_is_granted_to_a_wildcard_origin_and_not_to_l
     """Held (no browser test covered a wildcard with credentials): `allow_origins =
     ["https://*.mycompany.test:PORT"]` with `allow_credentials = true` grants a
     `credentials: "include"` fetch from https://app.mycompany.test:PORT and a deeper
-    subdomain (the origin itself echoed, `-Allow-Credentials: true`, `Vary: Origin`), and
-    Chromium refuses it to the apex, a name that only ends the same, the same name under
-    another name, and http (Fetch §3.2.5; README "CORS")."""
+    subdomain (the origin itself echoed, `-Allow-Credentials: true`, `Vary: Origin`), and a
+    preflighted credentialed PUT after the proxy's 204; Chromium refuses both to the apex,
+    a name that only ends the same, the same name under another name, and http (Fetch
+    §3.2.5; README "CORS")."""
     upstream = Upstream()
     up = await origin(upstream.app)
     ca = LocalCA.load_or_create(tmp_path / "pages-ca")
@@ -192,8 +194,11 @@ async def test_a_credentialed_fetch_is_granted_to_a_wildcard_origin_and_not_to_l
     plain = await origin(pages_app())
     port = pages.port
     client = await proxy(up, cors={"allow_origins": (f"https://*.mycompany.test:{port}",),
-                                   "allow_credentials": True})
+                                   "allow_credentials": True, "allow_methods": ("GET", "PUT"),
+                                   "allow_headers": ("X-Token", "Content-Type")})
     api = base(client) + "/api/private"
+    put = {"method": "PUT", "body": "{}", "credentials": "include",
+           "headers": {"X-Token": "t", "Content-Type": "application/json"}}
     granted = [f"https://app.mycompany.test:{port}", f"https://a.b.mycompany.test:{port}"]
     refused = [f"https://mycompany.test:{port}", f"https://evilmycompany.test:{port}",
                f"https://app.mycompany.test.evil.test:{port}",
@@ -210,13 +215,20 @@ async def test_a_credentialed_fetch_is_granted_to_a_wildcard_origin_and_not_to_l
                 assert head["access-control-allow-origin"] == page_origin
                 assert head["access-control-allow-credentials"] == "true"
                 assert "Origin" in [v.strip() for v in head["vary"].split(",")]
+                # preflighted, credentialed: the proxy's 204 grants it, then the PUT goes
+                got = await tab.fetch(base(client) + "/api/item", put)
+                assert got.get("status") == 200, (page_origin, got, tab.console)
             for page_origin in refused:
                 tab = await tabs.open(page_origin + "/")
                 got = await tab.fetch(api, {"credentials": "include"})
                 assert got == {"error": "TypeError: Failed to fetch"}, (page_origin, got)
                 assert await tab.wait_cors_error(), (page_origin, tab.console)
+                got = await tab.fetch(base(client) + "/api/item", put)
+                assert got == {"error": "TypeError: Failed to fetch"}, (page_origin, got)
     finally:
         await pages.close()
+    # the PUT reached the origin from the granted pages only (refused preflights: none)
+    assert len(upstream.requests("/api/item", "PUT")) == len(granted)
 
 
 LIVE_PAGE = """<!doctype html><title>live</title><script>

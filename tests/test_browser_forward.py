@@ -11,7 +11,7 @@ CONNECT (`CONNECT localhost:P`) and the proxy resolves it with the system resolv
 `--host-resolver-rules` would change nothing here, and a name only Chromium maps (say
 `site.test`) would reach the proxy unresolvable. `localhost` is a name the proxy resolves
 to 127.0.0.1 where the origins listen, and the name their certificates carry; each origin
-has a port of its own (the proxy's own port would be a loop, 508). A name nobody resolves
+has a port of its own (the proxy's own port would be the proxy's own site). A name nobody resolves
 (`elsewhere.test`) serves for the refusals: it is refused before any lookup.
 
 Chromium sends requests of its own through the proxy (update.googleapis.com,

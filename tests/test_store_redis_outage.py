@@ -65,9 +65,15 @@ async def test_a_hung_redis_costs_one_timeout_then_nothing(
         start = time.monotonic()
         assert await store.get("http://o/a") == ()
         assert TIMEOUT <= time.monotonic() - start < TIMEOUT + 0.3
-        start = time.monotonic()  # down: the next ones do not wait at all
+        # Down: the next ones do not wait at all. At most one reaches Redis, the retry
+        # interval's probe (RETRY after the failure, which a slow machine may reach by
+        # now); the others are answered "unavailable" at once. Counted, not timed.
+        admitted: list[bool] = []
+        admit = store._health.admit
+        store._health.admit = lambda: admitted.append(admit()) or admitted[-1]  # type: ignore[method-assign]
         assert await asyncio.gather(*(store.get("http://o/a") for _ in range(50))) == [()] * 50
-        assert time.monotonic() - start < TIMEOUT / 2
+        store._health.admit = admit  # type: ignore[method-assign]
+        assert len(admitted) >= 50 and admitted.count(True) <= 1, admitted
     finally:
         redis_server.resume()
     await wait_until_available(store, RETRY + TIMEOUT + 0.5)

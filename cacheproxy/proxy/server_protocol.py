@@ -256,6 +256,17 @@ class _StrictPythonParser(HttpRequestParserPy):
             pos = end
 
 
+def _switched_for(msg: Any) -> bool:
+    """aiohttp's llhttp wrapper switches protocols at the end of this upgrade request
+    (CONNECT, or `Upgrade: websocket`, its ALLOWED_UPGRADES): the bytes after it are a
+    tunnel's. It says so (`upgraded`) in the feed after, when the request filled the
+    message queue."""
+    if msg.method == "CONNECT":
+        return True
+    upgrade = msg.headers.get(hdrs.UPGRADE, "")
+    return bool(msg.upgrade) and upgrade.isascii() and upgrade.lower() == "websocket"
+
+
 def _chunked_end(parser: Any, payload: Any, data: bytes, pos: int) -> int | None:
     """Feed parser a chunked body from data[pos:], a line at a time (chunk data may hold
     line ends: fed in pieces, it is still read whole), up to its end; where it ends, or
@@ -425,7 +436,10 @@ class _FallbackParser:
         elif upgrading is not None:  # (rare) its body ended here: llhttp paused there
             paused = upgrading[1].is_eof()
         else:  # (rare: any upgrade request llhttp returned; the last, since it paused)
-            paused = bool(messages) and messages[-1][0].upgrade
+            # Not one aiohttp switches for that filled the message queue: `upgraded` comes
+            # with the next feed, and what follows is the tunnel's, never fed again.
+            paused = bool(messages) and messages[-1][0].upgrade \
+                and not _switched_for(messages[-1][0])
         self._state = self._track(state, data, messages, upgraded, paused)
         self._held = self._in_flight >= self._max_queue
         if messages and messages[-1][0].should_close:
@@ -679,8 +693,10 @@ class _FallbackParser:
         """
         pos = 0
         for msg, payload in messages:
-            if msg.chunked or msg.version not in (HttpVersion10, HttpVersion11):
-                return None  # chunked: length unknown here; HTTP/0.9: no header section
+            if msg.chunked or msg.version not in (HttpVersion10, HttpVersion11) \
+                    or (msg.upgrade and _switched_for(msg)):
+                return None  # chunked: length unknown here; HTTP/0.9: no header section;
+                # a tunnel's bytes follow (no message boundary after it)
             if msg.upgrade and (payload is EMPTY_PAYLOAD) \
                     != (int(msg.headers.get(hdrs.CONTENT_LENGTH) or 0) == 0):
                 return None  # (an llhttp that would not read an upgrade request's body)

@@ -1,0 +1,123 @@
+"""Findings of the smuggle2 review: request smuggling and response desync in the code that
+re-parses bytes by hand around llhttp. It looked at the recovery of requests pipelined
+behind an `Upgrade: h2c` request (server_protocol._FallbackParser._after_upgrade, _track,
+_after_messages), the Python parser's one-request-at-a-time walk after aiohttp refuses a
+feed (_StrictPythonParser._one_at_a_time), and the upstream trailer recovery
+(http/trailer_section.py, proxy/trailer_skip.py, UpstreamConnection.data_received), as a
+hostile client and as a hostile origin: Content-Length spellings, obs-fold, bare LF and CR,
+NUL, odd header names, Upgrade spellings, HTTP/1.0, absolute-form targets, Expect, bodies
+that read as requests, CONNECT and WebSocket handshakes among pipelined requests, and cuts
+at every offset, against llhttp alone as the oracle. Real proxy in front of origins on
+127.0.0.1 (aiohttp, raw asyncio servers). Tests of a defect failed on 451a1be."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from test_client_plane import Raw
+from test_server_protocol import needs_c
+from test_websocket import echo_app, handshake
+
+from cacheproxy.proxy.client_conn import MAX_PIPELINED
+
+
+def _get(path: str, host: str = "site.test") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+
+# A request as an attacker sends it after a protocol switch: tunnel bytes, never a request.
+_SMUGGLED = _get("/smuggled")
+
+
+async def _replies(conn: Raw, count: int) -> list[int]:
+    return [(await conn.reply()).status for _ in range(count)]
+
+
+def _frame(text: bytes) -> bytes:
+    """A masked text frame, as a client sends it (RFC 6455 §5.2)."""
+    mask = b"\x01\x02\x03\x04"
+    return bytes([0x81, 0x80 | len(text)]) + mask \
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+
+
+@needs_c
+async def test_bytes_after_a_websocket_handshake_that_fills_the_pipeline_are_not_requests(
+        origin: Any, proxy: Any) -> None:
+    """A WebSocket handshake that is the 32nd request of one read (MAX_PIPELINED: llhttp's
+    message queue fills at it), then more bytes: the parser wrapper fed those bytes, which
+    are the new protocol's (RFC 9110 §7.8, RFC 6455 §4.1), to llhttp again as requests.
+    What a user saw: where the origin refused the upgrade (any answer but 101), the bytes
+    behind the handshake, `GET /smuggled`, went to the origin as a request of their own,
+    answered on a connection that should have closed (request smuggling: the origin, and
+    whatever sits in front of the proxy, took them for the WebSocket's); where it took it,
+    the first frame was parsed as a request head and never reached the WebSocket (no echo,
+    until a timeout). Since 3307f67: the h2c recovery took every upgrade request llhttp
+    returned last for one aiohttp does not switch for. Now the bytes after a handshake
+    are the tunnel's, as after any other. nginx forwards the bytes after a 101 as they
+    come, and closes after a refused upgrade. Severity: medium (request smuggling, from a
+    client that pipelines 32 requests)."""
+    before = b"".join(_get(f"/p{i}", "example") for i in range(MAX_PIPELINED - 1))
+    seen: list[str] = []
+    client = await proxy(await origin(echo_app(seen)))
+    conn = await Raw.open(client)
+    try:  # an upgrade the origin refuses (it answers 200): the connection closes after it
+        await conn.send(before + handshake("/page") + _SMUGGLED)
+        assert await _replies(conn, MAX_PIPELINED) == [200] * MAX_PIPELINED
+        closed = await conn.closed_within(5)
+    finally:
+        conn.close()
+    assert seen[-1] == "GET /page upgrade=websocket", seen[-3:]
+    assert closed
+    conn = await Raw.open(client)
+    try:  # one it takes: the frame behind the handshake reaches the WebSocket
+        await conn.send(before + handshake() + _frame(b"hello"))
+        assert await _replies(conn, MAX_PIPELINED - 1) == [200] * (MAX_PIPELINED - 1)
+        status = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+        assert status.startswith(b"HTTP/1.1 101 ")
+        assert await asyncio.wait_for(conn.reader.readexactly(12), 5) == b"\x81\x0aecho:hello"
+    finally:
+        conn.close()
+
+
+@needs_c
+async def test_a_connect_that_fills_the_pipeline_gets_its_tunnel(
+        origin: Any, proxy: Any) -> None:
+    """A CONNECT that is the 32nd request of one read (llhttp's message queue fills at it),
+    its tunnel's first bytes behind it: the 31 requests were answered, then nothing, and
+    the connection sat until a timeout: the parser wrapper took the CONNECT for an h2c
+    upgrade, lost the bytes after it and said it held more, forever (the tunnel never
+    opened, the origin never got the bytes). Since 3307f67. Now the tunnel opens and the
+    bytes go through it (RFC 9110 §9.3.6). Severity: low (a client that pipelines a
+    CONNECT behind 31 requests)."""
+    got = bytearray()
+    arrived = asyncio.Event()
+
+    async def target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            got.extend(chunk)
+            if got.endswith(_SMUGGLED):
+                arrived.set()
+                writer.write(b"pong")
+        writer.close()
+
+    tcp = await asyncio.start_server(target, "127.0.0.1", 0)
+    port = tcp.sockets[0].getsockname()[1]
+    try:
+        client = await proxy(await origin(echo_app()),
+                             forward={"enabled": True, "connect_ports": [port]})
+        conn = await Raw.open(client)
+        try:
+            before = b"".join(_get(f"/p{i}", "example") for i in range(MAX_PIPELINED - 1))
+            connect = f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+            await conn.send(before + connect.encode() + _SMUGGLED)
+            assert await _replies(conn, MAX_PIPELINED - 1) == [200] * (MAX_PIPELINED - 1)
+            head = await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            await asyncio.wait_for(arrived.wait(), 5)
+            assert await asyncio.wait_for(conn.reader.readexactly(4), 5) == b"pong"
+        finally:
+            conn.close()
+    finally:
+        tcp.close()
+    assert bytes(got) == _SMUGGLED

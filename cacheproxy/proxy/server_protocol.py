@@ -197,7 +197,15 @@ class _StrictPythonParser(HttpRequestParserPy):
             and not self._upgraded
             and not _REQUEST_START.match(self._tail)  # the incomplete line
         ):
-            raise BadHttpMethod(self._tail[:40].decode("latin-1"))
+            exc = BadHttpMethod(self._tail[:40].decode("latin-1"))
+            if not self.answers_first or not (result[0] or in_flight):
+                raise exc
+            # The requests parsed before it in this feed, or read before and still
+            # waiting, are answered first, then its 400 (as _one_at_a_time): raised, the
+            # whole feed's were lost, and the connection ended before the waiting ones'.
+            exc.head = self._tail  # type: ignore[attr-defined]  # (the log's)
+            self._failed = True
+            return [*result[0], (exc, EMPTY_PAYLOAD)], False, b""
         payload_parser = self._payload_parser
         if payload_parser is not None and payload_parser._chunk_size > _MAX_CHUNK_SIZE:
             exc = TransferEncodingError("Chunk size overflow")
@@ -232,7 +240,7 @@ class _StrictPythonParser(HttpRequestParserPy):
             try:
                 messages, upgraded, _ = super().feed_data(data[pos:end])
             except BadHttpMessage as bad:
-                if after_close or not found or isinstance(bad, LineTooLong):
+                if after_close or not (found or in_flight) or isinstance(bad, LineTooLong):
                     return None  # (the close's walk meets none: parsed whole before)
                 if getattr(bad, "head", None) is None:
                     bad.head = data[pos:end]  # type: ignore[attr-defined]  # (the log's)
@@ -560,12 +568,15 @@ class _FallbackParser:
                 # (After a rewrite, the bytes fed again meet this head as any feed would:
                 # an unknown method goes to the Python parser, a malformed head gets its
                 # 400 after the requests before it.)
-                if rewritten is not None or after_close or not found or not self._answers_first:
+                if rewritten is not None or after_close or not self._answers_first \
+                        or not (found or self._in_flight):
                     return given_up()
                 # Requests before a malformed one in the same feed: llhttp dropped them
                 # with it, where fed apart they are answered. They are, in order; then the
                 # malformed one's 400, and nothing after it is read (the connection
-                # closes after a 400).
+                # closes after a 400). So too where it is the first of the feed but
+                # requests read before still wait (a feed of what llhttp held at a full
+                # queue): raised, it ended the connection before their answers.
                 bad.head = bytes(replay[pos:end])  # type: ignore[attr-defined]  # (for the log)
                 found.append((bad, EMPTY_PAYLOAD))
                 self._parser, self._state, self._open = parser, None, None

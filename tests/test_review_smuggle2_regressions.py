@@ -45,18 +45,18 @@ def _frame(text: bytes) -> bytes:
 async def test_bytes_after_a_websocket_handshake_that_fills_the_pipeline_are_not_requests(
         origin: Any, proxy: Any) -> None:
     """A WebSocket handshake that is the 32nd request of one read (MAX_PIPELINED: llhttp's
-    message queue fills at it), then more bytes: the parser wrapper fed those bytes, which
-    are the new protocol's (RFC 9110 §7.8, RFC 6455 §4.1), to llhttp again as requests.
-    What a user saw: where the origin refused the upgrade (any answer but 101), the bytes
-    behind the handshake, `GET /smuggled`, went to the origin as a request of their own,
-    answered on a connection that should have closed (request smuggling: the origin, and
-    whatever sits in front of the proxy, took them for the WebSocket's); where it took it,
-    the first frame was parsed as a request head and never reached the WebSocket (no echo,
-    until a timeout). Since 3307f67: the h2c recovery took every upgrade request llhttp
-    returned last for one aiohttp does not switch for. Now the bytes after a handshake
-    are the tunnel's, as after any other. nginx forwards the bytes after a 101 as they
-    come, and closes after a refused upgrade. Severity: medium (request smuggling, from a
-    client that pipelines 32 requests)."""
+    message queue fills at it), then more bytes: the parser wrapper took it for an upgrade
+    aiohttp does not switch for (h2c) and fed the bytes after it to llhttp again as
+    requests, where at any other place in the read they are the upgrade's (RFC 9110 §7.8,
+    RFC 6455 §4.1): kept for the tunnel after a 101, dropped with a close after a refusal
+    (client_conn). What a user saw: where the origin took it, the first frame was parsed
+    as a request head and never reached the WebSocket (the connection closed after 16
+    answers, without the 101); where the origin refused it, the bytes behind it, `GET
+    /smuggled`, went to the origin as a request of their own. Where the proxy draws a
+    request boundary depended on the handshake's place in the read. Since 3307f67. (nginx
+    reads the bytes after a refused upgrade as the next request; the proxy's rule, here
+    kept for every place, is to close.) Severity: low (a client that pipelines 32
+    requests and sends before the 101)."""
     before = b"".join(_get(f"/p{i}", "example") for i in range(MAX_PIPELINED - 1))
     seen: list[str] = []
     client = await proxy(await origin(echo_app(seen)))

@@ -183,3 +183,32 @@ async def test_requests_before_bytes_that_start_no_request_on_the_python_parser(
     got = [await _answers_then_400(client, method, count, _MALFORMED["binary"])
            for method in ("PURGEX", "GET") for count in (1, 10)]
     assert got == [[200, 400], [200] * 10 + [400]] * 2
+
+
+@needs_c
+async def test_aiohttp_switches_for_websocket_and_connect_we_rely_on() -> None:
+    """What server_protocol._switched_for mirrors: aiohttp's llhttp wrapper switches
+    protocols (`upgraded`, the rest of the feed its tail) at a CONNECT and at an upgrade
+    to `websocket` in any case, and at no other upgrade (h2c, or a list naming websocket
+    with another). If this fails, read _switched_for again against aiohttp's
+    ALLOWED_UPGRADES. Severity: guard."""
+    from unittest import mock
+
+    from aiohttp import web_protocol
+
+    from cacheproxy.proxy.server_protocol import _switched_for
+
+    loop = asyncio.get_running_loop()
+    heads = {
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n": True,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n": True,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n": False,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket, h2c\r\n\r\n": False,
+        b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n": False,  # (no Connection)
+    }
+    for head, switched in heads.items():
+        parser = web_protocol.HttpRequestParser(mock.Mock(_reading_paused=False), loop, 2**16)
+        messages, upgraded, tail = parser.feed_data(head + (b"after" if switched else b""))
+        assert (upgraded, tail) == ((True, b"after") if switched else (False, b"")), head
+        assert _switched_for(messages[0][0]) is switched, head

@@ -44,10 +44,13 @@ whole feed with data after a close request or a malformed request
 (``_StrictPythonParser._one_at_a_time``), and
 the exceptions llhttp raises;
 and that llhttp, at the end of an upgrade request aiohttp does not switch for, has read its
-body, drops the rest of the feed, and parses the next feed as new messages.
+body, drops the rest of the feed, and parses the next feed as new messages; and which
+upgrades aiohttp switches for (CONNECT, websocket: ``_switched_for``).
 ``test_aiohttp_internals`` and ``test_llhttp_rejections_we_rely_on`` in
-tests/test_server_protocol.py, and ``test_llhttp_pauses_after_an_h2c_request_we_rely_on``
-in tests/test_review_h2cpipe_regressions.py, fail loudly if any of these change.
+tests/test_server_protocol.py, ``test_llhttp_pauses_after_an_h2c_request_we_rely_on``
+in tests/test_review_h2cpipe_regressions.py, and
+``test_aiohttp_switches_for_websocket_and_connect_we_rely_on`` in
+tests/test_review_smuggle2_regressions.py fail loudly if any of these change.
 """
 
 from __future__ import annotations

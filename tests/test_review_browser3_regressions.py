@@ -67,6 +67,16 @@ async def _restart_under(page: Page, tmp_path: Path, env: dict[str, str],
     return proc, port
 
 
+async def _upper_echo(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket that answers each text message in upper case."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type == WSMsgType.TEXT:
+            await ws.send_str(message.data.upper())
+    return ws
+
+
 @pytest.mark.parametrize("token", ["", "s3cret"])
 async def test_a_dashboard_refused_after_a_restart_says_to_reload_it_not_that_the_token_failed(
         origin: Any, tmp_path: Path, token: str) -> None:
@@ -121,17 +131,9 @@ async def test_a_browser_using_the_proxy_reaches_the_site_behind_it_at_the_proxy
                                  "ws.onmessage = (e) => { window.echo = e.data; };</script>",
                             content_type="text/html", headers={"Cache-Control": "max-age=60"})
 
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                await ws.send_str(message.data.upper())
-        return ws
-
     app = web.Application()
     app.router.add_get("/page", page)
-    app.router.add_get("/ws", echo)
+    app.router.add_get("/ws", _upper_echo)
     up = await origin(app)
     client = await proxy(up, forward={"enabled": True, "allow_hosts": ["localhost"]},
                          log={"path": str(tmp_path / "log")})
@@ -268,19 +270,11 @@ def _live_origin() -> tuple[web.Application, list[int]]:
             await asyncio.sleep(0.1)
         return resp
 
-    async def echo(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for message in ws:
-            if message.type == WSMsgType.TEXT:
-                await ws.send_str(message.data.upper())
-        return ws
-
     app = web.Application()
     app.router.add_get("/", page)
     app.router.add_get("/version", current)
     app.router.add_get("/events", events)
-    app.router.add_get("/ws", echo)
+    app.router.add_get("/ws", _upper_echo)
     return app, version
 
 

@@ -16,19 +16,15 @@ from typing import Any
 
 import pytest
 from processes import _listeners, start_serve, stop
-from support import raw_origin, until
-from test_review_workers_regressions import _scrape, _workers_of, fresh_get, versioned_origin
+from support import until
+from test_review_fuzz_regressions import trailer_then_next_request
+from test_review_workers_regressions import _scrape, _workers_of, spread_misses, versioned_origin
 
 from cacheproxy.observe.metrics import Counts, counts_of, summed
 from cacheproxy.observe.stats import Stats
 from cacheproxy.proxy.invalidations import Invalidations
 from cacheproxy.proxy.siblings import Relay, Siblings
 from cacheproxy.store.base import StoreStats
-
-
-def _chunked_with_trailer(trailer: bytes) -> bytes:
-    return (b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n"
-            b"\r\n5\r\nhello\r\n0\r\n" + trailer + b"\r\n")
 
 
 @pytest.mark.parametrize("trailer", [b"Connection: close\r\n",
@@ -46,17 +42,7 @@ async def test_a_connection_close_in_a_trailer_section_does_not_fail_the_next_re
     options; §7.6.1); nginx ignores trailers. Now a trailer naming any field llhttp keeps
     the connection by makes it not reused. Severity: medium (one answer fails another
     request; rare origins)."""
-    def answer(head: bytes) -> bytes:
-        if head.startswith(b"GET /a "):
-            return _chunked_with_trailer(trailer)
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-    async with raw_origin(answer) as port:
-        client = await proxy(f"http://127.0.0.1:{port}")
-        first = await client.get("/a")
-        assert first.status == 200 and await first.read() == b"hello"
-        second = await client.get("/b")
-        assert (second.status, await second.read()) == (200, b"ok")
+    await trailer_then_next_request(proxy, trailer, cache_control=b"no-store")
 
 
 def _requests(metrics: dict[str, float]) -> float:
@@ -83,8 +69,7 @@ async def test_metrics_do_not_go_down_when_a_worker_is_restarted(
     workers = _workers_of(proc.pid)
     try:
         base = f"http://127.0.0.1:{port}"
-        for i in range(40):  # new connections: both workers answer some (all but 2**-39)
-            await fresh_get(base, f"/n{i % 4}")
+        await spread_misses(base, "/n")  # (both workers answer some: all but 2**-39)
         for _ in range(20):  # each worker answers the other's scrapes (all but 2**-19)
             assert _requests(await _scrape(base)) == 40
         os.kill(workers[1], signal.SIGKILL)

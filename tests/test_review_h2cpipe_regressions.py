@@ -56,6 +56,22 @@ async def _open(origin: Any, proxy: Any, app: web.Application) -> Raw:
     return await Raw.open(client)
 
 
+async def answered_then_closed(origin: Any, proxy: Any, data: bytes,
+                               replies: int) -> tuple[list[Any], list[str]]:
+    """data in one write to the proxy in front of a recording origin: the first `replies`
+    answers, once the proxy has closed the connection (within 5 s), and what the origin
+    saw ("METHOD /path")."""
+    seen: list[str] = []
+    conn = await _open(origin, proxy, _recording(seen))
+    try:
+        await conn.send(data)
+        got = [await conn.reply() for _ in range(replies)]
+        assert await conn.closed_within(5)
+    finally:
+        conn.close()
+    return got, seen
+
+
 async def _send(conn: Raw, *parts: bytes) -> None:
     """Each part in a write of its own; a short wait between them makes separate reads
     likely (what the tests assert holds whatever the reads are)."""
@@ -418,14 +434,8 @@ async def test_requests_before_close_on_the_python_parser_are_answered(
     by review-trailers: _StrictPythonParser._until_close). Found by the property test
     above (shapes "unknown method" and "h2c close"). Severity: low (an unknown method, a
     close and more bytes in one read)."""
-    seen: list[str] = []
-    conn = await _open(origin, proxy, _recording(seen))
-    try:
-        await conn.send(_get("/zero", method="PURGEX") + _get("/one", "Connection: close")
-                        + _get("/two"))
-        first = await conn.reply()
-        second = await conn.reply()
-    finally:
-        conn.close()
+    (first, second), _ = await answered_then_closed(
+        origin, proxy, _get("/zero", method="PURGEX") + _get("/one", "Connection: close")
+        + _get("/two"), 2)
     assert (first.status, first.body) == (200, b"PURGEX /zero")
     assert (second.body, second.headers.get("connection")) == (b"GET /one", "close")

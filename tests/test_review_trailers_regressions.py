@@ -28,7 +28,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import cache_status, raw_origin
-from test_review_h2cpipe_regressions import _get, _open, _recording
+from test_review_h2cpipe_regressions import _get, answered_then_closed
 
 from cacheproxy.http.trailer_section import refused_trailer_framing, section_bytes
 from cacheproxy.proxy.server_protocol import _StrictPythonParser
@@ -258,16 +258,9 @@ async def test_requests_up_to_close_on_the_python_parser_are_answered_and_none_a
     requests parsed in the feed). What a user saw: requests a client pipelined were
     refused. RFC 9112 §9.6: the close request is answered, nothing after it processed
     (as llhttp's path did, _FallbackParser._until_close). Severity: low."""
-    seen: list[str] = []
-    conn = await _open(origin, proxy, _recording(seen))
-    try:
-        await conn.send(_get("/zero", method="PURGEX") + _get("/one", "Connection: close")
-                        + _get("/two"))
-        first = await conn.reply()
-        second = await conn.reply()
-        assert await conn.closed_within(5)
-    finally:
-        conn.close()
+    (first, second), seen = await answered_then_closed(
+        origin, proxy, _get("/zero", method="PURGEX") + _get("/one", "Connection: close")
+        + _get("/two"), 2)
     assert (first.status, first.body) == (200, b"PURGEX /zero")
     assert (second.body, second.headers.get("connection")) == (b"GET /one", "close")
     assert seen == ["PURGEX /zero", "GET /one"]
@@ -280,19 +273,11 @@ async def test_bodies_up_to_close_on_the_python_parser_are_read_as_bodies(
     lengths: the origin gets each body as a body, never the request inside it, and
     nothing after the close. Severity of what it guards: high (request smuggling)."""
     hidden = _get("/smuggled")
-    seen: list[str] = []
-    conn = await _open(origin, proxy, _recording(seen))
-    try:
-        await conn.send(
-            _get("/zero", f"Content-Length: {len(hidden)}", method="PURGEX", body=hidden)
-            + _get("/one", "Content-Length: 2", "Connection: close", method="POST",
-                   body=b"hi")
-            + _get("/two"))
-        first = await conn.reply()
-        second = await conn.reply()
-        assert await conn.closed_within(5)
-    finally:
-        conn.close()
+    (first, second), seen = await answered_then_closed(
+        origin, proxy,
+        _get("/zero", f"Content-Length: {len(hidden)}", method="PURGEX", body=hidden)
+        + _get("/one", "Content-Length: 2", "Connection: close", method="POST", body=b"hi")
+        + _get("/two"), 2)
     assert first.status == 200 and second.headers.get("connection") == "close"
     assert seen == [f"PURGEX /zero {hidden.decode()}".strip(), "POST /one hi"]
 
@@ -302,17 +287,11 @@ async def test_a_chunked_request_before_close_on_the_python_parser_still_gets_40
     """Where the walk cannot be sure (a chunked body before the close), the read still
     gets one 400 and the connection closes, as the README's Limits say for llhttp's
     path; nothing of it reaches the origin. Guards the fix. Severity: low."""
-    seen: list[str] = []
-    conn = await _open(origin, proxy, _recording(seen))
-    try:
-        await conn.send(_get("/zero", method="PURGEX")
-                        + _get("/one", "Transfer-Encoding: chunked", "Connection: close",
-                               method="POST", body=b"2\r\nhi\r\n0\r\n\r\n")
-                        + _get("/two"))
-        first = await conn.reply()
-        assert await conn.closed_within(5)
-    finally:
-        conn.close()
+    (first,), seen = await answered_then_closed(
+        origin, proxy, _get("/zero", method="PURGEX")
+        + _get("/one", "Transfer-Encoding: chunked", "Connection: close", method="POST",
+               body=b"2\r\nhi\r\n0\r\n\r\n")
+        + _get("/two"), 1)
     assert first.status == 400
     assert "GET /two" not in seen
 
@@ -342,17 +321,9 @@ async def test_requests_before_a_malformed_one_on_the_python_parser_are_answered
     unanswered. llhttp's path answers it, then the 400 (README, Limits); so does this
     one now, and nothing after the malformed request reaches the origin. RFC 9112
     §9.3.2 (pipelined requests are answered in order). Severity: low."""
-    seen: list[str] = []
-    conn = await _open(origin, proxy, _recording(seen))
-    try:
-        await conn.send(_get("/zero", method="PURGEX")
-                        + _get("/bad", "Content-Length: 1", "Content-Length: 2")
-                        + _get("/two"))
-        first = await conn.reply()
-        second = await conn.reply()
-        assert await conn.closed_within(5)
-    finally:
-        conn.close()
+    (first, second), seen = await answered_then_closed(
+        origin, proxy, _get("/zero", method="PURGEX")
+        + _get("/bad", "Content-Length: 1", "Content-Length: 2") + _get("/two"), 2)
     assert (first.status, first.body) == (200, b"PURGEX /zero")
     assert second.status == 400 and second.headers.get("connection") == "close"
     assert seen == ["PURGEX /zero"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import time
@@ -123,7 +124,8 @@ def running_shutdown_timeout(path: str, pid: int) -> float | None:
     if not isinstance(said, dict) or said.get("pid") != pid:
         return None
     seconds = said.get("shutdown_timeout")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+            or not 0 <= seconds < math.inf:  # (json reads Infinity and NaN too)
         return None
     return float(seconds)
 

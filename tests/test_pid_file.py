@@ -155,6 +155,7 @@ def test_reload_and_stop_say_why_there_is_nothing_to_signal(tmp_path: Path) -> N
 @pytest.mark.parametrize("said", [
     '{"pid": OTHER, "shutdown_timeout": 30}',   # an earlier server's, not cleaned up
     '{"pid": PID, "shutdown_timeout": -1}', '{"pid": PID, "shutdown_timeout": true}',
+    '{"pid": PID, "shutdown_timeout": Infinity}', '{"pid": PID, "shutdown_timeout": NaN}',
     '{"pid": PID}', '[PID, 30]', 'PID 30', ''])
 def test_stop_uses_the_running_shutdown_timeout_only_from_this_servers_own_file(
         tmp_path: Path, said: str) -> None:

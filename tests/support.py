@@ -179,6 +179,36 @@ def dropping_syns(host: str = "0.0.0.0", port: int = 0, reach: str = "127.0.0.1"
             sock.close()
 
 
+async def https_site(app: Any, tmp_path: Path) -> tuple[Any, Any]:
+    """app served over https on 127.0.0.1 as `localhost`, under a CA of its own
+    (tmp_path/site-ca): (the aiohttp TestServer, the LocalCA)."""
+    from aiohttp.test_utils import TestServer
+
+    from cacheproxy.tls.ca import LocalCA
+
+    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server(ssl=site_ca.server_context("localhost"))
+    return site, site_ca
+
+
+async def intercepting_proxy(origin: Any, proxy: Any, tmp_path: Path, site: Any, site_ca: Any,
+                             log: Path | None = None, **settings: Any) -> tuple[Any, str]:
+    """The proxy in forward mode intercepting CONNECTs to the https site (https_site),
+    bodies up to 32 MiB stored; `settings`: more [proxy] ones. (Its client, the proxy
+    CA's certificate file.)"""
+    from aiohttp import web
+
+    ca_dir = tmp_path / "proxy-ca"
+    logged = {"log": {"path": str(log)}} if log is not None else {}
+    c = await proxy(await origin(web.Application()), **logged,
+                    cache={"max_object_bytes": 32 * 1024 * 1024},
+                    proxy={"upstream_ca_file": str(site_ca.cert_path), **settings},
+                    forward={"enabled": True, "intercept_tls": True,
+                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    return c, str(ca_dir / "ca-cert.pem")
+
+
 def intercepting_config(tmp_path: Path, site_port: int, site_ca_cert: str | Path,
                         proxy: str = "", log: Path | None = None) -> tuple[Path, Path]:
     """A config file for `cacheproxy serve` intercepting CONNECTs to an https site on

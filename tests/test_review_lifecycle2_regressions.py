@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 from processes import clean_env, start_serve, stop
+from test_review_streaming_regressions import served
 
 PIECE = 65536
 PIECES = 300  # ~20 MB each: far more than the client takes before the stop's end
@@ -54,18 +55,6 @@ def _flood_app() -> web.Application:
     app.router.add_get("/events", events)
     app.router.add_get("/ws", ws)
     return app
-
-
-@contextlib.asynccontextmanager
-async def _site(app: web.Application) -> AsyncIterator[int]:
-    runner = web.AppRunner(app, shutdown_timeout=1.0)  # (a stream left open ends then)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -129,7 +118,8 @@ async def test_answers_cut_at_the_end_of_a_graceful_stop_log_the_bytes_that_went
     (client_conn._log_gone); nginx's $body_bytes_sent counts what the socket took. A stop
     is when operators compare logs with what users got (a download cut by a deploy).
     Severity: low (the log overstates the bytes of answers cut at a stop)."""
-    async with _site(_flood_app()) as origin_port, _tcp_flood() as tunnel_port:
+    async with served(_flood_app(), shutdown_timeout=1.0) as origin_port, \
+            _tcp_flood() as tunnel_port:
         config = tmp_path / "cacheproxy.toml"
         log_path = tmp_path / "requests.log"
         config.write_text(
@@ -191,7 +181,7 @@ async def test_cacheproxy_stop_waits_for_the_running_shutdown_timeout(tmp_path: 
     `cacheproxy stop && cacheproxy serve` fails there. README: `stop` returns once the
     process has exited (exit 0). Severity: low. Now the server writes the shutdown_timeout
     it runs with beside its pid file (`<pid_file>.json`), and `stop` waits for that one."""
-    async with _site(_quiet_stream_app()) as origin_port:
+    async with served(_quiet_stream_app(), shutdown_timeout=1.0) as origin_port:
         config = tmp_path / "cacheproxy.toml"
         settings = (f'[proxy]\nupstream = "http://127.0.0.1:{origin_port}"\n'
                     f'pid_file = "{tmp_path / "cacheproxy.pid"}"\nshutdown_timeout = {{}}\n')

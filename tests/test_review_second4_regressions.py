@@ -8,15 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from support import intercepted_get, proxy_config, read_json_log
+from support import https_site, intercepted_get, intercepting_proxy, proxy_config, read_json_log
 from test_forward_mode import forward_get, origin_app
 from test_review_forward2_regressions import loopback_answer
 from test_review_observe_regressions import video_app
 
 from cacheproxy.proxy.server import reconfigure
-from cacheproxy.tls.ca import LocalCA
 
 
 async def test_a_big_intercepted_hit_the_client_left_logs_the_bytes_it_was_sent(
@@ -32,21 +29,13 @@ async def test_a_big_intercepted_hit_the_client_left_logs_the_bytes_it_was_sent(
     TLS should count too, and a hit read to its end still log every byte. Severity: medium (as
     observe's finding: bytes served overstated by every aborted large https hit)."""
     size = 24 * 1024 * 1024
-    app = video_app(size)
-    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
-    site = TestServer(app, host="127.0.0.1")
-    await site.start_server(ssl=site_ca.server_context("localhost"))
-    upstream = await origin(web.Application())
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(upstream, log={"path": str(tmp_path / "requests.log")},
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path)},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    site, site_ca = await https_site(video_app(size), tmp_path)
+    c, ca_file = await intercepting_proxy(origin, proxy, tmp_path, site, site_ca,
+                                          log=tmp_path / "requests.log")
     port, target = c.server.port, site.port
 
     def fetch(leave_after: int | None) -> int:
-        return intercepted_get(port, target, ca_dir / "ca-cert.pem", leave_after)
+        return intercepted_get(port, target, ca_file, leave_after)
     try:
         assert await asyncio.to_thread(fetch, None) > size  # the miss stores it
         assert await asyncio.to_thread(fetch, 100_000) < 200_000

@@ -19,7 +19,13 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import intercepted_tls, intercepting_config, raw_get
+from support import (
+    https_site,
+    intercepted_tls,
+    intercepting_config,
+    intercepting_proxy,
+    raw_get,
+)
 from test_review_policies_regressions import credentialed, refused_with_credentials
 from yarl import URL
 
@@ -238,23 +244,13 @@ async def test_an_intercepted_client_reading_nothing_of_a_big_hit_is_closed_at_s
     configured per stalled intercepted client; bounded by those timeouts)."""
     import logging
 
-    from aiohttp.test_utils import TestServer
     from test_review_observe_regressions import video_app
 
-    from cacheproxy.tls.ca import LocalCA
 
     size = 24 * 1024 * 1024
-    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
-    site = TestServer(video_app(size), host="127.0.0.1")
-    await site.start_server(ssl=site_ca.server_context("localhost"))
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()),
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 1.0,
-                           "keepalive_timeout": 30.0},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    ca_file = str(ca_dir / "ca-cert.pem")
+    site, site_ca = await https_site(video_app(size), tmp_path)
+    c, ca_file = await intercepting_proxy(origin, proxy, tmp_path, site, site_ca,
+                                          send_timeout=1.0, keepalive_timeout=30.0)
     try:
         await asyncio.to_thread(_intercepted_get, c.server.port, site.port, ca_file)  # (miss)
         with caplog.at_level(logging.WARNING, logger="cacheproxy"):
@@ -562,23 +558,13 @@ async def test_an_intercepted_slow_download_with_connection_close_is_not_cut_at_
     than 30 s after the proxy has it whole is truncated: HTTP/1.0 clients, scripts)."""
     from asyncio import constants
 
-    from aiohttp.test_utils import TestServer
     from test_review_observe_regressions import video_app
 
-    from cacheproxy.tls.ca import LocalCA
 
     monkeypatch.setattr(constants, "SSL_SHUTDOWN_TIMEOUT", 1.0)
     size = 8 * 1024 * 1024
-    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
-    site = TestServer(video_app(size), host="127.0.0.1")
-    await site.start_server(ssl=site_ca.server_context("localhost"))
-    ca_dir = tmp_path / "proxy-ca"
-    c = await proxy(await origin(web.Application()),
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path)},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    ca_file = str(ca_dir / "ca-cert.pem")
+    site, site_ca = await https_site(video_app(size), tmp_path)
+    c, ca_file = await intercepting_proxy(origin, proxy, tmp_path, site, site_ca)
     try:
         await asyncio.to_thread(_intercepted_get, c.server.port, site.port, ca_file)  # (miss)
         got = await asyncio.to_thread(_intercepted_slow_close, c.server.port, site.port,

@@ -38,13 +38,7 @@ def sse_app() -> tuple[web.Application, dict[str, Any]]:
         await resp.prepare(request)
         await resp.write(EVENT)
         state["started"].append(request.headers.get("Last-Event-ID"))
-        deadline = time.monotonic() + (0 if "X-End" in request.headers else 20)
-        while time.monotonic() < deadline:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                state["closed"].append(time.monotonic())
-                break
-            await asyncio.sleep(0.01)
+        await _held(request, 0 if "X-End" in request.headers else 20, state)
         return resp
 
     async def ping(request: web.Request) -> web.Response:
@@ -56,12 +50,26 @@ def sse_app() -> tuple[web.Application, dict[str, Any]]:
     return app, state
 
 
+async def _held(request: web.Request, seconds: float, state: dict[str, Any]) -> None:
+    """Hold the answer open for seconds, or until its client's connection closes (when,
+    noted in state["closed"])."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            state["closed"].append(time.monotonic())
+            return
+        await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
-async def served(app: web.Application, tls: LocalCA | None = None) -> AsyncIterator[int]:
+async def served(app: web.Application, tls: LocalCA | None = None,
+                 shutdown_timeout: float = 60.0) -> AsyncIterator[int]:
     """app served by aiohttp's AppRunner on a TCP site (whose connections, unlike
     aiohttp.test_utils.TestServer's, show a handler the peer's close), over https with a
-    certificate for localhost from tls: its port."""
-    runner = web.AppRunner(app)
+    certificate for localhost from tls: its port. shutdown_timeout: how long its cleanup
+    waits for a handler still running (a stream left open ends then)."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0,
                        ssl_context=tls.server_context("localhost") if tls else None)
@@ -180,13 +188,7 @@ def long_poll_app() -> tuple[web.Application, dict[str, Any]]:
     async def poll(request: web.Request) -> web.Response:
         await request.read()
         state["started"] += 1
-        deadline = time.monotonic() + float(request.query.get("after", 20))
-        while time.monotonic() < deadline:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                state["closed"].append(time.monotonic())
-                break
-            await asyncio.sleep(0.01)
+        await _held(request, float(request.query.get("after", 20)), state)
         return web.Response(text="[]")
 
     app = web.Application()

@@ -22,7 +22,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from processes import start_serve, stop
-from support import intercepted_tls, intercepting_config, read_json_log, until
+from support import (
+    https_site,
+    intercepted_tls,
+    intercepting_config,
+    intercepting_proxy,
+    read_json_log,
+    until,
+)
 
 from cacheproxy.proxy.tls_slices import TLS_SLICE, Slices
 from cacheproxy.tls.ca import LocalCA
@@ -51,10 +58,7 @@ def _site_app() -> web.Application:
 
 
 async def _https_site(tmp_path: Path) -> tuple[TestServer, LocalCA]:
-    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
-    site = TestServer(_site_app(), host="127.0.0.1")
-    await site.start_server(ssl=site_ca.server_context("localhost"))
-    return site, site_ca
+    return await https_site(_site_app(), tmp_path)
 
 
 async def _intercepting(origin: Any, proxy: Any, tmp_path: Path, *, send_timeout: float = 30.0,
@@ -62,15 +66,10 @@ async def _intercepting(origin: Any, proxy: Any, tmp_path: Path, *, send_timeout
     """The https site, and the proxy in forward mode intercepting CONNECTs to it (bodies up
     to 32 MiB stored): (its client, the site, the proxy's port, the proxy CA's file)."""
     site, site_ca = await _https_site(tmp_path)
-    ca_dir = tmp_path / "proxy-ca"
-    logged = {"log": {"path": str(tmp_path / "r.log")}} if log else {}
-    c = await proxy(await origin(web.Application()), **logged,
-                    cache={"max_object_bytes": 32 * 1024 * 1024},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path),
-                           "send_timeout": send_timeout},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
-    return c, site, c.server.port, str(ca_dir / "ca-cert.pem")
+    c, ca_file = await intercepting_proxy(origin, proxy, tmp_path, site, site_ca,
+                                          log=tmp_path / "r.log" if log else None,
+                                          send_timeout=send_timeout)
+    return c, site, c.server.port, ca_file
 
 
 async def _paused_tls(listener: Any) -> tuple[Any, int]:

@@ -11,7 +11,13 @@ import time
 
 from aiohttp.test_utils import TestServer
 from processes import start_serve, stop
-from support import intercepted_get, intercepted_tls, intercepting_config
+from support import (
+    https_site,
+    intercepted_get,
+    intercepted_tls,
+    intercepting_config,
+    intercepting_proxy,
+)
 from test_review_observe_regressions import video_app
 
 from cacheproxy.tls.ca import LocalCA
@@ -76,10 +82,7 @@ async def test_a_wss_websocket_aborted_at_send_timeout_logs_the_bytes_that_went(
 
     app = web.Application()
     app.router.add_get("/ws", flood)
-    site_ca = LocalCA.load_or_create(tmp_path / "site-ca")
-    site = TestServer(app, host="127.0.0.1")
-    await site.start_server(ssl=site_ca.server_context("localhost"))
-    ca_dir = tmp_path / "proxy-ca"
+    site, site_ca = await https_site(app, tmp_path)
     truth: list[tuple[int, int, int]] = []  # (from the origin, in TLS's buffer, in TCP's)
     real = tunnel_mod.TunnelEnd._abort_client
 
@@ -91,14 +94,12 @@ async def test_a_wss_websocket_aborted_at_send_timeout_logs_the_bytes_that_went(
         real(self)
 
     monkeypatch.setattr(tunnel_mod.TunnelEnd, "_abort_client", abort_client)
-    c = await proxy(await origin(web.Application()), log={"path": str(tmp_path / "r.log")},
-                    proxy={"upstream_ca_file": str(site_ca.cert_path), "send_timeout": 0.5},
-                    forward={"enabled": True, "intercept_tls": True,
-                             "connect_ports": [site.port], "ca_dir": str(ca_dir)})
+    c, ca_file = await intercepting_proxy(origin, proxy, tmp_path, site, site_ca,
+                                          log=tmp_path / "r.log", send_timeout=0.5)
     port, target = c.server.port, site.port
 
     def open_and_stall() -> bytes:
-        t = intercepted_tls(port, target, str(ca_dir / "ca-cert.pem"), rcvbuf=4096)
+        t = intercepted_tls(port, target, ca_file, rcvbuf=4096)
         t.sendall(f"GET /ws HTTP/1.1\r\nHost: localhost:{target}\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode())

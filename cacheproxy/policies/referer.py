@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from cacheproxy.config.entries import (
+    REFERRER_POLICIES,
     HostRule,
     host_matches,
     normalize_path,
@@ -243,9 +244,18 @@ def _origin_of(url: str) -> str | None:
     return serialize_origin(scheme, host, number) + "/"
 
 
+def names_a_policy(values: Iterable[str]) -> bool:
+    """Does a response's Referrer-Policy field (its values) set a policy? W3C Referrer
+    Policy §8.1: a browser takes the last token it knows (Chromium caselessly) and, with
+    none, its default, so a field of unknown tokens or an empty one sets none."""
+    return any(token.strip().lower() in REFERRER_POLICIES
+               for value in values for token in value.split(","))
+
+
 def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool) -> Fields:
     """The Referrer-Policy field to add to a response (W3C Referrer Policy §4.1): none when
-    policy is "", or when the upstream set its own and policy_override is false."""
+    policy is "", or when the upstream set its own (names_a_policy) and policy_override is
+    false."""
     if not policy.policy or (upstream_has_policy and not policy.policy_override):
         return []
     return [("Referrer-Policy", policy.policy)]
@@ -255,7 +265,7 @@ def with_referrer_policy(policy: RefererPolicy, pairs: Iterable[tuple[str, str]]
     """The outbound step: `pairs` with Referrer-Policy set as configured (the upstream's
     replaced when policy_override is true, kept otherwise)."""
     pairs = list(pairs)
-    upstream = any(k.lower() == "referrer-policy" for k, _ in pairs)
+    upstream = names_a_policy(v for k, v in pairs if k.lower() == "referrer-policy")
     added = response_policy_fields(policy, upstream)
     if added:
         pairs = [(k, v) for k, v in pairs if k.lower() != "referrer-policy"]

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.cors import RESPONSE_FIELDS, Denial, is_preflight, merge_vary, preflight
 from cacheproxy.policies.cors import outbound as cors_outbound
-from cacheproxy.policies.referer import refusal, response_policy_fields
+from cacheproxy.policies.referer import names_a_policy, refusal, response_policy_fields
 from cacheproxy.proxy.downstream import Answer, ClientMessage, text_answer
 from cacheproxy.proxy.respond import mark
 from cacheproxy.proxy.routing import PLAN, RoutePlan
@@ -107,8 +107,11 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
         # on it (Fetch §3.2), as when it is stored (grant_varies): a cache further on, the
         # browser's too, must not replay it to another origin (README).
         _vary_on_origin(headers)
-    policy = response_policy_fields(route.referer, "Referrer-Policy" in headers)
-    if policy:  # W3C Referrer Policy §4.1: ours, where none was sent or when overriding
+    # (an upstream field no browser applies sets no policy: ours replaces it, §8.1)
+    upstream_policy = "Referrer-Policy" in headers \
+        and names_a_policy(headers.getall("Referrer-Policy"))
+    policy = response_policy_fields(route.referer, upstream_policy)
+    if policy:  # W3C Referrer Policy §4.1: ours, where none was set or when overriding
         headers.popall("Referrer-Policy", None)
         headers.extend(policy)
 

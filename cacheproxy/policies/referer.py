@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from cacheproxy.config.entries import (
     REFERRER_POLICIES,
@@ -198,14 +198,14 @@ def _path_without(base: str, names: frozenset[str]) -> str:
     """`base` (the URL before its query) without the `names` path parameters."""
     if ";" not in base:
         return base
-    return _PATH_PARAM.sub(lambda m: "" if _param_name(m[1]) in names else m[0], base)
+    return _PATH_PARAM.sub(lambda m: "" if _is_secret(m[1], names) else m[0], base)
 
 
 def _path_redacted(base: str, names: frozenset[str]) -> str:
     if ";" not in base:
         return base
     return _PATH_PARAM.sub(
-        lambda m: f";{m[1]}=REDACTED" if _param_name(m[1]) in names else m[0], base)
+        lambda m: f";{m[1]}=REDACTED" if _is_secret(m[1], names) else m[0], base)
 
 
 def _without(query: str, names: frozenset[str]) -> str:
@@ -213,7 +213,7 @@ def _without(query: str, names: frozenset[str]) -> str:
     pieces = _SEPARATORS.split(query)
     out: list[str] = []
     for i in range(0, len(pieces), 2):
-        if _param_name(pieces[i]) in names:
+        if _is_secret(pieces[i], names):
             continue
         if out:
             out.append(pieces[i - 1])
@@ -224,13 +224,23 @@ def _without(query: str, names: frozenset[str]) -> str:
 def _redacted(query: str, names: frozenset[str]) -> str:
     pieces = _SEPARATORS.split(query)
     for i in range(0, len(pieces), 2):
-        if _param_name(pieces[i]) in names:
+        if _is_secret(pieces[i], names):
             pieces[i] = f"{pieces[i].partition('=')[0]}=REDACTED"
     return "".join(pieces)
 
 
 def _param_name(part: str) -> str:
-    return unquote(part.partition("=")[0]).lower()
+    """A parameter's name as the servers that read it do: %-decoded with "+" a space,
+    caseless, spaces around it dropped (PHP drops leading ones), and the name an array or
+    hash element belongs to ("token[]", "session[id]": PHP, Rack and Node's qs read those
+    as token and session)."""
+    return unquote_plus(part.partition("=")[0]).partition("[")[0].strip().lower()
+
+
+def _is_secret(part: str, names: frozenset[str]) -> bool:
+    name = _param_name(part)
+    # PHP reads "." and " " in a name as "_": "access.token" is its access_token.
+    return name in names or name.replace(".", "_").replace(" ", "_") in names
 
 
 def _origin_of(url: str) -> str | None:

@@ -23,6 +23,9 @@ from support import proxy_for_toml as start
 from support import raw_get, read_json_log
 from test_browser_policies import HOSTS_ON_LOOPBACK, Tabs, Upstream, base
 
+from cacheproxy.config import load_config
+from cacheproxy.config.values import ConfigError
+
 
 class Origin:
     """An origin answering every path with a cacheable page carrying `fields`, and keeping
@@ -236,3 +239,39 @@ async def test_vary_referer_keys_on_the_referer_the_upstream_saw(origin, proxy, 
     listing = await (await c.get("/_cacheproxy/entries")).text()
     assert "S3CRET" not in listing
     assert len(up.referers) == 1  # the second page was the stored answer
+
+
+async def test_a_strip_params_entry_written_with_brackets_strips_the_parameter(
+        origin, proxy, tmp_path):
+    """Follow-up to the reading of names as PHP does: an operator who had listed
+    `strip_params = ["token[]"]` (the spelling their PHP pages use) would have had it match
+    no parameter once names are read before their `[`. Entries are now read the same way,
+    so "token[]" strips `token[]=`, `token[0]=` and `token=`; an entry with no name before
+    `[` is refused at start naming the key. Severity: low."""
+    up = Origin()
+    c = await start(origin, proxy, tmp_path,
+                    '[proxy]\nupstream = "{up}"\n[referer]\nstrip_params = ["token[]"]\n', up=up)
+    for n, secret in enumerate(["token[]=S", "token%5B0%5D=S", "Token=S"]):
+        await c.get(f"/p{n}", headers={"Referer": f"https://m.example/?{secret}&x=1"})
+        assert up.referers[-1] == ["https://m.example/?x=1"], secret
+    path = tmp_path / "bad.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[referer]\n'
+                    'strip_params = ["[id]"]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={})
+    assert refused.value.key == "referer.strip_params"
+
+
+def test_a_valid_referers_entry_written_as_a_url_is_refused_saying_so(tmp_path):
+    """`valid_referers = ["https://good.example"]` (a URL, as allow_origins entries are
+    written) stopped the start with "expected a host name ... got 'https:'", which reads as
+    if the proxy had misparsed the entry. nginx's entries, and ours, are a host with an
+    optional path; the message now says to drop the scheme and names the host to write.
+    Severity: low (a config message that misleads)."""
+    path = tmp_path / "c.toml"
+    path.write_text('[proxy]\nupstream = "http://127.0.0.1:9"\n[referer]\n'
+                    'valid_referers = ["https://good.example"]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, env={})
+    assert refused.value.key == "referer.valid_referers"
+    assert "without a scheme ('good.example'" in str(refused.value)

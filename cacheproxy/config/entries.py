@@ -277,6 +277,9 @@ def parse_valid_referer(entry: str) -> RefererEntry:
             return re.compile(entry[1:], re.IGNORECASE)
         except re.error as exc:
             raise ValueError(f"bad regular expression {entry!r}: {exc}") from None
+    if "://" in entry:  # a URL: nginx's entries, and ours, are a host and a path
+        raise ValueError(f"write the host without a scheme ({entry.partition('://')[2]!r}: "
+                         f"every scheme and port is accepted), got {entry!r}")
     host, slash, path = entry.partition("/")
     if not host:
         raise ValueError(f"a host is missing in {entry!r}")

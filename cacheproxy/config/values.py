@@ -285,7 +285,7 @@ def _check_file_path(value: str) -> None:
 
 
 def _check_param_name(value: str) -> None:
-    if any(c.isspace() or c in "&=?#" for c in value):
+    if any(c.isspace() or c in "&=?#" for c in value) or not value.partition("[")[0]:
         raise ValueError(f"expected a query parameter name, got {value!r}")
 
 

@@ -50,7 +50,7 @@ class RefererPolicy:
     policy: str = "strict-origin-when-cross-origin"  # "" sets no Referrer-Policy
     policy_override: bool = False
     upstream_referer: str = "keep"  # "keep", "origin" or "strip"
-    strip_params: frozenset[str] = frozenset(  # lowercase
+    strip_params: frozenset[str] = frozenset(  # as _param_name reads them
         {"gsid", "sid", "session", "sessionid", "token", "access_token"})
 
     @classmethod
@@ -67,7 +67,8 @@ class RefererPolicy:
             policy=", ".join(parse_referrer_policy(config.policy)),
             policy_override=config.policy_override,
             upstream_referer=config.upstream_referer,
-            strip_params=frozenset(p.lower() for p in config.strip_params),
+            # (read as a parameter's name is: "token[]" is token, as PHP reads it)
+            strip_params=frozenset(_param_name(p) for p in config.strip_params),
         )
 
 

@@ -14,6 +14,7 @@ PIPE_BUF, rare, may still be)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import select
@@ -32,9 +33,17 @@ FLUSH_SECONDS = 0.005
 # A stalled stdout or disk must not grow the proxy's memory; past this, lines are dropped
 # (counted, and said on stderr).
 MAX_BACKLOG = round(60 / FLUSH_SECONDS)
+# And in characters: a minute of batches is not bounded in bytes (a client sets the length
+# of its User-Agent and Referer: some 100 KB a line at most), so a stalled pipe behind
+# large lines would hold gigabytes before the minute ran out.
+MAX_BACKLOG_CHARS = 64 << 20
 WRITE_ERROR_INTERVAL = 60.0  # seconds between two stderr lines about a log it cannot write
 _REOPEN = object()
 _STOP = object()
+# What the sink has to say goes through logging (observe/diagnostics.py's handler), never a
+# print(): the request log's stalled pipe is often stderr's too (`serve 2>&1 | ...`, docker),
+# and a print to it from the event loop blocked the loop, and every request, for good.
+log = logging.getLogger("cacheproxy")
 
 
 class LogFileError(OSError):
@@ -49,7 +58,11 @@ class LogSink:
         self._file: BinaryIO = self._open()
         self._whole_lines = _shared_pipe(self._file)
         self._scheduled = False
-        self.dropped = 0  # lines lost because the writer could not keep up
+        self.dropped = 0  # lines lost because the writer could not keep up (since said)
+        # Characters handed to the writer, and those it has done with: each counter is
+        # written by one thread only (the loop, the writer), so their difference is safe.
+        self._queued_chars = 0
+        self._done_chars = 0
         self._lost = 0  # lines the writer could not write (a full disk, a closed pipe)
         self._said: float | None = None  # when it last said so
         self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
@@ -84,13 +97,19 @@ class LogSink:
         self._scheduled = False
         if not self._pending:
             return
-        if self._queue.qsize() >= MAX_BACKLOG:
+        if (self._queue.qsize() >= MAX_BACKLOG
+                or self._queued_chars - self._done_chars >= MAX_BACKLOG_CHARS):
             if not self.dropped:
-                print("cacheproxy: request log: the writer is stalled; dropping lines",
-                      file=sys.stderr)
+                log.warning("request log: the writer is stalled; dropping lines")
             self.dropped += len(self._pending)
         else:
-            self._queue.put("\n".join(self._pending) + "\n")
+            if self.dropped:  # it takes lines again: say how many were lost meanwhile
+                log.warning("request log: the writer caught up (%d lines dropped)",
+                            self.dropped)
+                self.dropped = 0
+            batch = "\n".join(self._pending) + "\n"
+            self._queued_chars += len(batch)
+            self._queue.put(batch)
         self._pending = []
 
     def wait_written(self, timeout: float = 5.0) -> bool:
@@ -131,14 +150,16 @@ class LogSink:
                     self._file.write(piece)
                     self._file.flush()
                 if self._lost:
-                    print(f"cacheproxy: request log: written again ({self._lost} lines lost)",
-                          file=sys.stderr)
+                    log.warning("request log: written again (%d lines lost)", self._lost)
                     self._lost, self._said = 0, None
             except (OSError, ValueError) as exc:  # a full disk must not stop the proxy
                 if isinstance(item, str):
                     self._write_failed(exc, item.count("\n"))
                 else:
-                    print(f"cacheproxy: request log: {exc}", file=sys.stderr)
+                    log.warning("request log: %s", exc)
+            finally:
+                if isinstance(item, str):
+                    self._done_chars += len(item)
 
     def _close(self) -> None:
         try:
@@ -146,7 +167,7 @@ class LogSink:
             if self.path:
                 self._file.close()
         except (OSError, ValueError) as exc:  # stopping all the same
-            print(f"cacheproxy: request log: {exc}", file=sys.stderr)
+            log.warning("request log: %s", exc)
 
     def _write_failed(self, exc: Exception, lines: int) -> None:
         """Said once, then at most once a WRITE_ERROR_INTERVAL with the lines lost since:
@@ -154,8 +175,8 @@ class LogSink:
         self._lost += lines
         now = time.monotonic()
         if self._said is None or now - self._said >= WRITE_ERROR_INTERVAL:
-            print(f"cacheproxy: request log: {exc} ({self._lost} lines lost so far; said "
-                  f"again at most every {WRITE_ERROR_INTERVAL:g} s)", file=sys.stderr)
+            log.warning("request log: %s (%d lines lost so far; said again at most every "
+                        "%g s)", exc, self._lost, WRITE_ERROR_INTERVAL)
             self._said = now
 
 

@@ -1,0 +1,119 @@
+"""Review of the request log and `cacheproxy logs` (review-logs), read as an operator and
+as an attacker: what clients can put in a line (control characters, CR/LF, ESC, NUL, bytes
+that are no UTF-8, very long values) in both formats, each outcome's fields, the sink
+behind a stalled or failing pipe or file, and the summariser on hostile input. Each
+defect's test failed on the code it was written against (61fa4df)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from processes import clean_env, free_port
+
+from cacheproxy.observe import sink as sink_module
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        assert proc.poll() is None, "serve exited early"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_cacheproxy/healthz",
+                                        timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            threading.Event().wait(0.05)
+    raise AssertionError("serve did not start")
+
+
+def test_a_stalled_stdout_shared_with_stderr_does_not_freeze_the_proxy(tmp_path):
+    """The request log's sink said "the writer is stalled; dropping lines" with a print()
+    to stderr from the event loop. When stdout and stderr are one pipe (`serve 2>&1 |
+    ...`, docker's log driver blocking), that pipe is the stalled one: the print blocked
+    the loop, and the proxy stopped answering anyone, hits and healthz included, for
+    good, once the writer was a minute (MAX_BACKLOG) behind; the README promises that "a
+    slow disk or pipe never stalls requests". Severity: high (a total outage from a slow
+    log reader). Here MAX_BACKLOG is 3 batches so that it comes in a second, not a minute;
+    each request waits at most 5 s, a failure, not a sleep."""
+    port = free_port()
+    read_end, write_end = os.pipe()  # never read: full at 64 KiB
+    code = ("import cacheproxy.observe.sink as s; s.MAX_BACKLOG = 3; "
+            "from cacheproxy.cli import main; raise SystemExit(main())")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--listen", f"127.0.0.1:{port}",
+         "--upstream", "http://127.0.0.1:9"],
+        cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO)), stdout=write_end,
+        stderr=write_end, start_new_session=True)
+    os.close(write_end)
+    try:
+        _wait_listening(port, proc)
+        answered = 0
+        for i in range(150):  # 150 lines of 4 KB: the pipe is full after some 16
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/x{i}",
+                                              headers={"User-Agent": "u" * 4000})
+            try:
+                with urllib.request.urlopen(request, timeout=5):
+                    pass
+            except urllib.error.HTTPError as exc:  # 502: no origin; the log line is the point
+                assert exc.code == 502
+            answered += 1
+        assert answered == 150
+        assert proc.poll() is None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        proc.wait()
+        os.close(read_end)
+
+
+async def test_the_log_backlog_is_bounded_in_bytes_and_the_loss_is_said(
+        monkeypatch, tmp_path, caplog):
+    """A stalled log writer held up to MAX_BACKLOG batches (a minute of them) whatever their
+    size: lines are as long as a client makes its User-Agent and Referer (some 100 KB each
+    at most), so a client sending such requests to a proxy whose log pipe stalled grew its
+    memory by gigabytes before the minute was out (the README: "lines are dropped and
+    counted rather than held in memory"). And the count of lines dropped was never said:
+    one "dropping lines" at the first loss, then nothing, not even at the next stall
+    (diagnostics.py, for stderr, says the count when the stream takes lines again).
+    Now the backlog is bounded in characters too, and the count is said when the writer
+    takes lines again. Severity: medium (memory exhaustion with a stalled log)."""
+    monkeypatch.setattr(sink_module, "MAX_BACKLOG_CHARS", 250_000, raising=False)
+    sink = sink_module.LogSink(str(tmp_path / "requests.log"))
+    stalled, released = threading.Event(), threading.Event()
+    write = sink._file.write
+
+    def slow_write(data: bytes) -> int:  # the writer thread stalls inside its first write
+        stalled.set()
+        released.wait(5)
+        return write(data)
+    monkeypatch.setattr(sink._file, "write", slow_write)
+    big = "x" * 100_000
+    caplog.set_level(logging.WARNING, logger="cacheproxy")
+    for n in range(10):
+        sink.write(f"{n} {big}")
+        sink.flush()  # one batch per line
+        if n == 0:
+            assert await asyncio.to_thread(stalled.wait, 5)
+    # One batch being written, two more waiting (300 KB): the other seven dropped.
+    assert sink.dropped == 7
+    released.set()
+    assert await asyncio.to_thread(sink.wait_written)
+    sink.write("after")
+    sink.flush()  # taken again: the loss is said
+    sink.close()
+    lines = (tmp_path / "requests.log").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["0", "1", "2", "after"]
+    said = [r.getMessage() for r in caplog.records if "request log" in r.getMessage()]
+    assert any("7 lines dropped" in m for m in said), said

@@ -16,7 +16,10 @@ from typing import IO
 from cacheproxy.observe.summary import Summary, human_bytes, human_duration, render
 
 LOG_CHUNK = 1 << 20           # bytes read at a time
-MAX_LINE = 64 * 1024          # a longer line is skipped as malformed (never held whole)
+# A longer line is skipped as malformed (never held whole). Above the longest the proxy
+# writes: a request head is at most 64 KiB (proxy/client_conn.py), and a byte of it is
+# at most six characters in a line (obs-text as \uDCHH): some 400 KB with the rest.
+MAX_LINE = 1 << 20
 FOLLOW_INTERVAL = 1.0         # seconds between two views in --follow
 PROGRESS_INTERVAL = 0.25      # seconds between two progress lines on a terminal
 

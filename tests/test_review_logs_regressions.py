@@ -120,6 +120,44 @@ async def test_the_log_backlog_is_bounded_in_bytes_and_the_loss_is_said(
     assert any("7 lines dropped" in m for m in said), said
 
 
+async def _logged(tmp_path: Path, fmt: str, *requests: bytes) -> str:
+    """The request log (format fmt) of a real `cacheproxy serve`, in front of an origin
+    answering 200 "hello" (max-age=60) to all, after these raw requests, each on a
+    connection of its own."""
+    log = tmp_path / f"{fmt}.log"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                             b"Cache-Control: max-age=60\r\n\r\nhello")
+                await writer.drain()
+        writer.close()
+
+    origin = await asyncio.start_server(answer, "127.0.0.1", 0)
+    oport = origin.sockets[0].getsockname()[1]
+    proc, port = await start_serve(
+        "--upstream", f"http://127.0.0.1:{oport}", "--log-file", str(log), cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(REPO), CACHEPROXY_LOG_FORMAT=fmt))
+    try:
+        for request in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
+            writer.close()
+    finally:
+        proc.terminate()  # a graceful stop writes the log out
+        await asyncio.wait_for(proc.wait(), 20)
+        origin.close()
+    return log.read_bytes().decode("utf-8", "surrogateescape")
+
+
+def _logs(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "cacheproxy", "logs", *args],
+                          env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, timeout=60)
+
+
 async def test_the_longest_lines_the_proxy_writes_are_read_by_logs(tmp_path):
     """A User-Agent and a Referer of 8,000 bytes each that are no UTF-8 (obs-text, which the
     proxy forwards) are written \\uDCHH in both formats: six characters a byte, a line of
@@ -128,40 +166,61 @@ async def test_the_longest_lines_the_proxy_writes_are_read_by_logs(tmp_path):
     could keep its own traffic out of the operator's summary. The reader's bound now lies
     above the longest line the proxy writes (a head of at most 64 KiB, a byte escaped in
     at most six characters). Severity: low (figures wrong; an attacker hides)."""
+    junk = b"\xff" * 8000
     for fmt in ("json", "text"):
-        log = tmp_path / f"{fmt}.log"
-
-        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
-                                 b"Cache-Control: max-age=60\r\n\r\nhello")
-                    await writer.drain()
-            writer.close()
-
-        origin = await asyncio.start_server(answer, "127.0.0.1", 0)
-        oport = origin.sockets[0].getsockname()[1]
-        proc, port = await start_serve(
-            "--upstream", f"http://127.0.0.1:{oport}", "--log-file", str(log), cwd=tmp_path,
-            env=clean_env(PYTHONPATH=str(REPO), CACHEPROXY_LOG_FORMAT=fmt))
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            junk = b"\xff" * 8000
-            writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: " + junk +
-                         b"\r\nReferer: http://r/" + junk + b"\r\nConnection: close\r\n\r\n")
-            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 200")
-            writer.close()
-        finally:
-            proc.terminate()  # a graceful stop writes the log out
-            await asyncio.wait_for(proc.wait(), 20)
-            origin.close()
-        [line] = log.read_text(errors="surrogateescape").splitlines()
+        text = await _logged(tmp_path, fmt, b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: " + junk
+                             + b"\r\nReferer: http://r/" + junk + b"\r\nConnection: close\r\n\r\n")
+        [line] = text.splitlines()
         assert len(line) > 64 * 1024
-        done = subprocess.run(
-            [sys.executable, "-m", "cacheproxy", "logs", "--json", str(log)],
-            env=clean_env(PYTHONPATH=str(REPO)), capture_output=True, timeout=60)
-        report = json.loads(done.stdout)
+        report = json.loads(_logs("--json", str(tmp_path / f"{fmt}.log")).stdout)
         assert report["lines"]["malformed"] == 0, fmt
         assert report["requests"] == 1 and report["cache"]["MISS"] == 1
         assert report["bytes"]["from_origin"] == 5
+
+
+# U+2028/U+2029 (line and paragraph separators), and bidirectional controls.
+_INVISIBLE = ("\u2028", "\u2029", "\u202e", "\u2066", "\u200f", "\u061c")
+
+
+async def test_line_separators_and_bidi_controls_from_clients_are_escaped(tmp_path):
+    """A User-Agent or Referer is forwarded with any UTF-8 in it, and was written as it
+    came: U+2028 and U+2029 raw in both formats (valid JSON, but a line break to Python's
+    str.splitlines() and to editors: a client forged a second line there), and U+202E /
+    U+2066 (bidirectional overrides) raw, so a terminal or editor showing the log reordered
+    the rest of the line (status, cache, client: CVE-2021-42574's trick). nginx escapes
+    every byte over 0x7E as \\xHH. Both formats now write them \\uHHHH, and read them
+    back as they were. Severity: low (log spoofing)."""
+    from cacheproxy.observe.record import parse_line
+
+    agent = "ua\u202e\u2066 200 HIT\u200f\u061c"
+    referer = "http://r/\u2028{\"forged\":1}\u2029x"
+    request = (f"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: {agent}\r\nReferer: {referer}"
+               "\r\nConnection: close\r\n\r\n").encode()
+    for fmt in ("json", "text"):
+        text = await _logged(tmp_path, fmt, request)
+        assert not any(c in text for c in _INVISIBLE), (fmt, text)
+        [line] = text.splitlines()
+        record = parse_line(line)
+        assert record is not None and record.cache == "MISS", (fmt, line)
+        assert (record.user_agent, record.referer) == (agent, referer), fmt
+
+
+def test_the_report_shows_control_characters_of_a_log_escaped(tmp_path):
+    """`cacheproxy logs` reads a log's escapes back (\\u001b in JSON, \\x1B in text) and
+    printed the top URLs as they were: an ESC, a CSI (U+009B) or a bidi override in a
+    line's host or path drove, or reordered, the terminal of the operator reading the
+    report (a log is input like any other: from an older version, another tool, a file
+    copied from elsewhere). Now shown escaped, as the log wrote them. Severity: low."""
+    log = tmp_path / "access.log"
+    log.write_text(
+        '{"time":"2026-11-23T17:32:24.676Z","client":"127.0.0.1","method":"GET",'
+        '"host":"h","path":"/a\\u001b[2J\\u009b31m\\u202eb","status":200,"cache":"MISS",'
+        '"bytes":66,"total_ms":0.167}\n'
+        '127.0.0.1 - - [23/Nov/2026:17:32:25 +0000] "GET /t\\x1B]0;title\\x07 HTTP/1.1" 200 5 '
+        '"-" "-" host=h cache=MISS age=- ttl=- upstream_status=200 upstream_ms=0.1 '
+        'total_ms=0.2 collapsed=0 route=default policy="-" cache_status="-"\n')
+    done = _logs(str(log))
+    out = done.stdout.decode()
+    assert done.returncode == 0 and "malformed 0" in out, out
+    assert not any(c in out for c in ("\x1b", "\x07", "\x9b", "\u202e")), out
+    assert "h/a\\x1B[2J\\x9B31m\\u202Eb" in out and "h/t\\x1B]0;title\\x07" in out, out

@@ -79,12 +79,19 @@ def iso_time(t: float) -> str:
 _encode = json.encoder.encode_basestring  # C-accelerated; non-ASCII kept as is
 # C1 controls (U+0080-U+009F) are control characters too: a terminal that shows the log
 # (`tail -f`, `docker logs`) takes U+009B as CSI, as it takes ESC [. A client puts them in
-# User-Agent, Referer (obs-text, RFC 9110 §5.5) or a refused Host.
-_C1 = re.compile("[\x80-\x9f]")
+# User-Agent, Referer (obs-text, RFC 9110 §5.5) or a refused Host. So are, for readers of
+# the log rather than terminals, the line and paragraph separators U+2028 and U+2029 (a
+# line break to Python's str.splitlines() and to editors: a forged second line) and the
+# bidirectional controls (U+061C, U+200E/F, U+202A-E, U+2066-9: they reorder what a
+# terminal or editor shows of the rest of the line, CVE-2021-42574). Both formats write
+# them escaped: nginx escapes every byte over 0x7E.
+_INVISIBLE = "\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_C1 = re.compile(f"[\x80-\x9f{_INVISIBLE}]")
 
 
 def _escape(value: str) -> str:
-    """A JSON string; C1 controls written \\u0085, the same value (RFC 8259 §7)."""
+    """A JSON string; C1 controls written \\u0085, the same value (RFC 8259 §7), and the
+    line separators and bidirectional controls as well."""
     out = _encode(value)
     if value.isascii() or _C1.search(out) is None:
         return out
@@ -184,7 +191,7 @@ class HitLines:
 # surrogateescape as U+DC80-U+DCFF), written \uDCHH: a \xHH would read back as the C1
 # or Latin-1 character, and written raw (the sink's backslashreplace) they read back as
 # the six characters.
-_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\ud800-\udfff]')
+_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f-\x9f\ud800-\udfff' + _INVISIBLE + "]")
 
 
 def _escaped(match: re.Match[str]) -> str:

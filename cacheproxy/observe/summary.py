@@ -367,6 +367,19 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+# What a terminal would act on or reorder (C0, DEL, C1, line separators, bidirectional
+# controls): a URL read back from a log holds what its escapes stood for, and the report
+# goes to the operator's terminal, so they are shown escaped again, as the log wrote them.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _shown(text: str) -> str:
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNSHOWN.sub(lambda m: f"\\x{ord(m[0]):02X}" if ord(m[0]) < 0x100
+                        else f"\\u{ord(m[0]):04X}", text)
+
+
 def render(report: dict[str, Any], top: int = 10, width: int = 100) -> str:
     """The human view of a report: one screen, aligned columns, URLs cut to fit `width`."""
     lines = _render_head(report)
@@ -380,7 +393,8 @@ def render(report: dict[str, Any], top: int = 10, width: int = 100) -> str:
         lines.append(f"{name:<14}{h['count']:>13,}"
                      + "".join(f"{_ms(h[f'p{q}']):>9}" for q in PERCENTILES))
     tops = report["top"]
-    urls = [item["url"] for items in (tops["by_misses"], tops["by_origin_bytes"]) for item in items]
+    urls = [_shown(item["url"])
+            for items in (tops["by_misses"], tops["by_origin_bytes"]) for item in items]
     # As wide as the longest URL shown, within `width` beside a 12-column figure.
     url_width = max(24, min(width - 16, max(map(len, urls), default=0)))
     for title, items, field, sketch, fmt in (
@@ -391,7 +405,8 @@ def render(report: dict[str, Any], top: int = 10, width: int = 100) -> str:
         lines += ["", f"top {top} URLs {title}"]
         if low := tops["max_undercount"][sketch]:
             lines[-1] += f"  (a figure may be low by up to {fmt(low)})"
-        lines += [f"  {_cut(item['url'], url_width):<{url_width}}{fmt(item[field]):>12}"
+        lines += [f"  {_cut(_shown(item['url']), url_width):<{url_width}}"
+                  f"{fmt(item[field]):>12}"
                   for item in items] or ["  (none)"]
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,7 @@ from cacheproxy.observe.logread import (
     read_to_end,
 )
 from cacheproxy.observe.summary import Summary, make_filter
+from cacheproxy.stdio import reopen_closed_standard_fds
 
 PROG = "cacheproxy"
 
@@ -94,6 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(run: Callable[[], None]) -> int:
     """Run a server until it stops: 0; a config mistake: 2; an OSError (a port in use): 1.
     Each mistake is one line on stderr."""
+    if 1 in reopen_closed_standard_fds():
+        _error("standard output was closed: /dev/null is in its place (a request log "
+               "written there is lost: set log.path)")
     try:
         run()
     except ConfigError as exc:

@@ -224,3 +224,39 @@ def test_the_report_shows_control_characters_of_a_log_escaped(tmp_path):
     assert done.returncode == 0 and "malformed 0" in out, out
     assert not any(c in out for c in ("\x1b", "\x07", "\x9b", "\u202e")), out
     assert "h/a\\x1B[2J\\x9B31m\\u202Eb" in out and "h/t\\x1B]0;title\\x07" in out, out
+
+
+def _close_stdin_and_stdout() -> None:
+    os.close(0)
+    os.close(1)
+
+
+def test_serve_started_with_stdin_and_stdout_closed_serves_and_stops_cleanly(tmp_path):
+    """`cacheproxy serve <&- >&-` (a daemonizer or process manager that closes them) gave
+    descriptors 0 and 1 to the next files opened: the listening socket among them. libuv
+    refuses to close a descriptor below 3 and aborted the process (`uv__close: Assertion
+    fd > STDERR_FILENO failed`, SIGABRT, no message): at the stop, cutting the requests in
+    flight, and at the start when the request log went to standard output. Now each closed
+    one gets /dev/null first, as nginx's daemon start does, and a closed stdout is said
+    (the request log written there is lost). Severity: medium (a crash, rare setup)."""
+    port = free_port()
+    log = tmp_path / "requests.log"
+    for log_args in ((), ("--log-file", str(log))):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}",
+             "--upstream", "http://127.0.0.1:9", *log_args],
+            cwd=tmp_path, env=clean_env(PYTHONPATH=str(REPO)), stderr=subprocess.PIPE,
+            preexec_fn=_close_stdin_and_stdout, start_new_session=True)
+        try:
+            _wait_listening(port, proc)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/x", timeout=5)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 502  # no origin: the line is the point
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err.decode()
+        assert "standard output was closed" in err.decode()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["status"] for r in records if r["path"] == "/x"] == [502]

@@ -97,7 +97,10 @@ class LogSink:
         self._scheduled = False
         if not self._pending:
             return
-        if (self._queue.qsize() >= MAX_BACKLOG
+        waiting = self._queue.qsize()
+        # Once dropping, until the writer has caught up whole: else a slow (not stopped)
+        # pipe would take a batch now and then, and each would say "caught up", "stalled".
+        if (waiting >= MAX_BACKLOG or (self.dropped and waiting)
                 or self._queued_chars - self._done_chars >= MAX_BACKLOG_CHARS):
             if not self.dropped:
                 log.warning("request log: the writer is stalled; dropping lines")

@@ -46,7 +46,7 @@ from cacheproxy.http.flow import (
     stale_on_error,
     still_held,
 )
-from cacheproxy.http.invalidation import SAFE_METHODS, as_derived_from
+from cacheproxy.http.invalidation import as_derived_from
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.upgrade import refused_switch
 from cacheproxy.observe.clock_skew import ClockSkew
@@ -244,9 +244,11 @@ class Driver:
                                             ctx.out.interim,
                                             watch=ctx.out.watch_gone if alone else None)
         except ClientGone:  # (logged 499: no answer was written)
+            # Nor is anything invalidated: RFC 9111 §4.4 invalidates on a non-error status
+            # received, and none was (as after a reset or a timeout). Otherwise any client
+            # could purge any URL by sending `POST /it` and leaving before the origin's
+            # refusal (a 405) came back.
             release(failed=True)
-            if fwd.method not in SAFE_METHODS:  # §4.4: the origin may have acted on it
-                await self._invalidate(ctx, (ctx.key,))
             return None
         except Refusal as exc:  # forward mode: refused by the address its name resolved to
             release()

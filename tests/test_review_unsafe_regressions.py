@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from support import raw_get, until
+from support import proxy_for_toml, raw_get, until
 
 
 def site(name: str, calls: list[str], unsafe: web.Response | None = None) -> web.Application:
@@ -101,3 +102,55 @@ async def _post_and_leave(c: Any, calls: list[str], closed: asyncio.Event) -> No
     after = await raw_get(c, "/page", host=host)
     assert (after[1]["x-cache"], after[2]) == ("HIT", first[2])
     assert calls == ["GET /page", "POST /page"]
+
+
+ROUTED = """
+[proxy]
+upstream = "{web}"
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "{api}"
+
+[[routes]]
+path_prefix = "/shop/"
+upstream = "{web}"
+"""
+
+
+class Site:
+    def __init__(self, name: str) -> None:
+        self.calls: list[str] = []
+        self.app = site(name, self.calls)
+
+
+async def test_an_upstream_cannot_invalidate_what_another_routes_upstream_serves(
+        origin: Any, proxy: Any, tmp_path: Path) -> None:
+    """RFC 9111 §4.4 invalidates the URIs in Location and Content-Location "only if the
+    host part is the same" as the target's, a defence against denial of service (§7.2).
+    Keyed by the client's URL (the default, X-Forwarded-Host on), one host's paths may be
+    routed to other upstreams (README "Routes"), and what one origin server said of a URL
+    another one serves was taken as the same host's: an API behind `/api/` that echoes a
+    client's `?next=` into a 201's Location (a common redirect-after-POST) let anyone purge
+    the site's pages, one POST each. Squid keys by the URL and has no such routes; Varnish
+    and nginx invalidate nothing on Location. Now a derived URI is invalidated only when
+    it is routed to the same upstream origin (two routes to one upstream still invalidate
+    each other's URLs). Severity: low (a purge by anyone, through an origin that echoes
+    its input; other routes only)."""
+    api, web_ = Site("api"), Site("web")
+    c = await proxy_for_toml(origin, proxy, tmp_path, ROUTED, api=api, web=web_)
+    host = f"127.0.0.1:{c.server.port}"
+    for path in ("/index.html", "/api/y", "/shop/z"):
+        await raw_get(c, path, host=host)
+        assert (await raw_get(c, path, host=host))[1]["x-cache"] == "HIT"
+
+    async def post(target: str) -> None:
+        assert (await raw_get(c, target, "Content-Length: 0", method="POST", host=host))[0] == 201
+
+    await post("/api/x?loc=/index.html")  # the API names a page of the web upstream's
+    await post("/api/x?loc=http://" + host + "/index.html")
+    assert (await raw_get(c, "/index.html", host=host))[1]["x-cache"] == "HIT"
+    await post("/api/x?loc=/api/y")  # its own URL: invalidated (§4.4)
+    assert (await raw_get(c, "/api/y", host=host))[1]["x-cache"] == "MISS"
+    await post("/x?loc=/shop/z")  # another route to the same upstream: its URL too
+    assert (await raw_get(c, "/shop/z", host=host))[1]["x-cache"] == "MISS"

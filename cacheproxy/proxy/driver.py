@@ -99,6 +99,9 @@ class Ctx(NamedTuple):
     fields: Callable[[Forward], Fields]
     # The URL's key under the other scheme, behind a trusted TLS front (RoutePlan.scheme_twin)
     twin: str | None = None
+    # Of the keys an unsafe request's Location / Content-Location name, those its route's
+    # upstream serves (Plans.derived_owner); None: all
+    owns: Callable[[str], bool] | None = None
 
 
 class Driver:
@@ -446,6 +449,8 @@ class Driver:
         store (Exchange.put); when that was. Behind a trusted TLS front, the other scheme's
         keys of the same URLs too: the change was to the resource, whichever scheme the
         front terminated (as a purge of a path removes both)."""
+        if ctx.owns is not None:  # (ctx.key is the request's own, first)
+            keys = (keys[0], *filter(ctx.owns, keys[1:]))
         if ctx.twin is not None:
             keys = (*keys, *as_derived_from(keys, ctx.key, ctx.twin))
         now = time.perf_counter()

@@ -286,8 +286,8 @@ class CacheProxy:
         # an invalidation cover both, as the admin API's purge of a path does (Varnish's
         # PURGE too: its hash has no scheme), wherever the request came in. (Safe methods
         # remove nothing: their hits are not kept waiting for a second key.)
-        twin = None if request.method in SAFE_METHODS else \
-            plan.scheme_twin(scheme, authority, target)
+        unsafe = request.method not in SAFE_METHODS
+        twin = plan.scheme_twin(scheme, authority, target) if unsafe else None
         if request.method == "PURGE" and self.purge is not None:
             outcome.status = "BYPASS"
             return answer_of(await self.purge(request, [key] if twin is None else [key, twin],
@@ -306,7 +306,8 @@ class CacheProxy:
                                f"{LOOP_HOPS} times (Via)", outcome)
         facts = request_facts(request.method, h, has_body=request.body_exists)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
-                  lambda fwd: self._fields(request, plan, authority, fwd, scheme), twin)
+                  lambda fwd: self._fields(request, plan, authority, fwd, scheme), twin,
+                  plans.derived_owner(plan) if unsafe else None)
         if "Upgrade" in h and self.config.proxy.websocket:  # (rare: one look per request)
             key = _websocket_key(request, out)
             if key is not None:

@@ -4,7 +4,10 @@ Plain values: the pooled session and the store belong to the handler."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from yarl import URL
@@ -191,6 +194,23 @@ class Plans:
 
     def upstreams(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(p.upstream for p in self.by_name.values()))
+
+    def derived_owner(self, plan: RoutePlan) -> Callable[[str], bool] | None:
+        """For an unsafe request routed by plan: which of the keys its answer's Location
+        and Content-Location name (RFC 9111 §4.4, same origin) it may invalidate, or None
+        for all of them. Keyed by the client's URL, one host's paths may be routed to
+        other upstreams: what one origin server says of a URL another one serves is no
+        "same host" (§4.4's defence against denial of service, §7.2), and would let an
+        API that echoes a `Location` purge the site's pages. Keyed by the upstream's URL,
+        a key names that upstream's resources only."""
+        if not self.routed or plan.forwarded or not plan.client_host_seen:
+            return None
+        return partial(self._same_upstream, plan.key_origin)
+
+    def _same_upstream(self, key_origin: str, key: str) -> bool:
+        """Whether the client URL key names is routed to the upstream of key_origin."""
+        parts = urlsplit(key.partition("#")[0])
+        return self.match(parts.netloc, parts.path or "/").key_origin == key_origin
 
     def stored_origins(self) -> frozenset[str]:
         """The origins of keys named after an upstream (admin: a listed key is taken as is)."""

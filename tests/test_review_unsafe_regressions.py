@@ -17,9 +17,10 @@ from aiohttp import web
 from support import proxy_for_toml, raw_get, until
 
 
-def site(name: str, calls: list[str], unsafe: web.Response | None = None) -> web.Application:
+def site(name: str, calls: list[str], unsafe: int | None = None) -> web.Application:
     """An origin whose GETs are fresh for 10 minutes and name `name` and the call count;
-    other methods get `unsafe` (default: 201 with the Location its `loc` query names)."""
+    other methods get the status `unsafe` (default: 201 with the Location its `loc` query
+    names)."""
     async def handle(request: web.Request) -> web.Response:
         await request.read()
         calls.append(f"{request.method} {request.raw_path}")
@@ -27,7 +28,7 @@ def site(name: str, calls: list[str], unsafe: web.Response | None = None) -> web
             return web.Response(text=f"{name} {request.path} {len(calls)}",
                                 headers={"Cache-Control": "max-age=600"})
         if unsafe is not None:
-            return unsafe
+            return web.Response(status=unsafe, text="<ms/>")
         return web.Response(status=201, text="made",
                             headers={"Location": request.query.get("loc", "")})
 
@@ -154,3 +155,27 @@ async def test_an_upstream_cannot_invalidate_what_another_routes_upstream_serves
     assert (await raw_get(c, "/api/y", host=host))[1]["x-cache"] == "MISS"
     await post("/x?loc=/shop/z")  # another route to the same upstream: its URL too
     assert (await raw_get(c, "/shop/z", host=host))[1]["x-cache"] == "MISS"
+
+
+async def test_webdavs_safe_methods_do_not_invalidate_what_get_stored(origin: Any, proxy: Any
+                                                                      ) -> None:
+    """RFC 9111 §4.4 invalidates after unsafe methods, "including methods whose safety is
+    unknown". The proxy knew RFC 9110's four safe methods only, so PROPFIND, REPORT and
+    SEARCH, which the HTTP Method Registry marks safe (RFC 7237 §3), and QUERY (RFC
+    10008), counted as unsafe: every 207 to a WebDAV or CalDAV client's PROPFIND (Finder
+    and Nextcloud send one before each file they open) removed the file's stored GET
+    response, and the next download went to the origin. Now they invalidate nothing;
+    an unknown method (MKCOL is unsafe; "propfind" is not PROPFIND, RFC 9110 §9.1) still
+    does. Severity: low (lost hits, never a wrong answer)."""
+    calls: list[str] = []
+    c = await proxy(await origin(site("dav", calls, 207)))
+    host = f"127.0.0.1:{c.server.port}"
+    first = await raw_get(c, "/f.txt", host=host)
+    for method in ("PROPFIND", "REPORT", "SEARCH", "QUERY"):
+        answer = await raw_get(c, "/f.txt", "Depth: 0", "Content-Length: 0", method=method,
+                               host=host)
+        assert answer[0] == 207
+        hit = await raw_get(c, "/f.txt", host=host)
+        assert (hit[1]["x-cache"], hit[2]) == ("HIT", first[2]), method
+    await raw_get(c, "/f.txt", "Content-Length: 0", method="propfind", host=host)
+    assert (await raw_get(c, "/f.txt", host=host))[1]["x-cache"] == "MISS"

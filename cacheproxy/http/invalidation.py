@@ -6,7 +6,13 @@ from urllib.parse import urljoin, urlsplit
 
 from cacheproxy.http.origins import origin_of
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 §9.2.1
+# RFC 9110 §9.2.1's safe methods, and the others the HTTP Method Registry marks safe
+# (RFC 7237 §3: PROPFIND, REPORT, SEARCH; RFC 10008: QUERY). Unknown, they would count as
+# unsafe (§4.4): every 207 to a WebDAV or CalDAV client's PROPFIND or REPORT (Finder,
+# Nextcloud and calendar clients send them all the time) removed its URL's stored GET
+# response. Methods are case-sensitive (RFC 9110 §9.1): "propfind" is unknown.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH",
+                          "QUERY"})
 
 
 def invalidated_uris(

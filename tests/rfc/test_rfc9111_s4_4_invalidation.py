@@ -13,21 +13,25 @@ def test_s4_4_unsafe_method_with_success_invalidates_the_target() -> None:
     assert invalidated_uris("POST", 200, TARGET, None, None) == [TARGET]
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "PURGE", "get"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "PURGE", "get",
+                                    "propfind", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK"])
 def test_s4_4_unsafe_and_unknown_methods_invalidate(method: str) -> None:
     """§4.4: "(including methods whose safety is unknown)"; methods are case-sensitive
     (RFC 9110 §9.1), so "get" is unknown, hence unsafe."""
     assert invalidated_uris(method, 204, TARGET, None, None) == [TARGET]
 
 
-@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "TRACE"])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT",
+                                    "SEARCH", "QUERY"])
 def test_s4_4_safe_methods_invalidate_nothing(method: str) -> None:
-    """RFC 9110 §9.2.1: the safe methods."""
-    assert invalidated_uris(method, 200, TARGET, "/items/2", "/items/3") == []
+    """RFC 9110 §9.2.1: the safe methods, and the registry's other safe ones."""
+    assert invalidated_uris(method, 207, TARGET, "/items/2", "/items/3") == []
 
 
-def test_s4_4_safe_methods_are_rfc9110s() -> None:
-    assert frozenset({"GET", "HEAD", "OPTIONS", "TRACE"}) == SAFE_METHODS
+def test_s4_4_safe_methods_are_rfc9110s_and_the_registrys() -> None:
+    """RFC 9110 §9.2.1; the HTTP Method Registry (RFC 7237 §3, RFC 10008)."""
+    assert frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "REPORT", "SEARCH",
+                      "QUERY"}) == SAFE_METHODS
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 301, 302, 303, 399])

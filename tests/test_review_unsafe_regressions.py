@@ -179,3 +179,42 @@ async def test_webdavs_safe_methods_do_not_invalidate_what_get_stored(origin: An
         assert (hit[1]["x-cache"], hit[2]) == ("HIT", first[2]), method
     await raw_get(c, "/f.txt", "Content-Length: 0", method="propfind", host=host)
     assert (await raw_get(c, "/f.txt", host=host))[1]["x-cache"] == "MISS"
+
+
+def tracing_app() -> web.Application:
+    """An origin that answers TRACE as RFC 9110 §9.3.8 says (Apache httpd's default,
+    TraceEnable on): the request it received, as message/http."""
+    async def handle(request: web.Request) -> web.Response:
+        if request.method != "TRACE":
+            return web.Response(text=request.headers.get("Authorization", "none"))
+        lines = [f"TRACE {request.raw_path} HTTP/1.1",
+                 *(f"{k}: {v}" for k, v in request.headers.items())]
+        return web.Response(body="\r\n".join(lines).encode(), content_type="message/http")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def test_trace_does_not_carry_the_upstream_urls_credentials_to_be_echoed(
+        origin: Any, proxy: Any) -> None:
+    """An upstream URL with `user:password@` (proxy.upstream, a route's upstream) has the
+    proxy send them as Basic credentials on every request, TRACE too. An origin that
+    answers TRACE (Apache httpd does by default) echoes the request it received, so any
+    client sending `TRACE /` read `Authorization: Basic <user:password>`, the operator's
+    secret, which the log lines mask as `***`. RFC 9110 §9.3.8: "A client MUST NOT
+    generate fields in a TRACE request containing sensitive data that might be disclosed
+    by the response", stored credentials its first example. Now a TRACE goes without them
+    (nor the client's own Authorization, which never reaches a credentialed upstream);
+    other methods still carry them. Severity: high (the upstream's password to anyone,
+    where the origin answers TRACE)."""
+    server = await origin(tracing_app())
+    c = await proxy(f"http://alice:s3cret@127.0.0.1:{server.port}")
+    host = f"127.0.0.1:{c.server.port}"
+    status, _, body = await raw_get(c, "/", "Authorization: Bearer mine", method="TRACE",
+                                    host=host)
+    assert status == 200 and body.startswith(b"TRACE / HTTP/1.1")
+    assert b"authorization" not in body.lower()
+    assert b"YWxpY2U6czNjcmV0" not in body and b"s3cret" not in body  # base64, plain
+    _, _, got = await raw_get(c, "/page", "Cache-Control: no-store", host=host)
+    assert got == b"Basic YWxpY2U6czNjcmV0"  # alice:s3cret, for every other method

@@ -233,7 +233,9 @@ class Exchange:
             fields = [*fields, ("Content-Length", "0")]
         if credentials is not None:  # credentials in proxy.upstream / a route's URL
             fields = [(k, v) for k, v in fields if k.lower() != "authorization"]
-            fields.append(("Authorization", credentials))
+            # RFC 9110 §9.3.8: never in a TRACE, whose answer echoes them to the client.
+            if method != "TRACE":
+                fields.append(("Authorization", credentials))
         return origin, _request_head(method, target, fields, body and length is None), length
 
     async def send(

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
+from redis_server import RedisServer
 from support import proxy_for_toml, raw_get, until
 
 
@@ -218,3 +220,92 @@ async def test_trace_does_not_carry_the_upstream_urls_credentials_to_be_echoed(
     assert b"YWxpY2U6czNjcmV0" not in body and b"s3cret" not in body  # base64, plain
     _, _, got = await raw_get(c, "/page", "Cache-Control: no-store", host=host)
     assert got == b"Basic YWxpY2U6czNjcmV0"  # alice:s3cret, for every other method
+
+
+@pytest.mark.parametrize("layer", [
+    32 * 1024 * 1024,
+    pytest.param(0, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+        "without the memory layer no replica subscribes to the Redis purge channel, so "
+        "none hears another's invalidation: left as documented (README)"))),
+], ids=["memory-layer", "no-memory-layer"])
+async def test_a_fill_in_another_replica_does_not_undo_an_invalidation(
+        origin: Any, proxy: Any, redis_server: RedisServer, layer: int) -> None:
+    """RFC 9111 §4.4: after a successful POST the stored responses of its URL are gone, and
+    an answer fetched before it must not come back as fresh (README: an answer being
+    fetched when its URL is invalidated is not stored). Each process marks what it
+    invalidated, so that its own fills under way do not store their older answers
+    (proxy/invalidations.py), but a fill in another replica sharing the Redis store (the
+    compose file's two replicas, or --workers with Redis) did not see the mark: replica A
+    fetching /doc (a slow page, or one just expired), replica B's POST /doc answered 2xx
+    and invalidated it in Redis, then A's fill of the older answer was stored in Redis
+    and served by every replica for its whole max-age, as if the write had not
+    happened. Every replica now hears the invalidation on the Redis purge channel (which
+    already told their memory layers) and marks it as its own. Severity: medium (the
+    state from before a write served for max-age after it, in the documented
+    deployment)."""
+    calls: list[str] = []
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        await request.read()
+        calls.append(request.method)
+        if request.method == "POST":
+            return web.Response(status=204)
+        text = f"version {calls.count('POST')}"  # as the page is when asked for
+        if calls.count("GET") == 1:  # the fill under way while the POST comes
+            await release.wait()
+        return web.Response(text=text, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await origin(app)
+    cache = {"store": "redis", "redis_url": redis_server.url, "redis_timeout": 0.5,
+             "redis_retry_interval": 0.2, "memory_layer_bytes": layer}
+    a = await proxy(server, cache=cache)
+    b = await proxy(server, cache=cache)
+    fill = asyncio.ensure_future(raw_get(a, "/doc", host="shop.example"))
+    assert await until(lambda: calls == ["GET"])
+    posted = await raw_get(b, "/doc", "Content-Length: 0", method="POST", host="shop.example")
+    assert posted[0] == 204
+    marks = a.app_proxy.exchange.invalidations
+    await until(lambda: marks.since("http://shop.example/doc", 0.0))  # heard (or not)
+    release.set()
+    assert (await fill)[2] == b"version 0"  # its client gets the answer it asked for
+    for replica in (b, a):
+        status, fields, body = await raw_get(replica, "/doc", host="shop.example")
+        assert (status, body) == (200, b"version 1"), fields
+
+
+async def test_a_post_answer_stored_after_its_own_invalidation_survives_the_echo(
+        origin: Any, proxy: Any, redis_server: RedisServer) -> None:
+    """The guard of the fix above: a replica's own invalidation comes back to it on the
+    Redis purge channel, and heard as another's it would refuse the POST answer it
+    stores right after it (RFC 9110 §9.3.3, README "What is stored?"). It is not."""
+    calls: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        calls.append(request.method)
+        if request.method == "POST":
+            await asyncio.sleep(0)  # (the body after the head, as often)
+            return web.Response(text=f"posted {body.decode()}", headers={
+                "Cache-Control": "max-age=600", "Content-Location": "/p"})
+        return web.Response(text="got", headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    server = await origin(app)
+    cache = {"store": "redis", "redis_url": redis_server.url, "redis_timeout": 0.5,
+             "redis_retry_interval": 0.2}
+    a = await proxy(server, cache=cache)
+    b = await proxy(server, cache=cache)
+    for n in range(3):
+        reader, writer = await asyncio.open_connection(a.server.host, a.server.port)
+        writer.write(b"POST /p HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n"
+                     b"Content-Length: 1\r\n\r\n" + str(n).encode())
+        answer = await reader.read()
+        writer.close()
+        assert b"stored" in answer and answer.endswith(f"posted {n}".encode())
+        for replica in (a, b):
+            _, fields, got = await raw_get(replica, "/p", host="shop.example")
+            assert (fields["x-cache"], got) == ("HIT", f"posted {n}".encode())

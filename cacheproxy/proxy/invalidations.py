@@ -11,6 +11,7 @@ process, as collapsing is: a fill in another worker or replica does not see thes
 
 from __future__ import annotations
 
+import time
 from array import array
 
 # Bounds: beyond them the oldest mark goes, and every fill sent before it counts as
@@ -63,6 +64,17 @@ class Invalidations:
         self._key_chars = 0
         self._prefixes.clear()
         self._floor = now
+
+    def heard(self, key: str | None, prefix: str | None) -> None:
+        """What another replica sharing the Redis store forgot, heard now (its purge
+        channel, store/layered.py): a key, a prefix, or (both None) everything."""
+        now = time.perf_counter()
+        if key is not None:
+            self.key(key, now)
+        elif prefix is not None:
+            self.prefix(prefix, now)
+        else:
+            self.everything(now)
 
     def since(self, key: str, sent: float) -> bool:
         """Whether key was invalidated after a request for it was sent at sent."""

@@ -40,7 +40,7 @@ from cacheproxy.proxy.policy_steps import outbound
 from cacheproxy.proxy.siblings import Siblings
 from cacheproxy.proxy.wire import ControlRunner
 from cacheproxy.proxy.workers import supervise
-from cacheproxy.store import Store, build_store
+from cacheproxy.store import LayeredStore, Store, build_store
 
 log = logging.getLogger("cacheproxy")
 STOP_AND_RELOAD = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
@@ -75,6 +75,8 @@ def make_app(
     proxy.driver.upstream_answered = observer.upstream_answered
     admin.key_for = proxy.cache_key
     admin.marks = proxy.exchange.invalidations
+    if isinstance(store, LayeredStore):  # other replicas' invalidations and purges, too
+        store.heard = proxy.exchange.invalidations.heard
     health = Health(proxy.upstreams, getattr(store, "ping", None))
     app = web.Application()
     app[PROXY], app[OBSERVER], app[ADMIN], app[HEALTH] = proxy, observer, admin, health

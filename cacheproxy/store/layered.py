@@ -8,6 +8,12 @@ drops those keys from its front at once. A lost message (subscriber reconnecting
 purge racing a fill) still takes effect within ttl, and the front is cleared when the
 subscriber reconnects after an outage, since purges may have been missed.
 
+What another replica forgot (an invalidation by an unsafe method, a purge) is also told to
+`heard`, which the proxy sets: a fill under way here, sent before it, is then not stored
+(RFC 9111 §4.4; proxy/invalidations.py), as its own invalidations already kept it from
+storing. This replica's own messages come back on the channel too; they are not told
+again (the answer to a POST stored after its own invalidation would be refused).
+
 With Redis down the front goes on answering, but only within ttl of its last exchange
 with Redis (the bound holds), and it takes nothing new: requests go to the origin
 until Redis is back.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from cachetools import TTLCache
 
@@ -29,6 +36,12 @@ from cacheproxy.store.redis import RedisStore
 
 log = logging.getLogger("cacheproxy.store")
 _LISTEN_WAIT = 1.0  # seconds per wait for a purge message (then wait again)
+# Own deletes whose message is awaited, at most (and so many characters of keys: a client
+# chooses a key's length); beyond, all count as another's.
+_MAX_OWN, _MAX_OWN_CHARS = 10_000, 2 * 1024 * 1024
+
+# What a replica forgot: a key, or a prefix (key None), or everything (both None).
+Heard = Callable[[str | None, str | None], None]
 
 
 class LayeredStore:
@@ -44,6 +57,13 @@ class LayeredStore:
         self._generation = 0
         self._first_try = asyncio.Event()  # set once the first subscription attempt ends
         self._listener: asyncio.Task[None] | None = None
+        self.heard: Heard | None = None  # (set by the proxy: what other replicas forgot)
+        # Keys this replica deleted whose message has not come back yet (how many times):
+        # a message for one of them is its own. Forgotten with the subscription (a lost
+        # message), or past _MAX_OWN: a message of its own then told as another's costs
+        # at most one answer not stored.
+        self._own: dict[str, int] = {}
+        self._own_chars = 0
 
     @property
     def available(self) -> bool:
@@ -84,8 +104,17 @@ class LayeredStore:
         return held > 0
 
     async def delete(self, key: str) -> bool:
+        own = self._own
+        if len(own) >= _MAX_OWN or self._own_chars > _MAX_OWN_CHARS:
+            self._forget_own()
+        if key not in own:
+            self._own_chars += len(key)
+        own[key] = own.get(key, 0) + 1
         try:
             return await self.back.delete(key)
+        except BaseException:  # (no message, or one that is heard as another's: no harm)
+            self._heard_own(key)
+            raise
         finally:  # dropped even when Redis is down: it is never wrong to forget
             await self._forget(key)
 
@@ -150,14 +179,37 @@ class LayeredStore:
     async def _purged(self, message: bytes) -> None:
         kind, arg = message[:1], message[1:].decode("utf-8", "surrogateescape")
         if kind == b"d":
+            if not self._heard_own(arg):
+                self._tell(arg, None)
             await self._forget(arg)
         elif kind == b"p":
+            self._tell(None, arg)
             self._generation += 1
             await self.front.delete_prefix(arg)
         else:  # "c", or a kind this version does not know: forgetting all is always safe
+            self._tell(None, None)
             await self._forget_all()
 
+    def _heard_own(self, key: str) -> bool:
+        """Whether a delete of key by this replica awaited its message (now come)."""
+        count = self._own.pop(key, 0)
+        if count > 1:
+            self._own[key] = count - 1
+        elif count:
+            self._own_chars -= len(key)
+        return count > 0
+
+    def _forget_own(self) -> None:
+        self._own.clear()
+        self._own_chars = 0
+
+    def _tell(self, key: str | None, prefix: str | None) -> None:
+        if self.heard is not None:
+            self.heard(key, prefix)
+
     async def _missed_purges(self) -> None:
+        self._forget_own()
+        self._tell(None, None)  # (what was missed may have been an invalidation)
         await self._forget_all()
         log.info("purge channel subscribed again: memory layer cleared (purges may have "
                  "been missed)")

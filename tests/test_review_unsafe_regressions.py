@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp import web
@@ -309,3 +310,27 @@ async def test_a_post_answer_stored_after_its_own_invalidation_survives_the_echo
         for replica in (a, b):
             _, fields, got = await raw_get(replica, "/p", host="shop.example")
             assert (fields["x-cache"], got) == ("HIT", f"posted {n}".encode())
+
+
+@pytest.mark.parametrize("location", [
+    "http://shop.example/a/../page", "/a/%2e%2e/page", "http://shop.example/x/.%2E/page",
+])
+async def test_a_location_with_dot_segments_invalidates_the_url_it_resolves_to(
+        origin: Any, proxy: Any, location: str) -> None:
+    """RFC 9111 §4.4 invalidates the URI in Location; RFC 3986 §5.2.2 resolves a reference
+    with dot segments to the URI without them, a reference with a scheme as well, and
+    §6.2.2.2 reads "%2E" as "." (browsers resolve "%2e%2e" as ".." too). urljoin resolved
+    a relative "/a/../page" to "/page" but left an absolute "http://host/a/../page" as it
+    was, and "%2e%2e" in either: the POST invalidated a key no browser requests, and
+    /page, which the browser then loaded, was served as before the write. Now the
+    reference's path is resolved before it is keyed. Severity: low (a rare spelling; the
+    entry is stale until it expires)."""
+    calls: list[str] = []
+    c = await proxy(await origin(site("shop", calls)))
+    first = await raw_get(c, "/page", host="shop.example")
+    assert (await raw_get(c, "/page", host="shop.example"))[1]["x-cache"] == "HIT"
+    made = await raw_get(c, f"/make?loc={quote(location, safe='')}", "Content-Length: 0",
+                         method="POST", host="shop.example")
+    assert (made[0], made[1]["location"]) == (201, location)
+    after = await raw_get(c, "/page", host="shop.example")
+    assert (after[1]["x-cache"], after[2] != first[2]) == ("MISS", True)

@@ -48,6 +48,7 @@ def same_origin_key(target: str, ref: str | None) -> str | None:
     if key_origin is None or key_origin != _origin(uri):
         return None
     parts = urlsplit(absolute)
+    path = _without_dot_segments(parts.path)
     # Written after the key's own origin: a key named after an upstream URL with
     # credentials holds their user ("http://alice@api/..."), which the origin's
     # Location does not.
@@ -56,8 +57,36 @@ def same_origin_key(target: str, ref: str | None) -> str | None:
     # urlsplit (and urljoin) give "" for it and for none alike.
     empty_query = not parts.query and "?" in ref.partition("#")[0]
     query = f"?{parts.query}" if parts.query or empty_query else ""
-    key = f"{base.scheme}://{base.netloc}" + (parts.path or "/") + query
+    key = f"{base.scheme}://{base.netloc}" + (path or "/") + query
     return key + hash_ + suffix
+
+
+# RFC 3986 §6.2.2.2: "%2E" is "." (unreserved); browsers resolve "%2e%2e" as ".." too
+# (the URL Standard's double-dot segments).
+_DOT = frozenset({".", "%2e"})
+_DOUBLE_DOT = frozenset({"..", ".%2e", "%2e.", "%2e%2e"})
+
+
+def _without_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4 (remove_dot_segments), which §5.2.2 applies to a reference with a
+    scheme as well: urljoin resolves a relative "/x/../y" but leaves "http://h/x/../y" as
+    it is, a key no request a browser sends for that URI has ("/y")."""
+    if "." not in path and "%" not in path:  # (nearly every reference)
+        return path
+    out: list[str] = []
+    segments = path.split("/")
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        lowered = segment.lower()
+        if lowered in _DOUBLE_DOT:
+            if len(out) > 1:
+                out.pop()
+        elif lowered not in _DOT:
+            out.append(segment)
+            continue
+        if last:  # "/a/.." is "/", "/a/." is "/a/"
+            out.append("")
+    return "/".join(out)
 
 
 def as_derived_from(keys: list[str] | tuple[str, ...], key: str, twin: str) -> list[str]:

@@ -334,3 +334,34 @@ async def test_a_location_with_dot_segments_invalidates_the_url_it_resolves_to(
     assert (made[0], made[1]["location"]) == (201, location)
     after = await raw_get(c, "/page", host="shop.example")
     assert (after[1]["x-cache"], after[2] != first[2]) == ("MISS", True)
+
+
+async def test_a_head_for_a_url_whose_answer_is_not_stored_goes_as_head(origin: Any,
+                                                                         proxy: Any) -> None:
+    """A HEAD miss is sent upstream as a GET so that its answer can be stored (README,
+    RFC 9110 §9.3.2, nginx's proxy_cache_convert_head). For a URL whose last answer could
+    not be stored (hit-for-pass: larger than max_object_bytes, private, Set-Cookie...),
+    every HEAD still went as a GET whose body the proxy then abandoned: the origin
+    started a whole response per HEAD (a 20 MB file read, a download counted for a link
+    checker's or a download manager's `curl -I`), and the upstream connection was closed
+    each time. Varnish sends a HEAD in pass as HEAD. Now a HEAD for a hit-for-pass URL
+    goes as HEAD (Cache-Status fwd=bypass); once the mark expires (30 s), one goes as GET
+    again, and is stored if it now may be. Severity: low (origin load and side effects,
+    never a wrong answer)."""
+    methods: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        methods.append(request.method)
+        return web.Response(body=b"x" * 4096, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    c = await proxy(await origin(app), cache={"max_object_bytes": 1024})
+    host = f"127.0.0.1:{c.server.port}"
+    first = await raw_get(c, "/big", method="HEAD", host=host)  # (not known yet: a GET)
+    assert "detail=too-big" in first[1]["cache-status"]
+    for _ in range(2):
+        status, fields, body = await raw_get(c, "/big", method="HEAD", host=host)
+        assert (status, fields["content-length"], body) == (200, "4096", b"")
+        assert "fwd=bypass" in fields["cache-status"]
+    assert methods == ["GET", "HEAD", "HEAD"]

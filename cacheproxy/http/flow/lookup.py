@@ -149,6 +149,11 @@ def _reuse_or_forward(
             # origin's 304 or 206 reaches the client, instead of a full answer the cache
             # would only pass on, or abandon to ask again with the Range.
             return Forward("bypass", req.method)
+        if recently_passed and req.method == "HEAD":
+            # Filling is why a HEAD goes as GET; the key's last answer was not storable
+            # (too big, private, ...), so it goes as it is (Varnish's pass): not a whole
+            # body started and abandoned per HEAD (a download counted, a file read).
+            return Forward("bypass", "HEAD")
         # RFC 9110 §9.3.2: a HEAD that may fill is sent as GET, so both can be answered.
         # (RFC 9211 §2.2: a response refused for its coding matched URI and Vary: "miss".)
         return Forward("miss" if refused else "vary-miss" if held else "uri-miss",

@@ -9,7 +9,8 @@ Referrer-Policy the proxy sets on every kind of answer, beside an origin's own; 
 forwarded upstream and the request log with secret parameters in every spelling a server
 reads; and, in headless Chromium, what the browser then sends a cross-site page. A test
 whose docstring gives a defect failed before its fix; "what held" tests pin checks that
-passed; the one xfail (Vary: Referer) is a defect left open, with its reason.
+passed. (The Vary: Referer defect found here is fixed by review varyref, whose tests are in
+test_review_varyref_regressions.py.)
 """
 
 from __future__ import annotations
@@ -218,10 +219,6 @@ async def test_every_answer_of_a_protected_route_carries_the_policy(origin, prox
                     "416": (416, "same-origin"), "403": (403, "same-origin")}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Vary's selecting values are taken from the client's request (http/cache_key.py), which "
-    "knows nothing of the route's Referer policy; keying on the forwarded Referer needs the "
-    "policy in the lookup on the hit path, a change to the flow beyond this review"))
 async def test_vary_referer_keys_on_the_referer_the_upstream_saw(origin, proxy, tmp_path):
     """An upstream answering `Vary: Referer` selected its response on the Referer the proxy
     forwarded, secrets stripped; the proxy keyed the stored variant on the client's own
@@ -229,8 +226,8 @@ async def test_vary_referer_keys_on_the_referer_the_upstream_saw(origin, proxy, 
     the admin API's `entries` listing (`"vary": {"referer": ...}`), and two pages that
     differ only in their session id are two misses for one and the same upstream answer.
     RFC 9111 §4.1 lets a cache normalise selecting values "in a way that is known to have
-    identical semantics": here, as the proxy itself forwards them. Severity: low (admin
-    API only; an origin varying on Referer is rare)."""
+    identical semantics": here, as the proxy itself forwards them (now so). Severity: low
+    (admin API only; an origin varying on Referer is rare)."""
     up = Origin(Vary="Referer")
     c = await start(origin, proxy, tmp_path, '[proxy]\nupstream = "{up}"\n', up=up)
     for secret in ("S3CRET1", "S3CRET2"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from cacheproxy.http.fields import Headers, combined_value, split_list, values_of
@@ -44,8 +44,42 @@ def normalise(name: str, value: str | None) -> str | None:
     return _SEMICOLON_WS.sub(";", value).lower() if ";" in value else value.lower()
 
 
+# A Referer field line as the route sends it upstream; None: it sends none.
+RefererSent = Callable[[str], "str | None"]
+
+
+class SelectingFields:
+    """§4.1: a request's fields as its selecting values are read when the route changes
+    the Referer it forwards (policies/referer.py forwarded_referer): the Referer as the
+    upstream got it, every other field as the client sent it. An answer that varies on
+    Referer was made for the Referer the upstream saw; keyed on that ("normalized in a
+    way that is known to have identical semantics"), a secret the route strips is neither
+    stored nor listed, and pages differing only in it share the one answer. Read lazily:
+    nothing of the Referer is parsed unless a stored response's Vary names it."""
+
+    __slots__ = ("_sent", "fields")
+
+    def __init__(self, fields: Headers, sent: RefererSent) -> None:
+        self.fields = fields  # the client's own
+        self._sent = sent
+
+    def getall(self, key: str, default: list[str]) -> list[str]:
+        if key.lower() != "referer":
+            return self.fields.getall(key, default)
+        sent = self._sent
+        # Each line as request_fields forwards it (one by one; a dropped one goes away)
+        kept = [s for v in self.fields.getall(key, []) if (s := sent(v)) is not None]
+        return kept or default
+
+    def get(self, key: str, default: None = None) -> str | None:
+        values = self.getall(key, [])
+        return values[0] if values else default
+
+
 def vary_values(fields: tuple[str, ...], headers: Headers) -> tuple[str | None, ...]:
     """The request's normalised values for the fields (absent stays None, §4.1)."""
+    if type(headers) is SelectingFields and "referer" not in fields:
+        headers = headers.fields  # (the client's own: no call per field through the view)
     return tuple(normalise(f, combined_value(headers, f)) for f in fields)
 
 

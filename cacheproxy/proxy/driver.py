@@ -135,9 +135,9 @@ class Driver:
     async def cached(self, ctx: Ctx, waited: Waited | None = None,
                      deadline: float | None = None) -> Answer | None:
         """deadline: a collapsed waiter's (time.monotonic()), when it may wait again."""
-        variants = await self.store.get(ctx.key, ctx.facts.headers)  # (those it may select)
+        variants = await self.store.get(ctx.key, ctx.facts.selecting)  # (those it may select)
         d = lookup(ctx.facts, variants, now=time.time(), route=ctx.plan.cache,
-                   recently_passed=self.collapser.passes(ctx.key, ctx.facts.headers),
+                   recently_passed=self.collapser.passes(ctx.key, ctx.facts.selecting),
                    waited=waited, passed_here=self._passed_here(ctx.facts.headers))
         note_lookup(ctx.outcome, d)
         if isinstance(d, Serve):
@@ -404,11 +404,11 @@ class Driver:
             return await self.forward(ctx, d.forward, release)
         if isinstance(d, Update):
             resp.release()
-            ctx.outcome.stored = await self._put_validated(ctx.key, d, ctx.facts.headers)
+            ctx.outcome.stored = await self._put_validated(ctx.key, d, ctx.facts.selecting)
             release()
             return self.reply_validated(ctx, d.view)
         if isinstance(d, Freshen) and still_held(
-                d.stored, await self.store.get(ctx.key, ctx.facts.headers)):
+                d.stored, await self.store.get(ctx.key, ctx.facts.selecting)):
             await self.store.put(d.entry)  # §4.3.5: the HEAD's answer goes on as it is
         if isinstance(d, Evict):
             if d.invalidation:  # §4.4: fills under way do not store either
@@ -436,8 +436,8 @@ class Driver:
         """§4.3.4: the responses the 304 freshened (the one validated, the other variants
         with its strong tag), each where the store still holds it as read at lookup: a
         304 that comes late must not put an older response back over a newer one stored
-        meanwhile. Whether the one validated was stored. headers: the request's (the
-        store reads what it may select for it, as at lookup)."""
+        meanwhile. Whether the one validated was stored. headers: the request's selecting
+        fields (the store reads what it may select for it, as at lookup)."""
         stored = False
         for entry in freshened_still_held(d, await self.store.get(key, headers)):
             put = await self.store.put(entry)
@@ -468,7 +468,7 @@ class Driver:
             self.collapser.unmark_pass(ctx.key, d.entry)
             self.collapser.note_stored(ctx.key, d.entry)
         elif isinstance(d, (Keep, Evict, Pass, Refetch)) and d.hit_for_pass:
-            self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.headers))
+            self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.selecting))
 
     def _failed(self, ctx: Ctx, f: Failed) -> Answer:
         if isinstance(f, ServeStale):
@@ -548,7 +548,7 @@ class Driver:
                 body = await exchange.read_whole(resp, plan.cache.max_object_bytes)
                 # (a newer answer stored meanwhile, by a reload, stays: RFC 9111 §4)
                 if body is not None and stored is not None and refresh_may_store(
-                        stored, d.entry, await self.store.get(key, facts.headers)):
+                        stored, d.entry, await self.store.get(key, facts.selecting)):
                     await exchange.put(d.entry.replace(body=body), resp)
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
@@ -556,7 +556,7 @@ class Driver:
                 log.info("background revalidation of %s failed: the origin answered %d",
                          redact(key, plan.route.referer.strip_params), resp.status)
             if isinstance(d, Update):
-                await self._put_validated(key, d, facts.headers)
+                await self._put_validated(key, d, facts.selecting)
             elif isinstance(d, Evict):
                 for doomed in d.keys:
                     await discard(self.store, doomed)

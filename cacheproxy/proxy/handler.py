@@ -304,7 +304,8 @@ class CacheProxy:
             outcome.status = "ERROR"  # RFC 5842 §7.2, as forward mode answers a loop
             return self._error(508, "loop detected: the request passed this proxy "
                                f"{LOOP_HOPS} times (Via)", outcome)
-        facts = request_facts(request.method, h, has_body=request.body_exists)
+        facts = request_facts(request.method, h, has_body=request.body_exists,
+                              referer_sent=plan.cache.referer_sent)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
                   lambda fwd: self._fields(request, plan, authority, fwd, scheme), twin,
                   plans.derived_owner(plan) if unsafe else None)

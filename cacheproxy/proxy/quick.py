@@ -135,10 +135,10 @@ class QuickHits:
             served = plain_serve(entry, time.time())
             if served is not None:
                 return Plain(route, entry, *served)
-        facts = request_facts(method, h, has_body=False)
+        facts = request_facts(method, h, has_body=False, referer_sent=plan.cache.referer_sent)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
-        d = lookup(facts, variants, now=time.time(), route=plan.cache,
-                   recently_passed=self.proxy.driver.collapser.passes(route.key, h))
+        passed = self.proxy.driver.collapser.passes(route.key, facts.selecting)
+        d = lookup(facts, variants, now=time.time(), route=plan.cache, recently_passed=passed)
         if type(d) is Forward:
             if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
                 # It came through this cache before: the full path decides (lookup's

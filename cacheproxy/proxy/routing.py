@@ -19,6 +19,7 @@ from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.http.targeted import Targeting, downstream_removed, surrogate_capability
 from cacheproxy.policies.cors import RESPONSE_FIELDS, CorsPolicy
+from cacheproxy.policies.referer import forwarded_referer
 from cacheproxy.policies.routes import Route, RouteTable
 from cacheproxy.proxy.forwarding import ForwardPolicy
 
@@ -117,6 +118,8 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             grant_varies=not strip,
             rewritten=_REWRITTEN if config.proxy.x_forwarded_for else frozenset(),
             targeting=targeting,
+            # (what handler._fields forwards: request_fields with the route's policy)
+            referer_sent=partial(forwarded_referer, route.referer),
         ),
         removed=downstream_removed(targeting, cache.strip_targeted),
     )

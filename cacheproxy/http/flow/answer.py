@@ -241,7 +241,7 @@ def _new_representation(
     if length is not None and length > route.max_object_bytes:
         return _not_stored(stored, status, Verdict(False, "too-big"), req, key)
     entry = make_stored_response(
-        key=key, vary=vary, vary_values=vary_values(vary, req.headers), status=status,
+        key=key, vary=vary, vary_values=vary_values(vary, req.selecting), status=status,
         pairs=fields, body=b"", request_time=request_time, response_time=response_time,
         shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(directives, route.policy) | route.excluded,
@@ -326,7 +326,7 @@ def _head_answered(
         return Pass(verdict.reason) if verdict.by_request else Evict((stored.key,),
                                                                       verdict.reason)
     return Freshen(make_stored_response(
-        key=stored.key, vary=vary, vary_values=vary_values(vary, req.headers),
+        key=stored.key, vary=vary, vary_values=vary_values(vary, req.selecting),
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
         response_time=response_time, shared=route.shared, heuristics=route.heuristics,
         excluded=excluded_fields(directives, route.policy) | route.excluded,
@@ -373,7 +373,7 @@ def _validated(
     if len(stored.body) > route.max_object_bytes:
         return _not_stored(stored, 304, Verdict(False, "too-big"), req, stored.key, view)
     excluded = excluded_fields(view.directives, route.policy) | route.excluded
-    values = vary_values(vary, req.headers)
+    values = vary_values(vary, req.selecting)
     if not excluded and vary == stored.vary and values == stored.vary_values:
         entry = view  # made from the very same inputs: the same response
     else:

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from multidict import istr
+
 from cacheproxy.http.cache_control import RequestDirectives, parse_request_directives
+from cacheproxy.http.cache_key import RefererSent, SelectingFields
 from cacheproxy.http.fields import Headers, combined_value, connection_options
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
@@ -27,6 +30,10 @@ class RequestFacts:
     has_body: bool
     bypass: bool                    # carries a field only the origin can evaluate
     nominated: frozenset[str]       # lower-case names the client's Connection lists (§7.6.1)
+    # What Vary's selecting values are read from (§4.1): headers, with the Referer as the
+    # route forwards it (cache_key.SelectingFields); the variants, hit-for-pass marks and
+    # a store's variant filter all take these.
+    selecting: Headers
 
     @property
     def if_none_match(self) -> str | None:
@@ -62,7 +69,9 @@ class RequestFacts:
         return "If-Match" in self.headers or "If-Unmodified-Since" in self.headers
 
 
-def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFacts:
+def request_facts(method: str, headers: Headers, *, has_body: bool,
+                  referer_sent: RefererSent | None = None) -> RequestFacts:
+    """referer_sent: how the route forwards a Referer line (CacheSettings.referer_sent)."""
     cc = combined_value(headers, "Cache-Control")
     pragma = combined_value(headers, "Pragma")  # RFC 9110 §5.3: every line, as one list
     connection = headers.getall("Connection", [])
@@ -81,7 +90,13 @@ def request_facts(method: str, headers: Headers, *, has_body: bool) -> RequestFa
         bypass=method == "GET" and (headers.get("Range") is not None
                                     or headers.get("If-Range") is not None),
         nominated=_nominated(tuple(connection)) if connection else frozenset(),
+        # (inline: a look-up, no call; the Referer itself is read only if a Vary names it)
+        selecting=headers if referer_sent is None or headers.get(_REFERER) is None
+        else SelectingFields(headers, referer_sent),
     )
+
+
+_REFERER = istr("Referer")  # (multidict looks an istr up without case-folding it)
 
 
 @lru_cache(maxsize=256)
@@ -112,6 +127,9 @@ class CacheSettings:
     # Lower-case request fields the proxy writes upstream from what no key holds (the
     # client's address in X-Forwarded-For): an answer varying on one is not stored.
     rewritten: frozenset[str] = frozenset()
+    # A Referer line as the route's policy forwards it (policies/referer.py), which an
+    # answer varying on Referer was made for (§4.1); None: as the client sent it.
+    referer_sent: RefererSent | None = None
 
     @property
     def shared(self) -> bool:

@@ -118,7 +118,7 @@ def _reuse_or_forward(
     req: RequestFacts, variants: tuple[CachedResponse, ...], now: float, route: CacheSettings,
     recently_passed: bool, waited: Waited | None, passed_here: bool = False,
 ) -> Lookup:
-    entry = select_variant(variants, req.headers)  # §4.1
+    entry = select_variant(variants, req.selecting)  # §4.1
     refused = entry is not None and coding_refused(entry, req.headers)
     if refused:
         # RFC 9110 §12.5.3: a coded response stored without Vary: Accept-Encoding is not

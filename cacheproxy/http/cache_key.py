@@ -57,19 +57,23 @@ class SelectingFields:
     stored nor listed, and pages differing only in it share the one answer. Read lazily:
     nothing of the Referer is parsed unless a stored response's Vary names it."""
 
-    __slots__ = ("_sent", "fields")
+    __slots__ = ("_sent", "_sent_lines", "fields")
 
     def __init__(self, fields: Headers, sent: RefererSent) -> None:
         self.fields = fields  # the client's own
         self._sent = sent
+        self._sent_lines: list[str] | None = None
 
     def getall(self, key: str, default: list[str]) -> list[str]:
         if key.lower() != "referer":
             return self.fields.getall(key, default)
-        sent = self._sent
-        # Each line as request_fields forwards it (one by one; a dropped one goes away)
-        kept = [s for v in self.fields.getall(key, []) if (s := sent(v)) is not None]
-        return kept or default
+        kept = self._sent_lines
+        if kept is None:  # once per request, however many variants and looks compare it
+            sent = self._sent
+            # Each line as request_fields forwards it (one by one; a dropped one goes away)
+            kept = self._sent_lines = [
+                s for v in self.fields.getall(key, []) if (s := sent(v)) is not None]
+        return list(kept) or default
 
     def get(self, key: str, default: None = None) -> str | None:
         values = self.getall(key, [])

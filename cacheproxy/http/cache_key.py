@@ -45,7 +45,7 @@ def normalise(name: str, value: str | None) -> str | None:
 
 
 # A Referer field line as the route sends it upstream; None: it sends none.
-RefererSent = Callable[[str], "str | None"]
+RefererSent = Callable[[str], str | None]
 
 
 class SelectingFields:

@@ -86,8 +86,22 @@ RESPONSE_DIRECTIVES: Final = frozenset({
     "immutable"})
 
 
-@lru_cache(maxsize=2048)
+# Values parsed are memoised up to this length: the tables hold their keys (and what was
+# parsed from them) after every response with them is gone, and an origin's Cache-Control
+# may be 128 KiB (2,048 of them held 256 MB, and private="..." lists of 20,000 names some
+# GBs, that no store bound counted); a client's request field, 8 KiB. A longer value,
+# which no real origin or client sends twice, is parsed each time.
+MEMO_CHARS = 256
+
+
 def parse_response_directives(value: str | None) -> ResponseDirectives:
+    if value is not None and len(value) > MEMO_CHARS:
+        return _parse_response_directives.__wrapped__(value)
+    return _parse_response_directives(value)
+
+
+@lru_cache(maxsize=2048)
+def _parse_response_directives(value: str | None) -> ResponseDirectives:
     if not value:
         return _EMPTY_RESPONSE
     d: dict[str, object] = {}
@@ -118,8 +132,17 @@ def parse_response_directives(value: str | None) -> ResponseDirectives:
     return ResponseDirectives(**d)  # type: ignore[arg-type]
 
 
-@lru_cache(maxsize=1024)
 def parse_request_directives(
+    cache_control: str | None, pragma: str | None = None
+) -> RequestDirectives:
+    if (cache_control is not None and len(cache_control) > MEMO_CHARS) \
+            or (pragma is not None and len(pragma) > MEMO_CHARS):
+        return _parse_request_directives.__wrapped__(cache_control, pragma)
+    return _parse_request_directives(cache_control, pragma)
+
+
+@lru_cache(maxsize=1024)
+def _parse_request_directives(
     cache_control: str | None, pragma: str | None = None
 ) -> RequestDirectives:
     if not cache_control:

@@ -34,9 +34,21 @@ def _timestamp(year: int, month: str, day: int, hh: int, mm: int, ss: int) -> fl
         return None
 
 
-@lru_cache(maxsize=4096)
+# Values memoised up to this length (an HTTP-date is 29 characters; RFC 850's longest,
+# 37): the table holds its keys, and a Date or If-Modified-Since an origin or client makes
+# up may be 128 KiB (4,096 of them held 512 MB, counted nowhere).
+_MEMO_CHARS = 64
+
+
 def parse_http_date(value: str | None) -> float | None:
     """Seconds since the epoch, or None when the value is not an HTTP-date."""
+    if value is not None and len(value) > _MEMO_CHARS:
+        return _parse_http_date.__wrapped__(value)
+    return _parse_http_date(value)
+
+
+@lru_cache(maxsize=4096)
+def _parse_http_date(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()

@@ -51,6 +51,26 @@ def _same(value: _V) -> _V:
     """One object for equal values seen lately (strings, floats): the cache hands back
     the first one, so entries made from equal values share it."""
     return value
+
+
+# Field names interned once for every entry, as they are spelled here: not counted per
+# entry (CachedResponse.size); a name spelled otherwise counts as a string of its own.
+_COMMON_NAMES = frozenset(chain.from_iterable((n, n.lower()) for n in (
+    "Accept-Ranges", "Access-Control-Allow-Credentials", "Access-Control-Allow-Headers",
+    "Access-Control-Allow-Methods", "Access-Control-Allow-Origin",
+    "Access-Control-Expose-Headers", "Access-Control-Max-Age", "Age", "Allow", "Alt-Svc",
+    "Cache-Control", "CDN-Cache-Control", "Content-Disposition", "Content-Encoding",
+    "Content-Language", "Content-Length", "Content-Location", "Content-MD5",
+    "Content-Range", "Content-Security-Policy", "Content-Type", "Cross-Origin-Embedder-Policy",
+    "Cross-Origin-Opener-Policy", "Cross-Origin-Resource-Policy", "Date", "ETag", "Expires",
+    "Last-Modified", "Link", "Location", "Permissions-Policy", "Referrer-Policy",
+    "Retry-After", "Server", "Server-Timing", "Set-Cookie", "Strict-Transport-Security",
+    "Surrogate-Control", "Surrogate-Key", "Timing-Allow-Origin", "Vary", "Via",
+    "WWW-Authenticate", "X-Content-Type-Options", "X-Frame-Options", "X-Powered-By",
+    "X-Request-Id", "X-XSS-Protection")))
+for _name in _COMMON_NAMES:
+    sys.intern(_name)  # (held by the set: each spelling exists once, whatever is stored)
+
 # Age is recomputed on every reuse (§4.2.3); X-Cache is this cache's own verdict.
 _REPLACED_ON_REUSE = frozenset({"age", "x-cache"})
 
@@ -228,20 +248,43 @@ class CachedResponse:
         return None if i is None else self.values[i]
 
 
-@lru_cache(maxsize=256)
 def _first_of(names: tuple[str, ...]) -> dict[str, int]:
-    """Where each field name (lower-cased) is first, for the entries of one shape: the
-    validators are read from the fields on each revalidation (get)."""
+    """Where each field name (lower-cased) is first: memoised for the entries of one
+    shape (the validators are read from the fields on each revalidation, get), but for
+    shapes too large to share (_shared_shape)."""
+    return _first_of_shared(names) if _shared_shape(names) else _first_index(names)
+
+
+def _first_index(names: tuple[str, ...]) -> dict[str, int]:
     first: dict[str, int] = {}
     for i, name in enumerate(names):
         first.setdefault(name.lower(), i)
     return first
 
 
-@lru_cache(maxsize=_SAME_KEPT)
+_first_of_shared = lru_cache(maxsize=256)(_first_index)
+
+# The field names' tuples shared across entries (_shape) are at most so many names and
+# characters: the table keeps what it holds after the entries of a shape are gone, and an
+# origin sends up to 128 KiB of fields, some 30,000 names: 4,096 such shapes held 7 GB
+# that no store bound counted. Larger shapes stay each entry's own (and are counted so:
+# CachedResponse.size).
+_SHAPE_NAMES = 64
+_SHAPE_CHARS = 1024
+
+
+def _shared_shape(names: tuple[str, ...]) -> bool:
+    return len(names) <= _SHAPE_NAMES and sum(map(len, names)) <= _SHAPE_CHARS
+
+
 def _shape(names: tuple[str, ...]) -> tuple[str, ...]:
     """One tuple for the field names of all entries with the same fields in the same
     order (the responses of one origin mostly have): 8 bytes a name saved per entry."""
+    return _shape_shared(names) if _shared_shape(names) else names
+
+
+@lru_cache(maxsize=_SAME_KEPT)
+def _shape_shared(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
@@ -275,6 +318,17 @@ def stored_fields(pairs: list[tuple[str, str]], excluded: frozenset[str]) -> tup
     """§3.1: hop-by-hop fields and the ones Connection names are not stored."""
     named = connection_options(values_of(pairs, "connection"))
     flat: list[str] = []
+    if len(pairs) > _SHAPE_NAMES or sum(len(k) for k, _ in pairs) > _SHAPE_CHARS:
+        # Too many fields for their names to be shared (_shape): names and values are
+        # the entry's own, and are not added to the interpreter's table of interned
+        # strings, which does not shrink when they go (but the common names', interned
+        # already).
+        for k, v in pairs:
+            lk = k.lower()
+            if not (lk in HOP_BY_HOP or lk in named or lk in excluded
+                    or lk in _REPLACED_ON_REUSE):
+                flat += (sys.intern(k) if k in _COMMON_NAMES else str(k), v)
+        return tuple(flat)
     for k, v in pairs:
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in named or lk in excluded or lk in _REPLACED_ON_REUSE:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import gc
 import re
+import sys
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import pytest
 from support import raw_get, raw_origin
+
+from cacheproxy.http.stored import CachedResponse
 
 _PATH = re.compile(rb"^GET /u/(\d+)")
 
@@ -29,16 +33,75 @@ def _response(fields: Callable[[int], list[str]]) -> Callable[[bytes], bytes]:
     return answer
 
 
+def _unique_fields(n: int) -> list[str]:
+    """300 short fields whose names and values no other response has (X-<n>-<i>)."""
+    return ["Cache-Control: max-age=3600", *(f"X-{n}-{i}: {i}" for i in range(300))]
+
+
 def _private_list(n: int) -> list[str]:
     """A qualified private="..." naming 1,000 fields of its own (§5.2.2.7)."""
     names = ",".join(f"f{n}x{i}" for i in range(1000))
     return [f'Cache-Control: max-age=3600, private="{names}"']
 
 
+def _long_vary(n: int) -> list[str]:
+    """A Vary of 1,000 field names the request does not send (§4.1)."""
+    return ["Cache-Control: max-age=3600",
+            "Vary: " + ", ".join(f"v{n}x{i}" for i in range(1000))]
+
+
+def held_bytes(entries: Iterable[CachedResponse]) -> int:
+    """What the objects these entries hold weigh (sys.getsizeof), each object counted once
+    however many entries share it: the entry, its key, body, field tuples and strings,
+    directives, the fields private="..." names, its Vary names and values."""
+    seen: set[int] = set()
+    total = 0
+
+    def weigh(*objects: object) -> None:
+        nonlocal total
+        for o in objects:
+            if id(o) not in seen:
+                seen.add(id(o))
+                total += sys.getsizeof(o)
+
+    for e in entries:
+        weigh(e, e.key, e.body, e.names, e.values, *e.names, *e.values, e.directives,
+              e.directives.private_fields, *e.directives.private_fields, e._vary,
+              e.vary, e.vary_values, *e.vary, *(v for v in e.vary_values if v is not None))
+    return total
+
+
 async def _fill(client: Any, count: int, first: int = 0) -> None:
     for n in range(first, first + count):  # (raw: aiohttp's client takes 128 fields)
         status, _, _ = await raw_get(client, f"/u/{n}")
         assert status == 200
+
+
+@pytest.mark.parametrize("fields", [_unique_fields, _private_list, _long_vary],
+                         ids=["unique-fields", "private-list", "long-vary"])
+async def test_max_bytes_counts_what_a_stored_response_holds(
+        proxy: Any, fields: Callable[[int], list[str]]) -> None:
+    """cache.max_bytes did not bound the memory of what the store held: a response's size
+    counted the characters of its field names and values and 16 bytes a line, taking
+    every name and value to be shared with other entries (interned), which only the
+    usual ones are; and it counted nothing for the fields a qualified private="..." names
+    (a tuple of strings kept in the entry's directives) nor for the Vary field names and
+    the tuple of the request's values (absent ones, None, counted 0). An origin (any site,
+    in forward mode) whose empty responses carry 300 fields of their own, a
+    private="..." list or a long Vary held 4 to 8 times the bytes `stats` and
+    `cacheproxy_store_bytes` showed: a full 256 MiB store of them, 1-2 GiB of RSS.
+    Varnish and nginx count a stored object's whole header block. Now every value and
+    every uncommon name counts as a string object of its own, and the private names and
+    Vary tuples count too: what the entries hold (each object once, shared ones too) is
+    within what the store accounts. Severity: high (the one memory bound an operator sets
+    is exceeded several times over by responses an origin chooses)."""
+    async with raw_origin(_response(fields)) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        await _fill(client, 30)
+        store = client.app_proxy.store
+        entries = [v for k in store.keys_now() for v in store.peek(k)]
+        assert len(entries) == 30
+        assert store.stats().bytes >= held_bytes(entries)
 
 
 def _pinning(n: int) -> list[str]:

@@ -22,14 +22,28 @@ from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 
 # Per-entry bookkeeping beyond body and fields (the entry object, the headers of the key
 # and body objects, the values' tuple, the store's dict slot), and per stored field line
-# (its value's slot; a value of its own costs some 50 bytes beyond its characters, while
-# names and the values that repeat are shared and cost nothing, yet are counted by their
-# length): counted so that max_bytes bounds the process memory, not just the payload.
-# Calibrated with bench/memory.py: what the store accounts per 1 KiB entry with 7 fields
-# stays a few percent above the RSS each one costs (1,606 against 1,515 bytes on
-# 2026-12-03, after entries held their names apart and the LRU order went into one dict).
+# (its name's and value's slots in the entry's two tuples): counted so that max_bytes
+# bounds the process memory, not just the payload.
 ENTRY_OVERHEAD = 240
 FIELD_OVERHEAD = 16
+# What a string of its own costs beyond its characters (sys.getsizeof("")), and an
+# interned one's slot in the interpreter's table besides. Each value counts as a string of
+# its own, and each name but the common ones (_COMMON_NAMES) too: equal values are shared
+# between entries (sys.intern, _same), but an origin or a client that makes every value
+# unique (a response of 30,000 short fields; a Vary'd request field) would otherwise hold
+# four to eight times the bytes counted, beyond max_bytes (tests/
+# test_review_bounds_regressions.py). So max_bytes is a bound, and a store of the usual
+# responses, whose values repeat, holds fewer of them than memory would allow: bench/
+# memory.py's 1 KiB entry with 7 fields counts 2,186 bytes (1,611 before) for ~1,512 of
+# RSS (2026-12-04).
+STR_OVERHEAD = 49
+INTERNED_OVERHEAD = 32
+# The directives object (ResponseDirectives, sys.getsizeof), which entries share only while
+# their Cache-Control values are equal and recent (cache_control.MEMO_CHARS).
+DIRECTIVES_OVERHEAD = 136
+# Tuples: the header, and each item's slot.
+TUPLE_OVERHEAD = 40
+SLOT = 8
 
 # Values up to this length are interned too: Content-Type, Cache-Control, Server...
 # repeat across entries, and interned strings die with the last entry using them.
@@ -229,15 +243,36 @@ class CachedResponse:
 
     @property
     def size(self) -> int:
-        """What it counts for against cache.max_bytes: body, fields, key, the request's
-        values for its Vary fields (held to match variants, §4.1: a client chooses them,
-        up to a whole header section) and the bookkeeping beyond them (ENTRY_OVERHEAD,
-        FIELD_OVERHEAD). Figured when asked (on a put, an eviction) rather than held: an
-        int kept per entry costs 40 bytes."""
-        names = self.names
-        return len(self.body) + sum(map(len, names)) + sum(map(len, self.values)) \
-            + len(self.key) + ENTRY_OVERHEAD + FIELD_OVERHEAD * len(names) \
-            + sum(len(v) for v in self._vary[1] if v is not None)
+        """What it counts for against cache.max_bytes: body, fields, key, its Vary fields
+        and the request's values for them (held to match variants, §4.1: a client chooses
+        them, up to a whole header section), the fields its private="..." names, and the
+        objects that hold them all (the OVERHEADs). Only what is shared for certain is not
+        counted twice: common field names, a names tuple of many entries' shape. Figured
+        when asked (on a put, an eviction), from the entry alone (the same each time),
+        rather than held: an int kept per entry costs 40 bytes."""
+        names, values = self.names, self.values
+        own = len(values) + sum(1 for n in names if n not in _COMMON_NAMES)
+        size = len(self.body) + sum(map(len, names)) + sum(map(len, values)) \
+            + len(self.key) + ENTRY_OVERHEAD + DIRECTIVES_OVERHEAD \
+            + FIELD_OVERHEAD * len(names) + STR_OVERHEAD * own
+        if _shared_shape(names):  # (names and short values interned: stored_fields)
+            size += INTERNED_OVERHEAD * (own - sum(
+                1 for n, v in zip(names, values, strict=True)
+                if len(v) > _INTERN_MAX or n.lower() in _UNIQUE_VALUES))
+        else:  # (a names tuple of its own)
+            size += TUPLE_OVERHEAD + SLOT * len(names)
+        private = self.directives.private_fields
+        if private:
+            size += TUPLE_OVERHEAD + sum(map(len, private)) \
+                + (SLOT + STR_OVERHEAD) * len(private)
+        vary, vary_values = self._vary
+        if vary:
+            # the pair, its two tuples, and a string per name and per value present
+            size += 3 * TUPLE_OVERHEAD + 4 * SLOT + sum(map(len, vary)) \
+                + (SLOT + STR_OVERHEAD) * len(vary)
+            for v in vary_values:
+                size += SLOT if v is None else SLOT + STR_OVERHEAD + len(v)
+        return size
 
     def header_pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.names, self.values, strict=True))
@@ -268,9 +303,11 @@ _first_of_shared = lru_cache(maxsize=256)(_first_index)
 # characters: the table keeps what it holds after the entries of a shape are gone, and an
 # origin sends up to 128 KiB of fields, some 30,000 names: 4,096 such shapes held 7 GB
 # that no store bound counted. Larger shapes stay each entry's own (and are counted so:
-# CachedResponse.size).
+# CachedResponse.size). The table then holds 7 MB at most (1,024 shapes of 64 names of
+# their own), what an origin sends or not.
 _SHAPE_NAMES = 64
 _SHAPE_CHARS = 1024
+_SHAPES_KEPT = 1024
 
 
 def _shared_shape(names: tuple[str, ...]) -> bool:
@@ -283,7 +320,7 @@ def _shape(names: tuple[str, ...]) -> tuple[str, ...]:
     return _shape_shared(names) if _shared_shape(names) else names
 
 
-@lru_cache(maxsize=_SAME_KEPT)
+@lru_cache(maxsize=_SHAPES_KEPT)
 def _shape_shared(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 

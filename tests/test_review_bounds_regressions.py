@@ -141,3 +141,32 @@ async def test_what_stored_responses_parsed_goes_with_them(proxy: Any) -> None:
         finally:
             tracemalloc.stop()
         assert after - before < 1_500_000
+
+
+async def test_field_blocks_of_replayed_entries_are_bounded(proxy: Any) -> None:
+    """Hits answered on the full path (a Range, a HEAD, a conditional request) keep each
+    entry's fields as a ready multidict (respond.HeaderBlocks) for the last 4,096 entries
+    replayed, bounded in number only: a block holds a new string per field name beside
+    its own structure, ~100 bytes a field that cache.max_bytes does not count. Entries of
+    many fields (an origin's, up to 128 KiB of them) replayed so doubled what the store
+    holds: here 40 entries of 300 fields asked for with a Range left ~1.5 MB behind; a
+    full store of them, as much again as max_bytes. Now a block is kept only for entries
+    of up to 64 fields and all of them within 8 MiB (the bound of replay.py's heads);
+    larger ones are made when asked. Severity: medium (memory past max_bytes, by as
+    much as the store, for responses an origin chooses)."""
+    async with raw_origin(_response(_unique_fields)) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        await _fill(client, 40)
+        await _fill(client, 40)  # (hits: whatever a first hit makes once)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            for n in range(40):
+                status, _, _ = await raw_get(client, f"/u/{n}", "Range: bytes=0-0")
+                assert status == 416  # (an empty body: no byte 0)
+            gc.collect()
+            after, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert after - before < 500_000

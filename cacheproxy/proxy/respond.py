@@ -102,17 +102,44 @@ class EntryMemo(Generic[K, V]):
             self.bytes -= found[2]
 
 
+# Blocks are kept for entries of up to so many fields, and all of them within so many
+# bytes (as replay.py's heads): a block holds a string per field name of its own and its
+# own structure, ~100 bytes a field that cache.max_bytes does not count, and an origin
+# sends up to 128 KiB of fields (30,000 of them). Bigger entries get theirs made when
+# asked, as a replay writes every field anyway.
+BLOCK_FIELDS = 64
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+_BLOCK_FIELD_BYTES = 100
+
+
 class HeaderBlocks:
     """Ready-made field blocks for recently replayed entries. Copying a CIMultiDict is a
     fast C copy; building one from pairs hashes every name again. (A block refers to its
     entry's strings: it goes when the entry does, EntryMemo.)"""
 
-    def __init__(self, size: int = 4096) -> None:
-        self._memo: EntryMemo[None, CIMultiDictProxy[str]] = EntryMemo(size)
+    def __init__(self, size: int = 4096, max_bytes: int = MAX_BLOCK_BYTES) -> None:
+        self._memo: EntryMemo[None, CIMultiDictProxy[str]] = EntryMemo(
+            size, max_bytes, _block_bytes)
 
     def get(self, entry: CachedResponse) -> CIMultiDictProxy[str]:
         found = self._memo.find(entry, None)
-        return self._memo.keep(entry, None, _block(entry)) if found is None else found
+        if found is not None:
+            return found
+        if len(entry.names) > BLOCK_FIELDS:
+            return _block(entry)
+        return self._memo.keep(entry, None, _block(entry))
+
+    @property
+    def bytes(self) -> int:
+        """What the blocks held weigh (_block_bytes)."""
+        return self._memo.bytes
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+
+def _block_bytes(block: CIMultiDictProxy[str]) -> int:
+    return len(block) * _BLOCK_FIELD_BYTES + sum(len(k) + len(v) for k, v in block.items())
 
 
 def entry_fields(entry: CachedResponse) -> CIMultiDict[str]:

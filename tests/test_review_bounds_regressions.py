@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from redis_server import RedisServer
 from support import raw_get, raw_origin
 
 from cacheproxy.http.stored import CachedResponse
@@ -170,3 +171,30 @@ async def test_field_blocks_of_replayed_entries_are_bounded(proxy: Any) -> None:
         finally:
             tracemalloc.stop()
         assert after - before < 500_000
+
+
+async def test_the_redis_memory_layer_index_is_bounded_by_its_bytes(
+        proxy: Any, redis_server: RedisServer) -> None:
+    """The Redis store's memory layer bounds the entries it holds by memory_layer_bytes,
+    but the index of keys it takes as in step with Redis (LayeredStore._synced) was
+    bounded by a number of keys, memory_layer_bytes / 240 (139,810 for the default
+    32 MiB), and kept keys the layer had evicted until their memory_layer_ttl passed. A
+    client chooses a key's length (a target and a Host of 8 KiB each): the index could
+    hold GBs of keys beside a 32 MiB layer, as fast as the proxy stores distinct URLs
+    (here, 256 KiB of layer, 1,000 URLs of 500 characters: 514 KB of keys in the index
+    for 24 entries in the layer). Now the index counts its keys' characters (and ~100
+    bytes each) within memory_layer_bytes too; a key let go is asked of Redis again.
+    Severity: medium (memory past the layer's bound, with long distinct URLs)."""
+    layer = 256 * 1024
+    long = "/u/{n}?" + "k" * 500
+    async with raw_origin(lambda head: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+                          b"Cache-Control: max-age=3600\r\n\r\nx") as port:
+        client = await proxy(f"http://127.0.0.1:{port}", cache={
+            "store": "redis", "redis_url": redis_server.url, "memory_layer_bytes": layer,
+            "memory_layer_ttl": 60.0})
+        for n in range(1000):
+            status, _, _ = await raw_get(client, long.format(n=n))
+            assert status == 200
+        store = client.app_proxy.store
+        assert store.front.stats().bytes <= layer
+        assert sum(map(len, store._synced)) <= layer

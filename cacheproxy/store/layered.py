@@ -29,7 +29,7 @@ from collections.abc import Callable
 from cachetools import TTLCache
 
 from cacheproxy.http.fields import Headers
-from cacheproxy.http.stored import ENTRY_OVERHEAD, CachedResponse
+from cacheproxy.http.stored import CachedResponse
 from cacheproxy.store.base import StoreStats
 from cacheproxy.store.memory import MemoryStore
 from cacheproxy.store.redis import RedisStore
@@ -43,6 +43,14 @@ _MAX_OWN, _MAX_OWN_CHARS = 10_000, 2 * 1024 * 1024
 # What a replica forgot: a key, or a prefix (key None), or everything (both None).
 Heard = Callable[[str | None, str | None], None]
 
+# What a key listed in LayeredStore._synced costs beyond its characters: the string's
+# header, the cache's slots and its expiry link.
+_SYNCED_OVERHEAD = 300
+
+
+def _weight(size: int) -> int:
+    return size
+
 
 class LayeredStore:
     """front answers within ttl of its last exchange with back; back is the shared truth."""
@@ -50,9 +58,12 @@ class LayeredStore:
     def __init__(self, front: MemoryStore, back: RedisStore, ttl: float) -> None:
         self.front, self.back, self.ttl = front, back, ttl
         # Keys whose front copy is in step with Redis; each expires ttl seconds after the
-        # exchange. A key the front evicted may stay listed: the front then has nothing.
-        most = max(1, front.stats().max_bytes // ENTRY_OVERHEAD)
-        self._synced: TTLCache[str, bool] = TTLCache(maxsize=most, ttl=ttl)
+        # exchange. A key the front evicted may stay listed (the front then has nothing),
+        # so the index is bounded by the front's bytes too, by its keys' lengths (a client
+        # chooses them, up to 16 KiB): bounded by their number alone (max_bytes / 240), it
+        # held GBs of keys beside a 32 MiB layer. The least recently synced go first.
+        self._synced: TTLCache[str, int] = TTLCache(
+            maxsize=max(1, front.stats().max_bytes), ttl=ttl, getsizeof=_weight)
         # Bumped by every purge: a fill that saw it change may hold what was purged.
         self._generation = 0
         self._first_try = asyncio.Event()  # set once the first subscription attempt ends
@@ -163,7 +174,7 @@ class LayeredStore:
             if not await self.front.put(v):  # too big for the front: all or nothing
                 await self.front.delete(key)
                 return
-        self._synced[key] = True
+        self._synced[key] = len(key) + _SYNCED_OVERHEAD
 
     async def _forget(self, key: str, bump: bool = True) -> None:
         if bump:

@@ -311,8 +311,10 @@ def test_to_json_is_exactly_json_dumps_and_reads_back(path, host, ua, referer, p
     expected["time"] = iso_time(when)
     del expected["bytes_in"]  # written only on a tunnel's line
     line = to_json(record)
-    # C1 controls are escaped (\u0085), as C0 ones are: the same JSON value.
-    assert line == re.sub("[\x80-\x9f]", lambda m: f"\\u{ord(m.group()):04x}",
+    # C1 controls are escaped (\u0085), as C0 ones are: the same JSON value; so are the
+    # line separators and bidirectional controls (record._INVISIBLE).
+    assert line == re.sub("[\x80-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]",
+                          lambda m: f"\\u{ord(m.group()):04x}",
                           json.dumps(expected, separators=(",", ":"), ensure_ascii=False))
     back = parse_line(line)
     assert back is not None and dataclasses.replace(back, time=record.time) == record

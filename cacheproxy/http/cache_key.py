@@ -139,11 +139,33 @@ class Selectable(tuple["CachedResponse", ...]):
     the "initial set" its 304 would update (§4.3.4)."""
 
     unread: int
+    # The fields an unread variant varies on (its Vary names): with none read, what tells
+    # the requests one fetch for the key may answer apart (wait_group).
+    varies_on: tuple[str, ...]
 
-    def __new__(cls, variants: Iterable[CachedResponse], unread: int = 0) -> Selectable:
+    def __new__(cls, variants: Iterable[CachedResponse], unread: int = 0,
+                varies_on: tuple[str, ...] = ()) -> Selectable:
         made = super().__new__(cls, variants)
         made.unread = unread
+        made.varies_on = varies_on
         return made
+
+
+def wait_group(variants: tuple[CachedResponse, ...], headers: Headers) -> Variant | None:
+    """The variant a miss would be answered with, as far as storage knows the key's Vary
+    (its newest variant's fields, or an unread one's): misses of one group wait behind one
+    fetch; those of another need their own (§4.1), so they do not queue behind it. None:
+    the key is not known to vary (one fetch answers everyone)."""
+    if variants:
+        names = variants[0].vary
+    else:
+        names = variants.varies_on if isinstance(variants, Selectable) else ()
+    return (names, vary_values(names, headers)) if names else None
+
+
+def entry_group(entry: CachedResponse) -> Variant | None:
+    """The wait_group of the requests entry answers."""
+    return (entry.vary, entry.vary_values) if entry.vary else None
 
 
 def holds_any(variants: tuple[CachedResponse, ...]) -> bool:

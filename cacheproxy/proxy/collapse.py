@@ -1,4 +1,6 @@
-"""Request collapsing: concurrent misses for one key make one upstream request."""
+"""Request collapsing: concurrent misses for one key make one upstream request; for a key
+known to vary (RFC 9111 §4.1), one per variant (cache_key.wait_group): a fetch for one
+variant cannot answer the requests of another, so these do not queue behind it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
-from cacheproxy.http.cache_key import Variant, in_variant
+from cacheproxy.http.cache_key import Variant, entry_group, in_variant
 
 if TYPE_CHECKING:
     from cacheproxy.http.fields import Headers
@@ -65,6 +67,9 @@ class _LeaderFailed:
 # timeout, as behind nginx's proxy_cache_lock or in Varnish's waiting list.
 LEADER_FAILED: Final = _LeaderFailed()
 Result = Stored | _LeaderFailed | None
+# What a leader fetches for: a key, and the variant its waiters want (wait_group; None:
+# the key is not known to vary).
+Slot = tuple[str, Variant | None]
 
 
 class Release(Protocol):
@@ -76,7 +81,7 @@ class Release(Protocol):
 class Collapser:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._inflight: dict[str, asyncio.Future[Result]] = {}
+        self._inflight: dict[Slot, asyncio.Future[Result]] = {}
         # key -> the variants whose requests skip collapsing (§4.1), each until when
         self._pass: dict[str, dict[Variant | None, float]] = {}
         self._pass_count = 0  # the variants' marks in _pass, together
@@ -84,34 +89,41 @@ class Collapser:
         # marked again since (in place) gets a second chance at the bound (mark_pass)
         self._placed: dict[str, float] = {}
         self._pass_chars = 0  # the characters _pass holds (keys and variants), together
-        # key -> what was stored for it while its leader was in flight (note_stored)
-        self._stored: dict[str, Stored] = {}
+        # slot -> what was stored for it while its leader was in flight (note_stored)
+        self._stored: dict[Slot, Stored] = {}
 
-    def join(self, key: str) -> tuple[asyncio.Future[Result], bool]:
-        """The key's in-flight future, and whether the caller is its leader (who must
+    def join(self, slot: Slot) -> tuple[asyncio.Future[Result], bool]:
+        """The slot's in-flight future, and whether the caller is its leader (who must
         release it with that same future)."""
-        fut = self._inflight.get(key)
+        fut = self._inflight.get(slot)
         if fut is not None:
             return fut, False
-        fut = self._inflight[key] = asyncio.get_running_loop().create_future()
+        fut = self._inflight[slot] = asyncio.get_running_loop().create_future()
         return fut, True
 
-    def release(self, key: str, fut: asyncio.Future[Result], failed: bool = False) -> None:
+    def release(self, slot: Slot, fut: asyncio.Future[Result], failed: bool = False) -> None:
         """Wake the waiters of this leader's future: LEADER_FAILED when it got no whole
         answer (even one it had begun to store: its body broke off), else what was stored
-        for the key while it was in flight; a later leader's slot stays."""
+        for them while it was in flight; a later leader's slot stays."""
         stored: Result = None
-        if self._inflight.get(key) is fut:
-            del self._inflight[key]
-            stored = self._stored.pop(key, None)
+        if self._inflight.get(slot) is fut:
+            del self._inflight[slot]
+            stored = self._stored.pop(slot, None)
         if not fut.done():
             fut.set_result(LEADER_FAILED if failed else stored)
 
     def note_stored(self, key: str, entry: CachedResponse) -> None:
         """An answer for key, received now, is stored (or validated the stored one),
-        while requests may be waiting for it."""
-        if key in self._inflight:
-            self._stored[key] = Stored(time.monotonic(), entry.born, entry.values)
+        while requests may be waiting for it: those of its variant, and those waiting
+        before the key was known to vary (they look again, and wait again if it is not
+        theirs)."""
+        if not self._inflight:
+            return
+        noted = Stored(time.monotonic(), entry.born, entry.values)
+        group = entry_group(entry)
+        for slot in ((key, None),) if group is None else ((key, None), (key, group)):
+            if slot in self._inflight:
+                self._stored[slot] = noted
 
     async def wait(self, fut: asyncio.Future[Result], timeout: float | None = None,
                    gone: asyncio.Future[None] | None = None) -> bool:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from multidict import CIMultiDict
 
 from cacheproxy.config import masked_url
-from cacheproxy.http.cache_key import Variant, answered_variant, variant_id
+from cacheproxy.http.cache_key import Variant, answered_variant, variant_id, wait_group
 from cacheproxy.http.fields import Headers, end_to_end, times_via
 from cacheproxy.http.flow import (
     Answered,
@@ -52,7 +52,7 @@ from cacheproxy.http.upgrade import refused_switch
 from cacheproxy.observe.clock_skew import ClockSkew
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
-from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Stored
+from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Slot, Stored
 from cacheproxy.proxy.downstream import Answer, ClientGone, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
@@ -150,27 +150,32 @@ class Driver:
             return self.error(ctx, d.status, d.message)
         if isinstance(d, PreconditionFailed):  # RFC 9110 §13.2.2, from storage
             return self.error(ctx, 412, "precondition failed")
-        return await self.forward_or_collapse(ctx, d, deadline)
+        return await self.forward_or_collapse(ctx, d, deadline, variants)
 
     def _passed_here(self, headers: Headers) -> bool:
         """The request's Via names this cache (lookup's passed_here)."""
         return "Via" in headers and times_via(headers.getall("Via"), self.cache_name) > 0
 
-    async def forward_or_collapse(self, ctx: Ctx, d: Forward, deadline: float | None = None
-                                  ) -> Answer | None:
-        """Lookup said forward: alone, or collapsed with others for the key."""
+    async def forward_or_collapse(
+        self, ctx: Ctx, d: Forward, deadline: float | None = None,
+        variants: tuple[CachedResponse, ...] = (),
+    ) -> Answer | None:
+        """Lookup said forward: alone, or collapsed with others for the key. variants:
+        what storage held under the key when it was looked up."""
         if d.collapse:
-            return await self._collapsed(ctx, d, deadline)
+            return await self._collapsed(ctx, d, deadline, variants)
         return await self.forward(ctx, d)
 
-    async def _collapsed(self, ctx: Ctx, fwd: Forward, deadline: float | None = None
-                         ) -> Answer | None:
-        """One upstream request per key at a time; the others wait, then look again.
-        deadline: a waiter's, from its first wait (it waits again for its own variant)."""
+    async def _collapsed(self, ctx: Ctx, fwd: Forward, deadline: float | None,
+                         variants: tuple[CachedResponse, ...]) -> Answer | None:
+        """One upstream request per key (per variant, once the key is known to vary) at a
+        time; the others wait, then look again. deadline: a waiter's, from its first wait
+        (it waits again for its own variant)."""
         collapser = self.collapser
-        fut, leading = collapser.join(ctx.key)
+        slot = (ctx.key, wait_group(variants, ctx.facts.selecting))
+        fut, leading = collapser.join(slot)
         if leading:
-            return await self._lead(ctx, fwd, fut)
+            return await self._lead(ctx, fwd, fut, slot)
         if (alone := range_behind_fill(ctx.facts, fwd)) is not None:
             note_lookup(ctx.outcome, alone)  # (RFC 9211 fwd=bypass)
             return await self.forward(ctx, alone)
@@ -202,9 +207,9 @@ class Driver:
                 note_failed(ctx.outcome, stale)
                 return self._failed(ctx, stale)
             # The leader got no answer: one waiter tries again, the others wait for it.
-            fut, leading = collapser.join(ctx.key)
+            fut, leading = collapser.join(slot)
             if leading:
-                return await self._lead(ctx, fwd, fut)
+                return await self._lead(ctx, fwd, fut, slot)
         ctx.outcome.collapsed = done
         stored = result if isinstance(result, Stored) else None
         # (its leader stored an answer: lookup has it wait again when that was another
@@ -213,15 +218,16 @@ class Driver:
         return await self.cached(ctx, Waited(stored and stored.since(arrived), again),
                                  deadline)
 
-    async def _lead(self, ctx: Ctx, fwd: Forward, fut: asyncio.Future[Result]) -> Answer | None:
+    async def _lead(self, ctx: Ctx, fwd: Forward, fut: asyncio.Future[Result], slot: Slot
+                    ) -> Answer | None:
         collapser = self.collapser
         try:
             answer = await self.forward(
-                ctx, fwd, release=lambda failed=False: collapser.release(ctx.key, fut, failed))
+                ctx, fwd, release=lambda failed=False: collapser.release(slot, fut, failed))
         except BaseException:  # (cancelled with its client, say): no answer for the others
-            collapser.release(ctx.key, fut, failed=True)
+            collapser.release(slot, fut, failed=True)
             raise
-        collapser.release(ctx.key, fut)
+        collapser.release(slot, fut)
         return answer
 
     # -- step 2: forward, then what the upstream said ----------------------------

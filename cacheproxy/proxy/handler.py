@@ -171,7 +171,8 @@ class CacheProxy:
         if planned is not None:
             ctx = self.planned(request, out, planned, started)
             return await self.guarded(ctx.request, ctx.outcome,
-                                      self.driver.forward_or_collapse(ctx, planned.forward))
+                                      self.driver.forward_or_collapse(
+                                          ctx, planned.forward, None, planned.variants))
         # The request log reads it once the response went out.
         outcome = request[OUTCOME] = Outcome(started=started)
         return await self.guarded(request, outcome, self._respond(request, out, outcome))

@@ -188,6 +188,17 @@ def _selectable(field: bytes, headers: Headers) -> bool:
     return in_variant((tuple(names), tuple(values)), headers)
 
 
+def _vary_names(field: bytes) -> tuple[str, ...]:
+    """The Vary names of the variant stored under field (_variant_field); () when it does
+    not parse as one."""
+    try:
+        names = json.loads(field)[0]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return ()
+    return tuple(names) if isinstance(names, list) \
+        and all(isinstance(n, str) for n in names) else ()
+
+
 def _strings(found: Any) -> list[bytes]:
     """A list of bytes, as Redis answers; TypeError for what no Redis answers (a server
     that only looks like one): in a call, that is an outage like a protocol error."""
@@ -356,19 +367,20 @@ class RedisStore:
             if headers is None:
                 fields, unread = await self._call(partial(self._read_all, name)), 0
             else:
-                fields, unread = await self._read_selectable(name, headers)
+                fields, unread, varies_on = await self._read_selectable(name, headers)
         except StoreUnavailable:
             return ()
         variants = await self._decoded(key, name, fields)
-        return variants if headers is None else Selectable(variants, unread)
+        return variants if headers is None else Selectable(variants, unread, varies_on)
 
     async def _read_all(self, name: bytes) -> list[tuple[bytes, bytes]]:
         return _pairs(await self._redis.hgetall(name))
 
     async def _read_selectable(self, name: bytes, headers: Headers
-                               ) -> tuple[list[tuple[bytes, bytes]], int]:
-        """The (field, data) of the variants the request may select, and how many others
-        the hash holds. One round trip when it holds at most one variant, else two."""
+                               ) -> tuple[list[tuple[bytes, bytes]], int, tuple[str, ...]]:
+        """The (field, data) of the variants the request may select, how many others the
+        hash holds, and the Vary names of one of those (cache_key.wait_group). One round
+        trip when it holds at most one variant, else two."""
         async def look() -> tuple[bool, list[Any]]:
             whole, found = await self._look_script(keys=[name])
             if whole:  # (field, value) pairs
@@ -377,18 +389,19 @@ class RedisStore:
 
         whole, found = await self._call(look)
         if whole:
-            return found, 0
+            return found, 0, ()
         wanted = [f for f in found if f != _META and _selectable(f, headers)]
         unread = len(found) - len(wanted) - (_META in found)
         if not wanted:
-            return [], unread
+            other = next((f for f in found if f != _META), None)
+            return [], unread, () if other is None else _vary_names(other)
 
         async def read() -> list[tuple[bytes, bytes]]:
             data = await self._redis.hmget(name, wanted)
             # (None: removed since the look, by a put that dropped it or a purge)
             return _pairs({f: d for f, d in zip(wanted, data, strict=True) if d is not None})
 
-        return await self._call(read), unread
+        return await self._call(read), unread, ()
 
     async def _decoded(self, key: str, name: bytes, fields: list[tuple[bytes, bytes]]
                        ) -> tuple[CachedResponse, ...]:

@@ -577,6 +577,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             current.set_exception(lost)  # (the upload upstream) ends now, not at a timeout
         elif gone is not None:  # an exchange waiting on the origin stops now, freeing it
             gone()
+        else:
+            self._left_unanswered()
         for _, payload in self._queue:
             payload.set_exception(lost)
         self._queue.clear()
@@ -585,6 +587,23 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             relay.cancel()  # as the full path's watch does (Driver.forward); logged 499
             self.forwarded(None)
         self.listener.forget(self)
+
+    def _left_unanswered(self) -> None:
+        """The client left before any of its answer was written, and nothing ends its
+        request now: the request goes on without it (a miss that may be stored is
+        fetched on, for the next client, as nginx with proxy_cache and Varnish fetch it;
+        a lookup, a wait for an upstream connection). Its line is written now: 499
+        (nginx's "client closed request"), with the time it waited, not when the fetch
+        ends (at proxy.read_timeout for an origin that never answers); what the request
+        still does logs nothing more (_answered: it is no longer self._request)."""
+        request = self._request
+        if request is None or self._started or request.method == "CONNECT":
+            return  # (a CONNECT's line is connect.py's, when its connect ends)
+        self._request = None
+        self._status = 499
+        outcome = request.get(OUTCOME)
+        self.listener.record(request, 499, 0, outcome.started if outcome is not None
+                             and outcome.started else time.perf_counter())
 
     # -- serving ------------------------------------------------------------------
 
@@ -942,7 +961,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
               head_only: bool) -> bytes:
         """A relayed response's head (start() without the cork)."""
         request = self._request
-        assert request is not None
+        if request is None:  # its client left and its line was written (_left_unanswered)
+            raise ConnectionResetError("client connection lost")
         self._started = True
         self._fields(request, status, headers)
         self._chunked = self._close_delimited = False
@@ -976,6 +996,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         headers.add("Via", self.listener.proxy.local_via)
         self._write(encode_head(f"HTTP/1.1 {status} {reason}", headers))
 
+    @property
+    def left(self) -> bool:
+        return self.transport is None
+
     def watch_gone(self, gone: Callable[[], None] | None) -> None:
         if gone is not None and self.transport is None and self._closing:
             gone()  # lost already (during the lookup, a wait for a connection): now
@@ -1005,12 +1029,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         relay, self._relay = self._relay, None
         assert relay is not None
         task = self._task = self._loop.create_task(
-            self._continued(step, relay.ctx.outcome.started))
+            self._continued(step, relay.ctx.request, relay.ctx.outcome.started))
         task.add_done_callback(lambda _: relay.settle())  # (a graceful stop waits for it)
 
-    async def _continued(self, step: Any, started: float) -> None:
-        request = self._request
-        assert request is not None
+    async def _continued(self, step: Any, request: Any, started: float) -> None:
+        """(request: no longer self._request when its client left and its line was
+        written: the step goes on, _answered writes nothing more.)"""
         keep = False
         try:
             answer = await self.listener.proxy.guarded(request, request[OUTCOME], step)

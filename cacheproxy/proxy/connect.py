@@ -250,14 +250,13 @@ class ConnectMethod:
         (proxy.websocket_idle_timeout). One log line, written at the end: 101, the bytes
         each way, the time the WebSocket lasted."""
         request = self._request
-        assert request is not None
         transport, early = origin
         client = self.transport
-        outcome = request[OUTCOME]
-        if client is None:  # the client left meanwhile (nginx's 499)
-            transport.close()
+        if client is None or request is None:  # the client left meanwhile (nginx's 499;
+            transport.close()  # logged then, _left_unanswered, or by the driver's caller)
             self._status = 499
             return
+        outcome = request[OUTCOME]
         headers.popall("Connection", None)
         headers.popall("Upgrade", None)
         headers.popall("Content-Length", None)  # (RFC 9110 §8.6: none in a 1xx)

@@ -98,6 +98,10 @@ class Downstream(Protocol):
         it is lost already, so that a relay waiting on a quiet origin (an event stream, a
         long poll) stops at once, not at the origin's next byte or read_timeout, as nginx
         does."""
+    @property
+    def left(self) -> bool:
+        """The client's connection is lost: nothing written reaches it (a failure's log
+        line must not say it was answered)."""
     def abort(self) -> None:
         """End the response abnormally (close the connection): a body that broke off
         must not look whole to the client (RFC 9112 §8). A body delimited by the close

@@ -319,11 +319,13 @@ class Driver:
         f = failed(fwd, status=exc.status, message=exc.reason, req=ctx.facts,
                    route=plan.cache, now=time.time())
         note_failed(ctx.outcome, f)
-        # One line per failure, naming the upstream, the request and the cause.
-        log.warning("upstream %s failed for %s %s: %s; answered %s", masked_url(plan.upstream),
+        # One line per failure, naming the upstream, the request and the cause; and what
+        # its client was answered, unless it had left (its line says 499, written then).
+        log.warning("upstream %s failed for %s %s: %s; %s", masked_url(plan.upstream),
                     fwd.method, redact(ctx.target, ctx.outcome.secrets), exc.reason,
-                    f"from storage ({f.detail})" if isinstance(f, ServeStale)
-                    else f.status)
+                    "its client had left: nothing answered" if ctx.out.left
+                    else f"answered from storage ({f.detail})" if isinstance(f, ServeStale)
+                    else f"answered {f.status}")
         return self._failed(ctx, f)
 
     def decide(self, ctx: Ctx, fwd: Forward, resp: UpstreamResponse, request_time: float

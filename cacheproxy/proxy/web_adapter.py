@@ -43,6 +43,11 @@ class WebDownstream:
         """Not watched: aiohttp's server tells a handler of a lost client at its next
         write."""
 
+    @property
+    def left(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
     def abort(self) -> None:
         transport, response = self.request.transport, self.response
         if transport is None:

@@ -98,10 +98,11 @@ def _answers(head: bytes) -> bytes | None:
     raise AssertionError(head)
 
 
-async def _request(port: int, target: str) -> tuple[asyncio.StreamReader,
-                                                      asyncio.StreamWriter]:
+async def _request(port: int, target: str, *fields: str
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    lines = "".join(f"{field}\r\n" for field in fields)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
     await writer.drain()
     return reader, writer
 
@@ -221,3 +222,49 @@ async def test_a_head_that_comes_after_its_client_left_is_stored_or_let_go(
         writer.close()
         assert b"X-Cache: HIT" in data
         assert len(origin.heads) == 2 + before
+
+
+def _hold_or_ok(head: bytes) -> bytes | None:
+    """/hold...: no answer ever; anything else: a small no-store answer at once."""
+    if head.split(b" ", 2)[1].startswith(b"/hold"):
+        return None
+    return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_a_request_whose_client_left_while_it_waited_for_a_connection_is_not_sent(
+        proxy: Any, tmp_path: Any, how: str) -> None:
+    """Every upstream connection in use (proxy.max_connections), a GET that may be
+    stored waits for one, and its client leaves. The proxy sent it anyway once a
+    connection was free, for nobody: it took the origin's time and the freed connection
+    (held, for an origin as slow as this one, until proxy.read_timeout), ahead of the
+    requests still waiting, whose clients were there. Only a request nothing could store
+    (a POST, a no-store GET) was given up. nginx finalizes a request whose client leaves
+    before it has an upstream connection, cacheable or not (499; its proxy_cache_lock
+    waiters then go on their own, as collapsed waiters go here behind a leader that got
+    no answer). Now it is given up as well, and the next waiting request gets the
+    connection. Severity: medium (under load, departed clients' requests hold the
+    connections that live ones wait for)."""
+    origin = HeldOrigin(_hold_or_ok)
+    async with origin.running():
+        client = await proxy(origin.url, proxy={"max_connections": 1, "read_timeout": 5},
+                             log={"path": str(tmp_path / "r.log")})
+        # The one connection: a long poll nothing may store (given up when its client goes)
+        _, first = await _request(client.port, "/hold-first", "Cache-Control: no-store")
+        assert await until(lambda: len(origin.heads) == 1)
+        _, left = await _request(client.port, "/hold-left")  # waits for the connection
+        lines = await _lines_when_written(client, 0, 0)
+        assert lines == []
+        _leave(left, how)
+        assert await until(lambda: client.app_proxy.exchange.pool.in_use == 1)
+        reader, stays = await _request(client.port, "/next")  # waits too, its client stays
+        _leave(first, how)  # the connection is freed now
+        data = await asyncio.wait_for(reader.readuntil(b"ok"), 4)
+        stays.close()
+        assert data.startswith(b"HTTP/1.1 200")
+        assert [head.split(b" ")[1] for head in origin.heads] == \
+            [b"/hold-first", b"/next"]
+        logged = [(line["path"], line["status"]) for line in await read_json_log(client)]
+        assert sorted(logged) == [("/hold-first", 499), ("/hold-left", 499),
+                                  ("/next", 200)]
+

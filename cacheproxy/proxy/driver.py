@@ -244,14 +244,17 @@ class Driver:
         request_time = time.time()
         # An answer for its client alone: when it leaves first (a long poll given up),
         # the origin is let go at once, as nginx does (a miss that may be stored is
-        # fetched on, for the requests after it).
+        # fetched on, for the requests after it, once sent: one whose client left while
+        # it waited for a connection is not sent, as nginx finalizes a request that has
+        # no upstream connection yet; its collapsed waiters go on as behind a failure).
         alone = fwd.for_client_alone
         try:  # (a ClientBodyError is the client's: its connection answers it)
             resp = await self.exchange.send(fwd.method, plan.upstream + ctx.target,
                                             ctx.fields(fwd), body, ctx.outcome, first_sent,
                                             getattr(request, "body_timeout", None),
                                             ctx.out.interim,
-                                            watch=ctx.out.watch_gone if alone else None)
+                                            watch=ctx.out.watch_gone if alone else None,
+                                            unsent_watch=ctx.out.watch_gone)
         except ClientGone:  # (logged 499: no answer was written)
             # Nor is anything invalidated: RFC 9111 §4.4 invalidates on a non-error status
             # received, and none was (as after a reset or a timeout). Otherwise any client

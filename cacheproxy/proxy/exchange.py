@@ -243,6 +243,7 @@ class Exchange:
         outcome: Outcome | None = None, first_sent: float | None = None,
         body_timeout: float | None = None, interim: Interim | None = None,
         upgrade: bool = False, watch: Watch | None = None,
+        unsent_watch: Watch | None = None,
     ) -> UpstreamResponse:
         """Send the request and return the answer's head. A request that failed on a reused
         connection before any byte of the answer came is sent once more on a new one, when
@@ -254,6 +255,8 @@ class Exchange:
         upgrade: the request asks to switch protocols; a 101 is its answer (detach()).
         watch: the client's Downstream.watch_gone, for a request the proxy gives up when
         its client leaves before the answer (ClientGone; the connection is closed).
+        unsent_watch: the same, for one given up only when its client leaves before it
+        has a connection (a miss that may be stored, sent, is fetched on for others).
         Raises ClientBodyError when the client's body stalls or breaks off: the upstream
         connection, if one carried part of it, is closed, never reused."""
         timeout = self.client_body_timeout if body_timeout is None else body_timeout
@@ -280,7 +283,7 @@ class Exchange:
             kept = await _read_whole(body, timeout)  # (nothing upstream started yet)
         replayable = body is None or kept is not None
         for attempt in (1, 2) if retry else (2,):
-            conn = await self._acquire(origin, watch)
+            conn = await self._acquire(origin, watch or unsent_watch)
             reused = conn.used
             stream = None if body is None else _once(kept) if kept is not None \
                 else _framed(body, chunked, timeout)

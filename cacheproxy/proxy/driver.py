@@ -285,10 +285,13 @@ class Driver:
         note_lookup(ctx.outcome, fwd)
         fields = [*ctx.fields(fwd), ("Connection", "upgrade"), ("Upgrade", "websocket")]
         request_time = time.time()
-        try:
+        try:  # (for its client alone: given up when it leaves first, as nginx does)
             resp = await self.exchange.send(fwd.method, ctx.plan.upstream + ctx.target,
                                             fields, None, ctx.outcome,
-                                            interim=ctx.out.interim, upgrade=True)
+                                            interim=ctx.out.interim, upgrade=True,
+                                            watch=ctx.out.watch_gone)
+        except ClientGone:  # (logged 499: no answer was written)
+            return None
         except Refusal as exc:
             ctx.outcome.status, ctx.outcome.policy = "DENIED", f"forward: {exc.reason}"
             return self.error(ctx, exc.status, exc.reason)

@@ -297,3 +297,41 @@ async def test_a_websocket_handshake_whose_client_left_frees_the_origin_at_once(
         assert [(line["path"], line["status"]) for line in lines] == [("/hold-ws", 499)]
         assert "failed" not in caplog.text
         assert client.app_proxy.exchange.pool.in_use == 0
+
+
+async def test_a_fill_that_breaks_after_its_client_left_does_not_say_it_answered(
+        proxy: Any, tmp_path: Any, caplog: Any) -> None:
+    """A Range of two parts (a PDF reader's, a download manager's) of a storable miss:
+    the whole representation is read and stored first, then the parts are cut from it
+    (RFC 9110 §14.2). Its client left while the body came, and then the origin's body
+    broke off: the WARNING said "upstream ... failed for GET /doc: ...; answered 502",
+    though nobody was answered (the request's line says 499). Now it says that its
+    client had left, as the driver's line for a failure before the head does.
+    Severity: low (a false statement in a WARNING an operator reads)."""
+    go = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\n"
+                     b"Content-Length: 10000\r\n\r\n" + LONG)
+        await go.wait()
+        writer.close()  # the body breaks off, 4096 bytes of 10000 in
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        client = await proxy(f"http://127.0.0.1:{port}", log={"path": str(tmp_path / "r.log")})
+        _, writer = await _request(client.port, "/doc", "Range: bytes=0-1,5-6")
+        lines = await _lines_when_written(client, 1, 0.3)  # (the body is being read)
+        assert lines == []
+        with caplog.at_level(logging.WARNING, logger="cacheproxy"):
+            _leave(writer, "rst")
+            lines = await _lines_when_written(client, 1, 2)
+            assert [(line["path"], line["status"]) for line in lines] == [("/doc", 499)]
+            go.set()
+            assert await until(lambda: "failed for GET /doc" in caplog.text)
+        warning = next(r.getMessage() for r in caplog.records
+                       if "failed for GET /doc" in r.getMessage())
+        assert "answered 502" not in warning and "client had left" in warning
+    finally:
+        server.close()

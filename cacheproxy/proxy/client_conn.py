@@ -1037,7 +1037,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         written: the step goes on, _answered writes nothing more.)"""
         keep = False
         try:
-            answer = await self.listener.proxy.guarded(request, request[OUTCOME], step)
+            answer = await self.listener.proxy.guarded(request, request[OUTCOME], step, self)
             self._answered(request, answer, started)
             keep = self._keep_alive
         except Exception:  # a bug of ours: the connection goes, the process stays

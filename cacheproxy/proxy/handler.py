@@ -172,14 +172,17 @@ class CacheProxy:
             ctx = self.planned(request, out, planned, started)
             return await self.guarded(ctx.request, ctx.outcome,
                                       self.driver.forward_or_collapse(
-                                          ctx, planned.forward, None, planned.variants))
+                                          ctx, planned.forward, None, planned.variants),
+                                      out)
         # The request log reads it once the response went out.
         outcome = request[OUTCOME] = Outcome(started=started)
-        return await self.guarded(request, outcome, self._respond(request, out, outcome))
+        return await self.guarded(request, outcome, self._respond(request, out, outcome), out)
 
     async def guarded(self, request: ClientMessage, outcome: Outcome,
-                      step: Awaitable[Answer | None]) -> Answer | None:
-        """step's answer; an error answer (logged) when it fails."""
+                      step: Awaitable[Answer | None], out: Downstream | None = None
+                      ) -> Answer | None:
+        """step's answer; an error answer (logged) when it fails. out: where it goes
+        (whether its client is still there, for the failure's line)."""
         try:
             return await step
         except ClientBodyError:  # the client's body stalled or it left: neither an error
@@ -190,9 +193,11 @@ class CacheProxy:
             # stored first, a refetch): one line, as the driver's for a failure before
             # the head, naming the upstream, the request and the cause
             plan = request.get(PLAN)
-            log.warning("upstream %s failed for %s %s: %s; answered %s",
+            log.warning("upstream %s failed for %s %s: %s; %s",
                         masked_url(plan.upstream) if plan is not None else "-", request.method,
-                        redact(request.raw_path, outcome.secrets), exc.reason, exc.status)
+                        redact(request.raw_path, outcome.secrets), exc.reason,
+                        "its client had left: nothing answered" if out is not None
+                        and out.left else f"answered {exc.status}")
             outcome.status = "ERROR"
             return self._error(exc.status, exc.reason, outcome)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving

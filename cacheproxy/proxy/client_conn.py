@@ -485,8 +485,14 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._tunnel is not None:  # the client finished sending: half-close onwards
             return self._tunnel.client_eof()
         if self._upgraded and not self._closing:
-            # A CONNECT (or upgrade) still being answered: the client may have said all it
-            # had to say; the answer, and a tunnel's, still go back to it.
+            request = self._request
+            if request is not None and request.method != "CONNECT":
+                # A WebSocket handshake being answered: its client has frames to send
+                # after the 101, so a FIN before it is a client gone, as for any request
+                # (nginx's 499), and its origin is let go (Driver.upgrade's watch).
+                return False
+            # A CONNECT still being answered: the client may have said all it had to
+            # say; the answer, and the tunnel's, still go back to it.
             self._client_eof = True
             return True
         return False

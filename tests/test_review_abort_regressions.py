@@ -340,3 +340,34 @@ async def test_a_fill_that_breaks_after_its_client_left_does_not_say_it_answered
         assert "answered 502" not in warning and "client had left" in warning
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("how", ["fin", "rst"])
+async def test_a_client_that_leaves_while_its_request_waits_for_a_connection_is_let_go_at_once(
+        proxy: Any, tmp_path: Any, caplog: Any, how: str) -> None:
+    """Every upstream connection in use, a request waits for one and its client leaves:
+    it was not sent (above), but the wait itself went on, until a connection came free
+    or proxy.connect_timeout passed (then a WARNING "upstream ... failed: no upstream
+    connection free within 5.0s", for a client gone for seconds); only then was the 499
+    logged, its total_ms running to the timeout. nginx finalizes such a request when
+    the client's close is seen. Now the wait ends then: logged 499 at once, no WARNING,
+    and the connections' holder is not disturbed. Severity: low (a request-log line
+    late and long; a false WARNING under load)."""
+    origin = HeldOrigin(_hold_or_ok)
+    async with origin.running():
+        client = await proxy(origin.url, proxy={"max_connections": 1, "connect_timeout": 3},
+                             log={"path": str(tmp_path / "r.log")})
+        _, first = await _request(client.port, "/hold-first", "Cache-Control: no-store")
+        assert await until(lambda: len(origin.heads) == 1)
+        _, left = await _request(client.port, "/hold-left")  # waits for the connection
+        assert await _lines_when_written(client, 0, 0) == []
+        with caplog.at_level(logging.WARNING, logger="cacheproxy"):
+            _leave(left, how)
+            lines = await _lines_when_written(client, 1, 2)
+            assert [(line["path"], line["status"]) for line in lines] == [("/hold-left", 499)]
+            assert lines[0]["total_ms"] < 3000
+            assert origin.closed == []  # (the first request's connection is left alone)
+            first.close()
+            assert await until(lambda: len(origin.closed) == 1)
+        assert "failed" not in caplog.text
+        assert [head.split(b" ")[1] for head in origin.heads] == [b"/hold-first"]

@@ -311,17 +311,34 @@ class Exchange:
 
     async def _acquire(self, origin: Origin, watch: Watch | None) -> Connection:
         """pool.acquire; with watch, ClientGone when the client left before a connection
-        was found (all in use, a connect under way): nothing is sent for it."""
+        was found (all in use, a connect under way): nothing is sent for it, and the wait
+        ends when it leaves, not when a connection comes free or connect_timeout passes
+        (nginx finalizes a request without an upstream connection at its client's close)."""
+        pool = self.pool
         if watch is None:
-            return await self.pool.acquire(origin)
+            return await pool.acquire(origin)
+        conn = pool.idle(origin)  # the common case: no wait, nothing to watch
+        if conn is not None:
+            return conn
+        acquiring = asyncio.ensure_future(pool.acquire(origin))
         left: list[bool] = []
-        watch(partial(left.append, True))  # (told at once if it left already)
+
+        def gone() -> None:
+            left.append(True)
+            acquiring.cancel()
+
+        watch(gone)  # (told at once if it left already)
         try:
-            conn = await self.pool.acquire(origin)
+            conn = await acquiring
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if left and (task is None or not task.cancelling()):
+                raise ClientGone("client connection lost") from None
+            raise
         finally:
             watch(None)
-        if left:
-            self.pool.release(conn)  # (unused: idle again, or closed if never used)
+        if left:  # (a connection came as it left)
+            pool.release(conn)  # (unused: idle again, or closed if never used)
             raise ClientGone("client connection lost")
         return conn
 

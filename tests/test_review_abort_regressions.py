@@ -196,8 +196,9 @@ async def test_a_head_that_comes_after_its_client_left_is_stored_or_let_go(
     answer is read whole and stored (the next request is a hit, nothing sent upstream),
     one that may not be stored has its upstream connection closed at once (its body is
     for nobody: nginx's "client prematurely closed connection, so upstream connection
-    is closed too"), never pooled with unread bytes. A guard: this was right before; the
-    early log line must not change it."""
+    is closed too"), never pooled with unread bytes. It failed before only on when the
+    lines were written (when the heads came); the rest guards what was right, which the
+    early lines must not change."""
     origin = HeldOrigin(_answers)
     async with origin.running():
         client = await proxy(origin.url, log={"path": str(tmp_path / "r.log")})

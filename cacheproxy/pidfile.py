@@ -56,14 +56,35 @@ def is_running(pid: int) -> bool:
 
 
 def _is_cacheproxy(pid: int) -> bool:
-    """A running pid that is a cacheproxy (a stale file's pid may belong to anything now)."""
+    """Is this running pid a `cacheproxy serve`? A stale file's pid may belong to anything
+    now, also to a program whose command line merely mentions cacheproxy (`tail -f
+    cacheproxy.log`, `vim cacheproxy.toml`, `cacheproxy logs --follow`): never take those
+    for the server, whose SIGTERM or SIGHUP would end them."""
     if not is_running(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"cacheproxy" in cmdline.read()
+            argv = cmdline.read().split(b"\0")
     except OSError:  # no /proc (not Linux), or not ours to read: assume it is
         return True
+    return serves(argv)
+
+
+def serves(argv: list[bytes]) -> bool:
+    """Is this the command line of `cacheproxy serve`: the installed script
+    (`.../python .../bin/cacheproxy serve`) or `python [options] -m cacheproxy serve`, the
+    subcommand right after the program (the only options before it are --help and
+    --version)?"""
+    for i, arg in enumerate(argv):
+        if arg == b"-m" and argv[i + 1:i + 2] == [b"cacheproxy"]:
+            after = i + 2
+        elif arg == b"-mcacheproxy" or os.path.basename(arg) == b"cacheproxy":
+            after = i + 1
+        else:
+            continue
+        if argv[after:after + 1] == [b"serve"]:
+            return True
+    return False
 
 
 def running_file(path: str) -> str:

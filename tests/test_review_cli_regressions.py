@@ -1,0 +1,86 @@
+"""Regression tests from a review of the command line as an operator scripting it reads it:
+`cacheproxy serve|demo|reload|stop|logs|ca`, their flags, exit codes and one-line errors,
+the config file and CACHEPROXY_* environment variables, and the pid file's lifecycle
+(stale files, reused pids, two servers, signals). Each runs the real `python -m cacheproxy`
+as a subprocess, and each showed a defect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from processes import clean_env, free_port
+
+
+def cacheproxy(*args: str, cwd: Path, env: dict[str, str] | None = None,
+               ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cacheproxy", *args], cwd=cwd,
+                          env=env if env is not None else clean_env(), capture_output=True,
+                          text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+# -- the pid file: a stale file's pid reused by a program that merely mentions cacheproxy ---------
+
+@pytest.fixture
+def bystander(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process an operator has running whose command line mentions cacheproxy without
+    being a server: `tail -f .../cacheproxy.log`, or `cacheproxy logs --follow`."""
+    log = tmp_path / "cacheproxy.log"
+    log.write_text("")
+    argv = {"tail": ["tail", "-f", str(log)],
+            "logs": [sys.executable, "-m", "cacheproxy", "logs", "--follow", str(log)],
+            }[request.param]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, env=clean_env())
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.parametrize("bystander", ["tail", "logs"], indirect=True)
+def test_a_stale_pid_file_never_signals_a_process_that_only_mentions_cacheproxy(
+        bystander: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    """What was wrong: a pid was taken for a running server when its command line merely
+    contained "cacheproxy". A server killed by SIGKILL or an OOM leaves its pid file; once
+    the pid is reused by `tail -f /var/log/cacheproxy.log`, `less cacheproxy.toml` or a
+    `cacheproxy logs --follow`, `cacheproxy stop` sent that process SIGTERM, waited for it
+    to die and printed "pid N has exited" (exit 0), and `cacheproxy reload` killed it with
+    SIGHUP; a new `serve` given the file refused to start ("a cacheproxy that is running").
+    The README promises a pid another program has since "is never signalled".
+    Peers: nginx -s and start-stop-daemon --pidfile check the process, not a substring
+    (start-stop-daemon: --exec / --name). Severity: medium (an operator's unrelated process
+    killed by a routine `stop`; a restart script cannot start the server)."""
+    pid_file = tmp_path / "cacheproxy.pid"
+    pid_file.write_text(f"{bystander.pid}\n")
+    env = clean_env(CACHEPROXY_PROXY_PID_FILE=str(pid_file))
+    for command in ("stop", "reload"):
+        done = cacheproxy(command, cwd=tmp_path, env=env)
+        assert done.returncode == 1, done
+        assert done.stdout == ""
+        assert done.stderr == (
+            f"cacheproxy: {command}: proxy.pid_file: {pid_file} names pid {bystander.pid}, "
+            "which is not a cacheproxy (the file is stale: the server did not exit cleanly, "
+            "and the pid was reused)\n")
+        assert bystander.poll() is None  # never signalled
+    # and a server given that file starts, taking it over (and removes it as it exits)
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "cacheproxy", "serve", "--listen", f"127.0.0.1:{port}",
+         "--upstream", "http://127.0.0.1:9"], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        stopped = cacheproxy("stop", cwd=tmp_path, env=env)
+        while stopped.returncode == 1 and "not a cacheproxy" in stopped.stderr \
+                and serve.poll() is None:  # the file still names the bystander: not yet claimed
+            stopped = cacheproxy("stop", cwd=tmp_path, env=env)
+        _, err = serve.communicate(timeout=30)
+    finally:
+        serve.kill()
+    assert serve.returncode == 0, err
+    assert stopped.returncode == 0, stopped
+    assert stopped.stdout == f"cacheproxy: stop: pid {serve.pid} has exited\n"
+    assert bystander.poll() is None
+    assert not pid_file.exists()

@@ -6,8 +6,12 @@ as a subprocess, and each showed a defect."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,4 +87,43 @@ def test_a_stale_pid_file_never_signals_a_process_that_only_mentions_cacheproxy(
     assert stopped.returncode == 0, stopped
     assert stopped.stdout == f"cacheproxy: stop: pid {serve.pid} has exited\n"
     assert bystander.poll() is None
+    assert not pid_file.exists()
+
+
+# -- the pid file is written before the server handles the signals it is written for -------------
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_a_signal_sent_as_soon_as_the_pid_file_appears_is_handled_not_fatal(
+        tmp_path: Path, sig: signal.Signals) -> None:
+    """What was wrong: `serve --workers N` wrote its pid file, then started the demo origin
+    (or bound the port) and only then installed its SIGHUP and SIGTERM handlers. A script
+    that waits for the pid file and then signals it (`until [ -s $PIDFILE ]; do sleep 0.1;
+    done; kill -HUP $(cat $PIDFILE)`, a logrotate postrotate, a deploy's reload right
+    after a start) killed the supervisor by the signal's default action: exit 129 on a
+    SIGHUP with nothing logged, a SIGTERM ended it without the graceful stop, and the pid
+    file stayed behind, stale. nginx writes its pid file once its signal handlers are set.
+    Now the signals are held from before the file is written until they are handled: a
+    SIGHUP is a reload, a SIGTERM a graceful stop (exit 0, pid file removed).
+    Severity: medium (a routine reload right after a start takes the server down)."""
+    pid_file = tmp_path / "cacheproxy.pid"
+    env = clean_env(CACHEPROXY_PROXY_PID_FILE=str(pid_file),
+                    CACHEPROXY_DEMO_LISTEN=f"127.0.0.1:{free_port()}")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "cacheproxy", "serve", "--workers", "2", "--listen",
+         f"127.0.0.1:{free_port()}"], cwd=tmp_path, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() or not pid_file.read_text().endswith("\n"):
+            assert serve.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        os.kill(serve.pid, sig)
+        if sig == signal.SIGHUP:  # a reload: it keeps serving, then stops when told to
+            stopped = cacheproxy("stop", cwd=tmp_path, env=env)
+            assert stopped.returncode == 0, stopped
+        _, err = serve.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGKILL)
+    assert serve.returncode == 0, err
     assert not pid_file.exists()

@@ -402,6 +402,10 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
                         handlers=[StderrHandler(sys.stderr)])
     # The process `cacheproxy reload` / `stop` signal: this one (with --workers, the parent).
     pid_file = config.proxy.pid_file
+    # Held from before the pid file names this process until its handlers are set (serve(),
+    # or the supervisor's run()): a `kill -HUP $(cat pid_file)` as soon as the file appears
+    # would otherwise end it by the default action, as nginx's handlers precede its pid file.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_AND_RELOAD)
     if pid_file:
         pidfile.claim(pid_file, config.proxy.shutdown_timeout)
     try:

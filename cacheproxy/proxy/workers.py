@@ -179,6 +179,8 @@ class Supervisor:
         self._wakeup.setblocking(False)
         wakeup_w.setblocking(False)
         signal.set_wakeup_fd(wakeup_w.fileno())
+        # Held since before the pid file was written (server.run): handled from now on.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         try:
             for slot in range(self.config.proxy.workers):
                 # The first says what is said once (an unreachable upstream).

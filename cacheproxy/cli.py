@@ -356,7 +356,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _reopen_closed_standard_streams() -> tuple[str, ...]:
+    """Put /dev/null on any of fds 0-2 that was closed at start (`cacheproxy serve <&- >&-`,
+    a daemonizing script), and say which. Else the first socket opened takes that number:
+    libuv aborts when it closes it (`uv__close: Assertion fd > STDERR_FILENO`), and a
+    request log or an error line written there would go into a client's connection. What
+    OpenSSH's sanitise_stdfd and nginx's daemon start do too."""
+    closed = []
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:  # (the lowest free number: fd itself, unless a lower one is closed)
+            os.dup2(null, fd)
+            os.close(null)
+        closed.append(name)
+        if getattr(sys, name) is None:  # as Python sets it when the fd was closed at start
+            stream = open(fd, "r" if fd == 0 else "w", encoding="utf-8",  # noqa: SIM115
+                          errors="backslashreplace", closefd=False)  # (the process's own)
+            setattr(sys, name, stream)
+    return tuple(closed)
+
+
 def main(argv: list[str] | None = None) -> int:
+    closed = _reopen_closed_standard_streams()
+    if "stdout" in closed and "stderr" not in closed:
+        _error("warning: standard output was closed: what goes there (the request log, "
+               "unless log.path is set) goes to /dev/null")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

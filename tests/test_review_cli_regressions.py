@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +128,59 @@ def test_a_signal_sent_as_soon_as_the_pid_file_appears_is_handled_not_fatal(
             os.killpg(serve.pid, signal.SIGKILL)
     assert serve.returncode == 0, err
     assert not pid_file.exists()
+
+
+# -- standard streams closed by the script that starts it ------------------------------------------
+
+def _listening(port: int, proc: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, f"serve exited {proc.returncode}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "serve did not start listening"
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"], ids=["stdin", "stdout", "stderr"])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_started_with_a_standard_stream_closed_serves_and_stops_cleanly(
+        tmp_path: Path, closed: str, workers: str) -> None:
+    """What was wrong: `serve` started with fd 0, 1 or 2 closed (`cacheproxy serve <&- >&-`,
+    `exec <&-` in an init script, a daemonizing wrapper) let its first socket take that
+    number. With stdin closed it served, then aborted at SIGTERM (exit 134: libuv's
+    `uv__close: Assertion fd > STDERR_FILENO`); with stdout closed it aborted at once (134,
+    or, with --workers, a traceback per worker and exit 1); with stderr closed it exited 1
+    without a word. A request log written to fd 1 could have gone into a client's
+    connection. Now a closed fd 0-2 gets /dev/null at start (as OpenSSH's sanitise_stdfd;
+    nginx gives its daemon /dev/null), with a warning when the request log would go to
+    stdout. Severity: medium (the server does not run, or does not stop cleanly, under
+    such scripts)."""
+    port = free_port()
+    serve = subprocess.Popen(
+        ["sh", "-c", f'exec "$@" {closed}', "sh", sys.executable, "-m", "cacheproxy",
+         "serve", "--listen", f"127.0.0.1:{port}", "--upstream", "http://127.0.0.1:9",
+         "--workers", workers],
+        cwd=tmp_path, env=clean_env(), start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _listening(port, serve)
+        for _ in range(2):  # (with --workers, likely both)
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                assert conn.makefile("rb").readline() == b"HTTP/1.1 502 Bad Gateway\r\n"
+        serve.send_signal(signal.SIGTERM)
+        out, err = serve.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(serve.pid, signal.SIGKILL)
+    assert serve.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+    if closed == ">&-":
+        assert err.startswith(b"cacheproxy: warning: standard output was closed: what goes "
+                              b"there (the request log, unless log.path is set) goes to "
+                              b"/dev/null\n")
+    else:
+        assert out.count(b'"path":"/x"') == 2  # the request log, on stdout

@@ -184,3 +184,44 @@ def test_serve_started_with_a_standard_stream_closed_serves_and_stops_cleanly(
                               b"/dev/null\n")
     else:
         assert out.count(b'"path":"/x"') == 2  # the request log, on stdout
+
+
+# -- one-line mistakes that did not say what to write ---------------------------------------------
+
+@pytest.mark.parametrize(("where", "value", "said"), [
+    ("env", "5s", "CACHEPROXY_PROXY_CONNECT_TIMEOUT: expected a number, got '5s'; durations "
+                  "are plain numbers of seconds, without a unit: write 5"),
+    ("file", "500ms", "proxy.connect_timeout: expected a number, got '500ms'; durations are "
+                      "plain numbers of seconds, without a unit: write 0.5"),
+    ("env", "abc", "CACHEPROXY_PROXY_CONNECT_TIMEOUT: expected a number, got 'abc'"),
+])
+def test_a_duration_written_with_a_unit_is_refused_saying_how_to_write_it(
+        tmp_path: Path, where: str, value: str, said: str) -> None:
+    """What was wrong: a timeout written as nginx and systemd write them
+    (`CACHEPROXY_PROXY_CONNECT_TIMEOUT=5s`, `read_timeout = "500ms"`) was refused with
+    "expected a number, got '5s'", which does not say that seconds are meant nor that the
+    unit is the mistake. Now the line says what to write. Peers: nginx takes "5s"; here a
+    plain number of seconds is documented, so the refusal stays, with its fix.
+    Severity: low (a start refused with a puzzling line)."""
+    env = clean_env()
+    if where == "env":
+        env["CACHEPROXY_PROXY_CONNECT_TIMEOUT"] = value
+        args: tuple[str, ...] = ()
+    else:
+        (tmp_path / "c.toml").write_text(f'[proxy]\nconnect_timeout = "{value}"\n')
+        args = ("--config", "c.toml")
+    done = cacheproxy("serve", *args, cwd=tmp_path, env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"cacheproxy: config error: {said}\n"
+
+
+@pytest.mark.parametrize("command", ["serve", "demo", "reload", "stop", "ca"])
+def test_an_empty_config_flag_names_the_flag(tmp_path: Path, command: str) -> None:
+    """What was wrong: `--config ""` (a script's `--config "$CONFIG"` with the variable
+    unset) said `cacheproxy: config error: : file not found`, naming nothing. Now it names
+    the flag and what to give. Severity: low."""
+    done = cacheproxy(command, "--config", "", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == ('cacheproxy: config error: --config: an empty file name; give a '
+                           "TOML file's path, or leave --config out for "
+                           "config/cacheproxy.toml\n")

@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields, replace
 from difflib import get_close_matches
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple, get_type_hints
 
@@ -113,6 +114,9 @@ def _unknown(kind: str, name: str, known: list[str], prefix: str = "") -> str:
 def _read_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
+    if str(path) == "":  # `--config "$CONFIG"` with the variable unset: not ": file not found"
+        raise ConfigError("--config", "an empty file name; give a TOML file's path, or leave "
+                                      "--config out for config/cacheproxy.toml")
     try:
         with open(path, "rb") as file:
             return tomllib.load(file)
@@ -294,7 +298,7 @@ def _convert(value: object, kind: type, rule: Rule, from_text: bool) -> object:
             return value
         if text is not None and re.fullmatch(r"[+-]?[0-9]+", text, re.ASCII):
             return int(text)
-        raise ValueError(f"expected an integer, got {value!r}")
+        raise ValueError(f"expected an integer, got {value!r}{_unit_hint(value)}")
     if kind is float:
         number = math.nan
         try:
@@ -305,13 +309,29 @@ def _convert(value: object, kind: type, rule: Rule, from_text: bool) -> object:
         except (ValueError, OverflowError):
             pass
         if not math.isfinite(number):  # nan and inf pass no range check sensibly
-            raise ValueError(f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, got {value!r}{_unit_hint(value)}")
         return number
     if kind is str:
         if isinstance(value, str):
             return value
         raise ValueError(f"expected a string, got {value!r}")
     raise TypeError(f"a setting cannot have type {kind!r}")  # a mistake in a dataclass above
+
+
+# "60s", "500ms", "2m", as nginx's time syntax and systemd write them.
+_WITH_UNIT = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*(ms|s|secs?|seconds?|m|mins?|h|d)", re.I)
+_UNIT_SECONDS = {"ms": Fraction(1, 1000), "m": 60, "min": 60, "mins": 60, "h": 3600,
+                 "d": 86400}
+
+
+def _unit_hint(value: object) -> str:
+    """What to write instead of a duration with a unit: settings in seconds (timeouts,
+    max_age) take a plain number, so say which ("60s" alone would only be "wrong")."""
+    match = _WITH_UNIT.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        return ""
+    seconds = Fraction(match[1]) * _UNIT_SECONDS.get(match[2].lower(), 1)
+    return f"; durations are plain numbers of seconds, without a unit: write {float(seconds):g}"
 
 
 def _check(value: Any, rule: Rule) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
+from difflib import get_close_matches
 from importlib.metadata import PackageNotFoundError, version
 from typing import IO
 
@@ -353,7 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add_command in _COMMANDS:
         add_command(commands)
+    for command in commands.choices.values():  # whose usage a mistake in its flags shows
+        command.set_defaults(command_parser=command)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; an unknown one is refused by the subcommand it was given to, with that
+    command's usage and the closest flag it has (argparse's parent would show its own usage,
+    `cacheproxy [-h] [--version] COMMAND ...`, which lists no flag of `serve`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+        flags = [flag for action in command._actions for flag in action.option_strings]
+        close = get_close_matches(extra[0].partition("=")[0], flags, n=1)
+        command.error(f"unrecognized arguments: {' '.join(extra)}"
+                      + (f" (did you mean {close[0]}?)" if close else ""))
+    return args
 
 
 def _reopen_closed_standard_streams() -> tuple[str, ...]:
@@ -388,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
                "unless log.path is set) goes to /dev/null")
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse has printed
         return exc.code if isinstance(exc.code, int) else 0
     handler: Handler | None = getattr(args, "handler", None)

@@ -225,3 +225,27 @@ def test_an_empty_config_flag_names_the_flag(tmp_path: Path, command: str) -> No
     assert done.stderr == ('cacheproxy: config error: --config: an empty file name; give a '
                            "TOML file's path, or leave --config out for "
                            "config/cacheproxy.toml\n")
+
+
+@pytest.mark.parametrize(("args", "usage", "said"), [
+    (("serve", "--listne", "127.0.0.1:1"), "usage: cacheproxy serve [-h] [--config FILE]",
+     "cacheproxy serve: error: unrecognized arguments: --listne 127.0.0.1:1 (did you mean "
+     "--listen?)"),
+    (("stop", "--conifg=c.toml"), "usage: cacheproxy stop [-h] [--config FILE]",
+     "cacheproxy stop: error: unrecognized arguments: --conifg=c.toml (did you mean "
+     "--config?)"),
+    (("logs", "a.log", "b.log"), "usage: cacheproxy logs [-h] [--since TIME]",
+     "cacheproxy logs: error: unrecognized arguments: b.log"),
+], ids=["serve", "stop", "logs"])
+def test_an_unknown_flag_is_refused_with_its_subcommands_usage(
+        tmp_path: Path, args: tuple[str, ...], usage: str, said: str) -> None:
+    """What was wrong: an unknown flag given to a subcommand (`cacheproxy serve --listne
+    ...`, a typo) was refused by the top-level parser, with its usage line
+    `usage: cacheproxy [-h] [--version] COMMAND ...`, which lists none of the flags the
+    user was typing, and no suggestion. Now the subcommand refuses it, with its own usage
+    and the closest flag it has (as git does: "did you mean"). Exit 2 as before.
+    Severity: low."""
+    done = cacheproxy(*args, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith(usage)
+    assert done.stderr.endswith(f"\n{said}\n")

@@ -249,3 +249,20 @@ def test_an_unknown_flag_is_refused_with_its_subcommands_usage(
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith(usage)
     assert done.stderr.endswith(f"\n{said}\n")
+
+
+def test_with_workers_a_log_path_that_cannot_open_is_said_once_before_they_start(
+        tmp_path: Path) -> None:
+    """What was wrong: `serve --workers 2 --log-file /no/such/dir/x.log` logged "2 workers
+    on ..." and then every worker printed the same `log.path: cannot open ...` line (one
+    per worker: 16 identical lines with --workers 16), then the parent's "a worker could not
+    start; stopping". The README promises one line naming the key, and "before anything
+    else is logged" for start errors; without --workers it was one line. Now the parent
+    opens log.path first and says it once (exit 1, as without --workers).
+    Severity: low (noise that hides which line matters)."""
+    done = cacheproxy("serve", "--workers", "2", "--listen", f"127.0.0.1:{free_port()}",
+                      "--upstream", "http://127.0.0.1:9", "--log-file",
+                      str(tmp_path / "no" / "x.log"), cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (f"cacheproxy: log.path: cannot open {tmp_path / 'no' / 'x.log'}: "
+                           "no such file or directory\n")

@@ -50,6 +50,15 @@ class LogFileError(OSError):
     """log.path cannot be opened; the message names the setting, the file and the cause."""
 
 
+def open_log_file(path: str) -> BinaryIO:
+    """log.path opened for appending, or LogFileError naming the setting."""
+    try:
+        return open(path, "ab")
+    except OSError as exc:
+        raise LogFileError(f"log.path: cannot open {path}: "
+                           f"{(exc.strerror or str(exc)).lower()}") from None
+
+
 class LogSink:
     def __init__(self, path: str) -> None:
         self.path = path
@@ -73,11 +82,7 @@ class LogSink:
         # which a strict text stream would refuse, losing the whole batch.
         if not self.path:
             return sys.stdout.buffer
-        try:
-            return open(self.path, "ab")
-        except OSError as exc:
-            raise LogFileError(f"log.path: cannot open {self.path}: "
-                               f"{(exc.strerror or str(exc)).lower()}") from None
+        return open_log_file(self.path)
 
     def write(self, line: str) -> None:
         self.write_many([line])

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from cacheproxy.config import Config, ConfigError, parse_listen
 from cacheproxy.lifetime import DEMO_HINT, LISTEN_HINT, StartError, listen_error
+from cacheproxy.observe.sink import open_log_file
 from cacheproxy.proxy.siblings import Relay
 
 log = logging.getLogger("cacheproxy")
@@ -169,6 +170,12 @@ class Supervisor:
             raise listen_error("proxy.listen", self.config.proxy.listen, exc,
                                LISTEN_HINT) from None
         port = holder.getsockname()[1]
+        if self.config.log.path and self.config.log.format != "off":
+            try:  # said once, here, rather than by every worker as each fails to open it
+                open_log_file(self.config.log.path).close()
+            except OSError:
+                holder.close()
+                raise
         _freeze_what_children_inherit()
         self.demo, upstream = self._start_demo()
         signal.signal(signal.SIGTERM, self._stop)

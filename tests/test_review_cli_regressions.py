@@ -266,3 +266,23 @@ def test_with_workers_a_log_path_that_cannot_open_is_said_once_before_they_start
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == (f"cacheproxy: log.path: cannot open {tmp_path / 'no' / 'x.log'}: "
                            "no such file or directory\n")
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """What was wrong: a config file saved as "UTF-8" by a Windows editor (Notepad, or
+    PowerShell's Out-File before 6.0) starts with a byte order mark, and was refused as
+    `invalid TOML: Invalid statement (at line 1, column 1)`, a line that shows nothing
+    wrong. The BOM is now skipped (lines and columns of other mistakes are unchanged), as
+    Python's utf-8-sig reads text. Severity: low."""
+    pid_file = tmp_path / "run.pid"
+    (tmp_path / "c.toml").write_bytes(
+        b'\xef\xbb\xbf# saved by Notepad\r\n[proxy]\r\npid_file = "' + bytes(pid_file)
+        + b'"\r\n')
+    done = cacheproxy("stop", "--config", "c.toml", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (1, "")  # read: it names the file's pid_file
+    assert done.stderr == (f"cacheproxy: stop: proxy.pid_file: {pid_file} does not exist: is "
+                           "cacheproxy serve running with this configuration?\n")
+    (tmp_path / "c.toml").write_bytes(b'\xef\xbb\xbf[proxy]\nvia = \n')
+    done = cacheproxy("stop", "--config", "c.toml", cwd=tmp_path)
+    assert done.stderr == ("cacheproxy: config error: c.toml: invalid TOML: Invalid value "
+                           "(at line 2, column 7)\n")

@@ -119,7 +119,10 @@ def _read_file(path: str | Path | None) -> dict[str, Any]:
                                       "--config out for config/cacheproxy.toml")
     try:
         with open(path, "rb") as file:
-            return tomllib.load(file)
+            data = file.read()
+        # A byte order mark, as Windows editors save "UTF-8": tomllib calls it an "Invalid
+        # statement (at line 1, column 1)"; its lines and columns are the same without it.
+        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), "file not found") from None
     except OSError as exc:

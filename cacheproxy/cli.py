@@ -346,9 +346,23 @@ _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_serve, _add_demo, _add_control, _add_logs, _add_ca)
 
 
+# What scripts test; every failure is also one line on stderr saying why.
+_EXIT_STATUS = """\
+exit status:
+  0  success; serve and demo: stopped by SIGTERM or SIGINT (Ctrl-C)
+  1  serve/demo cannot run (an address in use, a pid file or log file it cannot
+     write, workers that keep dying); reload/stop: no running server to signal, or
+     stop: still running after proxy.shutdown_timeout + 5 s; logs: cannot read the
+     file; ca: the CA cannot be made or read
+  2  a mistake in the command line or the configuration (the line names the flag, key
+     or environment variable); logs: a bad filter, or a file that cannot be opened
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="An HTTP caching reverse proxy that follows RFC 9111."
+        prog=PROG, description="An HTTP caching reverse proxy that follows RFC 9111.",
+        epilog=_EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")

@@ -286,3 +286,16 @@ def test_a_config_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> N
     done = cacheproxy("stop", "--config", "c.toml", cwd=tmp_path)
     assert done.stderr == ("cacheproxy: config error: c.toml: invalid TOML: Invalid value "
                            "(at line 2, column 7)\n")
+
+
+def test_help_says_what_each_exit_status_means(tmp_path: Path) -> None:
+    """What was wrong: the exit statuses scripts test (0, 1 when the server cannot run or
+    there is nothing to signal, 2 for a mistake in the flags or the configuration) were
+    said only here and there in the README and in cli.py's docstring; `cacheproxy --help`
+    said none (as a man page's EXIT STATUS, or curl's and rsync's manuals, do).
+    Severity: low (documentation of the contract)."""
+    done = cacheproxy("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    status = done.stdout.partition("\nexit status:\n")[2]
+    assert status.startswith("  0  success; ")
+    assert "\n  1  serve/demo cannot run " in status and "\n  2  a mistake in " in status

@@ -84,6 +84,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     def serve() -> None:
         config = load_config(args.config, overrides=overrides)
+        if "stdout" in getattr(args, "closed_streams", ()) and not config.log.path \
+                and config.log.format != "off":
+            _error("warning: standard output was closed: the request log goes to /dev/null; "
+                   "set log.path (--log-file) to keep it")
         # Imported only once the config is good: a mistake is reported before the server loads.
         from cacheproxy.proxy.server import run
 
@@ -414,9 +418,6 @@ def _reopen_closed_standard_streams() -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     closed = _reopen_closed_standard_streams()
-    if "stdout" in closed and "stderr" not in closed:
-        _error("warning: standard output was closed: what goes there (the request log, "
-               "unless log.path is set) goes to /dev/null")
     parser = build_parser()
     try:
         args = _parse(parser, argv)
@@ -426,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    args.closed_streams = closed
     try:
         return handler(args)
     except KeyboardInterrupt:  # Ctrl-C is how the server is meant to stop

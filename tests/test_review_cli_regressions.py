@@ -179,11 +179,12 @@ def test_serve_started_with_a_standard_stream_closed_serves_and_stops_cleanly(
     assert serve.returncode == 0, err.decode()
     assert b"Traceback" not in err
     if closed == ">&-":
-        assert err.startswith(b"cacheproxy: warning: standard output was closed: what goes "
-                              b"there (the request log, unless log.path is set) goes to "
-                              b"/dev/null\n")
+        assert err.startswith(b"cacheproxy: warning: standard output was closed: the "
+                              b"request log goes to /dev/null; set log.path (--log-file) to "
+                              b"keep it\n")
     else:
         assert out.count(b'"path":"/x"') == 2  # the request log, on stdout
+        assert b"standard output was closed" not in err
 
 
 # -- one-line mistakes that did not say what to write ---------------------------------------------

@@ -32,7 +32,7 @@ from cacheproxy.observe.logread import (
     read_to_end,
 )
 from cacheproxy.observe.summary import Summary, make_filter
-from cacheproxy.stdio import reopen_closed_standard_fds
+from cacheproxy.stdio import reopen_closed_standard_streams
 
 PROG = "cacheproxy"
 
@@ -100,9 +100,6 @@ def _serve(args: argparse.Namespace) -> int:
 def _run_server(run: Callable[[], None]) -> int:
     """Run a server until it stops: 0; a config mistake: 2; an OSError (a port in use): 1.
     Each mistake is one line on stderr."""
-    if 1 in reopen_closed_standard_fds():
-        _error("standard output was closed: /dev/null is in its place (a request log "
-               "written there is lost: set log.path)")
     try:
         run()
     except ConfigError as exc:
@@ -391,33 +388,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     return args
 
 
-def _reopen_closed_standard_streams() -> tuple[str, ...]:
-    """Put /dev/null on any of fds 0-2 that was closed at start (`cacheproxy serve <&- >&-`,
-    a daemonizing script), and say which. Else the first socket opened takes that number:
-    libuv aborts when it closes it (`uv__close: Assertion fd > STDERR_FILENO`), and a
-    request log or an error line written there would go into a client's connection. What
-    OpenSSH's sanitise_stdfd and nginx's daemon start do too."""
-    closed = []
-    for fd, name in enumerate(("stdin", "stdout", "stderr")):
-        try:
-            os.fstat(fd)
-            continue
-        except OSError:
-            pass
-        null = os.open(os.devnull, os.O_RDWR)
-        if null != fd:  # (the lowest free number: fd itself, unless a lower one is closed)
-            os.dup2(null, fd)
-            os.close(null)
-        closed.append(name)
-        if getattr(sys, name) is None:  # as Python sets it when the fd was closed at start
-            stream = open(fd, "r" if fd == 0 else "w", encoding="utf-8",  # noqa: SIM115
-                          errors="backslashreplace", closefd=False)  # (the process's own)
-            setattr(sys, name, stream)
-    return tuple(closed)
-
-
 def main(argv: list[str] | None = None) -> int:
-    closed = _reopen_closed_standard_streams()
+    closed = reopen_closed_standard_streams()
     parser = build_parser()
     try:
         args = _parse(parser, argv)

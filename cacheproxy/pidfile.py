@@ -14,6 +14,7 @@ a value the running server does not use. The pid file itself stays a bare pid, w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -95,17 +96,33 @@ def running_file(path: str) -> str:
 def claim(path: str, shutdown_timeout: float) -> None:
     """Write this process's pid to `path` (atomically: a reader never sees half a number),
     and its shutdown_timeout beside it. A file naming another running cacheproxy is a
-    StartError: two servers, one pid file."""
+    StartError: two servers, one pid file.
+
+    Two servers started at the same moment with one pid file must not both read it free and
+    both write it (both would run, the file naming one): the read and the write are one
+    step, under an exclusive flock of the file as it is found (created empty when there is
+    none). The second to get the lock waits until the first has written its pid, then
+    reads it: the file it locked may have been replaced meanwhile, but the path it reads
+    names the first, which is running."""
     try:
-        other = read_pid(path)
+        held = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise StartError(f"{KEY}: cannot read {path}: {_reason(exc)}") from None
-    if other is not None and other != os.getpid() and _is_cacheproxy(other):
-        raise StartError(f"{KEY}: {path} names pid {other}, a cacheproxy that is running; "
-                         "stop it first (cacheproxy stop) or give this one another pid_file")
-    running = json.dumps({"pid": os.getpid(), "shutdown_timeout": shutdown_timeout})
-    _write(running_file(path), f"{running}\n")  # first: a stop reading the pid finds it
-    _write(path, f"{os.getpid()}\n")
+        raise StartError(f"{KEY}: cannot write {path}: {_reason(exc)}") from None
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            other = read_pid(path)
+        except OSError as exc:
+            raise StartError(f"{KEY}: cannot read {path}: {_reason(exc)}") from None
+        if other is not None and other != os.getpid() and _is_cacheproxy(other):
+            raise StartError(f"{KEY}: {path} names pid {other}, a cacheproxy that is "
+                             "running; stop it first (cacheproxy stop) or give this one "
+                             "another pid_file")
+        running = json.dumps({"pid": os.getpid(), "shutdown_timeout": shutdown_timeout})
+        _write(running_file(path), f"{running}\n")  # first: a stop reading the pid finds it
+        _write(path, f"{os.getpid()}\n")
+    finally:
+        os.close(held)  # (and the lock with it)
 
 
 def _write(path: str, text: str) -> None:

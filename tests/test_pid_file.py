@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -173,3 +174,46 @@ def test_stop_uses_the_running_shutdown_timeout_only_from_this_servers_own_file(
     assert pid_file.read_text() == f"{os.getpid()}\n"  # still a bare pid
     pidfile.release(str(pid_file))
     assert not pid_file.exists() and not Path(own).exists()
+
+
+_RACER = """
+import sys, time
+from cacheproxy import pidfile
+from cacheproxy.lifetime import StartError
+path, go = sys.argv[1], float(sys.argv[2])
+pidfile._is_cacheproxy = lambda pid: True  # (each racer takes the other for a server)
+write = pidfile._write
+def slow_write(target, text):  # widen the window between the check and the write
+    time.sleep(0.3)
+    write(target, text)
+pidfile._write = slow_write
+time.sleep(max(0.0, go - time.time()))  # both start the claim at the same moment
+try:
+    pidfile.claim(path, 8.0)
+except StartError as exc:
+    print("refused", exc)
+    sys.exit(3)
+print("claimed")
+time.sleep(1.5)  # running, as a server would be, while the other checks
+"""
+
+
+def test_two_servers_claiming_one_pid_file_at_the_same_moment_are_not_both_let_run(
+        tmp_path: Path) -> None:
+    """pidfile.claim read the file, then wrote it: two `serve` started at the same moment
+    with one pid_file could both read it free and both run, the file naming only the
+    last (one of them then out of reach of `stop` and `reload`, and both on the port
+    with SO_REUSEPORT). The read and the write are now one step under an flock of the
+    file. Here each claim waits 0.3 s between its check and its write: before, both
+    claimed; now one is refused, naming the other's pid. Severity: low (a start race)."""
+    path = tmp_path / "cp.pid"
+    go = f"{time.time() + 1.0}"
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(path), go],
+                               env=clean_env(), stdout=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    outs = [r.communicate(timeout=30)[0] for r in racers]
+    codes = sorted(r.returncode for r in racers)
+    assert codes == [0, 3], outs
+    winner = racers[[r.returncode for r in racers].index(0)]
+    loser_out = outs[[r.returncode for r in racers].index(3)]
+    assert f"names pid {winner.pid}" in loser_out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, split_list
-from cacheproxy.http.stored import CachedResponse, first_value
+from cacheproxy.http.stored import CachedResponse, first_value, stored_field_list
 from cacheproxy.http.validators import parse_etag
 
 # Conditional fields a client may send; a cache filling itself strips them and
@@ -19,22 +19,23 @@ CLIENT_FILL_FIELDS = CLIENT_CONDITIONALS | {"range"}
 def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:
     """§4.3.1: send the stored validators: the entity tag, and Last-Modified as a date."""
     fields: list[tuple[str, str]] = []
-    if entry.etag:
-        fields.append(("If-None-Match", entry.etag))
-    if entry.last_modified and _last_modified_date(entry):
-        fields.append(("If-Modified-Since", entry.last_modified))
+    etag, last_modified = entry.etag, entry.last_modified  # (each read from the fields)
+    if etag:
+        fields.append(("If-None-Match", etag))
+    if last_modified and _is_a_date(last_modified):
+        fields.append(("If-Modified-Since", last_modified))
     return fields
 
 
-def _last_modified_date(entry: CachedResponse) -> bool:
+def _is_a_date(last_modified: str | None) -> bool:
     """§4.3.1 validates with "the timestamp given in a Last-Modified header field": one
     that is no HTTP-date is no validator, and as If-Modified-Since it would be a field
     no sender may generate (RFC 9110 §5.6.7) that the origin ignores (§13.1.3)."""
-    return parse_http_date(entry.last_modified) is not None
+    return parse_http_date(last_modified) is not None
 
 
 def has_validator(entry: CachedResponse) -> bool:
-    return bool(entry.etag) or _last_modified_date(entry)
+    return bool(entry.etag) or _is_a_date(entry.last_modified)
 
 
 def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:
@@ -126,25 +127,21 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
     stored response is refreshed (stored.refreshed), not rebuilt."""
     by_name = response.by_name
     dates = by_name.get("date")
-    named = connection_options(by_name.get("connection", ()))
+    connection = by_name.get("connection")
+    named = connection_options(connection) if connection else frozenset()
     if dates is None or len(dates) != 1 or "date" in named:
         return None  # (a Date the 304's Connection names is not merged: merge_304 keeps ours)
-    date = dates[0]
-    pairs: list[tuple[str, str]] = []
-    stored: dict[str, list[str]] = {}
-    for name, value in zip(entry.names, entry.values, strict=True):
-        lower = name.lower()
-        if lower == "date":
-            if lower in stored:
-                return None  # two Dates stored: the merge leaves one
-            value = date
-        pairs.append((name, value))
-        stored.setdefault(lower, []).append(value)
-    if "date" not in stored:
-        return None
+    merged = stored_field_list(entry)  # (a new list and index: changed below)
+    stored = merged.by_name
+    if len(stored.get("date", ())) != 1:
+        return None  # (none stored; or two, of which the merge leaves one)
     for name, values in by_name.items():
         if name in HOP_BY_HOP or name in named or name in CONTENT_BOUND_FIELDS:
             continue  # (merge_304 leaves these out)
-        if stored.get(name) != values:
+        if name != "date" and stored.get(name) != values:
             return None
-    return FieldList.indexed(pairs, stored)
+    # The 304's Date in the stored one's place (and spelling).
+    at = entry.position("date")
+    merged[at] = (merged[at][0], dates[0])  # type: ignore[index]
+    stored["date"] = [dates[0]]
+    return merged

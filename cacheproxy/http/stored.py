@@ -251,14 +251,19 @@ class CachedResponse:
         when asked (on a put, an eviction), from the entry alone (the same each time),
         rather than held: an int kept per entry costs 40 bytes."""
         names, values = self.names, self.values
-        own = len(values) + sum(1 for n in names if n not in _COMMON_NAMES)
-        size = len(self.body) + sum(map(len, names)) + sum(map(len, values)) \
+        shape = _shape_of(names)
+        own = len(values) + shape.own
+        size = len(self.body) + shape.chars + sum(map(len, values)) \
             + len(self.key) + ENTRY_OVERHEAD + DIRECTIVES_OVERHEAD \
             + FIELD_OVERHEAD * len(names) + STR_OVERHEAD * own
-        if _shared_shape(names):  # (names and short values interned: stored_fields)
-            size += INTERNED_OVERHEAD * (own - sum(
-                1 for n, v in zip(names, values, strict=True)
-                if len(v) > _INTERN_MAX or n.lower() in _UNIQUE_VALUES))
+        if shape.shared:  # (names and short values interned: stored_fields)
+            # Not interned: the values of _UNIQUE_VALUES' names, and those longer than
+            # _INTERN_MAX (rare: looked for one by one only when there is one).
+            long = 0
+            if values and max(map(len, values)) > _INTERN_MAX:
+                long = sum(1 for lower, v in zip(shape.lowered, values, strict=True)
+                           if len(v) > _INTERN_MAX and lower not in _UNIQUE_VALUES)
+            size += INTERNED_OVERHEAD * (own - shape.unique - long)
         else:  # (a names tuple of its own)
             size += TUPLE_OVERHEAD + SLOT * len(names)
         private = self.directives.private_fields
@@ -279,25 +284,17 @@ class CachedResponse:
 
     def get(self, name: str) -> str | None:
         """First value of a field (name compared case-insensitively)."""
-        i = _first_of(self.names).get(name.lower())
+        names = self.names
+        # (the shape's figures looked up here rather than through _shape_of: a hit of a
+        # coded entry and every revalidation read fields so)
+        shape = _SHAPES_FIGURED.get(names) or _shape_of(names)
+        i = shape.first.get(name.lower())
         return None if i is None else self.values[i]
 
+    def position(self, name: str) -> int | None:
+        """Where the first field of a name (lower-case) is among the stored fields."""
+        return _shape_of(self.names).first.get(name)
 
-def _first_of(names: tuple[str, ...]) -> dict[str, int]:
-    """Where each field name (lower-cased) is first: memoised for the entries of one
-    shape (the validators are read from the fields on each revalidation, get), but for
-    shapes too large to share (_shared_shape)."""
-    return _first_of_shared(names) if _shared_shape(names) else _first_index(names)
-
-
-def _first_index(names: tuple[str, ...]) -> dict[str, int]:
-    first: dict[str, int] = {}
-    for i, name in enumerate(names):
-        first.setdefault(name.lower(), i)
-    return first
-
-
-_first_of_shared = lru_cache(maxsize=256)(_first_index)
 
 # The field names' tuples shared across entries (_shape) are at most so many names and
 # characters: the table keeps what it holds after the entries of a shape are gone, and an
@@ -314,6 +311,47 @@ def _shared_shape(names: tuple[str, ...]) -> bool:
     return len(names) <= _SHAPE_NAMES and sum(map(len, names)) <= _SHAPE_CHARS
 
 
+class _Shape:
+    """What is read of one shape of field names (an entry's names tuple), figured once
+    for all the entries of a shape that is shared (_shared_shape), rather than on every
+    read: where each name (lower-cased) first is (CachedResponse.get: the validators are
+    read on every revalidation), the names lower-cased (stored_field_list), and what
+    CachedResponse.size counts for the names."""
+
+    __slots__ = ("chars", "first", "lowered", "own", "repeated", "shared", "unique")
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.lowered = lowered = tuple([name.lower() for name in names])
+        first: dict[str, int] = {}
+        for i, lower in enumerate(lowered):
+            first.setdefault(lower, i)
+        self.first = first
+        self.repeated = len(first) != len(names)  # a name on more than one line
+        self.chars = sum(map(len, names))
+        self.shared = len(names) <= _SHAPE_NAMES and self.chars <= _SHAPE_CHARS
+        # names that count as strings of their own; values that are never interned
+        self.own = sum(1 for name in names if name not in _COMMON_NAMES)
+        self.unique = sum(1 for lower in lowered if lower in _UNIQUE_VALUES)
+
+
+# The figures of recent shared shapes, the first figured going first when there are
+# _FIGURED_KEPT (each a dict and a tuple of at most _SHAPE_NAMES names). A larger shape's
+# are figured on each read, and not kept after its entries.
+_SHAPES_FIGURED: dict[tuple[str, ...], _Shape] = {}
+_FIGURED_KEPT = 256
+
+
+def _shape_of(names: tuple[str, ...]) -> _Shape:
+    shape = _SHAPES_FIGURED.get(names)
+    if shape is None:
+        shape = _Shape(names)
+        if shape.shared:
+            if len(_SHAPES_FIGURED) >= _FIGURED_KEPT:
+                del _SHAPES_FIGURED[next(iter(_SHAPES_FIGURED))]
+            _SHAPES_FIGURED[names] = shape
+    return shape
+
+
 def _shape(names: tuple[str, ...]) -> tuple[str, ...]:
     """One tuple for the field names of all entries with the same fields in the same
     order (the responses of one origin mostly have): 8 bytes a name saved per entry."""
@@ -323,6 +361,20 @@ def _shape(names: tuple[str, ...]) -> tuple[str, ...]:
 @lru_cache(maxsize=_SHAPES_KEPT)
 def _shape_shared(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
+
+
+def stored_field_list(entry: CachedResponse) -> FieldList:
+    """The stored fields as a new FieldList, their index by name made from the shape's
+    lower-cased names (figured once per shape, _Shape) rather than per field."""
+    names, values = entry.names, entry.values
+    shape = _shape_of(names)
+    if shape.repeated:
+        by_name: dict[str, list[str]] = {}
+        for lower, value in zip(shape.lowered, values, strict=True):
+            by_name.setdefault(lower, []).append(value)
+    else:  # each name once: its one value in a list of its own
+        by_name = dict(zip(shape.lowered, map(list, zip(values, strict=True)), strict=True))
+    return FieldList.indexed(list(zip(names, values, strict=True)), by_name)
 
 
 def first_value(pairs: list[tuple[str, str]], name: str) -> str | None:
@@ -413,10 +465,11 @@ def refreshed(
     the case of names, which carry no meaning (RFC 9110 §5.3, §5.1): the stored fields
     keep their place and spelling, the new Date that of the stored one."""
     names, values = entry.names, entry.values
-    if tuple(k for k, _ in merged) != names or tuple(v for _, v in merged) != values:
+    merged_names, merged_values = zip(*merged, strict=True)  # (a Date in it: never empty)
+    if merged_names != names or merged_values != values:
         # (else the 304's Date is the stored one: the stored tuples themselves, so the
         # head replay.py encoded from them serves the refreshed entry too)
-        names = tuple(k for k, _ in merged)
+        names = merged_names
         # stored fields already: only the new Date is shared (_same)
         values = tuple(_same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v
                        for k, v in merged)

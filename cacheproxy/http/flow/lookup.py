@@ -194,8 +194,10 @@ def _siblings(entry: CachedResponse, variants: tuple[CachedResponse, ...]
               ) -> tuple[CachedResponse, ...]:
     """§4.3.4: the other variants with entry's strong entity tag (a 304 with that tag
     updates every one of them)."""
+    if len(variants) < 2:  # (the usual key: one response, no tag to read)
+        return ()
     tag = entry.etag
-    if len(variants) < 2 or not tag or tag.startswith("W/"):
+    if not tag or tag.startswith("W/"):
         return ()
     return tuple(v for v in variants if v is not entry and v.etag == tag)
 

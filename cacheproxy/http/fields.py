@@ -99,8 +99,12 @@ class FieldList(list[tuple[str, str]]):
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         super().__init__(pairs)
         by_name: dict[str, list[str]] = {}
-        for k, v in self:
-            by_name.setdefault(k.lower(), []).append(v)
+        for k, v in self:  # (every answer from upstream is indexed: no call but lower()
+            lk = k.lower()  # for a name met once)
+            if lk in by_name:
+                by_name[lk].append(v)
+            else:
+                by_name[lk] = [v]
         self.by_name = by_name
 
     @classmethod

@@ -100,31 +100,35 @@ def note_served(o: Outcome, age: float, ttl: float) -> None:
 
 
 def note_lookup(o: Outcome, d: Lookup) -> None:
-    if isinstance(d, Serve):
-        o.status = "HIT" if d.ttl > 0 else "STALE"
-    elif isinstance(d, ServeStale):
-        o.status, o.detail = "UPDATING", d.detail
-    elif isinstance(d, Refuse):  # the cache's own 504 (only-if-cached): nothing went upstream
-        o.status, o.detail = "ERROR", d.detail
-    elif isinstance(d, PreconditionFailed):  # a 412 the stored response answered
-        o.status, o.hit, o.ttl = "HIT", True, d.ttl
-    elif isinstance(d, Forward):
+    # (by exact type, the decisions having no subclasses: no call per kind tried; and a
+    # request that goes forward, the kind noted here on every miss, tried first)
+    if type(d) is Forward:
         o.fwd = d.reason
         o.status = "BYPASS" if d.reason in _BYPASS else "EXPIRED" if d.stored else "MISS"
+    elif type(d) is Serve:
+        o.status = "HIT" if d.ttl > 0 else "STALE"
+    elif type(d) is ServeStale:
+        o.status, o.detail = "UPDATING", d.detail
+    elif type(d) is Refuse:  # the cache's own 504 (only-if-cached): nothing went upstream
+        o.status, o.detail = "ERROR", d.detail
+    elif type(d) is PreconditionFailed:  # a 412 the stored response answered
+        o.status, o.hit, o.ttl = "HIT", True, d.ttl
 
 
 def note_answered(o: Outcome, d: Answered, now: float) -> None:
     """(A Refetch keeps the lookup's word: MISS for a miss, EXPIRED for a stored one.)"""
-    if isinstance(d, Store):
+    if type(d) is Store:  # (by exact type, as note_lookup)
         o.stored = True
         o.ttl = d.entry.lifetime - d.entry.age(now)
-    elif isinstance(d, Update):
+    elif type(d) is Update:
         o.status = "REVALIDATED"
-    elif isinstance(d, (Keep, Evict, Pass)):
+    elif type(d) is Pass:
         o.detail = d.reason
-        if not isinstance(d, Pass) and d.serve is not None:
+    elif type(d) is Keep or type(d) is Evict:
+        o.detail = d.reason
+        if d.serve is not None:
             o.status = "REVALIDATED"
-    elif isinstance(d, ServeStale):
+    elif type(d) is ServeStale:
         o.status, o.detail = _on_error(d), d.detail
 
 

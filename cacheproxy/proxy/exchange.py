@@ -104,11 +104,10 @@ class UpstreamResponse:
 
 def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunked: bool
                   ) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1"]
     for name, value in fields:
         if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
             raise UpstreamError(502, f"a field cannot be sent ({name!r})")
-        lines.append(f"{name}: {value}")
+    lines = [f"{method} {target} HTTP/1.1", *[f"{name}: {value}" for name, value in fields]]
     if chunked:
         lines.append("Transfer-Encoding: chunked")
     lines.append("\r\n")
@@ -223,10 +222,14 @@ class Exchange:
     def request_head(method: str, url: str, fields: list[tuple[str, str]], body: bool
                      ) -> tuple[Origin, bytes, str | None]:
         """Where the request goes, its head, and the Content-Length it has (a body
-        without one goes chunked)."""
+        without one goes chunked; None for a request without content and of a method
+        without: nothing is framed by it)."""
         origin, target, credentials = (_upstream_target if len(url) <= _MEMO_URL
                                        else _upstream_target.__wrapped__)(url)
-        length = next((v for k, v in fields if k.lower() == "content-length"), None)
+        # A request without content has no length to frame it with, unless its method
+        # calls for one (below): the fields are searched only then (not per GET).
+        length = next((v for k, v in fields if k.lower() == "content-length"), None) \
+            if body or method in _WITH_CONTENT else None
         if not body and length is None and method in _WITH_CONTENT:
             # RFC 9110 §8.6: a POST (PUT, PATCH) without content says so; servers such
             # as IIS answer 411 to one that does not.

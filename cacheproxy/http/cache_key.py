@@ -93,7 +93,7 @@ def variant_id(
     """§4.1: a variant is told apart by the fields its response varies on and the request's
     values for them; values alone would make ("fr",) for Accept-Language and ("fr",) for
     a later Vary: Accept-Encoding one variant."""
-    return entry.vary, entry.vary_values
+    return entry.variant  # type: ignore[no-any-return]
 
 
 # A variant's identity: the fields its response varies on, the request's values for them.
@@ -126,7 +126,8 @@ def select_variant(
 ) -> CachedResponse | None:
     """§4.1: the newest stored response whose Vary'd request fields match."""
     for entry in variants:
-        if not entry.vary or vary_values(entry.vary, headers) == entry.vary_values:
+        vary, values = entry.variant
+        if not vary or vary_values(vary, headers) == values:
             return entry
     return None
 

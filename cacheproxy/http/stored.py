@@ -12,13 +12,14 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from cacheproxy.http.cache_control import ResponseDirectives, parse_response_directives
 from cacheproxy.http.dates import format_http_date, parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, values_of
 from cacheproxy.http.freshness import corrected_initial_age, freshness_lifetime, parse_age
-from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
+from cacheproxy.http.targeted import NO_TARGETING, Governing, Targeting, governing
 
 # Per-entry bookkeeping beyond body and fields (the entry object, the headers of the key
 # and body objects, the values' tuple, the store's dict slot), and per stored field line
@@ -207,6 +208,11 @@ class CachedResponse:
     def age(self, now: float) -> float:
         """§4.2.3 current_age at now: corrected_initial_age + resident_time."""
         return now - self.born if now > self.born else 0.0
+
+    # §4.1: the fields it varies on and the request's values for them (cache_key.Variant),
+    # read through a C getter: no Python call per read (a hit, and every revalidation,
+    # reads it).
+    variant = property(attrgetter("_vary"))
 
     @property
     def vary(self) -> tuple[str, ...]:
@@ -445,18 +451,22 @@ def make_stored_response(
     heuristics: Heuristics,
     excluded: frozenset[str] = frozenset(),
     targeting: Targeting = NO_TARGETING,
+    rules: Governing | None = None,
 ) -> CachedResponse:
+    """rules: governing(pairs, targeting), when the caller has it already (the flow's
+    step for a 304 reads it once for the view, the verdict and the entry)."""
     pairs = with_date(pairs, response_time)
     if type(pairs) is not FieldList:  # (looked up by name below some ten times)
         pairs = FieldList(pairs)
     flat = stored_fields(pairs, excluded)
     return _made(key, vary, vary_values, status, pairs, flat[::2], flat[1::2], body,
-                 request_time, response_time, shared, heuristics, targeting)
+                 request_time, response_time, shared, heuristics, targeting, rules)
 
 
 def refreshed(
     entry: CachedResponse, merged: FieldList, *, request_time: float, response_time: float,
     shared: bool, heuristics: Heuristics, targeting: Targeting = NO_TARGETING,
+    rules: Governing | None = None,
 ) -> CachedResponse:
     """The stored response with the fields of a 304 that changed only its Date merged in
     (revalidation.date_only): its age, freshness lifetime and modification time figured
@@ -473,21 +483,23 @@ def refreshed(
         # stored fields already: only the new Date is shared (_same)
         values = tuple(_same(v) if len(v) <= _INTERN_MAX and k.lower() == "date" else v
                        for k, v in merged)
-    return _made(entry.key, entry.vary, entry.vary_values, entry.status, merged, names,
-                 values, entry.body, request_time, response_time, shared, heuristics,
-                 targeting)
+    vary, vary_values = entry.variant
+    return _made(entry.key, vary, vary_values, entry.status, merged, names, values,
+                 entry.body, request_time, response_time, shared, heuristics, targeting,
+                 rules)
 
 
 def _made(
     key: str, vary: tuple[str, ...], vary_values: tuple[str | None, ...], status: int,
     pairs: FieldList, names: tuple[str, ...], values: tuple[str, ...], body: bytes,
     request_time: float, response_time: float, shared: bool, heuristics: Heuristics,
-    targeting: Targeting,
+    targeting: Targeting, rules: Governing | None = None,
 ) -> CachedResponse:
     """The entry for these fields (pairs, with a Date) stored as names and values."""
     # RFC 9213 §2.2: a targeted field, when there is one for this cache, sets aside
     # Cache-Control and Expires.
-    rules = governing(pairs, targeting)
+    if rules is None:
+        rules = governing(pairs, targeting)
     directives = parse_response_directives(rules.cache_control)
     date = parse_http_date(first_value(pairs, "date"))
     expires = first_value(pairs, "expires") if rules.expires_applies else None

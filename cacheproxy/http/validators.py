@@ -21,7 +21,7 @@ def parse_etag(value: str | None) -> ETag | None:
     if weak:
         value = value[2:].strip()
     # §8.8.3: etagc excludes SP and HTAB but not ",", which only an unquoted tag can't hold.
-    if not value or any(c in value for c in " \t"):
+    if not value or " " in value or "\t" in value:
         return None
     if value[0] != '"':
         if "," in value:

@@ -125,7 +125,8 @@ class QuickHits:
         if variants is None:  # only I/O can say (Redis without a synced memory layer)
             return None
         plan = route.plan
-        if method == "GET" and len(variants) == 1 and not variants[0].vary and _plain(h) \
+        if method == "GET" and len(variants) == 1 and not variants[0].variant[0] \
+                and _plain(h) \
                 and hdrs.ORIGIN not in h \
                 and variants[0].get("content-encoding") is None:
             # lookup() would decide by freshness alone: plain_serve is its answer. (The

@@ -47,7 +47,7 @@ from cacheproxy.http.stored import (
     refreshed,
     with_date,
 )
-from cacheproxy.http.targeted import governing
+from cacheproxy.http.targeted import Governing, governing
 
 Pairs = list[tuple[str, str]]
 
@@ -261,12 +261,16 @@ _EVENT_STREAM = Verdict(False, "event-stream")  # (is_event_stream)
 
 def _storable(
     method: str, status: int, fields: Pairs, vary_star: bool, req: RequestFacts,
-    route: CacheSettings, names_target: bool = False,
+    route: CacheSettings, names_target: bool = False, *, rules: Governing | None = None,
+    directives: ResponseDirectives | None = None,
 ) -> tuple[Verdict, ResponseDirectives]:
     """§3, with the directives this cache follows (RFC 9213 §2.2: a targeted field's,
-    which set Cache-Control and Expires aside)."""
-    rules = governing(fields, route.targeting)
-    directives = parse_response_directives(rules.cache_control)
+    which set Cache-Control and Expires aside). rules, directives: governing(fields) and
+    its parsed Cache-Control, when the caller has them already."""
+    if rules is None:
+        rules = governing(fields, route.targeting)
+    if directives is None:
+        directives = parse_response_directives(rules.cache_control)
     has_expires = rules.expires_applies and first_value(fields, "expires") is not None
     return storability(
         method=method, status=status, request=req.directives, response=directives,
@@ -349,23 +353,30 @@ def _validated(
     merged = date_only(stored, fields)
     if merged is not None and route.grant_varies and grant_varies(merged) is not merged:
         merged = None  # (a stored grant without Vary: Origin: not only Date changes)
-    if merged is not None:  # the common 304: only Date changes
-        view = refreshed(
-            stored, merged, request_time=request_time, response_time=response_time,
-            shared=route.shared, heuristics=route.heuristics, targeting=route.targeting)
-    else:
+    date_changed = merged is not None  # the common 304: only Date changes
+    if merged is None:
         # §3.2; with its index by name: the rules below look fields up in it
         merged = _merged(stored, fields, route)
+    # RFC 9213 §2.2: the directives this cache follows, read once for the merged fields'
+    # view, verdict and entry below.
+    rules = governing(merged, route.targeting)
+    if date_changed:
+        view = refreshed(
+            stored, merged, request_time=request_time, response_time=response_time,
+            shared=route.shared, heuristics=route.heuristics, targeting=route.targeting,
+            rules=rules)
+    else:
         view = make_stored_response(
             key=stored.key, vary=stored.vary, vary_values=stored.vary_values,
             status=stored.status, pairs=merged, body=stored.body, request_time=request_time,
             response_time=response_time, shared=route.shared, heuristics=route.heuristics,
-            targeting=route.targeting,
+            targeting=route.targeting, rules=rules,
         )
     if not fwd.may_store:
         return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
     vary = _in_stored_order(vary_fields(all_values(merged, "vary")), stored)
-    verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route)
+    verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route,
+                           rules=rules, directives=view.directives)
     if verdict.storable and vary is not None and route.rewritten.intersection(vary):
         verdict = _VARY_FORWARDED
     if not verdict.storable or vary is None:
@@ -374,14 +385,14 @@ def _validated(
         return _not_stored(stored, 304, Verdict(False, "too-big"), req, stored.key, view)
     excluded = excluded_fields(view.directives, route.policy) | route.excluded
     values = vary_values(vary, req.selecting)
-    if not excluded and vary == stored.vary and values == stored.vary_values:
+    if not excluded and (vary, values) == stored.variant:
         entry = view  # made from the very same inputs: the same response
     else:
         entry = make_stored_response(
             key=stored.key, vary=vary, vary_values=values, status=stored.status,
             pairs=merged, body=stored.body, request_time=request_time,
             response_time=response_time, shared=route.shared, heuristics=route.heuristics,
-            excluded=excluded, targeting=route.targeting,
+            excluded=excluded, targeting=route.targeting, rules=rules,
         )
     if not _reusable(entry):
         return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)

@@ -103,6 +103,7 @@ class Observer:
         version = request.version
         secrets = outcome.secrets
         age, ttl, upstream_ms = outcome.age, outcome.ttl, outcome.upstream_ms
+        referer = h.get("Referer")
         record = LogRecord(
             time.time() - duration, request.remote or "-", request.method,
             outcome.host or h.get("Host", "-"),
@@ -114,7 +115,7 @@ class Observer:
             None if upstream_ms is None else round(upstream_ms, 3),
             outcome.collapsed, outcome.route, outcome.policy,
             _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
-            redact(h.get("Referer"), secrets),
+            None if referer is None else redact(referer, secrets),
             h.get("User-Agent"), outcome.final_cache_status(), outcome.bytes_in,
         )
         self._add(record, counted)

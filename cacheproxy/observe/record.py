@@ -123,7 +123,7 @@ def _jn(value: float | None) -> str:
 
 def to_json(record: LogRecord) -> str:
     r = record
-    return f'{{"time":"{iso_time(r.time)}","client":{_e(r.client)},' \
+    return f'{{"time":"{iso_time(r.time)}","client":{_ESCAPED.get(r.client) or _e(r.client)},' \
            f'{json_middle(r)}{_jn(r.total_ms)}{json_tail(r)}'
 
 
@@ -131,15 +131,17 @@ def to_json(record: LogRecord) -> str:
 # the same request and answer (the client, the duration): HitLines keeps the other two.
 def json_middle(r: LogRecord) -> str:
     """From "method" up to the value of "total_ms". Path is escaped each time (mostly
-    new); the others, looked up (_e)."""
-    e = _e
-    return (f'"method":{e(r.method)},"host":{e(r.host)},"path":{_escape(r.path)},'
-            f'"status":{r.status},"cache":{e(r.cache)},"bytes":{r.bytes},"total_ms":')
+    new); the others, looked up (_ESCAPED: _e only for a value not there, so one call per
+    value on the line of every miss, not two)."""
+    e = _ESCAPED.get
+    return (f'"method":{e(r.method) or _e(r.method)},"host":{e(r.host) or _e(r.host)},'
+            f'"path":{_escape(r.path)},"status":{r.status},'
+            f'"cache":{e(r.cache) or _e(r.cache)},"bytes":{r.bytes},"total_ms":')
 
 
 def json_tail(r: LogRecord) -> str:
     """After the value of "total_ms", to the end. Fields that may be null, inlined."""
-    e = _e
+    e = _ESCAPED.get  # (as json_middle)
     age, ttl, up, up_ms = r.age, r.ttl, r.upstream_status, r.upstream_ms
     policy, referer, agent = r.policy, r.referer, r.user_agent
     tail = (
@@ -147,11 +149,12 @@ def json_tail(r: LogRecord) -> str:
         f'"upstream_status":{"null" if up is None else up},'
         f'"upstream_ms":{"null" if up_ms is None else repr(up_ms)},'
         f'"collapsed":{"true" if r.collapsed else "false"},'
-        f'"route":{e(r.route)},"policy":{"null" if policy is None else _escape(policy)},'
-        f'"protocol":{e(r.protocol)},'
+        f'"route":{e(r.route) or _e(r.route)},'
+        f'"policy":{"null" if policy is None else _escape(policy)},'
+        f'"protocol":{e(r.protocol) or _e(r.protocol)},'
         f'"referer":{"null" if referer is None else _escape(referer)},'
-        f'"user_agent":{"null" if agent is None else e(agent)},'
-        f'"cache_status":{e(r.cache_status)}'
+        f'"user_agent":{"null" if agent is None else e(agent) or _e(agent)},'
+        f'"cache_status":{e(r.cache_status) or _e(r.cache_status)}'
     )
     # A tunnel's line also says what the client sent through it.
     return f"{tail}}}" if r.bytes_in is None else f'{tail},"bytes_in":{r.bytes_in}}}'
@@ -183,7 +186,7 @@ class HitLines:
                 if len(templates) >= self._kept:
                     templates.clear()
                 templates[shape] = found
-        return f'{{"time":"{iso_time(when)}","client":{_e(client)},' \
+        return f'{{"time":"{iso_time(when)}","client":{_ESCAPED.get(client) or _e(client)},' \
                f'{found[0]}{total_ms!r}{found[1]}'
 
 

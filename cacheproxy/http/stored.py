@@ -257,7 +257,7 @@ class CachedResponse:
         when asked (on a put, an eviction), from the entry alone (the same each time),
         rather than held: an int kept per entry costs 40 bytes."""
         names, values = self.names, self.values
-        shape = _shape_of(names)
+        shape = _SHAPES_FIGURED.get(names) or _shape_of(names)  # (as get)
         own = len(values) + shape.own
         size = len(self.body) + shape.chars + sum(map(len, values)) \
             + len(self.key) + ENTRY_OVERHEAD + DIRECTIVES_OVERHEAD \
@@ -361,7 +361,10 @@ def _shape_of(names: tuple[str, ...]) -> _Shape:
 def _shape(names: tuple[str, ...]) -> tuple[str, ...]:
     """One tuple for the field names of all entries with the same fields in the same
     order (the responses of one origin mostly have): 8 bytes a name saved per entry."""
-    return _shape_shared(names) if _shared_shape(names) else names
+    # (a shape figured already is a shared one: found without measuring it again)
+    if names in _SHAPES_FIGURED or _shared_shape(names):
+        return _shape_shared(names)
+    return names
 
 
 @lru_cache(maxsize=_SHAPES_KEPT)

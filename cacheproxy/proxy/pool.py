@@ -140,6 +140,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
+        # The pool's loop, which it is made on (read on every read and exchange: no call).
+        self._loop = pool.loop()
         self.transport: asyncio.Transport | None = None
         self.reusable = True
         self.used = False          # has carried an exchange (it is a reused one now)
@@ -233,7 +235,7 @@ class Connection(asyncio.Protocol):
             self._head_bytes += len(data)
             # proxy.read_timeout is the time between two reads (nginx's
             # proxy_read_timeout), for a head that trickles in as for a body.
-            self._read_until = self.pool.loop().time() + self._read_timeout
+            self._read_until = self._loop.time() + self._read_timeout
         buffered = self._buffered  # (only on_body changes it while the parser runs)
         try:
             self._parser.feed_data(data)
@@ -525,7 +527,7 @@ class Connection(asyncio.Protocol):
         answer's head, at most read_timeout. interim: where the 1xx answers before it go
         (status, reason, fields), for the client. upgrade: the request asks to switch
         protocols; a 101 is its final answer (then detach())."""
-        loop = self.pool.loop()
+        loop = self._loop
         self._reset_exchange()
         self._head_only = head_only
         self._switching = upgrade
@@ -561,7 +563,7 @@ class Connection(asyncio.Protocol):
         self._head_only = head_only
         self._interim = interim
         self.used = True
-        loop = self.pool.loop()
+        loop = self._loop
         self._head = loop.create_future()
         transport = self.transport
         if self._closed or transport is None or transport.is_closing():
@@ -578,7 +580,7 @@ class Connection(asyncio.Protocol):
         if self._receiver is None:  # answered (a later send_quick sets its own)
             return
         until = self._read_until
-        loop = self.pool.loop()
+        loop = self._loop
         if loop.time() < until:  # a later exchange's deadline
             self._read_timer = loop.call_at(until, self._read_check)
             return
@@ -586,7 +588,7 @@ class Connection(asyncio.Protocol):
 
     def _head_check(self, head: asyncio.Future[None]) -> None:
         """send()'s head timer: a 504 once read_timeout passed since the last read."""
-        loop = self.pool.loop()
+        loop = self._loop
         if head.done():
             return
         if loop.time() < self._read_until:
@@ -633,7 +635,7 @@ class Connection(asyncio.Protocol):
         too starts once the request is sent). While it goes out, the origin is late (504)
         only when it took none of it for read_timeout; a client that stops sending it is
         the body's own timeout's (proxy.client_body_timeout: 408, not the origin's 504)."""
-        loop = self.pool.loop()
+        loop = self._loop
         while True:
             pump = self._pump
             if pump is None or pump.done():
@@ -667,7 +669,7 @@ class Connection(asyncio.Protocol):
             async for chunk in body:
                 writable = self._writable
                 if writable is not None and not writable.done():
-                    self._blocked_since = self.pool.loop().time()  # (_await_head's 504)
+                    self._blocked_since = self._loop.time()  # (_await_head's 504)
                     try:
                         await writable
                     finally:
@@ -721,7 +723,7 @@ class Connection(asyncio.Protocol):
                 return b""
             if self._lost is not None or self._closed:
                 raise self._lost or _refused("connection reset")
-            loop = self.pool.loop()
+            loop = self._loop
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(read_timeout, _expire, waiter, "timeout reading the body")
             try:
@@ -1010,7 +1012,7 @@ class Pool:
             self._wake_one()
             return
         if conn.reusable and conn.finished() and not conn._closed:
-            loop = self.loop()
+            loop = conn._loop
             conn.idle_until = until = loop.time() + self.keepalive
             if conn.idle_timer is None:
                 conn.idle_timer = loop.call_at(until, self._idle_check, conn)

@@ -19,7 +19,7 @@ CLIENT_FILL_FIELDS = CLIENT_CONDITIONALS | {"range"}
 def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:
     """§4.3.1: send the stored validators: the entity tag, and Last-Modified as a date."""
     fields: list[tuple[str, str]] = []
-    etag, last_modified = entry.etag, entry.last_modified  # (each read from the fields)
+    etag, last_modified = entry.validators()
     if etag:
         fields.append(("If-None-Match", etag))
     if last_modified and _is_a_date(last_modified):
@@ -35,7 +35,8 @@ def _is_a_date(last_modified: str | None) -> bool:
 
 
 def has_validator(entry: CachedResponse) -> bool:
-    return bool(entry.etag) or _is_a_date(entry.last_modified)
+    etag, last_modified = entry.validators()
+    return bool(etag) or _is_a_date(last_modified)
 
 
 def selects(entry: CachedResponse, response: list[tuple[str, str]]) -> bool:

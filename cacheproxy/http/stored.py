@@ -231,11 +231,19 @@ class CachedResponse:
 
     @property
     def etag(self) -> str | None:
-        return self.get("etag")
+        return _first(self, "etag")
 
     @property
     def last_modified(self) -> str | None:
-        return self.get("last-modified")
+        return _first(self, "last-modified")
+
+    def validators(self) -> tuple[str | None, str | None]:
+        """(etag, last_modified), read together (§4.3.1: a revalidation sends both)."""
+        names = self.names
+        first = (_SHAPES_FIGURED.get(names) or _shape_of(names)).first
+        tag, modified = first.get("etag"), first.get("last-modified")
+        return (None if tag is None else self.values[tag],
+                None if modified is None else self.values[modified])
 
     @property
     def modified_at(self) -> float:
@@ -311,6 +319,13 @@ class CachedResponse:
 _SHAPE_NAMES = 64
 _SHAPE_CHARS = 1024
 _SHAPES_KEPT = 1024
+
+
+def _first(entry: CachedResponse, lower: str) -> str | None:
+    """CachedResponse.get for a name lower-cased already."""
+    names = entry.names
+    i = (_SHAPES_FIGURED.get(names) or _shape_of(names)).first.get(lower)
+    return None if i is None else entry.values[i]
 
 
 def _shared_shape(names: tuple[str, ...]) -> bool:

@@ -60,7 +60,7 @@ def coding_refused(entry: CachedResponse, headers: Headers) -> bool:
     """Would the stored response reach a client that does not accept its compression?
     Only when it does not vary on Accept-Encoding (§4.1 of RFC 9111 otherwise chose it
     for this very value): an origin that compresses per request but forgets the Vary."""
-    if entry.get("content-encoding") is None or "accept-encoding" in entry.vary:
+    if entry.field("content-encoding") is None or "accept-encoding" in entry.vary:
         return False
     codings = [c for name, value in zip(entry.names, entry.values, strict=True)
                if name.lower() == "content-encoding"

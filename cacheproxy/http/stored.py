@@ -231,11 +231,11 @@ class CachedResponse:
 
     @property
     def etag(self) -> str | None:
-        return _first(self, "etag")
+        return self.field("etag")
 
     @property
     def last_modified(self) -> str | None:
-        return _first(self, "last-modified")
+        return self.field("last-modified")
 
     def validators(self) -> tuple[str | None, str | None]:
         """(etag, last_modified), read together (§4.3.1: a revalidation sends both)."""
@@ -305,6 +305,13 @@ class CachedResponse:
         i = shape.first.get(name.lower())
         return None if i is None else self.values[i]
 
+    def field(self, lower: str) -> str | None:
+        """get() for a name lower-cased already: no lower() per read (a quick hit reads
+        Content-Encoding so, and every revalidation the validators)."""
+        names = self.names
+        i = (_SHAPES_FIGURED.get(names) or _shape_of(names)).first.get(lower)
+        return None if i is None else self.values[i]
+
     def position(self, name: str) -> int | None:
         """Where the first field of a name (lower-case) is among the stored fields."""
         return _shape_of(self.names).first.get(name)
@@ -319,13 +326,6 @@ class CachedResponse:
 _SHAPE_NAMES = 64
 _SHAPE_CHARS = 1024
 _SHAPES_KEPT = 1024
-
-
-def _first(entry: CachedResponse, lower: str) -> str | None:
-    """CachedResponse.get for a name lower-cased already."""
-    names = entry.names
-    i = (_SHAPES_FIGURED.get(names) or _shape_of(names)).first.get(lower)
-    return None if i is None else entry.values[i]
 
 
 def _shared_shape(names: tuple[str, ...]) -> bool:
@@ -531,7 +531,7 @@ def _made(
     # stale"; an invalid Age is such information (the suite's age-parse-* tests).
     lifetime = 0.0 if age_value is None else float(freshness_lifetime(
         directives, status=status, date=date, expires=expires,
-        expires_at=parse_http_date(expires), last_modified=lm_time,
+        expires_at=None if expires is None else parse_http_date(expires), last_modified=lm_time,
         response_time=response_time, shared=shared,
         heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
     ))

@@ -128,7 +128,7 @@ class QuickHits:
         if method == "GET" and len(variants) == 1 and not variants[0].variant[0] \
                 and _plain(h) \
                 and hdrs.ORIGIN not in h \
-                and variants[0].get("content-encoding") is None:
+                and variants[0].field("content-encoding") is None:
             # lookup() would decide by freshness alone: plain_serve is its answer. (The
             # CORS grant is made by the writer's fields; a coded response by the client's
             # Accept-Encoding, lookup's coding_refused.)

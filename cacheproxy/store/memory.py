@@ -101,8 +101,8 @@ class MemoryStore:
         variants: tuple[CachedResponse, ...] = (entry,)
         if held is not None:
             self._count_out(held)
-            same = variant_id(entry)
-            if isinstance(held, tuple) or variant_id(held) != same:
+            same = entry.variant  # (its variant_id, read without a call: every put)
+            if isinstance(held, tuple) or held.variant != same:
                 variants = (entry, *(v for v in _variants(held)
                                      if variant_id(v) != same))[:MAX_VARIANTS]
                 size = _size(variants)

@@ -127,7 +127,7 @@ def still_held(was: CachedResponse, held: tuple[CachedResponse, ...] | None) -> 
     store reads new objects): a response a 304 or a HEAD's 200 freshens (§4.3.4, §4.3.5)
     is put only then. One stored since, from a newer answer, has not their validator to
     be selected by; one removed since (an invalidation, a purge) must not come back."""
-    return any((v.vary_values, v.born, v.values) == (was.vary_values, was.born, was.values)
+    return any((v.variant[1], v.born, v.values) == (was.variant[1], was.born, was.values)
                for v in held or ())
 
 
@@ -153,9 +153,10 @@ def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None
     by value: the Redis store reads new objects). One stored since, from a newer answer,
     has not the 304's validator to be selected by: an older response freshened must not
     replace it; nor come back after an invalidation or a purge removed it."""
-    now = {(v.vary_values, v.born, v.values) for v in held or ()}
+    # (vary_values read as variant[1]: no call per response, on every revalidation)
+    now = {(v.variant[1], v.born, v.values) for v in held or ()}
     return [new for was, new in ((d.stored, d.entry), *d.others)
-            if (was.vary_values, was.born, was.values) in now]
+            if (was.variant[1], was.born, was.values) in now]
 
 
 def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts

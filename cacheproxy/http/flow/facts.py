@@ -71,32 +71,38 @@ class RequestFacts:
 
 def request_facts(method: str, headers: Headers, *, has_body: bool,
                   referer_sent: RefererSent | None = None) -> RequestFacts:
-    """referer_sent: how the route forwards a Referer line (CacheSettings.referer_sent)."""
-    cc = combined_value(headers, "Cache-Control")
-    pragma = combined_value(headers, "Pragma")  # RFC 9110 §5.3: every line, as one list
-    connection = headers.getall("Connection", [])
-    authorization = headers.get("Authorization") is not None
+    """referer_sent: how the route forwards a Referer line (CacheSettings.referer_sent).
+    (Fields absent from most requests are tested with `in`, a look-up and no call, before
+    they are read: this runs for every request the flow decides.)"""
+    cc = combined_value(headers, _CACHE_CONTROL) if _CACHE_CONTROL in headers else None
+    # RFC 9110 §5.3: every line, as one list
+    pragma = combined_value(headers, _PRAGMA) if _PRAGMA in headers else None
+    connection = headers.getall(_CONNECTION, []) if _CONNECTION in headers else ()
+    authorization = _AUTHORIZATION in headers
     return RequestFacts(
         method=method,
         headers=headers,
         directives=parse_request_directives(cc, pragma),  # §5.4: Pragma only without CC
         authorization=authorization,
-        credentials=authorization or headers.get("Cookie") is not None,
+        credentials=authorization or _COOKIE in headers,
         has_body=has_body,
         # Range / If-Range go to the origin as they are unless a stored complete response
         # answers them (RFC 9110 §14.2): a cache stores no partial content. Range is
         # defined for GET only: any other method ignores it (§14.2), and If-Range with it
         # (§13.1.5), so a HEAD with Range is any other HEAD.
-        bypass=method == "GET" and (headers.get("Range") is not None
-                                    or headers.get("If-Range") is not None),
+        bypass=method == "GET" and (_RANGE in headers or _IF_RANGE in headers),
         nominated=_nominated(tuple(connection)) if connection else frozenset(),
         # (inline: a look-up, no call; the Referer itself is read only if a Vary names it)
-        selecting=headers if referer_sent is None or headers.get(_REFERER) is None
+        selecting=headers if referer_sent is None or _REFERER not in headers
         else SelectingFields(headers, referer_sent),
     )
 
 
-_REFERER = istr("Referer")  # (multidict looks an istr up without case-folding it)
+# (multidict looks an istr up without case-folding it)
+_CACHE_CONTROL, _PRAGMA, _CONNECTION = istr("Cache-Control"), istr("Pragma"), istr("Connection")
+_AUTHORIZATION, _COOKIE = istr("Authorization"), istr("Cookie")
+_RANGE, _IF_RANGE = istr("Range"), istr("If-Range")
+_REFERER = istr("Referer")
 
 
 @lru_cache(maxsize=256)

@@ -478,10 +478,12 @@ class Driver:
         """Hit-for-pass: after an answer that could not be stored for any request, the
         requests of its variant (RFC 9111 §4.1) stop waiting behind each other for a
         while; one stored for them ends it."""
-        if isinstance(d, (Store, Update)):
+        # (by exact type, as observe/outcome.py notes decisions: no call per kind tried)
+        if type(d) is Store or type(d) is Update:
             self.collapser.unmark_pass(ctx.key, d.entry)
             self.collapser.note_stored(ctx.key, d.entry)
-        elif isinstance(d, (Keep, Evict, Pass, Refetch)) and d.hit_for_pass:
+        elif (type(d) is Pass or type(d) is Keep or type(d) is Evict
+              or type(d) is Refetch) and d.hit_for_pass:
             self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.selecting))
 
     def _failed(self, ctx: Ctx, f: Failed) -> Answer:

@@ -385,17 +385,16 @@ class Connection(asyncio.Protocol):
                 self._interim(status, self._phrase(status), self._fields)
             self._fields, self._field_bytes = [], 0
             return
-        if self._parser.get_http_version() not in ("1.1", "1.0"):
+        version = self._parser.get_http_version()
+        if version not in ("1.1", "1.0"):
             # RFC 9112 §4: an HTTP/1.x status line. llhttp takes "HTTP/2.0", which has no
             # such framing (RFC 9113): its length cannot be trusted.
-            raise httptools.HttpParserError(
-                f"status line of HTTP/{self._parser.get_http_version()}")
+            raise httptools.HttpParserError(f"status line of HTTP/{version}")
         # A final answer but a 101 to an upgrade asked for: the origin declined it (RFC
         # 9110 §7.8), and its body is read as any answer's, not kept for a tunnel.
         self._switching = False
         self._headed = True
         self.status = status
-        version = self._parser.get_http_version()
         if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
             self.pool.heard(self.origin, version)
         self._reason = self._phrase(status)
@@ -407,8 +406,8 @@ class Connection(asyncio.Protocol):
         named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
             if codings else []
         names = transfer_coding_names(codings) if codings else named
-        if (names.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(names)
-                or names.count("chunked") != named.count("chunked")) \
+        if codings and (names.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(names)
+                        or names.count("chunked") != named.count("chunked")) \
                 and not (self._head_only or status in (204, 304)):
             # (An answer with no content may name the coding the content would have had,
             # RFC 9112 §6.1: a 304, an answer to HEAD.)

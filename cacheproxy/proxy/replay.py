@@ -66,21 +66,25 @@ class ReplayBlocks:
              ) -> tuple[bytes, bool]:
         """The status line and stored fields with CRLFs, without the blank line; and
         whether the block has a Date."""
+        # The last head made, when it was made from the same fields (the very tuples),
+        # status, length, plan and version: a response refreshed by a 304 that repeated
+        # its fields is answered with it, and not kept in the memo as well (a weak
+        # reference made and dropped per revalidation); replayed again once another head
+        # was made, it is encoded and kept then.
+        last = self._last
+        if last is not None and last[0] is entry.values and last[1] is entry.names \
+                and last[2] == entry.status and last[4] is plan and last[5] == version \
+                and last[3] == len(entry.body):
+            return last[6], last[7]
         key = (id(plan), version)
         found = self._memo.find(entry, key)
         # (The plan is held with its head, so no new plan, with other outbound policies,
         # is made at its id() while the head is kept; compared all the same, as the key
         # is only its id().)
         if found is None or found[2] is not plan:
-            last = self._last
-            if last is not None and last[0] is entry.values and last[1] is entry.names \
-                    and last[2] == entry.status and last[3] == len(entry.body) \
-                    and last[4] is plan and last[5] == version:
-                made = last[6], last[7]
-            else:
-                made = self._encode(entry, plan, version)
-                self._last = (entry.values, entry.names, entry.status, len(entry.body), plan,
-                              version, *made)
+            made = self._encode(entry, plan, version)
+            self._last = (entry.values, entry.names, entry.status, len(entry.body), plan,
+                          version, *made)
             found = self._memo.keep(entry, key, (*made, plan))
         return found[0], found[1]
 

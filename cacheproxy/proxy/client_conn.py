@@ -972,7 +972,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._started = True
         self._fields(request, status, headers)
         self._chunked = self._close_delimited = False
-        headers.popall("Transfer-Encoding", None)
+        if "Transfer-Encoding" in headers:  # (hop-by-hop: mostly gone already)
+            headers.popall("Transfer-Encoding", None)
         if status < 200 or status == 204:
             headers.popall("Content-Length", None)
         elif head_only or status in _NO_BODY or "Content-Length" in headers:
@@ -1167,7 +1168,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         outbound_fields(request, headers)
         if "Date" not in headers:
             headers["Date"] = _Date.now()
-        headers.popall("Connection", None)
+        if "Connection" in headers:  # (mostly not: a relayed answer's end-to-end fields)
+            headers.popall("Connection", None)
         connection = self._connection(request.version)
         if connection is not None:
             headers["Connection"] = connection

@@ -79,7 +79,8 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
         return
     route = plan.route
     for name in plan.removed:  # consumed by this cache (Surrogate-Control), RFC 9213 §2.2
-        headers.popall(name, None)
+        if name in headers:  # (a look-up, no call, for the many answers without)
+            headers.popall(name, None)
     cors = route.cors
     if cors.enabled and not request.get(ANSWERED_HERE):
         origin = request.headers.get("Origin")

@@ -265,7 +265,7 @@ class CachedResponse:
         when asked (on a put, an eviction), from the entry alone (the same each time),
         rather than held: an int kept per entry costs 40 bytes."""
         names, values = self.names, self.values
-        shape = _SHAPES_FIGURED.get(names) or _shape_of(names)  # (as get)
+        shape = _SHAPES_FIGURED.get(names) or _shape_of(names)  # (as field)
         own = len(values) + shape.own
         size = len(self.body) + shape.chars + sum(map(len, values)) \
             + len(self.key) + ENTRY_OVERHEAD + DIRECTIVES_OVERHEAD \
@@ -298,16 +298,12 @@ class CachedResponse:
 
     def get(self, name: str) -> str | None:
         """First value of a field (name compared case-insensitively)."""
-        names = self.names
-        # (the shape's figures looked up here rather than through _shape_of: a hit of a
-        # coded entry and every revalidation read fields so)
-        shape = _SHAPES_FIGURED.get(names) or _shape_of(names)
-        i = shape.first.get(name.lower())
-        return None if i is None else self.values[i]
+        return self.field(name.lower())
 
     def field(self, lower: str) -> str | None:
         """get() for a name lower-cased already: no lower() per read (a quick hit reads
-        Content-Encoding so, and every revalidation the validators)."""
+        Content-Encoding so, and every revalidation the validators). The shape's figures
+        are looked up here, _shape_of only for a shape not figured yet."""
         names = self.names
         i = (_SHAPES_FIGURED.get(names) or _shape_of(names)).first.get(lower)
         return None if i is None else self.values[i]
@@ -335,8 +331,8 @@ def _shared_shape(names: tuple[str, ...]) -> bool:
 class _Shape:
     """What is read of one shape of field names (an entry's names tuple), figured once
     for all the entries of a shape that is shared (_shared_shape), rather than on every
-    read: where each name (lower-cased) first is (CachedResponse.get: the validators are
-    read on every revalidation), the names lower-cased (stored_field_list), and what
+    read: where each name (lower-cased) first is (CachedResponse.field: the validators
+    are read on every revalidation), the names lower-cased (stored_field_list), and what
     CachedResponse.size counts for the names."""
 
     __slots__ = ("chars", "first", "lowered", "own", "repeated", "shared", "unique")

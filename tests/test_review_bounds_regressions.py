@@ -9,6 +9,7 @@ objects it holds, and by what stays allocated once the store is emptied."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import sys
@@ -226,14 +227,21 @@ async def test_misses_for_distinct_variants_are_not_serialised(
 
     in_flight, most = 0, 0
     calls = [0]
+    gated, all_in = [False], asyncio.Event()
 
     async def vary(request: web.Request) -> web.Response:
         nonlocal in_flight, most
         calls[0] += 1
         in_flight += 1
         most = max(most, in_flight)
+        if in_flight == 8:
+            all_in.set()
         try:
-            await asyncio.sleep(0.2)  # (long enough for the others to arrive meanwhile)
+            if gated[0]:  # the 8 answer once all are in (2 s at most: one at a time before)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(all_in.wait(), 2)
+            else:
+                await asyncio.sleep(0.2)  # (long enough for the others to arrive meanwhile)
         finally:
             in_flight -= 1
         return web.Response(text=request.headers.get("Accept-Language", ""), headers={
@@ -249,14 +257,14 @@ async def test_misses_for_distinct_variants_are_not_serialised(
     for language in ("first", "second"):  # (two variants: Redis then reads them apart)
         first = await client.get("/v", headers={"Accept-Language": language})
         assert first.status == 200
-    most = 0
+    most, gated[0] = 0, True
     answers = await asyncio.gather(*(client.get("/v", headers={"Accept-Language": f"l{i}"})
                                      for i in range(8)))
     assert [a.status for a in answers] == [200] * 8
     assert [await a.text() for a in answers] == [f"l{i}" for i in range(8)]
     assert most == 8
     # Requests of one variant still make one upstream request between them.
-    most, before = 0, calls[0]
+    most, before, gated[0] = 0, calls[0], False
     same = await asyncio.gather(*(client.get("/v", headers={"Accept-Language": "fr"})
                                   for _ in range(4)))
     assert [await a.text() for a in same] == ["fr"] * 4

@@ -66,16 +66,30 @@ class _LeaderFailed:
 # of them leads the next try and the others wait again, within their own collapse
 # timeout, as behind nginx's proxy_cache_lock or in Varnish's waiting list.
 LEADER_FAILED: Final = _LeaderFailed()
-Result = Stored | _LeaderFailed | None
+
+
+class _LeaderLeft:
+    """The leader sent nothing: its client left while it waited for an upstream connection
+    (Exchange.send's unsent_watch). No error of the origin's: its waiters try again (one
+    leads), and none is answered a stored response under stale-if-error, which RFC 5861 §4
+    allows only "when an error is encountered" (nginx's proxy_cache_lock waiters go on to
+    the origin when the lock holder's client leaves)."""
+
+    __slots__ = ()
+
+
+LEADER_LEFT: Final = _LeaderLeft()
+Result = Stored | _LeaderFailed | _LeaderLeft | None
 # What a leader fetches for: a key, and the variant its waiters want (wait_group; None:
 # the key is not known to vary).
 Slot = tuple[str, Variant | None]
 
 
 class Release(Protocol):
-    """Ends a collapse leader's turn (Collapser.release); failed: no answer came."""
+    """Ends a collapse leader's turn (Collapser.release); failed: no answer came; left:
+    nothing was sent, its client having left (LEADER_LEFT)."""
 
-    def __call__(self, failed: bool = False) -> None: ...
+    def __call__(self, failed: bool = False, left: bool = False) -> None: ...
 
 
 class Collapser:
@@ -101,16 +115,18 @@ class Collapser:
         fut = self._inflight[slot] = asyncio.get_running_loop().create_future()
         return fut, True
 
-    def release(self, slot: Slot, fut: asyncio.Future[Result], failed: bool = False) -> None:
+    def release(self, slot: Slot, fut: asyncio.Future[Result], failed: bool = False,
+                left: bool = False) -> None:
         """Wake the waiters of this leader's future: LEADER_FAILED when it got no whole
-        answer (even one it had begun to store: its body broke off), else what was stored
-        for them while it was in flight; a later leader's slot stays."""
+        answer (even one it had begun to store: its body broke off), LEADER_LEFT when it
+        sent nothing (its client left first), else what was stored for them while it was
+        in flight; a later leader's slot stays."""
         stored: Result = None
         if self._inflight.get(slot) is fut:
             del self._inflight[slot]
             stored = self._stored.pop(slot, None)
         if not fut.done():
-            fut.set_result(LEADER_FAILED if failed else stored)
+            fut.set_result(LEADER_LEFT if left else LEADER_FAILED if failed else stored)
 
     def note_stored(self, key: str, entry: CachedResponse) -> None:
         """An answer for key, received now, is stored (or validated the stored one),

@@ -52,7 +52,15 @@ from cacheproxy.http.upgrade import refused_switch
 from cacheproxy.observe.clock_skew import ClockSkew
 from cacheproxy.observe.outcome import Outcome, note_answered, note_failed, note_lookup, note_served
 from cacheproxy.policies.referer import redact
-from cacheproxy.proxy.collapse import LEADER_FAILED, Collapser, Release, Result, Slot, Stored
+from cacheproxy.proxy.collapse import (
+    LEADER_FAILED,
+    LEADER_LEFT,
+    Collapser,
+    Release,
+    Result,
+    Slot,
+    Stored,
+)
 from cacheproxy.proxy.downstream import Answer, ClientGone, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
@@ -65,7 +73,7 @@ log = logging.getLogger("cacheproxy")
 Fields = list[tuple[str, str]]
 
 
-def _nothing(failed: bool = False) -> None:
+def _nothing(failed: bool = False, left: bool = False) -> None:
     pass
 
 
@@ -76,7 +84,7 @@ def _unheard(upstream_ms: float) -> None:
 def _as_failed(release: Release) -> Release:
     """release, for a leader whose answer was the origin's error (Pass.erred): its waiters
     are released as behind a leader that got no answer."""
-    return lambda failed=False: release(failed=True)
+    return lambda failed=False, left=False: release(failed=True)
 
 
 def _settle(fut: asyncio.Future[None]) -> None:
@@ -195,18 +203,21 @@ class Driver:
                 ctx.outcome.collapsed = True
                 return None
             result = fut.result() if fut.done() and not fut.cancelled() else None
-            if not done or result is not LEADER_FAILED or time.monotonic() >= deadline:
+            if not done or (result is not LEADER_FAILED and result is not LEADER_LEFT) \
+                    or time.monotonic() >= deadline:
                 break
             # RFC 5861 §4: the leader's failure is the cache's error too: a stored response
             # usable on error answers the waiter now, as it answered the leader, instead of
-            # each waiter trying the failing origin in turn.
+            # each waiter trying the failing origin in turn. (Not when the leader sent
+            # nothing, its client gone: no error was encountered.)
             stale = stale_on_error(fwd.stored, ctx.facts, ctx.plan.cache, time.time()) \
-                if fwd.stored is not None else None
+                if fwd.stored is not None and result is LEADER_FAILED else None
             if stale is not None:
                 ctx.outcome.collapsed = True
                 note_failed(ctx.outcome, stale)
                 return self._failed(ctx, stale)
-            # The leader got no answer: one waiter tries again, the others wait for it.
+            # The leader got (or sought) no answer: one waiter tries again, the others
+            # wait for it.
             fut, leading = collapser.join(slot)
             if leading:
                 return await self._lead(ctx, fwd, fut, slot)
@@ -223,7 +234,8 @@ class Driver:
         collapser = self.collapser
         try:
             answer = await self.forward(
-                ctx, fwd, release=lambda failed=False: collapser.release(slot, fut, failed))
+                ctx, fwd, release=lambda failed=False, left=False: collapser.release(
+                    slot, fut, failed, left))
         except BaseException:  # (cancelled with its client, say): no answer for the others
             collapser.release(slot, fut, failed=True)
             raise
@@ -259,8 +271,8 @@ class Driver:
             # Nor is anything invalidated: RFC 9111 §4.4 invalidates on a non-error status
             # received, and none was (as after a reset or a timeout). Otherwise any client
             # could purge any URL by sending `POST /it` and leaving before the origin's
-            # refusal (a 405) came back.
-            release(failed=True)
+            # refusal (a 405) came back. Its waiters try again: no error was encountered.
+            release(failed=True, left=True)
             return None
         except Refusal as exc:  # forward mode: refused by the address its name resolved to
             release()

@@ -187,7 +187,7 @@ async def _framed(body: Body, chunked: bool, timeout: float) -> AsyncIterator[by
         yield b"0\r\n\r\n"
 
 
-def _nothing(failed: bool = False) -> None:
+def _nothing(failed: bool = False, left: bool = False) -> None:
     pass
 
 

@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 from aiohttp import web
-from support import cache_status, until
+from support import cache_status, read_json_log, until
 
 
 async def _send(port: int, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -89,3 +89,42 @@ async def test_a_leader_whose_client_left_before_it_had_a_connection_is_no_error
     # The origin's new response (v2, or v3 before: the departed leader's request took v2)
     assert body != "v1", cache_status(resp)
     assert "fwd-status=200" in cache_status(resp)
+
+
+async def test_waiters_of_a_leader_whose_client_left_after_sending_get_its_stored_answer(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """Guards what was found right: the other half of the test above. A collapse leader
+    that was sent upstream, then lost its client (a reset), is logged 499 at once since
+    review-abort (2b0a291), and its fetch goes on for the next client (nginx with
+    proxy_cache, Varnish): its waiter is answered the stored answer of that one upstream
+    request, collapsed, not sent upstream again nor answered from storage on error."""
+    answer, asked = asyncio.Event(), asyncio.Event()
+    calls = {"n": 0}
+
+    async def page(request: web.Request) -> web.Response:
+        calls["n"] += 1
+        asked.set()
+        await answer.wait()
+        return web.Response(text=f"v{calls['n']}", headers={
+            "Cache-Control": "max-age=600, stale-if-error=600"})
+
+    app = web.Application()
+    app.router.add_get("/page", page)
+    client = await proxy(await origin(app), log={"path": str(tmp_path / "r.log")})
+    collapser = client.app_proxy.driver.collapser
+    slot = (str(client.make_url("/page")), None)
+    _, leader = await _send(client.port, "/page")
+    await asyncio.wait_for(asked.wait(), 5)  # sent upstream
+    led = collapser._inflight[slot]
+    waiter = asyncio.ensure_future(client.get("/page"))
+    assert await until(lambda: bool(led._callbacks))
+    _reset(leader)
+    for _ in range(300):  # its line (499) is written when its client leaves
+        if [line["status"] for line in await read_json_log(client)] == [499]:
+            break
+        await asyncio.sleep(0.01)
+    assert [line["status"] for line in await read_json_log(client)] == [499]
+    answer.set()
+    resp = await asyncio.wait_for(waiter, 5)
+    assert (await resp.text(), calls["n"]) == ("v1", 1)
+    assert "collapsed" in cache_status(resp) and "stale" not in cache_status(resp)

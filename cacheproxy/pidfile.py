@@ -100,16 +100,15 @@ def claim(path: str, shutdown_timeout: float) -> None:
 
     Two servers started at the same moment with one pid file must not both read it free and
     both write it (both would run, the file naming one): the read and the write are one
-    step, under an exclusive flock of the file as it is found (created empty when there is
-    none). The second to get the lock waits until the first has written its pid, then
-    reads it: the file it locked may have been replaced meanwhile, but the path it reads
-    names the first, which is running."""
+    step, under an exclusive flock of the file at the path (created empty when there is
+    none, _locked). The second to get the lock waits until the first has written its pid,
+    then reads it."""
     try:
-        held = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+        held = _locked(path, create=True)
     except OSError as exc:
         raise StartError(f"{KEY}: cannot write {path}: {_reason(exc)}") from None
+    assert held is not None
     try:
-        fcntl.flock(held, fcntl.LOCK_EX)
         try:
             other = read_pid(path)
         except OSError as exc:
@@ -123,6 +122,61 @@ def claim(path: str, shutdown_timeout: float) -> None:
         _write(path, f"{os.getpid()}\n")
     finally:
         os.close(held)  # (and the lock with it)
+
+
+def _locked(path: str, create: bool, wait: float | None = None) -> int | None:
+    """A descriptor of the file at path, under an exclusive flock; None when there is none
+    (and create is false), or when wait seconds passed without the lock (None: no bound).
+    The lock counts only while its file is the one at the path: a claim replaces the file
+    (_write) and a release removes it, so a lock taken on the file as found may be on one
+    no longer there, and a start that locked it would race a start that locked the new
+    one (both reading it free). Such a lock is let go and taken again on the file at the
+    path."""
+    flags = os.O_RDONLY | (os.O_CREAT if create else 0)
+    deadline = None if wait is None else time.monotonic() + wait
+    while True:
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        try:
+            if not _flock(fd, deadline):
+                os.close(fd)
+                return None
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return fd
+        os.close(fd)  # replaced or removed while it waited: lock the file there now
+
+
+def _flock(fd: int, deadline: float | None) -> bool:
+    """Lock fd exclusively, waiting until deadline (time.monotonic(); None: for as long
+    as it takes); whether it was locked."""
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+# How long a stopping server waits for a start's claim to let go of the pid file (a claim
+# holds it for a read and a write): never held up at exit by a start that hangs.
+_RELEASE_WAIT = 2.0
 
 
 def _write(path: str, text: str) -> None:
@@ -142,13 +196,23 @@ def _reason(exc: OSError) -> str:
 
 
 def release(path: str) -> None:
-    """Remove the file at exit if it still names this process."""
-    if read_pid(path) == os.getpid():
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    if running_shutdown_timeout(path, os.getpid()) is not None:
-        with contextlib.suppress(OSError):
-            os.unlink(running_file(path))
+    """Remove the file at exit if it still names this process: under the claim's lock
+    (_locked), so that a start holding it does not find the file gone, and another then
+    create and lock a new one beside it."""
+    try:
+        held = _locked(path, create=False, wait=_RELEASE_WAIT)
+    except OSError:
+        held = None  # (not ours to lock, or not to be had: removed as before if it names us)
+    try:
+        if read_pid(path) == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if running_shutdown_timeout(path, os.getpid()) is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(running_file(path))
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def running_shutdown_timeout(path: str, pid: int) -> float | None:

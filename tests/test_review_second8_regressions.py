@@ -15,10 +15,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from support import cache_status, read_json_log, until
+
+from cacheproxy import pidfile
+from cacheproxy.lifetime import StartError
 
 
 async def _send(port: int, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -128,3 +134,106 @@ async def test_waiters_of_a_leader_whose_client_left_after_sending_get_its_store
     resp = await asyncio.wait_for(waiter, 5)
     assert (await resp.text(), calls["n"]) == ("v1", 1)
     assert "collapsed" in cache_status(resp) and "stale" not in cache_status(resp)
+
+
+class _Servers:
+    """Threads standing in for `cacheproxy serve` processes around one pid file: each has
+    a pid of its own (os.getpid, per thread), is "running" while listed in alive, and may
+    be held at a hook of pidfile's (before its read of the file, before its write). Locks
+    taken through separate open descriptions conflict within one process as between two
+    (flock, Linux), so the claims race as separate processes' would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.local = threading.local()
+        self.alive: set[int] = set()
+        self.holds: dict[tuple[int, str], tuple[threading.Event, threading.Event]] = {}
+        self.claimed: list[int] = []
+        self.refused: list[int] = []
+        real_read, real_write = pidfile.read_pid, pidfile._write
+        real_getpid = pidfile.os.getpid  # (the os module's: the test's own thread keeps it)
+        monkeypatch.setattr(pidfile.os, "getpid",
+                            lambda: getattr(self.local, "pid", None) or real_getpid())
+        monkeypatch.setattr(pidfile, "_is_cacheproxy", lambda pid: pid in self.alive)
+
+        def read_pid(path: str) -> int | None:
+            self._hold("read")
+            return real_read(path)
+
+        def write(path: str, text: str) -> None:
+            if not path.endswith(".json"):
+                self._hold("write")
+            real_write(path, text)
+
+        monkeypatch.setattr(pidfile, "read_pid", read_pid)
+        monkeypatch.setattr(pidfile, "_write", write)
+
+    def hold(self, pid: int, where: str) -> tuple[threading.Event, threading.Event]:
+        """(reached, go): pid stops at where until go is set."""
+        events = self.holds[(pid, where)] = (threading.Event(), threading.Event())
+        return events
+
+    def _hold(self, where: str) -> None:
+        events = self.holds.pop((self.local.pid, where), None)
+        if events is not None:
+            events[0].set()
+            events[1].wait(10)
+
+    def run(self, pid: int, step: Any) -> threading.Thread:
+        def body() -> None:
+            self.local.pid = pid
+            step()
+
+        thread = threading.Thread(target=body, daemon=True)
+        thread.start()
+        return thread
+
+    def claim(self, pid: int, path: Path) -> threading.Thread:
+        def step() -> None:
+            try:
+                pidfile.claim(str(path), 8.0)
+            except StartError:
+                self.refused.append(pid)
+            else:
+                self.claimed.append(pid)
+                self.alive.add(pid)
+        return self.run(pid, step)
+
+    def stop(self, pid: int, path: Path) -> threading.Thread:
+        def step() -> None:
+            pidfile.release(str(path))
+            self.alive.discard(pid)
+        return self.run(pid, step)
+
+
+def test_two_servers_starting_as_the_running_one_stops_are_not_both_let_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """c92c24e's lock is taken on the pid file as found, but the file is replaced (the
+    claim's atomic write) and removed (the stopping server's release, which took no lock).
+    A start that locked the running server's file, then that server's stop removing it,
+    and a second start: the second created a new file and locked that, so the two starts
+    held two locks, both read the (new, empty) file as free, and both ran (the file
+    naming one; the other out of reach of `stop` and `reload`, and, with --workers, both
+    on the port by SO_REUSEPORT). A restart (stop, then start) racing a second start, a
+    deploy script's and a process manager's, does this. Now a lock counts only on the
+    file still at the path (else it is taken again, on the file there), and a release
+    removes the file under the lock. Severity: low (a start race, as c92c24e's)."""
+    path = tmp_path / "cp.pid"
+    servers = _Servers(monkeypatch)
+    monkeypatch.setattr(pidfile, "_RELEASE_WAIT", 30.0, raising=False)  # (not in the way)
+    servers.claim(1001, path).join(5)  # the running server
+    assert servers.claimed == [1001]
+    first_locked, first_reads = servers.hold(1002, "read")
+    first = servers.claim(1002, path)
+    assert first_locked.wait(5)  # it holds the lock of 1001's file
+    stopping = servers.stop(1001, path)
+    stopping.join(0.5)  # (done at once when it takes no lock; else it waits for 1002's)
+    second_checked, second_writes = servers.hold(1003, "write")
+    second = servers.claim(1003, path)
+    second_checked.wait(0.5)  # (it found the file free; or it waits on a lock)
+    first_reads.set()
+    second_writes.set()
+    for thread in (first, stopping, second):
+        thread.join(5)
+    assert len(servers.claimed) + len(servers.refused) == 3
+    assert len(servers.claimed) <= 2, (servers.claimed, servers.refused)  # 1001 and one
+    assert not {1002, 1003} <= set(servers.claimed), (servers.claimed, path.read_text())

@@ -23,6 +23,7 @@ from cacheproxy.config.sections import (
     _check_across,
     _check_sections,
 )
+from cacheproxy.config.unquoted_units import UnquotedUnit, unquoted_unit
 from cacheproxy.config.values import (
     DEFAULT_PATH,
     ENV_PREFIX,
@@ -79,7 +80,7 @@ def load_config(
     schema = _schema()
     if path is None and DEFAULT_PATH.is_file():
         path = DEFAULT_PATH
-    document = _read_file(path)
+    document = _read_file(path, schema)
     chosen: dict[str, dict[str, object]] = {name: {} for name in schema}
     for source in (
         _from_file(document, schema),
@@ -111,24 +112,51 @@ def _unknown(kind: str, name: str, known: list[str], prefix: str = "") -> str:
     return f"unknown {kind}; did you mean {prefix}{close[0]}?" if close else f"unknown {kind}"
 
 
-def _read_file(path: str | Path | None) -> dict[str, Any]:
+def _read_file(path: str | Path | None, schema: dict[str, _Section]) -> dict[str, Any]:
     if path is None:
         return {}
     if str(path) == "":  # `--config "$CONFIG"` with the variable unset: not ": file not found"
         raise ConfigError("--config", "an empty file name; give a TOML file's path, or leave "
                                       "--config out for config/cacheproxy.toml")
+    text = ""
     try:
         with open(path, "rb") as file:
             data = file.read()
         # A byte order mark, as Windows editors save "UTF-8": tomllib calls it an "Invalid
         # statement (at line 1, column 1)"; its lines and columns are the same without it.
-        return tomllib.loads(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+        text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+        return tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(str(path), "file not found") from None
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read the file: {exc.strerror or exc}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except tomllib.TOMLDecodeError as exc:
+        unit = unquoted_unit(text, str(exc))
+        said = _unquoted_unit_error(unit, path, schema) if unit is not None else None
+        raise (said or ConfigError(str(path), f"invalid TOML: {exc}")) from None
+    except UnicodeDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+
+
+def _unquoted_unit_error(unit: UnquotedUnit, path: str | Path,
+                         schema: dict[str, _Section]) -> ConfigError | None:
+    """`read_timeout = 500ms` unquoted, which is no TOML: said as the setting's mistake,
+    with what to write (a size's text quoted, a duration's number of seconds); None for
+    any other setting, which keeps tomllib's message."""
+    # A route's tables ([routes.cache]) hold their section's own settings.
+    name = unit.table.rpartition(".")[2] if unit.table.startswith("routes[") else unit.table
+    section = schema.get(name)
+    setting = section.settings.get(unit.key) if section is not None else None
+    if setting is None:
+        return None
+    where = f"{unit.value} ({path}, line {unit.line})"
+    if setting.rule.size:
+        return ConfigError(f"{unit.table}.{unit.key}", f"expected a size, got {where}; a "
+                           f'size with a unit is a string: write "{unit.value}"')
+    hint = _unit_hint(unit.value) if setting.kind in (int, float) else ""
+    if not hint:
+        return None
+    return ConfigError(f"{unit.table}.{unit.key}", f"expected a number, got {where}{hint}")
 
 
 def _from_file(document: dict[str, Any], schema: dict[str, _Section]) -> Iterator[_Raw]:

@@ -35,8 +35,8 @@ FIELD_OVERHEAD = 16
 # four to eight times the bytes counted, beyond max_bytes (tests/
 # test_review_bounds_regressions.py). So max_bytes is a bound, and a store of the usual
 # responses, whose values repeat, holds fewer of them than memory would allow: bench/
-# memory.py's 1 KiB entry with 7 fields counts 2,186 bytes (1,611 before) for ~1,512 of
-# RSS (2026-12-04).
+# memory.py's 1 KiB entry with 7 fields counts 2,263 bytes (1,607 before) for ~1,531 of
+# RSS (2026-12-05, 81262fb; the same 2,263 at 04541cb, which made this count).
 STR_OVERHEAD = 49
 INTERNED_OVERHEAD = 32
 # The directives object (ResponseDirectives, sys.getsizeof), which entries share only while

@@ -1,4 +1,5 @@
-"""The trailers review (review-trailers): the two parser limits left as strict xfails.
+"""The trailers review (review-trailers): the two parser limits once left as strict xfails,
+fixed since.
 
 Upstream: an origin's chunked answer whose trailer section names framing fields that
 llhttp refuses there (`Content-Length` twice, or one that is not a number: RFC 9110

@@ -7,14 +7,14 @@ the setting's mistake: its key, and what to write instead."""
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+import tomllib
+from typing import Any, NamedTuple
 
 # tomllib (Python 3.11-3.13) gives the place only in its message.
 _PLACE = re.compile(r"\(at line (\d+), column \d+\)$")
-_TABLE = re.compile(r"\s*(\[\[?)\s*([A-Za-z0-9_.\s-]+?)\s*\]\]?\s*(?:#.*)?")
-_ROUTE = re.compile(r"\s*\[\[\s*routes\s*\]\]\s*(?:#.*)?")
 _KEY_NUMBER_UNIT = re.compile(
-    r"\s*([A-Za-z0-9_-]+)\s*=\s*([0-9]+(?:\.[0-9]*)?\s*[A-Za-z]+)\s*(?:#.*)?")
+    r"[ \t]*([A-Za-z0-9_-]+)[ \t]*=[ \t]*([0-9]+(?:\.[0-9]*)?[ \t]*[A-Za-z]+)[ \t]*(?:#.*)?")
+_MARK = "\u2063cacheproxy: unquoted unit\u2063"  # (U+2063: no file's value is this)
 
 
 class UnquotedUnit(NamedTuple):
@@ -25,26 +25,46 @@ class UnquotedUnit(NamedTuple):
 
 
 def unquoted_unit(text: str, message: str) -> UnquotedUnit | None:
-    """The `key = <number><unit>` line tomllib's `message` points at, with the [table] it
+    """The `key = <number><unit>` line tomllib's `message` points at, with the table it
     is in; None when the mistake is another (tomllib's message then says it)."""
     place = _PLACE.search(message)
     if place is None:
         return None
     line = int(place[1])
-    lines = text.splitlines()
+    # Lines as tomllib counts them: by "\n" only (str.splitlines also splits at U+2028,
+    # U+0085 and others, which a comment or string may hold, and would name another line).
+    lines = text.split("\n")
     if not 1 <= line <= len(lines):
         return None
-    setting = _KEY_NUMBER_UNIT.fullmatch(lines[line - 1])
+    setting = _KEY_NUMBER_UNIT.fullmatch(lines[line - 1].removesuffix("\r"))
     if setting is None:
         return None
-    for above in reversed(lines[:line - 1]):
-        header = _TABLE.fullmatch(above)
-        if header is not None:  # ([[routes]]'s own keys are no section's: left to tomllib)
-            if header[1] == "[[":
-                return None
-            table = re.sub(r"\s+", "", header[2])
-            if table.startswith("routes."):  # named as loading.py names it: routes[0].cache
-                routes = sum(1 for earlier in lines[:line - 1] if _ROUTE.fullmatch(earlier))
-                table = f"routes[{routes - 1}].{table.partition('.')[2]}"
-            return UnquotedUnit(table, setting[1], setting[2], line)
-    return None  # above the first table: no setting lives there
+    # Which table the key is in is tomllib's to say (quoted and dotted headers, [[routes]],
+    # brackets inside multi-line strings and arrays): everything above parsed before the
+    # mistake, so the text above plus the key with a marked string value parses too.
+    above = "\n".join(lines[:line - 1])
+    try:
+        document = tomllib.loads(f'{above}\n{setting[1]} = "{_MARK}"\n')
+    except tomllib.TOMLDecodeError:
+        return None
+    table = _table_of_mark(document, "")
+    if not table:  # above the first table, or [[routes]]'s own keys: left to tomllib
+        return None
+    return UnquotedUnit(table, setting[1], setting[2], line)
+
+
+def _table_of_mark(value: Any, name: str) -> str | None:
+    """The name (as loading.py says it: routes[0].cache) of the table holding the mark."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if inner == _MARK:
+                return name
+            found = _table_of_mark(inner, f"{name}.{key}" if name else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found = _table_of_mark(inner, f"{name}[{index}]")
+            if found is not None:
+                return found
+    return None

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -35,9 +36,11 @@ def read_pid(path: str) -> int | None:
     """The pid the file holds, or None when there is no file or no number in it. Any other
     failure to read it (a directory, no permission) is an OSError, said by the caller."""
     try:
-        text = Path(path).read_text(encoding="ascii", errors="replace").strip()
+        fd = _open_regular(path, os.O_RDONLY)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    with open(fd, "rb") as file:
+        text = file.read(64).decode("ascii", errors="replace").strip()
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
@@ -104,10 +107,13 @@ def claim(path: str, shutdown_timeout: float) -> None:
     none, _locked). The second to get the lock waits until the first has written its pid,
     then reads it."""
     try:
-        held = _locked(path, create=True)
+        held = _locked(path, create=True, wait=_CLAIM_WAIT)
     except OSError as exc:
         raise StartError(f"{KEY}: cannot write {path}: {_reason(exc)}") from None
-    assert held is not None
+    if held is None:  # (signals are held meanwhile: an unbounded wait was no Ctrl-C's)
+        raise StartError(f"{KEY}: {path} is locked by another process (pid {_locker(path)}) "
+                         f"for more than {_CLAIM_WAIT:g} s; a start or stop holds it for "
+                         "a moment only: end that process, or give this one another pid_file")
     try:
         try:
             other = read_pid(path)
@@ -136,7 +142,7 @@ def _locked(path: str, create: bool, wait: float | None = None) -> int | None:
     deadline = None if wait is None else time.monotonic() + wait
     while True:
         try:
-            fd = os.open(path, flags, 0o666)
+            fd = _open_regular(path, flags)
         except FileNotFoundError:
             if create:
                 raise
@@ -158,6 +164,33 @@ def _locked(path: str, create: bool, wait: float | None = None) -> int | None:
         os.close(fd)  # replaced or removed while it waited: lock the file there now
 
 
+def _open_regular(path: str, flags: int) -> int:
+    """os.open, refusing anything but a regular file: opened without O_NONBLOCK, a FIFO
+    at the path blocks until a writer comes (a serve, stop or reload that never returns)."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(0, "not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _locker(path: str) -> str:
+    """Who holds the flock of the file at path, as /proc/locks says it ("unknown" if not)."""
+    try:
+        at = os.stat(path)
+        place = f"{os.major(at.st_dev):02x}:{os.minor(at.st_dev):02x}:{at.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            for line in locks:  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK" \
+                        and fields[5] == place:
+                    return fields[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _flock(fd: int, deadline: float | None) -> bool:
     """Lock fd exclusively, waiting until deadline (time.monotonic(); None: for as long
     as it takes); whether it was locked."""
@@ -173,6 +206,10 @@ def _flock(fd: int, deadline: float | None) -> bool:
                 return False
             time.sleep(0.01)
 
+
+# How long a start waits for another claim or release to let go of the pid file (each holds
+# it for a moment): past that, the holder is no cacheproxy start or stop, and is said.
+_CLAIM_WAIT = 5.0
 
 # How long a stopping server waits for a start's claim to let go of the pid file (a claim
 # holds it for a read and a write): never held up at exit by a start that hangs.

@@ -6,6 +6,8 @@ user saw, and how bad it was."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +75,58 @@ def test_a_long_bracketed_line_above_an_unquoted_unit_does_not_stall_the_start(
     done = subprocess.run([sys.executable, "-c", code, str(path)], env=clean_env(),
                           capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "proxy.read_timeout", done.stderr
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # A hang guard: each of these commands answers at once when right.
+    return subprocess.run([sys.executable, "-m", "cacheproxy", *args], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_a_fifo_at_the_pid_file_path_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """What was wrong: the claim opened the pid file for reading with a plain open(), and
+    `stop`/`reload` read it with Path.read_text(): with a FIFO at the path (a mistaken
+    `mkfifo`, or a path meant for a log pipe) both block until some writer comes. A user
+    saw `cacheproxy serve` print nothing and never listen, with SIGTERM and Ctrl-C held
+    (serve blocks them before the claim): only SIGKILL ended it; `cacheproxy stop` hung
+    too. Now anything but a regular file is refused at once: `proxy.pid_file: cannot
+    write PATH: not a regular file` (exit 1), and `stop` says it cannot read it.
+    Severity: medium (a start that hangs unkillably on one wrong setting)."""
+    fifo = tmp_path / "cacheproxy.pid"
+    os.mkfifo(fifo)
+    (tmp_path / "c.toml").write_text(
+        f'[proxy]\nlisten = "127.0.0.1:0"\npid_file = "{fifo}"\n'
+        'upstream = "http://127.0.0.1:9"\n[log]\nformat = "off"\n', encoding="utf-8")
+    done = _run(tmp_path, "serve", "--config", "c.toml")
+    assert done.returncode == 1, done.stderr
+    assert f"proxy.pid_file: cannot write {fifo}: not a regular file" in done.stderr
+    done = _run(tmp_path, "stop", "--config", "c.toml")
+    assert done.returncode != 0
+    assert f"cannot read {fifo}: not a regular file" in done.stderr
+
+
+def test_a_pid_file_locked_by_another_process_forever_is_said_not_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What was wrong: the claim waited for the pid file's flock without bound. A process
+    holding it (a stuck start, or any program that flocks that path) held `serve` before
+    it listened, printing nothing, with SIGTERM and Ctrl-C blocked: an operator saw a
+    start that neither served nor could be stopped but by SIGKILL. A claim or release
+    holds the lock for a read and a write, so a bounded wait loses nothing: now the
+    start is refused naming the file and the pid holding the lock (from /proc/locks).
+    Here the bound is shortened (5 s in serve) and the lock held by this process's own
+    second descriptor. Severity: medium."""
+    from cacheproxy import pidfile
+    from cacheproxy.lifetime import StartError
+
+    monkeypatch.setattr(pidfile, "_CLAIM_WAIT", 0.2)
+    path = tmp_path / "cacheproxy.pid"
+    holder = os.open(path, os.O_RDONLY | os.O_CREAT)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(StartError) as info:
+            pidfile.claim(str(path), 1.0)
+    finally:
+        os.close(holder)
+    assert f"{path} is locked by another process (pid {os.getpid()})" in str(info.value)
+    assert path.read_text() == ""  # nothing written past the lock

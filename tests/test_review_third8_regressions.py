@@ -6,11 +6,13 @@ user saw, and how bad it was."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from processes import clean_env
@@ -130,3 +132,50 @@ def test_a_pid_file_locked_by_another_process_forever_is_said_not_waited_on(
         os.close(holder)
     assert f"{path} is locked by another process (pid {os.getpid()})" in str(info.value)
     assert path.read_text() == ""  # nothing written past the lock
+
+
+async def test_a_read_of_redis_that_a_put_overtakes_does_not_hide_the_put_from_the_front(
+        redis_server: Any) -> None:
+    """What was wrong: the memory layer in front of Redis (the default with store =
+    "redis") filled itself from each read of Redis, and a put bumps no generation. A read
+    of a key begun before this replica stored a new variant, and ended after, filled the
+    front with what it had read (without the new variant) and marked it in step with
+    Redis for memory_layer_ttl. Found by many concurrent misses for one key known to vary
+    (per-variant collapsing): now and then the waiters of a stored variant looked up,
+    missed it in the front, and went to the origin again (32 upstream requests for 30
+    variants); any request for that variant meanwhile was a needless miss. Now a read
+    that a put of its key overtook does not fill the front. Here the read is held between
+    its Redis answer and its fill (the test's wrapper of back.get), deterministically.
+    Severity: low-medium (duplicate origin fetches under load; a replica's own write
+    missing from its own front for up to memory_layer_ttl)."""
+    from test_store_redis import make_entry, redis_cache
+
+    from cacheproxy.store import LayeredStore, build_store
+
+    store = build_store(redis_cache(redis_server, memory_layer_ttl=60))
+    assert isinstance(store, LayeredStore)
+    await store.start()
+    try:
+        old = make_entry(vary=("Accept-Language",), values=("en",), body=b"en")
+        new = make_entry(vary=("Accept-Language",), values=("fr",), body=b"fr")
+        assert await store.put(old)
+        await store._forget(old.key)  # (only Redis knows the key now)
+        read, release = asyncio.Event(), asyncio.Event()
+        back_get = store.back.get
+
+        async def held_get(key: str, headers: Any = None) -> Any:
+            variants = await back_get(key, headers)
+            read.set()
+            await release.wait()
+            return variants
+
+        store.back.get = held_get  # type: ignore[method-assign]
+        reading = asyncio.ensure_future(store.get(old.key))
+        await asyncio.wait_for(read.wait(), 5)
+        store.back.get = back_get  # type: ignore[method-assign]
+        assert await store.put(new)  # overtakes the read
+        release.set()
+        assert [v.body for v in await reading] == [b"en"]  # (what it read)
+        assert sorted(v.body for v in await store.get(old.key)) == [b"en", b"fr"]
+    finally:
+        await store.close()

@@ -75,6 +75,10 @@ class LayeredStore:
         # at most one answer not stored.
         self._own: dict[str, int] = {}
         self._own_chars = 0
+        # Keys read from Redis now -> [reads under way, puts of the key ended meanwhile]: a
+        # read that a put ended during may hold what the put replaced (and not its new
+        # variant), so it does not fill the front. Only keys being read are held.
+        self._reading: dict[str, list[int]] = {}
 
     @property
     def available(self) -> bool:
@@ -92,8 +96,18 @@ class LayeredStore:
             if variants:
                 return variants
         generation = self._generation
-        variants = await self.back.get(key)  # () when Redis is down: then a miss too
-        if generation == self._generation:
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = [0, 0]
+        reading[0] += 1
+        puts = reading[1]
+        try:
+            variants = await self.back.get(key)  # () when Redis is down: then a miss too
+        finally:
+            reading[0] -= 1
+            if not reading[0] and self._reading.get(key) is reading:
+                del self._reading[key]
+        if generation == self._generation and reading[1] == puts:
             await self._fill(key, variants)
         return variants
 
@@ -107,6 +121,9 @@ class LayeredStore:
     async def put(self, entry: CachedResponse) -> bool:
         generation = self._generation
         held = await self.back.put_variant(entry)
+        reading = self._reading.get(entry.key)
+        if reading is not None:  # those reads may have been answered before this write
+            reading[1] += 1
         # The front takes the key only when it then holds the same variants as Redis.
         if held == 1 and generation == self._generation:
             await self._fill(entry.key, (entry,))

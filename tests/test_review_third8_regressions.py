@@ -35,7 +35,8 @@ def _load_error(tmp_path: Path, text: str) -> ConfigError:
     ("[cache]\nmax_bytes = \"1MiB\"\n[\"proxy\"]\nread_timeout = 500ms\n",
      "proxy.read_timeout", 4),
     ("[proxy]\r\nread_timeout = 500ms # as nginx\r\n", "proxy.read_timeout", 2),
-], ids=["u2028-in-comment", "nel-in-string", "quoted-header", "crlf"])
+    ("[proxy]\nread_timeout = 5\nread_timeout = 500ms\n", "proxy.read_timeout", 3),
+], ids=["u2028-in-comment", "nel-in-string", "quoted-header", "crlf", "said-twice"])
 def test_an_unquoted_unit_is_said_on_the_key_and_line_tomllib_points_at(
         tmp_path: Path, text: str, key: str, line: int) -> None:
     """What was wrong: the finder split the file with str.splitlines(), which also splits

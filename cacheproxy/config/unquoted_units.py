@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 _PLACE = re.compile(r"\(at line (\d+), column \d+\)$")
 _KEY_NUMBER_UNIT = re.compile(
     r"[ \t]*([A-Za-z0-9_-]+)[ \t]*=[ \t]*([0-9]+(?:\.[0-9]*)?[ \t]*[A-Za-z]+)[ \t]*(?:#.*)?")
-_MARK = "\u2063cacheproxy: unquoted unit\u2063"  # (U+2063: no file's value is this)
+_MARK = "\u2063cacheproxy: unquoted unit\u2063"  # (U+2063: no file's key is this)
 
 
 class UnquotedUnit(NamedTuple):
@@ -41,10 +41,11 @@ def unquoted_unit(text: str, message: str) -> UnquotedUnit | None:
         return None
     # Which table the key is in is tomllib's to say (quoted and dotted headers, [[routes]],
     # brackets inside multi-line strings and arrays): everything above parsed before the
-    # mistake, so the text above plus the key with a marked string value parses too.
+    # mistake, so the text above plus a marked key (not the setting's: it may be there
+    # already, said twice) parses too.
     above = "\n".join(lines[:line - 1])
     try:
-        document = tomllib.loads(f'{above}\n{setting[1]} = "{_MARK}"\n')
+        document = tomllib.loads(f'{above}\n"{_MARK}" = 0\n')
     except tomllib.TOMLDecodeError:
         return None
     table = _table_of_mark(document, "")
@@ -56,9 +57,9 @@ def unquoted_unit(text: str, message: str) -> UnquotedUnit | None:
 def _table_of_mark(value: Any, name: str) -> str | None:
     """The name (as loading.py says it: routes[0].cache) of the table holding the mark."""
     if isinstance(value, dict):
+        if _MARK in value:
+            return name
         for key, inner in value.items():
-            if inner == _MARK:
-                return name
             found = _table_of_mark(inner, f"{name}.{key}" if name else key)
             if found is not None:
                 return found

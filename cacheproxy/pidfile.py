@@ -241,7 +241,11 @@ def release(path: str) -> None:
     except OSError:
         held = None  # (not ours to lock, or not to be had: removed as before if it names us)
     try:
-        if read_pid(path) == os.getpid():
+        try:
+            ours = read_pid(path) == os.getpid()
+        except OSError:  # (replaced meanwhile by what is no pid file: not ours to remove)
+            ours = False
+        if ours:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         if running_shutdown_timeout(path, os.getpid()) is not None:

@@ -1,8 +1,10 @@
 """Third reading of the last merges (review-third8): the unquoted-unit finder in the config
-loader (config/unquoted_units.py), the pid file's flock claim (pidfile.py), per-variant
-request collapsing with LEADER_LEFT (proxy/collapse.py, driver.py) and the 499 for a client
-that left before its answer began (client_conn.py). Each test says what was wrong, what a
-user saw, and how bad it was."""
+loader (config/unquoted_units.py), the pid file's flock claim and release (pidfile.py),
+per-variant request collapsing with LEADER_LEFT (proxy/collapse.py, driver.py; with the
+memory store, Redis alone and Redis behind its memory layer, where a defect of the layer
+showed) and the 499 for a client that left before its answer began (client_conn.py;
+pipelined requests, HEAD, full and quick paths: found right, no test here). Each test
+says what was wrong, what a user saw, and how bad it was; each failed before its fix."""
 
 from __future__ import annotations
 

@@ -125,6 +125,20 @@ async def _lines_when_written(client: Any, count: int, timeout: float) -> list[d
         await asyncio.sleep(0.02)
 
 
+async def _one_held_one_waiting(proxy: Any, origin: Any, tmp_path: Any, **settings: float
+                                ) -> tuple[Any, asyncio.StreamWriter, asyncio.StreamWriter]:
+    """A proxy with one upstream connection (settings: more of [proxy]), held by a long
+    poll nothing may store (/hold-first, given up when its client goes), and a request
+    (/hold-left) waiting for it, nothing logged yet: (client, first's writer, left's)."""
+    client = await proxy(origin.url, proxy={"max_connections": 1, **settings},
+                         log={"path": str(tmp_path / "r.log")})
+    _, first = await _request(client.port, "/hold-first", "Cache-Control: no-store")
+    assert await until(lambda: len(origin.heads) == 1)
+    _, left = await _request(client.port, "/hold-left")  # waits for the connection
+    assert await _lines_when_written(client, 0, 0) == []
+    return client, first, left
+
+
 async def _warm(client: Any, forward_switch: Any, quick: bool, *targets: str) -> int:
     """For a quick forward (quick): each target marked pass, and an idle pooled
     connection to send on; else the full path's task. How many requests that took."""
@@ -248,14 +262,8 @@ async def test_a_request_whose_client_left_while_it_waited_for_a_connection_is_n
     connections that live ones wait for)."""
     origin = HeldOrigin(_hold_or_ok)
     async with origin.running():
-        client = await proxy(origin.url, proxy={"max_connections": 1, "read_timeout": 5},
-                             log={"path": str(tmp_path / "r.log")})
-        # The one connection: a long poll nothing may store (given up when its client goes)
-        _, first = await _request(client.port, "/hold-first", "Cache-Control: no-store")
-        assert await until(lambda: len(origin.heads) == 1)
-        _, left = await _request(client.port, "/hold-left")  # waits for the connection
-        lines = await _lines_when_written(client, 0, 0)
-        assert lines == []
+        client, first, left = await _one_held_one_waiting(proxy, origin, tmp_path,
+                                                          read_timeout=5)
         _leave(left, how)
         assert await until(lambda: client.app_proxy.exchange.pool.in_use == 1)
         reader, stays = await _request(client.port, "/next")  # waits too, its client stays
@@ -356,12 +364,8 @@ async def test_a_client_that_leaves_while_its_request_waits_for_a_connection_is_
     late and long; a false WARNING under load)."""
     origin = HeldOrigin(_hold_or_ok)
     async with origin.running():
-        client = await proxy(origin.url, proxy={"max_connections": 1, "connect_timeout": 3},
-                             log={"path": str(tmp_path / "r.log")})
-        _, first = await _request(client.port, "/hold-first", "Cache-Control: no-store")
-        assert await until(lambda: len(origin.heads) == 1)
-        _, left = await _request(client.port, "/hold-left")  # waits for the connection
-        assert await _lines_when_written(client, 0, 0) == []
+        client, first, left = await _one_held_one_waiting(proxy, origin, tmp_path,
+                                                          connect_timeout=3)
         with caplog.at_level(logging.WARNING, logger="cacheproxy"):
             _leave(left, how)
             lines = await _lines_when_written(client, 1, 2)

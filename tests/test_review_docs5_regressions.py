@@ -13,16 +13,7 @@ from pathlib import Path
 
 import pytest
 from processes import clean_env
-
-from cacheproxy.config import ConfigError, load_config
-
-
-def _load_error(tmp_path: Path, text: str) -> ConfigError:
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    return info.value
+from test_config import load_error
 
 
 @pytest.mark.parametrize(("line", "key", "said"), [
@@ -53,7 +44,7 @@ def test_a_unit_written_without_quotes_in_the_file_names_the_key_and_what_to_wri
     (`proxy.read_timeout`), the value, the file and line, and what to write: the number
     of seconds, or for a size the same text quoted. Severity: low (a start refused with a
     confusing line, on a common first edit)."""
-    error = _load_error(tmp_path, line)
+    error = load_error(tmp_path, line)
     assert error.key == key
     assert said in error.reason
     assert "cacheproxy.toml, line " in error.reason
@@ -62,11 +53,11 @@ def test_a_unit_written_without_quotes_in_the_file_names_the_key_and_what_to_wri
 def test_other_invalid_toml_is_still_said_as_tomllib_says_it(tmp_path: Path) -> None:
     """Guard for the fix above: a TOML mistake that is no number with a unit keeps
     tomllib's own message, with the file named as before."""
-    error = _load_error(tmp_path, "[proxy]\nvia = \n")
+    error = load_error(tmp_path, "[proxy]\nvia = \n")
     assert error.reason == "invalid TOML: Invalid value (at line 2, column 7)"
     for text in ("[proxy]\nread_timeout = 5 5\n", "[proxy]\nvia = cache1\n",
                  "[proxy]\nworkers = 2x\n", "[[routes]]\nhost = \"a\"\nmax_age = 5s\n"):
-        error = _load_error(tmp_path, text)  # (not a number setting, or no section's key)
+        error = load_error(tmp_path, text)  # (not a number setting, or no section's key)
         assert error.reason.startswith("invalid TOML: "), text
 
 

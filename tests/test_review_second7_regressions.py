@@ -15,21 +15,15 @@ import signal
 from typing import Any
 
 import aiohttp
-from processes import start_serve, stop
 from test_review_workers_regressions import (
     _scrape,
-    _workers_of,
     fill_until_owed,
-    spread_misses,
-    versioned_origin,
+    requests_total,
+    scraped_workers,
 )
 
 from cacheproxy.proxy.siblings import MAX_MESSAGE, Relay
 from cacheproxy.store.siblings import FORGET_ALL
-
-
-def _requests(metrics: dict[str, float]) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith("cacheproxy_requests_total{"))
 
 
 async def _scrape_within(base: str, seconds: float) -> dict[str, float] | None:
@@ -53,28 +47,19 @@ async def test_metrics_keep_a_worker_that_does_not_answer_in_time_at_its_last_fi
     last answer (answers go to every worker, not only the asker) and sums it for one that
     does not answer in time; cacheproxy_processes_counted still says how many answered.
     Severity: medium (spurious rates and alerts with --workers whenever a worker is slow)."""
-    up, _ = await versioned_origin(origin)
-    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
-                                   cwd=tmp_path)
-    workers = _workers_of(proc.pid)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        await spread_misses(base, "/n")  # (both workers answer some: all but 2**-39)
-        for _ in range(20):  # each worker asks (and hears the other's figures): 2**-19
-            metrics = await _scrape(base)
-            assert _requests(metrics) == 40 and metrics["cacheproxy_processes_counted"] == 2
+    async with scraped_workers(origin, tmp_path) as (_, _, base, workers):
         os.kill(workers[0], signal.SIGSTOP)
-        answered = []
-        for _ in range(40):  # scrapes reaching the stopped worker wait; the other answers
-            if (metrics := await _scrape_within(base, 1.5)) is not None:
-                answered.append((_requests(metrics), metrics["cacheproxy_processes_counted"]))
-                if len(answered) == 3:
-                    break
-        assert answered == [(40, 1)] * 3, answered
-    finally:
-        os.kill(workers[0], signal.SIGCONT)
-        code, err = await stop(proc)
-    assert code == 0 and "Traceback" not in err, err
+        try:
+            answered = []
+            for _ in range(40):  # scrapes reaching the stopped worker wait; the other answers
+                if (metrics := await _scrape_within(base, 1.5)) is not None:
+                    answered.append((requests_total(metrics),
+                                     metrics["cacheproxy_processes_counted"]))
+                    if len(answered) == 3:
+                        break
+            assert answered == [(40, 1)] * 3, answered
+        finally:
+            os.kill(workers[0], signal.SIGCONT)
 
 
 def test_the_supervisor_wakes_for_room_to_send_an_owed_clear() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from support import read_json_log, until
 from test_forward_mode import raw
-from test_review_streaming_regressions import served
+from test_review_streaming_regressions import _held, served
 
 
 def _app() -> tuple[web.Application, dict[str, Any]]:
@@ -20,15 +20,6 @@ def _app() -> tuple[web.Application, dict[str, Any]]:
     Each watches its connection: `closed` holds when it saw the proxy's side close."""
     state: dict[str, Any] = {"started": 0, "closed": [], "heads": 0}
 
-    async def watch(request: web.Request, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                state["closed"].append(time.monotonic())
-                return
-            await asyncio.sleep(0.01)
-
     async def events(request: web.Request) -> web.StreamResponse:
         state["started"] += 1
         await asyncio.sleep(float(request.query.get("delay", 0)))
@@ -36,13 +27,13 @@ def _app() -> tuple[web.Application, dict[str, Any]]:
         await resp.prepare(request)
         state["heads"] += 1
         await resp.write(b"data: hello\n\n")
-        await watch(request, 20)
+        await _held(request, 20, state)
         return resp
 
     async def poll(request: web.Request) -> web.Response:
         await request.read()
         state["started"] += 1
-        await watch(request, float(request.query.get("after", 20)))
+        await _held(request, float(request.query.get("after", 20)), state)
         return web.Response(text="[]", headers={"Cache-Control": "no-store"})
 
     app = web.Application()

@@ -15,10 +15,15 @@ import signal
 from typing import Any
 
 import pytest
-from processes import _listeners, start_serve, stop
+from processes import _listeners
 from support import until
 from test_review_fuzz_regressions import trailer_then_next_request
-from test_review_workers_regressions import _scrape, _workers_of, spread_misses, versioned_origin
+from test_review_workers_regressions import (
+    _scrape,
+    _workers_of,
+    requests_total,
+    scraped_workers,
+)
 
 from cacheproxy.observe.metrics import Counts, counts_of, summed
 from cacheproxy.observe.stats import Stats
@@ -45,10 +50,6 @@ async def test_a_connection_close_in_a_trailer_section_does_not_fail_the_next_re
     await trailer_then_next_request(proxy, trailer, cache_control=b"no-store")
 
 
-def _requests(metrics: dict[str, float]) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith("cacheproxy_requests_total{"))
-
-
 async def test_metrics_do_not_go_down_when_a_worker_is_restarted(
         origin: Any, tmp_path: Any) -> None:
     """With --workers, a worker that died (OOM-killed, a crash) and was restarted in its
@@ -63,23 +64,12 @@ async def test_metrics_do_not_go_down_when_a_worker_is_restarted(
     hands a restarted worker its predecessor's last answer, which it counts as a retired
     process's figures (counters only; its store is gone). Severity: medium (phantom
     rates and alerts at every worker restart)."""
-    up, _ = await versioned_origin(origin)
-    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
-                                   cwd=tmp_path)
-    workers = _workers_of(proc.pid)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        await spread_misses(base, "/n")  # (both workers answer some: all but 2**-39)
-        for _ in range(20):  # each worker answers the other's scrapes (all but 2**-19)
-            assert _requests(await _scrape(base)) == 40
+    async with scraped_workers(origin, tmp_path) as (proc, port, base, workers):
         os.kill(workers[1], signal.SIGKILL)
         assert await until(lambda: len(set(_workers_of(proc.pid)) - set(workers)) == 1
                            and _listeners(port) == 2, 15)
-        totals = [_requests(await _scrape(base)) for _ in range(20)]
+        totals = [requests_total(await _scrape(base)) for _ in range(20)]
         assert min(totals) >= 40, totals
-    finally:
-        code, err = await stop(proc)
-    assert code == 0 and "Traceback" not in err, err
 
 
 async def test_a_worker_a_scrape_reaches_tells_the_others_its_figures() -> None:

@@ -18,16 +18,7 @@ from typing import Any
 
 import pytest
 from processes import clean_env
-
-from cacheproxy.config import ConfigError, load_config
-
-
-def _load_error(tmp_path: Path, text: str) -> ConfigError:
-    path = tmp_path / "cacheproxy.toml"
-    path.write_text(text, encoding="utf-8", newline="")
-    with pytest.raises(ConfigError) as info:
-        load_config(path, env={})
-    return info.value
+from test_config import load_error
 
 
 @pytest.mark.parametrize(("text", "key", "line"), [
@@ -49,7 +40,7 @@ def test_an_unquoted_unit_is_said_on_the_key_and_line_tomllib_points_at(
     pasted comment's U+2028 put in its place), or tomllib's bare message for a quoted
     header. Now the lines are tomllib's and the table is tomllib's own reading of the text
     above the line. Severity: low (a wrong key named in a start error)."""
-    error = _load_error(tmp_path, text)
+    error = load_error(tmp_path, text)
     assert error.key == key
     assert f"cacheproxy.toml, line {line})" in error.reason
 
@@ -58,7 +49,7 @@ def test_a_route_table_without_routes_array_names_no_routes_minus_one(tmp_path: 
     """What was wrong: `[routes.cache]` with no `[[routes]]` above (routes a table, not
     the array of routes) was named `routes[-1].cache.max_bytes`: an index no route has.
     Now it is left to tomllib's message. Severity: low."""
-    error = _load_error(tmp_path, "[routes.cache]\nmax_bytes = 256MiB\n")
+    error = load_error(tmp_path, "[routes.cache]\nmax_bytes = 256MiB\n")
     assert "routes[-1]" not in f"{error.key} {error.reason}"
     assert error.reason.startswith("invalid TOML: ")
 

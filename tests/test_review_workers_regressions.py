@@ -8,9 +8,11 @@ connection per request until both workers have answered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -204,6 +206,33 @@ def test_a_full_channel_owes_a_worker_a_clear_never_loses_a_purge() -> None:
         relay.close_all()
         for end in ends:
             end.close()
+
+
+def requests_total(metrics: dict[str, float]) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith("cacheproxy_requests_total{"))
+
+
+@contextlib.asynccontextmanager
+async def scraped_workers(origin: Any, tmp_path: Any
+                          ) -> AsyncIterator[tuple[Any, int, str, list[int]]]:
+    """`serve --workers 2` before versioned_origin, 40 requests spread over both workers,
+    then 20 scrapes each summing 40 from 2 workers (each worker has asked, and heard the
+    other's figures): (the server process, its port, base URL, the workers' pids). It is
+    stopped at the end, and must stop cleanly."""
+    up, _ = await versioned_origin(origin)
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await spread_misses(base, "/n")  # (both workers answer some: all but 2**-39)
+        for _ in range(20):  # each worker asks (and hears the other's figures): 2**-19
+            metrics = await _scrape(base)
+            assert requests_total(metrics) == 40
+            assert metrics["cacheproxy_processes_counted"] == 2
+        yield proc, port, base, _workers_of(proc.pid)
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err
 
 
 async def _scrape(base: str) -> dict[str, float]:

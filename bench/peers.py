@@ -1,6 +1,7 @@
 """cacheproxy side by side with nginx, Squid, bare aiohttp and the lean probe, in one run.
 
-    .venv/bin/python bench/peers.py [--quick] [--only nginx,squid,aiohttp,lean,cacheproxy,workers2]
+    .venv/bin/python bench/peers.py [--quick]
+                                    [--only nginx,squid,aiohttp,lean,cacheproxy,workers2,nginx2]
                                     [--duration 4] [--rounds 3] [--extra-rounds 1] [--warmup 2]
 
 The table of issue 10 ("A lean data plane"), measured here: rows are the servers, columns
@@ -111,7 +112,7 @@ def prime(cell: Cell, origin: Child, reference: dict[str, bytes]) -> None:
     """Store what a hit needs, then check one more answer against the role."""
     path = cell.scenario.path
     # A fresh connection each: with --workers 2 the kernel spreads them over both.
-    for _ in range(16 if cell.row == "workers2" else 1):
+    for _ in range(16 if cell.row in ("workers2", "nginx2") else 1):
         get(cell.child.port, path)
     before = origin_counts(origin, path)
     answer = get(cell.child.port, path)
@@ -137,6 +138,7 @@ def plan(children: dict[str, Child], only: set[str]) -> list[Cell]:
         "lean": {"hit-1k": HIT, "hit-32k": HIT, "pass": PASS},
         "cacheproxy": {"hit-1k": HIT, "hit-32k": HIT, "reval": REVAL, "pass": PASS},
         "workers2": {"hit-1k": HIT},
+        "nginx2": {"hit-1k": HIT},
     }
     child_key = {"lean": {"hit-1k": "lean-hit", "hit-32k": "lean-hit", "pass": "lean-pass"}}
     cells = []
@@ -262,6 +264,8 @@ def start_all(origin: Child, cpus: Cpus, only: set[str], scratch: Path,
     if "workers2" in only:
         add("workers2", start_proxy(origin.url, name="cacheproxy-workers2", workers=2))
         time.sleep(1.0)  # both workers listening
+    if "nginx2" in only:
+        add("nginx2", peer_servers.start_nginx(origin, None, scratch, workers=2))
     return children
 
 
@@ -301,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     if only - set(keys):
         parser.error(f"unknown rows {sorted(only - set(keys))}; choose among {keys}")
+    needs = {"wrk", *only, *(("nginx",) if "nginx2" in only else ())}
     problems = [f"Debian package {p} (apt-get install -y {p})"
-                for p in peer_servers.missing_tools() if p == "wrk" or p in only]
+                for p in peer_servers.missing_tools() if p in needs]
     if "lean" in only and (missing := peer_servers.lean_probe_missing()):
         problems.append(missing)
     if problems:

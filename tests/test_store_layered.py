@@ -52,8 +52,11 @@ def test_build_store(redis_server: RedisServer) -> None:
     assert isinstance(build_store(replace(redis_cache(redis_server), store="memory")),
                       MemoryStore)
     assert isinstance(build_store(redis_cache(redis_server)), LayeredStore)
-    assert isinstance(build_store(redis_cache(redis_server, memory_layer_bytes=0)), RedisStore)
-    assert isinstance(build_store(redis_cache(redis_server, memory_layer_ttl=0)), RedisStore)
+    # Without the layer, Redis behind the purge channel's listener, nothing held in front.
+    for off in ({"memory_layer_bytes": 0}, {"memory_layer_ttl": 0}):
+        store = build_store(redis_cache(redis_server, **off))
+        assert isinstance(store, LayeredStore) and isinstance(store.back, RedisStore)
+        assert store.ttl == 0 and store.front.stats().max_bytes == 0
 
 
 async def test_what_a_stores_b_finds(replicas: Replicas) -> None:

@@ -14,6 +14,9 @@ What another replica forgot (an invalidation by an unsafe method, a purge) is al
 storing. This replica's own messages come back on the channel too; they are not told
 again (the answer to a POST stored after its own invalidation would be refused).
 
+With memory_layer_bytes or memory_layer_ttl at 0 there is no front (a ttl of 0: nothing is
+held or read there), but the purge channel is still listened to, for `heard`.
+
 With Redis down the front goes on answering, but only within ttl of its last exchange
 with Redis (the bound holds), and it takes nothing new: requests go to the origin
 until Redis is back.
@@ -91,7 +94,9 @@ class LayeredStore:
                   ) -> tuple[CachedResponse, ...]:
         """Every variant, headers or not: the front's copy of a key stands for all of it,
         so it is filled from a whole read of Redis."""
-        if self.ttl > 0 and key in self._synced:
+        if self.ttl <= 0:  # no layer: Redis's own read, of the variant headers select
+            return await self.back.get(key, headers)
+        if key in self._synced:
             variants = await self.front.get(key)
             if variants:
                 return variants

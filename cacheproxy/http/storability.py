@@ -126,9 +126,17 @@ def _explicit_freshness(response: ResponseDirectives, has_expires: bool, shared:
 
 def excluded_fields(response: ResponseDirectives, policy: StorePolicy) -> frozenset[str]:
     """Fields left out of the stored copy (§3.1 and the policies above)."""
-    out: set[str] = set()
-    if policy.shared:
-        out.update(response.private_fields)  # §5.2.2.7 qualified private
-        if policy.set_cookie == "strip":
-            out.add("set-cookie")
+    if not policy.shared:
+        # A private cache stores a Set-Cookie answer (§3) but never sets the cookie again
+        # from storage: a hit would put back a value the origin has replaced since (a
+        # session or CSRF cookie rotated at login). Browsers' caches store such answers
+        # without their cookies too (Chromium: PERSIST_SANS_COOKIES); §3.1 lets a cache
+        # leave out fields whose semantics forbid forwarding them again.
+        return _COOKIE_ONLY
+    out: set[str] = set(response.private_fields)  # §5.2.2.7 qualified private
+    if policy.set_cookie == "strip":
+        out.add("set-cookie")
     return frozenset(out)
+
+
+_COOKIE_ONLY = frozenset({"set-cookie"})

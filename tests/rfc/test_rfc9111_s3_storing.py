@@ -238,7 +238,7 @@ def test_s5_2_2_7_qualified_private_stores_without_the_named_fields() -> None:
 
 def test_s5_2_2_7_qualified_private_fields_are_kept_by_a_private_cache() -> None:
     d = parse_response_directives('private="X-User", max-age=60')
-    assert excluded_fields(d, StorePolicy(shared=False)) == frozenset()
+    assert "x-user" not in excluded_fields(d, StorePolicy(shared=False))
 
 
 def test_s5_2_2_7_qualified_private_fields_are_left_out_of_the_stored_copy(stored) -> None:
@@ -298,6 +298,13 @@ def test_set_cookie_strip_policy_stores_without_the_cookie(stored) -> None:
 
 def test_set_cookie_is_a_private_caches_business() -> None:
     assert verdict("max-age=60", set_cookie=True, shared=False).storable
+
+
+@pytest.mark.parametrize("mode", ["bypass", "strip"])
+def test_a_private_cache_stores_set_cookie_answers_without_the_cookie(mode: str) -> None:
+    """As browsers' caches do: a hit never sets a cookie again (review-authcookie)."""
+    d = parse_response_directives("max-age=60")
+    assert excluded_fields(d, StorePolicy(shared=False, set_cookie=mode)) == {"set-cookie"}
 
 
 # -- §4.1 Vary: * ---------------------------------------------------------

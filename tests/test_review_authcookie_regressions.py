@@ -1,0 +1,109 @@
+"""Findings of a review of how the proxy, as a shared cache (and as a private one), treats
+requests and answers that carry one user's data (review-authcookie): `Set-Cookie` in both
+`cache.set_cookie` modes and in a private cache, `Authorization` (RFC 9111 §3.5: stored
+only under public / s-maxage / must-revalidate, the request's reason never evicting),
+qualified `private="..."` and `no-cache="..."`, `Vary: Cookie` and `Vary: Authorization`,
+`Cache-Control: private` to a request with a Cookie, a `304` or a `HEAD`'s `200` carrying
+`Set-Cookie` (RFC 9111 §3.2), collapsed waiters behind a revalidation that carried one
+user's cookie, a stale-while-revalidate refresh sent with one user's credentials,
+`Proxy-Authorization` (never forwarded), the request log (cookies and credentials never
+written; `strip_params` redacted in the path and Referer) and the admin listing.
+
+Found right (and, where no test held it yet, pinned below): answers with Set-Cookie are
+not stored by default and are stored without the cookie in `strip` mode, collapsed
+waiters included; a 304's Set-Cookie reaches only the client whose request it answered;
+private and Authorization answers are never stored nor served to another user, nor do
+they evict what is stored; Vary: Cookie keeps users apart. Each fix's test failed on the
+code it was written against (3d3e977). Origins and the proxy run on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from support import cache_status, until
+
+
+def _app(handler: Any) -> web.Application:
+    app = web.Application()
+    app.router.add_route("*", "/r", handler)
+    return app
+
+
+async def test_a_private_cache_never_replays_a_stored_set_cookie(origin: Any, proxy: Any
+                                                                 ) -> None:
+    """With `cache.shared = false` (a private, single-user cache: a developer's browser
+    pointed at it) an answer with `Set-Cookie` was stored with its cookie, and every hit
+    set that cookie again: a page cached while anonymous (Django's csrftoken, a session
+    cookie) put the old value back in the browser after the user logged in and got a new
+    one, so the next form post failed its CSRF check or the user was logged out. Browsers'
+    own caches store such answers without their cookies (Chromium persists cached headers
+    with PERSIST_SANS_COOKIES), and RFC 9111 §3.1 lets a cache leave out fields whose
+    semantics forbid replaying them; README's `cache.set_cookie` says no mode replays a
+    cookie. Now a private cache stores the answer without `Set-Cookie`, as browsers do;
+    the client whose request fetched it still gets it. Severity: medium (private mode)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="form", headers={
+            "Cache-Control": "max-age=60", "Set-Cookie": "csrftoken=anonymous; Path=/"})
+    c = await proxy(await origin(_app(page)), cache={"shared": False})
+    first = await c.get("/r")
+    assert first.headers["Set-Cookie"] == "csrftoken=anonymous; Path=/"
+    for again in (await c.get("/r"), await c.head("/r")):
+        assert again.headers["X-Cache"] == "HIT"
+        assert "Set-Cookie" not in again.headers
+
+
+async def test_collapsed_waiters_behind_a_304_get_no_cookie_of_the_leaders(
+        origin: Any, proxy: Any) -> None:
+    """Pin (found right): requests that wait behind a revalidation whose 304 set the
+    leader's cookie (`cache.set_cookie = "strip"`) are answered from the stored response,
+    without that cookie; the leader alone gets it (RFC 9111 §3.2 merges the 304, §3.1 and
+    the strip policy keep the cookie out of storage). Squid and nginx never share one
+    client's Set-Cookie with another either."""
+    gate = asyncio.Event()
+    conditional: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"v"':
+            conditional.append(request.headers.get("Cookie", ""))
+            await gate.wait()
+            return web.Response(status=304, headers={"ETag": '"v"',
+                                                     "Set-Cookie": "sid=alice-renewed"})
+        return web.Response(text="page", headers={
+            "Cache-Control": "max-age=1", "ETag": '"v"', "Age": "5"})
+    c = await proxy(await origin(_app(page)), cache={"set_cookie": "strip"})
+    await c.get("/r")
+    leader = asyncio.ensure_future(c.get("/r", headers={"Cookie": "sid=alice"}))
+    assert await until(lambda: len(conditional) == 1)
+    waiters = [asyncio.ensure_future(c.get("/r")) for _ in range(2)]
+    assert not await until(lambda: len(conditional) > 1, timeout=0.2)
+    gate.set()
+    assert (await leader).headers["Set-Cookie"] == "sid=alice-renewed"
+    for waiter in await asyncio.gather(*waiters):
+        assert "collapsed" in cache_status(waiter) and "Set-Cookie" not in waiter.headers
+    assert conditional == ["sid=alice"]
+
+
+async def test_a_refresh_sent_with_one_users_credentials_stores_nothing_of_theirs(
+        origin: Any, proxy: Any) -> None:
+    """Pin (found right): a stale-while-revalidate refresh goes upstream with the request
+    that caused it, `Authorization` included (as nginx's proxy_cache_background_update
+    does); the answer made for that user, without public / s-maxage / must-revalidate, is
+    not stored (RFC 9111 §3.5) and does not evict the shared one, so the next anonymous
+    client still gets the shared page."""
+    sent: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        who = request.headers.get("Authorization")
+        sent.append(who)
+        return web.Response(text=f"for {who}" if who else "public", headers={
+            "Cache-Control": "max-age=1, stale-while-revalidate=60", "Age": "5"})
+    c = await proxy(await origin(_app(page)))
+    await c.get("/r")
+    alice = await c.get("/r", headers={"Authorization": "Bearer alice"})
+    assert "detail=stale-while-revalidate" in cache_status(alice)
+    assert await until(lambda: len(sent) == 2) and sent[1] == "Bearer alice"
+    assert await until(lambda: not c.app_proxy.driver._background)
+    bob = await c.get("/r")
+    assert await bob.text() == "public"

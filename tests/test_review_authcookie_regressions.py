@@ -54,6 +54,32 @@ async def test_a_private_cache_never_replays_a_stored_set_cookie(origin: Any, pr
         assert "Set-Cookie" not in again.headers
 
 
+async def test_the_admin_listing_shows_no_credentials_a_variant_is_kept_for(
+        origin: Any, proxy: Any) -> None:
+    """An answer that varies on `Cookie` or `Authorization` (RFC 9111 §4.1) is stored per
+    value of those fields, and `entries` and `entry?url=` listed each variant's request
+    values as they were: every stored user's session cookie and bearer token or Basic
+    password, in clear, in an admin answer that operators paste into tickets and that the
+    Redis store's listing gives for every replica's users. RFC 9111 §7.3 and RFC 9110
+    §17.13 (credentials): a cache must not disclose what it holds for one user. Now the
+    values of `Cookie`, `Authorization` and `Proxy-Authorization` are listed as `***`
+    (the style of the upstream's credentials in log lines); the other Vary values stay.
+    Severity: medium (credential disclosure to whoever reads the admin API)."""
+    async def api(request: web.Request) -> web.Response:
+        return web.Response(text="yours", headers={
+            "Cache-Control": "public, max-age=60",
+            "Vary": "Cookie, Authorization, Accept-Language"})
+    c = await proxy(await origin(_app(api)))
+    await c.get("/r", headers={"Cookie": "sid=SECRET-SESSION",
+                               "Authorization": "Basic YWxpY2U6U0VDUkVU",
+                               "Accept-Language": "de"})
+    listed = await (await c.get("/_cacheproxy/entries")).json()
+    one = await (await c.get("/_cacheproxy/entry?url=/r")).json()
+    for variant in (listed["entries"][0]["variants"][0], one["variants"][0]):
+        assert variant["vary"] == {"cookie": "***", "authorization": "***",
+                                   "accept-language": "de"}
+
+
 async def test_collapsed_waiters_behind_a_304_get_no_cookie_of_the_leaders(
         origin: Any, proxy: Any) -> None:
     """Pin (found right): requests that wait behind a revalidation whose 304 set the

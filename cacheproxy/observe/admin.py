@@ -549,13 +549,21 @@ def _readings(request: web.Request, name: str) -> list[str]:
     return [value] + [t for t in typed[:1] if t != value]
 
 
+# Request fields that carry one user's credentials (RFC 9110 §11.6.2, §11.7.2; RFC 6265
+# §5.4): an answer that varies on one is kept per value, and the listing names the field
+# without its value, so no session or password leaves in an admin answer (RFC 9111 §7.3).
+_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
 def _describe(entry: Any, now: float, with_fields: bool) -> dict[str, Any]:
     age = entry.age(now)
     out: dict[str, Any] = {
         "status": entry.status, "age": int(age), "ttl": int((entry.lifetime - age) // 1),
         "size": entry.size, "body_bytes": len(entry.body), "etag": entry.etag,
         "last_modified": entry.last_modified,
-        "vary": dict(zip(entry.vary, entry.vary_values, strict=True)),
+        "vary": {name: "***" if value is not None and name.lower() in _CREDENTIALS
+                 else value for name, value in zip(entry.vary, entry.vary_values,
+                                                   strict=True)},
     }
     if with_fields:
         out["fields"] = entry.header_pairs()

@@ -80,6 +80,34 @@ async def test_the_admin_listing_shows_no_credentials_a_variant_is_kept_for(
                                    "accept-language": "de"}
 
 
+async def test_a_credentialed_head_does_not_evict_the_shared_response(origin: Any,
+                                                                      proxy: Any) -> None:
+    """A `HEAD` the cache sends on as `HEAD` (here `If-Match` with the stored response
+    stale) from a logged-in user got an answer made for that user: the origin set a
+    cookie (or said `private`). The answer's own reason evicted the stored shared GET
+    response, although the request carried a Cookie, and a GET from the same user with
+    the same answer evicts nothing (RFC 9111 §3.5, §4.3.5: what is made for one user says
+    nothing of the shared one): any logged-in client's HEAD emptied the cache for the URL.
+    Now such a HEAD, like a GET, leaves the stored response alone. Severity: low (origin
+    load, hit ratio)."""
+    async def page(request: web.Request) -> web.Response:
+        headers = {"Cache-Control": "max-age=1", "ETag": '"v"', "Age": "5"}
+        if request.method == "HEAD" and "Cookie" in request.headers:
+            return web.Response(headers={**headers, "Set-Cookie": "sid=renewed",
+                                         "Content-Length": "4"})
+        if request.method == "HEAD":
+            return web.Response(headers={**headers, "Cache-Control": "private, max-age=1",
+                                         "Content-Length": "4"})
+        return web.Response(text="page", headers=headers)
+    c = await proxy(await origin(_app(page)))
+    await c.get("/r")
+    assert c.app_proxy.store.stats().entries == 1
+    for credentials in ({"Cookie": "sid=alice"}, {"Authorization": "Bearer alice"}):
+        head = await c.head("/r", headers={**credentials, "If-Match": '"v"'})
+        assert head.status == 200 and "fwd=bypass" in cache_status(head)
+        assert c.app_proxy.store.stats().entries == 1
+
+
 async def test_collapsed_waiters_behind_a_304_get_no_cookie_of_the_leaders(
         origin: Any, proxy: Any) -> None:
     """Pin (found right): requests that wait behind a revalidation whose 304 set the

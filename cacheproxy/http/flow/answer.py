@@ -327,9 +327,11 @@ def _head_answered(
     if verdict.storable and vary is not None and route.rewritten.intersection(vary):
         verdict = _VARY_FORWARDED
     if not verdict.storable or vary is None:
-        # The request's reason leaves it be; the response's (no-store, private, ...) evicts.
-        return Pass(verdict.reason) if verdict.by_request else Evict((stored.key,),
-                                                                      verdict.reason)
+        # The request's reason leaves it be; the response's (no-store, private, ...) evicts,
+        # unless the request carried credentials: an answer made for one user says
+        # nothing of the shared one (§3.5; as _not_stored for a GET).
+        return Pass(verdict.reason) if verdict.by_request or req.credentials else Evict(
+            (stored.key,), verdict.reason)
     return Freshen(make_stored_response(
         key=stored.key, vary=vary, vary_values=vary_values(vary, req.selecting),
         status=stored.status, pairs=merged, body=stored.body, request_time=request_time,

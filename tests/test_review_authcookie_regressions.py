@@ -108,6 +108,26 @@ async def test_a_credentialed_head_does_not_evict_the_shared_response(origin: An
         assert c.app_proxy.store.stats().entries == 1
 
 
+async def test_private_set_cookie_stores_the_rest_of_the_answer_without_the_cookie(
+        origin: Any, proxy: Any) -> None:
+    """`Cache-Control: max-age=60, private="Set-Cookie"` is an origin saying that the
+    cookie is one client's and the rest of the answer anyone's (RFC 9111 §5.2.2.7: a
+    shared cache "MUST NOT store the specified field names", the rest it may store). With
+    the default `cache.set_cookie = "bypass"` the proxy stored nothing of it, so every
+    request for such a page went to the origin (`detail=set-cookie`), although the
+    project already stores qualified private answers without the fields they name. Now
+    it is stored without `Set-Cookie`: the client that fetched it gets its cookie, the
+    next clients a hit without one. Severity: low (origin load, never a leak)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="page", headers={
+            "Cache-Control": 'max-age=60, private="Set-Cookie"', "Set-Cookie": "sid=alice"})
+    c = await proxy(await origin(_app(page)))
+    first = await c.get("/r")
+    assert first.headers["Set-Cookie"] == "sid=alice" and "stored" in cache_status(first)
+    second = await c.get("/r")
+    assert second.headers["X-Cache"] == "HIT" and "Set-Cookie" not in second.headers
+
+
 async def test_collapsed_waiters_behind_a_304_get_no_cookie_of_the_leaders(
         origin: Any, proxy: Any) -> None:
     """Pin (found right): requests that wait behind a revalidation whose 304 set the

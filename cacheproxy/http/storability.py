@@ -92,8 +92,11 @@ def storability(
         return _no_by_request("authorization")
     if vary_star:  # §4.1: "Vary: *" never matches, storing it is pointless
         return _no("vary-star")
-    if policy.shared and has_set_cookie and policy.set_cookie == "bypass":
-        # A cookie is one client's; a shared cache never replays it (RFC 9111 §7.3).
+    if policy.shared and has_set_cookie and policy.set_cookie == "bypass" and (
+            "set-cookie" not in response.private_fields):
+        # A cookie is one client's; a shared cache never replays it (RFC 9111 §7.3). An
+        # origin's private="Set-Cookie" says the rest is anyone's: stored without the
+        # cookie (§5.2.2.7, excluded_fields).
         return _no("set-cookie")
     # §3: something must make it cacheable: explicit freshness, public, or a
     # heuristically cacheable status (private is fine for a private cache).

@@ -296,6 +296,13 @@ def test_set_cookie_strip_policy_stores_without_the_cookie(stored) -> None:
     assert entry.get("set-cookie") is None
 
 
+def test_s5_2_2_7_private_set_cookie_lets_bypass_store_the_rest() -> None:
+    """§5.2.2.7: the origin says the cookie alone is private; stored without it."""
+    assert verdict('private="Set-Cookie", max-age=60', set_cookie=True).storable
+    assert verdict('private="X-User", max-age=60', set_cookie=True) == Verdict(
+        False, "set-cookie")
+
+
 def test_set_cookie_is_a_private_caches_business() -> None:
     assert verdict("max-age=60", set_cookie=True, shared=False).storable
 

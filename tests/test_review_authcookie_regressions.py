@@ -19,10 +19,18 @@ code it was written against (3d3e977). Origins and the proxy run on 127.0.0.1.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
+from processes import clean_env, free_port, start_serve, stop
 from support import cache_status, until
+
+from cacheproxy.config import Config
+from cacheproxy.config.private_exposure import private_cache_exposure
+from cacheproxy.config.sections import CacheConfig, ProxyConfig, RouteConfig
 
 
 def _app(handler: Any) -> web.Application:
@@ -126,6 +134,55 @@ async def test_private_set_cookie_stores_the_rest_of_the_answer_without_the_cook
     assert first.headers["Set-Cookie"] == "sid=alice" and "stored" in cache_status(first)
     second = await c.get("/r")
     assert second.headers["X-Cache"] == "HIT" and "Set-Cookie" not in second.headers
+
+
+def _config(listen: str, store: str = "memory", shared: bool = False,
+            route_shared: bool | None = None) -> Config:
+    routes = () if route_shared is None else (RouteConfig(
+        upstream="http://127.0.0.1:9", cache=CacheConfig(shared=route_shared)),)
+    return dataclasses.replace(Config(), proxy=ProxyConfig(listen=listen),
+                               cache=CacheConfig(shared=shared, store=store), routes=routes)
+
+
+@pytest.mark.parametrize("config, named", [
+    (_config("0.0.0.0:8080"), ["cache.shared", "proxy.listen (0.0.0.0:8080)"]),
+    (_config("127.0.0.1:8080", store="redis"), ["cache.shared", 'cache.store = "redis"']),
+    (_config("[::]:8080", shared=True, route_shared=False),
+     ["routes[0].cache.shared", "proxy.listen ([::]:8080)"]),
+    (_config("127.0.0.1:8080"), None),
+    (_config("localhost:8080", shared=True, route_shared=False), None),
+    (_config("0.0.0.0:8080", store="redis", shared=True), None),
+])
+def test_a_private_cache_within_reach_of_other_users_is_warned_of(
+        config: Config, named: list[str] | None) -> None:
+    """`cache.shared = false` (or a route's) is a private, single-user cache: it stores
+    answers marked `private` and answers to `Authorization` and serves them to whoever
+    asks next (RFC 9111 §3, §3.5, §5.2.2.7 allow that of a cache one user owns). Set on
+    a listener other machines reach, or with the Redis store every replica reads, it
+    served one user's account page to the next user who asked for the URL, and nothing
+    said so: the README's one line ("acts as a private (single-user) cache") was all.
+    Now the start says it in a WARNING naming the keys (as forward.open guards an open
+    proxy, but a warning: only the operator knows that one person connects). Severity:
+    medium (a configuration that leaks per-user pages, said nowhere at run time)."""
+    said = private_cache_exposure(config)
+    if named is None:
+        assert said is None
+    else:
+        assert said is not None and all(part in said for part in named), said
+
+
+async def test_serve_warns_at_start_of_a_private_cache_on_the_redis_store(
+        tmp_path: Path) -> None:
+    """The warning above, as `cacheproxy serve` says it once at start (a Redis nobody
+    listens on: the proxy serves uncached meanwhile; the warning is about the config)."""
+    env = clean_env(CACHEPROXY_CACHE_SHARED="false", CACHEPROXY_CACHE_STORE="redis",
+                    CACHEPROXY_CACHE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    proc, _ = await start_serve("--upstream", "http://127.0.0.1:9", cwd=tmp_path, env=env)
+    code, err = await stop(proc)
+    assert code == 0
+    warned = [line for line in err.splitlines()
+              if " WARNING " in line and "cache.shared = false (a private cache" in line]
+    assert len(warned) == 1 and 'cache.store = "redis"' in warned[0], err
 
 
 async def test_collapsed_waiters_behind_a_304_get_no_cookie_of_the_leaders(

@@ -18,6 +18,7 @@ from aiohttp import web, web_urldispatcher
 
 from cacheproxy import pidfile
 from cacheproxy.config import Config, ConfigError, masked_url, parse_listen
+from cacheproxy.config.private_exposure import private_cache_exposure
 from cacheproxy.config.sections import check_forward
 from cacheproxy.demo.origin import start_demo_origin
 from cacheproxy.lifetime import (
@@ -138,6 +139,8 @@ async def serve(
         upstream = demo_url = _url(demo_host, demo_port)
         log.info("demo origin on %s (set proxy.upstream to proxy your own)", upstream)
     descriptor_room(config.proxy.max_client_connections, say=announce)
+    if announce and (exposed := private_cache_exposure(config)) is not None:
+        log.warning("%s", exposed)
     # The lean data plane; the admin API is the aiohttp application's (listener.py).
     others = Siblings(siblings, config.proxy.workers) if siblings is not None else None
     store = others.memory_store(config) if others is not None else None

@@ -238,3 +238,25 @@ async def test_a_refresh_sent_with_one_users_credentials_stores_nothing_of_their
     assert await until(lambda: not c.app_proxy.driver._background)
     bob = await c.get("/r")
     assert await bob.text() == "public"
+
+
+async def test_a_heads_set_cookie_is_not_merged_into_the_stored_response(
+        origin: Any, proxy: Any) -> None:
+    """Pin (found right): a `200` to a `HEAD` updates the stored GET response's fields as a
+    304 would (RFC 9111 §4.3.5, §3.2), but with `cache.set_cookie = "strip"` its
+    `Set-Cookie` reaches the client that sent the HEAD only: the freshened entry takes the
+    HEAD's other fields and no cookie."""
+    async def page(request: web.Request) -> web.Response:
+        if request.method == "HEAD":
+            return web.Response(headers={
+                "Cache-Control": "max-age=60", "ETag": '"v"', "Set-Cookie": "sid=head",
+                "X-Build": "2", "Content-Length": "4"})
+        return web.Response(text="page", headers={
+            "Cache-Control": "max-age=1", "ETag": '"v"', "Age": "5", "X-Build": "1"})
+    c = await proxy(await origin(_app(page)), cache={"set_cookie": "strip"})
+    await c.get("/r")
+    head = await c.head("/r", headers={"If-Match": '"v"'})  # stale: sent on as HEAD
+    assert head.headers["Set-Cookie"] == "sid=head" and "fwd=bypass" in cache_status(head)
+    hit = await c.get("/r")
+    assert hit.headers["X-Cache"] == "HIT" and hit.headers["X-Build"] == "2"
+    assert "Set-Cookie" not in hit.headers

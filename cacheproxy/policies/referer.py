@@ -263,11 +263,16 @@ def names_a_policy(values: Iterable[str]) -> bool:
                for value in values for token in value.split(","))
 
 
-def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool) -> Fields:
+def response_policy_fields(policy: RefererPolicy, upstream_has_policy: bool, *,
+                           status: int = 200) -> Fields:
     """The Referrer-Policy field to add to a response (W3C Referrer Policy §4.1): none when
     policy is "", or when the upstream set its own (names_a_policy) and policy_override is
-    false."""
+    false; on a 304, only when overriding. A 304 carries the RFC 9110 §15.4.5 fields, not
+    the origin's policy, and it updates the receiver's stored copy (RFC 9111 §3.2, §4.3.4):
+    ours there would replace a policy the origin set on the 200 in the browser's cache."""
     if not policy.policy or (upstream_has_policy and not policy.policy_override):
+        return []
+    if status == 304 and not policy.policy_override:
         return []
     return [("Referrer-Policy", policy.policy)]
 

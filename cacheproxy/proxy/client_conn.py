@@ -1165,7 +1165,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _fields(self, request: ClientRequest, status: int, headers: CIMultiDict[str]) -> None:
         """The fields every response gets here: the policies' (CORS, Referrer-Policy),
         Date when the origin sent none (RFC 9110 §6.6.1), and the connection's fate."""
-        outbound_fields(request, headers)
+        outbound_fields(request, headers, status)
         if "Date" not in headers:
             headers["Date"] = _Date.now()
         if "Connection" in headers:  # (mostly not: a relayed answer's end-to-end fields)

@@ -68,12 +68,12 @@ def inbound(
 
 async def outbound(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """aiohttp on_response_prepare (the proxy served by aiohttp.web): as outbound_fields."""
-    outbound_fields(request, response.headers)
+    outbound_fields(request, response.headers, response.status)
 
 
-def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
-    """The CORS grant and Referrer-Policy, on the way out, and the targeted fields this
-    cache consumed removed."""
+def outbound_fields(request: ClientMessage, headers: CIMultiDict[str], status: int) -> None:
+    """The CORS grant and Referrer-Policy, on the way out (for a response of status), and
+    the targeted fields this cache consumed removed."""
     plan = request.get(PLAN)
     if plan is None:  # the admin API, or a request refused before routing
         return
@@ -111,7 +111,7 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str]) -> None:
     # (an upstream field no browser applies sets no policy: ours replaces it, §8.1)
     upstream_policy = "Referrer-Policy" in headers \
         and names_a_policy(headers.getall("Referrer-Policy"))
-    policy = response_policy_fields(route.referer, upstream_policy)
+    policy = response_policy_fields(route.referer, upstream_policy, status=status)
     if policy:  # W3C Referrer Policy §4.1: ours, where none was set or when overriding
         headers.popall("Referrer-Policy", None)
         headers.extend(policy)

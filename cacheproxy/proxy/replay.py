@@ -91,10 +91,10 @@ class ReplayBlocks:
     def _encode(self, entry: CachedResponse, plan: RoutePlan, version: Any
                 ) -> tuple[bytes, bool]:
         headers = entry_fields(entry)  # not the block memo: an entry replayed once needs none
-        outbound_fields(_WithoutOrigin(plan), headers)  # type: ignore[arg-type]
+        status = entry.status
+        outbound_fields(_WithoutOrigin(plan), headers, status)  # type: ignore[arg-type]
         headers.popall("Connection", None)
         headers.popall("Transfer-Encoding", None)
-        status = entry.status
         if status < 200 or status in (204, 304):
             # RFC 9110 §8.6: never in a 1xx or 204; in a 304 only as the selected
             # representation's length, which the stored body is not (none is stored).

@@ -12,6 +12,7 @@ it stays)."""
 from __future__ import annotations
 
 from aiohttp import web
+from browser import chromium
 
 
 async def _policy_origin(origin: object) -> str:
@@ -40,12 +41,12 @@ async def test_a_304_does_not_loosen_the_origins_referrer_policy(origin, proxy) 
     its own. A 304 updates the stored response of whoever receives it (RFC 9111 §3.2,
     §4.3.4; Chromium's HttpResponseHeaders::Update replaces Referrer-Policy), so the user's
     browser, after one revalidation (a reload, an expired page), kept the page under the
-    looser policy and sent the page's origin (and its full URL, session ids included, to
-    its own site) where the origin had asked for no Referer at all: the leak the
-    `[referer]` policy is there to stop. REDbot showed it as the proxy's Referrer-Policy
-    on its If-None-Match answer beside the origin's on the 200. nginx's `add_header` and
-    Varnish leave a 304 without a field the origin set on the 200. Now a 304 gets the
-    proxy's Referrer-Policy only with `policy_override` (the policy the 200 got too).
+    looser policy and sent other sites the page's origin, and its own site the page's
+    URL, where the origin had asked for no Referer at all. REDbot showed it as the
+    proxy's Referrer-Policy on its If-None-Match answer beside the origin's on the 200.
+    (Varnish adds no field of its own to a 304; nginx's `add_header` is the operator's
+    explicit choice, as `policy_override` is here.) Now a 304 gets the proxy's
+    Referrer-Policy only with `policy_override` (the policy the 200 got too).
     Severity: medium (privacy: Referer leak after a revalidation)."""
     server = await _policy_origin(origin)
     client = await proxy(server)
@@ -70,3 +71,42 @@ async def test_a_304_carries_the_overriding_referrer_policy(origin, proxy) -> No
     again = await client.get("/max-age=60", headers={"If-None-Match": '"p1"'})
     assert again.status == 304
     assert again.headers.getall("Referrer-Policy") == ["same-origin"]
+
+
+async def test_a_browser_keeps_the_origins_no_referrer_after_a_revalidation(origin, proxy
+                                                                             ) -> None:
+    """What a user saw of the 304 above, in Chromium: a page with a session id in its URL
+    (`/inbox?gsid=...`, the seed's example), `Cache-Control: no-cache`, an ETag and
+    `Referrer-Policy: no-referrer`. Its first load sent its image request with no Referer;
+    loaded again (the browser revalidates, the proxy revalidates too and answers 304 with
+    its default policy, which the browser merged into its stored page), the image request
+    carried the page's URL (the origin saw `http://.../inbox`: the proxy's `strip_params`
+    took the session id out on the way, a third-party image would have had the origin).
+    Severity: medium."""
+    referers: list[str | None] = []
+
+    async def inbox(request: web.Request) -> web.Response:
+        if request.headers.get("If-None-Match") == '"i1"':
+            return web.Response(status=304, headers={"ETag": '"i1"',
+                                                     "Cache-Control": "no-cache"})
+        return web.Response(text='<img src="/pixel">', content_type="text/html",
+                            headers={"ETag": '"i1"', "Cache-Control": "no-cache",
+                                     "Referrer-Policy": "no-referrer"})
+
+    async def pixel(request: web.Request) -> web.Response:
+        referers.append(request.headers.get("Referer"))
+        return web.Response(body=b"GIF89a", content_type="image/gif",
+                            headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/inbox", inbox)
+    app.router.add_get("/pixel", pixel)
+    client = await proxy(await origin(app))
+    url = str(client.make_url("/inbox?gsid=S3CRET"))
+    async with chromium() as browser:
+        page = await (await browser.new_context()).new_page()
+        for _ in range(2):
+            async with page.expect_response(lambda r: r.url.endswith("/pixel")):
+                await page.goto(url)
+    assert len(referers) == 2
+    assert referers == [None, None], referers

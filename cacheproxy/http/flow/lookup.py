@@ -227,7 +227,10 @@ def plain_serve(entry: CachedResponse, now: float) -> tuple[float, float] | None
 
 def background_refresh(req: RequestFacts, entry: CachedResponse) -> tuple[RequestFacts, Forward]:
     """RFC 5861 §3: the revalidation behind a stale-while-revalidate answer. The client's
-    own cache directives were about its answer, not about this refresh."""
-    facts = replace(req, method="GET", directives=NO_REQUEST_DIRECTIVES)
+    own cache directives were about its answer, not about this refresh; nor its Range
+    (bypass: RFC 9110 §14.2), answered from storage already: the refresh asks for the
+    whole representation and stores it, whatever its framing (a Range kept made a 200 of
+    unknown length a Refetch that no client awaits, and the new response was dropped)."""
+    facts = replace(req, method="GET", directives=NO_REQUEST_DIRECTIVES, bypass=False)
     return facts, Forward("stale", "GET", stored=entry,
                           conditional=tuple(conditional_fields(entry)), may_store=True)

@@ -8,6 +8,10 @@ fix, and says what is expected, why, and how severe it is."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from aiohttp import web
 from support import raw_get, raw_origin, until
 
 # -- 1. a Range that triggers a stale-while-revalidate refresh loses the refresh --------------
@@ -48,3 +52,47 @@ async def test_rfc5861_s3_a_range_request_s_background_refresh_stores_a_chunked_
         assert (status, body) == (200, b"v2"), fields
         assert fields["cache-status"].startswith("cacheproxy; hit")
         assert len(heads) == 2
+
+
+# -- 2. a no-store request leads a collapse whose answer it may not store --------------------
+
+
+def _waiting(c: Any) -> int:
+    """The requests waiting behind another's upstream request (their callbacks on the
+    leaders' futures)."""
+    return sum(len(f._callbacks or ()) for f in c.app_proxy.driver.collapser._inflight.values())
+
+
+async def test_s5_2_1_5_a_no_store_request_does_not_lead_a_collapse(origin: Any, proxy: Any
+                                                                     ) -> None:
+    """A miss from a client sending `Cache-Control: no-store` became the leader of the URL's
+    collapse: the requests for the URL that came while its answer was on its way waited
+    behind it, although that answer may not be stored (§5.2.1.5: "a cache MUST NOT store
+    any part of either this request or any response to it"). Released at its head with
+    nothing stored, each of them then went to the origin on its own, at once: a herd of
+    N upstream requests, where one would have filled the cache for the others, and each
+    had waited for the no-store request's origin time first. RFC 9111 §4 shares an answer
+    between requests only when it is stored; nginx's proxy_cache_lock is not taken by a
+    request that bypasses the cache. Severity: medium (collapse defeated by any one
+    client's no-store at the moment of a miss, origin load and latency)."""
+    seen: list[str] = []
+    hold = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cache-Control", ""))
+        await hold.wait()
+        return web.Response(text="hi", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/r", handle)
+    c = await proxy(await origin(app))
+    first = asyncio.ensure_future(c.get("/r", headers={"Cache-Control": "no-store"}))
+    assert await until(lambda: len(seen) == 1)
+    others = [asyncio.ensure_future(c.get("/r")) for _ in range(3)]
+    # Each of the three is either at the origin or waiting behind another request.
+    assert await until(lambda: len(seen) - 1 + _waiting(c) == 3)
+    hold.set()
+    assert await (await first).text() == "hi"
+    for other in others:
+        assert await (await other).text() == "hi"
+    assert len(seen) == 2, f"{len(seen) - 1} upstream requests for the three, not 1"

@@ -132,8 +132,10 @@ def _reuse_or_forward(
     # A waiter still refused what the key holds does not wait again: an origin that codes
     # whatever the request says (pre-compressed files) stores a coded answer each time,
     # and its refusing waiters would go one after the other, each behind the last.
-    may_collapse = (route.collapse and req.method == "GET" and not recently_passed
-                    and not passed_here
+    # A no-store request neither leads nor waits (§5.2.1.5): its answer is stored for no
+    # one, so requests behind it would wait for nothing, then all go upstream at once.
+    may_collapse = (route.collapse and may_store and req.method == "GET"
+                    and not recently_passed and not passed_here
                     and (waited is None
                          or (waited.again and entry is None and held and not refused)))
     if entry is None:

@@ -96,3 +96,74 @@ async def test_s5_2_1_5_a_no_store_request_does_not_lead_a_collapse(origin: Any,
     for other in others:
         assert await (await other).text() == "hi"
     assert len(seen) == 2, f"{len(seen) - 1} upstream requests for the three, not 1"
+
+
+# -- 3. a new representation too big to store left the outdated one to be served stale ------
+
+_BIG = b"2" * 300  # past the max_object_bytes of 100 the tests below set
+_CHUNKED_V2 = (b'HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n'
+               b'ETag: "2"\r\nTransfer-Encoding: chunked\r\n\r\n12c\r\n' + _BIG
+               + b"\r\n0\r\n\r\n")
+
+
+async def test_s4_3_3_a_chunked_200_too_big_to_store_removes_the_response_it_outdates(
+        proxy) -> None:
+    """A stale stored response (v1, with stale-if-error) was revalidated and the origin
+    answered a new representation (v2) of unknown length (chunked) that proved bigger
+    than cache.max_object_bytes: the client got v2, nothing was stored, and v1 stayed.
+    When the origin then failed (503), the proxy served v1 under stale-if-error: a user
+    who had just been sent v2 was sent the older v1 after it, content going back in
+    time. The same answer with a Content-Length over the limit removed v1 at once (the
+    flow's rule for "a new representation (200) that may not be stored", _not_stored):
+    only the framing decided. RFC 9111 §4.3.3: the full response is the cache's current
+    knowledge of the resource, and RFC 5861 §4 serves "a stale response" that is the
+    cache's latest, not one it knows to be replaced. Severity: medium (outdated content
+    served after newer, under stale-if-error or stale-while-revalidate, for large files
+    sent chunked)."""
+    heads: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        heads.append(head)
+        if len(heads) == 1:
+            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
+                    b'ETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
+        if len(heads) == 2:
+            return _CHUNKED_V2
+        return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
+
+    async with raw_origin(answer) as port:
+        c = await proxy(f"http://127.0.0.1:{port}", cache={"max_object_bytes": 100})
+        assert (await raw_get(c, "/r"))[2] == b"v1"
+        status, fields, body = await raw_get(c, "/r")
+        assert (status, fields["etag"]) == (200, '"2"')  # v2, not stored (too big)
+        status, fields, body = await raw_get(c, "/r")
+        assert (status, body) == (503, b"down"), (status, fields, body)
+        assert "stale-if-error" not in fields["cache-status"]
+
+
+async def test_rfc5861_s3_a_background_refresh_too_big_to_store_removes_the_old_response(
+        proxy) -> None:
+    """The background refresh behind stale-while-revalidate got a new representation of
+    unknown length, too big to store: v1 stayed, so every client in the window went on
+    getting v1 (each starting another refresh that fetched v2 again and dropped it),
+    though the origin had answered with v2. As in the foreground (the test above), the
+    outdated response is removed: the next request is a miss. Severity: medium."""
+    heads: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        heads.append(head)
+        if len(heads) == 1:
+            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=600"
+                    b'\r\nETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
+        return _CHUNKED_V2
+
+    async with raw_origin(answer) as port:
+        c = await proxy(f"http://127.0.0.1:{port}", cache={"max_object_bytes": 100})
+        assert (await raw_get(c, "/r"))[2] == b"v1"
+        status, fields, body = await raw_get(c, "/r")
+        assert body == b"v1" and "stale-while-revalidate" in fields["cache-status"]
+        assert await until(lambda: len(heads) == 2)
+        assert await until(lambda: not c.app_proxy.driver._background)
+        status, fields, body = await raw_get(c, "/r")
+        assert (status, fields["etag"]) == (200, '"2"'), (status, fields, body)
+        assert "fwd=uri-miss" in fields["cache-status"]

@@ -400,31 +400,13 @@ class Driver:
         if isinstance(d, Store) and d.invalidates:  # §4.4, before a POST's answer is stored
             # (which counts as sent after its own invalidation: the new representation)
             resp.sent = await self._invalidate(ctx, d.invalidates)
-        if isinstance(d, Store) and d.whole_first:  # a Range, cut from the stored whole
-            part, length = d.part, resp.content_length
-            if part is not None and length is not None and exchange.budget.admits(length):
-                return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome,
-                                            d.entry, max_object, release,
-                                            upstream=ctx.plan.upstream, target=ctx.target,
-                                            part=part)
-            try:
-                whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
-            except BaseException:  # its body broke off: no whole answer for the waiters
-                release(failed=True)
-                raise
-            release()  # (stored, or given up for its size: no failure)
-            if whole is None:  # too big after all, or no room in the fill budget:
-                # the origin answers the Range itself (RFC 9211 fwd=bypass).
-                return await self.forward(ctx, Forward("bypass", ctx.facts.method))
-            return self.reply_validated(ctx, whole)
         if isinstance(d, Store):
-            current = client_answer(d.entry, ctx.facts)  # the client's own validators
-            if current is not None:
-                return await exchange.not_modified(resp, ctx.outcome, current, d.entry,
-                                                   max_object, release)
-            return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, d.entry,
-                                        max_object, release, upstream=ctx.plan.upstream,
-                                        target=ctx.target)
+            answer = await self._store(ctx, d, resp, release)
+            if d.outdates and resp.unstored == "too-big":
+                # The new representation was too big to store after all: the response
+                # it replaces goes as well (Store.outdates), as for one announced too big.
+                await discard(self.store, ctx.key)
+            return answer
         if isinstance(d, Refetch):  # §4.3.4: once, unconditionally
             resp.release()
             return await self.forward(ctx, d.forward, release)
@@ -457,6 +439,37 @@ class Driver:
             release = _as_failed(release)
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
                                     release, upstream=ctx.plan.upstream, target=ctx.target)
+
+    async def _store(self, ctx: Ctx, d: Store, resp: UpstreamResponse, release: Release
+                     ) -> Answer | None:
+        """Store: the client's answer as the body streams (or cut from it, or a 304 to
+        its own validators), the body stored once whole."""
+        exchange = self.exchange
+        max_object = ctx.plan.cache.max_object_bytes
+        if d.whole_first:  # a Range, cut from the stored whole
+            part, length = d.part, resp.content_length
+            if part is not None and length is not None and exchange.budget.admits(length):
+                return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome,
+                                            d.entry, max_object, release,
+                                            upstream=ctx.plan.upstream, target=ctx.target,
+                                            part=part)
+            try:
+                whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
+            except BaseException:  # its body broke off: no whole answer for the waiters
+                release(failed=True)
+                raise
+            release()  # (stored, or given up for its size: no failure)
+            if whole is None:  # too big after all, or no room in the fill budget:
+                # the origin answers the Range itself (RFC 9211 fwd=bypass).
+                return await self.forward(ctx, Forward("bypass", ctx.facts.method))
+            return self.reply_validated(ctx, whole)
+        current = client_answer(d.entry, ctx.facts)  # the client's own validators
+        if current is not None:
+            return await exchange.not_modified(resp, ctx.outcome, current, d.entry,
+                                               max_object, release)
+        return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, d.entry,
+                                    max_object, release, upstream=ctx.plan.upstream,
+                                    target=ctx.target)
 
     async def _put_validated(self, key: str, d: Update, headers: Headers) -> bool:
         """§4.3.4: the responses the 304 freshened (the one validated, the other variants
@@ -578,6 +591,8 @@ class Driver:
                 if body is not None and stored is not None and refresh_may_store(
                         stored, d.entry, await self.store.get(key, facts.selecting)):
                     await exchange.put(d.entry.replace(body=body), resp)
+                elif d.outdates and resp.unstored == "too-big":  # (as in the foreground)
+                    await discard(self.store, key)
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool
             if resp.status >= 500:  # (as an UpstreamError is: the stored response stays)

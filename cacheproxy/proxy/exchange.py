@@ -55,7 +55,7 @@ class UpstreamResponse:
     """The head of the upstream's answer, and its body as it arrives."""
 
     __slots__ = ("_conn", "_done", "_pool", "_timeout", "content_length", "fields", "reason",
-                 "sent", "status", "version")
+                 "sent", "status", "unstored", "version")
 
     def __init__(self, pool: Pool, conn: Connection, read_timeout: float, sent: float
                  ) -> None:
@@ -63,6 +63,8 @@ class UpstreamResponse:
         # When its request was first sent (time.perf_counter()): an invalidation or purge
         # of its key since then means it is not stored (proxy/invalidations.py).
         self.sent = sent
+        # Why its body, to be stored, was not: "too-big" or "fill-budget" (Fill.why_not)
+        self.unstored = ""
         self.status = conn.status
         self.reason = conn.reason
         self.version = conn.version
@@ -401,6 +403,7 @@ class Exchange:
         fill = None if store is None else self.budget.fill(max_object, resp.content_length)
         if fill is not None and fill.why_not:  # no room for what it announced
             outcome.stored, outcome.detail = False, fill.why_not
+            resp.unstored = fill.why_not
             fill = None
         if fill is None:
             release()
@@ -461,6 +464,7 @@ class Exchange:
                 break
             if fill is not None and not fill.add(chunk):  # too big, or over the budget
                 outcome.stored, outcome.detail = False, fill.why_not
+                resp.unstored = fill.why_not
                 fill = None
                 release()
             if not send_body:
@@ -564,6 +568,7 @@ class Exchange:
             while not fill.why_not and (chunk := await resp.readany()):
                 fill.add(chunk)
             if fill.why_not:
+                resp.unstored = fill.why_not
                 resp.close()
                 return None
             resp.release()

@@ -250,7 +250,9 @@ def _new_representation(
     )
     if not _reusable(entry):
         return _not_stored(stored, status, Verdict(False, "not-reusable"), req, key)
-    return Store(entry, replaces=stored)
+    # (as _not_stored's Evict: a 200, any client's; one with credentials evicts nothing)
+    return Store(entry, replaces=stored,
+                 outdates=stored is not None and status == 200 and not req.credentials)
 
 
 # §4.1: the answer varies on a field this proxy writes for each client (X-Forwarded-For:

@@ -409,6 +409,8 @@ class Driver:
             return answer
         if isinstance(d, Refetch):  # §4.3.4: once, unconditionally
             resp.release()
+            if d.outdates:  # (Store.outdates: its whole answer was not stored)
+                await discard(self.store, ctx.key)
             return await self.forward(ctx, d.forward, release)
         if isinstance(d, Update):
             resp.release()

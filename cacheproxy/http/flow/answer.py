@@ -169,7 +169,7 @@ def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts
     origin's to answer."""
     if isinstance(d, Store) and status == 200:
         if length is None:
-            return Refetch(Forward("bypass", "GET"))
+            return Refetch(Forward("bypass", "GET"), outdates=d.outdates)
         part = None
         if client_answer(d.entry, req) is None:  # (§13.2.2: a 304 comes before a 206)
             answer = range_answer(d.entry, req, length)

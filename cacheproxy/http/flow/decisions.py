@@ -201,10 +201,13 @@ class Pass:
 class Refetch:
     """§4.3.4: a 304 that selects no stored response: ask again, unconditionally; or the
     whole representation asked for a Range that cannot be stored: ask again with the
-    Range (RFC 9110 §14.2). hit_for_pass as for Pass (the whole answer's reason)."""
+    Range (RFC 9110 §14.2). hit_for_pass as for Pass (the whole answer's reason);
+    outdates as for Store (the whole answer was a new representation of the response
+    stored, which goes before the Range is asked for)."""
 
     forward: Forward
     hit_for_pass: bool = False
+    outdates: bool = False
 
 
 Lookup = Serve | ServeStale | PreconditionFailed | Forward | Refuse

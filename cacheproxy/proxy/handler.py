@@ -55,6 +55,16 @@ from cacheproxy.store import Store
 log = logging.getLogger("cacheproxy")
 
 
+def check_plans(config: Config, default_upstream: str, demo_upstream: str) -> None:
+    """Raise ConfigError if a process could not route by config: every request needs an
+    upstream (demo_upstream: the demo origin's URL, when one runs), and building the plans
+    compiles every policy. The --workers supervisor checks a reload with it too."""
+    if not (config.proxy.upstream or demo_upstream or config.catch_all_route):
+        raise ConfigError("proxy.upstream", "is needed: no route catches every request "
+                          "and no demo origin runs (it starts only with the process)")
+    Plans.build(config, default_upstream)
+
+
 class CacheProxy:
     def __init__(self, config: Config, upstream: str, store: Store) -> None:
         self.store = store
@@ -72,10 +82,7 @@ class CacheProxy:
     def check_config(self, config: Config) -> None:
         """Raise ConfigError if config cannot be applied (reload checks before it changes
         anything): building the plans compiles every policy."""
-        if not (config.proxy.upstream or self.demo_upstream or config.catch_all_route):
-            raise ConfigError("proxy.upstream", "is needed: no route catches every request "
-                              "and no demo origin runs (it starts only with the process)")
-        Plans.build(config, self.default_upstream)
+        check_plans(config, self.default_upstream, self.demo_upstream)
 
     def reconfigure(self, config: Config) -> None:
         """Derive what requests read from config; called at start and on reload (SIGHUP).

@@ -34,8 +34,8 @@ from cacheproxy.observe.diagnostics import StderrHandler
 from cacheproxy.observe.health import Health, upstream_problem
 from cacheproxy.observe.metrics import counts_of
 from cacheproxy.observe.observer import Observer
-from cacheproxy.observe.sink import LogFileError
-from cacheproxy.proxy.handler import CacheProxy
+from cacheproxy.observe.sink import LogFileError, open_log_file
+from cacheproxy.proxy.handler import CacheProxy, check_plans
 from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
 from cacheproxy.proxy.siblings import Siblings
@@ -371,6 +371,21 @@ def keep_restart_only(running: Config, new: Config) -> Config:
     return settled
 
 
+def settle_reload(running: Config, new: Config, demo_upstream: str) -> Config:
+    """--workers: the config the supervisor adopts on SIGHUP, which every worker started
+    from now on runs (a restart after a crash, an OOM kill). keep_restart_only's, checked
+    first as each worker's reconfigure checks it (ConfigError, or OSError naming log.path):
+    a reload the workers refuse must not become what a restarted worker runs, or the next
+    worker death starts one that cannot open its log, and the server stops (exit 1).
+    nginx's master likewise tests a new configuration whole before a worker gets it."""
+    settled = keep_restart_only(running, new)
+    check_plans(settled, demo_upstream or settled.proxy.upstream, demo_upstream)
+    check_local_ca(settled)
+    if settled.log.path and settled.log.format != "off":
+        open_log_file(settled.log.path).close()  # (as a worker's new sink opens it)
+    return settled
+
+
 def check_local_ca(config: Config) -> None:
     """forward.intercept_tls: the local CA is read (made, the first time) now, so one that
     cannot be used (a key others can read, a garbled or expired file) stops the start, as a
@@ -413,7 +428,7 @@ def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
         pidfile.claim(pid_file, config.proxy.shutdown_timeout)
     try:
         if config.proxy.workers > 1:
-            supervise(config, reload, run_one, keep_restart_only)
+            supervise(config, reload, run_one, settle_reload)
             return
         run_one(config, reload)
     finally:

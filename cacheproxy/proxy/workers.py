@@ -139,9 +139,10 @@ def _demo(config: Config, ready: Any, parent: int) -> None:
         ready.send(exc)
 
 
-# (running, reloaded) -> what a worker started from now on runs: the reloaded config with
-# the running one's settings that a reload does not change (server.keep_restart_only).
-Settle = Callable[[Config, Config], Config]
+# (running, reloaded, the demo origin's URL or "") -> what a worker started from now on
+# runs: the reloaded config with the running one's settings that a reload does not change,
+# checked as the workers check it (server.settle_reload; raises ConfigError, OSError).
+Settle = Callable[[Config, Config, str], Config]
 
 
 class Supervisor:
@@ -158,6 +159,7 @@ class Supervisor:
         self.hangup = False
         self.relay = Relay(config.proxy.workers)
         self.demo: BaseProcess | None = None  # the demo origin, when no upstream is set
+        self.demo_upstream = ""  # its URL, once started (a reload may then empty upstream)
         self.demo_listen = ""  # where it listens (its port, once bound: kept on restart)
         self.demo_due = 0.0  # when a dead demo origin may be started again (monotonic)
         self.demo_said = False  # its death is said (once: then each failed restart)
@@ -178,6 +180,7 @@ class Supervisor:
                 raise
         _freeze_what_children_inherit()
         self.demo, upstream = self._start_demo()
+        self.demo_upstream = upstream or ""
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._hup)
@@ -311,7 +314,8 @@ class Supervisor:
             return True  # (SIGHUP still reopens each worker's request log)
         try:
             new = self.reload()
-            self.config = new if self.settle is None else self.settle(self.config, new)
+            self.config = new if self.settle is None \
+                else self.settle(self.config, new, self.demo_upstream)
         except (ConfigError, OSError) as exc:
             log.error("reload refused, the running configuration stays (every worker's): %s",
                       exc)

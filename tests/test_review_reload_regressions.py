@@ -157,3 +157,37 @@ async def test_a_reload_that_stops_overriding_cors_serves_the_upstreams_grant(
     resp = await c.get("/api", headers=page)
     assert resp.status == 200
     assert resp.headers.get("Access-Control-Allow-Origin") == "*", (resp.headers, calls)
+
+
+async def test_a_reload_closes_idle_connections_to_an_upstream_it_no_longer_routes_to(
+        origin: Any, proxy: Any) -> None:
+    """A reload that moves proxy.upstream (or a route) from one origin to another left the
+    pooled idle connections to the old one open until proxy.upstream_keepalive_timeout:
+    nothing would use them again, yet the old origin, being drained for decommissioning,
+    still saw the proxy's connections (for a minute with a keepalive of 60 s) and they
+    counted against proxy.max_connections. nginx's old workers close their idle upstream
+    keepalive connections at a reload. Now a reload closes at once the idle connections
+    to the origins no route sends to any more; one in use finishes its exchange and then
+    closes at its keepalive deadline. Severity: low."""
+    closed = asyncio.Event()
+
+    async def old(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                             b"Cache-Control: no-store\r\n\r\nold")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            closed.set()  # the proxy closed its connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(old, "127.0.0.1", 0)
+    new = await origin(web.Application())
+    try:
+        port = server.sockets[0].getsockname()[1]
+        c = await proxy(f"http://127.0.0.1:{port}", proxy={"upstream_keepalive_timeout": 60})
+        assert await (await c.get("/a")).text() == "old"  # its connection is pooled, idle
+        _reloaded(c, proxy={"upstream": str(new.make_url("")).rstrip("/")})
+        assert await until(closed.is_set, 5)
+    finally:
+        server.close()

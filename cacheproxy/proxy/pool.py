@@ -790,6 +790,15 @@ class Connection(asyncio.Protocol):
         else:
             self._fail(_refused("bad framing (bytes past the message)"))
 
+    def retire(self) -> None:
+        """Closed while idle (a reload routes to its origin no more). No exchange holds
+        it and a plain socket delivers no byte after close(), so the parser's reference
+        back to it goes too: it is freed by reference counting, as what a reload
+        replaces is, not left to the collector (tests/test_collector.py)."""
+        self.close()
+        if not self._tls:
+            self._parser = None  # type: ignore[assignment]
+
     def close(self) -> None:
         self.reusable = False
         if self._pump is not None and not self._pump.done():
@@ -943,6 +952,16 @@ class Pool:
                 return conn
             conn.close()
         return None
+
+    def close_idle(self, origins: set[Origin] | frozenset[Origin]) -> None:
+        """A reload routes to these origins no more: their idle connections close now
+        (nginx's old workers close theirs at a reload), rather than at their keepalive
+        deadline. One in use finishes its exchange and closes at that deadline."""
+        for origin in origins:
+            for conn in self._idle.pop(origin, ()):
+                self._open.discard(conn)  # gone now, not when connection_lost comes
+                conn.retire()
+        self._wake_one()
 
     def _close_an_idle_one(self) -> bool:
         """At the limit, an idle connection to another origin makes room."""

@@ -63,6 +63,7 @@ from cacheproxy.proxy.collapse import (
 )
 from cacheproxy.proxy.downstream import Answer, ClientGone, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
+from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
 from cacheproxy.proxy.upstream import Refusal, UpstreamError
@@ -130,7 +131,7 @@ class Driver:
 
     def rename(self, cache_name: str, local_via: str) -> None:
         """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
-        self.cache_name = self.exchange.cache_name = cache_name
+        self.cache_name = cache_name
         self.local_via = local_via
 
     async def stop(self) -> None:
@@ -324,7 +325,7 @@ class Driver:
                 502, refused or "connection closed after its 101"))
         ctx.outcome.status = "TUNNEL"
         headers = CIMultiDict(end_to_end(resp.fields))
-        headers.add("Via", self.exchange.via(resp))
+        headers.add("Via", via_value(resp.version, ctx.plan.forward.via))
         await ctx.out.switch(resp.reason, headers, detached,  # type: ignore[attr-defined]
                              idle_timeout)
         return None
@@ -440,7 +441,8 @@ class Driver:
         if isinstance(d, (Keep, Pass)) and d.erred:  # (its waiters go on one at a time)
             release = _as_failed(release)
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, None, max_object,
-                                    release, upstream=ctx.plan.upstream, target=ctx.target)
+                                    release, upstream=ctx.plan.upstream, target=ctx.target,
+                                    name=ctx.plan.forward.via)
 
     async def _store(self, ctx: Ctx, d: Store, resp: UpstreamResponse, release: Release
                      ) -> Answer | None:
@@ -454,7 +456,7 @@ class Driver:
                 return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome,
                                             d.entry, max_object, release,
                                             upstream=ctx.plan.upstream, target=ctx.target,
-                                            part=part)
+                                            name=ctx.plan.forward.via, part=part)
             try:
                 whole = await exchange.fill(resp, d.entry, max_object, ctx.outcome)
             except BaseException:  # its body broke off: no whole answer for the waiters
@@ -468,10 +470,10 @@ class Driver:
         current = client_answer(d.entry, ctx.facts)  # the client's own validators
         if current is not None:
             return await exchange.not_modified(resp, ctx.outcome, current, d.entry,
-                                               max_object, release)
+                                               max_object, release, ctx.plan.forward.via)
         return await exchange.relay(ctx.out, ctx.request, resp, ctx.outcome, d.entry,
                                     max_object, release, upstream=ctx.plan.upstream,
-                                    target=ctx.target)
+                                    target=ctx.target, name=ctx.plan.forward.via)
 
     async def _put_validated(self, key: str, d: Update, headers: Headers) -> bool:
         """§4.3.4: the responses the 304 freshened (the one validated, the other variants
@@ -521,16 +523,19 @@ class Driver:
     # -- step 3: what the client gets --------------------------------------------
 
     def reply(self, ctx: Ctx, entry: CachedResponse, age: float, ttl: float) -> Answer:
-        return self.served(ctx.facts, ctx.outcome, entry, age, ttl)
+        plan = ctx.plan  # (its names: a reload since the request began renames no answer)
+        return self.served(ctx.facts, ctx.outcome, entry, age, ttl, plan.forward.via,
+                           plan.local_via)
 
     def served(self, facts: RequestFacts, outcome: Outcome, entry: CachedResponse,
-               age: float, ttl: float) -> Answer:
+               age: float, ttl: float, name: str = "", via: str = "") -> Answer:
         """What the client gets from storage: the whole response, a 304 to its own
         validators (§4.3.2), or the part its Range asks for (RFC 9110 §14.2). Also what
-        a quick hit (proxy/quick.py) sends."""
+        a quick hit (proxy/quick.py) sends, under the running names (name, via: the
+        request's plan's, when given)."""
         note_served(outcome, age, ttl)
-        return stored_response(facts.method, entry, age, outcome, self.cache_name,
-                               self.local_via, self.blocks, client_answer(entry, facts),
+        return stored_response(facts.method, entry, age, outcome, name or self.cache_name,
+                               via or self.local_via, self.blocks, client_answer(entry, facts),
                                range_answer(entry, facts) if facts.bypass else None)
 
     def reply_validated(self, ctx: Ctx, view: CachedResponse) -> Answer:
@@ -538,7 +543,8 @@ class Driver:
         return self.reply(ctx, view, age, view.lifetime - age)
 
     def error(self, ctx: Ctx, status: int, message: str) -> Answer:
-        return error_response(status, message, ctx.outcome, self.cache_name, self.local_via)
+        plan = ctx.plan
+        return error_response(status, message, ctx.outcome, plan.forward.via, plan.local_via)
 
     # -- RFC 5861 §3: the refresh behind stale-while-revalidate ------------------
 

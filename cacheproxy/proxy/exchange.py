@@ -194,12 +194,11 @@ def _nothing(failed: bool = False, left: bool = False) -> None:
 
 
 class Exchange:
-    """One per proxy: the pooled upstream session, the store and the Via pseudonym."""
+    """One per proxy: the pooled upstream session and the store."""
 
     def __init__(self, config: ProxyConfig, store: Store, fill_buffer_bytes: int) -> None:
         self.config = config
         self.store = store
-        self.cache_name = config.via  # also the Via pseudonym (proxy.via)
         self.read_timeout = config.read_timeout
         self.send_timeout = config.send_timeout
         # Requests that do not say their own (ClientRequest.body_timeout: the client
@@ -365,14 +364,10 @@ class Exchange:
             return False
         return await self.store.put(entry)
 
-    def via(self, resp: UpstreamResponse) -> str:
-        """RFC 9110 §7.6.3: the protocol the response was received with."""
-        return via_value(resp.version, self.cache_name)
-
     async def relay(
         self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
         outcome: Outcome, store: CachedResponse | None, max_object: int,
-        release: Release = _nothing, *, upstream: str, target: str,
+        release: Release = _nothing, *, upstream: str, target: str, name: str,
         part: Partial | None = None,
     ) -> None:
         """_relay, told at once when the client leaves (a quiet stream's next byte may be
@@ -380,14 +375,14 @@ class Exchange:
         out.watch_gone(partial(resp.interrupt, ClientGone("client connection lost")))
         try:
             await self._relay(out, request, resp, outcome, store, max_object, release,
-                              upstream=upstream, target=target, part=part)
+                              upstream=upstream, target=target, name=name, part=part)
         finally:
             out.watch_gone(None)
 
     async def _relay(
         self, out: Downstream, request: ClientMessage, resp: UpstreamResponse,
         outcome: Outcome, store: CachedResponse | None, max_object: int,
-        release: Release, *, upstream: str, target: str, part: Partial | None,
+        release: Release, *, upstream: str, target: str, name: str, part: Partial | None,
     ) -> None:
         """Stream the upstream response to the client; with store (the Store decision's
         entry), keep a copy and store it once whole. release wakes collapsed waiters once
@@ -419,7 +414,8 @@ class Exchange:
                 headers.popall(name, None)
             headers["Content-Range"] = content_range(first, last, part.length)
             headers["Content-Length"] = str(last + 1 - first)
-        mark(headers, outcome, self.cache_name, self.via(resp))
+        # RFC 9110 §7.6.3: the protocol it was received with; name: the request's plan's
+        mark(headers, outcome, name, via_value(resp.version, name))
         gone = False  # the client left: a fill goes on without it (below)
         answered = False  # the client's part was sent whole (the rest is only stored)
         offset = 0  # of the whole body read so far (a part is cut from it)
@@ -521,7 +517,7 @@ class Exchange:
 
     async def not_modified(
         self, resp: UpstreamResponse, outcome: Outcome, answer: NotModified,
-        store: CachedResponse, max_object: int, release: Release,
+        store: CachedResponse, max_object: int, release: Release, name: str,
     ) -> Answer:
         """The client's own validators (stripped upstream) match what is being stored:
         304 (§4.3.2), once the body is in the store."""
@@ -537,7 +533,7 @@ class Exchange:
             release(failed=True)
             raise
         release()  # (stored, or given up for its size: no failure)
-        mark(headers, outcome, self.cache_name, self.via(resp))
+        mark(headers, outcome, name, via_value(resp.version, name))
         return Answer(304, headers)
 
     async def fill(

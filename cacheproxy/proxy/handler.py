@@ -210,7 +210,7 @@ class CacheProxy:
                         "its client had left: nothing answered" if out is not None
                         and out.left else f"answered {exc.status}")
             outcome.status = "ERROR"
-            return self._error(exc.status, exc.reason, outcome)
+            return self._error(exc.status, exc.reason, outcome, plan)
         except Exception:  # a bug of ours: log it, answer briefly, keep serving
             return self.internal_error(request, outcome)
 
@@ -391,7 +391,11 @@ class CacheProxy:
             content=request.body_exists,
         )
 
-    def _error(self, status: int, message: str, outcome: Outcome) -> Answer:
+    def _error(self, status: int, message: str, outcome: Outcome,
+               plan: RoutePlan | None = None) -> Answer:
+        """plan: the request's, whose names it answers under (a reload may rename us)."""
+        if plan is not None:
+            return error_response(status, message, outcome, plan.forward.via, plan.local_via)
         return error_response(status, message, outcome, self.cache_name, self.local_via)
 
     def body_failed_answer(self, outcome: Outcome, status: int) -> Answer:

@@ -145,7 +145,7 @@ class QuickForward:
         ctx, client = self.ctx, self.client
         send_body = ctx.request.method != "HEAD"
         headers = CIMultiDict(end_to_end(resp.fields))
-        cache_name = self.proxy.exchange.cache_name
+        cache_name = ctx.plan.forward.via  # (the request's: a reload since renames nothing)
         mark(headers, ctx.outcome, cache_name, via_value(resp.version, cache_name))
         head = client.begin(resp.status, resp.reason, headers, not send_body)
         body = self.conn.take_body() if send_body else b""

@@ -21,7 +21,7 @@ from cacheproxy.http.targeted import Targeting, downstream_removed, surrogate_ca
 from cacheproxy.policies.cors import RESPONSE_FIELDS, CorsPolicy
 from cacheproxy.policies.referer import forwarded_referer
 from cacheproxy.policies.routes import Route, RouteTable
-from cacheproxy.proxy.forwarding import ForwardPolicy
+from cacheproxy.proxy.forwarding import ForwardPolicy, via_value
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,10 @@ class RoutePlan:
     # The upstream's origin as a key names it: with the user its URL's credentials name
     # ("http://alice@api"), since the origin answers for that account (never the password)
     key_origin: str = ""
+    # Via on the answers the cache makes itself (replays, errors; it speaks HTTP/1.1), as
+    # this config names the cache (forward.via): a request in flight at a reload answers
+    # under the name it went upstream with
+    local_via: str = ""
 
     def cache_key(self, scheme: str, authority: str, target: str) -> str:
         """RFC 9111 §2: the primary key is the URI of the response; here, everything the origin
@@ -97,6 +101,7 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
         key_origin=keyed_origin(up.scheme, upstream_host, up.raw_user),
         upstream_scheme=up.scheme,
         upstream_path=up.raw_path.rstrip("/"),
+        local_via=via_value((1, 1), config.proxy.via),
         forward=ForwardPolicy(
             via=config.proxy.via,
             upstream_host=upstream_host,

@@ -192,3 +192,30 @@ async def test_a_reload_closes_idle_connections_to_an_upstream_it_no_longer_rout
         assert await until(closed.is_set, 5)
     finally:
         server.close()
+
+
+async def test_a_reload_leaves_the_freshness_stored_entries_were_given(
+        origin: Any, proxy: Any) -> None:
+    """What README is to say (found right, pinned): a stored entry's freshness lifetime is
+    figured when it is stored, with the config of then (cache.heuristic_fraction and
+    heuristic_max_age for a response with Last-Modified alone, RFC 9111 §4.2.2), and kept
+    with it (in Redis too): a reload that lowers heuristic_max_age applies to what is
+    stored from then on, not to the entries already stored, which stay fresh as long as
+    they were given (nginx's proxy_cache_valid and Varnish's TTL alike; Squid's
+    refresh_pattern is applied again at each lookup). Purging applies it at once."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="p", headers={
+            "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"})  # long ago: a day's cap
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), cache={"heuristic_max_age": 3600.0})
+
+    async def ttl(path: str) -> float:
+        member = cache_status(await c.get(path))
+        return float(member.split("ttl=")[1].split(";")[0])
+
+    assert 3500 < await ttl("/old") <= 3600  # stored: fresh for an hour
+    _reloaded(c, cache={"heuristic_max_age": 60.0})
+    assert 3500 < await ttl("/old") <= 3600  # a hit, as fresh as it was stored
+    assert 50 < await ttl("/new") <= 60  # stored since: the new bound

@@ -130,6 +130,16 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
     )
 
 
+def cors_fields_returned(old: Plans, new: Plans) -> list[str]:
+    """The routes whose upstream's CORS fields old left out of what it stored (mode
+    override, with grants of its own) and new passes on: their entries stored before
+    lack the upstream's grant, and are served so until they expire (a reload purges
+    nothing)."""
+    return [name for name, plan in new.by_name.items()
+            if not plan.cache.excluded and name in old.by_name
+            and old.by_name[name].cache.excluded]
+
+
 def keyed_origin(scheme: str, host: str, user: str | None) -> str:
     """The origin of the keys named after an upstream URL: origin_of's, with the user of
     the credentials the URL carries (sent as Basic on every request), so that two routes

@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import IO
 
 from cacheproxy import pidfile
-from cacheproxy.config import ConfigError, load_config
+from cacheproxy.config import DEFAULT_PATH, ConfigError, load_config
 from cacheproxy.lifetime import StartError
 from cacheproxy.observe.logread import (
     Progress,
@@ -83,7 +83,12 @@ def _serve(args: argparse.Namespace) -> int:
                  "proxy.workers": args.workers, "log.path": args.log_file}
 
     def serve() -> None:
-        config = load_config(args.config, overrides=overrides)
+        # The file the start reads is the one every reload reads ("the same file"):
+        # ./config/cacheproxy.toml gone at a reload (moved aside while edited) is refused
+        # naming it, as nginx refuses a file it cannot read, not the defaults applied.
+        source = args.config if args.config is not None \
+            else DEFAULT_PATH if DEFAULT_PATH.is_file() else None
+        config = load_config(source, overrides=overrides)
         if "stdout" in getattr(args, "closed_streams", ()) and not config.log.path \
                 and config.log.format != "off":
             _error("warning: standard output was closed: the request log goes to /dev/null; "
@@ -92,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         from cacheproxy.proxy.server import run
 
         # SIGHUP reads the same sources again: the file, the environment, these flags.
-        run(config, reload=lambda: load_config(args.config, overrides=overrides))
+        run(config, reload=lambda: load_config(source, overrides=overrides))
 
     return _run_server(serve)
 

@@ -239,3 +239,36 @@ async def test_a_reload_leaves_the_freshness_stored_entries_were_given(
     _reloaded(c, cache={"heuristic_max_age": 60.0})
     assert 3500 < await ttl("/old") <= 3600  # a hit, as fresh as it was stored
     assert 50 < await ttl("/new") <= 60  # stored since: the new bound
+
+
+async def test_a_reload_without_the_default_config_file_it_started_with_is_refused(
+        origin: Any, tmp_path: Path) -> None:
+    """`cacheproxy serve` without --config reads ./config/cacheproxy.toml when it exists;
+    its reloads looked again, and when the file was not there at that moment (moved
+    aside while being edited, a deploy replacing the directory, a checkout of another
+    branch) they silently applied the defaults with the flags and environment:
+    "configuration reloaded", and the routes, CORS grants, hotlink gate, admin token and
+    log.path of the file were gone (here the Via name reverts to "cacheproxy"). README:
+    a reload reads "the same file". nginx refuses a reload whose file it cannot read,
+    and keeps running the old configuration. Now the file the start read is the one
+    every reload reads, and its absence is refused naming it. Severity: medium (a
+    silent reset of every policy by a reload at the wrong moment)."""
+    up, _ = await versioned_origin(origin)
+    (tmp_path / "config").mkdir()
+    file = tmp_path / "config" / "cacheproxy.toml"
+    file.write_text('[proxy]\nvia = "edge-1"\n')
+    proc, port = await start_serve("--upstream", str(up.make_url("")), cwd=tmp_path)
+    err = StderrLines(proc)
+    try:
+        file.rename(tmp_path / "cacheproxy.toml.editing")
+        proc.send_signal(signal.SIGHUP)
+        line = await err.wait_for("reload")
+        assert "refused" in line and "config/cacheproxy.toml" in line, line
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/a") as resp:
+            assert resp.headers["Via"] == "1.1 edge-1"
+    finally:
+        proc.terminate()
+        code = await proc.wait()
+        text = await err.close()
+    assert code == 0 and "Traceback" not in text, text

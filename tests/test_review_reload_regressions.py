@@ -1,18 +1,23 @@
 """Review of reloading a running proxy's configuration (SIGHUP, `cacheproxy reload`), with
-and without --workers, in front of real origins on 127.0.0.1.
+and without --workers, with the memory store and Redis, in front of real origins on
+127.0.0.1.
 
 What was looked at: requests in flight across a reload (their CORS grant, Referrer-Policy
 and route stay those they started with; Via and Cache-Status too, now); collapsed waiters
-arriving after a reload (served the leader's stored answer, as any stored entry is: the
-README's "a reload does not purge"); a reload storm (10 SIGHUPs in a second, alternating
-upstream, CORS and log.path, under 6 clients: every answer a 200, with 1 and 2 workers);
-an invalid config (refused naming the key, the old one serving); the settings that take
-effect at a restart (listen, workers, store, cache.max_bytes: warned, kept); log.path
-changed (reopened); what a refused reload leaves behind in the --workers supervisor;
-idle pooled connections to an upstream a reload no longer routes to; and stored entries
-whose freshness came from a config value (cache.heuristic_*: figured when stored, as
-nginx's proxy_cache_valid and Varnish's TTL are, not again at each lookup as Squid's
-refresh_pattern is).
+and requests arriving just after a reload (served the stored answer of a fetch begun
+before it, as any stored entry is: the README's "a reload does not purge"); quick hits
+and quick forwards on a keep-alive connection across 30 reloads that swap a route's
+upstream (each request after a reload goes where the new config says); a reload storm
+(10 SIGHUPs in a second, alternating upstream, CORS and log.path, under 6 clients: every
+answer a 200, with 1 and 2 workers, memory and Redis); an invalid config (refused naming
+the key, the old one serving; files that are not UTF-8, not TOML or a directory too); the
+settings that take effect at a restart (listen, workers, store, cache.max_bytes: warned,
+kept, the store's bound and accounting unchanged); log.path changed (reopened); what a
+refused reload leaves behind in the --workers supervisor; the default config file gone at
+a reload; idle pooled connections to an upstream a reload no longer routes to; CORS mode
+switched both ways; and stored entries whose freshness came from a config value
+(cache.heuristic_*: figured when stored, as nginx's proxy_cache_valid and Varnish's TTL
+are, not again at each lookup as Squid's refresh_pattern is).
 """
 
 from __future__ import annotations

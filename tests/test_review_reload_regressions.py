@@ -277,3 +277,81 @@ async def test_a_reload_without_the_default_config_file_it_started_with_is_refus
         code = await proc.wait()
         text = await err.close()
     assert code == 0 and "Traceback" not in text, text
+
+
+async def test_a_reload_storm_under_load_answers_every_request(
+        origin: Any, tmp_path: Path) -> None:
+    """Found right, pinned: 10 SIGHUPs in a second, each config swapping the upstream, the
+    Via name, the CORS grant and log.path, while 4 keep-alive clients ask for cached,
+    uncacheable and slow URLs, with --workers 2: every answer is a 200, the last config
+    is the one that serves, and the server stops cleanly. (A reload is done between two
+    loop iterations; signals that come while one is done are coalesced, as nginx's.)"""
+    def site(name: str) -> web.Application:
+        async def page(request: web.Request) -> web.Response:
+            if request.path.startswith("/slow"):
+                await asyncio.sleep(0.2)  # (the origin's pace: in flight across reloads)
+            return web.Response(text=name, headers={"Cache-Control": "max-age=60"
+                                if request.path.startswith("/c") else "no-store"})
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", page)
+        return app
+
+    sites = [await origin(site("a")), await origin(site("b"))]
+    config = tmp_path / "cacheproxy.toml"
+
+    def write(i: int) -> None:
+        config.write_text(f'[proxy]\nupstream = "{sites[i % 2].make_url("")}"\nvia = "v{i}"\n'
+                          f'[cors]\nallow_origins = ["https://o{i}.example"]\n'
+                          f'[log]\npath = "{tmp_path / f"requests{i % 3}.log"}"\n')
+
+    write(0)
+    proc, port = await start_serve("--config", str(config), "--workers", "2", cwd=tmp_path)
+    err = StderrLines(proc)
+    statuses: list[int] = []
+    storming = True
+
+    async def client(k: int) -> None:
+        async with aiohttp.ClientSession() as http:
+            i = 0
+            while storming:
+                i += 1
+                path = (f"/c/{i % 5}", f"/f/{k}-{i}", f"/slow/{k}-{i}")[i % 3]
+                async with http.get(f"http://127.0.0.1:{port}{path}") as resp:
+                    await resp.read()
+                    statuses.append(resp.status)
+
+    async def storm() -> None:
+        nonlocal storming
+        for i in range(1, 11):
+            write(i)
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.1)  # (the storm's pace, not a wait for an outcome)
+        storming = False
+
+    async def last_config_serves() -> bool:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/f/last") as resp:
+            return resp.headers["Via"] == "1.1 v10" and await resp.text() == "a"
+
+    try:
+        await asyncio.gather(storm(), *(client(k) for k in range(4)))
+        for _ in range(20):  # new connections: either worker (the kernel picks)
+            assert await until_async(last_config_serves, 5), err.lines
+    finally:
+        proc.terminate()
+        code = await proc.wait()
+        text = await err.close()
+    assert statuses and set(statuses) == {200}, statuses
+    assert code == 0 and "Traceback" not in text and "refused" not in text, text
+
+
+async def until_async(check: Any, timeout: float) -> bool:
+    """until() for an asynchronous check: polled until it holds or timeout passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True

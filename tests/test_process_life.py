@@ -226,9 +226,9 @@ async def test_an_invalid_config_on_sighup_is_refused_and_the_old_one_stays(orig
             http.get(f"http://127.0.0.1:{port}/n") as response:
         assert response.status == 200 and response.headers["Via"].endswith("edge-1")
     # A setting that needs a restart is named, and the rest of the reload applies.
-    config.write_text(good.replace("edge-1", "edge-3") + '[cache]\nmax_bytes = "512MiB"\n')
+    config.write_text(good.replace("edge-1", "edge-3") + '[cache]\nfill_buffer_bytes = "128MiB"\n')
     proc.send_signal(signal.SIGHUP)
-    await err.wait_for("cache.max_bytes changed; it takes effect at the next restart")
+    await err.wait_for("cache.fill_buffer_bytes changed; it takes effect at the next restart")
     await err.wait_for("configuration reloaded")
     async with aiohttp.ClientSession() as http, \
             http.get(f"http://127.0.0.1:{port}/n") as response:

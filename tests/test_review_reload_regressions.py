@@ -11,8 +11,9 @@ upstream (each request after a reload goes where the new config says); a reload 
 (10 SIGHUPs in a second, alternating upstream, CORS and log.path, under 6 clients: every
 answer a 200, with 1 and 2 workers, memory and Redis); an invalid config (refused naming
 the key, the old one serving; files that are not UTF-8, not TOML or a directory too); the
-settings that take effect at a restart (listen, workers, store, cache.max_bytes: warned,
-kept, the store's bound and accounting unchanged); log.path changed (reopened); what a
+settings that take effect at a restart (listen, workers, store: warned, kept);
+cache.max_bytes (now applied at once to the memory store, its accounting checked; a
+restart with Redis); log.path changed (reopened); what a
 refused reload leaves behind in the --workers supervisor; the default config file gone at
 a reload; idle pooled connections to an upstream a reload no longer routes to; CORS mode
 switched both ways; and stored entries whose freshness came from a config value
@@ -355,3 +356,57 @@ async def until_async(check: Any, timeout: float) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
+
+
+async def test_a_reload_that_lowers_cache_max_bytes_shrinks_the_memory_store_at_once(
+        origin: Any, proxy: Any) -> None:
+    """cache.max_bytes took effect only at a restart: an operator lowering it because the
+    process was near its memory limit was told so in the log, and the only way to apply
+    it was a restart, which empties the memory store whole (every URL a miss at once, on
+    the origin). nginx's cache manager trims the cache to a new max_size after a reload,
+    and Squid applies a new cache_mem at a reconfigure. Now a reload bounds the memory
+    store at once: lowered, its least recently used entries go (counted as evictions)
+    until what it holds fits, and the byte count stays the sum of what it holds; raised,
+    it takes more. (With the Redis store the bound is Redis's maxmemory: a restart, as
+    before.) Severity: medium (an operator under memory pressure had to drop the cache)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 4000, headers={"Cache-Control": "max-age=600"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), cache={"max_bytes": 64 * 1024})
+    store = c.app_proxy.store
+    for i in range(12):
+        await (await c.get(f"/p{i}")).read()
+    await (await c.get("/p0")).read()  # the most recently used, now
+    before = store.stats()
+    assert before.entries == 12 and before.bytes > 16 * 1024
+
+    _reloaded(c, cache={"max_bytes": 16 * 1024})
+    after = store.stats()
+    assert after.max_bytes == 16 * 1024 and 0 < after.bytes <= 16 * 1024, after
+    assert after.evictions - before.evictions == 12 - after.entries, after
+    held = [key for key in await store.keys() if store.peek(key)]
+    assert sum(v.size for key in held for v in store.peek(key)) == after.bytes
+    assert any(key.endswith("/p0") for key in held), held  # the LRU's tail went first
+    assert (await c.get("/p0")).headers["X-Cache"] == "HIT"
+
+    _reloaded(c, cache={"max_bytes": 1024 * 1024})  # raised: room for them all again
+    for i in range(12):
+        await (await c.get(f"/p{i}")).read()
+    assert store.stats().entries == 12 and store.stats().bytes > 16 * 1024
+
+
+async def test_with_the_redis_store_cache_max_bytes_still_waits_for_a_restart(
+        origin: Any, proxy: Any, redis_server: Any, caplog: Any) -> None:
+    """The other side of the test above: with cache.store = "redis" the bound is Redis's
+    maxmemory (cache.max_bytes is only the figure its stats show without one), so a reload
+    that changes it still says it takes effect at the next restart, and changes nothing."""
+    app = web.Application()
+    c = await proxy(await origin(app),
+                    cache={"store": "redis", "redis_url": redis_server.url})
+    figure = c.app_proxy.store.stats().max_bytes
+    _reloaded(c, cache={"max_bytes": 1024 * 1024})
+    assert any("cache.max_bytes changed; it takes effect at the next restart"
+               in r.getMessage() for r in caplog.records), caplog.records
+    assert c.app_proxy.store.stats().max_bytes == figure

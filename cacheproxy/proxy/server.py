@@ -329,6 +329,18 @@ def reconfigure(app: web.Application, new: Config) -> None:
     app[ADMIN].reconfigure(new.admin)
     app[ADMIN].set_forward(new.forward, new.proxy.listen)
     proxy.reconfigure(new)
+    _resize_store(proxy.store, new.cache.max_bytes)
+
+
+def _resize_store(store: Store, max_bytes: int) -> None:
+    """The memory store's new bound, at once (MemoryStore.resize); a store without one
+    (Redis, whose bound is its maxmemory) kept its own: restart_only_changes said so."""
+    resize = getattr(store, "resize", None)
+    if resize is None or store.stats().max_bytes == max_bytes:
+        return
+    gone = resize(max_bytes)
+    log.info("reload: cache.max_bytes is now %d bytes%s", max_bytes,
+             f"; {gone} least recently used URLs evicted to fit" if gone else "")
 
 
 # Settings a running process cannot change: sockets, store, processes, the upstream pool.
@@ -338,15 +350,19 @@ RESTART_ONLY = (
     "proxy.max_connections", "proxy.shutdown_timeout", "proxy.upstream_keepalive_timeout",
     "proxy.pid_file", "proxy.upstream_ca_file",
     "cache.store", "cache.redis_url", "cache.redis_prefix", "cache.redis_timeout",
-    "cache.redis_retry_interval", "cache.max_bytes", "cache.memory_layer_bytes",
+    "cache.redis_retry_interval", "cache.memory_layer_bytes",
     "cache.memory_layer_ttl", "cache.fill_buffer_bytes", "demo.listen", "admin.prefix",
     "admin.metrics_path", "admin.listen", "forward.ca_dir",
 )
+# cache.max_bytes bounds the memory store at once (MemoryStore.resize); the Redis store's
+# bound is Redis's own maxmemory (the figure its stats show without one): a restart.
+RESTART_ONLY_WITH_REDIS = ("cache.max_bytes",)
 
 
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     changed = []
-    for key in RESTART_ONLY:
+    for key in RESTART_ONLY + (RESTART_ONLY_WITH_REDIS if old.cache.store == "redis"
+                               else ()):
         section, name = key.split(".")
         if getattr(getattr(old, section), name) != getattr(getattr(new, section), name):
             changed.append(key)

@@ -125,6 +125,19 @@ class MemoryStore:
         self._entries += len(variants)
         return True
 
+    def resize(self, max_bytes: int) -> int:
+        """A reload's cache.max_bytes, at once (nginx's cache manager trims to a new
+        max_size, Squid applies a new cache_mem): lowered, the least recently used keys go
+        until what is held fits, counted as evictions; raised, there is room for more.
+        How many keys went."""
+        self._max_bytes = max_bytes
+        gone = 0
+        while self._bytes > max_bytes:  # (bytes held: a key is held)
+            self._count_out(self._evict())
+            self._evictions += 1
+            gone += 1
+        return gone
+
     def _evict(self) -> Held:
         """Takes the least recently used key's value out: the first of the oldest keys
         found not used since (there is one: the caller still counts bytes held)."""

@@ -976,6 +976,7 @@ class Pool:
     async def _connect(self, origin: Origin) -> Connection:
         loop = self.loop()
         self._connecting += 1
+        conn: Connection | None = None
         try:
             check = self.vet(origin) if self.vet is not None else None
             hosts = [origin.host] if check is None else await self._vetted(origin, check)
@@ -997,6 +998,8 @@ class Pool:
             raise _refused(f"connect failed ({exc.strerror or exc})") from None
         finally:
             self._connecting -= 1
+            if conn is None:  # failed (or given up): its slot is free for one waiting
+                self._wake_one()
         self._open.add(conn)
         return conn
 

@@ -1,0 +1,88 @@
+"""A deep read of the upstream side of the data plane (proxy/pool.py, upstream.py,
+destinations.py, connect.py): which state a pooled connection is given back in, which
+requests are sent again, the deadlines, the callbacks' exceptions, the waiters for a
+connection, and the descriptors of connects that fail. Each test failed before its fix
+(an xfail says why it is not fixed yet), against the real proxy and raw origins on
+127.0.0.1 that send bytes of the test's choosing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from support import until
+
+from cacheproxy.config import load_config
+
+OK = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nhi"
+
+
+@contextlib.asynccontextmanager
+async def held_tls_origin(let_go: asyncio.Event) -> AsyncIterator[int]:
+    """An "https" origin that takes the TCP connection and the ClientHello, then closes
+    without a word once let_go is set: a TLS handshake that fails when the test says."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.read(1)
+            await let_go.wait()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def _answering_origin() -> tuple[asyncio.AbstractServer, int]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(OK)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_failed_connect_wakes_a_request_waiting_for_a_connection(
+        proxy: Any, tmp_path: Path) -> None:
+    """What was wrong: Pool._connect counts a connect under way against
+    proxy.max_connections, and gives its slot back when the connect fails (refused, a TLS
+    handshake or DNS failure, a vetted address refused) without waking a request waiting
+    for one. What a user saw: with the pool full, one upstream failing (a 502 for its
+    own request) left the requests queued behind it asleep beside a free slot until
+    proxy.connect_timeout, then a 503 "no upstream connection free" although no
+    connection was in use. nginx's upstream keepalive and Squid's peer connection
+    limits give a failed connect's slot to the next request at once. Severity: medium
+    (a failing route turns another route's requests into 503s)."""
+    let_go = asyncio.Event()
+    good, good_port = await _answering_origin()
+    async with held_tls_origin(let_go) as bad_port:
+        path = tmp_path / "cacheproxy.toml"
+        path.write_text(f"""
+[proxy]
+upstream = "http://127.0.0.1:{good_port}"
+max_connections = 1
+connect_timeout = 5.0
+
+[[routes]]
+path_prefix = "/tls/"
+upstream = "https://127.0.0.1:{bad_port}"
+""")
+        c = await proxy(load_config(path, env={}))
+        pool = c.app_proxy.exchange.pool
+        failing = asyncio.create_task(c.get("/tls/x"))  # takes the only slot, connecting
+        assert await until(lambda: pool.in_use == 1)
+        waiting = asyncio.create_task(c.get("/plain"))  # waits for the slot
+        assert await until(lambda: len(pool._waiters) == 1)
+        let_go.set()  # the handshake fails: the slot is free
+        assert (await failing).status == 502
+        resp = await waiting
+        assert resp.status == 200, (resp.status, await resp.text())
+    good.close()

@@ -86,3 +86,23 @@ upstream = "https://127.0.0.1:{bad_port}"
         resp = await waiting
         assert resp.status == 200, (resp.status, await resp.text())
     good.close()
+
+
+async def test_a_tls_handshake_the_origin_cuts_says_so_in_the_warning(
+        proxy: Any, caplog: Any) -> None:
+    """What was wrong: an https origin that closes the connection during the TLS
+    handshake (a port that is not TLS, an origin refusing the client's TLS versions by
+    closing) raises a ConnectionResetError with no message, and Pool._connect wrote
+    its cause as `exc.strerror or exc`: empty. What a user saw: the 502's WARNING line
+    (and the error body) said "connect failed ()", nothing to go on. nginx says "peer
+    closed connection in SSL handshake". Severity: low (diagnostics)."""
+    let_go = asyncio.Event()
+    let_go.set()  # closed at once, after the ClientHello
+    async with held_tls_origin(let_go) as port:
+        c = await proxy(f"https://127.0.0.1:{port}")
+        resp = await c.get("/x")
+        assert resp.status == 502
+        lines = [r.getMessage() for r in caplog.records if r.name == "cacheproxy"
+                 and "failed for GET /x" in r.getMessage()]
+        assert lines and "()" not in lines[0], lines
+        assert "TLS failure (peer closed connection in SSL handshake)" in lines[0], lines

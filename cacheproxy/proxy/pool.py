@@ -995,7 +995,13 @@ class Pool:
         except ssl.SSLError as exc:
             raise _refused(f"TLS failure ({exc.reason or exc})") from None
         except OSError as exc:
-            raise _refused(f"connect failed ({exc.strerror or exc})") from None
+            cause = exc.strerror or str(exc)
+            if not cause and isinstance(exc, ConnectionError) and origin.scheme == "https":
+                # asyncio's handshake cut by the origin's close: a bare ConnectionResetError
+                # (nginx: "peer closed connection in SSL handshake").
+                raise _refused("TLS failure (peer closed connection in SSL handshake)"
+                               ) from None
+            raise _refused(f"connect failed ({cause or type(exc).__name__})") from None
         finally:
             self._connecting -= 1
             if conn is None:  # failed (or given up): its slot is free for one waiting

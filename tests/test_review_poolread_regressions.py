@@ -106,3 +106,63 @@ async def test_a_tls_handshake_the_origin_cuts_says_so_in_the_warning(
                  and "failed for GET /x" in r.getMessage()]
         assert lines and "()" not in lines[0], lines
         assert "TLS failure (peer closed connection in SSL handshake)" in lines[0], lines
+
+
+async def test_a_reload_that_removes_a_route_closes_its_idle_upstream_connections(
+        proxy: Any, tmp_path: Path) -> None:
+    """What was wrong: a reload (SIGHUP) that removes a route left the pool's idle
+    keep-alive connections to that route's upstream open until
+    proxy.upstream_keepalive_timeout, which an operator may set to minutes (nginx's
+    keepalive_timeout is 60 s). What a user saw: an origin taken out of the config
+    (to be drained and stopped) still held connections from the proxy after the
+    reload said "configuration reloaded", and its drain waited for them. nginx's
+    reload ends the old workers' idle upstream connections at once. Severity: low."""
+    from cacheproxy.proxy.server import reconfigure
+
+    closed: list[int] = []
+    held, holding = asyncio.Event(), asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"/old/held" in head:  # answered after the reload
+                    holding.set()
+                    await held.wait()
+                writer.write(OK)
+                await writer.drain()
+        closed.append(1)  # the proxy closed its connection
+        writer.close()
+
+    leaving = await asyncio.start_server(serve, "127.0.0.1", 0)
+    good, good_port = await _answering_origin()
+    leaving_port = leaving.sockets[0].getsockname()[1]
+    path = tmp_path / "cacheproxy.toml"
+    base = f"""
+[proxy]
+upstream = "http://127.0.0.1:{good_port}"
+upstream_keepalive_timeout = 300.0
+"""
+    path.write_text(base + f"""
+[[routes]]
+path_prefix = "/old/"
+upstream = "http://127.0.0.1:{leaving_port}"
+""")
+    c = await proxy(load_config(path, env={}))
+    in_flight = asyncio.create_task(c.get("/old/held"))  # a connection in use
+    await holding.wait()
+    assert (await c.get("/old/x")).status == 200  # leaves an idle connection to it
+    assert (await c.get("/kept")).status == 200  # and one to the default upstream
+    path.write_text(base)
+    reconfigure(c.server.app, load_config(path, env={}))
+    try:
+        assert await until(lambda: len(closed) == 1), "the removed upstream's idle " \
+            "connection stays open"
+    finally:
+        held.set()
+    assert (await in_flight).status == 200  # a request in flight finishes as it began
+    assert await until(lambda: len(closed) == 2), "the connection in use went idle"
+    pool = c.app_proxy.exchange.pool
+    assert any(o.port == good_port for o in pool._idle), "the kept upstream's went too"
+    leaving.close()
+    good.close()

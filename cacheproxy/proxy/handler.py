@@ -114,7 +114,7 @@ class CacheProxy:
         self._routed = frozenset(self.exchange.origin_of(url) for url in self.plans.upstreams())
         # Idle connections to an origin no route sends to any more would sit out their
         # keepalive (forward mode's, to origins clients name, are not routed ones: kept).
-        self.exchange.pool.close_idle(routed - self._routed)
+        self.exchange.pool.close_idle(routed - self._routed, self._routed)
         self.exchange.pool.vet = self._vet if config.forward.enabled else None
         # Forward clients' names: c-ares, not the loop's resolver threads (destinations).
         if not hasattr(self, "lookups"):

@@ -852,6 +852,9 @@ class Pool:
         # to a server not known to handle HTTP/1.1 (Exchange.send). Bounded: forward mode
         # names origins without end.
         self.http10: dict[Origin, None] = {}
+        # Origins a reload took out of the routes (close_idle): a connection to one is not
+        # kept alive after its exchange (until one is made to it again: a forward client's).
+        self._retired: set[Origin] = set()
 
     def heard(self, origin: Origin, version: str) -> None:
         """origin's final answer came in HTTP/version."""
@@ -953,10 +956,12 @@ class Pool:
             conn.close()
         return None
 
-    def close_idle(self, origins: set[Origin] | frozenset[Origin]) -> None:
-        """A reload routes to these origins no more: their idle connections close now
-        (nginx's old workers close theirs at a reload), rather than at their keepalive
-        deadline. One in use finishes its exchange and closes at that deadline."""
+    def close_idle(self, origins: frozenset[Origin], routed: frozenset[Origin]) -> None:
+        """A reload routes to origins no more (and to routed): their idle connections
+        close now (nginx's old workers close theirs at a reload), rather than at their
+        keepalive deadline (which may be minutes); one in use finishes its exchange, then
+        closes (release)."""
+        self._retired = (self._retired | origins) - routed
         for origin in origins:
             for conn in self._idle.pop(origin, ()):
                 self._open.discard(conn)  # gone now, not when connection_lost comes
@@ -1006,6 +1011,8 @@ class Pool:
             self._connecting -= 1
             if conn is None:  # failed (or given up): its slot is free for one waiting
                 self._wake_one()
+        if self._retired:  # (forward mode: a client names a retired upstream again)
+            self._retired.discard(origin)
         self._open.add(conn)
         return conn
 
@@ -1038,7 +1045,9 @@ class Pool:
             conn.close()
             self._wake_one()
             return
-        if conn.reusable and conn.finished() and not conn._closed:
+        retired = self._retired
+        if conn.reusable and conn.finished() and not conn._closed \
+                and not (retired and conn.origin in retired):
             loop = conn._loop
             conn.idle_until = until = loop.time() + self.keepalive
             if conn.idle_timer is None:

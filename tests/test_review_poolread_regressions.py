@@ -166,3 +166,95 @@ upstream = "http://127.0.0.1:{leaving_port}"
     assert any(o.port == good_port for o in pool._idle), "the kept upstream's went too"
     leaving.close()
     good.close()
+
+
+async def test_the_one_retry_goes_on_a_new_connection_not_another_stale_idle_one(
+        proxy: Any) -> None:
+    """What was wrong: a GET that failed on a reused connection before any byte of the
+    answer (the origin closed it as the request went out) is sent once more "on a fresh
+    connection" (pool.py's promise), but Exchange.send took the retry's connection as
+    any other: another idle one from the pool, when there was one. What a user saw:
+    after an origin (or a NAT, a load balancer) dropped the pooled connections, the
+    first request got a 502 "closed before answering" although the origin was up: its
+    retry failed on the next dead connection. nginx counts no try against a failure on a
+    cached connection; RFC 9110 §9.2.2 allows the retry. Severity: medium (a 502 per
+    origin restart or idle drop, per pooled connection pair)."""
+    both = asyncio.Event()
+
+    async def script(head: bytes, index: int) -> bytes | None:
+        if index:
+            return None  # a reused connection: closed as it is used, unanswered
+        if origin.connections >= 2:
+            both.set()
+        await both.wait()  # /warm twice at once: two connections, both pooled after
+        return OK
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        warm = await asyncio.gather(c.get("/warm/1"), c.get("/warm/2"))
+        assert [r.status for r in warm] == [200, 200] and origin.connections == 2
+        resp = await c.get("/x")
+        assert resp.status == 200, (resp.status, await resp.text())
+        assert origin.connections == 3  # the retry's own
+
+
+async def test_a_client_leaving_after_its_answer_does_not_fail_another_request_on_the_connection(
+        proxy: Any, redis_server: Any) -> None:
+    """What was wrong: Exchange.relay tells the upstream connection when its client
+    leaves (watch_gone -> resp.interrupt: a ClientGone into whatever waits on that
+    connection), and stopped telling it only when _relay returned; but _relay gives the
+    connection back to the pool (resp.release) before storing the body (store.put, a
+    Redis round trip). A client leaving during that put threw its ClientGone into the
+    exchange of another request that had taken the pooled connection meanwhile. What a
+    user saw: with the Redis store, one client closing its connection just after its
+    cacheable answer made another client's request, on another connection, hang
+    unanswered until its connection's idle timeout (75 s) and then lose its connection
+    (or, reading a body, have it cut). nginx and Varnish tie a client's
+    abort to its own upstream request only. Severity: high (one client's disconnect
+    breaks another's request)."""
+    b_arrived, b_go = asyncio.Event(), asyncio.Event()
+
+    async def script(head: bytes, index: int) -> bytes | None:
+        if b"/b" in head:
+            b_arrived.set()
+            await b_go.wait()
+            return OK
+        return b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nhi"
+
+    redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", redis_server.port)
+
+    async def unpause() -> None:
+        redis_writer.write(b"CLIENT UNPAUSE\r\n")
+        assert (await redis_reader.readline()).startswith(b"+OK")
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin), proxy={"max_connections": 1},
+                        cache={"store": "redis", "redis_url": redis_server.url,
+                               "redis_timeout": 10.0})
+        listener = c.server.runner.server
+        pool = c.app_proxy.exchange.pool
+        # The store's write waits (Redis holds writes): A's relay sits in store.put.
+        redis_writer.write(b"CLIENT PAUSE 10000 WRITE\r\n")
+        assert (await redis_reader.readline()).startswith(b"+OK")
+        try:
+            a_reader, a_writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+            a_writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await a_reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and await a_reader.readexactly(2) == b"hi"
+            assert await until(lambda: bool(pool._idle))  # released, its body being stored
+            b = asyncio.create_task(c.post("/b", data=b"x"))  # takes that connection
+            await b_arrived.wait()
+            assert origin.connections == 1
+            a_writer.close()  # A leaves while its answer is being stored
+            assert await until(lambda: len(listener.connections) == 1)
+            await unpause()  # (B's POST invalidates /b: a write)
+            b_go.set()
+            try:  # (before the fix: no answer until the connection's idle timeout, 75 s)
+                async with asyncio.timeout(10):
+                    resp = await b
+            except TimeoutError:
+                raise AssertionError("B's request was dropped for A's leaving") from None
+            assert resp.status == 200 and await resp.read() == b"hi"
+        finally:
+            b_go.set()
+            await unpause()
+            redis_writer.close()

@@ -83,8 +83,11 @@ class UpstreamResponse:
             self._pool.release(self._conn)
 
     def interrupt(self, exc: BaseException) -> None:
-        """A readany waiting for the origin raises exc now."""
-        self._conn.interrupt(exc)
+        """A readany waiting for the origin raises exc now. Once released or closed, the
+        connection may carry another request already (relay stores the body after its
+        release): this client's leaving is nothing to that one."""
+        if not self._done:
+            self._conn.interrupt(exc)
 
     def unbounded(self) -> None:
         """It may last for hours: its connection counts against max_connections no more

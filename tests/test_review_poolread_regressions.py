@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from support import until
+from test_upstream_pool import raw_origin, url
 
 from cacheproxy.config import load_config
 

@@ -290,7 +290,9 @@ class Exchange:
             kept = await _read_whole(body, timeout)  # (nothing upstream started yet)
         replayable = body is None or kept is not None
         for attempt in (1, 2) if retry else (2,):
-            conn = await self._acquire(origin, watch or unsent_watch)
+            # The retry on a new connection: the pool's other idle ones may be as dead
+            # as the one that failed (an origin restarted, a NAT that dropped them).
+            conn = await self._acquire(origin, watch or unsent_watch, fresh=attempt == 2)
             reused = conn.used
             stream = None if body is None else _once(kept) if kept is not None \
                 else _framed(body, chunked, timeout)
@@ -316,18 +318,20 @@ class Exchange:
             outcome.fwd_status = conn.status
         return UpstreamResponse(self.pool, conn, self.read_timeout, started)
 
-    async def _acquire(self, origin: Origin, watch: Watch | None) -> Connection:
+    async def _acquire(self, origin: Origin, watch: Watch | None, fresh: bool = False
+                       ) -> Connection:
         """pool.acquire; with watch, ClientGone when the client left before a connection
         was found (all in use, a connect under way): nothing is sent for it, and the wait
         ends when it leaves, not when a connection comes free or connect_timeout passes
-        (nginx finalizes a request without an upstream connection at its client's close)."""
+        (nginx finalizes a request without an upstream connection at its client's close).
+        fresh: a new connection, not an idle one (Pool.acquire)."""
         pool = self.pool
         if watch is None:
-            return await pool.acquire(origin)
-        conn = pool.idle(origin)  # the common case: no wait, nothing to watch
+            return await pool.acquire(origin, fresh)
+        conn = None if fresh else pool.idle(origin)  # the common case: no wait
         if conn is not None:
             return conn
-        acquiring = asyncio.ensure_future(pool.acquire(origin))
+        acquiring = asyncio.ensure_future(pool.acquire(origin, fresh))
         left: list[bool] = []
 
         def gone() -> None:

@@ -897,19 +897,20 @@ class Pool:
     def in_use(self) -> int:
         return len(self._open) + self._connecting
 
-    async def acquire(self, origin: Origin) -> Connection:
+    async def acquire(self, origin: Origin, fresh: bool = False) -> Connection:
         """An idle connection to origin, or a new one; within connect_timeout (a wait for a
-        free connection ends in 503, a connect that takes too long in 504)."""
+        free connection ends in 503, a connect that takes too long in 504). fresh: a new
+        one only (a retry: the idle ones may be as dead as the one that failed)."""
         if self._closed:  # shutting down: a request still going on does not start again
             raise UpstreamError(503, "the proxy is stopping")
-        conn = self._take_idle(origin)  # the common case: no wait, no timer
+        conn = None if fresh else self._take_idle(origin)  # the common case: no wait
         if conn is not None:
             return conn
         waiting = False
         try:
             async with asyncio.timeout(self.connect_timeout):
                 while True:
-                    conn = self._take_idle(origin)
+                    conn = None if fresh else self._take_idle(origin)
                     if conn is not None:
                         return conn
                     if self.in_use < self.limit:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import until
 from test_upstream_pool import raw_origin, url
 
@@ -259,3 +260,27 @@ async def test_a_client_leaving_after_its_answer_does_not_fail_another_request_o
             b_go.set()
             await unpause()
             redis_writer.close()
+
+
+@pytest.mark.xfail(strict=True, reason="llhttp (httptools) refuses every byte after a "
+                   "message whose Connection says close, a 1xx too, and httptools gives no "
+                   "offset to restart a parser at; lenient_data_after_close skips the final "
+                   "answer instead of parsing it")
+async def test_an_interim_answer_saying_connection_close_still_lets_the_final_one_through(
+        proxy: Any) -> None:
+    """What is wrong: an origin's 103 Early Hints carrying `Connection: close` (the
+    connection ends after the final answer, RFC 9110 §7.6.1) makes llhttp refuse the final
+    answer that follows ("Data after `Connection: close`"). What a user sees: a 502 "bad
+    framing" for an answer the origin sent whole. nginx reads a 1xx's fields and then the
+    final answer. Severity: low (an unusual origin; the client gets a 502, no wrong
+    content)."""
+    answer = (b"HTTP/1.1 103 Early Hints\r\nConnection: close\r\n"
+              b"Link: </s.css>; rel=preload\r\n\r\n" + OK)
+
+    async def script(head: bytes, index: int) -> bytes:
+        return answer
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        resp = await c.get("/hints")
+        assert resp.status == 200 and await resp.read() == b"hi"

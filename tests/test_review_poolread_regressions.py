@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import until
+from aiohttp import web
+from support import https_site, until
 from test_upstream_pool import raw_origin, url
 
 from cacheproxy.config import load_config
@@ -284,3 +285,76 @@ async def test_an_interim_answer_saying_connection_close_still_lets_the_final_on
         c = await proxy(url(origin))
         resp = await c.get("/hints")
         assert resp.status == 200 and await resp.read() == b"hi"
+
+
+async def test_a_connect_after_a_wait_for_a_free_connection_gets_all_of_connect_timeout(
+        proxy: Any, tmp_path: Path) -> None:
+    """What was wrong: Pool.acquire ran the wait for a free connection (all
+    proxy.max_connections in use) and the connect that follows it under one
+    connect_timeout: a request that waited most of it for a slot had only what was left
+    to connect (a TLS handshake, a lookup). What a user saw: under a full pool, 504
+    "connect timeout" from an origin that connects well within proxy.connect_timeout
+    ("seconds to connect to the origin before 504"), and a log blaming the origin for
+    the pool's queue. nginx's proxy_connect_timeout bounds the connect alone. Now the
+    wait has connect_timeout (then 503) and the connect its own. Severity: low-medium.
+    (Timing: the wait takes 0.6 of connect_timeout, the connect 0.6 of it.)"""
+    held, hello_held = asyncio.Event(), asyncio.Event()
+    a_go, a_arrived = asyncio.Event(), asyncio.Event()
+
+    async def a_origin(head: bytes, index: int) -> bytes:
+        a_arrived.set()
+        await a_go.wait()
+        return OK
+
+    async def site(request: web.Request) -> web.Response:
+        return web.Response(text="tls", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/tls/x", site)
+    secure, site_ca = await https_site(app, tmp_path)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """In front of the https site: the ClientHello waits for `held` (a slow connect)."""
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", secure.port)
+        hello_held.set()
+        await held.wait()
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    front = await asyncio.start_server(relay, "127.0.0.1", 0)
+    timeout = 1.0
+    async with raw_origin(a_origin) as origin:
+        path = tmp_path / "cacheproxy.toml"
+        path.write_text(f"""
+[proxy]
+upstream = "{url(origin)}"
+max_connections = 1
+connect_timeout = {timeout}
+upstream_ca_file = "{site_ca.cert_path}"
+
+[[routes]]
+path_prefix = "/tls/"
+upstream = "https://localhost:{front.sockets[0].getsockname()[1]}"
+""")
+        c = await proxy(load_config(path, env={}))
+        pool = c.app_proxy.exchange.pool
+        a = asyncio.create_task(c.get("/a"))  # holds the only connection
+        await a_arrived.wait()
+        b = asyncio.create_task(c.get("/tls/x"))  # waits for it
+        assert await until(lambda: len(pool._waiters) == 1)
+        await asyncio.sleep(0.6 * timeout)  # most of connect_timeout spent waiting
+        a_go.set()
+        assert (await a).status == 200  # the slot is free: b connects, slowly
+        await hello_held.wait()
+        await asyncio.sleep(0.6 * timeout)  # a handshake well within connect_timeout
+        held.set()
+        resp = await b
+        assert resp.status == 200, (resp.status, await resp.text())
+    front.close()
+    await secure.close()

@@ -898,27 +898,31 @@ class Pool:
         return len(self._open) + self._connecting
 
     async def acquire(self, origin: Origin, fresh: bool = False) -> Connection:
-        """An idle connection to origin, or a new one; within connect_timeout (a wait for a
-        free connection ends in 503, a connect that takes too long in 504). fresh: a new
-        one only (a retry: the idle ones may be as dead as the one that failed)."""
+        """An idle connection to origin, or a new one: a wait for a free connection ends
+        in 503 after connect_timeout, a connect that takes longer than connect_timeout
+        (counted from its start) in 504. fresh: a new one only (a retry: the idle ones may
+        be as dead as the one that failed)."""
         if self._closed:  # shutting down: a request still going on does not start again
             raise UpstreamError(503, "the proxy is stopping")
         conn = None if fresh else self._take_idle(origin)  # the common case: no wait
         if conn is not None:
             return conn
-        waiting = False
+        waiting = waited = False
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(self.connect_timeout) as deadline:
                 while True:
                     conn = None if fresh else self._take_idle(origin)
                     if conn is not None:
                         return conn
                     if self.in_use < self.limit:
                         waiting = False
+                        if waited:  # the connect has its own connect_timeout (nginx's
+                            # proxy_connect_timeout), not what the wait left of it
+                            deadline.reschedule(self.loop().time() + self.connect_timeout)
                         return await self._connect(origin)
                     if self._close_an_idle_one():
                         continue
-                    waiting = True
+                    waiting = waited = True
                     waiter = self.loop().create_future()
                     self._waiters.append(waiter)
                     try:

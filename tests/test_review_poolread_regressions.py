@@ -358,3 +358,51 @@ upstream = "https://localhost:{front.sockets[0].getsockname()[1]}"
         assert resp.status == 200, (resp.status, await resp.text())
     front.close()
     await secure.close()
+
+
+async def test_a_request_waiting_for_a_connection_is_not_overtaken_by_newer_ones() -> None:
+    """What was wrong: with every proxy.max_connections connection in use, a request
+    waits in Pool.acquire's queue; a connection given back wakes the first waiter, but
+    a request that arrives before that waiter runs (the quick path's Pool.idle, or
+    acquire's own first look, in the same loop turn as the release) takes the idle
+    connection, and the waiter, finding none, queued again at the back. What a user saw:
+    under a full pool, a request could be overtaken again and again by newer ones until
+    connect_timeout, then 503, while the requests that came after it were served. nginx
+    Plus's upstream queue, and Squid's, serve waiters first come, first served.
+    Severity: low-medium (tail latency and 503s under a saturated pool)."""
+    from cacheproxy.proxy.pool import Origin, Pool
+    from cacheproxy.proxy.upstream import UpstreamError
+
+    async with raw_origin(lambda head, index: _ok()) as origin:
+        pool = Pool(1, 0.5, 30.0)
+        o = Origin("http", "127.0.0.1", origin.port)
+
+        async def exchange(conn: Any) -> None:
+            await conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None, False, 1.0)
+            while await conn.read_chunk(1.0):
+                pass
+
+        conn = await pool.acquire(o)
+        await exchange(conn)
+        waiter = asyncio.create_task(pool.acquire(o))  # the pool is full: it waits
+        await until(lambda: len(pool._waiters) == 1)
+        for _ in range(3):  # a release, and a newer request in the same loop turn
+            pool.release(conn)
+            newer = pool.idle(o)  # (the quick path's look, as a request is parsed)
+            if newer is None:  # it waits its turn, behind the older one
+                break
+            await exchange(newer)  # overtaken: the waiter, woken, finds nothing
+            conn = newer
+            await asyncio.sleep(0)
+        try:
+            got = await waiter
+            outcome = "served"
+            pool.release(got)
+        except UpstreamError as exc:
+            outcome = f"{exc.status} {exc.reason}"
+        pool.close()
+        assert outcome == "served", outcome
+
+
+async def _ok() -> bytes:
+    return OK

@@ -839,6 +839,7 @@ class Pool:
         self._streams: set[Connection] = set()
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._woken = 0  # waiters woken that have not run yet: what was freed is theirs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gathered: list[tuple[Connection, bytes]] = []
         self._closed = False  # close(): no connection is made or lent any more
@@ -901,39 +902,35 @@ class Pool:
         """An idle connection to origin, or a new one: a wait for a free connection ends
         in 503 after connect_timeout, a connect that takes longer than connect_timeout
         (counted from its start) in 504. fresh: a new one only (a retry: the idle ones may
-        be as dead as the one that failed)."""
+        be as dead as the one that failed). Waiters are served first come, first served:
+        a connection given back while some wait is theirs, not a newer request's."""
         if self._closed:  # shutting down: a request still going on does not start again
             raise UpstreamError(503, "the proxy is stopping")
-        conn = None if fresh else self._take_idle(origin)  # the common case: no wait
+        queued = bool(self._woken)  # what was given back is promised to a waiter woken
+        conn = None if fresh or queued else self._take_idle(origin)  # the common case
         if conn is not None:
             return conn
         waiting = waited = False
         try:
             async with asyncio.timeout(self.connect_timeout) as deadline:
                 while True:
-                    conn = None if fresh else self._take_idle(origin)
-                    if conn is not None:
-                        return conn
-                    if self.in_use < self.limit:
-                        waiting = False
-                        if waited:  # the connect has its own connect_timeout (nginx's
-                            # proxy_connect_timeout), not what the wait left of it
-                            deadline.reschedule(self.loop().time() + self.connect_timeout)
-                        return await self._connect(origin)
-                    if self._close_an_idle_one():
-                        continue
-                    waiting = waited = True
-                    waiter = self.loop().create_future()
-                    self._waiters.append(waiter)
-                    try:
-                        await waiter
-                    except BaseException:
-                        if waiter.done() and not waiter.cancelled():
-                            self._wake_one()  # woken, but leaving: the turn passes on
-                        raise
-                    finally:
-                        with contextlib.suppress(ValueError):
-                            self._waiters.remove(waiter)
+                    if not queued:
+                        conn = None if fresh else self._take_idle(origin)
+                        if conn is None and self.in_use < self.limit:
+                            waiting = False
+                            if waited:  # the connect has its own connect_timeout (nginx's
+                                # proxy_connect_timeout), not what the wait left of it
+                                deadline.reschedule(self.loop().time() + self.connect_timeout)
+                            conn = await self._connect(origin)
+                        if conn is not None:
+                            if waited:
+                                self._pass_spare()
+                            return conn
+                        if self._close_an_idle_one():
+                            continue
+                    waiting = True
+                    await self._wait_turn(first=not waited)
+                    queued, waited = False, True
         except TimeoutError:
             if waiting:
                 raise UpstreamError(503, f"no upstream connection free within "
@@ -941,9 +938,36 @@ class Pool:
                                     ) from None
             raise UpstreamError(504, "connect timeout") from None
 
+    async def _wait_turn(self, first: bool) -> None:
+        """Wait in line until woken (a connection given back, or a slot freed). One woken
+        before and outrun keeps its place at the front."""
+        waiter = self.loop().create_future()
+        if first:
+            self._waiters.append(waiter)
+        else:
+            self._waiters.appendleft(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._woken -= 1
+                self._wake_one()  # woken, but leaving: the turn passes on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        self._woken -= 1
+
+    def _pass_spare(self) -> None:
+        """A waiter got its connection: room left (two given back for one wake, a wake
+        that found nobody then) goes to the next in line."""
+        if self._waiters and (self.in_use < self.limit or any(self._idle.values())):
+            self._wake_one()
+
     def idle(self, origin: Origin) -> Connection | None:
-        """An idle connection to origin, if one is open (no wait, no connect)."""
-        return None if self._closed else self._take_idle(origin)
+        """An idle connection to origin, if one is open (no wait, no connect), and not
+        promised to a request woken from the queue for it (acquire)."""
+        return None if self._closed or self._woken else self._take_idle(origin)
 
     def _take_idle(self, origin: Origin) -> Connection | None:
         idle = self._idle.get(origin)
@@ -1101,6 +1125,7 @@ class Pool:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+                self._woken += 1  # (until it runs: acquire, idle() defer to it)
                 return
 
     def close(self) -> None:

@@ -12,7 +12,8 @@ What it guarantees, as nginx's upstream module does:
   invalid length, a field name with whitespace before the colon, RFC 9112 §5.1) is
   closed and never reused; such an answer is refused (502), never replayed;
 - waiting for a connection when proxy.max_connections are open has a deadline
-  (proxy.connect_timeout): then 503, never a stall;
+  (proxy.connect_timeout): then 503, never a stall; waiters are served in the order they
+  came, and a connect after a wait has a connect_timeout of its own (504 past it);
 - the body is read with flow control: reading from the origin pauses while the client
   has not taken what was read.
 """

@@ -261,7 +261,8 @@ async def test_intercepted_https_page_is_cached_and_hits_on_a_new_navigation(
         lines = await lines_for(client, authority)
         connects = [r for r in lines if r["method"] == "CONNECT"]
         assert connects and all((r["cache"], r["policy"]) == ("TUNNEL", "intercepted")
-                                for r in connects)
+                                for r in connects), [
+            (r["status"], r["cache"], r["policy"], r.get("cache_status")) for r in connects]
         assert by_path(lines[:seen]) == dict.fromkeys(ASSETS, "MISS")
         assert by_path(lines[seen:]) == dict.fromkeys(ASSETS, "HIT")
         assert secure.paths() == list(ASSETS)  # once each, over verified TLS

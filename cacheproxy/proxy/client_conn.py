@@ -310,6 +310,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         answered_here = False
         while self._parser is not None and (not self._closing or self._body_at_stop()):
             parser = self._parser
+            in_body = parser.in_body  # (a few attribute reads: a body may end in this read)
             try:
                 messages, upgraded, tail = parser.feed_data(data)
             except HttpProcessingError as exc:
@@ -341,9 +342,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
-                if parser.in_body or parser.queue_full:  # (not a head's bytes)
+                if in_body or parser.in_body or parser.queue_full:  # (not a head's bytes)
+                    # The read that ends a body is content too (RFC 9112 §6.2), however
+                    # long: the first bytes of a head after it are measured with that head.
                     self._head_bytes = 0
-                    self._measure_next = self._measure_next or parser.queue_full
+                    self._measure_next = self._measure_next or parser.queue_full \
+                        or not parser.in_body
                 else:
                     self._head_bytes += len(data)
                     if self._head_bytes > MAX_HEAD_BYTES:

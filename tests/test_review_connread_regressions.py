@@ -1,0 +1,57 @@
+"""Review "connread": a deep read of the client side of the lean data plane
+(proxy/client_conn.py, server_protocol.py, downstream.py, listener.py) as a reviewer of an
+HTTP/1.1 intermediary reads it (RFC 9112 §6 framing, §9 persistence and pipelining),
+with nginx and HAProxy as the reference; and a randomised pipelining run over raw
+sockets (hits, misses sent by callback, slow and streamed misses, HEAD, uploads with and
+without Expect: 100-continue, HTTP/1.0 keep-alive, the control plane, in reads of every
+size) that found what the tests below pin.
+
+Read and found right: answers stay in order across quick hits, quick forwards and the
+task; nothing after a request with Connection: close is processed, whether it came in
+the same read or while that request was answered; a quick forward's or a collapsed
+wait's client leaving; the keep-alive decision for HTTP/1.0 (a body delimited by the
+close ends the connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from test_client_plane import Raw, get
+
+
+async def test_an_upload_whose_last_read_is_over_64_kib_keeps_its_connection(proxy, origin):
+    """What was wrong: a read that completed no request was counted against the 64 KiB
+    bound on a request head (MAX_HEAD_BYTES) unless the parser was still in a body after
+    it; the read that ends a body is not, so an upload whose last read was over 64 KiB
+    (a 100 KB PUT arriving fast: reads are up to 256 KiB) was taken for a head too large.
+    What a user saw: a 431 the client never asked for, written after the upload's 200,
+    which the next request on the connection read as its own answer; then the connection
+    closed (or, the upload queued behind another request, its answer said close and the
+    requests pipelined behind it got none). RFC 9112 §6.2: those bytes are the content;
+    nginx and HAProxy count only header bytes. Severity: high (a valid request answered
+    431, on any keep-alive connection after a large upload)."""
+    arrived = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        arrived.set()  # the head is upstream: the proxy read the first part
+        body = await request.read()
+        return web.Response(text=f"{request.method} {len(body)}",
+                            headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    client = await proxy(await origin(app))
+    conn = await Raw.open(client)
+    size = 100_010
+    await conn.send(get("/up", f"Content-Length: {size}", method="PUT") + b"x" * 10)
+    await asyncio.wait_for(arrived.wait(), 5)
+    await conn.send(b"x" * (size - 10))  # one write: on loopback, one read of 100 KB
+    reply = await conn.reply()
+    assert (reply.status, reply.body) == (200, b"PUT 100010")
+    assert reply.headers.get("connection") != "close"
+    await conn.send(get("/next"))
+    reply = await conn.reply()
+    assert (reply.status, reply.body) == (200, b"GET 0")
+    conn.close()

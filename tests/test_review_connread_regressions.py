@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiohttp import web
+from support import until
 from test_client_plane import Raw, get
 
 
@@ -54,4 +56,46 @@ async def test_an_upload_whose_last_read_is_over_64_kib_keeps_its_connection(pro
     await conn.send(get("/next"))
     reply = await conn.reply()
     assert (reply.status, reply.body) == (200, b"GET 0")
+    conn.close()
+
+
+@pytest.mark.parametrize("way", ["hit", "miss", "while_answering"])
+async def test_a_head_begun_behind_an_answer_has_client_header_timeout(proxy, origin, way):
+    """What was wrong: once its answers were written, a connection waited for the next
+    request with keepalive_timeout, even when that request's head had begun already (it
+    came in the same read as a hit or a quick forward's request, or while a request was
+    answered): client_header_timeout was armed only by a read that came while idle.
+    What a user saw: with client_header_timeout = 10 and keepalive_timeout = 300 (a
+    setting nginx users carry over), a client that sends a request and the first bytes
+    of another held its connection 300 s, not 10: slow heads could fill
+    proxy.max_client_connections for that long. nginx times a pipelined request's head
+    with client_header_timeout (ngx_http_set_keepalive). Severity: medium."""
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        if request.path == "/hold":
+            held.set()
+            await release.wait()
+        return web.Response(text=request.path, headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    client = await proxy(await origin(app),
+                         proxy={"client_header_timeout": 0.3, "keepalive_timeout": 30})
+    conn = await Raw.open(client)
+    await conn.send(get("/a"))
+    assert (await conn.reply()).status == 200  # stored, and an idle upstream connection
+    begun = b"GET /b HTTP/1.1\r\nHo"
+    if way == "while_answering":  # (a body: the full path's task answers it)
+        await conn.send(get("/hold", "Content-Length: 1", method="POST", body=b"x"))
+        await asyncio.wait_for(held.wait(), 5)
+        await conn.send(begun)  # (a read of its own, while the task answers)
+        listener = client.server.runner.server
+        assert await until(lambda: any(c._head_bytes for c in listener.connections))
+        release.set()
+    else:
+        await conn.send(get("/a" if way == "hit" else "/other") + begun)
+    assert (await conn.reply()).status == 200
+    assert await conn.closed_within(3)  # at 0.3 s; was at 30 s
     conn.close()

@@ -383,8 +383,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 or self._relay is not None:
             return
         if answered_here:
-            timeouts = self._timeouts
-            self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
+            self._await_next()
         elif data and not self._waiting_head:
             # The first bytes of the next request: its head has client_header_timeout.
             self._arm(self._timeouts.header, head=True)
@@ -546,7 +545,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if self._unlogged:
             self._gone = self._handed - self._unsent_bytes()
         if self._task is None and not self._closing and self.transport is not None:
-            self._arm(self._timeouts.keepalive, head=False)
+            self._await_next()
             parser = self._parser
             if parser is not None and parser.holding:
                 self.data_received(b"")  # the requests read before the pause
@@ -717,9 +716,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         finally:
             self._task = None
         if self.transport is not None and not self._closing:
-            # (an answer the client has not read yet: send_timeout, as a quick hit's)
-            timeouts = self._timeouts
-            self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
+            self._await_next()
 
     async def _drained(self) -> bool:
         """Wait until the client reads what was written (pipelined requests are answered
@@ -1072,8 +1069,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         elif self._parser is not None and self._parser.holding and not self._paused:
             self.data_received(b"")
         else:
-            timeouts = self._timeouts
-            self._arm(timeouts.send if self._paused else timeouts.keepalive, head=False)
+            self._await_next()
 
     async def _linger(self, payload: StreamReader) -> bool:
         """Read and drop a request body nobody read, so the next request can be parsed.
@@ -1522,6 +1518,23 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             timer = None
         if timer is None:
             self._timer = self._loop.call_at(deadline, self._timed_out)
+
+    def _await_next(self) -> None:
+        """The answers are written: the timer for what comes next. send_timeout while the
+        client has not read them; client_header_timeout when the next request's head has
+        begun already (it came with, or during, those answers: nginx times a pipelined
+        request's head so), else keepalive_timeout, which may be much longer and would
+        let a head that never ends hold the connection that long. (A few attribute reads
+        after each answer.)"""
+        timeouts = self._timeouts
+        if self._paused:
+            self._arm(timeouts.send, head=False)
+            return
+        parser = self._parser
+        if parser is not None and parser.head_begun:  # (empty lines are no head, §2.2)
+            self._arm(timeouts.header, head=True)
+        else:
+            self._arm(timeouts.keepalive, head=False)
 
     def _disarm(self) -> None:
         self._deadline = None

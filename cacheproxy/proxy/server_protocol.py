@@ -304,6 +304,9 @@ class _FallbackParser:
 
     * ``bytes``: at a message boundary, plus these bytes of the next message;
     * ``int``: inside a Content-Length body with this many bytes still to come;
+    * ``(bytes,)``: llhttp paused inside a Content-Length body whose last bytes came (its
+      reader is full: flow control), and holds them, then these: a message boundary,
+      once that body is read to its end;
     * ``None``: not known. A rejected method then stays a 400.
     """
 
@@ -328,7 +331,7 @@ class _FallbackParser:
         self._failed = False
         self._python: _StrictPythonParser | None = None
         self._max_queue = max_queue
-        self._state: bytes | int | None = b""
+        self._state: bytes | int | tuple[bytes] | None = b""
         self._open: Any = None  # payload of the last message while its body is incomplete
         self._in_flight = 0  # mirrors llhttp's count of completed, unconsumed messages
         self._held = False  # the last feed stopped on a full queue: bytes may wait
@@ -643,22 +646,25 @@ class _FallbackParser:
         # No message nor refusal: HTTP/2's preface (RFC 9113 §3.4), refused at its "SM".
         return replay if not messages and not upgraded else None
 
-    def _replay(self, state: bytes | int | None, data: bytes) -> bytes | None:
+    def _replay(self, state: bytes | int | tuple[bytes] | None, data: bytes) -> bytes | None:
         """The bytes from the start of the message llhttp rejected, if known."""
         if isinstance(state, bytes):
             return state + data
+        if isinstance(state, tuple):  # (the body llhttp paused in ended: a boundary)
+            return state[0] + data if self._open is not None and self._open.is_eof() \
+                else None
         if isinstance(state, int) and len(data) > state and self._open.is_eof():
             return data[state:]  # the body ended inside data, then the rejected request
         return None
 
     def _track(
         self,
-        state: bytes | int | None,
+        state: bytes | int | tuple[bytes] | None,
         data: bytes,
         messages: Sequence[tuple[Any, Any]],
         upgraded: bool,
         paused: bool = False,
-    ) -> bytes | int | None:
+    ) -> bytes | int | tuple[bytes] | None:
         self._end = data[-4:] if len(data) >= 4 else (self._end + data)[-4:]
         # llhttp counts a message when it completes, and pauses (keeping the rest of the
         # data) once the count reaches max_queue. Count the same way.
@@ -681,11 +687,18 @@ class _FallbackParser:
         if self._open is None and self._end == b"\r\n\r\n" and self._in_flight < self._max_queue \
                 and not paused:
             return b""
-        if isinstance(state, int):
+        if isinstance(state, tuple):  # (rare) llhttp resumed the body it paused in, or not
+            after = state[0] + data
+            if previous is None:
+                return None
+            if not previous.is_eof():
+                return (after,) if len(after) <= _MAX_REPLAY else None
+            state, data = b"", after
+        elif isinstance(state, int):
             if len(data) < state:
                 return state - len(data)
-            if not previous.is_eof():
-                return None
+            if not previous.is_eof():  # (rare) paused in it: its end is state bytes in
+                return (data[state:],) if len(data) - state <= _MAX_REPLAY else None
             state, data = b"", data[state:]  # the body ended; data[state:] is new
         if isinstance(state, bytes):
             if messages:
@@ -696,7 +709,7 @@ class _FallbackParser:
 
     def _after_messages(
         self, buf: bytes, messages: Sequence[tuple[Any, Any]], paused: bool = False
-    ) -> bytes | int | None:
+    ) -> bytes | int | tuple[bytes] | None:
         """Find where the messages llhttp parsed from buf end.
 
         buf starts at a message boundary. In llhttp's strict request mode, a header
@@ -723,9 +736,9 @@ class _FallbackParser:
             pos = header_end + 4 + int(msg.headers.get(hdrs.CONTENT_LENGTH) or 0)
         if pos > len(buf):  # the last body is still arriving
             return pos - len(buf) if self._open is not None else None
-        if self._open is not None:
-            return None
         rest = buf[pos:]
+        if self._open is not None:  # (rare) the last body ended in buf, llhttp paused in it
+            return (rest,) if len(rest) <= _MAX_REPLAY and not paused else None
         return rest if len(rest) <= _MAX_REPLAY or paused else None
 
 

@@ -59,6 +59,34 @@ async def test_an_upload_whose_last_read_is_over_64_kib_keeps_its_connection(pro
     conn.close()
 
 
+async def test_a_head_begun_in_the_read_that_ends_a_body_is_still_bounded(proxy, origin):
+    """The guard of the fix above: the bytes after a body's end, in the read that ends
+    it, are no longer counted as they come, but the head they begin is measured whole
+    once it has ended: over 64 KiB, it still gets its 431 (RFC 9110 §5.4, RFC 6585 §5),
+    after the upload's answer. Severity: none (a guard; it passed before too)."""
+    arrived = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        arrived.set()
+        body = await request.read()
+        return web.Response(text=f"{request.method} {len(body)}",
+                            headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    client = await proxy(await origin(app))
+    conn = await Raw.open(client)
+    # (a POST: its body streams upstream as it comes; a small PUT's is read first)
+    await conn.send(get("/up", "Content-Length: 20", method="POST") + b"x" * 10)
+    await asyncio.wait_for(arrived.wait(), 5)
+    fields = "".join(f"X-F{i}: {'v' * 990}\r\n" for i in range(70)).encode()  # 70 KB
+    await conn.send(b"x" * 10 + b"GET /big HTTP/1.1\r\nHost: e\r\n" + fields[:40_000])
+    reply = await conn.reply()
+    assert (reply.status, reply.body) == (200, b"POST 20")
+    await conn.send(fields[40_000:] + b"\r\n")
+    assert (await conn.reply()).status == 431
+    conn.close()
+
 @pytest.mark.parametrize("way", ["hit", "miss", "while_answering"])
 async def test_a_head_begun_behind_an_answer_has_client_header_timeout(proxy, origin, way):
     """What was wrong: once its answers were written, a connection waited for the next

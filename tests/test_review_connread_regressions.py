@@ -10,7 +10,16 @@ Read and found right: answers stay in order across quick hits, quick forwards an
 task; nothing after a request with Connection: close is processed, whether it came in
 the same read or while that request was answered; a quick forward's or a collapsed
 wait's client leaving; the keep-alive decision for HTTP/1.0 (a body delimited by the
-close ends the connection).
+close ends the connection); a client that reads slowly (its answers held, reading
+paused, then resumed); clients that leave at any byte of a pipelined stream, half-close,
+or reset (the process keeps serving, no connection is left in the listener's set, and
+nothing is logged as an error of ours).
+
+Left as they are (README, Known limitations): where the parser cannot tell where a
+message ends (a chunked body, more than 64 KiB held past the last whole request), a
+request llhttp refuses is a 400 for the whole read, and the valid requests in that read
+get no answer; the connection closes after those read before, and clients send them
+again on a new one (RFC 9112 §9.3.1).
 """
 
 from __future__ import annotations

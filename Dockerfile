@@ -29,9 +29,10 @@ USER 10001:10001
 EXPOSE 8080
 
 # Liveness only: a replica whose Redis or origin is down still answers (see /readyz).
-# It asks port 8080 under /_cacheproxy/: override it if you change the port or admin.prefix.
+# `cacheproxy health` asks healthz where the config (file and environment) puts it:
+# admin.listen or proxy.listen, under admin.prefix, never through an http_proxy.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/_cacheproxy/healthz', timeout=2)"]
+    CMD ["cacheproxy", "health"]
 
 # Exec form: cacheproxy is PID 1 and gets SIGTERM (graceful stop) and SIGHUP (reload).
 CMD ["cacheproxy", "serve"]

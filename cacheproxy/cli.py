@@ -347,9 +347,52 @@ def _ca(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- health -------------------------------------------------------------------------------------
+
+
+def _add_health(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "health",
+        help="check that the server on this configuration's address answers (HEALTHCHECK)",
+        description="Ask healthz where the configuration (the file and CACHEPROXY_* "
+        "environment serve reads) puts it: admin.listen when set, else proxy.listen, under "
+        "admin.prefix; a wildcard address is asked on loopback, never through an HTTP "
+        "proxy. Exit 0 when it answers 200, else 1. The container image's HEALTHCHECK.",
+    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: config/cacheproxy.toml if it exists)")
+    parser.add_argument("--demo", action="store_true",
+                        help="check the demo origin (demo.listen) instead")
+    parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
+                        help="how long to wait for the answer (default 2)")
+    parser.set_defaults(handler=_health)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from cacheproxy.observe.liveness_probe import describe, healthz_target, probe
+
+    if not 0 < args.timeout < 3600:
+        _error("health: --timeout must be a number of seconds above 0")
+        return 2
+    try:
+        target = healthz_target(load_config(args.config), demo=args.demo)
+    except ConfigError as exc:
+        _error(f"config error: {exc}")
+        return 2
+    except ValueError as exc:
+        _error(f"health: {exc}")
+        return 2
+    problem = probe(*target, timeout=args.timeout)
+    if problem is not None:
+        _error(f"health: {describe(*target)}: {problem}")
+        return 1
+    print(f"{PROG}: health: {describe(*target)}: 200")
+    return 0
+
+
 # Each adds one subcommand and sets its `handler`; a new command is one more function here.
 _COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
-    _add_serve, _add_demo, _add_control, _add_logs, _add_ca)
+    _add_serve, _add_demo, _add_control, _add_logs, _add_ca, _add_health)
 
 
 # What scripts test; every failure is also one line on stderr saying why.
@@ -359,7 +402,7 @@ exit status:
   1  serve/demo cannot run (an address in use, a pid file or log file it cannot
      write, workers that keep dying); reload/stop: no running server to signal, or
      stop: still running after proxy.shutdown_timeout + 5 s; logs: cannot read the
-     file; ca: the CA cannot be made or read
+     file; ca: the CA cannot be made or read; health: no 200 from healthz
   2  a mistake in the command line or the configuration (the line names the flag, key
      or environment variable); logs: a bad filter, or a file that cannot be opened
 """

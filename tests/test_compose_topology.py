@@ -93,7 +93,7 @@ def test_the_stack_is_what_the_issue_asks_for():
         assert proxy["depends_on"] == {
             "redis": {"condition": "service_healthy", "required": True},
             "origin": {"condition": "service_healthy", "required": True}}
-        assert "healthz" in " ".join(proxy["healthcheck"]["test"])
+        assert proxy["healthcheck"]["test"] == ["CMD", "cacheproxy", "health"]  # healthz
     assert "allkeys-lru" in services["redis"]["command"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "HEALTHCHECK" in dockerfile and "USER 10001" in dockerfile
@@ -169,11 +169,14 @@ class Topology:
         test = self.services[name]["healthcheck"]["test"]
         assert test[0] == "CMD"
         command = [self.local(name, part) for part in test[1:]]
-        if command[0] == "python":
-            command[0] = sys.executable
+        env = None
+        if command[0] == "cacheproxy":  # run in the container's environment, as Docker does
+            command[:1] = [sys.executable, "-m", "cacheproxy"]
+            env = self.envs[name]
         elif command[0] == "redis-cli":
             command[1:1] = ["-p", str(self.ports[(name, 6379)])]
-        return subprocess.run(command, capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(command, capture_output=True, timeout=10, cwd=ROOT,
+                              env=env).returncode == 0
 
     async def healthy(self, name: str, seconds: float = 15) -> None:
         for _ in range(int(seconds / 0.1)):

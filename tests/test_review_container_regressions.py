@@ -1,0 +1,168 @@
+"""Review of the container image and the compose deployment, read as an operator would.
+
+Looked at: the Dockerfile from a clean clone (every COPY source present and not in
+.dockerignore; `pip install -c constraints.txt .` from the copied files works on Python 3.11;
+requires-python >= 3.11 matches python:3.11-slim), the image's CMD run by hand as uid 10001
+in the WORKDIR with the image's ENV and HOME, as PID 1 of its own pid namespace
+(`unshare --pid`), against a real redis-server and the demo origin: JSON lines on stdout,
+SIGTERM drains within stop_grace_period and exits 0, SIGHUP and `cacheproxy reload` through
+the pid file reload, a stale pid file after a SIGKILL does not block the restart. The
+compose file through Compose v2's own parser (tests/test_compose_topology.py).
+
+Found wrong, and tested here: the HEALTHCHECK's fixed URL (port 8080, /_cacheproxy/, and
+through any http_proxy in the environment), the non-root user's HOME in the root-owned
+WORKDIR (no place for forward mode's CA), and settings the environment silently overrode
+in the mounted config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from processes import clean_env, free_port
+from test_compose_topology import dockerfile_env, render_compose
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dockerfile_instruction(name: str) -> str:
+    """The text of the Dockerfile's (last) instruction `name`, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    found = [line[len(name) + 1:] for line in text.splitlines() if line.startswith(f"{name} ")]
+    assert found, f"the Dockerfile has no {name}"
+    return found[-1]
+
+
+def healthcheck_command() -> list[str]:
+    """HEALTHCHECK [options] CMD ["exec", "form"], as the engine runs it."""
+    _, _, command = dockerfile_instruction("HEALTHCHECK").partition(" CMD ")
+    return json.loads(command)
+
+
+def container_command(argv: list[str]) -> list[str]:
+    """A command of the image, run here: the installed `cacheproxy` script is this
+    checkout's `python -m cacheproxy`, `python` this interpreter."""
+    if argv[0] == "cacheproxy":
+        return [sys.executable, "-m", "cacheproxy", *argv[1:]]
+    if argv[0] == "python":
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+def container_env(tmp_path: Path, **compose: str) -> dict[str, str]:
+    """The image's ENV and a compose `environment`, with the pid file in this test's
+    directory (each container has its own /tmp)."""
+    return clean_env(**{**dockerfile_env(), **compose,
+                        "CACHEPROXY_PROXY_PID_FILE": str(tmp_path / "cacheproxy.pid")})
+
+
+async def start_cmd(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
+    """The image's CMD in its WORKDIR (this checkout, which holds config/), once it listens."""
+    cmd = json.loads(dockerfile_instruction("CMD"))
+    proc = await asyncio.create_subprocess_exec(
+        *container_command(cmd), cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    for _ in range(300):
+        if proc.returncode is not None:
+            raise AssertionError((await proc.stderr.read()).decode())  # type: ignore[union-attr]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return proc
+        except OSError:
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the image's CMD did not start listening")
+
+
+async def stop_cmd(proc: asyncio.subprocess.Process) -> str:
+    if proc.returncode is None:
+        proc.terminate()
+    await asyncio.wait_for(proc.wait(), 20)
+    return (await proc.stderr.read()).decode()  # type: ignore[union-attr]
+
+
+def run_healthcheck(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(container_command(argv), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=30)
+
+
+async def origin_answering_everything(aiohttp_server) -> str:
+    """An origin that answers 200 to any path, as a single-page app's catch-all does."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="app")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("")).rstrip("/")
+
+
+# -- the image's HEALTHCHECK -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["proxy.listen", "admin.listen", "http_proxy"])
+async def test_the_image_healthcheck_asks_healthz_where_the_config_puts_it(
+        tmp_path, aiohttp_server, setting):
+    """Was: the image's HEALTHCHECK (and compose's) asked the fixed URL
+    http://127.0.0.1:8080/_cacheproxy/healthz with urllib. An operator who moved the port
+    (CACHEPROXY_PROXY_LISTEN=0.0.0.0:9000) got an "unhealthy" container that served fine
+    (and, under `depends_on: service_healthy` or an orchestrator, one never started or
+    restarted in a loop); with admin.listen set, healthz moves there and the fixed URL is
+    proxied to the origin, so the probe tested the origin, not the proxy; and urllib sends
+    the probe through the http_proxy that Docker's client proxy settings put into every
+    container. Docker runs the HEALTHCHECK in the container's environment, so a probe that
+    reads the config finds what serve listens on. Severity: medium (a healthy replica
+    reported down, or a dead admin plane reported up)."""
+    port = free_port()
+    compose = {"CACHEPROXY_PROXY_LISTEN": f"127.0.0.1:{port}",
+               "CACHEPROXY_PROXY_UPSTREAM": await origin_answering_everything(aiohttp_server)}
+    probe_env: dict[str, str] = {}
+    if setting == "admin.listen":
+        compose["CACHEPROXY_ADMIN_LISTEN"] = f"127.0.0.1:{free_port()}"
+    if setting == "http_proxy":  # a proxy the container cannot reach from its loopback
+        probe_env = {"http_proxy": f"http://127.0.0.1:{free_port()}", "no_proxy": ""}
+    env = container_env(tmp_path, **compose)
+    proc = await start_cmd(env, port)
+    try:
+        checked = await asyncio.to_thread(run_healthcheck, healthcheck_command(),
+                                          {**env, **probe_env})
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        stopped = await stop_cmd(proc)
+        after = await asyncio.to_thread(run_healthcheck, healthcheck_command(), env)
+        assert after.returncode == 1, after.stdout + after.stderr  # nothing listens now
+        assert "Traceback" not in after.stderr + stopped
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_the_compose_healthchecks_are_the_config_following_probe():
+    """Was: compose's proxies and demo origin ran the same fixed-URL urllib one-liner (the
+    test above). Now `cacheproxy health` (and `--demo` for the origin). Severity: medium."""
+    services = render_compose()["services"]
+    for name in ("proxy-a", "proxy-b"):
+        assert services[name]["healthcheck"]["test"] == ["CMD", "cacheproxy", "health"]
+    assert services["origin"]["healthcheck"]["test"] == ["CMD", "cacheproxy", "health",
+                                                          "--demo"]
+
+
+def test_health_with_nothing_listening_is_one_line_and_exit_1(tmp_path):
+    """`cacheproxy health` where nothing listens: the answer an operator reads in
+    `docker inspect`'s health log is one line naming the URL asked, never a traceback.
+    (The urllib one-liner printed a 15-line traceback.) Severity: low."""
+    port = free_port()
+    done = run_healthcheck(["cacheproxy", "health"], container_env(
+        tmp_path, CACHEPROXY_PROXY_LISTEN=f"0.0.0.0:{port}"))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"cacheproxy: health: http://127.0.0.1:{port}/_cacheproxy/"
+                                  "healthz: no answer")
+    assert done.stderr.count("\n") == 1

@@ -16,7 +16,10 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY cacheproxy ./cacheproxy
 RUN pip install --no-cache-dir -c constraints.txt . \
     && groupadd --system --gid 10001 cacheproxy \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /app cacheproxy
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/cacheproxy \
+        cacheproxy \
+    && install -d -o 10001 -g 10001 -m 0700 /home/cacheproxy/.local \
+        /home/cacheproxy/.local/share /home/cacheproxy/.local/share/cacheproxy
 
 # Defaults for a container: listen on every interface (the file's default is loopback),
 # and a pid file, so `docker compose exec proxy-a cacheproxy reload` (or stop) finds serve.
@@ -25,6 +28,9 @@ ENV CACHEPROXY_PROXY_LISTEN=0.0.0.0:8080 \
     CACHEPROXY_DEMO_LISTEN=0.0.0.0:8081 \
     CACHEPROXY_PROXY_PID_FILE=/tmp/cacheproxy.pid
 
+# The user writes only to /tmp (the pid file) and its home: forward mode's local CA is made
+# in ~/.local/share/cacheproxy (forward.ca_dir ""), made here so that a named volume
+# mounted there to keep the CA starts owned by the user.
 USER 10001:10001
 EXPOSE 8080
 

@@ -89,7 +89,7 @@ async def stop_cmd(proc: asyncio.subprocess.Process) -> str:
     return (await proc.stderr.read()).decode()  # type: ignore[union-attr]
 
 
-def run_healthcheck(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def run_image_command(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(container_command(argv), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=30)
 
@@ -132,11 +132,11 @@ async def test_the_image_healthcheck_asks_healthz_where_the_config_puts_it(
     env = container_env(tmp_path, **compose)
     proc = await start_cmd(env, port)
     try:
-        checked = await asyncio.to_thread(run_healthcheck, healthcheck_command(),
+        checked = await asyncio.to_thread(run_image_command, healthcheck_command(),
                                           {**env, **probe_env})
         assert checked.returncode == 0, checked.stdout + checked.stderr
         stopped = await stop_cmd(proc)
-        after = await asyncio.to_thread(run_healthcheck, healthcheck_command(), env)
+        after = await asyncio.to_thread(run_image_command, healthcheck_command(), env)
         assert after.returncode == 1, after.stdout + after.stderr  # nothing listens now
         assert "Traceback" not in after.stderr + stopped
     finally:
@@ -160,9 +160,50 @@ def test_health_with_nothing_listening_is_one_line_and_exit_1(tmp_path):
     `docker inspect`'s health log is one line naming the URL asked, never a traceback.
     (The urllib one-liner printed a 15-line traceback.) Severity: low."""
     port = free_port()
-    done = run_healthcheck(["cacheproxy", "health"], container_env(
+    done = run_image_command(["cacheproxy", "health"], container_env(
         tmp_path, CACHEPROXY_PROXY_LISTEN=f"0.0.0.0:{port}"))
     assert done.returncode == 1
     assert done.stderr.startswith(f"cacheproxy: health: http://127.0.0.1:{port}/_cacheproxy/"
                                   "healthz: no answer")
     assert done.stderr.count("\n") == 1
+
+
+# -- the non-root user's writable places -------------------------------------------------------
+
+
+def image_user_home() -> tuple[str, bool]:
+    """(the home directory useradd gives the image's USER, whether useradd creates it)."""
+    uid = dockerfile_instruction("USER").split(":")[0]
+    run = dockerfile_instruction("RUN")
+    [useradd] = [part for part in re.split(r"&&|;", run)
+                 if "useradd" in part and f"--uid {uid}" in part]
+    home = re.search(r"(?:--home-dir|-d)\s+(\S+)", useradd)
+    assert home, "useradd without --home-dir: /home/<name>"
+    return home.group(1), bool(re.search(r"\s(--create-home|-m)\b", useradd))
+
+
+async def test_the_image_user_has_a_writable_home_for_the_forward_ca(tmp_path):
+    """Was: useradd --home-dir /app --no-create-home: HOME is the WORKDIR, owned by root,
+    so forward mode's CA (forward.ca_dir "" = ~/.local/share/cacheproxy) could not be made:
+    `docker compose exec proxy-a cacheproxy ca` and a serve with forward.intercept_tls said
+    "/app/.local/share/cacheproxy: cannot create the directory: Permission denied" (seen
+    running the image's command as uid 10001 with HOME=/app). The image now gives its user
+    a home of its own. Severity: medium (a documented feature unusable in the image without
+    an undocumented setting)."""
+    home, created = image_user_home()
+    uid = dockerfile_instruction("USER").split(":")[0]
+    workdir = dockerfile_instruction("WORKDIR")
+    assert created and home.rstrip("/") != workdir.rstrip("/"), (home, created, workdir)
+    # The CA's directory exists in the image, the user's: a named volume mounted there
+    # (to keep the CA browsers trust across re-creations) is initialised with its owner.
+    assert re.search(rf"install -d -o {uid} -g {uid} -m 0700 .*"
+                     rf"{re.escape(home)}/\.local/share/cacheproxy\b",
+                     dockerfile_instruction("RUN"))
+    # And the CA is made under it, as `cacheproxy ca` in the container does (HOME from
+    # /etc/passwd): here a directory standing for that home, as useradd creates it.
+    fake_home = tmp_path / home.lstrip("/")
+    fake_home.mkdir(parents=True)
+    done = run_image_command(["cacheproxy", "ca"], {**container_env(tmp_path),
+                                                  "HOME": str(fake_home)})
+    assert done.returncode == 0, done.stderr
+    assert f"{fake_home}/.local/share/cacheproxy/" in done.stdout

@@ -9,6 +9,7 @@ Mistakes the user can fix are one line on stderr and an exit status, never a tra
 """
 
 import argparse
+import logging
 import os
 import signal
 import stat
@@ -21,7 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import IO
 
 from cacheproxy import pidfile
-from cacheproxy.config import DEFAULT_PATH, ConfigError, load_config
+from cacheproxy.config import DEFAULT_PATH, Config, ConfigError, load_config
+from cacheproxy.config.env_shadows import warnings as env_warnings
 from cacheproxy.lifetime import StartError
 from cacheproxy.observe.logread import (
     Progress,
@@ -89,6 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         source = args.config if args.config is not None \
             else DEFAULT_PATH if DEFAULT_PATH.is_file() else None
         config = load_config(source, overrides=overrides)
+        for line in env_warnings(source, os.environ):
+            _error(line)
         if "stdout" in getattr(args, "closed_streams", ()) and not config.log.path \
                 and config.log.format != "off":
             _error("warning: standard output was closed: the request log goes to /dev/null; "
@@ -96,8 +100,14 @@ def _serve(args: argparse.Namespace) -> int:
         # Imported only once the config is good: a mistake is reported before the server loads.
         from cacheproxy.proxy.server import run
 
-        # SIGHUP reads the same sources again: the file, the environment, these flags.
-        run(config, reload=lambda: load_config(source, overrides=overrides))
+        def reload() -> Config:
+            # SIGHUP reads the same sources again: the file, the environment, these flags.
+            new = load_config(source, overrides=overrides)
+            for line in env_warnings(source, os.environ):  # an edit that changes nothing
+                logging.getLogger(PROG).warning("reload: %s", line.removeprefix("warning: "))
+            return new
+
+        run(config, reload=reload)
 
     return _run_server(serve)
 
@@ -169,6 +179,9 @@ def _add_control(commands: argparse._SubParsersAction) -> None:
 def _control(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)  # reload: the new config is checked before SIGHUP
+        if args.signal == "reload":
+            for line in env_warnings(args.config, os.environ):
+                _error(line)
     except ConfigError as exc:
         _error(f"config error: {exc}")
         return 2

@@ -18,6 +18,7 @@ in the mounted config file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from processes import clean_env, free_port
+from processes import clean_env, free_port, start_serve, stop
 from test_compose_topology import dockerfile_env, render_compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,3 +208,73 @@ async def test_the_image_user_has_a_writable_home_for_the_forward_ca(tmp_path):
                                                   "HOME": str(fake_home)})
     assert done.returncode == 0, done.stderr
     assert f"{fake_home}/.local/share/cacheproxy/" in done.stdout
+
+
+# -- the environment over the mounted config file ----------------------------------------------
+
+
+def test_the_shipped_file_under_the_image_and_compose_environment_warns_of_nothing():
+    """The file in config/ spells out every default: under the image's ENV and compose's
+    environment (which set listen, the store, via, ...) a start says no warning, so the
+    one below is read when it comes."""
+    from cacheproxy.config.env_shadows import env_overrides_of_file
+
+    services = render_compose()["services"]
+    for name in ("proxy-a", "proxy-b", "origin"):
+        env = {**dockerfile_env(), **(services[name].get("environment") or {})}
+        assert env_overrides_of_file(ROOT / "config" / "cacheproxy.toml", env) == []
+
+
+async def test_an_edit_the_environment_overrides_is_said_at_start_and_at_reload(tmp_path):
+    """Was: a key edited in the mounted config file that a CACHEPROXY_* variable also sets
+    (compose sets the store, redis_url, via; the image's ENV listen and pid_file) was
+    silently overridden: the operator edited config/cacheproxy.toml, ran `docker compose
+    exec proxy-a cacheproxy reload`, read "configuration reloaded", and nothing changed.
+    The precedence stays (README, Configuration: the environment wins over the file, as
+    the twelve-factor convention has it), but it is now said, at start, at each reload and
+    by `cacheproxy reload`, naming the variable and the key and never a value (tokens,
+    passwords in redis_url). Severity: low (a silent no-op for an operator's edit)."""
+    conf = tmp_path / "cacheproxy.toml"
+    conf.write_text('[proxy]\nvia = "proxy-a"\n[admin]\ntoken = "file-secret-1"\n')
+    env = clean_env(CACHEPROXY_PROXY_VIA="proxy-a", CACHEPROXY_ADMIN_TOKEN="env-secret-2",
+                    CACHEPROXY_PROXY_PID_FILE=str(tmp_path / "cacheproxy.pid"),
+                    CACHEPROXY_PROXY_SHUTDOWN_TIMEOUT="0")
+    proc, _ = await start_serve("--config", str(conf), "--upstream", "http://127.0.0.1:9",
+                                cwd=tmp_path, env=env)
+    try:
+        conf.write_text('[proxy]\nvia = "edge-1"\n[admin]\ntoken = "file-secret-1"\n')
+        told = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "cacheproxy", "reload", "--config", str(conf)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+        assert told.returncode == 0, told.stderr
+        for _ in range(200):  # until the reload is logged (its own line follows the warnings)
+            if b"configuration reloaded" in await _stderr_so_far(proc):
+                break
+        status, rest = await stop(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    err = _seen.pop(proc.pid, bytearray()).decode() + rest
+    start, _, after = err.partition("listening on")
+    assert "CACHEPROXY_ADMIN_TOKEN in the environment overrides admin.token" in start
+    assert "proxy.via" not in start  # the file said what the environment says
+    assert told.stderr == ("cacheproxy: warning: CACHEPROXY_ADMIN_TOKEN in the environment "
+                           f"overrides admin.token set in {conf} (the environment wins over "
+                           "the file)\ncacheproxy: warning: CACHEPROXY_PROXY_VIA in the "
+                           f"environment overrides proxy.via set in {conf} (the environment "
+                           "wins over the file)\n")
+    assert "reload: CACHEPROXY_PROXY_VIA in the environment overrides proxy.via" in after
+    assert "secret" not in told.stderr + err.replace(str(tmp_path), "")
+    assert status == 0
+
+
+_seen: dict[int, bytearray] = {}
+
+
+async def _stderr_so_far(proc: asyncio.subprocess.Process) -> bytes:
+    """What the process wrote to stderr until now (a line at a time, at most 50 ms' wait),
+    kept, so that stop() still returns the rest."""
+    seen = _seen.setdefault(proc.pid, bytearray())
+    with contextlib.suppress(TimeoutError):
+        seen += await asyncio.wait_for(proc.stderr.readline(), 0.05)  # type: ignore[union-attr]
+    return bytes(seen)

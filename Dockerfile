@@ -10,16 +10,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The package from this repository; its dependencies from PyPI at the versions
-# constraints.txt pins (pyproject.toml states only minimums; `make lock` refreshes the pins).
-COPY pyproject.toml README.md constraints.txt ./
-COPY cacheproxy ./cacheproxy
-RUN pip install --no-cache-dir -c constraints.txt . \
-    && groupadd --system --gid 10001 cacheproxy \
+# The user, then the dependencies at the versions constraints.txt pins (pyproject.toml
+# states only minimums; `make lock` refreshes the pins), in a layer of their own: a rebuild
+# after a change to the code or the README reinstalls the package only, not every wheel.
+RUN groupadd --system --gid 10001 cacheproxy \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/cacheproxy \
         cacheproxy \
     && install -d -o 10001 -g 10001 -m 0700 /home/cacheproxy/.local \
         /home/cacheproxy/.local/share /home/cacheproxy/.local/share/cacheproxy
+COPY constraints.txt ./
+RUN pip install --no-cache-dir -r constraints.txt
+
+# The package from this repository (a dependency added to pyproject.toml and not yet in
+# constraints.txt is still installed, unpinned).
+COPY pyproject.toml README.md ./
+COPY cacheproxy ./cacheproxy
+RUN pip install --no-cache-dir -c constraints.txt .
 
 # Defaults for a container: listen on every interface (the file's default is loopback),
 # and a pid file, so `docker compose exec proxy-a cacheproxy reload` (or stop) finds serve.

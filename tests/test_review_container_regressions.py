@@ -306,3 +306,22 @@ def test_a_code_change_does_not_reinstall_every_dependency():
     [package] = [i for i, (op, args) in enumerate(steps)
                  if op == "RUN" and "pip install" in args and args.rstrip().endswith(" .")]
     assert deps < package
+
+
+# -- the request log on the host's disk --------------------------------------------------------
+
+
+def test_the_compose_services_rotate_their_docker_logs():
+    """Was: no `logging:` in docker-compose.yml, so Docker's default json-file driver kept
+    every line ("by default, no log-rotation is performed", Docker's json-file driver
+    documentation). The proxy writes one JSON line per request to stdout (about 480 bytes):
+    at 1000 requests/s that is about 41 GB a day per replica in
+    /var/lib/docker/containers/, until the host's disk is full. Each service now rotates
+    (json-file, which `docker compose logs` and log shippers tailing those files read, at
+    most 5 files of 50 MB). Severity: medium (a full disk on a busy host)."""
+    services = render_compose()["services"]
+    for name, service in services.items():
+        logging = service.get("logging") or {}
+        assert logging.get("driver") == "json-file", (name, logging)
+        options = logging.get("options") or {}
+        assert options.get("max-size") and options.get("max-file"), (name, options)

@@ -387,19 +387,30 @@ def _health(args: argparse.Namespace) -> int:
     if not 0 < args.timeout < 3600:
         _error("health: --timeout must be a number of seconds above 0")
         return 2
+    # Past the flags, exit 0 or 1 only: Docker reserves a HEALTHCHECK's exit status 2.
+    note = ""
     try:
-        target = healthz_target(load_config(args.config), demo=args.demo)
+        config = load_config(args.config)
     except ConfigError as exc:
-        _error(f"config error: {exc}")
-        return 2
+        # A file a reload refused leaves the server running the config it has: a mistake in
+        # the file must not make it "unhealthy" (an orchestrator would restart it into the
+        # mistake). Asked where the environment alone puts it, and said.
+        note = f" (config error: {exc}; asked where the environment alone says)"
+        try:
+            config = load_config(os.devnull)
+        except ConfigError:
+            _error(f"health: config error: {exc}")
+            return 1
+    try:
+        target = healthz_target(config, demo=args.demo)
     except ValueError as exc:
         _error(f"health: {exc}")
-        return 2
+        return 1
     problem = probe(*target, timeout=args.timeout)
     if problem is not None:
-        _error(f"health: {describe(*target)}: {problem}")
+        _error(f"health: {describe(*target)}: {problem}{note}")
         return 1
-    print(f"{PROG}: health: {describe(*target)}: 200")
+    print(f"{PROG}: health: {describe(*target)}: 200{note}")
     return 0
 
 
@@ -415,7 +426,8 @@ exit status:
   1  serve/demo cannot run (an address in use, a pid file or log file it cannot
      write, workers that keep dying); reload/stop: no running server to signal, or
      stop: still running after proxy.shutdown_timeout + 5 s; logs: cannot read the
-     file; ca: the CA cannot be made or read; health: no 200 from healthz
+     file; ca: the CA cannot be made or read; health: no 200 from healthz, or no
+     address to ask (a config mistake too: Docker reserves a HEALTHCHECK's 2)
   2  a mistake in the command line or the configuration (the line names the flag, key
      or environment variable); logs: a bad filter, or a file that cannot be opened
 """

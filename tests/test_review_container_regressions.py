@@ -70,11 +70,12 @@ def container_env(tmp_path: Path, **compose: str) -> dict[str, str]:
                         "CACHEPROXY_PROXY_PID_FILE": str(tmp_path / "cacheproxy.pid")})
 
 
-async def start_cmd(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
+async def start_cmd(env: dict[str, str], port: int,
+                    workdir: Path = ROOT) -> asyncio.subprocess.Process:
     """The image's CMD in its WORKDIR (this checkout, which holds config/), once it listens."""
     cmd = json.loads(dockerfile_instruction("CMD"))
     proc = await asyncio.create_subprocess_exec(
-        *container_command(cmd), cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
+        *container_command(cmd), cwd=workdir, env=env, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     for _ in range(300):
         if proc.returncode is not None:
@@ -96,8 +97,9 @@ async def stop_cmd(proc: asyncio.subprocess.Process) -> str:
     return (await proc.stderr.read()).decode()  # type: ignore[union-attr]
 
 
-def run_image_command(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(container_command(argv), cwd=ROOT, env=env, capture_output=True,
+def run_image_command(argv: list[str], env: dict[str, str],
+                      workdir: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(container_command(argv), cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=30)
 
 
@@ -146,6 +148,38 @@ async def test_the_image_healthcheck_asks_healthz_where_the_config_puts_it(
         after = await asyncio.to_thread(run_image_command, healthcheck_command(), env)
         assert after.returncode == 1, after.stdout + after.stderr  # nothing listens now
         assert "Traceback" not in after.stderr + stopped
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_mistake_in_the_mounted_file_does_not_make_a_running_replica_unhealthy(
+        tmp_path):
+    """A reload refuses a config file with a mistake and the server runs on with the
+    config it has (README, Running it). Its healthcheck reads that file too: it must not
+    then report the running replica unhealthy, or an orchestrator acting on health (Swarm,
+    an autoheal container) restarts it into the mistake (exit 2 at start, a replica
+    down). `cacheproxy health` asks where the environment alone says, exit 0, and says
+    the mistake in its output (`docker inspect`'s health log). Never exit 2, which Docker
+    reserves. Severity: medium (a typo turns a probe into an outage)."""
+    (tmp_path / "config").mkdir()  # ./config, mounted at /app/config
+    good = (ROOT / "config" / "cacheproxy.toml").read_text()
+    (tmp_path / "config" / "cacheproxy.toml").write_text(good)
+    port = free_port()
+    env = container_env(tmp_path, CACHEPROXY_PROXY_LISTEN=f"127.0.0.1:{port}",
+                        CACHEPROXY_PROXY_UPSTREAM="http://127.0.0.1:9")
+    proc = await start_cmd(env, port, workdir=tmp_path)
+    try:
+        (tmp_path / "config" / "cacheproxy.toml").write_text(good + "\n[cache]\nmax_bytes = 1\n")
+        checked = await asyncio.to_thread(run_image_command, healthcheck_command(), env,
+                                          tmp_path)
+        assert checked.returncode == 0, checked.stderr
+        assert "config error" in checked.stdout and "cacheproxy.toml" in checked.stdout
+        await stop_cmd(proc)
+        after = await asyncio.to_thread(run_image_command, healthcheck_command(), env,
+                                        tmp_path)
+        assert after.returncode == 1 and "config error" in after.stderr, after.stderr
     finally:
         if proc.returncode is None:
             proc.kill()

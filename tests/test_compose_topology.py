@@ -279,7 +279,9 @@ def test_the_image_env_and_compose_env_make_a_valid_config():
 
     services = render_compose()["services"]
     for name in ("proxy-a", "proxy-b", "origin"):
-        env = {**dockerfile_env(), **(services[name].get("environment") or {})}
+        env = {k: v for k, v in {**dockerfile_env(),
+                                 **(services[name].get("environment") or {})}.items()
+               if v is not None}  # a variable compose gives no value is not set
         config = load_config(ROOT / "config" / "cacheproxy.toml", env=env)
         assert config.proxy.listen == "0.0.0.0:8080"
         if name != "origin":

@@ -261,7 +261,9 @@ def test_the_shipped_file_under_the_image_and_compose_environment_warns_of_nothi
 
     services = render_compose()["services"]
     for name in ("proxy-a", "proxy-b", "origin"):
-        env = {**dockerfile_env(), **(services[name].get("environment") or {})}
+        env = {k: v for k, v in {**dockerfile_env(),
+                                 **(services[name].get("environment") or {})}.items()
+               if v is not None}
         assert env_overrides_of_file(ROOT / "config" / "cacheproxy.toml", env) == []
 
 
@@ -359,3 +361,23 @@ def test_the_compose_services_rotate_their_docker_logs():
         assert logging.get("driver") == "json-file", (name, logging)
         options = logging.get("options") or {}
         assert options.get("max-size") and options.get("max-file"), (name, options)
+
+
+def test_an_admin_token_in_the_config_file_is_not_blanked_by_compose(tmp_path):
+    """Was: compose set CACHEPROXY_ADMIN_TOKEN: "${CACHEPROXY_ADMIN_TOKEN:-}", an empty
+    string when .env holds no token, and the environment wins over the file: an operator
+    who put `[admin] token = "..."` in ./config/cacheproxy.toml had it blanked, so every
+    admin call from the host got 403 ("loopback only") with the token they had set. Now
+    the variable is passed only when .env (or the shell) sets it. Severity: low."""
+    from cacheproxy.config import load_config
+
+    conf = tmp_path / "cacheproxy.toml"
+    conf.write_text('[admin]\ntoken = "from-the-file"\n')
+    for dot_env, expected in ({}, "from-the-file"), (
+            {"CACHEPROXY_ADMIN_TOKEN": "from-dot-env"}, "from-dot-env"):
+        services = render_compose(**dot_env)["services"]
+        for name in ("proxy-a", "proxy-b"):
+            env = {k: v for k, v in {**dockerfile_env(),
+                                     **services[name]["environment"]}.items()
+                   if v is not None}  # (a variable without a value is not set)
+            assert load_config(conf, env=env).admin.token == expected, (name, dot_env)

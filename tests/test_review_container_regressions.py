@@ -1,18 +1,25 @@
 """Review of the container image and the compose deployment, read as an operator would.
 
-Looked at: the Dockerfile from a clean clone (every COPY source present and not in
-.dockerignore; `pip install -c constraints.txt .` from the copied files works on Python 3.11;
-requires-python >= 3.11 matches python:3.11-slim), the image's CMD run by hand as uid 10001
-in the WORKDIR with the image's ENV and HOME, as PID 1 of its own pid namespace
-(`unshare --pid`), against a real redis-server and the demo origin: JSON lines on stdout,
-SIGTERM drains within stop_grace_period and exits 0, SIGHUP and `cacheproxy reload` through
-the pid file reload, a stale pid file after a SIGKILL does not block the restart. The
-compose file through Compose v2's own parser (tests/test_compose_topology.py).
+Looked at, by hand (no Docker engine here): the Dockerfile from a clean clone (every COPY
+source present and not in .dockerignore; `pip install -c constraints.txt .` from the
+copied files works on Python 3.11, and every pinned wheel exists for cp311 on x86_64 and
+aarch64; requires-python >= 3.11 matches python:3.11-slim); the image's CMD run as uid
+10001 in the WORKDIR with the image's ENV, compose's environment and HOME, as PID 1 of its
+own pid namespace (`unshare --pid`), against a real redis-server and the demo origin: JSON
+lines on stdout, diagnostics on stderr; SIGTERM drains within stop_grace_period and exits
+0 (a 12 s request is answered 503 at 8 s, the process gone at 8.04 s), also with
+--workers 2; SIGHUP and `cacheproxy reload` (entered into the namespace as `docker compose
+exec` does) find pid 1 through the pid file; a stale pid file left by a SIGKILL names pid 1
+again and does not block the restart; an unknown CACHEPROXY_* variable is refused, named;
+healthz answers without the admin token, the admin API not. The compose file through
+Compose v2's own parser (tests/test_compose_topology.py).
 
-Found wrong, and tested here: the HEALTHCHECK's fixed URL (port 8080, /_cacheproxy/, and
-through any http_proxy in the environment), the non-root user's HOME in the root-owned
-WORKDIR (no place for forward mode's CA), and settings the environment silently overrode
-in the mounted config file.
+Found wrong, and tested here: the HEALTHCHECK's fixed URL (port 8080, /_cacheproxy/,
+through any http_proxy, and failing the replica on a mistake in the file a reload
+refused); the non-root user's HOME in the root-owned WORKDIR (no place for forward mode's
+CA); keys edited in the mounted file that the environment silently overrode, among them
+admin.token blanked by compose; unrotated docker logs; every wheel reinstalled on each
+code change.
 """
 
 from __future__ import annotations

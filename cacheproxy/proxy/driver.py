@@ -403,9 +403,10 @@ class Driver:
             resp.sent = await self._invalidate(ctx, d.invalidates)
         if isinstance(d, Store):
             answer = await self._store(ctx, d, resp, release)
-            if d.outdates and resp.unstored == "too-big":
-                # The new representation was too big to store after all: the response
-                # it replaces goes as well (Store.outdates), as for one announced too big.
+            if d.outdates and resp.unstored:
+                # The new representation was not stored after all (too big, or no room in
+                # the fill budget): the response it replaces goes as well (Store.outdates),
+                # as for one announced too big; kept, stale-if-error would serve it.
                 await discard(self.store, ctx.key)
             return answer
         if isinstance(d, Refetch):  # §4.3.4: once, unconditionally
@@ -599,7 +600,7 @@ class Driver:
                 if body is not None and stored is not None and refresh_may_store(
                         stored, d.entry, await self.store.get(key, facts.selecting)):
                     await exchange.put(d.entry.replace(body=body), resp)
-                elif d.outdates and resp.unstored == "too-big":  # (as in the foreground)
+                elif d.outdates and resp.unstored:  # (as in the foreground)
                     await discard(self.store, key)
                 return
             resp.release()  # a 304 is whole: its connection goes back to the pool

@@ -63,7 +63,8 @@ class UpstreamResponse:
         # When its request was first sent (time.perf_counter()): an invalidation or purge
         # of its key since then means it is not stored (proxy/invalidations.py).
         self.sent = sent
-        # Why its body, to be stored, was not: "too-big" or "fill-budget" (Fill.why_not)
+        # Why its body, to be stored, was not: "too-big" or "fill-budget" (Fill.why_not);
+        # either way the response it outdates goes (Store.outdates)
         self.unstored = ""
         self.status = conn.status
         self.reason = conn.reason

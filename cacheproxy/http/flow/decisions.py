@@ -113,9 +113,10 @@ class Store:
     takes it). invalidates: keys to discard first (§4.4: a POST's answer that is stored
     as the new representation, RFC 9110 §9.3.3, still invalidates what was stored for
     the URI). outdates: the answer is a new representation (200, to a request without
-    credentials) of the response stored under the key: should its body turn out too big
-    to store, that response is removed all the same, as one announced too big removes it
-    (_not_stored), not kept to be served stale (RFC 5861) after a newer one was sent."""
+    credentials) of the response stored under the key: should its body not be stored
+    after all (too big, or no room in the fill budget), that response is removed all the
+    same, as one announced too big removes it (_not_stored), not kept to be served stale
+    (RFC 5861) after a newer one was sent."""
 
     entry: CachedResponse  # body empty: it is filled as it streams
     replaces: CachedResponse | None = None

@@ -1,0 +1,61 @@
+"""A second reading of the fixes merged on 12-05 (review-second9): the pool's queue for a
+connection (Pool._woken, first come first served) with the retry's fresh connection, a
+reload's retired origins and the pool's close at shutdown; "a new representation not
+stored removes the one it outdates" (Store.outdates) with the fill budget; the private
+cache's Set-Cookie stripping with 304s; the Redis store without a memory layer, now a
+LayeredStore with ttl 0; the Via name a request's plan holds across a reload; the client
+side's timer after an answer (_await_next). Each test ran against the real proxy (or the
+real pool) with servers on 127.0.0.1; those marked as findings failed before their fix."""
+
+from __future__ import annotations
+
+import pytest
+from support import raw_get, raw_origin
+
+# -- 1. a new representation over the fill budget kept the response it outdates -------------
+
+_V1 = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
+       b'ETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
+_BIG = b"2" * 300  # over the fill_buffer_bytes of 100 set below, under max_object_bytes
+_V2 = {
+    "chunked": (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
+                b'ETag: "2"\r\nTransfer-Encoding: chunked\r\n\r\n12c\r\n' + _BIG
+                + b"\r\n0\r\n\r\n"),
+    "length": (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
+               b'ETag: "2"\r\nContent-Length: 300\r\n\r\n' + _BIG),
+}
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+async def test_s4_3_3_a_new_200_over_the_fill_budget_removes_the_response_it_outdates(
+        proxy, framing: str) -> None:
+    """9379bca made a new representation that proved too big to store (max_object_bytes)
+    remove the stored response it outdates, so that stale-if-error does not serve the
+    old one after a client was sent the new one. A new representation not stored because
+    the fill budget (cache.fill_buffer_bytes, shared by every fill under way) had no room
+    for it was left out (UpstreamResponse.unstored == "fill-budget", not "too-big"): v1
+    stayed, and when the origin then failed, the proxy served v1 under stale-if-error
+    after it had sent v2, content going back in time, only because other fills were
+    under way at that moment (or, as here, the budget is smaller than the body). RFC 9111
+    §4.3.3 (the full response is the cache's current knowledge), RFC 5861 §4 (a stale
+    response is the latest the cache has). Varnish: a fetched object that is not kept
+    still shadows the older one (hit-for-miss). Severity: medium, as for too-big."""
+    heads: list[bytes] = []
+
+    def answer(head: bytes) -> bytes:
+        heads.append(head)
+        if len(heads) == 1:
+            return _V1
+        if len(heads) == 2:
+            return _V2[framing]
+        return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
+
+    async with raw_origin(answer) as port:
+        c = await proxy(f"http://127.0.0.1:{port}",
+                        cache={"fill_buffer_bytes": 100, "max_object_bytes": 10_000})
+        assert (await raw_get(c, "/r"))[2] == b"v1"
+        status, fields, body = await raw_get(c, "/r")
+        assert (status, fields["etag"]) == (200, '"2"')  # v2, not stored: the budget
+        status, fields, body = await raw_get(c, "/r")
+        assert (status, body) == (503, b"down"), (status, fields, body)
+        assert "stale-if-error" not in fields["cache-status"]

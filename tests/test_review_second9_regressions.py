@@ -9,8 +9,14 @@ real pool) with servers on 127.0.0.1; those marked as findings failed before the
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+
 import pytest
 from support import raw_get, raw_origin
+
+from cacheproxy.proxy.server import reconfigure
 
 # -- 1. a new representation over the fill budget kept the response it outdates -------------
 
@@ -59,3 +65,44 @@ async def test_s4_3_3_a_new_200_over_the_fill_budget_removes_the_response_it_out
         status, fields, body = await raw_get(c, "/r")
         assert (status, body) == (503, b"down"), (status, fields, body)
         assert "stale-if-error" not in fields["cache-status"]
+
+
+# -- 2. a 103 relayed after a reload took the new name in its Via -----------------------------
+
+
+async def test_an_interim_answer_in_flight_at_a_reload_keeps_the_via_name_it_started_with(
+        proxy) -> None:
+    """2ed0819 made every answer to a request in flight at a reload take the cache's name
+    (proxy.via) from the request's route plan: the final answer said "1.1 edge-1", the
+    name it went upstream with. An interim answer relayed before it (103 Early Hints,
+    RFC 9110 §15.2: a proxy MUST forward it, with its own Via, §7.6.3) still read the
+    running name: the same exchange reached the client as a 103 "via edge-2" and a 200
+    "via edge-1", two configs on one answer. Severity: low (a pseudonym on interim
+    answers in flight at a reload)."""
+    arrived, go = asyncio.Event(), asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            arrived.set()
+            await go.wait()
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+                         b"Content-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await reader.read()
+        writer.close()
+
+    origin = await asyncio.start_server(serve, "127.0.0.1", 0)
+    c = await proxy(f"http://127.0.0.1:{origin.sockets[0].getsockname()[1]}",
+                    proxy={"via": "edge-1"})
+    pending = asyncio.ensure_future(raw_get(c, "/a"))  # (HTTP/1.1: it gets the 103)
+    await arrived.wait()
+    config = c.app_proxy.config
+    reconfigure(c.server.app, dataclasses.replace(
+        config, proxy=dataclasses.replace(config.proxy, via="edge-2")))
+    go.set()
+    status, fields, rest = await pending  # the 103's head, then the 200
+    origin.close()
+    assert rest.startswith(b"HTTP/1.1 200 OK") and b"\r\nVia: 1.1 edge-1\r\n" in rest, rest
+    assert (status, fields["via"]) == (103, "1.1 edge-1"), (status, fields)

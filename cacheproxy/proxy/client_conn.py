@@ -1001,7 +1001,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             return
         headers = CIMultiDict(end_to_end(fields))
         headers.popall("Content-Length", None)  # (§8.6: none in a 1xx)
-        headers.add("Via", self.listener.proxy.local_via)
+        # The name the request's plan holds, as its final answer's: a reload since it went
+        # upstream renames neither (RoutePlan.local_via).
+        plan = request.get(PLAN)
+        headers.add("Via", plan.local_via if plan is not None else self.listener.proxy.local_via)
         self._write(encode_head(f"HTTP/1.1 {status} {reason}", headers))
 
     @property

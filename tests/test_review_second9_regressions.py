@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 
 import pytest
-from support import raw_get, raw_origin
+from support import raw_get, raw_origin, until
 
 from cacheproxy.proxy.server import reconfigure
 
@@ -106,3 +106,40 @@ async def test_an_interim_answer_in_flight_at_a_reload_keeps_the_via_name_it_sta
     origin.close()
     assert rest.startswith(b"HTTP/1.1 200 OK") and b"\r\nVia: 1.1 edge-1\r\n" in rest, rest
     assert (status, fields["via"]) == (103, "1.1 edge-1"), (status, fields)
+
+
+# -- 3. a request waiting for a connection at the pool's close connected anew ----------------
+
+
+async def test_a_request_waiting_for_a_connection_at_shutdown_makes_none() -> None:
+    """Pool.close() (the proxy stopping) promises that no connection is made or lent any
+    more, and acquire refuses a request that starts after it (503 "the proxy is
+    stopping"). A request already waiting in the queue for a connection (all
+    proxy.max_connections in use) was not told: the close of the connections in use woke
+    it (Pool._forget), and, the pool being empty now, it connected anew, a connection
+    the closed pool then held and nobody closed (until the process ended), and its
+    request went upstream during the stop. Now close() wakes every waiter and each ends
+    in 503 at once. nginx's exiting worker sends no new upstream request. Severity: low
+    (at a stop, with a saturated pool)."""
+    from test_upstream_pool import raw_origin as scripted_origin
+
+    from cacheproxy.proxy.pool import Origin, Pool
+    from cacheproxy.proxy.upstream import UpstreamError
+
+    async def ok(head: bytes, index: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+    async with scripted_origin(ok) as origin:
+        pool = Pool(1, 5.0, 30.0)
+        o = Origin("http", "127.0.0.1", origin.port)
+        await pool.acquire(o)  # in use: the pool is full
+        waiter = asyncio.create_task(pool.acquire(o))
+        assert await until(lambda: len(pool._waiters) == 1)
+        pool.close()
+        try:
+            outcome = f"connected ({origin.connections} connections)" \
+                if await waiter else ""
+        except UpstreamError as exc:
+            outcome = f"{exc.status} {exc.reason}"
+        assert outcome == "503 the proxy is stopping", outcome
+        assert origin.connections == 1 and not pool._woken

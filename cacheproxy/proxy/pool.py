@@ -931,6 +931,8 @@ class Pool:
                             continue
                     waiting = True
                     await self._wait_turn(first=not waited)
+                    if self._closed:  # woken by close(): no connection is made any more
+                        raise UpstreamError(503, "the proxy is stopping")
                     queued, waited = False, True
         except TimeoutError:
             if waiting:
@@ -1131,6 +1133,8 @@ class Pool:
 
     def close(self) -> None:
         self._closed = True
+        while self._waiters:  # each ends now (503), not at connect_timeout, nor connects
+            self._wake_one()
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()

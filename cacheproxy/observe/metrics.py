@@ -95,7 +95,8 @@ def _add(a: list, b: list) -> list:  # type: ignore[type-arg]
 def summed(own: Counts, others: list[Counts], shared_store: bool) -> Counts:
     """The server's figures: every worker's counters added; the store's gauges added too
     (each worker's own memory store), unless the store is shared (Redis: each worker
-    reports the same figures); the longest pause, the longest of all."""
+    reports the same figures, as last read: its gauges as the answering worker read them,
+    its eviction counter the highest reading); the longest pause, the longest of all."""
     total = dataclasses.replace(own, by_route_cache=dict(own.by_route_cache))
     for other in others:
         for key, n in other.by_route_cache.items():
@@ -108,6 +109,11 @@ def summed(own: Counts, others: list[Counts], shared_store: bool) -> Counts:
         total.upstream_sum += other.upstream_sum
         if not shared_store:
             total.store = _add(total.store, other.store)
+        elif len(other.store) == 4:
+            # Redis's evicted_keys, as each worker last read it (every 5 s, at its own
+            # phase): the highest reading, or a scrape reaching the worker that read it
+            # last saw the counter go down (a reset, to Prometheus' rate()).
+            total.store = [*total.store[:3], max(total.store[3], other.store[3])]
         total.gc_counts = _add(total.gc_counts, other.gc_counts)
         total.gc_sums = _add(total.gc_sums, other.gc_sums)
         total.gc_longest = [max(x, y) for x, y in zip(total.gc_longest, other.gc_longest,

@@ -52,8 +52,8 @@ def merged(own: tuple[dict[str, Any], int], others: list[tuple[dict[str, Any], i
            shared_store: bool, workers: int) -> dict[str, Any]:
     """The server's snapshot: own (the answering worker's) with the others' added. The
     store's figures are added too (each worker's own memory store), unless it is shared
-    (Redis: each worker reports the same). processes_counted: own and those that answered,
-    of `workers`."""
+    (Redis: each worker reports the same, as last read; evictions: the highest reading).
+    processes_counted: own and those that answered, of `workers`."""
     every = [own, *others]
     total = dict(own[0])
     for name in _SUMMED:
@@ -71,6 +71,9 @@ def merged(own: tuple[dict[str, Any], int], others: list[tuple[dict[str, Any], i
     if not shared_store:
         total["store"] = {**own[0]["store"], **{
             name: sum(s["store"][name] for s, _ in every) for name in _STORE_SUMMED}}
+    else:  # Redis's evicted_keys as each worker last read it: the latest is the highest
+        total["store"] = {**own[0]["store"],
+                          "evictions": max(s["store"]["evictions"] for s, _ in every)}
     total["series"] = _series([s["series"] for s, _ in every])
     recent = [r for s, _ in every for r in s["recent"]]
     recent.sort(key=lambda r: r.get("time", ""))  # ISO 8601 UTC: text order is time order

@@ -1,0 +1,53 @@
+"""Review of what operators graph and alert on: `/metrics` (Prometheus text exposition),
+the admin `stats` JSON and the dashboard, read as Prometheus reads them. What was looked
+at: the exposition parsed with prometheus_client's own parser (TYPE/HELP, `_total` on
+counters, base units, histogram buckets cumulative with `+Inf` equal to `_count`, no NaN);
+counters that must never go down (a reset, to rate()) across reloads, clears, evictions
+and `--workers`; gauges against what the store and the listener hold; each request counted
+once, in the outcome its log line shows. Real proxies on 127.0.0.1 in front of aiohttp
+origins, `cacheproxy serve --workers 2` where the workers' sums are the question."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from cacheproxy.observe.metrics import Counts, counts_of, summed
+from cacheproxy.observe.stats import Stats
+from cacheproxy.observe.stats_merged import merged
+from cacheproxy.store.base import StoreStats
+
+
+def _worker(evictions: int, hits: int = 1) -> Counts:
+    """One worker's Counts with a Redis store as it last read Redis's INFO."""
+    counts = counts_of(Stats(0.0), StoreStats(5, 1000, 10_000, evictions))
+    return dataclasses.replace(counts, by_route_cache={("default", "HIT"): hits})
+
+
+def _snapshot(evictions: int) -> tuple[dict[str, Any], int]:
+    stats = Stats(0.0)
+    store = {"backend": "layered", "entries": 5, "bytes": 1000, "max_bytes": 10_000,
+             "evictions": evictions}
+    return stats.snapshot(1.0, store, "test"), 0
+
+
+def test_redis_evictions_with_workers_never_go_down_between_scrapes() -> None:
+    """What was wrong: with --workers and the Redis store, each worker reads Redis's
+    evicted_keys every 5 s, each at its own phase, and /metrics showed the reading of the
+    worker the scrape reached: a scrape reaching the one that read last (120), then one
+    reaching the other (100), saw cacheproxy_store_evictions_total go down, which
+    Prometheus' rate()/increase() take for a counter reset (a spike of phantom
+    evictions on the graph; an eviction-rate alert fired). The stats API's merge did the
+    same to the dashboard's evictions. Now the sum takes the highest reading, whichever
+    worker answers. Prometheus' counter semantics (a counter only resets at a restart);
+    Varnish's n_lru_nuked, summed by varnishstat, never goes down. Severity: medium."""
+    fresh, late = _worker(120), _worker(100)
+    assert summed(fresh, [late], shared_store=True).store[3] == 120
+    assert summed(late, [fresh], shared_store=True).store[3] == 120  # was 100: a "reset"
+    # The store's gauges are the answering worker's reading, shown once (not summed).
+    assert summed(late, [fresh], shared_store=True).store[:3] == [5, 1000, 10_000]
+    # A memory store per worker: its evictions are summed, as before.
+    assert summed(late, [fresh], shared_store=False).store[3] == 220
+    assert merged(_snapshot(100), [_snapshot(120)], True, 2)["store"]["evictions"] == 120
+    assert merged(_snapshot(120), [_snapshot(100)], True, 2)["store"]["evictions"] == 120
+    assert merged(_snapshot(100), [_snapshot(120)], False, 2)["store"]["evictions"] == 220

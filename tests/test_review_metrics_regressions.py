@@ -10,7 +10,12 @@ origins, `cacheproxy serve --workers 2` where the workers' sums are the question
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
+
+import pytest
+from aiohttp import web
+from support import read_json_log
 
 from cacheproxy.observe.metrics import Counts, counts_of, summed
 from cacheproxy.observe.stats import Stats
@@ -51,3 +56,36 @@ def test_redis_evictions_with_workers_never_go_down_between_scrapes() -> None:
     assert merged(_snapshot(100), [_snapshot(120)], True, 2)["store"]["evictions"] == 120
     assert merged(_snapshot(120), [_snapshot(100)], True, 2)["store"]["evictions"] == 120
     assert merged(_snapshot(100), [_snapshot(120)], False, 2)["store"]["evictions"] == 220
+
+
+def _tagged_origin() -> web.Application:
+    """Any GET: a fresh, validated answer with a few fields after the usual ones."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="hello", headers={
+            "Cache-Control": "max-age=600", "ETag": '"e"', "X-Trailing": "1"})
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    return app
+
+
+@pytest.mark.parametrize("ask", [{"Range": "bytes=0-1"}, {"If-None-Match": '"e"'}],
+                         ids=["range-on-a-miss", "conditional-on-a-miss"])
+async def test_a_range_or_a_304_on_a_miss_names_this_cache_in_cache_status_and_via(
+        origin: Any, proxy: Any, tmp_path: Path, ask: dict[str, str]) -> None:
+    """What was wrong: the answer to a Range request on a miss (a 206 cut from the 200
+    being stored) and the 304 to a conditional request on a miss (the client's validator
+    matched what was being stored) named the cache after a header field: a loop over the
+    fields to drop or copy reused the variable holding the cache's name. The client saw
+    `Cache-Status: Content-MD5; fwd=uri-miss; ...` / `Via: 1.1 Content-MD5` (the 304:
+    `Server; ...`, the origin's last field), and the request log's cache_status said the
+    same, so log tooling and dashboards that group by the member's cache name counted
+    those requests under another cache. RFC 9211 §2 (the member's name identifies the
+    cache), RFC 9110 §7.6.3 (Via names the recipient as proxy.via says). Severity: medium."""
+    c = await proxy(await origin(_tagged_origin()), proxy={"via": "edge-1"},
+                    log={"path": str(tmp_path / "requests.log")})
+    resp = await c.get("/page", headers=ask)
+    assert resp.status in (206, 304)
+    assert resp.headers["Cache-Status"].startswith("edge-1; fwd=uri-miss"), resp.headers
+    assert resp.headers.getall("Via") == ["1.1 edge-1"]
+    line = (await read_json_log(c))[-1]
+    assert line["cache"] == "MISS" and line["cache_status"].startswith("edge-1; "), line

@@ -418,8 +418,8 @@ class Exchange:
             first, last = part.ranges[0]
             window = (first, last + 1)
             status, reason = 206, "Partial Content"
-            for name in ("Content-Length", *NOT_ON_PART):
-                headers.popall(name, None)
+            for field in ("Content-Length", *NOT_ON_PART):  # (not `name`: the cache's)
+                headers.popall(field, None)
             headers["Content-Range"] = content_range(first, last, part.length)
             headers["Content-Length"] = str(last + 1 - first)
         # RFC 9110 §7.6.3: the protocol it was received with; name: the request's plan's
@@ -531,9 +531,9 @@ class Exchange:
         304 (§4.3.2), once the body is in the store."""
         headers = CIMultiDict(answer.fields)
         # The cookie is this client's even when the stored copy leaves it out ("strip").
-        for name, value in resp.fields:
-            if name.lower() == "set-cookie":
-                headers.add(name, value)
+        for field, value in resp.fields:  # (not `name`: the cache's, marked below)
+            if field.lower() == "set-cookie":
+                headers.add(field, value)
         outcome.stored = False  # until it is: a body that breaks off stores nothing
         try:
             outcome.stored = await self.consume(resp, store, max_object)

@@ -465,7 +465,8 @@ class Admin:
     async def metrics(self, request: web.Request) -> web.Response:
         if (refusal := self.denied(request)) is not None:
             return refusal
-        counts = counts_of(self.observer.stats, self.store.stats())
+        counts = counts_of(self.observer.stats, self.store.stats(),
+                           self.observer.connections())
         if self.siblings is not None:  # the server's figures, not this worker's alone
             counts = summed(counts, await self.siblings(), self.shared_store)
         body, content_type = metrics_text(counts)

@@ -48,17 +48,21 @@ class Counts:
     gc_frozen: int
     python_gc: list[list[int]]  # gc.get_stats(): collections, collected, uncollectable
     processes: int = 1
+    # The listener's client connections: open, the most allowed, refused at that limit.
+    connections: list[int] = dataclasses.field(default_factory=lambda: [0, 0, 0])
 
 
-def counts_of(stats: Stats, store: StoreStats) -> Counts:
-    """This process's figures."""
+def counts_of(stats: Stats, store: StoreStats,
+              connections: tuple[int, int, int] = (0, 0, 0)) -> Counts:
+    """This process's figures (connections: Observer.connections())."""
     return Counts(
         dict(stats.by_route_cache), stats.bytes_from_cache, stats.bytes_from_origin,
         stats.collapsed, stats.errors, list(stats.upstream_counts), stats.upstream_sum,
         [store.entries, store.bytes, store.max_bytes, store.evictions],
         [list(c) for c in PAUSES.counts], list(PAUSES.sums), list(PAUSES.longest),
         gc_pauses.frozen(),
-        [[g["collections"], g["collected"], g["uncollectable"]] for g in gc.get_stats()])
+        [[g["collections"], g["collected"], g["uncollectable"]] for g in gc.get_stats()],
+        connections=list(connections))
 
 
 def counts_json(counts: Counts) -> bytes:
@@ -79,13 +83,13 @@ def counts_from_json(data: bytes) -> Counts | None:
 
 def retired(data: bytes) -> Counts | None:
     """A dead worker's last Counts, as its successor adds them (proxy/siblings.py RETIRED):
-    its counters, not its gauges (its memory store and frozen objects went with it), and
-    no process."""
+    its counters, not its gauges (its memory store, connections and frozen objects went
+    with it), and no process."""
     counts = counts_from_json(data)
-    if counts is None or len(counts.store) != 4:
+    if counts is None or len(counts.store) != 4 or len(counts.connections) != 3:
         return None
     return dataclasses.replace(counts, store=[0, 0, 0, counts.store[3]], gc_frozen=0,
-                               processes=0)
+                               processes=0, connections=[0, 0, counts.connections[2]])
 
 
 def _add(a: list, b: list) -> list:  # type: ignore[type-arg]
@@ -121,6 +125,7 @@ def summed(own: Counts, others: list[Counts], shared_store: bool) -> Counts:
         total.gc_frozen += other.gc_frozen
         total.python_gc = _add(total.python_gc, other.python_gc)
         total.processes += other.processes
+        total.connections = _add(total.connections, other.connections)
     return total
 
 
@@ -160,12 +165,27 @@ class _Collector:
                                 value=max_bytes)
         yield CounterMetricFamily("cacheproxy_store_evictions",
                                   "Responses evicted to make room", value=evictions)
+        yield from _connections(s)
         yield GaugeMetricFamily(
             "cacheproxy_processes_counted",
             "Processes whose figures these are (--workers: each worker that answered)",
             value=s.processes)
         yield from _gc_pauses(s)
         yield from _python_gc(s)
+
+
+def _connections(s: Counts) -> Iterator[Metric]:
+    """nginx stub_status's "Active connections" and its accepts - handled."""
+    open_now, most, refused = s.connections
+    yield GaugeMetricFamily("cacheproxy_client_connections",
+                            "Client connections open on the proxy listener (tunnels too)",
+                            value=open_now)
+    yield GaugeMetricFamily("cacheproxy_client_connections_max",
+                            "The most client connections allowed (proxy.max_client_connections)",
+                            value=most)
+    yield CounterMetricFamily("cacheproxy_client_connections_refused",
+                              "Client connections closed as they arrived, at that limit",
+                              value=refused)
 
 
 def _cumulative(bounds: tuple[float, ...] | list[float], counts: list[int]

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,6 +48,9 @@ class Observer:
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
         self._hit_lines = HitLines()
+        # The proxy listener's client connections, for /metrics: (open now, the most
+        # allowed, closed at that limit since start); set by the listener, read per scrape.
+        self.connections: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
         gc_pauses.install()  # for /metrics: this process's collector pauses
 
     @property

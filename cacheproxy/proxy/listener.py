@@ -68,6 +68,8 @@ class Listener:
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
         self._refused = 0  # connections closed at the limit since the last line saying so
         self._refused_said = -REFUSED_SAY_SECONDS
+        self.refused_total = 0  # ... since start (/metrics: nginx's accepts - handled)
+        self.observer.connections = self.connection_figures
 
     @property
     def timeouts(self) -> Timeouts:
@@ -98,6 +100,7 @@ class Listener:
         limit = self.proxy.config.proxy.max_client_connections
         if len(self.connections) >= limit:
             self._refused += 1
+            self.refused_total += 1
             now = self.loop.time()
             if now - self._refused_said >= REFUSED_SAY_SECONDS:  # said, not for each one
                 log.warning("%d client connection(s) closed as they arrived: %d are open, "
@@ -110,6 +113,12 @@ class Listener:
 
     def forget(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+
+    def connection_figures(self) -> tuple[int, int, int]:
+        """Client connections open now (tunnels and WebSockets too), the most
+        proxy.max_client_connections allows, and those closed at it since start."""
+        return (len(self.connections), self.proxy.config.proxy.max_client_connections,
+                self.refused_total)
 
     def is_control(self, msg: RawRequestMessage) -> bool:
         if not self._control:

@@ -210,7 +210,8 @@ def _join(app: web.Application, others: Siblings, config: Config) -> None:
     /metrics (the Redis store's figures are every worker's already: not summed)."""
     admin, observer = app[ADMIN], app[OBSERVER]
     others.listen(app[PROXY].exchange.invalidations,
-                  lambda: counts_of(observer.stats, admin.store.stats()))
+                  lambda: counts_of(observer.stats, admin.store.stats(),
+                                    observer.connections()))
     admin.siblings = others.counters
     admin.workers = others
     others.stats = admin.stats_json

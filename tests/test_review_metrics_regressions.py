@@ -206,3 +206,22 @@ def test_a_restarted_workers_predecessor_keeps_its_refused_connections_not_its_o
     assert kept is not None and kept.connections == [0, 0, 3]
     new = counts_of(Stats(0.0), StoreStats(0, 0, 0, 0), (1, 50, 0))
     assert summed(new, [kept], shared_store=False).connections == [1, 50, 3]
+
+
+async def test_stats_name_the_memory_store_memory_with_workers(
+        origin: Any, tmp_path: Path) -> None:
+    """What was wrong: with --workers and the memory store, the stats API and the
+    dashboard's Store panel named the backend "siblingsmemory" (the class that tells the
+    other workers what it forgot), a name no setting has: cache.store = "memory", and the
+    single-process server says "memory". Severity: low."""
+    up = await origin(_tagged_origin())
+    proc, port = await start_serve("--upstream", str(up.make_url("")), "--workers", "2",
+                                   cwd=tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/_cacheproxy/stats") as resp:
+            stats = await resp.json()
+        assert stats["processes_counted"] == 2 and stats["store"]["backend"] == "memory", stats
+    finally:
+        code, err = await stop(proc)
+    assert code == 0 and "Traceback" not in err, err

@@ -220,7 +220,10 @@ class Admin:
     def snapshot(self) -> dict[str, Any]:
         """This process's stats (a worker's answer to another's STATS: stats_json)."""
         store = self.store.stats()
-        store_info = {"backend": type(self.store).__name__.removesuffix("Store").lower(),
+        # (--workers' memory store, which tells the others what it forgets, is "memory"
+        # as cache.store names it; the Redis store is "layered", its memory layer ahead)
+        backend = type(self.store).__name__.removesuffix("Store").removeprefix("Siblings")
+        store_info = {"backend": backend.lower(),
                       "entries": store.entries, "bytes": store.bytes,
                       "max_bytes": store.max_bytes, "evictions": store.evictions}
         return self.observer.stats.snapshot(time.time(), store_info, VERSION)

@@ -225,3 +225,32 @@ async def test_stats_name_the_memory_store_memory_with_workers(
     finally:
         code, err = await stop(proc)
     assert code == 0 and "Traceback" not in err, err
+
+
+async def test_evictions_count_responses_as_entries_does(origin: Any, proxy: Any) -> None:
+    """What was wrong: cacheproxy_store_entries counts responses (each Vary variant), but
+    cacheproxy_store_evictions_total counted URLs: a URL evicted with its three variants
+    (Accept-Encoding, Accept-Language) added 1, so evictions read a third of the responses
+    the store lost, and stored = entries + evicted did not add up. Varnish's n_lru_nuked
+    counts objects (variants). Now an eviction counts the responses it removed.
+    Severity: low."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="v" * 2000 + request.headers.get("Accept", ""),
+                            headers={"Cache-Control": "max-age=600", "Vary": "Accept"})
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), cache={"max_bytes": 30_000})
+    stored = 0
+    for accept in ("a", "b", "c"):  # one URL, three responses
+        assert (await c.get("/varied", headers={"Accept": accept})).status == 200
+        stored += 1
+    for i in range(40):  # then enough others that the varied URL goes
+        assert (await c.get(f"/other{i}", headers={"Accept": "a"})).status == 200
+        stored += 1
+    text = await (await c.get("/metrics")).text()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    entries = samples["cacheproxy_store_entries"]
+    evictions = samples["cacheproxy_store_evictions_total"]
+    assert not [k for k in await c.app_proxy.store.keys() if k.endswith("/varied")]
+    assert any(k.endswith("/other39") for k in await c.app_proxy.store.keys())
+    assert entries + evictions == stored, (entries, evictions, stored)

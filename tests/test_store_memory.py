@@ -177,9 +177,9 @@ def test_the_store_keeps_its_byte_count_and_lru_order_as_a_model_does(
             variants = (e, *(v for v in old if v.vary_values != e.vary_values))
             while size(variants) > max_bytes:
                 variants = variants[:-1]
+                evictions += 1  # (responses evicted, as entries counts them)
             while sum(map(size, model.values())) + size(variants) > max_bytes:
-                del model[next(iter(model))]  # the least recently used key goes
-                evictions += 1
+                evictions += len(model.pop(next(iter(model))))  # the LRU key goes
             model[key] = variants
         elif op[0] == "get":
             if key in model:

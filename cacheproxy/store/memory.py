@@ -106,13 +106,13 @@ class MemoryStore:
                 variants = (entry, *(v for v in _variants(held)
                                      if variant_id(v) != same))[:MAX_VARIANTS]
                 size = _size(variants)
-                while size > max_bytes:
+                while size > max_bytes:  # (its own older variants make room: evicted)
                     variants = variants[:-1]
                     size = _size(variants)
+                    self._evictions += 1
         self._unused.discard(key)
         while self._bytes + size > max_bytes:  # (what is left is older than the put)
-            self._count_out(self._evict())
-            self._evictions += 1
+            self._evictions += self._count_out(self._evict())
         # Never in a cycle: the collector need not walk them (store/untracked.py). The
         # older variants kept are untracked already.
         untrack_response(entry)
@@ -133,8 +133,7 @@ class MemoryStore:
         self._max_bytes = max_bytes
         gone = 0
         while self._bytes > max_bytes:  # (bytes held: a key is held)
-            self._count_out(self._evict())
-            self._evictions += 1
+            self._evictions += self._count_out(self._evict())
             gone += 1
         return gone
 
@@ -151,9 +150,13 @@ class MemoryStore:
                 unused.remove(key)
                 return self._held.pop(key)
 
-    def _count_out(self, held: Held) -> None:
+    def _count_out(self, held: Held) -> int:
+        """held no longer counted; how many responses (variants) it was: evictions
+        count responses, as entries do (Varnish's n_lru_nuked counts objects)."""
         self._bytes -= _size(held)
-        self._entries -= len(_variants(held))
+        gone = len(_variants(held))
+        self._entries -= gone
+        return gone
 
     async def delete(self, key: str) -> bool:
         return self.forget(key)

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from processes import clean_env, free_port, start_serve, stop
 from prometheus_client.parser import text_string_to_metric_families
-from support import read_json_log
+from support import echo_server, read_json_log
 
 from cacheproxy.observe.metrics import Counts, counts_json, counts_of, retired, summed
 from cacheproxy.observe.stats import Stats
@@ -254,3 +254,52 @@ async def test_evictions_count_responses_as_entries_does(origin: Any, proxy: Any
     assert not [k for k in await c.app_proxy.store.keys() if k.endswith("/varied")]
     assert any(k.endswith("/other39") for k in await c.app_proxy.store.keys())
     assert entries + evictions == stored, (entries, evictions, stored)
+
+
+async def test_bytes_through_tunnels_and_websockets_are_in_metrics(
+        origin: Any, proxy: Any, tmp_path: Path) -> None:
+    """What was wrong: a CONNECT tunnel's and a WebSocket's bytes (the log's bytes and
+    bytes_in) were in no metric: cacheproxy_response_body_bytes_total counts what came
+    from the cache or the origin's HTTP answers, so a forward proxy whose traffic is
+    mostly https tunnels graphed almost no traffic at all. Squid counts tunnelled bytes
+    in its client_http.kbytes_in/out; nginx's stream module in bytes_sent/received. Now
+    cacheproxy_tunnel_bytes_total{direction="to_client"|"from_client"}, counted when the
+    tunnel's log line is written (at its end). Severity: low."""
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        async for message in socket:
+            await socket.send_str(message.data * 2)
+        return socket
+    app = web.Application()
+    app.router.add_get("/ws", ws)
+    server, echo_port = await echo_server()
+    try:
+        c = await proxy(await origin(app), log={"path": str(tmp_path / "requests.log")},
+                        forward={"enabled": True, "connect_ports": (echo_port,),
+                                 "allow_hosts": ("127.0.0.1",)})
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.port)
+        writer.write(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
+                     % (echo_port, echo_port))
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        async with c.session.ws_connect(c.make_url("/ws")) as socket:
+            await socket.send_str("hi")
+            assert (await socket.receive()).data == "hihi"
+        tunnels: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 3
+        while len(tunnels) < 2 and time.monotonic() < deadline:  # (each line at its end)
+            tunnels = [line for line in await read_json_log(c) if line["cache"] == "TUNNEL"]
+            await asyncio.sleep(0.02)
+        assert len(tunnels) == 2, tunnels
+        text = await (await c.get("/metrics")).text()
+        samples = {(s.name, s.labels.get("direction")): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        out = samples[("cacheproxy_tunnel_bytes_total", "to_client")]
+        back = samples[("cacheproxy_tunnel_bytes_total", "from_client")]
+        assert out == sum(line["bytes"] for line in tunnels) and out > 4, tunnels
+        assert back == sum(line["bytes_in"] for line in tunnels) and back > 4, tunnels
+    finally:
+        server.close()

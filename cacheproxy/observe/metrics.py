@@ -50,6 +50,7 @@ class Counts:
     processes: int = 1
     # The listener's client connections: open, the most allowed, refused at that limit.
     connections: list[int] = dataclasses.field(default_factory=lambda: [0, 0, 0])
+    tunnel_bytes: list[int] = dataclasses.field(default_factory=lambda: [0, 0])  # out, in
 
 
 def counts_of(stats: Stats, store: StoreStats,
@@ -62,7 +63,7 @@ def counts_of(stats: Stats, store: StoreStats,
         [list(c) for c in PAUSES.counts], list(PAUSES.sums), list(PAUSES.longest),
         gc_pauses.frozen(),
         [[g["collections"], g["collected"], g["uncollectable"]] for g in gc.get_stats()],
-        connections=list(connections))
+        connections=list(connections), tunnel_bytes=list(stats.tunnel_bytes))
 
 
 def counts_json(counts: Counts) -> bytes:
@@ -126,6 +127,7 @@ def summed(own: Counts, others: list[Counts], shared_store: bool) -> Counts:
         total.python_gc = _add(total.python_gc, other.python_gc)
         total.processes += other.processes
         total.connections = _add(total.connections, other.connections)
+        total.tunnel_bytes = _add(total.tunnel_bytes, other.tunnel_bytes)
     return total
 
 
@@ -147,6 +149,13 @@ class _Collector:
         sent.add_metric(["cache"], s.bytes_from_cache)
         sent.add_metric(["origin"], s.bytes_from_origin)
         yield sent
+        tunnels = CounterMetricFamily(
+            "cacheproxy_tunnel_bytes",
+            "Bytes passed through CONNECT tunnels and WebSockets, by direction",
+            labels=["direction"])
+        tunnels.add_metric(["to_client"], s.tunnel_bytes[0])
+        tunnels.add_metric(["from_client"], s.tunnel_bytes[1])
+        yield tunnels
         yield CounterMetricFamily("cacheproxy_collapsed_requests",
                                   "Requests that waited for another one to the same URL",
                                   value=s.collapsed)

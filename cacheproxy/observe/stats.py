@@ -38,7 +38,9 @@ class Stats:
         self.by_route_cache: dict[tuple[str, str], int] = {}
         self.bytes_from_cache = 0
         self.bytes_from_origin = 0
-        self.bytes_other = 0  # ERROR and DENIED answers': in the byte hit ratio's whole only
+        self.bytes_other = 0  # ERROR, DENIED and TUNNEL's: in the byte hit ratio's whole only
+        # Bytes through tunnels (CONNECT, WebSocket): to the client, from it (/metrics).
+        self.tunnel_bytes = [0, 0]
         self.collapsed = 0
         self.errors = 0
         self.upstream_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
@@ -61,6 +63,10 @@ class Stats:
             self.bytes_from_origin += r.bytes
         else:
             self.bytes_other += r.bytes
+            if cache == "TUNNEL":
+                tunnel = self.tunnel_bytes
+                tunnel[0] += r.bytes
+                tunnel[1] += r.bytes_in or 0
         if r.collapsed:
             self.collapsed += 1
         if cache == "ERROR":

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import echo_server, read_json_log
 
 from cacheproxy.observe.metrics import Counts, counts_json, counts_of, retired, summed
+from cacheproxy.observe.record import CACHE_STATUSES
 from cacheproxy.observe.stats import Stats
 from cacheproxy.observe.stats_merged import merged
 from cacheproxy.store.base import StoreStats
@@ -303,3 +304,27 @@ async def test_bytes_through_tunnels_and_websockets_are_in_metrics(
         assert back == sum(line["bytes_in"] for line in tunnels) and back > 4, tunnels
     finally:
         server.close()
+
+
+async def test_every_cache_status_is_a_series_from_the_start_at_zero(
+        origin: Any, proxy: Any) -> None:
+    """What was wrong: a cacheproxy_requests_total series appeared only with the first
+    request of its cache status, at 1. Prometheus' rate() and increase() need a sample
+    before an increment, so that first request was never seen: the first ERROR after a
+    start (or ever) raised no `increase(cacheproxy_requests_total{cache="ERROR"}[5m]) > 0`
+    alert, and an error-ratio alert over absent series said "no data" rather than 0.
+    Prometheus' instrumentation guide ("avoid missing metrics": export 0 for series known
+    in advance). Now every cache status of the default route, and of each route once
+    seen, is exported from the start at 0. Severity: medium (an alert that missed the
+    first errors)."""
+    c = await proxy(await origin(_tagged_origin()))
+
+    async def requests() -> dict[str, float]:
+        text = await (await c.get("/metrics")).text()
+        return {s.labels["cache"]: s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "cacheproxy_requests_total"
+                and s.labels["route"] == "default"}
+
+    assert await requests() == dict.fromkeys(CACHE_STATUSES, 0.0)
+    assert (await c.get("/page")).status == 200
+    assert await requests() == {**dict.fromkeys(CACHE_STATUSES, 0.0), "MISS": 1.0}

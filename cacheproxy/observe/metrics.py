@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import (
 from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.gc_pauses import BUCKETS as GC_BUCKETS
 from cacheproxy.observe.gc_pauses import PAUSES
+from cacheproxy.observe.record import CACHE_STATUSES
 from cacheproxy.observe.stats import LATENCY_BUCKETS, Stats
 from cacheproxy.store.base import StoreStats
 
@@ -140,8 +141,18 @@ class _Collector:
         requests = CounterMetricFamily(
             "cacheproxy_requests", "Requests answered, by cache status and route",
             labels=["cache", "route"])
+        # Every cache status of each route seen (the default route's from the start), 0
+        # until it happens: a series born at 1 hides that first request from rate() and
+        # increase(), which need a sample before it (the first ERROR never alerted), and
+        # an alert on a ratio of absent series says "no data" (Prometheus' "avoid missing
+        # metrics"). Bounded: statuses x routes of the config.
+        routes = sorted({"default", *(route for route, _ in s.by_route_cache)})
+        for route in routes:
+            for cache in CACHE_STATUSES:
+                requests.add_metric([cache, route], s.by_route_cache.get((route, cache), 0))
         for (route, cache), n in sorted(s.by_route_cache.items()):
-            requests.add_metric([cache, route], n)
+            if cache not in CACHE_STATUSES:  # (every request shows, whatever its word)
+                requests.add_metric([cache, route], n)
         yield requests
         sent = CounterMetricFamily(
             "cacheproxy_response_body_bytes", "Body bytes sent to clients, by where they came from",

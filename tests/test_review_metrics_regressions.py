@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ import pytest
 from aiohttp import web
 from processes import clean_env, free_port, start_serve, stop
 from prometheus_client.parser import text_string_to_metric_families
-from support import echo_server, read_json_log
+from support import echo_server, proxy_for_toml, read_json_log
 
 from cacheproxy.observe.metrics import Counts, counts_json, counts_of, retired, summed
 from cacheproxy.observe.record import CACHE_STATUSES
@@ -328,3 +329,23 @@ async def test_every_cache_status_is_a_series_from_the_start_at_zero(
     assert await requests() == dict.fromkeys(CACHE_STATUSES, 0.0)
     assert (await c.get("/page")).status == 200
     assert await requests() == {**dict.fromkeys(CACHE_STATUSES, 0.0), "MISS": 1.0}
+
+
+async def test_a_configured_routes_statuses_are_series_before_its_first_request(
+        origin: Any, proxy: Any, tmp_path: Path) -> None:
+    """The companion of the test above for [[routes]]: each configured route's statuses
+    are exported at 0 from the start, so its first request (its first ERROR) is an
+    increase that rate() sees. Severity: medium."""
+    site = SimpleNamespace(app=_tagged_origin())
+    toml = ('[proxy]\nupstream = "{site}"\n'
+            '[[routes]]\npath_prefix = "/api/"\nupstream = "{site}"\n')
+    c = await proxy_for_toml(origin, proxy, tmp_path, toml, site=site)
+    text = await (await c.get("/metrics")).text()
+    series = {(s.labels["route"], s.labels["cache"]): s.value
+              for f in text_string_to_metric_families(text) for s in f.samples
+              if s.name == "cacheproxy_requests_total"}
+    assert series == {(route, cache): 0.0 for route in ("default", "routes[0]")
+                      for cache in CACHE_STATUSES}
+    assert (await c.get("/api/x")).status == 200
+    text = await (await c.get("/metrics")).text()
+    assert 'cacheproxy_requests_total{cache="MISS",route="routes[0]"} 1.0' in text

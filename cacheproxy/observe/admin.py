@@ -127,6 +127,7 @@ class Admin:
         self.siblings: Callable[[], Awaitable[list[Counts]]] | None = None
         self.shared_store = False
         self.workers: Workers | None = None  # --workers: the others, to ask (purge, stats)
+        self.route_names: tuple[str, ...] = ()  # [[routes]] and default (/metrics)
 
     def set_forward(self, forward: ForwardConfig, listen: str) -> None:
         """What proxy.pac describes: [forward] and proxy.listen; the application sets it at
@@ -472,7 +473,7 @@ class Admin:
                            self.observer.connections())
         if self.siblings is not None:  # the server's figures, not this worker's alone
             counts = summed(counts, await self.siblings(), self.shared_store)
-        body, content_type = metrics_text(counts)
+        body, content_type = metrics_text(counts, self.route_names)
         return web.Response(body=body, headers={**_PRIVATE, "Content-Type": content_type})
 
     async def unknown(self, request: web.Request) -> web.Response:

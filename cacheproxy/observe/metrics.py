@@ -133,20 +133,21 @@ def summed(own: Counts, others: list[Counts], shared_store: bool) -> Counts:
 
 
 class _Collector:
-    def __init__(self, counts: Counts) -> None:
+    def __init__(self, counts: Counts, routes: tuple[str, ...]) -> None:
         self.counts = counts
+        self.routes = routes
 
     def collect(self) -> Iterator[Metric]:
         s = self.counts
         requests = CounterMetricFamily(
             "cacheproxy_requests", "Requests answered, by cache status and route",
             labels=["cache", "route"])
-        # Every cache status of each route seen (the default route's from the start), 0
-        # until it happens: a series born at 1 hides that first request from rate() and
+        # Every cache status of each route (configured, or seen before a reload), 0 until
+        # it happens: a series born at 1 hides that first request from rate() and
         # increase(), which need a sample before it (the first ERROR never alerted), and
         # an alert on a ratio of absent series says "no data" (Prometheus' "avoid missing
         # metrics"). Bounded: statuses x routes of the config.
-        routes = sorted({"default", *(route for route, _ in s.by_route_cache)})
+        routes = sorted({"default", *self.routes, *(route for route, _ in s.by_route_cache)})
         for route in routes:
             for cache in CACHE_STATUSES:
                 requests.add_metric([cache, route], s.by_route_cache.get((route, cache), 0))
@@ -258,7 +259,8 @@ def _python_gc(s: Counts) -> Iterator[Metric]:
     yield collections
 
 
-def metrics_text(counts: Counts) -> tuple[bytes, str]:
+def metrics_text(counts: Counts, routes: tuple[str, ...] = ()) -> tuple[bytes, str]:
+    """The exposition; routes: the configured routes' names (policies/routes.py)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(counts))  # type: ignore[arg-type]
+    registry.register(_Collector(counts, routes))  # type: ignore[arg-type]
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -37,9 +37,19 @@ class Route:
         return host_matches(self.host, host) and path.startswith(self.path_prefix)
 
 
+def route_name(index: int) -> str:
+    """A [[routes]] entry's name in the log and in /metrics' route label."""
+    return f"routes[{index}]"
+
+
+def route_names(config: Config) -> tuple[str, ...]:
+    """Every route's name, the default's first."""
+    return ("default", *map(route_name, range(len(config.routes))))
+
+
 def compile_route(route: RouteConfig, index: int) -> Route:
     return Route(
-        name=f"routes[{index}]",
+        name=route_name(index),
         index=index,
         host=route.host,
         path_prefix=route.path_prefix,

@@ -35,6 +35,7 @@ from cacheproxy.observe.health import Health, upstream_problem
 from cacheproxy.observe.metrics import counts_of
 from cacheproxy.observe.observer import Observer
 from cacheproxy.observe.sink import LogFileError, open_log_file
+from cacheproxy.policies.routes import route_names
 from cacheproxy.proxy.handler import CacheProxy, check_plans
 from cacheproxy.proxy.listener import LEAN, LeanRunner, Plane
 from cacheproxy.proxy.policy_steps import outbound
@@ -72,6 +73,7 @@ def make_app(
     observer = Observer(config.log, time.time(), admin_paths)
     admin = Admin(config.admin, store, observer)
     admin.set_forward(config.forward, config.proxy.listen)  # proxy.pac
+    admin.route_names = route_names(config)
     proxy.purge = admin.purge_method
     proxy.driver.upstream_answered = observer.upstream_answered
     admin.key_for = proxy.cache_key
@@ -329,6 +331,7 @@ def reconfigure(app: web.Application, new: Config) -> None:
     app[OBSERVER].reconfigure(new.log)  # raises OSError (a log file that cannot open) first
     app[ADMIN].reconfigure(new.admin)
     app[ADMIN].set_forward(new.forward, new.proxy.listen)
+    app[ADMIN].route_names = route_names(new)
     proxy.reconfigure(new)
     _resize_store(proxy.store, new.cache.max_bytes)
 

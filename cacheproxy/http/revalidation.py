@@ -141,8 +141,10 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
             continue  # (merge_304 leaves these out)
         if name != "date" and stored.get(name) != values:
             return None
-    # The 304's Date in the stored one's place (and spelling).
-    at = entry.position("date")
-    merged[at] = (merged[at][0], dates[0])  # type: ignore[index]
-    stored["date"] = [dates[0]]
+    date = dates[0]
+    if stored["date"][0] != date:  # (the same second: nothing to change)
+        # The 304's Date in the stored one's place (and spelling).
+        at = entry.position("date")
+        merged[at] = (merged[at][0], date)  # type: ignore[index]
+        stored["date"] = [date]
     return merged

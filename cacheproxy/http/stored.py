@@ -293,6 +293,15 @@ class CachedResponse:
                 size += SLOT if v is None else SLOT + STR_OVERHEAD + len(v)
         return size
 
+    def sized_as(self, other: CachedResponse) -> bool:
+        """Whether it counts the bytes other counts (size), known without figuring them:
+        a copy holding other's very field tuples, body and directives, under its key and
+        variant (stored.refreshed's, for a 304 that changed no field: the store's put of
+        it need not figure a size)."""
+        return self.values is other.values and self.names is other.names \
+            and self.body is other.body and self.directives is other.directives \
+            and self._vary == other._vary and self.key == other.key
+
     def header_pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.names, self.values, strict=True))
 
@@ -387,13 +396,14 @@ def stored_field_list(entry: CachedResponse) -> FieldList:
     """The stored fields as a new FieldList, their index by name made from the shape's
     lower-cased names (figured once per shape, _Shape) rather than per field."""
     names, values = entry.names, entry.values
-    shape = _shape_of(names)
+    shape = _SHAPES_FIGURED.get(names) or _shape_of(names)  # (as field)
     if shape.repeated:
         by_name: dict[str, list[str]] = {}
         for lower, value in zip(shape.lowered, values, strict=True):
             by_name.setdefault(lower, []).append(value)
-    else:  # each name once: its one value in a list of its own
-        by_name = dict(zip(shape.lowered, map(list, zip(values, strict=True)), strict=True))
+    else:  # each name once: its one value in a list of its own (a comprehension makes no
+        # tuple per value on the way: 1.7 -> 1.0 µs for 7 fields, once per 304)
+        by_name = {lower: [value] for lower, value in zip(shape.lowered, values, strict=True)}
     return FieldList.indexed(list(zip(names, values, strict=True)), by_name)
 
 

@@ -92,11 +92,22 @@ class MemoryStore:
     def put_now(self, entry: CachedResponse) -> bool:
         """put() without a coroutine: a revalidation answered where its 304 was read
         (proxy/quick_forward.py)."""
+        held_by_key, key = self._held, entry.key
+        held = held_by_key.get(key)
+        if type(held) is CachedResponse and entry.sized_as(held):
+            # The common revalidation: a 304 that changed no field refreshed the one
+            # response the key holds (stored.refreshed). The same variant and the same
+            # size as the response held (within max_bytes, as the bytes counted are: none
+            # to evict, no size to figure), its directives untracked already.
+            del held_by_key[key]  # (set again below: now the most recently used)
+            self._unused.discard(key)
+            untrack_response(entry, directives=False)
+            held_by_key[key] = entry
+            return True
         max_bytes = self._max_bytes
         size = entry.size  # (figured when asked: once here)
         if size > max_bytes:
             return False
-        held_by_key, key = self._held, entry.key
         held = held_by_key.pop(key, None)
         variants: tuple[CachedResponse, ...] = (entry,)
         if held is not None:

@@ -39,12 +39,14 @@ def _c_untrack() -> Callable[[object], None] | None:
 _UNTRACK = _c_untrack()
 
 
-def untrack_response(entry: CachedResponse) -> None:
-    """A response about to be stored, and its directives. (Tuples of strings, as its
-    fields are, the collector untracks by itself.)"""
+def untrack_response(entry: CachedResponse, *, directives: bool = True) -> None:
+    """A response about to be stored, and its directives (directives False: those of a
+    response stored already, untracked then). (Tuples of strings, as its fields are, the
+    collector untracks by itself.)"""
     if _UNTRACK is not None:
         _UNTRACK(entry)
-        _UNTRACK(entry.directives)
+        if directives:
+            _UNTRACK(entry.directives)
 
 
 def untrack_container(held: tuple[CachedResponse, ...] | dict[str, Any]) -> None:

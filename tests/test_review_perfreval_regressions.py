@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import gc
 from email.utils import formatdate
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import cache_status, raw_origin
 
 from cacheproxy.http.cache_control import parse_response_directives
 from cacheproxy.http.dates import parse_http_date
@@ -161,3 +163,55 @@ def test_the_store_counts_the_bytes_it_holds_through_refreshes(
         assert store.stats().bytes == sum(v.size for v in responses) <= store.stats().max_bytes
         assert store.stats().entries == len(responses)
         assert not any(gc.is_tracked(v) or gc.is_tracked(v.directives) for v in responses)
+
+
+async def test_a_304s_own_date_is_spliced_into_the_replayed_head(proxy: Any) -> None:
+    """Guards ReplayBlocks.head's Date splice (proxy/replay.py _date_spliced): a URL
+    revalidated less often than once a second gets a 304 with a Date of its own each time,
+    and the head replayed from the refreshed response is the last one made with its Date
+    line rewritten, not encoded again. Two URLs whose stored fields differ only in their
+    Date (the same names tuple: the splice checks values, not the URL) and a third with
+    other fields are revalidated in turn, with the route's Referrer-Policy added to each
+    head: every answer carries its own URL's body, X-Which, the Date of the 304 just
+    received (RFC 9111 §4.3.4: the stored Date is replaced by the 304's), the policy, and
+    no field twice; wrong, a client would get another URL's or an older Date (high)."""
+    sent = iter(range(1, 10_000))
+    dates: dict[str, str] = {}
+    versions: list[str] = []
+
+    def answer(head: bytes) -> bytes:
+        target = head.split(b" ")[1].decode()
+        which = target[1]
+        date = dates[target] = formatdate(T0 + next(sent), usegmt=True)
+        tag = '"same"' if which in "ab" else f'"{which}"'
+        if which == "d" and b"if-none-match" in head.lower():  # X-Version changes too
+            versions.append(str(len(versions)))
+            return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\n"
+                    f"Cache-Control: no-cache\r\nETag: {tag}\r\nX-Which: d\r\n"
+                    f"X-Version: {versions[-1]}\r\n\r\n").encode()
+        if b"if-none-match" in head.lower():
+            return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nETag: {tag}\r\n"
+                    f"Cache-Control: no-cache\r\n\r\n").encode()
+        return (f"HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: no-cache\r\n"
+                f"ETag: {tag}\r\nX-Which: {'ab' if which in 'ab' else which}\r\n"
+                f"Content-Length: 6\r\n\r\nbody-{which}").encode()
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}", referer={"policy": "no-referrer"})
+        seen: set[str] = set()
+        for path in ["/a", "/b", "/c", "/d",
+                     *["/a", "/a", "/b", "/a", "/c", "/c", "/b", "/d", "/d"] * 3]:
+            resp = await client.get(path)
+            assert resp.status == 200 and await resp.read() == f"body-{path[1]}".encode()
+            assert resp.headers.getall("Date") == [dates[path]], path
+            assert resp.headers.getall("X-Which") == [
+                "ab" if path in ("/a", "/b") else path[1]]
+            assert resp.headers.getall("X-Version", []) == ([versions[-1]] if versions
+                                                         and path == "/d" else [])
+            assert resp.headers.getall("Referrer-Policy") == ["no-referrer"]
+            assert resp.headers.getall("ETag") == [
+                '"same"' if path in ("/a", "/b") else f'"{path[1]}"']
+            assert len(resp.headers.getall("Content-Length")) == 1
+            revalidated = "fwd-status=304" in cache_status(resp)
+            assert revalidated == (path in seen), cache_status(resp)
+            seen.add(path)

@@ -52,7 +52,7 @@ class ReplayBlocks:
         # that repeated the stored fields (stored.refreshed) holds the very same field
         # tuple, so a URL revalidated on every request is encoded once, not per request.
         self._last: tuple[tuple[str, ...], tuple[str, ...], int, int, RoutePlan, Any, bytes,
-                          bool] | None = None
+                          bool, str] | None = None
 
     @property
     def bytes(self) -> int:
@@ -72,10 +72,19 @@ class ReplayBlocks:
         # reference made and dropped per revalidation); replayed again once another head
         # was made, it is encoded and kept then.
         last = self._last
-        if last is not None and last[0] is entry.values and last[1] is entry.names \
-                and last[2] == entry.status and last[4] is plan and last[5] == version \
-                and last[3] == len(entry.body):
-            return last[6], last[7]
+        if last is not None and last[1] is entry.names and last[2] == entry.status \
+                and last[4] is plan and last[5] == version and last[3] == len(entry.body):
+            if last[0] is entry.values:
+                return last[6], last[7]
+            if last[8] == entry.key:
+                # The same URL refreshed by a 304 with a Date of its own (one revalidated
+                # less often than once a second: the usual case): the same head but for
+                # the Date line, rewritten rather than the whole head encoded again. (A
+                # hit of another URL of the same shape goes on to the memo at once.)
+                spliced = _date_spliced(last[6], entry, last[0])
+                if spliced is not None:
+                    self._last = (entry.values, *last[1:6], spliced, last[7], last[8])
+                    return spliced, last[7]
         key = (id(plan), version)
         found = self._memo.find(entry, key)
         # (The plan is held with its head, so no new plan, with other outbound policies,
@@ -84,7 +93,7 @@ class ReplayBlocks:
         if found is None or found[2] is not plan:
             made = self._encode(entry, plan, version)
             self._last = (entry.values, entry.names, entry.status, len(entry.body), plan,
-                          version, *made)
+                          version, *made, entry.key)
             found = self._memo.keep(entry, key, (*made, plan))
         return found[0], found[1]
 
@@ -103,6 +112,26 @@ class ReplayBlocks:
             headers["Content-Length"] = str(len(entry.body))
         line = f"HTTP/1.1 {entry.status} {REASONS.get(entry.status, '')}"  # RFC 9110 §6.2
         return encode_head(line, headers)[:-2], "Date" in headers
+
+
+def _date_spliced(head: bytes, entry: CachedResponse, was: tuple[str, ...]) -> bytes | None:
+    """head, encoded from the same field names with the values was, made over for entry
+    when the only value that differs is the (first) Date's and its line is in head once
+    as it was stored (outbound policies leave Date be); else None: encoded anew."""
+    at = entry.position("date")
+    if at is None:
+        return None
+    values = entry.values
+    if values[at + 1:] != was[at + 1:] or values[:at] != was[:at]:
+        return None
+    name, old, new = entry.names[at], was[at], values[at]
+    if not (name.isascii() and old.isascii() and new.isascii()) \
+            or "\r" in new or "\n" in new:  # (as encode_head refuses: no splitting)
+        return None
+    line = f"\r\n{name}: {old}\r\n".encode()
+    if head.count(line) != 1:
+        return None
+    return head.replace(line, f"\r\n{name}: {new}\r\n".encode())
 
 
 def _head_bytes(value: tuple[bytes, bool, RoutePlan]) -> int:

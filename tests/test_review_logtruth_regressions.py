@@ -1,0 +1,70 @@
+"""Review "logtruth": does each request-log line tell the truth about its request?
+
+Each line was compared with what the client got on the wire (raw sockets: status line,
+fields, body bytes) and what the origin saw (an aiohttp origin counting its requests):
+status, cache, bytes, total_ms / upstream_ms, upstream_status, age / ttl, collapsed,
+route, policy, referer, user_agent and cache_status, in both formats, and `cacheproxy
+logs`' figures for a known mix. Each defect's test failed on the code it was written
+against (58bc087)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from support import read_json_log
+
+
+async def _exchange(port: int, data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
+    """One request written raw on a connection of its own (it says Connection: close):
+    the status, the fields (lower-cased names, every value), the bytes after the head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    wire = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = wire.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    fields: dict[str, list[str]] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return int(status_line.split()[1]), fields, body
+
+
+def _get(path: str, *fields: str, method: str = "GET") -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: example.test",
+                        "Connection: close", *fields, "", ""]).encode()
+
+
+async def test_a_304_to_a_conditional_miss_is_marked_with_the_proxys_own_name(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """What was wrong: a conditional request (If-None-Match) for a URL not yet stored is
+    sent upstream unconditionally; the response is stored and the client gets a 304 for
+    its own validator (RFC 9111 §4.3.2). Building that 304, the loop that copies the
+    origin's Set-Cookie reused the variable holding the cache's name, so the answer was
+    marked with the name of the origin's last field: the client saw `Cache-Status: Server;
+    fwd=uri-miss; ...` and `Via: 1.1 Server`, and the log's cache_status said the same.
+    What a user saw: a browser revalidating its copy of a page the proxy had not yet
+    stored (the first visit through a fresh proxy) got a Cache-Status member naming
+    another cache (RFC 9211 §2: the member's name identifies the cache) and a Via naming
+    a proxy that does not exist (RFC 9110 §7.6.3). Severity: medium (every such 304)."""
+    seen: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("If-None-Match", "-"))
+        return web.Response(text="a page", headers={"ETag": '"c"',
+                                                    "Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "requests.log")})
+    status, fields, body = await _exchange(c.server.port, _get("/cond", 'If-None-Match: "c"'))
+    assert (status, body) == (304, b"")
+    assert seen == ["-"]  # sent upstream unconditionally, once
+    member = fields["cache-status"][-1]
+    assert member.startswith("cacheproxy; fwd=uri-miss; fwd-status=200; stored; ttl="), member
+    assert fields["via"] == ["1.1 cacheproxy"]
+    [line] = await read_json_log(c)
+    assert (line["status"], line["cache"], line["bytes"]) == (304, "MISS", 0)
+    assert line["upstream_status"] == 200 and line["cache_status"] == member

@@ -68,3 +68,41 @@ async def test_a_304_to_a_conditional_miss_is_marked_with_the_proxys_own_name(
     [line] = await read_json_log(c)
     assert (line["status"], line["cache"], line["bytes"]) == (304, "MISS", 0)
     assert line["upstream_status"] == 200 and line["cache_status"] == member
+
+
+async def test_a_request_head_cut_at_client_header_timeout_is_logged_408(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """What was wrong: a client that began a request head and did not finish it within
+    `proxy.client_header_timeout` had its connection closed and no line written, while
+    the README promises one line per request, the parser's refusals (400, 414, 431)
+    included. What a user saw: slow-header clients (slowloris, a client stuck mid-head
+    on a bad network) were invisible in the request log and in `cacheproxy logs`; only
+    the origin-less closes showed in `ss`. nginx closes the connection without an answer
+    and logs the request as 408 with 0 bytes (its client_header_timeout), with the request
+    line when it was read whole, "-" when not. A connection that sends nothing writes no
+    line, in nginx and here. Severity: low (an operator's blind spot)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="a page", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "requests.log")},
+                    proxy={"client_header_timeout": 0.2})
+    whole = b"GET /whole HTTP/1.1\r\nHost: example.test\r\n\r\n"
+    answers = []
+    # (the last: a head begun in the same read as a whole request before it)
+    for head in (b"GET /slow?sid=1 HTTP/1.1\r\nHost: exa", b"GE", b"",
+                 whole + b"HEAD /next HTTP/1.1\r\nHo"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+        writer.write(head)
+        answers.append(await asyncio.wait_for(reader.read(), 10))
+        writer.close()
+    assert answers[:3] == [b"", b"", b""]  # closed, nothing sent
+    assert answers[3].startswith(b"HTTP/1.1 200 ") and answers[3].count(b"HTTP/1.1") == 1
+    lines = await read_json_log(c)
+    assert [(r["method"], r["path"], r["protocol"], r["status"], r["cache"], r["bytes"])
+            for r in lines] == [("GET", "/slow", "HTTP/1.1", 408, "ERROR", 0),
+                                ("-", "-", "-", 408, "ERROR", 0),
+                                ("GET", "/whole", "HTTP/1.1", 200, "MISS", 6),
+                                ("HEAD", "/next", "HTTP/1.1", 408, "ERROR", 0)]
+    assert all(0.2 <= r["total_ms"] / 1000 < 10 for r in lines if r["status"] == 408)

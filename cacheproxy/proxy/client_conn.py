@@ -1560,7 +1560,24 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                         self._timeouts.send)
             self.abort_unread()
             return
+        if self._waiting_head:
+            self._log_head_timed_out()
         self.close()  # a head too slow, or idle too long
+
+    def _log_head_timed_out(self) -> None:
+        """A request head begun and not finished within client_header_timeout: closed
+        without an answer, and logged 408 with nothing sent and the request line read so
+        far (or "-"), as nginx logs its client_header_timeout. A connection that sent no
+        byte of a head is no request, and writes no line (nginx's neither)."""
+        parser, begun = self._parser, self._head_bytes
+        if not begun and (parser is None or not parser.head_begun):
+            return
+        window = b"".join((self._seen, *(self._unparsed or ())))
+        msg = _refused_request(window[-begun:] if begun else None)
+        logged = msg._replace(path=msg.path.partition("?")[0])  # (as _refuse: no route)
+        # (it began about client_header_timeout ago: the timer is armed at its first byte)
+        self.listener.record(ClientRequest(logged, EMPTY_PAYLOAD, self._remote, "http"),
+                             408, 0, time.perf_counter() - self._timeouts.header)
 
 
 ConnectionFactory = Callable[[], ClientConnection]

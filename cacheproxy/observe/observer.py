@@ -51,6 +51,9 @@ class Observer:
         # The proxy listener's client connections, for /metrics: (open now, the most
         # allowed, closed at that limit since start); set by the listener, read per scrape.
         self.connections: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+        # The query parameters every route's referer.strip_params names (the proxy's, made
+        # anew at a reload): what an admin call's line redacts, no route being chosen.
+        self.secrets: Callable[[], frozenset[str]] = frozenset
         gc_pauses.install()  # for /metrics: this process's collector pauses
 
     @property
@@ -89,7 +92,8 @@ class Observer:
         # On admin.listen a path of no endpoint (a scanner's) is not traffic either: counted,
         # its 404s would show in the proxy's errors and hit ratio.
         admin = control or request.path.startswith(self.admin_paths)
-        outcome = Outcome(status=_unhandled_status(request, response.status))
+        outcome = Outcome(status=_unhandled_status(request, response.status),
+                          secrets=self.secrets())
         if admin:  # no query logged: a dashboard URL may carry a token
             outcome.route, outcome.target = "admin", request.path
         if isinstance(response, web.Response) and sent:

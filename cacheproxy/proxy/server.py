@@ -71,6 +71,7 @@ def make_app(
     proxy = CacheProxy(config, upstream or config.proxy.upstream, store)
     admin_paths = (config.admin.prefix, *filter(None, [config.admin.metrics_path]))
     observer = Observer(config.log, time.time(), admin_paths)
+    observer.secrets = lambda: proxy.plans.secrets  # (the plans a reload made)
     admin = Admin(config.admin, store, observer)
     admin.set_forward(config.forward, config.proxy.listen)  # proxy.pac
     admin.route_names = route_names(config)

@@ -42,10 +42,15 @@ T = datetime(2026, 11, 23, 17, 0, tzinfo=UTC).timestamp()
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# What the origin answered, as the proxy logs it (none for a hit, an error or a refusal).
+_UPSTREAM = {"MISS": 200, "EXPIRED": 200, "BYPASS": 201, "REVALIDATED": 304}
+
+
 def rec(minute: int, cache: str, host: str, path: str, status: int, size: int, ms: float,
         method: str = "GET") -> LogRecord:
     return LogRecord(time=T + 60 * minute, client="192.0.2.7", method=method, host=host,
                      path=path, status=status, cache=cache, bytes=size, total_ms=ms,
+                     upstream_status=_UPSTREAM.get(cache),
                      user_agent="test-agent", referer="https://a.example/")
 
 

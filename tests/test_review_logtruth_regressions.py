@@ -10,10 +10,15 @@ against (58bc087)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import pytest
 from aiohttp import web
 from support import read_json_log
+
+from cacheproxy.cli import main
+from cacheproxy.proxy.server import OBSERVER
 
 
 async def _exchange(port: int, data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
@@ -131,3 +136,76 @@ async def test_an_admin_calls_referer_is_redacted_as_every_other_lines(
     assert [r["route"] for r in lines] == ["admin"] * 4
     assert {r["referer"] for r in lines} == {"http://shop.example/cart?ticket=REDACTED&x=1"}
     assert "s3cr3t" not in log.read_text()
+
+
+def _mix_origin(seen: dict[str, int]) -> web.Application:
+    async def page(request: web.Request) -> web.Response:
+        path = request.path
+        seen[path] = seen.get(path, 0) + 1
+        if path == "/reval":  # stale at once: each later request revalidates (304)
+            if request.headers.get("If-None-Match") == '"r"':
+                return web.Response(status=304, headers={"ETag": '"r"',
+                                                         "Cache-Control": "max-age=0"})
+            return web.Response(body=b"r" * 100, headers={"ETag": '"r"',
+                                                          "Cache-Control": "max-age=0"})
+        return web.Response(body=b"h" * 1000, headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", page)
+    return app
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_logs_and_stats_count_only_the_origins_bodies_as_from_the_origin(
+        origin: Any, proxy: Any, tmp_path: Any, capsys: Any, fmt: str) -> None:
+    """What was wrong: "bytes from the origin" (`cacheproxy logs`, the stats API's
+    bytes_from_origin, /metrics' `source="origin"`) summed the bodies of every BYPASS
+    line, those the proxy made itself included: a PURGE's JSON answer and a CORS
+    preflight's were counted as fetched from the origin, which never saw them, and the
+    purged URLs rose in "top URLs by bytes from the origin". What a user saw: after a
+    deploy that purges its URLs, the origin's share of bytes and the URLs said to cost
+    the origin most grew by answers the origin never sent. A known mix is driven here
+    (3 misses, 6 hits, a HEAD hit, a miss then 2 revalidations, a POST, a PURGE, a
+    preflight, an admin call) and every figure compared with what the client received
+    and the origin sent. Severity: low (the figures an operator sizes the origin by)."""
+    seen: dict[str, int] = {}
+    log = tmp_path / "requests.log"
+    c = await proxy(await origin(_mix_origin(seen)), log={"path": str(log), "format": fmt},
+                    cors={"allow_origins": ["https://app.example"]})
+    got = 0  # body bytes the client received
+    for path in ("/a", "/b", "/c", "/a", "/a", "/b", "/b", "/c", "/c",
+                 "/reval", "/reval", "/reval"):
+        got += len(await (await c.get(path)).read())
+    got += len(await (await c.head("/a")).read())
+    got += len(await (await c.post("/form", data=b"x")).read())  # passed by (BYPASS)
+    purged = await c.request("PURGE", "/b")  # answered by the proxy, BYPASS too
+    purge_body = await purged.read()
+    assert purged.status == 200 and purge_body
+    got += len(purge_body)
+    preflight = await c.options("/a", headers={"Origin": "https://app.example",
+                                               "Access-Control-Request-Method": "GET"})
+    assert preflight.status == 204
+    stats = await (await c.get("/_cacheproxy/stats")).json()  # an admin call: not traffic
+    assert seen == {"/a": 1, "/b": 1, "/c": 1, "/reval": 3, "/form": 1}
+    origin_bodies = 3 * 1000 + 100 + 1000  # the misses, the first /reval, the POST's
+    from_cache = 6 * 1000 + 2 * 100  # the hits, the revalidated (the HEAD: no body)
+    c.server.app[OBSERVER].flush()
+    assert await asyncio.to_thread(c.server.app[OBSERVER].sink.wait_written)
+    assert main(["logs", str(log), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["lines"] == {"read": 17, "malformed": 0, "filtered_out": 0, "admin": 1}
+    assert report["requests"] == stats["requests"] == 16
+    assert {k: v for k, v in report["cache"].items() if v} == {
+        "HIT": 7, "MISS": 4, "REVALIDATED": 2, "BYPASS": 3}
+    assert report["bytes"] == {"sent": got, "from_cache": from_cache,
+                               "from_origin": origin_bodies, "saved": from_cache,
+                               "other": len(purge_body)}
+    assert (stats["bytes_from_cache"], stats["bytes_from_origin"]) == (from_cache,
+                                                                       origin_bodies)
+    assert report["hit_ratio"]["requests"] == round(9 / 16, 6)
+    assert report["hit_ratio"]["bytes"] == round(from_cache / got, 6)
+    assert {item["url"].split("/", 1)[1]: item["bytes"]
+            for item in report["top"]["by_origin_bytes"]} == {
+        "a": 1000, "b": 1000, "c": 1000, "form": 1000, "reval": 100}
+    assert sorted(item["url"].split("/", 1)[1] for item in report["top"]["by_misses"]) == \
+        ["a", "b", "c", "reval"]

@@ -55,6 +55,13 @@ class LogRecord:
 _FIELDS = tuple(f.name for f in fields(LogRecord))
 
 
+def from_origin(r: LogRecord) -> bool:
+    """Its body is "bytes from the origin": a MISS, EXPIRED or BYPASS answer the origin
+    sent, not one the proxy made for a request it passes the cache by (a PURGE's, a CORS
+    preflight's: no upstream status)."""
+    return r.cache in ORIGIN_STATUSES and r.upstream_status is not None
+
+
 @lru_cache(maxsize=4)
 def _second(seconds: int, fmt: str) -> str:
     """A formatted second; log lines come in order, so this is nearly always cached."""

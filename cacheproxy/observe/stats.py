@@ -15,8 +15,8 @@ from typing import Any
 from cacheproxy.observe.record import (
     CACHE_STATUSES,
     HIT_STATUSES,
-    ORIGIN_STATUSES,
     LogRecord,
+    from_origin,
     to_json,
 )
 
@@ -59,7 +59,7 @@ class Stats:
         hit = cache in HIT_STATUSES
         if hit:
             self.bytes_from_cache += r.bytes
-        elif cache in ORIGIN_STATUSES:  # the proxy's own errors and refusals are neither
+        elif from_origin(r):  # the proxy's own errors, refusals and PURGEs are neither
             self.bytes_from_origin += r.bytes
         else:
             self.bytes_other += r.bytes

@@ -7,9 +7,10 @@ and `render` turns it into the terminal view. What is counted, and how:
   UPDATING); misses are MISS and EXPIRED (the origin sent a new body for a cacheable
   request). BYPASS, ERROR and DENIED are neither, but count as requests.
 - hit ratio = hits / requests; byte hit ratio = bytes from storage / all bytes sent.
-- bytes from the origin = bytes sent for MISS, EXPIRED and BYPASS (the body came from the
-  origin); "other" bytes are the proxy's own ERROR and DENIED answers. Bytes saved = bytes
-  from storage: what the origin did not have to send.
+- bytes from the origin = bytes sent for MISS, EXPIRED and BYPASS answers the origin
+  sent (record.from_origin: with an upstream status); "other" bytes are the proxy's own
+  answers (ERROR, DENIED, a PURGE's). Bytes saved = bytes from storage: what the origin
+  did not have to send.
 - latency percentiles (of total_ms) come from a log-bucketed histogram: ≤ 1 % relative
   error, fixed size (LatencyHistogram).
 - the top URLs (host + path) by misses and by bytes from the origin come from a bounded
@@ -31,8 +32,8 @@ from typing import Any
 from cacheproxy.observe.record import (
     CACHE_STATUSES,
     HIT_STATUSES,
-    ORIGIN_STATUSES,
     LogRecord,
+    from_origin,
     iso_time,
     parse_line,
 )
@@ -196,7 +197,7 @@ class Summary:
             self.top_misses.add(url)
         else:
             self.latency["other"].add(r.total_ms)
-        if cache in ORIGIN_STATUSES:
+        if from_origin(r):  # (not a PURGE's answer, which the proxy made)
             self.bytes_origin += r.bytes
             self.top_origin_bytes.add(url or url_key(r), r.bytes)
         else:

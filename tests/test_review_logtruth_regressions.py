@@ -209,3 +209,33 @@ async def test_logs_and_stats_count_only_the_origins_bodies_as_from_the_origin(
         "a": 1000, "b": 1000, "c": 1000, "form": 1000, "reval": 100}
     assert sorted(item["url"].split("/", 1)[1] for item in report["top"]["by_misses"]) == \
         ["a", "b", "c", "reval"]
+
+
+async def test_a_range_cut_from_a_miss_is_marked_with_the_proxys_own_name(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """What was wrong: a Range request for a URL not yet stored is fetched whole (to be
+    stored) and the client's range cut from it as it streams (RFC 9110 §15.3.7). Removing
+    the fields a part does not carry, the loop reused the variable holding the cache's
+    name, so the 206 was marked with the last of them: the client saw `Cache-Status:
+    Content-MD5; fwd=uri-miss; ...` and `Via: 1.1 Content-MD5`, and the log's cache_status
+    said the same. What a user saw: the first range request of a video or a download
+    through the proxy (a player's `Range: bytes=0-`) named a cache that does not exist
+    (RFC 9211 §2; RFC 9110 §7.6.3). Severity: medium (every such 206)."""
+    seen: list[str] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Range", "-"))
+        return web.Response(body=b"0123456789", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "requests.log")})
+    status, fields, body = await _exchange(c.server.port, _get("/video", "Range: bytes=2-5"))
+    assert (status, body, fields["content-range"]) == (206, b"2345", ["bytes 2-5/10"])
+    assert seen == ["-"]  # fetched whole, once
+    member = fields["cache-status"][-1]
+    assert member.startswith("cacheproxy; fwd=uri-miss; fwd-status=200; stored; ttl="), member
+    assert fields["via"] == ["1.1 cacheproxy"]
+    [line] = await read_json_log(c)
+    assert (line["status"], line["cache"], line["bytes"]) == (206, "MISS", 4)
+    assert line["upstream_status"] == 200 and line["cache_status"] == member

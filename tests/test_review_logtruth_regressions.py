@@ -239,3 +239,40 @@ async def test_a_range_cut_from_a_miss_is_marked_with_the_proxys_own_name(
     [line] = await read_json_log(c)
     assert (line["status"], line["cache"], line["bytes"]) == (206, "MISS", 4)
     assert line["upstream_status"] == 200 and line["cache_status"] == member
+
+
+async def test_a_request_head_its_client_closed_midway_is_logged_400(
+        origin: Any, proxy: Any, tmp_path: Any) -> None:
+    """What was wrong: a client that began a request head and closed its connection
+    before finishing it (a crashed or killed client, a scanner, a load balancer's probe
+    writing half a request) left no line, though the README promises one per request.
+    nginx logs it 400 with 0 bytes ("client prematurely closed connection while reading
+    client request headers"), with the request line when it was read whole, "-" when
+    not; a connection that sends no byte of a head (nothing, or only empty lines, RFC
+    9112 §2.2) writes none. What a user saw: such clients missing from the log and from
+    `cacheproxy logs`. Severity: low (an operator's blind spot)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="a page", headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app), log={"path": str(tmp_path / "requests.log")})
+    whole = b"GET /whole HTTP/1.1\r\nHost: example.test\r\n\r\n"
+    answers = []
+    for head in (b"GET /half?sid=1 HTTP/1.1\r\nHost: exa", b"GE", b"", b"\r\n",
+                 whole + b"HEAD /next HTTP/1.1\r\nHo"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+        writer.write(head)
+        if head.startswith(whole):  # its answer first: the next head is cut after it
+            answers.append(await reader.readuntil(b"a page"))
+        writer.write_eof()  # closed (a FIN after a head not whole: the client is gone)
+        answers.append(await asyncio.wait_for(reader.read(), 10))
+        writer.close()
+    assert answers[:4] == [b"", b"", b"", b""]  # nothing sent
+    assert answers[4].startswith(b"HTTP/1.1 200 ") and answers[5] == b""
+    lines = await read_json_log(c)
+    assert [(r["method"], r["path"], r["protocol"], r["status"], r["cache"], r["bytes"])
+            for r in lines] == [("GET", "/half", "HTTP/1.1", 400, "ERROR", 0),
+                                ("-", "-", "-", 400, "ERROR", 0),
+                                ("GET", "/whole", "HTTP/1.1", 200, "MISS", 6),
+                                ("HEAD", "/next", "HTTP/1.1", 400, "ERROR", 0)]

@@ -569,6 +569,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._unsent_watch.cancel()
         if self._tunnel is not None:
             self._tunnel.client_gone()
+        if not self._closing and self._task is None and self._relay is None \
+                and not self._upgraded:  # (the client closed: nothing of ours under way)
+            self._log_unfinished_head(400)
         self._disarm()  # (a quick forward goes on: its answer is dropped, its line logged)
         if self._timer is not None:
             self._timer.cancel()
@@ -1561,23 +1564,31 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self.abort_unread()
             return
         if self._waiting_head:
-            self._log_head_timed_out()
+            self._log_unfinished_head(408)
         self.close()  # a head too slow, or idle too long
 
-    def _log_head_timed_out(self) -> None:
-        """A request head begun and not finished within client_header_timeout: closed
-        without an answer, and logged 408 with nothing sent and the request line read so
-        far (or "-"), as nginx logs its client_header_timeout. A connection that sent no
-        byte of a head is no request, and writes no line (nginx's neither)."""
+    def _log_unfinished_head(self, status: int) -> None:
+        """A request head begun and never finished: closed without an answer, at
+        client_header_timeout (408) or by its client (400), and logged so with nothing
+        sent and the request line read so far (or "-"), as nginx logs both. A connection
+        that sent no byte of a head (or only empty lines, RFC 9112 §2.2) is no request,
+        and writes no line (nginx's neither). Only when a connection ends: no request
+        pays for it."""
         parser, begun = self._parser, self._head_bytes
-        if not begun and (parser is None or not parser.head_begun):
+        window = b"".join((self._seen, *(self._unparsed or ()))) if begun else b""
+        head = window[-begun:] if begun else b""
+        # (_head_bytes also counts a head whose end the parser could not place, as
+        # close_idle; the parser, one begun in the read that ended a body)
+        if not head.lstrip(b"\r\n") and not (parser is not None and parser.head_begun):
             return
-        window = b"".join((self._seen, *(self._unparsed or ())))
-        msg = _refused_request(window[-begun:] if begun else None)
+        msg = _refused_request(head)
         logged = msg._replace(path=msg.path.partition("?")[0])  # (as _refuse: no route)
-        # (it began about client_header_timeout ago: the timer is armed at its first byte)
+        # Since its first byte, where client_header_timeout's deadline was set.
+        deadline = self._deadline if self._waiting_head else None
+        waited = 0.0 if deadline is None else \
+            self._timeouts.header - max(0.0, deadline - self._loop.time())
         self.listener.record(ClientRequest(logged, EMPTY_PAYLOAD, self._remote, "http"),
-                             408, 0, time.perf_counter() - self._timeouts.header)
+                             status, 0, time.perf_counter() - waited)
 
 
 ConnectionFactory = Callable[[], ClientConnection]

@@ -124,7 +124,7 @@ def test_summary_numbers(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert report["hit_ratio"] == {"requests": round(5 / 11, 6),
                                    "bytes": round(6000 / 19160, 6)}
     assert report["bytes"] == {"sent": 19160, "from_cache": 6000, "from_origin": 13100,
-                               "other": 60, "saved": 6000}
+                               "other": 60, "tunnels": 0, "saved": 6000}
     # Nearest rank, within 1 %: hits sorted 1, 1, 1.5, 2, 20; misses 40, 50, 60; all
     # 0.5, 1, 1, 1.5, 2, 5, 20, 30, 40, 50, 60.
     latency = report["latency_ms"]
@@ -149,7 +149,8 @@ def test_json_schema(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
                            "http_status", "bytes", "latency_ms", "top"}
     assert set(report["filters"]) == {"since", "until", "host", "path", "status"}
     assert list(report["cache"]) == list(CACHE_STATUSES)
-    assert set(report["bytes"]) == {"sent", "from_cache", "from_origin", "other", "saved"}
+    assert set(report["bytes"]) == {"sent", "from_cache", "from_origin", "other", "tunnels",
+                                    "saved"}
     for name in ("hits", "misses", "all"):
         assert set(report["latency_ms"][name]) == {"count", "p50", "p95", "p99", "max"}
     assert set(report["top"]) == {"by_misses", "by_origin_bytes", "max_undercount"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from support import read_json_log
+from support import echo_server, read_json_log
 
 from cacheproxy.cli import main
 from cacheproxy.proxy.server import OBSERVER
@@ -199,7 +199,7 @@ async def test_logs_and_stats_count_only_the_origins_bodies_as_from_the_origin(
         "HIT": 7, "MISS": 4, "REVALIDATED": 2, "BYPASS": 3}
     assert report["bytes"] == {"sent": got, "from_cache": from_cache,
                                "from_origin": origin_bodies, "saved": from_cache,
-                               "other": len(purge_body)}
+                               "other": len(purge_body), "tunnels": 0}
     assert (stats["bytes_from_cache"], stats["bytes_from_origin"]) == (from_cache,
                                                                        origin_bodies)
     assert report["hit_ratio"]["requests"] == round(9 / 16, 6)
@@ -276,3 +276,44 @@ async def test_a_request_head_its_client_closed_midway_is_logged_400(
                                 ("-", "-", "-", 400, "ERROR", 0),
                                 ("GET", "/whole", "HTTP/1.1", 200, "MISS", 6),
                                 ("HEAD", "/next", "HTTP/1.1", 400, "ERROR", 0)]
+
+
+async def test_logs_reports_tunnel_bytes_as_tunnels_not_as_errors_or_refusals(
+        origin: Any, proxy: Any, tmp_path: Any, capsys: Any) -> None:
+    """What was wrong: `cacheproxy logs` put the bytes a `CONNECT` tunnel (forward mode)
+    carried to its client with the proxy's own error and refusal answers, and its report
+    says them "errors/denied". What a user saw: a browser's HTTPS traffic through the
+    proxy, none of it refused, reported as megabytes of errors and refusals (the
+    dashboard and the hit ratio rightly call a tunnel neither a hit, a miss nor an error:
+    README, "What the log shows"). They are now reported apart, as tunnels; they stay in
+    "bytes sent", the whole the byte hit ratio is taken of, as in the stats API.
+    Severity: low (a misleading figure)."""
+    server, port = await echo_server()
+    try:
+        log = tmp_path / "requests.log"
+        c = await proxy(await origin(web.Application()), log={"path": str(log)},
+                        forward={"enabled": True, "connect_ports": [port]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.server.port)
+        writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"
+                     .encode())
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        writer.write(b"t" * 30000)
+        assert await reader.readexactly(30000) == b"t" * 30000  # (echoed)
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+        await _exchange(c.server.port, _get("/_cacheproxy/nothing"))  # (not traffic)
+        c.server.app[OBSERVER].flush()
+        assert await asyncio.to_thread(c.server.app[OBSERVER].sink.wait_written)
+    finally:
+        server.close()
+    [line, _] = [json.loads(x) for x in log.read_text().splitlines()]
+    assert (line["cache"], line["bytes"], line["bytes_in"]) == ("TUNNEL", 30000, 30000)
+    assert main(["logs", str(log), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"] == {"sent": 30000, "from_cache": 0, "from_origin": 0, "other": 0,
+                               "tunnels": 30000, "saved": 0}
+    assert main(["logs", str(log)]) == 0
+    sent_line = next(x for x in capsys.readouterr().out.splitlines()
+                     if x.startswith("bytes sent"))
+    assert "errors/denied 0 B, tunnels 29.3 KiB" in sent_line, sent_line

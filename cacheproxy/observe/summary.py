@@ -9,8 +9,9 @@ and `render` turns it into the terminal view. What is counted, and how:
 - hit ratio = hits / requests; byte hit ratio = bytes from storage / all bytes sent.
 - bytes from the origin = bytes sent for MISS, EXPIRED and BYPASS answers the origin
   sent (record.from_origin: with an upstream status); "other" bytes are the proxy's own
-  answers (ERROR, DENIED, a PURGE's). Bytes saved = bytes from storage: what the origin
-  did not have to send.
+  answers (ERROR, DENIED, a PURGE's); "tunnels" those a TUNNEL passed through to its
+  client. All of them are "sent", the whole of the byte hit ratio. Bytes saved = bytes
+  from storage: what the origin did not have to send.
 - latency percentiles (of total_ms) come from a log-bucketed histogram: ≤ 1 % relative
   error, fixed size (LatencyHistogram).
 - the top URLs (host + path) by misses and by bytes from the origin come from a bounded
@@ -157,7 +158,7 @@ class Summary:
         self.last: float | None = None
         self.by_cache = dict.fromkeys(CACHE_STATUSES, 0)
         self.by_class = dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx", "other"), 0)
-        self.bytes_cache = self.bytes_origin = self.bytes_other = 0
+        self.bytes_cache = self.bytes_origin = self.bytes_other = self.bytes_tunnels = 0
         # "all" is their sum, made when reporting: one histogram update per record.
         self.latency = {name: LatencyHistogram() for name in ("hits", "misses", "other")}
         self.top_misses = FrequentItems(top_counters)
@@ -200,13 +201,15 @@ class Summary:
         if from_origin(r):  # (not a PURGE's answer, which the proxy made)
             self.bytes_origin += r.bytes
             self.top_origin_bytes.add(url or url_key(r), r.bytes)
+        elif cache == "TUNNEL":  # passed through: neither the cache's nor an error
+            self.bytes_tunnels += r.bytes
         else:
             self.bytes_other += r.bytes
 
     def report(self, top: int = 10) -> dict[str, Any]:
         """Everything the summary knows, as one JSON-able dict (the `--json` output)."""
         hits = sum(self.by_cache[s] for s in HIT_STATUSES)
-        sent = self.bytes_cache + self.bytes_origin + self.bytes_other
+        sent = self.bytes_cache + self.bytes_origin + self.bytes_other + self.bytes_tunnels
         span = None if self.first is None or self.last is None else self.last - self.first
         return {
             "period": {
@@ -224,7 +227,7 @@ class Summary:
             "http_status": dict(self.by_class),
             "bytes": {"sent": sent, "from_cache": self.bytes_cache,
                       "from_origin": self.bytes_origin, "other": self.bytes_other,
-                      "saved": self.bytes_cache},
+                      "tunnels": self.bytes_tunnels, "saved": self.bytes_cache},
             "latency_ms": {"hits": self.latency["hits"].report(),
                            "misses": self.latency["misses"].report(),
                            "all": LatencyHistogram.merged(*self.latency.values()).report()},
@@ -423,6 +426,7 @@ def _render_head(report: dict[str, Any]) -> list[str]:
                    f"({human_duration(period['seconds'])})")
     ratio = report["hit_ratio"]
     admin = f", admin calls {n:,}" if (n := counts["admin"]) else ""  # most logs have none
+    tunnels = f", tunnels {human_bytes(n)}" if (n := sent["tunnels"]) else ""  # (forward)
     return [
         f"{'period':<14}{covered}",
         f"{'requests':<14}{report['requests']:,}   (lines {counts['read']:,}, malformed "
@@ -431,6 +435,6 @@ def _render_head(report: dict[str, Any]) -> list[str]:
         f"{_pct(ratio['bytes'])} of bytes",
         f"{'bytes sent':<14}{human_bytes(sent['sent'])}:  from cache "
         f"{human_bytes(sent['from_cache'])}, from origin {human_bytes(sent['from_origin'])}, "
-        f"errors/denied {human_bytes(sent['other'])}",
+        f"errors/denied {human_bytes(sent['other'])}{tunnels}",
         f"{'bytes saved':<14}{human_bytes(sent['saved'])}",
     ]

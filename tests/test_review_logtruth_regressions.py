@@ -81,8 +81,8 @@ async def test_a_request_head_cut_at_client_header_timeout_is_logged_408(
     `proxy.client_header_timeout` had its connection closed and no line written, while
     the README promises one line per request, the parser's refusals (400, 414, 431)
     included. What a user saw: slow-header clients (slowloris, a client stuck mid-head
-    on a bad network) were invisible in the request log and in `cacheproxy logs`; only
-    the origin-less closes showed in `ss`. nginx closes the connection without an answer
+    on a bad network) were invisible in the request log and in `cacheproxy logs`, their
+    connections held for the whole timeout all the same. nginx closes without an answer
     and logs the request as 408 with 0 bytes (its client_header_timeout), with the request
     line when it was read whole, "-" when not. A connection that sends nothing writes no
     line, in nginx and here. Severity: low (an operator's blind spot)."""

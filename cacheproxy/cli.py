@@ -91,7 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         source = args.config if args.config is not None \
             else DEFAULT_PATH if DEFAULT_PATH.is_file() else None
         config = load_config(source, overrides=overrides)
-        for line in env_warnings(source, os.environ):
+        flagged = {key for key, value in overrides.items() if value is not None}
+        for line in env_warnings(source, os.environ, flagged):  # (a flag wins over both)
             _error(line)
         if "stdout" in getattr(args, "closed_streams", ()) and not config.log.path \
                 and config.log.format != "off":
@@ -103,8 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
         def reload() -> Config:
             # SIGHUP reads the same sources again: the file, the environment, these flags.
             new = load_config(source, overrides=overrides)
-            for line in env_warnings(source, os.environ):  # an edit that changes nothing
-                logging.getLogger(PROG).warning("reload: %s", line.removeprefix("warning: "))
+            for line in env_warnings(source, os.environ, flagged):  # an edit that changes
+                logging.getLogger(PROG).warning("reload: %s",  # nothing
+                                                line.removeprefix("warning: "))
             return new
 
         run(config, reload=reload)

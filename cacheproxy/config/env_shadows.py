@@ -10,7 +10,7 @@ default, so a line left at its default is no edit and is not said.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,11 @@ from cacheproxy.config.loading import _from_env, _from_file, _read_file, _schema
 from cacheproxy.config.values import DEFAULT_PATH
 
 
-def env_overrides_of_file(path: str | Path | None,
-                          env: Mapping[str, str]) -> list[tuple[str, str]]:
+def env_overrides_of_file(path: str | Path | None, env: Mapping[str, str],
+                          flagged: Collection[str] = ()) -> list[tuple[str, str]]:
     """(variable, "section.key") for each key the file sets to other than its default that
-    a variable sets to another value. Call it on sources load_config accepted."""
+    a variable sets to another value, unless a flag sets it (flagged: "section.key"s; a
+    flag wins over both). Call it on sources load_config accepted."""
     schema = _schema()
     if path is None and DEFAULT_PATH.is_file():
         path = DEFAULT_PATH
@@ -38,14 +39,15 @@ def env_overrides_of_file(path: str | Path | None,
     found = []
     for raw in _from_env(env, schema):
         key = f"{raw.section}.{raw.key}"
-        if key in edited and _value(raw.source, raw.value, schema[raw.section].settings[raw.key],
-                                    True) != edited[key]:
+        if key in edited and key not in flagged and _value(
+                raw.source, raw.value, schema[raw.section].settings[raw.key], True) != edited[key]:
             found.append((raw.source, key))
     return found
 
 
-def warnings(path: str | Path | None, env: Mapping[str, str]) -> list[str]:
+def warnings(path: str | Path | None, env: Mapping[str, str],
+             flagged: Collection[str] = ()) -> list[str]:
     where = path if path is not None else DEFAULT_PATH
     return [f"warning: {variable} in the environment overrides {key} set in {where} (the "
             "environment wins over the file)" for variable, key in
-            env_overrides_of_file(path, env)]
+            env_overrides_of_file(path, env, flagged)]

@@ -101,12 +101,17 @@ def _serve(args: argparse.Namespace) -> int:
         # Imported only once the config is good: a mistake is reported before the server loads.
         from cacheproxy.proxy.server import run
 
+        said_by = os.getpid()
+
         def reload() -> Config:
             # SIGHUP reads the same sources again: the file, the environment, these flags.
             new = load_config(source, overrides=overrides)
-            for line in env_warnings(source, os.environ, flagged):  # an edit that changes
-                logging.getLogger(PROG).warning("reload: %s",  # nothing
-                                                line.removeprefix("warning: "))
+            # An edit that changes nothing, said once: with --workers by the parent, which
+            # reloads first to check the file (workers.py), not again by each worker.
+            if os.getpid() == said_by:
+                for line in env_warnings(source, os.environ, flagged):
+                    logging.getLogger(PROG).warning("reload: %s",
+                                                    line.removeprefix("warning: "))
             return new
 
         run(config, reload=reload)

@@ -17,11 +17,64 @@ client; cacheproxy_client_connections back at 0 after every kind of connection c
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
 from processes import clean_env, start_serve, stop
 
 # -- config/env_shadows.py: said once, and only when the environment is what wins --------------
+
+
+async def _lines_until(proc: asyncio.subprocess.Process, needle: str, count: int,
+                       seconds: float = 10) -> str:
+    """What proc wrote to stderr until `needle` was in `count` lines (or seconds passed)."""
+    seen: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    assert proc.stderr is not None
+    while sum(needle in line for line in seen) < count and loop.time() < deadline:
+        try:
+            line = await asyncio.wait_for(proc.stderr.readline(), deadline - loop.time())
+        except TimeoutError:
+            break
+        if not line:
+            break
+        seen.append(line.decode(errors="replace"))
+    return "".join(seen)
+
+
+async def test_an_environment_override_is_said_once_per_reload_with_workers(
+        tmp_path: Path) -> None:
+    """What was wrong: with --workers N, a SIGHUP reload said each key the environment
+    overrides N + 1 times: once by the parent, which loads the file to check it before
+    signalling the workers (workers.Supervisor._reload), then once by every worker, each
+    of which reloads with the same closure. The supervisor's own docstring refuses N + 1
+    lines for one mistake in the file (a refused reload is said once, by the parent);
+    a warning is no different. What a user saw: 5 identical warnings per reload with
+    --workers 4, in a log where each line reads as a new event (nginx's master says a
+    configuration problem once, not per worker). Now the process that read the flags
+    (the parent with --workers, the one process without) says it; workers reload quietly.
+    Severity: low (noise in the operator's log)."""
+    conf = tmp_path / "cacheproxy.toml"
+    conf.write_text('[proxy]\nvia = "edge-1"\n')
+    env = clean_env(CACHEPROXY_PROXY_VIA="proxy-a")
+    proc, _ = await start_serve("--config", str(conf), "--upstream", "http://127.0.0.1:9",
+                                "--workers", "2", "--log-file", str(tmp_path / "r.log"),
+                                cwd=tmp_path, env=env)
+    try:
+        started = await _lines_until(proc, "listening on", 2)
+        proc.send_signal(signal.SIGHUP)
+        reloaded = await _lines_until(proc, "configuration reloaded", 2)
+        code, rest = await stop(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    said = "CACHEPROXY_PROXY_VIA in the environment overrides proxy.via"
+    assert started.count(said) == 1, started
+    assert reloaded.count("configuration reloaded") == 2, reloaded  # (both workers did)
+    assert (reloaded + rest).count(said) == 1, reloaded + rest
+    assert code == 0, rest
 
 
 async def test_a_key_a_flag_sets_is_not_said_to_be_the_environments(tmp_path: Path) -> None:

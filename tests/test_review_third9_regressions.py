@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 from processes import clean_env, start_serve, stop
+from support import raw_origin
 
 # -- config/env_shadows.py: said once, and only when the environment is what wins --------------
 
@@ -95,3 +98,68 @@ async def test_a_key_a_flag_sets_is_not_said_to_be_the_environments(tmp_path: Pa
     assert "CACHEPROXY_PROXY_LISTEN" not in err, err
     assert "CACHEPROXY_PROXY_VIA in the environment overrides proxy.via" in err  # (still said)
     assert code == 0, err
+
+
+# -- replay.py's Date splice and the store's same-tuples refresh, where they meet ---------------
+
+
+async def test_a_new_date_per_304_is_replayed_right_for_each_variant_head_and_304(
+        proxy: Any) -> None:
+    """A guard, not a fix (it passes before and after): the Date splice (replay.py, a 304
+    with a Date of its own rewrites the Date line of the last head made for the URL) and
+    the memory store's same-tuples refresh (MemoryStore.put_now, CachedResponse.sized_as)
+    meet Vary variants of one URL that differ in Content-Encoding but not in length, an
+    origin that sends Date twice, HEAD, and a 304 to a conditional client, on URLs that
+    revalidate on every request (max-age=0), each 304 with a new Date. Each answer must
+    carry its own variant's fields and body and the Date of the origin's last answer
+    (RFC 9111 §4.3.4: the stored response is updated with the 304's fields; §4.1: the
+    variant the request selects). What a user would see if the splice crossed variants or
+    kept a Date: a gzip body labelled br, or a Date going back in time. Severity of such
+    a regression: high (a body a client cannot decode)."""
+    last_date: dict[str, str] = {}
+    count = [0]
+
+    def answer(head: bytes) -> bytes:
+        count[0] += 1
+        text = head.decode("latin-1")
+        method, path = text.split(" ", 2)[:2]
+        fields = {line.partition(":")[0].strip().lower(): line.partition(":")[2].strip()
+                  for line in text.split("\r\n")[1:] if line}
+        gzip = "gzip" in fields.get("accept-encoding", "")
+        date = formatdate(1_800_000_000 + count[0], usegmt=True)
+        last_date[path] = date
+        dates = f"Date: {date}\r\n" * (2 if path == "/twice" else 1)
+        tag = '"g"' if gzip else '"b"'
+        common = f"{dates}ETag: {tag}\r\nCache-Control: max-age=0\r\n"
+        if fields.get("if-none-match") == tag:
+            return f"HTTP/1.1 304 Not Modified\r\n{common}\r\n".encode()
+        body = b"GGGG" if gzip else b"BBBB"
+        return (f"HTTP/1.1 200 OK\r\n{common}Vary: Accept-Encoding\r\nContent-Encoding: "
+                f"{'gzip' if gzip else 'br'}\r\nContent-Length: 4\r\n\r\n").encode() \
+            + (b"" if method == "HEAD" else body)
+
+    async with raw_origin(answer) as port:
+        c = await proxy(f"http://127.0.0.1:{port}")  # (a keep-alive client: the quick path)
+        # One variant held, then two (the same length, another Content-Encoding).
+        for codings in (("gzip",), ("gzip", "br")):
+            for _ in range(3):
+                for coding in codings:
+                    for path in ("/v", "/twice"):
+                        await _asked(c, path, coding, last_date)
+
+
+async def _asked(c: Any, path: str, coding: str, last_date: dict[str, str]) -> None:
+    """GET, GET, HEAD, GET and a conditional GET of path's variant for coding, each
+    answered with that variant's fields and body and the Date of the origin's last
+    answer (each of them revalidates)."""
+    body, tag = (b"GGGG", '"g"') if coding == "gzip" else (b"BBBB", '"b"')
+    for method in ("GET", "GET", "HEAD", "GET"):
+        resp = await c.request(method, path, headers={"Accept-Encoding": coding})
+        assert resp.status == 200
+        assert resp.headers.getall("Content-Encoding") == [coding]
+        assert await resp.read() == (body if method == "GET" else b"")
+        assert set(resp.headers.getall("Date")) == {last_date[path]}, (path, coding, method)
+    resp = await c.get(path, headers={"Accept-Encoding": coding, "If-None-Match": tag})
+    assert (resp.status, await resp.read()) == (304, b"")
+    assert resp.headers.getall("ETag") == [tag]
+    assert set(resp.headers.getall("Date")) == {last_date[path]}, (path, coding, "304")

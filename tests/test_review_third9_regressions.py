@@ -23,7 +23,9 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from processes import clean_env, start_serve, stop
+from prometheus_client.parser import text_string_to_metric_families
 from support import raw_origin
 
 # -- config/env_shadows.py: said once, and only when the environment is what wins --------------
@@ -163,3 +165,37 @@ async def _asked(c: Any, path: str, coding: str, last_date: dict[str, str]) -> N
     assert (resp.status, await resp.read()) == (304, b"")
     assert resp.headers.getall("ETag") == [tag]
     assert set(resp.headers.getall("Date")) == {last_date[path]}, (path, coding, "304")
+
+
+# -- store/memory.py: evictions count responses (349b34f), the variant bound's too -------------
+
+
+async def test_a_variant_dropped_at_the_variant_bound_counts_as_an_eviction(
+        origin: Any, proxy: Any) -> None:
+    """What was wrong: 349b34f made cacheproxy_store_evictions_total count the responses
+    removed, so that stored = entries + evicted adds up (README: "each Vary variant
+    counted as cacheproxy_store_entries counts it"), and counted a key's own older
+    variants dropped to fit max_bytes; but the oldest variant dropped when a URL passes
+    its 32 variants (store/memory.py MAX_VARIANTS: Vary: User-Agent, Accept-Language)
+    left entries and was counted nowhere. What a user saw: on a site varying on
+    User-Agent, entries + evictions fell short of the responses stored, by one per
+    request past the 32nd client kind, with the store far from full: a loss the metrics
+    did not show. Now such a variant counts as an eviction (Varnish's n_lru_nuked counts
+    each object removed to make room). Severity: low (a metric that does not add up)."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="v" + request.headers.get("User-Agent", ""),
+                            headers={"Cache-Control": "max-age=600", "Vary": "User-Agent"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    c = await proxy(await origin(app))  # (the default max_bytes: room for all of them)
+    kinds = 35
+    for i in range(kinds):
+        resp = await c.get("/varied", headers={"User-Agent": f"agent-{i}"})
+        assert resp.status == 200 and await resp.read() == f"vagent-{i}".encode()
+    text = await (await c.get("/metrics")).text()
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    entries = samples["cacheproxy_store_entries"]
+    evictions = samples["cacheproxy_store_evictions_total"]
+    assert entries == 32  # (the bound: the 3 oldest agents' variants went)
+    assert entries + evictions == kinds, (entries, evictions)

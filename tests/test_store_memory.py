@@ -84,6 +84,7 @@ async def test_variants_per_key_are_capped():
     assert len(variants) == MAX_VARIANTS
     assert variants[0].vary_values == (f"agent{MAX_VARIANTS + 4}",)
     assert store.stats().entries == MAX_VARIANTS
+    assert store.stats().evictions == 5  # (the oldest, past the bound: counted)
 
 
 async def test_clear_empties_without_counting_evictions():
@@ -175,6 +176,8 @@ def test_the_store_keeps_its_byte_count_and_lru_order_as_a_model_does(
             assert stored
             old = model.pop(key, ())
             variants = (e, *(v for v in old if v.vary_values != e.vary_values))
+            evictions += max(0, len(variants) - MAX_VARIANTS)  # (the variant bound's too)
+            variants = variants[:MAX_VARIANTS]
             while size(variants) > max_bytes:
                 variants = variants[:-1]
                 evictions += 1  # (responses evicted, as entries counts them)

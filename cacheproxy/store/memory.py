@@ -114,8 +114,10 @@ class MemoryStore:
             self._count_out(held)
             same = entry.variant  # (its variant_id, read without a call: every put)
             if isinstance(held, tuple) or held.variant != same:
-                variants = (entry, *(v for v in _variants(held)
-                                     if variant_id(v) != same))[:MAX_VARIANTS]
+                every = (entry, *(v for v in _variants(held) if variant_id(v) != same))
+                variants = every[:MAX_VARIANTS]
+                # (the oldest past the bound are evicted too: entries + evictions add up)
+                self._evictions += len(every) - len(variants)
                 size = _size(variants)
                 while size > max_bytes:  # (its own older variants make room: evicted)
                     variants = variants[:-1]

@@ -4,15 +4,21 @@ as a reviewer of an HTTP cache reads them: regressions, two merged changes meeti
 costs added to hits and pass-through, races, and README statements the code no longer
 matches.
 
-Read and found right (each tried against the real proxy while reading, kept here where a
-guard was missing): the memory store's put_now shortcut for a 304 that changed no field
-(CachedResponse.sized_as) with a lowered max_bytes at a reload, with evictions counted per
-response, with a sibling's purge between the lookup and the 304 and with a key holding
-several Vary variants; replay.py's Date splice with a Date the origin sends twice, with
-HEAD, with a 304 to a conditional client and with the stored entry replaced between two
-hits; the 408/400 lines of heads cut short with pipelined requests and a half-closed
-client; cacheproxy_client_connections back at 0 after every kind of connection closed;
-`cacheproxy health` on admin.listen and on a wildcard.
+Found and fixed here: an environment override warned N + 1 times per reload with
+--workers, and warned of a key a flag sets; a variant dropped at the 32-variant bound was
+no eviction (349b34f's entries + evictions did not add up).
+
+Run against the real proxy and found right: replay.py's Date splice with Vary variants,
+HEAD, a 304 to a conditional client and a Date sent twice (the guard below); the 408/400
+lines of heads cut short with pipelined requests, a half-closed client, an empty line
+after a request and refusals at proxy.max_client_connections (no line for those);
+cacheproxy_client_connections back at 0 after CONNECT tunnels, WebSockets, 431s, 400s,
+bodies cut, header timeouts and refusals; `cacheproxy health` with admin.listen on [::]
+and proxy.listen on 0.0.0.0; collapsed waiters' bytes counted from the cache (HIT).
+Read and found right: the memory store's put_now shortcut (CachedResponse.sized_as
+compares every input of CachedResponse.size; a held response fits max_bytes after a
+resize too; a key holding several variants takes the full path; a sibling's purge
+between lookup and 304 leaves nothing for freshened_still_held to put back).
 """
 
 from __future__ import annotations

@@ -110,15 +110,21 @@ class UpstreamResponse:
 
 def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunked: bool
                   ) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
     for name, value in fields:
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
-            raise UpstreamError(502, f"a field cannot be sent ({name!r})")
-    lines = [f"{method} {target} HTTP/1.1", *[f"{name}: {value}" for name, value in fields]]
+        lines.append(f"{name}: {value}")
     if chunked:
         lines.append("Transfer-Encoding: chunked")
     lines.append("\r\n")
+    text = "\r\n".join(lines)
+    # No CR or LF but the line ends (no request splitting): one scan of the whole head, in
+    # C, rather than four per field.
+    ends = len(lines)
+    if text.count("\r") != ends or text.count("\n") != ends:
+        name = next((n for n, v in fields if "\r" in n + v or "\n" in n + v), method)
+        raise UpstreamError(502, f"a field cannot be sent ({name!r})")
     # Field values were decoded as UTF-8 with surrogateescape: the bytes go back as received.
-    return "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    return text.encode("utf-8", "surrogateescape")
 
 
 @lru_cache(maxsize=1024)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from cacheproxy.http.fields import end_to_end
+from cacheproxy.http.fields import HOP_BY_HOP, connection_options, end_to_end
 from cacheproxy.http.front_scheme import x_forwarded_proto
 from cacheproxy.http.revalidation import CLIENT_FILL_FIELDS
 from cacheproxy.policies.referer import RefererPolicy, forwarded_referer
@@ -32,14 +33,13 @@ _OTHER_FIELDS = frozenset({"x-scheme", "front-end-https", "surrogate-capability"
                            "x-original-url", "x-rewrite-url"})
 
 
-def _forwarding_family(name: str) -> bool:
-    """What earlier proxies say about the client and its request (RFC 7239 Forwarded, the
-    X-Forwarded-* family, X-Real-IP, and the fields above). Any client can forge
-    them, and origins build URLs from them (X-Forwarded-Host, -Proto, -Prefix, X-Scheme):
-    untrusted, they would poison the entry the answer is stored under, which does not key
-    on them."""
-    return (name == "forwarded" or name == "x-real-ip" or name.startswith("x-forwarded-")
-            or name in _OTHER_FIELDS)
+# What earlier proxies say about the client and its request (RFC 7239 Forwarded, the
+# X-Forwarded-* family, X-Real-IP, and the fields above). Any client can forge them, and
+# origins build URLs from them (X-Forwarded-Host, -Proto, -Prefix, X-Scheme): untrusted,
+# they would poison the entry the answer is stored under, which does not key on them.
+# A name is of the family when it is here or begins with _FAMILY_PREFIX.
+_FAMILY = frozenset({"forwarded", "x-real-ip"}) | _OTHER_FIELDS
+_FAMILY_PREFIX = "x-forwarded-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ def via_value(version: tuple[int, int], pseudonym: str) -> str:
 
 
 def request_fields(
-    pairs: list[tuple[str, str]],
+    pairs: Iterable[tuple[str, str]],
     *,
     policy: ForwardPolicy,
     version: tuple[int, int],
@@ -98,9 +98,15 @@ def request_fields(
     prior_proto: list[str] = []
     prior_mf: list[tuple[str, str]] = []
     out: list[tuple[str, str]] = []
-    for k, v in end_to_end(pairs):  # one pass, each name lowered once: every miss runs it
+    connection: list[str] = []
+    # One pass, each name lowered once (every miss runs it): the hop-by-hop fields skipped
+    # here as end_to_end skips them (§7.6.1); the fields a Connection line names, below.
+    for k, v in pairs:
         lk = k.lower()
-        if lk in drop:
+        if lk in HOP_BY_HOP:
+            if lk == "connection":
+                connection.append(v)
+        elif lk in drop:
             if lk == "host" and client_host is None:
                 client_host = v
             elif lk == "x-forwarded-for" and trusted:
@@ -113,8 +119,15 @@ def request_fields(
             kept = forwarded_referer(referer, v)
             if kept is not None:
                 out.append((k, kept))
-        elif trusted or not _forwarding_family(lk):
+        elif trusted or not (lk in _FAMILY or lk.startswith(_FAMILY_PREFIX)):
             out.append((k, v))
+    if connection and not HOP_BY_HOP.issuperset(connection_options(connection)):
+        # (rare: "Connection: keep-alive" names none but hop-by-hop ones) Connection names
+        # end-to-end fields, which go too, wherever they stood: made again without them.
+        return request_fields(
+            end_to_end(pairs), policy=policy, version=version, client_ip=client_ip,
+            scheme=scheme, strip_conditionals=strip_conditionals, extra=extra, host=host,
+            max_forwards=max_forwards, referer=referer, content=content)
     if host is None:
         host = client_host
     out.append(("Host", host if policy.pass_host and host else policy.upstream_host))

@@ -393,7 +393,7 @@ class CacheProxy:
         the route's Referer policy."""
         scheme = scheme or request.scheme
         return request_fields(
-            list(request.headers.items()), policy=plan.forward, version=request.version,
+            request.headers.items(), policy=plan.forward, version=request.version,
             client_ip=request.remote, scheme=scheme,
             strip_conditionals=fwd.strips_client_conditionals, extra=list(fwd.conditional),
             host=keyed_authority(scheme, authority),

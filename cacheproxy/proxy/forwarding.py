@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,7 +64,7 @@ def via_value(version: tuple[int, int], pseudonym: str) -> str:
 
 
 def request_fields(
-    pairs: Iterable[tuple[str, str]],
+    pairs: Collection[tuple[str, str]],  # (read twice when Connection names a field)
     *,
     policy: ForwardPolicy,
     version: tuple[int, int],

@@ -9,6 +9,7 @@ fix, and says what is expected, why, and how severe it is."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,14 +31,12 @@ async def test_rfc5861_s3_a_range_request_s_background_refresh_stores_a_chunked_
     background fetch stores it). Severity: medium (a changed file keeps being served old
     within the stale window, upstream traffic per request)."""
     heads: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        heads.append(head)
-        if len(heads) == 1:
-            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=60"
-                    b'\r\nETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
-        return (b'HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nETag: "2"\r\n'
-                b"Transfer-Encoding: chunked\r\n\r\n2\r\nv2\r\n0\r\n\r\n")
+    answer = _in_turn(
+        heads,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=60"
+        b'\r\nETag: "1"\r\nContent-Length: 2\r\n\r\nv1',
+        b'HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nETag: "2"\r\n'
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\nv2\r\n0\r\n\r\n")
 
     async with raw_origin(answer) as port:
         c = await proxy(f"http://127.0.0.1:{port}")
@@ -101,9 +100,21 @@ async def test_s5_2_1_5_a_no_store_request_does_not_lead_a_collapse(origin: Any,
 # -- 3. a new representation too big to store left the outdated one to be served stale ------
 
 _BIG = b"2" * 300  # past the max_object_bytes of 100 the tests below set
+_V1_STALE_IF_ERROR = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
+                      b'ETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
+_DOWN = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
 _CHUNKED_V2 = (b'HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n'
                b'ETag: "2"\r\nTransfer-Encoding: chunked\r\n\r\n12c\r\n' + _BIG
                + b"\r\n0\r\n\r\n")
+
+
+def _in_turn(heads: list[bytes], *answers: bytes) -> Callable[[bytes], bytes]:
+    """A raw origin's script: each request head noted in heads, answered by the answer of
+    its turn (the last one for every request past them)."""
+    def answer(head: bytes) -> bytes:
+        heads.append(head)
+        return answers[min(len(heads), len(answers)) - 1]
+    return answer
 
 
 async def test_s4_3_3_a_chunked_200_too_big_to_store_removes_the_response_it_outdates(
@@ -121,15 +132,7 @@ async def test_s4_3_3_a_chunked_200_too_big_to_store_removes_the_response_it_out
     served after newer, under stale-if-error or stale-while-revalidate, for large files
     sent chunked)."""
     heads: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        heads.append(head)
-        if len(heads) == 1:
-            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
-                    b'ETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
-        if len(heads) == 2:
-            return _CHUNKED_V2
-        return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
+    answer = _in_turn(heads, _V1_STALE_IF_ERROR, _CHUNKED_V2, _DOWN)
 
     async with raw_origin(answer) as port:
         c = await proxy(f"http://127.0.0.1:{port}", cache={"max_object_bytes": 100})
@@ -149,13 +152,11 @@ async def test_rfc5861_s3_a_background_refresh_too_big_to_store_removes_the_old_
     though the origin had answered with v2. As in the foreground (the test above), the
     outdated response is removed: the next request is a miss. Severity: medium."""
     heads: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        heads.append(head)
-        if len(heads) == 1:
-            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=600"
-                    b'\r\nETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
-        return _CHUNKED_V2
+    answer = _in_turn(
+        heads,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-while-revalidate=600"
+        b'\r\nETag: "1"\r\nContent-Length: 2\r\n\r\nv1',
+        _CHUNKED_V2)
 
     async with raw_origin(answer) as port:
         c = await proxy(f"http://127.0.0.1:{port}", cache={"max_object_bytes": 100})
@@ -179,19 +180,13 @@ async def test_rfc9110_s14_2_a_range_refetched_from_a_new_200_removes_the_old_re
     big to store (above), the outdated response goes. Severity: low (a Range request, a
     chunked 200 and a failing origin in a row)."""
     heads: list[bytes] = []
-
-    def answer(head: bytes) -> bytes:
-        heads.append(head)
-        if len(heads) == 1:
-            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
-                    b'ETag: "1"\r\nContent-Length: 2\r\n\r\nv1')
-        if len(heads) == 2:
-            return (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
-                    b'ETag: "2"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nv2\r\n0\r\n\r\n')
-        if len(heads) == 3:
-            return (b'HTTP/1.1 206 Partial Content\r\nETag: "2"\r\n'
-                    b"Content-Range: bytes 0-0/2\r\nContent-Length: 1\r\n\r\nv")
-        return b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown"
+    answer = _in_turn(
+        heads, _V1_STALE_IF_ERROR,
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0, stale-if-error=600\r\n"
+        b'ETag: "2"\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nv2\r\n0\r\n\r\n',
+        b'HTTP/1.1 206 Partial Content\r\nETag: "2"\r\n'
+        b"Content-Range: bytes 0-0/2\r\nContent-Length: 1\r\n\r\nv",
+        _DOWN)
 
     async with raw_origin(answer) as port:
         c = await proxy(f"http://127.0.0.1:{port}")

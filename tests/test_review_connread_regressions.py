@@ -32,6 +32,20 @@ from support import until
 from test_client_plane import Raw, get
 
 
+def _counting_app(arrived: asyncio.Event) -> web.Application:
+    """An origin answering any request with its method and body length (no-store); arrived
+    is set once a request's head is upstream (the proxy read the first part)."""
+    async def handler(request: web.Request) -> web.Response:
+        arrived.set()
+        body = await request.read()
+        return web.Response(text=f"{request.method} {len(body)}",
+                            headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    return app
+
+
 async def test_an_upload_whose_last_read_is_over_64_kib_keeps_its_connection(proxy, origin):
     """What was wrong: a read that completed no request was counted against the 64 KiB
     bound on a request head (MAX_HEAD_BYTES) unless the parser was still in a body after
@@ -44,16 +58,7 @@ async def test_an_upload_whose_last_read_is_over_64_kib_keeps_its_connection(pro
     nginx and HAProxy count only header bytes. Severity: high (a valid request answered
     431, on any keep-alive connection after a large upload)."""
     arrived = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.Response:
-        arrived.set()  # the head is upstream: the proxy read the first part
-        body = await request.read()
-        return web.Response(text=f"{request.method} {len(body)}",
-                            headers={"Cache-Control": "no-store"})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    client = await proxy(await origin(app))
+    client = await proxy(await origin(_counting_app(arrived)))  # (set once the head is upstream)
     conn = await Raw.open(client)
     size = 100_010
     await conn.send(get("/up", f"Content-Length: {size}", method="PUT") + b"x" * 10)
@@ -74,16 +79,7 @@ async def test_a_head_begun_in_the_read_that_ends_a_body_is_still_bounded(proxy,
     once it has ended: over 64 KiB, it still gets its 431 (RFC 9110 §5.4, RFC 6585 §5),
     after the upload's answer. Severity: none (a guard; it passed before too)."""
     arrived = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.Response:
-        arrived.set()
-        body = await request.read()
-        return web.Response(text=f"{request.method} {len(body)}",
-                            headers={"Cache-Control": "no-store"})
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    client = await proxy(await origin(app))
+    client = await proxy(await origin(_counting_app(arrived)))
     conn = await Raw.open(client)
     # (a POST: its body streams upstream as it comes; a small PUT's is read first)
     await conn.send(get("/up", "Content-Length: 20", method="POST") + b"x" * 10)

@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import IO
 
 from cacheproxy import pidfile
-from cacheproxy.config import DEFAULT_PATH, Config, ConfigError, load_config
+from cacheproxy.config import DEFAULT_PATH, Config, ConfigError, load_config, parse_listen
 from cacheproxy.config.env_shadows import warnings as env_warnings
 from cacheproxy.lifetime import StartError
 from cacheproxy.observe.logread import (
@@ -383,6 +383,9 @@ def _add_health(commands: argparse._SubParsersAction) -> None:
                         help="TOML config file (default: config/cacheproxy.toml if it exists)")
     parser.add_argument("--demo", action="store_true",
                         help="check the demo origin (demo.listen) instead")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        help="the --listen given to serve (proxy.listen), or with --demo to "
+                        "demo (demo.listen); admin.listen, when set, still wins for serve")
     parser.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS",
                         help="how long to wait for the answer (default 2)")
     parser.set_defaults(handler=_health)
@@ -394,17 +397,26 @@ def _health(args: argparse.Namespace) -> int:
     if not 0 < args.timeout < 3600:
         _error("health: --timeout must be a number of seconds above 0")
         return 2
+    if args.listen is not None:
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            _error(f"health: --listen: {exc}")
+            return 2
     # Past the flags, exit 0 or 1 only: Docker reserves a HEALTHCHECK's exit status 2.
     note = ""
+    # A --listen given to serve or demo is known only to that process: given here too, it
+    # is the address asked, as there it is the address listened on (a flag wins over both).
+    overrides = {"demo.listen" if args.demo else "proxy.listen": args.listen}
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, overrides=overrides)
     except ConfigError as exc:
         # A file a reload refused leaves the server running the config it has: a mistake in
         # the file must not make it "unhealthy" (an orchestrator would restart it into the
         # mistake). Asked where the environment alone puts it, and said.
         note = f" (config error: {exc}; asked where the environment alone says)"
         try:
-            config = load_config(os.devnull)
+            config = load_config(os.devnull, overrides=overrides)
         except ConfigError:
             _error(f"health: config error: {exc}")
             return 1

@@ -405,14 +405,17 @@ async def test_cached_response_granted_per_origin(
     assert [(r.cache, r.policy) for r in records] == [
         ("MISS", None), ("HIT", None), ("HIT", "cors-origin")]
 
-    # The one stored response carries no grant (neither the upstream's "*" nor one given),
-    # and varies by what the upstream said only: one entry serves every origin.
+    # The one stored response carries no grant given, only the upstream's own "*" (which
+    # override replaces on the way out, above), and varies by what the upstream said only:
+    # one entry serves every origin.
     store = client.app_proxy.store  # type: ignore[attr-defined]
     (key,) = await store.keys()
     (entry,) = await store.get(key)
     assert entry.vary == ("accept-encoding",)
     assert entry.get("Cache-Control") == "public, max-age=60"
-    assert not [name for name in entry.headers[::2] if name.lower().startswith("access-control-")]
+    assert [name.lower() for name in entry.headers[::2]
+            if name.lower().startswith("access-control-")] == ["access-control-allow-origin"]
+    assert entry.get("Access-Control-Allow-Origin") == "*"
 
 
 # --- 3. hotlink protection ---------------------------------------------------------------

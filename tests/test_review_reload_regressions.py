@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from processes import start_serve
 from support import cache_status, until
@@ -134,9 +133,6 @@ async def test_a_request_in_flight_keeps_the_via_name_it_started_with(
     assert cache_status(resp).startswith("edge-1;"), resp.headers
 
 
-@pytest.mark.xfail(strict=True, reason="an entry does not record that its CORS fields were "
-                   "left out when stored (mode override): telling it apart costs a slot per "
-                   "entry or a key change for every override deployment: the reload says to purge")
 async def test_a_reload_that_stops_overriding_cors_serves_the_upstreams_grant(
         origin: Any, proxy: Any) -> None:
     """With the proxy's CORS on (mode override), the upstream's own CORS fields are left out
@@ -146,7 +142,9 @@ async def test_a_reload_that_stops_overriding_cors_serves_the_upstreams_grant(
     from a page the upstream grants (Access-Control-Allow-Origin: *) is "blocked by CORS
     policy" for as long as the entry's max-age (a day, for some APIs). nginx and Varnish
     store the upstream's fields and apply add_header / VCL on the way out, so a reload
-    changes what the next hit carries. Severity: medium (a config change that breaks
+    changes what the next hit carries. Now so does this proxy: the upstream's fields are
+    stored whatever the mode, and the mode in force applies on the way out (more in
+    test_review_corsreload_regressions.py). Severity: medium (a config change that breaks
     browser clients until a purge or the entries' expiry)."""
     calls = []
 
@@ -164,26 +162,6 @@ async def test_a_reload_that_stops_overriding_cors_serves_the_upstreams_grant(
     resp = await c.get("/api", headers=page)
     assert resp.status == 200
     assert resp.headers.get("Access-Control-Allow-Origin") == "*", (resp.headers, calls)
-
-
-async def test_a_reload_that_stops_overriding_cors_says_to_purge(
-        origin: Any, proxy: Any, caplog: Any) -> None:
-    """The case above, left as it is, is at least said: a reload after which a route
-    passes the upstream's own CORS fields on, where it left them out of what it stored
-    before, logs a WARNING naming the route and the purge that applies it at once. Before,
-    nothing said why browsers kept being refused after the reload. Severity: medium (as
-    above; this is the operator's way out)."""
-    async def api(request: web.Request) -> web.Response:
-        return web.Response(text="d", headers={"Access-Control-Allow-Origin": "*"})
-
-    app = web.Application()
-    app.router.add_get("/api", api)
-    c = await proxy(await origin(app), cors={"allow_origins": ("https://admin.example",)})
-    _reloaded(c, cors={"allow_origins": ("https://other.example",)})  # still overriding
-    assert not [r for r in caplog.records if "CORS fields" in r.getMessage()]
-    _reloaded(c, cors={"mode": "passthrough"})
-    said = [r.getMessage() for r in caplog.records if "CORS fields" in r.getMessage()]
-    assert len(said) == 1 and "route default" in said[0] and "/_cacheproxy/clear" in said[0]
 
 
 async def test_a_reload_closes_idle_connections_to_an_upstream_it_no_longer_routes_to(

@@ -47,13 +47,7 @@ from cacheproxy.proxy.policy_steps import inbound
 from cacheproxy.proxy.pool import Origin
 from cacheproxy.proxy.respond import error_response
 from cacheproxy.proxy.routed import Planned
-from cacheproxy.proxy.routing import (
-    PLAN,
-    Plans,
-    RoutePlan,
-    cors_fields_returned,
-    keyed_origin,
-)
+from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan, keyed_origin
 from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.proxy.web_adapter import WebDownstream, answer_of, web_response
 from cacheproxy.store import Store
@@ -101,13 +95,9 @@ class CacheProxy:
         self.driver.rename(self.cache_name, self.local_via)
         # (the lean plane's connections carry their own, as configured when they came)
         self.exchange.client_body_timeout = config.proxy.client_body_timeout
-        old, self.plans = getattr(self, "plans", None), Plans.build(config, self.default_upstream)
-        for name in cors_fields_returned(old, self.plans) if old is not None else ():
-            log.warning("reload: route %s now passes the upstream's own CORS fields on "
-                        "(cors.mode passthrough, or no allow_origins); the responses it "
-                        "stored before were stored without them and are served so until "
-                        "they expire: purge them (POST %sclear, or purge?prefix=) to apply "
-                        "this at once", name, config.admin.prefix)
+        # (Stored entries hold the upstream's own CORS fields whatever cors.mode: the new
+        # plans' mode applies to them on the way out, no purge needed: routing.plan_route.)
+        self.plans = Plans.build(config, self.default_upstream)
         self._access: dict[int, ForwardAccess] = {}
         # Where routes send: what a forward client names elsewhere is vetted by address.
         routed = getattr(self, "_routed", frozenset())

@@ -7,9 +7,11 @@ this module applies its decisions to requests and responses:
   applied as the request's fields are made (forwarding.request_fields), on every route:
   a user:password@ and a fragment are dropped whatever strip_params holds;
 - outbound, on every response of a proxied request as its head is sent: the CORS grant
-  for the request's Origin and Referrer-Policy. They are never stored (override mode keeps
-  the upstream's CORS fields out of the store too), so a response fetched for origin A is never
-  replayed to origin B with A's grant.
+  for the request's Origin and Referrer-Policy. The proxy's are never stored, so a response
+  fetched for origin A is never replayed to origin B with A's grant. The upstream's own CORS
+  fields are stored as it sent them (one naming an origin with Vary: Origin) and the route's
+  cors.mode applies to them here, as each response goes out: a reload switching it changes
+  the next hit.
 """
 
 from __future__ import annotations

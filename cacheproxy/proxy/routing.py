@@ -18,7 +18,7 @@ from cacheproxy.http.flow import CacheSettings
 from cacheproxy.http.storability import StorePolicy
 from cacheproxy.http.stored import Heuristics
 from cacheproxy.http.targeted import Targeting, downstream_removed, surrogate_capability
-from cacheproxy.policies.cors import RESPONSE_FIELDS, CorsPolicy
+from cacheproxy.policies.cors import CorsPolicy
 from cacheproxy.policies.referer import forwarded_referer
 from cacheproxy.policies.routes import Route, RouteTable
 from cacheproxy.proxy.forwarding import ForwardPolicy, via_value
@@ -90,9 +90,6 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
     upstream = (route.upstream or default_upstream).rstrip("/")
     up = URL(upstream)
     cache = route.cache
-    # CORS "override": the proxy's grant replaces the upstream's on the way out, so the
-    # upstream's is not stored either (a stored response carries no grant).
-    strip = RESPONSE_FIELDS if route.cors.enabled and route.cors.override else frozenset()
     targeting = Targeting(tuple(f.lower() for f in cache.targeted_fields), config.proxy.via)
     upstream_host = up.raw_authority.rpartition("@")[2]
     return RoutePlan(
@@ -117,10 +114,13 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
             heuristics=Heuristics(cache.heuristic_fraction, cache.heuristic_max_age),
             max_object_bytes=cache.max_object_bytes,
             collapse=cache.collapse,
-            excluded=strip,
-            # The upstream's grant is stored whenever the proxy does not replace it
-            # (CORS off, or passthrough): one naming an origin varies on Origin.
-            grant_varies=not strip,
+            # The upstream's CORS fields are stored as it sent them, whatever cors.mode
+            # says (RFC 9111 §3: the response is stored): the mode in force when an entry
+            # goes out applies to it (policy_steps.outbound_fields, on a replay's head
+            # too, made per plan), so a reload that switches it changes the next hit, as
+            # nginx's add_header and Varnish's vcl_deliver do. A grant naming an origin
+            # was made for the request's, so it varies on Origin (Fetch §3.2).
+            grant_varies=True,
             rewritten=_REWRITTEN if config.proxy.x_forwarded_for else frozenset(),
             targeting=targeting,
             # (what handler._fields forwards: request_fields with the route's policy)
@@ -128,16 +128,6 @@ def plan_route(route: Route, config: Config, default_upstream: str) -> RoutePlan
         ),
         removed=downstream_removed(targeting, cache.strip_targeted),
     )
-
-
-def cors_fields_returned(old: Plans, new: Plans) -> list[str]:
-    """The routes whose upstream's CORS fields old left out of what it stored (mode
-    override, with grants of its own) and new passes on: their entries stored before
-    lack the upstream's grant, and are served so until they expire (a reload purges
-    nothing)."""
-    return [name for name, plan in new.by_name.items()
-            if not plan.cache.excluded and name in old.by_name
-            and old.by_name[name].cache.excluded]
 
 
 def keyed_origin(scheme: str, host: str, user: str | None) -> str:

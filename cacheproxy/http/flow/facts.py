@@ -124,10 +124,10 @@ class CacheSettings:
     heuristics: Heuristics = _HEURISTICS
     max_object_bytes: int = 8 * 1024 * 1024
     collapse: bool = True
-    excluded: frozenset[str] = frozenset()  # lower-case fields never stored (CORS override)
-    # CORS off or "passthrough": the upstream's grant is stored, so one naming an origin
-    # varies on Origin whether or not the upstream said so (Fetch §3.2, CORS protocol and
-    # caches).
+    excluded: frozenset[str] = frozenset()  # lower-case fields never stored
+    # The upstream's grant is stored (every route's plan: whatever cors.mode, which applies
+    # on the way out), so one naming an origin varies on Origin whether or not the upstream
+    # said so (Fetch §3.2, CORS protocol and caches).
     grant_varies: bool = False
     targeting: Targeting = _TARGETING  # RFC 9213: the targeted fields this cache follows
     # Lower-case request fields the proxy writes upstream from what no key holds (the

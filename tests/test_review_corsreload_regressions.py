@@ -14,12 +14,17 @@ what the next hit carries; so does this proxy now.
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from processes import start_serve
 from redis_server import RedisServer
 from support import cache_status
+from test_process_life import StderrLines
 from test_proxy_redis import SHARED_KEYS, redis_cache
 from test_review_reload_regressions import _reloaded
 
@@ -211,4 +216,38 @@ async def test_redis_entries_stored_under_override_serve_a_passthrough_replica(
     assert resp.headers.getall("Access-Control-Allow-Origin") == ["*"], resp.headers
     again = await a.get("/api", headers=PAGE)
     assert "Access-Control-Allow-Origin" not in again.headers, again.headers
+    assert len(calls) == 1, calls
+
+
+async def test_a_sighup_from_override_to_passthrough_changes_the_next_hit(
+        origin: Any, tmp_path: Path) -> None:
+    """The first test's case through the real reload: `cacheproxy serve` with a config file
+    in override mode, the file changed to passthrough, SIGHUP ("configuration reloaded"):
+    the next request, a hit with no origin request, carries the upstream's grant. Before,
+    it lacked it until the entry expired, and the reload logged a WARNING saying to
+    purge (now gone: nothing to purge). Severity: medium."""
+    calls: list[dict[str, str]] = []
+    up = await origin(_api(calls, {"Cache-Control": "max-age=600",
+                                   "Access-Control-Allow-Origin": "*"}))
+    config = tmp_path / "cacheproxy.toml"
+    head = f'[proxy]\nupstream = "{up.make_url("")}"\n[cors]\nallow_origins = ["{ADMIN[0]}"]\n'
+    config.write_text(head)
+    proc, port = await start_serve("--config", str(config), cwd=tmp_path)
+    err = StderrLines(proc)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url, headers=PAGE) as resp:
+                assert "Access-Control-Allow-Origin" not in resp.headers, resp.headers
+            config.write_text(head + 'mode = "passthrough"\n')
+            proc.send_signal(signal.SIGHUP)
+            assert "configuration reloaded" in await err.wait_for("reload")
+            async with http.get(url, headers=PAGE) as resp:
+                assert resp.headers["X-Cache"] == "HIT", resp.headers
+                assert resp.headers.getall("Access-Control-Allow-Origin") == ["*"]
+    finally:
+        proc.terminate()
+        code = await proc.wait()
+        text = await err.close()
+    assert code == 0 and "Traceback" not in text and "CORS fields" not in text, text
     assert len(calls) == 1, calls

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 from support import https_site, until
 from test_upstream_pool import raw_origin, url
@@ -263,15 +262,11 @@ async def test_a_client_leaving_after_its_answer_does_not_fail_another_request_o
             redis_writer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="llhttp (httptools) refuses every byte after a "
-                   "message whose Connection says close, a 1xx too, and httptools gives no "
-                   "offset to restart a parser at; lenient_data_after_close skips the final "
-                   "answer instead of parsing it")
 async def test_an_interim_answer_saying_connection_close_still_lets_the_final_one_through(
         proxy: Any) -> None:
-    """What is wrong: an origin's 103 Early Hints carrying `Connection: close` (the
-    connection ends after the final answer, RFC 9110 §7.6.1) makes llhttp refuse the final
-    answer that follows ("Data after `Connection: close`"). What a user sees: a 502 "bad
+    """What was wrong: an origin's 103 Early Hints carrying `Connection: close` (the
+    connection ends after the final answer, RFC 9110 §7.6.1) made llhttp refuse the final
+    answer that follows ("Data after `Connection: close`"). What a user saw: a 502 "bad
     framing" for an answer the origin sent whole. nginx reads a 1xx's fields and then the
     final answer. Severity: low (an unusual origin; the client gets a 502, no wrong
     content)."""

@@ -168,7 +168,13 @@ class Connection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
             # RFC 9112 §2.2: a recipient MAY take a bare LF as a line end; origins that
             # send one were answered before (aiohttp's client is lenient there too).
-            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+            # lenient_keep_alive: llhttp refuses every byte after a message that says
+            # `Connection: close`, a 1xx's too, whose final answer follows it (RFC 9110
+            # §15.2; §7.6.1: the close comes after the final answer). Bytes after a final
+            # answer are refused here all the same (on_message_begin, data_received), and
+            # a 1xx's close is kept (on_message_complete).
+            self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True,
+                                                  lenient_keep_alive=True)
         elif self._lenient:  # the last answer's trailer leniency (on_headers_complete)
             self._parser.set_dangerous_leniencies(lenient_chunked_length=False)
         self._lenient = False
@@ -514,6 +520,8 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200:
+            if not self._parser.should_keep_alive():  # the 1xx said close (or HTTP/1.0):
+                self.reusable = False  # the connection ends after the final answer
             return
         self._complete = True
         self._wake()

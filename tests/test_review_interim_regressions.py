@@ -167,3 +167,40 @@ async def test_bytes_after_a_final_answer_saying_close_are_still_refused(
         resp = await c.get("/second")
         assert (resp.status, await resp.read()) == (200, b"hi")
         assert origin.connections == 2
+
+
+@pytest.mark.parametrize("announced", [
+    pytest.param(b"Content-Length: 5\r\n", id="content-length"),
+    pytest.param(b"Transfer-Encoding: chunked\r\n", id="chunked"),
+])
+async def test_a_204_announcing_content_does_not_keep_its_connection(
+        proxy: Any, announced: bytes) -> None:
+    """What was wrong: a 204 has no content whatever its fields say (RFC 9112 §6.3), and a
+    server MUST NOT send it Content-Length or Transfer-Encoding (RFC 9110 §8.6, RFC 9112
+    §6.1). An origin that does (a framework writing the body it was given) sends that
+    body after the head; the pool kept the connection, and when those bytes came after
+    the next request went out on it, they were read as the start of its answer. What a
+    user saw: the 204 itself fine, then a 502 "bad framing" for the next request, an
+    innocent one (not retried: bytes of "its" answer had come). The connection is now
+    closed after such a 204, as after an HTTP/1.0 answer with Transfer-Encoding (RFC 9112
+    §6.1: the sender may have held part of a message back). (nginx keeps it: this is
+    stricter, for origins that break a MUST NOT.) Severity: low-medium (a stranger's
+    request fails for another's answer)."""
+    late = b"12345" if announced.startswith(b"Content") else b"5\r\n12345\r\n0\r\n\r\n"
+
+    async def script(head: bytes, index: int) -> bytes:
+        if b"/empty" in head:
+            return (b"HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\n" + announced
+                    + b"\r\n")
+        # The 204's content comes only now, once a request is sent on its connection.
+        return (late if index else b"") + OK
+
+    async with raw_origin(script) as origin:
+        c = await proxy(url(origin))
+        resp = await c.get("/empty")
+        assert resp.status == 204 and await resp.read() == b""
+        pool = c.app_proxy.exchange.pool
+        assert await until(lambda: not pool._open or any(pool._idle.values()))
+        resp = await c.get("/next")
+        assert (resp.status, await resp.read()) == (200, b"hi")
+        assert origin.connections == 2

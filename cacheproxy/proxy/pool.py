@@ -524,6 +524,12 @@ class Connection(asyncio.Protocol):
                 self.reusable = False  # the connection ends after the final answer
             return
         self._complete = True
+        if self.status == 204 and (self.content_length not in (None, "0")
+                                   or "transfer-encoding" in self._fields.by_name):
+            # RFC 9110 §8.6, RFC 9112 §6.1: a server MUST NOT send a 204 either field.
+            # One that does may send the content it announced after the head (RFC 9112
+            # §6.3: no content), to be read as the next request's answer: not kept.
+            self.reusable = False
         self._wake()
 
     # -- the exchange -------------------------------------------------------------------

@@ -43,6 +43,7 @@ async def _twice(c: Any, origin: Any, path: str) -> None:
                  id="102-close,103"),
     pytest.param(HINTS.replace(b"HTTP/1.1", b"HTTP/1.0").replace(b"Connection: close\r\n", b""),
                  id="103-http1.0"),
+    pytest.param(HINTS.replace(b"\r\n", b"\n"), id="103-close-bare-LF"),  # RFC 9112 §2.2
 ])
 async def test_interim_answers_saying_close_let_the_final_one_through(
         proxy: Any, forward_switch: Any, quick: bool, interims: bytes) -> None:

@@ -239,6 +239,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._declined: Any = None  # the request the quick path last handed on
         self._planned: tuple[Any, Planned] | None = None  # and how it goes forward
         self._relay: QuickForward | None = None  # a request sent by callback, under way
+        # The field lines of the last upstream head a quick forward sent, and what they
+        # were made from (_upstream_head).
+        self._sent_fields: tuple[tuple[Any, ...], bytes] | None = None
         self._on_gone: Callable[[], None] | None = None  # a relay waiting (watch_gone)
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
@@ -953,8 +956,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
             ctx = proxy.planned(request, self, planned, started)
             relay = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
-            _, head, _ = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)
-            relay.start(head)
+            relay.start(self._upstream_head(msg, route, fwd, url, ctx))
         except UpstreamError:  # a field that cannot be sent, a connection closed meanwhile
             exchange.pool.release(conn)  # (the full path answers, with its 502)
             return False
@@ -966,6 +968,29 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._status = 0
         self._relay = relay
         return True
+
+    def _upstream_head(self, msg: RawRequestMessage, route: Any, fwd: Any, url: str, ctx: Any
+                       ) -> bytes:
+        """The upstream request's head. A client on a keep-alive connection sends the same
+        field lines again and again (the same Accept, User-Agent, Cookie, Referer for a
+        page's images): the lines request_fields made of them last time are reused when
+        all it reads is the same (the lines as llhttp parsed them, the method, version,
+        route plan, scheme, authority, the conditionals forward takes; the client's
+        address is the connection's), and only the request line is made. Not for a
+        message of the Python parser (it keeps a field name's case, where llhttp gives
+        a known name's usual spelling): the same lines would make other fields."""
+        parser = self._parser
+        exchange = self.listener.proxy.exchange
+        if type(parser) is not _FallbackParser or parser._python is not None:
+            return exchange.request_head(fwd.method, url, ctx.fields(fwd), False)[1]
+        key = (msg.raw_headers, msg.method, msg.version, route.plan, route.scheme,
+               route.authority, fwd.strips_client_conditionals, fwd.conditional)
+        sent = self._sent_fields
+        if sent is not None and sent[0] == key:
+            return exchange.request_head_again(fwd.method, url, sent[1])
+        head: bytes = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)[1]
+        self._sent_fields = (key, head[head.index(b"\r\n") + 2:])
+        return head
 
     def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
               head_only: bool) -> bytes:

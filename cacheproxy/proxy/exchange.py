@@ -252,6 +252,20 @@ class Exchange:
                 fields.append(("Authorization", credentials))
         return origin, _request_head(method, target, fields, body and length is None), length
 
+    @staticmethod
+    def request_head_again(method: str, url: str, field_lines: bytes) -> bytes:
+        """The head of a request without content (GET, HEAD) whose field lines, after its
+        request line, are field_lines: those request_head made for an earlier request
+        with the same fields, reused (ClientConnection._upstream_head). The request line
+        alone is made; it holds no CR or LF (no request splitting), as _request_head
+        checks of the whole head."""
+        target = (_upstream_target if len(url) <= _MEMO_URL
+                  else _upstream_target.__wrapped__)(url)[1]
+        if "\r" in target or "\n" in target:
+            raise UpstreamError(502, "the request target cannot be sent")
+        return f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape") \
+            + field_lines
+
     async def send(
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,
         outcome: Outcome | None = None, first_sent: float | None = None,

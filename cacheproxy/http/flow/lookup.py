@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
 from cacheproxy.http.cache_key import holds_any, select_variant
@@ -233,6 +233,6 @@ def background_refresh(req: RequestFacts, entry: CachedResponse) -> tuple[Reques
     (bypass: RFC 9110 §14.2), answered from storage already: the refresh asks for the
     whole representation and stores it, whatever its framing (a Range kept made a 200 of
     unknown length a Refetch that no client awaits, and the new response was dropped)."""
-    facts = replace(req, method="GET", directives=NO_REQUEST_DIRECTIVES, bypass=False)
+    facts = req._replace(method="GET", directives=NO_REQUEST_DIRECTIVES, bypass=False)
     return facts, Forward("stale", "GET", stored=entry,
                           conditional=tuple(conditional_fields(entry)), may_store=True)

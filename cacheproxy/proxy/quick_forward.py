@@ -64,16 +64,29 @@ class QuickForward:
     """One request sent by callback; the client connection holds it while it is under
     way (no other request of that connection is answered meanwhile)."""
 
-    __slots__ = ("_sent_at", "client", "conn", "ctx", "done", "fwd", "proxy", "request_time",
-                 "reused")
+    __slots__ = ("_done", "_loop", "_sent_at", "_settled", "client", "conn", "ctx", "fwd",
+                 "proxy", "request_time", "reused")
 
     def __init__(self, proxy: CacheProxy, client: Client, ctx: Ctx, fwd: Forward,
                  conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy, self.client, self.ctx, self.fwd, self.conn = proxy, client, ctx, fwd, conn
         self.reused = conn.used
-        self.done: asyncio.Future[None] = loop.create_future()  # for a graceful shutdown
+        self._loop = loop
+        # Its end, for a graceful shutdown: made when one asks (done), not per request.
+        self._done: asyncio.Future[None] | None = None
+        self._settled = False
         self._sent_at = 0.0
         self.request_time = 0.0
+
+    @property
+    def done(self) -> asyncio.Future[None]:
+        """Done when the request is (a graceful stop waits for it)."""
+        done = self._done
+        if done is None:
+            done = self._done = self._loop.create_future()
+            if self._settled:
+                done.set_result(None)
+        return done
 
     def start(self, head: bytes) -> None:
         """Send head (gathered with the iteration's other requests); raises UpstreamError
@@ -91,8 +104,10 @@ class QuickForward:
 
     def settle(self) -> None:
         """Done: a graceful stop waits no longer for this request."""
-        if not self.done.done():
-            self.done.set_result(None)
+        self._settled = True
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     # -- the upstream connection's callback --------------------------------------------
 

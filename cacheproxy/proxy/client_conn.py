@@ -76,6 +76,9 @@ LINGER_SECONDS = 10.0  # an unread request body is read and dropped this long (a
 # client drop the answer before reading it (RFC 9112 §9.6). Plain TCP only: a TLS
 # transport cannot half-close here, and closes at once.
 CLOSE_LINGER_SECONDS = 5.0
+# The largest upstream head whose field lines a connection keeps for its next request
+# (_upstream_head): a few times a browser's usual one (about 1 KB).
+KEPT_HEAD_MAX = 8192
 _NO_BODY = frozenset({204, 304})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -989,7 +992,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if sent is not None and sent[0] == key:
             return exchange.request_head_again(fwd.method, url, sent[1])
         head: bytes = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)[1]
-        self._sent_fields = (key, head[head.index(b"\r\n") + 2:])
+        # (A large head is not kept: a connection would hold it, and the client's lines,
+        # as long as it stays open.)
+        self._sent_fields = (key, head[head.index(b"\r\n") + 2:]) \
+            if len(head) <= KEPT_HEAD_MAX else None
         return head
 
     def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],

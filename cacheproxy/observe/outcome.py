@@ -31,6 +31,11 @@ from cacheproxy.http.flow.decisions import Answered, Lookup
 _BYPASS = frozenset({"bypass", "method"})
 
 
+# Cache-Status members made for answers without a ttl, by cache name and Outcome._inputs().
+_MEMBERS: dict[tuple[str, tuple[object, ...]], str] = {}
+_MAX_MEMBERS = 256
+
+
 @dataclass(slots=True)
 class Outcome:
     # HIT, MISS, EXPIRED, STALE, REVALIDATED, UPDATING, BYPASS, ERROR, DENIED (nginx's words),
@@ -61,9 +66,18 @@ class Outcome:
 
     def cache_status(self, name: str) -> str:
         self.cache_name = name
-        self.cache_status_sent = self._member(name)
-        self._sent_from = self._inputs()
-        return self.cache_status_sent
+        inputs = self._sent_from = self._inputs()
+        if self.ttl is not None:  # (a ttl seldom repeats: made each time)
+            member = self._member(name)
+        else:  # a miss's member repeats from request to request: made once
+            member = _MEMBERS.get((name, inputs))
+            if member is None:
+                member = self._member(name)
+                if len(_MEMBERS) >= _MAX_MEMBERS:
+                    _MEMBERS.clear()
+                _MEMBERS[name, inputs] = member
+        self.cache_status_sent = member
+        return member
 
     def final_cache_status(self) -> str:
         """The member as the log shows it: what happened, which may differ from the header

@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from email.utils import formatdate
 from functools import partial
 from typing import Any
@@ -46,7 +46,7 @@ from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
 from cacheproxy.proxy.downstream import Answer, ClientBodyError, reset
 from cacheproxy.proxy.handler import body_failed
-from cacheproxy.proxy.policy_steps import outbound_fields
+from cacheproxy.proxy.policy_steps import appended_fields, outbound_fields
 from cacheproxy.proxy.quick import Plain
 from cacheproxy.proxy.quick_forward import QuickForward
 from cacheproxy.proxy.routed import Planned
@@ -55,7 +55,7 @@ from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParse
 from cacheproxy.proxy.tls_slices import TLS_SLICE, Slices
 from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.proxy.upstream import UpstreamError
-from cacheproxy.proxy.wire import REASONS, Http11Writer, encode_head
+from cacheproxy.proxy.wire import REASONS, Http11Writer, encode_head, encode_lines
 
 log = logging.getLogger("cacheproxy")
 
@@ -1024,6 +1024,37 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             raise ConnectionResetError("client connection lost")
         self._status = status  # (the status logged is that of an answer that went out)
         return self._head(request.version, status, reason, headers)
+
+    def begin_relayed(self, status: int, reason: str, fields: list[tuple[str, str]],
+                      names: Container[str], marks: list[tuple[str, str]], head_only: bool
+                      ) -> bytes | None:
+        """begin() for an origin's end-to-end fields (names: theirs, lower-cased) and the
+        cache's marks, when the answer needs no field replaced or removed: the same head,
+        as bytes from the pairs (no multidict). None when begin() is needed: a field the
+        policies read or remove (appended_fields), an upstream X-Cache (mark replaces it),
+        a Content-Length to drop (RFC 9110 §8.6) or a body to frame (chunked, close)."""
+        request = self._request
+        if request is None:  # its client left and its line was written (_left_unanswered)
+            raise ConnectionResetError("client connection lost")
+        self._started = True
+        if "x-cache" in names or status < 200 or status == 204 \
+                or not (head_only or status in _NO_BODY or "content-length" in names):
+            return None
+        plan = request.get(PLAN)
+        added = appended_fields(plan, names, status) if plan is not None else None
+        if added is None:
+            return None
+        lines = [*fields, *marks, *added]
+        if "date" not in names:  # RFC 9110 §6.6.1 (as _fields)
+            lines.append(("Date", _Date.now()))
+        connection = self._connection(request.version)
+        if connection is not None:
+            lines.append(("Connection", connection))
+        if self.transport is None:
+            raise ConnectionResetError("client connection lost")
+        self._chunked = self._close_delimited = False
+        self._status = status  # (the status logged is that of an answer that went out)
+        return encode_lines(f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}", lines)
 
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
         """An interim (1xx) answer from the origin, before the final one (103 Early Hints):

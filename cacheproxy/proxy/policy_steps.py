@@ -16,6 +16,8 @@ this module applies its decisions to requests and responses:
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -79,6 +81,10 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str], status: i
     plan = request.get(PLAN)
     if plan is None:  # the admin API, or a request refused before routing
         return
+    added = appended_fields(plan, headers, status)
+    if added is not None:  # (the common case: nothing read, nothing removed)
+        headers.extend(added)
+        return
     route = plan.route
     for name in plan.removed:  # consumed by this cache (Surrogate-Control), RFC 9213 §2.2
         if name in headers:  # (a look-up, no call, for the many answers without)
@@ -117,6 +123,23 @@ def outbound_fields(request: ClientMessage, headers: CIMultiDict[str], status: i
     if policy:  # W3C Referrer Policy §4.1: ours, where none was set or when overriding
         headers.popall("Referrer-Policy", None)
         headers.extend(policy)
+
+
+def appended_fields(plan: RoutePlan, names: Container[str], status: int
+                    ) -> list[tuple[str, str]] | None:
+    """What outbound_fields does to a response whose fields hold names (lower-cased, or a
+    CIMultiDict) when all it does is append: the fields it appends (our Referrer-Policy,
+    W3C Referrer Policy §4.1). None when it has more to do: CORS on, a field this cache
+    consumed (RFC 9213 §2.2), or one it reads (an upstream's CORS grant, Fetch §3.2; its
+    Referrer-Policy)."""
+    route = plan.route
+    if route.cors.enabled or "access-control-allow-origin" in names \
+            or "referrer-policy" in names:
+        return None
+    for name in plan.removed:
+        if name in names:
+            return None
+    return response_policy_fields(route.referer, False, status=status)
 
 
 def _vary_on_origin(headers: CIMultiDict[str]) -> None:

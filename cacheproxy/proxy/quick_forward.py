@@ -23,19 +23,19 @@ marked (Cache-Status, X-Cache, Via), then the body; a HEAD's head alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Container
 from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict
 
-from cacheproxy.http.fields import end_to_end
+from cacheproxy.http.fields import HOP_BY_HOP, FieldList, end_to_end
 from cacheproxy.http.flow import Answered, Forward, Keep, Pass
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.driver import Ctx
 from cacheproxy.proxy.exchange import UpstreamResponse
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.pool import Connection
-from cacheproxy.proxy.respond import mark
+from cacheproxy.proxy.respond import marks, put_marks
 
 if TYPE_CHECKING:
     import asyncio
@@ -48,6 +48,9 @@ class Client(Protocol):
 
     def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
               head_only: bool) -> bytes: ...
+    def begin_relayed(self, status: int, reason: str, fields: list[tuple[str, str]],
+                      names: Container[str], marks: list[tuple[str, str]], head_only: bool
+                      ) -> bytes | None: ...
     def send_whole(self, head: bytes, body: bytes) -> None: ...
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None: ...
     def forwarded(self, answer: Answer | None) -> None: ...
@@ -159,10 +162,21 @@ class QuickForward:
         """Exchange.relay's Pass, with the whole body in hand: one write."""
         ctx, client = self.ctx, self.client
         send_body = ctx.request.method != "HEAD"
-        headers = CIMultiDict(end_to_end(resp.fields))
+        kept = received = resp.fields
+        names: Container[str]
+        if type(received) is FieldList and HOP_BY_HOP.isdisjoint(received.by_name):
+            names = received.by_name  # (no hop-by-hop field, the usual case: as parsed)
+        else:
+            kept = end_to_end(received)
+            names = {k.lower() for k, _ in kept}
         cache_name = ctx.plan.forward.via  # (the request's: a reload since renames nothing)
-        mark(headers, ctx.outcome, cache_name, via_value(resp.version, cache_name))
-        head = client.begin(resp.status, resp.reason, headers, not send_body)
+        marked = marks(ctx.outcome, cache_name, via_value(resp.version, cache_name))
+        head = client.begin_relayed(resp.status, resp.reason, kept, names, marked,
+                                    not send_body)
+        if head is None:  # (a field to replace or remove, a body to frame: begin's)
+            headers = CIMultiDict(kept)
+            put_marks(headers, marked)
+            head = client.begin(resp.status, resp.reason, headers, not send_body)
         body = self.conn.take_body() if send_body else b""
         if send_body:
             resp.release()

@@ -31,9 +31,21 @@ _Ref = weakref.KeyedRef[tuple[int, K], CachedResponse]
 def mark(headers: CIMultiDict[str], outcome: Outcome, cache_name: str, via: str) -> None:
     """Fields the cache adds to every response it forwards or makes (stored_response
     adds the same ones its own way)."""
-    headers.add("Via", via)  # RFC 9110 §7.6.3
-    headers.add("Cache-Status", outcome.cache_status(cache_name))  # RFC 9211: appended
-    headers["X-Cache"] = outcome.x_cache
+    put_marks(headers, marks(outcome, cache_name, via))
+
+
+def put_marks(headers: CIMultiDict[str], marked: list[tuple[str, str]]) -> None:
+    """marks' fields into headers: Via and Cache-Status appended, X-Cache replacing an
+    upstream's."""
+    headers.extend(marked[:2])
+    headers["X-Cache"] = marked[2][1]
+
+
+def marks(outcome: Outcome, cache_name: str, via: str) -> list[tuple[str, str]]:
+    """mark's fields, to append to fields that hold no X-Cache."""
+    return [("Via", via),  # RFC 9110 §7.6.3
+            ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
+            ("X-Cache", outcome.x_cache)]
 
 
 class EntryMemo(Generic[K, V]):

@@ -1026,10 +1026,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         return self._head(request.version, status, reason, headers)
 
     def begin_relayed(self, status: int, reason: str, fields: list[tuple[str, str]],
-                      names: Container[str], marks: list[tuple[str, str]], head_only: bool
-                      ) -> bytes | None:
+                      names: Container[str], marks: list[tuple[str, str]], plan: RoutePlan,
+                      head_only: bool) -> bytes | None:
         """begin() for an origin's end-to-end fields (names: theirs, lower-cased) and the
-        cache's marks, when the answer needs no field replaced or removed: the same head,
+        cache's marks (plan: the request's, request[PLAN]), when the answer needs no field
+        replaced or removed: the same head,
         as bytes from the pairs (no multidict). None when begin() is needed: a field the
         policies read or remove (appended_fields), an upstream X-Cache (mark replaces it),
         a Content-Length to drop (RFC 9110 §8.6) or a body to frame (chunked, close)."""
@@ -1040,8 +1041,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if "x-cache" in names or status < 200 or status == 204 \
                 or not (head_only or status in _NO_BODY or "content-length" in names):
             return None
-        plan = request.get(PLAN)
-        added = appended_fields(plan, names, status) if plan is not None else None
+        added = appended_fields(plan, names, status)
         if added is None:
             return None
         lines = [*fields, *marks, *added]

@@ -68,6 +68,11 @@ _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 _TLS_SHUTDOWN_TIMEOUT = 1.0
 
 
+# Valid reason phrases received, decoded (_phrase): "OK", "Not Modified" and the like.
+_PHRASES: dict[bytes, str] = {}
+_MAX_PHRASES = 64
+
+
 @lru_cache(maxsize=8)
 def _version(text: str) -> tuple[int, int]:
     """llhttp's "1.1" as (1, 1): made once (llhttp only knows a few)."""
@@ -500,8 +505,14 @@ class Connection(asyncio.Protocol):
         characters in it, which no client may be sent (the serialiser refuses them): the
         standard phrase stands instead."""
         text = self._status_text
+        phrase = _PHRASES.get(text)  # (the few phrases origins send, checked once)
+        if phrase is not None:
+            return phrase
         if REASON_PHRASE_RE.fullmatch(text):
-            return text.decode("utf-8", "surrogateescape")
+            phrase = text.decode("utf-8", "surrogateescape")
+            if len(_PHRASES) < _MAX_PHRASES and len(text) <= 32:  # (kept small)
+                _PHRASES[text] = phrase
+            return phrase
         return REASONS.get(status, "")
 
     def on_body(self, body: bytes) -> None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from cacheproxy.proxy.handler import CacheProxy
+    from cacheproxy.proxy.routing import RoutePlan
 
 
 class Client(Protocol):
@@ -49,8 +50,8 @@ class Client(Protocol):
     def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
               head_only: bool) -> bytes: ...
     def begin_relayed(self, status: int, reason: str, fields: list[tuple[str, str]],
-                      names: Container[str], marks: list[tuple[str, str]], head_only: bool
-                      ) -> bytes | None: ...
+                      names: Container[str], marks: list[tuple[str, str]], plan: RoutePlan,
+                      head_only: bool) -> bytes | None: ...
     def send_whole(self, head: bytes, body: bytes) -> None: ...
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None: ...
     def forwarded(self, answer: Answer | None) -> None: ...
@@ -171,7 +172,7 @@ class QuickForward:
             names = {k.lower() for k, _ in kept}
         cache_name = ctx.plan.forward.via  # (the request's: a reload since renames nothing)
         marked = marks(ctx.outcome, cache_name, via_value(resp.version, cache_name))
-        head = client.begin_relayed(resp.status, resp.reason, kept, names, marked,
+        head = client.begin_relayed(resp.status, resp.reason, kept, names, marked, ctx.plan,
                                     not send_body)
         if head is None:  # (a field to replace or remove, a body to frame: begin's)
             headers = CIMultiDict(kept)

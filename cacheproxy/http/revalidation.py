@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, split_list
-from cacheproxy.http.stored import CachedResponse, first_value, stored_field_list
+from cacheproxy.http.stored import (
+    CachedResponse,
+    first_value,
+    stored_field_list,
+    stored_fields_view,
+)
 from cacheproxy.http.validators import parse_etag
 
 # Conditional fields a client may send; a cache filling itself strips them and
@@ -125,13 +130,41 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
     (§3.2, merge_304) would change nothing but the Date, the merged fields: the stored
     ones in their order and spelling, the 304's Date in place of theirs. Else None. So
     for the common 304 that repeats the stored ETag, Cache-Control and the like, the
-    stored response is refreshed (stored.refreshed), not rebuilt."""
+    stored response is refreshed (stored.refreshed), not rebuilt. To be read, never
+    changed: for a 304 with the stored Date, it is the stored fields' shared view
+    (stored_fields_view)."""
     by_name = response.by_name
     dates = by_name.get("date")
     connection = by_name.get("connection")
     named = connection_options(connection) if connection else frozenset()
     if dates is None or len(dates) != 1 or "date" in named:
         return None  # (a Date the 304's Connection names is not merged: merge_304 keeps ours)
+    index = entry.lines_once()
+    if index is None:  # a name on more than one stored line: compared as lists
+        return _date_only_repeated(entry, by_name, named, dates[0])
+    at = index.get("date")
+    if at is None:
+        return None  # (none stored)
+    values = entry.values
+    for name, given in by_name.items():  # (each stored name on one line: one value)
+        if name in HOP_BY_HOP or name in named or name in CONTENT_BOUND_FIELDS:
+            continue  # (merge_304 leaves these out)
+        if name != "date":
+            i = index.get(name)
+            if i is None or len(given) != 1 or values[i] != given[0]:
+                return None
+    date = dates[0]
+    if values[at] == date:  # (the same second: nothing to change)
+        return stored_fields_view(entry)
+    merged = stored_field_list(entry)  # (a new list and index: changed below)
+    merged[at] = (merged[at][0], date)  # type: ignore[index]
+    merged.by_name["date"] = [date]
+    return merged
+
+
+def _date_only_repeated(entry: CachedResponse, by_name: dict[str, list[str]],
+                        named: frozenset[str], date: str) -> FieldList | None:
+    """date_only, for stored fields with a name on more than one line."""
     merged = stored_field_list(entry)  # (a new list and index: changed below)
     stored = merged.by_name
     if len(stored.get("date", ())) != 1:
@@ -141,8 +174,7 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
             continue  # (merge_304 leaves these out)
         if name != "date" and stored.get(name) != values:
             return None
-    date = dates[0]
-    if stored["date"][0] != date:  # (the same second: nothing to change)
+    if stored["date"][0] != date:
         # The 304's Date in the stored one's place (and spelling).
         at = entry.position("date")
         merged[at] = (merged[at][0], date)  # type: ignore[index]

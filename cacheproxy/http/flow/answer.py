@@ -349,6 +349,8 @@ def _validated(
 ) -> Answered:
     """§4.3.3-§4.3.4: a 304 freshens the stored response it selects; the merged response
     is judged like a new one (§3): a 304 may bring Set-Cookie, private fields or no-store."""
+    if type(fields) is not FieldList:  # (by name, from here on: selects too)
+        fields = FieldList(fields)
     if not selects(stored, fields):  # §4.3.4: a 304 for another representation
         return Refetch(Forward(fwd.reason, "GET" if fwd.may_store else req.method,
                                may_store=fwd.may_store))

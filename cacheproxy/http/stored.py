@@ -141,23 +141,9 @@ class CachedResponse:
         initial_age: float, lifetime: float, directives: ResponseDirectives,
     ) -> None:
         """headers: flat name, value, name, value ..."""
-        self._fill(key, status, headers[::2], headers[1::2], body,
-                   response_time - initial_age, lifetime, directives, vary, vary_values)
-
-    def _fill(self, key: str, status: int, names: tuple[str, ...], values: tuple[str, ...],
-              body: bytes, born: float, lifetime: float, directives: ResponseDirectives,
-              vary: tuple[str, ...], vary_values: tuple[str | None, ...]) -> None:
-        setter = object.__setattr__
-        setter(self, "key", key)
-        setter(self, "status", status)
-        setter(self, "names", _shape(names))
-        setter(self, "values", values)
-        setter(self, "body", body)
-        born = float(born)  # (an int has no is_integer before 3.12)
-        setter(self, "born", _same(born) if born.is_integer() else born)
-        setter(self, "lifetime", lifetime)
-        setter(self, "directives", directives)
-        setter(self, "_vary", (vary, vary_values) if vary else _NO_VARY)
+        object.__setattr__(self, "__class__", _Unsealed)  # (filled as _new_entry fills)
+        _filled(self, key, status, headers[::2], headers[1::2],  # type: ignore[arg-type]
+                body, response_time - initial_age, lifetime, directives, vary, vary_values)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"CachedResponse is immutable: {name}")
@@ -198,12 +184,10 @@ class CachedResponse:
             raise TypeError("CachedResponse.replace: response_time and initial_age together")
         if timed:
             born = changes["response_time"] - changes["initial_age"]
-        copy = CachedResponse.__new__(CachedResponse)
-        copy._fill(get("key", self.key), get("status", self.status), names, values,
-                   get("body", self.body), born, get("lifetime", self.lifetime),
-                   get("directives", self.directives), get("vary", self.vary),
-                   get("vary_values", self.vary_values))
-        return copy
+        return _new_entry(get("key", self.key), get("status", self.status), names, values,
+                          get("body", self.body), born, get("lifetime", self.lifetime),
+                          get("directives", self.directives), get("vary", self.vary),
+                          get("vary_values", self.vary_values))
 
     def age(self, now: float) -> float:
         """§4.2.3 current_age at now: corrected_initial_age + resident_time."""
@@ -328,6 +312,42 @@ class CachedResponse:
         names = self.names
         shape = _SHAPES_FIGURED.get(names) or _shape_of(names)  # (as field)
         return None if shape.repeated else shape.first
+
+
+class _Unsealed(CachedResponse):
+    """A CachedResponse while it is filled (_filled): its slots set by plain stores, which
+    CachedResponse's own __setattr__ refuses, at a third of the cost of one
+    object.__setattr__ call per slot (an entry is made on every store and every 304);
+    then it is made a CachedResponse, of the very same layout."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__  # type: ignore[assignment]
+
+
+def _filled(entry: _Unsealed, key: str, status: int, names: tuple[str, ...],
+            values: tuple[str, ...], body: bytes, born: float, lifetime: float,
+            directives: ResponseDirectives, vary: tuple[str, ...],
+            vary_values: tuple[str | None, ...]) -> CachedResponse:
+    entry.key = key
+    entry.status = status
+    entry.names = _shape(names)
+    entry.values = values
+    entry.body = body
+    born = float(born)  # (an int has no is_integer before 3.12)
+    entry.born = _same(born) if born.is_integer() else born
+    entry.lifetime = lifetime
+    entry.directives = directives
+    entry._vary = (vary, vary_values) if vary else _NO_VARY
+    entry.__class__ = CachedResponse  # (sealed: immutable from here on)
+    return entry
+
+
+def _new_entry(key: str, status: int, names: tuple[str, ...], values: tuple[str, ...],
+               body: bytes, born: float, lifetime: float, directives: ResponseDirectives,
+               vary: tuple[str, ...], vary_values: tuple[str | None, ...]) -> CachedResponse:
+    return _filled(object.__new__(_Unsealed), key, status, names, values, body, born,
+                   lifetime, directives, vary, vary_values)
 
 
 # The field names' tuples shared across entries (_shape) are at most so many names and
@@ -566,7 +586,5 @@ def _made(
         response_time=response_time, shared=shared,
         heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
     ))
-    entry = CachedResponse.__new__(CachedResponse)
-    entry._fill(key, status, names, values, body, response_time - float(initial_age),
-                _same(lifetime), directives, vary, vary_values)
-    return entry
+    return _new_entry(key, status, names, values, body, response_time - float(initial_age),
+                      _same(lifetime), directives, vary, vary_values)

@@ -38,6 +38,7 @@ from cacheproxy.http.stored import (
     refreshed,
     stored_field_list,
 )
+from cacheproxy.http.targeted import NO_TARGETING, Targeting, governing
 from cacheproxy.store import MemoryStore
 from cacheproxy.store.serial import decode, encode
 
@@ -130,3 +131,40 @@ def test_the_stored_fields_view_is_only_read_and_only_for_its_own_entry(
         assert view.by_name == stored_field_list(a).by_name
         if isinstance(d, Update):
             assert d.entry.header_pairs() == a.header_pairs()
+
+
+@_SETTINGS
+@given(st.lists(st.tuples(st.sampled_from([True, False]), st.sampled_from([0.1, 0.5]),
+                          st.sampled_from(["s-maxage=30, max-age=5", "no-cache", None]),
+                          st.booleans()),
+                min_size=1, max_size=6))
+def test_a_refresh_figures_its_lifetime_under_its_own_settings(
+        steps: list[tuple[bool, float, str | None, bool]]) -> None:
+    """stored.refreshed keeps the last refresh's figures (directives, Date, Age, lifetime)
+    for the very same field tuples, so a URL revalidated many times a second figures them
+    once. They must be figured again whenever what they came from differs: shared or
+    private (s-maxage, §5.2.2.10), the heuristic fraction (§4.2.2), the directives this
+    cache follows (a CDN-Cache-Control it targets, RFC 9213 §2.2), or another Date. Each
+    refresh must give what make_stored_response gives for the merged fields. Wrong, a
+    reload that changes cache.shared or the heuristics would leave a revalidated URL
+    fresh for the old settings' time (severity: medium)."""
+    fields = [("Date", DATE0), ("Last-Modified", formatdate(T0 - 86400, usegmt=True)),
+              ("Cache-Control", "no-cache"), ("CDN-Cache-Control", "max-age=7"),
+              ("ETag", '"v1"')]
+    entry = _entry(fields)
+    for shared, fraction, targeted, later in steps:
+        targeting = Targeting() if targeted else NO_TARGETING
+        date = DATE1 if later else DATE0
+        merged = date_only(entry, FieldList([("Date", date), ("ETag", '"v1"')]))
+        assert merged is not None
+        heuristics = Heuristics(fraction=fraction)
+        got = refreshed(entry, merged, request_time=T0 + 20, response_time=T0 + 20,
+                        shared=shared, heuristics=heuristics, targeting=targeting,
+                        rules=governing(merged, targeting))
+        want = make_stored_response(
+            key=entry.key, vary=(), vary_values=(), status=200, pairs=list(merged),
+            body=entry.body, request_time=T0 + 20, response_time=T0 + 20, shared=shared,
+            heuristics=heuristics, targeting=targeting)
+        assert (got.lifetime, got.born, got.directives, got.values) == \
+            (want.lifetime, want.born, want.directives, want.values)
+        entry = got

@@ -98,6 +98,8 @@ class Heuristics:
 
 _REPLACEABLE = frozenset({"key", "vary", "vary_values", "status", "headers", "body",
                           "response_time", "initial_age", "lifetime", "directives"})
+# What a response's fields say of its freshness (_figures): directives, Date, Age, lifetime.
+_Figures = tuple[ResponseDirectives, float | None, int | None, float]
 # A response without Vary: its (names, values).
 _NO_VARY: tuple[tuple[str, ...], tuple[str | None, ...]] = ((), ())
 
@@ -552,10 +554,30 @@ def refreshed(
         # stored fields already: only the new Date is shared (_same)
         values = (*values[:at], _same(date) if len(date) <= _INTERN_MAX else date,
                   *values[at + 1:])
+    if rules is None:
+        rules = governing(merged, targeting)
+    # The figures of the merged fields (but the age, which response_time moves): those of
+    # the last refresh when made from the very same values (held: a URL revalidated many
+    # times a second, whose 304s repeat its Date) under the same rules and settings.
+    global _last_figures
+    names = entry.names
+    given = (rules.cache_control, rules.field, entry.status, shared, heuristics)
+    last = _last_figures
+    if last is not None and last[0] is values and last[1] is names and last[2] == given:
+        figures = last[3]
+    else:
+        figures = _figures(merged, rules, entry.status, shared, heuristics, response_time)
+        if figures[1] is not None:  # (no Date: the lifetime depends on response_time)
+            _last_figures = (values, names, given, figures)
     vary, vary_values = entry.variant
-    return _made(entry.key, vary, vary_values, entry.status, merged, entry.names, values,
-                 entry.body, request_time, response_time, shared, heuristics, targeting,
-                 rules)
+    return _aged(entry.key, vary, vary_values, entry.status, names, values, entry.body,
+                 request_time, response_time, figures)
+
+
+# The last refresh's figures (refreshed): its field tuples, what else they were figured
+# from, and the figures.
+_last_figures: tuple[tuple[str, ...], tuple[str, ...], tuple[object, ...], _Figures] | None \
+    = None
 
 
 def _made(
@@ -569,15 +591,21 @@ def _made(
     # Cache-Control and Expires.
     if rules is None:
         rules = governing(pairs, targeting)
+    return _aged(key, vary, vary_values, status, names, values, body, request_time,
+                 response_time, _figures(pairs, rules, status, shared, heuristics,
+                                         response_time))
+
+
+def _figures(pairs: FieldList, rules: Governing, status: int, shared: bool,
+             heuristics: Heuristics, response_time: float) -> _Figures:
+    """What pairs (with a Date) say of freshness (§4.2.1) under rules: the directives, the
+    Date, the Age (None: invalid) and the freshness lifetime."""
     directives = parse_response_directives(rules.cache_control)
     date = parse_http_date(first_value(pairs, "date"))
     expires = first_value(pairs, "expires") if rules.expires_applies else None
     lm_time = parse_http_date(first_value(pairs, "last-modified"))
     # All Age lines, joined: more than one value makes it invalid, as any non-number does.
     age_value = parse_age(all_values(pairs, "age"))
-    initial_age = corrected_initial_age(
-        age_value=age_value or 0, date=date, request_time=request_time,
-        response_time=response_time)
     # §4.2.1: "consider responses that have invalid freshness information ... to be
     # stale"; an invalid Age is such information (the suite's age-parse-* tests).
     lifetime = 0.0 if age_value is None else float(freshness_lifetime(
@@ -586,5 +614,16 @@ def _made(
         response_time=response_time, shared=shared,
         heuristic_fraction=heuristics.fraction, heuristic_max_age=heuristics.max_age,
     ))
+    return directives, date, age_value, _same(lifetime)
+
+
+def _aged(key: str, vary: tuple[str, ...], vary_values: tuple[str | None, ...], status: int,
+          names: tuple[str, ...], values: tuple[str, ...], body: bytes, request_time: float,
+          response_time: float, figures: _Figures) -> CachedResponse:
+    """The entry, born at its §4.2.3 corrected initial age before response_time."""
+    directives, date, age_value, lifetime = figures
+    initial_age = corrected_initial_age(
+        age_value=age_value or 0, date=date, request_time=request_time,
+        response_time=response_time)
     return _new_entry(key, status, names, values, body, response_time - float(initial_age),
-                      _same(lifetime), directives, vary, vary_values)
+                      lifetime, directives, vary, vary_values)

@@ -23,12 +23,20 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.hdrs import REFERER, USER_AGENT
+from aiohttp.hdrs import HOST, REFERER, USER_AGENT
 
 from cacheproxy.config import LogConfig
 from cacheproxy.observe import gc_pauses
 from cacheproxy.observe.outcome import OUTCOME, Outcome
-from cacheproxy.observe.record import HitLines, LogRecord, to_json, to_text
+from cacheproxy.observe.record import (
+    Fields,
+    HitLines,
+    LogRecord,
+    json_line,
+    record_of,
+    to_json,
+    to_text,
+)
 from cacheproxy.observe.sink import LogSink
 from cacheproxy.observe.stats import Stats
 from cacheproxy.policies.referer import redact
@@ -43,7 +51,7 @@ class Observer:
     def __init__(self, config: LogConfig, started: float,
                  admin_paths: tuple[str, ...] = ()) -> None:
         self._stats = Stats(started)
-        self._pending: list[tuple[LogRecord | _HitParts, bool]] = []  # not yet settled
+        self._pending: list[tuple[Fields | LogRecord | _HitParts, bool]] = []  # not yet settled
         self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
@@ -104,29 +112,28 @@ class Observer:
         self, request: Any, status: int, outcome: Outcome, duration: float,
         counted: bool = True,
     ) -> None:
-        """One line for a finished request: its counters, and the log line."""
+        """One line for a finished request: its counters, and the log line. Its fields
+        are read now (record.Fields); the line and counts are made with the batch."""
         if outcome.started:  # the loop clock counts whole milliseconds (uvloop): finer here
             duration = time.perf_counter() - outcome.started
         h = request.headers
         version = request.version
         secrets = outcome.secrets
-        age, ttl, upstream_ms = outcome.age, outcome.ttl, outcome.upstream_ms
-        referer = h.get("Referer")
-        record = LogRecord(
+        age, ttl = outcome.age, outcome.ttl
+        referer = h.get(REFERER)
+        self._add([
             time.time() - duration, request.remote or "-", request.method,
-            outcome.host or h.get("Host", "-"),
+            outcome.host or h.get(HOST, "-"),
             redact(outcome.target or request.raw_path, secrets) or "-",
-            status, outcome.status, outcome.bytes_sent, round(duration * 1000, 3),
+            status, outcome.status, outcome.bytes_sent, duration * 1000,
             None if age is None else int(age),
             None if ttl is None else int(ttl // 1),
-            outcome.fwd_status,
-            None if upstream_ms is None else round(upstream_ms, 3),
+            outcome.fwd_status, outcome.upstream_ms,
             outcome.collapsed, outcome.route, outcome.policy,
             _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
             None if referer is None else redact(referer, secrets),
-            h.get("User-Agent"), outcome.final_cache_status(), outcome.bytes_in,
-        )
-        self._add(record, counted)
+            h.get(USER_AGENT), outcome.final_cache_status(), outcome.bytes_in,
+        ], counted)
 
     def record_hit(
         self, msg: Any, remote: str | None, host: str, path: str, route: str,
@@ -146,7 +153,7 @@ class Observer:
         its time counts among the upstream responses (/metrics)."""
         self._stats.add_upstream(upstream_ms)
 
-    def _add(self, record: LogRecord | _HitParts, counted: bool) -> None:
+    def _add(self, record: Fields | LogRecord | _HitParts, counted: bool) -> None:
         pending = self._pending
         if not pending:
             try:
@@ -163,15 +170,25 @@ class Observer:
         if not pending:
             return
         self._pending = []
-        add, sink, format = self._stats.add, self.sink, self.format
-        # A fresh hit's JSON line is made from a template (HitLines), and its record only
-        # if the stats API shows it; the text format is written from the record.
+        stats, sink, format = self._stats, self.sink, self.format
+        add, add_fields = stats.add, stats.add_fields
+        # A fresh hit's JSON line is made from a template (HitLines), another's from its
+        # fields (json_line), and their record only if the stats API shows it; the text
+        # format is written from the record.
         lean = sink is None or format is to_json
         lines: list[str] = []
         wall, now = time.time(), time.perf_counter()
         for record, counted in pending:
             try:
-                if type(record) is tuple:  # record_hit's parts
+                if type(record) is list:  # record()'s fields
+                    if lean:
+                        if counted:
+                            add_fields(record)
+                        if sink is not None:
+                            lines.append(json_line(record))
+                        continue
+                    record = record_of(record)
+                elif type(record) is tuple:  # record_hit's parts
                     if lean:
                         self._settle_hit(record, counted, wall, now, lines)
                         continue
@@ -198,7 +215,7 @@ class Observer:
             self._stats.add_hit(when, route, host, sent, partial(_hit_record, fields, wall, now))
         if self.sink is not None:
             lines.append(self._hit_lines.line(
-                shape, when, client, round((ended - started) * 1000, 3),
+                shape, when, client, (ended - started) * 1000,
                 _hit_record, fields, wall, now))
 
     def reconfigure(self, config: LogConfig) -> None:

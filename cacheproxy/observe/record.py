@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 # nginx's $upstream_cache_status words, plus DENIED for a policy refusal.
 CACHE_STATUSES = (
@@ -167,6 +168,56 @@ def json_tail(r: LogRecord) -> str:
     return f"{tail}}}" if r.bytes_in is None else f'{tail},"bytes_in":{r.bytes_in}}}'
 
 
+# A request's fields as the observer reads them when it ends (observer.record), in
+# LogRecord's order, but total_ms and upstream_ms not yet rounded: a miss's line and its
+# counts are made from them, and its LogRecord only if the stats API asks for it.
+Fields = list[Any]
+
+
+def ms_json(ms: float) -> str:
+    """repr(round(ms, 3)), as a line writes milliseconds, for half its cost: f"{ms:.3f}" makes
+    the same correctly rounded digits as round(ms, 3) (both are dtoa's mode 3), and the
+    shortest repr of that float is those digits without trailing zeros, but for what repr
+    needs more than 15 digits for (1e12 ms and over: 31 years) or does not write as a
+    number."""
+    if 0 <= ms < 1e12:  # (15 digits at most: each such decimal is one float's repr)
+        text = f"{ms:.3f}".rstrip("0")
+        return text + "0" if text[-1] == "." else text
+    return repr(round(ms, 3))
+
+
+def record_of(f: Fields) -> LogRecord:
+    """The record of observer.record's fields: to_json(record_of(f)) == json_line(f)."""
+    up_ms = f[12]
+    return LogRecord(f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], round(f[8], 3), f[9],
+                     f[10], f[11], None if up_ms is None else round(up_ms, 3), *f[13:])
+
+
+def json_line(f: Fields) -> str:
+    """to_json(record_of(f)), written in one piece from the fields (a miss's line: no
+    record is made for it). tests/test_observe.py holds the two to the same line."""
+    (when, client, method, host, path, status, cache, sent, total_ms, age, ttl, up, up_ms,
+     collapsed, route, policy, protocol, referer, agent, member, bytes_in) = f
+    e = _ESCAPED.get  # (as json_middle)
+    end = "}" if bytes_in is None else f',"bytes_in":{bytes_in}}}'
+    return (
+        f'{{"time":"{iso_time(when)}","client":{e(client) or _e(client)},'
+        f'"method":{e(method) or _e(method)},"host":{e(host) or _e(host)},'
+        f'"path":{_escape(path)},"status":{status},"cache":{e(cache) or _e(cache)},'
+        f'"bytes":{sent},"total_ms":{ms_json(total_ms)},'
+        f'"age":{"null" if age is None else age},"ttl":{"null" if ttl is None else ttl},'
+        f'"upstream_status":{"null" if up is None else up},'
+        f'"upstream_ms":{"null" if up_ms is None else ms_json(up_ms)},'
+        f'"collapsed":{"true" if collapsed else "false"},'
+        f'"route":{e(route) or _e(route)},'
+        f'"policy":{"null" if policy is None else _escape(policy)},'
+        f'"protocol":{e(protocol) or _e(protocol)},'
+        f'"referer":{"null" if referer is None else _escape(referer)},'
+        f'"user_agent":{"null" if agent is None else e(agent) or _e(agent)},'
+        f'"cache_status":{e(member) or _e(member)}{end}'
+    )
+
+
 class HitLines:
     """JSON lines of fresh hits, from templates. Lines of the same URL, answer, Age, ttl
     and client software differ only in time, client and duration: the rest of the line
@@ -183,7 +234,8 @@ class HitLines:
              record: Callable[..., LogRecord], *args: object) -> str:
         """The line of a hit of this shape (a hashable tuple of all that the record's
         fields but time, client and total_ms are made from); record(*args) makes the
-        record, when no template has the shape yet."""
+        record, when no template has the shape yet. total_ms is written as the record's
+        (ms_json: rounded or not, the same text)."""
         templates = self._templates
         found = templates.get(shape)
         if found is None:
@@ -194,7 +246,7 @@ class HitLines:
                     templates.clear()
                 templates[shape] = found
         return f'{{"time":"{iso_time(when)}","client":{_ESCAPED.get(client) or _e(client)},' \
-               f'{found[0]}{total_ms!r}{found[1]}'
+               f'{found[0]}{ms_json(total_ms)}{found[1]}'
 
 
 # C0, DEL and C1 controls; and the bytes that were no UTF-8 (obs-text, read with

@@ -78,6 +78,20 @@ def _workers_asked(args: tuple[str, ...]) -> int:
     return 1
 
 
+async def accepting(port: int, seconds: float = 15) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port within seconds."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return True
+    return False
+
+
 def _listeners(port: int) -> int:
     """Sockets listening on 127.0.0.1:port (each worker's own, SO_REUSEPORT), from
     /proc/net/tcp (state 0A is LISTEN); no /proc: as many as asked, not waited for."""

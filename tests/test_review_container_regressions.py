@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from processes import clean_env, free_port, start_serve, stop
+from processes import accepting, clean_env, free_port, start_serve, stop
 from test_compose_topology import dockerfile_env, render_compose
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,13 +233,7 @@ async def test_health_asks_where_a_listen_flag_put_serve_and_demo(tmp_path):
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     try:
-        for _ in range(300):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", demo_port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        assert await accepting(demo_port), "the demo did not start listening"
         unflagged = await asyncio.to_thread(run_image_command, ["cacheproxy", "health"], env)
         assert unflagged.returncode == 1, unflagged.stdout  # (nothing at the env's address)
         for argv, asked in ((["--listen", f"127.0.0.1:{port}"], port),

@@ -340,7 +340,7 @@ async def test_a_descriptor_limit_below_max_client_connections_is_said_at_start(
     limit (or the soft limit raised towards the hard one)."""
     import resource
 
-    from processes import clean_env, free_port, stop
+    from processes import accepting, clean_env, free_port, stop
 
     port = free_port()
 
@@ -354,13 +354,7 @@ async def test_a_descriptor_limit_below_max_client_connections_is_said_at_start(
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         start_new_session=True)
     try:
-        for _ in range(150):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
+        await accepting(port)
     finally:
         _, err = await stop(proc)
     assert "max_client_connections" in err and "256" in err, err

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from processes import clean_env, free_port, start_serve, stop
+from processes import accepting, clean_env, free_port, start_serve, stop
 from redis.asyncio import Redis
 from redis_server import RedisServer
 from test_store_redis import make_entry, redis_cache
@@ -192,13 +192,7 @@ async def test_workers_logging_to_a_pipe_keep_one_json_object_per_line(
         start_new_session=True, limit=4096)  # (a small buffer: reads lag)
     assert proc.stdout is not None
     try:
-        for _ in range(200):
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await accepting(port, 10)
         await asyncio.sleep(0.5)  # all three workers listening
 
         async def client(n: int) -> None:

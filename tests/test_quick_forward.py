@@ -61,7 +61,7 @@ async def test_every_miss_gets_the_full_paths_answer(proxy: Any, origin: Any,
             for method in ("GET", "HEAD"):
                 sent = request(f"/{name}", fields, method, version)
                 await exchange(client, sent)  # what it stores, first
-                # An idle connection to send on (a HEAD's is not reused: pool.py).
+                # An idle connection to send on, whatever the last exchange left.
                 await exchange(client, request("/warm", ()))
                 forward_switch(True)
                 before = forward_switch.state["sent"]

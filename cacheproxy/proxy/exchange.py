@@ -521,10 +521,10 @@ class Exchange:
                 if fill is None:  # (what is being stored goes on, as for a client gone)
                     return self._abandon(resp, outcome, release, fill)
                 send_body, gone = False, True
-        if send_body or fill is not None:
-            resp.release()
-        else:
-            resp.close()  # a HEAD with nothing to store: the rest of the body is not wanted
+        # (A HEAD with nothing to store: the rest of a body is not wanted. release() closes
+        # a connection whose answer is not all read, and pools one to a HEAD sent as HEAD,
+        # which ends with its head: RFC 9112 §6.3 rule 1, pool.py.)
+        resp.release()
         if store is not None and fill is not None:
             outcome.stored = await self.put(store.replace(body=fill.body()), resp)
         release()

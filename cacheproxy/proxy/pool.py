@@ -34,7 +34,7 @@ import httptools
 
 from cacheproxy.http.abnf import REASON_PHRASE_RE
 from cacheproxy.http.codings import transfer_coding_names
-from cacheproxy.http.fields import FieldList
+from cacheproxy.http.fields import FieldList, connection_options
 from cacheproxy.http.status_line import DONE, START, read_as_1_1
 from cacheproxy.http.trailer_section import refused_trailer_framing, section_bytes
 from cacheproxy.proxy.destinations import Lookups, connect_first, resolved
@@ -115,6 +115,13 @@ def _cause(exc: httptools.HttpParserError) -> BaseException:
     return exc
 
 
+def _persists(version: str, connection: list[str] | None) -> bool:
+    """Whether the connection persists after an answer (RFC 9112 §9.3): for an answer to
+    HEAD, which llhttp takes to run to the close when it has no framing fields."""
+    options = connection_options(connection) if connection else frozenset()
+    return "close" not in options and (version == "1.1" or "keep-alive" in options)
+
+
 class Origin(NamedTuple):
     """Where connections go: the pool's key (a tuple's hash and equality, in C: looked up
     twice per request, on taking and on releasing a connection)."""
@@ -169,7 +176,9 @@ class Connection(asyncio.Protocol):
         # One parser for the connection's answers, one after the other: llhttp starts the
         # next message where the last one ended. (A connection is reused only after an
         # answer that ended cleanly, so the parser is never in an error state here.)
-        if not self.used:
+        if not self.used or self._head_only:
+            # (After an answer to HEAD too: its parser still waits for the content the head
+            # announced, which it does not have (RFC 9112 §6.3 rule 1).)
             self._parser = httptools.HttpResponseParser(self)
             # RFC 9112 §2.2: a recipient MAY take a bare LF as a line end; origins that
             # send one were answered before (aiohttp's client is lenient there too).
@@ -184,6 +193,7 @@ class Connection(asyncio.Protocol):
             self._parser.set_dangerous_leniencies(lenient_chunked_length=False)
         self._lenient = False
         self._head_only = False
+        self._announced = False  # an answer to HEAD announced content (on_headers_complete)
         self._switching = False  # a 101 is this exchange's final answer (send's upgrade)
         self._early = b""  # after that 101: the new protocol's bytes, until detach()
         self._interim: Interim | None = None  # where 1xx answers go (send's interim)
@@ -266,6 +276,8 @@ class Connection(asyncio.Protocol):
         if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
             # Still no whole head: llhttp builds a field up before on_header sees it.
             self._fail(_refused("bad framing (header section too large)"))
+        elif not headed and self._head_only and self._headed:
+            self._headed_only(data)
         elif headed and self._buffered == buffered and not self._complete \
                 and self._lost is None:
             # A read with no body byte in it, once the head is in: chunk framing, or the
@@ -281,6 +293,13 @@ class Connection(asyncio.Protocol):
             self._bare_bytes = 0
         if self._receiver is not None:
             self._notify()
+
+    def _headed_only(self, data: bytes) -> None:
+        """The read that completed an answer to HEAD: reused only if it ended with the
+        head's empty line (RFC 9112 §2.1). A part of a chunk-size line after it reaches no
+        callback of llhttp's; a body or a last chunk does (on_body, on_message_complete)."""
+        if not (data.endswith(b"\n\r\n") or data.endswith(b"\n\n")):
+            self.reusable = False
 
     def _skip_trailer(self, data: bytes) -> None:
         """llhttp refused a Content-Length in the trailer section: RFC 9110 §6.5.1 says to
@@ -410,10 +429,13 @@ class Connection(asyncio.Protocol):
         if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
             self.pool.heard(self.origin, version)
         self._reason = self._phrase(status)
-        if not self._parser.should_keep_alive():
-            self.reusable = False
         fields = self._fields = FieldList(self._fields)  # by name, for every rule after
         by_name = fields.by_name
+        if not self._parser.should_keep_alive() and not (
+                self._head_only and _persists(version, by_name.get("connection"))):
+            # (llhttp takes an answer to HEAD with neither Content-Length nor chunked to
+            # run to the close: it has no content, and persists as any answer, §9.3.)
+            self.reusable = False
         codings = by_name.get("transfer-encoding") or []
         named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
             if codings else []
@@ -458,10 +480,15 @@ class Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         if self._head_only:
-            # The answer to HEAD has no body whatever its Content-Length says; llhttp cannot
-            # be told so, and the connection is not reused after it.
+            # RFC 9110 §9.3.2, RFC 9112 §6.3 rule 1: the answer to HEAD ends with its head,
+            # whatever its Content-Length or Transfer-Encoding say. llhttp cannot be told
+            # so: it waits for that content, and the next exchange gets a parser of its
+            # own (_reset_exchange). Any byte past the head is content sent anyway: the
+            # connection is closed then (on_body, on_message_complete, _headed_only, and
+            # data_received's _complete for a later read), as nginx does.
             self._complete = True
-            self.reusable = False
+            self._announced = status not in (204, 304) and (
+                chunked or (not codings and content_length not in (None, "0")))
             self._wake()
 
     def _switched(self) -> None:
@@ -516,7 +543,8 @@ class Connection(asyncio.Protocol):
         return REASONS.get(status, "")
 
     def on_body(self, body: bytes) -> None:
-        if self._head_only:
+        if self._head_only:  # content sent with an answer to HEAD: its framing is off
+            self.reusable = False
             return
         chunks = self._chunks
         if chunks and len(body) < _MERGE and len(chunks[-1]) < _MERGE:
@@ -535,6 +563,10 @@ class Connection(asyncio.Protocol):
                 self.reusable = False  # the connection ends after the final answer
             return
         self._complete = True
+        if self._head_only and self._announced:
+            # An answer to HEAD that announced content ends in llhttp only once it parsed
+            # that content (a last chunk): bytes past the head (RFC 9112 §6.3 rule 1).
+            self.reusable = False
         if self.status == 204 and (self.content_length not in (None, "0")
                                    or "transfer-encoding" in self._fields.by_name):
             # RFC 9110 §8.6, RFC 9112 §6.1: a server MUST NOT send a 204 either field.

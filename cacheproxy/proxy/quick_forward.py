@@ -178,11 +178,13 @@ class QuickForward:
             headers = CIMultiDict(kept)
             put_marks(headers, marked)
             head = client.begin(resp.status, resp.reason, headers, not send_body)
-        body = self.conn.take_body() if send_body else b""
-        if send_body:
-            resp.release()
-        else:
-            resp.close()  # a HEAD: whatever its answer says, no body is read
+        body = self.conn.take_body()  # (whole: taken, the connection is pooled again)
+        if not send_body:
+            # A HEAD client: no body. An answer to HEAD ends with its head (RFC 9112 §6.3
+            # rule 1), one to a GET sent for it with the body taken: release pools
+            # either, unless bytes came past its end (pool.py).
+            body = b""
+        resp.release()
         client.send_whole(head, body)
 
     def _hand_off(self, step: Awaitable[Answer | None]) -> object:

@@ -13,10 +13,12 @@ request's answer.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from support import raw_origin, until
+from aiohttp import web
+from support import https_site, raw_origin, until
 
 NO_STORE = {"Cache-Control": "no-store"}  # not answered from the cache: HEAD goes as HEAD
 GET_ANSWER = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\nhello"
@@ -101,8 +103,9 @@ async def test_a_head_answered_without_bytes_past_its_head_keeps_the_connection(
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
     b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
     b"HTTP/1.0 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + GET_ANSWER,  # a second answer
 ], ids=["body", "part-of-body", "last-chunk", "chunk-line", "part-of-chunk-line",
-        "until-close", "close", "1.0", "1.0-no-framing"])
+        "until-close", "close", "1.0", "1.0-no-framing", "second-answer"])
 async def test_a_head_answered_with_bytes_past_its_head_or_close_is_not_reused(
         proxy: Any, forward_switch: Any, quick: bool, head: bytes) -> None:
     """The guard beside the reuse: an answer to HEAD with bytes past its head (content an
@@ -141,3 +144,26 @@ async def test_a_body_after_a_heads_answer_in_a_later_read_closes_the_idle_conne
         async with client.get("/x", headers=NO_STORE) as resp:
             assert resp.status == 200 and await resp.read() == b"hello"
         assert len(connections) == 2
+
+
+async def test_heads_to_an_https_origin_share_one_tls_connection(
+        proxy: Any, tmp_path: Path) -> None:
+    """What was wrong: as above, over TLS, where each new connection costs a handshake
+    too. A user saw: a monitor's HEADs to an https origin each make a TLS handshake.
+    RFC 9112 §9.3, §6.3 rule 1; nginx reuses the connection. Severity: medium."""
+    transports: set[int] = set()
+
+    async def answer(request: web.Request) -> web.Response:
+        transports.add(id(request.transport))
+        return web.Response(body=b"hello", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_route("*", "/x", answer)
+    site, site_ca = await https_site(app, tmp_path)
+    try:
+        client = await proxy(f"https://localhost:{site.port}",
+                             proxy={"upstream_ca_file": str(site_ca.cert_path)})
+        await head_then_get(client, heads=3)
+        assert len(transports) == 1
+    finally:
+        await site.close()

@@ -18,7 +18,14 @@ from cacheproxy.http.flow.decisions import (
     ServeStale,
 )
 from cacheproxy.http.flow.facts import CacheSettings, RequestFacts
-from cacheproxy.http.reuse import Action, decide_reuse, shareable_validation
+from cacheproxy.http.reuse import (
+    REVALIDATE,
+    SERVE,
+    SERVE_STALE_REVALIDATE,
+    UNUSABLE,
+    decide_reuse,
+    shareable_validation,
+)
 from cacheproxy.http.revalidation import conditional_fields
 from cacheproxy.http.stored import CachedResponse
 
@@ -167,9 +174,9 @@ def _reuse_or_forward(
         request=req.directives, now=now, shared=route.shared,
     )
     action = reuse.action
-    if action is Action.SERVE:
+    if action is SERVE:
         return Serve(entry, reuse.age, reuse.ttl)
-    if (action is Action.REVALIDATE and reuse.forward == "request"
+    if (action is REVALIDATE and reuse.forward == "request"
             and waited is not None and waited.stored == (entry.born, entry.values)):
         # A collapsed waiter whose own request asked for validation (no-cache,
         # max-age=0): the response stored from an answer that came after it began to
@@ -177,10 +184,10 @@ def _reuse_or_forward(
         # that. Compared by value: the Redis store reads a new object on every look.
         # Never for a response that demands validation per request (§5.2.2.4).
         return Serve(entry, reuse.age, reuse.ttl)
-    if action is Action.SERVE_STALE_REVALIDATE:  # RFC 5861 §3
+    if action is SERVE_STALE_REVALIDATE:  # RFC 5861 §3
         return ServeStale(entry, reuse.age, reuse.ttl, refresh=may_store,
                           detail="stale-while-revalidate")
-    if action is Action.UNUSABLE:  # §5.2.1.7
+    if action is UNUSABLE:  # §5.2.1.7
         return Refuse(504, "stale in cache (only-if-cached)", _ONLY_IF_CACHED)
     shareable = shareable_validation(no_cache=entry.directives.no_cache,
                                      lifetime=entry.lifetime, reuse=reuse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 from cacheproxy.http.abnf import ETAG_LIST_MEMBER_RE
@@ -12,8 +13,22 @@ class ETag(NamedTuple):
     opaque: str  # the opaque-tag, quotes included
 
 
+# Tags longer than this are parsed each time rather than remembered (as dates.py's
+# _MEMO_CHARS: the memo holds its keys, and a tag is up to a whole field line).
+_MEMO_CHARS = 128
+
+
 def parse_etag(value: str | None) -> ETag | None:
-    """One entity-tag; an unquoted tag (seen in the wild) is taken as its own opaque-tag."""
+    """One entity-tag; an unquoted tag (seen in the wild) is taken as its own opaque-tag.
+    Remembered (an ETag is immutable): every 304 parses its tag (revalidation.selects),
+    and the same few tags come again and again; parsing one is some 6,000 instructions."""
+    if value is not None and len(value) > _MEMO_CHARS:
+        return _parse_etag.__wrapped__(value)
+    return _parse_etag(value)
+
+
+@lru_cache(maxsize=1024)
+def _parse_etag(value: str | None) -> ETag | None:
     if not value:
         return None
     value = value.strip()

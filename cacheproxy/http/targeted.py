@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 
 from cacheproxy.http.cache_control import RESPONSE_DIRECTIVES
-from cacheproxy.http.fields import split_list, values_of
+from cacheproxy.http.fields import FieldList, split_list, values_of
 
 SURROGATE_CONTROL: Final = "surrogate-control"
 # Edge Architecture §3: what a surrogate announces in Surrogate-Capability.
@@ -56,8 +57,10 @@ class Governing:
 def governing(pairs: list[tuple[str, str]], targeting: Targeting) -> Governing:
     """RFC 9213 §2.2: "select the first (in target list order) field with a valid,
     non-empty value ... and ... ignore the Cache-Control and Expires header fields"."""
+    # (a FieldList's index read in place: every 304 and every stored answer comes here)
+    by_name = pairs.by_name if type(pairs) is FieldList else None
     for name in targeting.fields:
-        values = values_of(pairs, name)
+        values = values_of(pairs, name) if by_name is None else by_name.get(name)
         if not values:
             continue
         joined = ", ".join(values)
@@ -65,8 +68,23 @@ def governing(pairs: list[tuple[str, str]], targeting: Targeting) -> Governing:
                       else targeted_directives(joined))
         if directives:  # RFC 9213 §2.1: an empty or invalid field is ignored
             return Governing(directives, name)
-    cache_control = values_of(pairs, "cache-control")
-    return Governing(", ".join(cache_control) if cache_control else None)
+    cache_control = (values_of(pairs, "cache-control") if by_name is None
+                     else by_name.get("cache-control"))
+    if not cache_control:
+        return _NO_DIRECTIVES
+    joined = ", ".join(cache_control)
+    return _governing_cc(joined) if len(joined) <= _MEMO_CHARS else Governing(joined)
+
+
+# Cache-Control values remembered as their Governing up to this length (a frozen
+# dataclass costs some 2,500 instructions to make; most origins send a few values).
+_MEMO_CHARS = 128
+_NO_DIRECTIVES: Final = Governing(None)
+
+
+@lru_cache(maxsize=256)
+def _governing_cc(cache_control: str) -> Governing:
+    return Governing(cache_control)
 
 
 def downstream_removed(targeting: Targeting, strip_targeted: bool) -> frozenset[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from cacheproxy.http.dates import parse_http_date
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, connection_options, split_list
 from cacheproxy.http.stored import (
@@ -23,13 +25,31 @@ CLIENT_FILL_FIELDS = CLIENT_CONDITIONALS | {"range"}
 
 def conditional_fields(entry: CachedResponse) -> list[tuple[str, str]]:
     """§4.3.1: send the stored validators: the entity tag, and Last-Modified as a date."""
-    fields: list[tuple[str, str]] = []
+    return list(validating_fields(entry))
+
+
+def validating_fields(entry: CachedResponse) -> tuple[tuple[str, str], ...]:
+    """conditional_fields as a tuple (what Forward.conditional holds), the same one for
+    the same stored validators: a URL revalidated on every request sends the same pair
+    each time (remembered up to _MEMO_CHARS of validators)."""
     etag, last_modified = entry.validators()
+    if len(etag or "") + len(last_modified or "") > _MEMO_CHARS:
+        return _validating_fields.__wrapped__(etag, last_modified)
+    return _validating_fields(etag, last_modified)
+
+
+_MEMO_CHARS = 192
+
+
+@lru_cache(maxsize=256)
+def _validating_fields(etag: str | None, last_modified: str | None
+                       ) -> tuple[tuple[str, str], ...]:
+    fields: list[tuple[str, str]] = []
     if etag:
         fields.append(("If-None-Match", etag))
     if last_modified and _is_a_date(last_modified):
         fields.append(("If-Modified-Since", last_modified))
-    return fields
+    return tuple(fields)
 
 
 def _is_a_date(last_modified: str | None) -> bool:

@@ -145,6 +145,9 @@ def _vary_kept(entry: CachedResponse, updates: list[tuple[str, str]]
     return [*updates, ("Vary", ", ".join(missing.values()))]
 
 
+_NONE_NAMED: frozenset[str] = frozenset()
+
+
 def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
     """When merging this 304 (its fields with a Date, by name) into the stored response
     (§3.2, merge_304) would change nothing but the Date, the merged fields: the stored
@@ -156,7 +159,7 @@ def date_only(entry: CachedResponse, response: FieldList) -> FieldList | None:
     by_name = response.by_name
     dates = by_name.get("date")
     connection = by_name.get("connection")
-    named = connection_options(connection) if connection else frozenset()
+    named = connection_options(connection) if connection else _NONE_NAMED
     if dates is None or len(dates) != 1 or "date" in named:
         return None  # (a Date the 304's Connection names is not merged: merge_304 keeps ours)
     index = entry.lines_once()

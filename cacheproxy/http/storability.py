@@ -136,10 +136,14 @@ def excluded_fields(response: ResponseDirectives, policy: StorePolicy) -> frozen
         # without their cookies too (Chromium: PERSIST_SANS_COOKIES); §3.1 lets a cache
         # leave out fields whose semantics forbid forwarding them again.
         return _COOKIE_ONLY
+    strip = policy.set_cookie == "strip"
+    if not (strip or response.private_fields):
+        return _NOTHING  # (the usual: every store and every 304 asks)
     out: set[str] = set(response.private_fields)  # §5.2.2.7 qualified private
-    if policy.set_cookie == "strip":
+    if strip:
         out.add("set-cookie")
     return frozenset(out)
 
 
 _COOKIE_ONLY = frozenset({"set-cookie"})
+_NOTHING: frozenset[str] = frozenset()

@@ -403,8 +403,10 @@ def _validated(
         )
     if not _reusable(entry):
         return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)
+    if not fwd.siblings:  # (the usual: no other variant has the stored strong tag)
+        return Update(view, entry, stored)
     tag = first_value(fields, "etag")
-    if not fwd.siblings or tag is None or tag.startswith("W/"):
+    if tag is None or tag.startswith("W/"):
         return Update(view, entry, stored)
     # §4.3.4: the 304's strong entity tag identifies every stored response that has it.
     others = tuple(

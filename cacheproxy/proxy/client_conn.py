@@ -316,7 +316,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         answered_here = False
         while self._parser is not None and (not self._closing or self._body_at_stop()):
             parser = self._parser
-            in_body = parser.in_body  # (a few attribute reads: a body may end in this read)
+            # (A body may end in this read. settled: the last read was the usual one, and
+            # the parser's four properties below are False, read without a call each.)
+            in_body = not parser.settled and parser.in_body
             try:
                 messages, upgraded, tail = parser.feed_data(data)
             except HttpProcessingError as exc:
@@ -338,13 +340,19 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 if self._head_bytes + len(data) > MAX_HEAD_BYTES \
                         or self._measure_next:  # (rare: then measured)
                     messages, over = self._heads_within(messages)
-                self._head_bytes = 0 if over or upgraded \
-                    else _begun_head(data, messages, parser)  # (after an upgrade: a tunnel's)
-                self._measure_next = not (over or upgraded) and (
-                    not data or parser.queue_full  # (bytes held: a feed of them, b"")
-                    or (messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body))
-                if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
-                    messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
+                if parser.settled and not over:
+                    # (Nearly every read: its last request, without a body, ends it; the
+                    # parser holds nothing: no head begun, nothing to measure next.)
+                    self._head_bytes = 0
+                    self._measure_next = False
+                else:
+                    self._head_bytes = 0 if over or upgraded \
+                        else _begun_head(data, messages, parser)  # (after an upgrade: a tunnel's)
+                    self._measure_next = not (over or upgraded) and (
+                        not data or parser.queue_full  # (bytes held: a feed of them, b"")
+                        or (messages[-1][1] is not EMPTY_PAYLOAD and not parser.in_body))
+                    if self._head_bytes > MAX_HEAD_BYTES and not self._closing:
+                        messages, over = [*messages, (_head_too_large(), EMPTY_PAYLOAD)], True
                 self._seen, self._unparsed = data, None  # (no allocation on a hit)
             elif data:
                 self._keep_unparsed(data)
@@ -374,12 +382,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 self._keep_early(tail)
             if not messages:
                 break
-            self._disarm()
+            self._deadline, self._waiting_head = None, False  # (_disarm)
             if self._task is None and not self._queue and self._relay is None:
                 messages = self._quick(messages)
                 if not messages:  # all answered here
                     answered_here = True
-                    if parser.holding and not self._paused:
+                    if not parser.settled and parser.holding and not self._paused:
                         data = b""  # it stopped on a full queue: what it kept is next
                         continue
                     break
@@ -703,7 +711,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 parser = self._parser
                 if parser is not None:
                     parser.message_consumed()
-                    if (self._buffer_paused or parser.holding) \
+                    if (self._buffer_paused or (not parser.settled and parser.holding)) \
                             and len(self._queue) <= MAX_PIPELINED // 2:
                         self.data_received(b"")  # what the parser kept while its queue was full
                         if self._buffer_paused and len(self._queue) < MAX_PIPELINED:
@@ -1134,7 +1142,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._task = self._loop.create_task(self._serve())
         elif self._closing:
             self.close()
-        elif self._parser is not None and self._parser.holding and not self._paused:
+        elif self._parser is not None and not self._parser.settled and self._parser.holding \
+                and not self._paused:
             self.data_received(b"")
         else:
             self._await_next()
@@ -1336,11 +1345,10 @@ class ClientConnection(ConnectMethod, BaseProtocol):
 
     def flush_out(self) -> None:
         """Send the gathered answers (the listener calls it once per iteration)."""
-        if self._out:
-            self._flush_out()
-
-    def _flush_out(self) -> None:
-        out, size = self._out, self._out_bytes
+        out = self._out
+        if not out:
+            return
+        size = self._out_bytes
         self._handed += size
         self._out, self._out_bytes = [], 0
         transport = self.transport
@@ -1354,6 +1362,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 transport.writelines(out)  # one writev, no joined copy
             if self._paused:  # what send_timeout measures progress against
                 self._unsent = self._unsent_bytes()
+
+    _flush_out = flush_out  # (one call fewer per connection and iteration)
 
     def _feed_tls(self) -> None:
         """Hand TLS the next slices of what waits (tls_slices.py) while the TCP transport
@@ -1599,7 +1609,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             self._arm(timeouts.send, head=False)
             return
         parser = self._parser
-        if parser is not None and parser.head_begun:  # (empty lines are no head, §2.2)
+        if parser is not None and not parser.settled \
+                and parser.head_begun:  # (empty lines are no head, §2.2)
             self._arm(timeouts.header, head=True)
         else:
             self._arm(timeouts.keepalive, head=False)

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Container
 from email.utils import formatdate
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -653,7 +654,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 or payload is not EMPTY_PAYLOAD or isinstance(msg, HttpProcessingError) \
                 or self._relay is not None:
             return False  # (and the control plane's requests: QuickHits declines them)
-        started = time.perf_counter()
+        started = perf_counter()
         quick = listener.quick
         keep_alive = self._keep_alive
         try:
@@ -1318,7 +1319,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 route.keep_replayed(entry, made, head, member)
             else:  # without a stored Date, the head carries this second's: not kept
                 route.replayed = None
-        self._write_replay(head, entry)
+        if self.transport is not None:  # (_write_replay's, without its call)
+            self._status = entry.status
+            body = entry.body
+            self._write(head, body)  # the stored bytes themselves: sent without a copy
+            self._sent = len(body)
         return member
 
     def _replay_head(self, version: Any, plan: RoutePlan, entry: CachedResponse,
@@ -1388,8 +1393,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         sends between the work (README, Benchmarks). Whatever else writes to the
         transport (aiohttp's writer, a tunnel, TLS) sends these first (_one)."""
         out = self._out
-        if not out:
-            self.listener.gather(self)
+        if not out:  # (the listener's gather, without its call: once per iteration)
+            gathered = self.listener.gathered
+            if not gathered:
+                self._loop.call_soon(self.listener.send_gathered)
+            gathered.append(self)
         out.append(data)
         self._out_bytes += len(data)
         if more:  # (a second buffer: a replay's body after its head)
@@ -1591,11 +1599,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._waiting_head = head
         deadline = self._deadline = self._loop.time() + seconds
         timer = self._timer
-        if timer is not None and timer.when() > deadline:  # sooner than it would fire
-            timer.cancel()
-            timer = None
-        if timer is None:
-            self._timer = self._loop.call_at(deadline, self._timed_out)
+        if timer is None or timer.when() > deadline:  # none yet, or it would fire too late
+            self._set_timer(deadline)
+
+    def _set_timer(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._timed_out)
 
     def _await_next(self) -> None:
         """The answers are written: the timer for what comes next. send_timeout while the
@@ -1605,15 +1615,19 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         let a head that never ends hold the connection that long. (A few attribute reads
         after each answer.)"""
         timeouts = self._timeouts
-        if self._paused:
-            self._arm(timeouts.send, head=False)
-            return
         parser = self._parser
-        if parser is not None and not parser.settled \
+        if self._paused:
+            seconds, head = timeouts.send, False
+        elif parser is not None and not parser.settled \
                 and parser.head_begun:  # (empty lines are no head, §2.2)
-            self._arm(timeouts.header, head=True)
+            seconds, head = timeouts.header, True
         else:
-            self._arm(timeouts.keepalive, head=False)
+            seconds, head = timeouts.keepalive, False
+        self._waiting_head = head  # (_arm's, without its call: after every answer)
+        deadline = self._deadline = self._loop.time() + seconds
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            self._set_timer(deadline)
 
     def _disarm(self) -> None:
         self._deadline = None

@@ -64,7 +64,7 @@ class Listener:
         self.connections: set[ClientConnection] = set()
         self.replays = ReplayBlocks()
         self.quick = QuickHits(self.proxy, self.is_control)
-        self._gathered: list[ClientConnection] = []  # connections with answers to send
+        self.gathered: list[ClientConnection] = []  # connections with answers to send
         self._ca: Any = None  # forward.intercept_tls: the local CA, loaded on first use
         self._refused = 0  # connections closed at the limit since the last line saying so
         self._refused_said = -REFUSED_SAY_SECONDS
@@ -81,14 +81,10 @@ class Listener:
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
 
-    def gather(self, conn: ClientConnection) -> None:
-        """conn has quick answers to send at the end of this loop iteration."""
-        if not self._gathered:
-            self.loop.call_soon(self._send_gathered)
-        self._gathered.append(conn)
-
-    def _send_gathered(self) -> None:
-        gathered, self._gathered = self._gathered, []
+    def send_gathered(self) -> None:
+        """Send what the connections in gathered wrote in this loop iteration (called at
+        its end: ClientConnection._write adds a connection, and schedules this once)."""
+        gathered, self.gathered = self.gathered, []
         for conn in gathered:
             try:
                 conn.flush_out()

@@ -461,10 +461,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if isinstance(msg, HttpProcessingError):
                 continue
             refused = None
-            if msg.version > HttpVersion11:
+            version = msg.version
+            if version is HttpVersion11:  # (llhttp's own: nearly every request)
+                pass
+            elif version > HttpVersion11:
                 messages = [*messages[:i], (msg._replace(version=HttpVersion11), payload),
                             *messages[i + 1:]]
-            elif msg.version < HttpVersion10:
+            elif version < HttpVersion10:
                 refused = HttpProcessingError(code=505, message="HTTP/0.9 request")
             if msg.chunked and refused is None:
                 codings = msg.headers.getall("Transfer-Encoding", ())
@@ -482,8 +485,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 refused.request = msg  # type: ignore[attr-defined]  # (logged: _refuse)
                 self._last_read = True
                 return [*messages[:i], (refused, payload)]
-            if msg.chunked or (not msg.should_close and msg.version < HttpVersion11
-                               and "close" in connection_options(
+            if msg.chunked or (version is not HttpVersion11 and not msg.should_close
+                               and version < HttpVersion11 and "close" in connection_options(
                                    msg.headers.getall("Connection", ()))):
                 # RFC 9112 §9.3, §9.6: "close" ends the connection whatever else Connection
                 # names (llhttp lets an HTTP/1.0 "keep-alive" win over it).
@@ -1272,7 +1275,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     def _send_answer(self, request: ClientRequest, answer: Answer) -> None:
         replay = answer.replay
         if replay is not None and request.method != "HEAD" \
-                and "Origin" not in request.headers:  # else the full path: a CORS grant
+                and hdrs.ORIGIN not in request.headers:  # else the full path: a CORS grant
             self._send_replay(request.version, request.get(PLAN), replay.entry, replay.fresh)
             return
         headers = answer.fields()
@@ -1319,7 +1322,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 route.keep_replayed(entry, made, head, member)
             else:  # without a stored Date, the head carries this second's: not kept
                 route.replayed = None
-        if self.transport is not None:  # (_write_replay's, without its call)
+        if self.transport is not None:  # (_write_replay, without its call: every hit)
             self._status = entry.status
             body = entry.body
             self._write(head, body)  # the stored bytes themselves: sent without a copy
@@ -1342,7 +1345,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         return head + fresh.encode("utf-8", "surrogateescape") + b"\r\n", dated
 
     def _write_replay(self, head: bytes, entry: CachedResponse) -> None:
-        if self.transport is not None:
+        if self.transport is not None:  # (_send_plain does the same without the call)
             self._status = entry.status
             body = entry.body
             self._write(head, body)  # the stored bytes themselves: sent without a copy

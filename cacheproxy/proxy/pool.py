@@ -73,6 +73,19 @@ _PHRASES: dict[bytes, str] = {}
 _MAX_PHRASES = 64
 
 
+def _indexed(pairs: list[tuple[str, str]]) -> FieldList:
+    """FieldList(pairs), made without its __init__ (a Python call and super()'s: a fifth
+    of an answer's parse, once per exchange)."""
+    by_name: dict[str, list[str]] = {}
+    for k, v in pairs:
+        lk = k.lower()
+        if lk in by_name:
+            by_name[lk].append(v)
+        else:
+            by_name[lk] = [v]
+    return FieldList.indexed(pairs, by_name)
+
+
 @lru_cache(maxsize=8)
 def _version(text: str) -> tuple[int, int]:
     """llhttp's "1.1" as (1, 1): made once (llhttp only knows a few)."""
@@ -170,6 +183,7 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._tls = False  # over TLS: a close ends a body only after close_notify
         self._writable: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()  # the body read, not yet taken (one per conn)
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -202,10 +216,11 @@ class Connection(asyncio.Protocol):
         self._fields: list[tuple[str, str]] = []
         self._field_bytes = 0
         self._headed = False       # the head is in: later field lines are trailers
-        self._reason = ""
+        self.reason = ""
         self._status_text = b""    # the reason phrase as received, in pieces
         self._head: asyncio.Future[None] | None = None
-        self._chunks: deque[bytes] = deque()
+        if self._chunks:  # (empty but before a first exchange: a reused one's was read)
+            self._chunks.clear()
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
@@ -220,6 +235,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0       # bytes received before the head was complete
         self._bare_bytes = 0       # bytes received since the last body byte (head in)
         self.status = 0
+        self.http_version = "1.1"  # the final answer's, as llhttp read it (on_headers_complete)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -291,8 +307,12 @@ class Connection(asyncio.Protocol):
                 self._fail(_refused("bad framing (trailer section too large)"))
         else:
             self._bare_bytes = 0
-        if self._receiver is not None:
-            self._notify()
+        receiver = self._receiver
+        if receiver is not None:  # (_notify, inline: once per answer)
+            head = self._head
+            if head is not None and head.done():
+                self._receiver = None
+                receiver()
 
     def _headed_only(self, data: bytes) -> None:
         """The read that completed an answer to HEAD: reused only if it ended with the
@@ -416,7 +436,7 @@ class Connection(asyncio.Protocol):
                 self._interim(status, self._phrase(status), self._fields)
             self._fields, self._field_bytes = [], 0
             return
-        version = self._parser.get_http_version()
+        version = self._parser.get_http_version()  # (a str made per call: read once)
         if version not in ("1.1", "1.0"):
             # RFC 9112 §4: an HTTP/1.x status line. llhttp takes "HTTP/2.0", which has no
             # such framing (RFC 9113): its length cannot be trusted.
@@ -426,53 +446,24 @@ class Connection(asyncio.Protocol):
         self._switching = False
         self._headed = True
         self.status = status
+        self.http_version = version
         if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
             self.pool.heard(self.origin, version)
-        self._reason = self._phrase(status)
-        fields = self._fields = FieldList(self._fields)  # by name, for every rule after
+        self.reason = _PHRASES.get(self._status_text) or self._phrase(status)
+        fields = self._fields = _indexed(self._fields)  # by name, for every rule after
         by_name = fields.by_name
         if not self._parser.should_keep_alive() and not (
                 self._head_only and _persists(version, by_name.get("connection"))):
             # (llhttp takes an answer to HEAD with neither Content-Length nor chunked to
             # run to the close: it has no content, and persists as any answer, §9.3.)
             self.reusable = False
-        codings = by_name.get("transfer-encoding") or []
-        named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")] \
-            if codings else []
-        names = transfer_coding_names(codings) if codings else named
-        if codings and (names.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(names)
-                        or names.count("chunked") != named.count("chunked")) \
-                and not (self._head_only or status in (204, 304)):
-            # (An answer with no content may name the coding the content would have had,
-            # RFC 9112 §6.1: a 304, an answer to HEAD.)
-            # RFC 9112 §7: a recipient that takes a transfer coding off decodes it; this
-            # one decodes chunked alone. Relayed, "gzip, chunked" lost its gzip and was
-            # stored as the content; chunked twice is invalid (§7.1). A 502, as nginx's
-            # "unknown Transfer-Encoding". (A token that names no coding is taken to
-            # leave the content as it is: the public suite's headers-store-Transfer-
-            # Encoding stores such an answer, its field left out.) A coding is known by its
-            # name, whatever its parameters (§7: "gzip;level=9, chunked" is gzip); chunked
-            # with one ("chunked;x=1") is not framed by llhttp, which would relay its
-            # chunk framing as the content.
-            raise httptools.HttpParserError(
-                f"transfer coding {', '.join(codings)!r} (only chunked is decoded)")
-        if codings and self._parser.get_http_version() == "1.0":
-            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
-            # and its connection is closed after it (the sender may have held part of it
-            # back, to be misread as the next answer), as nginx does.
-            self.reusable = False
+        codings = by_name.get("transfer-encoding")
+        # (Transfer-Encoding's rules: _transfer_coded, for the answers that have one.)
+        chunked = self._transfer_coded(codings, version, status) if codings else False
         lengths = by_name.get("content-length")
         content_length = self.content_length = lengths[0] if lengths else None
         # RFC 9112 §6.3: a Transfer-Encoding whose final coding is not chunked runs to the
         # close, as does a message with neither it nor Content-Length.
-        chunked = bool(named) and named[-1] == "chunked"
-        if chunked and not self._head_only:
-            # The head's Content-Length beside chunked was refused before this callback;
-            # what llhttp would still refuse is one in the trailer section, which RFC 9110
-            # §6.5.1 says to ignore (nginx does): a whole body broke off for it.
-            # (_reset_exchange sets it back for the next answer on the connection.)
-            self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
-            self._lenient = True
         length = not codings and content_length is not None
         self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:
@@ -491,6 +482,42 @@ class Connection(asyncio.Protocol):
                 chunked or (not codings and content_length not in (None, "0")))
             self._wake()
 
+    def _transfer_coded(self, codings: list[str], version: str, status: int) -> bool:
+        """An answer with Transfer-Encoding: refused for a coding this proxy cannot take
+        off; True when it is chunked (its final coding, RFC 9112 §6.3)."""
+        named = [c.strip(" \t").lower() for c in ",".join(codings).split(",")]
+        names = transfer_coding_names(codings)
+        if (names.count("chunked") > 1 or not _CONTENT_CODINGS.isdisjoint(names)
+                or names.count("chunked") != named.count("chunked")) \
+                and not (self._head_only or status in (204, 304)):
+            # (An answer with no content may name the coding the content would have had,
+            # RFC 9112 §6.1: a 304, an answer to HEAD.)
+            # RFC 9112 §7: a recipient that takes a transfer coding off decodes it; this
+            # one decodes chunked alone. Relayed, "gzip, chunked" lost its gzip and was
+            # stored as the content; chunked twice is invalid (§7.1). A 502, as nginx's
+            # "unknown Transfer-Encoding". (A token that names no coding is taken to
+            # leave the content as it is: the public suite's headers-store-Transfer-
+            # Encoding stores such an answer, its field left out.) A coding is known by its
+            # name, whatever its parameters (§7: "gzip;level=9, chunked" is gzip); chunked
+            # with one ("chunked;x=1") is not framed by llhttp, which would relay its
+            # chunk framing as the content.
+            raise httptools.HttpParserError(
+                f"transfer coding {', '.join(codings)!r} (only chunked is decoded)")
+        if version == "1.0":
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+            # and its connection is closed after it (the sender may have held part of it
+            # back, to be misread as the next answer), as nginx does.
+            self.reusable = False
+        chunked = bool(named) and named[-1] == "chunked"
+        if chunked and not self._head_only:
+            # The head's Content-Length beside chunked was refused before this callback;
+            # what llhttp would still refuse is one in the trailer section, which RFC 9110
+            # §6.5.1 says to ignore (nginx does): a whole body broke off for it.
+            # (_reset_exchange sets it back for the next answer on the connection.)
+            self._parser.set_dangerous_leniencies(lenient_chunked_length=True)
+            self._lenient = True
+        return chunked
+
     def _switched(self) -> None:
         """A 101 to a request that asked to upgrade (RFC 9110 §15.2.2): the head is in;
         the connection ends with it as an HTTP one, and what follows is read once a
@@ -498,7 +525,8 @@ class Connection(asyncio.Protocol):
         self._headed = True
         self.status = 101
         self.reusable = False
-        self._reason = self._phrase(101)
+        self.reason = self._phrase(101)
+        self.http_version = self._parser.get_http_version() or "1.1"
         self._fields = FieldList(self._fields)
         if self.transport is not None:
             self.transport.pause_reading()
@@ -555,7 +583,9 @@ class Connection(asyncio.Protocol):
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+        waiter = self._waiter  # (_wake, inline: once per body piece)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200:
@@ -573,7 +603,9 @@ class Connection(asyncio.Protocol):
             # One that does may send the content it announced after the head (RFC 9112
             # §6.3: no content), to be read as the next request's answer: not kept.
             self.reusable = False
-        self._wake()
+        waiter = self._waiter  # (_wake, inline: once per answer)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- the exchange -------------------------------------------------------------------
 
@@ -759,12 +791,8 @@ class Connection(asyncio.Protocol):
         return self._fields
 
     @property
-    def reason(self) -> str:
-        return self._reason
-
-    @property
     def version(self) -> tuple[int, int]:
-        return _version(self._parser.get_http_version() or "1.1")
+        return _version(self.http_version)
 
     async def read_chunk(self, read_timeout: float) -> bytes:
         """The next body bytes; b"" at the end. Raises UpstreamError when it broke."""
@@ -799,11 +827,15 @@ class Connection(asyncio.Protocol):
 
     def take_body(self) -> bytes:
         """The whole body of an answer read whole (finished()), at once."""
-        chunks, self._chunks, self._buffered = self._chunks, deque(), 0
+        chunks, self._buffered = self._chunks, 0
         if self._paused and self.transport is not None:  # (over _HIGH_WATER in one read)
             self._paused = False
             self.transport.resume_reading()  # else the next exchange on it reads nothing
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(chunks) == 1:  # (the deque stays, empty, for the connection's next answer)
+            return chunks.popleft()
+        body = b"".join(chunks)
+        chunks.clear()
+        return body
 
     def send_gathered(self, head: bytes) -> None:
         transport = self.transport
@@ -933,7 +965,7 @@ class Pool:
         """A request head to send at the end of this loop iteration, with the others made
         in it: as the client plane gathers its answers (client_conn._write)."""
         if not self._gathered:
-            self.loop().call_soon(self._send_gathered)
+            conn._loop.call_soon(self._send_gathered)  # (the pool's loop: no call to find it)
         self._gathered.append((conn, head))
 
     def _send_gathered(self) -> None:
@@ -1129,8 +1161,9 @@ class Pool:
     def release(self, conn: Connection) -> None:
         """After an exchange: back to the idle list when its answer was read whole and
         its framing held, else closed."""
-        if conn in self._streams:  # (pooled again, it would count past the limit)
-            self._streams.discard(conn)
+        streams = self._streams
+        if streams and conn in streams:  # (pooled again, it would count past the limit)
+            streams.discard(conn)
             conn.close()
             self._wake_one()
             return
@@ -1142,10 +1175,15 @@ class Pool:
             if conn.idle_timer is None:
                 conn.idle_timer = loop.call_at(until, self._idle_check, conn)
             conn._head = None  # idle: any byte now is a framing error
-            self._idle.setdefault(conn.origin, []).append(conn)
+            idle = self._idle.get(conn.origin)
+            if idle is None:
+                self._idle[conn.origin] = [conn]
+            else:
+                idle.append(conn)
         else:
             conn.close()
-        self._wake_one()
+        if self._waiters:
+            self._wake_one()
 
     def _idle_check(self, conn: Connection) -> None:
         """proxy.upstream_keepalive_timeout: an idle connection closes at its deadline."""

@@ -214,7 +214,8 @@ class Connection(asyncio.Protocol):
         self._interims = 0  # 1xx answers read before the final one
         self._line = START  # where a status line may begin (http/status_line.py)
         self._fields: list[tuple[str, str]] = []
-        self._field_bytes = 0
+        self._field_bytes = 0      # the section's, counted once _counting (on_header)
+        self._counting = False
         self._headed = False       # the head is in: later field lines are trailers
         self.reason = ""
         self._status_text = b""    # the reason phrase as received, in pieces
@@ -271,6 +272,8 @@ class Connection(asyncio.Protocol):
                 else:  # split, or an interim answer (1xx): after its end, another
                     data, self._line = read_as_1_1(data, line)
             self._head_bytes += len(data)
+            if self._head_bytes > _MAX_FIELD_BYTES and not self._counting:
+                self._count_fields()
             # proxy.read_timeout is the time between two reads (nginx's
             # proxy_read_timeout), for a head that trickles in as for a body.
             self._read_until = self._loop.time() + self._read_timeout
@@ -313,6 +316,16 @@ class Connection(asyncio.Protocol):
             if head is not None and head.done():
                 self._receiver = None
                 receiver()
+
+    def _count_fields(self) -> None:
+        """The head's bytes passed _MAX_FIELD_BYTES: on_header counts its section's field
+        bytes from now on, from those it holds. (Until then no section can hold more than
+        the bytes received: a field's name and value are spans of them, and on_header
+        need not count.)"""
+        self._counting = True
+        self._field_bytes = sum(len(n.encode("utf-8", "surrogateescape"))
+                                + len(v.encode("utf-8", "surrogateescape"))
+                                for n, v in self._fields)
 
     def _headed_only(self, data: bytes) -> None:
         """The read that completed an answer to HEAD: reused only if it ended with the
@@ -397,9 +410,10 @@ class Connection(asyncio.Protocol):
                 # answer as data after a close): the connection is not reused.
                 self.reusable = False
             return
-        self._field_bytes += len(name) + len(value)
-        if self._field_bytes > _MAX_FIELD_BYTES:
-            raise httptools.HttpParserError("header section too large")
+        if self._counting:  # (off while the head's bytes are fewer than the bound)
+            self._field_bytes += len(name) + len(value)
+            if self._field_bytes > _MAX_FIELD_BYTES:
+                raise httptools.HttpParserError("header section too large")
         # Decoded as aiohttp decodes fields, so that the bytes go on unchanged.
         self._fields.append((name.decode("utf-8", "surrogateescape"),
                              value.decode("utf-8", "surrogateescape")))

@@ -236,7 +236,7 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0       # bytes received before the head was complete
         self._bare_bytes = 0       # bytes received since the last body byte (head in)
         self.status = 0
-        self.http_version = "1.1"  # the final answer's, as llhttp read it (on_headers_complete)
+        self.version = (1, 1)  # the final answer's HTTP version (on_headers_complete)
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -274,9 +274,6 @@ class Connection(asyncio.Protocol):
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_FIELD_BYTES and not self._counting:
                 self._count_fields()
-            # proxy.read_timeout is the time between two reads (nginx's
-            # proxy_read_timeout), for a head that trickles in as for a body.
-            self._read_until = self._loop.time() + self._read_timeout
         buffered = self._buffered  # (only on_body changes it while the parser runs)
         try:
             self._parser.feed_data(data)
@@ -292,9 +289,15 @@ class Connection(asyncio.Protocol):
                 self._skip_trailer(data)  # (_lenient: a chunked answer's body under way)
             else:
                 self._fail(_refused(f"bad framing ({_cause(exc)})"))
-        if not self._headed and self._head_bytes > _MAX_FIELD_BYTES + 8192:
-            # Still no whole head: llhttp builds a field up before on_header sees it.
-            self._fail(_refused("bad framing (header section too large)"))
+        if not self._headed:
+            if self._head_bytes > _MAX_FIELD_BYTES + 8192:
+                # Still no whole head: llhttp builds a field up before on_header sees it.
+                self._fail(_refused("bad framing (header section too large)"))
+            else:
+                # proxy.read_timeout is the time between two reads (nginx's
+                # proxy_read_timeout), for a head that trickles in as for a body. (Once
+                # the head is in, nothing reads this deadline: no clock read for it.)
+                self._read_until = self._loop.time() + self._read_timeout
         elif not headed and self._head_only and self._headed:
             self._headed_only(data)
         elif headed and self._buffered == buffered and not self._complete \
@@ -460,7 +463,7 @@ class Connection(asyncio.Protocol):
         self._switching = False
         self._headed = True
         self.status = status
-        self.http_version = version
+        self.version = (1, 1) if version == "1.1" else (1, 0)
         if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
             self.pool.heard(self.origin, version)
         self.reason = _PHRASES.get(self._status_text) or self._phrase(status)
@@ -540,7 +543,7 @@ class Connection(asyncio.Protocol):
         self.status = 101
         self.reusable = False
         self.reason = self._phrase(101)
-        self.http_version = self._parser.get_http_version() or "1.1"
+        self.version = _version(self._parser.get_http_version() or "1.1")
         self._fields = FieldList(self._fields)
         if self.transport is not None:
             self.transport.pause_reading()
@@ -803,10 +806,6 @@ class Connection(asyncio.Protocol):
 
     def fields(self) -> list[tuple[str, str]]:
         return self._fields
-
-    @property
-    def version(self) -> tuple[int, int]:
-        return _version(self.http_version)
 
     async def read_chunk(self, read_timeout: float) -> bytes:
         """The next body bytes; b"" at the end. Raises UpstreamError when it broke."""

@@ -144,6 +144,27 @@ def _upstream_target(url: str) -> tuple[Origin, str, str | None]:
     return origin, target, credentials
 
 
+# Request lines made by request_head_again, by (method, url): the same few URLs come
+# again and again. Bounded: emptied when full (a crawl's URLs each come once).
+_LINES: dict[tuple[str, str], bytes] = {}
+_MAX_LINES = 1024
+
+
+def _request_line(method: str, url: str) -> bytes:
+    """The request line for method and url (kept in _LINES when the URL is short enough
+    to be memoised); no CR or LF in it (no request splitting)."""
+    short = len(url) <= _MEMO_URL
+    target = (_upstream_target if short else _upstream_target.__wrapped__)(url)[1]
+    if "\r" in target or "\n" in target:
+        raise UpstreamError(502, "the request target cannot be sent")
+    line = f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape")
+    if short:
+        if len(_LINES) >= _MAX_LINES:
+            _LINES.clear()
+        _LINES[method, url] = line
+    return line
+
+
 def _basic(url: URL) -> str:
     """RFC 7617: the upstream URL's user and password as Basic credentials."""
     pair = f"{url.user or ''}:{url.password or ''}".encode()
@@ -259,12 +280,10 @@ class Exchange:
         with the same fields, reused (ClientConnection._upstream_head). The request line
         alone is made; it holds no CR or LF (no request splitting), as _request_head
         checks of the whole head."""
-        target = (_upstream_target if len(url) <= _MEMO_URL
-                  else _upstream_target.__wrapped__)(url)[1]
-        if "\r" in target or "\n" in target:
-            raise UpstreamError(502, "the request target cannot be sent")
-        return f"{method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape") \
-            + field_lines
+        line = _LINES.get((method, url))
+        if line is None:
+            line = _request_line(method, url)
+        return line + field_lines
 
     async def send(
         self, method: str, url: str, fields: list[tuple[str, str]], body: Body | None,

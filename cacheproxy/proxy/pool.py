@@ -73,17 +73,8 @@ _PHRASES: dict[bytes, str] = {}
 _MAX_PHRASES = 64
 
 
-def _indexed(pairs: list[tuple[str, str]]) -> FieldList:
-    """FieldList(pairs), made without its __init__ (a Python call and super()'s: a fifth
-    of an answer's parse, once per exchange)."""
-    by_name: dict[str, list[str]] = {}
-    for k, v in pairs:
-        lk = k.lower()
-        if lk in by_name:
-            by_name[lk].append(v)
-        else:
-            by_name[lk] = [v]
-    return FieldList.indexed(pairs, by_name)
+# An empty FieldList, its index not made yet: _unindexed(FieldList) (list's own __new__).
+_unindexed: Callable[[type[FieldList]], FieldList] = list.__new__  # type: ignore[assignment]
 
 
 @lru_cache(maxsize=8)
@@ -213,7 +204,9 @@ class Connection(asyncio.Protocol):
         self._interim: Interim | None = None  # where 1xx answers go (send's interim)
         self._interims = 0  # 1xx answers read before the final one
         self._line = START  # where a status line may begin (http/status_line.py)
-        self._fields: list[tuple[str, str]] = []
+        # The section's fields as on_header decodes them, in a FieldList from the start:
+        # on_headers_complete only adds the index (no copy, no __init__).
+        self._fields: FieldList = _unindexed(FieldList)
         self._field_bytes = 0      # the section's, counted once _counting (on_header)
         self._counting = False
         self._headed = False       # the head is in: later field lines are trailers
@@ -450,8 +443,8 @@ class Connection(asyncio.Protocol):
                 # the proxy already (client_conn), and a 101 is an upgrade, not this.
                 # (Only the first few: an origin sending them without end would fill
                 # the buffer of a client that does not read.)
-                self._interim(status, self._phrase(status), self._fields)
-            self._fields, self._field_bytes = [], 0
+                self._interim(status, self._phrase(status), list(self._fields))
+            self._fields, self._field_bytes = _unindexed(FieldList), 0
             return
         version = self._parser.get_http_version()  # (a str made per call: read once)
         if version not in ("1.1", "1.0"):
@@ -467,8 +460,17 @@ class Connection(asyncio.Protocol):
         if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
             self.pool.heard(self.origin, version)
         self.reason = _PHRASES.get(self._status_text) or self._phrase(status)
-        fields = self._fields = _indexed(self._fields)  # by name, for every rule after
-        by_name = fields.by_name
+        # By lower-cased name, for every rule after (FieldList's index, made here: a
+        # call and a copy fewer than FieldList.__init__).
+        fields = self._fields
+        by_name: dict[str, list[str]] = {}
+        for k, v in fields:
+            lk = k.lower()
+            if lk in by_name:
+                by_name[lk].append(v)
+            else:
+                by_name[lk] = [v]
+        fields.by_name = by_name
         if not self._parser.should_keep_alive() and not (
                 self._head_only and _persists(version, by_name.get("connection"))):
             # (llhttp takes an answer to HEAD with neither Content-Length nor chunked to
@@ -675,7 +677,10 @@ class Connection(asyncio.Protocol):
         if self._closed or transport is None or transport.is_closing():
             raise _refused("closed before answering")
         self._receiver = receiver
-        self.pool.gather(self, head)
+        pool = self.pool  # (Pool.gather, inline: once per quick forward)
+        if not pool._gathered:
+            loop.call_soon(pool._send_gathered)
+        pool._gathered.append((self, head))
         self._read_timeout = read_timeout
         self._read_until = loop.time() + read_timeout
         if self._read_timer is None:
@@ -1181,7 +1186,9 @@ class Pool:
             self._wake_one()
             return
         retired = self._retired
-        if conn.reusable and conn.finished() and not conn._closed \
+        pump = conn._pump  # (conn.finished(), inline: once per exchange)
+        if conn.reusable and conn._complete and not conn._chunks \
+                and (pump is None or pump.done()) and not conn._closed \
                 and not (retired and conn.origin in retired):
             loop = conn._loop
             conn.idle_until = until = loop.time() + self.keepalive

@@ -33,12 +33,15 @@ from cacheproxy.observe.record import (
     HitLines,
     LogRecord,
     json_line,
+    json_middle,
+    json_tail,
     record_of,
+    templated_line,
     to_json,
     to_text,
 )
 from cacheproxy.observe.sink import LogSink
-from cacheproxy.observe.stats import Stats
+from cacheproxy.observe.stats import HitSlot, Stats
 from cacheproxy.policies.referer import redact
 
 log = logging.getLogger("cacheproxy")
@@ -55,7 +58,8 @@ class Observer:
         self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
-        self._hit_lines = HitLines()
+        self._hit_lines = HitLines()  # (a hit of no slot: one whose line is long)
+        self._slots: dict[tuple[object, ...], HitSlot] = {}  # fresh hits' by _hit_key
         # The proxy listener's client connections, for /metrics: (open now, the most
         # allowed, closed at that limit since start); set by the listener, read per scrape.
         self.connections: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
@@ -68,6 +72,7 @@ class Observer:
     def stats(self) -> Stats:
         """The counters, with every request recorded so far in them."""
         self.settle()
+        self._stats.settle_hits()
         return self._stats
 
     def runner_args(self, control: bool = False) -> dict[str, Any]:
@@ -144,8 +149,12 @@ class Observer:
         nothing forward), from its parts: the quick path's plain hits make no Outcome.
         path is the target as logged (redacted). The record itself is made with the
         batch (settle): only the time the request ended is taken now."""
-        self._add((msg, remote, host, path, route, secrets, status, sent, age, ttl, member,
-                   started, time.perf_counter()), True)
+        parts = (msg, remote, host, path, route, secrets, status, sent, age, ttl, member,
+                 started, time.perf_counter())
+        if self._pending:  # (_add's, but for the batch's first)
+            self._pending.append((parts, True))
+        else:
+            self._add(parts, True)
 
     def upstream_answered(self, upstream_ms: float) -> None:
         """A request sent upstream on no client's behalf (a stale-while-revalidate
@@ -205,7 +214,56 @@ class Observer:
     def _settle_hit(self, parts: _HitParts, counted: bool, wall: float, now: float,
                     lines: list[str]) -> None:
         """What settle does with record_hit's parts: the same counts and line as with
-        _hit_record's record (tests/test_observe.py)."""
+        _hit_record's record (tests/test_observe.py). Hits of one shape (all that the line
+        is made of but time, client and duration) share a slot: its line's template, and
+        its counts until they are read (Stats.add_slot_hit)."""
+        (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
+         ended) = parts
+        h = msg.headers
+        # (the Referer as sent, with the secrets it is redacted of: redacted once a slot)
+        key = (msg.method, msg.version, h.get(REFERER), h.get(USER_AGENT), host, path, route,
+               secrets, status, sent, int(age), int(ttl // 1), member)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._new_slot(key, parts)
+            if slot is None:  # too long to keep
+                self._settle_hit_slowly(parts, counted, wall, now, lines)
+                return
+        client = remote or "-"
+        when = wall - (now - started)
+        if counted:
+            self._stats.add_slot_hit(
+                slot, when, partial(_slot_record, slot.shape, client, started, ended, wall, now))
+        if self.sink is not None:
+            template = slot.template
+            if template is None:  # (a line too long for a template: made each time)
+                lines.append(to_json(_slot_record(slot.shape, client, started, ended, wall,
+                                                  now)))
+            else:
+                lines.append(templated_line(template, when, client, (ended - started) * 1000))
+
+    def _new_slot(self, key: tuple[Any, ...], parts: _HitParts) -> HitSlot | None:
+        """A slot for hits of this key, kept; None when its values are too long to keep
+        (bounded as HitLines: at most _SLOTS_KEPT, of about _SLOT_LONGEST characters)."""
+        if sum(len(v) for v in key if type(v) is str) > _SLOT_LONGEST:
+            return None
+        fields = _hit_fields(parts)
+        shape = fields[:12]
+        template = None
+        if self.sink is not None:
+            r = _hit_record(fields, 0.0, 0.0)
+            template = (json_middle(r), json_tail(r))
+            if len(template[0]) + len(template[1]) > _SLOT_LONGEST:
+                template = None
+        slots = self._slots
+        if len(slots) >= _SLOTS_KEPT:
+            slots.clear()  # (a slot's waiting counts are in Stats' list of them)
+        slot = slots[key] = HitSlot(shape[6], shape[4], shape[8], shape, template)
+        return slot
+
+    def _settle_hit_slowly(self, parts: _HitParts, counted: bool, wall: float, now: float,
+                           lines: list[str]) -> None:
+        """_settle_hit of a hit of no slot: counted and written at once."""
         fields = _hit_fields(parts)  # (what can fail, before anything is counted)
         # shape: all that the line is made of but time, client and total_ms.
         shape, (client, started, ended) = fields[:12], fields[12:]
@@ -232,6 +290,7 @@ class Observer:
             old.reopen()
             old = None
         self.format = to_text if config.format == "text" else to_json
+        self._slots.clear()  # their templates were made for the old format
         if old is not None:
             old.flush()
             # close() joins the writer thread: not on the loop.
@@ -272,6 +331,16 @@ def _hit_fields(parts: _HitParts) -> _HitFields:
     return (msg.method, msg.version, redact(referer, secrets),
             h.get(USER_AGENT), host, path, route, status, sent, int(age), int(ttl // 1),
             member, remote or "-", started, ended)
+
+
+# Hit slots kept, and the characters of a slot's values and of its template at most:
+# some 2 KB each with its key, about 5 MB in all.
+_SLOTS_KEPT, _SLOT_LONGEST = 2048, 1024
+
+
+def _slot_record(shape: tuple[Any, ...], client: str, started: float, ended: float,
+                 wall: float, now: float) -> LogRecord:
+    return _hit_record((*shape, client, started, ended), wall, now)
 
 
 def _hit_record(fields: _HitFields, wall: float, now: float) -> LogRecord:

@@ -245,8 +245,14 @@ class HitLines:
                 if len(templates) >= self._kept:
                     templates.clear()
                 templates[shape] = found
-        return f'{{"time":"{iso_time(when)}","client":{_ESCAPED.get(client) or _e(client)},' \
-               f'{found[0]}{ms_json(total_ms)}{found[1]}'
+        return templated_line(found, when, client, total_ms)
+
+
+def templated_line(template: tuple[str, str], when: float, client: str, total_ms: float) -> str:
+    """A line from its template (json_middle and json_tail of its record) and the three
+    fields that differ between lines of one template."""
+    return f'{{"time":"{iso_time(when)}","client":{_ESCAPED.get(client) or _e(client)},' \
+           f'{template[0]}{ms_json(total_ms)}{template[1]}'
 
 
 # C0, DEL and C1 controls; and the bytes that were no UTF-8 (obs-text, read with

@@ -50,9 +50,11 @@ class Stats:
         self.upstream_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
         self.upstream_sum = 0.0
         self.series: deque[list[int]] = deque(maxlen=SERIES_BUCKETS)  # [start, requests, hits]
+        self._newest: list[int] = [_NO_BUCKET, 0, 0]  # series[-1] (or none): most requests' bucket
         # The last records, or what makes one (add_hit): read them with recent_records().
         self.recent: deque[LogRecord | Callable[[], LogRecord]] = deque(maxlen=RECENT_LINES)
-        self.hosts = HostTable()
+        self.hosts = HostTable(before_fold=self.settle_hits)
+        self._hit_slots: list[HitSlot] = []  # those with hits not yet in the counters
 
     def add(self, r: LogRecord) -> None:
         self.requests += 1
@@ -134,13 +136,51 @@ class Stats:
         self.recent.append(record)
         self.hosts.add(host, sent, None, "HIT")
 
+    def add_slot_hit(self, slot: HitSlot, when: float, record: Callable[[], LogRecord]) -> None:
+        """add_hit(when, slot.route, slot.host, slot.sent, record) for a hit of the slot's
+        shape: its counts wait in the slot, added n at a time when they are read
+        (settle_hits). Counted at once when the slot is new or its host may have been
+        folded away since (HostTable.gen): a host is admitted, and a route's key made,
+        in the order of the requests, so the counters read as if each hit were added."""
+        if slot.gen != self.hosts.gen:
+            self.add_hit(when, slot.route, slot.host, slot.sent, record)
+            slot.gen = self.hosts.gen
+            return
+        if not slot.n:
+            self._hit_slots.append(slot)
+        slot.n += 1
+        bucket = self._newest  # (_in_series, inlined for the bucket of nearly every hit)
+        if bucket[0] <= when < bucket[0] + SERIES_SECONDS:
+            bucket[1] += 1
+            bucket[2] += 1
+        else:
+            self._in_series(when, True)
+        self.recent.append(record)
+
+    def settle_hits(self) -> None:
+        """Add the hits add_slot_hit kept in slots: to be called before the counters are
+        read (Observer.stats, snapshot) and before the host table folds."""
+        slots = self._hit_slots
+        if not slots:
+            return
+        self._hit_slots = []
+        by_route_cache, hosts = self.by_route_cache, self.hosts
+        for slot in slots:
+            n, slot.n = slot.n, 0
+            self.requests += n
+            self.by_cache["HIT"] += n
+            key = (slot.route, "HIT")
+            by_route_cache[key] = by_route_cache.get(key, 0) + n
+            self.bytes_from_cache += n * slot.sent
+            hosts.add(slot.host, n * slot.sent, None, "HIT", n)
+
     def _in_series(self, when: float, hit: bool) -> None:
         start = int(when) // SERIES_SECONDS * SERIES_SECONDS
         series = self.series
         if series and series[-1][0] == start:
             bucket: list[int] | None = series[-1]
         elif not series or series[-1][0] < start:
-            bucket = [start, 0, 0]
+            bucket = self._newest = [start, 0, 0]
             series.append(bucket)
         else:
             bucket = self._earlier_bucket(start)
@@ -175,10 +215,12 @@ class Stats:
 
     def recent_records(self) -> list[LogRecord]:
         """The last RECENT_LINES records, oldest first."""
+        self.settle_hits()  # (not needed for them: for a caller that reads the counters next)
         return [r if type(r) is LogRecord else r() for r in self.recent]  # type: ignore[operator]
 
     def snapshot(self, now: float, store: dict[str, Any], version: str) -> dict[str, Any]:
         """The JSON of GET <prefix>stats (the dashboard's source)."""
+        self.settle_hits()
         hits = sum(self.by_cache[s] for s in HIT_STATUSES)
         # Of all body bytes sent, as `cacheproxy logs` reports it (summary.py) and as
         # hit_ratio counts every request: not of the hits' and misses' bytes alone.
@@ -201,6 +243,25 @@ class Stats:
             "hosts": hosts,
             "hosts_other": other,
         }
+
+
+# _newest before the first bucket: no time falls in it.
+_NO_BUCKET = 1 << 62
+
+
+class HitSlot:
+    """Fresh hits of one shape (a route, a host, a body size: of one template of their log
+    line, observer.py) whose counts wait to be added, n at a time (Stats.settle_hits).
+    shape and template are the observer's: what the hit's record and line are made from."""
+
+    __slots__ = ("gen", "host", "n", "route", "sent", "shape", "template")
+
+    def __init__(self, route: str, host: str, sent: int, shape: tuple[Any, ...],
+                 template: tuple[str, str] | None) -> None:
+        self.route, self.host, self.sent = route, host, sent
+        self.shape, self.template = shape, template
+        self.n = 0
+        self.gen = -1  # no HostTable.gen: the first hit is counted at once
 
 
 class HostCount:
@@ -235,27 +296,33 @@ class HostTable:
     is counted once, in a host's figures or in `other`, and the listed figures are exact
     since the host was last (re)admitted."""
 
-    def __init__(self, kept: int = HOSTS_KEPT) -> None:
+    def __init__(self, kept: int = HOSTS_KEPT,
+                 before_fold: Callable[[], None] = lambda: None) -> None:
         self.kept = kept
         self.counts: dict[str, HostCount] = {}
         self.other = HostCount()  # hosts folded away
+        self.gen = 0  # folds so far: a host counted before one may be gone
+        self._before_fold = before_fold  # what adds the counts still waiting (Stats)
 
-    def add(self, host: str, sent: int, bytes_in: int | None, cache: str) -> None:
-        """A record's share: its host, body bytes sent, tunnel bytes in, cache status."""
+    def add(self, host: str, sent: int, bytes_in: int | None, cache: str, n: int = 1) -> None:
+        """A record's share: its host, body bytes sent, tunnel bytes in, cache status
+        (n records': their sums)."""
         host = host[:HOST_CHARS]
         count = self.counts.get(host)
         if count is None:
             if len(self.counts) >= 2 * self.kept:
                 self._fold()
             count = self.counts[host] = HostCount()
-        count.requests += 1
+        count.requests += n
         count.bytes += sent
         if bytes_in is not None:
             count.bytes_in += bytes_in
         by_cache = count.by_cache
-        by_cache[cache] = by_cache.get(cache, 0) + 1
+        by_cache[cache] = by_cache.get(cache, 0) + n
 
     def _fold(self) -> None:
+        self._before_fold()  # the busiest are chosen by every request so far
+        self.gen += 1
         ranked = self._ranked()
         self.counts = dict(ranked[:self.kept])
         for _, count in ranked[self.kept:]:

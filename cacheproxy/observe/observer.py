@@ -72,7 +72,7 @@ class Observer:
     def stats(self) -> Stats:
         """The counters, with every request recorded so far in them."""
         self.settle()
-        self._stats.settle_hits()
+        self._stats.settle_slots()
         return self._stats
 
     def runner_args(self, control: bool = False) -> dict[str, Any]:
@@ -233,7 +233,7 @@ class Observer:
         when = wall - (now - started)
         if counted:
             self._stats.add_slot_hit(
-                slot, when, partial(_slot_record, slot.shape, client, started, ended, wall, now))
+                slot, when, (_slot_record, slot.shape, client, started, ended, wall, now))
         if self.sink is not None:
             template = slot.template
             if template is None:  # (a line too long for a template: made each time)

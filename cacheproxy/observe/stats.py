@@ -10,7 +10,6 @@ import json
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from cacheproxy.observe.record import (
@@ -34,6 +33,11 @@ HOST_CHARS = 255          # a Host is counted under this much of it (a client se
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# What makes a record when the stats API reads it: a function, or a function and its
+# arguments in a tuple.
+_Maker = Callable[[], LogRecord] | tuple[Any, ...]
+
+
 class Stats:
     def __init__(self, started: float) -> None:
         self.started = started
@@ -51,10 +55,12 @@ class Stats:
         self.upstream_sum = 0.0
         self.series: deque[list[int]] = deque(maxlen=SERIES_BUCKETS)  # [start, requests, hits]
         self._newest: list[int] = [_NO_BUCKET, 0, 0]  # series[-1] (or none): most requests' bucket
-        # The last records, or what makes one (add_hit): read them with recent_records().
-        self.recent: deque[LogRecord | Callable[[], LogRecord]] = deque(maxlen=RECENT_LINES)
-        self.hosts = HostTable(before_fold=self.settle_hits)
-        self._hit_slots: list[HitSlot] = []  # those with hits not yet in the counters
+        # The last records, or what makes one (add_hit; a tuple: a function and its
+        # arguments, cheaper than a partial): read them with recent_records().
+        self.recent: deque[LogRecord | _Maker] = deque(maxlen=RECENT_LINES)
+        self.hosts = HostTable(before_fold=self.settle_slots)
+        self._waiting: list[CountSlot] = []  # slots with requests not yet in the counters
+        self._slots: dict[tuple[object, ...], CountSlot] = {}  # add_fields' (a miss's)
 
     def add(self, r: LogRecord) -> None:
         self.requests += 1
@@ -86,7 +92,44 @@ class Stats:
     def add_fields(self, f: Fields) -> None:
         """add(record_of(f)), from observer.record's fields: no record is made unless the
         stats API shows it. (The upstream time counted is the one measured, not the
-        log's, rounded to the microsecond.)"""
+        log's, rounded to the microsecond.) Its counts by route, cache status and host
+        wait in the slot of those (with whether the origin answered), as a fresh hit's
+        (add_slot_hit): counted at once when the slot is new or its host may have been
+        folded away since; a tunnel's (bytes from the client too), at once."""
+        cache = f[6]
+        key = (f[14], cache, f[3], f[11] is not None)
+        slot = self._slots.get(key)
+        if slot is None or slot.gen != self.hosts.gen or f[20] is not None:
+            self._add_fields_now(f)
+            if slot is None:
+                if cache == "TUNNEL" or f[20] is not None:  # (bytes both ways: no slot)
+                    return
+                slots = self._slots
+                if len(slots) >= SLOTS_KEPT:
+                    slots.clear()  # (a slot's waiting counts are in _waiting)
+                slot = slots[key] = CountSlot(f[14], cache, f[3], _bytes_to(cache, f[11]))
+            slot.gen = self.hosts.gen
+            return
+        if not slot.n:
+            self._waiting.append(slot)
+        slot.n += 1
+        slot.bytes += f[7]
+        if f[13]:
+            self.collapsed += 1
+        upstream_ms = f[12]
+        if upstream_ms is not None:
+            seconds = upstream_ms / 1000  # (add_upstream's)
+            self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.upstream_sum += seconds
+        when, bucket = f[0], self._newest  # (_in_series, inlined for the newest bucket)
+        if bucket[0] <= when < bucket[0] + SERIES_SECONDS:
+            bucket[1] += 1
+            bucket[2] += slot.to == _TO_CACHE
+        else:
+            self._in_series(when, slot.to == _TO_CACHE)
+        self.recent.append((record_of, f))
+
+    def _add_fields_now(self, f: Fields) -> None:
         self.requests += 1
         cache, sent = f[6], f[7]
         self.by_cache[cache] += 1
@@ -114,7 +157,7 @@ class Stats:
             self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
             self.upstream_sum += seconds
         self._in_series(f[0], hit)
-        self.recent.append(partial(record_of, f))
+        self.recent.append((record_of, f))
         self.hosts.add(f[3], sent, f[20], cache)
 
     def add_upstream(self, upstream_ms: float) -> None:
@@ -123,8 +166,7 @@ class Stats:
         self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.upstream_sum += seconds
 
-    def add_hit(self, when: float, route: str, host: str, sent: int,
-                record: Callable[[], LogRecord]) -> None:
+    def add_hit(self, when: float, route: str, host: str, sent: int, record: _Maker) -> None:
         """add() of a fresh hit's record (cache HIT, nothing forward, not collapsed), from
         what it counts: record() makes the record itself, if the stats API shows it."""
         self.requests += 1
@@ -136,10 +178,10 @@ class Stats:
         self.recent.append(record)
         self.hosts.add(host, sent, None, "HIT")
 
-    def add_slot_hit(self, slot: HitSlot, when: float, record: Callable[[], LogRecord]) -> None:
+    def add_slot_hit(self, slot: HitSlot, when: float, record: _Maker) -> None:
         """add_hit(when, slot.route, slot.host, slot.sent, record) for a hit of the slot's
         shape: its counts wait in the slot, added n at a time when they are read
-        (settle_hits). Counted at once when the slot is new or its host may have been
+        (settle_slots). Counted at once when the slot is new or its host may have been
         folded away since (HostTable.gen): a host is admitted, and a route's key made,
         in the order of the requests, so the counters read as if each hit were added."""
         if slot.gen != self.hosts.gen:
@@ -147,8 +189,9 @@ class Stats:
             slot.gen = self.hosts.gen
             return
         if not slot.n:
-            self._hit_slots.append(slot)
+            self._waiting.append(slot)
         slot.n += 1
+        slot.bytes += slot.sent
         bucket = self._newest  # (_in_series, inlined for the bucket of nearly every hit)
         if bucket[0] <= when < bucket[0] + SERIES_SECONDS:
             bucket[1] += 1
@@ -157,22 +200,31 @@ class Stats:
             self._in_series(when, True)
         self.recent.append(record)
 
-    def settle_hits(self) -> None:
-        """Add the hits add_slot_hit kept in slots: to be called before the counters are
-        read (Observer.stats, snapshot) and before the host table folds."""
-        slots = self._hit_slots
+    def settle_slots(self) -> None:
+        """Add the requests add_slot_hit and add_fields kept in slots: to be called before
+        the counters are read (Observer.stats, snapshot) and before the host table folds."""
+        slots = self._waiting
         if not slots:
             return
-        self._hit_slots = []
-        by_route_cache, hosts = self.by_route_cache, self.hosts
+        self._waiting = []
+        by_cache, by_route_cache, hosts = self.by_cache, self.by_route_cache, self.hosts
         for slot in slots:
-            n, slot.n = slot.n, 0
+            n, sent, cache = slot.n, slot.bytes, slot.cache
+            slot.n = slot.bytes = 0
             self.requests += n
-            self.by_cache["HIT"] += n
-            key = (slot.route, "HIT")
+            by_cache[cache] += n
+            key = (slot.route, cache)
             by_route_cache[key] = by_route_cache.get(key, 0) + n
-            self.bytes_from_cache += n * slot.sent
-            hosts.add(slot.host, n * slot.sent, None, "HIT", n)
+            to = slot.to
+            if to == _TO_CACHE:
+                self.bytes_from_cache += sent
+            elif to == _TO_ORIGIN:
+                self.bytes_from_origin += sent
+            else:
+                self.bytes_other += sent
+            if cache == "ERROR":
+                self.errors += n
+            hosts.add(slot.host, sent, None, cache, n)
 
     def _in_series(self, when: float, hit: bool) -> None:
         start = int(when) // SERIES_SECONDS * SERIES_SECONDS
@@ -215,12 +267,13 @@ class Stats:
 
     def recent_records(self) -> list[LogRecord]:
         """The last RECENT_LINES records, oldest first."""
-        self.settle_hits()  # (not needed for them: for a caller that reads the counters next)
-        return [r if type(r) is LogRecord else r() for r in self.recent]  # type: ignore[operator]
+        self.settle_slots()  # (not needed for them: for a caller that reads the counters next)
+        return [r if type(r) is LogRecord else r[0](*r[1:]) if type(r) is tuple else r()
+                for r in self.recent]  # type: ignore[operator]
 
     def snapshot(self, now: float, store: dict[str, Any], version: str) -> dict[str, Any]:
         """The JSON of GET <prefix>stats (the dashboard's source)."""
-        self.settle_hits()
+        self.settle_slots()
         hits = sum(self.by_cache[s] for s in HIT_STATUSES)
         # Of all body bytes sent, as `cacheproxy logs` reports it (summary.py) and as
         # hit_ratio counts every request: not of the hits' and misses' bytes alone.
@@ -249,19 +302,42 @@ class Stats:
 _NO_BUCKET = 1 << 62
 
 
-class HitSlot:
-    """Fresh hits of one shape (a route, a host, a body size: of one template of their log
-    line, observer.py) whose counts wait to be added, n at a time (Stats.settle_hits).
-    shape and template are the observer's: what the hit's record and line are made from."""
+# Where a slot's body bytes count (Stats.add_fields' three branches).
+_TO_CACHE, _TO_ORIGIN, _TO_OTHER = 0, 1, 2
+SLOTS_KEPT = 4096  # add_fields' slots (route, cache status, host): about 1 MB at most
 
-    __slots__ = ("gen", "host", "n", "route", "sent", "shape", "template")
+
+def _bytes_to(cache: str, upstream_status: int | None) -> int:
+    if cache in HIT_STATUSES:
+        return _TO_CACHE
+    if cache in ORIGIN_STATUSES and upstream_status is not None:  # from_origin()
+        return _TO_ORIGIN
+    return _TO_OTHER
+
+
+class CountSlot:
+    """Requests of one route, cache status and host (and so one place for their bytes)
+    whose counts wait to be added, n at a time (Stats.settle_slots)."""
+
+    __slots__ = ("bytes", "cache", "gen", "host", "n", "route", "to")
+
+    def __init__(self, route: str, cache: str, host: str, to: int) -> None:
+        self.route, self.cache, self.host, self.to = route, cache, host, to
+        self.n = self.bytes = 0
+        self.gen = -1  # no HostTable.gen: the first request is counted at once
+
+
+class HitSlot(CountSlot):
+    """Fresh hits of one shape (a route, a host, a body size: of one template of their log
+    line, observer.py). shape and template are the observer's: what the hit's record and
+    line are made from."""
+
+    __slots__ = ("sent", "shape", "template")
 
     def __init__(self, route: str, host: str, sent: int, shape: tuple[Any, ...],
                  template: tuple[str, str] | None) -> None:
-        self.route, self.host, self.sent = route, host, sent
-        self.shape, self.template = shape, template
-        self.n = 0
-        self.gen = -1  # no HostTable.gen: the first hit is counted at once
+        super().__init__(route, "HIT", host, _TO_CACHE)
+        self.sent, self.shape, self.template = sent, shape, template
 
 
 class HostCount:

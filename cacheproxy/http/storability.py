@@ -40,14 +40,17 @@ class Verdict:
 
 
 _YES = Verdict(True, "")
-
-
-def _no(reason: str) -> Verdict:
-    return Verdict(False, reason)
-
-
-def _no_by_request(reason: str) -> Verdict:
-    return Verdict(False, reason, by_request=True)
+# Every "no", made once: a frozen dataclass costs some 5,000 instructions to make, and
+# every answer that is not stored (each pass-through) gets one.
+_METHOD = Verdict(False, "method", by_request=True)
+_STATUS = Verdict(False, "status")
+_NO_STORE_BY_REQUEST = Verdict(False, "no-store", by_request=True)
+_MUST_UNDERSTAND = Verdict(False, "must-understand")
+_NO_STORE = Verdict(False, "no-store")
+_PRIVATE = Verdict(False, "private")
+_AUTHORIZATION = Verdict(False, "authorization", by_request=True)
+_VARY_STAR = Verdict(False, "vary-star")
+_SET_COOKIE = Verdict(False, "set-cookie")
 
 
 def storability(
@@ -68,36 +71,36 @@ def storability(
     if method == "POST":  # RFC 9110 §9.3.3
         if not (names_target and status in POST_STORED_STATUS and _explicit_freshness(
                 response, has_expires, policy.shared)):
-            return _no_by_request("method")
+            return _METHOD
     elif method != "GET":  # §3: the method must be cacheable; HEAD is answered from GET
-        return _no_by_request("method")
+        return _METHOD
     if status < 200 or status in (206, 304):  # §3: final, and no partial content kept
-        return _no("status")
+        return _STATUS
     if status in NEVER_STORED_STATUS:  # RFC 6585 §3-§6
-        return _no("status")
+        return _STATUS
     if request.no_store:  # §5.2.1.5: must-understand does not lift the request's no-store
-        return _no_by_request("no-store")
+        return _NO_STORE_BY_REQUEST
     if response.must_understand:
         # §5.2.2.3: must-understand overrides no-store for understood status codes only.
         if status not in UNDERSTOOD_STATUS:
-            return _no("must-understand")
+            return _MUST_UNDERSTAND
     elif response.no_store:  # §5.2.2.5
-        return _no("no-store")
+        return _NO_STORE
     if policy.shared and (response.private  # §5.2.2.7
                           or CONTENT_READ_WITH.intersection(response.private_fields)):
-        return _no("private")
+        return _PRIVATE
     if policy.shared and has_authorization and not (
         response.public or response.s_maxage is not None or response.must_revalidate
     ):  # §3.5
-        return _no_by_request("authorization")
+        return _AUTHORIZATION
     if vary_star:  # §4.1: "Vary: *" never matches, storing it is pointless
-        return _no("vary-star")
+        return _VARY_STAR
     if policy.shared and has_set_cookie and policy.set_cookie == "bypass" and (
             "set-cookie" not in response.private_fields):
         # A cookie is one client's; a shared cache never replays it (RFC 9111 §7.3). An
         # origin's private="Set-Cookie" says the rest is anyone's: stored without the
         # cookie (§5.2.2.7, excluded_fields).
-        return _no("set-cookie")
+        return _SET_COOKIE
     # §3: something must make it cacheable: explicit freshness, public, or a
     # heuristically cacheable status (private is fine for a private cache).
     if (
@@ -107,7 +110,7 @@ def storability(
         or status in HEURISTICALLY_CACHEABLE
     ):
         return _YES
-    return _no("status")
+    return _STATUS
 
 
 def is_event_stream(content_type: str | None) -> bool:

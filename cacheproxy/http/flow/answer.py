@@ -212,7 +212,7 @@ def _answered(
     if not fwd.may_store:
         if stored is None and fwd.reason in ("bypass", "method"):
             return Pass(None)
-        return _not_stored(stored, status, Verdict(False, "no-store", by_request=True), req, key)
+        return _not_stored(stored, status, _NO_STORE_BY_REQUEST, req, key)
     return _new_representation(fwd, stored, status, fields, length, req, route, key,
                                request_time, response_time)
 
@@ -235,12 +235,12 @@ def _new_representation(
     if req.nominated.intersection(vary):
         # RFC 9110 §7.6.1: the client's Connection made a field it varies on hop-by-hop, so
         # the origin did not see it: the answer was not made for this variant (§4.1).
-        return _not_stored(stored, status, Verdict(False, "connection-nominated", True), req,
+        return _not_stored(stored, status, _CONNECTION_NOMINATED, req,
                            key)
     if route.rewritten.intersection(vary):
         return _not_stored(stored, status, _VARY_FORWARDED, req, key)
     if length is not None and length > route.max_object_bytes:
-        return _not_stored(stored, status, Verdict(False, "too-big"), req, key)
+        return _not_stored(stored, status, _TOO_BIG, req, key)
     entry = make_stored_response(
         key=key, vary=vary, vary_values=vary_values(vary, req.selecting), status=status,
         pairs=fields, body=b"", request_time=request_time, response_time=response_time,
@@ -249,7 +249,7 @@ def _new_representation(
         targeting=route.targeting,
     )
     if not _reusable(entry):
-        return _not_stored(stored, status, Verdict(False, "not-reusable"), req, key)
+        return _not_stored(stored, status, _NOT_REUSABLE, req, key)
     # (as _not_stored's Evict: a 200, any client's; one with credentials evicts nothing)
     return Store(entry, replaces=stored,
                  outdates=stored is not None and status == 200 and not req.credentials)
@@ -260,6 +260,11 @@ def _new_representation(
 # be selected for the client it was made for alone (Varnish keys it on the rewritten value).
 _VARY_FORWARDED = Verdict(False, "vary-forwarded")
 _EVENT_STREAM = Verdict(False, "event-stream")  # (is_event_stream)
+# (made once: a frozen Verdict costs some 5,000 instructions to make)
+_NO_STORE_BY_REQUEST = Verdict(False, "no-store", by_request=True)  # §5.2.1.5
+_CONNECTION_NOMINATED = Verdict(False, "connection-nominated", by_request=True)
+_TOO_BIG = Verdict(False, "too-big")
+_NOT_REUSABLE = Verdict(False, "not-reusable")
 
 
 def _storable(
@@ -311,10 +316,22 @@ def _not_stored(
     erred = status >= 500  # the origin's state, not the URL's (Pass.erred)
     hit_for_pass = anyones and not erred
     if stored is None:
-        return Pass(reason, hit_for_pass, erred)
+        # (a frozen value, the same for the same reason: made once, not per pass-through)
+        made = _PASSES.get((reason, hit_for_pass, erred))
+        if made is None:
+            made = Pass(reason, hit_for_pass, erred)
+            if len(_PASSES) < _PASSES_MAX:
+                _PASSES[reason, hit_for_pass, erred] = made
+        return made
     if anyones and (status == 200 or serve is not None):
         return Evict((key,), reason, serve, hit_for_pass)
     return Keep(stored, reason, serve, hit_for_pass, erred)
+
+
+# Pass decisions by (reason, hit_for_pass, erred): the reasons are the Verdicts' few
+# names, so the bound is only a guard.
+_PASSES: dict[tuple[str, bool, bool], Pass] = {}
+_PASSES_MAX = 64
 
 
 def _head_answered(
@@ -386,7 +403,7 @@ def _validated(
             targeting=route.targeting, rules=rules,
         )
     if not fwd.may_store:
-        return _not_stored(stored, 304, Verdict(False, "no-store", True), req, stored.key, view)
+        return _not_stored(stored, 304, _NO_STORE_BY_REQUEST, req, stored.key, view)
     vary = _in_stored_order(vary_fields(all_values(merged, "vary")), stored)
     verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route,
                            rules=rules, directives=view.directives)
@@ -395,7 +412,7 @@ def _validated(
     if not verdict.storable or vary is None:
         return _not_stored(stored, 304, verdict, req, stored.key, view)
     if len(stored.body) > route.max_object_bytes:
-        return _not_stored(stored, 304, Verdict(False, "too-big"), req, stored.key, view)
+        return _not_stored(stored, 304, _TOO_BIG, req, stored.key, view)
     excluded = excluded_fields(view.directives, route.policy) | route.excluded
     values = vary_values(vary, req.selecting)
     if not excluded and (vary, values) == stored.variant:
@@ -408,7 +425,7 @@ def _validated(
             excluded=excluded, targeting=route.targeting, rules=rules,
         )
     if not _reusable(entry):
-        return _not_stored(stored, 304, Verdict(False, "not-reusable"), req, stored.key, view)
+        return _not_stored(stored, 304, _NOT_REUSABLE, req, stored.key, view)
     if not fwd.siblings:  # (the usual: no other variant has the stored strong tag)
         return Update(view, entry, stored)
     tag = first_value(fields, "etag")

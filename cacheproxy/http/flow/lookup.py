@@ -157,17 +157,16 @@ def _reuse_or_forward(
             # Authorization, §3.5), the request goes as it is (Varnish's pass) and the
             # origin's 304 or 206 reaches the client, instead of a full answer the cache
             # would only pass on, or abandon to ask again with the Range.
-            return Forward("bypass", req.method)
+            return _forward("bypass", req.method, False, False)
         if recently_passed and req.method == "HEAD":
             # Filling is why a HEAD goes as GET; the key's last answer was not storable
             # (too big, private, ...), so it goes as it is (Varnish's pass): not a whole
             # body started and abandoned per HEAD (a download counted, a file read).
-            return Forward("bypass", "HEAD")
+            return _forward("bypass", "HEAD", False, False)
         # RFC 9110 §9.3.2: a HEAD that may fill is sent as GET, so both can be answered.
         # (RFC 9211 §2.2: a response refused for its coding matched URI and Vary: "miss".)
-        return Forward("miss" if refused else "vary-miss" if held else "uri-miss",
-                       "GET" if may_store else req.method,
-                       may_store=may_store, collapse=may_collapse)
+        return _forward("miss" if refused else "vary-miss" if held else "uri-miss",
+                        "GET" if may_store else req.method, may_store, may_collapse)
     reuse = decide_reuse(
         lifetime=entry.lifetime, initial_age=0.0, response_time=entry.born,
         directives=entry.directives,
@@ -196,6 +195,21 @@ def _reuse_or_forward(
     # in Forward's order: a NamedTuple's keywords cost a revalidation 2,500 instructions.)
     return Forward(reuse.forward, "GET", entry, validating_fields(entry), may_store,
                    may_collapse and shareable, None, _siblings(entry, variants))
+
+
+def _forward(reason: str, method: str, may_store: bool, collapse: bool) -> Forward:
+    """A Forward that validates nothing: the same value for the same four, so made once
+    (a NamedTuple costs some 3,500 instructions to make; every miss gets one)."""
+    made = _FORWARDS.get((reason, method, may_store, collapse))
+    if made is None:
+        made = Forward(reason, method, None, (), may_store, collapse)
+        if len(_FORWARDS) < _FORWARDS_MAX:  # (a guard: lookup sees GET and HEAD alone)
+            _FORWARDS[reason, method, may_store, collapse] = made
+    return made
+
+
+_FORWARDS: dict[tuple[str, str, bool, bool], Forward] = {}
+_FORWARDS_MAX = 64
 
 
 def _siblings(entry: CachedResponse, variants: tuple[CachedResponse, ...]

@@ -54,7 +54,6 @@ _SET_COOKIE = Verdict(False, "set-cookie")
 
 
 def storability(
-    *,
     method: str,
     status: int,
     request: RequestDirectives,

@@ -63,6 +63,7 @@ MEMO_CHARS = 2 * 1024 * 1024
 # The names as istr: multidict looks an istr up without case-folding it first (about a
 # third of the time of a str, per lookup).
 _DECISIVE = tuple(istr(name) for name in DECISIVE_FIELDS)
+_made = tuple.__new__  # a NamedTuple made without its Python-level __new__ (every miss)
 
 
 def _plain(h: CIMultiDictProxy[str]) -> bool:
@@ -145,7 +146,7 @@ class QuickHits:
                 # It came through this cache before: the full path decides (lookup's
                 # passed_here: no collapse; at LOOP_HOPS, a loop's 508).
                 return None
-            return Planned(route, facts, d, variants)
+            return _made(Planned, (route, facts, d, variants))  # (Planned's __new__'s)
         if type(d) is not Serve:
             return None
         outcome = self._outcome(route, started)

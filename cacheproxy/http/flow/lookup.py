@@ -125,7 +125,8 @@ def _reuse_or_forward(
     req: RequestFacts, variants: tuple[CachedResponse, ...], now: float, route: CacheSettings,
     recently_passed: bool, waited: Waited | None, passed_here: bool = False,
 ) -> Lookup:
-    entry = select_variant(variants, req.selecting)  # §4.1
+    # §4.1 (a key holding nothing, every uri-miss, has nothing to select: no call)
+    entry = select_variant(variants, req.selecting) if variants else None
     refused = entry is not None and coding_refused(entry, req.headers)
     if refused:
         # RFC 9110 §12.5.3: a coded response stored without Vary: Accept-Encoding is not
@@ -148,9 +149,7 @@ def _reuse_or_forward(
     if entry is None:
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
-        if (recently_passed or req.authorization) and (
-                req.if_none_match is not None or req.if_modified_since is not None
-                or req.bypass):
+        if (recently_passed or req.authorization) and (req.validating or req.bypass):
             # §4.3.2 strips the client's conditionals, and RFC 9110 §14.2 its Range, only
             # so that the cache can fill from a full answer. When it most likely cannot
             # (the key's last answer was not storable for anyone, or the request carries

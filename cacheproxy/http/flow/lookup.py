@@ -30,6 +30,7 @@ from cacheproxy.http.revalidation import validating_fields
 from cacheproxy.http.stored import CachedResponse
 
 _ONLY_IF_CACHED = "only-if-cached"
+_made = tuple.__new__  # (a NamedTuple's own __new__ is a Python call around this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +192,10 @@ def _reuse_or_forward(
                                      lifetime=entry.lifetime, reuse=reuse)
     # §4.3.1: validate with the stored validators; sent as GET even for a HEAD, so that
     # a new representation can be stored (the HEAD client gets no body). (By position,
-    # in Forward's order: a NamedTuple's keywords cost a revalidation 2,500 instructions.)
-    return Forward(reuse.forward, "GET", entry, validating_fields(entry), may_store,
-                   may_collapse and shareable, None, _siblings(entry, variants))
+    # in Forward's order: a NamedTuple's keywords cost a revalidation 2,500 instructions;
+    # made as the tuple it is, without its Python-level __new__, some 1,100 fewer.)
+    return _made(Forward, (reuse.forward, "GET", entry, validating_fields(entry), may_store,
+                           may_collapse and shareable, None, _siblings(entry, variants)))
 
 
 def _forward(reason: str, method: str, may_store: bool, collapse: bool) -> Forward:

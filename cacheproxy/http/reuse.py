@@ -77,6 +77,7 @@ def decide_reuse(
 
 
 _made = tuple.__new__
+assert len(Reuse._fields) == 4  # (decide_reuse gives each by position)
 
 
 def _action(

@@ -64,6 +64,7 @@ MEMO_CHARS = 2 * 1024 * 1024
 # third of the time of a str, per lookup).
 _DECISIVE = tuple(istr(name) for name in DECISIVE_FIELDS)
 _made = tuple.__new__  # a NamedTuple made without its Python-level __new__ (every miss)
+assert len(Planned._fields) == 4  # (hit() gives each by position)
 
 
 def _plain(h: CIMultiDictProxy[str]) -> bool:

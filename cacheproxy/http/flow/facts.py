@@ -114,6 +114,7 @@ def request_facts(method: str, headers: Headers, *, has_body: bool,
 
 
 _made = tuple.__new__  # (a NamedTuple's own __new__ is a Python call around this)
+assert len(RequestFacts._fields) == 11  # (request_facts gives each by position)
 
 
 # (multidict looks an istr up without case-folding it)

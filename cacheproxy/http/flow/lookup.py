@@ -31,6 +31,7 @@ from cacheproxy.http.stored import CachedResponse
 
 _ONLY_IF_CACHED = "only-if-cached"
 _made = tuple.__new__  # (a NamedTuple's own __new__ is a Python call around this)
+assert len(Forward._fields) == 8  # (_reuse_or_forward gives each by position)
 
 
 @dataclass(frozen=True, slots=True)

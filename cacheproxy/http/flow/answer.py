@@ -155,6 +155,11 @@ def freshened_still_held(d: Update, held: tuple[CachedResponse, ...] | None
     by value: the Redis store reads new objects). One stored since, from a newer answer,
     has not the 304's validator to be selected by: an older response freshened must not
     replace it; nor come back after an invalidation or a purge removed it."""
+    was = d.stored
+    if not d.others and held is not None and len(held) == 1 and held[0] is was:
+        # The usual: the one variant held is the very response read at lookup (the memory
+        # store's), so equal by value too: no key made and hashed per revalidation.
+        return [d.entry]
     # (vary_values read as variant[1]: no call per response, on every revalidation)
     now = {(v.variant[1], v.born, v.values) for v in held or ()}
     return [new for was, new in ((d.stored, d.entry), *d.others)

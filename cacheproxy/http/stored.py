@@ -569,9 +569,29 @@ def refreshed(
         figures = _figures(merged, rules, entry.status, shared, heuristics, response_time)
         if figures[1] is not None:  # (no Date: the lifetime depends on response_time)
             _last_figures = (values, names, given, figures)
-    vary, vary_values = entry.variant
-    return _aged(entry.key, vary, vary_values, entry.status, names, values, entry.body,
-                 request_time, response_time, figures)
+    directives, date, age_value, lifetime = figures
+    initial_age = corrected_initial_age(
+        age_value=age_value or 0, date=date, request_time=request_time,
+        response_time=response_time)
+    return _reborn(entry, values, response_time - float(initial_age), lifetime, directives)
+
+
+def _reborn(entry: CachedResponse, values: tuple[str, ...], born: float, lifetime: float,
+            directives: ResponseDirectives) -> CachedResponse:
+    """entry with these values, age and freshness (refreshed): the rest is entry's as it
+    is, its names tuple shaped already (_shape) and its variant's pair the same."""
+    made = object.__new__(_Unsealed)
+    made.key = entry.key
+    made.status = entry.status
+    made.names = entry.names
+    made.values = values
+    made.body = entry.body
+    made.born = _same(born) if born.is_integer() else born  # (as _filled's)
+    made.lifetime = lifetime
+    made.directives = directives
+    made._vary = entry._vary
+    made.__class__ = CachedResponse  # (sealed: immutable from here on)
+    return made
 
 
 # The last refresh's figures (refreshed): its field tuples, what else they were figured

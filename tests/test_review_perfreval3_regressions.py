@@ -23,7 +23,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from support import cache_status, raw_origin
 
-from cacheproxy.http.flow import CacheSettings, Forward, Update, answered, request_facts
+from cacheproxy.http.flow import CacheSettings, Forward, Keep, Update, answered, request_facts
 from cacheproxy.http.stored import Heuristics, make_stored_response
 from cacheproxy.http.targeted import NO_TARGETING
 
@@ -124,3 +124,37 @@ def test_the_same_304_under_other_targeting_follows_that_routes_field() -> None:
                      request_time=T0 + 1, response_time=T0 + 1)
         assert type(d) is Update
         assert d.view.lifetime == lifetime and d.entry.lifetime == lifetime
+
+
+def test_the_same_304_for_another_requests_authorization_or_no_store_is_judged_again(
+        ) -> None:
+    """RFC 9111 §3.5 and §5.2.1.5: the response a 304 freshens is stored again only as §3
+    allows for this request: not for one with Authorization (the stored response has no
+    public, s-maxage or must-revalidate), nor for one with Cache-Control: no-store; the
+    client still gets the freshened response (Keep with serve). The same stored response
+    and 304 (its Date repeated), for requests with and without them in turn: each decision
+    is its own request's. Were the remembered verdict (answer._judged) taken for another
+    request, an Authorization request's answer would be stored for everyone's reuse, or
+    a no-store request's stored (high: §3.5 exists so that one user's answer is not
+    another's)."""
+    stored = make_stored_response(
+        key="http://o/j", vary=(), vary_values=(), status=200,
+        pairs=[("Date", DATE0), ("Cache-Control", "no-cache"), ("ETag", '"j"')],
+        body=b"j", request_time=T0, response_time=T0, shared=True, heuristics=Heuristics())
+    fwd = Forward("stale", "GET", stored=stored, conditional=(("If-None-Match", '"j"'),),
+                  may_store=True, collapse=True)
+    plain = request_facts("GET", CIMultiDictProxy(CIMultiDict()), has_body=False)
+    authorized = request_facts("GET", CIMultiDictProxy(CIMultiDict(
+        [("Authorization", "Basic eDp5")])), has_body=False)
+    no_store = request_facts("GET", CIMultiDictProxy(CIMultiDict(
+        [("Cache-Control", "no-store")])), has_body=False)
+    route = CacheSettings()
+    for req, reason in [(plain, None), (authorized, "authorization"), (plain, None),
+                        (plain, None), (no_store, "no-store"), (plain, None)]:
+        d = answered(fwd, status=304, fields=[("Date", DATE0), ("ETag", '"j"')],
+                     length=None, req=req, route=route, key=stored.key,
+                     request_time=T0 + 1, response_time=T0 + 1)
+        if reason is None:
+            assert type(d) is Update
+        else:
+            assert type(d) is Keep and d.reason == reason and d.serve is not None, d

@@ -400,16 +400,14 @@ def _validated(
         )
     if not fwd.may_store:
         return _not_stored(stored, 304, _NO_STORE_BY_REQUEST, req, stored.key, view)
+    verdict, excluded = _judged(m, stored.status, req, route, view.directives)
     vary = _in_stored_order(vary, stored)
-    verdict, _ = _storable("GET", stored.status, merged, vary is None, req, route,
-                           rules=rules, directives=view.directives)
     if verdict.storable and vary is not None and route.rewritten.intersection(vary):
         verdict = _VARY_FORWARDED
     if not verdict.storable or vary is None:
         return _not_stored(stored, 304, verdict, req, stored.key, view)
     if len(stored.body) > route.max_object_bytes:
         return _not_stored(stored, 304, _TOO_BIG, req, stored.key, view)
-    excluded = excluded_fields(view.directives, route.policy) | route.excluded
     values = vary_values(vary, req.selecting)
     if not excluded and (vary, values) == stored.variant:
         entry = view  # made from the very same inputs: the same response
@@ -499,3 +497,33 @@ def _merged_304(stored: CachedResponse, fields: Pairs, response_time: float,
         _last_merged = (stored.values, stored.names, route.targeting, route.grant_varies,
                         rule, list(received), made)
     return made
+
+
+# The last _judged: what it was judged from (the _Merged304 itself, held, and the rest by
+# identity or value) and its verdict and excluded fields.
+_last_judged: tuple[_Merged304, int, object, bool, CacheSettings, ResponseDirectives,
+                    Verdict, frozenset[str]] | None = None
+
+
+def _judged(m: _Merged304, status: int, req: RequestFacts, route: CacheSettings,
+            directives: ResponseDirectives) -> tuple[Verdict, frozenset[str]]:
+    """§3 for the merged response of a 304 (m, of a stored response of this status):
+    whether it may be stored, and the fields left out of it (excluded_fields and the
+    route's). Remembered for the last m, request directives and Authorization, route and
+    directives (which the 304's step takes again for a 304 repeating the last one,
+    _merged_304, and for the requests of the same directives: refreshed hands out the
+    same directives object for the same figures), rather than judged per 304 (about 8,000
+    instructions)."""
+    global _last_judged
+    last = _last_judged
+    if last is not None and last[0] is m and last[1] == status \
+            and last[2] is req.directives and last[3] == req.authorization \
+            and last[4] is route and last[5] is directives:
+        return last[6], last[7]
+    merged, rules, vary = m[1], m[3], m[4]
+    verdict, _ = _storable("GET", status, merged, vary is None, req, route, rules=rules,
+                           directives=directives)
+    excluded = excluded_fields(directives, route.policy) | route.excluded
+    _last_judged = (m, status, req.directives, req.authorization, route, directives,
+                    verdict, excluded)
+    return verdict, excluded

@@ -7,9 +7,12 @@ memory store's put of it (store/memory.py put_now) and the lookup's revalidation
 What changed: the 304's step remembers what the last 304's fields made of the stored
 response it selected (answer._merged_304: the 304's fields indexed and dated, the merged
 fields, the rules followed, the Vary), for the very stored field tuples, route settings and
-304 fields, and takes it again for the next such 304 instead of working it out. These
-tests pin what that memo must never do: answer a 304 whose fields differ, or one for
-another stored response or under other route settings, with what an earlier 304 made.
+304 fields, and takes it again for the next such 304 instead of working it out; and the
+verdict on storing the merged response with the fields left out of it (answer._judged),
+for the same merge, request directives, Authorization and route. These tests pin what
+those memos must never do: answer a 304 whose fields differ, or one for another stored
+response, another route's settings or another request's directives or Authorization,
+with what an earlier 304 made.
 None of them failed before the change: no behaviour was meant to change. Severity, were
 they to fail: a client of the URL gets fields or a freshness the origin no longer sends
 (high)."""

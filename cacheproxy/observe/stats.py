@@ -104,6 +104,8 @@ class Stats:
             if slot is None:
                 if cache == "TUNNEL" or f[20] is not None:  # (bytes both ways: no slot)
                     return
+                if len(f[3]) > HOST_CHARS:  # (a client's long Host: not kept, SLOTS_KEPT)
+                    return
                 slots = self._slots
                 if len(slots) >= SLOTS_KEPT:
                     slots.clear()  # (a slot's waiting counts are in _waiting)
@@ -304,7 +306,9 @@ _NO_BUCKET = 1 << 62
 
 # Where a slot's body bytes count (Stats.add_fields' three branches).
 _TO_CACHE, _TO_ORIGIN, _TO_OTHER = 0, 1, 2
-SLOTS_KEPT = 4096  # add_fields' slots (route, cache status, host): about 1 MB at most
+# add_fields' slots (route, cache status, host): about 1 MB at most, as a slot is made
+# only for a Host of at most HOST_CHARS (a client sends anything, up to 8,190 characters)
+SLOTS_KEPT = 4096
 
 
 def _bytes_to(cache: str, upstream_status: int | None) -> int:

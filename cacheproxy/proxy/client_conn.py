@@ -246,6 +246,8 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         # The field lines of the last upstream head a quick forward sent, and what they
         # were made from (_upstream_head).
         self._sent_fields: tuple[tuple[Any, ...], bytes] | None = None
+        # The last client head begin_relayed made, and what it was made from.
+        self._relayed: tuple[tuple[Any, ...], bytes] | None = None
         self._on_gone: Callable[[], None] | None = None  # a relay waiting (watch_gone)
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
@@ -1053,20 +1055,36 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if "x-cache" in names or status < 200 or status == 204 \
                 or not (head_only or status in _NO_BODY or "content-length" in names):
             return None
-        added = appended_fields(plan, names, status)
-        if added is None:
-            return None
-        lines = [*fields, *marks, *added]
-        if "date" not in names:  # RFC 9110 §6.6.1 (as _fields)
-            lines.append(("Date", _Date.now()))
+        date = None if "date" in names else _Date.now()  # RFC 9110 §6.6.1 (as _fields)
         connection = self._connection(request.version)
-        if connection is not None:
-            lines.append(("Connection", connection))
+        # An origin answers a connection's requests with the same fields, often to the
+        # byte (Date ticks once a second): the head made last time is reused when all it
+        # is made of is the same. Key: the fields (names derive from them), the marks,
+        # status, reason, plan (appended_fields' policies), the Date added, Connection.
+        key = (fields, marks, status, reason, plan, date, connection)
+        kept = self._relayed
+        if kept is not None and kept[0] == key:
+            head = kept[1]
+        else:
+            added = appended_fields(plan, names, status)
+            if added is None:
+                return None
+            lines = [*fields, *marks, *added]
+            if date is not None:
+                lines.append(("Date", date))
+            if connection is not None:
+                lines.append(("Connection", connection))
+            head = encode_lines(f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}",
+                                lines)
+            # (fields copied: the key must not change with a list changed later; a large
+            # head is not kept, as _upstream_head's)
+            self._relayed = ((list(fields), *key[1:]), head) \
+                if len(head) <= KEPT_HEAD_MAX else None
         if self.transport is None:
             raise ConnectionResetError("client connection lost")
         self._chunked = self._close_delimited = False
         self._status = status  # (the status logged is that of an answer that went out)
-        return encode_lines(f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}", lines)
+        return head
 
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None:
         """An interim (1xx) answer from the origin, before the final one (103 Early Hints):

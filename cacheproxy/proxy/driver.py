@@ -350,17 +350,24 @@ class Driver:
     def decide(self, ctx: Ctx, fwd: Forward, resp: UpstreamResponse, request_time: float
                ) -> Answered:
         """What the upstream's answer (its head) to fwd means (the flow's answered)."""
+        return self.decided(ctx, fwd, resp.status, resp.fields, resp.content_length,
+                            request_time)
+
+    def decided(self, ctx: Ctx, fwd: Forward, status: int, fields: Fields,
+                content_length: int | None, request_time: float) -> Answered:
+        """decide, given the answer's head as read (a quick forward's, which makes no
+        UpstreamResponse for an answer it passes on)."""
         now = time.time()
         # (by position: the flow's keywords cost every answer some 1,500 instructions)
-        d = answered(fwd, resp.status, resp.fields, resp.content_length, ctx.facts,
-                     ctx.plan.cache, ctx.key, request_time, now)
+        d = answered(fwd, status, fields, content_length, ctx.facts, ctx.plan.cache,
+                     ctx.key, request_time, now)
         if type(d) is Store or type(d) is Update:
             entry = d.entry
             if entry.born + entry.lifetime <= now:  # stale on arrival (rare): a clock?
                 self.clock_skew.arrived_stale(
                     ctx.plan.upstream, redact(ctx.key, ctx.plan.route.referer.strip_params),
-                    entry, resp.fields, request_time, now)
-        self._remember(ctx, d, resp.fields)
+                    entry, fields, request_time, now)
+        self._remember(ctx, d, fields)
         note_answered(ctx.outcome, d, now)
         return d
 

@@ -140,30 +140,36 @@ class QuickForward:
             return driver.upstream_failed(ctx, fwd, failure)
         outcome = ctx.outcome
         outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000
-        outcome.fwd_status = conn.status
-        resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout, self._sent_at)
+        outcome.fwd_status = status = conn.status
+        fields = conn.fields()  # as received, in order
+        length = conn.content_length  # llhttp checked it is one number
         try:
-            d = driver.decide(ctx, fwd, resp, self.request_time)
+            d = driver.decided(ctx, fwd, status, fields,
+                               int(length) if length is not None and length.isdigit()
+                               else None, self.request_time)
         except BaseException:
-            resp.close()
+            conn.close()  # (UpstreamResponse.close's: closed, then released)
+            exchange.pool.release(conn)
             raise
-        if passes_on(d) and conn.whole:
-            try:
-                self._pass_on(resp)
-            except ConnectionError:  # the client left: as Exchange.relay abandons it
-                resp.close()
-                ctx.outcome.stored = False
+        whole = conn.whole
+        if passes_on(d) and whole:
+            self._pass_on(status, fields)
             return None
-        answer = driver.validated_now(ctx, d, resp) if conn.whole else None
+        # (made only for the driver's steps: an answer passed on here needs none)
+        resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout, self._sent_at)
+        answer = driver.validated_now(ctx, d, resp) if whole else None
         if answer is not None:  # a 304 (whole, no body) validated the stored response
             return answer
         return self._hand_off(driver.perform(ctx, d, resp))
 
-    def _pass_on(self, resp: UpstreamResponse) -> None:
-        """Exchange.relay's Pass, with the whole body in hand: one write."""
-        ctx, client = self.ctx, self.client
+    def _pass_on(self, status: int, received: list[tuple[str, str]]) -> None:
+        """Exchange.relay's Pass, with the whole body in hand: one write. A client gone
+        before its head is written: the connection is closed, as Exchange.relay abandons
+        it (UpstreamResponse.close)."""
+        ctx, client, conn = self.ctx, self.client, self.conn
+        pool = self.proxy.exchange.pool
         send_body = ctx.request.method != "HEAD"
-        kept = received = resp.fields
+        kept = received
         names: Container[str]
         if type(received) is FieldList and HOP_BY_HOP.isdisjoint(received.by_name):
             names = received.by_name  # (no hop-by-hop field, the usual case: as parsed)
@@ -171,21 +177,30 @@ class QuickForward:
             kept = end_to_end(received)
             names = {k.lower() for k, _ in kept}
         cache_name = ctx.plan.forward.via  # (the request's: a reload since renames nothing)
-        marked = marks(ctx.outcome, cache_name, via_value(resp.version, cache_name))
-        head = client.begin_relayed(resp.status, resp.reason, kept, names, marked, ctx.plan,
-                                    not send_body)
-        if head is None:  # (a field to replace or remove, a body to frame: begin's)
-            headers = CIMultiDict(kept)
-            put_marks(headers, marked)
-            head = client.begin(resp.status, resp.reason, headers, not send_body)
-        body = self.conn.take_body()  # (whole: taken, the connection is pooled again)
+        marked = marks(ctx.outcome, cache_name, via_value(conn.version, cache_name))
+        try:
+            head = client.begin_relayed(status, conn.reason, kept, names, marked, ctx.plan,
+                                        not send_body)
+            if head is None:  # (a field to replace or remove, a body to frame: begin's)
+                headers = CIMultiDict(kept)
+                put_marks(headers, marked)
+                head = client.begin(status, conn.reason, headers, not send_body)
+        except ConnectionError:  # the client left: as Exchange.relay abandons it
+            conn.close()
+            pool.release(conn)
+            ctx.outcome.stored = False
+            return
+        body = conn.take_body()  # (whole: taken, the connection is pooled again)
         if not send_body:
             # A HEAD client: no body. An answer to HEAD ends with its head (RFC 9112 §6.3
             # rule 1), one to a GET sent for it with the body taken: release pools
             # either, unless bytes came past its end (pool.py).
             body = b""
-        resp.release()
-        client.send_whole(head, body)
+        pool.release(conn)
+        try:
+            client.send_whole(head, body)
+        except ConnectionError:
+            ctx.outcome.stored = False
 
     def _hand_off(self, step: Awaitable[Answer | None]) -> object:
         self.client.hand_off(step)

@@ -67,7 +67,8 @@ class LogSink:
         self._file: BinaryIO = self._open()
         self._whole_lines = _shared_pipe(self._file)
         self._scheduled = False
-        self._flushed = -FLUSH_SECONDS  # when flush last ran (time.monotonic())
+        # When a line came or a batch went last (time.monotonic()): the quiet spell's start
+        self._touched = -FLUSH_SECONDS
         self.dropped = 0  # lines lost because the writer could not keep up (since said)
         # Characters handed to the writer, and those it has done with: each counter is
         # written by one thread only (the loop, the writer), so their difference is safe.
@@ -90,16 +91,20 @@ class LogSink:
 
     def write_many(self, lines: list[str]) -> None:
         self._pending += lines
+        now = time.monotonic()
+        quiet, self._touched = now - self._touched >= FLUSH_SECONDS, now
         if not self._scheduled:
-            # A batch goes at most every FLUSH_SECONDS; one that comes after a quiet spell
-            # (a lightly loaded proxy, each line a batch of its own) goes at once, without
+            # A batch goes at most every FLUSH_SECONDS, from a timer set at its first line.
+            # One that comes after a quiet spell (no line nor hand-off for FLUSH_SECONDS:
+            # a lightly loaded proxy, each line a batch of its own) goes at once, without
             # a timer to make and run for it: some 5,500 instructions a line, 5 % of a hit.
-            wait = self._flushed + FLUSH_SECONDS - time.monotonic()
-            if wait <= 0:
+            # (Not "FLUSH_SECONDS after the last hand-off": lines 3-5 ms apart would each
+            # have their own timer then, where one timer takes two.)
+            if quiet:
                 self.flush()
                 return
             try:
-                asyncio.get_running_loop().call_later(wait, self.flush)
+                asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             except RuntimeError:  # no loop (closing): to the writer now
                 self.flush()
                 return
@@ -108,7 +113,7 @@ class LogSink:
     def flush(self) -> None:
         """Hand what is pending to the writer thread."""
         self._scheduled = False
-        self._flushed = time.monotonic()
+        self._touched = time.monotonic()
         if not self._pending:
             return
         waiting = self._queue.qsize()

@@ -17,6 +17,7 @@ from pathlib import Path
 from cacheproxy.observe.sink import LogSink
 from tests.support import until
 
+
 async def test_log_batches_go_at_most_every_flush_seconds_and_at_once_after_a_quiet_spell(
         tmp_path: Path) -> None:
     """The sink handed every batch to its writer thread from a timer FLUSH_SECONDS after

@@ -13,7 +13,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -120,12 +120,13 @@ def reset(transport: asyncio.BaseTransport) -> None:
     transport.abort()
 
 
-@dataclass(frozen=True, slots=True)
-class Replay:
+class Replay(NamedTuple):
     """A stored response replayed whole: its stored fields (the same block for every
     request, made by block() when a writer needs them as fields) and the fields written
     fresh for this one (Age, Via, Cache-Status, X-Cache). The lean plane sends the stored
-    part as bytes it encoded once (proxy/replay.py) and never asks for the block."""
+    part as bytes it encoded once (proxy/replay.py) and never asks for the block. (A
+    NamedTuple: every replay that is not a quick hit, a revalidation's among them, makes
+    one; a frozen dataclass's __init__ cost some 5,000 instructions more.)"""
 
     entry: CachedResponse
     block: Callable[[CachedResponse], CIMultiDictProxy[str]]
@@ -152,6 +153,25 @@ class Answer:
             self.headers = CIMultiDict(replay.block(replay.entry))
             self.headers.extend(replay.fresh)
         return self.headers
+
+
+def replayed(entry: CachedResponse, block: Callable[[CachedResponse], CIMultiDictProxy[str]],
+             fresh: tuple[tuple[str, str], ...]) -> Answer:
+    """Answer(entry.status, body=entry.body, replay=Replay(entry, block, fresh)), made
+    without the dataclass's and the NamedTuple's Python-level __init__ and __new__ (a
+    revalidation's reply makes one per request: some 5,000 instructions fewer)."""
+    answer = _new_answer(Answer)
+    answer.status = entry.status
+    answer.headers = CIMultiDict()
+    answer.body = entry.body
+    answer.reason = None
+    answer.replay = _made(Replay, (entry, block, fresh))
+    return answer
+
+
+_new_answer = object.__new__
+_made = tuple.__new__
+assert len(Replay._fields) == 3  # (replayed gives each by position)
 
 
 def text_answer(status: int, text: str, headers: CIMultiDict[str] | None = None) -> Answer:

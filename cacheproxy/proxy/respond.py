@@ -20,7 +20,7 @@ from cacheproxy.http.ranges import (
 )
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import Outcome
-from cacheproxy.proxy.downstream import Answer, Replay, text_answer
+from cacheproxy.proxy.downstream import Answer, replayed, text_answer
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -196,8 +196,7 @@ def stored_response(
         if "Content-Length" not in response.headers:
             response.headers["Content-Length"] = str(len(entry.body))  # HEAD: the GET's length
     else:
-        return Answer(entry.status, body=entry.body, replay=Replay(entry, blocks.get,
-                                                                   fresh))
+        return replayed(entry, blocks.get, fresh)
     response.headers.extend(fresh)
     return response
 

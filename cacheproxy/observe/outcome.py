@@ -34,6 +34,9 @@ _BYPASS = frozenset({"bypass", "method"})
 # Cache-Status members made for answers without a ttl, by cache name and Outcome._inputs().
 _MEMBERS: dict[tuple[str, tuple[object, ...]], str] = {}
 _MAX_MEMBERS = 256
+# ...and for answers from storage that went forward first, by name, the inputs and the
+# ttl in whole seconds (Outcome.cache_status).
+_TIMED_MEMBERS: dict[tuple[object, ...], str] = {}
 
 
 @dataclass(slots=True)
@@ -67,8 +70,24 @@ class Outcome:
     def cache_status(self, name: str) -> str:
         self.cache_name = name
         inputs = self._sent_from = self._inputs()
-        if self.ttl is not None:  # (a ttl seldom repeats: made each time)
-            member = self._member(name)
+        ttl = self.ttl
+        if ttl is not None:
+            if self.fwd is None:  # a hit's ttl seldom repeats: made each time
+                member = self._member(name)
+            else:
+                # One that went forward and is served stored (a revalidation, mostly): its
+                # ttl is the refreshed entry's lifetime, the same in whole seconds (all
+                # RFC 9211 §2.5 shows of it) from one revalidation to the next. Keyed on
+                # every input of _member, the ttl as floor() makes it (a ttl that is not
+                # finite, which the member leaves out, keys as NaN: never found, made).
+                key = (name, self.hit, self.fwd, self.fwd_status, self.stored, ttl // 1,
+                       self.collapsed, self.went_on, self.detail)
+                member = _TIMED_MEMBERS.get(key)
+                if member is None:
+                    member = self._member(name)
+                    if len(_TIMED_MEMBERS) >= _MAX_MEMBERS:
+                        _TIMED_MEMBERS.clear()
+                    _TIMED_MEMBERS[key] = member
         else:  # a miss's member repeats from request to request: made once
             member = _MEMBERS.get((name, inputs))
             if member is None:

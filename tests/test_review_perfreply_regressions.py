@@ -1,0 +1,94 @@
+"""Review perfreply (issue 10: revalidation >= 1.5x Squid's req/s on one core): what a
+revalidation's reply from storage costs (proxy/driver.py reply -> respond.stored_response:
+the Cache-Status member, the Answer and Replay values, the replay head) and the lookup's
+revalidation branch (http/flow/lookup.py, http/reuse.py decide_reuse, validating_fields).
+
+What changed: a replay's Answer and Replay are made without their Python-level __init__
+(downstream.replayed); the Cache-Status member of an answer from storage that went forward
+first (a revalidation's) is remembered by every input it is made from, its ttl in whole
+seconds (observe/outcome.py _TIMED_MEMBERS). These tests pin what that memo must never do:
+give one revalidation's member to another whose ttl, forward status, "stored" or detail
+differ. None of them failed before the change: no behaviour was meant to change.
+Severity, were they to fail: Cache-Status (RFC 9211) tells an operator or a client a
+wrong ttl or a store that did not happen (medium)."""
+
+from __future__ import annotations
+
+import math
+import time
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+from support import cache_status, raw_origin
+
+from cacheproxy.http.cache_status import cache_status as made_member
+from cacheproxy.observe.outcome import Outcome
+
+
+async def test_each_revalidation_carries_its_own_refreshed_ttl(proxy: Any) -> None:
+    """RFC 9211 §2.5, RFC 9111 §4.3.4: the ttl of a response a 304 refreshed is the
+    freshness the 304 gave it. The origin's 304s say "no-cache, max-age=N" with N
+    changing from one to the next (and back): each answer's Cache-Status must carry its
+    own 304's ttl, never the member remembered from the revalidation before it (as Squid
+    and nginx report each answer's own state)."""
+    date = formatdate(time.time(), usegmt=True)
+    ages = [100, 100, 5000, 100, 5000, 5000, 77]
+    sent: list[int] = []
+
+    def answer(head: bytes) -> bytes:
+        if b"if-none-match" not in head.lower():
+            return (f"HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: no-cache\r\n"
+                    f'ETag: "v1"\r\nContent-Length: 4\r\n\r\nbody').encode()
+        n = ages[len(sent)]
+        sent.append(n)
+        return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\n"
+                f'Cache-Control: no-cache, max-age={n}\r\nETag: "v1"\r\n\r\n').encode()
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        resp = await client.get("/r")
+        assert await resp.read() == b"body"
+        for n in ages:
+            resp = await client.get("/r")
+            assert await resp.read() == b"body"
+            member = cache_status(resp)
+            assert member.startswith("cacheproxy; fwd=stale; fwd-status=304; stored; ttl="), \
+                member
+            ttl = int(member.rsplit("ttl=", 1)[1])
+            # (the Date is this test's start: a second or two may have gone by)
+            assert n - 3 <= ttl <= n, (n, member)
+        assert sent == ages
+
+
+_FORWARDED = [
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=86399.7),
+    dict(fwd="stale", fwd_status=304, stored=False, ttl=86399.7),
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=86398.2),
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=-3.5),
+    dict(fwd="request", fwd_status=304, stored=True, ttl=86399.7),
+    dict(fwd="stale", fwd_status=500, stored=False, ttl=-3.5, detail="stale-if-error"),
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=86399.7, collapsed=True),
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=86399.7, collapsed=True,
+         went_on=True),
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=math.inf),
+    dict(fwd="stale", fwd_status=304, stored=True, ttl=math.nan),
+]
+
+
+@pytest.mark.parametrize("name", ["cacheproxy", "edge-2"])
+def test_a_remembered_member_is_made_from_all_its_inputs(name: str) -> None:
+    """RFC 9211 §2: each member states this answer's hit, fwd, fwd-status, stored, ttl
+    (in whole seconds), collapsed and detail under the cache's name. Outcomes differing
+    in any one of them, asked for twice in turn (the second from the memo), each get the
+    member cache_status() makes from their own values."""
+    for _ in range(2):
+        for inputs in _FORWARDED:
+            o = Outcome()
+            for field, value in inputs.items():
+                setattr(o, field, value)
+            collapsed = (not o.went_on) if o.collapsed else None
+            assert o.cache_status(name) == made_member(
+                name, hit=o.hit, fwd=o.fwd, fwd_status=o.fwd_status, stored=o.stored,
+                ttl=o.ttl, collapsed=collapsed, detail=o.detail), inputs
+            assert o.final_cache_status() == o.cache_status_sent

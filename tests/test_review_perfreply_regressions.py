@@ -92,3 +92,46 @@ def test_a_remembered_member_is_made_from_all_its_inputs(name: str) -> None:
                 name, hit=o.hit, fwd=o.fwd, fwd_status=o.fwd_status, stored=o.stored,
                 ttl=o.ttl, collapsed=collapsed, detail=o.detail), inputs
             assert o.final_cache_status() == o.cache_status_sent
+
+
+async def test_each_revalidation_sends_its_own_stored_validators(proxy: Any) -> None:
+    """RFC 9111 §4.3.1: a revalidation sends the validators of the stored response it
+    selected. Two URLs with their own ETag and Last-Modified are revalidated in turn, and
+    /a's entity tag changes with a 200 midway: each conditional request must carry its own
+    URL's current validators, never those remembered from the revalidation before it
+    (http/revalidation.py validating_fields remembers the last entry's)."""
+    date = formatdate(time.time(), usegmt=True)
+    tags = {"/a": '"a1"', "/b": '"b1"'}
+    modified = {"/a": "Mon, 01 Jan 2024 00:00:00 GMT", "/b": "Tue, 02 Jan 2024 00:00:00 GMT"}
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    def answer(head: bytes) -> bytes:
+        lines = head.decode("latin-1").split("\r\n")
+        path = lines[0].split()[1]
+        fields = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])
+                  if k}
+        inm, ims = fields.get("if-none-match"), fields.get("if-modified-since")
+        if inm is not None:
+            seen.append((path, inm, ims))
+        if len(seen) == 3 and path == "/a" and tags["/a"] == '"a1"':
+            tags["/a"] = '"a2"'  # a new representation: a 200 with a new tag
+        current = tags[path]
+        if inm == current:
+            return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nCache-Control: no-cache"
+                    f"\r\nETag: {current}\r\nLast-Modified: {modified[path]}\r\n\r\n").encode()
+        return (f"HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: no-cache\r\n"
+                f"ETag: {current}\r\nLast-Modified: {modified[path]}\r\n"
+                f"Content-Length: 2\r\n\r\n{path[1]}{current[2]}").encode()
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        for path in ("/a", "/b"):
+            assert (await (await client.get(path)).read()) == f"{path[1]}1".encode()
+        for _ in range(3):
+            for path in ("/a", "/b"):
+                resp = await client.get(path)
+                assert await resp.read() == f"{path[1]}{tags[path][2]}".encode()
+    assert seen[:2] == [("/a", '"a1"', modified["/a"]), ("/b", '"b1"', modified["/b"])]
+    assert seen[2] == ("/a", '"a1"', modified["/a"])  # (answered 200 "a2")
+    assert seen[3:] == [("/b", '"b1"', modified["/b"]), ("/a", '"a2"', modified["/a"]),
+                        ("/b", '"b1"', modified["/b"])], seen

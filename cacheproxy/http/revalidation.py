@@ -32,13 +32,25 @@ def validating_fields(entry: CachedResponse) -> tuple[tuple[str, str], ...]:
     """conditional_fields as a tuple (what Forward.conditional holds), the same one for
     the same stored validators: a URL revalidated on every request sends the same pair
     each time (remembered up to _MEMO_CHARS of validators)."""
+    # The last entry's answer, for the very same field tuples (names and values: all it
+    # is made from): a response refreshed by a 304 that repeated its fields keeps them
+    # (stored.refreshed), so a URL revalidated on every request reads them once.
+    global _last
+    names, values = entry.names, entry.values
+    last = _last
+    if last[1] is values and last[0] is names:
+        return last[2]
     etag, last_modified = entry.validators()
     if len(etag or "") + len(last_modified or "") > _MEMO_CHARS:
         return _validating_fields.__wrapped__(etag, last_modified)
-    return _validating_fields(etag, last_modified)
+    fields = _validating_fields(etag, last_modified)
+    _last = (names, values, fields)  # (holds one entry's two tuples at most)
+    return fields
 
 
 _MEMO_CHARS = 192
+_last: tuple[tuple[str, ...] | None, tuple[str, ...] | None,
+             tuple[tuple[str, str], ...]] = (None, None, ())
 
 
 @lru_cache(maxsize=256)

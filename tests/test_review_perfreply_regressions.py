@@ -6,11 +6,16 @@ revalidation branch (http/flow/lookup.py, http/reuse.py decide_reuse, validating
 What changed: a replay's Answer and Replay are made without their Python-level __init__
 (downstream.replayed); the Cache-Status member of an answer from storage that went forward
 first (a revalidation's) is remembered by every input it is made from, its ttl in whole
-seconds (observe/outcome.py _TIMED_MEMBERS). These tests pin what that memo must never do:
-give one revalidation's member to another whose ttl, forward status, "stored" or detail
-differ. None of them failed before the change: no behaviour was meant to change.
-Severity, were they to fail: Cache-Status (RFC 9211) tells an operator or a client a
-wrong ttl or a store that did not happen (medium)."""
+seconds (observe/outcome.py _TIMED_MEMBERS); the conditional fields of the last entry
+revalidated, by its field tuples (http/revalidation.py validating_fields); the fresh lines
+of the last replay encoded, by the lines and Connection (proxy/client_conn.py
+_replay_head). These tests pin what those memos must never do: give one revalidation's
+member to another whose ttl, forward status, "stored" or detail differ; send one URL's
+validators for another's; repeat one answer's Connection field on another. None of them
+failed before the change: no behaviour was meant to change. Severity, were they to fail:
+a wrong ttl or store in Cache-Status (RFC 9211, medium); a revalidation with another
+URL's validators, whose 304 would serve the wrong body (high); a client told to close a
+good connection, or not told of a closing one (medium)."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from email.utils import formatdate
 from typing import Any
 
 import pytest
-from support import cache_status, raw_origin
+from support import cache_status, raw_get, raw_origin
 
 from cacheproxy.http.cache_status import cache_status as made_member
 from cacheproxy.observe.outcome import Outcome
@@ -135,3 +140,37 @@ async def test_each_revalidation_sends_its_own_stored_validators(proxy: Any) -> 
     assert seen[2] == ("/a", '"a1"', modified["/a"])  # (answered 200 "a2")
     assert seen[3:] == [("/b", '"b1"', modified["/b"]), ("/a", '"a2"', modified["/a"]),
                         ("/b", '"b1"', modified["/b"])], seen
+
+
+async def test_each_replay_says_its_own_connection_fate(proxy: Any) -> None:
+    """RFC 9112 §9.6: an answer that ends its connection says Connection: close; one on a
+    connection that stays open says nothing. A revalidated URL answered in turn on a
+    keep-alive connection and on connections that close (the same Age, Via,
+    Cache-Status and X-Cache each time: client_conn._replay_head remembers the last
+    fresh lines it encoded) must give each answer its own Connection field: a "close"
+    repeated to the keep-alive client would make it drop a good connection, one left off
+    the closing answers would leave a client waiting for a next response."""
+    date = formatdate(time.time(), usegmt=True)
+
+    def answer(head: bytes) -> bytes:
+        if b"if-none-match" not in head.lower():
+            return (f"HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: no-cache\r\n"
+                    f'ETag: "v1"\r\nContent-Length: 4\r\n\r\nbody').encode()
+        return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nCache-Control: no-cache\r\n"
+                f'ETag: "v1"\r\n\r\n').encode()
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        assert await (await client.get("/r")).read() == b"body"
+        host = f"{client.server.host}:{client.server.port}"  # (as client.get sends it)
+        for _ in range(3):
+            for _ in range(2):
+                resp = await client.get("/r")
+                assert await resp.read() == b"body"
+                assert "fwd-status=304" in cache_status(resp)
+                assert "Connection" not in resp.headers, resp.headers
+            for _ in range(2):
+                status, fields, body = await raw_get(client, "/r", host=host)
+                assert (status, body) == (200, b"body")
+                assert "fwd-status=304" in fields["cache-status"], fields
+                assert fields.get("connection") == "close", fields

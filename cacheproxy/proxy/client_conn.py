@@ -101,6 +101,8 @@ class _Date:
 # Loop iterations a lingering read waits for a cancelled upload to leave the body's reader
 # (_linger): one is enough for a task cancelled in the iteration before.
 _MAX_YIELDS = 8
+# _replay_head's last fresh lines, Connection and their encoded bytes.
+_last_fresh: tuple[tuple[tuple[str, str], ...], str | None, bytes] = ((("", ""),), None, b"")
 # Bytes of a request head kept to find where a line too long began: the parser stops at
 # 8,190 bytes of a line, so that line began at most that far back, plus the lines before.
 _HEAD_WINDOW = 64 * 1024
@@ -1351,16 +1353,26 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                      lines: tuple[tuple[str, str], ...]) -> tuple[bytes, bool]:
         """The whole head of a replay, blank line included; and whether the stored head
         had a Date (else one is written fresh)."""
+        global _last_fresh
         head, dated = self.listener.replays.head(entry, plan, version)
+        connection = self._connection(version)
+        last = _last_fresh
+        # The fresh lines encoded for the last replay, for equal lines and Connection
+        # (all they are made from) when the stored head has its Date: a URL revalidated
+        # on every request repeats its Age, Via, Cache-Status and X-Cache within a second.
+        if dated and last[0] == lines and last[1] == connection:
+            return head + last[2], dated
         fresh = "".join([f"{k}: {v}\r\n" for k, v in lines])
         if fresh.count("\n") != len(lines) or fresh.count("\r") != len(lines):
             raise ValueError("a control character in a response field")  # no injection
         if not dated:
             fresh += f"Date: {_Date.now()}\r\n"
-        connection = self._connection(version)
         if connection is not None:
             fresh += f"Connection: {connection}\r\n"
-        return head + fresh.encode("utf-8", "surrogateescape") + b"\r\n", dated
+        tail = fresh.encode("utf-8", "surrogateescape") + b"\r\n"
+        if dated:
+            _last_fresh = (lines, connection, tail)
+        return head + tail, dated
 
     def _write_replay(self, head: bytes, entry: CachedResponse) -> None:
         if self.transport is not None:  # (_send_plain does the same without the call)

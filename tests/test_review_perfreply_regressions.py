@@ -174,3 +174,44 @@ async def test_each_replay_says_its_own_connection_fate(proxy: Any) -> None:
                 assert (status, body) == (200, b"body")
                 assert "fwd-status=304" in fields["cache-status"], fields
                 assert fields.get("connection") == "close", fields
+
+
+async def test_a_coded_response_is_refused_after_an_uncoded_one_was_served(proxy: Any
+                                                                            ) -> None:
+    """RFC 9110 §12.5.3: a response stored gzip-coded without Vary: Accept-Encoding does
+    not reach a client that does not take gzip; the origin answers it. Requests taking
+    identity only go in turn to a URL stored uncoded and to one stored coded (each with a
+    request directive, so the lookup decides rather than the quick path): the uncoded one
+    is served from storage each time, the coded one never, but asked of the origin
+    (codings.coding_refused remembers the last field names it found without
+    Content-Encoding). Varnish never hands gzip to such a client."""
+    sent: list[str] = []
+
+    def answer(head: bytes) -> bytes:
+        path = head.split(b" ", 2)[1].decode()
+        sent.append(path)
+        coded = path == "/gz"  # (pre-compressed: whatever the request takes)
+        extra = "Content-Encoding: gzip\r\n" if coded else ""
+        body = "GZ" if coded else "id"
+        return (f"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\n{extra}"
+                f"Content-Length: 2\r\n\r\n{body}").encode()
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        host = f"{client.server.host}:{client.server.port}"
+        for path in ("/plain", "/gz"):  # stored: /gz coded
+            status, _, _ = await raw_get(client, path, "Accept-Encoding: gzip", host=host)
+            assert status == 200
+        assert sent == ["/plain", "/gz"]
+        for _ in range(3):
+            for path in ("/plain", "/gz"):
+                status, fields, _ = await raw_get(
+                    client, path, "Accept-Encoding: identity", "Cache-Control: max-stale=5",
+                    host=host)
+                assert status == 200
+                if path == "/plain":
+                    assert fields["cache-status"].startswith("cacheproxy; hit;"), fields
+                else:  # the origin's own answer, never the stored coded one
+                    assert "fwd=miss" in fields["cache-status"], fields
+        assert sent.count("/plain") == 1, sent
+        assert sent.count("/gz") == 4, sent

@@ -56,11 +56,21 @@ def accepts(accept_encoding: str | None, codings: list[str]) -> bool:
     return all(weights.get(c, star) > 0.0 for c in coded)
 
 
+_uncoded: tuple[str, ...] | None = None  # coding_refused's last names without Content-Encoding
+
+
 def coding_refused(entry: CachedResponse, headers: Headers) -> bool:
     """Would the stored response reach a client that does not accept its compression?
     Only when it does not vary on Accept-Encoding (§4.1 of RFC 9111 otherwise chose it
     for this very value): an origin that compresses per request but forgets the Vary."""
-    if entry.field("content-encoding") is None or "accept-encoding" in entry.vary:
+    global _uncoded
+    names = entry.names
+    if names is _uncoded:  # (the last shape found without one: a refreshed entry keeps it)
+        return False
+    if entry.field("content-encoding") is None:
+        _uncoded = names  # (whether one is there depends on the names alone)
+        return False
+    if "accept-encoding" in entry.vary:
         return False
     codings = [c for name, value in zip(entry.names, entry.values, strict=True)
                if name.lower() == "content-encoding"

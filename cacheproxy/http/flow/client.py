@@ -22,6 +22,8 @@ class NotModified:
 def client_answer(entry: CachedResponse, req: RequestFacts) -> NotModified | None:
     """§4.3.2: the client's If-None-Match / If-Modified-Since evaluated against entry;
     None: the client gets the response whole (a HEAD without its body)."""
+    if not req.validating:  # (neither field: the usual request, told without reading them)
+        return None
     inm = req.if_none_match
     ims = req.if_modified_since
     if inm is None and ims is None:

@@ -18,7 +18,7 @@ from cacheproxy.http.invalidation import SAFE_METHODS
 from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
 from cacheproxy.http.upgrade import websocket_key
-from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup
+from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup, routed_outcome
 from cacheproxy.policies.forward import (
     Allowed,
     ForwardAccess,
@@ -345,9 +345,8 @@ class CacheProxy:
         up, as the driver carries it on from its forward step."""
         route, facts, fwd, _ = planned
         plan = request[PLAN] = route.plan
-        outcome = request[OUTCOME] = Outcome(
-            started=started, host=route.authority, target=route.target,
-            route=route.route_name, secrets=route.secrets)
+        outcome = request[OUTCOME] = routed_outcome(
+            started, route.authority, route.target, route.route_name, route.secrets)
         note_lookup(outcome, fwd)
         authority = route.authority
         scheme = route.scheme

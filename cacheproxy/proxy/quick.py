@@ -47,7 +47,7 @@ from cacheproxy.http.flow import (
 from cacheproxy.http.front_scheme import front_scheme
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.http.target import request_target
-from cacheproxy.observe.outcome import Outcome, note_lookup
+from cacheproxy.observe.outcome import Outcome, note_lookup, routed_outcome
 from cacheproxy.proxy.downstream import Answer
 from cacheproxy.proxy.respond import fresh_fields
 from cacheproxy.proxy.routed import Planned, Route
@@ -169,8 +169,8 @@ class QuickHits:
     @staticmethod
     def _outcome(route: Route, started: float) -> Outcome:
         """As CacheProxy._respond starts one for an origin-form request."""
-        return Outcome(started=started, host=route.authority, target=route.target,
-                       route=route.route_name, secrets=route.secrets)
+        return routed_outcome(started, route.authority, route.target, route.route_name,
+                              route.secrets)
 
     def fresh(self, entry: CachedResponse, outcome: Outcome) -> tuple[tuple[str, str], ...]:
         proxy = self.proxy

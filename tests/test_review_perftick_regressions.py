@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from cacheproxy.observe.sink import LogSink
-from tests.support import until
+from support import until
 
 
 async def test_log_batches_go_at_most_every_flush_seconds_and_at_once_after_a_quiet_spell(

@@ -14,8 +14,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from cacheproxy.observe.sink import LogSink
 from support import until
+
+from cacheproxy.observe.sink import LogSink
 
 
 async def test_log_batches_go_at_most_every_flush_seconds_and_at_once_after_a_quiet_spell(

@@ -8,6 +8,8 @@ reaching another, and a client's own conditionals on a URL whose answers are not
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from support import raw_origin
@@ -29,6 +31,21 @@ def _answer(head: bytes) -> bytes:
         b"Content-Length: 2\r\n\r\nok"
 
 
+@asynccontextmanager
+async def _through(proxy: Any) -> AsyncIterator[tuple[Raw, list[bytes]]]:
+    """A connection to a proxy (no collapsing) in front of an origin answering _answer,
+    and the request heads the origin saw, in order."""
+    heads: list[bytes] = []
+
+    def seen(head: bytes) -> bytes:
+        heads.append(head)
+        return _answer(head)
+
+    async with raw_origin(seen) as port:
+        client = await proxy(f"http://127.0.0.1:{port}", cache={"collapse": False})
+        yield await Raw.open(client), heads
+
+
 async def test_a_hit_for_pass_url_sends_each_clients_own_validators(proxy: Any) -> None:
     """Performance (perfflow), a behaviour no end-to-end test pinned for If-Modified-Since
     alone: lookup reads whether the client sent validators from a fact made with the
@@ -38,15 +55,7 @@ async def test_a_hit_for_pass_url_sends_each_clients_own_validators(proxy: Any) 
     only so that the cache can fill), and the origin's 304 reaches the client; the next
     request without validators gets the 200, not a 304 decided for another. Severity if
     broken: medium (a wasted full answer, or a 304 to a client that cannot use it)."""
-    heads: list[bytes] = []
-
-    def seen(head: bytes) -> bytes:
-        heads.append(head)
-        return _answer(head)
-
-    async with raw_origin(seen) as port:
-        client = await proxy(f"http://127.0.0.1:{port}", cache={"collapse": False})
-        conn = await Raw.open(client)
+    async with _through(proxy) as (conn, heads):
         sequence = ((), ('If-None-Match: "p1"',),
                     ("If-Modified-Since: Wed, 01 Jan 2025 00:00:00 GMT",), (),
                     ("If-Modified-Since: Wed, 01 Jan 2025 00:00:00 GMT",), ())
@@ -72,15 +81,7 @@ async def test_pass_decisions_shared_between_requests_keep_each_ones_reason(
     only the origin evaluates here, RFC 9110 §13.2.2: RequestFacts.preconditioned, now
     read once as a field) goes upstream as it is and its 412 comes back as a bypass.
     Severity if broken: medium (a wrong reason logged and sent; a precondition dropped)."""
-    heads: list[bytes] = []
-
-    def seen(head: bytes) -> bytes:
-        heads.append(head)
-        return _answer(head)
-
-    async with raw_origin(seen) as port:
-        client = await proxy(f"http://127.0.0.1:{port}", cache={"collapse": False})
-        conn = await Raw.open(client)
+    async with _through(proxy) as (conn, heads):
         for path, detail in (("/pass", "no-store"), ("/private", "private"),
                              ("/pass", "no-store"), ("/private", "private")):
             await conn.send(request(path, ()))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from unittest import mock
 
 import pytest
 from aiohttp import web_protocol
@@ -22,8 +21,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.http_parser import HttpRequestParserPy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
+from test_server_protocol import fallback_parser
 
 needs_c = pytest.mark.skipif(web_protocol.HttpRequestParser is HttpRequestParserPy,
                              reason="aiohttp's C extension is not in use")
@@ -49,13 +47,7 @@ def test_settled_parser_holds_nothing_however_the_stream_is_split(data: Any) -> 
     Severity: would be high (stalled or unbounded requests); a guard for this review's
     change, which failed no test before it."""
     loop = asyncio.new_event_loop()  # (for the payloads; nothing runs on it)
-    protocol = mock.Mock()
-
-    def make_c() -> web_protocol.HttpRequestParser:
-        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=32)
-
-    parser = _FallbackParser(make_c(), lambda: _StrictPythonParser(protocol, loop, 2**16),
-                             max_queue=32, make_c=make_c)
+    parser = fallback_parser(loop)
     count = data.draw(st.integers(1, 40), label="requests")
     stream = b"".join(data.draw(st.sampled_from(_SHAPES)).replace(b"%d", b"%d" % i)
                       for i in range(count))

@@ -509,6 +509,20 @@ STATES: dict[str, tuple[list[bytes], bytes | int | None]] = {
 }
 
 
+def fallback_parser(loop: asyncio.AbstractEventLoop) -> _FallbackParser:
+    """The wrapper as the listener makes it: llhttp first, the strict Python parser after
+    an unknown method, both over a mock protocol (messages' payloads on loop)."""
+    from cacheproxy.proxy.server_protocol import _StrictPythonParser
+
+    protocol = mock.Mock()
+
+    def make_c() -> web_protocol.HttpRequestParser:
+        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=32)
+
+    return _FallbackParser(make_c(), lambda: _StrictPythonParser(protocol, loop, 2**16),
+                           max_queue=32, make_c=make_c)
+
+
 @needs_c
 @pytest.mark.parametrize("case", STATES)
 async def test_fallback_parser_state(case: str) -> None:
@@ -544,16 +558,7 @@ async def test_fallback_parser_hands_back_requests_before_a_malformed_one_then_r
     """The requests before a malformed one in a feed come back, then its error; whatever
     is fed after that gives nothing (the connection closes after the 400), not a second
     error."""
-    from cacheproxy.proxy.server_protocol import _StrictPythonParser
-
-    loop = asyncio.get_running_loop()
-    protocol = mock.Mock()
-
-    def make_c() -> web_protocol.HttpRequestParser:
-        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=32)
-
-    parser = _FallbackParser(make_c(), lambda: _StrictPythonParser(protocol, loop, 2**16),
-                             max_queue=32, make_c=make_c)
+    parser = fallback_parser(asyncio.get_running_loop())
     messages, _, _ = parser.feed_data(
         b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
         b"GET /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
@@ -664,16 +669,8 @@ def test_higher_minor_versions_read_as_1_1_however_the_stream_is_split(data: Any
     of a pipelined stream: every request comes back once, in order, as 1.1, with its
     body's bytes as sent, even a body that holds such a request line itself (only heads
     are rewritten); and after an unknown method, by the Python parser."""
-    from cacheproxy.proxy.server_protocol import _StrictPythonParser
-
     loop = asyncio.new_event_loop()  # (for the payloads; nothing runs on it)
-    protocol = mock.Mock()
-
-    def make_c() -> web_protocol.HttpRequestParser:
-        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=32)
-
-    parser = _FallbackParser(make_c(), lambda: _StrictPythonParser(protocol, loop, 2**16),
-                             max_queue=32, make_c=make_c)
+    parser = fallback_parser(loop)
     sent: list[tuple[str, bytes]] = []
     stream = b""
     for i in range(data.draw(st.integers(1, 6), label="requests")):

@@ -254,7 +254,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._out: list[bytes] = []  # writes gathered for the iteration's end (_write)
         self._out_bytes = 0
         self._unsent = 0  # bytes the transport held at the last look (send_timeout)
-        self._handed = 0  # bytes handed to the transport by _flush_out, in all
+        self._handed = 0  # bytes handed to the transport by flush_out, in all
         self._gone = 0  # of those, how many had left its buffer at the last look
         # Lines of big answers not all out (LOG_WHEN_OUT_BYTES): where each body ends in
         # _handed, its size, and what writes the line given the bytes that went.
@@ -787,7 +787,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     async def _one(self, msg: RawRequestMessage, payload: StreamReader) -> bool:
         """Answer one request; False when the connection is to close after it."""
         if self._out:  # the quick answers before it go first (aiohttp's writer, a tunnel)
-            self._flush_out()
+            self.flush_out()
         started = time.perf_counter()
         listener = self.listener
         self._payload = payload
@@ -1401,8 +1401,6 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if self._paused:  # what send_timeout measures progress against
                 self._unsent = self._unsent_bytes()
 
-    _flush_out = flush_out  # (one call fewer per connection and iteration)
-
     def _feed_tls(self) -> None:
         """Hand TLS the next slices of what waits (tls_slices.py) while the TCP transport
         under it has sent all it held: a slow client has about a slice of ciphertext
@@ -1437,7 +1435,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             out.append(more)
             self._out_bytes += len(more)
         if self._out_bytes >= GATHER_BYTES:  # (and the transport may pause writing)
-            self._flush_out()
+            self.flush_out()
 
     async def start(self, status: int, reason: str | None, headers: CIMultiDict[str],
                     head_only: bool) -> None:

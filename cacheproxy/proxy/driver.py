@@ -361,13 +361,22 @@ class Driver:
         # (by position: the flow's keywords cost every answer some 1,500 instructions)
         d = answered(fwd, status, fields, content_length, ctx.facts, ctx.plan.cache,
                      ctx.key, request_time, now)
-        if type(d) is Store or type(d) is Update:
+        # Hit-for-pass: after an answer that could not be stored for any request, the
+        # requests of its variant (RFC 9111 §4.1) stop waiting behind each other for a
+        # while; one stored for them ends it. (By exact type, as observe/outcome.py
+        # notes decisions; inline, not a method: a call per answer saved.)
+        kind = type(d)
+        if kind is Store or kind is Update:
             entry = d.entry
             if entry.born + entry.lifetime <= now:  # stale on arrival (rare): a clock?
                 self.clock_skew.arrived_stale(
                     ctx.plan.upstream, redact(ctx.key, ctx.plan.route.referer.strip_params),
                     entry, fields, request_time, now)
-        self._remember(ctx, d, fields)
+            self.collapser.unmark_pass(ctx.key, entry)
+            self.collapser.note_stored(ctx.key, entry)
+        elif (kind is Pass or kind is Keep or kind is Evict or kind is Refetch) \
+                and d.hit_for_pass:
+            self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.selecting))
         note_answered(ctx.outcome, d, now)
         return d
 
@@ -510,18 +519,6 @@ class Driver:
         for key in keys:
             await discard(self.store, key)
         return now
-
-    def _remember(self, ctx: Ctx, d: Answered, fields: Fields) -> None:
-        """Hit-for-pass: after an answer that could not be stored for any request, the
-        requests of its variant (RFC 9111 §4.1) stop waiting behind each other for a
-        while; one stored for them ends it."""
-        # (by exact type, as observe/outcome.py notes decisions: no call per kind tried)
-        if type(d) is Store or type(d) is Update:
-            self.collapser.unmark_pass(ctx.key, d.entry)
-            self.collapser.note_stored(ctx.key, d.entry)
-        elif (type(d) is Pass or type(d) is Keep or type(d) is Evict
-              or type(d) is Refetch) and d.hit_for_pass:
-            self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.selecting))
 
     def _failed(self, ctx: Ctx, f: Failed) -> Answer:
         if isinstance(f, ServeStale):

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from cacheproxy.proxy.handler import CacheProxy
     from cacheproxy.proxy.routing import RoutePlan
+    from cacheproxy.proxy.upstream import UpstreamError
 
 
 class Client(Protocol):
@@ -60,7 +61,7 @@ class Client(Protocol):
 
 def passes_on(d: Answered) -> bool:
     """A decision Exchange.relay performs as a plain relay: nothing stored, nothing
-    served from storage, nothing evicted."""
+    served from storage, nothing evicted. (QuickForward._arrived reads it inline.)"""
     return type(d) is Pass or (type(d) is Keep and d.serve is None)
 
 
@@ -116,59 +117,75 @@ class QuickForward:
     # -- the upstream connection's callback --------------------------------------------
 
     def _arrived(self) -> None:
-        """The head is in (or the exchange failed): answer, or hand the rest on."""
-        ctx, client = self.ctx, self.client
+        """The head is in (or the exchange failed): answer, or hand the rest on. The
+        usual whole answer passed on is written from here, in this one frame (each
+        Python call on a pass-through's way costs some 1,000 instructions)."""
+        conn, ctx = self.conn, self.ctx
         try:
-            answer = self._answer()
+            failure = conn.head_failure()
+            if failure is not None:
+                answer = self._failed(failure)
+            else:
+                outcome = ctx.outcome
+                outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000
+                outcome.fwd_status = status = conn.status
+                fields = conn.fields()  # as received, in order
+                length = conn.content_length  # llhttp checked it is one number
+                try:
+                    d = self.proxy.driver.decided(
+                        ctx, self.fwd, status, fields,
+                        int(length) if length is not None and length.isdigit() else None,
+                        self.request_time)
+                except BaseException:
+                    conn.close()  # (UpstreamResponse.close's: closed, then released)
+                    self.proxy.exchange.pool.release(conn)
+                    raise
+                kind = type(d)  # (passes_on, inline)
+                if (kind is Pass or (kind is Keep and d.serve is None)) and conn.whole:
+                    self._pass_on(ctx, conn, status, fields)
+                    answer = None
+                else:
+                    answer = self._perform(d)
         except Exception:  # a bug of ours: a 500, as the full path's guard answers
-            self.conn.close()
+            conn.close()
             answer = self.proxy.internal_error(ctx.request, ctx.outcome)
         if answer is not _HANDED:  # (a handed-off one is done when its task is)
-            self.settle()
-            client.forwarded(answer)
+            self._settled = True  # (settle, inline)
+            done = self._done
+            if done is not None and not done.done():
+                done.set_result(None)
+            self.client.forwarded(answer)
 
-    def _answer(self) -> Any:  # Answer, None (sent), or _HANDED
+    def _failed(self, failure: UpstreamError) -> Any:  # Answer, or _HANDED
+        """No head came: the one retry exchange.send allows, else the driver's answer to
+        the failure (an error, or a stale response)."""
         conn, ctx, fwd = self.conn, self.ctx, self.fwd
-        proxy = self.proxy  # (a client that left still has its request carried out and
-        # logged, as the full path's task does: a 304 still updates the store)
-        driver, exchange = proxy.driver, proxy.exchange
-        failure = conn.head_failure()
-        if failure is not None:
-            exchange.pool.release(conn)  # (closed: a failed connection is not reused)
-            if exchange.retries(fwd.method, conn, self.reused, failure):
-                return self._hand_off(driver.forward(ctx, fwd, first_sent=self._sent_at))
-            return driver.upstream_failed(ctx, fwd, failure)
-        outcome = ctx.outcome
-        outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000
-        outcome.fwd_status = status = conn.status
-        fields = conn.fields()  # as received, in order
-        length = conn.content_length  # llhttp checked it is one number
-        try:
-            d = driver.decided(ctx, fwd, status, fields,
-                               int(length) if length is not None and length.isdigit()
-                               else None, self.request_time)
-        except BaseException:
-            conn.close()  # (UpstreamResponse.close's: closed, then released)
-            exchange.pool.release(conn)
-            raise
-        whole = conn.whole
-        if passes_on(d) and whole:
-            self._pass_on(status, fields)
-            return None
+        driver, exchange = self.proxy.driver, self.proxy.exchange
+        exchange.pool.release(conn)  # (closed: a failed connection is not reused)
+        if exchange.retries(fwd.method, conn, self.reused, failure):
+            return self._hand_off(driver.forward(ctx, fwd, first_sent=self._sent_at))
+        return driver.upstream_failed(ctx, fwd, failure)
+
+    def _perform(self, d: Answered) -> Any:  # Answer, or _HANDED
+        """The driver carries out a decision other than a plain relay of a whole answer
+        (a client that left still has its request carried out and logged, as the full
+        path's task does: a 304 still updates the store)."""
+        conn, ctx, driver, exchange = self.conn, self.ctx, self.proxy.driver, self.proxy.exchange
         # (made only for the driver's steps: an answer passed on here needs none)
         resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout, self._sent_at)
-        answer = driver.validated_now(ctx, d, resp) if whole else None
+        answer = driver.validated_now(ctx, d, resp) if conn.whole else None
         if answer is not None:  # a 304 (whole, no body) validated the stored response
             return answer
         return self._hand_off(driver.perform(ctx, d, resp))
 
-    def _pass_on(self, status: int, received: list[tuple[str, str]]) -> None:
+    def _pass_on(self, ctx: Ctx, conn: Connection, status: int,
+                 received: list[tuple[str, str]]) -> None:
         """Exchange.relay's Pass, with the whole body in hand: one write. A client gone
         before its head is written: the connection is closed, as Exchange.relay abandons
         it (UpstreamResponse.close)."""
-        ctx, client, conn = self.ctx, self.client, self.conn
+        client, outcome, plan = self.client, ctx.outcome, ctx.plan
         pool = self.proxy.exchange.pool
-        send_body = ctx.request.method != "HEAD"
+        head_only = ctx.request.method == "HEAD"
         kept = received
         names: Container[str]
         if type(received) is FieldList and HOP_BY_HOP.isdisjoint(received.by_name):
@@ -176,22 +193,22 @@ class QuickForward:
         else:
             kept = end_to_end(received)
             names = {k.lower() for k, _ in kept}
-        cache_name = ctx.plan.forward.via  # (the request's: a reload since renames nothing)
-        marked = marks(ctx.outcome, cache_name, via_value(conn.version, cache_name))
+        cache_name = plan.forward.via  # (the request's: a reload since renames nothing)
+        marked = marks(outcome, cache_name, via_value(conn.version, cache_name))
         try:
-            head = client.begin_relayed(status, conn.reason, kept, names, marked, ctx.plan,
-                                        not send_body)
+            head = client.begin_relayed(status, conn.reason, kept, names, marked, plan,
+                                        head_only)
             if head is None:  # (a field to replace or remove, a body to frame: begin's)
                 headers = CIMultiDict(kept)
                 put_marks(headers, marked)
-                head = client.begin(status, conn.reason, headers, not send_body)
+                head = client.begin(status, conn.reason, headers, head_only)
         except ConnectionError:  # the client left: as Exchange.relay abandons it
             conn.close()
             pool.release(conn)
-            ctx.outcome.stored = False
+            outcome.stored = False
             return
         body = conn.take_body()  # (whole: taken, the connection is pooled again)
-        if not send_body:
+        if head_only:
             # A HEAD client: no body. An answer to HEAD ends with its head (RFC 9112 §6.3
             # rule 1), one to a GET sent for it with the body taken: release pools
             # either, unless bytes came past its end (pool.py).
@@ -200,7 +217,7 @@ class QuickForward:
         try:
             client.send_whole(head, body)
         except ConnectionError:
-            ctx.outcome.stored = False
+            outcome.stored = False
 
     def _hand_off(self, step: Awaitable[Answer | None]) -> object:
         self.client.hand_off(step)

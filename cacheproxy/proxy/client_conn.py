@@ -245,6 +245,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._declined: Any = None  # the request the quick path last handed on
         self._planned: tuple[Any, Planned] | None = None  # and how it goes forward
         self._relay: QuickForward | None = None  # a request sent by callback, under way
+        self._forwarder: QuickForward | None = None  # the one renewed for the next (_forward)
         # The field lines of the last upstream head a quick forward sent, and what they
         # were made from (_upstream_head).
         self._sent_fields: tuple[tuple[Any, ...], bytes] | None = None
@@ -976,7 +977,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         try:
             request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
             ctx = proxy.planned(request, self, planned, started)
-            relay = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
+            relay = self._forwarder
+            if relay is None:
+                relay = self._forwarder = QuickForward(proxy, self, ctx, fwd, conn, self._loop)
+            else:
+                relay.renew(proxy, ctx, fwd, conn)
             relay.start(self._upstream_head(msg, route, fwd, url, ctx))
         except UpstreamError:  # a field that cannot be sent, a connection closed meanwhile
             exchange.pool.release(conn)  # (the full path answers, with its 502)
@@ -1151,6 +1156,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         """The quick forward goes on in a task: the driver's step, then the queue."""
         relay, self._relay = self._relay, None
         assert relay is not None
+        self._forwarder = None  # (the task's now: its end settles it, below)
         task = self._task = self._loop.create_task(
             self._continued(step, relay.ctx.request, relay.ctx.outcome.started))
         task.add_done_callback(lambda _: relay.settle())  # (a graceful stop waits for it)

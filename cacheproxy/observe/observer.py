@@ -186,7 +186,7 @@ class Observer:
         # format is written from the record.
         lean = sink is None or format is to_json
         lines: list[str] = []
-        wall, now = time.time(), time.perf_counter()
+        wall = now = 0.0  # (read for the batch's first hit: a miss's line needs neither)
         for record, counted in pending:
             try:
                 if type(record) is list:  # record()'s fields
@@ -198,6 +198,8 @@ class Observer:
                         continue
                     record = record_of(record)
                 elif type(record) is tuple:  # record_hit's parts
+                    if not now:
+                        wall, now = time.time(), time.perf_counter()
                     if lean:
                         self._settle_hit(record, counted, wall, now, lines)
                         continue

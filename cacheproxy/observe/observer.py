@@ -126,10 +126,13 @@ class Observer:
         secrets = outcome.secrets
         age, ttl = outcome.age, outcome.ttl
         referer = h.get(REFERER)
+        target = outcome.target or request.raw_path
+        if secrets or "@" in target:  # (else redact's answer is the target as it is)
+            target = redact(target, secrets)  # type: ignore[assignment]
         self._add([
             time.time() - duration, request.remote or "-", request.method,
             outcome.host or h.get(HOST, "-"),
-            redact(outcome.target or request.raw_path, secrets) or "-",
+            target or "-",
             status, outcome.status, outcome.bytes_sent, duration * 1000,
             None if age is None else int(age),
             None if ttl is None else int(ttl // 1),

@@ -141,7 +141,9 @@ class Listener:
         outcome = request.get(OUTCOME)
         if outcome is not None:
             outcome.bytes_sent = sent
-            self.observer.record(request, status, outcome, time.perf_counter() - started)
+            # (record measures from outcome.started when it has one, as the quick path's do)
+            self.observer.record(request, status, outcome, 0.0 if outcome.started
+                                 else time.perf_counter() - started)
         else:  # refused before the cache (by the parser, the Expect rule): an error,
             # with every route's strip_params redacted (none was chosen: handler.py's own
             # refusals before routing do the same), in its path parameters and Referer

@@ -73,6 +73,24 @@ _PHRASES: dict[bytes, str] = {}
 _MAX_PHRASES = 64
 
 
+# Field names as received, decoded and lower-cased (on_header): origins send the same few
+# names in every answer. Names up to 64 bytes, at most 512 (emptied when full).
+_NAMES: dict[bytes, tuple[str, str]] = {}
+_MAX_NAMES = 512
+_MAX_NAME = 64
+
+
+def _field_name(name: bytes) -> tuple[str, str]:
+    """name decoded as aiohttp decodes it (the bytes go on unchanged), and lower-cased."""
+    text = name.decode("utf-8", "surrogateescape")
+    known = (text, text.lower())
+    if len(name) <= _MAX_NAME:
+        if len(_NAMES) >= _MAX_NAMES:
+            _NAMES.clear()
+        _NAMES[name] = known
+    return known
+
+
 # An empty FieldList, its index not made yet: _unindexed(FieldList) (list's own __new__).
 _unindexed: Callable[[type[FieldList]], FieldList] = list.__new__  # type: ignore[assignment]
 
@@ -154,19 +172,19 @@ _CONTENT_CODINGS = frozenset({"gzip", "x-gzip", "deflate", "compress", "x-compre
 class Connection(asyncio.Protocol):
     """One connection to an origin; one exchange at a time (no pipelining upstream)."""
 
-    # Slots: the 48 attributes below are read and set a few hundred times per exchange.
+    # Slots: its 50 attributes are read and set a few hundred times per exchange.
     # Past 30 names CPython 3.11 gives up an instance's shared-key dict, and its reads and
-    # stores lose their fast, specialised forms (on_headers_complete alone cost about
-    # 16,000 instructions with a dict).
+    # stores lose their fastest forms (a reused exchange of a 5-field answer: about 3,600
+    # instructions fewer with slots).
     __slots__ = ("__weakref__", "_announced", "_bare_bytes", "_blocked_since", "_buffered",
-                 "_chunks", "_closed", "_complete", "_counting", "_early", "_field_bytes",
-                 "_fields", "_head", "_head_bytes", "_head_only", "_head_timer", "_headed",
-                 "_interim", "_interims", "_lenient", "_line", "_loop", "_lost", "_parser",
-                 "_paused", "_pump", "_read_timeout", "_read_timer", "_read_until",
-                 "_received", "_receiver", "_status_text", "_switching", "_tls",
-                 "_until_close", "_waiter", "_writable", "content_length", "idle_timer",
-                 "idle_until", "origin", "pool", "reason", "reusable", "status", "transport",
-                 "used", "version", "written")
+                 "_by_name", "_chunks", "_closed", "_complete", "_counting", "_early",
+                 "_field_bytes", "_fields", "_head", "_head_bytes", "_head_only", "_head_timer",
+                 "_headed", "_interim", "_interims", "_lenient", "_line", "_loop", "_lost",
+                 "_parser", "_paused", "_pump", "_read_timeout", "_read_timer", "_read_until",
+                 "_received", "_receiver", "_status_text", "_switching", "_tls", "_until_close",
+                 "_v11", "_waiter", "_writable", "content_length", "idle_timer", "idle_until",
+                 "origin", "pool", "reason", "reusable", "status", "transport", "used", "version",
+                 "written")
 
     def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool = pool
@@ -221,6 +239,8 @@ class Connection(asyncio.Protocol):
         # The section's fields as on_header decodes them, in a FieldList from the start:
         # on_headers_complete only adds the index (no copy, no __init__).
         self._fields: FieldList = _unindexed(FieldList)
+        self._by_name: dict[str, list[str]] = {}  # its index, made as fields come
+        self._v11 = False  # the answer's first read began "HTTP/1.1 SSS" (data_received)
         self._field_bytes = 0      # the section's, counted once _counting (on_header)
         self._counting = False
         self._headed = False       # the head is in: later field lines are trailers
@@ -276,6 +296,9 @@ class Connection(asyncio.Protocol):
                     if 0x31 < data[7] <= 0x39 and data.startswith(b"HTTP/1."):
                         data = b"HTTP/1.1" + data[8:]
                     self._line = DONE
+                    # llhttp's version, without its get_http_version() (a str made by
+                    # format(), per call): x.y with one digit each, llhttp checks the rest.
+                    self._v11 = data[5] == 0x31 and data[7] == 0x31
                 else:  # split, or an interim answer (1xx): after its end, another
                     data, self._line = read_as_1_1(data, line)
             self._head_bytes += len(data)
@@ -424,9 +447,19 @@ class Connection(asyncio.Protocol):
             self._field_bytes += len(name) + len(value)
             if self._field_bytes > _MAX_FIELD_BYTES:
                 raise httptools.HttpParserError("header section too large")
-        # Decoded as aiohttp decodes fields, so that the bytes go on unchanged.
-        self._fields.append((name.decode("utf-8", "surrogateescape"),
-                             value.decode("utf-8", "surrogateescape")))
+        # Decoded as aiohttp decodes fields, so that the bytes go on unchanged; indexed
+        # by lower-cased name as they come (FieldList's index, for every rule after).
+        text = value.decode("utf-8", "surrogateescape")
+        known = _NAMES.get(name)
+        if known is None:
+            known = _field_name(name)
+        self._fields.append((known[0], text))
+        by_name = self._by_name
+        values = by_name.get(known[1])
+        if values is None:
+            by_name[known[1]] = [text]
+        else:
+            values.append(text)
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -458,9 +491,11 @@ class Connection(asyncio.Protocol):
                 # (Only the first few: an origin sending them without end would fill
                 # the buffer of a client that does not read.)
                 self._interim(status, self._phrase(status), list(self._fields))
-            self._fields, self._field_bytes = _unindexed(FieldList), 0
+            self._fields, self._field_bytes, self._by_name = _unindexed(FieldList), 0, {}
             return
-        version = self._parser.get_http_version()  # (a str made per call: read once)
+        # (get_http_version makes a str per call: read once, and not when the first read
+        # said it, data_received)
+        version = "1.1" if self._v11 else self._parser.get_http_version()
         if version not in ("1.1", "1.0"):
             # RFC 9112 §4: an HTTP/1.x status line. llhttp takes "HTTP/2.0", which has no
             # such framing (RFC 9113): its length cannot be trusted.
@@ -474,17 +509,8 @@ class Connection(asyncio.Protocol):
         if version != "1.1" or self.pool.http10:  # (RFC 9112 §6.1: Exchange.send)
             self.pool.heard(self.origin, version)
         self.reason = _PHRASES.get(self._status_text) or self._phrase(status)
-        # By lower-cased name, for every rule after (FieldList's index, made here: a
-        # call and a copy fewer than FieldList.__init__).
-        fields = self._fields
-        by_name: dict[str, list[str]] = {}
-        for k, v in fields:
-            lk = k.lower()
-            if lk in by_name:
-                by_name[lk].append(v)
-            else:
-                by_name[lk] = [v]
-        fields.by_name = by_name
+        # The index on_header made (a call and a copy fewer than FieldList.__init__).
+        by_name = self._fields.by_name = self._by_name
         if not self._parser.should_keep_alive() and not (
                 self._head_only and _persists(version, by_name.get("connection"))):
             # (llhttp takes an answer to HEAD with neither Content-Length nor chunked to

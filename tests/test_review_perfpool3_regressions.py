@@ -59,3 +59,36 @@ async def test_field_names_in_any_case_and_repeated_share_one_index_entry(
             assert resp.status == 200 and await resp.read() == b"ok"
             assert resp.headers["X-Cache"] == "MISS"
             assert "stored" not in cache_status(resp)
+
+
+async def test_a_quick_exchange_that_fails_leaves_the_next_ones_answered(proxy: Any) -> None:
+    """A request sent by callback on an idle connection (send_quick) now keeps its head's
+    state in futures the pool shares (pending, answered), not in one made per exchange;
+    a failure gets a future of its own. Had a timeout (504) or an origin's close (502)
+    been set on the shared pending one, a user saw every later request on a reused
+    connection fail at once with the same error. RFC 9110 §15.6.5 (504) and §15.6.3
+    (502) for the failing one alone; nginx's upstream keepalive serves the next request
+    as usual. Severity: high, were it broken (the proxy stops forwarding)."""
+    ok = b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok"
+    seen: dict[bytes, int] = {}
+
+    def answer(head: bytes) -> bytes | list[bytes | None]:
+        path = head.split(b" ", 2)[1]
+        seen[path] = seen.get(path, 0) + 1
+        if seen[path] == 1:  # (a no-store answer first: the next request for it is sent
+            return ok  # by callback, hit-for-pass, not collapsed behind others)
+        if path == b"/slow":
+            return [b"", *[b""] * 8, ok]  # (0.45 s: past the read timeout)
+        if path == b"/close":
+            return [None]
+        return ok
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}", proxy={"read_timeout": 0.2})
+        for path, status in (("/ok", 200), ("/slow", 200), ("/ok", 200), ("/slow", 504),
+                             ("/ok", 200), ("/ok", 200), ("/close", 200), ("/close", 502),
+                             ("/ok", 200), ("/ok", 200)):
+            resp = await client.get(path)
+            assert resp.status == status, path
+            if status == 200:
+                assert await resp.read() == b"ok"

@@ -406,8 +406,7 @@ class Connection(asyncio.Protocol):
                                       if self._tls and self._until_close
                                       else "connection closed" if self._received
                                       else "closed before answering")
-            if self._head is not None and not self._head.done():
-                self._head.set_exception(self._lost)
+            self._head_failed(self._lost)
         self._wake()
         if self._receiver is not None:
             self._notify()
@@ -527,8 +526,12 @@ class Connection(asyncio.Protocol):
         self._until_close = not (self._head_only or status in (204, 304) or chunked or length)
         if self._until_close:
             self.reusable = False
-        if self._head is not None and not self._head.done():
-            self._head.set_result(None)
+        head = self._head
+        if head is not None and not head.done():
+            if head is self.pool._pending:  # (send_quick's: the pool's answered one)
+                self._head = self.pool._answered
+            else:
+                head.set_result(None)
         if self._head_only:
             # RFC 9110 §9.3.2, RFC 9112 §6.3 rule 1: the answer to HEAD ends with its head,
             # whatever its Content-Length or Transfer-Encoding say. llhttp cannot be told
@@ -590,7 +593,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.pause_reading()
         if self._head is not None and not self._head.done():
-            self._head.set_result(None)
+            self._head.set_result(None)  # (send()'s own: send_quick asks no upgrade)
 
     def detach(self) -> tuple[asyncio.Transport, bytes] | None:
         """After a 101 asked for: the connection leaves the pool (it no longer counts
@@ -712,13 +715,17 @@ class Connection(asyncio.Protocol):
         self._interim = interim
         self.used = True
         loop = self._loop
-        self._head = loop.create_future()
+        pool = self.pool
+        # The head's state in futures the pool shares, not one made per exchange (no one
+        # awaits it: the receiver is called): pending until on_headers_complete puts the
+        # answered one in its place, or _head_failed one of its own holding the failure.
+        pending = pool._pending
+        self._head = pending if pending is not None else pool._quick_states()
         transport = self.transport
         if self._closed or transport is None or transport.is_closing():
             raise _refused("closed before answering")
         self._receiver = receiver
-        pool = self.pool  # (Pool.gather, inline: once per quick forward)
-        if not pool._gathered:
+        if not pool._gathered:  # (Pool.gather, inline: once per quick forward)
             loop.call_soon(pool._send_gathered)
         pool._gathered.append((self, head))
         self._read_timeout = read_timeout
@@ -776,7 +783,7 @@ class Connection(asyncio.Protocol):
         """send_quick's read_timeout passed before the head: 504, the connection closed."""
         head = self._head
         if self._receiver is not None and head is not None and not head.done():
-            _expire(head, reason)
+            self._head_failed(UpstreamError(504, reason))
             self.close()
             self._notify()
 
@@ -839,9 +846,7 @@ class Connection(asyncio.Protocol):
         holds an incomplete message, and the connection cannot carry another)."""
         self._lost = failure
         self.reusable = False
-        head = self._head
-        if head is not None and not head.done():
-            head.set_exception(failure)
+        self._head_failed(failure)
         self._wake()
         self.close()
 
@@ -910,7 +915,7 @@ class Connection(asyncio.Protocol):
         left); send() closes the connection, read_chunk keeps what was read."""
         head = self._head
         if head is not None and not head.done() and self._receiver is None:
-            head.set_exception(exc)  # (send_quick's head is its receiver's to take)
+            self._head_failed(exc)  # (send_quick's head is its receiver's to take)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
@@ -920,11 +925,20 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _head_failed(self, failure: BaseException) -> None:
+        """The exchange failed before its head came: whoever waits for it gets failure
+        (send_quick's shared pending state is left as it is: a future of its own)."""
+        head = self._head
+        if head is None or head.done():
+            return
+        if head is self.pool._pending:
+            head = self._head = self._loop.create_future()
+        head.set_exception(failure)
+
     def _fail(self, failure: UpstreamError) -> None:
         self._lost = failure
         self.reusable = False
-        if self._head is not None and not self._head.done():
-            self._head.set_exception(failure)
+        self._head_failed(failure)
         self._wake()
         self.close()
         if self._receiver is not None:
@@ -990,6 +1004,10 @@ class Pool:
         self._woken = 0  # waiters woken that have not run yet: what was freed is theirs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._gathered: list[tuple[Connection, bytes]] = []
+        # send_quick's head states, made once (Connection._head): never completed, and
+        # completed with no result. Nothing awaits them, nor sets either again.
+        self._pending: asyncio.Future[None] | None = None
+        self._answered: asyncio.Future[None] | None = None
         self._closed = False  # close(): no connection is made or lent any more
         # Forward mode (CacheProxy.vet): for an origin a client named, what its name may
         # resolve to. Connected to by the addresses vetted, not by the name again: a second
@@ -1034,6 +1052,14 @@ class Pool:
             except Exception:  # (its exchange ends in a 502 when the connection goes)
                 log.exception("sending a request to %s failed", conn.origin)
                 conn.close()
+
+    def _quick_states(self) -> asyncio.Future[None]:
+        """send_quick's shared head states, made on first use: the pending one."""
+        loop = self.loop()
+        self._answered = loop.create_future()
+        self._answered.set_result(None)
+        self._pending = loop.create_future()
+        return self._pending
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop the pool runs on, found once."""

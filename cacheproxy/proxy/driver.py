@@ -115,7 +115,7 @@ class Ctx(NamedTuple):
 
 class Driver:
     def __init__(self, store: Storage, exchange: Exchange, collapser: Collapser) -> None:
-        self.store = store
+        self.store = store  # (sets _put_now and _peek too)
         self.exchange = exchange
         self.collapser = collapser
         self.blocks = HeaderBlocks()
@@ -128,6 +128,21 @@ class Driver:
         # log line carries (a background refresh), for cacheproxy_upstream_response_seconds.
         self.upstream_answered: Callable[[float], None] = _unheard
         self.clock_skew = ClockSkew()  # (a WARNING when an origin's Date lags ours)
+
+    @property
+    def store(self) -> Storage:
+        return self._storage
+
+    @store.setter
+    def store(self, store: Storage) -> None:
+        self._storage = store
+        # A store that puts and reads without I/O (the memory store's put_now and peek):
+        # validated_now answers a 304 where it was read. Looked up once per store, not per
+        # revalidation.
+        self._put_now: Callable[[CachedResponse], bool] | None = getattr(
+            store, "put_now", None)
+        self._peek: Callable[[str], tuple[CachedResponse, ...]] | None = getattr(
+            store, "peek", None)
 
     def rename(self, cache_name: str, local_via: str) -> None:
         """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
@@ -385,8 +400,7 @@ class Driver:
         in carrying it out waits: Keep serving the merged view, or Update with a store
         that puts without I/O (the memory store's put_now). None: d is _perform's."""
         if type(d) is Update:
-            put_now = getattr(self.store, "put_now", None)
-            peek = getattr(self.store, "peek", None)  # (the memory store's: reads now)
+            put_now, peek = self._put_now, self._peek  # (the memory store's: now)
             if put_now is None or peek is None:
                 return None
             resp.release()
@@ -545,7 +559,9 @@ class Driver:
 
     def reply_validated(self, ctx: Ctx, view: CachedResponse) -> Answer:
         age = view.age(time.time())
-        return self.reply(ctx, view, age, view.lifetime - age)
+        plan = ctx.plan  # (as reply, without its call: every revalidation answers here)
+        return self.served(ctx.facts, ctx.outcome, view, age, view.lifetime - age,
+                           plan.forward.via, plan.local_via)
 
     def error(self, ctx: Ctx, status: int, message: str) -> Answer:
         plan = ctx.plan

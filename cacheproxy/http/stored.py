@@ -284,9 +284,11 @@ class CachedResponse:
         a copy holding other's very field tuples, body and directives, under its key and
         variant (stored.refreshed's, for a 304 that changed no field: the store's put of
         it need not figure a size)."""
+        # (key and variant by identity first: a refreshed entry holds the stored ones)
         return self.values is other.values and self.names is other.names \
             and self.body is other.body and self.directives is other.directives \
-            and self._vary == other._vary and self.key == other.key
+            and (self._vary is other._vary or self._vary == other._vary) \
+            and (self.key is other.key or self.key == other.key)
 
     def header_pairs(self) -> list[tuple[str, str]]:
         return list(zip(self.names, self.values, strict=True))
@@ -547,8 +549,8 @@ def refreshed(
     the case of names, which carry no meaning (RFC 9110 §5.3, §5.1): the stored fields
     keep their place and spelling, the new Date that of the stored one."""
     date = merged.by_name["date"][0]  # (date_only's: one Date, in the stored one's place)
-    values = entry.values
-    at = entry.position("date")
+    values, names = entry.values, entry.names
+    at = (_SHAPES_FIGURED.get(names) or _shape_of(names)).first.get("date")  # (position)
     if at is not None and values[at] != date:  # (else the stored tuples themselves, so
         # the head replay.py encoded from them serves the refreshed entry too)
         # stored fields already: only the new Date is shared (_same)
@@ -560,7 +562,6 @@ def refreshed(
     # the last refresh when made from the very same values (held: a URL revalidated many
     # times a second, whose 304s repeat its Date) under the same rules and settings.
     global _last_figures
-    names = entry.names
     given = (rules.cache_control, rules.field, entry.status, shared, heuristics)
     last = _last_figures
     if last is not None and last[0] is values and last[1] is names and last[2] == given:

@@ -67,7 +67,7 @@ def answered(
     """The upstream's answer (status, fields, Content-Length) to what fwd sent. (By
     position or keyword: the driver passes them by position, as every miss comes here.)"""
     seen = None
-    if fwd.may_store and fwd.stored is None and type(fields) is FieldList:
+    if fwd.stored is None and fwd.may_store and type(fields) is FieldList:
         # The decision on the last answer that was not stored (a Pass), taken again when
         # every input it was made from is the same (_PassSeen): a URL passed on per
         # request (no-store, private) gets the same answer each time, decided once, not

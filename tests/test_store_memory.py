@@ -342,3 +342,22 @@ async def test_memoised_values_go_when_the_store_frees_their_entry() -> None:
         await store.clear()  # (entries outliving the memo that held values of them)
     finally:
         gc.enable()
+
+
+async def test_putting_the_entry_held_again_marks_it_recently_used_and_counts_nothing():
+    """A 304 that changed nothing refreshes the stored response into itself
+    (stored.refreshed): putting it again must neither count its bytes twice nor lose the
+    LRU order's step (it was just used), nor evict anything."""
+    one = entry("probe").size
+    store = MemoryStore(max_bytes=one * 3)
+    a, b, c = entry("a"), entry("b"), entry("c")
+    for e in (a, b, c):
+        await store.put(e)
+    before = store.stats()
+    assert store.put_now(a)  # a: now the most recently used, b the least
+    after = store.stats()
+    assert (after.entries, after.bytes, after.evictions) == (
+        before.entries, before.bytes, before.evictions)
+    await store.put(entry("d"))
+    assert await store.get("b") == () and await store.get("a") == (a,)
+    assert store.stats().entries == 3 and store.stats().evictions == 1

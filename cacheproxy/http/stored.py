@@ -574,7 +574,14 @@ def refreshed(
     initial_age = corrected_initial_age(
         age_value=age_value or 0, date=date, request_time=request_time,
         response_time=response_time)
-    return _reborn(entry, values, response_time - float(initial_age), lifetime, directives)
+    born = response_time - float(initial_age)
+    if values is entry.values and born == entry.born and lifetime == entry.lifetime \
+            and directives is entry.directives:
+        # Nothing changed at all (a 304 repeating the stored Date, its age figured from
+        # that Date again): the stored response itself, immutable, is the refreshed one.
+        # Nothing new is made, and the store's put of it only marks it recently used.
+        return entry
+    return _reborn(entry, values, born, lifetime, directives)
 
 
 def _reborn(entry: CachedResponse, values: tuple[str, ...], born: float, lifetime: float,

@@ -94,6 +94,11 @@ class MemoryStore:
         (proxy/quick_forward.py)."""
         held_by_key, key = self._held, entry.key
         held = held_by_key.get(key)
+        if held is entry:  # a 304 that changed nothing (stored.refreshed): recently used
+            del held_by_key[key]
+            self._unused.discard(key)
+            held_by_key[key] = entry
+            return True
         if type(held) is CachedResponse and entry.sized_as(held):
             # The common revalidation: a 304 that changed no field refreshed the one
             # response the key holds (stored.refreshed). The same variant and the same

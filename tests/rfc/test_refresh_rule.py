@@ -144,14 +144,27 @@ def test_a_304_repeating_stored_fields_changes_only_the_date_and_the_figures() -
 def test_a_304_repeating_the_stored_date_too_keeps_the_stored_field_tuple() -> None:
     """A 304 in the same second as the stored response changes no field at all: the
     refreshed entry holds the stored tuples themselves (so replay.py's last head serves it),
-    with its age figured again; a new Date makes a new tuple."""
+    with its age figured again; a new Date makes a new tuple. When the age figured again
+    is the stored one's too (the same Date: the age counts from it), nothing changed at
+    all, and the refreshed entry is the stored one itself (immutable: nothing is made)."""
     stored = _stored([("Cache-Control", "no-cache")], shared=True, dated=True)
     same = date_only(stored, _304(("Date", DATE0), ("ETag", ETAG)))
     assert same is not None
     entry = refreshed(stored, same, request_time=T0 + 2, response_time=T0 + 3,
                       shared=True, heuristics=Heuristics())
-    assert entry.values is stored.values and entry.names is stored.names and entry is not stored
+    assert entry.values is stored.values and entry.names is stored.names
     assert entry.born == T0 and entry.age(T0 + 3) == 3.0  # Date is T0
+    assert entry is stored  # (born, lifetime and directives the stored one's)
+    # An Age stored with it: the age is figured again from the 304, which carried none
+    # (§4.2.3), so the refreshed entry is a new one, its born moved, the field tuples
+    # still shared.
+    aged = _stored([("Cache-Control", "no-cache"), ("Age", "5")], shared=True, dated=True)
+    again = date_only(aged, _304(("Date", DATE0), ("ETag", ETAG)))
+    assert again is not None
+    moved_age = refreshed(aged, again, request_time=T0 + 2, response_time=T0 + 3,
+                          shared=True, heuristics=Heuristics())
+    assert moved_age is not aged and moved_age.values is aged.values
+    assert aged.born == T0 - 5 and moved_age.born == T0
     later = date_only(stored, _304(("Date", DATE1), ("ETag", ETAG)))
     assert later is not None
     moved = refreshed(stored, later, request_time=T0 + 300, response_time=T0 + 300,

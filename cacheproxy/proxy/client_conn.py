@@ -373,7 +373,13 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     if self._head_bytes > MAX_HEAD_BYTES:
                         messages = [(_head_too_large(), EMPTY_PAYLOAD)]
                         self._closing = True
-            if messages and not self._closing:
+            if messages and not self._closing and not (
+                    parser.settled and not over and not self._last_read
+                    and (first := messages[0][0]).version is HttpVersion11
+                    and hdrs.TRANSFER_ENCODING not in first.headers):  # (an istr)
+                # (settled, not over: one HTTP/1.1 request without a body, so not chunked;
+                # without Transfer-Encoding, _read_last has nothing to refuse nor end: the
+                # usual request skips its call.)
                 messages = self._read_last(messages)  # (the requests before a 431 too)
             if messages and self._stopping:  # (the head a graceful stop waited for)
                 self._closing = True  # nothing after these is read

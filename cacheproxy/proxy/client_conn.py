@@ -976,8 +976,12 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         proxy = self.listener.proxy
         exchange = proxy.exchange
         route = planned.route
-        url = route.plan.upstream + route.target
-        conn = exchange.pool.idle(exchange.origin_of(url))
+        to = route.upstream
+        if to is None:  # (the route's first forward: its URL and origin, kept with it)
+            url = route.plan.upstream + route.target
+            to = route.upstream = (url, exchange.origin_of(url))
+        url, origin = to
+        conn = exchange.pool.idle(origin)
         if conn is None:  # connecting is the full path's (connect_timeout, its errors)
             return False
         try:

@@ -217,8 +217,10 @@ class QuickHits:
                 route = Route(plan, plan.cache_key(scheme, parsed.authority, parsed.path),
                                parsed.authority, parsed.path,
                                plan.route.name if plans.routed else "default", scheme)
+        # (and the upstream URL a forward keeps in the route: plan.upstream + target)
         chars = len(host) + len(raw) + (0 if route is None else len(route.key)
-                                         + len(route.authority) + len(route.target))
+                                         + len(route.authority) + 2 * len(route.target)
+                                         + len(route.plan.upstream))
         if len(routes) >= MEMO_SIZE or self._memo_chars + chars > MEMO_CHARS:
             routes.clear()
             self._memo_chars = 0

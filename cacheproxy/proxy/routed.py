@@ -5,12 +5,15 @@ forward (CacheProxy.planned carries it on from the driver's forward step)."""
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from cacheproxy.http.flow import Forward, RequestFacts
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.policies.referer import redact
 from cacheproxy.proxy.routing import RoutePlan
+
+if TYPE_CHECKING:
+    from cacheproxy.proxy.pool import Origin
 
 # The largest plain hit head a route keeps: a few times a usual one (a few hundred bytes).
 # A larger one is made again per hit, from its stored part encoded once (replay.py).
@@ -29,7 +32,7 @@ class Route:
     says https): the same for every request with them."""
 
     __slots__ = ("__weakref__", "authority", "key", "logged", "plan", "replayed",
-                 "route_name", "scheme", "secrets", "target")
+                 "route_name", "scheme", "secrets", "target", "upstream")
 
     def __init__(self, plan: RoutePlan, key: str, authority: str, target: str,
                  route_name: str, scheme: str = "http") -> None:
@@ -42,6 +45,9 @@ class Route:
         # evict it), what else the head was made from, the head, its Cache-Status member.
         self.replayed: tuple[weakref.ref[CachedResponse], tuple[object, ...], bytes, str] \
             | None = None
+        # The upstream URL a forward of it asks for (plan.upstream + target) and the origin
+        # that URL names, made by its first forward: both follow from plan and target alone.
+        self.upstream: tuple[str, Origin] | None = None
 
     def keep_replayed(self, entry: CachedResponse, made: tuple[object, ...], head: bytes,
                       member: str) -> None:

@@ -57,8 +57,8 @@ class ClientRequest:
     """A parsed request, with what the driver reads of it (the names of aiohttp's
     web.Request, so the proxy's code serves both) and per-request state by key."""
 
-    __slots__ = ("_msg", "_state", "body_timeout", "content", "headers", "local_port",
-                 "method", "raw_path", "remote", "scheme", "tunnel", "version")
+    __slots__ = ("_msg", "body_timeout", "content", "headers", "local_port", "method",
+                 "raw_path", "remote", "scheme", "state", "tunnel", "version")
 
     def __init__(self, msg: RawRequestMessage, payload: StreamReader, remote: str | None,
                  scheme: str, local_port: int = 0, tunnel: Allowed | None = None) -> None:
@@ -72,7 +72,9 @@ class ClientRequest:
         self.tunnel = tunnel  # the origin of the intercepted CONNECT this came through
         # proxy.client_body_timeout as the connection had it (None: the proxy's own).
         self.body_timeout: float | None = None
-        self._state: dict[Any, Any] = {}
+        # Per-request state by key: request[key] reads and writes it; the quick path's
+        # forward (CacheProxy.planned) writes its two keys here without a call each.
+        self.state: dict[Any, Any] = {}
 
     @property
     def path(self) -> str:
@@ -83,10 +85,10 @@ class ClientRequest:
         return self.content is not EMPTY_PAYLOAD
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self._state.get(key, default)
+        return self.state.get(key, default)
 
     def __getitem__(self, key: Any) -> Any:
-        return self._state[key]
+        return self.state[key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._state[key] = value
+        self.state[key] = value

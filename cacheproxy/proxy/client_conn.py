@@ -246,9 +246,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._planned: tuple[Any, Planned] | None = None  # and how it goes forward
         self._relay: QuickForward | None = None  # a request sent by callback, under way
         self._forwarder: QuickForward | None = None  # the one renewed for the next (_forward)
-        # The field lines of the last upstream head a quick forward sent, and what they
-        # were made from (_upstream_head).
-        self._sent_fields: tuple[tuple[Any, ...], bytes] | None = None
+        # The field lines of the last upstream head a quick forward sent, what they were
+        # made from, and that head with its method and URL (_upstream_head).
+        self._sent_fields: tuple[tuple[Any, ...], bytes, str, str, bytes] | None = None
         # The last client head begin_relayed made, and what it was made from.
         self._relayed: tuple[tuple[Any, ...], bytes] | None = None
         self._on_gone: Callable[[], None] | None = None  # a relay waiting (watch_gone)
@@ -1012,22 +1012,31 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         page's images): the lines request_fields made of them last time are reused when
         all it reads is the same (the lines as llhttp parsed them, the method, version,
         route plan, scheme, authority, the conditionals forward takes; the client's
-        address is the connection's), and only the request line is made. Not for a
+        address is the connection's), and only the request line is made; for the same
+        method and URL again, not even that: the whole head is the last one. Not for a
         message of the Python parser (it keeps a field name's case, where llhttp gives
         a known name's usual spelling): the same lines would make other fields."""
         parser = self._parser
         exchange = self.listener.proxy.exchange
         if type(parser) is not _FallbackParser or parser._python is not None:
             return exchange.request_head(fwd.method, url, ctx.fields(fwd), False)[1]
+        # (fwd.may_store and fwd.stored's presence: what fwd.strips_client_conditionals
+        # reads, without its property call)
         key = (msg.raw_headers, msg.method, msg.version, route.plan, route.scheme,
-               route.authority, fwd.strips_client_conditionals, fwd.conditional)
+               route.authority, fwd.may_store, fwd.stored is None, fwd.conditional)
+        method = fwd.method
         sent = self._sent_fields
         if sent is not None and sent[0] == key:
-            return exchange.request_head_again(fwd.method, url, sent[1])
-        head: bytes = exchange.request_head(fwd.method, url, ctx.fields(fwd), False)[1]
+            if sent[2] is url and sent[3] == method:  # (url: the route's own string)
+                return sent[4]  # the same request again: the whole head
+            head = exchange.request_head_again(method, url, sent[1])
+            if len(head) <= KEPT_HEAD_MAX:  # (a long URL's is not kept; its lines are)
+                self._sent_fields = (key, sent[1], url, method, head)
+            return head
+        head = exchange.request_head(method, url, ctx.fields(fwd), False)[1]
         # (A large head is not kept: a connection would hold it, and the client's lines,
         # as long as it stays open.)
-        self._sent_fields = (key, head[head.index(b"\r\n") + 2:]) \
+        self._sent_fields = (key, head[head.index(b"\r\n") + 2:], url, method, head) \
             if len(head) <= KEPT_HEAD_MAX else None
         return head
 

@@ -127,21 +127,21 @@ class QuickHits:
         if variants is None:  # only I/O can say (Redis without a synced memory layer)
             return None
         plan = route.plan
+        now = time.time()
         if method == "GET" and len(variants) == 1 and not variants[0].variant[0] \
+                and (served := plain_serve(entry := variants[0], now)) is not None \
                 and _plain(h) \
                 and hdrs.ORIGIN not in h \
-                and variants[0].field("content-encoding") is None:
+                and entry.field("content-encoding") is None:
             # lookup() would decide by freshness alone: plain_serve is its answer. (The
             # CORS grant is made by the writer's fields; a coded response by the client's
-            # Accept-Encoding, lookup's coding_refused.)
-            entry = variants[0]
-            served = plain_serve(entry, time.time())
-            if served is not None:
-                return Plain(route, entry, *served)
+            # Accept-Encoding, lookup's coding_refused.) plain_serve is asked first: a
+            # stored response to validate (no-cache, stale) skips the request's checks.
+            return Plain(route, entry, *served)
         facts = request_facts(method, h, has_body=False, referer_sent=plan.cache.referer_sent)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
         passed = self.proxy.driver.collapser.passes(route.key, facts.selecting)
-        d = lookup(facts, variants, now=time.time(), route=plan.cache, recently_passed=passed)
+        d = lookup(facts, variants, now=now, route=plan.cache, recently_passed=passed)
         if type(d) is Forward:
             if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
                 # It came through this cache before: the full path decides (lookup's

@@ -82,6 +82,13 @@ class ClientMessage(Protocol):
     def __setitem__(self, key: Any, value: Any) -> None: ...
 
 
+class StatefulMessage(ClientMessage, Protocol):
+    """A connection's request (proxy/client_request.py's ClientRequest): its per-request
+    state a dict the quick path writes without a Python-level __setitem__ call."""
+
+    state: dict[Any, Any]
+
+
 class Downstream(Protocol):
     """A response streamed to the client. start() and write() raise ConnectionError when
     the client is gone; write() raises TimeoutError when the client read nothing for

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -37,6 +36,7 @@ from cacheproxy.proxy.downstream import (
     ClientBodyError,
     ClientMessage,
     Downstream,
+    StatefulMessage,
     local_port,
     text_answer,
 )
@@ -52,9 +52,6 @@ from cacheproxy.proxy.routing import PLAN, Plans, RoutePlan, keyed_origin
 from cacheproxy.proxy.upstream import Refusal, UpstreamError
 from cacheproxy.proxy.web_adapter import WebDownstream, answer_of, web_response
 from cacheproxy.store import Store
-
-if TYPE_CHECKING:
-    from cacheproxy.proxy.client_request import ClientRequest
 
 log = logging.getLogger("cacheproxy")
 
@@ -344,7 +341,7 @@ class CacheProxy:
         note_lookup(outcome, passing)
         return await self.driver.forward(ctx, passing)
 
-    def planned(self, request: ClientRequest, out: Downstream, planned: Planned,
+    def planned(self, request: StatefulMessage, out: Downstream, planned: Planned,
                 started: float) -> Ctx:
         """An origin-form GET or HEAD the quick path routed (as _respond does) and looked
         up, as the driver carries it on from its forward step."""

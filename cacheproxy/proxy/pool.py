@@ -1245,6 +1245,9 @@ class Pool:
     def release(self, conn: Connection) -> None:
         """After an exchange: back to the idle list when its answer was read whole and
         its framing held, else closed."""
+        # Where the exchange's 1xx answers went (a client connection's bound method): not
+        # held past it, by an idle connection nor a closed one the collector frees.
+        conn._interim = None
         streams = self._streams
         if streams and conn in streams:  # (pooled again, it would count past the limit)
             streams.discard(conn)

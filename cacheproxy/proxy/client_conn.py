@@ -627,6 +627,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if relay is not None and relay.fwd.for_client_alone:  # the origin is let go now,
             relay.cancel()  # as the full path's watch does (Driver.forward); logged 499
             self.forwarded(None)
+        # (the one kept for renewal holds this connection as its client: a cycle, and the
+        # connection, its parser and buffers, would wait for the collector to be freed)
+        self._forwarder = None
         self.listener.forget(self)
 
     def _left_unanswered(self) -> None:

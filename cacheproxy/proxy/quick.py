@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import hdrs
 from aiohttp.http_parser import RawRequestMessage
@@ -104,6 +104,17 @@ class QuickHits:
         self._routes: dict[tuple[str, ...], Route | None] = {}
         self._trusted = False  # proxy.trust_forwarded, as the plans were made with
         self._memo_chars = 0  # held by _routes (MEMO_CHARS)
+        # The last request's facts, and lookup's decision for it on a key holding nothing:
+        # (raw field lines, method, referer_sent, facts, CacheSettings, recently_passed,
+        # decision). request_facts reads the method, the fields (by case-insensitive
+        # name) and referer_sent alone, so the same lines as llhttp gave them (compared
+        # by value: a client on a keep-alive connection, or a bench, sends the same ones
+        # again) make the same facts. On a key holding no response, lookup reads the
+        # facts, the route's CacheSettings and recently_passed alone (not the time, nor
+        # the key: there is no entry to age or select; waited and passed_here are not
+        # set here), so the same three are the same decision (RFC 9111 §4 still decided
+        # by lookup, once per change of any of them). One entry: bounded by itself.
+        self._last: tuple[Any, ...] = (None, None, None, None, None, False, None)
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
             getattr(proxy.store, "peek", None)
@@ -138,10 +149,24 @@ class QuickHits:
             # Accept-Encoding, lookup's coding_refused.) plain_serve is asked first: a
             # stored response to validate (no-cache, stale) skips the request's checks.
             return Plain(route, entry, *served)
-        facts = request_facts(method, h, has_body=False, referer_sent=plan.cache.referer_sent)
+        cache = plan.cache
+        referer_sent = cache.referer_sent
+        raw = msg.raw_headers
+        last = self._last
+        if raw == last[0] and method == last[1] and referer_sent is last[2]:
+            facts = last[3]  # the same field lines as the last request's: the same facts
+        else:
+            facts = request_facts(method, h, has_body=False, referer_sent=referer_sent)
+            self._last = last = (raw, method, referer_sent, facts, None, False, None)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
         passed = self.proxy.driver.collapser.passes(route.key, facts.selecting)
-        d = lookup(facts, variants, now=now, route=plan.cache, recently_passed=passed)
+        if variants:
+            d = lookup(facts, variants, now=now, route=cache, recently_passed=passed)
+        elif last[4] is cache and last[5] is passed:
+            d = last[6]  # a key holding nothing, decided for the same three inputs
+        else:
+            d = lookup(facts, variants, now=now, route=cache, recently_passed=passed)
+            self._last = (raw, method, referer_sent, facts, cache, passed, d)
         if type(d) is Forward:
             if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
                 # It came through this cache before: the full path decides (lookup's

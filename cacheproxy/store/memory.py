@@ -73,9 +73,8 @@ class MemoryStore:
         """get() without a coroutine: a hit answered where it was parsed (proxy/quick.py).
         It counts as a use (the LRU order), as get() does."""
         held_by_key = self._held
-        try:
-            held = held_by_key.pop(key)
-        except KeyError:
+        held = held_by_key.pop(key, None)  # (not a KeyError raised: every miss looks)
+        if held is None:
             return ()
         held_by_key[key] = held  # (now the most recently used)
         unused = self._unused

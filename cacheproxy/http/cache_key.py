@@ -6,7 +6,13 @@ import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from cacheproxy.http.fields import Headers, combined_value, split_list, values_of
+from cacheproxy.http.fields import (
+    FieldList,
+    Headers,
+    combined_value,
+    split_list,
+    values_of,
+)
 from cacheproxy.http.origins import origin_of  # also imported from here by other modules
 
 if TYPE_CHECKING:
@@ -104,7 +110,8 @@ def answered_variant(fields: list[tuple[str, str]], headers: Headers) -> Variant
     """§4.1: the requests an answer stands for: its Vary fields and this request's values
     for them; None for Vary: * (every request). What a hit-for-pass mark is kept for, as
     Varnish's hit-for-pass object varies like the answer it was made from."""
-    named = values_of(fields, "vary")
+    # (an answer's fields indexed by name, as the pool gathers them: no call to read)
+    named = fields.by_name.get("vary") if type(fields) is FieldList else values_of(fields, "vary")
     if not named:
         return _EVERY_REQUEST  # (nearly every answer: no Vary)
     vary = vary_fields(", ".join(named))

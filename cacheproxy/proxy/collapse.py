@@ -160,7 +160,9 @@ class Collapser:
             return False
         now = time.monotonic()
         for variant, until in marks.items():  # (nearly always one)
-            if until > now and (headers is None or in_variant(variant, headers)):
+            # (a mark for every request, the usual, is told without in_variant's call)
+            if until > now and (headers is None or variant is None or not variant[0]
+                                or in_variant(variant, headers)):
                 return True
         for variant in [v for v, until in marks.items() if until <= now]:
             self._drop_mark(key, variant)

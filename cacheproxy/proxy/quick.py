@@ -104,17 +104,21 @@ class QuickHits:
         self._routes: dict[tuple[str, ...], Route | None] = {}
         self._trusted = False  # proxy.trust_forwarded, as the plans were made with
         self._memo_chars = 0  # held by _routes (MEMO_CHARS)
-        # The last request's facts, and lookup's decision for it on a key holding nothing:
-        # (raw field lines, method, referer_sent, facts, CacheSettings, recently_passed,
-        # decision). request_facts reads the method, the fields (by case-insensitive
-        # name) and referer_sent alone, so the same lines as llhttp gave them (compared
-        # by value: a client on a keep-alive connection, or a bench, sends the same ones
-        # again) make the same facts. On a key holding no response, lookup reads the
-        # facts, the route's CacheSettings and recently_passed alone (not the time, nor
-        # the key: there is no entry to age or select; waited and passed_here are not
-        # set here), so the same three are the same decision (RFC 9111 §4 still decided
-        # by lookup, once per change of any of them). One entry: bounded by itself.
-        self._last: tuple[Any, ...] = (None, None, None, None, None, False, None)
+        # The last request's route, facts, and lookup's decision for it on a key holding
+        # nothing: (raw field lines, target, plans, route, method, facts, recently_passed,
+        # decision), each part kept for the inputs it is made from. The route follows
+        # from the Host and a trusted front's scheme (both among the lines), the target
+        # and the plans (_route); request_facts reads the method, the fields (by
+        # case-insensitive name) and the route's referer_sent alone, so the same lines as
+        # llhttp gave them (compared by value: a client on a keep-alive connection, a
+        # poller or a bench sends the same ones again) make the same facts. On a key
+        # holding no response, lookup reads the facts, the route's CacheSettings and
+        # recently_passed alone (not the time, nor the key: there is no entry to age or
+        # select; waited and passed_here are not set here), so the same inputs are the
+        # same decision (RFC 9111 §4 still decided by lookup, once per change of any of
+        # them). One entry: bounded by itself.
+        self._last: tuple[Any, ...] = (None,) * 8
+        self._passes = proxy.driver.collapser.passes  # (the driver's, made once)
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
             getattr(proxy.store, "peek", None)
@@ -130,7 +134,13 @@ class QuickHits:
             return None
         if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), self.proxy.cache_name):
             return None  # a loop: the full path's 508 (RFC 5842 §7.2), hit or not
-        route = self._route(h.get(hdrs.HOST), msg.path, msg)
+        raw, path, plans = msg.raw_headers, msg.path, self.proxy.plans
+        last = self._last
+        if raw == last[0] and path == last[1] and plans is last[2]:
+            route = last[3]  # the same lines (Host, a trusted front's scheme) and target
+        else:
+            route = self._route(h.get(hdrs.HOST), path, msg)
+            self._last = last = (raw, path, plans, route, None, None, None, None)
         if route is None:
             return None
         peek = self._peek
@@ -150,23 +160,20 @@ class QuickHits:
             # stored response to validate (no-cache, stale) skips the request's checks.
             return Plain(route, entry, *served)
         cache = plan.cache
-        referer_sent = cache.referer_sent
-        raw = msg.raw_headers
-        last = self._last
-        if raw == last[0] and method == last[1] and referer_sent is last[2]:
-            facts = last[3]  # the same field lines as the last request's: the same facts
+        if method == last[4]:
+            facts = last[5]  # the same lines, method and route as the last request's
         else:
-            facts = request_facts(method, h, has_body=False, referer_sent=referer_sent)
-            self._last = last = (raw, method, referer_sent, facts, None, False, None)
+            facts = request_facts(method, h, has_body=False, referer_sent=cache.referer_sent)
+            self._last = last = (raw, path, plans, route, method, facts, None, None)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
-        passed = self.proxy.driver.collapser.passes(route.key, facts.selecting)
+        passed = self._passes(route.key, facts.selecting)
         if variants:
             d = lookup(facts, variants, now=now, route=cache, recently_passed=passed)
-        elif last[4] is cache and last[5] is passed:
-            d = last[6]  # a key holding nothing, decided for the same three inputs
+        elif last[6] is passed:
+            d = last[7]  # a key holding nothing, decided for the same inputs
         else:
             d = lookup(facts, variants, now=now, route=cache, recently_passed=passed)
-            self._last = (raw, method, referer_sent, facts, cache, passed, d)
+            self._last = (raw, path, plans, route, method, facts, passed, d)
         if type(d) is Forward:
             if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
                 # It came through this cache before: the full path decides (lookup's

@@ -60,6 +60,9 @@ _MAX_FIELD_BYTES = 128 * 1024  # the most an answer's header section may hold
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection",
                       b"proxy-connection", b"upgrade"))
 _FRAMING_LENGTHS = frozenset(map(len, _FRAMING))
+# Fields (lower-cased) that take an answer off on_headers_complete's usual path:
+# for one with any of them, the framing and connection rules run in full.
+_UNUSUAL = frozenset(("transfer-encoding", "connection", "proxy-connection"))
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
 _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
@@ -462,6 +465,37 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
+        by_name = self._by_name
+        if status >= 200 and self._v11 and _UNUSUAL.isdisjoint(by_name) \
+                and not self._head_only:
+            # The usual answer: HTTP/1.1, final, not to HEAD, with no Transfer-Encoding,
+            # Connection or Proxy-Connection field. What the rules below decide for it, in
+            # fewer steps: version 1.1 (the pool's http10 note forgotten, if it has one),
+            # no transfer coding; the connection persists exactly when the answer does not
+            # run to the close (RFC 9112 §6.3, §9.3: with neither Connection nor
+            # Proxy-Connection, llhttp_should_keep_alive is "needs no close": a 204, a
+            # 304, or a Content-Length).
+            self._switching = False
+            self._headed = True
+            self.status = status
+            self.version = (1, 1)
+            pool = self.pool
+            if pool.http10:
+                pool.heard(self.origin, "1.1")
+            self.reason = _PHRASES.get(self._status_text) or self._phrase(status)
+            self._fields.by_name = by_name
+            lengths = by_name.get("content-length")
+            if lengths is not None:
+                self.content_length = lengths[0]
+            elif status != 304 and status != 204:
+                self._until_close = True  # RFC 9112 §6.3 rule 8: it runs to the close
+                self.reusable = False
+            head = self._head
+            if head is pool._pending:  # (send_quick's: the pool's answered one)
+                self._head = pool._answered
+            elif head is not None and not head.done():
+                head.set_result(None)
+            return
         if status < 100:
             # RFC 9110 §15: no class below 1xx (RFC 9112 §4: three digits). llhttp takes
             # "099": relayed, it lost its body's framing (a status below 200 has none) and
@@ -509,7 +543,7 @@ class Connection(asyncio.Protocol):
             self.pool.heard(self.origin, version)
         self.reason = _PHRASES.get(self._status_text) or self._phrase(status)
         # The index on_header made (a call and a copy fewer than FieldList.__init__).
-        by_name = self._fields.by_name = self._by_name
+        self._fields.by_name = by_name
         if not self._parser.should_keep_alive() and not (
                 self._head_only and _persists(version, by_name.get("connection"))):
             # (llhttp takes an answer to HEAD with neither Content-Length nor chunked to

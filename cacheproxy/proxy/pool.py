@@ -451,7 +451,10 @@ class Connection(asyncio.Protocol):
                 raise httptools.HttpParserError("header section too large")
         # Decoded as aiohttp decodes fields, so that the bytes go on unchanged; indexed
         # by lower-cased name as they come (FieldList's index, for every rule after).
-        text = value.decode("utf-8", "surrogateescape")
+        try:  # (no encoding named: CPython's UTF-8 decoder without its name's lookup)
+            text = value.decode()
+        except UnicodeDecodeError:
+            text = value.decode("utf-8", "surrogateescape")
         known = _NAMES.get(name)
         if known is None:
             known = _field_name(name)
@@ -684,7 +687,9 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def on_message_complete(self) -> None:
-        if 100 <= self._parser.get_status_code() < 200:
+        # An interim answer's end (its head set no _headed), or a 101 switched to: as a
+        # 1xx (llhttp's status code, without asking it: a final one is in self.status).
+        if not self._headed or self.status < 200:
             if not self._parser.should_keep_alive():  # the 1xx said close (or HTTP/1.0):
                 self.reusable = False  # the connection ends after the final answer
             return
@@ -934,12 +939,6 @@ class Connection(asyncio.Protocol):
         chunks.clear()
         return body
 
-    def send_gathered(self, head: bytes) -> None:
-        transport = self.transport
-        if not self._closed and transport is not None and not transport.is_closing():
-            transport.write(head)
-            self.written = True  # (not before: a request never written may go again)
-
     def finished(self) -> bool:
         """The answer was read whole and the request body sent whole."""
         return self._complete and not self._chunks and (self._pump is None or self._pump.done())
@@ -1081,8 +1080,11 @@ class Pool:
     def _send_gathered(self) -> None:
         gathered, self._gathered = self._gathered, []
         for conn, head in gathered:
-            try:
-                conn.send_gathered(head)
+            try:  # (a method call fewer per request: the connection's state read here)
+                transport = conn.transport
+                if not conn._closed and transport is not None and not transport.is_closing():
+                    transport.write(head)
+                    conn.written = True  # (not before: a request never written may go again)
             except Exception:  # (its exchange ends in a 502 when the connection goes)
                 log.exception("sending a request to %s failed", conn.origin)
                 conn.close()

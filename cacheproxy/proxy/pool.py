@@ -818,6 +818,13 @@ class Connection(asyncio.Protocol):
             return None
         return failure if isinstance(failure, UpstreamError) else _refused(str(failure))
 
+    def answered(self) -> FieldList | None:
+        """send_quick's receiver's first question in one call: the answer's fields as
+        received, in order, when its head is in; None when the exchange failed
+        (head_failure says why). (on_headers_complete put the pool's answered state in
+        the pending one's place; a failure has a future of its own.)"""
+        return self._fields if self._head is self.pool._answered else None
+
     def _expire_quick(self, reason: str) -> None:
         """send_quick's read_timeout passed before the head: 504, the connection closed."""
         head = self._head

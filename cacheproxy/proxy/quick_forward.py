@@ -133,14 +133,15 @@ class QuickForward:
         Python call on a pass-through's way costs some 1,000 instructions)."""
         conn, ctx = self.conn, self.ctx
         try:
-            failure = conn.head_failure()
-            if failure is not None:
+            fields = conn.answered()  # as received, in order
+            if fields is None:
+                failure = conn.head_failure()
+                assert failure is not None  # (answered() said the exchange failed)
                 answer = self._failed(failure)
             else:
                 outcome = ctx.outcome
                 outcome.upstream_ms = (time.perf_counter() - self._sent_at) * 1000
                 outcome.fwd_status = status = conn.status
-                fields = conn.fields()  # as received, in order
                 length = conn.content_length  # llhttp checked it is one number
                 try:
                     d = self.proxy.driver.decided(

@@ -18,7 +18,12 @@ from cacheproxy.http.invalidation import SAFE_METHODS
 from cacheproxy.http.origins import keyed_authority
 from cacheproxy.http.target import asks_whole_server, forwards_left, request_target
 from cacheproxy.http.upgrade import websocket_key
-from cacheproxy.observe.outcome import OUTCOME, Outcome, note_lookup, routed_outcome
+from cacheproxy.observe.outcome import (
+    OUTCOME,
+    Outcome,
+    forwarded_outcome,
+    note_lookup,
+)
 from cacheproxy.policies.forward import (
     Allowed,
     ForwardAccess,
@@ -347,15 +352,14 @@ class CacheProxy:
         up, as the driver carries it on from its forward step."""
         route, facts, fwd, _ = planned
         plan = route.plan
-        outcome = routed_outcome(
-            started, route.authority, route.target, route.route_name, route.secrets)
+        outcome = forwarded_outcome(  # (routed_outcome, then note_lookup of fwd)
+            started, route.authority, route.target, route.route_name, route.secrets, fwd)
         # (request[PLAN], request[OUTCOME]: the state's dict written without a Python-level
         # __setitem__ call each, about 1,000 instructions a quick miss; only a connection's
         # ClientRequest is planned)
         state = request.state
         state[PLAN] = plan
         state[OUTCOME] = outcome
-        note_lookup(outcome, fwd)
         authority = route.authority
         scheme = route.scheme
         # (made as the tuple it is, every field given: Ctx's Python-level __new__ costs

@@ -225,8 +225,12 @@ def json_line(f: Fields) -> str:
         upstream = f"{up_ms:.3f}"
         if upstream[-1] == "0" or not 0 <= up_ms < 1e12:
             upstream = ms_json(up_ms)
+    # (_escape(path), inline for an ASCII path: a call fewer per line)
+    escaped = _encode(path)
+    if not path.isascii() and _C1.search(escaped) is not None:
+        escaped = _escape(path)
     return (f'{{"time":"{stamp}","client":{_ESCAPED.get(client) or _e(client)},'
-            f'{parts[0]}{_escape(path)}{parts[1]}{sent}{parts[2]}{total}'
+            f'{parts[0]}{escaped}{parts[1]}{sent}{parts[2]}{total}'
             f'{parts[3]}{upstream}{parts[4]}')
 
 

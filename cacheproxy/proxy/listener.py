@@ -70,6 +70,7 @@ class Listener:
         self._refused_said = -REFUSED_SAY_SECONDS
         self.refused_total = 0  # ... since start (/metrics: nginx's accepts - handled)
         self.observer.connections = self.connection_figures
+        self.observer.sender = self  # (send_gathered settles what was recorded meanwhile)
 
     @property
     def timeouts(self) -> Timeouts:
@@ -83,7 +84,9 @@ class Listener:
 
     def send_gathered(self) -> None:
         """Send what the connections in gathered wrote in this loop iteration (called at
-        its end: ClientConnection._write adds a connection, and schedules this once)."""
+        its end: ClientConnection._write adds a connection, and schedules this once);
+        then settle the request log's batch (Observer.sender: the requests recorded
+        while gathered was not empty scheduled no settle of their own)."""
         gathered, self.gathered = self.gathered, []
         for conn in gathered:
             try:
@@ -91,6 +94,7 @@ class Listener:
             except Exception:  # a bug of ours loses that connection, not the others' answers
                 log.exception("sending to client %s failed", conn.peername)
                 conn.abort_unread()
+        self.observer.settle()  # (after the sends: the answers go out first)
 
     def admit(self, conn: ClientConnection) -> bool:
         limit = self.proxy.config.proxy.max_client_connections

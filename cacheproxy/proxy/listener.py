@@ -142,7 +142,7 @@ class Listener:
         return None
 
     def record(self, request: ClientRequest, status: int, sent: int, started: float) -> None:
-        outcome = request.get(OUTCOME)
+        outcome = request.state.get(OUTCOME)  # (request.get(OUTCOME), without its call)
         if outcome is not None:
             outcome.bytes_sent = sent
             # (record measures from outcome.started when it has one, as the quick path's do)

@@ -422,6 +422,12 @@ def _validated(
 ) -> Answered:
     """§4.3.3-§4.3.4: a 304 freshens the stored response it selects; the merged response
     is judged like a new one (§3): a 304 may bring Set-Cookie, private fields or no-store."""
+    last = _last_update
+    if last is not None and last[0] is stored and last[1] is route \
+            and last[2] is req.directives and last[3] == req.authorization \
+            and last[4] is date_only and fwd.may_store and not fwd.siblings \
+            and last[5] == fields and last[6] <= request_time <= response_time:
+        return last[7]  # (_last_update: what it was decided from)
     m = _merged_304(stored, fields, response_time, route, date_only)
     if m is None:  # §4.3.4: a 304 for another representation
         return Refetch(Forward(fwd.reason, "GET" if fwd.may_store else req.method,
@@ -462,7 +468,11 @@ def _validated(
     if not _reusable(entry):
         return _not_stored(stored, 304, _NOT_REUSABLE, req, stored.key, view)
     if not fwd.siblings:  # (the usual: no other variant has the stored strong tag)
-        return Update(view, entry, stored)
+        d = Update(view, entry, stored)
+        if entry is stored and not vary and m is _last_merged_made() \
+                and merged.by_name.get("age") is None:
+            _remember_update(stored, route, req, fields, d)
+        return d
     tag = first_value(fields, "etag")
     if tag is None or tag.startswith("W/"):
         return Update(view, entry, stored)
@@ -475,6 +485,47 @@ def _validated(
             heuristics=route.heuristics, excluded=excluded, targeting=route.targeting))
         for other in fwd.siblings if other.etag == tag)
     return Update(view, entry, stored, others)
+
+
+# The last Update that refreshed a stored response into itself (a 304 repeating its Date
+# and changing nothing: refreshed), with every input it was decided from, for the next
+# 304 to the same stored response to be handed it again rather than merged, judged and
+# refreshed anew (a URL revalidated on every request): the stored response (compared by
+# identity, as the memory store holds it; held, as the Update holds it, so only with a
+# body of up to _UPDATE_BODY_MAX: what outlives an eviction, beside cache.max_bytes, is
+# that much at most), the route's
+# settings (§3 storability, heuristics, targeting, max_object_bytes, rewritten), the
+# request's directives (§5.2.1, parsed once per value: identity) and Authorization (§3.5),
+# the merge rule (date_only as _validated reads it), the 304's fields as received (by
+# value: §4.3.4 selection and §3.2 merge), and the stored Date, which is the stored
+# response's born: a refresh at these times is born there too (§4.2.3, no Age field:
+# corrected_initial_age is then response_time - Date, apparent_age being at least the
+# response delay, and born the Date itself) when it was requested at or after that Date
+# and answered after it was requested (the figures are exact: the times are within a
+# factor two of each other); at other times refreshed decides in full. Only when
+# the Forward may store and validated no sibling variants (§4.3.4, others), and the
+# stored response has no Vary (vary_values reads the request's fields): the Update then
+# depends on nothing else. One entry, so bounded.
+_last_update: tuple[CachedResponse, CacheSettings, object, bool, object, list[object],
+                    float, Update] | None = None
+_UPDATE_BODY_MAX = 64 * 1024
+
+
+def _remember_update(stored: CachedResponse, route: CacheSettings, req: RequestFacts,
+                     fields: Pairs, d: Update) -> None:
+    if len(stored.body) > _UPDATE_BODY_MAX:
+        return
+    date = parse_http_date(stored.field("date"))
+    if date is None or date != stored.born:
+        return
+    global _last_update
+    _last_update = (stored, route, req.directives, req.authorization, date_only,
+                    list(fields), date, d)
+
+
+def _last_merged_made() -> _Merged304 | None:
+    last = _last_merged
+    return None if last is None else last[6]
 
 
 # What a 304's fields make of a stored response's (§3.2, §4.3.4), before the request and

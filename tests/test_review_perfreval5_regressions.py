@@ -14,6 +14,7 @@ on the stored response alone fails every one of them."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ STORED = [("Date", DATE0), ("Content-Type", "text/plain"), ("Cache-Control", "no
           ("ETag", '"v1"'), ("Last-Modified", "Sun, 31 Dec 2023 00:00:00 GMT")]
 NOT_MODIFIED = [("Date", DATE0), ("Cache-Control", "no-cache"), ("ETag", '"v1"')]
 ROUTE = CacheSettings()
+# (the module: the package exports its lookup function under the same name)
+lookup_module = importlib.import_module("cacheproxy.http.flow.lookup")
 
 
 def _stored(body: bytes = b"body") -> CachedResponse:
@@ -126,3 +129,60 @@ def test_a_remembered_update_holds_a_small_body_only() -> None:
         assert (again is first) is kept, size
         held = answer_module._last_update
         assert (held is not None and held[0] is stored) is kept
+
+
+def _forget_lookup() -> None:
+    lookup_module._last_validating = None
+
+
+@pytest.mark.parametrize("case", ["only-if-cached", "no-store", "sibling", "new-response"])
+def test_a_remembered_validation_is_not_handed_to_other_inputs(case: str) -> None:
+    """lookup() now remembers the last Forward that validates a stored no-cache response
+    for the next request for it. Were it keyed on the stored response alone, a request
+    with only-if-cached (RFC 9111 §5.2.1.7: a 504, nothing goes forward) or no-store
+    (§5.2.1.5: its answer is stored for no one), a key that came to hold a second variant
+    with the same strong ETag (§4.3.4: a 304 updates both), or a new response stored for
+    the key (validated with its own validators, §4.3.1) would get the first request's
+    Forward: a 504 not given, a no-store answer stored, a sibling left stale, or the old
+    ETag sent (nginx and Squid decide every request's lookup afresh). Severity, were it
+    to fail: high."""
+    stored = _stored()
+    _forget_lookup()
+    first = lookup(_facts(), (stored,), now=T0 + 1, route=ROUTE)
+    assert isinstance(first, Forward) and first.stored is stored
+    assert lookup(_facts(), (stored,), now=T0 + 2, route=ROUTE) is first  # (remembered)
+    req, variants, route, passed = _facts(), (stored,), ROUTE, False
+    if case == "only-if-cached":
+        req = _facts(("Cache-Control", "only-if-cached"))
+    elif case == "no-store":
+        req = _facts(("Cache-Control", "no-store"))
+    elif case == "sibling":
+        other = make_stored_response(
+            key=KEY, vary=("accept",), vary_values=("text/html",), status=200,
+            pairs=FieldList([*STORED, ("Vary", "Accept")]), body=b"body",
+            request_time=T0, response_time=T0, shared=True, heuristics=Heuristics())
+        variants = (stored, other)
+    else:
+        variants = (_stored(b"new"),)
+    after_memo = lookup(req, variants, now=T0 + 3, route=route, recently_passed=passed)
+    _forget_lookup()
+    fresh = lookup(req, variants, now=T0 + 3, route=route, recently_passed=passed)
+    assert after_memo == fresh and after_memo is not first, (after_memo, fresh)
+
+
+@pytest.mark.parametrize("at", [T0 - 3600, T0, T0 + 0.5, T0 + 86_400 * 365])
+def test_a_no_cache_response_is_validated_the_same_at_any_age(at: float) -> None:
+    """What lets lookup() remember the Forward for a no-cache response without keying it
+    on the time: RFC 9111 §5.2.2.4, a no-cache response is not used without successful
+    validation whatever its age, and decide_reuse says so before any freshness. Were a
+    later change to let the age decide anything for it (serving it fresh, or stale under
+    max-stale), the remembered Forward would be wrong: this fails first. Severity, were
+    it to fail: high."""
+    stored = _stored()
+    for req in (_facts(), _facts(("Cache-Control", "max-stale=99999999")),
+                _facts(("Cache-Control", "min-fresh=1"))):
+        _forget_lookup()
+        d = lookup(req, (stored,), now=at, route=ROUTE)
+        _forget_lookup()
+        base = lookup(req, (stored,), now=T0 + 1, route=ROUTE)
+        assert isinstance(d, Forward) and d == base and d.reason == "stale"

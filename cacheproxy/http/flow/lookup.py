@@ -168,6 +168,11 @@ def _reuse_or_forward(
         # (RFC 9211 §2.2: a response refused for its coding matched URI and Vary: "miss".)
         return _forward("miss" if refused else "vary-miss" if held else "uri-miss",
                         "GET" if may_store else req.method, may_store, may_collapse)
+    last = _last_validating
+    if last is not None and last[0] is entry and last[1] is req.directives \
+            and last[2] is route and last[3] is may_collapse and waited is None \
+            and len(variants) < 2:
+        return last[4]  # (_last_validating: what it was decided from)
     reuse = decide_reuse(
         lifetime=entry.lifetime, initial_age=0.0, response_time=entry.born,
         directives=entry.directives,
@@ -195,8 +200,32 @@ def _reuse_or_forward(
     # a new representation can be stored (the HEAD client gets no body). (By position,
     # in Forward's order: a NamedTuple's keywords cost a revalidation 2,500 instructions;
     # made as the tuple it is, without its Python-level __new__, some 1,100 fewer.)
-    return _made(Forward, (reuse.forward, "GET", entry, validating_fields(entry), may_store,
-                           may_collapse and shareable, None, _siblings(entry, variants)))
+    fwd = _made(Forward, (reuse.forward, "GET", entry, validating_fields(entry), may_store,
+                          may_collapse and shareable, None, _siblings(entry, variants)))
+    if entry.directives.no_cache and waited is None and len(variants) < 2 \
+            and len(entry.body) <= _VALIDATING_BODY_MAX:
+        _remember_validating(entry, req, route, may_collapse, fwd)
+    return fwd
+
+
+# The last Forward that validates a stored response demanding validation on every use
+# (§5.2.2.4 no-cache), with what it was decided from, for the next request for it: the
+# stored response (by identity, as the memory store holds it; held, as the Forward holds
+# it, so only with a body of up to _VALIDATING_BODY_MAX), the request's directives
+# (§5.2.1: only-if-cached, no-store; parsed once per value: identity), the route (shared,
+# collapse) and may_collapse (what it was made from: the method, hit-for-pass, a loop).
+# Not the time: decide_reuse validates a no-cache response whatever its age (§5.2.2.4,
+# before any freshness; tests/test_review_perfreval5_regressions.py pins it), and the
+# Forward carries no age. Only for a request that did not wait for another's answer and
+# a key holding one response (no siblings, §4.3.4). One entry, so bounded.
+_last_validating: tuple[CachedResponse, object, CacheSettings, bool, Forward] | None = None
+_VALIDATING_BODY_MAX = 64 * 1024
+
+
+def _remember_validating(entry: CachedResponse, req: RequestFacts, route: CacheSettings,
+                         may_collapse: bool, fwd: Forward) -> None:
+    global _last_validating
+    _last_validating = (entry, req.directives, route, may_collapse, fwd)
 
 
 def _forward(reason: str, method: str, may_store: bool, collapse: bool) -> Forward:

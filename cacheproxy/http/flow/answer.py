@@ -67,7 +67,18 @@ def answered(
     """The upstream's answer (status, fields, Content-Length) to what fwd sent. (By
     position or keyword: the driver passes them by position, as every miss comes here.)"""
     seen = None
-    if fwd.stored is None and fwd.may_store and type(fields) is FieldList:
+    if fwd.stored is not None:
+        if status == 304:
+            # _validated's Update for the same stored response and the same inputs, handed
+            # out again (_last_update says which; here, not in _validated: two calls fewer
+            # on every such 304, and _for_a_range leaves an Update as it is).
+            last = _last_update
+            if last is not None and last[0] is fwd.stored and last[1] is route \
+                    and last[2] is req.directives and last[3] == req.authorization \
+                    and last[4] is date_only and fwd.may_store and not fwd.siblings \
+                    and last[5] == fields and last[6] <= request_time <= response_time:
+                return last[7]
+    elif fwd.may_store and type(fields) is FieldList:
         # The decision on the last answer that was not stored (a Pass), taken again when
         # every input it was made from is the same (_PassSeen): a URL passed on per
         # request (no-store, private) gets the same answer each time, decided once, not
@@ -422,12 +433,6 @@ def _validated(
 ) -> Answered:
     """§4.3.3-§4.3.4: a 304 freshens the stored response it selects; the merged response
     is judged like a new one (§3): a 304 may bring Set-Cookie, private fields or no-store."""
-    last = _last_update
-    if last is not None and last[0] is stored and last[1] is route \
-            and last[2] is req.directives and last[3] == req.authorization \
-            and last[4] is date_only and fwd.may_store and not fwd.siblings \
-            and last[5] == fields and last[6] <= request_time <= response_time:
-        return last[7]  # (_last_update: what it was decided from)
     m = _merged_304(stored, fields, response_time, route, date_only)
     if m is None:  # §4.3.4: a 304 for another representation
         return Refetch(Forward(fwd.reason, "GET" if fwd.may_store else req.method,
@@ -489,7 +494,7 @@ def _validated(
 
 # The last Update that refreshed a stored response into itself (a 304 repeating its Date
 # and changing nothing: refreshed), with every input it was decided from, for the next
-# 304 to the same stored response to be handed it again rather than merged, judged and
+# 304 to the same stored response to be handed it again (answered) rather than merged, judged and
 # refreshed anew (a URL revalidated on every request): the stored response (compared by
 # identity, as the memory store holds it; held, as the Update holds it, so only with a
 # body of up to _UPDATE_BODY_MAX: what outlives an eviction, beside cache.max_bytes, is

@@ -1323,15 +1323,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         replay = answer.replay
         if replay is not None and request.method != "HEAD" \
                 and hdrs.ORIGIN not in request.headers:  # else the full path: a CORS grant
-            # (_send_replay, without its two calls: every revalidation answers here)
-            entry = replay.entry
-            head, _ = self._replay_head(request.version, request.get(PLAN), entry,
-                                       replay.fresh)
-            if self.transport is not None:
-                self._status = entry.status
-                body = entry.body
-                self._write(head, body)  # the stored bytes themselves: sent without a copy
-                self._sent = len(body)
+            self._send_replay(request.version, request.get(PLAN), replay.entry, replay.fresh)
             return
         headers = answer.fields()
         status = answer.status

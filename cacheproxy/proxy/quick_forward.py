@@ -59,12 +59,6 @@ class Client(Protocol):
     def hand_off(self, step: Awaitable[Answer | None]) -> None: ...
 
 
-def passes_on(d: Answered) -> bool:
-    """A decision Exchange.relay performs as a plain relay: nothing stored, nothing
-    served from storage, nothing evicted. (QuickForward._arrived reads it inline.)"""
-    return type(d) is Pass or (type(d) is Keep and d.serve is None)
-
-
 class QuickForward:
     """A request sent by callback; the client connection holds it while it is under
     way (no other request of that connection is answered meanwhile). A connection keeps
@@ -152,7 +146,9 @@ class QuickForward:
                     conn.close()  # (UpstreamResponse.close's: closed, then released)
                     self.proxy.exchange.pool.release(conn)
                     raise
-                kind = type(d)  # (passes_on, inline)
+                # A plain relay (nothing stored, served from storage or evicted: a Pass,
+                # or a Keep serving nothing) of a whole answer is written from here.
+                kind = type(d)
                 if (kind is Pass or (kind is Keep and d.serve is None)) and conn.whole:
                     self._pass_on(ctx, conn, status, fields)
                     answer = None
@@ -239,4 +235,4 @@ class QuickForward:
 
 _HANDED: Any = object()  # _answer: the rest is a task's
 
-__all__ = ["Client", "QuickForward", "passes_on"]
+__all__ = ["Client", "QuickForward"]

@@ -102,6 +102,15 @@ class Outcome:
         self.cache_status_sent = member
         return member
 
+    def sent_again(self, name: str, member: str) -> None:
+        """member, which cache_status(name) made for inputs equal to this Outcome's (the
+        ttl in the same whole seconds), sent again with a head kept for them
+        (client_conn.send_stored): recorded as cache_status records it."""
+        self.cache_name = name
+        self._sent_from = (self.hit, self.fwd, self.fwd_status, self.stored, self.ttl,
+                           self.collapsed, self.went_on, self.detail)
+        self.cache_status_sent = member
+
     def final_cache_status(self) -> str:
         """The member as the log shows it: what happened, which may differ from the header
         sent before the body (a fill the client aborted is not "stored")."""
@@ -113,8 +122,8 @@ class Outcome:
         return self._member(self.cache_name)
 
     def _inputs(self) -> tuple[object, ...]:
-        # (cache_status, final_cache_status and Observer.record read the same fields
-        # inline: change them together)
+        # (cache_status, sent_again, final_cache_status and Observer.record read the same
+        # fields inline: change them together)
         return (self.hit, self.fwd, self.fwd_status, self.stored, self.ttl, self.collapsed,
                 self.went_on, self.detail)
 

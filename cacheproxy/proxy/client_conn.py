@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Container
 from email.utils import formatdate
@@ -41,7 +42,7 @@ from multidict import CIMultiDict
 
 from cacheproxy.http.fields import connection_options, end_to_end
 from cacheproxy.http.stored import CachedResponse
-from cacheproxy.observe.outcome import OUTCOME
+from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.forward import Allowed
 from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
@@ -50,6 +51,7 @@ from cacheproxy.proxy.handler import body_failed
 from cacheproxy.proxy.policy_steps import appended_fields, outbound_fields
 from cacheproxy.proxy.quick import Plain
 from cacheproxy.proxy.quick_forward import QuickForward
+from cacheproxy.proxy.respond import fresh_fields
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, RoutePlan
 from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
@@ -101,6 +103,10 @@ class _Date:
 # Loop iterations a lingering read waits for a cancelled upload to leave the body's reader
 # (_linger): one is enough for a task cancelled in the iteration before.
 _MAX_YIELDS = 8
+# send_stored's last head: (the entry, weakly; what else it was made from; the whole head;
+# its Cache-Status member). One, of up to KEPT_HEAD_MAX bytes.
+_last_stored: tuple[Callable[[], CachedResponse | None], tuple[object, ...], bytes, str] = (
+    lambda: None, (), b"", "")
 # _replay_head's last fresh lines, Connection and their encoded bytes.
 _last_fresh: tuple[tuple[tuple[str, str], ...], str | None, bytes] = ((("", ""),), None, b"")
 # Bytes of a request head kept to find where a line too long began: the parser stops at
@@ -1352,6 +1358,44 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         (lines), and the body, sent together (with the iteration's other writes)."""
         head, _ = self._replay_head(version, plan, entry, lines)
         self._write_replay(head, entry)
+
+    def send_stored(self, request: Any, plan: RoutePlan, entry: CachedResponse, age: float,
+                    ttl: float, outcome: Outcome) -> bool:
+        """A stored response a validation answered whole (QuickForward._reply; outcome
+        noted served), written as a replay is (_send_answer's replay). False: the request
+        needs its Answer (a CORS grant for its Origin); nothing was written.
+
+        The head is the last one made here when it would be the same (the revalidated
+        reply of a URL polled several times a second): made from the same entry (by
+        identity, held weakly: an evicted one is not kept alive), route plan (its stored
+        head's outbound policies, its Via and cache name), HTTP version and Connection,
+        Age in the same whole seconds, and a Cache-Status member from the same inputs (ttl
+        in whole seconds, as RFC 9211 §2.5 shows it; Outcome.cache_status); X-Cache is HIT
+        (note_served). Only for a stored head with its own Date (else this second's is
+        written) and a head of up to KEPT_HEAD_MAX bytes: one head, so bounded."""
+        global _last_stored
+        if hdrs.ORIGIN in request.headers:  # (_send_answer's test: the full path's writer)
+            return False
+        version = request.version
+        o = outcome
+        made = (plan, version, self._connection(version), int(age), ttl // 1, o.hit, o.fwd,
+                o.fwd_status, o.stored, o.collapsed, o.went_on, o.detail)
+        last = _last_stored
+        if last[0]() is entry and last[1] == made:
+            head = last[2]
+            o.sent_again(plan.forward.via, last[3])
+        else:
+            member = o.cache_status(plan.forward.via)
+            head, dated = self._replay_head(version, plan, entry, fresh_fields(
+                age, member, o.x_cache, plan.local_via))
+            if dated and len(head) <= KEPT_HEAD_MAX:
+                _last_stored = (weakref.ref(entry), made, head, member)
+        if self.transport is not None:  # (_write_replay, without its call)
+            self._status = entry.status
+            body = entry.body
+            self._write(head, body)  # the stored bytes themselves: sent without a copy
+            self._sent = len(body)
+        return True
 
     def _send_plain(self, version: Any, plain: Plain) -> str:
         """A Plain hit (proxy/quick.py); its Cache-Status member. The head is the last

@@ -64,6 +64,7 @@ from cacheproxy.proxy.collapse import (
 from cacheproxy.proxy.downstream import Answer, ClientGone, ClientMessage, Downstream
 from cacheproxy.proxy.exchange import Exchange, UpstreamResponse
 from cacheproxy.proxy.forwarding import via_value
+from cacheproxy.proxy.pool import Connection
 from cacheproxy.proxy.respond import HeaderBlocks, error_response, stored_response
 from cacheproxy.proxy.routing import RoutePlan
 from cacheproxy.proxy.upstream import Refusal, UpstreamError
@@ -395,24 +396,28 @@ class Driver:
         note_answered(ctx.outcome, d, now)
         return d
 
-    def validated_now(self, ctx: Ctx, d: Answered, resp: UpstreamResponse) -> Answer | None:
-        """_perform's answer to a 304 that validated the stored response, when nothing
-        in carrying it out waits: Keep serving the merged view, or Update with a store
-        that puts without I/O (the memory store's put_now). None: d is _perform's."""
+    def validated_now(self, ctx: Ctx, d: Answered, conn: Connection
+                      ) -> CachedResponse | None:
+        """_perform's step for a 304 (whole: conn is done with it) that validated the
+        stored response, when nothing in carrying it out waits: Keep serving the merged
+        view, or Update with a store that puts without I/O (the memory store's put_now).
+        The connection is pooled again, the store updated as _put_validated would; the
+        response the client gets (reply_validated's view). None: d is _perform's, and
+        nothing was done."""
         if type(d) is Update:
             put_now, peek = self._put_now, self._peek  # (the memory store's: now)
             if put_now is None or peek is None:
                 return None
-            resp.release()
+            self.exchange.pool.release(conn)  # (UpstreamResponse.release's, none made)
             stored = False
             for entry in freshened_still_held(d, peek(ctx.key)):  # (as _put_validated)
                 put = put_now(entry)
                 stored = put if entry is d.entry else stored
             ctx.outcome.stored = stored
-            return self.reply_validated(ctx, d.view)
+            return d.view
         if type(d) is Keep and d.serve is not None:
-            resp.release()
-            return self.reply_validated(ctx, d.serve)
+            self.exchange.pool.release(conn)
+            return d.serve
         return None
 
     async def perform(self, ctx: Ctx, d: Answered, resp: UpstreamResponse,

@@ -29,9 +29,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from multidict import CIMultiDict
 
 from cacheproxy.http.fields import HOP_BY_HOP, FieldList, end_to_end
-from cacheproxy.http.flow import Answered, Forward, Keep, Pass
-from cacheproxy.proxy.downstream import Answer
-from cacheproxy.proxy.driver import Ctx
+from cacheproxy.http.flow import Answered, Forward, Keep, Pass, client_answer
+from cacheproxy.http.stored import CachedResponse
+from cacheproxy.observe.outcome import Outcome, note_served
+from cacheproxy.proxy.downstream import Answer, ClientMessage
+from cacheproxy.proxy.driver import Ctx, Driver
 from cacheproxy.proxy.exchange import UpstreamResponse
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.pool import Connection
@@ -56,6 +58,8 @@ class Client(Protocol):
     def send_whole(self, head: bytes, body: bytes) -> None: ...
     def interim(self, status: int, reason: str, fields: list[tuple[str, str]]) -> None: ...
     def forwarded(self, answer: Answer | None) -> None: ...
+    def send_stored(self, request: ClientMessage, plan: RoutePlan, entry: CachedResponse,
+                    age: float, ttl: float, outcome: Outcome) -> bool: ...
     def hand_off(self, step: Awaitable[Answer | None]) -> None: ...
 
 
@@ -180,12 +184,30 @@ class QuickForward:
         (a client that left still has its request carried out and logged, as the full
         path's task does: a 304 still updates the store)."""
         conn, ctx, driver, exchange = self.conn, self.ctx, self.proxy.driver, self.proxy.exchange
-        # (made only for the driver's steps: an answer passed on here needs none)
+        if conn.whole:
+            view = driver.validated_now(ctx, d, conn)
+            if view is not None:  # a 304 (whole, no body) validated the stored response
+                return self._reply(ctx, driver, view)
+        # (made only for the driver's steps: an answer passed on or validated here needs
+        # none)
         resp = UpstreamResponse(exchange.pool, conn, exchange.read_timeout, self._sent_at)
-        answer = driver.validated_now(ctx, d, resp) if conn.whole else None
-        if answer is not None:  # a 304 (whole, no body) validated the stored response
-            return answer
         return self._hand_off(driver.perform(ctx, d, resp))
+
+    def _reply(self, ctx: Ctx, driver: Driver, view: CachedResponse) -> Answer | None:
+        """The client's answer from storage after a validation (Driver.reply_validated's).
+        When served's would be the response whole (a GET, no 304 to the client's own
+        validators, §4.3.2, no Range, RFC 9110 §14.2), the client writes it as a replay,
+        its head kept for the same inputs (client_conn.send_stored): None, sent. Else,
+        and for a client that needs the Answer (a CORS grant), served's Answer."""
+        age = view.age(time.time())  # §4.2.3
+        ttl = view.lifetime - age
+        facts, outcome, plan = ctx.facts, ctx.outcome, ctx.plan
+        if facts.method == "GET" and not facts.bypass and client_answer(view, facts) is None:
+            note_served(outcome, age, ttl)
+            if self.client.send_stored(ctx.request, plan, view, age, ttl, outcome):
+                return None
+        return driver.served(facts, outcome, view, age, ttl, plan.forward.via,
+                             plan.local_via)
 
     def _pass_on(self, ctx: Ctx, conn: Connection, status: int,
                  received: list[tuple[str, str]]) -> None:

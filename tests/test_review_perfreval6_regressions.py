@@ -114,3 +114,42 @@ async def test_a_kept_revalidated_head_follows_the_stored_response(proxy: Any) -
                 assert resp.headers["ETag"] == tag
                 assert resp.headers["Content-Length"] == str(len(body))
                 assert "fwd-status=304" in cache_status(resp)
+
+
+def _entry(key: str, accept: str | None = None) -> Any:
+    from cacheproxy.http.stored import Heuristics, make_stored_response
+    t0 = 1_704_067_200.0
+    return make_stored_response(
+        key=key, vary=("accept",) if accept else (), vary_values=(accept,) if accept else (),
+        status=200, pairs=[("Date", formatdate(t0, usegmt=True)), ("ETag", '"v1"')],
+        body=b"abc", request_time=t0, response_time=t0, shared=True,
+        heuristics=Heuristics())
+
+
+async def test_touching_the_held_response_is_putting_it_again_and_nothing_else() -> None:
+    """RFC 9111 §4.3.4 (a 304 updates the stored response it validated, where the store
+    still holds it as read: never an older one back over a newer one). The driver now
+    asks the memory store once (touch_held) whether the key still holds the very response
+    a 304 refreshed into itself: that must be what peek and put_now of it did (marked
+    recently used, nothing counted or evicted), and a response the key does not hold
+    alone by identity (replaced meanwhile by an equal copy, or the key holding variants)
+    must be left to the full put (False, nothing changed). Severity, were it to fail:
+    medium (a fresh response evicted first, or a stale one put back)."""
+    from cacheproxy.store.memory import MemoryStore
+
+    one = _entry("http://o/probe").size
+    store = MemoryStore(max_bytes=one * 3)
+    a, b, c = _entry("http://o/a"), _entry("http://o/b"), _entry("http://o/c")
+    for e in (a, b, c):
+        assert store.put_now(e)
+    before = store.stats()
+    assert store.touch_held(a)  # a: now the most recently used, b the least
+    assert store.stats() == before
+    copy = b.replace(body=bytes(b.body))  # equal, another object: not what was read
+    assert not store.touch_held(copy) and store.peek("http://o/b") == (b,)
+    assert store.put_now(_entry("http://o/d"))  # evicts the least recently used: c
+    assert store.peek("http://o/c") == () and store.peek("http://o/a") == (a,)
+    html, text = _entry("http://o/v", "text/html"), _entry("http://o/v", "text/plain")
+    assert store.put_now(html) and store.put_now(text)
+    assert not store.touch_held(text) and not store.touch_held(html)
+    assert set(store.peek("http://o/v")) == {html, text}

@@ -144,6 +144,8 @@ class Driver:
             store, "put_now", None)
         self._peek: Callable[[str], tuple[CachedResponse, ...]] | None = getattr(
             store, "peek", None)
+        self._touch_held: Callable[[CachedResponse], bool] | None = getattr(
+            store, "touch_held", None)
 
     def rename(self, cache_name: str, local_via: str) -> None:
         """proxy.via (also the Cache-Status name); Via on responses the cache makes itself."""
@@ -409,6 +411,15 @@ class Driver:
             if put_now is None or peek is None:
                 return None
             self.exchange.pool.release(conn)  # (UpstreamResponse.release's, none made)
+            touch = self._touch_held
+            entry = d.entry
+            if entry is d.stored and not d.others and touch is not None and touch(entry):
+                # A 304 that refreshed the response into itself (stored.refreshed), which
+                # the key still holds alone: what freshened_still_held and put_now make of
+                # it (§4.3.4: it is to be stored; the put marks it recently used), in one
+                # look at the store.
+                ctx.outcome.stored = True
+                return d.view
             stored = False
             for entry in freshened_still_held(d, peek(ctx.key)):  # (as _put_validated)
                 put = put_now(entry)

@@ -88,6 +88,18 @@ class MemoryStore:
         key held stays as it was."""
         return self.put_now(entry)
 
+    def touch_held(self, entry: CachedResponse) -> bool:
+        """Whether the key holds entry alone (by identity): then marked recently used, as
+        peek and put_now of it would (a 304 that changed nothing validating the very
+        response read at lookup, proxy/driver.py validated_now). False: nothing done."""
+        held_by_key, key = self._held, entry.key
+        if held_by_key.get(key) is not entry:
+            return False
+        del held_by_key[key]  # (set again below: now the most recently used)
+        self._unused.discard(key)
+        held_by_key[key] = entry
+        return True
+
     def put_now(self, entry: CachedResponse) -> bool:
         """put() without a coroutine: a revalidation answered where its 304 was read
         (proxy/quick_forward.py)."""

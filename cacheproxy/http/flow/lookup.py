@@ -135,7 +135,6 @@ def _reuse_or_forward(
         # reused for a client that does not take its coding; the origin answers it
         # (Varnish never hands gzip to one; nginx's proxy_cache does).
         entry = None
-    held = holds_any(variants)  # (a store may leave out the variants it cannot select)
     if req.has_body:  # RFC 9110 §9.3.2: content no key holds; its answer updates nothing
         return Forward("bypass", req.method)
     may_store = not req.directives.no_store  # §5.2.1.5
@@ -146,9 +145,12 @@ def _reuse_or_forward(
     # one, so requests behind it would wait for nothing, then all go upstream at once.
     may_collapse = (route.collapse and may_store and req.method == "GET"
                     and not recently_passed and not passed_here
-                    and (waited is None
-                         or (waited.again and entry is None and held and not refused)))
+                    and (waited is None or (waited.again and entry is None
+                                            and holds_any(variants) and not refused)))
     if entry is None:
+        # (a store may leave out the variants it cannot select; asked only here: a
+        # response found, every revalidation, needs no answer)
+        held = holds_any(variants)
         if req.directives.only_if_cached:  # §5.2.1.7
             return Refuse(504, "not in cache (only-if-cached)", _ONLY_IF_CACHED)
         if (recently_passed or req.authorization) and (req.validating or req.bypass):

@@ -253,8 +253,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         self._relay: QuickForward | None = None  # a request sent by callback, under way
         self._forwarder: QuickForward | None = None  # the one renewed for the next (_forward)
         # The field lines of the last upstream head a quick forward sent, what they were
-        # made from, and that head with its method and URL (_upstream_head).
-        self._sent_fields: tuple[tuple[Any, ...], bytes, str, str, bytes] | None = None
+        # made from, and that head with its method and URL, and the Route, Forward, raw
+        # lines, method and version it was sent for (_upstream_head).
+        self._sent_fields: tuple[Any, ...] | None = None
         # The last client head begin_relayed made, and what it was made from.
         self._relayed: tuple[tuple[Any, ...], bytes] | None = None
         self._on_gone: Callable[[], None] | None = None  # a relay waiting (watch_gone)
@@ -1026,27 +1027,38 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         message of the Python parser (it keeps a field name's case, where llhttp gives
         a known name's usual spelling): the same lines would make other fields."""
         parser = self._parser
-        exchange = self.listener.proxy.exchange
         if type(parser) is not _FallbackParser or parser._python is not None:
-            return exchange.request_head(fwd.method, url, ctx.fields(fwd), False)[1]
+            return self.listener.proxy.exchange.request_head(fwd.method, url,
+                                                             ctx.fields(fwd), False)[1]
+        sent = self._sent_fields
+        # The same request again (the usual case: a poller, a bench, a page's reload): the
+        # same Route and Forward objects (the quick path's memos hand them out again for
+        # the same lines, target and plans, and a Route fixes the plan, scheme, authority
+        # and URL; a Forward its method, may_store, stored and conditionals), the same
+        # lines by value, method and version: the last head whole, without the key below.
+        if sent is not None and sent[5] is route and sent[6] is fwd \
+                and sent[7] == msg.raw_headers and sent[8] == msg.method \
+                and sent[9] == msg.version:
+            return sent[4]
+        exchange = self.listener.proxy.exchange
         # (fwd.may_store and fwd.stored's presence: what fwd.strips_client_conditionals
         # reads, without its property call)
         key = (msg.raw_headers, msg.method, msg.version, route.plan, route.scheme,
                route.authority, fwd.may_store, fwd.stored is None, fwd.conditional)
         method = fwd.method
-        sent = self._sent_fields
         if sent is not None and sent[0] == key:
             if sent[2] is url and sent[3] == method:  # (url: the route's own string)
-                return sent[4]  # the same request again: the whole head
-            head = exchange.request_head_again(method, url, sent[1])
+                head = sent[4]  # the same request again: the whole head
+            else:
+                head = exchange.request_head_again(method, url, sent[1])
             if len(head) <= KEPT_HEAD_MAX:  # (a long URL's is not kept; its lines are)
-                self._sent_fields = (key, sent[1], url, method, head)
+                self._sent_fields = (key, sent[1], url, method, head, route, fwd, *key[:3])
             return head
         head = exchange.request_head(method, url, ctx.fields(fwd), False)[1]
         # (A large head is not kept: a connection would hold it, and the client's lines,
         # as long as it stays open.)
-        self._sent_fields = (key, head[head.index(b"\r\n") + 2:], url, method, head) \
-            if len(head) <= KEPT_HEAD_MAX else None
+        self._sent_fields = (key, head[head.index(b"\r\n") + 2:], url, method, head, route,
+                             fwd, *key[:3]) if len(head) <= KEPT_HEAD_MAX else None
         return head
 
     def begin(self, status: int, reason: str | None, headers: CIMultiDict[str],
@@ -1185,6 +1197,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         relay, self._relay = self._relay, None
         assert relay is not None
         self._forwarder = None  # (the task's now: its end settles it, below)
+        # (nor is the last head kept with its Forward, which may hold a stored response:
+        # the connection keeps no Forward of a request it no longer carries)
+        self._sent_fields = None
         task = self._task = self._loop.create_task(
             self._continued(step, relay.ctx.request, relay.ctx.outcome.started))
         task.add_done_callback(lambda _: relay.settle())  # (a graceful stop waits for it)

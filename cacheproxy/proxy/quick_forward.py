@@ -70,14 +70,17 @@ class QuickForward:
     instructions, renewing it about 1,000), until one is handed off to a task: that one
     stays the task's (hand_off's callback settles it later), and the next is new."""
 
-    __slots__ = ("_done", "_loop", "_sent_at", "_settled", "client", "conn", "ctx", "fwd",
-                 "proxy", "request_time", "reused")
+    __slots__ = ("_done", "_interim", "_loop", "_sent_at", "_settled", "client", "conn",
+                 "ctx", "fwd", "proxy", "request_time", "reused")
 
     def __init__(self, proxy: CacheProxy, client: Client, ctx: Ctx, fwd: Forward,
                  conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.proxy, self.client, self.ctx, self.fwd, self.conn = proxy, client, ctx, fwd, conn
         self.reused = conn.used
         self._loop = loop
+        # Where the origin's 1xx answers go: bound once, as the client is (a reference to
+        # it, as self.client is: let go with the connection's _forwarder).
+        self._interim = client.interim
         # Its end, for a graceful shutdown: made when one asks (done), not per request.
         self._done: asyncio.Future[None] | None = None
         self._settled = False
@@ -105,10 +108,10 @@ class QuickForward:
     def start(self, head: bytes) -> None:
         """Send head (gathered with the iteration's other requests); raises UpstreamError
         when the connection was closed meanwhile (nothing sent: the full path goes on)."""
-        self.request_time = time.time()
-        self._sent_at = time.perf_counter()
+        self.request_time = _wall()
+        self._sent_at = _perf()
         self.conn.send_quick(head, self.fwd.method == "HEAD", self._arrived,
-                             self.proxy.exchange.read_timeout, self.client.interim)
+                             self.proxy.exchange.read_timeout, self._interim)
 
     def cancel(self) -> None:
         """Stopped (a graceful stop ran out of time): the answer is not waited for, and
@@ -256,5 +259,6 @@ class QuickForward:
 
 
 _HANDED: Any = object()  # _answer: the rest is a task's
+_wall, _perf = time.time, time.perf_counter  # (read per request: one global each)
 
 __all__ = ["Client", "QuickForward"]

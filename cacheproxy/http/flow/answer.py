@@ -83,10 +83,14 @@ def answered(
         # every input it was made from is the same (_PassSeen): a URL passed on per
         # request (no-store, private) gets the same answer each time, decided once, not
         # governed, parsed and judged again (some 15,000 instructions a pass-through).
-        get = fields.by_name.get
+        by_name = fields.by_name
+        get = by_name.get
+        # The route's targeted fields (RFC 9213): None when the answer has none of them,
+        # the usual case (a star-unpacked map cost a third of this memo's key).
+        targeted = route.targeting.fields
         seen = (route, fwd, status, req[2:7], get("cache-control"), get("expires"),
                 get("set-cookie"), get("vary"), get("content-type"),
-                *map(get, route.targeting.fields))
+                None if by_name.keys().isdisjoint(targeted) else tuple(map(get, targeted)))
         last = _last_pass
         if last is not None and last[0] == seen:
             return last[1]

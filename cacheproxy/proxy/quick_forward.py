@@ -37,7 +37,7 @@ from cacheproxy.proxy.driver import Ctx, Driver
 from cacheproxy.proxy.exchange import UpstreamResponse
 from cacheproxy.proxy.forwarding import via_value
 from cacheproxy.proxy.pool import Connection
-from cacheproxy.proxy.respond import marks, put_marks
+from cacheproxy.proxy.respond import marks_of, put_marks
 
 if TYPE_CHECKING:
     import asyncio
@@ -70,8 +70,8 @@ class QuickForward:
     instructions, renewing it about 1,000), until one is handed off to a task: that one
     stays the task's (hand_off's callback settles it later), and the next is new."""
 
-    __slots__ = ("_done", "_interim", "_loop", "_sent_at", "_settled", "client", "conn",
-                 "ctx", "fwd", "proxy", "request_time", "reused")
+    __slots__ = ("_done", "_interim", "_loop", "_marked", "_sent_at", "_settled", "client",
+                 "conn", "ctx", "fwd", "proxy", "request_time", "reused")
 
     def __init__(self, proxy: CacheProxy, client: Client, ctx: Ctx, fwd: Forward,
                  conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -86,6 +86,9 @@ class QuickForward:
         self._settled = False
         self._sent_at = 0.0
         self.request_time = 0.0
+        # The marks _pass_on made last, with what they were made from (see there).
+        self._marked: tuple[tuple[int, int], str, str, str, list[tuple[str, str]]] | None \
+            = None
 
     def renew(self, proxy: CacheProxy, ctx: Ctx, fwd: Forward, conn: Connection) -> None:
         """The next request of the same client connection (its last one answered here),
@@ -228,7 +231,19 @@ class QuickForward:
             kept = end_to_end(received)
             names = {k.lower() for k, _ in kept}
         cache_name = plan.forward.via  # (the request's: a reload since renames nothing)
-        marked = marks(outcome, cache_name, via_value(conn.version, cache_name))
+        # marks(): Via from the origin's version and the name, Cache-Status (the Outcome
+        # sets what the log reads of it) and X-Cache. The connection's answers mostly get
+        # the same three, so the list made last is taken again when all it is made from is
+        # the same (the client head kept then compares it by identity, not field by field).
+        member, x_cache, version = outcome.cache_status(cache_name), outcome.x_cache, \
+            conn.version
+        last = self._marked
+        if last is not None and last[0] == version and last[1] == cache_name \
+                and last[2] == member and last[3] == x_cache:
+            marked = last[4]
+        else:
+            marked = marks_of(via_value(version, cache_name), member, x_cache)
+            self._marked = (version, cache_name, member, x_cache, marked)
         try:
             head = client.begin_relayed(status, conn.reason, kept, names, marked, plan,
                                         head_only)

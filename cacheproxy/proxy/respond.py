@@ -43,9 +43,14 @@ def put_marks(headers: CIMultiDict[str], marked: list[tuple[str, str]]) -> None:
 
 def marks(outcome: Outcome, cache_name: str, via: str) -> list[tuple[str, str]]:
     """mark's fields, to append to fields that hold no X-Cache."""
+    return marks_of(via, outcome.cache_status(cache_name), outcome.x_cache)
+
+
+def marks_of(via: str, cache_status: str, x_cache: str) -> list[tuple[str, str]]:
+    """marks, from the Cache-Status member the Outcome gave (Outcome.cache_status)."""
     return [("Via", via),  # RFC 9110 §7.6.3
-            ("Cache-Status", outcome.cache_status(cache_name)),  # RFC 9211: appended
-            ("X-Cache", outcome.x_cache)]
+            ("Cache-Status", cache_status),  # RFC 9211: appended
+            ("X-Cache", x_cache)]
 
 
 class EntryMemo(Generic[K, V]):

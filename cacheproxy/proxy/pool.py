@@ -210,6 +210,33 @@ class Connection(asyncio.Protocol):
         self._tls = False  # over TLS: a close ends a body only after close_notify
         self._writable: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()  # the body read, not yet taken (one per conn)
+        # The exchange's state that every exchange ending in a reuse leaves as it found it
+        # (release pools a connection only after an answer read whole, its body taken and
+        # its request sent; a failed or switched one is closed): set once here, not by
+        # _reset_exchange. Each holds for a reused connection because:
+        self._head_only = False  # send/send_quick set it (its last value picks the parser)
+        self._announced = False  # an answer to HEAD announced content (read only after
+        # on_headers_complete set it, for an answer to HEAD)
+        self._switching = False  # a 101 is this exchange's final answer (send's upgrade;
+        # any other final answer sets it back)
+        self._early = b""  # after that 101: the new protocol's bytes, until detach() (a
+        # connection switched is never pooled)
+        self._interim: Interim | None = None  # where 1xx answers go (send/send_quick set
+        # it, release drops it)
+        self._status_text = b""  # the reason phrase as received, in pieces (emptied by
+        # on_message_begin, which llhttp calls before any on_status)
+        self._head: asyncio.Future[None] | None = None  # send/send_quick set it
+        self._buffered = 0  # the bytes in _chunks: none once the body is taken
+        self._paused = False  # reading resumes once what was read is taken
+        self._waiter: asyncio.Future[None] | None = None  # read_chunk's, while it waits
+        self._until_close = False  # such an answer's connection is not reused
+        self._receiver: Callable[[], None] | None = None  # send_quick's: dropped once called
+        self._blocked_since: float | None = None  # the origin takes no body bytes since
+        # (_send_body's, while it waits)
+        self._bare_bytes = 0  # bytes received since the last body byte (head in): zeroed
+        # by the read that completes a head
+        self._field_bytes = 0  # the section's, counted once _counting (on_header)
+        self._counting = False
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -229,14 +256,12 @@ class Connection(asyncio.Protocol):
             # a 1xx's close is kept (on_message_complete).
             self._parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True,
                                                   lenient_keep_alive=True)
+            self._lenient = False
         elif self._lenient:  # the last answer's trailer leniency (on_headers_complete)
             self._parser.set_dangerous_leniencies(lenient_chunked_length=False)
-        self._lenient = False
-        self._head_only = False
-        self._announced = False  # an answer to HEAD announced content (on_headers_complete)
-        self._switching = False  # a 101 is this exchange's final answer (send's upgrade)
-        self._early = b""  # after that 101: the new protocol's bytes, until detach()
-        self._interim: Interim | None = None  # where 1xx answers go (send's interim)
+            self._lenient = False
+        # (What an exchange ending in a reuse leaves as it found it is not set again here:
+        # __init__ says which, and why.)
         self._interims = 0  # 1xx answers read before the final one
         self._line = START  # where a status line may begin (http/status_line.py)
         # The section's fields as on_header decodes them, in a FieldList from the start:
@@ -244,27 +269,19 @@ class Connection(asyncio.Protocol):
         self._fields: FieldList = _unindexed(FieldList)
         self._by_name: dict[str, list[str]] = {}  # its index, made as fields come
         self._v11 = False  # the answer's first read began "HTTP/1.1 SSS" (data_received)
-        self._field_bytes = 0      # the section's, counted once _counting (on_header)
-        self._counting = False
+        if self._counting:  # (a head past _MAX_FIELD_BYTES: _count_fields sets the sum)
+            self._counting = False
         self._headed = False       # the head is in: later field lines are trailers
         self.reason = ""
-        self._status_text = b""    # the reason phrase as received, in pieces
-        self._head: asyncio.Future[None] | None = None
-        if self._chunks:  # (empty but before a first exchange: a reused one's was read)
+        if self._chunks:  # (none once the body was taken: a reused one's was)
             self._chunks.clear()
-        self._buffered = 0
-        self._paused = False
-        self._waiter: asyncio.Future[None] | None = None
+            self._buffered = 0
         self._complete = False
-        self._until_close = False
         self._received = False     # any byte of the answer arrived
         self._pump: asyncio.Task[None] | None = None
-        self._receiver: Callable[[], None] | None = None  # send_quick's
         self.written = False       # any byte of the request was handed to the socket
         self.content_length: str | None = None  # the answer's (first) Content-Length
-        self._blocked_since: float | None = None  # the origin takes no body bytes since
         self._head_bytes = 0       # bytes received before the head was complete
-        self._bare_bytes = 0       # bytes received since the last body byte (head in)
         self.status = 0
         self.version = (1, 1)  # the final answer's HTTP version (on_headers_complete)
 
@@ -347,11 +364,11 @@ class Connection(asyncio.Protocol):
         else:
             self._bare_bytes = 0
         receiver = self._receiver
-        if receiver is not None:  # (_notify, inline: once per answer)
-            head = self._head
-            if head is not None and head.done():
-                self._receiver = None
-                receiver()
+        # (_notify, inline: once per answer. A receiver's head is the pool's pending state
+        # until it is in or failed: then the answered one, or one of its own, done.)
+        if receiver is not None and self._head is not self.pool._pending:
+            self._receiver = None
+            receiver()
 
     def _count_fields(self) -> None:
         """The head's bytes passed _MAX_FIELD_BYTES: on_header counts its section's field
@@ -456,13 +473,12 @@ class Connection(asyncio.Protocol):
         except UnicodeDecodeError:
             text = value.decode("utf-8", "surrogateescape")
         known = _NAMES.get(name)
-        if known is None:
-            known = _field_name(name)
-        self._fields.append((known[0], text))
+        spelled, lower = known if known is not None else _field_name(name)
+        self._fields.append((spelled, text))
         by_name = self._by_name
-        values = by_name.get(known[1])
+        values = by_name.get(lower)
         if values is None:
-            by_name[known[1]] = [text]
+            by_name[lower] = [text]
         else:
             values.append(text)
 

@@ -35,13 +35,15 @@ from cacheproxy.observe.record import (
     json_line,
     json_middle,
     json_tail,
+    miss_line,
+    miss_template,
     record_of,
     templated_line,
     to_json,
     to_text,
 )
 from cacheproxy.observe.sink import LogSink
-from cacheproxy.observe.stats import HitSlot, Stats
+from cacheproxy.observe.stats import HitSlot, MissSlot, Stats
 from cacheproxy.policies.referer import redact
 
 log = logging.getLogger("cacheproxy")
@@ -54,12 +56,14 @@ class Observer:
     def __init__(self, config: LogConfig, started: float,
                  admin_paths: tuple[str, ...] = ()) -> None:
         self._stats = Stats(started)
-        self._pending: list[tuple[Fields | LogRecord | _HitParts, bool]] = []  # not yet settled
+        # (not yet settled)
+        self._pending: list[tuple[Fields | LogRecord | _HitParts | _MissParts, bool]] = []
         self.admin_paths = admin_paths  # logged for the audit trail, not counted as traffic
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
         self._hit_lines = HitLines()  # (a hit of no slot: one whose line is long)
         self._slots: dict[tuple[object, ...], HitSlot] = {}  # fresh hits' by _hit_key
+        self._miss_slots: dict[tuple[object, ...], MissSlot] = {}  # the others', by record's
         # The proxy listener's client connections, for /metrics: (open now, the most
         # allowed, closed at that limit since start); set by the listener, read per scrape.
         self.connections: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
@@ -132,32 +136,79 @@ class Observer:
         age, ttl = outcome.age, outcome.ttl
         referer = h.get(REFERER)
         target = outcome.target or request.raw_path
-        if secrets or "@" in target:  # (else redact's answer is the target as it is)
-            target = redact(target, secrets)  # type: ignore[assignment]
+        host = outcome.host or h.get(HOST, "-")
+        agent = h.get(USER_AGENT)
         # (outcome.final_cache_status(), inlined: a call fewer per request)
         member = outcome.cache_status_sent
         if not outcome.cache_name or outcome._sent_from != (
                 outcome.hit, outcome.fwd, outcome.fwd_status, outcome.stored, ttl,
                 outcome.collapsed, outcome.went_on, outcome.detail):
             member = outcome.final_cache_status()
+        age = None if age is None else int(age)
+        ttl = None if ttl is None else int(ttl // 1)
+        if counted and outcome.bytes_in is None and (self.sink is None
+                                                     or self.format is to_json):
+            # A miss of a shape seen before: its line from the shape's template, its
+            # counts in the shape's slot (MissSlot). The key: every column of the line
+            # but time, client, total_ms and upstream_ms (the path and the Referer as
+            # sent, with the secrets they are redacted of). Not a tunnel's (bytes_in).
+            key = (request.method, version, host, target, secrets, status, outcome.status,
+                   outcome.bytes_sent, age, ttl, outcome.fwd_status, outcome.collapsed,
+                   outcome.route, outcome.policy, referer, agent, member)
+            slot = self._miss_slots.get(key)
+            if slot is None:
+                slot = self._new_miss_slot(key)
+            if slot is not None:
+                entry = (slot, time.time() - duration, request.remote or "-",
+                         duration * 1000, outcome.upstream_ms)
+                if self._pending:  # (_add's, but for the batch's first)
+                    self._pending.append((entry, True))
+                else:
+                    self._add(entry, True)
+                return
+        if secrets or "@" in target:  # (else redact's answer is the target as it is)
+            target = redact(target, secrets)  # type: ignore[assignment]
         fields = [
-            time.time() - duration, request.remote or "-", request.method,
-            outcome.host or h.get(HOST, "-"),
+            time.time() - duration, request.remote or "-", request.method, host,
             target or "-",
-            status, outcome.status, outcome.bytes_sent, duration * 1000,
-            None if age is None else int(age),
-            None if ttl is None else int(ttl // 1),
+            status, outcome.status, outcome.bytes_sent, duration * 1000, age, ttl,
             outcome.fwd_status, outcome.upstream_ms,
             outcome.collapsed, outcome.route, outcome.policy,
             _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
             None if referer is None else redact(referer, secrets),
-            h.get(USER_AGENT), member, outcome.bytes_in,
+            agent, member, outcome.bytes_in,
         ]
         pending = self._pending
         if pending:  # (_add's, inline: a call fewer for every request but a batch's first)
             pending.append((fields, counted))
         else:
             self._add(fields, counted)
+
+    def _new_miss_slot(self, key: tuple[Any, ...]) -> MissSlot | None:
+        """The slot of misses of record()'s key, kept; None when its values are too long to
+        keep (bounded as the hits' slots: at most _SLOTS_KEPT, of about _SLOT_LONGEST
+        characters)."""
+        if sum(len(v) for v in key if type(v) is str) > _SLOT_LONGEST:
+            return None
+        (method, version, host, target, secrets, status, cache, sent, age, ttl, up,
+         collapsed, route, policy, referer, agent, member) = key
+        if secrets or "@" in target:
+            target = redact(target, secrets)
+        fields = [
+            0.0, "-", method, host, target or "-", status, cache, sent, 0.0, age, ttl, up,
+            None, collapsed, route, policy,
+            _PROTOCOLS.get(version) or f"HTTP/{version.major}.{version.minor}",
+            None if referer is None else redact(referer, secrets), agent, member, None]
+        template = None
+        if self.sink is not None:
+            template = miss_template(record_of(fields))
+            if sum(map(len, template)) > _SLOT_LONGEST:
+                template = None
+        slots = self._miss_slots
+        if len(slots) >= _SLOTS_KEPT:
+            slots.clear()  # (a slot's waiting counts are in Stats' list of them)
+        slot = slots[key] = MissSlot(fields, template)
+        return slot
 
     def record_hit(
         self, msg: Any, remote: str | None, host: str, path: str, route: str,
@@ -181,7 +232,8 @@ class Observer:
         its time counts among the upstream responses (/metrics)."""
         self._stats.add_upstream(upstream_ms)
 
-    def _add(self, record: Fields | LogRecord | _HitParts, counted: bool) -> None:
+    def _add(self, record: Fields | LogRecord | _HitParts | _MissParts,
+             counted: bool) -> None:
         pending = self._pending
         if not pending:
             sender = self.sender
@@ -203,7 +255,7 @@ class Observer:
             return
         self._pending = []
         stats, sink, format = self._stats, self.sink, self.format
-        add, add_fields = stats.add, stats.add_fields
+        add, add_fields, add_miss = stats.add, stats.add_fields, stats.add_slot_miss
         # A fresh hit's JSON line is made from a template (HitLines), another's from its
         # fields (json_line), and their record only if the stats API shows it; the text
         # format is written from the record.
@@ -220,13 +272,28 @@ class Observer:
                             lines.append(json_line(record))
                         continue
                     record = record_of(record)
-                elif type(record) is tuple:  # record_hit's parts
-                    if not now:
-                        wall, now = time.time(), time.perf_counter()
-                    if lean:
-                        self._settle_hit(record, counted, wall, now, lines)
-                        continue
-                    record = _hit_record(_hit_fields(record), wall, now)
+                elif type(record) is tuple:  # record_hit's parts, or record()'s
+                    if type(record[0]) is MissSlot:  # record()'s of a shape kept
+                        slot, when, client, total_ms, up_ms = record
+                        if lean:
+                            add_miss(slot, when, up_ms,
+                                     (MissSlot.record_of, slot, when, client, total_ms, up_ms))
+                            if sink is not None:
+                                template = slot.template
+                                lines.append(
+                                    json_line(slot.fields_of(when, client, total_ms, up_ms))
+                                    if template is None else
+                                    miss_line(template, when, client, total_ms, up_ms))
+                            continue
+                        record = slot.record_of(when, client, total_ms, up_ms)
+                        # (the text format, set since: written from the record)
+                    else:
+                        if not now:
+                            wall, now = time.time(), time.perf_counter()
+                        if lean:
+                            self._settle_hit(record, counted, wall, now, lines)
+                            continue
+                        record = _hit_record(_hit_fields(record), wall, now)
                 if counted:
                     add(record)
                 if sink is not None:
@@ -316,6 +383,7 @@ class Observer:
             old = None
         self.format = to_text if config.format == "text" else to_json
         self._slots.clear()  # their templates were made for the old format
+        self._miss_slots.clear()
         if old is not None:
             old.flush()
             # close() joins the writer thread: not on the loop.
@@ -341,6 +409,9 @@ class Observer:
 # record_hit's parts: msg, remote, host, path, route, secrets, status, sent, age, ttl,
 # member, started, ended (time.perf_counter()).
 _HitParts = tuple[Any, ...]
+# record()'s of a miss of a kept shape: its MissSlot, the time it began (time.time()), the
+# client, total_ms and upstream_ms.
+_MissParts = tuple[Any, ...]
 # _hit_fields: method, version, referer (redacted), user agent, host, path, route, status,
 # sent, age, ttl (whole seconds), member, client, started, ended.
 _HitFields = tuple[Any, ...]

@@ -197,8 +197,9 @@ def record_of(f: Fields) -> LogRecord:
 
 
 def json_line(f: Fields) -> str:
-    """to_json(record_of(f)), written in one piece from the fields (a miss's line: no
-    record is made for it). tests/test_observe.py holds the two to the same line. What
+    """to_json(record_of(f)), written from the fields (the line of a miss of no shape the
+    observer keeps: no record is made for it). tests/test_observe.py holds the two to the
+    same line. What
     repeats from miss to miss (all but time, client, path, bytes and the two durations)
     is written once per such shape and kept (_MISS_LINES): about 40 % of the line's
     instructions (callgrind), for a dict lookup of a 15-field key."""
@@ -210,6 +211,20 @@ def json_line(f: Fields) -> str:
     parts = _MISS_LINES.get(key)
     if parts is None:
         parts = _miss_parts(key)
+    # (_escape(path), inline for an ASCII path: a call fewer per line)
+    escaped = _encode(path)
+    if not path.isascii() and _C1.search(escaped) is not None:
+        escaped = _escape(path)
+    return miss_line((f'{parts[0]}{escaped}{parts[1]}{sent}{parts[2]}', parts[3], parts[4]),
+                     when, client, total_ms, up_ms)
+
+
+def miss_line(template: tuple[str, str, str], when: float, client: str, total_ms: float,
+              up_ms: float | None) -> str:
+    """A miss's line from its template (from "method" up to the value of "total_ms", from
+    there up to the value of "upstream_ms", and the rest: json_line's parts, or a miss
+    shape's, observer.py) and the four fields that differ between lines of one template:
+    the time and the durations written as to_json writes them (iso_time, ms_json)."""
     # iso_time and ms_json, their usual cases inlined (a call each is about a tenth of
     # the line): the time within the second iso_time wrote last, and a duration whose
     # third decimal is not 0 (ms_json's own first answer). The rest goes to them.
@@ -225,13 +240,15 @@ def json_line(f: Fields) -> str:
         upstream = f"{up_ms:.3f}"
         if upstream[-1] == "0" or not 0 <= up_ms < 1e12:
             upstream = ms_json(up_ms)
-    # (_escape(path), inline for an ASCII path: a call fewer per line)
-    escaped = _encode(path)
-    if not path.isascii() and _C1.search(escaped) is not None:
-        escaped = _escape(path)
     return (f'{{"time":"{stamp}","client":{_ESCAPED.get(client) or _e(client)},'
-            f'{parts[0]}{escaped}{parts[1]}{sent}{parts[2]}{total}'
-            f'{parts[3]}{upstream}{parts[4]}')
+            f'{template[0]}{total}{template[1]}{upstream}{template[2]}')
+
+
+def miss_template(r: LogRecord) -> tuple[str, str, str]:
+    """miss_line's template of a record: to_json(r) but its time, client and durations."""
+    head, upstream, tail = json_tail(r).partition('"upstream_ms":')
+    tail = tail[tail.index(","):]  # (after the value: a number or null, then ,"collapsed")
+    return json_middle(r), f"{head}{upstream}", tail
 
 
 # A miss line's parts by shape (json_line's key). Bounded: at most _MISS_KEPT shapes, of

@@ -202,6 +202,35 @@ class Stats:
             self._in_series(when, True)
         self.recent.append(record)
 
+    def add_slot_miss(self, slot: MissSlot, when: float, upstream_ms: float | None,
+                      record: tuple[Any, ...]) -> None:
+        """add_fields(f) for a miss of the slot's shape (observer.MissShapes), f being
+        record[0](*record[1:]): its counts by route, cache status and host wait in the
+        slot, as add_slot_hit's; the upstream time (the one measured), the series and
+        the recent records, each its own. Counted at once when the slot is new or its
+        host may have been folded away since (add_slot_hit's reason)."""
+        if slot.gen != self.hosts.gen:
+            self._add_fields_now(slot.fields_of(*record[2:]))
+            slot.gen = self.hosts.gen
+            return
+        if not slot.n:
+            self._waiting.append(slot)
+        slot.n += 1
+        slot.bytes += slot.sent
+        if slot.collapsed:
+            self.collapsed += 1
+        if upstream_ms is not None:
+            seconds = upstream_ms / 1000  # (add_upstream's)
+            self.upstream_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            self.upstream_sum += seconds
+        bucket = self._newest  # (_in_series, inlined for the newest bucket)
+        if bucket[0] <= when < bucket[0] + SERIES_SECONDS:
+            bucket[1] += 1
+            bucket[2] += slot.to == _TO_CACHE
+        else:
+            self._in_series(when, slot.to == _TO_CACHE)
+        self.recent.append(record)
+
     def settle_slots(self) -> None:
         """Add the requests add_slot_hit and add_fields kept in slots: to be called before
         the counters are read (Observer.stats, snapshot) and before the host table folds."""
@@ -342,6 +371,34 @@ class HitSlot(CountSlot):
                  template: tuple[str, str] | None) -> None:
         super().__init__(route, "HIT", host, _TO_CACHE)
         self.sent, self.shape, self.template = sent, shape, template
+
+
+class MissSlot(CountSlot):
+    """Requests that were not fresh hits, of one shape: every column of their log line
+    but the time, the client and the two durations (observer.MissShapes' key). fields is
+    their record fields (observer.record's) with those four left as 0.0, "-", 0.0 and
+    None; template, their JSON line's (record.miss_line), or None (written from the
+    fields: a sink that was off when the slot was made, or a line too long to keep)."""
+
+    __slots__ = ("collapsed", "fields", "sent", "template")
+
+    def __init__(self, fields: Fields, template: tuple[str, str, str] | None) -> None:
+        cache = fields[6]
+        super().__init__(fields[14], cache, fields[3], _bytes_to(cache, fields[11]))
+        self.sent, self.collapsed = fields[7], fields[13]
+        self.fields, self.template = fields, template
+
+    def fields_of(self, when: float, client: str, total_ms: float,
+                  upstream_ms: float | None) -> Fields:
+        """The record fields of one miss of this shape."""
+        f = self.fields.copy()
+        f[0], f[1], f[8], f[12] = when, client, total_ms, upstream_ms
+        return f
+
+    def record_of(self, when: float, client: str, total_ms: float,
+                  upstream_ms: float | None) -> LogRecord:
+        """The LogRecord of one miss of this shape (the stats API's recent records)."""
+        return record_of(self.fields_of(when, client, total_ms, upstream_ms))
 
 
 class HostCount:

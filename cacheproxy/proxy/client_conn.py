@@ -193,6 +193,22 @@ class ClientConnection(ConnectMethod, BaseProtocol):
     task per connection. The connection is also the Downstream of the request being
     answered."""
 
+    # Slots: past 30 attributes CPython 3.11 gives an instance its own dict, and every
+    # self._x on the read and write paths becomes a dict lookup (a 1 KiB hit -4.9 %).
+    # An attribute set in __init__ (or anywhere) must be named here.
+    __slots__ = (
+        "__weakref__", "_below", "_broken", "_chunked", "_client_eof", "_close_delimited",
+        "_close_drained", "_closing", "_corked", "_deadline", "_declined", "_dropped",
+        "_forwarder", "_gone", "_handed", "_head_awaited", "_head_bytes", "_head_over",
+        "_head_refused", "_held_below", "_held_tls", "_keep_alive", "_last_read",
+        "_lingering", "_measure_next", "_on_gone", "_origin", "_origin_tls", "_out",
+        "_out_bytes", "_payload", "_planned", "_port", "_queue", "_relay", "_relayed",
+        "_remote", "_request", "_seen", "_sent", "_sent_fields", "_slices", "_started",
+        "_status", "_stopping", "_tail", "_task", "_timeouts", "_timer", "_tunnel",
+        "_unlogged", "_unlogged_timer", "_unparsed", "_unparsed_bytes", "_unsent",
+        "_unsent_watch", "_waiting_head", "listener", "max_field_size", "max_headers",
+        "peername", "sockname", "ssl_context")
+
     def __init__(self, listener: Listener) -> None:
         super().__init__(listener.loop)
         self.listener = listener

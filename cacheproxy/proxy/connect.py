@@ -41,6 +41,8 @@ ESTABLISHED = b"HTTP/1.1 200 Connection Established\r\n\r\n"
 class ConnectMethod:
     """The CONNECT part of ClientConnection; the attributes are the connection's."""
 
+    __slots__ = ()
+
     listener: Listener
     transport: asyncio.Transport | None
     _remote: str | None

@@ -526,6 +526,8 @@ class _FallbackParser:
                 return [*found, (exc, EMPTY_PAYLOAD)], False, b""
             found[-1] = (found[-1][0]._replace(should_close=True), found[-1][1])
             return found, False, b""
+        if found:  # (more than the one request `settled` vouches for: read in full)
+            self.settled = False
         return [*found, *more], upgraded, tail
 
     def _until_close(self, exc: BadHttpMessage, replay: bytes | None) -> _FeedResult | None:

@@ -364,6 +364,29 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                 for payload in (self._payload, *(p for _, p in self._queue)):
                     if payload is not None and not payload.is_eof():
                         payload.set_exception(exc)
+            if parser.settled and self._head_bytes + len(data) <= MAX_HEAD_BYTES \
+                    and not self._measure_next and not self._last_read and not self._stopping \
+                    and self._task is None and not self._queue and self._relay is None \
+                    and (msg := messages[0][0]).version is HttpVersion11 \
+                    and hdrs.TRANSFER_ENCODING not in msg.headers:  # (an istr)
+                # The usual read (nearly every one): one whole HTTP/1.1 request without a
+                # body or Transfer-Encoding ends it, the parser holds nothing, and nothing
+                # is queued or under way before it. What the steps below do then, in short:
+                # no head begun after it, nothing for _read_last to refuse or end, nothing
+                # to measure next, and the quick path asked at once.
+                self._head_bytes = 0
+                self._seen, self._unparsed = data, None
+                self._deadline, self._waiting_head = None, False  # (_disarm)
+                if not self._quick_one(msg, EMPTY_PAYLOAD):
+                    self._declined = msg  # the task need not ask again
+                    self._enqueue(messages)
+                    return
+                if (parser := self._parser) is not None:
+                    parser.message_consumed()
+                if self._task is None and not self._closing and self.transport is not None \
+                        and self._relay is None:
+                    self._await_next()
+                return
             over = False  # a head over MAX_HEAD_BYTES after these messages: a 431, the last
             if messages:
                 if self._head_bytes + len(data) > MAX_HEAD_BYTES \

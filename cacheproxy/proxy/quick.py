@@ -75,6 +75,23 @@ def _plain(h: CIMultiDictProxy[str]) -> bool:
     return True
 
 
+# What _lines says of a request's field lines.
+_FULL = 0  # the full path answers it, whatever storage holds
+_OTHER = 1  # lookup decides, from the request's facts
+_PLAIN = 2  # none of DECISIVE_FIELDS, nor Origin: plain_serve decides a GET
+
+
+def _lines(h: CIMultiDictProxy[str], cache_name: str) -> int:
+    """What a request's fields say of its way (the same fields, the same word: hit()
+    keeps it for the last request's lines)."""
+    if hdrs.EXPECT in h:
+        return _FULL
+    if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), cache_name):
+        return _FULL  # a loop: the full path's 508 (RFC 5842 §7.2), hit or not
+    # (The CORS grant is made per request, by the writer that sends an Answer's fields.)
+    return _PLAIN if _plain(h) and hdrs.ORIGIN not in h else _OTHER
+
+
 class Plain(NamedTuple):
     """A GET plain_serve answers: the entry replayed as stored, with the fields of a
     fresh hit at (age, ttl)."""
@@ -83,6 +100,9 @@ class Plain(NamedTuple):
     entry: CachedResponse
     age: float
     ttl: float
+
+
+assert len(Plain._fields) == 4  # (hit() gives each by position)
 
 
 class Quick(NamedTuple):
@@ -116,8 +136,10 @@ class QuickHits:
         # recently_passed alone (not the time, nor the key: there is no entry to age or
         # select; waited and passed_here are not set here), so the same inputs are the
         # same decision (RFC 9111 §4 still decided by lookup, once per change of any of
-        # them). One entry: bounded by itself.
-        self._last: tuple[Any, ...] = (None,) * 8
+        # them). One entry: bounded by itself. Last, what _lines says of the lines (the
+        # fields it reads are among them; the cache_name it compares Via with comes with
+        # the plans, as CacheProxy.reconfigure makes both).
+        self._last: tuple[Any, ...] = (None,) * 9
         self._passes = proxy.driver.collapser.passes  # (the driver's, made once)
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
@@ -130,17 +152,18 @@ class QuickHits:
         if (method != "GET" and method != "HEAD") or msg.upgrade:
             return None
         h = msg.headers
-        if hdrs.EXPECT in h:
-            return None
-        if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), self.proxy.cache_name):
-            return None  # a loop: the full path's 508 (RFC 5842 §7.2), hit or not
         raw, path, plans = msg.raw_headers, msg.path, self.proxy.plans
         last = self._last
         if raw == last[0] and path == last[1] and plans is last[2]:
-            route = last[3]  # the same lines (Host, a trusted front's scheme) and target
+            # The same lines (Host, a trusted front's scheme) and target: the same route,
+            # and the same word on them (_lines: cache_name is the plans' config's).
+            route, lines = last[3], last[8]
         else:
+            lines = _lines(h, self.proxy.cache_name)
+            if lines == _FULL:
+                return None  # an Expect, or a loop: the full path's 508 (RFC 5842 §7.2)
             route = self._route(h.get(hdrs.HOST), path, msg)
-            self._last = last = (raw, path, plans, route, None, None, None, None)
+            self._last = last = (raw, path, plans, route, None, None, None, None, lines)
         if route is None:
             return None
         peek = self._peek
@@ -149,22 +172,23 @@ class QuickHits:
             return None
         plan = route.plan
         now = time.time()
-        if method == "GET" and len(variants) == 1 and not variants[0].variant[0] \
-                and (served := plain_serve(entry := variants[0], now)) is not None \
-                and _plain(h) \
-                and hdrs.ORIGIN not in h \
-                and entry.field("content-encoding") is None:
+        if lines == _PLAIN and method == "GET" and len(variants) == 1 \
+                and not (entry := variants[0]).variant[0] \
+                and (served := plain_serve(entry, now)) is not None \
+                and (((kept := route.replayed) is not None and kept[0]() is entry)
+                     or entry.field("content-encoding") is None):
             # lookup() would decide by freshness alone: plain_serve is its answer. (The
             # CORS grant is made by the writer's fields; a coded response by the client's
-            # Accept-Encoding, lookup's coding_refused.) plain_serve is asked first: a
-            # stored response to validate (no-cache, stale) skips the request's checks.
-            return Plain(route, entry, *served)
+            # Accept-Encoding, lookup's coding_refused. An entry whose head the route
+            # keeps was replayed as a Plain hit: it has no Content-Encoding.)
+            return _made(Plain, (route, entry, *served))  # (Plain's __new__'s)
         cache = plan.cache
         if method == last[4]:
             facts = last[5]  # the same lines, method and route as the last request's
         else:
             facts = request_facts(method, h, has_body=False, referer_sent=cache.referer_sent)
-            self._last = last = (raw, path, plans, route, method, facts, None, None)
+            self._last = last = (raw, path, plans, route, method, facts, None, None,
+                                 lines)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
         passed = self._passes(route.key, facts.selecting)
         if variants:
@@ -173,7 +197,7 @@ class QuickHits:
             d = last[7]  # a key holding nothing, decided for the same inputs
         else:
             d = lookup(facts, variants, now=now, route=cache, recently_passed=passed)
-            self._last = (raw, path, plans, route, method, facts, passed, d)
+            self._last = (raw, path, plans, route, method, facts, passed, d, lines)
         if type(d) is Forward:
             if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
                 # It came through this cache before: the full path decides (lookup's

@@ -38,6 +38,9 @@ _MAX_MEMBERS = 256
 # ...and for answers from storage that went forward first, by name, the inputs and the
 # ttl in whole seconds (Outcome.cache_status).
 _TIMED_MEMBERS: dict[tuple[object, ...], str] = {}
+# ...and the last of _MEMBERS handed out: [name, inputs, member] (one entry, three strings
+# and a tuple of the eight inputs: nothing of a request's but those values).
+_last_member: list[Any] = [None, (), ""]
 
 
 @dataclass(slots=True)
@@ -93,12 +96,19 @@ class Outcome:
                         _TIMED_MEMBERS.clear()
                     _TIMED_MEMBERS[key] = member
         else:  # a miss's member repeats from request to request: made once
-            member = _MEMBERS.get((name, inputs))
-            if member is None:
-                member = self._member(name)
-                if len(_MEMBERS) >= _MAX_MEMBERS:
-                    _MEMBERS.clear()
-                _MEMBERS[name, inputs] = member
+            # The last one asked first: the same name (by identity: a route plan's) and
+            # inputs compared item by item, without hashing the two tuples for the dict.
+            last = _last_member
+            if name is last[0] and inputs == last[1]:
+                member = last[2]
+            else:
+                member = _MEMBERS.get((name, inputs))
+                if member is None:
+                    member = self._member(name)
+                    if len(_MEMBERS) >= _MAX_MEMBERS:
+                        _MEMBERS.clear()
+                    _MEMBERS[name, inputs] = member
+                _last_member[:] = name, inputs, member
         self.cache_status_sent = member
         return member
 

@@ -363,10 +363,11 @@ class CacheProxy:
         state[OUTCOME] = outcome
         # (made as the tuple it is, every field given: Ctx's Python-level __new__ costs
         # every quick miss some 1,700 instructions more; its fields a partial, not a
-        # lambda: no closure cells for this frame's names, made and freed per miss)
+        # lambda: no closure cells for this frame's names, made and freed per miss; of
+        # the function, not of a bound method made per miss for it)
         return _made(Ctx, (request, out, plan, route.key, route.target, facts, outcome,
-                           partial(self._routed_fields, request, plan, route.authority,
-                                   route.scheme),
+                           _partial(_routed_fields, self, request, plan, route.authority,
+                                    route.scheme),
                            None, None))
 
     def _routed_fields(self, request: ClientMessage, plan: RoutePlan, authority: str,
@@ -437,6 +438,8 @@ class CacheProxy:
 
 
 _made = tuple.__new__
+_partial = partial
+_routed_fields = CacheProxy._routed_fields
 # (planned() gives Ctx every field by position: a field added must be given there too)
 assert len(Ctx._fields) == 10
 

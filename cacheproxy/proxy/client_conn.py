@@ -44,7 +44,7 @@ from cacheproxy.http.fields import connection_options, end_to_end
 from cacheproxy.http.stored import CachedResponse
 from cacheproxy.observe.outcome import OUTCOME, Outcome
 from cacheproxy.policies.forward import Allowed
-from cacheproxy.proxy.client_request import ClientRequest, Listener, quick_request
+from cacheproxy.proxy.client_request import ClientRequest, Listener
 from cacheproxy.proxy.connect import ConnectMethod
 from cacheproxy.proxy.downstream import Answer, ClientBodyError, reset
 from cacheproxy.proxy.handler import body_failed
@@ -1034,7 +1034,7 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         if conn is None:  # connecting is the full path's (connect_timeout, its errors)
             return False
         try:
-            request = quick_request(msg, self._remote, self._port)
+            request = ClientRequest(msg, EMPTY_PAYLOAD, self._remote, "http", self._port)
             ctx = proxy.planned(request, self, planned, started)
             relay = self._forwarder
             if relay is None:

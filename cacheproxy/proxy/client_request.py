@@ -92,28 +92,3 @@ class ClientRequest:
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.state[key] = value
-
-
-_new = object.__new__
-
-
-def quick_request(msg: RawRequestMessage, remote: str | None, local_port: int,
-                  _new: Any = _new) -> ClientRequest:
-    """ClientRequest(msg, EMPTY_PAYLOAD, remote, "http", local_port): a bodiless request of
-    a connection's quick forward, made without the class call's __init__ frame (which
-    CPython 3.11 runs in an eval loop of its own). Every slot is set as __init__ sets it
-    (tests/test_review_perfobj_regressions.py holds the two equal, slot by slot)."""
-    r = _new(ClientRequest)
-    r._msg = msg
-    r.content = EMPTY_PAYLOAD
-    r.remote = remote
-    r.scheme = "http"
-    r.method = msg.method
-    r.raw_path = msg.path
-    r.headers = msg.headers
-    r.version = msg.version
-    r.local_port = local_port
-    r.tunnel = None
-    r.body_timeout = None
-    r.state = {}
-    return r

@@ -62,7 +62,11 @@ class Observer:
         self.format = to_text if config.format == "text" else to_json
         self.sink: LogSink | None = None if config.format == "off" else LogSink(config.path)
         self._hit_lines = HitLines()  # (a hit of no slot: one whose line is long)
-        self._slots: dict[tuple[object, ...], HitSlot] = {}  # fresh hits' by _hit_key
+        self._slots: dict[tuple[object, ...], HitSlot] = {}  # fresh hits' by _settle_hit's key
+        # The slot of the last fresh hit settled, with what it was found for: the key's
+        # inputs but Age and ttl, and the ranges of Age and ttl whose whole seconds the key
+        # holds (_settle_hit). One entry, a slot _slots holds (or held until a clear).
+        self._last_hit: tuple[Any, ...] = _NO_LAST_HIT
         self._miss_slots: dict[tuple[object, ...], MissSlot] = {}  # the others', by record's
         # The proxy listener's client connections, for /metrics: (open now, the most
         # allowed, closed at that limit since start); set by the listener, read per scrape.
@@ -312,15 +316,29 @@ class Observer:
         (msg, remote, host, path, route, secrets, status, sent, age, ttl, member, started,
          ended) = parts
         h = msg.headers
-        # (the Referer as sent, with the secrets it is redacted of: redacted once a slot)
-        key = (msg.method, msg.version, h.get(REFERER), h.get(USER_AGENT), host, path, route,
-               secrets, status, sent, int(age), int(ttl // 1), member)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._new_slot(key, parts)
-            if slot is None:  # too long to keep
-                self._settle_hit_slowly(parts, counted, wall, now, lines)
-                return
+        # The slot's key: these, and Age and ttl in whole seconds (the Referer as sent, with
+        # the secrets it is redacted of: redacted once a slot).
+        inputs = (msg.method, msg.version, h.get(REFERER), h.get(USER_AGENT), host, path,
+                  route, secrets, status, sent, member)
+        last = self._last_hit
+        # The same inputs as the last hit's, its Age and ttl within the seconds of its key
+        # (int(age), int(ttl // 1)): its slot, the key's hash and int()s not made again.
+        if inputs == last[0] and last[1] <= age < last[2] and last[3] <= ttl < last[4]:
+            slot = last[5]
+        else:
+            whole_age, whole_ttl = int(age), int(ttl // 1)
+            key = (*inputs, whole_age, whole_ttl)
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._new_slot(key, parts)
+                if slot is None:  # too long to keep
+                    self._settle_hit_slowly(parts, counted, wall, now, lines)
+                    return
+            # The ranges whose floats int() makes these seconds of: [n, n + 1) for an Age
+            # of n >= 0 (int() of a negative one is not its floor: none kept), and the
+            # ttl's floor. Bounds past 2**53 make an empty range; NaN is in none.
+            self._last_hit = (inputs, float(whole_age) if whole_age >= 0 else _INF,
+                              whole_age + 1.0, float(whole_ttl), whole_ttl + 1.0, slot)
         client = remote or "-"
         when = wall - (now - started)
         if counted:
@@ -350,6 +368,7 @@ class Observer:
         slots = self._slots
         if len(slots) >= _SLOTS_KEPT:
             slots.clear()  # (a slot's waiting counts are in Stats' list of them)
+            self._last_hit = _NO_LAST_HIT
         slot = slots[key] = HitSlot(shape[6], shape[4], shape[8], shape, template)
         return slot
 
@@ -383,6 +402,7 @@ class Observer:
             old = None
         self.format = to_text if config.format == "text" else to_json
         self._slots.clear()  # their templates were made for the old format
+        self._last_hit = _NO_LAST_HIT
         self._miss_slots.clear()
         if old is not None:
             old.flush()
@@ -428,6 +448,9 @@ def _hit_fields(parts: _HitParts) -> _HitFields:
             h.get(USER_AGENT), host, path, route, status, sent, int(age), int(ttl // 1),
             member, remote or "-", started, ended)
 
+
+_INF = float("inf")
+_NO_LAST_HIT: tuple[Any, ...] = ((), _INF, _INF, _INF, _INF, None)  # (ranges no float is in)
 
 # Hit slots kept, and the characters of a slot's values and of its template at most:
 # some 2 KB each with its key, about 5 MB in all.

@@ -13,17 +13,7 @@ import asyncio
 import re
 
 from support import raw_origin
-
-
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: str
-                    ) -> tuple[str, dict[str, str], bytes]:
-    """One GET on an open connection: the status line, the fields and the body."""
-    writer.write(f"GET {target} HTTP/1.1\r\nHost: example.test\r\n\r\n".encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    status, *field_lines = head[:-4].decode("latin-1").split("\r\n")
-    pairs = dict(line.partition(": ")[::2] for line in field_lines)
-    body = await asyncio.wait_for(reader.readexactly(int(pairs["Content-Length"])), 10)
-    return status, pairs, body
+from test_review_perfpass2_regressions import _exchange
 
 
 def _answer(request: bytes) -> bytes:

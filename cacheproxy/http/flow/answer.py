@@ -66,6 +66,25 @@ def answered(
 ) -> Answered:
     """The upstream's answer (status, fields, Content-Length) to what fwd sent. (By
     position or keyword: the driver passes them by position, as every miss comes here.)"""
+    last = _last_pass
+    if last is not None and last[0] is route and type(fields) is FieldList \
+            and (last[1] is fwd or last[1] == fwd) and last[2] == status \
+            and (last[3] is req or last[4] == req[2:7]):
+        # The decision on the last answer that was not stored (a Pass), taken again when
+        # every input it was made from is the same (_last_pass says which): a URL passed
+        # on per request (no-store, private) gets the same answer each time, decided
+        # once, not governed, parsed and judged again. Compared part by part, the
+        # usual ones by identity (the quick path hands out the same route, Forward and
+        # facts for the same request), and the answer's fields the verdict reads by
+        # value; the rare ones (Expires, Set-Cookie, Vary, the targeted fields) in one
+        # isdisjoint when the remembered answer had none of them.
+        by_name = fields.by_name
+        get = by_name.get
+        if get("cache-control") == last[5] and (
+                last[6] is _UNREAD or get("content-type") == last[6]) and (
+                last[8].isdisjoint(by_name) if last[7] is None
+                else tuple(map(get, last[9])) == last[7]):
+            return last[10]
     seen = None
     if fwd.stored is not None:
         if status == 304:
@@ -79,21 +98,7 @@ def answered(
                     and last[5] == fields and last[6] <= request_time <= response_time:
                 return last[7]
     elif fwd.may_store and type(fields) is FieldList:
-        # The decision on the last answer that was not stored (a Pass), taken again when
-        # every input it was made from is the same (_PassSeen): a URL passed on per
-        # request (no-store, private) gets the same answer each time, decided once, not
-        # governed, parsed and judged again (some 15,000 instructions a pass-through).
-        by_name = fields.by_name
-        get = by_name.get
-        # The route's targeted fields (RFC 9213): None when the answer has none of them,
-        # the usual case (a star-unpacked map cost a third of this memo's key).
-        targeted = route.targeting.fields
-        seen = (route, fwd, status, req[2:7], get("cache-control"), get("expires"),
-                get("set-cookie"), get("vary"), get("content-type"),
-                None if by_name.keys().isdisjoint(targeted) else tuple(map(get, targeted)))
-        last = _last_pass
-        if last is not None and last[0] == seen:
-            return last[1]
+        seen = fields  # (a Pass decided from them is remembered: _remember_pass)
     if fwd.head_of is not None and status == 200 and fwd.method == "HEAD":
         return _head_answered(fwd.head_of, fields, req, route, request_time, response_time)
     d = _answered(fwd, status, fields, length, req, route, key, request_time, response_time,
@@ -226,7 +231,7 @@ def _for_a_range(d: Answered, status: int, length: int | None, req: RequestFacts
 def _answered(
     fwd: Forward, status: int, fields: Pairs, length: int | None, req: RequestFacts,
     route: CacheSettings, key: str, request_time: float, response_time: float,
-    seen: _PassSeen | None = None,
+    seen: FieldList | None = None,
 ) -> Answered:
     stored = fwd.stored
     if stored is not None and status == 304:
@@ -258,10 +263,11 @@ def _new_representation(
     fwd: Forward, stored: CachedResponse | None, status: int, fields: Pairs,
     length: int | None, req: RequestFacts, route: CacheSettings, key: str,
     request_time: float, response_time: float, *, names_target: bool = False,
-    seen: _PassSeen | None = None,
+    seen: FieldList | None = None,
 ) -> Store | Keep | Evict | Pass:
     """§3: a full response, stored when it may be (in place of stored, if any). seen:
-    what the decision is made from, when it may be remembered (answered)."""
+    the answer's fields as received, when a Pass made from them may be remembered
+    (answered; fields may gain grant_varies' Vary here)."""
     if route.grant_varies:
         fields = grant_varies(fields)
     # (a FieldList's index read in place: most answers have no Vary, and need no call)
@@ -270,14 +276,14 @@ def _new_representation(
     vary = vary_fields(", ".join(named)) if named else ()
     verdict, directives = _storable(fwd.method, status, fields, vary is None, req, route,
                                     names_target)
-    if verdict.storable and is_event_stream(first_value(fields, "content-type")):
+    typed = verdict.storable  # (Content-Type read only then: answered's memo says so)
+    if typed and is_event_stream(first_value(fields, "content-type")):
         verdict = _EVENT_STREAM
     if not verdict.storable or vary is None:
         d = _not_stored(stored, status, verdict, req, key)
         if seen is not None and not req.bypass and type(d) is Pass:
             # (with req.bypass, answered's answer is _for_a_range's, not this one)
-            global _last_pass
-            _last_pass = (seen, d)
+            _remember_pass(route, fwd, status, req, seen, d, typed)
         return d
     if req.nominated.intersection(vary):
         # RFC 9110 §7.6.1: the client's Connection made a field it varies on hop-by-hop, so
@@ -304,21 +310,56 @@ def _new_representation(
 
 # What decides answered's answer when the answer is not stored and nothing is (a Pass,
 # from _new_representation's verdict), for the one-entry memo there: the route (its store
-# policy, targeting and grant_varies), the Forward (what was sent: its method, may_store,
-# nothing validated), the status, the request's directives (§5.2.1: no-store; parsed once
-# per value, so mostly compared by identity), Authorization (§3.5), credentials
-# (hit-for-pass), has_body and bypass (RFC 9110 §14.2: a Range's answer is another
-# decision), and the answer's fields the verdict reads: Cache-Control and the route's
-# targeted fields (§5.2.2; RFC 9213: governing), Expires (§4.2.1), Set-Cookie (§3), Vary
-# (§4.1: Vary: *) and Content-Type (the event stream). Not Access-Control-Allow-Origin:
-# grant_varies adds Vary: Origin, which makes no Vary: * and changes no verdict. The rest
-# (the request's Connection and selecting fields, the answer's length) counts only for an
-# answer that may be stored, which is never remembered. One entry: a route passing a URL
-# on per request finds its own; any other answer compares and goes on.
-_PassSeen = tuple[object, ...]
-_last_pass: tuple[_PassSeen, Pass] | None = None
+# policy, targeting and grant_varies: by identity), the Forward (what was sent: its method,
+# may_store, nothing validated), the status, the request's directives (§5.2.1: no-store;
+# parsed once per value, so mostly compared by identity), Authorization (§3.5),
+# credentials (hit-for-pass), has_body and bypass (RFC 9110 §14.2: a Range's answer is
+# another decision), and the answer's fields the verdict reads: Cache-Control and the
+# route's targeted fields (§5.2.2; RFC 9213: governing), Expires (§4.2.1), Set-Cookie
+# (§3), Vary (§4.1: Vary: *) and Content-Type (the event stream). Not
+# Access-Control-Allow-Origin: grant_varies adds Vary: Origin, which makes no Vary: * and
+# changes no verdict. The rest (the request's Connection and selecting fields, the
+# answer's length) counts only for an answer that may be stored, which is never
+# remembered. One entry: a route passing a URL on per request finds its own; any other
+# answer compares and goes on. It holds: (route, Forward, status, the RequestFacts (for
+# its identity: one request's head, as the quick path's own memo holds), their [2:7],
+# Cache-Control's values, Content-Type's (_UNREAD: not read, as by a verdict that was not
+# storable, which the event stream's check follows), the rare fields' values (None: none
+# of them), _rare_names(route) as a set and in order, the Pass).
+_last_pass: tuple[object, ...] | None = None
 assert RequestFacts._fields[2:7] == ("directives", "authorization", "credentials",
                                      "has_body", "bypass")  # (answered's req[2:7])
+# The fields the verdict reads that nearly no answer has: Expires (§4.2.1), Set-Cookie
+# (§3), Vary (§4.1), then the route's targeted fields (RFC 9213), in order and as a set;
+# by the targeted fields (a route's configured list: the bound is only a guard).
+_RARE = ("expires", "set-cookie", "vary")
+_RARE_NAMES: dict[tuple[str, ...], tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _rare_names(route: CacheSettings) -> tuple[tuple[str, ...], frozenset[str]]:
+    targeted = route.targeting.fields
+    names = _RARE_NAMES.get(targeted)
+    if names is None:
+        names = (*_RARE, *targeted), frozenset((*_RARE, *targeted))
+        if len(_RARE_NAMES) < 64:
+            _RARE_NAMES[targeted] = names
+    return names
+
+
+def _remember_pass(route: CacheSettings, fwd: Forward, status: int, req: RequestFacts,
+                   fields: FieldList, d: Pass, typed: bool) -> None:
+    """_last_pass: d, and every input it was decided from (fields: as received; typed:
+    whether Content-Type was read, which only a storable verdict does)."""
+    global _last_pass
+    by_name = fields.by_name
+    get = by_name.get
+    names, rare_set = _rare_names(route)
+    rare = None if rare_set.isdisjoint(by_name) else tuple(map(get, names))
+    _last_pass = (route, fwd, status, req, req[2:7], get("cache-control"),
+                  get("content-type") if typed else _UNREAD, rare, rare_set, names, d)
+
+
+_UNREAD = object()  # (_last_pass: a field the decision did not read)
 
 
 # §4.1: the answer varies on a field this proxy writes for each client (X-Forwarded-For:

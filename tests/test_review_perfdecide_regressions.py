@@ -36,3 +36,39 @@ async def test_a_pass_remembered_is_not_taken_for_another_rare_value(proxy) -> N
         _ok("Cache-Control: max-age=60", "Vary: Accept"),
     ], [(), (), ()])
     assert seen == ["MISS", "MISS", "HIT"]
+
+
+class _Clock:
+    """time for collapse.py: monotonic() as the test sets it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_hit_for_pass_mark_lasts_pass_seconds_from_its_last_marking(monkeypatch) -> None:
+    """Performance (perfdecide): Driver.decided marks a URL hit-for-pass on every
+    pass-through; a mark already there for the same variant only has its time moved.
+    The expiry rule this must keep (Varnish's hit-for-pass object lives for its TTL from
+    the last pass): a URL marked again stays marked PASS_SECONDS from its last marking,
+    not from its first, and a mark not renewed ends then. A mark that expired from its
+    first marking would send a URL passed on every request back into collapsing, its
+    clients queued behind each other (RFC 9111 §4: only a storable answer may answer
+    collapsed requests). Severity if broken: medium (waves of serialized requests)."""
+    from cacheproxy.proxy import collapse
+    from cacheproxy.proxy.collapse import PASS_SECONDS, Collapser
+
+    clock = _Clock()
+    monkeypatch.setattr(collapse, "time", clock)
+    c = Collapser(5.0)
+    c.mark_pass("k", ((), ()))
+    clock.now += PASS_SECONDS - 1
+    c.mark_pass("k", ((), ()))  # marked again: its time moves
+    clock.now += PASS_SECONDS - 1
+    assert c.passes("k"), "a mark renewed expired from its first marking"
+    assert c.passes("k", {}), "a mark for every request did not hold for a request"
+    clock.now += 2
+    assert not c.passes("k"), "a mark outlived PASS_SECONDS from its last marking"
+    assert not c.marked, "an expired mark was kept"

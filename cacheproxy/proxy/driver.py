@@ -14,8 +14,14 @@ from typing import NamedTuple
 from multidict import CIMultiDict
 
 from cacheproxy.config import masked_url
-from cacheproxy.http.cache_key import Variant, answered_variant, variant_id, wait_group
-from cacheproxy.http.fields import Headers, end_to_end, times_via
+from cacheproxy.http.cache_key import (
+    EVERY_REQUEST,
+    Variant,
+    answered_variant,
+    variant_id,
+    wait_group,
+)
+from cacheproxy.http.fields import FieldList, Headers, end_to_end, times_via
 from cacheproxy.http.flow import (
     Answered,
     Evict,
@@ -376,25 +382,42 @@ class Driver:
         """decide, given the answer's head as read (a quick forward's, which makes no
         UpstreamResponse for an answer it passes on)."""
         now = time.time()
+        key = ctx.key
         # (by position: the flow's keywords cost every answer some 1,500 instructions)
-        d = answered(fwd, status, fields, content_length, ctx.facts, ctx.plan.cache,
-                     ctx.key, request_time, now)
+        d = answered(fwd, status, fields, content_length, ctx.facts, ctx.plan.cache, key,
+                     request_time, now)
         # Hit-for-pass: after an answer that could not be stored for any request, the
         # requests of its variant (RFC 9111 §4.1) stop waiting behind each other for a
         # while; one stored for them ends it. (By exact type, as observe/outcome.py
         # notes decisions; inline, not a method: a call per answer saved.)
         kind = type(d)
+        if kind is Pass:
+            # (a pass-through's, the usual miss's, first; its outcome noted as
+            # note_answered notes a Pass, without the call)
+            if d.hit_for_pass:
+                # (an answer without Vary stands for every request: answered_variant's
+                # usual answer, told without its call)
+                variant = EVERY_REQUEST if type(fields) is FieldList \
+                    and "vary" not in fields.by_name \
+                    else answered_variant(fields, ctx.facts.selecting)
+                self.collapser.mark_pass(key, variant)
+            ctx.outcome.detail = d.reason
+            return d
         if kind is Store or kind is Update:
             entry = d.entry
             if entry.born + entry.lifetime <= now:  # stale on arrival (rare): a clock?
                 self.clock_skew.arrived_stale(
-                    ctx.plan.upstream, redact(ctx.key, ctx.plan.route.referer.strip_params),
+                    ctx.plan.upstream, redact(key, ctx.plan.route.referer.strip_params),
                     entry, fields, request_time, now)
-            self.collapser.unmark_pass(ctx.key, entry)
-            self.collapser.note_stored(ctx.key, entry)
-        elif (kind is Pass or kind is Keep or kind is Evict or kind is Refetch) \
-                and d.hit_for_pass:
-            self.collapser.mark_pass(ctx.key, answered_variant(fields, ctx.facts.selecting))
+            collapser = self.collapser
+            # (no call when nothing is marked for the key, nor any request waiting: the
+            # usual revalidation's 304)
+            if key in collapser.marked:
+                collapser.unmark_pass(key, entry)
+            if collapser.inflight:
+                collapser.note_stored(key, entry)
+        elif (kind is Keep or kind is Evict or kind is Refetch) and d.hit_for_pass:
+            self.collapser.mark_pass(key, answered_variant(fields, ctx.facts.selecting))
         note_answered(ctx.outcome, d, now)
         return d
 

@@ -113,12 +113,12 @@ def answered_variant(fields: list[tuple[str, str]], headers: Headers) -> Variant
     # (an answer's fields indexed by name, as the pool gathers them: no call to read)
     named = fields.by_name.get("vary") if type(fields) is FieldList else values_of(fields, "vary")
     if not named:
-        return EVERY_REQUEST  # (nearly every answer: no Vary)
+        return _EVERY_REQUEST  # (nearly every answer: no Vary)
     vary = vary_fields(", ".join(named))
     return None if vary is None else (vary, vary_values(vary, headers))
 
 
-EVERY_REQUEST: Variant = ((), ())  # an answer without Vary stands for every request
+_EVERY_REQUEST: Variant = ((), ())  # an answer without Vary stands for every request
 
 
 def in_variant(variant: Variant | None, headers: Headers) -> bool:

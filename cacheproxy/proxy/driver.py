@@ -14,14 +14,8 @@ from typing import NamedTuple
 from multidict import CIMultiDict
 
 from cacheproxy.config import masked_url
-from cacheproxy.http.cache_key import (
-    EVERY_REQUEST,
-    Variant,
-    answered_variant,
-    variant_id,
-    wait_group,
-)
-from cacheproxy.http.fields import FieldList, Headers, end_to_end, times_via
+from cacheproxy.http.cache_key import Variant, answered_variant, variant_id, wait_group
+from cacheproxy.http.fields import Headers, end_to_end, times_via
 from cacheproxy.http.flow import (
     Answered,
     Evict,
@@ -394,13 +388,8 @@ class Driver:
         if kind is Pass:
             # (a pass-through's, the usual miss's, first; its outcome noted as
             # note_answered notes a Pass, without the call)
-            if d.hit_for_pass:
-                # (an answer without Vary stands for every request: answered_variant's
-                # usual answer, told without its call)
-                variant = EVERY_REQUEST if type(fields) is FieldList \
-                    and "vary" not in fields.by_name \
-                    else answered_variant(fields, ctx.facts.selecting)
-                self.collapser.mark_pass(key, variant)
+            if d.hit_for_pass:  # (the variant by answered_variant: §4.1 decided there)
+                self.collapser.mark_pass(key, answered_variant(fields, ctx.facts.selecting))
             ctx.outcome.detail = d.reason
             return d
         if kind is Store or kind is Update:

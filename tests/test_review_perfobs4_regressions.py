@@ -95,3 +95,31 @@ def test_misses_of_one_shape_then_others_give_the_full_paths_lines_and_counts():
     assert len(shaped[0]) == len(misses)
     assert shaped == full
     assert '"path":"/p?token=REDACTED&x=1"' in shaped[0][0]
+
+
+def test_misses_of_distinct_urls_keep_no_slot_each():
+    """The lead's follow-up: a slot was made for every miss's shape on its first sighting,
+    so misses of distinct URLs (a crawl, a cache being filled) each left a slot (its key,
+    fields and line template, about 450 bytes) until 2,048 of them filled the table:
+    bench/memory.py's 20,000 distinct 1 KiB fills measured 1,550 bytes of RSS an entry
+    against 1,504 before, past the issue's 1.5 KiB. A slot is now made for a shape seen
+    again; one seen once keeps only its key (at most 256 of them). Every line and count
+    stays the full path's. Severity: low (memory, bounded either way)."""
+    ref = "https://b.example/"
+    misses = [(_request("10.0.0.1", ref, f"/item/{i}"), 200, _outcome(), 0.002)
+              for i in range(300)]
+    misses += [misses[-1]] * 3  # one shape again: a slot for it alone
+    written: list[str] = []
+    observer = Observer(LogConfig(format="off"), 0.0)
+    observer.sink, observer.format = SimpleNamespace(write_many=written.extend), to_json
+
+    async def record_all() -> None:
+        for request, status, outcome, duration in misses:
+            observer.record(request, status, outcome, duration)
+        observer.settle()
+
+    asyncio.run(record_all())
+    assert len(observer._miss_slots) == 1
+    assert len(observer._miss_once) <= observer_module._ONCE_KEPT
+    assert len(written) == len(misses) and '"path":"/item/299"' in written[-1]
+    assert written[-1].split('"client"')[1] == written[-2].split('"client"')[1]

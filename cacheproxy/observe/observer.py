@@ -68,6 +68,9 @@ class Observer:
         # holds (_settle_hit). One entry, a slot _slots holds (or held until a clear).
         self._last_hit: tuple[Any, ...] = _NO_LAST_HIT
         self._miss_slots: dict[tuple[object, ...], MissSlot] = {}  # the others', by record's
+        # Keys of misses seen once (_new_miss_slot): a slot is made for a shape seen again,
+        # so misses of distinct URLs (a crawl, a cache being filled) keep no slot each.
+        self._miss_once: dict[tuple[object, ...], None] = {}
         # The proxy listener's client connections, for /metrics: (open now, the most
         # allowed, closed at that limit since start); set by the listener, read per scrape.
         self.connections: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
@@ -193,6 +196,14 @@ class Observer:
         keep (bounded as the hits' slots: at most _SLOTS_KEPT, of about _SLOT_LONGEST
         characters)."""
         if sum(len(v) for v in key if type(v) is str) > _SLOT_LONGEST:
+            return None
+        once = self._miss_once
+        if once.pop(key, 0) is not None:  # (0: not seen before; None: seen once)
+            # The first of its shape: its line is written from its fields, and its key
+            # kept (at most _ONCE_KEPT keys, whose values the request holds anyway).
+            if len(once) >= _ONCE_KEPT:
+                once.clear()
+            once[key] = None
             return None
         (method, version, host, target, secrets, status, cache, sent, age, ttl, up,
          collapsed, route, policy, referer, agent, member) = key
@@ -404,6 +415,7 @@ class Observer:
         self._slots.clear()  # their templates were made for the old format
         self._last_hit = _NO_LAST_HIT
         self._miss_slots.clear()
+        self._miss_once.clear()
         if old is not None:
             old.flush()
             # close() joins the writer thread: not on the loop.
@@ -455,6 +467,8 @@ _NO_LAST_HIT: tuple[Any, ...] = ((), _INF, _INF, _INF, _INF, None)  # (ranges no
 # Hit slots kept, and the characters of a slot's values and of its template at most:
 # some 2 KB each with its key, about 5 MB in all.
 _SLOTS_KEPT, _SLOT_LONGEST = 2048, 1024
+# Keys of misses seen once kept (_new_miss_slot), at most: about 300 bytes each.
+_ONCE_KEPT = 256
 
 
 def _slot_record(shape: tuple[Any, ...], client: str, started: float, ended: float,

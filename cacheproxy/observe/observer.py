@@ -200,7 +200,7 @@ class Observer:
         once = self._miss_once
         if once.pop(key, 0) is not None:  # (0: not seen before; None: seen once)
             # The first of its shape: its line is written from its fields, and its key
-            # kept (at most _ONCE_KEPT keys, whose values the request holds anyway).
+            # kept (at most _ONCE_KEPT keys, of at most _SLOT_LONGEST characters each).
             if len(once) >= _ONCE_KEPT:
                 once.clear()
             once[key] = None

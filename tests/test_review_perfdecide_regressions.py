@@ -71,4 +71,4 @@ def test_a_hit_for_pass_mark_lasts_pass_seconds_from_its_last_marking(monkeypatc
     assert c.passes("k", {}), "a mark for every request did not hold for a request"
     clock.now += 2
     assert not c.passes("k"), "a mark outlived PASS_SECONDS from its last marking"
-    assert not c.marked, "an expired mark was kept"
+    assert not c._pass, "an expired mark was kept"

@@ -182,9 +182,9 @@ def test_the_remembered_pass_is_the_decision_made_in_full(
 
 
 async def test_a_pass_marks_its_url_and_the_next_stored_answer_unmarks_it(proxy: Any) -> None:
-    """Review perfread7 of perfdecide (ea9c6a3): Driver.decided now notes a Pass in its own
-    branch (the outcome's detail set inline, as note_answered sets it) and calls
-    unmark_pass only when collapser.marked holds the key. Through the real proxy: a
+    """Review perfread7 of perfdecide (ea9c6a3): Driver.decided notes a Pass in its own
+    branch first (its mark, then note_answered's detail) and unmarks on a stored
+    answer. Through the real proxy: a
     private answer (RFC 9111 §5.2.2.7) is passed on with its detail in Cache-Status and
     marks the URL hit-for-pass; the next answer, storable, is stored and takes the mark
     away (its requests may collapse again, as Varnish's hit-for-pass object ends when an
@@ -195,7 +195,7 @@ async def test_a_pass_marks_its_url_and_the_next_stored_answer_unmarks_it(proxy:
     answers = iter([_ok("Cache-Control: private"), _ok("Cache-Control: max-age=60")])
     async with raw_origin(lambda head: next(answers)) as port:
         client = await proxy(f"http://127.0.0.1:{port}")
-        marked = client.app_proxy.driver.collapser.marked
+        marked = client.app_proxy.driver.collapser._pass
         conn = await Raw.open(client)
         await conn.send(request("/m", ()))
         first = await conn.reply()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -106,11 +105,6 @@ class Collapser:
         self._pass_chars = 0  # the characters _pass holds (keys and variants), together
         # slot -> what was stored for it while its leader was in flight (note_stored)
         self._stored: dict[Slot, Stored] = {}
-        # The same two dicts, read by Driver.decided to skip unmark_pass and note_stored
-        # when nothing is marked for a key or no request waits (their calls, per answer
-        # stored or validated, cost more than the look)
-        self.marked: Mapping[str, object] = self._pass
-        self.inflight: Mapping[Slot, object] = self._inflight
 
     def join(self, slot: Slot) -> tuple[asyncio.Future[Result], bool]:
         """The slot's in-flight future, and whether the caller is its leader (who must

@@ -385,26 +385,17 @@ class Driver:
         # while; one stored for them ends it. (By exact type, as observe/outcome.py
         # notes decisions; inline, not a method: a call per answer saved.)
         kind = type(d)
-        if kind is Pass:
-            # (a pass-through's, the usual miss's, first; its outcome noted as
-            # note_answered notes a Pass, without the call)
+        if kind is Pass:  # (a pass-through's, the usual miss's, first)
             if d.hit_for_pass:  # (the variant by answered_variant: §4.1 decided there)
                 self.collapser.mark_pass(key, answered_variant(fields, ctx.facts.selecting))
-            ctx.outcome.detail = d.reason
-            return d
-        if kind is Store or kind is Update:
+        elif kind is Store or kind is Update:
             entry = d.entry
             if entry.born + entry.lifetime <= now:  # stale on arrival (rare): a clock?
                 self.clock_skew.arrived_stale(
                     ctx.plan.upstream, redact(key, ctx.plan.route.referer.strip_params),
                     entry, fields, request_time, now)
-            collapser = self.collapser
-            # (no call when nothing is marked for the key, nor any request waiting: the
-            # usual revalidation's 304)
-            if key in collapser.marked:
-                collapser.unmark_pass(key, entry)
-            if collapser.inflight:
-                collapser.note_stored(key, entry)
+            self.collapser.unmark_pass(key, entry)
+            self.collapser.note_stored(key, entry)
         elif (kind is Keep or kind is Evict or kind is Refetch) and d.hit_for_pass:
             self.collapser.mark_pass(key, answered_variant(fields, ctx.facts.selecting))
         note_answered(ctx.outcome, d, now)

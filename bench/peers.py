@@ -3,6 +3,7 @@
     .venv/bin/python bench/peers.py [--quick]
                                     [--only nginx,squid,aiohttp,lean,cacheproxy,workers2,nginx2]
                                     [--duration 4] [--rounds 3] [--extra-rounds 1] [--warmup 2]
+                                    [--distinct-heads]
 
 The table of issue 10 ("A lean data plane"), measured here: rows are the servers, columns
 the scenarios of run.py (hit 1 KiB, hit 32 KiB, revalidation, pass-through) and the p99
@@ -21,6 +22,11 @@ runs on the counters over every measured round. Any error status under load fail
 cacheproxy runs as `cacheproxy serve` with the default config (JSON request log on, into
 bench/results/cacheproxy.log), whatever serves the data plane: the harness talks HTTP only.
 Results go to bench/results/peers-<time>.json and peers-latest.json.
+
+wrk sends the same request head again and again, as a poller or a client reloading a page
+does; with --distinct-heads every request carries its own X-Request-Id (as behind a load
+balancer that adds one, report.lua), so that no server gains from having seen the same
+bytes before.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -299,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(keys),
                         help=f"comma-separated rows among {','.join(keys)}")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument("--distinct-heads", action="store_true",
+                        help="a distinct X-Request-Id on every request (report.lua)")
     args = parser.parse_args(argv)
+    if args.distinct_heads:  # read by report.lua, in every wrk this run starts
+        os.environ["WRK_DISTINCT_HEADS"] = "1"
     if args.quick:
         args.duration, args.warmup, args.rounds, args.extra_rounds = 2, 1, 2, 0
     only = {k.strip() for k in args.only.split(",") if k.strip()}
@@ -342,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(neighbours(results))
     env = {**environment(load, cpus), **peer_servers.versions(), "rounds": args.rounds,
-           "extra_rounds": args.extra_rounds}
+           "extra_rounds": args.extra_rounds, "distinct_heads": args.distinct_heads}
     report = {"environment": env, "rows": [asdict(r) for r in rows], "results": results,
               "ratios": rs, "seconds": round(time.monotonic() - started, 1),
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

@@ -12,3 +12,14 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99),
     latency.max, latency.mean))
 end
+
+-- WRK_DISTINCT_HEADS=1 (peers.py/run.py --distinct-heads): every request carries its own
+-- X-Request-Id, as behind a load balancer that adds one, so that no two heads are the same
+-- bytes (a server that keeps what it made of the last head gains nothing from it).
+if os.getenv("WRK_DISTINCT_HEADS") == "1" then
+  local n = 0
+  request = function()
+    n = n + 1
+    return wrk.format(nil, nil, {["X-Request-Id"] = tostring(n)})
+  end
+end

@@ -9,11 +9,20 @@ With --workers, every worker writes to the same standard output. A file is opene
 O_APPEND, where each write lands whole; a pipe (the docker default) takes a write whole
 only up to PIPE_BUF bytes, so there a batch is written in pieces of whole lines no longer
 than that, and two workers' lines never cut into each other (one line longer than
-PIPE_BUF, rare, may still be)."""
+PIPE_BUF, rare, may still be).
+
+The writer writes to the descriptor unbuffered and resumes a short write where it stopped
+(a write interrupted by a signal, a non-blocking descriptor that is full, which it waits
+on: only its thread waits), so a batch is written whole or counted lost where it broke
+off; a line cut by a failed write (a full disk) is ended before the next batch, so the
+next line is not glued to it. (A buffered file kept what a failed write left and wrote it
+with a later batch, and PYTHONUNBUFFERED's standard output, as in the Dockerfile, returned
+short writes that were never resumed.)"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import queue
@@ -51,9 +60,10 @@ class LogFileError(OSError):
 
 
 def open_log_file(path: str) -> BinaryIO:
-    """log.path opened for appending, or LogFileError naming the setting."""
+    """log.path opened for appending (unbuffered: the writer sees what each write took),
+    or LogFileError naming the setting."""
     try:
-        return open(path, "ab")
+        return open(path, "ab", buffering=0)
     except OSError as exc:
         raise LogFileError(f"log.path: cannot open {path}: "
                            f"{(exc.strerror or str(exc)).lower()}") from None
@@ -76,14 +86,17 @@ class LogSink:
         self._done_chars = 0
         self._lost = 0  # lines the writer could not write (a full disk, a closed pipe)
         self._said: float | None = None  # when it last said so
+        # (the writer's) A failed write cut a line: the next batch ends it first.
+        self._torn = False
+        self._sent = 0  # bytes of the batch being written that went out (_write)
         self._thread = threading.Thread(target=self._run, name="cacheproxy-log", daemon=True)
         self._thread.start()
 
     def _open(self) -> BinaryIO:
         # Bytes, encoded here: a header byte that is not UTF-8 reaches us as a surrogate,
         # which a strict text stream would refuse, losing the whole batch.
-        if not self.path:
-            return sys.stdout.buffer
+        if not self.path:  # (the descriptor under its buffer: see _write)
+            return getattr(sys.stdout.buffer, "raw", sys.stdout.buffer)
         return open_log_file(self.path)
 
     def write(self, line: str) -> None:
@@ -166,12 +179,10 @@ class LogSink:
                         self._file.close()
                         self._file = new
                         self._whole_lines = _shared_pipe(new)
+                        self._torn = False  # (a cut line stays in the old file)
                     continue
                 data = item.encode("utf-8", "backslashreplace")  # type: ignore[attr-defined]
-                for piece in _pieces(data) if self._whole_lines else (data,):
-                    self._file.write(piece)
-                    self._file.flush()
-                if self._lost:
+                if self._write(data) and self._lost:
                     log.warning("request log: written again (%d lines lost)", self._lost)
                     self._lost, self._said = 0, None
             except (OSError, ValueError) as exc:  # a full disk must not stop the proxy
@@ -182,6 +193,66 @@ class LogSink:
             finally:
                 if isinstance(item, str):
                     self._done_chars += len(item)
+
+    def _write(self, data: bytes) -> bool:
+        """data (whole lines) written whole, in pieces of whole lines on a shared pipe; or,
+        when a write fails, the lines that did not go out whole counted lost (said at most
+        once a WRITE_ERROR_INTERVAL) and False."""
+        self._sent = 0
+        try:
+            if self._torn:  # the last failed write cut a line: end it, alone
+                if self._ends_mid_line():
+                    self._write_all(b"\n")
+                self._torn, self._sent = False, 0
+            for piece in _pieces(data) if self._whole_lines else (data,):
+                self._write_all(piece)
+        except (OSError, ValueError) as exc:  # a full disk must not stop the proxy
+            sent = self._sent
+            if sent:
+                self._torn = data[sent - 1] != 0x0A  # (b"\n")
+            self._write_failed(exc, data.count(b"\n", sent))
+            return False
+        return True
+
+    def _ends_mid_line(self) -> bool:
+        """Does the file still end with the line a failed write cut? Not when another
+        worker appended to it since (its line is glued to the cut one already: an empty
+        line would be one more malformed line). A pipe, or no answer: yes."""
+        if self._whole_lines:  # not a regular file: nothing to read back
+            return True
+        try:  # (the same file, opened to read: ours is write-only)
+            fd = os.open(f"/proc/self/fd/{self._file.fileno()}", os.O_RDONLY)
+        except (OSError, ValueError):
+            return True
+        try:
+            size = os.fstat(fd).st_size
+            return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _write_all(self, piece: bytes) -> None:
+        """piece written whole, adding what went out to self._sent as it goes."""
+        write = self._file.write
+        n = write(piece)
+        if n == len(piece):  # (the usual)
+            self._sent += n
+            return
+        view = memoryview(piece)
+        while True:
+            if n is None:  # a non-blocking descriptor with no room: wait (this thread may)
+                room = select.poll()  # (not select(): a descriptor past 1023 after a reopen)
+                room.register(self._file, select.POLLOUT)
+                room.poll()
+            elif n > 0:  # a short write (a signal, a disk filling up): the rest now
+                self._sent += n
+                view = view[n:]
+                if not view:
+                    return
+            else:
+                raise OSError(errno.EIO, "the log took no byte of a write")
+            n = write(view)
 
     def _close(self) -> None:
         try:

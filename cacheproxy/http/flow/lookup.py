@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cacheproxy.http.cache_control import NO_REQUEST_DIRECTIVES
 from cacheproxy.http.cache_key import holds_any, select_variant
@@ -81,14 +82,24 @@ def lookup(
     §7.6.3), so it does not collapse either: in a loop back into this process it would
     wait for its own earlier hop, which waits for it (each hop for collapse_timeout,
     before the loop's 508); in a chain of instances the front one collapsed it already."""
-    d = _reuse_or_forward(req, variants, now, route, recently_passed, waited, passed_here)
+    last = _last_validating
+    if last is not None and last[5] is req and last[2] is route \
+            and last[6] is recently_passed and waited is None and not passed_here \
+            and len(variants) == 1 and variants[0] is last[0]:
+        return last[7]  # (the same request's facts again: _last_validating says why)
+    d = inner = _reuse_or_forward(req, variants, now, route, recently_passed, waited,
+                                  passed_here)
     if req.preconditioned:
         d = _preconditions(req, d)
     if req.bypass and isinstance(d, Forward) and not d.may_store:
         # RFC 9110 §14.2: a range the cache will not answer is the origin's; a cache
         # stores no partial content. (One that may fill fetches the whole representation
         # and answers the range from it: answered() sends it on as it is otherwise.)
-        return Forward("bypass", req.method, head_of=d.head_of)
+        d = Forward("bypass", req.method, head_of=d.head_of)
+    last = _last_validating
+    if last is not None and inner is last[4] and waited is None and not passed_here \
+            and len(variants) == 1:
+        _remember_looked_up(last, req, recently_passed, d)
     return d
 
 
@@ -220,14 +231,30 @@ def _reuse_or_forward(
 # before any freshness; tests/test_review_perfreval5_regressions.py pins it), and the
 # Forward carries no age. Only for a request that did not wait for another's answer and
 # a key holding one response (no siblings, §4.3.4). One entry, so bounded.
-_last_validating: tuple[CachedResponse, object, CacheSettings, bool, Forward] | None = None
+# Then lookup() adds what it made of that Forward for one request's facts (by identity:
+# the quick path hands out the same RequestFacts for the same field lines, method and
+# route, quick.py) and recently_passed: its whole decision (§13.2.2 preconditions and
+# §14.2's bypass applied, both read from the facts alone), for the same facts, route,
+# stored response (the key holding it alone) and recently_passed again, with nothing
+# waited for nor a loop (waited, passed_here), made the same without selecting,
+# checking the coding or judging the response again. The facts hold one request's
+# fields (its header section: at most 64 KiB, client_conn.MAX_HEAD_BYTES; the quick
+# path's last ones, which it holds anyway), no connection, until the next no-cache
+# validation replaces them; the response is the one held above, nothing more.
+_last_validating: tuple[Any, ...] | None = None
 _VALIDATING_BODY_MAX = 64 * 1024
 
 
 def _remember_validating(entry: CachedResponse, req: RequestFacts, route: CacheSettings,
                          may_collapse: bool, fwd: Forward) -> None:
     global _last_validating
-    _last_validating = (entry, req.directives, route, may_collapse, fwd)
+    _last_validating = (entry, req.directives, route, may_collapse, fwd, None, None, None)
+
+
+def _remember_looked_up(last: tuple[Any, ...], req: RequestFacts, recently_passed: bool,
+                        d: Lookup) -> None:
+    global _last_validating
+    _last_validating = (*last[:5], req, recently_passed, d)
 
 
 def _forward(reason: str, method: str, may_store: bool, collapse: bool) -> Forward:

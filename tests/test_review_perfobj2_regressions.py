@@ -35,6 +35,7 @@ KEY = "http://example/r"
 ROUTE = CacheSettings()
 # (the module: the package exports its lookup function under the same name)
 lookup_module = importlib.import_module("cacheproxy.http.flow.lookup")
+ASKS = {"Cache-Control": "min-fresh=1"}  # (lookup decides: not a plain GET, quick.py)
 
 
 def _stored(tag: str = '"v1"', body: bytes = b"body", cc: str = "no-cache") -> CachedResponse:
@@ -178,3 +179,44 @@ async def test_a_replaced_response_is_validated_with_its_own_tag(proxy: Any) -> 
                 assert resp.headers["ETag"] == tag
                 assert "fwd=stale; fwd-status=304" in cache_status(resp)
             assert seen == [tag] * 3
+
+
+async def test_a_304_that_makes_the_response_fresh_ends_the_validations(proxy: Any) -> None:
+    """RFC 9111 §4.3.4: a 304's Cache-Control replaces the stored one. When a validation's
+    304 says max-age=60 where the stored response said no-cache, the next identical
+    request (the same facts, the same route) is served from storage without going
+    forward (§4.2), not sent to the origin with the remembered Forward. (The client asks
+    with min-fresh=1, RFC 9111 §5.2.1.3, so that lookup decides, not quick.py's plain
+    GET check.)"""
+    date = formatdate(time.time(), usegmt=True)
+    state = {"cc": "no-cache", "tag": '"v1"'}
+    seen: list[str | None] = []
+
+    def answer(head: bytes) -> bytes:
+        inm = None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"if-none-match":
+                inm = value.strip().decode()
+        seen.append(inm)
+        if inm == state["tag"]:
+            return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nCache-Control: "
+                    f"{state['cc']}\r\nETag: {state['tag']}\r\n\r\n").encode()
+        return (f"HTTP/1.1 200 OK\r\nDate: {date}\r\nCache-Control: no-cache\r\n"
+                f"ETag: {state['tag']}\r\nContent-Length: 4\r\n\r\nbody").encode()
+
+    async with raw_origin(answer) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        assert await (await client.get("/r", headers=ASKS)).read() == b"body"  # stored, no-cache
+        for _ in range(2):
+            resp = await client.get("/r", headers=ASKS)
+            assert "fwd=stale; fwd-status=304" in cache_status(resp)
+        assert seen == [None, '"v1"', '"v1"']
+        state["cc"] = "max-age=60"
+        resp = await client.get("/r", headers=ASKS)  # its 304 refreshes the directives
+        assert "fwd-status=304" in cache_status(resp)
+        for _ in range(2):
+            resp = await client.get("/r", headers=ASKS)
+            assert (resp.status, await resp.read()) == (200, b"body")
+            assert resp.headers["X-Cache"] == "HIT" and "fwd=" not in cache_status(resp)
+        assert len(seen) == 4

@@ -64,6 +64,10 @@ _FRAMING_LENGTHS = frozenset(map(len, _FRAMING))
 # for one with any of them, the framing and connection rules run in full.
 _UNUSUAL = frozenset(("transfer-encoding", "connection", "proxy-connection"))
 _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
+# An answer's bytes up to this many are kept (Pool._again) when they came whole in one
+# read: a revalidation's 304, or a small static answer, repeats to the byte within a
+# second (its Date ticks once a second).
+_AGAIN_MAX = 4096
 _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
 # (asyncio's and uvloop's default: 30 s). nginx sends its own and closes at once; an
@@ -103,6 +107,11 @@ def _version(text: str) -> tuple[int, int]:
     """llhttp's "1.1" as (1, 1): made once (llhttp only knows a few)."""
     major, _, minor = text.partition(".")
     return int(major or 1), int(minor or 1)
+
+
+# Pool._again: the bytes, the TLS note, status, reason, the reason's bytes, the fields,
+# Content-Length, the body's length (its last bytes).
+_Again = tuple[bytes, bool, int, str, bytes, FieldList, str | None, int]
 
 
 def _refused(cause: str) -> UpstreamError:
@@ -298,12 +307,20 @@ class Connection(asyncio.Protocol):
         if self._switching and self._headed:  # the new protocol's (read paused: a read
             self._early += data  # in flight at most)
             return
+        fresh = not self._received  # the exchange's first read
         self._received = True
         if self._complete:  # bytes past the end of the message (RFC 9112 §6.3)
             self._broken()
             return
         if self._lost is not None:  # failed (and closing): nothing more is parsed
             return
+        if fresh:
+            again = self.pool._again
+            if again is not None and again[0] == data and again[1] is self._tls \
+                    and not self._head_only and not self._switching:
+                self._take_again(again)
+                return
+        raw = data
         headed = self._headed
         if not headed:
             line = self._line
@@ -363,10 +380,67 @@ class Connection(asyncio.Protocol):
                 self._fail(_refused("bad framing (trailer section too large)"))
         else:
             self._bare_bytes = 0
+            if fresh and self._complete and len(raw) <= _AGAIN_MAX:
+                self._keep_again(raw)
         receiver = self._receiver
         # (_notify, inline: once per answer. A receiver's head is the pool's pending state
         # until it is in or failed: then the answered one, or one of its own, done.)
         if receiver is not None and self._head is not self.pool._pending:
+            self._receiver = None
+            receiver()
+
+    def _keep_again(self, raw: bytes) -> None:
+        """An answer read whole in its exchange's first read: kept (Pool._again) when it
+        took on_headers_complete's usual path and left the connection reusable, for the
+        same bytes to be taken again without llhttp (_take_again)."""
+        chunks = self._chunks
+        body = chunks[0] if chunks else b""
+        if self.status >= 200 and self._v11 and not self._head_only and self.reusable \
+                and self._lost is None and not self._until_close and not self._interims \
+                and not self._lenient and len(chunks) <= 1 and self._line == DONE \
+                and raw.endswith(body) and _UNUSUAL.isdisjoint(self._by_name):
+            # (the body's length only: taken again as the bytes' last ones, which it is,
+            # so that no body the store evicted is kept alive here; llhttp skips a CR LF
+            # after a message, hence the endswith)
+            self.pool._again = (raw, self._tls, self.status, self.reason, self._status_text,
+                                self._fields, self.content_length, len(body))
+
+    def _take_again(self, again: _Again) -> None:
+        """The exchange's first read holds exactly the bytes of the last answer kept
+        (_keep_again): llhttp would parse them to the same head, fields and body, and
+        be left between messages as it is now (it saw none of them). The state that
+        parse leaves, set at once; the FieldList is the one parsed then (nothing
+        downstream changes a received FieldList: the rules make new ones)."""
+        raw, _, status, reason, status_text, fields, length, size = again
+        self._line = DONE
+        self._v11 = True
+        self._head_bytes += len(raw)
+        self._status_text = status_text
+        self._fields = fields
+        self._by_name = fields.by_name
+        self._headed = True
+        self.status = status
+        self.version = (1, 1)
+        pool = self.pool
+        if pool.http10:  # (as on_headers_complete: the origin's version heard)
+            pool.heard(self.origin, "1.1")
+        self.reason = reason
+        self.content_length = length
+        head = self._head
+        if head is pool._pending:  # (send_quick's: the pool's answered one)
+            self._head = pool._answered
+        elif head is not None and not head.done():
+            head.set_result(None)
+        if size:
+            self._chunks.append(raw[len(raw) - size:])
+            self._buffered += size
+        self._complete = True
+        self._bare_bytes = 0
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        receiver = self._receiver
+        if receiver is not None and self._head is not pool._pending:
             self._receiver = None
             receiver()
 
@@ -1065,6 +1139,15 @@ class Pool:
         self._pending: asyncio.Future[None] | None = None
         self._answered: asyncio.Future[None] | None = None
         self._closed = False  # close(): no connection is made or lent any more
+        # The last answer read whole in its exchange's first read, on the usual path
+        # (Connection._keep_again), with what its parse gave: the same bytes on a fresh
+        # exchange are taken again without llhttp (_take_again). Keyed on every input the
+        # parse's result depends on: the bytes (status line to body's end, and nothing
+        # past it), the connection's TLS note; the exchange must not be to HEAD nor ask
+        # an upgrade (neither is kept, nor takes it), and a connection's HTTP/1.0 note is
+        # set by the same heard() as on a parse. One answer of up to _AGAIN_MAX bytes,
+        # its fields (as many) and no body of its own: at most about 12 KiB per pool.
+        self._again: _Again | None = None
         # Forward mode (CacheProxy.vet): for an origin a client named, what its name may
         # resolve to. Connected to by the addresses vetted, not by the name again: a second
         # lookup could answer another address (DNS rebinding) past the check.

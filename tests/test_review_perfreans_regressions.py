@@ -245,3 +245,30 @@ async def test_the_kept_fields_are_never_changed_downstream(proxy: Any) -> None:
             else:
                 seen[id(fields)] = (fields, now)
         assert taken > 10
+
+
+async def test_an_nginx_shaped_304_with_connection_kept_then_closed(proxy: Any) -> None:
+    """What was at stake: nginx's 304 carries `Connection: keep-alive` (Server, Date,
+    Last-Modified, Connection, ETag); such an answer is kept too, llhttp having judged
+    its Connection field on the first parse. The same answer with `Connection: close`
+    instead (RFC 9112 §9.6) is other bytes: parsed afresh, and its connection is not
+    reused. Had the kept verdict stood for it, the next request went on a connection
+    the origin closes: a user saw a 502, or a retry. Severity: high, were it broken."""
+    head = (b"Server: nginx\r\nDate: Sat, 05 Dec 2026 10:00:00 GMT\r\n"
+            b"Last-Modified: Fri, 04 Dec 2026 10:00:00 GMT\r\n")
+    full = (b"HTTP/1.1 200 OK\r\n" + head + b"Connection: keep-alive\r\nETag: \"n\"\r\n"
+            b"Cache-Control: no-cache\r\nContent-Length: 5\r\n\r\nnginx")
+    alive = (b"HTTP/1.1 304 Not Modified\r\n" + head + b"Connection: keep-alive\r\n"
+             b"ETag: \"n\"\r\n\r\n")
+    closing = alive.replace(b"keep-alive", b"close")
+    connections: list[int] = []
+    answers: list[bytes | list[bytes | None]] = [full, alive, alive, closing, closing, alive]
+    async with raw_origin(_in_turn(answers), connections) as port:
+        client = await proxy(f"http://127.0.0.1:{port}")
+        pool = client.app_proxy.exchange.pool
+        for i in range(6):
+            status, headers, body = await _get(client, "/n")
+            assert (status, body, headers.get("Connection")) == (200, b"nginx", None)
+            if i == 2:
+                assert pool._again is not None and pool._again[0] == alive
+        assert len(connections) == 3  # a new one after each close

@@ -391,14 +391,17 @@ class Connection(asyncio.Protocol):
 
     def _keep_again(self, raw: bytes) -> None:
         """An answer read whole in its exchange's first read: kept (Pool._again) when it
-        took on_headers_complete's usual path and left the connection reusable, for the
-        same bytes to be taken again without llhttp (_take_again)."""
+        is final, in HTTP/1.1, not to HEAD, not transfer-coded, framed by its length (or
+        a 304/204), with no interim answer before it, and left the connection reusable,
+        for the same bytes to be taken again without llhttp (_take_again). (A Connection
+        field that keeps it alive, as nginx sends, is llhttp's to judge on the first
+        parse: the same bytes get the same verdict.)"""
         chunks = self._chunks
         body = chunks[0] if chunks else b""
         if self.status >= 200 and self._v11 and not self._head_only and self.reusable \
                 and self._lost is None and not self._until_close and not self._interims \
                 and not self._lenient and len(chunks) <= 1 and self._line == DONE \
-                and raw.endswith(body) and _UNUSUAL.isdisjoint(self._by_name):
+                and raw.endswith(body) and "transfer-encoding" not in self._by_name:
             # (the body's length only: taken again as the bytes' last ones, which it is,
             # so that no body the store evicted is kept alive here; llhttp skips a CR LF
             # after a message, hence the endswith)
@@ -1139,7 +1142,7 @@ class Pool:
         self._pending: asyncio.Future[None] | None = None
         self._answered: asyncio.Future[None] | None = None
         self._closed = False  # close(): no connection is made or lent any more
-        # The last answer read whole in its exchange's first read, on the usual path
+        # The last answer read whole in its exchange's first read, framed by its length
         # (Connection._keep_again), with what its parse gave: the same bytes on a fresh
         # exchange are taken again without llhttp (_take_again). Keyed on every input the
         # parse's result depends on: the bytes (status line to body's end, and nothing

@@ -68,6 +68,7 @@ _MAX_INTERIM = 8  # 1xx answers passed on to the client per exchange, at most
 # read: a revalidation's 304, or a small static answer, repeats to the byte within a
 # second (its Date ticks once a second).
 _AGAIN_MAX = 4096
+_CR_LF = (0x0D, 0x0A)
 _HTTP10_ORIGINS = 1024  # origins remembered as answering HTTP/1.0, at most
 # How long a TLS connection we close waits for the origin's close_notify after ours
 # (asyncio's and uvloop's default: 30 s). nginx sends its own and closes at once; an
@@ -381,7 +382,13 @@ class Connection(asyncio.Protocol):
         else:
             self._bare_bytes = 0
             if fresh and self._complete and len(raw) <= _AGAIN_MAX:
-                self._keep_again(raw)
+                # Kept when seen twice in a row: an answer that never repeats (one with a
+                # request id, a cookie) costs a compare and a store, not a keep.
+                pool = self.pool
+                if pool._seen == raw:
+                    self._keep_again(raw)
+                else:
+                    pool._seen = raw
         receiver = self._receiver
         # (_notify, inline: once per answer. A receiver's head is the pool's pending state
         # until it is in or failed: then the answered one, or one of its own, done.)
@@ -396,15 +403,19 @@ class Connection(asyncio.Protocol):
         for the same bytes to be taken again without llhttp (_take_again). (A Connection
         field that keeps it alive, as nginx sends, is llhttp's to judge on the first
         parse: the same bytes get the same verdict.)"""
+        # (Called for a read that completed an answer, not to HEAD. reusable implies no
+        # failure, no run to the close; _v11, that the read began with a whole final
+        # status line (no interim answer before it); a chunked body's leniency needs a
+        # Transfer-Encoding.)
         chunks = self._chunks
         body = chunks[0] if chunks else b""
-        if self.status >= 200 and self._v11 and not self._head_only and self.reusable \
-                and self._lost is None and not self._until_close and not self._interims \
-                and not self._lenient and len(chunks) <= 1 and self._line == DONE \
-                and raw.endswith(body) and "transfer-encoding" not in self._by_name:
-            # (the body's length only: taken again as the bytes' last ones, which it is,
-            # so that no body the store evicted is kept alive here; llhttp skips a CR LF
-            # after a message, hence the endswith)
+        # The body is kept as its length (taken again as the bytes' last ones), so that no
+        # body the store evicted is kept alive here. It is their last ones: after an
+        # answer that left the connection reusable, only a CR or LF can follow it in the
+        # read (llhttp skips them; any other byte begins a message: refused).
+        if self._v11 and self.reusable and len(chunks) <= 1 \
+                and "transfer-encoding" not in self._by_name \
+                and (raw[-1] not in _CR_LF or raw.endswith(body)):
             self.pool._again = (raw, self._tls, self.status, self.reason, self._status_text,
                                 self._fields, self.content_length, len(body))
 
@@ -1143,14 +1154,17 @@ class Pool:
         self._answered: asyncio.Future[None] | None = None
         self._closed = False  # close(): no connection is made or lent any more
         # The last answer read whole in its exchange's first read, framed by its length
-        # (Connection._keep_again), with what its parse gave: the same bytes on a fresh
-        # exchange are taken again without llhttp (_take_again). Keyed on every input the
-        # parse's result depends on: the bytes (status line to body's end, and nothing
-        # past it), the connection's TLS note; the exchange must not be to HEAD nor ask
-        # an upgrade (neither is kept, nor takes it), and a connection's HTTP/1.0 note is
-        # set by the same heard() as on a parse. One answer of up to _AGAIN_MAX bytes,
-        # its fields (as many) and no body of its own: at most about 12 KiB per pool.
+        # (Connection._keep_again) and seen twice in a row, with what its parse gave: the
+        # same bytes on a fresh exchange are taken again without llhttp (_take_again).
+        # Keyed on every input the parse's result depends on: the bytes (status line to
+        # body's end, and nothing past it), the connection's TLS note; the exchange must
+        # not be to HEAD nor ask an upgrade (neither is kept, nor takes it), and a
+        # connection's HTTP/1.0 note is set by the same heard() as on a parse (the pool's
+        # limits bound no answer this small). One answer of up to _AGAIN_MAX bytes, its
+        # fields (as many) and no body of its own, and the bytes seen last (as many): at
+        # most about 16 KiB per pool.
         self._again: _Again | None = None
+        self._seen = b""  # the last such answer's bytes (up to _AGAIN_MAX), kept or not
         # Forward mode (CacheProxy.vet): for an origin a client named, what its name may
         # resolve to. Connected to by the addresses vetted, not by the name again: a second
         # lookup could answer another address (DNS rebinding) past the check.

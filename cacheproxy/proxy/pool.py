@@ -403,17 +403,17 @@ class Connection(asyncio.Protocol):
         for the same bytes to be taken again without llhttp (_take_again). (A Connection
         field that keeps it alive, as nginx sends, is llhttp's to judge on the first
         parse: the same bytes get the same verdict.)"""
-        # (Called for a read that completed an answer, not to HEAD. reusable implies no
-        # failure, no run to the close; _v11, that the read began with a whole final
-        # status line (no interim answer before it); a chunked body's leniency needs a
-        # Transfer-Encoding.)
+        # (Called for a read that completed an answer, not to HEAD; 64 fields at most,
+        # for the memo's bound. reusable implies no failure, no run to the close; _v11,
+        # that the read began with a whole final status line (no interim answer before
+        # it); a chunked body's leniency needs a Transfer-Encoding.)
         chunks = self._chunks
         body = chunks[0] if chunks else b""
         # The body is kept as its length (taken again as the bytes' last ones), so that no
         # body the store evicted is kept alive here. It is their last ones: after an
         # answer that left the connection reusable, only a CR or LF can follow it in the
         # read (llhttp skips them; any other byte begins a message: refused).
-        if self._v11 and self.reusable and len(chunks) <= 1 \
+        if self._v11 and self.reusable and len(chunks) <= 1 and len(self._fields) <= 64 \
                 and "transfer-encoding" not in self._by_name \
                 and (raw[-1] not in _CR_LF or raw.endswith(body)):
             self.pool._again = (raw, self._tls, self.status, self.reason, self._status_text,
@@ -1161,8 +1161,8 @@ class Pool:
         # not be to HEAD nor ask an upgrade (neither is kept, nor takes it), and a
         # connection's HTTP/1.0 note is set by the same heard() as on a parse (the pool's
         # limits bound no answer this small). One answer of up to _AGAIN_MAX bytes, its
-        # fields (as many) and no body of its own, and the bytes seen last (as many): at
-        # most about 16 KiB per pool.
+        # fields (at most 64, made of those bytes) and no body of its own, and the bytes
+        # seen last (as many): at most about 24 KiB per pool, a few for usual answers.
         self._again: _Again | None = None
         self._seen = b""  # the last such answer's bytes (up to _AGAIN_MAX), kept or not
         # Forward mode (CacheProxy.vet): for an origin a client named, what its name may

@@ -1,16 +1,17 @@
 """Review perfreans: the origin's answer taken in (proxy/pool.py), made cheaper.
 
 The review looked at what a pooled exchange spends on an answer it has parsed before: a
-revalidation's `304 Not Modified`, or a small static answer, repeats to the byte from one
-request to the next within a second (its Date ticks once a second). The pool now keeps
-the last answer it read whole in its exchange's first read on on_headers_complete's usual
-path (HTTP/1.1, final, not to HEAD, no Transfer-Encoding, Connection or Proxy-Connection,
-a Content-Length or a 304/204, nothing past its end, the connection left reusable), with
-what llhttp made of it; a fresh exchange whose first read holds exactly those bytes takes
-that again without llhttp. llhttp stays the judge of every other read. The tests below
-send the bytes of their choosing from a raw origin through the real proxy and pin what
-the kept answer must not get wrong: each input it is keyed on changed in turn must give
-the answer those bytes say, framing and connection reuse included.
+revalidation's `304 Not Modified`, or a small static answer, repeats to the byte from
+one request to the next within a second (its Date ticks once a second). The pool now
+keeps the last answer it read whole in its exchange's first read and saw twice in a row
+(HTTP/1.1, final, not to HEAD, not transfer-coded, a Content-Length or a 304/204,
+nothing past its end but CR LF, the connection left reusable, at most 4 KiB and 64
+fields), with what llhttp made of it; a fresh exchange (not to HEAD, no upgrade asked)
+whose first read holds exactly those bytes takes that again without llhttp. llhttp stays
+the judge of every other read. The tests below send the bytes of their choosing from a
+raw origin through the real proxy and pin what the kept answer must not get wrong: each
+input it is keyed on changed in turn must give the answer those bytes say, framing and
+connection reuse included.
 """
 
 from __future__ import annotations

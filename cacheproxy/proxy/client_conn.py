@@ -54,7 +54,7 @@ from cacheproxy.proxy.quick_forward import QuickForward
 from cacheproxy.proxy.respond import fresh_fields
 from cacheproxy.proxy.routed import Planned
 from cacheproxy.proxy.routing import PLAN, RoutePlan
-from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser
+from cacheproxy.proxy.server_protocol import _FallbackParser, _StrictPythonParser, head_memo
 from cacheproxy.proxy.tls_slices import TLS_SLICE, Slices
 from cacheproxy.proxy.tunnel import TunnelEnd
 from cacheproxy.proxy.upstream import UpstreamError
@@ -331,7 +331,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
         def make_c() -> Any:
             return HttpRequestParser(self, loop, 2**16, **options)
 
-        return _FallbackParser(make_c(), make_python, MAX_PIPELINED, make_c)
+        # (Limits and the queue's bound key the process's memo of the last usual head.)
+        memo = head_memo(8190, self.max_field_size, self.max_headers, MAX_PIPELINED)
+        return _FallbackParser(make_c(), make_python, MAX_PIPELINED, make_c, memo=memo)
 
     def data_received(self, data: bytes) -> None:
         if self._tunnel is not None:
@@ -785,7 +787,11 @@ class ClientConnection(ConnectMethod, BaseProtocol):
                     self._refuse(msg, getattr(msg, "request", None)
                                  or _refused_request(getattr(msg, "head", None)))
                     return
-                if msg is not self._declined and self._quick_one(msg, payload):
+                # (The message the quick path just declined is the first popped; taken
+                # once: the same head again may be the same message object, the parser's
+                # HeadMemo, and is asked again.)
+                declined, self._declined = self._declined, None
+                if msg is not declined and self._quick_one(msg, payload):
                     if self._closing or self._relay is not None:
                         return  # (a quick forward's end goes on with the queue)
                     continue

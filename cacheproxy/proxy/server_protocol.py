@@ -297,6 +297,54 @@ def _chunked_end(parser: Any, payload: Any, data: bytes, pos: int) -> int | None
     return None
 
 
+# A request head of at most this many bytes is kept with its message (HeadMemo): with its
+# message's objects (the multidict, the field tuples, the URL) at most about 40 KiB (128
+# fields of a few bytes each, by sys.getsizeof; a usual 100-byte head's about 1.5 KiB),
+# one per process and set of limits.
+HEAD_MEMO_MAX: Final = 4096
+
+
+class HeadMemo:
+    """The last request head the usual feed read (one whole request without a body that
+    ends the read, no upgrade, not closing) from a parser in the state every such feed
+    starts from, and llhttp's message of it. llhttp and aiohttp's wrapper make a message
+    from the bytes, the parser's limits and its state alone, and the message is immutable
+    (a RawRequestMessage of read-only slots, a CIMultiDictProxy, a tuple, a yarl URL): the
+    same bytes, fed by a parser with the same limits in that state, give a message equal
+    to it in every field, so that one is handed out again and llhttp is not called.
+
+    Keyed on every input the message depends on: the bytes (compared whole), the limits
+    (max line and field size, max fields: one HeadMemo per set, ``head_memo``), the
+    queue's bound (the usual feed must not fill it), and the parser's state, which
+    ``_FallbackParser`` checks itself: nothing fed yet, or the last feed was the usual
+    one too, and nothing in flight. Not keyed on the connection: the message holds
+    nothing of it (its payload is EMPTY_PAYLOAD, shared), so one connection's request is
+    another's, plain or intercepted TLS alike. Holds one head of up to HEAD_MEMO_MAX bytes
+    and its message; nothing of a connection or a stored response."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        # (bytes, (message, EMPTY_PAYLOAD)); None matches no feed
+        self.last: tuple[bytes | None, Any] = (None, None)
+
+
+_HEAD_MEMOS: dict[tuple[int, int, int, int], HeadMemo] = {}
+
+
+def head_memo(max_line_size: int, max_field_size: int, max_headers: int, max_queue: int
+              ) -> HeadMemo:
+    """The process's HeadMemo for parsers with these limits (a few sets at most: the
+    listeners' are constants), or one of the parser's own past 8 sets."""
+    key = (max_line_size, max_field_size, max_headers, max_queue)
+    memo = _HEAD_MEMOS.get(key)
+    if memo is None:
+        memo = HeadMemo()
+        if len(_HEAD_MEMOS) < 8:
+            _HEAD_MEMOS[key] = memo
+    return memo
+
+
 class _FallbackParser:
     """Wraps llhttp. On a method it rejects, it switches to ``_StrictPythonParser``.
 
@@ -316,15 +364,26 @@ class _FallbackParser:
     until the next feed. A slot read: ClientConnection reads it first on every read, where
     those four properties cost about 1,000 instructions each (a property is a Python call
     on 3.11).
+
+    With a ``HeadMemo``, a feed of the very bytes of the last usual feed it kept, made
+    where every usual feed starts (nothing fed yet, or the last feed was the usual one,
+    and nothing in flight), is that feed's message again, llhttp not called (about 23,000
+    instructions: llhttp, the fields' multidict, the URL), and leaves this wrapper as that
+    feed would (settled, between messages). llhttp's wrapper counts the messages it
+    handed out (its queue's bound) and has not counted this one: it is ``_unseen`` until
+    consumed, and fed to llhttp for its count (``_count_unseen``) should a feed come
+    first.
     """
 
     __slots__ = ("_answers_first", "_closed", "_end", "_failed", "_held", "_in_flight",
-                 "_make_c", "_make_python", "_max_queue", "_open", "_parser", "_python",
-                 "_state", "_upgrade_due", "_upgrading", "settled")
+                 "_make_c", "_make_python", "_max_queue", "_memo", "_open", "_parser",
+                 "_python", "_repeatable", "_state", "_unseen", "_upgrade_due", "_upgrading",
+                 "settled")
 
     def __init__(
         self, c_parser: Any, make_python: Callable[[], _StrictPythonParser], max_queue: int,
         make_c: Callable[[], Any] | None = None, answers_first: bool = True,
+        memo: HeadMemo | None = None,
     ) -> None:
         self._parser = c_parser
         self._make_python = make_python
@@ -351,6 +410,13 @@ class _FallbackParser:
         # llhttp pauses at the first byte of the next feed: an upgrade request ended as its
         # message queue filled (_after_upgrade).
         self._upgrade_due = False
+        self._memo = memo
+        # Where every usual feed starts: nothing fed yet, or the last feed was the usual one
+        # (not closing), so llhttp and its wrapper are between messages with nothing left of
+        # the last (a chunked body's trailer field is: the wrapper adds it to the next
+        # message). Only with a memo.
+        self._repeatable = memo is not None  # (so _memo is not None where it is True)
+        self._unseen: bytes | None = None  # the head of a message handed out from the memo
 
     # The rest of the parsers' interface, passed on. (Not by __getattr__: a class with one
     # loses CPython's fast attribute paths, which cost about 1 µs a request here.)
@@ -366,6 +432,9 @@ class _FallbackParser:
     def message_consumed(self) -> None:
         if self._python is not None:
             self._python.message_consumed()
+            return
+        if self._unseen is not None:  # (the first in flight: llhttp never counted it)
+            self._unseen = None
             return
         if self._in_flight > 0:
             self._in_flight -= 1
@@ -401,6 +470,17 @@ class _FallbackParser:
 
     def feed_data(self, data: bytes) -> _FeedResult:
         self.settled = False  # (until the usual feed's end says so)
+        repeatable, self._repeatable = self._repeatable, False
+        if repeatable and data == (last := self._memo.last)[0] \
+                and self._unseen is None and not self._in_flight:
+            # The last usual feed's bytes again, from where it started: its message
+            # (HeadMemo), and this wrapper as that feed left it (_state b"", nothing held
+            # or open, not closed: the usual feed's exit below, but for llhttp's count).
+            self._unseen, self._repeatable, self._end = data, True, _CRLFCRLF
+            self.settled = True
+            return [last[1]], False, b""
+        if self._unseen is not None:  # (rare) a feed before the memo's message was taken
+            self._count_unseen()
         if self._python is not None:
             return self._python.feed_data(data)
         if self._failed:  # nothing after a malformed request (or lost bytes) is read
@@ -447,6 +527,11 @@ class _FallbackParser:
             self._end, self._state, self._held = _CRLFCRLF, b"", False
             if messages[0][0].should_close:
                 self._closed = True
+            elif self._memo is not None and not self._closed:
+                self._repeatable = True
+                # (Kept only from where a memo's message may be handed out: the same state.)
+                if repeatable and len(data) <= HEAD_MEMO_MAX and type(data) is bytes:
+                    self._memo.last = (data, messages[0])
             self.settled = True
             return messages, upgraded, tail
         if self._upgrade_due:  # (it paused at this feed's first byte: all of it dropped)
@@ -472,6 +557,15 @@ class _FallbackParser:
         if paused:
             return self._after_upgrade(messages)
         return messages, upgraded, tail
+
+    def _count_unseen(self) -> None:
+        """The memo's message waits still, and llhttp is to read on: it reads the same
+        bytes first, from the state the memo's were read in (nothing has been fed since),
+        so that its count of messages in flight, and where its queue fills, are what they
+        would be had it read them then. Its message, equal to the memo's, is dropped."""
+        unseen, self._unseen = self._unseen, None
+        self._parser.feed_data(unseen)
+        self._in_flight += 1
 
     def _after_upgrade(self, messages: Sequence[tuple[Any, Any]]) -> _FeedResult:
         """llhttp pauses at the end of an upgrade request (with its body) that aiohttp does

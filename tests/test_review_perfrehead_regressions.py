@@ -24,7 +24,7 @@ from unittest import mock
 import pytest
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
-from support import proxy_config, until
+from support import https_site, intercepted_tls, intercepting_proxy, proxy_config, until
 from test_client_plane import Raw
 from test_review_h2clients_regressions import _H2C
 
@@ -252,6 +252,56 @@ async def test_a_declined_message_handed_out_again_is_asked_of_the_quick_path(
         raw.close()
     assert len(asked.messages) == 2
     assert asked.messages[1] is asked.messages[0]  # (the memo's: else nothing was shown)
+
+
+def _tls_asks(port: int, site: int, ca_file: str, head: bytes, times: int) -> list[bytes]:
+    """head sent `times` times inside one intercepted TLS connection: each answer's head."""
+    t = intercepted_tls(port, site, ca_file)
+    t.settimeout(10)
+    heads = []
+    try:
+        buf = b""
+        for _ in range(times):
+            t.sendall(head)
+            while b"\r\n\r\n" not in buf:
+                buf += t.recv(65536)
+            answer, buf = buf.split(b"\r\n\r\n", 1)
+            length = int(answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0])
+            while len(buf) < length:
+                buf += t.recv(65536)
+            buf = buf[length:]
+            heads.append(answer)
+    finally:
+        t.close()
+    return heads
+
+
+async def test_the_same_head_inside_intercepted_tls_and_on_a_plain_connection(
+        proxy: Any, origin: Any, tmp_path: Any) -> None:
+    """What this pins: the memo is the process's and is not keyed on the kind of
+    connection, as the message holds nothing of it: the very same head bytes, sent on a
+    plain connection to the proxy and inside an intercepted TLS connection
+    (forward.intercept_tls), in turns, are each answered as their own connection makes
+    them: inside TLS, the https site's answer; on the plain connection, the proxy's own
+    upstream's (here a 404). Severity if broken: high (one connection's scheme and origin
+    given to another's request)."""
+    site, site_ca = await https_site(_echo(), tmp_path)
+    try:
+        c, ca_file = await intercepting_proxy(origin, proxy, tmp_path, site, site_ca)
+        head = b"GET /a HTTP/1.1\r\nHost: localhost:%d\r\nX-N: 1\r\n\r\n" % site.port
+        plain = await Raw.open(c)
+        try:
+            for _ in range(2):
+                assert (await _ask(plain, head))[0] == 404
+                tls = await asyncio.to_thread(_tls_asks, c.server.port, site.port, ca_file,
+                                              head, 2)
+                assert all(b" 200 " in h.split(b"\r\n")[0] for h in tls)
+                assert all(b"X-Echo: GET /a 1 0" in h for h in tls)
+            assert (await _ask(plain, head))[0] == 404
+        finally:
+            plain.close()
+    finally:
+        await site.close()
 
 
 # -- the wrapper against llhttp alone ---------------------------------------------------

@@ -377,7 +377,7 @@ class _FallbackParser:
 
     __slots__ = ("_answers_first", "_closed", "_end", "_failed", "_held", "_in_flight",
                  "_make_c", "_make_python", "_max_queue", "_memo", "_open", "_parser",
-                 "_python", "_repeatable", "_state", "_unseen", "_upgrade_due", "_upgrading",
+                 "_python", "_ready", "_state", "_unseen", "_upgrade_due", "_upgrading",
                  "settled")
 
     def __init__(
@@ -411,11 +411,11 @@ class _FallbackParser:
         # message queue filled (_after_upgrade).
         self._upgrade_due = False
         self._memo = memo
-        # Where every usual feed starts: nothing fed yet, or the last feed was the usual one
-        # (not closing), so llhttp and its wrapper are between messages with nothing left of
-        # the last (a chunked body's trailer field is: the wrapper adds it to the next
-        # message). Only with a memo.
-        self._repeatable = memo is not None  # (so _memo is not None where it is True)
+        # The memo, where every usual feed starts (else None): nothing fed yet, or the last
+        # feed was the usual one (not closing), so llhttp and its wrapper are between
+        # messages with nothing left of the last (a chunked body's trailer field is: the
+        # wrapper adds it to the next message).
+        self._ready = memo
         self._unseen: bytes | None = None  # the head of a message handed out from the memo
 
     # The rest of the parsers' interface, passed on. (Not by __getattr__: a class with one
@@ -470,17 +470,20 @@ class _FallbackParser:
 
     def feed_data(self, data: bytes) -> _FeedResult:
         self.settled = False  # (until the usual feed's end says so)
-        repeatable, self._repeatable = self._repeatable, False
-        if repeatable and data == (last := self._memo.last)[0] \
-                and self._unseen is None and not self._in_flight:
-            # The last usual feed's bytes again, from where it started: its message
-            # (HeadMemo), and this wrapper as that feed left it (_state b"", nothing held
-            # or open, not closed: the usual feed's exit below, but for llhttp's count).
-            self._unseen, self._repeatable, self._end = data, True, _CRLFCRLF
-            self.settled = True
-            return [last[1]], False, b""
-        if self._unseen is not None:  # (rare) a feed before the memo's message was taken
-            self._count_unseen()
+        ready = self._ready
+        if ready is not None:
+            self._ready = None
+            if data == (last := ready.last)[0] and self._unseen is None \
+                    and not self._in_flight:
+                # The last usual feed's bytes again, from where it started: its message
+                # (HeadMemo), and this wrapper as that feed left it (_state b"", nothing
+                # held or open, not closed: the usual feed's exit below, but for llhttp's
+                # count).
+                self._unseen, self._ready, self._end = data, ready, _CRLFCRLF
+                self.settled = True
+                return [last[1]], False, b""
+            if self._unseen is not None:  # (rare) a feed before the memo's message was taken
+                self._count_unseen()  # (only after a hit, which leaves it ready)
         if self._python is not None:
             return self._python.feed_data(data)
         if self._failed:  # nothing after a malformed request (or lost bytes) is read
@@ -527,11 +530,11 @@ class _FallbackParser:
             self._end, self._state, self._held = _CRLFCRLF, b"", False
             if messages[0][0].should_close:
                 self._closed = True
-            elif self._memo is not None and not self._closed:
-                self._repeatable = True
+            elif (memo := self._memo) is not None:  # (never after a close: llhttp refuses)
+                self._ready = memo
                 # (Kept only from where a memo's message may be handed out: the same state.)
-                if repeatable and len(data) <= HEAD_MEMO_MAX and type(data) is bytes:
-                    self._memo.last = (data, messages[0])
+                if ready is not None and len(data) <= HEAD_MEMO_MAX and type(data) is bytes:
+                    memo.last = (data, messages[0])
             self.settled = True
             return messages, upgraded, tail
         if self._upgrade_due:  # (it paused at this feed's first byte: all of it dropped)

@@ -436,3 +436,26 @@ def test_only_short_heads_are_kept() -> None:
         assert memo._memo.last[0] == short
     finally:
         loop.close()
+
+
+def test_llhttps_message_is_immutable_we_rely_on() -> None:
+    """What this pins: the memo hands one message object to many requests (and
+    connections), which is right only while nothing can change it: aiohttp's C
+    RawRequestMessage has read-only fields, its headers are a CIMultiDictProxy and its
+    raw fields a tuple. Should an aiohttp upgrade make any of them writable, this fails
+    and the memo must copy or go. Severity if broken: high (one request's change seen by
+    the next)."""
+    loop = asyncio.new_event_loop()
+    try:
+        memo, _ = _parsers(loop)
+        (msg, _payload), = memo.feed_data(b"GET /a HTTP/1.1\r\nHost: h\r\nX-N: 1\r\n\r\n")[0]
+    finally:
+        loop.close()
+    for name in ("method", "path", "version", "headers", "raw_headers", "should_close",
+                 "compression", "upgrade", "chunked", "url"):
+        with pytest.raises(AttributeError):
+            setattr(msg, name, None)
+    with pytest.raises(TypeError):
+        msg.headers["X-N"] = "2"  # type: ignore[index]
+    assert type(msg.raw_headers) is tuple
+    assert all(type(pair) is tuple for pair in msg.raw_headers)

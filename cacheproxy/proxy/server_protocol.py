@@ -45,7 +45,12 @@ whole feed with data after a close request or a malformed request
 the exceptions llhttp raises;
 and that llhttp, at the end of an upgrade request aiohttp does not switch for, has read its
 body, drops the rest of the feed, and parses the next feed as new messages; and which
-upgrades aiohttp switches for (CONNECT, websocket: ``_switched_for``).
+upgrades aiohttp switches for (CONNECT, websocket: ``_switched_for``); and, for the head
+memo (``HeadMemo``), that llhttp's messages are immutable, that its wrapper's count of
+messages in flight rises only as it parses and falls only by ``message_consumed``, and
+that the wrapper keeps nothing from one message to the next but a chunked body's last
+trailer field (``test_llhttps_message_is_immutable_we_rely_on`` and the memo-against-llhttp
+tests in tests/test_review_perfrehead_regressions.py).
 ``test_aiohttp_internals`` and ``test_llhttp_rejections_we_rely_on`` in
 tests/test_server_protocol.py, ``test_llhttp_pauses_after_an_h2c_request_we_rely_on``
 in tests/test_review_h2cpipe_regressions.py, and

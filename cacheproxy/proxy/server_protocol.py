@@ -339,8 +339,8 @@ _HEAD_MEMOS: dict[tuple[int, int, int, int], HeadMemo] = {}
 
 def head_memo(max_line_size: int, max_field_size: int, max_headers: int, max_queue: int
               ) -> HeadMemo:
-    """The process's HeadMemo for parsers with these limits (a few sets at most: the
-    listeners' are constants), or one of the parser's own past 8 sets."""
+    """The process's HeadMemo for parsers with these limits (ClientConnection's are
+    constants: one set); past 8 sets, a new one for the parser alone (the table bounded)."""
     key = (max_line_size, max_field_size, max_headers, max_queue)
     memo = _HEAD_MEMOS.get(key)
     if memo is None:

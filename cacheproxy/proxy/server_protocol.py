@@ -109,6 +109,11 @@ _PREFACE_BEGUN: Final = re.compile(rb"[\r\n]*PRI \* HTTP/2\.0\r\n\r\n(?:S(?:M\r?
 # else, such as a TLS ClientHello, gets a 400 at once instead of waiting for a line end.
 _NOT_IN_TARGET: Final = re.compile(rb"[^\x21-\x7e]")
 _REQUEST_START: Final = re.compile(rb"[\r\n]*" + TCHAR.encode() + rb"*(?: |\Z)")
+# The preface's line and empty line as a read's last bytes: after a request in the same
+# read, the only bytes llhttp reads to an empty line without a message or an error (it
+# waits for the "SM"): the read looks like the usual one, but llhttp is not between
+# messages.
+_PREFACE_LINE: Final = b"PRI * HTTP/2.0\r\n\r\n"
 
 
 def _is_method_rejection(exc: BadStatusLine) -> bool:
@@ -535,7 +540,10 @@ class _FallbackParser:
             self._end, self._state, self._held = _CRLFCRLF, b"", False
             if messages[0][0].should_close:
                 self._closed = True
-            elif (memo := self._memo) is not None:  # (never after a close: llhttp refuses)
+            elif (memo := self._memo) is not None and not data.endswith(_PREFACE_LINE):
+                # (Never after a close: llhttp refuses. Nor after HTTP/2's preface line
+                # behind the request: llhttp read it, gave no message, and waits for its
+                # "SM", RFC 9113 §3.4; not between messages, it refuses the next feed.)
                 self._ready = memo
                 # (Kept only from where a memo's message may be handed out: the same state.)
                 if ready is not None and len(data) <= HEAD_MEMO_MAX and type(data) is bytes:

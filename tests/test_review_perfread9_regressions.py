@@ -1,0 +1,164 @@
+"""Review perfread9: the request-head memo (server_protocol.HeadMemo) read for smuggling.
+
+What was looked at: _FallbackParser.feed_data's memo hit and its usual feed (where the memo
+is armed and recorded), _count_unseen and message_consumed, head_memo's key, and
+ClientConnection._make_parser, data_received and _serve, against every state a feed may
+start from: after a body (Content-Length, chunked with a trailer field, an Expect whose body
+never came), a 400, a pipelined burst up to the queue's bound, an h2c, websocket or CONNECT
+upgrade, the Python parser's takeover (an unknown method), a close (HTTP/1.0 with and
+without keep-alive), and HTTP/2's connection preface; and what the shared message object
+meets later (the quick path's memos, _declined, _planned, the request log). The memo is
+the process's: one connection's read arms it, another's is answered from it. So the
+differential fuzz here runs several wrappers sharing one memo, each beside a wrapper
+without one that reads the very same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+from unittest import mock
+
+from aiohttp import web_protocol
+from test_client_plane import Raw
+from test_review_h2clients_regressions import _H2C
+from test_review_perfrehead_regressions import _CHUNKS, _ask, _echo, _head, _memo, _seen
+
+from cacheproxy.proxy.server_protocol import HeadMemo, _FallbackParser, _StrictPythonParser
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\n"  # HTTP/2's preface up to its "SM" (RFC 9113 §3.4)
+
+
+async def test_an_http2_preface_behind_a_request_is_refused_though_the_head_comes_again(
+        proxy: Any, origin: Any) -> None:
+    """What was wrong: a read of one request and then HTTP/2's connection preface up to its
+    empty line (`PRI * HTTP/2.0` CRLF CRLF, RFC 9113 §3.4) passed for the usual read (one
+    message, ending in an empty line): llhttp gives no message for the preface and waits
+    for its "SM", so it is not between messages, yet the wrapper armed the head memo. The
+    next read whose bytes were the memo's (this connection's head again, kept by any
+    connection) was handed its message without llhttp, and answered; llhttp, never fed
+    it, refuses it (a 400, the connection closed), as it does without the memo. Worse, the
+    read itself was kept as the memo's, so another connection sending it was answered with
+    llhttp at a fresh start, not in the preface, and its next request served where llhttp
+    refuses it. What a user saw: requests after a stray preface answered on one connection
+    and refused on another, by which heads other clients sent (the proxy's framing not a
+    function of the connection's bytes). Peer: nginx refuses the preface line on an HTTP/1.1
+    connection (400) and reads nothing after. Severity: low (no body framing changes: the
+    requests answered were whole; but the parser and the wrapper disagree on the stream)."""
+    c = await proxy(await origin(_echo()))
+    same = _head(c.port, b"/a", b"X-N: 1")
+    first, other, third = await Raw.open(c), await Raw.open(c), await Raw.open(c)
+    try:
+        assert await _ask(first, same + _PREFACE) == (200, "GET /a 1 0")
+        assert await _ask(other, same) == (200, "GET /a 1 0")  # (keeps `same` as the memo's)
+        assert _memo().last[0] == same
+        await first.send(same)
+        assert (await first.reply()).status == 400  # llhttp: the preface wanted its "SM"
+        assert await first.closed_within(5)
+        # The same read of a request and the preface, on a connection of its own: the
+        # head after it is refused too (it was answered when that read was the memo's).
+        assert await _ask(third, same + _PREFACE) == (200, "GET /a 1 0")
+        await third.send(same)
+        assert (await third.reply()).status == 400
+        assert await third.closed_within(5)
+        assert await _ask(other, same) == (200, "GET /a 1 0")  # (its connection goes on)
+    finally:
+        for raw in (first, other, third):
+            raw.close()
+
+
+def _pair(loop: asyncio.AbstractEventLoop, memo: HeadMemo) -> tuple[_FallbackParser, ...]:
+    """A wrapper as ClientConnection makes it, on the shared memo, and one without a memo
+    (the reference: what llhttp reads)."""
+    protocol = mock.Mock()
+
+    def make_c() -> Any:
+        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=8,
+                                              auto_decompress=False)
+
+    def make_python() -> _StrictPythonParser:
+        parser = _StrictPythonParser(protocol, loop, 2**16, max_msg_queue_size=8,
+                                     auto_decompress=False)
+        parser.answers_first = True
+        return parser
+
+    return (_FallbackParser(make_c(), make_python, 8, make_c, memo=memo),
+            _FallbackParser(make_c(), make_python, 8, make_c))
+
+
+_H = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+_MORE = [
+    _H + _PREFACE,  # the preface behind a request, in one read
+    b"\r\n" + _H + _PREFACE,
+    _H + b"\r\n" + _PREFACE,
+    _PREFACE,
+    b"SM\r\n\r\n",
+    _H + b"PRI * HTTP/2.0\r\n",  # the preface in pieces
+    b"\r\n",
+    _H + b"\r\n\r\n",  # empty lines after a request (RFC 9112 §2.2)
+    b"\r\n\r\n" + _H,
+    _H + b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+    _H * 9,  # past the queue's bound (8 here)
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n\r\n",
+    b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    b"0\r\nX-T: 2\r\n\r\n",
+    b"GET /w HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+    b"GET /u HTTP/1.1\r\nHost: h\r\n" + _H2C + b"Content-Length: 2\r\n\r\nxy" + _H,
+    b"GET /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nHost: g\r\n\r\n",
+    b"GET /a HTTP/1.1\r\n Host: h\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n",
+    b"FOO /f HTTP/1.1\r\nHost: h\r\n\r\n" + _H,
+    b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+]
+
+
+async def test_memos_shared_by_connections_hand_out_what_llhttp_reads() -> None:
+    """What this pins: the memo is the process's, so one connection's read is answered
+    from another's; a hit must then be exactly what llhttp would read on the connection
+    it comes on. Over random interleavings of reads on three connections sharing one memo
+    (the benign head and smuggling shapes: a request and HTTP/2's preface in one read, in
+    pieces, empty lines, a pipelined burst past the queue's bound, an Expect whose body
+    never comes, chunked bodies with trailer fields, websocket, CONNECT and h2c upgrades,
+    CL with TE, two Hosts, obs-fold, a bare CR, an unknown method, HTTP/1.0 keep-alive),
+    messages consumed at random, and the end of a connection, each wrapper on the memo
+    gives every feed what a wrapper without one gives on the same bytes: the same
+    messages field by field, the same errors, the same word on its state. Severity if
+    broken: high (a message for bytes llhttp would refuse or frame otherwise)."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(9112)
+    chunks = _CHUNKS[:3] * 4 + _CHUNKS + [_H] * 8 + _MORE
+    hits = 0
+    for _ in range(150):
+        memo = HeadMemo()
+        conns = [_pair(loop, memo) for _ in range(3)]
+        for _ in range(rng.randrange(4, 24)):
+            i = rng.randrange(3)
+            mine, plain = conns[i]
+            for _ in range(rng.randrange(0, 3)):
+                mine.message_consumed()
+                plain.message_consumed()
+            if rng.random() < 0.05:  # the connection ends; a new one comes
+                outcomes = []
+                for parser in (mine, plain):
+                    try:
+                        outcomes.append(("eof", parser.feed_eof() is None))
+                    except Exception as exc:  # (compared: the same error for both)
+                        outcomes.append(("error", type(exc)))
+                assert outcomes[0] == outcomes[1]
+                conns[i] = _pair(loop, memo)
+                continue
+            data = rng.choice(chunks)
+            waiting = mine._unseen is not None
+            seen = _seen(mine, data)
+            hits += not waiting and mine._unseen is not None
+            assert seen == _seen(plain, data), (i, data)
+            if seen[0] == "error" or seen[1]:
+                # (A 400 ends the connection; after a switch (CONNECT, websocket) the
+                # bytes are the tunnel's, never fed to the parser: ClientConnection._tail.)
+                conns[i] = _pair(loop, memo)
+    assert hits > 50  # (the memo was used)

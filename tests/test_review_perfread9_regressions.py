@@ -20,10 +20,12 @@ import random
 from typing import Any
 from unittest import mock
 
+import pytest
 from aiohttp import web_protocol
 from test_client_plane import Raw
 from test_review_h2clients_regressions import _H2C
 from test_review_perfrehead_regressions import _CHUNKS, _ask, _echo, _head, _memo, _seen
+from test_server_protocol import RAW_SMUGGLING, SMUGGLING, request, smuggling_request
 
 from cacheproxy.proxy.server_protocol import HeadMemo, _FallbackParser, _StrictPythonParser
 
@@ -162,3 +164,61 @@ async def test_memos_shared_by_connections_hand_out_what_llhttp_reads() -> None:
                 # bytes are the tunnel's, never fed to the parser: ClientConnection._tail.)
                 conns[i] = _pair(loop, memo)
     assert hits > 50  # (the memo was used)
+
+
+def _shapes() -> list[tuple[str, bytes, bytes]]:
+    """test_server_protocol's smuggling shapes, each with a benign request of the same
+    method, target and Host (the attack's bytes begin with its request line and Host)."""
+    return [(f"{shape} {method.decode()}", smuggling_request(shape, method),
+             request(method + b" /s"))
+            for shape in (*SMUGGLING, *RAW_SMUGGLING) for method in (b"GET", b"POST", b"FOO")]
+
+
+@pytest.mark.parametrize(("name", "attack", "benign"), _shapes(), ids=lambda v: str(v)[:40])
+async def test_smuggling_shapes_after_the_memo_are_read_as_llhttp_reads_them(
+        name: str, attack: bytes, benign: bytes) -> None:
+    """What this pins: every smuggling shape of tests/test_server_protocol.py (duplicate and
+    malformed Content-Length, Transfer-Encoding variants, chunk-size tricks, obs-fold,
+    bare CR and LF, NUL, a second Host, a missing Host, HTTP/3.0, a control byte in the
+    target), with a method llhttp knows and one it lacks, sent where the memo holds the
+    benign head of the same line and Host (kept by another connection): after that head
+    answered from the memo, with it still waiting (not consumed), behind it in one read,
+    twice on fresh connections, and split where it stops being the benign head. Each read
+    gives exactly what a wrapper without the memo gives (the same messages, the same
+    refusal). Severity if broken: high (request smuggling)."""
+    loop = asyncio.get_running_loop()
+    split = next(i for i, (a, b) in enumerate(zip(attack, benign, strict=False)) if a != b)
+    sequences: list[list[bytes | None]] = [  # (None: the oldest message is consumed)
+        [benign, None, benign, None, attack],
+        [benign, None, benign, attack],
+        [attack, None, attack],
+        [benign, None, benign + attack],
+        [benign, None, attack[:split], attack[split:]],
+        [attack[:split], attack[split:], None, benign],
+    ]
+    for sequence in sequences:
+        memo = HeadMemo()
+        keeper, _ = _pair(loop, memo)
+        keeper.feed_data(benign)  # (another connection: the memo holds the benign head)
+        keeper.message_consumed()
+        mine, plain = _pair(loop, memo)
+        hits = 0
+        for data in sequence:
+            if data is None:
+                mine.message_consumed()
+                plain.message_consumed()
+                continue
+            waiting = mine._unseen is not None
+            seen = _seen(mine, data)
+            hits += not waiting and mine._unseen is not None
+            assert seen == _seen(plain, data), (name, sequence.index(data))
+            if seen[0] == "error" or seen[1]:
+                break
+        kept = memo.last[0]
+        if benign.startswith(b"FOO "):  # (the Python parser's: never the memo's)
+            assert kept is None and not hits
+            continue
+        assert hits or sequence[0] is not benign  # (the memo was used)
+        # The memo holds a head llhttp reads as one request from a fresh start, nothing of
+        # the attack's.
+        assert kept is not None and len(_seen(_pair(loop, HeadMemo())[1], kept)[0]) == 1

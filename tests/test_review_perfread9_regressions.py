@@ -222,3 +222,37 @@ async def test_smuggling_shapes_after_the_memo_are_read_as_llhttp_reads_them(
         # The memo holds a head llhttp reads as one request from a fresh start, nothing of
         # the attack's.
         assert kept is not None and len(_seen(_pair(loop, HeadMemo())[1], kept)[0]) == 1
+
+
+@pytest.mark.parametrize("shape", ["Content-Length + Transfer-Encoding",
+                                   "duplicate Content-Length, different", "obs-fold, space",
+                                   "duplicate Host", "missing Host"])
+async def test_a_smuggling_shape_right_after_its_benign_head_from_the_memo_is_400(
+        proxy: Any, origin: Any, shape: str) -> None:
+    """What this pins, through the proxy: a client sends a benign head twice (the second
+    answered from the memo, the first kept there by another connection), then a smuggling
+    shape of the same request line and Host, and again on a fresh connection: each time a
+    400 and the connection closed (nothing after it read), as without the memo; the
+    benign head is answered again on another connection. Peer: nginx and Varnish refuse
+    these shapes (400) and close. Severity if broken: high (request smuggling)."""
+    c = await proxy(await origin(_echo()))
+    benign = _head(c.port, b"/s", method=b"POST")  # (the attack's line and Host)
+    attack = smuggling_request(shape, b"POST").replace(
+        b"Host: example", b"Host: 127.0.0.1:%d" % c.port, 1)
+    keeper = await Raw.open(c)
+    try:
+        assert await _ask(keeper, benign) == (200, "POST /s - 0")
+        for before in (2, 0):
+            raw = await Raw.open(c)
+            try:
+                for _ in range(before):
+                    assert await _ask(raw, benign) == (200, "POST /s - 0")
+                await raw.send(attack)
+                assert (await raw.reply()).status == 400
+                assert await raw.closed_within(5)
+            finally:
+                raw.close()
+        assert _memo().last[0] == benign
+        assert await _ask(keeper, benign) == (200, "POST /s - 0")
+    finally:
+        keeper.close()

@@ -47,7 +47,9 @@ async def test_an_http2_preface_behind_a_request_is_refused_though_the_head_come
     and refused on another, by which heads other clients sent (the proxy's framing not a
     function of the connection's bytes). Peer: nginx refuses the preface line on an HTTP/1.1
     connection (400) and reads nothing after. Severity: low (no body framing changes: the
-    requests answered were whole; but the parser and the wrapper disagree on the stream)."""
+    requests answered were whole; but the parser and the wrapper disagree on the stream).
+    (Since, the preface behind a request gets its 400 at once and nothing after it is read:
+    test_an_http2_preface_behind_a_request_in_one_read_gets_its_400_at_once.)"""
     c = await proxy(await origin(_echo()))
     same = _head(c.port, b"/a", b"X-N: 1")
     first, other, third = await Raw.open(c), await Raw.open(c), await Raw.open(c)
@@ -56,7 +58,7 @@ async def test_an_http2_preface_behind_a_request_is_refused_though_the_head_come
         assert await _ask(other, same) == (200, "GET /a 1 0")  # (keeps `same` as the memo's)
         assert _memo().last[0] == same
         await first.send(same)
-        assert (await first.reply()).status == 400  # llhttp: the preface wanted its "SM"
+        assert (await first.reply()).status == 400  # the preface's: `same` is not read
         assert await first.closed_within(5)
         # The same read of a request and the preface, on a connection of its own: the
         # head after it is refused too (it was answered when that read was the memo's).
@@ -256,3 +258,27 @@ async def test_a_smuggling_shape_right_after_its_benign_head_from_the_memo_is_40
         assert await _ask(keeper, benign) == (200, "POST /s - 0")
     finally:
         keeper.close()
+
+
+async def test_an_http2_preface_behind_a_request_in_one_read_gets_its_400_at_once(
+        proxy: Any, origin: Any) -> None:
+    """What was wrong: HTTP/2's prior-knowledge preface cut before its "SM" line (`PRI *
+    HTTP/2.0` CRLF CRLF, RFC 9113 §3.4) gets a 400 at once when it starts a read, but in
+    the same read behind a request it passed for the usual read: the request was answered
+    and then nothing: llhttp waited for the "SM", the connection stayed open on
+    keepalive_timeout (75 s), not even client_header_timeout, and the preface got no
+    answer nor log line until the client sent more. What a user saw: a client speaking
+    HTTP/2 with prior knowledge after an HTTP/1.1 request hung instead of being told (the
+    README says the preface gets a 400 at once, after the answers to the requests before
+    it in the same read). Peer: nginx answers the preface line on an HTTP/1.1 connection
+    with a 400 at once and closes. Severity: low."""
+    c = await proxy(await origin(_echo()))
+    raw = await Raw.open(c)
+    try:
+        await raw.send(_head(c.port, b"/a", b"X-N: 1") + _PREFACE)
+        first = await raw.reply()
+        assert (first.status, first.headers["x-echo"]) == (200, "GET /a 1 0")
+        assert (await raw.reply()).status == 400  # (nothing more sent)
+        assert await raw.closed_within(5)
+    finally:
+        raw.close()

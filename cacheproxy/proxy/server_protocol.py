@@ -540,10 +540,10 @@ class _FallbackParser:
             self._end, self._state, self._held = _CRLFCRLF, b"", False
             if messages[0][0].should_close:
                 self._closed = True
-            elif (memo := self._memo) is not None and not data.endswith(_PREFACE_LINE):
-                # (Never after a close: llhttp refuses. Nor after HTTP/2's preface line
-                # behind the request: llhttp read it, gave no message, and waits for its
-                # "SM", RFC 9113 §3.4; not between messages, it refuses the next feed.)
+            elif data.endswith(_PREFACE_LINE):  # (rare) llhttp waits for the preface's "SM"
+                if self._answers_first:
+                    return self._preface_behind(messages)
+            elif (memo := self._memo) is not None:  # (never after a close: llhttp refuses)
                 self._ready = memo
                 # (Kept only from where a memo's message may be handed out: the same state.)
                 if ready is not None and len(data) <= HEAD_MEMO_MAX and type(data) is bytes:
@@ -573,6 +573,19 @@ class _FallbackParser:
         if paused:
             return self._after_upgrade(messages)
         return messages, upgraded, tail
+
+    def _preface_behind(self, messages: Sequence[tuple[Any, Any]]) -> _FeedResult:
+        """A request, then HTTP/2's preface line and its empty line, in one read: llhttp
+        read the preface line without a message, and waits for its "SM" to refuse it
+        (RFC 9113 §3.4: no HTTP/1.x request begins so), so it is not between messages,
+        and the head memo is not armed. The request is answered, then the preface's 400
+        at once, as for the preface alone or behind requests llhttp refused with it
+        (_until_close); nothing after it is read. (aiohttp's RequestHandler takes no
+        error among messages: there, the next feed meets llhttp's refusal.)"""
+        refused = BadHttpMessage("HTTP/2 connection preface")
+        refused.head = _PREFACE_LINE  # type: ignore[attr-defined]  # (the log's line)
+        self._state, self._closed, self._failed = None, True, True
+        return [*messages, (refused, EMPTY_PAYLOAD)], False, b""
 
     def _count_unseen(self) -> None:
         """The memo's message waits still, and llhttp is to read on: it reads the same

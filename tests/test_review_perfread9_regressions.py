@@ -98,6 +98,8 @@ _MORE = [
     _PREFACE,
     b"SM\r\n\r\n",
     _H + b"PRI * HTTP/2.0\r\n",  # the preface in pieces
+    b"GET /a HTTP/1.1\r\nHost: h\r\nX: PRI * HTTP/2.0\r\n\r\n",  # a field value
+    b"GET /a HTTP/1.1\r\nHost: h\r\nPRI * HTTP/2.0\r\n\r\n",  # a field line
     b"\r\n",
     _H + b"\r\n\r\n",  # empty lines after a request (RFC 9112 §2.2)
     b"\r\n\r\n" + _H,
@@ -279,5 +281,24 @@ async def test_an_http2_preface_behind_a_request_in_one_read_gets_its_400_at_onc
         assert (first.status, first.headers["x-echo"]) == (200, "GET /a 1 0")
         assert (await raw.reply()).status == 400  # (nothing more sent)
         assert await raw.closed_within(5)
+    finally:
+        raw.close()
+
+
+async def test_a_field_value_ending_like_the_preface_line_is_no_preface(
+        proxy: Any, origin: Any) -> None:
+    """What this pins: the preface's refusal behind a request (above) is for the preface's
+    own line, after the header section's empty line; a request whose last field's value
+    ends with `PRI * HTTP/2.0` (a field value may hold any visible text, RFC 9110 §5.5) is
+    a request like any other, answered on a connection that stays open, and the head memo
+    keeps it. Severity if broken: medium (such a request answered, then a 400 and the
+    connection closed for nothing)."""
+    c = await proxy(await origin(_echo()))
+    head = _head(c.port, b"/a", b"X-N: PRI * HTTP/2.0")
+    raw = await Raw.open(c)
+    try:
+        for _ in range(3):
+            assert await _ask(raw, head) == (200, "GET /a PRI * HTTP/2.0 0")
+        assert _memo().last[0] == head
     finally:
         raw.close()

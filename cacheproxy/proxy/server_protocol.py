@@ -109,11 +109,12 @@ _PREFACE_BEGUN: Final = re.compile(rb"[\r\n]*PRI \* HTTP/2\.0\r\n\r\n(?:S(?:M\r?
 # else, such as a TLS ClientHello, gets a 400 at once instead of waiting for a line end.
 _NOT_IN_TARGET: Final = re.compile(rb"[^\x21-\x7e]")
 _REQUEST_START: Final = re.compile(rb"[\r\n]*" + TCHAR.encode() + rb"*(?: |\Z)")
-# The preface's line and empty line as a read's last bytes: after a request in the same
-# read, the only bytes llhttp reads to an empty line without a message or an error (it
-# waits for the "SM"): the read looks like the usual one, but llhttp is not between
-# messages.
-_PREFACE_LINE: Final = b"PRI * HTTP/2.0\r\n\r\n"
+# The preface's line and empty line as a read's last bytes, after a line end: after a
+# request in the same read, the only bytes llhttp reads to an empty line without a message
+# or an error (it waits for the "SM"): the read looks like the usual one, but llhttp is
+# not between messages. (A field value may end so, but then not after a line end: no
+# field value holds an LF, and a field line "PRI * ..." has no colon, llhttp's 400.)
+_PREFACE_LINE: Final = b"\nPRI * HTTP/2.0\r\n\r\n"
 
 
 def _is_method_rejection(exc: BadStatusLine) -> bool:
@@ -583,7 +584,7 @@ class _FallbackParser:
         (_until_close); nothing after it is read. (aiohttp's RequestHandler takes no
         error among messages: there, the next feed meets llhttp's refusal.)"""
         refused = BadHttpMessage("HTTP/2 connection preface")
-        refused.head = _PREFACE_LINE  # type: ignore[attr-defined]  # (the log's line)
+        refused.head = _PREFACE_LINE[1:]  # type: ignore[attr-defined]  # (the log's line)
         self._state, self._closed, self._failed = None, True, True
         return [*messages, (refused, EMPTY_PAYLOAD)], False, b""
 

@@ -104,6 +104,8 @@ _MORE = [
     _H + b"\r\n\r\n",  # empty lines after a request (RFC 9112 §2.2)
     b"\r\n\r\n" + _H,
     _H + b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+    _H + _H + _PREFACE,  # behind a pipelined pair
+    b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 19\r\n\r\n\n" + _PREFACE,  # a body
     _H * 9,  # past the queue's bound (8 here)
     b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
     b"GET /a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
@@ -300,5 +302,39 @@ async def test_a_field_value_ending_like_the_preface_line_is_no_preface(
         for _ in range(3):
             assert await _ask(raw, head) == (200, "GET /a PRI * HTTP/2.0 0")
         assert _memo().last[0] == head
+    finally:
+        raw.close()
+
+
+async def test_an_http2_preface_behind_pipelined_requests_gets_its_400_at_once(
+        proxy: Any, origin: Any) -> None:
+    """What was wrong: as for one request, so behind two or more in one read (or a request
+    with a body, then one without): the requests were answered, and the preface line
+    (`PRI * HTTP/2.0` CRLF CRLF, cut before its "SM", RFC 9113 §3.4) got nothing: llhttp
+    waits for the "SM", and the wrapper took the read's last empty line for a message
+    boundary. What a user saw: the connection hung open until keepalive_timeout. Now the
+    requests' answers, then the preface's 400, and the connection closes (as nginx
+    refuses the line). A body that ends with the preface's text is a body: its request is
+    answered and the connection goes on. Severity: low."""
+    c = await proxy(await origin(_echo()))
+    same = _head(c.port, b"/a", b"X-N: 1")
+    post = _head(c.port, b"/p", b"X-N: 2", b"Content-Length: 19", method=b"POST")
+    raw = await Raw.open(c)
+    try:
+        await raw.send(post + b"\n" + _PREFACE + same + _PREFACE)
+        answers = [await raw.reply(), await raw.reply()]
+        assert [(r.status, r.headers["x-echo"]) for r in answers] == [
+            (200, "POST /p 2 19"), (200, "GET /a 1 0")]
+        assert (await raw.reply()).status == 400  # (nothing more sent)
+        assert await raw.closed_within(5)
+    finally:
+        raw.close()
+    raw = await Raw.open(c)
+    try:
+        await raw.send(same + post + b"\n" + _PREFACE)  # (the body ends like the preface)
+        answers = [await raw.reply(), await raw.reply()]
+        assert [(r.status, r.headers["x-echo"]) for r in answers] == [
+            (200, "GET /a 1 0"), (200, "POST /p 2 19")]
+        assert await _ask(raw, same) == (200, "GET /a 1 0")
     finally:
         raw.close()

@@ -571,15 +571,20 @@ class _FallbackParser:
         self._held = self._in_flight >= self._max_queue
         if messages and messages[-1][0].should_close:
             self._closed = True
+        elif messages and messages[-1][1] is EMPTY_PAYLOAD and not (upgraded or paused) \
+                and not self._held and self._answers_first and data.endswith(_PREFACE_LINE):
+            # (rare) the preface's line after the last request, which has no body: llhttp
+            # read it and waits for its "SM" (as after one request, above)
+            return self._preface_behind(messages)
         if paused:
             return self._after_upgrade(messages)
         return messages, upgraded, tail
 
     def _preface_behind(self, messages: Sequence[tuple[Any, Any]]) -> _FeedResult:
-        """A request, then HTTP/2's preface line and its empty line, in one read: llhttp
+        """Requests, then HTTP/2's preface line and its empty line, in one read: llhttp
         read the preface line without a message, and waits for its "SM" to refuse it
         (RFC 9113 §3.4: no HTTP/1.x request begins so), so it is not between messages,
-        and the head memo is not armed. The request is answered, then the preface's 400
+        and the head memo is not armed. The requests are answered, then the preface's 400
         at once, as for the preface alone or behind requests llhttp refused with it
         (_until_close); nothing after it is read. (aiohttp's RequestHandler takes no
         error among messages: there, the next feed meets llhttp's refusal.)"""

@@ -137,17 +137,23 @@ def test_a_remembered_decision_holds_a_small_body_only() -> None:
     assert lookup(req, (big,), now=T0 + 2, route=ROUTE) is not first
 
 
+def _if_none_match(head: bytes) -> str | None:
+    """The If-None-Match of a request head (the last one, if several)."""
+    inm = None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"if-none-match":
+            inm = value.strip().decode()
+    return inm
+
+
 def _recording_origin(tags: dict[str, str], seen: list[str | None], date: str) -> Any:
     """One no-cache URL (validated on every use): a 304 for a conditional request naming
     its current tag (repeating the stored Date), else a 200 with that tag; the
     If-None-Match of every request it got, in seen."""
     def answer(head: bytes) -> bytes:
         tag, body = tags["tag"], tags["body"]
-        inm = None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"if-none-match":
-                inm = value.strip().decode()
+        inm = _if_none_match(head)
         seen.append(inm)
         if inm == tag:
             return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nCache-Control: no-cache"
@@ -193,11 +199,7 @@ async def test_a_304_that_makes_the_response_fresh_ends_the_validations(proxy: A
     seen: list[str | None] = []
 
     def answer(head: bytes) -> bytes:
-        inm = None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"if-none-match":
-                inm = value.strip().decode()
+        inm = _if_none_match(head)
         seen.append(inm)
         if inm == state["tag"]:
             return (f"HTTP/1.1 304 Not Modified\r\nDate: {date}\r\nCache-Control: "

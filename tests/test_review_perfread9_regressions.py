@@ -18,16 +18,22 @@ from __future__ import annotations
 import asyncio
 import random
 from typing import Any
-from unittest import mock
 
 import pytest
-from aiohttp import web_protocol
 from test_client_plane import Raw
 from test_review_h2clients_regressions import _H2C
-from test_review_perfrehead_regressions import _CHUNKS, _ask, _echo, _head, _memo, _seen
+from test_review_perfrehead_regressions import (
+    _CHUNKS,
+    _ask,
+    _echo,
+    _head,
+    _memo,
+    _parsers,
+    _seen,
+)
 from test_server_protocol import RAW_SMUGGLING, SMUGGLING, request, smuggling_request
 
-from cacheproxy.proxy.server_protocol import HeadMemo, _FallbackParser, _StrictPythonParser
+from cacheproxy.proxy.server_protocol import HeadMemo, _FallbackParser
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\n"  # HTTP/2's preface up to its "SM" (RFC 9113 §3.4)
 
@@ -74,20 +80,7 @@ async def test_an_http2_preface_behind_a_request_is_never_the_head_memos(
 def _pair(loop: asyncio.AbstractEventLoop, memo: HeadMemo) -> tuple[_FallbackParser, ...]:
     """A wrapper as ClientConnection makes it, on the shared memo, and one without a memo
     (the reference: what llhttp reads)."""
-    protocol = mock.Mock()
-
-    def make_c() -> Any:
-        return web_protocol.HttpRequestParser(protocol, loop, 2**16, max_msg_queue_size=8,
-                                              auto_decompress=False)
-
-    def make_python() -> _StrictPythonParser:
-        parser = _StrictPythonParser(protocol, loop, 2**16, max_msg_queue_size=8,
-                                     auto_decompress=False)
-        parser.answers_first = True
-        return parser
-
-    return (_FallbackParser(make_c(), make_python, 8, make_c, memo=memo),
-            _FallbackParser(make_c(), make_python, 8, make_c))
+    return _parsers(loop, memo)
 
 
 _H = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"

@@ -306,9 +306,11 @@ async def test_the_same_head_inside_intercepted_tls_and_on_a_plain_connection(
 
 # -- the wrapper against llhttp alone ---------------------------------------------------
 
-def _parsers(loop: asyncio.AbstractEventLoop) -> tuple[_FallbackParser, _FallbackParser]:
-    """Two wrappers as ClientConnection makes them, one with a memo of its own, one
-    without: what the first hands out must be what the second reads."""
+def _parsers(loop: asyncio.AbstractEventLoop, memo: HeadMemo | None = None
+             ) -> tuple[_FallbackParser, _FallbackParser]:
+    """Two wrappers as ClientConnection makes them, one with a memo (its own, or the one
+    given, which others may share), one without: what the first hands out must be what
+    the second reads."""
     protocol = mock.Mock()
 
     def make_c() -> Any:
@@ -321,7 +323,7 @@ def _parsers(loop: asyncio.AbstractEventLoop) -> tuple[_FallbackParser, _Fallbac
         parser.answers_first = True
         return parser
 
-    return (_FallbackParser(make_c(), make_python, 8, make_c, memo=HeadMemo()),
+    return (_FallbackParser(make_c(), make_python, 8, make_c, memo=memo or HeadMemo()),
             _FallbackParser(make_c(), make_python, 8, make_c))
 
 

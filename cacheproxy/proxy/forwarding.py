@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from cacheproxy.http.fields import HOP_BY_HOP, connection_options, end_to_end
@@ -54,6 +54,19 @@ class ForwardPolicy:
     trust_forwarded: bool = False
     # Edge Architecture §3: this surrogate's Surrogate-Capability member, appended
     surrogate_capability: str | None = None
+    # The fields _own_fields made with this policy for a request that brought none of its
+    # own (no prior X-Forwarded-For or -Proto, no Max-Forwards), by the other inputs they
+    # are made of (version, client address, scheme, authority): the same few come again
+    # and again. A cache, not a setting (no part of equality or hash); it goes with the
+    # policy (a reload makes new ones; not an __init__ argument, so dataclasses.replace
+    # makes a new one too, never sharing it). Bounded: OWN_KEPT_MAX of them, each a
+    # tuple of at most six short pairs (under 1 KB with its key), emptied when full.
+    own_kept: dict[tuple[tuple[int, int], str | None, str, str | None],
+                   tuple[tuple[str, str], ...]] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False)
+
+
+OWN_KEPT_MAX = 512
 
 
 @lru_cache(maxsize=64)
@@ -61,6 +74,54 @@ def via_value(version: tuple[int, int], pseudonym: str) -> str:
     """§7.6.3: protocol version (name omitted for HTTP) and the received-by pseudonym."""
     major, minor = version
     return f"{major}.{minor} {pseudonym}"
+
+
+# What a field's name alone says of it in request_fields, whatever the request and the
+# route (the rules below apply each class with the request's inputs: strip_conditionals,
+# content, version, the policy's trust, the Referer policy).
+_HOP, _CONNECTION, _HOST, _XFF, _XFP, _MF, _OWN_OTHER = range(7)
+_FILL, _EXPECT_NAME, _REFERER, _FAMILY_NAME, _KEEP = range(7, 12)
+
+
+def _name_class(lk: str) -> int:
+    """The class of a lowercased field name (request_fields reads it in this order: a name
+    in two sets is of the first: hop-by-hop, the proxy's own, then the rest)."""
+    if lk in HOP_BY_HOP:
+        return _CONNECTION if lk == "connection" else _HOP
+    if lk in _DROP:
+        return {"host": _HOST, "x-forwarded-for": _XFF, "x-forwarded-proto": _XFP,
+                "max-forwards": _MF}.get(lk, _OWN_OTHER)
+    if lk in _DROP_FILLING:
+        return _FILL
+    if lk in _EXPECT:
+        return _EXPECT_NAME
+    if lk == "referer":
+        return _REFERER
+    if lk in _FAMILY or lk.startswith(_FAMILY_PREFIX):
+        return _FAMILY_NAME
+    return _KEEP
+
+
+# Each field name's class, by the name as received (llhttp gives a known name in one
+# spelling, so a client's few dozen names come again and again): made once per name, not
+# lowered and looked up in five sets per field of every request. Bounded: names of at most
+# _NAME_MAX characters, _NAMES of them (some 1,024 x ~150 bytes: about 150 KB at most),
+# emptied when full (a client inventing names cannot grow it).
+_CLASSES: dict[str, int] = {}
+_NAMES = 1024
+_NAME_MAX = 64
+
+
+def name_class(name: str) -> int:
+    """_name_class of name, kept in _CLASSES."""
+    c = _CLASSES.get(name)
+    if c is None:
+        c = _name_class(name.lower())
+        if len(name) <= _NAME_MAX:
+            if len(_CLASSES) >= _NAMES:
+                _CLASSES.clear()
+            _CLASSES[name] = c
+    return c
 
 
 def request_fields(
@@ -71,7 +132,7 @@ def request_fields(
     client_ip: str | None,
     scheme: str,
     strip_conditionals: bool = False,
-    extra: list[tuple[str, str]] | None = None,
+    extra: Sequence[tuple[str, str]] | None = None,
     host: str | None = None,
     max_forwards: int | None = None,
     referer: RefererPolicy | None = None,
@@ -90,37 +151,51 @@ def request_fields(
     client MUST NOT generate a 100-continue expectation in a request that does not
     include content", and a server MUST ignore one from HTTP/1.0."""
     trusted = policy.trust_forwarded
-    drop = _DROP_FILLING if strip_conditionals else _DROP
-    if not content or version < (1, 1):
-        drop = drop | _EXPECT
+    strip = strip_conditionals
+    send_expect = content and version >= (1, 1)
     client_host: str | None = None
-    prior_xff: list[str] = []
-    prior_proto: list[str] = []
-    prior_mf: list[tuple[str, str]] = []
+    # (tuples grown in the rare requests that bring any: no four lists made per request)
+    prior_xff: tuple[str, ...] = ()
+    prior_proto: tuple[str, ...] = ()
+    prior_mf: tuple[tuple[str, str], ...] = ()
+    connection: tuple[str, ...] = ()
     out: list[tuple[str, str]] = []
-    connection: list[str] = []
-    # One pass, each name lowered once (every miss runs it): the hop-by-hop fields skipped
-    # here as end_to_end skips them (§7.6.1); the fields a Connection line names, below.
+    classes = _CLASSES
+    # One pass, each name's class read from a table (every miss runs it): the hop-by-hop
+    # fields skipped here as end_to_end skips them (§7.6.1); the fields a Connection line
+    # names, below.
     for k, v in pairs:
-        lk = k.lower()
-        if lk in HOP_BY_HOP:
-            if lk == "connection":
-                connection.append(v)
-        elif lk in drop:
-            if lk == "host" and client_host is None:
-                client_host = v
-            elif lk == "x-forwarded-for" and trusted:
-                prior_xff.append(v)
-            elif lk == "x-forwarded-proto" and trusted:
-                prior_proto.append(v)
-            elif lk == "max-forwards":
-                prior_mf.append((k, v))
-        elif lk == "referer" and referer is not None:
-            kept = forwarded_referer(referer, v)
-            if kept is not None:
-                out.append((k, kept))
-        elif trusted or not (lk in _FAMILY or lk.startswith(_FAMILY_PREFIX)):
+        c = classes.get(k)
+        if c is None:
+            c = name_class(k)
+        if c == _KEEP:
             out.append((k, v))
+        elif c >= _FILL:
+            # the cache's conditionals replace the client's (and no method override goes)
+            # when the answer may be stored; Expect only with content from HTTP/1.1
+            if c == _REFERER:
+                if referer is None:
+                    out.append((k, v))
+                else:
+                    kept = forwarded_referer(referer, v)
+                    if kept is not None:
+                        out.append((k, kept))
+            elif (not strip if c == _FILL else send_expect if c == _EXPECT_NAME
+                  else trusted):
+                out.append((k, v))
+        elif c == _CONNECTION:
+            connection += (v,)
+        elif c == _HOST:
+            if client_host is None:
+                client_host = v
+        elif c == _XFF:
+            if trusted:
+                prior_xff += (v,)
+        elif c == _XFP:
+            if trusted:
+                prior_proto += (v,)
+        elif c == _MF:
+            prior_mf += ((k, v),)
     if connection and not HOP_BY_HOP.issuperset(connection_options(connection)):
         # (rare: "Connection: keep-alive" names none but hop-by-hop ones) Connection names
         # end-to-end fields, which go too, wherever they stood: made again without them.
@@ -130,7 +205,30 @@ def request_fields(
             max_forwards=max_forwards, referer=referer, content=content)
     if host is None:
         host = client_host
-    out.append(("Host", host if policy.pass_host and host else policy.upstream_host))
+    if prior_xff or prior_proto or prior_mf or max_forwards is not None:
+        out += _own_fields(policy, version, client_ip, scheme, host, prior_xff, prior_proto,
+                           max_forwards, prior_mf)
+    else:  # (the usual request: nothing of these from the client; made once, below)
+        table = policy.own_kept
+        key = (version, client_ip, scheme, host)
+        kept = table.get(key)
+        if kept is None:
+            kept = _own_fields(policy, version, client_ip, scheme, host, (), (), None, ())
+            if len(table) >= OWN_KEPT_MAX:
+                table.clear()
+            table[key] = kept
+        out += kept
+    if extra:
+        out += extra
+    return out
+
+
+def _own_fields(policy: ForwardPolicy, version: tuple[int, int], client_ip: str | None,
+                scheme: str, host: str | None, prior_xff: Sequence[str],
+                prior_proto: Sequence[str], max_forwards: int | None,
+                prior_mf: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The fields this proxy sets on the request (request_fields), after the client's."""
+    out = [("Host", host if policy.pass_host and host else policy.upstream_host)]
     if policy.x_forwarded_for and client_ip:
         out.append(("X-Forwarded-For", ", ".join([*prior_xff, client_ip])))
     elif prior_xff:
@@ -148,6 +246,4 @@ def request_fields(
     out.append(("Via", via_value(version, policy.via)))
     if policy.surrogate_capability:  # a member of its own: the list grows (RFC 9110 §5.3)
         out.append(("Surrogate-Capability", policy.surrogate_capability))
-    if extra:
-        out.extend(extra)
-    return out
+    return tuple(out)

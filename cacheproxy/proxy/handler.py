@@ -334,7 +334,7 @@ class CacheProxy:
         facts = request_facts(request.method, h, has_body=request.body_exists,
                               referer_sent=plan.cache.referer_sent)
         ctx = Ctx(request, out, plan, key, target, facts, outcome,
-                  lambda fwd: self._fields(request, plan, authority, fwd, scheme), twin,
+                  _partial(_fields, self, request, plan, authority, scheme), twin,
                   plans.derived_owner(plan) if unsafe else None)
         if "Upgrade" in h and self.config.proxy.websocket:  # (rare: one look per request)
             key = _websocket_key(request, out)
@@ -366,14 +366,9 @@ class CacheProxy:
         # lambda: no closure cells for this frame's names, made and freed per miss; of
         # the function, not of a bound method made per miss for it)
         return _made(Ctx, (request, out, plan, route.key, route.target, facts, outcome,
-                           _partial(_routed_fields, self, request, plan, route.authority,
+                           _partial(_fields, self, request, plan, route.authority,
                                     route.scheme),
                            None, None))
-
-    def _routed_fields(self, request: ClientMessage, plan: RoutePlan, authority: str,
-                       scheme: str, fwd: Forward) -> Fields:
-        """_fields for a request the quick path routed (planned's Ctx.fields)."""
-        return self._fields(request, plan, authority, fwd, scheme)
 
     def _tunnel_refused(self, tunnel: Allowed, port: int) -> Refused | None:
         """A request inside an intercepted CONNECT is checked as its CONNECT was, by the
@@ -395,18 +390,19 @@ class CacheProxy:
 
     # -- helpers -------------------------------------------------------------
 
-    def _fields(self, request: ClientMessage, plan: RoutePlan, authority: str, fwd: Forward,
-                scheme: str | None = None) -> Fields:
+    def _fields(self, request: ClientMessage, plan: RoutePlan, authority: str,
+                scheme: str | None, fwd: Forward) -> Fields:
         """What goes upstream for fwd: the client's end-to-end fields (its conditionals
         replaced by ours when the cache fills or validates, §4.3.1-§4.3.2), the Host and
         X-Forwarded-Proto made from the authority and scheme the key names (`GET https://…`
         sent in plain text is stored under the https URL: the origin is told https), and
-        the route's Referer policy."""
+        the route's Referer policy. A Ctx's fields: a partial of it given all but fwd (one
+        frame per forward, no closure made per request)."""
         scheme = scheme or request.scheme
         return request_fields(
             request.headers.items(), policy=plan.forward, version=request.version,
             client_ip=request.remote, scheme=scheme,
-            strip_conditionals=fwd.strips_client_conditionals, extra=list(fwd.conditional),
+            strip_conditionals=fwd.strips_client_conditionals, extra=fwd.conditional,
             host=keyed_authority(scheme, authority),
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
             # (every route: a user:password@ and a fragment go whatever strip_params holds)
@@ -439,7 +435,7 @@ class CacheProxy:
 
 _made = tuple.__new__
 _partial = partial
-_routed_fields = CacheProxy._routed_fields
+_fields = CacheProxy._fields
 # (planned() gives Ctx every field by position: a field added must be given there too)
 assert len(Ctx._fields) == 10
 

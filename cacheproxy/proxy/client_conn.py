@@ -1099,7 +1099,9 @@ class ClientConnection(ConnectMethod, BaseProtocol):
             if len(head) <= KEPT_HEAD_MAX:  # (a long URL's is not kept; its lines are)
                 self._sent_fields = (key, sent[1], url, method, head, route, fwd, *key[:3])
             return head
-        head = exchange.request_head(method, url, ctx.fields(fwd), False)[1]
+        fields, own = self.listener.proxy.field_parts(ctx.request, route.plan, route.authority,
+                                                      route.scheme, fwd)
+        head = exchange.request_head_parts(method, url, fields, own, fwd.conditional)
         # (A large head is not kept: a connection would hold it, and the client's lines,
         # as long as it stays open.)
         self._sent_fields = (key, head[head.index(b"\r\n") + 2:], url, method, head, route,

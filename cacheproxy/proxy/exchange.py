@@ -9,7 +9,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import lru_cache, partial
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,7 +34,7 @@ from cacheproxy.proxy.downstream import (
     Downstream,
 )
 from cacheproxy.proxy.fill import Fill, FillBudget
-from cacheproxy.proxy.forwarding import via_value
+from cacheproxy.proxy.forwarding import OwnFields, via_value
 from cacheproxy.proxy.invalidations import Invalidations
 from cacheproxy.proxy.pool import IDEMPOTENT, Connection, Interim, Origin, Pool
 from cacheproxy.proxy.respond import mark
@@ -108,10 +108,19 @@ class UpstreamResponse:
         return self._conn.detach()
 
 
-def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunked: bool
+def _request_head(method: str, target: str, fields: Sequence[tuple[str, str]], chunked: bool,
+                  own: OwnFields | None = None, after: Sequence[tuple[str, str]] = ()
                   ) -> bytes:
+    """own: the proxy's fields, sent after fields, their lines made (OwnFields.lines);
+    after: fields sent after those."""
     lines = [f"{method} {target} HTTP/1.1"]
     for name, value in fields:
+        lines.append(f"{name}: {value}")
+    ends = 0
+    if own is not None:  # (its lines hold no CR or LF but their ends: OwnFields checks)
+        lines.append(own.lines)  # type: ignore[arg-type]
+        ends = own.count - 1
+    for name, value in after:
         lines.append(f"{name}: {value}")
     if chunked:
         lines.append("Transfer-Encoding: chunked")
@@ -119,9 +128,10 @@ def _request_head(method: str, target: str, fields: list[tuple[str, str]], chunk
     text = "\r\n".join(lines)
     # No CR or LF but the line ends (no request splitting): one scan of the whole head, in
     # C, rather than four per field.
-    ends = len(lines)
+    ends += len(lines)
     if text.count("\r") != ends or text.count("\n") != ends:
-        name = next((n for n, v in fields if "\r" in n + v or "\n" in n + v), method)
+        name = next((n for n, v in (*fields, *after) if "\r" in n + v or "\n" in n + v),
+                    method)
         raise UpstreamError(502, f"a field cannot be sent ({name!r})")
     # Field values were decoded as UTF-8 with surrogateescape: the bytes go back as received.
     return text.encode("utf-8", "surrogateescape")
@@ -272,6 +282,19 @@ class Exchange:
             if method != "TRACE":
                 fields.append(("Authorization", credentials))
         return origin, _request_head(method, target, fields, body and length is None), length
+
+    @staticmethod
+    def request_head_parts(method: str, url: str, fields: list[tuple[str, str]],
+                           own: OwnFields, after: Sequence[tuple[str, str]]) -> bytes:
+        """request_head's head for a request without content (GET, HEAD) whose fields are
+        request_field_parts's (fields, own) then after: the proxy's own lines as they
+        were made once (OwnFields.lines), not formatted again per request."""
+        target, credentials = (_upstream_target if len(url) <= _MEMO_URL
+                               else _upstream_target.__wrapped__)(url)[1:]
+        if own.lines is None or credentials is not None or method in _WITH_CONTENT:
+            # (request_head's own cases: credentials, a length to frame; a field with CR)
+            return Exchange.request_head(method, url, [*fields, *own, *after], False)[1]
+        return _request_head(method, target, fields, False, own, after)
 
     @staticmethod
     def request_head_again(method: str, url: str, field_lines: bytes) -> bytes:

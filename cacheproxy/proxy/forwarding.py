@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -42,6 +42,23 @@ _FAMILY = frozenset({"forwarded", "x-real-ip"}) | _OTHER_FIELDS
 _FAMILY_PREFIX = "x-forwarded-"
 
 
+class OwnFields(tuple[tuple[str, str], ...]):
+    """The fields this proxy adds to a request (_own_fields), with their lines as a head
+    carries them ("Name: value" joined by CRLF; None when one holds a CR or LF, which
+    the head's maker refuses): kept per policy, they are formatted once, not per request
+    (exchange.request_head_parts)."""
+
+    lines: str | None
+    count: int
+
+    def __new__(cls, pairs: Iterable[tuple[str, str]], lines: bool) -> OwnFields:
+        own = super().__new__(cls, pairs)
+        clean = lines and not any("\r" in n + v or "\n" in n + v for n, v in own)
+        own.lines = "\r\n".join([f"{n}: {v}" for n, v in own]) if clean else None
+        own.count = len(own)
+        return own
+
+
 @dataclass(frozen=True, slots=True)
 class ForwardPolicy:
     via: str                 # pseudonym (RFC 9110 §7.6.3)
@@ -62,7 +79,7 @@ class ForwardPolicy:
     # makes a new one too, never sharing it). Bounded: OWN_KEPT_MAX of them, each a
     # tuple of at most six short pairs (under 1 KB with its key), emptied when full.
     own_kept: dict[tuple[tuple[int, int], str | None, str, str | None],
-                   tuple[tuple[str, str], ...]] = field(
+                   OwnFields] = field(
         default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
 
@@ -125,7 +142,7 @@ def name_class(name: str) -> int:
 
 
 def request_fields(
-    pairs: Collection[tuple[str, str]],  # (read twice when Connection names a field)
+    pairs: Collection[tuple[str, str]],
     *,
     policy: ForwardPolicy,
     version: tuple[int, int],
@@ -138,14 +155,40 @@ def request_fields(
     referer: RefererPolicy | None = None,
     content: bool = True,
 ) -> list[tuple[str, str]]:
-    """The request fields to send upstream. host: the authority the request is for (the
-    cache key's), which the upstream Host is made from whatever the client's Connection
-    field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2); max_forwards: what the client
-    sent, decremented here (RFC 9110 §7.6.2); referer: the route's Referer policy, which
-    decides what the upstream sees of the client's Referer (no fragment or userinfo ever,
-    trimmed, stripped of secret parameters, or removed); content: whether the request has
-    content (a body); scheme: the one the request is for, as the key names it (this hop's,
-    or a trusted front proxy's, http/front_scheme.py), sent as X-Forwarded-Proto.
+    """The request fields to send upstream, in order: request_field_parts's, joined."""
+    out, own = request_field_parts(
+        pairs, policy=policy, version=version, client_ip=client_ip, scheme=scheme,
+        strip_conditionals=strip_conditionals, host=host, max_forwards=max_forwards,
+        referer=referer, content=content)
+    out += own
+    if extra:
+        out += extra
+    return out
+
+
+def request_field_parts(
+    pairs: Collection[tuple[str, str]],  # (read twice when Connection names a field)
+    *,
+    policy: ForwardPolicy,
+    version: tuple[int, int],
+    client_ip: str | None,
+    scheme: str,
+    strip_conditionals: bool = False,
+    host: str | None = None,
+    max_forwards: int | None = None,
+    referer: RefererPolicy | None = None,
+    content: bool = True,
+) -> tuple[list[tuple[str, str]], OwnFields]:
+    """The request fields to send upstream, in two parts: the client's (as they go) and
+    the proxy's own, sent after them (then the cache's conditionals). host: the
+    authority the request is for (the cache key's), which the upstream Host is made from
+    whatever the client's Connection field nominated (RFC 9112 §3.2.2, RFC 9110 §7.2);
+    max_forwards: what the client sent, decremented here (RFC 9110 §7.6.2); referer: the
+    route's Referer policy, which decides what the upstream sees of the client's Referer
+    (no fragment or userinfo ever, trimmed, stripped of secret parameters, or removed);
+    content: whether the request has content (a body); scheme: the one the request is
+    for, as the key names it (this hop's, or a trusted front proxy's,
+    http/front_scheme.py), sent as X-Forwarded-Proto.
 
     Expect goes on only with content from an HTTP/1.1 client: RFC 9110 §10.1.1, "A
     client MUST NOT generate a 100-continue expectation in a request that does not
@@ -199,35 +242,33 @@ def request_fields(
     if connection and not HOP_BY_HOP.issuperset(connection_options(connection)):
         # (rare: "Connection: keep-alive" names none but hop-by-hop ones) Connection names
         # end-to-end fields, which go too, wherever they stood: made again without them.
-        return request_fields(
+        return request_field_parts(
             end_to_end(pairs), policy=policy, version=version, client_ip=client_ip,
-            scheme=scheme, strip_conditionals=strip_conditionals, extra=extra, host=host,
+            scheme=scheme, strip_conditionals=strip_conditionals, host=host,
             max_forwards=max_forwards, referer=referer, content=content)
     if host is None:
         host = client_host
     if prior_xff or prior_proto or prior_mf or max_forwards is not None:
-        out += _own_fields(policy, version, client_ip, scheme, host, prior_xff, prior_proto,
-                           max_forwards, prior_mf)
-    else:  # (the usual request: nothing of these from the client; made once, below)
-        table = policy.own_kept
-        key = (version, client_ip, scheme, host)
-        kept = table.get(key)
-        if kept is None:
-            kept = _own_fields(policy, version, client_ip, scheme, host, (), (), None, ())
-            if len(table) >= OWN_KEPT_MAX:
-                table.clear()
-            table[key] = kept
-        out += kept
-    if extra:
-        out += extra
-    return out
+        return out, _own_fields(policy, version, client_ip, scheme, host, prior_xff,
+                                prior_proto, max_forwards, prior_mf)
+    # (the usual request: nothing of these from the client; made once, below)
+    table = policy.own_kept
+    key = (version, client_ip, scheme, host)
+    kept = table.get(key)
+    if kept is None:
+        kept = _own_fields(policy, version, client_ip, scheme, host, (), (), None, (), True)
+        if len(table) >= OWN_KEPT_MAX:
+            table.clear()
+        table[key] = kept
+    return out, kept
 
 
 def _own_fields(policy: ForwardPolicy, version: tuple[int, int], client_ip: str | None,
                 scheme: str, host: str | None, prior_xff: Sequence[str],
                 prior_proto: Sequence[str], max_forwards: int | None,
-                prior_mf: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
-    """The fields this proxy sets on the request (request_fields), after the client's."""
+                prior_mf: Sequence[tuple[str, str]], kept: bool = False) -> OwnFields:
+    """The fields this proxy sets on the request (request_fields), after the client's;
+    kept: their lines made too (they are kept for other requests)."""
     out = [("Host", host if policy.pass_host and host else policy.upstream_host)]
     if policy.x_forwarded_for and client_ip:
         out.append(("X-Forwarded-For", ", ".join([*prior_xff, client_ip])))
@@ -246,4 +287,4 @@ def _own_fields(policy: ForwardPolicy, version: tuple[int, int], client_ip: str 
     out.append(("Via", via_value(version, policy.via)))
     if policy.surrogate_capability:  # a member of its own: the list grows (RFC 9110 §5.3)
         out.append(("Surrogate-Capability", policy.surrogate_capability))
-    return tuple(out)
+    return OwnFields(out, kept)

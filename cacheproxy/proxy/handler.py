@@ -48,7 +48,7 @@ from cacheproxy.proxy.downstream import (
 )
 from cacheproxy.proxy.driver import Ctx, Driver, Fields
 from cacheproxy.proxy.exchange import Exchange
-from cacheproxy.proxy.forwarding import request_fields, via_value
+from cacheproxy.proxy.forwarding import OwnFields, request_field_parts, via_value
 from cacheproxy.proxy.local import final_answer
 from cacheproxy.proxy.policy_steps import inbound
 from cacheproxy.proxy.pool import Origin
@@ -396,13 +396,23 @@ class CacheProxy:
         replaced by ours when the cache fills or validates, §4.3.1-§4.3.2), the Host and
         X-Forwarded-Proto made from the authority and scheme the key names (`GET https://…`
         sent in plain text is stored under the https URL: the origin is told https), and
-        the route's Referer policy. A Ctx's fields: a partial of it given all but fwd (one
-        frame per forward, no closure made per request)."""
+        the route's Referer policy: field_parts's, joined. A Ctx's fields: a partial of it
+        given all but fwd (one frame per forward, no closure made per request)."""
+        fields, own = self.field_parts(request, plan, authority, scheme, fwd)
+        fields += own
+        fields += fwd.conditional
+        return fields
+
+    def field_parts(self, request: ClientMessage, plan: RoutePlan, authority: str,
+                    scheme: str | None, fwd: Forward) -> tuple[Fields, OwnFields]:
+        """_fields in the parts request_field_parts gives (the client's fields, the
+        proxy's own), fwd.conditional to follow them: what the quick forward makes its
+        head of (exchange.request_head_parts)."""
         scheme = scheme or request.scheme
-        return request_fields(
+        return request_field_parts(
             request.headers.items(), policy=plan.forward, version=request.version,
             client_ip=request.remote, scheme=scheme,
-            strip_conditionals=fwd.strips_client_conditionals, extra=fwd.conditional,
+            strip_conditionals=fwd.strips_client_conditionals,
             host=keyed_authority(scheme, authority),
             max_forwards=forwards_left(request.method, request.headers.get("Max-Forwards")),
             # (every route: a user:password@ and a fragment go whatever strip_params holds)

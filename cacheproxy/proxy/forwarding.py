@@ -141,6 +141,30 @@ def name_class(name: str) -> int:
     return c
 
 
+# What forwarded_referer made of a Referer under a policy, by (the policy's id, the value),
+# with the policy itself (held, its id is never another's; checked by identity): a page's
+# subresources all carry its URL, under the few policies of a config. Bounded: _REFERERS_MAX
+# values of at most _REFERER_MAX characters (with what was made of each, under 300 KB),
+# emptied when full.
+_REFERERS: dict[tuple[int, str], tuple[RefererPolicy, str | None]] = {}
+_REFERERS_MAX = 256
+_REFERER_MAX = 512
+
+
+def sent_referer(policy: RefererPolicy, value: str) -> str | None:
+    """forwarded_referer(policy, value), kept in _REFERERS."""
+    key = (id(policy), value)
+    kept = _REFERERS.get(key)
+    if kept is not None and kept[0] is policy:
+        return kept[1]
+    sent = forwarded_referer(policy, value)
+    if len(value) <= _REFERER_MAX:
+        if len(_REFERERS) >= _REFERERS_MAX:
+            _REFERERS.clear()
+        _REFERERS[key] = (policy, sent)
+    return sent
+
+
 def request_fields(
     pairs: Collection[tuple[str, str]],
     *,
@@ -220,7 +244,7 @@ def request_field_parts(
                 if referer is None:
                     out.append((k, v))
                 else:
-                    kept = forwarded_referer(referer, v)
+                    kept = sent_referer(referer, v)
                     if kept is not None:
                         out.append((k, kept))
             elif (not strip if c == _FILL else send_expect if c == _EXPECT_NAME

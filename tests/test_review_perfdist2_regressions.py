@@ -3,20 +3,21 @@ one seen (issue 10: a distinct X-Request-Id per request, as behind a load balanc
 cheaper for every such request, same behaviour.
 
 What the review looked at: client_conn._upstream_head, handler._fields (once reached
-through _routed_fields), forwarding.request_fields and exchange.request_head. Taken: each
-field name's class (hop-by-hop, Connection, the proxy's own, conditional, Expect, Referer,
-forwarding family, kept) made once per name and kept in a bounded table
+through _routed_fields), forwarding.request_fields and exchange.request_head. Taken:
+each field name's class (hop-by-hop, Connection, the proxy's own, conditional, Expect,
+Referer, forwarding family, kept) made once per name and kept in a bounded table
 (forwarding._CLASSES), the rules still applied in request_fields with the request's
 inputs; the fields the proxy adds (Host, X-Forwarded-*, Via, Surrogate-Capability) made
 once per (policy, version, client address, scheme, authority) for a request that brings
-no X-Forwarded-For, -Proto or Max-Forwards of its own (ForwardPolicy.own_kept, which goes
-with its policy on a reload), their lines as a head carries them made then too
-(OwnFields.lines), so that the quick forward's head (exchange.request_head_parts) formats
-only the client's fields and the conditionals; a Ctx's fields a partial of
-handler._fields itself (one frame fewer), the conditionals passed as the tuple they are;
-the Referer sent kept per (policy, value) (forwarding._REFERERS: a page's subresources
-all carry its URL; request_fields of a browser's ten fields with one: about 70,000
-instructions before this review, 30,000 after). Tried
+no X-Forwarded-For, -Proto or Max-Forwards of its own (forwarding._OWN_KEPT, by the
+policy's id with the policy held: a reload's new policies make their own), their lines
+as a head carries them made then too (OwnFields.lines), so that the quick forward's head
+(exchange.request_head_parts) formats only the client's fields and the conditionals; a
+Ctx's fields a partial of handler._fields itself (one frame fewer), the conditionals
+passed as the tuple they are; the Referer sent kept per (policy, value)
+(forwarding._REFERERS: a page's subresources all carry its URL; request_fields of a
+browser's ten fields with one: about 70,000 instructions before this review, 30,000
+after). Tried
 and left: the head made in one join of per-line f-strings, of ": ".join per pair, or of
 one %-format (no fewer instructions on CPython 3.11 than the loop they would replace: a
 line costs about 1,000 instructions however it is made). These tests pin
@@ -209,7 +210,8 @@ def test_each_input_of_the_own_fields_gives_a_fresh_answer() -> None:
                                version=(1, 1), client_ip="192.0.2.1", scheme="http",
                                host="a.test", content=False))
     assert made["X-Forwarded-For"] == "198.51.100.7, 192.0.2.1"
-    assert not trusted.own_kept  # (nothing kept of a request that brought its own)
+    # (nothing kept of a request that brought its own)
+    assert not any(kept[0] is trusted for kept in forwarding._OWN_KEPT.values())
 
 
 def test_a_new_policy_does_not_take_the_old_ones_fields() -> None:
@@ -243,7 +245,7 @@ def test_the_tables_stay_bounded() -> None:
                              scheme="http", host="a.test", content=False)
         assert out[0] == (f"X-Made-Up-{i}", "1") and out[1][0] == "Host"  # family: dropped
         assert len(forwarding._CLASSES) <= forwarding._NAMES
-        assert len(policy.own_kept) <= OWN_KEPT_MAX
+        assert len(forwarding._OWN_KEPT) <= OWN_KEPT_MAX
     assert all(len(name) <= forwarding._NAME_MAX for name in forwarding._CLASSES)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from cacheproxy.http.fields import HOP_BY_HOP, connection_options, end_to_end
@@ -71,19 +71,20 @@ class ForwardPolicy:
     trust_forwarded: bool = False
     # Edge Architecture §3: this surrogate's Surrogate-Capability member, appended
     surrogate_capability: str | None = None
-    # The fields _own_fields made with this policy for a request that brought none of its
-    # own (no prior X-Forwarded-For or -Proto, no Max-Forwards), by the other inputs they
-    # are made of (version, client address, scheme, authority): the same few come again
-    # and again. A cache, not a setting (no part of equality or hash); it goes with the
-    # policy (a reload makes new ones; not an __init__ argument, so dataclasses.replace
-    # makes a new one too, never sharing it). Bounded: OWN_KEPT_MAX of them, each a
-    # tuple of at most six short pairs (under 1 KB with its key), emptied when full.
-    own_kept: dict[tuple[tuple[int, int], str | None, str, str | None],
-                   OwnFields] = field(
-        default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
 
-OWN_KEPT_MAX = 512
+# The fields _own_fields made for a request that brought none of its own (no prior
+# X-Forwarded-For or -Proto, no Max-Forwards), by the policy's id and the other inputs they
+# are made of (version, client address, scheme, authority), with the policy itself (held,
+# its id is never another's; checked by identity, so a reload's new policies make their
+# own): the same few come again and again. One table for every policy, bounded as a whole:
+# forward mode makes a policy per origin (routing.MAX_FORWARDED_PLANS, 4,096), and a
+# table per policy would hold up to 4,096 x 512 entries (some 1.7 GiB). OWN_KEPT_MAX of
+# them, each a tuple of at most six short pairs and their lines (under 1 KB with its key:
+# about 4 MB at most), emptied when full.
+_OWN_KEPT: dict[tuple[int, tuple[int, int], str | None, str, str | None],
+                tuple[ForwardPolicy, OwnFields]] = {}
+OWN_KEPT_MAX = 4096
 
 
 @lru_cache(maxsize=64)
@@ -276,15 +277,15 @@ def request_field_parts(
         return out, _own_fields(policy, version, client_ip, scheme, host, prior_xff,
                                 prior_proto, max_forwards, prior_mf)
     # (the usual request: nothing of these from the client; made once, below)
-    table = policy.own_kept
-    key = (version, client_ip, scheme, host)
-    kept = table.get(key)
-    if kept is None:
-        kept = _own_fields(policy, version, client_ip, scheme, host, (), (), None, (), True)
-        if len(table) >= OWN_KEPT_MAX:
-            table.clear()
-        table[key] = kept
-    return out, kept
+    key = (id(policy), version, client_ip, scheme, host)
+    kept = _OWN_KEPT.get(key)
+    if kept is not None and kept[0] is policy:
+        return out, kept[1]
+    own = _own_fields(policy, version, client_ip, scheme, host, (), (), None, (), True)
+    if len(_OWN_KEPT) >= OWN_KEPT_MAX:
+        _OWN_KEPT.clear()
+    _OWN_KEPT[key] = (policy, own)
+    return out, own
 
 
 def _own_fields(policy: ForwardPolicy, version: tuple[int, int], client_ip: str | None,

@@ -99,3 +99,33 @@ def test_request_fields_decides_as_before_with_the_tables_shared_across_inputs()
             max_forwards=rng.choice([None, None, 0, 3]), referer=rng.choice(REFERERS),
             content=rng.random() < .5)
         assert request_fields(pairs, **args) == _as_before(pairs, **args), (pairs, args)
+
+
+def test_a_policy_at_a_colliding_id_does_not_take_anothers_kept_fields_or_referer(
+        monkeypatch: Any) -> None:
+    """Coverage of the fix above and of bfea53f: the kept own fields and the kept Referer
+    are keyed by the policy's id(), which a new policy may take once an old one is freed
+    (a reload); the entry holds its policy and is read only for that very object. Here
+    id() is made to collide for every object (as it may): two routes' policies (another
+    upstream Host and pseudonym, X-Forwarded-For off) and two Referer policies ("keep"
+    then "strip") still each get their own answer. RFC 9110 §7.6.3 (Via), W3C Referrer
+    Policy. Severity had it failed: high (one route's Host or a stripped session id sent
+    for another)."""
+    from cacheproxy.policies.referer import RefererPolicy
+
+    monkeypatch.setattr(forwarding, "id", lambda obj: 0, raising=False)
+    one = ForwardPolicy(via="one", upstream_host="one.test", pass_host=False,
+                        x_forwarded_for=True, x_forwarded_proto=False, x_forwarded_host=False)
+    two = ForwardPolicy(via="two", upstream_host="two.test", pass_host=False,
+                        x_forwarded_for=False, x_forwarded_proto=False, x_forwarded_host=False)
+    keep, strip = RefererPolicy(), RefererPolicy(upstream_referer="strip")
+    referer = "https://shop.test/cart?item=1"
+    for _ in range(2):  # (cold, then warm)
+        for policy, ref, expected in ((one, keep, {"Referer": referer, "Host": "one.test",
+                                                   "X-Forwarded-For": "192.0.2.1",
+                                                   "Via": "1.1 one"}),
+                                      (two, strip, {"Host": "two.test", "Via": "1.1 two"})):
+            out = dict(request_fields([("Referer", referer)], policy=policy,
+                                      version=(1, 1), client_ip="192.0.2.1", scheme="http",
+                                      host="a.test", referer=ref, content=False))
+            assert out == expected

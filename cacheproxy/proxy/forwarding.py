@@ -85,6 +85,10 @@ class ForwardPolicy:
 _OWN_KEPT: dict[tuple[int, tuple[int, int], str | None, str, str | None],
                 tuple[ForwardPolicy, OwnFields]] = {}
 OWN_KEPT_MAX = 4096
+# Only for an authority of at most this many characters: it is in the key and in up to
+# three of the fields (Host, X-Forwarded-Host), and a client chooses its length (a Host of
+# some 6 KB on every POST filled the table with 80 MB: test_review_second2_regressions).
+_OWN_HOST_MAX = 256
 
 
 @lru_cache(maxsize=64)
@@ -282,9 +286,10 @@ def request_field_parts(
     if kept is not None and kept[0] is policy:
         return out, kept[1]
     own = _own_fields(policy, version, client_ip, scheme, host, (), (), None, (), True)
-    if len(_OWN_KEPT) >= OWN_KEPT_MAX:
-        _OWN_KEPT.clear()
-    _OWN_KEPT[key] = (policy, own)
+    if host is None or len(host) <= _OWN_HOST_MAX:  # (the bound in bytes: a client's Host)
+        if len(_OWN_KEPT) >= OWN_KEPT_MAX:
+            _OWN_KEPT.clear()
+        _OWN_KEPT[key] = (policy, own)
     return out, own
 
 

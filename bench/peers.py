@@ -3,7 +3,7 @@
     .venv/bin/python bench/peers.py [--quick]
                                     [--only nginx,squid,aiohttp,lean,cacheproxy,workers2,nginx2]
                                     [--duration 4] [--rounds 3] [--extra-rounds 1] [--warmup 2]
-                                    [--distinct-heads]
+                                    [--distinct-heads] [--pipeline 32] [--scenarios hit-1k]
 
 The table of issue 10 ("A lean data plane"), measured here: rows are the servers, columns
 the scenarios of run.py (hit 1 KiB, hit 32 KiB, revalidation, pass-through) and the p99
@@ -27,6 +27,11 @@ wrk sends the same request head again and again, as a poller or a client reloadi
 does; with --distinct-heads every request carries its own X-Request-Id (as behind a load
 balancer that adds one, report.lua), so that no server gains from having seen the same
 bytes before.
+
+With --pipeline N every write of wrk's carries N requests (HTTP/1.1 pipelining, report.lua):
+wrk then spends a fraction of the CPU per answer. That is how the `--workers 2` target is
+measured on a 2-CPU machine, where the pair shares both CPUs with wrk: without it wrk takes
+most of a CPU, and no server's second process gets one (README, "Two workers").
 """
 
 from __future__ import annotations
@@ -203,7 +208,7 @@ def run_scenario(these: list[Cell], origin: Child, load: Load, rounds: int,
             return
         done[cell.row].append(m)
         print(f"  {name}: {m['rps']:,.0f} req/s, p99 {m['latency_us']['p99'] / 1000:.2f} ms, "
-              f"{m['cpu_us_per_req']:.0f} CPU us/req, others busy "
+              f"{m['cpu_us_per_req']:.0f} CPU us/req, wrk {m['client_busy']:.2f} CPU, others busy "
               f"{m['others_busy']:.2f} CPU ({m['check']})", file=sys.stderr)
 
     for r in range(rounds):
@@ -308,7 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--distinct-heads", action="store_true",
                         help="a distinct X-Request-Id on every request (report.lua)")
+    parser.add_argument("--pipeline", type=int, default=1, metavar="N",
+                        help="requests per write of wrk's (HTTP/1.1 pipelining; report.lua)")
+    parser.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS),
+                        help="comma-separated scenarios among "
+                             f"{','.join(s.name for s in SCENARIOS)}")
     args = parser.parse_args(argv)
+    if not 1 <= args.pipeline <= 256:
+        parser.error("--pipeline takes 1 to 256 requests per write")
+    os.environ["WRK_PIPELINE"] = str(args.pipeline)  # read by report.lua
+    names = {s.name for s in SCENARIOS}
+    chosen = {k.strip() for k in args.scenarios.split(",") if k.strip()}
+    if not chosen or chosen - names:
+        parser.error(f"unknown scenarios {sorted(chosen - names)}; choose among {sorted(names)}")
     if args.distinct_heads:  # read by report.lua, in every wrk this run starts
         os.environ["WRK_DISTINCT_HEADS"] = "1"
     if args.quick:
@@ -329,15 +346,16 @@ def main(argv: list[str] | None = None) -> int:
     load = Load("wrk", args.duration, args.warmup, args.connections, 1, cpus.client)
     rows = [r for r in ROWS if r.key in only]
     started = time.monotonic()
-    print(f"wrk -t1 -c{args.connections}, {args.rounds} round(s) of {args.duration} s per "
-          f"target and scenario (+{args.warmup} s warm-up); {cpus.describe()}", file=sys.stderr)
+    print(f"wrk -t1 -c{args.connections}, {args.pipeline} request(s) per write, "
+          f"{args.rounds} round(s) of {args.duration} s per target and scenario "
+          f"(+{args.warmup} s warm-up); {cpus.describe()}", file=sys.stderr)
     stack: list[Child] = []
     origin = start_origin(cpus.origin, engine="raw")
     with peer_servers.scratch() as scratch, running(origin):
         try:  # stops whatever started, even when a later start fails
             children = start_all(origin, cpus, only, scratch, stack)
             reference = {s.path: get(origin.port, s.path).body for s in SCENARIOS}
-            cells = plan(children, only)
+            cells = [c for c in plan(children, only) if c.scenario.name in chosen]
             for cell in cells:
                 prime(cell, origin, reference)
             results = run_cells(cells, origin, load, args.rounds, args.extra_rounds)
@@ -353,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(neighbours(results))
     env = {**environment(load, cpus), **peer_servers.versions(), "rounds": args.rounds,
-           "extra_rounds": args.extra_rounds, "distinct_heads": args.distinct_heads}
+           "extra_rounds": args.extra_rounds, "distinct_heads": args.distinct_heads,
+           "pipeline": args.pipeline, "scenarios": sorted(chosen)}
     report = {"environment": env, "rows": [asdict(r) for r in rows], "results": results,
               "ratios": rs, "seconds": round(time.monotonic() - started, 1),
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}

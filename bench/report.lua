@@ -16,10 +16,28 @@ end
 -- WRK_DISTINCT_HEADS=1 (peers.py/run.py --distinct-heads): every request carries its own
 -- X-Request-Id, as behind a load balancer that adds one, so that no two heads are the same
 -- bytes (a server that keeps what it made of the last head gains nothing from it).
-if os.getenv("WRK_DISTINCT_HEADS") == "1" then
+-- WRK_PIPELINE=N (peers.py --pipeline): each write carries N requests, sent again once all N
+-- answers are in (HTTP/1.1 pipelining), so that wrk spends a fraction of the CPU per answer
+-- it spends otherwise: on a machine whose CPUs the servers share with wrk (bench/peers.py's
+-- --workers rows), the load then takes little of what the servers could use.
+local depth = tonumber(os.getenv("WRK_PIPELINE") or "1")
+local distinct = os.getenv("WRK_DISTINCT_HEADS") == "1"
+if distinct or depth > 1 then
   local n = 0
+  local same
   request = function()
-    n = n + 1
-    return wrk.format(nil, nil, {["X-Request-Id"] = tostring(n)})
+    if not distinct and same then return same end
+    local batch = {}
+    for i = 1, depth do
+      if distinct then
+        n = n + 1
+        batch[i] = wrk.format(nil, nil, {["X-Request-Id"] = tostring(n)})
+      else
+        batch[i] = wrk.format(nil)
+      end
+    end
+    local all = table.concat(batch)
+    if not distinct then same = all end
+    return all
   end
 end

@@ -75,20 +75,17 @@ def _plain(h: CIMultiDictProxy[str]) -> bool:
     return True
 
 
-# What _lines says of a request's field lines.
-_FULL = 0  # the full path answers it, whatever storage holds
+# What the quick path knows of a request's field lines (kept with them: QuickHits._last).
 _OTHER = 1  # lookup decides, from the request's facts
 _PLAIN = 2  # none of DECISIVE_FIELDS, nor Origin: plain_serve decides a GET
+# Not read yet: only a GET that plain_serve would answer asks (_plain_word), so a request
+# going forward (every revalidation, miss and pass-through) skips its ten look-ups.
+_UNREAD = 3
 
 
-def _lines(h: CIMultiDictProxy[str], cache_name: str) -> int:
-    """What a request's fields say of its way (the same fields, the same word: hit()
-    keeps it for the last request's lines)."""
-    if hdrs.EXPECT in h:
-        return _FULL
-    if hdrs.VIA in h and loops_back(h.getall(hdrs.VIA), cache_name):
-        return _FULL  # a loop: the full path's 508 (RFC 5842 §7.2), hit or not
-    # (The CORS grant is made per request, by the writer that sends an Answer's fields.)
+def _plain_word(h: CIMultiDictProxy[str]) -> int:
+    """_PLAIN or _OTHER. (The CORS grant is made per request, by the writer that sends an
+    Answer's fields: a request with an Origin is not replayed as stored.)"""
     return _PLAIN if _plain(h) and hdrs.ORIGIN not in h else _OTHER
 
 
@@ -125,21 +122,25 @@ class QuickHits:
         self._trusted = False  # proxy.trust_forwarded, as the plans were made with
         self._memo_chars = 0  # held by _routes (MEMO_CHARS)
         # The last request's route, facts, and lookup's decision for it on a key holding
-        # nothing: (raw field lines, target, plans, route, method, facts, recently_passed,
-        # decision), each part kept for the inputs it is made from. The route follows
-        # from the Host and a trusted front's scheme (both among the lines), the target
-        # and the plans (_route); request_facts reads the method, the fields (by
-        # case-insensitive name) and the route's referer_sent alone, so the same lines as
-        # llhttp gave them (compared by value: a client on a keep-alive connection, a
-        # poller or a bench sends the same ones again) make the same facts. On a key
-        # holding no response, lookup reads the facts, the route's CacheSettings and
-        # recently_passed alone (not the time, nor the key: there is no entry to age or
-        # select; waited and passed_here are not set here), so the same inputs are the
-        # same decision (RFC 9111 §4 still decided by lookup, once per change of any of
-        # them). One entry: bounded by itself. Last, what _lines says of the lines (the
-        # fields it reads are among them; the cache_name it compares Via with comes with
-        # the plans, as CacheProxy.reconfigure makes both).
-        self._last: tuple[Any, ...] = (None,) * 9
+        # nothing: [raw field lines, target, plans, route, method, facts, recently_passed,
+        # decision, word on the lines], each part kept for the inputs it is made from (and
+        # set in place as they are made: one list per new head). The route follows from
+        # the Host and a trusted front's scheme (both among the lines), the target and
+        # the plans (_route); request_facts reads the method, the fields (by
+        # case-insensitive name) and the route's referer_sent alone, so the same lines
+        # make the same facts. The lines are the same object: llhttp's message for the
+        # same head bytes again is the very one it gave before (HeadMemo, in
+        # server_protocol.py: a client on a keep-alive connection, a poller, a bench), so
+        # identity tells the same lines without comparing them field by field, which
+        # every request with a head of its own (an X-Request-Id) paid in full on a miss.
+        # (A head equal but parsed anew, pipelined or after a body, is decided again.)
+        # On a key holding no response, lookup reads the facts, the route's CacheSettings
+        # and recently_passed alone (not the time, nor the key: there is no entry to age
+        # or select; waited and passed_here are not set here), so the same inputs are
+        # the same decision (RFC 9111 §4 still decided by lookup, once per change of any
+        # of them). One entry: bounded by itself. Last, the word on the lines (_UNREAD
+        # until a plain GET asks; the fields it reads are among them).
+        self._last: list[Any] = [None] * 9
         self._passes = proxy.driver.collapser.passes  # (the driver's, made once)
         # The store's answer without I/O (the store is kept across reloads).
         self._peek: Callable[[str], tuple[CachedResponse, ...] | None] | None = \
@@ -154,16 +155,17 @@ class QuickHits:
         h = msg.headers
         raw, path, plans = msg.raw_headers, msg.path, self.proxy.plans
         last = self._last
-        if raw == last[0] and path == last[1] and plans is last[2]:
+        if raw is last[0] and path == last[1] and plans is last[2]:
             # The same lines (Host, a trusted front's scheme) and target: the same route,
-            # and the same word on them (_lines: cache_name is the plans' config's).
+            # and the same word on them (cache_name, which Via is compared with below,
+            # is the plans' config's).
             route, lines = last[3], last[8]
         else:
-            lines = _lines(h, self.proxy.cache_name)
-            if lines == _FULL:
+            if hdrs.EXPECT in h or (hdrs.VIA in h
+                                    and loops_back(h.getall(hdrs.VIA), self.proxy.cache_name)):
                 return None  # an Expect, or a loop: the full path's 508 (RFC 5842 §7.2)
-            route = self._route(h.get(hdrs.HOST), path, msg)
-            self._last = last = (raw, path, plans, route, None, None, None, None, lines)
+            route, lines = self._route(h.get(hdrs.HOST), path, msg), _UNREAD
+            self._last = last = [raw, path, plans, route, None, None, None, None, lines]
         if route is None:
             return None
         peek = self._peek
@@ -172,23 +174,26 @@ class QuickHits:
             return None
         plan = route.plan
         now = time.time()
-        if lines == _PLAIN and method == "GET" and len(variants) == 1 \
+        if lines != _OTHER and method == "GET" and len(variants) == 1 \
                 and not (entry := variants[0]).variant[0] \
                 and (served := plain_serve(entry, now)) is not None \
                 and (((kept := route.replayed) is not None and kept[0]() is entry)
                      or entry.field("content-encoding") is None):
-            # lookup() would decide by freshness alone: plain_serve is its answer. (The
-            # CORS grant is made by the writer's fields; a coded response by the client's
-            # Accept-Encoding, lookup's coding_refused. An entry whose head the route
-            # keeps was replayed as a Plain hit: it has no Content-Encoding.)
-            return _made(Plain, (route, entry, *served))  # (Plain's __new__'s)
+            if lines == _UNREAD:
+                lines = last[8] = _plain_word(h)
+            if lines == _PLAIN:
+                # lookup() would decide by freshness alone: plain_serve is its answer.
+                # (The CORS grant is made by the writer's fields; a coded response by the
+                # client's Accept-Encoding, lookup's coding_refused. An entry whose head
+                # the route keeps was replayed as a Plain hit: it has no
+                # Content-Encoding.)
+                return _made(Plain, (route, entry, *served))  # (Plain's __new__'s)
         cache = plan.cache
         if method == last[4]:
             facts = last[5]  # the same lines, method and route as the last request's
         else:
             facts = request_facts(method, h, has_body=False, referer_sent=cache.referer_sent)
-            self._last = last = (raw, path, plans, route, method, facts, None, None,
-                                 lines)
+            last[4], last[5], last[6] = method, facts, None  # (last[7]: of other facts)
         # (bypass() passes no body-less GET or HEAD by: lookup decides them all.)
         passed = self._passes(route.key, facts.selecting)
         if variants:
@@ -197,7 +202,7 @@ class QuickHits:
             d = last[7]  # a key holding nothing, decided for the same inputs
         else:
             d = lookup(facts, variants, now=now, route=cache, recently_passed=passed)
-            self._last = (raw, path, plans, route, method, facts, passed, d, lines)
+            last[6], last[7] = passed, d
         if type(d) is Forward:
             if hdrs.VIA in h and times_via(h.getall(hdrs.VIA), self.proxy.cache_name):
                 # It came through this cache before: the full path decides (lookup's

@@ -179,3 +179,52 @@ def _quick_hits(client: Any) -> list[QuickHits]:
 
     return [obj for obj in gc.get_objects()
             if isinstance(obj, QuickHits) and obj.proxy is client.app_proxy]
+
+
+@pytest.mark.parametrize("fields", [(), (("If-Match", '"v1"'),), (("Range", "bytes=0-1"),),
+                                    (("Cache-Control", "max-age=0"),), (("Cookie", "a=1"),)])
+@pytest.mark.parametrize("recently_passed", [False, True])
+def test_lookup_remembers_new_facts_as_it_did(fields: tuple[tuple[str, str], ...],
+                                              recently_passed: bool) -> None:
+    """lookup() keeps, for facts of their own on a no-cache response's validation, what
+    _remember_looked_up kept (now inline, without slicing): the remembered Forward's five
+    parts, then the facts, recently_passed and the whole decision (§13.2.2
+    preconditions, §14.2's bypass applied); the same facts again get that very decision,
+    and other facts a decision equal to a lookup with nothing remembered. Severity: none
+    (a cost); a wrong entry would give one request another's decision."""
+    import importlib
+
+    from multidict import CIMultiDict
+
+    from cacheproxy.http.fields import FieldList
+    from cacheproxy.http.flow import CacheSettings, request_facts
+    from cacheproxy.http.flow.lookup import lookup
+    from cacheproxy.http.stored import Heuristics, make_stored_response
+
+    module = importlib.import_module("cacheproxy.http.flow.lookup")
+    t0, route = 1_704_067_200.0, CacheSettings()
+    pairs = [("Date", "Mon, 01 Jan 2024 00:00:00 GMT"), ("Cache-Control", "no-cache"),
+             ("ETag", '"v1"')]
+    stored = make_stored_response(
+        key="http://example/r", vary=(), vary_values=(), status=200,
+        pairs=FieldList(pairs), body=b"body", request_time=t0, response_time=t0,
+        shared=True, heuristics=Heuristics())
+
+    def facts() -> Any:
+        return request_facts("GET", CIMultiDict([("Host", "example"), *fields]),
+                             has_body=False)
+
+    module._last_validating = None
+    lookup(facts(), (stored,), now=t0 + 1, route=route)  # a Forward remembered
+    req = facts()
+    d = lookup(req, (stored,), now=t0 + 2, route=route, recently_passed=recently_passed)
+    after = module._last_validating
+    assert after is not None and len(after) == 8
+    # (the old step's tuple: the remembered Forward's five parts, then these three)
+    assert after[5] is req and after[6] is recently_passed and after[7] is d
+    assert after[1] is req.directives and after[2] is route and after[0] is stored
+    assert lookup(req, (stored,), now=t0 + 3, route=route,
+                  recently_passed=recently_passed) is d
+    module._last_validating = None
+    assert lookup(facts(), (stored,), now=t0 + 2, route=route,
+                  recently_passed=recently_passed) == d

@@ -82,6 +82,7 @@ def lookup(
     §7.6.3), so it does not collapse either: in a loop back into this process it would
     wait for its own earlier hop, which waits for it (each hop for collapse_timeout,
     before the loop's 508); in a chain of instances the front one collapsed it already."""
+    global _last_validating
     last = _last_validating
     if last is not None and last[5] is req and last[2] is route \
             and last[6] is recently_passed and waited is None and not passed_here \
@@ -99,7 +100,9 @@ def lookup(
     last = _last_validating
     if last is not None and inner is last[4] and waited is None and not passed_here \
             and len(variants) == 1:
-        _remember_looked_up(last, req, recently_passed, d)
+        # (inline, and without slicing last: every request with facts of its own is here)
+        _last_validating = (last[0], last[1], last[2], last[3], last[4], req,
+                            recently_passed, d)
     return d
 
 
@@ -249,12 +252,6 @@ def _remember_validating(entry: CachedResponse, req: RequestFacts, route: CacheS
                          may_collapse: bool, fwd: Forward) -> None:
     global _last_validating
     _last_validating = (entry, req.directives, route, may_collapse, fwd, None, None, None)
-
-
-def _remember_looked_up(last: tuple[Any, ...], req: RequestFacts, recently_passed: bool,
-                        d: Lookup) -> None:
-    global _last_validating
-    _last_validating = (*last[:5], req, recently_passed, d)
 
 
 def _forward(reason: str, method: str, may_store: bool, collapse: bool) -> Forward:

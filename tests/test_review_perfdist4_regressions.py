@@ -228,3 +228,36 @@ def test_lookup_remembers_new_facts_as_it_did(fields: tuple[tuple[str, str], ...
     module._last_validating = None
     assert lookup(facts(), (stored,), now=t0 + 2, route=route,
                   recently_passed=recently_passed) == d
+
+
+@pytest.mark.parametrize("tail", [b"", b"PRI * HTTP/2.0\r\n\r\n"])
+@pytest.mark.parametrize("fields", FIELD_LISTS[:6] + FIELD_LISTS[-4:])
+def test_the_usual_feed_gives_llhttps_message(fields: tuple[str, ...], tail: bytes) -> None:
+    """_FallbackParser's usual feed (one whole request ending the read), now reading its
+    message once and the preface's tail as a slice, hands out llhttp's message for every
+    new head, and after one with HTTP/2's preface line behind it, the preface's 400 (RFC
+    9113 §3.4), as before. Severity: none (a cost); a wrong exit would lose a request
+    or let the preface through."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from cacheproxy.proxy.server_protocol import HeadMemo, _FallbackParser
+
+    loop = asyncio.new_event_loop()
+    try:
+        def make() -> Any:
+            return HttpRequestParser(object(), loop, 2**16, max_line_size=8190,
+                                     max_field_size=8190, max_headers=128,
+                                     max_msg_queue_size=16)
+        wrapped = _FallbackParser(make(), lambda: None, 16, make, memo=HeadMemo())
+        for i in range(3):
+            head = request("/fresh", (*fields, f"X-Request-Id: {i}"))
+            found = wrapped.feed_data(head + tail)[0]
+            plain = make().feed_data(head)[0]
+            assert found[0][0].raw_headers == plain[0][0].raw_headers
+            if tail:
+                assert isinstance(found[-1][0], BadHttpMessage) and len(found) == 2
+                break
+            assert len(found) == 1 and wrapped.settled
+            wrapped.message_consumed()
+    finally:
+        loop.close()

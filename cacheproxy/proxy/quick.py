@@ -76,17 +76,23 @@ def _plain(h: CIMultiDictProxy[str]) -> bool:
 
 
 # What the quick path knows of a request's field lines (kept with them: QuickHits._last).
-_OTHER = 1  # lookup decides, from the request's facts
-_PLAIN = 2  # none of DECISIVE_FIELDS, nor Origin: plain_serve decides a GET
-# Not read yet: only a GET that plain_serve would answer asks (_plain_word), so a request
+_OTHER = 0  # lookup decides, from the request's facts (falsy: one test skips a Plain)
+_PLAIN = 1  # none of DECISIVE_FIELDS, nor Origin: plain_serve decides a GET
+# Not read yet: only a GET that plain_serve would answer asks (_plain_now), so a request
 # going forward (every revalidation, miss and pass-through) skips its ten look-ups.
-_UNREAD = 3
+_UNREAD = 2
 
 
 def _plain_word(h: CIMultiDictProxy[str]) -> int:
     """_PLAIN or _OTHER. (The CORS grant is made per request, by the writer that sends an
     Answer's fields: a request with an Origin is not replayed as stored.)"""
     return _PLAIN if _plain(h) and hdrs.ORIGIN not in h else _OTHER
+
+
+def _plain_now(last: list[Any], h: CIMultiDictProxy[str]) -> bool:
+    """The word on the lines last holds (h), read now and kept with them: _PLAIN?"""
+    word = last[8] = _plain_word(h)
+    return word == _PLAIN
 
 
 class Plain(NamedTuple):
@@ -174,20 +180,17 @@ class QuickHits:
             return None
         plan = route.plan
         now = time.time()
-        if lines != _OTHER and method == "GET" and len(variants) == 1 \
+        if lines and method == "GET" and len(variants) == 1 \
                 and not (entry := variants[0]).variant[0] \
                 and (served := plain_serve(entry, now)) is not None \
                 and (((kept := route.replayed) is not None and kept[0]() is entry)
-                     or entry.field("content-encoding") is None):
-            if lines == _UNREAD:
-                lines = last[8] = _plain_word(h)
-            if lines == _PLAIN:
-                # lookup() would decide by freshness alone: plain_serve is its answer.
-                # (The CORS grant is made by the writer's fields; a coded response by the
-                # client's Accept-Encoding, lookup's coding_refused. An entry whose head
-                # the route keeps was replayed as a Plain hit: it has no
-                # Content-Encoding.)
-                return _made(Plain, (route, entry, *served))  # (Plain's __new__'s)
+                     or entry.field("content-encoding") is None) \
+                and (lines == _PLAIN or _plain_now(last, h)):  # (_UNREAD: read it now)
+            # lookup() would decide by freshness alone: plain_serve is its answer. (The
+            # CORS grant is made by the writer's fields; a coded response by the client's
+            # Accept-Encoding, lookup's coding_refused. An entry whose head the route
+            # keeps was replayed as a Plain hit: it has no Content-Encoding.)
+            return _made(Plain, (route, entry, *served))  # (Plain's __new__'s)
         cache = plan.cache
         if method == last[4]:
             facts = last[5]  # the same lines, method and route as the last request's

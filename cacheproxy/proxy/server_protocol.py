@@ -115,6 +115,7 @@ _REQUEST_START: Final = re.compile(rb"[\r\n]*" + TCHAR.encode() + rb"*(?: |\Z)")
 # not between messages. (A field value may end so, but then not after a line end: no
 # field value holds an LF, and a field line "PRI * ..." has no colon, llhttp's 400.)
 _PREFACE_LINE: Final = b"\nPRI * HTTP/2.0\r\n\r\n"
+_PREFACE_TAIL: Final = -len(_PREFACE_LINE)  # data[_PREFACE_TAIL:]: as many last bytes
 
 
 def _is_method_rejection(exc: BadStatusLine) -> bool:
@@ -534,21 +535,24 @@ class _FallbackParser:
         # Nearly every feed: one whole request without a body, and no body left open before
         # it, nor an upgrade (_after_upgrade). llhttp is then between messages, as _track
         # would find, without its walk.
-        if len(messages) == 1 and messages[0][1] is EMPTY_PAYLOAD and not upgraded \
-                and self._open is None and data[-4:] == _CRLFCRLF \
-                and self._in_flight + 1 < self._max_queue and not messages[0][0].upgrade:
+        # (Every head not in the memo comes here: its message and llhttp's are read once,
+        # and the preface's tail compared as a slice, not by bytes.endswith's argument
+        # parsing.)
+        if len(messages) == 1 and (first := messages[0])[1] is EMPTY_PAYLOAD \
+                and not upgraded and self._open is None and data[-4:] == _CRLFCRLF \
+                and self._in_flight + 1 < self._max_queue and not (msg := first[0]).upgrade:
             self._in_flight += 1
             self._end, self._state, self._held = _CRLFCRLF, b"", False
-            if messages[0][0].should_close:
+            if msg.should_close:
                 self._closed = True
-            elif data.endswith(_PREFACE_LINE):  # (rare) llhttp waits for the preface's "SM"
+            elif data[_PREFACE_TAIL:] == _PREFACE_LINE:  # (rare) llhttp waits for its "SM"
                 if self._answers_first:
                     return self._preface_behind(messages)
             elif (memo := self._memo) is not None:  # (never after a close: llhttp refuses)
                 self._ready = memo
                 # (Kept only from where a memo's message may be handed out: the same state.)
                 if ready is not None and len(data) <= HEAD_MEMO_MAX and type(data) is bytes:
-                    memo.last = (data, messages[0])
+                    memo.last = (data, first)
             self.settled = True
             return messages, upgraded, tail
         if self._upgrade_due:  # (it paused at this feed's first byte: all of it dropped)

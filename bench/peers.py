@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             for child in reversed(stack):
                 child.stop()
 
-    rs = ratios(results)
+    rs = ratios(results, latency=args.pipeline == 1)
     print()
     print(table(results, rows))
     print()

@@ -139,9 +139,13 @@ def value(results: dict, ref: tuple[str, str, str]) -> float | None:
     return m[f"{what}_us"] if what in ("p50", "p99") else m["rps"]
 
 
-def ratios(results: dict) -> list[dict]:
+def ratios(results: dict, latency: bool = True) -> list[dict]:
+    """The RATIOS this run measured; latency=False leaves out p50 and p99 (with
+    pipelining, wrk's latencies are those of a batch of requests, not of an answer)."""
     out = []
     for r in RATIOS:
+        if not latency and r.num[2] != "rps":
+            continue
         num, den = value(results, r.num), value(results, r.den)
         if num is None or not den:
             continue

@@ -366,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     rs = ratios(results, latency=args.pipeline == 1)
     print()
     print(table(results, rows))
+    if args.pipeline > 1:
+        print(f"\n(--pipeline {args.pipeline}: wrk times a batch of requests, so the p99 "
+              "columns are no answer's latency, and no latency ratio is given.)")
     print()
     print(ratio_table(rs))
     print()

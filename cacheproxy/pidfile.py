@@ -14,6 +14,7 @@ a value the running server does not use. The pid file itself stays a bare pid, w
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -166,8 +167,17 @@ def _locked(path: str, create: bool, wait: float | None = None) -> int | None:
 
 def _open_regular(path: str, flags: int) -> int:
     """os.open, refusing anything but a regular file: opened without O_NONBLOCK, a FIFO
-    at the path blocks until a writer comes (a serve, stop or reload that never returns)."""
-    fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
+    at the path blocks until a writer comes (a serve, stop or reload that never returns).
+    Nor a symbolic link (O_NOFOLLOW): `serve` often runs as root with its pid file in a
+    directory others can write (/tmp), where a link planted at the path would have the
+    claim create or lock a file anywhere (CWE-59)."""
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise OSError(errno.ELOOP, "a symbolic link: give the path of the file "
+                                       "itself") from None
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(0, "not a regular file")
@@ -217,9 +227,16 @@ _RELEASE_WAIT = 2.0
 
 
 def _write(path: str, text: str) -> None:
+    """Write text to path whole, through a file of this process's own beside it. That name
+    is known in advance (the pid), so whatever stands there is removed, not written
+    through, and the file made anew (O_EXCL, O_NOFOLLOW): a link planted there by another
+    user would otherwise have a root `serve` overwrite its target (CWE-59, CWE-377)."""
     partial = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(partial, "w", encoding="ascii") as file:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)  # (a stale one of a process with this pid, or a plant)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with open(fd, "w", encoding="ascii") as file:
             file.write(text)
         os.replace(partial, path)
     except OSError as exc:
@@ -260,8 +277,9 @@ def running_shutdown_timeout(path: str, pid: int) -> float | None:
     """The shutdown_timeout the server `pid` started with, or None when the file beside
     `path` is missing, unreadable, or another process's (a server of an older version, or
     one that did not exit cleanly)."""
-    try:
-        said = json.loads(Path(running_file(path)).read_text(encoding="ascii"))
+    try:  # (as the pid file: no FIFO to wait on at a stop, no link followed)
+        with open(_open_regular(running_file(path), os.O_RDONLY), "rb") as file:
+            said = json.loads(file.read(4096).decode("ascii"))
     except (OSError, ValueError):
         return None
     if not isinstance(said, dict) or said.get("pid") != pid:

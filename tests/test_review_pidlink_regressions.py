@@ -135,3 +135,39 @@ def test_a_fifo_beside_the_pid_file_does_not_hold_up_a_stop(tmp_path: Path) -> N
         os.close(fd)
         reader.join(5)
     assert not alive and found == [None]
+
+
+def test_the_local_ca_s_key_is_not_written_into_a_planted_file(tmp_path: Path) -> None:
+    """What was wrong: the local CA's files were written under `.NAME.<pid>.tmp` with
+    O_CREAT | O_TRUNC, following a link, and the mode (0600 for the keys) applies only to
+    a file created: in a `forward.ca_dir` that others can write, a link planted there to a
+    file of theirs (mode 0644) had the private key written into it, for them to read. Now
+    the temporary name is removed and made anew (O_EXCL, O_NOFOLLOW), and the directory's
+    lock is not taken through a link either. Severity: high where forward.ca_dir is a
+    shared directory (the CA's key leaked: every intercepted site could be impersonated
+    to the browsers that trust it)."""
+    from cacheproxy.tls.ca import CERT_FILE, KEY_FILE, LEAF_KEY_FILE, LocalCA
+
+    directory = tmp_path / "ca"
+    directory.mkdir()
+    victims = []
+    for name in (KEY_FILE, CERT_FILE, LEAF_KEY_FILE):
+        victim = tmp_path / f"theirs-{name}"
+        victim.write_text("theirs\n")
+        victim.chmod(0o644)
+        os.symlink(victim, directory / f".{name}.{os.getpid()}.tmp")
+        victims.append(victim)
+    ca = LocalCA.load_or_create(directory)
+    assert ca.created
+    for victim in victims:
+        assert victim.read_text() == "theirs\n"
+    for name in (KEY_FILE, LEAF_KEY_FILE):
+        key = directory / name
+        assert not key.is_symlink() and (key.stat().st_mode & 0o777) == 0o600
+        assert b"PRIVATE KEY" in key.read_bytes()
+    (directory / ".lock").unlink(missing_ok=True)
+    os.symlink(tmp_path / "lock-elsewhere", directory / ".lock")
+    (directory / CERT_FILE).unlink()  # (not whole: the lock is taken to make it again)
+    with pytest.raises(OSError):
+        LocalCA.load_or_create(directory)
+    assert not (tmp_path / "lock-elsewhere").exists()

@@ -230,7 +230,7 @@ def _locked(directory: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -240,9 +240,15 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
     """Written whole under a temporary name, then renamed: never a half key on disk. The
-    mode is set at creation, so a key is never readable by others, not even briefly."""
+    mode is set at creation, so a key is never readable by others, not even briefly. The
+    name is known in advance (the pid): whatever stands there is removed and the file
+    made anew (O_EXCL, O_NOFOLLOW), so that a link planted in a directory others can write
+    (a forward.ca_dir set to one) never has the private key written into a file of
+    theirs, whose mode it would keep (CWE-59)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)

@@ -78,10 +78,10 @@ async def test_posts_to_long_urls_do_not_keep_other_urls_from_being_stored(origi
     app.router.add_route("*", "/{tail:.*}", answer)
     c = await proxy(await origin(app))
     authority = f"127.0.0.1:{c.server.port}"
-    # The evicted marks raise the floor of their keys' hash buckets (hash() is salted per
-    # process, so no client can aim at a URL's bucket): a page in a bucket of one of the
-    # POSTs' keys is refused as that key's own fill would be. One that shares none is
-    # chosen, else the test would fail one run in a hundred.
+    # The marks are now held under the keys' hashes (proxy/invalidations.py), so 300 long
+    # POSTs push none out; were they pushed out, a page sharing none of their hash buckets
+    # would still be stored (one that shares one is refused as that key's own fill would
+    # be: hash() is salted per process, so no client can aim at a URL's bucket).
     taken = {hash(c.app_proxy.cache_key("http", "a", f"/comment?{i:05d}" + "x" * 8000))
              % KEY_FLOORS for i in range(300)}
     pages = (f"/page{n}" for n in range(1000))
@@ -91,7 +91,7 @@ async def test_posts_to_long_urls_do_not_keep_other_urls_from_being_stored(origi
                     not in taken)
         fill = asyncio.ensure_future(c.get(path))
         await asyncio.sleep(0.1)
-        if invalidated:  # its own mark, then pushed out by the others: still refused
+        if invalidated:  # its own mark, then 300 others: still refused
             assert (await c.post(path)).status == 200
         await _post_long_urls(c.server.port, 300)
         assert (await fill).status == 200

@@ -19,21 +19,22 @@ from array import array
 # KEY_FLOORS): a rare fill refused, never an invalidation forgotten.
 MAX_KEYS = 10_000
 MAX_PREFIXES = 64
-# ...and so many characters of keys at most: a client chooses a key's length (a target and
-# a Host of 8 KiB each) and invalidates as many as it POSTs to; 10,000 such keys would
-# hold 160 MB, counted nowhere (as the hit-for-pass marks, proxy/collapse.py).
-MAX_KEY_CHARS = 2 * 1024 * 1024
+# A key's mark is held under the key's hash(), not the key: a client chooses a key's length
+# (a target and a Host of 8 KiB each) and invalidates as many as it POSTs to, and holding
+# the keys would need a bound in characters, which at 16 KB a key a client's 128 POSTs
+# reach, pushing marks out (and refusing fills) long before MAX_KEYS. Two keys of one
+# hash share a mark: a fill refused that need not be (one in 2**64), never an
+# invalidation missed. hash() of a str is salted per process (no client aims at one) and
+# kept on the str, so the check a fill pays is a dict look-up.
 # A key's mark that goes raises the floor of its share of the keys only (one of so many, by
-# the key's hash), not every key's: a client that POSTs to long URLs pushes a mark out per
-# POST once 128 of 16 KB are held, and one floor for all would refuse every fill slower
-# than its last few hundred POSTs, whatever its URL (the cache off for slow answers).
+# the key's hash), not every key's: one floor for all would refuse every fill slower than
+# the last 10,000 invalidations, whatever its URL.
 KEY_FLOORS = 4096
 
 
 class Invalidations:
     def __init__(self) -> None:
-        self._keys: dict[str, float] = {}  # key -> when it was last invalidated
-        self._key_chars = 0  # the length of the keys in _keys, together
+        self._keys: dict[int, float] = {}  # hash(key) -> when it was last invalidated
         self._prefixes: dict[str, float] = {}  # a purged prefix -> when
         self._floor = 0.0  # everything sent before this counts as invalidated
         # ...and, of the keys whose hash is i (modulo KEY_FLOORS), what was sent before
@@ -41,15 +42,13 @@ class Invalidations:
         self._key_floors = array("d", bytes(8 * KEY_FLOORS))
 
     def key(self, key: str, now: float) -> None:
-        keys = self._keys
-        if keys.pop(key, None) is None:  # (the newest last: the dict's order is the marks')
-            self._key_chars += len(key)
-        keys[key] = now
-        while len(keys) > MAX_KEYS or (self._key_chars > MAX_KEY_CHARS and len(keys) > 1):
+        keys, h = self._keys, hash(key)
+        keys.pop(h, None)  # (the newest last: the dict's order is the marks')
+        keys[h] = now
+        if len(keys) > MAX_KEYS:
             oldest = next(iter(keys))
-            self._key_chars -= len(oldest)
             at, floors = keys.pop(oldest), self._key_floors
-            slot = hash(oldest) % KEY_FLOORS
+            slot = oldest % KEY_FLOORS
             floors[slot] = max(floors[slot], at)
 
     def prefix(self, prefix: str, now: float) -> None:
@@ -61,7 +60,6 @@ class Invalidations:
     def everything(self, now: float) -> None:
         """The whole cache was cleared: no mark older than now matters any more."""
         self._keys.clear()
-        self._key_chars = 0
         self._prefixes.clear()
         self._floor = now
 
@@ -78,8 +76,9 @@ class Invalidations:
 
     def since(self, key: str, sent: float) -> bool:
         """Whether key was invalidated after a request for it was sent at sent."""
-        if sent < self._floor or sent < self._keys.get(key, sent) \
-                or sent < self._key_floors[hash(key) % KEY_FLOORS]:
+        h = hash(key)
+        if sent < self._floor or sent < self._keys.get(h, sent) \
+                or sent < self._key_floors[h % KEY_FLOORS]:
             return True
         return any(sent < at and key.startswith(p) for p, at in self._prefixes.items())
 

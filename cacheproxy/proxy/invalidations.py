@@ -23,9 +23,9 @@ MAX_PREFIXES = 64
 # (a target and a Host of 8 KiB each) and invalidates as many as it POSTs to, and holding
 # the keys would need a bound in characters, which at 16 KB a key a client's 128 POSTs
 # reach, pushing marks out (and refusing fills) long before MAX_KEYS. Two keys of one
-# hash share a mark: a fill refused that need not be (one in 2**64), never an
-# invalidation missed. hash() of a str is salted per process (no client aims at one) and
-# kept on the str, so the check a fill pays is a dict look-up.
+# hash share a mark: a fill refused that need not be (with 10,000 marks held, one in
+# about 2**50), never an invalidation missed. hash() of a str is salted per process (no
+# client aims at one) and kept on the str, so the check a fill pays is a dict look-up.
 # A key's mark that goes raises the floor of its share of the keys only (one of so many, by
 # the key's hash), not every key's: one floor for all would refuse every fill slower than
 # the last 10,000 invalidations, whatever its URL.
